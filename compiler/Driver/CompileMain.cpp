@@ -1,0 +1,123 @@
+//===- CompileMain.cpp - the g3moe-compile driver -------------------------===//
+//
+// model.json -> configuration -> g3moe graph -> (passes) -> output. The MLIR
+// pass-manager, context and printer options are registered so that
+// --mlir-print-ir-after-all, --mlir-timing and --mlir-print-debuginfo work in
+// the real compiler, not only in g3moe-opt.
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/Driver/CompileMain.h"
+
+#include "compiler/Driver/InitAll.h"
+#include "frontend/Config.h"
+#include "frontend/ModelBuilder.h"
+
+#include "mlir/IR/AsmState.h"
+#include "mlir/IR/MLIRContext.h"
+#include "mlir/IR/Verifier.h"
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Support/FileUtilities.h"
+#include "llvm/Support/CommandLine.h"
+#include "llvm/Support/InitLLVM.h"
+#include "llvm/Support/ToolOutputFile.h"
+#include "llvm/Support/WithColor.h"
+
+using namespace llvm;
+
+namespace {
+
+enum class Emit { Mlir, Step };
+
+int fail(const Twine &message) {
+  WithColor::error(errs(), "g3moe-compile") << message << "\n";
+  return 1;
+}
+
+} // namespace
+
+int g3moe::compiler::runCompileMain(int argc, char **argv) {
+  InitLLVM init(argc, argv);
+  static cl::OptionCategory category("g3moe-compile options");
+  cl::opt<std::string> input(cl::Positional, cl::Required,
+                             cl::desc("<model.json: an HF config.json or a training preset>"),
+                             cl::cat(category));
+  cl::opt<std::string> output("o", cl::desc("Output file ('-' for stdout)"),
+                              cl::value_desc("file"), cl::init("-"),
+                              cl::cat(category));
+  cl::opt<Emit> emit(
+      "emit", cl::desc("What to produce"), cl::init(Emit::Step),
+      cl::values(clEnumValN(Emit::Mlir, "mlir",
+                            "the forward + loss graph of one micro-batch (g3moe dialect)"),
+                 clEnumValN(Emit::Step, "step", "step.bin (default)")),
+      cl::cat(category));
+  cl::opt<int> seqLen("seq-len", cl::desc("Tokens per row (overrides max_seq_length)"),
+                      cl::init(0), cl::cat(category));
+  cl::opt<int> microBatch(
+      "micro-batch", cl::desc("Rows per micro-batch (overrides per_device_train_batch_size)"),
+      cl::init(0), cl::cat(category));
+  cl::list<std::string> sets(
+      "set",
+      cl::desc("Override a configuration field, as key=value (repeatable; prefix "
+               "the key with model. or training. to choose the part)"),
+      cl::value_desc("key=value"), cl::cat(category));
+  cl::opt<bool> evalMode("eval",
+                         cl::desc("Build the deterministic evaluation step (no jitter, "
+                                  "argmax routing)"),
+                         cl::cat(category));
+
+  mlir::registerAsmPrinterCLOptions();
+  mlir::registerMLIRContextCLOptions();
+  mlir::registerPassManagerCLOptions();
+  cl::ParseCommandLineOptions(
+      argc, argv,
+      "g3moe-compile: compile a G3MoE / Gemma-3 model configuration into one "
+      "training step\n");
+
+  std::vector<g3moe::frontend::ConfigOverride> overrides;
+  for (const std::string &s : sets) {
+    size_t eq = s.find('=');
+    if (eq == std::string::npos || eq == 0)
+      return fail("--set expects key=value, got '" + s + "'");
+    overrides.push_back({s.substr(0, eq), s.substr(eq + 1)});
+  }
+  if (seqLen.getNumOccurrences())
+    overrides.push_back({"training.max_seq_length", std::to_string(seqLen)});
+  if (microBatch.getNumOccurrences())
+    overrides.push_back(
+        {"training.per_device_train_batch_size", std::to_string(microBatch)});
+
+  auto config = g3moe::frontend::loadCompileConfig(input, overrides);
+  if (!config)
+    return fail(toString(config.takeError()));
+  for (const std::string &warning : config->warnings)
+    WithColor::warning(errs(), "g3moe-compile") << warning << "\n";
+
+  if (emit == Emit::Step)
+    return fail("writing step.bin needs the runtime's lowering, which this build "
+                "does not have yet; use --emit=mlir");
+
+  mlir::DialectRegistry registry;
+  g3moe::registerAllDialects(registry);
+  mlir::MLIRContext context(registry);
+  g3moe::frontend::BuildOptions buildOptions;
+  buildOptions.training = !evalMode;
+  auto module = g3moe::frontend::buildStepModule(context, *config, buildOptions);
+  if (failed(mlir::verify(*module)))
+    return fail("internal error: the built graph does not verify (see above)");
+
+  mlir::PassManager pm(&context);
+  if (failed(mlir::applyPassManagerCLOptions(pm)))
+    return fail("bad pass-manager options");
+  if (failed(pm.run(*module)))
+    return 1;
+
+  std::string errorMessage;
+  auto out = mlir::openOutputFile(output, &errorMessage);
+  if (!out)
+    return fail(errorMessage);
+  module->print(out->os());
+  out->os() << "\n";
+  out->keep();
+  return 0;
+}

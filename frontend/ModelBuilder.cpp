@@ -1,0 +1,403 @@
+//===- ModelBuilder.cpp - config to g3moe forward graph -------------------===//
+//
+// Walks the resolved configuration layer by layer and emits the ops of
+// G3MOE_SPEC.md sections 2 and 3. Tensor names follow the HF checkpoints so
+// that the parameter table of a step can be matched against safetensors files
+// without a translation table.
+//
+//===----------------------------------------------------------------------===//
+
+#include "frontend/ModelBuilder.h"
+
+#include "dialects/G3MoE/IR/G3MoEOps.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/Builders.h"
+#include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/ADT/StringExtras.h"
+
+using namespace mlir;
+using namespace g3moe::frontend;
+
+namespace {
+
+/// The label value that takes no loss (HF / PyTorch convention).
+constexpr int64_t kIgnoreIndex = -100;
+
+class StepBuilder {
+public:
+  StepBuilder(MLIRContext &ctx, const CompileConfig &config,
+              const BuildOptions &options)
+      : ctx(ctx), b(&ctx), m(config.model), t(config.training),
+        options(options) {}
+
+  OwningOpRef<ModuleOp> build();
+
+private:
+  // Types.
+  RankedTensorType tensor(ArrayRef<int64_t> shape, Type elt) {
+    return RankedTensorType::get(shape, elt);
+  }
+  Type bf16() { return b.getBF16Type(); }
+  Type f32() { return b.getF32Type(); }
+  Type i32() { return b.getI32Type(); }
+
+  /// Sets the location of the ops that follow to the module path `name`.
+  void at(const Twine &name) { loc = NameLoc::get(b.getStringAttr(name)); }
+
+  /// A weight named `name` (prefixed with the current layer path when
+  /// `local`).
+  Value param(const Twine &name, ArrayRef<int64_t> shape, Type elt) {
+    auto op = g3moe::ParamOp::create(b, loc, tensor(shape, elt),
+                                     b.getStringAttr(name), /*trainable=*/false);
+    return op.getResult();
+  }
+
+  Value reshape(Value v, ArrayRef<int64_t> shape) {
+    auto type = cast<RankedTensorType>(v.getType());
+    return g3moe::ReshapeOp::create(b, loc, tensor(shape, type.getElementType()), v);
+  }
+
+  Value convert(Value v, Type elt) {
+    auto type = cast<RankedTensorType>(v.getType());
+    return g3moe::ConvertOp::create(b, loc, tensor(type.getShape(), elt), v);
+  }
+
+  Value rmsNorm(Value x, const Twine &weightName) {
+    auto type = cast<RankedTensorType>(x.getType());
+    Value w = param(weightName, {type.getShape().back()}, bf16());
+    return g3moe::RMSNormOp::create(b, loc, type, x, w,
+                                    b.getF64FloatAttr(m.rmsNormEps));
+  }
+
+  Value linear(Value x, Value w, Type resultElt) {
+    auto xt = cast<RankedTensorType>(x.getType());
+    auto wt = cast<RankedTensorType>(w.getType());
+    SmallVector<int64_t> shape(xt.getShape());
+    shape.back() = wt.getDimSize(0);
+    return g3moe::LinearOp::create(b, loc, tensor(shape, resultElt), x, w);
+  }
+
+  Value linear(Value x, const Twine &weightName, int64_t out) {
+    auto xt = cast<RankedTensorType>(x.getType());
+    Value w = param(weightName, {out, xt.getShape().back()}, bf16());
+    return linear(x, w, bf16());
+  }
+
+  Value randomUniform(ArrayRef<int64_t> shape, double low, double high) {
+    return g3moe::RandomUniformOp::create(
+        b, loc, tensor(shape, f32()), rngKey, b.getI64IntegerAttr(nextStream++),
+        b.getF64FloatAttr(low), b.getF64FloatAttr(high));
+  }
+
+  /// Dense GeGLU MLP of width `width` under the module path `prefix`.
+  Value mlp(Value f, const std::string &prefix, int64_t width) {
+    Value gate = linear(f, prefix + "gate_proj.weight", width);
+    Value up = linear(f, prefix + "up_proj.weight", width);
+    Value act = g3moe::GeluTanhMulOp::create(b, loc, gate, up);
+    return linear(act, prefix + "down_proj.weight", m.hiddenSize);
+  }
+
+  Value attention(Value x, int64_t layer, const std::string &prefix);
+  Value moe(Value f, const std::string &prefix);
+  void buildModelAttrs(ModuleOp module);
+
+  MLIRContext &ctx;
+  OpBuilder b;
+  const ModelConfig &m;
+  const TrainingOptions &t;
+  const BuildOptions &options;
+  Location loc = UnknownLoc::get(&ctx);
+
+  int64_t batch = 0, seq = 0, tokens = 0;
+  Value positions, segmentIds, rngKey;
+  int64_t nextStream = 0;
+  /// Router logits and choices of every MoE layer, for the auxiliary losses.
+  SmallVector<Value> routerLogits, routerIndices;
+};
+
+Value StepBuilder::attention(Value x, int64_t layer, const std::string &prefix) {
+  const LayerSpec &spec = m.layers[layer];
+  int64_t nh = m.numHeads, nkv = m.numKVHeads, d = m.headDim;
+  at(prefix + "self_attn");
+  Value q = linear(x, prefix + "self_attn.q_proj.weight", nh * d);
+  Value k = linear(x, prefix + "self_attn.k_proj.weight", nkv * d);
+  Value v = linear(x, prefix + "self_attn.v_proj.weight", nkv * d);
+  q = reshape(q, {batch, seq, nh, d});
+  k = reshape(k, {batch, seq, nkv, d});
+  v = reshape(v, {batch, seq, nkv, d});
+  // QK-norm comes before RoPE; V is not normalised.
+  q = rmsNorm(q, prefix + "self_attn.q_norm.weight");
+  k = rmsNorm(k, prefix + "self_attn.k_norm.weight");
+
+  bool global = spec.attention == AttentionKind::Global;
+  const RopeSpec &rope = global ? m.globalRope : m.slidingRope;
+  auto ropeAttrs = [&](Value in) {
+    return g3moe::RoPEOp::create(b, loc, in.getType(), in, positions,
+                                 b.getF64FloatAttr(rope.theta),
+                                 b.getF64FloatAttr(rope.factor))
+        .getResult();
+  };
+  q = ropeAttrs(q);
+  k = ropeAttrs(k);
+
+  IntegerAttr window = global ? IntegerAttr() : b.getI64IntegerAttr(m.slidingWindow);
+  FloatAttr softcap =
+      m.attnLogitSoftcap ? b.getF64FloatAttr(*m.attnLogitSoftcap) : FloatAttr();
+  Value o = g3moe::AttentionOp::create(b, loc, q.getType(), q, k, v, segmentIds,
+                                       b.getF64FloatAttr(m.attentionScale()),
+                                       window, softcap);
+  o = reshape(o, {batch, seq, nh * d});
+  return linear(o, prefix + "self_attn.o_proj.weight", m.hiddenSize);
+}
+
+Value StepBuilder::moe(Value f, const std::string &prefix) {
+  int64_t e = m.numExperts, k = m.topK, h = m.hiddenSize;
+  at(prefix + "moe");
+  Value x = reshape(f, {tokens, h});
+  if (options.training && m.inputJitterNoise > 0) {
+    Value u = randomUniform({tokens, h}, 1.0 - m.inputJitterNoise,
+                            1.0 + m.inputJitterNoise);
+    x = g3moe::MulOp::create(b, loc, x, convert(u, bf16()));
+  }
+
+  // The router runs in fp32 (G3MOE_SPEC.md A4).
+  at(prefix + "moe.gate");
+  Value routerWeight = param(prefix + "moe.gate.weight", {e, h}, f32());
+  Value logits = linear(convert(x, f32()), routerWeight, f32());
+  auto routedType = tensor({tokens, k}, f32());
+  auto indexType = tensor({tokens, k}, i32());
+  Value weights, indices;
+  switch (m.router) {
+  case RouterKind::SparseMixer: {
+    Value noise = options.training ? randomUniform({tokens, 2, e + 1}, 0.0, 1.0)
+                                   : Value();
+    auto op = g3moe::SparseMixerRouterOp::create(
+        b, loc, routedType, indexType, logits, noise,
+        b.getF64FloatAttr(m.routerJitterNoise));
+    weights = op.getWeights();
+    indices = op.getIndices();
+    break;
+  }
+  case RouterKind::SoftmaxTopK: {
+    auto op = g3moe::SoftmaxTopKRouterOp::create(
+        b, loc, routedType, indexType, logits, b.getI64IntegerAttr(k),
+        b.getBoolAttr(m.normTopkProb));
+    weights = op.getWeights();
+    indices = op.getIndices();
+    break;
+  }
+  case RouterKind::SigmoidGrouped: {
+    Value bias = param(prefix + "moe.gate.e_score_correction_bias", {e}, f32());
+    auto op = g3moe::SigmoidGroupedRouterOp::create(
+        b, loc, routedType, indexType, logits, bias, b.getI64IntegerAttr(k),
+        b.getI64IntegerAttr(m.numGroups), b.getI64IntegerAttr(m.topkGroup),
+        b.getF64FloatAttr(m.routedScalingFactor), b.getBoolAttr(m.normTopkProb));
+    weights = op.getWeights();
+    indices = op.getIndices();
+    break;
+  }
+  }
+  routerLogits.push_back(logits);
+  routerIndices.push_back(indices);
+
+  at(prefix + "moe.experts");
+  auto dispatch = g3moe::MoEDispatchOp::create(
+      b, loc, tensor({tokens * k, h}, bf16()), tensor({e + 1}, i32()), indexType,
+      x, indices, b.getI64IntegerAttr(e));
+  Value permuted = dispatch.getPermuted(), offsets = dispatch.getExpertOffsets();
+  auto expertLinear = [&](Value in, StringRef proj, int64_t out) {
+    int64_t inDim = cast<RankedTensorType>(in.getType()).getDimSize(1);
+    Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim},
+                    bf16());
+    return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, bf16()),
+                                         in, offsets, w)
+        .getResult();
+  };
+  Value gate = expertLinear(permuted, "gate_proj", m.intermediateSize);
+  Value up = expertLinear(permuted, "up_proj", m.intermediateSize);
+  Value act = g3moe::GeluTanhMulOp::create(b, loc, gate, up);
+  Value down = expertLinear(act, "down_proj", h);
+  Value y = g3moe::MoECombineOp::create(b, loc, tensor({tokens, h}, bf16()), down,
+                                        dispatch.getSlots(), weights);
+
+  if (m.numSharedExperts > 0) {
+    at(prefix + "moe.shared_experts");
+    Value shared = mlp(x, prefix + "moe.shared_experts.",
+                       m.intermediateSize * m.numSharedExperts);
+    y = g3moe::AddOp::create(b, loc, y, shared);
+  }
+  return reshape(y, {batch, seq, h});
+}
+
+void StepBuilder::buildModelAttrs(ModuleOp module) {
+  SmallVector<NamedAttribute> a;
+  auto add = [&](StringRef name, Attribute value) {
+    a.push_back(b.getNamedAttr(name, value));
+  };
+  auto i = [&](int64_t v) { return b.getI64IntegerAttr(v); };
+  auto f = [&](double v) { return b.getF64FloatAttr(v); };
+  add("model_type", b.getStringAttr(m.modelType));
+  add("checkpoint_prefix", b.getStringAttr(m.checkpointPrefix));
+  add("vocab_size", i(m.vocabSize));
+  add("hidden_size", i(m.hiddenSize));
+  add("intermediate_size", i(m.intermediateSize));
+  add("num_hidden_layers", i(m.numLayers));
+  add("num_attention_heads", i(m.numHeads));
+  add("num_key_value_heads", i(m.numKVHeads));
+  add("head_dim", i(m.headDim));
+  add("tie_word_embeddings", b.getBoolAttr(m.tieWordEmbeddings));
+  add("initializer_range", f(m.initializerRange));
+  add("pad_token_id", i(m.padTokenId));
+  add("bos_token_id", i(m.bosTokenId));
+  add("eos_token_id", i(m.eosTokenId));
+  add("n_routed_experts", i(m.numExperts));
+  if (m.isMoE()) {
+    add("num_experts_per_tok", i(m.topK));
+    add("first_k_dense_replace", i(m.firstKDenseReplace));
+    add("router_type", b.getStringAttr(stringifyRouterKind(m.router)));
+    add("n_shared_experts", i(m.numSharedExperts));
+    add("freeze_shared_experts", b.getBoolAttr(m.freezeSharedExperts));
+  }
+  module->setAttr("g3moe.model", b.getDictionaryAttr(a));
+
+  a.clear();
+  add("mode", b.getStringAttr(options.training ? "train" : "eval"));
+  add("seq_len", i(t.seqLen));
+  add("micro_batch", i(t.microBatch));
+  add("finetuning", b.getStringAttr(t.finetuning));
+  add("lora_r", i(t.lora.rank));
+  add("lora_alpha", f(t.lora.alpha));
+  add("lora_dropout", f(t.lora.dropout));
+  SmallVector<Attribute> targets;
+  for (const std::string &name : t.lora.targetModules)
+    targets.push_back(b.getStringAttr(name));
+  add("lora_target_modules", b.getArrayAttr(targets));
+  add("train_router", b.getBoolAttr(t.trainRouter));
+  add("dense_ffn_no_grad", b.getBoolAttr(t.denseFFNNoGrad));
+  add("seed", i(t.seed));
+  add("learning_rate", f(t.learningRate));
+  add("lr_scheduler_type", b.getStringAttr(t.lrSchedulerType));
+  add("warmup_ratio", f(t.warmupRatio));
+  add("warmup_steps", i(t.warmupSteps));
+  add("weight_decay", f(t.weightDecay));
+  add("adam_beta1", f(t.adamBeta1));
+  add("adam_beta2", f(t.adamBeta2));
+  add("adam_epsilon", f(t.adamEpsilon));
+  add("max_grad_norm", f(t.maxGradNorm));
+  add("gradient_accumulation_steps", i(t.gradientAccumulationSteps));
+  add("num_train_epochs", f(t.numTrainEpochs));
+  module->setAttr("g3moe.training", b.getDictionaryAttr(a));
+}
+
+OwningOpRef<ModuleOp> StepBuilder::build() {
+  OwningOpRef<ModuleOp> module = ModuleOp::create(loc);
+  buildModelAttrs(*module);
+  b.setInsertionPointToEnd(module->getBody());
+
+  batch = t.microBatch;
+  seq = t.seqLen;
+  tokens = batch * seq;
+  auto tokenType = tensor({batch, seq}, i32());
+  SmallVector<Type> argTypes(4, tokenType);
+  SmallVector<StringRef> argNames = {"input_ids", "targets", "positions",
+                                     "segment_ids"};
+  argTypes.push_back(tensor({}, f32()));
+  argNames.push_back("num_items");
+  bool needsRandom =
+      options.training && m.isMoE() &&
+      (m.inputJitterNoise > 0 || m.router == RouterKind::SparseMixer);
+  if (needsRandom) {
+    argTypes.push_back(tensor({2}, b.getI64Type()));
+    argNames.push_back("rng_key");
+  }
+  auto funcType = b.getFunctionType(argTypes, {tensor({}, f32())});
+  auto func = func::FuncOp::create(b, loc, kStepFunctionName, funcType);
+  for (auto [idx, name] : llvm::enumerate(argNames))
+    func.setArgAttr(idx, "g3moe.input", b.getStringAttr(name));
+  func.setResultAttr(0, "g3moe.output", b.getStringAttr("loss"));
+
+  Block *entry = func.addEntryBlock();
+  b.setInsertionPointToStart(entry);
+  Value inputIds = entry->getArgument(0), targets = entry->getArgument(1);
+  positions = entry->getArgument(2);
+  segmentIds = entry->getArgument(3);
+  Value numItems = entry->getArgument(4);
+  if (needsRandom)
+    rngKey = entry->getArgument(5);
+
+  int64_t h = m.hiddenSize;
+  at("model.embed_tokens");
+  Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, bf16());
+  Value x = g3moe::EmbeddingOp::create(
+      b, loc, tensor({batch, seq, h}, bf16()), inputIds, embedding,
+      b.getF64FloatAttr(m.embedScale()), b.getI64IntegerAttr(m.padTokenId));
+
+  // G3MoE keeps its dense-layer MLPs under `moe` (G3MOE_SPEC.md 3.1).
+  std::string ffnName = m.isMoE() ? "moe." : "mlp.";
+  for (int64_t layer = 0; layer < m.numLayers; ++layer) {
+    std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    at(prefix + "input_layernorm");
+    Value a = rmsNorm(x, prefix + "input_layernorm.weight");
+    a = attention(a, layer, prefix);
+    at(prefix + "post_attention_layernorm");
+    a = rmsNorm(a, prefix + "post_attention_layernorm.weight");
+    Value hidden = g3moe::AddOp::create(b, loc, x, a);
+
+    at(prefix + "pre_feedforward_layernorm");
+    Value f = rmsNorm(hidden, prefix + "pre_feedforward_layernorm.weight");
+    Value y;
+    if (m.layers[layer].moe) {
+      y = moe(f, prefix);
+    } else {
+      at(prefix + ffnName.substr(0, ffnName.size() - 1));
+      y = mlp(f, prefix + ffnName, m.intermediateSize);
+    }
+    at(prefix + "post_feedforward_layernorm");
+    y = rmsNorm(y, prefix + "post_feedforward_layernorm.weight");
+    x = g3moe::AddOp::create(b, loc, hidden, y);
+  }
+
+  at("model.norm");
+  x = rmsNorm(x, "model.norm.weight");
+  at("lm_head");
+  Value head = m.tieWordEmbeddings
+                   ? embedding
+                   : param("lm_head.weight", {m.vocabSize, h}, bf16());
+  FloatAttr finalCap =
+      m.finalLogitSoftcap ? b.getF64FloatAttr(*m.finalLogitSoftcap) : FloatAttr();
+  Value logits = g3moe::LMHeadOp::create(
+      b, loc, tensor({batch, seq, m.vocabSize}, f32()), x, head, finalCap);
+
+  at("loss");
+  SmallVector<Value> terms = {g3moe::CrossEntropyOp::create(
+      b, loc, tensor({}, f32()), logits, targets, numItems,
+      b.getI64IntegerAttr(kIgnoreIndex))};
+  SmallVector<double> coefficients = {1.0};
+  if (t.loadBalancingLoss && !routerLogits.empty()) {
+    terms.push_back(g3moe::LoadBalancingLossOp::create(
+        b, loc, tensor({}, f32()), routerLogits, routerIndices, segmentIds,
+        b.getI64IntegerAttr(m.numExperts)));
+    coefficients.push_back(m.routerAuxLossCoef);
+  }
+  if (t.routerZLoss && !routerLogits.empty()) {
+    terms.push_back(g3moe::RouterZLossOp::create(b, loc, tensor({}, f32()),
+                                                 routerLogits, segmentIds));
+    coefficients.push_back(m.routerZLossCoef);
+  }
+  Value loss = terms.front();
+  if (terms.size() > 1)
+    loss = g3moe::LossSumOp::create(b, loc, tensor({}, f32()), terms,
+                                    b.getDenseF64ArrayAttr(coefficients));
+  func::ReturnOp::create(b, loc, loss);
+  return module;
+}
+
+} // namespace
+
+OwningOpRef<ModuleOp>
+g3moe::frontend::buildStepModule(MLIRContext &context, const CompileConfig &config,
+                                 const BuildOptions &options) {
+  context.loadDialect<g3moe::G3MoEDialect, func::FuncDialect>();
+  return StepBuilder(context, config, options).build();
+}

@@ -1,0 +1,339 @@
+// Verifier messages of the g3moe ops, one broken invariant per case.
+// RUN: g3moe-opt %s -split-input-file -verify-diagnostics
+
+func.func @param_empty_name() {
+  // expected-error @+1 {{name must not be empty}}
+  %w = g3moe.param "" : tensor<4xbf16>
+  return
+}
+
+// -----
+
+func.func @param_dynamic(%x: tensor<?x4xbf16>) {
+  // expected-error @+1 {{requires static shapes}}
+  %w = g3moe.param "w" : tensor<?x4xbf16>
+  return
+}
+
+// -----
+
+func.func @reshape_count(%x: tensor<2x16x64xbf16>) {
+  // expected-error @+1 {{must keep the element count: [2, 16, 64] has 2048, [32, 32] has 1024}}
+  %y = g3moe.reshape %x : tensor<2x16x64xbf16> -> tensor<32x32xbf16>
+  return
+}
+
+// -----
+
+func.func @reshape_type(%x: tensor<4xbf16>) {
+  // expected-error @+1 {{must keep the element type}}
+  %y = g3moe.reshape %x : tensor<4xbf16> -> tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @convert_shape(%x: tensor<4xbf16>) {
+  // expected-error @+1 {{must keep the shape, got [4] -> [2, 2]}}
+  %y = g3moe.convert %x : tensor<4xbf16> -> tensor<2x2xf32>
+  return
+}
+
+// -----
+
+func.func @random_range(%key: tensor<2xi64>) {
+  // expected-error @+1 {{requires low < high}}
+  %u = g3moe.random_uniform %key {stream = 0 : i64, low = 1.0 : f64, high = 1.0 : f64}
+      : (tensor<2xi64>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @random_key(%key: tensor<3xi64>) {
+  // expected-error @+1 {{key must have shape [2], got [3]}}
+  %u = g3moe.random_uniform %key {stream = 0 : i64, low = 0.0 : f64, high = 1.0 : f64}
+      : (tensor<3xi64>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
+func.func @embedding_result(%ids: tensor<2x16xi32>, %t: tensor<512x64xbf16>) {
+  // expected-error @+1 {{result must have shape [2, 16, 64], got [2, 16, 32]}}
+  %x = g3moe.embedding %ids, %t {scale = 8.0 : f64, padding_idx = 0 : i64}
+      : (tensor<2x16xi32>, tensor<512x64xbf16>) -> tensor<2x16x32xbf16>
+  return
+}
+
+// -----
+
+func.func @embedding_padding(%ids: tensor<2x16xi32>, %t: tensor<512x64xbf16>) {
+  // expected-error @+1 {{padding_idx 512 is outside the vocabulary [0, 512)}}
+  %x = g3moe.embedding %ids, %t {scale = 8.0 : f64, padding_idx = 512 : i64}
+      : (tensor<2x16xi32>, tensor<512x64xbf16>) -> tensor<2x16x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_weight(%x: tensor<2x16x64xbf16>, %w: tensor<32xbf16>) {
+  // expected-error @+1 {{weight must have shape [64], got [32]}}
+  %y = g3moe.rms_norm %x, %w {eps = 1.0e-06 : f64}
+      : (tensor<2x16x64xbf16>, tensor<32xbf16>) -> tensor<2x16x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_eps(%x: tensor<2x64xbf16>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{eps must be positive}}
+  %y = g3moe.rms_norm %x, %w {eps = 0.0 : f64}
+      : (tensor<2x64xbf16>, tensor<64xbf16>) -> tensor<2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @linear_in(%x: tensor<2x16x64xbf16>, %w: tensor<128x32xbf16>) {
+  // expected-error @+1 {{input features (64) must equal the weight's in dimension (weight is [out, in] = [128, 32])}}
+  %y = g3moe.linear %x, %w : (tensor<2x16x64xbf16>, tensor<128x32xbf16>) -> tensor<2x16x128xbf16>
+  return
+}
+
+// -----
+
+func.func @linear_out(%x: tensor<2x64xbf16>, %w: tensor<128x64xbf16>) {
+  // expected-error @+1 {{result must have shape [2, 128], got [2, 64]}}
+  %y = g3moe.linear %x, %w : (tensor<2x64xbf16>, tensor<128x64xbf16>) -> tensor<2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @rope_odd(%x: tensor<2x16x4x15xbf16>, %p: tensor<2x16xi32>) {
+  // expected-error @+1 {{head dimension must be even, got 15}}
+  %y = g3moe.rope %x, %p {theta = 1.0e+04 : f64, scaling_factor = 1.0 : f64}
+      : (tensor<2x16x4x15xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x15xbf16>
+  return
+}
+
+// -----
+
+func.func @rope_positions(%x: tensor<2x16x4x16xbf16>, %p: tensor<2x8xi32>) {
+  // expected-error @+1 {{positions must have shape [2, 16], got [2, 8]}}
+  %y = g3moe.rope %x, %p {theta = 1.0e+04 : f64, scaling_factor = 1.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x8xi32>) -> tensor<2x16x4x16xbf16>
+  return
+}
+
+// -----
+
+func.func @attention_gqa(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x3x16xbf16>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{query heads (4) must be a multiple of key/value heads (3)}}
+  %o = g3moe.attention %q, %k, %k, %s {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x3x16xbf16>, tensor<2x16x3x16xbf16>, tensor<2x16xi32>)
+      -> tensor<2x16x4x16xbf16>
+  return
+}
+
+// -----
+
+func.func @attention_kv(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>,
+                        %v: tensor<2x16x2x8xbf16>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{key and value must have the same type}}
+  %o = g3moe.attention %q, %k, %v, %s {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x8xbf16>, tensor<2x16xi32>)
+      -> tensor<2x16x4x16xbf16>
+  return
+}
+
+// -----
+
+func.func @attention_window(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{sliding_window must be at least 1, got 0}}
+  %o = g3moe.attention %q, %k, %k, %s {scale = 0.25 : f64, sliding_window = 0 : i64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>)
+      -> tensor<2x16x4x16xbf16>
+  return
+}
+
+// -----
+
+func.func @attention_segments(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %s: tensor<16xi32>) {
+  // expected-error @+1 {{segment_ids must have shape [2, 16], got [16]}}
+  %o = g3moe.attention %q, %k, %k, %s {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<16xi32>)
+      -> tensor<2x16x4x16xbf16>
+  return
+}
+
+// -----
+
+func.func @gelu_types(%a: tensor<4xbf16>, %b: tensor<4xf32>) {
+  // expected-error @+1 {{requires the same type for all operands and results}}
+  %y = "g3moe.gelu_tanh_mul"(%a, %b) : (tensor<4xbf16>, tensor<4xf32>) -> tensor<4xbf16>
+  return
+}
+
+// -----
+
+func.func @lm_head_hidden(%h: tensor<2x16x64xbf16>, %t: tensor<512x32xbf16>) {
+  // expected-error @+1 {{hidden size (64) must equal the table's second dimension (table is [512, 32])}}
+  %l = g3moe.lm_head %h, %t : (tensor<2x16x64xbf16>, tensor<512x32xbf16>) -> tensor<2x16x512xf32>
+  return
+}
+
+// -----
+
+func.func @lm_head_f32(%h: tensor<2x64xbf16>, %t: tensor<512x64xbf16>) {
+  // expected-error @+1 {{result #0 must be ranked tensor of 32-bit float values}}
+  %l = g3moe.lm_head %h, %t : (tensor<2x64xbf16>, tensor<512x64xbf16>) -> tensor<2x512xbf16>
+  return
+}
+
+// -----
+
+func.func @sparsemixer_noise(%l: tensor<32x4xf32>, %n: tensor<32x2x4xf32>) {
+  // expected-error @+1 {{noise must have shape [32, 2, 5], got [32, 2, 4]}}
+  %w, %i = g3moe.sparsemixer_router %l noise %n {epsilon = 0.01 : f64}
+      : (tensor<32x4xf32>, tensor<32x2x4xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  return
+}
+
+// -----
+
+func.func @sparsemixer_top2(%l: tensor<32x4xf32>) {
+  // expected-error @+1 {{result must have shape [32, 2], got [32, 3]}}
+  %w, %i = g3moe.sparsemixer_router %l {epsilon = 0.01 : f64}
+      : (tensor<32x4xf32>) -> (tensor<32x3xf32>, tensor<32x3xi32>)
+  return
+}
+
+// -----
+
+func.func @topk_too_large(%l: tensor<32x4xf32>) {
+  // expected-error @+1 {{top_k must be in [1, 4] (the number of experts), got 8}}
+  %w, %i = g3moe.softmax_topk_router %l {top_k = 8 : i64, norm_topk_prob = true}
+      : (tensor<32x4xf32>) -> (tensor<32x8xf32>, tensor<32x8xi32>)
+  return
+}
+
+// -----
+
+func.func @grouped_topk_group(%l: tensor<32x8xf32>, %b: tensor<8xf32>) {
+  // expected-error @+1 {{topk_group (8) must be in [1, n_group = 4]}}
+  %w, %i = g3moe.sigmoid_grouped_router %l, %b {top_k = 2 : i64, n_group = 4 : i64,
+      topk_group = 8 : i64, routed_scaling_factor = 1.0 : f64, norm_topk_prob = true}
+      : (tensor<32x8xf32>, tensor<8xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  return
+}
+
+// -----
+
+func.func @grouped_divides(%l: tensor<32x6xf32>, %b: tensor<6xf32>) {
+  // expected-error @+1 {{n_group (4) must divide the number of experts (6)}}
+  %w, %i = g3moe.sigmoid_grouped_router %l, %b {top_k = 2 : i64, n_group = 4 : i64,
+      topk_group = 2 : i64, routed_scaling_factor = 1.0 : f64, norm_topk_prob = true}
+      : (tensor<32x6xf32>, tensor<6xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  return
+}
+
+// -----
+
+func.func @grouped_bias(%l: tensor<32x8xf32>, %b: tensor<4xf32>) {
+  // expected-error @+1 {{bias must have shape [8], got [4]}}
+  %w, %i = g3moe.sigmoid_grouped_router %l, %b {top_k = 2 : i64, n_group = 4 : i64,
+      topk_group = 2 : i64, routed_scaling_factor = 1.0 : f64, norm_topk_prob = true}
+      : (tensor<32x8xf32>, tensor<4xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  return
+}
+
+// -----
+
+func.func @dispatch_rows(%x: tensor<32x64xbf16>, %i: tensor<32x2xi32>) {
+  // expected-error @+1 {{permuted must have shape [64, 64], got [32, 64]}}
+  %p, %o, %s = g3moe.moe_dispatch %x, %i {num_experts = 4 : i64}
+      : (tensor<32x64xbf16>, tensor<32x2xi32>) -> (tensor<32x64xbf16>, tensor<5xi32>, tensor<32x2xi32>)
+  return
+}
+
+// -----
+
+func.func @dispatch_offsets(%x: tensor<32x64xbf16>, %i: tensor<32x2xi32>) {
+  // expected-error @+1 {{expert_offsets must have shape [5], got [4]}}
+  %p, %o, %s = g3moe.moe_dispatch %x, %i {num_experts = 4 : i64}
+      : (tensor<32x64xbf16>, tensor<32x2xi32>) -> (tensor<64x64xbf16>, tensor<4xi32>, tensor<32x2xi32>)
+  return
+}
+
+// -----
+
+func.func @expert_linear_in(%x: tensor<64x64xbf16>, %o: tensor<5xi32>, %w: tensor<4x128x32xbf16>) {
+  // expected-error @+1 {{input features (64) must equal the weight's in dimension}}
+  %y = g3moe.expert_linear %x, %o, %w
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x32xbf16>) -> tensor<64x128xbf16>
+  return
+}
+
+// -----
+
+func.func @expert_linear_experts(%x: tensor<64x64xbf16>, %o: tensor<5xi32>, %w: tensor<3x128x64xbf16>) {
+  // expected-error @+1 {{expert_offsets must have shape [4], got [5]}}
+  %y = g3moe.expert_linear %x, %o, %w
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<3x128x64xbf16>) -> tensor<64x128xbf16>
+  return
+}
+
+// -----
+
+func.func @combine_rows(%y: tensor<48x64xbf16>, %s: tensor<32x2xi32>, %w: tensor<32x2xf32>) {
+  // expected-error @+1 {{input must have tokens x top_k = 64 rows, got 48}}
+  %r = g3moe.moe_combine %y, %s, %w
+      : (tensor<48x64xbf16>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x64xbf16>
+  return
+}
+
+// -----
+
+func.func @cross_entropy_targets(%l: tensor<2x16x512xf32>, %t: tensor<2x15xi32>, %n: tensor<f32>) {
+  // expected-error @+1 {{targets must have shape [2, 16], got [2, 15]}}
+  %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x512xf32>, tensor<2x15xi32>, tensor<f32>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @lb_pairs(%l: tensor<32x4xf32>, %i: tensor<32x2xi32>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{needs one indices tensor per logits tensor, got 2 logits and 1 indices}}
+  %aux = g3moe.load_balancing_loss (%l, %l) indices (%i) mask %s {num_experts = 4 : i64}
+      : (tensor<32x4xf32>, tensor<32x4xf32>, tensor<32x2xi32>, tensor<2x16xi32>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @lb_tokens(%l: tensor<16x4xf32>, %i: tensor<16x2xi32>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{logits must have shape [32, 4], got [16, 4]}}
+  %aux = g3moe.load_balancing_loss (%l) indices (%i) mask %s {num_experts = 4 : i64}
+      : (tensor<16x4xf32>, tensor<16x2xi32>, tensor<2x16xi32>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @z_loss_tokens(%l: tensor<16x4xf32>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{logits must be [32, E], got [16, 4]}}
+  %z = g3moe.router_z_loss (%l) mask %s : (tensor<16x4xf32>, tensor<2x16xi32>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @loss_sum_coefficients(%a: tensor<f32>, %b: tensor<f32>) {
+  // expected-error @+1 {{needs one coefficient per term, got 1 for 2 terms}}
+  %l = g3moe.loss_sum %a, %b {coefficients = array<f64: 1.0>}
+      : (tensor<f32>, tensor<f32>) -> tensor<f32>
+  return
+}

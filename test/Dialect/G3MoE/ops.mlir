@@ -1,0 +1,119 @@
+// Round trip of every g3moe op through the printer and parser.
+// RUN: g3moe-opt %s | g3moe-opt | FileCheck %s
+// RUN: g3moe-opt %s --mlir-print-op-generic | g3moe-opt | FileCheck %s
+
+// CHECK-LABEL: func.func @backbone
+func.func @backbone(%ids: tensor<2x16xi32>, %pos: tensor<2x16xi32>, %seg: tensor<2x16xi32>)
+    -> tensor<2x16x64xbf16> {
+  // CHECK: %[[EMB:.*]] = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  // CHECK: g3moe.param "model.layers.0.self_attn.q_proj.weight" trainable : tensor<64x64xbf16>
+  %wq = g3moe.param "model.layers.0.self_attn.q_proj.weight" trainable : tensor<64x64xbf16>
+  %wk = g3moe.param "model.layers.0.self_attn.k_proj.weight" : tensor<32x64xbf16>
+  %ln = g3moe.param "model.layers.0.input_layernorm.weight" : tensor<64xbf16>
+  %qn = g3moe.param "model.layers.0.self_attn.q_norm.weight" : tensor<16xbf16>
+  // CHECK: %[[X:.*]] = g3moe.embedding %{{.*}}, %[[EMB]] {padding_idx = 0 : i64, scale = 8.000000e+00 : f64}
+  %x = g3moe.embedding %ids, %emb {scale = 8.0 : f64, padding_idx = 0 : i64}
+      : (tensor<2x16xi32>, tensor<512x64xbf16>) -> tensor<2x16x64xbf16>
+  // CHECK: g3moe.rms_norm %[[X]], %{{.*}} {eps = 9.9999999999999995E-7 : f64}
+  %a = g3moe.rms_norm %x, %ln {eps = 1.0e-06 : f64}
+      : (tensor<2x16x64xbf16>, tensor<64xbf16>) -> tensor<2x16x64xbf16>
+  // CHECK: g3moe.linear
+  %q = g3moe.linear %a, %wq : (tensor<2x16x64xbf16>, tensor<64x64xbf16>) -> tensor<2x16x64xbf16>
+  %k = g3moe.linear %a, %wk : (tensor<2x16x64xbf16>, tensor<32x64xbf16>) -> tensor<2x16x32xbf16>
+  // CHECK: g3moe.reshape {{.*}} : tensor<2x16x64xbf16> -> tensor<2x16x4x16xbf16>
+  %q4 = g3moe.reshape %q : tensor<2x16x64xbf16> -> tensor<2x16x4x16xbf16>
+  %k4 = g3moe.reshape %k : tensor<2x16x32xbf16> -> tensor<2x16x2x16xbf16>
+  %qnorm = g3moe.rms_norm %q4, %qn {eps = 1.0e-06 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<16xbf16>) -> tensor<2x16x4x16xbf16>
+  // CHECK: g3moe.rope {{.*}} {scaling_factor = 8.000000e+00 : f64, theta = 1.000000e+06 : f64}
+  %qr = g3moe.rope %qnorm, %pos {theta = 1.0e+06 : f64, scaling_factor = 8.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>
+  // CHECK: g3moe.attention {{.*}} {scale = 2.500000e-01 : f64, sliding_window = 8 : i64, softcap = 5.000000e+01 : f64}
+  %o = g3moe.attention %qr, %k4, %k4, %seg {scale = 0.25 : f64, sliding_window = 8 : i64, softcap = 50.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>)
+      -> tensor<2x16x4x16xbf16>
+  %o3 = g3moe.reshape %o : tensor<2x16x4x16xbf16> -> tensor<2x16x64xbf16>
+  // CHECK: g3moe.gelu_tanh_mul
+  %g = g3moe.gelu_tanh_mul %o3, %x : tensor<2x16x64xbf16>
+  // CHECK: g3moe.add
+  %h = g3moe.add %g, %x : tensor<2x16x64xbf16>
+  return %h : tensor<2x16x64xbf16>
+}
+
+// CHECK-LABEL: func.func @moe_block
+func.func @moe_block(%x: tensor<32x64xbf16>, %key: tensor<2xi64>) -> tensor<32x64xbf16> {
+  %wr = g3moe.param "model.layers.2.moe.gate.weight" : tensor<4x64xf32>
+  %wg = g3moe.param "model.layers.2.moe.experts.{e}.gate_proj.weight" : tensor<4x128x64xbf16>
+  %wu = g3moe.param "model.layers.2.moe.experts.{e}.up_proj.weight" : tensor<4x128x64xbf16>
+  %wd = g3moe.param "model.layers.2.moe.experts.{e}.down_proj.weight" : tensor<4x64x128xbf16>
+  // CHECK: g3moe.random_uniform %{{.*}} {high = 1.010000e+00 : f64, low = 0.98999999999999999 : f64, stream = 0 : i64}
+  %u = g3moe.random_uniform %key {stream = 0 : i64, low = 0.99 : f64, high = 1.01 : f64}
+      : (tensor<2xi64>) -> tensor<32x64xf32>
+  // CHECK: g3moe.convert {{.*}} : tensor<32x64xf32> -> tensor<32x64xbf16>
+  %ub = g3moe.convert %u : tensor<32x64xf32> -> tensor<32x64xbf16>
+  // CHECK: g3moe.mul
+  %xj = g3moe.mul %x, %ub : tensor<32x64xbf16>
+  %xf = g3moe.convert %xj : tensor<32x64xbf16> -> tensor<32x64xf32>
+  %logits = g3moe.linear %xf, %wr : (tensor<32x64xf32>, tensor<4x64xf32>) -> tensor<32x4xf32>
+  %noise = g3moe.random_uniform %key {stream = 1 : i64, low = 0.0 : f64, high = 1.0 : f64}
+      : (tensor<2xi64>) -> tensor<32x2x5xf32>
+  // CHECK: g3moe.sparsemixer_router %{{.*}} noise %{{.*}} {epsilon = 1.000000e-02 : f64}
+  %w, %i = g3moe.sparsemixer_router %logits noise %noise {epsilon = 0.01 : f64}
+      : (tensor<32x4xf32>, tensor<32x2x5xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  // CHECK: g3moe.sparsemixer_router %{{[^ ]*}} {epsilon
+  %we, %ie = g3moe.sparsemixer_router %logits {epsilon = 0.01 : f64}
+      : (tensor<32x4xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  // CHECK: %[[P:.*]], %[[OFF:.*]], %[[SLOTS:.*]] = g3moe.moe_dispatch {{.*}} {num_experts = 4 : i64}
+  %p, %off, %slots = g3moe.moe_dispatch %xj, %i {num_experts = 4 : i64}
+      : (tensor<32x64xbf16>, tensor<32x2xi32>) -> (tensor<64x64xbf16>, tensor<5xi32>, tensor<32x2xi32>)
+  // CHECK: g3moe.expert_linear %[[P]], %[[OFF]]
+  %g = g3moe.expert_linear %p, %off, %wg
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x128xbf16>
+  %up = g3moe.expert_linear %p, %off, %wu
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x128xbf16>
+  %act = g3moe.gelu_tanh_mul %g, %up : tensor<64x128xbf16>
+  %d = g3moe.expert_linear %act, %off, %wd
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x64x128xbf16>) -> tensor<64x64xbf16>
+  // CHECK: g3moe.moe_combine %{{.*}}, %[[SLOTS]]
+  %y = g3moe.moe_combine %d, %slots, %w
+      : (tensor<64x64xbf16>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x64xbf16>
+  return %y : tensor<32x64xbf16>
+}
+
+// CHECK-LABEL: func.func @other_routers
+func.func @other_routers(%logits: tensor<32x4xf32>) -> (tensor<32x2xf32>, tensor<32x2xf32>) {
+  %bias = g3moe.param "model.layers.2.moe.gate.e_score_correction_bias" : tensor<4xf32>
+  // CHECK: g3moe.softmax_topk_router {{.*}} {norm_topk_prob = true, top_k = 2 : i64}
+  %w1, %i1 = g3moe.softmax_topk_router %logits {top_k = 2 : i64, norm_topk_prob = true}
+      : (tensor<32x4xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  // CHECK: g3moe.sigmoid_grouped_router {{.*}} {n_group = 2 : i64, norm_topk_prob = false, routed_scaling_factor = 2.500000e+00 : f64, top_k = 2 : i64, topk_group = 1 : i64}
+  %w2, %i2 = g3moe.sigmoid_grouped_router %logits, %bias {top_k = 2 : i64, n_group = 2 : i64,
+      topk_group = 1 : i64, routed_scaling_factor = 2.5 : f64, norm_topk_prob = false}
+      : (tensor<32x4xf32>, tensor<4xf32>) -> (tensor<32x2xf32>, tensor<32x2xi32>)
+  return %w1, %w2 : tensor<32x2xf32>, tensor<32x2xf32>
+}
+
+// CHECK-LABEL: func.func @losses
+func.func @losses(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>,
+                  %seg: tensor<2x16xi32>, %l2: tensor<32x4xf32>, %l3: tensor<32x4xf32>,
+                  %i2: tensor<32x2xi32>, %i3: tensor<32x2xi32>) -> tensor<f32> {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  // CHECK: g3moe.lm_head {{.*}} {softcap = 3.000000e+01 : f64}
+  %logits = g3moe.lm_head %h, %emb {softcap = 30.0 : f64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>) -> tensor<2x16x512xf32>
+  // CHECK: g3moe.cross_entropy {{.*}} {ignore_index = -100 : i64}
+  %ce = g3moe.cross_entropy %logits, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>) -> tensor<f32>
+  // CHECK: g3moe.load_balancing_loss(%{{.*}}, %{{.*}}) indices(%{{.*}}, %{{.*}}) mask %{{.*}} {num_experts = 4 : i64}
+  %aux = g3moe.load_balancing_loss (%l2, %l3) indices (%i2, %i3) mask %seg {num_experts = 4 : i64}
+      : (tensor<32x4xf32>, tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xi32>, tensor<2x16xi32>)
+      -> tensor<f32>
+  // CHECK: g3moe.router_z_loss(%{{.*}}, %{{.*}}) mask
+  %z = g3moe.router_z_loss (%l2, %l3) mask %seg
+      : (tensor<32x4xf32>, tensor<32x4xf32>, tensor<2x16xi32>) -> tensor<f32>
+  // CHECK: g3moe.loss_sum {{.*}} {coefficients = array<f64: 1.000000e+00, 1.000000e-03, 1.000000e-04>}
+  %loss = g3moe.loss_sum %ce, %aux, %z {coefficients = array<f64: 1.0, 1.0e-03, 1.0e-04>}
+      : (tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<f32>
+  return %loss : tensor<f32>
+}
