@@ -135,7 +135,8 @@ Value StepBuilder::attention(Value x, int64_t layer, const std::string &prefix) 
   auto ropeAttrs = [&](Value in) {
     return g3moe::RoPEOp::create(b, loc, in.getType(), in, positions,
                                  b.getF64FloatAttr(rope.theta),
-                                 b.getF64FloatAttr(rope.factor))
+                                 b.getF64FloatAttr(rope.factor),
+                                 /*transpose=*/UnitAttr())
         .getResult();
   };
   q = ropeAttrs(q);
@@ -352,6 +353,8 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
     } else {
       at(prefix + ffnName.substr(0, ffnName.size() - 1));
       y = mlp(f, prefix + ffnName, m.intermediateSize);
+      if (t.denseFFNNoGrad)
+        y = g3moe::StopGradientOp::create(b, loc, y);
     }
     at(prefix + "post_feedforward_layernorm");
     y = rmsNorm(y, prefix + "post_feedforward_layernorm.weight");

@@ -10,6 +10,7 @@
 #include "compiler/Driver/CompileMain.h"
 
 #include "compiler/Driver/InitAll.h"
+#include "compiler/Pipelines/TrainingPipeline.h"
 #include "frontend/Config.h"
 #include "frontend/ModelBuilder.h"
 
@@ -27,11 +28,31 @@ using namespace llvm;
 
 namespace {
 
-enum class Emit { Mlir, Step };
+enum class Emit { Mlir, TrainMlir, Step };
 
 int fail(const Twine &message) {
   WithColor::error(errs(), "g3moe-compile") << message << "\n";
   return 1;
+}
+
+/// The training pipeline's options for a resolved configuration.
+void setTrainingOptions(const g3moe::frontend::CompileConfig &config,
+                        g3moe::TrainingPipelineOptions &options) {
+  const auto &t = config.training;
+  options.fullFinetune = t.finetuning == "full";
+  options.loraRank = t.lora.rank;
+  options.loraAlpha = t.lora.alpha;
+  options.loraDropout = t.lora.dropout;
+  options.loraTargets = t.lora.targetModules;
+  options.trainRouter = t.trainRouter;
+  options.freezeSharedExperts = config.model.freezeSharedExperts;
+  options.learningRate = t.learningRate;
+  options.schedule = t.lrSchedulerType;
+  options.weightDecay = t.weightDecay;
+  options.beta1 = t.adamBeta1;
+  options.beta2 = t.adamBeta2;
+  options.epsilon = t.adamEpsilon;
+  options.maxGradNorm = t.maxGradNorm;
 }
 
 } // namespace
@@ -49,6 +70,8 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
       "emit", cl::desc("What to produce"), cl::init(Emit::Step),
       cl::values(clEnumValN(Emit::Mlir, "mlir",
                             "the forward + loss graph of one micro-batch (g3moe dialect)"),
+                 clEnumValN(Emit::TrainMlir, "train-mlir",
+                            "the whole training step: adapters, backward, optimizer"),
                  clEnumValN(Emit::Step, "step", "step.bin (default)")),
       cl::cat(category));
   cl::opt<int> seqLen("seq-len", cl::desc("Tokens per row (overrides max_seq_length)"),
@@ -97,6 +120,10 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
     return fail("writing step.bin needs the runtime's lowering, which this build "
                 "does not have yet; use --emit=mlir");
 
+  if (emit == Emit::TrainMlir && evalMode)
+    return fail("--eval builds the evaluation step, which has no training step; "
+                "use --emit=mlir");
+
   mlir::DialectRegistry registry;
   g3moe::registerAllDialects(registry);
   mlir::MLIRContext context(registry);
@@ -109,6 +136,11 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   mlir::PassManager pm(&context);
   if (failed(mlir::applyPassManagerCLOptions(pm)))
     return fail("bad pass-manager options");
+  if (emit == Emit::TrainMlir) {
+    g3moe::TrainingPipelineOptions options;
+    setTrainingOptions(*config, options);
+    g3moe::buildTrainingPipeline(pm, options);
+  }
   if (failed(pm.run(*module)))
     return 1;
 

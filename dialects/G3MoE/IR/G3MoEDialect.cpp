@@ -10,6 +10,7 @@
 using namespace mlir;
 using namespace g3moe;
 
+#include "dialects/G3MoE/IR/G3MoEInterfaces.cpp.inc"
 #include "dialects/G3MoE/IR/G3MoEOpsDialect.cpp.inc"
 
 void G3MoEDialect::initialize() {

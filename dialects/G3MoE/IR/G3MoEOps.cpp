@@ -7,70 +7,15 @@
 //===----------------------------------------------------------------------===//
 
 #include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "dialects/G3MoE/IR/VerifyUtils.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/OpImplementation.h"
-#include "llvm/ADT/STLExtras.h"
 
 using namespace mlir;
 using namespace g3moe;
+using namespace g3moe::detail;
 
-namespace {
-
-/// Prints a shape as `[2, 16, 64]`.
-std::string shapeStr(ArrayRef<int64_t> shape) {
-  std::string s = "[";
-  llvm::raw_string_ostream os(s);
-  llvm::interleaveComma(shape, os);
-  os << "]";
-  return s;
-}
-
-RankedTensorType tensorOf(Value v) {
-  return cast<RankedTensorType>(v.getType());
-}
-
-/// All g3moe ops work on static shapes: sizes are compile-time per step.
-LogicalResult requireStatic(Operation *op) {
-  for (Type t : llvm::concat<Type>(op->getOperandTypes(), op->getResultTypes()))
-    if (auto rt = dyn_cast<RankedTensorType>(t); rt && !rt.hasStaticShape())
-      return op->emitOpError("requires static shapes, got ") << rt;
-  return success();
-}
-
-LogicalResult expectShape(Operation *op, StringRef what, RankedTensorType t,
-                          ArrayRef<int64_t> expected) {
-  if (t.getShape() == expected)
-    return success();
-  return op->emitOpError() << what << " must have shape " << shapeStr(expected)
-                           << ", got " << shapeStr(t.getShape());
-}
-
-LogicalResult expectRank(Operation *op, StringRef what, RankedTensorType t,
-                         int64_t rank) {
-  if (t.getRank() == rank)
-    return success();
-  return op->emitOpError() << what << " must have rank " << rank << ", got "
-                           << shapeStr(t.getShape());
-}
-
-/// Router results: weights [N, k] and indices [N, k] for logits [N, E].
-LogicalResult verifyRouterResults(Operation *op, RankedTensorType logits,
-                                  int64_t topK) {
-  if (failed(expectRank(op, "logits", logits, 2)))
-    return failure();
-  int64_t n = logits.getDimSize(0), e = logits.getDimSize(1);
-  if (topK < 1 || topK > e)
-    return op->emitOpError() << "top_k must be in [1, " << e
-                             << "] (the number of experts), got " << topK;
-  for (Value r : op->getResults())
-    if (failed(expectShape(op, "result", cast<RankedTensorType>(r.getType()),
-                           {n, topK})))
-      return failure();
-  return success();
-}
-
-} // namespace
 
 LogicalResult ParamOp::verify() {
   if (getName().empty())

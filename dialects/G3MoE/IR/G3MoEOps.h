@@ -8,6 +8,7 @@
 #define G3MOE_DIALECTS_G3MOE_IR_G3MOEOPS_H
 
 #include "dialects/G3MoE/IR/G3MoEDialect.h"
+#include "dialects/G3MoE/IR/G3MoEInterfaces.h"
 #include "mlir/Bytecode/BytecodeOpInterface.h"
 #include "mlir/IR/BuiltinTypes.h"
 #include "mlir/IR/OpDefinition.h"

@@ -11,6 +11,10 @@
 include "dialects/G3MoE/IR/G3MoEDialect.td"
 include "mlir/Interfaces/SideEffectInterfaces.td"
 include "mlir/Interfaces/InferTypeOpInterface.td"
+include "dialects/G3MoE/IR/G3MoEInterfaces.td"
+
+/// Ops whose gradient the autodiff pass asks for through the interface.
+def G3MoE_Differentiable : DeclareOpInterfaceMethods<G3MoE_DifferentiableOpInterface>;
 
 //===----------------------------------------------------------------------===//
 // Parameters and plumbing
@@ -37,7 +41,7 @@ def G3MoE_ParamOp : G3MoE_Op<"param", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_ReshapeOp : G3MoE_Op<"reshape", [Pure]> {
+def G3MoE_ReshapeOp : G3MoE_Op<"reshape", [Pure, G3MoE_Differentiable]> {
   let summary = "reinterpret a tensor with another static shape";
   let description = [{
     Same elements, same element type, row-major order kept.
@@ -52,7 +56,7 @@ def G3MoE_ReshapeOp : G3MoE_Op<"reshape", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_ConvertOp : G3MoE_Op<"convert", [Pure]> {
+def G3MoE_ConvertOp : G3MoE_Op<"convert", [Pure, G3MoE_Differentiable]> {
   let summary = "change the floating-point element type";
   let description = [{
     Rounds to nearest even when narrowing (fp32 to bf16).
@@ -67,7 +71,7 @@ def G3MoE_ConvertOp : G3MoE_Op<"convert", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_AddOp : G3MoE_Op<"add", [Pure, SameOperandsAndResultType]> {
+def G3MoE_AddOp : G3MoE_Op<"add", [Pure, SameOperandsAndResultType, G3MoE_Differentiable]> {
   let summary = "elementwise sum (the residual connections)";
   let description = [{
     ```mlir
@@ -79,7 +83,7 @@ def G3MoE_AddOp : G3MoE_Op<"add", [Pure, SameOperandsAndResultType]> {
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
 }
 
-def G3MoE_MulOp : G3MoE_Op<"mul", [Pure, SameOperandsAndResultType]> {
+def G3MoE_MulOp : G3MoE_Op<"mul", [Pure, SameOperandsAndResultType, G3MoE_Differentiable]> {
   let summary = "elementwise product (input jitter)";
   let description = [{
     ```mlir
@@ -117,7 +121,7 @@ def G3MoE_RandomUniformOp : G3MoE_Op<"random_uniform", [Pure]> {
 // Backbone
 //===----------------------------------------------------------------------===//
 
-def G3MoE_EmbeddingOp : G3MoE_Op<"embedding", [Pure]> {
+def G3MoE_EmbeddingOp : G3MoE_Op<"embedding", [Pure, G3MoE_Differentiable]> {
   let summary = "token embedding times the (bf16-rounded) scale";
   let description = [{
     `result[..., :] = table[ids[...], :] * scale`. `scale` is √H already
@@ -136,7 +140,7 @@ def G3MoE_EmbeddingOp : G3MoE_Op<"embedding", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_RMSNormOp : G3MoE_Op<"rms_norm", [Pure]> {
+def G3MoE_RMSNormOp : G3MoE_Op<"rms_norm", [Pure, G3MoE_Differentiable]> {
   let summary = "Gemma RMSNorm over the last dimension, gain (1 + w)";
   let description = [{
     `x / sqrt(mean(x^2) + eps) * (1 + w)`, evaluated in fp32 and returned in
@@ -155,7 +159,7 @@ def G3MoE_RMSNormOp : G3MoE_Op<"rms_norm", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure]> {
+def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure, G3MoE_Differentiable]> {
   let summary = "bias-free linear layer y = x·Wᵀ with W stored [out, in]";
   let description = [{
     Contracts the last dimension of `input` with the second dimension of
@@ -173,14 +177,15 @@ def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_RoPEOp : G3MoE_Op<"rope", [Pure]> {
+def G3MoE_RoPEOp : G3MoE_Op<"rope", [Pure, G3MoE_Differentiable]> {
   let summary = "rotary position embedding, half-split form";
   let description = [{
     For pair i < d/2, `inv_freq_i = theta^(-2i/d) / scaling_factor` and angle
     `positions[b, t] * inv_freq_i`; `x' = x * cos + rotate_half(x) * sin` on
     [B, T, heads, d]. `scaling_factor` is the linear RoPE scaling factor
     (1 for none). Positions are run-time data so that packed documents restart
-    at 0.
+    at 0. With `transpose` the rotation runs backwards (angle negated): that is
+    the op's own gradient.
 
     ```mlir
     %r = g3moe.rope %q, %pos {theta = 1.0e+06 : f64, scaling_factor = 8.0 : f64}
@@ -188,13 +193,14 @@ def G3MoE_RoPEOp : G3MoE_Op<"rope", [Pure]> {
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_IndexTensor:$positions,
-                       F64Attr:$theta, F64Attr:$scaling_factor);
+                       F64Attr:$theta, F64Attr:$scaling_factor,
+                       UnitAttr:$transpose);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = "$input `,` $positions attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;
 }
 
-def G3MoE_AttentionOp : G3MoE_Op<"attention", [Pure]> {
+def G3MoE_AttentionOp : G3MoE_Op<"attention", [Pure, G3MoE_Differentiable]> {
   let summary = "causal GQA attention with sliding window and document masks";
   let description = [{
     `q` is [B, T, n_h, d]; `k` and `v` are [B, T, n_kv, d] with n_h a multiple
@@ -222,7 +228,7 @@ def G3MoE_AttentionOp : G3MoE_Op<"attention", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_GeluTanhMulOp : G3MoE_Op<"gelu_tanh_mul", [Pure, SameOperandsAndResultType]> {
+def G3MoE_GeluTanhMulOp : G3MoE_Op<"gelu_tanh_mul", [Pure, SameOperandsAndResultType, G3MoE_Differentiable]> {
   let summary = "GeGLU: gelu_tanh(gate) * up";
   let description = [{
     `gelu_tanh(z) = 0.5 z (1 + tanh(sqrt(2/pi) (z + 0.044715 z^3)))`.
@@ -236,7 +242,7 @@ def G3MoE_GeluTanhMulOp : G3MoE_Op<"gelu_tanh_mul", [Pure, SameOperandsAndResult
   let assemblyFormat = "$gate `,` $up attr-dict `:` type($result)";
 }
 
-def G3MoE_LMHeadOp : G3MoE_Op<"lm_head", [Pure]> {
+def G3MoE_LMHeadOp : G3MoE_Op<"lm_head", [Pure, G3MoE_Differentiable]> {
   let summary = "output projection onto the vocabulary, with optional softcap";
   let description = [{
     `logits = x·tableᵀ`, then `softcap * tanh(logits / softcap)` when
@@ -259,7 +265,7 @@ def G3MoE_LMHeadOp : G3MoE_Op<"lm_head", [Pure]> {
 // Routers and experts
 //===----------------------------------------------------------------------===//
 
-def G3MoE_SparseMixerRouterOp : G3MoE_Op<"sparsemixer_router", [Pure]> {
+def G3MoE_SparseMixerRouterOp : G3MoE_Op<"sparsemixer_router", [Pure, G3MoE_Differentiable]> {
   let summary = "GRIN SparseMixer-v2 top-2 routing";
   let description = [{
     Routes each of N tokens to two of E experts from router logits [N, E]
@@ -286,7 +292,7 @@ def G3MoE_SparseMixerRouterOp : G3MoE_Op<"sparsemixer_router", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_SoftmaxTopKRouterOp : G3MoE_Op<"softmax_topk_router", [Pure]> {
+def G3MoE_SoftmaxTopKRouterOp : G3MoE_Op<"softmax_topk_router", [Pure, G3MoE_Differentiable]> {
   let summary = "Mixtral-style routing: softmax, then top-k";
   let description = [{
     Weights are the top-k softmax probabilities, renormalised to sum to 1 when
@@ -304,7 +310,7 @@ def G3MoE_SoftmaxTopKRouterOp : G3MoE_Op<"softmax_topk_router", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_SigmoidGroupedRouterOp : G3MoE_Op<"sigmoid_grouped_router", [Pure]> {
+def G3MoE_SigmoidGroupedRouterOp : G3MoE_Op<"sigmoid_grouped_router", [Pure, G3MoE_Differentiable]> {
   let summary = "DeepSeek-V3-style grouped sigmoid routing";
   let description = [{
     Scores `s = sigmoid(logits)`; selection uses `s + bias` (the score
@@ -327,7 +333,7 @@ def G3MoE_SigmoidGroupedRouterOp : G3MoE_Op<"sigmoid_grouped_router", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_MoEDispatchOp : G3MoE_Op<"moe_dispatch", [Pure]> {
+def G3MoE_MoEDispatchOp : G3MoE_Op<"moe_dispatch", [Pure, G3MoE_Differentiable]> {
   let summary = "permute token copies into one buffer grouped by expert";
   let description = [{
     Given tokens [N, H] and their k expert indices [N, k], writes the N·k token
@@ -350,7 +356,7 @@ def G3MoE_MoEDispatchOp : G3MoE_Op<"moe_dispatch", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure]> {
+def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure, G3MoE_Differentiable]> {
   let summary = "grouped linear layer over the expert-permuted buffer";
   let description = [{
     Rows `expert_offsets[e] .. expert_offsets[e + 1]` of `input` [M, in] are
@@ -371,7 +377,7 @@ def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_MoECombineOp : G3MoE_Op<"moe_combine", [Pure]> {
+def G3MoE_MoECombineOp : G3MoE_Op<"moe_combine", [Pure, G3MoE_Differentiable]> {
   let summary = "gather expert outputs back to tokens, weighted by the router";
   let description = [{
     `result[n] = sum_j weights[n, j] * input[slots[n, j]]`, accumulated in fp32.
@@ -392,7 +398,7 @@ def G3MoE_MoECombineOp : G3MoE_Op<"moe_combine", [Pure]> {
 // Losses
 //===----------------------------------------------------------------------===//
 
-def G3MoE_CrossEntropyOp : G3MoE_Op<"cross_entropy", [Pure]> {
+def G3MoE_CrossEntropyOp : G3MoE_Op<"cross_entropy", [Pure, G3MoE_Differentiable]> {
   let summary = "summed token cross-entropy divided by the window's label count";
   let description = [{
     `targets` are the labels already shifted left by one (the label of position
@@ -416,7 +422,7 @@ def G3MoE_CrossEntropyOp : G3MoE_Op<"cross_entropy", [Pure]> {
 }
 
 def G3MoE_LoadBalancingLossOp : G3MoE_Op<"load_balancing_loss",
-    [Pure, AttrSizedOperandSegments]> {
+    [Pure, AttrSizedOperandSegments, G3MoE_Differentiable]> {
   let summary = "Switch-style load-balancing loss over all MoE layers";
   let description = [{
     Takes the router logits [N, E] and chosen experts [N, k] of every MoE layer
@@ -442,7 +448,7 @@ def G3MoE_LoadBalancingLossOp : G3MoE_Op<"load_balancing_loss",
   let hasVerifier = 1;
 }
 
-def G3MoE_RouterZLossOp : G3MoE_Op<"router_z_loss", [Pure]> {
+def G3MoE_RouterZLossOp : G3MoE_Op<"router_z_loss", [Pure, G3MoE_Differentiable]> {
   let summary = "router z-loss: mean over real tokens of logsumexp(logits)^2";
   let description = [{
     Averaged over the real tokens of all given layers.
@@ -461,7 +467,7 @@ def G3MoE_RouterZLossOp : G3MoE_Op<"router_z_loss", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_LossSumOp : G3MoE_Op<"loss_sum", [Pure]> {
+def G3MoE_LossSumOp : G3MoE_Op<"loss_sum", [Pure, G3MoE_Differentiable]> {
   let summary = "weighted sum of scalar loss terms";
   let description = [{
     `result = sum_i coefficients[i] * terms[i]`.
@@ -476,5 +482,8 @@ def G3MoE_LossSumOp : G3MoE_Op<"loss_sum", [Pure]> {
   let assemblyFormat = "$terms attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;
 }
+
+include "dialects/G3MoE/IR/G3MoEGradOps.td"
+include "dialects/G3MoE/IR/G3MoETrainOps.td"
 
 #endif // G3MOE_OPS_TD

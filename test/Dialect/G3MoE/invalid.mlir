@@ -337,3 +337,94 @@ func.func @loss_sum_coefficients(%a: tensor<f32>, %b: tensor<f32>) {
       : (tensor<f32>, tensor<f32>) -> tensor<f32>
   return
 }
+
+// -----
+
+func.func @linear_grad_input_out(%dy: tensor<2x64xbf16>, %w: tensor<128x64xbf16>) {
+  // expected-error @+1 {{grad features (64) must equal the weight's out dimension (128)}}
+  %dx = g3moe.linear_grad_input %dy, %w : (tensor<2x64xbf16>, tensor<128x64xbf16>) -> tensor<2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @linear_grad_weight_tokens(%dy: tensor<2x128xbf16>, %x: tensor<3x64xbf16>) {
+  // expected-error @+1 {{must agree on the leading dimensions}}
+  %dw = g3moe.linear_grad_weight %dy, %x : (tensor<2x128xbf16>, tensor<3x64xbf16>) -> tensor<128x64xf32>
+  return
+}
+
+// -----
+
+func.func @rms_norm_grad_weight(%x: tensor<2x64xbf16>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{weight_grad must have shape [64], got [32]}}
+  %d:2 = g3moe.rms_norm_grad %x, %w, %x {eps = 1.0e-06 : f64}
+      : (tensor<2x64xbf16>, tensor<64xbf16>, tensor<2x64xbf16>) -> (tensor<2x64xbf16>, tensor<32xf32>)
+  return
+}
+
+// -----
+
+func.func @attention_grad_kv(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{key_grad must have shape [2, 16, 2, 16], got [2, 16, 4, 16]}}
+  %d:3 = g3moe.attention_grad %q, %k, %k, %s, %q {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>)
+  return
+}
+
+// -----
+
+func.func @router_grad_shape(%l: tensor<32x4xf32>, %i: tensor<32x2xi32>, %g: tensor<32x3xf32>) {
+  // expected-error @+1 {{grad must have shape [32, 2], got [32, 3]}}
+  %d = g3moe.sparsemixer_router_grad %l, %i, %g {epsilon = 0.01 : f64}
+      : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x3xf32>) -> tensor<32x4xf32>
+  return
+}
+
+// -----
+
+func.func @dispatch_grad_rows(%g: tensor<48x64xbf16>, %s: tensor<32x2xi32>) {
+  // expected-error @+1 {{grad must have tokens x top_k = 64 rows, got 48}}
+  %d = g3moe.moe_dispatch_grad %g, %s : (tensor<48x64xbf16>, tensor<32x2xi32>) -> tensor<32x64xbf16>
+  return
+}
+
+// -----
+
+func.func @dropout_p(%x: tensor<4xbf16>, %u: tensor<4xf32>) {
+  // expected-error @+1 {{p must be in [0, 1), got 1}}
+  %y = g3moe.dropout %x, %u {p = 1.0 : f64} : (tensor<4xbf16>, tensor<4xf32>) -> tensor<4xbf16>
+  return
+}
+
+// -----
+
+func.func @schedule_kind(%t: tensor<i64>) {
+  // expected-error @+1 {{kind must be cosine, linear, constant or constant_with_warmup, got 'step'}}
+  %lr = g3moe.lr_schedule %t, %t, %t {kind = "step", learning_rate = 1.0e-04 : f64}
+      : (tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<f32>
+  return
+}
+
+// -----
+
+func.func @adamw_moments(%p: tensor<4xf32>, %m: tensor<3xf32>, %t: tensor<i64>, %s: tensor<f32>) {
+  // expected-error @+1 {{exp_avg must have shape [4], got [3]}}
+  %r:3 = g3moe.adamw %p, %p, %m, %p, %t, %s, %s
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<4xf32>, tensor<4xf32>, tensor<3xf32>, tensor<4xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @adamw_betas(%p: tensor<4xf32>, %t: tensor<i64>, %s: tensor<f32>) {
+  // expected-error @+1 {{betas must be in [0, 1), got (9.000000e-01, 1.000000e+00)}}
+  %r:3 = g3moe.adamw %p, %p, %p, %p, %t, %s, %s
+      {beta1 = 0.9 : f64, beta2 = 1.0 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  return
+}

@@ -117,3 +117,93 @@ func.func @losses(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32
       : (tensor<f32>, tensor<f32>, tensor<f32>) -> tensor<f32>
   return %loss : tensor<f32>
 }
+
+// CHECK-LABEL: func.func @backward_ops
+func.func @backward_ops(%x: tensor<2x16x64xbf16>, %dy: tensor<2x16x128xbf16>, %ids: tensor<2x16xi32>,
+                        %q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %seg: tensor<2x16xi32>,
+                        %logits: tensor<32x4xf32>, %idx: tensor<32x2xi32>, %dw: tensor<32x2xf32>,
+                        %p: tensor<64x64xbf16>, %off: tensor<5xi32>, %n: tensor<f32>) {
+  %w = g3moe.param "w" : tensor<128x64xbf16>
+  // CHECK: g3moe.linear_grad_input {{.*}} : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
+  %dx = g3moe.linear_grad_input %dy, %w : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
+  // CHECK: g3moe.linear_grad_weight {{.*}} -> tensor<128x64xf32>
+  %dW = g3moe.linear_grad_weight %dy, %x : (tensor<2x16x128xbf16>, tensor<2x16x64xbf16>) -> tensor<128x64xf32>
+  %we = g3moe.param "we" : tensor<4x128x64xbf16>
+  %pe = g3moe.expert_linear %p, %off, %we : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x128xbf16>
+  // CHECK: g3moe.expert_linear_grad_input
+  %dpe = g3moe.expert_linear_grad_input %pe, %off, %we
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x64xbf16>
+  // CHECK: g3moe.expert_linear_grad_weight {{.*}} -> tensor<4x128x64xf32>
+  %dwe = g3moe.expert_linear_grad_weight %pe, %off, %p
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<64x64xbf16>) -> tensor<4x128x64xf32>
+  // CHECK: g3moe.embedding_grad {{.*}} {padding_idx = 0 : i64, scale = 8.000000e+00 : f64}
+  %dt = g3moe.embedding_grad %x, %ids {scale = 8.0 : f64, padding_idx = 0 : i64}
+      : (tensor<2x16x64xbf16>, tensor<2x16xi32>) -> tensor<512x64xf32>
+  %ln = g3moe.param "ln" : tensor<64xbf16>
+  // CHECK: g3moe.rms_norm_grad
+  %dn:2 = g3moe.rms_norm_grad %x, %ln, %x {eps = 1.0e-06 : f64}
+      : (tensor<2x16x64xbf16>, tensor<64xbf16>, tensor<2x16x64xbf16>) -> (tensor<2x16x64xbf16>, tensor<64xf32>)
+  // CHECK: g3moe.attention_grad {{.*}} {scale = 2.500000e-01 : f64, sliding_window = 8 : i64}
+  %da:3 = g3moe.attention_grad %q, %k, %k, %seg, %q {scale = 0.25 : f64, sliding_window = 8 : i64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+  // CHECK: g3moe.rope {{.*}} transpose
+  %rq = g3moe.rope %q, %seg {theta = 1.0e+04 : f64, scaling_factor = 1.0 : f64, transpose}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>
+  // CHECK: g3moe.gelu_tanh_mul_grad
+  %dg:2 = g3moe.gelu_tanh_mul_grad %x, %x, %x
+      : (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>, tensor<2x16x64xbf16>) -> (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>)
+  %emb = g3moe.param "emb" : tensor<512x64xbf16>
+  %l = g3moe.lm_head %x, %emb : (tensor<2x16x64xbf16>, tensor<512x64xbf16>) -> tensor<2x16x512xf32>
+  // CHECK: g3moe.cross_entropy_grad
+  %dl = g3moe.cross_entropy_grad %l, %ids, %n, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> tensor<2x16x512xf32>
+  // CHECK: g3moe.lm_head_grad {{.*}} {softcap = 3.000000e+01 : f64}
+  %dh:2 = g3moe.lm_head_grad %x, %emb, %dl {softcap = 30.0 : f64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16x512xf32>) -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+  // CHECK: g3moe.sparsemixer_router_grad
+  %d1 = g3moe.sparsemixer_router_grad %logits, %idx, %dw {epsilon = 0.01 : f64}
+      : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x4xf32>
+  // CHECK: g3moe.softmax_topk_router_grad
+  %d2 = g3moe.softmax_topk_router_grad %logits, %idx, %dw {norm_topk_prob = true}
+      : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x4xf32>
+  // CHECK: g3moe.sigmoid_grouped_router_grad
+  %d3 = g3moe.sigmoid_grouped_router_grad %logits, %idx, %dw {norm_topk_prob = true, routed_scaling_factor = 2.5 : f64}
+      : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x4xf32>
+  // CHECK: g3moe.moe_dispatch_grad
+  %dd = g3moe.moe_dispatch_grad %p, %idx : (tensor<64x64xbf16>, tensor<32x2xi32>) -> tensor<32x64xbf16>
+  // CHECK: g3moe.moe_combine_grad
+  %dc:2 = g3moe.moe_combine_grad %p, %idx, %dw, %dd
+      : (tensor<64x64xbf16>, tensor<32x2xi32>, tensor<32x2xf32>, tensor<32x64xbf16>) -> (tensor<64x64xbf16>, tensor<32x2xf32>)
+  // CHECK: g3moe.load_balancing_loss_grad(%{{.*}}) indices(%{{.*}}) mask %{{.*}} grad %{{.*}} {num_experts = 4 : i64}
+  %dlb = g3moe.load_balancing_loss_grad (%logits) indices (%idx) mask %seg grad %n {num_experts = 4 : i64}
+      : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<2x16xi32>, tensor<f32>) -> tensor<32x4xf32>
+  // CHECK: g3moe.router_z_loss_grad(%{{.*}}) mask %{{.*}} grad
+  %dz = g3moe.router_z_loss_grad (%logits) mask %seg grad %n
+      : (tensor<32x4xf32>, tensor<2x16xi32>, tensor<f32>) -> tensor<32x4xf32>
+  return
+}
+
+// CHECK-LABEL: func.func @training_ops
+func.func @training_ops(%x: tensor<32x64xbf16>, %u: tensor<32x64xf32>, %p: tensor<4x64xf32>,
+                        %t: tensor<i64>, %s: tensor<i64>, %w: tensor<i64>) {
+  // CHECK: g3moe.scale {{.*}} {factor = 4.000000e+00 : f64} : tensor<32x64xbf16>
+  %a = g3moe.scale %x {factor = 4.0 : f64} : tensor<32x64xbf16>
+  // CHECK: g3moe.stop_gradient {{.*}} : tensor<32x64xbf16>
+  %b = g3moe.stop_gradient %a : tensor<32x64xbf16>
+  // CHECK: g3moe.dropout {{.*}} {p = 5.000000e-02 : f64}
+  %c = g3moe.dropout %b, %u {p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<32x64xf32>) -> tensor<32x64xbf16>
+  // CHECK: g3moe.global_norm
+  %n = g3moe.global_norm %p, %u : (tensor<4x64xf32>, tensor<32x64xf32>) -> tensor<f32>
+  // CHECK: g3moe.clip_scale {{.*}} {max_norm = 1.000000e+00 : f64}
+  %k = g3moe.clip_scale %n {max_norm = 1.0 : f64} : (tensor<f32>) -> tensor<f32>
+  // CHECK: g3moe.lr_schedule {{.*}} {kind = "cosine", learning_rate = 1.000000e-04 : f64}
+  %lr = g3moe.lr_schedule %t, %s, %w {kind = "cosine", learning_rate = 1.0e-04 : f64}
+      : (tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<f32>
+  // CHECK: g3moe.adamw
+  %r:3 = g3moe.adamw %p, %p, %p, %p, %t, %lr, %k
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>)
+  return
+}

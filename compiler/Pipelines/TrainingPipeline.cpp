@@ -1,0 +1,42 @@
+//===- TrainingPipeline.cpp - forward graph to training step --------------===//
+
+#include "compiler/Pipelines/TrainingPipeline.h"
+
+#include "dialects/G3MoE/Transforms/Passes.h"
+#include "mlir/Pass/PassRegistry.h"
+
+using namespace mlir;
+
+void g3moe::buildTrainingPipeline(OpPassManager &pm,
+                                  const TrainingPipelineOptions &options) {
+  // LoRA first: autodiff differentiates with respect to whatever is marked
+  // trainable, and the optimizer updates exactly what autodiff returns.
+  G3MoELoRAPassOptions lora;
+  lora.rank = options.loraRank;
+  lora.alpha = options.loraAlpha;
+  lora.dropout = options.loraDropout;
+  lora.targets.assign(options.loraTargets.begin(), options.loraTargets.end());
+  lora.fullFinetune = options.fullFinetune;
+  lora.trainRouter = options.trainRouter;
+  lora.freezeSharedExperts = options.freezeSharedExperts;
+  pm.addPass(createG3MoELoRAPass(lora));
+  pm.addPass(createG3MoEAutodiffPass());
+
+  G3MoEOptimizerPassOptions optimizer;
+  optimizer.learningRate = options.learningRate;
+  optimizer.schedule = options.schedule;
+  optimizer.weightDecay = options.weightDecay;
+  optimizer.beta1 = options.beta1;
+  optimizer.beta2 = options.beta2;
+  optimizer.epsilon = options.epsilon;
+  optimizer.maxGradNorm = options.maxGradNorm;
+  pm.addPass(createG3MoEOptimizerPass(optimizer));
+}
+
+void g3moe::registerTrainingPipeline() {
+  PassPipelineRegistration<TrainingPipelineOptions>(
+      "g3moe-training-pipeline",
+      "LoRA (or full fine-tuning), autodiff and the optimizer: the forward "
+      "graph to a complete training step",
+      buildTrainingPipeline);
+}

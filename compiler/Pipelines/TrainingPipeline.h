@@ -1,0 +1,67 @@
+//===- TrainingPipeline.h - forward graph to training step ------*- C++ -*-===//
+//
+// The pipeline that turns the frontend's forward graph into the complete
+// training step. g3moe-compile and g3moe-opt (--g3moe-training-pipeline) build
+// it with the same function, so the tests run what ships.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_COMPILER_PIPELINES_TRAININGPIPELINE_H
+#define G3MOE_COMPILER_PIPELINES_TRAININGPIPELINE_H
+
+#include "mlir/Pass/PassManager.h"
+#include "mlir/Pass/PassOptions.h"
+
+namespace g3moe {
+
+/// Options of the training pipeline: the trainable set and the optimizer.
+struct TrainingPipelineOptions
+    : public mlir::PassPipelineOptions<TrainingPipelineOptions> {
+  Option<bool> fullFinetune{*this, "full-finetune",
+                            llvm::cl::desc("train every weight (no adapters)"),
+                            llvm::cl::init(false)};
+  Option<int64_t> loraRank{*this, "lora-rank", llvm::cl::desc("LoRA rank"),
+                           llvm::cl::init(16)};
+  Option<double> loraAlpha{*this, "lora-alpha", llvm::cl::desc("LoRA alpha"),
+                           llvm::cl::init(32.0)};
+  Option<double> loraDropout{*this, "lora-dropout",
+                             llvm::cl::desc("LoRA dropout probability"),
+                             llvm::cl::init(0.0)};
+  ListOption<std::string> loraTargets{*this, "lora-targets",
+                                      llvm::cl::desc("LoRA target module suffixes")};
+  Option<bool> trainRouter{*this, "train-router",
+                           llvm::cl::desc("make the router weights trainable"),
+                           llvm::cl::init(false)};
+  Option<bool> freezeSharedExperts{*this, "freeze-shared-experts",
+                                   llvm::cl::desc("keep shared experts frozen"),
+                                   llvm::cl::init(true)};
+  Option<double> learningRate{*this, "learning-rate",
+                              llvm::cl::desc("peak learning rate"),
+                              llvm::cl::init(2e-5)};
+  Option<std::string> schedule{*this, "schedule",
+                               llvm::cl::desc("LR schedule"),
+                               llvm::cl::init("cosine")};
+  Option<double> weightDecay{*this, "weight-decay", llvm::cl::desc("weight decay"),
+                             llvm::cl::init(0.01)};
+  Option<double> beta1{*this, "beta1", llvm::cl::desc("AdamW beta1"),
+                       llvm::cl::init(0.9)};
+  Option<double> beta2{*this, "beta2", llvm::cl::desc("AdamW beta2"),
+                       llvm::cl::init(0.999)};
+  Option<double> epsilon{*this, "epsilon", llvm::cl::desc("AdamW epsilon"),
+                         llvm::cl::init(1e-8)};
+  Option<double> maxGradNorm{*this, "max-grad-norm",
+                             llvm::cl::desc("clipping threshold (0: off)"),
+                             llvm::cl::init(1.0)};
+};
+
+/// Adds LoRA insertion (or full fine-tuning), autodiff and the optimizer to
+/// `pm`, which runs on the module.
+void buildTrainingPipeline(mlir::OpPassManager &pm,
+                           const TrainingPipelineOptions &options);
+
+/// Registers `--g3moe-training-pipeline` for g3moe-opt.
+void registerTrainingPipeline();
+
+} // namespace g3moe
+
+#endif // G3MOE_COMPILER_PIPELINES_TRAININGPIPELINE_H

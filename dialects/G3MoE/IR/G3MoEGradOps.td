@@ -1,0 +1,315 @@
+//===- G3MoEGradOps.td - backward ops of the g3moe graph ---*- tablegen -*-===//
+//
+// The vector-Jacobian products the autodiff pass emits. Each names the
+// forward op it differentiates; formulas are those of G3MOE_SPEC.md. Forward
+// ops whose backward is another forward op (add, mul, reshape, convert, scale,
+// dropout) have no op here.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_GRAD_OPS_TD
+#define G3MOE_GRAD_OPS_TD
+
+class G3MoE_GradOp<string mnemonic, list<Trait> traits = []>
+    : G3MoE_Op<mnemonic, !listconcat([Pure], traits)> {
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_LinearGradInputOp : G3MoE_GradOp<"linear_grad_input"> {
+  let summary = "input gradient of g3moe.linear: dx = dy·W";
+  let description = [{
+    `result[..., in] = sum_out grad[..., out] * weight[out, in]`, fp32
+    accumulation, returned in the forward input's element type.
+
+    ```mlir
+    %dx = g3moe.linear_grad_input %dy, %w
+        : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$weight);
+  let results = (outs G3MoE_FloatTensor:$result);
+}
+
+def G3MoE_LinearGradWeightOp : G3MoE_GradOp<"linear_grad_weight"> {
+  let summary = "weight gradient of g3moe.linear: dW = dyᵀ·x over all tokens";
+  let description = [{
+    `result[out, in] = sum over the leading dims of grad[.., out] * input[.., in]`,
+    accumulated and returned in fp32.
+
+    ```mlir
+    %dw = g3moe.linear_grad_weight %dy, %x
+        : (tensor<2x16x4xbf16>, tensor<2x16x64xbf16>) -> tensor<4x64xf32>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$input);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_ExpertLinearGradInputOp : G3MoE_GradOp<"expert_linear_grad_input"> {
+  let summary = "input gradient of g3moe.expert_linear";
+  let description = [{
+    Rows of expert e: `result[m, :] = grad[m, :]·weight[e]`.
+
+    ```mlir
+    %dx = g3moe.expert_linear_grad_input %dy, %off, %w
+        : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
+                       G3MoE_FloatTensor:$weight);
+  let results = (outs G3MoE_FloatTensor:$result);
+}
+
+def G3MoE_ExpertLinearGradWeightOp : G3MoE_GradOp<"expert_linear_grad_weight"> {
+  let summary = "weight gradient of g3moe.expert_linear, per expert";
+  let description = [{
+    `result[e] = sum over the rows m of expert e of grad[m]ᵀ·input[m]`, fp32.
+
+    ```mlir
+    %dw = g3moe.expert_linear_grad_weight %dy, %off, %x
+        : (tensor<64x128xbf16>, tensor<5xi32>, tensor<64x64xbf16>) -> tensor<4x128x64xf32>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
+                       G3MoE_FloatTensor:$input);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_EmbeddingGradOp : G3MoE_GradOp<"embedding_grad"> {
+  let summary = "table gradient of g3moe.embedding";
+  let description = [{
+    Scatter-adds `grad * scale` into the rows named by `ids`; the row
+    `padding_idx` stays zero. Result [V, H] in fp32.
+
+    ```mlir
+    %dt = g3moe.embedding_grad %dy, %ids {scale = 8.0 : f64, padding_idx = 0 : i64}
+        : (tensor<2x16x64xbf16>, tensor<2x16xi32>) -> tensor<512x64xf32>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$ids,
+                       F64Attr:$scale, I64Attr:$padding_idx);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_RMSNormGradOp : G3MoE_GradOp<"rms_norm_grad"> {
+  let summary = "gradients of g3moe.rms_norm";
+  let description = [{
+    With x̂ = x / rms and g' = grad ⊙ (1 + w): `input_grad = (g' - x̂ ·
+    mean(g' ⊙ x̂)) / rms` in the input's element type, and `weight_grad =
+    sum over tokens of grad ⊙ x̂` in fp32.
+
+    ```mlir
+    %dx, %dw = g3moe.rms_norm_grad %x, %w, %dy {eps = 1.0e-06 : f64}
+        : (tensor<2x16x64xbf16>, tensor<64xbf16>, tensor<2x16x64xbf16>)
+        -> (tensor<2x16x64xbf16>, tensor<64xf32>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight,
+                       G3MoE_FloatTensor:$grad, F64Attr:$eps);
+  let results = (outs G3MoE_FloatTensor:$input_grad,
+                      RankedTensorOf<[F32]>:$weight_grad);
+}
+
+def G3MoE_AttentionGradOp : G3MoE_GradOp<"attention_grad"> {
+  let summary = "gradients of g3moe.attention with respect to q, k and v";
+  let description = [{
+    Same masks, scale and softcap as the forward op, which it recomputes.
+    `key_grad` and `value_grad` sum over the query heads that share a kv head.
+
+    ```mlir
+    %dq, %dk, %dv = g3moe.attention_grad %q, %k, %v, %seg, %do {scale = 0.25 : f64}
+        : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>,
+           tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
+        -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$query, G3MoE_FloatTensor:$key,
+                       G3MoE_FloatTensor:$value, G3MoE_IndexTensor:$segment_ids,
+                       G3MoE_FloatTensor:$grad, F64Attr:$scale,
+                       OptionalAttr<I64Attr>:$sliding_window,
+                       OptionalAttr<F64Attr>:$softcap);
+  let results = (outs G3MoE_FloatTensor:$query_grad, G3MoE_FloatTensor:$key_grad,
+                      G3MoE_FloatTensor:$value_grad);
+}
+
+def G3MoE_GeluTanhMulGradOp : G3MoE_GradOp<"gelu_tanh_mul_grad"> {
+  let summary = "gradients of g3moe.gelu_tanh_mul";
+  let description = [{
+    `gate_grad = grad * up * gelu_tanh'(gate)`, `up_grad = grad * gelu_tanh(gate)`.
+
+    ```mlir
+    %dg, %du = g3moe.gelu_tanh_mul_grad %g, %u, %dy
+        : (tensor<64x128xbf16>, tensor<64x128xbf16>, tensor<64x128xbf16>)
+        -> (tensor<64x128xbf16>, tensor<64x128xbf16>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$gate, G3MoE_FloatTensor:$up,
+                       G3MoE_FloatTensor:$grad);
+  let results = (outs G3MoE_FloatTensor:$gate_grad, G3MoE_FloatTensor:$up_grad);
+}
+
+def G3MoE_LMHeadGradOp : G3MoE_GradOp<"lm_head_grad"> {
+  let summary = "gradients of g3moe.lm_head";
+  let description = [{
+    With the softcap's derivative `1 - tanh²(l / c)` applied to `grad` first:
+    `input_grad = grad'·table` (input element type), `table_grad = grad'ᵀ·input`
+    (fp32).
+
+    ```mlir
+    %dx, %dt = g3moe.lm_head_grad %h, %emb, %dl
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16x512xf32>)
+        -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
+                       RankedTensorOf<[F32]>:$grad, OptionalAttr<F64Attr>:$softcap);
+  let results = (outs G3MoE_FloatTensor:$input_grad, RankedTensorOf<[F32]>:$table_grad);
+}
+
+def G3MoE_CrossEntropyGradOp : G3MoE_GradOp<"cross_entropy_grad"> {
+  let summary = "logits gradient of g3moe.cross_entropy";
+  let description = [{
+    `(softmax(logits) - onehot(target)) * grad / num_items` on rows whose
+    target is not `ignore_index`, 0 elsewhere.
+
+    ```mlir
+    %dl = g3moe.cross_entropy_grad %logits, %t, %n, %g {ignore_index = -100 : i64}
+        : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>, tensor<f32>)
+        -> tensor<2x16x512xf32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, G3MoE_IndexTensor:$targets,
+                       G3MoE_Scalar:$num_items, G3MoE_Scalar:$grad,
+                       I64Attr:$ignore_index);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_SparseMixerRouterGradOp : G3MoE_GradOp<"sparsemixer_router_grad"> {
+  let summary = "SparseMixer-v2's custom router gradient";
+  let description = [{
+    For each stage j with chosen expert i_j, stage softmax P_j over the
+    surviving experts (recomputed from `logits` and `indices`) and
+    w_j_raw = P_j[i_j]: `dlogits[e] += grad[j] * w_j_raw * (δ(e, i_j) - P_j[e])`
+    (G3MOE_SPEC.md 3.5). The 1/3 coin factor, the masks and the draws get no
+    gradient.
+
+    ```mlir
+    %dl = g3moe.sparsemixer_router_grad %logits, %idx, %dw {epsilon = 0.01 : f64}
+        : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x4xf32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, G3MoE_IndexTensor:$indices,
+                       RankedTensorOf<[F32]>:$grad, F64Attr:$epsilon);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_SoftmaxTopKRouterGradOp : G3MoE_GradOp<"softmax_topk_router_grad"> {
+  let summary = "router gradient of g3moe.softmax_topk_router";
+  let description = [{
+    The exact gradient of the chosen (optionally renormalised) softmax
+    probabilities with respect to the logits; the choice is constant.
+
+    ```mlir
+    %dl = g3moe.softmax_topk_router_grad %logits, %idx, %dw {norm_topk_prob = true}
+        : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x4xf32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, G3MoE_IndexTensor:$indices,
+                       RankedTensorOf<[F32]>:$grad, BoolAttr:$norm_topk_prob);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_SigmoidGroupedRouterGradOp : G3MoE_GradOp<"sigmoid_grouped_router_grad"> {
+  let summary = "router gradient of g3moe.sigmoid_grouped_router";
+  let description = [{
+    The exact gradient of the chosen weights (sigmoid scores, optionally
+    renormalised, times `routed_scaling_factor`) with respect to the logits;
+    the choice and the correction bias are constant.
+
+    ```mlir
+    %dl = g3moe.sigmoid_grouped_router_grad %logits, %idx, %dw
+        {norm_topk_prob = true, routed_scaling_factor = 2.5 : f64}
+        : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<32x2xf32>) -> tensor<32x4xf32>
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, G3MoE_IndexTensor:$indices,
+                       RankedTensorOf<[F32]>:$grad, BoolAttr:$norm_topk_prob,
+                       F64Attr:$routed_scaling_factor);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+}
+
+def G3MoE_MoEDispatchGradOp : G3MoE_GradOp<"moe_dispatch_grad"> {
+  let summary = "input gradient of g3moe.moe_dispatch";
+  let description = [{
+    `result[n] = sum_j grad[slots[n, j]]`: every copy of a token sends its
+    gradient back, fp32 accumulation.
+
+    ```mlir
+    %dx = g3moe.moe_dispatch_grad %dp, %slots
+        : (tensor<64x64xbf16>, tensor<32x2xi32>) -> tensor<32x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$slots);
+  let results = (outs G3MoE_FloatTensor:$result);
+}
+
+def G3MoE_MoECombineGradOp : G3MoE_GradOp<"moe_combine_grad"> {
+  let summary = "gradients of g3moe.moe_combine";
+  let description = [{
+    `input_grad[slots[n, j]] = weights[n, j] * grad[n]` and
+    `weights_grad[n, j] = <grad[n], input[slots[n, j]]>` (fp32).
+
+    ```mlir
+    %dy, %dw = g3moe.moe_combine_grad %e, %slots, %w, %g
+        : (tensor<64x64xbf16>, tensor<32x2xi32>, tensor<32x2xf32>, tensor<32x64xbf16>)
+        -> (tensor<64x64xbf16>, tensor<32x2xf32>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_IndexTensor:$slots,
+                       RankedTensorOf<[F32]>:$weights, G3MoE_FloatTensor:$grad);
+  let results = (outs G3MoE_FloatTensor:$input_grad,
+                      RankedTensorOf<[F32]>:$weights_grad);
+}
+
+def G3MoE_LoadBalancingLossGradOp : G3MoE_GradOp<"load_balancing_loss_grad",
+    [AttrSizedOperandSegments]> {
+  let summary = "logits gradients of g3moe.load_balancing_loss";
+  let description = [{
+    One gradient per layer's logits, through the mean probabilities P only.
+
+    ```mlir
+    %d2 = g3moe.load_balancing_loss_grad (%l2) indices (%i2) mask %seg grad %g {num_experts = 4 : i64}
+        : (tensor<32x4xf32>, tensor<32x2xi32>, tensor<2x16xi32>, tensor<f32>) -> tensor<32x4xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$logits,
+                       Variadic<G3MoE_IndexTensor>:$indices,
+                       G3MoE_IndexTensor:$segment_ids, G3MoE_Scalar:$grad,
+                       I64Attr:$num_experts);
+  let results = (outs Variadic<RankedTensorOf<[F32]>>:$results);
+  let assemblyFormat = [{
+    `(` $logits `)` `indices` `(` $indices `)` `mask` $segment_ids `grad` $grad attr-dict
+    `:` functional-type(operands, results)
+  }];
+}
+
+def G3MoE_RouterZLossGradOp : G3MoE_GradOp<"router_z_loss_grad"> {
+  let summary = "logits gradients of g3moe.router_z_loss";
+  let description = [{
+    `2 * lse * softmax(logits) * grad / count` on real tokens, per layer.
+
+    ```mlir
+    %d2 = g3moe.router_z_loss_grad (%l2) mask %seg grad %g
+        : (tensor<32x4xf32>, tensor<2x16xi32>, tensor<f32>) -> tensor<32x4xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$logits,
+                       G3MoE_IndexTensor:$segment_ids, G3MoE_Scalar:$grad);
+  let results = (outs Variadic<RankedTensorOf<[F32]>>:$results);
+  let assemblyFormat = [{
+    `(` $logits `)` `mask` $segment_ids `grad` $grad attr-dict `:` functional-type(operands, results)
+  }];
+}
+
+#endif // G3MOE_GRAD_OPS_TD

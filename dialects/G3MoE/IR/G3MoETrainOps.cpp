@@ -1,0 +1,233 @@
+//===- G3MoETrainOps.cpp - verifiers of backward and optimizer ops --------===//
+//
+// A gradient has the shape of the value it differentiates; these checks tie
+// every backward op's results to the forward operands it mirrors.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "dialects/G3MoE/IR/VerifyUtils.h"
+
+using namespace mlir;
+using namespace g3moe;
+using namespace g3moe::detail;
+
+namespace {
+
+/// `result` must have the shape of `like`.
+LogicalResult sameShape(Operation *op, StringRef what, Value result, Value like) {
+  return expectShape(op, what, tensorOf(result), tensorOf(like).getShape());
+}
+
+} // namespace
+
+LogicalResult LinearGradInputOp::verify() {
+  auto w = getWeight().getType();
+  if (failed(requireStatic(*this)) || failed(expectRank(*this, "weight", w, 2)))
+    return failure();
+  SmallVector<int64_t> expected(getGrad().getType().getShape());
+  if (expected.back() != w.getDimSize(0))
+    return emitOpError() << "grad features (" << expected.back()
+                         << ") must equal the weight's out dimension ("
+                         << w.getDimSize(0) << ")";
+  expected.back() = w.getDimSize(1);
+  return expectShape(*this, "result", getType(), expected);
+}
+
+LogicalResult LinearGradWeightOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  auto g = getGrad().getType(), x = getInput().getType();
+  if (g.getShape().drop_back() != x.getShape().drop_back())
+    return emitOpError() << "grad " << shapeStr(g.getShape()) << " and input "
+                         << shapeStr(x.getShape())
+                         << " must agree on the leading dimensions";
+  return expectShape(*this, "result", getType(),
+                     {g.getShape().back(), x.getShape().back()});
+}
+
+LogicalResult ExpertLinearGradInputOp::verify() {
+  auto w = getWeight().getType(), g = getGrad().getType();
+  if (failed(requireStatic(*this)) || failed(expectRank(*this, "weight", w, 3)) ||
+      failed(expectRank(*this, "grad", g, 2)))
+    return failure();
+  if (g.getDimSize(1) != w.getDimSize(1))
+    return emitOpError() << "grad features (" << g.getDimSize(1)
+                         << ") must equal the weight's out dimension ("
+                         << w.getDimSize(1) << ")";
+  return expectShape(*this, "result", getType(), {g.getDimSize(0), w.getDimSize(2)});
+}
+
+LogicalResult ExpertLinearGradWeightOp::verify() {
+  auto g = getGrad().getType(), x = getInput().getType();
+  if (failed(requireStatic(*this)) || failed(expectRank(*this, "grad", g, 2)) ||
+      failed(expectRank(*this, "input", x, 2)))
+    return failure();
+  int64_t e = getExpertOffsets().getType().getDimSize(0) - 1;
+  return expectShape(*this, "result", getType(), {e, g.getDimSize(1), x.getDimSize(1)});
+}
+
+LogicalResult EmbeddingGradOp::verify() {
+  if (failed(requireStatic(*this)) || failed(expectRank(*this, "result", getType(), 2)))
+    return failure();
+  SmallVector<int64_t> expected(getIds().getType().getShape());
+  expected.push_back(getType().getDimSize(1));
+  return expectShape(*this, "grad", getGrad().getType(), expected);
+}
+
+LogicalResult RMSNormGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(sameShape(*this, "grad", getGrad(), getInput())) ||
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())))
+    return failure();
+  return sameShape(*this, "weight_grad", getWeightGrad(), getWeight());
+}
+
+LogicalResult AttentionGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(sameShape(*this, "grad", getGrad(), getQuery())) ||
+      failed(sameShape(*this, "query_grad", getQueryGrad(), getQuery())) ||
+      failed(sameShape(*this, "key_grad", getKeyGrad(), getKey())))
+    return failure();
+  return sameShape(*this, "value_grad", getValueGrad(), getValue());
+}
+
+LogicalResult GeluTanhMulGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(sameShape(*this, "up", getUp(), getGate())) ||
+      failed(sameShape(*this, "grad", getGrad(), getGate())) ||
+      failed(sameShape(*this, "gate_grad", getGateGrad(), getGate())))
+    return failure();
+  return sameShape(*this, "up_grad", getUpGrad(), getUp());
+}
+
+LogicalResult LMHeadGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())) ||
+      failed(sameShape(*this, "table_grad", getTableGrad(), getTable())))
+    return failure();
+  SmallVector<int64_t> expected(getInput().getType().getShape());
+  expected.back() = getTable().getType().getDimSize(0);
+  return expectShape(*this, "grad", getGrad().getType(), expected);
+}
+
+LogicalResult CrossEntropyGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(expectShape(*this, "targets", getTargets().getType(),
+                         getLogits().getType().getShape().drop_back())))
+    return failure();
+  return sameShape(*this, "result", getResult(), getLogits());
+}
+
+/// Router gradients: grad [N, k] like indices, result [N, E] like logits.
+static LogicalResult verifyRouterGrad(Operation *op, Value logits, Value indices,
+                                      Value grad, Value result) {
+  if (failed(requireStatic(op)) || failed(sameShape(op, "grad", grad, indices)))
+    return failure();
+  if (tensorOf(indices).getRank() != 2 ||
+      tensorOf(indices).getDimSize(0) != tensorOf(logits).getDimSize(0))
+    return op->emitOpError() << "indices must be [N, k] for logits "
+                             << shapeStr(tensorOf(logits).getShape());
+  return sameShape(op, "result", result, logits);
+}
+
+LogicalResult SparseMixerRouterGradOp::verify() {
+  return verifyRouterGrad(*this, getLogits(), getIndices(), getGrad(), getResult());
+}
+
+LogicalResult SoftmaxTopKRouterGradOp::verify() {
+  return verifyRouterGrad(*this, getLogits(), getIndices(), getGrad(), getResult());
+}
+
+LogicalResult SigmoidGroupedRouterGradOp::verify() {
+  return verifyRouterGrad(*this, getLogits(), getIndices(), getGrad(), getResult());
+}
+
+LogicalResult MoEDispatchGradOp::verify() {
+  auto g = getGrad().getType(), slots = getSlots().getType();
+  if (failed(requireStatic(*this)) || failed(expectRank(*this, "slots", slots, 2)) ||
+      failed(expectRank(*this, "grad", g, 2)))
+    return failure();
+  if (g.getDimSize(0) != slots.getNumElements())
+    return emitOpError() << "grad must have tokens x top_k = " << slots.getNumElements()
+                         << " rows, got " << g.getDimSize(0);
+  return expectShape(*this, "result", getType(), {slots.getDimSize(0), g.getDimSize(1)});
+}
+
+LogicalResult MoECombineGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(sameShape(*this, "weights", getWeights(), getSlots())) ||
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())) ||
+      failed(sameShape(*this, "weights_grad", getWeightsGrad(), getWeights())))
+    return failure();
+  return expectShape(*this, "grad", getGrad().getType(),
+                     {getSlots().getType().getDimSize(0),
+                      getInput().getType().getDimSize(1)});
+}
+
+LogicalResult LoadBalancingLossGradOp::verify() {
+  if (getLogits().size() != getIndices().size() ||
+      getResults().size() != getLogits().size())
+    return emitOpError("needs one indices tensor and one result per logits tensor");
+  for (auto [l, r] : llvm::zip(getLogits(), getResults()))
+    if (failed(sameShape(*this, "result", r, l)))
+      return failure();
+  return requireStatic(*this);
+}
+
+LogicalResult RouterZLossGradOp::verify() {
+  if (getResults().size() != getLogits().size())
+    return emitOpError("needs one result per logits tensor");
+  for (auto [l, r] : llvm::zip(getLogits(), getResults()))
+    if (failed(sameShape(*this, "result", r, l)))
+      return failure();
+  return requireStatic(*this);
+}
+
+LogicalResult DropoutOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(sameShape(*this, "uniform", getUniform(), getInput())))
+    return failure();
+  if (getType() != getInput().getType())
+    return emitOpError("result type must equal the input type");
+  double p = getP().convertToDouble();
+  if (p < 0 || p >= 1)
+    return emitOpError("p must be in [0, 1), got ") << p;
+  return success();
+}
+
+LogicalResult GlobalNormOp::verify() {
+  if (getInputs().empty())
+    return emitOpError("needs at least one gradient");
+  return requireStatic(*this);
+}
+
+LogicalResult LRScheduleOp::verify() {
+  StringRef kind = getKind();
+  if (kind != "cosine" && kind != "linear" && kind != "constant" &&
+      kind != "constant_with_warmup")
+    return emitOpError("kind must be cosine, linear, constant or "
+                       "constant_with_warmup, got '")
+           << kind << "'";
+  if (getLearningRate().convertToDouble() < 0)
+    return emitOpError("learning_rate must not be negative");
+  return success();
+}
+
+LogicalResult AdamWOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  Value p = getParam();
+  for (auto [what, v] :
+       {std::pair<StringRef, Value>{"grad", getGrad()}, {"exp_avg", getExpAvg()},
+        {"exp_avg_sq", getExpAvgSq()}, {"new_param", getNewParam()},
+        {"new_exp_avg", getNewExpAvg()}, {"new_exp_avg_sq", getNewExpAvgSq()}})
+    if (failed(sameShape(*this, what, v, p)))
+      return failure();
+  double b1 = getBeta1().convertToDouble(), b2 = getBeta2().convertToDouble();
+  if (b1 < 0 || b1 >= 1 || b2 < 0 || b2 >= 1)
+    return emitOpError("betas must be in [0, 1), got (") << b1 << ", " << b2 << ")";
+  if (getEpsilon().convertToDouble() <= 0)
+    return emitOpError("epsilon must be positive");
+  return success();
+}

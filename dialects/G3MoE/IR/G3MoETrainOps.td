@@ -1,0 +1,144 @@
+//===- G3MoETrainOps.td - training-step ops ----------------*- tablegen -*-===//
+//
+// Ops the training passes add around the forward graph: LoRA's scale and
+// dropout, and the optimizer (global norm, clipping, schedule, AdamW).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_TRAIN_OPS_TD
+#define G3MOE_TRAIN_OPS_TD
+
+def G3MoE_Count : 0DTensorOf<[I64]>;
+
+def G3MoE_ScaleOp : G3MoE_Op<"scale", [Pure, SameOperandsAndResultType,
+    G3MoE_Differentiable]> {
+  let summary = "multiply by a compile-time constant (LoRA's alpha / r)";
+  let description = [{
+    ```mlir
+    %y = g3moe.scale %x {factor = 4.0 : f64} : tensor<32x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, F64Attr:$factor);
+  let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($result)";
+}
+
+def G3MoE_StopGradientOp : G3MoE_Op<"stop_gradient", [Pure, SameOperandsAndResultType,
+    G3MoE_Differentiable]> {
+  let summary = "identity forward, no gradient backward";
+  let description = [{
+    Blocks gradient flow, as `torch.no_grad()` around a module does. Used for
+    the R1 parity option that evaluates dense-layer FFNs without gradients
+    (G3MOE_SPEC.md 3.10, C1).
+
+    ```mlir
+    %y = g3moe.stop_gradient %x : tensor<2x16x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input);
+  let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($result)";
+}
+
+def G3MoE_DropoutOp : G3MoE_Op<"dropout", [Pure,
+    G3MoE_Differentiable]> {
+  let summary = "inverted dropout with an explicit uniform draw";
+  let description = [{
+    `result = input * (uniform >= p) / (1 - p)`. The draw is an operand
+    (a `g3moe.random_uniform`), so the backward, which is the same op applied to
+    the gradient, reuses the keep-mask exactly.
+
+    ```mlir
+    %y = g3moe.dropout %x, %u {p = 0.05 : f64}
+        : (tensor<32x64xbf16>, tensor<32x64xf32>) -> tensor<32x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, RankedTensorOf<[F32]>:$uniform,
+                       F64Attr:$p);
+  let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $uniform attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_GlobalNormOp : G3MoE_Op<"global_norm", [Pure]> {
+  let summary = "L2 norm over all given gradients";
+  let description = [{
+    ```mlir
+    %n = g3moe.global_norm %g0, %g1 : (tensor<4x64xf32>, tensor<128x4xf32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$inputs);
+  let results = (outs G3MoE_Scalar:$result);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_ClipScaleOp : G3MoE_Op<"clip_scale", [Pure]> {
+  let summary = "gradient-clipping coefficient min(1, max_norm / (norm + 1e-6))";
+  let description = [{
+    torch's `clip_grad_norm_` coefficient; 1 when `max_norm` is not positive
+    (clipping off).
+
+    ```mlir
+    %c = g3moe.clip_scale %n {max_norm = 1.0 : f64} : (tensor<f32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins G3MoE_Scalar:$norm, F64Attr:$max_norm);
+  let results = (outs G3MoE_Scalar:$result);
+  let assemblyFormat = "$norm attr-dict `:` functional-type(operands, results)";
+}
+
+def G3MoE_LRScheduleOp : G3MoE_Op<"lr_schedule", [Pure]> {
+  let summary = "learning rate of an optimizer step, HF schedules with warmup";
+  let description = [{
+    `step` counts the optimizer steps already taken (0 for the first update),
+    `total_steps` is the schedule's horizon S and `warmup_steps` w, both
+    run-time values. With f the schedule's factor, the result is
+    `learning_rate * f`:
+    * warmup (all kinds but `constant`): f = step / w for step < w, so the
+      first update uses lr 0 as in HF;
+    * `cosine`: 0.5 (1 + cos(pi (step - w) / (S - w)));
+    * `linear`: (S - step) / (S - w), not below 0;
+    * `constant`, `constant_with_warmup`: 1.
+
+    ```mlir
+    %lr = g3moe.lr_schedule %t, %s, %w {kind = "cosine", learning_rate = 1.0e-04 : f64}
+        : (tensor<i64>, tensor<i64>, tensor<i64>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins G3MoE_Count:$step, G3MoE_Count:$total_steps,
+                       G3MoE_Count:$warmup_steps, StrAttr:$kind, F64Attr:$learning_rate);
+  let results = (outs G3MoE_Scalar:$result);
+  let assemblyFormat = "$step `,` $total_steps `,` $warmup_steps attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_AdamWOp : G3MoE_Op<"adamw", [Pure]> {
+  let summary = "one AdamW update with torch semantics";
+  let description = [{
+    With g = grad * grad_scale and t = step + 1 (the update's 1-based count):
+    p ← p (1 - lr wd); m ← β1 m + (1 - β1) g; v ← β2 v + (1 - β2) g²;
+    p ← p - lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + ε).
+    Parameter and moments are fp32.
+
+    ```mlir
+    %p1, %m1, %v1 = g3moe.adamw %p, %g, %m, %v, %t, %lr, %c
+        {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+        : (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>,
+           tensor<i64>, tensor<f32>, tensor<f32>)
+        -> (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>)
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$param, RankedTensorOf<[F32]>:$grad,
+                       RankedTensorOf<[F32]>:$exp_avg, RankedTensorOf<[F32]>:$exp_avg_sq,
+                       G3MoE_Count:$step, G3MoE_Scalar:$lr, G3MoE_Scalar:$grad_scale,
+                       F64Attr:$beta1, F64Attr:$beta2, F64Attr:$epsilon,
+                       F64Attr:$weight_decay);
+  let results = (outs RankedTensorOf<[F32]>:$new_param,
+                      RankedTensorOf<[F32]>:$new_exp_avg,
+                      RankedTensorOf<[F32]>:$new_exp_avg_sq);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+#endif // G3MOE_TRAIN_OPS_TD

@@ -1,0 +1,81 @@
+//===- VerifyUtils.h - helpers shared by the g3moe verifiers ----*- C++ -*-===//
+//
+// Shape checks with messages that name the operand and print both shapes.
+// Internal to the dialect library.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_DIALECTS_G3MOE_IR_VERIFYUTILS_H
+#define G3MOE_DIALECTS_G3MOE_IR_VERIFYUTILS_H
+
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/Operation.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <string>
+
+namespace g3moe::detail {
+
+/// Prints a shape as `[2, 16, 64]`.
+inline std::string shapeStr(llvm::ArrayRef<int64_t> shape) {
+  std::string s = "[";
+  llvm::raw_string_ostream os(s);
+  llvm::interleaveComma(shape, os);
+  os << "]";
+  return s;
+}
+
+inline mlir::RankedTensorType tensorOf(mlir::Value v) {
+  return llvm::cast<mlir::RankedTensorType>(v.getType());
+}
+
+/// All g3moe ops work on static shapes: sizes are compile-time per step.
+inline mlir::LogicalResult requireStatic(mlir::Operation *op) {
+  for (mlir::Type t :
+       llvm::concat<mlir::Type>(op->getOperandTypes(), op->getResultTypes()))
+    if (auto rt = llvm::dyn_cast<mlir::RankedTensorType>(t);
+        rt && !rt.hasStaticShape())
+      return op->emitOpError("requires static shapes, got ") << rt;
+  return mlir::success();
+}
+
+inline mlir::LogicalResult expectShape(mlir::Operation *op,
+                                       llvm::StringRef what,
+                                       mlir::RankedTensorType t,
+                                       llvm::ArrayRef<int64_t> expected) {
+  if (t.getShape() == expected)
+    return mlir::success();
+  return op->emitOpError() << what << " must have shape " << shapeStr(expected)
+                           << ", got " << shapeStr(t.getShape());
+}
+
+inline mlir::LogicalResult expectRank(mlir::Operation *op, llvm::StringRef what,
+                                      mlir::RankedTensorType t, int64_t rank) {
+  if (t.getRank() == rank)
+    return mlir::success();
+  return op->emitOpError() << what << " must have rank " << rank << ", got "
+                           << shapeStr(t.getShape());
+}
+
+/// Router results: weights [N, k] and indices [N, k] for logits [N, E].
+inline mlir::LogicalResult verifyRouterResults(mlir::Operation *op,
+                                               mlir::RankedTensorType logits,
+                                               int64_t topK) {
+  if (mlir::failed(expectRank(op, "logits", logits, 2)))
+    return mlir::failure();
+  int64_t n = logits.getDimSize(0), e = logits.getDimSize(1);
+  if (topK < 1 || topK > e)
+    return op->emitOpError() << "top_k must be in [1, " << e
+                             << "] (the number of experts), got " << topK;
+  for (mlir::Value r : op->getResults())
+    if (mlir::failed(expectShape(
+            op, "result", llvm::cast<mlir::RankedTensorType>(r.getType()),
+            {n, topK})))
+      return mlir::failure();
+  return mlir::success();
+}
+
+} // namespace g3moe::detail
+
+#endif // G3MOE_DIALECTS_G3MOE_IR_VERIFYUTILS_H

@@ -1,0 +1,187 @@
+//===- Optimizer.cpp - accumulation, clipping, schedule, AdamW in IR ------===//
+//
+// Implements --g3moe-optimizer. The runtime binds the arguments and results
+// of @train_micro_step and @optimizer_step to its buffers by the names in
+// their `g3moe.*` attributes.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "dialects/G3MoE/Transforms/Passes.h"
+
+#include "mlir/IR/Builders.h"
+
+namespace g3moe {
+#define GEN_PASS_DEF_G3MOEOPTIMIZERPASS
+#include "dialects/G3MoE/Transforms/Passes.h.inc"
+} // namespace g3moe
+
+using namespace mlir;
+using namespace g3moe;
+
+namespace {
+
+constexpr StringLiteral kForwardBackward = "forward_backward";
+constexpr StringLiteral kMicroStep = "train_micro_step";
+constexpr StringLiteral kOptimizerStep = "optimizer_step";
+
+DictionaryAttr tag(OpBuilder &b, StringRef key, StringRef value) {
+  return b.getDictionaryAttr(b.getNamedAttr(key, b.getStringAttr(value)));
+}
+
+/// HF's AdamW grouping: no weight decay for biases and norm weights.
+bool decays(StringRef name) {
+  return !name.contains("norm") && !name.ends_with("bias");
+}
+
+struct G3MoEOptimizerPass : g3moe::impl::G3MoEOptimizerPassBase<G3MoEOptimizerPass> {
+  using Base::Base;
+
+  void runOnOperation() override;
+
+private:
+  void buildMicroStep(func::FuncOp fb, ArrayRef<StringRef> names);
+  void buildOptimizerStep(func::FuncOp fb, ArrayRef<StringRef> names);
+};
+
+void G3MoEOptimizerPass::buildMicroStep(func::FuncOp fb, ArrayRef<StringRef> names) {
+  OpBuilder b(fb.getContext());
+  b.setInsertionPointAfter(fb);
+  Location loc = fb.getLoc();
+  auto fbType = fb.getFunctionType();
+  ArrayRef<Type> gradTypes = fbType.getResults().drop_front();
+
+  SmallVector<Type> argTypes(fbType.getInputs());
+  llvm::append_range(argTypes, gradTypes);
+  auto func = func::FuncOp::create(b, loc, kMicroStep,
+                                   b.getFunctionType(argTypes, fbType.getResults()));
+  SmallVector<DictionaryAttr> argAttrs, resultAttrs = {fb.getResultAttrDict(0)};
+  for (unsigned i = 0; i < fbType.getNumInputs(); ++i)
+    argAttrs.push_back(fb.getArgAttrDict(i));
+  for (StringRef n : names) {
+    argAttrs.push_back(tag(b, "g3moe.grad_acc", n));
+    resultAttrs.push_back(tag(b, "g3moe.grad_acc", n));
+  }
+  func.setAllArgAttrs(argAttrs);
+  func.setAllResultAttrs(resultAttrs);
+
+  Block *entry = func.addEntryBlock();
+  b.setInsertionPointToStart(entry);
+  auto call = func::CallOp::create(
+      b, loc, fb, entry->getArguments().take_front(fbType.getNumInputs()));
+  SmallVector<Value> results = {call.getResult(0)};
+  for (auto [i, acc] : llvm::enumerate(entry->getArguments().drop_front(
+           fbType.getNumInputs())))
+    results.push_back(AddOp::create(b, loc, acc, call.getResult(i + 1)));
+  func::ReturnOp::create(b, loc, results);
+}
+
+void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
+                                            ArrayRef<StringRef> names) {
+  OpBuilder b(fb.getContext());
+  b.setInsertionPointToEnd(getOperation().getBody());
+  Location loc = fb.getLoc();
+  ArrayRef<Type> paramTypes = fb.getFunctionType().getResults().drop_front();
+  size_t n = paramTypes.size();
+  auto count = RankedTensorType::get({}, b.getI64Type());
+  auto scalar = RankedTensorType::get({}, b.getF32Type());
+
+  // Arguments: params, grads, exp_avg, exp_avg_sq, then the three counters.
+  SmallVector<Type> argTypes;
+  SmallVector<DictionaryAttr> argAttrs;
+  for (StringRef role : {"g3moe.param", "g3moe.grad_acc", "g3moe.exp_avg",
+                         "g3moe.exp_avg_sq"})
+    for (auto [t, name] : llvm::zip(paramTypes, names)) {
+      argTypes.push_back(t);
+      argAttrs.push_back(tag(b, role, name));
+    }
+  for (StringRef input : {"step", "total_steps", "warmup_steps"}) {
+    argTypes.push_back(count);
+    argAttrs.push_back(tag(b, "g3moe.input", input));
+  }
+  SmallVector<Type> resultTypes;
+  SmallVector<DictionaryAttr> resultAttrs;
+  for (StringRef role : {"g3moe.param", "g3moe.exp_avg", "g3moe.exp_avg_sq"})
+    for (auto [t, name] : llvm::zip(paramTypes, names)) {
+      resultTypes.push_back(t);
+      resultAttrs.push_back(tag(b, role, name));
+    }
+  for (StringRef output : {"grad_norm", "learning_rate"}) {
+    resultTypes.push_back(scalar);
+    resultAttrs.push_back(tag(b, "g3moe.output", output));
+  }
+
+  auto func = func::FuncOp::create(b, loc, kOptimizerStep,
+                                   b.getFunctionType(argTypes, resultTypes));
+  func.setAllArgAttrs(argAttrs);
+  func.setAllResultAttrs(resultAttrs);
+  Block *entry = func.addEntryBlock();
+  b.setInsertionPointToStart(entry);
+  auto args = entry->getArguments();
+  auto params = args.slice(0, n), grads = args.slice(n, n),
+       expAvg = args.slice(2 * n, n), expAvgSq = args.slice(3 * n, n);
+  Value step = args[4 * n], total = args[4 * n + 1], warmup = args[4 * n + 2];
+
+  Value norm = GlobalNormOp::create(b, loc, scalar, grads);
+  Value clip = ClipScaleOp::create(b, loc, scalar, norm, b.getF64FloatAttr(maxGradNorm));
+  Value lr = LRScheduleOp::create(b, loc, scalar, step, total, warmup,
+                                  b.getStringAttr(schedule),
+                                  b.getF64FloatAttr(learningRate));
+  SmallVector<Value> newParams, newAvg, newAvgSq;
+  for (size_t i = 0; i < n; ++i) {
+    auto update = AdamWOp::create(
+        b, NameLoc::get(b.getStringAttr(names[i]), loc), paramTypes[i],
+        paramTypes[i], paramTypes[i], params[i], grads[i], expAvg[i], expAvgSq[i],
+        step, lr, clip, b.getF64FloatAttr(beta1), b.getF64FloatAttr(beta2),
+        b.getF64FloatAttr(epsilon),
+        b.getF64FloatAttr(decays(names[i]) ? weightDecay : 0.0));
+    newParams.push_back(update.getNewParam());
+    newAvg.push_back(update.getNewExpAvg());
+    newAvgSq.push_back(update.getNewExpAvgSq());
+  }
+  SmallVector<Value> results;
+  llvm::append_range(results, newParams);
+  llvm::append_range(results, newAvg);
+  llvm::append_range(results, newAvgSq);
+  results.push_back(norm);
+  results.push_back(lr);
+  func::ReturnOp::create(b, loc, results);
+}
+
+void G3MoEOptimizerPass::runOnOperation() {
+  ModuleOp module = getOperation();
+  auto fb = module.lookupSymbol<func::FuncOp>(kForwardBackward);
+  if (!fb) {
+    module.emitError("g3moe-optimizer: no @forward_backward; run --g3moe-autodiff first");
+    return signalPassFailure();
+  }
+  if (schedule != "cosine" && schedule != "linear" && schedule != "constant" &&
+      schedule != "constant_with_warmup") {
+    module.emitError("g3moe-optimizer: unknown schedule '")
+        << schedule << "' (cosine, linear, constant, constant_with_warmup)";
+    return signalPassFailure();
+  }
+  if (learningRate < 0 || weightDecay < 0 || beta1 < 0 || beta1 >= 1 || beta2 < 0 ||
+      beta2 >= 1 || epsilon <= 0) {
+    module.emitError("g3moe-optimizer: needs learning-rate >= 0, weight-decay >= 0, "
+                     "betas in [0, 1) and epsilon > 0");
+    return signalPassFailure();
+  }
+  SmallVector<StringRef> names;
+  for (unsigned i = 1; i < fb.getNumResults(); ++i) {
+    auto name = fb.getResultAttrOfType<StringAttr>(i, "g3moe.grad");
+    if (!name) {
+      fb.emitOpError("g3moe-optimizer: result ") << i << " has no g3moe.grad name";
+      return signalPassFailure();
+    }
+    names.push_back(name.getValue());
+  }
+  if (module.lookupSymbol(kMicroStep) || module.lookupSymbol(kOptimizerStep)) {
+    module.emitError("g3moe-optimizer: the optimizer functions exist already");
+    return signalPassFailure();
+  }
+  buildMicroStep(fb, names);
+  buildOptimizerStep(fb, names);
+}
+
+} // namespace

@@ -1,0 +1,25 @@
+//===- Passes.h - g3moe training passes -------------------------*- C++ -*-===//
+//
+// Declarations and registration of the passes in Passes.td.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_DIALECTS_G3MOE_TRANSFORMS_PASSES_H
+#define G3MOE_DIALECTS_G3MOE_TRANSFORMS_PASSES_H
+
+#include "dialects/G3MoE/IR/G3MoEDialect.h"
+#include "mlir/Dialect/Arith/IR/Arith.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/Pass/Pass.h"
+
+namespace g3moe {
+
+#define GEN_PASS_DECL
+#include "dialects/G3MoE/Transforms/Passes.h.inc"
+
+#define GEN_PASS_REGISTRATION
+#include "dialects/G3MoE/Transforms/Passes.h.inc"
+
+} // namespace g3moe
+
+#endif // G3MOE_DIALECTS_G3MOE_TRANSFORMS_PASSES_H

@@ -1,0 +1,94 @@
+//===- Passes.td - g3moe training passes -------------------*- tablegen -*-===//
+//
+// The passes that turn the forward graph into a complete training step. Their
+// descriptions are the user documentation of the flags.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_TRANSFORMS_PASSES_TD
+#define G3MOE_TRANSFORMS_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def G3MoELoRAPass : Pass<"g3moe-lora", "mlir::ModuleOp"> {
+  let summary = "insert LoRA adapters and choose the trainable parameters";
+  let description = [{
+    For every `g3moe.linear` and `g3moe.expert_linear` whose weight's module
+    name ends in one of `targets` (PEFT's suffix rule: `gate_proj` matches
+    `model.layers.3.moe.experts.{e}.gate_proj` but not `model.layers.3.moe.gate`),
+    adds `scale(alpha / rank) * B(A(dropout(x)))` to its output, with fp32
+    parameters `<module>.lora_A.weight` [rank, in] and `<module>.lora_B.weight`
+    [out, rank] (stacked per expert for experts), cast to the activation type
+    for the matmuls as under bf16 autocast. LoRA dropout draws its mask from a
+    `g3moe.random_uniform` in training steps and is left out of eval steps.
+    Everything else is frozen. With `full-finetune` there are no adapters and
+    every weight becomes a trainable fp32 master, cast where it is used. With
+    `train-router` the router weights (`*.moe.gate.weight`) are trainable too.
+    Shared-expert weights stay frozen while `freeze-shared-experts` is set.
+    A target that matches no module is an error naming it.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect", "::mlir::func::FuncDialect"];
+  let options = [
+    Option<"rank", "rank", "int64_t", "16", "LoRA rank r">,
+    Option<"alpha", "alpha", "double", "32.0", "LoRA alpha (the update is scaled by alpha / r)">,
+    Option<"dropout", "dropout", "double", "0.0", "LoRA dropout probability">,
+    ListOption<"targets", "targets", "std::string",
+               "module-name suffixes to adapt (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)">,
+    Option<"fullFinetune", "full-finetune", "bool", "false",
+           "train every weight instead of adding adapters">,
+    Option<"trainRouter", "train-router", "bool", "false",
+           "make the MoE router weights trainable">,
+    Option<"freezeSharedExperts", "freeze-shared-experts", "bool", "true",
+           "keep shared-expert weights frozen">,
+  ];
+}
+
+def G3MoEAutodiffPass : Pass<"g3moe-autodiff", "mlir::ModuleOp"> {
+  let summary = "reverse-mode differentiation of the step function";
+  let description = [{
+    Clones `@forward` into `@forward_backward`, which returns the loss followed
+    by the gradient of every `trainable` `g3moe.param`, each result tagged
+    `g3moe.grad = "<param name>"` and typed like its parameter. Gradients are
+    computed only along paths from trainable parameters to the loss: frozen
+    weights get no weight gradient. Every op states its vector-Jacobian product
+    through DifferentiableOpInterface; random draws are operands, so the
+    backward sees the forward's values.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect", "::mlir::func::FuncDialect",
+                           "::mlir::arith::ArithDialect"];
+}
+
+def G3MoEOptimizerPass : Pass<"g3moe-optimizer", "mlir::ModuleOp"> {
+  let summary = "gradient accumulation, clipping, LR schedule and AdamW in IR";
+  let description = [{
+    Needs `@forward_backward`. Adds:
+    * `@train_micro_step`: runs `@forward_backward` and adds its gradients to
+      the accumulators it takes and returns (`g3moe.grad_acc = "<name>"`).
+      Because every micro-batch's loss is already divided by the label count
+      of the whole accumulation window (HF semantics), the accumulated sum is
+      the window's gradient.
+    * `@optimizer_step`: takes the parameters (`g3moe.param`), accumulated
+      gradients, Adam moments (`g3moe.exp_avg`, `g3moe.exp_avg_sq`), the count
+      of updates already taken and the schedule's horizon and warmup, and
+      returns the updated parameters and moments, the pre-clip global norm
+      (`g3moe.output = "grad_norm"`) and the learning rate used
+      (`g3moe.output = "learning_rate"`): global-norm clipping, the HF
+      schedule with warmup (the first update uses lr 0) and torch AdamW.
+      Weight decay skips parameters whose name contains `norm` or ends in
+      `bias`, as HF does.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect", "::mlir::func::FuncDialect"];
+  let options = [
+    Option<"learningRate", "learning-rate", "double", "2e-5", "peak learning rate">,
+    Option<"schedule", "schedule", "std::string", "\"cosine\"",
+           "cosine, linear, constant or constant_with_warmup">,
+    Option<"weightDecay", "weight-decay", "double", "0.01", "AdamW weight decay">,
+    Option<"beta1", "beta1", "double", "0.9", "AdamW beta1">,
+    Option<"beta2", "beta2", "double", "0.999", "AdamW beta2">,
+    Option<"epsilon", "epsilon", "double", "1e-8", "AdamW epsilon">,
+    Option<"maxGradNorm", "max-grad-norm", "double", "1.0",
+           "global-norm clipping threshold (0 turns clipping off)">,
+  ];
+}
+
+#endif // G3MOE_TRANSFORMS_PASSES_TD
