@@ -1908,6 +1908,18 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
 
   if (Error e = r.string("dataset", t.dataset))
     return e;
+  // A relative data path in a file means the file's folder, as the model path
+  // does; on the command line it means the working directory.
+  if (!t.dataset.empty() && sys::path::is_relative(t.dataset)) {
+    const Origin &o = r.origin("dataset");
+    if (o.setText.empty()) {
+      SmallString<256> resolved(sys::path::parent_path(o.file));
+      sys::path::append(resolved, t.dataset);
+      sys::fs::make_absolute(resolved);
+      sys::path::remove_dots(resolved, /*remove_dot_dot=*/true);
+      t.dataset = resolved.str().str();
+    }
+  }
   if (Error e = r.string("output_dir", t.outputDir))
     return e;
 

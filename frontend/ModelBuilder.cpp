@@ -38,7 +38,8 @@ private:
   RankedTensorType tensor(ArrayRef<int64_t> shape, Type elt) {
     return RankedTensorType::get(shape, elt);
   }
-  Type bf16() { return b.getBF16Type(); }
+  /// Element type of activations and frozen weights.
+  Type act() { return options.fp32 ? Type(b.getF32Type()) : Type(b.getBF16Type()); }
   Type f32() { return b.getF32Type(); }
   Type i32() { return b.getI32Type(); }
 
@@ -65,7 +66,7 @@ private:
 
   Value rmsNorm(Value x, const Twine &weightName) {
     auto type = cast<RankedTensorType>(x.getType());
-    Value w = param(weightName, {type.getShape().back()}, bf16());
+    Value w = param(weightName, {type.getShape().back()}, act());
     return g3moe::RMSNormOp::create(b, loc, type, x, w,
                                     b.getF64FloatAttr(m.rmsNormEps));
   }
@@ -80,8 +81,8 @@ private:
 
   Value linear(Value x, const Twine &weightName, int64_t out) {
     auto xt = cast<RankedTensorType>(x.getType());
-    Value w = param(weightName, {out, xt.getShape().back()}, bf16());
-    return linear(x, w, bf16());
+    Value w = param(weightName, {out, xt.getShape().back()}, act());
+    return linear(x, w, act());
   }
 
   Value randomUniform(ArrayRef<int64_t> shape, double low, double high) {
@@ -94,8 +95,8 @@ private:
   Value mlp(Value f, const std::string &prefix, int64_t width) {
     Value gate = linear(f, prefix + "gate_proj.weight", width);
     Value up = linear(f, prefix + "up_proj.weight", width);
-    Value act = g3moe::GeluTanhMulOp::create(b, loc, gate, up);
-    return linear(act, prefix + "down_proj.weight", m.hiddenSize);
+    Value hidden = g3moe::GeluTanhMulOp::create(b, loc, gate, up);
+    return linear(hidden, prefix + "down_proj.weight", m.hiddenSize);
   }
 
   Value attention(Value x, int64_t layer, const std::string &prefix);
@@ -159,7 +160,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   if (options.training && m.inputJitterNoise > 0) {
     Value u = randomUniform({tokens, h}, 1.0 - m.inputJitterNoise,
                             1.0 + m.inputJitterNoise);
-    x = g3moe::MulOp::create(b, loc, x, convert(u, bf16()));
+    x = g3moe::MulOp::create(b, loc, x, convert(u, act()));
   }
 
   // The router runs in fp32 (G3MOE_SPEC.md A4).
@@ -204,22 +205,22 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
 
   at(prefix + "moe.experts");
   auto dispatch = g3moe::MoEDispatchOp::create(
-      b, loc, tensor({tokens * k, h}, bf16()), tensor({e + 1}, i32()), indexType,
+      b, loc, tensor({tokens * k, h}, act()), tensor({e + 1}, i32()), indexType,
       x, indices, b.getI64IntegerAttr(e));
   Value permuted = dispatch.getPermuted(), offsets = dispatch.getExpertOffsets();
   auto expertLinear = [&](Value in, StringRef proj, int64_t out) {
     int64_t inDim = cast<RankedTensorType>(in.getType()).getDimSize(1);
     Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim},
-                    bf16());
-    return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, bf16()),
+                    act());
+    return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, act()),
                                          in, offsets, w)
         .getResult();
   };
   Value gate = expertLinear(permuted, "gate_proj", m.intermediateSize);
   Value up = expertLinear(permuted, "up_proj", m.intermediateSize);
-  Value act = g3moe::GeluTanhMulOp::create(b, loc, gate, up);
-  Value down = expertLinear(act, "down_proj", h);
-  Value y = g3moe::MoECombineOp::create(b, loc, tensor({tokens, h}, bf16()), down,
+  Value hidden = g3moe::GeluTanhMulOp::create(b, loc, gate, up);
+  Value down = expertLinear(hidden, "down_proj", h);
+  Value y = g3moe::MoECombineOp::create(b, loc, tensor({tokens, h}, act()), down,
                                         dispatch.getSlots(), weights);
 
   if (m.numSharedExperts > 0) {
@@ -264,6 +265,7 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
 
   a.clear();
   add("mode", b.getStringAttr(options.training ? "train" : "eval"));
+  add("precision", b.getStringAttr(options.fp32 ? "fp32" : "bf16"));
   add("seq_len", i(t.seqLen));
   add("micro_batch", i(t.microBatch));
   add("finetuning", b.getStringAttr(t.finetuning));
@@ -288,6 +290,12 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
   add("max_grad_norm", f(t.maxGradNorm));
   add("gradient_accumulation_steps", i(t.gradientAccumulationSteps));
   add("num_train_epochs", f(t.numTrainEpochs));
+  add("max_steps", i(t.maxSteps));
+  add("logging_steps", i(t.loggingSteps));
+  add("save_steps", i(t.saveSteps));
+  add("save_total_limit", i(t.saveTotalLimit));
+  add("dataset", b.getStringAttr(t.dataset));
+  add("output_dir", b.getStringAttr(t.outputDir));
   module->setAttr("g3moe.training", b.getDictionaryAttr(a));
 }
 
@@ -329,9 +337,9 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
 
   int64_t h = m.hiddenSize;
   at("model.embed_tokens");
-  Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, bf16());
+  Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, act());
   Value x = g3moe::EmbeddingOp::create(
-      b, loc, tensor({batch, seq, h}, bf16()), inputIds, embedding,
+      b, loc, tensor({batch, seq, h}, act()), inputIds, embedding,
       b.getF64FloatAttr(m.embedScale()), b.getI64IntegerAttr(m.padTokenId));
 
   // G3MoE keeps its dense-layer MLPs under `moe` (G3MOE_SPEC.md 3.1).
@@ -366,7 +374,7 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
   at("lm_head");
   Value head = m.tieWordEmbeddings
                    ? embedding
-                   : param("lm_head.weight", {m.vocabSize, h}, bf16());
+                   : param("lm_head.weight", {m.vocabSize, h}, act());
   FloatAttr finalCap =
       m.finalLogitSoftcap ? b.getF64FloatAttr(*m.finalLogitSoftcap) : FloatAttr();
   Value logits = g3moe::LMHeadOp::create(

@@ -21,6 +21,9 @@ struct BuildOptions {
   /// Training mode: input jitter and the routers' random draws are on, so the
   /// step takes a random key. Eval mode is deterministic.
   bool training = true;
+  /// Build every weight and activation in fp32 instead of bf16: the exact
+  /// reference used by gradient checks and numerical comparisons.
+  bool fp32 = false;
 };
 
 /// Name of the step function in the module.

@@ -11,6 +11,9 @@
 
 #include "compiler/Driver/InitAll.h"
 #include "compiler/Pipelines/TrainingPipeline.h"
+#include "compiler/Serialize/StepWriter.h"
+#include "dialects/G3RT/Transforms/MemoryPlan.h"
+#include "runtime/schemas/container.h"
 #include "frontend/Config.h"
 #include "frontend/ModelBuilder.h"
 
@@ -19,7 +22,9 @@
 #include "mlir/IR/Verifier.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/Support/CommandLine.h"
+#include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -28,11 +33,44 @@ using namespace llvm;
 
 namespace {
 
-enum class Emit { Mlir, TrainMlir, Step };
+enum class Emit { Mlir, TrainMlir, G3RTMlir, Step };
 
 int fail(const Twine &message) {
   WithColor::error(errs(), "g3moe-compile") << message << "\n";
   return 1;
+}
+
+std::string mib(int64_t bytes) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << llvm::format("%.2f MiB", double(bytes) / (1 << 20));
+  return s;
+}
+
+/// The arena size and, per function, where live memory peaks and what the
+/// largest live buffers there are (the kernel that writes each and the HF
+/// module it belongs to).
+void printMemoryReport(mlir::ModuleOp module, raw_ostream &os) {
+  int64_t arena = 0;
+  if (auto a = module->getAttrOfType<mlir::IntegerAttr>("g3rt.arena_bytes"))
+    arena = a.getInt();
+  os << "g3moe-compile: arena " << arena << " bytes (" << mib(arena) << ")\n";
+  for (auto func : module.getOps<mlir::func::FuncOp>()) {
+    g3rt_ir::MemoryReport r = g3rt_ir::reportMemory(func);
+    os << "  @" << func.getSymName() << ": arena " << mib(r.arenaBytes)
+       << ", peak live " << mib(r.peakLiveBytes) << " at launch " << r.peakLaunch
+       << "; largest live there:\n";
+    for (size_t i = 0; i < r.liveAtPeak.size() && i < 5; ++i) {
+      g3rt_ir::BufferLife l = r.liveAtPeak[i];
+      os << "    " << mib(l.bytes) << "  " << l.buffer.getType();
+      if (l.producer) {
+        os << " from " << l.producer.getKernel();
+        if (auto name = dyn_cast<mlir::NameLoc>(l.producer.getLoc()))
+          os << " (" << name.getName() << ")";
+      }
+      os << "\n";
+    }
+  }
 }
 
 /// The training pipeline's options for a resolved configuration.
@@ -72,7 +110,9 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
                             "the forward + loss graph of one micro-batch (g3moe dialect)"),
                  clEnumValN(Emit::TrainMlir, "train-mlir",
                             "the whole training step: adapters, backward, optimizer"),
-                 clEnumValN(Emit::Step, "step", "step.bin (default)")),
+                 clEnumValN(Emit::G3RTMlir, "g3rt-mlir",
+                            "the step lowered to kernel launches, memory planned"),
+                 clEnumValN(Emit::Step, "step", "step.bin (default; needs -o)")),
       cl::cat(category));
   cl::opt<int> seqLen("seq-len", cl::desc("Tokens per row (overrides max_seq_length)"),
                       cl::init(0), cl::cat(category));
@@ -84,6 +124,12 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
       cl::desc("Override a configuration field, as key=value (repeatable; prefix "
                "the key with model. or training. to choose the part)"),
       cl::value_desc("key=value"), cl::cat(category));
+  cl::opt<bool> fp32("fp32",
+                     cl::desc("Build weights and activations in fp32 instead of bf16 "
+                              "(the exact reference for gradient checks)"),
+                     cl::cat(category));
+  cl::opt<bool> quiet("quiet", cl::desc("Do not print the memory report"),
+                      cl::cat(category));
   cl::opt<bool> evalMode("eval",
                          cl::desc("Build the deterministic evaluation step (no jitter, "
                                   "argmax routing)"),
@@ -116,11 +162,10 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   for (const std::string &warning : config->warnings)
     WithColor::warning(errs(), "g3moe-compile") << warning << "\n";
 
-  if (emit == Emit::Step)
-    return fail("writing step.bin needs the runtime's lowering, which this build "
-                "does not have yet; use --emit=mlir");
+  if (emit == Emit::Step && output == "-")
+    return fail("step.bin is binary: give an output file with -o");
 
-  if (emit == Emit::TrainMlir && evalMode)
+  if (emit != Emit::Mlir && evalMode)
     return fail("--eval builds the evaluation step, which has no training step; "
                 "use --emit=mlir");
 
@@ -129,6 +174,7 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   mlir::MLIRContext context(registry);
   g3moe::frontend::BuildOptions buildOptions;
   buildOptions.training = !evalMode;
+  buildOptions.fp32 = fp32;
   auto module = g3moe::frontend::buildStepModule(context, *config, buildOptions);
   if (failed(mlir::verify(*module)))
     return fail("internal error: the built graph does not verify (see above)");
@@ -136,13 +182,29 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   mlir::PassManager pm(&context);
   if (failed(mlir::applyPassManagerCLOptions(pm)))
     return fail("bad pass-manager options");
-  if (emit == Emit::TrainMlir) {
+  if (emit != Emit::Mlir) {
     g3moe::TrainingPipelineOptions options;
     setTrainingOptions(*config, options);
-    g3moe::buildTrainingPipeline(pm, options);
+    if (emit == Emit::TrainMlir)
+      g3moe::buildTrainingPipeline(pm, options);
+    else
+      g3moe::buildStepPipeline(pm, options);
   }
   if (failed(pm.run(*module)))
     return 1;
+
+  if (emit == Emit::G3RTMlir || emit == Emit::Step)
+    if (!quiet)
+      printMemoryReport(*module, errs());
+  if (emit == Emit::Step) {
+    std::vector<uint8_t> bytes;
+    if (failed(g3moe::writeStep(*module, bytes)))
+      return 1;
+    g3rt::Status written = g3rt::writeFileAtomically(output, bytes);
+    if (!written.ok())
+      return fail(written.message());
+    return 0;
+  }
 
   std::string errorMessage;
   auto out = mlir::openOutputFile(output, &errorMessage);

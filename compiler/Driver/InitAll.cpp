@@ -5,17 +5,22 @@
 #include "compiler/Pipelines/TrainingPipeline.h"
 #include "dialects/G3MoE/IR/G3MoEDialect.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
+#include "compiler/Conversion/Passes.h"
+#include "dialects/G3RT/IR/G3RTDialect.h"
+#include "dialects/G3RT/Transforms/Passes.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/Transforms/Passes.h"
 
 void g3moe::registerAllDialects(mlir::DialectRegistry &registry) {
-  registry.insert<g3moe::G3MoEDialect, mlir::func::FuncDialect,
+  registry.insert<g3moe::G3MoEDialect, g3rt_ir::G3RTDialect, mlir::func::FuncDialect,
                   mlir::arith::ArithDialect>();
 }
 
 void g3moe::registerAllPasses() {
   g3moe::registerG3MoEPasses();
+  g3moe::registerG3MoEConversionPasses();
+  g3rt_ir::registerG3RTPasses();
   g3moe::registerTrainingPipeline();
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();

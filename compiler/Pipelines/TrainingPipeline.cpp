@@ -2,7 +2,10 @@
 
 #include "compiler/Pipelines/TrainingPipeline.h"
 
+#include "compiler/Conversion/Passes.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
+#include "dialects/G3RT/Transforms/Passes.h"
+#include "mlir/Transforms/Passes.h"
 #include "mlir/Pass/PassRegistry.h"
 
 using namespace mlir;
@@ -33,7 +36,21 @@ void g3moe::buildTrainingPipeline(OpPassManager &pm,
   pm.addPass(createG3MoEOptimizerPass(optimizer));
 }
 
+void g3moe::buildStepPipeline(OpPassManager &pm,
+                              const TrainingPipelineOptions &options) {
+  buildTrainingPipeline(pm, options);
+  // CSE merges what autodiff's clone of the forward recomputes identically
+  // (parameters, random draws) before buffers are assigned.
+  pm.addPass(createCSEPass());
+  pm.addPass(createG3MoELowerToG3RTPass());
+  pm.addPass(g3rt_ir::createG3RTPlanMemoryPass());
+}
+
 void g3moe::registerTrainingPipeline() {
+  PassPipelineRegistration<TrainingPipelineOptions>(
+      "g3moe-step-pipeline",
+      "the training pipeline, then lowering to g3rt and memory planning",
+      buildStepPipeline);
   PassPipelineRegistration<TrainingPipelineOptions>(
       "g3moe-training-pipeline",
       "LoRA (or full fine-tuning), autodiff and the optimizer: the forward "

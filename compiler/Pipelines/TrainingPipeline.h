@@ -59,7 +59,12 @@ struct TrainingPipelineOptions
 void buildTrainingPipeline(mlir::OpPassManager &pm,
                            const TrainingPipelineOptions &options);
 
-/// Registers `--g3moe-training-pipeline` for g3moe-opt.
+/// The training pipeline, then the lowering to g3rt launches and the memory
+/// plan: everything before serialisation to step.bin.
+void buildStepPipeline(mlir::OpPassManager &pm, const TrainingPipelineOptions &options);
+
+/// Registers `--g3moe-training-pipeline` and `--g3moe-step-pipeline` for
+/// g3moe-opt.
 void registerTrainingPipeline();
 
 } // namespace g3moe

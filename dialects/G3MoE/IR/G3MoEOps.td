@@ -426,10 +426,11 @@ def G3MoE_LoadBalancingLossOp : G3MoE_Op<"load_balancing_loss",
   let summary = "Switch-style load-balancing loss over all MoE layers";
   let description = [{
     Takes the router logits [N, E] and chosen experts [N, k] of every MoE layer
-    and the document ids [B, T] (non-zero = real token). With p the full softmax
-    of the logits, f[e] the fraction of real tokens' routing slots that went to
-    expert e and P[e] the mean of p[:, e] over real tokens, both over all
-    layers: `E * sum_e f[e] * P[e]`. Gradient flows through P only.
+    and the document ids [B, T] (non-zero = real token). Over the R real rows
+    of all layers, with p the full softmax of the logits, f[e] the number of
+    routing slots that went to expert e divided by R, and P[e] the mean of
+    p[:, e]: `E * sum_e f[e] * P[e]` (Mixtral's formula, k at perfect
+    balance). Gradient flows through P only.
 
     ```mlir
     %aux = g3moe.load_balancing_loss (%l2, %l3) indices (%i2, %i3) mask %seg {num_experts = 4 : i64}

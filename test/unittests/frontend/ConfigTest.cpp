@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "frontend/Config.h"
+#include "llvm/Support/Path.h"
 
 #include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/JSON.h"
@@ -315,7 +316,8 @@ TEST(ConfigExamples, FlatPresets) {
     EXPECT_EQ(t.seed, 42);
     EXPECT_DOUBLE_EQ(t.testSize, 0.1);
     EXPECT_EQ(t.maxSteps, -1);
-    EXPECT_EQ(t.dataset, "../data/chat.jsonl");
+    // Relative data paths in a file are resolved against the file's folder.
+  EXPECT_EQ(t.dataset, std::string(G3MOE_EXAMPLES_DIR) + "/data/chat.jsonl");
     // The model: gemma-3-4b-it upcycled by g3moe_params.
     const ModelConfig &m = c.model;
     EXPECT_EQ(m.modelType, "g3moe_text");
@@ -350,7 +352,8 @@ TEST(ConfigExamples, NestedPreset) {
   EXPECT_EQ(t.seqLen, 131072);
   EXPECT_EQ(t.evalSteps, 500);
   EXPECT_EQ(t.saveSteps, 500);
-  EXPECT_EQ(t.dataset, "../data/chat.jsonl");
+  // Relative data paths in a file are resolved against the file's folder.
+  EXPECT_EQ(t.dataset, std::string(G3MOE_EXAMPLES_DIR) + "/data/chat.jsonl");
   EXPECT_EQ(c.model.numExperts, 2);
   EXPECT_EQ(c.model.firstKDenseReplace, 8);
   EXPECT_DOUBLE_EQ(c.model.globalRope.factor, 8.0);
@@ -502,7 +505,8 @@ TEST(ConfigForms, TrainingOptionsInModelConfig) {
   EXPECT_EQ(t.memoryBudgetBytes, int64_t(2) << 30);
   EXPECT_TRUE(t.assistantOnlyLoss);
   EXPECT_TRUE(t.packing);
-  EXPECT_EQ(t.dataset, "chat.jsonl");
+  EXPECT_TRUE(llvm::sys::path::is_absolute(t.dataset)) << t.dataset;
+  EXPECT_EQ(llvm::sys::path::filename(t.dataset), "chat.jsonl");
   EXPECT_EQ(t.lora.targetModules, kAllSeven);
 }
 
@@ -1108,7 +1112,7 @@ TEST(ConfigWarnings, UnknownFields) {
   EXPECT_TRUE(hasWarning(preset, "field 'data_config.odd'"));
   EXPECT_TRUE(hasWarning(preset, "field 'training_config.strange'"));
   EXPECT_EQ(preset.warnings.size(), 3u);
-  EXPECT_EQ(preset.training.dataset, "d");
+  EXPECT_EQ(llvm::sys::path::filename(preset.training.dataset), "d");
 }
 
 TEST(ConfigWarnings, IgnoredButNotable) {

@@ -1,0 +1,69 @@
+//===- G3RTDialect.cpp - the lowered g3rt dialect -------------------------===//
+
+#include "dialects/G3RT/IR/G3RTDialect.h"
+
+#include "mlir/IR/Builders.h"
+#include "llvm/ADT/StringSwitch.h"
+
+using namespace mlir;
+using namespace g3rt_ir;
+
+#include "dialects/G3RT/IR/G3RTDialect.cpp.inc"
+
+void G3RTDialect::initialize() {
+  addOperations<
+#define GET_OP_LIST
+#include "dialects/G3RT/IR/G3RT.cpp.inc"
+      >();
+}
+
+bool g3rt_ir::isPersistentKind(StringRef kind) {
+  return llvm::StringSwitch<bool>(kind)
+      .Cases({"param", "grad_acc", "exp_avg", "exp_avg_sq", "input"}, true)
+      .Default(false);
+}
+
+BufferOp g3rt_ir::rootBuffer(Value buffer) {
+  while (auto view = buffer.getDefiningOp<ViewOp>())
+    buffer = view.getSource();
+  return buffer.getDefiningOp<BufferOp>();
+}
+
+LogicalResult BufferOp::verify() {
+  StringRef kind = getKind();
+  if (kind != kArena && !isPersistentKind(kind))
+    return emitOpError("unknown buffer kind '")
+           << kind << "' (arena, param, grad_acc, exp_avg, exp_avg_sq, input)";
+  if (isPersistentKind(kind) && (!getName() || getName()->empty()))
+    return emitOpError("a ") << kind << " buffer needs a name";
+  if (getOffset()) {
+    if (kind != kArena)
+      return emitOpError("only arena buffers have an offset");
+    if (getOffsetAttr().getInt() < 0)
+      return emitOpError("offset must be non-negative");
+  }
+  return success();
+}
+
+LogicalResult ViewOp::verify() {
+  auto in = getSource().getType(), out = getType();
+  if (in.getElementType() != out.getElementType() ||
+      in.getNumElements() != out.getNumElements())
+    return emitOpError("must keep the element type and count, got ")
+           << in << " to " << out;
+  return success();
+}
+
+LogicalResult LaunchOp::verify() {
+  if (getKernel().empty())
+    return emitOpError("needs a kernel name");
+  if (getOuts().empty())
+    return emitOpError("writes no buffer");
+  for (Value out : getOuts())
+    if (!rootBuffer(out))
+      return emitOpError("outputs must be g3rt.buffer values or views of them");
+  return success();
+}
+
+#define GET_OP_CLASSES
+#include "dialects/G3RT/IR/G3RT.cpp.inc"

@@ -1,0 +1,31 @@
+//===- G3RTDialect.h - the lowered g3rt dialect -----------------*- C++ -*-===//
+//
+// Declares the `g3rt` dialect and its ops (G3RTDialect.td).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_DIALECTS_G3RT_IR_G3RTDIALECT_H
+#define G3MOE_DIALECTS_G3RT_IR_G3RTDIALECT_H
+
+#include "mlir/Bytecode/BytecodeOpInterface.h"
+#include "mlir/IR/BuiltinTypes.h"
+#include "mlir/IR/Dialect.h"
+#include "mlir/IR/OpDefinition.h"
+#include "mlir/IR/OpImplementation.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
+
+#include "dialects/G3RT/IR/G3RTDialect.h.inc"
+
+#define GET_OP_CLASSES
+#include "dialects/G3RT/IR/G3RT.h.inc"
+
+namespace g3rt_ir {
+/// Buffer kinds, as `g3rt.buffer` spells them.
+inline constexpr llvm::StringLiteral kArena = "arena";
+/// True for the kinds the runtime keeps across calls and binds by name.
+bool isPersistentKind(llvm::StringRef kind);
+/// The buffer a (chain of) `g3rt.view` ends at.
+BufferOp rootBuffer(mlir::Value buffer);
+} // namespace g3rt_ir
+
+#endif // G3MOE_DIALECTS_G3RT_IR_G3RTDIALECT_H

@@ -1,0 +1,407 @@
+//===- kernels_attention.cpp - RoPE and attention CPU kernels -------------===//
+//
+// The fp32 reference of rope, attention and attention_grad (docs/kernels.md,
+// "Attention and RoPE"). Inputs of any float type are widened to fp32 once;
+// scores, softmax and every reduction run in fp32 and each output element is
+// rounded once when stored.
+//
+// Attention never materialises the T x T score matrix: each query row walks
+// only the keys its causal (and sliding-window) mask can admit, so a sliding
+// layer costs O(T * W) rather than O(T^2). The backward pass is split in two
+// so that every output element has exactly one writer: pass 1 runs over query
+// rows (softmax statistics and dq), pass 2 over key rows (dk and dv, summed
+// over the query heads of the kv group in a fixed order). Results therefore
+// do not depend on the thread count.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/base/parallel.h"
+#include "runtime/kernels/kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace g3rt {
+namespace {
+
+bool isIndexType(DType t) { return t == DType::I32 || t == DType::I64; }
+
+// Segment ids and positions are i32 by contract; i64 is accepted too so that
+// a caller holding 64-bit indices does not need a conversion pass.
+int64_t indexAt(const TensorView &t, int64_t i) {
+  return t.dtype == DType::I64 ? t.i64()[i] : int64_t(t.i32()[i]);
+}
+
+std::string describe(const TensorView &t) {
+  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
+}
+
+//===----------------------------------------------------------------------===//
+// rope
+//===----------------------------------------------------------------------===//
+
+Status ropeKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 2 || args.outputs.size() != 1)
+    return args.fail("expects 2 inputs (x, positions) and 1 output, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &x = args.inputs[0], &pos = args.inputs[1], &y = args.outputs[0];
+  double theta = 0, factor = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("theta", theta));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("scaling_factor", factor));
+  if (!(theta > 0) || !(factor > 0))
+    return args.fail("theta and scaling_factor must be positive");
+  bool transpose = args.attrs && args.attrs->getFlag("transpose");
+
+  if (x.rank() != 4 || !isFloat(x.dtype))
+    return args.fail("x must be a float [B, T, n, d] tensor, got " + describe(x));
+  int64_t B = x.dim(0), T = x.dim(1), n = x.dim(2), d = x.dim(3);
+  if (d % 2 != 0)
+    return args.fail("head dimension must be even, got " + std::to_string(d));
+  if (!isIndexType(pos.dtype) || pos.shape != std::vector<int64_t>{B, T})
+    return args.fail("positions must be an integer [B, T] tensor matching x " +
+                     shapeString(x.shape) + ", got " + describe(pos));
+  if (!isFloat(y.dtype) || y.shape != x.shape)
+    return args.fail("output must be a float tensor of shape " + shapeString(x.shape) +
+                     ", got " + describe(y));
+
+  // inv_freq exactly as HF builds it in fp32: 1 / theta^(float(2i) / d), then
+  // divided by the linear scaling factor. Large positions times a slightly
+  // different inv_freq drift visibly, so the fp32 steps matter.
+  int64_t half = d / 2;
+  std::vector<float> invFreq(static_cast<size_t>(half));
+  const float thetaF = float(theta), factorF = float(factor);
+  for (int64_t i = 0; i < half; ++i) {
+    float exponent = float(2 * i) / float(d);
+    invFreq[size_t(i)] = (1.0f / std::pow(thetaF, exponent)) / factorF;
+  }
+
+  std::vector<float> xs = toFloat(x);
+  const float sign = transpose ? -1.0f : 1.0f;
+  parallelFor(B * T, [&](int64_t begin, int64_t end) {
+    std::vector<float> cs(static_cast<size_t>(half)), sn(static_cast<size_t>(half));
+    for (int64_t row = begin; row < end; ++row) {
+      // One angle table per token, shared by its heads.
+      float p = float(indexAt(pos, row));
+      for (int64_t i = 0; i < half; ++i) {
+        float phi = p * invFreq[size_t(i)];
+        cs[size_t(i)] = std::cos(phi);
+        sn[size_t(i)] = sign * std::sin(phi);
+      }
+      for (int64_t h = 0; h < n; ++h) {
+        int64_t base = (row * n + h) * d;
+        for (int64_t i = 0; i < half; ++i) {
+          float a = xs[size_t(base + i)], b = xs[size_t(base + i + half)];
+          float c = cs[size_t(i)], s = sn[size_t(i)];
+          y.store(base + i, a * c - b * s);
+          y.store(base + i + half, b * c + a * s);
+        }
+      }
+    }
+  });
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// attention, attention_grad
+//===----------------------------------------------------------------------===//
+
+// Queries (forward, backward pass 1) and keys (backward pass 2) are handed to
+// threads in blocks of this many rows: large enough to amortise the task, small
+// enough that B * heads * blocks keeps every thread busy.
+constexpr int64_t kRowBlock = 16;
+
+struct AttnProblem {
+  int64_t B = 0, T = 0, nh = 0, nkv = 0, d = 0, group = 0;
+  float scale = 1;
+  int64_t window = 0; // 0: no sliding window
+  bool capped = false;
+  float cap = 0;
+  TensorView seg;
+
+  int64_t qIndex(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nh + h) * d; }
+  int64_t kIndex(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nkv + h) * d; }
+  // The first key query i can see before segment checks; everything earlier
+  // is outside the window and never touched.
+  int64_t firstKey(int64_t i) const { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
+  // The last query key j can be seen by (causal + window).
+  int64_t lastQuery(int64_t j) const { return window > 0 ? std::min(T - 1, j + window - 1) : T - 1; }
+  // Segment part of the mask; the position part is enforced by loop bounds.
+  bool sameDoc(int64_t b, int64_t i, int64_t j) const {
+    int64_t sj = indexAt(seg, b * T + j);
+    return sj != 0 && sj == indexAt(seg, b * T + i);
+  }
+  // The (capped) score. Forward and both backward passes call this one
+  // function so that they recompute bit-identical scores.
+  float score(const float *q, const float *k) const {
+    float s = 0;
+    for (int64_t c = 0; c < d; ++c)
+      s += q[c] * k[c];
+    s *= scale;
+    if (capped)
+      s = cap * std::tanh(s / cap);
+    return s;
+  }
+  // d(capped score)/d(raw score) from the capped score itself:
+  // c·tanh(x/c) has derivative 1 - tanh², and tanh = s / c.
+  float capSlope(float s) const {
+    if (!capped)
+      return 1.0f;
+    float t = s / cap;
+    return 1.0f - t * t;
+  }
+};
+
+Status readProblem(const KernelArgs &args, bool grad, AttnProblem &p) {
+  size_t nIn = grad ? 5 : 4, nOut = grad ? 3 : 1;
+  if (args.inputs.size() != nIn || args.outputs.size() != nOut)
+    return args.fail(std::string("expects ") + std::to_string(nIn) + " inputs (q, k, v, segment_ids" +
+                     (grad ? ", do" : "") + ") and " + std::to_string(nOut) + " output(s), got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &q = args.inputs[0], &k = args.inputs[1], &v = args.inputs[2],
+                   &seg = args.inputs[3];
+  if (q.rank() != 4 || !isFloat(q.dtype))
+    return args.fail("q must be a float [B, T, nh, d] tensor, got " + describe(q));
+  p.B = q.dim(0);
+  p.T = q.dim(1);
+  p.nh = q.dim(2);
+  p.d = q.dim(3);
+  if (k.rank() != 4 || !isFloat(k.dtype) || k.dim(0) != p.B || k.dim(1) != p.T ||
+      k.dim(3) != p.d)
+    return args.fail("k must be a float [B, T, nkv, d] tensor matching q " +
+                     shapeString(q.shape) + ", got " + describe(k));
+  p.nkv = k.dim(2);
+  if (p.nkv <= 0 || p.nh % p.nkv != 0)
+    return args.fail("query heads (" + std::to_string(p.nh) +
+                     ") must be a multiple of key/value heads (" + std::to_string(p.nkv) + ")");
+  p.group = p.nh / p.nkv;
+  if (!isFloat(v.dtype) || v.shape != k.shape)
+    return args.fail("v must be a float tensor shaped like k " + shapeString(k.shape) +
+                     ", got " + describe(v));
+  if (!isIndexType(seg.dtype) || seg.shape != std::vector<int64_t>{p.B, p.T})
+    return args.fail("segment_ids must be an integer [B, T] tensor, got " + describe(seg));
+  p.seg = seg;
+  if (grad) {
+    const TensorView &dout = args.inputs[4];
+    if (!isFloat(dout.dtype) || dout.shape != q.shape)
+      return args.fail("do must be a float tensor shaped like q " + shapeString(q.shape) +
+                       ", got " + describe(dout));
+    const TensorView &dq = args.outputs[0], &dk = args.outputs[1], &dv = args.outputs[2];
+    if (!isFloat(dq.dtype) || dq.shape != q.shape)
+      return args.fail("dq must be a float tensor shaped like q " + shapeString(q.shape) +
+                       ", got " + describe(dq));
+    if (!isFloat(dk.dtype) || dk.shape != k.shape || !isFloat(dv.dtype) || dv.shape != k.shape)
+      return args.fail("dk and dv must be float tensors shaped like k " + shapeString(k.shape) +
+                       ", got " + describe(dk) + " and " + describe(dv));
+  } else {
+    const TensorView &o = args.outputs[0];
+    if (!isFloat(o.dtype) || o.shape != q.shape)
+      return args.fail("output must be a float tensor shaped like q " + shapeString(q.shape) +
+                       ", got " + describe(o));
+  }
+
+  double scale = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
+  p.scale = float(scale);
+  if (auto w = args.attrs ? args.attrs->getInt("sliding_window") : std::nullopt) {
+    if (*w < 1)
+      return args.fail("sliding_window must be at least 1, got " + std::to_string(*w));
+    p.window = *w;
+  }
+  if (auto c = args.attrs ? args.attrs->getFloat("softcap") : std::nullopt) {
+    if (!(*c > 0))
+      return args.fail("softcap must be positive, got " + std::to_string(*c));
+    p.capped = true;
+    p.cap = float(*c);
+  }
+  return Status();
+}
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Scores of query row i against its candidate keys [lo, i]; masked keys get
+// -inf. Returns the row maximum (-inf when nothing is visible).
+float rowScores(const AttnProblem &p, const float *Q, const float *K, int64_t b, int64_t h,
+                int64_t i, float *s) {
+  const float *qi = Q + p.qIndex(b, i, h);
+  int64_t kh = h / p.group, lo = p.firstKey(i);
+  float mx = kNegInf;
+  for (int64_t j = lo; j <= i; ++j) {
+    float sj = kNegInf;
+    if (p.sameDoc(b, i, j)) {
+      sj = p.score(qi, K + p.kIndex(b, j, kh));
+      mx = std::max(mx, sj);
+    }
+    s[j - lo] = sj;
+  }
+  return mx;
+}
+
+Status attentionKernel(const KernelArgs &args) {
+  AttnProblem p;
+  G3RT_RETURN_IF_ERROR(readProblem(args, /*grad=*/false, p));
+  std::vector<float> Q = toFloat(args.inputs[0]), K = toFloat(args.inputs[1]),
+                     V = toFloat(args.inputs[2]);
+  const TensorView &o = args.outputs[0];
+  const int64_t blocks = (p.T + kRowBlock - 1) / kRowBlock;
+
+  parallelFor(p.B * p.nh * blocks, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(size_t(p.T)), acc(size_t(p.d));
+    for (int64_t task = begin; task < end; ++task) {
+      int64_t blk = task % blocks, bh = task / blocks, h = bh % p.nh, b = bh / p.nh;
+      int64_t kh = h / p.group;
+      for (int64_t i = blk * kRowBlock; i < std::min(p.T, (blk + 1) * kRowBlock); ++i) {
+        int64_t lo = p.firstKey(i), out = p.qIndex(b, i, h);
+        float mx = rowScores(p, Q.data(), K.data(), b, h, i, s.data());
+        if (mx == kNegInf) {
+          for (int64_t c = 0; c < p.d; ++c)
+            o.store(out + c, 0.0f);
+          continue;
+        }
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        float sum = 0;
+        for (int64_t j = lo; j <= i; ++j) {
+          float sj = s[size_t(j - lo)];
+          if (sj == kNegInf)
+            continue;
+          float e = std::exp(sj - mx);
+          sum += e;
+          const float *vj = V.data() + p.kIndex(b, j, kh);
+          for (int64_t c = 0; c < p.d; ++c)
+            acc[size_t(c)] += e * vj[c];
+        }
+        float inv = 1.0f / sum;
+        for (int64_t c = 0; c < p.d; ++c)
+          o.store(out + c, acc[size_t(c)] * inv);
+      }
+    }
+  });
+  return Status();
+}
+
+Status attentionGradKernel(const KernelArgs &args) {
+  AttnProblem p;
+  G3RT_RETURN_IF_ERROR(readProblem(args, /*grad=*/true, p));
+  std::vector<float> Q = toFloat(args.inputs[0]), K = toFloat(args.inputs[1]),
+                     V = toFloat(args.inputs[2]), dO = toFloat(args.inputs[4]);
+  const TensorView &dq = args.outputs[0], &dk = args.outputs[1], &dv = args.outputs[2];
+  const int64_t blocks = (p.T + kRowBlock - 1) / kRowBlock;
+
+  // Per (b, h, i): softmax max and denominator, and D = sum_j P_ij dP_ij
+  // (= rowsum(dO ⊙ O) with O in fp32, without materialising O). Pass 2 needs
+  // them to rebuild P and dS column by column. sum == 0 marks an empty row.
+  const size_t rowsTotal = size_t(p.B * p.nh * p.T);
+  std::vector<float> rowMax(rowsTotal), rowSum(rowsTotal), rowD(rowsTotal);
+  auto rowId = [&](int64_t b, int64_t h, int64_t i) { return size_t((b * p.nh + h) * p.T + i); };
+
+  // Pass 1: over query rows. Writes the statistics and dq.
+  parallelFor(p.B * p.nh * blocks, [&](int64_t begin, int64_t end) {
+    std::vector<float> s(size_t(p.T)), prob(size_t(p.T)), dp(size_t(p.T)), acc(size_t(p.d));
+    for (int64_t task = begin; task < end; ++task) {
+      int64_t blk = task % blocks, bh = task / blocks, h = bh % p.nh, b = bh / p.nh;
+      int64_t kh = h / p.group;
+      for (int64_t i = blk * kRowBlock; i < std::min(p.T, (blk + 1) * kRowBlock); ++i) {
+        int64_t lo = p.firstKey(i), qi = p.qIndex(b, i, h);
+        size_t r = rowId(b, h, i);
+        float mx = rowScores(p, Q.data(), K.data(), b, h, i, s.data());
+        if (mx == kNegInf) {
+          rowMax[r] = 0;
+          rowSum[r] = 0;
+          rowD[r] = 0;
+          for (int64_t c = 0; c < p.d; ++c)
+            dq.store(qi + c, 0.0f);
+          continue;
+        }
+        float sum = 0;
+        for (int64_t j = lo; j <= i; ++j)
+          if (s[size_t(j - lo)] != kNegInf)
+            sum += std::exp(s[size_t(j - lo)] - mx);
+        const float *doi = dO.data() + qi;
+        float D = 0;
+        for (int64_t j = lo; j <= i; ++j) {
+          float sj = s[size_t(j - lo)];
+          if (sj == kNegInf)
+            continue;
+          const float *vj = V.data() + p.kIndex(b, j, kh);
+          float dpj = 0;
+          for (int64_t c = 0; c < p.d; ++c)
+            dpj += doi[c] * vj[c];
+          float P = std::exp(sj - mx) / sum;
+          prob[size_t(j - lo)] = P;
+          dp[size_t(j - lo)] = dpj;
+          D += P * dpj;
+        }
+        std::fill(acc.begin(), acc.end(), 0.0f);
+        for (int64_t j = lo; j <= i; ++j) {
+          float sj = s[size_t(j - lo)];
+          if (sj == kNegInf)
+            continue;
+          // Same expression (and order) as pass 2 uses for dk.
+          float ds = prob[size_t(j - lo)] * (dp[size_t(j - lo)] - D) * p.capSlope(sj);
+          const float *kj = K.data() + p.kIndex(b, j, kh);
+          for (int64_t c = 0; c < p.d; ++c)
+            acc[size_t(c)] += ds * kj[c];
+        }
+        rowMax[r] = mx;
+        rowSum[r] = sum;
+        rowD[r] = D;
+        for (int64_t c = 0; c < p.d; ++c)
+          dq.store(qi + c, acc[size_t(c)] * p.scale);
+      }
+    }
+  });
+
+  // Pass 2: over key rows of each kv head. Each key's dk/dv are summed here by
+  // one thread over the group's query heads, then over its queries in order.
+  parallelFor(p.B * p.nkv * blocks, [&](int64_t begin, int64_t end) {
+    std::vector<float> ak(size_t(p.d)), av(size_t(p.d));
+    for (int64_t task = begin; task < end; ++task) {
+      int64_t blk = task % blocks, bk = task / blocks, kh = bk % p.nkv, b = bk / p.nkv;
+      for (int64_t j = blk * kRowBlock; j < std::min(p.T, (blk + 1) * kRowBlock); ++j) {
+        int64_t kj = p.kIndex(b, j, kh);
+        const float *kp = K.data() + kj, *vp = V.data() + kj;
+        std::fill(ak.begin(), ak.end(), 0.0f);
+        std::fill(av.begin(), av.end(), 0.0f);
+        for (int64_t g = 0; g < p.group; ++g) {
+          int64_t h = kh * p.group + g;
+          for (int64_t i = j, hi = p.lastQuery(j); i <= hi; ++i) {
+            if (!p.sameDoc(b, i, j))
+              continue;
+            size_t r = rowId(b, h, i);
+            int64_t qi = p.qIndex(b, i, h);
+            const float *qp = Q.data() + qi, *doi = dO.data() + qi;
+            float sij = p.score(qp, kp);
+            float P = std::exp(sij - rowMax[r]) / rowSum[r];
+            float dpj = 0;
+            for (int64_t c = 0; c < p.d; ++c)
+              dpj += doi[c] * vp[c];
+            float ds = P * (dpj - rowD[r]) * p.capSlope(sij);
+            for (int64_t c = 0; c < p.d; ++c) {
+              ak[size_t(c)] += ds * qp[c];
+              av[size_t(c)] += P * doi[c];
+            }
+          }
+        }
+        for (int64_t c = 0; c < p.d; ++c) {
+          dk.store(kj + c, ak[size_t(c)] * p.scale);
+          dv.store(kj + c, av[size_t(c)]);
+        }
+      }
+    }
+  });
+  return Status();
+}
+
+} // namespace
+
+void registerAttentionKernels(KernelTable &table) {
+  table.emplace_back("rope", ropeKernel);
+  table.emplace_back("attention", attentionKernel);
+  table.emplace_back("attention_grad", attentionGradKernel);
+}
+
+} // namespace g3rt

@@ -1,0 +1,337 @@
+//===- kernels_elementwise.cpp - elementwise and plumbing CPU kernels -----===//
+//
+// The fp32 reference for the elementwise ops (add, mul, scale, the GeGLU
+// product and its gradient, dropout), the dtype plumbing (convert, copy, fill)
+// and the counter-based random_uniform. Operands are widened to fp32 a block
+// at a time, computed in fp32 and rounded once on store. Every output element
+// depends only on the input elements at its own index, so the way parallelFor
+// chunks the range cannot change a result, and an output may alias an input
+// of the same dtype (each block is read in full before it is written).
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/base/parallel.h"
+#include "runtime/base/random.h"
+#include "runtime/kernels/kernel.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+
+namespace g3rt {
+namespace {
+
+/// Elements staged through the fp32 scratch buffers at a time; small enough
+/// that the buffers of a five-operand kernel stay in L1.
+constexpr int64_t kBlock = 512;
+/// parallelFor starts fresh threads on every call, which costs tens of
+/// microseconds; below this many blocks (~32K elements) a kernel runs inline.
+constexpr int64_t kGrainBlocks = 64;
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCubic = 0.044715f;
+
+/// Widens elements [begin, begin + n) of a float tensor into `out`. The
+/// per-dtype switch sits outside the loop so that the f32 and bf16 paths are
+/// plain inlined loops rather than a call per element.
+void loadBlock(const TensorView &t, int64_t begin, int64_t n, float *out) {
+  switch (t.dtype) {
+  case DType::F32:
+    std::memcpy(out, t.f32() + begin, size_t(n) * sizeof(float));
+    return;
+  case DType::BF16: {
+    const uint16_t *p = static_cast<const uint16_t *>(t.data) + begin;
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = bf16ToFloat(p[i]);
+    return;
+  }
+  default:
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = t.load(begin + i);
+    return;
+  }
+}
+
+/// Rounds `in` into elements [begin, begin + n) of a float tensor.
+void storeBlock(const TensorView &t, int64_t begin, int64_t n, const float *in) {
+  switch (t.dtype) {
+  case DType::F32:
+    std::memcpy(t.f32() + begin, in, size_t(n) * sizeof(float));
+    return;
+  case DType::BF16: {
+    uint16_t *p = static_cast<uint16_t *>(t.data) + begin;
+    for (int64_t i = 0; i < n; ++i)
+      p[i] = floatToBF16(in[i]);
+    return;
+  }
+  default:
+    for (int64_t i = 0; i < n; ++i)
+      t.store(begin + i, in[i]);
+    return;
+  }
+}
+
+/// Runs `fn(begin, count, src, dst)` over blocks of the outputs' elements,
+/// with `src[k][i]` the fp32 value of input k at element begin + i and
+/// `dst[k][i]` to be filled for output k. All outputs have the same count.
+template <size_t NIn, size_t NOut, typename Fn>
+void mapBlocks(const std::array<TensorView, NIn> &in, const std::array<TensorView, NOut> &out,
+               Fn fn) {
+  int64_t n = out[0].numel();
+  int64_t blocks = (n + kBlock - 1) / kBlock;
+  parallelFor(
+      blocks,
+      [&](int64_t b0, int64_t b1) {
+        float src[NIn == 0 ? 1 : NIn][kBlock];
+        float dst[NOut][kBlock];
+        for (int64_t b = b0; b < b1; ++b) {
+          int64_t begin = b * kBlock, count = std::min(kBlock, n - begin);
+          for (size_t k = 0; k < NIn; ++k)
+            loadBlock(in[k], begin, count, src[k]);
+          fn(begin, count, src, dst);
+          for (size_t k = 0; k < NOut; ++k)
+            storeBlock(out[k], begin, count, dst[k]);
+        }
+      },
+      kGrainBlocks);
+}
+
+Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
+  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
+    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
+                     std::to_string(outputs) + " outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  return Status();
+}
+
+/// Every listed tensor is of a float type and has as many elements as the
+/// first output.
+Status checkFloatOperands(const KernelArgs &args, std::initializer_list<const TensorView *> views) {
+  int64_t n = args.outputs[0].numel();
+  for (const TensorView *t : views) {
+    if (!isFloat(t->dtype))
+      return args.fail("expected a float tensor, got " + std::string(dtypeName(t->dtype)) + " " +
+                       shapeString(t->shape));
+    if (t->numel() != n)
+      return args.fail("element count mismatch: " + shapeString(t->shape) + " vs output " +
+                       shapeString(args.outputs[0].shape));
+  }
+  return Status();
+}
+
+inline bool isInteger(DType t) { return t == DType::I32 || t == DType::I64; }
+
+inline int64_t loadInt(const TensorView &t, int64_t i) {
+  return t.dtype == DType::I64 ? t.i64()[i] : int64_t(t.i32()[i]);
+}
+
+/// GELU (tanh approximation) and its derivative at `g`.
+inline void geluTanh(float g, float &value, float &slope) {
+  float inner = kSqrt2OverPi * (g + kGeluCubic * g * g * g);
+  float t = std::tanh(inner);
+  value = 0.5f * g * (1.0f + t);
+  slope = 0.5f * (1.0f + t) +
+          0.5f * g * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * g * g);
+}
+
+Status addKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  mapBlocks<2, 1>({args.inputs[0], args.inputs[1]}, {args.outputs[0]},
+                  [](int64_t, int64_t n, auto src, auto dst) {
+                    for (int64_t i = 0; i < n; ++i)
+                      dst[0][i] = src[0][i] + src[1][i];
+                  });
+  return Status();
+}
+
+Status mulKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  mapBlocks<2, 1>({args.inputs[0], args.inputs[1]}, {args.outputs[0]},
+                  [](int64_t, int64_t n, auto src, auto dst) {
+                    for (int64_t i = 0; i < n; ++i)
+                      dst[0][i] = src[0][i] * src[1][i];
+                  });
+  return Status();
+}
+
+Status scaleKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&args.inputs[0], &args.outputs[0]}));
+  double factor;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("factor", factor));
+  float f = float(factor);
+  mapBlocks<1, 1>({args.inputs[0]}, {args.outputs[0]}, [f](int64_t, int64_t n, auto src, auto dst) {
+    for (int64_t i = 0; i < n; ++i)
+      dst[0][i] = f * src[0][i];
+  });
+  return Status();
+}
+
+/// Element conversion shared by convert and copy. Integer to integer goes
+/// through int64 so that i64 values above 2^24 survive; mixing integer and
+/// float types is not an op the compiler emits.
+Status convertElements(const KernelArgs &args, const TensorView &x, const TensorView &y) {
+  if (x.numel() != y.numel())
+    return args.fail("element count mismatch: " + shapeString(x.shape) + " vs " +
+                     shapeString(y.shape));
+  if (x.dtype == y.dtype) {
+    if (x.data != y.data && y.bytes() > 0)
+      std::memmove(y.data, x.data, y.bytes());
+    return Status();
+  }
+  if (isInteger(x.dtype) && isInteger(y.dtype)) {
+    for (int64_t i = 0, n = y.numel(); i < n; ++i) {
+      int64_t v = loadInt(x, i);
+      if (y.dtype == DType::I64)
+        y.i64()[i] = v;
+      else
+        y.i32()[i] = int32_t(v);
+    }
+    return Status();
+  }
+  if (!isFloat(x.dtype) || !isFloat(y.dtype))
+    return args.fail("cannot convert " + std::string(dtypeName(x.dtype)) + " to " +
+                     std::string(dtypeName(y.dtype)));
+  mapBlocks<1, 1>({x}, {y}, [](int64_t, int64_t n, auto src, auto dst) {
+    std::memcpy(dst[0], src[0], size_t(n) * sizeof(float));
+  });
+  return Status();
+}
+
+Status convertKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  return convertElements(args, args.inputs[0], args.outputs[0]);
+}
+
+Status copyKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  return convertElements(args, args.inputs[0], args.outputs[0]);
+}
+
+Status fillKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 0, 1));
+  double value;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("value", value));
+  const TensorView &y = args.outputs[0];
+  int64_t n = y.numel();
+  if (isInteger(y.dtype)) {
+    if (value != std::floor(value))
+      return args.fail("value " + std::to_string(value) + " is not an integer but the output is " +
+                       std::string(dtypeName(y.dtype)));
+    for (int64_t i = 0; i < n; ++i) {
+      if (y.dtype == DType::I64)
+        y.i64()[i] = int64_t(value);
+      else
+        y.i32()[i] = int32_t(value);
+    }
+    return Status();
+  }
+  float v = float(value);
+  mapBlocks<0, 1>({}, {y}, [v](int64_t, int64_t count, auto, auto dst) {
+    std::fill(dst[0], dst[0] + count, v);
+  });
+  return Status();
+}
+
+Status randomUniformKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  const TensorView &key = args.inputs[0], &y = args.outputs[0];
+  if (key.dtype != DType::I64 || key.numel() != 2)
+    return args.fail("key must be i64 [2] (seed, counter), got " +
+                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
+  if (!isFloat(y.dtype))
+    return args.fail("output must be a float tensor, got " + std::string(dtypeName(y.dtype)));
+  int64_t stream;
+  double low, high;
+  G3RT_RETURN_IF_ERROR(args.requireInt("stream", stream));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
+  if (stream < 0 || stream > int64_t(UINT32_MAX))
+    return args.fail("stream " + std::to_string(stream) + " is outside [0, 2^32)");
+  if (uint64_t(y.numel()) > kMaxStreamElements)
+    return args.fail("output of " + std::to_string(y.numel()) +
+                     " elements exceeds one random stream");
+  uint64_t seed = uint64_t(key.i64()[0]), counter = uint64_t(key.i64()[1]);
+  uint32_t s = uint32_t(stream);
+  double span = high - low;
+  // The affine map runs in double so that the only rounding is the store.
+  mapBlocks<0, 1>({}, {y}, [&](int64_t begin, int64_t count, auto, auto dst) {
+    for (int64_t i = 0; i < count; ++i)
+      dst[0][i] = float(low + span * double(uniformAt(seed, counter, s, uint64_t(begin + i))));
+  });
+  return Status();
+}
+
+Status dropoutKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  double p;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
+  if (!(p >= 0 && p <= 1))
+    return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
+  // The threshold is compared in fp32, as the uniform draws are fp32; with
+  // p = 1 nothing is kept and the division by zero is never evaluated.
+  float threshold = float(p), keep = float(1.0 - p);
+  mapBlocks<2, 1>({args.inputs[0], args.inputs[1]}, {args.outputs[0]},
+                  [=](int64_t, int64_t n, auto src, auto dst) {
+                    for (int64_t i = 0; i < n; ++i)
+                      dst[0][i] = src[1][i] >= threshold ? src[0][i] / keep : 0.0f;
+                  });
+  return Status();
+}
+
+Status geluTanhMulKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  mapBlocks<2, 1>({args.inputs[0], args.inputs[1]}, {args.outputs[0]},
+                  [](int64_t, int64_t n, auto src, auto dst) {
+                    for (int64_t i = 0; i < n; ++i) {
+                      float g = src[0][i];
+                      float t = std::tanh(kSqrt2OverPi * (g + kGeluCubic * g * g * g));
+                      dst[0][i] = 0.5f * g * (1.0f + t) * src[1][i];
+                    }
+                  });
+  return Status();
+}
+
+Status geluTanhMulGradKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.inputs[2],
+                                                 &args.outputs[0], &args.outputs[1]}));
+  mapBlocks<3, 2>({args.inputs[0], args.inputs[1], args.inputs[2]},
+                  {args.outputs[0], args.outputs[1]}, [](int64_t, int64_t n, auto src, auto dst) {
+                    for (int64_t i = 0; i < n; ++i) {
+                      float value, slope;
+                      geluTanh(src[0][i], value, slope);
+                      float dy = src[2][i];
+                      dst[0][i] = dy * src[1][i] * slope;
+                      dst[1][i] = dy * value;
+                    }
+                  });
+  return Status();
+}
+
+} // namespace
+
+void registerElementwiseKernels(KernelTable &table) {
+  table.emplace_back("add", addKernel);
+  table.emplace_back("mul", mulKernel);
+  table.emplace_back("scale", scaleKernel);
+  table.emplace_back("convert", convertKernel);
+  table.emplace_back("copy", copyKernel);
+  table.emplace_back("fill", fillKernel);
+  table.emplace_back("random_uniform", randomUniformKernel);
+  table.emplace_back("dropout", dropoutKernel);
+  table.emplace_back("gelu_tanh_mul", geluTanhMulKernel);
+  table.emplace_back("gelu_tanh_mul_grad", geluTanhMulGradKernel);
+}
+
+} // namespace g3rt

@@ -1,0 +1,212 @@
+//===- kernels_optimizer.cpp - clipping, schedule and AdamW CPU kernels ---===//
+//
+// The fp32 reference of global_norm, clip_scale, lr_schedule and adamw
+// (docs/kernels.md, "Optimizer"), following what HF Trainer + torch do for the
+// SFT recipe: torch's clip_grad_norm_ coefficient, HF's warmup schedules
+// (evaluated in double like their Python lambdas) and torch.optim.AdamW with
+// its scalar bias corrections computed in double and applied in fp32.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/base/parallel.h"
+#include "runtime/kernels/kernel.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+namespace g3rt {
+namespace {
+
+std::string describe(const TensorView &t) {
+  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
+}
+
+Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
+  if (!isFloat(t.dtype) || t.numel() != 1)
+    return args.fail(std::string(what) + " must be a float scalar, got " + describe(t));
+  return Status();
+}
+
+// Counters are i64 by contract; i32 is accepted so a hand-built call does not
+// need a widening pass.
+Status readCount(const KernelArgs &args, const TensorView &t, const char *what, int64_t &out) {
+  if (t.numel() != 1 || (t.dtype != DType::I64 && t.dtype != DType::I32))
+    return args.fail(std::string(what) + " must be an integer scalar, got " + describe(t));
+  out = t.dtype == DType::I64 ? t.i64()[0] : int64_t(t.i32()[0]);
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// global_norm, clip_scale
+//===----------------------------------------------------------------------===//
+
+// Partial sums over blocks of this many elements, fixed independently of the
+// thread count and added in block order, keep the norm bit-reproducible.
+constexpr int64_t kNormBlock = 1 << 16;
+
+Status globalNormKernel(const KernelArgs &args) {
+  if (args.outputs.size() != 1)
+    return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  for (size_t t = 0; t < args.inputs.size(); ++t)
+    if (!isFloat(args.inputs[t].dtype))
+      return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
+                       describe(args.inputs[t]));
+
+  double total = 0;
+  for (const TensorView &g : args.inputs) {
+    int64_t n = g.numel(), blocks = (n + kNormBlock - 1) / kNormBlock;
+    std::vector<double> partial(size_t(blocks), 0.0);
+    parallelFor(blocks, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        double s = 0;
+        for (int64_t i = blk * kNormBlock, e = std::min(n, (blk + 1) * kNormBlock); i < e; ++i) {
+          double x = g.load(i);
+          s += x * x;
+        }
+        partial[size_t(blk)] = s;
+      }
+    });
+    for (double s : partial)
+      total += s;
+  }
+  args.outputs[0].store(0, float(std::sqrt(total)));
+  return Status();
+}
+
+Status clipScaleKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 1 || args.outputs.size() != 1)
+    return args.fail("expects 1 input (norm) and 1 output");
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[0], "norm"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  double maxNorm = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("max_norm", maxNorm));
+  float c = 1.0f;
+  if (maxNorm > 0) {
+    // torch divides fp32 tensors: max_norm / (total_norm + 1e-6), clamped to 1.
+    float norm = args.inputs[0].load(0);
+    c = std::min(1.0f, float(maxNorm) / (norm + 1e-6f));
+  }
+  args.outputs[0].store(0, c);
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// lr_schedule
+//===----------------------------------------------------------------------===//
+
+Status lrScheduleKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 3 || args.outputs.size() != 1)
+    return args.fail("expects 3 inputs (step, total_steps, warmup_steps) and 1 output");
+  int64_t t = 0, S = 0, w = 0;
+  G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[0], "step", t));
+  G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[1], "total_steps", S));
+  G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[2], "warmup_steps", w));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  double lr = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("learning_rate", lr));
+  auto kind = args.attrs ? args.attrs->getString("kind") : std::nullopt;
+  if (!kind)
+    return args.fail("missing string attribute 'kind'");
+
+  // `step` counts updates already taken, so step 0 inside the warmup gives
+  // factor 0: HF's scheduler.step() runs after optimizer.step().
+  double f = 1;
+  if (*kind == "constant") {
+    f = 1;
+  } else if (*kind == "cosine" || *kind == "linear" || *kind == "constant_with_warmup") {
+    if (t < w) {
+      f = double(t) / double(std::max<int64_t>(1, w));
+    } else if (*kind == "cosine") {
+      const double pi = 3.14159265358979323846;
+      double progress = double(t - w) / double(std::max<int64_t>(1, S - w));
+      f = std::max(0.0, 0.5 * (1.0 + std::cos(pi * progress)));
+    } else if (*kind == "linear") {
+      f = std::max(0.0, double(S - t) / double(std::max<int64_t>(1, S - w)));
+    } else {
+      f = 1;
+    }
+  } else {
+    return args.fail("unknown schedule kind '" + std::string(*kind) +
+                     "' (expected cosine, linear, constant or constant_with_warmup)");
+  }
+  args.outputs[0].store(0, float(lr * f));
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// adamw
+//===----------------------------------------------------------------------===//
+
+Status adamwKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 7 || args.outputs.size() != 3)
+    return args.fail("expects 7 inputs (p, g, m, v, step, lr, grad_scale) and 3 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &p = args.inputs[0];
+  const char *names[] = {"p", "g", "m", "v"};
+  for (int i = 0; i < 4; ++i)
+    if (args.inputs[size_t(i)].dtype != DType::F32 || args.inputs[size_t(i)].shape != p.shape)
+      return args.fail(std::string(names[i]) + " must be an F32 tensor of shape " +
+                       shapeString(p.shape) + ", got " + describe(args.inputs[size_t(i)]));
+  for (size_t i = 0; i < 3; ++i)
+    if (args.outputs[i].dtype != DType::F32 || args.outputs[i].shape != p.shape)
+      return args.fail("output " + std::to_string(i) + " must be an F32 tensor of shape " +
+                       shapeString(p.shape) + ", got " + describe(args.outputs[i]));
+  int64_t step = 0;
+  G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[4], "step", step));
+  if (step < 0)
+    return args.fail("step must not be negative, got " + std::to_string(step));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[5], "lr"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[6], "grad_scale"));
+  double beta1 = 0, beta2 = 0, eps = 0, wd = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", beta1));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", beta2));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", eps));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("weight_decay", wd));
+
+  // Scalar factors in double (torch computes them on Python floats), each
+  // rounded once to fp32 where torch hands it to an fp32 tensor op.
+  const double lr = args.inputs[5].load(0);
+  const double t = double(step + 1);
+  const double bc1 = 1.0 - std::pow(beta1, t), bc2 = 1.0 - std::pow(beta2, t);
+  const float decay = float(1.0 - lr * wd);
+  const float stepSize = float(lr / bc1);
+  const float bc2Sqrt = float(std::sqrt(bc2));
+  const float b1 = float(beta1), b2 = float(beta2), c1 = float(1.0 - beta1),
+              c2 = float(1.0 - beta2), epsF = float(eps);
+  const float gradScale = args.inputs[6].load(0);
+
+  const float *P = p.f32(), *G = args.inputs[1].f32(), *M = args.inputs[2].f32(),
+              *Vv = args.inputs[3].f32();
+  float *P1 = args.outputs[0].f32(), *M1 = args.outputs[1].f32(), *V1 = args.outputs[2].f32();
+  // Outputs may alias p, m, v: every element is read completely before any
+  // of its outputs is written, and elements are independent.
+  parallelFor(p.numel(), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float g = G[i] * gradScale;
+      float pi = P[i] * decay;
+      float mi = b1 * M[i] + c1 * g;
+      float vi = b2 * Vv[i] + c2 * (g * g);
+      float denom = std::sqrt(vi) / bc2Sqrt + epsF;
+      pi = pi - stepSize * (mi / denom);
+      P1[i] = pi;
+      M1[i] = mi;
+      V1[i] = vi;
+    }
+  }, /*grain=*/4096);
+  return Status();
+}
+
+} // namespace
+
+void registerOptimizerKernels(KernelTable &table) {
+  table.emplace_back("global_norm", globalNormKernel);
+  table.emplace_back("clip_scale", clipScaleKernel);
+  table.emplace_back("lr_schedule", lrScheduleKernel);
+  table.emplace_back("adamw", adamwKernel);
+}
+
+} // namespace g3rt

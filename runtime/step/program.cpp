@@ -1,0 +1,309 @@
+//===- program.cpp - read and verify step.bin -----------------------------===//
+//
+// Nothing read from the file is trusted: after the container and FlatBuffer
+// checks, every index, size and name is checked against what it refers to
+// before the decoded program is handed out.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/step/program.h"
+
+#include "runtime/schemas/container.h"
+#include "runtime/schemas/step_generated.h"
+
+#include <algorithm>
+#include <limits>
+
+namespace g3rt {
+
+namespace fbs = schema;
+
+int64_t FunctionDesc::findOutput(const std::string &name) const {
+  for (const auto &[n, index] : outputs)
+    if (n == name)
+      return index;
+  return -1;
+}
+
+const FunctionDesc *StepProgram::findFunction(const std::string &name) const {
+  for (const FunctionDesc &f : functions)
+    if (f.name == name)
+      return &f;
+  return nullptr;
+}
+
+const ParamDesc *StepProgram::findParam(const std::string &name) const {
+  for (const ParamDesc &p : params)
+    if (p.name == name)
+      return &p;
+  return nullptr;
+}
+
+namespace {
+
+Status decodeDType(fbs::DType t, DType &out) {
+  if (uint8_t(t) > uint8_t(DType::I64))
+    return Status::error("unknown element type " + std::to_string(int(t)));
+  out = DType(uint8_t(t));
+  return Status();
+}
+
+Status decodeShape(const flatbuffers::Vector<int64_t> *shape, std::vector<int64_t> &out,
+                   uint64_t elementBytes, uint64_t &bytes) {
+  out.clear();
+  uint64_t n = 1;
+  if (shape)
+    for (int64_t d : *shape) {
+      if (d < 0 || (d > 0 && n > (uint64_t(1) << 48) / uint64_t(d)))
+        return Status::error("invalid shape dimension " + std::to_string(d));
+      n *= uint64_t(d);
+      out.push_back(d);
+    }
+  bytes = n * elementBytes;
+  return Status();
+}
+
+Status decodeAttrs(const flatbuffers::Vector<flatbuffers::Offset<fbs::Attr>> *attrs,
+                   KernelAttrs &out) {
+  if (!attrs)
+    return Status();
+  for (const fbs::Attr *a : *attrs) {
+    std::string name = a->name()->str();
+    switch (a->kind()) {
+    case fbs::AttrKind::Int:
+      out.set(name, AttrValue::ofInt(a->i()));
+      break;
+    case fbs::AttrKind::Float:
+      out.set(name, AttrValue::ofFloat(a->f()));
+      break;
+    case fbs::AttrKind::Bool:
+      out.set(name, AttrValue::ofBool(a->b()));
+      break;
+    case fbs::AttrKind::String:
+      out.set(name, AttrValue::ofString(a->s() ? a->s()->str() : ""));
+      break;
+    case fbs::AttrKind::FloatArray: {
+      std::vector<double> values;
+      if (a->floats())
+        values.assign(a->floats()->begin(), a->floats()->end());
+      out.set(name, AttrValue::ofFloats(std::move(values)));
+      break;
+    }
+    default:
+      return Status::error("attribute '" + name + "' has an unknown kind");
+    }
+  }
+  return Status();
+}
+
+Status decodeFunction(const fbs::Function *f, const StepProgram &program,
+                      FunctionDesc &fn) {
+  fn.name = f->name()->str();
+  fn.arenaBytes = f->arena_bytes();
+  if (fn.arenaBytes > program.arenaBytes)
+    return Status::error("its arena (" + std::to_string(fn.arenaBytes) +
+                         " bytes) is larger than the step's (" +
+                         std::to_string(program.arenaBytes) + ")");
+  if (f->buffers())
+    for (const fbs::Buffer *b : *f->buffers()) {
+      BufferDesc desc;
+      std::string where = "buffer " + std::to_string(fn.buffers.size());
+      if (uint8_t(b->kind()) > uint8_t(BufferKind::Input))
+        return Status::error(where + " has an unknown kind");
+      desc.kind = BufferKind(uint8_t(b->kind()));
+      desc.name = b->name() ? b->name()->str() : "";
+      G3RT_RETURN_IF_ERROR(decodeDType(b->dtype(), desc.dtype).withContext(where));
+      G3RT_RETURN_IF_ERROR(
+          decodeShape(b->shape(), desc.shape, dtypeSize(desc.dtype), desc.bytes)
+              .withContext(where));
+      desc.offset = b->offset();
+      desc.viewOf = b->view_of();
+      if (desc.viewOf >= 0) {
+        if (size_t(desc.viewOf) >= fn.buffers.size())
+          return Status::error(where + " views a buffer declared after it");
+        const BufferDesc &src = fn.buffers[size_t(desc.viewOf)];
+        if (src.bytes != desc.bytes || src.kind != desc.kind ||
+            src.offset != desc.offset || src.name != desc.name)
+          return Status::error(where + " is a view that does not match its source");
+      }
+      if (desc.kind == BufferKind::Arena) {
+        if (desc.offset > fn.arenaBytes || desc.bytes > fn.arenaBytes - desc.offset)
+          return Status::error(where + " lies outside the arena (offset " +
+                               std::to_string(desc.offset) + ", " +
+                               std::to_string(desc.bytes) + " bytes, arena " +
+                               std::to_string(fn.arenaBytes) + ")");
+        if (program.arenaAlignment && desc.offset % program.arenaAlignment)
+          return Status::error(where + " is not aligned");
+      } else {
+        if (desc.name.empty())
+          return Status::error(where + " is persistent but has no name");
+        if (desc.kind != BufferKind::Input) {
+          const ParamDesc *p = program.findParam(desc.name);
+          if (!p)
+            return Status::error(where + " names '" + desc.name +
+                                 "', which is not in the parameter table");
+          if (p->shape != desc.shape)
+            return Status::error(where + " ('" + desc.name + "') has shape " +
+                                 shapeString(desc.shape) + ", the parameter " +
+                                 shapeString(p->shape));
+          if (desc.kind == BufferKind::Param && p->dtype != desc.dtype)
+            return Status::error(where + " ('" + desc.name + "') has another dtype than the parameter");
+          if (desc.kind != BufferKind::Param &&
+              (!p->trainable || desc.dtype != DType::F32))
+            return Status::error(where + " holds optimizer state of '" + desc.name +
+                                 "', which is not a trainable fp32 parameter");
+        }
+      }
+      fn.buffers.push_back(std::move(desc));
+    }
+
+  if (f->instrs())
+    for (const fbs::Instr *in : *f->instrs()) {
+      InstrDesc instr;
+      instr.kernel = in->kernel()->str();
+      std::string where = "instruction " + std::to_string(fn.instrs.size()) + " (" +
+                          instr.kernel + ")";
+      instr.fn = findCpuKernel(instr.kernel);
+      if (!instr.fn)
+        return Status::error(where + ": no kernel of that name in this runtime");
+      for (auto [list, vec] : {std::make_pair(in->inputs(), &instr.inputs),
+                               std::make_pair(in->outputs(), &instr.outputs)})
+        if (list)
+          for (uint32_t i : *list) {
+            if (i >= fn.buffers.size())
+              return Status::error(where + " refers to buffer " + std::to_string(i) +
+                                   " of " + std::to_string(fn.buffers.size()));
+            vec->push_back(i);
+          }
+      if (instr.outputs.empty())
+        return Status::error(where + " writes nothing");
+      G3RT_RETURN_IF_ERROR(decodeAttrs(in->attrs(), instr.attrs).withContext(where));
+      fn.instrs.push_back(std::move(instr));
+    }
+
+  if (f->outputs())
+    for (const fbs::Binding *o : *f->outputs()) {
+      if (o->buffer() >= fn.buffers.size())
+        return Status::error("output '" + o->name()->str() + "' refers to a missing buffer");
+      fn.outputs.emplace_back(o->name()->str(), o->buffer());
+    }
+  return checkArenaPlan(fn);
+}
+
+} // namespace
+
+Status checkArenaPlan(const FunctionDesc &fn) {
+  // Live range of each root arena buffer, in instruction indices; outputs are
+  // read after the last instruction.
+  size_t n = fn.buffers.size(), end = fn.instrs.size();
+  std::vector<int64_t> first(n, -1), last(n, -1);
+  auto root = [&](uint32_t i) {
+    while (fn.buffers[i].viewOf >= 0)
+      i = uint32_t(fn.buffers[i].viewOf);
+    return i;
+  };
+  auto touch = [&](uint32_t b, int64_t at) {
+    uint32_t r = root(b);
+    if (fn.buffers[r].kind != BufferKind::Arena)
+      return;
+    if (first[r] < 0)
+      first[r] = at;
+    last[r] = std::max(last[r], at);
+  };
+  for (size_t i = 0; i < fn.instrs.size(); ++i) {
+    for (uint32_t b : fn.instrs[i].inputs)
+      touch(b, int64_t(i));
+    for (uint32_t b : fn.instrs[i].outputs)
+      touch(b, int64_t(i));
+  }
+  for (const auto &o : fn.outputs)
+    touch(o.second, int64_t(end));
+
+  std::vector<uint32_t> live;
+  for (uint32_t i = 0; i < n; ++i)
+    if (first[i] >= 0)
+      live.push_back(i);
+  std::sort(live.begin(), live.end(), [&](uint32_t a, uint32_t b) {
+    return fn.buffers[a].offset < fn.buffers[b].offset;
+  });
+  for (size_t a = 0; a < live.size(); ++a) {
+    const BufferDesc &x = fn.buffers[live[a]];
+    for (size_t b = a + 1; b < live.size(); ++b) {
+      const BufferDesc &y = fn.buffers[live[b]];
+      if (y.offset >= x.offset + x.bytes)
+        break;
+      if (x.bytes == 0 || y.bytes == 0)
+        continue;
+      if (first[live[a]] <= last[live[b]] && first[live[b]] <= last[live[a]])
+        return Status::error("memory plan of '" + fn.name + "' overlaps: buffers " +
+                             std::to_string(live[a]) + " and " + std::to_string(live[b]) +
+                             " share bytes while both are live");
+    }
+  }
+  return Status();
+}
+
+Status parseStep(const std::vector<uint8_t> &file, const std::string &displayName,
+                 StepProgram &out) {
+  auto fail = [&](const Status &s) { return s.withContext(displayName); };
+  size_t offset = 0, size = 0;
+  Status s = unwrapStepPayload(file, offset, size);
+  if (!s.ok())
+    return fail(s);
+  const uint8_t *payload = file.data() + offset;
+  flatbuffers::Verifier verifier(payload, size);
+  if (!fbs::StepBufferHasIdentifier(payload) || !fbs::VerifyStepBuffer(verifier))
+    return fail(Status::error("the step payload is malformed (FlatBuffer verification failed)"));
+  const fbs::Step *step = fbs::GetStep(payload);
+
+  StepProgram program;
+  program.modelConfigJson = step->model_config() ? step->model_config()->str() : "{}";
+  program.trainingOptionsJson =
+      step->training_options() ? step->training_options()->str() : "{}";
+  program.arenaBytes = step->arena_bytes();
+  program.arenaAlignment = step->arena_alignment();
+  if (program.arenaAlignment & (program.arenaAlignment - 1))
+    return fail(Status::error("arena alignment is not a power of two"));
+  if (step->params())
+    for (const fbs::Param *p : *step->params()) {
+      ParamDesc desc;
+      desc.name = p->name()->str();
+      std::string where = "parameter '" + desc.name + "'";
+      if (program.findParam(desc.name))
+        return fail(Status::error(where + " appears twice"));
+      s = decodeDType(p->dtype(), desc.dtype);
+      uint64_t bytes = 0;
+      if (s.ok())
+        s = decodeShape(p->shape(), desc.shape, dtypeSize(desc.dtype), bytes);
+      if (!s.ok())
+        return fail(s.withContext(where));
+      if (!isFloat(desc.dtype))
+        return fail(Status::error(where + " is not a float tensor"));
+      if (uint8_t(p->init()) > uint8_t(InitKind::KaimingUniform))
+        return fail(Status::error(where + " has an unknown initialisation"));
+      desc.trainable = p->trainable();
+      desc.init = InitKind(uint8_t(p->init()));
+      desc.initStd = p->init_std();
+      program.params.push_back(std::move(desc));
+    }
+  if (step->functions())
+    for (const fbs::Function *f : *step->functions()) {
+      FunctionDesc fn;
+      s = decodeFunction(f, program, fn);
+      if (!s.ok())
+        return fail(s.withContext("function '" + f->name()->str() + "'"));
+      program.functions.push_back(std::move(fn));
+    }
+  out = std::move(program);
+  return Status();
+}
+
+Status loadStep(const std::string &path, StepProgram &out) {
+  std::vector<uint8_t> bytes;
+  Status s = readFile(path, bytes);
+  if (!s.ok())
+    return s;
+  return parseStep(bytes, path, out);
+}
+
+} // namespace g3rt

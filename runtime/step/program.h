@@ -1,0 +1,96 @@
+//===- program.h - a verified step.bin in memory ----------------*- C++ -*-===//
+//
+// The runtime's view of a step: parameters, and per entry point the buffers,
+// the instructions (with their kernels resolved) and the outputs. Built only
+// by loadStep, which verifies everything it reads first, so an executor never
+// sees an index out of range, an unknown kernel or an overlapping memory plan.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_STEP_PROGRAM_H
+#define G3MOE_RUNTIME_STEP_PROGRAM_H
+
+#include "runtime/base/status.h"
+#include "runtime/kernels/kernel.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace g3rt {
+
+/// Where a buffer's bytes live (values as in step.fbs).
+enum class BufferKind : uint8_t { Arena = 0, Param = 1, GradAcc = 2, ExpAvg = 3, ExpAvgSq = 4, Input = 5 };
+
+/// How a parameter is initialised when no checkpoint provides it.
+enum class InitKind : uint8_t { Normal = 0, NormalPaddingRowZero = 1, Zeros = 2, KaimingUniform = 3 };
+
+struct BufferDesc {
+  BufferKind kind = BufferKind::Arena;
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  /// Arena byte offset (of the root buffer, for views).
+  uint64_t offset = 0;
+  /// The buffer this one views, or -1.
+  int32_t viewOf = -1;
+  uint64_t bytes = 0;
+};
+
+struct InstrDesc {
+  std::string kernel;
+  std::vector<uint32_t> inputs, outputs;
+  KernelAttrs attrs;
+  KernelFn fn = nullptr;
+};
+
+struct FunctionDesc {
+  std::string name;
+  std::vector<BufferDesc> buffers;
+  std::vector<InstrDesc> instrs;
+  /// (output name, buffer index), e.g. ("loss", 17), ("grad:<param>", 40).
+  std::vector<std::pair<std::string, uint32_t>> outputs;
+  uint64_t arenaBytes = 0;
+
+  /// The buffer index of output `name`, or -1.
+  int64_t findOutput(const std::string &name) const;
+};
+
+struct ParamDesc {
+  std::string name;
+  DType dtype = DType::F32;
+  std::vector<int64_t> shape;
+  bool trainable = false;
+  InitKind init = InitKind::Normal;
+  double initStd = 0.02;
+};
+
+struct StepProgram {
+  std::string modelConfigJson;
+  std::string trainingOptionsJson;
+  std::vector<ParamDesc> params;
+  std::vector<FunctionDesc> functions;
+  uint64_t arenaBytes = 0;
+  uint32_t arenaAlignment = 256;
+
+  const FunctionDesc *findFunction(const std::string &name) const;
+  const ParamDesc *findParam(const std::string &name) const;
+};
+
+/// Reads and verifies a step.bin: the container (magic, version, size,
+/// checksum), the FlatBuffer, and the program's invariants (indices in range,
+/// known kernels, persistent buffers consistent with the parameter table, the
+/// arena plan inside the arena and free of overlaps between live buffers).
+/// Errors are prefixed with `path`.
+Status loadStep(const std::string &path, StepProgram &out);
+/// The same on bytes already in memory.
+Status parseStep(const std::vector<uint8_t> &file, const std::string &displayName,
+                 StepProgram &out);
+
+/// Checks that no two arena buffers of `fn` that are live at the same
+/// instruction share a byte (used by the verifier; exposed for tests).
+Status checkArenaPlan(const FunctionDesc &fn);
+
+} // namespace g3rt
+
+#endif // G3MOE_RUNTIME_STEP_PROGRAM_H

@@ -1,0 +1,65 @@
+//===- init.cpp - parameter initialisation from a seed --------------------===//
+
+#include "runtime/train/init.h"
+
+#include "runtime/base/random.h"
+
+#include <cmath>
+
+namespace g3rt {
+
+namespace {
+/// Counter value reserved for initialisation draws (micro-batch counters
+/// count up from 0 and never reach it).
+constexpr uint64_t kInitCounter = ~uint64_t(0);
+} // namespace
+
+uint32_t streamOf(const std::string &s) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+Status initializeParameters(Executor &executor, uint64_t seed, int64_t padTokenId) {
+  for (const ParamDesc &p : executor.program().params) {
+    TensorView t = executor.param(p.name);
+    if (!t.data)
+      continue;
+    uint32_t stream = streamOf(p.name);
+    int64_t n = t.numel();
+    auto u = [&](int64_t i) { return double(uniformAt(seed, kInitCounter, stream, uint64_t(i))); };
+    switch (p.init) {
+    case InitKind::Zeros:
+      for (int64_t i = 0; i < n; ++i)
+        t.store(i, 0.0f);
+      break;
+    case InitKind::KaimingUniform: {
+      double bound = 1.0 / std::sqrt(double(t.shape.empty() ? 1 : t.shape.back()));
+      for (int64_t i = 0; i < n; ++i)
+        t.store(i, float((2 * u(i) - 1) * bound));
+      break;
+    }
+    case InitKind::Normal:
+    case InitKind::NormalPaddingRowZero: {
+      // Box-Muller on two uniforms per element (elements 2i and 2i+1 of the
+      // stream), keeping u1 away from 0.
+      for (int64_t i = 0; i < n; ++i) {
+        double u1 = u(2 * i) + 1.0 / (1 << 25), u2 = u(2 * i + 1);
+        double z = std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2);
+        t.store(i, float(z * p.initStd));
+      }
+      if (p.init == InitKind::NormalPaddingRowZero && padTokenId >= 0 &&
+          t.shape.size() == 2 && padTokenId < t.shape[0])
+        for (int64_t j = 0; j < t.shape[1]; ++j)
+          t.store(padTokenId * t.shape[1] + j, 0.0f);
+      break;
+    }
+    }
+  }
+  return Status();
+}
+
+} // namespace g3rt

@@ -1,0 +1,54 @@
+// --g3moe-lower-to-g3rt: persistent buffers from tags, arena buffers for the
+// rest, in-place accumulation, views, fills, calls lowered inline, outputs.
+// RUN: g3moe-opt %s --g3moe-lower-to-g3rt | FileCheck %s
+
+func.func @forward_backward(%x: tensor<2x4xf32> {g3moe.input = "x"})
+    -> (tensor<f32> {g3moe.output = "loss"}, tensor<3x4xf32> {g3moe.grad = "w"}) {
+  %w = g3moe.param "w" trainable : tensor<3x4xf32>
+  %y = g3moe.linear %x, %w : (tensor<2x4xf32>, tensor<3x4xf32>) -> tensor<2x3xf32>
+  %flat = g3moe.reshape %y : tensor<2x3xf32> -> tensor<6xf32>
+  %one = arith.constant dense<1.0> : tensor<f32>
+  %g = g3moe.linear_grad_weight %y, %x : (tensor<2x3xf32>, tensor<2x4xf32>) -> tensor<3x4xf32>
+  return %one, %g : tensor<f32>, tensor<3x4xf32>
+}
+
+// CHECK-LABEL: func.func @forward_backward() {
+// CHECK-DAG: %[[X:.*]] = g3rt.buffer "input" {name = "x"} : memref<2x4xf32>
+// CHECK-DAG: %[[W:.*]] = g3rt.buffer "param" {name = "w"} : memref<3x4xf32>
+// CHECK: %[[Y:.*]] = g3rt.buffer "arena" : memref<2x3xf32>
+// CHECK: g3rt.launch "linear" ins(%[[X]], %[[W]] : memref<2x4xf32>, memref<3x4xf32>) outs(%[[Y]] : memref<2x3xf32>) {attrs = {}}
+// CHECK: g3rt.view %[[Y]] : memref<2x3xf32> to memref<6xf32>
+// CHECK: %[[ONE:.*]] = g3rt.buffer "arena" : memref<f32>
+// CHECK: g3rt.launch "fill" outs(%[[ONE]] : memref<f32>) {attrs = {value = 1.000000e+00 : f64}}
+// CHECK: %[[G:.*]] = g3rt.buffer "arena" : memref<3x4xf32>
+// CHECK: g3rt.launch "linear_grad_weight"
+// CHECK: g3rt.output "loss" %[[ONE]]
+// CHECK: g3rt.output "grad:w" %[[G]]
+
+func.func @train_micro_step(%x: tensor<2x4xf32> {g3moe.input = "x"},
+                            %acc: tensor<3x4xf32> {g3moe.grad_acc = "w"})
+    -> (tensor<f32> {g3moe.output = "loss"}, tensor<3x4xf32> {g3moe.grad_acc = "w"}) {
+  %r:2 = call @forward_backward(%x) : (tensor<2x4xf32>) -> (tensor<f32>, tensor<3x4xf32>)
+  %sum = g3moe.add %acc, %r#1 : tensor<3x4xf32>
+  return %r#0, %sum : tensor<f32>, tensor<3x4xf32>
+}
+
+// The callee's launches appear inline; the sum lands in the accumulator itself.
+// CHECK-LABEL: func.func @train_micro_step() {
+// CHECK-DAG: %[[ACC:.*]] = g3rt.buffer "grad_acc" {name = "w"} : memref<3x4xf32>
+// CHECK: g3rt.launch "linear"
+// CHECK: g3rt.launch "linear_grad_weight" {{.*}} outs(%[[G2:.*]] : memref<3x4xf32>)
+// CHECK: g3rt.launch "add" ins(%[[ACC]], %[[G2]] : memref<3x4xf32>, memref<3x4xf32>) outs(%[[ACC]] : memref<3x4xf32>)
+// CHECK-NOT: "copy"
+// CHECK: g3rt.output "loss"
+
+func.func @returns_input(%acc: tensor<3x4xf32> {g3moe.grad_acc = "w"}, %x: tensor<3x4xf32> {g3moe.input = "x"})
+    -> (tensor<3x4xf32> {g3moe.grad_acc = "w"}) {
+  %s = g3moe.scale %x {factor = 2.0 : f64} : tensor<3x4xf32>
+  return %s : tensor<3x4xf32>
+}
+
+// A result that cannot be computed in place is copied into its buffer.
+// CHECK-LABEL: func.func @returns_input() {
+// CHECK: g3rt.launch "scale" {{.*}} outs(%[[S:.*]] : memref<3x4xf32>)
+// CHECK: g3rt.launch "copy" ins(%[[S]] : memref<3x4xf32>) outs(%{{.*}} : memref<3x4xf32>)

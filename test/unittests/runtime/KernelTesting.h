@@ -1,0 +1,105 @@
+//===- KernelTesting.h - helpers for kernel unit tests ----------*- C++ -*-===//
+//
+// Owning tensors, seeded random fills, a kernel runner and a central
+// finite-difference directional derivative, shared by the kernel tests.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_TEST_UNITTESTS_RUNTIME_KERNELTESTING_H
+#define G3MOE_TEST_UNITTESTS_RUNTIME_KERNELTESTING_H
+
+#include "runtime/kernels/kernel.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <random>
+#include <vector>
+
+namespace g3rt::testing {
+
+/// A tensor that owns its storage.
+struct Tensor {
+  std::shared_ptr<std::vector<uint8_t>> storage;
+  TensorView view;
+
+  Tensor() = default;
+  Tensor(DType dtype, std::vector<int64_t> shape) {
+    view.dtype = dtype;
+    view.shape = std::move(shape);
+    storage = std::make_shared<std::vector<uint8_t>>(view.bytes() + 8, 0);
+    view.data = storage->data();
+  }
+  static Tensor f32(std::vector<int64_t> shape) { return Tensor(DType::F32, shape); }
+  static Tensor i32(std::vector<int64_t> shape) { return Tensor(DType::I32, shape); }
+
+  float *f() const { return view.f32(); }
+  int32_t *i() const { return view.i32(); }
+  int64_t numel() const { return view.numel(); }
+  std::vector<float> values() const { return toFloat(view); }
+  /// A deep copy.
+  Tensor clone() const {
+    Tensor t(view.dtype, view.shape);
+    std::memcpy(t.view.data, view.data, view.bytes());
+    return t;
+  }
+};
+
+/// Fills a float tensor with uniform values in [lo, hi).
+inline void fillUniform(Tensor &t, std::mt19937 &rng, float lo = -1, float hi = 1) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    t.view.store(i, d(rng));
+}
+
+/// Runs kernel `name` on the given tensors; fails the test when it is unknown.
+inline Status run(const std::string &name, const std::vector<Tensor> &in,
+                  const std::vector<Tensor> &out, const KernelAttrs &attrs = {}) {
+  KernelFn fn = findCpuKernel(name);
+  if (!fn)
+    return Status::error("no kernel named " + name);
+  KernelArgs args;
+  for (const Tensor &t : in)
+    args.inputs.push_back(t.view);
+  for (const Tensor &t : out)
+    args.outputs.push_back(t.view);
+  args.attrs = &attrs;
+  args.name = name;
+  return fn(args);
+}
+
+/// <a, b> over all elements.
+inline double dot(const std::vector<float> &a, const std::vector<float> &b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i)
+    s += double(a[i]) * b[i];
+  return s;
+}
+
+/// Central difference of `f` along `dir` at the current values of `x`
+/// (an fp32 tensor that `f` reads): (f(x + eps dir) - f(x - eps dir)) / 2 eps.
+inline double directionalDerivative(const std::function<double()> &f, Tensor &x,
+                                    const std::vector<float> &dir, double eps = 1e-3) {
+  std::vector<float> x0 = x.values();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.f()[i] = float(x0[i] + eps * dir[i]);
+  double plus = f();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.f()[i] = float(x0[i] - eps * dir[i]);
+  double minus = f();
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.f()[i] = x0[i];
+  return (plus - minus) / (2 * eps);
+}
+
+/// Expects |a - b| <= atol + rtol * |b|.
+#define G3RT_EXPECT_CLOSE(a, b, rtol, atol)                                    \
+  EXPECT_LE(std::fabs(double(a) - double(b)),                                  \
+            (atol) + (rtol) * std::fabs(double(b)))                            \
+      << #a " = " << (a) << ", " #b " = " << (b)
+
+} // namespace g3rt::testing
+
+#endif // G3MOE_TEST_UNITTESTS_RUNTIME_KERNELTESTING_H

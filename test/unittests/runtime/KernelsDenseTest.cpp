@@ -1,0 +1,492 @@
+//===- KernelsDenseTest.cpp - dense-layer CPU kernel tests ----------------===//
+//
+// Every backward kernel of the dense layers against central differences of
+// its forward kernel (fp32, random directions and cotangents), the forward
+// kernels against straightforward loop references and hand-computed values,
+// the index errors each kernel must report, and results that are bitwise the
+// same for any thread count.
+//
+//===----------------------------------------------------------------------===//
+
+#include "KernelTesting.h"
+
+#include "runtime/base/parallel.h"
+
+#include <cstring>
+
+using namespace g3rt;
+using namespace g3rt::testing;
+
+namespace {
+
+#define EXPECT_OK(expr)                                                                            \
+  do {                                                                                             \
+    ::g3rt::Status s_ = (expr);                                                                    \
+    EXPECT_TRUE(s_.ok()) << s_.message();                                                          \
+  } while (0)
+
+KernelAttrs attrs(std::initializer_list<std::pair<const char *, AttrValue>> list) {
+  KernelAttrs a;
+  for (const auto &[name, value] : list)
+    a.set(name, value);
+  return a;
+}
+
+Tensor randomTensor(DType dtype, std::vector<int64_t> shape, std::mt19937 &rng, float lo = -1,
+                    float hi = 1) {
+  Tensor t(dtype, std::move(shape));
+  fillUniform(t, rng, lo, hi);
+  return t;
+}
+
+Tensor randomF32(std::vector<int64_t> shape, std::mt19937 &rng, float lo = -1, float hi = 1) {
+  return randomTensor(DType::F32, std::move(shape), rng, lo, hi);
+}
+
+Tensor indices(std::vector<int64_t> shape, const std::vector<int32_t> &values) {
+  Tensor t = Tensor::i32(std::move(shape));
+  EXPECT_EQ(size_t(t.numel()), values.size());
+  std::memcpy(t.i(), values.data(), values.size() * sizeof(int32_t));
+  return t;
+}
+
+Tensor scalar(float v) {
+  Tensor t = Tensor::f32({});
+  t.f()[0] = v;
+  return t;
+}
+
+/// Compares <grad, dir> with the central difference of `loss` along a random
+/// direction `dir` at the current value of `x`.
+void checkGradient(const char *what, const std::function<double()> &loss, Tensor &x,
+                   const Tensor &grad, std::mt19937 &rng) {
+  SCOPED_TRACE(what);
+  ASSERT_EQ(x.numel(), grad.numel());
+  std::uniform_real_distribution<float> d(-1, 1);
+  std::vector<float> dir(size_t(x.numel()));
+  for (float &v : dir)
+    v = d(rng);
+  double numeric = directionalDerivative(loss, x, dir);
+  double analytic = dot(grad.values(), dir);
+  // fp32 forward passes leave the central difference ~1e-4 relative (at
+  // worst ~1e-3 absolute) from the exact derivative; a 1% error in a
+  // gradient shows well above that.
+  G3RT_EXPECT_CLOSE(analytic, numeric, 2e-3, 2e-3);
+}
+
+/// <r, y> after running `kernel` on `in` into `y`: the scalar whose gradient
+/// the backward kernels compute for cotangent r.
+std::function<double()> innerLoss(std::string kernel, std::vector<Tensor> in, Tensor y, Tensor r,
+                                  KernelAttrs a = {}) {
+  return [=] {
+    Status s = run(kernel, in, {y}, a);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return dot(r.values(), y.values());
+  };
+}
+
+/// y[m, o] = Σ_i x[m, i]·w[o, i] in double, the reference of every product.
+std::vector<double> referenceLinear(const Tensor &x, const Tensor &w, int64_t M, int64_t in,
+                                    int64_t out) {
+  std::vector<double> y(size_t(M * out), 0.0);
+  for (int64_t m = 0; m < M; ++m)
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0;
+      for (int64_t i = 0; i < in; ++i)
+        s += double(x.view.load(m * in + i)) * w.view.load(o * in + i);
+      y[size_t(m * out + o)] = s;
+    }
+  return y;
+}
+
+void expectErrorNaming(const Status &s, const std::string &kernel, const std::string &value) {
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(kernel), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(value), std::string::npos) << s.message();
+}
+
+//===----------------------------------------------------------------------===//
+// Embedding
+//===----------------------------------------------------------------------===//
+
+TEST(DenseKernels, EmbeddingScalesRows) {
+  std::mt19937 rng(1);
+  Tensor table = randomTensor(DType::BF16, {10, 6}, rng);
+  Tensor ids = indices({2, 3}, {3, 0, 9, 3, 4, 1});
+  Tensor y(DType::BF16, {2, 3, 6}), yf = Tensor::f32({2, 3, 6});
+  KernelAttrs a = attrs({{"scale", AttrValue::ofFloat(2.5)}, {"padding_idx", AttrValue::ofInt(0)}});
+  EXPECT_OK(run("embedding", {ids, table}, {y}, a));
+  EXPECT_OK(run("embedding", {ids, table}, {yf}, a));
+  for (int64_t t = 0; t < 6; ++t)
+    for (int64_t h = 0; h < 6; ++h) {
+      float want = table.view.load(ids.i()[t] * 6 + h) * 2.5f;
+      EXPECT_EQ(yf.f()[t * 6 + h], want);
+      EXPECT_EQ(y.view.load(t * 6 + h), roundToBF16(want));
+    }
+}
+
+TEST(DenseKernels, EmbeddingGradPaddingRowAndRepeats) {
+  Tensor ids = indices({5}, {2, 0, 2, 4, 2});
+  Tensor dy = Tensor::f32({5, 3});
+  for (int64_t i = 0; i < dy.numel(); ++i)
+    dy.f()[i] = float(i + 1);
+  Tensor dt = Tensor::f32({6, 3});
+  std::mt19937 rng(9);
+  fillUniform(dt, rng); // stale contents to be overwritten
+  EXPECT_OK(run("embedding_grad", {dy, ids}, {dt},
+                attrs({{"scale", AttrValue::ofFloat(0.5)}, {"padding_idx", AttrValue::ofInt(0)}})));
+  for (int64_t h = 0; h < 3; ++h) {
+    EXPECT_EQ(dt.f()[0 * 3 + h], 0.0f) << "padding row";
+    EXPECT_EQ(dt.f()[1 * 3 + h], 0.0f);
+    // Row 2 collects tokens 0, 2 and 4.
+    EXPECT_EQ(dt.f()[2 * 3 + h], 0.5f * ((1 + h) + (7 + h) + (13 + h)));
+    EXPECT_EQ(dt.f()[3 * 3 + h], 0.0f);
+    EXPECT_EQ(dt.f()[4 * 3 + h], 0.5f * (10 + h));
+    EXPECT_EQ(dt.f()[5 * 3 + h], 0.0f);
+  }
+}
+
+TEST(DenseKernels, EmbeddingGradMatchesFiniteDifferences) {
+  std::mt19937 rng(2);
+  Tensor table = randomF32({12, 7}, rng);
+  Tensor ids = indices({3, 4}, {1, 5, 5, 11, 0, 3, 5, 1, 7, 7, 2, 10});
+  Tensor r = randomF32({3, 4, 7}, rng), dt = Tensor::f32({12, 7});
+  // No padding row here: the table gradient is then the exact one.
+  KernelAttrs a =
+      attrs({{"scale", AttrValue::ofFloat(1.75)}, {"padding_idx", AttrValue::ofInt(-1)}});
+  EXPECT_OK(run("embedding_grad", {r, ids}, {dt}, a));
+  checkGradient("table", innerLoss("embedding", {ids, table}, Tensor::f32({3, 4, 7}), r, a), table,
+                dt, rng);
+}
+
+TEST(DenseKernels, EmbeddingIdOutOfRange) {
+  Tensor table = Tensor::f32({8, 4}), y = Tensor::f32({3, 4}), dt = Tensor::f32({8, 4});
+  KernelAttrs a = attrs({{"scale", AttrValue::ofFloat(1)}, {"padding_idx", AttrValue::ofInt(0)}});
+  expectErrorNaming(run("embedding", {indices({3}, {1, 8, 2}), table}, {y}, a), "embedding", "8");
+  expectErrorNaming(run("embedding", {indices({3}, {1, 2, -1}), table}, {y}, a), "embedding", "-1");
+  expectErrorNaming(run("embedding_grad", {y, indices({3}, {1, 12, 2})}, {dt}, a), "embedding_grad",
+                    "12");
+}
+
+//===----------------------------------------------------------------------===//
+// RMSNorm
+//===----------------------------------------------------------------------===//
+
+TEST(DenseKernels, RmsNormGemmaGain) {
+  // mean(x²) = 7.5, so each x is divided by sqrt(7.5 + eps) and scaled by 1 + w.
+  Tensor x = Tensor::f32({1, 4}), w = Tensor::f32({4}), y = Tensor::f32({1, 4});
+  const float xs[] = {1, 2, 3, 4}, ws[] = {0, 0.5f, -1, 1};
+  std::memcpy(x.f(), xs, sizeof(xs));
+  std::memcpy(w.f(), ws, sizeof(ws));
+  EXPECT_OK(run("rms_norm", {x, w}, {y}, attrs({{"eps", AttrValue::ofFloat(1e-6)}})));
+  double rms = std::sqrt(7.5 + 1e-6);
+  for (int d = 0; d < 4; ++d)
+    G3RT_EXPECT_CLOSE(y.f()[d], xs[d] / rms * (1 + ws[d]), 1e-6, 1e-7);
+  EXPECT_EQ(y.f()[2], 0.0f) << "w = -1 zeroes the channel";
+}
+
+TEST(DenseKernels, RmsNormBF16AndHeads) {
+  // QK-norm layout: [B, T, heads, d] normalised over d with one [d] weight.
+  std::mt19937 rng(3);
+  Tensor x = randomTensor(DType::BF16, {2, 3, 4, 8}, rng, -2, 2);
+  Tensor w = randomTensor(DType::BF16, {8}, rng, -0.5, 0.5);
+  Tensor y(DType::BF16, {2, 3, 4, 8});
+  EXPECT_OK(run("rms_norm", {x, w}, {y}, attrs({{"eps", AttrValue::ofFloat(1e-6)}})));
+  for (int64_t r = 0; r < 24; ++r) {
+    double ss = 0;
+    for (int d = 0; d < 8; ++d)
+      ss += double(x.view.load(r * 8 + d)) * x.view.load(r * 8 + d);
+    double inv = 1 / std::sqrt(ss / 8 + 1e-6);
+    for (int d = 0; d < 8; ++d) {
+      double want = x.view.load(r * 8 + d) * inv * (1 + w.view.load(d));
+      G3RT_EXPECT_CLOSE(y.view.load(r * 8 + d), want, 8e-3, 1e-6);
+    }
+  }
+}
+
+TEST(DenseKernels, RmsNormGradMatchesFiniteDifferences) {
+  std::mt19937 rng(4);
+  Tensor x = randomF32({3, 5, 19}, rng, -2, 2), w = randomF32({19}, rng, -0.5, 0.5);
+  Tensor r = randomF32({3, 5, 19}, rng);
+  Tensor dx = Tensor::f32({3, 5, 19}), dw = Tensor::f32({19});
+  KernelAttrs a = attrs({{"eps", AttrValue::ofFloat(1e-6)}});
+  EXPECT_OK(run("rms_norm_grad", {x, w, r}, {dx, dw}, a));
+  auto loss = innerLoss("rms_norm", {x, w}, Tensor::f32({3, 5, 19}), r, a);
+  checkGradient("input", loss, x, dx, rng);
+  checkGradient("weight", loss, w, dw, rng);
+
+  // Element by element against the contract's formula in double: a random
+  // direction averages over elements, this does not.
+  const int64_t D = 19, rows = 15;
+  std::vector<double> dwWant(D, 0.0);
+  for (int64_t r0 = 0; r0 < rows; ++r0) {
+    const float *xr = x.f() + r0 * D, *gr = r.f() + r0 * D;
+    double ss = 0;
+    for (int64_t d = 0; d < D; ++d)
+      ss += double(xr[d]) * xr[d];
+    double rms = std::sqrt(ss / D + 1e-6), mean = 0;
+    for (int64_t d = 0; d < D; ++d)
+      mean += gr[d] * (1.0 + w.f()[d]) * (xr[d] / rms) / D;
+    for (int64_t d = 0; d < D; ++d) {
+      double xhat = xr[d] / rms;
+      G3RT_EXPECT_CLOSE(dx.f()[r0 * D + d], (gr[d] * (1.0 + w.f()[d]) - xhat * mean) / rms, 1e-5,
+                        1e-6);
+      dwWant[size_t(d)] += gr[d] * xhat;
+    }
+  }
+  for (int64_t d = 0; d < D; ++d)
+    G3RT_EXPECT_CLOSE(dw.f()[d], dwWant[size_t(d)], 1e-5, 1e-6);
+}
+
+//===----------------------------------------------------------------------===//
+// Linear layers
+//===----------------------------------------------------------------------===//
+
+TEST(DenseKernels, LinearMatchesReferenceMixedDtypes) {
+  std::mt19937 rng(5);
+  const int64_t M = 6, in = 19, out = 13;
+  for (DType xt : {DType::F32, DType::BF16})
+    for (DType wt : {DType::F32, DType::BF16}) {
+      Tensor x = randomTensor(xt, {2, 3, in}, rng), w = randomTensor(wt, {out, in}, rng);
+      Tensor y = Tensor::f32({2, 3, out}), yb(DType::BF16, {2, 3, out});
+      EXPECT_OK(run("linear", {x, w}, {y}));
+      EXPECT_OK(run("linear", {x, w}, {yb}));
+      std::vector<double> want = referenceLinear(x, w, M, in, out);
+      for (int64_t i = 0; i < M * out; ++i) {
+        G3RT_EXPECT_CLOSE(y.f()[i], want[size_t(i)], 1e-5, 1e-5);
+        G3RT_EXPECT_CLOSE(yb.view.load(i), want[size_t(i)], 4e-3, 1e-5);
+      }
+    }
+}
+
+TEST(DenseKernels, LinearGradsMatchFiniteDifferences) {
+  std::mt19937 rng(6);
+  const int64_t in = 21, out = 10;
+  Tensor x = randomF32({2, 7, in}, rng), w = randomF32({out, in}, rng);
+  Tensor r = randomF32({2, 7, out}, rng);
+  Tensor dx = Tensor::f32({2, 7, in}), dw = Tensor::f32({out, in});
+  EXPECT_OK(run("linear_grad_input", {r, w}, {dx}));
+  EXPECT_OK(run("linear_grad_weight", {r, x}, {dw}));
+  auto loss = innerLoss("linear", {x, w}, Tensor::f32({2, 7, out}), r);
+  checkGradient("input", loss, x, dx, rng);
+  checkGradient("weight", loss, w, dw, rng);
+}
+
+TEST(DenseKernels, LinearShapeMismatch) {
+  Tensor x = Tensor::f32({4, 5}), w = Tensor::f32({3, 6}), y = Tensor::f32({4, 3});
+  Status s = run("linear", {x, w}, {y});
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("linear"), std::string::npos) << s.message();
+  EXPECT_FALSE(run("linear", {x}, {y}).ok());
+  EXPECT_FALSE(run("linear_grad_weight", {y, x}, {Tensor::f32({5, 3})}).ok());
+}
+
+TEST(DenseKernels, ResultsIndependentOfThreadCount) {
+  // Sizes large enough that every kernel below actually splits its work.
+  std::mt19937 rng(7);
+  const int64_t M = 128, in = 256, out = 384;
+  Tensor x = randomF32({M, in}, rng), w = randomTensor(DType::BF16, {out, in}, rng);
+  Tensor dy = randomF32({M, out}, rng), we = randomF32({3, out, in}, rng);
+  Tensor off = indices({4}, {0, 50, 50, 120});
+  Tensor xn = randomF32({1024, 64}, rng), wn = randomF32({64}, rng),
+         dyn = randomF32({1024, 64}, rng);
+  auto compute = [&](int threads) {
+    setParallelThreads(threads);
+    std::vector<Tensor> res = {Tensor::f32({M, out}),   Tensor::f32({M, in}),
+                               Tensor::f32({out, in}),  Tensor::f32({M, out}),
+                               Tensor::f32({M, in}),    Tensor::f32({3, out, in}),
+                               Tensor::f32({1024, 64}), Tensor::f32({64})};
+    EXPECT_OK(run("linear", {x, w}, {res[0]}));
+    EXPECT_OK(run("linear_grad_input", {dy, w}, {res[1]}));
+    EXPECT_OK(run("linear_grad_weight", {dy, x}, {res[2]}));
+    EXPECT_OK(run("expert_linear", {x, off, we}, {res[3]}));
+    EXPECT_OK(run("expert_linear_grad_input", {dy, off, we}, {res[4]}));
+    EXPECT_OK(run("expert_linear_grad_weight", {dy, off, x}, {res[5]}));
+    EXPECT_OK(run("rms_norm_grad", {xn, wn, dyn}, {res[6], res[7]},
+                  attrs({{"eps", AttrValue::ofFloat(1e-6)}})));
+    return res;
+  };
+  int saved = parallelThreads();
+  std::vector<Tensor> one = compute(1), four = compute(4);
+  setParallelThreads(saved);
+  ASSERT_EQ(one.size(), four.size());
+  for (size_t k = 0; k < one.size(); ++k)
+    EXPECT_EQ(std::memcmp(one[k].f(), four[k].f(), one[k].view.bytes()), 0) << "result " << k;
+}
+
+//===----------------------------------------------------------------------===//
+// LM head
+//===----------------------------------------------------------------------===//
+
+TEST(DenseKernels, LmHeadSoftcapValues) {
+  std::mt19937 rng(8);
+  const int64_t M = 5, H = 16, V = 23;
+  Tensor x = randomTensor(DType::BF16, {M, H}, rng), table = randomTensor(DType::BF16, {V, H}, rng);
+  Tensor plain = Tensor::f32({M, V}), capped = Tensor::f32({M, V});
+  EXPECT_OK(run("lm_head", {x, table}, {plain}));
+  EXPECT_OK(run("lm_head", {x, table}, {capped}, attrs({{"softcap", AttrValue::ofFloat(1.5)}})));
+  std::vector<double> want = referenceLinear(x, table, M, H, V);
+  bool sawCap = false;
+  for (int64_t i = 0; i < M * V; ++i) {
+    G3RT_EXPECT_CLOSE(plain.f()[i], want[size_t(i)], 1e-5, 1e-5);
+    G3RT_EXPECT_CLOSE(capped.f()[i], 1.5 * std::tanh(want[size_t(i)] / 1.5), 1e-5, 1e-5);
+    EXPECT_LT(std::fabs(capped.f()[i]), 1.5f);
+    sawCap |= std::fabs(want[size_t(i)]) > 2.0;
+  }
+  EXPECT_TRUE(sawCap) << "some logits should be large enough for the cap to matter";
+  EXPECT_FALSE(
+      run("lm_head", {x, table}, {capped}, attrs({{"softcap", AttrValue::ofFloat(0)}})).ok());
+}
+
+TEST(DenseKernels, LmHeadGradMatchesFiniteDifferences) {
+  for (bool cap : {false, true}) {
+    SCOPED_TRACE(cap ? "softcap" : "no softcap");
+    std::mt19937 rng(cap ? 10 : 9);
+    const int64_t H = 17, V = 29;
+    Tensor x = randomF32({2, 3, H}, rng), table = randomF32({V, H}, rng);
+    Tensor r = randomF32({2, 3, V}, rng);
+    Tensor dx = Tensor::f32({2, 3, H}), dt = Tensor::f32({V, H});
+    KernelAttrs a;
+    if (cap)
+      a.set("softcap", AttrValue::ofFloat(2.0));
+    EXPECT_OK(run("lm_head_grad", {x, table, r}, {dx, dt}, a));
+    auto loss = innerLoss("lm_head", {x, table}, Tensor::f32({2, 3, V}), r, a);
+    checkGradient("input", loss, x, dx, rng);
+    checkGradient("table", loss, table, dt, rng);
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Cross-entropy
+//===----------------------------------------------------------------------===//
+
+TEST(DenseKernels, CrossEntropyIgnoreIndexAndNumItems) {
+  // Row 0: logits [1, 2, 3], target 2. Row 1: ignored. Row 2: uniform, target 0.
+  Tensor logits = Tensor::f32({1, 3, 3});
+  const float ls[] = {1, 2, 3, 50, -50, 7, 0, 0, 0};
+  std::memcpy(logits.f(), ls, sizeof(ls));
+  Tensor targets = indices({1, 3}, {2, -100, 0});
+  KernelAttrs a = attrs({{"ignore_index", AttrValue::ofInt(-100)}});
+  Tensor loss = Tensor::f32({});
+  // num_items counts the labels of the whole accumulation window (HF), here
+  // more than this micro-batch's two.
+  EXPECT_OK(run("cross_entropy", {logits, targets, scalar(5)}, {loss}, a));
+  double lse0 = std::log(std::exp(1.0) + std::exp(2.0) + std::exp(3.0));
+  double want = ((lse0 - 3) + std::log(3.0)) / 5;
+  G3RT_EXPECT_CLOSE(loss.f()[0], want, 1e-6, 1e-7);
+
+  Tensor dl = Tensor::f32({1, 3, 3});
+  EXPECT_OK(run("cross_entropy_grad", {logits, targets, scalar(5), scalar(2)}, {dl}, a));
+  for (int v = 0; v < 3; ++v) {
+    double p0 = std::exp(ls[v] - lse0);
+    G3RT_EXPECT_CLOSE(dl.f()[v], (p0 - (v == 2)) * 2 / 5, 1e-6, 1e-7);
+    EXPECT_EQ(dl.f()[3 + v], 0.0f) << "ignored row";
+    G3RT_EXPECT_CLOSE(dl.f()[6 + v], (1.0 / 3 - (v == 0)) * 2 / 5, 1e-6, 1e-7);
+  }
+
+  // A micro-batch without labels contributes nothing, even with num_items 0.
+  Tensor none = indices({1, 3}, {-100, -100, -100});
+  EXPECT_OK(run("cross_entropy", {logits, none, scalar(0)}, {loss}, a));
+  EXPECT_EQ(loss.f()[0], 0.0f);
+  EXPECT_OK(run("cross_entropy_grad", {logits, none, scalar(0), scalar(1)}, {dl}, a));
+  for (float v : dl.values())
+    EXPECT_EQ(v, 0.0f);
+}
+
+TEST(DenseKernels, CrossEntropyGradMatchesFiniteDifferences) {
+  std::mt19937 rng(11);
+  const int64_t V = 11;
+  Tensor logits = randomF32({2, 4, V}, rng, -2, 2);
+  Tensor targets = indices({2, 4}, {3, 0, -100, 10, 7, -100, 7, 1});
+  KernelAttrs a = attrs({{"ignore_index", AttrValue::ofInt(-100)}});
+  Tensor n = scalar(9), loss = Tensor::f32({}), dl = Tensor::f32({2, 4, V});
+  EXPECT_OK(run("cross_entropy_grad", {logits, targets, n, scalar(1)}, {dl}, a));
+  auto f = [&] {
+    Status s = run("cross_entropy", {logits, targets, n}, {loss}, a);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return double(loss.f()[0]);
+  };
+  checkGradient("logits", f, logits, dl, rng);
+  // The incoming gradient scales the result linearly.
+  Tensor dl3 = Tensor::f32({2, 4, V});
+  EXPECT_OK(run("cross_entropy_grad", {logits, targets, n, scalar(3)}, {dl3}, a));
+  for (int64_t i = 0; i < dl.numel(); ++i)
+    G3RT_EXPECT_CLOSE(dl3.f()[i], 3 * dl.f()[i], 1e-6, 1e-9);
+}
+
+TEST(DenseKernels, CrossEntropyBadTarget) {
+  Tensor logits = Tensor::f32({4, 6}), loss = Tensor::f32({}), dl = Tensor::f32({4, 6});
+  KernelAttrs a = attrs({{"ignore_index", AttrValue::ofInt(-100)}});
+  expectErrorNaming(
+      run("cross_entropy", {logits, indices({4}, {1, 6, 2, -100}), scalar(3)}, {loss}, a),
+      "cross_entropy", "6");
+  expectErrorNaming(
+      run("cross_entropy", {logits, indices({4}, {1, -1, 2, 0}), scalar(3)}, {loss}, a),
+      "cross_entropy", "-1");
+  expectErrorNaming(run("cross_entropy_grad",
+                        {logits, indices({4}, {1, 2, 99, 0}), scalar(3), scalar(1)}, {dl}, a),
+                    "cross_entropy_grad", "99");
+}
+
+//===----------------------------------------------------------------------===//
+// Expert linear layers
+//===----------------------------------------------------------------------===//
+
+TEST(DenseKernels, ExpertLinearMatchesPerExpertReference) {
+  std::mt19937 rng(12);
+  const int64_t M = 10, in = 9, out = 6, E = 4;
+  Tensor x = randomTensor(DType::BF16, {M, in}, rng),
+         w = randomTensor(DType::BF16, {E, out, in}, rng);
+  // Expert 1 has no rows; row 9 lies past the last offset.
+  Tensor off = indices({E + 1}, {0, 3, 3, 7, 9});
+  Tensor y = Tensor::f32({M, out});
+  fillUniform(y, rng); // stale contents to be overwritten
+  EXPECT_OK(run("expert_linear", {x, off, w}, {y}));
+  for (int64_t m = 0; m < M; ++m) {
+    int64_t e = m < 3 ? 0 : m < 7 ? 2 : m < 9 ? 3 : -1;
+    for (int64_t o = 0; o < out; ++o) {
+      double want = 0;
+      for (int64_t i = 0; e >= 0 && i < in; ++i)
+        want += double(x.view.load(m * in + i)) * w.view.load((e * out + o) * in + i);
+      G3RT_EXPECT_CLOSE(y.f()[m * out + o], want, 1e-5, 1e-6);
+    }
+  }
+}
+
+TEST(DenseKernels, ExpertLinearGradsMatchFiniteDifferences) {
+  std::mt19937 rng(13);
+  const int64_t M = 11, in = 10, out = 7, E = 4;
+  Tensor x = randomF32({M, in}, rng), w = randomF32({E, out, in}, rng);
+  Tensor off = indices({E + 1}, {0, 4, 4, 9, 10}); // expert 1 empty, row 10 unrouted
+  Tensor r = randomF32({M, out}, rng);
+  Tensor dx = Tensor::f32({M, in}), dw = Tensor::f32({E, out, in});
+  fillUniform(dw, rng); // stale contents, including the empty expert's
+  EXPECT_OK(run("expert_linear_grad_input", {r, off, w}, {dx}));
+  EXPECT_OK(run("expert_linear_grad_weight", {r, off, x}, {dw}));
+  auto loss = innerLoss("expert_linear", {x, off, w}, Tensor::f32({M, out}), r);
+  checkGradient("input", loss, x, dx, rng);
+  checkGradient("weight", loss, w, dw, rng);
+  for (int64_t i = 0; i < out * in; ++i)
+    EXPECT_EQ(dw.f()[1 * out * in + i], 0.0f) << "empty expert";
+  for (int64_t i = 0; i < in; ++i)
+    EXPECT_EQ(dx.f()[10 * in + i], 0.0f) << "unrouted row";
+}
+
+TEST(DenseKernels, ExpertOffsetsInvalid) {
+  Tensor x = Tensor::f32({6, 4}), w = Tensor::f32({3, 5, 4}), y = Tensor::f32({6, 5});
+  Tensor dw = Tensor::f32({3, 5, 4});
+  expectErrorNaming(run("expert_linear", {x, indices({4}, {0, 4, 2, 6}), w}, {y}), "expert_linear",
+                    "2");
+  expectErrorNaming(run("expert_linear", {x, indices({4}, {1, 2, 3, 4}), w}, {y}), "expert_linear",
+                    "1");
+  expectErrorNaming(run("expert_linear", {x, indices({4}, {0, 2, 3, 7}), w}, {y}), "expert_linear",
+                    "7");
+  expectErrorNaming(run("expert_linear", {x, indices({3}, {0, 2, 3}), w}, {y}), "expert_linear",
+                    "3");
+  expectErrorNaming(run("expert_linear_grad_input", {y, indices({4}, {0, 5, 3, 6}), w}, {x}),
+                    "expert_linear_grad_input", "3");
+  expectErrorNaming(run("expert_linear_grad_weight", {y, indices({4}, {0, 1, 2, 9}), x}, {dw}),
+                    "expert_linear_grad_weight", "9");
+}
+
+} // namespace
