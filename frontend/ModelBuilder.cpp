@@ -99,6 +99,9 @@ private:
     return linear(hidden, prefix + "down_proj.weight", m.hiddenSize);
   }
 
+  /// Adds one step function: the training forward (`name` = forward) or the
+  /// evaluation forward, which also returns the token-accuracy counts.
+  void buildFunction(StringRef name, bool trainingMode, bool evalOutputs);
   Value attention(Value x, int64_t layer, const std::string &prefix);
   Value moe(Value f, const std::string &prefix);
   void buildModelAttrs(ModuleOp module);
@@ -110,6 +113,8 @@ private:
   const BuildOptions &options;
   Location loc = UnknownLoc::get(&ctx);
 
+  /// Mode of the function being built.
+  bool training = true;
   int64_t batch = 0, seq = 0, tokens = 0;
   Value positions, segmentIds, rngKey;
   int64_t nextStream = 0;
@@ -157,7 +162,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   int64_t e = m.numExperts, k = m.topK, h = m.hiddenSize;
   at(prefix + "moe");
   Value x = reshape(f, {tokens, h});
-  if (options.training && m.inputJitterNoise > 0) {
+  if (training && m.inputJitterNoise > 0) {
     Value u = randomUniform({tokens, h}, 1.0 - m.inputJitterNoise,
                             1.0 + m.inputJitterNoise);
     x = g3moe::MulOp::create(b, loc, x, convert(u, act()));
@@ -172,7 +177,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   Value weights, indices;
   switch (m.router) {
   case RouterKind::SparseMixer: {
-    Value noise = options.training ? randomUniform({tokens, 2, e + 1}, 0.0, 1.0)
+    Value noise = training ? randomUniform({tokens, 2, e + 1}, 0.0, 1.0)
                                    : Value();
     auto op = g3moe::SparseMixerRouterOp::create(
         b, loc, routedType, indexType, logits, noise,
@@ -303,7 +308,21 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
   OwningOpRef<ModuleOp> module = ModuleOp::create(loc);
   buildModelAttrs(*module);
   b.setInsertionPointToEnd(module->getBody());
+  buildFunction(kStepFunctionName, options.training, /*evalOutputs=*/false);
+  if (options.withEval) {
+    b.setInsertionPointToEnd(module->getBody());
+    buildFunction("eval_forward", /*trainingMode=*/false, /*evalOutputs=*/true);
+  }
+  return module;
+}
 
+void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutputs) {
+  training = trainingMode;
+  nextStream = 0;
+  routerLogits.clear();
+  routerIndices.clear();
+  rngKey = Value();
+  loc = UnknownLoc::get(&ctx);
   batch = t.microBatch;
   seq = t.seqLen;
   tokens = batch * seq;
@@ -314,17 +333,23 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
   argTypes.push_back(tensor({}, f32()));
   argNames.push_back("num_items");
   bool needsRandom =
-      options.training && m.isMoE() &&
+      training && m.isMoE() &&
       (m.inputJitterNoise > 0 || m.router == RouterKind::SparseMixer);
   if (needsRandom) {
     argTypes.push_back(tensor({2}, b.getI64Type()));
     argNames.push_back("rng_key");
   }
-  auto funcType = b.getFunctionType(argTypes, {tensor({}, f32())});
-  auto func = func::FuncOp::create(b, loc, kStepFunctionName, funcType);
-  for (auto [idx, name] : llvm::enumerate(argNames))
-    func.setArgAttr(idx, "g3moe.input", b.getStringAttr(name));
+  SmallVector<Type> resultTypes(evalOutputs ? 3 : 1, tensor({}, f32()));
+  auto funcType = b.getFunctionType(argTypes, resultTypes);
+  auto func = func::FuncOp::create(b, loc, name, funcType);
+  func->setAttr("g3moe.mode", b.getStringAttr(training ? "train" : "eval"));
+  for (auto [idx, argName] : llvm::enumerate(argNames))
+    func.setArgAttr(idx, "g3moe.input", b.getStringAttr(argName));
   func.setResultAttr(0, "g3moe.output", b.getStringAttr("loss"));
+  if (evalOutputs) {
+    func.setResultAttr(1, "g3moe.output", b.getStringAttr("correct_tokens"));
+    func.setResultAttr(2, "g3moe.output", b.getStringAttr("counted_tokens"));
+  }
 
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
@@ -400,8 +425,15 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
   if (terms.size() > 1)
     loss = g3moe::LossSumOp::create(b, loc, tensor({}, f32()), terms,
                                     b.getDenseF64ArrayAttr(coefficients));
-  func::ReturnOp::create(b, loc, loss);
-  return module;
+  SmallVector<Value> results = {loss};
+  if (evalOutputs) {
+    auto accuracy = g3moe::TokenAccuracyOp::create(
+        b, loc, tensor({}, f32()), tensor({}, f32()), logits, targets,
+        b.getI64IntegerAttr(kIgnoreIndex));
+    results.push_back(accuracy.getCorrect());
+    results.push_back(accuracy.getTotal());
+  }
+  func::ReturnOp::create(b, loc, results);
 }
 
 } // namespace

@@ -24,6 +24,10 @@ struct BuildOptions {
   /// Build every weight and activation in fp32 instead of bf16: the exact
   /// reference used by gradient checks and numerical comparisons.
   bool fp32 = false;
+  /// Also build `@eval_forward`: the deterministic evaluation forward, which
+  /// returns the loss and the counts of mean token accuracy
+  /// (`correct_tokens`, `counted_tokens`).
+  bool withEval = false;
 };
 
 /// Name of the step function in the module.

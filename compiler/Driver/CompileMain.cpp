@@ -175,6 +175,7 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   g3moe::frontend::BuildOptions buildOptions;
   buildOptions.training = !evalMode;
   buildOptions.fp32 = fp32;
+  buildOptions.withEval = emit != Emit::Mlir;
   auto module = g3moe::frontend::buildStepModule(context, *config, buildOptions);
   if (failed(mlir::verify(*module)))
     return fail("internal error: the built graph does not verify (see above)");

@@ -873,7 +873,37 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
 
 } // namespace
 
+/// TRL's mean token accuracy, as two counts the caller sums over batches.
+Status tokenAccuracyKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
+  const TensorView &logits = args.inputs[0], &tv = args.inputs[1];
+  int64_t ignoreIndex;
+  G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
+  int64_t V = logits.dim(-1), rows = leadingRows(logits);
+  if (tv.numel() != rows)
+    return args.fail("targets " + shapeString(tv.shape) +
+                     " do not match the rows of logits " + shapeString(logits.shape));
+  std::vector<float> L = widen(logits);
+  int64_t correct = 0, total = 0;
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t t = loadIndex(tv, r);
+    if (t == ignoreIndex)
+      continue;
+    const float *l = L.data() + r * V;
+    int64_t best = 0;
+    for (int64_t v = 1; v < V; ++v)
+      if (l[v] > l[best])
+        best = v;
+    correct += best == t;
+    ++total;
+  }
+  args.outputs[0].store(0, float(correct));
+  args.outputs[1].store(0, float(total));
+  return Status();
+}
+
 void registerDenseKernels(KernelTable &table) {
+  table.emplace_back("token_accuracy", tokenAccuracyKernel);
   table.emplace_back("embedding", embeddingKernel);
   table.emplace_back("embedding_grad", embeddingGradKernel);
   table.emplace_back("rms_norm", rmsNormKernel);

@@ -299,6 +299,13 @@ LogicalResult CrossEntropyOp::verify() {
                      logits.getShape().drop_back());
 }
 
+LogicalResult TokenAccuracyOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  return expectShape(*this, "targets", getTargets().getType(),
+                     getLogits().getType().getShape().drop_back());
+}
+
 LogicalResult LoadBalancingLossOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();

@@ -421,6 +421,25 @@ def G3MoE_CrossEntropyOp : G3MoE_Op<"cross_entropy", [Pure, G3MoE_Differentiable
   let hasVerifier = 1;
 }
 
+def G3MoE_TokenAccuracyOp : G3MoE_Op<"token_accuracy", [Pure]> {
+  let summary = "counts for mean token accuracy (TRL's metric)";
+  let description = [{
+    Over the positions whose target is not `ignore_index`: `total` is their
+    number and `correct` the number whose logits' argmax (lowest index on
+    ties) equals the target. Not differentiable: evaluation only.
+
+    ```mlir
+    %c, %n = g3moe.token_accuracy %logits, %targets {ignore_index = -100 : i64}
+        : (tensor<2x16x512xf32>, tensor<2x16xi32>) -> (tensor<f32>, tensor<f32>)
+    ```
+  }];
+  let arguments = (ins RankedTensorOf<[F32]>:$logits, G3MoE_IndexTensor:$targets,
+                       I64Attr:$ignore_index);
+  let results = (outs G3MoE_Scalar:$correct, G3MoE_Scalar:$total);
+  let assemblyFormat = "$logits `,` $targets attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_LoadBalancingLossOp : G3MoE_Op<"load_balancing_loss",
     [Pure, AttrSizedOperandSegments, G3MoE_Differentiable]> {
   let summary = "Switch-style load-balancing loss over all MoE layers";

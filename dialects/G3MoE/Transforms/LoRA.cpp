@@ -57,7 +57,7 @@ private:
   /// The random key of `func`, added as a trailing argument when missing.
   Value getOrAddRandomKey(func::FuncOp func);
   void addAdapter(OpBuilder &b, Operation *linear, ParamOp weight, Value input,
-                  Value expertOffsets);
+                  Value expertOffsets, bool withDropout);
   void makeTrainableMaster(ParamOp param);
 
   Value rngKey;
@@ -98,7 +98,7 @@ Value G3MoELoRAPass::getOrAddRandomKey(func::FuncOp func) {
 }
 
 void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
-                               Value input, Value expertOffsets) {
+                               Value input, Value expertOffsets, bool withDropout) {
   Location loc = NameLoc::get(b.getStringAttr(moduleOf(weight)), linear->getLoc());
   b.setInsertionPointAfter(linear);
   Value output = linear->getResult(0);
@@ -123,7 +123,7 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
   Value bMat = makeParam("lora_B", bShape);
 
   Value x = input;
-  if (useDropout) {
+  if (withDropout) {
     auto uniformType = RankedTensorType::get(tensorType(x).getShape(), f32);
     Value u = RandomUniformOp::create(b, loc, uniformType, rngKey,
                                       b.getI64IntegerAttr(nextStream++),
@@ -220,7 +220,11 @@ void G3MoELoRAPass::runOnOperation() {
           return;
         }
     });
-    if (useDropout && !sites.empty()) {
+    // Eval functions (and eval steps) use the adapters without dropout.
+    bool funcDropout = useDropout;
+    if (auto mode = func->getAttrOfType<StringAttr>("g3moe.mode"))
+      funcDropout &= mode.getValue() != "eval";
+    if (funcDropout && !sites.empty()) {
       rngKey = getOrAddRandomKey(func);
       if (!rngKey) {
         func.emitOpError("g3moe-lora: could not add the rng_key argument");
@@ -229,7 +233,7 @@ void G3MoELoRAPass::runOnOperation() {
     }
     OpBuilder b(func.getContext());
     for (auto &[op, param, input, offsets] : sites)
-      addAdapter(b, op, param, input, offsets);
+      addAdapter(b, op, param, input, offsets, funcDropout);
     if (trainRouter)
       for (ParamOp p : params)
         if (isRouterWeight(p.getName()))
