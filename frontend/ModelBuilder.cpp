@@ -101,7 +101,9 @@ private:
 
   /// Adds one step function: the training forward (`name` = forward) or the
   /// evaluation forward, which also returns the token-accuracy counts.
-  void buildFunction(StringRef name, bool trainingMode, bool evalOutputs);
+  /// With `logitsOnly` it returns the logits instead of the loss.
+  void buildFunction(StringRef name, bool trainingMode, bool evalOutputs,
+                     bool logitsOnly = false);
   Value attention(Value x, int64_t layer, const std::string &prefix);
   Value moe(Value f, const std::string &prefix);
   void buildModelAttrs(ModuleOp module);
@@ -313,10 +315,16 @@ OwningOpRef<ModuleOp> StepBuilder::build() {
     b.setInsertionPointToEnd(module->getBody());
     buildFunction("eval_forward", /*trainingMode=*/false, /*evalOutputs=*/true);
   }
+  if (options.withLogits) {
+    b.setInsertionPointToEnd(module->getBody());
+    buildFunction("eval_logits", /*trainingMode=*/false, /*evalOutputs=*/false,
+                  /*logitsOnly=*/true);
+  }
   return module;
 }
 
-void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutputs) {
+void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutputs,
+                                bool logitsOnly) {
   training = trainingMode;
   nextStream = 0;
   routerLogits.clear();
@@ -340,12 +348,14 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
     argNames.push_back("rng_key");
   }
   SmallVector<Type> resultTypes(evalOutputs ? 3 : 1, tensor({}, f32()));
+  if (logitsOnly)
+    resultTypes = {tensor({t.microBatch, t.seqLen, m.vocabSize}, f32())};
   auto funcType = b.getFunctionType(argTypes, resultTypes);
   auto func = func::FuncOp::create(b, loc, name, funcType);
   func->setAttr("g3moe.mode", b.getStringAttr(training ? "train" : "eval"));
   for (auto [idx, argName] : llvm::enumerate(argNames))
     func.setArgAttr(idx, "g3moe.input", b.getStringAttr(argName));
-  func.setResultAttr(0, "g3moe.output", b.getStringAttr("loss"));
+  func.setResultAttr(0, "g3moe.output", b.getStringAttr(logitsOnly ? "logits" : "loss"));
   if (evalOutputs) {
     func.setResultAttr(1, "g3moe.output", b.getStringAttr("correct_tokens"));
     func.setResultAttr(2, "g3moe.output", b.getStringAttr("counted_tokens"));
@@ -425,7 +435,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   if (terms.size() > 1)
     loss = g3moe::LossSumOp::create(b, loc, tensor({}, f32()), terms,
                                     b.getDenseF64ArrayAttr(coefficients));
-  SmallVector<Value> results = {loss};
+  SmallVector<Value> results = {logitsOnly ? logits : loss};
   if (evalOutputs) {
     auto accuracy = g3moe::TokenAccuracyOp::create(
         b, loc, tensor({}, f32()), tensor({}, f32()), logits, targets,

@@ -28,6 +28,9 @@ struct BuildOptions {
   /// returns the loss and the counts of mean token accuracy
   /// (`correct_tokens`, `counted_tokens`).
   bool withEval = false;
+  /// Also build `@eval_logits`: the evaluation forward returning the logits
+  /// [B, T, V] (output `logits`), for comparisons with other implementations.
+  bool withLogits = false;
 };
 
 /// Name of the step function in the module.

@@ -7,7 +7,7 @@ packages=(
   build-essential cmake ninja-build ccache
   llvm-22-dev libmlir-22-dev mlir-22-tools lld-22
   libgtest-dev flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libcli11-dev
-  python3
+  python3 python3-venv sentencepiece libsentencepiece-dev
 )
 
 missing=()

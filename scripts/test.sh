@@ -5,6 +5,7 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"
+"$root/scripts/setup-python.sh"
 "$root/scripts/build.sh"
 build=${G3MOE_BUILD_DIR:-$root/build}
 select=()

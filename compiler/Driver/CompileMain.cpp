@@ -128,6 +128,11 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
                      cl::desc("Build weights and activations in fp32 instead of bf16 "
                               "(the exact reference for gradient checks)"),
                      cl::cat(category));
+  cl::opt<bool> emitLogits(
+      "emit-logits",
+      cl::desc("Add the eval_logits entry point (logits of the evaluation forward), "
+               "for comparisons with other implementations"),
+      cl::cat(category));
   cl::opt<bool> quiet("quiet", cl::desc("Do not print the memory report"),
                       cl::cat(category));
   cl::opt<bool> evalMode("eval",
@@ -176,6 +181,7 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   buildOptions.training = !evalMode;
   buildOptions.fp32 = fp32;
   buildOptions.withEval = emit != Emit::Mlir;
+  buildOptions.withLogits = emitLogits && emit != Emit::Mlir;
   auto module = g3moe::frontend::buildStepModule(context, *config, buildOptions);
   if (failed(mlir::verify(*module)))
     return fail("internal error: the built graph does not verify (see above)");

@@ -31,8 +31,8 @@ Status readIds(const nlohmann::json &value, const char *field, int64_t vocab,
   return Status();
 }
 
-Status parseLine(const std::string &line, const DataOptions &options, Example &ex,
-                 bool &truncated) {
+Status parseTokenizedLine(const std::string &line, const DataSpec &spec, Row &row,
+                          bool &truncated) {
   nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded())
     return Status::error("not valid JSON");
@@ -40,81 +40,97 @@ Status parseLine(const std::string &line, const DataOptions &options, Example &e
     return Status::error("expected a JSON object");
   if (!j.contains("input_ids"))
     return Status::error("field 'input_ids' is missing");
-  G3RT_RETURN_IF_ERROR(readIds(j["input_ids"], "input_ids", options.vocabSize, false, ex.inputIds));
-  if (ex.inputIds.empty())
+  std::vector<int32_t> ids, labels;
+  G3RT_RETURN_IF_ERROR(readIds(j["input_ids"], "input_ids", spec.vocabSize, false, ids));
+  if (ids.empty())
     return Status::error("field 'input_ids' is empty");
   if (j.contains("labels")) {
-    G3RT_RETURN_IF_ERROR(readIds(j["labels"], "labels", options.vocabSize, true, ex.labels));
-    if (ex.labels.size() != ex.inputIds.size())
-      return Status::error("field 'labels' has " + std::to_string(ex.labels.size()) +
-                           " entries, 'input_ids' " + std::to_string(ex.inputIds.size()));
+    G3RT_RETURN_IF_ERROR(readIds(j["labels"], "labels", spec.vocabSize, true, labels));
+    if (labels.size() != ids.size())
+      return Status::error("field 'labels' has " + std::to_string(labels.size()) +
+                           " entries, 'input_ids' " + std::to_string(ids.size()));
   } else {
-    ex.labels = ex.inputIds;
+    labels = ids;
   }
-  truncated = int64_t(ex.inputIds.size()) > options.maxLength;
+  truncated = int64_t(ids.size()) > spec.seqLen;
   if (truncated) {
-    ex.inputIds.resize(size_t(options.maxLength));
-    ex.labels.resize(size_t(options.maxLength));
+    ids.resize(size_t(spec.seqLen));
+    labels.resize(size_t(spec.seqLen));
   }
+  row = Row::single(std::move(ids), std::move(labels));
   return Status();
 }
 
 } // namespace
 
-Status readTokenizedJsonl(const std::string &path, const DataOptions &options,
-                          std::vector<Example> &out, DataStats &stats,
-                          std::vector<std::string> &warnings) {
-  std::ifstream in(path);
+Row Row::single(std::vector<int32_t> ids, std::vector<int32_t> labels) {
+  Row row;
+  row.segmentIds.assign(ids.size(), 1);
+  row.positions.resize(ids.size());
+  for (size_t t = 0; t < ids.size(); ++t)
+    row.positions[t] = int32_t(t);
+  row.inputIds = std::move(ids);
+  row.labels = std::move(labels);
+  return row;
+}
+
+Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
+  if (spec.format != "auto" && spec.format != "tokenized")
+    return Status::error("data format '" + spec.format + "' is not supported");
+  std::ifstream in(spec.path);
   if (!in)
-    return Status::error("cannot open data file " + path);
+    return Status::error("cannot open data file " + spec.path);
   std::string line;
+  DataStats &stats = out.stats;
   while (std::getline(in, line)) {
     ++stats.lines;
     if (line.find_first_not_of(" \t\r") == std::string::npos)
       continue;
-    Example ex;
+    Row row;
     bool truncated = false;
-    Status s = parseLine(line, options, ex, truncated);
+    Status s = parseTokenizedLine(line, spec, row, truncated);
     if (!s.ok()) {
-      std::string where = path + ":" + std::to_string(stats.lines) + ": " + s.message();
-      if (!options.skipBadLines)
+      std::string where = spec.path + ":" + std::to_string(stats.lines) + ": " + s.message();
+      if (!spec.skipBadLines)
         return Status::error(where + " (use --skip-bad-lines to skip such lines)");
-      warnings.push_back(where + "; line skipped");
+      out.warnings.push_back(where + "; line skipped");
       ++stats.skipped;
       continue;
     }
     stats.truncated += truncated;
-    out.push_back(std::move(ex));
+    out.train.push_back(std::move(row));
   }
-  if (out.empty())
-    return Status::error(path + ": no training examples");
+  if (out.train.empty())
+    return Status::error(spec.path + ": no training examples");
   return Status();
 }
 
-void assembleMicroBatch(const std::vector<Example> &examples,
-                        const std::vector<size_t> &indices, int64_t rows, int64_t seqLen,
-                        int32_t padId, MicroBatch &out) {
-  size_t cells = size_t(rows * seqLen);
+void assembleMicroBatch(const std::vector<Row> &rows, const std::vector<size_t> &indices,
+                        int64_t batchRows, int64_t seqLen, int32_t padId, MicroBatch &out) {
+  size_t cells = size_t(batchRows * seqLen);
   out.inputIds.assign(cells, padId);
   out.targets.assign(cells, kIgnoreIndex);
   out.segmentIds.assign(cells, 0);
   out.positions.resize(cells);
   out.labelCount = 0;
   out.tokens = 0;
-  for (int64_t r = 0; r < rows; ++r) {
+  for (int64_t r = 0; r < batchRows; ++r) {
     for (int64_t t = 0; t < seqLen; ++t)
       out.positions[size_t(r * seqLen + t)] = int32_t(t);
     if (size_t(r) >= indices.size())
       continue;
-    const Example &ex = examples[indices[size_t(r)]];
-    int64_t len = std::min<int64_t>(int64_t(ex.inputIds.size()), seqLen);
+    const Row &row = rows[indices[size_t(r)]];
+    int64_t len = std::min<int64_t>(int64_t(row.size()), seqLen);
     for (int64_t t = 0; t < len; ++t) {
-      size_t cell = size_t(r * seqLen + t);
-      out.inputIds[cell] = ex.inputIds[size_t(t)];
-      out.segmentIds[cell] = 1;
-      if (t + 1 < len)
-        out.targets[cell] = ex.labels[size_t(t + 1)];
-      out.labelCount += ex.labels[size_t(t)] != kIgnoreIndex;
+      size_t cell = size_t(r * seqLen + t), at = size_t(t);
+      out.inputIds[cell] = row.inputIds[at];
+      out.segmentIds[cell] = row.segmentIds[at];
+      out.positions[cell] = row.positions[at];
+      // No target across a document boundary: the next document's first
+      // token is not predicted from this one.
+      if (t + 1 < len && row.segmentIds[at + 1] == row.segmentIds[at])
+        out.targets[cell] = row.labels[at + 1];
+      out.labelCount += row.labels[at] != kIgnoreIndex;
     }
     out.tokens += len;
   }

@@ -22,16 +22,39 @@ namespace g3rt {
 /// Label value that takes no loss.
 inline constexpr int32_t kIgnoreIndex = -100;
 
-struct Example {
+/// One row of a micro-batch before padding: a single example, or several
+/// packed ones. `labels` are unshifted (the label of position t is the token
+/// at t; -100 takes no loss), `segmentIds` number the row's documents from 1,
+/// `positions` restart at 0 in every document.
+struct Row {
   std::vector<int32_t> inputIds;
   std::vector<int32_t> labels;
+  std::vector<int32_t> segmentIds;
+  std::vector<int32_t> positions;
+
+  /// A row holding one document.
+  static Row single(std::vector<int32_t> ids, std::vector<int32_t> labels);
+  size_t size() const { return inputIds.size(); }
 };
 
-struct DataOptions {
+/// What to read and how to turn it into rows (g3moe-run's data options).
+struct DataSpec {
+  std::string path;
+  /// "auto", "tokenized" ({"input_ids", "labels"}), "messages", "text",
+  /// "prompt_completion".
+  std::string format = "auto";
+  /// SentencePiece model for text formats (tokenizer.model or its folder).
+  std::string tokenizerPath;
+  int64_t seqLen = 0;
   int64_t vocabSize = 0;
-  /// Rows longer than this are cut (right truncation, as upstream).
-  int64_t maxLength = 0;
-  /// Skip malformed lines with a warning instead of failing.
+  int32_t padId = 0;
+  bool packing = false;
+  bool assistantOnlyLoss = false;
+  /// Image parts of chat samples: "drop" the sample or "mask" the placeholders.
+  std::string images = "drop";
+  /// Fraction of the examples held out for evaluation (seeded split).
+  double testSize = 0;
+  uint64_t seed = 42;
   bool skipBadLines = false;
 };
 
@@ -39,13 +62,20 @@ struct DataStats {
   int64_t lines = 0;
   int64_t skipped = 0;
   int64_t truncated = 0;
+  /// Samples dropped or masked because they hold images.
+  int64_t imageSamples = 0;
 };
 
-/// Reads `path`. A malformed line is an error "path:line: ..." (or, with
-/// skipBadLines, a warning); an empty result is an error.
-Status readTokenizedJsonl(const std::string &path, const DataOptions &options,
-                          std::vector<Example> &out, DataStats &stats,
-                          std::vector<std::string> &warnings);
+/// Training and evaluation rows.
+struct DataSplit {
+  std::vector<Row> train, eval;
+  DataStats stats;
+  std::vector<std::string> warnings;
+};
+
+/// Reads `spec.path` into rows. A malformed line is an error "path:line: ..."
+/// (or, with skipBadLines, a warning); no examples at all is an error.
+Status loadTrainingData(const DataSpec &spec, DataSplit &out);
 
 /// One micro-batch as the step's inputs want it.
 struct MicroBatch {
@@ -57,11 +87,11 @@ struct MicroBatch {
   int64_t tokens = 0;
 };
 
-/// Fills `out` ([rows, seqLen]) from `examples[indices[i]]`; rows past the
-/// given indices are padding. `padId` fills padded input positions.
-void assembleMicroBatch(const std::vector<Example> &examples,
-                        const std::vector<size_t> &indices, int64_t rows, int64_t seqLen,
-                        int32_t padId, MicroBatch &out);
+/// Fills `out` ([batchRows, seqLen]) from `rows[indices[i]]`; rows past the
+/// given indices are padding. Targets are the labels shifted left by one,
+/// -100 where the next position belongs to another document or is padding.
+void assembleMicroBatch(const std::vector<Row> &rows, const std::vector<size_t> &indices,
+                        int64_t batchRows, int64_t seqLen, int32_t padId, MicroBatch &out);
 
 } // namespace g3rt
 

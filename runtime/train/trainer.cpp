@@ -144,21 +144,23 @@ Status train(const StepProgram &compiled, const TrainOptions &options, std::ostr
                              : options.dataPath;
   if (dataPath.empty())
     return Status::error("no training data: pass --data FILE");
-  DataOptions dataOptions;
-  dataOptions.vocabSize = option<int64_t>(model, "vocab_size", 0);
-  dataOptions.maxLength = seqLen;
-  dataOptions.skipBadLines = options.skipBadLines;
-  std::vector<Example> examples;
-  DataStats stats;
-  std::vector<std::string> warnings;
-  G3RT_RETURN_IF_ERROR(readTokenizedJsonl(dataPath, dataOptions, examples, stats, warnings));
-  for (const std::string &w : warnings)
+  DataSpec spec;
+  spec.path = dataPath;
+  spec.seqLen = seqLen;
+  spec.vocabSize = option<int64_t>(model, "vocab_size", 0);
+  spec.padId = int32_t(padId);
+  spec.seed = seed;
+  spec.skipBadLines = options.skipBadLines;
+  DataSplit data;
+  G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
+  const std::vector<Row> &examples = data.train;
+  for (const std::string &w : data.warnings)
     log << "warning: " << w << "\n";
   log << "data: " << examples.size() << " examples from " << dataPath;
-  if (stats.skipped)
-    log << ", " << stats.skipped << " bad lines skipped";
-  if (stats.truncated)
-    log << ", " << stats.truncated << " truncated to " << seqLen << " tokens";
+  if (data.stats.skipped)
+    log << ", " << data.stats.skipped << " bad lines skipped";
+  if (data.stats.truncated)
+    log << ", " << data.stats.truncated << " truncated to " << seqLen << " tokens";
   log << "\n";
 
   int64_t ga = options.gradientAccumulationSteps.value_or(

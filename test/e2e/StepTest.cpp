@@ -42,15 +42,14 @@ StepProgram load(const std::string &name) {
 
 /// Writes the first micro-batch of the memorisation set into the inputs.
 void setInputs(Executor &ex, int64_t labelsInWindow = 0) {
-  std::vector<Example> examples;
-  DataStats stats;
-  std::vector<std::string> warnings;
-  DataOptions options;
-  options.vocabSize = 512;
-  options.maxLength = 16;
-  ASSERT_TRUE(readTokenizedJsonl(memorizeData(), options, examples, stats, warnings).ok());
+  DataSpec spec;
+  spec.path = memorizeData();
+  spec.vocabSize = 512;
+  spec.seqLen = 16;
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(spec, data).ok());
   MicroBatch mb;
-  assembleMicroBatch(examples, {0, 1}, 2, 16, 0, mb);
+  assembleMicroBatch(data.train, {0, 1}, 2, 16, 0, mb);
   auto copy = [&](const char *name, const std::vector<int32_t> &v) {
     TensorView t = ex.input(name);
     ASSERT_NE(t.data, nullptr) << name;
