@@ -155,7 +155,8 @@ struct TrainingOptions {
   int64_t saveSteps = 500;
   int64_t saveTotalLimit = 0;
   int64_t seed = 42;
-  double testSize = 0.1;
+  /// Fraction held out for evaluation; the seed presets set 0.1.
+  double testSize = 0.0;
   bool packing = false;
   bool assistantOnlyLoss = false;
   /// Dataset path or name and output directory, as given (may be empty).

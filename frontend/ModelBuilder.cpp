@@ -302,6 +302,10 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
   add("save_steps", i(t.saveSteps));
   add("save_total_limit", i(t.saveTotalLimit));
   add("dataset", b.getStringAttr(t.dataset));
+  add("test_size", f(t.testSize));
+  add("packing", b.getBoolAttr(t.packing));
+  add("assistant_only_loss", b.getBoolAttr(t.assistantOnlyLoss));
+  add("eval_steps", i(t.evalSteps));
   add("output_dir", b.getStringAttr(t.outputDir));
   module->setAttr("g3moe.training", b.getDictionaryAttr(a));
 }

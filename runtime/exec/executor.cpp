@@ -50,27 +50,29 @@ TensorView Executor::view(const FunctionDesc &fn, uint32_t index) const {
   return v;
 }
 
+Status Executor::runInstruction(const FunctionDesc &fn, size_t i) {
+  const InstrDesc &instr = fn.instrs[i];
+  KernelArgs args;
+  args.name = instr.kernel;
+  args.attrs = &instr.attrs;
+  for (uint32_t b : instr.inputs)
+    args.inputs.push_back(view(fn, b));
+  for (uint32_t b : instr.outputs) {
+    args.outputs.push_back(view(fn, b));
+    const BufferDesc &desc = fn.buffers[b];
+    if (desc.kind == BufferKind::Arena)
+      highWater_ = std::max<uint64_t>(highWater_, desc.offset + desc.bytes);
+  }
+  Status s = instr.fn(args);
+  return s.withContext(fn.name + ", instruction " + std::to_string(i));
+}
+
 Status Executor::run(const std::string &function) {
   const FunctionDesc *fn = program_.findFunction(function);
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
-  for (size_t i = 0; i < fn->instrs.size(); ++i) {
-    const InstrDesc &instr = fn->instrs[i];
-    KernelArgs args;
-    args.name = instr.kernel;
-    args.attrs = &instr.attrs;
-    for (uint32_t b : instr.inputs)
-      args.inputs.push_back(view(*fn, b));
-    for (uint32_t b : instr.outputs) {
-      args.outputs.push_back(view(*fn, b));
-      const BufferDesc &desc = fn->buffers[b];
-      if (desc.kind == BufferKind::Arena)
-        highWater_ = std::max<uint64_t>(highWater_, desc.offset + desc.bytes);
-    }
-    Status s = instr.fn(args);
-    if (!s.ok())
-      return s.withContext(function + ", instruction " + std::to_string(i));
-  }
+  for (size_t i = 0; i < fn->instrs.size(); ++i)
+    G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
   return Status();
 }
 

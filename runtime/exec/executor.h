@@ -51,6 +51,11 @@ public:
 
   /// Runs entry point `function`. Inputs must have been written first.
   Status run(const std::string &function);
+  /// Runs instruction `index` of `fn` alone (differential tests of backends).
+  Status runInstruction(const FunctionDesc &fn, size_t index);
+
+  /// The bytes buffer `index` of `fn` refers to (arena or persistent state).
+  TensorView view(const FunctionDesc &fn, uint32_t buffer) const;
 
   /// Output `name` of the last run of `function`; an empty view if unknown.
   /// Valid until the next run.
@@ -65,7 +70,6 @@ public:
   void zeroGradients();
 
 private:
-  TensorView view(const FunctionDesc &fn, uint32_t buffer) const;
 
   const StepProgram &program_;
   Storage arena_;

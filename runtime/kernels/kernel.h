@@ -70,6 +70,9 @@ struct KernelArgs {
   const KernelAttrs *attrs = nullptr;
   /// The instruction's kernel name, for messages.
   std::string_view name;
+  /// Backend context: the CudaContext of the CUDA backend (tensors are then
+  /// device pointers); null on the CPU.
+  void *backend = nullptr;
 
   /// A required attribute, or an error naming it.
   Status requireInt(std::string_view attr, int64_t &out) const;

@@ -4,6 +4,8 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/step/program.h"
+#include "runtime/train/inspect.h"
+#include "runtime/train/progress.h"
 #include "runtime/train/trainer.h"
 
 #include <CLI/CLI.hpp>
@@ -28,7 +30,8 @@ int runMain(int argc, char **argv) {
   int threads = 0;
   app.add_option("step", stepPath, "step.bin written by g3moe-compile")->required();
   app.add_option("--data", options.dataPath,
-                 "training data: JSONL of {\"input_ids\": [...], \"labels\": [...]} "
+                 "training data: JSONL of {\"messages\": [...]}, {\"text\": ...}, "
+                 "{\"prompt\", \"completion\"} or {\"input_ids\", \"labels\"} "
                  "(default: the step's dataset)");
   app.add_option("--output-dir", options.outputDir,
                  "where the trained parameters and metrics.jsonl go "
@@ -44,9 +47,70 @@ int runMain(int argc, char **argv) {
   optional(app, "--warmup-steps", options.warmupSteps, "warmup steps (overrides the ratio)");
   optional(app, "--seed", options.seed, "seed of initialisation, shuffling and dropout");
   optional(app, "--logging-steps", options.loggingSteps, "optimizer steps per log line");
+  optional(app, "--eval-steps", options.evalSteps,
+           "optimizer steps between evaluations on the eval split (0: only at the end)");
+  optional(app, "--save-steps", options.saveSteps,
+           "optimizer steps between checkpoints (output-dir/checkpoint-<step>; 0: none)");
+  optional(app, "--save-total-limit", options.saveTotalLimit,
+           "checkpoints to keep; older ones are deleted (0: all)");
+  std::string resumeDir;
+  CLI::Option *resumeOption =
+      app.add_option("--resume", resumeDir,
+                     "continue from checkpoint DIR (no value: the latest checkpoint-<step> "
+                     "in --output-dir)")
+          ->expected(0, 1);
+  optional(app, "--stop-after-steps", options.stopAfterSteps,
+           "end the run after this many optimizer steps as if interrupted (the schedule "
+           "still spans the whole run; resume it with --resume)");
+  app.add_flag("--eval-only", options.evalOnly,
+               "evaluate the step (with --weights / --resume parameters) on the whole data "
+               "file and print eval_loss and eval_mean_token_accuracy as JSON");
+  app.add_option("--metrics-file", options.metricsFile,
+                 "with --eval-only: write the JSON metrics to this file instead");
+  bool noProgressBar = false;
+  app.add_flag("--no-progress-bar", noProgressBar,
+               "plain log lines even on a terminal");
   app.add_flag("--skip-bad-lines", options.skipBadLines,
                "skip malformed data lines with a warning instead of stopping");
+  app.add_option("--tokenizer", options.tokenizerPath,
+                 "SentencePiece tokenizer.model (or its folder) for text data "
+                 "(default: the --weights folder's tokenizer.model)");
+  app.add_option("--data-format", options.dataFormat,
+                 "auto (per line), tokenized, messages, text or prompt_completion")
+      ->check(CLI::IsMember({"auto", "tokenized", "messages", "text", "prompt_completion"}));
+  app.add_flag_function(
+      "--packing", [&options](int64_t) { options.packing = true; },
+      "pack examples into full rows (documents isolated by segment ids)");
+  app.add_flag_function(
+      "--assistant-only-loss", [&options](int64_t) { options.assistantOnlyLoss = true; },
+      "train on assistant turns (and completions) only, not on the whole sequence");
+  app.add_option("--images", options.images,
+                 "chat samples with image parts: drop them, or mask the placeholder tokens")
+      ->check(CLI::IsMember({"drop", "mask"}));
+  optional(app, "--test-size", options.testSize,
+           "fraction of the examples held out for evaluation, seeded (default: the "
+           "step's test_size, else 0)");
+  app.add_option("--dump-data", options.dumpDataPath,
+                 "write the loaded train rows as JSONL {input_ids, labels, segment_ids, "
+                 "positions} to FILE and exit");
   app.add_option("--threads", threads, "CPU threads (default: all)");
+  InspectOptions inspect;
+  app.add_option("--weights", options.weightsDir,
+                 "HF checkpoint folder (model.safetensors or a sharded index, config.json) "
+                 "to load the base weights from after the seeded initialisation; a dense "
+                 "Gemma-3 checkpoint is upcycled into a G3MoE step");
+  app.add_flag("--merge", options.merge,
+               "at the end, also write output-dir/merged/: a full HF checkpoint with the "
+               "LoRA adapters merged in");
+  app.add_option("--save-initial-weights", inspect.saveInitialWeights,
+                 "write the initialised (or --weights) base model as an HF checkpoint into "
+                 "DIR and exit");
+  app.add_option("--dump-gradients", inspect.dumpGradients,
+                 "run forward_backward on the first micro-batch, write loss and gradients "
+                 "to FILE (safetensors) and exit");
+  app.add_option("--dump-logits", inspect.dumpLogits,
+                 "run eval_logits (g3moe-compile --emit-logits) on the first micro-batch, "
+                 "write the logits to FILE (safetensors) and exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
@@ -54,12 +118,23 @@ int runMain(int argc, char **argv) {
   }
   if (threads > 0)
     setParallelThreads(threads);
+  if (resumeOption->count() > 0)
+    options.resume = resumeDir;
+  options.progressBar = !noProgressBar && stdoutIsTerminal();
 
   StepProgram program;
   Status s = loadStep(stepPath, program);
   if (!s.ok()) {
     std::cerr << "g3moe-run: error: " << s.message() << "\n";
     return 1;
+  }
+  if (inspect.any()) {
+    s = runInspection(program, options, inspect, std::cout);
+    if (!s.ok()) {
+      std::cerr << "g3moe-run: error: " << s.message() << "\n";
+      return 1;
+    }
+    return 0;
   }
   TrainResult result;
   s = train(program, options, std::cout, result);

@@ -1,64 +1,48 @@
-//===- data.cpp - pre-tokenized training data -----------------------------===//
+//===- data.cpp - training data: JSONL to rows to micro-batches -----------===//
+//
+// The split is drawn before packing, so an example is never partly in the
+// eval set, and both splits keep file order so that packing (and a dump of
+// the rows) does not depend on the seed beyond the choice of eval examples.
+//
+//===----------------------------------------------------------------------===//
 
 #include "runtime/train/data.h"
 
+#include "runtime/base/random.h"
+#include "runtime/data/formats.h"
+#include "runtime/data/tokenizer.h"
+#include "runtime/schemas/container.h"
+
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 
 namespace g3rt {
 
 namespace {
 
-/// Reads an array of token ids; `allowIgnore` admits -100.
-Status readIds(const nlohmann::json &value, const char *field, int64_t vocab,
-               bool allowIgnore, std::vector<int32_t> &out) {
-  if (!value.is_array())
-    return Status::error(std::string("field '") + field + "' must be an array of integers");
-  for (size_t i = 0; i < value.size(); ++i) {
-    const nlohmann::json &v = value[i];
-    if (!v.is_number_integer())
-      return Status::error(std::string("field '") + field + "'[" + std::to_string(i) +
-                           "] is not an integer");
-    int64_t id = v.get<int64_t>();
-    bool ok = (id >= 0 && id < vocab) || (allowIgnore && id == kIgnoreIndex);
-    if (!ok)
-      return Status::error(std::string("field '") + field + "'[" + std::to_string(i) +
-                           "] = " + std::to_string(id) + " is outside the vocabulary [0, " +
-                           std::to_string(vocab) + ")");
-    out.push_back(int32_t(id));
-  }
+/// Stream of the train/eval split draws (the per-epoch shuffle uses another).
+constexpr uint32_t kSplitStream = 0xffffffe0u;
+
+Status validateSpec(const DataSpec &spec, DataFormat &format, ImagePolicy &images) {
+  G3RT_RETURN_IF_ERROR(parseDataFormat(spec.format, format));
+  G3RT_RETURN_IF_ERROR(parseImagePolicy(spec.images, images));
+  if (!(spec.testSize >= 0 && spec.testSize < 1))
+    return Status::error("test size " + std::to_string(spec.testSize) +
+                         " is outside [0, 1)");
+  if (spec.seqLen <= 0)
+    return Status::error("the sequence length must be positive");
   return Status();
 }
 
-Status parseTokenizedLine(const std::string &line, const DataSpec &spec, Row &row,
-                          bool &truncated) {
-  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded())
-    return Status::error("not valid JSON");
-  if (!j.is_object())
-    return Status::error("expected a JSON object");
-  if (!j.contains("input_ids"))
-    return Status::error("field 'input_ids' is missing");
-  std::vector<int32_t> ids, labels;
-  G3RT_RETURN_IF_ERROR(readIds(j["input_ids"], "input_ids", spec.vocabSize, false, ids));
-  if (ids.empty())
-    return Status::error("field 'input_ids' is empty");
-  if (j.contains("labels")) {
-    G3RT_RETURN_IF_ERROR(readIds(j["labels"], "labels", spec.vocabSize, true, labels));
-    if (labels.size() != ids.size())
-      return Status::error("field 'labels' has " + std::to_string(labels.size()) +
-                           " entries, 'input_ids' " + std::to_string(ids.size()));
-  } else {
-    labels = ids;
-  }
-  truncated = int64_t(ids.size()) > spec.seqLen;
+void truncate(Example &ex, int64_t seqLen, bool &truncated) {
+  truncated = int64_t(ex.ids.size()) > seqLen;
   if (truncated) {
-    ids.resize(size_t(spec.seqLen));
-    labels.resize(size_t(spec.seqLen));
+    ex.ids.resize(size_t(seqLen));
+    ex.labels.resize(size_t(seqLen));
   }
-  row = Row::single(std::move(ids), std::move(labels));
-  return Status();
 }
 
 } // namespace
@@ -74,34 +58,155 @@ Row Row::single(std::vector<int32_t> ids, std::vector<int32_t> labels) {
   return row;
 }
 
+void splitExamples(size_t n, double testSize, uint64_t seed, std::vector<size_t> &train,
+                   std::vector<size_t> &eval) {
+  train.clear();
+  eval.clear();
+  size_t evalCount = testSize > 0 ? size_t(std::ceil(testSize * double(n))) : 0;
+  evalCount = std::min(evalCount, n);
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i)
+    order[i] = i;
+  for (size_t i = n; i > 1; --i) {
+    size_t j = size_t(uniformAt(seed, 0, kSplitStream, i) * double(i));
+    std::swap(order[i - 1], order[std::min(j, i - 1)]);
+  }
+  std::vector<bool> isEval(n, false);
+  for (size_t i = 0; i < evalCount; ++i)
+    isEval[order[i]] = true;
+  for (size_t i = 0; i < n; ++i)
+    (isEval[i] ? eval : train).push_back(i);
+}
+
+std::vector<Row> packRows(const std::vector<Row> &examples, int64_t seqLen) {
+  std::vector<Row> rows;
+  Row current;
+  int32_t documents = 0;
+  for (const Row &ex : examples) {
+    if (!current.inputIds.empty() && int64_t(current.size() + ex.size()) > seqLen) {
+      rows.push_back(std::move(current));
+      current = Row();
+      documents = 0;
+    }
+    ++documents;
+    for (size_t t = 0; t < ex.size(); ++t) {
+      current.inputIds.push_back(ex.inputIds[t]);
+      current.labels.push_back(ex.labels[t]);
+      current.segmentIds.push_back(documents);
+      current.positions.push_back(int32_t(t));
+    }
+  }
+  if (!current.inputIds.empty())
+    rows.push_back(std::move(current));
+  return rows;
+}
+
+Status writeRowsJsonl(const std::string &path, const std::vector<Row> &rows) {
+  std::string text;
+  for (const Row &r : rows) {
+    text += nlohmann::json{{"input_ids", r.inputIds},
+                           {"labels", r.labels},
+                           {"segment_ids", r.segmentIds},
+                           {"positions", r.positions}}
+                .dump();
+    text += "\n";
+  }
+  return writeFileAtomically(path, std::vector<uint8_t>(text.begin(), text.end()));
+}
+
 Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
-  if (spec.format != "auto" && spec.format != "tokenized")
-    return Status::error("data format '" + spec.format + "' is not supported");
+  out = DataSplit();
+  DataFormat format;
+  ExampleOptions options;
+  G3RT_RETURN_IF_ERROR(validateSpec(spec, format, options.images));
+  options.vocabSize = spec.vocabSize;
+  options.assistantOnlyLoss = spec.assistantOnlyLoss;
+  Tokenizer tokenizer;
+  if (!spec.tokenizerPath.empty()) {
+    G3RT_RETURN_IF_ERROR(Tokenizer::load(spec.tokenizerPath, tokenizer));
+    if (spec.vocabSize > 0 && tokenizer.vocabSize() > spec.vocabSize)
+      return Status::error(tokenizer.modelPath() + ": the tokenizer has " +
+                           std::to_string(tokenizer.vocabSize()) +
+                           " tokens, more than the model's vocab_size " +
+                           std::to_string(spec.vocabSize));
+    if (tokenizer.special().pad != spec.padId)
+      out.warnings.push_back(tokenizer.modelPath() + ": <pad> is token " +
+                             std::to_string(tokenizer.special().pad) +
+                             " but the model's pad_token_id is " + std::to_string(spec.padId));
+    options.tokenizer = &tokenizer;
+  }
+
   std::ifstream in(spec.path);
   if (!in)
     return Status::error("cannot open data file " + spec.path);
   std::string line;
   DataStats &stats = out.stats;
+  std::vector<Row> examples;
   while (std::getline(in, line)) {
     ++stats.lines;
     if (line.find_first_not_of(" \t\r") == std::string::npos)
       continue;
-    Row row;
-    bool truncated = false;
-    Status s = parseTokenizedLine(line, spec, row, truncated);
+    std::string where = spec.path + ":" + std::to_string(stats.lines) + ": ";
+    Example ex;
+    DataFormat lineFormat = format;
+    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    Status s = j.is_discarded() ? Status::error("not valid JSON")
+                                : detectDataFormat(j, format, lineFormat);
+    if (s.ok() && needsTokenizer(lineFormat) && !options.tokenizer)
+      // A setup error, not a bad line: skipping would skip every such line.
+      return Status::error(where + "a " + std::string(dataFormatName(lineFormat)) +
+                           " line needs a tokenizer: pass --tokenizer (a tokenizer.model "
+                           "or the model folder holding it)");
+    if (s.ok())
+      s = buildExample(j, lineFormat, options, ex);
     if (!s.ok()) {
-      std::string where = spec.path + ":" + std::to_string(stats.lines) + ": " + s.message();
       if (!spec.skipBadLines)
-        return Status::error(where + " (use --skip-bad-lines to skip such lines)");
-      out.warnings.push_back(where + "; line skipped");
+        return Status::error(where + s.message() + " (use --skip-bad-lines to skip such lines)");
+      out.warnings.push_back(where + s.message() + "; line skipped");
       ++stats.skipped;
       continue;
     }
+    stats.imageSamples += ex.hasImages;
+    if (ex.dropped)
+      continue;
+    stats.fullTextLines += ex.noAssistantPart;
+    bool truncated = false;
+    truncate(ex, spec.seqLen, truncated);
     stats.truncated += truncated;
-    out.train.push_back(std::move(row));
+    examples.push_back(Row::single(std::move(ex.ids), std::move(ex.labels)));
   }
-  if (out.train.empty())
-    return Status::error(spec.path + ": no training examples");
+  if (stats.fullTextLines)
+    out.warnings.push_back(spec.path + ": " + std::to_string(stats.fullTextLines) +
+                           " text line(s) have no assistant part; their whole text is "
+                           "trained despite the assistant-only loss");
+  if (examples.empty()) {
+    std::string why = spec.path + ": no training examples";
+    if (stats.imageSamples && options.images == ImagePolicy::Drop)
+      why += " (" + std::to_string(stats.imageSamples) +
+             " samples with images were dropped; --images mask keeps them)";
+    return Status::error(why);
+  }
+
+  std::vector<size_t> trainIdx, evalIdx;
+  splitExamples(examples.size(), spec.testSize, spec.seed, trainIdx, evalIdx);
+  if (trainIdx.empty())
+    return Status::error(spec.path + ": test size " + std::to_string(spec.testSize) +
+                         " leaves none of the " + std::to_string(examples.size()) +
+                         " examples for training");
+  std::vector<Row> train, eval;
+  for (size_t i : trainIdx)
+    train.push_back(std::move(examples[i]));
+  for (size_t i : evalIdx)
+    eval.push_back(std::move(examples[i]));
+  stats.trainExamples = int64_t(train.size());
+  stats.evalExamples = int64_t(eval.size());
+  if (spec.packing) {
+    out.train = packRows(train, spec.seqLen);
+    out.eval = packRows(eval, spec.seqLen);
+  } else {
+    out.train = std::move(train);
+    out.eval = std::move(eval);
+  }
   return Status();
 }
 

@@ -1,10 +1,11 @@
-//===- data.h - pre-tokenized training data ---------------------*- C++ -*-===//
+//===- data.h - training data: JSONL to rows to micro-batches ---*- C++ -*-===//
 //
-// Reads JSONL of pre-tokenized examples ({"input_ids": [...], "labels": [...]},
-// labels optional and -100 where no loss is taken) and packs them into the
-// step's fixed [B, T] micro-batches: one example per row, right-padded, with
-// the label shift, positions and document ids the step expects
-// (docs/architecture.md).
+// Reads JSONL training data (pre-tokenized ids, chat messages through the
+// Gemma-3 template, text, or prompt/completion; runtime/data/formats.h),
+// right-truncates every example to the step's sequence length, holds out a
+// seeded eval split, optionally packs examples into rows, and fills the
+// step's fixed [B, T] micro-batches with the label shift, positions and
+// document ids the step expects (docs/architecture.md).
 //
 //===----------------------------------------------------------------------===//
 
@@ -64,6 +65,10 @@ struct DataStats {
   int64_t truncated = 0;
   /// Samples dropped or masked because they hold images.
   int64_t imageSamples = 0;
+  /// Examples in the train and eval splits (before packing).
+  int64_t trainExamples = 0, evalExamples = 0;
+  /// Text lines trained in full although assistant-only loss was asked for.
+  int64_t fullTextLines = 0;
 };
 
 /// Training and evaluation rows.
@@ -74,8 +79,28 @@ struct DataSplit {
 };
 
 /// Reads `spec.path` into rows. A malformed line is an error "path:line: ..."
-/// (or, with skipBadLines, a warning); no examples at all is an error.
+/// (or, with skipBadLines, a warning); no examples at all is an error. A
+/// bad spec (unknown format or image policy, test size outside [0, 1), a
+/// tokenizer that cannot be loaded or is larger than the vocabulary) is an
+/// error whatever skipBadLines says.
 Status loadTrainingData(const DataSpec &spec, DataSplit &out);
+
+/// The seeded train/eval split of `n` examples: ceil(testSize * n) of them,
+/// drawn by a seeded shuffle, go to `eval` (as HF's train_test_split counts
+/// them); both lists are in file order. The same (n, testSize, seed) always
+/// gives the same split.
+void splitExamples(size_t n, double testSize, uint64_t seed, std::vector<size_t> &train,
+                   std::vector<size_t> &eval);
+
+/// Packs single-document rows, in order, into rows of at most `seqLen`
+/// tokens: an example goes into the current row while it fits, else starts
+/// the next. Segment ids number a row's documents from 1 and positions
+/// restart at 0 in each. Examples must already be at most `seqLen` long.
+std::vector<Row> packRows(const std::vector<Row> &examples, int64_t seqLen);
+
+/// Writes `rows` as JSONL {"input_ids", "labels", "segment_ids",
+/// "positions"}, one row per line, atomically (g3moe-run --dump-data).
+Status writeRowsJsonl(const std::string &path, const std::vector<Row> &rows);
 
 /// One micro-batch as the step's inputs want it.
 struct MicroBatch {

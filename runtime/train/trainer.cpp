@@ -5,23 +5,36 @@
 // included, or --max-steps), so a cosine schedule ends at 0 instead of
 // turning back up.
 //
+// Everything a step depends on besides the tensors is a function of the
+// seed, the epoch, the window within the epoch and the micro-batch counter;
+// checkpoints save exactly those, which is what makes a resumed run repeat
+// an uninterrupted one bit for bit.
+//
 //===----------------------------------------------------------------------===//
 
 #include "runtime/train/trainer.h"
 
 #include "runtime/base/random.h"
 #include "runtime/exec/executor.h"
+#include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/io/tensorboard.h"
+#include "runtime/schemas/container.h"
+#include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
+#include "runtime/train/progress.h"
+#include "runtime/train/weights.h"
 
 #include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <ostream>
 
 namespace g3rt {
@@ -58,45 +71,525 @@ void copyInts(const TensorView &t, const std::vector<int32_t> &v) {
   std::memcpy(t.data, v.data(), v.size() * sizeof(int32_t));
 }
 
-/// The trainable parameters under the names HF / PEFT files use: stacked
-/// expert tensors are split per expert, LoRA names get PEFT's prefix.
-std::vector<NamedTensor> exportTensors(const Executor &ex, bool lora) {
-  std::vector<NamedTensor> out;
-  for (const ParamDesc &p : ex.program().params) {
-    if (!p.trainable)
-      continue;
-    TensorView t = ex.param(p.name);
-    std::string name = (lora ? "base_model.model." : "") + p.name;
-    size_t at = name.find("{e}");
-    if (at == std::string::npos) {
-      out.push_back({name, t});
-      continue;
-    }
-    int64_t experts = t.shape[0];
-    size_t bytesPerExpert = t.bytes() / size_t(experts);
-    for (int64_t e = 0; e < experts; ++e) {
-      TensorView slice = t;
-      slice.shape.erase(slice.shape.begin());
-      slice.data = static_cast<uint8_t *>(t.data) + size_t(e) * bytesPerExpert;
-      out.push_back({name.substr(0, at) + std::to_string(e) + name.substr(at + 3), slice});
-    }
-  }
-  return out;
+double secondsSince(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-/// PEFT's adapter_config.json for the adapters of this step.
-nlohmann::json adapterConfig(const nlohmann::json &training) {
-  nlohmann::json targets = training.value("lora_target_modules", nlohmann::json::array());
-  return {{"peft_type", "LORA"},
-          {"task_type", "CAUSAL_LM"},
-          {"r", training.value("lora_r", 16)},
-          {"lora_alpha", training.value("lora_alpha", 32.0)},
-          {"lora_dropout", training.value("lora_dropout", 0.0)},
-          {"target_modules", targets},
-          {"bias", "none"},
-          {"fan_in_fan_out", false},
-          {"inference_mode", true},
-          {"base_model_name_or_path", training.value("model_name_or_path", "")}};
+/// One evaluation over a set of rows.
+struct EvalMetrics {
+  /// Token-weighted mean loss and Σcorrect / Σcounted (TRL's
+  /// mean_token_accuracy over the whole set).
+  double loss = 0, accuracy = 0;
+  int64_t tokens = 0, samples = 0;
+  double seconds = 0;
+};
+
+/// A training run: the step's executor, the data, the schedule and the
+/// outputs. The entry point below drives it.
+class Trainer {
+public:
+  Trainer(const StepProgram &program, nlohmann::json training, nlohmann::json model,
+          double lr, std::string schedule, const TrainOptions &options, std::ostream &log,
+          TrainResult &result)
+      : program(program), training(std::move(training)), model(std::move(model)),
+        options(options), log(log), result(result), ex(program), lr(lr),
+        schedule(std::move(schedule)) {}
+
+  /// Parameters (seeded, then a checkpoint's when resuming), data, schedule.
+  Status prepare();
+  /// --eval-only: evaluate the whole data file and report.
+  Status evaluateOnly();
+  /// The training loop and the final save.
+  Status run();
+
+private:
+  Status loadData();
+  Status resume();
+  Status evaluate(const std::vector<Row> &rows, EvalMetrics &out);
+  Status evaluateAndLog(Progress &progress);
+  Status saveCheckpointNow(Progress &progress);
+  void setScalar(const char *name, double value);
+  void scalar(const std::string &tag, double value, int64_t step);
+  void recordMetrics(const nlohmann::json &entry);
+  nlohmann::json trainingArgs() const;
+
+  const StepProgram &program;
+  nlohmann::json training, model;
+  const TrainOptions &options;
+  std::ostream &log;
+  TrainResult &result;
+  Executor ex;
+
+  int64_t rows = 0, seqLen = 0, padId = 0;
+  uint64_t seed = 42;
+  std::string dataPath, outputDir;
+  DataSpec spec;
+  DataSplit data;
+
+  double lr = 0;
+  std::string schedule;
+  int64_t ga = 1, total = 0, warmup = 0, logEvery = 1, evalEvery = 0, saveEvery = 0,
+          saveLimit = 0;
+  double epochs = 0;
+  int64_t batchesPerEpoch = 0, updatesPerEpoch = 0;
+  bool hasEval = false;
+
+  TrainerState state;
+  std::ofstream metrics;
+  TensorBoardWriter tensorboard;
+};
+
+void Trainer::setScalar(const char *name, double value) {
+  TensorView t = ex.input(name);
+  if (t.data) {
+    if (t.dtype == DType::I64)
+      *t.i64() = int64_t(value);
+    else
+      t.store(0, float(value));
+  }
+}
+
+Status Trainer::prepare() {
+  TensorView ids = ex.input("input_ids");
+  if (!ids.data || ids.shape.size() != 2)
+    return Status::error("the step has no [batch, seq] input_ids input");
+  rows = ids.shape[0];
+  seqLen = ids.shape[1];
+  seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
+  padId = option<int64_t>(model, "pad_token_id", 0);
+  G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
+  if (!options.weightsDir.empty())
+    G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
+  outputDir = options.outputDir.empty() ? option<std::string>(training, "output_dir", "")
+                                        : options.outputDir;
+  if (outputDir.empty())
+    outputDir = "g3moe-output";
+  G3RT_RETURN_IF_ERROR(loadData());
+  if (!options.dumpDataPath.empty())
+    return Status();
+  if (options.resume)
+    G3RT_RETURN_IF_ERROR(resume());
+  return Status();
+}
+
+Status Trainer::loadData() {
+  dataPath = options.dataPath.empty() ? option<std::string>(training, "dataset", "")
+                                      : options.dataPath;
+  if (dataPath.empty())
+    return Status::error("no training data: pass --data FILE");
+  spec.path = dataPath;
+  spec.seqLen = seqLen;
+  spec.vocabSize = option<int64_t>(model, "vocab_size", 0);
+  spec.padId = int32_t(padId);
+  spec.seed = seed;
+  spec.skipBadLines = options.skipBadLines;
+  spec.format = options.dataFormat;
+  spec.tokenizerPath = options.tokenizerPath;
+  if (spec.tokenizerPath.empty() && !options.weightsDir.empty() &&
+      std::filesystem::exists(std::filesystem::path(options.weightsDir) / "tokenizer.model"))
+    spec.tokenizerPath = options.weightsDir;
+  spec.packing = options.packing.value_or(option<bool>(training, "packing", false));
+  spec.assistantOnlyLoss =
+      options.assistantOnlyLoss.value_or(option<bool>(training, "assistant_only_loss", false));
+  spec.images = options.images;
+  spec.testSize = options.testSize.value_or(option<double>(training, "test_size", 0.0));
+  // --eval-only evaluates the whole file: no split.
+  if (options.evalOnly)
+    spec.testSize = 0;
+  G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
+  const std::vector<Row> &examples = data.train;
+  for (const std::string &w : data.warnings)
+    log << "warning: " << w << "\n";
+  log << "data: " << data.stats.trainExamples << " examples from " << dataPath;
+  if (spec.packing)
+    log << " packed into " << examples.size() << " rows";
+  if (data.stats.skipped)
+    log << ", " << data.stats.skipped << " bad lines skipped";
+  if (data.stats.truncated)
+    log << ", " << data.stats.truncated << " truncated to " << seqLen << " tokens";
+  if (data.stats.imageSamples)
+    log << ", " << data.stats.imageSamples << " samples with images "
+        << (spec.images == "mask" ? "kept with their placeholders masked" : "dropped");
+  log << "\n";
+  if (!options.dumpDataPath.empty()) {
+    G3RT_RETURN_IF_ERROR(writeRowsJsonl(options.dumpDataPath, examples));
+    log << "wrote " << examples.size() << " rows to " << options.dumpDataPath << "\n";
+  }
+  if (!data.eval.empty())
+    log << "eval: " << data.eval.size() << " examples held out\n";
+  return Status();
+}
+
+Status Trainer::resume() {
+  std::string dir = *options.resume;
+  if (dir.empty())
+    G3RT_RETURN_IF_ERROR(latestCheckpoint(outputDir, dir).withContext("--resume"));
+  TrainerState loaded;
+  G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, training, ex, loaded));
+  // The frozen weights are re-initialised from the seed: another seed would
+  // continue on another base model.
+  if (loaded.seed != seed)
+    return Status::error(dir + " was trained with seed " + std::to_string(loaded.seed) +
+                         ", this run uses seed " + std::to_string(seed) + ": pass --seed " +
+                         std::to_string(loaded.seed));
+  state = loaded;
+  log << "resumed from " << dir << " at step " << state.globalStep << " (epoch "
+      << state.epoch << ", accumulation window " << state.window << ")\n";
+  return Status();
+}
+
+Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
+  if (!program.findFunction("eval_forward"))
+    return Status::error("the step has no eval_forward entry point: compile it with "
+                         "g3moe-compile's default --emit=step");
+  auto start = std::chrono::steady_clock::now();
+  double lossSum = 0, correct = 0, counted = 0;
+  int64_t labelled = 0;
+  MicroBatch batch;
+  for (size_t first = 0; first < evalRows.size(); first += size_t(rows)) {
+    std::vector<size_t> idx;
+    for (size_t r = first; r < std::min(first + size_t(rows), evalRows.size()); ++r)
+      idx.push_back(r);
+    assembleMicroBatch(evalRows, idx, rows, seqLen, int32_t(padId), batch);
+    // eval_forward divides by num_items: with the batch's own count of
+    // shifted targets its loss is the batch mean, and loss x count its sum.
+    int64_t count = 0;
+    for (int32_t t : batch.targets)
+      count += t != kIgnoreIndex;
+    if (count == 0)
+      continue;
+    copyInts(ex.input("input_ids"), batch.inputIds);
+    copyInts(ex.input("targets"), batch.targets);
+    copyInts(ex.input("positions"), batch.positions);
+    copyInts(ex.input("segment_ids"), batch.segmentIds);
+    setScalar("num_items", double(count));
+    G3RT_RETURN_IF_ERROR(ex.run("eval_forward"));
+    lossSum += double(ex.output("eval_forward", "loss").load(0)) * double(count);
+    correct += ex.output("eval_forward", "correct_tokens").load(0);
+    counted += ex.output("eval_forward", "counted_tokens").load(0);
+    labelled += count;
+  }
+  if (labelled == 0)
+    return Status::error("the evaluation data have no labelled tokens");
+  out.loss = lossSum / double(labelled);
+  out.accuracy = counted > 0 ? correct / counted : 0;
+  out.tokens = labelled;
+  out.samples = int64_t(evalRows.size());
+  out.seconds = secondsSince(start);
+  return Status();
+}
+
+Status Trainer::evaluateOnly() {
+  EvalMetrics m;
+  G3RT_RETURN_IF_ERROR(evaluate(data.train, m));
+  result.evalSteps.push_back(state.globalStep);
+  result.evalLosses.push_back(m.loss);
+  result.evalAccuracies.push_back(m.accuracy);
+  nlohmann::json j = {{"eval_loss", m.loss},
+                      {"eval_mean_token_accuracy", m.accuracy},
+                      {"eval_tokens", m.tokens},
+                      {"eval_samples", m.samples},
+                      {"eval_runtime", m.seconds},
+                      {"step", state.globalStep}};
+  if (!options.metricsFile.empty()) {
+    std::string text = j.dump() + "\n";
+    G3RT_RETURN_IF_ERROR(writeFileAtomically(
+        options.metricsFile, std::vector<uint8_t>(text.begin(), text.end())));
+    log << "wrote " << options.metricsFile << "\n";
+  } else {
+    log << j.dump() << "\n";
+  }
+  return Status();
+}
+
+void Trainer::scalar(const std::string &tag, double value, int64_t step) {
+  if (!tensorboard.isOpen())
+    return;
+  Status s = tensorboard.scalar(tag, value, step);
+  if (!s.ok()) {
+    // A full disk should not end a long run over its logs.
+    log << "warning: " << s.message() << "; TensorBoard logging stops\n";
+    tensorboard.close();
+  }
+}
+
+void Trainer::recordMetrics(const nlohmann::json &entry) {
+  if (metrics.is_open())
+    metrics << entry.dump() << "\n" << std::flush;
+}
+
+Status Trainer::evaluateAndLog(Progress &progress) {
+  EvalMetrics m;
+  G3RT_RETURN_IF_ERROR(evaluate(data.eval, m));
+  int64_t step = state.globalStep;
+  result.evalSteps.push_back(step);
+  result.evalLosses.push_back(m.loss);
+  result.evalAccuracies.push_back(m.accuracy);
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "eval step %lld/%lld  epoch %.2f  eval_loss %.4f  eval_mean_token_accuracy %.4f",
+                (long long)step, (long long)total, state.epochProgress, m.loss, m.accuracy);
+  progress.line(line);
+  nlohmann::json entry = {{"step", step},
+                          {"epoch", state.epochProgress},
+                          {"eval_loss", m.loss},
+                          {"eval_mean_token_accuracy", m.accuracy},
+                          {"eval_runtime", m.seconds},
+                          {"eval_samples_per_second", double(m.samples) / std::max(m.seconds, 1e-9)}};
+  recordMetrics(entry);
+  state.logHistory.push_back(entry);
+  scalar("eval/loss", m.loss, step);
+  scalar("eval/mean_token_accuracy", m.accuracy, step);
+  // eval_loss, lower is better (HF's default metric_for_best_model).
+  if (!state.bestMetric || m.loss < *state.bestMetric) {
+    state.bestMetric = m.loss;
+    state.bestGlobalStep = step;
+  }
+  return Status();
+}
+
+nlohmann::json Trainer::trainingArgs() const {
+  return {{"data", dataPath},
+          {"output_dir", outputDir},
+          {"learning_rate", lr},
+          {"lr_scheduler_type", schedule},
+          {"warmup_steps", warmup},
+          {"gradient_accumulation_steps", ga},
+          {"per_device_train_batch_size", rows},
+          {"max_seq_length", seqLen},
+          {"num_train_epochs", epochs},
+          {"max_steps", total},
+          {"seed", seed},
+          {"logging_steps", logEvery},
+          {"eval_steps", evalEvery},
+          {"save_steps", saveEvery},
+          {"save_total_limit", saveLimit},
+          {"weights", options.weightsDir},
+          {"finetuning", isLoRAStep(training) ? "lora" : "full"}};
+}
+
+Status Trainer::saveCheckpointNow(Progress &progress) {
+  if (state.bestGlobalStep == state.globalStep)
+    state.bestModelCheckpoint = checkpointPath(outputDir, state.globalStep);
+  std::string dir;
+  G3RT_RETURN_IF_ERROR(
+      saveCheckpoint(ex, training, state, trainingArgs(), outputDir, dir, options.weightsDir));
+  result.checkpoints.push_back(dir);
+  progress.line("saved " + dir);
+  std::vector<std::string> deleted;
+  G3RT_RETURN_IF_ERROR(
+      rotateCheckpoints(outputDir, saveLimit, state.bestModelCheckpoint, deleted));
+  for (const std::string &d : deleted)
+    progress.line("deleted " + d + " (save_total_limit " + std::to_string(saveLimit) + ")");
+  return Status();
+}
+
+Status Trainer::run() {
+  const std::vector<Row> &examples = data.train;
+  ga = options.gradientAccumulationSteps.value_or(
+      option<int64_t>(training, "gradient_accumulation_steps", 1));
+  epochs = options.epochs.value_or(option(training, "num_train_epochs", 3.0));
+  if (ga < 1 || epochs <= 0)
+    return Status::error("gradient accumulation steps must be >= 1 and epochs > 0");
+  batchesPerEpoch = (int64_t(examples.size()) + rows - 1) / rows;
+  updatesPerEpoch = (batchesPerEpoch + ga - 1) / ga;
+  int64_t maxSteps = options.maxSteps.value_or(option<int64_t>(training, "max_steps", -1));
+  total = maxSteps > 0 ? maxSteps : int64_t(std::ceil(epochs * double(updatesPerEpoch)));
+  warmup = options.warmupSteps.value_or(option<int64_t>(training, "warmup_steps", 0));
+  if (warmup <= 0)
+    warmup = int64_t(std::ceil(options.warmupRatio.value_or(option(training, "warmup_ratio", 0.0)) *
+                               double(total)));
+  logEvery = std::max<int64_t>(1, options.loggingSteps.value_or(
+                                      option<int64_t>(training, "logging_steps", 1)));
+  evalEvery = std::max<int64_t>(0, options.evalSteps.value_or(option<int64_t>(training, "eval_steps", 0)));
+  saveEvery = std::max<int64_t>(0, options.saveSteps.value_or(option<int64_t>(training, "save_steps", 0)));
+  saveLimit = std::max<int64_t>(0, options.saveTotalLimit.value_or(
+                                       option<int64_t>(training, "save_total_limit", 0)));
+  if (options.noSave)
+    saveEvery = 0;
+  hasEval = !data.eval.empty();
+  log << "training: " << total << " optimizer steps, " << ga
+      << " micro-batches of [" << rows << ", " << seqLen << "] each, lr " << lr << " ("
+      << schedule << ", " << warmup << " warmup steps)\n";
+  if (hasEval && !program.findFunction("eval_forward")) {
+    log << "warning: the step has no eval_forward entry point: no evaluation\n";
+    hasEval = false;
+  } else if (hasEval) {
+    log << "evaluation: " << (evalEvery > 0 ? "every " + std::to_string(evalEvery) + " steps and "
+                                            : std::string())
+        << "after the last step\n";
+  } else if (options.evalSteps && *options.evalSteps > 0) {
+    log << "warning: --eval-steps without an eval split (test_size): no evaluation\n";
+  }
+
+  // A new run's bookkeeping; a resumed one keeps the checkpoint's.
+  uint64_t fingerprint = fingerprintRows(examples);
+  if (options.resume) {
+    if (state.trainExamples != int64_t(examples.size()) || state.dataFingerprint != fingerprint)
+      log << "warning: the training data differ from the checkpoint's (" << state.trainExamples
+          << " examples then, " << examples.size()
+          << " now): the run will not repeat an uninterrupted one\n";
+    if (state.totalSteps != total || state.warmupSteps != warmup ||
+        state.learningRate != lr || state.schedule != schedule)
+      log << "warning: the checkpoint's schedule (" << state.totalSteps << " steps, "
+          << state.warmupSteps << " warmup, lr " << state.learningRate << ", "
+          << state.schedule << ") differs from this run's\n";
+    if (state.window >= updatesPerEpoch) {
+      ++state.epoch;
+      state.window = 0;
+    }
+  }
+  state.seed = seed;
+  state.trainExamples = int64_t(examples.size());
+  state.dataFingerprint = fingerprint;
+  state.totalSteps = total;
+  state.warmupSteps = warmup;
+  state.learningRate = lr;
+  state.schedule = schedule;
+  state.loggingSteps = logEvery;
+  state.evalSteps = evalEvery;
+  state.saveSteps = saveEvery;
+  state.trainBatchSize = rows;
+  state.maxSteps = total;
+  state.numTrainEpochs = maxSteps > 0 ? std::ceil(double(total) / double(std::max<int64_t>(1, updatesPerEpoch)))
+                                      : epochs;
+
+  if (!options.noSave) {
+    std::error_code ec;
+    std::filesystem::create_directories(outputDir, ec);
+    if (ec)
+      return Status::error("cannot create " + outputDir + ": " + ec.message());
+    metrics.open(outputDir + "/metrics.jsonl", std::ios::app);
+    Status s = tensorboard.open(outputDir + "/runs");
+    if (!s.ok())
+      log << "warning: " << s.message() << "; no TensorBoard events\n";
+    if (saveEvery > 0)
+      log << "checkpoints: every " << saveEvery << " steps in " << outputDir
+          << (saveLimit > 0 ? ", keeping the last " + std::to_string(saveLimit) : std::string())
+          << "\n";
+  }
+
+  int64_t stopAt = std::min(total, options.stopAfterSteps.value_or(total));
+  Progress progress(log, options.progressBar, total, state.globalStep);
+  result.firstStep = state.globalStep;
+  MicroBatch batch;
+  double loggedTokens = 0, runTokens = 0;
+  auto windowStart = std::chrono::steady_clock::now(), runStart = windowStart;
+  for (int64_t epoch = state.epoch; state.globalStep < stopAt; ++epoch) {
+    std::vector<size_t> order = shuffled(examples.size(), seed, uint64_t(epoch));
+    int64_t firstWindow = epoch == state.epoch ? state.window : 0;
+    for (int64_t window = firstWindow; window < updatesPerEpoch && state.globalStep < stopAt;
+         ++window) {
+      // The window's label count normalises every micro-batch loss (HF).
+      int64_t firstBatch = window * ga;
+      int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
+      std::vector<MicroBatch> batches;
+      int64_t labels = 0, tokens = 0;
+      for (int64_t mb = firstBatch; mb < lastBatch; ++mb) {
+        std::vector<size_t> idx;
+        for (int64_t r = mb * rows; r < std::min<int64_t>((mb + 1) * rows, int64_t(order.size())); ++r)
+          idx.push_back(order[size_t(r)]);
+        assembleMicroBatch(examples, idx, rows, seqLen, int32_t(padId), batch);
+        labels += batch.labelCount;
+        tokens += batch.tokens;
+        batches.push_back(batch);
+      }
+      ex.zeroGradients();
+      double loss = 0;
+      for (const MicroBatch &mb : batches) {
+        copyInts(ex.input("input_ids"), mb.inputIds);
+        copyInts(ex.input("targets"), mb.targets);
+        copyInts(ex.input("positions"), mb.positions);
+        copyInts(ex.input("segment_ids"), mb.segmentIds);
+        setScalar("num_items", double(std::max<int64_t>(1, labels)));
+        if (TensorView key = ex.input("rng_key"); key.data) {
+          key.i64()[0] = int64_t(seed);
+          key.i64()[1] = int64_t(state.microBatches);
+        }
+        ++state.microBatches;
+        G3RT_RETURN_IF_ERROR(ex.run("train_micro_step"));
+        loss += ex.output("train_micro_step", "loss").load(0);
+      }
+      int64_t step = state.globalStep;
+      setScalar("step", double(step));
+      setScalar("total_steps", double(total));
+      setScalar("warmup_steps", double(warmup));
+      G3RT_RETURN_IF_ERROR(ex.run("optimizer_step"));
+      double gradNorm = ex.output("optimizer_step", "grad_norm").load(0);
+      double usedLr = ex.output("optimizer_step", "learning_rate").load(0);
+      step = ++state.globalStep;
+      // The next step's position: what a checkpoint taken now resumes from.
+      state.epoch = window + 1 < updatesPerEpoch ? epoch : epoch + 1;
+      state.window = window + 1 < updatesPerEpoch ? window + 1 : 0;
+      state.epochProgress = double(epoch) + double(window + 1) / double(updatesPerEpoch);
+      state.lastLearningRate = usedLr;
+      state.tokensSeen += tokens;
+      result.losses.push_back(loss);
+      result.gradNorms.push_back(gradNorm);
+      result.learningRates.push_back(usedLr);
+      if (!std::isfinite(loss))
+        return Status::error("the loss is not finite at step " + std::to_string(step));
+      state.lossSinceLastLog += loss;
+      loggedTokens += double(tokens);
+      runTokens += double(tokens);
+      progress.step(step, loss, usedLr, runTokens / std::max(secondsSince(runStart), 1e-9));
+      if (step % logEvery == 0 || step == total) {
+        double seconds = secondsSince(windowStart);
+        int64_t n = (step % logEvery) ? step % logEvery : logEvery;
+        double meanLoss = state.lossSinceLastLog / double(n);
+        double tokensPerSecond = loggedTokens / std::max(seconds, 1e-9);
+        char line[256];
+        std::snprintf(line, sizeof line,
+                      "step %lld/%lld  epoch %.2f  loss %.4f  lr %.3e  grad_norm %.4f  "
+                      "tokens/s %.0f",
+                      (long long)step, (long long)total, state.epochProgress, meanLoss,
+                      usedLr, gradNorm, tokensPerSecond);
+        progress.line(line);
+        recordMetrics({{"step", step},
+                       {"epoch", state.epochProgress},
+                       {"loss", meanLoss},
+                       {"learning_rate", usedLr},
+                       {"grad_norm", gradNorm},
+                       {"tokens_per_second", tokensPerSecond}});
+        state.logHistory.push_back({{"step", step},
+                                    {"epoch", state.epochProgress},
+                                    {"loss", meanLoss},
+                                    {"learning_rate", usedLr},
+                                    {"grad_norm", gradNorm}});
+        scalar("train/loss", meanLoss, step);
+        scalar("train/learning_rate", usedLr, step);
+        scalar("train/grad_norm", gradNorm, step);
+        scalar("train/tokens_per_second", tokensPerSecond, step);
+        scalar("train/epoch", state.epochProgress, step);
+        state.lossSinceLastLog = 0;
+        loggedTokens = 0;
+        windowStart = std::chrono::steady_clock::now();
+      }
+      if (hasEval && ((evalEvery > 0 && step % evalEvery == 0) || step == total))
+        G3RT_RETURN_IF_ERROR(evaluateAndLog(progress));
+      if (saveEvery > 0 && step % saveEvery == 0)
+        G3RT_RETURN_IF_ERROR(saveCheckpointNow(progress));
+    }
+  }
+  progress.finish();
+  result.optimizerSteps = state.globalStep;
+  result.arenaHighWater = ex.arenaHighWater();
+  if (state.globalStep < total) {
+    log << "stopped after step " << state.globalStep << " of " << total << "\n";
+    return Status();
+  }
+
+  if (!options.noSave) {
+    G3RT_RETURN_IF_ERROR(
+        saveTrainedParameters(ex, training, outputDir, result.savedFiles, options.weightsDir));
+    for (const std::string &f : result.savedFiles)
+      log << "saved " << f << "\n";
+    if (options.merge) {
+      G3RT_RETURN_IF_ERROR(saveHFCheckpoint(ex, outputDir + "/merged", /*mergeLora=*/true));
+      log << "saved " << outputDir << "/merged (LoRA merged into the base weights)\n";
+    }
+  }
+  return Status();
 }
 
 } // namespace
@@ -126,182 +619,18 @@ Status train(const StepProgram &compiled, const TrainOptions &options, std::ostr
 
   const FunctionDesc *micro = program.findFunction("train_micro_step");
   const FunctionDesc *optim = program.findFunction("optimizer_step");
-  if (!micro || !optim)
+  if (!options.evalOnly && (!micro || !optim))
     return Status::error("the step has no train_micro_step/optimizer_step: compile "
                          "it with g3moe-compile (default --emit=step)");
 
-  Executor ex(program);
-  TensorView ids = ex.input("input_ids");
-  if (!ids.data || ids.shape.size() != 2)
-    return Status::error("the step has no [batch, seq] input_ids input");
-  int64_t rows = ids.shape[0], seqLen = ids.shape[1];
-  uint64_t seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
-  int64_t padId = option<int64_t>(model, "pad_token_id", 0);
-  G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
-
-  std::string dataPath = options.dataPath.empty()
-                             ? option<std::string>(training, "dataset", "")
-                             : options.dataPath;
-  if (dataPath.empty())
-    return Status::error("no training data: pass --data FILE");
-  DataSpec spec;
-  spec.path = dataPath;
-  spec.seqLen = seqLen;
-  spec.vocabSize = option<int64_t>(model, "vocab_size", 0);
-  spec.padId = int32_t(padId);
-  spec.seed = seed;
-  spec.skipBadLines = options.skipBadLines;
-  DataSplit data;
-  G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
-  const std::vector<Row> &examples = data.train;
-  for (const std::string &w : data.warnings)
-    log << "warning: " << w << "\n";
-  log << "data: " << examples.size() << " examples from " << dataPath;
-  if (data.stats.skipped)
-    log << ", " << data.stats.skipped << " bad lines skipped";
-  if (data.stats.truncated)
-    log << ", " << data.stats.truncated << " truncated to " << seqLen << " tokens";
-  log << "\n";
-
-  int64_t ga = options.gradientAccumulationSteps.value_or(
-      option<int64_t>(training, "gradient_accumulation_steps", 1));
-  double epochs = options.epochs.value_or(option(training, "num_train_epochs", 3.0));
-  if (ga < 1 || epochs <= 0)
-    return Status::error("gradient accumulation steps must be >= 1 and epochs > 0");
-  int64_t batchesPerEpoch = (int64_t(examples.size()) + rows - 1) / rows;
-  int64_t updatesPerEpoch = (batchesPerEpoch + ga - 1) / ga;
-  int64_t maxSteps = options.maxSteps.value_or(option<int64_t>(training, "max_steps", -1));
-  int64_t total = maxSteps > 0 ? maxSteps : int64_t(std::ceil(epochs * double(updatesPerEpoch)));
-  int64_t warmup = options.warmupSteps.value_or(option<int64_t>(training, "warmup_steps", 0));
-  if (warmup <= 0)
-    warmup = int64_t(std::ceil(options.warmupRatio.value_or(option(training, "warmup_ratio", 0.0)) *
-                               double(total)));
-  int64_t logEvery = std::max<int64_t>(1, options.loggingSteps.value_or(
-                                              option<int64_t>(training, "logging_steps", 1)));
-  log << "training: " << total << " optimizer steps, " << ga
-      << " micro-batches of [" << rows << ", " << seqLen << "] each, lr " << lr << " ("
-      << schedule << ", " << warmup << " warmup steps)\n";
-
-  std::string outputDir = options.outputDir.empty()
-                              ? option<std::string>(training, "output_dir", "")
-                              : options.outputDir;
-  std::ofstream metrics;
-  if (!options.noSave) {
-    if (outputDir.empty())
-      outputDir = "g3moe-output";
-    std::error_code ec;
-    std::filesystem::create_directories(outputDir, ec);
-    if (ec)
-      return Status::error("cannot create " + outputDir + ": " + ec.message());
-    metrics.open(outputDir + "/metrics.jsonl", std::ios::app);
-  }
-
-  auto setScalar = [&](const char *name, const auto &value) {
-    TensorView t = ex.input(name);
-    if (t.data) {
-      if (t.dtype == DType::I64)
-        *t.i64() = int64_t(value);
-      else
-        t.store(0, float(value));
-    }
-  };
-
-  MicroBatch batch;
-  uint64_t microCounter = 0;
-  int64_t step = 0;
-  double loggedLoss = 0, loggedTokens = 0;
-  auto windowStart = std::chrono::steady_clock::now();
-  for (int64_t epoch = 0; step < total; ++epoch) {
-    std::vector<size_t> order = shuffled(examples.size(), seed, uint64_t(epoch));
-    for (int64_t window = 0; window < updatesPerEpoch && step < total; ++window) {
-      // The window's label count normalises every micro-batch loss (HF).
-      int64_t firstBatch = window * ga;
-      int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
-      std::vector<MicroBatch> batches;
-      int64_t labels = 0, tokens = 0;
-      for (int64_t mb = firstBatch; mb < lastBatch; ++mb) {
-        std::vector<size_t> idx;
-        for (int64_t r = mb * rows; r < std::min<int64_t>((mb + 1) * rows, int64_t(order.size())); ++r)
-          idx.push_back(order[size_t(r)]);
-        assembleMicroBatch(examples, idx, rows, seqLen, int32_t(padId), batch);
-        labels += batch.labelCount;
-        tokens += batch.tokens;
-        batches.push_back(batch);
-      }
-      ex.zeroGradients();
-      double loss = 0;
-      for (const MicroBatch &mb : batches) {
-        copyInts(ex.input("input_ids"), mb.inputIds);
-        copyInts(ex.input("targets"), mb.targets);
-        copyInts(ex.input("positions"), mb.positions);
-        copyInts(ex.input("segment_ids"), mb.segmentIds);
-        setScalar("num_items", double(std::max<int64_t>(1, labels)));
-        if (TensorView key = ex.input("rng_key"); key.data) {
-          key.i64()[0] = int64_t(seed);
-          key.i64()[1] = int64_t(microCounter);
-        }
-        ++microCounter;
-        G3RT_RETURN_IF_ERROR(ex.run("train_micro_step"));
-        loss += ex.output("train_micro_step", "loss").load(0);
-      }
-      setScalar("step", step);
-      setScalar("total_steps", total);
-      setScalar("warmup_steps", warmup);
-      G3RT_RETURN_IF_ERROR(ex.run("optimizer_step"));
-      double gradNorm = ex.output("optimizer_step", "grad_norm").load(0);
-      double usedLr = ex.output("optimizer_step", "learning_rate").load(0);
-      ++step;
-      result.losses.push_back(loss);
-      result.gradNorms.push_back(gradNorm);
-      result.learningRates.push_back(usedLr);
-      if (!std::isfinite(loss))
-        return Status::error("the loss is not finite at step " + std::to_string(step));
-      loggedLoss += loss;
-      loggedTokens += double(tokens);
-      if (step % logEvery == 0 || step == total) {
-        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() -
-                                                       windowStart)
-                             .count();
-        int64_t n = (step % logEvery) ? step % logEvery : logEvery;
-        double epochPos = double(epoch) + double(window + 1) / double(updatesPerEpoch);
-        char line[256];
-        std::snprintf(line, sizeof line,
-                      "step %lld/%lld  epoch %.2f  loss %.4f  lr %.3e  grad_norm %.4f  "
-                      "tokens/s %.0f",
-                      (long long)step, (long long)total, epochPos, loggedLoss / double(n),
-                      usedLr, gradNorm, loggedTokens / std::max(seconds, 1e-9));
-        log << line << "\n";
-        if (metrics.is_open())
-          metrics << nlohmann::json{{"step", step},        {"epoch", epochPos},
-                                    {"loss", loggedLoss / double(n)}, {"learning_rate", usedLr},
-                                    {"grad_norm", gradNorm}, {"tokens_per_second", loggedTokens / std::max(seconds, 1e-9)}}
-                         .dump()
-                  << "\n";
-        loggedLoss = loggedTokens = 0;
-        windowStart = std::chrono::steady_clock::now();
-      }
-    }
-  }
-  result.optimizerSteps = step;
-  result.arenaHighWater = ex.arenaHighWater();
-
-  if (!options.noSave) {
-    bool lora = option<std::string>(training, "finetuning", "lora") == "lora";
-    std::string file = outputDir + (lora ? "/adapter_model.safetensors" : "/model.safetensors");
-    G3RT_RETURN_IF_ERROR(writeSafetensors(file, exportTensors(ex, lora), {{"format", "pt"}}));
-    result.savedFiles.push_back(file);
-    if (lora) {
-      std::string config = outputDir + "/adapter_config.json";
-      std::ofstream out(config);
-      out << adapterConfig(training).dump(2) << "\n";
-      if (!out)
-        return Status::error("cannot write " + config);
-      result.savedFiles.push_back(config);
-    }
-    for (const std::string &f : result.savedFiles)
-      log << "saved " << f << "\n";
-  }
-  return Status();
+  Trainer trainer(program, std::move(training), std::move(model), lr, schedule, options, log,
+                  result);
+  G3RT_RETURN_IF_ERROR(trainer.prepare());
+  if (!options.dumpDataPath.empty())
+    return Status();
+  if (options.evalOnly)
+    return trainer.evaluateOnly();
+  return trainer.run();
 }
 
 } // namespace g3rt

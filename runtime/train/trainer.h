@@ -1,8 +1,10 @@
 //===- trainer.h - the training loop of g3moe-run ---------------*- C++ -*-===//
 //
 // Epochs of shuffled examples, micro-batches accumulated into optimizer
-// steps with HF's loss normalisation, a log line per step, and the trained
-// parameters written at the end.
+// steps with HF's loss normalisation, evaluation every `eval_steps`,
+// checkpoints every `save_steps` (resumable bit for bit), logs as text (a
+// progress bar on a terminal), metrics.jsonl and TensorBoard events, and the
+// trained parameters written at the end.
 //
 //===----------------------------------------------------------------------===//
 
@@ -31,18 +33,69 @@ struct TrainOptions {
   std::optional<int64_t> warmupSteps;
   std::optional<int64_t> seed;
   std::optional<int64_t> loggingSteps;
+  /// Optimizer steps between evaluations on the eval split; 0 = only after
+  /// the last step (when there is an eval split).
+  std::optional<int64_t> evalSteps;
+  /// Optimizer steps between checkpoints; 0 = none.
+  std::optional<int64_t> saveSteps;
+  /// Checkpoints kept (the oldest are deleted); 0 = all.
+  std::optional<int64_t> saveTotalLimit;
+  /// Continue from a checkpoint folder; an empty string means the latest
+  /// `checkpoint-<step>` in the output folder.
+  std::optional<std::string> resume;
+  /// End the run after this many optimizer steps (counted from step 0) as if
+  /// it had been interrupted: the schedule still spans the whole run and no
+  /// final parameters are written. For chunked runs and resume tests.
+  std::optional<int64_t> stopAfterSteps;
+  /// Only evaluate: the whole data file (no split) through eval_forward with
+  /// the initial, loaded (--weights) or resumed parameters; the metrics go to
+  /// `metricsFile` as JSON, or as the last line of the log.
+  bool evalOnly = false;
+  std::string metricsFile;
+  /// Redraw a progress bar on the log stream (a terminal) after every step.
+  bool progressBar = false;
   bool skipBadLines = false;
-  /// Skip writing the trained parameters (for tests that only want losses).
+  /// Data options (runtime/train/data.h's DataSpec). The tokenizer: a
+  /// tokenizer.model or its folder; empty = the --weights folder's, if any.
+  std::string tokenizerPath;
+  /// auto, tokenized, messages, text or prompt_completion.
+  std::string dataFormat = "auto";
+  /// Unset: the step's `packing` / `assistant_only_loss` / `test_size`
+  /// where the step records them, else off / off / 0.
+  std::optional<bool> packing;
+  std::optional<bool> assistantOnlyLoss;
+  std::optional<double> testSize;
+  /// Image parts of chat samples: "drop" the sample or "mask" the placeholders.
+  std::string images = "drop";
+  /// Write the loaded train rows as JSONL to this file and stop (no training).
+  std::string dumpDataPath;
+  /// An HF checkpoint folder to load the base weights from after the seeded
+  /// initialisation (train/weights.h); empty = none.
+  std::string weightsDir;
+  /// At the end, also write <outputDir>/merged/: a full HF checkpoint with
+  /// the LoRA adapters merged into the base weights.
+  bool merge = false;
+  /// Skip writing the trained parameters, checkpoints, metrics.jsonl and
+  /// TensorBoard events (for tests that only want losses).
   bool noSave = false;
 };
 
 /// What a run did, for callers and tests.
 struct TrainResult {
+  /// The step the run started from (0, or a resumed checkpoint's step).
+  int64_t firstStep = 0;
   int64_t optimizerSteps = 0;
-  /// The loss of every optimizer step (the window's summed micro-batch losses).
+  /// The loss of every optimizer step this run took (the window's summed
+  /// micro-batch losses), from step firstStep + 1 on.
   std::vector<double> losses;
   std::vector<double> gradNorms, learningRates;
+  /// Evaluations: the step after which each ran, eval_loss (the token mean)
+  /// and eval_mean_token_accuracy.
+  std::vector<int64_t> evalSteps;
+  std::vector<double> evalLosses, evalAccuracies;
   uint64_t arenaHighWater = 0;
+  /// Checkpoint folders written, and the final parameter files.
+  std::vector<std::string> checkpoints;
   std::vector<std::string> savedFiles;
 };
 

@@ -1,0 +1,132 @@
+//===- g3moe_bench.cpp - training-step throughput on one GPU --------------===//
+//
+// Runs a compiled step (train_micro_step + optimizer_step, one micro-batch
+// per update) on the CUDA backend with random weights and random tokens, and
+// prints one JSON line in the format of ../shared/bench/pytorch_stack.py:
+// median step seconds, tokens/s, MFU against 989 TFLOP/s (LoRA model FLOPs =
+// 4 * active params * tokens + causal attention, recomputation not counted)
+// and the GPU memory the step holds.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/base/parallel.h"
+#include "runtime/base/random.h"
+#include "runtime/cuda/cuda_executor.h"
+
+#include <cuda_runtime.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+using namespace g3rt;
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: g3moe-bench step.bin [steps=6]\n");
+    return 2;
+  }
+  int steps = argc > 2 ? std::atoi(argv[2]) : 6;
+  StepProgram program;
+  Status s = loadStep(argv[1], program);
+  if (!s.ok()) {
+    std::fprintf(stderr, "g3moe-bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  nlohmann::json model = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
+  // Host state: small random weights (the values do not change the work done).
+  Executor host(program);
+  // A cheap integer hash per element, in parallel: billions of elements.
+  for (const ParamDesc &p : program.params) {
+    TensorView t = host.param(p.name);
+    float scale = p.name.find("lora_B") != std::string::npos ? 0.0f : 0.02f;
+    parallelFor(t.numel(), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        uint64_t h = uint64_t(i) * 0x9E3779B97F4A7C15ull;
+        h ^= h >> 29;
+        t.store(i, scale * (float(h & 0xffff) / 32768.0f - 1.0f));
+      }
+    }, 1 << 16);
+  }
+  TensorView ids = host.input("input_ids");
+  int64_t T = ids.numel(), V = model.value("vocab_size", 262208);
+  for (int64_t i = 0; i < T; ++i) {
+    ids.i32()[i] = int32_t(3 + uint64_t(uniformAt(2, 0, 0, uint64_t(i)) * double(V - 3)));
+    host.input("positions").i32()[i] = int32_t(i % ids.shape.back());
+    host.input("segment_ids").i32()[i] = 1;
+  }
+  for (int64_t i = 0; i < T; ++i)
+    host.input("targets").i32()[i] = i + 1 < T ? ids.i32()[i + 1] : -100;
+  host.input("num_items").store(0, float(T));
+  if (TensorView key = host.input("rng_key"); key.data)
+    key.i64()[0] = 1, key.i64()[1] = 0;
+  *host.input("total_steps").i64() = 1000;
+
+  size_t freeBefore = 0, total = 0;
+  cudaMemGetInfo(&freeBefore, &total);
+  std::unique_ptr<cuda::CudaExecutor> gpu;
+  s = cuda::CudaExecutor::create(program, 0, gpu);
+  if (s.ok())
+    s = gpu->upload(host);
+  if (!s.ok()) {
+    std::fprintf(stderr, "g3moe-bench: %s\n", s.message().c_str());
+    return 1;
+  }
+  size_t freeAfter = 0;
+  cudaMemGetInfo(&freeAfter, &total);
+
+  std::vector<double> times;
+  for (int i = 0; i < steps; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    s = gpu->run("train_micro_step");
+    if (s.ok())
+      s = gpu->run("optimizer_step");
+    if (!s.ok()) {
+      std::fprintf(stderr, "g3moe-bench: %s\n", s.message().c_str());
+      return 1;
+    }
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::vector<float> loss;
+  (void)gpu->output("train_micro_step", "loss", loss);
+  std::vector<double> timed(times.begin() + std::min<size_t>(2, times.size() - 1), times.end());
+  std::sort(timed.begin(), timed.end());
+  double step = timed[timed.size() / 2];
+
+  // Active parameters: everything but the (E - k) unused experts per MoE layer.
+  int64_t H = model.value("hidden_size", 0), I = model.value("intermediate_size", 0),
+          L = model.value("num_hidden_layers", 0), E = model.value("n_routed_experts", 0),
+          k = model.value("num_experts_per_tok", 0), firstDense = model.value("first_k_dense_replace", 0),
+          NH = model.value("num_attention_heads", 0), D = model.value("head_dim", 0);
+  double nTotal = 0;
+  for (const ParamDesc &p : program.params)
+    if (p.name.find("lora_") == std::string::npos) {
+      double n = 1;
+      for (int64_t d : p.shape)
+        n *= double(d);
+      nTotal += n;
+    }
+  double nActive = nTotal - (E > k ? double(E - k) * 3 * H * I * double(L - firstDense) : 0);
+  double attn = 0;
+  for (int64_t l = 0; l < L; ++l) {
+    bool global = (l + 1) % 6 == 0;
+    attn += 12.0 * NH * D * (global ? T / 2.0 : std::min(1024.0, T / 2.0));
+  }
+  attn *= double(T);
+  double flops = 4 * nActive * double(T) + attn;
+  nlohmann::json row = {{"stack", "g3moe"},
+                        {"seq", T},
+                        {"step_s", step},
+                        {"tok_s", double(T) / step},
+                        {"mfu", flops / step / 989e12},
+                        {"gpu_gib", double(freeBefore - freeAfter) / double(1 << 30)},
+                        {"arena_gib", double(program.arenaBytes) / double(1 << 30)},
+                        {"loss", loss.empty() ? 0.0 : loss[0]},
+                        {"active_params", nActive}};
+  std::printf("%s\n", row.dump().c_str());
+  return 0;
+}

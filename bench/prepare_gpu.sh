@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds what bench/run_gpu.sh needs into devcarry/ (ignored by git): the GPU
+# test binaries, g3moe-bench, the tiny test steps, the G3MoE-4B steps at the
+# given lengths, and the PyTorch-stack baseline script.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${G3MOE_BUILD_DIR:-$root/build}
+seqs=("${@:-4096 8192}")
+cmake --build "$build" --target G3RtGpuTests G3MoECudaStepTests g3moe-bench g3moe-test-steps -j 2
+rm -rf "$root/devcarry" && mkdir -p "$root/devcarry/steps"
+cp "$build/test/gpu/G3RtGpuTests" "$build/test/gpu/G3MoECudaStepTests" "$build/bin/g3moe-bench" "$root/devcarry/"
+cp "$build"/test/e2e/steps/*.step "$root/devcarry/steps/"
+cp "$root/../shared/bench/pytorch_stack.py" "$root/devcarry/"
+for T in ${seqs[*]}; do
+  cat > "$root/devcarry/bench-$T.json" <<JSON
+{"model_name_or_path": "$root/examples/g3moe-4b", "max_seq_length": $T,
+ "per_device_train_batch_size": 1, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+ "lora_target_modules": ["gate_proj", "up_proj", "down_proj"]}
+JSON
+  /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/bench-$T.json" --quiet \
+    -o "$root/devcarry/g3moe-4b-$T.step"
+done
+du -sh "$root/devcarry"

@@ -1,0 +1,65 @@
+//===- cuda_context.h - what CUDA kernels run with --------------*- C++ -*-===//
+//
+// The CUDA backend's kernels share the CPU kernels' calling convention
+// (kernel.h); KernelArgs::backend points at this context, and every
+// TensorView's data is a device pointer. Kernels enqueue work on `stream` and
+// never synchronise unless they must read device data on the host (expert
+// offsets for per-expert GEMMs).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_CUDA_CUDA_CONTEXT_H
+#define G3MOE_RUNTIME_CUDA_CUDA_CONTEXT_H
+
+#include "runtime/kernels/kernel.h"
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+namespace g3rt::cuda {
+
+struct CudaContext {
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  cublasLtHandle_t cublasLt = nullptr;
+  /// Scratch device memory kernels may use freely during one launch.
+  void *workspace = nullptr;
+  size_t workspaceBytes = 0;
+};
+
+/// The context of a kernel call.
+inline CudaContext &contextOf(const KernelArgs &args) {
+  return *static_cast<CudaContext *>(args.backend);
+}
+
+/// An error Status for a failed CUDA runtime call, naming the kernel.
+Status cudaFailure(const KernelArgs &args, cudaError_t error, const char *what);
+/// An error Status for a failed cuBLAS call.
+Status cublasFailure(const KernelArgs &args, cublasStatus_t status, const char *what);
+
+/// Returns from the kernel when the last launch failed.
+#define G3RT_CUDA_CHECK_LAUNCH(args, what)                                      \
+  do {                                                                          \
+    cudaError_t g3rt_err_ = cudaGetLastError();                                 \
+    if (g3rt_err_ != cudaSuccess)                                               \
+      return ::g3rt::cuda::cudaFailure(args, g3rt_err_, what);                  \
+  } while (0)
+
+/// The CUDA kernel called `name`, or null.
+KernelFn findCudaKernel(std::string_view name);
+
+/// Registration hooks of the CUDA kernel files (runtime/cuda/kernels_*.cu).
+void registerCudaElementwiseKernels(KernelTable &table);
+void registerCudaDenseKernels(KernelTable &table);
+void registerCudaAttentionKernels(KernelTable &table);
+void registerCudaMoEKernels(KernelTable &table);
+void registerCudaOptimizerKernels(KernelTable &table);
+
+} // namespace g3rt::cuda
+
+#if defined(__CUDACC__)
+#include "runtime/cuda/cuda_device_util.h"
+#endif
+
+#endif // G3MOE_RUNTIME_CUDA_CUDA_CONTEXT_H

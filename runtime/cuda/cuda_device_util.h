@@ -1,0 +1,61 @@
+//===- cuda_device_util.h - device-side element access ----------*- C++ -*-===//
+//
+// Included by cuda_context.h: the inline device functions every CUDA kernel
+// uses to read and write buffers of any element type with the same rounding as
+// the CPU reference (runtime/base/dtype.h).
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_CUDA_CUDA_DEVICE_UTIL_H
+#define G3MOE_RUNTIME_CUDA_CUDA_DEVICE_UTIL_H
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace g3rt::cuda {
+
+__device__ __forceinline__ float loadFloat(const void *p, DType t, int64_t i) {
+  switch (t) {
+  case DType::F32:
+    return static_cast<const float *>(p)[i];
+  case DType::BF16:
+    return __bfloat162float(static_cast<const __nv_bfloat16 *>(p)[i]);
+  case DType::F16:
+    return __half2float(static_cast<const __half *>(p)[i]);
+  case DType::I32:
+    return float(static_cast<const int32_t *>(p)[i]);
+  case DType::I64:
+    return float(static_cast<const int64_t *>(p)[i]);
+  }
+  return 0.f;
+}
+
+__device__ __forceinline__ void storeFloat(void *p, DType t, int64_t i, float v) {
+  switch (t) {
+  case DType::F32:
+    static_cast<float *>(p)[i] = v;
+    return;
+  case DType::BF16:
+    // __float2bfloat16 rounds to nearest even, as floatToBF16 does.
+    static_cast<__nv_bfloat16 *>(p)[i] = __float2bfloat16(v);
+    return;
+  case DType::F16:
+    static_cast<__half *>(p)[i] = __float2half(v);
+    return;
+  case DType::I32:
+    static_cast<int32_t *>(p)[i] = int32_t(v);
+    return;
+  case DType::I64:
+    static_cast<int64_t *>(p)[i] = int64_t(v);
+    return;
+  }
+}
+
+__device__ __forceinline__ int64_t loadIndex(const void *p, DType t, int64_t i) {
+  return t == DType::I64 ? static_cast<const int64_t *>(p)[i]
+                         : int64_t(static_cast<const int32_t *>(p)[i]);
+}
+
+} // namespace g3rt::cuda
+
+#endif // G3MOE_RUNTIME_CUDA_CUDA_DEVICE_UTIL_H

@@ -1,0 +1,195 @@
+//===- cuda_executor.cpp - runs a verified step on one GPU ----------------===//
+
+#include "runtime/cuda/cuda_executor.h"
+
+#include "runtime/cuda/cuda_context.h"
+
+namespace g3rt::cuda {
+
+namespace {
+
+Status check(cudaError_t e, const std::string &what) {
+  if (e == cudaSuccess)
+    return Status();
+  return Status::error(what + ": " + cudaGetErrorString(e));
+}
+
+/// Scratch memory kernels may use within one launch (sorting, reductions).
+constexpr size_t kWorkspaceBytes = size_t(256) << 20;
+
+} // namespace
+
+CudaExecutor::CudaExecutor(const StepProgram &program) : program_(program) {}
+
+Status CudaExecutor::create(const StepProgram &program, int device,
+                            std::unique_ptr<CudaExecutor> &out) {
+  std::unique_ptr<CudaExecutor> ex(new CudaExecutor(program));
+  G3RT_RETURN_IF_ERROR(check(cudaSetDevice(device), "selecting CUDA device " +
+                                                        std::to_string(device)));
+  ex->ctx_ = std::make_unique<CudaContext>();
+  CudaContext &ctx = *ex->ctx_;
+  G3RT_RETURN_IF_ERROR(check(cudaStreamCreate(&ctx.stream), "creating a CUDA stream"));
+  if (cublasCreate(&ctx.cublas) != CUBLAS_STATUS_SUCCESS ||
+      cublasLtCreate(&ctx.cublasLt) != CUBLAS_STATUS_SUCCESS)
+    return Status::error("cannot initialise cuBLAS");
+  cublasSetStream(ctx.cublas, ctx.stream);
+  G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ctx.workspace, kWorkspaceBytes), "allocating the workspace"));
+  ctx.workspaceBytes = kWorkspaceBytes;
+  cublasSetWorkspace(ctx.cublas, ctx.workspace, kWorkspaceBytes / 2);
+
+  G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
+                             "allocating the " + std::to_string(program.arenaBytes) +
+                                 "-byte arena"));
+  ex->deviceBytes_ = program.arenaBytes + kWorkspaceBytes;
+  for (const FunctionDesc &fn : program.functions) {
+    for (const BufferDesc &b : fn.buffers) {
+      if (b.kind == BufferKind::Arena || b.viewOf >= 0)
+        continue;
+      auto key = std::make_pair(b.kind, b.name);
+      if (ex->state_.count(key))
+        continue;
+      void *p = nullptr;
+      G3RT_RETURN_IF_ERROR(check(cudaMalloc(&p, std::max<uint64_t>(b.bytes, 1)),
+                                 "allocating '" + b.name + "'"));
+      cudaMemset(p, 0, b.bytes);
+      ex->state_[key] = TensorView{p, b.dtype, b.shape};
+      ex->deviceBytes_ += b.bytes;
+    }
+    std::vector<KernelFn> fns;
+    for (const InstrDesc &in : fn.instrs) {
+      KernelFn f = findCudaKernel(in.kernel);
+      if (!f)
+        return Status::error("the CUDA backend has no kernel '" + in.kernel + "' (used by " +
+                             fn.name + ")");
+      fns.push_back(f);
+    }
+    ex->kernels_[fn.name] = std::move(fns);
+  }
+  out = std::move(ex);
+  return Status();
+}
+
+CudaExecutor::~CudaExecutor() {
+  for (auto &[key, view] : state_)
+    cudaFree(view.data);
+  cudaFree(arena_);
+  if (ctx_) {
+    cudaFree(ctx_->workspace);
+    if (ctx_->cublasLt)
+      cublasLtDestroy(ctx_->cublasLt);
+    if (ctx_->cublas)
+      cublasDestroy(ctx_->cublas);
+    if (ctx_->stream)
+      cudaStreamDestroy(ctx_->stream);
+  }
+}
+
+Status CudaExecutor::upload(const Executor &host, BufferKind kind) {
+  for (auto &[key, view] : state_) {
+    if (key.first != kind)
+      continue;
+    TensorView h = host.state(key.first, key.second);
+    if (!h.data)
+      return Status::error("no host tensor for '" + key.second + "'");
+    G3RT_RETURN_IF_ERROR(check(cudaMemcpy(view.data, h.data, view.bytes(), cudaMemcpyHostToDevice),
+                               "uploading '" + key.second + "'"));
+  }
+  return Status();
+}
+
+Status CudaExecutor::upload(const Executor &host) {
+  for (BufferKind k : {BufferKind::Param, BufferKind::GradAcc, BufferKind::ExpAvg,
+                       BufferKind::ExpAvgSq, BufferKind::Input})
+    G3RT_RETURN_IF_ERROR(upload(host, k));
+  return Status();
+}
+
+Status CudaExecutor::download(Executor &host) const {
+  for (const auto &[key, view] : state_) {
+    TensorView h = host.state(key.first, key.second);
+    if (!h.data)
+      return Status::error("no host tensor for '" + key.second + "'");
+    G3RT_RETURN_IF_ERROR(check(cudaMemcpy(h.data, view.data, view.bytes(), cudaMemcpyDeviceToHost),
+                               "downloading '" + key.second + "'"));
+  }
+  return Status();
+}
+
+TensorView CudaExecutor::deviceView(const FunctionDesc &fn, uint32_t index) const {
+  const BufferDesc &b = fn.buffers[index];
+  TensorView v;
+  v.dtype = b.dtype;
+  v.shape = b.shape;
+  if (b.kind == BufferKind::Arena) {
+    v.data = static_cast<uint8_t *>(arena_) + b.offset;
+  } else {
+    auto it = state_.find({b.kind, b.name});
+    v.data = it == state_.end() ? nullptr : it->second.data;
+  }
+  return v;
+}
+
+Status CudaExecutor::toDevice(const TensorView &device, const void *host) const {
+  return check(cudaMemcpy(device.data, host, device.bytes(), cudaMemcpyHostToDevice),
+               "copying to the device");
+}
+
+Status CudaExecutor::toHost(const TensorView &device, void *host) const {
+  return check(cudaMemcpy(host, device.data, device.bytes(), cudaMemcpyDeviceToHost),
+               "copying to the host");
+}
+
+Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
+  const InstrDesc &instr = fn.instrs[i];
+  KernelArgs args;
+  args.name = instr.kernel;
+  args.attrs = &instr.attrs;
+  args.backend = ctx_.get();
+  for (uint32_t b : instr.inputs)
+    args.inputs.push_back(deviceView(fn, b));
+  for (uint32_t b : instr.outputs)
+    args.outputs.push_back(deviceView(fn, b));
+  Status s = kernels_.at(fn.name)[i](args);
+  if (s.ok())
+    s = check(cudaStreamSynchronize(ctx_->stream), "running " + instr.kernel);
+  return s.withContext(fn.name + ", instruction " + std::to_string(i));
+}
+
+Status CudaExecutor::run(const std::string &function) {
+  const FunctionDesc *fn = program_.findFunction(function);
+  if (!fn)
+    return Status::error("the step has no entry point '" + function + "'");
+  const std::vector<KernelFn> &fns = kernels_.at(fn->name);
+  for (size_t i = 0; i < fn->instrs.size(); ++i) {
+    const InstrDesc &instr = fn->instrs[i];
+    KernelArgs args;
+    args.name = instr.kernel;
+    args.attrs = &instr.attrs;
+    args.backend = ctx_.get();
+    for (uint32_t b : instr.inputs)
+      args.inputs.push_back(deviceView(*fn, b));
+    for (uint32_t b : instr.outputs)
+      args.outputs.push_back(deviceView(*fn, b));
+    Status s = fns[i](args);
+    if (!s.ok())
+      return s.withContext(function + ", instruction " + std::to_string(i));
+  }
+  return check(cudaStreamSynchronize(ctx_->stream), "running " + function);
+}
+
+Status CudaExecutor::output(const std::string &function, const std::string &name,
+                            std::vector<float> &values) const {
+  const FunctionDesc *fn = program_.findFunction(function);
+  int64_t index = fn ? fn->findOutput(name) : -1;
+  if (index < 0)
+    return Status::error("no output '" + name + "' of '" + function + "'");
+  TensorView d = deviceView(*fn, uint32_t(index));
+  std::vector<uint8_t> bytes(d.bytes());
+  G3RT_RETURN_IF_ERROR(toHost(d, bytes.data()));
+  TensorView h = d;
+  h.data = bytes.data();
+  values = toFloat(h);
+  return Status();
+}
+
+} // namespace g3rt::cuda

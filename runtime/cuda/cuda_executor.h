@@ -1,0 +1,73 @@
+//===- cuda_executor.h - runs a verified step on one GPU --------*- C++ -*-===//
+//
+// The CUDA counterpart of Executor: the arena and all persistent state in
+// device memory, kernels from the CUDA kernel table launched in order on one
+// stream. A host Executor of the same program serves as the host mirror:
+// parameters are initialised or loaded there and uploaded, results are
+// downloaded into it, so the training loop, checkpoints and file formats are
+// shared with the CPU backend.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_CUDA_CUDA_EXECUTOR_H
+#define G3MOE_RUNTIME_CUDA_CUDA_EXECUTOR_H
+
+#include "runtime/exec/executor.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace g3rt::cuda {
+
+struct CudaContext;
+
+class CudaExecutor {
+public:
+  /// Allocates the device arena and state of `program` on device `device` and
+  /// resolves every instruction's CUDA kernel (an error names any missing one).
+  static Status create(const StepProgram &program, int device,
+                       std::unique_ptr<CudaExecutor> &out);
+  ~CudaExecutor();
+
+  /// Copies every persistent tensor of `host` (same program) to the device.
+  Status upload(const Executor &host);
+  /// Copies the persistent tensors of `kind` (and inputs) from `host`.
+  Status upload(const Executor &host, BufferKind kind);
+  /// Copies every persistent tensor back into `host`.
+  Status download(Executor &host) const;
+
+  /// Runs entry point `function` and waits for it.
+  Status run(const std::string &function);
+  /// Runs instruction `index` of `fn` alone and waits for it.
+  Status runInstruction(const FunctionDesc &fn, size_t index);
+
+  /// The device bytes buffer `index` of `fn` refers to.
+  TensorView deviceView(const FunctionDesc &fn, uint32_t buffer) const;
+  /// Copies between a device view and host memory of the same size.
+  Status toDevice(const TensorView &device, const void *host) const;
+  Status toHost(const TensorView &device, void *host) const;
+
+  /// Output `name` of the last run of `function`, copied to the host.
+  Status output(const std::string &function, const std::string &name,
+                std::vector<float> &values) const;
+
+  /// Device bytes allocated (arena + state).
+  uint64_t deviceBytes() const { return deviceBytes_; }
+
+private:
+  explicit CudaExecutor(const StepProgram &program);
+
+  const StepProgram &program_;
+  std::unique_ptr<CudaContext> ctx_;
+  void *arena_ = nullptr;
+  std::map<std::pair<BufferKind, std::string>, TensorView> state_;
+  /// Per function, per instruction: the CUDA kernel.
+  std::map<std::string, std::vector<KernelFn>> kernels_;
+  uint64_t deviceBytes_ = 0;
+};
+
+} // namespace g3rt::cuda
+
+#endif // G3MOE_RUNTIME_CUDA_CUDA_EXECUTOR_H

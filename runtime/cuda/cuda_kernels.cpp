@@ -1,0 +1,39 @@
+//===- cuda_kernels.cpp - the CUDA kernel table ---------------------------===//
+
+#include "runtime/cuda/cuda_context.h"
+
+#include <algorithm>
+#include <string>
+
+namespace g3rt::cuda {
+
+Status cudaFailure(const KernelArgs &args, cudaError_t error, const char *what) {
+  return args.fail(std::string(what) + ": " + cudaGetErrorString(error));
+}
+
+Status cublasFailure(const KernelArgs &args, cublasStatus_t status, const char *what) {
+  return args.fail(std::string(what) + ": cuBLAS status " + std::to_string(int(status)));
+}
+
+static const KernelTable &table() {
+  static const KernelTable t = [] {
+    KernelTable t;
+    registerCudaElementwiseKernels(t);
+    registerCudaDenseKernels(t);
+    registerCudaAttentionKernels(t);
+    registerCudaMoEKernels(t);
+    registerCudaOptimizerKernels(t);
+    std::sort(t.begin(), t.end());
+    return t;
+  }();
+  return t;
+}
+
+KernelFn findCudaKernel(std::string_view name) {
+  for (const auto &[n, fn] : table())
+    if (n == name)
+      return fn;
+  return nullptr;
+}
+
+} // namespace g3rt::cuda

@@ -1,0 +1,189 @@
+//===- inspect.cpp - g3moe-run's one-shot inspection modes ----------------===//
+//
+// The dumps take the data in file order rather than the first epoch's
+// shuffled order: a comparison script then knows which examples it holds
+// without re-implementing the shuffle, and the inputs are in the file anyway.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/train/inspect.h"
+
+#include "runtime/exec/executor.h"
+#include "runtime/io/hf_checkpoint.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/train/checkpoint.h"
+#include "runtime/train/data.h"
+#include "runtime/train/init.h"
+#include "runtime/train/weights.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <ostream>
+
+namespace g3rt {
+
+namespace {
+
+template <typename T>
+T option(const nlohmann::json &j, const char *key, T fallback) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null())
+    return fallback;
+  if constexpr (std::is_same_v<T, std::string>)
+    return it->is_string() ? it->get<std::string>() : fallback;
+  else
+    return it->is_number() || it->is_boolean() ? it->get<T>() : fallback;
+}
+
+/// Writes `values` into the step input `name` when the step has it.
+void setInts(Executor &ex, const char *name, const std::vector<int32_t> &values) {
+  TensorView t = ex.input(name);
+  if (t.data && size_t(t.numel()) == values.size())
+    std::memcpy(t.data, values.data(), values.size() * sizeof(int32_t));
+}
+
+TensorView hostView(std::vector<int32_t> &v, int64_t rows, int64_t cols) {
+  return TensorView{v.data(), DType::I32, {rows, cols}};
+}
+
+} // namespace
+
+Status runInspection(const StepProgram &program, const TrainOptions &options,
+                     const InspectOptions &what, std::ostream &log) {
+  nlohmann::json training = nlohmann::json::parse(program.trainingOptionsJson, nullptr, false);
+  nlohmann::json model = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
+  if (training.is_discarded() || model.is_discarded())
+    return Status::error("the step's configuration is not valid JSON");
+
+  Executor ex(program);
+  uint64_t seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
+  int64_t padId = option<int64_t>(model, "pad_token_id", 0);
+  G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
+  if (!options.weightsDir.empty())
+    G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
+  if (options.resume) {
+    // The trained parameters of a checkpoint, on top of the base weights
+    // (the frozen ones are not in a LoRA checkpoint).
+    std::string dir = *options.resume;
+    if (dir.empty()) {
+      std::string outputDir = options.outputDir.empty()
+                                  ? option<std::string>(training, "output_dir", "")
+                                  : options.outputDir;
+      if (outputDir.empty())
+        outputDir = "g3moe-output";
+      G3RT_RETURN_IF_ERROR(latestCheckpoint(outputDir, dir).withContext("--resume"));
+    }
+    TrainerState state;
+    G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, training, ex, state));
+    log << "parameters: checkpoint " << dir << " (step " << state.globalStep << ")\n";
+  }
+
+  if (!what.saveInitialWeights.empty()) {
+    G3RT_RETURN_IF_ERROR(saveHFCheckpoint(ex, what.saveInitialWeights, /*mergeLora=*/false));
+    log << "saved the base model as an HF checkpoint in " << what.saveInitialWeights << "\n";
+    return Status();
+  }
+
+  const char *function = what.dumpGradients.empty() ? "eval_logits" : "forward_backward";
+  if (!program.findFunction(function))
+    return Status::error(std::string("the step has no ") + function +
+                         (what.dumpGradients.empty()
+                              ? " entry point: compile it with g3moe-compile --emit-logits"
+                              : " entry point: compile a training step with g3moe-compile"));
+  TensorView ids = ex.input("input_ids");
+  if (!ids.data || ids.shape.size() != 2)
+    return Status::error("the step has no [batch, seq] input_ids input");
+  int64_t rows = ids.shape[0], seqLen = ids.shape[1];
+
+  DataSpec spec;
+  spec.path = options.dataPath.empty() ? option<std::string>(training, "dataset", "")
+                                       : options.dataPath;
+  if (spec.path.empty())
+    return Status::error("no data: pass --data FILE");
+  spec.seqLen = seqLen;
+  spec.vocabSize = option<int64_t>(model, "vocab_size", 0);
+  spec.padId = int32_t(padId);
+  spec.seed = seed;
+  spec.skipBadLines = options.skipBadLines;
+  // The rest as the trainer reads its data (Trainer::loadData).
+  spec.format = options.dataFormat;
+  spec.tokenizerPath = options.tokenizerPath;
+  if (spec.tokenizerPath.empty() && !options.weightsDir.empty() &&
+      std::filesystem::exists(std::filesystem::path(options.weightsDir) / "tokenizer.model"))
+    spec.tokenizerPath = options.weightsDir;
+  spec.packing = options.packing.value_or(option<bool>(training, "packing", false));
+  spec.assistantOnlyLoss =
+      options.assistantOnlyLoss.value_or(option<bool>(training, "assistant_only_loss", false));
+  spec.images = options.images;
+  spec.testSize = options.testSize.value_or(option<double>(training, "test_size", 0.0));
+  DataSplit data;
+  G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
+  for (const std::string &w : data.warnings)
+    log << "warning: " << w << "\n";
+  std::vector<size_t> first;
+  for (size_t i = 0; i < data.train.size() && int64_t(i) < rows; ++i)
+    first.push_back(i);
+  MicroBatch batch;
+  assembleMicroBatch(data.train, first, rows, seqLen, int32_t(padId), batch);
+  float numItems = float(std::max<int64_t>(1, batch.labelCount));
+
+  setInts(ex, "input_ids", batch.inputIds);
+  setInts(ex, "targets", batch.targets);
+  setInts(ex, "positions", batch.positions);
+  setInts(ex, "segment_ids", batch.segmentIds);
+  if (TensorView n = ex.input("num_items"); n.data)
+    n.store(0, numItems);
+  if (TensorView key = ex.input("rng_key"); key.data) {
+    key.i64()[0] = int64_t(seed);
+    key.i64()[1] = 0;
+  }
+  G3RT_RETURN_IF_ERROR(ex.run(function));
+
+  std::vector<NamedTensor> out;
+  std::vector<float> scalars = {0.0f, numItems};
+  std::string file;
+  if (!what.dumpGradients.empty()) {
+    file = what.dumpGradients;
+    TensorView loss = ex.output(function, "loss");
+    if (!loss.data)
+      return Status::error("forward_backward has no loss output");
+    scalars[0] = loss.load(0);
+    out.push_back({"loss", TensorView{&scalars[0], DType::F32, {1}}});
+    for (const ParamDesc &p : program.params) {
+      if (!p.trainable)
+        continue;
+      TensorView g = ex.output(function, "grad:" + p.name);
+      if (!g.data)
+        return Status::error("forward_backward has no gradient of '" + p.name + "'");
+      size_t at = p.name.find("{e}");
+      if (at == std::string::npos) {
+        out.push_back({"grad/" + p.name, g});
+        continue;
+      }
+      for (int64_t e = 0; e < g.shape[0]; ++e) {
+        TensorView s = g;
+        s.shape.erase(s.shape.begin());
+        s.data = static_cast<uint8_t *>(g.data) + size_t(e) * (g.bytes() / size_t(g.shape[0]));
+        out.push_back({"grad/" + p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3),
+                       s});
+      }
+    }
+    log << "loss " << scalars[0] << " over " << numItems << " labels\n";
+  } else {
+    file = what.dumpLogits;
+    TensorView logits = ex.output(function, "logits");
+    if (!logits.data)
+      return Status::error("eval_logits has no logits output");
+    out.push_back({"logits", logits});
+  }
+  out.push_back({"inputs/input_ids", hostView(batch.inputIds, rows, seqLen)});
+  out.push_back({"inputs/targets", hostView(batch.targets, rows, seqLen)});
+  out.push_back({"inputs/num_items", TensorView{&scalars[1], DType::F32, {1}}});
+  G3RT_RETURN_IF_ERROR(writeSafetensors(file, out, {{"format", "pt"}}));
+  log << "wrote " << file << "\n";
+  return Status();
+}
+
+} // namespace g3rt

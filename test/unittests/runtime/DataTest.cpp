@@ -1,0 +1,736 @@
+//===- DataTest.cpp - tokenizer, chat template, formats, packing, split ---===//
+//
+// Uses the tiny tokenizer the build trains (build/tiny-tokenizer, passed in
+// as G3MOE_TINY_TOKENIZER): <pad> 0, <eos> 1, <bos> 2, <unk> 3, then the
+// user-defined <start_of_turn> 4, <end_of_turn> 5, <start_of_image> 6,
+// <end_of_image> 7, <image_soft_token> 8.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/data/chat_template.h"
+#include "runtime/data/formats.h"
+#include "runtime/data/tokenizer.h"
+#include "runtime/train/data.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sentencepiece_trainer.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include <unistd.h>
+
+using namespace g3rt;
+namespace fs = std::filesystem;
+
+namespace {
+
+const char *kTinyTokenizer = G3MOE_TINY_TOKENIZER;
+
+/// A fresh folder per test.
+class DataTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    const auto *info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir = fs::temp_directory_path() /
+          (std::string("g3moe-data-") + info->name() + "-" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    ASSERT_TRUE(Tokenizer::load(kTinyTokenizer, tok).ok());
+  }
+  void TearDown() override { fs::remove_all(dir); }
+
+  std::string write(const std::string &name, const std::string &text) {
+    std::string path = (dir / name).string();
+    std::ofstream(path) << text;
+    return path;
+  }
+
+  DataSpec spec(const std::string &path) {
+    DataSpec s;
+    s.path = path;
+    s.tokenizerPath = kTinyTokenizer;
+    s.seqLen = 256;
+    s.vocabSize = 512;
+    return s;
+  }
+
+  /// The labelled tokens' pieces, concatenated, with SentencePiece's
+  /// space marker turned back into a space.
+  std::string labelledText(const Row &row) {
+    std::string out;
+    for (size_t t = 0; t < row.size(); ++t)
+      if (row.labels[t] != kIgnoreIndex)
+        out += tok.idToPiece(row.labels[t]);
+    std::string spaced;
+    for (size_t i = 0; i < out.size(); ++i) {
+      if (out.compare(i, 3, "\xE2\x96\x81") == 0) {
+        spaced += ' ';
+        i += 2;
+      } else {
+        spaced += out[i];
+      }
+    }
+    return spaced;
+  }
+
+  fs::path dir;
+  Tokenizer tok;
+};
+
+/// `json` (possibly written over several lines) as one JSONL line.
+std::string jsonl(const std::string &json) { return nlohmann::json::parse(json).dump() + "\n"; }
+
+Status render(const std::string &messagesJson, RenderedChat &out) {
+  std::vector<ChatMessage> messages;
+  G3RT_RETURN_IF_ERROR(parseChatMessages(nlohmann::json::parse(messagesJson), messages));
+  return renderChat(messages, out);
+}
+
+std::string renderOk(const std::string &messagesJson) {
+  RenderedChat chat;
+  Status s = render(messagesJson, chat);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return chat.text;
+}
+
+std::string renderError(const std::string &messagesJson) {
+  RenderedChat chat;
+  Status s = render(messagesJson, chat);
+  EXPECT_FALSE(s.ok()) << "rendered: " << chat.text;
+  return s.message();
+}
+
+//===----------------------------------------------------------------------===//
+// Chat template
+//===----------------------------------------------------------------------===//
+
+TEST(ChatTemplate, UserAndAssistantTurns) {
+  RenderedChat chat;
+  ASSERT_TRUE(render(R"([{"role": "user", "content": "  Hi there \n"},
+                         {"role": "assistant", "content": "Hello!"},
+                         {"role": "user", "content": "Bye"},
+                         {"role": "assistant", "content": " See you. "}])",
+                     chat)
+                  .ok());
+  EXPECT_EQ(chat.text, "<bos><start_of_turn>user\nHi there<end_of_turn>\n"
+                       "<start_of_turn>model\nHello!<end_of_turn>\n"
+                       "<start_of_turn>user\nBye<end_of_turn>\n"
+                       "<start_of_turn>model\nSee you.<end_of_turn>\n");
+  ASSERT_EQ(chat.assistantSpans.size(), 2u);
+  auto span = [&](size_t i) {
+    return chat.text.substr(chat.assistantSpans[i].begin,
+                            chat.assistantSpans[i].end - chat.assistantSpans[i].begin);
+  };
+  EXPECT_EQ(span(0), "Hello!<end_of_turn>");
+  EXPECT_EQ(span(1), "See you.<end_of_turn>");
+  EXPECT_EQ(chat.imageParts, 0);
+}
+
+TEST(ChatTemplate, SystemTurnAndListContent) {
+  RenderedChat chat;
+  ASSERT_TRUE(render(R"([
+      {"role": "system", "content": [{"type": "text", "text": " Be brief. "},
+                                     {"type": "text", "text": "ignored"}]},
+      {"role": "user", "content": [{"type": "image", "text": null},
+                                   {"type": "text", "text": " What is this? "},
+                                   {"type": "image"},
+                                   {"type": "text", "text": "\nAnd this?"}]},
+      {"role": "assistant", "content": [{"type": "text", "text": "A boat."},
+                                        {"type": "text", "text": " A cat. "}]}])",
+                     chat)
+                  .ok());
+  // List items are trimmed and joined without separators; a system list
+  // content contributes its first item only (the seed's template).
+  EXPECT_EQ(chat.text, "<bos><start_of_turn>system\nBe brief.<end_of_turn>\n"
+                       "<start_of_turn>user\n<start_of_image>What is this?<start_of_image>"
+                       "And this?<end_of_turn>\n"
+                       "<start_of_turn>model\nA boat.A cat.<end_of_turn>\n");
+  EXPECT_EQ(chat.imageParts, 2);
+  ASSERT_EQ(chat.assistantSpans.size(), 1u);
+}
+
+TEST(ChatTemplate, ColumnWiseMessages) {
+  EXPECT_EQ(renderOk(R"({"role": ["user", "assistant"], "content": ["a", "b"]})"),
+            "<bos><start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n");
+}
+
+TEST(ChatTemplate, TrimIsPythonStrip) {
+  // U+00A0, U+3000, U+2028 and U+0085 are whitespace to str.strip(); é and
+  // U+200B (zero-width space) are not.
+  EXPECT_EQ(trimWhitespace("\xC2\xA0\xE3\x80\x80 x y\xE2\x80\xA8\xC2\x85\t"), "x y");
+  EXPECT_EQ(trimWhitespace("\xC3\xA9 "), "\xC3\xA9");
+  EXPECT_EQ(trimWhitespace("\xE2\x80\x8Bz"), "\xE2\x80\x8Bz");
+  EXPECT_EQ(trimWhitespace(" \n\r\v\f "), "");
+  EXPECT_EQ(trimWhitespace(""), "");
+}
+
+TEST(ChatTemplate, AlternationErrorsNameTheMessage) {
+  std::string e = renderError(R"([{"role": "assistant", "content": "hi"}])");
+  EXPECT_NE(e.find("messages[0] (assistant)"), std::string::npos) << e;
+  EXPECT_NE(e.find("expected a user message"), std::string::npos) << e;
+
+  e = renderError(R"([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}])");
+  EXPECT_NE(e.find("messages[1] (user)"), std::string::npos) << e;
+  EXPECT_NE(e.find("expected a assistant message"), std::string::npos) << e;
+
+  e = renderError(R"([{"role": "system", "content": "s"}, {"role": "assistant", "content": "b"}])");
+  EXPECT_NE(e.find("messages[1] (assistant)"), std::string::npos) << e;
+
+  e = renderError(R"([{"role": "user", "content": "a"}, {"role": "system", "content": "s"}])");
+  EXPECT_NE(e.find("messages[1] (system)"), std::string::npos) << e;
+  EXPECT_NE(e.find("may only come first"), std::string::npos) << e;
+}
+
+TEST(ChatTemplate, BadMessagesAreErrors) {
+  EXPECT_NE(renderError(R"([{"role": "bot", "content": "a"}])").find("unknown role 'bot'"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": "user", "content": " \n "}])").find("empty content"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": "user", "content": []}])").find("empty content"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": "user", "content": [{"type": "text", "text": null}]}])")
+                .find("content[0]"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": "user", "content": [{"type": "audio", "text": "x"}]}])")
+                .find("unknown type 'audio'"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": "user", "content": 5}])").find("'content' must be"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": 1, "content": "a"}])").find("'role' must be a string"),
+            std::string::npos);
+  EXPECT_NE(renderError(R"([{"content": "a"}])").find("has no 'role'"), std::string::npos);
+  EXPECT_NE(renderError(R"([])").find("empty"), std::string::npos);
+  EXPECT_NE(renderError(R"("hello")").find("list"), std::string::npos);
+  EXPECT_NE(renderError(R"([{"role": "system", "content": [{"type": "image"}]},
+                            {"role": "user", "content": "a"}])")
+                .find("first content part must be text"),
+            std::string::npos);
+}
+
+//===----------------------------------------------------------------------===//
+// Tokenizer
+//===----------------------------------------------------------------------===//
+
+TEST_F(DataTest, TokenizerResolvesSpecialTokensByName) {
+  const SpecialTokenIds &s = tok.special();
+  EXPECT_EQ(s.pad, 0);
+  EXPECT_EQ(s.eos, 1);
+  EXPECT_EQ(s.bos, 2);
+  EXPECT_EQ(s.startOfTurn, 4);
+  EXPECT_EQ(s.endOfTurn, 5);
+  EXPECT_EQ(s.startOfImage, 6);
+  EXPECT_EQ(s.endOfImage, 7);
+  EXPECT_EQ(s.imageSoft, 8);
+  EXPECT_EQ(tok.vocabSize(), 512);
+  EXPECT_EQ(tok.idToPiece(s.startOfTurn), "<start_of_turn>");
+
+  // The folder works as well as the file.
+  Tokenizer fromFolder;
+  ASSERT_TRUE(Tokenizer::load(fs::path(kTinyTokenizer).parent_path().string(), fromFolder).ok());
+  EXPECT_EQ(fromFolder.modelPath(), fs::path(kTinyTokenizer).string());
+}
+
+TEST_F(DataTest, TemplatedTextKeepsSpecialTokensWhole) {
+  std::vector<int32_t> ids;
+  std::vector<TokenSpan> spans;
+  std::string text = "<bos><start_of_turn>user\nhi<start_of_image><end_of_turn>\n<eos>";
+  tok.encodeTemplated(text, ids, &spans);
+  ASSERT_EQ(ids.size(), spans.size());
+  ASSERT_GE(ids.size(), 6u);
+  EXPECT_EQ(ids.front(), 2);
+  EXPECT_EQ(ids[1], 4);
+  EXPECT_EQ(ids.back(), 1);
+  int count4 = 0, count5 = 0, count6 = 0;
+  for (int32_t id : ids) {
+    count4 += id == 4;
+    count5 += id == 5;
+    count6 += id == 6;
+  }
+  EXPECT_EQ(count4, 1);
+  EXPECT_EQ(count5, 1);
+  EXPECT_EQ(count6, 1);
+  // Spans cover the string in order.
+  EXPECT_EQ(spans.front().begin, 0u);
+  EXPECT_EQ(spans.front().end, 5u);
+  EXPECT_EQ(spans.back().end, text.size());
+  // <bos> is a control symbol: plain encode() leaves it as text, as the
+  // Python sentencepiece package does.
+  std::vector<int32_t> plain;
+  tok.encode("<bos>", plain);
+  EXPECT_GT(plain.size(), 1u);
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), 2), 0);
+}
+
+TEST_F(DataTest, TokenizerErrorsNameTheFile) {
+  Tokenizer t;
+  Status s = Tokenizer::load((dir / "missing.model").string(), t);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("missing.model"), std::string::npos) << s.message();
+
+  s = Tokenizer::load(dir.string(), t);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("has no tokenizer.model"), std::string::npos) << s.message();
+
+  std::string garbage = write("garbage.model", "this is not a protobuf");
+  s = Tokenizer::load(garbage, t);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(garbage), std::string::npos) << s.message();
+  EXPECT_FALSE(t.loaded());
+
+  std::ifstream in(kTinyTokenizer, std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string truncated = write("truncated.model", bytes.substr(0, bytes.size() / 3));
+  s = Tokenizer::load(truncated, t);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(truncated), std::string::npos) << s.message();
+}
+
+TEST_F(DataTest, TokenizerWithoutGemmaTokensIsRefused) {
+  // A default SentencePiece model: <unk>, <s>, </s>, no turn markers.
+  std::string corpus = write("corpus.txt", std::string(
+      "the cat sat on the mat\nthe dog ran in the park\na bird sang in a tree\n"));
+  std::string prefix = (dir / "plain").string();
+  auto trained = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + corpus + " --model_prefix=" + prefix +
+      " --vocab_size=40 --model_type=bpe --num_threads=1 --minloglevel=2");
+  ASSERT_TRUE(trained.ok()) << trained.ToString();
+  Tokenizer t;
+  Status s = Tokenizer::load(prefix + ".model", t);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(prefix + ".model"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("<start_of_turn>"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("<pad>"), std::string::npos) << s.message();
+}
+
+//===----------------------------------------------------------------------===//
+// Formats and labels
+//===----------------------------------------------------------------------===//
+
+TEST_F(DataTest, TextIsBosTextEos) {
+  DataSplit data;
+  std::string path = write("t.jsonl", R"({"text": "The cat sat. 42"})" "\n");
+  ASSERT_TRUE(loadTrainingData(spec(path), data).ok());
+  ASSERT_EQ(data.train.size(), 1u);
+  std::vector<int32_t> expected = {2};
+  tok.encode("The cat sat. 42", expected);
+  expected.push_back(1);
+  EXPECT_EQ(data.train[0].inputIds, expected);
+  EXPECT_EQ(data.train[0].labels, expected);
+}
+
+TEST_F(DataTest, MessagesTokenizeTheRenderedConversation) {
+  std::string line =
+      R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "What is two plus three?"}]},
+                       {"role": "assistant", "content": [{"type": "text", "text": "It is five."}]}]})";
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(spec(write("m.jsonl", jsonl(line))), data).ok());
+  ASSERT_EQ(data.train.size(), 1u);
+  std::vector<int32_t> expected = {2};
+  tok.encode("<start_of_turn>user\nWhat is two plus three?<end_of_turn>\n"
+             "<start_of_turn>model\nIt is five.<end_of_turn>\n",
+             expected);
+  EXPECT_EQ(data.train[0].inputIds, expected);
+  // Full-sequence loss by default, as upstream.
+  EXPECT_EQ(data.train[0].labels, expected);
+}
+
+TEST_F(DataTest, AssistantOnlyLossTrainsAssistantTurns) {
+  std::string line = R"({"messages": [
+      {"role": "system", "content": "Be brief."},
+      {"role": "user", "content": "Hi"},
+      {"role": "assistant", "content": "Hello there."},
+      {"role": "user", "content": "Count"},
+      {"role": "assistant", "content": "one two"}]})";
+  DataSpec s = spec(write("m.jsonl", jsonl(line)));
+  s.assistantOnlyLoss = true;
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(s, data).ok());
+  ASSERT_EQ(data.train.size(), 1u);
+  const Row &row = data.train[0];
+  EXPECT_EQ(labelledText(row), "Hello there.<end_of_turn>one two<end_of_turn>");
+  // The labelled tokens are the input tokens themselves.
+  for (size_t t = 0; t < row.size(); ++t) {
+    if (row.labels[t] != kIgnoreIndex) {
+      EXPECT_EQ(row.labels[t], row.inputIds[t]);
+    }
+  }
+  EXPECT_EQ(row.labels[0], kIgnoreIndex);
+}
+
+TEST_F(DataTest, PromptCompletion) {
+  std::string path = write("pc.jsonl", R"({"prompt": "Question: capital?\nAnswer:", "completion": " Paris."})"
+                                       "\n");
+  DataSplit full;
+  ASSERT_TRUE(loadTrainingData(spec(path), full).ok());
+  std::vector<int32_t> expected = {2};
+  tok.encode("Question: capital?\nAnswer: Paris.", expected);
+  expected.push_back(1);
+  EXPECT_EQ(full.train[0].inputIds, expected);
+  EXPECT_EQ(full.train[0].labels, expected);
+
+  DataSpec s = spec(path);
+  s.assistantOnlyLoss = true;
+  DataSplit completionOnly;
+  ASSERT_TRUE(loadTrainingData(s, completionOnly).ok());
+  EXPECT_EQ(completionOnly.train[0].inputIds, expected);
+  EXPECT_EQ(labelledText(completionOnly.train[0]), " Paris.<eos>");
+
+  // Conversational prompt/completion: the completion's assistant turn only.
+  std::string conv = write("pcc.jsonl", jsonl(R"({"prompt": [{"role": "user", "content": "a"},
+      {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}],
+      "completion": [{"role": "assistant", "content": "d"}]})"));
+  DataSpec cs = spec(conv);
+  cs.assistantOnlyLoss = true;
+  DataSplit chat;
+  ASSERT_TRUE(loadTrainingData(cs, chat).ok());
+  EXPECT_EQ(labelledText(chat.train[0]), "d<end_of_turn>");
+}
+
+TEST_F(DataTest, PreTokenizedLinesStillWork) {
+  DataSplit data;
+  std::string path =
+      write("tok.jsonl", "{\"input_ids\": [2, 10, 11, 1], \"labels\": [-100, 10, 11, 1]}\n"
+                         "{\"input_ids\": [2, 12]}\n");
+  DataSpec s = spec(path);
+  s.tokenizerPath.clear();
+  ASSERT_TRUE(loadTrainingData(s, data).ok());
+  ASSERT_EQ(data.train.size(), 2u);
+  EXPECT_EQ(data.train[0].labels, (std::vector<int32_t>{-100, 10, 11, 1}));
+  EXPECT_EQ(data.train[1].labels, (std::vector<int32_t>{2, 12}));
+
+  std::string bad = write("bad.jsonl", "{\"input_ids\": [2, 512]}\n");
+  s = spec(bad);
+  Status st = loadTrainingData(s, data);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(bad + ":1: field 'input_ids'[1] = 512"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(DataTest, ImagesDroppedOrMasked) {
+  std::string lines =
+      R"({"messages": [{"role": "user", "content": [{"type": "image", "text": null}, {"type": "text", "text": "What is it?"}]}, {"role": "assistant", "content": "A boat."}]})"
+      "\n"
+      R"({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]})"
+      "\n";
+  std::string path = write("img.jsonl", lines);
+  DataSplit dropped;
+  ASSERT_TRUE(loadTrainingData(spec(path), dropped).ok());
+  EXPECT_EQ(dropped.stats.imageSamples, 1);
+  ASSERT_EQ(dropped.train.size(), 1u);
+  EXPECT_EQ(std::count(dropped.train[0].inputIds.begin(), dropped.train[0].inputIds.end(), 6), 0);
+
+  DataSpec s = spec(path);
+  s.images = "mask";
+  DataSplit masked;
+  ASSERT_TRUE(loadTrainingData(s, masked).ok());
+  EXPECT_EQ(masked.stats.imageSamples, 1);
+  ASSERT_EQ(masked.train.size(), 2u);
+  const Row &row = masked.train[0];
+  size_t images = 0;
+  for (size_t t = 0; t < row.size(); ++t) {
+    if (row.inputIds[t] == 6) {
+      ++images;
+      EXPECT_EQ(row.labels[t], kIgnoreIndex);
+    } else {
+      EXPECT_EQ(row.labels[t], row.inputIds[t]);
+    }
+  }
+  EXPECT_EQ(images, 1u);
+
+  // Only image samples, dropped: the error says why there is nothing left.
+  std::string onlyImages = write("only.jsonl", lines.substr(0, lines.find('\n') + 1));
+  Status st = loadTrainingData(spec(onlyImages), dropped);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("no training examples"), std::string::npos) << st.message();
+  EXPECT_NE(st.message().find("--images mask"), std::string::npos) << st.message();
+
+  s.images = "blur";
+  EXPECT_FALSE(loadTrainingData(s, masked).ok());
+}
+
+TEST_F(DataTest, RightTruncation) {
+  std::string path = write("long.jsonl", R"({"text": "The library is open from nine in the morning until eight in the evening."})"
+                                         "\n" R"({"text": "Hi"})" "\n");
+  DataSpec s = spec(path);
+  s.seqLen = 8;
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(s, data).ok());
+  EXPECT_EQ(data.stats.truncated, 1);
+  ASSERT_EQ(data.train.size(), 2u);
+  EXPECT_EQ(data.train[0].size(), 8u);
+  EXPECT_EQ(data.train[0].inputIds[0], 2);
+  EXPECT_NE(data.train[0].inputIds.back(), 1); // the tail, eos included, is cut
+  EXPECT_LT(data.train[1].size(), 8u);
+}
+
+TEST_F(DataTest, FormatDetection) {
+  DataSplit data;
+  Status s = loadTrainingData(spec(write("amb.jsonl", R"({"text": "a", "messages": []})" "\n")), data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(":1: ambiguous format"), std::string::npos) << s.message();
+
+  s = loadTrainingData(spec(write("unk.jsonl", R"({"content": "a"})" "\n")), data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(":1: unknown format"), std::string::npos) << s.message();
+
+  s = loadTrainingData(spec(write("half.jsonl", R"({"prompt": "a"})" "\n")), data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("'completion' is missing"), std::string::npos) << s.message();
+
+  DataSpec forced = spec(write("forced.jsonl", R"({"text": "a"})" "\n"));
+  forced.format = "messages";
+  s = loadTrainingData(forced, data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("field 'messages' is missing"), std::string::npos) << s.message();
+
+  // An explicit format settles a line that has several formats' fields.
+  DataSpec text = spec(write("both.jsonl", R"({"text": "a b", "messages": 5})" "\n"));
+  text.format = "text";
+  DataSplit ok;
+  ASSERT_TRUE(loadTrainingData(text, ok).ok());
+  EXPECT_EQ(ok.train.size(), 1u);
+
+  forced.format = "chat";
+  s = loadTrainingData(forced, data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("unknown data format 'chat'"), std::string::npos);
+}
+
+TEST_F(DataTest, BadLinesAreFatalOrSkipped) {
+  std::string path = write("mixed.jsonl",
+                           R"({"text": "good one"})" "\n"
+                           R"({"messages": [{"role": "assistant", "content": "x"}]})" "\n"
+                           "\n"
+                           R"({"messages": [{"role": "robot", "content": "x"}]})" "\n"
+                           "{not json\n"
+                           R"({"text": ""})" "\n"
+                           R"({"text": "good two"})" "\n");
+  DataSplit data;
+  Status s = loadTrainingData(spec(path), data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(path + ":2: messages[0] (assistant)"), std::string::npos)
+      << s.message();
+
+  DataSpec skip = spec(path);
+  skip.skipBadLines = true;
+  DataSplit skipped;
+  ASSERT_TRUE(loadTrainingData(skip, skipped).ok());
+  EXPECT_EQ(skipped.stats.lines, 7);
+  EXPECT_EQ(skipped.stats.skipped, 4);
+  EXPECT_EQ(skipped.train.size(), 2u);
+  ASSERT_EQ(skipped.warnings.size(), 4u);
+  EXPECT_NE(skipped.warnings[0].find(path + ":2:"), std::string::npos);
+  EXPECT_NE(skipped.warnings[1].find(path + ":4: messages[0] has unknown role 'robot'"),
+            std::string::npos)
+      << skipped.warnings[1];
+  EXPECT_NE(skipped.warnings[2].find(path + ":5: not valid JSON"), std::string::npos);
+  EXPECT_NE(skipped.warnings[3].find(path + ":6: field 'text' is empty"), std::string::npos);
+}
+
+TEST_F(DataTest, TextWithoutTokenizerIsASetupError) {
+  DataSpec s = spec(write("t.jsonl", R"({"input_ids": [2, 3]})" "\n" R"({"text": "a"})" "\n"));
+  s.tokenizerPath.clear();
+  s.skipBadLines = true; // not a bad line: skipping would drop every text line
+  DataSplit data;
+  Status st = loadTrainingData(s, data);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(":2: a text line needs a tokenizer"), std::string::npos)
+      << st.message();
+}
+
+TEST_F(DataTest, EmptyDataAndBadTokenizerAreErrors) {
+  DataSplit data;
+  std::string empty = write("empty.jsonl", "\n  \n");
+  Status s = loadTrainingData(spec(empty), data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), empty + ": no training examples");
+
+  DataSpec small = spec(write("a.jsonl", R"({"text": "a"})" "\n"));
+  small.vocabSize = 100;
+  s = loadTrainingData(small, data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("more than the model's vocab_size 100"), std::string::npos);
+
+  DataSpec missing = spec(write("b.jsonl", R"({"text": "a"})" "\n"));
+  missing.tokenizerPath = (dir / "nothing").string();
+  s = loadTrainingData(missing, data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("nothing"), std::string::npos);
+}
+
+//===----------------------------------------------------------------------===//
+// Packing
+//===----------------------------------------------------------------------===//
+
+TEST(Packing, DocumentsAreIsolated) {
+  std::vector<Row> examples = {Row::single({10, 11, 12}, {10, 11, 12}),
+                               Row::single({20, 21, 22, 23}, {-100, 21, 22, 23}),
+                               Row::single({30, 31, 32, 33, 34}, {30, 31, 32, 33, 34})};
+  std::vector<Row> rows = packRows(examples, 8);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].inputIds, (std::vector<int32_t>{10, 11, 12, 20, 21, 22, 23}));
+  EXPECT_EQ(rows[0].segmentIds, (std::vector<int32_t>{1, 1, 1, 2, 2, 2, 2}));
+  EXPECT_EQ(rows[0].positions, (std::vector<int32_t>{0, 1, 2, 0, 1, 2, 3}));
+  EXPECT_EQ(rows[0].labels, (std::vector<int32_t>{10, 11, 12, -100, 21, 22, 23}));
+  EXPECT_EQ(rows[1].segmentIds, (std::vector<int32_t>{1, 1, 1, 1, 1}));
+
+  MicroBatch mb;
+  assembleMicroBatch(rows, {0, 1}, 3, 8, 0, mb);
+  // Row 0: targets are the next label within a document only.
+  std::vector<int32_t> row0(mb.targets.begin(), mb.targets.begin() + 8);
+  EXPECT_EQ(row0, (std::vector<int32_t>{11, 12, -100, 21, 22, 23, -100, -100}));
+  std::vector<int32_t> seg0(mb.segmentIds.begin(), mb.segmentIds.begin() + 8);
+  EXPECT_EQ(seg0, (std::vector<int32_t>{1, 1, 1, 2, 2, 2, 2, 0}));
+  std::vector<int32_t> pos0(mb.positions.begin(), mb.positions.begin() + 7);
+  EXPECT_EQ(pos0, (std::vector<int32_t>{0, 1, 2, 0, 1, 2, 3}));
+  EXPECT_EQ(mb.tokens, 12);
+  EXPECT_EQ(mb.labelCount, 11);
+  // The third row is padding.
+  for (int t = 16; t < 24; ++t) {
+    EXPECT_EQ(mb.inputIds[size_t(t)], 0);
+    EXPECT_EQ(mb.targets[size_t(t)], kIgnoreIndex);
+    EXPECT_EQ(mb.segmentIds[size_t(t)], 0);
+  }
+}
+
+TEST_F(DataTest, PackingThroughTheLoader) {
+  std::string lines;
+  for (int i = 0; i < 12; ++i)
+    lines += R"({"text": "Count )" + std::to_string(i) + R"( and then some more words."})" "\n";
+  std::string longLine = R"({"text": ")" + std::string(300, 'a') + R"("})" "\n";
+  std::string path = write("p.jsonl", lines + longLine);
+  DataSpec unpacked = spec(path);
+  unpacked.seqLen = 64;
+  DataSplit single;
+  ASSERT_TRUE(loadTrainingData(unpacked, single).ok());
+  ASSERT_EQ(single.train.size(), 13u);
+  EXPECT_EQ(single.stats.truncated, 1);
+
+  DataSpec packed = unpacked;
+  packed.packing = true;
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(packed, data).ok());
+  EXPECT_LT(data.train.size(), 13u);
+  EXPECT_EQ(data.stats.trainExamples, 13);
+  size_t tokens = 0, documents = 0;
+  std::vector<int32_t> all;
+  for (const Row &r : data.train) {
+    ASSERT_LE(r.size(), 64u);
+    tokens += r.size();
+    EXPECT_EQ(r.segmentIds.front(), 1);
+    for (size_t t = 0; t < r.size(); ++t) {
+      bool starts = t == 0 || r.segmentIds[t] != r.segmentIds[t - 1];
+      if (starts) {
+        ++documents;
+        EXPECT_EQ(r.positions[t], 0);
+        EXPECT_EQ(r.inputIds[t], 2); // every document starts with <bos>
+        if (t > 0) {
+          EXPECT_EQ(r.segmentIds[t], r.segmentIds[t - 1] + 1);
+        }
+      } else {
+        EXPECT_EQ(r.positions[t], r.positions[t - 1] + 1);
+      }
+    }
+    all.insert(all.end(), r.inputIds.begin(), r.inputIds.end());
+  }
+  EXPECT_EQ(documents, 13u);
+  size_t unpackedTokens = 0;
+  std::vector<int32_t> allSingle;
+  for (const Row &r : single.train) {
+    unpackedTokens += r.size();
+    allSingle.insert(allSingle.end(), r.inputIds.begin(), r.inputIds.end());
+  }
+  EXPECT_EQ(tokens, unpackedTokens);
+  EXPECT_EQ(all, allSingle); // same documents, same order
+}
+
+//===----------------------------------------------------------------------===//
+// Train/eval split
+//===----------------------------------------------------------------------===//
+
+TEST(Split, SeededDeterministicAndProportional) {
+  std::vector<size_t> train, eval, train2, eval2, train3, eval3;
+  splitExamples(100, 0.1, 42, train, eval);
+  EXPECT_EQ(eval.size(), 10u);
+  EXPECT_EQ(train.size(), 90u);
+  std::set<size_t> all(train.begin(), train.end());
+  all.insert(eval.begin(), eval.end());
+  EXPECT_EQ(all.size(), 100u);
+  EXPECT_TRUE(std::is_sorted(train.begin(), train.end()));
+  EXPECT_TRUE(std::is_sorted(eval.begin(), eval.end()));
+  // Not simply the tail (R1's unshuffled split) nor the head.
+  EXPECT_NE(eval, (std::vector<size_t>{90, 91, 92, 93, 94, 95, 96, 97, 98, 99}));
+  EXPECT_NE(eval.back(), 9u);
+
+  splitExamples(100, 0.1, 42, train2, eval2);
+  EXPECT_EQ(eval, eval2);
+  EXPECT_EQ(train, train2);
+  splitExamples(100, 0.1, 7, train3, eval3);
+  EXPECT_NE(eval, eval3);
+
+  // HF's train_test_split rounds the test count up.
+  splitExamples(15, 0.1, 42, train, eval);
+  EXPECT_EQ(eval.size(), 2u);
+  splitExamples(15, 0.0, 42, train, eval);
+  EXPECT_TRUE(eval.empty());
+  EXPECT_EQ(train.size(), 15u);
+}
+
+TEST_F(DataTest, SplitThroughTheLoader) {
+  std::string lines;
+  for (int i = 0; i < 20; ++i)
+    lines += R"({"text": "line )" + std::to_string(i) + R"("})" "\n";
+  DataSpec s = spec(write("s.jsonl", lines));
+  s.testSize = 0.25;
+  s.seed = 3;
+  DataSplit a, b;
+  ASSERT_TRUE(loadTrainingData(s, a).ok());
+  ASSERT_TRUE(loadTrainingData(s, b).ok());
+  EXPECT_EQ(a.eval.size(), 5u);
+  EXPECT_EQ(a.train.size(), 15u);
+  EXPECT_EQ(a.stats.evalExamples, 5);
+  ASSERT_EQ(a.eval.size(), b.eval.size());
+  for (size_t i = 0; i < a.eval.size(); ++i)
+    EXPECT_EQ(a.eval[i].inputIds, b.eval[i].inputIds);
+
+  // Packing comes after the split: eval rows hold only eval examples.
+  s.packing = true;
+  DataSplit packed;
+  ASSERT_TRUE(loadTrainingData(s, packed).ok());
+  std::vector<int32_t> evalTokens, packedEvalTokens;
+  for (const Row &r : a.eval)
+    evalTokens.insert(evalTokens.end(), r.inputIds.begin(), r.inputIds.end());
+  for (const Row &r : packed.eval)
+    packedEvalTokens.insert(packedEvalTokens.end(), r.inputIds.begin(), r.inputIds.end());
+  EXPECT_EQ(evalTokens, packedEvalTokens);
+  EXPECT_EQ(packed.eval.size(), 1u);
+
+  DataSpec one = spec(write("one.jsonl", R"({"text": "a"})" "\n"));
+  one.testSize = 0.5;
+  Status st = loadTrainingData(one, a);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("leaves none"), std::string::npos) << st.message();
+  one.testSize = 1.0;
+  EXPECT_FALSE(loadTrainingData(one, a).ok());
+}
+
+TEST_F(DataTest, DumpRows) {
+  std::vector<Row> rows = packRows({Row::single({2, 5}, {-100, 5}), Row::single({2, 6}, {2, 6})}, 8);
+  std::string path = (dir / "dump.jsonl").string();
+  ASSERT_TRUE(writeRowsJsonl(path, rows).ok());
+  std::ifstream in(path);
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  nlohmann::json j = nlohmann::json::parse(line);
+  EXPECT_EQ(j["input_ids"], nlohmann::json({2, 5, 2, 6}));
+  EXPECT_EQ(j["labels"], nlohmann::json({-100, 5, 2, 6}));
+  EXPECT_EQ(j["segment_ids"], nlohmann::json({1, 1, 2, 2}));
+  EXPECT_EQ(j["positions"], nlohmann::json({0, 1, 0, 1}));
+  EXPECT_FALSE(std::getline(in, line));
+}
+
+} // namespace
