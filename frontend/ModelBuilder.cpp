@@ -120,8 +120,11 @@ private:
   int64_t batch = 0, seq = 0, tokens = 0;
   Value positions, segmentIds, rngKey;
   int64_t nextStream = 0;
-  /// Router logits and choices of every MoE layer, for the auxiliary losses.
+  /// Router logits and choices of every MoE layer, for the auxiliary losses
+  /// and the statistics, and the layer each belongs to.
   SmallVector<Value> routerLogits, routerIndices;
+  SmallVector<int64_t> routerLayers;
+  int64_t currentLayer = 0;
 };
 
 Value StepBuilder::attention(Value x, int64_t layer, const std::string &prefix) {
@@ -209,6 +212,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   }
   routerLogits.push_back(logits);
   routerIndices.push_back(indices);
+  routerLayers.push_back(currentLayer);
 
   at(prefix + "moe.experts");
   auto dispatch = g3moe::MoEDispatchOp::create(
@@ -333,6 +337,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   nextStream = 0;
   routerLogits.clear();
   routerIndices.clear();
+  routerLayers.clear();
   rngKey = Value();
   loc = UnknownLoc::get(&ctx);
   batch = t.microBatch;
@@ -354,6 +359,19 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   SmallVector<Type> resultTypes(evalOutputs ? 3 : 1, tensor({}, f32()));
   if (logitsOnly)
     resultTypes = {tensor({t.microBatch, t.seqLen, m.vocabSize}, f32())};
+  // The training forward also returns the MoE statistics: the expert load of
+  // every MoE layer and the load-balancing loss (logged even when it is not
+  // part of the loss).
+  bool moeStats = training && m.isMoE();
+  SmallVector<int64_t> moeLayers;
+  for (int64_t l = 0; l < m.numLayers; ++l)
+    if (m.layers[l].moe)
+      moeLayers.push_back(l);
+  if (moeStats) {
+    for (size_t i = 0; i < moeLayers.size(); ++i)
+      resultTypes.push_back(tensor({m.numExperts}, f32()));
+    resultTypes.push_back(tensor({}, f32()));
+  }
   auto funcType = b.getFunctionType(argTypes, resultTypes);
   auto func = func::FuncOp::create(b, loc, name, funcType);
   func->setAttr("g3moe.mode", b.getStringAttr(training ? "train" : "eval"));
@@ -363,6 +381,12 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   if (evalOutputs) {
     func.setResultAttr(1, "g3moe.output", b.getStringAttr("correct_tokens"));
     func.setResultAttr(2, "g3moe.output", b.getStringAttr("counted_tokens"));
+  }
+  if (moeStats) {
+    for (auto [i, l] : llvm::enumerate(moeLayers))
+      func.setResultAttr(1 + i, "g3moe.output",
+                         b.getStringAttr("moe_load:" + std::to_string(l)));
+    func.setResultAttr(1 + moeLayers.size(), "g3moe.output", b.getStringAttr("moe_aux_loss"));
   }
 
   Block *entry = func.addEntryBlock();
@@ -385,6 +409,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   std::string ffnName = m.isMoE() ? "moe." : "mlp.";
   for (int64_t layer = 0; layer < m.numLayers; ++layer) {
     std::string prefix = "model.layers." + std::to_string(layer) + ".";
+    currentLayer = layer;
     at(prefix + "input_layernorm");
     Value a = rmsNorm(x, prefix + "input_layernorm.weight");
     a = attention(a, layer, prefix);
@@ -440,6 +465,20 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
     loss = g3moe::LossSumOp::create(b, loc, tensor({}, f32()), terms,
                                     b.getDenseF64ArrayAttr(coefficients));
   SmallVector<Value> results = {logitsOnly ? logits : loss};
+  if (moeStats) {
+    at("moe_statistics");
+    for (Value idx : routerIndices)
+      results.push_back(g3moe::ExpertLoadOp::create(b, loc, tensor({m.numExperts}, f32()),
+                                                   idx, segmentIds,
+                                                   b.getI64IntegerAttr(m.numExperts)));
+    Value aux = terms.size() > 1 && t.loadBalancingLoss
+                    ? terms[1]
+                    : g3moe::LoadBalancingLossOp::create(
+                          b, loc, tensor({}, f32()), routerLogits, routerIndices, segmentIds,
+                          b.getI64IntegerAttr(m.numExperts))
+                          .getResult();
+    results.push_back(aux);
+  }
   if (evalOutputs) {
     auto accuracy = g3moe::TokenAccuracyOp::create(
         b, loc, tensor({}, f32()), tensor({}, f32()), logits, targets,

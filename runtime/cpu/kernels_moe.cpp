@@ -1040,7 +1040,37 @@ Status lossSum(const KernelArgs &args) {
 
 } // namespace
 
+/// Routing slots per expert over the real tokens: the MoE load statistic.
+Status expertLoad(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &idx = args.inputs[0], &seg = args.inputs[1], &out = args.outputs[0];
+  int64_t experts;
+  G3RT_RETURN_IF_ERROR(args.requireInt("num_experts", experts));
+  int64_t tokens = seg.numel();
+  if (idx.rank() < 1 || idx.rows() != tokens)
+    return args.fail("indices must have one row per token (" + str(tokens) + ")");
+  G3RT_RETURN_IF_ERROR(checkFloat(args, out, "result"));
+  if (out.numel() != experts)
+    return args.fail("result must hold " + str(experts) + " counts");
+  std::vector<float> counts(size_t(experts), 0.0f);
+  int64_t k = idx.dim(-1);
+  for (int64_t n = 0; n < tokens; ++n) {
+    if (seg.i32()[n] == 0)
+      continue;
+    for (int64_t j = 0; j < k; ++j) {
+      int64_t e = idx.i32()[n * k + j];
+      if (e < 0 || e >= experts)
+        return args.fail("expert index " + str(e) + " at token " + str(n) +
+                         " is outside [0, " + str(experts) + ")");
+      counts[size_t(e)] += 1;
+    }
+  }
+  fromFloat(out, counts);
+  return Status();
+}
+
 void registerMoEKernels(KernelTable &table) {
+  table.emplace_back("expert_load", &expertLoad);
   table.emplace_back("sparsemixer_router", &sparseMixerRouter);
   table.emplace_back("sparsemixer_router_grad", &sparseMixerRouterGrad);
   table.emplace_back("softmax_topk_router", &softmaxTopKRouter);

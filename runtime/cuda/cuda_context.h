@@ -55,6 +55,7 @@ void registerCudaDenseKernels(KernelTable &table);
 void registerCudaAttentionKernels(KernelTable &table);
 void registerCudaMoEKernels(KernelTable &table);
 void registerCudaOptimizerKernels(KernelTable &table);
+void registerCudaStatsKernels(KernelTable &table);
 
 } // namespace g3rt::cuda
 

@@ -23,6 +23,7 @@ static const KernelTable &table() {
     registerCudaAttentionKernels(t);
     registerCudaMoEKernels(t);
     registerCudaOptimizerKernels(t);
+    registerCudaStatsKernels(t);
     std::sort(t.begin(), t.end());
     return t;
   }();

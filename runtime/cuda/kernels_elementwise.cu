@@ -1,9 +1,381 @@
-//===- kernels_elementwise.cu - CUDA kernels -----------------------------------------===//
+//===- kernels_elementwise.cu - elementwise and plumbing CUDA kernels -----===//
+//
+// The CUDA versions of the elementwise ops (add, mul, scale, the GeGLU product
+// and its gradient, dropout), the dtype plumbing (convert, copy, fill) and the
+// counter-based random_uniform, with the math and checks of
+// runtime/cpu/kernels_elementwise.cpp. Each thread widens its elements to
+// fp32, computes in fp32 and rounds once on store; a thread reads all of an
+// element's inputs before writing its outputs, so outputs may alias inputs as
+// they may on the CPU.
+//
+// Products and sums that the CPU evaluates as separate fp32 operations use the
+// _rn intrinsics here, which nvcc never fuses into an FMA: the host reference
+// is built without FMA contraction, so these kernels then round exactly as it
+// does and agree with it bit for bit wherever no libm function is involved.
+//
+//===----------------------------------------------------------------------===//
 
+#include "runtime/base/random.h"
 #include "runtime/cuda/cuda_context.h"
 
-namespace g3rt::cuda {
+#include <algorithm>
+#include <cmath>
+#include <string>
 
-void registerCudaElementwiseKernels(KernelTable &table) { (void)table; }
+namespace g3rt::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+/// Grid-stride loops cover any size; more blocks than this only add
+/// scheduling work once every SM is full.
+constexpr int64_t kMaxBlocks = 8192;
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCubic = 0.044715f;
+
+unsigned blocksFor(int64_t n) {
+  return unsigned(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
+}
+
+__device__ __forceinline__ int64_t globalThread() {
+  return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t gridStride() { return int64_t(gridDim.x) * blockDim.x; }
+
+//===----------------------------------------------------------------------===//
+// Checks (as on the CPU)
+//===----------------------------------------------------------------------===//
+
+Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
+  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
+    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
+                     std::to_string(outputs) + " outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  return Status();
+}
+
+Status checkFloatOperands(const KernelArgs &args, std::initializer_list<const TensorView *> views) {
+  int64_t n = args.outputs[0].numel();
+  for (const TensorView *t : views) {
+    if (!isFloat(t->dtype))
+      return args.fail("expected a float tensor, got " + std::string(dtypeName(t->dtype)) + " " +
+                       shapeString(t->shape));
+    if (t->numel() != n)
+      return args.fail("element count mismatch: " + shapeString(t->shape) + " vs output " +
+                       shapeString(args.outputs[0].shape));
+  }
+  return Status();
+}
+
+inline bool isInteger(DType t) { return t == DType::I32 || t == DType::I64; }
+
+/// A tensor's data and element type, as kernels take them.
+struct Ref {
+  const void *data;
+  DType dtype;
+};
+struct MutRef {
+  void *data;
+  DType dtype;
+};
+Ref in(const TensorView &t) { return {t.data, t.dtype}; }
+MutRef out(const TensorView &t) { return {t.data, t.dtype}; }
+
+//===----------------------------------------------------------------------===//
+// Device code
+//===----------------------------------------------------------------------===//
+
+enum class Binary { Add, Mul };
+
+template <Binary Op>
+__global__ void binaryKernel(Ref a, Ref b, MutRef y, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride()) {
+    float x0 = loadFloat(a.data, a.dtype, i), x1 = loadFloat(b.data, b.dtype, i);
+    storeFloat(y.data, y.dtype, i, Op == Binary::Add ? __fadd_rn(x0, x1) : __fmul_rn(x0, x1));
+  }
+}
+
+__global__ void scaleKernelDevice(Ref x, MutRef y, float factor, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride())
+    storeFloat(y.data, y.dtype, i, __fmul_rn(factor, loadFloat(x.data, x.dtype, i)));
+}
+
+__global__ void convertFloatKernel(Ref x, MutRef y, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride())
+    storeFloat(y.data, y.dtype, i, loadFloat(x.data, x.dtype, i));
+}
+
+// Through int64, so that i64 values above 2^24 survive (loadFloat would not).
+__global__ void convertIntKernel(Ref x, MutRef y, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride()) {
+    int64_t v = loadIndex(x.data, x.dtype, i);
+    if (y.dtype == DType::I64)
+      static_cast<int64_t *>(y.data)[i] = v;
+    else
+      static_cast<int32_t *>(y.data)[i] = int32_t(v);
+  }
+}
+
+__global__ void fillFloatKernel(MutRef y, float v, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride())
+    storeFloat(y.data, y.dtype, i, v);
+}
+
+__global__ void fillIntKernel(MutRef y, int64_t v, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride()) {
+    if (y.dtype == DType::I64)
+      static_cast<int64_t *>(y.data)[i] = v;
+    else
+      static_cast<int32_t *>(y.data)[i] = int32_t(v);
+  }
+}
+
+// One Philox block yields the four consecutive elements 4b..4b+3 (uniformAt
+// uses word index & 3 of block index >> 2), so each thread draws one block
+// instead of evaluating it four times. The key is read here: it is device
+// data of this micro-batch.
+__global__ void randomUniformDevice(const int64_t *key, uint32_t stream, double low, double span,
+                                    MutRef y, int64_t n) {
+  const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
+  const int64_t blocks = (n + 3) / 4;
+  for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
+    Philox4x32Block ctr = {{uint32_t(uint64_t(b)), stream, uint32_t(counter),
+                            uint32_t(counter >> 32)}};
+    Philox4x32Block r = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
+    for (int j = 0; j < 4; ++j) {
+      int64_t i = b * 4 + j;
+      if (i < n) // the affine map in double: the store is the only rounding
+        storeFloat(y.data, y.dtype, i, float(low + span * double(uniformFromBits(r.v[j]))));
+    }
+  }
+}
+
+__global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float keep, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride()) {
+    float xv = loadFloat(x.data, x.dtype, i), uv = loadFloat(u.data, u.dtype, i);
+    storeFloat(y.data, y.dtype, i, uv >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
+  }
+}
+
+/// tanh(√(2/π)(g + 0.044715 g³)), each product rounded as the CPU rounds it.
+__device__ __forceinline__ float geluInnerTanh(float g) {
+  float cube = __fmul_rn(__fmul_rn(__fmul_rn(kGeluCubic, g), g), g);
+  return tanhf(__fmul_rn(kSqrt2OverPi, __fadd_rn(g, cube)));
+}
+
+__global__ void geluTanhMulDevice(Ref gate, Ref up, MutRef y, int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride()) {
+    float g = loadFloat(gate.data, gate.dtype, i), u = loadFloat(up.data, up.dtype, i);
+    float t = geluInnerTanh(g);
+    float v = __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, t)), u);
+    storeFloat(y.data, y.dtype, i, v);
+  }
+}
+
+__global__ void geluTanhMulGradDevice(Ref gate, Ref up, Ref dy, MutRef dgate, MutRef dup,
+                                      int64_t n) {
+  for (int64_t i = globalThread(); i < n; i += gridStride()) {
+    float g = loadFloat(gate.data, gate.dtype, i), u = loadFloat(up.data, up.dtype, i);
+    float d = loadFloat(dy.data, dy.dtype, i);
+    float t = geluInnerTanh(g);
+    float onePlusT = __fadd_rn(1.0f, t);
+    float value = __fmul_rn(__fmul_rn(0.5f, g), onePlusT);
+    // 0.5(1 + t) + 0.5 g (1 - t²) √(2/π) (1 + 3·0.044715 g²)
+    float sech2 = __fsub_rn(1.0f, __fmul_rn(t, t));
+    float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(__fmul_rn(3.0f, kGeluCubic), g), g));
+    float slope = __fadd_rn(__fmul_rn(0.5f, onePlusT),
+                            __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), sech2), kSqrt2OverPi),
+                                      poly));
+    storeFloat(dgate.data, dgate.dtype, i, __fmul_rn(__fmul_rn(d, u), slope));
+    storeFloat(dup.data, dup.dtype, i, __fmul_rn(d, value));
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Kernels
+//===----------------------------------------------------------------------===//
+
+template <Binary Op> Status binaryKernelHost(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  binaryKernel<Op><<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+      in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, Op == Binary::Add ? "add" : "mul");
+  return Status();
+}
+
+Status scaleKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&args.inputs[0], &args.outputs[0]}));
+  double factor;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("factor", factor));
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  scaleKernelDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+      in(args.inputs[0]), out(args.outputs[0]), float(factor), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "scale");
+  return Status();
+}
+
+Status convertElements(const KernelArgs &args, const TensorView &x, const TensorView &y) {
+  if (x.numel() != y.numel())
+    return args.fail("element count mismatch: " + shapeString(x.shape) + " vs " +
+                     shapeString(y.shape));
+  cudaStream_t stream = contextOf(args).stream;
+  int64_t n = y.numel();
+  if (x.dtype == y.dtype) {
+    if (x.data != y.data && y.bytes() > 0) {
+      cudaError_t e = cudaMemcpyAsync(y.data, x.data, y.bytes(), cudaMemcpyDeviceToDevice, stream);
+      if (e != cudaSuccess)
+        return cudaFailure(args, e, "copying");
+    }
+    return Status();
+  }
+  if (isInteger(x.dtype) && isInteger(y.dtype)) {
+    if (n > 0) {
+      convertIntKernel<<<blocksFor(n), kThreads, 0, stream>>>(in(x), out(y), n);
+      G3RT_CUDA_CHECK_LAUNCH(args, "converting integers");
+    }
+    return Status();
+  }
+  if (!isFloat(x.dtype) || !isFloat(y.dtype))
+    return args.fail("cannot convert " + std::string(dtypeName(x.dtype)) + " to " +
+                     std::string(dtypeName(y.dtype)));
+  if (n > 0) {
+    convertFloatKernel<<<blocksFor(n), kThreads, 0, stream>>>(in(x), out(y), n);
+    G3RT_CUDA_CHECK_LAUNCH(args, "converting");
+  }
+  return Status();
+}
+
+Status convertKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  return convertElements(args, args.inputs[0], args.outputs[0]);
+}
+
+Status copyKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  return convertElements(args, args.inputs[0], args.outputs[0]);
+}
+
+Status fillKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 0, 1));
+  double value;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("value", value));
+  const TensorView &y = args.outputs[0];
+  int64_t n = y.numel();
+  cudaStream_t stream = contextOf(args).stream;
+  if (isInteger(y.dtype)) {
+    if (value != std::floor(value))
+      return args.fail("value " + std::to_string(value) + " is not an integer but the output is " +
+                       std::string(dtypeName(y.dtype)));
+    if (n > 0) {
+      fillIntKernel<<<blocksFor(n), kThreads, 0, stream>>>(out(y), int64_t(value), n);
+      G3RT_CUDA_CHECK_LAUNCH(args, "fill");
+    }
+    return Status();
+  }
+  if (!isFloat(y.dtype))
+    return args.fail("unsupported output type " + std::string(dtypeName(y.dtype)));
+  if (n > 0) {
+    fillFloatKernel<<<blocksFor(n), kThreads, 0, stream>>>(out(y), float(value), n);
+    G3RT_CUDA_CHECK_LAUNCH(args, "fill");
+  }
+  return Status();
+}
+
+Status randomUniformKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  const TensorView &key = args.inputs[0], &y = args.outputs[0];
+  if (key.dtype != DType::I64 || key.numel() != 2)
+    return args.fail("key must be i64 [2] (seed, counter), got " +
+                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
+  if (!isFloat(y.dtype))
+    return args.fail("output must be a float tensor, got " + std::string(dtypeName(y.dtype)));
+  int64_t stream;
+  double low, high;
+  G3RT_RETURN_IF_ERROR(args.requireInt("stream", stream));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
+  if (stream < 0 || stream > int64_t(UINT32_MAX))
+    return args.fail("stream " + std::to_string(stream) + " is outside [0, 2^32)");
+  if (uint64_t(y.numel()) > kMaxStreamElements)
+    return args.fail("output of " + std::to_string(y.numel()) +
+                     " elements exceeds one random stream");
+  int64_t n = y.numel();
+  if (n == 0)
+    return Status();
+  randomUniformDevice<<<blocksFor((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
+      static_cast<const int64_t *>(key.data), uint32_t(stream), low, high - low, out(y), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "random_uniform");
+  return Status();
+}
+
+Status dropoutKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  double p;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
+  if (!(p >= 0 && p <= 1))
+    return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  // As on the CPU: the threshold is compared in fp32 and, with p = 1, the
+  // division by zero is never evaluated (u < 1 always).
+  dropoutDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+      in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), float(p), float(1.0 - p), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "dropout");
+  return Status();
+}
+
+Status geluTanhMulKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  geluTanhMulDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+      in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul");
+  return Status();
+}
+
+Status geluTanhMulGradKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.inputs[2],
+                                                 &args.outputs[0], &args.outputs[1]}));
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  geluTanhMulGradDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+      in(args.inputs[0]), in(args.inputs[1]), in(args.inputs[2]), out(args.outputs[0]),
+      out(args.outputs[1]), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul_grad");
+  return Status();
+}
+
+} // namespace
+
+void registerCudaElementwiseKernels(KernelTable &table) {
+  table.emplace_back("add", binaryKernelHost<Binary::Add>);
+  table.emplace_back("mul", binaryKernelHost<Binary::Mul>);
+  table.emplace_back("scale", scaleKernel);
+  table.emplace_back("convert", convertKernel);
+  table.emplace_back("copy", copyKernel);
+  table.emplace_back("fill", fillKernel);
+  table.emplace_back("random_uniform", randomUniformKernel);
+  table.emplace_back("dropout", dropoutKernel);
+  table.emplace_back("gelu_tanh_mul", geluTanhMulKernel);
+  table.emplace_back("gelu_tanh_mul_grad", geluTanhMulGradKernel);
+}
 
 } // namespace g3rt::cuda

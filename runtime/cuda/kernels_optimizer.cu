@@ -1,9 +1,352 @@
-//===- kernels_optimizer.cu - CUDA kernels -----------------------------------------===//
+//===- kernels_optimizer.cu - clipping, schedule and AdamW CUDA kernels ---===//
+//
+// The CUDA versions of global_norm, clip_scale, lr_schedule and adamw, with
+// the math of runtime/cpu/kernels_optimizer.cpp. Their scalar operands (the
+// norm, step counters, learning rate, gradient scale) stay on the device:
+// small kernels read them there, so an optimizer step never waits on the
+// host. The per-element AdamW arithmetic uses the _rn intrinsics, which nvcc
+// never fuses into FMAs, so it rounds exactly as the (unfused) CPU reference.
+//
+//===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
 
-namespace g3rt::cuda {
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
 
-void registerCudaOptimizerKernels(KernelTable &table) { (void)table; }
+namespace g3rt::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = 8192;
+
+std::string describe(const TensorView &t) {
+  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
+}
+
+Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
+  if (!isFloat(t.dtype) || t.numel() != 1)
+    return args.fail(std::string(what) + " must be a float scalar, got " + describe(t));
+  return Status();
+}
+
+Status requireCount(const KernelArgs &args, const TensorView &t, const char *what) {
+  if (t.numel() != 1 || (t.dtype != DType::I64 && t.dtype != DType::I32))
+    return args.fail(std::string(what) + " must be an integer scalar, got " + describe(t));
+  return Status();
+}
+
+/// The part of the workspace kernels may use: the executor hands the lower
+/// half to cuBLAS (cublasSetWorkspace), so the upper half is ours.
+struct Scratch {
+  char *ptr;
+  size_t bytes;
+};
+Scratch scratchOf(const CudaContext &ctx) {
+  size_t half = (ctx.workspaceBytes / 2) & ~size_t(255);
+  return {static_cast<char *>(ctx.workspace) + half, ctx.workspaceBytes - half};
+}
+
+//===----------------------------------------------------------------------===//
+// global_norm
+//===----------------------------------------------------------------------===//
+
+/// Tensors per launch of the partial-sum kernel; their descriptors travel as
+/// a kernel parameter (well under the 4 KB limit).
+constexpr int kNormGroup = 64;
+
+struct NormGroup {
+  const void *data[kNormGroup];
+  int64_t numel[kNormGroup];
+  /// The chunks of tensor i are firstChunk[i] .. firstChunk[i + 1] - 1 of
+  /// this launch's grid.
+  int64_t firstChunk[kNormGroup + 1];
+  DType dtype[kNormGroup];
+  int count;
+};
+
+__device__ double blockSumDouble(double v) {
+  __shared__ double warpSums[32];
+  for (int o = 16; o > 0; o >>= 1)
+    v += __shfl_down_sync(0xffffffffu, v, o);
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0)
+    warpSums[warp] = v;
+  __syncthreads();
+  int warps = (blockDim.x + 31) >> 5;
+  v = threadIdx.x < warps ? warpSums[threadIdx.x] : 0.0;
+  if (warp == 0)
+    for (int o = 16; o > 0; o >>= 1)
+      v += __shfl_down_sync(0xffffffffu, v, o);
+  __syncthreads();
+  return v; // valid in thread 0
+}
+
+// One block per chunk of a fixed size: the partial sums depend only on the
+// shapes, never on scheduling, so the norm is reproducible run to run.
+__global__ void normPartialsDevice(NormGroup g, int64_t chunkElems, double *partials) {
+  int64_t chunk = blockIdx.x;
+  int t = 0;
+  while (t + 1 < g.count && g.firstChunk[t + 1] <= chunk)
+    ++t;
+  int64_t begin = (chunk - g.firstChunk[t]) * chunkElems;
+  int64_t end = min(g.numel[t], begin + chunkElems);
+  double s = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
+    double x = loadFloat(g.data[t], g.dtype[t], i);
+    s += x * x;
+  }
+  s = blockSumDouble(s);
+  if (threadIdx.x == 0)
+    partials[chunk] = s;
+}
+
+__global__ void normFinishDevice(const double *partials, int64_t n, void *out, DType outType) {
+  double s = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    s += partials[i];
+  s = blockSumDouble(s);
+  if (threadIdx.x == 0)
+    storeFloat(out, outType, 0, float(sqrt(s)));
+}
+
+Status globalNormKernel(const KernelArgs &args) {
+  if (args.outputs.size() != 1)
+    return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  for (size_t t = 0; t < args.inputs.size(); ++t)
+    if (!isFloat(args.inputs[t].dtype))
+      return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
+                       describe(args.inputs[t]));
+  CudaContext &ctx = contextOf(args);
+  Scratch scratch = scratchOf(ctx);
+
+  // Chunks of 64K elements (as on the CPU), larger only if the partial sums
+  // would not fit the scratch space.
+  int64_t chunkElems = int64_t(1) << 16;
+  auto chunksOf = [&](int64_t elems) {
+    int64_t c = 0;
+    for (const TensorView &g : args.inputs)
+      c += (g.numel() + elems - 1) / elems;
+    return c;
+  };
+  while (size_t(chunksOf(chunkElems)) * sizeof(double) > scratch.bytes)
+    chunkElems *= 2;
+  double *partials = reinterpret_cast<double *>(scratch.ptr);
+
+  // Tensors go to the partial-sum kernel in groups; the partial sums of
+  // all groups line up in one array, in tensor and chunk order.
+  int64_t totalChunks = 0;
+  NormGroup group{};
+  auto flush = [&]() -> Status {
+    int64_t chunks = group.firstChunk[group.count];
+    if (chunks > 0) {
+      normPartialsDevice<<<unsigned(chunks), kThreads, 0, ctx.stream>>>(group, chunkElems,
+                                                                          partials + totalChunks);
+      G3RT_CUDA_CHECK_LAUNCH(args, "global_norm partial sums");
+    }
+    totalChunks += chunks;
+    group = NormGroup{};
+    return Status();
+  };
+  for (const TensorView &g : args.inputs) {
+    int64_t chunks = (g.numel() + chunkElems - 1) / chunkElems;
+    if (chunks == 0)
+      continue;
+    // A grid holds at most 2^31 - 1 blocks.
+    if (group.count == kNormGroup ||
+        (group.count > 0 && group.firstChunk[group.count] + chunks > (int64_t(1) << 30)))
+      G3RT_RETURN_IF_ERROR(flush());
+    group.data[group.count] = g.data;
+    group.numel[group.count] = g.numel();
+    group.dtype[group.count] = g.dtype;
+    group.firstChunk[group.count + 1] = group.firstChunk[group.count] + chunks;
+    ++group.count;
+  }
+  G3RT_RETURN_IF_ERROR(flush());
+  normFinishDevice<<<1, 1024, 0, ctx.stream>>>(partials, totalChunks, args.outputs[0].data,
+                                               args.outputs[0].dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "global_norm");
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// clip_scale, lr_schedule
+//===----------------------------------------------------------------------===//
+
+__global__ void clipScaleDevice(const void *norm, DType normType, float maxNorm, bool clip,
+                                void *out, DType outType) {
+  float c = 1.0f;
+  if (clip) {
+    // torch: max_norm / (total_norm + 1e-6), clamped to 1 (std::min(1, q)
+    // keeps 1 when q is NaN; so does this comparison).
+    float q = __fdiv_rn(maxNorm, __fadd_rn(loadFloat(norm, normType, 0), 1e-6f));
+    c = q < 1.0f ? q : 1.0f;
+  }
+  storeFloat(out, outType, 0, c);
+}
+
+Status clipScaleKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 1 || args.outputs.size() != 1)
+    return args.fail("expects 1 input (norm) and 1 output");
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[0], "norm"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  double maxNorm = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("max_norm", maxNorm));
+  clipScaleDevice<<<1, 1, 0, contextOf(args).stream>>>(
+      args.inputs[0].data, args.inputs[0].dtype, float(maxNorm), maxNorm > 0,
+      args.outputs[0].data, args.outputs[0].dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "clip_scale");
+  return Status();
+}
+
+enum class Schedule : int { Constant, Cosine, Linear, ConstantWithWarmup };
+
+// Evaluated in double like HF's Python lambdas; `step` counts updates taken.
+__global__ void lrScheduleDevice(const void *stepP, DType stepT, const void *totalP, DType totalT,
+                                 const void *warmupP, DType warmupT, Schedule kind, double lr,
+                                 void *out, DType outType) {
+  int64_t t = loadIndex(stepP, stepT, 0), S = loadIndex(totalP, totalT, 0),
+          w = loadIndex(warmupP, warmupT, 0);
+  double f = 1;
+  if (kind != Schedule::Constant) {
+    if (t < w) {
+      f = double(t) / double(max(int64_t(1), w));
+    } else if (kind == Schedule::Cosine) {
+      const double pi = 3.14159265358979323846;
+      double progress = double(t - w) / double(max(int64_t(1), S - w));
+      f = fmax(0.0, 0.5 * (1.0 + cos(pi * progress)));
+    } else if (kind == Schedule::Linear) {
+      f = fmax(0.0, double(S - t) / double(max(int64_t(1), S - w)));
+    }
+  }
+  storeFloat(out, outType, 0, float(lr * f));
+}
+
+Status lrScheduleKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 3 || args.outputs.size() != 1)
+    return args.fail("expects 3 inputs (step, total_steps, warmup_steps) and 1 output");
+  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[0], "step"));
+  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[1], "total_steps"));
+  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[2], "warmup_steps"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  double lr = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("learning_rate", lr));
+  auto kindName = args.attrs ? args.attrs->getString("kind") : std::nullopt;
+  if (!kindName)
+    return args.fail("missing string attribute 'kind'");
+  Schedule kind;
+  if (*kindName == "constant")
+    kind = Schedule::Constant;
+  else if (*kindName == "cosine")
+    kind = Schedule::Cosine;
+  else if (*kindName == "linear")
+    kind = Schedule::Linear;
+  else if (*kindName == "constant_with_warmup")
+    kind = Schedule::ConstantWithWarmup;
+  else
+    return args.fail("unknown schedule kind '" + std::string(*kindName) +
+                     "' (expected cosine, linear, constant or constant_with_warmup)");
+  const TensorView &s = args.inputs[0], &S = args.inputs[1], &w = args.inputs[2];
+  lrScheduleDevice<<<1, 1, 0, contextOf(args).stream>>>(s.data, s.dtype, S.data, S.dtype, w.data,
+                                                        w.dtype, kind, lr, args.outputs[0].data,
+                                                        args.outputs[0].dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "lr_schedule");
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// adamw
+//===----------------------------------------------------------------------===//
+
+struct AdamHyper {
+  double beta1, beta2, eps, wd;
+};
+
+// Outputs may alias p, m, v: each element's inputs are read before its
+// outputs are written, and elements are independent (no __restrict__).
+__global__ void adamwDevice(const float *P, const float *G, const float *M, const float *Vv,
+                            float *P1, float *M1, float *V1, int64_t n, const void *stepP,
+                            DType stepT, const void *lrP, DType lrT, const void *scaleP,
+                            DType scaleT, AdamHyper h) {
+  // The scalar factors, in double and rounded once to fp32 as the CPU (and
+  // torch) do, computed by one thread per block from the device scalars.
+  __shared__ float sDecay, sStepSize, sBc2Sqrt, sGradScale;
+  if (threadIdx.x == 0) {
+    int64_t step = loadIndex(stepP, stepT, 0);
+    double lr = loadFloat(lrP, lrT, 0);
+    double t = double(step + 1);
+    double bc1 = 1.0 - pow(h.beta1, t), bc2 = 1.0 - pow(h.beta2, t);
+    sDecay = float(1.0 - lr * h.wd);
+    sStepSize = float(lr / bc1);
+    sBc2Sqrt = float(sqrt(bc2));
+    sGradScale = loadFloat(scaleP, scaleT, 0);
+  }
+  __syncthreads();
+  const float decay = sDecay, stepSize = sStepSize, bc2Sqrt = sBc2Sqrt, gradScale = sGradScale;
+  const float b1 = float(h.beta1), b2 = float(h.beta2), c1 = float(1.0 - h.beta1),
+              c2 = float(1.0 - h.beta2), epsF = float(h.eps);
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    float g = __fmul_rn(G[i], gradScale);
+    float pi = __fmul_rn(P[i], decay);
+    float mi = __fadd_rn(__fmul_rn(b1, M[i]), __fmul_rn(c1, g));
+    float vi = __fadd_rn(__fmul_rn(b2, Vv[i]), __fmul_rn(c2, __fmul_rn(g, g)));
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2Sqrt), epsF);
+    pi = __fsub_rn(pi, __fmul_rn(stepSize, __fdiv_rn(mi, denom)));
+    P1[i] = pi;
+    M1[i] = mi;
+    V1[i] = vi;
+  }
+}
+
+Status adamwKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 7 || args.outputs.size() != 3)
+    return args.fail("expects 7 inputs (p, g, m, v, step, lr, grad_scale) and 3 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &p = args.inputs[0];
+  const char *names[] = {"p", "g", "m", "v"};
+  for (int i = 0; i < 4; ++i)
+    if (args.inputs[size_t(i)].dtype != DType::F32 || args.inputs[size_t(i)].shape != p.shape)
+      return args.fail(std::string(names[i]) + " must be an F32 tensor of shape " +
+                       shapeString(p.shape) + ", got " + describe(args.inputs[size_t(i)]));
+  for (size_t i = 0; i < 3; ++i)
+    if (args.outputs[i].dtype != DType::F32 || args.outputs[i].shape != p.shape)
+      return args.fail("output " + std::to_string(i) + " must be an F32 tensor of shape " +
+                       shapeString(p.shape) + ", got " + describe(args.outputs[i]));
+  // A negative step (an error on the CPU) cannot be seen here without a
+  // host round trip; it would give t <= 0 and non-finite bias corrections.
+  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[4], "step"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[5], "lr"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[6], "grad_scale"));
+  AdamHyper h{};
+  G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", h.beta1));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", h.beta2));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", h.eps));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("weight_decay", h.wd));
+  int64_t n = p.numel();
+  if (n == 0)
+    return Status();
+  unsigned blocks = unsigned(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
+  const TensorView &step = args.inputs[4], &lr = args.inputs[5], &scale = args.inputs[6];
+  adamwDevice<<<blocks, kThreads, 0, contextOf(args).stream>>>(
+      p.f32(), args.inputs[1].f32(), args.inputs[2].f32(), args.inputs[3].f32(),
+      args.outputs[0].f32(), args.outputs[1].f32(), args.outputs[2].f32(), n, step.data,
+      step.dtype, lr.data, lr.dtype, scale.data, scale.dtype, h);
+  G3RT_CUDA_CHECK_LAUNCH(args, "adamw");
+  return Status();
+}
+
+} // namespace
+
+void registerCudaOptimizerKernels(KernelTable &table) {
+  table.emplace_back("global_norm", globalNormKernel);
+  table.emplace_back("clip_scale", clipScaleKernel);
+  table.emplace_back("lr_schedule", lrScheduleKernel);
+  table.emplace_back("adamw", adamwKernel);
+}
 
 } // namespace g3rt::cuda

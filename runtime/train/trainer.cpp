@@ -474,6 +474,15 @@ Status Trainer::run() {
   result.firstStep = state.globalStep;
   MicroBatch batch;
   double loggedTokens = 0, runTokens = 0;
+  // MoE statistics the training forward returns: the expert load per MoE
+  // layer ("moe_load:<layer>") and the load-balancing loss, summed between
+  // log lines.
+  std::vector<std::pair<std::string, std::vector<double>>> moeLoads;
+  for (const auto &[name, buffer] : program.findFunction("train_micro_step")->outputs)
+    if (name.rfind("moe_load:", 0) == 0)
+      moeLoads.emplace_back(name.substr(9), std::vector<double>());
+  double moeAuxSum = 0;
+  int64_t moeMicroBatches = 0;
   auto windowStart = std::chrono::steady_clock::now(), runStart = windowStart;
   for (int64_t epoch = state.epoch; state.globalStep < stopAt; ++epoch) {
     std::vector<size_t> order = shuffled(examples.size(), seed, uint64_t(epoch));
@@ -509,6 +518,16 @@ Status Trainer::run() {
         ++state.microBatches;
         G3RT_RETURN_IF_ERROR(ex.run("train_micro_step"));
         loss += ex.output("train_micro_step", "loss").load(0);
+        if (!moeLoads.empty()) {
+          for (auto &[layer, counts] : moeLoads) {
+            std::vector<float> c = toFloat(ex.output("train_micro_step", "moe_load:" + layer));
+            counts.resize(c.size(), 0.0);
+            for (size_t e = 0; e < c.size(); ++e)
+              counts[e] += c[e];
+          }
+          moeAuxSum += ex.output("train_micro_step", "moe_aux_loss").load(0);
+          ++moeMicroBatches;
+        }
       }
       int64_t step = state.globalStep;
       setScalar("step", double(step));
@@ -561,6 +580,36 @@ Status Trainer::run() {
         scalar("train/grad_norm", gradNorm, step);
         scalar("train/tokens_per_second", tokensPerSecond, step);
         scalar("train/epoch", state.epochProgress, step);
+        if (moeMicroBatches > 0) {
+          // Each layer's share of routing slots per expert, and the mean
+          // load-balancing loss (k at perfect balance).
+          nlohmann::json loads = nlohmann::json::object();
+          std::string moeLine = "moe  aux_loss " + std::to_string(moeAuxSum / double(moeMicroBatches)) +
+                                "  largest expert share by layer:";
+          for (auto &[layer, counts] : moeLoads) {
+            double total = 0, largest = 0;
+            for (double c : counts)
+              total += c;
+            std::vector<double> share;
+            for (double c : counts) {
+              share.push_back(total > 0 ? c / total : 0.0);
+              largest = std::max(largest, share.back());
+            }
+            loads[layer] = share;
+            char part[48];
+            std::snprintf(part, sizeof part, " %s:%.2f", layer.c_str(), largest);
+            moeLine += part;
+            scalar("moe/layer_" + layer + "/largest_expert_share", largest, step);
+            std::fill(counts.begin(), counts.end(), 0.0);
+          }
+          progress.line(moeLine);
+          recordMetrics({{"step", step},
+                         {"moe_aux_loss", moeAuxSum / double(moeMicroBatches)},
+                         {"moe_expert_share", loads}});
+          scalar("moe/aux_loss", moeAuxSum / double(moeMicroBatches), step);
+          moeAuxSum = 0;
+          moeMicroBatches = 0;
+        }
         state.lossSinceLastLog = 0;
         loggedTokens = 0;
         windowStart = std::chrono::steady_clock::now();

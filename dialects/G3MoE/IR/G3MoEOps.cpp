@@ -299,6 +299,17 @@ LogicalResult CrossEntropyOp::verify() {
                      logits.getShape().drop_back());
 }
 
+LogicalResult ExpertLoadOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  int64_t tokens = getSegmentIds().getType().getNumElements();
+  if (getIndices().getType().getRank() != 2 ||
+      getIndices().getType().getDimSize(0) != tokens)
+    return emitOpError() << "indices must be [" << tokens << ", k], got "
+                         << shapeStr(getIndices().getType().getShape());
+  return expectShape(*this, "result", getType(), {getNumExpertsAttr().getInt()});
+}
+
 LogicalResult TokenAccuracyOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();

@@ -440,6 +440,25 @@ def G3MoE_TokenAccuracyOp : G3MoE_Op<"token_accuracy", [Pure]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_ExpertLoadOp : G3MoE_Op<"expert_load", [Pure]> {
+  let summary = "routing slots per expert over the real tokens (MoE statistics)";
+  let description = [{
+    `result[e]` counts the pairs (n, j) with `indices[n, j] == e` over the
+    tokens whose `segment_ids` entry is non-zero. A statistic, not
+    differentiable.
+
+    ```mlir
+    %load = g3moe.expert_load %idx, %seg {num_experts = 4 : i64}
+        : (tensor<32x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>
+    ```
+  }];
+  let arguments = (ins G3MoE_IndexTensor:$indices, G3MoE_IndexTensor:$segment_ids,
+                       I64Attr:$num_experts);
+  let results = (outs RankedTensorOf<[F32]>:$result);
+  let assemblyFormat = "$indices `,` $segment_ids attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_LoadBalancingLossOp : G3MoE_Op<"load_balancing_loss",
     [Pure, AttrSizedOperandSegments, G3MoE_Differentiable]> {
   let summary = "Switch-style load-balancing loss over all MoE layers";

@@ -78,8 +78,8 @@ void ReverseSweep::accumulate(Value value, Value grad, Location loc) {
 LogicalResult ReverseSweep::run() {
   Block &body = func.getBody().front();
   auto ret = cast<func::ReturnOp>(body.getTerminator());
-  if (ret.getNumOperands() != 1)
-    return func.emitOpError("g3moe-autodiff: @forward must return the loss alone");
+  if (ret.getNumOperands() < 1)
+    return func.emitOpError("g3moe-autodiff: @forward must return the loss first");
   Value loss = ret.getOperand(0);
 
   SmallVector<ParamOp> trainable;
@@ -145,10 +145,13 @@ LogicalResult ReverseSweep::run() {
         accumulate(operand, g, op->getLoc());
   }
 
-  // Results: the loss, then one gradient per trainable parameter, typed like it.
-  SmallVector<Value> results = {loss};
-  SmallVector<Type> resultTypes = {loss.getType()};
-  SmallVector<DictionaryAttr> resultAttrs = {func.getResultAttrDict(0)};
+  // Results: the loss, @forward's other results (statistics) unchanged, then
+  // one gradient per trainable parameter, typed like it.
+  SmallVector<Value> results(ret.getOperands());
+  SmallVector<Type> resultTypes(ret.getOperandTypes());
+  SmallVector<DictionaryAttr> resultAttrs;
+  for (unsigned i = 0; i < ret.getNumOperands(); ++i)
+    resultAttrs.push_back(func.getResultAttrDict(i));
   for (ParamOp p : trainable) {
     Value g = grads.lookup(p.getResult());
     auto type = cast<RankedTensorType>(p.getType());

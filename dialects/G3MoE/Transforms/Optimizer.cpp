@@ -49,15 +49,18 @@ void G3MoEOptimizerPass::buildMicroStep(func::FuncOp fb, ArrayRef<StringRef> nam
   b.setInsertionPointAfter(fb);
   Location loc = fb.getLoc();
   auto fbType = fb.getFunctionType();
-  ArrayRef<Type> gradTypes = fbType.getResults().drop_front();
+  unsigned numOutputs = fbType.getNumResults() - names.size();
+  ArrayRef<Type> gradTypes = fbType.getResults().drop_front(numOutputs);
 
   SmallVector<Type> argTypes(fbType.getInputs());
   llvm::append_range(argTypes, gradTypes);
   auto func = func::FuncOp::create(b, loc, kMicroStep,
                                    b.getFunctionType(argTypes, fbType.getResults()));
-  SmallVector<DictionaryAttr> argAttrs, resultAttrs = {fb.getResultAttrDict(0)};
+  SmallVector<DictionaryAttr> argAttrs, resultAttrs;
   for (unsigned i = 0; i < fbType.getNumInputs(); ++i)
     argAttrs.push_back(fb.getArgAttrDict(i));
+  for (unsigned i = 0; i < numOutputs; ++i)
+    resultAttrs.push_back(fb.getResultAttrDict(i));
   for (StringRef n : names) {
     argAttrs.push_back(tag(b, "g3moe.grad_acc", n));
     resultAttrs.push_back(tag(b, "g3moe.grad_acc", n));
@@ -69,10 +72,11 @@ void G3MoEOptimizerPass::buildMicroStep(func::FuncOp fb, ArrayRef<StringRef> nam
   b.setInsertionPointToStart(entry);
   auto call = func::CallOp::create(
       b, loc, fb, entry->getArguments().take_front(fbType.getNumInputs()));
-  SmallVector<Value> results = {call.getResult(0)};
+  // The loss and the statistics pass through; gradients add to the accumulators.
+  SmallVector<Value> results(call.getResults().take_front(numOutputs));
   for (auto [i, acc] : llvm::enumerate(entry->getArguments().drop_front(
            fbType.getNumInputs())))
-    results.push_back(AddOp::create(b, loc, acc, call.getResult(i + 1)));
+    results.push_back(AddOp::create(b, loc, acc, call.getResult(numOutputs + i)));
   func::ReturnOp::create(b, loc, results);
 }
 
@@ -81,7 +85,7 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
   OpBuilder b(fb.getContext());
   b.setInsertionPointToEnd(getOperation().getBody());
   Location loc = fb.getLoc();
-  ArrayRef<Type> paramTypes = fb.getFunctionType().getResults().drop_front();
+  ArrayRef<Type> paramTypes = fb.getFunctionType().getResults().take_back(names.size());
   size_t n = paramTypes.size();
   auto count = RankedTensorType::get({}, b.getI64Type());
   auto scalar = RankedTensorType::get({}, b.getF32Type());
@@ -167,14 +171,18 @@ void G3MoEOptimizerPass::runOnOperation() {
                      "betas in [0, 1) and epsilon > 0");
     return signalPassFailure();
   }
+  // @forward_backward returns the loss and statistics (g3moe.output), then
+  // the gradients (g3moe.grad).
   SmallVector<StringRef> names;
   for (unsigned i = 1; i < fb.getNumResults(); ++i) {
     auto name = fb.getResultAttrOfType<StringAttr>(i, "g3moe.grad");
-    if (!name) {
-      fb.emitOpError("g3moe-optimizer: result ") << i << " has no g3moe.grad name";
+    if (name) {
+      names.push_back(name.getValue());
+    } else if (!names.empty() || !fb.getResultAttrOfType<StringAttr>(i, "g3moe.output")) {
+      fb.emitOpError("g3moe-optimizer: result ")
+          << i << " is neither a named output before the gradients nor a g3moe.grad";
       return signalPassFailure();
     }
-    names.push_back(name.getValue());
   }
   if (module.lookupSymbol(kMicroStep) || module.lookupSymbol(kOptimizerStep)) {
     module.emitError("g3moe-optimizer: the optimizer functions exist already");

@@ -46,8 +46,9 @@ def G3MoELoRAPass : Pass<"g3moe-lora", "mlir::ModuleOp"> {
 def G3MoEAutodiffPass : Pass<"g3moe-autodiff", "mlir::ModuleOp"> {
   let summary = "reverse-mode differentiation of the step function";
   let description = [{
-    Clones `@forward` into `@forward_backward`, which returns the loss followed
-    by the gradient of every `trainable` `g3moe.param`, each result tagged
+    Clones `@forward` into `@forward_backward`, which returns the loss, then
+    `@forward`'s other results unchanged (statistics such as expert loads),
+    then the gradient of every `trainable` `g3moe.param`, each tagged
     `g3moe.grad = "<param name>"` and typed like its parameter. Gradients are
     computed only along paths from trainable parameters to the loss: frozen
     weights get no weight gradient. Every op states its vector-Jacobian product
@@ -62,8 +63,9 @@ def G3MoEOptimizerPass : Pass<"g3moe-optimizer", "mlir::ModuleOp"> {
   let summary = "gradient accumulation, clipping, LR schedule and AdamW in IR";
   let description = [{
     Needs `@forward_backward`. Adds:
-    * `@train_micro_step`: runs `@forward_backward` and adds its gradients to
-      the accumulators it takes and returns (`g3moe.grad_acc = "<name>"`).
+    * `@train_micro_step`: runs `@forward_backward`, returns its loss and
+      statistics, and adds its gradients to the accumulators it takes and
+      returns (`g3moe.grad_acc = "<name>"`).
       Because every micro-batch's loss is already divided by the label count
       of the whole accumulation window (HF semantics), the accumulated sum is
       the window's gradient.

@@ -73,3 +73,18 @@ func.func @forward(%x: tensor<4xf32>) -> tensor<f32> {
 // CHECK: %[[DA:.*]] = g3moe.linear_grad_weight
 // CHECK: %[[Z:.*]] = arith.constant dense<0.000000e+00> : tensor<3xf32>
 // CHECK: return %{{.*}}, %[[DA]], %[[Z]]
+
+// -----
+
+// Statistics @forward returns after the loss pass through unchanged, before
+// the gradients.
+// CHECK-LABEL: func.func @forward_backward(
+// CHECK-SAME: -> (tensor<f32> {g3moe.output = "loss"}, tensor<1xf32> {g3moe.output = "stat"}, tensor<1x4xf32> {g3moe.grad = "a"})
+func.func @forward(%x: tensor<4xf32>) -> (tensor<f32> {g3moe.output = "loss"}, tensor<1xf32> {g3moe.output = "stat"}) {
+  %a = g3moe.param "a" trainable : tensor<1x4xf32>
+  %y = g3moe.linear %x, %a : (tensor<4xf32>, tensor<1x4xf32>) -> tensor<1xf32>
+  %l = g3moe.reshape %y : tensor<1xf32> -> tensor<f32>
+  return %l, %y : tensor<f32>, tensor<1xf32>
+}
+// CHECK: %[[Y:.*]] = g3moe.linear
+// CHECK: return %{{.*}}, %[[Y]], %{{.*}} :

@@ -428,3 +428,11 @@ func.func @adamw_betas(%p: tensor<4xf32>, %t: tensor<i64>, %s: tensor<f32>) {
       -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
   return
 }
+
+// -----
+
+func.func @expert_load_tokens(%i: tensor<16x2xi32>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{indices must be [32, k], got [16, 2]}}
+  %load = g3moe.expert_load %i, %s {num_experts = 4 : i64} : (tensor<16x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>
+  return
+}

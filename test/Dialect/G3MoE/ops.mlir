@@ -207,3 +207,13 @@ func.func @training_ops(%x: tensor<32x64xbf16>, %u: tensor<32x64xf32>, %p: tenso
       -> (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>)
   return
 }
+
+// CHECK-LABEL: func.func @statistics
+func.func @statistics(%l: tensor<2x16x512xf32>, %t: tensor<2x16xi32>, %i: tensor<32x2xi32>) {
+  // CHECK: g3moe.token_accuracy {{.*}} {ignore_index = -100 : i64} : (tensor<2x16x512xf32>, tensor<2x16xi32>) -> (tensor<f32>, tensor<f32>)
+  %c, %n = g3moe.token_accuracy %l, %t {ignore_index = -100 : i64}
+      : (tensor<2x16x512xf32>, tensor<2x16xi32>) -> (tensor<f32>, tensor<f32>)
+  // CHECK: g3moe.expert_load {{.*}} {num_experts = 4 : i64} : (tensor<32x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>
+  %load = g3moe.expert_load %i, %t {num_experts = 4 : i64} : (tensor<32x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>
+  return
+}
