@@ -6,9 +6,14 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${G3MOE_BUILD_DIR:-$root/build}
 seqs=("${@:-4096 8192}")
-cmake --build "$build" --target G3RtGpuTests G3MoECudaStepTests g3moe-bench g3moe-test-steps -j 2
+cmake --build "$build" --target G3RtGpuTests G3MoECudaStepTests G3MoECudaTrainTests g3moe-bench \
+  g3moe-run g3moe-test-steps tiny-tokenizer -j 2
 rm -rf "$root/devcarry" && mkdir -p "$root/devcarry/steps"
-cp "$build/test/gpu/G3RtGpuTests" "$build/test/gpu/G3MoECudaStepTests" "$build/bin/g3moe-bench" "$root/devcarry/"
+cp "$build/test/gpu/G3RtGpuTests" "$build/test/gpu/G3MoECudaStepTests" "$build/test/gpu/G3MoECudaTrainTests" \
+  "$build/bin/g3moe-bench" "$build/bin/g3moe-run" "$root/devcarry/"
+# The main job's step and tokenizer, to train the tiny G3MoE on the GPU.
+"$build/bin/g3moe-compile" "$root/examples/tiny-g3moe/train.json" --quiet -o "$root/devcarry/tiny-g3moe.step"
+cp "$build/tiny-tokenizer/tokenizer.model" "$root/devcarry/"
 cp "$build"/test/e2e/steps/*.step "$root/devcarry/steps/"
 cp "$root/../shared/bench/pytorch_stack.py" "$root/devcarry/"
 for T in ${seqs[*]}; do

@@ -21,6 +21,17 @@ export G3MOE_TEST_STEPS=$carry/steps G3MOE_EXAMPLES_DIR=$here/examples
 timeout 200 "$carry/G3MoECudaStepTests" > "$out/gpu_steps.log" 2>&1
 grep -E "^\[ +(OK|FAILED|PASSED) +\]|Failure" "$out/gpu_steps.log"
 
+timeout 200 "$carry/G3MoECudaTrainTests" > "$out/gpu_train.log" 2>&1
+grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]|Failure" "$out/gpu_train.log"
+
+echo "== the main job's training on the GPU (g3moe-run --device cuda)"
+rm -rf /tmp/tiny-hf /tmp/tiny-run
+"$carry/g3moe-run" "$carry/tiny-g3moe.step" --save-initial-weights /tmp/tiny-hf > /dev/null &&
+  cp "$carry/tokenizer.model" /tmp/tiny-hf/ &&
+  timeout 120 "$carry/g3moe-run" "$carry/tiny-g3moe.step" --device cuda --weights /tmp/tiny-hf \
+    --data "$here/examples/data/chat.jsonl" --images mask --output-dir /tmp/tiny-run \
+    --no-progress-bar 2>&1 | tee "$out/tiny_cuda.log" | grep -E "backend|step [0-9]+/|eval step|saved .*adapter"
+
 echo "== benchmark: g3moe"
 for T in ${seqs[*]}; do
   timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 | tee -a "$out/bench_g3moe.jsonl"

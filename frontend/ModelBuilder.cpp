@@ -264,8 +264,26 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
   add("pad_token_id", i(m.padTokenId));
   add("bos_token_id", i(m.bosTokenId));
   add("eos_token_id", i(m.eosTokenId));
+  add("max_position_embeddings", i(m.maxPositionEmbeddings));
+  add("rms_norm_eps", f(m.rmsNormEps));
+  add("sliding_window", i(m.slidingWindow));
+  add("query_pre_attn_scalar", f(m.queryPreAttnScalar));
+  add("rope_theta", f(m.globalRope.theta));
+  add("rope_local_base_freq", f(m.slidingRope.theta));
+  if (m.finalLogitSoftcap)
+    add("final_logit_softcapping", f(*m.finalLogitSoftcap));
+  if (m.attnLogitSoftcap)
+    add("attn_logit_softcapping", f(*m.attnLogitSoftcap));
   add("n_routed_experts", i(m.numExperts));
   if (m.isMoE()) {
+    add("router_jitter_noise", f(m.routerJitterNoise));
+    add("input_jitter_noise", f(m.inputJitterNoise));
+    add("router_aux_loss_coef", f(m.routerAuxLossCoef));
+    add("router_z_loss_coef", f(m.routerZLossCoef));
+    add("routed_scaling_factor", f(m.routedScalingFactor));
+    add("n_group", i(m.numGroups));
+    add("topk_group", i(m.topkGroup));
+    add("norm_topk_prob", b.getBoolAttr(m.normTopkProb));
     add("num_experts_per_tok", i(m.topK));
     add("first_k_dense_replace", i(m.firstKDenseReplace));
     add("router_type", b.getStringAttr(stringifyRouterKind(m.router)));

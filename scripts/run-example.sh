@@ -3,9 +3,10 @@
 # every projection (examples/tiny-g3moe/train.json) into a step.bin, write the
 # tiny model as an HF-format checkpoint with its tokenizer (the build trains the
 # tiny SentencePiece model), and train the LoRA adapters from that checkpoint on
-# the bundled chat data (examples/data/chat.jsonl) with g3moe-run on the CPU
-# backend: evaluation, checkpoints, the final PEFT adapter. (The CUDA backend is
-# not wired into g3moe-run yet, so a GPU machine also trains on the CPU.)
+# the bundled chat data (examples/data/chat.jsonl) with g3moe-run: evaluation,
+# checkpoints, the final PEFT adapter. It trains on the GPU where the build has
+# CUDA and a GPU is visible, else on the CPU (g3moe-run's --device auto; its
+# first line, "backend: ...", says which). G3MOE_DEVICE=cpu forces the CPU.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh"

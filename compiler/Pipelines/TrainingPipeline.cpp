@@ -39,6 +39,7 @@ void g3moe::buildTrainingPipeline(OpPassManager &pm,
 void g3moe::buildStepPipeline(OpPassManager &pm,
                               const TrainingPipelineOptions &options) {
   buildTrainingPipeline(pm, options);
+  pm.addPass(createG3MoEFuseLMHeadLossPass());
   // CSE merges what autodiff's clone of the forward recomputes identically
   // (parameters, random draws) before buffers are assigned.
   pm.addPass(createCSEPass());

@@ -17,6 +17,7 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/kernels/kernel.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -27,16 +28,14 @@
 namespace g3rt {
 namespace {
 
+using namespace checks;
+
 bool isIndexType(DType t) { return t == DType::I32 || t == DType::I64; }
 
 // Segment ids and positions are i32 by contract; i64 is accepted too so that
 // a caller holding 64-bit indices does not need a conversion pass.
 int64_t indexAt(const TensorView &t, int64_t i) {
   return t.dtype == DType::I64 ? t.i64()[i] : int64_t(t.i32()[i]);
-}
-
-std::string describe(const TensorView &t) {
-  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
 }
 
 //===----------------------------------------------------------------------===//

@@ -13,6 +13,7 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/kernels/kernel.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -20,6 +21,8 @@
 
 namespace g3rt {
 namespace {
+
+using namespace checks;
 
 /// Multiply-adds below which a product runs on the calling thread: parallelFor
 /// starts fresh threads per call, costing tens of microseconds.
@@ -109,65 +112,9 @@ inline int64_t loadIndex(const TensorView &t, int64_t i) {
   return t.dtype == DType::I64 ? t.i64()[i] : int64_t(t.i32()[i]);
 }
 
-/// Product of all dimensions but the last (TensorView::rows divides by the
-/// last dimension, which may be 0).
-int64_t leadingRows(const TensorView &t) {
-  int64_t n = 1;
-  for (size_t d = 0; d + 1 < t.shape.size(); ++d)
-    n *= t.shape[d];
-  return n;
-}
-
 //===----------------------------------------------------------------------===//
 // Checks
 //===----------------------------------------------------------------------===//
-
-Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
-  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
-    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
-                     std::to_string(outputs) + " outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  return Status();
-}
-
-std::string describe(const TensorView &t) {
-  return std::string(dtypeName(t.dtype)) + " " + shapeString(t.shape);
-}
-
-/// A float tensor of rank at least `minRank`.
-Status checkFloat(const KernelArgs &args, const TensorView &t, const char *what,
-                  int64_t minRank = 1) {
-  if (!isFloat(t.dtype))
-    return args.fail(std::string(what) + " must be a float tensor, got " + describe(t));
-  if (t.rank() < minRank)
-    return args.fail(std::string(what) + " must have rank >= " + std::to_string(minRank) +
-                     ", got " + describe(t));
-  return Status();
-}
-
-Status checkIndex(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (t.dtype != DType::I32 && t.dtype != DType::I64)
-    return args.fail(std::string(what) + " must be an integer tensor, got " + describe(t));
-  return Status();
-}
-
-Status checkShape(const KernelArgs &args, const TensorView &t, const char *what,
-                  const std::vector<int64_t> &want) {
-  if (t.shape != want)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected " +
-                     shapeString(want));
-  return Status();
-}
-
-/// `t` is [rows, cols] up to how its leading dimensions are split.
-Status checkRowsCols(const KernelArgs &args, const TensorView &t, const char *what, int64_t rows,
-                     int64_t cols) {
-  if (t.rank() < 1 || t.dim(-1) != cols || leadingRows(t) != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected " +
-                     std::to_string(rows) + " rows of " + std::to_string(cols));
-  return Status();
-}
 
 /// Reads expert offsets [E + 1] and checks that they partition a prefix of
 /// the M rows: start at 0, never decrease, end at most at M.
@@ -873,6 +820,101 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
 
 } // namespace
 
+/// Rows of the fused LM-head loss kernels handled at a time: the logits of a
+/// chunk are [kHeadChunkRows, vocab] fp32.
+constexpr int64_t kHeadChunkRows = 256;
+
+/// Owned fp32 scratch shaped as a TensorView.
+struct Scratch {
+  std::vector<float> data;
+  TensorView view;
+  explicit Scratch(std::vector<int64_t> shape) {
+    view.shape = std::move(shape);
+    view.dtype = DType::F32;
+    data.assign(size_t(view.numel()), 0.0f);
+    view.data = data.data();
+  }
+};
+
+/// Rows [begin, begin + count) of a tensor seen as [rows, last dim] (targets:
+/// last dim 1).
+TensorView rowSlice(const TensorView &t, int64_t begin, int64_t count, bool flat) {
+  TensorView v = t;
+  int64_t width = flat ? 1 : t.dim(-1);
+  v.shape = flat ? std::vector<int64_t>{count} : std::vector<int64_t>{count, width};
+  v.data = static_cast<uint8_t *>(t.data) + size_t(begin * width) * dtypeSize(t.dtype);
+  return v;
+}
+
+/// Runs `kernel` on the given views with the instruction's attributes.
+Status callKernel(const KernelArgs &args, KernelFn kernel, const char *name,
+                  std::vector<TensorView> inputs, std::vector<TensorView> outputs) {
+  KernelArgs sub;
+  sub.inputs = std::move(inputs);
+  sub.outputs = std::move(outputs);
+  sub.attrs = args.attrs;
+  sub.name = name;
+  return kernel(sub).withContext(std::string(args.name));
+}
+
+/// lm_head + cross_entropy over chunks of rows: the full logits never exist.
+Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 1));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
+  int64_t rows = leadingRows(x), V = table.dim(0);
+  if (targets.numel() != rows)
+    return args.fail("targets must have one entry per row of the input (" +
+                     std::to_string(rows) + ")");
+  double total = 0;
+  Scratch chunkLoss({});
+  for (int64_t r0 = 0; r0 < rows; r0 += kHeadChunkRows) {
+    int64_t n = std::min(kHeadChunkRows, rows - r0);
+    Scratch logits({n, V});
+    G3RT_RETURN_IF_ERROR(callKernel(args, lmHeadKernel, "lm_head",
+                                    {rowSlice(x, r0, n, false), table}, {logits.view}));
+    G3RT_RETURN_IF_ERROR(callKernel(args, crossEntropyKernel, "cross_entropy",
+                                    {logits.view, rowSlice(targets, r0, n, true), args.inputs[3]},
+                                    {chunkLoss.view}));
+    total += chunkLoss.data[0];
+  }
+  args.outputs[0].store(0, float(total));
+  return Status();
+}
+
+/// The gradient of lmHeadCrossEntropyKernel, chunk by chunk; the table
+/// gradient only when its output is present.
+Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 5 || args.outputs.empty() || args.outputs.size() > 2)
+    return args.fail("expected 5 inputs and 1 or 2 outputs");
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
+  int64_t rows = leadingRows(x), V = table.dim(0), H = table.dim(1);
+  if (targets.numel() != rows)
+    return args.fail("targets must have one entry per row of the input (" +
+                     std::to_string(rows) + ")");
+  bool wantTable = args.outputs.size() == 2;
+  Scratch tableGrad({V, H}), chunkTableGrad({V, H});
+  for (int64_t r0 = 0; r0 < rows; r0 += kHeadChunkRows) {
+    int64_t n = std::min(kHeadChunkRows, rows - r0);
+    Scratch logits({n, V}), dlogits({n, V});
+    TensorView xs = rowSlice(x, r0, n, false);
+    G3RT_RETURN_IF_ERROR(callKernel(args, lmHeadKernel, "lm_head", {xs, table}, {logits.view}));
+    G3RT_RETURN_IF_ERROR(callKernel(args, crossEntropyGradKernel, "cross_entropy_grad",
+                                    {logits.view, rowSlice(targets, r0, n, true),
+                                     args.inputs[3], args.inputs[4]},
+                                    {dlogits.view}));
+    G3RT_RETURN_IF_ERROR(callKernel(args, lmHeadGradKernel, "lm_head_grad",
+                                    {xs, table, dlogits.view},
+                                    {rowSlice(args.outputs[0], r0, n, false),
+                                     chunkTableGrad.view}));
+    if (wantTable)
+      for (size_t i = 0; i < tableGrad.data.size(); ++i)
+        tableGrad.data[i] += chunkTableGrad.data[i];
+  }
+  if (wantTable)
+    fromFloat(args.outputs[1], tableGrad.data);
+  return Status();
+}
+
 /// TRL's mean token accuracy, as two counts the caller sums over batches.
 Status tokenAccuracyKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
@@ -904,6 +946,8 @@ Status tokenAccuracyKernel(const KernelArgs &args) {
 
 void registerDenseKernels(KernelTable &table) {
   table.emplace_back("token_accuracy", tokenAccuracyKernel);
+  table.emplace_back("lm_head_cross_entropy", lmHeadCrossEntropyKernel);
+  table.emplace_back("lm_head_cross_entropy_grad", lmHeadCrossEntropyGradKernel);
   table.emplace_back("embedding", embeddingKernel);
   table.emplace_back("embedding_grad", embeddingGradKernel);
   table.emplace_back("rms_norm", rmsNormKernel);

@@ -13,6 +13,7 @@
 #include "runtime/base/parallel.h"
 #include "runtime/base/random.h"
 #include "runtime/kernels/kernel.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <array>
@@ -21,6 +22,8 @@
 
 namespace g3rt {
 namespace {
+
+using namespace checks;
 
 /// Elements staged through the fp32 scratch buffers at a time; small enough
 /// that the buffers of a five-operand kernel stay in L1.
@@ -95,15 +98,6 @@ void mapBlocks(const std::array<TensorView, NIn> &in, const std::array<TensorVie
         }
       },
       kGrainBlocks);
-}
-
-Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
-  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
-    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
-                     std::to_string(outputs) + " outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  return Status();
 }
 
 /// Every listed tensor is of a float type and has as many elements as the

@@ -10,6 +10,7 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/kernels/kernel.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,9 +20,7 @@
 namespace g3rt {
 namespace {
 
-std::string describe(const TensorView &t) {
-  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
-}
+using namespace checks;
 
 Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
   if (!isFloat(t.dtype) || t.numel() != 1)

@@ -4,6 +4,8 @@
 
 #include "runtime/cuda/cuda_context.h"
 
+#include <set>
+
 namespace g3rt::cuda {
 
 namespace {
@@ -115,6 +117,34 @@ Status CudaExecutor::download(Executor &host) const {
   return Status();
 }
 
+Status CudaExecutor::download(Executor &host, BufferKind kind, bool onlyTrainable) const {
+  std::set<std::string> frozen;
+  if (onlyTrainable)
+    for (const ParamDesc &p : program_.params)
+      if (!p.trainable)
+        frozen.insert(p.name);
+  for (const auto &[key, view] : state_) {
+    if (key.first != kind || frozen.count(key.second))
+      continue;
+    TensorView h = host.state(key.first, key.second);
+    if (!h.data)
+      return Status::error("no host tensor for '" + key.second + "'");
+    G3RT_RETURN_IF_ERROR(check(cudaMemcpy(h.data, view.data, view.bytes(), cudaMemcpyDeviceToHost),
+                               "downloading '" + key.second + "'"));
+  }
+  return Status();
+}
+
+Status CudaExecutor::zeroGradients() {
+  // On the executor's stream, then waited for: the next run is on the same
+  // stream anyway, but a failure should surface here, naming the tensor.
+  for (auto &[key, view] : state_)
+    if (key.first == BufferKind::GradAcc)
+      G3RT_RETURN_IF_ERROR(check(cudaMemsetAsync(view.data, 0, view.bytes(), ctx_->stream),
+                                 "zeroing '" + key.second + "'"));
+  return check(cudaStreamSynchronize(ctx_->stream), "zeroing the gradient accumulators");
+}
+
 TensorView CudaExecutor::deviceView(const FunctionDesc &fn, uint32_t index) const {
   const BufferDesc &b = fn.buffers[index];
   TensorView v;
@@ -137,6 +167,22 @@ Status CudaExecutor::toDevice(const TensorView &device, const void *host) const 
 Status CudaExecutor::toHost(const TensorView &device, void *host) const {
   return check(cudaMemcpy(host, device.data, device.bytes(), cudaMemcpyDeviceToHost),
                "copying to the host");
+}
+
+Status CudaExecutor::runKernel(const std::string &name, const KernelAttrs &attrs,
+                               const std::vector<TensorView> &inputs,
+                               const std::vector<TensorView> &outputs) {
+  KernelFn fn = findCudaKernel(name);
+  if (!fn)
+    return Status::error("the CUDA backend has no kernel '" + name + "'");
+  KernelArgs args;
+  args.name = name;
+  args.attrs = &attrs;
+  args.backend = ctx_.get();
+  args.inputs = inputs;
+  args.outputs = outputs;
+  G3RT_RETURN_IF_ERROR(fn(args));
+  return check(cudaStreamSynchronize(ctx_->stream), "running " + name);
 }
 
 Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {

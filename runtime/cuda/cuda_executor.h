@@ -31,15 +31,28 @@ public:
                        std::unique_ptr<CudaExecutor> &out);
   ~CudaExecutor();
 
+  const StepProgram &program() const { return program_; }
+
   /// Copies every persistent tensor of `host` (same program) to the device.
   Status upload(const Executor &host);
   /// Copies the persistent tensors of `kind` (and inputs) from `host`.
   Status upload(const Executor &host, BufferKind kind);
   /// Copies every persistent tensor back into `host`.
   Status download(Executor &host) const;
+  /// Copies the persistent tensors of `kind` back into `host`; with `onlyTrainable`
+  /// (for parameters) only the trainable ones, the rest never change here.
+  Status download(Executor &host, BufferKind kind, bool onlyTrainable = false) const;
+
+  /// Sets every gradient accumulator on the device to zero.
+  Status zeroGradients();
 
   /// Runs entry point `function` and waits for it.
   Status run(const std::string &function);
+  /// Runs the CUDA kernel `name` on device tensors with this executor's
+  /// context and waits for it (kernel-level tests).
+  Status runKernel(const std::string &name, const KernelAttrs &attrs,
+                   const std::vector<TensorView> &inputs,
+                   const std::vector<TensorView> &outputs);
   /// Runs instruction `index` of `fn` alone and waits for it.
   Status runInstruction(const FunctionDesc &fn, size_t index);
 

@@ -31,6 +31,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -40,11 +41,9 @@
 namespace g3rt::cuda {
 namespace {
 
-bool isIndexType(DType t) { return t == DType::I32 || t == DType::I64; }
+using namespace checks;
 
-std::string describe(const TensorView &t) {
-  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
-}
+bool isIndexType(DType t) { return t == DType::I32 || t == DType::I64; }
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -1,9 +1,9 @@
 //===- kernels_dense.cu - embedding, norm, linear and loss CUDA kernels ---===//
 //
 // The CUDA versions of the dense layers of a step (embedding, Gemma's
-// RMSNorm, the linear layers, the tied LM head, the grouped expert layers and
-// the token cross-entropy), with the math and checks of
-// runtime/cpu/kernels_dense.cpp.
+// RMSNorm, the linear layers, the tied LM head, the grouped expert layers,
+// the token cross-entropy, and the LM head fused with the cross-entropy),
+// with the math and checks of runtime/cpu/kernels_dense.cpp.
 //
 // Matrix products go through cuBLAS with fp32 accumulation
 // (CUBLAS_COMPUTE_32F, never TF32): bf16 or f16 operands use the tensor
@@ -23,6 +23,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <cub/device/device_radix_sort.cuh>
 
@@ -35,6 +36,8 @@
 
 namespace g3rt::cuda {
 namespace {
+
+using namespace checks;
 
 constexpr int kThreads = 256;
 /// Threads of the blocks that reduce one vocabulary row (up to 262K logits).
@@ -85,59 +88,6 @@ Scratch scratchOf(const CudaContext &ctx) {
 //===----------------------------------------------------------------------===//
 // Checks (as on the CPU)
 //===----------------------------------------------------------------------===//
-
-/// Product of all dimensions but the last.
-int64_t leadingRows(const TensorView &t) {
-  int64_t n = 1;
-  for (size_t d = 0; d + 1 < t.shape.size(); ++d)
-    n *= t.shape[d];
-  return n;
-}
-
-Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
-  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
-    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
-                     std::to_string(outputs) + " outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  return Status();
-}
-
-std::string describe(const TensorView &t) {
-  return std::string(dtypeName(t.dtype)) + " " + shapeString(t.shape);
-}
-
-Status checkFloat(const KernelArgs &args, const TensorView &t, const char *what,
-                  int64_t minRank = 1) {
-  if (!isFloat(t.dtype))
-    return args.fail(std::string(what) + " must be a float tensor, got " + describe(t));
-  if (t.rank() < minRank)
-    return args.fail(std::string(what) + " must have rank >= " + std::to_string(minRank) +
-                     ", got " + describe(t));
-  return Status();
-}
-
-Status checkIndex(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (t.dtype != DType::I32 && t.dtype != DType::I64)
-    return args.fail(std::string(what) + " must be an integer tensor, got " + describe(t));
-  return Status();
-}
-
-Status checkShape(const KernelArgs &args, const TensorView &t, const char *what,
-                  const std::vector<int64_t> &want) {
-  if (t.shape != want)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected " +
-                     shapeString(want));
-  return Status();
-}
-
-Status checkRowsCols(const KernelArgs &args, const TensorView &t, const char *what, int64_t rows,
-                     int64_t cols) {
-  if (t.rank() < 1 || t.dim(-1) != cols || leadingRows(t) != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected " +
-                     std::to_string(rows) + " rows of " + std::to_string(cols));
-  return Status();
-}
 
 Status checkMatrix(const KernelArgs &args, const TensorView &t, const char *what) {
   G3RT_RETURN_IF_ERROR(checkFloat(args, t, what, 2));
@@ -222,6 +172,30 @@ __device__ float blockMax(float v) {
 }
 
 //===----------------------------------------------------------------------===//
+// Soft cap and bf16 pairs
+//===----------------------------------------------------------------------===//
+
+// The LM head's soft cap c·tanh(l/c) and its derivative, with the CPU's fp32
+// operations (explicit roundings, so that no FMA contraction differs). The
+// tanh is shared: the capped value is c·t, the derivative 1 - t².
+__device__ __forceinline__ float capTanh(float l, float c) { return tanhf(__fdiv_rn(l, c)); }
+__device__ __forceinline__ float capValue(float l, float c) {
+  return __fmul_rn(c, capTanh(l, c));
+}
+/// g·(1 - t²) for t = capTanh(l, c): the gradient through the cap.
+__device__ __forceinline__ float capGrad(float g, float t) {
+  return __fmul_rn(g, __fsub_rn(1.0f, __fmul_rn(t, t)));
+}
+
+/// g as the bf16 pair hi + lo, hi = bf16(g) and lo = bf16(g - hi): about 16
+/// significant bits, so that bf16 tensor-core products of the pair with bf16
+/// operands come within ~2^-17 of fp32 ones.
+__device__ __forceinline__ void splitBf16(float g, __nv_bfloat16 &hi, __nv_bfloat16 &lo) {
+  hi = __float2bfloat16(g);
+  lo = __float2bfloat16(__fsub_rn(g, __bfloat162float(hi)));
+}
+
+//===----------------------------------------------------------------------===//
 // Strided copies
 //===----------------------------------------------------------------------===//
 
@@ -235,7 +209,7 @@ __global__ void copy2DDevice(const void *src, DType st, int64_t sld, void *dst, 
     for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
       float v = loadFloat(src, st, r * sld + c);
       if (softcap > 0)
-        v = __fmul_rn(softcap, tanhf(__fdiv_rn(v, softcap)));
+        v = capValue(v, softcap);
       storeFloat(dst, dt, r * dld + c, v);
     }
 }
@@ -824,9 +798,7 @@ Status lmHeadKernel(const KernelArgs &args) {
 // The logit gradient of a [mb, vc] block (rows m0.., vocabulary v0..), times
 // the cap's derivative 1 - tanh²(l/c) when `logits` (the recomputed
 // pre-cap block) is given. Written as fp32 (`out`, which may be `logits`),
-// or as a bf16 pair hi + lo with hi = bf16(g) and lo = bf16(g - hi): the
-// pair carries about 16 significant bits, so that bf16 tensor-core products
-// of it with bf16 operands come within ~2^-17 of fp32 ones.
+// or as a bf16 pair hi + lo (see splitBf16).
 __global__ void lmHeadGradPrepDevice(const void *G, DType gt, int64_t V, int64_t m0, int64_t v0,
                                      int64_t mb, int64_t vc, const float *logits, float softcap,
                                      float *out, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
@@ -834,14 +806,10 @@ __global__ void lmHeadGradPrepDevice(const void *G, DType gt, int64_t V, int64_t
     for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
       int64_t i = r * vc + c;
       float g = loadFloat(G, gt, (m0 + r) * V + v0 + c);
-      if (logits) {
-        float t = tanhf(__fdiv_rn(logits[i], softcap));
-        g = __fmul_rn(g, __fsub_rn(1.0f, __fmul_rn(t, t)));
-      }
+      if (logits)
+        g = capGrad(g, capTanh(logits[i], softcap));
       if (hi) {
-        __nv_bfloat16 h = __float2bfloat16(g);
-        hi[i] = h;
-        lo[i] = __float2bfloat16(__fsub_rn(g, __bfloat162float(h)));
+        splitBf16(g, hi[i], lo[i]);
       } else {
         out[i] = g;
       }
@@ -1276,6 +1244,444 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
   return Status();
 }
 
+//===----------------------------------------------------------------------===//
+// Fused LM head + cross-entropy
+//===----------------------------------------------------------------------===//
+//
+// lm_head_cross_entropy(_grad) never hold the [M, V] logits: they are made a
+// tile at a time in the workspace, M in row blocks of up to Mb rows, each
+// swept over the vocabulary in chunks of up to Vc columns. The CPU takes
+// chunks of whole rows; a whole row of a 262K vocabulary is 1 MB of fp32,
+// which would leave ~100 rows to the 128 MB of scratch, and GEMMs that thin
+// are memory-bound: every chunk rereads the 1.3 GB table for the logits and
+// for dx, and rewrites the 2.7 GB fp32 table_grad (at M = 16K, ~0.6 s). Tiles
+// of ~1024 rows keep every product on the tensor cores (the table is read
+// M/Mb times), at the price of a logsumexp carried across the chunks of a
+// row (an online logsumexp, merged in a fixed order, in double).
+//
+// Forward, per tile: logits = x·tableᵀ (cuBLAS, fp32 out), then one kernel
+// per row caps them, takes the chunk's max and Σexp in one read and merges
+// them into the row's running (max, sum); the last chunk writes the row's
+// loss term, and the terms are summed in row order at the end.
+//
+// Backward, per row block: that sweep again for the rows' logsumexp, then a
+// second sweep that recomputes each tile's logits (except the last chunk's,
+// still in the buffer from the first sweep, which is why it goes backwards),
+// turns them into the logit gradient in one kernel per row (cap, softmax,
+// onehot, scale, cap derivative, bf16 split), and multiplies it back:
+// dx[rows] += g'·table[chunk] (fp32, across the chunks) and table_grad[chunk]
+// += g'ᵀ·x[rows] (beta = 1 after the first row block). This is one more logit
+// GEMM than the CPU's scheme per row block (the first sweep), about 1/6 of
+// the backward's products.
+//
+// With bf16 x and table (the model's case), g' goes into the products as the
+// bf16 pair hi + lo (splitBf16), as in lm_head_grad. For table_grad the pair
+// is stacked along the contraction: [hi; lo]ᵀ·[x; x] is one GEMM with K =
+// 2·rows, which reads and writes the fp32 table_grad chunk once instead of
+// twice. Other types keep g' in fp32 (in place of the logits) and go through
+// gemm()'s staging.
+//
+// Ignored rows cost their share of the GEMMs but no other work; bad targets
+// and num_items <= 0 (errors on the CPU) give NaN, as in the unfused kernels.
+
+/// Rows of a row block, at most: large enough for the tensor cores in every
+/// product (table_grad's contracts over 2·rows), small enough to leave a wide
+/// vocabulary chunk.
+constexpr int64_t kHeadRowBlock = 1024;
+/// Vocabulary columns below which the row block shrinks instead.
+constexpr int64_t kHeadMinChunk = 1024;
+
+/// A chunk size of at most maxChunk splitting n into as few, nearly equal
+/// parts (a multiple of `granule` where it splits), so that the last part is
+/// not a thin remainder (V = 262208 is 2^18 + 64).
+int64_t balancedChunk(int64_t n, int64_t maxChunk, int64_t granule) {
+  maxChunk = std::max<int64_t>(maxChunk, 1);
+  if (n <= maxChunk)
+    return std::max<int64_t>(n, 1);
+  int64_t parts = (n + maxChunk - 1) / maxChunk;
+  int64_t c = (n + parts - 1) / parts;
+  c = (c + granule - 1) / granule * granule;
+  return std::min(c, maxChunk);
+}
+
+/// The tiling of the [M, V] logits: Mb rows × Vc columns at most per tile,
+/// with `perElem` scratch bytes per tile element and `perRow` per row of a
+/// block, out of `bytes`.
+Status planHeadTiles(const KernelArgs &args, int64_t M, int64_t V, size_t bytes, size_t perElem,
+                     size_t perRow, int64_t &Mb, int64_t &Vc) {
+  // Slack for the 256-byte alignment of each buffer taken.
+  const size_t slack = 8 * kAlign;
+  int64_t rows = std::clamp<int64_t>(M, 1, kHeadRowBlock);
+  for (;;) {
+    size_t fixed = size_t(rows) * perRow + slack;
+    size_t left = bytes > fixed ? bytes - fixed : 0;
+    int64_t cols = int64_t(std::min<size_t>(size_t(std::max<int64_t>(V, 1)),
+                                            left / (size_t(rows) * perElem)));
+    if (cols >= std::min<int64_t>(V, kHeadMinChunk) || (rows == 1 && cols >= 1)) {
+      Mb = balancedChunk(M, rows, 64);
+      Vc = balancedChunk(V, cols, 128);
+      return Status();
+    }
+    if (rows == 1)
+      return args.fail("the workspace (" + std::to_string(bytes) +
+                       " bytes free) is too small for a vocabulary of " + std::to_string(V));
+    rows = (rows + 1) / 2;
+  }
+}
+
+// One block per row of an [mb, vc] tile of pre-cap logits (rows m0.. and
+// vocabulary v0.. of the whole): caps them and merges the chunk's max (fp32)
+// and Σexp(l - max) (double) into the row's running pair, the state of an
+// online logsumexp over the chunks; the CPU's two passes over the row (fp32
+// max, then the double sum) give the same value up to double rounding. Takes
+// the target's logit when it lies in the chunk (targetLogit given). After the
+// last chunk: lse[r] and, with rowLoss, the row's term and whether it counts
+// (as crossEntropyRowsDevice).
+__global__ void headLossStatsDevice(const float *logits, int64_t mb, int64_t vc, int64_t v0,
+                                    int64_t V, const void *targets, DType tt, int64_t m0,
+                                    int64_t ignoreIndex, float softcap, bool first, bool last,
+                                    float *runMax, double *runSum, float *targetLogit,
+                                    double *lse, double *rowLoss, int *counted) {
+  for (int64_t r = blockIdx.x; r < mb; r += gridDim.x) {
+    int64_t t = loadIndex(targets, tt, m0 + r);
+    bool ignored = t == ignoreIndex;
+    if (ignored || t < 0 || t >= V) {
+      if (last && rowLoss && threadIdx.x == 0) {
+        rowLoss[m0 + r] = ignored ? 0.0 : double(NAN);
+        counted[m0 + r] = ignored ? 0 : 1;
+      }
+      continue;
+    }
+    const float *row = logits + r * vc;
+    // One read per logit: each thread keeps its own running (max, sum).
+    // -inf logits add exp(-inf) = 0 on the CPU, and nothing here (their
+    // difference to a -inf running max would be NaN); NaN propagates.
+    float m = -INFINITY;
+    double s = 0;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+      float l = row[c];
+      if (softcap > 0)
+        l = capValue(l, softcap);
+      if (l > m) {
+        s = s * exp(double(m) - double(l)) + 1.0;
+        m = l;
+      } else if (l != -INFINITY) {
+        s += exp(double(l) - double(m));
+      }
+    }
+    float bm = blockMax(m);
+    s = blockSum(s == 0 ? 0.0 : s * exp(double(m) - double(bm)));
+    if (threadIdx.x == 0) {
+      float M = bm;
+      double S = s;
+      if (!first) {
+        float pm = runMax[r];
+        double ps = runSum[r];
+        M = fmaxf(pm, bm);
+        S = (ps == 0 ? 0.0 : ps * exp(double(pm) - double(M))) +
+            (s == 0 ? 0.0 : s * exp(double(bm) - double(M)));
+      }
+      if (targetLogit && t >= v0 && t < v0 + vc) {
+        float l = row[t - v0];
+        targetLogit[r] = softcap > 0 ? capValue(l, softcap) : l;
+      }
+      if (!last) {
+        runMax[r] = M;
+        runSum[r] = S;
+      } else {
+        double rowLse = double(M) + log(S);
+        if (lse)
+          lse[r] = rowLse;
+        if (rowLoss) {
+          rowLoss[m0 + r] = rowLse - double(targetLogit[r]);
+          counted[m0 + r] = 1;
+        }
+      }
+    }
+  }
+}
+
+// One block per row of an [mb, vc] tile of pre-cap logits: the logit
+// gradient (softmax - onehot)·dloss/num_items of a counted row, from the
+// row's lse (the math of crossEntropyGradDevice on the capped logits), times
+// the cap's derivative (that of lmHeadGradPrepDevice) when capped; 0 on
+// ignored rows, NaN on rows with a bad target or when num_items <= 0. Written
+// as fp32 `out` (which may be `logits`: every element is read, then written,
+// by one thread) or as the bf16 pair hi + lo.
+__global__ void headLossGradDevice(const float *logits, int64_t mb, int64_t vc, int64_t v0,
+                                   int64_t V, const void *targets, DType tt, int64_t m0,
+                                   int64_t ignoreIndex, float softcap, const double *lse,
+                                   const void *numItems, DType nt, const void *dloss, DType dt,
+                                   float *out, __nv_bfloat16 *hi, __nv_bfloat16 *lo) {
+  double n = loadFloat(numItems, nt, 0);
+  double coef = double(loadFloat(dloss, dt, 0)) / n;
+  for (int64_t r = blockIdx.x; r < mb; r += gridDim.x) {
+    int64_t base = r * vc;
+    int64_t t = loadIndex(targets, tt, m0 + r);
+    if (t == ignoreIndex || t < 0 || t >= V || !(n > 0)) {
+      float fill = t == ignoreIndex ? 0.0f : NAN;
+      for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+        if (hi)
+          splitBf16(fill, hi[base + c], lo[base + c]);
+        else
+          out[base + c] = fill;
+      }
+      continue;
+    }
+    double rowLse = lse[r];
+    int64_t tc = t - v0; // the target's column in this chunk, if there
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+      float l = logits[base + c], th = 0;
+      if (softcap > 0) {
+        th = capTanh(l, softcap);
+        l = __fmul_rn(softcap, th);
+      }
+      double p = exp(double(l) - rowLse);
+      float g = float((p - (c == tc ? 1.0 : 0.0)) * coef);
+      if (softcap > 0)
+        g = capGrad(g, th);
+      if (hi)
+        splitBf16(g, hi[base + c], lo[base + c]);
+      else
+        out[base + c] = g;
+    }
+  }
+}
+
+/// The operands of the fused kernels, checked as the CPU's lm_head and
+/// cross_entropy check them.
+struct HeadLossShape {
+  int64_t M, H, V, ignoreIndex;
+  float softcap; // 0 when absent
+};
+
+Status prepareHeadLoss(const KernelArgs &args, HeadLossShape &s) {
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &tv = args.inputs[2];
+  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
+  G3RT_RETURN_IF_ERROR(checkMatrix(args, table, "table"));
+  s.V = table.dim(0);
+  s.H = table.dim(1);
+  s.M = leadingRows(x);
+  if (x.dim(-1) != s.H)
+    return args.fail("input " + shapeString(x.shape) + " does not contract with table " +
+                     shapeString(table.shape));
+  G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
+  if (tv.numel() != s.M)
+    return args.fail("targets must have one entry per row of the input (" +
+                     std::to_string(s.M) + "), got " + describe(tv));
+  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, args.inputs[3], "num_items"));
+  G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", s.ignoreIndex));
+  std::optional<float> softcap;
+  G3RT_RETURN_IF_ERROR(readSoftcap(args, softcap));
+  s.softcap = softcap.value_or(0.0f);
+  return Status();
+}
+
+/// Whether cuBLAS multiplies x and table as they are into fp32 logits, so
+/// that gemm() stages nothing for them.
+bool nativeLogits(const TensorView &x, const TensorView &table) {
+  return x.dtype == table.dtype && nativeCombination(x.dtype, DType::F32);
+}
+
+Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 1));
+  HeadLossShape s;
+  G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
+  const TensorView &n = args.inputs[3], &loss = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, loss, "result"));
+  CudaContext &ctx = contextOf(args);
+  Scratch scratch = scratchOf(ctx);
+  // Every row's term, summed in row order at the end.
+  double *rowLoss = static_cast<double *>(scratch.take(size_t(s.M) * 8 + 8));
+  int *counted = static_cast<int *>(scratch.take(size_t(s.M) * 4 + 4));
+  if (!rowLoss || !counted)
+    return args.fail("the workspace is too small for " + std::to_string(s.M) + " rows");
+
+  // Types cuBLAS cannot take as they are leave half of the rest to gemm()
+  // for staging.
+  const size_t own = nativeLogits(x, table) ? scratch.bytes : scratch.bytes / 2;
+  int64_t Mb, Vc;
+  G3RT_RETURN_IF_ERROR(planHeadTiles(args, s.M, s.V, own, 4, 4 + 8 + 4, Mb, Vc));
+  float *runMax = static_cast<float *>(scratch.take(size_t(Mb) * 4));
+  double *runSum = static_cast<double *>(scratch.take(size_t(Mb) * 8));
+  float *targetLogit = static_cast<float *>(scratch.take(size_t(Mb) * 4));
+  float *logits = static_cast<float *>(scratch.take(size_t(Mb) * size_t(Vc) * 4));
+  if (!runMax || !runSum || !targetLogit || !logits)
+    return args.fail("the workspace is too small for the logits of " + std::to_string(Mb) +
+                     " rows");
+  Scratch inner = scratch; // what gemm() may stage in
+
+  // At least one chunk, so that a row's term is written even when V = 0.
+  const int64_t chunks = std::max<int64_t>(1, (s.V + Vc - 1) / Vc);
+  for (int64_t m0 = 0; m0 < s.M; m0 += Mb) {
+    const int64_t mb = std::min(Mb, s.M - m0);
+    const Operand xRows{offsetBytes(x.data, x.dtype, m0 * s.H), x.dtype, s.H, false};
+    for (int64_t j = 0; j < chunks; ++j) {
+      const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
+      // logits[mb, vc] = x[m0.., H]·table[v0.., H]ᵀ, capped by the kernel below.
+      G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, vc, s.H, xRows,
+                                Operand{offsetBytes(table.data, table.dtype, v0 * s.H),
+                                        table.dtype, s.H, true},
+                                Output{logits, DType::F32, vc}, 0.0f));
+      headLossStatsDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
+          logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
+          j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted);
+      G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy rows");
+    }
+  }
+  crossEntropyFinishDevice<<<1, 1024, 0, ctx.stream>>>(rowLoss, counted, s.M, n.data, n.dtype,
+                                                       loss.data, loss.dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy");
+  return Status();
+}
+
+Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 5 || args.outputs.empty() || args.outputs.size() > 2)
+    return args.fail("expected 5 inputs and 1 or 2 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  HeadLossShape s;
+  G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
+  const TensorView &n = args.inputs[3], &dloss = args.inputs[4], &dx = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, dloss, "grad"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", s.M, s.H));
+  const bool wantTable = args.outputs.size() == 2;
+  const TensorView *dtable = wantTable ? &args.outputs[1] : nullptr;
+  if (wantTable) {
+    G3RT_RETURN_IF_ERROR(checkShape(args, *dtable, "table_grad", {s.V, s.H}));
+    // Accumulated across row blocks by cuBLAS (beta = 1), which must not
+    // round between blocks; the op's table_grad is f32.
+    if (dtable->dtype != DType::F32)
+      return args.fail("table_grad must be f32, got " + describe(*dtable));
+  }
+  CudaContext &ctx = contextOf(args);
+  if (s.M == 0 || s.V == 0 || s.H == 0) {
+    // Nothing to contract: zero gradients. (With V = 0 a counted target is
+    // an error on the CPU; it goes unnoticed here.)
+    G3RT_RETURN_IF_ERROR(memsetZero(args, dx.data, dx.bytes()));
+    return wantTable ? memsetZero(args, dtable->data, dtable->bytes()) : Status();
+  }
+
+  const bool split = x.dtype == DType::BF16 && table.dtype == DType::BF16;
+  const bool dxDirect = dx.dtype == DType::F32;
+  const bool stackX = split && wantTable;
+  // Per tile element: the fp32 logits, plus the bf16 pair when split (the
+  // fp32 g' otherwise replaces the logits in place). Per row: the running
+  // (max, sum), the lse, an fp32 dx accumulator unless dx is fp32, and the
+  // stacked [x; x] for table_grad.
+  const size_t perElem = split ? 8 : 4;
+  const size_t perRow = 4 + 8 + 8 + (dxDirect ? 0 : size_t(s.H) * 4) +
+                        (stackX ? 2 * size_t(s.H) * 2 : 0);
+  Scratch scratch = scratchOf(ctx);
+  const bool native = split || (x.dtype == DType::F32 && table.dtype == DType::F32);
+  const size_t own = native ? scratch.bytes : scratch.bytes / 2;
+  int64_t Mb, Vc;
+  G3RT_RETURN_IF_ERROR(planHeadTiles(args, s.M, s.V, own, perElem, perRow, Mb, Vc));
+  float *runMax = static_cast<float *>(scratch.take(size_t(Mb) * 4));
+  double *runSum = static_cast<double *>(scratch.take(size_t(Mb) * 8));
+  double *lse = static_cast<double *>(scratch.take(size_t(Mb) * 8));
+  float *dxAcc =
+      dxDirect ? nullptr : static_cast<float *>(scratch.take(size_t(Mb) * size_t(s.H) * 4));
+  __nv_bfloat16 *xStack =
+      stackX ? static_cast<__nv_bfloat16 *>(scratch.take(2 * size_t(Mb) * size_t(s.H) * 2))
+             : nullptr;
+  float *logits = static_cast<float *>(scratch.take(size_t(Mb) * size_t(Vc) * 4));
+  __nv_bfloat16 *pair =
+      split ? static_cast<__nv_bfloat16 *>(scratch.take(2 * size_t(Mb) * size_t(Vc) * 2))
+            : nullptr;
+  if (!runMax || !runSum || !lse || (!dxDirect && !dxAcc) || (stackX && !xStack) || !logits ||
+      (split && !pair))
+    return args.fail("the workspace is too small for the logits of " + std::to_string(Mb) +
+                     " rows");
+  Scratch inner = scratch; // what gemm() may stage in
+
+  const int64_t chunks = (s.V + Vc - 1) / Vc;
+  for (int64_t m0 = 0; m0 < s.M; m0 += Mb) {
+    const int64_t mb = std::min(Mb, s.M - m0);
+    const Operand xRows{offsetBytes(x.data, x.dtype, m0 * s.H), x.dtype, s.H, false};
+    auto tableRows = [&](int64_t v0, bool trans) {
+      return Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, trans};
+    };
+    auto computeLogits = [&](int64_t v0, int64_t vc) {
+      return gemm(args, ctx, inner, mb, vc, s.H, xRows, tableRows(v0, true),
+                  Output{logits, DType::F32, vc}, 0.0f);
+    };
+
+    // Sweep 1: the rows' logsumexp.
+    for (int64_t j = 0; j < chunks; ++j) {
+      const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
+      G3RT_RETURN_IF_ERROR(computeLogits(v0, vc));
+      headLossStatsDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
+          logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
+          j == 0, j == chunks - 1, runMax, runSum, nullptr, lse, nullptr, nullptr);
+      G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_grad logsumexp");
+    }
+
+    if (stackX) {
+      // [x; x] for the stacked table_grad product (see above).
+      size_t rowBytes = size_t(mb) * size_t(s.H) * 2;
+      const void *src = offsetBytes(x.data, x.dtype, m0 * s.H);
+      cudaError_t e = cudaMemcpyAsync(xStack, src, rowBytes, cudaMemcpyDeviceToDevice, ctx.stream);
+      if (e == cudaSuccess)
+        e = cudaMemcpyAsync(reinterpret_cast<char *>(xStack) + rowBytes, src, rowBytes,
+                            cudaMemcpyDeviceToDevice, ctx.stream);
+      if (e != cudaSuccess)
+        return cudaFailure(args, e, "stacking the input rows");
+    }
+    const Output dxOut =
+        dxDirect ? Output{offsetBytes(dx.data, dx.dtype, m0 * s.H), DType::F32, s.H}
+                 : Output{dxAcc, DType::F32, s.H};
+
+    // Sweep 2, last chunk first: its logits are still in the buffer.
+    for (int64_t j = chunks - 1; j >= 0; --j) {
+      const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
+      const bool dxFirst = j == chunks - 1; // dx accumulates from this chunk on
+      if (!dxFirst)
+        G3RT_RETURN_IF_ERROR(computeLogits(v0, vc));
+      __nv_bfloat16 *hi = pair, *lo = split ? pair + mb * vc : nullptr;
+      headLossGradDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
+          logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
+          lse, n.data, n.dtype, dloss.data, dloss.dtype, split ? nullptr : logits, hi, lo);
+      G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_grad logit gradient");
+      const float tableBeta = m0 == 0 ? 0.0f : 1.0f;
+      const Output tableOut{wantTable ? offsetBytes(dtable->data, DType::F32, v0 * s.H) : nullptr,
+                            DType::F32, s.H};
+      if (split) {
+        // table_grad[v0.., H] (+)= [hi; lo][2mb, vc]ᵀ·[x; x][2mb, H]
+        if (wantTable)
+          G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, vc, s.H, 2 * mb,
+                                    Operand{pair, DType::BF16, vc, true},
+                                    Operand{xStack, DType::BF16, s.H, false}, tableOut,
+                                    tableBeta));
+        // dx[m0.., H] (+)= hi·table[v0.., H] + lo·table[v0.., H]
+        G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
+                                  Operand{hi, DType::BF16, vc, false}, tableRows(v0, false),
+                                  dxOut, dxFirst ? 0.0f : 1.0f));
+        G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
+                                  Operand{lo, DType::BF16, vc, false}, tableRows(v0, false),
+                                  dxOut, 1.0f));
+      } else {
+        // The fp32 g' replaced the logits.
+        if (wantTable)
+          G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, vc, s.H, mb,
+                                    Operand{logits, DType::F32, vc, true}, xRows, tableOut,
+                                    tableBeta));
+        G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
+                                  Operand{logits, DType::F32, vc, false}, tableRows(v0, false),
+                                  dxOut, dxFirst ? 0.0f : 1.0f));
+      }
+    }
+    if (!dxDirect)
+      G3RT_RETURN_IF_ERROR(copy2D(args, dxAcc, DType::F32, s.H,
+                                  offsetBytes(dx.data, dx.dtype, m0 * s.H), dx.dtype, s.H, mb,
+                                  s.H));
+  }
+  return Status();
+}
+
 /// The better of two (value, index) candidates: the larger value, the lower
 /// index on ties (the CPU's first maximum).
 __device__ __forceinline__ void argmaxCombine(float &v, int64_t &i, float ov, int64_t oi) {
@@ -1380,6 +1786,8 @@ void registerCudaDenseKernels(KernelTable &table) {
   table.emplace_back("lm_head_grad", lmHeadGradKernel);
   table.emplace_back("cross_entropy", crossEntropyKernel);
   table.emplace_back("cross_entropy_grad", crossEntropyGradKernel);
+  table.emplace_back("lm_head_cross_entropy", lmHeadCrossEntropyKernel);
+  table.emplace_back("lm_head_cross_entropy_grad", lmHeadCrossEntropyGradKernel);
   table.emplace_back("expert_linear", expertLinearKernel);
   table.emplace_back("expert_linear_grad_input", expertLinearGradInputKernel);
   table.emplace_back("expert_linear_grad_weight", expertLinearGradWeightKernel);

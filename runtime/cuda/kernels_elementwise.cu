@@ -17,6 +17,7 @@
 
 #include "runtime/base/random.h"
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -24,6 +25,8 @@
 
 namespace g3rt::cuda {
 namespace {
+
+using namespace checks;
 
 constexpr int kThreads = 256;
 /// Grid-stride loops cover any size; more blocks than this only add
@@ -45,15 +48,6 @@ __device__ __forceinline__ int64_t gridStride() { return int64_t(gridDim.x) * bl
 //===----------------------------------------------------------------------===//
 // Checks (as on the CPU)
 //===----------------------------------------------------------------------===//
-
-Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
-  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
-    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
-                     std::to_string(outputs) + " outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  return Status();
-}
 
 Status checkFloatOperands(const KernelArgs &args, std::initializer_list<const TensorView *> views) {
   int64_t n = args.outputs[0].numel();

@@ -30,6 +30,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -40,34 +41,11 @@
 namespace g3rt::cuda {
 namespace {
 
+using namespace checks;
+
 //===----------------------------------------------------------------------===//
 // Argument checking (as the CPU kernels)
 //===----------------------------------------------------------------------===//
-
-std::string str(int64_t v) { return std::to_string(v); }
-
-Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
-  if (args.inputs.size() != inputs || args.outputs.size() != outputs)
-    return args.fail("expected " + std::to_string(inputs) + " inputs and " +
-                     std::to_string(outputs) + " outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  return Status();
-}
-
-Status checkFloat(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (!isFloat(t.dtype))
-    return args.fail(std::string(what) + " must be a float tensor, got " +
-                     std::string(dtypeName(t.dtype)));
-  return Status();
-}
-
-Status checkI32(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (t.dtype != DType::I32)
-    return args.fail(std::string(what) + " must be i32, got " +
-                     std::string(dtypeName(t.dtype)));
-  return Status();
-}
 
 Status checkMatrix(const KernelArgs &args, const TensorView &t, const char *what,
                    int64_t rows, int64_t cols) {
@@ -84,14 +62,6 @@ Status checkIndexMatrix(const KernelArgs &args, const TensorView &t, const char 
   if (t.rank() < 1 || t.dim(-1) != cols || t.rows() != rows)
     return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
                      ", expected [" + str(rows) + ", " + str(cols) + "]");
-  return Status();
-}
-
-Status checkScalar(const KernelArgs &args, const TensorView &t, const char *what) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what));
-  if (t.numel() != 1)
-    return args.fail(std::string(what) + " must be a scalar, got shape " +
-                     shapeString(t.shape));
   return Status();
 }
 

@@ -10,6 +10,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -19,12 +20,10 @@
 namespace g3rt::cuda {
 namespace {
 
+using namespace checks;
+
 constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = 8192;
-
-std::string describe(const TensorView &t) {
-  return std::string(dtypeName(t.dtype)) + shapeString(t.shape);
-}
 
 Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
   if (!isFloat(t.dtype) || t.numel() != 1)

@@ -17,8 +17,8 @@ Storage::Storage(size_t bytes) : size_(bytes) {
 
 void Storage::Free::operator()(void *p) const { std::free(p); }
 
-Executor::Executor(const StepProgram &program)
-    : program_(program), arena_(size_t(program.arenaBytes)) {
+Executor::Executor(const StepProgram &program, bool withArena)
+    : program_(program), arena_(withArena ? Storage(size_t(program.arenaBytes)) : Storage()) {
   // Persistent tensors: each (kind, name) once, shaped as first declared.
   for (const FunctionDesc &fn : program.functions)
     for (const BufferDesc &b : fn.buffers) {
@@ -51,6 +51,8 @@ TensorView Executor::view(const FunctionDesc &fn, uint32_t index) const {
 }
 
 Status Executor::runInstruction(const FunctionDesc &fn, size_t i) {
+  if (!arena_.data())
+    return Status::error("this executor was made without an arena and cannot run " + fn.name);
   const InstrDesc &instr = fn.instrs[i];
   KernelArgs args;
   args.name = instr.kernel;

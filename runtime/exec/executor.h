@@ -38,8 +38,11 @@ private:
 class Executor {
 public:
   /// Allocates all state of `program` (zeroed). The program must outlive the
-  /// executor.
-  explicit Executor(const StepProgram &program);
+  /// executor. Without `withArena` the executor only holds the state (the
+  /// host mirror of a device backend, which runs nothing here: a big model's
+  /// arena would be tens of gigabytes of host memory for nothing); run() then
+  /// fails.
+  explicit Executor(const StepProgram &program, bool withArena = true);
 
   const StepProgram &program() const { return program_; }
 

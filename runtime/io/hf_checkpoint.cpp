@@ -203,7 +203,7 @@ StepModelFacts collectFacts(const StepProgram &program, int64_t layers) {
       rope.push_back(&in);
     else if (in.kernel == "rms_norm" && !f.rmsEps)
       f.rmsEps = in.attrs.getFloat("eps");
-    else if (in.kernel == "lm_head")
+    else if (in.kernel == "lm_head" || in.kernel == "lm_head_cross_entropy")
       f.finalSoftcap = in.attrs.getFloat("softcap");
     else if (in.kernel == "sparsemixer_router" || in.kernel == "softmax_topk_router" ||
              in.kernel == "sigmoid_grouped_router") {

@@ -24,7 +24,8 @@ void optional(CLI::App &app, const char *flag, std::optional<T> &target, const c
 } // namespace
 
 int runMain(int argc, char **argv) {
-  CLI::App app{"g3moe-run: train a compiled G3MoE / Gemma-3 step (step.bin) on the CPU"};
+  CLI::App app{"g3moe-run: train a compiled G3MoE / Gemma-3 step (step.bin) on a CUDA GPU or "
+               "the CPU"};
   std::string stepPath;
   TrainOptions options;
   int threads = 0;
@@ -94,6 +95,16 @@ int runMain(int argc, char **argv) {
                  "write the loaded train rows as JSONL {input_ids, labels, segment_ids, "
                  "positions} to FILE and exit");
   app.add_option("--threads", threads, "CPU threads (default: all)");
+  // The environment variable lets a test suite pin the CPU reference
+  // backend (bit-exact resume checks) on a machine that has a GPU.
+  options.device = "auto";
+  app.add_option("--device", options.device,
+                 "where the steps run: cuda (the first visible GPU), cpu, or auto (cuda when "
+                 "this g3moe-run was built with CUDA and a GPU is visible, else cpu); also "
+                 "for --eval-only, --dump-gradients and --dump-logits. Default: "
+                 "$G3MOE_DEVICE, else auto")
+      ->envname("G3MOE_DEVICE")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
   InspectOptions inspect;
   app.add_option("--weights", options.weightsDir,
                  "HF checkpoint folder (model.safetensors or a sharded index, config.json) "

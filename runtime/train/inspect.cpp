@@ -8,6 +8,7 @@
 
 #include "runtime/train/inspect.h"
 
+#include "runtime/exec/device_backend.h"
 #include "runtime/exec/executor.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
@@ -20,6 +21,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <list>
 #include <ostream>
 
 namespace g3rt {
@@ -57,7 +59,15 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
   if (training.is_discarded() || model.is_discarded())
     return Status::error("the step's configuration is not valid JSON");
 
-  Executor ex(program);
+  // Writing the base model runs nothing; the dumps run one entry point where
+  // --device says, from the host's state.
+  std::unique_ptr<DeviceBackend> device;
+  if (what.saveInitialWeights.empty()) {
+    std::string backend;
+    G3RT_RETURN_IF_ERROR(selectBackend(program, options.device, device, backend));
+    log << "backend: " << backend << "\n";
+  }
+  Executor ex(program, /*withArena=*/!device);
   uint64_t seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
   int64_t padId = option<int64_t>(model, "pad_token_id", 0);
   G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
@@ -139,14 +149,36 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     key.i64()[0] = int64_t(seed);
     key.i64()[1] = 0;
   }
-  G3RT_RETURN_IF_ERROR(ex.run(function));
+  // Outputs read from the device are copied here and live until the file is
+  // written; on the CPU they are views of the executor's arena.
+  // (A list: its elements never move.) An unknown output is an empty view,
+  // as Executor::output gives.
+  std::list<std::vector<uint8_t>> deviceBytes;
+  auto output = [&](const std::string &name, TensorView &view) -> Status {
+    view = TensorView{};
+    if (!device) {
+      view = ex.output(function, name);
+      return Status();
+    }
+    if (program.findFunction(function)->findOutput(name) < 0)
+      return Status();
+    deviceBytes.emplace_back();
+    return device->readOutput(function, name, deviceBytes.back(), view);
+  };
+  if (device) {
+    G3RT_RETURN_IF_ERROR(device->uploadState(ex));
+    G3RT_RETURN_IF_ERROR(device->run(function));
+  } else {
+    G3RT_RETURN_IF_ERROR(ex.run(function));
+  }
 
   std::vector<NamedTensor> out;
   std::vector<float> scalars = {0.0f, numItems};
   std::string file;
   if (!what.dumpGradients.empty()) {
     file = what.dumpGradients;
-    TensorView loss = ex.output(function, "loss");
+    TensorView loss;
+    G3RT_RETURN_IF_ERROR(output("loss", loss));
     if (!loss.data)
       return Status::error("forward_backward has no loss output");
     scalars[0] = loss.load(0);
@@ -154,7 +186,8 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     for (const ParamDesc &p : program.params) {
       if (!p.trainable)
         continue;
-      TensorView g = ex.output(function, "grad:" + p.name);
+      TensorView g;
+      G3RT_RETURN_IF_ERROR(output("grad:" + p.name, g));
       if (!g.data)
         return Status::error("forward_backward has no gradient of '" + p.name + "'");
       size_t at = p.name.find("{e}");
@@ -173,7 +206,8 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     log << "loss " << scalars[0] << " over " << numItems << " labels\n";
   } else {
     file = what.dumpLogits;
-    TensorView logits = ex.output(function, "logits");
+    TensorView logits;
+    G3RT_RETURN_IF_ERROR(output("logits", logits));
     if (!logits.data)
       return Status::error("eval_logits has no logits output");
     out.push_back({"logits", logits});

@@ -15,6 +15,7 @@
 #include "runtime/train/trainer.h"
 
 #include "runtime/base/random.h"
+#include "runtime/exec/device_backend.h"
 #include "runtime/exec/executor.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
@@ -86,14 +87,21 @@ struct EvalMetrics {
 
 /// A training run: the step's executor, the data, the schedule and the
 /// outputs. The entry point below drives it.
+///
+/// `ex` holds all state on the host. Without a device backend it also runs
+/// every entry point (the CPU backend, unchanged). With one, the device runs
+/// them: the state is uploaded once prepare() has initialised, loaded or
+/// resumed it; each call uploads the inputs written into `ex` and runs on the
+/// device; outputs are read from the device; and the changed tensors are
+/// downloaded into `ex` (syncHost) before anything reads them on the host.
 class Trainer {
 public:
   Trainer(const StepProgram &program, nlohmann::json training, nlohmann::json model,
           double lr, std::string schedule, const TrainOptions &options, std::ostream &log,
-          TrainResult &result)
+          TrainResult &result, std::unique_ptr<DeviceBackend> device)
       : program(program), training(std::move(training)), model(std::move(model)),
-        options(options), log(log), result(result), ex(program), lr(lr),
-        schedule(std::move(schedule)) {}
+        options(options), log(log), result(result), device(std::move(device)),
+        ex(program, /*withArena=*/!this->device), lr(lr), schedule(std::move(schedule)) {}
 
   /// Parameters (seeded, then a checkpoint's when resuming), data, schedule.
   Status prepare();
@@ -112,13 +120,27 @@ private:
   void scalar(const std::string &tag, double value, int64_t step);
   void recordMetrics(const nlohmann::json &entry);
   nlohmann::json trainingArgs() const;
+  /// Runs entry point `function` on the inputs written into `ex`.
+  Status runFunction(const char *function);
+  /// Output `name` of the last run of `function`, as floats / its first value.
+  Status outputValues(const char *function, const std::string &name, std::vector<float> &values);
+  Status outputScalar(const char *function, const std::string &name, double &value);
+  /// Zeroes the gradient accumulators where the steps run.
+  Status zeroGradients();
+  /// Makes `ex` hold the device's trainable parameters, moments and
+  /// accumulators (nothing to do on the CPU, or when nothing ran since).
+  Status syncHost();
 
   const StepProgram &program;
   nlohmann::json training, model;
   const TrainOptions &options;
   std::ostream &log;
   TrainResult &result;
+  /// Null on the CPU backend. Declared before `ex`, whose arena depends on it.
+  std::unique_ptr<DeviceBackend> device;
   Executor ex;
+  /// The device ran an entry point since the last download.
+  bool hostStale = false;
 
   int64_t rows = 0, seqLen = 0, padId = 0;
   uint64_t seed = 42;
@@ -138,6 +160,57 @@ private:
   std::ofstream metrics;
   TensorBoardWriter tensorboard;
 };
+
+Status Trainer::runFunction(const char *function) {
+  if (!device)
+    return ex.run(function);
+  G3RT_RETURN_IF_ERROR(device->uploadInputs(ex));
+  hostStale = true;
+  return device->run(function);
+}
+
+Status Trainer::outputValues(const char *function, const std::string &name,
+                             std::vector<float> &values) {
+  if (device)
+    return device->readOutput(function, name, values);
+  TensorView t = ex.output(function, name);
+  if (!t.data)
+    return Status::error("no output '" + name + "' of '" + function + "'");
+  values = toFloat(t);
+  return Status();
+}
+
+Status Trainer::outputScalar(const char *function, const std::string &name, double &value) {
+  if (!device) {
+    // The CPU path reads the value in place, as it always has.
+    TensorView t = ex.output(function, name);
+    if (!t.data)
+      return Status::error("no output '" + name + "' of '" + function + "'");
+    value = t.load(0);
+    return Status();
+  }
+  std::vector<float> values;
+  G3RT_RETURN_IF_ERROR(device->readOutput(function, name, values));
+  if (values.empty())
+    return Status::error("output '" + name + "' of '" + function + "' is empty");
+  value = values[0];
+  return Status();
+}
+
+Status Trainer::zeroGradients() {
+  if (device)
+    return device->zeroGradients();
+  ex.zeroGradients();
+  return Status();
+}
+
+Status Trainer::syncHost() {
+  if (!device || !hostStale)
+    return Status();
+  G3RT_RETURN_IF_ERROR(device->downloadState(ex).withContext("copying the state from the device"));
+  hostStale = false;
+  return Status();
+}
 
 void Trainer::setScalar(const char *name, double value) {
   TensorView t = ex.input(name);
@@ -169,6 +242,10 @@ Status Trainer::prepare() {
     return Status();
   if (options.resume)
     G3RT_RETURN_IF_ERROR(resume());
+  // The state is complete on the host: one copy to the device, which keeps
+  // it from here on.
+  if (device)
+    G3RT_RETURN_IF_ERROR(device->uploadState(ex).withContext("copying the state to the device"));
   return Status();
 }
 
@@ -263,10 +340,14 @@ Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
     copyInts(ex.input("positions"), batch.positions);
     copyInts(ex.input("segment_ids"), batch.segmentIds);
     setScalar("num_items", double(count));
-    G3RT_RETURN_IF_ERROR(ex.run("eval_forward"));
-    lossSum += double(ex.output("eval_forward", "loss").load(0)) * double(count);
-    correct += ex.output("eval_forward", "correct_tokens").load(0);
-    counted += ex.output("eval_forward", "counted_tokens").load(0);
+    G3RT_RETURN_IF_ERROR(runFunction("eval_forward"));
+    double loss = 0, batchCorrect = 0, batchCounted = 0;
+    G3RT_RETURN_IF_ERROR(outputScalar("eval_forward", "loss", loss));
+    G3RT_RETURN_IF_ERROR(outputScalar("eval_forward", "correct_tokens", batchCorrect));
+    G3RT_RETURN_IF_ERROR(outputScalar("eval_forward", "counted_tokens", batchCounted));
+    lossSum += loss * double(count);
+    correct += batchCorrect;
+    counted += batchCounted;
     labelled += count;
   }
   if (labelled == 0)
@@ -372,6 +453,7 @@ Status Trainer::saveCheckpointNow(Progress &progress) {
   if (state.bestGlobalStep == state.globalStep)
     state.bestModelCheckpoint = checkpointPath(outputDir, state.globalStep);
   std::string dir;
+  G3RT_RETURN_IF_ERROR(syncHost());
   G3RT_RETURN_IF_ERROR(
       saveCheckpoint(ex, training, state, trainingArgs(), outputDir, dir, options.weightsDir));
   result.checkpoints.push_back(dir);
@@ -503,7 +585,7 @@ Status Trainer::run() {
         tokens += batch.tokens;
         batches.push_back(batch);
       }
-      ex.zeroGradients();
+      G3RT_RETURN_IF_ERROR(zeroGradients());
       double loss = 0;
       for (const MicroBatch &mb : batches) {
         copyInts(ex.input("input_ids"), mb.inputIds);
@@ -516,16 +598,21 @@ Status Trainer::run() {
           key.i64()[1] = int64_t(state.microBatches);
         }
         ++state.microBatches;
-        G3RT_RETURN_IF_ERROR(ex.run("train_micro_step"));
-        loss += ex.output("train_micro_step", "loss").load(0);
+        G3RT_RETURN_IF_ERROR(runFunction("train_micro_step"));
+        double microLoss = 0;
+        G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "loss", microLoss));
+        loss += microLoss;
         if (!moeLoads.empty()) {
           for (auto &[layer, counts] : moeLoads) {
-            std::vector<float> c = toFloat(ex.output("train_micro_step", "moe_load:" + layer));
+            std::vector<float> c;
+            G3RT_RETURN_IF_ERROR(outputValues("train_micro_step", "moe_load:" + layer, c));
             counts.resize(c.size(), 0.0);
             for (size_t e = 0; e < c.size(); ++e)
               counts[e] += c[e];
           }
-          moeAuxSum += ex.output("train_micro_step", "moe_aux_loss").load(0);
+          double aux = 0;
+          G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "moe_aux_loss", aux));
+          moeAuxSum += aux;
           ++moeMicroBatches;
         }
       }
@@ -533,9 +620,10 @@ Status Trainer::run() {
       setScalar("step", double(step));
       setScalar("total_steps", double(total));
       setScalar("warmup_steps", double(warmup));
-      G3RT_RETURN_IF_ERROR(ex.run("optimizer_step"));
-      double gradNorm = ex.output("optimizer_step", "grad_norm").load(0);
-      double usedLr = ex.output("optimizer_step", "learning_rate").load(0);
+      G3RT_RETURN_IF_ERROR(runFunction("optimizer_step"));
+      double gradNorm = 0, usedLr = 0;
+      G3RT_RETURN_IF_ERROR(outputScalar("optimizer_step", "grad_norm", gradNorm));
+      G3RT_RETURN_IF_ERROR(outputScalar("optimizer_step", "learning_rate", usedLr));
       step = ++state.globalStep;
       // The next step's position: what a checkpoint taken now resumes from.
       state.epoch = window + 1 < updatesPerEpoch ? epoch : epoch + 1;
@@ -629,6 +717,7 @@ Status Trainer::run() {
   }
 
   if (!options.noSave) {
+    G3RT_RETURN_IF_ERROR(syncHost());
     G3RT_RETURN_IF_ERROR(
         saveTrainedParameters(ex, training, outputDir, result.savedFiles, options.weightsDir));
     for (const std::string &f : result.savedFiles)
@@ -672,8 +761,16 @@ Status train(const StepProgram &compiled, const TrainOptions &options, std::ostr
     return Status::error("the step has no train_micro_step/optimizer_step: compile "
                          "it with g3moe-compile (default --emit=step)");
 
+  // Where the steps run; not needed to dump the data. The backend is chosen
+  // (and a device opened) before any weights are read, so that a missing GPU
+  // fails at once rather than after loading a checkpoint.
+  std::unique_ptr<DeviceBackend> device;
+  if (options.dumpDataPath.empty()) {
+    G3RT_RETURN_IF_ERROR(selectBackend(program, options.device, device, result.backend));
+    log << "backend: " << result.backend << "\n";
+  }
   Trainer trainer(program, std::move(training), std::move(model), lr, schedule, options, log,
-                  result);
+                  result, std::move(device));
   G3RT_RETURN_IF_ERROR(trainer.prepare());
   if (!options.dumpDataPath.empty())
     return Status();

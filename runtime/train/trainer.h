@@ -78,6 +78,13 @@ struct TrainOptions {
   /// Skip writing the trained parameters, checkpoints, metrics.jsonl and
   /// TensorBoard events (for tests that only want losses).
   bool noSave = false;
+  /// Where the step runs: "cpu", "cuda" or "auto" (runtime/exec/
+  /// device_backend.h's selectBackend). The CPU here, so that library callers
+  /// get the reference backend unless they ask; g3moe-run's --device
+  /// defaults to auto. On CUDA the host keeps the state (initialisation,
+  /// --weights, resume, checkpoints and the final files work on it as on the
+  /// CPU) and the device runs every entry point.
+  std::string device = "cpu";
 };
 
 /// What a run did, for callers and tests.
@@ -93,7 +100,10 @@ struct TrainResult {
   /// and eval_mean_token_accuracy.
   std::vector<int64_t> evalSteps;
   std::vector<double> evalLosses, evalAccuracies;
+  /// The highest arena byte written (CPU backend; 0 on a device).
   uint64_t arenaHighWater = 0;
+  /// The backend that ran: "CPU (<n> threads)" or "CUDA on <device name>".
+  std::string backend;
   /// Checkpoint folders written, and the final parameter files.
   std::vector<std::string> checkpoints;
   std::vector<std::string> savedFiles;

@@ -348,11 +348,13 @@ TEST(StepFile, RejectsOtherVersionAndMagic) {
 TEST(StepFile, RejectsConsistentlyDamagedPayload) {
   std::vector<uint8_t> bytes = stepBytes();
   std::vector<uint8_t> payload(bytes.begin() + long(kStepHeaderBytes), bytes.end());
-  // Rename a kernel: "rms_norm" -> "rms_nxrm".
-  std::string needle = "rms_norm";
+  // Rename a kernel: "rms_norm" -> "rms_nxrm". FlatBuffers stores a string
+  // as its length, its bytes and a NUL; matching all three finds a kernel name
+  // rather than the text inside the configuration JSON.
+  std::string needle("\x08\0\0\0rms_norm\0", 13);
   auto it = std::search(payload.begin(), payload.end(), needle.begin(), needle.end());
   ASSERT_NE(it, payload.end());
-  it[5] = 'x';
+  it[4 + 5] = 'x';
   std::string m = parseError(wrapStepPayload(payload.data(), payload.size()));
   EXPECT_NE(m.find("no kernel of that name"), std::string::npos) << m;
 

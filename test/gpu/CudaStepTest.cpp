@@ -10,6 +10,8 @@
 
 #include "runtime/base/random.h"
 #include "runtime/cuda/cuda_executor.h"
+
+#include <cuda_runtime.h>
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
 
@@ -176,6 +178,79 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
     }
     EXPECT_LE(std::sqrt(err), rtol * std::sqrt(norm) + 1e-5) << GetParam() << " " << p.name;
   }
+}
+
+/// The fused LM head + cross-entropy on shapes large enough for several row
+/// blocks and vocabulary chunks (the tiny steps fit in one tile), against the
+/// CPU reference kernel.
+TEST(CudaKernels, FusedHeadLossAcrossTiles) {
+  const int64_t rows = 2048, H = 64, V = 40000;
+  auto make = [](DType t, std::vector<int64_t> shape, std::vector<uint8_t> &bytes) {
+    TensorView v;
+    v.dtype = t;
+    v.shape = std::move(shape);
+    bytes.assign(v.bytes(), 0);
+    v.data = bytes.data();
+    return v;
+  };
+  std::vector<uint8_t> xb, tb, gb, nb, lb, dxb, dtb;
+  TensorView x = make(DType::BF16, {rows, H}, xb), table = make(DType::BF16, {V, H}, tb),
+             targets = make(DType::I32, {rows}, gb), n = make(DType::F32, {}, nb),
+             loss = make(DType::F32, {}, lb), dx = make(DType::BF16, {rows, H}, dxb),
+             dt = make(DType::F32, {V, H}, dtb);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.store(i, 2 * uniformAt(1, 0, 0, uint64_t(i)) - 1);
+  for (int64_t i = 0; i < table.numel(); ++i)
+    table.store(i, 0.2f * (2 * uniformAt(1, 0, 1, uint64_t(i)) - 1));
+  for (int64_t r = 0; r < rows; ++r)
+    targets.i32()[r] = r % 7 == 0 ? -100 : int32_t(uniformAt(1, 0, 2, uint64_t(r)) * V);
+  n.store(0, float(rows));
+  KernelAttrs attrs;
+  attrs.set("ignore_index", AttrValue::ofInt(-100));
+  attrs.set("softcap", AttrValue::ofFloat(30.0));
+
+  auto runBoth = [&](const char *name, std::vector<TensorView> in, std::vector<TensorView> out) {
+    // CPU reference into `out`; the GPU into device copies, brought back.
+    KernelArgs cpu;
+    cpu.name = name;
+    cpu.attrs = &attrs;
+    cpu.inputs = in;
+    cpu.outputs = out;
+    Status st = findCpuKernel(name)(cpu);
+    ASSERT_TRUE(st.ok()) << st.message();
+    StepProgram empty;
+    std::unique_ptr<cuda::CudaExecutor> gpu;
+    ASSERT_TRUE(cuda::CudaExecutor::create(empty, 0, gpu).ok());
+    std::vector<void *> allocations;
+    auto toGpu = [&](const TensorView &h, bool copy) {
+      TensorView d = h;
+      cudaMalloc(&d.data, std::max<size_t>(h.bytes(), 4));
+      allocations.push_back(d.data);
+      if (copy)
+        cudaMemcpy(d.data, h.data, h.bytes(), cudaMemcpyHostToDevice);
+      return d;
+    };
+    std::vector<TensorView> din, dout;
+    for (const TensorView &t : in)
+      din.push_back(toGpu(t, true));
+    for (const TensorView &t : out)
+      dout.push_back(toGpu(t, false));
+    st = gpu->runKernel(name, attrs, din, dout);
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (size_t i = 0; i < out.size(); ++i) {
+      std::vector<uint8_t> got(out[i].bytes());
+      cudaMemcpy(got.data(), dout[i].data, got.size(), cudaMemcpyDeviceToHost);
+      EXPECT_LE(errorRatio(out[i], got), 1.0) << name << " output " << i;
+    }
+    for (void *p : allocations)
+      cudaFree(p);
+  };
+  runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss});
+  std::vector<uint8_t> gradb;
+  TensorView grad = make(DType::F32, {}, gradb);
+  grad.store(0, 1.0f);
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx, dt});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx});
 }
 
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,

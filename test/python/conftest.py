@@ -17,6 +17,11 @@ BUILD_DIR = Path(os.environ.get("G3MOE_BUILD_DIR", SOURCE_DIR / "build"))
 BIN = BUILD_DIR / "bin"
 EXAMPLES = SOURCE_DIR / "examples"
 
+# g3moe-run's --device defaults to auto (the GPU where there is one); these
+# comparisons hold the CPU reference backend to tight tolerances, so they pin
+# it unless the caller chose a device.
+os.environ.setdefault("G3MOE_DEVICE", "cpu")
+
 
 def run_tool(*args, check=True, **kwargs):
     """Runs a g3moe tool; on an unexpected exit code the test fails with its output."""

@@ -312,4 +312,28 @@ def G3MoE_RouterZLossGradOp : G3MoE_GradOp<"router_z_loss_grad"> {
   }];
 }
 
+def G3MoE_LMHeadCrossEntropyGradOp : G3MoE_GradOp<"lm_head_cross_entropy_grad"> {
+  let summary = "fused, chunked gradient of g3moe.lm_head_cross_entropy";
+  let description = [{
+    The gradients of `lm_head_cross_entropy` with respect to `input` and,
+    when the `table_grad` result is present, the table, computed over chunks
+    of rows so that the [tokens, vocab] logits and their gradient never exist
+    in full: per chunk the logits are recomputed, turned into
+    `(softmax - onehot) * grad / num_items` (through the softcap's
+    derivative when set) and multiplied back.
+
+    ```mlir
+    %dx, %dt = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %g {ignore_index = -100 : i64}
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>)
+        -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
+                       G3MoE_IndexTensor:$targets, G3MoE_Scalar:$num_items,
+                       G3MoE_Scalar:$grad, OptionalAttr<F64Attr>:$softcap,
+                       I64Attr:$ignore_index);
+  let results = (outs G3MoE_FloatTensor:$input_grad,
+                      Optional<RankedTensorOf<[F32]>>:$table_grad);
+}
+
 #endif // G3MOE_GRAD_OPS_TD

@@ -299,6 +299,24 @@ LogicalResult CrossEntropyOp::verify() {
                      logits.getShape().drop_back());
 }
 
+/// Shared by the fused LM-head loss ops: x [..., H], table [V, H], targets x's
+/// leading shape.
+static LogicalResult verifyFusedHead(Operation *op, RankedTensorType x,
+                                     RankedTensorType table, RankedTensorType targets) {
+  if (failed(requireStatic(op)) || failed(expectRank(op, "table", table, 2)))
+    return failure();
+  if (x.getShape().back() != table.getDimSize(1))
+    return op->emitOpError() << "hidden size (" << x.getShape().back()
+                             << ") must equal the table's second dimension (table is "
+                             << shapeStr(table.getShape()) << ")";
+  return expectShape(op, "targets", targets, x.getShape().drop_back());
+}
+
+LogicalResult LMHeadCrossEntropyOp::verify() {
+  return verifyFusedHead(*this, getInput().getType(), getTable().getType(),
+                         getTargets().getType());
+}
+
 LogicalResult ExpertLoadOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();

@@ -421,6 +421,30 @@ def G3MoE_CrossEntropyOp : G3MoE_Op<"cross_entropy", [Pure, G3MoE_Differentiable
   let hasVerifier = 1;
 }
 
+def G3MoE_LMHeadCrossEntropyOp : G3MoE_Op<"lm_head_cross_entropy", [Pure]> {
+  let summary = "fused, chunked LM head and cross-entropy";
+  let description = [{
+    `cross_entropy(lm_head(input, table), targets, num_items)` computed over
+    chunks of rows: the [tokens, vocab] logits never exist in full (at 120K
+    tokens and a 262K vocabulary they would be 63 GB in bf16). Made by
+    --g3moe-fuse-lm-head-loss; differentiated before fusion, so it has no
+    gradient rule of its own.
+
+    ```mlir
+    %loss = g3moe.lm_head_cross_entropy %h, %emb, %t, %n {ignore_index = -100 : i64}
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> tensor<f32>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
+                       G3MoE_IndexTensor:$targets, G3MoE_Scalar:$num_items,
+                       OptionalAttr<F64Attr>:$softcap, I64Attr:$ignore_index);
+  let results = (outs G3MoE_Scalar:$result);
+  let assemblyFormat = [{
+    $input `,` $table `,` $targets `,` $num_items attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def G3MoE_TokenAccuracyOp : G3MoE_Op<"token_accuracy", [Pure]> {
   let summary = "counts for mean token accuracy (TRL's metric)";
   let description = [{

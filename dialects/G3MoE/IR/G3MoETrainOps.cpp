@@ -111,6 +111,20 @@ LogicalResult LMHeadGradOp::verify() {
   return expectShape(*this, "grad", getGrad().getType(), expected);
 }
 
+LogicalResult LMHeadCrossEntropyGradOp::verify() {
+  auto x = getInput().getType(), table = getTable().getType();
+  if (failed(requireStatic(*this)) || failed(expectRank(*this, "table", table, 2)) ||
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())))
+    return failure();
+  if (x.getShape().back() != table.getDimSize(1))
+    return emitOpError() << "hidden size (" << x.getShape().back()
+                         << ") must equal the table's second dimension";
+  if (Value tg = getTableGrad())
+    if (failed(sameShape(*this, "table_grad", tg, getTable())))
+      return failure();
+  return expectShape(*this, "targets", getTargets().getType(), x.getShape().drop_back());
+}
+
 LogicalResult CrossEntropyGradOp::verify() {
   if (failed(requireStatic(*this)) ||
       failed(expectShape(*this, "targets", getTargets().getType(),

@@ -10,6 +10,7 @@
 #include "dialects/G3MoE/IR/G3MoEDialect.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/Pass.h"
 
 namespace g3moe {
@@ -19,6 +20,9 @@ namespace g3moe {
 
 #define GEN_PASS_REGISTRATION
 #include "dialects/G3MoE/Transforms/Passes.h.inc"
+
+/// The rewrites of --g3moe-fuse-lm-head-loss.
+void populateFuseLMHeadLossPatterns(mlir::RewritePatternSet &patterns);
 
 } // namespace g3moe
 

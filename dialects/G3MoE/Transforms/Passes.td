@@ -93,4 +93,19 @@ def G3MoEOptimizerPass : Pass<"g3moe-optimizer", "mlir::ModuleOp"> {
   ];
 }
 
+def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> {
+  let summary = "fuse the LM head with the cross-entropy and its gradient";
+  let description = [{
+    Rewrites `cross_entropy(lm_head(x, table))` into
+    `lm_head_cross_entropy(x, table)` and
+    `lm_head_grad(x, table, cross_entropy_grad(lm_head(x, table), ...))` into
+    `lm_head_cross_entropy_grad(x, table, ...)`, whose table gradient is
+    computed only when something uses it. Afterwards the [tokens, vocab]
+    logits exist only where something else reads them (token accuracy in
+    the evaluation forward). Runs after autodiff: the fused ops have no
+    gradient rule.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 #endif // G3MOE_TRANSFORMS_PASSES_TD

@@ -217,3 +217,18 @@ func.func @statistics(%l: tensor<2x16x512xf32>, %t: tensor<2x16xi32>, %i: tensor
   %load = g3moe.expert_load %i, %t {num_experts = 4 : i64} : (tensor<32x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>
   return
 }
+
+// CHECK-LABEL: func.func @fused_head
+func.func @fused_head(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>) {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  // CHECK: g3moe.lm_head_cross_entropy {{.*}} {ignore_index = -100 : i64}
+  %l = g3moe.lm_head_cross_entropy %h, %emb, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> tensor<f32>
+  // CHECK: g3moe.lm_head_cross_entropy_grad {{.*}} -> tensor<2x16x64xbf16>
+  %dx = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %l {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> tensor<2x16x64xbf16>
+  // CHECK: g3moe.lm_head_cross_entropy_grad {{.*}} -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+  %dx2, %dt = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %l {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+  return
+}

@@ -1,0 +1,93 @@
+//===- cuda_backend.cpp - the CUDA backend for the training loop ----------===//
+//
+// A DeviceBackend over CudaExecutor. The device is chosen by index (0 in
+// g3moe-run; CUDA_VISIBLE_DEVICES picks the card), and every call waits for
+// the GPU, so errors surface at the call that caused them.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/cuda_backend.h"
+
+#include "runtime/cuda/cuda_executor.h"
+#include "runtime/exec/device_backend.h"
+
+#include <cuda_runtime.h>
+
+namespace g3rt::cuda {
+
+namespace {
+
+class CudaBackend final : public DeviceBackend {
+public:
+  CudaBackend(std::unique_ptr<CudaExecutor> executor, std::string deviceName)
+      : executor_(std::move(executor)), deviceName_(std::move(deviceName)) {}
+
+  std::string description() const override { return "CUDA on " + deviceName_; }
+
+  Status uploadState(const Executor &host) override { return executor_->upload(host); }
+  Status uploadInputs(const Executor &host) override {
+    return executor_->upload(host, BufferKind::Input);
+  }
+  Status downloadState(Executor &host) override {
+    G3RT_RETURN_IF_ERROR(executor_->download(host, BufferKind::Param, /*onlyTrainable=*/true));
+    for (BufferKind k : {BufferKind::GradAcc, BufferKind::ExpAvg, BufferKind::ExpAvgSq})
+      G3RT_RETURN_IF_ERROR(executor_->download(host, k));
+    return Status();
+  }
+
+  Status zeroGradients() override { return executor_->zeroGradients(); }
+  Status run(const std::string &function) override { return executor_->run(function); }
+
+  Status readOutput(const std::string &function, const std::string &name,
+                    std::vector<uint8_t> &bytes, TensorView &view) override {
+    const FunctionDesc *fn = executor_->program().findFunction(function);
+    int64_t index = fn ? fn->findOutput(name) : -1;
+    if (index < 0)
+      return Status::error("no output '" + name + "' of '" + function + "'");
+    TensorView device = executor_->deviceView(*fn, uint32_t(index));
+    bytes.resize(device.bytes());
+    G3RT_RETURN_IF_ERROR(executor_->toHost(device, bytes.data()));
+    view = device;
+    view.data = bytes.data();
+    return Status();
+  }
+
+private:
+  std::unique_ptr<CudaExecutor> executor_;
+  std::string deviceName_;
+};
+
+int countDevices(std::string &why) {
+  int count = 0;
+  // Without a driver or a device this returns an error rather than 0
+  // (cudaErrorNoDevice, cudaErrorInsufficientDriver): both mean "none here".
+  cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    why = cudaGetErrorString(e);
+    // Clear the sticky error so later runtime calls are not blamed for it.
+    cudaGetLastError();
+    return 0;
+  }
+  if (count == 0)
+    why = "cudaGetDeviceCount found none";
+  return count;
+}
+
+Status create(const StepProgram &program, int index, std::unique_ptr<DeviceBackend> &out) {
+  cudaDeviceProp prop{};
+  cudaError_t e = cudaGetDeviceProperties(&prop, index);
+  if (e != cudaSuccess)
+    return Status::error("CUDA device " + std::to_string(index) + ": " + cudaGetErrorString(e));
+  std::unique_ptr<CudaExecutor> executor;
+  G3RT_RETURN_IF_ERROR(CudaExecutor::create(program, index, executor));
+  out = std::make_unique<CudaBackend>(std::move(executor), prop.name);
+  return Status();
+}
+
+const DeviceBackendProvider kProvider = {"CUDA", countDevices, create};
+
+} // namespace
+
+void registerCudaBackend() { registerCudaBackendProvider(&kProvider); }
+
+} // namespace g3rt::cuda

@@ -1,0 +1,47 @@
+// --g3moe-fuse-lm-head-loss: the LM head and the cross-entropy become one
+// chunked op forward and backward; the table gradient only when used.
+// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-lm-head-loss | FileCheck %s
+
+// CHECK-LABEL: func.func @frozen_table
+func.func @frozen_table(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>, %g: tensor<f32>)
+    -> (tensor<f32>, tensor<2x16x64xbf16>) {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  %l = g3moe.lm_head %h, %emb {softcap = 30.0 : f64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>) -> tensor<2x16x512xf32>
+  // CHECK: %[[LOSS:.*]] = g3moe.lm_head_cross_entropy %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {ignore_index = -100 : i64, softcap = 3.000000e+01 : f64}
+  %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>) -> tensor<f32>
+  %dl = g3moe.cross_entropy_grad %l, %t, %n, %g {ignore_index = -100 : i64}
+      : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> tensor<2x16x512xf32>
+  // CHECK: %[[DX:.*]] = g3moe.lm_head_cross_entropy_grad {{.*}} : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> tensor<2x16x64xbf16>
+  %dx, %dt = g3moe.lm_head_grad %h, %emb, %dl {softcap = 30.0 : f64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16x512xf32>) -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+  // CHECK-NOT: g3moe.lm_head
+  // CHECK-NOT: g3moe.cross_entropy
+  // CHECK: return %[[LOSS]], %[[DX]]
+  return %ce, %dx : tensor<f32>, tensor<2x16x64xbf16>
+}
+
+// -----
+
+// A trained table keeps its gradient; logits another op reads stay.
+// CHECK-LABEL: func.func @trained_table
+func.func @trained_table(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f32>, %g: tensor<f32>)
+    -> (tensor<f32>, tensor<512x64xf32>, tensor<f32>) {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  // CHECK: %[[L:.*]] = g3moe.lm_head
+  %l = g3moe.lm_head %h, %emb : (tensor<2x64xbf16>, tensor<512x64xbf16>) -> tensor<2x512xf32>
+  // CHECK: g3moe.lm_head_cross_entropy
+  %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>) -> tensor<f32>
+  %dl = g3moe.cross_entropy_grad %l, %t, %n, %g {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>, tensor<f32>) -> tensor<2x512xf32>
+  // CHECK: %{{.*}}, %[[DT:.*]] = g3moe.lm_head_cross_entropy_grad {{.*}} -> (tensor<2x64xbf16>, tensor<512x64xf32>)
+  %dx, %dt = g3moe.lm_head_grad %h, %emb, %dl
+      : (tensor<2x64xbf16>, tensor<512x64xbf16>, tensor<2x512xf32>) -> (tensor<2x64xbf16>, tensor<512x64xf32>)
+  // CHECK: %[[C:.*]], %{{.*}} = g3moe.token_accuracy %[[L]]
+  %c, %k = g3moe.token_accuracy %l, %t {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
+  // CHECK: return %{{.*}}, %[[DT]], %[[C]]
+  return %ce, %dt, %c : tensor<f32>, tensor<512x64xf32>, tensor<f32>
+}

@@ -1,0 +1,382 @@
+//===- DeviceBackendTest.cpp - the trainer's device path, on the CPU ------===//
+//
+// The trainer's use of a DeviceBackend (what it uploads, when it downloads,
+// where it zeroes the accumulators and reads outputs) checked without a GPU:
+// a "mirror" backend runs the step on a second CPU Executor that shares
+// nothing with the host one. The CPU kernels are deterministic, so a run on
+// the mirror must equal a plain CPU run bit for bit; a missed upload (the
+// mirror would train stale inputs), a missed zeroing or download (the saved
+// files would hold the host's stale parameters) shows as a difference. The
+// mirror is registered in the CUDA slot, so --device cuda / auto find it.
+// Also: how --device is resolved when the backend is absent, sees no device
+// or cannot take the step.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/exec/device_backend.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/schemas/container.h"
+#include "runtime/train/checkpoint.h"
+#include "runtime/train/inspect.h"
+#include "runtime/train/trainer.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+
+using namespace g3rt;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string stepPath(const std::string &name) {
+  return std::string(G3MOE_TEST_STEPS) + "/" + name + ".step";
+}
+
+StepProgram loadProgram(const std::string &name) {
+  StepProgram program;
+  Status s = loadStep(stepPath(name), program);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return program;
+}
+
+std::string scratch(const std::string &name) {
+  fs::path dir = fs::path(::testing::TempDir()) / ("g3moe-device-" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+/// Eleven examples of varied length (as ResumeTest.cpp writes them).
+std::string writeData(const std::string &dir) {
+  std::string path = dir + "/data.jsonl";
+  std::ofstream out(path);
+  for (int i = 0; i < 11; ++i) {
+    out << "{\"input_ids\": [";
+    int n = 6 + (i * 5) % 11;
+    for (int t = 0; t < n; ++t)
+      out << (t ? ", " : "") << (3 + (i * 37 + t * 11) % 500);
+    out << "]}\n";
+  }
+  return path;
+}
+
+std::vector<uint8_t> bytesOf(const std::string &path) {
+  std::vector<uint8_t> bytes;
+  Status s = readFile(path, bytes);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return bytes;
+}
+
+/// Every persistent (kind, name) of a program, as executors allocate them.
+std::set<std::pair<BufferKind, std::string>> persistentTensors(const StepProgram &program) {
+  std::set<std::pair<BufferKind, std::string>> out;
+  for (const FunctionDesc &fn : program.functions)
+    for (const BufferDesc &b : fn.buffers)
+      if (b.kind != BufferKind::Arena && b.viewOf < 0)
+        out.insert({b.kind, b.name});
+  return out;
+}
+
+/// What the mirror backend saw, for the checks below.
+struct MirrorLog {
+  int stateUploads = 0, inputUploads = 0, downloads = 0, zeroings = 0, runs = 0;
+};
+MirrorLog mirrorLog;
+
+/// A DeviceBackend whose "device" is another CPU executor.
+class MirrorBackend final : public DeviceBackend {
+public:
+  explicit MirrorBackend(const StepProgram &program)
+      : device_(program), tensors_(persistentTensors(program)) {
+    for (const ParamDesc &p : program.params)
+      if (!p.trainable)
+        frozen_.insert(p.name);
+  }
+
+  std::string description() const override { return "CPU mirror"; }
+
+  Status uploadState(const Executor &host) override {
+    ++mirrorLog.stateUploads;
+    for (const auto &[kind, name] : tensors_)
+      copy(host.state(kind, name), device_.state(kind, name));
+    return Status();
+  }
+  Status uploadInputs(const Executor &host) override {
+    ++mirrorLog.inputUploads;
+    for (const auto &[kind, name] : tensors_)
+      if (kind == BufferKind::Input)
+        copy(host.state(kind, name), device_.state(kind, name));
+    return Status();
+  }
+  Status downloadState(Executor &host) override {
+    ++mirrorLog.downloads;
+    for (const auto &[kind, name] : tensors_)
+      if (kind != BufferKind::Input && !(kind == BufferKind::Param && frozen_.count(name)))
+        copy(device_.state(kind, name), host.state(kind, name));
+    return Status();
+  }
+  Status zeroGradients() override {
+    ++mirrorLog.zeroings;
+    device_.zeroGradients();
+    return Status();
+  }
+  Status run(const std::string &function) override {
+    ++mirrorLog.runs;
+    return device_.run(function);
+  }
+  Status readOutput(const std::string &function, const std::string &name,
+                    std::vector<uint8_t> &bytes, TensorView &view) override {
+    TensorView t = device_.output(function, name);
+    if (!t.data)
+      return Status::error("no output '" + name + "' of '" + function + "'");
+    bytes.assign(static_cast<const uint8_t *>(t.data),
+                 static_cast<const uint8_t *>(t.data) + t.bytes());
+    view = t;
+    view.data = bytes.data();
+    return Status();
+  }
+
+private:
+  static void copy(const TensorView &from, const TensorView &to) {
+    ASSERT_TRUE(from.data && to.data);
+    std::memcpy(to.data, from.data, from.bytes());
+  }
+
+  Executor device_;
+  std::set<std::pair<BufferKind, std::string>> tensors_;
+  std::set<std::string> frozen_;
+};
+
+/// The provider's behaviour, set per test.
+int visibleDevices = 1;
+std::string createError;
+
+const DeviceBackendProvider kMirror = {
+    "mirror",
+    [](std::string &why) {
+      if (visibleDevices == 0)
+        why = "none here";
+      return visibleDevices;
+    },
+    [](const StepProgram &program, int, std::unique_ptr<DeviceBackend> &out) {
+      if (!createError.empty())
+        return Status::error(createError);
+      out = std::make_unique<MirrorBackend>(program);
+      return Status();
+    }};
+
+/// Registers the mirror in the CUDA slot for one test, and removes it after.
+class DeviceBackendTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    previous_ = cudaBackendProvider();
+    registerCudaBackendProvider(&kMirror);
+    visibleDevices = 1;
+    createError.clear();
+    mirrorLog = MirrorLog();
+  }
+  void TearDown() override { registerCudaBackendProvider(previous_); }
+
+private:
+  const DeviceBackendProvider *previous_ = nullptr;
+};
+
+TrainOptions baseOptions(const std::string &data, const std::string &out) {
+  TrainOptions o;
+  o.dataPath = data;
+  o.outputDir = out;
+  o.maxSteps = 6;
+  o.gradientAccumulationSteps = 2;
+  o.learningRate = 1e-2;
+  o.warmupSteps = 1;
+  o.loggingSteps = 2;
+  o.seed = 7;
+  o.testSize = 0.2;
+  o.evalSteps = 3;
+  o.saveSteps = 3;
+  return o;
+}
+
+Status runTraining(const StepProgram &program, const TrainOptions &o, TrainResult &r,
+                   std::string *logText = nullptr) {
+  std::ostringstream log;
+  Status s = train(program, o, log, r);
+  if (logText)
+    *logText = log.str();
+  return s;
+}
+
+/// A run on the mirror equals the CPU run bit for bit: losses, gradient
+/// norms, evaluations, checkpoints and final files.
+void checkMirrorMatchesCpu(const std::string &stepName) {
+  StepProgram program = loadProgram(stepName);
+  std::string dir = scratch("mirror-" + stepName);
+  std::string data = writeData(dir);
+
+  TrainOptions onCpu = baseOptions(data, dir + "/cpu");
+  TrainResult cpu;
+  std::string cpuLog;
+  Status s = runTraining(program, onCpu, cpu, &cpuLog);
+  ASSERT_TRUE(s.ok()) << s.message() << "\n" << cpuLog;
+  EXPECT_EQ(mirrorLog.runs, 0) << "the CPU default ran on the device";
+  EXPECT_EQ(cpuLog.rfind("backend: CPU (", 0), 0u) << cpuLog;
+
+  TrainOptions onMirror = baseOptions(data, dir + "/mirror");
+  onMirror.device = "cuda";
+  TrainResult mirror;
+  std::string mirrorText;
+  s = runTraining(program, onMirror, mirror, &mirrorText);
+  ASSERT_TRUE(s.ok()) << s.message() << "\n" << mirrorText;
+  EXPECT_EQ(mirror.backend, "CPU mirror");
+  EXPECT_EQ(mirrorText.rfind("backend: CPU mirror\n", 0), 0u) << mirrorText;
+  EXPECT_EQ(mirror.losses, cpu.losses);
+  EXPECT_EQ(mirror.gradNorms, cpu.gradNorms);
+  EXPECT_EQ(mirror.learningRates, cpu.learningRates);
+  EXPECT_EQ(mirror.evalLosses, cpu.evalLosses);
+  EXPECT_EQ(mirror.evalAccuracies, cpu.evalAccuracies);
+  // The state went up once; every optimizer step zeroed the device's
+  // accumulators; the host was brought up to date for the two checkpoints,
+  // not after every step (nothing ran between the last checkpoint and the
+  // final save).
+  EXPECT_EQ(mirrorLog.stateUploads, 1);
+  EXPECT_EQ(mirrorLog.zeroings, 6);
+  EXPECT_EQ(mirrorLog.inputUploads, mirrorLog.runs);
+  EXPECT_EQ(mirrorLog.downloads, 2);
+
+  ASSERT_EQ(mirror.checkpoints.size(), cpu.checkpoints.size());
+  for (size_t i = 0; i < cpu.checkpoints.size(); ++i)
+    for (const fs::directory_entry &e : fs::directory_iterator(cpu.checkpoints[i])) {
+      std::string file = e.path().filename().string();
+      if (e.path().extension() == ".safetensors" || file == "rng_state.json") {
+        EXPECT_EQ(bytesOf(mirror.checkpoints[i] + "/" + file), bytesOf(e.path().string()))
+            << mirror.checkpoints[i] << "/" << file;
+      }
+    }
+  ASSERT_EQ(mirror.savedFiles.size(), cpu.savedFiles.size());
+  for (size_t i = 0; i < cpu.savedFiles.size(); ++i)
+    if (cpu.savedFiles[i].find(".safetensors") != std::string::npos) {
+      EXPECT_EQ(bytesOf(mirror.savedFiles[i]), bytesOf(cpu.savedFiles[i])) << cpu.savedFiles[i];
+    }
+
+  // The device's checkpoint resumes on the CPU as the CPU's own would.
+  TrainOptions resumed = baseOptions(data, dir + "/resumed");
+  resumed.resume = mirror.checkpoints.front();
+  TrainResult r;
+  s = runTraining(program, resumed, r);
+  ASSERT_TRUE(s.ok()) << s.message();
+  ASSERT_EQ(r.firstStep, 3);
+  EXPECT_EQ(r.losses, std::vector<double>(cpu.losses.begin() + 3, cpu.losses.end()));
+
+  // And the CPU's resumes on the device.
+  TrainOptions back = baseOptions(data, dir + "/back");
+  back.device = "cuda";
+  back.resume = cpu.checkpoints.front();
+  TrainResult b;
+  s = runTraining(program, back, b);
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(b.losses, std::vector<double>(cpu.losses.begin() + 3, cpu.losses.end()));
+
+  // --eval-only on the device, from the final checkpoint.
+  TrainOptions eval = baseOptions(data, dir + "/eval");
+  eval.evalOnly = true;
+  eval.resume = cpu.checkpoints.back();
+  TrainResult ec, ed;
+  ASSERT_TRUE(runTraining(program, eval, ec).ok());
+  eval.device = "cuda";
+  ASSERT_TRUE(runTraining(program, eval, ed).ok());
+  EXPECT_EQ(ed.evalLosses, ec.evalLosses);
+  EXPECT_EQ(ed.evalAccuracies, ec.evalAccuracies);
+}
+
+} // namespace
+
+TEST_F(DeviceBackendTest, MirrorTrainsLoRAMoEAsTheCPUDoes) { checkMirrorMatchesCpu("g3moe_lora"); }
+
+TEST_F(DeviceBackendTest, MirrorTrainsFullFineTuningAsTheCPUDoes) {
+  checkMirrorMatchesCpu("gemma3_full");
+}
+
+TEST_F(DeviceBackendTest, GradientDumpOnTheDeviceIsTheCPUs) {
+  StepProgram program = loadProgram("g3moe_lora_fp32");
+  std::string dir = scratch("dump");
+  std::string data = writeData(dir);
+  TrainOptions o;
+  o.dataPath = data;
+  o.seed = 3;
+  for (const char *device : {"cpu", "cuda"}) {
+    o.device = device;
+    InspectOptions what;
+    what.dumpGradients = dir + "/" + device + ".safetensors";
+    std::ostringstream log;
+    Status s = runInspection(program, o, what, log);
+    ASSERT_TRUE(s.ok()) << device << ": " << s.message() << "\n" << log.str();
+  }
+  EXPECT_EQ(mirrorLog.runs, 1);
+  EXPECT_EQ(bytesOf(dir + "/cpu.safetensors"), bytesOf(dir + "/cuda.safetensors"));
+}
+
+TEST_F(DeviceBackendTest, DeviceSelection) {
+  StepProgram program = loadProgram("g3moe_lora");
+  std::unique_ptr<DeviceBackend> device;
+  std::string description;
+
+  ASSERT_TRUE(selectBackend(program, "cpu", device, description).ok());
+  EXPECT_FALSE(device);
+  EXPECT_EQ(description.rfind("CPU (", 0), 0u) << description;
+
+  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
+  ASSERT_TRUE(device);
+  EXPECT_EQ(description, "CPU mirror");
+
+  Status s = selectBackend(program, "gpu", device, description);
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("unknown device 'gpu'"), std::string::npos) << s.message();
+
+  // No device visible: cuda is an error naming why, auto the CPU.
+  visibleDevices = 0;
+  s = selectBackend(program, "cuda", device, description);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "--device cuda: no CUDA device visible (cudaGetDeviceCount: none here)");
+  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
+  EXPECT_FALSE(device);
+  EXPECT_EQ(description.rfind("CPU (", 0), 0u) << description;
+  EXPECT_EQ(description.find("CUDA not used"), std::string::npos) << description;
+
+  // A device that cannot take the step: cuda fails, auto says why and uses
+  // the CPU.
+  visibleDevices = 1;
+  createError = "the CUDA backend has no kernel 'k'";
+  s = selectBackend(program, "cuda", device, description);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "--device cuda: the CUDA backend has no kernel 'k'");
+  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
+  EXPECT_FALSE(device);
+  EXPECT_NE(description.find("; CUDA not used: the CUDA backend has no kernel 'k'"),
+            std::string::npos)
+      << description;
+
+  // A program built without CUDA.
+  registerCudaBackendProvider(nullptr);
+  s = selectBackend(program, "cuda", device, description);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("built without CUDA"), std::string::npos) << s.message();
+  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
+  EXPECT_FALSE(device);
+
+  // Training fails before anything is written.
+  TrainOptions o;
+  o.dataPath = "/nonexistent.jsonl";
+  o.outputDir = scratch("no-device") + "/out";
+  o.device = "cuda";
+  TrainResult r;
+  s = train(program, o, std::cerr, r);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("--device cuda"), std::string::npos) << s.message();
+  EXPECT_FALSE(fs::exists(o.outputDir));
+}

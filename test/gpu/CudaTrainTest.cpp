@@ -1,0 +1,271 @@
+//===- CudaTrainTest.cpp - g3moe-run's training loop on the GPU -----------===//
+//
+// The Trainer (runtime/train/trainer.h) with --device cuda against the CPU
+// reference: the same tiny steps, seed, data and options for ten optimizer
+// steps with evaluation. The losses must agree step by step (fp32 dense
+// closely; bf16 MoE, where a one-ulp difference can reroute a token, within
+// a few percent, both falling), and a checkpoint the CUDA run writes must
+// resume on the CPU and continue as the CUDA run did. --dump-gradients on
+// the GPU gives the CPU's loss and gradients.
+//
+// The CPU runs come first, so that on a machine without a GPU they still
+// run (and are checked to learn) before the test skips.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/cuda_backend.h"
+#include "runtime/exec/device_backend.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/train/inspect.h"
+#include "runtime/train/trainer.h"
+
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+using namespace g3rt;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// The build's paths, or the ones given in the environment (the GPU machine
+/// runs binaries built elsewhere).
+std::string pathSetting(const char *env, const char *builtIn) {
+  const char *v = std::getenv(env);
+  return v && *v ? v : builtIn;
+}
+
+std::string stepPath(const std::string &name) {
+  return pathSetting("G3MOE_TEST_STEPS", G3MOE_TEST_STEPS) + "/" + name + ".step";
+}
+
+bool cudaDeviceVisible() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+/// A fresh folder for one test.
+std::string scratch(const std::string &name) {
+  fs::path dir = fs::path(::testing::TempDir()) / ("g3moe-cuda-train-" + name);
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+/// Twelve examples of varied length (padding, a short last window): two are
+/// held out for evaluation, the other ten make five [2, 16] micro-batches an
+/// epoch, three accumulation windows of two.
+std::string writeData(const std::string &dir) {
+  std::string path = dir + "/data.jsonl";
+  std::ofstream out(path);
+  for (int i = 0; i < 12; ++i) {
+    out << "{\"input_ids\": [";
+    int n = 7 + (i * 5) % 10;
+    for (int t = 0; t < n; ++t)
+      out << (t ? ", " : "") << (3 + (i * 37 + t * 11) % 500);
+    out << "]}\n";
+  }
+  return path;
+}
+
+/// One tiny step and how closely the GPU must follow the CPU.
+struct Case {
+  const char *step;
+  double learningRate;
+  /// Largest |gpu - cpu| / |cpu| of a step's loss (and of eval_loss).
+  double relativeTolerance;
+  /// Largest |gpu - cpu| / |cpu| of one micro-batch's gradients (as vectors),
+  /// as CudaStepTest.cpp holds forward_backward.
+  double gradientTolerance;
+};
+
+std::ostream &operator<<(std::ostream &os, const Case &c) { return os << c.step; }
+
+TrainOptions optionsFor(const Case &c, const std::string &data, const std::string &out,
+                        const std::string &device) {
+  TrainOptions o;
+  o.dataPath = data;
+  o.outputDir = out;
+  o.device = device;
+  o.maxSteps = 10;
+  o.gradientAccumulationSteps = 2;
+  o.learningRate = c.learningRate;
+  o.lrSchedulerType = "constant";
+  o.warmupSteps = 1;
+  o.loggingSteps = 5;
+  o.seed = 7;
+  o.testSize = 2.0 / 12.0;
+  o.evalSteps = 5;
+  o.noSave = true;
+  return o;
+}
+
+/// Trains and fails the test (with the log) on an error.
+void run(const StepProgram &program, const TrainOptions &o, TrainResult &r) {
+  std::ostringstream log;
+  Status s = train(program, o, log, r);
+  ASSERT_TRUE(s.ok()) << o.device << ": " << s.message() << "\n" << log.str();
+}
+
+void expectClose(const std::vector<double> &cpu, const std::vector<double> &gpu, double rtol,
+                 const std::string &what) {
+  ASSERT_EQ(cpu.size(), gpu.size()) << what;
+  for (size_t i = 0; i < cpu.size(); ++i)
+    EXPECT_LE(std::fabs(gpu[i] - cpu[i]), rtol * std::fabs(cpu[i]) + 1e-12)
+        << what << " " << i << ": CPU " << cpu[i] << ", CUDA " << gpu[i];
+}
+
+class CudaTrain : public ::testing::TestWithParam<Case> {
+protected:
+  void SetUp() override { cuda::registerCudaBackend(); }
+};
+
+TEST_P(CudaTrain, LossesFollowTheCPU) {
+  const Case &c = GetParam();
+  StepProgram program;
+  Status s = loadStep(stepPath(c.step), program);
+  ASSERT_TRUE(s.ok()) << s.message();
+  std::string dir = scratch(std::string(c.step) + "-losses");
+  std::string data = writeData(dir);
+
+  TrainResult cpu;
+  run(program, optionsFor(c, data, dir + "/cpu", "cpu"), cpu);
+  ASSERT_EQ(cpu.losses.size(), 10u);
+  EXPECT_EQ(cpu.backend.rfind("CPU", 0), 0u) << cpu.backend;
+  // Guards the comparison: the run learns.
+  EXPECT_LT(cpu.losses.back(), cpu.losses.front());
+  if (!cudaDeviceVisible())
+    GTEST_SKIP() << "no CUDA device visible";
+
+  TrainResult gpu;
+  run(program, optionsFor(c, data, dir + "/cuda", "cuda"), gpu);
+  EXPECT_EQ(gpu.backend.rfind("CUDA on ", 0), 0u) << gpu.backend;
+  ASSERT_EQ(gpu.losses.size(), 10u);
+  EXPECT_LT(gpu.losses.back(), gpu.losses.front());
+  expectClose(cpu.losses, gpu.losses, c.relativeTolerance, std::string(c.step) + " step loss");
+  // Evaluation ran on the device after steps 5 and 10.
+  EXPECT_EQ(gpu.evalSteps, cpu.evalSteps);
+  expectClose(cpu.evalLosses, gpu.evalLosses, c.relativeTolerance,
+              std::string(c.step) + " eval_loss");
+  // The learning-rate schedule is arithmetic on the same inputs.
+  expectClose(cpu.learningRates, gpu.learningRates, 1e-6, std::string(c.step) + " lr");
+  for (size_t i = 0; i < cpu.losses.size(); ++i)
+    std::printf("  %-18s step %2zu  loss CPU %.6f  CUDA %.6f\n", c.step, i + 1, cpu.losses[i],
+                gpu.losses[i]);
+}
+
+TEST_P(CudaTrain, CudaCheckpointResumesOnTheCPU) {
+  const Case &c = GetParam();
+  if (!cudaDeviceVisible())
+    GTEST_SKIP() << "no CUDA device visible";
+  StepProgram program;
+  Status s = loadStep(stepPath(c.step), program);
+  ASSERT_TRUE(s.ok()) << s.message();
+  std::string dir = scratch(std::string(c.step) + "-resume");
+  std::string data = writeData(dir);
+
+  // The whole run on the GPU, with a checkpoint after step 5 (downloaded
+  // from the device) and the final parameters.
+  TrainOptions onGpu = optionsFor(c, data, dir + "/cuda", "cuda");
+  onGpu.noSave = false;
+  onGpu.saveSteps = 5;
+  TrainResult gpu;
+  run(program, onGpu, gpu);
+  ASSERT_EQ(gpu.losses.size(), 10u);
+  ASSERT_FALSE(gpu.checkpoints.empty());
+  std::string checkpoint = gpu.checkpoints.front();
+  ASSERT_TRUE(fs::exists(checkpoint + "/optimizer.safetensors")) << checkpoint;
+
+  // Steps 6-10 on the CPU from that checkpoint follow the GPU's.
+  TrainOptions onCpu = optionsFor(c, data, dir + "/cpu", "cpu");
+  onCpu.resume = checkpoint;
+  TrainResult resumed;
+  run(program, onCpu, resumed);
+  EXPECT_EQ(resumed.firstStep, 5);
+  std::vector<double> gpuTail(gpu.losses.begin() + 5, gpu.losses.end());
+  expectClose(gpuTail, resumed.losses, c.relativeTolerance,
+              std::string(c.step) + " resumed step loss");
+  ASSERT_FALSE(resumed.evalLosses.empty());
+  ASSERT_FALSE(gpu.evalLosses.empty());
+  EXPECT_LE(std::fabs(resumed.evalLosses.back() - gpu.evalLosses.back()),
+            c.relativeTolerance * std::fabs(gpu.evalLosses.back()));
+
+  // --eval-only on the GPU from the final checkpoint matches the CPU's.
+  TrainOptions evalGpu = optionsFor(c, data, dir + "/cuda", "cuda");
+  evalGpu.evalOnly = true;
+  evalGpu.resume = gpu.checkpoints.back();
+  TrainOptions evalCpu = evalGpu;
+  evalCpu.device = "cpu";
+  TrainResult eg, ec;
+  run(program, evalGpu, eg);
+  run(program, evalCpu, ec);
+  expectClose(ec.evalLosses, eg.evalLosses, c.relativeTolerance,
+              std::string(c.step) + " --eval-only eval_loss");
+}
+
+TEST_P(CudaTrain, GradientDumpFollowsTheCPU) {
+  const Case &c = GetParam();
+  if (!cudaDeviceVisible())
+    GTEST_SKIP() << "no CUDA device visible";
+  StepProgram program;
+  Status s = loadStep(stepPath(c.step), program);
+  ASSERT_TRUE(s.ok()) << s.message();
+  std::string dir = scratch(std::string(c.step) + "-dump");
+  std::string data = writeData(dir);
+
+  // g3moe-run --dump-gradients on each device, from the same seeded state.
+  std::map<std::string, SafetensorsFile> dumps;
+  for (const char *device : {"cpu", "cuda"}) {
+    TrainOptions o = optionsFor(c, data, dir, device);
+    InspectOptions what;
+    what.dumpGradients = dir + "/" + device + ".safetensors";
+    std::ostringstream log;
+    s = runInspection(program, o, what, log);
+    ASSERT_TRUE(s.ok()) << device << ": " << s.message() << "\n" << log.str();
+    ASSERT_TRUE(SafetensorsFile::open(what.dumpGradients, dumps[device]).ok());
+  }
+  const SafetensorsFile &cpu = dumps["cpu"], &gpu = dumps["cuda"];
+  std::vector<float> a, b;
+  ASSERT_TRUE(cpu.readFloats("loss", a).ok());
+  ASSERT_TRUE(gpu.readFloats("loss", b).ok());
+  EXPECT_NEAR(b[0], a[0], c.relativeTolerance * std::fabs(a[0])) << c.step;
+  // Every gradient is there; their norms agree as loosely as the step's
+  // tolerance allows (routing makes bf16 MoE gradients coarser).
+  double err = 0, norm = 0;
+  for (const SafetensorsEntry &e : cpu.entries()) {
+    if (e.name.rfind("grad/", 0) != 0)
+      continue;
+    ASSERT_TRUE(gpu.find(e.name)) << e.name;
+    ASSERT_TRUE(cpu.readFloats(e.name, a).ok());
+    ASSERT_TRUE(gpu.readFloats(e.name, b).ok());
+    ASSERT_EQ(a.size(), b.size()) << e.name;
+    for (size_t i = 0; i < a.size(); ++i) {
+      err += double(b[i] - a[i]) * (b[i] - a[i]);
+      norm += double(a[i]) * a[i];
+    }
+  }
+  EXPECT_GT(norm, 0.0);
+  EXPECT_LE(std::sqrt(err), c.gradientTolerance * std::sqrt(norm)) << c.step;
+}
+
+// fp32 dense: losses within 1e-3 of the CPU per step. bf16 MoE (LoRA and
+// full): the trajectories within 5 %.
+INSTANTIATE_TEST_SUITE_P(TinySteps, CudaTrain,
+                         ::testing::Values(Case{"gemma3_full_fp32", 2e-3, 1e-3, 2e-2},
+                                           Case{"g3moe_lora", 1e-2, 5e-2, 1e-1},
+                                           Case{"g3moe_full", 2e-3, 5e-2, 1e-1}),
+                         [](const ::testing::TestParamInfo<Case> &info) {
+                           return std::string(info.param.step);
+                         });
+
+} // namespace
