@@ -168,6 +168,13 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
       continue;
+    // An expert's weight gradient and the router's are sums over the tokens
+    // routed to it: one token moved by a bf16 rounding difference changes them
+    // wholesale. Those are covered by the instruction-level test and the fp32
+    // steps.
+    if (routedInBf16 && (p.name.find("{e}") != std::string::npos ||
+                         p.name.find(".moe.gate.") != std::string::npos))
+      continue;
     std::vector<float> g;
     ASSERT_TRUE(gpu->output("forward_backward", "grad:" + p.name, g).ok());
     std::vector<float> want = toFloat(cpu.output("forward_backward", "grad:" + p.name));
