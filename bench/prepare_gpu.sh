@@ -19,7 +19,7 @@ cp "$root/../shared/bench/pytorch_stack.py" "$root/devcarry/"
 for T in ${seqs[*]}; do
   cat > "$root/devcarry/bench-$T.json" <<JSON
 {"model_name_or_path": "$root/examples/g3moe-4b", "max_seq_length": $T,
- "per_device_train_batch_size": 1, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+ "per_device_train_batch_size": 1, "memory_budget_gb": 76, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
  "lora_target_modules": ["gate_proj", "up_proj", "down_proj"]}
 JSON
   /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/bench-$T.json" --quiet \

@@ -25,6 +25,8 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
+
+#include <set>
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -71,6 +73,29 @@ void printMemoryReport(mlir::ModuleOp module, raw_ostream &os) {
       os << "\n";
     }
   }
+}
+
+/// Bytes a step holds on the device: the arena plus every persistent tensor
+/// (weights, LoRA masters, gradient accumulators, Adam moments, inputs).
+int64_t deviceBytes(mlir::ModuleOp module) {
+  int64_t bytes = 0;
+  if (auto a = module->getAttrOfType<mlir::IntegerAttr>("g3rt.arena_bytes"))
+    bytes = a.getInt();
+  std::set<std::pair<std::string, std::string>> seen;
+  module.walk([&](g3rt_ir::BufferOp buffer) {
+    if (buffer.getKind() == g3rt_ir::kArena)
+      return;
+    if (seen.insert({buffer.getKind().str(), buffer.getName().value_or("").str()}).second)
+      bytes += g3rt_ir::bufferBytes(buffer.getType());
+  });
+  return bytes;
+}
+
+std::string gib(int64_t bytes) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << llvm::format("%.1f GiB", double(bytes) / double(1ll << 30));
+  return s;
 }
 
 /// The training pipeline's options for a resolved configuration.
@@ -133,6 +158,12 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
       cl::desc("Add the eval_logits entry point (logits of the evaluation forward), "
                "for comparisons with other implementations"),
       cl::cat(category));
+  cl::opt<std::string> recompute(
+      "recompute",
+      cl::desc("Activations the backward recomputes instead of keeping: auto (the "
+               "least that fits memory_budget_gb; none without a budget), none, mlp "
+               "(the MLPs and experts), layers (every decoder layer's linear parts)"),
+      cl::init("auto"), cl::cat(category));
   cl::opt<bool> quiet("quiet", cl::desc("Do not print the memory report"),
                       cl::cat(category));
   cl::opt<bool> evalMode("eval",
@@ -186,19 +217,59 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   if (failed(mlir::verify(*module)))
     return fail("internal error: the built graph does not verify (see above)");
 
-  mlir::PassManager pm(&context);
-  if (failed(mlir::applyPassManagerCLOptions(pm)))
-    return fail("bad pass-manager options");
-  if (emit != Emit::Mlir) {
-    g3moe::TrainingPipelineOptions options;
-    setTrainingOptions(*config, options);
-    if (emit == Emit::TrainMlir)
-      g3moe::buildTrainingPipeline(pm, options);
-    else
-      g3moe::buildStepPipeline(pm, options);
+  // Recomputation levels, from none to the most: `auto` takes the first whose
+  // step fits the memory budget.
+  const std::vector<std::pair<std::string, std::vector<std::string>>> levels = {
+      {"none", {}}, {"mlp", {"moe", "mlp"}}, {"layers", {"model.layers"}}};
+  std::vector<size_t> tried;
+  if (recompute == "auto") {
+    tried = {0};
+    if (config->training.memoryBudgetBytes > 0)
+      tried = {0, 1, 2};
+  } else {
+    for (size_t i = 0; i < levels.size(); ++i)
+      if (levels[i].first == recompute)
+        tried = {i};
+    if (tried.empty())
+      return fail("--recompute must be auto, none, mlp or layers, got '" + recompute + "'");
   }
-  if (failed(pm.run(*module)))
-    return 1;
+  bool lowered = emit == Emit::G3RTMlir || emit == Emit::Step;
+  int64_t budget = config->training.memoryBudgetBytes;
+  mlir::OwningOpRef<mlir::ModuleOp> built;
+  std::string attempts;
+  for (size_t level : tried) {
+    // The pipeline consumes the module: each level starts from a copy.
+    built = mlir::OwningOpRef<mlir::ModuleOp>(module->clone());
+    mlir::PassManager pm(&context);
+    if (failed(mlir::applyPassManagerCLOptions(pm)))
+      return fail("bad pass-manager options");
+    if (emit != Emit::Mlir) {
+      g3moe::TrainingPipelineOptions options;
+      setTrainingOptions(*config, options);
+      options.recomputeScopes = levels[level].second;
+      if (emit == Emit::TrainMlir)
+        g3moe::buildTrainingPipeline(pm, options);
+      else
+        g3moe::buildStepPipeline(pm, options);
+    }
+    if (failed(pm.run(*built)))
+      return 1;
+    if (!lowered || budget <= 0)
+      break;
+    int64_t need = deviceBytes(*built);
+    attempts += "\n  recompute " + levels[level].first + ": " + gib(need);
+    if (need <= budget)
+      break;
+    if (level == tried.back())
+      return fail("the step does not fit memory_budget_gb (" + gib(budget) + "):" + attempts +
+                  "\nshorten --seq-len, lower --micro-batch, train fewer parameters, or "
+                  "raise the budget");
+  }
+  module = std::move(built);
+  if (lowered && !quiet)
+    errs() << "g3moe-compile: device memory " << gib(deviceBytes(*module))
+           << " (arena and persistent tensors)"
+           << (budget > 0 ? ", budget " + gib(budget) : std::string()) << "\n";
 
   if (emit == Emit::G3RTMlir || emit == Emit::Step)
     if (!quiet)

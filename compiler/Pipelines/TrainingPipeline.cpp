@@ -43,6 +43,14 @@ void g3moe::buildStepPipeline(OpPassManager &pm,
   // CSE merges what autodiff's clone of the forward recomputes identically
   // (parameters, random draws) before buffers are assigned.
   pm.addPass(createCSEPass());
+  // After CSE, which would merge the recomputed copies back into the
+  // forward's. The MLPs' and experts' intermediates are the largest
+  // activations of a MoE step at long context.
+  if (!options.recomputeScopes.empty()) {
+    G3MoERecomputePassOptions recompute;
+    recompute.scopes.assign(options.recomputeScopes.begin(), options.recomputeScopes.end());
+    pm.addPass(createG3MoERecomputePass(recompute));
+  }
   pm.addPass(createG3MoELowerToG3RTPass());
   pm.addPass(g3rt_ir::createG3RTPlanMemoryPass());
 }

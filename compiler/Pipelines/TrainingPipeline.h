@@ -49,6 +49,10 @@ struct TrainingPipelineOptions
                        llvm::cl::init(0.999)};
   Option<double> epsilon{*this, "epsilon", llvm::cl::desc("AdamW epsilon"),
                          llvm::cl::init(1e-8)};
+  ListOption<std::string> recomputeScopes{
+      *this, "recompute-scopes",
+      llvm::cl::desc("module-path substrings whose activations the backward recomputes "
+                     "(none: keep every activation)")};
   Option<double> maxGradNorm{*this, "max-grad-norm",
                              llvm::cl::desc("clipping threshold (0: off)"),
                              llvm::cl::init(1.0)};

@@ -108,4 +108,24 @@ def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> 
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
+def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
+  let summary = "recompute activations in the backward instead of keeping them";
+  let description = [{
+    In `@forward_backward`, every value that the forward computes inside one
+    of the module scopes `scopes` (matched against the op's location, an HF
+    module path such as `model.layers.8.moe.experts`) and that the backward
+    reads is computed again just before its first backward use, from the
+    values it depends on outside the scope, which are kept. The forward's copy
+    then dies in the forward, and the memory planner reuses its bytes. Only
+    cheap, pure ops are recomputed (linear layers, expert GEMMs, GeGLU,
+    dropout with its keyed draw, casts and scales). Runs after CSE, which
+    would otherwise merge the copies back.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+  let options = [
+    ListOption<"scopes", "scopes", "std::string",
+               "module-path substrings whose activations are recomputed (default: moe.experts)">,
+  ];
+}
+
 #endif // G3MOE_TRANSFORMS_PASSES_TD
