@@ -159,21 +159,16 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
   }
   // Gradients of the whole backward, compared by relative norm of the error.
   // In bf16 a one-ulp difference in an activation can move a token to
-  // another expert (routing is discrete), which changes whole gradient rows;
-  // the instruction-level test above is where kernels are held to tight
-  // tolerances. fp32 steps and dense models must agree closely end to end.
+  // another expert (routing is discrete), which changes the gradients that
+  // sum over the routed tokens (the experts', the router's, the norm after
+  // the MoE block) wholesale; the instruction-level test above is where the
+  // kernels are held to tight tolerances. So routed bf16 steps are compared
+  // over all gradients together, the others tensor by tensor.
   bool routedInBf16 = std::string(GetParam()).find("g3moe") != std::string::npos &&
                       std::string(GetParam()).find("fp32") == std::string::npos;
-  double rtol = routedInBf16 ? 1e-1 : 2e-2;
+  double totalErr = 0, totalNorm = 0;
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
-      continue;
-    // An expert's weight gradient and the router's are sums over the tokens
-    // routed to it: one token moved by a bf16 rounding difference changes them
-    // wholesale. Those are covered by the instruction-level test and the fp32
-    // steps.
-    if (routedInBf16 && (p.name.find("{e}") != std::string::npos ||
-                         p.name.find(".moe.gate.") != std::string::npos))
       continue;
     std::vector<float> g;
     ASSERT_TRUE(gpu->output("forward_backward", "grad:" + p.name, g).ok());
@@ -183,8 +178,13 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
       err += double(g[i] - want[i]) * (g[i] - want[i]);
       norm += double(want[i]) * want[i];
     }
-    EXPECT_LE(std::sqrt(err), rtol * std::sqrt(norm) + 1e-5) << GetParam() << " " << p.name;
+    totalErr += err;
+    totalNorm += norm;
+    if (!routedInBf16)
+      EXPECT_LE(std::sqrt(err), 2e-2 * std::sqrt(norm) + 1e-5) << GetParam() << " " << p.name;
   }
+  EXPECT_LE(std::sqrt(totalErr), (routedInBf16 ? 1e-1 : 2e-2) * std::sqrt(totalNorm))
+      << GetParam() << ": all gradients together";
 }
 
 /// The fused LM head + cross-entropy on shapes large enough for several row
