@@ -180,8 +180,9 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
     }
     totalErr += err;
     totalNorm += norm;
-    if (!routedInBf16)
+    if (!routedInBf16) {
       EXPECT_LE(std::sqrt(err), 2e-2 * std::sqrt(norm) + 1e-5) << GetParam() << " " << p.name;
+    }
   }
   EXPECT_LE(std::sqrt(totalErr), (routedInBf16 ? 1e-1 : 2e-2) * std::sqrt(totalNorm))
       << GetParam() << ": all gradients together";
