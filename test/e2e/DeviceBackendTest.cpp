@@ -19,6 +19,7 @@
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"
+#include "test/e2e/StepFixtures.h"
 
 #include <gtest/gtest.h>
 
@@ -30,48 +31,13 @@
 #include <sstream>
 
 using namespace g3rt;
+using namespace g3moe_test;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string stepPath(const std::string &name) {
-  return std::string(G3MOE_TEST_STEPS) + "/" + name + ".step";
-}
-
-StepProgram loadProgram(const std::string &name) {
-  StepProgram program;
-  Status s = loadStep(stepPath(name), program);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return program;
-}
-
-std::string scratch(const std::string &name) {
-  fs::path dir = fs::path(::testing::TempDir()) / ("g3moe-device-" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
 /// Eleven examples of varied length (as ResumeTest.cpp writes them).
-std::string writeData(const std::string &dir) {
-  std::string path = dir + "/data.jsonl";
-  std::ofstream out(path);
-  for (int i = 0; i < 11; ++i) {
-    out << "{\"input_ids\": [";
-    int n = 6 + (i * 5) % 11;
-    for (int t = 0; t < n; ++t)
-      out << (t ? ", " : "") << (3 + (i * 37 + t * 11) % 500);
-    out << "]}\n";
-  }
-  return path;
-}
-
-std::vector<uint8_t> bytesOf(const std::string &path) {
-  std::vector<uint8_t> bytes;
-  Status s = readFile(path, bytes);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return bytes;
-}
+std::string writeData(const std::string &dir) { return g3moe_test::writeData(dir, 11, 6, 11); }
 
 /// Every persistent (kind, name) of a program, as executors allocate them.
 std::set<std::pair<BufferKind, std::string>> persistentTensors(const StepProgram &program) {
@@ -216,7 +182,7 @@ Status runTraining(const StepProgram &program, const TrainOptions &o, TrainResul
 /// norms, evaluations, checkpoints and final files.
 void checkMirrorMatchesCpu(const std::string &stepName) {
   StepProgram program = loadProgram(stepName);
-  std::string dir = scratch("mirror-" + stepName);
+  std::string dir = scratch("g3moe-device", "mirror-" + stepName);
   std::string data = writeData(dir);
 
   TrainOptions onCpu = baseOptions(data, dir + "/cpu");
@@ -304,7 +270,7 @@ TEST_F(DeviceBackendTest, MirrorTrainsFullFineTuningAsTheCPUDoes) {
 
 TEST_F(DeviceBackendTest, GradientDumpOnTheDeviceIsTheCPUs) {
   StepProgram program = loadProgram("g3moe_lora_fp32");
-  std::string dir = scratch("dump");
+  std::string dir = scratch("g3moe-device", "dump");
   std::string data = writeData(dir);
   TrainOptions o;
   o.dataPath = data;
@@ -372,7 +338,7 @@ TEST_F(DeviceBackendTest, DeviceSelection) {
   // Training fails before anything is written.
   TrainOptions o;
   o.dataPath = "/nonexistent.jsonl";
-  o.outputDir = scratch("no-device") + "/out";
+  o.outputDir = scratch("g3moe-device", "no-device") + "/out";
   o.device = "cuda";
   TrainResult r;
   s = train(program, o, std::cerr, r);

@@ -17,6 +17,7 @@
 #include "runtime/train/init.h"
 #include "runtime/train/progress.h"
 #include "runtime/train/trainer.h"
+#include "test/e2e/StepFixtures.h"
 
 #include <gtest/gtest.h>
 
@@ -27,51 +28,15 @@
 #include <sstream>
 
 using namespace g3rt;
+using namespace g3moe_test;
 namespace fs = std::filesystem;
 
 namespace {
 
-std::string stepPath(const std::string &name) {
-  return std::string(G3MOE_TEST_STEPS) + "/" + name + ".step";
-}
-
-StepProgram loadProgram(const std::string &name) {
-  StepProgram program;
-  Status s = loadStep(stepPath(name), program);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return program;
-}
-
-/// A fresh folder for one test.
-std::string scratch(const std::string &name) {
-  fs::path dir = fs::path(::testing::TempDir()) / ("g3moe-resume-" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
 /// Eleven examples of varied length: with [2, 16] micro-batches and two per
 /// window, an epoch has six micro-batches in three windows, the last one
 /// short, and the last micro-batch holds a single example.
-std::string writeData(const std::string &dir) {
-  std::string path = dir + "/data.jsonl";
-  std::ofstream out(path);
-  for (int i = 0; i < 11; ++i) {
-    out << "{\"input_ids\": [";
-    int n = 6 + (i * 5) % 11;
-    for (int t = 0; t < n; ++t)
-      out << (t ? ", " : "") << (3 + (i * 37 + t * 11) % 500);
-    out << "]}\n";
-  }
-  return path;
-}
-
-std::vector<uint8_t> bytesOf(const std::string &path) {
-  std::vector<uint8_t> bytes;
-  Status s = readFile(path, bytes);
-  EXPECT_TRUE(s.ok()) << s.message();
-  return bytes;
-}
+std::string writeData(const std::string &dir) { return g3moe_test::writeData(dir, 11, 6, 11); }
 
 TrainOptions baseOptions(const std::string &data, const std::string &out) {
   TrainOptions o;
@@ -104,7 +69,7 @@ Status runTraining(const StepProgram &program, const TrainOptions &o, TrainResul
 void checkResumeIsBitIdentical(const std::string &stepName, int64_t stopAt, int64_t saveEvery,
                                double testSize) {
   StepProgram program = loadProgram(stepName);
-  std::string dir = scratch(stepName + "-" + std::to_string(stopAt));
+  std::string dir = scratch("g3moe-resume", stepName + "-" + std::to_string(stopAt));
   std::string data = writeData(dir);
 
   TrainOptions whole = baseOptions(data, dir + "/whole");
@@ -181,7 +146,7 @@ TEST(Resume, WithEvaluationsIsBitIdentical) {
 
 TEST(Resume, ResavingAnExistingCheckpointReplacesItWhole) {
   StepProgram program = loadProgram("g3moe_lora");
-  std::string dir = scratch("resave");
+  std::string dir = scratch("g3moe-resume", "resave");
   std::string data = writeData(dir);
   TrainOptions o = baseOptions(data, dir + "/out");
   o.saveSteps = 2;
@@ -208,7 +173,7 @@ TEST(Resume, ResavingAnExistingCheckpointReplacesItWhole) {
 
 TEST(Resume, CheckpointStateFiles) {
   StepProgram program = loadProgram("g3moe_lora");
-  std::string dir = scratch("state");
+  std::string dir = scratch("g3moe-resume", "state");
   std::string data = writeData(dir);
   TrainOptions o = baseOptions(data, dir + "/out");
   o.saveSteps = 4;
@@ -267,7 +232,7 @@ TEST(Resume, CheckpointStateFiles) {
 
 TEST(Resume, MismatchedCheckpointsAreRefusedByName) {
   StepProgram lora = loadProgram("g3moe_lora");
-  std::string dir = scratch("mismatch");
+  std::string dir = scratch("g3moe-resume", "mismatch");
   std::string data = writeData(dir);
   TrainOptions o = baseOptions(data, dir + "/out");
   o.saveSteps = 2;
@@ -363,7 +328,7 @@ TEST(Resume, MismatchedCheckpointsAreRefusedByName) {
 }
 
 TEST(Checkpoints, SaveTotalLimitKeepsTheNewestAndTheBest) {
-  std::string dir = scratch("rotate");
+  std::string dir = scratch("g3moe-resume", "rotate");
   for (int step : {2, 4, 6, 8})
     fs::create_directories(checkpointPath(dir, step));
   fs::create_directories(dir + "/checkpoint-9.tmp-1");  // not a checkpoint
@@ -388,7 +353,7 @@ TEST(Checkpoints, SaveTotalLimitKeepsTheNewestAndTheBest) {
 
 TEST(Checkpoints, TrainingRotatesCheckpoints) {
   StepProgram program = loadProgram("gemma3_full");
-  std::string dir = scratch("limit");
+  std::string dir = scratch("g3moe-resume", "limit");
   TrainOptions o = baseOptions(writeData(dir), dir + "/out");
   o.saveSteps = 2;
   o.saveTotalLimit = 2;
@@ -409,7 +374,7 @@ TEST(Checkpoints, TrainingRotatesCheckpoints) {
 TEST(Evaluation, EvalOnlyIsTheTokenWeightedLossOfTheForward) {
   // gemma3_full's @forward has no randomness, so it is the eval forward.
   StepProgram program = loadProgram("gemma3_full");
-  std::string dir = scratch("eval");
+  std::string dir = scratch("g3moe-resume", "eval");
   std::string data = writeData(dir);
   TrainOptions o;
   o.dataPath = data;
@@ -463,7 +428,7 @@ TEST(Evaluation, EvalOnlyIsTheTokenWeightedLossOfTheForward) {
 
 TEST(Evaluation, MemorisedDataReachFullAccuracy) {
   StepProgram program = loadProgram("gemma3_full");
-  std::string dir = scratch("accuracy");
+  std::string dir = scratch("g3moe-resume", "accuracy");
   TrainOptions o;
   o.dataPath = std::string(G3MOE_EXAMPLES_DIR) + "/data/memorize.jsonl";
   o.outputDir = dir + "/out";

@@ -13,6 +13,7 @@
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
 #include "runtime/train/trainer.h"
+#include "test/e2e/StepFixtures.h"
 
 #include <gtest/gtest.h>
 
@@ -22,12 +23,9 @@
 #include <sstream>
 
 using namespace g3rt;
+using namespace g3moe_test;
 
 namespace {
-
-std::string stepPath(const std::string &name) {
-  return std::string(G3MOE_TEST_STEPS) + "/" + name + ".step";
-}
 
 std::string memorizeData() {
   return std::string(G3MOE_EXAMPLES_DIR) + "/data/memorize.jsonl";

@@ -14,6 +14,7 @@
 #include <cuda_runtime.h>
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
+#include "test/e2e/StepFixtures.h"
 
 #include <gtest/gtest.h>
 
@@ -23,19 +24,9 @@
 #include <map>
 
 using namespace g3rt;
+using namespace g3moe_test;
 
 namespace {
-
-/// The build's paths, or the ones given in the environment (the GPU machine
-/// runs binaries built elsewhere).
-std::string pathSetting(const char *env, const char *builtIn) {
-  const char *v = std::getenv(env);
-  return v && *v ? v : builtIn;
-}
-
-std::string stepPath(const std::string &name) {
-  return pathSetting("G3MOE_TEST_STEPS", G3MOE_TEST_STEPS) + "/" + name + ".step";
-}
 
 /// Parameters from a seed, LoRA B moved off 0, and the first micro-batch of
 /// the memorisation set as inputs.

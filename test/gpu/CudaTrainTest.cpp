@@ -18,6 +18,7 @@
 #include "runtime/io/safetensors.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"
+#include "test/e2e/StepFixtures.h"
 
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
@@ -30,20 +31,15 @@
 #include <sstream>
 
 using namespace g3rt;
+using namespace g3moe_test;
 namespace fs = std::filesystem;
 
 namespace {
 
-/// The build's paths, or the ones given in the environment (the GPU machine
-/// runs binaries built elsewhere).
-std::string pathSetting(const char *env, const char *builtIn) {
-  const char *v = std::getenv(env);
-  return v && *v ? v : builtIn;
-}
-
-std::string stepPath(const std::string &name) {
-  return pathSetting("G3MOE_TEST_STEPS", G3MOE_TEST_STEPS) + "/" + name + ".step";
-}
+/// Twelve examples of varied length (padding, a short last window): two are
+/// held out for evaluation, the other ten make five [2, 16] micro-batches an
+/// epoch, three accumulation windows of two.
+std::string writeData(const std::string &dir) { return g3moe_test::writeData(dir, 12, 7, 10); }
 
 bool cudaDeviceVisible() {
   int count = 0;
@@ -52,30 +48,6 @@ bool cudaDeviceVisible() {
     return false;
   }
   return count > 0;
-}
-
-/// A fresh folder for one test.
-std::string scratch(const std::string &name) {
-  fs::path dir = fs::path(::testing::TempDir()) / ("g3moe-cuda-train-" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
-/// Twelve examples of varied length (padding, a short last window): two are
-/// held out for evaluation, the other ten make five [2, 16] micro-batches an
-/// epoch, three accumulation windows of two.
-std::string writeData(const std::string &dir) {
-  std::string path = dir + "/data.jsonl";
-  std::ofstream out(path);
-  for (int i = 0; i < 12; ++i) {
-    out << "{\"input_ids\": [";
-    int n = 7 + (i * 5) % 10;
-    for (int t = 0; t < n; ++t)
-      out << (t ? ", " : "") << (3 + (i * 37 + t * 11) % 500);
-    out << "]}\n";
-  }
-  return path;
 }
 
 /// One tiny step and how closely the GPU must follow the CPU.
@@ -135,7 +107,7 @@ TEST_P(CudaTrain, LossesFollowTheCPU) {
   StepProgram program;
   Status s = loadStep(stepPath(c.step), program);
   ASSERT_TRUE(s.ok()) << s.message();
-  std::string dir = scratch(std::string(c.step) + "-losses");
+  std::string dir = scratch("g3moe-cuda-train", std::string(c.step) + "-losses");
   std::string data = writeData(dir);
 
   TrainResult cpu;
@@ -171,7 +143,7 @@ TEST_P(CudaTrain, CudaCheckpointResumesOnTheCPU) {
   StepProgram program;
   Status s = loadStep(stepPath(c.step), program);
   ASSERT_TRUE(s.ok()) << s.message();
-  std::string dir = scratch(std::string(c.step) + "-resume");
+  std::string dir = scratch("g3moe-cuda-train", std::string(c.step) + "-resume");
   std::string data = writeData(dir);
 
   // The whole run on the GPU, with a checkpoint after step 5 (downloaded
@@ -220,7 +192,7 @@ TEST_P(CudaTrain, GradientDumpFollowsTheCPU) {
   StepProgram program;
   Status s = loadStep(stepPath(c.step), program);
   ASSERT_TRUE(s.ok()) << s.message();
-  std::string dir = scratch(std::string(c.step) + "-dump");
+  std::string dir = scratch("g3moe-cuda-train", std::string(c.step) + "-dump");
   std::string data = writeData(dir);
 
   // g3moe-run --dump-gradients on each device, from the same seeded state.

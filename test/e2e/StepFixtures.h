@@ -1,0 +1,78 @@
+//===- StepFixtures.h - shared helpers of the whole-step tests --*- C++ -*-===//
+//
+// The compiled tiny steps of test/e2e, fresh scratch folders and the small
+// synthetic data sets that the CPU and GPU whole-step tests share.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_TEST_E2E_STEPFIXTURES_H
+#define G3MOE_TEST_E2E_STEPFIXTURES_H
+
+#include "runtime/schemas/container.h"
+#include "runtime/step/program.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+namespace g3moe_test {
+
+/// `builtIn`, or the environment variable `env` where it is set: the GPU
+/// machine runs binaries built elsewhere.
+inline std::string pathSetting(const char *env, const char *builtIn) {
+  const char *v = std::getenv(env);
+  return v && *v ? v : builtIn;
+}
+
+/// The compiled test step `name` (test/e2e/CMakeLists.txt builds them).
+inline std::string stepPath(const std::string &name) {
+  return pathSetting("G3MOE_TEST_STEPS", G3MOE_TEST_STEPS) + "/" + name + ".step";
+}
+
+/// The loaded step `name`; a load failure fails the test.
+inline g3rt::StepProgram loadProgram(const std::string &name) {
+  g3rt::StepProgram program;
+  g3rt::Status s = g3rt::loadStep(stepPath(name), program);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return program;
+}
+
+/// An empty folder `<temp>/<prefix>-<name>` for one test.
+inline std::string scratch(const std::string &prefix, const std::string &name) {
+  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / (prefix + "-" + name);
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir.string();
+}
+
+/// `dir`/data.jsonl: `count` pre-tokenized examples, example i of
+/// `minLength + (5 i) % spread` tokens in [3, 503).
+inline std::string writeData(const std::string &dir, int count, int minLength, int spread) {
+  std::string path = dir + "/data.jsonl";
+  std::ofstream out(path);
+  for (int i = 0; i < count; ++i) {
+    out << "{\"input_ids\": [";
+    int n = minLength + (i * 5) % spread;
+    for (int t = 0; t < n; ++t)
+      out << (t ? ", " : "") << (3 + (i * 37 + t * 11) % 500);
+    out << "]}\n";
+  }
+  return path;
+}
+
+/// The bytes of `path`; a read failure fails the test.
+inline std::vector<uint8_t> bytesOf(const std::string &path) {
+  std::vector<uint8_t> bytes;
+  g3rt::Status s = g3rt::readFile(path, bytes);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return bytes;
+}
+
+} // namespace g3moe_test
+
+#endif // G3MOE_TEST_E2E_STEPFIXTURES_H
