@@ -42,9 +42,16 @@ inline g3rt::StepProgram loadProgram(const std::string &name) {
   return program;
 }
 
-/// An empty folder `<temp>/<prefix>-<name>` for one test.
+/// An empty folder `<temp>/<prefix>-<suite>.<test>-<name>` for one test: the
+/// running test's name keeps tests that ctest runs side by side apart.
 inline std::string scratch(const std::string &prefix, const std::string &name) {
-  std::filesystem::path dir = std::filesystem::path(::testing::TempDir()) / (prefix + "-" + name);
+  const ::testing::TestInfo *test = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string owner = test ? std::string(test->test_suite_name()) + "." + test->name() : "";
+  for (char &c : owner)
+    if (c == '/')
+      c = '_';
+  std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / (prefix + "-" + owner + "-" + name);
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   return dir.string();
