@@ -15,6 +15,7 @@
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
+#include "runtime/train/run_options.h"
 #include "runtime/train/weights.h"
 
 #include <nlohmann/json.hpp>
@@ -27,17 +28,6 @@
 namespace g3rt {
 
 namespace {
-
-template <typename T>
-T option(const nlohmann::json &j, const char *key, T fallback) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null())
-    return fallback;
-  if constexpr (std::is_same_v<T, std::string>)
-    return it->is_string() ? it->get<std::string>() : fallback;
-  else
-    return it->is_number() || it->is_boolean() ? it->get<T>() : fallback;
-}
 
 /// Writes `values` into the step input `name` when the step has it.
 void setInts(Executor &ex, const char *name, const std::vector<int32_t> &values) {
@@ -107,27 +97,9 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     return Status::error("the step has no [batch, seq] input_ids input");
   int64_t rows = ids.shape[0], seqLen = ids.shape[1];
 
-  DataSpec spec;
-  spec.path = options.dataPath.empty() ? option<std::string>(training, "dataset", "")
-                                       : options.dataPath;
+  DataSpec spec = dataSpecFor(options, model, training, seqLen, int32_t(padId), seed);
   if (spec.path.empty())
     return Status::error("no data: pass --data FILE");
-  spec.seqLen = seqLen;
-  spec.vocabSize = option<int64_t>(model, "vocab_size", 0);
-  spec.padId = int32_t(padId);
-  spec.seed = seed;
-  spec.skipBadLines = options.skipBadLines;
-  // The rest as the trainer reads its data (Trainer::loadData).
-  spec.format = options.dataFormat;
-  spec.tokenizerPath = options.tokenizerPath;
-  if (spec.tokenizerPath.empty() && !options.weightsDir.empty() &&
-      std::filesystem::exists(std::filesystem::path(options.weightsDir) / "tokenizer.model"))
-    spec.tokenizerPath = options.weightsDir;
-  spec.packing = options.packing.value_or(option<bool>(training, "packing", false));
-  spec.assistantOnlyLoss =
-      options.assistantOnlyLoss.value_or(option<bool>(training, "assistant_only_loss", false));
-  spec.images = options.images;
-  spec.testSize = options.testSize.value_or(option<double>(training, "test_size", 0.0));
   DataSplit data;
   G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
   for (const std::string &w : data.warnings)

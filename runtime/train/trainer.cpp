@@ -25,6 +25,7 @@
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
 #include "runtime/train/progress.h"
+#include "runtime/train/run_options.h"
 #include "runtime/train/weights.h"
 
 #include <nlohmann/json.hpp>
@@ -55,17 +56,6 @@ std::vector<size_t> shuffled(size_t n, uint64_t seed, uint64_t epoch) {
     std::swap(order[i - 1], order[std::min(j, i - 1)]);
   }
   return order;
-}
-
-template <typename T>
-T option(const nlohmann::json &j, const char *key, T fallback) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null())
-    return fallback;
-  if constexpr (std::is_same_v<T, std::string>)
-    return it->is_string() ? it->get<std::string>() : fallback;
-  else
-    return it->is_number() || it->is_boolean() ? it->get<T>() : fallback;
 }
 
 void copyInts(const TensorView &t, const std::vector<int32_t> &v) {
@@ -250,26 +240,10 @@ Status Trainer::prepare() {
 }
 
 Status Trainer::loadData() {
-  dataPath = options.dataPath.empty() ? option<std::string>(training, "dataset", "")
-                                      : options.dataPath;
+  spec = dataSpecFor(options, model, training, seqLen, int32_t(padId), seed);
+  dataPath = spec.path;
   if (dataPath.empty())
     return Status::error("no training data: pass --data FILE");
-  spec.path = dataPath;
-  spec.seqLen = seqLen;
-  spec.vocabSize = option<int64_t>(model, "vocab_size", 0);
-  spec.padId = int32_t(padId);
-  spec.seed = seed;
-  spec.skipBadLines = options.skipBadLines;
-  spec.format = options.dataFormat;
-  spec.tokenizerPath = options.tokenizerPath;
-  if (spec.tokenizerPath.empty() && !options.weightsDir.empty() &&
-      std::filesystem::exists(std::filesystem::path(options.weightsDir) / "tokenizer.model"))
-    spec.tokenizerPath = options.weightsDir;
-  spec.packing = options.packing.value_or(option<bool>(training, "packing", false));
-  spec.assistantOnlyLoss =
-      options.assistantOnlyLoss.value_or(option<bool>(training, "assistant_only_loss", false));
-  spec.images = options.images;
-  spec.testSize = options.testSize.value_or(option<double>(training, "test_size", 0.0));
   // --eval-only evaluates the whole file: no split.
   if (options.evalOnly)
     spec.testSize = 0;

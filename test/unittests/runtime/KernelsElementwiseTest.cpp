@@ -20,48 +20,6 @@ using namespace g3rt::testing;
 
 namespace {
 
-#define EXPECT_OK(expr)                                                                            \
-  do {                                                                                             \
-    ::g3rt::Status s_ = (expr);                                                                    \
-    EXPECT_TRUE(s_.ok()) << s_.message();                                                          \
-  } while (0)
-
-KernelAttrs attrs(std::initializer_list<std::pair<const char *, AttrValue>> list) {
-  KernelAttrs a;
-  for (const auto &[name, value] : list)
-    a.set(name, value);
-  return a;
-}
-
-Tensor randomTensor(DType dtype, std::vector<int64_t> shape, std::mt19937 &rng, float lo = -1,
-                    float hi = 1) {
-  Tensor t(dtype, std::move(shape));
-  fillUniform(t, rng, lo, hi);
-  return t;
-}
-
-std::vector<float> randomDirection(int64_t n, std::mt19937 &rng) {
-  std::uniform_real_distribution<float> d(-1, 1);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float &x : v)
-    x = d(rng);
-  return v;
-}
-
-/// Compares <grad, dir> with the central difference of `loss` along a random
-/// direction `dir` at the current value of `x`.
-void checkGradient(const char *what, const std::function<double()> &loss, Tensor &x,
-                   const Tensor &grad, std::mt19937 &rng) {
-  SCOPED_TRACE(what);
-  std::vector<float> dir = randomDirection(x.numel(), rng);
-  double numeric = directionalDerivative(loss, x, dir);
-  double analytic = dot(grad.values(), dir);
-  // fp32 forward passes leave the central difference ~1e-4 relative (at
-  // worst ~1e-3 absolute) from the exact derivative; a 1% error in a
-  // gradient shows well above that.
-  G3RT_EXPECT_CLOSE(analytic, numeric, 2e-3, 2e-3);
-}
-
 double geluRef(double g) {
   return 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
 }
