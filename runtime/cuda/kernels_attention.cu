@@ -43,8 +43,6 @@ namespace {
 
 using namespace checks;
 
-bool isIndexType(DType t) { return t == DType::I32 || t == DType::I64; }
-
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 //===----------------------------------------------------------------------===//
@@ -140,79 +138,6 @@ Status ropeOp(const KernelArgs &args) {
 //===----------------------------------------------------------------------===//
 // attention: problem description and checks (as the CPU kernel)
 //===----------------------------------------------------------------------===//
-
-struct AttnProblem {
-  int64_t B = 0, T = 0, nh = 0, nkv = 0, d = 0, group = 0;
-  float scale = 1;
-  int64_t window = 0; // 0: no sliding window
-  bool capped = false;
-  float cap = 0;
-};
-
-Status readProblem(const KernelArgs &args, bool grad, AttnProblem &p) {
-  size_t nIn = grad ? 5 : 4, nOut = grad ? 3 : 1;
-  if (args.inputs.size() != nIn || args.outputs.size() != nOut)
-    return args.fail(std::string("expects ") + std::to_string(nIn) + " inputs (q, k, v, segment_ids" +
-                     (grad ? ", do" : "") + ") and " + std::to_string(nOut) + " output(s), got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  const TensorView &q = args.inputs[0], &k = args.inputs[1], &v = args.inputs[2],
-                   &seg = args.inputs[3];
-  if (q.rank() != 4 || !isFloat(q.dtype))
-    return args.fail("q must be a float [B, T, nh, d] tensor, got " + describe(q));
-  p.B = q.dim(0);
-  p.T = q.dim(1);
-  p.nh = q.dim(2);
-  p.d = q.dim(3);
-  if (k.rank() != 4 || !isFloat(k.dtype) || k.dim(0) != p.B || k.dim(1) != p.T ||
-      k.dim(3) != p.d)
-    return args.fail("k must be a float [B, T, nkv, d] tensor matching q " +
-                     shapeString(q.shape) + ", got " + describe(k));
-  p.nkv = k.dim(2);
-  if (p.nkv <= 0 || p.nh % p.nkv != 0)
-    return args.fail("query heads (" + std::to_string(p.nh) +
-                     ") must be a multiple of key/value heads (" + std::to_string(p.nkv) + ")");
-  p.group = p.nh / p.nkv;
-  if (!isFloat(v.dtype) || v.shape != k.shape)
-    return args.fail("v must be a float tensor shaped like k " + shapeString(k.shape) +
-                     ", got " + describe(v));
-  if (!isIndexType(seg.dtype) || seg.shape != std::vector<int64_t>{p.B, p.T})
-    return args.fail("segment_ids must be an integer [B, T] tensor, got " + describe(seg));
-  if (grad) {
-    const TensorView &dout = args.inputs[4];
-    if (!isFloat(dout.dtype) || dout.shape != q.shape)
-      return args.fail("do must be a float tensor shaped like q " + shapeString(q.shape) +
-                       ", got " + describe(dout));
-    const TensorView &dq = args.outputs[0], &dk = args.outputs[1], &dv = args.outputs[2];
-    if (!isFloat(dq.dtype) || dq.shape != q.shape)
-      return args.fail("dq must be a float tensor shaped like q " + shapeString(q.shape) +
-                       ", got " + describe(dq));
-    if (!isFloat(dk.dtype) || dk.shape != k.shape || !isFloat(dv.dtype) || dv.shape != k.shape)
-      return args.fail("dk and dv must be float tensors shaped like k " + shapeString(k.shape) +
-                       ", got " + describe(dk) + " and " + describe(dv));
-  } else {
-    const TensorView &o = args.outputs[0];
-    if (!isFloat(o.dtype) || o.shape != q.shape)
-      return args.fail("output must be a float tensor shaped like q " + shapeString(q.shape) +
-                       ", got " + describe(o));
-  }
-
-  double scale = 0;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
-  p.scale = float(scale);
-  if (auto w = args.attrs ? args.attrs->getInt("sliding_window") : std::nullopt) {
-    if (*w < 1)
-      return args.fail("sliding_window must be at least 1, got " + std::to_string(*w));
-    p.window = *w;
-  }
-  if (auto c = args.attrs ? args.attrs->getFloat("softcap") : std::nullopt) {
-    if (!(*c > 0))
-      return args.fail("softcap must be positive, got " + std::to_string(*c));
-    p.capped = true;
-    p.cap = float(*c);
-  }
-  return Status();
-}
 
 //===----------------------------------------------------------------------===//
 // attention: device side
@@ -1405,7 +1330,7 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardKVTC(AttnArgs p) 
 
 constexpr int64_t kMaxHeadDim = 256;
 
-Status makeArgs(const KernelArgs &args, const AttnProblem &prob, AttnArgs &a) {
+Status makeArgs(const KernelArgs &args, const AttentionShape &prob, AttnArgs &a) {
   if (prob.d > kMaxHeadDim)
     return args.fail("head dimension " + std::to_string(prob.d) +
                      " is not supported by the CUDA kernel (at most " +
@@ -1446,7 +1371,7 @@ Status allowSmem(const KernelArgs &args, Kernel kernel, size_t bytes) {
 }
 
 template <int D>
-Status launchForward(const KernelArgs &args, const AttnProblem &prob, const AttnArgs &a) {
+Status launchForward(const KernelArgs &args, const AttentionShape &prob, const AttnArgs &a) {
   using Cfg = Tiles<D>;
   G3RT_RETURN_IF_ERROR(allowSmem(args, attentionForward<D>, Cfg::fwdSmem));
   dim3 grid(unsigned(ceilDiv(prob.T, Cfg::BQ)), unsigned(prob.nh), unsigned(prob.B));
@@ -1456,7 +1381,7 @@ Status launchForward(const KernelArgs &args, const AttnProblem &prob, const Attn
 }
 
 template <int D>
-Status launchBackward(const KernelArgs &args, const AttnProblem &prob, const AttnArgs &a) {
+Status launchBackward(const KernelArgs &args, const AttentionShape &prob, const AttnArgs &a) {
   using Cfg = Tiles<D>;
   cudaStream_t stream = contextOf(args).stream;
   G3RT_RETURN_IF_ERROR(allowSmem(args, attentionBackwardQ<D>, Cfg::passASmem));
@@ -1471,7 +1396,7 @@ Status launchBackward(const KernelArgs &args, const AttnProblem &prob, const Att
 }
 
 template <int D>
-Status launchForwardTC(const KernelArgs &args, const AttnProblem &prob, const AttnArgs &a) {
+Status launchForwardTC(const KernelArgs &args, const AttentionShape &prob, const AttnArgs &a) {
   using Cfg = TCTiles<D>;
   G3RT_RETURN_IF_ERROR(allowSmem(args, attentionForwardTC<D>, Cfg::fwdSmem));
   dim3 grid(unsigned(ceilDiv(prob.T, Cfg::BQ)), unsigned(prob.nh), unsigned(prob.B));
@@ -1481,7 +1406,7 @@ Status launchForwardTC(const KernelArgs &args, const AttnProblem &prob, const At
 }
 
 template <int D>
-Status launchBackwardTC(const KernelArgs &args, const AttnProblem &prob, const AttnArgs &a) {
+Status launchBackwardTC(const KernelArgs &args, const AttentionShape &prob, const AttnArgs &a) {
   using Cfg = TCTiles<D>;
   cudaStream_t stream = contextOf(args).stream;
   G3RT_RETURN_IF_ERROR(allowSmem(args, attentionBackwardQTC<D>, Cfg::passASmem));
@@ -1500,7 +1425,7 @@ Status launchBackwardTC(const KernelArgs &args, const AttnProblem &prob, const A
 
 // The tensor-core kernels take bf16 operands only; other float types use the
 // fp32 CUDA-core kernels.
-bool tensorCoreOperands(const KernelArgs &args, size_t count, const AttnProblem &prob,
+bool tensorCoreOperands(const KernelArgs &args, size_t count, const AttentionShape &prob,
                         AttnArgs &a) {
   bool aligned = prob.d % 8 == 0;
   for (size_t i = 0; i < count; ++i) {
@@ -1516,8 +1441,8 @@ bool tensorCoreOperands(const KernelArgs &args, size_t count, const AttnProblem 
 }
 
 Status attentionOp(const KernelArgs &args) {
-  AttnProblem prob;
-  G3RT_RETURN_IF_ERROR(readProblem(args, /*grad=*/false, prob));
+  AttentionShape prob;
+  G3RT_RETURN_IF_ERROR(checkAttention(args, /*grad=*/false, prob));
   if (prob.B * prob.T * prob.nh * prob.d == 0)
     return Status();
   AttnArgs a;
@@ -1539,8 +1464,8 @@ Status attentionOp(const KernelArgs &args) {
 }
 
 Status attentionGradOp(const KernelArgs &args) {
-  AttnProblem prob;
-  G3RT_RETURN_IF_ERROR(readProblem(args, /*grad=*/true, prob));
+  AttentionShape prob;
+  G3RT_RETURN_IF_ERROR(checkAttention(args, /*grad=*/true, prob));
   if (prob.B * prob.T * prob.nh * prob.d == 0)
     return Status();
   AttnArgs a;

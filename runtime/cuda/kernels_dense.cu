@@ -702,23 +702,6 @@ Status rmsNormGradKernel(const KernelArgs &args) {
 // Linear layers
 //===----------------------------------------------------------------------===//
 
-Status checkLinear(const KernelArgs &args, const TensorView &x, const TensorView &w,
-                   const char *wName, const TensorView &y, const char *yName, int64_t &M,
-                   int64_t &in, int64_t &out) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, w, wName, 2));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, y, yName));
-  if (w.rank() != 2)
-    return args.fail(std::string(wName) + " must be a matrix, got " + describe(w));
-  out = w.dim(0);
-  in = w.dim(1);
-  M = leadingRows(x);
-  if (x.dim(-1) != in)
-    return args.fail("input " + shapeString(x.shape) + " does not contract with " + wName + " " +
-                     shapeString(w.shape));
-  return checkRowsCols(args, y, yName, M, out);
-}
-
 Operand operand(const TensorView &t, int64_t ld, bool trans) {
   return {t.data, t.dtype, ld, trans};
 }

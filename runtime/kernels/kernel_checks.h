@@ -54,6 +54,9 @@ inline Status checkFloat(const KernelArgs &args, const TensorView &t, const char
   return Status();
 }
 
+/// i32 or i64.
+inline bool isIndexType(DType t) { return t == DType::I32 || t == DType::I64; }
+
 /// An i32 or i64 tensor.
 inline Status checkIndex(const KernelArgs &args, const TensorView &t, const char *what) {
   if (t.dtype != DType::I32 && t.dtype != DType::I64)
@@ -92,6 +95,100 @@ inline Status checkScalar(const KernelArgs &args, const TensorView &t, const cha
   if (t.numel() != 1)
     return args.fail(std::string(what) + " must be a scalar, got " + describe(t));
   return Status();
+}
+
+/// The sizes and options of an attention launch (docs/kernels.md).
+struct AttentionShape {
+  int64_t B = 0, T = 0, nh = 0, nkv = 0, d = 0, group = 0;
+  float scale = 1;
+  int64_t window = 0; // 0: no sliding window
+  bool capped = false;
+  float cap = 0;
+};
+
+/// The checks of attention (q, k, v, segment_ids → output) or, with `grad`,
+/// attention_grad (q, k, v, segment_ids, do → dq, dk, dv); fills `p`.
+inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &p) {
+  size_t nIn = grad ? 5 : 4, nOut = grad ? 3 : 1;
+  if (args.inputs.size() != nIn || args.outputs.size() != nOut)
+    return args.fail(std::string("expects ") + std::to_string(nIn) + " inputs (q, k, v, segment_ids" +
+                     (grad ? ", do" : "") + ") and " + std::to_string(nOut) + " output(s), got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &q = args.inputs[0], &k = args.inputs[1], &v = args.inputs[2],
+                   &seg = args.inputs[3];
+  if (q.rank() != 4 || !isFloat(q.dtype))
+    return args.fail("q must be a float [B, T, nh, d] tensor, got " + describe(q));
+  p.B = q.dim(0);
+  p.T = q.dim(1);
+  p.nh = q.dim(2);
+  p.d = q.dim(3);
+  if (k.rank() != 4 || !isFloat(k.dtype) || k.dim(0) != p.B || k.dim(1) != p.T ||
+      k.dim(3) != p.d)
+    return args.fail("k must be a float [B, T, nkv, d] tensor matching q " +
+                     shapeString(q.shape) + ", got " + describe(k));
+  p.nkv = k.dim(2);
+  if (p.nkv <= 0 || p.nh % p.nkv != 0)
+    return args.fail("query heads (" + std::to_string(p.nh) +
+                     ") must be a multiple of key/value heads (" + std::to_string(p.nkv) + ")");
+  p.group = p.nh / p.nkv;
+  if (!isFloat(v.dtype) || v.shape != k.shape)
+    return args.fail("v must be a float tensor shaped like k " + shapeString(k.shape) +
+                     ", got " + describe(v));
+  if (!isIndexType(seg.dtype) || seg.shape != std::vector<int64_t>{p.B, p.T})
+    return args.fail("segment_ids must be an integer [B, T] tensor, got " + describe(seg));
+  if (grad) {
+    const TensorView &dout = args.inputs[4];
+    if (!isFloat(dout.dtype) || dout.shape != q.shape)
+      return args.fail("do must be a float tensor shaped like q " + shapeString(q.shape) +
+                       ", got " + describe(dout));
+    const TensorView &dq = args.outputs[0], &dk = args.outputs[1], &dv = args.outputs[2];
+    if (!isFloat(dq.dtype) || dq.shape != q.shape)
+      return args.fail("dq must be a float tensor shaped like q " + shapeString(q.shape) +
+                       ", got " + describe(dq));
+    if (!isFloat(dk.dtype) || dk.shape != k.shape || !isFloat(dv.dtype) || dv.shape != k.shape)
+      return args.fail("dk and dv must be float tensors shaped like k " + shapeString(k.shape) +
+                       ", got " + describe(dk) + " and " + describe(dv));
+  } else {
+    const TensorView &o = args.outputs[0];
+    if (!isFloat(o.dtype) || o.shape != q.shape)
+      return args.fail("output must be a float tensor shaped like q " + shapeString(q.shape) +
+                       ", got " + describe(o));
+  }
+
+  double scale = 0;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
+  p.scale = float(scale);
+  if (auto w = args.attrs ? args.attrs->getInt("sliding_window") : std::nullopt) {
+    if (*w < 1)
+      return args.fail("sliding_window must be at least 1, got " + std::to_string(*w));
+    p.window = *w;
+  }
+  if (auto c = args.attrs ? args.attrs->getFloat("softcap") : std::nullopt) {
+    if (!(*c > 0))
+      return args.fail("softcap must be positive, got " + std::to_string(*c));
+    p.capped = true;
+    p.cap = float(*c);
+  }
+  return Status();
+}
+
+/// The checks of x [..., in]·W[out, in]ᵀ → y [..., out]; sets M, in, out.
+inline Status checkLinear(const KernelArgs &args, const TensorView &x, const TensorView &w,
+                          const char *wName, const TensorView &y, const char *yName,
+                          int64_t &M, int64_t &in, int64_t &out) {
+  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, w, wName, 2));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, y, yName));
+  if (w.rank() != 2)
+    return args.fail(std::string(wName) + " must be a matrix, got " + describe(w));
+  out = w.dim(0);
+  in = w.dim(1);
+  M = leadingRows(x);
+  if (x.dim(-1) != in)
+    return args.fail("input " + shapeString(x.shape) + " does not contract with " + wName + " " +
+                     shapeString(w.shape));
+  return checkRowsCols(args, y, yName, M, out);
 }
 
 } // namespace g3rt::checks
