@@ -5,7 +5,8 @@
 // prints one JSON line in the format of ../shared/bench/pytorch_stack.py:
 // median step seconds, tokens/s, MFU against 989 TFLOP/s (LoRA model FLOPs =
 // 4 * active params * tokens + causal attention, recomputation not counted)
-// and the GPU memory the step holds.
+// and the GPU memory the step holds. With --profile it then runs the micro
+// step once more instruction by instruction and prints the time per kernel.
 //
 //===----------------------------------------------------------------------===//
 
@@ -21,16 +22,18 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <string>
 
 using namespace g3rt;
 
 int main(int argc, char **argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: g3moe-bench step.bin [steps=6]\n");
+    std::fprintf(stderr, "usage: g3moe-bench step.bin [steps=6] [--profile]\n");
     return 2;
   }
   int steps = argc > 2 ? std::atoi(argv[2]) : 6;
+  bool profile = argc > 3 && std::string(argv[3]) == "--profile";
   StepProgram program;
   Status s = loadStep(argv[1], program);
   if (!s.ok()) {
@@ -91,8 +94,40 @@ int main(int argc, char **argv) {
     }
     times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
+  // The memory the step holds: after the runs, which allocate scratch memory
+  // lazily (cuDNN attention plans).
+  size_t freeAfterRuns = 0;
+  cudaMemGetInfo(&freeAfterRuns, &total);
+  freeAfter = std::min(freeAfter, freeAfterRuns);
   std::vector<float> loss;
   (void)gpu->output("train_micro_step", "loss", loss);
+  if (profile) {
+    // Time per kernel, one instruction at a time (each waited for).
+    const FunctionDesc &fn = *program.findFunction("train_micro_step");
+    std::map<std::string, std::pair<double, int>> byKernel;
+    for (size_t i = 0; i < fn.instrs.size(); ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      s = gpu->runInstruction(fn, i);
+      if (!s.ok()) {
+        std::fprintf(stderr, "g3moe-bench: %s\n", s.message().c_str());
+        return 1;
+      }
+      auto &slot = byKernel[fn.instrs[i].kernel];
+      slot.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      slot.second += 1;
+    }
+    std::vector<std::pair<double, std::string>> rows;
+    double sum = 0;
+    for (const auto &[name, t] : byKernel) {
+      rows.push_back({t.first, name + " x" + std::to_string(t.second)});
+      sum += t.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "profile of train_micro_step at %lld tokens: %.1f ms in all\n",
+                 (long long)T, sum * 1e3);
+    for (size_t i = 0; i < rows.size() && i < 14; ++i)
+      std::fprintf(stderr, "  %8.1f ms  %s\n", rows[i].first * 1e3, rows[i].second.c_str());
+  }
   std::vector<double> timed(times.begin() + std::min<size_t>(2, times.size() - 1), times.end());
   std::sort(timed.begin(), timed.end());
   double step = timed[timed.size() / 2];

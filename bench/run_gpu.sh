@@ -13,6 +13,7 @@ seqs=("${@:-4096 8192}")
 # The PyTorch stack is measured at every length the issue names; it runs out of
 # memory past 8K on an 80 GB card.
 torch_seqs=(4096 8192 16384 32768)
+[[ -f $carry/bin.tar.gz ]] && tar -C "$carry" -xzf "$carry/bin.tar.gz"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 
 echo "== GPU correctness (CUDA backend vs CPU reference)"
@@ -24,6 +25,9 @@ grep -E "^\[ +(OK|FAILED|PASSED) +\]|Failure" "$out/gpu_steps.log"
 timeout 200 "$carry/G3MoECudaTrainTests" > "$out/gpu_train.log" 2>&1
 grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]|Failure" "$out/gpu_train.log"
 
+timeout 200 "$carry/G3MoECudaAttentionTests" > "$out/gpu_attention.log" 2>&1
+grep -E "^\[ +(FAILED|PASSED) +\]|Failure|worst" "$out/gpu_attention.log"
+
 echo "== the main job's training on the GPU (g3moe-run --device cuda)"
 rm -rf /tmp/tiny-hf /tmp/tiny-run
 "$carry/g3moe-run" "$carry/tiny-g3moe.step" --save-initial-weights /tmp/tiny-hf > /dev/null &&
@@ -32,10 +36,19 @@ rm -rf /tmp/tiny-hf /tmp/tiny-run
     --data "$here/examples/data/chat.jsonl" --images mask --output-dir /tmp/tiny-run \
     --no-progress-bar 2>&1 | tee "$out/tiny_cuda.log" | grep -E "backend|step [0-9]+/|eval step|saved .*adapter"
 
+echo "== benchmark: attention kernels (own, cuDNN through g3moe, cuDNN through PyTorch)"
+for impl in own cudnn; do
+  G3MOE_CUDA_ATTENTION=$impl timeout 100 "$carry/attention-bench" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
+done
+timeout 100 python3 "$carry/attention_reference.py" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
+
 echo "== benchmark: g3moe"
 for T in ${seqs[*]}; do
   timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 | tee -a "$out/bench_g3moe.jsonl"
 done
+if [[ -f $carry/g3moe-4b-8192.step ]]; then
+  timeout 100 "$carry/g3moe-bench" "$carry/g3moe-4b-8192.step" 3 --profile 2>&1 >/dev/null | tee "$out/profile_8192.log"
+fi
 [[ ${SKIP_BENCH:-0} == 1 ]] && exit 0
 echo "== benchmark: PyTorch stack"
 PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/pytorch_stack.py" --seq ${torch_seqs[*]} --steps 5 2>&1 |

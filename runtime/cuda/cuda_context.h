@@ -17,7 +17,15 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <memory>
+
 namespace g3rt::cuda {
+
+/// Which attention kernels run (cudnn_attention.h).
+enum class AttentionImpl { Auto, Own, Cudnn };
+
+/// cuDNN's handle, plans and scratch memory for attention (cudnn_attention.cu).
+struct CudnnAttentionState;
 
 struct CudaContext {
   cudaStream_t stream = nullptr;
@@ -26,6 +34,9 @@ struct CudaContext {
   /// Scratch device memory kernels may use freely during one launch.
   void *workspace = nullptr;
   size_t workspaceBytes = 0;
+  AttentionImpl attention = AttentionImpl::Auto;
+  /// Created on the first attention call cuDNN serves.
+  std::shared_ptr<CudnnAttentionState> cudnn;
 };
 
 /// The context of a kernel call.

@@ -4,6 +4,7 @@
 
 #include "runtime/cuda/cuda_context.h"
 
+#include <cstdlib>
 #include <set>
 
 namespace g3rt::cuda {
@@ -14,6 +15,22 @@ Status check(cudaError_t e, const std::string &what) {
   if (e == cudaSuccess)
     return Status();
   return Status::error(what + ": " + cudaGetErrorString(e));
+}
+
+/// G3MOE_CUDA_ATTENTION (unset: auto) picks the attention kernels
+/// (cudnn_attention.h); an unknown value is an error.
+Status attentionImplFromEnvironment(AttentionImpl &impl) {
+  const char *v = std::getenv("G3MOE_CUDA_ATTENTION");
+  std::string s = v ? v : "auto";
+  if (s == "auto")
+    impl = AttentionImpl::Auto;
+  else if (s == "own")
+    impl = AttentionImpl::Own;
+  else if (s == "cudnn")
+    impl = AttentionImpl::Cudnn;
+  else
+    return Status::error("G3MOE_CUDA_ATTENTION must be auto, own or cudnn, got '" + s + "'");
+  return Status();
 }
 
 /// Scratch memory kernels may use within one launch (sorting, reductions).
@@ -30,6 +47,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
                                                         std::to_string(device)));
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
+  G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));
   G3RT_RETURN_IF_ERROR(check(cudaStreamCreate(&ctx.stream), "creating a CUDA stream"));
   if (cublasCreate(&ctx.cublas) != CUBLAS_STATUS_SUCCESS ||
       cublasLtCreate(&ctx.cublasLt) != CUBLAS_STATUS_SUCCESS)
@@ -72,6 +90,8 @@ Status CudaExecutor::create(const StepProgram &program, int device,
 }
 
 CudaExecutor::~CudaExecutor() {
+  if (ctx_)
+    ctx_->cudnn.reset(); // its handle is bound to the stream destroyed below
   for (auto &[key, view] : state_)
     cudaFree(view.data);
   cudaFree(arena_);

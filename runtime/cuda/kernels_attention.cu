@@ -33,6 +33,10 @@
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/kernels/kernel_checks.h"
 
+#if G3MOE_HAVE_CUDNN
+#include "runtime/cuda/cudnn_attention.h"
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -1440,10 +1444,30 @@ bool tensorCoreOperands(const KernelArgs &args, size_t count, const AttentionSha
   return true;
 }
 
+// cuDNN's fused attention where the context allows it and it serves the call
+// (cudnn_attention.h); `served` false: the own kernels run.
+Status cudnnIfServed(const KernelArgs &args, const AttentionShape &prob, bool grad,
+                     bool &served) {
+#if G3MOE_HAVE_CUDNN
+  return cudnnAttention(args, prob, grad, served);
+#else
+  served = false;
+  if (contextOf(args).attention == AttentionImpl::Cudnn)
+    return args.fail("G3MOE_CUDA_ATTENTION=cudnn, but this build has no cuDNN");
+  (void)prob;
+  (void)grad;
+  return Status();
+#endif
+}
+
 Status attentionOp(const KernelArgs &args) {
   AttentionShape prob;
   G3RT_RETURN_IF_ERROR(checkAttention(args, /*grad=*/false, prob));
   if (prob.B * prob.T * prob.nh * prob.d == 0)
+    return Status();
+  bool served = false;
+  G3RT_RETURN_IF_ERROR(cudnnIfServed(args, prob, /*grad=*/false, served));
+  if (served)
     return Status();
   AttnArgs a;
   G3RT_RETURN_IF_ERROR(makeArgs(args, prob, a));
@@ -1467,6 +1491,10 @@ Status attentionGradOp(const KernelArgs &args) {
   AttentionShape prob;
   G3RT_RETURN_IF_ERROR(checkAttention(args, /*grad=*/true, prob));
   if (prob.B * prob.T * prob.nh * prob.d == 0)
+    return Status();
+  bool served = false;
+  G3RT_RETURN_IF_ERROR(cudnnIfServed(args, prob, /*grad=*/true, served));
+  if (served)
     return Status();
   AttnArgs a;
   G3RT_RETURN_IF_ERROR(makeArgs(args, prob, a));

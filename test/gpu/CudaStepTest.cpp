@@ -11,10 +11,10 @@
 #include "runtime/base/random.h"
 #include "runtime/cuda/cuda_executor.h"
 
-#include <cuda_runtime.h>
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
 #include "test/e2e/StepFixtures.h"
+#include "test/gpu/GpuTesting.h"
 
 #include <gtest/gtest.h>
 
@@ -63,28 +63,6 @@ void prepare(Executor &ex) {
     *t.i64() = 10;
     *ex.input("warmup_steps").i64() = 2;
   }
-}
-
-/// Largest error of `got` against `want` in units of the tolerance; > 1 fails.
-double errorRatio(const TensorView &want, const std::vector<uint8_t> &gotBytes) {
-  TensorView got = want;
-  got.data = const_cast<uint8_t *>(gotBytes.data());
-  bool exact = !isFloat(want.dtype);
-  double rtol = want.dtype == DType::F32 ? 2e-3 : 2e-2;
-  double atol = want.dtype == DType::F32 ? 2e-4 : 2e-2;
-  double worst = 0;
-  for (int64_t i = 0; i < want.numel(); ++i) {
-    double a = want.load(i), b = got.load(i);
-    if (exact) {
-      if (a != b)
-        return 1e9;
-      continue;
-    }
-    if (std::isnan(a) != std::isnan(b))
-      return 1e9;
-    worst = std::max(worst, std::fabs(a - b) / (atol + rtol * std::fabs(a)));
-  }
-  return worst;
 }
 
 class CudaStep : public ::testing::TestWithParam<const char *> {};
@@ -209,40 +187,11 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
   attrs.set("softcap", AttrValue::ofFloat(30.0));
 
   auto runBoth = [&](const char *name, std::vector<TensorView> in, std::vector<TensorView> out) {
-    // CPU reference into `out`; the GPU into device copies, brought back.
-    KernelArgs cpu;
-    cpu.name = name;
-    cpu.attrs = &attrs;
-    cpu.inputs = in;
-    cpu.outputs = out;
-    Status st = findCpuKernel(name)(cpu);
+    Status st;
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, out, st);
     ASSERT_TRUE(st.ok()) << st.message();
-    StepProgram empty;
-    std::unique_ptr<cuda::CudaExecutor> gpu;
-    ASSERT_TRUE(cuda::CudaExecutor::create(empty, 0, gpu).ok());
-    std::vector<void *> allocations;
-    auto toGpu = [&](const TensorView &h, bool copy) {
-      TensorView d = h;
-      cudaMalloc(&d.data, std::max<size_t>(h.bytes(), 4));
-      allocations.push_back(d.data);
-      if (copy)
-        cudaMemcpy(d.data, h.data, h.bytes(), cudaMemcpyHostToDevice);
-      return d;
-    };
-    std::vector<TensorView> din, dout;
-    for (const TensorView &t : in)
-      din.push_back(toGpu(t, true));
-    for (const TensorView &t : out)
-      dout.push_back(toGpu(t, false));
-    st = gpu->runKernel(name, attrs, din, dout);
-    ASSERT_TRUE(st.ok()) << st.message();
-    for (size_t i = 0; i < out.size(); ++i) {
-      std::vector<uint8_t> got(out[i].bytes());
-      cudaMemcpy(got.data(), dout[i].data, got.size(), cudaMemcpyDeviceToHost);
-      EXPECT_LE(errorRatio(out[i], got), 1.0) << name << " output " << i;
-    }
-    for (void *p : allocations)
-      cudaFree(p);
+    for (size_t i = 0; i < ratios.size(); ++i)
+      EXPECT_LE(ratios[i], 1.0) << name << " output " << i;
   };
   runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss});
   std::vector<uint8_t> gradb;

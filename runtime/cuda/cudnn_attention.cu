@@ -1,0 +1,491 @@
+//===- cudnn_attention.cu - attention on cuDNN's fused kernels ------------===//
+//
+// The forward graph is cuDNN's flash-attention pattern: S = Q K^T, scaled,
+// masked (causal, then the sliding window's left edge), softmax with its
+// log-sum-exp written out as statistics, then P V. The backward graph is the
+// matching pattern: D = rowsum(dO * O), P rebuilt from the statistics, dV =
+// P^T dO, dS = P (dO V^T - D) scale, dK = dS^T Q, dQ = dS K through an fp32
+// accumulator; with GQA the per-query-head dK and dV are summed per kv head
+// inside the graph. cuDNN picks the fused engine; plans are built once per
+// shape and kept.
+//
+// Segment ids: cuDNN sees one causal sequence per batch row, so a call is
+// served only when every row is a single document (one non-zero id) followed
+// by padding (id 0), which is checked on the device and read back. Padded
+// query rows see no key in g3moe's semantics: their outputs are zeroed after
+// the forward, and their incoming gradients are zeroed before the backward,
+// which makes their dq and every padded key's dk and dv zero as well; the
+// rows of the document are untouched by padding because attention is causal.
+//
+// attention_grad gets no forward output or statistics from the step, so it
+// reruns the forward (about a third of the backward's cost) into scratch
+// memory first.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/cudnn_attention.h"
+
+#include "runtime/cuda/cudnn_graph.h"
+
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <string>
+#include <tuple>
+#include <vector>
+
+namespace g3rt::cuda {
+
+using namespace checks;
+using cudnn::GraphBuilder;
+using cudnn::Plan;
+using cudnn::TensorId;
+
+namespace {
+
+// Unique ids of the tensors bound at execution time.
+enum : TensorId {
+  kQ = 1,
+  kK,
+  kV,
+  kO,
+  kStats,
+  kScale,
+  kNegInf,
+  kWindow,
+  kDO,
+  kDQ,
+  kDK,
+  kDV,
+  kSoftmaxSum,
+  kDQAccum,
+  kOne,
+};
+
+struct PlanKey {
+  int64_t B, T, nh, nkv, d, window;
+  bool grad;
+  bool operator<(const PlanKey &o) const {
+    return std::tie(B, T, nh, nkv, d, window, grad) <
+           std::tie(o.B, o.T, o.nh, o.nkv, o.d, o.window, o.grad);
+  }
+};
+
+} // namespace
+
+struct CudnnAttentionState {
+  cudnnHandle_t handle = nullptr;
+  std::map<PlanKey, Plan> plans;
+  void *scratch = nullptr;
+  size_t scratchBytes = 0;
+  int32_t *rows = nullptr; // per batch row: document length, then "is one document"
+  int64_t rowsCapacity = 0;
+
+  ~CudnnAttentionState() {
+    cudaFree(scratch);
+    cudaFree(rows);
+    if (handle)
+      cudnnDestroy(handle);
+  }
+};
+
+namespace {
+
+//===----------------------------------------------------------------------===//
+// Graphs
+//===----------------------------------------------------------------------===//
+
+using Dims = std::vector<int64_t>;
+
+struct Layout {
+  int64_t B, T, H, Hk, D;
+  // [B, T, heads, D] memory seen as [B, heads, T, D].
+  Dims bhtd(int64_t heads) const { return {B, heads, T, D}; }
+  Dims bhtdStrides(int64_t heads) const { return {T * heads * D, D, heads * D, 1}; }
+  // The same memory seen transposed, [B, heads, D, T].
+  Dims bhdt(int64_t heads) const { return {B, heads, D, T}; }
+  Dims bhdtStrides(int64_t heads) const { return {T * heads * D, D, 1, heads * D}; }
+  Dims scores() const { return {B, H, T, T}; }
+  Dims scoreStrides() const { return {H * T * T, T * T, T, 1}; }
+  Dims scoresTransposed() const { return {H * T * T, T * T, 1, T}; }
+  Dims rows() const { return {B, H, T, 1}; }
+  Dims rowStrides() const { return {H * T, T, 1, 1}; }
+  Dims packed() const { return {B, H, T, D}; }
+  Dims packedStrides() const { return {H * T * D, T * D, D, 1}; }
+};
+
+TensorId scoreTensor(GraphBuilder &g, const Layout &l, cudnnDataType_t t = CUDNN_DATA_FLOAT) {
+  return g.virtualTensor(l.scores(), l.scoreStrides(), t);
+}
+
+// Keys after the query (causal), then keys at or beyond `window` behind it,
+// get -inf.
+TensorId applyMasks(GraphBuilder &g, const Layout &l, TensorId s, int64_t window) {
+  TensorId row = scoreTensor(g, l, CUDNN_DATA_INT32), col = scoreTensor(g, l, CUDNN_DATA_INT32);
+  g.genIndex(s, row, 2);
+  g.genIndex(s, col, 3);
+  TensorId keep = scoreTensor(g, l, CUDNN_DATA_BOOLEAN);
+  g.pointwise(CUDNN_POINTWISE_CMP_GE, row, keep, col, -1, CUDNN_DATA_BOOLEAN);
+  TensorId causal = scoreTensor(g, l);
+  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, s, causal, kNegInf, keep);
+  if (window == 0)
+    return causal;
+  TensorId row2 = scoreTensor(g, l, CUDNN_DATA_INT32), col2 = scoreTensor(g, l, CUDNN_DATA_INT32);
+  g.genIndex(causal, row2, 2);
+  g.genIndex(causal, col2, 3);
+  TensorId shifted = scoreTensor(g, l);
+  g.pointwise(CUDNN_POINTWISE_ADD, col2, shifted, kWindow);
+  TensorId inside = scoreTensor(g, l, CUDNN_DATA_BOOLEAN);
+  g.pointwise(CUDNN_POINTWISE_CMP_GT, shifted, inside, row2, -1, CUDNN_DATA_BOOLEAN);
+  TensorId banded = scoreTensor(g, l);
+  g.pointwise(CUDNN_POINTWISE_BINARY_SELECT, causal, banded, kNegInf, inside);
+  return banded;
+}
+
+void declareCommon(GraphBuilder &g, const Layout &l, int64_t window) {
+  g.tensor(kQ, l.bhtd(l.H), l.bhtdStrides(l.H), CUDNN_DATA_BFLOAT16);
+  g.tensor(kK, l.bhdt(l.Hk), l.bhdtStrides(l.Hk), CUDNN_DATA_BFLOAT16);
+  g.tensor(kO, l.bhtd(l.H), l.bhtdStrides(l.H), CUDNN_DATA_BFLOAT16);
+  g.tensor(kStats, l.rows(), l.rowStrides(), CUDNN_DATA_FLOAT);
+  g.scalar(kScale, CUDNN_DATA_FLOAT);
+  g.scalar(kNegInf, CUDNN_DATA_FLOAT);
+  if (window)
+    g.scalar(kWindow, CUDNN_DATA_FLOAT);
+}
+
+Status buildForward(cudnnHandle_t handle, const PlanKey &k, Plan &plan) {
+  const Layout l{k.B, k.T, k.nh, k.nkv, k.d};
+  GraphBuilder g(handle);
+  declareCommon(g, l, k.window);
+  g.tensor(kV, l.bhtd(l.Hk), l.bhtdStrides(l.Hk), CUDNN_DATA_BFLOAT16);
+
+  TensorId s = scoreTensor(g, l), scaled = scoreTensor(g, l);
+  g.matmul(kQ, kK, s);
+  g.pointwise(CUDNN_POINTWISE_MUL, s, scaled, kScale);
+  TensorId masked = applyMasks(g, l, scaled, k.window);
+
+  TensorId max = g.virtualTensor(l.rows(), l.rowStrides());
+  g.reduction(CUDNN_REDUCE_TENSOR_MAX, masked, max);
+  TensorId shifted = scoreTensor(g, l), e = scoreTensor(g, l);
+  g.pointwise(CUDNN_POINTWISE_SUB, masked, shifted, max);
+  g.pointwise(CUDNN_POINTWISE_EXP, shifted, e);
+  TensorId sum = g.virtualTensor(l.rows(), l.rowStrides()),
+           logSum = g.virtualTensor(l.rows(), l.rowStrides());
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, e, sum);
+  g.pointwise(CUDNN_POINTWISE_LOG, sum, logSum);
+  g.pointwise(CUDNN_POINTWISE_ADD, max, kStats, logSum);
+  TensorId p = scoreTensor(g, l, CUDNN_DATA_BFLOAT16);
+  g.pointwise(CUDNN_POINTWISE_DIV, e, p, sum);
+  g.matmul(p, kV, kO);
+  return g.finish("cuDNN attention forward graph", plan);
+}
+
+// dst = reduce over the query heads of each kv head of (a @ b); a single
+// matmul when there is no grouping.
+void matmulPerKvHead(GraphBuilder &g, const Layout &l, TensorId a, TensorId b, TensorId dst) {
+  if (l.H == l.Hk) {
+    g.matmul(a, b, dst);
+    return;
+  }
+  TensorId full = g.virtualTensor(l.packed(), l.packedStrides(), CUDNN_DATA_BFLOAT16);
+  g.matmul(a, b, full);
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, full, dst);
+}
+
+Status buildBackward(cudnnHandle_t handle, const PlanKey &k, Plan &plan) {
+  const Layout l{k.B, k.T, k.nh, k.nkv, k.d};
+  GraphBuilder g(handle);
+  declareCommon(g, l, k.window);
+  g.tensor(kV, l.bhdt(l.Hk), l.bhdtStrides(l.Hk), CUDNN_DATA_BFLOAT16);
+  g.tensor(kDO, l.bhtd(l.H), l.bhtdStrides(l.H), CUDNN_DATA_BFLOAT16);
+  g.tensor(kDQ, l.bhtd(l.H), l.bhtdStrides(l.H), CUDNN_DATA_BFLOAT16);
+  g.tensor(kDK, l.bhtd(l.Hk), l.bhtdStrides(l.Hk), CUDNN_DATA_BFLOAT16);
+  g.tensor(kDV, l.bhtd(l.Hk), l.bhtdStrides(l.Hk), CUDNN_DATA_BFLOAT16);
+  g.tensor(kSoftmaxSum, l.rows(), l.rowStrides(), CUDNN_DATA_FLOAT);
+  g.tensor(kDQAccum, l.packed(), l.packedStrides(), CUDNN_DATA_FLOAT);
+  g.scalar(kOne, CUDNN_DATA_FLOAT);
+
+  // D = rowsum(dO * O)
+  TensorId prod = g.virtualTensor(l.bhtd(l.H), l.bhtdStrides(l.H));
+  g.pointwise(CUDNN_POINTWISE_MUL, kDO, prod, kO);
+  TensorId rowSum = g.virtualTensor(l.rows(), l.rowStrides());
+  g.reduction(CUDNN_REDUCE_TENSOR_ADD, prod, rowSum);
+  g.pointwise(CUDNN_POINTWISE_MUL, rowSum, kSoftmaxSum, kOne);
+
+  // P from the statistics; dV = P^T dO.
+  TensorId s = scoreTensor(g, l), scaled = scoreTensor(g, l), centred = scoreTensor(g, l);
+  g.matmul(kQ, kK, s);
+  g.pointwise(CUDNN_POINTWISE_MUL, s, scaled, kScale);
+  g.pointwise(CUDNN_POINTWISE_SUB, scaled, centred, kStats);
+  TensorId masked = applyMasks(g, l, centred, k.window);
+  TensorId p = scoreTensor(g, l);
+  g.pointwise(CUDNN_POINTWISE_EXP, masked, p);
+  TensorId pT = g.virtualTensor(l.scores(), l.scoresTransposed(), CUDNN_DATA_BFLOAT16);
+  g.reshape(p, pT);
+  matmulPerKvHead(g, l, pT, kDO, kDV);
+
+  // dS = P (dO V^T - D) scale; dK = dS^T Q.
+  TensorId dp = scoreTensor(g, l), dpc = scoreTensor(g, l), dsu = scoreTensor(g, l),
+           ds = scoreTensor(g, l);
+  g.matmul(kDO, kV, dp);
+  g.pointwise(CUDNN_POINTWISE_SUB, dp, dpc, kSoftmaxSum);
+  g.pointwise(CUDNN_POINTWISE_MUL, dpc, dsu, p);
+  g.pointwise(CUDNN_POINTWISE_MUL, dsu, ds, kScale);
+  TensorId dsT = g.virtualTensor(l.scores(), l.scoresTransposed(), CUDNN_DATA_BFLOAT16);
+  g.reshape(ds, dsT);
+  matmulPerKvHead(g, l, dsT, kQ, kDK);
+
+  // dQ = dS K, accumulated in fp32.
+  TensorId kRows = g.virtualTensor(l.bhtd(l.Hk), l.bhtdStrides(l.Hk));
+  g.reshape(kK, kRows);
+  g.matmul(ds, kRows, kDQAccum);
+  g.pointwise(CUDNN_POINTWISE_IDENTITY, kDQAccum, kDQ);
+  return g.finish("cuDNN attention backward graph", plan);
+}
+
+//===----------------------------------------------------------------------===//
+// Segment ids and padding
+//===----------------------------------------------------------------------===//
+
+// Per batch row: the length of the leading run of the first id, and whether
+// the row is that run (a non-zero id) followed by zeros only.
+__global__ void documentRows(const void *seg, DType st, int64_t T, int32_t *rows, int64_t B) {
+  __shared__ int64_t firstOther;
+  __shared__ int bad;
+  const int64_t b = blockIdx.x, base = b * T;
+  const int64_t first = loadIndex(seg, st, base);
+  if (threadIdx.x == 0) {
+    firstOther = T;
+    bad = 0;
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < T; i += blockDim.x)
+    if (loadIndex(seg, st, base + i) != first)
+      atomicMin(reinterpret_cast<unsigned long long *>(&firstOther), (unsigned long long)i);
+  __syncthreads();
+  const int64_t len = firstOther;
+  for (int64_t i = len + threadIdx.x; i < T; i += blockDim.x)
+    if (loadIndex(seg, st, base + i) != 0)
+      bad = 1;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    rows[b] = int32_t(len);
+    rows[B + b] = first != 0 && !bad;
+  }
+}
+
+// dst row (b, t) of `width` elements = src's, or zeros where t >= len[b];
+// dst may be src.
+__global__ void keepDocumentRows(const __nv_bfloat16 *src, __nv_bfloat16 *dst,
+                                 const int32_t *lens, int64_t T, int64_t width) {
+  const int64_t t = blockIdx.x, b = blockIdx.y;
+  const bool keep = t < lens[b];
+  const int64_t base = (b * T + t) * width;
+  for (int64_t i = threadIdx.x; i < width; i += blockDim.x)
+    dst[base + i] = keep ? src[base + i] : __float2bfloat16(0.0f);
+}
+
+//===----------------------------------------------------------------------===//
+// Driver
+//===----------------------------------------------------------------------===//
+
+std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p) {
+  if (p.capped)
+    return "logit soft-capping";
+  if (p.d % 8 != 0 || p.d > 256)
+    return "head dimension " + std::to_string(p.d) + " (needs a multiple of 8, at most 256)";
+  auto bf16 = [](const TensorView &t) {
+    return t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+  };
+  for (size_t i = 0; i < args.inputs.size(); ++i)
+    if (i != 3 && !bf16(args.inputs[i]))
+      return "input " + std::to_string(i) + " is not an aligned bf16 tensor";
+  for (size_t i = 0; i < args.outputs.size(); ++i)
+    if (!bf16(args.outputs[i]))
+      return "output " + std::to_string(i) + " is not an aligned bf16 tensor";
+  return "";
+}
+
+Status cudnnCheck(const KernelArgs &args, cudnnStatus_t s, const char *what) {
+  if (s == CUDNN_STATUS_SUCCESS)
+    return Status();
+  return args.fail(std::string(what) + ": " + cudnnGetErrorString(s));
+}
+
+Status stateOf(const KernelArgs &args, CudnnAttentionState *&out) {
+  CudaContext &ctx = contextOf(args);
+  if (!ctx.cudnn) {
+    auto st = std::make_shared<CudnnAttentionState>();
+    G3RT_RETURN_IF_ERROR(cudnnCheck(args, cudnnCreate(&st->handle), "creating a cuDNN handle"));
+    G3RT_RETURN_IF_ERROR(
+        cudnnCheck(args, cudnnSetStream(st->handle, ctx.stream), "setting cuDNN's stream"));
+    ctx.cudnn = std::move(st);
+  }
+  out = ctx.cudnn.get();
+  return Status();
+}
+
+Status planFor(const KernelArgs &args, CudnnAttentionState &st, const PlanKey &key,
+               const Plan *&out) {
+  auto it = st.plans.find(key);
+  if (it == st.plans.end()) {
+    Plan plan;
+    Status s = key.grad ? buildBackward(st.handle, key, plan) : buildForward(st.handle, key, plan);
+    if (!s.ok())
+      return args.fail(s.message());
+    it = st.plans.emplace(key, std::move(plan)).first;
+  }
+  out = &it->second;
+  return Status();
+}
+
+// Grows the scratch memory to `bytes` (waiting for work that may use the old).
+Status reserveScratch(const KernelArgs &args, CudnnAttentionState &st, size_t bytes) {
+  if (bytes <= st.scratchBytes)
+    return Status();
+  cudaStream_t stream = contextOf(args).stream;
+  cudaError_t e = cudaStreamSynchronize(stream);
+  if (e == cudaSuccess) {
+    cudaFree(st.scratch);
+    st.scratch = nullptr;
+    st.scratchBytes = 0;
+    e = cudaMalloc(&st.scratch, bytes);
+  }
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, ("allocating " + std::to_string(bytes) +
+                                 " bytes of cuDNN attention scratch memory").c_str());
+  st.scratchBytes = bytes;
+  return Status();
+}
+
+size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
+
+} // namespace
+
+Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad, bool &served) {
+  served = false;
+  CudaContext &ctx = contextOf(args);
+  if (ctx.attention == AttentionImpl::Own)
+    return Status();
+  auto decline = [&](const std::string &why) {
+    if (ctx.attention == AttentionImpl::Cudnn)
+      return args.fail("G3MOE_CUDA_ATTENTION=cudnn, but cuDNN cannot serve this call: " + why);
+    return Status();
+  };
+  if (std::string why = unsupportedReason(args, p); !why.empty())
+    return decline(why);
+
+  CudnnAttentionState *st = nullptr;
+  G3RT_RETURN_IF_ERROR(stateOf(args, st));
+  cudaStream_t stream = ctx.stream;
+
+  // Where each row's document ends (read back: it decides the path).
+  if (st->rowsCapacity < p.B) {
+    cudaFree(st->rows);
+    st->rows = nullptr;
+    st->rowsCapacity = 0;
+    cudaError_t e = cudaMalloc(&st->rows, size_t(2 * p.B) * sizeof(int32_t));
+    if (e != cudaSuccess)
+      return cudaFailure(args, e, "allocating the document-length buffer");
+    st->rowsCapacity = p.B;
+  }
+  const TensorView &seg = args.inputs[3];
+  documentRows<<<unsigned(p.B), 256, 0, stream>>>(seg.data, seg.dtype, p.T, st->rows, p.B);
+  G3RT_CUDA_CHECK_LAUNCH(args, "checking segment ids");
+  std::vector<int32_t> rows(size_t(2 * p.B));
+  cudaError_t e = cudaMemcpyAsync(rows.data(), st->rows, rows.size() * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess)
+    e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "reading the document lengths");
+  bool padded = false;
+  for (int64_t b = 0; b < p.B; ++b) {
+    if (!rows[size_t(p.B + b)])
+      return decline("batch row " + std::to_string(b) +
+                     " is not one document followed by padding");
+    padded = padded || rows[size_t(b)] < p.T;
+  }
+
+  const int64_t window = p.window > 0 && p.window < p.T ? p.window : 0;
+  const Plan *fwd = nullptr, *bwd = nullptr;
+  G3RT_RETURN_IF_ERROR(planFor(args, *st, {p.B, p.T, p.nh, p.nkv, p.d, window, false}, fwd));
+  if (grad)
+    G3RT_RETURN_IF_ERROR(planFor(args, *st, {p.B, p.T, p.nh, p.nkv, p.d, window, true}, bwd));
+
+  // Scratch: statistics, and for the backward the forward's output, the
+  // masked dO, D and the fp32 dq accumulator; then the plans' workspace.
+  const size_t rowsBytes = align256(size_t(p.B * p.nh * p.T) * sizeof(float));
+  const size_t actBytes = align256(size_t(p.B * p.T * p.nh * p.d) * 2);
+  const size_t accBytes = align256(size_t(p.B * p.T * p.nh * p.d) * sizeof(float));
+  size_t used = rowsBytes + (grad ? 2 * actBytes + rowsBytes + accBytes : 0);
+  const size_t work = size_t(std::max(fwd->workspaceBytes, bwd ? bwd->workspaceBytes : 0));
+  G3RT_RETURN_IF_ERROR(reserveScratch(args, *st, used + align256(work)));
+  char *base = static_cast<char *>(st->scratch);
+  float *stats = reinterpret_cast<float *>(base);
+  char *cursor = base + rowsBytes;
+  void *o = args.outputs[0].data;
+  void *dO = nullptr, *softmaxSum = nullptr, *dqAccum = nullptr;
+  if (grad) {
+    o = cursor;
+    dO = cursor + actBytes;
+    softmaxSum = cursor + 2 * actBytes;
+    dqAccum = cursor + 2 * actBytes + rowsBytes;
+  }
+  void *workspace = base + used;
+
+  float scale = p.scale, negInf = -INFINITY, windowF = float(window), one = 1.0f;
+  std::vector<TensorId> uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf};
+  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, o,
+                              stats, &scale, &negInf};
+  if (window) {
+    uids.push_back(kWindow);
+    ptrs.push_back(&windowF);
+  }
+  Status s = cudnn::execute(st->handle, *fwd, uids, ptrs, workspace);
+  if (!s.ok())
+    return args.fail(s.message());
+
+  const int64_t width = p.nh * p.d;
+  const dim3 rowGrid(unsigned(p.T), unsigned(p.B));
+  int32_t *lens = st->rows;
+  if (!grad) {
+    if (padded) {
+      auto *out = static_cast<__nv_bfloat16 *>(o);
+      keepDocumentRows<<<rowGrid, 256, 0, stream>>>(out, out, lens, p.T, width);
+      G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention rows");
+    }
+    served = true;
+    return Status();
+  }
+
+  const void *dOut = args.inputs[4].data;
+  if (padded) {
+    keepDocumentRows<<<rowGrid, 256, 0, stream>>>(static_cast<const __nv_bfloat16 *>(dOut),
+                                                  static_cast<__nv_bfloat16 *>(dO), lens, p.T,
+                                                  width);
+    G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention gradients");
+    dOut = dO;
+  }
+  e = cudaMemsetAsync(dqAccum, 0, accBytes, stream);
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "clearing the dq accumulator");
+  uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf, kDO, kDQ, kDK, kDV, kSoftmaxSum, kDQAccum, kOne};
+  ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, o, stats, &scale,
+          &negInf, const_cast<void *>(dOut), args.outputs[0].data, args.outputs[1].data,
+          args.outputs[2].data, softmaxSum, dqAccum, &one};
+  if (window) {
+    uids.push_back(kWindow);
+    ptrs.push_back(&windowF);
+  }
+  Status sb = cudnn::execute(st->handle, *bwd, uids, ptrs, workspace);
+  if (!sb.ok())
+    return args.fail(sb.message());
+  served = true;
+  return Status();
+}
+
+} // namespace g3rt::cuda

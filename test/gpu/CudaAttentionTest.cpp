@@ -1,0 +1,131 @@
+//===- CudaAttentionTest.cpp - CUDA attention against the CPU reference ---===//
+//
+// attention and attention_grad on model-sized heads (head_dim 256, GQA,
+// causal, sliding window, padded rows, packed documents), on each CUDA
+// implementation pinned with G3MOE_CUDA_ATTENTION, against the CPU kernels.
+//
+//===----------------------------------------------------------------------===//
+
+#include "test/gpu/GpuTesting.h"
+#include "test/unittests/runtime/KernelTesting.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <string>
+
+using namespace g3rt;
+using namespace g3moe_test;
+using g3rt::testing::Tensor;
+
+namespace {
+
+struct Case {
+  const char *name;
+  int64_t B, T, nh, nkv, d, window;
+  /// Per batch row: document length (the rest is padding); a second value
+  /// packs a second document after the first.
+  std::vector<std::vector<int64_t>> docs;
+};
+
+struct Problem {
+  Tensor q, k, v, seg, dout, o, dq, dk, dv;
+  KernelAttrs attrs;
+};
+
+Problem makeProblem(const Case &c) {
+  Problem p;
+  std::mt19937 rng(uint32_t(c.T * 31 + c.d));
+  p.q = Tensor(DType::BF16, {c.B, c.T, c.nh, c.d});
+  p.k = Tensor(DType::BF16, {c.B, c.T, c.nkv, c.d});
+  p.v = Tensor(DType::BF16, {c.B, c.T, c.nkv, c.d});
+  p.dout = Tensor(DType::BF16, {c.B, c.T, c.nh, c.d});
+  for (Tensor *t : {&p.q, &p.k})
+    g3rt::testing::fillUniform(*t, rng, -2, 2);
+  for (Tensor *t : {&p.v, &p.dout})
+    g3rt::testing::fillUniform(*t, rng);
+  p.seg = Tensor::i32({c.B, c.T});
+  for (int64_t b = 0; b < c.B; ++b) {
+    int64_t t = 0;
+    int32_t id = 1;
+    for (int64_t len : c.docs[size_t(b)]) {
+      for (int64_t i = 0; i < len; ++i)
+        p.seg.i()[b * c.T + t++] = id;
+      ++id;
+    }
+  }
+  p.o = Tensor(DType::BF16, {c.B, c.T, c.nh, c.d});
+  p.dq = Tensor(DType::BF16, {c.B, c.T, c.nh, c.d});
+  p.dk = Tensor(DType::BF16, {c.B, c.T, c.nkv, c.d});
+  p.dv = Tensor(DType::BF16, {c.B, c.T, c.nkv, c.d});
+  p.attrs.set("scale", AttrValue::ofFloat(1.0 / std::sqrt(double(c.d))));
+  if (c.window)
+    p.attrs.set("sliding_window", AttrValue::ofInt(c.window));
+  return p;
+}
+
+const Case kCases[] = {
+    {"global_gqa_d256", 1, 1024, 8, 4, 256, 0, {{1024}}},
+    {"sliding_gqa_d256", 1, 1024, 8, 4, 256, 256, {{1024}}},
+    {"padded_rows_d128", 2, 384, 4, 2, 128, 0, {{384}, {301}}},
+    {"padded_sliding_mha_d64", 2, 256, 4, 4, 64, 100, {{200}, {256}}},
+};
+
+class CudaAttention : public ::testing::TestWithParam<std::tuple<Case, const char *>> {};
+
+TEST_P(CudaAttention, ForwardAndBackwardMatchTheCPU) {
+  const auto &[c, impl] = GetParam();
+  Problem p = makeProblem(c);
+  Status st;
+  std::vector<double> fwd = gpuErrorsAgainstCpu(
+      "attention", p.attrs, {p.q.view, p.k.view, p.v.view, p.seg.view}, {p.o.view}, st, impl);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_LE(fwd[0], 1.0) << c.name << " " << impl << ": output";
+  std::vector<double> bwd = gpuErrorsAgainstCpu(
+      "attention_grad", p.attrs, {p.q.view, p.k.view, p.v.view, p.seg.view, p.dout.view},
+      {p.dq.view, p.dk.view, p.dv.view}, st, impl);
+  ASSERT_TRUE(st.ok()) << st.message();
+  const char *names[] = {"dq", "dk", "dv"};
+  for (size_t i = 0; i < bwd.size(); ++i)
+    EXPECT_LE(bwd[i], 1.0) << c.name << " " << impl << ": " << names[i];
+  std::printf("  %-24s %-6s worst error / tolerance: o %.3g, dq %.3g, dk %.3g, dv %.3g\n",
+              c.name, impl, fwd[0], bwd[0], bwd[1], bwd[2]);
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
+                         ::testing::Combine(::testing::ValuesIn(kCases),
+                                            ::testing::Values("own", "cudnn")),
+                         [](const auto &info) {
+                           return std::string(std::get<0>(info.param).name) + "_" +
+                                  std::get<1>(info.param);
+                         });
+
+// Packed documents are beyond cuDNN's causal mask: pinned to cuDNN the call
+// fails and says why; on auto it falls back to the own kernels and is right.
+TEST(CudaAttentionChoice, PackedDocumentsFallBackToTheOwnKernels) {
+  Case c{"packed", 1, 256, 4, 2, 64, 0, {{100, 120}}};
+  Problem p = makeProblem(c);
+  Status st;
+  std::vector<TensorView> in = {p.q.view, p.k.view, p.v.view, p.seg.view};
+  gpuErrorsAgainstCpu("attention", p.attrs, in, {p.o.view}, st, "cudnn");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("not one document followed by padding"), std::string::npos)
+      << st.message();
+  std::vector<double> r = gpuErrorsAgainstCpu("attention", p.attrs, in, {p.o.view}, st, "auto");
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_LE(r[0], 1.0);
+}
+
+TEST(CudaAttentionChoice, AnUnknownChoiceIsAnError) {
+  setenv("G3MOE_CUDA_ATTENTION", "fastest", 1);
+  std::unique_ptr<cuda::CudaExecutor> ex;
+  static const StepProgram empty;
+  Status st = cuda::CudaExecutor::create(empty, 0, ex);
+  unsetenv("G3MOE_CUDA_ATTENTION");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("G3MOE_CUDA_ATTENTION must be auto, own or cudnn"),
+            std::string::npos)
+      << st.message();
+}
+
+} // namespace

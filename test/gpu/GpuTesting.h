@@ -1,0 +1,101 @@
+//===- GpuTesting.h - helpers for CUDA-vs-CPU tests -------------*- C++ -*-===//
+//
+// The tolerance test every GPU comparison uses, and a runner that gives one
+// kernel the same inputs on the CPU reference and on the CUDA backend.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_TEST_GPU_GPUTESTING_H
+#define G3MOE_TEST_GPU_GPUTESTING_H
+
+#include "runtime/cuda/cuda_executor.h"
+#include "runtime/kernels/kernel.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+#include <vector>
+
+namespace g3moe_test {
+
+using namespace g3rt;
+
+/// Largest error of `got` against `want` in units of the tolerance; > 1 fails.
+inline double errorRatio(const TensorView &want, const std::vector<uint8_t> &gotBytes) {
+  TensorView got = want;
+  got.data = const_cast<uint8_t *>(gotBytes.data());
+  bool exact = !isFloat(want.dtype);
+  double rtol = want.dtype == DType::F32 ? 2e-3 : 2e-2;
+  double atol = want.dtype == DType::F32 ? 2e-4 : 2e-2;
+  double worst = 0;
+  for (int64_t i = 0; i < want.numel(); ++i) {
+    double a = want.load(i), b = got.load(i);
+    if (exact) {
+      if (a != b)
+        return 1e9;
+      continue;
+    }
+    if (std::isnan(a) != std::isnan(b))
+      return 1e9;
+    worst = std::max(worst, std::fabs(a - b) / (atol + rtol * std::fabs(a)));
+  }
+  return worst;
+}
+
+/// Runs CPU kernel `name` into `out`, then the CUDA kernel on device copies of
+/// `in` (with G3MOE_CUDA_ATTENTION=`attention` when given) and returns, per
+/// output, errorRatio of the GPU's result against the CPU's. `gpu` receives
+/// the CUDA kernel's status; the ratios are empty when either side failed.
+inline std::vector<double> gpuErrorsAgainstCpu(const char *name, const KernelAttrs &attrs,
+                                               const std::vector<TensorView> &in,
+                                               const std::vector<TensorView> &out, Status &gpu,
+                                               const char *attention = nullptr) {
+  KernelArgs cpu;
+  cpu.name = name;
+  cpu.attrs = &attrs;
+  cpu.inputs = in;
+  cpu.outputs = out;
+  gpu = findCpuKernel(name)(cpu);
+  if (!gpu.ok())
+    return {};
+  if (attention)
+    setenv("G3MOE_CUDA_ATTENTION", attention, 1);
+  static const StepProgram empty;
+  std::unique_ptr<cuda::CudaExecutor> ex;
+  gpu = cuda::CudaExecutor::create(empty, 0, ex);
+  if (attention)
+    unsetenv("G3MOE_CUDA_ATTENTION");
+  if (!gpu.ok())
+    return {};
+  std::vector<void *> allocations;
+  auto toGpu = [&](const TensorView &h, bool copy) {
+    TensorView d = h;
+    cudaMalloc(&d.data, std::max<size_t>(h.bytes(), 4));
+    allocations.push_back(d.data);
+    if (copy)
+      cudaMemcpy(d.data, h.data, h.bytes(), cudaMemcpyHostToDevice);
+    return d;
+  };
+  std::vector<TensorView> din, dout;
+  for (const TensorView &t : in)
+    din.push_back(toGpu(t, true));
+  for (const TensorView &t : out)
+    dout.push_back(toGpu(t, false));
+  std::vector<double> ratios;
+  gpu = ex->runKernel(name, attrs, din, dout);
+  for (size_t i = 0; gpu.ok() && i < out.size(); ++i) {
+    std::vector<uint8_t> got(out[i].bytes());
+    cudaMemcpy(got.data(), dout[i].data, got.size(), cudaMemcpyDeviceToHost);
+    ratios.push_back(errorRatio(out[i], got));
+  }
+  for (void *p : allocations)
+    cudaFree(p);
+  return ratios;
+}
+
+} // namespace g3moe_test
+
+#endif // G3MOE_TEST_GPU_GPUTESTING_H
