@@ -16,6 +16,19 @@ cp "$build/test/gpu/G3RtGpuTests" "$build/test/gpu/G3MoECudaStepTests" "$build/t
 "$build/bin/g3moe-compile" "$root/examples/tiny-g3moe/train.json" --quiet -o "$root/devcarry/tiny-g3moe.step"
 cp "$build/tiny-tokenizer/tokenizer.model" "$root/devcarry/"
 cp "$build"/test/e2e/steps/*.step "$root/devcarry/steps/"
+# The mid-size transformers comparison (test/gpu/hf_midsize.py): its config,
+# data and bf16 and fp32 LoRA steps; the checkpoint itself is written on the GPU machine.
+bash "$root/scripts/setup-python.sh" > /dev/null
+"${G3MOE_VENV:-$HOME/.cache/g3moe/venv}/bin/python" "$root/test/gpu/hf_midsize.py" prepare \
+  "$root/devcarry/midsize" 2> /dev/null
+"$build/bin/g3moe-compile" "$root/devcarry/midsize/config.json" --quiet --seq-len 1024 \
+  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 \
+  --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+  -o "$root/devcarry/midsize/midsize.step"
+"$build/bin/g3moe-compile" "$root/devcarry/midsize/config.json" --quiet --fp32 --seq-len 1024 \
+  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 \
+  --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+  -o "$root/devcarry/midsize/midsize-fp32.step"
 cp "$root/../shared/bench/pytorch_stack.py" "$root/devcarry/"
 for T in ${seqs[*]}; do
   cat > "$root/devcarry/bench-$T.json" <<JSON

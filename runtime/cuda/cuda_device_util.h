@@ -51,6 +51,39 @@ __device__ __forceinline__ void storeFloat(void *p, DType t, int64_t i, float v)
   }
 }
 
+/// Elements 4j .. 4j+3 in one access for f32 and bf16 (the buffer must be
+/// 16-byte aligned), element by element for other types.
+__device__ __forceinline__ float4 loadFloat4(const void *p, DType t, int64_t j) {
+  if (t == DType::F32)
+    return static_cast<const float4 *>(p)[j];
+  if (t == DType::BF16) {
+    uint2 raw = static_cast<const uint2 *>(p)[j];
+    float2 lo = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.x));
+    float2 hi = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162 *>(&raw.y));
+    return {lo.x, lo.y, hi.x, hi.y};
+  }
+  return {loadFloat(p, t, 4 * j), loadFloat(p, t, 4 * j + 1), loadFloat(p, t, 4 * j + 2),
+          loadFloat(p, t, 4 * j + 3)};
+}
+
+/// Stores elements 4j .. 4j+3, rounding as storeFloat does.
+__device__ __forceinline__ void storeFloat4(void *p, DType t, int64_t j, float4 v) {
+  if (t == DType::F32) {
+    static_cast<float4 *>(p)[j] = v;
+  } else if (t == DType::BF16) {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+    uint2 raw;
+    raw.x = *reinterpret_cast<const unsigned *>(&lo);
+    raw.y = *reinterpret_cast<const unsigned *>(&hi);
+    static_cast<uint2 *>(p)[j] = raw;
+  } else {
+    storeFloat(p, t, 4 * j, v.x);
+    storeFloat(p, t, 4 * j + 1, v.y);
+    storeFloat(p, t, 4 * j + 2, v.z);
+    storeFloat(p, t, 4 * j + 3, v.w);
+  }
+}
+
 __device__ __forceinline__ int64_t loadIndex(const void *p, DType t, int64_t i) {
   return t == DType::I64 ? static_cast<const int64_t *>(p)[i]
                          : int64_t(static_cast<const int32_t *>(p)[i]);

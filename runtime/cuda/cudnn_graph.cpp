@@ -128,10 +128,18 @@ cudnnBackendDescriptor_t GraphBuilder::find(TensorId id) {
   return nullptr;
 }
 
-void GraphBuilder::addOperation(Descriptor op) {
+void GraphBuilder::commit(const Status &s, const std::string &what, Descriptor op,
+                          Descriptor inner) {
+  if (!error_.ok()) // an earlier failure (an unknown tensor) explains this one
+    return;
+  if (!s.ok()) {
+    error_ = s.withContext(what);
+    return;
+  }
   auto p = std::make_shared<Descriptor>(std::move(op));
   ops_.push_back(p->get());
   keep_.push_back(std::move(p));
+  keep_.push_back(std::make_shared<Descriptor>(std::move(inner)));
 }
 
 void GraphBuilder::pointwise(cudnnPointwiseMode_t mode, TensorId x, TensorId y, TensorId b,
@@ -171,15 +179,8 @@ void GraphBuilder::pointwise(cudnnPointwiseMode_t mode, TensorId x, TensorId y, 
     s = set(op.get(), CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, CUDNN_TYPE_FLOAT, 1, &one, "alpha2");
   if (s.ok())
     s = finalize(op.get(), "finalizing a pointwise operation");
-  if (!error_.ok())
-    return;
-  if (!s.ok()) {
-    error_ = s.withContext("pointwise mode " + std::to_string(int(mode)) + " -> " +
-                           std::to_string(y));
-    return;
-  }
-  keep_.push_back(std::make_shared<Descriptor>(std::move(pw)));
-  addOperation(std::move(op));
+  commit(s, "pointwise mode " + std::to_string(int(mode)) + " -> " + std::to_string(y),
+         std::move(op), std::move(pw));
 }
 
 void GraphBuilder::genIndex(TensorId x, TensorId y, int64_t axis) {
@@ -210,14 +211,7 @@ void GraphBuilder::matmul(TensorId a, TensorId b, TensorId c) {
     s = setDesc(op.get(), CUDNN_ATTR_OPERATION_MATMUL_DESC, mm.get(), "matmul descriptor");
   if (s.ok())
     s = finalize(op.get(), "finalizing a matmul");
-  if (!error_.ok())
-    return;
-  if (!s.ok()) {
-    error_ = s.withContext("matmul -> " + std::to_string(c));
-    return;
-  }
-  keep_.push_back(std::make_shared<Descriptor>(std::move(mm)));
-  addOperation(std::move(op));
+  commit(s, "matmul -> " + std::to_string(c), std::move(op), std::move(mm));
 }
 
 void GraphBuilder::reduction(cudnnReduceTensorOp_t reduceOp, TensorId x, TensorId y) {
@@ -244,14 +238,7 @@ void GraphBuilder::reduction(cudnnReduceTensorOp_t reduceOp, TensorId x, TensorI
     s = setDesc(op.get(), CUDNN_ATTR_OPERATION_REDUCTION_DESC, red.get(), "reduction descriptor");
   if (s.ok())
     s = finalize(op.get(), "finalizing a reduction");
-  if (!error_.ok())
-    return;
-  if (!s.ok()) {
-    error_ = s.withContext("reduction -> " + std::to_string(y));
-    return;
-  }
-  keep_.push_back(std::make_shared<Descriptor>(std::move(red)));
-  addOperation(std::move(op));
+  commit(s, "reduction -> " + std::to_string(y), std::move(op), std::move(red));
 }
 
 void GraphBuilder::reshape(TensorId x, TensorId y) {
@@ -265,13 +252,7 @@ void GraphBuilder::reshape(TensorId x, TensorId y) {
     s = setDesc(op.get(), CUDNN_ATTR_OPERATION_RESHAPE_YDESC, find(y), "reshape y");
   if (s.ok())
     s = finalize(op.get(), "finalizing a reshape");
-  if (!error_.ok())
-    return;
-  if (!s.ok()) {
-    error_ = s.withContext("reshape -> " + std::to_string(y));
-    return;
-  }
-  addOperation(std::move(op));
+  commit(s, "reshape -> " + std::to_string(y), std::move(op), Descriptor());
 }
 
 Status GraphBuilder::finish(const std::string &what, Plan &out) {

@@ -91,7 +91,9 @@ private:
   TensorId addTensor(TensorId uid, std::vector<int64_t> dims, std::vector<int64_t> strides,
                      cudnnDataType_t type, bool isVirtual, bool byValue);
   cudnnBackendDescriptor_t find(TensorId id);
-  void addOperation(Descriptor op);
+  /// Adds operation `op` (and `inner`, the descriptor it refers to) when `s`
+  /// and every earlier step succeeded; else records the first error.
+  void commit(const Status &s, const std::string &what, Descriptor op, Descriptor inner);
 
   cudnnHandle_t handle_;
   std::vector<TensorDesc> tensors_;

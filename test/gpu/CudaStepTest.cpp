@@ -107,14 +107,19 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
     std::printf("  %-28s worst error / tolerance %.3g\n", kernel.c_str(), worst);
 }
 
-TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
+/// Runs the entry points on the CPU and on the GPU (attention on `attention`,
+/// see cudnn_attention.h) and compares losses and gradients.
+void compareEntryPoints(const char *step, const char *attention) {
   StepProgram program;
-  Status s = loadStep(stepPath(GetParam()), program);
+  Status s = loadStep(stepPath(step), program);
   ASSERT_TRUE(s.ok()) << s.message();
   Executor cpu(program);
   prepare(cpu);
+  setenv("G3MOE_CUDA_ATTENTION", attention, 1);
   std::unique_ptr<cuda::CudaExecutor> gpu;
-  ASSERT_TRUE(cuda::CudaExecutor::create(program, 0, gpu).ok());
+  s = cuda::CudaExecutor::create(program, 0, gpu);
+  unsetenv("G3MOE_CUDA_ATTENTION");
+  ASSERT_TRUE(s.ok()) << s.message();
   ASSERT_TRUE(gpu->upload(cpu).ok());
 
   for (const char *fn : {"forward", "eval_forward", "forward_backward"}) {
@@ -124,7 +129,7 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
     std::vector<float> gpuLoss;
     ASSERT_TRUE(gpu->output(fn, "loss", gpuLoss).ok());
     double cpuLoss = cpu.output(fn, "loss").load(0);
-    EXPECT_NEAR(gpuLoss[0], cpuLoss, 1e-2 * std::fabs(cpuLoss)) << GetParam() << " " << fn;
+    EXPECT_NEAR(gpuLoss[0], cpuLoss, 1e-2 * std::fabs(cpuLoss)) << step << " " << fn;
   }
   // Gradients of the whole backward, compared by relative norm of the error.
   // In bf16 a one-ulp difference in an activation can move a token to
@@ -132,9 +137,16 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
   // sum over the routed tokens (the experts', the router's, the norm after
   // the MoE block) wholesale; the instruction-level test above is where the
   // kernels are held to tight tolerances. So routed bf16 steps are compared
-  // over all gradients together, the others tensor by tensor.
-  bool routedInBf16 = std::string(GetParam()).find("g3moe") != std::string::npos &&
-                      std::string(GetParam()).find("fp32") == std::string::npos;
+  // over all gradients together, the others tensor by tensor. cuDNN's
+  // attention rounds the probabilities and dS to bf16 before the second
+  // product of each pair (as PyTorch's flash and cuDNN attention do; the own
+  // kernels keep about 16 bits), which moves the bf16 steps' gradients by a
+  // few percent more.
+  const bool bf16 = std::string(step).find("fp32") == std::string::npos;
+  const bool routedInBf16 = bf16 && std::string(step).find("g3moe") != std::string::npos;
+  const bool cudnn = bf16 && std::string(attention) == "cudnn";
+  const double perTensor = cudnn ? 8e-2 : 2e-2;
+  const double together = routedInBf16 ? (cudnn ? 2e-1 : 1e-1) : (cudnn ? 5e-2 : 2e-2);
   double totalErr = 0, totalNorm = 0;
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
@@ -150,60 +162,27 @@ TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) {
     totalErr += err;
     totalNorm += norm;
     if (!routedInBf16) {
-      EXPECT_LE(std::sqrt(err), 2e-2 * std::sqrt(norm) + 1e-5) << GetParam() << " " << p.name;
+      EXPECT_LE(std::sqrt(err), perTensor * std::sqrt(norm) + 1e-5) << step << " " << p.name;
     }
   }
-  EXPECT_LE(std::sqrt(totalErr), (routedInBf16 ? 1e-1 : 2e-2) * std::sqrt(totalNorm))
-      << GetParam() << ": all gradients together";
+  EXPECT_LE(std::sqrt(totalErr), together * std::sqrt(totalNorm))
+      << step << " (attention " << attention << "): all gradients together";
+  std::printf("  %s, attention %s: gradient error %.3g of the norm\n", step, attention,
+              std::sqrt(totalErr / std::max(totalNorm, 1e-30)));
 }
 
-/// The fused LM head + cross-entropy on shapes large enough for several row
-/// blocks and vocabulary chunks (the tiny steps fit in one tile), against the
-/// CPU reference kernel.
-TEST(CudaKernels, FusedHeadLossAcrossTiles) {
-  const int64_t rows = 2048, H = 64, V = 40000;
-  auto make = [](DType t, std::vector<int64_t> shape, std::vector<uint8_t> &bytes) {
-    TensorView v;
-    v.dtype = t;
-    v.shape = std::move(shape);
-    bytes.assign(v.bytes(), 0);
-    v.data = bytes.data();
-    return v;
-  };
-  std::vector<uint8_t> xb, tb, gb, nb, lb, dxb, dtb;
-  TensorView x = make(DType::BF16, {rows, H}, xb), table = make(DType::BF16, {V, H}, tb),
-             targets = make(DType::I32, {rows}, gb), n = make(DType::F32, {}, nb),
-             loss = make(DType::F32, {}, lb), dx = make(DType::BF16, {rows, H}, dxb),
-             dt = make(DType::F32, {V, H}, dtb);
-  for (int64_t i = 0; i < x.numel(); ++i)
-    x.store(i, 2 * uniformAt(1, 0, 0, uint64_t(i)) - 1);
-  for (int64_t i = 0; i < table.numel(); ++i)
-    table.store(i, 0.2f * (2 * uniformAt(1, 0, 1, uint64_t(i)) - 1));
-  for (int64_t r = 0; r < rows; ++r)
-    targets.i32()[r] = r % 7 == 0 ? -100 : int32_t(uniformAt(1, 0, 2, uint64_t(r)) * V);
-  n.store(0, float(rows));
-  KernelAttrs attrs;
-  attrs.set("ignore_index", AttrValue::ofInt(-100));
-  attrs.set("softcap", AttrValue::ofFloat(30.0));
+TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) { compareEntryPoints(GetParam(), "own"); }
 
-  auto runBoth = [&](const char *name, std::vector<TensorView> in, std::vector<TensorView> out) {
-    Status st;
-    std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, out, st);
-    ASSERT_TRUE(st.ok()) << st.message();
-    for (size_t i = 0; i < ratios.size(); ++i)
-      EXPECT_LE(ratios[i], 1.0) << name << " output " << i;
-  };
-  runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss});
-  std::vector<uint8_t> gradb;
-  TensorView grad = make(DType::F32, {}, gradb);
-  grad.store(0, 1.0f);
-  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx, dt});
-  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx});
-}
+// The bf16 steps with attention on cuDNN (fp32 attention never uses it).
+class CudaStepCudnn : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(CudaStepCudnn, WholeEntryPointsMatchTheCPU) { compareEntryPoints(GetParam(), "cudnn"); }
 
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
                          ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
                                            "g3moe_grouped_full_fp32", "g3moe_lora_fp32",
                                            "gemma3_full", "g3moe_full", "g3moe_lora"));
+INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStepCudnn,
+                         ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora"));
 
 } // namespace
