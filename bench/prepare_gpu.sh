@@ -22,11 +22,11 @@ bash "$root/scripts/setup-python.sh" > /dev/null
 "${G3MOE_VENV:-$HOME/.cache/g3moe/venv}/bin/python" "$root/test/gpu/hf_midsize.py" prepare \
   "$root/devcarry/midsize" 2> /dev/null
 "$build/bin/g3moe-compile" "$root/devcarry/midsize/config.json" --quiet --seq-len 1024 \
-  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 \
+  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 --set lora_dropout=0 \
   --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
   -o "$root/devcarry/midsize/midsize.step"
 "$build/bin/g3moe-compile" "$root/devcarry/midsize/config.json" --quiet --fp32 --seq-len 1024 \
-  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 \
+  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 --set lora_dropout=0 \
   --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
   -o "$root/devcarry/midsize/midsize-fp32.step"
 cp "$root/../shared/bench/pytorch_stack.py" "$root/devcarry/"

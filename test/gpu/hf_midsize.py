@@ -9,7 +9,8 @@ attention runs on cuDNN, and one row of the micro-batch is padded.
     python3 hf_midsize.py check DIR G3MOE_RUN  # on the GPU machine
 
 `check` writes the checkpoint with save_pretrained; for a bf16 and an fp32
-LoRA step (LoRA on all seven projections, r 16), g3moe-run --device cuda takes
+LoRA step (LoRA on all seven projections, r 16, no dropout, so that both
+sides see the same function), g3moe-run --device cuda takes
 one optimizer step so that LoRA B is non-zero and dumps its loss and LoRA
 gradients at that checkpoint, and transformers + PEFT compute the same from
 the checkpoint's adapter. The bf16 step passes when its loss is within 1 % of
