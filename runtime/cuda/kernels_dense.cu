@@ -569,6 +569,39 @@ __global__ void rmsNormDevice(const void *x, DType xt, const void *w, DType wt, 
   }
 }
 
+// Rows of at most this many elements (QK-norm's head_dim) take one warp each:
+// a block per row would spend its time in block-wide barriers.
+constexpr int64_t kWarpRowMax = 512;
+
+/// The sum over the warp, in every lane.
+__device__ __forceinline__ double warpSumAll(double v) {
+  return __shfl_sync(0xffffffffu, warpSum(v), 0);
+}
+
+/// 1/rms of row `base` for the calling warp (as inverseRms, per warp).
+__device__ float warpInverseRms(const void *x, DType xt, int64_t base, int64_t D, double eps) {
+  double ss = 0;
+  for (int64_t d = threadIdx.x & 31; d < D; d += 32) {
+    double v = loadFloat(x, xt, base + d);
+    ss += v * v;
+  }
+  return float(1.0 / sqrt(warpSumAll(ss) / double(D) + eps));
+}
+
+__global__ void rmsNormWarpDevice(const void *x, DType xt, const void *w, DType wt, void *y,
+                                  DType yt, int64_t rows, int64_t D, double eps) {
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  for (int64_t r = int64_t(blockIdx.x) * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows;
+       r += warps) {
+    int64_t base = r * D;
+    float inv = warpInverseRms(x, xt, base, D, eps);
+    for (int64_t d = threadIdx.x & 31; d < D; d += 32) {
+      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
+      storeFloat(y, yt, base + d, __fmul_rn(__fmul_rn(loadFloat(x, xt, base + d), inv), gain));
+    }
+  }
+}
+
 Status checkNormOperands(const KernelArgs &args, const TensorView &x, const TensorView &w) {
   G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight"));
@@ -589,8 +622,12 @@ Status rmsNormKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, y, "result", rows, D));
   if (rows == 0)
     return Status();
-  rmsNormDevice<<<rowBlocks(rows), kThreads, 0, contextOf(args).stream>>>(
-      x.data, x.dtype, w.data, w.dtype, y.data, y.dtype, rows, D, eps);
+  if (D <= kWarpRowMax)
+    rmsNormWarpDevice<<<blocksFor(rows, kThreads / 32), kThreads, 0, contextOf(args).stream>>>(
+        x.data, x.dtype, w.data, w.dtype, y.data, y.dtype, rows, D, eps);
+  else
+    rmsNormDevice<<<rowBlocks(rows), kThreads, 0, contextOf(args).stream>>>(
+        x.data, x.dtype, w.data, w.dtype, y.data, y.dtype, rows, D, eps);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm");
   return Status();
 }
@@ -630,6 +667,47 @@ __global__ void rmsNormGradDevice(const void *x, DType xt, const void *w, DType 
     partials[int64_t(blockIdx.x) * D + d] = dwPart[d];
 }
 
+// The same for rows of at most kWarpRowMax: a warp per row, each warp with
+// its own dw partial sums, added in warp order at the end of the block.
+__global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DType wt,
+                                      const void *dy, DType gt, void *dx, DType dxt, int64_t rows,
+                                      int64_t D, int64_t rowsPerBlock, double eps,
+                                      double *partials) {
+  extern __shared__ double warpParts[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  double *dwPart = warpParts + warp * D;
+  for (int64_t d = lane; d < D; d += 32)
+    dwPart[d] = 0;
+  int64_t r0 = int64_t(blockIdx.x) * rowsPerBlock, r1 = min(rows, r0 + rowsPerBlock);
+  for (int64_t r = r0 + warp; r < r1; r += warps) {
+    int64_t base = r * D;
+    float inv = warpInverseRms(x, xt, base, D, eps);
+    double dot = 0;
+    for (int64_t d = lane; d < D; d += 32) {
+      float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
+      float g = loadFloat(dy, gt, base + d);
+      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
+      dot += double(__fmul_rn(g, gain)) * double(xhat);
+      dwPart[d] += double(g) * double(xhat);
+    }
+    float mean = float(warpSumAll(dot) / double(D));
+    for (int64_t d = lane; d < D; d += 32) {
+      float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
+      float g = loadFloat(dy, gt, base + d);
+      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
+      float v = __fmul_rn(__fsub_rn(__fmul_rn(g, gain), __fmul_rn(xhat, mean)), inv);
+      storeFloat(dx, dxt, base + d, v);
+    }
+  }
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double sum = 0;
+    for (int k = 0; k < warps; ++k)
+      sum += warpParts[k * D + d];
+    partials[int64_t(blockIdx.x) * D + d] = sum;
+  }
+}
+
 __global__ void rmsNormGradWeightDevice(const double *partials, int64_t blocks, int64_t D,
                                         void *dw, DType dwt) {
   for (int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; d < D;
@@ -661,7 +739,8 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   if (rows == 0)
     return memsetZero(args, dw.data, dw.bytes());
 
-  size_t shared = size_t(D) * sizeof(double);
+  const bool warpRows = D <= kWarpRowMax;
+  size_t shared = size_t(D) * sizeof(double) * (warpRows ? kThreads / 32 : 1);
   int device = 0, maxShared = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess)
@@ -671,8 +750,8 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   if (shared > size_t(maxShared))
     return args.fail("normalised size " + std::to_string(D) + " is too large");
   if (shared > 48 * 1024) {
-    e = cudaFuncSetAttribute(rmsNormGradDevice, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(shared));
+    e = cudaFuncSetAttribute(warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
     if (e != cudaSuccess)
       return cudaFailure(args, e, "enabling large shared memory");
   }
@@ -688,7 +767,8 @@ Status rmsNormGradKernel(const KernelArgs &args) {
     rowsPerBlock *= 2;
   int64_t blocks = blocksOf(rowsPerBlock);
   double *partials = static_cast<double *>(scratch.take(size_t(blocks) * size_t(D) * 8));
-  rmsNormGradDevice<<<unsigned(blocks), kThreads, shared, ctx.stream>>>(
+  (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(blocks), kThreads, shared,
+                                                           ctx.stream>>>(
       x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, rows, D,
       rowsPerBlock, eps, partials);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad");

@@ -193,31 +193,57 @@ __device__ __forceinline__ float geluInnerTanh(float g) {
   return tanhf(__fmul_rn(kSqrt2OverPi, __fadd_rn(g, cube)));
 }
 
-__global__ void geluTanhMulDevice(Ref gate, Ref up, MutRef y, int64_t n) {
+__device__ __forceinline__ float geluTanhMul(float g, float u) {
+  float t = geluInnerTanh(g);
+  return __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, t)), u);
+}
+
+// d/dgate and d/dup of geluTanhMul times the incoming gradient d.
+__device__ __forceinline__ float2 geluTanhMulGrad(float g, float u, float d) {
+  float t = geluInnerTanh(g);
+  float onePlusT = __fadd_rn(1.0f, t);
+  float value = __fmul_rn(__fmul_rn(0.5f, g), onePlusT);
+  // 0.5(1 + t) + 0.5 g (1 - t²) √(2/π) (1 + 3·0.044715 g²)
+  float sech2 = __fsub_rn(1.0f, __fmul_rn(t, t));
+  float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(__fmul_rn(3.0f, kGeluCubic), g), g));
+  float slope = __fadd_rn(__fmul_rn(0.5f, onePlusT),
+                          __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), sech2), kSqrt2OverPi),
+                                    poly));
+  return {__fmul_rn(__fmul_rn(d, u), slope), __fmul_rn(d, value)};
+}
+
+// Wide: four elements per step (n is then a count of fours), see byFours.
+template <bool Wide> __global__ void geluTanhMulDevice(Ref gate, Ref up, MutRef y, int64_t n) {
   for (int64_t i = globalThread(); i < n; i += gridStride()) {
-    float g = loadFloat(gate.data, gate.dtype, i), u = loadFloat(up.data, up.dtype, i);
-    float t = geluInnerTanh(g);
-    float v = __fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), __fadd_rn(1.0f, t)), u);
-    storeFloat(y.data, y.dtype, i, v);
+    if constexpr (Wide) {
+      float4 g = loadFloat4(gate.data, gate.dtype, i), u = loadFloat4(up.data, up.dtype, i);
+      storeFloat4(y.data, y.dtype, i,
+                  {geluTanhMul(g.x, u.x), geluTanhMul(g.y, u.y), geluTanhMul(g.z, u.z),
+                   geluTanhMul(g.w, u.w)});
+    } else {
+      storeFloat(y.data, y.dtype, i,
+                 geluTanhMul(loadFloat(gate.data, gate.dtype, i), loadFloat(up.data, up.dtype, i)));
+    }
   }
 }
 
+template <bool Wide>
 __global__ void geluTanhMulGradDevice(Ref gate, Ref up, Ref dy, MutRef dgate, MutRef dup,
                                       int64_t n) {
   for (int64_t i = globalThread(); i < n; i += gridStride()) {
-    float g = loadFloat(gate.data, gate.dtype, i), u = loadFloat(up.data, up.dtype, i);
-    float d = loadFloat(dy.data, dy.dtype, i);
-    float t = geluInnerTanh(g);
-    float onePlusT = __fadd_rn(1.0f, t);
-    float value = __fmul_rn(__fmul_rn(0.5f, g), onePlusT);
-    // 0.5(1 + t) + 0.5 g (1 - t²) √(2/π) (1 + 3·0.044715 g²)
-    float sech2 = __fsub_rn(1.0f, __fmul_rn(t, t));
-    float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(__fmul_rn(3.0f, kGeluCubic), g), g));
-    float slope = __fadd_rn(__fmul_rn(0.5f, onePlusT),
-                            __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), sech2), kSqrt2OverPi),
-                                      poly));
-    storeFloat(dgate.data, dgate.dtype, i, __fmul_rn(__fmul_rn(d, u), slope));
-    storeFloat(dup.data, dup.dtype, i, __fmul_rn(d, value));
+    if constexpr (Wide) {
+      float4 g = loadFloat4(gate.data, gate.dtype, i), u = loadFloat4(up.data, up.dtype, i),
+             d = loadFloat4(dy.data, dy.dtype, i);
+      float2 a = geluTanhMulGrad(g.x, u.x, d.x), b = geluTanhMulGrad(g.y, u.y, d.y),
+             c = geluTanhMulGrad(g.z, u.z, d.z), e = geluTanhMulGrad(g.w, u.w, d.w);
+      storeFloat4(dgate.data, dgate.dtype, i, {a.x, b.x, c.x, e.x});
+      storeFloat4(dup.data, dup.dtype, i, {a.y, b.y, c.y, e.y});
+    } else {
+      float2 r = geluTanhMulGrad(loadFloat(gate.data, gate.dtype, i),
+                                 loadFloat(up.data, up.dtype, i), loadFloat(dy.data, dy.dtype, i));
+      storeFloat(dgate.data, dgate.dtype, i, r.x);
+      storeFloat(dup.data, dup.dtype, i, r.y);
+    }
   }
 }
 
@@ -383,8 +409,13 @@ Status geluTanhMulKernel(const KernelArgs &args) {
   int64_t n = args.outputs[0].numel();
   if (n == 0)
     return Status();
-  geluTanhMulDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
-      in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
+  cudaStream_t stream = contextOf(args).stream;
+  if (byFours(n, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}))
+    geluTanhMulDevice<true><<<blocksFor(n / 4), kThreads, 0, stream>>>(
+        in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n / 4);
+  else
+    geluTanhMulDevice<false><<<blocksFor(n), kThreads, 0, stream>>>(
+        in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul");
   return Status();
 }
@@ -396,9 +427,13 @@ Status geluTanhMulGradKernel(const KernelArgs &args) {
   int64_t n = args.outputs[0].numel();
   if (n == 0)
     return Status();
-  geluTanhMulGradDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+  cudaStream_t stream = contextOf(args).stream;
+  const bool wide = byFours(n, {&args.inputs[0], &args.inputs[1], &args.inputs[2],
+                                &args.outputs[0], &args.outputs[1]});
+  (wide ? geluTanhMulGradDevice<true> : geluTanhMulGradDevice<false>)<<<
+      blocksFor(wide ? n / 4 : n), kThreads, 0, stream>>>(
       in(args.inputs[0]), in(args.inputs[1]), in(args.inputs[2]), out(args.outputs[0]),
-      out(args.outputs[1]), n);
+      out(args.outputs[1]), wide ? n / 4 : n);
   G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul_grad");
   return Status();
 }

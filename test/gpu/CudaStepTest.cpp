@@ -178,6 +178,75 @@ class CudaStepCudnn : public ::testing::TestWithParam<const char *> {};
 
 TEST_P(CudaStepCudnn, WholeEntryPointsMatchTheCPU) { compareEntryPoints(GetParam(), "cudnn"); }
 
+/// The fused LM head + cross-entropy on shapes large enough for several row
+/// blocks and vocabulary chunks (the tiny steps fit in one tile), against the
+/// CPU reference kernel.
+TEST(CudaKernels, FusedHeadLossAcrossTiles) {
+  const int64_t rows = 2048, H = 64, V = 40000;
+  std::vector<uint8_t> xb, tb, gb, nb, lb, dxb, dtb;
+  TensorView x = hostTensor(DType::BF16, {rows, H}, xb),
+             table = hostTensor(DType::BF16, {V, H}, tb),
+             targets = hostTensor(DType::I32, {rows}, gb), n = hostTensor(DType::F32, {}, nb),
+             loss = hostTensor(DType::F32, {}, lb),
+             dx = hostTensor(DType::BF16, {rows, H}, dxb),
+             dt = hostTensor(DType::F32, {V, H}, dtb);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.store(i, 2 * uniformAt(1, 0, 0, uint64_t(i)) - 1);
+  for (int64_t i = 0; i < table.numel(); ++i)
+    table.store(i, 0.2f * (2 * uniformAt(1, 0, 1, uint64_t(i)) - 1));
+  for (int64_t r = 0; r < rows; ++r)
+    targets.i32()[r] = r % 7 == 0 ? -100 : int32_t(uniformAt(1, 0, 2, uint64_t(r)) * V);
+  n.store(0, float(rows));
+  KernelAttrs attrs;
+  attrs.set("ignore_index", AttrValue::ofInt(-100));
+  attrs.set("softcap", AttrValue::ofFloat(30.0));
+
+  auto runBoth = [&](const char *name, std::vector<TensorView> in, std::vector<TensorView> out) {
+    Status st;
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, out, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (size_t i = 0; i < ratios.size(); ++i)
+      EXPECT_LE(ratios[i], 1.0) << name << " output " << i;
+  };
+  runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss});
+  std::vector<uint8_t> gradb;
+  TensorView grad = hostTensor(DType::F32, {}, gradb);
+  grad.store(0, 1.0f);
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx, dt});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx});
+}
+
+/// rms_norm and its gradient on rows wider than the tiny steps' (a block per
+/// row) and on QK-norm-sized rows (a warp per row), bf16 activations.
+TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
+  for (int64_t D : {int64_t(2560), int64_t(256), int64_t(40)}) {
+    const int64_t rows = 3000;
+    std::vector<uint8_t> xb, wb, gb, yb, dxb, dwb;
+    TensorView x = hostTensor(DType::BF16, {rows, D}, xb), w = hostTensor(DType::F32, {D}, wb),
+               g = hostTensor(DType::BF16, {rows, D}, gb),
+               y = hostTensor(DType::BF16, {rows, D}, yb),
+               dx = hostTensor(DType::BF16, {rows, D}, dxb),
+               dw = hostTensor(DType::F32, {D}, dwb);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      x.store(i, 4 * uniformAt(5, 0, 0, uint64_t(i)) - 2);
+      g.store(i, 2 * uniformAt(5, 0, 1, uint64_t(i)) - 1);
+    }
+    for (int64_t i = 0; i < D; ++i)
+      w.store(i, 0.5f * uniformAt(5, 0, 2, uint64_t(i)) - 0.25f);
+    KernelAttrs attrs;
+    attrs.set("eps", AttrValue::ofFloat(1e-6));
+    Status st;
+    for (double r : gpuErrorsAgainstCpu("rms_norm", attrs, {x, w}, {y}, st))
+      EXPECT_LE(r, 1.0) << "rms_norm, D " << D;
+    ASSERT_TRUE(st.ok()) << st.message();
+    std::vector<double> ratios =
+        gpuErrorsAgainstCpu("rms_norm_grad", attrs, {x, w, g}, {dx, dw}, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_LE(ratios[0], 1.0) << "rms_norm_grad dx, D " << D;
+    EXPECT_LE(ratios[1], 1.0) << "rms_norm_grad dw, D " << D;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
                          ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
                                            "g3moe_grouped_full_fp32", "g3moe_lora_fp32",

@@ -45,6 +45,16 @@ inline double errorRatio(const TensorView &want, const std::vector<uint8_t> &got
   return worst;
 }
 
+/// A host tensor of zeros whose bytes live in `bytes`.
+inline TensorView hostTensor(DType t, std::vector<int64_t> shape, std::vector<uint8_t> &bytes) {
+  TensorView v;
+  v.dtype = t;
+  v.shape = std::move(shape);
+  bytes.assign(v.bytes(), 0);
+  v.data = bytes.data();
+  return v;
+}
+
 /// Runs CPU kernel `name` into `out`, then the CUDA kernel on device copies of
 /// `in` (with G3MOE_CUDA_ATTENTION=`attention` when given) and returns, per
 /// output, errorRatio of the GPU's result against the CPU's. `gpu` receives
