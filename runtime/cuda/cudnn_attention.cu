@@ -78,7 +78,8 @@ struct PlanKey {
 
 struct CudnnAttentionState {
   cudnnHandle_t handle = nullptr;
-  std::map<PlanKey, Plan> plans;
+  /// Per shape: the plan, or (plan.plan null) why cuDNN offers none.
+  std::map<PlanKey, std::pair<Plan, std::string>> plans;
   void *scratch = nullptr;
   size_t scratchBytes = 0;
   int32_t *rows = nullptr; // per batch row: document length, then "is one document"
@@ -328,18 +329,17 @@ Status stateOf(const KernelArgs &args, CudnnAttentionState *&out) {
   return Status();
 }
 
-Status planFor(const KernelArgs &args, CudnnAttentionState &st, const PlanKey &key,
-               const Plan *&out) {
+// The plan for `key`, built on first use; null, with `why`, where cuDNN
+// offers no engine for the shape (remembered, so it is asked once).
+const Plan *planFor(CudnnAttentionState &st, const PlanKey &key, std::string &why) {
   auto it = st.plans.find(key);
   if (it == st.plans.end()) {
     Plan plan;
     Status s = key.grad ? buildBackward(st.handle, key, plan) : buildForward(st.handle, key, plan);
-    if (!s.ok())
-      return args.fail(s.message());
-    it = st.plans.emplace(key, std::move(plan)).first;
+    it = st.plans.emplace(key, std::make_pair(std::move(plan), s.message())).first;
   }
-  out = &it->second;
-  return Status();
+  why = it->second.second;
+  return it->second.first.plan ? &it->second.first : nullptr;
 }
 
 // Grows the scratch memory to `bytes` (waiting for work that may use the old).
@@ -411,10 +411,13 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
   }
 
   const int64_t window = p.window > 0 && p.window < p.T ? p.window : 0;
-  const Plan *fwd = nullptr, *bwd = nullptr;
-  G3RT_RETURN_IF_ERROR(planFor(args, *st, {p.B, p.T, p.nh, p.nkv, p.d, window, false}, fwd));
-  if (grad)
-    G3RT_RETURN_IF_ERROR(planFor(args, *st, {p.B, p.T, p.nh, p.nkv, p.d, window, true}, bwd));
+  std::string why;
+  const Plan *fwd = planFor(*st, {p.B, p.T, p.nh, p.nkv, p.d, window, false}, why);
+  if (!fwd)
+    return decline(why);
+  const Plan *bwd = grad ? planFor(*st, {p.B, p.T, p.nh, p.nkv, p.d, window, true}, why) : nullptr;
+  if (grad && !bwd)
+    return decline(why);
 
   // Scratch: statistics, and for the backward the forward's output, the
   // masked dO, D and the fp32 dq accumulator; then the plans' workspace.

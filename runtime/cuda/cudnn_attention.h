@@ -8,9 +8,11 @@
 // kernels of kernels_attention.cu.
 //
 // The choice is the context's AttentionImpl (G3MOE_CUDA_ATTENTION=auto|own|
-// cudnn): auto uses cuDNN where it serves, own never, cudnn fails a call it
-// cannot serve (tests use it to pin the path). cuDNN's backward accumulates dq
-// with atomics, so unlike the own kernels it is not bit-reproducible.
+// cudnn): auto uses cuDNN where it serves and the own kernels elsewhere (also
+// for a shape cuDNN has no engine for), own never uses cuDNN, and cudnn fails
+// a call it cannot serve (tests use it to pin the path). cuDNN's backward
+// accumulates dq with atomics, so unlike the own kernels it is not
+// bit-reproducible.
 //
 //===----------------------------------------------------------------------===//
 

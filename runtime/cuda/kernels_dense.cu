@@ -632,6 +632,32 @@ Status rmsNormKernel(const KernelArgs &args) {
   return Status();
 }
 
+// One row of rms_norm_grad: dx, and the row's dw terms added into dwPart,
+// by the threads first, first + stride, ... of a team (a block or a warp)
+// whose sum over its members `teamSum` returns to each of them.
+template <typename TeamSum>
+__device__ __forceinline__ void rmsNormGradRow(const void *x, DType xt, const void *w, DType wt,
+                                               const void *dy, DType gt, void *dx, DType dxt,
+                                               int64_t D, int64_t base, float inv, int64_t first,
+                                               int64_t stride, double *dwPart, TeamSum teamSum) {
+  double dot = 0;
+  for (int64_t d = first; d < D; d += stride) {
+    float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
+    float g = loadFloat(dy, gt, base + d);
+    float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
+    dot += double(__fmul_rn(g, gain)) * double(xhat);
+    dwPart[d] += double(g) * double(xhat);
+  }
+  float mean = float(teamSum(dot) / double(D));
+  for (int64_t d = first; d < D; d += stride) {
+    float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
+    float g = loadFloat(dy, gt, base + d);
+    float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
+    float v = __fmul_rn(__fsub_rn(__fmul_rn(g, gain), __fmul_rn(xhat, mean)), inv);
+    storeFloat(dx, dxt, base + d, v);
+  }
+}
+
 // Block b takes rows [b·R, (b+1)·R): per row the statistics, dx, and the
 // row's terms of dw added into the block's own double partial sums (in
 // shared memory; each column belongs to one thread). A second kernel adds
@@ -646,22 +672,8 @@ __global__ void rmsNormGradDevice(const void *x, DType xt, const void *w, DType 
   for (int64_t r = r0; r < r1; ++r) {
     int64_t base = r * D;
     float inv = inverseRms(x, xt, base, D, eps);
-    double dot = 0;
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-      float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
-      float g = loadFloat(dy, gt, base + d);
-      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
-      dot += double(__fmul_rn(g, gain)) * double(xhat);
-      dwPart[d] += double(g) * double(xhat);
-    }
-    float mean = float(blockSum(dot) / double(D));
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-      float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
-      float g = loadFloat(dy, gt, base + d);
-      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
-      float v = __fmul_rn(__fsub_rn(__fmul_rn(g, gain), __fmul_rn(xhat, mean)), inv);
-      storeFloat(dx, dxt, base + d, v);
-    }
+    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, D, base, inv, threadIdx.x, blockDim.x, dwPart,
+                   [](double v) { return blockSum(v); });
   }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
     partials[int64_t(blockIdx.x) * D + d] = dwPart[d];
@@ -682,22 +694,8 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
   for (int64_t r = r0 + warp; r < r1; r += warps) {
     int64_t base = r * D;
     float inv = warpInverseRms(x, xt, base, D, eps);
-    double dot = 0;
-    for (int64_t d = lane; d < D; d += 32) {
-      float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
-      float g = loadFloat(dy, gt, base + d);
-      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
-      dot += double(__fmul_rn(g, gain)) * double(xhat);
-      dwPart[d] += double(g) * double(xhat);
-    }
-    float mean = float(warpSumAll(dot) / double(D));
-    for (int64_t d = lane; d < D; d += 32) {
-      float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
-      float g = loadFloat(dy, gt, base + d);
-      float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
-      float v = __fmul_rn(__fsub_rn(__fmul_rn(g, gain), __fmul_rn(xhat, mean)), inv);
-      storeFloat(dx, dxt, base + d, v);
-    }
+    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, D, base, inv, lane, 32, dwPart,
+                   [](double v) { return warpSumAll(v); });
   }
   __syncthreads();
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
