@@ -4,6 +4,8 @@
 // math of docs/kernels.md ("Attention and RoPE") and mirror the CPU reference
 // (runtime/cpu/kernels_attention.cpp): the same argument checks, the same
 // fp32 formulas in the same order where that is cheap, one rounding on store.
+// Calls that cuDNN's fused attention serves go there instead
+// (cudnn_attention.h); the kernels below take the rest.
 //
 // Attention is flash-attention style: a block owns a tile of query rows of
 // one head, streams K/V tiles through shared memory and keeps an online
