@@ -11,8 +11,9 @@
 // dot products up to summation order. cuBLAS multiplies only operands of one
 // type; the few mixed calls stage converted copies in the workspace (see
 // gemm()). Row reductions (norm statistics, logsumexp) run one block per row
-// with the sums in double where the CPU sums in double; every reduction has a
-// fixed shape-determined order, so results are reproducible run to run.
+// (one warp per row for norms of at most 512 elements) with the sums in
+// double where the CPU sums in double; every reduction has a fixed
+// shape-determined order, so results are reproducible run to run.
 //
 // Data-dependent errors (an id or target out of range) cannot be reported
 // without a host round trip; these kernels never read or write out of bounds
