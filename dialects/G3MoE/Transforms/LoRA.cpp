@@ -112,15 +112,22 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
   aShape[aShape.size() - 2] = rank;
   bShape.back() = rank;
   std::string module = moduleOf(weight).str();
-  auto makeParam = [&](StringRef which, ArrayRef<int64_t> shape) {
+  // The fp32 master, times `scale` when that is not 1, in the activation type.
+  auto makeParam = [&](StringRef which, ArrayRef<int64_t> shape, double scale) {
     Value p = ParamOp::create(b, loc, RankedTensorType::get(shape, f32),
                               b.getStringAttr(module + "." + which + ".weight"),
                               /*trainable=*/true);
+    if (scale != 1.0)
+      p = ScaleOp::create(b, loc, p, b.getF64FloatAttr(scale));
     return ConvertOp::create(b, loc, RankedTensorType::get(shape, activation), p)
         .getResult();
   };
-  Value a = makeParam("lora_A", aShape);
-  Value bMat = makeParam("lora_B", bShape);
+  // PEFT's alpha/r scales B·A·x. It is applied to B, the [out, r] weight,
+  // rather than to the [tokens, out] product: the same function, but the
+  // scaling (and its gradient) then touches r·out elements instead of a
+  // full activation, and before the one rounding into bf16.
+  Value a = makeParam("lora_A", aShape, 1.0);
+  Value bMat = makeParam("lora_B", bShape, alpha / double(rank));
 
   Value x = input;
   if (withDropout) {
@@ -143,7 +150,6 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
     h = LinearOp::create(b, loc, resultType(x, a), x, a);
     delta = LinearOp::create(b, loc, resultType(h, bMat), h, bMat);
   }
-  delta = ScaleOp::create(b, loc, delta, b.getF64FloatAttr(alpha / double(rank)));
   Value sum = AddOp::create(b, loc, output, delta);
   output.replaceAllUsesExcept(sum, sum.getDefiningOp());
 }

@@ -13,13 +13,14 @@ func.func @forward(%x: tensor<2x64xbf16>, %key: tensor<2xi64> {g3moe.input = "rn
   // CHECK: %[[A:.*]] = g3moe.param "model.layers.0.mlp.gate_proj.lora_A.weight" trainable : tensor<4x64xf32>
   // CHECK: %[[A16:.*]] = g3moe.convert %[[A]] : tensor<4x64xf32> -> tensor<4x64xbf16>
   // CHECK: %[[B:.*]] = g3moe.param "model.layers.0.mlp.gate_proj.lora_B.weight" trainable : tensor<128x4xf32>
-  // CHECK: %[[B16:.*]] = g3moe.convert %[[B]]
+  // alpha/r scales the fp32 B, before its conversion.
+  // CHECK: %[[BS:.*]] = g3moe.scale %[[B]] {factor = 4.000000e+00 : f64} : tensor<128x4xf32>
+  // CHECK: %[[B16:.*]] = g3moe.convert %[[BS]]
   // CHECK: %[[U:.*]] = g3moe.random_uniform %[[KEY]] {high = 1.000000e+00 : f64, low = 0.000000e+00 : f64, stream = 8 : i64}
   // CHECK: %[[D:.*]] = g3moe.dropout %[[X]], %[[U]] {p = 5.000000e-02 : f64}
   // CHECK: %[[H:.*]] = g3moe.linear %[[D]], %[[A16]] : (tensor<2x64xbf16>, tensor<4x64xbf16>) -> tensor<2x4xbf16>
   // CHECK: %[[L:.*]] = g3moe.linear %[[H]], %[[B16]] : (tensor<2x4xbf16>, tensor<128x4xbf16>) -> tensor<2x128xbf16>
-  // CHECK: %[[S:.*]] = g3moe.scale %[[L]] {factor = 4.000000e+00 : f64}
-  // CHECK: %[[SUM:.*]] = g3moe.add %[[Y]], %[[S]]
+  // CHECK-NEXT: %[[SUM:.*]] = g3moe.add %[[Y]], %[[L]]
   %y = g3moe.linear %x, %w : (tensor<2x64xbf16>, tensor<128x64xbf16>) -> tensor<2x128xbf16>
   // Not a target: no adapter.
   // CHECK: g3moe.param "model.layers.0.mlp.up_proj.weight" : tensor<128x64xbf16>
