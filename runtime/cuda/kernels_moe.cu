@@ -30,7 +30,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
-#include "runtime/kernels/kernel_checks.h"
+#include "runtime/kernels/moe_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -46,28 +46,6 @@ using namespace checks;
 //===----------------------------------------------------------------------===//
 // Argument checking (as the CPU kernels)
 //===----------------------------------------------------------------------===//
-
-Status checkMatrix(const KernelArgs &args, const TensorView &t, const char *what,
-                   int64_t rows, int64_t cols) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what));
-  if (t.rank() < 1 || t.dim(-1) != cols || t.rows() != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
-                     ", expected [" + str(rows) + ", " + str(cols) + "]");
-  return Status();
-}
-
-Status checkIndexMatrix(const KernelArgs &args, const TensorView &t, const char *what,
-                        int64_t rows, int64_t cols) {
-  G3RT_RETURN_IF_ERROR(checkI32(args, t, what));
-  if (t.rank() < 1 || t.dim(-1) != cols || t.rows() != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
-                     ", expected [" + str(rows) + ", " + str(cols) + "]");
-  return Status();
-}
-
-bool flag(const KernelArgs &args, const char *name) {
-  return args.attrs && args.attrs->getFlag(name);
-}
 
 //===----------------------------------------------------------------------===//
 // Launch plumbing: workspace, grids, device-side range checks
@@ -383,29 +361,13 @@ __global__ void sparseMixerBackward(const void *logits, DType lt, const int32_t 
 }
 
 Status sparseMixerRouter(const KernelArgs &args) {
-  if ((args.inputs.size() != 1 && args.inputs.size() != 2) || args.outputs.size() != 2)
-    return args.fail("expected 1 or 2 inputs (logits [, noise]) and 2 outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
   double epsilon;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", epsilon));
-  const TensorView &logits = args.inputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  if (logits.rank() < 1)
-    return args.fail("logits must have rank >= 1");
-  const int64_t E = logits.dim(-1), N = logits.rows();
-  if (E < 2)
-    return args.fail("SparseMixer needs at least 2 experts, got " + str(E));
+  RouterShape shape;
+  G3RT_RETURN_IF_ERROR(checkSparseMixerRouter(args, epsilon, shape));
+  const int64_t E = shape.E, N = shape.N;
   const bool training = args.inputs.size() == 2;
-  if (training) {
-    G3RT_RETURN_IF_ERROR(checkFloat(args, args.inputs[1], "noise"));
-    if (args.inputs[1].numel() != N * 2 * (E + 1))
-      return args.fail("noise has shape " + shapeString(args.inputs[1].shape) +
-                       ", expected [" + str(N) + ", 2, " + str(E + 1) + "]");
-  }
-  const TensorView &weights = args.outputs[0], &indices = args.outputs[1];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, weights, "weights", N, 2));
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, 2));
+  const TensorView &logits = args.inputs[0], &weights = args.outputs[0],
+                   &indices = args.outputs[1];
   if (N == 0)
     return Status();
   const TensorView *noise = training ? &args.inputs[1] : nullptr;
@@ -422,15 +384,11 @@ Status sparseMixerRouterGrad(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
   double epsilon;
   G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", epsilon));
+  RouterShape shape;
+  G3RT_RETURN_IF_ERROR(checkRouterGrad(args, 2, shape));
+  const int64_t E = shape.E, N = shape.N;
   const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
                    &dweights = args.inputs[2], &dlogits = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  if (logits.rank() < 1)
-    return args.fail("logits must have rank >= 1");
-  const int64_t E = logits.dim(-1), N = logits.rows();
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, 2));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dweights, "grad", N, 2));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dlogits, "result", N, E));
   if (N == 0 || E == 0)
     return Status();
   Scratch scratch(contextOf(args));
@@ -559,20 +517,12 @@ __global__ void softmaxTopKBackward(const void *logits, DType lt, const int32_t 
 }
 
 Status softmaxTopKRouter(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 2));
-  int64_t k;
-  G3RT_RETURN_IF_ERROR(args.requireInt("top_k", k));
-  const bool norm = flag(args, "norm_topk_prob");
-  const TensorView &logits = args.inputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  if (logits.rank() < 1)
-    return args.fail("logits must have rank >= 1");
-  const int64_t E = logits.dim(-1), N = logits.rows();
-  if (k < 1 || k > E)
-    return args.fail("top_k " + str(k) + " is outside [1, " + str(E) + "]");
-  const TensorView &weights = args.outputs[0], &indices = args.outputs[1];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, weights, "weights", N, k));
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, k));
+  bool norm;
+  RouterShape shape;
+  G3RT_RETURN_IF_ERROR(checkSoftmaxTopKRouter(args, norm, shape));
+  const int64_t E = shape.E, N = shape.N, k = shape.k;
+  const TensorView &logits = args.inputs[0], &weights = args.outputs[0],
+                   &indices = args.outputs[1];
   if (N == 0)
     return Status();
   softmaxTopKForward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
@@ -586,15 +536,11 @@ Status softmaxTopKRouter(const KernelArgs &args) {
 Status softmaxTopKRouterGrad(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
   const bool norm = flag(args, "norm_topk_prob");
+  RouterShape shape;
+  G3RT_RETURN_IF_ERROR(checkRouterGrad(args, 0, shape));
+  const int64_t E = shape.E, N = shape.N, k = shape.k;
   const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
                    &dweights = args.inputs[2], &dlogits = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  if (logits.rank() < 1 || indices.rank() < 1)
-    return args.fail("logits and indices must have rank >= 1");
-  const int64_t E = logits.dim(-1), N = logits.rows(), k = indices.dim(-1);
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dweights, "grad", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dlogits, "result", N, E));
   if (N == 0 || E == 0)
     return Status();
   Scratch scratch(contextOf(args));
@@ -732,36 +678,15 @@ __global__ void sigmoidGroupedBackward(const void *logits, DType lt, const int32
 }
 
 Status sigmoidGroupedRouter(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
-  int64_t k, nGroup, topkGroup;
-  double scaling;
-  G3RT_RETURN_IF_ERROR(args.requireInt("top_k", k));
-  G3RT_RETURN_IF_ERROR(args.requireInt("n_group", nGroup));
-  G3RT_RETURN_IF_ERROR(args.requireInt("topk_group", topkGroup));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("routed_scaling_factor", scaling));
-  const bool norm = flag(args, "norm_topk_prob");
-  const TensorView &logits = args.inputs[0], &bias = args.inputs[1];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, bias, "bias"));
-  if (logits.rank() < 1)
-    return args.fail("logits must have rank >= 1");
-  const int64_t E = logits.dim(-1), N = logits.rows();
-  if (bias.numel() != E)
-    return args.fail("bias has shape " + shapeString(bias.shape) + ", expected [" +
-                     str(E) + "]");
-  if (nGroup < 1 || E % nGroup != 0)
-    return args.fail("n_group " + str(nGroup) + " does not divide " + str(E) +
-                     " experts");
-  const int64_t groupSize = E / nGroup;
-  if (topkGroup < 1 || topkGroup > nGroup)
-    return args.fail("topk_group " + str(topkGroup) + " is outside [1, " + str(nGroup) +
-                     "]");
-  if (k < 1 || k > topkGroup * groupSize)
-    return args.fail("top_k " + str(k) + " is outside [1, " + str(topkGroup * groupSize) +
-                     "] (experts in the kept groups)");
-  const TensorView &weights = args.outputs[0], &indices = args.outputs[1];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, weights, "weights", N, k));
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, k));
+  SigmoidGroups groups;
+  RouterShape shape;
+  G3RT_RETURN_IF_ERROR(checkSigmoidGroupedRouter(args, groups, shape));
+  const int64_t E = shape.E, N = shape.N, k = shape.k, nGroup = groups.nGroup,
+                topkGroup = groups.topkGroup;
+  const double scaling = groups.scaling;
+  const bool norm = groups.norm;
+  const TensorView &logits = args.inputs[0], &bias = args.inputs[1],
+                   &weights = args.outputs[0], &indices = args.outputs[1];
   const size_t smem = size_t(kWarpsPerBlock) * size_t(nGroup) * (sizeof(double) + 1);
   if (smem > 48 * 1024)
     return args.fail("n_group " + str(nGroup) + " is too large for the CUDA kernel");
@@ -780,15 +705,11 @@ Status sigmoidGroupedRouterGrad(const KernelArgs &args) {
   double scaling;
   G3RT_RETURN_IF_ERROR(args.requireFloat("routed_scaling_factor", scaling));
   const bool norm = flag(args, "norm_topk_prob");
+  RouterShape shape;
+  G3RT_RETURN_IF_ERROR(checkRouterGrad(args, 0, shape));
+  const int64_t E = shape.E, N = shape.N, k = shape.k;
   const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
                    &dweights = args.inputs[2], &dlogits = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  if (logits.rank() < 1 || indices.rank() < 1)
-    return args.fail("logits and indices must have rank >= 1");
-  const int64_t E = logits.dim(-1), N = logits.rows(), k = indices.dim(-1);
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dweights, "grad", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dlogits, "result", N, E));
   if (N == 0 || E == 0)
     return Status();
   Scratch scratch(contextOf(args));
@@ -901,25 +822,12 @@ __global__ void dispatchRows(const void *x, DType xt, const int32_t *slots, void
 }
 
 Status moeDispatch(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 3));
-  int64_t E;
-  G3RT_RETURN_IF_ERROR(args.requireInt("num_experts", E));
-  if (E < 1)
-    return args.fail("num_experts must be positive, got " + str(E));
-  const TensorView &x = args.inputs[0], &indices = args.inputs[1];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
-  if (x.rank() < 1 || indices.rank() < 1)
-    return args.fail("input and indices must have rank >= 1");
-  const int64_t H = x.dim(-1), N = x.rows(), k = indices.dim(-1);
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", N, k));
-  const TensorView &permuted = args.outputs[0], &offsets = args.outputs[1],
+  PermuteShape perm;
+  G3RT_RETURN_IF_ERROR(checkMoEDispatch(args, perm));
+  const int64_t E = perm.E, H = perm.H, N = perm.N, k = perm.k;
+  const TensorView &x = args.inputs[0], &indices = args.inputs[1],
+                   &permuted = args.outputs[0], &offsets = args.outputs[1],
                    &slots = args.outputs[2];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, permuted, "permuted", N * k, H));
-  G3RT_RETURN_IF_ERROR(checkI32(args, offsets, "expert_offsets"));
-  if (offsets.numel() != E + 1)
-    return args.fail("expert_offsets has shape " + shapeString(offsets.shape) +
-                     ", expected [" + str(E + 1) + "]");
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, slots, "slots", N, k));
   if (size_t(E) * sizeof(int32_t) > 48 * 1024)
     return args.fail("num_experts " + str(E) + " is too large for the CUDA kernel");
 
@@ -1017,36 +925,21 @@ Status launchGather(const KernelArgs &args, const TensorView &src, const TensorV
 }
 
 Status moeDispatchGrad(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  PermuteShape perm;
+  G3RT_RETURN_IF_ERROR(checkMoEDispatchGrad(args, perm));
+  const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
   const TensorView &dp = args.inputs[0], &slots = args.inputs[1], &dx = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dp, "grad"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "result"));
-  if (dp.rank() < 1 || dx.rank() < 1 || slots.rank() < 1)
-    return args.fail("operands must have rank >= 1");
-  const int64_t H = dx.dim(-1), N = dx.rows(), M = dp.rows(), k = slots.dim(-1);
-  if (dp.dim(-1) != H)
-    return args.fail("grad has shape " + shapeString(dp.shape) + ", expected rows of " +
-                     str(H));
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, slots, "slots", N, k));
   Scratch scratch(contextOf(args));
   G3RT_RETURN_IF_ERROR(validateSlots(args, scratch, slots, N * k, k, M));
   return launchGather(args, dp, slots, nullptr, dx, N, H, k, "moe_dispatch_grad");
 }
 
 Status moeCombine(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  PermuteShape perm;
+  G3RT_RETURN_IF_ERROR(checkMoECombine(args, perm));
+  const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
   const TensorView &y = args.inputs[0], &slots = args.inputs[1],
                    &weights = args.inputs[2], &out = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, y, "input"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, out, "result"));
-  if (y.rank() < 1 || out.rank() < 1 || slots.rank() < 1)
-    return args.fail("operands must have rank >= 1");
-  const int64_t H = out.dim(-1), N = out.rows(), M = y.rows(), k = slots.dim(-1);
-  if (y.dim(-1) != H)
-    return args.fail("input has shape " + shapeString(y.shape) + ", expected rows of " +
-                     str(H));
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, slots, "slots", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, weights, "weights", N, k));
   Scratch scratch(contextOf(args));
   G3RT_RETURN_IF_ERROR(validateSlots(args, scratch, slots, N * k, k, M));
   return launchGather(args, y, slots, &weights, out, N, H, k, "moe_combine");
@@ -1186,22 +1079,12 @@ __global__ void combineGradWeights(const void *y, DType yt, const int32_t *slots
 }
 
 Status moeCombineGrad(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 2));
+  PermuteShape perm;
+  G3RT_RETURN_IF_ERROR(checkMoECombineGrad(args, perm));
+  const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
   const TensorView &y = args.inputs[0], &slots = args.inputs[1],
                    &weights = args.inputs[2], &dout = args.inputs[3];
   const TensorView &dy = args.outputs[0], &dweights = args.outputs[1];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, y, "input"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dout, "grad"));
-  if (y.rank() < 1 || dout.rank() < 1 || slots.rank() < 1)
-    return args.fail("operands must have rank >= 1");
-  const int64_t H = dout.dim(-1), N = dout.rows(), M = y.rows(), k = slots.dim(-1);
-  if (y.dim(-1) != H)
-    return args.fail("input has shape " + shapeString(y.shape) + ", expected rows of " +
-                     str(H));
-  G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, slots, "slots", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, weights, "weights", N, k));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dy, "input_grad", M, H));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dweights, "weights_grad", N, k));
   CudaContext &ctx = contextOf(args);
   Scratch scratch(ctx);
   const int64_t items = N * k;
