@@ -13,7 +13,7 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/kernels/kernel.h"
-#include "runtime/kernels/kernel_checks.h"
+#include "runtime/kernels/dense_checks.h"
 
 #include <algorithm>
 #include <cmath>
@@ -246,16 +246,11 @@ Status checkIds(const KernelArgs &args, const TensorView &ids, int64_t vocab) {
 }
 
 Status embeddingKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
-  const TensorView &ids = args.inputs[0], &table = args.inputs[1], &y = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkIndex(args, ids, "ids"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, table, "table", 2));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, y, "result"));
-  if (table.rank() != 2)
-    return args.fail("table must be [V, H], got " + describe(table));
   double scale;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
-  int64_t V = table.dim(0), H = table.dim(1), N = ids.numel();
+  EmbeddingShape shape;
+  G3RT_RETURN_IF_ERROR(checkEmbedding(args, scale, shape));
+  const int64_t V = shape.V, H = shape.H, N = shape.N;
+  const TensorView &ids = args.inputs[0], &table = args.inputs[1], &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, y, "result", N, H));
   G3RT_RETURN_IF_ERROR(checkIds(args, ids, V));
   float s = float(scale);
@@ -282,18 +277,12 @@ Status embeddingKernel(const KernelArgs &args) {
 }
 
 Status embeddingGradKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
-  const TensorView &dy = args.inputs[0], &ids = args.inputs[1], &dtable = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
-  G3RT_RETURN_IF_ERROR(checkIndex(args, ids, "ids"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dtable, "result", 2));
-  if (dtable.rank() != 2)
-    return args.fail("result must be [V, H], got " + describe(dtable));
   double scale;
   int64_t paddingIdx;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
-  G3RT_RETURN_IF_ERROR(args.requireInt("padding_idx", paddingIdx));
-  int64_t V = dtable.dim(0), H = dtable.dim(1), N = ids.numel();
+  EmbeddingShape shape;
+  G3RT_RETURN_IF_ERROR(checkEmbeddingGrad(args, scale, paddingIdx, shape));
+  const int64_t V = shape.V, H = shape.H, N = shape.N;
+  const TensorView &dy = args.inputs[0], &ids = args.inputs[1], &dtable = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", N, H));
   G3RT_RETURN_IF_ERROR(checkIds(args, ids, V));
 
@@ -345,24 +334,12 @@ inline float inverseRms(const float *x, int64_t D, double eps) {
   return float(1.0 / std::sqrt(ss / double(D) + eps));
 }
 
-Status checkNormOperands(const KernelArgs &args, const TensorView &x, const TensorView &w) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight"));
-  if (w.numel() != x.dim(-1) || x.dim(-1) == 0)
-    return args.fail("weight " + shapeString(w.shape) +
-                     " does not match the last dimension of input " + shapeString(x.shape));
-  return Status();
-}
-
 Status rmsNormKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
-  const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, w));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, y, "result"));
   double eps;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("eps", eps));
-  int64_t D = x.dim(-1), rows = leadingRows(x);
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, y, "result", rows, D));
+  NormShape shape;
+  G3RT_RETURN_IF_ERROR(checkRmsNorm(args, eps, shape));
+  const int64_t D = shape.D, rows = shape.rows;
+  const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
   std::vector<float> X = widen(x), gain = widen(w);
   for (float &g : gain)
     g += 1.0f;
@@ -384,21 +361,12 @@ Status rmsNormKernel(const KernelArgs &args) {
 }
 
 Status rmsNormGradKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  double eps;
+  NormShape shape;
+  G3RT_RETURN_IF_ERROR(checkRmsNormGrad(args, eps, shape));
+  const int64_t D = shape.D, rows = shape.rows;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &dy = args.inputs[2];
   const TensorView &dx = args.outputs[0], &dw = args.outputs[1];
-  G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, w));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dw, "weight_grad"));
-  double eps;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("eps", eps));
-  int64_t D = x.dim(-1), rows = leadingRows(x);
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", rows, D));
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", rows, D));
-  if (dw.numel() != D)
-    return args.fail("weight_grad " + shapeString(dw.shape) + " does not have " +
-                     std::to_string(D) + " elements");
   std::vector<float> X = widen(x), G = widen(dy), gain = widen(w);
   for (float &g : gain)
     g += 1.0f;
@@ -461,16 +429,10 @@ Status linearKernel(const KernelArgs &args) {
 }
 
 Status linearGradInputKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
+  const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight", 2));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "result"));
-  if (w.rank() != 2)
-    return args.fail("weight must be [out, in], got " + describe(w));
-  int64_t out = w.dim(0), in = w.dim(1), M = leadingRows(dy);
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", M, out));
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "result", M, in));
   std::vector<float> G = widen(dy), W = widen(w);
   std::vector<float> Wt = transpose(W.data(), out, in, in);
   FloatOutput DX(dx);
@@ -480,14 +442,10 @@ Status linearGradInputKernel(const KernelArgs &args) {
 }
 
 Status linearGradWeightKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkLinearGradWeight(args, shape));
+  const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &dy = args.inputs[0], &x = args.inputs[1], &dw = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dw, "result", 2));
-  int64_t M = leadingRows(x), in = x.dim(-1), out = dy.dim(-1);
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", M, out));
-  G3RT_RETURN_IF_ERROR(checkShape(args, dw, "result", {out, in}));
   // dW = dyᵀ·x contracts over tokens: transposing both makes every output a
   // contiguous dot product over the token dimension.
   std::vector<float> G = widen(dy), X = widen(x);
@@ -495,18 +453,6 @@ Status linearGradWeightKernel(const KernelArgs &args) {
   FloatOutput DW(dw);
   gemmNT(Gt.data(), M, Xt.data(), M, DW.data(), in, out, in, M);
   DW.commit();
-  return Status();
-}
-
-/// The optional `softcap`; an error when present but not positive.
-Status readSoftcap(const KernelArgs &args, std::optional<float> &softcap) {
-  softcap.reset();
-  if (!args.attrs || !args.attrs->find("softcap"))
-    return Status();
-  std::optional<double> c = args.attrs->getFloat("softcap");
-  if (!c || !(*c > 0))
-    return args.fail("softcap must be a positive float when present");
-  softcap = float(*c);
   return Status();
 }
 
@@ -536,17 +482,12 @@ Status lmHeadKernel(const KernelArgs &args) {
 }
 
 Status lmHeadGradKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  std::optional<float> softcap;
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkLmHeadGrad(args, softcap, shape));
+  const int64_t M = shape.M, H = shape.in, V = shape.out;
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &dl = args.inputs[2];
   const TensorView &dx = args.outputs[0], &dtable = args.outputs[1];
-  int64_t M, H, V;
-  G3RT_RETURN_IF_ERROR(checkLinear(args, x, table, "table", dl, "grad", M, H, V));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dtable, "table_grad"));
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", M, H));
-  G3RT_RETURN_IF_ERROR(checkShape(args, dtable, "table_grad", {V, H}));
-  std::optional<float> softcap;
-  G3RT_RETURN_IF_ERROR(readSoftcap(args, softcap));
   std::vector<float> X = widen(x), T = widen(table), G = widen(dl);
   if (softcap) {
     // The capped logits are not an operand, so the pre-cap logits are
@@ -580,33 +521,12 @@ Status lmHeadGradKernel(const KernelArgs &args) {
 // Expert (grouped) linear layers
 //===----------------------------------------------------------------------===//
 
-/// A float [E, out, in] stack of expert matrices.
-Status checkExpertWeight(const KernelArgs &args, const TensorView &w, int64_t out, int64_t in,
-                         const char *what) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, w, what, 3));
-  if (w.rank() != 3 || w.dim(1) != out || w.dim(2) != in)
-    return args.fail(std::string(what) + " has shape " + shapeString(w.shape) + ", expected [E, " +
-                     std::to_string(out) + ", " + std::to_string(in) + "]");
-  return Status();
-}
-
-Status checkMatrix(const KernelArgs &args, const TensorView &t, const char *what) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what, 2));
-  if (t.rank() != 2)
-    return args.fail(std::string(what) + " must be a matrix, got " + describe(t));
-  return Status();
-}
-
 Status expertLinearKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkExpertLinear(args, shape));
+  const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &x = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &y = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, x, "input"));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, y, "result"));
-  int64_t M = x.dim(0), in = x.dim(1), out = y.dim(1);
-  G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, out, in, "weight"));
-  G3RT_RETURN_IF_ERROR(checkShape(args, y, "result", {M, out}));
-  int64_t E = w.dim(0);
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   std::vector<float> X = widen(x), W = widen(w);
@@ -622,15 +542,11 @@ Status expertLinearKernel(const KernelArgs &args) {
 }
 
 Status expertLinearGradInputKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkExpertLinearGradInput(args, shape));
+  const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &dx = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dy, "grad"));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dx, "result"));
-  int64_t M = dy.dim(0), out = dy.dim(1), in = dx.dim(1);
-  G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, out, in, "weight"));
-  G3RT_RETURN_IF_ERROR(checkShape(args, dx, "result", {M, in}));
-  int64_t E = w.dim(0);
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   std::vector<float> G = widen(dy), W = widen(w);
@@ -648,15 +564,11 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
 }
 
 Status expertLinearGradWeightKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkExpertLinearGradWeight(args, shape));
+  const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, dy, "grad"));
-  G3RT_RETURN_IF_ERROR(checkMatrix(args, x, "input"));
-  int64_t M = x.dim(0), in = x.dim(1), out = dy.dim(1);
-  G3RT_RETURN_IF_ERROR(checkShape(args, dy, "grad", {M, out}));
-  G3RT_RETURN_IF_ERROR(checkExpertWeight(args, dw, out, in, "result"));
-  int64_t E = dw.dim(0);
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   // Transposed once for all experts: expert e's rows are then the columns

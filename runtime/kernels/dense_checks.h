@@ -1,0 +1,226 @@
+//===- dense_checks.h - argument checks of the dense kernels ----*- C++ -*-===//
+//
+// The host-side checks of the embedding, RMSNorm, linear, LM head and expert
+// (grouped) linear kernels (docs/kernels.md), shared by the CPU and CUDA
+// backends so that both accept the same calls with the same messages. Data
+// values (token ids, expert offsets) are checked by each backend where the
+// data lives.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_KERNELS_DENSE_CHECKS_H
+#define G3MOE_RUNTIME_KERNELS_DENSE_CHECKS_H
+
+#include "runtime/kernels/kernel_checks.h"
+
+#include <optional>
+
+namespace g3rt::checks {
+
+/// A rank-2 float tensor.
+inline Status checkFloatMatrix(const KernelArgs &args, const TensorView &t, const char *what) {
+  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what, 2));
+  if (t.rank() != 2)
+    return args.fail(std::string(what) + " must be a matrix, got " + describe(t));
+  return Status();
+}
+
+/// Stacked expert weights [E, out, in].
+inline Status checkExpertWeight(const KernelArgs &args, const TensorView &w, int64_t out,
+                                int64_t in, const char *what) {
+  G3RT_RETURN_IF_ERROR(checkFloat(args, w, what, 3));
+  if (w.rank() != 3 || w.dim(1) != out || w.dim(2) != in)
+    return args.fail(std::string(what) + " has shape " + shapeString(w.shape) + ", expected [E, " +
+                     std::to_string(out) + ", " + std::to_string(in) + "]");
+  return Status();
+}
+
+/// The optional `softcap` attribute, positive when present.
+inline Status readSoftcap(const KernelArgs &args, std::optional<float> &softcap) {
+  softcap.reset();
+  if (!args.attrs || !args.attrs->find("softcap"))
+    return Status();
+  std::optional<double> c = args.attrs->getFloat("softcap");
+  if (!c || !(*c > 0))
+    return args.fail("softcap must be a positive float when present");
+  softcap = float(*c);
+  return Status();
+}
+
+/// An embedding lookup: N ids into a [V, H] table.
+struct EmbeddingShape {
+  int64_t V = 0, H = 0, N = 0;
+};
+
+/// embedding: ids, table [V, H] → result [N, H] (`scale` read).
+inline Status checkEmbedding(const KernelArgs &args, double &scale, EmbeddingShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &ids = args.inputs[0], &table = args.inputs[1], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkIndex(args, ids, "ids"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, table, "table", 2));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, y, "result"));
+  if (table.rank() != 2)
+    return args.fail("table must be [V, H], got " + describe(table));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
+  s = {table.dim(0), table.dim(1), ids.numel()};
+  return checkRowsCols(args, y, "result", s.N, s.H);
+}
+
+/// embedding_grad: grad [N, H], ids → result [V, H] (`scale` and
+/// `padding_idx` read).
+inline Status checkEmbeddingGrad(const KernelArgs &args, double &scale, int64_t &paddingIdx,
+                                 EmbeddingShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &dy = args.inputs[0], &ids = args.inputs[1], &dtable = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
+  G3RT_RETURN_IF_ERROR(checkIndex(args, ids, "ids"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dtable, "result", 2));
+  if (dtable.rank() != 2)
+    return args.fail("result must be [V, H], got " + describe(dtable));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("scale", scale));
+  G3RT_RETURN_IF_ERROR(args.requireInt("padding_idx", paddingIdx));
+  s = {dtable.dim(0), dtable.dim(1), ids.numel()};
+  return checkRowsCols(args, dy, "grad", s.N, s.H);
+}
+
+/// x [..., D] and a weight of D elements.
+inline Status checkNormOperands(const KernelArgs &args, const TensorView &x,
+                                const TensorView &w) {
+  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight"));
+  if (w.numel() != x.dim(-1) || x.dim(-1) == 0)
+    return args.fail("weight " + shapeString(w.shape) +
+                     " does not match the last dimension of input " + shapeString(x.shape));
+  return Status();
+}
+
+/// RMSNorm over `rows` rows of D elements.
+struct NormShape {
+  int64_t rows = 0, D = 0;
+};
+
+/// rms_norm: x, weight → result (`eps` read).
+inline Status checkRmsNorm(const KernelArgs &args, double &eps, NormShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, w));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, y, "result"));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("eps", eps));
+  s = {leadingRows(x), x.dim(-1)};
+  return checkRowsCols(args, y, "result", s.rows, s.D);
+}
+
+/// rms_norm_grad: x, weight, grad → input_grad, weight_grad (`eps` read).
+inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  const TensorView &x = args.inputs[0], &w = args.inputs[1], &dy = args.inputs[2];
+  const TensorView &dx = args.outputs[0], &dw = args.outputs[1];
+  G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, w));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dw, "weight_grad"));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("eps", eps));
+  s = {leadingRows(x), x.dim(-1)};
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", s.rows, s.D));
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", s.rows, s.D));
+  if (dw.numel() != s.D)
+    return args.fail("weight_grad " + shapeString(dw.shape) + " does not have " +
+                     std::to_string(s.D) + " elements");
+  return Status();
+}
+
+/// A product over M rows between `in` and `out` features; E experts for the
+/// expert layers.
+struct MatmulShape {
+  int64_t M = 0, in = 0, out = 0, E = 0;
+};
+
+/// linear_grad_input: grad [M, out], weight [out, in] → result [M, in].
+inline Status checkLinearGradInput(const KernelArgs &args, MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight", 2));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "result"));
+  if (w.rank() != 2)
+    return args.fail("weight must be [out, in], got " + describe(w));
+  s.out = w.dim(0);
+  s.in = w.dim(1);
+  s.M = leadingRows(dy);
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", s.M, s.out));
+  return checkRowsCols(args, dx, "result", s.M, s.in);
+}
+
+/// linear_grad_weight: grad [M, out], input [M, in] → result [out, in].
+inline Status checkLinearGradWeight(const KernelArgs &args, MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &dy = args.inputs[0], &x = args.inputs[1], &dw = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dw, "result", 2));
+  s.M = leadingRows(x);
+  s.in = x.dim(-1);
+  s.out = dy.dim(-1);
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", s.M, s.out));
+  return checkShape(args, dw, "result", {s.out, s.in});
+}
+
+/// lm_head_grad: x [M, H], table [V, H], grad [M, V] → input_grad,
+/// table_grad (s.in = H, s.out = V; `softcap` read).
+inline Status checkLmHeadGrad(const KernelArgs &args, std::optional<float> &softcap,
+                              MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &dl = args.inputs[2];
+  const TensorView &dx = args.outputs[0], &dtable = args.outputs[1];
+  G3RT_RETURN_IF_ERROR(checkLinear(args, x, table, "table", dl, "grad", s.M, s.in, s.out));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, dtable, "table_grad"));
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", s.M, s.in));
+  G3RT_RETURN_IF_ERROR(checkShape(args, dtable, "table_grad", {s.out, s.in}));
+  return readSoftcap(args, softcap);
+}
+
+/// expert_linear: x [M, in], expert_offsets, weight [E, out, in] → [M, out].
+inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  const TensorView &x = args.inputs[0], &w = args.inputs[2], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, x, "input"));
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, y, "result"));
+  s = {x.dim(0), x.dim(1), y.dim(1), 0};
+  G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, s.out, s.in, "weight"));
+  G3RT_RETURN_IF_ERROR(checkShape(args, y, "result", {s.M, s.out}));
+  s.E = w.dim(0);
+  return Status();
+}
+
+/// expert_linear_grad_input: grad [M, out], expert_offsets, weight
+/// [E, out, in] → [M, in].
+inline Status checkExpertLinearGradInput(const KernelArgs &args, MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  const TensorView &dy = args.inputs[0], &w = args.inputs[2], &dx = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dy, "grad"));
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dx, "result"));
+  s = {dy.dim(0), dx.dim(1), dy.dim(1), 0};
+  G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, s.out, s.in, "weight"));
+  G3RT_RETURN_IF_ERROR(checkShape(args, dx, "result", {s.M, s.in}));
+  s.E = w.dim(0);
+  return Status();
+}
+
+/// expert_linear_grad_weight: grad [M, out], expert_offsets, x [M, in] →
+/// [E, out, in].
+inline Status checkExpertLinearGradWeight(const KernelArgs &args, MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  const TensorView &dy = args.inputs[0], &x = args.inputs[2], &dw = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dy, "grad"));
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, x, "input"));
+  s = {x.dim(0), x.dim(1), dy.dim(1), 0};
+  G3RT_RETURN_IF_ERROR(checkShape(args, dy, "grad", {s.M, s.out}));
+  G3RT_RETURN_IF_ERROR(checkExpertWeight(args, dw, s.out, s.in, "result"));
+  s.E = dw.dim(0);
+  return Status();
+}
+
+} // namespace g3rt::checks
+
+#endif // G3MOE_RUNTIME_KERNELS_DENSE_CHECKS_H
