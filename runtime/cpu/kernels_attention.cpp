@@ -41,29 +41,12 @@ int64_t indexAt(const TensorView &t, int64_t i) {
 //===----------------------------------------------------------------------===//
 
 Status ropeKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 2 || args.outputs.size() != 1)
-    return args.fail("expects 2 inputs (x, positions) and 1 output, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
+  RopeShape r;
+  G3RT_RETURN_IF_ERROR(checkRope(args, r));
+  const int64_t B = r.B, T = r.T, n = r.n, d = r.d;
+  const double theta = r.theta, factor = r.factor;
+  const bool transpose = r.transpose;
   const TensorView &x = args.inputs[0], &pos = args.inputs[1], &y = args.outputs[0];
-  double theta = 0, factor = 0;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("theta", theta));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("scaling_factor", factor));
-  if (!(theta > 0) || !(factor > 0))
-    return args.fail("theta and scaling_factor must be positive");
-  bool transpose = args.attrs && args.attrs->getFlag("transpose");
-
-  if (x.rank() != 4 || !isFloat(x.dtype))
-    return args.fail("x must be a float [B, T, n, d] tensor, got " + describe(x));
-  int64_t B = x.dim(0), T = x.dim(1), n = x.dim(2), d = x.dim(3);
-  if (d % 2 != 0)
-    return args.fail("head dimension must be even, got " + std::to_string(d));
-  if (!isIndexType(pos.dtype) || pos.shape != std::vector<int64_t>{B, T})
-    return args.fail("positions must be an integer [B, T] tensor matching x " +
-                     shapeString(x.shape) + ", got " + describe(pos));
-  if (!isFloat(y.dtype) || y.shape != x.shape)
-    return args.fail("output must be a float tensor of shape " + shapeString(x.shape) +
-                     ", got " + describe(y));
 
   // inv_freq exactly as HF builds it in fp32: 1 / theta^(float(2i) / d), then
   // divided by the linear scaling factor. Large positions times a slightly

@@ -100,21 +100,6 @@ void mapBlocks(const std::array<TensorView, NIn> &in, const std::array<TensorVie
       kGrainBlocks);
 }
 
-/// Every listed tensor is of a float type and has as many elements as the
-/// first output.
-Status checkFloatOperands(const KernelArgs &args, std::initializer_list<const TensorView *> views) {
-  int64_t n = args.outputs[0].numel();
-  for (const TensorView *t : views) {
-    if (!isFloat(t->dtype))
-      return args.fail("expected a float tensor, got " + std::string(dtypeName(t->dtype)) + " " +
-                       shapeString(t->shape));
-    if (t->numel() != n)
-      return args.fail("element count mismatch: " + shapeString(t->shape) + " vs output " +
-                       shapeString(args.outputs[0].shape));
-  }
-  return Status();
-}
-
 inline bool isInteger(DType t) { return t == DType::I32 || t == DType::I64; }
 
 inline int64_t loadInt(const TensorView &t, int64_t i) {
@@ -234,25 +219,11 @@ Status fillKernel(const KernelArgs &args) {
 }
 
 Status randomUniformKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
-  const TensorView &key = args.inputs[0], &y = args.outputs[0];
-  if (key.dtype != DType::I64 || key.numel() != 2)
-    return args.fail("key must be i64 [2] (seed, counter), got " +
-                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
-  if (!isFloat(y.dtype))
-    return args.fail("output must be a float tensor, got " + std::string(dtypeName(y.dtype)));
-  int64_t stream;
+  uint32_t s;
   double low, high;
-  G3RT_RETURN_IF_ERROR(args.requireInt("stream", stream));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
-  if (stream < 0 || stream > int64_t(UINT32_MAX))
-    return args.fail("stream " + std::to_string(stream) + " is outside [0, 2^32)");
-  if (uint64_t(y.numel()) > kMaxStreamElements)
-    return args.fail("output of " + std::to_string(y.numel()) +
-                     " elements exceeds one random stream");
+  G3RT_RETURN_IF_ERROR(checkRandomUniform(args, s, low, high));
+  const TensorView &key = args.inputs[0], &y = args.outputs[0];
   uint64_t seed = uint64_t(key.i64()[0]), counter = uint64_t(key.i64()[1]);
-  uint32_t s = uint32_t(stream);
   double span = high - low;
   // The affine map runs in double so that the only rounding is the store.
   mapBlocks<0, 1>({}, {y}, [&](int64_t begin, int64_t count, auto, auto dst) {
@@ -263,13 +234,8 @@ Status randomUniformKernel(const KernelArgs &args) {
 }
 
 Status dropoutKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
-  G3RT_RETURN_IF_ERROR(
-      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
   double p;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
-  if (!(p >= 0 && p <= 1))
-    return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
+  G3RT_RETURN_IF_ERROR(checkDropout(args, p));
   // The threshold is compared in fp32, as the uniform draws are fp32; with
   // p = 1 nothing is kept and the division by zero is never evaluated.
   float threshold = float(p), keep = float(1.0 - p);

@@ -140,20 +140,8 @@ Status lrScheduleKernel(const KernelArgs &args) {
 //===----------------------------------------------------------------------===//
 
 Status adamwKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 7 || args.outputs.size() != 3)
-    return args.fail("expects 7 inputs (p, g, m, v, step, lr, grad_scale) and 3 outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(checkAdamW(args));
   const TensorView &p = args.inputs[0];
-  const char *names[] = {"p", "g", "m", "v"};
-  for (int i = 0; i < 4; ++i)
-    if (args.inputs[size_t(i)].dtype != DType::F32 || args.inputs[size_t(i)].shape != p.shape)
-      return args.fail(std::string(names[i]) + " must be an F32 tensor of shape " +
-                       shapeString(p.shape) + ", got " + describe(args.inputs[size_t(i)]));
-  for (size_t i = 0; i < 3; ++i)
-    if (args.outputs[i].dtype != DType::F32 || args.outputs[i].shape != p.shape)
-      return args.fail("output " + std::to_string(i) + " must be an F32 tensor of shape " +
-                       shapeString(p.shape) + ", got " + describe(args.outputs[i]));
   int64_t step = 0;
   G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[4], "step", step));
   if (step < 0)

@@ -49,19 +49,6 @@ __device__ __forceinline__ int64_t gridStride() { return int64_t(gridDim.x) * bl
 // Checks (as on the CPU)
 //===----------------------------------------------------------------------===//
 
-Status checkFloatOperands(const KernelArgs &args, std::initializer_list<const TensorView *> views) {
-  int64_t n = args.outputs[0].numel();
-  for (const TensorView *t : views) {
-    if (!isFloat(t->dtype))
-      return args.fail("expected a float tensor, got " + std::string(dtypeName(t->dtype)) + " " +
-                       shapeString(t->shape));
-    if (t->numel() != n)
-      return args.fail("element count mismatch: " + shapeString(t->shape) + " vs output " +
-                       shapeString(args.outputs[0].shape));
-  }
-  return Status();
-}
-
 inline bool isInteger(DType t) { return t == DType::I32 || t == DType::I64; }
 
 /// A tensor's data and element type, as kernels take them.
@@ -357,40 +344,22 @@ Status fillKernel(const KernelArgs &args) {
 }
 
 Status randomUniformKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
-  const TensorView &key = args.inputs[0], &y = args.outputs[0];
-  if (key.dtype != DType::I64 || key.numel() != 2)
-    return args.fail("key must be i64 [2] (seed, counter), got " +
-                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
-  if (!isFloat(y.dtype))
-    return args.fail("output must be a float tensor, got " + std::string(dtypeName(y.dtype)));
-  int64_t stream;
+  uint32_t stream;
   double low, high;
-  G3RT_RETURN_IF_ERROR(args.requireInt("stream", stream));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
-  if (stream < 0 || stream > int64_t(UINT32_MAX))
-    return args.fail("stream " + std::to_string(stream) + " is outside [0, 2^32)");
-  if (uint64_t(y.numel()) > kMaxStreamElements)
-    return args.fail("output of " + std::to_string(y.numel()) +
-                     " elements exceeds one random stream");
+  G3RT_RETURN_IF_ERROR(checkRandomUniform(args, stream, low, high));
+  const TensorView &key = args.inputs[0], &y = args.outputs[0];
   int64_t n = y.numel();
   if (n == 0)
     return Status();
   randomUniformDevice<<<blocksFor((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
-      static_cast<const int64_t *>(key.data), uint32_t(stream), low, high - low, out(y), n);
+      static_cast<const int64_t *>(key.data), stream, low, high - low, out(y), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "random_uniform");
   return Status();
 }
 
 Status dropoutKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
-  G3RT_RETURN_IF_ERROR(
-      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
   double p;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
-  if (!(p >= 0 && p <= 1))
-    return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
+  G3RT_RETURN_IF_ERROR(checkDropout(args, p));
   int64_t n = args.outputs[0].numel();
   if (n == 0)
     return Status();

@@ -9,6 +9,7 @@
 #ifndef G3MOE_RUNTIME_KERNELS_KERNEL_CHECKS_H
 #define G3MOE_RUNTIME_KERNELS_KERNEL_CHECKS_H
 
+#include "runtime/base/random.h"
 #include "runtime/kernels/kernel.h"
 
 #include <string>
@@ -94,6 +95,111 @@ inline Status checkScalar(const KernelArgs &args, const TensorView &t, const cha
   G3RT_RETURN_IF_ERROR(checkFloat(args, t, what, 0));
   if (t.numel() != 1)
     return args.fail(std::string(what) + " must be a scalar, got " + describe(t));
+  return Status();
+}
+
+/// The inputs `views`, float tensors with as many elements as output 0.
+inline Status checkFloatOperands(const KernelArgs &args,
+                                 std::initializer_list<const TensorView *> views) {
+  int64_t n = args.outputs[0].numel();
+  for (const TensorView *t : views) {
+    if (!isFloat(t->dtype))
+      return args.fail("expected a float tensor, got " + std::string(dtypeName(t->dtype)) + " " +
+                       shapeString(t->shape));
+    if (t->numel() != n)
+      return args.fail("element count mismatch: " + shapeString(t->shape) + " vs output " +
+                       shapeString(args.outputs[0].shape));
+  }
+  return Status();
+}
+
+/// random_uniform: key (i64 [2]) → a float output of one random stream;
+/// reads `stream`, `low` and `high`.
+inline Status checkRandomUniform(const KernelArgs &args, uint32_t &stream, double &low,
+                                 double &high) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  const TensorView &key = args.inputs[0], &y = args.outputs[0];
+  if (key.dtype != DType::I64 || key.numel() != 2)
+    return args.fail("key must be i64 [2] (seed, counter), got " +
+                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
+  if (!isFloat(y.dtype))
+    return args.fail("output must be a float tensor, got " + std::string(dtypeName(y.dtype)));
+  int64_t s;
+  G3RT_RETURN_IF_ERROR(args.requireInt("stream", s));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
+  if (s < 0 || s > int64_t(UINT32_MAX))
+    return args.fail("stream " + std::to_string(s) + " is outside [0, 2^32)");
+  if (uint64_t(y.numel()) > kMaxStreamElements)
+    return args.fail("output of " + std::to_string(y.numel()) +
+                     " elements exceeds one random stream");
+  stream = uint32_t(s);
+  return Status();
+}
+
+/// dropout: x, uniform draws → result, all float of one size; reads `p`.
+inline Status checkDropout(const KernelArgs &args, double &p) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(
+      checkFloatOperands(args, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
+  if (!(p >= 0 && p <= 1))
+    return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
+  return Status();
+}
+
+/// The options and sizes of rope.
+struct RopeShape {
+  int64_t B = 0, T = 0, n = 0, d = 0;
+  double theta = 0, factor = 0;
+  bool transpose = false;
+};
+
+/// rope: x [B, T, n, d], positions [B, T] → output shaped like x.
+inline Status checkRope(const KernelArgs &args, RopeShape &r) {
+  if (args.inputs.size() != 2 || args.outputs.size() != 1)
+    return args.fail("expects 2 inputs (x, positions) and 1 output, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &x = args.inputs[0], &pos = args.inputs[1], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(args.requireFloat("theta", r.theta));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("scaling_factor", r.factor));
+  if (!(r.theta > 0) || !(r.factor > 0))
+    return args.fail("theta and scaling_factor must be positive");
+  r.transpose = args.attrs && args.attrs->getFlag("transpose");
+  if (x.rank() != 4 || !isFloat(x.dtype))
+    return args.fail("x must be a float [B, T, n, d] tensor, got " + describe(x));
+  r.B = x.dim(0);
+  r.T = x.dim(1);
+  r.n = x.dim(2);
+  r.d = x.dim(3);
+  if (r.d % 2 != 0)
+    return args.fail("head dimension must be even, got " + std::to_string(r.d));
+  if (!isIndexType(pos.dtype) || pos.shape != std::vector<int64_t>{r.B, r.T})
+    return args.fail("positions must be an integer [B, T] tensor matching x " +
+                     shapeString(x.shape) + ", got " + describe(pos));
+  if (!isFloat(y.dtype) || y.shape != x.shape)
+    return args.fail("output must be a float tensor of shape " + shapeString(x.shape) +
+                     ", got " + describe(y));
+  return Status();
+}
+
+/// adamw: p, g, m, v (F32, one shape), step, lr, grad_scale → p, m, v.
+inline Status checkAdamW(const KernelArgs &args) {
+  if (args.inputs.size() != 7 || args.outputs.size() != 3)
+    return args.fail("expects 7 inputs (p, g, m, v, step, lr, grad_scale) and 3 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
+  const TensorView &p = args.inputs[0];
+  const char *names[] = {"p", "g", "m", "v"};
+  for (int i = 0; i < 4; ++i)
+    if (args.inputs[size_t(i)].dtype != DType::F32 || args.inputs[size_t(i)].shape != p.shape)
+      return args.fail(std::string(names[i]) + " must be an F32 tensor of shape " +
+                       shapeString(p.shape) + ", got " + describe(args.inputs[size_t(i)]));
+  for (size_t i = 0; i < 3; ++i)
+    if (args.outputs[i].dtype != DType::F32 || args.outputs[i].shape != p.shape)
+      return args.fail("output " + std::to_string(i) + " must be an F32 tensor of shape " +
+                       shapeString(p.shape) + ", got " + describe(args.outputs[i]));
   return Status();
 }
 
