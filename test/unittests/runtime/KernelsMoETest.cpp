@@ -651,6 +651,15 @@ TEST(MoEKernelsSigmoidGrouped, Errors) {
 // Dispatch and combine
 //===----------------------------------------------------------------------===//
 
+/// [N, k] expert indices drawn uniformly from [0, E).
+Tensor randomExperts(std::mt19937 &rng, int64_t N, int64_t k, int64_t E) {
+  Tensor idx = Tensor::i32({N, k});
+  std::uniform_int_distribution<int> pick(0, int(E) - 1);
+  for (int64_t i = 0; i < N * k; ++i)
+    idx.i()[i] = pick(rng);
+  return idx;
+}
+
 struct Dispatched {
   Tensor permuted, offsets, slots;
 };
@@ -688,10 +697,7 @@ TEST(MoEKernelsDispatch, RandomSlotsAreConsistent) {
   const int64_t N = 257, H = 5, E = 7, k = 3;
   Tensor x = Tensor::f32({N, H});
   fillUniform(x, rng);
-  Tensor idx = Tensor::i32({N, k});
-  std::uniform_int_distribution<int> pick(0, int(E) - 1);
-  for (int64_t i = 0; i < N * k; ++i)
-    idx.i()[i] = pick(rng);
+  Tensor idx = randomExperts(rng, N, k, E);
   Dispatched d = dispatch(x, idx, E);
   EXPECT_EQ(d.offsets.i()[0], 0);
   EXPECT_EQ(d.offsets.i()[E], N * k);
@@ -740,10 +746,7 @@ TEST(MoEKernelsDispatch, DispatchGradIsTheAdjoint) {
   const int64_t N = 70, H = 6, E = 5, k = 2;
   Tensor x = Tensor::f32({N, H});
   fillUniform(x, rng);
-  Tensor idx = Tensor::i32({N, k});
-  std::uniform_int_distribution<int> pick(0, int(E) - 1);
-  for (int64_t i = 0; i < N * k; ++i)
-    idx.i()[i] = pick(rng);
+  Tensor idx = randomExperts(rng, N, k, E);
   Dispatched d = dispatch(x, idx, E);
   Tensor R = Tensor::f32({N * k, H});
   fillUniform(R, rng);
