@@ -1,0 +1,100 @@
+//===- CudaChecksTest.cpp - CUDA kernels reject bad calls as the CPU does -===//
+//
+// The CPU and CUDA kernels share their argument checks (kernel_checks.h,
+// dense_checks.h, moe_checks.h). A call those checks refuse fails before any
+// device work, so this runs without a GPU: each bad call below gets the same
+// message from the CUDA kernel as from the CPU kernel.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/cuda_context.h"
+#include "test/unittests/runtime/KernelTesting.h"
+
+#include <gtest/gtest.h>
+
+using namespace g3rt;
+using g3rt::testing::Tensor;
+
+namespace {
+
+struct BadCall {
+  const char *kernel;
+  KernelAttrs attrs;
+  std::vector<Tensor> in, out;
+};
+
+Tensor f32(std::vector<int64_t> shape) { return Tensor::f32(std::move(shape)); }
+Tensor i32(std::vector<int64_t> shape) { return Tensor::i32(std::move(shape)); }
+
+KernelAttrs attrs(std::initializer_list<std::pair<const char *, AttrValue>> list) {
+  KernelAttrs a;
+  for (const auto &[name, value] : list)
+    a.set(name, value);
+  return a;
+}
+
+std::vector<BadCall> badCalls() {
+  const auto I = AttrValue::ofInt;
+  const auto F = AttrValue::ofFloat;
+  KernelAttrs sigmoid = attrs({{"top_k", I(2)}, {"n_group", I(3)}, {"topk_group", I(1)},
+                               {"routed_scaling_factor", F(1)}});
+  return {
+      {"sparsemixer_router", attrs({{"epsilon", F(0.1)}}), {f32({4, 3})},
+       {f32({4, 3}), i32({4, 2})}},
+      {"sparsemixer_router_grad", attrs({{"epsilon", F(0.1)}}),
+       {f32({4, 3}), i32({4, 2}), f32({4, 2})}, {f32({4, 2})}},
+      {"softmax_topk_router", attrs({{"top_k", I(4)}}), {f32({4, 3})}, {f32({4, 2}), i32({4, 2})}},
+      {"softmax_topk_router_grad", {}, {f32({4, 3}), i32({4, 2}), f32({4, 3})}, {f32({4, 3})}},
+      {"sigmoid_grouped_router", sigmoid, {f32({4, 4}), f32({4})}, {f32({4, 2}), i32({4, 2})}},
+      {"sigmoid_grouped_router_grad", sigmoid, {f32({4, 4}), i32({4, 2}), f32({4, 2})},
+       {f32({4, 3})}},
+      {"moe_dispatch", attrs({{"num_experts", I(3)}}), {f32({4, 8}), i32({4, 2})},
+       {f32({8, 8}), i32({3}), i32({4, 2})}},
+      {"moe_dispatch_grad", {}, {f32({8, 7}), i32({4, 2})}, {f32({4, 8})}},
+      {"moe_combine", {}, {f32({8, 8}), i32({4, 2}), f32({4, 3})}, {f32({4, 8})}},
+      {"moe_combine_grad", {}, {f32({8, 8}), i32({4, 2}), f32({4, 2}), f32({4, 8})},
+       {f32({7, 8}), f32({4, 2})}},
+      {"embedding", attrs({{"scale", F(2)}}), {i32({4}), f32({5, 8})}, {f32({4, 7})}},
+      {"embedding_grad", attrs({{"scale", F(2)}, {"padding_idx", I(0)}}), {f32({3, 8}), i32({4})},
+       {f32({5, 8})}},
+      {"rms_norm", attrs({{"eps", F(1e-6)}}), {f32({4, 8}), f32({7})}, {f32({4, 8})}},
+      {"rms_norm_grad", attrs({{"eps", F(1e-6)}}), {f32({4, 8}), f32({8}), f32({4, 8})},
+       {f32({4, 8}), f32({7})}},
+      {"linear_grad_input", {}, {f32({4, 6}), f32({6, 8})}, {f32({4, 7})}},
+      {"linear_grad_weight", {}, {f32({4, 6}), f32({4, 8})}, {f32({8, 6})}},
+      {"lm_head_grad", {}, {f32({4, 8}), f32({5, 8}), f32({4, 5})}, {f32({4, 8}), f32({5, 7})}},
+      {"expert_linear", {}, {f32({4, 8}), i32({4}), f32({3, 6, 7})}, {f32({4, 6})}},
+      {"expert_linear_grad_input", {}, {f32({4, 6}), i32({4}), f32({3, 6, 8})}, {f32({3, 8})}},
+      {"expert_linear_grad_weight", {}, {f32({4, 6}), i32({4}), f32({4, 8})}, {f32({3, 8, 6})}},
+      {"random_uniform", attrs({{"stream", I(3)}, {"low", F(0)}, {"high", F(1)}}), {i32({2})},
+       {f32({16})}},
+      {"dropout", attrs({{"p", F(1.5)}}), {f32({4, 8}), f32({4, 8})}, {f32({4, 8})}},
+      {"rope", attrs({{"theta", F(1e4)}, {"scaling_factor", F(1)}}),
+       {f32({1, 4, 2, 7}), i32({1, 4})}, {f32({1, 4, 2, 7})}},
+      {"adamw", {}, {f32({4, 8}), f32({4, 8}), f32({4, 7}), f32({4, 8}), Tensor(DType::I64, {}),
+                     f32({}), f32({})},
+       {f32({4, 8}), f32({4, 8}), f32({4, 8})}},
+  };
+}
+
+TEST(CudaKernelChecks, BadCallsFailAsOnTheCpu) {
+  cuda::CudaContext context; // never reached: the checks come first
+  for (const BadCall &call : badCalls()) {
+    KernelArgs args;
+    args.name = call.kernel;
+    args.attrs = &call.attrs;
+    for (const Tensor &t : call.in)
+      args.inputs.push_back(t.view);
+    for (const Tensor &t : call.out)
+      args.outputs.push_back(t.view);
+    Status cpu = findCpuKernel(call.kernel)(args);
+    ASSERT_FALSE(cpu.ok()) << call.kernel << ": the CPU accepts the bad call";
+    args.backend = &context;
+    KernelFn cudaKernel = cuda::findCudaKernel(call.kernel);
+    ASSERT_NE(cudaKernel, nullptr) << call.kernel;
+    Status gpu = cudaKernel(args);
+    EXPECT_EQ(gpu.message(), cpu.message()) << call.kernel;
+  }
+}
+
+} // namespace
