@@ -24,6 +24,7 @@
 #include <cstring>
 #include <map>
 #include <string>
+#include <tuple>
 
 using namespace g3rt;
 
@@ -104,7 +105,23 @@ int main(int argc, char **argv) {
   if (profile) {
     // Time per kernel, one instruction at a time (each waited for).
     const FunctionDesc &fn = *program.findFunction("train_micro_step");
-    std::map<std::string, std::pair<double, int>> byKernel;
+    std::map<std::string, std::pair<double, int>> byKernel, byShape;
+    auto signature = [&](const InstrDesc &in) {
+      // kernel(input shapes and dtypes) -> output shapes
+      std::string sig = in.kernel + "(";
+      auto add = [&](const std::vector<uint32_t> &ids) {
+        for (size_t j = 0; j < ids.size(); ++j) {
+          const BufferDesc &b = fn.buffers[ids[j]];
+          sig += (j ? " " : "") + std::string(dtypeName(b.dtype));
+          for (int64_t d : b.shape)
+            sig += "x" + std::to_string(d);
+        }
+      };
+      add(in.inputs);
+      sig += ") -> ";
+      add(in.outputs);
+      return sig;
+    };
     for (size_t i = 0; i < fn.instrs.size(); ++i) {
       auto t0 = std::chrono::steady_clock::now();
       s = gpu->runInstruction(fn, i);
@@ -115,6 +132,9 @@ int main(int argc, char **argv) {
       auto &slot = byKernel[fn.instrs[i].kernel];
       slot.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       slot.second += 1;
+      auto &shapeSlot = byShape[signature(fn.instrs[i])];
+      shapeSlot.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      shapeSlot.second += 1;
     }
     std::vector<std::pair<double, std::string>> rows;
     double sum = 0;
@@ -127,6 +147,16 @@ int main(int argc, char **argv) {
                  (long long)T, sum * 1e3);
     for (size_t i = 0; i < rows.size() && i < 14; ++i)
       std::fprintf(stderr, "  %8.1f ms  %s\n", rows[i].first * 1e3, rows[i].second.c_str());
+    // The same time split by operand shapes: which calls of a kernel cost.
+    std::vector<std::tuple<double, int, std::string>> shapes;
+    for (const auto &[sig, t] : byShape)
+      shapes.push_back({t.first, t.second, sig});
+    std::sort(shapes.rbegin(), shapes.rend());
+    std::fprintf(stderr, "by operand shapes:\n");
+    for (size_t i = 0; i < shapes.size() && i < 40; ++i)
+      std::fprintf(stderr, "  %8.2f ms  x%-4d %.3f ms each  %s\n", std::get<0>(shapes[i]) * 1e3,
+                   std::get<1>(shapes[i]), std::get<0>(shapes[i]) * 1e3 / std::get<1>(shapes[i]),
+                   std::get<2>(shapes[i]).c_str());
   }
   std::vector<double> timed(times.begin() + std::min<size_t>(2, times.size() - 1), times.end());
   std::sort(timed.begin(), timed.end());

@@ -12,7 +12,8 @@ seqs=("${@:-4096 8192}")
 [[ ${SKIP_BENCH:-0} == 1 ]] && seqs=()
 # The PyTorch stack is measured at every length the issue names; it runs out of
 # memory past 8K on an 80 GB card.
-torch_seqs=(4096 8192 16384 32768)
+# TORCH_SEQS="8192" narrows it for a shorter call.
+torch_seqs=(${TORCH_SEQS:-4096 8192 16384 32768})
 [[ -f $carry/bin.tar.gz ]] && tar -C "$carry" -xzf "$carry/bin.tar.gz"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 

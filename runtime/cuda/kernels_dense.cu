@@ -19,11 +19,14 @@
 // without a host round trip; these kernels never read or write out of bounds
 // for them and poison the affected values with NaN instead, so that a bad
 // input still shows. Only the expert layers wait on the device: their
-// per-expert GEMMs need the row offsets on the host.
+// per-expert GEMMs need the row offsets on the host. Products with a LoRA
+// rank on one side run on the kernels of lowrank_products.cu instead, which
+// read the offsets on the device.
 //
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/lowrank_products.h"
 #include "runtime/kernels/dense_checks.h"
 
 #include <cub/device/device_radix_sort.cuh>
@@ -585,6 +588,58 @@ __global__ void rmsNormWarpDevice(const void *x, DType xt, const void *w, DType 
   }
 }
 
+/// 8 bf16 elements from element i (a multiple of 8) in one 16-byte load.
+__device__ __forceinline__ void loadBF16x8(const void *p, int64_t i, float (&v)[8]) {
+  uint4 raw = *reinterpret_cast<const uint4 *>(static_cast<const __nv_bfloat16 *>(p) + i);
+  const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+  for (int k = 0; k < 4; ++k) {
+    float2 f = __bfloat1622float2(h[k]);
+    v[2 * k] = f.x;
+    v[2 * k + 1] = f.y;
+  }
+}
+
+/// Rounds 8 floats to bf16 and stores them at element i (a multiple of 8).
+__device__ __forceinline__ void storeBF16x8(void *p, int64_t i, const float (&v)[8]) {
+  uint4 raw;
+  __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&raw);
+  for (int k = 0; k < 4; ++k)
+    h[k] = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+  *reinterpret_cast<uint4 *>(static_cast<__nv_bfloat16 *>(p) + i) = raw;
+}
+
+// rms_norm for bf16 rows a multiple of 8 wide: a team (the block, or a warp
+// for rows of at most 256, QK-norm's) per row, each thread with the same 8
+// columns of every row in registers (one 16-byte load and store each).
+template <bool WarpTeams>
+__global__ void rmsNormBF16Device(const void *x, const void *w, DType wt, void *y, int64_t rows,
+                                  int64_t D, double eps) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t c0 = int64_t(WarpTeams ? lane : threadIdx.x) * 8;
+  const bool owns = c0 < D;
+  float gain[8];
+  for (int k = 0; k < 8; ++k)
+    gain[k] = owns ? __fadd_rn(loadFloat(w, wt, c0 + k), 1.0f) : 0.0f;
+  const int64_t first = WarpTeams ? int64_t(blockIdx.x) * (blockDim.x >> 5) + warp : blockIdx.x;
+  const int64_t step = WarpTeams ? int64_t(gridDim.x) * (blockDim.x >> 5) : gridDim.x;
+  for (int64_t r = first; r < rows; r += step) {
+    float xv[8] = {};
+    if (owns)
+      loadBF16x8(x, r * D + c0, xv);
+    double ss = 0;
+    for (int k = 0; k < 8; ++k)
+      ss += double(xv[k]) * double(xv[k]);
+    ss = WarpTeams ? warpSumAll(ss) : blockSum(ss);
+    float inv = float(1.0 / sqrt(ss / double(D) + eps));
+    if (owns) {
+      float out[8];
+      for (int k = 0; k < 8; ++k)
+        out[k] = __fmul_rn(__fmul_rn(xv[k], inv), gain[k]);
+      storeBF16x8(y, r * D + c0, out);
+    }
+  }
+}
+
 Status rmsNormKernel(const KernelArgs &args) {
   double eps;
   NormShape shape;
@@ -593,6 +648,18 @@ Status rmsNormKernel(const KernelArgs &args) {
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
   if (rows == 0)
     return Status();
+  cudaStream_t stream = contextOf(args).stream;
+  if (x.dtype == DType::BF16 && y.dtype == DType::BF16 && D % 8 == 0 &&
+      (D <= 256 || (D > kWarpRowMax && D <= 8 * 1024))) {
+    if (D <= 256)
+      rmsNormBF16Device<true><<<blocksFor(rows, kThreads / 32), kThreads, 0, stream>>>(
+          x.data, w.data, w.dtype, y.data, rows, D, eps);
+    else
+      rmsNormBF16Device<false><<<rowBlocks(rows), unsigned((D / 8 + 31) / 32 * 32), 0, stream>>>(
+          x.data, w.data, w.dtype, y.data, rows, D, eps);
+    G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm");
+    return Status();
+  }
   if (D <= kWarpRowMax)
     rmsNormWarpDevice<<<blocksFor(rows, kThreads / 32), kThreads, 0, contextOf(args).stream>>>(
         x.data, x.dtype, w.data, w.dtype, y.data, y.dtype, rows, D, eps);
@@ -677,14 +744,94 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
   }
 }
 
+// The same for bf16 activations whose rows are a multiple of 8 wide: each
+// thread of a team keeps the same 8 columns of every row in registers (one
+// 16-byte load each of x and dy, one store of dx) and sums its columns' dw
+// terms in registers. A team is the block (rows up to 8192 wide) or, for rows
+// of at most 256 (QK-norm), a warp; the partial sums are then added in warp
+// order.
+template <bool WarpTeams>
+__global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, const void *dy,
+                                      void *dx, int64_t rows, int64_t D, int64_t rowsPerBlock,
+                                      double eps, double *partials) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int member = WarpTeams ? lane : threadIdx.x;
+  const int64_t c0 = int64_t(member) * 8;
+  const bool owns = c0 < D;
+  float gain[8];
+  double dwAcc[8];
+  for (int k = 0; k < 8; ++k) {
+    gain[k] = owns ? __fadd_rn(loadFloat(w, wt, c0 + k), 1.0f) : 0.0f;
+    dwAcc[k] = 0;
+  }
+  auto teamSum = [](double v) { return WarpTeams ? warpSumAll(v) : blockSum(v); };
+  int64_t r0 = int64_t(blockIdx.x) * rowsPerBlock, r1 = min(rows, r0 + rowsPerBlock);
+  for (int64_t r = r0 + (WarpTeams ? warp : 0); r < r1; r += WarpTeams ? warps : 1) {
+    float xv[8] = {}, g[8] = {};
+    if (owns) {
+      loadBF16x8(x, r * D + c0, xv);
+      loadBF16x8(dy, r * D + c0, g);
+    }
+    double ss = 0;
+    for (int k = 0; k < 8; ++k)
+      ss += double(xv[k]) * double(xv[k]);
+    float inv = float(1.0 / sqrt(teamSum(ss) / double(D) + eps));
+    double dot = 0;
+    float xhat[8];
+    for (int k = 0; k < 8; ++k) {
+      xhat[k] = __fmul_rn(xv[k], inv);
+      dot += double(__fmul_rn(g[k], gain[k])) * double(xhat[k]);
+      dwAcc[k] += double(g[k]) * double(xhat[k]);
+    }
+    float mean = float(teamSum(dot) / double(D));
+    if (owns) {
+      float out[8];
+      for (int k = 0; k < 8; ++k)
+        out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
+      storeBF16x8(dx, r * D + c0, out);
+    }
+  }
+  double *out = partials + int64_t(blockIdx.x) * D;
+  if (!WarpTeams) {
+    if (owns)
+      for (int k = 0; k < 8; ++k)
+        out[c0 + k] = dwAcc[k];
+    return;
+  }
+  extern __shared__ double warpParts[];
+  if (owns)
+    for (int k = 0; k < 8; ++k)
+      warpParts[warp * D + c0 + k] = dwAcc[k];
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double sum = 0;
+    for (int k = 0; k < warps; ++k)
+      sum += warpParts[k * D + d];
+    out[d] = sum;
+  }
+}
+
+// dw from the blocks' partial sums: a block per 32 columns, whose warps take
+// every 8th partial row each (so that ~1000 partials are read by many loads
+// in flight, not one chain per column), then warp 0 adds the 8 sums in warp
+// order. The order depends on the shapes alone.
+constexpr int kDwWarps = 8;
 __global__ void rmsNormGradWeightDevice(const double *partials, int64_t blocks, int64_t D,
                                         void *dw, DType dwt) {
-  for (int64_t d = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; d < D;
-       d += int64_t(gridDim.x) * blockDim.x) {
-    double s = 0;
-    for (int64_t b = 0; b < blocks; ++b)
+  __shared__ double sums[kDwWarps][32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t d = int64_t(blockIdx.x) * 32 + lane;
+  double s = 0;
+  if (d < D)
+    for (int64_t b = warp; b < blocks; b += kDwWarps)
       s += partials[b * D + d];
-    storeFloat(dw, dwt, d, float(s));
+  sums[warp][lane] = s;
+  __syncthreads();
+  if (warp == 0 && d < D) {
+    double t = 0;
+    for (int k = 0; k < kDwWarps; ++k)
+      t += sums[k][lane];
+    storeFloat(dw, dwt, d, float(t));
   }
 }
 
@@ -700,7 +847,13 @@ Status rmsNormGradKernel(const KernelArgs &args) {
     return memsetZero(args, dw.data, dw.bytes());
 
   const bool warpRows = D <= kWarpRowMax;
-  size_t shared = size_t(D) * sizeof(double) * (warpRows ? kThreads / 32 : 1);
+  // The register-resident bf16 kernels where the rows allow them.
+  const bool bf16Rows = x.dtype == DType::BF16 && dy.dtype == DType::BF16 &&
+                        dx.dtype == DType::BF16 && D % 8 == 0 &&
+                        (D <= 256 || (!warpRows && D <= 8 * 1024));
+  const int threads = bf16Rows && !warpRows ? int((D / 8 + 31) / 32 * 32) : kThreads;
+  size_t shared = warpRows ? size_t(D) * sizeof(double) * (kThreads / 32)
+                           : (bf16Rows ? 0 : size_t(D) * sizeof(double));
   int device = 0, maxShared = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e == cudaSuccess)
@@ -710,7 +863,9 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   if (shared > size_t(maxShared))
     return args.fail("normalised size " + std::to_string(D) + " is too large");
   if (shared > 48 * 1024) {
-    e = cudaFuncSetAttribute(warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice,
+    e = cudaFuncSetAttribute(bf16Rows ? (const void *)rmsNormGradBF16Device<true>
+                             : warpRows ? (const void *)rmsNormGradWarpDevice
+                                        : (const void *)rmsNormGradDevice,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
     if (e != cudaSuccess)
       return cudaFailure(args, e, "enabling large shared memory");
@@ -727,13 +882,18 @@ Status rmsNormGradKernel(const KernelArgs &args) {
     rowsPerBlock *= 2;
   int64_t blocks = blocksOf(rowsPerBlock);
   double *partials = static_cast<double *>(scratch.take(size_t(blocks) * size_t(D) * 8));
-  (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(blocks), kThreads, shared,
-                                                           ctx.stream>>>(
-      x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, rows, D,
-      rowsPerBlock, eps, partials);
+  if (bf16Rows)
+    (warpRows ? rmsNormGradBF16Device<true> : rmsNormGradBF16Device<false>)<<<
+        unsigned(blocks), threads, shared, ctx.stream>>>(x.data, w.data, w.dtype, dy.data, dx.data,
+                                                         rows, D, rowsPerBlock, eps, partials);
+  else
+    (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(blocks), kThreads, shared,
+                                                             ctx.stream>>>(
+        x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, rows, D,
+        rowsPerBlock, eps, partials);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad");
-  rmsNormGradWeightDevice<<<blocksFor(D), kThreads, 0, ctx.stream>>>(partials, blocks, D, dw.data,
-                                                                     dw.dtype);
+  rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0, ctx.stream>>>(
+      partials, blocks, D, dw.data, dw.dtype);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad weight");
   return Status();
 }
@@ -747,11 +907,61 @@ Operand operand(const TensorView &t, int64_t ld, bool trans) {
 }
 Output output(const TensorView &t, int64_t ld) { return {t.data, t.dtype, ld}; }
 
+// Products with a LoRA rank on one side go to the low-rank kernels
+// (lowrank_products.h) when they take the operands; each helper sets `done`.
+
+/// y[M, out] = x[M, in]·W_eᵀ per row group.
+Status lowRankLinear(const KernelArgs &args, const RowGroups &g, const TensorView &x,
+                     const TensorView &w, const TensorView &y, int64_t in, int64_t out,
+                     bool &done) {
+  cudaStream_t stream = contextOf(args).stream;
+  cudaError_t e = cudaSuccess;
+  if ((done = lowRankFits(x.dtype, w.dtype, out, in, 0)))
+    e = lowRankNarrowOutput(stream, g, x.data, in, w.data, true, out, y.data, y.dtype);
+  else if ((done = lowRankFits(x.dtype, w.dtype, in, out, 0)))
+    e = lowRankNarrowInner(stream, g, x.data, in, w.data, true, out, y.data, y.dtype);
+  return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
+}
+
+/// dx[M, in] = dy[M, out]·W_e per row group.
+Status lowRankLinearGradInput(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
+                              const TensorView &w, const TensorView &dx, int64_t in,
+                              int64_t out, bool &done) {
+  cudaStream_t stream = contextOf(args).stream;
+  cudaError_t e = cudaSuccess;
+  if ((done = lowRankFits(dy.dtype, w.dtype, in, out, 0)))
+    e = lowRankNarrowOutput(stream, g, dy.data, out, w.data, false, in, dx.data, dx.dtype);
+  else if ((done = lowRankFits(dy.dtype, w.dtype, out, in, 0)))
+    e = lowRankNarrowInner(stream, g, dy.data, out, w.data, false, in, dx.data, dx.dtype);
+  return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
+}
+
+/// dW_e[out, in] = dy[rows of e, out]ᵀ·x[rows of e, in].
+Status lowRankLinearGradWeight(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
+                               const TensorView &x, const TensorView &dw, int64_t in,
+                               int64_t out, bool &done) {
+  done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out), 0);
+  if (!done)
+    return Status();
+  Scratch scratch = scratchOf(contextOf(args));
+  cudaError_t e = lowRankWeightGrad(contextOf(args).stream, g, dy.data, out, x.data, in, dw.data,
+                                    dw.dtype, scratch.ptr, scratch.bytes);
+  return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank weight gradient");
+}
+
+RowGroups expertGroups(const TensorView &offsets, int64_t experts, int64_t rows) {
+  return {offsets.data, offsets.dtype, experts, rows};
+}
+
 Status linearKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
   int64_t M, in, out;
   G3RT_RETURN_IF_ERROR(checkLinear(args, x, w, "weight", y, "result", M, in, out));
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(lowRankLinear(args, {nullptr, DType::I32, 1, M}, x, w, y, in, out, done));
+  if (done)
+    return Status();
   CudaContext &ctx = contextOf(args);
   // y[M, out] = x[M, in]·W[out, in]ᵀ
   return gemm(args, ctx, scratchOf(ctx), M, out, in, operand(x, in, false), operand(w, in, true),
@@ -763,6 +973,11 @@ Status linearGradInputKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(
+      lowRankLinearGradInput(args, {nullptr, DType::I32, 1, M}, dy, w, dx, in, out, done));
+  if (done)
+    return Status();
   CudaContext &ctx = contextOf(args);
   // dx[M, in] = dy[M, out]·W[out, in]
   return gemm(args, ctx, scratchOf(ctx), M, in, out, operand(dy, out, false),
@@ -774,6 +989,11 @@ Status linearGradWeightKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &dy = args.inputs[0], &x = args.inputs[1], &dw = args.outputs[0];
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(
+      lowRankLinearGradWeight(args, {nullptr, DType::I32, 1, M}, dy, x, dw, in, out, done));
+  if (done)
+    return Status();
   CudaContext &ctx = contextOf(args);
   // dW[out, in] = dy[M, out]ᵀ·x[M, in]
   return gemm(args, ctx, scratchOf(ctx), out, in, M, operand(dy, out, true),
@@ -950,15 +1170,21 @@ Status lmHeadGradKernel(const KernelArgs &args) {
 // Expert (grouped) linear layers
 //===----------------------------------------------------------------------===//
 
+/// The checks of the expert offsets' type and length.
+Status checkOffsets(const KernelArgs &args, const TensorView &t, int64_t experts) {
+  G3RT_RETURN_IF_ERROR(checkIndex(args, t, "expert_offsets"));
+  if (t.numel() != experts + 1)
+    return args.fail("expert_offsets has " + std::to_string(t.numel()) + " elements, expected " +
+                     std::to_string(experts + 1) + " (experts + 1)");
+  return Status();
+}
+
 /// Copies the expert offsets [E + 1] to the host (the one place these
 /// kernels wait for the device: the per-expert GEMMs are issued from the
 /// host) and checks them as the CPU does.
 Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
                    std::vector<int64_t> &offsets) {
-  G3RT_RETURN_IF_ERROR(checkIndex(args, t, "expert_offsets"));
-  if (t.numel() != experts + 1)
-    return args.fail("expert_offsets has " + std::to_string(t.numel()) + " elements, expected " +
-                     std::to_string(experts + 1) + " (experts + 1)");
+  G3RT_RETURN_IF_ERROR(checkOffsets(args, t, experts));
   cudaStream_t stream = contextOf(args).stream;
   std::vector<uint8_t> raw(t.bytes());
   cudaError_t e = cudaMemcpyAsync(raw.data(), t.data, t.bytes(), cudaMemcpyDeviceToHost, stream);
@@ -1000,6 +1226,11 @@ Status expertLinearKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &x = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(lowRankLinear(args, expertGroups(off, E, M), x, w, y, in, out, done));
+  if (done)
+    return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   CudaContext &ctx = contextOf(args);
@@ -1021,6 +1252,11 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &dx = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(lowRankLinearGradInput(args, expertGroups(off, E, M), dy, w, dx, in, out, done));
+  if (done)
+    return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   CudaContext &ctx = contextOf(args);
@@ -1043,6 +1279,11 @@ Status expertLinearGradWeightKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, done));
+  if (done)
+    return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   CudaContext &ctx = contextOf(args);
@@ -1251,7 +1492,9 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
 // the backward's products.
 //
 // With bf16 x and table (the model's case), g' goes into the products as the
-// bf16 pair hi + lo (splitBf16), as in lm_head_grad. For table_grad the pair
+// bf16 pair hi + lo (splitBf16), as in lm_head_grad, except that a bf16 dx
+// takes hi alone (one product instead of two; what lo adds is of the order
+// of dx's own bf16 rounding). For table_grad the pair
 // is stacked along the contraction: [hi; lo]ᵀ·[x; x] is one GEMM with K =
 // 2·rows, which reads and writes the fp32 table_grad chunk once instead of
 // twice. Other types keep g' in fp32 (in place of the logits) and go through
@@ -1636,9 +1879,12 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
         G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
                                   Operand{hi, DType::BF16, vc, false}, tableRows(v0, false),
                                   dxOut, dxFirst ? 0.0f : 1.0f));
-        G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
-                                  Operand{lo, DType::BF16, vc, false}, tableRows(v0, false),
-                                  dxOut, 1.0f));
+        // lo carries the part of g' below bf16's 8 bits: about as much as a
+        // bf16 dx rounds away itself, so the product is left out there.
+        if (dx.dtype != DType::BF16)
+          G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
+                                    Operand{lo, DType::BF16, vc, false}, tableRows(v0, false),
+                                    dxOut, 1.0f));
       } else {
         // The fp32 g' replaced the logits.
         if (wantTable)

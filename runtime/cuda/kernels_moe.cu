@@ -888,20 +888,49 @@ Status validateSlots(const KernelArgs &args, Scratch &scratch, const TensorView 
   });
 }
 
-// dst[n] = sum_j (w ? w[n, j] : 1) * src[slots[n, j]], fp32, j in order.
+// V consecutive elements from element i (a multiple of V), as floats: one
+// access per four for V = 4 (loadFloat4), element by element for V = 1.
+template <int V> __device__ __forceinline__ void loadVec(const void *p, DType t, int64_t i,
+                                                         float (&v)[V]) {
+  if constexpr (V == 4) {
+    float4 f = loadFloat4(p, t, i / 4);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+    for (int c = 0; c < V; ++c)
+      v[c] = loadFloat(p, t, i + c);
+  }
+}
+template <int V> __device__ __forceinline__ void storeVec(void *p, DType t, int64_t i,
+                                                          const float (&v)[V]) {
+  if constexpr (V == 4)
+    storeFloat4(p, t, i / 4, make_float4(v[0], v[1], v[2], v[3]));
+  else
+    for (int c = 0; c < V; ++c)
+      storeFloat(p, t, i + c, v[c]);
+}
+
+/// Elements per thread of the row kernels: four where rows allow it.
+int vecWidth(int64_t H) { return H % 4 == 0 ? 4 : 1; }
+
+// dst[n] = sum_j (w ? w[n, j] : 1) * src[slots[n, j]], fp32, j in order;
+// each thread takes V adjacent elements of the row.
+template <int V>
 __global__ void gatherRows(const void *src, DType st, const int32_t *slots, const void *w,
                            DType wt, void *dst, DType dt, int64_t H, int k) {
   const int64_t n = blockIdx.y;
-  const int64_t h = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t h = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (h >= H)
     return;
-  float acc = 0.0f;
+  float acc[V] = {};
   for (int j = 0; j < k; ++j) {
-    const float v = loadFloat(src, st, int64_t(slots[n * k + j]) * H + h);
+    float v[V];
+    loadVec<V>(src, st, int64_t(slots[n * k + j]) * H + h, v);
+    const float wj = w ? loadFloat(w, wt, n * k + j) : 1.0f;
     // Explicit roundings (no fused multiply-add): the CPU's exact sums.
-    acc = __fadd_rn(acc, w ? __fmul_rn(loadFloat(w, wt, n * k + j), v) : v);
+    for (int c = 0; c < V; ++c)
+      acc[c] = __fadd_rn(acc[c], w ? __fmul_rn(wj, v[c]) : v[c]);
   }
-  storeFloat(dst, dt, n * H + h, acc);
+  storeVec<V>(dst, dt, n * H + h, acc);
 }
 
 // Rows go to grid.y, in pieces of at most 65535.
@@ -910,13 +939,14 @@ Status launchGather(const KernelArgs &args, const TensorView &src, const TensorV
                     const char *what) {
   if (N == 0 || H == 0)
     return Status();
+  const int V = vecWidth(H);
   for (int64_t n0 = 0; n0 < N; n0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, N - n0);
     const void *wPart =
         w ? static_cast<const char *>(w->data) + n0 * k * int64_t(dtypeSize(w->dtype)) : nullptr;
     void *dPart = static_cast<char *>(dst.data) + n0 * H * int64_t(dtypeSize(dst.dtype));
-    dim3 grid(blocksFor(H, kRowThreads), unsigned(rows));
-    gatherRows<<<grid, kRowThreads, 0, contextOf(args).stream>>>(
+    dim3 grid(blocksFor(H / V, kRowThreads), unsigned(rows));
+    (V == 4 ? gatherRows<4> : gatherRows<1>)<<<grid, kRowThreads, 0, contextOf(args).stream>>>(
         src.data, src.dtype, slots.i32() + n0 * k, wPart, w ? w->dtype : DType::F32, dPart,
         dst.dtype, H, int(k));
     G3RT_CUDA_CHECK_LAUNCH(args, what);
@@ -1045,20 +1075,25 @@ Status exclusiveScan(const KernelArgs &args, Scratch &scratch, const int32_t *in
 }
 
 // dy[m] = sum over the users i = (n, j) of row m, in (n, j) order, of
-// w[i] * dout[n]; rows nobody uses get 0.
+// w[i] * dout[n]; rows nobody uses get 0. V adjacent elements per thread.
+template <int V>
 __global__ void combineGradRows(const int32_t *start, const int32_t *users, const void *w,
                                 DType wt, const void *dout, DType dt, void *dy, DType yt,
                                 int64_t H, int k, int64_t m0) {
   const int64_t m = m0 + blockIdx.y;
-  const int64_t h = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t h = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (h >= H)
     return;
-  float acc = 0.0f;
+  float acc[V] = {};
   for (int32_t u = start[m]; u < start[m + 1]; ++u) {
     const int64_t i = users[u];
-    acc = __fadd_rn(acc, __fmul_rn(loadFloat(w, wt, i), loadFloat(dout, dt, (i / k) * H + h)));
+    const float wi = loadFloat(w, wt, i);
+    float v[V];
+    loadVec<V>(dout, dt, (i / k) * H + h, v);
+    for (int c = 0; c < V; ++c)
+      acc[c] = __fadd_rn(acc[c], __fmul_rn(wi, v[c]));
   }
-  storeFloat(dy, yt, m * H + h, acc);
+  storeVec<V>(dy, yt, m * H + h, acc);
 }
 
 // dweights[n, j] = <dout[n], y[slots[n, j]]> in double; one warp per (n, j).
@@ -1071,8 +1106,18 @@ __global__ void combineGradWeights(const void *y, DType yt, const int32_t *slots
     return;
   const int64_t n = i / k, row = slots[i];
   double d = 0;
-  for (int64_t h = lane; h < H; h += 32)
-    d += double(loadFloat(dout, dt, n * H + h)) * double(loadFloat(y, yt, row * H + h));
+  if (H % 4 == 0) {
+    for (int64_t h = 4 * lane; h < H; h += 128) {
+      float a[4], b[4];
+      loadVec<4>(dout, dt, n * H + h, a);
+      loadVec<4>(y, yt, row * H + h, b);
+      for (int c = 0; c < 4; ++c)
+        d += double(a[c]) * double(b[c]);
+    }
+  } else {
+    for (int64_t h = lane; h < H; h += 32)
+      d += double(loadFloat(dout, dt, n * H + h)) * double(loadFloat(y, yt, row * H + h));
+  }
   d = warpSum(d);
   if (lane == 0)
     storeFloat(dw, wt, i, float(d));
@@ -1116,10 +1161,11 @@ Status moeCombineGrad(const KernelArgs &args) {
     G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (ordering)");
     for (int64_t m0 = 0; m0 < M; m0 += 65535) {
       const int64_t rows = std::min<int64_t>(65535, M - m0);
-      dim3 grid(blocksFor(H, kRowThreads), unsigned(rows));
-      combineGradRows<<<grid, kRowThreads, 0, ctx.stream>>>(start, users, weights.data,
-                                                            weights.dtype, dout.data, dout.dtype,
-                                                            dy.data, dy.dtype, H, int(k), m0);
+      const int V = vecWidth(H);
+      dim3 grid(blocksFor(H / V, kRowThreads), unsigned(rows));
+      (V == 4 ? combineGradRows<4> : combineGradRows<1>)<<<grid, kRowThreads, 0, ctx.stream>>>(
+          start, users, weights.data, weights.dtype, dout.data, dout.dtype, dy.data, dy.dtype, H,
+          int(k), m0);
       G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (input grad)");
     }
   }

@@ -216,6 +216,61 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
   runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx});
 }
 
+/// The LoRA-sized products (lowrank_products.cu) of the expert and dense
+/// linear layers against the CPU: every rank the low-rank kernels take, both
+/// weight layouts, an expert without rows, rows past the last expert, experts
+/// spanning several row chunks, and a wide side that is not a multiple of the
+/// kernels' tiles.
+TEST(CudaKernels, LowRankProductsMatchTheCPU) {
+  const int64_t M = 1500, W = 264, E = 3;
+  const std::vector<int32_t> offsets = {0, 700, 700, 1400};
+  uint64_t stream = 0;
+  auto random = [&](DType t, std::vector<int64_t> shape, std::vector<uint8_t> &bytes) {
+    TensorView v = hostTensor(t, std::move(shape), bytes);
+    ++stream;
+    for (int64_t i = 0; i < v.numel(); ++i)
+      v.store(i, 2 * uniformAt(9, 0, stream, uint64_t(i)) - 1);
+    return v;
+  };
+  std::vector<uint8_t> ob;
+  TensorView off = hostTensor(DType::I32, {E + 1}, ob);
+  std::memcpy(off.data, offsets.data(), ob.size());
+  KernelAttrs attrs;
+  auto check = [&](const char *name, std::vector<TensorView> in, TensorView out, int64_t r) {
+    Status st;
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, {out}, st);
+    ASSERT_TRUE(st.ok()) << name << ": " << st.message();
+    EXPECT_LE(ratios[0], 1.0) << name << " with rank " << r << ", result of " << out.shape.size() << " dims, last " << out.shape.back();
+  };
+  for (int64_t r : {int64_t(8), int64_t(16), int64_t(24), int64_t(32)}) {
+    std::vector<uint8_t> b[12];
+    TensorView xWide = random(DType::BF16, {M, W}, b[0]), xRank = random(DType::BF16, {M, r}, b[1]);
+    TensorView wRankByWide = random(DType::BF16, {E, r, W}, b[2]),
+               wWideByRank = random(DType::BF16, {E, W, r}, b[3]);
+    TensorView yRank = hostTensor(DType::BF16, {M, r}, b[4]),
+               yWide = hostTensor(DType::BF16, {M, W}, b[5]);
+    // x·Aᵀ and u·Bᵀ, and their input gradients.
+    check("expert_linear", {xWide, off, wRankByWide}, yRank, r);
+    check("expert_linear", {xRank, off, wWideByRank}, yWide, r);
+    check("expert_linear_grad_input", {xWide, off, wWideByRank}, yRank, r);
+    check("expert_linear_grad_input", {xRank, off, wRankByWide}, yWide, r);
+    // dA and dB.
+    TensorView dA = hostTensor(DType::F32, {E, r, W}, b[6]), dB = hostTensor(DType::F32, {E, W, r}, b[7]);
+    check("expert_linear_grad_weight", {xRank, off, xWide}, dA, r);
+    check("expert_linear_grad_weight", {xWide, off, xRank}, dB, r);
+    // The dense layers: one group of all rows, with a batch dimension.
+    TensorView x3 = random(DType::BF16, {2, 750, W}, b[8]), u3 = random(DType::BF16, {2, 750, r}, b[9]);
+    TensorView a = random(DType::BF16, {r, W}, b[10]), bw = random(DType::BF16, {W, r}, b[11]);
+    std::vector<uint8_t> c[6];
+    check("linear", {x3, a}, hostTensor(DType::BF16, {2, 750, r}, c[0]), r);
+    check("linear", {u3, bw}, hostTensor(DType::BF16, {2, 750, W}, c[1]), r);
+    check("linear_grad_input", {x3, bw}, hostTensor(DType::BF16, {2, 750, r}, c[2]), r);
+    check("linear_grad_input", {u3, a}, hostTensor(DType::BF16, {2, 750, W}, c[3]), r);
+    check("linear_grad_weight", {u3, x3}, hostTensor(DType::F32, {r, W}, c[4]), r);
+    check("linear_grad_weight", {x3, u3}, hostTensor(DType::F32, {W, r}, c[5]), r);
+  }
+}
+
 /// rms_norm and its gradient on rows wider than the tiny steps' (a block per
 /// row) and on QK-norm-sized rows (a warp per row), bf16 activations.
 TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {

@@ -1,0 +1,430 @@
+//===- lowrank_products.cu - products with one side of LoRA rank ----------===//
+//
+// Tensor-core (WMMA, bf16 in, fp32 accumulate) kernels for products whose
+// narrow side is a LoRA rank. They are bound by reading or writing the wide
+// operand, so each block takes a tile of rows of one expert, stages both
+// operands through shared memory in 16-byte vectors, and writes its rows
+// once. Blocks find their expert from the offsets on the device: the grid is
+// sized for the worst split of rows into experts and the spare blocks exit.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/lowrank_products.h"
+
+#include "runtime/cuda/cuda_context.h"
+
+#include <mma.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace g3rt::cuda {
+namespace {
+
+using namespace nvcuda;
+using bf16 = __nv_bfloat16;
+
+constexpr int kThreads = 128; // four warps
+constexpr int kRowTile = 64;  // rows per block of the row-tiled products
+
+/// What a block does with its tile.
+enum class TileKind { Compute, Zero, Poison };
+
+struct Tile {
+  int64_t expert = 0, begin = 0, end = 0; // rows [begin, end) of `expert`
+  TileKind kind = TileKind::Compute;
+};
+
+__device__ int64_t offsetAt(const RowGroups &g, int64_t e) {
+  return g.offsets ? loadIndex(g.offsets, g.offsetType, e) : (e == 0 ? 0 : g.rows);
+}
+
+__device__ bool offsetsValid(const RowGroups &g) {
+  if (!g.offsets)
+    return true;
+  int64_t prev = offsetAt(g, 0);
+  if (prev != 0)
+    return false;
+  for (int64_t e = 1; e <= g.experts; ++e) {
+    int64_t o = offsetAt(g, e);
+    if (o < prev)
+      return false;
+    prev = o;
+  }
+  return prev <= g.rows;
+}
+
+/// Tile `t` when every expert's rows (and, with `withTail`, the rows past the
+/// last expert) are cut into tiles of `tileRows`; false past the last tile.
+/// With invalid offsets all rows form one group of poisoned tiles.
+__device__ bool findTile(const RowGroups &g, int64_t tileRows, int64_t t, bool withTail,
+                         Tile &tile) {
+  if (!offsetsValid(g)) {
+    if (t * tileRows >= g.rows)
+      return false;
+    tile = {0, t * tileRows, min(g.rows, (t + 1) * tileRows), TileKind::Poison};
+    return true;
+  }
+  int64_t groups = g.experts + (withTail ? 1 : 0);
+  int64_t lo = 0;
+  for (int64_t e = 0; e < groups; ++e) {
+    int64_t hi = e < g.experts ? offsetAt(g, e + 1) : g.rows;
+    int64_t n = (hi - lo + tileRows - 1) / tileRows;
+    if (t < n) {
+      tile = {e, lo + t * tileRows, min(hi, lo + (t + 1) * tileRows),
+              e < g.experts ? TileKind::Compute : TileKind::Zero};
+      return true;
+    }
+    t -= n;
+    lo = hi;
+  }
+  return false;
+}
+
+/// The most tiles findTile can return for `rows` rows in `experts` groups.
+int64_t maxTiles(int64_t rows, int64_t experts, int64_t tileRows) {
+  return (rows + tileRows - 1) / tileRows + experts + 1;
+}
+
+__device__ __forceinline__ uint4 load16(const bf16 *p, bool valid) {
+  return valid ? *reinterpret_cast<const uint4 *>(p) : make_uint4(0, 0, 0, 0);
+}
+__device__ __forceinline__ void store16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
+
+/// Fills rows [tile.begin, tile.end), columns [c0, c1) of y [*, ld] with 0
+/// or NaN.
+__device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, void *y, DType yt) {
+  float v = tile.kind == TileKind::Zero ? 0.0f : NAN;
+  int64_t cols = c1 - c0, n = (tile.end - tile.begin) * cols;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+    storeFloat(y, yt, (tile.begin + i / cols) * ld + c0 + i % cols, v);
+}
+
+//===----------------------------------------------------------------------===//
+// y = x·Wᵀ with N (the rank) narrow
+//===----------------------------------------------------------------------===//
+
+// A block takes 64 rows of one expert and walks K in chunks of 128: the next
+// chunk's operands are loaded into registers while the tensor cores work on
+// the current one in shared memory, so that each SM keeps enough loads in
+// flight for the memory bandwidth (there are only rows/64 blocks).
+template <int NF, bool WeightNK>
+__global__ void __launch_bounds__(kThreads)
+    narrowOutputDevice(RowGroups groups, const bf16 *x, int64_t K, const bf16 *w, int64_t N,
+                       void *y, DType yt) {
+  constexpr int BM = kRowTile, BK = 128, NP = 16 * NF;
+  constexpr int XV = BM * BK / 8 / kThreads, WV = NP * BK / 8 / kThreads; // vectors per thread
+  __shared__ __align__(32) bf16 xs[BM][BK + 8];
+  __shared__ __align__(32) bf16 ws[WeightNK ? NP : BK][WeightNK ? BK + 8 : NP + 8];
+  __shared__ __align__(32) float cs[BM][NP + 4];
+  Tile tile;
+  if (!findTile(groups, BM, blockIdx.x, true, tile))
+    return;
+  if (tile.kind != TileKind::Compute)
+    return fillTile(tile, 0, N, N, y, yt);
+  const int warp = threadIdx.x >> 5;
+  const int64_t rows = tile.end - tile.begin;
+  const bf16 *xt = x + tile.begin * K, *we = w + tile.expert * N * K;
+
+  // Vector v of a chunk: x row v / (BK/8), columns (v % (BK/8))·8; for W
+  // [N, K] row n = v / (BK/8) likewise, for W [K, N] row k = v / (NP/8).
+  uint4 xr[XV], wr[WV];
+  auto load = [&](int64_t k0) {
+    for (int i = 0; i < XV; ++i) {
+      int v = threadIdx.x + i * kThreads, r = v / (BK / 8), c = v % (BK / 8) * 8;
+      xr[i] = load16(xt + r * K + k0 + c, r < rows && k0 + c < K);
+    }
+    for (int i = 0; i < WV; ++i) {
+      int v = threadIdx.x + i * kThreads;
+      if (WeightNK) {
+        int n = v / (BK / 8), c = v % (BK / 8) * 8;
+        wr[i] = load16(we + n * K + k0 + c, n < N && k0 + c < K);
+      } else {
+        int k = v / (NP / 8), c = v % (NP / 8) * 8;
+        wr[i] = load16(we + (k0 + k) * N + c, k0 + k < K && c < N);
+      }
+    }
+  };
+  auto stage = [&]() {
+    for (int i = 0; i < XV; ++i) {
+      int v = threadIdx.x + i * kThreads;
+      store16(&xs[v / (BK / 8)][v % (BK / 8) * 8], xr[i]);
+    }
+    for (int i = 0; i < WV; ++i) {
+      int v = threadIdx.x + i * kThreads;
+      if (WeightNK)
+        store16(&ws[v / (BK / 8)][v % (BK / 8) * 8], wr[i]);
+      else
+        store16(&ws[v / (NP / 8)][v % (NP / 8) * 8], wr[i]);
+    }
+  };
+
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[NF];
+  for (int f = 0; f < NF; ++f)
+    wmma::fill_fragment(acc[f], 0.0f);
+  load(0);
+  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+    stage();
+    __syncthreads();
+    if (k0 + BK < K)
+      load(k0 + BK);
+    for (int s = 0; s < BK / 16; ++s) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a;
+      wmma::load_matrix_sync(a, &xs[warp * 16][s * 16], BK + 8);
+      for (int f = 0; f < NF; ++f) {
+        if constexpr (WeightNK) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+          wmma::load_matrix_sync(b, &ws[f * 16][s * 16], BK + 8);
+          wmma::mma_sync(acc[f], a, b, acc[f]);
+        } else {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+          wmma::load_matrix_sync(b, &ws[s * 16][f * 16], NP + 8);
+          wmma::mma_sync(acc[f], a, b, acc[f]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  for (int f = 0; f < NF; ++f)
+    wmma::store_matrix_sync(&cs[warp * 16][f * 16], acc[f], NP + 4, wmma::mem_row_major);
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < rows * N; i += kThreads)
+    storeFloat(y, yt, (tile.begin + i / N) * N + i % N, cs[i / N][i % N]);
+}
+
+//===----------------------------------------------------------------------===//
+// y = u·Wᵀ with R (the rank, the inner dimension) narrow
+//===----------------------------------------------------------------------===//
+
+template <int RF, bool WeightNR>
+__global__ void __launch_bounds__(kThreads)
+    narrowInnerDevice(RowGroups groups, const bf16 *u, int64_t R, const bf16 *w, int64_t N,
+                      void *y, DType yt) {
+  constexpr int BM = kRowTile, BN = 128, RP = 16 * RF;
+  __shared__ __align__(32) bf16 us[BM][RP + 8];
+  __shared__ __align__(32) bf16 ws[WeightNR ? BN : RP][WeightNR ? RP + 8 : BN + 8];
+  __shared__ __align__(32) float cs[4][16][BN + 4];
+  Tile tile;
+  if (!findTile(groups, BM, blockIdx.x, true, tile))
+    return;
+  const int64_t n0 = int64_t(blockIdx.y) * BN, n1 = min(N, n0 + BN);
+  if (tile.kind != TileKind::Compute)
+    return fillTile(tile, n0, n1, N, y, yt);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int64_t rows = tile.end - tile.begin;
+  const bf16 *ut = u + tile.begin * R, *we = w + tile.expert * N * R;
+
+  for (int v = threadIdx.x; v < BM * RP / 8; v += kThreads) {
+    int r = v / (RP / 8), c = v % (RP / 8) * 8;
+    store16(&us[r][c], load16(ut + r * R + c, r < rows && c < R));
+  }
+  if (WeightNR) {
+    for (int v = threadIdx.x; v < BN * RP / 8; v += kThreads) {
+      int n = v / (RP / 8), c = v % (RP / 8) * 8;
+      store16(&ws[n][c], load16(we + (n0 + n) * R + c, n0 + n < N && c < R));
+    }
+  } else {
+    for (int v = threadIdx.x; v < RP * BN / 8; v += kThreads) {
+      int j = v / (BN / 8), c = v % (BN / 8) * 8;
+      store16(&ws[j][c], load16(we + j * N + n0 + c, j < R && n0 + c < N));
+    }
+  }
+  __syncthreads();
+  wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major> a[RF];
+  for (int s = 0; s < RF; ++s)
+    wmma::load_matrix_sync(a[s], &us[warp * 16][s * 16], RP + 8);
+  for (int f = 0; f < BN / 16; ++f) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int s = 0; s < RF; ++s) {
+      if constexpr (WeightNR) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major> b;
+        wmma::load_matrix_sync(b, &ws[f * 16][s * 16], RP + 8);
+        wmma::mma_sync(acc, a[s], b, acc);
+      } else {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+        wmma::load_matrix_sync(b, &ws[s * 16][f * 16], BN + 8);
+        wmma::mma_sync(acc, a[s], b, acc);
+      }
+    }
+    wmma::store_matrix_sync(&cs[warp][0][f * 16], acc, BN + 4, wmma::mem_row_major);
+  }
+  __syncwarp();
+  // Each lane writes four adjacent columns of the warp's rows (N is a
+  // multiple of 8, so a group of four is inside or outside as a whole).
+  const int64_t col = n0 + 4 * lane;
+  if (col >= n1)
+    return;
+  for (int i = 0; i < 16; ++i) {
+    int64_t r = warp * 16 + i;
+    if (r >= rows)
+      break;
+    const float *c = &cs[warp][i][4 * lane];
+    storeFloat4(y, yt, ((tile.begin + r) * N + col) / 4, make_float4(c[0], c[1], c[2], c[3]));
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// dW = dyᵀ·x with O or I (the rank) narrow
+//===----------------------------------------------------------------------===//
+
+constexpr int kGradRows = 32; // rows staged per step
+constexpr int kGradCols = 128;
+
+/// Partial sums over the rows of one chunk (a findTile tile of `chunkRows`
+/// rows of one expert): part[chunk][p][q] = Σ_m narrow[m, p]·wide[m, q] for
+/// a [P, Q] result, P the rank padded to PP = 16·PF, Q padded to Qp.
+template <int PF>
+__global__ void __launch_bounds__(kThreads)
+    narrowGradPartialDevice(RowGroups groups, int64_t chunkRows, const bf16 *narrow, int64_t P,
+                            const bf16 *wide, int64_t Q, int64_t Qp, float *part) {
+  constexpr int BK = kGradRows, BQ = kGradCols, PP = 16 * PF;
+  __shared__ __align__(32) bf16 as[BK][PP + 8];
+  __shared__ __align__(32) bf16 bs[BK][BQ + 8];
+  Tile tile;
+  if (!findTile(groups, chunkRows, blockIdx.x, false, tile) || tile.kind != TileKind::Compute)
+    return;
+  const int warp = threadIdx.x >> 5;
+  const int64_t q0 = int64_t(blockIdx.y) * BQ;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[PF][2];
+  for (int f = 0; f < PF; ++f)
+    for (int h = 0; h < 2; ++h)
+      wmma::fill_fragment(acc[f][h], 0.0f);
+  for (int64_t r0 = tile.begin; r0 < tile.end; r0 += BK) {
+    for (int v = threadIdx.x; v < BK * PP / 8; v += kThreads) {
+      int r = v / (PP / 8), c = v % (PP / 8) * 8;
+      store16(&as[r][c], load16(narrow + (r0 + r) * P + c, r0 + r < tile.end && c < P));
+    }
+    for (int v = threadIdx.x; v < BK * BQ / 8; v += kThreads) {
+      int r = v / (BQ / 8), c = v % (BQ / 8) * 8;
+      store16(&bs[r][c], load16(wide + (r0 + r) * Q + q0 + c, r0 + r < tile.end && q0 + c < Q));
+    }
+    __syncthreads();
+    for (int s = 0; s < BK / 16; ++s) {
+      for (int f = 0; f < PF; ++f) {
+        // A = narrowᵀ: element (p, m) at as[m][p], i.e. column-major.
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> a;
+        wmma::load_matrix_sync(a, &as[s * 16][f * 16], PP + 8);
+        for (int h = 0; h < 2; ++h) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> b;
+          wmma::load_matrix_sync(b, &bs[s * 16][warp * 32 + h * 16], BQ + 8);
+          wmma::mma_sync(acc[f][h], a, b, acc[f][h]);
+        }
+      }
+    }
+    __syncthreads();
+  }
+  float *out = part + int64_t(blockIdx.x) * PP * Qp;
+  for (int f = 0; f < PF; ++f)
+    for (int h = 0; h < 2; ++h)
+      wmma::store_matrix_sync(out + int64_t(f * 16) * Qp + q0 + warp * 32 + h * 16, acc[f][h],
+                              unsigned(Qp), wmma::mem_row_major);
+}
+
+/// dW_e from the partial sums of expert e's chunks, added in chunk order.
+/// Element (p, q) of the [P, Q] result is dW_e[p, q] when the rank is O
+/// (`narrowIsOut`), else dW_e[q, p].
+__global__ void narrowGradReduceDevice(RowGroups groups, int64_t chunkRows, const float *part,
+                                       int64_t P, int64_t PP, int64_t Q, int64_t Qp,
+                                       bool narrowIsOut, void *dw, DType dwt) {
+  const bool valid = offsetsValid(groups);
+  const int64_t n = groups.experts * P * Q;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t e = i / (P * Q), p = i % (P * Q) / Q, q = i % Q;
+    float s = NAN;
+    if (valid) {
+      int64_t first = 0;
+      for (int64_t k = 0; k < e; ++k)
+        first += (offsetAt(groups, k + 1) - offsetAt(groups, k) + chunkRows - 1) / chunkRows;
+      int64_t count = (offsetAt(groups, e + 1) - offsetAt(groups, e) + chunkRows - 1) / chunkRows;
+      s = 0.0f;
+      for (int64_t c = first; c < first + count; ++c)
+        s += part[(c * PP + p) * Qp + q];
+    }
+    storeFloat(dw, dwt, e * P * Q + (narrowIsOut ? p * Q + q : q * P + p), s);
+  }
+}
+
+unsigned gridFor(int64_t n) { return unsigned(std::clamp<int64_t>((n + 255) / 256, 1, 8192)); }
+
+} // namespace
+
+bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2) {
+  return a == DType::BF16 && b == DType::BF16 && rank > 0 && rank <= kMaxLowRank &&
+         rank % 8 == 0 && wide1 > 0 && wide1 % 8 == 0 && wide2 >= 0 && wide2 % 8 == 0;
+}
+
+cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
+                                int64_t K, const void *w, bool weightNK, int64_t N, void *y,
+                                DType yType) {
+  const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
+  if (tiles > INT32_MAX)
+    return cudaErrorInvalidConfiguration;
+  auto launch = [&](auto kernel) {
+    kernel<<<unsigned(tiles), kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(x), K,
+                                                     static_cast<const bf16 *>(w), N, y, yType);
+  };
+  if (N <= 16)
+    weightNK ? launch(narrowOutputDevice<1, true>) : launch(narrowOutputDevice<1, false>);
+  else
+    weightNK ? launch(narrowOutputDevice<2, true>) : launch(narrowOutputDevice<2, false>);
+  return cudaGetLastError();
+}
+
+cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
+                               int64_t R, const void *w, bool weightNR, int64_t N, void *y,
+                               DType yType) {
+  const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
+  const int64_t colTiles = (N + 127) / 128;
+  if (tiles > INT32_MAX || colTiles > 65535)
+    return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(colTiles));
+  auto launch = [&](auto kernel) {
+    kernel<<<grid, kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(u), R,
+                                          static_cast<const bf16 *>(w), N, y, yType);
+  };
+  if (R <= 16)
+    weightNR ? launch(narrowInnerDevice<1, true>) : launch(narrowInnerDevice<1, false>);
+  else
+    weightNR ? launch(narrowInnerDevice<2, true>) : launch(narrowInnerDevice<2, false>);
+  return cudaGetLastError();
+}
+
+cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
+                              int64_t O, const void *x, int64_t I, void *dw, DType dwType,
+                              void *scratch, size_t scratchBytes) {
+  const bool narrowIsOut = O <= kMaxLowRank;
+  const int64_t P = narrowIsOut ? O : I, Q = narrowIsOut ? I : O;
+  const bf16 *narrow = static_cast<const bf16 *>(narrowIsOut ? dy : x);
+  const bf16 *wide = static_cast<const bf16 *>(narrowIsOut ? x : dy);
+  const int64_t PP = P <= 16 ? 16 : 32, Qp = (Q + kGradCols - 1) / kGradCols * kGradCols;
+  // Chunks of 512 rows keep a few hundred blocks busy at LoRA sizes; longer
+  // chunks where the partial sums would not fit the scratch space.
+  int64_t chunkRows = 512, chunks = 0;
+  for (;; chunkRows *= 2) {
+    chunks = maxTiles(groups.rows, groups.experts, chunkRows);
+    if (size_t(chunks) * size_t(PP) * size_t(Qp) * sizeof(float) <= scratchBytes)
+      break;
+    if (chunkRows > groups.rows)
+      return cudaErrorMemoryAllocation;
+  }
+  if (chunks > INT32_MAX || Qp / kGradCols > 65535)
+    return cudaErrorInvalidConfiguration;
+  float *part = static_cast<float *>(scratch);
+  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(Qp / kGradCols));
+  if (PP == 16)
+    narrowGradPartialDevice<1><<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide,
+                                                              Q, Qp, part);
+  else
+    narrowGradPartialDevice<2><<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide,
+                                                              Q, Qp, part);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    return e;
+  narrowGradReduceDevice<<<gridFor(groups.experts * P * Q), 256, 0, stream>>>(
+      groups, chunkRows, part, P, PP, Q, Qp, narrowIsOut, dw, dwType);
+  return cudaGetLastError();
+}
+
+} // namespace g3rt::cuda
