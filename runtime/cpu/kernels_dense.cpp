@@ -751,14 +751,34 @@ Status callKernel(const KernelArgs &args, KernelFn kernel, const char *name,
   return kernel(sub).withContext(std::string(args.name));
 }
 
+/// Checks the optional per-row logsumexp of the fused LM-head loss: f32,
+/// one entry per row.
+Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_t rows) {
+  if (lse.dtype != DType::F32 || lse.numel() != rows)
+    return args.fail("lse must be f32 with one entry per row of the input (" +
+                     std::to_string(rows) + "), got " + describe(lse));
+  return Status();
+}
+
 /// lm_head + cross_entropy over chunks of rows: the full logits never exist.
+/// With a second output, each row's logsumexp (0 on ignored rows) for
+/// lm_head_cross_entropy_grad.
 Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 1));
+  if (args.inputs.size() != 4 || args.outputs.empty() || args.outputs.size() > 2)
+    return args.fail("expected 4 inputs and 1 or 2 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   int64_t rows = leadingRows(x), V = table.dim(0);
   if (targets.numel() != rows)
     return args.fail("targets must have one entry per row of the input (" +
                      std::to_string(rows) + ")");
+  const bool wantLse = args.outputs.size() == 2;
+  int64_t ignoreIndex = 0;
+  if (wantLse) {
+    G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.outputs[1], rows));
+    G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
+  }
   double total = 0;
   Scratch chunkLoss({});
   for (int64_t r0 = 0; r0 < rows; r0 += kHeadChunkRows) {
@@ -770,21 +790,34 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
                                     {logits.view, rowSlice(targets, r0, n, true), args.inputs[3]},
                                     {chunkLoss.view}));
     total += chunkLoss.data[0];
+    for (int64_t r = 0; wantLse && r < n; ++r) {
+      int64_t t = loadIndex(targets, r0 + r);
+      // (cross_entropy has refused targets out of range.)
+      double lse = t == ignoreIndex ? 0.0 : logSumExp(logits.data.data() + r * V, V);
+      args.outputs[1].store(r0 + r, float(lse));
+    }
   }
   args.outputs[0].store(0, float(total));
   return Status();
 }
 
 /// The gradient of lmHeadCrossEntropyKernel, chunk by chunk; the table
-/// gradient only when its output is present.
+/// gradient only when its output is present. The reference recomputes the
+/// rows' logsumexp; a sixth input (the forward's lse, which the CUDA kernels
+/// use instead) holds the same values and is only checked.
 Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 5 || args.outputs.empty() || args.outputs.size() > 2)
-    return args.fail("expected 5 inputs and 1 or 2 outputs");
+  if (args.inputs.size() < 5 || args.inputs.size() > 6 || args.outputs.empty() ||
+      args.outputs.size() > 2)
+    return args.fail("expected 5 or 6 inputs and 1 or 2 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   int64_t rows = leadingRows(x), V = table.dim(0), H = table.dim(1);
   if (targets.numel() != rows)
     return args.fail("targets must have one entry per row of the input (" +
                      std::to_string(rows) + ")");
+  if (args.inputs.size() == 6)
+    G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.inputs[5], rows));
   bool wantTable = args.outputs.size() == 2;
   Scratch tableGrad({V, H}), chunkTableGrad({V, H});
   for (int64_t r0 = 0; r0 < rows; r0 += kHeadChunkRows) {

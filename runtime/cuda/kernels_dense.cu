@@ -1481,15 +1481,15 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
 // them into the row's running (max, sum); the last chunk writes the row's
 // loss term, and the terms are summed in row order at the end.
 //
-// Backward, per row block: that sweep again for the rows' logsumexp, then a
-// second sweep that recomputes each tile's logits (except the last chunk's,
+// Backward, per row block: that sweep again for the rows' logsumexp (unless
+// the forward's lse output is given), then a second sweep that recomputes each tile's logits (except the last chunk's,
 // still in the buffer from the first sweep, which is why it goes backwards),
 // turns them into the logit gradient in one kernel per row (cap, softmax,
 // onehot, scale, cap derivative, bf16 split), and multiplies it back:
 // dx[rows] += g'·table[chunk] (fp32, across the chunks) and table_grad[chunk]
-// += g'ᵀ·x[rows] (beta = 1 after the first row block). This is one more logit
-// GEMM than the CPU's scheme per row block (the first sweep), about 1/6 of
-// the backward's products.
+// += g'ᵀ·x[rows] (beta = 1 after the first row block). Without the forward's
+// lse, the first sweep is one more logit GEMM per row block than the CPU's
+// scheme.
 //
 // With bf16 x and table (the model's case), g' goes into the products as the
 // bf16 pair hi + lo (splitBf16), as in lm_head_grad, except that a bf16 dx
@@ -1555,12 +1555,14 @@ Status planHeadTiles(const KernelArgs &args, int64_t M, int64_t V, size_t bytes,
 // max, then the double sum) give the same value up to double rounding. Takes
 // the target's logit when it lies in the chunk (targetLogit given). After the
 // last chunk: lse[r] and, with rowLoss, the row's term and whether it counts
-// (as crossEntropyRowsDevice).
+// (as crossEntropyRowsDevice); with lseOut, the op's lse output (0 on ignored
+// rows, NaN on bad targets, as on the CPU).
 __global__ void headLossStatsDevice(const float *logits, int64_t mb, int64_t vc, int64_t v0,
                                     int64_t V, const void *targets, DType tt, int64_t m0,
                                     int64_t ignoreIndex, float softcap, bool first, bool last,
                                     float *runMax, double *runSum, float *targetLogit,
-                                    double *lse, double *rowLoss, int *counted) {
+                                    double *lse, double *rowLoss, int *counted,
+                                    float *lseOut) {
   for (int64_t r = blockIdx.x; r < mb; r += gridDim.x) {
     int64_t t = loadIndex(targets, tt, m0 + r);
     bool ignored = t == ignoreIndex;
@@ -1569,6 +1571,8 @@ __global__ void headLossStatsDevice(const float *logits, int64_t mb, int64_t vc,
         rowLoss[m0 + r] = ignored ? 0.0 : double(NAN);
         counted[m0 + r] = ignored ? 0 : 1;
       }
+      if (last && lseOut && threadIdx.x == 0)
+        lseOut[m0 + r] = ignored ? 0.0f : NAN;
       continue;
     }
     const float *row = logits + r * vc;
@@ -1611,6 +1615,8 @@ __global__ void headLossStatsDevice(const float *logits, int64_t mb, int64_t vc,
         double rowLse = double(M) + log(S);
         if (lse)
           lse[r] = rowLse;
+        if (lseOut)
+          lseOut[m0 + r] = float(rowLse);
         if (rowLoss) {
           rowLoss[m0 + r] = rowLse - double(targetLogit[r]);
           counted[m0 + r] = 1;
@@ -1702,13 +1708,29 @@ bool nativeLogits(const TensorView &x, const TensorView &table) {
   return x.dtype == table.dtype && nativeCombination(x.dtype, DType::F32);
 }
 
+/// The optional per-row logsumexp of the fused head: f32, one per row.
+Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_t rows) {
+  if (lse.dtype != DType::F32 || lse.numel() != rows)
+    return args.fail("lse must be f32 with one entry per row of the input (" +
+                     std::to_string(rows) + "), got " + describe(lse));
+  return Status();
+}
+
 Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 1));
+  if (args.inputs.size() != 4 || args.outputs.empty() || args.outputs.size() > 2)
+    return args.fail("expected 4 inputs and 1 or 2 outputs, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
   HeadLossShape s;
   G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   const TensorView &n = args.inputs[3], &loss = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkScalarFloat(args, loss, "result"));
+  float *lseOut = nullptr;
+  if (args.outputs.size() == 2) {
+    G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.outputs[1], s.M));
+    lseOut = static_cast<float *>(args.outputs[1].data);
+  }
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   // Every row's term, summed in row order at the end.
@@ -1745,7 +1767,8 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
                                 Output{logits, DType::F32, vc}, 0.0f));
       headLossStatsDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
           logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
-          j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted);
+          j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted,
+          lseOut);
       G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy rows");
     }
   }
@@ -1755,9 +1778,16 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
   return Status();
 }
 
+__global__ void widenDevice(const float *in, int64_t n, double *out) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += int64_t(gridDim.x) * blockDim.x)
+    out[i] = in[i];
+}
+
 Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 5 || args.outputs.empty() || args.outputs.size() > 2)
-    return args.fail("expected 5 inputs and 1 or 2 outputs, got " +
+  if (args.inputs.size() < 5 || args.inputs.size() > 6 || args.outputs.empty() ||
+      args.outputs.size() > 2)
+    return args.fail("expected 5 or 6 inputs and 1 or 2 outputs, got " +
                      std::to_string(args.inputs.size()) + " and " +
                      std::to_string(args.outputs.size()));
   HeadLossShape s;
@@ -1767,6 +1797,12 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkScalarFloat(args, dloss, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", s.M, s.H));
+  // The forward's per-row logsumexp, when given, replaces sweep 1 below.
+  const float *lseIn = nullptr;
+  if (args.inputs.size() == 6) {
+    G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.inputs[5], s.M));
+    lseIn = static_cast<const float *>(args.inputs[5].data);
+  }
   const bool wantTable = args.outputs.size() == 2;
   const TensorView *dtable = wantTable ? &args.outputs[1] : nullptr;
   if (wantTable) {
@@ -1829,13 +1865,17 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
                   Output{logits, DType::F32, vc}, 0.0f);
     };
 
-    // Sweep 1: the rows' logsumexp.
-    for (int64_t j = 0; j < chunks; ++j) {
+    // Sweep 1: the rows' logsumexp, unless the forward gave it.
+    if (lseIn) {
+      widenDevice<<<blocksFor(mb), kThreads, 0, ctx.stream>>>(lseIn + m0, mb, lse);
+      G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_grad logsumexp");
+    }
+    for (int64_t j = 0; !lseIn && j < chunks; ++j) {
       const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
       G3RT_RETURN_IF_ERROR(computeLogits(v0, vc));
       headLossStatsDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
           logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
-          j == 0, j == chunks - 1, runMax, runSum, nullptr, lse, nullptr, nullptr);
+          j == 0, j == chunks - 1, runMax, runSum, nullptr, lse, nullptr, nullptr, nullptr);
       G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_grad logsumexp");
     }
 
@@ -1854,11 +1894,12 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
         dxDirect ? Output{offsetBytes(dx.data, dx.dtype, m0 * s.H), DType::F32, s.H}
                  : Output{dxAcc, DType::F32, s.H};
 
-    // Sweep 2, last chunk first: its logits are still in the buffer.
+    // Sweep 2, last chunk first: after sweep 1 its logits are still in the
+    // buffer.
     for (int64_t j = chunks - 1; j >= 0; --j) {
       const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
       const bool dxFirst = j == chunks - 1; // dx accumulates from this chunk on
-      if (!dxFirst)
+      if (!dxFirst || lseIn)
         G3RT_RETURN_IF_ERROR(computeLogits(v0, vc));
       __nv_bfloat16 *hi = pair, *lo = split ? pair + mb * vc : nullptr;
       headLossGradDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(

@@ -214,6 +214,13 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
   grad.store(0, 1.0f);
   runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx, dt});
   runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx});
+  // With the forward's per-row logsumexp (the CPU's), which the backward
+  // then takes instead of its own first sweep.
+  std::vector<uint8_t> lseb;
+  TensorView lse = hostTensor(DType::F32, {rows}, lseb);
+  runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss, lse});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad, lse}, {dx, dt});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad, lse}, {dx});
 }
 
 /// The LoRA-sized products (lowrank_products.cu) of the expert and dense

@@ -320,18 +320,23 @@ def G3MoE_LMHeadCrossEntropyGradOp : G3MoE_GradOp<"lm_head_cross_entropy_grad"> 
     of rows so that the [tokens, vocab] logits and their gradient never exist
     in full: per chunk the logits are recomputed, turned into
     `(softmax - onehot) * grad / num_items` (through the softcap's
-    derivative when set) and multiplied back.
+    derivative when set) and multiplied back. The rows' logsumexp comes from
+    the optional `lse` operand (the forward op's `lse` result) when given;
+    without it the kernels compute it in a sweep of their own.
 
     ```mlir
     %dx, %dt = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %g {ignore_index = -100 : i64}
         : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>)
         -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+    %dx2 = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %g, %lse {ignore_index = -100 : i64}
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>,
+           tensor<2x16xf32>) -> tensor<2x16x64xbf16>
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
                        G3MoE_IndexTensor:$targets, G3MoE_Scalar:$num_items,
-                       G3MoE_Scalar:$grad, OptionalAttr<F64Attr>:$softcap,
-                       I64Attr:$ignore_index);
+                       G3MoE_Scalar:$grad, Optional<RankedTensorOf<[F32]>>:$lse,
+                       OptionalAttr<F64Attr>:$softcap, I64Attr:$ignore_index);
   let results = (outs G3MoE_FloatTensor:$input_grad,
                       Optional<RankedTensorOf<[F32]>>:$table_grad);
 }

@@ -313,8 +313,13 @@ static LogicalResult verifyFusedHead(Operation *op, RankedTensorType x,
 }
 
 LogicalResult LMHeadCrossEntropyOp::verify() {
-  return verifyFusedHead(*this, getInput().getType(), getTable().getType(),
-                         getTargets().getType());
+  if (failed(verifyFusedHead(*this, getInput().getType(), getTable().getType(),
+                             getTargets().getType())))
+    return failure();
+  if (Value lse = getLse())
+    return expectShape(*this, "lse", cast<RankedTensorType>(lse.getType()),
+                       getTargets().getType().getShape());
+  return success();
 }
 
 LogicalResult ExpertLoadOp::verify() {

@@ -430,15 +430,23 @@ def G3MoE_LMHeadCrossEntropyOp : G3MoE_Op<"lm_head_cross_entropy", [Pure]> {
     --g3moe-fuse-lm-head-loss; differentiated before fusion, so it has no
     gradient rule of its own.
 
+    The optional `lse` result holds each row's logsumexp over the (capped)
+    logits, 0 on ignored rows (and NaN on the CUDA backend for a target out
+    of range, an error on the CPU), shaped like `targets`: `lm_head_cross_entropy_grad` takes it instead of
+    sweeping the vocabulary once more for it.
+
     ```mlir
     %loss = g3moe.lm_head_cross_entropy %h, %emb, %t, %n {ignore_index = -100 : i64}
         : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> tensor<f32>
+    %loss2, %lse = g3moe.lm_head_cross_entropy %h, %emb, %t, %n {ignore_index = -100 : i64}
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>)
+        -> (tensor<f32>, tensor<2x16xf32>)
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
                        G3MoE_IndexTensor:$targets, G3MoE_Scalar:$num_items,
                        OptionalAttr<F64Attr>:$softcap, I64Attr:$ignore_index);
-  let results = (outs G3MoE_Scalar:$result);
+  let results = (outs G3MoE_Scalar:$result, Optional<RankedTensorOf<[F32]>>:$lse);
   let assemblyFormat = [{
     $input `,` $table `,` $targets `,` $num_items attr-dict `:` functional-type(operands, results)
   }];

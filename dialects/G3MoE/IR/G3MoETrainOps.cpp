@@ -122,6 +122,9 @@ LogicalResult LMHeadCrossEntropyGradOp::verify() {
   if (Value tg = getTableGrad())
     if (failed(sameShape(*this, "table_grad", tg, getTable())))
       return failure();
+  if (Value lse = getLse())
+    if (failed(sameShape(*this, "lse", lse, getTargets())))
+      return failure();
   return expectShape(*this, "targets", getTargets().getType(), x.getShape().drop_back());
 }
 

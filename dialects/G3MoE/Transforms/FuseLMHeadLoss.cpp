@@ -3,7 +3,8 @@
 // Implements --g3moe-fuse-lm-head-loss. The LM head of a 262K-token
 // vocabulary makes the largest tensors of a step: fp32 logits and their
 // gradient, each [tokens, vocab]. Fusing the head with the loss lets the
-// kernels work on chunks of rows and never hold either in full.
+// kernels work on chunks of rows and never hold either in full; the forward
+// hands its rows' logsumexp to the backward.
 //
 //===----------------------------------------------------------------------===//
 
@@ -30,7 +31,7 @@ struct FuseForward : OpRewritePattern<CrossEntropyOp> {
     if (!head)
       return rewriter.notifyMatchFailure(ce, "logits do not come from lm_head");
     rewriter.replaceOpWithNewOp<LMHeadCrossEntropyOp>(
-        ce, ce.getType(), head.getInput(), head.getTable(), ce.getTargets(),
+        ce, ce.getType(), /*lse=*/Type(), head.getInput(), head.getTable(), ce.getTargets(),
         ce.getNumItems(), head.getSoftcapAttr(), ce.getIgnoreIndexAttr());
     return success();
   }
@@ -53,7 +54,7 @@ struct FuseBackward : OpRewritePattern<LMHeadGradOp> {
     auto fused = LMHeadCrossEntropyGradOp::create(
         rewriter, grad.getLoc(), grad.getInputGrad().getType(), tableGradType,
         grad.getInput(), grad.getTable(), ceGrad.getTargets(), ceGrad.getNumItems(),
-        ceGrad.getGrad(), grad.getSoftcapAttr(), ceGrad.getIgnoreIndexAttr());
+        ceGrad.getGrad(), /*lse=*/Value(), grad.getSoftcapAttr(), ceGrad.getIgnoreIndexAttr());
     rewriter.replaceAllUsesWith(grad.getInputGrad(), fused.getInputGrad());
     if (wantTable)
       rewriter.replaceAllUsesWith(grad.getTableGrad(), fused.getTableGrad());
@@ -61,6 +62,47 @@ struct FuseBackward : OpRewritePattern<LMHeadGradOp> {
     return success();
   }
 };
+
+/// The forward of `grad`: an lm_head_cross_entropy of the same operands and
+/// attributes before it in its block, or null.
+LMHeadCrossEntropyOp forwardOf(LMHeadCrossEntropyGradOp grad) {
+  for (Operation *user : grad.getInput().getUsers()) {
+    auto fwd = dyn_cast<LMHeadCrossEntropyOp>(user);
+    if (fwd && fwd->getBlock() == grad->getBlock() && fwd->isBeforeInBlock(grad) &&
+        fwd.getTable() == grad.getTable() && fwd.getTargets() == grad.getTargets() &&
+        fwd.getNumItems() == grad.getNumItems() &&
+        fwd.getSoftcapAttr() == grad.getSoftcapAttr() &&
+        fwd.getIgnoreIndexAttr() == grad.getIgnoreIndexAttr())
+      return fwd;
+  }
+  return {};
+}
+
+/// Gives each fused backward its forward's logsumexp (an `lse` result added
+/// to the forward), which saves the backward a sweep over the vocabulary.
+void linkLogSumExp(Operation *root) {
+  SmallVector<LMHeadCrossEntropyGradOp> grads;
+  root->walk([&](LMHeadCrossEntropyGradOp grad) {
+    if (!grad.getLse())
+      grads.push_back(grad);
+  });
+  for (LMHeadCrossEntropyGradOp grad : grads) {
+    LMHeadCrossEntropyOp fwd = forwardOf(grad);
+    if (!fwd)
+      continue;
+    if (!fwd.getLse()) {
+      OpBuilder b(fwd);
+      auto lseType = RankedTensorType::get(fwd.getTargets().getType().getShape(), b.getF32Type());
+      auto withLse = LMHeadCrossEntropyOp::create(
+          b, fwd.getLoc(), fwd.getResult().getType(), lseType, fwd.getInput(), fwd.getTable(),
+          fwd.getTargets(), fwd.getNumItems(), fwd.getSoftcapAttr(), fwd.getIgnoreIndexAttr());
+      fwd.getResult().replaceAllUsesWith(withLse.getResult());
+      fwd.erase();
+      fwd = withLse;
+    }
+    grad.getLseMutable().assign(fwd.getLse());
+  }
+}
 
 struct G3MoEFuseLMHeadLossPass
     : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEFuseLMHeadLossPass> {
@@ -71,6 +113,7 @@ struct G3MoEFuseLMHeadLossPass
     // pure, so the driver erases them.
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
+    linkLogSumExp(getOperation());
   }
 };
 

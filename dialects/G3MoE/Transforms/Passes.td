@@ -102,8 +102,10 @@ def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> 
     `lm_head_cross_entropy_grad(x, table, ...)`, whose table gradient is
     computed only when something uses it. Afterwards the [tokens, vocab]
     logits exist only where something else reads them (token accuracy in
-    the evaluation forward). Runs after autodiff: the fused ops have no
-    gradient rule.
+    the evaluation forward). A fused backward whose forward (same operands
+    and attributes) precedes it in its block takes the forward's per-row
+    logsumexp (the forward's `lse` result) instead of recomputing it. Runs
+    after autodiff: the fused ops have no gradient rule.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }

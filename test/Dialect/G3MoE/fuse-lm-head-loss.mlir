@@ -1,5 +1,6 @@
 // --g3moe-fuse-lm-head-loss: the LM head and the cross-entropy become one
-// chunked op forward and backward; the table gradient only when used.
+// chunked op forward and backward; the table gradient only when used; the
+// backward takes the forward's per-row logsumexp.
 // RUN: g3moe-opt %s --split-input-file --g3moe-fuse-lm-head-loss | FileCheck %s
 
 // CHECK-LABEL: func.func @frozen_table
@@ -8,12 +9,12 @@ func.func @frozen_table(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tens
   %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
   %l = g3moe.lm_head %h, %emb {softcap = 30.0 : f64}
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>) -> tensor<2x16x512xf32>
-  // CHECK: %[[LOSS:.*]] = g3moe.lm_head_cross_entropy %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {ignore_index = -100 : i64, softcap = 3.000000e+01 : f64}
+  // CHECK: %[[LOSS:.*]], %[[LSE:.*]] = g3moe.lm_head_cross_entropy %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {ignore_index = -100 : i64, softcap = 3.000000e+01 : f64}{{.*}} -> (tensor<f32>, tensor<2x16xf32>)
   %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
       : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>) -> tensor<f32>
   %dl = g3moe.cross_entropy_grad %l, %t, %n, %g {ignore_index = -100 : i64}
       : (tensor<2x16x512xf32>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> tensor<2x16x512xf32>
-  // CHECK: %[[DX:.*]] = g3moe.lm_head_cross_entropy_grad {{.*}} : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> tensor<2x16x64xbf16>
+  // CHECK: %[[DX:.*]] = g3moe.lm_head_cross_entropy_grad {{.*}}, %[[LSE]] {{.*}} : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>, tensor<2x16xf32>) -> tensor<2x16x64xbf16>
   %dx, %dt = g3moe.lm_head_grad %h, %emb, %dl {softcap = 30.0 : f64}
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16x512xf32>) -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
   // CHECK-NOT: g3moe.lm_head
@@ -31,12 +32,12 @@ func.func @trained_table(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f3
   %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
   // CHECK: %[[L:.*]] = g3moe.lm_head
   %l = g3moe.lm_head %h, %emb : (tensor<2x64xbf16>, tensor<512x64xbf16>) -> tensor<2x512xf32>
-  // CHECK: g3moe.lm_head_cross_entropy
+  // CHECK: %{{.*}}, %[[LSE2:.*]] = g3moe.lm_head_cross_entropy
   %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
       : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>) -> tensor<f32>
   %dl = g3moe.cross_entropy_grad %l, %t, %n, %g {ignore_index = -100 : i64}
       : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>, tensor<f32>) -> tensor<2x512xf32>
-  // CHECK: %{{.*}}, %[[DT:.*]] = g3moe.lm_head_cross_entropy_grad {{.*}} -> (tensor<2x64xbf16>, tensor<512x64xf32>)
+  // CHECK: %{{.*}}, %[[DT:.*]] = g3moe.lm_head_cross_entropy_grad {{.*}}, %[[LSE2]] {{.*}} -> (tensor<2x64xbf16>, tensor<512x64xf32>)
   %dx, %dt = g3moe.lm_head_grad %h, %emb, %dl
       : (tensor<2x64xbf16>, tensor<512x64xbf16>, tensor<2x512xf32>) -> (tensor<2x64xbf16>, tensor<512x64xf32>)
   // CHECK: %[[C:.*]], %{{.*}} = g3moe.token_accuracy %[[L]]
@@ -44,4 +45,17 @@ func.func @trained_table(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f3
       : (tensor<2x512xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
   // CHECK: return %{{.*}}, %[[DT]], %[[C]]
   return %ce, %dt, %c : tensor<f32>, tensor<512x64xf32>, tensor<f32>
+}
+
+// -----
+
+// A forward without a backward (evaluation) keeps a single result.
+// CHECK-LABEL: func.func @forward_only
+func.func @forward_only(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f32>) -> tensor<f32> {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  %l = g3moe.lm_head %h, %emb : (tensor<2x64xbf16>, tensor<512x64xbf16>) -> tensor<2x512xf32>
+  // CHECK: g3moe.lm_head_cross_entropy {{.*}} -> tensor<f32>
+  %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>) -> tensor<f32>
+  return %ce : tensor<f32>
 }

@@ -436,3 +436,21 @@ func.func @expert_load_tokens(%i: tensor<16x2xi32>, %s: tensor<2x16xi32>) {
   %load = g3moe.expert_load %i, %s {num_experts = 4 : i64} : (tensor<16x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>
   return
 }
+
+// -----
+
+func.func @fused_head_lse_shape(%h: tensor<2x16x64xbf16>, %e: tensor<512x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>) {
+  // expected-error @+1 {{lse must have shape [2, 16], got [32]}}
+  %l, %lse = g3moe.lm_head_cross_entropy %h, %e, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> (tensor<f32>, tensor<32xf32>)
+  return
+}
+
+// -----
+
+func.func @fused_head_grad_lse_shape(%h: tensor<2x16x64xbf16>, %e: tensor<512x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>, %lse: tensor<16xf32>) {
+  // expected-error @+1 {{lse must have shape [2, 16], got [16]}}
+  %dx = g3moe.lm_head_cross_entropy_grad %h, %e, %t, %n, %n, %lse {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>, tensor<16xf32>) -> tensor<2x16x64xbf16>
+  return
+}

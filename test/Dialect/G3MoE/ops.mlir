@@ -230,5 +230,11 @@ func.func @fused_head(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor
   // CHECK: g3moe.lm_head_cross_entropy_grad {{.*}} -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
   %dx2, %dt = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %l {ignore_index = -100 : i64}
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> (tensor<2x16x64xbf16>, tensor<512x64xf32>)
+  // CHECK: %{{.*}}, %[[LSE:.*]] = g3moe.lm_head_cross_entropy {{.*}} -> (tensor<f32>, tensor<2x16xf32>)
+  %l2, %lse = g3moe.lm_head_cross_entropy %h, %emb, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> (tensor<f32>, tensor<2x16xf32>)
+  // CHECK: g3moe.lm_head_cross_entropy_grad {{.*}}, %[[LSE]] {{.*}} tensor<2x16xf32>) -> tensor<2x16x64xbf16>
+  %dx3 = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %l2, %lse {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>, tensor<2x16xf32>) -> tensor<2x16x64xbf16>
   return
 }

@@ -318,6 +318,42 @@ TEST(DenseKernels, LmHeadGradMatchesFiniteDifferences) {
   }
 }
 
+TEST(DenseKernels, LmHeadCrossEntropyLogSumExp) {
+  // The fused head's lse output: each row's logsumexp over the capped
+  // logits, 0 on ignored rows; the gradient takes it as a sixth input and
+  // gives what it gives without it.
+  std::mt19937 rng(11);
+  const int64_t M = 4, H = 16, V = 23;
+  Tensor x = randomTensor(DType::BF16, {1, M, H}, rng), table = randomTensor(DType::BF16, {V, H}, rng);
+  Tensor targets = indices({1, M}, {3, -100, 22, 7});
+  KernelAttrs a = attrs({{"ignore_index", AttrValue::ofInt(-100)}, {"softcap", AttrValue::ofFloat(1.5)}});
+  Tensor loss = Tensor::f32({}), loss2 = Tensor::f32({}), lse = Tensor::f32({1, M});
+  EXPECT_OK(run("lm_head_cross_entropy", {x, table, targets, scalar(3)}, {loss}, a));
+  EXPECT_OK(run("lm_head_cross_entropy", {x, table, targets, scalar(3)}, {loss2, lse}, a));
+  EXPECT_EQ(loss.f()[0], loss2.f()[0]);
+  Tensor logits = Tensor::f32({M, V});
+  EXPECT_OK(run("lm_head", {x, table}, {logits}, a));
+  for (int64_t r = 0; r < M; ++r) {
+    double sum = 0;
+    for (int64_t v = 0; v < V; ++v)
+      sum += std::exp(double(logits.f()[r * V + v]));
+    double want = r == 1 ? 0.0 : std::log(sum);
+    G3RT_EXPECT_CLOSE(lse.f()[r], want, 1e-6, 1e-6);
+  }
+  Tensor dx = Tensor::f32({1, M, H}), dxLse = Tensor::f32({1, M, H});
+  EXPECT_OK(run("lm_head_cross_entropy_grad", {x, table, targets, scalar(3), scalar(1)}, {dx}, a));
+  EXPECT_OK(run("lm_head_cross_entropy_grad", {x, table, targets, scalar(3), scalar(1), lse},
+                {dxLse}, a));
+  EXPECT_EQ(dx.values(), dxLse.values());
+  // A bad target is an error with lse as without; so is an lse of the wrong size.
+  Tensor bad = indices({1, M}, {3, -100, 23, 7});
+  expectErrorNaming(run("lm_head_cross_entropy", {x, table, bad, scalar(3)}, {loss2, lse}, a),
+                    "lm_head_cross_entropy", "23");
+  expectErrorNaming(run("lm_head_cross_entropy", {x, table, targets, scalar(3)},
+                        {loss2, Tensor::f32({M + 1})}, a),
+                    "lm_head_cross_entropy", "lse must be f32 with one entry per row");
+}
+
 //===----------------------------------------------------------------------===//
 // Cross-entropy
 //===----------------------------------------------------------------------===//
