@@ -76,7 +76,7 @@ private:
     auto wt = cast<RankedTensorType>(w.getType());
     SmallVector<int64_t> shape(xt.getShape());
     shape.back() = wt.getDimSize(0);
-    return g3moe::LinearOp::create(b, loc, tensor(shape, resultElt), x, w);
+    return g3moe::LinearOp::create(b, loc, tensor(shape, resultElt), x, w, mlir::Value());
   }
 
   Value linear(Value x, const Twine &weightName, int64_t out) {
@@ -224,7 +224,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
     Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim},
                     act());
     return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, act()),
-                                         in, offsets, w)
+                                         in, offsets, w, mlir::Value())
         .getResult();
   };
   Value gate = expertLinear(permuted, "gate_proj", m.intermediateSize);

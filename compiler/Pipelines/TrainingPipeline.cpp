@@ -43,6 +43,9 @@ void g3moe::buildStepPipeline(OpPassManager &pm,
   // CSE merges what autodiff's clone of the forward recomputes identically
   // (parameters, random draws) before buffers are assigned.
   pm.addPass(createCSEPass());
+  // After CSE, so that each product's users are final; before recomputation,
+  // which then clones the fused products.
+  pm.addPass(createG3MoEFuseLinearAddPass());
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.

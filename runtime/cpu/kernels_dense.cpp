@@ -416,14 +416,28 @@ Status rmsNormGradKernel(const KernelArgs &args) {
 // Linear layers and the LM head
 //===----------------------------------------------------------------------===//
 
+/// The product's addend in fp32, read before the product is written (the
+/// two may share a buffer); empty when there is none.
+std::vector<float> readAddend(const MatmulShape &s) {
+  return s.addend ? widen(*s.addend) : std::vector<float>();
+}
+
+/// Adds the addend to the fp32 result, which is then rounded once.
+void addAddend(const std::vector<float> &a, const FloatOutput &y) {
+  float *p = y.data();
+  for (size_t i = 0; i < a.size(); ++i)
+    p[i] += a[i];
+}
+
 Status linearKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
+  const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
-  int64_t M, in, out;
-  G3RT_RETURN_IF_ERROR(checkLinear(args, x, w, "weight", y, "result", M, in, out));
-  std::vector<float> X = widen(x), W = widen(w);
+  std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape);
   FloatOutput Y(y);
   gemmNT(X.data(), in, W.data(), in, Y.data(), out, M, out, in);
+  addAddend(A, Y);
   Y.commit();
   return Status();
 }
@@ -433,10 +447,11 @@ Status linearGradInputKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
-  std::vector<float> G = widen(dy), W = widen(w);
+  std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
   std::vector<float> Wt = transpose(W.data(), out, in, in);
   FloatOutput DX(dx);
   gemmNT(G.data(), out, Wt.data(), out, DX.data(), in, M, in, out);
+  addAddend(A, DX);
   DX.commit();
   return Status();
 }
@@ -529,7 +544,7 @@ Status expertLinearKernel(const KernelArgs &args) {
   const TensorView &y = args.outputs[0];
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
-  std::vector<float> X = widen(x), W = widen(w);
+  std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape);
   FloatOutput Y(y);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
@@ -537,6 +552,7 @@ Status expertLinearKernel(const KernelArgs &args) {
            in);
   }
   std::fill(Y.data() + offsets[size_t(E)] * out, Y.data() + M * out, 0.0f);
+  addAddend(A, Y);
   Y.commit();
   return Status();
 }
@@ -549,7 +565,7 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
   const TensorView &dx = args.outputs[0];
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
-  std::vector<float> G = widen(dy), W = widen(w);
+  std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
   FloatOutput DX(dx);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
@@ -559,6 +575,7 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
     gemmNT(G.data() + r0 * out, out, Wt.data(), out, DX.data() + r0 * in, in, rows, in, out);
   }
   std::fill(DX.data() + offsets[size_t(E)] * in, DX.data() + M * in, 0.0f);
+  addAddend(A, DX);
   DX.commit();
   return Status();
 }

@@ -912,27 +912,31 @@ Output output(const TensorView &t, int64_t ld) { return {t.data, t.dtype, ld}; }
 
 /// y[M, out] = x[M, in]·W_eᵀ per row group.
 Status lowRankLinear(const KernelArgs &args, const RowGroups &g, const TensorView &x,
-                     const TensorView &w, const TensorView &y, int64_t in, int64_t out,
+                     const TensorView &w, const TensorView &y, const MatmulShape &s,
                      bool &done) {
   cudaStream_t stream = contextOf(args).stream;
+  const int64_t in = s.in, out = s.out;
+  const void *a = s.addend ? s.addend->data : nullptr;
   cudaError_t e = cudaSuccess;
   if ((done = lowRankFits(x.dtype, w.dtype, out, in, 0)))
-    e = lowRankNarrowOutput(stream, g, x.data, in, w.data, true, out, y.data, y.dtype);
+    e = lowRankNarrowOutput(stream, g, x.data, in, w.data, true, out, a, y.data, y.dtype);
   else if ((done = lowRankFits(x.dtype, w.dtype, in, out, 0)))
-    e = lowRankNarrowInner(stream, g, x.data, in, w.data, true, out, y.data, y.dtype);
+    e = lowRankNarrowInner(stream, g, x.data, in, w.data, true, out, a, y.data, y.dtype);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
 }
 
 /// dx[M, in] = dy[M, out]·W_e per row group.
 Status lowRankLinearGradInput(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
-                              const TensorView &w, const TensorView &dx, int64_t in,
-                              int64_t out, bool &done) {
+                              const TensorView &w, const TensorView &dx, const MatmulShape &s,
+                              bool &done) {
   cudaStream_t stream = contextOf(args).stream;
+  const int64_t in = s.in, out = s.out;
+  const void *a = s.addend ? s.addend->data : nullptr;
   cudaError_t e = cudaSuccess;
   if ((done = lowRankFits(dy.dtype, w.dtype, in, out, 0)))
-    e = lowRankNarrowOutput(stream, g, dy.data, out, w.data, false, in, dx.data, dx.dtype);
+    e = lowRankNarrowOutput(stream, g, dy.data, out, w.data, false, in, a, dx.data, dx.dtype);
   else if ((done = lowRankFits(dy.dtype, w.dtype, out, in, 0)))
-    e = lowRankNarrowInner(stream, g, dy.data, out, w.data, false, in, dx.data, dx.dtype);
+    e = lowRankNarrowInner(stream, g, dy.data, out, w.data, false, in, a, dx.data, dx.dtype);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
 }
 
@@ -953,19 +957,34 @@ RowGroups expertGroups(const TensorView &offsets, int64_t experts, int64_t rows)
   return {offsets.data, offsets.dtype, experts, rows};
 }
 
+/// For cuBLAS products with an addend: copies it into the result (unless
+/// they share the buffer) and returns beta = 1, so that the product adds to
+/// it; beta = 0 without one.
+Status seedWithAddend(const KernelArgs &args, const MatmulShape &s, const TensorView &y,
+                      float &beta) {
+  beta = s.addend ? 1.0f : 0.0f;
+  if (!s.addend || s.addend->data == y.data)
+    return Status();
+  cudaError_t e = cudaMemcpyAsync(y.data, s.addend->data, y.bytes(), cudaMemcpyDeviceToDevice,
+                                  contextOf(args).stream);
+  return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend");
+}
+
 Status linearKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  MatmulShape shape;
+  G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
+  const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
-  int64_t M, in, out;
-  G3RT_RETURN_IF_ERROR(checkLinear(args, x, w, "weight", y, "result", M, in, out));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinear(args, {nullptr, DType::I32, 1, M}, x, w, y, in, out, done));
+  G3RT_RETURN_IF_ERROR(lowRankLinear(args, {nullptr, DType::I32, 1, M}, x, w, y, shape, done));
   if (done)
     return Status();
+  float beta;
+  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, y, beta));
   CudaContext &ctx = contextOf(args);
-  // y[M, out] = x[M, in]·W[out, in]ᵀ
+  // y[M, out] (+)= x[M, in]·W[out, in]ᵀ
   return gemm(args, ctx, scratchOf(ctx), M, out, in, operand(x, in, false), operand(w, in, true),
-              output(y, out), 0.0f);
+              output(y, out), beta);
 }
 
 Status linearGradInputKernel(const KernelArgs &args) {
@@ -975,13 +994,15 @@ Status linearGradInputKernel(const KernelArgs &args) {
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   bool done = false;
   G3RT_RETURN_IF_ERROR(
-      lowRankLinearGradInput(args, {nullptr, DType::I32, 1, M}, dy, w, dx, in, out, done));
+      lowRankLinearGradInput(args, {nullptr, DType::I32, 1, M}, dy, w, dx, shape, done));
   if (done)
     return Status();
+  float beta;
+  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, dx, beta));
   CudaContext &ctx = contextOf(args);
-  // dx[M, in] = dy[M, out]·W[out, in]
+  // dx[M, in] (+)= dy[M, out]·W[out, in]
   return gemm(args, ctx, scratchOf(ctx), M, in, out, operand(dy, out, false),
-              operand(w, in, false), output(dx, in), 0.0f);
+              operand(w, in, false), output(dx, in), beta);
 }
 
 Status linearGradWeightKernel(const KernelArgs &args) {
@@ -1228,22 +1249,25 @@ Status expertLinearKernel(const KernelArgs &args) {
   const TensorView &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinear(args, expertGroups(off, E, M), x, w, y, in, out, done));
+  G3RT_RETURN_IF_ERROR(lowRankLinear(args, expertGroups(off, E, M), x, w, y, shape, done));
   if (done)
     return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  float beta;
+  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, y, beta));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
-    // y[r0.., out] = x[r0.., in]·W[e]ᵀ
+    // y[r0.., out] (+)= x[r0.., in]·W[e]ᵀ
     G3RT_RETURN_IF_ERROR(gemm(args, ctx, scratch, rows, out, in,
                               Operand{offsetBytes(x.data, x.dtype, r0 * in), x.dtype, in, false},
                               Operand{offsetBytes(w.data, w.dtype, e * out * in), w.dtype, in, true},
-                              Output{offsetBytes(y.data, y.dtype, r0 * out), y.dtype, out}, 0.0f));
+                              Output{offsetBytes(y.data, y.dtype, r0 * out), y.dtype, out}, beta));
   }
-  return zeroTailRows(args, y, offsets[size_t(E)], out);
+  // Rows past the last expert: the addend, or zeros.
+  return shape.addend ? Status() : zeroTailRows(args, y, offsets[size_t(E)], out);
 }
 
 Status expertLinearGradInputKernel(const KernelArgs &args) {
@@ -1254,23 +1278,25 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
   const TensorView &dx = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinearGradInput(args, expertGroups(off, E, M), dy, w, dx, in, out, done));
+  G3RT_RETURN_IF_ERROR(lowRankLinearGradInput(args, expertGroups(off, E, M), dy, w, dx, shape, done));
   if (done)
     return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  float beta;
+  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, dx, beta));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
-    // dx[r0.., in] = dy[r0.., out]·W[e]
+    // dx[r0.., in] (+)= dy[r0.., out]·W[e]
     G3RT_RETURN_IF_ERROR(
         gemm(args, ctx, scratch, rows, in, out,
              Operand{offsetBytes(dy.data, dy.dtype, r0 * out), dy.dtype, out, false},
              Operand{offsetBytes(w.data, w.dtype, e * out * in), w.dtype, in, false},
-             Output{offsetBytes(dx.data, dx.dtype, r0 * in), dx.dtype, in}, 0.0f));
+             Output{offsetBytes(dx.data, dx.dtype, r0 * in), dx.dtype, in}, beta));
   }
-  return zeroTailRows(args, dx, offsets[size_t(E)], in);
+  return shape.addend ? Status() : zeroTailRows(args, dx, offsets[size_t(E)], in);
 }
 
 Status expertLinearGradWeightKernel(const KernelArgs &args) {

@@ -91,13 +91,16 @@ __device__ __forceinline__ uint4 load16(const bf16 *p, bool valid) {
 }
 __device__ __forceinline__ void store16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
 
-/// Fills rows [tile.begin, tile.end), columns [c0, c1) of y [*, ld] with 0
-/// or NaN.
-__device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, void *y, DType yt) {
-  float v = tile.kind == TileKind::Zero ? 0.0f : NAN;
+/// Fills rows [tile.begin, tile.end), columns [c0, c1) of y [*, ld] with
+/// the addend (or 0) for rows of no expert, NaN for poisoned tiles.
+__device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, const void *addend,
+                         void *y, DType yt) {
   int64_t cols = c1 - c0, n = (tile.end - tile.begin) * cols;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-    storeFloat(y, yt, (tile.begin + i / cols) * ld + c0 + i % cols, v);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    int64_t at = (tile.begin + i / cols) * ld + c0 + i % cols;
+    float v = tile.kind == TileKind::Poison ? NAN : addend ? loadFloat(addend, yt, at) : 0.0f;
+    storeFloat(y, yt, at, v);
+  }
 }
 
 //===----------------------------------------------------------------------===//
@@ -111,7 +114,7 @@ __device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, v
 template <int NF, bool WeightNK>
 __global__ void __launch_bounds__(kThreads)
     narrowOutputDevice(RowGroups groups, const bf16 *x, int64_t K, const bf16 *w, int64_t N,
-                       void *y, DType yt) {
+                       const void *addend, void *y, DType yt) {
   constexpr int BM = kRowTile, BK = 128, NP = 16 * NF;
   constexpr int XV = BM * BK / 8 / kThreads, WV = NP * BK / 8 / kThreads; // vectors per thread
   __shared__ __align__(32) bf16 xs[BM][BK + 8];
@@ -121,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
   if (!findTile(groups, BM, blockIdx.x, true, tile))
     return;
   if (tile.kind != TileKind::Compute)
-    return fillTile(tile, 0, N, N, y, yt);
+    return fillTile(tile, 0, N, N, addend, y, yt);
   const int warp = threadIdx.x >> 5;
   const int64_t rows = tile.end - tile.begin;
   const bf16 *xt = x + tile.begin * K, *we = w + tile.expert * N * K;
@@ -188,8 +191,11 @@ __global__ void __launch_bounds__(kThreads)
   for (int f = 0; f < NF; ++f)
     wmma::store_matrix_sync(&cs[warp * 16][f * 16], acc[f], NP + 4, wmma::mem_row_major);
   __syncthreads();
-  for (int64_t i = threadIdx.x; i < rows * N; i += kThreads)
-    storeFloat(y, yt, (tile.begin + i / N) * N + i % N, cs[i / N][i % N]);
+  for (int64_t i = threadIdx.x; i < rows * N; i += kThreads) {
+    int64_t at = (tile.begin + i / N) * N + i % N;
+    float v = cs[i / N][i % N];
+    storeFloat(y, yt, at, addend ? __fadd_rn(v, loadFloat(addend, yt, at)) : v);
+  }
 }
 
 //===----------------------------------------------------------------------===//
@@ -199,7 +205,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int RF, bool WeightNR>
 __global__ void __launch_bounds__(kThreads)
     narrowInnerDevice(RowGroups groups, const bf16 *u, int64_t R, const bf16 *w, int64_t N,
-                      void *y, DType yt) {
+                      const void *addend, void *y, DType yt) {
   constexpr int BM = kRowTile, BN = 128, RP = 16 * RF;
   __shared__ __align__(32) bf16 us[BM][RP + 8];
   __shared__ __align__(32) bf16 ws[WeightNR ? BN : RP][WeightNR ? RP + 8 : BN + 8];
@@ -209,7 +215,7 @@ __global__ void __launch_bounds__(kThreads)
     return;
   const int64_t n0 = int64_t(blockIdx.y) * BN, n1 = min(N, n0 + BN);
   if (tile.kind != TileKind::Compute)
-    return fillTile(tile, n0, n1, N, y, yt);
+    return fillTile(tile, n0, n1, N, addend, y, yt);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t rows = tile.end - tile.begin;
   const bf16 *ut = u + tile.begin * R, *we = w + tile.expert * N * R;
@@ -260,7 +266,14 @@ __global__ void __launch_bounds__(kThreads)
     if (r >= rows)
       break;
     const float *c = &cs[warp][i][4 * lane];
-    storeFloat4(y, yt, ((tile.begin + r) * N + col) / 4, make_float4(c[0], c[1], c[2], c[3]));
+    const int64_t at = ((tile.begin + r) * N + col) / 4;
+    float4 v = make_float4(c[0], c[1], c[2], c[3]);
+    if (addend) {
+      float4 a = loadFloat4(addend, yt, at);
+      v = make_float4(__fadd_rn(v.x, a.x), __fadd_rn(v.y, a.y), __fadd_rn(v.z, a.z),
+                      __fadd_rn(v.w, a.w));
+    }
+    storeFloat4(y, yt, at, v);
   }
 }
 
@@ -356,14 +369,15 @@ bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2) {
 }
 
 cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
-                                int64_t K, const void *w, bool weightNK, int64_t N, void *y,
-                                DType yType) {
+                                int64_t K, const void *w, bool weightNK, int64_t N,
+                                const void *addend, void *y, DType yType) {
   const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
   if (tiles > INT32_MAX)
     return cudaErrorInvalidConfiguration;
   auto launch = [&](auto kernel) {
     kernel<<<unsigned(tiles), kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(x), K,
-                                                     static_cast<const bf16 *>(w), N, y, yType);
+                                                     static_cast<const bf16 *>(w), N, addend, y,
+                                                     yType);
   };
   if (N <= 16)
     weightNK ? launch(narrowOutputDevice<1, true>) : launch(narrowOutputDevice<1, false>);
@@ -373,8 +387,8 @@ cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, co
 }
 
 cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
-                               int64_t R, const void *w, bool weightNR, int64_t N, void *y,
-                               DType yType) {
+                               int64_t R, const void *w, bool weightNR, int64_t N,
+                               const void *addend, void *y, DType yType) {
   const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
   const int64_t colTiles = (N + 127) / 128;
   if (tiles > INT32_MAX || colTiles > 65535)
@@ -382,7 +396,7 @@ cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, con
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(colTiles));
   auto launch = [&](auto kernel) {
     kernel<<<grid, kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(u), R,
-                                          static_cast<const bf16 *>(w), N, y, yType);
+                                          static_cast<const bf16 *>(w), N, addend, y, yType);
   };
   if (R <= 16)
     weightNR ? launch(narrowInnerDevice<1, true>) : launch(narrowInnerDevice<1, false>);

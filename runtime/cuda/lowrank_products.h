@@ -44,16 +44,19 @@ constexpr int64_t kMaxLowRank = 32;
 bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2);
 
 /// y[m, :N] = x[m, :K]·W_eᵀ for the rows m of each expert e, N = rank. W_e
-/// is [N, K] (`weightNK`, a forward x·Aᵀ) or [K, N] (a backward dy·B).
+/// is [N, K] (`weightNK`, a forward x·Aᵀ) or [K, N] (a backward dy·B). A
+/// non-null `addend` (typed like y; it may be y itself) is added to the fp32
+/// product before rounding, and is what rows of no expert get.
 cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
-                                int64_t K, const void *w, bool weightNK, int64_t N, void *y,
-                                DType yType);
+                                int64_t K, const void *w, bool weightNK, int64_t N,
+                                const void *addend, void *y, DType yType);
 
 /// y[m, :N] = u[m, :R]·W_eᵀ for the rows m of each expert e, R = rank. W_e
-/// is [N, R] (`weightNR`, a forward u·Bᵀ) or [R, N] (a backward du·A).
+/// is [N, R] (`weightNR`, a forward u·Bᵀ) or [R, N] (a backward du·A). The
+/// addend as for lowRankNarrowOutput.
 cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
-                               int64_t R, const void *w, bool weightNR, int64_t N, void *y,
-                               DType yType);
+                               int64_t R, const void *w, bool weightNR, int64_t N,
+                               const void *addend, void *y, DType yType);
 
 /// dW_e[O, I] = Σ over the rows m of expert e of dy[m, :O]ᵀ·x[m, :I], where O
 /// or I is the rank; experts without rows get zeros. Partial sums over

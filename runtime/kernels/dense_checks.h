@@ -130,14 +130,45 @@ inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s
 }
 
 /// A product over M rows between `in` and `out` features; E experts for the
-/// expert layers.
+/// expert layers; the addend the product adds to its result, if any.
 struct MatmulShape {
   int64_t M = 0, in = 0, out = 0, E = 0;
+  const TensorView *addend = nullptr;
 };
 
-/// linear_grad_input: grad [M, out], weight [out, in] → result [M, in].
+/// The counts of a product that may take an addend: `operands` inputs and
+/// one output, or one more input (the addend).
+inline Status checkCountsWithAddend(const KernelArgs &args, size_t operands) {
+  if (args.inputs.size() == operands + 1 && args.outputs.size() == 1)
+    return Status();
+  return checkCounts(args, operands, 1);
+}
+
+/// The addend (input `operands`, when present) is shaped and typed like the
+/// result; s.addend points at it.
+inline Status checkAddend(const KernelArgs &args, size_t operands, const TensorView &result,
+                          MatmulShape &s) {
+  s.addend = nullptr;
+  if (args.inputs.size() <= operands)
+    return Status();
+  const TensorView &a = args.inputs[operands];
+  if (a.dtype != result.dtype || a.shape != result.shape)
+    return args.fail("addend " + describe(a) + " must match the result " + describe(result));
+  s.addend = &a;
+  return Status();
+}
+
+/// linear: input [..., in], weight [out, in] (, addend) → result [..., out].
+inline Status checkLinearProduct(const KernelArgs &args, MatmulShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 2));
+  const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkLinear(args, x, w, "weight", y, "result", s.M, s.in, s.out));
+  return checkAddend(args, 2, y, s);
+}
+
+/// linear_grad_input: grad [M, out], weight [out, in] (, addend) → result [M, in].
 inline Status checkLinearGradInput(const KernelArgs &args, MatmulShape &s) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 2));
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloat(args, dy, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight", 2));
@@ -148,7 +179,8 @@ inline Status checkLinearGradInput(const KernelArgs &args, MatmulShape &s) {
   s.in = w.dim(1);
   s.M = leadingRows(dy);
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", s.M, s.out));
-  return checkRowsCols(args, dx, "result", s.M, s.in);
+  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "result", s.M, s.in));
+  return checkAddend(args, 2, dx, s);
 }
 
 /// linear_grad_weight: grad [M, out], input [M, in] → result [out, in].
@@ -180,9 +212,9 @@ inline Status checkLmHeadGrad(const KernelArgs &args, std::optional<float> &soft
   return readSoftcap(args, softcap);
 }
 
-/// expert_linear: x [M, in], expert_offsets, weight [E, out, in] → [M, out].
+/// expert_linear: x [M, in], expert_offsets, weight [E, out, in] (, addend) → [M, out].
 inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3));
   const TensorView &x = args.inputs[0], &w = args.inputs[2], &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, x, "input"));
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, y, "result"));
@@ -190,13 +222,13 @@ inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, s.out, s.in, "weight"));
   G3RT_RETURN_IF_ERROR(checkShape(args, y, "result", {s.M, s.out}));
   s.E = w.dim(0);
-  return Status();
+  return checkAddend(args, 3, y, s);
 }
 
 /// expert_linear_grad_input: grad [M, out], expert_offsets, weight
-/// [E, out, in] → [M, in].
+/// [E, out, in] (, addend) → [M, in].
 inline Status checkExpertLinearGradInput(const KernelArgs &args, MatmulShape &s) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3));
   const TensorView &dy = args.inputs[0], &w = args.inputs[2], &dx = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dy, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dx, "result"));
@@ -204,7 +236,7 @@ inline Status checkExpertLinearGradInput(const KernelArgs &args, MatmulShape &s)
   G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, s.out, s.in, "weight"));
   G3RT_RETURN_IF_ERROR(checkShape(args, dx, "result", {s.M, s.in}));
   s.E = w.dim(0);
-  return Status();
+  return checkAddend(args, 3, dx, s);
 }
 
 /// expert_linear_grad_weight: grad [M, out], expert_offsets, x [M, in] →

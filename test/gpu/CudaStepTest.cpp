@@ -226,8 +226,8 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
 /// The LoRA-sized products (lowrank_products.cu) of the expert and dense
 /// linear layers against the CPU: every rank the low-rank kernels take, both
 /// weight layouts, an expert without rows, rows past the last expert, experts
-/// spanning several row chunks, and a wide side that is not a multiple of the
-/// kernels' tiles.
+/// spanning several row chunks, a wide side that is not a multiple of the
+/// kernels' tiles, and addends (there and on the cuBLAS path).
 TEST(CudaKernels, LowRankProductsMatchTheCPU) {
   const int64_t M = 1500, W = 264, E = 3;
   const std::vector<int32_t> offsets = {0, 700, 700, 1400};
@@ -275,7 +275,27 @@ TEST(CudaKernels, LowRankProductsMatchTheCPU) {
     check("linear_grad_input", {u3, a}, hostTensor(DType::BF16, {2, 750, W}, c[3]), r);
     check("linear_grad_weight", {u3, x3}, hostTensor(DType::F32, {r, W}, c[4]), r);
     check("linear_grad_weight", {x3, u3}, hostTensor(DType::F32, {W, r}, c[5]), r);
+    // With an addend (--g3moe-fuse-linear-add), which rows past the last
+    // expert get as they are.
+    std::vector<uint8_t> d[8];
+    TensorView addWide = random(DType::BF16, {M, W}, d[0]), addRank = random(DType::BF16, {M, r}, d[1]);
+    check("expert_linear", {xRank, off, wWideByRank, addWide}, yWide, r);
+    check("expert_linear_grad_input", {xRank, off, wRankByWide, addWide}, yWide, r);
+    check("expert_linear", {xWide, off, wRankByWide, addRank}, yRank, r);
+    check("expert_linear_grad_input", {xWide, off, wWideByRank, addRank}, yRank, r);
+    TensorView add3 = random(DType::BF16, {2, 750, W}, d[2]);
+    check("linear", {u3, bw, add3}, hostTensor(DType::BF16, {2, 750, W}, d[3]), r);
+    check("linear_grad_input", {u3, a, add3}, hostTensor(DType::BF16, {2, 750, W}, d[4]), r);
   }
+  // Products cuBLAS takes (no rank-sized side), with an addend.
+  std::vector<uint8_t> b[6];
+  TensorView x = random(DType::BF16, {M, W}, b[0]), w = random(DType::BF16, {E, W, W}, b[1]),
+             add = random(DType::BF16, {M, W}, b[2]), y = hostTensor(DType::BF16, {M, W}, b[3]);
+  check("expert_linear", {x, off, w, add}, y, W);
+  check("expert_linear_grad_input", {x, off, w, add}, y, W);
+  TensorView wd = random(DType::BF16, {W, W}, b[4]);
+  check("linear", {x, wd, add}, y, W);
+  check("linear_grad_input", {x, wd, add}, y, W);
 }
 
 /// rms_norm and its gradient on rows wider than the tiny steps' (a block per

@@ -20,14 +20,16 @@ def G3MoE_LinearGradInputOp : G3MoE_GradOp<"linear_grad_input"> {
   let summary = "input gradient of g3moe.linear: dx = dy·W";
   let description = [{
     `result[..., in] = sum_out grad[..., out] * weight[out, in]`, fp32
-    accumulation, returned in the forward input's element type.
+    accumulation, returned in the forward input's element type; plus the
+    optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
 
     ```mlir
     %dx = g3moe.linear_grad_input %dy, %w
         : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
     ```
   }];
-  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$weight);
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$weight,
+                       Optional<G3MoE_FloatTensor>:$addend);
   let results = (outs G3MoE_FloatTensor:$result);
 }
 
@@ -49,7 +51,8 @@ def G3MoE_LinearGradWeightOp : G3MoE_GradOp<"linear_grad_weight"> {
 def G3MoE_ExpertLinearGradInputOp : G3MoE_GradOp<"expert_linear_grad_input"> {
   let summary = "input gradient of g3moe.expert_linear";
   let description = [{
-    Rows of expert e: `result[m, :] = grad[m, :]·weight[e]`.
+    Rows of expert e: `result[m, :] = grad[m, :]·weight[e]`; plus the
+    optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
 
     ```mlir
     %dx = g3moe.expert_linear_grad_input %dy, %off, %w
@@ -57,7 +60,7 @@ def G3MoE_ExpertLinearGradInputOp : G3MoE_GradOp<"expert_linear_grad_input"> {
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
-                       G3MoE_FloatTensor:$weight);
+                       G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend);
   let results = (outs G3MoE_FloatTensor:$result);
 }
 

@@ -134,10 +134,12 @@ LogicalResult RMSNormOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
 LogicalResult LinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                       ArrayRef<bool> needs,
                                       SmallVectorImpl<Value> &out) {
+  if (getAddend())
+    return emitOpError("with an addend is fused after differentiation, not differentiated");
   noGrads(*this, out);
   if (needs[0])
     out[0] = LinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0],
-                                       getWeight());
+                                       getWeight(), /*addend=*/Value());
   if (needs[1])
     out[1] = LinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0],
                                         getInput());
@@ -252,10 +254,13 @@ LogicalResult MoEDispatchOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
 LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                             ArrayRef<bool> needs,
                                             SmallVectorImpl<Value> &out) {
+  if (getAddend())
+    return emitOpError("with an addend is fused after differentiation, not differentiated");
   noGrads(*this, out);
   if (needs[0])
-    out[0] = ExpertLinearGradInputOp::create(b, getLoc(), getInput().getType(),
-                                             dy[0], getExpertOffsets(), getWeight());
+    out[0] = ExpertLinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0],
+                                             getExpertOffsets(), getWeight(),
+                                             /*addend=*/Value());
   if (needs[2])
     out[2] = ExpertLinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()),
                                               dy[0], getExpertOffsets(), getInput());

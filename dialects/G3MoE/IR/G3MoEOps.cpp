@@ -110,7 +110,9 @@ LogicalResult LinearOp::verify() {
                          << shapeStr(w.getShape()) << ")";
   SmallVector<int64_t> expected(x.getShape());
   expected.back() = w.getDimSize(0);
-  return expectShape(*this, "result", getType(), expected);
+  if (failed(expectShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifyAddend(*this, getAddend(), getType());
 }
 
 LogicalResult RoPEOp::verify() {
@@ -268,7 +270,9 @@ LogicalResult ExpertLinearOp::verify() {
                          << ") must equal the weight's in dimension (weight is "
                             "[experts, out, in] = "
                          << shapeStr(w.getShape()) << ")";
-  return expectShape(*this, "result", getType(), {x.getDimSize(0), w.getDimSize(1)});
+  if (failed(expectShape(*this, "result", getType(), {x.getDimSize(0), w.getDimSize(1)})))
+    return failure();
+  return verifyAddend(*this, getAddend(), getType());
 }
 
 LogicalResult MoECombineOp::verify() {

@@ -166,14 +166,23 @@ def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure, G3MoE_Differentiable]> {
     `weight`. Accumulation is fp32; the result's element type is chosen by the
     producer (fp32 for the router, the activation type elsewhere).
 
+    With `plus %a` (made by --g3moe-fuse-linear-add after differentiation,
+    never differentiated itself) the result is `a + x·Wᵀ`, the fp32 product
+    and `a` added before the result is rounded once.
+
     ```mlir
     %q = g3moe.linear %x, %wq
         : (tensor<2x16x64xbf16>, tensor<64x64xbf16>) -> tensor<2x16x64xbf16>
+    %r = g3moe.linear %x, %wq plus %q
+        : (tensor<2x16x64xbf16>, tensor<64x64xbf16>, tensor<2x16x64xbf16>) -> tensor<2x16x64xbf16>
     ```
   }];
-  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight);
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight,
+                       Optional<G3MoE_FloatTensor>:$addend);
   let results = (outs G3MoE_FloatTensor:$result);
-  let assemblyFormat = "$input `,` $weight attr-dict `:` functional-type(operands, results)";
+  let assemblyFormat = [{
+    $input `,` $weight (`plus` $addend^)? attr-dict `:` functional-type(operands, results)
+  }];
   let hasVerifier = 1;
 }
 
@@ -361,7 +370,8 @@ def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure, G3MoE_Differentiable
   let description = [{
     Rows `expert_offsets[e] .. expert_offsets[e + 1]` of `input` [M, in] are
     multiplied by `weight[e]`ᵀ, with `weight` [E, out, in] the stacked expert
-    weights. Result [M, out].
+    weights. Result [M, out]. With `plus %a` (as for `linear`) the result
+    is `a` plus that product (rows past the last expert: `a`).
 
     ```mlir
     %g = g3moe.expert_linear %p, %off, %wg
@@ -369,10 +379,11 @@ def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure, G3MoE_Differentiable
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_IndexTensor:$expert_offsets,
-                       G3MoE_FloatTensor:$weight);
+                       G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
-    $input `,` $expert_offsets `,` $weight attr-dict `:` functional-type(operands, results)
+    $input `,` $expert_offsets `,` $weight (`plus` $addend^)? attr-dict `:`
+    functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }

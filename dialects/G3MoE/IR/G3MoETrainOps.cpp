@@ -31,7 +31,9 @@ LogicalResult LinearGradInputOp::verify() {
                          << ") must equal the weight's out dimension ("
                          << w.getDimSize(0) << ")";
   expected.back() = w.getDimSize(1);
-  return expectShape(*this, "result", getType(), expected);
+  if (failed(expectShape(*this, "result", getType(), expected)))
+    return failure();
+  return verifyAddend(*this, getAddend(), getType());
 }
 
 LogicalResult LinearGradWeightOp::verify() {
@@ -55,7 +57,9 @@ LogicalResult ExpertLinearGradInputOp::verify() {
     return emitOpError() << "grad features (" << g.getDimSize(1)
                          << ") must equal the weight's out dimension ("
                          << w.getDimSize(1) << ")";
-  return expectShape(*this, "result", getType(), {g.getDimSize(0), w.getDimSize(2)});
+  if (failed(expectShape(*this, "result", getType(), {g.getDimSize(0), w.getDimSize(2)})))
+    return failure();
+  return verifyAddend(*this, getAddend(), getType());
 }
 
 LogicalResult ExpertLinearGradWeightOp::verify() {

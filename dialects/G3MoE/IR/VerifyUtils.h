@@ -30,6 +30,15 @@ inline mlir::RankedTensorType tensorOf(mlir::Value v) {
   return llvm::cast<mlir::RankedTensorType>(v.getType());
 }
 
+/// The optional addend of the linear products is typed like the result.
+inline mlir::LogicalResult verifyAddend(mlir::Operation *op, mlir::Value addend,
+                                        mlir::Type result) {
+  if (addend && addend.getType() != result)
+    return op->emitOpError("addend type ")
+           << addend.getType() << " must equal the result type " << result;
+  return mlir::success();
+}
+
 /// All g3moe ops work on static shapes: sizes are compile-time per step.
 inline mlir::LogicalResult requireStatic(mlir::Operation *op) {
   for (mlir::Type t :

@@ -144,11 +144,11 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
   };
   Value h, delta;
   if (experts) {
-    h = ExpertLinearOp::create(b, loc, resultType(x, a), x, expertOffsets, a);
-    delta = ExpertLinearOp::create(b, loc, resultType(h, bMat), h, expertOffsets, bMat);
+    h = ExpertLinearOp::create(b, loc, resultType(x, a), x, expertOffsets, a, Value());
+    delta = ExpertLinearOp::create(b, loc, resultType(h, bMat), h, expertOffsets, bMat, Value());
   } else {
-    h = LinearOp::create(b, loc, resultType(x, a), x, a);
-    delta = LinearOp::create(b, loc, resultType(h, bMat), h, bMat);
+    h = LinearOp::create(b, loc, resultType(x, a), x, a, Value());
+    delta = LinearOp::create(b, loc, resultType(h, bMat), h, bMat, Value());
   }
   Value sum = AddOp::create(b, loc, output, delta);
   output.replaceAllUsesExcept(sum, sum.getDefiningOp());

@@ -24,6 +24,9 @@ namespace g3moe {
 /// The rewrites of --g3moe-fuse-lm-head-loss.
 void populateFuseLMHeadLossPatterns(mlir::RewritePatternSet &patterns);
 
+/// The pattern of --g3moe-fuse-linear-add.
+void populateFuseLinearAddPatterns(mlir::RewritePatternSet &patterns);
+
 } // namespace g3moe
 
 #endif // G3MOE_DIALECTS_G3MOE_TRANSFORMS_PASSES_H

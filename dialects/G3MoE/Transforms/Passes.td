@@ -93,6 +93,22 @@ def G3MoEOptimizerPass : Pass<"g3moe-optimizer", "mlir::ModuleOp"> {
   ];
 }
 
+def G3MoEFuseLinearAddPass : Pass<"g3moe-fuse-linear-add", "mlir::ModuleOp"> {
+  let summary = "fold adds into the linear products they add to";
+  let description = [{
+    Rewrites `add(a, p)`, where `p` is a `linear`, `expert_linear`,
+    `linear_grad_input` or `expert_linear_grad_input` without an addend whose
+    only user is the add, into `p` with `plus a`: the product adds `a` to its
+    fp32 result before rounding, which saves the add's pass over both
+    tensors (LoRA's `x·Wᵀ + (x·Aᵀ)·Bᵀ` forward and `dy·W + (dy·B)·A`
+    backward). When both operands qualify, the product with the shorter
+    contraction takes the addend: it is bound by memory traffic, where one
+    more read costs least. Runs after autodiff: a product with an addend is
+    not differentiated.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> {
   let summary = "fuse the LM head with the cross-entropy and its gradient";
   let description = [{

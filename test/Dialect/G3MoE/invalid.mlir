@@ -454,3 +454,11 @@ func.func @fused_head_grad_lse_shape(%h: tensor<2x16x64xbf16>, %e: tensor<512x64
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>, tensor<16xf32>) -> tensor<2x16x64xbf16>
   return
 }
+
+// -----
+
+func.func @linear_addend_type(%x: tensor<2x64xbf16>, %w: tensor<32x64xbf16>, %a: tensor<2x32xf32>) {
+  // expected-error @+1 {{addend type 'tensor<2x32xf32>' must equal the result type 'tensor<2x32xbf16>'}}
+  %y = g3moe.linear %x, %w plus %a : (tensor<2x64xbf16>, tensor<32x64xbf16>, tensor<2x32xf32>) -> tensor<2x32xbf16>
+  return
+}

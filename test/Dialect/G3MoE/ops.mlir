@@ -218,6 +218,19 @@ func.func @statistics(%l: tensor<2x16x512xf32>, %t: tensor<2x16xi32>, %i: tensor
   return
 }
 
+// CHECK-LABEL: func.func @linear_plus
+func.func @linear_plus(%x: tensor<2x16x64xbf16>, %w: tensor<32x64xbf16>, %a: tensor<2x16x32xbf16>,
+                       %p: tensor<64x64xbf16>, %off: tensor<5xi32>, %we: tensor<4x32x64xbf16>,
+                       %ae: tensor<64x32xbf16>) {
+  // CHECK: g3moe.linear %{{.*}}, %{{.*}} plus %{{.*}} : (tensor<2x16x64xbf16>, tensor<32x64xbf16>, tensor<2x16x32xbf16>) -> tensor<2x16x32xbf16>
+  %y = g3moe.linear %x, %w plus %a
+      : (tensor<2x16x64xbf16>, tensor<32x64xbf16>, tensor<2x16x32xbf16>) -> tensor<2x16x32xbf16>
+  // CHECK: g3moe.expert_linear %{{.*}}, %{{.*}}, %{{.*}} plus %{{.*}} :
+  %e = g3moe.expert_linear %p, %off, %we plus %ae
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x32x64xbf16>, tensor<64x32xbf16>) -> tensor<64x32xbf16>
+  return
+}
+
 // CHECK-LABEL: func.func @fused_head
 func.func @fused_head(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>) {
   %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>

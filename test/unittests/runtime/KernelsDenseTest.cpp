@@ -221,6 +221,50 @@ TEST(DenseKernels, LinearMatchesReferenceMixedDtypes) {
     }
 }
 
+TEST(DenseKernels, LinearProductsAddTheirAddend) {
+  // With a last input (the addend, fused from a following add) the products
+  // return addend + product, rounded once; a result buffer that is also the
+  // addend works; rows past the last expert get the addend.
+  std::mt19937 rng(14);
+  const int64_t in = 19, out = 13, M = 6;
+  Tensor x = randomTensor(DType::BF16, {M, in}, rng), w = randomTensor(DType::BF16, {out, in}, rng);
+  Tensor a = randomTensor(DType::BF16, {M, out}, rng);
+  Tensor plain(DType::BF16, {M, out}), y(DType::BF16, {M, out});
+  EXPECT_OK(run("linear", {x, w, a}, {y}));
+  std::vector<double> want = referenceLinear(x, w, M, in, out);
+  for (int64_t i = 0; i < M * out; ++i)
+    G3RT_EXPECT_CLOSE(y.view.load(i), want[size_t(i)] + a.view.load(i), 4e-3, 1e-5);
+  Tensor inPlace = a.clone();
+  EXPECT_OK(run("linear", {x, w, inPlace}, {inPlace}));
+  EXPECT_EQ(inPlace.values(), y.values());
+
+  Tensor dy = randomTensor(DType::BF16, {M, out}, rng), ax = randomTensor(DType::BF16, {M, in}, rng);
+  Tensor dx(DType::BF16, {M, in}), dxPlain(DType::BF16, {M, in});
+  EXPECT_OK(run("linear_grad_input", {dy, w, ax}, {dx}));
+  EXPECT_OK(run("linear_grad_input", {dy, w}, {Tensor(dxPlain)}));
+  for (int64_t i = 0; i < M * in; ++i)
+    G3RT_EXPECT_CLOSE(dx.view.load(i), dxPlain.view.load(i) + ax.view.load(i), 8e-3, 1e-2);
+
+  const int64_t E = 2;
+  Tensor we = randomTensor(DType::BF16, {E, out, in}, rng), off = indices({E + 1}, {0, 2, 5});
+  Tensor ye(DType::BF16, {M, out}), yePlain(DType::BF16, {M, out});
+  EXPECT_OK(run("expert_linear", {x, off, we, a}, {ye}));
+  EXPECT_OK(run("expert_linear", {x, off, we}, {yePlain}));
+  for (int64_t i = 0; i < M * out; ++i)
+    G3RT_EXPECT_CLOSE(ye.view.load(i), yePlain.view.load(i) + a.view.load(i), 8e-3, 1e-2);
+  for (int64_t o = 0; o < out; ++o)
+    EXPECT_EQ(ye.view.load(5 * out + o), a.view.load(5 * out + o)) << "row past the last expert";
+  Tensor wt = randomTensor(DType::BF16, {E, out, in}, rng), dxe(DType::BF16, {M, in});
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, wt, ax}, {dxe}));
+  for (int64_t i = 0; i < in; ++i)
+    EXPECT_EQ(dxe.view.load(5 * in + i), ax.view.load(5 * in + i));
+
+  // An addend that does not match the result is refused by name.
+  expectErrorNaming(run("linear", {x, w, Tensor::f32({M, out})}, {y}), "linear", "addend");
+  expectErrorNaming(run("expert_linear", {x, off, we, Tensor(DType::BF16, {M, out + 1})}, {ye}),
+                    "expert_linear", "addend");
+}
+
 TEST(DenseKernels, LinearGradsMatchFiniteDifferences) {
   std::mt19937 rng(6);
   const int64_t in = 21, out = 10;

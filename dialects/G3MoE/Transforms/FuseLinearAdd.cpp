@@ -1,0 +1,82 @@
+//===- FuseLinearAdd.cpp - adds folded into the products they add ---------===//
+//
+// Implements --g3moe-fuse-linear-add. LoRA makes every adapted projection
+// `x·Wᵀ + (x·Aᵀ)·Bᵀ`, and its backward `dy·W + (dy·B)·A`: each an add that
+// reads two activation-sized tensors and writes a third. A product that takes
+// the add's other operand as its `addend` adds it in its epilogue instead.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "dialects/G3MoE/Transforms/Passes.h"
+
+#include "llvm/ADT/TypeSwitch.h"
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+
+namespace g3moe {
+#define GEN_PASS_DEF_G3MOEFUSELINEARADDPASS
+#include "dialects/G3MoE/Transforms/Passes.h.inc"
+} // namespace g3moe
+
+using namespace mlir;
+using namespace g3moe;
+
+namespace {
+
+/// The contraction length of `v` when it is a product that can take an
+/// addend (none yet, and the add is its only user), else 0.
+int64_t fusableContraction(Value v) {
+  Operation *op = v.getDefiningOp();
+  if (!op || !v.hasOneUse())
+    return 0;
+  auto lastDim = [](Value t) { return cast<RankedTensorType>(t.getType()).getShape().back(); };
+  return llvm::TypeSwitch<Operation *, int64_t>(op)
+      .Case([&](LinearOp p) { return p.getAddend() ? 0 : lastDim(p.getInput()); })
+      .Case([&](ExpertLinearOp p) { return p.getAddend() ? 0 : lastDim(p.getInput()); })
+      .Case([&](LinearGradInputOp p) { return p.getAddend() ? 0 : lastDim(p.getGrad()); })
+      .Case([&](ExpertLinearGradInputOp p) { return p.getAddend() ? 0 : lastDim(p.getGrad()); })
+      .Default([](Operation *) { return 0; });
+}
+
+/// add(a, p) -> p plus a. When both operands qualify, the product with the
+/// shorter contraction takes the addend: it is the one bound by memory
+/// traffic (LoRA's rank-r product), where reading one more tensor costs
+/// least, and the large GEMM keeps its plain form.
+struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(AddOp add, PatternRewriter &rewriter) const override {
+    int64_t kl = fusableContraction(add.getLhs()), kr = fusableContraction(add.getRhs());
+    if (!kl && !kr)
+      return rewriter.notifyMatchFailure(add, "no operand is a product only this add reads");
+    bool intoRhs = kr && (!kl || kr <= kl);
+    Value product = intoRhs ? add.getRhs() : add.getLhs();
+    Value addend = intoRhs ? add.getLhs() : add.getRhs();
+    Operation *op = product.getDefiningOp();
+    // The addend may be defined after the product; the add's position is
+    // after both and after the product's operands.
+    rewriter.moveOpBefore(op, add);
+    rewriter.modifyOpInPlace(op, [&] {
+      llvm::TypeSwitch<Operation *>(op)
+          .Case<LinearOp, ExpertLinearOp, LinearGradInputOp, ExpertLinearGradInputOp>(
+              [&](auto p) { p.getAddendMutable().assign(addend); });
+    });
+    rewriter.replaceOp(add, product);
+    return success();
+  }
+};
+
+struct G3MoEFuseLinearAddPass
+    : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFuseLinearAddPass> {
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateFuseLinearAddPatterns(patterns);
+    if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
+      return signalPassFailure();
+  }
+};
+
+} // namespace
+
+void g3moe::populateFuseLinearAddPatterns(RewritePatternSet &patterns) {
+  patterns.add<FoldAddIntoProduct>(patterns.getContext());
+}

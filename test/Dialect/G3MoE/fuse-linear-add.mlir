@@ -1,0 +1,70 @@
+// --g3moe-fuse-linear-add: an add of a product that only the add reads
+// becomes that product with `plus`; the shorter contraction takes the addend.
+// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-linear-add | FileCheck %s
+
+// LoRA's forward: the rank-4 product takes the base product as its addend.
+// CHECK-LABEL: func.func @lora_forward
+func.func @lora_forward(%x: tensor<8x64xbf16>, %w: tensor<32x64xbf16>, %a: tensor<4x64xbf16>,
+                        %b: tensor<32x4xbf16>) -> tensor<8x32xbf16> {
+  // CHECK: %[[BASE:.*]] = g3moe.linear %{{.*}}, %{{.*}} : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
+  %base = g3moe.linear %x, %w : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
+  // CHECK: %[[H:.*]] = g3moe.linear %{{.*}}, %{{.*}} : (tensor<8x64xbf16>, tensor<4x64xbf16>) -> tensor<8x4xbf16>
+  %h = g3moe.linear %x, %a : (tensor<8x64xbf16>, tensor<4x64xbf16>) -> tensor<8x4xbf16>
+  // CHECK: %[[Y:.*]] = g3moe.linear %[[H]], %{{.*}} plus %[[BASE]]
+  %d = g3moe.linear %h, %b : (tensor<8x4xbf16>, tensor<32x4xbf16>) -> tensor<8x32xbf16>
+  // CHECK-NOT: g3moe.add
+  %y = g3moe.add %base, %d : tensor<8x32xbf16>
+  // CHECK: return %[[Y]]
+  return %y : tensor<8x32xbf16>
+}
+
+// -----
+
+// The backward of a routed expert layer: dy·W + (dy·B)·A, the addend defined
+// after the product that takes it (which moves to the add).
+// CHECK-LABEL: func.func @expert_backward
+func.func @expert_backward(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>, %w: tensor<2x32x64xbf16>,
+                           %du: tensor<16x4xbf16>, %a: tensor<2x4x64xbf16>) -> tensor<16x64xbf16> {
+  %lora = g3moe.expert_linear_grad_input %du, %off, %a
+      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK: %[[BASE:.*]] = g3moe.expert_linear_grad_input %{{.*}}, %{{.*}}, %{{.*}} : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  %base = g3moe.expert_linear_grad_input %dy, %off, %w
+      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK-NEXT: %[[DX:.*]] = g3moe.expert_linear_grad_input %{{.*}}, %{{.*}}, %{{.*}}, %[[BASE]] : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>, tensor<16x64xbf16>) -> tensor<16x64xbf16>
+  %dx = g3moe.add %lora, %base : tensor<16x64xbf16>
+  // CHECK: return %[[DX]]
+  return %dx : tensor<16x64xbf16>
+}
+
+// -----
+
+// A product something else also reads stays as it is.
+// CHECK-LABEL: func.func @shared_product
+func.func @shared_product(%x: tensor<8x64xbf16>, %w: tensor<32x64xbf16>, %r: tensor<8x32xbf16>)
+    -> (tensor<8x32xbf16>, tensor<8x32xbf16>) {
+  // CHECK: %[[P:.*]] = g3moe.linear %{{.*}}, %{{.*}} : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
+  %p = g3moe.linear %x, %w : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
+  // CHECK: %[[S:.*]] = g3moe.add %[[P]], %{{.*}}
+  %s = g3moe.add %p, %r : tensor<8x32xbf16>
+  // CHECK: return %[[S]], %[[P]]
+  return %s, %p : tensor<8x32xbf16>, tensor<8x32xbf16>
+}
+
+// -----
+
+// An expert layer's forward residual: the product takes the other operand,
+// whatever defines it; a product that already has an addend is left alone.
+// CHECK-LABEL: func.func @expert_forward
+func.func @expert_forward(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %w: tensor<2x32x64xbf16>,
+                          %r: tensor<16x32xbf16>, %q: tensor<16x32xbf16>) -> tensor<16x32xbf16> {
+  // CHECK: %[[Y:.*]] = g3moe.expert_linear %{{.*}}, %{{.*}}, %{{.*}} plus %{{.*}} :
+  %p = g3moe.expert_linear %x, %off, %w
+      : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x32xbf16>
+  %y = g3moe.add %r, %p : tensor<16x32xbf16>
+  // CHECK: %[[F:.*]] = g3moe.linear_grad_input %{{.*}}, %{{.*}}, %{{.*}} : (tensor<16x32xbf16>, tensor<32x32xbf16>, tensor<16x32xbf16>)
+  %w2 = g3moe.param "w2" : tensor<32x32xbf16>
+  %f = g3moe.linear_grad_input %y, %w2, %q : (tensor<16x32xbf16>, tensor<32x32xbf16>, tensor<16x32xbf16>) -> tensor<16x32xbf16>
+  // CHECK: g3moe.add %[[F]], %[[Y]]
+  %z = g3moe.add %f, %y : tensor<16x32xbf16>
+  return %z : tensor<16x32xbf16>
+}
