@@ -42,7 +42,8 @@ rm -rf /tmp/tiny-hf /tmp/tiny-run
     --no-progress-bar 2>&1 | tee "$out/tiny_cuda.log" | grep -E "backend|step [0-9]+/|eval step|saved .*adapter"
 
 echo "== benchmark: attention kernels (own, cuDNN through g3moe, cuDNN through PyTorch)"
-for impl in own cudnn; do
+# ATTENTION_IMPLS="cudnn" leaves out the (slow, unchanged) own kernels.
+for impl in ${ATTENTION_IMPLS:-own cudnn}; do
   G3MOE_CUDA_ATTENTION=$impl timeout 100 "$carry/attention-bench" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
 done
 timeout 100 python3 "$carry/attention_reference.py" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
