@@ -332,8 +332,10 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
                          ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
                                            "g3moe_grouped_full_fp32", "g3moe_lora_fp32",
-                                           "gemma3_full", "g3moe_full", "g3moe_lora"));
+                                           "gemma3_full", "g3moe_full", "g3moe_lora",
+                                           "g3moe_lora_r16"));
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStepCudnn,
-                         ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora"));
+                         ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora",
+                                           "g3moe_lora_r16"));
 
 } // namespace
