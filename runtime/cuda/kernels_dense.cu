@@ -944,10 +944,11 @@ Status lowRankLinearGradInput(const KernelArgs &args, const RowGroups &g, const 
 Status lowRankLinearGradWeight(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
                                const TensorView &x, const TensorView &dw, int64_t in,
                                int64_t out, bool &done) {
-  done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out), 0);
+  Scratch scratch = scratchOf(contextOf(args));
+  done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out), 0) &&
+         lowRankWeightGradFits(g, out, in, scratch.bytes);
   if (!done)
     return Status();
-  Scratch scratch = scratchOf(contextOf(args));
   cudaError_t e = lowRankWeightGrad(contextOf(args).stream, g, dy.data, out, x.data, in, dw.data,
                                     dw.dtype, scratch.ptr, scratch.bytes);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank weight gradient");

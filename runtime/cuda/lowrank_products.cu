@@ -361,11 +361,34 @@ __global__ void narrowGradReduceDevice(RowGroups groups, int64_t chunkRows, cons
 
 unsigned gridFor(int64_t n) { return unsigned(std::clamp<int64_t>((n + 255) / 256, 1, 8192)); }
 
+/// Rows per chunk of the weight gradient and the chunk count: 512 rows keep
+/// a few hundred blocks busy at LoRA sizes; longer chunks where the partial
+/// sums ([chunks, PP, Qp] fp32) would not fit `scratchBytes`. False when
+/// even one chunk per expert does not fit.
+bool planGradChunks(const RowGroups &groups, int64_t PP, int64_t Qp, size_t scratchBytes,
+                    int64_t &chunkRows, int64_t &chunks) {
+  for (chunkRows = 512;; chunkRows *= 2) {
+    chunks = maxTiles(groups.rows, groups.experts, chunkRows);
+    if (size_t(chunks) * size_t(PP) * size_t(Qp) * sizeof(float) <= scratchBytes)
+      return true;
+    if (chunkRows > groups.rows)
+      return false;
+  }
+}
+
 } // namespace
 
 bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2) {
   return a == DType::BF16 && b == DType::BF16 && rank > 0 && rank <= kMaxLowRank &&
          rank % 8 == 0 && wide1 > 0 && wide1 % 8 == 0 && wide2 >= 0 && wide2 % 8 == 0;
+}
+
+bool lowRankWeightGradFits(const RowGroups &groups, int64_t O, int64_t I, size_t scratchBytes) {
+  const bool narrowIsOut = O <= kMaxLowRank; // as lowRankWeightGrad decides
+  const int64_t P = narrowIsOut ? O : I, Q = narrowIsOut ? I : O;
+  int64_t chunkRows = 0, chunks = 0;
+  return planGradChunks(groups, P <= 16 ? 16 : 32, (Q + kGradCols - 1) / kGradCols * kGradCols,
+                        scratchBytes, chunkRows, chunks);
 }
 
 cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
@@ -413,16 +436,9 @@ cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
   const bf16 *narrow = static_cast<const bf16 *>(narrowIsOut ? dy : x);
   const bf16 *wide = static_cast<const bf16 *>(narrowIsOut ? x : dy);
   const int64_t PP = P <= 16 ? 16 : 32, Qp = (Q + kGradCols - 1) / kGradCols * kGradCols;
-  // Chunks of 512 rows keep a few hundred blocks busy at LoRA sizes; longer
-  // chunks where the partial sums would not fit the scratch space.
-  int64_t chunkRows = 512, chunks = 0;
-  for (;; chunkRows *= 2) {
-    chunks = maxTiles(groups.rows, groups.experts, chunkRows);
-    if (size_t(chunks) * size_t(PP) * size_t(Qp) * sizeof(float) <= scratchBytes)
-      break;
-    if (chunkRows > groups.rows)
-      return cudaErrorMemoryAllocation;
-  }
+  int64_t chunkRows = 0, chunks = 0;
+  if (!planGradChunks(groups, PP, Qp, scratchBytes, chunkRows, chunks))
+    return cudaErrorMemoryAllocation;
   if (chunks > INT32_MAX || Qp / kGradCols > 65535)
     return cudaErrorInvalidConfiguration;
   float *part = static_cast<float *>(scratch);

@@ -43,6 +43,10 @@ constexpr int64_t kMaxLowRank = 32;
 /// multiples of 8 (16-byte rows of bf16).
 bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2);
 
+/// Whether lowRankWeightGrad's partial sums fit `scratchBytes` for a
+/// [O, I] gradient over these groups (many experts and a wide side may not).
+bool lowRankWeightGradFits(const RowGroups &groups, int64_t O, int64_t I, size_t scratchBytes);
+
 /// y[m, :N] = x[m, :K]·W_eᵀ for the rows m of each expert e, N = rank. W_e
 /// is [N, K] (`weightNK`, a forward x·Aᵀ) or [K, N] (a backward dy·B). A
 /// non-null `addend` (typed like y; it may be y itself) is added to the fp32
@@ -62,7 +66,7 @@ cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, con
 /// or I is the rank; experts without rows get zeros. Partial sums over
 /// blocks of rows go to `scratch` and are added in a fixed order, so the
 /// result does not depend on scheduling. Fails with cudaErrorMemoryAllocation
-/// when `scratchBytes` cannot hold even the coarsest split.
+/// when lowRankWeightGradFits does not hold.
 cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
                               int64_t O, const void *x, int64_t I, void *dw, DType dwType,
                               void *scratch, size_t scratchBytes);

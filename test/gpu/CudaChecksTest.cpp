@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/lowrank_products.h"
 #include "test/unittests/runtime/KernelTesting.h"
 
 #include <gtest/gtest.h>
@@ -66,6 +67,11 @@ std::vector<BadCall> badCalls() {
       {"expert_linear", {}, {f32({4, 8}), i32({4}), f32({3, 6, 7})}, {f32({4, 6})}},
       {"expert_linear_grad_input", {}, {f32({4, 6}), i32({4}), f32({3, 6, 8})}, {f32({3, 8})}},
       {"expert_linear_grad_weight", {}, {f32({4, 6}), i32({4}), f32({4, 8})}, {f32({3, 8, 6})}},
+      // An addend unlike the result; an lse of the wrong length.
+      {"linear", {}, {f32({4, 8}), f32({6, 8}), f32({4, 5})}, {f32({4, 6})}},
+      {"expert_linear", {}, {f32({4, 8}), i32({4}), f32({3, 6, 8}), f32({4, 7})}, {f32({4, 6})}},
+      {"lm_head_cross_entropy", attrs({{"ignore_index", I(-100)}}),
+       {f32({4, 8}), f32({5, 8}), i32({4}), f32({})}, {f32({}), f32({5})}},
       {"random_uniform", attrs({{"stream", I(3)}, {"low", F(0)}, {"high", F(1)}}), {i32({2})},
        {f32({16})}},
       {"dropout", attrs({{"p", F(1.5)}}), {f32({4, 8}), f32({4, 8})}, {f32({4, 8})}},
@@ -95,6 +101,21 @@ TEST(CudaKernelChecks, BadCallsFailAsOnTheCpu) {
     Status gpu = cudaKernel(args);
     EXPECT_EQ(gpu.message(), cpu.message()) << call.kernel;
   }
+}
+
+// The rank-r weight gradients keep partial sums per chunk of rows and at
+// least one chunk per expert; where those would not fit the scratch space
+// (many experts, a wide side), the kernels leave the product to cuBLAS.
+TEST(CudaLowRankPlan, WeightGradientFallsBackWhenPartialsDoNotFit) {
+  const size_t scratch = size_t(128) << 20;
+  cuda::RowGroups few{nullptr, DType::I32, 3, 16384}, many{nullptr, DType::I32, 256, 16384};
+  EXPECT_TRUE(cuda::lowRankWeightGradFits(few, 16, 10240, scratch));
+  EXPECT_TRUE(cuda::lowRankWeightGradFits(few, 10240, 32, scratch));
+  EXPECT_TRUE(cuda::lowRankWeightGradFits(many, 16, 2560, scratch));
+  EXPECT_FALSE(cuda::lowRankWeightGradFits(many, 32, 10240, scratch));
+  // Long row counts take longer chunks instead of failing.
+  cuda::RowGroups longRows{nullptr, DType::I32, 3, int64_t(1) << 21};
+  EXPECT_TRUE(cuda::lowRankWeightGradFits(longRows, 32, 10240, scratch));
 }
 
 } // namespace
