@@ -174,6 +174,9 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   mlir::registerAsmPrinterCLOptions();
   mlir::registerMLIRContextCLOptions();
   mlir::registerPassManagerCLOptions();
+  // LLVM's and MLIR's own options stay usable, but --help lists ours
+  // (--help-hidden shows everything).
+  cl::HideUnrelatedOptions(category);
   cl::ParseCommandLineOptions(
       argc, argv,
       "g3moe-compile: compile a G3MoE / Gemma-3 model configuration into one "
