@@ -24,10 +24,11 @@ using namespace g3moe;
 namespace {
 
 /// The contraction length of `v` when it is a product that can take an
-/// addend (none yet, and the add is its only user), else 0.
-int64_t fusableContraction(Value v) {
+/// addend (none yet, in the add's block, and the add is its only user),
+/// else 0.
+int64_t fusableContraction(Value v, AddOp add) {
   Operation *op = v.getDefiningOp();
-  if (!op || !v.hasOneUse())
+  if (!op || !v.hasOneUse() || op->getBlock() != add->getBlock())
     return 0;
   auto lastDim = [](Value t) { return cast<RankedTensorType>(t.getType()).getShape().back(); };
   return llvm::TypeSwitch<Operation *, int64_t>(op)
@@ -45,7 +46,8 @@ int64_t fusableContraction(Value v) {
 struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(AddOp add, PatternRewriter &rewriter) const override {
-    int64_t kl = fusableContraction(add.getLhs()), kr = fusableContraction(add.getRhs());
+    int64_t kl = fusableContraction(add.getLhs(), add),
+            kr = fusableContraction(add.getRhs(), add);
     if (!kl && !kr)
       return rewriter.notifyMatchFailure(add, "no operand is a product only this add reads");
     bool intoRhs = kr && (!kl || kr <= kl);
