@@ -768,23 +768,11 @@ Status callKernel(const KernelArgs &args, KernelFn kernel, const char *name,
   return kernel(sub).withContext(std::string(args.name));
 }
 
-/// Checks the optional per-row logsumexp of the fused LM-head loss: f32,
-/// one entry per row.
-Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_t rows) {
-  if (lse.dtype != DType::F32 || lse.numel() != rows)
-    return args.fail("lse must be f32 with one entry per row of the input (" +
-                     std::to_string(rows) + "), got " + describe(lse));
-  return Status();
-}
-
 /// lm_head + cross_entropy over chunks of rows: the full logits never exist.
 /// With a second output, each row's logsumexp (0 on ignored rows) for
 /// lm_head_cross_entropy_grad.
 Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 4 || args.outputs.empty() || args.outputs.size() > 2)
-    return args.fail("expected 4 inputs and 1 or 2 outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(checkHeadLossCounts(args, /*backward=*/false));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   int64_t rows = leadingRows(x), V = table.dim(0);
   if (targets.numel() != rows)
@@ -823,11 +811,7 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
 /// rows' logsumexp; a sixth input (the forward's lse, which the CUDA kernels
 /// use instead) holds the same values and is only checked.
 Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
-  if (args.inputs.size() < 5 || args.inputs.size() > 6 || args.outputs.empty() ||
-      args.outputs.size() > 2)
-    return args.fail("expected 5 or 6 inputs and 1 or 2 outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(checkHeadLossCounts(args, /*backward=*/true));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   int64_t rows = leadingRows(x), V = table.dim(0), H = table.dim(1);
   if (targets.numel() != rows)

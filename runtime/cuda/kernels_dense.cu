@@ -1735,19 +1735,8 @@ bool nativeLogits(const TensorView &x, const TensorView &table) {
   return x.dtype == table.dtype && nativeCombination(x.dtype, DType::F32);
 }
 
-/// The optional per-row logsumexp of the fused head: f32, one per row.
-Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_t rows) {
-  if (lse.dtype != DType::F32 || lse.numel() != rows)
-    return args.fail("lse must be f32 with one entry per row of the input (" +
-                     std::to_string(rows) + "), got " + describe(lse));
-  return Status();
-}
-
 Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 4 || args.outputs.empty() || args.outputs.size() > 2)
-    return args.fail("expected 4 inputs and 1 or 2 outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(checkHeadLossCounts(args, /*backward=*/false));
   HeadLossShape s;
   G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
@@ -1812,11 +1801,7 @@ __global__ void widenDevice(const float *in, int64_t n, double *out) {
 }
 
 Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
-  if (args.inputs.size() < 5 || args.inputs.size() > 6 || args.outputs.empty() ||
-      args.outputs.size() > 2)
-    return args.fail("expected 5 or 6 inputs and 1 or 2 outputs, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(checkHeadLossCounts(args, /*backward=*/true));
   HeadLossShape s;
   G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];

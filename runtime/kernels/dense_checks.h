@@ -212,6 +212,28 @@ inline Status checkLmHeadGrad(const KernelArgs &args, std::optional<float> &soft
   return readSoftcap(args, softcap);
 }
 
+/// The counts of the fused LM head + cross-entropy: x, table, targets,
+/// num_items (, grad for the backward) → loss (, lse) forward; → input_grad
+/// (, table_grad) backward, which may also take the forward's lse.
+inline Status checkHeadLossCounts(const KernelArgs &args, bool backward) {
+  const size_t in = args.inputs.size(), out = args.outputs.size();
+  const bool ok = backward ? (in == 5 || in == 6) && (out == 1 || out == 2)
+                           : in == 4 && (out == 1 || out == 2);
+  if (ok)
+    return Status();
+  return args.fail(std::string(backward ? "expected 5 or 6 inputs" : "expected 4 inputs") +
+                   " and 1 or 2 outputs, got " + std::to_string(in) + " and " +
+                   std::to_string(out));
+}
+
+/// The fused head's per-row logsumexp: f32, one entry per row.
+inline Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_t rows) {
+  if (lse.dtype != DType::F32 || lse.numel() != rows)
+    return args.fail("lse must be f32 with one entry per row of the input (" +
+                     std::to_string(rows) + "), got " + describe(lse));
+  return Status();
+}
+
 /// expert_linear: x [M, in], expert_offsets, weight [E, out, in] (, addend) → [M, out].
 inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3));

@@ -169,15 +169,6 @@ TrainOptions baseOptions(const std::string &data, const std::string &out) {
   return o;
 }
 
-Status runTraining(const StepProgram &program, const TrainOptions &o, TrainResult &r,
-                   std::string *logText = nullptr) {
-  std::ostringstream log;
-  Status s = train(program, o, log, r);
-  if (logText)
-    *logText = log.str();
-  return s;
-}
-
 /// A run on the mirror equals the CPU run bit for bit: losses, gradient
 /// norms, evaluations, checkpoints and final files.
 void checkMirrorMatchesCpu(const std::string &stepName) {

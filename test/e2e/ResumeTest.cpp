@@ -52,16 +52,6 @@ TrainOptions baseOptions(const std::string &data, const std::string &out) {
   return o;
 }
 
-Status runTraining(const StepProgram &program, const TrainOptions &o, TrainResult &r,
-                   std::string *logText = nullptr) {
-  std::ostringstream log;
-  Status s = train(program, o, log, r);
-  if (logText)
-    *logText = log.str();
-  EXPECT_TRUE(s.ok() || logText) << s.message() << "\n" << log.str();
-  return s;
-}
-
 /// Interrupts a run after `stopAt` steps (checkpoints every `saveEvery`),
 /// resumes it from the latest checkpoint and compares the continuation with
 /// an uninterrupted run: the same losses, gradient norms, learning rates and

@@ -10,6 +10,7 @@
 
 #include "runtime/schemas/container.h"
 #include "runtime/step/program.h"
+#include "runtime/train/trainer.h"
 
 #include <gtest/gtest.h>
 
@@ -17,6 +18,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -70,6 +72,18 @@ inline std::string writeData(const std::string &dir, int count, int minLength, i
     out << "]}\n";
   }
   return path;
+}
+
+/// Runs the training loop. Without `logText` a failure also fails the test
+/// (with the log); with it the log goes there for the caller to inspect.
+inline g3rt::Status runTraining(const g3rt::StepProgram &program, const g3rt::TrainOptions &o,
+                                g3rt::TrainResult &r, std::string *logText = nullptr) {
+  std::ostringstream log;
+  g3rt::Status s = g3rt::train(program, o, log, r);
+  if (logText)
+    *logText = log.str();
+  EXPECT_TRUE(s.ok() || logText) << s.message() << "\n" << log.str();
+  return s;
 }
 
 /// The bytes of `path`; a read failure fails the test.

@@ -72,6 +72,8 @@ std::vector<BadCall> badCalls() {
       {"expert_linear", {}, {f32({4, 8}), i32({4}), f32({3, 6, 8}), f32({4, 7})}, {f32({4, 6})}},
       {"lm_head_cross_entropy", attrs({{"ignore_index", I(-100)}}),
        {f32({4, 8}), f32({5, 8}), i32({4}), f32({})}, {f32({}), f32({5})}},
+      {"lm_head_cross_entropy_grad", attrs({{"ignore_index", I(-100)}}),
+       {f32({4, 8}), f32({5, 8}), i32({4}), f32({})}, {f32({4, 8})}},
       {"random_uniform", attrs({{"stream", I(3)}, {"low", F(0)}, {"high", F(1)}}), {i32({2})},
        {f32({16})}},
       {"dropout", attrs({{"p", F(1.5)}}), {f32({4, 8}), f32({4, 8})}, {f32({4, 8})}},
