@@ -4,7 +4,8 @@
 // (kernel.h); KernelArgs::backend points at this context, and every
 // TensorView's data is a device pointer. Kernels enqueue work on `stream` and
 // never synchronise unless they must read device data on the host (expert
-// offsets for per-expert GEMMs).
+// offsets for per-expert GEMMs). Dense products run on cuBLASLt (lt_matmul.h),
+// with cuBLAS as the fallback for problems cuBLASLt has no algorithm for.
 //
 //===----------------------------------------------------------------------===//
 
@@ -26,11 +27,15 @@ enum class AttentionImpl { Auto, Own, Cudnn };
 
 /// cuDNN's handle, plans and scratch memory for attention (cudnn_attention.cu).
 struct CudnnAttentionState;
+/// cuBLASLt's descriptors and algorithms of the products run (lt_matmul.h).
+class LtMatmuls;
 
 struct CudaContext {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   cublasLtHandle_t cublasLt = nullptr;
+  /// The dense products' plans; its workspace is the lower half of `workspace`.
+  std::shared_ptr<LtMatmuls> matmuls;
   /// Scratch device memory kernels may use freely during one launch.
   void *workspace = nullptr;
   size_t workspaceBytes = 0;

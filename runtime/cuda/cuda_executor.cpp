@@ -3,6 +3,7 @@
 #include "runtime/cuda/cuda_executor.h"
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/lt_matmul.h"
 
 #include <cstdlib>
 #include <set>
@@ -55,7 +56,10 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   cublasSetStream(ctx.cublas, ctx.stream);
   G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ctx.workspace, kWorkspaceBytes), "allocating the workspace"));
   ctx.workspaceBytes = kWorkspaceBytes;
+  // cuBLAS (the fallback) and cuBLASLt share the lower half of the workspace:
+  // both run on ctx.stream, one product at a time.
   cublasSetWorkspace(ctx.cublas, ctx.workspace, kWorkspaceBytes / 2);
+  ctx.matmuls = std::make_shared<LtMatmuls>(ctx.cublasLt, ctx.workspace, kWorkspaceBytes / 2);
 
   G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
                              "allocating the " + std::to_string(program.arenaBytes) +
@@ -92,6 +96,8 @@ Status CudaExecutor::create(const StepProgram &program, int device,
 CudaExecutor::~CudaExecutor() {
   if (ctx_)
     ctx_->cudnn.reset(); // its handle is bound to the stream destroyed below
+  if (ctx_)
+    ctx_->matmuls.reset(); // its descriptors belong to the handle destroyed below
   for (auto &[key, view] : state_)
     cudaFree(view.data);
   cudaFree(arena_);

@@ -27,6 +27,7 @@
 
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lowrank_products.h"
+#include "runtime/cuda/lt_matmul.h"
 #include "runtime/kernels/dense_checks.h"
 
 #include <cub/device/device_radix_sort.cuh>
@@ -236,11 +237,14 @@ struct Operand {
   bool trans;
 };
 
-/// A row-major output matrix.
+/// A row-major output matrix; a product with beta ≠ 0 adds `addend` (of the
+/// output's type and leading dimension) when it is set, else the output's
+/// own contents.
 struct Output {
   void *data;
   DType dtype;
   int64_t ld;
+  const void *addend = nullptr;
 };
 
 cudaDataType cudaTypeOf(DType t) {
@@ -254,8 +258,8 @@ cudaDataType cudaTypeOf(DType t) {
   }
 }
 
-/// Whether cublasGemmEx with CUBLAS_COMPUTE_32F takes inputs of type `in`
-/// with an output of type `out`.
+/// Whether cuBLAS(Lt) with CUBLAS_COMPUTE_32F takes inputs of type `in` with
+/// an output of type `out`.
 bool nativeCombination(DType in, DType out) {
   switch (in) {
   case DType::F32:
@@ -271,19 +275,38 @@ bool nativeCombination(DType in, DType out) {
 
 bool fitsInt(int64_t v) { return v >= 0 && v <= INT_MAX; }
 
-/// C[M, N] = A'[M, K]·B'[K, N] + beta·C, row-major, for operands cuBLAS
-/// takes as they are. cuBLAS is column-major, where a row-major X is Xᵀ, so
-/// this asks it for Cᵀ = B'ᵀ·A'ᵀ: B first, then A, with m = N and n = M.
+/// C[M, N] = A'[M, K]·B'[K, N] + beta·(C.addend or C), row-major, for
+/// operands cuBLAS takes as they are: on cuBLASLt (lt_matmul.h), or on
+/// cublasGemmEx for a problem cuBLASLt has no algorithm for.
 Status cublasGemm(const KernelArgs &args, CudaContext &ctx, int64_t M, int64_t N, int64_t K,
                   const Operand &A, const Operand &B, const Output &C, float beta) {
   if (!fitsInt(M) || !fitsInt(N) || !fitsInt(K) || !fitsInt(A.ld) || !fitsInt(B.ld) ||
       !fitsInt(C.ld))
     return args.fail("matrix product of " + std::to_string(M) + "x" + std::to_string(N) + "x" +
                      std::to_string(K) + " exceeds cuBLAS's 32-bit sizes");
+  LtProduct p{M,
+              N,
+              K,
+              {A.data, cudaTypeOf(A.dtype), A.ld, A.trans},
+              {B.data, cudaTypeOf(B.dtype), B.ld, B.trans},
+              C.addend ? C.addend : C.data,
+              C.data,
+              cudaTypeOf(C.dtype),
+              C.ld,
+              beta};
+  bool supported = false;
+  cublasStatus_t st = ctx.matmuls->run(p, ctx.stream, supported);
+  if (st != CUBLAS_STATUS_SUCCESS)
+    return cublasFailure(args, st, "cublasLtMatmul");
+  if (supported)
+    return Status();
+
+  if (beta != 0 && C.addend && C.addend != C.data)
+    G3RT_RETURN_IF_ERROR(copy2D(args, C.addend, C.dtype, C.ld, C.data, C.dtype, C.ld, M, N));
   // The handle is shared with the other kernel files: state every call
   // relies on is set here. Reductions (split-K) stay in fp32 even when the
   // output is bf16, so that a result is rounded once, as on the CPU.
-  cublasStatus_t st = cublasSetPointerMode(ctx.cublas, CUBLAS_POINTER_MODE_HOST);
+  st = cublasSetPointerMode(ctx.cublas, CUBLAS_POINTER_MODE_HOST);
   if (st == CUBLAS_STATUS_SUCCESS)
     st = cublasSetMathMode(ctx.cublas, cublasMath_t(CUBLAS_DEFAULT_MATH |
                                                     CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
@@ -300,7 +323,7 @@ Status cublasGemm(const KernelArgs &args, CudaContext &ctx, int64_t M, int64_t N
   return Status();
 }
 
-/// C[M, N] = A'·B' + beta·C (beta 0 or 1), then c·tanh(C/c) when softcap > 0
+/// C[M, N] = A'·B' + beta·(C.addend or C) (beta 0 or 1), then c·tanh(C/c) when softcap > 0
 /// (only with beta = 0), for float operands and output of any types.
 ///
 /// Operands of one type with an output cuBLAS supports go to cuBLAS as they
@@ -317,7 +340,9 @@ Status gemm(const KernelArgs &args, CudaContext &ctx, Scratch scratch, int64_t M
     return Status();
   if (K <= 0) {
     if (beta != 0)
-      return Status();
+      return C.addend && C.addend != C.data
+                 ? copy2D(args, C.addend, C.dtype, C.ld, C.data, C.dtype, C.ld, M, N)
+                 : Status();
     size_t es = dtypeSize(C.dtype);
     cudaError_t e = C.ld == N ? cudaMemsetAsync(C.data, 0, size_t(M * N) * es, ctx.stream)
                               : cudaMemset2DAsync(C.data, size_t(C.ld) * es, 0, size_t(N) * es,
@@ -396,11 +421,13 @@ Status gemm(const KernelArgs &args, CudaContext &ctx, Scratch scratch, int64_t M
           b = {bBuf, T, K, true};
         }
       }
-      Output c{offsetBytes(C.data, C.dtype, m0 * C.ld + n0), C.dtype, C.ld};
+      Output c{offsetBytes(C.data, C.dtype, m0 * C.ld + n0), C.dtype, C.ld,
+               C.addend ? offsetBytes(C.addend, C.dtype, m0 * C.ld + n0) : nullptr};
       if (stageC) {
         Output staged{cBuf, DType::F32, nc};
         if (beta != 0)
-          G3RT_RETURN_IF_ERROR(copy2D(args, c.data, c.dtype, c.ld, cBuf, DType::F32, nc, mc, nc));
+          G3RT_RETURN_IF_ERROR(copy2D(args, c.addend ? c.addend : c.data, c.dtype, c.ld, cBuf,
+                                      DType::F32, nc, mc, nc));
         G3RT_RETURN_IF_ERROR(cublasGemm(args, ctx, mc, nc, K, a, b, staged, beta));
         G3RT_RETURN_IF_ERROR(
             copy2D(args, cBuf, DType::F32, nc, c.data, c.dtype, c.ld, mc, nc, softcap));
@@ -905,7 +932,9 @@ Status rmsNormGradKernel(const KernelArgs &args) {
 Operand operand(const TensorView &t, int64_t ld, bool trans) {
   return {t.data, t.dtype, ld, trans};
 }
-Output output(const TensorView &t, int64_t ld) { return {t.data, t.dtype, ld}; }
+Output output(const TensorView &t, int64_t ld, const TensorView *addend = nullptr) {
+  return {t.data, t.dtype, ld, addend ? addend->data : nullptr};
+}
 
 // Products with a LoRA rank on one side go to the low-rank kernels
 // (lowrank_products.h) when they take the operands; each helper sets `done`.
@@ -958,19 +987,6 @@ RowGroups expertGroups(const TensorView &offsets, int64_t experts, int64_t rows)
   return {offsets.data, offsets.dtype, experts, rows};
 }
 
-/// For cuBLAS products with an addend: copies it into the result (unless
-/// they share the buffer) and returns beta = 1, so that the product adds to
-/// it; beta = 0 without one.
-Status seedWithAddend(const KernelArgs &args, const MatmulShape &s, const TensorView &y,
-                      float &beta) {
-  beta = s.addend ? 1.0f : 0.0f;
-  if (!s.addend || s.addend->data == y.data)
-    return Status();
-  cudaError_t e = cudaMemcpyAsync(y.data, s.addend->data, y.bytes(), cudaMemcpyDeviceToDevice,
-                                  contextOf(args).stream);
-  return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend");
-}
-
 Status linearKernel(const KernelArgs &args) {
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
@@ -980,12 +996,10 @@ Status linearKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(lowRankLinear(args, {nullptr, DType::I32, 1, M}, x, w, y, shape, done));
   if (done)
     return Status();
-  float beta;
-  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, y, beta));
   CudaContext &ctx = contextOf(args);
-  // y[M, out] (+)= x[M, in]·W[out, in]ᵀ
+  // y[M, out] = x[M, in]·W[out, in]ᵀ (+ addend)
   return gemm(args, ctx, scratchOf(ctx), M, out, in, operand(x, in, false), operand(w, in, true),
-              output(y, out), beta);
+              output(y, out, shape.addend), shape.addend ? 1.0f : 0.0f);
 }
 
 Status linearGradInputKernel(const KernelArgs &args) {
@@ -998,12 +1012,10 @@ Status linearGradInputKernel(const KernelArgs &args) {
       lowRankLinearGradInput(args, {nullptr, DType::I32, 1, M}, dy, w, dx, shape, done));
   if (done)
     return Status();
-  float beta;
-  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, dx, beta));
   CudaContext &ctx = contextOf(args);
-  // dx[M, in] (+)= dy[M, out]·W[out, in]
+  // dx[M, in] = dy[M, out]·W[out, in] (+ addend)
   return gemm(args, ctx, scratchOf(ctx), M, in, out, operand(dy, out, false),
-              operand(w, in, false), output(dx, in), beta);
+              operand(w, in, false), output(dx, in, shape.addend), shape.addend ? 1.0f : 0.0f);
 }
 
 Status linearGradWeightKernel(const KernelArgs &args) {
@@ -1233,13 +1245,22 @@ Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts,
   return Status();
 }
 
-/// Zeroes rows [from, M) of a row-major [M, cols] tensor.
-Status zeroTailRows(const KernelArgs &args, const TensorView &t, int64_t from, int64_t cols) {
+/// Sets rows [from, M) of a row-major [M, cols] tensor to those of the
+/// addend (of its type and shape), or to zeros without one.
+Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, int64_t cols,
+                    const TensorView *addend) {
   int64_t M = t.dim(0);
   if (from >= M)
     return Status();
-  return memsetZero(args, offsetBytes(t.data, t.dtype, from * cols),
-                    size_t((M - from) * cols) * dtypeSize(t.dtype));
+  void *dst = offsetBytes(t.data, t.dtype, from * cols);
+  size_t bytes = size_t((M - from) * cols) * dtypeSize(t.dtype);
+  if (!addend)
+    return memsetZero(args, dst, bytes);
+  if (addend->data == t.data)
+    return Status();
+  cudaError_t e = cudaMemcpyAsync(dst, offsetBytes(addend->data, t.dtype, from * cols), bytes,
+                                  cudaMemcpyDeviceToDevice, contextOf(args).stream);
+  return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
 Status expertLinearKernel(const KernelArgs &args) {
@@ -1255,20 +1276,22 @@ Status expertLinearKernel(const KernelArgs &args) {
     return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
-  float beta;
-  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, y, beta));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
+  const TensorView *add = shape.addend;
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
-    // y[r0.., out] (+)= x[r0.., in]·W[e]ᵀ
-    G3RT_RETURN_IF_ERROR(gemm(args, ctx, scratch, rows, out, in,
-                              Operand{offsetBytes(x.data, x.dtype, r0 * in), x.dtype, in, false},
-                              Operand{offsetBytes(w.data, w.dtype, e * out * in), w.dtype, in, true},
-                              Output{offsetBytes(y.data, y.dtype, r0 * out), y.dtype, out}, beta));
+    // y[r0.., out] = x[r0.., in]·W[e]ᵀ (+ addend[r0..])
+    G3RT_RETURN_IF_ERROR(gemm(
+        args, ctx, scratch, rows, out, in,
+        Operand{offsetBytes(x.data, x.dtype, r0 * in), x.dtype, in, false},
+        Operand{offsetBytes(w.data, w.dtype, e * out * in), w.dtype, in, true},
+        Output{offsetBytes(y.data, y.dtype, r0 * out), y.dtype, out,
+               add ? offsetBytes(add->data, y.dtype, r0 * out) : nullptr},
+        add ? 1.0f : 0.0f));
   }
   // Rows past the last expert: the addend, or zeros.
-  return shape.addend ? Status() : zeroTailRows(args, y, offsets[size_t(E)], out);
+  return fillTailRows(args, y, offsets[size_t(E)], out, add);
 }
 
 Status expertLinearGradInputKernel(const KernelArgs &args) {
@@ -1284,20 +1307,21 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
     return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
-  float beta;
-  G3RT_RETURN_IF_ERROR(seedWithAddend(args, shape, dx, beta));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
+  const TensorView *add = shape.addend;
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
-    // dx[r0.., in] (+)= dy[r0.., out]·W[e]
+    // dx[r0.., in] = dy[r0.., out]·W[e] (+ addend[r0..])
     G3RT_RETURN_IF_ERROR(
         gemm(args, ctx, scratch, rows, in, out,
              Operand{offsetBytes(dy.data, dy.dtype, r0 * out), dy.dtype, out, false},
              Operand{offsetBytes(w.data, w.dtype, e * out * in), w.dtype, in, false},
-             Output{offsetBytes(dx.data, dx.dtype, r0 * in), dx.dtype, in}, beta));
+             Output{offsetBytes(dx.data, dx.dtype, r0 * in), dx.dtype, in,
+                    add ? offsetBytes(add->data, dx.dtype, r0 * in) : nullptr},
+             add ? 1.0f : 0.0f));
   }
-  return shape.addend ? Status() : zeroTailRows(args, dx, offsets[size_t(E)], in);
+  return fillTailRows(args, dx, offsets[size_t(E)], in, add);
 }
 
 Status expertLinearGradWeightKernel(const KernelArgs &args) {

@@ -18,6 +18,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -107,6 +108,39 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
     std::printf("  %-28s worst error / tolerance %.3g\n", kernel.c_str(), worst);
 }
 
+/// Runs entry point `function` on the CPU and on the GPU, each on its own
+/// values, an instruction at a time, and returns how many tokens the two
+/// routed to different experts (the expert sets per token of every
+/// moe_dispatch differ).
+int64_t runBothCountingReroutes(Executor &cpu, cuda::CudaExecutor &gpu, const char *function) {
+  const FunctionDesc *fn = cpu.program().findFunction(function);
+  EXPECT_TRUE(fn) << function;
+  int64_t rerouted = 0;
+  for (size_t i = 0; fn && i < fn->instrs.size(); ++i) {
+    Status s = cpu.runInstruction(*fn, i);
+    EXPECT_TRUE(s.ok()) << s.message();
+    s = gpu.runInstruction(*fn, i);
+    EXPECT_TRUE(s.ok()) << s.message();
+    if (!s.ok())
+      return rerouted;
+    const InstrDesc &instr = fn->instrs[i];
+    if (instr.kernel != "moe_dispatch")
+      continue;
+    TensorView want = cpu.view(*fn, instr.inputs[1]); // [tokens, k] expert indices
+    std::vector<int32_t> got(size_t(want.numel()));
+    EXPECT_TRUE(gpu.toHost(gpu.deviceView(*fn, instr.inputs[1]), got.data()).ok());
+    const int64_t k = want.shape.back();
+    for (int64_t n = 0; n * k < want.numel(); ++n) {
+      std::vector<int32_t> a(want.i32() + n * k, want.i32() + (n + 1) * k);
+      std::vector<int32_t> b(got.begin() + n * k, got.begin() + (n + 1) * k);
+      std::sort(a.begin(), a.end());
+      std::sort(b.begin(), b.end());
+      rerouted += a != b;
+    }
+  }
+  return rerouted;
+}
+
 /// Runs the entry points on the CPU and on the GPU (attention on `attention`,
 /// see cudnn_attention.h) and compares losses and gradients.
 void compareEntryPoints(const char *step, const char *attention) {
@@ -122,10 +156,9 @@ void compareEntryPoints(const char *step, const char *attention) {
   ASSERT_TRUE(s.ok()) << s.message();
   ASSERT_TRUE(gpu->upload(cpu).ok());
 
+  int64_t rerouted = 0;
   for (const char *fn : {"forward", "eval_forward", "forward_backward"}) {
-    ASSERT_TRUE(cpu.run(fn).ok());
-    s = gpu->run(fn);
-    ASSERT_TRUE(s.ok()) << s.message();
+    rerouted = runBothCountingReroutes(cpu, *gpu, fn);
     std::vector<float> gpuLoss;
     ASSERT_TRUE(gpu->output(fn, "loss", gpuLoss).ok());
     double cpuLoss = cpu.output(fn, "loss").load(0);
@@ -136,17 +169,24 @@ void compareEntryPoints(const char *step, const char *attention) {
   // another expert (routing is discrete), which changes the gradients that
   // sum over the routed tokens (the experts', the router's, the norm after
   // the MoE block) wholesale; the instruction-level test above is where the
-  // kernels are held to tight tolerances. So routed bf16 steps are compared
-  // over all gradients together, the others tensor by tensor. cuDNN's
-  // attention rounds the probabilities and dS to bf16 before the second
-  // product of each pair (as PyTorch's flash and cuDNN attention do; the own
-  // kernels keep about 16 bits), which moves the bf16 steps' gradients by a
-  // few percent more.
+  // kernels are held to tight tolerances. Even with the same experts, the
+  // routers' discrete steps (SparseMixer's mask, near-ties) move the
+  // weights. So routed bf16 steps are compared over all gradients together,
+  // the others tensor by tensor, and more loosely where forward_backward
+  // sent tokens to other experts on the two sides (counted and reported).
+  // cuDNN's attention rounds the probabilities and dS to bf16 before the
+  // second product of each pair (as PyTorch's flash and cuDNN attention do;
+  // the own kernels keep about 16 bits), which moves the bf16 steps'
+  // gradients by a few percent more, and reroutes more tokens.
   const bool bf16 = std::string(step).find("fp32") == std::string::npos;
   const bool routedInBf16 = bf16 && std::string(step).find("g3moe") != std::string::npos;
   const bool cudnn = bf16 && std::string(attention) == "cudnn";
+  EXPECT_TRUE(routedInBf16 || rerouted == 0)
+      << step << ": " << rerouted << " tokens routed to other experts than on the CPU";
   const double perTensor = cudnn ? 8e-2 : 2e-2;
-  const double together = routedInBf16 ? (cudnn ? 2e-1 : 1e-1) : (cudnn ? 5e-2 : 2e-2);
+  const double together = !routedInBf16 ? (cudnn ? 5e-2 : 2e-2)
+                          : rerouted > 0 ? 4e-1
+                                         : (cudnn ? 2e-1 : 1e-1);
   double totalErr = 0, totalNorm = 0;
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
@@ -167,8 +207,9 @@ void compareEntryPoints(const char *step, const char *attention) {
   }
   EXPECT_LE(std::sqrt(totalErr), together * std::sqrt(totalNorm))
       << step << " (attention " << attention << "): all gradients together";
-  std::printf("  %s, attention %s: gradient error %.3g of the norm\n", step, attention,
-              std::sqrt(totalErr / std::max(totalNorm, 1e-30)));
+  std::printf("  %s, attention %s: gradient error %.3g of the norm, %lld tokens rerouted\n",
+              step, attention, std::sqrt(totalErr / std::max(totalNorm, 1e-30)),
+              (long long)rerouted);
 }
 
 TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) { compareEntryPoints(GetParam(), "own"); }
