@@ -4,9 +4,11 @@
 // attention shapes (8 query heads, 4 kv heads, head_dim 256, causal; global
 // and 1024-token sliding layers) with the implementation G3MOE_CUDA_ATTENTION
 // selects, and prints one JSON line per shape: median milliseconds and
-// TFLOP/s of the forward and of the backward. FLOPs count the visible
-// (query, key) pairs: 4 * pairs * heads * d forward, 2.5 times that backward
-// (the forward that attention_grad reruns is not counted).
+// TFLOP/s of the forward (with its lse output) and of the backward as a step
+// runs them: from the forward's saved output and statistics
+// (--g3moe-save-attention-stats); `bwd_rerun_ms` is the backward without
+// them, which reruns the forward first. FLOPs count the visible (query, key)
+// pairs: 4 * pairs * heads * d forward, 2.5 times that backward.
 //   attention-bench T [T...]
 //
 //===----------------------------------------------------------------------===//
@@ -97,6 +99,8 @@ int main(int argc, char **argv) {
                  v = deviceTensor(DType::BF16, {1, T, kKvHeads, kHeadDim}, owned),
                  seg = deviceTensor(DType::I32, {1, T}, owned),
                  o = deviceTensor(DType::BF16, {1, T, kHeads, kHeadDim}, owned),
+                 out = deviceTensor(DType::BF16, {1, T, kHeads, kHeadDim}, owned),
+                 lse = deviceTensor(DType::F32, {1, kHeads, T}, owned),
                  dq = deviceTensor(DType::BF16, {1, T, kHeads, kHeadDim}, owned),
                  dk = deviceTensor(DType::BF16, {1, T, kKvHeads, kHeadDim}, owned),
                  dv = deviceTensor(DType::BF16, {1, T, kKvHeads, kHeadDim}, owned);
@@ -110,8 +114,10 @@ int main(int argc, char **argv) {
       attrs.set("scale", AttrValue::ofFloat(1.0 / 16.0));
       if (window)
         attrs.set("sliding_window", AttrValue::ofInt(window));
-      double fwd = medianMs(*ex, "attention", attrs, {q, k, v, seg}, {dq}, s);
-      double bwd = medianMs(*ex, "attention_grad", attrs, {q, k, v, seg, o}, {dq, dk, dv}, s);
+      double fwd = medianMs(*ex, "attention", attrs, {q, k, v, seg}, {out, lse}, s);
+      double bwd = medianMs(*ex, "attention_grad", attrs, {q, k, v, seg, o, out, lse},
+                            {dq, dk, dv}, s);
+      double rerun = medianMs(*ex, "attention_grad", attrs, {q, k, v, seg, o}, {dq, dk, dv}, s);
       for (void *p : owned)
         cudaFree(p);
       if (!s.ok()) {
@@ -120,9 +126,10 @@ int main(int argc, char **argv) {
       }
       const double flops = 4 * visiblePairs(T, window) * kHeads * kHeadDim;
       std::printf("{\"impl\": \"%s\", \"seq\": %lld, \"window\": %lld, \"fwd_ms\": %.3f, "
-                  "\"fwd_tflops\": %.1f, \"bwd_ms\": %.3f, \"bwd_tflops\": %.1f}\n",
+                  "\"fwd_tflops\": %.1f, \"bwd_ms\": %.3f, \"bwd_tflops\": %.1f, "
+                  "\"bwd_rerun_ms\": %.3f}\n",
                   impl ? impl : "auto", (long long)T, (long long)window, fwd,
-                  flops / fwd / 1e9, bwd, 2.5 * flops / bwd / 1e9);
+                  flops / fwd / 1e9, bwd, 2.5 * flops / bwd / 1e9, rerun);
       std::fflush(stdout);
     }
   }

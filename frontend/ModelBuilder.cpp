@@ -156,9 +156,10 @@ Value StepBuilder::attention(Value x, int64_t layer, const std::string &prefix) 
   IntegerAttr window = global ? IntegerAttr() : b.getI64IntegerAttr(m.slidingWindow);
   FloatAttr softcap =
       m.attnLogitSoftcap ? b.getF64FloatAttr(*m.attnLogitSoftcap) : FloatAttr();
-  Value o = g3moe::AttentionOp::create(b, loc, q.getType(), q, k, v, segmentIds,
+  Value o = g3moe::AttentionOp::create(b, loc, q.getType(), /*lse=*/Type(), q, k, v, segmentIds,
                                        b.getF64FloatAttr(m.attentionScale()),
-                                       window, softcap);
+                                       window, softcap)
+                .getResult();
   o = reshape(o, {batch, seq, nh * d});
   return linear(o, prefix + "self_attn.o_proj.weight", m.hiddenSize);
 }

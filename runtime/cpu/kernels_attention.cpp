@@ -162,6 +162,7 @@ Status attentionKernel(const KernelArgs &args) {
   std::vector<float> Q = toFloat(args.inputs[0]), K = toFloat(args.inputs[1]),
                      V = toFloat(args.inputs[2]);
   const TensorView &o = args.outputs[0];
+  float *lse = p.withLse ? args.outputs[1].f32() : nullptr;
   const int64_t blocks = (p.T + kRowBlock - 1) / kRowBlock;
 
   parallelFor(p.B * p.nh * blocks, [&](int64_t begin, int64_t end) {
@@ -172,9 +173,12 @@ Status attentionKernel(const KernelArgs &args) {
       for (int64_t i = blk * kRowBlock; i < std::min(p.T, (blk + 1) * kRowBlock); ++i) {
         int64_t lo = p.firstKey(i), out = p.qIndex(b, i, h);
         float mx = rowScores(p, Q.data(), K.data(), b, h, i, s.data());
+        float *rowLse = lse ? lse + (b * p.nh + h) * p.T + i : nullptr;
         if (mx == kNegInf) {
           for (int64_t c = 0; c < p.d; ++c)
             o.store(out + c, 0.0f);
+          if (rowLse)
+            *rowLse = 0.0f;
           continue;
         }
         std::fill(acc.begin(), acc.end(), 0.0f);
@@ -192,12 +196,17 @@ Status attentionKernel(const KernelArgs &args) {
         float inv = 1.0f / sum;
         for (int64_t c = 0; c < p.d; ++c)
           o.store(out + c, acc[size_t(c)] * inv);
+        if (rowLse)
+          *rowLse = mx + std::log(sum);
       }
     }
   });
   return Status();
 }
 
+// The saved forward output and lse, when given, are checked and left unread:
+// pass 1 rebuilds the statistics with dq in the same sweep, which keeps the
+// reference independent of the forward it is compared with.
 Status attentionGradKernel(const KernelArgs &args) {
   AttnProblem p;
   G3RT_RETURN_IF_ERROR(readProblem(args, /*grad=*/true, p));

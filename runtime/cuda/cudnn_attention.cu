@@ -17,8 +17,12 @@
 // which makes their dq and every padded key's dk and dv zero as well; the
 // rows of the document are untouched by padding because attention is causal.
 //
-// attention_grad gets no forward output or statistics from the step, so it
-// reruns the forward (about a third of the backward's cost) into scratch
+// The forward writes the statistics into its `lse` output when the step asks
+// for it (padded rows 0, as on the CPU). attention_grad starts from the
+// forward's saved output and statistics when the step hands them over
+// (--g3moe-save-attention-stats; padded rows' statistics become +inf, so that
+// their probabilities, whose gradients are zero, stay finite); without them
+// it reruns the forward (about a third of the backward's cost) into scratch
 // memory first.
 //
 //===----------------------------------------------------------------------===//
@@ -289,11 +293,23 @@ __global__ void keepDocumentRows(const __nv_bfloat16 *src, __nv_bfloat16 *dst,
     dst[base + i] = keep ? src[base + i] : __float2bfloat16(0.0f);
 }
 
+// dst[b, h, t] of [B, nh, T] statistics = src's, or `fill` where t >= len[b];
+// dst may be src.
+__global__ void keepDocumentStats(const float *src, float *dst, const int32_t *lens, int64_t T,
+                                 float fill) {
+  const int64_t h = blockIdx.x, b = blockIdx.y, base = (b * gridDim.x + h) * T;
+  for (int64_t t = threadIdx.x; t < T; t += blockDim.x)
+    dst[base + t] = t < lens[b] ? src[base + t] : fill;
+}
+
 //===----------------------------------------------------------------------===//
 // Driver
 //===----------------------------------------------------------------------===//
 
-std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p) {
+/// Why cuDNN cannot serve the call, or "". The statistics (the forward's
+/// output 1, the backward's input 6) are fp32; every other tensor but the
+/// segment ids must be aligned bf16.
+std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p, bool grad) {
   if (p.capped)
     return "logit soft-capping";
   if (p.d % 8 != 0 || p.d > 256)
@@ -301,12 +317,16 @@ std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p) {
   auto bf16 = [](const TensorView &t) {
     return t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
   };
+  const TensorView *lse =
+      p.withLse ? (grad ? &args.inputs[6] : &args.outputs[1]) : nullptr;
   for (size_t i = 0; i < args.inputs.size(); ++i)
-    if (i != 3 && !bf16(args.inputs[i]))
+    if (i != 3 && &args.inputs[i] != lse && !bf16(args.inputs[i]))
       return "input " + std::to_string(i) + " is not an aligned bf16 tensor";
   for (size_t i = 0; i < args.outputs.size(); ++i)
-    if (!bf16(args.outputs[i]))
+    if (&args.outputs[i] != lse && !bf16(args.outputs[i]))
       return "output " + std::to_string(i) + " is not an aligned bf16 tensor";
+  if (lse && reinterpret_cast<uintptr_t>(lse->data) % 16 != 0)
+    return "the statistics are not 16-byte aligned";
   return "";
 }
 
@@ -375,7 +395,7 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
       return args.fail("G3MOE_CUDA_ATTENTION=cudnn, but cuDNN cannot serve this call: " + why);
     return Status();
   };
-  if (std::string why = unsupportedReason(args, p); !why.empty())
+  if (std::string why = unsupportedReason(args, p, grad); !why.empty())
     return decline(why);
 
   CudnnAttentionState *st = nullptr;
@@ -419,47 +439,68 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
   if (grad && !bwd)
     return decline(why);
 
-  // Scratch: statistics, and for the backward the forward's output, the
-  // masked dO, D and the fp32 dq accumulator; then the plans' workspace.
+  // Scratch: statistics, and for the backward the forward's output (unless
+  // saved), the masked dO, D and the fp32 dq accumulator; then the plans'
+  // workspace.
+  const bool saved = grad && p.withLse;
   const size_t rowsBytes = align256(size_t(p.B * p.nh * p.T) * sizeof(float));
   const size_t actBytes = align256(size_t(p.B * p.T * p.nh * p.d) * 2);
   const size_t accBytes = align256(size_t(p.B * p.T * p.nh * p.d) * sizeof(float));
-  size_t used = rowsBytes + (grad ? 2 * actBytes + rowsBytes + accBytes : 0);
+  size_t used = rowsBytes + (grad ? (saved ? 1 : 2) * actBytes + rowsBytes + accBytes : 0);
   const size_t work = size_t(std::max(fwd->workspaceBytes, bwd ? bwd->workspaceBytes : 0));
   G3RT_RETURN_IF_ERROR(reserveScratch(args, *st, used + align256(work)));
   char *base = static_cast<char *>(st->scratch);
-  float *stats = reinterpret_cast<float *>(base);
+  float *stats = !grad && p.withLse ? static_cast<float *>(args.outputs[1].data)
+                                    : reinterpret_cast<float *>(base);
   char *cursor = base + rowsBytes;
   void *o = args.outputs[0].data;
   void *dO = nullptr, *softmaxSum = nullptr, *dqAccum = nullptr;
   if (grad) {
-    o = cursor;
-    dO = cursor + actBytes;
-    softmaxSum = cursor + 2 * actBytes;
-    dqAccum = cursor + 2 * actBytes + rowsBytes;
+    o = saved ? args.inputs[5].data : cursor;
+    if (!saved)
+      cursor += actBytes;
+    dO = cursor;
+    softmaxSum = cursor + actBytes;
+    dqAccum = cursor + actBytes + rowsBytes;
   }
   void *workspace = base + used;
 
-  float scale = p.scale, negInf = -INFINITY, windowF = float(window), one = 1.0f;
-  std::vector<TensorId> uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf};
-  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, o,
-                              stats, &scale, &negInf};
-  if (window) {
-    uids.push_back(kWindow);
-    ptrs.push_back(&windowF);
-  }
-  Status s = cudnn::execute(st->handle, *fwd, uids, ptrs, workspace);
-  if (!s.ok())
-    return args.fail(s.message());
-
   const int64_t width = p.nh * p.d;
-  const dim3 rowGrid(unsigned(p.T), unsigned(p.B));
+  const dim3 rowGrid(unsigned(p.T), unsigned(p.B)), headGrid(unsigned(p.nh), unsigned(p.B));
   int32_t *lens = st->rows;
+  float scale = p.scale, negInf = -INFINITY, windowF = float(window), one = 1.0f;
+  std::vector<TensorId> uids;
+  std::vector<void *> ptrs;
+  if (saved) {
+    const auto *lse = static_cast<const float *>(args.inputs[6].data);
+    if (padded) {
+      keepDocumentStats<<<headGrid, 256, 0, stream>>>(lse, stats, lens, p.T, INFINITY);
+      G3RT_CUDA_CHECK_LAUNCH(args, "masking padded attention statistics");
+    } else {
+      stats = const_cast<float *>(lse);
+    }
+  } else {
+    uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf};
+    ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, o, stats, &scale,
+            &negInf};
+    if (window) {
+      uids.push_back(kWindow);
+      ptrs.push_back(&windowF);
+    }
+    Status s = cudnn::execute(st->handle, *fwd, uids, ptrs, workspace);
+    if (!s.ok())
+      return args.fail(s.message());
+  }
+
   if (!grad) {
     if (padded) {
       auto *out = static_cast<__nv_bfloat16 *>(o);
       keepDocumentRows<<<rowGrid, 256, 0, stream>>>(out, out, lens, p.T, width);
       G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention rows");
+      if (p.withLse) {
+        keepDocumentStats<<<headGrid, 256, 0, stream>>>(stats, stats, lens, p.T, 0.0f);
+        G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention statistics");
+      }
     }
     served = true;
     return Status();

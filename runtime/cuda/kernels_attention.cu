@@ -146,6 +146,7 @@ struct AttnArgs {
   void *o, *dq, *dk, *dv;
   DType ot, dqt, dkt, dvt;
   float *stats; // per (b, h, i): row max, denominator, D (pass A -> pass B)
+  float *lse;   // the forward's optional [B, nh, T] logsumexp output, or null
   int T, nh, nkv, d, group;
   int window; // 0: none (also when it cannot bind: window >= T)
   float scale, cap;
@@ -416,11 +417,16 @@ __global__ void __launch_bounds__(kThreads, 1) attentionForward(AttnArgs p) {
     accumulateTile<RQ, BK, LDP, D>(sP, sV, ty, tx, acc);
   }
 
-  // A row that saw no key has l = 0 and an all-zero accumulator: output 0.
+  // A row that saw no key has l = 0 and an all-zero accumulator: output 0
+  // (and logsumexp 0).
   float inv[RQ];
 #pragma unroll
-  for (int a = 0; a < RQ; ++a)
+  for (int a = 0; a < RQ; ++a) {
     inv[a] = l[a] > 0.0f ? 1.0f / l[a] : 0.0f;
+    const int i = q0 + ty * RQ + a;
+    if (p.lse && tx == 0 && i < p.T)
+      p.lse[(int64_t(b) * p.nh + h) * p.T + i] = l[a] > 0.0f ? m[a] + logf(l[a]) : 0.0f;
+  }
   storeTile<RQ, D>(p.o, p.ot, p, b, q0, h, p.nh, ty, tx, acc, inv);
 }
 
@@ -1038,6 +1044,13 @@ __global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
   }
   const float inv[2] = {l[0] > 0.0f ? 1.0f / l[0] : 0.0f, l[1] > 0.0f ? 1.0f / l[1] : 0.0f};
   storeFragments<D>(p.o, p.ot, p, b, q0 + warp * 16, h, p.nh, lane, o, inv);
+  if (p.lse && (lane & 3) == 0)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int i = q0 + warp * 16 + (lane >> 2) + 8 * r;
+      if (i < p.T)
+        p.lse[(int64_t(b) * p.nh + h) * p.T + i] = l[r] > 0.0f ? m[r] + logf(l[r]) : 0.0f;
+    }
 }
 
 template <int D>
@@ -1458,6 +1471,7 @@ Status attentionOp(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(makeArgs(args, prob, a));
   a.o = args.outputs[0].data;
   a.ot = args.outputs[0].dtype;
+  a.lse = prob.withLse ? args.outputs[1].f32() : nullptr;
   if (tensorCoreOperands(args, 3, prob, a)) {
     if (prob.d <= 64)
       return launchForwardTC<64>(args, prob, a);

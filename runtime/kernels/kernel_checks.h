@@ -210,15 +210,25 @@ struct AttentionShape {
   int64_t window = 0; // 0: no sliding window
   bool capped = false;
   float cap = 0;
+  /// The forward's `lse` output (index 1), or the backward's saved output
+  /// and lse inputs (indices 5 and 6), are present.
+  bool withLse = false;
 };
 
-/// The checks of attention (q, k, v, segment_ids → output) or, with `grad`,
-/// attention_grad (q, k, v, segment_ids, do → dq, dk, dv); fills `p`.
+/// The checks of attention (q, k, v, segment_ids → output (, lse)) or, with
+/// `grad`, attention_grad (q, k, v, segment_ids, do (, o, lse) → dq, dk,
+/// dv); fills `p`. An lse is fp32 [B, nh, T].
 inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &p) {
   size_t nIn = grad ? 5 : 4, nOut = grad ? 3 : 1;
+  p.withLse = grad ? args.inputs.size() == nIn + 2 : args.outputs.size() == nOut + 1;
+  if (p.withLse && grad)
+    nIn += 2;
+  else if (p.withLse)
+    nOut += 1;
   if (args.inputs.size() != nIn || args.outputs.size() != nOut)
     return args.fail(std::string("expects ") + std::to_string(nIn) + " inputs (q, k, v, segment_ids" +
-                     (grad ? ", do" : "") + ") and " + std::to_string(nOut) + " output(s), got " +
+                     (grad ? ", do (, o, lse)" : "") + ") and " + std::to_string(nOut) +
+                     " output(s)" + (grad ? "" : " (output (, lse))") + ", got " +
                      std::to_string(args.inputs.size()) + " and " +
                      std::to_string(args.outputs.size()));
   const TensorView &q = args.inputs[0], &k = args.inputs[1], &v = args.inputs[2],
@@ -255,11 +265,17 @@ inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &
     if (!isFloat(dk.dtype) || dk.shape != k.shape || !isFloat(dv.dtype) || dv.shape != k.shape)
       return args.fail("dk and dv must be float tensors shaped like k " + shapeString(k.shape) +
                        ", got " + describe(dk) + " and " + describe(dv));
-  } else {
-    const TensorView &o = args.outputs[0];
-    if (!isFloat(o.dtype) || o.shape != q.shape)
-      return args.fail("output must be a float tensor shaped like q " + shapeString(q.shape) +
-                       ", got " + describe(o));
+  }
+  const TensorView *o = grad ? (p.withLse ? &args.inputs[5] : nullptr) : &args.outputs[0];
+  if (o && (!isFloat(o->dtype) || o->shape != q.shape))
+    return args.fail(std::string(grad ? "saved output" : "output") +
+                     " must be a float tensor shaped like q " + shapeString(q.shape) + ", got " +
+                     describe(*o));
+  if (p.withLse) {
+    const TensorView &lse = grad ? args.inputs[6] : args.outputs[1];
+    if (lse.dtype != DType::F32 || lse.shape != std::vector<int64_t>{p.B, p.nh, p.T})
+      return args.fail("lse must be an f32 [B, nh, T] tensor " +
+                       shapeString({p.B, p.nh, p.T}) + ", got " + describe(lse));
   }
 
   double scale = 0;

@@ -2,7 +2,8 @@
 //
 // attention and attention_grad on model-sized heads (head_dim 256, GQA,
 // causal, sliding window, padded rows, packed documents), on each CUDA
-// implementation pinned with G3MOE_CUDA_ATTENTION, against the CPU kernels.
+// implementation pinned with G3MOE_CUDA_ATTENTION, against the CPU kernels;
+// also with the forward's lse output and the backward's saved operands.
 //
 //===----------------------------------------------------------------------===//
 
@@ -90,6 +91,26 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchTheCPU) {
     EXPECT_LE(bwd[i], 1.0) << c.name << " " << impl << ": " << names[i];
   std::printf("  %-24s %-6s worst error / tolerance: o %.3g, dq %.3g, dk %.3g, dv %.3g\n",
               c.name, impl, fwd[0], bwd[0], bwd[1], bwd[2]);
+
+  // With the softmax statistics (--g3moe-save-attention-stats): the forward's
+  // lse output, then the backward from the saved output and lse (the CPU's,
+  // which the call leaves in p.o and lse).
+  Tensor lse = Tensor::f32({c.B, c.nh, c.T});
+  std::vector<double> withLse =
+      gpuErrorsAgainstCpu("attention", p.attrs, {p.q.view, p.k.view, p.v.view, p.seg.view},
+                          {p.o.view, lse.view}, st, impl);
+  ASSERT_TRUE(st.ok()) << st.message();
+  EXPECT_LE(withLse[0], 1.0) << c.name << " " << impl << ": output beside lse";
+  EXPECT_LE(withLse[1], 1.0) << c.name << " " << impl << ": lse";
+  std::vector<double> fromSaved = gpuErrorsAgainstCpu(
+      "attention_grad", p.attrs,
+      {p.q.view, p.k.view, p.v.view, p.seg.view, p.dout.view, p.o.view, lse.view},
+      {p.dq.view, p.dk.view, p.dv.view}, st, impl);
+  ASSERT_TRUE(st.ok()) << st.message();
+  for (size_t i = 0; i < fromSaved.size(); ++i)
+    EXPECT_LE(fromSaved[i], 1.0) << c.name << " " << impl << ": " << names[i] << " from saved";
+  std::printf("  %-24s %-6s with saved statistics: lse %.3g, dq %.3g, dk %.3g, dv %.3g\n",
+              c.name, impl, withLse[1], fromSaved[0], fromSaved[1], fromSaved[2]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,

@@ -117,20 +117,27 @@ def G3MoE_RMSNormGradOp : G3MoE_GradOp<"rms_norm_grad"> {
 def G3MoE_AttentionGradOp : G3MoE_GradOp<"attention_grad"> {
   let summary = "gradients of g3moe.attention with respect to q, k and v";
   let description = [{
-    Same masks, scale and softcap as the forward op, which it recomputes.
-    `key_grad` and `value_grad` sum over the query heads that share a kv head.
+    Same masks, scale and softcap as the forward op, whose softmax it
+    recomputes. `key_grad` and `value_grad` sum over the query heads that
+    share a kv head. The optional `saved` operands are the forward's output
+    and `lse` result (--g3moe-save-attention-stats), none or both: a backend
+    may take the statistics from them instead of recomputing the forward.
 
     ```mlir
     %dq, %dk, %dv = g3moe.attention_grad %q, %k, %v, %seg, %do {scale = 0.25 : f64}
         : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>,
            tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
         -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+    %dq2, %dk2, %dv2 = g3moe.attention_grad %q, %k, %v, %seg, %do, %o, %lse {scale = 0.25 : f64}
+        : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>,
+           tensor<2x16xi32>, tensor<2x16x4x16xbf16>, tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
+        -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$query, G3MoE_FloatTensor:$key,
                        G3MoE_FloatTensor:$value, G3MoE_IndexTensor:$segment_ids,
-                       G3MoE_FloatTensor:$grad, F64Attr:$scale,
-                       OptionalAttr<I64Attr>:$sliding_window,
+                       G3MoE_FloatTensor:$grad, Variadic<G3MoE_FloatTensor>:$saved,
+                       F64Attr:$scale, OptionalAttr<I64Attr>:$sliding_window,
                        OptionalAttr<F64Attr>:$softcap);
   let results = (outs G3MoE_FloatTensor:$query_grad, G3MoE_FloatTensor:$key_grad,
                       G3MoE_FloatTensor:$value_grad);

@@ -166,7 +166,7 @@ LogicalResult AttentionOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   auto op = AttentionGradOp::create(
       b, getLoc(), getQuery().getType(), getKey().getType(), getValue().getType(),
       getQuery(), getKey(), getValue(), getSegmentIds(),
-      castLike(b, getLoc(), dy[0], getResult()), getScaleAttr(),
+      castLike(b, getLoc(), dy[0], getResult()), /*saved=*/ValueRange(), getScaleAttr(),
       getSlidingWindowAttr(), getSoftcapAttr());
   if (needs[0])
     out[0] = op.getQueryGrad();

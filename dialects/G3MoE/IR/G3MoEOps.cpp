@@ -155,8 +155,11 @@ LogicalResult AttentionOp::verify() {
                          << ")";
   if (failed(expectShape(*this, "segment_ids", getSegmentIds().getType(), {b, t})))
     return failure();
-  if (getType() != q)
+  if (getResult().getType() != q)
     return emitOpError("result type must equal the query type ") << q;
+  if (Value lse = getLse())
+    if (failed(expectShape(*this, "lse", cast<RankedTensorType>(lse.getType()), {b, nh, t})))
+      return failure();
   if (auto w = getSlidingWindowAttr(); w && w.getInt() < 1)
     return emitOpError("sliding_window must be at least 1, got ") << w.getInt();
   if (auto c = getSoftcap(); c && c->convertToDouble() <= 0)

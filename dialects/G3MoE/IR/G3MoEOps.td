@@ -220,17 +220,25 @@ def G3MoE_AttentionOp : G3MoE_Op<"attention", [Pure, G3MoE_Differentiable]> {
     `q·k * scale`, capped by `softcap * tanh(s / softcap)` when `softcap` is
     set; softmax in fp32. A query with no visible key yields 0.
 
+    The optional `lse` result, fp32 [B, n_h, T], holds each query row's
+    logsumexp of its visible (scaled, capped) scores, 0 for a row without
+    one: the softmax statistics `attention_grad` may take instead of
+    recomputing them (--g3moe-save-attention-stats).
+
     ```mlir
     %o = g3moe.attention %q, %k, %v, %seg {scale = 2.5e-01 : f64, sliding_window = 8 : i64}
         : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>,
            tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>
+    %o2, %lse = g3moe.attention %q, %k, %v, %seg {scale = 2.5e-01 : f64}
+        : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>,
+           tensor<2x16xi32>) -> (tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$query, G3MoE_FloatTensor:$key,
                        G3MoE_FloatTensor:$value, G3MoE_IndexTensor:$segment_ids,
                        F64Attr:$scale, OptionalAttr<I64Attr>:$sliding_window,
                        OptionalAttr<F64Attr>:$softcap);
-  let results = (outs G3MoE_FloatTensor:$result);
+  let results = (outs G3MoE_FloatTensor:$result, Optional<RankedTensorOf<[F32]>>:$lse);
   let assemblyFormat = [{
     $query `,` $key `,` $value `,` $segment_ids attr-dict `:` functional-type(operands, results)
   }];

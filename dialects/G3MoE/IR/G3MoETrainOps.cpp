@@ -91,9 +91,23 @@ LogicalResult AttentionGradOp::verify() {
   if (failed(requireStatic(*this)) ||
       failed(sameShape(*this, "grad", getGrad(), getQuery())) ||
       failed(sameShape(*this, "query_grad", getQueryGrad(), getQuery())) ||
-      failed(sameShape(*this, "key_grad", getKeyGrad(), getKey())))
+      failed(sameShape(*this, "key_grad", getKeyGrad(), getKey())) ||
+      failed(sameShape(*this, "value_grad", getValueGrad(), getValue())))
     return failure();
-  return sameShape(*this, "value_grad", getValueGrad(), getValue());
+  ValueRange saved = getSaved();
+  if (saved.empty())
+    return success();
+  if (saved.size() != 2)
+    return emitOpError("takes the forward's output and lse together, got ")
+           << saved.size() << " saved operand(s)";
+  if (saved[0].getType() != getQuery().getType())
+    return emitOpError("saved output type must equal the query type ") << getQuery().getType();
+  auto q = getQuery().getType();
+  auto lse = cast<RankedTensorType>(saved[1].getType());
+  if (!lse.getElementType().isF32())
+    return emitOpError("saved lse must be f32, got ") << lse;
+  return expectShape(*this, "saved lse", lse,
+                     {q.getDimSize(0), q.getDimSize(2), q.getDimSize(1)});
 }
 
 LogicalResult GeluTanhMulGradOp::verify() {

@@ -126,6 +126,20 @@ def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> 
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
+def G3MoESaveAttentionStatsPass : Pass<"g3moe-save-attention-stats", "mlir::ModuleOp"> {
+  let summary = "hand attention's output and softmax statistics to its gradient";
+  let description = [{
+    Gives each `attention_grad` whose forward (an `attention` of the same
+    operands and attributes) precedes it in its block the forward's output
+    and per-row logsumexp as its `saved` operands, adding the `lse` result
+    to the forward. A backend then starts the backward from them instead of
+    sweeping the keys once more to rebuild the softmax; the forward's output
+    is kept until the backward. Runs after CSE, which merges autodiff's copy
+    of the forward into the forward.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
   let summary = "recompute activations in the backward instead of keeping them";
   let description = [{

@@ -150,6 +150,40 @@ func.func @attention_kv(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>,
 
 // -----
 
+func.func @attention_lse(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{lse must have shape [2, 4, 16], got [2, 16, 4]}}
+  %o, %l = g3moe.attention %q, %k, %k, %s {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x4xf32>)
+  return
+}
+
+// -----
+
+func.func @attention_grad_saved_alone(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>,
+                                      %s: tensor<2x16xi32>) {
+  // expected-error @+1 {{takes the forward's output and lse together, got 1 saved operand(s)}}
+  %d:3 = g3moe.attention_grad %q, %k, %k, %s, %q, %q {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>,
+         tensor<2x16x4x16xbf16>, tensor<2x16x4x16xbf16>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+  return
+}
+
+// -----
+
+func.func @attention_grad_saved_lse(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>,
+                                    %s: tensor<2x16xi32>, %l: tensor<2x4x16xbf16>) {
+  // expected-error @+1 {{saved lse must be f32, got 'tensor<2x4x16xbf16>'}}
+  %d:3 = g3moe.attention_grad %q, %k, %k, %s, %q, %q, %l {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>,
+         tensor<2x16x4x16xbf16>, tensor<2x16x4x16xbf16>, tensor<2x4x16xbf16>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+  return
+}
+
+// -----
+
 func.func @attention_window(%q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %s: tensor<2x16xi32>) {
   // expected-error @+1 {{sliding_window must be at least 1, got 0}}
   %o = g3moe.attention %q, %k, %k, %s {scale = 0.25 : f64, sliding_window = 0 : i64}

@@ -147,6 +147,15 @@ func.func @backward_ops(%x: tensor<2x16x64xbf16>, %dy: tensor<2x16x128xbf16>, %i
   %da:3 = g3moe.attention_grad %q, %k, %k, %seg, %q {scale = 0.25 : f64, sliding_window = 8 : i64}
       : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
       -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+  // CHECK: g3moe.attention {{.*}} -> (tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
+  %ao, %lse = g3moe.attention %q, %k, %k, %seg {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
+  // CHECK: g3moe.attention_grad {{.*}}, %{{.*}}, %{{.*}} {scale = 2.500000e-01 : f64} : ({{.*}}, tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
+  %ds:3 = g3moe.attention_grad %q, %k, %k, %seg, %q, %ao, %lse {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>,
+         tensor<2x16x4x16xbf16>, tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
   // CHECK: g3moe.rope {{.*}} transpose
   %rq = g3moe.rope %q, %seg {theta = 1.0e+04 : f64, scaling_factor = 1.0 : f64, transpose}
       : (tensor<2x16x4x16xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>

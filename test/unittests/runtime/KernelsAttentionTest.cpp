@@ -252,6 +252,44 @@ TEST(AttentionKernels, ForwardAllMasksBF16) {
     G3RT_EXPECT_CLOSE(got[i], want[i], 1e-2, 1e-2) << " at " << i;
 }
 
+// The optional lse output: each row's logsumexp of its visible scores, in
+// double from the whole score row; 0 for a row that sees nothing. The output
+// itself is unchanged by asking for it.
+TEST(AttentionKernels, ForwardLogSumExp) {
+  AttnCase c;
+  c.B = 2;
+  c.T = 10;
+  c.nh = 4;
+  c.nkv = 2;
+  c.window = 4;
+  c.softcap = 3.0;
+  c.seg = {1, 1, 1, 2, 2, 2, 2, 0, 0, 0, //
+           5, 5, 5, 5, 5, 5, 0, 0, 7, 7};
+  AttnInputs in = makeInputs(c, 8, DType::F32, 2.0f);
+  Tensor o = Tensor::f32({c.B, c.T, c.nh, c.d}), lse = Tensor::f32({c.B, c.nh, c.T});
+  Status s = run("attention", {in.q, in.k, in.v, in.seg}, {o, lse}, attnAttrs(c));
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(o.values() == runAttention(c, in).values());
+  std::vector<float> q = in.q.values(), k = in.k.values();
+  for (int64_t b = 0; b < c.B; ++b)
+    for (int64_t h = 0; h < c.nh; ++h)
+      for (int64_t i = 0; i < c.T; ++i) {
+        double sum = 0;
+        for (int64_t j = 0; j < c.T; ++j) {
+          if (!visibleRef(c, in.seg.i(), b, i, j))
+            continue;
+          double dot = 0;
+          for (int64_t e = 0; e < c.d; ++e)
+            dot += double(q[size_t(((b * c.T + i) * c.nh + h) * c.d + e)]) *
+                   k[size_t(((b * c.T + j) * c.nkv + h / 2) * c.d + e)];
+          sum += std::exp(c.softcap * std::tanh(dot * c.scale / c.softcap));
+        }
+        double want = sum > 0 ? std::log(sum) : 0.0;
+        G3RT_EXPECT_CLOSE(lse.f()[(b * c.nh + h) * c.T + i], want, 2e-6, 2e-6)
+            << "b " << b << " h " << h << " row " << i;
+      }
+}
+
 TEST(AttentionKernels, RejectsBadShapes) {
   AttnCase c;
   c.nh = 3;
@@ -368,6 +406,41 @@ TEST(AttentionKernels, GradFDEverything) {
   c.seg = {1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 0, //
            3, 3, 0, 3, 3, 3, 3, 3, 3, 3, 3};
   checkGradFD(c, 16, 1.2f);
+}
+
+// The backward's saved forward output and lse: checked like the other
+// operands, and (on the CPU, which rebuilds the statistics) without effect.
+TEST(AttentionKernels, GradTakesSavedForward) {
+  AttnCase c;
+  c.T = 8;
+  AttnInputs in = makeInputs(c, 9);
+  Tensor o = Tensor::f32({c.B, c.T, c.nh, c.d}), lse = Tensor::f32({c.B, c.nh, c.T});
+  ASSERT_TRUE(run("attention", {in.q, in.k, in.v, in.seg}, {o, lse}, attnAttrs(c)).ok());
+  std::mt19937 rng(10);
+  Tensor dout = Tensor::f32({c.B, c.T, c.nh, c.d});
+  fillUniform(dout, rng);
+  Grads plain = runGrad(c, in, dout);
+  Grads saved{Tensor::f32({c.B, c.T, c.nh, c.d}), Tensor::f32({c.B, c.T, c.nkv, c.d}),
+              Tensor::f32({c.B, c.T, c.nkv, c.d})};
+  Status s = run("attention_grad", {in.q, in.k, in.v, in.seg, dout, o, lse},
+                 {saved.dq, saved.dk, saved.dv}, attnAttrs(c));
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_TRUE(saved.dq.values() == plain.dq.values());
+  EXPECT_TRUE(saved.dk.values() == plain.dk.values());
+  EXPECT_TRUE(saved.dv.values() == plain.dv.values());
+  // An lse of the wrong shape or type, or an output alone.
+  Tensor badLse = Tensor::f32({c.B, c.T, c.nh});
+  s = run("attention_grad", {in.q, in.k, in.v, in.seg, dout, o, badLse},
+          {saved.dq, saved.dk, saved.dv}, attnAttrs(c));
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("lse must be an f32 [B, nh, T] tensor"), std::string::npos)
+      << s.message();
+  s = run("attention_grad", {in.q, in.k, in.v, in.seg, dout, o}, {saved.dq, saved.dk, saved.dv},
+          attnAttrs(c));
+  EXPECT_FALSE(s.ok());
+  Tensor bf16Lse(DType::BF16, {c.B, c.nh, c.T});
+  s = run("attention", {in.q, in.k, in.v, in.seg}, {o, bf16Lse}, attnAttrs(c));
+  EXPECT_FALSE(s.ok());
 }
 
 TEST(AttentionKernels, GradZeroForMaskedPositions) {
