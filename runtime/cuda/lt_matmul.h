@@ -69,6 +69,9 @@ private:
     bool supported = false;
     void destroy();
   };
+  /// M, N, K (row counts bucketed), the types of A, B and D, their leading
+  /// dimensions, A's and B's transposition, beta ≠ 0, and the alignments of
+  /// A, B and C/D.
   using Key = std::array<int64_t, 15>;
   cublasStatus_t plan(const LtProduct &p, const Key &key, Plan &out);
 
