@@ -162,7 +162,8 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
       "recompute",
       cl::desc("Activations the backward recomputes instead of keeping: auto (the "
                "least that fits memory_budget_gb; none without a budget), none, mlp "
-               "(the MLPs and experts), layers (every decoder layer's linear parts)"),
+               "(the MLPs and experts), layers (every decoder layer's linear parts); "
+               "attention outputs are kept for the backward where they fit"),
       cl::init("auto"), cl::cat(category));
   cl::opt<bool> quiet("quiet", cl::desc("Do not print the memory report"),
                       cl::cat(category));
@@ -221,7 +222,9 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
     return fail("internal error: the built graph does not verify (see above)");
 
   // Recomputation levels, from none to the most: `auto` takes the first whose
-  // step fits the memory budget.
+  // step fits the memory budget. Within a level, the attention outputs kept
+  // for the backward (--g3moe-save-attention-stats) go first: a faster
+  // backward, but more memory than recomputing them.
   const std::vector<std::pair<std::string, std::vector<std::string>>> levels = {
       {"none", {}}, {"mlp", {"moe", "mlp"}}, {"layers", {"model.layers"}}};
   std::vector<size_t> tried;
@@ -240,8 +243,13 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   int64_t budget = config->training.memoryBudgetBytes;
   mlir::OwningOpRef<mlir::ModuleOp> built;
   std::string attempts;
-  for (size_t level : tried) {
-    // The pipeline consumes the module: each level starts from a copy.
+  bool savedStats = false;
+  std::vector<std::pair<size_t, bool>> variants;
+  for (size_t level : tried)
+    for (bool save : {true, false})
+      variants.push_back({level, save});
+  for (auto [level, save] : variants) {
+    // The pipeline consumes the module: each variant starts from a copy.
     built = mlir::OwningOpRef<mlir::ModuleOp>(module->clone());
     mlir::PassManager pm(&context);
     if (failed(mlir::applyPassManagerCLOptions(pm)))
@@ -250,6 +258,7 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
       g3moe::TrainingPipelineOptions options;
       setTrainingOptions(*config, options);
       options.recomputeScopes = levels[level].second;
+      options.saveAttentionStats = save;
       if (emit == Emit::TrainMlir)
         g3moe::buildTrainingPipeline(pm, options);
       else
@@ -257,13 +266,15 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
     }
     if (failed(pm.run(*built)))
       return 1;
+    savedStats = save;
     if (!lowered || budget <= 0)
       break;
     int64_t need = deviceBytes(*built);
-    attempts += "\n  recompute " + levels[level].first + ": " + gib(need);
+    attempts += "\n  recompute " + levels[level].first +
+                (save ? ", attention outputs kept: " : ": ") + gib(need);
     if (need <= budget)
       break;
-    if (level == tried.back())
+    if (std::make_pair(level, save) == variants.back())
       return fail("the step does not fit memory_budget_gb (" + gib(budget) + "):" + attempts +
                   "\nshorten --seq-len, lower --micro-batch, train fewer parameters, or "
                   "raise the budget");
@@ -272,7 +283,8 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   if (lowered && !quiet)
     errs() << "g3moe-compile: device memory " << gib(deviceBytes(*module))
            << " (arena and persistent tensors)"
-           << (budget > 0 ? ", budget " + gib(budget) : std::string()) << "\n";
+           << (budget > 0 ? ", budget " + gib(budget) : std::string())
+           << (savedStats ? "" : "; attention_grad recomputes the softmax statistics") << "\n";
 
   if (emit == Emit::G3RTMlir || emit == Emit::Step)
     if (!quiet)

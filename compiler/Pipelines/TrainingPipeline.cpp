@@ -47,7 +47,8 @@ void g3moe::buildStepPipeline(OpPassManager &pm,
   // which then clones the fused products.
   pm.addPass(createG3MoEFuseLinearAddPass());
   // After CSE, so that each backward finds the forward it differentiates.
-  pm.addPass(createG3MoESaveAttentionStatsPass());
+  if (options.saveAttentionStats)
+    pm.addPass(createG3MoESaveAttentionStatsPass());
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.

@@ -53,6 +53,11 @@ struct TrainingPipelineOptions
       *this, "recompute-scopes",
       llvm::cl::desc("module-path substrings whose activations the backward recomputes "
                      "(none: keep every activation)")};
+  Option<bool> saveAttentionStats{
+      *this, "save-attention-stats",
+      llvm::cl::desc("hand each attention gradient its forward's output and softmax "
+                     "statistics (faster backward; the output lives until the backward)"),
+      llvm::cl::init(true)};
   Option<double> maxGradNorm{*this, "max-grad-norm",
                              llvm::cl::desc("clipping threshold (0: off)"),
                              llvm::cl::init(1.0)};
