@@ -43,7 +43,8 @@ int main(int argc, char **argv) {
   }
   nlohmann::json model = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
   // Host state: small random weights (the values do not change the work done).
-  Executor host(program);
+  // No host arena: the GPU runs the step, and the arena is tens of gigabytes.
+  Executor host(program, /*withArena=*/false);
   // A cheap integer hash per element, in parallel: billions of elements.
   for (const ParamDesc &p : program.params) {
     TensorView t = host.param(p.name);
