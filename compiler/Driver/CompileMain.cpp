@@ -75,6 +75,25 @@ void printMemoryReport(mlir::ModuleOp module, raw_ostream &os) {
   }
 }
 
+/// What the backward recomputes (the scopes of --g3moe-recompute), and
+/// whether attention outputs are kept for it (--g3moe-save-attention-stats).
+struct Recompute {
+  std::string name;
+  std::vector<std::string> scopes;
+  bool saveAttentionStats = true;
+};
+
+/// The feed-forward blocks (dense MLPs, MoE experts) of the first `layers` of
+/// `numLayers` layers.
+Recompute feedForwardOf(int64_t layers, int64_t numLayers, bool saveAttentionStats) {
+  Recompute r{"mlp in " + std::to_string(layers) + " of " + std::to_string(numLayers) + " layers",
+              {}, saveAttentionStats};
+  for (int64_t l = 0; l < layers; ++l)
+    for (const char *block : {".moe", ".mlp"})
+      r.scopes.push_back("model.layers." + std::to_string(l) + block);
+  return r;
+}
+
 /// Bytes a step holds on the device: the arena plus every persistent tensor
 /// (weights, LoRA masters, gradient accumulators, Adam moments, inputs).
 int64_t deviceBytes(mlir::ModuleOp module) {
@@ -161,9 +180,10 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   cl::opt<std::string> recompute(
       "recompute",
       cl::desc("Activations the backward recomputes instead of keeping: auto (the "
-               "least that fits memory_budget_gb; none without a budget), none, mlp "
-               "(the MLPs and experts), layers (every decoder layer's linear parts); "
-               "attention outputs are kept for the backward where they fit"),
+               "least that fits memory_budget_gb, down to the MLPs of the fewest layers; "
+               "none without a budget), none, mlp (the MLPs and experts), layers (every "
+               "decoder layer's linear parts); attention outputs are kept for the "
+               "backward where they fit"),
       cl::init("auto"), cl::cat(category));
   cl::opt<bool> quiet("quiet", cl::desc("Do not print the memory report"),
                       cl::cat(category));
@@ -221,10 +241,12 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   if (failed(mlir::verify(*module)))
     return fail("internal error: the built graph does not verify (see above)");
 
-  // Recomputation levels, from none to the most: `auto` takes the first whose
-  // step fits the memory budget. Within a level, the attention outputs kept
-  // for the backward (--g3moe-save-attention-stats) go first: a faster
-  // backward, but more memory than recomputing them.
+  // What the backward recomputes, from the least to the most: nothing; the
+  // feed-forward blocks (dense MLPs, MoE experts) of the first k layers; those
+  // of every layer (`mlp`); whole layers. `auto` takes the least whose step
+  // fits the memory budget. At each choice the attention outputs kept for the
+  // backward (--g3moe-save-attention-stats) go first: a faster backward, but
+  // more memory than recomputing them.
   const std::vector<std::pair<std::string, std::vector<std::string>>> levels = {
       {"none", {}}, {"mlp", {"moe", "mlp"}}, {"layers", {"model.layers"}}};
   std::vector<size_t> tried;
@@ -239,52 +261,92 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
     if (tried.empty())
       return fail("--recompute must be auto, none, mlp or layers, got '" + recompute + "'");
   }
-  bool lowered = emit == Emit::G3RTMlir || emit == Emit::Step;
-  int64_t budget = config->training.memoryBudgetBytes;
-  mlir::OwningOpRef<mlir::ModuleOp> built;
-  std::string attempts;
-  bool savedStats = false;
-  std::vector<std::pair<size_t, bool>> variants;
-  for (size_t level : tried)
-    for (bool save : {true, false})
-      variants.push_back({level, save});
-  for (auto [level, save] : variants) {
-    // The pipeline consumes the module: each variant starts from a copy.
-    built = mlir::OwningOpRef<mlir::ModuleOp>(module->clone());
+  const bool lowered = emit == Emit::G3RTMlir || emit == Emit::Step;
+  const int64_t budget = config->training.memoryBudgetBytes;
+  const bool fitting = lowered && budget > 0;
+
+  // Runs the pipeline for `r` on a copy of the module (the pipeline consumes
+  // it) into `out`; `need` is the step's device memory when lowered.
+  auto build = [&](const Recompute &r, mlir::OwningOpRef<mlir::ModuleOp> &out,
+                   int64_t &need) -> mlir::LogicalResult {
+    out = mlir::OwningOpRef<mlir::ModuleOp>(module->clone());
     mlir::PassManager pm(&context);
-    if (failed(mlir::applyPassManagerCLOptions(pm)))
-      return fail("bad pass-manager options");
+    if (failed(mlir::applyPassManagerCLOptions(pm))) {
+      errs() << "g3moe-compile: error: bad pass-manager options\n";
+      return mlir::failure();
+    }
     if (emit != Emit::Mlir) {
       g3moe::TrainingPipelineOptions options;
       setTrainingOptions(*config, options);
-      options.recomputeScopes = levels[level].second;
-      options.saveAttentionStats = save;
+      options.recomputeScopes = r.scopes;
+      options.saveAttentionStats = r.saveAttentionStats;
       if (emit == Emit::TrainMlir)
         g3moe::buildTrainingPipeline(pm, options);
       else
         g3moe::buildStepPipeline(pm, options);
     }
-    if (failed(pm.run(*built)))
-      return 1;
-    savedStats = save;
-    if (!lowered || budget <= 0)
+    if (failed(pm.run(*out)))
+      return mlir::failure();
+    need = lowered ? deviceBytes(*out) : 0;
+    return mlir::success();
+  };
+
+  mlir::OwningOpRef<mlir::ModuleOp> chosen;
+  Recompute choice;
+  std::string attempts;
+  bool fits = false;
+  for (size_t level : tried) {
+    for (bool save : {true, false}) {
+      Recompute r{levels[level].first, levels[level].second, save};
+      int64_t need = 0;
+      if (failed(build(r, chosen, need)))
+        return 1;
+      choice = r;
+      fits = !fitting || need <= budget;
+      if (fitting)
+        attempts += "\n  recompute " + r.name + (save ? ", attention outputs kept: " : ": ") +
+                    gib(need);
+      if (fits)
+        break;
+    }
+    if (fits)
       break;
-    int64_t need = deviceBytes(*built);
-    attempts += "\n  recompute " + levels[level].first +
-                (save ? ", attention outputs kept: " : ": ") + gib(need);
-    if (need <= budget)
-      break;
-    if (std::make_pair(level, save) == variants.back())
-      return fail("the step does not fit memory_budget_gb (" + gib(budget) + "):" + attempts +
-                  "\nshorten --seq-len, lower --micro-batch, train fewer parameters, or "
-                  "raise the budget");
   }
-  module = std::move(built);
+  if (!fits)
+    return fail("the step does not fit memory_budget_gb (" + gib(budget) + "):" + attempts +
+                "\nshorten --seq-len, lower --micro-batch, train fewer parameters, or "
+                "raise the budget");
+
+  // Every layer's feed-forward blocks recomputed fit: the fewest leading
+  // layers' that do are enough (memory falls as layers are added), with the
+  // attention outputs kept or not as chosen above. (Keeping them is worth
+  // about as much as not recomputing a layer or two at 16K, more at 32K.)
+  const int64_t numLayers = config->model.numLayers;
+  if (fitting && recompute == "auto" && choice.name == "mlp") {
+    const bool save = choice.saveAttentionStats;
+    for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
+      const int64_t k = lo + (hi - lo) / 2;
+      Recompute r = feedForwardOf(k, numLayers, save);
+      mlir::OwningOpRef<mlir::ModuleOp> candidate;
+      int64_t need = 0;
+      if (failed(build(r, candidate, need)))
+        return 1;
+      if (need > budget) {
+        lo = k + 1;
+        continue;
+      }
+      chosen = std::move(candidate);
+      choice = r;
+      hi = k - 1;
+    }
+  }
+  module = std::move(chosen);
   if (lowered && !quiet)
     errs() << "g3moe-compile: device memory " << gib(deviceBytes(*module))
            << " (arena and persistent tensors)"
-           << (budget > 0 ? ", budget " + gib(budget) : std::string())
-           << (savedStats ? "" : "; attention_grad recomputes the softmax statistics") << "\n";
+           << (budget > 0 ? ", budget " + gib(budget) : std::string()) << "; recompute "
+           << choice.name << (choice.saveAttentionStats ? "" : ", attention outputs recomputed")
+           << "\n";
 
   if (emit == Emit::G3RTMlir || emit == Emit::Step)
     if (!quiet)

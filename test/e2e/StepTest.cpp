@@ -183,11 +183,14 @@ TEST(StepGradient, G3MoESparseMixerLoRAEverywhereAndRouter) {
 }
 
 /// Recomputing whole decoder layers in the backward (with LoRA dropout, the
-/// router's random draws and the fused LoRA adds recomputed too) gives the
+/// router's random draws and the fused LoRA adds recomputed too), or the MLPs
+/// of the first layers (as g3moe-compile chooses under a budget), gives the
 /// loss and gradients of the step that keeps every activation, exactly: the
 /// recomputed ops are the same kernels on the same inputs.
-TEST(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
-  StepProgram kept = load("g3moe_lora_fp32"), recomputed = load("g3moe_lora_fp32_recompute");
+class StepRecompute : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
+  StepProgram kept = load("g3moe_lora_fp32"), recomputed = load(GetParam());
   ASSERT_LT(recomputed.findFunction("forward_backward")->arenaBytes,
             kept.findFunction("forward_backward")->arenaBytes)
       << "recomputation should shrink the arena";
@@ -214,6 +217,9 @@ TEST(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
   }
   EXPECT_GT(compared, 10);
 }
+
+INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
+                         ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial"));
 
 TrainResult trainTiny(const std::string &stepName, int64_t steps, double lr,
                       uint64_t seed = 42) {
