@@ -59,3 +59,5 @@ fi
 echo "== benchmark: PyTorch stack"
 PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/pytorch_stack.py" --seq ${torch_seqs[*]} --steps 5 2>&1 |
   grep -v Warning | tee "$out/bench_pytorch.jsonl"
+echo "== summary (for bench/RESULTS.md)"
+python3 "$here/bench/summarize.py" "$out" | tee "$out/summary.md"
