@@ -612,9 +612,7 @@ Status prepareCrossEntropy(const KernelArgs &args, int64_t &rows, int64_t &V,
   const TensorView &logits = args.inputs[0], &tv = args.inputs[1], &n = args.inputs[2];
   G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
   G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, n, "num_items", 0));
-  if (n.numel() != 1)
-    return args.fail("num_items must be a scalar, got " + describe(n));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, n, "num_items"));
   int64_t ignoreIndex;
   G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
   V = logits.dim(-1);
@@ -665,9 +663,7 @@ Status crossEntropyKernel(const KernelArgs &args) {
   bool anyCounted;
   G3RT_RETURN_IF_ERROR(prepareCrossEntropy(args, rows, V, targets, numItems, anyCounted));
   const TensorView &loss = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, loss, "result", 0));
-  if (loss.numel() != 1)
-    return args.fail("result must be a scalar, got " + describe(loss));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, loss, "result"));
   std::vector<float> L = widen(args.inputs[0]);
   std::vector<double> rowLoss(size_t(rows), 0.0);
   parallelFor(
@@ -698,9 +694,7 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
   bool anyCounted;
   G3RT_RETURN_IF_ERROR(prepareCrossEntropy(args, rows, V, targets, numItems, anyCounted));
   const TensorView &dloss = args.inputs[3], &dl = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dloss, "grad", 0));
-  if (dloss.numel() != 1)
-    return args.fail("grad must be a scalar, got " + describe(dloss));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, dloss, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, dl, "result"));
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dl, "result", rows, V));
   double coef = anyCounted ? double(dloss.load(0)) / numItems : 0.0;

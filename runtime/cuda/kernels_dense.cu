@@ -91,15 +91,8 @@ Scratch scratchOf(const CudaContext &ctx) {
 }
 
 //===----------------------------------------------------------------------===//
-// Checks (as on the CPU)
+// Pointers and zeroing
 //===----------------------------------------------------------------------===//
-
-Status checkScalarFloat(const KernelArgs &args, const TensorView &t, const char *what) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what, 0));
-  if (t.numel() != 1)
-    return args.fail(std::string(what) + " must be a scalar, got " + describe(t));
-  return Status();
-}
 
 const void *offsetBytes(const void *p, DType t, int64_t elements) {
   return static_cast<const char *>(p) + elements * int64_t(dtypeSize(t));
@@ -1426,9 +1419,7 @@ Status prepareCrossEntropy(const KernelArgs &args, CrossEntropyShape &shape) {
   const TensorView &logits = args.inputs[0], &tv = args.inputs[1], &n = args.inputs[2];
   G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
   G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, n, "num_items", 0));
-  if (n.numel() != 1)
-    return args.fail("num_items must be a scalar, got " + describe(n));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, n, "num_items"));
   G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", shape.ignoreIndex));
   shape.V = logits.dim(-1);
   shape.rows = leadingRows(logits);
@@ -1443,9 +1434,7 @@ Status crossEntropyKernel(const KernelArgs &args) {
   CrossEntropyShape s;
   G3RT_RETURN_IF_ERROR(prepareCrossEntropy(args, s));
   const TensorView &loss = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, loss, "result", 0));
-  if (loss.numel() != 1)
-    return args.fail("result must be a scalar, got " + describe(loss));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, loss, "result"));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   double *rowLoss = static_cast<double *>(scratch.take(size_t(s.rows) * 8 + 8));
@@ -1497,9 +1486,7 @@ Status crossEntropyGradKernel(const KernelArgs &args) {
   CrossEntropyShape s;
   G3RT_RETURN_IF_ERROR(prepareCrossEntropy(args, s));
   const TensorView &dloss = args.inputs[3], &dl = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkFloat(args, dloss, "grad", 0));
-  if (dloss.numel() != 1)
-    return args.fail("grad must be a scalar, got " + describe(dloss));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, dloss, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, dl, "result"));
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dl, "result", s.rows, s.V));
   if (s.rows == 0 || s.V == 0)
@@ -1745,7 +1732,7 @@ Status prepareHeadLoss(const KernelArgs &args, HeadLossShape &s) {
   if (tv.numel() != s.M)
     return args.fail("targets must have one entry per row of the input (" +
                      std::to_string(s.M) + "), got " + describe(tv));
-  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, args.inputs[3], "num_items"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.inputs[3], "num_items"));
   G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", s.ignoreIndex));
   std::optional<float> softcap;
   G3RT_RETURN_IF_ERROR(readSoftcap(args, softcap));
@@ -1765,7 +1752,7 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   const TensorView &n = args.inputs[3], &loss = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, loss, "result"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, loss, "result"));
   float *lseOut = nullptr;
   if (args.outputs.size() == 2) {
     G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.outputs[1], s.M));
@@ -1830,7 +1817,7 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   const TensorView &n = args.inputs[3], &dloss = args.inputs[4], &dx = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, dloss, "grad"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, dloss, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, dx, "input_grad"));
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "input_grad", s.M, s.H));
   // The forward's per-row logsumexp, when given, replaces sweep 1 below.
@@ -2048,8 +2035,8 @@ Status tokenAccuracyKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
   G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
   G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
-  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, args.outputs[0], "correct"));
-  G3RT_RETURN_IF_ERROR(checkScalarFloat(args, args.outputs[1], "total"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[0], "correct"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[1], "total"));
   int64_t V = logits.dim(-1), rows = leadingRows(logits);
   if (tv.numel() != rows)
     return args.fail("targets " + shapeString(tv.shape) + " do not match the rows of logits " +
