@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # One device call: the GPU correctness suite, then the G3MoE-4B benchmark of
 # g3moe and of the PyTorch stack in the same run. Binaries and compiled steps
-# come prebuilt in devcarry/ (bench/prepare_gpu.sh makes it); logs go to $OUT.
+# come prebuilt in devcarry/ (bench/prepare_gpu.sh makes it). The device tool
+# brings back at most 8 files, so the logs go to $OUT/logs.tar.gz, and the
+# summary tables also to $OUT/summary.md.
 #   bash bench/run_gpu.sh [seq lengths...]
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 carry=$here/devcarry
-out=${OUT:-/tmp/g3moe-out}
-mkdir -p "$out"
+dest=${OUT:-/tmp/g3moe-out}
+out=$(mktemp -d /tmp/g3moe-logs.XXXXXX)
+mkdir -p "$dest"
+# Runs also when a step below fails or times out.
+trap 'tar -C "$out" -czf "$dest/logs.tar.gz" . && cp "$out"/summary.md "$dest"/ 2> /dev/null' EXIT
 seqs=("${@:-4096 8192}")
 [[ ${SKIP_BENCH:-0} == 1 ]] && seqs=()
 # The PyTorch stack is measured at every length the issue names; it runs out of
@@ -53,7 +58,8 @@ for T in ${seqs[*]}; do
   timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 | tee -a "$out/bench_g3moe.jsonl"
 done
 if [[ -f $carry/g3moe-4b-8192.step ]]; then
-  timeout 100 "$carry/g3moe-bench" "$carry/g3moe-4b-8192.step" 3 --profile 2>&1 >/dev/null | tee "$out/profile_8192.log"
+  timeout 100 "$carry/g3moe-bench" "$carry/g3moe-4b-8192.step" 3 --profile 2> "$out/profile_8192.log" > /dev/null
+  head -20 "$out/profile_8192.log"
 fi
 [[ ${SKIP_BENCH:-0} == 1 ]] && exit 0
 echo "== benchmark: PyTorch stack"
