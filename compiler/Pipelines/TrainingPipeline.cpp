@@ -46,6 +46,7 @@ void g3moe::buildStepPipeline(OpPassManager &pm,
   // After CSE, so that each product's users are final; before recomputation,
   // which then clones the fused products.
   pm.addPass(createG3MoEFuseLinearAddPass());
+  pm.addPass(createG3MoEFuseNormsPass());
   // After CSE, so that each backward finds the forward it differentiates.
   if (options.saveAttentionStats)
     pm.addPass(createG3MoESaveAttentionStatsPass());

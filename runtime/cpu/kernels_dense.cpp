@@ -370,6 +370,8 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   std::vector<float> X = widen(x), G = widen(dy), gain = widen(w);
   for (float &g : gain)
     g += 1.0f;
+  // Read before input_grad is written: the two may share a buffer.
+  const std::vector<float> addend = shape.addend ? widen(*shape.addend) : std::vector<float>();
 
   // The weight gradient sums over rows: each fixed block of rows gets its
   // own partial sum, and the blocks are added in order afterwards, so the
@@ -396,7 +398,8 @@ Status rmsNormGradKernel(const KernelArgs &args) {
             float mean = float(dotGX / double(D));
             for (int64_t d = 0; d < D; ++d) {
               float xhat = xr[d] * inv;
-              dxr[d] = (gr[d] * gain[size_t(d)] - xhat * mean) * inv;
+              float v = (gr[d] * gain[size_t(d)] - xhat * mean) * inv;
+              dxr[d] = addend.empty() ? v : addend[size_t(r * D + d)] + v;
             }
           }
         }

@@ -140,14 +140,15 @@ Status lrScheduleKernel(const KernelArgs &args) {
 //===----------------------------------------------------------------------===//
 
 Status adamwKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkAdamW(args));
-  const TensorView &p = args.inputs[0];
+  size_t n = 0;
+  G3RT_RETURN_IF_ERROR(checkAdamW(args, n));
+  const size_t scalars = 4 * n;
   int64_t step = 0;
-  G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[4], "step", step));
+  G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[scalars], "step", step));
   if (step < 0)
     return args.fail("step must not be negative, got " + std::to_string(step));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[5], "lr"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[6], "grad_scale"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 1], "lr"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 2], "grad_scale"));
   double beta1 = 0, beta2 = 0, eps = 0, wd = 0;
   G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", beta1));
   G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", beta2));
@@ -156,7 +157,7 @@ Status adamwKernel(const KernelArgs &args) {
 
   // Scalar factors in double (torch computes them on Python floats), each
   // rounded once to fp32 where torch hands it to an fp32 tensor op.
-  const double lr = args.inputs[5].load(0);
+  const double lr = args.inputs[scalars + 1].load(0);
   const double t = double(step + 1);
   const double bc1 = 1.0 - std::pow(beta1, t), bc2 = 1.0 - std::pow(beta2, t);
   const float decay = float(1.0 - lr * wd);
@@ -164,26 +165,29 @@ Status adamwKernel(const KernelArgs &args) {
   const float bc2Sqrt = float(std::sqrt(bc2));
   const float b1 = float(beta1), b2 = float(beta2), c1 = float(1.0 - beta1),
               c2 = float(1.0 - beta2), epsF = float(eps);
-  const float gradScale = args.inputs[6].load(0);
+  const float gradScale = args.inputs[scalars + 2].load(0);
 
-  const float *P = p.f32(), *G = args.inputs[1].f32(), *M = args.inputs[2].f32(),
-              *Vv = args.inputs[3].f32();
-  float *P1 = args.outputs[0].f32(), *M1 = args.outputs[1].f32(), *V1 = args.outputs[2].f32();
-  // Outputs may alias p, m, v: every element is read completely before any
-  // of its outputs is written, and elements are independent.
-  parallelFor(p.numel(), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      float g = G[i] * gradScale;
-      float pi = P[i] * decay;
-      float mi = b1 * M[i] + c1 * g;
-      float vi = b2 * Vv[i] + c2 * (g * g);
-      float denom = std::sqrt(vi) / bc2Sqrt + epsF;
-      pi = pi - stepSize * (mi / denom);
-      P1[i] = pi;
-      M1[i] = mi;
-      V1[i] = vi;
-    }
-  }, /*grain=*/4096);
+  for (size_t k = 0; k < n; ++k) {
+    const float *P = args.inputs[k].f32(), *G = args.inputs[n + k].f32(),
+                *M = args.inputs[2 * n + k].f32(), *Vv = args.inputs[3 * n + k].f32();
+    float *P1 = args.outputs[k].f32(), *M1 = args.outputs[n + k].f32(),
+          *V1 = args.outputs[2 * n + k].f32();
+    // Outputs may alias p, m, v: every element is read completely before
+    // any of its outputs is written, and elements are independent.
+    parallelFor(args.inputs[k].numel(), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        float g = G[i] * gradScale;
+        float pi = P[i] * decay;
+        float mi = b1 * M[i] + c1 * g;
+        float vi = b2 * Vv[i] + c2 * (g * g);
+        float denom = std::sqrt(vi) / bc2Sqrt + epsF;
+        pi = pi - stepSize * (mi / denom);
+        P1[i] = pi;
+        M1[i] = mi;
+        V1[i] = vi;
+      }
+    }, /*grain=*/4096);
+  }
   return Status();
 }
 

@@ -33,6 +33,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/rope_tables.h"
 #include "runtime/kernels/kernel_checks.h"
 
 #if G3MOE_HAVE_CUDNN
@@ -55,31 +56,17 @@ int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // rope
 //===----------------------------------------------------------------------===//
 
-// inv_freq travels as a kernel parameter so that it can be built on the host
-// with the very pow() the CPU reference uses: large positions multiply any
-// difference in it, and a parameter costs no copy and no synchronisation.
-constexpr int kRopeMaxHalf = 256;
-struct RopeFreqs {
-  float inv[kRopeMaxHalf];
-};
-
 // One block per token: the angle table is built once in shared memory and
 // shared by the token's heads.
 __global__ void ropeKernel(const void *x, DType xt, const void *pos, DType pt, void *y, DType yt,
-                           int n, int d, float sign, RopeFreqs freqs, bool hostFreqs,
-                           float theta, float factor) {
+                           int n, int d, float sign, RopeFreqs freqs) {
   extern __shared__ float ropeTable[];
   const int half = d / 2;
   float *cs = ropeTable, *sn = ropeTable + half;
   const int64_t row = blockIdx.x;
   const float p = float(loadIndex(pos, pt, row));
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float inv = hostFreqs ? freqs.inv[i]
-                          : (1.0f / powf(theta, float(2 * i) / float(d))) / factor;
-    float phi = p * inv;
-    cs[i] = cosf(phi);
-    sn[i] = sign * sinf(phi);
-  }
+  for (int i = threadIdx.x; i < half; i += blockDim.x)
+    ropeAngle(freqs, p, i, sign, cs[i], sn[i]);
   __syncthreads();
   for (int t = threadIdx.x; t < n * half; t += blockDim.x) {
     const int h = t / half, i = t - h * half;
@@ -104,22 +91,11 @@ Status ropeOp(const KernelArgs &args) {
   if (d > 8192)
     return args.fail("head dimension " + std::to_string(d) + " is too large (at most 8192)");
 
-  // Same fp32 steps as the CPU (and HF): 1 / theta^(float(2i) / d), then / factor.
-  const int64_t half = d / 2;
-  const float thetaF = float(theta), factorF = float(factor);
-  RopeFreqs freqs{};
-  const bool hostFreqs = half <= kRopeMaxHalf;
-  if (hostFreqs)
-    for (int64_t i = 0; i < half; ++i) {
-      float exponent = float(2 * i) / float(d);
-      freqs.inv[i] = (1.0f / std::pow(thetaF, exponent)) / factorF;
-    }
-
   CudaContext &ctx = contextOf(args);
   const int threads = 256;
   ropeKernel<<<unsigned(B * T), threads, size_t(d) * sizeof(float), ctx.stream>>>(
       x.data, x.dtype, pos.data, pos.dtype, y.data, y.dtype, int(n), int(d),
-      transpose ? -1.0f : 1.0f, freqs, hostFreqs, thetaF, factorF);
+      transpose ? -1.0f : 1.0f, makeRopeFreqs(d, theta, factor));
   G3RT_CUDA_CHECK_LAUNCH(args, "rope");
   return Status();
 }

@@ -28,6 +28,7 @@
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lowrank_products.h"
 #include "runtime/cuda/lt_matmul.h"
+#include "runtime/cuda/rope_tables.h"
 #include "runtime/kernels/dense_checks.h"
 
 #include <cub/device/device_radix_sort.cuh>
@@ -630,10 +631,13 @@ __device__ __forceinline__ void storeBF16x8(void *p, int64_t i, const float (&v)
 
 // rms_norm for bf16 rows a multiple of 8 wide: a team (the block, or a warp
 // for rows of at most 256, QK-norm's) per row, each thread with the same 8
-// columns of every row in registers (one 16-byte load and store each).
-template <bool WarpTeams>
+// columns of every row in registers (one 16-byte load and store each). With
+// WithAdd (add_rms_norm) the row is first the sum x + b, rounded to bf16 and
+// stored as `sum`, as the add kernel gives it.
+template <bool WarpTeams, bool WithAdd = false>
 __global__ void rmsNormBF16Device(const void *x, const void *w, DType wt, void *y, int64_t rows,
-                                  int64_t D, double eps) {
+                                  int64_t D, double eps, const void *b = nullptr,
+                                  void *sum = nullptr) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t c0 = int64_t(WarpTeams ? lane : threadIdx.x) * 8;
   const bool owns = c0 < D;
@@ -644,8 +648,18 @@ __global__ void rmsNormBF16Device(const void *x, const void *w, DType wt, void *
   const int64_t step = WarpTeams ? int64_t(gridDim.x) * (blockDim.x >> 5) : gridDim.x;
   for (int64_t r = first; r < rows; r += step) {
     float xv[8] = {};
-    if (owns)
+    if (owns) {
       loadBF16x8(x, r * D + c0, xv);
+      if constexpr (WithAdd) {
+        float bv[8];
+        loadBF16x8(b, r * D + c0, bv);
+        for (int k = 0; k < 8; ++k)
+          xv[k] = __fadd_rn(xv[k], bv[k]);
+        storeBF16x8(sum, r * D + c0, xv);
+        for (int k = 0; k < 8; ++k)
+          xv[k] = __bfloat162float(__float2bfloat16(xv[k]));
+      }
+    }
     double ss = 0;
     for (int k = 0; k < 8; ++k)
       ss += double(xv[k]) * double(xv[k]);
@@ -660,6 +674,12 @@ __global__ void rmsNormBF16Device(const void *x, const void *w, DType wt, void *
   }
 }
 
+/// The bf16 register kernels take rows a multiple of 8 wide, up to 256 (a
+/// warp per row) or from 513 to 8192 (a block per row).
+bool bf16NormRows(int64_t D) {
+  return D % 8 == 0 && (D <= 256 || (D > kWarpRowMax && D <= 8192));
+}
+
 Status rmsNormKernel(const KernelArgs &args) {
   double eps;
   NormShape shape;
@@ -669,8 +689,7 @@ Status rmsNormKernel(const KernelArgs &args) {
   if (rows == 0)
     return Status();
   cudaStream_t stream = contextOf(args).stream;
-  if (x.dtype == DType::BF16 && y.dtype == DType::BF16 && D % 8 == 0 &&
-      (D <= 256 || (D > kWarpRowMax && D <= 8 * 1024))) {
+  if (x.dtype == DType::BF16 && y.dtype == DType::BF16 && bf16NormRows(D)) {
     if (D <= 256)
       rmsNormBF16Device<true><<<blocksFor(rows, kThreads / 32), kThreads, 0, stream>>>(
           x.data, w.data, w.dtype, y.data, rows, D, eps);
@@ -690,14 +709,23 @@ Status rmsNormKernel(const KernelArgs &args) {
   return Status();
 }
 
-// One row of rms_norm_grad: dx, and the row's dw terms added into dwPart,
-// by the threads first, first + stride, ... of a team (a block or a warp)
-// whose sum over its members `teamSum` returns to each of them.
+/// The input gradient's optional addend (rms_norm_grad `plus`).
+struct Addend {
+  const void *data;
+  DType dtype;
+};
+
+// One row of rms_norm_grad: dx (plus the addend, when there is one), and the
+// row's dw terms added into dwPart, by the threads first, first + stride, ...
+// of a team (a block or a warp) whose sum over its members `teamSum` returns
+// to each of them. Each element of dy and the addend is read by the thread
+// that writes it, before it does: dx may share their buffers.
 template <typename TeamSum>
 __device__ __forceinline__ void rmsNormGradRow(const void *x, DType xt, const void *w, DType wt,
                                                const void *dy, DType gt, void *dx, DType dxt,
-                                               int64_t D, int64_t base, float inv, int64_t first,
-                                               int64_t stride, double *dwPart, TeamSum teamSum) {
+                                               Addend add, int64_t D, int64_t base, float inv,
+                                               int64_t first, int64_t stride, double *dwPart,
+                                               TeamSum teamSum) {
   double dot = 0;
   for (int64_t d = first; d < D; d += stride) {
     float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
@@ -712,6 +740,8 @@ __device__ __forceinline__ void rmsNormGradRow(const void *x, DType xt, const vo
     float g = loadFloat(dy, gt, base + d);
     float gain = __fadd_rn(loadFloat(w, wt, d), 1.0f);
     float v = __fmul_rn(__fsub_rn(__fmul_rn(g, gain), __fmul_rn(xhat, mean)), inv);
+    if (add.data)
+      v = __fadd_rn(loadFloat(add.data, add.dtype, base + d), v);
     storeFloat(dx, dxt, base + d, v);
   }
 }
@@ -721,8 +751,8 @@ __device__ __forceinline__ void rmsNormGradRow(const void *x, DType xt, const vo
 // shared memory; each column belongs to one thread). A second kernel adds
 // the blocks' partials in block order, so dw does not depend on scheduling.
 __global__ void rmsNormGradDevice(const void *x, DType xt, const void *w, DType wt, const void *dy,
-                                  DType gt, void *dx, DType dxt, int64_t rows, int64_t D,
-                                  int64_t rowsPerBlock, double eps, double *partials) {
+                                  DType gt, void *dx, DType dxt, Addend add, int64_t rows,
+                                  int64_t D, int64_t rowsPerBlock, double eps, double *partials) {
   extern __shared__ double dwPart[];
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
     dwPart[d] = 0;
@@ -730,7 +760,7 @@ __global__ void rmsNormGradDevice(const void *x, DType xt, const void *w, DType 
   for (int64_t r = r0; r < r1; ++r) {
     int64_t base = r * D;
     float inv = inverseRms(x, xt, base, D, eps);
-    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, D, base, inv, threadIdx.x, blockDim.x, dwPart,
+    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, add, D, base, inv, threadIdx.x, blockDim.x, dwPart,
                    [](double v) { return blockSum(v); });
   }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
@@ -740,8 +770,8 @@ __global__ void rmsNormGradDevice(const void *x, DType xt, const void *w, DType 
 // The same for rows of at most kWarpRowMax: a warp per row, each warp with
 // its own dw partial sums, added in warp order at the end of the block.
 __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DType wt,
-                                      const void *dy, DType gt, void *dx, DType dxt, int64_t rows,
-                                      int64_t D, int64_t rowsPerBlock, double eps,
+                                      const void *dy, DType gt, void *dx, DType dxt, Addend add,
+                                      int64_t rows, int64_t D, int64_t rowsPerBlock, double eps,
                                       double *partials) {
   extern __shared__ double warpParts[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
@@ -752,7 +782,7 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
   for (int64_t r = r0 + warp; r < r1; r += warps) {
     int64_t base = r * D;
     float inv = warpInverseRms(x, xt, base, D, eps);
-    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, D, base, inv, lane, 32, dwPart,
+    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, add, D, base, inv, lane, 32, dwPart,
                    [](double v) { return warpSumAll(v); });
   }
   __syncthreads();
@@ -772,8 +802,8 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
 // order.
 template <bool WarpTeams>
 __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, const void *dy,
-                                      void *dx, int64_t rows, int64_t D, int64_t rowsPerBlock,
-                                      double eps, double *partials) {
+                                      void *dx, const void *addend, int64_t rows, int64_t D,
+                                      int64_t rowsPerBlock, double eps, double *partials) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   const int member = WarpTeams ? lane : threadIdx.x;
   const int64_t c0 = int64_t(member) * 8;
@@ -808,6 +838,12 @@ __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, co
       float out[8];
       for (int k = 0; k < 8; ++k)
         out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
+      if (addend) {
+        float a[8];
+        loadBF16x8(addend, r * D + c0, a);
+        for (int k = 0; k < 8; ++k)
+          out[k] = __fadd_rn(a[k], out[k]);
+      }
       storeBF16x8(dx, r * D + c0, out);
     }
   }
@@ -868,9 +904,10 @@ Status rmsNormGradKernel(const KernelArgs &args) {
 
   const bool warpRows = D <= kWarpRowMax;
   // The register-resident bf16 kernels where the rows allow them.
+  const Addend add{shape.addend ? shape.addend->data : nullptr,
+                   shape.addend ? shape.addend->dtype : DType::F32};
   const bool bf16Rows = x.dtype == DType::BF16 && dy.dtype == DType::BF16 &&
-                        dx.dtype == DType::BF16 && D % 8 == 0 &&
-                        (D <= 256 || (!warpRows && D <= 8 * 1024));
+                        dx.dtype == DType::BF16 && bf16NormRows(D);
   const int threads = bf16Rows && !warpRows ? int((D / 8 + 31) / 32 * 32) : kThreads;
   size_t shared = warpRows ? size_t(D) * sizeof(double) * (kThreads / 32)
                            : (bf16Rows ? 0 : size_t(D) * sizeof(double));
@@ -905,16 +942,275 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   if (bf16Rows)
     (warpRows ? rmsNormGradBF16Device<true> : rmsNormGradBF16Device<false>)<<<
         unsigned(blocks), threads, shared, ctx.stream>>>(x.data, w.data, w.dtype, dy.data, dx.data,
-                                                         rows, D, rowsPerBlock, eps, partials);
+                                                         add.data, rows, D, rowsPerBlock, eps,
+                                                         partials);
   else
     (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(blocks), kThreads, shared,
                                                              ctx.stream>>>(
-        x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, rows, D,
+        x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, add, rows, D,
         rowsPerBlock, eps, partials);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad");
   rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0, ctx.stream>>>(
       partials, blocks, D, dw.data, dw.dtype);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad weight");
+  return Status();
+}
+
+//===----------------------------------------------------------------------===//
+// Fused norms: add_rms_norm, rms_norm_rope, rms_norm_rope_grad
+//===----------------------------------------------------------------------===//
+
+/// Runs CUDA kernel `kernel` as a step of `args` (the shapes the register
+/// kernels below do not take run as the unfused kernels, one after another).
+Status runPart(const KernelArgs &args, const char *kernel, std::vector<TensorView> inputs,
+               std::vector<TensorView> outputs, const KernelAttrs *attrs) {
+  KernelArgs part;
+  part.inputs = std::move(inputs);
+  part.outputs = std::move(outputs);
+  part.attrs = attrs;
+  part.name = args.name;
+  part.backend = args.backend;
+  return findCudaKernel(kernel)(part);
+}
+
+Status addRmsNormKernel(const KernelArgs &args) {
+  double eps;
+  NormShape shape;
+  G3RT_RETURN_IF_ERROR(checkAddRmsNorm(args, eps, shape));
+  const int64_t D = shape.D, rows = shape.rows;
+  const TensorView &a = args.inputs[0], &b = args.inputs[1], &w = args.inputs[2];
+  const TensorView &sum = args.outputs[0], &y = args.outputs[1];
+  const bool bf16 = a.dtype == DType::BF16 && b.dtype == DType::BF16 &&
+                    sum.dtype == DType::BF16 && y.dtype == DType::BF16;
+  if (!bf16 || !bf16NormRows(D)) {
+    G3RT_RETURN_IF_ERROR(runPart(args, "add", {a, b}, {sum}, nullptr));
+    return runPart(args, "rms_norm", {sum, w}, {y}, args.attrs);
+  }
+  if (rows == 0)
+    return Status();
+  cudaStream_t stream = contextOf(args).stream;
+  if (D <= 256)
+    rmsNormBF16Device<true, true><<<blocksFor(rows, kThreads / 32), kThreads, 0, stream>>>(
+        a.data, w.data, w.dtype, y.data, rows, D, eps, b.data, sum.data);
+  else
+    rmsNormBF16Device<false, true><<<rowBlocks(rows), unsigned((D / 8 + 31) / 32 * 32), 0,
+                                     stream>>>(a.data, w.data, w.dtype, y.data, rows, D, eps,
+                                               b.data, sum.data);
+  G3RT_CUDA_CHECK_LAUNCH(args, "add_rms_norm");
+  return Status();
+}
+
+/// The register kernels of QK-norm + RoPE take bf16 heads of at most 256
+/// elements, a multiple of 16 (each lane's 8 columns on one side of d/2).
+bool bf16RopeHeads(int64_t d) { return d % 16 == 0 && d <= 256; }
+
+/// Rotates a lane's 8 columns c0.. of a head of D by the token's angle table:
+/// the partner of column c < D/2 is c + D/2, in lane + D/16, and back.
+__device__ __forceinline__ void rotateLane(const float (&v)[8], int c0, int half,
+                                           int partnerLane, const float *cs, const float *sn,
+                                           float (&out)[8]) {
+  float pv[8];
+  for (int k = 0; k < 8; ++k)
+    pv[k] = __shfl_sync(0xffffffffu, v[k], partnerLane);
+  for (int k = 0; k < 8; ++k) {
+    const int c = c0 + k;
+    // The rope kernel's roundings: no fused multiply-add.
+    if (c < half)
+      out[k] = __fsub_rn(__fmul_rn(v[k], cs[c]), __fmul_rn(pv[k], sn[c]));
+    else
+      out[k] = __fadd_rn(__fmul_rn(v[k], cs[c - half]), __fmul_rn(pv[k], sn[c - half]));
+  }
+}
+
+__device__ __forceinline__ float roundBF16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+// rms_norm_rope: a block per token, whose angle table is built once in
+// shared memory, and a warp per head with its 8 columns per lane in
+// registers; the normalised value is rounded to bf16 before it is rotated,
+// exactly as rms_norm then rope give it.
+__global__ void rmsNormRopeBF16Device(const void *x, const void *w, DType wt, const void *pos,
+                                      DType pt, void *y, int64_t tokens, int heads, int D,
+                                      double eps, RopeFreqs freqs) {
+  extern __shared__ float ropeTable[];
+  const int half = D / 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
+            warps = blockDim.x >> 5;
+  float *cs = ropeTable, *sn = ropeTable + half;
+  const int c0 = lane * 8;
+  const bool owns = c0 < D;
+  const int partner = owns ? (c0 < half ? lane + half / 8 : lane - half / 8) : lane;
+  float gain[8];
+  for (int k = 0; k < 8; ++k)
+    gain[k] = owns ? __fadd_rn(loadFloat(w, wt, c0 + k), 1.0f) : 0.0f;
+  for (int64_t t = blockIdx.x; t < tokens; t += gridDim.x) {
+    const float p = float(loadIndex(pos, pt, t));
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+      ropeAngle(freqs, p, i, 1.0f, cs[i], sn[i]);
+    __syncthreads();
+    for (int h = warp; h < heads; h += warps) {
+      const int64_t base = (t * heads + h) * int64_t(D);
+      float xv[8] = {};
+      if (owns)
+        loadBF16x8(x, base + c0, xv);
+      double ss = 0;
+      for (int k = 0; k < 8; ++k)
+        ss += double(xv[k]) * double(xv[k]);
+      const float inv = float(1.0 / sqrt(warpSumAll(ss) / double(D) + eps));
+      float normed[8], out[8];
+      for (int k = 0; k < 8; ++k)
+        normed[k] = roundBF16(__fmul_rn(__fmul_rn(xv[k], inv), gain[k]));
+      rotateLane(normed, c0, half, partner, cs, sn, out);
+      if (owns)
+        storeBF16x8(y, base + c0, out);
+    }
+    __syncthreads();
+  }
+}
+
+// rms_norm_rope_grad: as rms_norm_rope's kernel, the incoming gradient rotated
+// back (and rounded to bf16, as the rope kernel would store it), then the
+// register kernel's rms_norm_grad of each head. Block b takes a fixed run of
+// tokens; its warps' dw terms are added in warp order into the block's
+// partial sums, which rmsNormGradWeightDevice adds in block order.
+__global__ void rmsNormRopeGradBF16Device(const void *x, const void *w, DType wt, const void *pos,
+                                          DType pt, const void *dy, void *dx, int64_t tokens,
+                                          int heads, int D, int64_t tokensPerBlock, double eps,
+                                          RopeFreqs freqs, double *partials) {
+  extern __shared__ double gradShared[];
+  const int half = D / 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
+            warps = blockDim.x >> 5;
+  double *warpParts = gradShared;
+  float *cs = reinterpret_cast<float *>(gradShared + warps * D), *sn = cs + half;
+  const int c0 = lane * 8;
+  const bool owns = c0 < D;
+  const int partner = owns ? (c0 < half ? lane + half / 8 : lane - half / 8) : lane;
+  float gain[8];
+  double dwAcc[8];
+  for (int k = 0; k < 8; ++k) {
+    gain[k] = owns ? __fadd_rn(loadFloat(w, wt, c0 + k), 1.0f) : 0.0f;
+    dwAcc[k] = 0;
+  }
+  const int64_t t0 = int64_t(blockIdx.x) * tokensPerBlock, t1 = min(tokens, t0 + tokensPerBlock);
+  for (int64_t t = t0; t < t1; ++t) {
+    const float p = float(loadIndex(pos, pt, t));
+    for (int i = threadIdx.x; i < half; i += blockDim.x)
+      ropeAngle(freqs, p, i, -1.0f, cs[i], sn[i]);
+    __syncthreads();
+    for (int h = warp; h < heads; h += warps) {
+      const int64_t base = (t * heads + h) * int64_t(D);
+      float xv[8] = {}, gv[8] = {}, g[8];
+      if (owns) {
+        loadBF16x8(x, base + c0, xv);
+        loadBF16x8(dy, base + c0, gv);
+      }
+      rotateLane(gv, c0, half, partner, cs, sn, g);
+      double ss = 0;
+      for (int k = 0; k < 8; ++k) {
+        g[k] = owns ? roundBF16(g[k]) : 0.0f;
+        ss += double(xv[k]) * double(xv[k]);
+      }
+      const float inv = float(1.0 / sqrt(warpSumAll(ss) / double(D) + eps));
+      double dot = 0;
+      float xhat[8];
+      for (int k = 0; k < 8; ++k) {
+        xhat[k] = __fmul_rn(xv[k], inv);
+        dot += double(__fmul_rn(g[k], gain[k])) * double(xhat[k]);
+        dwAcc[k] += double(g[k]) * double(xhat[k]);
+      }
+      const float mean = float(warpSumAll(dot) / double(D));
+      if (owns) {
+        float out[8];
+        for (int k = 0; k < 8; ++k)
+          out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
+        storeBF16x8(dx, base + c0, out);
+      }
+    }
+    __syncthreads();
+  }
+  if (owns)
+    for (int k = 0; k < 8; ++k)
+      warpParts[warp * D + c0 + k] = dwAcc[k];
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    double sum = 0;
+    for (int k = 0; k < warps; ++k)
+      sum += warpParts[k * D + d];
+    partials[int64_t(blockIdx.x) * D + d] = sum;
+  }
+}
+
+/// Whether the register kernels take this fused QK-norm call: bf16 x (and
+/// grad, for the backward) and first output, and heads bf16RopeHeads takes.
+bool bf16RopeCall(const KernelArgs &args, const RopeShape &r) {
+  const bool bf16 = args.inputs[0].dtype == DType::BF16 &&
+                    args.outputs[0].dtype == DType::BF16 &&
+                    (args.inputs.size() < 4 || args.inputs[3].dtype == DType::BF16);
+  return bf16 && bf16RopeHeads(r.d) && r.n > 0;
+}
+
+Status rmsNormRopeKernel(const KernelArgs &args) {
+  double eps;
+  RopeShape r;
+  G3RT_RETURN_IF_ERROR(checkRmsNormRope(args, eps, r));
+  const TensorView &x = args.inputs[0], &w = args.inputs[1], &pos = args.inputs[2],
+                   &y = args.outputs[0];
+  if (!bf16RopeCall(args, r)) {
+    // The rope kernel reads each pair before writing it: it may rotate in place.
+    G3RT_RETURN_IF_ERROR(runPart(args, "rms_norm", {x, w}, {y}, args.attrs));
+    return runPart(args, "rope", {y, pos}, {y}, args.attrs);
+  }
+  const int64_t tokens = r.B * r.T;
+  if (tokens == 0)
+    return Status();
+  const int threads = 32 * int(std::min<int64_t>(r.n, 8));
+  rmsNormRopeBF16Device<<<rowBlocks(tokens), threads, size_t(r.d) * sizeof(float),
+                          contextOf(args).stream>>>(x.data, w.data, w.dtype, pos.data, pos.dtype,
+                                                    y.data, tokens, int(r.n), int(r.d), eps,
+                                                    makeRopeFreqs(r.d, r.theta, r.factor));
+  G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_rope");
+  return Status();
+}
+
+Status rmsNormRopeGradKernel(const KernelArgs &args) {
+  double eps;
+  RopeShape r;
+  G3RT_RETURN_IF_ERROR(checkRmsNormRopeGrad(args, eps, r));
+  const TensorView &x = args.inputs[0], &w = args.inputs[1], &pos = args.inputs[2],
+                   &dy = args.inputs[3], &dx = args.outputs[0], &dw = args.outputs[1];
+  if (!bf16RopeCall(args, r)) {
+    // Rotated back into dx, which rms_norm_grad then reads and overwrites
+    // element by element (each by the thread that reads it).
+    if (dx.dtype != dy.dtype)
+      return args.fail("input_grad " + describe(dx) + " must have the type of grad " +
+                       describe(dy));
+    KernelAttrs back = *args.attrs;
+    back.set("transpose", AttrValue::ofBool(true));
+    G3RT_RETURN_IF_ERROR(runPart(args, "rope", {dy, pos}, {dx}, &back));
+    return runPart(args, "rms_norm_grad", {x, w, dx}, {dx, dw}, args.attrs);
+  }
+  CudaContext &ctx = contextOf(args);
+  const int64_t tokens = r.B * r.T, D = r.d;
+  if (tokens == 0)
+    return memsetZero(args, dw.data, dw.bytes());
+  // About a thousand blocks, as rms_norm_grad's kernels; more tokens per
+  // block only when the partial sums would not fit the scratch space.
+  Scratch scratch = scratchOf(ctx);
+  int64_t tokensPerBlock = std::max<int64_t>(1, (tokens + 1023) / 1024);
+  auto blocksOf = [&](int64_t t) { return (tokens + t - 1) / t; };
+  while (size_t(blocksOf(tokensPerBlock)) * size_t(D) * sizeof(double) > scratch.bytes)
+    tokensPerBlock *= 2;
+  const int64_t blocks = blocksOf(tokensPerBlock);
+  double *partials = static_cast<double *>(scratch.take(size_t(blocks) * size_t(D) * 8));
+  const int warps = int(std::min<int64_t>(r.n, 8));
+  const size_t shared = size_t(warps) * size_t(D) * sizeof(double) + size_t(D) * sizeof(float);
+  rmsNormRopeGradBF16Device<<<unsigned(blocks), 32 * warps, shared, ctx.stream>>>(
+      x.data, w.data, w.dtype, pos.data, pos.dtype, dy.data, dx.data, tokens, int(r.n), int(D),
+      tokensPerBlock, eps, makeRopeFreqs(D, r.theta, r.factor), partials);
+  G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_rope_grad");
+  rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0, ctx.stream>>>(
+      partials, blocks, D, dw.data, dw.dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_rope_grad weight");
   return Status();
 }
 
@@ -2065,6 +2361,9 @@ void registerCudaDenseKernels(KernelTable &table) {
   table.emplace_back("embedding_grad", embeddingGradKernel);
   table.emplace_back("rms_norm", rmsNormKernel);
   table.emplace_back("rms_norm_grad", rmsNormGradKernel);
+  table.emplace_back("add_rms_norm", addRmsNormKernel);
+  table.emplace_back("rms_norm_rope", rmsNormRopeKernel);
+  table.emplace_back("rms_norm_rope_grad", rmsNormRopeGradKernel);
   table.emplace_back("linear", linearKernel);
   table.emplace_back("linear_grad_input", linearGradInputKernel);
   table.emplace_back("linear_grad_weight", linearGradWeightKernel);

@@ -23,7 +23,6 @@ namespace {
 using namespace checks;
 
 constexpr int kThreads = 256;
-constexpr int64_t kMaxBlocks = 8192;
 
 Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
   if (!isFloat(t.dtype) || t.numel() != 1)
@@ -264,12 +263,27 @@ struct AdamHyper {
   double beta1, beta2, eps, wd;
 };
 
-// Outputs may alias p, m, v: each element's inputs are read before its
-// outputs are written, and elements are independent (no __restrict__).
-__global__ void adamwDevice(const float *P, const float *G, const float *M, const float *Vv,
-                            float *P1, float *M1, float *V1, int64_t n, const void *stepP,
-                            DType stepT, const void *lrP, DType lrT, const void *scaleP,
-                            DType scaleT, AdamHyper h) {
+/// Tensors per launch of the multi-tensor update; their pointers travel as
+/// a kernel parameter (about 3 KB, under the 4 KB limit).
+constexpr int kAdamGroup = 40;
+/// Elements per block: 16 per thread.
+constexpr int64_t kAdamChunk = 16 * kThreads;
+
+struct AdamGroup {
+  const float *p[kAdamGroup], *g[kAdamGroup], *m[kAdamGroup], *v[kAdamGroup];
+  float *p1[kAdamGroup], *m1[kAdamGroup], *v1[kAdamGroup];
+  int64_t numel[kAdamGroup];
+  /// The chunks of tensor i are firstChunk[i] .. firstChunk[i + 1] - 1 of
+  /// this launch's grid.
+  int64_t firstChunk[kAdamGroup + 1];
+  int count;
+};
+
+// One block per chunk of one tensor. Outputs may alias p, m, v: each
+// element's inputs are read before its outputs are written, and elements are
+// independent (no __restrict__).
+__global__ void adamwDevice(AdamGroup grp, const void *stepP, DType stepT, const void *lrP,
+                            DType lrT, const void *scaleP, DType scaleT, AdamHyper h) {
   // The scalar factors, in double and rounded once to fp32 as the CPU (and
   // torch) do, computed by one thread per block from the device scalars.
   __shared__ float sDecay, sStepSize, sBc2Sqrt, sGradScale;
@@ -287,8 +301,15 @@ __global__ void adamwDevice(const float *P, const float *G, const float *M, cons
   const float decay = sDecay, stepSize = sStepSize, bc2Sqrt = sBc2Sqrt, gradScale = sGradScale;
   const float b1 = float(h.beta1), b2 = float(h.beta2), c1 = float(1.0 - h.beta1),
               c2 = float(1.0 - h.beta2), epsF = float(h.eps);
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += int64_t(gridDim.x) * blockDim.x) {
+  const int64_t chunk = blockIdx.x;
+  int k = 0;
+  while (k + 1 < grp.count && grp.firstChunk[k + 1] <= chunk)
+    ++k;
+  const float *P = grp.p[k], *G = grp.g[k], *M = grp.m[k], *Vv = grp.v[k];
+  float *P1 = grp.p1[k], *M1 = grp.m1[k], *V1 = grp.v1[k];
+  const int64_t begin = (chunk - grp.firstChunk[k]) * kAdamChunk;
+  const int64_t end = min(grp.numel[k], begin + kAdamChunk);
+  for (int64_t i = begin + threadIdx.x; i < end; i += blockDim.x) {
     float g = __fmul_rn(G[i], gradScale);
     float pi = __fmul_rn(P[i], decay);
     float mi = __fadd_rn(__fmul_rn(b1, M[i]), __fmul_rn(c1, g));
@@ -301,30 +322,62 @@ __global__ void adamwDevice(const float *P, const float *G, const float *M, cons
   }
 }
 
+// torch's multi-tensor ("foreach") AdamW: the n tensors go in groups of
+// kAdamGroup per launch instead of one launch each.
 Status adamwKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkAdamW(args));
-  const TensorView &p = args.inputs[0];
+  size_t n = 0;
+  G3RT_RETURN_IF_ERROR(checkAdamW(args, n));
+  const size_t scalars = 4 * n;
   // A negative step (an error on the CPU) cannot be seen here without a
   // host round trip; it would give t <= 0 and non-finite bias corrections.
-  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[4], "step"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[5], "lr"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[6], "grad_scale"));
+  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[scalars], "step"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 1], "lr"));
+  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 2], "grad_scale"));
   AdamHyper h{};
   G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", h.beta1));
   G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", h.beta2));
   G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", h.eps));
   G3RT_RETURN_IF_ERROR(args.requireFloat("weight_decay", h.wd));
-  int64_t n = p.numel();
-  if (n == 0)
+  const TensorView &step = args.inputs[scalars], &lr = args.inputs[scalars + 1],
+                   &scale = args.inputs[scalars + 2];
+  cudaStream_t stream = contextOf(args).stream;
+
+  AdamGroup group{};
+  auto flush = [&]() -> Status {
+    int64_t chunks = group.firstChunk[group.count];
+    if (chunks > 0) {
+      adamwDevice<<<unsigned(chunks), kThreads, 0, stream>>>(group, step.data, step.dtype,
+                                                             lr.data, lr.dtype, scale.data,
+                                                             scale.dtype, h);
+      G3RT_CUDA_CHECK_LAUNCH(args, "adamw");
+    }
+    group = AdamGroup{};
     return Status();
-  unsigned blocks = unsigned(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
-  const TensorView &step = args.inputs[4], &lr = args.inputs[5], &scale = args.inputs[6];
-  adamwDevice<<<blocks, kThreads, 0, contextOf(args).stream>>>(
-      p.f32(), args.inputs[1].f32(), args.inputs[2].f32(), args.inputs[3].f32(),
-      args.outputs[0].f32(), args.outputs[1].f32(), args.outputs[2].f32(), n, step.data,
-      step.dtype, lr.data, lr.dtype, scale.data, scale.dtype, h);
-  G3RT_CUDA_CHECK_LAUNCH(args, "adamw");
-  return Status();
+  };
+  for (size_t k = 0; k < n; ++k) {
+    int64_t numel = args.inputs[k].numel();
+    int64_t chunks = (numel + kAdamChunk - 1) / kAdamChunk;
+    if (chunks == 0)
+      continue;
+    // A grid holds at most 2^31 - 1 blocks.
+    if (group.count == kAdamGroup ||
+        (group.count > 0 && group.firstChunk[group.count] + chunks > (int64_t(1) << 30)))
+      G3RT_RETURN_IF_ERROR(flush());
+    if (chunks > (int64_t(1) << 30))
+      return args.fail("tensor " + std::to_string(k) + " has too many elements");
+    int c = group.count;
+    group.p[c] = args.inputs[k].f32();
+    group.g[c] = args.inputs[n + k].f32();
+    group.m[c] = args.inputs[2 * n + k].f32();
+    group.v[c] = args.inputs[3 * n + k].f32();
+    group.p1[c] = args.outputs[k].f32();
+    group.m1[c] = args.outputs[n + k].f32();
+    group.v1[c] = args.outputs[2 * n + k].f32();
+    group.numel[c] = numel;
+    group.firstChunk[c + 1] = group.firstChunk[c] + chunks;
+    ++group.count;
+  }
+  return flush();
 }
 
 } // namespace

@@ -197,11 +197,14 @@ StepModelFacts collectFacts(const StepProgram &program, int64_t layers) {
   for (const InstrDesc &in : fn->instrs) {
     for (uint32_t o : in.outputs)
       producer[o] = in.kernel;
+    // The fused norms carry the attributes of the ops they fuse.
     if (in.kernel == "attention")
       attention.push_back(&in);
-    else if (in.kernel == "rope" && !in.attrs.getFlag("transpose"))
+    else if ((in.kernel == "rope" && !in.attrs.getFlag("transpose")) ||
+             in.kernel == "rms_norm_rope")
       rope.push_back(&in);
-    else if (in.kernel == "rms_norm" && !f.rmsEps)
+    if ((in.kernel == "rms_norm" || in.kernel == "add_rms_norm" || in.kernel == "rms_norm_rope") &&
+        !f.rmsEps)
       f.rmsEps = in.attrs.getFloat("eps");
     else if (in.kernel == "lm_head" || in.kernel == "lm_head_cross_entropy")
       f.finalSoftcap = in.attrs.getFloat("softcap");

@@ -94,9 +94,11 @@ inline Status checkNormOperands(const KernelArgs &args, const TensorView &x,
   return Status();
 }
 
-/// RMSNorm over `rows` rows of D elements.
+/// RMSNorm over `rows` rows of D elements; the input gradient's addend, if
+/// any (rms_norm_grad).
 struct NormShape {
   int64_t rows = 0, D = 0;
+  const TensorView *addend = nullptr;
 };
 
 /// rms_norm: x, weight → result (`eps` read).
@@ -110,9 +112,52 @@ inline Status checkRmsNorm(const KernelArgs &args, double &eps, NormShape &s) {
   return checkRowsCols(args, y, "result", s.rows, s.D);
 }
 
-/// rms_norm_grad: x, weight, grad → input_grad, weight_grad (`eps` read).
-inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s) {
+/// add_rms_norm: lhs, rhs, weight → sum, result (`eps` read); all four
+/// activations of one shape.
+inline Status checkAddRmsNorm(const KernelArgs &args, double &eps, NormShape &s) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  const TensorView &a = args.inputs[0], &w = args.inputs[2];
+  G3RT_RETURN_IF_ERROR(checkNormOperands(args, a, w));
+  G3RT_RETURN_IF_ERROR(checkLike(args, args.inputs[1], "rhs", a));
+  G3RT_RETURN_IF_ERROR(checkLike(args, args.outputs[0], "sum", a));
+  G3RT_RETURN_IF_ERROR(checkLike(args, args.outputs[1], "result", a));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("eps", eps));
+  s = {leadingRows(a), a.dim(-1)};
+  return Status();
+}
+
+/// rms_norm_rope: x [B, T, n, d], weight [d], positions → result shaped like
+/// x (`eps`, `theta`, `scaling_factor` read).
+inline Status checkRmsNormRope(const KernelArgs &args, double &eps, RopeShape &r) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  const TensorView &x = args.inputs[0];
+  G3RT_RETURN_IF_ERROR(checkRopeOperands(args, x, args.inputs[2], r));
+  G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, args.inputs[1]));
+  G3RT_RETURN_IF_ERROR(checkLike(args, args.outputs[0], "result", x));
+  return args.requireFloat("eps", eps);
+}
+
+/// rms_norm_rope_grad: x, weight, positions, grad → input_grad, weight_grad.
+inline Status checkRmsNormRopeGrad(const KernelArgs &args, double &eps, RopeShape &r) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 2));
+  const TensorView &x = args.inputs[0];
+  G3RT_RETURN_IF_ERROR(checkRopeOperands(args, x, args.inputs[2], r));
+  G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, args.inputs[1]));
+  G3RT_RETURN_IF_ERROR(checkLike(args, args.inputs[3], "grad", x));
+  G3RT_RETURN_IF_ERROR(checkLike(args, args.outputs[0], "input_grad", x));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, args.outputs[1], "weight_grad"));
+  if (args.outputs[1].numel() != r.d)
+    return args.fail("weight_grad " + shapeString(args.outputs[1].shape) + " does not have " +
+                     std::to_string(r.d) + " elements");
+  return args.requireFloat("eps", eps);
+}
+
+/// rms_norm_grad: x, weight, grad (, addend) → input_grad, weight_grad
+/// (`eps` read); the addend is typed and shaped like input_grad.
+inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s) {
+  if (args.inputs.size() != 4 || args.outputs.size() != 2) {
+    G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
+  }
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &dy = args.inputs[2];
   const TensorView &dx = args.outputs[0], &dw = args.outputs[1];
   G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, w));
@@ -126,6 +171,12 @@ inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s
   if (dw.numel() != s.D)
     return args.fail("weight_grad " + shapeString(dw.shape) + " does not have " +
                      std::to_string(s.D) + " elements");
+  if (args.inputs.size() == 4) {
+    const TensorView &a = args.inputs[3];
+    if (a.dtype != dx.dtype || a.shape != dx.shape)
+      return args.fail("addend " + describe(a) + " must match input_grad " + describe(dx));
+    s.addend = &a;
+  }
   return Status();
 }
 

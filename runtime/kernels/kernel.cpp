@@ -116,6 +116,7 @@ static const KernelTable &table() {
     registerAttentionKernels(t);
     registerMoEKernels(t);
     registerOptimizerKernels(t);
+    registerFusedKernels(t);
     std::sort(t.begin(), t.end());
     return t;
   }();

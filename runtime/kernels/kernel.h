@@ -95,6 +95,7 @@ void registerDenseKernels(KernelTable &table);
 void registerAttentionKernels(KernelTable &table);
 void registerMoEKernels(KernelTable &table);
 void registerOptimizerKernels(KernelTable &table);
+void registerFusedKernels(KernelTable &table);
 
 } // namespace g3rt
 

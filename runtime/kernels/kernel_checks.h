@@ -155,13 +155,10 @@ struct RopeShape {
   bool transpose = false;
 };
 
-/// rope: x [B, T, n, d], positions [B, T] → output shaped like x.
-inline Status checkRope(const KernelArgs &args, RopeShape &r) {
-  if (args.inputs.size() != 2 || args.outputs.size() != 1)
-    return args.fail("expects 2 inputs (x, positions) and 1 output, got " +
-                     std::to_string(args.inputs.size()) + " and " +
-                     std::to_string(args.outputs.size()));
-  const TensorView &x = args.inputs[0], &pos = args.inputs[1], &y = args.outputs[0];
+/// The rope part of rope and the fused QK-norm: x [B, T, n, d] with an
+/// even d, positions [B, T], `theta` and `scaling_factor` read.
+inline Status checkRopeOperands(const KernelArgs &args, const TensorView &x,
+                                const TensorView &pos, RopeShape &r) {
   G3RT_RETURN_IF_ERROR(args.requireFloat("theta", r.theta));
   G3RT_RETURN_IF_ERROR(args.requireFloat("scaling_factor", r.factor));
   if (!(r.theta > 0) || !(r.factor > 0))
@@ -178,28 +175,55 @@ inline Status checkRope(const KernelArgs &args, RopeShape &r) {
   if (!isIndexType(pos.dtype) || pos.shape != std::vector<int64_t>{r.B, r.T})
     return args.fail("positions must be an integer [B, T] tensor matching x " +
                      shapeString(x.shape) + ", got " + describe(pos));
-  if (!isFloat(y.dtype) || y.shape != x.shape)
-    return args.fail("output must be a float tensor of shape " + shapeString(x.shape) +
-                     ", got " + describe(y));
   return Status();
 }
 
-/// adamw: p, g, m, v (F32, one shape), step, lr, grad_scale → p, m, v.
-inline Status checkAdamW(const KernelArgs &args) {
-  if (args.inputs.size() != 7 || args.outputs.size() != 3)
-    return args.fail("expects 7 inputs (p, g, m, v, step, lr, grad_scale) and 3 outputs, got " +
+/// A float tensor `what` shaped like x.
+inline Status checkLike(const KernelArgs &args, const TensorView &t, const char *what,
+                        const TensorView &x) {
+  if (!isFloat(t.dtype) || t.shape != x.shape)
+    return args.fail(std::string(what) + " must be a float tensor of shape " +
+                     shapeString(x.shape) + ", got " + describe(t));
+  return Status();
+}
+
+/// rope: x [B, T, n, d], positions [B, T] → output shaped like x.
+inline Status checkRope(const KernelArgs &args, RopeShape &r) {
+  if (args.inputs.size() != 2 || args.outputs.size() != 1)
+    return args.fail("expects 2 inputs (x, positions) and 1 output, got " +
                      std::to_string(args.inputs.size()) + " and " +
                      std::to_string(args.outputs.size()));
-  const TensorView &p = args.inputs[0];
+  G3RT_RETURN_IF_ERROR(checkRopeOperands(args, args.inputs[0], args.inputs[1], r));
+  return checkLike(args, args.outputs[0], "output", args.inputs[0]);
+}
+
+/// adamw over n tensors: p0..pn-1, g.., m.., v.. (F32, per tensor one
+/// shape), step, lr, grad_scale → p'.., m'.., v'... Returns n.
+inline Status checkAdamW(const KernelArgs &args, size_t &n) {
+  n = args.inputs.size() >= 7 ? (args.inputs.size() - 3) / 4 : 0;
+  if (n == 0 || args.inputs.size() != 4 * n + 3 || args.outputs.size() != 3 * n)
+    return args.fail("expects 4n + 3 inputs (params, grads, exp_avgs, exp_avg_sqs, step, lr, "
+                     "grad_scale) and 3n outputs for some n >= 1, got " +
+                     std::to_string(args.inputs.size()) + " and " +
+                     std::to_string(args.outputs.size()));
   const char *names[] = {"p", "g", "m", "v"};
-  for (int i = 0; i < 4; ++i)
-    if (args.inputs[size_t(i)].dtype != DType::F32 || args.inputs[size_t(i)].shape != p.shape)
-      return args.fail(std::string(names[i]) + " must be an F32 tensor of shape " +
-                       shapeString(p.shape) + ", got " + describe(args.inputs[size_t(i)]));
-  for (size_t i = 0; i < 3; ++i)
-    if (args.outputs[i].dtype != DType::F32 || args.outputs[i].shape != p.shape)
-      return args.fail("output " + std::to_string(i) + " must be an F32 tensor of shape " +
-                       shapeString(p.shape) + ", got " + describe(args.outputs[i]));
+  for (size_t t = 0; t < n; ++t) {
+    const TensorView &p = args.inputs[t];
+    auto suffix = [&] { return n == 1 ? std::string() : " of tensor " + std::to_string(t); };
+    for (size_t role = 0; role < 4; ++role) {
+      const TensorView &x = args.inputs[role * n + t];
+      if (x.dtype != DType::F32 || x.shape != p.shape)
+        return args.fail(std::string(names[role]) + suffix() + " must be an F32 tensor of shape " +
+                         shapeString(p.shape) + ", got " + describe(x));
+    }
+    for (size_t role = 0; role < 3; ++role) {
+      const TensorView &y = args.outputs[role * n + t];
+      if (y.dtype != DType::F32 || y.shape != p.shape)
+        return args.fail("output " + std::to_string(role * n + t) +
+                         " must be an F32 tensor of shape " + shapeString(p.shape) + ", got " +
+                         describe(y));
+    }
+  }
   return Status();
 }
 

@@ -82,6 +82,22 @@ std::vector<BadCall> badCalls() {
       {"adamw", {}, {f32({4, 8}), f32({4, 8}), f32({4, 7}), f32({4, 8}), Tensor(DType::I64, {}),
                      f32({}), f32({})},
        {f32({4, 8}), f32({4, 8}), f32({4, 8})}},
+      // Two tensors, the second's exp_avg_sq of another shape.
+      {"adamw", {}, {f32({4}), f32({8}), f32({4}), f32({8}), f32({4}), f32({8}), f32({4}),
+                     f32({7}), Tensor(DType::I64, {}), f32({}), f32({})},
+       {f32({4}), f32({8}), f32({4}), f32({8}), f32({4}), f32({8})}},
+      {"add_rms_norm", attrs({{"eps", F(1e-6)}}), {f32({4, 8}), f32({4, 8}), f32({7})},
+       {f32({4, 8}), f32({4, 8})}},
+      {"rms_norm_grad", attrs({{"eps", F(1e-6)}}),
+       {f32({4, 8}), f32({8}), f32({4, 8}), Tensor(DType::BF16, {4, 8})},
+       {f32({4, 8}), f32({8})}},
+      {"rms_norm_rope",
+       attrs({{"eps", F(1e-6)}, {"theta", F(1e4)}, {"scaling_factor", F(1)}}),
+       {f32({1, 4, 2, 8}), f32({8}), i32({1, 3})}, {f32({1, 4, 2, 8})}},
+      {"rms_norm_rope_grad",
+       attrs({{"eps", F(1e-6)}, {"theta", F(1e4)}, {"scaling_factor", F(1)}}),
+       {f32({1, 4, 2, 8}), f32({8}), i32({1, 4}), f32({1, 4, 2, 6})},
+       {f32({1, 4, 2, 8}), f32({8})}},
   };
 }
 

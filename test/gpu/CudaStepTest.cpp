@@ -370,6 +370,102 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
   }
 }
 
+/// The fused norms on G3MoE-4B's shapes (a block per 2560-wide row; QK-norm
+/// heads of 256 on the register kernels) and on shapes only the unfused
+/// kernels take (heads of 40, fp32), against the CPU.
+TEST(CudaKernels, FusedNormsMatchTheCPU) {
+  KernelAttrs attrs;
+  attrs.set("eps", AttrValue::ofFloat(1e-6));
+  attrs.set("theta", AttrValue::ofFloat(1e6));
+  attrs.set("scaling_factor", AttrValue::ofFloat(8));
+  uint64_t stream = 0;
+  auto filled = [&](DType t, std::vector<int64_t> shape, std::vector<uint8_t> &b, float scale) {
+    TensorView v = hostTensor(t, std::move(shape), b);
+    ++stream;
+    for (int64_t i = 0; i < v.numel(); ++i)
+      v.store(i, scale * (2 * uniformAt(7, 0, stream, uint64_t(i)) - 1));
+    return v;
+  };
+  for (int64_t H : {int64_t(2560), int64_t(64)}) {
+    std::vector<uint8_t> b[8];
+    TensorView a = filled(DType::BF16, {700, H}, b[0], 2), r = filled(DType::BF16, {700, H}, b[1], 2),
+               w = filled(DType::BF16, {H}, b[2], 0.25f),
+               sum = hostTensor(DType::BF16, {700, H}, b[3]),
+               y = hostTensor(DType::BF16, {700, H}, b[4]),
+               dx = hostTensor(DType::BF16, {700, H}, b[5]), dw = hostTensor(DType::F32, {H}, b[6]);
+    Status st;
+    for (double e : gpuErrorsAgainstCpu("add_rms_norm", attrs, {a, r, w}, {sum, y}, st))
+      EXPECT_LE(e, 1.0) << "add_rms_norm, H " << H;
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (double e : gpuErrorsAgainstCpu("rms_norm_grad", attrs, {a, w, r, sum}, {dx, dw}, st))
+      EXPECT_LE(e, 1.0) << "rms_norm_grad with an addend, H " << H;
+    ASSERT_TRUE(st.ok()) << st.message();
+  }
+  struct Heads {
+    DType type;
+    int64_t n, d;
+  };
+  for (Heads h : {Heads{DType::BF16, 8, 256}, Heads{DType::BF16, 4, 256},
+                  Heads{DType::BF16, 3, 40}, Heads{DType::F32, 2, 32}}) {
+    const int64_t B = 2, T = 300;
+    std::vector<uint8_t> b[7];
+    TensorView x = filled(h.type, {B, T, h.n, h.d}, b[0], 3),
+               g = filled(h.type, {B, T, h.n, h.d}, b[1], 1),
+               w = filled(DType::BF16, {h.d}, b[2], 0.25f),
+               pos = hostTensor(DType::I32, {B, T}, b[3]),
+               y = hostTensor(h.type, {B, T, h.n, h.d}, b[4]),
+               dx = hostTensor(h.type, {B, T, h.n, h.d}, b[5]), dw = hostTensor(DType::F32, {h.d}, b[6]);
+    for (int64_t i = 0; i < B * T; ++i)
+      pos.i32()[i] = int32_t(i % T * 37); // positions up to ~11K
+    Status st;
+    for (double e : gpuErrorsAgainstCpu("rms_norm_rope", attrs, {x, w, pos}, {y}, st))
+      EXPECT_LE(e, 1.0) << "rms_norm_rope, heads " << h.n << " x " << h.d;
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (double e : gpuErrorsAgainstCpu("rms_norm_rope_grad", attrs, {x, w, pos, g}, {dx, dw}, st))
+      EXPECT_LE(e, 1.0) << "rms_norm_rope_grad, heads " << h.n << " x " << h.d;
+    ASSERT_TRUE(st.ok()) << st.message();
+  }
+}
+
+/// The multi-tensor AdamW over more tensors than one launch takes (LoRA's
+/// 204 at G3MoE-4B scale): every element as the CPU computes it.
+TEST(CudaKernels, AdamWOverManyTensorsMatchesTheCPU) {
+  const int n = 97;
+  std::vector<std::vector<uint8_t>> storage(size_t(4 * n + 3 + 3 * n));
+  std::vector<TensorView> in, out;
+  for (int role = 0; role < 4; ++role)
+    for (int k = 0; k < n; ++k) {
+      TensorView t = hostTensor(DType::F32, {int64_t(1 + 517 * (k % 13))}, storage[in.size()]);
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        float u = uniformAt(9, uint64_t(role), uint64_t(k), uint64_t(i));
+        t.store(i, role == 3 ? 0.01f * u : 2 * u - 1);
+      }
+      in.push_back(t);
+    }
+  TensorView step = hostTensor(DType::I64, {}, storage[in.size()]);
+  step.i64()[0] = 7;
+  in.push_back(step);
+  for (float v : {1e-3f, 0.5f}) {
+    TensorView s = hostTensor(DType::F32, {}, storage[in.size()]);
+    s.store(0, v);
+    in.push_back(s);
+  }
+  for (int role = 0; role < 3; ++role)
+    for (int k = 0; k < n; ++k)
+      out.push_back(hostTensor(DType::F32, in[size_t(k)].shape, storage[in.size() + out.size()]));
+  KernelAttrs attrs;
+  attrs.set("beta1", AttrValue::ofFloat(0.9));
+  attrs.set("beta2", AttrValue::ofFloat(0.999));
+  attrs.set("epsilon", AttrValue::ofFloat(1e-8));
+  attrs.set("weight_decay", AttrValue::ofFloat(0.01));
+  Status st;
+  std::vector<double> errors = gpuErrorsAgainstCpu("adamw", attrs, in, out, st);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(errors.size(), out.size());
+  for (size_t i = 0; i < errors.size(); ++i)
+    EXPECT_LE(errors[i], 1.0) << "output " << i;
+}
+
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
                          ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
                                            "g3moe_grouped_full_fp32", "g3moe_lora_fp32",

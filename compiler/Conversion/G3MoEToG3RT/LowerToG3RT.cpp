@@ -102,12 +102,14 @@ Value FunctionLowering::inPlaceTarget(Operation *op, unsigned resultIndex) {
   if (it == returnedInto.end())
     return Value();
   // Which operand a result may overwrite: add writes over either summand,
-  // adamw's (p', m', v') over (p, m, v).
+  // adamw's (p', m', v') of tensor i over its (p, m, v).
   SmallVector<unsigned> candidates;
-  if (isa<g3moe::AddOp>(op))
+  if (isa<g3moe::AddOp>(op)) {
     candidates = {0, 1};
-  else if (isa<g3moe::AdamWOp>(op))
-    candidates = {resultIndex == 0 ? 0u : resultIndex + 1};
+  } else if (auto adamw = dyn_cast<g3moe::AdamWOp>(op)) {
+    unsigned n = adamw.getNumTensors(), role = resultIndex / n, i = resultIndex % n;
+    candidates = {(role == 0 ? 0u : role + 1) * n + i};
+  }
   for (unsigned i : candidates) {
     Value operand = op->getOperand(i);
     auto arg = dyn_cast<BlockArgument>(operand);

@@ -107,9 +107,35 @@ def G3MoE_RMSNormGradOp : G3MoE_GradOp<"rms_norm_grad"> {
         : (tensor<2x16x64xbf16>, tensor<64xbf16>, tensor<2x16x64xbf16>)
         -> (tensor<2x16x64xbf16>, tensor<64xf32>)
     ```
+
+    With the optional fourth operand `addend` (made by --g3moe-fuse-norms,
+    never by autodiff) `input_grad` is `addend` plus the above, added in fp32
+    before the one rounding: the residual stream's gradient joins the
+    norm's without an `add` of its own.
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight,
-                       G3MoE_FloatTensor:$grad, F64Attr:$eps);
+                       G3MoE_FloatTensor:$grad, Optional<G3MoE_FloatTensor>:$addend,
+                       F64Attr:$eps);
+  let results = (outs G3MoE_FloatTensor:$input_grad,
+                      RankedTensorOf<[F32]>:$weight_grad);
+}
+
+def G3MoE_RMSNormRoPEGradOp : G3MoE_GradOp<"rms_norm_rope_grad"> {
+  let summary = "gradients of g3moe.rms_norm_rope";
+  let description = [{
+    `rms_norm_grad(input, weight, rope(grad, positions, transpose))`: the
+    incoming gradient is rotated back (rounded to its element type, as the
+    `rope` op would) and then goes through the norm's backward, in one pass.
+
+    ```mlir
+    %dx, %dw = g3moe.rms_norm_rope_grad %x, %w, %pos, %dy {eps = 1.0e-06 : f64, theta = 1.0e+06 : f64, scaling_factor = 1.0 : f64}
+        : (tensor<2x16x4x16xbf16>, tensor<16xbf16>, tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
+        -> (tensor<2x16x4x16xbf16>, tensor<16xf32>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight,
+                       G3MoE_IndexTensor:$positions, G3MoE_FloatTensor:$grad,
+                       F64Attr:$eps, F64Attr:$theta, F64Attr:$scaling_factor);
   let results = (outs G3MoE_FloatTensor:$input_grad,
                       RankedTensorOf<[F32]>:$weight_grad);
 }

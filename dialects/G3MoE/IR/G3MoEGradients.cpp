@@ -123,7 +123,7 @@ LogicalResult RMSNormOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   noGrads(*this, out);
   auto op = RMSNormGradOp::create(b, getLoc(), getInput().getType(),
                                   f32Like(getWeight()), getInput(), getWeight(),
-                                  dy[0], getEpsAttr());
+                                  dy[0], /*addend=*/Value(), getEpsAttr());
   if (needs[0])
     out[0] = op.getInputGrad();
   if (needs[1])

@@ -98,6 +98,40 @@ LogicalResult RMSNormOp::verify() {
   return success();
 }
 
+LogicalResult AddRMSNormOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  auto x = getLhs().getType();
+  if (getRhs().getType() != x || getSum().getType() != x || getResult().getType() != x)
+    return emitOpError("summands, sum and result must all have the type ") << x;
+  if (failed(expectShape(*this, "weight", getWeight().getType(), {x.getShape().back()})))
+    return failure();
+  if (getEps().convertToDouble() <= 0)
+    return emitOpError("eps must be positive");
+  return success();
+}
+
+LogicalResult RMSNormRoPEOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  auto x = getInput().getType();
+  if (failed(expectRank(*this, "input", x, 4)))
+    return failure();
+  if (x.getDimSize(3) % 2 != 0)
+    return emitOpError("head dimension must be even, got ") << x.getDimSize(3);
+  if (failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})) ||
+      failed(expectShape(*this, "positions", getPositions().getType(),
+                         {x.getDimSize(0), x.getDimSize(1)})))
+    return failure();
+  if (getType() != x)
+    return emitOpError("result type must equal the input type ") << x;
+  if (getEps().convertToDouble() <= 0)
+    return emitOpError("eps must be positive");
+  if (getTheta().convertToDouble() <= 0 || getScalingFactor().convertToDouble() <= 0)
+    return emitOpError("theta and scaling_factor must be positive");
+  return success();
+}
+
 LogicalResult LinearOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();

@@ -159,6 +159,49 @@ def G3MoE_RMSNormOp : G3MoE_Op<"rms_norm", [Pure, G3MoE_Differentiable]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_AddRMSNormOp : G3MoE_Op<"add_rms_norm", [Pure]> {
+  let summary = "residual add followed by rms_norm of the sum, in one pass";
+  let description = [{
+    `sum = lhs + rhs` in the operands' element type (as `add`) and
+    `result = rms_norm(sum, weight)` of that rounded sum (as `rms_norm`),
+    from one read of the summands. Made by --g3moe-fuse-norms after
+    differentiation; never differentiated itself.
+
+    ```mlir
+    %s, %y = g3moe.add_rms_norm %r, %h, %w {eps = 1.0e-06 : f64}
+        : (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>, tensor<64xbf16>)
+        -> (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$lhs, G3MoE_FloatTensor:$rhs,
+                       G3MoE_FloatTensor:$weight, F64Attr:$eps);
+  let results = (outs G3MoE_FloatTensor:$sum, G3MoE_FloatTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_RMSNormRoPEOp : G3MoE_Op<"rms_norm_rope", [Pure]> {
+  let summary = "QK-norm followed by the rotary embedding, in one pass";
+  let description = [{
+    `rope(rms_norm(input, weight), positions)` on [B, T, heads, d], the
+    normalised value rounded to the input's element type before it is
+    rotated, exactly as the two ops give it. Made by --g3moe-fuse-norms
+    after differentiation; never differentiated itself (its gradient is
+    `rms_norm_rope_grad`).
+
+    ```mlir
+    %q = g3moe.rms_norm_rope %x, %w, %pos {eps = 1.0e-06 : f64, theta = 1.0e+06 : f64, scaling_factor = 1.0 : f64}
+        : (tensor<2x16x4x16xbf16>, tensor<16xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight,
+                       G3MoE_IndexTensor:$positions, F64Attr:$eps, F64Attr:$theta,
+                       F64Attr:$scaling_factor);
+  let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure, G3MoE_Differentiable]> {
   let summary = "bias-free linear layer y = x·Wᵀ with W stored [out, in]";
   let description = [{

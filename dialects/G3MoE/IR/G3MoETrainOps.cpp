@@ -82,9 +82,26 @@ LogicalResult EmbeddingGradOp::verify() {
 LogicalResult RMSNormGradOp::verify() {
   if (failed(requireStatic(*this)) ||
       failed(sameShape(*this, "grad", getGrad(), getInput())) ||
-      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())))
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())) ||
+      failed(verifyAddend(*this, getAddend(), getInputGrad().getType())))
     return failure();
   return sameShape(*this, "weight_grad", getWeightGrad(), getWeight());
+}
+
+LogicalResult RMSNormRoPEGradOp::verify() {
+  if (failed(requireStatic(*this)) ||
+      failed(expectRank(*this, "input", getInput().getType(), 4)) ||
+      failed(sameShape(*this, "grad", getGrad(), getInput())) ||
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())) ||
+      failed(sameShape(*this, "weight_grad", getWeightGrad(), getWeight())))
+    return failure();
+  auto x = getInput().getType();
+  if (x.getDimSize(3) % 2 != 0)
+    return emitOpError("head dimension must be even, got ") << x.getDimSize(3);
+  if (failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})))
+    return failure();
+  return expectShape(*this, "positions", getPositions().getType(),
+                     {x.getDimSize(0), x.getDimSize(1)});
 }
 
 LogicalResult AttentionGradOp::verify() {
@@ -252,13 +269,22 @@ LogicalResult LRScheduleOp::verify() {
 LogicalResult AdamWOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
-  Value p = getParam();
-  for (auto [what, v] :
-       {std::pair<StringRef, Value>{"grad", getGrad()}, {"exp_avg", getExpAvg()},
-        {"exp_avg_sq", getExpAvgSq()}, {"new_param", getNewParam()},
-        {"new_exp_avg", getNewExpAvg()}, {"new_exp_avg_sq", getNewExpAvgSq()}})
-    if (failed(sameShape(*this, what, v, p)))
-      return failure();
+  size_t n = getState().size() / 4;
+  if (n == 0 || getState().size() != 4 * n || getNewState().size() != 3 * n)
+    return emitOpError("takes 4n state operands (params, grads, exp_avgs, exp_avg_sqs) and "
+                       "gives 3n results for some n >= 1, got ")
+           << getState().size() << " and " << getNewState().size();
+  static const char *const operandNames[] = {"grad", "exp_avg", "exp_avg_sq"};
+  static const char *const resultNames[] = {"new_param", "new_exp_avg", "new_exp_avg_sq"};
+  for (unsigned i = 0; i < n; ++i) {
+    Value p = getStateOf(0, i);
+    for (unsigned role = 1; role < 4; ++role)
+      if (failed(sameShape(*this, operandNames[role - 1], getStateOf(role, i), p)))
+        return failure();
+    for (unsigned role = 0; role < 3; ++role)
+      if (failed(sameShape(*this, resultNames[role], getNewStateOf(role, i), p)))
+        return failure();
+  }
   double b1 = getBeta1().convertToDouble(), b2 = getBeta2().convertToDouble();
   if (b1 < 0 || b1 >= 1 || b2 < 0 || b2 >= 1)
     return emitOpError("betas must be in [0, 1), got (") << b1 << ", " << b2 << ")";

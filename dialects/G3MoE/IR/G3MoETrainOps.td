@@ -114,12 +114,17 @@ def G3MoE_LRScheduleOp : G3MoE_Op<"lr_schedule", [Pure]> {
 }
 
 def G3MoE_AdamWOp : G3MoE_Op<"adamw", [Pure]> {
-  let summary = "one AdamW update with torch semantics";
+  let summary = "one AdamW update of n tensors, with torch semantics";
   let description = [{
-    With g = grad * grad_scale and t = step + 1 (the update's 1-based count):
+    Operands: n parameters, their n gradients, n first and n second moments,
+    then the step counter, the learning rate and the gradient scale; results:
+    the n new parameters, n new first and n new second moments. Per tensor,
+    with g = grad * grad_scale and t = step + 1 (the update's 1-based count):
     p ← p (1 - lr wd); m ← β1 m + (1 - β1) g; v ← β2 v + (1 - β2) g²;
     p ← p - lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + ε).
-    Parameter and moments are fp32.
+    Parameters and moments are fp32. Updating many tensors in one op is
+    torch's multi-tensor ("foreach") AdamW: one launch instead of one per
+    tensor.
 
     ```mlir
     %p1, %m1, %v1 = g3moe.adamw %p, %g, %m, %v, %t, %lr, %c
@@ -129,16 +134,25 @@ def G3MoE_AdamWOp : G3MoE_Op<"adamw", [Pure]> {
         -> (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>)
     ```
   }];
-  let arguments = (ins RankedTensorOf<[F32]>:$param, RankedTensorOf<[F32]>:$grad,
-                       RankedTensorOf<[F32]>:$exp_avg, RankedTensorOf<[F32]>:$exp_avg_sq,
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$state,
                        G3MoE_Count:$step, G3MoE_Scalar:$lr, G3MoE_Scalar:$grad_scale,
                        F64Attr:$beta1, F64Attr:$beta2, F64Attr:$epsilon,
                        F64Attr:$weight_decay);
-  let results = (outs RankedTensorOf<[F32]>:$new_param,
-                      RankedTensorOf<[F32]>:$new_exp_avg,
-                      RankedTensorOf<[F32]>:$new_exp_avg_sq);
+  let results = (outs Variadic<RankedTensorOf<[F32]>>:$new_state);
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;
+  let extraClassDeclaration = [{
+    /// n, the number of tensors updated.
+    unsigned getNumTensors() { return getState().size() / 4; }
+    /// Operand `role` (0 param, 1 grad, 2 exp_avg, 3 exp_avg_sq) of tensor i.
+    ::mlir::Value getStateOf(unsigned role, unsigned i) {
+      return getState()[role * getNumTensors() + i];
+    }
+    /// Result `role` (0 param, 1 exp_avg, 2 exp_avg_sq) of tensor i.
+    ::mlir::Value getNewStateOf(unsigned role, unsigned i) {
+      return getNewState()[role * getNumTensors() + i];
+    }
+  }];
 }
 
 #endif // G3MOE_TRAIN_OPS_TD

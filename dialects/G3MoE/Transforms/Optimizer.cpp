@@ -131,17 +131,37 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
   Value lr = LRScheduleOp::create(b, loc, scalar, step, total, warmup,
                                   b.getStringAttr(schedule),
                                   b.getF64FloatAttr(learningRate));
-  SmallVector<Value> newParams, newAvg, newAvgSq;
-  for (size_t i = 0; i < n; ++i) {
+  // One multi-tensor update per weight-decay group (HF's two parameter
+  // groups), each tensor's results put back in the order of the names.
+  SmallVector<Value> newParams(n), newAvg(n), newAvgSq(n);
+  for (bool decayed : {true, false}) {
+    SmallVector<unsigned> members;
+    for (size_t i = 0; i < n; ++i)
+      if (decays(names[i]) == decayed)
+        members.push_back(unsigned(i));
+    if (members.empty())
+      continue;
+    SmallVector<Value> state;
+    SmallVector<Type> types;
+    SmallVector<Location> locs;
+    for (ValueRange role : {ValueRange(params), ValueRange(grads), ValueRange(expAvg),
+                            ValueRange(expAvgSq)})
+      for (unsigned i : members)
+        state.push_back(role[i]);
+    for (int role = 0; role < 3; ++role)
+      for (unsigned i : members)
+        types.push_back(paramTypes[i]);
+    for (unsigned i : members)
+      locs.push_back(NameLoc::get(b.getStringAttr(names[i]), loc));
     auto update = AdamWOp::create(
-        b, NameLoc::get(b.getStringAttr(names[i]), loc), paramTypes[i],
-        paramTypes[i], paramTypes[i], params[i], grads[i], expAvg[i], expAvgSq[i],
-        step, lr, clip, b.getF64FloatAttr(beta1), b.getF64FloatAttr(beta2),
-        b.getF64FloatAttr(epsilon),
-        b.getF64FloatAttr(decays(names[i]) ? weightDecay : 0.0));
-    newParams.push_back(update.getNewParam());
-    newAvg.push_back(update.getNewExpAvg());
-    newAvgSq.push_back(update.getNewExpAvgSq());
+        b, b.getFusedLoc(locs), types, state, step, lr, clip, b.getF64FloatAttr(beta1),
+        b.getF64FloatAttr(beta2), b.getF64FloatAttr(epsilon),
+        b.getF64FloatAttr(decayed ? weightDecay : 0.0));
+    for (auto [k, i] : llvm::enumerate(members)) {
+      newParams[i] = update.getNewStateOf(0, unsigned(k));
+      newAvg[i] = update.getNewStateOf(1, unsigned(k));
+      newAvgSq[i] = update.getNewStateOf(2, unsigned(k));
+    }
   }
   SmallVector<Value> results;
   llvm::append_range(results, newParams);

@@ -27,6 +27,9 @@ void populateFuseLMHeadLossPatterns(mlir::RewritePatternSet &patterns);
 /// The pattern of --g3moe-fuse-linear-add.
 void populateFuseLinearAddPatterns(mlir::RewritePatternSet &patterns);
 
+/// The rewrites of --g3moe-fuse-norms.
+void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
+
 } // namespace g3moe
 
 #endif // G3MOE_DIALECTS_G3MOE_TRANSFORMS_PASSES_H

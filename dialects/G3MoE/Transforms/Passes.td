@@ -77,7 +77,8 @@ def G3MoEOptimizerPass : Pass<"g3moe-optimizer", "mlir::ModuleOp"> {
       (`g3moe.output = "learning_rate"`): global-norm clipping, the HF
       schedule with warmup (the first update uses lr 0) and torch AdamW.
       Weight decay skips parameters whose name contains `norm` or ends in
-      `bias`, as HF does.
+      `bias`, as HF does. The update is one multi-tensor `adamw` per weight
+      decay group.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect", "::mlir::func::FuncDialect"];
   let options = [
@@ -105,6 +106,24 @@ def G3MoEFuseLinearAddPass : Pass<"g3moe-fuse-linear-add", "mlir::ModuleOp"> {
     contraction takes the addend: it is bound by memory traffic, where one
     more read costs least. Runs after autodiff: a product with an addend is
     not differentiated.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
+def G3MoEFuseNormsPass : Pass<"g3moe-fuse-norms", "mlir::ModuleOp"> {
+  let summary = "fuse RMSNorm with the residual add and with RoPE";
+  let description = [{
+    Three rewrites, each saving a pass over an activation-sized tensor:
+    * `rms_norm(add(a, b), w)` becomes `add_rms_norm(a, b, w)`, whose `sum`
+      result replaces the add for its other users (the residual stream and
+      the backward);
+    * `add(rms_norm_grad(x, w, dy).input_grad, r)`, where the add is the
+      gradient's only user, becomes `rms_norm_grad(x, w, dy) plus r`;
+    * `rope(rms_norm(x, w), pos)` (QK-norm, then the rotary embedding),
+      where the rope is the norm's only user, becomes `rms_norm_rope`, and
+      `rms_norm_grad(x, w, rope(dy, pos) transposed)` with the same
+      attributes becomes `rms_norm_rope_grad(x, w, pos, dy)`.
+    Runs after autodiff: the fused ops are not differentiated.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }

@@ -465,6 +465,64 @@ func.func @adamw_betas(%p: tensor<4xf32>, %t: tensor<i64>, %s: tensor<f32>) {
 
 // -----
 
+func.func @adamw_counts(%p: tensor<4xf32>, %t: tensor<i64>, %s: tensor<f32>) {
+  // expected-error @+1 {{takes 4n state operands (params, grads, exp_avgs, exp_avg_sqs) and gives 3n results for some n >= 1, got 5 and 3}}
+  %r:3 = g3moe.adamw %p, %p, %p, %p, %p, %t, %s, %s
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  return
+}
+
+// -----
+
+func.func @adamw_second_tensor(%p: tensor<4xf32>, %q: tensor<8xf32>, %t: tensor<i64>, %s: tensor<f32>) {
+  // expected-error @+1 {{grad must have shape [8], got [4]}}
+  %r:6 = g3moe.adamw %p, %q, %p, %p, %p, %q, %p, %q, %t, %s, %s
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<4xf32>, tensor<8xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<8xf32>, tensor<4xf32>, tensor<8xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4xf32>, tensor<8xf32>, tensor<4xf32>, tensor<8xf32>, tensor<4xf32>, tensor<8xf32>)
+  return
+}
+
+// -----
+
+func.func @add_rms_norm_types(%x: tensor<2x64xbf16>, %y: tensor<2x64xf32>, %w: tensor<64xbf16>) {
+  // expected-error @+1 {{summands, sum and result must all have the type 'tensor<2x64xbf16>'}}
+  %s, %n = g3moe.add_rms_norm %x, %y, %w {eps = 1.0e-06 : f64}
+      : (tensor<2x64xbf16>, tensor<2x64xf32>, tensor<64xbf16>) -> (tensor<2x64xbf16>, tensor<2x64xbf16>)
+  return
+}
+
+// -----
+
+func.func @rms_norm_grad_addend(%x: tensor<2x64xbf16>, %w: tensor<64xbf16>, %a: tensor<2x64xf32>) {
+  // expected-error @+1 {{addend type 'tensor<2x64xf32>' must equal the result type 'tensor<2x64xbf16>'}}
+  %d:2 = g3moe.rms_norm_grad %x, %w, %x, %a {eps = 1.0e-06 : f64}
+      : (tensor<2x64xbf16>, tensor<64xbf16>, tensor<2x64xbf16>, tensor<2x64xf32>) -> (tensor<2x64xbf16>, tensor<64xf32>)
+  return
+}
+
+// -----
+
+func.func @rms_norm_rope_weight(%x: tensor<2x16x4x16xbf16>, %w: tensor<64xbf16>, %p: tensor<2x16xi32>) {
+  // expected-error @+1 {{weight must have shape [16], got [64]}}
+  %y = g3moe.rms_norm_rope %x, %w, %p {eps = 1.0e-06 : f64, theta = 1.0e+04 : f64, scaling_factor = 1.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<64xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>
+  return
+}
+
+// -----
+
+func.func @rms_norm_rope_grad_positions(%x: tensor<2x16x4x16xbf16>, %w: tensor<16xbf16>, %p: tensor<2x8xi32>) {
+  // expected-error @+1 {{positions must have shape [2, 16], got [2, 8]}}
+  %d:2 = g3moe.rms_norm_rope_grad %x, %w, %p, %x {eps = 1.0e-06 : f64, theta = 1.0e+04 : f64, scaling_factor = 1.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<16xbf16>, tensor<2x8xi32>, tensor<2x16x4x16xbf16>) -> (tensor<2x16x4x16xbf16>, tensor<16xf32>)
+  return
+}
+
+// -----
+
 func.func @expert_load_tokens(%i: tensor<16x2xi32>, %s: tensor<2x16xi32>) {
   // expected-error @+1 {{indices must be [32, k], got [16, 2]}}
   %load = g3moe.expert_load %i, %s {num_experts = 4 : i64} : (tensor<16x2xi32>, tensor<2x16xi32>) -> tensor<4xf32>

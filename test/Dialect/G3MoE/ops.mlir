@@ -214,6 +214,34 @@ func.func @training_ops(%x: tensor<32x64xbf16>, %u: tensor<32x64xf32>, %p: tenso
       {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
       : (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
       -> (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>)
+  // Two tensors in one update: 8 state operands, 6 results.
+  // CHECK: g3moe.adamw {{.*}} -> (tensor<4x64xf32>, tensor<32x64xf32>, tensor<4x64xf32>, tensor<32x64xf32>, tensor<4x64xf32>, tensor<32x64xf32>)
+  %r2:6 = g3moe.adamw %p, %u, %p, %u, %p, %u, %p, %u, %t, %lr, %k
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<4x64xf32>, tensor<32x64xf32>, tensor<4x64xf32>, tensor<32x64xf32>, tensor<4x64xf32>,
+         tensor<32x64xf32>, tensor<4x64xf32>, tensor<32x64xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4x64xf32>, tensor<32x64xf32>, tensor<4x64xf32>, tensor<32x64xf32>, tensor<4x64xf32>, tensor<32x64xf32>)
+  return
+}
+
+// The fused norms of --g3moe-fuse-norms.
+// CHECK-LABEL: func.func @fused_norms
+func.func @fused_norms(%x: tensor<2x16x64xbf16>, %w: tensor<64xbf16>, %q: tensor<2x16x4x16xbf16>,
+                       %qn: tensor<16xbf16>, %pos: tensor<2x16xi32>) {
+  // CHECK: g3moe.add_rms_norm {{.*}} {eps = 9.9999999999999995E-7 : f64} : (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>, tensor<64xbf16>) -> (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>)
+  %s, %y = g3moe.add_rms_norm %x, %x, %w {eps = 1.0e-06 : f64}
+      : (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>, tensor<64xbf16>) -> (tensor<2x16x64xbf16>, tensor<2x16x64xbf16>)
+  // CHECK: g3moe.rms_norm_grad {{.*}} : (tensor<2x16x64xbf16>, tensor<64xbf16>, tensor<2x16x64xbf16>, tensor<2x16x64xbf16>) -> (tensor<2x16x64xbf16>, tensor<64xf32>)
+  %dx, %dw = g3moe.rms_norm_grad %x, %w, %y, %s {eps = 1.0e-06 : f64}
+      : (tensor<2x16x64xbf16>, tensor<64xbf16>, tensor<2x16x64xbf16>, tensor<2x16x64xbf16>)
+      -> (tensor<2x16x64xbf16>, tensor<64xf32>)
+  // CHECK: g3moe.rms_norm_rope {{.*}} {eps = 9.9999999999999995E-7 : f64, scaling_factor = 8.000000e+00 : f64, theta = 1.000000e+06 : f64}
+  %r = g3moe.rms_norm_rope %q, %qn, %pos {eps = 1.0e-06 : f64, theta = 1.0e+06 : f64, scaling_factor = 8.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<16xbf16>, tensor<2x16xi32>) -> tensor<2x16x4x16xbf16>
+  // CHECK: g3moe.rms_norm_rope_grad
+  %dq, %dqn = g3moe.rms_norm_rope_grad %q, %qn, %pos, %r {eps = 1.0e-06 : f64, theta = 1.0e+06 : f64, scaling_factor = 8.0 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<16xbf16>, tensor<2x16xi32>, tensor<2x16x4x16xbf16>)
+      -> (tensor<2x16x4x16xbf16>, tensor<16xf32>)
   return
 }
 

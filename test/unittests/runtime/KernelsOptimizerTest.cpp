@@ -100,6 +100,43 @@ TEST(OptimizerKernels, AdamWAliasedEqualsSeparateOutputs) {
   EXPECT_EQ(std::memcmp(v.view.data, v1.view.data, v.view.bytes()), 0);
 }
 
+// The multi-tensor form: three tensors of different sizes in one call give
+// bit for bit what three single-tensor calls give.
+TEST(OptimizerKernels, AdamWManyTensorsEqualsOneAtATime) {
+  std::mt19937 rng(3);
+  const std::vector<std::vector<int64_t>> shapes = {{7}, {3, 50}, {2, 2, 1000}};
+  std::vector<Tensor> state[4], single[4];
+  for (const auto &shape : shapes)
+    for (int role = 0; role < 4; ++role) {
+      Tensor t = Tensor::f32(shape);
+      fillUniform(t, rng, role == 3 ? 0.0f : -1.0f, role == 3 ? 0.01f : 1.0f);
+      state[role].push_back(t);
+      single[role].push_back(t.clone());
+    }
+  Tensor stepT = scalarI64(2), lr = scalarF32(1e-3f), scale = scalarF32(0.8f);
+  KernelAttrs attrs = adamAttrs(0.9, 0.999, 1e-8, 0.01);
+  std::vector<Tensor> in, out;
+  for (int role = 0; role < 4; ++role)
+    in.insert(in.end(), state[role].begin(), state[role].end());
+  in.insert(in.end(), {stepT, lr, scale});
+  for (int role : {0, 2, 3})
+    out.insert(out.end(), state[role].begin(), state[role].end());
+  EXPECT_OK(run("adamw", in, out, attrs));
+  for (size_t k = 0; k < shapes.size(); ++k) {
+    EXPECT_OK(run("adamw",
+                  {single[0][k], single[1][k], single[2][k], single[3][k], stepT, lr, scale},
+                  {single[0][k], single[2][k], single[3][k]}, attrs));
+    for (int role : {0, 2, 3})
+      EXPECT_EQ(std::memcmp(state[role][k].view.data, single[role][k].view.data,
+                            state[role][k].view.bytes()),
+                0)
+          << "tensor " << k << " role " << role;
+  }
+  // 4n + 3 inputs and 3n outputs: one output short is an error.
+  out.pop_back();
+  EXPECT_FALSE(run("adamw", in, out, attrs).ok());
+}
+
 TEST(OptimizerKernels, AdamWRejectsBadArguments) {
   Tensor p = Tensor::f32({4}), g = Tensor::f32({5}), m = Tensor::f32({4}), v = Tensor::f32({4});
   Tensor stepT = scalarI64(0), lr = scalarF32(1e-3f), scale = scalarF32(1);
