@@ -1005,13 +1005,17 @@ Status addRmsNormKernel(const KernelArgs &args) {
 bool bf16RopeHeads(int64_t d) { return d % 16 == 0 && d <= 256; }
 
 /// Rotates a lane's 8 columns c0.. of a head of D by the token's angle table:
-/// the partner of column c < D/2 is c + D/2, in lane + D/16, and back.
-__device__ __forceinline__ void rotateLane(const float (&v)[8], int c0, int half,
+/// the partner of column c < D/2 is c + D/2, in lane + D/16, and back. Every
+/// lane of the warp takes part in the exchange; lanes past the head (D < 256)
+/// leave `out` as it is.
+__device__ __forceinline__ void rotateLane(const float (&v)[8], int c0, int half, bool owns,
                                            int partnerLane, const float *cs, const float *sn,
                                            float (&out)[8]) {
   float pv[8];
   for (int k = 0; k < 8; ++k)
     pv[k] = __shfl_sync(0xffffffffu, v[k], partnerLane);
+  if (!owns)
+    return;
   for (int k = 0; k < 8; ++k) {
     const int c = c0 + k;
     // The rope kernel's roundings: no fused multiply-add.
@@ -1060,7 +1064,7 @@ __global__ void rmsNormRopeBF16Device(const void *x, const void *w, DType wt, co
       float normed[8], out[8];
       for (int k = 0; k < 8; ++k)
         normed[k] = roundBF16(__fmul_rn(__fmul_rn(xv[k], inv), gain[k]));
-      rotateLane(normed, c0, half, partner, cs, sn, out);
+      rotateLane(normed, c0, half, owns, partner, cs, sn, out);
       if (owns)
         storeBF16x8(y, base + c0, out);
     }
@@ -1099,15 +1103,15 @@ __global__ void rmsNormRopeGradBF16Device(const void *x, const void *w, DType wt
     __syncthreads();
     for (int h = warp; h < heads; h += warps) {
       const int64_t base = (t * heads + h) * int64_t(D);
-      float xv[8] = {}, gv[8] = {}, g[8];
+      float xv[8] = {}, gv[8] = {}, g[8] = {};
       if (owns) {
         loadBF16x8(x, base + c0, xv);
         loadBF16x8(dy, base + c0, gv);
       }
-      rotateLane(gv, c0, half, partner, cs, sn, g);
+      rotateLane(gv, c0, half, owns, partner, cs, sn, g);
       double ss = 0;
       for (int k = 0; k < 8; ++k) {
-        g[k] = owns ? roundBF16(g[k]) : 0.0f;
+        g[k] = roundBF16(g[k]);
         ss += double(xv[k]) * double(xv[k]);
       }
       const float inv = float(1.0 / sqrt(warpSumAll(ss) / double(D) + eps));
