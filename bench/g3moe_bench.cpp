@@ -5,8 +5,9 @@
 // prints one JSON line in the format of ../shared/bench/pytorch_stack.py:
 // median step seconds, tokens/s, MFU against 989 TFLOP/s (LoRA model FLOPs =
 // 4 * active params * tokens + causal attention, recomputation not counted)
-// and the GPU memory the step holds. With --profile it then runs the micro
-// step once more instruction by instruction and prints the time per kernel.
+// and the GPU memory the step holds, and whether each entry point ran as a
+// CUDA graph. With --profile it then runs the micro step once more
+// instruction by instruction and prints the time per kernel.
 //
 //===----------------------------------------------------------------------===//
 
@@ -77,6 +78,9 @@ int main(int argc, char **argv) {
   s = cuda::CudaExecutor::create(program, 0, gpu);
   if (s.ok())
     s = gpu->upload(host);
+  // Every row is one document, as g3moe-run tells the backend without packing.
+  if (s.ok())
+    gpu->setOneDocumentPerRow(true);
   if (!s.ok()) {
     std::fprintf(stderr, "g3moe-bench: %s\n", s.message().c_str());
     return 1;
@@ -192,6 +196,8 @@ int main(int argc, char **argv) {
                         {"gpu_gib", double(freeBefore - freeAfter) / double(1 << 30)},
                         {"arena_gib", double(program.arenaBytes) / double(1 << 30)},
                         {"loss", loss.empty() ? 0.0 : loss[0]},
+                        {"micro_step_runs_as", gpu->graphStatus("train_micro_step")},
+                        {"optimizer_step_runs_as", gpu->graphStatus("optimizer_step")},
                         {"active_params", nActive}};
   std::printf("%s\n", row.dump().c_str());
   return 0;

@@ -39,6 +39,17 @@ JSON
   /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/bench-$T.json" --quiet \
     -o "$root/devcarry/g3moe-4b-$T.step"
 done
+# Dense Gemma-3 4B steps (LoRA on every projection) at short lengths, where
+# launching kernels one by one costs most: run_gpu.sh times them with and
+# without CUDA graphs.
+for T in 1024 4096; do
+  cat > "$root/devcarry/dense-$T.json" <<JSON
+{"model_name_or_path": "$root/examples/gemma-3-4b-it", "max_seq_length": $T,
+ "per_device_train_batch_size": 1, "memory_budget_gb": 76, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
+ "lora_target_modules": "all-linear"}
+JSON
+  "$build/bin/g3moe-compile" "$root/devcarry/dense-$T.json" --quiet -o "$root/devcarry/gemma3-4b-$T.step"
+done
 # Compressed: the binaries each hold the CUDA kernels, and what travels to the
 # GPU machine is limited to 64 MiB (bench/run_gpu.sh unpacks them).
 bins=(G3RtGpuTests G3MoECudaStepTests G3MoECudaTrainTests G3MoECudaAttentionTests g3moe-bench

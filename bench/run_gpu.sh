@@ -48,14 +48,23 @@ rm -rf /tmp/tiny-hf /tmp/tiny-run
 
 echo "== benchmark: attention kernels (own, cuDNN through g3moe, cuDNN through PyTorch)"
 # ATTENTION_IMPLS="cudnn" leaves out the (slow, unchanged) own kernels.
-for impl in ${ATTENTION_IMPLS:-own cudnn}; do
+[[ ${#seqs[@]} -gt 0 ]] && for impl in ${ATTENTION_IMPLS:-own cudnn}; do
   G3MOE_CUDA_ATTENTION=$impl timeout 100 "$carry/attention-bench" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
 done
-timeout 100 python3 "$carry/attention_reference.py" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
+[[ ${#seqs[@]} -gt 0 ]] &&
+  timeout 100 python3 "$carry/attention_reference.py" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
 
 echo "== benchmark: g3moe"
 for T in ${seqs[*]}; do
   timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 | tee -a "$out/bench_g3moe.jsonl"
+done
+echo "== benchmark: CUDA graphs against kernel-by-kernel launches (dense Gemma-3 4B, LoRA)"
+for T in 1024 4096; do
+  [[ -f $carry/gemma3-4b-$T.step ]] || continue
+  for graphs in 0 1; do
+    G3MOE_CUDA_GRAPHS=$graphs timeout 100 "$carry/g3moe-bench" "$carry/gemma3-4b-$T.step" 12 2>&1 |
+      sed "s/^{/{\"graphs\": $graphs, /" | tee -a "$out/bench_graphs.jsonl"
+  done
 done
 if [[ -f $carry/g3moe-4b-8192.step ]]; then
   timeout 100 "$carry/g3moe-bench" "$carry/g3moe-4b-8192.step" 3 --profile 2> "$out/profile_8192.log" > /dev/null

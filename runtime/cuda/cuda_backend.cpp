@@ -37,6 +37,7 @@ public:
 
   Status zeroGradients() override { return executor_->zeroGradients(); }
   Status run(const std::string &function) override { return executor_->run(function); }
+  void setOneDocumentPerRow(bool one) override { executor_->setOneDocumentPerRow(one); }
 
   Status readOutput(const std::string &function, const std::string &name,
                     std::vector<uint8_t> &bytes, TensorView &view) override {

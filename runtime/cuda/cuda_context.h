@@ -42,6 +42,14 @@ struct CudaContext {
   AttentionImpl attention = AttentionImpl::Auto;
   /// Created on the first attention call cuDNN serves.
   std::shared_ptr<CudnnAttentionState> cudnn;
+  /// What every batch row holds, when the caller knows (the data pipeline
+  /// does): one document then padding, or packed documents. Attention then
+  /// picks its kernels without reading the segment ids back to the host.
+  enum class RowDocuments { Unknown, One, Packed } rowDocuments = RowDocuments::Unknown;
+  /// Counts reallocations of device memory kernels keep between launches
+  /// (cuDNN's scratch): a captured CUDA graph that still points at the old
+  /// memory must be captured again.
+  uint64_t reallocations = 0;
 };
 
 /// The context of a kernel call.

@@ -39,6 +39,20 @@ constexpr size_t kWorkspaceBytes = size_t(256) << 20;
 
 } // namespace
 
+struct CudaExecutor::Graph {
+  /// Calls so far that ran kernel by kernel.
+  int eagerRuns = 0;
+  cudaGraphExec_t exec = nullptr;
+  /// CudaContext::reallocations when captured.
+  uint64_t reallocations = 0;
+  /// Why capture failed; it is then not tried again.
+  std::string failure;
+  ~Graph() {
+    if (exec)
+      cudaGraphExecDestroy(exec);
+  }
+};
+
 CudaExecutor::CudaExecutor(const StepProgram &program) : program_(program) {}
 
 Status CudaExecutor::create(const StepProgram &program, int device,
@@ -49,6 +63,8 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
   G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));
+  if (const char *g = std::getenv("G3MOE_CUDA_GRAPHS"))
+    ex->graphsEnabled_ = std::string(g) != "0";
   G3RT_RETURN_IF_ERROR(check(cudaStreamCreate(&ctx.stream), "creating a CUDA stream"));
   if (cublasCreate(&ctx.cublas) != CUBLAS_STATUS_SUCCESS ||
       cublasLtCreate(&ctx.cublasLt) != CUBLAS_STATUS_SUCCESS)
@@ -94,6 +110,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
 }
 
 CudaExecutor::~CudaExecutor() {
+  graphs_.clear(); // before the memory their kernels point at
   if (ctx_)
     ctx_->cudnn.reset(); // its handle is bound to the stream destroyed below
   if (ctx_)
@@ -227,26 +244,90 @@ Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
   return s.withContext(fn.name + ", instruction " + std::to_string(i));
 }
 
-Status CudaExecutor::run(const std::string &function) {
-  const FunctionDesc *fn = program_.findFunction(function);
-  if (!fn)
-    return Status::error("the step has no entry point '" + function + "'");
-  const std::vector<KernelFn> &fns = kernels_.at(fn->name);
-  for (size_t i = 0; i < fn->instrs.size(); ++i) {
-    const InstrDesc &instr = fn->instrs[i];
+Status CudaExecutor::launchAll(const FunctionDesc &fn) {
+  const std::vector<KernelFn> &fns = kernels_.at(fn.name);
+  for (size_t i = 0; i < fn.instrs.size(); ++i) {
+    const InstrDesc &instr = fn.instrs[i];
     KernelArgs args;
     args.name = instr.kernel;
     args.attrs = &instr.attrs;
     args.backend = ctx_.get();
     for (uint32_t b : instr.inputs)
-      args.inputs.push_back(deviceView(*fn, b));
+      args.inputs.push_back(deviceView(fn, b));
     for (uint32_t b : instr.outputs)
-      args.outputs.push_back(deviceView(*fn, b));
+      args.outputs.push_back(deviceView(fn, b));
     Status s = fns[i](args);
     if (!s.ok())
-      return s.withContext(function + ", instruction " + std::to_string(i));
+      return s.withContext(fn.name + ", instruction " + std::to_string(i));
   }
-  return check(cudaStreamSynchronize(ctx_->stream), "running " + function);
+  return Status();
+}
+
+Status CudaExecutor::run(const std::string &function) {
+  const FunctionDesc *fn = program_.findFunction(function);
+  if (!fn)
+    return Status::error("the step has no entry point '" + function + "'");
+  cudaStream_t stream = ctx_->stream;
+  std::unique_ptr<Graph> &g = graphs_[function];
+  if (!g)
+    g = std::make_unique<Graph>();
+  // A kernel moved memory it keeps (a larger cuDNN scratch for another entry
+  // point): the graph would still use the old.
+  if (g->exec && g->reallocations != ctx_->reallocations) {
+    cudaGraphExecDestroy(g->exec);
+    g->exec = nullptr;
+    g->eagerRuns = 0;
+  }
+  if (g->exec) {
+    G3RT_RETURN_IF_ERROR(
+        check(cudaGraphLaunch(g->exec, stream), "launching the graph of " + function));
+    return check(cudaStreamSynchronize(stream), "running " + function);
+  }
+  // The first call runs kernel by kernel: it makes what kernels create on
+  // first use (cuDNN plans, scratch memory, cuBLASLt algorithms) outside
+  // the capture, which must not allocate or wait.
+  if (!graphsEnabled_ || !g->failure.empty() || g->eagerRuns == 0) {
+    ++g->eagerRuns;
+    G3RT_RETURN_IF_ERROR(launchAll(*fn));
+    return check(cudaStreamSynchronize(stream), "running " + function);
+  }
+  G3RT_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+                             "capturing " + function));
+  Status launched = launchAll(*fn);
+  cudaGraph_t graph = nullptr;
+  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+  cudaError_t made = cudaErrorUnknown;
+  if (launched.ok() && ended == cudaSuccess && graph)
+    made = cudaGraphInstantiate(&g->exec, graph, 0);
+  if (graph)
+    cudaGraphDestroy(graph);
+  if (made != cudaSuccess) {
+    // Nothing captured ran: run the kernels one by one instead, from now on.
+    cudaGetLastError();
+    g->exec = nullptr;
+    g->failure = !launched.ok() ? launched.message()
+                 : ended != cudaSuccess
+                     ? std::string("ending the capture: ") + cudaGetErrorString(ended)
+                     : std::string("instantiating the graph: ") + cudaGetErrorString(made);
+    ++g->eagerRuns;
+    G3RT_RETURN_IF_ERROR(launchAll(*fn));
+    return check(cudaStreamSynchronize(stream), "running " + function);
+  }
+  g->reallocations = ctx_->reallocations;
+  return run(function);
+}
+
+std::string CudaExecutor::graphStatus(const std::string &function) const {
+  auto it = graphs_.find(function);
+  if (it == graphs_.end() || !it->second)
+    return "kernels";
+  if (it->second->exec)
+    return "graph";
+  return it->second->failure.empty() ? "kernels" : "kernels: " + it->second->failure;
+}
+
+void CudaExecutor::setOneDocumentPerRow(bool one) {
+  ctx_->rowDocuments = one ? CudaContext::RowDocuments::One : CudaContext::RowDocuments::Packed;
 }
 
 Status CudaExecutor::output(const std::string &function, const std::string &name,

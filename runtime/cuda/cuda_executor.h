@@ -46,8 +46,21 @@ public:
   /// Sets every gradient accumulator on the device to zero.
   Status zeroGradients();
 
-  /// Runs entry point `function` and waits for it.
+  /// Runs entry point `function` and waits for it. The first call launches
+  /// its kernels one by one; the second captures them as a CUDA graph, which
+  /// later calls replay with one launch. An entry point whose kernels must
+  /// wait on the device (the expert products read their row counts back)
+  /// cannot be captured: it keeps running kernel by kernel, and
+  /// graphStatus() says why. G3MOE_CUDA_GRAPHS=0 turns capture off.
   Status run(const std::string &function);
+  /// How `function` runs now: "graph", "kernels" (not captured yet, or
+  /// capture off) or "kernels: <why the capture failed>".
+  std::string graphStatus(const std::string &function) const;
+  /// What every batch row holds, as the data pipeline guarantees it: one
+  /// document then padding (true) or packed documents (false). cuDNN
+  /// attention then needs no read-back of the segment ids, so that steps
+  /// without MoE layers can be captured.
+  void setOneDocumentPerRow(bool one);
   /// Runs the CUDA kernel `name` on device tensors with this executor's
   /// context and waits for it (kernel-level tests).
   Status runKernel(const std::string &name, const KernelAttrs &attrs,
@@ -71,6 +84,10 @@ public:
 
 private:
   explicit CudaExecutor(const StepProgram &program);
+  /// Enqueues every kernel of `fn` on the stream, without waiting.
+  Status launchAll(const FunctionDesc &fn);
+  /// A captured entry point (cuda_executor.cpp).
+  struct Graph;
 
   const StepProgram &program_;
   std::unique_ptr<CudaContext> ctx_;
@@ -78,6 +95,8 @@ private:
   std::map<std::pair<BufferKind, std::string>, TensorView> state_;
   /// Per function, per instruction: the CUDA kernel.
   std::map<std::string, std::vector<KernelFn>> kernels_;
+  std::map<std::string, std::unique_ptr<Graph>> graphs_;
+  bool graphsEnabled_ = true;
   uint64_t deviceBytes_ = 0;
 };
 

@@ -373,6 +373,7 @@ Status reserveScratch(const KernelArgs &args, CudnnAttentionState &st, size_t by
     st.scratch = nullptr;
     st.scratchBytes = 0;
     e = cudaMalloc(&st.scratch, bytes);
+    ++contextOf(args).reallocations;
   }
   if (e != cudaSuccess)
     return cudaFailure(args, e, ("allocating " + std::to_string(bytes) +
@@ -403,6 +404,9 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
   cudaStream_t stream = ctx.stream;
 
   // Where each row's document ends (read back: it decides the path).
+  using RowDocuments = CudaContext::RowDocuments;
+  if (ctx.rowDocuments == RowDocuments::Packed)
+    return decline("the batch rows hold packed documents");
   if (st->rowsCapacity < p.B) {
     cudaFree(st->rows);
     st->rows = nullptr;
@@ -411,23 +415,30 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
     if (e != cudaSuccess)
       return cudaFailure(args, e, "allocating the document-length buffer");
     st->rowsCapacity = p.B;
+    ++ctx.reallocations;
   }
   const TensorView &seg = args.inputs[3];
   documentRows<<<unsigned(p.B), 256, 0, stream>>>(seg.data, seg.dtype, p.T, st->rows, p.B);
   G3RT_CUDA_CHECK_LAUNCH(args, "checking segment ids");
-  std::vector<int32_t> rows(size_t(2 * p.B));
-  cudaError_t e = cudaMemcpyAsync(rows.data(), st->rows, rows.size() * sizeof(int32_t),
-                                  cudaMemcpyDeviceToHost, stream);
-  if (e == cudaSuccess)
-    e = cudaStreamSynchronize(stream);
-  if (e != cudaSuccess)
-    return cudaFailure(args, e, "reading the document lengths");
-  bool padded = false;
-  for (int64_t b = 0; b < p.B; ++b) {
-    if (!rows[size_t(p.B + b)])
-      return decline("batch row " + std::to_string(b) +
-                     " is not one document followed by padding");
-    padded = padded || rows[size_t(b)] < p.T;
+  // Rows known to be one document each take the padded path, right for
+  // full rows too, without a read-back (which a CUDA graph cannot hold).
+  bool padded = true;
+  cudaError_t e = cudaSuccess;
+  if (ctx.rowDocuments == RowDocuments::Unknown) {
+    std::vector<int32_t> rows(size_t(2 * p.B));
+    e = cudaMemcpyAsync(rows.data(), st->rows, rows.size() * sizeof(int32_t),
+                        cudaMemcpyDeviceToHost, stream);
+    if (e == cudaSuccess)
+      e = cudaStreamSynchronize(stream);
+    if (e != cudaSuccess)
+      return cudaFailure(args, e, "reading the document lengths");
+    padded = false;
+    for (int64_t b = 0; b < p.B; ++b) {
+      if (!rows[size_t(p.B + b)])
+        return decline("batch row " + std::to_string(b) +
+                       " is not one document followed by padding");
+      padded = padded || rows[size_t(b)] < p.T;
+    }
   }
 
   const int64_t window = p.window > 0 && p.window < p.T ? p.window : 0;

@@ -51,6 +51,10 @@ public:
   virtual Status zeroGradients() = 0;
   /// Runs entry point `function` on the device's state and waits for it.
   virtual Status run(const std::string &function) = 0;
+  /// What the data pipeline guarantees about every batch row: one document
+  /// then padding (true), or packed documents (false). A backend may pick
+  /// its kernels by it instead of inspecting each batch.
+  virtual void setOneDocumentPerRow(bool one) { (void)one; }
   /// Copies output `name` of the last run of `function` to the host: `bytes`
   /// receives the data and `view` describes it (dtype, shape, data pointing
   /// into `bytes`). An error names an unknown output.

@@ -248,6 +248,9 @@ Status Trainer::loadData() {
   if (options.evalOnly)
     spec.testSize = 0;
   G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
+  // Unpacked rows are one example each, then padding.
+  if (device)
+    device->setOneDocumentPerRow(!spec.packing);
   const std::vector<Row> &examples = data.train;
   for (const std::string &w : data.warnings)
     log << "warning: " << w << "\n";

@@ -370,6 +370,65 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
   }
 }
 
+/// Entry points without expert layers are captured as CUDA graphs on their
+/// second run and replayed after; the MoE micro-step, whose expert products
+/// read their row counts back, keeps launching kernel by kernel and says
+/// why. Both give, run after run, the bytes the kernel-by-kernel executor
+/// gives.
+TEST(CudaGraphs, StepsWithoutExpertLayersAreReplayed) {
+  for (const char *step : {"gemma3_full", "g3moe_lora"}) {
+    SCOPED_TRACE(step);
+    StepProgram program;
+    Status s = loadStep(stepPath(step), program);
+    ASSERT_TRUE(s.ok()) << s.message();
+    Executor host(program);
+    prepare(host);
+    setenv("G3MOE_CUDA_ATTENTION", "own", 1);
+    std::unique_ptr<cuda::CudaExecutor> graphs, kernels;
+    ASSERT_TRUE(cuda::CudaExecutor::create(program, 0, graphs).ok());
+    setenv("G3MOE_CUDA_GRAPHS", "0", 1);
+    ASSERT_TRUE(cuda::CudaExecutor::create(program, 0, kernels).ok());
+    unsetenv("G3MOE_CUDA_GRAPHS");
+    unsetenv("G3MOE_CUDA_ATTENTION");
+    for (cuda::CudaExecutor *ex : {graphs.get(), kernels.get()}) {
+      ASSERT_TRUE(ex->upload(host).ok());
+      ex->setOneDocumentPerRow(true);
+    }
+    TensorView ids = host.input("input_ids");
+    for (int run = 0; run < 4; ++run) {
+      // New tokens each run: a replayed graph reads the inputs anew.
+      for (int64_t i = 0; i < ids.numel(); ++i)
+        ids.i32()[i] = int32_t(3 + (i * 7 + run * 13) % 40);
+      for (cuda::CudaExecutor *ex : {graphs.get(), kernels.get()}) {
+        ASSERT_TRUE(ex->upload(host, BufferKind::Input).ok());
+        s = ex->run("train_micro_step");
+        ASSERT_TRUE(s.ok()) << s.message();
+        s = ex->run("optimizer_step");
+        ASSERT_TRUE(s.ok()) << s.message();
+      }
+      std::vector<float> a, b;
+      ASSERT_TRUE(graphs->output("train_micro_step", "loss", a).ok());
+      ASSERT_TRUE(kernels->output("train_micro_step", "loss", b).ok());
+      EXPECT_EQ(a, b) << "run " << run;
+    }
+    Executor fromGraphs(program), fromKernels(program);
+    ASSERT_TRUE(graphs->download(fromGraphs).ok());
+    ASSERT_TRUE(kernels->download(fromKernels).ok());
+    for (const ParamDesc &p : program.params) {
+      TensorView x = fromGraphs.param(p.name), y = fromKernels.param(p.name);
+      EXPECT_EQ(std::memcmp(x.data, y.data, x.bytes()), 0) << p.name;
+    }
+    EXPECT_EQ(graphs->graphStatus("optimizer_step"), "graph");
+    EXPECT_EQ(kernels->graphStatus("optimizer_step"), "kernels");
+    std::string micro = graphs->graphStatus("train_micro_step");
+    if (std::string(step) == "gemma3_full")
+      EXPECT_EQ(micro, "graph");
+    else
+      EXPECT_EQ(micro.rfind("kernels: ", 0), 0u) << micro;
+    std::printf("  %-12s train_micro_step runs as %s\n", step, micro.c_str());
+  }
+}
+
 /// The fused norms on G3MoE-4B's shapes (a block per 2560-wide row; QK-norm
 /// heads of 256 on the register kernels) and on shapes only the unfused
 /// kernels take (heads of 40, fp32), against the CPU.

@@ -6,7 +6,8 @@
 // closely; bf16 MoE, where a one-ulp difference can reroute a token, within
 // a few percent, both falling), and a checkpoint the CUDA run writes must
 // resume on the CPU and continue as the CUDA run did. With the own attention
-// kernels, a CUDA run repeats another exactly. --dump-gradients on the GPU
+// kernels, a CUDA run repeats another exactly, and replaying CUDA graphs
+// gives what launching kernel by kernel gives. --dump-gradients on the GPU
 // gives the CPU's loss and gradients.
 //
 // The CPU runs come first, so that on a machine without a GPU they still
@@ -139,13 +140,20 @@ TEST_P(CudaTrain, LossesFollowTheCPU) {
   // With the own attention kernels (cuDNN's adds dq with atomics), a run
   // repeats another bit for bit: the same cuBLASLt algorithms, no float
   // atomics, fixed-order reductions.
+  // Replaying the entry points as CUDA graphs (the default) gives what
+  // launching their kernels one by one gives.
   setenv("G3MOE_CUDA_ATTENTION", "own", 1);
-  TrainResult first, again;
+  TrainResult first, again, kernelByKernel;
   run(program, optionsFor(c, data, dir + "/cuda-own", "cuda"), first);
   run(program, optionsFor(c, data, dir + "/cuda-own-again", "cuda"), again);
+  setenv("G3MOE_CUDA_GRAPHS", "0", 1);
+  run(program, optionsFor(c, data, dir + "/cuda-own-kernels", "cuda"), kernelByKernel);
+  unsetenv("G3MOE_CUDA_GRAPHS");
   unsetenv("G3MOE_CUDA_ATTENTION");
   EXPECT_EQ(again.losses, first.losses) << c.step;
   EXPECT_EQ(again.evalLosses, first.evalLosses) << c.step;
+  EXPECT_EQ(kernelByKernel.losses, first.losses) << c.step;
+  EXPECT_EQ(kernelByKernel.evalLosses, first.evalLosses) << c.step;
 }
 
 TEST_P(CudaTrain, CudaCheckpointResumesOnTheCPU) {
