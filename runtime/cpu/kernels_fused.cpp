@@ -27,24 +27,13 @@ struct Scratch {
       : storage((like.bytes() + 7) / 8), view{storage.data(), like.dtype, like.shape} {}
 };
 
-/// Runs CPU kernel `kernel` as a step of the fused kernel `args`.
-Status runPart(const KernelArgs &args, const char *kernel, std::vector<TensorView> inputs,
-               std::vector<TensorView> outputs, const KernelAttrs *attrs) {
-  KernelArgs part;
-  part.inputs = std::move(inputs);
-  part.outputs = std::move(outputs);
-  part.attrs = attrs;
-  part.name = args.name;
-  return findCpuKernel(kernel)(part);
-}
-
 Status addRmsNormKernel(const KernelArgs &args) {
   double eps;
   NormShape shape;
   G3RT_RETURN_IF_ERROR(checkAddRmsNorm(args, eps, shape));
   const TensorView &sum = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(runPart(args, "add", {args.inputs[0], args.inputs[1]}, {sum}, nullptr));
-  return runPart(args, "rms_norm", {sum, args.inputs[2]}, {args.outputs[1]}, args.attrs);
+  G3RT_RETURN_IF_ERROR(runAsPart(args, findCpuKernel("add"), {args.inputs[0], args.inputs[1]}, {sum}, nullptr));
+  return runAsPart(args, findCpuKernel("rms_norm"), {sum, args.inputs[2]}, {args.outputs[1]}, args.attrs);
 }
 
 Status rmsNormRopeKernel(const KernelArgs &args) {
@@ -53,8 +42,8 @@ Status rmsNormRopeKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkRmsNormRope(args, eps, r));
   Scratch normed(args.inputs[0]);
   G3RT_RETURN_IF_ERROR(
-      runPart(args, "rms_norm", {args.inputs[0], args.inputs[1]}, {normed.view}, args.attrs));
-  return runPart(args, "rope", {normed.view, args.inputs[2]}, {args.outputs[0]}, args.attrs);
+      runAsPart(args, findCpuKernel("rms_norm"), {args.inputs[0], args.inputs[1]}, {normed.view}, args.attrs));
+  return runAsPart(args, findCpuKernel("rope"), {normed.view, args.inputs[2]}, {args.outputs[0]}, args.attrs);
 }
 
 Status rmsNormRopeGradKernel(const KernelArgs &args) {
@@ -65,8 +54,8 @@ Status rmsNormRopeGradKernel(const KernelArgs &args) {
   back.set("transpose", AttrValue::ofBool(true));
   Scratch rotated(args.inputs[3]);
   G3RT_RETURN_IF_ERROR(
-      runPart(args, "rope", {args.inputs[3], args.inputs[2]}, {rotated.view}, &back));
-  return runPart(args, "rms_norm_grad", {args.inputs[0], args.inputs[1], rotated.view},
+      runAsPart(args, findCpuKernel("rope"), {args.inputs[3], args.inputs[2]}, {rotated.view}, &back));
+  return runAsPart(args, findCpuKernel("rms_norm_grad"), {args.inputs[0], args.inputs[1], rotated.view},
                  {args.outputs[0], args.outputs[1]}, args.attrs);
 }
 

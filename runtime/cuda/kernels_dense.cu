@@ -794,6 +794,49 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
   }
 }
 
+/// A block's dw partial sums from its warps' register sums (each lane's 8
+/// columns from c0), added in warp order through shared memory `warpParts`
+/// (warps * D doubles) into out[0, D).
+__device__ __forceinline__ void writeWarpPartials(const double (&dwAcc)[8], bool owns, int64_t c0,
+                                                  int64_t D, double *warpParts, double *out) {
+  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (owns)
+    for (int k = 0; k < 8; ++k)
+      warpParts[warp * D + c0 + k] = dwAcc[k];
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double sum = 0;
+    for (int k = 0; k < warps; ++k)
+      sum += warpParts[k * D + d];
+    out[d] = sum;
+  }
+}
+
+/// One row of the bf16 register kernels' rms_norm_grad: a lane's (or
+/// thread's) 8 columns of x and of the incoming gradient g give its 8 dx
+/// values in `out` and add its dw terms into dwAcc; `teamSum` sums over the
+/// row's team and returns the sum to every member.
+template <typename TeamSum>
+__device__ __forceinline__ void bf16NormGradRow(const float (&xv)[8], const float (&g)[8],
+                                                const float (&gain)[8], int64_t D, double eps,
+                                                TeamSum teamSum, double (&dwAcc)[8],
+                                                float (&out)[8]) {
+  double ss = 0;
+  for (int k = 0; k < 8; ++k)
+    ss += double(xv[k]) * double(xv[k]);
+  float inv = float(1.0 / sqrt(teamSum(ss) / double(D) + eps));
+  double dot = 0;
+  float xhat[8];
+  for (int k = 0; k < 8; ++k) {
+    xhat[k] = __fmul_rn(xv[k], inv);
+    dot += double(__fmul_rn(g[k], gain[k])) * double(xhat[k]);
+    dwAcc[k] += double(g[k]) * double(xhat[k]);
+  }
+  float mean = float(teamSum(dot) / double(D));
+  for (int k = 0; k < 8; ++k)
+    out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
+}
+
 // The same for bf16 activations whose rows are a multiple of 8 wide: each
 // thread of a team keeps the same 8 columns of every row in registers (one
 // 16-byte load each of x and dy, one store of dx) and sums its columns' dw
@@ -817,34 +860,20 @@ __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, co
   auto teamSum = [](double v) { return WarpTeams ? warpSumAll(v) : blockSum(v); };
   int64_t r0 = int64_t(blockIdx.x) * rowsPerBlock, r1 = min(rows, r0 + rowsPerBlock);
   for (int64_t r = r0 + (WarpTeams ? warp : 0); r < r1; r += WarpTeams ? warps : 1) {
-    float xv[8] = {}, g[8] = {};
+    float xv[8] = {}, g[8] = {}, dxv[8];
     if (owns) {
       loadBF16x8(x, r * D + c0, xv);
       loadBF16x8(dy, r * D + c0, g);
     }
-    double ss = 0;
-    for (int k = 0; k < 8; ++k)
-      ss += double(xv[k]) * double(xv[k]);
-    float inv = float(1.0 / sqrt(teamSum(ss) / double(D) + eps));
-    double dot = 0;
-    float xhat[8];
-    for (int k = 0; k < 8; ++k) {
-      xhat[k] = __fmul_rn(xv[k], inv);
-      dot += double(__fmul_rn(g[k], gain[k])) * double(xhat[k]);
-      dwAcc[k] += double(g[k]) * double(xhat[k]);
-    }
-    float mean = float(teamSum(dot) / double(D));
+    bf16NormGradRow(xv, g, gain, D, eps, teamSum, dwAcc, dxv);
     if (owns) {
-      float out[8];
-      for (int k = 0; k < 8; ++k)
-        out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
       if (addend) {
         float a[8];
         loadBF16x8(addend, r * D + c0, a);
         for (int k = 0; k < 8; ++k)
-          out[k] = __fadd_rn(a[k], out[k]);
+          dxv[k] = __fadd_rn(a[k], dxv[k]);
       }
-      storeBF16x8(dx, r * D + c0, out);
+      storeBF16x8(dx, r * D + c0, dxv);
     }
   }
   double *out = partials + int64_t(blockIdx.x) * D;
@@ -855,16 +884,7 @@ __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, co
     return;
   }
   extern __shared__ double warpParts[];
-  if (owns)
-    for (int k = 0; k < 8; ++k)
-      warpParts[warp * D + c0 + k] = dwAcc[k];
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    double sum = 0;
-    for (int k = 0; k < warps; ++k)
-      sum += warpParts[k * D + d];
-    out[d] = sum;
-  }
+  writeWarpPartials(dwAcc, owns, c0, D, warpParts, out);
 }
 
 // dw from the blocks' partial sums: a block per 32 columns, whose warps take
@@ -960,18 +980,8 @@ Status rmsNormGradKernel(const KernelArgs &args) {
 // Fused norms: add_rms_norm, rms_norm_rope, rms_norm_rope_grad
 //===----------------------------------------------------------------------===//
 
-/// Runs CUDA kernel `kernel` as a step of `args` (the shapes the register
-/// kernels below do not take run as the unfused kernels, one after another).
-Status runPart(const KernelArgs &args, const char *kernel, std::vector<TensorView> inputs,
-               std::vector<TensorView> outputs, const KernelAttrs *attrs) {
-  KernelArgs part;
-  part.inputs = std::move(inputs);
-  part.outputs = std::move(outputs);
-  part.attrs = attrs;
-  part.name = args.name;
-  part.backend = args.backend;
-  return findCudaKernel(kernel)(part);
-}
+// The fused kernels run the kernels they fuse, one after the other, on the
+// shapes their register kernels do not take.
 
 Status addRmsNormKernel(const KernelArgs &args) {
   double eps;
@@ -983,8 +993,8 @@ Status addRmsNormKernel(const KernelArgs &args) {
   const bool bf16 = a.dtype == DType::BF16 && b.dtype == DType::BF16 &&
                     sum.dtype == DType::BF16 && y.dtype == DType::BF16;
   if (!bf16 || !bf16NormRows(D)) {
-    G3RT_RETURN_IF_ERROR(runPart(args, "add", {a, b}, {sum}, nullptr));
-    return runPart(args, "rms_norm", {sum, w}, {y}, args.attrs);
+    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("add"), {a, b}, {sum}, nullptr));
+    return runAsPart(args, findCudaKernel("rms_norm"), {sum, w}, {y}, args.attrs);
   }
   if (rows == 0)
     return Status();
@@ -1109,39 +1119,16 @@ __global__ void rmsNormRopeGradBF16Device(const void *x, const void *w, DType wt
         loadBF16x8(dy, base + c0, gv);
       }
       rotateLane(gv, c0, half, owns, partner, cs, sn, g);
-      double ss = 0;
-      for (int k = 0; k < 8; ++k) {
+      float out[8];
+      for (int k = 0; k < 8; ++k)
         g[k] = roundBF16(g[k]);
-        ss += double(xv[k]) * double(xv[k]);
-      }
-      const float inv = float(1.0 / sqrt(warpSumAll(ss) / double(D) + eps));
-      double dot = 0;
-      float xhat[8];
-      for (int k = 0; k < 8; ++k) {
-        xhat[k] = __fmul_rn(xv[k], inv);
-        dot += double(__fmul_rn(g[k], gain[k])) * double(xhat[k]);
-        dwAcc[k] += double(g[k]) * double(xhat[k]);
-      }
-      const float mean = float(warpSumAll(dot) / double(D));
-      if (owns) {
-        float out[8];
-        for (int k = 0; k < 8; ++k)
-          out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
+      bf16NormGradRow(xv, g, gain, D, eps, [](double v) { return warpSumAll(v); }, dwAcc, out);
+      if (owns)
         storeBF16x8(dx, base + c0, out);
-      }
     }
     __syncthreads();
   }
-  if (owns)
-    for (int k = 0; k < 8; ++k)
-      warpParts[warp * D + c0 + k] = dwAcc[k];
-  __syncthreads();
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    double sum = 0;
-    for (int k = 0; k < warps; ++k)
-      sum += warpParts[k * D + d];
-    partials[int64_t(blockIdx.x) * D + d] = sum;
-  }
+  writeWarpPartials(dwAcc, owns, c0, D, warpParts, partials + int64_t(blockIdx.x) * D);
 }
 
 /// Whether the register kernels take this fused QK-norm call: bf16 x (and
@@ -1161,8 +1148,8 @@ Status rmsNormRopeKernel(const KernelArgs &args) {
                    &y = args.outputs[0];
   if (!bf16RopeCall(args, r)) {
     // The rope kernel reads each pair before writing it: it may rotate in place.
-    G3RT_RETURN_IF_ERROR(runPart(args, "rms_norm", {x, w}, {y}, args.attrs));
-    return runPart(args, "rope", {y, pos}, {y}, args.attrs);
+    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("rms_norm"), {x, w}, {y}, args.attrs));
+    return runAsPart(args, findCudaKernel("rope"), {y, pos}, {y}, args.attrs);
   }
   const int64_t tokens = r.B * r.T;
   if (tokens == 0)
@@ -1190,8 +1177,8 @@ Status rmsNormRopeGradKernel(const KernelArgs &args) {
                        describe(dy));
     KernelAttrs back = *args.attrs;
     back.set("transpose", AttrValue::ofBool(true));
-    G3RT_RETURN_IF_ERROR(runPart(args, "rope", {dy, pos}, {dx}, &back));
-    return runPart(args, "rms_norm_grad", {x, w, dx}, {dx, dw}, args.attrs);
+    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("rope"), {dy, pos}, {dx}, &back));
+    return runAsPart(args, findCudaKernel("rms_norm_grad"), {x, w, dx}, {dx, dw}, args.attrs);
   }
   CudaContext &ctx = contextOf(args);
   const int64_t tokens = r.B * r.T, D = r.d;

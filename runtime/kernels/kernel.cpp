@@ -108,6 +108,17 @@ Status KernelArgs::fail(const std::string &message) const {
   return Status::error(std::string(name) + ": " + message);
 }
 
+Status runAsPart(const KernelArgs &args, KernelFn fn, std::vector<TensorView> inputs,
+                 std::vector<TensorView> outputs, const KernelAttrs *attrs) {
+  KernelArgs part;
+  part.inputs = std::move(inputs);
+  part.outputs = std::move(outputs);
+  part.attrs = attrs;
+  part.name = args.name;
+  part.backend = args.backend;
+  return fn(part);
+}
+
 static const KernelTable &table() {
   static const KernelTable t = [] {
     KernelTable t;

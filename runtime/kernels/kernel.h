@@ -83,6 +83,12 @@ struct KernelArgs {
 
 using KernelFn = Status (*)(const KernelArgs &args);
 
+/// Runs `fn` on `inputs` and `outputs` as a step of the call `args` (its
+/// name, for messages, and its backend): a fused kernel running the kernels
+/// it fuses.
+Status runAsPart(const KernelArgs &args, KernelFn fn, std::vector<TensorView> inputs,
+                 std::vector<TensorView> outputs, const KernelAttrs *attrs);
+
 /// The CPU reference kernel called `name`, or null.
 KernelFn findCpuKernel(std::string_view name);
 /// Every CPU kernel name, sorted.

@@ -115,20 +115,14 @@ LogicalResult RMSNormRoPEOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto x = getInput().getType();
-  if (failed(expectRank(*this, "input", x, 4)))
-    return failure();
-  if (x.getDimSize(3) % 2 != 0)
-    return emitOpError("head dimension must be even, got ") << x.getDimSize(3);
-  if (failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})) ||
-      failed(expectShape(*this, "positions", getPositions().getType(),
-                         {x.getDimSize(0), x.getDimSize(1)})))
+  if (failed(verifyRoPEOperands(*this, x, getPositions(), getTheta().convertToDouble(),
+                                getScalingFactor().convertToDouble())) ||
+      failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})))
     return failure();
   if (getType() != x)
     return emitOpError("result type must equal the input type ") << x;
   if (getEps().convertToDouble() <= 0)
     return emitOpError("eps must be positive");
-  if (getTheta().convertToDouble() <= 0 || getScalingFactor().convertToDouble() <= 0)
-    return emitOpError("theta and scaling_factor must be positive");
   return success();
 }
 
@@ -153,17 +147,11 @@ LogicalResult RoPEOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto x = getInput().getType();
-  if (failed(expectRank(*this, "input", x, 4)))
-    return failure();
-  if (x.getDimSize(3) % 2 != 0)
-    return emitOpError("head dimension must be even, got ") << x.getDimSize(3);
-  if (failed(expectShape(*this, "positions", getPositions().getType(),
-                         {x.getDimSize(0), x.getDimSize(1)})))
+  if (failed(verifyRoPEOperands(*this, x, getPositions(), getTheta().convertToDouble(),
+                                getScalingFactor().convertToDouble())))
     return failure();
   if (getType() != x)
     return emitOpError("result type must equal the input type ") << x;
-  if (getTheta().convertToDouble() <= 0 || getScalingFactor().convertToDouble() <= 0)
-    return emitOpError("theta and scaling_factor must be positive");
   return success();
 }
 

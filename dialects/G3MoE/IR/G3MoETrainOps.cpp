@@ -89,19 +89,15 @@ LogicalResult RMSNormGradOp::verify() {
 }
 
 LogicalResult RMSNormRoPEGradOp::verify() {
-  if (failed(requireStatic(*this)) ||
-      failed(expectRank(*this, "input", getInput().getType(), 4)) ||
-      failed(sameShape(*this, "grad", getGrad(), getInput())) ||
-      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())) ||
-      failed(sameShape(*this, "weight_grad", getWeightGrad(), getWeight())))
-    return failure();
   auto x = getInput().getType();
-  if (x.getDimSize(3) % 2 != 0)
-    return emitOpError("head dimension must be even, got ") << x.getDimSize(3);
-  if (failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})))
+  if (failed(requireStatic(*this)) ||
+      failed(verifyRoPEOperands(*this, x, getPositions(), getTheta().convertToDouble(),
+                                getScalingFactor().convertToDouble())) ||
+      failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})) ||
+      failed(sameShape(*this, "grad", getGrad(), getInput())) ||
+      failed(sameShape(*this, "input_grad", getInputGrad(), getInput())))
     return failure();
-  return expectShape(*this, "positions", getPositions().getType(),
-                     {x.getDimSize(0), x.getDimSize(1)});
+  return sameShape(*this, "weight_grad", getWeightGrad(), getWeight());
 }
 
 LogicalResult AttentionGradOp::verify() {

@@ -85,6 +85,25 @@ inline mlir::LogicalResult verifyRouterResults(mlir::Operation *op,
   return mlir::success();
 }
 
+/// The rotary-embedding operands shared by rope and the fused QK-norm ops:
+/// x [B, T, heads, d] with an even d, positions [B, T], positive theta and
+/// scaling factor.
+inline mlir::LogicalResult verifyRoPEOperands(mlir::Operation *op, mlir::RankedTensorType x,
+                                              mlir::Value positions, double theta,
+                                              double scalingFactor) {
+  if (mlir::failed(expectRank(op, "input", x, 4)))
+    return mlir::failure();
+  if (x.getDimSize(3) % 2 != 0)
+    return op->emitOpError("head dimension must be even, got ") << x.getDimSize(3);
+  if (mlir::failed(expectShape(op, "positions",
+                               llvm::cast<mlir::RankedTensorType>(positions.getType()),
+                               {x.getDimSize(0), x.getDimSize(1)})))
+    return mlir::failure();
+  if (theta <= 0 || scalingFactor <= 0)
+    return op->emitOpError("theta and scaling_factor must be positive");
+  return mlir::success();
+}
+
 } // namespace g3moe::detail
 
 #endif // G3MOE_DIALECTS_G3MOE_IR_VERIFYUTILS_H
