@@ -283,14 +283,16 @@ Status CudaExecutor::run(const std::string &function) {
         check(cudaGraphLaunch(g->exec, stream), "launching the graph of " + function));
     return check(cudaStreamSynchronize(stream), "running " + function);
   }
-  // The first call runs kernel by kernel: it makes what kernels create on
-  // first use (cuDNN plans, scratch memory, cuBLASLt algorithms) outside
-  // the capture, which must not allocate or wait.
-  if (!graphsEnabled_ || !g->failure.empty() || g->eagerRuns == 0) {
+  auto kernelByKernel = [&]() -> Status {
     ++g->eagerRuns;
     G3RT_RETURN_IF_ERROR(launchAll(*fn));
     return check(cudaStreamSynchronize(stream), "running " + function);
-  }
+  };
+  // The first call runs kernel by kernel: it makes what kernels create on
+  // first use (cuDNN plans, scratch memory, cuBLASLt algorithms) outside
+  // the capture, which must not allocate or wait.
+  if (!graphsEnabled_ || !g->failure.empty() || g->eagerRuns == 0)
+    return kernelByKernel();
   G3RT_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
                              "capturing " + function));
   Status launched = launchAll(*fn);
@@ -309,9 +311,7 @@ Status CudaExecutor::run(const std::string &function) {
                  : ended != cudaSuccess
                      ? std::string("ending the capture: ") + cudaGetErrorString(ended)
                      : std::string("instantiating the graph: ") + cudaGetErrorString(made);
-    ++g->eagerRuns;
-    G3RT_RETURN_IF_ERROR(launchAll(*fn));
-    return check(cudaStreamSynchronize(stream), "running " + function);
+    return kernelByKernel();
   }
   g->reallocations = ctx_->reallocations;
   return run(function);
