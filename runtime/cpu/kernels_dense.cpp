@@ -120,10 +120,6 @@ inline int64_t loadIndex(const TensorView &t, int64_t i) {
 /// the M rows: start at 0, never decrease, end at most at M.
 Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
                    std::vector<int64_t> &offsets) {
-  G3RT_RETURN_IF_ERROR(checkIndex(args, t, "expert_offsets"));
-  if (t.numel() != experts + 1)
-    return args.fail("expert_offsets has " + std::to_string(t.numel()) + " elements, expected " +
-                     std::to_string(experts + 1) + " (experts + 1)");
   offsets.resize(size_t(experts + 1));
   for (int64_t e = 0; e <= experts; ++e)
     offsets[size_t(e)] = loadIndex(t, e);
@@ -251,7 +247,6 @@ Status embeddingKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkEmbedding(args, scale, shape));
   const int64_t V = shape.V, H = shape.H, N = shape.N;
   const TensorView &ids = args.inputs[0], &table = args.inputs[1], &y = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, y, "result", N, H));
   G3RT_RETURN_IF_ERROR(checkIds(args, ids, V));
   float s = float(scale);
   // Only the looked-up rows are widened: the table may be far larger than
@@ -283,7 +278,6 @@ Status embeddingGradKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkEmbeddingGrad(args, scale, paddingIdx, shape));
   const int64_t V = shape.V, H = shape.H, N = shape.N;
   const TensorView &dy = args.inputs[0], &ids = args.inputs[1], &dtable = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", N, H));
   G3RT_RETURN_IF_ERROR(checkIds(args, ids, V));
 
   // A counting sort groups the tokens by id, keeping token order within an
@@ -754,17 +748,6 @@ TensorView rowSlice(const TensorView &t, int64_t begin, int64_t count, bool flat
   return v;
 }
 
-/// Runs `kernel` on the given views with the instruction's attributes.
-Status callKernel(const KernelArgs &args, KernelFn kernel, const char *name,
-                  std::vector<TensorView> inputs, std::vector<TensorView> outputs) {
-  KernelArgs sub;
-  sub.inputs = std::move(inputs);
-  sub.outputs = std::move(outputs);
-  sub.attrs = args.attrs;
-  sub.name = name;
-  return kernel(sub).withContext(std::string(args.name));
-}
-
 /// lm_head + cross_entropy over chunks of rows: the full logits never exist.
 /// With a second output, each row's logsumexp (0 on ignored rows) for
 /// lm_head_cross_entropy_grad.
@@ -786,11 +769,11 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
   for (int64_t r0 = 0; r0 < rows; r0 += kHeadChunkRows) {
     int64_t n = std::min(kHeadChunkRows, rows - r0);
     Scratch logits({n, V});
-    G3RT_RETURN_IF_ERROR(callKernel(args, lmHeadKernel, "lm_head",
-                                    {rowSlice(x, r0, n, false), table}, {logits.view}));
-    G3RT_RETURN_IF_ERROR(callKernel(args, crossEntropyKernel, "cross_entropy",
-                                    {logits.view, rowSlice(targets, r0, n, true), args.inputs[3]},
-                                    {chunkLoss.view}));
+    G3RT_RETURN_IF_ERROR(runAsPart(args, lmHeadKernel, "lm_head",
+                                   {rowSlice(x, r0, n, false), table}, {logits.view}, args.attrs));
+    G3RT_RETURN_IF_ERROR(runAsPart(args, crossEntropyKernel, "cross_entropy",
+                                   {logits.view, rowSlice(targets, r0, n, true), args.inputs[3]},
+                                   {chunkLoss.view}, args.attrs));
     total += chunkLoss.data[0];
     for (int64_t r = 0; wantLse && r < n; ++r) {
       int64_t t = loadIndex(targets, r0 + r);
@@ -822,15 +805,16 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
     int64_t n = std::min(kHeadChunkRows, rows - r0);
     Scratch logits({n, V}), dlogits({n, V});
     TensorView xs = rowSlice(x, r0, n, false);
-    G3RT_RETURN_IF_ERROR(callKernel(args, lmHeadKernel, "lm_head", {xs, table}, {logits.view}));
-    G3RT_RETURN_IF_ERROR(callKernel(args, crossEntropyGradKernel, "cross_entropy_grad",
-                                    {logits.view, rowSlice(targets, r0, n, true),
-                                     args.inputs[3], args.inputs[4]},
-                                    {dlogits.view}));
-    G3RT_RETURN_IF_ERROR(callKernel(args, lmHeadGradKernel, "lm_head_grad",
-                                    {xs, table, dlogits.view},
-                                    {rowSlice(args.outputs[0], r0, n, false),
-                                     chunkTableGrad.view}));
+    G3RT_RETURN_IF_ERROR(
+        runAsPart(args, lmHeadKernel, "lm_head", {xs, table}, {logits.view}, args.attrs));
+    G3RT_RETURN_IF_ERROR(runAsPart(args, crossEntropyGradKernel, "cross_entropy_grad",
+                                   {logits.view, rowSlice(targets, r0, n, true), args.inputs[3],
+                                    args.inputs[4]},
+                                   {dlogits.view}, args.attrs));
+    G3RT_RETURN_IF_ERROR(runAsPart(args, lmHeadGradKernel, "lm_head_grad",
+                                   {xs, table, dlogits.view},
+                                   {rowSlice(args.outputs[0], r0, n, false), chunkTableGrad.view},
+                                   args.attrs));
     if (wantTable)
       for (size_t i = 0; i < tableGrad.data.size(); ++i)
         tableGrad.data[i] += chunkTableGrad.data[i];

@@ -32,8 +32,10 @@ Status addRmsNormKernel(const KernelArgs &args) {
   NormShape shape;
   G3RT_RETURN_IF_ERROR(checkAddRmsNorm(args, eps, shape));
   const TensorView &sum = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(runAsPart(args, findCpuKernel("add"), {args.inputs[0], args.inputs[1]}, {sum}, nullptr));
-  return runAsPart(args, findCpuKernel("rms_norm"), {sum, args.inputs[2]}, {args.outputs[1]}, args.attrs);
+  G3RT_RETURN_IF_ERROR(runAsPart(args, findCpuKernel("add"), "add",
+                                 {args.inputs[0], args.inputs[1]}, {sum}, nullptr));
+  return runAsPart(args, findCpuKernel("rms_norm"), "rms_norm", {sum, args.inputs[2]},
+                   {args.outputs[1]}, args.attrs);
 }
 
 Status rmsNormRopeKernel(const KernelArgs &args) {
@@ -41,9 +43,10 @@ Status rmsNormRopeKernel(const KernelArgs &args) {
   RopeShape r;
   G3RT_RETURN_IF_ERROR(checkRmsNormRope(args, eps, r));
   Scratch normed(args.inputs[0]);
-  G3RT_RETURN_IF_ERROR(
-      runAsPart(args, findCpuKernel("rms_norm"), {args.inputs[0], args.inputs[1]}, {normed.view}, args.attrs));
-  return runAsPart(args, findCpuKernel("rope"), {normed.view, args.inputs[2]}, {args.outputs[0]}, args.attrs);
+  G3RT_RETURN_IF_ERROR(runAsPart(args, findCpuKernel("rms_norm"), "rms_norm",
+                                 {args.inputs[0], args.inputs[1]}, {normed.view}, args.attrs));
+  return runAsPart(args, findCpuKernel("rope"), "rope", {normed.view, args.inputs[2]},
+                   {args.outputs[0]}, args.attrs);
 }
 
 Status rmsNormRopeGradKernel(const KernelArgs &args) {
@@ -53,10 +56,11 @@ Status rmsNormRopeGradKernel(const KernelArgs &args) {
   KernelAttrs back = *args.attrs;
   back.set("transpose", AttrValue::ofBool(true));
   Scratch rotated(args.inputs[3]);
-  G3RT_RETURN_IF_ERROR(
-      runAsPart(args, findCpuKernel("rope"), {args.inputs[3], args.inputs[2]}, {rotated.view}, &back));
-  return runAsPart(args, findCpuKernel("rms_norm_grad"), {args.inputs[0], args.inputs[1], rotated.view},
-                 {args.outputs[0], args.outputs[1]}, args.attrs);
+  G3RT_RETURN_IF_ERROR(runAsPart(args, findCpuKernel("rope"), "rope",
+                                 {args.inputs[3], args.inputs[2]}, {rotated.view}, &back));
+  return runAsPart(args, findCpuKernel("rms_norm_grad"), "rms_norm_grad",
+                   {args.inputs[0], args.inputs[1], rotated.view},
+                   {args.outputs[0], args.outputs[1]}, args.attrs);
 }
 
 } // namespace

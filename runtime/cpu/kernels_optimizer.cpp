@@ -22,17 +22,8 @@ namespace {
 
 using namespace checks;
 
-Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (!isFloat(t.dtype) || t.numel() != 1)
-    return args.fail(std::string(what) + " must be a float scalar, got " + describe(t));
-  return Status();
-}
-
-// Counters are i64 by contract; i32 is accepted so a hand-built call does not
-// need a widening pass.
 Status readCount(const KernelArgs &args, const TensorView &t, const char *what, int64_t &out) {
-  if (t.numel() != 1 || (t.dtype != DType::I64 && t.dtype != DType::I32))
-    return args.fail(std::string(what) + " must be an integer scalar, got " + describe(t));
+  G3RT_RETURN_IF_ERROR(checkCount(args, t, what));
   out = t.dtype == DType::I64 ? t.i64()[0] : int64_t(t.i32()[0]);
   return Status();
 }
@@ -48,7 +39,7 @@ constexpr int64_t kNormBlock = 1 << 16;
 Status globalNormKernel(const KernelArgs &args) {
   if (args.outputs.size() != 1)
     return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   for (size_t t = 0; t < args.inputs.size(); ++t)
     if (!isFloat(args.inputs[t].dtype))
       return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
@@ -78,8 +69,8 @@ Status globalNormKernel(const KernelArgs &args) {
 Status clipScaleKernel(const KernelArgs &args) {
   if (args.inputs.size() != 1 || args.outputs.size() != 1)
     return args.fail("expects 1 input (norm) and 1 output");
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[0], "norm"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.inputs[0], "norm"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   double maxNorm = 0;
   G3RT_RETURN_IF_ERROR(args.requireFloat("max_norm", maxNorm));
   float c = 1.0f;
@@ -103,7 +94,7 @@ Status lrScheduleKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[0], "step", t));
   G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[1], "total_steps", S));
   G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[2], "warmup_steps", w));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   double lr = 0;
   G3RT_RETURN_IF_ERROR(args.requireFloat("learning_rate", lr));
   auto kind = args.attrs ? args.attrs->getString("kind") : std::nullopt;
@@ -141,30 +132,24 @@ Status lrScheduleKernel(const KernelArgs &args) {
 
 Status adamwKernel(const KernelArgs &args) {
   size_t n = 0;
-  G3RT_RETURN_IF_ERROR(checkAdamW(args, n));
+  AdamHyper h;
+  G3RT_RETURN_IF_ERROR(checkAdamW(args, n, h));
   const size_t scalars = 4 * n;
   int64_t step = 0;
   G3RT_RETURN_IF_ERROR(readCount(args, args.inputs[scalars], "step", step));
   if (step < 0)
     return args.fail("step must not be negative, got " + std::to_string(step));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 1], "lr"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 2], "grad_scale"));
-  double beta1 = 0, beta2 = 0, eps = 0, wd = 0;
-  G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", beta1));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", beta2));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", eps));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("weight_decay", wd));
 
   // Scalar factors in double (torch computes them on Python floats), each
   // rounded once to fp32 where torch hands it to an fp32 tensor op.
   const double lr = args.inputs[scalars + 1].load(0);
   const double t = double(step + 1);
-  const double bc1 = 1.0 - std::pow(beta1, t), bc2 = 1.0 - std::pow(beta2, t);
-  const float decay = float(1.0 - lr * wd);
+  const double bc1 = 1.0 - std::pow(h.beta1, t), bc2 = 1.0 - std::pow(h.beta2, t);
+  const float decay = float(1.0 - lr * h.wd);
   const float stepSize = float(lr / bc1);
   const float bc2Sqrt = float(std::sqrt(bc2));
-  const float b1 = float(beta1), b2 = float(beta2), c1 = float(1.0 - beta1),
-              c2 = float(1.0 - beta2), epsF = float(eps);
+  const float b1 = float(h.beta1), b2 = float(h.beta2), c1 = float(1.0 - h.beta1),
+              c2 = float(1.0 - h.beta2), epsF = float(h.eps);
   const float gradScale = args.inputs[scalars + 2].load(0);
 
   for (size_t k = 0; k < n; ++k) {

@@ -18,6 +18,7 @@
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <memory>
 
 namespace g3rt::cuda {
@@ -70,6 +71,17 @@ Status cublasFailure(const KernelArgs &args, cublasStatus_t status, const char *
       return ::g3rt::cuda::cudaFailure(args, g3rt_err_, what);                  \
   } while (0)
 
+/// Blocks of `threads` threads for `n` items, at most 8192: grid-stride
+/// kernels loop over the rest, and more blocks only add scheduling work
+/// once every SM is full.
+inline unsigned cappedGrid(int64_t n, int threads = 256) {
+  int64_t blocks = (n + threads - 1) / threads;
+  return unsigned(blocks < 1 ? 1 : blocks > 8192 ? 8192 : blocks);
+}
+/// Whether `t` starts on a 16-byte boundary (for 16-byte vector accesses).
+inline bool aligned16(const TensorView &t) {
+  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+}
 /// The CUDA kernel called `name`, or null.
 KernelFn findCudaKernel(std::string_view name);
 

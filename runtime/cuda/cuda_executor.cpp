@@ -40,8 +40,9 @@ constexpr size_t kWorkspaceBytes = size_t(256) << 20;
 } // namespace
 
 struct CudaExecutor::Graph {
-  /// Calls so far that ran kernel by kernel.
-  int eagerRuns = 0;
+  /// The entry point ran once kernel by kernel (what kernels create on first
+  /// use exists).
+  bool warmed = false;
   cudaGraphExec_t exec = nullptr;
   /// CudaContext::reallocations when captured.
   uint64_t reallocations = 0;
@@ -228,7 +229,7 @@ Status CudaExecutor::runKernel(const std::string &name, const KernelAttrs &attrs
   return check(cudaStreamSynchronize(ctx_->stream), "running " + name);
 }
 
-Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
+Status CudaExecutor::launchInstruction(const FunctionDesc &fn, size_t i) {
   const InstrDesc &instr = fn.instrs[i];
   KernelArgs args;
   args.name = instr.kernel;
@@ -238,28 +239,19 @@ Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
     args.inputs.push_back(deviceView(fn, b));
   for (uint32_t b : instr.outputs)
     args.outputs.push_back(deviceView(fn, b));
-  Status s = kernels_.at(fn.name)[i](args);
-  if (s.ok())
-    s = check(cudaStreamSynchronize(ctx_->stream), "running " + instr.kernel);
-  return s.withContext(fn.name + ", instruction " + std::to_string(i));
+  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " +
+                                                   std::to_string(i));
+}
+
+Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
+  G3RT_RETURN_IF_ERROR(launchInstruction(fn, i));
+  return check(cudaStreamSynchronize(ctx_->stream), "running " + fn.instrs[i].kernel)
+      .withContext(fn.name + ", instruction " + std::to_string(i));
 }
 
 Status CudaExecutor::launchAll(const FunctionDesc &fn) {
-  const std::vector<KernelFn> &fns = kernels_.at(fn.name);
-  for (size_t i = 0; i < fn.instrs.size(); ++i) {
-    const InstrDesc &instr = fn.instrs[i];
-    KernelArgs args;
-    args.name = instr.kernel;
-    args.attrs = &instr.attrs;
-    args.backend = ctx_.get();
-    for (uint32_t b : instr.inputs)
-      args.inputs.push_back(deviceView(fn, b));
-    for (uint32_t b : instr.outputs)
-      args.outputs.push_back(deviceView(fn, b));
-    Status s = fns[i](args);
-    if (!s.ok())
-      return s.withContext(fn.name + ", instruction " + std::to_string(i));
-  }
+  for (size_t i = 0; i < fn.instrs.size(); ++i)
+    G3RT_RETURN_IF_ERROR(launchInstruction(fn, i));
   return Status();
 }
 
@@ -269,52 +261,49 @@ Status CudaExecutor::run(const std::string &function) {
     return Status::error("the step has no entry point '" + function + "'");
   cudaStream_t stream = ctx_->stream;
   std::unique_ptr<Graph> &g = graphs_[function];
-  if (!g)
-    g = std::make_unique<Graph>();
   // A kernel moved memory it keeps (a larger cuDNN scratch for another entry
-  // point): the graph would still use the old.
-  if (g->exec && g->reallocations != ctx_->reallocations) {
-    cudaGraphExecDestroy(g->exec);
-    g->exec = nullptr;
-    g->eagerRuns = 0;
+  // point): the graph would still use the old, so it is captured anew.
+  if (g && g->exec && g->reallocations != ctx_->reallocations) {
+    g = std::make_unique<Graph>();
+    g->warmed = true;
   }
-  if (g->exec) {
-    G3RT_RETURN_IF_ERROR(
-        check(cudaGraphLaunch(g->exec, stream), "launching the graph of " + function));
-    return check(cudaStreamSynchronize(stream), "running " + function);
-  }
-  auto kernelByKernel = [&]() -> Status {
-    ++g->eagerRuns;
+  if (!g || !graphsEnabled_ || !g->failure.empty() || !g->warmed) {
+    // The first call runs kernel by kernel: it makes what kernels create on
+    // first use (cuDNN plans, scratch memory, cuBLASLt algorithms) outside
+    // the capture, which must not allocate or wait.
+    if (!g)
+      g = std::make_unique<Graph>();
+    g->warmed = true;
     G3RT_RETURN_IF_ERROR(launchAll(*fn));
     return check(cudaStreamSynchronize(stream), "running " + function);
-  };
-  // The first call runs kernel by kernel: it makes what kernels create on
-  // first use (cuDNN plans, scratch memory, cuBLASLt algorithms) outside
-  // the capture, which must not allocate or wait.
-  if (!graphsEnabled_ || !g->failure.empty() || g->eagerRuns == 0)
-    return kernelByKernel();
-  G3RT_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
-                             "capturing " + function));
-  Status launched = launchAll(*fn);
-  cudaGraph_t graph = nullptr;
-  cudaError_t ended = cudaStreamEndCapture(stream, &graph);
-  cudaError_t made = cudaErrorUnknown;
-  if (launched.ok() && ended == cudaSuccess && graph)
-    made = cudaGraphInstantiate(&g->exec, graph, 0);
-  if (graph)
-    cudaGraphDestroy(graph);
-  if (made != cudaSuccess) {
-    // Nothing captured ran: run the kernels one by one instead, from now on.
-    cudaGetLastError();
-    g->exec = nullptr;
-    g->failure = !launched.ok() ? launched.message()
-                 : ended != cudaSuccess
-                     ? std::string("ending the capture: ") + cudaGetErrorString(ended)
-                     : std::string("instantiating the graph: ") + cudaGetErrorString(made);
-    return kernelByKernel();
   }
-  g->reallocations = ctx_->reallocations;
-  return run(function);
+  if (!g->exec) {
+    G3RT_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+                               "capturing " + function));
+    Status launched = launchAll(*fn);
+    cudaGraph_t graph = nullptr;
+    cudaError_t ended = cudaStreamEndCapture(stream, &graph);
+    cudaError_t made = cudaErrorUnknown;
+    if (launched.ok() && ended == cudaSuccess && graph)
+      made = cudaGraphInstantiate(&g->exec, graph, 0);
+    if (graph)
+      cudaGraphDestroy(graph);
+    if (made != cudaSuccess) {
+      // Nothing captured ran: run the kernels one by one instead, from now on.
+      cudaGetLastError();
+      g->exec = nullptr;
+      g->failure = !launched.ok() ? launched.message()
+                   : ended != cudaSuccess
+                       ? std::string("ending the capture: ") + cudaGetErrorString(ended)
+                       : std::string("instantiating the graph: ") + cudaGetErrorString(made);
+      G3RT_RETURN_IF_ERROR(launchAll(*fn));
+      return check(cudaStreamSynchronize(stream), "running " + function);
+    }
+    g->reallocations = ctx_->reallocations;
+  }
+  G3RT_RETURN_IF_ERROR(
+      check(cudaGraphLaunch(g->exec, stream), "launching the graph of " + function));
+  return check(cudaStreamSynchronize(stream), "running " + function);
 }
 
 std::string CudaExecutor::graphStatus(const std::string &function) const {

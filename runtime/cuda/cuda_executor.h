@@ -84,6 +84,8 @@ public:
 
 private:
   explicit CudaExecutor(const StepProgram &program);
+  /// Enqueues instruction `i` of `fn` on the stream, without waiting.
+  Status launchInstruction(const FunctionDesc &fn, size_t i);
   /// Enqueues every kernel of `fn` on the stream, without waiting.
   Status launchAll(const FunctionDesc &fn);
   /// A captured entry point (cuda_executor.cpp).

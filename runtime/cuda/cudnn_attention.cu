@@ -315,7 +315,7 @@ std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p, b
   if (p.d % 8 != 0 || p.d > 256)
     return "head dimension " + std::to_string(p.d) + " (needs a multiple of 8, at most 256)";
   auto bf16 = [](const TensorView &t) {
-    return t.dtype == DType::BF16 && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+    return t.dtype == DType::BF16 && aligned16(t);
   };
   const TensorView *lse =
       p.withLse ? (grad ? &args.inputs[6] : &args.outputs[1]) : nullptr;
@@ -325,7 +325,7 @@ std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p, b
   for (size_t i = 0; i < args.outputs.size(); ++i)
     if (&args.outputs[i] != lse && !bf16(args.outputs[i]))
       return "output " + std::to_string(i) + " is not an aligned bf16 tensor";
-  if (lse && reinterpret_cast<uintptr_t>(lse->data) % 16 != 0)
+  if (lse && !aligned16(*lse))
     return "the statistics are not 16-byte aligned";
   return "";
 }

@@ -1412,7 +1412,7 @@ bool tensorCoreOperands(const KernelArgs &args, size_t count, const AttentionSha
     const TensorView &t = args.inputs[i];
     if (t.dtype != DType::BF16)
       return false;
-    aligned = aligned && reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
+    aligned = aligned && aligned16(t);
   }
   a.vec8 = aligned;
   return true;

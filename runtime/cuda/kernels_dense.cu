@@ -48,11 +48,6 @@ using namespace checks;
 constexpr int kThreads = 256;
 /// Threads of the blocks that reduce one vocabulary row (up to 262K logits).
 constexpr int kRowThreads = 512;
-constexpr int64_t kMaxBlocks = 8192;
-
-unsigned blocksFor(int64_t n, int threads = kThreads) {
-  return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, kMaxBlocks));
-}
 
 /// A grid of one block per row, capped (kernels stride over the rest).
 unsigned rowBlocks(int64_t rows) {
@@ -460,7 +455,6 @@ Status embeddingKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkEmbedding(args, scale, shape));
   const int64_t V = shape.V, H = shape.H, N = shape.N;
   const TensorView &ids = args.inputs[0], &table = args.inputs[1], &y = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, y, "result", N, H));
   if (N == 0 || H == 0)
     return Status();
   embeddingDevice<<<rowBlocks(N), kThreads, 0, contextOf(args).stream>>>(
@@ -507,7 +501,6 @@ Status embeddingGradKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkEmbeddingGrad(args, scale, paddingIdx, shape));
   const int64_t V = shape.V, H = shape.H, N = shape.N;
   const TensorView &dy = args.inputs[0], &ids = args.inputs[1], &dtable = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", N, H));
   if (V >= int64_t(UINT32_MAX) || N > INT_MAX)
     return args.fail("vocabulary of " + std::to_string(V) + " or " + std::to_string(N) +
                      " tokens too large");
@@ -534,7 +527,7 @@ Status embeddingGradKernel(const KernelArgs &args) {
   if (!keysIn || !keysOut || !tokensIn || !tokensOut || !temp)
     return args.fail("the workspace is too small to sort " + std::to_string(N) + " tokens");
 
-  embeddingKeysDevice<<<blocksFor(N), kThreads, 0, ctx.stream>>>(ids.data, ids.dtype, N, V,
+  embeddingKeysDevice<<<cappedGrid(N), kThreads, 0, ctx.stream>>>(ids.data, ids.dtype, N, V,
                                                                  keysIn, tokensIn);
   G3RT_CUDA_CHECK_LAUNCH(args, "embedding_grad keys");
   e = cub::DeviceRadixSort::SortPairs(temp, tempBytes, keysIn, keysOut, tokensIn, tokensOut,
@@ -689,9 +682,10 @@ Status rmsNormKernel(const KernelArgs &args) {
   if (rows == 0)
     return Status();
   cudaStream_t stream = contextOf(args).stream;
-  if (x.dtype == DType::BF16 && y.dtype == DType::BF16 && bf16NormRows(D)) {
+  if (x.dtype == DType::BF16 && y.dtype == DType::BF16 && bf16NormRows(D) && aligned16(x) &&
+      aligned16(y)) {
     if (D <= 256)
-      rmsNormBF16Device<true><<<blocksFor(rows, kThreads / 32), kThreads, 0, stream>>>(
+      rmsNormBF16Device<true><<<cappedGrid(rows, kThreads / 32), kThreads, 0, stream>>>(
           x.data, w.data, w.dtype, y.data, rows, D, eps);
     else
       rmsNormBF16Device<false><<<rowBlocks(rows), unsigned((D / 8 + 31) / 32 * 32), 0, stream>>>(
@@ -700,7 +694,7 @@ Status rmsNormKernel(const KernelArgs &args) {
     return Status();
   }
   if (D <= kWarpRowMax)
-    rmsNormWarpDevice<<<blocksFor(rows, kThreads / 32), kThreads, 0, contextOf(args).stream>>>(
+    rmsNormWarpDevice<<<cappedGrid(rows, kThreads / 32), kThreads, 0, contextOf(args).stream>>>(
         x.data, x.dtype, w.data, w.dtype, y.data, y.dtype, rows, D, eps);
   else
     rmsNormDevice<<<rowBlocks(rows), kThreads, 0, contextOf(args).stream>>>(
@@ -760,11 +754,24 @@ __global__ void rmsNormGradDevice(const void *x, DType xt, const void *w, DType 
   for (int64_t r = r0; r < r1; ++r) {
     int64_t base = r * D;
     float inv = inverseRms(x, xt, base, D, eps);
-    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, add, D, base, inv, threadIdx.x, blockDim.x, dwPart,
-                   [](double v) { return blockSum(v); });
+    rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, add, D, base, inv, threadIdx.x, blockDim.x,
+                   dwPart, [](double v) { return blockSum(v); });
   }
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
     partials[int64_t(blockIdx.x) * D + d] = dwPart[d];
+}
+
+/// Adds the block's per-warp dw sums (shared `warpParts`, warps * D doubles)
+/// in warp order into out[0, D), after every warp has written its own.
+__device__ __forceinline__ void sumWarpPartials(const double *warpParts, int64_t D, double *out) {
+  const int warps = blockDim.x >> 5;
+  __syncthreads();
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    double sum = 0;
+    for (int k = 0; k < warps; ++k)
+      sum += warpParts[k * D + d];
+    out[d] = sum;
+  }
 }
 
 // The same for rows of at most kWarpRowMax: a warp per row, each warp with
@@ -785,13 +792,7 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
     rmsNormGradRow(x, xt, w, wt, dy, gt, dx, dxt, add, D, base, inv, lane, 32, dwPart,
                    [](double v) { return warpSumAll(v); });
   }
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    double sum = 0;
-    for (int k = 0; k < warps; ++k)
-      sum += warpParts[k * D + d];
-    partials[int64_t(blockIdx.x) * D + d] = sum;
-  }
+  sumWarpPartials(warpParts, D, partials + int64_t(blockIdx.x) * D);
 }
 
 /// A block's dw partial sums from its warps' register sums (each lane's 8
@@ -799,17 +800,11 @@ __global__ void rmsNormGradWarpDevice(const void *x, DType xt, const void *w, DT
 /// (warps * D doubles) into out[0, D).
 __device__ __forceinline__ void writeWarpPartials(const double (&dwAcc)[8], bool owns, int64_t c0,
                                                   int64_t D, double *warpParts, double *out) {
-  const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  const int warp = threadIdx.x >> 5;
   if (owns)
     for (int k = 0; k < 8; ++k)
       warpParts[warp * D + c0 + k] = dwAcc[k];
-  __syncthreads();
-  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
-    double sum = 0;
-    for (int k = 0; k < warps; ++k)
-      sum += warpParts[k * D + d];
-    out[d] = sum;
-  }
+  sumWarpPartials(warpParts, D, out);
 }
 
 /// One row of the bf16 register kernels' rms_norm_grad: a lane's (or
@@ -911,6 +906,35 @@ __global__ void rmsNormGradWeightDevice(const double *partials, int64_t blocks, 
   }
 }
 
+/// The split of a norm backward's rows into blocks, each adding its rows' dw
+/// terms into its own row of D double partial sums (in the scratch space),
+/// and the sum of those rows in block order into dw. About a thousand blocks
+/// of at least `minRows` rows keep every SM busy while the partial sums stay
+/// small; more rows per block only where they would not fit the scratch
+/// space. The split depends on the shapes alone, so dw is reproducible.
+struct NormPartials {
+  int64_t rowsPerBlock = 0, blocks = 0;
+  double *partials = nullptr;
+
+  NormPartials(const CudaContext &ctx, int64_t rows, int64_t D, int64_t minRows) {
+    Scratch scratch = scratchOf(ctx);
+    rowsPerBlock = std::max<int64_t>(minRows, (rows + 1023) / 1024);
+    auto blocksOf = [&](int64_t r) { return (rows + r - 1) / r; };
+    while (size_t(blocksOf(rowsPerBlock)) * size_t(D) * sizeof(double) > scratch.bytes ||
+           blocksOf(rowsPerBlock) > (int64_t(1) << 30))
+      rowsPerBlock *= 2;
+    blocks = blocksOf(rowsPerBlock);
+    partials = static_cast<double *>(scratch.take(size_t(blocks) * size_t(D) * 8));
+  }
+
+  Status sumInto(const KernelArgs &args, const TensorView &dw, int64_t D) const {
+    rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0,
+                              contextOf(args).stream>>>(partials, blocks, D, dw.data, dw.dtype);
+    G3RT_CUDA_CHECK_LAUNCH(args, "weight gradient");
+    return Status();
+  }
+};
+
 Status rmsNormGradKernel(const KernelArgs &args) {
   double eps;
   NormShape shape;
@@ -926,8 +950,9 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   // The register-resident bf16 kernels where the rows allow them.
   const Addend add{shape.addend ? shape.addend->data : nullptr,
                    shape.addend ? shape.addend->dtype : DType::F32};
-  const bool bf16Rows = x.dtype == DType::BF16 && dy.dtype == DType::BF16 &&
-                        dx.dtype == DType::BF16 && bf16NormRows(D);
+  bool bf16Rows = bf16NormRows(D);
+  for (const TensorView *t : {&x, &dy, &dx, shape.addend})
+    bf16Rows = bf16Rows && (!t || (t->dtype == DType::BF16 && aligned16(*t)));
   const int threads = bf16Rows && !warpRows ? int((D / 8 + 31) / 32 * 32) : kThreads;
   size_t shared = warpRows ? size_t(D) * sizeof(double) * (kThreads / 32)
                            : (bf16Rows ? 0 : size_t(D) * sizeof(double));
@@ -939,41 +964,28 @@ Status rmsNormGradKernel(const KernelArgs &args) {
     return cudaFailure(args, e, "querying shared memory");
   if (shared > size_t(maxShared))
     return args.fail("normalised size " + std::to_string(D) + " is too large");
+  // Only the generic block-per-row kernel's partial sums (D doubles, D above
+  // 6144) can pass the default 48 KB: the warp kernels' rows are at most 512
+  // wide and the bf16 block kernel keeps its sums in registers.
   if (shared > 48 * 1024) {
-    e = cudaFuncSetAttribute(bf16Rows ? (const void *)rmsNormGradBF16Device<true>
-                             : warpRows ? (const void *)rmsNormGradWarpDevice
-                                        : (const void *)rmsNormGradDevice,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared));
+    e = cudaFuncSetAttribute(rmsNormGradDevice, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(shared));
     if (e != cudaSuccess)
       return cudaFailure(args, e, "enabling large shared memory");
   }
-  // About a thousand blocks keep every SM busy while the partial sums (one
-  // row of D doubles per block) stay small; more rows per block only when
-  // they would not fit the scratch space. The split depends on the shapes
-  // alone, so dw is reproducible.
-  Scratch scratch = scratchOf(ctx);
-  int64_t rowsPerBlock = std::max<int64_t>(8, (rows + 1023) / 1024);
-  auto blocksOf = [&](int64_t r) { return (rows + r - 1) / r; };
-  while (size_t(blocksOf(rowsPerBlock)) * size_t(D) * sizeof(double) > scratch.bytes ||
-         blocksOf(rowsPerBlock) > (int64_t(1) << 30))
-    rowsPerBlock *= 2;
-  int64_t blocks = blocksOf(rowsPerBlock);
-  double *partials = static_cast<double *>(scratch.take(size_t(blocks) * size_t(D) * 8));
+  const NormPartials p(ctx, rows, D, /*minRows=*/8);
   if (bf16Rows)
     (warpRows ? rmsNormGradBF16Device<true> : rmsNormGradBF16Device<false>)<<<
-        unsigned(blocks), threads, shared, ctx.stream>>>(x.data, w.data, w.dtype, dy.data, dx.data,
-                                                         add.data, rows, D, rowsPerBlock, eps,
-                                                         partials);
+        unsigned(p.blocks), threads, shared, ctx.stream>>>(x.data, w.data, w.dtype, dy.data,
+                                                           dx.data, add.data, rows, D,
+                                                           p.rowsPerBlock, eps, p.partials);
   else
-    (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(blocks), kThreads, shared,
+    (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(p.blocks), kThreads, shared,
                                                              ctx.stream>>>(
         x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, add, rows, D,
-        rowsPerBlock, eps, partials);
+        p.rowsPerBlock, eps, p.partials);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad");
-  rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0, ctx.stream>>>(
-      partials, blocks, D, dw.data, dw.dtype);
-  G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad weight");
-  return Status();
+  return p.sumInto(args, dw, D);
 }
 
 //===----------------------------------------------------------------------===//
@@ -990,17 +1002,18 @@ Status addRmsNormKernel(const KernelArgs &args) {
   const int64_t D = shape.D, rows = shape.rows;
   const TensorView &a = args.inputs[0], &b = args.inputs[1], &w = args.inputs[2];
   const TensorView &sum = args.outputs[0], &y = args.outputs[1];
-  const bool bf16 = a.dtype == DType::BF16 && b.dtype == DType::BF16 &&
-                    sum.dtype == DType::BF16 && y.dtype == DType::BF16;
+  bool bf16 = true;
+  for (const TensorView *t : {&a, &b, &sum, &y})
+    bf16 = bf16 && t->dtype == DType::BF16 && aligned16(*t);
   if (!bf16 || !bf16NormRows(D)) {
-    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("add"), {a, b}, {sum}, nullptr));
-    return runAsPart(args, findCudaKernel("rms_norm"), {sum, w}, {y}, args.attrs);
+    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("add"), "add", {a, b}, {sum}, nullptr));
+    return runAsPart(args, findCudaKernel("rms_norm"), "rms_norm", {sum, w}, {y}, args.attrs);
   }
   if (rows == 0)
     return Status();
   cudaStream_t stream = contextOf(args).stream;
   if (D <= 256)
-    rmsNormBF16Device<true, true><<<blocksFor(rows, kThreads / 32), kThreads, 0, stream>>>(
+    rmsNormBF16Device<true, true><<<cappedGrid(rows, kThreads / 32), kThreads, 0, stream>>>(
         a.data, w.data, w.dtype, y.data, rows, D, eps, b.data, sum.data);
   else
     rmsNormBF16Device<false, true><<<rowBlocks(rows), unsigned((D / 8 + 31) / 32 * 32), 0,
@@ -1131,13 +1144,14 @@ __global__ void rmsNormRopeGradBF16Device(const void *x, const void *w, DType wt
   writeWarpPartials(dwAcc, owns, c0, D, warpParts, partials + int64_t(blockIdx.x) * D);
 }
 
-/// Whether the register kernels take this fused QK-norm call: bf16 x (and
-/// grad, for the backward) and first output, and heads bf16RopeHeads takes.
+/// Whether the register kernels take this fused QK-norm call: aligned bf16
+/// x (and grad, for the backward) and first output, and heads bf16RopeHeads
+/// takes.
 bool bf16RopeCall(const KernelArgs &args, const RopeShape &r) {
-  const bool bf16 = args.inputs[0].dtype == DType::BF16 &&
-                    args.outputs[0].dtype == DType::BF16 &&
-                    (args.inputs.size() < 4 || args.inputs[3].dtype == DType::BF16);
-  return bf16 && bf16RopeHeads(r.d) && r.n > 0;
+  auto bf16 = [](const TensorView &t) { return t.dtype == DType::BF16 && aligned16(t); };
+  const bool allBf16 = bf16(args.inputs[0]) && bf16(args.outputs[0]) &&
+                       (args.inputs.size() < 4 || bf16(args.inputs[3]));
+  return allBf16 && bf16RopeHeads(r.d) && r.n > 0;
 }
 
 Status rmsNormRopeKernel(const KernelArgs &args) {
@@ -1148,8 +1162,9 @@ Status rmsNormRopeKernel(const KernelArgs &args) {
                    &y = args.outputs[0];
   if (!bf16RopeCall(args, r)) {
     // The rope kernel reads each pair before writing it: it may rotate in place.
-    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("rms_norm"), {x, w}, {y}, args.attrs));
-    return runAsPart(args, findCudaKernel("rope"), {y, pos}, {y}, args.attrs);
+    G3RT_RETURN_IF_ERROR(
+        runAsPart(args, findCudaKernel("rms_norm"), "rms_norm", {x, w}, {y}, args.attrs));
+    return runAsPart(args, findCudaKernel("rope"), "rope", {y, pos}, {y}, args.attrs);
   }
   const int64_t tokens = r.B * r.T;
   if (tokens == 0)
@@ -1177,32 +1192,23 @@ Status rmsNormRopeGradKernel(const KernelArgs &args) {
                        describe(dy));
     KernelAttrs back = *args.attrs;
     back.set("transpose", AttrValue::ofBool(true));
-    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("rope"), {dy, pos}, {dx}, &back));
-    return runAsPart(args, findCudaKernel("rms_norm_grad"), {x, w, dx}, {dx, dw}, args.attrs);
+    G3RT_RETURN_IF_ERROR(runAsPart(args, findCudaKernel("rope"), "rope", {dy, pos}, {dx}, &back));
+    return runAsPart(args, findCudaKernel("rms_norm_grad"), "rms_norm_grad", {x, w, dx}, {dx, dw},
+                     args.attrs);
   }
   CudaContext &ctx = contextOf(args);
   const int64_t tokens = r.B * r.T, D = r.d;
   if (tokens == 0)
     return memsetZero(args, dw.data, dw.bytes());
-  // About a thousand blocks, as rms_norm_grad's kernels; more tokens per
-  // block only when the partial sums would not fit the scratch space.
-  Scratch scratch = scratchOf(ctx);
-  int64_t tokensPerBlock = std::max<int64_t>(1, (tokens + 1023) / 1024);
-  auto blocksOf = [&](int64_t t) { return (tokens + t - 1) / t; };
-  while (size_t(blocksOf(tokensPerBlock)) * size_t(D) * sizeof(double) > scratch.bytes)
-    tokensPerBlock *= 2;
-  const int64_t blocks = blocksOf(tokensPerBlock);
-  double *partials = static_cast<double *>(scratch.take(size_t(blocks) * size_t(D) * 8));
+  // Blocks of whole tokens (each a row of every head).
+  const NormPartials p(ctx, tokens, D, /*minRows=*/1);
   const int warps = int(std::min<int64_t>(r.n, 8));
   const size_t shared = size_t(warps) * size_t(D) * sizeof(double) + size_t(D) * sizeof(float);
-  rmsNormRopeGradBF16Device<<<unsigned(blocks), 32 * warps, shared, ctx.stream>>>(
+  rmsNormRopeGradBF16Device<<<unsigned(p.blocks), 32 * warps, shared, ctx.stream>>>(
       x.data, w.data, w.dtype, pos.data, pos.dtype, dy.data, dx.data, tokens, int(r.n), int(D),
-      tokensPerBlock, eps, makeRopeFreqs(D, r.theta, r.factor), partials);
+      p.rowsPerBlock, eps, makeRopeFreqs(D, r.theta, r.factor), p.partials);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_rope_grad");
-  rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0, ctx.stream>>>(
-      partials, blocks, D, dw.data, dw.dtype);
-  G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_rope_grad weight");
-  return Status();
+  return p.sumInto(args, dw, D);
 }
 
 //===----------------------------------------------------------------------===//
@@ -1219,33 +1225,22 @@ Output output(const TensorView &t, int64_t ld, const TensorView *addend = nullpt
 // Products with a LoRA rank on one side go to the low-rank kernels
 // (lowrank_products.h) when they take the operands; each helper sets `done`.
 
-/// y[M, out] = x[M, in]·W_eᵀ per row group.
-Status lowRankLinear(const KernelArgs &args, const RowGroups &g, const TensorView &x,
-                     const TensorView &w, const TensorView &y, const MatmulShape &s,
-                     bool &done) {
+/// The products of the linear layers' forward and input gradient per row
+/// group: y[M, yCols] = x[M, xCols]·W_eᵀ with W_e [yCols, xCols]
+/// (`transposed`, the forward) or x·W_e with W_e [xCols, yCols] (the input
+/// gradient), plus s.addend.
+Status lowRankProduct(const KernelArgs &args, const RowGroups &g, const TensorView &x,
+                      int64_t xCols, const TensorView &w, bool transposed, int64_t yCols,
+                      const TensorView &y, const MatmulShape &s, bool &done) {
   cudaStream_t stream = contextOf(args).stream;
-  const int64_t in = s.in, out = s.out;
   const void *a = s.addend ? s.addend->data : nullptr;
   cudaError_t e = cudaSuccess;
-  if ((done = lowRankFits(x.dtype, w.dtype, out, in, 0)))
-    e = lowRankNarrowOutput(stream, g, x.data, in, w.data, true, out, a, y.data, y.dtype);
-  else if ((done = lowRankFits(x.dtype, w.dtype, in, out, 0)))
-    e = lowRankNarrowInner(stream, g, x.data, in, w.data, true, out, a, y.data, y.dtype);
-  return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
-}
-
-/// dx[M, in] = dy[M, out]·W_e per row group.
-Status lowRankLinearGradInput(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
-                              const TensorView &w, const TensorView &dx, const MatmulShape &s,
-                              bool &done) {
-  cudaStream_t stream = contextOf(args).stream;
-  const int64_t in = s.in, out = s.out;
-  const void *a = s.addend ? s.addend->data : nullptr;
-  cudaError_t e = cudaSuccess;
-  if ((done = lowRankFits(dy.dtype, w.dtype, in, out, 0)))
-    e = lowRankNarrowOutput(stream, g, dy.data, out, w.data, false, in, a, dx.data, dx.dtype);
-  else if ((done = lowRankFits(dy.dtype, w.dtype, out, in, 0)))
-    e = lowRankNarrowInner(stream, g, dy.data, out, w.data, false, in, a, dx.data, dx.dtype);
+  if ((done = lowRankFits(x.dtype, w.dtype, yCols, xCols)))
+    e = lowRankNarrowOutput(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data,
+                            y.dtype);
+  else if ((done = lowRankFits(x.dtype, w.dtype, xCols, yCols)))
+    e = lowRankNarrowInner(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data,
+                           y.dtype);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
 }
 
@@ -1254,7 +1249,7 @@ Status lowRankLinearGradWeight(const KernelArgs &args, const RowGroups &g, const
                                const TensorView &x, const TensorView &dw, int64_t in,
                                int64_t out, bool &done) {
   Scratch scratch = scratchOf(contextOf(args));
-  done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out), 0) &&
+  done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out)) &&
          lowRankWeightGradFits(g, out, in, scratch.bytes);
   if (!done)
     return Status();
@@ -1273,7 +1268,8 @@ Status linearKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinear(args, {nullptr, DType::I32, 1, M}, x, w, y, shape, done));
+  G3RT_RETURN_IF_ERROR(
+      lowRankProduct(args, {nullptr, DType::I32, 1, M}, x, in, w, true, out, y, shape, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);
@@ -1289,7 +1285,7 @@ Status linearGradInputKernel(const KernelArgs &args) {
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   bool done = false;
   G3RT_RETURN_IF_ERROR(
-      lowRankLinearGradInput(args, {nullptr, DType::I32, 1, M}, dy, w, dx, shape, done));
+      lowRankProduct(args, {nullptr, DType::I32, 1, M}, dy, out, w, false, in, dx, shape, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);
@@ -1484,21 +1480,11 @@ Status lmHeadGradKernel(const KernelArgs &args) {
 // Expert (grouped) linear layers
 //===----------------------------------------------------------------------===//
 
-/// The checks of the expert offsets' type and length.
-Status checkOffsets(const KernelArgs &args, const TensorView &t, int64_t experts) {
-  G3RT_RETURN_IF_ERROR(checkIndex(args, t, "expert_offsets"));
-  if (t.numel() != experts + 1)
-    return args.fail("expert_offsets has " + std::to_string(t.numel()) + " elements, expected " +
-                     std::to_string(experts + 1) + " (experts + 1)");
-  return Status();
-}
-
 /// Copies the expert offsets [E + 1] to the host (the one place these
 /// kernels wait for the device: the per-expert GEMMs are issued from the
 /// host) and checks them as the CPU does.
 Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
                    std::vector<int64_t> &offsets) {
-  G3RT_RETURN_IF_ERROR(checkOffsets(args, t, experts));
   cudaStream_t stream = contextOf(args).stream;
   std::vector<uint8_t> raw(t.bytes());
   cudaError_t e = cudaMemcpyAsync(raw.data(), t.data, t.bytes(), cudaMemcpyDeviceToHost, stream);
@@ -1549,9 +1535,9 @@ Status expertLinearKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &x = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &y = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinear(args, expertGroups(off, E, M), x, w, y, shape, done));
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, shape.in, w, true,
+                                      shape.out, y, shape, done));
   if (done)
     return Status();
   std::vector<int64_t> offsets;
@@ -1580,9 +1566,9 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &dx = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinearGradInput(args, expertGroups(off, E, M), dy, w, dx, shape, done));
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), dy, shape.out, w, false,
+                                      shape.in, dx, shape, done));
   if (done)
     return Status();
   std::vector<int64_t> offsets;
@@ -1610,7 +1596,6 @@ Status expertLinearGradWeightKernel(const KernelArgs &args) {
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkOffsets(args, off, E));
   bool done = false;
   G3RT_RETURN_IF_ERROR(lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, done));
   if (done)
@@ -2177,7 +2162,7 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
 
     // Sweep 1: the rows' logsumexp, unless the forward gave it.
     if (lseIn) {
-      widenDevice<<<blocksFor(mb), kThreads, 0, ctx.stream>>>(lseIn + m0, mb, lse);
+      widenDevice<<<cappedGrid(mb), kThreads, 0, ctx.stream>>>(lseIn + m0, mb, lse);
       G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_grad logsumexp");
     }
     for (int64_t j = 0; !lseIn && j < chunks; ++j) {

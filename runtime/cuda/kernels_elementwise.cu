@@ -29,16 +29,9 @@ namespace {
 using namespace checks;
 
 constexpr int kThreads = 256;
-/// Grid-stride loops cover any size; more blocks than this only add
-/// scheduling work once every SM is full.
-constexpr int64_t kMaxBlocks = 8192;
 
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluCubic = 0.044715f;
-
-unsigned blocksFor(int64_t n) {
-  return unsigned(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxBlocks));
-}
 
 __device__ __forceinline__ int64_t globalThread() {
   return int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -112,7 +105,7 @@ bool byFours(int64_t n, std::initializer_list<const TensorView *> views) {
   if (n % 4 != 0)
     return false;
   for (const TensorView *t : views)
-    if (reinterpret_cast<uintptr_t>(t->data) % 16 != 0)
+    if (!aligned16(*t))
       return false;
   return true;
 }
@@ -247,10 +240,10 @@ template <Binary Op> Status binaryKernelHost(const KernelArgs &args) {
     return Status();
   cudaStream_t stream = contextOf(args).stream;
   if (byFours(n, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}))
-    binaryKernel4<Op><<<blocksFor(n / 4), kThreads, 0, stream>>>(
+    binaryKernel4<Op><<<cappedGrid(n / 4), kThreads, 0, stream>>>(
         in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n / 4);
   else
-    binaryKernel<Op><<<blocksFor(n), kThreads, 0, stream>>>(
+    binaryKernel<Op><<<cappedGrid(n), kThreads, 0, stream>>>(
         in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
   G3RT_CUDA_CHECK_LAUNCH(args, Op == Binary::Add ? "add" : "mul");
   return Status();
@@ -266,11 +259,11 @@ Status scaleKernel(const KernelArgs &args) {
     return Status();
   cudaStream_t stream = contextOf(args).stream;
   if (byFours(n, {&args.inputs[0], &args.outputs[0]}))
-    scaleKernel4<<<blocksFor(n / 4), kThreads, 0, stream>>>(in(args.inputs[0]),
+    scaleKernel4<<<cappedGrid(n / 4), kThreads, 0, stream>>>(in(args.inputs[0]),
                                                              out(args.outputs[0]), float(factor),
                                                              n / 4);
   else
-    scaleKernelDevice<<<blocksFor(n), kThreads, 0, stream>>>(
+    scaleKernelDevice<<<cappedGrid(n), kThreads, 0, stream>>>(
         in(args.inputs[0]), out(args.outputs[0]), float(factor), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "scale");
   return Status();
@@ -292,7 +285,7 @@ Status convertElements(const KernelArgs &args, const TensorView &x, const Tensor
   }
   if (isInteger(x.dtype) && isInteger(y.dtype)) {
     if (n > 0) {
-      convertIntKernel<<<blocksFor(n), kThreads, 0, stream>>>(in(x), out(y), n);
+      convertIntKernel<<<cappedGrid(n), kThreads, 0, stream>>>(in(x), out(y), n);
       G3RT_CUDA_CHECK_LAUNCH(args, "converting integers");
     }
     return Status();
@@ -301,7 +294,7 @@ Status convertElements(const KernelArgs &args, const TensorView &x, const Tensor
     return args.fail("cannot convert " + std::string(dtypeName(x.dtype)) + " to " +
                      std::string(dtypeName(y.dtype)));
   if (n > 0) {
-    convertFloatKernel<<<blocksFor(n), kThreads, 0, stream>>>(in(x), out(y), n);
+    convertFloatKernel<<<cappedGrid(n), kThreads, 0, stream>>>(in(x), out(y), n);
     G3RT_CUDA_CHECK_LAUNCH(args, "converting");
   }
   return Status();
@@ -329,7 +322,7 @@ Status fillKernel(const KernelArgs &args) {
       return args.fail("value " + std::to_string(value) + " is not an integer but the output is " +
                        std::string(dtypeName(y.dtype)));
     if (n > 0) {
-      fillIntKernel<<<blocksFor(n), kThreads, 0, stream>>>(out(y), int64_t(value), n);
+      fillIntKernel<<<cappedGrid(n), kThreads, 0, stream>>>(out(y), int64_t(value), n);
       G3RT_CUDA_CHECK_LAUNCH(args, "fill");
     }
     return Status();
@@ -337,7 +330,7 @@ Status fillKernel(const KernelArgs &args) {
   if (!isFloat(y.dtype))
     return args.fail("unsupported output type " + std::string(dtypeName(y.dtype)));
   if (n > 0) {
-    fillFloatKernel<<<blocksFor(n), kThreads, 0, stream>>>(out(y), float(value), n);
+    fillFloatKernel<<<cappedGrid(n), kThreads, 0, stream>>>(out(y), float(value), n);
     G3RT_CUDA_CHECK_LAUNCH(args, "fill");
   }
   return Status();
@@ -351,7 +344,7 @@ Status randomUniformKernel(const KernelArgs &args) {
   int64_t n = y.numel();
   if (n == 0)
     return Status();
-  randomUniformDevice<<<blocksFor((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
+  randomUniformDevice<<<cappedGrid((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
       static_cast<const int64_t *>(key.data), stream, low, high - low, out(y), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "random_uniform");
   return Status();
@@ -365,7 +358,7 @@ Status dropoutKernel(const KernelArgs &args) {
     return Status();
   // As on the CPU: the threshold is compared in fp32 and, with p = 1, the
   // division by zero is never evaluated (u < 1 always).
-  dropoutDevice<<<blocksFor(n), kThreads, 0, contextOf(args).stream>>>(
+  dropoutDevice<<<cappedGrid(n), kThreads, 0, contextOf(args).stream>>>(
       in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), float(p), float(1.0 - p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "dropout");
   return Status();
@@ -380,10 +373,10 @@ Status geluTanhMulKernel(const KernelArgs &args) {
     return Status();
   cudaStream_t stream = contextOf(args).stream;
   if (byFours(n, {&args.inputs[0], &args.inputs[1], &args.outputs[0]}))
-    geluTanhMulDevice<true><<<blocksFor(n / 4), kThreads, 0, stream>>>(
+    geluTanhMulDevice<true><<<cappedGrid(n / 4), kThreads, 0, stream>>>(
         in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n / 4);
   else
-    geluTanhMulDevice<false><<<blocksFor(n), kThreads, 0, stream>>>(
+    geluTanhMulDevice<false><<<cappedGrid(n), kThreads, 0, stream>>>(
         in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul");
   return Status();
@@ -400,7 +393,7 @@ Status geluTanhMulGradKernel(const KernelArgs &args) {
   const bool wide = byFours(n, {&args.inputs[0], &args.inputs[1], &args.inputs[2],
                                 &args.outputs[0], &args.outputs[1]});
   (wide ? geluTanhMulGradDevice<true> : geluTanhMulGradDevice<false>)<<<
-      blocksFor(wide ? n / 4 : n), kThreads, 0, stream>>>(
+      cappedGrid(wide ? n / 4 : n), kThreads, 0, stream>>>(
       in(args.inputs[0]), in(args.inputs[1]), in(args.inputs[2]), out(args.outputs[0]),
       out(args.outputs[1]), wide ? n / 4 : n);
   G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul_grad");

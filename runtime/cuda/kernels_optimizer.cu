@@ -24,18 +24,6 @@ using namespace checks;
 
 constexpr int kThreads = 256;
 
-Status requireFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (!isFloat(t.dtype) || t.numel() != 1)
-    return args.fail(std::string(what) + " must be a float scalar, got " + describe(t));
-  return Status();
-}
-
-Status requireCount(const KernelArgs &args, const TensorView &t, const char *what) {
-  if (t.numel() != 1 || (t.dtype != DType::I64 && t.dtype != DType::I32))
-    return args.fail(std::string(what) + " must be an integer scalar, got " + describe(t));
-  return Status();
-}
-
 /// The part of the workspace kernels may use: the executor hands the lower
 /// half to cuBLAS (cublasSetWorkspace), so the upper half is ours.
 struct Scratch {
@@ -113,7 +101,7 @@ __global__ void normFinishDevice(const double *partials, int64_t n, void *out, D
 Status globalNormKernel(const KernelArgs &args) {
   if (args.outputs.size() != 1)
     return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   for (size_t t = 0; t < args.inputs.size(); ++t)
     if (!isFloat(args.inputs[t].dtype))
       return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
@@ -189,8 +177,8 @@ __global__ void clipScaleDevice(const void *norm, DType normType, float maxNorm,
 Status clipScaleKernel(const KernelArgs &args) {
   if (args.inputs.size() != 1 || args.outputs.size() != 1)
     return args.fail("expects 1 input (norm) and 1 output");
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[0], "norm"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.inputs[0], "norm"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   double maxNorm = 0;
   G3RT_RETURN_IF_ERROR(args.requireFloat("max_norm", maxNorm));
   clipScaleDevice<<<1, 1, 0, contextOf(args).stream>>>(
@@ -226,10 +214,10 @@ __global__ void lrScheduleDevice(const void *stepP, DType stepT, const void *tot
 Status lrScheduleKernel(const KernelArgs &args) {
   if (args.inputs.size() != 3 || args.outputs.size() != 1)
     return args.fail("expects 3 inputs (step, total_steps, warmup_steps) and 1 output");
-  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[0], "step"));
-  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[1], "total_steps"));
-  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[2], "warmup_steps"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.outputs[0], "output"));
+  G3RT_RETURN_IF_ERROR(checkCount(args, args.inputs[0], "step"));
+  G3RT_RETURN_IF_ERROR(checkCount(args, args.inputs[1], "total_steps"));
+  G3RT_RETURN_IF_ERROR(checkCount(args, args.inputs[2], "warmup_steps"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   double lr = 0;
   G3RT_RETURN_IF_ERROR(args.requireFloat("learning_rate", lr));
   auto kindName = args.attrs ? args.attrs->getString("kind") : std::nullopt;
@@ -258,10 +246,6 @@ Status lrScheduleKernel(const KernelArgs &args) {
 //===----------------------------------------------------------------------===//
 // adamw
 //===----------------------------------------------------------------------===//
-
-struct AdamHyper {
-  double beta1, beta2, eps, wd;
-};
 
 /// Tensors per launch of the multi-tensor update; their pointers travel as
 /// a kernel parameter (about 3 KB, under the 4 KB limit).
@@ -326,18 +310,11 @@ __global__ void adamwDevice(AdamGroup grp, const void *stepP, DType stepT, const
 // kAdamGroup per launch instead of one launch each.
 Status adamwKernel(const KernelArgs &args) {
   size_t n = 0;
-  G3RT_RETURN_IF_ERROR(checkAdamW(args, n));
-  const size_t scalars = 4 * n;
+  AdamHyper h;
   // A negative step (an error on the CPU) cannot be seen here without a
   // host round trip; it would give t <= 0 and non-finite bias corrections.
-  G3RT_RETURN_IF_ERROR(requireCount(args, args.inputs[scalars], "step"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 1], "lr"));
-  G3RT_RETURN_IF_ERROR(requireFloatScalar(args, args.inputs[scalars + 2], "grad_scale"));
-  AdamHyper h{};
-  G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", h.beta1));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", h.beta2));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", h.eps));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("weight_decay", h.wd));
+  G3RT_RETURN_IF_ERROR(checkAdamW(args, n, h));
+  const size_t scalars = 4 * n;
   const TensorView &step = args.inputs[scalars], &lr = args.inputs[scalars + 1],
                    &scale = args.inputs[scalars + 2];
   cudaStream_t stream = contextOf(args).stream;

@@ -359,36 +359,44 @@ __global__ void narrowGradReduceDevice(RowGroups groups, int64_t chunkRows, cons
   }
 }
 
-unsigned gridFor(int64_t n) { return unsigned(std::clamp<int64_t>((n + 255) / 256, 1, 8192)); }
-
-/// Rows per chunk of the weight gradient and the chunk count: 512 rows keep
+/// How lowRankWeightGrad computes a [O, I] gradient: the narrow side P (O or
+/// I, the rank, padded to PP) and the wide side Q (padded to Qp); partial
+/// sums over chunks of `chunkRows` rows, [chunks, PP, Qp] fp32. 512 rows keep
 /// a few hundred blocks busy at LoRA sizes; longer chunks where the partial
-/// sums ([chunks, PP, Qp] fp32) would not fit `scratchBytes`. False when
-/// even one chunk per expert does not fit.
-bool planGradChunks(const RowGroups &groups, int64_t PP, int64_t Qp, size_t scratchBytes,
-                    int64_t &chunkRows, int64_t &chunks) {
-  for (chunkRows = 512;; chunkRows *= 2) {
-    chunks = maxTiles(groups.rows, groups.experts, chunkRows);
-    if (size_t(chunks) * size_t(PP) * size_t(Qp) * sizeof(float) <= scratchBytes)
-      return true;
-    if (chunkRows > groups.rows)
-      return false;
+/// sums would not fit the scratch space. `fits` is false when even one chunk
+/// per expert does not fit.
+struct GradPlan {
+  bool narrowIsOut, fits;
+  int64_t P, Q, PP, Qp, chunkRows, chunks;
+};
+
+GradPlan planGrad(const RowGroups &groups, int64_t O, int64_t I, size_t scratchBytes) {
+  GradPlan g{};
+  g.narrowIsOut = O <= kMaxLowRank;
+  g.P = g.narrowIsOut ? O : I;
+  g.Q = g.narrowIsOut ? I : O;
+  g.PP = g.P <= 16 ? 16 : 32;
+  g.Qp = (g.Q + kGradCols - 1) / kGradCols * kGradCols;
+  for (g.chunkRows = 512;; g.chunkRows *= 2) {
+    g.chunks = maxTiles(groups.rows, groups.experts, g.chunkRows);
+    if (size_t(g.chunks) * size_t(g.PP) * size_t(g.Qp) * sizeof(float) <= scratchBytes) {
+      g.fits = true;
+      return g;
+    }
+    if (g.chunkRows > groups.rows)
+      return g;
   }
 }
 
 } // namespace
 
-bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2) {
+bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide) {
   return a == DType::BF16 && b == DType::BF16 && rank > 0 && rank <= kMaxLowRank &&
-         rank % 8 == 0 && wide1 > 0 && wide1 % 8 == 0 && wide2 >= 0 && wide2 % 8 == 0;
+         rank % 8 == 0 && wide > 0 && wide % 8 == 0;
 }
 
 bool lowRankWeightGradFits(const RowGroups &groups, int64_t O, int64_t I, size_t scratchBytes) {
-  const bool narrowIsOut = O <= kMaxLowRank; // as lowRankWeightGrad decides
-  const int64_t P = narrowIsOut ? O : I, Q = narrowIsOut ? I : O;
-  int64_t chunkRows = 0, chunks = 0;
-  return planGradChunks(groups, P <= 16 ? 16 : 32, (Q + kGradCols - 1) / kGradCols * kGradCols,
-                        scratchBytes, chunkRows, chunks);
+  return planGrad(groups, O, I, scratchBytes).fits;
 }
 
 cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
@@ -431,18 +439,17 @@ cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, con
 cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
                               int64_t O, const void *x, int64_t I, void *dw, DType dwType,
                               void *scratch, size_t scratchBytes) {
-  const bool narrowIsOut = O <= kMaxLowRank;
-  const int64_t P = narrowIsOut ? O : I, Q = narrowIsOut ? I : O;
+  const GradPlan g = planGrad(groups, O, I, scratchBytes);
+  if (!g.fits)
+    return cudaErrorMemoryAllocation;
+  const bool narrowIsOut = g.narrowIsOut;
+  const int64_t P = g.P, Q = g.Q, PP = g.PP, Qp = g.Qp, chunkRows = g.chunkRows;
   const bf16 *narrow = static_cast<const bf16 *>(narrowIsOut ? dy : x);
   const bf16 *wide = static_cast<const bf16 *>(narrowIsOut ? x : dy);
-  const int64_t PP = P <= 16 ? 16 : 32, Qp = (Q + kGradCols - 1) / kGradCols * kGradCols;
-  int64_t chunkRows = 0, chunks = 0;
-  if (!planGradChunks(groups, PP, Qp, scratchBytes, chunkRows, chunks))
-    return cudaErrorMemoryAllocation;
-  if (chunks > INT32_MAX || Qp / kGradCols > 65535)
+  if (g.chunks > INT32_MAX || Qp / kGradCols > 65535)
     return cudaErrorInvalidConfiguration;
   float *part = static_cast<float *>(scratch);
-  const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(Qp / kGradCols));
+  const dim3 grid(static_cast<unsigned>(g.chunks), static_cast<unsigned>(Qp / kGradCols));
   if (PP == 16)
     narrowGradPartialDevice<1><<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide,
                                                               Q, Qp, part);
@@ -452,7 +459,7 @@ cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     return e;
-  narrowGradReduceDevice<<<gridFor(groups.experts * P * Q), 256, 0, stream>>>(
+  narrowGradReduceDevice<<<cappedGrid(groups.experts * P * Q), 256, 0, stream>>>(
       groups, chunkRows, part, P, PP, Q, Qp, narrowIsOut, dw, dwType);
   return cudaGetLastError();
 }

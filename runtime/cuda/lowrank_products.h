@@ -38,10 +38,10 @@ struct RowGroups {
 constexpr int64_t kMaxLowRank = 32;
 
 /// Whether the low-rank kernels take a product with bf16 operands `a` and
-/// `b`, whose narrow dimension is `rank` and whose other dimensions are
-/// `wide1` and `wide2`: a rank of 8, 16, 24 or 32 and wide sizes that are
-/// multiples of 8 (16-byte rows of bf16).
-bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide1, int64_t wide2);
+/// `b`, whose narrow dimension is `rank` and whose wide one is `wide`: a
+/// rank of 8, 16, 24 or 32 and a wide size that is a multiple of 8 (16-byte
+/// rows of bf16).
+bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide);
 
 /// Whether lowRankWeightGrad's partial sums fit `scratchBytes` for a
 /// [O, I] gradient over these groups (many experts and a wide side may not).

@@ -94,6 +94,29 @@ inline Status checkNormOperands(const KernelArgs &args, const TensorView &x,
   return Status();
 }
 
+/// The counts of a call that may take an addend: `operands` inputs and
+/// `outputs` outputs, or one more input (the addend).
+inline Status checkCountsWithAddend(const KernelArgs &args, size_t operands,
+                                    size_t outputs = 1) {
+  if (args.inputs.size() == operands + 1 && args.outputs.size() == outputs)
+    return Status();
+  return checkCounts(args, operands, outputs);
+}
+
+/// The addend (input `operands`, when present), typed and shaped like
+/// `result`, or null when there is none.
+inline Status findAddend(const KernelArgs &args, size_t operands, const TensorView &result,
+                         const TensorView *&addend) {
+  addend = nullptr;
+  if (args.inputs.size() <= operands)
+    return Status();
+  const TensorView &a = args.inputs[operands];
+  if (a.dtype != result.dtype || a.shape != result.shape)
+    return args.fail("addend " + describe(a) + " must match the result " + describe(result));
+  addend = &a;
+  return Status();
+}
+
 /// RMSNorm over `rows` rows of D elements; the input gradient's addend, if
 /// any (rms_norm_grad).
 struct NormShape {
@@ -155,9 +178,7 @@ inline Status checkRmsNormRopeGrad(const KernelArgs &args, double &eps, RopeShap
 /// rms_norm_grad: x, weight, grad (, addend) → input_grad, weight_grad
 /// (`eps` read); the addend is typed and shaped like input_grad.
 inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s) {
-  if (args.inputs.size() != 4 || args.outputs.size() != 2) {
-    G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 2));
-  }
+  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3, 2));
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &dy = args.inputs[2];
   const TensorView &dx = args.outputs[0], &dw = args.outputs[1];
   G3RT_RETURN_IF_ERROR(checkNormOperands(args, x, w));
@@ -171,13 +192,7 @@ inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s
   if (dw.numel() != s.D)
     return args.fail("weight_grad " + shapeString(dw.shape) + " does not have " +
                      std::to_string(s.D) + " elements");
-  if (args.inputs.size() == 4) {
-    const TensorView &a = args.inputs[3];
-    if (a.dtype != dx.dtype || a.shape != dx.shape)
-      return args.fail("addend " + describe(a) + " must match input_grad " + describe(dx));
-    s.addend = &a;
-  }
-  return Status();
+  return findAddend(args, 3, dx, s.addend);
 }
 
 /// A product over M rows between `in` and `out` features; E experts for the
@@ -187,34 +202,12 @@ struct MatmulShape {
   const TensorView *addend = nullptr;
 };
 
-/// The counts of a product that may take an addend: `operands` inputs and
-/// one output, or one more input (the addend).
-inline Status checkCountsWithAddend(const KernelArgs &args, size_t operands) {
-  if (args.inputs.size() == operands + 1 && args.outputs.size() == 1)
-    return Status();
-  return checkCounts(args, operands, 1);
-}
-
-/// The addend (input `operands`, when present) is shaped and typed like the
-/// result; s.addend points at it.
-inline Status checkAddend(const KernelArgs &args, size_t operands, const TensorView &result,
-                          MatmulShape &s) {
-  s.addend = nullptr;
-  if (args.inputs.size() <= operands)
-    return Status();
-  const TensorView &a = args.inputs[operands];
-  if (a.dtype != result.dtype || a.shape != result.shape)
-    return args.fail("addend " + describe(a) + " must match the result " + describe(result));
-  s.addend = &a;
-  return Status();
-}
-
 /// linear: input [..., in], weight [out, in] (, addend) → result [..., out].
 inline Status checkLinearProduct(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 2));
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkLinear(args, x, w, "weight", y, "result", s.M, s.in, s.out));
-  return checkAddend(args, 2, y, s);
+  return findAddend(args, 2, y, s.addend);
 }
 
 /// linear_grad_input: grad [M, out], weight [out, in] (, addend) → result [M, in].
@@ -231,7 +224,7 @@ inline Status checkLinearGradInput(const KernelArgs &args, MatmulShape &s) {
   s.M = leadingRows(dy);
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dy, "grad", s.M, s.out));
   G3RT_RETURN_IF_ERROR(checkRowsCols(args, dx, "result", s.M, s.in));
-  return checkAddend(args, 2, dx, s);
+  return findAddend(args, 2, dx, s.addend);
 }
 
 /// linear_grad_weight: grad [M, out], input [M, in] → result [out, in].
@@ -285,6 +278,16 @@ inline Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_
   return Status();
 }
 
+/// The expert offsets of an expert layer: an index tensor of experts + 1
+/// entries (their values are checked where they are read).
+inline Status checkExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t experts) {
+  G3RT_RETURN_IF_ERROR(checkIndex(args, t, "expert_offsets"));
+  if (t.numel() != experts + 1)
+    return args.fail("expert_offsets has " + std::to_string(t.numel()) + " elements, expected " +
+                     std::to_string(experts + 1) + " (experts + 1)");
+  return Status();
+}
+
 /// expert_linear: x [M, in], expert_offsets, weight [E, out, in] (, addend) → [M, out].
 inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3));
@@ -295,7 +298,8 @@ inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, s.out, s.in, "weight"));
   G3RT_RETURN_IF_ERROR(checkShape(args, y, "result", {s.M, s.out}));
   s.E = w.dim(0);
-  return checkAddend(args, 3, y, s);
+  G3RT_RETURN_IF_ERROR(checkExpertOffsets(args, args.inputs[1], s.E));
+  return findAddend(args, 3, y, s.addend);
 }
 
 /// expert_linear_grad_input: grad [M, out], expert_offsets, weight
@@ -309,7 +313,8 @@ inline Status checkExpertLinearGradInput(const KernelArgs &args, MatmulShape &s)
   G3RT_RETURN_IF_ERROR(checkExpertWeight(args, w, s.out, s.in, "weight"));
   G3RT_RETURN_IF_ERROR(checkShape(args, dx, "result", {s.M, s.in}));
   s.E = w.dim(0);
-  return checkAddend(args, 3, dx, s);
+  G3RT_RETURN_IF_ERROR(checkExpertOffsets(args, args.inputs[1], s.E));
+  return findAddend(args, 3, dx, s.addend);
 }
 
 /// expert_linear_grad_weight: grad [M, out], expert_offsets, x [M, in] →
@@ -323,7 +328,7 @@ inline Status checkExpertLinearGradWeight(const KernelArgs &args, MatmulShape &s
   G3RT_RETURN_IF_ERROR(checkShape(args, dy, "grad", {s.M, s.out}));
   G3RT_RETURN_IF_ERROR(checkExpertWeight(args, dw, s.out, s.in, "result"));
   s.E = dw.dim(0);
-  return Status();
+  return checkExpertOffsets(args, args.inputs[1], s.E);
 }
 
 } // namespace g3rt::checks

@@ -108,15 +108,16 @@ Status KernelArgs::fail(const std::string &message) const {
   return Status::error(std::string(name) + ": " + message);
 }
 
-Status runAsPart(const KernelArgs &args, KernelFn fn, std::vector<TensorView> inputs,
-                 std::vector<TensorView> outputs, const KernelAttrs *attrs) {
+Status runAsPart(const KernelArgs &args, KernelFn fn, const char *name,
+                 std::vector<TensorView> inputs, std::vector<TensorView> outputs,
+                 const KernelAttrs *attrs) {
   KernelArgs part;
   part.inputs = std::move(inputs);
   part.outputs = std::move(outputs);
   part.attrs = attrs;
-  part.name = args.name;
+  part.name = name;
   part.backend = args.backend;
-  return fn(part);
+  return fn(part).withContext(std::string(args.name));
 }
 
 static const KernelTable &table() {

@@ -83,11 +83,12 @@ struct KernelArgs {
 
 using KernelFn = Status (*)(const KernelArgs &args);
 
-/// Runs `fn` on `inputs` and `outputs` as a step of the call `args` (its
-/// name, for messages, and its backend): a fused kernel running the kernels
-/// it fuses.
-Status runAsPart(const KernelArgs &args, KernelFn fn, std::vector<TensorView> inputs,
-                 std::vector<TensorView> outputs, const KernelAttrs *attrs);
+/// Runs kernel `fn` (called `name`) on `inputs` and `outputs` as a step of
+/// the call `args`, on its backend: a fused kernel running the kernels it
+/// fuses. An error names both kernels ("<args.name>: <name>: ...").
+Status runAsPart(const KernelArgs &args, KernelFn fn, const char *name,
+                 std::vector<TensorView> inputs, std::vector<TensorView> outputs,
+                 const KernelAttrs *attrs);
 
 /// The CPU reference kernel called `name`, or null.
 KernelFn findCpuKernel(std::string_view name);

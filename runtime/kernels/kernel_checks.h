@@ -197,9 +197,30 @@ inline Status checkRope(const KernelArgs &args, RopeShape &r) {
   return checkLike(args, args.outputs[0], "output", args.inputs[0]);
 }
 
+/// A float tensor of one element (a scalar the device keeps).
+inline Status checkFloatScalar(const KernelArgs &args, const TensorView &t, const char *what) {
+  if (!isFloat(t.dtype) || t.numel() != 1)
+    return args.fail(std::string(what) + " must be a float scalar, got " + describe(t));
+  return Status();
+}
+
+/// A counter: one i64 element by contract; i32 is accepted so that a
+/// hand-built call needs no widening pass.
+inline Status checkCount(const KernelArgs &args, const TensorView &t, const char *what) {
+  if (t.numel() != 1 || (t.dtype != DType::I64 && t.dtype != DType::I32))
+    return args.fail(std::string(what) + " must be an integer scalar, got " + describe(t));
+  return Status();
+}
+
+/// AdamW's attributes.
+struct AdamHyper {
+  double beta1 = 0, beta2 = 0, eps = 0, wd = 0;
+};
+
 /// adamw over n tensors: p0..pn-1, g.., m.., v.. (F32, per tensor one
-/// shape), step, lr, grad_scale → p'.., m'.., v'... Returns n.
-inline Status checkAdamW(const KernelArgs &args, size_t &n) {
+/// shape), step, lr, grad_scale → p'.., m'.., v'... Returns n and the
+/// attributes.
+inline Status checkAdamW(const KernelArgs &args, size_t &n, AdamHyper &h) {
   n = args.inputs.size() >= 7 ? (args.inputs.size() - 3) / 4 : 0;
   if (n == 0 || args.inputs.size() != 4 * n + 3 || args.outputs.size() != 3 * n)
     return args.fail("expects 4n + 3 inputs (params, grads, exp_avgs, exp_avg_sqs, step, lr, "
@@ -224,7 +245,13 @@ inline Status checkAdamW(const KernelArgs &args, size_t &n) {
                          describe(y));
     }
   }
-  return Status();
+  G3RT_RETURN_IF_ERROR(checkCount(args, args.inputs[4 * n], "step"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.inputs[4 * n + 1], "lr"));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.inputs[4 * n + 2], "grad_scale"));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("beta1", h.beta1));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("beta2", h.beta2));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", h.eps));
+  return args.requireFloat("weight_decay", h.wd);
 }
 
 /// The sizes and options of an attention launch (docs/kernels.md).

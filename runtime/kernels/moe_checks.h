@@ -15,24 +15,28 @@
 
 namespace g3rt::checks {
 
-/// A float tensor read as a [rows, cols] matrix (rank >= 1).
-inline Status checkMatrix(const KernelArgs &args, const TensorView &t, const char *what,
-                          int64_t rows, int64_t cols) {
-  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what));
-  if (t.rank() < 1 || t.dim(-1) != cols || t.rows() != rows)
+/// `t` read as a [rows, cols] matrix: rank >= 1, cols in its last
+/// dimension, rows in the others.
+inline Status checkMatrixShape(const KernelArgs &args, const TensorView &t, const char *what,
+                               int64_t rows, int64_t cols) {
+  if (t.rank() < 1 || t.dim(-1) != cols || leadingRows(t) != rows)
     return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
                      ", expected [" + str(rows) + ", " + str(cols) + "]");
   return Status();
+}
+
+/// A float tensor read as a [rows, cols] matrix.
+inline Status checkMatrix(const KernelArgs &args, const TensorView &t, const char *what,
+                          int64_t rows, int64_t cols) {
+  G3RT_RETURN_IF_ERROR(checkFloat(args, t, what));
+  return checkMatrixShape(args, t, what, rows, cols);
 }
 
 /// An i32 tensor read as a [rows, cols] matrix.
 inline Status checkIndexMatrix(const KernelArgs &args, const TensorView &t, const char *what,
                                int64_t rows, int64_t cols) {
   G3RT_RETURN_IF_ERROR(checkI32(args, t, what));
-  if (t.rank() < 1 || t.dim(-1) != cols || t.rows() != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
-                     ", expected [" + str(rows) + ", " + str(cols) + "]");
-  return Status();
+  return checkMatrixShape(args, t, what, rows, cols);
 }
 
 /// A boolean attribute, false when absent.
@@ -52,7 +56,7 @@ inline Status checkRouterLogits(const KernelArgs &args, RouterShape &s) {
   if (logits.rank() < 1)
     return args.fail("logits must have rank >= 1");
   s.E = logits.dim(-1);
-  s.N = logits.rows();
+  s.N = leadingRows(logits);
   return Status();
 }
 
@@ -140,7 +144,7 @@ inline Status checkRouterGrad(const KernelArgs &args, int64_t fixedK, RouterShap
     return args.fail(fixedK > 0 ? "logits must have rank >= 1"
                                 : "logits and indices must have rank >= 1");
   s.E = logits.dim(-1);
-  s.N = logits.rows();
+  s.N = leadingRows(logits);
   s.k = fixedK > 0 ? fixedK : indices.dim(-1);
   G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", s.N, s.k));
   G3RT_RETURN_IF_ERROR(checkMatrix(args, args.inputs[2], "grad", s.N, s.k));
@@ -164,7 +168,7 @@ inline Status checkMoEDispatch(const KernelArgs &args, PermuteShape &p) {
   if (x.rank() < 1 || indices.rank() < 1)
     return args.fail("input and indices must have rank >= 1");
   p.H = x.dim(-1);
-  p.N = x.rows();
+  p.N = leadingRows(x);
   p.k = indices.dim(-1);
   p.M = p.N * p.k;
   G3RT_RETURN_IF_ERROR(checkIndexMatrix(args, indices, "indices", p.N, p.k));
@@ -187,8 +191,8 @@ inline Status checkGather(const KernelArgs &args, const TensorView &from, const 
   if (from.rank() < 1 || to.rank() < 1 || slots.rank() < 1)
     return args.fail("operands must have rank >= 1");
   p.H = to.dim(-1);
-  p.N = to.rows();
-  p.M = from.rows();
+  p.N = leadingRows(to);
+  p.M = leadingRows(from);
   p.k = slots.dim(-1);
   if (from.dim(-1) != p.H)
     return args.fail(std::string(fromWhat) + " has shape " + shapeString(from.shape) +

@@ -447,7 +447,8 @@ TEST(CudaKernels, FusedNormsMatchTheCPU) {
   };
   for (int64_t H : {int64_t(2560), int64_t(64)}) {
     std::vector<uint8_t> b[8];
-    TensorView a = filled(DType::BF16, {700, H}, b[0], 2), r = filled(DType::BF16, {700, H}, b[1], 2),
+    TensorView a = filled(DType::BF16, {700, H}, b[0], 2),
+               r = filled(DType::BF16, {700, H}, b[1], 2),
                w = filled(DType::BF16, {H}, b[2], 0.25f),
                sum = hostTensor(DType::BF16, {700, H}, b[3]),
                y = hostTensor(DType::BF16, {700, H}, b[4]),
@@ -475,7 +476,8 @@ TEST(CudaKernels, FusedNormsMatchTheCPU) {
                w = filled(DType::BF16, {h.d}, b[2], 0.25f),
                pos = hostTensor(DType::I32, {B, T}, b[3]),
                y = hostTensor(h.type, {B, T, h.n, h.d}, b[4]),
-               dx = hostTensor(h.type, {B, T, h.n, h.d}, b[5]), dw = hostTensor(DType::F32, {h.d}, b[6]);
+               dx = hostTensor(h.type, {B, T, h.n, h.d}, b[5]),
+               dw = hostTensor(DType::F32, {h.d}, b[6]);
     for (int64_t i = 0; i < B * T; ++i)
       pos.i32()[i] = int32_t(i % T * 37); // positions up to ~11K
     Status st;

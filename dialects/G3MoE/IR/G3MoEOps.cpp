@@ -88,13 +88,11 @@ LogicalResult EmbeddingOp::verify() {
 LogicalResult RMSNormOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
-  auto x = getInput().getType(), w = getWeight().getType();
-  if (failed(expectShape(*this, "weight", w, {x.getShape().back()})))
+  auto x = getInput().getType();
+  if (failed(verifyNormWeight(*this, x, getWeight(), getEps().convertToDouble())))
     return failure();
   if (getType() != x)
     return emitOpError("result type must equal the input type ") << x;
-  if (getEps().convertToDouble() <= 0)
-    return emitOpError("eps must be positive");
   return success();
 }
 
@@ -104,11 +102,7 @@ LogicalResult AddRMSNormOp::verify() {
   auto x = getLhs().getType();
   if (getRhs().getType() != x || getSum().getType() != x || getResult().getType() != x)
     return emitOpError("summands, sum and result must all have the type ") << x;
-  if (failed(expectShape(*this, "weight", getWeight().getType(), {x.getShape().back()})))
-    return failure();
-  if (getEps().convertToDouble() <= 0)
-    return emitOpError("eps must be positive");
-  return success();
+  return verifyNormWeight(*this, x, getWeight(), getEps().convertToDouble());
 }
 
 LogicalResult RMSNormRoPEOp::verify() {
@@ -117,12 +111,10 @@ LogicalResult RMSNormRoPEOp::verify() {
   auto x = getInput().getType();
   if (failed(verifyRoPEOperands(*this, x, getPositions(), getTheta().convertToDouble(),
                                 getScalingFactor().convertToDouble())) ||
-      failed(expectShape(*this, "weight", getWeight().getType(), {x.getDimSize(3)})))
+      failed(verifyNormWeight(*this, x, getWeight(), getEps().convertToDouble())))
     return failure();
   if (getType() != x)
     return emitOpError("result type must equal the input type ") << x;
-  if (getEps().convertToDouble() <= 0)
-    return emitOpError("eps must be positive");
   return success();
 }
 

@@ -85,6 +85,19 @@ inline mlir::LogicalResult verifyRouterResults(mlir::Operation *op,
   return mlir::success();
 }
 
+/// An RMSNorm's weight (one gain per element of the input's last dimension)
+/// and its positive eps.
+inline mlir::LogicalResult verifyNormWeight(mlir::Operation *op, mlir::RankedTensorType x,
+                                            mlir::Value weight, double eps) {
+  if (mlir::failed(expectShape(op, "weight",
+                               llvm::cast<mlir::RankedTensorType>(weight.getType()),
+                               {x.getShape().back()})))
+    return mlir::failure();
+  if (eps <= 0)
+    return op->emitOpError("eps must be positive");
+  return mlir::success();
+}
+
 /// The rotary-embedding operands shared by rope and the fused QK-norm ops:
 /// x [B, T, heads, d] with an even d, positions [B, T], positive theta and
 /// scaling factor.

@@ -35,7 +35,8 @@ Tensor positions(int64_t B, int64_t T) {
 
 TEST(FusedKernels, AddRmsNormIsAddThenNorm) {
   std::mt19937 rng(1);
-  Tensor a = randomTensor(DType::BF16, {3, 5, 24}, rng), b = randomTensor(DType::BF16, {3, 5, 24}, rng);
+  Tensor a = randomTensor(DType::BF16, {3, 5, 24}, rng),
+         b = randomTensor(DType::BF16, {3, 5, 24}, rng);
   Tensor w = randomTensor(DType::BF16, {24}, rng, -0.5, 0.5);
   KernelAttrs eps = attrs({{"eps", AttrValue::ofFloat(1e-6)}});
   Tensor sum(DType::BF16, {3, 5, 24}), y(DType::BF16, {3, 5, 24});
@@ -67,7 +68,8 @@ TEST(FusedKernels, RmsNormGradAddendIsAddedBeforeRounding) {
   // bf16: the addend joins the fp32 gradient before its one rounding (the
   // unfused pair would round twice).
   Tensor xb = randomTensor(DType::BF16, {6, 32}, rng), wb = randomTensor(DType::BF16, {32}, rng);
-  Tensor dyb = randomTensor(DType::BF16, {6, 32}, rng), rb = randomTensor(DType::BF16, {6, 32}, rng);
+  Tensor dyb = randomTensor(DType::BF16, {6, 32}, rng),
+         rb = randomTensor(DType::BF16, {6, 32}, rng);
   Tensor dxb(DType::BF16, {6, 32}), dxf = Tensor::f32({6, 32}), want(DType::BF16, {6, 32});
   EXPECT_OK(run("rms_norm_grad", {xb, wb, dyb, rb}, {dxb, dw}, eps));
   EXPECT_OK(run("rms_norm_grad", {xb, wb, dyb}, {dxf, dw0}, eps));
@@ -87,7 +89,8 @@ TEST(FusedKernels, RmsNormRopeIsNormThenRope) {
   Tensor w = randomTensor(DType::BF16, {16}, rng, -0.5, 0.5);
   Tensor pos = positions(2, 5);
   KernelAttrs a = normRopeAttrs();
-  Tensor y(DType::BF16, {2, 5, 3, 16}), n(DType::BF16, {2, 5, 3, 16}), y2(DType::BF16, {2, 5, 3, 16});
+  Tensor y(DType::BF16, {2, 5, 3, 16}), n(DType::BF16, {2, 5, 3, 16}),
+      y2(DType::BF16, {2, 5, 3, 16});
   EXPECT_OK(run("rms_norm_rope", {x, w, pos}, {y}, a));
   EXPECT_OK(run("rms_norm", {x, w}, {n}, a));
   EXPECT_OK(run("rope", {n, pos}, {y2}, a));
@@ -112,7 +115,8 @@ TEST(FusedKernels, RmsNormRopeGradMatchesFiniteDifferences) {
   };
   checkGradient("input", loss, x, dx, rng);
   checkGradient("weight", loss, w, dw, rng);
-  EXPECT_FALSE(run("rms_norm_rope_grad", {x, w, pos, Tensor::f32({2, 3, 2, 10})}, {dx, dw}, a).ok());
+  EXPECT_FALSE(
+      run("rms_norm_rope_grad", {x, w, pos, Tensor::f32({2, 3, 2, 10})}, {dx, dw}, a).ok());
 }
 
 } // namespace
