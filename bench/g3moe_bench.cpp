@@ -198,6 +198,7 @@ int main(int argc, char **argv) {
                         {"loss", loss.empty() ? 0.0 : loss[0]},
                         {"micro_step_runs_as", gpu->graphStatus("train_micro_step")},
                         {"optimizer_step_runs_as", gpu->graphStatus("optimizer_step")},
+                        {"expert_gemm", gpu->expertProducts()},
                         {"active_params", nActive}};
   std::printf("%s\n", row.dump().c_str());
   return 0;

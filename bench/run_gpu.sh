@@ -17,7 +17,8 @@ seqs=("${@:-4096 8192}")
 [[ ${SKIP_BENCH:-0} == 1 ]] && seqs=()
 # The PyTorch stack is measured at every length the issue names; it runs out of
 # memory past 8K on an 80 GB card.
-# TORCH_SEQS="8192" narrows it for a shorter call.
+# TORCH_SEQS="8192" narrows it for a shorter call; BENCH_EXTRAS=0 leaves out
+# the attention benchmark, the dense CUDA-graph comparison and the profiles.
 torch_seqs=(${TORCH_SEQS:-4096 8192 16384 32768})
 [[ -f $carry/bin.tar.gz ]] && tar -C "$carry" -xzf "$carry/bin.tar.gz"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
@@ -48,27 +49,36 @@ rm -rf /tmp/tiny-hf /tmp/tiny-run
 
 echo "== benchmark: attention kernels (own, cuDNN through g3moe, cuDNN through PyTorch)"
 # ATTENTION_IMPLS="cudnn" leaves out the (slow, unchanged) own kernels.
-[[ ${#seqs[@]} -gt 0 ]] && for impl in ${ATTENTION_IMPLS:-own cudnn}; do
+extras=${BENCH_EXTRAS:-1}
+[[ ${#seqs[@]} -gt 0 && $extras == 1 ]] && for impl in ${ATTENTION_IMPLS:-own cudnn}; do
   G3MOE_CUDA_ATTENTION=$impl timeout 100 "$carry/attention-bench" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
 done
-[[ ${#seqs[@]} -gt 0 ]] &&
+[[ ${#seqs[@]} -gt 0 && $extras == 1 ]] &&
   timeout 100 python3 "$carry/attention_reference.py" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
 
-echo "== benchmark: g3moe"
+echo "== benchmark: g3moe (expert products grouped in one kernel, then per-expert cuBLAS)"
+# EXPERT_GEMMS="grouped" leaves out the per-expert cuBLAS comparison.
 for T in ${seqs[*]}; do
-  timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 | tee -a "$out/bench_g3moe.jsonl"
+  for gemm in ${EXPERT_GEMMS:-grouped cublas}; do
+    G3MOE_EXPERT_GEMM=$gemm timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 |
+      tee -a "$out/bench_g3moe.jsonl"
+  done
 done
 echo "== benchmark: CUDA graphs against kernel-by-kernel launches (dense Gemma-3 4B, LoRA)"
 for T in 1024 4096; do
-  [[ -f $carry/gemma3-4b-$T.step ]] || continue
+  [[ -f $carry/gemma3-4b-$T.step && $extras == 1 ]] || continue
   for graphs in 0 1; do
     G3MOE_CUDA_GRAPHS=$graphs timeout 100 "$carry/g3moe-bench" "$carry/gemma3-4b-$T.step" 12 2>&1 |
       sed "s/^{/{\"graphs\": $graphs, /" | tee -a "$out/bench_graphs.jsonl"
   done
 done
-if [[ -f $carry/g3moe-4b-8192.step ]]; then
-  timeout 100 "$carry/g3moe-bench" "$carry/g3moe-4b-8192.step" 3 --profile 2> "$out/profile_8192.log" > /dev/null
-  head -20 "$out/profile_8192.log"
+if [[ -f $carry/g3moe-4b-8192.step && $extras == 1 ]]; then
+  for gemm in ${EXPERT_GEMMS:-grouped cublas}; do
+    G3MOE_EXPERT_GEMM=$gemm timeout 100 "$carry/g3moe-bench" "$carry/g3moe-4b-8192.step" 3 --profile \
+      2> "$out/profile_8192_$gemm.log" > /dev/null
+    echo "-- profile, expert products: $gemm"
+    head -20 "$out/profile_8192_$gemm.log"
+  done
 fi
 [[ ${SKIP_BENCH:-0} == 1 ]] && exit 0
 echo "== benchmark: PyTorch stack"

@@ -3,9 +3,12 @@
 // The CUDA backend's kernels share the CPU kernels' calling convention
 // (kernel.h); KernelArgs::backend points at this context, and every
 // TensorView's data is a device pointer. Kernels enqueue work on `stream` and
-// never synchronise unless they must read device data on the host (expert
-// offsets for per-expert GEMMs). Dense products run on cuBLASLt (lt_matmul.h),
-// with cuBLAS as the fallback for problems cuBLASLt has no algorithm for.
+// never synchronise unless they must read device data on the host: range
+// checks read their records back only when the executor does not collect them
+// (DeviceChecks), and the per-expert cuBLAS products (expert weight gradients,
+// or all of them with G3MOE_EXPERT_GEMM=cublas) read the expert offsets. Dense
+// products run on cuBLASLt (lt_matmul.h), with cuBLAS as the fallback for
+// problems cuBLASLt has no algorithm for.
 //
 //===----------------------------------------------------------------------===//
 
@@ -19,7 +22,9 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <vector>
 
 namespace g3rt::cuda {
 
@@ -30,6 +35,28 @@ enum class AttentionImpl { Auto, Own, Cudnn };
 struct CudnnAttentionState;
 /// cuBLASLt's descriptors and algorithms of the products run (lt_matmul.h).
 class LtMatmuls;
+
+/// Range checks whose records kernels fill on the device (kernels_moe.cu): a
+/// record stays all ones until a kernel writes the first bad (position,
+/// value) it found into it.
+struct DeviceChecks {
+  /// A check's records and what they mean: `verdict` turns them (host
+  /// copies) into the kernel's error, or an ok Status.
+  struct Pending {
+    size_t first = 0, count = 0;
+    std::function<Status(const unsigned long long *)> verdict;
+  };
+  /// Set while the executor runs a whole entry point: checks take records
+  /// from `records` and return at once, and the executor reads them all
+  /// after the entry point ran (so that no kernel waits and the entry point
+  /// can be captured as a CUDA graph). Unset, or when `records` is full, a
+  /// check waits for its kernel and reads its record itself.
+  bool deferred = false;
+  unsigned long long *records = nullptr; // device memory, `capacity` records
+  size_t capacity = 0;
+  std::vector<Pending> pending; // taken records: [0, pending.back() end)
+  size_t used() const { return pending.empty() ? 0 : pending.back().first + pending.back().count; }
+};
 
 struct CudaContext {
   cudaStream_t stream = nullptr;
@@ -51,6 +78,11 @@ struct CudaContext {
   /// (cuDNN's scratch): a captured CUDA graph that still points at the old
   /// memory must be captured again.
   uint64_t reallocations = 0;
+  DeviceChecks checks;
+  /// Whether the expert products run as one grouped kernel per call
+  /// (grouped_gemm.h; G3MOE_EXPERT_GEMM=grouped) rather than one cuBLAS
+  /// product per expert, which must read the expert offsets back.
+  bool groupedExperts = false;
 };
 
 /// The context of a kernel call.

@@ -34,8 +34,52 @@ Status attentionImplFromEnvironment(AttentionImpl &impl) {
   return Status();
 }
 
+/// G3MOE_EXPERT_GEMM (unset: cublas, the faster where measured) picks how
+/// the wide expert products run (CudaContext::groupedExperts); an unknown
+/// value is an error.
+Status expertGemmFromEnvironment(bool &grouped) {
+  const char *v = std::getenv("G3MOE_EXPERT_GEMM");
+  std::string s = v ? v : "cublas";
+  if (s != "grouped" && s != "cublas")
+    return Status::error("G3MOE_EXPERT_GEMM must be grouped or cublas, got '" + s + "'");
+  grouped = s == "grouped";
+  return Status();
+}
+
 /// Scratch memory kernels may use within one launch (sorting, reductions).
 constexpr size_t kWorkspaceBytes = size_t(256) << 20;
+/// Range-check records an entry point may defer (DeviceChecks); a step uses
+/// a few per MoE layer, and checks past these wait for the device.
+constexpr size_t kCheckRecords = 4096;
+
+/// Collects the range checks of the kernels launched while it lives
+/// (DeviceChecks::deferred); single kernels outside it check at once.
+class DeferChecks {
+public:
+  explicit DeferChecks(DeviceChecks &c) : c_(c) {
+    c_.deferred = true;
+    c_.pending.clear();
+  }
+  ~DeferChecks() { c_.deferred = false; }
+
+private:
+  DeviceChecks &c_;
+};
+
+/// The first failed check of `pending`, read from `c`'s records once the
+/// kernels that fill them ran.
+Status settleChecks(const DeviceChecks &c, const std::vector<DeviceChecks::Pending> &pending) {
+  if (pending.empty())
+    return Status();
+  const size_t used = pending.back().first + pending.back().count;
+  std::vector<unsigned long long> records(used);
+  G3RT_RETURN_IF_ERROR(check(cudaMemcpy(records.data(), c.records, used * sizeof(uint64_t),
+                                        cudaMemcpyDeviceToHost),
+                             "reading the range-check records"));
+  for (const DeviceChecks::Pending &p : pending)
+    G3RT_RETURN_IF_ERROR(p.verdict(records.data() + p.first));
+  return Status();
+}
 
 } // namespace
 
@@ -48,6 +92,8 @@ struct CudaExecutor::Graph {
   uint64_t reallocations = 0;
   /// Why capture failed; it is then not tried again.
   std::string failure;
+  /// The range checks of the captured kernels, read after each replay.
+  std::vector<DeviceChecks::Pending> checks;
   ~Graph() {
     if (exec)
       cudaGraphExecDestroy(exec);
@@ -64,6 +110,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
   G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));
+  G3RT_RETURN_IF_ERROR(expertGemmFromEnvironment(ctx.groupedExperts));
   if (const char *g = std::getenv("G3MOE_CUDA_GRAPHS"))
     ex->graphsEnabled_ = std::string(g) != "0";
   G3RT_RETURN_IF_ERROR(check(cudaStreamCreate(&ctx.stream), "creating a CUDA stream"));
@@ -77,6 +124,9 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   // both run on ctx.stream, one product at a time.
   cublasSetWorkspace(ctx.cublas, ctx.workspace, kWorkspaceBytes / 2);
   ctx.matmuls = std::make_shared<LtMatmuls>(ctx.cublasLt, ctx.workspace, kWorkspaceBytes / 2);
+  G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ctx.checks.records, kCheckRecords * sizeof(uint64_t)),
+                             "allocating the range-check records"));
+  ctx.checks.capacity = kCheckRecords;
 
   G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
                              "allocating the " + std::to_string(program.arenaBytes) +
@@ -121,6 +171,7 @@ CudaExecutor::~CudaExecutor() {
   cudaFree(arena_);
   if (ctx_) {
     cudaFree(ctx_->workspace);
+    cudaFree(ctx_->checks.records);
     if (ctx_->cublasLt)
       cublasLtDestroy(ctx_->cublasLt);
     if (ctx_->cublas)
@@ -274,13 +325,16 @@ Status CudaExecutor::run(const std::string &function) {
     if (!g)
       g = std::make_unique<Graph>();
     g->warmed = true;
-    G3RT_RETURN_IF_ERROR(launchAll(*fn));
-    return check(cudaStreamSynchronize(stream), "running " + function);
+    return launchAndWait(*fn);
   }
   if (!g->exec) {
     G3RT_RETURN_IF_ERROR(check(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
                                "capturing " + function));
-    Status launched = launchAll(*fn);
+    Status launched;
+    {
+      DeferChecks defer(ctx_->checks);
+      launched = launchAll(*fn);
+    }
     cudaGraph_t graph = nullptr;
     cudaError_t ended = cudaStreamEndCapture(stream, &graph);
     cudaError_t made = cudaErrorUnknown;
@@ -296,14 +350,24 @@ Status CudaExecutor::run(const std::string &function) {
                    : ended != cudaSuccess
                        ? std::string("ending the capture: ") + cudaGetErrorString(ended)
                        : std::string("instantiating the graph: ") + cudaGetErrorString(made);
-      G3RT_RETURN_IF_ERROR(launchAll(*fn));
-      return check(cudaStreamSynchronize(stream), "running " + function);
+      return launchAndWait(*fn);
     }
     g->reallocations = ctx_->reallocations;
+    g->checks = std::move(ctx_->checks.pending);
   }
   G3RT_RETURN_IF_ERROR(
       check(cudaGraphLaunch(g->exec, stream), "launching the graph of " + function));
-  return check(cudaStreamSynchronize(stream), "running " + function);
+  G3RT_RETURN_IF_ERROR(check(cudaStreamSynchronize(stream), "running " + function));
+  return settleChecks(ctx_->checks, g->checks).withContext(function);
+}
+
+Status CudaExecutor::launchAndWait(const FunctionDesc &fn) {
+  {
+    DeferChecks defer(ctx_->checks);
+    G3RT_RETURN_IF_ERROR(launchAll(fn));
+  }
+  G3RT_RETURN_IF_ERROR(check(cudaStreamSynchronize(ctx_->stream), "running " + fn.name));
+  return settleChecks(ctx_->checks, ctx_->checks.pending).withContext(fn.name);
 }
 
 std::string CudaExecutor::graphStatus(const std::string &function) const {
@@ -313,6 +377,10 @@ std::string CudaExecutor::graphStatus(const std::string &function) const {
   if (it->second->exec)
     return "graph";
   return it->second->failure.empty() ? "kernels" : "kernels: " + it->second->failure;
+}
+
+std::string CudaExecutor::expertProducts() const {
+  return ctx_->groupedExperts ? "grouped" : "cublas";
 }
 
 void CudaExecutor::setOneDocumentPerRow(bool one) {

@@ -48,14 +48,22 @@ public:
 
   /// Runs entry point `function` and waits for it. The first call launches
   /// its kernels one by one; the second captures them as a CUDA graph, which
-  /// later calls replay with one launch. An entry point whose kernels must
-  /// wait on the device (the expert products read their row counts back)
-  /// cannot be captured: it keeps running kernel by kernel, and
-  /// graphStatus() says why. G3MOE_CUDA_GRAPHS=0 turns capture off.
+  /// later calls replay with one launch. The kernels' range checks (expert
+  /// indices, slots) are read once the entry point ran, so a bad index is
+  /// reported then. An entry point whose kernels must wait on the device
+  /// (per-expert cuBLAS products, which read their row counts back; see
+  /// expertProducts()) cannot be captured: it keeps running kernel by
+  /// kernel, and graphStatus() says why. G3MOE_CUDA_GRAPHS=0 turns capture
+  /// off.
   Status run(const std::string &function);
   /// How `function` runs now: "graph", "kernels" (not captured yet, or
   /// capture off) or "kernels: <why the capture failed>".
   std::string graphStatus(const std::string &function) const;
+  /// How the expert products run, as G3MOE_EXPERT_GEMM chose when the
+  /// executor was created: "cublas" (one cuBLAS product per expert, the
+  /// default) or "grouped" (one kernel for all experts; MoE micro-steps can
+  /// then be captured).
+  std::string expertProducts() const;
   /// What every batch row holds, as the data pipeline guarantees it: one
   /// document then padding (true) or packed documents (false). cuDNN
   /// attention then needs no read-back of the segment ids, so that steps
@@ -88,6 +96,9 @@ private:
   Status launchInstruction(const FunctionDesc &fn, size_t i);
   /// Enqueues every kernel of `fn` on the stream, without waiting.
   Status launchAll(const FunctionDesc &fn);
+  /// Launches every kernel of `fn` with its range checks deferred, waits,
+  /// then reads the checks.
+  Status launchAndWait(const FunctionDesc &fn);
   /// A captured entry point (cuda_executor.cpp).
   struct Graph;
 

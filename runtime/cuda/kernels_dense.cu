@@ -26,6 +26,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/grouped_gemm.h"
 #include "runtime/cuda/lowrank_products.h"
 #include "runtime/cuda/lt_matmul.h"
 #include "runtime/cuda/rope_tables.h"
@@ -1529,6 +1530,22 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
+/// The product of one call as a grouped kernel (grouped_gemm.h), when the
+/// context asks for it and the operands suit it; `done` says whether it ran.
+Status groupedProduct(const KernelArgs &args, const RowGroups &groups, const TensorView &x,
+                      int64_t K, const TensorView &w, bool weightNK, int64_t N,
+                      const TensorView &y, const TensorView *addend, bool &done) {
+  CudaContext &ctx = contextOf(args);
+  done = ctx.groupedExperts && groupedProductFits(x.dtype, w.dtype, y.dtype, groups.rows, K, N) &&
+         aligned16(x) && aligned16(w) && aligned16(y) && (!addend || aligned16(*addend));
+  if (!done)
+    return Status();
+  cudaError_t e = groupedExpertProduct(ctx.stream, groups, x.data, x.dtype, K, w.data, w.dtype,
+                                       weightNK, N, addend ? addend->data : nullptr, y.data,
+                                       y.dtype);
+  return e == cudaSuccess ? Status() : cudaFailure(args, e, "the grouped expert product");
+}
+
 Status expertLinearKernel(const KernelArgs &args) {
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinear(args, shape));
@@ -1538,6 +1555,9 @@ Status expertLinearKernel(const KernelArgs &args) {
   bool done = false;
   G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, shape.in, w, true,
                                       shape.out, y, shape, done));
+  if (!done)
+    G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), x, in, w, true, out, y,
+                                        shape.addend, done));
   if (done)
     return Status();
   std::vector<int64_t> offsets;
@@ -1569,6 +1589,9 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
   bool done = false;
   G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), dy, shape.out, w, false,
                                       shape.in, dx, shape, done));
+  if (!done)
+    G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), dy, out, w, false, in, dx,
+                                        shape.addend, done));
   if (done)
     return Status();
   std::vector<int64_t> offsets;
@@ -1600,9 +1623,14 @@ Status expertLinearGradWeightKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, done));
   if (done)
     return Status();
+  CudaContext &ctx = contextOf(args);
+  if (ctx.groupedExperts && groupedWeightGradFits(dy.dtype, x.dtype, dw.dtype, M, out, in)) {
+    cudaError_t e = groupedWeightGrad(ctx.stream, expertGroups(off, E, M), dy.data, dy.dtype, out,
+                                      x.data, x.dtype, in, dw.data, dw.dtype);
+    return e == cudaSuccess ? Status() : cudaFailure(args, e, "the grouped weight gradient");
+  }
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
-  CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;

@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -119,28 +120,63 @@ Status readBad(const KernelArgs &args, const BadWord *bad, int64_t count,
 }
 
 /// The CPU's checkIndexRange message for a record of a [rows, k] tensor.
-Status badIndexError(const KernelArgs &args, BadWord word, int64_t k, int64_t limit,
-                     const char *what) {
+std::string badIndexMessage(BadWord word, int64_t k, int64_t limit, const char *what) {
   const int64_t pos = int64_t(word >> 32);
   const int32_t value = int32_t(uint32_t(word & 0xffffffffu));
-  return args.fail(std::string(what) + " " + std::to_string(value) + " at row " +
-                   str(pos / k) + ", position " + str(pos % k) + " is outside [0, " +
-                   str(limit) + ")");
+  return std::string(what) + " " + std::to_string(value) + " at row " + str(pos / k) +
+         ", position " + str(pos % k) + " is outside [0, " + str(limit) + ")";
 }
 
-/// One record for a whole [rows, k] index tensor: clear, `launch`, read back.
+/// The cleared records of one check: in the context's deferred store
+/// (DeviceChecks) when the executor collects them and there is room, else in
+/// kernel scratch.
+struct CheckRecords {
+  BadWord *at = nullptr;
+  size_t first = 0, count = 0;
+  bool deferred = false;
+};
+
+Status takeRecords(const KernelArgs &args, Scratch &scratch, int64_t count, CheckRecords &r) {
+  DeviceChecks &checks = contextOf(args).checks;
+  r.count = size_t(count);
+  r.first = checks.used();
+  r.deferred = checks.deferred && r.first + r.count <= checks.capacity;
+  if (r.deferred) {
+    r.at = checks.records + r.first;
+  } else {
+    r.at = scratch.take<BadWord>(count);
+    G3RT_RETURN_IF_ERROR(scratch.check(args));
+  }
+  return clearBad(args, r.at, count);
+}
+
+/// Runs `verdict` (an error for bad records, else ok) on the records once the
+/// kernels that fill them ran: after the entry point when they are
+/// deferred, else now, waiting for the stream.
+Status settle(const KernelArgs &args, const CheckRecords &r,
+              std::function<Status(const BadWord *)> verdict) {
+  if (r.deferred) {
+    contextOf(args).checks.pending.push_back({r.first, r.count, std::move(verdict)});
+    return Status();
+  }
+  std::vector<BadWord> host;
+  G3RT_RETURN_IF_ERROR(readBad(args, r.at, int64_t(r.count), host));
+  return verdict(host.data());
+}
+
+/// One record for a whole [rows, k] index tensor: take it, `launch`, settle.
+/// The kernels `launch` runs, and those after it, must stay in bounds for
+/// bad indices, which a deferred check reports only later.
 template <typename Launch>
 Status checkedLaunch(const KernelArgs &args, Scratch &scratch, int64_t k, int64_t limit,
                      const char *what, const Launch &launch) {
-  BadWord *bad = scratch.take<BadWord>(1);
-  G3RT_RETURN_IF_ERROR(scratch.check(args));
-  G3RT_RETURN_IF_ERROR(clearBad(args, bad, 1));
-  G3RT_RETURN_IF_ERROR(launch(bad));
-  std::vector<BadWord> host;
-  G3RT_RETURN_IF_ERROR(readBad(args, bad, 1, host));
-  if (host[0] != kNoBad)
-    return badIndexError(args, host[0], k, limit, what);
-  return Status();
+  CheckRecords r;
+  G3RT_RETURN_IF_ERROR(takeRecords(args, scratch, 1, r));
+  G3RT_RETURN_IF_ERROR(launch(r.at));
+  return settle(args, r, [name = std::string(args.name), k, limit, what](const BadWord *w) {
+    return w[0] == kNoBad ? Status()
+                          : Status::error(name + ": " + badIndexMessage(w[0], k, limit, what));
+  });
 }
 
 //===----------------------------------------------------------------------===//
@@ -795,7 +831,9 @@ __global__ void dispatchSlots(const int32_t *idx, int64_t items, int E,
   const unsigned below = (1u << lane) - 1u;
   for (int64_t i0 = begin; i0 < end; i0 += 32) {
     const int64_t i = i0 + lane;
-    const int32_t e = i < end ? idx[i] : -1;
+    int32_t e = i < end ? idx[i] : -1;
+    if (e >= E) // reported by dispatchCount; given no slot
+      e = -1;
     const unsigned peers = __match_any_sync(kFull, e);
     int32_t slot = 0;
     if (e >= 0)
@@ -812,10 +850,13 @@ __global__ void dispatchSlots(const int32_t *idx, int64_t items, int E,
 
 // One block per token: its row copied to each of its k slots.
 __global__ void dispatchRows(const void *x, DType xt, const int32_t *slots, void *permuted,
-                             DType pt, int64_t H, int k) {
+                             DType pt, int64_t H, int k, int64_t M) {
   const int64_t n = blockIdx.x;
   for (int j = 0; j < k; ++j) {
-    const int64_t to = int64_t(slots[n * k + j]) * H;
+    const int32_t slot = slots[n * k + j];
+    if (slot < 0 || slot >= M) // an item of a bad expert index
+      continue;
+    const int64_t to = int64_t(slot) * H;
     for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
       storeFloat(permuted, pt, to + h, loadFloat(x, xt, n * H + h));
   }
@@ -858,7 +899,7 @@ Status moeDispatch(const KernelArgs &args) {
   if (H > 0) {
     dispatchRows<<<unsigned(N), kRowThreads, 0, ctx.stream>>>(x.data, x.dtype, slots.i32(),
                                                               permuted.data, permuted.dtype, H,
-                                                              int(k));
+                                                              int(k), items);
     G3RT_CUDA_CHECK_LAUNCH(args, "moe_dispatch (rows)");
   }
   return Status();
@@ -913,18 +954,22 @@ template <int V> __device__ __forceinline__ void storeVec(void *p, DType t, int6
 int vecWidth(int64_t H) { return H % 4 == 0 ? 4 : 1; }
 
 // dst[n] = sum_j (w ? w[n, j] : 1) * src[slots[n, j]], fp32, j in order;
-// each thread takes V adjacent elements of the row.
+// each thread takes V adjacent elements of the row. Slots outside [0, M)
+// (reported by validateSlots) are skipped.
 template <int V>
 __global__ void gatherRows(const void *src, DType st, const int32_t *slots, const void *w,
-                           DType wt, void *dst, DType dt, int64_t H, int k) {
+                           DType wt, void *dst, DType dt, int64_t H, int k, int64_t M) {
   const int64_t n = blockIdx.y;
   const int64_t h = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (h >= H)
     return;
   float acc[V] = {};
   for (int j = 0; j < k; ++j) {
+    const int32_t slot = slots[n * k + j];
+    if (slot < 0 || slot >= M)
+      continue;
     float v[V];
-    loadVec<V>(src, st, int64_t(slots[n * k + j]) * H + h, v);
+    loadVec<V>(src, st, int64_t(slot) * H + h, v);
     const float wj = w ? loadFloat(w, wt, n * k + j) : 1.0f;
     // Explicit roundings (no fused multiply-add): the CPU's exact sums.
     for (int c = 0; c < V; ++c)
@@ -936,7 +981,7 @@ __global__ void gatherRows(const void *src, DType st, const int32_t *slots, cons
 // Rows go to grid.y, in pieces of at most 65535.
 Status launchGather(const KernelArgs &args, const TensorView &src, const TensorView &slots,
                     const TensorView *w, const TensorView &dst, int64_t N, int64_t H, int64_t k,
-                    const char *what) {
+                    int64_t M, const char *what) {
   if (N == 0 || H == 0)
     return Status();
   const int V = vecWidth(H);
@@ -948,7 +993,7 @@ Status launchGather(const KernelArgs &args, const TensorView &src, const TensorV
     dim3 grid(blocksFor(H / V, kRowThreads), unsigned(rows));
     (V == 4 ? gatherRows<4> : gatherRows<1>)<<<grid, kRowThreads, 0, contextOf(args).stream>>>(
         src.data, src.dtype, slots.i32() + n0 * k, wPart, w ? w->dtype : DType::F32, dPart,
-        dst.dtype, H, int(k));
+        dst.dtype, H, int(k), M);
     G3RT_CUDA_CHECK_LAUNCH(args, what);
   }
   return Status();
@@ -961,7 +1006,7 @@ Status moeDispatchGrad(const KernelArgs &args) {
   const TensorView &dp = args.inputs[0], &slots = args.inputs[1], &dx = args.outputs[0];
   Scratch scratch(contextOf(args));
   G3RT_RETURN_IF_ERROR(validateSlots(args, scratch, slots, N * k, k, M));
-  return launchGather(args, dp, slots, nullptr, dx, N, H, k, "moe_dispatch_grad");
+  return launchGather(args, dp, slots, nullptr, dx, N, H, k, M, "moe_dispatch_grad");
 }
 
 Status moeCombine(const KernelArgs &args) {
@@ -972,21 +1017,22 @@ Status moeCombine(const KernelArgs &args) {
                    &weights = args.inputs[2], &out = args.outputs[0];
   Scratch scratch(contextOf(args));
   G3RT_RETURN_IF_ERROR(validateSlots(args, scratch, slots, N * k, k, M));
-  return launchGather(args, y, slots, &weights, out, N, H, k, "moe_combine");
+  return launchGather(args, y, slots, &weights, out, N, H, k, M, "moe_combine");
 }
 
 // The inverse of the slots as CSR lists: count users per row, scan, fill,
 // then sort each list into (n, j) order (lists are short: one entry per row
-// for slots from moe_dispatch).
-__global__ void countUsers(const int32_t *slots, int64_t items, int32_t *counts) {
+// for slots from moe_dispatch). Slots outside [0, M) have no user.
+__global__ void countUsers(const int32_t *slots, int64_t items, int64_t M, int32_t *counts) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < items)
+  if (i < items && slots[i] >= 0 && slots[i] < M)
     atomicAdd(&counts[slots[i]], 1);
 }
 
-__global__ void fillUsers(const int32_t *slots, int64_t items, int32_t *cursor, int32_t *users) {
+__global__ void fillUsers(const int32_t *slots, int64_t items, int64_t M, int32_t *cursor,
+                          int32_t *users) {
   const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < items)
+  if (i < items && slots[i] >= 0 && slots[i] < M)
     users[atomicAdd(&cursor[slots[i]], 1)] = int32_t(i);
 }
 
@@ -1096,13 +1142,14 @@ __global__ void combineGradRows(const int32_t *start, const int32_t *users, cons
   storeVec<V>(dy, yt, m * H + h, acc);
 }
 
-// dweights[n, j] = <dout[n], y[slots[n, j]]> in double; one warp per (n, j).
+// dweights[n, j] = <dout[n], y[slots[n, j]]> in double; one warp per (n, j)
+// (none for a slot outside [0, M)).
 __global__ void combineGradWeights(const void *y, DType yt, const int32_t *slots,
                                    const void *dout, DType dt, void *dw, DType wt, int64_t items,
-                                   int64_t H, int k) {
+                                   int64_t H, int k, int64_t M) {
   const int lane = threadIdx.x % 32;
   const int64_t i = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
-  if (i >= items)
+  if (i >= items || slots[i] < 0 || slots[i] >= M)
     return;
   const int64_t n = i / k, row = slots[i];
   double d = 0;
@@ -1144,7 +1191,7 @@ Status moeCombineGrad(const KernelArgs &args) {
     if (e != cudaSuccess)
       return cudaFailure(args, e, "clearing the slot counts");
     if (items > 0) {
-      countUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, counts);
+      countUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, M, counts);
       G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (counting)");
     }
     G3RT_RETURN_IF_ERROR(exclusiveScan(args, scratch, counts, M, start));
@@ -1153,7 +1200,7 @@ Status moeCombineGrad(const KernelArgs &args) {
     if (e != cudaSuccess)
       return cudaFailure(args, e, "copying the slot offsets");
     if (items > 0) {
-      fillUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, cursor,
+      fillUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, M, cursor,
                                                                users);
       G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (inverting slots)");
     }
@@ -1172,7 +1219,7 @@ Status moeCombineGrad(const KernelArgs &args) {
   if (items > 0) {
     combineGradWeights<<<blocksFor(items, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
                          ctx.stream>>>(y.data, y.dtype, slots.i32(), dout.data, dout.dtype,
-                                       dweights.data, dweights.dtype, items, H, int(k));
+                                       dweights.data, dweights.dtype, items, H, int(k), M);
     G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (weights grad)");
   }
   return Status();
@@ -1394,32 +1441,35 @@ Status balanceSetup(const KernelArgs &args, int64_t trailing, Scratch &scratch,
   }
   G3RT_RETURN_IF_ERROR(launchRealRows(args, scratch, seg, b.N, b.real));
   b.counts = scratch.take<int32_t>(b.E);
-  BadWord *bad = scratch.take<BadWord>(b.L);
   G3RT_RETURN_IF_ERROR(scratch.check(args));
   CudaContext &ctx = contextOf(args);
   cudaError_t e = cudaMemsetAsync(b.counts, 0, size_t(b.E) * sizeof(int32_t), ctx.stream);
   if (e != cudaSuccess)
     return cudaFailure(args, e, "clearing the expert counts");
-  G3RT_RETURN_IF_ERROR(clearBad(args, bad, b.L));
+  CheckRecords r;
+  G3RT_RETURN_IF_ERROR(takeRecords(args, scratch, b.L, r));
+  std::vector<int64_t> ks(size_t(b.L));
   for (int64_t l = 0; l < b.L; ++l) {
     const TensorView &idx = args.inputs[b.L + l];
     const int64_t k = idx.dim(-1), items = b.N * k;
+    ks[size_t(l)] = std::max<int64_t>(k, 1);
     if (items == 0)
       continue;
     countExperts<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(
-        idx.i32(), seg.i32(), b.N, int(k), int(b.E), b.counts, bad + l);
+        idx.i32(), seg.i32(), b.N, int(k), int(b.E), b.counts, r.at + l);
     G3RT_CUDA_CHECK_LAUNCH(args, "counting routed experts");
   }
-  std::vector<BadWord> host;
-  G3RT_RETURN_IF_ERROR(readBad(args, bad, b.L, host));
-  for (int64_t l = 0; l < b.L; ++l)
-    if (host[size_t(l)] != kNoBad) {
-      const int64_t k = args.inputs[b.L + l].dim(-1), pos = int64_t(host[size_t(l)] >> 32);
-      const int32_t value = int32_t(uint32_t(host[size_t(l)] & 0xffffffffu));
-      return args.fail("expert index " + std::to_string(value) + " of layer " + str(l) +
-                       " at row " + str(pos / k) + " is outside [0, " + str(b.E) + ")");
-    }
-  return Status();
+  return settle(args, r, [name = std::string(args.name), ks, E = b.E](const BadWord *w) {
+    for (size_t l = 0; l < ks.size(); ++l)
+      if (w[l] != kNoBad) {
+        const int64_t pos = int64_t(w[l] >> 32);
+        const int32_t value = int32_t(uint32_t(w[l] & 0xffffffffu));
+        return Status::error(name + ": expert index " + std::to_string(value) + " of layer " +
+                             str(int64_t(l)) + " at row " + str(pos / ks[l]) +
+                             " is outside [0, " + str(E) + ")");
+      }
+    return Status();
+  });
 }
 
 Status loadBalancingLoss(const KernelArgs &args) {

@@ -12,6 +12,7 @@
 #include "runtime/cuda/lowrank_products.h"
 
 #include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/row_groups.cuh"
 
 #include <mma.h>
 
@@ -26,65 +27,6 @@ using bf16 = __nv_bfloat16;
 
 constexpr int kThreads = 128; // four warps
 constexpr int kRowTile = 64;  // rows per block of the row-tiled products
-
-/// What a block does with its tile.
-enum class TileKind { Compute, Zero, Poison };
-
-struct Tile {
-  int64_t expert = 0, begin = 0, end = 0; // rows [begin, end) of `expert`
-  TileKind kind = TileKind::Compute;
-};
-
-__device__ int64_t offsetAt(const RowGroups &g, int64_t e) {
-  return g.offsets ? loadIndex(g.offsets, g.offsetType, e) : (e == 0 ? 0 : g.rows);
-}
-
-__device__ bool offsetsValid(const RowGroups &g) {
-  if (!g.offsets)
-    return true;
-  int64_t prev = offsetAt(g, 0);
-  if (prev != 0)
-    return false;
-  for (int64_t e = 1; e <= g.experts; ++e) {
-    int64_t o = offsetAt(g, e);
-    if (o < prev)
-      return false;
-    prev = o;
-  }
-  return prev <= g.rows;
-}
-
-/// Tile `t` when every expert's rows (and, with `withTail`, the rows past the
-/// last expert) are cut into tiles of `tileRows`; false past the last tile.
-/// With invalid offsets all rows form one group of poisoned tiles.
-__device__ bool findTile(const RowGroups &g, int64_t tileRows, int64_t t, bool withTail,
-                         Tile &tile) {
-  if (!offsetsValid(g)) {
-    if (t * tileRows >= g.rows)
-      return false;
-    tile = {0, t * tileRows, min(g.rows, (t + 1) * tileRows), TileKind::Poison};
-    return true;
-  }
-  int64_t groups = g.experts + (withTail ? 1 : 0);
-  int64_t lo = 0;
-  for (int64_t e = 0; e < groups; ++e) {
-    int64_t hi = e < g.experts ? offsetAt(g, e + 1) : g.rows;
-    int64_t n = (hi - lo + tileRows - 1) / tileRows;
-    if (t < n) {
-      tile = {e, lo + t * tileRows, min(hi, lo + (t + 1) * tileRows),
-              e < g.experts ? TileKind::Compute : TileKind::Zero};
-      return true;
-    }
-    t -= n;
-    lo = hi;
-  }
-  return false;
-}
-
-/// The most tiles findTile can return for `rows` rows in `experts` groups.
-int64_t maxTiles(int64_t rows, int64_t experts, int64_t tileRows) {
-  return (rows + tileRows - 1) / tileRows + experts + 1;
-}
 
 __device__ __forceinline__ uint4 load16(const bf16 *p, bool valid) {
   return valid ? *reinterpret_cast<const uint4 *>(p) : make_uint4(0, 0, 0, 0);

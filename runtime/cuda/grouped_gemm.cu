@@ -1,0 +1,440 @@
+//===- grouped_gemm.cu - all experts' products in one launch --------------===//
+//
+// Tensor-core path (bf16 operands, Hopper's wgmma and tensor memory copies,
+// built for sm_90a): a block of two warpgroups computes a 128x256 tile of
+// one expert's rows, each warpgroup 64 rows with m64n256k16 instructions
+// reading both operands from shared memory. One thread keeps four stages
+// (64 of K each) filled with tensor copies, which write the 128-byte swizzle
+// wgmma reads, up to three tiles ahead; an mbarrier per stage says when its bytes
+// arrived and another when both warpgroups are done with it. The weight
+// stage is K-major for W_e [N, K] (the forward product) and N-major for
+// W_e [K, N] (the input gradient), which wgmma reads transposed. The copies
+// zero what lies outside the tensors; rows past the expert's last are read
+// but not written. Consecutive blocks walk bands of eight row tiles across
+// the columns so that a band's rows and the weight columns it needs stay in
+// L2.
+//
+// Shapes the tensor-core path does not take (other types, sizes that are not
+// multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when
+// they are small; that keeps every expert product of such steps off the
+// host as well.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/grouped_gemm.h"
+
+#include "runtime/cuda/row_groups.cuh"
+
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_bf16.h>
+
+#include <algorithm>
+#include <cmath>
+
+namespace g3rt::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kThreads = 256;
+constexpr int kBandRows = 8;                                    // row tiles per band
+constexpr int kStageA = kBM * kBK * 2, kStageB = kBN * kBK * 2; // bytes
+constexpr int kStageBytes = kStageA + kStageB;
+// The stages start on a 1024-byte boundary, as the swizzle requires; two
+// mbarriers per stage follow them.
+constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 1024 + 2 * kStages * 8;
+// The output tile staged in fp32 over the stages, rows padded.
+constexpr int kStageRow = kBN + 8;
+static_assert(kBM * kStageRow * 4 <= kStages * kStageBytes, "the staged tile must fit");
+
+__device__ __forceinline__ uint32_t sharedAddr(const void *p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void initBarrier(uint32_t bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count));
+}
+__device__ __forceinline__ void waitBarrier(uint32_t bar, uint32_t parity) {
+  asm volatile("{\n.reg .pred done;\nwait:\n"
+               "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+               "@!done bra wait;\n}\n" ::"r"(bar),
+               "r"(parity)
+               : "memory");
+}
+__device__ __forceinline__ void arriveBarrier(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void expectBytes(uint32_t bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+/// A tensor copy of the box at (c0, c1, c2) of `map` into shared memory at
+/// `dst`, completing on `bar`.
+__device__ __forceinline__ void copyBox(uint32_t dst, const CUtensorMap &map, int c0, int c1,
+                                        int c2, uint32_t bar) {
+  asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes "
+               "[%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(dst),
+               "l"(reinterpret_cast<uint64_t>(&map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
+               : "memory");
+}
+
+/// A shared-memory matrix descriptor with the 128-byte swizzle: start
+/// address, leading and stride byte offsets, all in 16-byte units.
+__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading, uint32_t stride) {
+  return uint64_t((addr & 0x3ffff) >> 4) | uint64_t((leading & 0x3ffff) >> 4) << 16 |
+         uint64_t((stride & 0x3ffff) >> 4) << 32 | uint64_t(1) << 62;
+}
+
+/// d[64x256] += A·B for one warpgroup: A (64x16, K-major) and B (16x256,
+/// K-major or, with TransposeB = 1, N-major) from shared-memory descriptors.
+template <int TransposeB>
+__device__ __forceinline__ void wgmma256(float (&d)[128], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
+      "%9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, "
+      "%27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, "
+      "%45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, "
+      "%63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, "
+      "%81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, "
+      "%99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, "
+      "%114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, "
+      "%129, p, 1, 1, 0, %131;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
+        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
+        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
+        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
+        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
+        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
+        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
+        "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]),
+        "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]),
+        "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
+        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]),
+        "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]),
+        "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
+        "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
+        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
+        "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1), "n"(TransposeB));
+}
+/// Keeps the compiler from moving accumulator reads or writes across the
+/// asynchronous matrix instructions.
+__device__ __forceinline__ void fenceAccumulators(float (&d)[128]) {
+#pragma unroll
+  for (int i = 0; i < 128; ++i)
+    asm volatile("" : "+f"(d[i])::"memory");
+}
+
+/// The tensor maps of one product: x as [M rows][K] (a 64 x 128 box), the
+/// weights as [E][N][K] (64 x 256) or [E][K][N] (64 x 64, four per stage).
+struct ProductMaps {
+  CUtensorMap x, w;
+};
+
+/// Fills stage `s` with K tile `kt`, completing on `full`.
+template <bool WeightNK>
+__device__ __forceinline__ void fillStage(uint32_t sA, uint32_t sB, uint32_t full,
+                                          const ProductMaps &maps, const Tile &tile, int64_t n0,
+                                          int64_t kt) {
+  expectBytes(full, kStageBytes);
+  const int k0 = int(kt * kBK);
+  copyBox(sA, maps.x, k0, int(tile.begin), 0, full);
+  if constexpr (WeightNK) {
+    copyBox(sB, maps.w, k0, int(n0), int(tile.expert), full);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kBN / 64; ++j)
+      copyBox(sB + j * (kBK * 128), maps.w, int(n0) + 64 * j, k0, int(tile.expert), full);
+  }
+}
+
+__device__ __forceinline__ float4 add4(float4 a, float4 b) {
+  return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+/// Tile `t` of the grid: bands of kBandRows row tiles, walked column tile by
+/// column tile. False for the spare blocks.
+__device__ __forceinline__ bool bandTile(const RowGroups &groups, int64_t tileRows, int64_t t,
+                                         int64_t colTiles, Tile &tile, int64_t &colTile) {
+  const int64_t rowTiles = tileCount(groups, tileRows);
+  if (t >= rowTiles * colTiles)
+    return false;
+  const int64_t band = t / (kBandRows * colTiles), first = band * kBandRows;
+  const int64_t bandRows = min(int64_t(kBandRows), rowTiles - first);
+  const int64_t local = t - band * kBandRows * colTiles;
+  colTile = local / bandRows;
+  return findTile(groups, tileRows, first + local % bandRows, true, tile);
+}
+
+template <bool WeightNK>
+__global__ void __launch_bounds__(kThreads, 1)
+    groupedProductDevice(const __grid_constant__ ProductMaps maps, RowGroups groups, int64_t K,
+                         int64_t N, const void *addend, void *y, DType yt) {
+  extern __shared__ unsigned char smem[];
+  Tile tile;
+  int64_t colTile;
+  if (!bandTile(groups, kBM, blockIdx.x, (N + kBN - 1) / kBN, tile, colTile))
+    return;
+  const int64_t n0 = colTile * kBN;
+  const int wg = threadIdx.x >> 7, lane = threadIdx.x & 127;
+
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i)
+    acc[i] = 0.f;
+  if (tile.kind == TileKind::Compute) {
+    const uint32_t base = (sharedAddr(smem) + 1023) & ~1023u;
+    // Per stage: `full` (the copies arrived) and `empty` (both warpgroups
+    // are done with it), after the stages.
+    const uint32_t bars = base + kStages * kStageBytes;
+    auto full = [&](int64_t s) { return bars + uint32_t(s) * 8; };
+    auto empty = [&](int64_t s) { return bars + uint32_t(kStages + s) * 8; };
+    auto stageA = [&](int64_t s) { return base + uint32_t(s) * kStageBytes; };
+    const int64_t kTiles = (K + kBK - 1) / kBK;
+    const bool loader = threadIdx.x == 0;
+    if (loader) {
+      for (int s = 0; s < kStages; ++s) {
+        initBarrier(full(s), 1);
+        initBarrier(empty(s), 2);
+      }
+      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (loader)
+      for (int64_t t = 0; t < kStages && t < kTiles; ++t)
+        fillStage<WeightNK>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
+    for (int64_t kt = 0; kt < kTiles; ++kt) {
+      const int64_t s = kt % kStages;
+      waitBarrier(full(s), uint32_t(kt / kStages) & 1);
+      const uint32_t sA = stageA(s) + wg * 64 * 128, sB = stageA(s) + kStageA;
+      fenceAccumulators(acc);
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int kk = 0; kk < kBK / 16; ++kk) {
+        const uint64_t a = descriptor(sA + kk * 32, 16, 1024);
+        if constexpr (WeightNK)
+          wgmma256<0>(acc, a, descriptor(sB + kk * 32, 16, 1024));
+        else
+          wgmma256<1>(acc, a, descriptor(sB + kk * 16 * 128, kBK * 128, 1024));
+      }
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      // The previous tile's products are done: its stage may be refilled
+      // once the other warpgroup says so too.
+      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+      fenceAccumulators(acc);
+      if (kt > 0) {
+        const int64_t prev = (kt - 1) % kStages;
+        if (lane == 0)
+          arriveBarrier(empty(prev));
+        const int64_t t = kt - 1 + kStages;
+        if (loader && t < kTiles) {
+          waitBarrier(empty(prev), uint32_t((kt - 1) / kStages) & 1);
+          fillStage<WeightNK>(stageA(prev), stageA(prev) + kStageA, full(prev), maps, tile, n0, t);
+        }
+      }
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    fenceAccumulators(acc);
+  }
+
+  // The tile goes through shared memory (the stages are free now) so that
+  // its rows leave in 16-byte pieces: fp32, rows padded to 264 floats so
+  // that the accumulators' stores do not conflict. Accumulator i of a
+  // thread is row 16·warp + lane/4 (+8 for odd i/2), columns 8·(i/4) +
+  // 2·(lane % 4) and the next.
+  __syncthreads();
+  float *stage =
+      reinterpret_cast<float *>(smem + (((sharedAddr(smem) + 1023) & ~1023u) - sharedAddr(smem)));
+  {
+    const int warp = lane >> 5, l = lane & 31;
+    float *mine = stage + (wg * 64 + warp * 16 + (l >> 2)) * kStageRow + (l & 3) * 2;
+#pragma unroll
+    for (int i = 0; i < 64; ++i)
+      *reinterpret_cast<float2 *>(mine + (i & 1) * 8 * kStageRow + (i >> 1) * 8) =
+          make_float2(acc[2 * i], acc[2 * i + 1]);
+  }
+  __syncthreads();
+  // Eight columns per thread, a row per 32 threads.
+  const int c = (threadIdx.x & 31) * 8;
+  if (n0 + c >= N)
+    return;
+  for (int r = threadIdx.x >> 5; r < kBM; r += kThreads / 32) {
+    const int64_t row = tile.begin + r;
+    if (row >= tile.end)
+      break;
+    const float4 *src = reinterpret_cast<const float4 *>(stage + r * kStageRow + c);
+    float4 v[2] = {src[0], src[1]};
+    const int64_t at = row * N + n0 + c;
+    if (tile.kind == TileKind::Poison) {
+      v[0] = v[1] = make_float4(NAN, NAN, NAN, NAN);
+    } else if (addend) {
+      v[0] = add4(v[0], loadFloat4(addend, yt, at / 4));
+      v[1] = add4(v[1], loadFloat4(addend, yt, at / 4 + 1));
+    }
+    storeFloat4(y, yt, at / 4, v[0]);
+    storeFloat4(y, yt, at / 4 + 1, v[1]);
+  }
+}
+
+//===----------------------------------------------------------------------===//
+// Plain fp32 kernel for the other shapes
+//===----------------------------------------------------------------------===//
+
+constexpr int kPlainRows = 16, kPlainCols = 64;
+
+// A block takes 16 rows and 64 columns of y; a thread one column of four rows.
+__global__ void plainProductDevice(RowGroups groups, const void *x, DType xt, int64_t K,
+                                   const void *w, DType wt, bool weightNK, int64_t N,
+                                   const void *addend, void *y, DType yt) {
+  Tile tile;
+  if (!findTile(groups, kPlainRows, blockIdx.x, true, tile))
+    return;
+  const int64_t n = int64_t(blockIdx.y) * kPlainCols + threadIdx.x % kPlainCols;
+  if (n >= N)
+    return;
+  const int64_t we = tile.expert * N * K;
+  for (int64_t row = tile.begin + threadIdx.x / kPlainCols; row < tile.end; row += 4) {
+    float v = 0;
+    if (tile.kind == TileKind::Compute)
+      for (int64_t k = 0; k < K; ++k)
+        v = fmaf(loadFloat(x, xt, row * K + k),
+                 loadFloat(w, wt, we + (weightNK ? n * K + k : k * N + n)), v);
+    if (tile.kind == TileKind::Poison)
+      v = NAN;
+    else if (addend)
+      v += loadFloat(addend, yt, row * N + n);
+    storeFloat(y, yt, row * N + n, v);
+  }
+}
+
+// dW_e[o, i] = Σ over the rows m of expert e of dy[m, o]·x[m, i]; a thread
+// per (o, i), grid.y the expert.
+__global__ void plainWeightGradDevice(RowGroups groups, const void *dy, DType dyt, int64_t O,
+                                      const void *x, DType xt, int64_t I, void *dw, DType dwt) {
+  const int64_t e = blockIdx.y, at = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (at >= O * I)
+    return;
+  const int64_t o = at / I, i = at % I;
+  float v = 0;
+  if (!offsetsValid(groups)) {
+    v = NAN;
+  } else {
+    const int64_t end = offsetAt(groups, e + 1);
+    for (int64_t m = offsetAt(groups, e); m < end; ++m)
+      v = fmaf(loadFloat(dy, dyt, m * O + o), loadFloat(x, xt, m * I + i), v);
+  }
+  storeFloat(dw, dwt, e * O * I + at, v);
+}
+
+bool floatType(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
+
+bool tensorCoreFits(DType x, DType w, DType y, int64_t K, int64_t N) {
+  return x == DType::BF16 && w == DType::BF16 && (y == DType::BF16 || y == DType::F32) &&
+         K % 8 == 0 && N % 8 == 0;
+}
+
+template <bool WeightNK> cudaError_t allowLargeSharedMemory() {
+  static const cudaError_t e = cudaFuncSetAttribute(
+      groupedProductDevice<WeightNK>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
+  return e;
+}
+
+/// cuTensorMapEncodeTiled from the driver (the runtime has no wrapper).
+PFN_cuTensorMapEncodeTiled_v12000 encodeTiled() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void *p = nullptr;
+    cudaDriverEntryPointQueryResult found;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault,
+                                         &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+/// A map of a bf16 tensor of `dims` (innermost first, three of them) with
+/// the 128-byte swizzle; elements outside read as zeros.
+bool encodeMap(CUtensorMap &map, const void *data, const uint64_t (&dims)[3],
+               const uint32_t (&box)[3]) {
+  PFN_cuTensorMapEncodeTiled_v12000 encode = encodeTiled();
+  if (!encode)
+    return false;
+  const cuuint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2};
+  const cuuint32_t unit[3] = {1, 1, 1};
+  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(data), dims, strides,
+                box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+} // namespace
+
+/// The plain kernels' share: a narrow side (a LoRA rank) or little work.
+bool plainFits(DType a, DType b, DType c, int64_t M, int64_t K, int64_t N) {
+  return floatType(a) && floatType(b) && floatType(c) &&
+         (std::min(K, N) <= 64 || double(M) * double(K) * double(N) <= double(1 << 28));
+}
+
+bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t N) {
+  return tensorCoreFits(x, w, y, K, N) || plainFits(x, w, y, M, K, N);
+}
+
+bool groupedWeightGradFits(DType dy, DType x, DType dw, int64_t M, int64_t O, int64_t I) {
+  return plainFits(dy, x, dw, M, O, I);
+}
+
+cudaError_t groupedWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
+                              DType dyType, int64_t O, const void *x, DType xType, int64_t I,
+                              void *dw, DType dwType) {
+  const int64_t blocks = (O * I + 255) / 256;
+  if (blocks == 0 || groups.experts == 0)
+    return cudaSuccess;
+  if (blocks > INT32_MAX || groups.experts > 65535)
+    return cudaErrorInvalidConfiguration;
+  plainWeightGradDevice<<<dim3(unsigned(blocks), unsigned(groups.experts)), 256, 0, stream>>>(
+      groups, dy, dyType, O, x, xType, I, dw, dwType);
+  return cudaGetLastError();
+}
+
+cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, const void *x,
+                                 DType xt, int64_t K, const void *w, DType wt, bool weightNK,
+                                 int64_t N, const void *addend, void *y, DType yt) {
+  if (groups.rows == 0 || N == 0)
+    return cudaSuccess;
+  if (!tensorCoreFits(xt, wt, yt, K, N)) {
+    const int64_t tiles = maxTiles(groups.rows, groups.experts, kPlainRows);
+    const int64_t colTiles = (N + kPlainCols - 1) / kPlainCols;
+    if (tiles > INT32_MAX || colTiles > 65535)
+      return cudaErrorInvalidConfiguration;
+    plainProductDevice<<<dim3(unsigned(tiles), unsigned(colTiles)), 4 * kPlainCols, 0, stream>>>(
+        groups, x, xt, K, w, wt, weightNK, N, addend, y, yt);
+    return cudaGetLastError();
+  }
+  const int64_t blocks = maxTiles(groups.rows, groups.experts, kBM) * ((N + kBN - 1) / kBN);
+  if (blocks > INT32_MAX || groups.rows > INT32_MAX || N > INT32_MAX || K > INT32_MAX)
+    return cudaErrorInvalidConfiguration;
+  ProductMaps maps;
+  const uint64_t M = uint64_t(groups.rows), E = uint64_t(groups.experts);
+  const bool encoded =
+      encodeMap(maps.x, x, {uint64_t(K), M, 1}, {kBK, kBM, 1}) &&
+      (weightNK ? encodeMap(maps.w, w, {uint64_t(K), uint64_t(N), E}, {kBK, kBN, 1})
+                : encodeMap(maps.w, w, {uint64_t(N), uint64_t(K), E}, {64, kBK, 1}));
+  if (!encoded)
+    return cudaErrorInvalidValue;
+  cudaError_t e = weightNK ? allowLargeSharedMemory<true>() : allowLargeSharedMemory<false>();
+  if (e != cudaSuccess)
+    return e;
+  auto launch = [&](auto kernel) {
+    kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(maps, groups, K, N, addend, y, yt);
+  };
+  weightNK ? launch(groupedProductDevice<true>) : launch(groupedProductDevice<false>);
+  return cudaGetLastError();
+}
+
+} // namespace g3rt::cuda

@@ -1,0 +1,52 @@
+//===- grouped_gemm.h - all experts' products in one launch -----*- C++ -*-===//
+//
+// The expert layers' wide products (x·W_eᵀ forward, dy·W_e for the input
+// gradient) over a buffer whose rows are grouped by expert. One kernel does
+// every expert: the grid is sized for the worst split of rows into tiles and
+// each block reads the expert offsets on the device (row_groups.cuh), so the
+// host never waits for the routing and the launch can be captured in a CUDA
+// graph. bf16 operands run on the tensor cores (wgmma, fp32 accumulate;
+// Hopper only), small products of other shapes on a plain fp32 kernel.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_CUDA_GROUPED_GEMM_H
+#define G3MOE_RUNTIME_CUDA_GROUPED_GEMM_H
+
+#include "runtime/cuda/lowrank_products.h"
+
+namespace g3rt::cuda {
+
+/// Whether groupedExpertProduct takes a product of M rows with operands of
+/// types `x` and `w` into `y`, inner size K and N output columns: on the
+/// tensor cores, bf16 operands, a bf16 or f32 result and K and N multiples
+/// of 8 (16-byte rows); on the plain kernel, float types and a side of at
+/// most 64 or at most 2^28 multiply-adds.
+bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t N);
+
+/// y[m, :N] = x[m, :K]·W_eᵀ for the rows m of each expert e, where W is
+/// [E, N, K] (`weightNK`, the forward product) or [E, K, N] (dy·W_e, the
+/// input gradient). A non-null `addend` (typed like y; it may be y itself)
+/// is added to the fp32 product before rounding, and is what rows past the
+/// last expert get (zeros without one). Offsets that are not a valid split
+/// make every row NaN. On the tensor cores all pointers must be 16-byte
+/// aligned.
+cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, const void *x,
+                                 DType xType, int64_t K, const void *w, DType wType, bool weightNK,
+                                 int64_t N, const void *addend, void *y, DType yType);
+
+/// Whether groupedWeightGrad takes dW [E, O, I] over M rows: float types
+/// and a side of at most 64 or at most 2^28 multiply-adds (the plain
+/// kernel; large weight gradients run per expert on cuBLAS).
+bool groupedWeightGradFits(DType dy, DType x, DType dw, int64_t M, int64_t O, int64_t I);
+
+/// dW_e[O, I] = Σ over the rows m of expert e of dy[m, :O]ᵀ·x[m, :I], in
+/// fp32; experts without rows get zeros, offsets that are not a valid split
+/// NaN everywhere.
+cudaError_t groupedWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
+                              DType dyType, int64_t O, const void *x, DType xType, int64_t I,
+                              void *dw, DType dwType);
+
+} // namespace g3rt::cuda
+
+#endif // G3MOE_RUNTIME_CUDA_GROUPED_GEMM_H
