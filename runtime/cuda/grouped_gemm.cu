@@ -136,7 +136,8 @@ struct ProductMaps {
   CUtensorMap x, w;
 };
 
-/// Fills stage `s` with K tile `kt`, completing on `full`.
+/// Fills the stage at sA (x) and sB (the weight) with K tile `kt`, completing
+/// on `full`.
 template <bool WeightNK>
 __device__ __forceinline__ void fillStage(uint32_t sA, uint32_t sB, uint32_t full,
                                           const ProductMaps &maps, const Tile &tile, int64_t n0,
