@@ -119,10 +119,14 @@ Status readBad(const KernelArgs &args, const BadWord *bad, int64_t count,
   return Status();
 }
 
+/// A record's position and value (reportBad's packing).
+int64_t badPosition(BadWord word) { return int64_t(word >> 32); }
+int32_t badValue(BadWord word) { return int32_t(uint32_t(word & 0xffffffffu)); }
+
 /// The CPU's checkIndexRange message for a record of a [rows, k] tensor.
 std::string badIndexMessage(BadWord word, int64_t k, int64_t limit, const char *what) {
-  const int64_t pos = int64_t(word >> 32);
-  const int32_t value = int32_t(uint32_t(word & 0xffffffffu));
+  const int64_t pos = badPosition(word);
+  const int32_t value = badValue(word);
   return std::string(what) + " " + std::to_string(value) + " at row " + str(pos / k) +
          ", position " + str(pos % k) + " is outside [0, " + str(limit) + ")";
 }
@@ -1462,10 +1466,9 @@ Status balanceSetup(const KernelArgs &args, int64_t trailing, Scratch &scratch,
   return settle(args, r, [name = std::string(args.name), ks, E = b.E](const BadWord *w) {
     for (size_t l = 0; l < ks.size(); ++l)
       if (w[l] != kNoBad) {
-        const int64_t pos = int64_t(w[l] >> 32);
-        const int32_t value = int32_t(uint32_t(w[l] & 0xffffffffu));
-        return Status::error(name + ": expert index " + std::to_string(value) + " of layer " +
-                             str(int64_t(l)) + " at row " + str(pos / ks[l]) +
+        return Status::error(name + ": expert index " + std::to_string(badValue(w[l])) +
+                             " of layer " + str(int64_t(l)) + " at row " +
+                             str(badPosition(w[l]) / ks[l]) +
                              " is outside [0, " + str(E) + ")");
       }
     return Status();
