@@ -398,6 +398,146 @@ TEST(DenseKernels, LmHeadCrossEntropyLogSumExp) {
                     "lm_head_cross_entropy", "lse must be f32 with one entry per row");
 }
 
+/// The fused head's loss, per-row logsumexp and gradients computed directly
+/// in double from the definitions (lm_head, then cross_entropy): the oracle
+/// of LmHeadCrossEntropyMatchesDoubleReference.
+struct HeadLossReference {
+  double loss = 0;
+  std::vector<double> lse, dx, dtable;
+};
+
+HeadLossReference referenceHeadLoss(const Tensor &x, const Tensor &table,
+                                    const std::vector<int32_t> &targets, int32_t ignore,
+                                    double numItems, double dloss, double softcap) {
+  const int64_t V = table.view.dim(0), H = table.view.dim(1), M = x.numel() / H;
+  std::vector<double> raw = referenceLinear(x, table, M, H, V);
+  HeadLossReference r;
+  r.lse.assign(size_t(M), 0.0);
+  r.dx.assign(size_t(M * H), 0.0);
+  r.dtable.assign(size_t(V * H), 0.0);
+  for (int64_t m = 0; m < M; ++m) {
+    int32_t t = targets[size_t(m)];
+    if (t == ignore)
+      continue;
+    std::vector<double> l(static_cast<size_t>(V)), slope(static_cast<size_t>(V));
+    double top = -INFINITY;
+    for (int64_t v = 0; v < V; ++v) {
+      double z = raw[size_t(m * V + v)];
+      l[size_t(v)] = softcap > 0 ? softcap * std::tanh(z / softcap) : z;
+      slope[size_t(v)] = softcap > 0 ? 1 - std::pow(std::tanh(z / softcap), 2) : 1;
+      top = std::max(top, l[size_t(v)]);
+    }
+    double sum = 0;
+    for (double z : l)
+      sum += std::exp(z - top);
+    double lse = top + std::log(sum);
+    r.lse[size_t(m)] = lse;
+    r.loss += (lse - l[size_t(t)]) / numItems;
+    for (int64_t v = 0; v < V; ++v) {
+      // d loss / d raw logit: (softmax - onehot) · dloss / num_items, through the cap.
+      double g = (std::exp(l[size_t(v)] - lse) - (v == t)) * dloss / numItems * slope[size_t(v)];
+      for (int64_t h = 0; h < H; ++h) {
+        r.dx[size_t(m * H + h)] += g * table.view.load(v * H + h);
+        r.dtable[size_t(v * H + h)] += g * x.view.load(m * H + h);
+      }
+    }
+  }
+  return r;
+}
+
+/// Expects every value of `got` within `rtol` of `want`, relative to the
+/// largest |want| (gradients have entries near 0 whose own relative error
+/// means nothing).
+void expectCloseToReference(const char *what, const std::vector<float> &got,
+                            const std::vector<double> &want, double rtol) {
+  SCOPED_TRACE(what);
+  ASSERT_EQ(got.size(), want.size());
+  double scale = 0;
+  for (double w : want)
+    scale = std::max(scale, std::fabs(w));
+  ASSERT_GT(scale, 0);
+  int bad = 0;
+  for (size_t i = 0; i < got.size() && bad < 5; ++i)
+    if (!(std::fabs(got[i] - want[i]) <= rtol * scale)) {
+      ADD_FAILURE() << what << "[" << i << "] = " << got[i] << ", reference " << want[i];
+      ++bad;
+    }
+}
+
+TEST(DenseKernels, LmHeadCrossEntropyMatchesDoubleReference) {
+  // The fused head is built from lm_head and cross_entropy run over chunks of
+  // 256 rows, so checking it against those kernels alone would repeat its own
+  // arithmetic. The oracle here is the definition evaluated in double over all
+  // rows at once, plus central differences of the fused loss itself. 600 rows
+  // are two whole chunks and a partial one; ignored targets sit in every
+  // chunk and fill the whole middle one (which then contributes nothing);
+  // num_items (a whole accumulation window's labels) exceeds this
+  // micro-batch's, and the incoming gradient is not 1.
+  const int64_t B = 3, T = 200, M = B * T, H = 12, V = 37;
+  const int32_t ignore = -100;
+  std::vector<int32_t> tv(static_cast<size_t>(M));
+  for (int64_t m = 0; m < M; ++m)
+    tv[size_t(m)] = (m % 7 == 3 || (m >= 256 && m < 512)) ? ignore : int32_t((m * 11 + 5) % V);
+  int64_t counted = 0;
+  for (int32_t t : tv)
+    counted += t != ignore;
+  const double numItems = double(counted + 40), dloss = 0.75;
+  for (double cap : {0.0, 3.0}) {
+    for (DType dtype : {DType::F32, DType::BF16}) {
+      SCOPED_TRACE(std::string(cap > 0 ? "softcap 3" : "no softcap") +
+                   (dtype == DType::BF16 ? ", bf16" : ", f32"));
+      std::mt19937 rng(cap > 0 ? 21 : 20);
+      // Logits of a few units: the cap at 3 bends most of them.
+      Tensor x = randomTensor(dtype, {B, T, H}, rng, -1, 1);
+      Tensor table = randomTensor(dtype, {V, H}, rng, -1, 1);
+      Tensor targets = indices({B, T}, tv);
+      KernelAttrs a = attrs({{"ignore_index", AttrValue::ofInt(ignore)}});
+      if (cap > 0)
+        a.set("softcap", AttrValue::ofFloat(cap));
+      HeadLossReference want = referenceHeadLoss(x, table, tv, ignore, numItems, dloss, cap);
+
+      Tensor loss = Tensor::f32({}), lse = Tensor::f32({B, T});
+      fillUniform(lse, rng, 5, 6); // stale contents to be overwritten
+      EXPECT_OK(run("lm_head_cross_entropy", {x, table, targets, scalar(float(numItems))},
+                    {loss, lse}, a));
+      G3RT_EXPECT_CLOSE(loss.f()[0], want.loss, 2e-6, 0);
+      expectCloseToReference("lse", lse.values(), want.lse, 1e-6);
+      for (int64_t m = 0; m < M; ++m)
+        if (tv[size_t(m)] == ignore)
+          EXPECT_EQ(lse.f()[m], 0.0f) << "ignored row " << m;
+
+      Tensor dx(dtype, {B, T, H}), dtable = Tensor::f32({V, H});
+      Tensor dxOnly(dtype, {B, T, H});
+      fillUniform(dtable, rng); // stale contents to be overwritten
+      EXPECT_OK(run("lm_head_cross_entropy_grad",
+                    {x, table, targets, scalar(float(numItems)), scalar(float(dloss)), lse},
+                    {dx, dtable}, a));
+      EXPECT_OK(run("lm_head_cross_entropy_grad",
+                    {x, table, targets, scalar(float(numItems)), scalar(float(dloss))}, {dxOnly},
+                    a));
+      // bf16 results are rounded once, to 8 bits of mantissa.
+      expectCloseToReference("dx", dx.values(), want.dx, dtype == DType::BF16 ? 8e-3 : 1e-5);
+      expectCloseToReference("dtable", dtable.values(), want.dtable, 1e-5);
+      EXPECT_EQ(dx.values(), dxOnly.values()) << "dx without the table gradient";
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t h = 0; h < H && tv[size_t(m)] == ignore; ++h)
+          ASSERT_EQ(dx.view.load(m * H + h), 0.0f) << "ignored row " << m;
+
+      if (dtype != DType::F32)
+        continue;
+      // The gradients are those of the loss the forward computes.
+      auto f = [&] {
+        Status s =
+            run("lm_head_cross_entropy", {x, table, targets, scalar(float(numItems))}, {loss}, a);
+        EXPECT_TRUE(s.ok()) << s.message();
+        return double(loss.f()[0]) * dloss;
+      };
+      checkGradient("input", f, x, dx, rng);
+      checkGradient("table", f, table, dtable, rng);
+    }
+  }
+}
+
 //===----------------------------------------------------------------------===//
 // Cross-entropy
 //===----------------------------------------------------------------------===//
