@@ -19,6 +19,7 @@
 #include "llvm/Support/MemoryBuffer.h"
 #include "llvm/Support/Path.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -102,6 +103,12 @@ std::optional<int64_t> asInt(const json::Value &v) {
   if (!d || !(std::fabs(*d) < 9.0e18))
     return std::nullopt;
   return v.getAsInteger();
+}
+
+/// A whole number, whether or not it fits int64_t (1e300 is one).
+bool isWholeNumber(const json::Value &v) {
+  std::optional<double> d = v.getAsNumber();
+  return d && std::isfinite(*d) && *d == std::trunc(*d);
 }
 
 std::optional<double> asFiniteNumber(const json::Value &v) {
@@ -311,6 +318,12 @@ template <size_t N> bool inTable(const char *const (&table)[N], StringRef key) {
       return true;
   return false;
 }
+
+/// transformers' private attributes (`_name_or_path`, `_attn_implementation`,
+/// and `_sliding_window_pattern`, which transformers 5 writes next to
+/// `layer_types` but never reads back: it derives the layer types from
+/// `sliding_window_pattern` or 6). None describes the model.
+bool isPrivateKey(StringRef key) { return key.starts_with("_"); }
 
 enum class TK {
   Int,
@@ -527,6 +540,8 @@ struct Ctx {
   /// gemma3_text or g3moe_text.
   std::string textType;
   std::string checkpointPrefix;
+  /// The text model is a wrapper's text_config (gemma3 / g3moe).
+  bool wrapper = false;
   /// G3MoETextConfig's MoE defaults apply (g3moe files and upcycled presets).
   bool g3moeDefaults = false;
   /// Where MoE fields left at their defaults are named when a preset's
@@ -603,7 +618,9 @@ Error setTrainKey(Ctx &c, const TrainKey &tk, const json::Value &v,
     return Error::success();
   }
   case TK::Int:
-    if (!asInt(v))
+    // An integer too large for int64_t is left to the range check, which
+    // states the bound.
+    if (!asInt(v) && !isWholeNumber(v))
       return fail(o, "must be an integer, got " + render(v));
     break;
   case TK::Number:
@@ -652,7 +669,7 @@ Error collectModelKey(Ctx &c, StringRef key, const json::Value &v,
   if (inTable(kExpertAliases, key))
     return setField(c.model, "n_routed_experts", v, o);
   if (key == "model_type" || inTable(kModelMetadata, key) ||
-      inTable(kDeepSeekLeftovers, key))
+      inTable(kDeepSeekLeftovers, key) || isPrivateKey(key))
     return Error::success();
   if (inTable(kLaterEraFields, key))
     return checkLaterEra(key, v, o);
@@ -708,6 +725,7 @@ Error collectHFConfig(Ctx &c, const json::Object &root, StringRef file) {
   c.g3moeDefaults = *type == "g3moe";
   c.modelPrefix = "text_config.";
   c.checkpointPrefix = "language_model.";
+  c.wrapper = true;
   Origin textOrigin{file.str(), "text_config", Priority::File, ""};
   const json::Value *textValue = root.get("text_config");
   if (!textValue || textValue->kind() == json::Value::Null)
@@ -732,7 +750,8 @@ Error collectHFConfig(Ctx &c, const json::Object &root, StringRef file) {
     const json::Value &v = *root.get(key);
     Origin o{file.str(), key, Priority::File, ""};
     if (key == "text_config" || key == "model_type" ||
-        inTable(kWrapperKeys, key) || inTable(kModelMetadata, key))
+        inTable(kWrapperKeys, key) || inTable(kModelMetadata, key) ||
+        isPrivateKey(key))
       continue;
     if (key == "tie_word_embeddings") {
       // Newer Gemma3Config carries the flag at the top too; it must agree
@@ -1034,6 +1053,11 @@ Error applyOverride(Ctx &c, const ConfigOverride &ov) {
 // Resolution: field maps to ModelConfig / TrainingOptions
 //===----------------------------------------------------------------------===//
 
+/// The transformers class whose defaults fill in the text model's backbone.
+StringRef textClass(const Ctx &c) {
+  return c.textType == "g3moe_text" ? "G3MoETextConfig" : "Gemma3TextConfig";
+}
+
 /// Typed access to one field map; absent fields keep the caller's default.
 struct Reader {
   Ctx &c;
@@ -1063,16 +1087,50 @@ struct Reader {
   std::string defaulted(StringRef key) const {
     return has(key) ? "" : " (the default; the field is absent)";
   }
+  /// Warns, naming the field, that an absent field takes the default `value`
+  /// of the config class `cls` (as transformers would).
+  void noteDefault(StringRef key, const Twine &value, StringRef cls) const {
+    if (!has(key))
+      c.warn(origin(key), "absent; using " + cls + "'s default, " + value);
+  }
 
   Error integer(StringRef key, int64_t &out, bool nullable = false) const {
     const Entry *e = find(key);
     if (!e || (nullable && e->value.kind() == json::Value::Null))
       return Error::success();
     std::optional<int64_t> v = asInt(e->value);
+    if (!v && isWholeNumber(e->value))
+      return fail(e->origin, "must be an integer between -9e18 and 9e18, got " +
+                                 render(e->value));
     if (!v)
       return fail(e->origin, "must be an integer, got " + render(e->value));
     out = *v;
     return Error::success();
+  }
+  /// An integer in [lo, hi]. An absent field (or, where `nullable`, a null
+  /// one) keeps `out`, which is checked all the same. `why` says where the
+  /// bound comes from; the message states the bound, also for numbers too
+  /// large for int64_t.
+  Error integerIn(StringRef key, int64_t &out, int64_t lo, int64_t hi,
+                  StringRef why = "", bool nullable = false) const {
+    const Entry *e = find(key);
+    std::string got;
+    if (e && !(nullable && e->value.kind() == json::Value::Null)) {
+      std::optional<int64_t> v = asInt(e->value);
+      if (!v && !isWholeNumber(e->value))
+        return fail(e->origin, "must be an integer, got " + render(e->value));
+      if (v)
+        out = *v;
+      else
+        got = render(e->value);
+    }
+    if (got.empty() && out >= lo && out <= hi)
+      return Error::success();
+    if (got.empty())
+      got = std::to_string(out);
+    return fail(origin(key), "must be an integer in [" + Twine(lo) + ", " +
+                                 Twine(hi) + "]" + why + ", got " + got +
+                                 defaulted(key));
   }
   Error number(StringRef key, double &out, bool nullable = false) const {
     const Entry *e = find(key);
@@ -1106,23 +1164,13 @@ struct Reader {
   }
 };
 
-/// Sizes past this are nonsense for a model and would overflow products
-/// downstream.
+/// The largest dimension: token ids and positions are int32, and no
+/// dimension of a real model comes near it. Products of dimensions are bounded
+/// separately (checkStepSize).
 constexpr int64_t kMaxSize = std::numeric_limits<int32_t>::max();
 /// One LayerSpec per layer is allocated; keep a hostile value from doing so.
 constexpr int64_t kMaxLayers = 4096;
 constexpr int64_t kMaxExperts = 65536;
-
-Error checkRange(const Reader &r, StringRef key, int64_t v, int64_t lo,
-                 int64_t hi) {
-  if (v >= lo && v <= hi)
-    return Error::success();
-  if (hi == kMaxSize || hi == std::numeric_limits<int64_t>::max())
-    return fail(r.origin(key), "must be >= " + Twine(lo) + ", got " + Twine(v) +
-                                   r.defaulted(key));
-  return fail(r.origin(key), "must be in [" + Twine(lo) + ", " + Twine(hi) +
-                                 "], got " + Twine(v) + r.defaulted(key));
-}
 
 /// A RoPE description from rope_scaling, rope_parameters or
 /// rope_scaling_factor.
@@ -1339,6 +1387,9 @@ Error resolveRope(Ctx &c, const Reader &r, ModelConfig &m) {
       return best.takeError();
     if (*best)
       out = *(*best)->theta;
+    else
+      r.noteDefault(field, std::to_string(static_cast<int64_t>(out)),
+                    textClass(c));
     return Error::success();
   };
   if (Error e = pickTheta(params, "rope_theta", m.globalRope.theta))
@@ -1355,11 +1406,16 @@ Error resolveRope(Ctx &c, const Reader &r, ModelConfig &m) {
 
 Error resolveLayers(Ctx &c, const Reader &r, ModelConfig &m) {
   int64_t pattern = 6;
-  if (Error e = r.integer("sliding_window_pattern", pattern, true))
+  if (Error e = r.integerIn("sliding_window_pattern", pattern, 1, kMaxSize, "",
+                            /*nullable=*/true))
     return e;
-  if (!r.isNull("sliding_window_pattern"))
-    if (Error e = checkRange(r, "sliding_window_pattern", pattern, 1, kMaxSize))
-      return e;
+  if ((!r.has("layer_types") || r.isNull("layer_types")) &&
+      (!r.has("sliding_window_pattern") || r.isNull("sliding_window_pattern")))
+    c.warn(r.origin("sliding_window_pattern"),
+           Twine(r.has("sliding_window_pattern") ? "null" : "absent") +
+               "; using " + textClass(c) +
+               "'s default, 6 (there are no layer_types either; every "
+               "sixth layer is global)");
   std::vector<AttentionKind> fromPattern;
   for (int64_t l = 0; l < m.numLayers; ++l)
     fromPattern.push_back((l + 1) % pattern != 0 ? AttentionKind::Sliding
@@ -1458,14 +1514,8 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
   m.modelType = c.textType;
   m.checkpointPrefix = c.checkpointPrefix;
 
-  // Gemma3TextConfig defaults.
-  m.vocabSize = 262208;
-  m.hiddenSize = 2304;
-  m.intermediateSize = 9216;
-  m.numLayers = 26;
-  m.numHeads = 8;
-  m.numKVHeads = 4;
-  m.headDim = 256;
+  // Gemma3TextConfig defaults (G3MoETextConfig has the same), for the fields
+  // that may be absent.
   m.queryPreAttnScalar = 256;
   m.slidingWindow = 4096;
   m.rmsNormEps = 1e-6;
@@ -1478,27 +1528,62 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
   m.globalRope = RopeSpec{1000000.0, 1.0};
   m.slidingRope = RopeSpec{10000.0, 1.0};
 
+  // The shape. Checkpoint configs always give the first three: the class
+  // defaults (2304, 9216, 26) are placeholders, and a config without them is
+  // incomplete. transformers writes the other four in every text config, but
+  // 4.x left fields equal to the class default out of a wrapper's
+  // text_config, and the Hub's Gemma-3-4B relies on that for its heads,
+  // head_dim and vocabulary: there the default is used, with a warning.
   struct SizeField {
     const char *key;
     int64_t *out;
+    int64_t classDefault;
     int64_t max;
+    const char *why;
+    bool defaultInWrapper;
   };
   SizeField sizes[] = {
-      {"vocab_size", &m.vocabSize, kMaxSize},
-      {"hidden_size", &m.hiddenSize, kMaxSize},
-      {"intermediate_size", &m.intermediateSize, kMaxSize},
-      {"num_hidden_layers", &m.numLayers, kMaxLayers},
-      {"num_attention_heads", &m.numHeads, kMaxSize},
-      {"num_key_value_heads", &m.numKVHeads, kMaxSize},
-      {"head_dim", &m.headDim, kMaxSize},
-      {"max_position_embeddings", &m.maxPositionEmbeddings, kMaxSize},
+      {"vocab_size", &m.vocabSize, 262208, kMaxSize, " (token ids are int32)",
+       true},
+      {"hidden_size", &m.hiddenSize, 2304, kMaxSize, "", false},
+      {"intermediate_size", &m.intermediateSize, 9216, kMaxSize, "", false},
+      {"num_hidden_layers", &m.numLayers, 26, kMaxLayers, "", false},
+      {"num_attention_heads", &m.numHeads, 8, kMaxSize, "", true},
+      {"num_key_value_heads", &m.numKVHeads, 4, kMaxSize, "", true},
+      {"head_dim", &m.headDim, 256, kMaxSize, "", true},
   };
   for (const SizeField &f : sizes) {
-    if (Error e = r.integer(f.key, *f.out))
-      return e;
-    if (Error e = checkRange(r, f.key, *f.out, 1, f.max))
+    if (!r.has(f.key)) {
+      if (!f.defaultInWrapper)
+        return fail(r.origin(f.key),
+                    "missing; a model config must give the model's shape, and "
+                    "every checkpoint's does (" +
+                        textClass(c) + "'s default, " + Twine(f.classDefault) +
+                        ", is a placeholder)");
+      if (!c.wrapper)
+        return fail(r.origin(f.key),
+                    "missing; a " + c.textType +
+                        " config must give the model's shape, and "
+                        "transformers writes every field of one (" +
+                        textClass(c) + "'s default, " + Twine(f.classDefault) +
+                        ", is taken only in a multimodal config's "
+                        "text_config, which transformers 4.x wrote without "
+                        "the fields equal to it)");
+      c.warn(r.origin(f.key),
+             "absent; using " + textClass(c) + "'s default, " +
+                 Twine(f.classDefault) +
+                 ", as transformers does (4.x left fields equal to it out "
+                 "of text_config)");
+      *f.out = f.classDefault;
+    }
+    if (Error e = r.integerIn(f.key, *f.out, 1, f.max, f.why))
       return e;
   }
+  // Only an upper bound of the sequence length: the default changes nothing
+  // else.
+  if (Error e = r.integerIn("max_position_embeddings", m.maxPositionEmbeddings,
+                            1, kMaxSize, " (positions are int32)"))
+    return e;
   if (m.numHeads % m.numKVHeads != 0)
     return fail(r.origin("num_key_value_heads"),
                 "num_attention_heads (" + Twine(m.numHeads) +
@@ -1514,16 +1599,18 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
     return fail(r.origin("sliding_window"),
                 "must be an integer >= 1; null (no sliding window) is not "
                 "supported for Gemma-3");
-  if (Error e = r.integer("sliding_window", m.slidingWindow))
-    return e;
-  if (Error e = checkRange(r, "sliding_window", m.slidingWindow, 1, kMaxSize))
+  r.noteDefault("sliding_window", Twine(m.slidingWindow), textClass(c));
+  if (Error e = r.integerIn("sliding_window", m.slidingWindow, 1, kMaxSize))
     return e;
 
+  r.noteDefault("query_pre_attn_scalar", num(m.queryPreAttnScalar),
+                textClass(c));
   if (Error e = r.number("query_pre_attn_scalar", m.queryPreAttnScalar))
     return e;
   if (m.queryPreAttnScalar <= 0)
     return fail(r.origin("query_pre_attn_scalar"),
                 "must be > 0, got " + num(m.queryPreAttnScalar));
+  r.noteDefault("rms_norm_eps", num(m.rmsNormEps), textClass(c));
   if (Error e = r.number("rms_norm_eps", m.rmsNormEps))
     return e;
   if (m.rmsNormEps <= 0)
@@ -1581,14 +1668,17 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
   if (Error e = checkTokenId(r, "bos_token_id", m.bosTokenId, m.vocabSize))
     return e;
 
-  // MoE. n_routed_experts defaults to G3MoETextConfig's 256 where the G3MoE
-  // class applies, else 0 (dense).
-  m.numExperts = c.g3moeDefaults ? 256 : 0;
-  if (r.isNull("n_routed_experts"))
-    m.numExperts = 0;
-  if (Error e = r.integer("n_routed_experts", m.numExperts, true))
-    return e;
-  if (Error e = checkRange(r, "n_routed_experts", m.numExperts, 0, kMaxExperts))
+  // MoE. A G3MoE config (or a preset's g3moe_params) must say how many
+  // experts there are: G3MoETextConfig's default, 256, is DeepSeek-V3's and
+  // would be a silent change of shape. Elsewhere absent means dense.
+  m.numExperts = 0;
+  if (c.g3moeDefaults && !r.has("n_routed_experts"))
+    return fail(r.origin("n_routed_experts"),
+                "missing; a G3MoE model must give its number of routed "
+                "experts (0 or null for a dense model); G3MoETextConfig's "
+                "default, 256, is not used silently");
+  if (Error e = r.integerIn("n_routed_experts", m.numExperts, 0, kMaxExperts,
+                            "", /*nullable=*/true))
     return e;
   if (m.numExperts > 0 && m.modelType == "gemma3_text")
     m.modelType = "g3moe_text";
@@ -1620,9 +1710,15 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
   m.topkGroup = 4;
   m.normTopkProb = true;
 
-  if (Error e = r.integer("num_experts_per_tok", m.topK))
-    return e;
-  if (Error e = checkRange(r, "num_experts_per_tok", m.topK, 1, kMaxExperts))
+  // The routing width is as much the model's as the expert count; the class
+  // default 8 is DeepSeek-V3's (and SparseMixer needs 2).
+  if (!r.has("num_experts_per_tok"))
+    return fail(r.origin("num_experts_per_tok"),
+                "missing; a G3MoE model must give the experts each token is "
+                "routed to (2 for router 'sparsemixer'); G3MoETextConfig's "
+                "default, 8, is not used silently");
+  if (Error e =
+          r.integerIn("num_experts_per_tok", m.topK, 1, kMaxExperts))
     return e;
   if (m.topK > m.numExperts)
     return fail(r.origin("num_experts_per_tok"),
@@ -1649,10 +1745,31 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
                     " but router 'sparsemixer' is defined only for top-2 "
                     "routing (G3MOE_SPEC.md §7 A3); set it to 2");
 
-  if (Error e = r.integer("first_k_dense_replace", m.firstKDenseReplace))
-    return e;
-  if (Error e = checkRange(r, "first_k_dense_replace", m.firstKDenseReplace, 0,
-                           m.numLayers))
+  // The MoE fields a G3MoE checkpoint normally states; an absent one takes
+  // G3MoETextConfig's default, with a warning where it changes the step.
+  r.noteDefault("first_k_dense_replace", Twine(m.firstKDenseReplace),
+                "G3MoETextConfig");
+  if (m.router == RouterKind::SparseMixer)
+    r.noteDefault("router_jitter_noise", num(m.routerJitterNoise),
+                  "G3MoETextConfig");
+  r.noteDefault("input_jitter_noise", num(m.inputJitterNoise),
+                "G3MoETextConfig");
+  if (!r.has("n_shared_experts"))
+    c.warn(r.origin("n_shared_experts"),
+           "absent; using 0 (no shared expert, as in the R0/R1 block); "
+           "G3MoETextConfig's default, 1, was never used (G3MOE_SPEC.md §7 "
+           "A2)");
+  if (m.router == RouterKind::SigmoidGrouped) {
+    r.noteDefault("routed_scaling_factor", num(m.routedScalingFactor),
+                  "G3MoETextConfig");
+    r.noteDefault("n_group", Twine(m.numGroups), "G3MoETextConfig");
+    r.noteDefault("topk_group", Twine(m.topkGroup), "G3MoETextConfig");
+  }
+  if (m.router != RouterKind::SparseMixer)
+    r.noteDefault("norm_topk_prob", "true", "G3MoETextConfig");
+
+  if (Error e = r.integerIn("first_k_dense_replace", m.firstKDenseReplace, 0,
+                            m.numLayers, " (num_hidden_layers)"))
     return e;
 
   struct NonNegative {
@@ -1675,11 +1792,11 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
                                        num(*f.out));
   }
 
-  if (Error e = r.integer("n_shared_experts", m.numSharedExperts, true))
+  if (Error e = r.integerIn("n_shared_experts", m.numSharedExperts, 0,
+                            kMaxExperts, "", /*nullable=*/true))
     return e;
-  if (Error e =
-          checkRange(r, "n_shared_experts", m.numSharedExperts, 0, kMaxExperts))
-    return e;
+  if (m.numSharedExperts > 0)
+    r.noteDefault("freeze_shared_experts", "true", "G3MoETextConfig");
   if (Error e = r.boolean("freeze_shared_experts", m.freezeSharedExperts))
     return e;
   if (Error e = r.number("routed_scaling_factor", m.routedScalingFactor))
@@ -1692,13 +1809,9 @@ Error resolveModel(Ctx &c, ModelConfig &m) {
 
   // Group-limited routing. topk_group > n_group is rejected whatever the
   // router, as in the seed's g3moe_params (§7 D12).
-  if (Error e = r.integer("n_group", m.numGroups))
+  if (Error e = r.integerIn("n_group", m.numGroups, 1, kMaxExperts))
     return e;
-  if (Error e = checkRange(r, "n_group", m.numGroups, 1, kMaxExperts))
-    return e;
-  if (Error e = r.integer("topk_group", m.topkGroup))
-    return e;
-  if (Error e = checkRange(r, "topk_group", m.topkGroup, 1, kMaxExperts))
+  if (Error e = r.integerIn("topk_group", m.topkGroup, 1, kMaxExperts))
     return e;
   if (m.topkGroup > m.numGroups)
     return fail(r.origin("topk_group"),
@@ -1753,11 +1866,8 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
                 "must be in [1, max_position_embeddings = " +
                     Twine(m.maxPositionEmbeddings) + "], got " +
                     Twine(t.seqLen) + absent("seq_len"));
-  if (Error e = r.integer("micro_batch", t.microBatch))
+  if (Error e = r.integerIn("micro_batch", t.microBatch, 1, kMaxSize))
     return e;
-  if (t.microBatch < 1 || t.microBatch > kMaxSize)
-    return fail(at("micro_batch", "per_device_train_batch_size"),
-                "must be >= 1, got " + Twine(t.microBatch));
 
   if (Error e = r.string("finetuning", t.finetuning))
     return e;
@@ -1765,11 +1875,8 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
     return fail(at("finetuning", "finetuning"),
                 "must be 'lora' or 'full', got '" + t.finetuning + "'");
 
-  if (Error e = r.integer("lora_r", t.lora.rank))
+  if (Error e = r.integerIn("lora_r", t.lora.rank, 1, kMaxSize))
     return e;
-  if (t.lora.rank < 1 || t.lora.rank > kMaxSize)
-    return fail(at("lora_r", "lora_r"),
-                "LoRA rank must be >= 1, got " + Twine(t.lora.rank));
   if (Error e = r.number("lora_alpha", t.lora.alpha))
     return e;
   if (t.lora.alpha <= 0)
@@ -1833,8 +1940,8 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
   if (const Entry *e = r.find("memory_budget_gb")) {
     double gb = *asFiniteNumber(e->value);
     if (gb <= 0 || gb > 1e6)
-      return fail(e->origin,
-                  "must be a positive number of GiB, got " + render(e->value));
+      return fail(e->origin, "must be a number of GiB in (0, 1e6], got " +
+                                 render(e->value));
     t.memoryBudgetBytes = static_cast<int64_t>(gb * 1024.0 * 1024.0 * 1024.0);
   }
 
@@ -1947,6 +2054,120 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
   return Error::success();
 }
 
+/// Warns about MoE loss coefficients left at their default when the loss they
+/// scale is switched on (only then do they matter).
+void noteLossCoefficientDefaults(Ctx &c, const ModelConfig &m,
+                                 const TrainingOptions &t) {
+  if (!m.isMoE())
+    return;
+  Reader r{c, c.model, true};
+  if (t.loadBalancingLoss)
+    r.noteDefault("router_aux_loss_coef", num(m.routerAuxLossCoef),
+                  "G3MoETextConfig");
+  if (t.routerZLoss)
+    r.noteDefault("router_z_loss_coef", num(m.routerZLossCoef),
+                  "G3MoETextConfig");
+}
+
+/// The most elements a step may hold: its byte counts (up to 8 bytes an
+/// element, summed over every buffer of the arena) then stay far inside
+/// int64_t, whatever the planner adds up.
+constexpr double kMaxStepElements = 4503599627370496.0; // 2^52
+
+/// The sizes that decide how large a step's tensors are, as doubles so that
+/// their products cannot overflow.
+struct StepDims {
+  double layers = 1, vocab = 1, hidden = 1, inter = 1, heads = 1, kvHeads = 1,
+         headDim = 1, experts = 0, topK = 0, shared = 0, rank = 0, batch = 1,
+         seq = 1;
+};
+
+/// An upper bound of the elements of the tensors a step holds: the weights
+/// with their gradients and AdamW moments, LoRA adapters (on every expert
+/// too) and one micro-batch's activations (a generous number per token and
+/// layer, plus the fp32 logits and their gradient).
+double stepElements(const StepDims &d) {
+  double width = std::max({d.inter * std::max(1.0, d.shared),
+                           d.heads * d.headDim, d.kvHeads * d.headDim,
+                           d.hidden});
+  double perLayer = 2 * d.hidden * d.headDim * (d.heads + d.kvHeads) +
+                    3 * d.inter * d.hidden * (1 + d.shared) +
+                    d.experts * (3 * d.inter * d.hidden + d.hidden) +
+                    4 * d.hidden + 2 * d.headDim;
+  double weights = 2 * d.vocab * d.hidden + d.layers * perLayer;
+  double adapters = 7 * d.rank * d.layers * (1 + d.experts) * (d.hidden + width);
+  double tokens = d.batch * d.seq;
+  double activations =
+      tokens * (4 * d.vocab + 16 * d.layers *
+                                  (d.hidden + width * (1 + d.topK) +
+                                   d.experts + d.heads));
+  return 4 * (weights + adapters) + activations;
+}
+
+/// Each size is bounded on its own; their products must be too, or the
+/// compiler's and the runtime's size arithmetic (elements x bytes, arena
+/// offsets) could overflow. The sizes are taken one at a time, in the order
+/// below, the others at their least; the first that takes the estimate past
+/// the limit is named.
+Error checkStepSize(Ctx &c, const ModelConfig &m, const TrainingOptions &t) {
+  struct Dim {
+    const char *key;
+    /// How a training option is named when it is absent.
+    const char *spelled;
+    bool model;
+    double value;
+    double StepDims::*field;
+  };
+  bool moe = m.isMoE();
+  const Dim dims[] = {
+      {"num_hidden_layers", nullptr, true, double(m.numLayers),
+       &StepDims::layers},
+      {"vocab_size", nullptr, true, double(m.vocabSize), &StepDims::vocab},
+      {"hidden_size", nullptr, true, double(m.hiddenSize), &StepDims::hidden},
+      {"intermediate_size", nullptr, true, double(m.intermediateSize),
+       &StepDims::inter},
+      {"num_attention_heads", nullptr, true, double(m.numHeads),
+       &StepDims::heads},
+      {"num_key_value_heads", nullptr, true, double(m.numKVHeads),
+       &StepDims::kvHeads},
+      {"head_dim", nullptr, true, double(m.headDim), &StepDims::headDim},
+      {"n_routed_experts", nullptr, true, double(m.numExperts),
+       &StepDims::experts},
+      {"num_experts_per_tok", nullptr, true, moe ? double(m.topK) : 0.0,
+       &StepDims::topK},
+      {"n_shared_experts", nullptr, true,
+       moe ? double(m.numSharedExperts) : 0.0, &StepDims::shared},
+      {"lora_r", "lora_r", false,
+       t.finetuning == "lora" ? double(t.lora.rank) : 0.0, &StepDims::rank},
+      {"seq_len", "max_seq_length", false, double(t.seqLen), &StepDims::seq},
+      {"micro_batch", "per_device_train_batch_size", false,
+       double(t.microBatch), &StepDims::batch},
+  };
+  StepDims partial;
+  for (const Dim &dim : dims) {
+    partial.*dim.field = dim.value;
+    if (stepElements(partial) <= kMaxStepElements)
+      continue;
+    StepDims all;
+    for (const Dim &each : dims)
+      all.*each.field = each.value;
+    Reader r{c, dim.model ? c.model : c.train, dim.model};
+    Origin o = r.origin(dim.key);
+    if (!dim.model && !r.has(dim.key))
+      o.path = dim.spelled;
+    return fail(o, "is " + Twine(static_cast<int64_t>(dim.value)) +
+                       r.defaulted(dim.key) +
+                       ", which makes the step too large: it would hold "
+                       "about " +
+                       formatv("{0:e1}", stepElements(all)).str() +
+                       " elements (weights with their gradients and AdamW "
+                       "moments, adapters, one micro-batch's activations), "
+                       "more than the 2^52 g3moe allows so that its byte "
+                       "counts fit in 64 bits");
+  }
+  return Error::success();
+}
+
 } // namespace
 
 //===----------------------------------------------------------------------===//
@@ -2013,6 +2234,9 @@ g3moe::frontend::parseCompileConfig(StringRef jsonText, StringRef displayName,
     return e;
   if (Error e = resolveTraining(c, result.model, result.training))
     return e;
+  if (Error e = checkStepSize(c, result.model, result.training))
+    return e;
+  noteLossCoefficientDefaults(c, result.model, result.training);
   result.modelSource = c.modelFile;
   result.warnings = std::move(c.warnings);
   return result;

@@ -170,7 +170,8 @@ struct CompileConfig {
   TrainingOptions training;
   /// The file the model configuration came from (a preset may point elsewhere).
   std::string modelSource;
-  /// Non-fatal notes (unknown fields, ignored fields), one sentence each.
+  /// Non-fatal notes (unknown fields, ignored fields, class defaults used for
+  /// absent fields), one sentence each.
   std::vector<std::string> warnings;
 };
 

@@ -72,19 +72,23 @@ std::string parseErr(const std::string &json,
   EXPECT_NE(std::string(haystack).find(needle), std::string::npos)             \
       << "'" << (needle) << "' not in: " << (haystack)
 
-/// The tiny G3MoE of G3MOE_SPEC.md §5 as inline JSON; `extra` holds fields
-/// (without braces) that are added or replace the base ones.
+/// The tiny G3MoE of G3MOE_SPEC.md §5 as inline JSON, complete (no field
+/// left to a default that warns); `extra` holds fields (without braces) that
+/// are added or replace the base ones.
 std::string tiny(const std::string &extra = "",
                  const std::string &type = "g3moe_text") {
   std::string base = R"({"model_type": ")" + type + R"(",
     "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
     "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
     "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 8,
+    "sliding_window_pattern": 6, "rms_norm_eps": 1e-6,
     "max_position_embeddings": 2048)";
   if (type == "g3moe_text")
     base += R"(, "n_routed_experts": 4, "num_experts_per_tok": 2,
-      "first_k_dense_replace": 2)";
+      "first_k_dense_replace": 2, "router_jitter_noise": 0.01,
+      "input_jitter_noise": 0.01, "n_shared_experts": 0)";
   llvm::json::Value doc = llvm::cantFail(llvm::json::parse(base + "}"));
+  llvm::json::Object &obj = *doc.getAsObject();
   if (!extra.empty()) {
     llvm::Expected<llvm::json::Value> more =
         llvm::json::parse("{" + extra + "}");
@@ -93,9 +97,38 @@ std::string tiny(const std::string &extra = "",
       return "";
     }
     for (const auto &kv : *more->getAsObject())
-      (*doc.getAsObject())[kv.first] = kv.second;
+      obj[kv.first] = kv.second;
+  }
+  // The RoPE bases, unless the test gives them per layer type.
+  if (!obj.get("rope_parameters")) {
+    obj.try_emplace("rope_theta", 1000000.0);
+    obj.try_emplace("rope_local_base_freq", 10000.0);
   }
   return llvm::formatv("{0}", doc).str();
+}
+
+/// `json` (an object) without the field `key`.
+std::string without(const std::string &json, llvm::StringRef key) {
+  llvm::json::Value doc = llvm::cantFail(llvm::json::parse(json));
+  doc.getAsObject()->erase(key);
+  return llvm::formatv("{0}", doc).str();
+}
+
+/// `json` (an object) with the fields of `extra` (without braces) added or
+/// replaced.
+std::string with(const std::string &json, const std::string &extra) {
+  llvm::json::Value doc = llvm::cantFail(llvm::json::parse(json));
+  llvm::json::Value more = llvm::cantFail(llvm::json::parse("{" + extra + "}"));
+  for (const auto &kv : *more.getAsObject())
+    (*doc.getAsObject())[kv.first] = kv.second;
+  return llvm::formatv("{0}", doc).str();
+}
+
+/// A multimodal wrapper of type `type` around the text config `text`.
+std::string wrapped(const std::string &text,
+                    const std::string &type = "gemma3") {
+  return R"({"model_type": ")" + type + R"(", "text_config": )" + text +
+         R"(, "vision_config": {"model_type": "siglip_vision_model"}})";
 }
 
 std::vector<int64_t> globalLayers(const ModelConfig &m) {
@@ -385,25 +418,99 @@ TEST(ConfigExamples, RouterNames) {
 //===----------------------------------------------------------------------===//
 
 TEST(ConfigForms, Gemma3TextDefaults) {
-  CompileConfig c = parseOk(R"({"model_type": "gemma3_text"})");
+  // The Hub's gemma-3-4b-it: transformers 4.x wrote text_config without the
+  // fields equal to Gemma3TextConfig's defaults. Those are used, each with a
+  // warning that names it and the value.
+  CompileConfig c = parseOk(wrapped(R"({"model_type": "gemma3_text",
+      "hidden_size": 2560, "intermediate_size": 10240,
+      "num_hidden_layers": 34, "sliding_window": 1024,
+      "rope_scaling": {"factor": 8.0, "rope_type": "linear"}})"));
   const ModelConfig &m = c.model;
   EXPECT_EQ(m.vocabSize, 262208);
-  EXPECT_EQ(m.hiddenSize, 2304);
-  EXPECT_EQ(m.intermediateSize, 9216);
-  EXPECT_EQ(m.numLayers, 26);
+  EXPECT_EQ(m.hiddenSize, 2560);
+  EXPECT_EQ(m.intermediateSize, 10240);
+  EXPECT_EQ(m.numLayers, 34);
   EXPECT_EQ(m.numHeads, 8);
   EXPECT_EQ(m.numKVHeads, 4);
   EXPECT_EQ(m.headDim, 256);
   EXPECT_DOUBLE_EQ(m.queryPreAttnScalar, 256);
-  EXPECT_EQ(m.slidingWindow, 4096);
+  EXPECT_EQ(m.slidingWindow, 1024);
   EXPECT_EQ(m.maxPositionEmbeddings, 131072);
   EXPECT_DOUBLE_EQ(m.globalRope.theta, 1e6);
-  EXPECT_DOUBLE_EQ(m.globalRope.factor, 1.0);
+  EXPECT_DOUBLE_EQ(m.globalRope.factor, 8.0);
   EXPECT_DOUBLE_EQ(m.slidingRope.theta, 1e4);
   EXPECT_DOUBLE_EQ(m.rmsNormEps, 1e-6);
-  EXPECT_DOUBLE_EQ(m.embedScale(), 48.0);
-  EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23}));
+  EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23, 29}));
   EXPECT_FALSE(m.isMoE());
+  const char *defaulted[][2] = {
+      {"vocab_size", "262208"},       {"num_attention_heads", "8"},
+      {"num_key_value_heads", "4"},   {"head_dim", "256"},
+      {"query_pre_attn_scalar", "256"}, {"rms_norm_eps", "1e-06"},
+      {"rope_theta", "1000000"},      {"rope_local_base_freq", "10000"},
+      {"sliding_window_pattern", "6"}};
+  for (const auto &[field, value] : defaulted) {
+    std::string needle = std::string("inline.json: field 'text_config.") +
+                         field + "': absent; using Gemma3TextConfig's "
+                                 "default, " +
+                         value;
+    EXPECT_TRUE(hasWarning(c, needle)) << needle;
+  }
+  EXPECT_EQ(c.warnings.size(), std::size(defaulted));
+}
+
+TEST(ConfigForms, Transformers5WrittenConfigsAreQuiet) {
+  // Gemma3TextConfig(vocab_size=512, hidden_size=64, intermediate_size=128,
+  // num_hidden_layers=6, num_attention_heads=4, num_key_value_heads=2,
+  // head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+  // max_position_embeddings=2048).to_json_string(), transformers 5.25.0.
+  const std::string text = R"({
+  "_sliding_window_pattern": 6, "attention_bias": false,
+  "attention_dropout": 0.0, "attn_logit_softcapping": null,
+  "bos_token_id": 2, "eos_token_id": 1, "final_logit_softcapping": null,
+  "head_dim": 16, "hidden_activation": "gelu_pytorch_tanh",
+  "hidden_size": 64, "initializer_range": 0.02, "intermediate_size": 128,
+  "layer_types": ["sliding_attention", "sliding_attention",
+    "sliding_attention", "sliding_attention", "sliding_attention",
+    "full_attention"],
+  "max_position_embeddings": 2048, "model_type": "gemma3_text",
+  "num_attention_heads": 4, "num_hidden_layers": 6, "num_key_value_heads": 2,
+  "pad_token_id": 0, "query_pre_attn_scalar": 16, "rms_norm_eps": 1e-06,
+  "rope_parameters": {
+    "full_attention": {"rope_theta": 1000000.0, "rope_type": "default"},
+    "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+  "sliding_window": 8, "tie_word_embeddings": true,
+  "transformers_version": "5.25.0", "use_bidirectional_attention": false,
+  "use_cache": true, "vocab_size": 512})";
+  CompileConfig c = parseOk(text);
+  EXPECT_TRUE(c.warnings.empty()) << c.warnings.front();
+  EXPECT_EQ(globalLayers(c.model), (std::vector<int64_t>{5}));
+  EXPECT_EQ(c.model.hiddenSize, 64);
+
+  // Its Gemma3Config wrapper (with sliding_window_pattern=2 given, which
+  // transformers 5 keeps next to _sliding_window_pattern), and the same as a
+  // G3MoE.
+  std::string inner = with(text, R"("sliding_window_pattern": 2,
+      "_sliding_window_pattern": 2, "layer_types": ["sliding_attention",
+      "full_attention", "sliding_attention", "full_attention",
+      "sliding_attention", "full_attention"])");
+  std::string wrapper = R"({"boi_token_index": 255999,
+      "eoi_token_index": 256000, "image_token_index": 262144,
+      "initializer_range": 0.02, "mm_tokens_per_image": 256,
+      "model_type": "gemma3", "text_config": )" +
+                        inner + R"(, "tie_word_embeddings": true,
+      "transformers_version": "5.25.0", "vision_config": {"hidden_size": 32,
+      "model_type": "siglip_vision_model"}})";
+  CompileConfig w = parseOk(wrapper);
+  EXPECT_TRUE(w.warnings.empty()) << w.warnings.front();
+  EXPECT_EQ(globalLayers(w.model), (std::vector<int64_t>{1, 3, 5}));
+
+  std::string moeInner = with(inner, R"("model_type": "g3moe_text",
+      "n_routed_experts": 4, "num_experts_per_tok": 2,
+      "first_k_dense_replace": 2, "router_jitter_noise": 0.01,
+      "input_jitter_noise": 0.01, "n_shared_experts": 0)");
+  CompileConfig g = parseOk(wrapped(moeInner, "g3moe"));
+  EXPECT_TRUE(g.warnings.empty()) << g.warnings.front();
+  EXPECT_EQ(moeLayers(g.model), (std::vector<int64_t>{2, 3, 4, 5}));
 }
 
 TEST(ConfigForms, G3MoEWrapper) {
@@ -425,8 +532,7 @@ TEST(ConfigForms, ExpertCountAliasesAndDense) {
       R"("num_local_experts": 4, "num_experts_per_tok": 2)", "gemma3_text"));
   EXPECT_EQ(aliased.model.numExperts, 4);
   EXPECT_EQ(aliased.model.modelType, "g3moe_text");
-  CompileConfig dense = parseOk(R"({"model_type": "g3moe_text",
-      "n_routed_experts": null, "num_hidden_layers": 6})");
+  CompileConfig dense = parseOk(tiny(R"("n_routed_experts": null)"));
   EXPECT_FALSE(dense.model.isMoE());
   EXPECT_TRUE(moeLayers(dense.model).empty());
   EXPECT_REJECTS(tiny(R"("num_experts": 8)"), "num_experts");
@@ -551,6 +657,95 @@ TEST(ConfigErrors, NonPositiveSizes) {
   EXPECT_REJECTS(tiny(R"("rms_norm_eps": -1e-6)"), "rms_norm_eps");
 }
 
+TEST(ConfigErrors, MissingShapeFields) {
+  // A model config without a shape field is an error, not Gemma3TextConfig's
+  // placeholder (2304 for hidden_size).
+  for (const char *field : {"hidden_size", "intermediate_size",
+                            "num_hidden_layers", "vocab_size",
+                            "num_attention_heads", "num_key_value_heads",
+                            "head_dim"}) {
+    for (const char *type : {"gemma3_text", "g3moe_text"}) {
+      std::string msg = parseErr(without(tiny("", type), field));
+      EXPECT_CONTAINS(msg, std::string("inline.json: field '") + field +
+                               "': missing");
+    }
+  }
+  // In a wrapper's text_config, where transformers 4.x left out fields equal
+  // to the class default, only the three that no checkpoint leaves out.
+  for (const char *field :
+       {"hidden_size", "intermediate_size", "num_hidden_layers"}) {
+    std::string msg = parseErr(wrapped(without(tiny("", "gemma3_text"), field)));
+    EXPECT_CONTAINS(msg, std::string("inline.json: field 'text_config.") +
+                             field + "': missing");
+  }
+  std::string msg =
+      parseErr(wrapped(without(tiny("", "gemma3_text"), "hidden_size")));
+  EXPECT_CONTAINS(msg, "2304");
+  // A G3MoE must give its experts and top-k.
+  EXPECT_CONTAINS(parseErr(without(tiny(), "n_routed_experts")),
+                  "inline.json: field 'n_routed_experts': missing");
+  EXPECT_CONTAINS(parseErr(without(tiny(), "num_experts_per_tok")),
+                  "inline.json: field 'num_experts_per_tok': missing");
+  EXPECT_CONTAINS(
+      parseErr(wrapped(without(tiny(), "n_routed_experts"), "g3moe")),
+      "inline.json: field 'text_config.n_routed_experts': missing");
+}
+
+TEST(ConfigErrors, BoundsAreStated) {
+  std::string msg = parseErr(tiny(R"("vocab_size": 1099511627776)"));
+  EXPECT_CONTAINS(msg, "inline.json: field 'vocab_size': must be an integer in "
+                       "[1, 2147483647] (token ids are int32), got "
+                       "1099511627776");
+  msg = parseErr(tiny(R"("hidden_size": 1e300)"));
+  EXPECT_CONTAINS(msg, "field 'hidden_size': must be an integer in [1, "
+                       "2147483647], got 1");
+  msg = parseErr(tiny(R"("num_hidden_layers": 100000000)"));
+  EXPECT_CONTAINS(msg, "must be an integer in [1, 4096], got 100000000");
+  msg = parseErr(tiny(R"("max_position_embeddings": 4294967296)"));
+  EXPECT_CONTAINS(msg, "[1, 2147483647] (positions are int32)");
+  msg = parseErr(tiny(R"("n_routed_experts": 100000)"));
+  EXPECT_CONTAINS(msg, "must be an integer in [0, 65536], got 100000");
+  msg = parseErr(tiny(R"("first_k_dense_replace": 7)"));
+  EXPECT_CONTAINS(msg, "[0, 6] (num_hidden_layers), got 7");
+  msg = parseErr(tiny(R"("micro_batch": 4294967296)"));
+  EXPECT_CONTAINS(msg, "field 'micro_batch': must be an integer in [1, "
+                       "2147483647], got 4294967296");
+  msg = parseErr(R"({"model_name_or_path": "tiny-g3moe", "lora_r": 0})");
+  EXPECT_CONTAINS(msg, "field 'lora_r': must be an integer in [1, "
+                       "2147483647], got 0");
+  msg = parseErr(R"({"model_name_or_path": "tiny-g3moe", "seed": 1e19})");
+  EXPECT_CONTAINS(msg, "field 'seed': must be an integer between -9e18 and "
+                       "9e18");
+  msg = parseErr(
+      R"({"model_name_or_path": "tiny-g3moe", "memory_budget_gb": 1e7})");
+  EXPECT_CONTAINS(msg, "in (0, 1e6]");
+}
+
+TEST(ConfigErrors, StepSizeBounded) {
+  // Each size within its bound, their products not: elements x bytes would
+  // overflow 64 bits.
+  std::string msg = parseErr(
+      tiny(R"("vocab_size": 2147483647, "hidden_size": 2147483647)"));
+  EXPECT_CONTAINS(msg, "inline.json: field 'hidden_size': is 2147483647, "
+                       "which makes the step too large");
+  EXPECT_CONTAINS(msg, "2^52");
+  msg = parseErr(tiny(R"("micro_batch": 2147483647)"));
+  EXPECT_CONTAINS(msg, "field 'micro_batch': is 2147483647, which makes");
+  msg = parseErr(tiny(R"("n_routed_experts": 65536, "intermediate_size":
+      2147483647, "hidden_size": 65536)"));
+  EXPECT_CONTAINS(msg, "field 'intermediate_size'");
+  // The defaulted sequence length is named the way presets spell it.
+  msg = parseErr(tiny(R"("num_hidden_layers": 1024,
+      "intermediate_size": 2147483647)", "gemma3_text"));
+  EXPECT_CONTAINS(msg, "field 'max_seq_length': is 2048 (the default");
+  // The largest real configurations pass: 256 experts on Gemma-3-4B, and
+  // the 4B at 128K tokens.
+  EXPECT_EQ(parseErr(R"({"model_name_or_path": "gemma-3-4b-it",
+      "g3moe_params": {"n_routed_experts": 256, "num_experts_per_tok": 2}})"),
+            "");
+  loadOk("g3moe-4b/config.json", {{"seq_len", "131072"}, {"micro_batch", "8"}});
+}
+
 TEST(ConfigErrors, HeadsNotMultipleOfKVHeads) {
   EXPECT_REJECTS(tiny(R"("num_key_value_heads": 3)"), "num_key_value_heads");
 }
@@ -563,11 +758,9 @@ TEST(ConfigErrors, TopKAboveExpertCount) {
 
 TEST(ConfigErrors, SparseMixerNeedsTopTwo) {
   EXPECT_REJECTS(tiny(R"("num_experts_per_tok": 1)"), "num_experts_per_tok");
-  // The G3MoETextConfig class defaults (256 experts, top-8) fail, §7 A3.
-  std::string msg = parseErr(R"({"model_type": "g3moe_text"})");
+  std::string msg = parseErr(tiny(R"("num_experts_per_tok": 4)"));
   EXPECT_CONTAINS(msg, "inline.json: field 'num_experts_per_tok'");
   EXPECT_CONTAINS(msg, "sparsemixer");
-  EXPECT_CONTAINS(msg, "default");
 }
 
 TEST(ConfigErrors, TopkGroupAboveGroupCount) {
@@ -603,8 +796,8 @@ TEST(ConfigErrors, UnsupportedRopeTypes) {
                  "rope_parameters.full_attention.rope_type");
   EXPECT_REJECTS(tiny(R"("rope_parameters": {"rope_type": "longrope"})"),
                  "rope_parameters.rope_type");
-  EXPECT_REJECTS(R"({"model_type": "gemma3", "text_config": {"rope_scaling":
-      {"rope_type": "yarn", "factor": 8}}})",
+  EXPECT_REJECTS(wrapped(tiny(R"("rope_scaling":
+      {"rope_type": "yarn", "factor": 8})", "gemma3_text")),
                  "text_config.rope_scaling.rope_type");
   EXPECT_REJECTS(tiny(R"("rope_parameters": {"chunked_attention": {}})"),
                  "rope_parameters.chunked_attention");
@@ -870,11 +1063,16 @@ TEST(ConfigErrors, G3MoEParamsNamedWithTheirPath) {
       "g3moe_params": {"n_routed_experts": 2, "num_experts_per_tok": 2,
       "n_group": 4, "topk_group": 8}})",
                  "g3moe_params.topk_group");
-  // Upcycling a dense model with no expert count uses the G3MoE class default
-  // (256 experts, top-8), which fails.
-  EXPECT_REJECTS(R"({"model_name_or_path": "tiny-gemma3",
-      "g3moe_params": {"first_k_dense_replace": 2}})",
-                 "g3moe_params.num_experts_per_tok");
+  // Upcycling a dense model needs the expert count and top-k: the G3MoE
+  // class defaults (256 experts, top-8) are not used silently.
+  std::string msg = parseErr(R"({"model_name_or_path": "tiny-gemma3",
+      "g3moe_params": {"first_k_dense_replace": 2}})");
+  EXPECT_CONTAINS(msg, "inline.json: field 'g3moe_params.n_routed_experts': "
+                       "missing");
+  msg = parseErr(R"({"model_name_or_path": "tiny-gemma3",
+      "g3moe_params": {"n_routed_experts": 2}})");
+  EXPECT_CONTAINS(msg, "inline.json: field 'g3moe_params.num_experts_per_tok': "
+                       "missing");
   EXPECT_REJECTS(R"({"model_name_or_path": "gemma-3-4b-it",
       "g3moe_params": {"n_routed_experts": 2, "ema_alpha": 0.9}})",
                  "g3moe_params.ema_alpha");
@@ -1097,12 +1295,13 @@ TEST(ConfigWarnings, UnknownFields) {
   EXPECT_CONTAINS(c.warnings[0], "inline.json: field 'foo_bar'");
   EXPECT_CONTAINS(c.warnings[0], "unknown");
 
-  CompileConfig wrapped = parseOk(
-      R"({"model_type": "gemma3", "text_config": {"num_hidden_layers": 6,
-      "bar": 2}, "baz": 3, "vision_config": {"anything": 1}})");
-  EXPECT_TRUE(hasWarning(wrapped, "inline.json: field 'text_config.bar'"));
-  EXPECT_TRUE(hasWarning(wrapped, "inline.json: field 'baz'"));
-  EXPECT_FALSE(hasWarning(wrapped, "vision_config"));
+  CompileConfig wrapper = parseOk(R"({"model_type": "gemma3", "text_config": )" +
+                                  tiny(R"("bar": 2)", "gemma3_text") +
+                                  R"(, "baz": 3, "vision_config": {"anything": 1}})");
+  EXPECT_TRUE(hasWarning(wrapper, "inline.json: field 'text_config.bar'"));
+  EXPECT_TRUE(hasWarning(wrapper, "inline.json: field 'baz'"));
+  EXPECT_FALSE(hasWarning(wrapper, "vision_config"));
+  EXPECT_EQ(wrapper.warnings.size(), 2u);
 
   CompileConfig preset = parseOk(R"({"model_config": {"model_name_or_path":
       "tiny-g3moe", "mystery": 1}, "data_config": {"dataset_name": "d",
@@ -1115,9 +1314,76 @@ TEST(ConfigWarnings, UnknownFields) {
   EXPECT_EQ(llvm::sys::path::filename(preset.training.dataset), "d");
 }
 
+TEST(ConfigWarnings, DefaultedFieldsAreNamed) {
+  // Fields HF's class defaults and checkpoints rely on: the default is used,
+  // and the warning names the field and the value.
+  const char *defaults[][3] = {
+      {"rms_norm_eps", "Gemma3TextConfig", "1e-06"},
+      {"query_pre_attn_scalar", "Gemma3TextConfig", "256"},
+      {"sliding_window", "Gemma3TextConfig", "4096"},
+      {"rope_theta", "Gemma3TextConfig", "1000000"},
+      {"rope_local_base_freq", "Gemma3TextConfig", "10000"},
+      {"sliding_window_pattern", "Gemma3TextConfig", "6"}};
+  for (const auto &[field, cls, value] : defaults) {
+    CompileConfig c = parseOk(without(tiny("", "gemma3_text"), field));
+    ASSERT_EQ(c.warnings.size(), 1u) << field;
+    EXPECT_CONTAINS(c.warnings[0], std::string("inline.json: field '") +
+                                       field + "': absent; using " + cls +
+                                       "'s default, " + value);
+  }
+  // layer_types stands in for the pattern, rope_parameters for the thetas.
+  CompileConfig v5 = parseOk(without(
+      without(without(tiny(R"("layer_types": ["sliding_attention",
+      "sliding_attention", "sliding_attention", "sliding_attention",
+      "sliding_attention", "full_attention"], "rope_parameters":
+      {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+      "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}})",
+                           "gemma3_text"),
+                      "sliding_window_pattern"),
+              "rope_theta"),
+      "rope_local_base_freq"));
+  EXPECT_TRUE(v5.warnings.empty()) << v5.warnings.front();
+
+  // MoE fields of G3MoETextConfig.
+  CompileConfig k = parseOk(without(tiny(), "first_k_dense_replace"));
+  EXPECT_TRUE(hasWarning(k, "field 'first_k_dense_replace': absent; using "
+                            "G3MoETextConfig's default, 3"));
+  EXPECT_EQ(moeLayers(k.model), (std::vector<int64_t>{3, 4, 5}));
+  CompileConfig shared = parseOk(without(tiny(), "n_shared_experts"));
+  EXPECT_TRUE(hasWarning(shared, "field 'n_shared_experts': absent; using 0"));
+  EXPECT_EQ(shared.model.numSharedExperts, 0);
+  CompileConfig aux = parseOk(without(tiny(R"("load_balancing_loss": true)"),
+                                      "router_aux_loss_coef"));
+  EXPECT_TRUE(hasWarning(aux, "field 'router_aux_loss_coef': absent; using "
+                              "G3MoETextConfig's default, 0.001"));
+  CompileConfig grouped = parseOk(tiny(R"("router_type": "sigmoid_grouped",
+      "n_routed_experts": 8)"));
+  EXPECT_TRUE(hasWarning(grouped, "field 'n_group': absent"));
+  EXPECT_TRUE(hasWarning(grouped, "field 'topk_group': absent"));
+  EXPECT_TRUE(hasWarning(grouped, "field 'routed_scaling_factor': absent"));
+  EXPECT_TRUE(hasWarning(grouped, "field 'norm_topk_prob': absent"));
+  // Fields the same in every Gemma-3 checkpoint, or that only bound or
+  // initialise, are used silently.
+  CompileConfig quiet = parseOk(without(
+      without(without(without(tiny("", "gemma3_text"), "pad_token_id"),
+                      "tie_word_embeddings"),
+              "initializer_range"),
+      "max_position_embeddings"));
+  EXPECT_TRUE(quiet.warnings.empty()) << quiet.warnings.front();
+}
+
+TEST(ConfigWarnings, TransformersPrivateFieldsAreIgnored) {
+  CompileConfig c = parseOk(tiny(R"("_sliding_window_pattern": 2,
+      "_attn_implementation": "eager", "_experts_implementation": null)"));
+  EXPECT_TRUE(c.warnings.empty()) << c.warnings.front();
+  // transformers derives the layer types from sliding_window_pattern, never
+  // from _sliding_window_pattern.
+  EXPECT_EQ(globalLayers(c.model), (std::vector<int64_t>{5}));
+}
+
 TEST(ConfigWarnings, IgnoredButNotable) {
   CompileConfig dense =
-      parseOk(R"({"model_type": "gemma3_text", "num_experts_per_tok": 2})");
+      parseOk(tiny(R"("num_experts_per_tok": 2)", "gemma3_text"));
   EXPECT_TRUE(hasWarning(dense, "field 'num_experts_per_tok'"));
   CompileConfig sparse = parseOk(tiny(R"("n_group": 1, "topk_group": 1)"));
   EXPECT_TRUE(hasWarning(sparse, "field 'n_group'"));
