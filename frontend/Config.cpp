@@ -398,6 +398,7 @@ const TrainKey kTrainKeys[] = {
     {"save_total_limit", "save_total_limit", TK::Int, false, nullptr},
     {"seed", "seed", TK::Int, false, nullptr},
     {"test_size", "test_size", TK::Number, false, nullptr},
+    {"max_line_bytes", "max_line_bytes", TK::Int, true, nullptr},
     {"dataset", "dataset", TK::String, true, nullptr},
     {"dataset_name", "dataset", TK::String, false, nullptr},
     {"data_path", "dataset", TK::String, false, nullptr},
@@ -1991,6 +1992,7 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
       {"save_total_limit", &t.saveTotalLimit, 0},
       {"max_steps", &t.maxSteps, -1},
       {"seed", &t.seed, 0},
+      {"max_line_bytes", &t.maxLineBytes, 1},
   };
   for (const IntField &f : ints) {
     if (Error e = r.integer(f.key, *f.out))

@@ -157,6 +157,8 @@ struct TrainingOptions {
   int64_t seed = 42;
   /// Fraction held out for evaluation; the seed presets set 0.1.
   double testSize = 0.0;
+  /// The longest data line g3moe-run reads, in bytes (64 MiB).
+  int64_t maxLineBytes = int64_t(64) << 20;
   bool packing = false;
   bool assistantOnlyLoss = false;
   /// Dataset path or name and output directory, as given (may be empty).

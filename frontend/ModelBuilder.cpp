@@ -326,6 +326,7 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
   add("save_total_limit", i(t.saveTotalLimit));
   add("dataset", b.getStringAttr(t.dataset));
   add("test_size", f(t.testSize));
+  add("max_line_bytes", i(t.maxLineBytes));
   add("packing", b.getBoolAttr(t.packing));
   add("assistant_only_loss", b.getBoolAttr(t.assistantOnlyLoss));
   add("eval_steps", i(t.evalSteps));
