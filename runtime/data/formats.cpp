@@ -3,7 +3,8 @@
 // Text is tokenised in one piece and labels are assigned through the byte
 // span of every token, so a token that SentencePiece merged across a
 // boundary (prompt/completion, template/content) is labelled as a whole and
-// the ids are exactly those of tokenising the rendered string.
+// the ids are exactly those of tokenising the rendered string. Tokenising
+// stops at the tokens a row can hold (ExampleOptions::maxTokens).
 //
 //===----------------------------------------------------------------------===//
 
@@ -14,6 +15,8 @@
 #include "runtime/train/data.h"
 
 #include <nlohmann/json.hpp>
+
+#include <algorithm>
 
 namespace g3rt {
 
@@ -27,11 +30,13 @@ const nlohmann::json &field(const nlohmann::json &j, const char *key) {
   return it == j.end() ? null : *it;
 }
 
-/// Reads an array of token ids; `allowIgnore` admits -100.
+/// Reads an array of token ids, keeping the first `limit`; `allowIgnore`
+/// admits -100. Every entry is checked, kept or not.
 Status readIds(const nlohmann::json &value, const char *field, int64_t vocab,
-               bool allowIgnore, std::vector<int32_t> &out) {
+               bool allowIgnore, size_t limit, std::vector<int32_t> &out) {
   if (!value.is_array())
     return Status::error(std::string("field '") + field + "' must be an array of integers");
+  out.reserve(std::min(value.size(), limit));
   for (size_t i = 0; i < value.size(); ++i) {
     const nlohmann::json &v = value[i];
     if (!v.is_number_integer())
@@ -43,20 +48,24 @@ Status readIds(const nlohmann::json &value, const char *field, int64_t vocab,
       return Status::error(std::string("field '") + field + "'[" + std::to_string(i) +
                            "] = " + std::to_string(id) + " is outside the vocabulary [0, " +
                            std::to_string(vocab) + ")");
-    out.push_back(int32_t(id));
+    if (i < limit)
+      out.push_back(int32_t(id));
   }
   return Status();
 }
 
 Status buildTokenized(const nlohmann::json &j, const ExampleOptions &options, Example &out) {
-  G3RT_RETURN_IF_ERROR(readIds(field(j, "input_ids"), "input_ids", options.vocabSize, false, out.ids));
+  const nlohmann::json &ids = field(j, "input_ids"), &labels = field(j, "labels");
+  G3RT_RETURN_IF_ERROR(
+      readIds(ids, "input_ids", options.vocabSize, false, options.maxTokens, out.ids));
   if (out.ids.empty())
     return Status::error("field 'input_ids' is empty");
   if (j.contains("labels")) {
-    G3RT_RETURN_IF_ERROR(readIds(field(j, "labels"), "labels", options.vocabSize, true, out.labels));
-    if (out.labels.size() != out.ids.size())
-      return Status::error("field 'labels' has " + std::to_string(out.labels.size()) +
-                           " entries, 'input_ids' " + std::to_string(out.ids.size()));
+    G3RT_RETURN_IF_ERROR(
+        readIds(labels, "labels", options.vocabSize, true, options.maxTokens, out.labels));
+    if (labels.size() != ids.size())
+      return Status::error("field 'labels' has " + std::to_string(labels.size()) +
+                           " entries, 'input_ids' " + std::to_string(ids.size()));
   } else {
     out.labels = out.ids;
   }
@@ -71,12 +80,12 @@ bool inRange(const TokenSpan &span, size_t begin, size_t end) {
   return span.begin < end && span.end > begin;
 }
 
-/// Tokenises a rendered string and labels it: every token, or with
-/// `trainedOnly` those overlapping `trained`.
+/// Tokenises a rendered string (its first `maxTokens` tokens) and labels
+/// it: every token, or with `trained` those overlapping it.
 void tokenizeAndLabel(const Tokenizer &tok, const std::string &text,
-                      const std::vector<TextRange> *trained, Example &out) {
+                      const std::vector<TextRange> *trained, size_t maxTokens, Example &out) {
   std::vector<TokenSpan> spans;
-  tok.encodeTemplated(text, out.ids, &spans);
+  tok.encodeTemplated(text, out.ids, &spans, maxTokens);
   out.labels.assign(out.ids.size(), kIgnoreIndex);
   for (size_t t = 0; t < out.ids.size(); ++t) {
     bool train = !trained;
@@ -112,7 +121,8 @@ Status buildConversation(const nlohmann::json &messages, size_t promptMessages,
   for (size_t i = 0; i < promptMessages && i < parsed.size(); ++i)
     promptAssistants += parsed[i].role == "assistant";
   spans.erase(spans.begin(), spans.begin() + std::min(promptAssistants, spans.size()));
-  tokenizeAndLabel(tok, chat.text, options.assistantOnlyLoss ? &spans : nullptr, out);
+  tokenizeAndLabel(tok, chat.text, options.assistantOnlyLoss ? &spans : nullptr,
+                   options.maxTokens, out);
   if (out.hasImages) {
     const SpecialTokenIds &s = tok.special();
     for (size_t t = 0; t < out.ids.size(); ++t) {
@@ -124,22 +134,15 @@ Status buildConversation(const nlohmann::json &messages, size_t promptMessages,
   return Status();
 }
 
-Status stringField(const nlohmann::json &j, const char *name, std::string &out) {
-  const nlohmann::json &v = field(j, name);
-  if (!v.is_string())
-    return Status::error(std::string("field '") + name + "' must be a string");
-  out = v.get<std::string>();
-  return Status();
-}
-
 /// bos + text + eos, the trained part being [trainedFrom, end) of `text` and
-/// the eos (everything with trainedFrom = 0).
-void buildPlain(const Tokenizer &tok, const std::string &text, size_t trainedFrom,
-                bool maskBefore, Example &out) {
+/// the eos (everything with trainedFrom = 0). Past `maxTokens` text tokens
+/// the example is cut anyway: the encoding stops there.
+void buildPlain(const Tokenizer &tok, std::string_view text, size_t trainedFrom,
+                bool maskBefore, size_t maxTokens, Example &out) {
   const SpecialTokenIds &s = tok.special();
   std::vector<TokenSpan> spans;
   out.ids.push_back(s.bos);
-  tok.encode(text, out.ids, &spans);
+  tok.encode(text, out.ids, &spans, maxTokens);
   out.ids.push_back(s.eos);
   out.labels = out.ids;
   if (!maskBefore)
@@ -261,12 +264,15 @@ Status buildExample(const nlohmann::json &j, DataFormat format, const ExampleOpt
   case DataFormat::Messages:
     return buildConversation(field(j, "messages"), 0, options, out);
   case DataFormat::Text: {
-    std::string text;
-    G3RT_RETURN_IF_ERROR(stringField(j, "text", text));
-    if (text.empty())
+    // By reference: a long text is not copied.
+    const nlohmann::json &text = field(j, "text");
+    if (!text.is_string())
+      return Status::error("field 'text' must be a string");
+    const std::string &str = text.get_ref<const std::string &>();
+    if (str.empty())
       return Status::error("field 'text' is empty");
     out.noAssistantPart = options.assistantOnlyLoss;
-    buildPlain(tok, text, 0, false, out);
+    buildPlain(tok, str, 0, false, options.maxTokens, out);
     return Status();
   }
   case DataFormat::PromptCompletion: {
@@ -278,15 +284,15 @@ Status buildExample(const nlohmann::json &j, DataFormat format, const ExampleOpt
         all.push_back(m);
       return buildConversation(all, p.size(), options, out);
     }
-    std::string prompt, completion;
     if (!p.is_string() || !c.is_string())
       return Status::error("fields 'prompt' and 'completion' must both be strings (or both "
                            "lists of messages)");
-    prompt = p.get<std::string>();
-    completion = c.get<std::string>();
+    const std::string &prompt = p.get_ref<const std::string &>();
+    const std::string &completion = c.get_ref<const std::string &>();
     if (completion.empty())
       return Status::error("field 'completion' is empty");
-    buildPlain(tok, prompt + completion, prompt.size(), options.assistantOnlyLoss, out);
+    buildPlain(tok, prompt + completion, prompt.size(), options.assistantOnlyLoss,
+               options.maxTokens, out);
     return Status();
   }
   default:

@@ -59,9 +59,14 @@ struct ExampleOptions {
   int64_t vocabSize = 0;
   bool assistantOnlyLoss = false;
   ImagePolicy images = ImagePolicy::Drop;
+  /// Tokens an example keeps at most: tokenisation (and the copying of
+  /// pre-tokenized ids) stops there, so a huge line costs what a row holds.
+  /// The loader passes the sequence length + 1, which still tells a longer
+  /// example from one that fits.
+  size_t maxTokens = SIZE_MAX;
 };
 
-/// One example, untruncated.
+/// One example, untruncated up to `ExampleOptions::maxTokens` tokens.
 struct Example {
   std::vector<int32_t> ids, labels;
   /// The conversation has image parts.

@@ -3,7 +3,9 @@
 // Loads a model's tokenizer.model with libsentencepiece and resolves Gemma-3's
 // special tokens by piece name (G3MOE_SPEC.md 4.4), so any Gemma-style model
 // works whatever its ids. Encoding is SentencePiece's own: a string gives the
-// ids the Python sentencepiece package gives for it.
+// ids the Python sentencepiece package gives for it. A long text is encoded
+// in chunks, and only as far as the caller can use (encode's maxTokens), so
+// that its memory and time are bounded by what a training row holds.
 //
 //===----------------------------------------------------------------------===//
 
@@ -12,6 +14,7 @@
 
 #include "runtime/base/status.h"
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -68,12 +71,27 @@ public:
   const SpecialTokenIds &special() const;
   std::string idToPiece(int32_t id) const;
 
-  /// `text` exactly as SentencePiece encodes it (no BOS/EOS added; the
-  /// model's user-defined symbols, e.g. Gemma's <start_of_turn>, are single
-  /// tokens because SentencePiece matches them itself). With `spans`, the
-  /// bytes of `text` each token covers.
+  /// Appends `text` exactly as SentencePiece encodes it (no BOS/EOS added;
+  /// the model's user-defined symbols, e.g. Gemma's <start_of_turn>, are
+  /// single tokens because SentencePiece matches them itself). With `spans`,
+  /// the bytes of `text` each token covers. With `maxTokens`, only the first
+  /// `maxTokens` tokens of that encoding, and the work stops about there.
+  ///
+  /// A text longer than chunkBytes() is encoded chunk by chunk. A chunk ends
+  /// between two characters that no piece of the vocabulary holds side by
+  /// side, so no token can cross the cut; for a BPE or char model that adds
+  /// no dummy prefix and normalises nothing across such a cut (identity
+  /// normalisation, or printable ASCII on both sides; no whitespace next to
+  /// the cut where it removes extra whitespace) - Gemma's tokenizers and the
+  /// tiny test one - the result is exactly the whole text's; for a unigram
+  /// model, too, unless two segmentations score the same to the last bit.
+  /// Where the second half of a chunk has no such pair, or the model is of
+  /// another kind, the chunk ends instead at a token boundary about an eighth
+  /// of a chunk before its end, and the tokens next to that cut may differ
+  /// from the whole text's. Texts up to chunkBytes() are encoded whole.
   void encode(std::string_view text, std::vector<int32_t> &ids,
-              std::vector<TokenSpan> *spans = nullptr) const;
+              std::vector<TokenSpan> *spans = nullptr,
+              size_t maxTokens = kNoTokenLimit) const;
 
   /// encode() for template output: in addition, the special-token strings
   /// the model does not match in text by itself (control symbols such as
@@ -81,7 +99,19 @@ public:
   /// become their single tokens. For Gemma's own and the tiny tokenizer this
   /// is encode() with "<bos>"/"<eos>" mapped to their ids.
   void encodeTemplated(std::string_view text, std::vector<int32_t> &ids,
-                       std::vector<TokenSpan> *spans = nullptr) const;
+                       std::vector<TokenSpan> *spans = nullptr,
+                       size_t maxTokens = kNoTokenLimit) const;
+
+  /// encode()'s default: every token.
+  static constexpr size_t kNoTokenLimit = ~size_t(0);
+  /// Bytes above which encode() splits a text into chunks (64 KiB: about
+  /// 10 MB and a tenth of a second of SentencePiece's work per chunk).
+  size_t chunkBytes() const;
+  /// Sets chunkBytes() (at least 16; tests make it small to cut often).
+  void setChunkBytes(size_t bytes);
+  /// Whether chunked encoding equals the whole text's encoding wherever a
+  /// safe cut is found (the model kinds listed at encode()).
+  bool exactChunks() const;
 
 private:
   struct Impl;

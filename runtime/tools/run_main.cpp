@@ -73,6 +73,9 @@ int runMain(int argc, char **argv) {
                "plain log lines even on a terminal");
   app.add_flag("--skip-bad-lines", options.skipBadLines,
                "skip malformed data lines with a warning instead of stopping");
+  optional(app, "--max-line-bytes", options.maxLineBytes,
+           "longest data line in bytes; a longer one is a bad line, never read into "
+           "memory whole (default: the step's max_line_bytes, else 64 MiB)");
   app.add_option("--tokenizer", options.tokenizerPath,
                  "SentencePiece tokenizer.model (or its folder) for text data "
                  "(default: the --weights folder's tokenizer.model)");

@@ -10,6 +10,7 @@
 
 #include "runtime/base/random.h"
 #include "runtime/data/formats.h"
+#include "runtime/data/line_reader.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/schemas/container.h"
 
@@ -26,6 +27,9 @@ namespace {
 /// Stream of the train/eval split draws (the per-epoch shuffle uses another).
 constexpr uint32_t kSplitStream = 0xffffffe0u;
 
+/// The line buffer keeps at most this capacity from one line to the next.
+constexpr size_t kKeptLineCapacity = size_t(1) << 20;
+
 Status validateSpec(const DataSpec &spec, DataFormat &format, ImagePolicy &images) {
   G3RT_RETURN_IF_ERROR(parseDataFormat(spec.format, format));
   G3RT_RETURN_IF_ERROR(parseImagePolicy(spec.images, images));
@@ -34,6 +38,9 @@ Status validateSpec(const DataSpec &spec, DataFormat &format, ImagePolicy &image
                          " is outside [0, 1)");
   if (spec.seqLen <= 0)
     return Status::error("the sequence length must be positive");
+  if (spec.maxLineBytes <= 0)
+    return Status::error("max_line_bytes must be positive, got " +
+                         std::to_string(spec.maxLineBytes));
   return Status();
 }
 
@@ -121,6 +128,8 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
   G3RT_RETURN_IF_ERROR(validateSpec(spec, format, options.images));
   options.vocabSize = spec.vocabSize;
   options.assistantOnlyLoss = spec.assistantOnlyLoss;
+  // One token more than a row holds tells a truncated example.
+  options.maxTokens = size_t(spec.seqLen) + 1;
   Tokenizer tokenizer;
   if (!spec.tokenizerPath.empty()) {
     G3RT_RETURN_IF_ERROR(Tokenizer::load(spec.tokenizerPath, tokenizer));
@@ -142,16 +151,27 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
   std::string line;
   DataStats &stats = out.stats;
   std::vector<Row> examples;
-  while (std::getline(in, line)) {
+  LineReader reader(in, size_t(spec.maxLineBytes));
+  while (reader.next(line)) {
     ++stats.lines;
-    if (line.find_first_not_of(" \t\r") == std::string::npos)
+    if (!reader.tooLong() && line.find_first_not_of(" \t\r") == std::string::npos)
       continue;
     std::string where = spec.path + ":" + std::to_string(stats.lines) + ": ";
     Example ex;
     DataFormat lineFormat = format;
-    nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    Status s = j.is_discarded() ? Status::error("not valid JSON")
-                                : detectDataFormat(j, format, lineFormat);
+    nlohmann::json j;
+    Status s;
+    if (reader.tooLong()) {
+      s = Status::error("the line has " + std::to_string(reader.lineBytes()) +
+                        " bytes, more than max_line_bytes (" +
+                        std::to_string(spec.maxLineBytes) + "; --max-line-bytes sets it)");
+    } else {
+      j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (line.capacity() > kKeptLineCapacity)
+        std::string().swap(line);
+      s = j.is_discarded() ? Status::error("not valid JSON")
+                           : detectDataFormat(j, format, lineFormat);
+    }
     if (s.ok() && needsTokenizer(lineFormat) && !options.tokenizer)
       // A setup error, not a bad line: skipping would skip every such line.
       return Status::error(where + "a " + std::string(dataFormatName(lineFormat)) +

@@ -38,6 +38,9 @@ struct Row {
   size_t size() const { return inputIds.size(); }
 };
 
+/// The default longest data line, in bytes (DataSpec::maxLineBytes).
+inline constexpr int64_t kDefaultMaxLineBytes = int64_t(64) << 20;
+
 /// What to read and how to turn it into rows (g3moe-run's data options).
 struct DataSpec {
   std::string path;
@@ -57,6 +60,9 @@ struct DataSpec {
   double testSize = 0;
   uint64_t seed = 42;
   bool skipBadLines = false;
+  /// A longer line is a bad line (an error, or skipped with skipBadLines)
+  /// and is never held in memory whole.
+  int64_t maxLineBytes = kDefaultMaxLineBytes;
 };
 
 struct DataStats {
@@ -78,8 +84,11 @@ struct DataSplit {
   std::vector<std::string> warnings;
 };
 
-/// Reads `spec.path` into rows. A malformed line is an error "path:line: ..."
-/// (or, with skipBadLines, a warning); no examples at all is an error. A
+/// Reads `spec.path` into rows. A malformed line, or one longer than
+/// maxLineBytes, is an error "path:line: ..." (or, with skipBadLines, a
+/// warning); no examples at all is an error. Text is tokenised only as far as
+/// the row can use (seqLen + 1 tokens), so a long line costs little more than
+/// its bytes. A
 /// bad spec (unknown format or image policy, test size outside [0, 1), a
 /// tokenizer that cannot be loaded or is larger than the vocabulary) is an
 /// error whatever skipBadLines says.

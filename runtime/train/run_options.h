@@ -55,6 +55,8 @@ inline DataSpec dataSpecFor(const TrainOptions &options, const nlohmann::json &m
       options.assistantOnlyLoss.value_or(option<bool>(training, "assistant_only_loss", false));
   spec.images = options.images;
   spec.testSize = options.testSize.value_or(option<double>(training, "test_size", 0.0));
+  spec.maxLineBytes = options.maxLineBytes.value_or(
+      option<int64_t>(training, "max_line_bytes", kDefaultMaxLineBytes));
   return spec;
 }
 

@@ -65,6 +65,9 @@ struct TrainOptions {
   std::optional<bool> packing;
   std::optional<bool> assistantOnlyLoss;
   std::optional<double> testSize;
+  /// The longest data line in bytes; unset: the step's `max_line_bytes`,
+  /// else 64 MiB.
+  std::optional<int64_t> maxLineBytes;
   /// Image parts of chat samples: "drop" the sample or "mask" the placeholders.
   std::string images = "drop";
   /// Write the loaded train rows as JSONL to this file and stop (no training).

@@ -9,6 +9,7 @@
 
 #include "runtime/data/chat_template.h"
 #include "runtime/data/formats.h"
+#include "runtime/data/line_reader.h"
 #include "runtime/data/tokenizer.h"
 #include "runtime/train/data.h"
 
@@ -17,9 +18,11 @@
 #include <sentencepiece_trainer.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <sstream>
 
 #include <unistd.h>
 
@@ -731,6 +734,253 @@ TEST_F(DataTest, DumpRows) {
   EXPECT_EQ(j["segment_ids"], nlohmann::json({1, 1, 2, 2}));
   EXPECT_EQ(j["positions"], nlohmann::json({0, 1, 0, 1}));
   EXPECT_FALSE(std::getline(in, line));
+}
+
+//===----------------------------------------------------------------------===//
+// Long lines: bounded reading and tokenisation
+//===----------------------------------------------------------------------===//
+
+/// Varied text of about `bytes` bytes: words, digits, punctuation, runs of
+/// spaces and newlines, two- and three-byte characters, and a turn marker.
+std::string variedText(size_t bytes) {
+  static const char *words[] = {
+      "The", "library", "opens", "at", "nine,", "and", "closes", "at", "8.",
+      "Caf\xC3\xA9", "\xE6\x97\xA5\xE6\x9C\xAC", "x  y", "(42)", "\n", "--",
+      "<start_of_turn>", "tab\t", "well-known", "A", "\n\n"};
+  std::string out;
+  for (size_t i = 0; out.size() < bytes; ++i) {
+    out += words[(i * 7 + i / 5) % (sizeof(words) / sizeof(words[0]))];
+    out += i % 3 ? " " : "";
+  }
+  return out;
+}
+
+TEST(LineReader, SplitsAsGetlineDoes) {
+  for (std::string text : {std::string(""), std::string("\n"), std::string("a"),
+                           std::string("a\n"), std::string("a\n\nb"), std::string("x\r\ny\n"),
+                           std::string(200000, 'z') + "\nq"}) {
+    std::istringstream expected(text), in(text);
+    LineReader reader(in, 1 << 20);
+    std::string want, got;
+    while (std::getline(expected, want)) {
+      ASSERT_TRUE(reader.next(got));
+      EXPECT_FALSE(reader.tooLong());
+      EXPECT_EQ(got, want);
+      EXPECT_EQ(reader.lineBytes(), want.size());
+    }
+    EXPECT_FALSE(reader.next(got));
+  }
+}
+
+TEST(LineReader, LongLinesAreNotKept) {
+  std::string text = std::string(10, 'a') + "\n" + std::string(11, 'b') + "\n" +
+                     std::string(300000, 'c') + "\nd";
+  std::istringstream in(text);
+  LineReader reader(in, 10);
+  std::string line;
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_FALSE(reader.tooLong()); // exactly the limit
+  EXPECT_EQ(line, std::string(10, 'a'));
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_TRUE(reader.tooLong());
+  EXPECT_EQ(reader.lineBytes(), 11u);
+  EXPECT_TRUE(line.empty());
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_TRUE(reader.tooLong());
+  EXPECT_EQ(reader.lineBytes(), 300000u);
+  EXPECT_LE(line.capacity(), 64u * 1024);
+  ASSERT_TRUE(reader.next(line));
+  EXPECT_FALSE(reader.tooLong());
+  EXPECT_EQ(line, "d");
+  EXPECT_FALSE(reader.next(line));
+}
+
+TEST_F(DataTest, LineOverMaxLineBytesIsAnErrorOrSkipped) {
+  std::string longLine = R"({"text": ")" + std::string(2000, 'a') + R"("})";
+  std::string path = write("long.jsonl", R"({"text": "first"})" "\n" + longLine + "\n" +
+                                             R"({"text": "third"})" "\n");
+  DataSpec s = spec(path);
+  s.maxLineBytes = 1000;
+  DataSplit data;
+  Status st = loadTrainingData(s, data);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.message(), path + ":2: the line has " + std::to_string(longLine.size()) +
+                              " bytes, more than max_line_bytes (1000; --max-line-bytes sets "
+                              "it) (use --skip-bad-lines to skip such lines)");
+
+  s.skipBadLines = true;
+  ASSERT_TRUE(loadTrainingData(s, data).ok());
+  EXPECT_EQ(data.stats.lines, 3);
+  EXPECT_EQ(data.stats.skipped, 1);
+  ASSERT_EQ(data.train.size(), 2u);
+  ASSERT_EQ(data.warnings.size(), 1u);
+  EXPECT_NE(data.warnings[0].find(path + ":2: the line has"), std::string::npos)
+      << data.warnings[0];
+  EXPECT_NE(data.warnings[0].find("; line skipped"), std::string::npos);
+
+  // The default limit reads it; a limit that is not positive is refused.
+  EXPECT_TRUE(loadTrainingData(spec(path), data).ok());
+  EXPECT_EQ(data.train.size(), 3u);
+  s.maxLineBytes = 0;
+  st = loadTrainingData(s, data);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("max_line_bytes must be positive"), std::string::npos);
+}
+
+TEST_F(DataTest, ChunkedEncodingEqualsTheWholeText) {
+  ASSERT_TRUE(tok.exactChunks()); // identity, no dummy prefix, BPE
+  std::string text = variedText(40000);
+  tok.setChunkBytes(size_t(1) << 40);
+  std::vector<int32_t> whole;
+  std::vector<TokenSpan> wholeSpans;
+  tok.encodeTemplated(text, whole, &wholeSpans);
+  for (size_t chunk : {size_t(64), size_t(1000), size_t(4096)}) {
+    tok.setChunkBytes(chunk);
+    std::vector<int32_t> ids, plain;
+    std::vector<TokenSpan> spans;
+    tok.encodeTemplated(text, ids, &spans);
+    EXPECT_EQ(ids, whole) << "chunks of " << chunk;
+    ASSERT_EQ(spans.size(), wholeSpans.size());
+    for (size_t i = 0; i < spans.size(); ++i) {
+      ASSERT_EQ(spans[i].begin, wholeSpans[i].begin) << i;
+      ASSERT_EQ(spans[i].end, wholeSpans[i].end) << i;
+    }
+    tok.encodeTemplated(text, plain);
+    EXPECT_EQ(plain, whole);
+    // The first tokens only: the same prefix.
+    for (size_t n : {size_t(0), size_t(1), size_t(300), whole.size(), whole.size() + 5}) {
+      std::vector<int32_t> first = {-1};
+      std::vector<TokenSpan> firstSpans;
+      tok.encodeTemplated(text, first, &firstSpans, n);
+      size_t kept = std::min(n, whole.size());
+      ASSERT_EQ(first.size(), kept + 1);
+      EXPECT_TRUE(std::equal(first.begin() + 1, first.end(), whole.begin()));
+      EXPECT_EQ(firstSpans.size(), kept);
+    }
+  }
+}
+
+TEST_F(DataTest, ChunksWithoutASafeCutStillCoverTheText) {
+  // A character that some piece holds twice in a row: a run of it offers
+  // no cut that splits no token, so the chunks end at token boundaries.
+  std::string repeated;
+  for (int32_t id = 0; id < tok.vocabSize() && repeated.empty(); ++id) {
+    std::string piece = tok.idToPiece(id);
+    if (piece.rfind("<0x", 0) == 0) // byte pieces match no text
+      continue;
+    for (size_t i = 0; i + 1 < piece.size(); ++i)
+      if (std::isalpha(static_cast<unsigned char>(piece[i])) && piece[i] == piece[i + 1])
+        repeated = piece.substr(i, 1);
+  }
+  if (repeated.empty())
+    GTEST_SKIP() << "no piece holds a doubled letter";
+  std::string text(20000, repeated[0]);
+  tok.setChunkBytes(1000);
+  std::vector<int32_t> ids;
+  std::vector<TokenSpan> spans;
+  tok.encode(text, ids, &spans);
+  ASSERT_EQ(ids.size(), spans.size());
+  ASSERT_FALSE(spans.empty());
+  EXPECT_EQ(spans.front().begin, 0u);
+  for (size_t i = 1; i < spans.size(); ++i)
+    ASSERT_EQ(spans[i].begin, spans[i - 1].end) << i;
+  EXPECT_EQ(spans.back().end, text.size());
+  std::string joined;
+  for (int32_t id : ids)
+    joined += tok.idToPiece(id);
+  EXPECT_EQ(joined, text);
+  std::vector<int32_t> first;
+  tok.encode(text, first, nullptr, 10);
+  EXPECT_EQ(first, std::vector<int32_t>(ids.begin(), ids.begin() + 10));
+}
+
+TEST_F(DataTest, ChunksOfADummyPrefixModelAreApproximate) {
+  // SentencePiece's defaults: NFKC normalisation and a dummy prefix at the
+  // start of every chunk, so chunks are not exact; they still give the
+  // first tokens and about as many tokens as the whole text.
+  std::string corpus = write("corpus.txt", variedText(3000));
+  std::string prefix = (dir / "nfkc").string();
+  auto trained = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + corpus + " --model_prefix=" + prefix +
+      " --vocab_size=80 --hard_vocab_limit=false --model_type=unigram --num_threads=1"
+      " --minloglevel=2"
+      " --pad_id=0 --pad_piece=<pad> --eos_id=1 --eos_piece=<eos> --bos_id=2"
+      " --bos_piece=<bos> --unk_id=3 --user_defined_symbols=<start_of_turn>,<end_of_turn>");
+  ASSERT_TRUE(trained.ok()) << trained.ToString();
+  Tokenizer nfkc;
+  ASSERT_TRUE(Tokenizer::load(prefix + ".model", nfkc).ok());
+  EXPECT_FALSE(nfkc.exactChunks());
+  std::string text = variedText(20000);
+  std::vector<int32_t> whole, chunked;
+  nfkc.encode(text, whole);
+  nfkc.setChunkBytes(1000);
+  nfkc.encode(text, chunked);
+  ASSERT_GE(chunked.size(), 100u);
+  EXPECT_EQ(std::vector<int32_t>(chunked.begin(), chunked.begin() + 100),
+            std::vector<int32_t>(whole.begin(), whole.begin() + 100));
+  EXPECT_NEAR(double(chunked.size()), double(whole.size()), 0.05 * double(whole.size()));
+}
+
+TEST_F(DataTest, LongTextAndChatLinesKeepTheirFirstTokens) {
+  // A 4 MB text and a 4 MB user turn: the rows hold the first seqLen tokens
+  // of the whole encoding (that of a 20 kB prefix, tokenised in one piece).
+  std::string head = variedText(20000);
+  std::string text = head + variedText(4 << 20);
+  nlohmann::json textLine = {{"text", text}};
+  nlohmann::json chatLine = {
+      {"messages",
+       {{{"role", "user"}, {"content", text}}, {{"role", "assistant"}, {"content", "ok"}}}}};
+  std::string path = write("long.jsonl", textLine.dump() + "\n" + chatLine.dump() + "\n");
+  DataSpec s = spec(path);
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(s, data).ok());
+  EXPECT_EQ(data.stats.truncated, 2);
+  ASSERT_EQ(data.train.size(), 2u);
+
+  Tokenizer whole;
+  ASSERT_TRUE(Tokenizer::load(kTinyTokenizer, whole).ok());
+  whole.setChunkBytes(size_t(1) << 40);
+  std::vector<int32_t> expected = {2};
+  whole.encode(head, expected);
+  expected.resize(256);
+  EXPECT_EQ(data.train[0].inputIds, expected);
+  EXPECT_EQ(data.train[0].labels, expected);
+
+  expected = {2};
+  whole.encodeTemplated("<start_of_turn>user\n" + head, expected);
+  expected.resize(256);
+  EXPECT_EQ(data.train[1].inputIds, expected);
+  EXPECT_EQ(data.train[1].labels, expected);
+}
+
+TEST_F(DataTest, LongPreTokenizedLineIsTruncatedAndChecked) {
+  std::string ids;
+  for (int i = 0; i < 100000; ++i)
+    ids += (i ? "," : "") + std::to_string(10 + i % 400);
+  DataSpec s = spec(write("ids.jsonl", R"({"input_ids": [)" + ids + "]}\n"));
+  s.tokenizerPath.clear();
+  DataSplit data;
+  ASSERT_TRUE(loadTrainingData(s, data).ok());
+  EXPECT_EQ(data.stats.truncated, 1);
+  ASSERT_EQ(data.train.size(), 1u);
+  EXPECT_EQ(data.train[0].size(), 256u);
+  EXPECT_EQ(data.train[0].inputIds[255], 10 + 255);
+
+  // An id past the cut is still checked, and so are the lengths.
+  s = spec(write("bad.jsonl", R"({"input_ids": [)" + ids + ",512]}\n"));
+  s.tokenizerPath.clear();
+  Status st = loadTrainingData(s, data);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(":1: field 'input_ids'[100000] = 512"), std::string::npos)
+      << st.message();
+  s = spec(write("labels.jsonl",
+                 R"({"input_ids": [)" + ids + R"(], "labels": [)" + ids + ",3]}\n"));
+  s.tokenizerPath.clear();
+  st = loadTrainingData(s, data);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("field 'labels' has 100001 entries, 'input_ids' 100000"),
+            std::string::npos)
+      << st.message();
 }
 
 } // namespace
