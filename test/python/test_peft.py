@@ -4,8 +4,7 @@ with --weights and --save-steps; PeftModel.from_pretrained(base,
 checkpoint-N) loads adapter_model.safetensors and adapter_config.json with no
 missing or unexpected adapter keys, and the PEFT model's loss and token
 accuracy on the data are g3moe's own evaluation of the same checkpoint
-(--eval-only --resume). Where --dump-logits applies --resume, the logits are
-compared too."""
+(--eval-only --resume), and its logits are g3moe's --dump-logits --resume."""
 import json
 import warnings
 
@@ -127,6 +126,10 @@ def test_peft_logits_equal_g3moe_logits(trained, g3moe_run, tmp_path):
         with model.disable_adapter():
             untrained = model(input_ids=ids, attention_mask=mask).logits.numpy()
     real = mask.numpy().astype(bool)
-    if np.allclose(ours[real], untrained[real], rtol=1e-5, atol=1e-5):
-        pytest.skip("--dump-logits does not apply --resume yet (the logits are the base model's)")
+    # --dump-logits applies --resume: the logits are the trained adapter's,
+    # not the base model's (which they would equal if the checkpoint were
+    # ignored).
+    assert np.abs(theirs[real] - untrained[real]).max() > 1e-2
+    assert not np.allclose(ours[real], untrained[real], rtol=1e-4, atol=1e-4), \
+        "--dump-logits gave the base model's logits: the checkpoint was not applied"
     np.testing.assert_allclose(ours[real], theirs[real], rtol=1e-4, atol=1e-4)
