@@ -3,7 +3,8 @@ sentencepiece package's: a tiny Gemma-style SentencePiece model is trained
 with spm_train at test time (scripts/make-tiny-tokenizer.sh), g3moe-run dumps
 the rows it would train on (--dump-data), and the same conversations are
 rendered here from the template rules of G3MOE_SPEC.md 4.4 and tokenised
-with sentencepiece."""
+with sentencepiece. (test_chat_template_hf.py checks the same rows against
+transformers' apply_chat_template.)"""
 import json
 import subprocess
 
