@@ -2,6 +2,8 @@
 
 #include "runtime/data/tokenizer.h"
 
+#include "runtime/base/file.h"
+
 #include <sentencepiece_processor.h>
 
 #include <algorithm>
@@ -268,6 +270,12 @@ Status Tokenizer::load(const std::string &path, Tokenizer &out) {
                            " has no tokenizer.model (a SentencePiece model is needed)");
   } else if (!fs::exists(path, ec)) {
     return Status::error("tokenizer " + path + " not found");
+  }
+  {
+    // SentencePiece reads the file itself; a folder or an unreadable file is
+    // refused here with its name.
+    std::ifstream probe;
+    G3RT_RETURN_IF_ERROR(openForReading(file, probe, std::ios::binary, "tokenizer"));
   }
   auto impl = std::make_unique<Impl>();
   impl->path = file;

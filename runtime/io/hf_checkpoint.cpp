@@ -106,6 +106,8 @@ Status HFCheckpoint::open(const std::string &path, HFCheckpoint &out) {
     } else {
       return Status::error(path + ": no model.safetensors or model.safetensors.index.json");
     }
+  } else if (fs::exists(path, ec)) {
+    return Status::error(path + ": not a checkpoint directory or a .safetensors file");
   } else {
     return Status::error(path + ": no such checkpoint directory");
   }

@@ -2,6 +2,8 @@
 
 #include "runtime/io/safetensors.h"
 
+#include "runtime/base/file.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -121,16 +123,15 @@ Status writeSafetensors(const std::string &path, const std::vector<NamedTensor> 
 Status SafetensorsFile::open(const std::string &path, SafetensorsFile &out) {
   out = SafetensorsFile();
   out.path_ = path;
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in)
-    return fail(path, std::string("cannot open: ") + std::strerror(errno));
-  uint64_t fileSize = uint64_t(in.tellg());
+  std::ifstream in;
+  uint64_t fileSize = 0;
+  G3RT_RETURN_IF_ERROR(openForReading(path, in, std::ios::binary, "", &fileSize));
   if (fileSize < 8)
     return fail(path, "truncated: " + std::to_string(fileSize) +
                           " bytes, not even the 8-byte header length");
-  in.seekg(0);
   uint8_t length[8];
-  in.read(reinterpret_cast<char *>(length), 8);
+  if (!in.read(reinterpret_cast<char *>(length), 8))
+    return fail(path, std::string("cannot read the header length: ") + std::strerror(errno));
   uint64_t headerBytes = 0;
   for (int i = 0; i < 8; ++i)
     headerBytes |= uint64_t(length[i]) << (8 * i);
@@ -251,9 +252,11 @@ Status SafetensorsFile::read(const SafetensorsEntry &entry, const TensorView &ds
     return failTensor(path_, entry.name, "has dtype " + std::string(dtypeName(entry.dtype)) +
                                              ", which cannot be converted to " +
                                              std::string(dtypeName(dst.dtype)));
-  std::ifstream in(path_, std::ios::binary);
-  if (!in)
-    return fail(path_, std::string("cannot open: ") + std::strerror(errno));
+  std::ifstream in;
+  uint64_t fileSize = 0;
+  G3RT_RETURN_IF_ERROR(openForReading(path_, in, std::ios::binary, "", &fileSize));
+  if (entry.end > fileSize)
+    return failTensor(path_, entry.name, "cannot be read (the file changed or is truncated)");
   in.seekg(std::streamoff(entry.begin));
   uint64_t bytes = entry.end - entry.begin;
   if (entry.dtype == dst.dtype) {

@@ -2,6 +2,8 @@
 
 #include "runtime/schemas/container.h"
 
+#include "runtime/base/file.h"
+
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -102,17 +104,15 @@ Status writeFileAtomically(const std::string &path, const std::vector<uint8_t> &
   return Status();
 }
 
-Status readFile(const std::string &path, std::vector<uint8_t> &bytes) {
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  if (!in)
-    return Status::error("cannot open " + path + ": " + std::strerror(errno));
-  std::streamsize size = in.tellg();
-  if (size < 0)
-    return Status::error("cannot read " + path);
-  in.seekg(0);
+Status readFile(const std::string &path, std::vector<uint8_t> &bytes, const std::string &what) {
+  std::ifstream in;
+  uint64_t size = 0;
+  G3RT_RETURN_IF_ERROR(openForReading(path, in, std::ios::binary, what, &size));
   bytes.resize(size_t(size));
-  if (size > 0 && !in.read(reinterpret_cast<char *>(bytes.data()), size))
-    return Status::error("cannot read " + path + ": " + std::strerror(errno));
+  if (size > 0 && !in.read(reinterpret_cast<char *>(bytes.data()), std::streamsize(size)))
+    return Status::error("cannot read " + path + ": " +
+                         (in.eof() ? std::string("the file shrank while read")
+                                   : std::string(std::strerror(errno))));
   return Status();
 }
 

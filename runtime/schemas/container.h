@@ -40,8 +40,10 @@ Status unwrapStepPayload(const std::vector<uint8_t> &file, size_t &payloadOffset
 /// then rename), so a crash never leaves a half-written file behind.
 Status writeFileAtomically(const std::string &path, const std::vector<uint8_t> &bytes);
 
-/// Reads a whole file.
-Status readFile(const std::string &path, std::vector<uint8_t> &bytes);
+/// Reads a whole regular file; a folder, a missing or an unreadable file is
+/// an error naming it, after `what` where given (openForReading's).
+Status readFile(const std::string &path, std::vector<uint8_t> &bytes,
+                const std::string &what = "");
 
 } // namespace g3rt
 

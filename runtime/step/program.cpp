@@ -300,7 +300,7 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
 
 Status loadStep(const std::string &path, StepProgram &out) {
   std::vector<uint8_t> bytes;
-  Status s = readFile(path, bytes);
+  Status s = readFile(path, bytes, "step file");
   if (!s.ok())
     return s;
   return parseStep(bytes, path, out);

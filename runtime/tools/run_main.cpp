@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 
 #include <iostream>
+#include <new>
 
 namespace g3rt {
 
@@ -21,9 +22,8 @@ void optional(CLI::App &app, const char *flag, std::optional<T> &target, const c
   app.add_option_function<T>(flag, [&target](const T &v) { target = v; }, help);
 }
 
-} // namespace
-
-int runMain(int argc, char **argv) {
+/// runMain's work; errors are Status values printed here.
+int runCommand(int argc, char **argv) {
   CLI::App app{"g3moe-run: train a compiled G3MoE / Gemma-3 step (step.bin) on a CUDA GPU or "
                "the CPU"};
   std::string stepPath;
@@ -157,6 +157,22 @@ int runMain(int argc, char **argv) {
     return 1;
   }
   return 0;
+}
+
+} // namespace
+
+int runMain(int argc, char **argv) {
+  // The runtime reports failures as Status values; an exception that escapes
+  // all the same (memory exhausted) still ends with a message and exit code
+  // 1, not an abort.
+  try {
+    return runCommand(argc, argv);
+  } catch (const std::bad_alloc &) {
+    std::cerr << "g3moe-run: error: out of memory\n";
+  } catch (const std::exception &e) {
+    std::cerr << "g3moe-run: error: " << e.what() << "\n";
+  }
+  return 1;
 }
 
 } // namespace g3rt

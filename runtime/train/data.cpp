@@ -8,6 +8,7 @@
 
 #include "runtime/train/data.h"
 
+#include "runtime/base/file.h"
 #include "runtime/base/random.h"
 #include "runtime/data/formats.h"
 #include "runtime/data/line_reader.h"
@@ -145,9 +146,8 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
     options.tokenizer = &tokenizer;
   }
 
-  std::ifstream in(spec.path);
-  if (!in)
-    return Status::error("cannot open data file " + spec.path);
+  std::ifstream in;
+  G3RT_RETURN_IF_ERROR(openForReading(spec.path, in, std::ios::in, "data file"));
   std::string line;
   DataStats &stats = out.stats;
   std::vector<Row> examples;

@@ -565,6 +565,25 @@ TEST_F(DataTest, EmptyDataAndBadTokenizerAreErrors) {
   EXPECT_NE(s.message().find("nothing"), std::string::npos);
 }
 
+TEST_F(DataTest, FoldersWhereFilesAreExpected) {
+  // A folder as the data file is named as one (it used to read as empty:
+  // "no training examples").
+  fs::create_directories(dir / "data.jsonl");
+  DataSplit data;
+  Status s = loadTrainingData(spec((dir / "data.jsonl").string()), data);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "data file " + (dir / "data.jsonl").string() + " is a directory");
+
+  // A tokenizer folder whose tokenizer.model is a folder.
+  fs::create_directories(dir / "tok" / "tokenizer.model");
+  Tokenizer t;
+  s = Tokenizer::load((dir / "tok").string(), t);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(),
+            "tokenizer " + (dir / "tok" / "tokenizer.model").string() + " is a directory");
+  EXPECT_FALSE(t.loaded());
+}
+
 //===----------------------------------------------------------------------===//
 // Packing
 //===----------------------------------------------------------------------===//
