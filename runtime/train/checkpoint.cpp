@@ -5,7 +5,9 @@
 #include "runtime/schemas/container.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
+#include <climits>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -82,22 +84,33 @@ struct JsonReader {
   }
 };
 
-/// The `.tmp-<pid>` suffix's pid, or -1.
+/// The pid in a temporary's name, or -1 for any other name: the folders
+/// `checkpoint-<n>.tmp-<pid>[-old]` of saveCheckpoint and publish, and the
+/// files `<name>.tmp.<pid>` of writeFileAtomically and writeSafetensors.
 long temporaryOwner(const std::string &name) {
+  auto pidAt = [&](size_t at, bool wholeRest) -> long {
+    const char *digits = name.c_str() + at;
+    if (!std::isdigit(static_cast<unsigned char>(*digits)))
+      return -1;
+    char *end = nullptr;
+    long pid = std::strtol(digits, &end, 10);
+    bool valid = pid > 0 && pid <= INT_MAX && (!wholeRest || *end == '\0');
+    return valid ? pid : -1;
+  };
   size_t at = name.find(".tmp-");
-  if (name.rfind("checkpoint-", 0) != 0 || at == std::string::npos)
-    return -1;
-  const char *digits = name.c_str() + at + 5;
-  char *end = nullptr;
-  long pid = std::strtol(digits, &end, 10);
-  return end == digits ? -1 : pid;
+  if (name.rfind("checkpoint-", 0) == 0 && at != std::string::npos)
+    return pidAt(at + 5, /*wholeRest=*/false);
+  at = name.rfind(".tmp.");
+  if (at != std::string::npos && at > 0)
+    return pidAt(at + 5, /*wholeRest=*/true);
+  return -1;
 }
 
-/// Removes the temporary folders of killed runs (and failed saves of this
-/// one); those of live runs in the same folder stay.
-void removeStaleTemporaries(const std::string &outputDir) {
+} // namespace
+
+void removeStaleTemporaries(const std::string &dir) {
   std::error_code ec;
-  for (fs::directory_iterator it(outputDir, ec), end; !ec && it != end; it.increment(ec)) {
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
     long pid = temporaryOwner(it->path().filename().string());
     if (pid < 0)
       continue;
@@ -108,6 +121,8 @@ void removeStaleTemporaries(const std::string &outputDir) {
     }
   }
 }
+
+namespace {
 
 std::string temporaryPath(const std::string &dir, const char *tag = "") {
   return dir + ".tmp-" + std::to_string(long(getpid())) + tag;

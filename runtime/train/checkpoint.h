@@ -106,6 +106,12 @@ std::vector<std::pair<int64_t, std::string>> listCheckpoints(const std::string &
 /// The checkpoint with the highest step in `outputDir`; an error when none.
 Status latestCheckpoint(const std::string &outputDir, std::string &dir);
 
+/// Removes from `dir` the temporaries that saves of killed processes left
+/// behind, and those of failed saves of this one: `checkpoint-<n>.tmp-<pid>`
+/// folders and `<file>.tmp.<pid>` files (adapter_model.safetensors.tmp.<pid>).
+/// Those of live processes stay.
+void removeStaleTemporaries(const std::string &dir);
+
 /// Writes checkpoint `state.globalStep` into `outputDir` atomically (see the
 /// file comment) and returns its folder in `dir`. `trainingArgs` goes to
 /// training_args.json. Temporary folders left by killed runs are removed

@@ -24,6 +24,7 @@
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
+#include "runtime/train/output_dir.h"
 #include "runtime/train/progress.h"
 #include "runtime/train/run_options.h"
 #include "runtime/train/weights.h"
@@ -147,6 +148,10 @@ private:
   bool hasEval = false;
 
   TrainerState state;
+  /// Held from prepare() to the end of the run: no other run writes into
+  /// outputDir meanwhile. Declared before the writers below, so that they
+  /// close before it is released.
+  OutputDirLock outputLock;
   std::ofstream metrics;
   TensorBoardWriter tensorboard;
 };
@@ -213,6 +218,19 @@ void Trainer::setScalar(const char *name, double value) {
 }
 
 Status Trainer::prepare() {
+  outputDir = options.outputDir.empty() ? option<std::string>(training, "output_dir", "")
+                                        : options.outputDir;
+  if (outputDir.empty())
+    outputDir = "g3moe-output";
+  // A run that writes claims its output folder before it spends any time: a
+  // folder another run is writing into, or one it cannot write into, ends it
+  // here rather than at the first save.
+  if (!options.noSave && !options.evalOnly && options.dumpDataPath.empty()) {
+    std::string warning;
+    G3RT_RETURN_IF_ERROR(claimOutputDir(outputDir, outputLock, warning));
+    if (!warning.empty())
+      log << "warning: " << warning << "\n";
+  }
   TensorView ids = ex.input("input_ids");
   if (!ids.data || ids.shape.size() != 2)
     return Status::error("the step has no [batch, seq] input_ids input");
@@ -223,10 +241,6 @@ Status Trainer::prepare() {
   G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
   if (!options.weightsDir.empty())
     G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
-  outputDir = options.outputDir.empty() ? option<std::string>(training, "output_dir", "")
-                                        : options.outputDir;
-  if (outputDir.empty())
-    outputDir = "g3moe-output";
   G3RT_RETURN_IF_ERROR(loadData());
   if (!options.dumpDataPath.empty())
     return Status();
@@ -514,10 +528,7 @@ Status Trainer::run() {
                                       : epochs;
 
   if (!options.noSave) {
-    std::error_code ec;
-    std::filesystem::create_directories(outputDir, ec);
-    if (ec)
-      return Status::error("cannot create " + outputDir + ": " + ec.message());
+    // prepare() created and claimed outputDir.
     metrics.open(outputDir + "/metrics.jsonl", std::ios::app);
     Status s = tensorboard.open(outputDir + "/runs");
     if (!s.ok())
