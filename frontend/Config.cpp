@@ -403,6 +403,7 @@ const TrainKey kTrainKeys[] = {
     {"dataset_name", "dataset", TK::String, false, nullptr},
     {"data_path", "dataset", TK::String, false, nullptr},
     {"output_dir", "output_dir", TK::String, false, nullptr},
+    {"loss_denominator", "loss_denominator", TK::String, true, nullptr},
     // Validated, then only carried by the runtime's defaults.
     {"eval_strategy", "eval_strategy", TK::String, false, nullptr},
     {"evaluation_strategy", "eval_strategy", TK::String, false, nullptr},
@@ -985,6 +986,10 @@ Error applyOverride(Ctx &c, const ConfigOverride &ov) {
   Origin o{c.topFile, key.str(), Priority::Override, setText};
   if (key.empty())
     return fail(o, "empty key");
+  // llvm::json asserts that keys and strings are UTF-8; the command line
+  // may hold any bytes.
+  if (!json::isUTF8(ov.key) || !json::isUTF8(ov.value))
+    return fail(o, "is not valid UTF-8");
 
   json::Value value(ov.value);
   if (!ov.value.empty()) {
@@ -2015,6 +2020,14 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
                     "'; supported: cosine, linear, constant, "
                     "constant_with_warmup");
 
+  if (Error e = r.string("loss_denominator", t.lossDenominator))
+    return e;
+  if (t.lossDenominator != "shifted" && t.lossDenominator != "unshifted")
+    return fail(r.origin("loss_denominator"),
+                "unsupported loss denominator '" + t.lossDenominator +
+                    "'; supported: shifted (today's transformers), unshifted "
+                    "(transformers 4.46-4.5x)");
+
   if (Error e = r.string("dataset", t.dataset))
     return e;
   // A relative data path in a file means the file's folder, as the model path
@@ -2176,10 +2189,12 @@ Error checkStepSize(Ctx &c, const ModelConfig &m, const TrainingOptions &t) {
 // Public API
 //===----------------------------------------------------------------------===//
 
-double ModelConfig::embedScale() const {
-  // HF keeps √H as a bf16 buffer: the double goes to fp32, then rounds to
-  // nearest-even bf16.
+double ModelConfig::embedScale(bool bf16) const {
+  // HF keeps √H as a buffer in the model's dtype: the double goes to fp32,
+  // then, in a bf16 model, rounds to nearest-even bf16.
   float f = static_cast<float>(std::sqrt(static_cast<double>(hiddenSize)));
+  if (!bf16)
+    return f;
   uint32_t bits;
   std::memcpy(&bits, &f, sizeof(bits));
   bits += 0x7FFFu + ((bits >> 16) & 1u);

@@ -100,8 +100,9 @@ struct ModelConfig {
   bool normTopkProb = true;
 
   bool isMoE() const { return numExperts > 0; }
-  /// √H rounded to bf16, the embedding scale of HF Gemma-3.
-  double embedScale() const;
+  /// √H in fp32, rounded on to bf16 where `bf16`: the embedding scale of HF
+  /// Gemma-3, whose buffer takes the model's dtype.
+  double embedScale(bool bf16) const;
   /// query_pre_attn_scalar^(-1/2).
   double attentionScale() const;
 };
@@ -161,6 +162,10 @@ struct TrainingOptions {
   int64_t maxLineBytes = int64_t(64) << 20;
   bool packing = false;
   bool assistantOnlyLoss = false;
+  /// What divides a window's summed cross-entropy: "shifted" (its
+  /// cross-entropy terms, today's transformers) or "unshifted" (its labels
+  /// before the shift, transformers 4.46-4.5x).
+  std::string lossDenominator = "shifted";
   /// Dataset path or name and output directory, as given (may be empty).
   std::string dataset;
   std::string outputDir;

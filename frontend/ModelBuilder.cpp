@@ -329,6 +329,7 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
   add("max_line_bytes", i(t.maxLineBytes));
   add("packing", b.getBoolAttr(t.packing));
   add("assistant_only_loss", b.getBoolAttr(t.assistantOnlyLoss));
+  add("loss_denominator", b.getStringAttr(t.lossDenominator));
   add("eval_steps", i(t.evalSteps));
   add("output_dir", b.getStringAttr(t.outputDir));
   module->setAttr("g3moe.training", b.getDictionaryAttr(a));
@@ -423,7 +424,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, act());
   Value x = g3moe::EmbeddingOp::create(
       b, loc, tensor({batch, seq, h}, act()), inputIds, embedding,
-      b.getF64FloatAttr(m.embedScale()), b.getI64IntegerAttr(m.padTokenId));
+      b.getF64FloatAttr(m.embedScale(/*bf16=*/!options.fp32)), b.getI64IntegerAttr(m.padTokenId));
 
   // G3MoE keeps its dense-layer MLPs under `moe` (G3MOE_SPEC.md 3.1).
   std::string ffnName = m.isMoE() ? "moe." : "mlp.";

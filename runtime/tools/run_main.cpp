@@ -88,6 +88,13 @@ int runCommand(int argc, char **argv) {
   app.add_flag_function(
       "--assistant-only-loss", [&options](int64_t) { options.assistantOnlyLoss = true; },
       "train on assistant turns (and completions) only, not on the whole sequence");
+  app.add_option_function<std::string>(
+         "--loss-denominator",
+         [&options](const std::string &v) { options.lossDenominator = v; },
+         "what divides a window's summed loss: shifted (the cross-entropy terms, as "
+         "transformers' Trainer counts them today) or unshifted (the labels before the "
+         "shift, as transformers 4.46-4.5x did) (default: the step's loss_denominator)")
+      ->check(CLI::IsMember({"shifted", "unshifted"}));
   app.add_option("--images", options.images,
                  "chat samples with image parts: drop them, or mask the placeholder tokens")
       ->check(CLI::IsMember({"drop", "mask"}));

@@ -230,6 +230,18 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
   return Status();
 }
 
+Status parseLossDenominator(const std::string &name, const std::string &origin,
+                            LossDenominator &out) {
+  if (name == "shifted")
+    out = LossDenominator::Shifted;
+  else if (name == "unshifted")
+    out = LossDenominator::Unshifted;
+  else
+    return Status::error(origin + ": unknown loss denominator '" + name +
+                         "'; expected shifted or unshifted");
+  return Status();
+}
+
 void assembleMicroBatch(const std::vector<Row> &rows, const std::vector<size_t> &indices,
                         int64_t batchRows, int64_t seqLen, int32_t padId, MicroBatch &out) {
   size_t cells = size_t(batchRows * seqLen);
@@ -237,6 +249,7 @@ void assembleMicroBatch(const std::vector<Row> &rows, const std::vector<size_t> 
   out.targets.assign(cells, kIgnoreIndex);
   out.segmentIds.assign(cells, 0);
   out.positions.resize(cells);
+  out.targetCount = 0;
   out.labelCount = 0;
   out.tokens = 0;
   for (int64_t r = 0; r < batchRows; ++r) {
@@ -255,6 +268,7 @@ void assembleMicroBatch(const std::vector<Row> &rows, const std::vector<size_t> 
       // token is not predicted from this one.
       if (t + 1 < len && row.segmentIds[at + 1] == row.segmentIds[at])
         out.targets[cell] = row.labels[at + 1];
+      out.targetCount += out.targets[cell] != kIgnoreIndex;
       out.labelCount += row.labels[at] != kIgnoreIndex;
     }
     out.tokens += len;

@@ -111,14 +111,37 @@ std::vector<Row> packRows(const std::vector<Row> &examples, int64_t seqLen);
 /// "positions"}, one row per line, atomically (g3moe-run --dump-data).
 Status writeRowsJsonl(const std::string &path, const std::vector<Row> &rows);
 
+/// The count that divides an accumulation window's summed cross-entropy
+/// (HF's num_items_in_batch; G3MOE_SPEC.md §4.5, docs/config.md).
+enum class LossDenominator {
+  /// The targets after the shift, i.e. the cross-entropy terms: today's
+  /// transformers Trainer (`labels[..., 1:] != -100`), the default.
+  Shifted,
+  /// The labels before the shift, one more per row: the Trainer of
+  /// transformers 4.46-4.5x, for reproducing runs made with it.
+  Unshifted,
+};
+
+/// `name` ("shifted" or "unshifted") as a LossDenominator; `origin` names
+/// where it came from in the error.
+Status parseLossDenominator(const std::string &name, const std::string &origin,
+                            LossDenominator &out);
+
 /// One micro-batch as the step's inputs want it.
 struct MicroBatch {
   std::vector<int32_t> inputIds, targets, positions, segmentIds;
-  /// Labels other than -100 in the rows, counted before the shift (HF's
-  /// num_items_in_batch).
+  /// Targets other than -100: the cross-entropy terms, counted after the
+  /// shift.
+  int64_t targetCount = 0;
+  /// Labels other than -100 in the rows, counted before the shift.
   int64_t labelCount = 0;
   /// Real (non-padding) tokens.
   int64_t tokens = 0;
+
+  /// The micro-batch's share of the window's loss denominator.
+  int64_t lossItems(LossDenominator d) const {
+    return d == LossDenominator::Shifted ? targetCount : labelCount;
+  }
 };
 
 /// Fills `out` ([batchRows, seqLen]) from `rows[indices[i]]`; rows past the

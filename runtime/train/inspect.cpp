@@ -109,7 +109,9 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     first.push_back(i);
   MicroBatch batch;
   assembleMicroBatch(data.train, first, rows, seqLen, int32_t(padId), batch);
-  float numItems = float(std::max<int64_t>(1, batch.labelCount));
+  LossDenominator denominator;
+  G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, training, denominator));
+  float numItems = float(std::max<int64_t>(1, batch.lossItems(denominator)));
 
   setInts(ex, "input_ids", batch.inputIds);
   setInts(ex, "targets", batch.targets);

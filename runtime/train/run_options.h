@@ -60,6 +60,16 @@ inline DataSpec dataSpecFor(const TrainOptions &options, const nlohmann::json &m
   return spec;
 }
 
+/// The loss denominator: --loss-denominator over the step's
+/// `loss_denominator`, shifted where neither says.
+inline Status lossDenominatorFor(const TrainOptions &options, const nlohmann::json &training,
+                                 LossDenominator &out) {
+  if (options.lossDenominator)
+    return parseLossDenominator(*options.lossDenominator, "--loss-denominator", out);
+  return parseLossDenominator(option<std::string>(training, "loss_denominator", "shifted"),
+                              "the step's loss_denominator", out);
+}
+
 } // namespace g3rt
 
 #endif // G3MOE_RUNTIME_TRAIN_RUN_OPTIONS_H

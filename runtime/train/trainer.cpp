@@ -141,6 +141,7 @@ private:
 
   double lr = 0;
   std::string schedule;
+  LossDenominator lossDenominator = LossDenominator::Shifted;
   int64_t ga = 1, total = 0, warmup = 0, logEvery = 1, evalEvery = 0, saveEvery = 0,
           saveLimit = 0;
   double epochs = 0;
@@ -238,6 +239,7 @@ Status Trainer::prepare() {
   seqLen = ids.shape[1];
   seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
   padId = option<int64_t>(model, "pad_token_id", 0);
+  G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, training, lossDenominator));
   G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
   if (!options.weightsDir.empty())
     G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
@@ -321,9 +323,7 @@ Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
     assembleMicroBatch(evalRows, idx, rows, seqLen, int32_t(padId), batch);
     // eval_forward divides by num_items: with the batch's own count of
     // shifted targets its loss is the batch mean, and loss x count its sum.
-    int64_t count = 0;
-    for (int32_t t : batch.targets)
-      count += t != kIgnoreIndex;
+    int64_t count = batch.targetCount;
     if (count == 0)
       continue;
     copyInts(ex.input("input_ids"), batch.inputIds);
@@ -437,7 +437,9 @@ nlohmann::json Trainer::trainingArgs() const {
           {"save_steps", saveEvery},
           {"save_total_limit", saveLimit},
           {"weights", options.weightsDir},
-          {"finetuning", isLoRAStep(training) ? "lora" : "full"}};
+          {"finetuning", isLoRAStep(training) ? "lora" : "full"},
+          {"loss_denominator",
+           lossDenominator == LossDenominator::Shifted ? "shifted" : "unshifted"}};
 }
 
 Status Trainer::saveCheckpointNow(Progress &progress) {
@@ -559,7 +561,7 @@ Status Trainer::run() {
     int64_t firstWindow = epoch == state.epoch ? state.window : 0;
     for (int64_t window = firstWindow; window < updatesPerEpoch && state.globalStep < stopAt;
          ++window) {
-      // The window's label count normalises every micro-batch loss (HF).
+      // The window's loss denominator normalises every micro-batch loss (HF).
       int64_t firstBatch = window * ga;
       int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
       std::vector<MicroBatch> batches;
@@ -569,7 +571,7 @@ Status Trainer::run() {
         for (int64_t r = mb * rows; r < std::min<int64_t>((mb + 1) * rows, int64_t(order.size())); ++r)
           idx.push_back(order[size_t(r)]);
         assembleMicroBatch(examples, idx, rows, seqLen, int32_t(padId), batch);
-        labels += batch.labelCount;
+        labels += batch.lossItems(lossDenominator);
         tokens += batch.tokens;
         batches.push_back(batch);
       }

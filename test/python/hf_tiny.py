@@ -3,8 +3,8 @@ files for them, and the reference loss and gradients computed by transformers,
 shared by the comparison tests (test_hf_parity, test_upcycle, test_merge).
 
 The loss is g3moe's (HF's with num_items_in_batch): the summed cross-entropy of
-the shifted labels divided by the number of unshifted labels != -100 of the
-micro-batch.
+the shifted labels divided by the number of shifted labels != -100 of the
+micro-batch (its cross-entropy terms, as transformers' Trainer counts them).
 """
 import json
 
@@ -99,10 +99,15 @@ def loss_of(logits, labels, num_items):
                                              reduction="sum") / num_items
 
 
+def shifted_count(labels):
+    """The cross-entropy terms of a batch: transformers' Trainer's num_items_in_batch."""
+    return int((labels[..., 1:] != IGNORE).sum())
+
+
 def reference(model, rows, seq_len, grads=True):
     """transformers' loss (and parameter gradients, by name) on one micro-batch."""
     ids, mask, labels = batch(rows, seq_len)
-    num_items = int((labels != IGNORE).sum())
+    num_items = shifted_count(labels)
     model.zero_grad(set_to_none=True)
     logits = model(input_ids=ids, attention_mask=mask).logits
     loss = loss_of(logits, labels, num_items)
@@ -122,7 +127,7 @@ def assert_inputs_match(dump, rows, seq_len):
     """The dump's micro-batch is the rows as the reference sees them."""
     ids, _, labels = batch(rows, seq_len)
     np.testing.assert_array_equal(dump["inputs/input_ids"], ids.numpy())
-    assert dump["inputs/num_items"][0] == int((labels != IGNORE).sum())
+    assert dump["inputs/num_items"][0] == shifted_count(labels)
 
 
 def assert_grads_close(ours, theirs, rel=1e-3, rename=lambda n: n):

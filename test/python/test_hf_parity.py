@@ -124,7 +124,7 @@ def test_multimodal_checkpoint_loads_the_text_model(tmp_path, g3moe_compile, g3m
     ids, mask, labels = hf_tiny.batch(rows, SEQ)
     with torch.no_grad():
         wrapped = hf_tiny.loss_of(model(input_ids=ids, attention_mask=mask).logits, labels,
-                                  int((labels != hf_tiny.IGNORE).sum())).item()
+                                  hf_tiny.shifted_count(labels)).item()
     assert wrapped == pytest.approx(loss, rel=1e-5)
     assert ours["loss"][0] == pytest.approx(loss, rel=1e-4, abs=1e-5)
     hf_tiny.assert_grads_close(ours, grads)
@@ -165,39 +165,79 @@ def test_initial_weights_export_is_a_transformers_checkpoint(tmp_path, g3moe_com
     assert again["loss"][0] == ours["loss"][0]
 
 
-def test_loss_trajectory_of_full_fine_tuning(tmp_path, g3moe_compile, g3moe_run):
-    """Three AdamW steps (one micro-batch each, constant lr, clipping at 1,
-    weight decay 0.01 except on norms) give transformers + torch's losses."""
-    lr, steps = 3e-3, 3
+def trainer_losses(model, rows, steps, lr, micro_batch, accumulation):
+    """The per-step losses transformers' own Trainer logs when it fine-tunes
+    `model` fully for `steps` AdamW steps (constant lr, clipping at 1, weight
+    decay 0.01 except on norms, fp32 on the CPU), the micro-batches padded to
+    SEQ as g3moe pads them."""
+    from transformers import Trainer, TrainingArguments
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return rows[i]
+
+    def collate(items):
+        ids, mask, labels = hf_tiny.batch(items, SEQ)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    args = TrainingArguments(output_dir=None, max_steps=steps, learning_rate=lr,
+                             lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.01,
+                             max_grad_norm=1.0, adam_beta1=0.9, adam_beta2=0.999,
+                             adam_epsilon=1e-8, optim="adamw_torch",
+                             per_device_train_batch_size=micro_batch,
+                             gradient_accumulation_steps=accumulation, logging_steps=1,
+                             save_strategy="no", report_to=[], use_cpu=True, seed=0,
+                             remove_unused_columns=False, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=Rows(), data_collator=collate)
+    trainer.train()
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_loss_trajectory_equals_transformers_trainer(tmp_path, g3moe_compile, g3moe_run):
+    """Five AdamW steps of full fine-tuning, two micro-batches of two rows per
+    step (every step sees the whole data, so the shuffles of the two trainers
+    cannot differ): g3moe's logged losses are transformers' Trainer's within
+    1e-4, with the loss divided by the window's cross-entropy terms as the
+    Trainer does. The recipe's older count (`loss_denominator: unshifted`,
+    one more per row) misses it by percents."""
+    lr, steps, micro, accumulation = 3e-3, 5, 2, 2
     config = hf_tiny.text_config(**SHAPES["gqa_window_global_linear"])
     model = hf_tiny.causal_lm(config, seed=8)
     ckpt = hf_tiny.save(model, tmp_path / "ckpt")
-    rows = hf_tiny.make_rows(9, config.vocab_size, SEQ, LENGTHS)
+    # Short rows and a masked prompt, where the two counts differ most.
+    rows = hf_tiny.make_rows(9, config.vocab_size, SEQ, (12, 5, 8, 12))
     data = hf_tiny.write_rows(tmp_path / "data.jsonl", rows)
-    step = compile_full_fp32(g3moe_compile, ckpt / "config.json", tmp_path / "step.bin",
-                             "--set", f"learning_rate={lr}", "--set", "lr_scheduler_type=constant",
-                             "--set", "warmup_ratio=0", "--set", "max_grad_norm=1.0",
-                             "--set", "weight_decay=0.01", "--set", "gradient_accumulation_steps=1")
-    out = tmp_path / "out"
-    g3moe_run(step, "--weights", ckpt, "--data", data, "--max-steps", str(steps),
-              "--logging-steps", "1", "--output-dir", out)
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    ours = [m["loss"] for m in logged if "loss" in m and "step" in m]
-    assert len(ours) == steps, logged
+    g3moe_compile(ckpt / "config.json", "--quiet", "--fp32", "--set", "finetuning=full",
+                  "--set", "test_size=0", "--seq-len", str(SEQ), "--micro-batch", str(micro),
+                  "--set", f"learning_rate={lr}", "--set", "lr_scheduler_type=constant",
+                  "--set", "warmup_ratio=0", "--set", "max_grad_norm=1.0",
+                  "--set", "weight_decay=0.01",
+                  "--set", f"gradient_accumulation_steps={accumulation}",
+                  "-o", tmp_path / "step.bin")
 
-    decay = [p for n, p in model.named_parameters() if "norm" not in n]
-    no_decay = [p for n, p in model.named_parameters() if "norm" in n]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.999), eps=1e-8)
-    theirs = []
-    for _ in range(steps):
-        loss, _, _, _ = hf_tiny.reference(model, rows, SEQ)
-        theirs.append(loss)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+    def ours(*extra):
+        out = tmp_path / ("out" + "".join(extra))
+        g3moe_run(tmp_path / "step.bin", "--weights", ckpt, "--data", data, "--max-steps",
+                  str(steps), "--logging-steps", "1", "--output-dir", out, *extra)
+        logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [m["loss"] for m in logged if "loss" in m and "step" in m]
+
+    theirs = trainer_losses(model, [(list(i), list(l)) for i, l in rows], steps, lr, micro,
+                            accumulation)
+    assert len(theirs) == steps
     assert theirs[-1] < theirs[0] - 1e-3, "the reference did not train"
-    assert ours == pytest.approx(theirs, rel=2e-5, abs=1e-6)
+    shifted = ours()
+    assert shifted == pytest.approx(theirs, rel=1e-4)
+
+    unshifted = ours("--loss-denominator", "unshifted")
+    _, _, labels = hf_tiny.batch(rows, SEQ)
+    ratio = hf_tiny.shifted_count(labels) / int((labels != hf_tiny.IGNORE).sum())
+    # The same first weights: the old count only rescales the first loss.
+    assert unshifted[0] == pytest.approx(theirs[0] * ratio, rel=1e-4)
+    assert all(abs(u - t) > 0.02 * t for u, t in zip(unshifted, theirs))
 
 
 def test_sharded_checkpoint(tmp_path, g3moe_compile, g3moe_run):

@@ -177,7 +177,7 @@ TEST(ConfigExamples, TinyG3MoE) {
   EXPECT_EQ(m.headDim, 16);
   EXPECT_EQ(m.slidingWindow, 8);
   EXPECT_DOUBLE_EQ(m.attentionScale(), 0.25);
-  EXPECT_DOUBLE_EQ(m.embedScale(), 8.0);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 8.0);
   EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5}));
   EXPECT_EQ(moeLayers(m), (std::vector<int64_t>{2, 3, 4, 5}));
   EXPECT_TRUE(m.isMoE());
@@ -238,7 +238,7 @@ TEST(ConfigExamples, G3MoE4B) {
   EXPECT_EQ(m.numKVHeads, 4);
   EXPECT_EQ(m.headDim, 256);
   EXPECT_EQ(m.slidingWindow, 1024);
-  EXPECT_DOUBLE_EQ(m.embedScale(), 50.5);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 50.5);
   EXPECT_DOUBLE_EQ(m.attentionScale(), 1.0 / 16.0);
   EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23, 29}));
   std::vector<int64_t> moe = moeLayers(m);
@@ -270,7 +270,7 @@ TEST(ConfigExamples, Gemma34BItMultimodal) {
   EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23, 29}));
   EXPECT_DOUBLE_EQ(m.globalRope.factor, 8.0);
   EXPECT_DOUBLE_EQ(m.slidingRope.factor, 1.0);
-  EXPECT_DOUBLE_EQ(m.embedScale(), 50.5);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 50.5);
   EXPECT_TRUE(c.warnings.empty()) << c.warnings.front();
 }
 
@@ -362,7 +362,7 @@ TEST(ConfigExamples, FlatPresets) {
     EXPECT_EQ(m.numKVHeads, 4);
     EXPECT_EQ(moeLayers(m).size(), 26u);
     EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23, 29}));
-    EXPECT_DOUBLE_EQ(m.embedScale(), 50.5);
+    EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 50.5);
     EXPECT_NE(c.modelSource.find("gemma-3-4b-it/config.json"),
               std::string::npos);
     // DeepSpeed is accepted but said to be ignored.
@@ -393,16 +393,20 @@ TEST(ConfigExamples, NestedPreset) {
   EXPECT_TRUE(c.warnings.empty()) << c.warnings.front();
 }
 
-TEST(ConfigExamples, EmbedScaleIsBf16RoundedSqrt) {
+TEST(ConfigExamples, EmbedScaleIsSqrtInTheStepsDtype) {
   ModelConfig m;
   m.hiddenSize = 2560;
-  EXPECT_DOUBLE_EQ(m.embedScale(), 50.5);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 50.5);
   m.hiddenSize = 2304;
-  EXPECT_DOUBLE_EQ(m.embedScale(), 48.0);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 48.0);
   m.hiddenSize = 64;
-  EXPECT_DOUBLE_EQ(m.embedScale(), 8.0);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 8.0);
   m.hiddenSize = 1152; // sqrt = 33.94..., bf16 has 8 bits: 34.0
-  EXPECT_DOUBLE_EQ(m.embedScale(), 34.0);
+  EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 34.0);
+  // An fp32 step keeps √H in fp32, as transformers does in fp32.
+  EXPECT_EQ(m.embedScale(/*bf16=*/false), double(std::sqrt(1152.0f)));
+  m.hiddenSize = 2560;
+  EXPECT_EQ(m.embedScale(/*bf16=*/false), double(float(50.596442562694072)));
   m.queryPreAttnScalar = 256;
   EXPECT_DOUBLE_EQ(m.attentionScale(), 0.0625);
 }

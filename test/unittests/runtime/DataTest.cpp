@@ -610,13 +610,30 @@ TEST(Packing, DocumentsAreIsolated) {
   std::vector<int32_t> pos0(mb.positions.begin(), mb.positions.begin() + 7);
   EXPECT_EQ(pos0, (std::vector<int32_t>{0, 1, 2, 0, 1, 2, 3}));
   EXPECT_EQ(mb.tokens, 12);
+  // The loss denominators: the cross-entropy terms (targets, no target
+  // across a document boundary), and the labels before the shift.
+  EXPECT_EQ(mb.targetCount, 9);
+  EXPECT_EQ(mb.lossItems(LossDenominator::Shifted), 9);
   EXPECT_EQ(mb.labelCount, 11);
+  EXPECT_EQ(mb.lossItems(LossDenominator::Unshifted), 11);
   // The third row is padding.
   for (int t = 16; t < 24; ++t) {
     EXPECT_EQ(mb.inputIds[size_t(t)], 0);
     EXPECT_EQ(mb.targets[size_t(t)], kIgnoreIndex);
     EXPECT_EQ(mb.segmentIds[size_t(t)], 0);
   }
+}
+
+TEST(LossDenominator, Names) {
+  LossDenominator d = LossDenominator::Shifted;
+  EXPECT_TRUE(parseLossDenominator("unshifted", "x", d).ok());
+  EXPECT_EQ(d, LossDenominator::Unshifted);
+  EXPECT_TRUE(parseLossDenominator("shifted", "x", d).ok());
+  EXPECT_EQ(d, LossDenominator::Shifted);
+  Status s = parseLossDenominator("mean", "--loss-denominator", d);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(),
+            "--loss-denominator: unknown loss denominator 'mean'; expected shifted or unshifted");
 }
 
 TEST_F(DataTest, PackingThroughTheLoader) {
