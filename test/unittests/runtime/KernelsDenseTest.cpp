@@ -502,9 +502,11 @@ TEST(DenseKernels, LmHeadCrossEntropyMatchesDoubleReference) {
                     {loss, lse}, a));
       G3RT_EXPECT_CLOSE(loss.f()[0], want.loss, 2e-6, 0);
       expectCloseToReference("lse", lse.values(), want.lse, 1e-6);
-      for (int64_t m = 0; m < M; ++m)
-        if (tv[size_t(m)] == ignore)
+      for (int64_t m = 0; m < M; ++m) {
+        if (tv[size_t(m)] == ignore) {
           EXPECT_EQ(lse.f()[m], 0.0f) << "ignored row " << m;
+        }
+      }
 
       Tensor dx(dtype, {B, T, H}), dtable = Tensor::f32({V, H});
       Tensor dxOnly(dtype, {B, T, H});
