@@ -76,6 +76,29 @@ struct EvalMetrics {
   double seconds = 0;
 };
 
+/// MoE statistics the training forward returns, summed between log lines:
+/// the expert load per MoE layer ("moe_load:<layer>") and the load-balancing
+/// loss.
+struct MoEStats {
+  std::vector<std::pair<std::string, std::vector<double>>> loads;
+  double auxSum = 0;
+  int64_t microBatches = 0;
+};
+
+/// The training loop's running totals: tokens since the last log line and
+/// over the run, with their clocks, and the MoE statistics.
+struct LoopMeters {
+  double loggedTokens = 0, runTokens = 0;
+  std::chrono::steady_clock::time_point windowStart, runStart;
+  MoEStats moe;
+};
+
+/// What one optimizer step reports.
+struct StepReport {
+  int64_t step = 0;
+  double loss = 0, gradNorm = 0, learningRate = 0;
+};
+
 /// A training run: the step's executor, the data, the schedule and the
 /// outputs. The entry point below drives it.
 ///
@@ -107,6 +130,35 @@ private:
   Status evaluate(const std::vector<Row> &rows, EvalMetrics &out);
   Status evaluateAndLog(Progress &progress);
   Status saveCheckpointNow(Progress &progress);
+  /// Logs the run's length and its evaluation plan (the start of run()).
+  void announcePlan();
+  /// The run's bookkeeping in `state`; a resumed run keeps the checkpoint's
+  /// position and is warned about data or a schedule that differ.
+  void recordRunInState(int64_t maxSteps);
+  /// Opens metrics.jsonl and the TensorBoard events where the run saves.
+  void openOutputs();
+  /// One accumulation window of `epoch`: its micro-batches, the optimizer
+  /// step, and the log line, evaluation and checkpoint that fall on the step.
+  Status trainWindow(const std::vector<size_t> &order, int64_t epoch, int64_t window,
+                     Progress &progress, LoopMeters &meters);
+  /// The micro-batches of window `window` of the epoch's `order`, with their
+  /// share of the loss denominator and their tokens.
+  void assembleWindow(const std::vector<size_t> &order, int64_t window,
+                      std::vector<MicroBatch> &batches, int64_t &labels, int64_t &tokens);
+  /// Runs train_micro_step on each micro-batch, summing the losses and the
+  /// MoE statistics.
+  Status runMicroBatches(const std::vector<MicroBatch> &batches, int64_t labels, MoEStats &moe,
+                         double &loss);
+  /// Runs optimizer_step and moves `state` past window `window` of `epoch`.
+  Status optimizerStep(int64_t epoch, int64_t window, int64_t tokens, double loss,
+                       StepReport &out);
+  /// The log line of the steps since the last one: text, metrics.jsonl, the
+  /// log history and TensorBoard.
+  void logTraining(const StepReport &report, Progress &progress, LoopMeters &meters);
+  /// The MoE statistics' log line; then they start afresh.
+  void logMoE(int64_t step, Progress &progress, MoEStats &moe);
+  /// After the last step: the trained parameters (and --merge's checkpoint).
+  Status saveFinal();
   void setScalar(const char *name, double value);
   void scalar(const std::string &tag, double value, int64_t step);
   void recordMetrics(const nlohmann::json &entry);
@@ -483,6 +535,36 @@ Status Trainer::run() {
   if (options.noSave)
     saveEvery = 0;
   hasEval = !data.eval.empty();
+  announcePlan();
+  recordRunInState(maxSteps);
+  openOutputs();
+
+  int64_t stopAt = std::min(total, options.stopAfterSteps.value_or(total));
+  Progress progress(log, options.progressBar, total, state.globalStep);
+  result.firstStep = state.globalStep;
+  LoopMeters meters;
+  for (const auto &[name, buffer] : program.findFunction("train_micro_step")->outputs)
+    if (name.rfind("moe_load:", 0) == 0)
+      meters.moe.loads.emplace_back(name.substr(9), std::vector<double>());
+  meters.windowStart = meters.runStart = std::chrono::steady_clock::now();
+  for (int64_t epoch = state.epoch; state.globalStep < stopAt; ++epoch) {
+    std::vector<size_t> order = shuffled(examples.size(), seed, uint64_t(epoch));
+    int64_t firstWindow = epoch == state.epoch ? state.window : 0;
+    for (int64_t window = firstWindow; window < updatesPerEpoch && state.globalStep < stopAt;
+         ++window)
+      G3RT_RETURN_IF_ERROR(trainWindow(order, epoch, window, progress, meters));
+  }
+  progress.finish();
+  result.optimizerSteps = state.globalStep;
+  result.arenaHighWater = ex.arenaHighWater();
+  if (state.globalStep < total) {
+    log << "stopped after step " << state.globalStep << " of " << total << "\n";
+    return Status();
+  }
+  return saveFinal();
+}
+
+void Trainer::announcePlan() {
   log << "training: " << total << " optimizer steps, " << ga
       << " micro-batches of [" << rows << ", " << seqLen << "] each, lr " << lr << " ("
       << schedule << ", " << warmup << " warmup steps)\n";
@@ -496,7 +578,10 @@ Status Trainer::run() {
   } else if (options.evalSteps && *options.evalSteps > 0) {
     log << "warning: --eval-steps without an eval split (test_size): no evaluation\n";
   }
+}
 
+void Trainer::recordRunInState(int64_t maxSteps) {
+  const std::vector<Row> &examples = data.train;
   // A new run's bookkeeping; a resumed one keeps the checkpoint's.
   uint64_t fingerprint = fingerprintRows(examples);
   if (options.resume) {
@@ -528,7 +613,9 @@ Status Trainer::run() {
   state.maxSteps = total;
   state.numTrainEpochs = maxSteps > 0 ? std::ceil(double(total) / double(std::max<int64_t>(1, updatesPerEpoch)))
                                       : epochs;
+}
 
+void Trainer::openOutputs() {
   if (!options.noSave) {
     // prepare() created and claimed outputDir.
     metrics.open(outputDir + "/metrics.jsonl", std::ios::app);
@@ -540,172 +627,180 @@ Status Trainer::run() {
           << (saveLimit > 0 ? ", keeping the last " + std::to_string(saveLimit) : std::string())
           << "\n";
   }
+}
 
-  int64_t stopAt = std::min(total, options.stopAfterSteps.value_or(total));
-  Progress progress(log, options.progressBar, total, state.globalStep);
-  result.firstStep = state.globalStep;
+Status Trainer::trainWindow(const std::vector<size_t> &order, int64_t epoch, int64_t window,
+                            Progress &progress, LoopMeters &meters) {
+  // The window's loss denominator normalises every micro-batch loss (HF).
+  std::vector<MicroBatch> batches;
+  int64_t labels = 0, tokens = 0;
+  assembleWindow(order, window, batches, labels, tokens);
+  G3RT_RETURN_IF_ERROR(zeroGradients());
+  double loss = 0;
+  G3RT_RETURN_IF_ERROR(runMicroBatches(batches, labels, meters.moe, loss));
+  StepReport report;
+  G3RT_RETURN_IF_ERROR(optimizerStep(epoch, window, tokens, loss, report));
+  int64_t step = report.step;
+  state.lossSinceLastLog += loss;
+  meters.loggedTokens += double(tokens);
+  meters.runTokens += double(tokens);
+  progress.step(step, loss, report.learningRate,
+                meters.runTokens / std::max(secondsSince(meters.runStart), 1e-9));
+  if (step % logEvery == 0 || step == total)
+    logTraining(report, progress, meters);
+  if (hasEval && ((evalEvery > 0 && step % evalEvery == 0) || step == total))
+    G3RT_RETURN_IF_ERROR(evaluateAndLog(progress));
+  if (saveEvery > 0 && step % saveEvery == 0)
+    G3RT_RETURN_IF_ERROR(saveCheckpointNow(progress));
+  return Status();
+}
+
+void Trainer::assembleWindow(const std::vector<size_t> &order, int64_t window,
+                             std::vector<MicroBatch> &batches, int64_t &labels,
+                             int64_t &tokens) {
+  int64_t firstBatch = window * ga;
+  int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
   MicroBatch batch;
-  double loggedTokens = 0, runTokens = 0;
-  // MoE statistics the training forward returns: the expert load per MoE
-  // layer ("moe_load:<layer>") and the load-balancing loss, summed between
-  // log lines.
-  std::vector<std::pair<std::string, std::vector<double>>> moeLoads;
-  for (const auto &[name, buffer] : program.findFunction("train_micro_step")->outputs)
-    if (name.rfind("moe_load:", 0) == 0)
-      moeLoads.emplace_back(name.substr(9), std::vector<double>());
-  double moeAuxSum = 0;
-  int64_t moeMicroBatches = 0;
-  auto windowStart = std::chrono::steady_clock::now(), runStart = windowStart;
-  for (int64_t epoch = state.epoch; state.globalStep < stopAt; ++epoch) {
-    std::vector<size_t> order = shuffled(examples.size(), seed, uint64_t(epoch));
-    int64_t firstWindow = epoch == state.epoch ? state.window : 0;
-    for (int64_t window = firstWindow; window < updatesPerEpoch && state.globalStep < stopAt;
-         ++window) {
-      // The window's loss denominator normalises every micro-batch loss (HF).
-      int64_t firstBatch = window * ga;
-      int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
-      std::vector<MicroBatch> batches;
-      int64_t labels = 0, tokens = 0;
-      for (int64_t mb = firstBatch; mb < lastBatch; ++mb) {
-        std::vector<size_t> idx;
-        for (int64_t r = mb * rows; r < std::min<int64_t>((mb + 1) * rows, int64_t(order.size())); ++r)
-          idx.push_back(order[size_t(r)]);
-        assembleMicroBatch(examples, idx, rows, seqLen, int32_t(padId), batch);
-        labels += batch.lossItems(lossDenominator);
-        tokens += batch.tokens;
-        batches.push_back(batch);
+  for (int64_t mb = firstBatch; mb < lastBatch; ++mb) {
+    std::vector<size_t> idx;
+    for (int64_t r = mb * rows; r < std::min<int64_t>((mb + 1) * rows, int64_t(order.size())); ++r)
+      idx.push_back(order[size_t(r)]);
+    assembleMicroBatch(data.train, idx, rows, seqLen, int32_t(padId), batch);
+    labels += batch.lossItems(lossDenominator);
+    tokens += batch.tokens;
+    batches.push_back(batch);
+  }
+}
+
+Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t labels,
+                                MoEStats &moe, double &loss) {
+  for (const MicroBatch &mb : batches) {
+    copyInts(ex.input("input_ids"), mb.inputIds);
+    copyInts(ex.input("targets"), mb.targets);
+    copyInts(ex.input("positions"), mb.positions);
+    copyInts(ex.input("segment_ids"), mb.segmentIds);
+    setScalar("num_items", double(std::max<int64_t>(1, labels)));
+    if (TensorView key = ex.input("rng_key"); key.data) {
+      key.i64()[0] = int64_t(seed);
+      key.i64()[1] = int64_t(state.microBatches);
+    }
+    ++state.microBatches;
+    G3RT_RETURN_IF_ERROR(runFunction("train_micro_step"));
+    double microLoss = 0;
+    G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "loss", microLoss));
+    loss += microLoss;
+    if (!moe.loads.empty()) {
+      for (auto &[layer, counts] : moe.loads) {
+        std::vector<float> c;
+        G3RT_RETURN_IF_ERROR(outputValues("train_micro_step", "moe_load:" + layer, c));
+        counts.resize(c.size(), 0.0);
+        for (size_t e = 0; e < c.size(); ++e)
+          counts[e] += c[e];
       }
-      G3RT_RETURN_IF_ERROR(zeroGradients());
-      double loss = 0;
-      for (const MicroBatch &mb : batches) {
-        copyInts(ex.input("input_ids"), mb.inputIds);
-        copyInts(ex.input("targets"), mb.targets);
-        copyInts(ex.input("positions"), mb.positions);
-        copyInts(ex.input("segment_ids"), mb.segmentIds);
-        setScalar("num_items", double(std::max<int64_t>(1, labels)));
-        if (TensorView key = ex.input("rng_key"); key.data) {
-          key.i64()[0] = int64_t(seed);
-          key.i64()[1] = int64_t(state.microBatches);
-        }
-        ++state.microBatches;
-        G3RT_RETURN_IF_ERROR(runFunction("train_micro_step"));
-        double microLoss = 0;
-        G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "loss", microLoss));
-        loss += microLoss;
-        if (!moeLoads.empty()) {
-          for (auto &[layer, counts] : moeLoads) {
-            std::vector<float> c;
-            G3RT_RETURN_IF_ERROR(outputValues("train_micro_step", "moe_load:" + layer, c));
-            counts.resize(c.size(), 0.0);
-            for (size_t e = 0; e < c.size(); ++e)
-              counts[e] += c[e];
-          }
-          double aux = 0;
-          G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "moe_aux_loss", aux));
-          moeAuxSum += aux;
-          ++moeMicroBatches;
-        }
-      }
-      int64_t step = state.globalStep;
-      setScalar("step", double(step));
-      setScalar("total_steps", double(total));
-      setScalar("warmup_steps", double(warmup));
-      G3RT_RETURN_IF_ERROR(runFunction("optimizer_step"));
-      double gradNorm = 0, usedLr = 0;
-      G3RT_RETURN_IF_ERROR(outputScalar("optimizer_step", "grad_norm", gradNorm));
-      G3RT_RETURN_IF_ERROR(outputScalar("optimizer_step", "learning_rate", usedLr));
-      step = ++state.globalStep;
-      // The next step's position: what a checkpoint taken now resumes from.
-      state.epoch = window + 1 < updatesPerEpoch ? epoch : epoch + 1;
-      state.window = window + 1 < updatesPerEpoch ? window + 1 : 0;
-      state.epochProgress = double(epoch) + double(window + 1) / double(updatesPerEpoch);
-      state.lastLearningRate = usedLr;
-      state.tokensSeen += tokens;
-      result.losses.push_back(loss);
-      result.gradNorms.push_back(gradNorm);
-      result.learningRates.push_back(usedLr);
-      if (!std::isfinite(loss))
-        return Status::error("the loss is not finite at step " + std::to_string(step));
-      state.lossSinceLastLog += loss;
-      loggedTokens += double(tokens);
-      runTokens += double(tokens);
-      progress.step(step, loss, usedLr, runTokens / std::max(secondsSince(runStart), 1e-9));
-      if (step % logEvery == 0 || step == total) {
-        double seconds = secondsSince(windowStart);
-        int64_t n = (step % logEvery) ? step % logEvery : logEvery;
-        double meanLoss = state.lossSinceLastLog / double(n);
-        double tokensPerSecond = loggedTokens / std::max(seconds, 1e-9);
-        char line[256];
-        std::snprintf(line, sizeof line,
-                      "step %lld/%lld  epoch %.2f  loss %.4f  lr %.3e  grad_norm %.4f  "
-                      "tokens/s %.0f",
-                      (long long)step, (long long)total, state.epochProgress, meanLoss,
-                      usedLr, gradNorm, tokensPerSecond);
-        progress.line(line);
-        recordMetrics({{"step", step},
-                       {"epoch", state.epochProgress},
-                       {"loss", meanLoss},
-                       {"learning_rate", usedLr},
-                       {"grad_norm", gradNorm},
-                       {"tokens_per_second", tokensPerSecond}});
-        state.logHistory.push_back({{"step", step},
-                                    {"epoch", state.epochProgress},
-                                    {"loss", meanLoss},
-                                    {"learning_rate", usedLr},
-                                    {"grad_norm", gradNorm}});
-        scalar("train/loss", meanLoss, step);
-        scalar("train/learning_rate", usedLr, step);
-        scalar("train/grad_norm", gradNorm, step);
-        scalar("train/tokens_per_second", tokensPerSecond, step);
-        scalar("train/epoch", state.epochProgress, step);
-        if (moeMicroBatches > 0) {
-          // Each layer's share of routing slots per expert, and the mean
-          // load-balancing loss (k at perfect balance).
-          nlohmann::json loads = nlohmann::json::object();
-          std::string moeLine = "moe  aux_loss " + std::to_string(moeAuxSum / double(moeMicroBatches)) +
-                                "  largest expert share by layer:";
-          for (auto &[layer, counts] : moeLoads) {
-            double total = 0, largest = 0;
-            for (double c : counts)
-              total += c;
-            std::vector<double> share;
-            for (double c : counts) {
-              share.push_back(total > 0 ? c / total : 0.0);
-              largest = std::max(largest, share.back());
-            }
-            loads[layer] = share;
-            char part[48];
-            std::snprintf(part, sizeof part, " %s:%.2f", layer.c_str(), largest);
-            moeLine += part;
-            scalar("moe/layer_" + layer + "/largest_expert_share", largest, step);
-            std::fill(counts.begin(), counts.end(), 0.0);
-          }
-          progress.line(moeLine);
-          recordMetrics({{"step", step},
-                         {"moe_aux_loss", moeAuxSum / double(moeMicroBatches)},
-                         {"moe_expert_share", loads}});
-          scalar("moe/aux_loss", moeAuxSum / double(moeMicroBatches), step);
-          moeAuxSum = 0;
-          moeMicroBatches = 0;
-        }
-        state.lossSinceLastLog = 0;
-        loggedTokens = 0;
-        windowStart = std::chrono::steady_clock::now();
-      }
-      if (hasEval && ((evalEvery > 0 && step % evalEvery == 0) || step == total))
-        G3RT_RETURN_IF_ERROR(evaluateAndLog(progress));
-      if (saveEvery > 0 && step % saveEvery == 0)
-        G3RT_RETURN_IF_ERROR(saveCheckpointNow(progress));
+      double aux = 0;
+      G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "moe_aux_loss", aux));
+      moe.auxSum += aux;
+      ++moe.microBatches;
     }
   }
-  progress.finish();
-  result.optimizerSteps = state.globalStep;
-  result.arenaHighWater = ex.arenaHighWater();
-  if (state.globalStep < total) {
-    log << "stopped after step " << state.globalStep << " of " << total << "\n";
-    return Status();
-  }
+  return Status();
+}
 
+Status Trainer::optimizerStep(int64_t epoch, int64_t window, int64_t tokens, double loss,
+                              StepReport &out) {
+  int64_t step = state.globalStep;
+  setScalar("step", double(step));
+  setScalar("total_steps", double(total));
+  setScalar("warmup_steps", double(warmup));
+  G3RT_RETURN_IF_ERROR(runFunction("optimizer_step"));
+  double gradNorm = 0, usedLr = 0;
+  G3RT_RETURN_IF_ERROR(outputScalar("optimizer_step", "grad_norm", gradNorm));
+  G3RT_RETURN_IF_ERROR(outputScalar("optimizer_step", "learning_rate", usedLr));
+  step = ++state.globalStep;
+  // The next step's position: what a checkpoint taken now resumes from.
+  state.epoch = window + 1 < updatesPerEpoch ? epoch : epoch + 1;
+  state.window = window + 1 < updatesPerEpoch ? window + 1 : 0;
+  state.epochProgress = double(epoch) + double(window + 1) / double(updatesPerEpoch);
+  state.lastLearningRate = usedLr;
+  state.tokensSeen += tokens;
+  result.losses.push_back(loss);
+  result.gradNorms.push_back(gradNorm);
+  result.learningRates.push_back(usedLr);
+  out = StepReport{step, loss, gradNorm, usedLr};
+  if (!std::isfinite(loss))
+    return Status::error("the loss is not finite at step " + std::to_string(step));
+  return Status();
+}
+
+void Trainer::logTraining(const StepReport &report, Progress &progress, LoopMeters &meters) {
+  int64_t step = report.step;
+  double usedLr = report.learningRate, gradNorm = report.gradNorm;
+  double seconds = secondsSince(meters.windowStart);
+  int64_t n = (step % logEvery) ? step % logEvery : logEvery;
+  double meanLoss = state.lossSinceLastLog / double(n);
+  double tokensPerSecond = meters.loggedTokens / std::max(seconds, 1e-9);
+  char line[256];
+  std::snprintf(line, sizeof line,
+                "step %lld/%lld  epoch %.2f  loss %.4f  lr %.3e  grad_norm %.4f  "
+                "tokens/s %.0f",
+                (long long)step, (long long)total, state.epochProgress, meanLoss, usedLr,
+                gradNorm, tokensPerSecond);
+  progress.line(line);
+  recordMetrics({{"step", step},
+                 {"epoch", state.epochProgress},
+                 {"loss", meanLoss},
+                 {"learning_rate", usedLr},
+                 {"grad_norm", gradNorm},
+                 {"tokens_per_second", tokensPerSecond}});
+  state.logHistory.push_back({{"step", step},
+                              {"epoch", state.epochProgress},
+                              {"loss", meanLoss},
+                              {"learning_rate", usedLr},
+                              {"grad_norm", gradNorm}});
+  scalar("train/loss", meanLoss, step);
+  scalar("train/learning_rate", usedLr, step);
+  scalar("train/grad_norm", gradNorm, step);
+  scalar("train/tokens_per_second", tokensPerSecond, step);
+  scalar("train/epoch", state.epochProgress, step);
+  if (meters.moe.microBatches > 0)
+    logMoE(step, progress, meters.moe);
+  state.lossSinceLastLog = 0;
+  meters.loggedTokens = 0;
+  meters.windowStart = std::chrono::steady_clock::now();
+}
+
+void Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
+  // Each layer's share of routing slots per expert, and the mean
+  // load-balancing loss (k at perfect balance).
+  nlohmann::json loads = nlohmann::json::object();
+  std::string moeLine = "moe  aux_loss " + std::to_string(moe.auxSum / double(moe.microBatches)) +
+                        "  largest expert share by layer:";
+  for (auto &[layer, counts] : moe.loads) {
+    double slots = 0, largest = 0;
+    for (double c : counts)
+      slots += c;
+    std::vector<double> share;
+    for (double c : counts) {
+      share.push_back(slots > 0 ? c / slots : 0.0);
+      largest = std::max(largest, share.back());
+    }
+    loads[layer] = share;
+    char part[48];
+    std::snprintf(part, sizeof part, " %s:%.2f", layer.c_str(), largest);
+    moeLine += part;
+    scalar("moe/layer_" + layer + "/largest_expert_share", largest, step);
+    std::fill(counts.begin(), counts.end(), 0.0);
+  }
+  progress.line(moeLine);
+  recordMetrics({{"step", step},
+                 {"moe_aux_loss", moe.auxSum / double(moe.microBatches)},
+                 {"moe_expert_share", loads}});
+  scalar("moe/aux_loss", moe.auxSum / double(moe.microBatches), step);
+  moe.auxSum = 0;
+  moe.microBatches = 0;
+}
+
+Status Trainer::saveFinal() {
   if (!options.noSave) {
     G3RT_RETURN_IF_ERROR(syncHost());
     G3RT_RETURN_IF_ERROR(
