@@ -48,9 +48,20 @@ Status decodeDType(fbs::DType t, DType &out) {
   return Status();
 }
 
+/// FlatBuffers' verifier checks only that a vector's length field is 4-byte
+/// aligned, so a damaged file can place 8-byte elements where reading them
+/// would be a misaligned load.
+template <typename T>
+Status checkAligned(const flatbuffers::Vector<T> *v, const std::string &what) {
+  if (v && reinterpret_cast<uintptr_t>(v->data()) % alignof(T) != 0)
+    return Status::error(what + " is not aligned (the step payload is malformed)");
+  return Status();
+}
+
 Status decodeShape(const flatbuffers::Vector<int64_t> *shape, std::vector<int64_t> &out,
                    uint64_t elementBytes, uint64_t &bytes) {
   out.clear();
+  G3RT_RETURN_IF_ERROR(checkAligned(shape, "the shape"));
   uint64_t n = 1;
   if (shape)
     for (int64_t d : *shape) {
@@ -84,6 +95,7 @@ Status decodeAttrs(const flatbuffers::Vector<flatbuffers::Offset<fbs::Attr>> *at
       break;
     case fbs::AttrKind::FloatArray: {
       std::vector<double> values;
+      G3RT_RETURN_IF_ERROR(checkAligned(a->floats(), "attribute '" + name + "'"));
       if (a->floats())
         values.assign(a->floats()->begin(), a->floats()->end());
       out.set(name, AttrValue::ofFloats(std::move(values)));
