@@ -3,6 +3,7 @@
 #include "compiler/Pipelines/TrainingPipeline.h"
 
 #include "compiler/Conversion/Passes.h"
+#include "compiler/Pipelines/MemoryFit.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
 #include "dialects/G3RT/Transforms/Passes.h"
 #include "mlir/Transforms/Passes.h"
@@ -36,8 +37,23 @@ void g3moe::buildTrainingPipeline(OpPassManager &pm,
   pm.addPass(createG3MoEOptimizerPass(optimizer));
 }
 
+bool g3moe::wantsMemoryFit(const TrainingPipelineOptions &options) {
+  return options.memoryBudgetGb != 0.0 || options.recompute != "auto";
+}
+
 void g3moe::buildStepPipeline(OpPassManager &pm,
                               const TrainingPipelineOptions &options) {
+  // The fit cannot be a list of passes: it compiles the whole step once per
+  // plan, on copies of the input, and keeps the one that fits.
+  if (wantsMemoryFit(options)) {
+    pm.addPass(createFitMemoryPass(options));
+    return;
+  }
+  buildFixedStepPipeline(pm, options);
+}
+
+void g3moe::buildFixedStepPipeline(OpPassManager &pm,
+                                   const TrainingPipelineOptions &options) {
   buildTrainingPipeline(pm, options);
   pm.addPass(createG3MoEFuseLMHeadLossPass());
   // CSE merges what autodiff's clone of the forward recomputes identically
@@ -65,7 +81,8 @@ void g3moe::buildStepPipeline(OpPassManager &pm,
 void g3moe::registerTrainingPipeline() {
   PassPipelineRegistration<TrainingPipelineOptions>(
       "g3moe-step-pipeline",
-      "the training pipeline, then lowering to g3rt and memory planning",
+      "the training pipeline, then lowering to g3rt and memory planning "
+      "(with memory-budget-gb: the least recomputation that fits)",
       buildStepPipeline);
   PassPipelineRegistration<TrainingPipelineOptions>(
       "g3moe-training-pipeline",

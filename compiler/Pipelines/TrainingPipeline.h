@@ -61,6 +61,19 @@ struct TrainingPipelineOptions
   Option<double> maxGradNorm{*this, "max-grad-norm",
                              llvm::cl::desc("clipping threshold (0: off)"),
                              llvm::cl::init(1.0)};
+  Option<double> memoryBudgetGb{
+      *this, "memory-budget-gb",
+      llvm::cl::desc("step pipeline: device memory the step may take, in GiB (2^30 "
+                     "bytes); the pipeline then compiles the least recomputation that "
+                     "fits, choosing recompute-scopes and save-attention-stats (0: no "
+                     "budget)"),
+      llvm::cl::init(0.0)};
+  Option<std::string> recompute{
+      *this, "recompute",
+      llvm::cl::desc("step pipeline: the recompute levels the memory fit may choose: "
+                     "auto (the least that fits memory-budget-gb; without a budget, "
+                     "recompute-scopes as given), none, mlp or layers"),
+      llvm::cl::init("auto")};
 };
 
 /// Adds LoRA insertion (or full fine-tuning), autodiff and the optimizer to
@@ -69,8 +82,19 @@ void buildTrainingPipeline(mlir::OpPassManager &pm,
                            const TrainingPipelineOptions &options);
 
 /// The training pipeline, then the lowering to g3rt launches and the memory
-/// plan: everything before serialisation to step.bin.
+/// plan: everything before serialisation to step.bin. With memory-budget-gb
+/// or a recompute level other than auto, the one G3MoEFitMemoryPass
+/// (MemoryFit.h), which runs buildFixedStepPipeline for each plan it tries and
+/// keeps the one that fits; otherwise buildFixedStepPipeline itself.
 void buildStepPipeline(mlir::OpPassManager &pm, const TrainingPipelineOptions &options);
+
+/// The step pipeline with recompute-scopes and save-attention-stats as given
+/// (memory-budget-gb and recompute ignored): what each plan compiles to.
+void buildFixedStepPipeline(mlir::OpPassManager &pm,
+                            const TrainingPipelineOptions &options);
+
+/// Whether `options` ask buildStepPipeline for a memory fit.
+bool wantsMemoryFit(const TrainingPipelineOptions &options);
 
 /// Registers `--g3moe-training-pipeline` and `--g3moe-step-pipeline` for
 /// g3moe-opt.

@@ -1,0 +1,399 @@
+//===- MemoryFit.cpp - fit a training step to a memory budget -------------===//
+//
+// The search compiles whole steps: the memory a plan saves depends on what the
+// planner can overlap once everything is lowered, so it is measured, not
+// estimated. Each candidate costs one run of the step pipeline.
+//
+//===----------------------------------------------------------------------===//
+
+#include "compiler/Pipelines/MemoryFit.h"
+
+#include "compiler/Pipelines/Passes.h"
+#include "dialects/G3RT/IR/G3RTDialect.h"
+#include "dialects/G3RT/Transforms/MemoryPlan.h"
+
+#include "mlir/IR/BuiltinAttributes.h"
+#include "llvm/ADT/STLExtras.h"
+#include "llvm/ADT/StringSwitch.h"
+#include "llvm/Support/Format.h"
+#include "llvm/Support/raw_ostream.h"
+
+#include <set>
+
+namespace g3moe {
+#define GEN_PASS_DEF_G3MOEFITMEMORYPASS
+#include "compiler/Pipelines/Passes.h.inc"
+} // namespace g3moe
+
+using namespace mlir;
+using namespace g3moe;
+
+//===----------------------------------------------------------------------===//
+// Plans
+//===----------------------------------------------------------------------===//
+
+MemoryPlan MemoryPlan::uniform(int64_t numLayers, LayerChoice choice,
+                               bool keepAttentionOutputs) {
+  MemoryPlan plan;
+  plan.layers.assign(numLayers, choice);
+  plan.keepAttentionOutputs = keepAttentionOutputs;
+  return plan;
+}
+
+MemoryPlan MemoryPlan::leadingFeedForward(int64_t count, int64_t numLayers,
+                                          bool keepAttentionOutputs) {
+  MemoryPlan plan = uniform(numLayers, LayerChoice::Keep, keepAttentionOutputs);
+  for (int64_t l = 0; l < count && l < numLayers; ++l)
+    plan.layers[l] = LayerChoice::RecomputeFeedForward;
+  return plan;
+}
+
+int64_t MemoryPlan::count(LayerChoice choice) const {
+  return llvm::count(layers, choice);
+}
+
+std::vector<std::string> MemoryPlan::recomputeScopes() const {
+  const int64_t numLayers = layers.size();
+  // Every layer alike: the scopes the planner has always used, which every
+  // layer's module path contains.
+  if (numLayers > 0 && count(LayerChoice::RecomputeFeedForward) == numLayers)
+    return {"moe", "mlp"};
+  if (numLayers > 0 && count(LayerChoice::RecomputeLayer) == numLayers)
+    return {"model.layers"};
+  // Scopes are substrings of module paths: "model.layers.1." must not match
+  // layer 10, hence the trailing dot.
+  std::vector<std::string> scopes;
+  for (int64_t l = 0; l < numLayers; ++l) {
+    std::string layer = "model.layers." + std::to_string(l);
+    switch (layers[l]) {
+    case LayerChoice::Keep:
+      break;
+    case LayerChoice::RecomputeFeedForward:
+      scopes.push_back(layer + ".moe");
+      scopes.push_back(layer + ".mlp");
+      break;
+    case LayerChoice::RecomputeLayer:
+      scopes.push_back(layer + ".");
+      break;
+    }
+  }
+  return scopes;
+}
+
+std::string MemoryPlan::describeRecompute() const {
+  const int64_t numLayers = layers.size();
+  const int64_t feedForward = count(LayerChoice::RecomputeFeedForward);
+  const int64_t whole = count(LayerChoice::RecomputeLayer);
+  if (feedForward == 0 && whole == 0)
+    return "none";
+  if (feedForward == numLayers)
+    return "mlp";
+  if (whole == numLayers)
+    return "layers";
+  std::string of = " of " + std::to_string(numLayers) + " layers";
+  std::string text;
+  if (feedForward > 0)
+    text = "mlp in " + std::to_string(feedForward) + of;
+  if (whole > 0)
+    text += (text.empty() ? "" : ", ") + std::string("whole layers in ") +
+            std::to_string(whole) + of;
+  return text;
+}
+
+void MemoryPlan::applyTo(TrainingPipelineOptions &options) const {
+  options.recomputeScopes = recomputeScopes();
+  options.saveAttentionStats = keepAttentionOutputs;
+}
+
+//===----------------------------------------------------------------------===//
+// Measurement
+//===----------------------------------------------------------------------===//
+
+StepMemory g3moe::measureStepMemory(ModuleOp step) {
+  StepMemory memory;
+  if (auto a = step->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))
+    memory.arenaBytes = a.getInt();
+  // Each function declares the persistent buffers it touches; the runtime
+  // allocates each (kind, name) once.
+  std::set<std::pair<std::string, std::string>> seen;
+  step.walk([&](g3rt_ir::BufferOp buffer) {
+    if (buffer.getKind() == g3rt_ir::kArena)
+      return;
+    if (seen.insert({buffer.getKind().str(), buffer.getName().value_or("").str()}).second)
+      memory.persistentBytes += g3rt_ir::bufferBytes(buffer.getType());
+  });
+  return memory;
+}
+
+//===----------------------------------------------------------------------===//
+// The search
+//===----------------------------------------------------------------------===//
+
+std::optional<RecomputePolicy> g3moe::parseRecomputePolicy(llvm::StringRef spelling) {
+  return llvm::StringSwitch<std::optional<RecomputePolicy>>(spelling)
+      .Case("auto", RecomputePolicy::Auto)
+      .Case("none", RecomputePolicy::None)
+      .Case("mlp", RecomputePolicy::FeedForward)
+      .Case("layers", RecomputePolicy::Layers)
+      .Default(std::nullopt);
+}
+
+namespace {
+
+/// The levels a policy lets the search try, least recomputation first.
+std::vector<LayerChoice> levelsFor(const MemoryFitOptions &options) {
+  switch (options.policy) {
+  case RecomputePolicy::Auto:
+    if (options.budgetBytes <= 0)
+      return {LayerChoice::Keep};
+    return {LayerChoice::Keep, LayerChoice::RecomputeFeedForward, LayerChoice::RecomputeLayer};
+  case RecomputePolicy::None:
+    return {LayerChoice::Keep};
+  case RecomputePolicy::FeedForward:
+    return {LayerChoice::RecomputeFeedForward};
+  case RecomputePolicy::Layers:
+    return {LayerChoice::RecomputeLayer};
+  }
+  llvm_unreachable("unknown recompute policy");
+}
+
+/// The number of decoder layers, from the frontend's g3moe.model attribute.
+std::optional<int64_t> layerCount(ModuleOp module) {
+  auto model = module->getAttrOfType<DictionaryAttr>("g3moe.model");
+  if (!model)
+    return std::nullopt;
+  auto layers = model.getAs<IntegerAttr>("num_hidden_layers");
+  if (!layers || layers.getInt() < 1)
+    return std::nullopt;
+  return layers.getInt();
+}
+
+/// Compiles and measures candidate plans, recording each in the fit.
+class Search {
+public:
+  Search(ModuleOp forward, const TrainingPipelineOptions &pipeline,
+         const MemoryFitOptions &options, PipelineRunner run, MemoryFit &fit)
+      : forward(forward), pipeline(pipeline), options(options), run(run), fit(fit) {}
+
+  /// Compiles `plan` into `step` and records the attempt; `fits` says
+  /// whether it is within the budget (always, without one).
+  LogicalResult attempt(const MemoryPlan &plan, OwningOpRef<ModuleOp> &step, bool &fits) {
+    // The pipeline consumes its input: each plan starts from a fresh copy.
+    step = OwningOpRef<ModuleOp>(forward.clone());
+    TrainingPipelineOptions planned;
+    planned.copyOptionValuesFrom(pipeline);
+    plan.applyTo(planned);
+    if (failed(run(*step, [&](OpPassManager &pm) { buildFixedStepPipeline(pm, planned); })))
+      return failure();
+    StepMemory memory = measureStepMemory(*step);
+    fits = options.budgetBytes <= 0 || memory.deviceBytes() <= options.budgetBytes;
+    fit.attempts.push_back({plan, memory, fits});
+    return success();
+  }
+
+  /// Takes `step`, compiled from the latest attempt, as the choice.
+  void choose(OwningOpRef<ModuleOp> step) {
+    fit.step = std::move(step);
+    fit.plan = fit.attempts.back().plan;
+    fit.memory = fit.attempts.back().memory;
+  }
+
+  /// The least level (attention outputs kept, then recomputed) that fits.
+  LogicalResult searchLevels(int64_t numLayers) {
+    for (LayerChoice level : levelsFor(options)) {
+      for (bool keepAttention : {true, false}) {
+        OwningOpRef<ModuleOp> step;
+        bool fits = false;
+        if (failed(attempt(MemoryPlan::uniform(numLayers, level, keepAttention), step, fits)))
+          return failure();
+        if (fits) {
+          choose(std::move(step));
+          return success();
+        }
+      }
+    }
+    return success();
+  }
+
+  /// With every layer's feed-forward block recomputed fitting, the fewest
+  /// leading layers' that do: memory falls as layers are added, and each
+  /// recomputed layer costs its forward GEMMs again. The attention choice
+  /// stays. (Keeping the outputs is worth about as much as not recomputing a
+  /// layer or two at 16K, more at 32K.)
+  LogicalResult narrowFeedForward(int64_t numLayers) {
+    const bool keepAttention = fit.plan.keepAttentionOutputs;
+    for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
+      const int64_t k = lo + (hi - lo) / 2;
+      OwningOpRef<ModuleOp> step;
+      bool fits = false;
+      if (failed(attempt(MemoryPlan::leadingFeedForward(k, numLayers, keepAttention), step,
+                         fits)))
+        return failure();
+      if (!fits) {
+        lo = k + 1;
+        continue;
+      }
+      choose(std::move(step));
+      hi = k - 1;
+    }
+    return success();
+  }
+
+private:
+  ModuleOp forward;
+  const TrainingPipelineOptions &pipeline;
+  const MemoryFitOptions &options;
+  PipelineRunner run;
+  MemoryFit &fit;
+};
+
+std::string gib(int64_t bytes) {
+  std::string s;
+  llvm::raw_string_ostream os(s);
+  os << llvm::format("%.1f GiB", double(bytes) / double(1ll << 30));
+  return s;
+}
+
+} // namespace
+
+FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOptions &pipeline,
+                                      const MemoryFitOptions &options, PipelineRunner run) {
+  std::optional<int64_t> numLayers = layerCount(forward);
+  if (!numLayers)
+    return emitError(forward.getLoc(), "the memory fit needs the model's layer count "
+                             "(g3moe.model's num_hidden_layers)");
+  MemoryFit fit;
+  fit.budgetBytes = options.budgetBytes;
+  Search search(forward, pipeline, options, run, fit);
+  if (failed(search.searchLevels(*numLayers)))
+    return failure();
+  if (fit.fits() && options.budgetBytes > 0 && options.policy == RecomputePolicy::Auto &&
+      fit.plan.count(LayerChoice::RecomputeFeedForward) == *numLayers)
+    if (failed(search.narrowFeedForward(*numLayers)))
+      return failure();
+  return fit;
+}
+
+std::string g3moe::describeFit(const MemoryFit &fit) {
+  return "device memory " + gib(fit.memory.deviceBytes()) + " (arena and persistent tensors)" +
+         (fit.budgetBytes > 0 ? ", budget " + gib(fit.budgetBytes) : std::string()) +
+         "; recompute " + fit.plan.describeRecompute() +
+         (fit.plan.keepAttentionOutputs ? "" : ", attention outputs recomputed");
+}
+
+std::string g3moe::describeMisfit(const MemoryFit &fit) {
+  std::string text = "the step does not fit memory_budget_gb (" + gib(fit.budgetBytes) + "):";
+  for (const FitAttempt &a : fit.attempts)
+    text += "\n  recompute " + a.plan.describeRecompute() +
+            (a.plan.keepAttentionOutputs ? ", attention outputs kept: " : ": ") +
+            gib(a.memory.deviceBytes());
+  return text;
+}
+
+//===----------------------------------------------------------------------===//
+// The pass
+//===----------------------------------------------------------------------===//
+
+namespace {
+
+struct FitMemoryPass : g3moe::impl::G3MoEFitMemoryPassBase<FitMemoryPass> {
+  using Base::Base;
+
+  FitMemoryPass(std::shared_ptr<const TrainingPipelineOptions> step,
+                const G3MoEFitMemoryPassOptions &options)
+      : Base(options), step(std::move(step)) {}
+
+  void runOnOperation() override;
+
+  /// A dynamic pipeline loads no dialects of its own: the ops the step
+  /// pipeline creates (arith constants, g3rt) must be loaded before it runs.
+  void getDependentDialects(DialectRegistry &registry) const override {
+    TrainingPipelineOptions defaults;
+    OpPassManager pm(ModuleOp::getOperationName());
+    buildFixedStepPipeline(pm, step ? *step : defaults);
+    pm.getDependentDialects(registry);
+  }
+
+  /// Runs the candidate's pipeline as a dynamic pipeline of this pass, so
+  /// that instrumentation (--mlir-print-ir-after-all, timing) sees it. A
+  /// dynamic pipeline must run on this pass's module or inside it: the
+  /// candidate is nested in the module while it compiles.
+  LogicalResult runNested(ModuleOp candidate, PopulateFn populate) {
+    OpPassManager pm(ModuleOp::getOperationName());
+    populate(pm);
+    getOperation().getBody()->push_back(candidate);
+    LogicalResult result = runPipeline(pm, candidate);
+    candidate->remove();
+    // The analyses cached for the candidate would outlive it, keyed by an
+    // address the next candidate may reuse.
+    getAnalysisManager().clear();
+    return result;
+  }
+
+  /// The pipeline options the plans do not decide; shared by clones of the
+  /// pass (options are not copyable). Null: the defaults.
+  std::shared_ptr<const TrainingPipelineOptions> step;
+};
+
+/// Moves `chosen`'s body and attributes into `module`, in place of its own.
+void replaceModule(ModuleOp module, ModuleOp chosen) {
+  module.getBody()->clear();
+  module.getBody()->getOperations().splice(module.getBody()->end(),
+                                           chosen.getBody()->getOperations());
+  module->setAttrs(chosen->getAttrDictionary());
+}
+
+// Diagnostics go to the module's location, not the module: attached to the op
+// they would print the whole module (--mlir-print-op-on-diagnostic).
+void FitMemoryPass::runOnOperation() {
+  ModuleOp module = getOperation();
+  std::optional<RecomputePolicy> policy = parseRecomputePolicy(recompute);
+  if (!policy) {
+    emitError(module.getLoc()) << "recompute must be auto, none, mlp or layers, got '"
+                               << recompute << "'";
+    return signalPassFailure();
+  }
+  // The frontend's bound on memory_budget_gb, so that the bytes cannot overflow.
+  if (!(memoryBudgetGb >= 0.0 && memoryBudgetGb <= 1e6)) {
+    emitError(module.getLoc()) << "memory-budget-gb must be in [0, 1e6], got "
+                               << memoryBudgetGb;
+    return signalPassFailure();
+  }
+  TrainingPipelineOptions defaults;
+  const TrainingPipelineOptions &pipeline = step ? *step : defaults;
+  if (!pipeline.recomputeScopes.empty() || !pipeline.saveAttentionStats) {
+    emitError(module.getLoc())
+        << "the memory fit chooses recompute-scopes and save-attention-stats; give either "
+           "them or memory-budget-gb and recompute";
+    return signalPassFailure();
+  }
+
+  MemoryFitOptions options;
+  // As the frontend converts memory_budget_gb, so that both tools agree.
+  options.budgetBytes = static_cast<int64_t>(memoryBudgetGb * 1024.0 * 1024.0 * 1024.0);
+  options.policy = *policy;
+  // The module is the forward every candidate is cloned from; none is nested
+  // in it while it is cloned.
+  FailureOr<MemoryFit> fit = fitMemory(
+      module, pipeline, options,
+      [&](ModuleOp candidate, PopulateFn populate) { return runNested(candidate, populate); });
+  if (failed(fit))
+    return signalPassFailure();
+  if (!fit->fits()) {
+    emitError(module.getLoc()) << describeMisfit(*fit);
+    return signalPassFailure();
+  }
+  emitRemark(module.getLoc()) << describeFit(*fit);
+  replaceModule(module, *fit->step);
+}
+
+} // namespace
+
+std::unique_ptr<Pass> g3moe::createFitMemoryPass(const TrainingPipelineOptions &step) {
+  auto options = std::make_shared<TrainingPipelineOptions>();
+  options->copyOptionValuesFrom(step);
+  G3MoEFitMemoryPassOptions fit;
+  fit.memoryBudgetGb = step.memoryBudgetGb;
+  fit.recompute = step.recompute;
+  return std::make_unique<FitMemoryPass>(std::move(options), fit);
+}

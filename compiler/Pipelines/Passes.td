@@ -1,0 +1,41 @@
+//===- Passes.td - g3moe pipeline-level passes -------------*- tablegen -*-===//
+//
+// Passes that run whole pipelines: the memory fit runs the step pipeline once
+// per candidate plan.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_PIPELINES_PASSES_TD
+#define G3MOE_PIPELINES_PASSES_TD
+
+include "mlir/Pass/PassBase.td"
+
+def G3MoEFitMemoryPass : Pass<"g3moe-fit-memory", "mlir::ModuleOp"> {
+  let summary = "compile the step with the least recomputation that fits a memory budget";
+  let description = [{
+    Runs the step pipeline (LoRA, autodiff, optimizer, fusions, lowering to
+    g3rt, memory planning) on a copy of the forward module for each candidate
+    plan, measures the device memory of each lowered step (the planned arena
+    plus weights, LoRA masters, gradient accumulators, Adam moments and
+    inputs) and replaces the module with the step of the least recomputation
+    that fits `memory-budget-gb`: none, then the feed-forward blocks (dense
+    MLPs, MoE experts) of every layer, narrowed to the fewest leading layers
+    that fit, then whole layers; at each level first with the attention
+    outputs kept for the backward, then recomputed. `recompute` restricts the
+    search to one level. A remark says what it chose; when nothing fits, the
+    error lists each plan tried and its need.
+
+    `--g3moe-step-pipeline` adds this pass, with its own options, when given
+    `memory-budget-gb` or a `recompute` level; it is not a flag of its own,
+    since the pipeline it runs needs all of the step pipeline's options.
+    g3moe-compile runs the same search (compiler/Pipelines/MemoryFit.h).
+  }];
+  let options = [
+    Option<"memoryBudgetGb", "memory-budget-gb", "double", /*default=*/"0.0",
+           "device memory the step may take, in GiB (2^30 bytes); 0: no budget">,
+    Option<"recompute", "recompute", "std::string", /*default=*/"\"auto\"",
+           "levels the search may choose: auto, none, mlp or layers">,
+  ];
+}
+
+#endif // G3MOE_PIPELINES_PASSES_TD
