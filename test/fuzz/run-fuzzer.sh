@@ -8,7 +8,8 @@
 # input that crashes (or leaks, hangs or runs out of memory) is copied into
 # test/fuzz/regressions/NAME/, where the fuzz-replay-NAME test of every
 # ordinary build replays it; it is also printed in base64 so that a CI log
-# keeps it. Extra libFuzzer flags: $G3MOE_FUZZ_FLAGS.
+# keeps it. Extra libFuzzer flags: the target's own ($G3MOE_FUZZ_TARGET_FLAGS,
+# from CMake) and yours ($G3MOE_FUZZ_FLAGS).
 set -uo pipefail
 name=$1 fuzzer=$2 work=$3
 shift 3
@@ -23,7 +24,8 @@ rm -f "$crashes"/*
 # One input may take a while under ASan (a large step seed), but not 30 s.
 # shellcheck disable=SC2086
 "$fuzzer" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
-  -artifact_prefix="$crashes/" ${G3MOE_FUZZ_FLAGS:-} "$corpus" "$@" >"$log" 2>&1
+  -artifact_prefix="$crashes/" ${G3MOE_FUZZ_TARGET_FLAGS:-} ${G3MOE_FUZZ_FLAGS:-} \
+  "$corpus" "$@" >"$log" 2>&1
 rc=$?
 runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$')
 echo "fuzz-$name: $seconds s, ${runs:-?} inputs, corpus $(find "$corpus" -type f | wc -l) files, exit $rc (log $log)"
