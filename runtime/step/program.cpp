@@ -50,10 +50,11 @@ Status decodeDType(fbs::DType t, DType &out) {
 
 /// FlatBuffers' verifier checks only that a vector's length field is 4-byte
 /// aligned, so a damaged file can place 8-byte elements where reading them
-/// would be a misaligned load.
+/// would be a misaligned load. An empty vector has nothing to read, and
+/// FlatBufferBuilder does not align it (a scalar's shape is one).
 template <typename T>
 Status checkAligned(const flatbuffers::Vector<T> *v, const std::string &what) {
-  if (v && reinterpret_cast<uintptr_t>(v->data()) % alignof(T) != 0)
+  if (v && v->size() > 0 && reinterpret_cast<uintptr_t>(v->data()) % alignof(T) != 0)
     return Status::error(what + " is not aligned (the step payload is malformed)");
   return Status();
 }
