@@ -308,7 +308,8 @@ Directional directional(Executor &ex, const ParamDesc &p, const std::vector<floa
     return (up - down) / (2 * by);
   };
   const double noise = lossNoise(baseLoss);
-  const double first = std::min(3e-4 / std::fabs(dot(grad, dir)), 0.1 * rms);
+  const double slope = std::fabs(dot(grad, dir));
+  const double first = slope > 0 ? std::min(3e-4 / slope, 0.1 * rms) : 0.1 * rms;
   double h = first;
   Directional d;
   double q1 = 0, q2 = 0, a1 = 0, a2 = 0;
