@@ -42,7 +42,6 @@ int main(int argc, char **argv) {
     std::fprintf(stderr, "g3moe-bench: %s\n", s.message().c_str());
     return 1;
   }
-  nlohmann::json model = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
   // Host state: small random weights (the values do not change the work done).
   // No host arena: the GPU runs the step, and the arena is tens of gigabytes.
   Executor host(program, /*withArena=*/false);
@@ -59,7 +58,7 @@ int main(int argc, char **argv) {
     }, 1 << 16);
   }
   TensorView ids = host.input("input_ids");
-  int64_t T = ids.numel(), V = model.value("vocab_size", 262208);
+  int64_t T = ids.numel(), V = program.model.vocabSize > 0 ? program.model.vocabSize : 262208;
   for (int64_t i = 0; i < T; ++i) {
     ids.i32()[i] = int32_t(3 + uint64_t(uniformAt(2, 0, 0, uint64_t(i)) * double(V - 3)));
     host.input("positions").i32()[i] = int32_t(i % ids.shape.back());
@@ -168,10 +167,10 @@ int main(int argc, char **argv) {
   double step = timed[timed.size() / 2];
 
   // Active parameters: everything but the (E - k) unused experts per MoE layer.
-  int64_t H = model.value("hidden_size", 0), I = model.value("intermediate_size", 0),
-          L = model.value("num_hidden_layers", 0), E = model.value("n_routed_experts", 0),
-          k = model.value("num_experts_per_tok", 0), firstDense = model.value("first_k_dense_replace", 0),
-          NH = model.value("num_attention_heads", 0), D = model.value("head_dim", 0);
+  const ModelConfig &model = program.model;
+  int64_t H = model.hiddenSize, I = model.intermediateSize, L = model.numHiddenLayers,
+          E = model.nRoutedExperts, k = model.numExpertsPerTok,
+          firstDense = model.firstKDenseReplace, NH = model.numAttentionHeads, D = model.headDim;
   double nTotal = 0;
   for (const ParamDesc &p : program.params)
     if (p.name.find("lora_") == std::string::npos) {

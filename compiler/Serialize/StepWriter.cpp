@@ -2,8 +2,9 @@
 //
 // Builds the FlatBuffer of step.fbs from the g3rt IR: one Function per
 // func.func (buffers in declaration order, launches in program order), the
-// parameter table gathered from the `param` buffers, and the configuration as
-// JSON. How a parameter is initialised is decided here, from its name, so that
+// parameter table gathered from the `param` buffers, and the configuration
+// (the module attributes g3moe.model and g3moe.training) as the typed
+// ModelConfig and TrainingOptions tables. How a parameter is initialised is decided here, from its name, so that
 // the runtime needs no knowledge of HF naming conventions.
 //
 //===----------------------------------------------------------------------===//
@@ -16,9 +17,10 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
-#include "llvm/Support/JSON.h"
+#include "llvm/ADT/StringSet.h"
 
 #include <map>
+#include <optional>
 
 using namespace mlir;
 namespace fbs = g3rt::schema;
@@ -62,35 +64,229 @@ fbs::InitKind initOf(StringRef name) {
   return fbs::InitKind::Normal;
 }
 
-llvm::json::Value toJson(Attribute a) {
-  if (auto b = dyn_cast<BoolAttr>(a))
-    return b.getValue();
-  if (auto i = dyn_cast<IntegerAttr>(a))
-    return i.getInt();
-  if (auto f = dyn_cast<FloatAttr>(a))
-    return f.getValueAsDouble();
-  if (auto s = dyn_cast<StringAttr>(a))
-    return s.str();
-  if (auto arr = dyn_cast<ArrayAttr>(a)) {
-    llvm::json::Array out;
-    for (Attribute e : arr)
-      out.push_back(toJson(e));
-    return out;
+/// Typed reads of a configuration dictionary (g3moe.model, g3moe.training).
+/// Every key must be read as the type the schema gives it: a key the
+/// schema has no field for, or a value of another type, fails the write
+/// (finish()) instead of vanishing from the step.
+class ConfigDict {
+public:
+  ConfigDict(ModuleOp module, StringRef attrName)
+      : module(module), attrName(attrName),
+        dict(module->getAttrOfType<DictionaryAttr>(attrName)) {}
+
+  /// Whether the module has the dictionary at all.
+  explicit operator bool() const { return bool(dict); }
+
+  std::optional<int64_t> integer(StringRef key) {
+    if (Attribute a = take(key)) {
+      if (auto i = dyn_cast<IntegerAttr>(a); i && !i.getType().isInteger(1))
+        return i.getInt();
+      wrongType(key, "an integer");
+    }
+    return std::nullopt;
   }
-  if (auto d = dyn_cast<DictionaryAttr>(a)) {
-    llvm::json::Object out;
-    for (NamedAttribute e : d)
-      out[e.getName().str()] = toJson(e.getValue());
-    return out;
+  std::optional<double> number(StringRef key) {
+    if (Attribute a = take(key)) {
+      if (auto f = dyn_cast<FloatAttr>(a))
+        return f.getValueAsDouble();
+      if (auto i = dyn_cast<IntegerAttr>(a); i && !i.getType().isInteger(1))
+        return double(i.getInt());
+      wrongType(key, "a number");
+    }
+    return std::nullopt;
   }
-  return nullptr;
+  std::optional<bool> boolean(StringRef key) {
+    if (Attribute a = take(key)) {
+      if (auto b = dyn_cast<BoolAttr>(a))
+        return b.getValue();
+      wrongType(key, "a boolean");
+    }
+    return std::nullopt;
+  }
+  std::optional<std::string> string(StringRef key) {
+    if (Attribute a = take(key)) {
+      if (auto str = dyn_cast<StringAttr>(a))
+        return str.str();
+      wrongType(key, "a string");
+    }
+    return std::nullopt;
+  }
+  std::optional<std::vector<std::string>> strings(StringRef key) {
+    if (Attribute a = take(key)) {
+      auto arr = dyn_cast<ArrayAttr>(a);
+      std::vector<std::string> out;
+      for (Attribute e : arr ? arr.getValue() : ArrayRef<Attribute>()) {
+        auto str = dyn_cast<StringAttr>(e);
+        if (!str)
+          break;
+        out.push_back(str.str());
+      }
+      if (arr && out.size() == arr.size())
+        return out;
+      wrongType(key, "an array of strings");
+    }
+    return std::nullopt;
+  }
+  /// A string naming one of `names` (the enum's values in order).
+  template <typename E>
+  std::optional<E> enumeration(StringRef key, ArrayRef<StringRef> names) {
+    std::optional<std::string> name = string(key);
+    if (!name)
+      return std::nullopt;
+    for (size_t i = 0; i < names.size(); ++i)
+      if (names[i] == *name)
+        return E(i);
+    problems.push_back("'" + key.str() + "' is '" + *name + "', which step.bin cannot represent");
+    return std::nullopt;
+  }
+
+  /// Fails on keys not read and on values of the wrong type.
+  LogicalResult finish() {
+    if (dict)
+      for (NamedAttribute a : dict)
+        if (!read.count(a.getName().strref()))
+          problems.push_back("step.bin has no field for '" + a.getName().str() + "'");
+    if (problems.empty())
+      return success();
+    InFlightDiagnostic d = module.emitError("cannot write ") << attrName << " into step.bin:";
+    for (const std::string &p : problems)
+      d << " " << p << ";";
+    return failure();
+  }
+
+private:
+  Attribute take(StringRef key) {
+    read.insert(key);
+    return dict ? dict.get(key) : Attribute();
+  }
+  void wrongType(StringRef key, const char *what) {
+    problems.push_back("'" + key.str() + "' is not " + what);
+  }
+
+  ModuleOp module;
+  StringRef attrName;
+  DictionaryAttr dict;
+  llvm::StringSet<> read;
+  std::vector<std::string> problems;
+};
+
+/// Calls the generated builder's add_<key>(value) where the dictionary `d`
+/// has `key`, read as `kind` (integer, number, boolean).
+#define G3MOE_FIELD(kind, key)                                                                     \
+  if (auto v = d.kind(#key))                                                                       \
+    b.add_##key(*v);
+
+/// g3moe.model as step.fbs's ModelConfig; null where the module has none.
+flatbuffers::Offset<fbs::ModelConfig> buildModelConfig(flatbuffers::FlatBufferBuilder &fb,
+                                                       ConfigDict &d) {
+  if (!d)
+    return 0;
+  // Strings first: a table is built without nested objects in between.
+  auto str = [&](std::optional<std::string> v) {
+    return v ? fb.CreateString(*v) : flatbuffers::Offset<flatbuffers::String>();
+  };
+  auto modelType = str(d.string("model_type"));
+  auto prefix = str(d.string("checkpoint_prefix"));
+  fbs::ModelConfigBuilder b(fb);
+  b.add_model_type(modelType);
+  b.add_checkpoint_prefix(prefix);
+  G3MOE_FIELD(integer, vocab_size)
+  G3MOE_FIELD(integer, hidden_size)
+  G3MOE_FIELD(integer, intermediate_size)
+  G3MOE_FIELD(integer, num_hidden_layers)
+  G3MOE_FIELD(integer, num_attention_heads)
+  G3MOE_FIELD(integer, num_key_value_heads)
+  G3MOE_FIELD(integer, head_dim)
+  G3MOE_FIELD(boolean, tie_word_embeddings)
+  G3MOE_FIELD(number, initializer_range)
+  G3MOE_FIELD(integer, pad_token_id)
+  G3MOE_FIELD(integer, bos_token_id)
+  G3MOE_FIELD(integer, eos_token_id)
+  G3MOE_FIELD(integer, max_position_embeddings)
+  G3MOE_FIELD(number, rms_norm_eps)
+  G3MOE_FIELD(integer, sliding_window)
+  G3MOE_FIELD(number, query_pre_attn_scalar)
+  G3MOE_FIELD(number, rope_theta)
+  G3MOE_FIELD(number, rope_local_base_freq)
+  G3MOE_FIELD(number, final_logit_softcapping)
+  G3MOE_FIELD(number, attn_logit_softcapping)
+  G3MOE_FIELD(integer, n_routed_experts)
+  G3MOE_FIELD(integer, num_experts_per_tok)
+  G3MOE_FIELD(integer, first_k_dense_replace)
+  G3MOE_FIELD(number, router_jitter_noise)
+  G3MOE_FIELD(number, input_jitter_noise)
+  G3MOE_FIELD(number, router_aux_loss_coef)
+  G3MOE_FIELD(number, router_z_loss_coef)
+  G3MOE_FIELD(number, routed_scaling_factor)
+  G3MOE_FIELD(integer, n_group)
+  G3MOE_FIELD(integer, topk_group)
+  G3MOE_FIELD(boolean, norm_topk_prob)
+  G3MOE_FIELD(integer, n_shared_experts)
+  G3MOE_FIELD(boolean, freeze_shared_experts)
+  if (auto v = d.enumeration<fbs::RouterType>(
+          "router_type", {"sparsemixer", "softmax_topk", "sigmoid_grouped"}))
+    b.add_router_type(*v);
+  return b.Finish();
 }
 
-std::string jsonString(Attribute a) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  os << toJson(a);
-  return s;
+/// g3moe.training as step.fbs's TrainingOptions; null where the module has
+/// none.
+flatbuffers::Offset<fbs::TrainingOptions>
+buildTrainingOptions(flatbuffers::FlatBufferBuilder &fb, ConfigDict &d) {
+  if (!d)
+    return 0;
+  auto str = [&](std::optional<std::string> v) {
+    return v ? fb.CreateString(*v) : flatbuffers::Offset<flatbuffers::String>();
+  };
+  auto dataset = str(d.string("dataset"));
+  auto outputDir = str(d.string("output_dir"));
+  flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<flatbuffers::String>>> targets;
+  if (auto v = d.strings("lora_target_modules"))
+    targets = fb.CreateVectorOfStrings(*v);
+  fbs::TrainingOptionsBuilder b(fb);
+  b.add_dataset(dataset);
+  b.add_output_dir(outputDir);
+  b.add_lora_target_modules(targets);
+  if (auto v = d.enumeration<fbs::StepMode>("mode", {"train", "eval"}))
+    b.add_mode(*v);
+  if (auto v = d.enumeration<fbs::Precision>("precision", {"bf16", "fp32"}))
+    b.add_precision(*v);
+  if (auto v = d.enumeration<fbs::Finetuning>("finetuning", {"lora", "full"}))
+    b.add_finetuning(*v);
+  if (auto v = d.enumeration<fbs::LRSchedule>(
+          "lr_scheduler_type", {"cosine", "linear", "constant", "constant_with_warmup"}))
+    b.add_lr_scheduler_type(*v);
+  if (auto v = d.enumeration<fbs::LossDenominator>("loss_denominator", {"shifted", "unshifted"}))
+    b.add_loss_denominator(*v);
+  G3MOE_FIELD(integer, seq_len)
+  G3MOE_FIELD(integer, micro_batch)
+  G3MOE_FIELD(integer, lora_r)
+  G3MOE_FIELD(number, lora_alpha)
+  G3MOE_FIELD(number, lora_dropout)
+  G3MOE_FIELD(boolean, train_router)
+  G3MOE_FIELD(boolean, dense_ffn_no_grad)
+  G3MOE_FIELD(integer, seed)
+  G3MOE_FIELD(number, learning_rate)
+  G3MOE_FIELD(number, warmup_ratio)
+  G3MOE_FIELD(integer, warmup_steps)
+  G3MOE_FIELD(number, weight_decay)
+  G3MOE_FIELD(number, adam_beta1)
+  G3MOE_FIELD(number, adam_beta2)
+  G3MOE_FIELD(number, adam_epsilon)
+  G3MOE_FIELD(number, max_grad_norm)
+  G3MOE_FIELD(integer, gradient_accumulation_steps)
+  G3MOE_FIELD(number, num_train_epochs)
+  G3MOE_FIELD(integer, max_steps)
+  G3MOE_FIELD(integer, logging_steps)
+  G3MOE_FIELD(integer, save_steps)
+  G3MOE_FIELD(integer, save_total_limit)
+  G3MOE_FIELD(integer, eval_steps)
+  G3MOE_FIELD(number, test_size)
+  G3MOE_FIELD(integer, max_line_bytes)
+  G3MOE_FIELD(boolean, packing)
+  G3MOE_FIELD(boolean, assistant_only_loss)
+#undef G3MOE_FIELD
+  return b.Finish();
 }
 
 class Writer {
@@ -228,17 +424,19 @@ LogicalResult Writer::write(std::vector<uint8_t> &out) {
     paramTable.push_back(fbs::CreateParam(fb, fb.CreateString(name), info.dtype,
                                           fb.CreateVector(info.shape), info.trainable,
                                           initOf(name), initStd));
-  auto training = module->getAttrOfType<DictionaryAttr>("g3moe.training");
   uint64_t arenaBytes = 0;
   uint32_t alignment = 256;
   if (auto a = module->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))
     arenaBytes = uint64_t(a.getInt());
   if (auto a = module->getAttrOfType<IntegerAttr>("g3rt.arena_alignment"))
     alignment = uint32_t(a.getInt());
-  auto step = fbs::CreateStep(
-      fb, fb.CreateString(model ? jsonString(model) : "{}"),
-      fb.CreateString(training ? jsonString(training) : "{}"),
-      fb.CreateVector(paramTable), fb.CreateVector(functions), arenaBytes, alignment);
+  ConfigDict modelDict(module, "g3moe.model"), trainingDict(module, "g3moe.training");
+  auto modelTable = buildModelConfig(fb, modelDict);
+  auto trainingTable = buildTrainingOptions(fb, trainingDict);
+  if (failed(modelDict.finish()) || failed(trainingDict.finish()))
+    return failure();
+  auto step = fbs::CreateStep(fb, modelTable, trainingTable, fb.CreateVector(paramTable),
+                              fb.CreateVector(functions), arenaBytes, alignment);
   fb.Finish(step, fbs::StepIdentifier());
   out = g3rt::wrapStepPayload(fb.GetBufferPointer(), fb.GetSize());
   return success();

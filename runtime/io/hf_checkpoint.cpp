@@ -282,25 +282,9 @@ nlohmann::ordered_json number(double v) {
 } // namespace
 
 Status hfConfigFromStep(const StepProgram &program, nlohmann::ordered_json &out) {
-  nlohmann::json m = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
-  nlohmann::json t = nlohmann::json::parse(program.trainingOptionsJson, nullptr, false);
-  if (m.is_discarded() || !m.is_object())
-    return Status::error("the step's model configuration is not valid JSON");
-  if (t.is_discarded() || !t.is_object())
-    t = nlohmann::json::object();
-  auto get = [&](const char *key, auto fallback) {
-    auto it = m.find(key);
-    using T = decltype(fallback);
-    if (it == m.end() || it->is_null())
-      return fallback;
-    if constexpr (std::is_same_v<T, std::string>)
-      return it->is_string() ? it->get<std::string>() : fallback;
-    else
-      return it->is_number() || it->is_boolean() ? it->get<T>() : fallback;
-  };
-  int64_t layers = get("num_hidden_layers", int64_t(0));
-  int64_t experts = get("n_routed_experts", int64_t(0));
-  bool moe = experts > 0;
+  const ModelConfig &m = program.model;
+  int64_t layers = m.numHiddenLayers;
+  bool moe = m.isMoE();
   StepModelFacts f = collectFacts(program, layers);
 
   bool anyFp32 = false;
@@ -312,22 +296,24 @@ Status hfConfigFromStep(const StepProgram &program, nlohmann::ordered_json &out)
   out = nlohmann::ordered_json::object();
   out["architectures"] = {moe ? "G3MoEForCausalLM" : "Gemma3ForCausalLM"};
   out["model_type"] = moe ? "g3moe_text" : "gemma3_text";
-  out["vocab_size"] = get("vocab_size", int64_t(0));
-  out["hidden_size"] = get("hidden_size", int64_t(0));
-  out["intermediate_size"] = get("intermediate_size", int64_t(0));
+  out["vocab_size"] = m.vocabSize;
+  out["hidden_size"] = m.hiddenSize;
+  out["intermediate_size"] = m.intermediateSize;
   out["num_hidden_layers"] = layers;
-  out["num_attention_heads"] = get("num_attention_heads", int64_t(0));
-  out["num_key_value_heads"] = get("num_key_value_heads", int64_t(0));
-  out["head_dim"] = get("head_dim", int64_t(0));
-  double qpas = f.attentionScale > 0 ? 1.0 / (f.attentionScale * f.attentionScale)
-                                     : get("query_pre_attn_scalar", 256.0);
-  out["query_pre_attn_scalar"] = number(get("query_pre_attn_scalar", qpas));
-  int64_t window = f.slidingWindow > 0 ? f.slidingWindow : get("sliding_window", int64_t(4096));
+  out["num_attention_heads"] = m.numAttentionHeads;
+  out["num_key_value_heads"] = m.numKeyValueHeads;
+  out["head_dim"] = m.headDim;
+  // The step's own value, else the scale its attention uses, else Gemma's.
+  double qpas = m.queryPreAttnScalar.value_or(
+      f.attentionScale > 0 ? 1.0 / (f.attentionScale * f.attentionScale) : 256.0);
+  out["query_pre_attn_scalar"] = number(qpas);
+  int64_t window = f.slidingWindow > 0 ? f.slidingWindow : m.slidingWindow;
   out["sliding_window"] = window;
   std::vector<bool> sliding = f.sliding;
   if (int64_t(sliding.size()) != layers) {
-    // No attention layout in the instructions: Gemma-3's default pattern.
-    int64_t pattern = get("sliding_window_pattern", int64_t(6));
+    // No attention layout in the instructions: Gemma-3's default pattern
+    // (every sixth layer global).
+    const int64_t pattern = 6;
     sliding.clear();
     for (int64_t l = 0; l < layers; ++l)
       sliding.push_back(pattern <= 0 || (l + 1) % pattern != 0);
@@ -336,16 +322,15 @@ Status hfConfigFromStep(const StepProgram &program, nlohmann::ordered_json &out)
   for (bool s : sliding)
     types.push_back(s ? "sliding_attention" : "full_attention");
   out["layer_types"] = types;
-  double globalTheta = f.globalTheta.value_or(get("rope_theta", 1e6));
+  double globalTheta = f.globalTheta.value_or(m.ropeTheta);
   double globalFactor = f.globalFactor.value_or(1.0);
-  double localTheta = f.localTheta.value_or(get("rope_local_base_freq", 1e4));
+  double localTheta = f.localTheta.value_or(m.ropeLocalBaseFreq);
   double localFactor = f.localFactor.value_or(1.0);
   out["rope_parameters"] = {{"full_attention", ropeEntry(globalTheta, globalFactor)},
                             {"sliding_attention", ropeEntry(localTheta, localFactor)}};
-  int64_t seqLen = t.value("seq_len", int64_t(0));
   out["max_position_embeddings"] =
-      std::max(seqLen, get("max_position_embeddings", int64_t(131072)));
-  out["rms_norm_eps"] = f.rmsEps.value_or(get("rms_norm_eps", 1e-6));
+      std::max(program.training.seqLen, m.maxPositionEmbeddings);
+  out["rms_norm_eps"] = f.rmsEps.value_or(m.rmsNormEps);
   out["hidden_activation"] = "gelu_pytorch_tanh";
   out["attention_bias"] = false;
   out["attention_dropout"] = 0.0;
@@ -353,34 +338,33 @@ Status hfConfigFromStep(const StepProgram &program, nlohmann::ordered_json &out)
       f.finalSoftcap ? nlohmann::ordered_json(*f.finalSoftcap) : nlohmann::ordered_json();
   out["attn_logit_softcapping"] =
       f.attnSoftcap ? nlohmann::ordered_json(*f.attnSoftcap) : nlohmann::ordered_json();
-  out["tie_word_embeddings"] = get("tie_word_embeddings", true);
-  out["initializer_range"] = get("initializer_range", 0.02);
-  out["pad_token_id"] = get("pad_token_id", int64_t(0));
-  out["eos_token_id"] = get("eos_token_id", int64_t(1));
-  out["bos_token_id"] = get("bos_token_id", int64_t(2));
+  out["tie_word_embeddings"] = m.tieWordEmbeddings;
+  out["initializer_range"] = m.initializerRange;
+  out["pad_token_id"] = m.padTokenId;
+  out["eos_token_id"] = m.eosTokenId;
+  out["bos_token_id"] = m.bosTokenId;
   out["use_bidirectional_attention"] = false;
   out["use_cache"] = true;
   out["dtype"] = anyFp32 ? "float32" : "bfloat16";
   if (moe) {
     const KernelAttrs &r = f.routerAttrs;
-    std::string router = get("router_type", std::string("sparsemixer"));
-    out["n_routed_experts"] = experts;
-    out["num_experts_per_tok"] = get("num_experts_per_tok", int64_t(2));
-    out["first_k_dense_replace"] = get("first_k_dense_replace", int64_t(0));
-    out["router_type"] = router;
+    out["n_routed_experts"] = m.nRoutedExperts;
+    out["num_experts_per_tok"] = m.numExpertsPerTok;
+    out["first_k_dense_replace"] = m.firstKDenseReplace;
+    out["router_type"] = routerTypeName(m.routerType);
     out["router_jitter_noise"] = f.router == "sparsemixer_router"
                                      ? r.getFloat("epsilon").value_or(0.01)
-                                     : get("router_jitter_noise", 0.01);
-    out["input_jitter_noise"] = f.inputJitter.value_or(get("input_jitter_noise", 0.01));
-    out["router_aux_loss_coef"] = f.auxCoef.value_or(get("router_aux_loss_coef", 0.001));
-    out["router_z_loss_coef"] = f.zCoef.value_or(get("router_z_loss_coef", 1e-4));
-    out["n_shared_experts"] = get("n_shared_experts", int64_t(0));
-    out["freeze_shared_experts"] = get("freeze_shared_experts", true);
+                                     : m.routerJitterNoise;
+    out["input_jitter_noise"] = f.inputJitter.value_or(m.inputJitterNoise);
+    out["router_aux_loss_coef"] = f.auxCoef.value_or(m.routerAuxLossCoef);
+    out["router_z_loss_coef"] = f.zCoef.value_or(m.routerZLossCoef);
+    out["n_shared_experts"] = m.nSharedExperts;
+    out["freeze_shared_experts"] = m.freezeSharedExperts;
     bool grouped = f.router == "sigmoid_grouped_router";
     out["routed_scaling_factor"] =
-        grouped ? r.getFloat("routed_scaling_factor").value_or(2.5) : get("routed_scaling_factor", 2.5);
-    out["n_group"] = grouped ? r.getInt("n_group").value_or(8) : get("n_group", int64_t(1));
-    out["topk_group"] = grouped ? r.getInt("topk_group").value_or(4) : get("topk_group", int64_t(1));
+        grouped ? r.getFloat("routed_scaling_factor").value_or(2.5) : m.routedScalingFactor;
+    out["n_group"] = grouped ? r.getInt("n_group").value_or(8) : m.nGroup;
+    out["topk_group"] = grouped ? r.getInt("topk_group").value_or(4) : m.topkGroup;
     bool norm = true;
     if (const AttrValue *a = r.find("norm_topk_prob"))
       norm = a->b;
@@ -420,19 +404,11 @@ Status saveHFCheckpoint(const Executor &executor, const std::string &dir, bool m
   const StepProgram &program = executor.program();
   nlohmann::ordered_json config;
   G3RT_RETURN_IF_ERROR(hfConfigFromStep(program, config));
-  nlohmann::json training = nlohmann::json::parse(program.trainingOptionsJson, nullptr, false);
   double scale = 1;
   if (mergeLora) {
-    double alpha = 32, rank = 16;
-    if (training.is_object()) {
-      if (auto it = training.find("lora_alpha"); it != training.end() && it->is_number())
-        alpha = it->get<double>();
-      if (auto it = training.find("lora_r"); it != training.end() && it->is_number())
-        rank = it->get<double>();
-    }
-    if (rank <= 0)
+    if (program.training.loraR <= 0)
       return Status::error("the step's lora_r is not positive");
-    scale = alpha / rank;
+    scale = program.training.loraAlpha / double(program.training.loraR);
   }
 
   std::error_code ec;

@@ -68,8 +68,9 @@ Status unwrapStepPayload(const std::vector<uint8_t> &file, size_t &payloadOffset
   if (version != kStepFormatVersion)
     return Status::error("step.bin format version " + std::to_string(version) +
                          " is not supported (this runtime reads version " +
-                         std::to_string(kStepFormatVersion) +
-                         "); recompile the step with this g3moe-compile");
+                         std::to_string(kStepFormatVersion) + "): it was written by " +
+                         (version < kStepFormatVersion ? "an older" : "a newer") +
+                         " g3moe-compile; recompile it with this g3moe-compile");
   uint64_t size = getU64(file.data() + 16);
   if (size != file.size() - kStepHeaderBytes)
     return Status::error("step.bin is truncated or has trailing bytes: the header "

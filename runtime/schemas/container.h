@@ -19,8 +19,9 @@
 
 namespace g3rt {
 
-/// The step.bin format this build reads and writes.
-inline constexpr uint32_t kStepFormatVersion = 1;
+/// The step.bin format this build reads and writes; raised with every change
+/// to step.fbs. 2: the configuration as typed tables (1 held it as JSON).
+inline constexpr uint32_t kStepFormatVersion = 2;
 /// Bytes of the container header.
 inline constexpr size_t kStepHeaderBytes = 32;
 
@@ -32,7 +33,8 @@ std::vector<uint8_t> wrapStepPayload(const uint8_t *payload, size_t size);
 
 /// Checks the header of `file` (all bytes of a step.bin) and returns the
 /// payload's position in `payloadOffset`/`payloadSize`. Errors say what is
-/// wrong: not a step.bin, another format version, truncated, corrupt.
+/// wrong: not a step.bin, another format version (older or newer, and to
+/// recompile it with this g3moe-compile), truncated, corrupt.
 Status unwrapStepPayload(const std::vector<uint8_t> &file, size_t &payloadOffset,
                          size_t &payloadSize);
 

@@ -109,6 +109,118 @@ Status decodeAttrs(const flatbuffers::Vector<flatbuffers::Offset<fbs::Attr>> *at
   return Status();
 }
 
+/// `value` as enum E when it is at most `last`; FlatBuffers does not check
+/// enum ranges, a damaged or foreign file may hold any byte.
+template <typename E, typename F>
+Status decodeEnum(F value, E last, const char *field, E &out) {
+  if (uint8_t(value) > uint8_t(last))
+    return Status::error(std::string("the configuration's ") + field + " has an unknown value " +
+                         std::to_string(int(value)));
+  out = E(uint8_t(value));
+  return Status();
+}
+
+std::string stringOr(const flatbuffers::String *s, const std::string &fallback) {
+  return s ? s->str() : fallback;
+}
+
+/// step.fbs's ModelConfig as the runtime's; an absent table leaves `out`'s
+/// defaults.
+Status decodeModel(const fbs::ModelConfig *m, ModelConfig &out) {
+  if (!m)
+    return Status();
+  out.modelType = stringOr(m->model_type(), out.modelType);
+  out.checkpointPrefix = stringOr(m->checkpoint_prefix(), out.checkpointPrefix);
+  out.vocabSize = m->vocab_size();
+  out.hiddenSize = m->hidden_size();
+  out.intermediateSize = m->intermediate_size();
+  out.numHiddenLayers = m->num_hidden_layers();
+  out.numAttentionHeads = m->num_attention_heads();
+  out.numKeyValueHeads = m->num_key_value_heads();
+  out.headDim = m->head_dim();
+  out.tieWordEmbeddings = m->tie_word_embeddings();
+  out.initializerRange = m->initializer_range();
+  out.padTokenId = m->pad_token_id();
+  out.bosTokenId = m->bos_token_id();
+  out.eosTokenId = m->eos_token_id();
+  out.maxPositionEmbeddings = m->max_position_embeddings();
+  out.rmsNormEps = m->rms_norm_eps();
+  out.slidingWindow = m->sliding_window();
+  if (auto v = m->query_pre_attn_scalar())
+    out.queryPreAttnScalar = *v;
+  out.ropeTheta = m->rope_theta();
+  out.ropeLocalBaseFreq = m->rope_local_base_freq();
+  if (auto v = m->final_logit_softcapping())
+    out.finalLogitSoftcapping = *v;
+  if (auto v = m->attn_logit_softcapping())
+    out.attnLogitSoftcapping = *v;
+  out.nRoutedExperts = m->n_routed_experts();
+  out.numExpertsPerTok = m->num_experts_per_tok();
+  out.firstKDenseReplace = m->first_k_dense_replace();
+  G3RT_RETURN_IF_ERROR(decodeEnum(m->router_type(), RouterType::SigmoidGrouped, "router_type",
+                                  out.routerType));
+  out.routerJitterNoise = m->router_jitter_noise();
+  out.inputJitterNoise = m->input_jitter_noise();
+  out.routerAuxLossCoef = m->router_aux_loss_coef();
+  out.routerZLossCoef = m->router_z_loss_coef();
+  out.routedScalingFactor = m->routed_scaling_factor();
+  out.nGroup = m->n_group();
+  out.topkGroup = m->topk_group();
+  out.normTopkProb = m->norm_topk_prob();
+  out.nSharedExperts = m->n_shared_experts();
+  out.freezeSharedExperts = m->freeze_shared_experts();
+  return Status();
+}
+
+/// step.fbs's TrainingOptions as the runtime's; an absent table leaves
+/// `out`'s defaults.
+Status decodeTraining(const fbs::TrainingOptions *t, TrainingConfig &out) {
+  if (!t)
+    return Status();
+  G3RT_RETURN_IF_ERROR(decodeEnum(t->mode(), StepMode::Eval, "mode", out.mode));
+  G3RT_RETURN_IF_ERROR(decodeEnum(t->precision(), Precision::FP32, "precision", out.precision));
+  out.seqLen = t->seq_len();
+  out.microBatch = t->micro_batch();
+  G3RT_RETURN_IF_ERROR(
+      decodeEnum(t->finetuning(), Finetuning::Full, "finetuning", out.finetuning));
+  out.loraR = t->lora_r();
+  out.loraAlpha = t->lora_alpha();
+  out.loraDropout = t->lora_dropout();
+  out.loraTargetModules.clear();
+  if (t->lora_target_modules())
+    for (const flatbuffers::String *name : *t->lora_target_modules())
+      out.loraTargetModules.push_back(name->str());
+  out.trainRouter = t->train_router();
+  out.denseFFNNoGrad = t->dense_ffn_no_grad();
+  out.seed = t->seed();
+  out.learningRate = t->learning_rate();
+  G3RT_RETURN_IF_ERROR(decodeEnum(t->lr_scheduler_type(), LRSchedule::ConstantWithWarmup,
+                                  "lr_scheduler_type", out.lrSchedulerType));
+  out.warmupRatio = t->warmup_ratio();
+  out.warmupSteps = t->warmup_steps();
+  out.weightDecay = t->weight_decay();
+  out.adamBeta1 = t->adam_beta1();
+  out.adamBeta2 = t->adam_beta2();
+  out.adamEpsilon = t->adam_epsilon();
+  out.maxGradNorm = t->max_grad_norm();
+  out.gradientAccumulationSteps = t->gradient_accumulation_steps();
+  out.numTrainEpochs = t->num_train_epochs();
+  out.maxSteps = t->max_steps();
+  out.loggingSteps = t->logging_steps();
+  out.saveSteps = t->save_steps();
+  out.saveTotalLimit = t->save_total_limit();
+  out.evalSteps = t->eval_steps();
+  out.dataset = stringOr(t->dataset(), out.dataset);
+  out.testSize = t->test_size();
+  out.maxLineBytes = t->max_line_bytes();
+  out.packing = t->packing();
+  out.assistantOnlyLoss = t->assistant_only_loss();
+  G3RT_RETURN_IF_ERROR(decodeEnum(t->loss_denominator(), LossDenominator::Unshifted,
+                                  "loss_denominator", out.lossDenominator));
+  out.outputDir = stringOr(t->output_dir(), out.outputDir);
+  return Status();
+}
+
 Status decodeFunction(const fbs::Function *f, const StepProgram &program,
                       FunctionDesc &fn) {
   fn.name = f->name()->str();
@@ -272,9 +384,11 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
   const fbs::Step *step = fbs::GetStep(payload);
 
   StepProgram program;
-  program.modelConfigJson = step->model_config() ? step->model_config()->str() : "{}";
-  program.trainingOptionsJson =
-      step->training_options() ? step->training_options()->str() : "{}";
+  s = decodeModel(step->model(), program.model);
+  if (s.ok())
+    s = decodeTraining(step->training(), program.training);
+  if (!s.ok())
+    return fail(s);
   program.arenaBytes = step->arena_bytes();
   program.arenaAlignment = step->arena_alignment();
   if (program.arenaAlignment & (program.arenaAlignment - 1))

@@ -12,6 +12,7 @@
 
 #include "runtime/base/status.h"
 #include "runtime/kernels/kernel.h"
+#include "runtime/step/config.h"
 
 #include <cstdint>
 #include <string>
@@ -66,8 +67,10 @@ struct ParamDesc {
 };
 
 struct StepProgram {
-  std::string modelConfigJson;
-  std::string trainingOptionsJson;
+  /// The model configuration and training options the step was compiled
+  /// with, decoded once here; every reader of the configuration uses these.
+  ModelConfig model;
+  TrainingConfig training;
   std::vector<ParamDesc> params;
   std::vector<FunctionDesc> functions;
   uint64_t arenaBytes = 0;
@@ -78,10 +81,10 @@ struct StepProgram {
 };
 
 /// Reads and verifies a step.bin: the container (magic, version, size,
-/// checksum), the FlatBuffer, and the program's invariants (indices in range,
-/// known kernels, persistent buffers consistent with the parameter table, the
-/// arena plan inside the arena and free of overlaps between live buffers).
-/// Errors are prefixed with `path`.
+/// checksum), the FlatBuffer, the configuration (known enum values) and the
+/// program's invariants (indices in range, known kernels, persistent buffers
+/// consistent with the parameter table, the arena plan inside the arena and
+/// free of overlaps between live buffers). Errors are prefixed with `path`.
 Status loadStep(const std::string &path, StepProgram &out);
 /// The same on bytes already in memory.
 Status parseStep(const std::vector<uint8_t> &file, const std::string &displayName,

@@ -242,11 +242,6 @@ Status checkTensors(const SafetensorsFile &file, const std::vector<NamedTensor> 
 
 } // namespace
 
-bool isLoRAStep(const nlohmann::json &training) {
-  auto it = training.find("finetuning");
-  return it == training.end() || !it->is_string() || it->get<std::string>() == "lora";
-}
-
 std::vector<NamedTensor> exportTrainable(const Executor &ex, bool lora) {
   std::vector<NamedTensor> out;
   for (const ParamDesc &p : ex.program().params) {
@@ -271,27 +266,23 @@ std::vector<NamedTensor> exportTrainable(const Executor &ex, bool lora) {
   return out;
 }
 
-nlohmann::json adapterConfig(const nlohmann::json &training, const std::string &baseModel) {
-  nlohmann::json targets = training.value("lora_target_modules", nlohmann::json::array());
-  std::string base = training.value("model_name_or_path", "");
-  if (base.empty())
-    base = baseModel;
+nlohmann::json adapterConfig(const TrainingConfig &training, const std::string &baseModel) {
   return {{"peft_type", "LORA"},
           {"task_type", "CAUSAL_LM"},
-          {"r", training.value("lora_r", 16)},
-          {"lora_alpha", training.value("lora_alpha", 32.0)},
-          {"lora_dropout", training.value("lora_dropout", 0.0)},
-          {"target_modules", targets},
+          {"r", training.loraR},
+          {"lora_alpha", training.loraAlpha},
+          {"lora_dropout", training.loraDropout},
+          {"target_modules", training.loraTargetModules},
           {"bias", "none"},
           {"fan_in_fan_out", false},
           {"inference_mode", true},
-          {"base_model_name_or_path", base}};
+          {"base_model_name_or_path", baseModel}};
 }
 
-Status saveTrainedParameters(const Executor &ex, const nlohmann::json &training,
+Status saveTrainedParameters(const Executor &ex, const TrainingConfig &training,
                              const std::string &dir, std::vector<std::string> &files,
                              const std::string &baseModel) {
-  bool lora = isLoRAStep(training);
+  bool lora = training.isLoRA();
   std::string file = dir + "/" + (lora ? kAdapterFile : kModelFile);
   G3RT_RETURN_IF_ERROR(writeSafetensors(file, exportTrainable(ex, lora), {{"format", "pt"}}));
   files.push_back(file);
@@ -334,7 +325,7 @@ Status latestCheckpoint(const std::string &outputDir, std::string &dir) {
   return Status();
 }
 
-Status saveCheckpoint(const Executor &ex, const nlohmann::json &training,
+Status saveCheckpoint(const Executor &ex, const TrainingConfig &training,
                       const TrainerState &state, const nlohmann::json &trainingArgs,
                       const std::string &outputDir, std::string &dir,
                       const std::string &baseModel) {
@@ -420,7 +411,7 @@ Status rotateCheckpoints(const std::string &outputDir, int64_t limit, const std:
   return Status();
 }
 
-Status loadCheckpoint(const std::string &dir, const nlohmann::json &training, Executor &ex,
+Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Executor &ex,
                       TrainerState &state) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
@@ -470,7 +461,7 @@ Status loadCheckpoint(const std::string &dir, const nlohmann::json &training, Ex
   if (const nlohmann::json *v = tr.find("best_model_checkpoint"); v && v->is_string())
     s.bestModelCheckpoint = v->get<std::string>();
 
-  bool lora = isLoRAStep(training);
+  bool lora = training.isLoRA();
   std::string modelPath = dir + "/" + (lora ? kAdapterFile : kModelFile);
   std::string otherPath = dir + "/" + (lora ? kModelFile : kAdapterFile);
   if (!fs::exists(modelPath, ec) && fs::exists(otherPath, ec))

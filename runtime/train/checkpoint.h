@@ -31,6 +31,7 @@
 
 #include "runtime/exec/executor.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/step/config.h"
 #include "runtime/train/data.h"
 
 #include <nlohmann/json.hpp>
@@ -41,24 +42,19 @@
 
 namespace g3rt {
 
-/// Whether the step trains LoRA adapters (else full fine-tuning).
-bool isLoRAStep(const nlohmann::json &trainingOptions);
-
 /// The trainable parameters under the names HF / PEFT files use: stacked
 /// expert tensors are split into per-expert views, LoRA names get PEFT's
 /// `base_model.model.` prefix. The views alias the executor's storage.
 std::vector<NamedTensor> exportTrainable(const Executor &ex, bool lora);
 
-/// PEFT's adapter_config.json for the adapters of this step.
-/// `base_model_name_or_path` is the step's `model_name_or_path`, else
-/// `baseModel` (the --weights folder).
-nlohmann::json adapterConfig(const nlohmann::json &trainingOptions,
-                             const std::string &baseModel = "");
+/// PEFT's adapter_config.json for the adapters of this step;
+/// `base_model_name_or_path` is `baseModel` (the --weights folder).
+nlohmann::json adapterConfig(const TrainingConfig &training, const std::string &baseModel = "");
 
 /// Writes the trainable parameters into `dir`: adapter_model.safetensors and
 /// adapter_config.json for LoRA, model.safetensors for full fine-tuning. The
 /// paths written are appended to `files`.
-Status saveTrainedParameters(const Executor &ex, const nlohmann::json &trainingOptions,
+Status saveTrainedParameters(const Executor &ex, const TrainingConfig &training,
                              const std::string &dir, std::vector<std::string> &files,
                              const std::string &baseModel = "");
 
@@ -116,7 +112,7 @@ void removeStaleTemporaries(const std::string &dir);
 /// file comment) and returns its folder in `dir`. `trainingArgs` goes to
 /// training_args.json. Temporary folders left by killed runs are removed
 /// first. `baseModel` as for adapterConfig.
-Status saveCheckpoint(const Executor &ex, const nlohmann::json &trainingOptions,
+Status saveCheckpoint(const Executor &ex, const TrainingConfig &training,
                       const TrainerState &state, const nlohmann::json &trainingArgs,
                       const std::string &outputDir, std::string &dir,
                       const std::string &baseModel = "");
@@ -133,8 +129,8 @@ Status rotateCheckpoints(const std::string &outputDir, int64_t limit, const std:
 /// parameters with the same shapes (an error names the first difference),
 /// LoRA or full fine-tuning alike. Every file is checked before anything is
 /// loaded, so a mismatch leaves `ex` and `state` untouched.
-Status loadCheckpoint(const std::string &dir, const nlohmann::json &trainingOptions,
-                      Executor &ex, TrainerState &state);
+Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Executor &ex,
+                      TrainerState &state);
 
 /// FNV-1a over rows' tokens, labels and document layout
 /// (TrainerState::dataFingerprint).

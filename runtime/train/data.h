@@ -13,6 +13,7 @@
 #define G3MOE_RUNTIME_TRAIN_DATA_H
 
 #include "runtime/base/status.h"
+#include "runtime/step/config.h"
 
 #include <cstdint>
 #include <string>
@@ -37,9 +38,6 @@ struct Row {
   static Row single(std::vector<int32_t> ids, std::vector<int32_t> labels);
   size_t size() const { return inputIds.size(); }
 };
-
-/// The default longest data line, in bytes (DataSpec::maxLineBytes).
-inline constexpr int64_t kDefaultMaxLineBytes = int64_t(64) << 20;
 
 /// What to read and how to turn it into rows (g3moe-run's data options).
 struct DataSpec {
@@ -110,17 +108,6 @@ std::vector<Row> packRows(const std::vector<Row> &examples, int64_t seqLen);
 /// Writes `rows` as JSONL {"input_ids", "labels", "segment_ids",
 /// "positions"}, one row per line, atomically (g3moe-run --dump-data).
 Status writeRowsJsonl(const std::string &path, const std::vector<Row> &rows);
-
-/// The count that divides an accumulation window's summed cross-entropy
-/// (HF's num_items_in_batch; G3MOE_SPEC.md §4.5, docs/config.md).
-enum class LossDenominator {
-  /// The targets after the shift, i.e. the cross-entropy terms: today's
-  /// transformers Trainer (`labels[..., 1:] != -100`), the default.
-  Shifted,
-  /// The labels before the shift, one more per row: the Trainer of
-  /// transformers 4.46-4.5x, for reproducing runs made with it.
-  Unshifted,
-};
 
 /// `name` ("shifted" or "unshifted") as a LossDenominator; `origin` names
 /// where it came from in the error.

@@ -18,8 +18,6 @@
 #include "runtime/train/run_options.h"
 #include "runtime/train/weights.h"
 
-#include <nlohmann/json.hpp>
-
 #include <cstring>
 #include <filesystem>
 #include <list>
@@ -44,11 +42,6 @@ TensorView hostView(std::vector<int32_t> &v, int64_t rows, int64_t cols) {
 
 Status runInspection(const StepProgram &program, const TrainOptions &options,
                      const InspectOptions &what, std::ostream &log) {
-  nlohmann::json training = nlohmann::json::parse(program.trainingOptionsJson, nullptr, false);
-  nlohmann::json model = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
-  if (training.is_discarded() || model.is_discarded())
-    return Status::error("the step's configuration is not valid JSON");
-
   // Writing the base model runs nothing; the dumps run one entry point where
   // --device says, from the host's state.
   std::unique_ptr<DeviceBackend> device;
@@ -58,8 +51,8 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     log << "backend: " << backend << "\n";
   }
   Executor ex(program, /*withArena=*/!device);
-  uint64_t seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
-  int64_t padId = option<int64_t>(model, "pad_token_id", 0);
+  uint64_t seed = uint64_t(options.seed.value_or(program.training.seed));
+  int64_t padId = program.model.padTokenId;
   G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
   if (!options.weightsDir.empty())
     G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
@@ -67,16 +60,11 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     // The trained parameters of a checkpoint, on top of the base weights
     // (the frozen ones are not in a LoRA checkpoint).
     std::string dir = *options.resume;
-    if (dir.empty()) {
-      std::string outputDir = options.outputDir.empty()
-                                  ? option<std::string>(training, "output_dir", "")
-                                  : options.outputDir;
-      if (outputDir.empty())
-        outputDir = "g3moe-output";
-      G3RT_RETURN_IF_ERROR(latestCheckpoint(outputDir, dir).withContext("--resume"));
-    }
+    if (dir.empty())
+      G3RT_RETURN_IF_ERROR(
+          latestCheckpoint(outputDirFor(options, program.training), dir).withContext("--resume"));
     TrainerState state;
-    G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, training, ex, state));
+    G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, program.training, ex, state));
     log << "parameters: checkpoint " << dir << " (step " << state.globalStep << ")\n";
   }
 
@@ -97,7 +85,8 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     return Status::error("the step has no [batch, seq] input_ids input");
   int64_t rows = ids.shape[0], seqLen = ids.shape[1];
 
-  DataSpec spec = dataSpecFor(options, model, training, seqLen, int32_t(padId), seed);
+  DataSpec spec =
+      dataSpecFor(options, program.model, program.training, seqLen, int32_t(padId), seed);
   if (spec.path.empty())
     return Status::error("no data: pass --data FILE");
   DataSplit data;
@@ -110,7 +99,7 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
   MicroBatch batch;
   assembleMicroBatch(data.train, first, rows, seqLen, int32_t(padId), batch);
   LossDenominator denominator;
-  G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, training, denominator));
+  G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, program.training, denominator));
   float numItems = float(std::max<int64_t>(1, batch.lossItems(denominator)));
 
   setInts(ex, "input_ids", batch.inputIds);

@@ -110,11 +110,11 @@ struct StepReport {
 /// downloaded into `ex` (syncHost) before anything reads them on the host.
 class Trainer {
 public:
-  Trainer(const StepProgram &program, nlohmann::json training, nlohmann::json model,
-          double lr, std::string schedule, const TrainOptions &options, std::ostream &log,
-          TrainResult &result, std::unique_ptr<DeviceBackend> device)
-      : program(program), training(std::move(training)), model(std::move(model)),
-        options(options), log(log), result(result), device(std::move(device)),
+  Trainer(const StepProgram &program, double lr, std::string schedule,
+          const TrainOptions &options, std::ostream &log, TrainResult &result,
+          std::unique_ptr<DeviceBackend> device)
+      : program(program), training(program.training), options(options), log(log),
+        result(result), device(std::move(device)),
         ex(program, /*withArena=*/!this->device), lr(lr), schedule(std::move(schedule)) {}
 
   /// Parameters (seeded, then a checkpoint's when resuming), data, schedule.
@@ -175,7 +175,8 @@ private:
   Status syncHost();
 
   const StepProgram &program;
-  nlohmann::json training, model;
+  /// The step's compiled training options (program.training).
+  const TrainingConfig &training;
   const TrainOptions &options;
   std::ostream &log;
   TrainResult &result;
@@ -271,10 +272,7 @@ void Trainer::setScalar(const char *name, double value) {
 }
 
 Status Trainer::prepare() {
-  outputDir = options.outputDir.empty() ? option<std::string>(training, "output_dir", "")
-                                        : options.outputDir;
-  if (outputDir.empty())
-    outputDir = "g3moe-output";
+  outputDir = outputDirFor(options, training);
   // A run that writes claims its output folder before it spends any time: a
   // folder another run is writing into, or one it cannot write into, ends it
   // here rather than at the first save.
@@ -289,8 +287,8 @@ Status Trainer::prepare() {
     return Status::error("the step has no [batch, seq] input_ids input");
   rows = ids.shape[0];
   seqLen = ids.shape[1];
-  seed = uint64_t(options.seed.value_or(option<int64_t>(training, "seed", 42)));
-  padId = option<int64_t>(model, "pad_token_id", 0);
+  seed = uint64_t(options.seed.value_or(training.seed));
+  padId = program.model.padTokenId;
   G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, training, lossDenominator));
   G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
   if (!options.weightsDir.empty())
@@ -308,7 +306,7 @@ Status Trainer::prepare() {
 }
 
 Status Trainer::loadData() {
-  spec = dataSpecFor(options, model, training, seqLen, int32_t(padId), seed);
+  spec = dataSpecFor(options, program.model, training, seqLen, int32_t(padId), seed);
   dataPath = spec.path;
   if (dataPath.empty())
     return Status::error("no training data: pass --data FILE");
@@ -489,9 +487,8 @@ nlohmann::json Trainer::trainingArgs() const {
           {"save_steps", saveEvery},
           {"save_total_limit", saveLimit},
           {"weights", options.weightsDir},
-          {"finetuning", isLoRAStep(training) ? "lora" : "full"},
-          {"loss_denominator",
-           lossDenominator == LossDenominator::Shifted ? "shifted" : "unshifted"}};
+          {"finetuning", finetuningName(training.finetuning)},
+          {"loss_denominator", lossDenominatorName(lossDenominator)}};
 }
 
 Status Trainer::saveCheckpointNow(Progress &progress) {
@@ -513,25 +510,22 @@ Status Trainer::saveCheckpointNow(Progress &progress) {
 
 Status Trainer::run() {
   const std::vector<Row> &examples = data.train;
-  ga = options.gradientAccumulationSteps.value_or(
-      option<int64_t>(training, "gradient_accumulation_steps", 1));
-  epochs = options.epochs.value_or(option(training, "num_train_epochs", 3.0));
+  ga = options.gradientAccumulationSteps.value_or(training.gradientAccumulationSteps);
+  epochs = options.epochs.value_or(training.numTrainEpochs);
   if (ga < 1 || epochs <= 0)
     return Status::error("gradient accumulation steps must be >= 1 and epochs > 0");
   batchesPerEpoch = (int64_t(examples.size()) + rows - 1) / rows;
   updatesPerEpoch = (batchesPerEpoch + ga - 1) / ga;
-  int64_t maxSteps = options.maxSteps.value_or(option<int64_t>(training, "max_steps", -1));
+  int64_t maxSteps = options.maxSteps.value_or(training.maxSteps);
   total = maxSteps > 0 ? maxSteps : int64_t(std::ceil(epochs * double(updatesPerEpoch)));
-  warmup = options.warmupSteps.value_or(option<int64_t>(training, "warmup_steps", 0));
+  warmup = options.warmupSteps.value_or(training.warmupSteps);
   if (warmup <= 0)
-    warmup = int64_t(std::ceil(options.warmupRatio.value_or(option(training, "warmup_ratio", 0.0)) *
-                               double(total)));
-  logEvery = std::max<int64_t>(1, options.loggingSteps.value_or(
-                                      option<int64_t>(training, "logging_steps", 1)));
-  evalEvery = std::max<int64_t>(0, options.evalSteps.value_or(option<int64_t>(training, "eval_steps", 0)));
-  saveEvery = std::max<int64_t>(0, options.saveSteps.value_or(option<int64_t>(training, "save_steps", 0)));
-  saveLimit = std::max<int64_t>(0, options.saveTotalLimit.value_or(
-                                       option<int64_t>(training, "save_total_limit", 0)));
+    warmup = int64_t(
+        std::ceil(options.warmupRatio.value_or(training.warmupRatio) * double(total)));
+  logEvery = std::max<int64_t>(1, options.loggingSteps.value_or(training.loggingSteps));
+  evalEvery = std::max<int64_t>(0, options.evalSteps.value_or(training.evalSteps));
+  saveEvery = std::max<int64_t>(0, options.saveSteps.value_or(training.saveSteps));
+  saveLimit = std::max<int64_t>(0, options.saveTotalLimit.value_or(training.saveTotalLimit));
   if (options.noSave)
     saveEvery = 0;
   hasEval = !data.eval.empty();
@@ -819,17 +813,11 @@ Status Trainer::saveFinal() {
 
 Status train(const StepProgram &compiled, const TrainOptions &options, std::ostream &log,
              TrainResult &result) {
-  nlohmann::json training =
-      nlohmann::json::parse(compiled.trainingOptionsJson, nullptr, false);
-  nlohmann::json model = nlohmann::json::parse(compiled.modelConfigJson, nullptr, false);
-  if (training.is_discarded() || model.is_discarded())
-    return Status::error("the step's configuration is not valid JSON");
-
   // Run-time overrides that live in the optimizer's instructions.
   StepProgram program = compiled;
-  double lr = options.learningRate.value_or(option(training, "learning_rate", 2e-5));
+  double lr = options.learningRate.value_or(program.training.learningRate);
   std::string schedule =
-      options.lrSchedulerType.value_or(option<std::string>(training, "lr_scheduler_type", "cosine"));
+      options.lrSchedulerType.value_or(lrScheduleName(program.training.lrSchedulerType));
   if (schedule != "cosine" && schedule != "linear" && schedule != "constant" &&
       schedule != "constant_with_warmup")
     return Status::error("unknown learning-rate schedule '" + schedule + "'");
@@ -854,8 +842,7 @@ Status train(const StepProgram &compiled, const TrainOptions &options, std::ostr
     G3RT_RETURN_IF_ERROR(selectBackend(program, options.device, device, result.backend));
     log << "backend: " << result.backend << "\n";
   }
-  Trainer trainer(program, std::move(training), std::move(model), lr, schedule, options, log,
-                  result, std::move(device));
+  Trainer trainer(program, lr, schedule, options, log, result, std::move(device));
   G3RT_RETURN_IF_ERROR(trainer.prepare());
   if (!options.dumpDataPath.empty())
     return Status();

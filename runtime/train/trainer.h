@@ -68,7 +68,7 @@ struct TrainOptions {
   /// The longest data line in bytes; unset: the step's `max_line_bytes`,
   /// else 64 MiB.
   std::optional<int64_t> maxLineBytes;
-  /// "shifted" or "unshifted" (data.h's LossDenominator); unset: the step's
+  /// "shifted" or "unshifted" (step/config.h's LossDenominator); unset: the step's
   /// `loss_denominator`, else shifted.
   std::optional<std::string> lossDenominator;
   /// Image parts of chat samples: "drop" the sample or "mask" the placeholders.

@@ -94,7 +94,7 @@ TensorView expertSlice(const TensorView &t, int64_t e) {
 std::string jsonText(const nlohmann::json &v) { return v.dump(); }
 
 /// config.json's sizes against the step's model configuration.
-void compareConfig(const HFCheckpoint &ckpt, const nlohmann::json &step,
+void compareConfig(const HFCheckpoint &ckpt, const ModelConfig &step,
                    std::vector<std::string> &problems) {
   const nlohmann::json &root = ckpt.config();
   if (!root.is_object())
@@ -106,10 +106,9 @@ void compareConfig(const HFCheckpoint &ckpt, const nlohmann::json &step,
     text = &*it;
     prefix = "text_config.";
   }
-  auto compare = [&](const char *field, const std::vector<const char *> &aliases) {
-    auto s = step.find(field);
-    if (s == step.end() || s->is_null())
-      return;
+  // `s`: the step's value as JSON, to compare with config.json's and print.
+  auto compare = [&](const char *field, const nlohmann::json &s,
+                     const std::vector<const char *> &aliases) {
     for (const char *alias : aliases) {
       auto c = text->find(alias);
       const nlohmann::json *value = c != text->end() ? &*c : nullptr;
@@ -123,30 +122,37 @@ void compareConfig(const HFCheckpoint &ckpt, const nlohmann::json &step,
       }
       if (!value || value->is_null())
         continue;
-      bool same = (value->is_number() && s->is_number())
-                      ? value->get<double>() == s->get<double>()
-                      : *value == *s;
+      bool same = (value->is_number() && s.is_number())
+                      ? value->get<double>() == s.get<double>()
+                      : *value == s;
       if (!same)
         problems.push_back(file + ": field '" + where + "' is " + jsonText(*value) +
-                           ", the step has " + jsonText(*s));
+                           ", the step has " + jsonText(s));
       return;
     }
   };
-  compare("vocab_size", {"vocab_size"});
-  compare("hidden_size", {"hidden_size"});
-  compare("intermediate_size", {"intermediate_size"});
-  compare("num_hidden_layers", {"num_hidden_layers"});
-  compare("num_attention_heads", {"num_attention_heads"});
-  compare("num_key_value_heads", {"num_key_value_heads"});
-  compare("head_dim", {"head_dim"});
-  compare("tie_word_embeddings", {"tie_word_embeddings"});
+  // A size of 0 is one the step does not state (a compiled step states
+  // them all).
+  auto compareSize = [&](const char *field, int64_t value) {
+    if (value > 0)
+      compare(field, value, {field});
+  };
+  compareSize("vocab_size", step.vocabSize);
+  compareSize("hidden_size", step.hiddenSize);
+  compareSize("intermediate_size", step.intermediateSize);
+  compareSize("num_hidden_layers", step.numHiddenLayers);
+  compareSize("num_attention_heads", step.numAttentionHeads);
+  compareSize("num_key_value_heads", step.numKeyValueHeads);
+  compareSize("head_dim", step.headDim);
+  compare("tie_word_embeddings", step.tieWordEmbeddings, {"tie_word_embeddings"});
   // Only a MoE checkpoint states an expert count; a dense one is upcycled.
   bool ckptMoE = false;
   for (const char *alias : {"n_routed_experts", "num_experts", "num_local_experts"})
     if (auto c = text->find(alias); c != text->end() && c->is_number() && c->get<double>() > 0)
       ckptMoE = true;
   if (ckptMoE)
-    compare("n_routed_experts", {"n_routed_experts", "num_experts", "num_local_experts"});
+    compare("n_routed_experts", step.nRoutedExperts,
+            {"n_routed_experts", "num_experts", "num_local_experts"});
 }
 
 } // namespace
@@ -155,9 +161,6 @@ Status loadWeights(Executor &executor, const std::string &dir, std::vector<std::
   HFCheckpoint ckpt;
   G3RT_RETURN_IF_ERROR(HFCheckpoint::open(dir, ckpt));
   const StepProgram &program = executor.program();
-  nlohmann::json model = nlohmann::json::parse(program.modelConfigJson, nullptr, false);
-  if (model.is_discarded() || !model.is_object())
-    model = nlohmann::json::object();
 
   std::vector<std::string> problems;
   // Step name -> checkpoint name.
@@ -246,7 +249,7 @@ Status loadWeights(Executor &executor, const std::string &dir, std::vector<std::
       problems.push_back(dir + ": missing tensor '" + name + "'");
     }
   }
-  compareConfig(ckpt, model, problems);
+  compareConfig(ckpt, program.model, problems);
 
   if (!problems.empty()) {
     std::string message = dir + ": the checkpoint does not fit the step (" +

@@ -112,7 +112,7 @@ void checkResumeIsBitIdentical(const std::string &stepName, int64_t stopAt, int6
     EXPECT_EQ(c.evalAccuracies.back(), a.evalAccuracies.back());
   }
 
-  bool lora = isLoRAStep(nlohmann::json::parse(program.trainingOptionsJson, nullptr, false));
+  bool lora = program.training.isLoRA();
   std::string file = lora ? "/adapter_model.safetensors" : "/model.safetensors";
   EXPECT_EQ(bytesOf(whole.outputDir + file), bytesOf(second.outputDir + file))
       << "the final parameters differ";

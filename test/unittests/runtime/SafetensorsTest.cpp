@@ -290,13 +290,16 @@ TEST(CheckpointNames, MultimodalLayouts) {
 /// layer 1 with two stacked experts, a router and LoRA on one expert weight.
 StepProgram tinyStep(bool moe) {
   StepProgram p;
-  p.modelConfigJson = moe ? R"({"model_type": "g3moe_text", "vocab_size": 8, "hidden_size": 4,
-                                "intermediate_size": 6, "num_hidden_layers": 2,
-                                "n_routed_experts": 2, "tie_word_embeddings": true})"
-                          : R"({"model_type": "gemma3_text", "vocab_size": 8, "hidden_size": 4,
-                                "intermediate_size": 6, "num_hidden_layers": 2,
-                                "n_routed_experts": 0, "tie_word_embeddings": true})";
-  p.trainingOptionsJson = R"({"lora_r": 2, "lora_alpha": 8, "finetuning": "lora"})";
+  p.model.modelType = moe ? "g3moe_text" : "gemma3_text";
+  p.model.vocabSize = 8;
+  p.model.hiddenSize = 4;
+  p.model.intermediateSize = 6;
+  p.model.numHiddenLayers = 2;
+  p.model.nRoutedExperts = moe ? 2 : 0;
+  p.model.tieWordEmbeddings = true;
+  p.training.loraR = 2;
+  p.training.loraAlpha = 8;
+  p.training.finetuning = Finetuning::LoRA;
   auto param = [&](std::string name, DType t, std::vector<int64_t> shape, bool trainable = false) {
     ParamDesc d;
     d.name = std::move(name);
