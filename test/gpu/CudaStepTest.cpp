@@ -125,11 +125,22 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
   }
 }
 
+/// Whether `kernel` makes the routing decision (weights and expert indices).
+bool isRouter(const std::string &kernel) {
+  const std::string suffix = "_router";
+  return kernel.size() > suffix.size() &&
+         kernel.compare(kernel.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
 /// Runs entry point `function` on the CPU and on the GPU, each on its own
-/// values, an instruction at a time, and returns how many tokens the two
-/// routed to different experts (the expert sets per token of every
-/// moe_dispatch differ).
-int64_t runBothCountingReroutes(Executor &cpu, cuda::CudaExecutor &gpu, const char *function) {
+/// values, an instruction at a time, except that the GPU takes the CPU's
+/// routing: after each router, the CPU's weights and expert indices replace
+/// the GPU's. Routing is discrete, so in bf16 a one-ulp difference in an
+/// activation can send a token to another expert and change every gradient
+/// that sums over routed tokens wholesale; with the routing fixed, what is
+/// compared is the kernels alone, at tolerances that catch a wrong kernel.
+/// Returns how many tokens the GPU would have routed to other experts.
+int64_t runBothWithCpuRouting(Executor &cpu, cuda::CudaExecutor &gpu, const char *function) {
   const FunctionDesc *fn = cpu.program().findFunction(function);
   EXPECT_TRUE(fn) << function;
   int64_t rerouted = 0;
@@ -141,11 +152,11 @@ int64_t runBothCountingReroutes(Executor &cpu, cuda::CudaExecutor &gpu, const ch
     if (!s.ok())
       return rerouted;
     const InstrDesc &instr = fn->instrs[i];
-    if (instr.kernel != "moe_dispatch")
+    if (!isRouter(instr.kernel))
       continue;
-    TensorView want = cpu.view(*fn, instr.inputs[1]); // [tokens, k] expert indices
+    TensorView want = cpu.view(*fn, instr.outputs[1]); // [tokens, k] expert indices
     std::vector<int32_t> got(size_t(want.numel()));
-    EXPECT_TRUE(gpu.toHost(gpu.deviceView(*fn, instr.inputs[1]), got.data()).ok());
+    EXPECT_TRUE(gpu.toHost(gpu.deviceView(*fn, instr.outputs[1]), got.data()).ok());
     const int64_t k = want.shape.back();
     for (int64_t n = 0; n * k < want.numel(); ++n) {
       std::vector<int32_t> a(want.i32() + n * k, want.i32() + (n + 1) * k);
@@ -154,12 +165,15 @@ int64_t runBothCountingReroutes(Executor &cpu, cuda::CudaExecutor &gpu, const ch
       std::sort(b.begin(), b.end());
       rerouted += a != b;
     }
+    for (uint32_t b : instr.outputs)
+      EXPECT_TRUE(gpu.toDevice(gpu.deviceView(*fn, b), cpu.view(*fn, b).data).ok());
   }
   return rerouted;
 }
 
 /// Runs the entry points on the CPU and on the GPU (attention on `attention`,
-/// see cudnn_attention.h) and compares losses and gradients.
+/// see cudnn_attention.h), the GPU with the CPU's routing, and compares
+/// losses and every gradient.
 void compareEntryPoints(const char *step, const char *attention) {
   StepProgram program;
   Status s = loadStep(stepPath(step), program);
@@ -175,36 +189,25 @@ void compareEntryPoints(const char *step, const char *attention) {
 
   int64_t rerouted = 0;
   for (const char *fn : {"forward", "eval_forward", "forward_backward"}) {
-    rerouted = runBothCountingReroutes(cpu, *gpu, fn);
+    rerouted = runBothWithCpuRouting(cpu, *gpu, fn);
     std::vector<float> gpuLoss;
     ASSERT_TRUE(gpu->output(fn, "loss", gpuLoss).ok());
     double cpuLoss = cpu.output(fn, "loss").load(0);
     EXPECT_NEAR(gpuLoss[0], cpuLoss, 1e-2 * std::fabs(cpuLoss)) << step << " " << fn;
   }
-  // Gradients of the whole backward, compared by relative norm of the error.
-  // In bf16 a one-ulp difference in an activation can move a token to
-  // another expert (routing is discrete), which changes the gradients that
-  // sum over the routed tokens (the experts', the router's, the norm after
-  // the MoE block) wholesale; the instruction-level test above is where the
-  // kernels are held to tight tolerances. Even with the same experts, the
-  // routers' discrete steps (SparseMixer's mask, near-ties) move the
-  // weights. So routed bf16 steps are compared over all gradients together,
-  // the others tensor by tensor, and more loosely where forward_backward
-  // sent tokens to other experts on the two sides (counted and reported).
-  // cuDNN's attention rounds the probabilities and dS to bf16 before the
-  // second product of each pair (as PyTorch's flash and cuDNN attention do;
-  // the own kernels keep about 16 bits), which moves the bf16 steps'
-  // gradients by a few percent more, and reroutes more tokens.
+  // Every gradient, tensor by tensor, by the relative norm of its error.
+  // fp32 steps routed the same way on both sides on their own; with the
+  // routing fixed, bf16 steps are held to the same bound. cuDNN's attention
+  // rounds the probabilities and dS to bf16 before the second product of
+  // each pair (as PyTorch's flash and cuDNN attention do; the own kernels
+  // keep about 16 bits), which moves the bf16 steps' gradients by a few
+  // percent more.
   const bool bf16 = std::string(step).find("fp32") == std::string::npos;
-  const bool routedInBf16 = bf16 && std::string(step).find("g3moe") != std::string::npos;
   const bool cudnn = bf16 && std::string(attention) == "cudnn";
-  EXPECT_TRUE(routedInBf16 || rerouted == 0)
-      << step << ": " << rerouted << " tokens routed to other experts than on the CPU";
+  EXPECT_TRUE(bf16 || rerouted == 0)
+      << step << ": " << rerouted << " tokens routed to other experts than on the CPU in fp32";
   const double perTensor = cudnn ? 8e-2 : 2e-2;
-  const double together = !routedInBf16 ? (cudnn ? 5e-2 : 2e-2)
-                          : rerouted > 0 ? 4e-1
-                                         : (cudnn ? 2e-1 : 1e-1);
-  double totalErr = 0, totalNorm = 0;
+  double worst = 0;
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
       continue;
@@ -216,17 +219,12 @@ void compareEntryPoints(const char *step, const char *attention) {
       err += double(g[i] - want[i]) * (g[i] - want[i]);
       norm += double(want[i]) * want[i];
     }
-    totalErr += err;
-    totalNorm += norm;
-    if (!routedInBf16) {
-      EXPECT_LE(std::sqrt(err), perTensor * std::sqrt(norm) + 1e-5) << step << " " << p.name;
-    }
+    EXPECT_LE(std::sqrt(err), perTensor * std::sqrt(norm) + 1e-5) << step << " " << p.name;
+    worst = std::max(worst, std::sqrt(err / std::max(norm, 1e-30)));
   }
-  EXPECT_LE(std::sqrt(totalErr), together * std::sqrt(totalNorm))
-      << step << " (attention " << attention << "): all gradients together";
-  std::printf("  %s, attention %s: gradient error %.3g of the norm, %lld tokens rerouted\n",
-              step, attention, std::sqrt(totalErr / std::max(totalNorm, 1e-30)),
-              (long long)rerouted);
+  std::printf("  %s, attention %s: worst gradient error %.3g of its norm, %lld tokens the GPU "
+              "would have routed elsewhere\n",
+              step, attention, worst, (long long)rerouted);
 }
 
 TEST_P(CudaStep, WholeEntryPointsMatchTheCPU) { compareEntryPoints(GetParam(), "own"); }
