@@ -16,7 +16,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/base/parallel.h"
-#include "runtime/kernels/kernel.h"
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
@@ -25,16 +25,19 @@
 #include <string>
 #include <vector>
 
-namespace g3rt {
-namespace {
+namespace g3rt::cpu {
 
 using namespace checks;
+
+namespace {
 
 // Segment ids and positions are i32 by contract; i64 is accepted too so that
 // a caller holding 64-bit indices does not need a conversion pass.
 int64_t indexAt(const TensorView &t, int64_t i) {
   return t.dtype == DType::I64 ? t.i64()[i] : int64_t(t.i32()[i]);
 }
+
+} // namespace
 
 //===----------------------------------------------------------------------===//
 // rope
@@ -88,6 +91,8 @@ Status ropeKernel(const KernelArgs &args) {
 //===----------------------------------------------------------------------===//
 // attention, attention_grad
 //===----------------------------------------------------------------------===//
+
+namespace {
 
 // Queries (forward, backward pass 1) and keys (backward pass 2) are handed to
 // threads in blocks of this many rows: large enough to amortise the task, small
@@ -155,6 +160,8 @@ float rowScores(const AttnProblem &p, const float *Q, const float *K, int64_t b,
   }
   return mx;
 }
+
+} // namespace
 
 Status attentionKernel(const KernelArgs &args) {
   AttnProblem p;
@@ -320,12 +327,4 @@ Status attentionGradKernel(const KernelArgs &args) {
   return Status();
 }
 
-} // namespace
-
-void registerAttentionKernels(KernelTable &table) {
-  table.emplace_back("rope", ropeKernel);
-  table.emplace_back("attention", attentionKernel);
-  table.emplace_back("attention_grad", attentionGradKernel);
-}
-
-} // namespace g3rt
+} // namespace g3rt::cpu

@@ -12,7 +12,7 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/base/random.h"
-#include "runtime/kernels/kernel.h"
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
@@ -20,10 +20,11 @@
 #include <cmath>
 #include <cstring>
 
-namespace g3rt {
-namespace {
+namespace g3rt::cpu {
 
 using namespace checks;
+
+namespace {
 
 /// Elements staged through the fp32 scratch buffers at a time; small enough
 /// that the buffers of a five-operand kernel stay in L1.
@@ -115,6 +116,8 @@ inline void geluTanh(float g, float &value, float &slope) {
           0.5f * g * (1.0f - t * t) * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * g * g);
 }
 
+} // namespace
+
 Status addKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
   G3RT_RETURN_IF_ERROR(
@@ -152,6 +155,8 @@ Status scaleKernel(const KernelArgs &args) {
   return Status();
 }
 
+namespace {
+
 /// Element conversion shared by convert and copy. Integer to integer goes
 /// through int64 so that i64 values above 2^24 survive; mixing integer and
 /// float types is not an op the compiler emits.
@@ -182,6 +187,8 @@ Status convertElements(const KernelArgs &args, const TensorView &x, const Tensor
   });
   return Status();
 }
+
+} // namespace
 
 Status convertKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
@@ -279,19 +286,4 @@ Status geluTanhMulGradKernel(const KernelArgs &args) {
   return Status();
 }
 
-} // namespace
-
-void registerElementwiseKernels(KernelTable &table) {
-  table.emplace_back("add", addKernel);
-  table.emplace_back("mul", mulKernel);
-  table.emplace_back("scale", scaleKernel);
-  table.emplace_back("convert", convertKernel);
-  table.emplace_back("copy", copyKernel);
-  table.emplace_back("fill", fillKernel);
-  table.emplace_back("random_uniform", randomUniformKernel);
-  table.emplace_back("dropout", dropoutKernel);
-  table.emplace_back("gelu_tanh_mul", geluTanhMulKernel);
-  table.emplace_back("gelu_tanh_mul_grad", geluTanhMulGradKernel);
-}
-
-} // namespace g3rt
+} // namespace g3rt::cpu

@@ -9,7 +9,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/base/parallel.h"
-#include "runtime/kernels/kernel.h"
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
@@ -17,10 +17,11 @@
 #include <string>
 #include <vector>
 
-namespace g3rt {
-namespace {
+namespace g3rt::cpu {
 
 using namespace checks;
+
+namespace {
 
 Status readCount(const KernelArgs &args, const TensorView &t, const char *what, int64_t &out) {
   G3RT_RETURN_IF_ERROR(checkCount(args, t, what));
@@ -36,14 +37,10 @@ Status readCount(const KernelArgs &args, const TensorView &t, const char *what, 
 // thread count and added in block order, keep the norm bit-reproducible.
 constexpr int64_t kNormBlock = 1 << 16;
 
+} // namespace
+
 Status globalNormKernel(const KernelArgs &args) {
-  if (args.outputs.size() != 1)
-    return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
-  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
-  for (size_t t = 0; t < args.inputs.size(); ++t)
-    if (!isFloat(args.inputs[t].dtype))
-      return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
-                       describe(args.inputs[t]));
+  G3RT_RETURN_IF_ERROR(checkGlobalNorm(args));
 
   double total = 0;
   for (const TensorView &g : args.inputs) {
@@ -176,13 +173,4 @@ Status adamwKernel(const KernelArgs &args) {
   return Status();
 }
 
-} // namespace
-
-void registerOptimizerKernels(KernelTable &table) {
-  table.emplace_back("global_norm", globalNormKernel);
-  table.emplace_back("clip_scale", clipScaleKernel);
-  table.emplace_back("lr_schedule", lrScheduleKernel);
-  table.emplace_back("adamw", adamwKernel);
-}
-
-} // namespace g3rt
+} // namespace g3rt::cpu

@@ -36,7 +36,7 @@ struct CudnnAttentionState;
 /// cuBLASLt's descriptors and algorithms of the products run (lt_matmul.h).
 class LtMatmuls;
 
-/// Range checks whose records kernels fill on the device (kernels_moe.cu): a
+/// Range checks whose records kernels fill on the device (device_checks.h): a
 /// record stays all ones until a kernel writes the first bad (position,
 /// value) it found into it.
 struct DeviceChecks {
@@ -114,16 +114,8 @@ inline unsigned cappedGrid(int64_t n, int threads = 256) {
 inline bool aligned16(const TensorView &t) {
   return reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
 }
-/// The CUDA kernel called `name`, or null.
+/// The CUDA kernel called `name`, or null (cuda_kernels.h).
 KernelFn findCudaKernel(std::string_view name);
-
-/// Registration hooks of the CUDA kernel files (runtime/cuda/kernels_*.cu).
-void registerCudaElementwiseKernels(KernelTable &table);
-void registerCudaDenseKernels(KernelTable &table);
-void registerCudaAttentionKernels(KernelTable &table);
-void registerCudaMoEKernels(KernelTable &table);
-void registerCudaOptimizerKernels(KernelTable &table);
-void registerCudaStatsKernels(KernelTable &table);
 
 } // namespace g3rt::cuda
 

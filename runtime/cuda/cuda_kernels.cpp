@@ -1,6 +1,6 @@
 //===- cuda_kernels.cpp - the CUDA kernel table ---------------------------===//
 
-#include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/cuda_kernels.h"
 
 #include <algorithm>
 #include <string>
@@ -17,13 +17,10 @@ Status cublasFailure(const KernelArgs &args, cublasStatus_t status, const char *
 
 static const KernelTable &table() {
   static const KernelTable t = [] {
-    KernelTable t;
-    registerCudaElementwiseKernels(t);
-    registerCudaDenseKernels(t);
-    registerCudaAttentionKernels(t);
-    registerCudaMoEKernels(t);
-    registerCudaOptimizerKernels(t);
-    registerCudaStatsKernels(t);
+    KernelTable t = {
+#define G3RT_KERNEL(name, function) {#name, &function},
+#include "runtime/kernels/kernel_names.def"
+    };
     std::sort(t.begin(), t.end());
     return t;
   }();
@@ -35,6 +32,13 @@ KernelFn findCudaKernel(std::string_view name) {
     if (n == name)
       return fn;
   return nullptr;
+}
+
+std::vector<std::string> cudaKernelNames() {
+  std::vector<std::string> names;
+  for (const auto &e : table())
+    names.push_back(e.first);
+  return names;
 }
 
 } // namespace g3rt::cuda

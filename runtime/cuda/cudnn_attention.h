@@ -5,7 +5,7 @@
 // to 256, GQA, causal with an optional sliding window, no logit soft-capping,
 // and segment ids that make each batch row one document followed by padding.
 // Anything else (packed documents, other float types) stays on the own
-// kernels of kernels_attention.cu.
+// flash-attention kernels (flash_attention.cuh).
 //
 // The choice is the context's AttentionImpl (G3MOE_CUDA_ATTENTION=auto|own|
 // cudnn): auto uses cuDNN where it serves and the own kernels elsewhere (also

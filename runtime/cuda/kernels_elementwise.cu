@@ -16,7 +16,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/base/random.h"
-#include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/cuda_kernels.h"
 #include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
@@ -24,9 +24,10 @@
 #include <string>
 
 namespace g3rt::cuda {
-namespace {
 
 using namespace checks;
+
+namespace {
 
 constexpr int kThreads = 256;
 
@@ -249,6 +250,16 @@ template <Binary Op> Status binaryKernelHost(const KernelArgs &args) {
   return Status();
 }
 
+} // namespace
+
+Status addKernel(const KernelArgs &args) {
+  return binaryKernelHost<Binary::Add>(args);
+}
+
+Status mulKernel(const KernelArgs &args) {
+  return binaryKernelHost<Binary::Mul>(args);
+}
+
 Status scaleKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
   G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&args.inputs[0], &args.outputs[0]}));
@@ -268,6 +279,8 @@ Status scaleKernel(const KernelArgs &args) {
   G3RT_CUDA_CHECK_LAUNCH(args, "scale");
   return Status();
 }
+
+namespace {
 
 Status convertElements(const KernelArgs &args, const TensorView &x, const TensorView &y) {
   if (x.numel() != y.numel())
@@ -299,6 +312,8 @@ Status convertElements(const KernelArgs &args, const TensorView &x, const Tensor
   }
   return Status();
 }
+
+} // namespace
 
 Status convertKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
@@ -398,21 +413,6 @@ Status geluTanhMulGradKernel(const KernelArgs &args) {
       out(args.outputs[1]), wide ? n / 4 : n);
   G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul_grad");
   return Status();
-}
-
-} // namespace
-
-void registerCudaElementwiseKernels(KernelTable &table) {
-  table.emplace_back("add", binaryKernelHost<Binary::Add>);
-  table.emplace_back("mul", binaryKernelHost<Binary::Mul>);
-  table.emplace_back("scale", scaleKernel);
-  table.emplace_back("convert", convertKernel);
-  table.emplace_back("copy", copyKernel);
-  table.emplace_back("fill", fillKernel);
-  table.emplace_back("random_uniform", randomUniformKernel);
-  table.emplace_back("dropout", dropoutKernel);
-  table.emplace_back("gelu_tanh_mul", geluTanhMulKernel);
-  table.emplace_back("gelu_tanh_mul_grad", geluTanhMulGradKernel);
 }
 
 } // namespace g3rt::cuda

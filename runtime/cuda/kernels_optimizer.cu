@@ -9,7 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/cuda_kernels.h"
 #include "runtime/kernels/kernel_checks.h"
 
 #include <algorithm>
@@ -18,9 +18,10 @@
 #include <vector>
 
 namespace g3rt::cuda {
-namespace {
 
 using namespace checks;
+
+namespace {
 
 constexpr int kThreads = 256;
 
@@ -98,14 +99,10 @@ __global__ void normFinishDevice(const double *partials, int64_t n, void *out, D
     storeFloat(out, outType, 0, float(sqrt(s)));
 }
 
+} // namespace
+
 Status globalNormKernel(const KernelArgs &args) {
-  if (args.outputs.size() != 1)
-    return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
-  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
-  for (size_t t = 0; t < args.inputs.size(); ++t)
-    if (!isFloat(args.inputs[t].dtype))
-      return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
-                       describe(args.inputs[t]));
+  G3RT_RETURN_IF_ERROR(checkGlobalNorm(args));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
 
@@ -162,6 +159,8 @@ Status globalNormKernel(const KernelArgs &args) {
 // clip_scale, lr_schedule
 //===----------------------------------------------------------------------===//
 
+namespace {
+
 __global__ void clipScaleDevice(const void *norm, DType normType, float maxNorm, bool clip,
                                 void *out, DType outType) {
   float c = 1.0f;
@@ -173,6 +172,8 @@ __global__ void clipScaleDevice(const void *norm, DType normType, float maxNorm,
   }
   storeFloat(out, outType, 0, c);
 }
+
+} // namespace
 
 Status clipScaleKernel(const KernelArgs &args) {
   if (args.inputs.size() != 1 || args.outputs.size() != 1)
@@ -187,6 +188,8 @@ Status clipScaleKernel(const KernelArgs &args) {
   G3RT_CUDA_CHECK_LAUNCH(args, "clip_scale");
   return Status();
 }
+
+namespace {
 
 enum class Schedule : int { Constant, Cosine, Linear, ConstantWithWarmup };
 
@@ -210,6 +213,8 @@ __global__ void lrScheduleDevice(const void *stepP, DType stepT, const void *tot
   }
   storeFloat(out, outType, 0, float(lr * f));
 }
+
+} // namespace
 
 Status lrScheduleKernel(const KernelArgs &args) {
   if (args.inputs.size() != 3 || args.outputs.size() != 1)
@@ -246,6 +251,8 @@ Status lrScheduleKernel(const KernelArgs &args) {
 //===----------------------------------------------------------------------===//
 // adamw
 //===----------------------------------------------------------------------===//
+
+namespace {
 
 /// Tensors per launch of the multi-tensor update; their pointers travel as
 /// a kernel parameter (about 3 KB, under the 4 KB limit).
@@ -306,6 +313,8 @@ __global__ void adamwDevice(AdamGroup grp, const void *stepP, DType stepT, const
   }
 }
 
+} // namespace
+
 // torch's multi-tensor ("foreach") AdamW: the n tensors go in groups of
 // kAdamGroup per launch instead of one launch each.
 Status adamwKernel(const KernelArgs &args) {
@@ -355,15 +364,6 @@ Status adamwKernel(const KernelArgs &args) {
     ++group.count;
   }
   return flush();
-}
-
-} // namespace
-
-void registerCudaOptimizerKernels(KernelTable &table) {
-  table.emplace_back("global_norm", globalNormKernel);
-  table.emplace_back("clip_scale", clipScaleKernel);
-  table.emplace_back("lr_schedule", lrScheduleKernel);
-  table.emplace_back("adamw", adamwKernel);
 }
 
 } // namespace g3rt::cuda

@@ -1,6 +1,6 @@
 //===- lt_matmul.h - row-major matrix products on cuBLASLt ------*- C++ -*-===//
 //
-// The CUDA backend's dense products (kernels_dense.cu) run on cublasLtMatmul:
+// The CUDA backend's dense products (gemm.h) run on cublasLtMatmul:
 // bf16/f16/fp32 operands, fp32 accumulation, an optional addend C that may be
 // a different buffer than the result D (so a fused `plus %a` costs no copy).
 // Each distinct problem (row counts rounded up to a multiple of 256, types,

@@ -1,8 +1,6 @@
-//===- kernel.cpp - attributes and the CPU kernel table -------------------===//
+//===- kernel.cpp - kernel attributes and arguments -----------------------===//
 
 #include "runtime/kernels/kernel.h"
-
-#include <algorithm>
 
 namespace g3rt {
 
@@ -118,35 +116,6 @@ Status runAsPart(const KernelArgs &args, KernelFn fn, const char *name,
   part.name = name;
   part.backend = args.backend;
   return fn(part).withContext(std::string(args.name));
-}
-
-static const KernelTable &table() {
-  static const KernelTable t = [] {
-    KernelTable t;
-    registerElementwiseKernels(t);
-    registerDenseKernels(t);
-    registerAttentionKernels(t);
-    registerMoEKernels(t);
-    registerOptimizerKernels(t);
-    registerFusedKernels(t);
-    std::sort(t.begin(), t.end());
-    return t;
-  }();
-  return t;
-}
-
-KernelFn findCpuKernel(std::string_view name) {
-  for (const auto &[n, fn] : table())
-    if (n == name)
-      return fn;
-  return nullptr;
-}
-
-std::vector<std::string> cpuKernelNames() {
-  std::vector<std::string> names;
-  for (const auto &e : table())
-    names.push_back(e.first);
-  return names;
 }
 
 } // namespace g3rt

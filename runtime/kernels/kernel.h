@@ -3,8 +3,9 @@
 // Every instruction of a step is a kernel call: a kernel name (the mnemonic of
 // the g3moe op it implements, "linear", "attention_grad", ...), input and
 // output tensors in the op's operand and result order, and the op's
-// attributes. Backends register one function per name. The math of each
-// kernel is the description of its op in dialects/G3MoE/IR/*.td.
+// attributes. Every name is listed once, in kernel_names.def, from which each
+// backend builds its table. The math of each kernel is the description of its
+// op in dialects/G3MoE/IR/*.td and docs/kernels.md.
 //
 //===----------------------------------------------------------------------===//
 
@@ -90,19 +91,13 @@ Status runAsPart(const KernelArgs &args, KernelFn fn, const char *name,
                  std::vector<TensorView> inputs, std::vector<TensorView> outputs,
                  const KernelAttrs *attrs);
 
-/// The CPU reference kernel called `name`, or null.
+/// A backend's kernels by name (built from kernel_names.def).
+using KernelTable = std::vector<std::pair<std::string, KernelFn>>;
+
+/// The CPU reference kernel called `name`, or null (runtime/cpu/).
 KernelFn findCpuKernel(std::string_view name);
 /// Every CPU kernel name, sorted.
 std::vector<std::string> cpuKernelNames();
-
-/// Registration hooks of the kernel files (kernels_*.cpp).
-using KernelTable = std::vector<std::pair<std::string, KernelFn>>;
-void registerElementwiseKernels(KernelTable &table);
-void registerDenseKernels(KernelTable &table);
-void registerAttentionKernels(KernelTable &table);
-void registerMoEKernels(KernelTable &table);
-void registerOptimizerKernels(KernelTable &table);
-void registerFusedKernels(KernelTable &table);
 
 } // namespace g3rt
 

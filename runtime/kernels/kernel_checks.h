@@ -204,6 +204,18 @@ inline Status checkFloatScalar(const KernelArgs &args, const TensorView &t, cons
   return Status();
 }
 
+/// global_norm: any float tensors in, one float scalar out.
+inline Status checkGlobalNorm(const KernelArgs &args) {
+  if (args.outputs.size() != 1)
+    return args.fail("expects 1 output, got " + std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
+  for (size_t t = 0; t < args.inputs.size(); ++t)
+    if (!isFloat(args.inputs[t].dtype))
+      return args.fail("input " + std::to_string(t) + " must be a float tensor, got " +
+                       describe(args.inputs[t]));
+  return Status();
+}
+
 /// A counter: one i64 element by contract; i32 is accepted so that a
 /// hand-built call needs no widening pass.
 inline Status checkCount(const KernelArgs &args, const TensorView &t, const char *what) {

@@ -1,9 +1,10 @@
 //===- moe_checks.h - argument checks of the MoE kernels --------*- C++ -*-===//
 //
 // The host-side checks of the routers, their gradients and the dispatch /
-// combine permutations (docs/kernels.md, "Routers, experts, auxiliary
-// losses"), shared by the CPU and CUDA backends so that both accept the same
-// calls with the same messages. Index values (expert ids, slots) are checked
+// combine permutations and the auxiliary losses (docs/kernels.md,
+// "Routers", "Dispatch and combine", "Auxiliary losses"), shared by the CPU
+// and CUDA backends so that both accept the same calls with the same
+// messages. Index values (expert ids, slots) are checked
 // by each backend where the data lives.
 //
 //===----------------------------------------------------------------------===//
@@ -151,6 +152,32 @@ inline Status checkRouterGrad(const KernelArgs &args, int64_t fixedK, RouterShap
   return checkMatrix(args, args.outputs[0], "result", s.N, s.E);
 }
 
+/// sparsemixer_router_grad: 3 inputs, 1 output, `epsilon`, the tensors.
+inline Status checkSparseMixerRouterGrad(const KernelArgs &args, double &epsilon,
+                                         RouterShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", epsilon));
+  return checkRouterGrad(args, 2, s);
+}
+
+/// softmax_topk_router_grad: 3 inputs, 1 output, `norm_topk_prob`, the
+/// tensors.
+inline Status checkSoftmaxTopKRouterGrad(const KernelArgs &args, bool &norm, RouterShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  norm = flag(args, "norm_topk_prob");
+  return checkRouterGrad(args, 0, s);
+}
+
+/// sigmoid_grouped_router_grad: 3 inputs, 1 output, `routed_scaling_factor`,
+/// `norm_topk_prob`, the tensors.
+inline Status checkSigmoidGroupedRouterGrad(const KernelArgs &args, double &scaling, bool &norm,
+                                            RouterShape &s) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("routed_scaling_factor", scaling));
+  norm = flag(args, "norm_topk_prob");
+  return checkRouterGrad(args, 0, s);
+}
+
 /// A permutation between N tokens × k choices and M = N·k expert rows of
 /// width H, over E experts (dispatch only).
 struct PermuteShape {
@@ -230,6 +257,53 @@ inline Status checkMoECombineGrad(const KernelArgs &args, PermuteShape &p) {
   G3RT_RETURN_IF_ERROR(checkMatrix(args, args.inputs[2], "weights", p.N, p.k));
   G3RT_RETURN_IF_ERROR(checkMatrix(args, args.outputs[0], "input_grad", p.M, p.H));
   return checkMatrix(args, args.outputs[1], "weights_grad", p.N, p.k);
+}
+
+/// The first L inputs, one layer's router logits each: float, [N, E] for
+/// one N, and E columns when E > 0.
+inline Status checkLayerLogits(const KernelArgs &args, int64_t L, int64_t E, int64_t &N) {
+  const TensorView &first = args.inputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloat(args, first, "logits"));
+  if (first.rank() < 1)
+    return args.fail("logits must have rank >= 1");
+  N = first.rows();
+  for (int64_t l = 0; l < L; ++l) {
+    const TensorView &t = args.inputs[l];
+    G3RT_RETURN_IF_ERROR(checkFloat(args, t, "logits"));
+    if (t.rank() < 1 || t.rows() != N || (E > 0 && t.dim(-1) != E))
+      return args.fail("logits of layer " + str(l) + " have shape " +
+                       shapeString(t.shape) + ", expected [" + str(N) + ", " +
+                       (E > 0 ? str(E) : std::string("E")) + "]");
+  }
+  return Status();
+}
+
+/// The segment ids of a loss: i32, one per row of the layers' logits.
+inline Status checkSegments(const KernelArgs &args, const TensorView &seg, int64_t N) {
+  G3RT_RETURN_IF_ERROR(checkI32(args, seg, "segment_ids"));
+  if (seg.numel() != N)
+    return args.fail("segment_ids has shape " + shapeString(seg.shape) + " (" +
+                     str(seg.numel()) + " tokens), but the logits have " + str(N) +
+                     " rows");
+  return Status();
+}
+
+/// load_balancing_loss(_grad)'s layers: L logits, L indices and `trailing`
+/// inputs (segment_ids, and grad for the gradient), `num_experts` E >= 1, the
+/// logits [N, E].
+inline Status checkBalanceLayers(const KernelArgs &args, int64_t trailing, int64_t &L,
+                                 int64_t &E, int64_t &N) {
+  const int64_t count = int64_t(args.inputs.size()) - trailing;
+  if (count < 2 || count % 2 != 0)
+    return args.fail("expected L logits, L indices and " +
+                     std::string(trailing == 1 ? "segment_ids" : "segment_ids, grad") +
+                     " with L >= 1, got " + std::to_string(args.inputs.size()) +
+                     " inputs");
+  L = count / 2;
+  G3RT_RETURN_IF_ERROR(args.requireInt("num_experts", E));
+  if (E < 1)
+    return args.fail("num_experts must be positive, got " + str(E));
+  return checkLayerLogits(args, L, E, N);
 }
 
 } // namespace g3rt::checks

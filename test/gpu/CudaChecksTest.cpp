@@ -3,15 +3,21 @@
 // The CPU and CUDA kernels share their argument checks (kernel_checks.h,
 // dense_checks.h, moe_checks.h). A call those checks refuse fails before any
 // device work, so this runs without a GPU: each bad call below gets the same
-// message from the CUDA kernel as from the CPU kernel.
+// message from the CUDA kernel as from the CPU kernel. The CUDA kernel table
+// holds every kernel of runtime/kernels/kernel_names.def.
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/cuda/cuda_context.h"
+#include "runtime/cuda/cuda_kernels.h"
 #include "runtime/cuda/lowrank_products.h"
+#include "runtime/kernels/kernel_names.h"
 #include "test/unittests/runtime/KernelTesting.h"
 
 #include <gtest/gtest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
 
 using namespace g3rt;
 using g3rt::testing::Tensor;
@@ -134,6 +140,15 @@ TEST(CudaLowRankPlan, WeightGradientFallsBackWhenPartialsDoNotFit) {
   // Long row counts take longer chunks instead of failing.
   cuda::RowGroups longRows{nullptr, DType::I32, 3, int64_t(1) << 21};
   EXPECT_TRUE(cuda::lowRankWeightGradFits(longRows, 32, 10240, scratch));
+}
+
+TEST(CudaKernelTable, HoldsEveryListedKernel) {
+  std::vector<std::string> listed(std::begin(kKernelNames), std::end(kKernelNames));
+  std::sort(listed.begin(), listed.end());
+  EXPECT_EQ(cuda::cudaKernelNames(), listed);
+  for (const std::string &name : listed)
+    EXPECT_NE(cuda::findCudaKernel(name), nullptr) << name;
+  EXPECT_EQ(cuda::findCudaKernel("no_such_kernel"), nullptr);
 }
 
 } // namespace

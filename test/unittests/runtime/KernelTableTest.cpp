@@ -1,0 +1,43 @@
+//===- KernelTableTest.cpp - the CPU kernel table against the list --------===//
+//
+// The CPU backend's table holds every kernel of
+// runtime/kernels/kernel_names.def and nothing else (KernelNamesTest checks
+// the list against the g3moe ops, CudaChecksTest the CUDA table).
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/kernels/kernel.h"
+#include "runtime/kernels/kernel_names.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <set>
+#include <string>
+#include <vector>
+
+using namespace g3rt;
+
+namespace {
+
+TEST(KernelTable, NamesAreListedOnceInSnakeCase) {
+  std::set<std::string_view> seen;
+  for (std::string_view name : kKernelNames) {
+    EXPECT_TRUE(seen.insert(name).second) << name << " is listed twice";
+    EXPECT_FALSE(name.empty());
+    for (char c : name)
+      EXPECT_TRUE(std::islower(static_cast<unsigned char>(c)) || c == '_') << name;
+  }
+}
+
+TEST(KernelTable, CpuHoldsEveryListedKernel) {
+  std::vector<std::string> listed(std::begin(kKernelNames), std::end(kKernelNames));
+  std::sort(listed.begin(), listed.end());
+  EXPECT_EQ(cpuKernelNames(), listed);
+  for (const std::string &name : listed)
+    EXPECT_NE(findCpuKernel(name), nullptr) << name;
+  EXPECT_EQ(findCpuKernel("no_such_kernel"), nullptr);
+}
+
+} // namespace
