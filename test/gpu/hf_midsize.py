@@ -59,7 +59,7 @@ def peft_loss_and_grads(base_dir, adapter_dir, rows, dtype):
                                              attn_implementation="eager").to(DEVICE)
     model = PeftModel.from_pretrained(base, str(adapter_dir), is_trainable=True)
     ids, mask, labels = hf_tiny.batch(rows, SEQ)
-    num_items = int((labels != hf_tiny.IGNORE).sum())
+    num_items = hf_tiny.shifted_count(labels)
     logits = model(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE)).logits
     loss = hf_tiny.loss_of(logits, labels.to(DEVICE), num_items)
     loss.backward()
