@@ -125,33 +125,43 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
   }
 }
 
-/// Whether `kernel` makes the routing decision (weights and expert indices).
-bool isRouter(const std::string &kernel) {
-  const std::string suffix = "_router";
-  return kernel.size() > suffix.size() &&
-         kernel.compare(kernel.size() - suffix.size(), suffix.size(), suffix) == 0;
+bool endsWith(const std::string &s, const std::string &suffix) {
+  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
+
+/// Whether `kernel` makes the routing decision (weights and expert indices),
+/// or its gradient.
+bool isRouter(const std::string &kernel) { return endsWith(kernel, "_router"); }
+bool isRouterGrad(const std::string &kernel) { return endsWith(kernel, "_router_grad"); }
 
 /// Runs entry point `function` on the CPU and on the GPU, each on its own
 /// values, an instruction at a time, except that the GPU takes the CPU's
 /// routing: after each router, the CPU's weights and expert indices replace
-/// the GPU's. Routing is discrete, so in bf16 a one-ulp difference in an
-/// activation can send a token to another expert and change every gradient
-/// that sums over routed tokens wholesale; with the routing fixed, what is
-/// compared is the kernels alone, at tolerances that catch a wrong kernel.
+/// the GPU's, and each router's gradient reads the CPU's logits. Routing is
+/// discrete, so in bf16 a one-ulp difference in an activation can send a
+/// token to another expert and change every gradient that sums over routed
+/// tokens wholesale; with the routing fixed, what is compared is the kernels
+/// alone, at tolerances that catch a wrong kernel.
 /// Returns how many tokens the GPU would have routed to other experts.
 int64_t runBothWithCpuRouting(Executor &cpu, cuda::CudaExecutor &gpu, const char *function) {
   const FunctionDesc *fn = cpu.program().findFunction(function);
   EXPECT_TRUE(fn) << function;
   int64_t rerouted = 0;
   for (size_t i = 0; fn && i < fn->instrs.size(); ++i) {
+    const InstrDesc &instr = fn->instrs[i];
+    // A router's gradient decides again from the logits (SparseMixer's
+    // candidate mask, ties): it takes the CPU's logits, copied before the
+    // CPU runs (its result may reuse their bytes).
+    if (isRouterGrad(instr.kernel)) {
+      TensorView logits = cpu.view(*fn, instr.inputs[0]);
+      EXPECT_TRUE(gpu.toDevice(gpu.deviceView(*fn, instr.inputs[0]), logits.data).ok());
+    }
     Status s = cpu.runInstruction(*fn, i);
     EXPECT_TRUE(s.ok()) << s.message();
     s = gpu.runInstruction(*fn, i);
     EXPECT_TRUE(s.ok()) << s.message();
     if (!s.ok())
       return rerouted;
-    const InstrDesc &instr = fn->instrs[i];
     if (!isRouter(instr.kernel))
       continue;
     TensorView want = cpu.view(*fn, instr.outputs[1]); // [tokens, k] expert indices
@@ -197,7 +207,9 @@ void compareEntryPoints(const char *step, const char *attention) {
   }
   // Every gradient, tensor by tensor, by the relative norm of its error.
   // fp32 steps routed the same way on both sides on their own; with the
-  // routing fixed, bf16 steps are held to the same bound. cuDNN's attention
+  // routing fixed, bf16 MoE steps are held to a bound a little above the
+  // dense bf16 step's (their expert products round two more bf16
+  // intermediates: 2.3 % measured on an H100, against 1.6 %). cuDNN's attention
   // rounds the probabilities and dS to bf16 before the second product of
   // each pair (as PyTorch's flash and cuDNN attention do; the own kernels
   // keep about 16 bits), which moves the bf16 steps' gradients by a few
@@ -206,7 +218,8 @@ void compareEntryPoints(const char *step, const char *attention) {
   const bool cudnn = bf16 && std::string(attention) == "cudnn";
   EXPECT_TRUE(bf16 || rerouted == 0)
       << step << ": " << rerouted << " tokens routed to other experts than on the CPU in fp32";
-  const double perTensor = cudnn ? 8e-2 : 2e-2;
+  const bool routedInBf16 = bf16 && std::string(step).find("g3moe") != std::string::npos;
+  const double perTensor = cudnn ? 8e-2 : routedInBf16 ? 3e-2 : 2e-2;
   double worst = 0;
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
