@@ -3,8 +3,9 @@
 // The input is a config file as g3moe-compile reads it: an HF config.json or
 // a training preset, whose model path resolves against examples/presets (so
 // the presets' "../gemma-3-4b-it" finds a real model config). A short input
-// is also tried as the value of a --set override on the tiny G3MoE config,
-// with the key chosen by its length.
+// is also tried as a --set override on the tiny G3MoE config: "key=value"
+// (dotted keys edit inside a field), or without '=' the value of a key chosen
+// by its length.
 //
 //===----------------------------------------------------------------------===//
 
@@ -53,8 +54,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   llvm::StringRef text(reinterpret_cast<const char *>(data), size);
   parse(text, examples + "/presets");
   if (size <= 256) {
-    // "key=value" sets that key (dotted keys edit inside a field); anything
-    // else is the value of one of the keys above.
     auto [key, value] = text.split('=');
     ConfigOverride set{key.str(), value.str()};
     if (!text.contains('='))
