@@ -21,7 +21,7 @@ def G3MoELowerToG3RTPass : Pass<"g3moe-lower-to-g3rt", "mlir::ModuleOp"> {
     * returned values become `g3rt.output`s (`loss`, `grad_norm`,
       `learning_rate`, `grad:<param>`) or copies into their persistent buffer.
   }];
-  let dependentDialects = ["::g3rt_ir::G3RTDialect", "::mlir::func::FuncDialect"];
+  let dependentDialects = ["::g3moe::lowered::G3RTDialect", "::mlir::func::FuncDialect"];
 }
 
 #endif // G3MOE_CONVERSION_PASSES_TD

@@ -59,12 +59,12 @@ void printMemoryReport(mlir::ModuleOp module, raw_ostream &os) {
     arena = a.getInt();
   os << "g3moe-compile: arena " << arena << " bytes (" << mib(arena) << ")\n";
   for (auto func : module.getOps<mlir::func::FuncOp>()) {
-    g3rt_ir::MemoryReport r = g3rt_ir::reportMemory(func);
+    g3moe::lowered::MemoryReport r = g3moe::lowered::reportMemory(func);
     os << "  @" << func.getSymName() << ": arena " << mib(r.arenaBytes)
        << ", peak live " << mib(r.peakLiveBytes) << " at launch " << r.peakLaunch
        << "; largest live there:\n";
     for (size_t i = 0; i < r.liveAtPeak.size() && i < 5; ++i) {
-      g3rt_ir::BufferLife l = r.liveAtPeak[i];
+      g3moe::lowered::BufferLife l = r.liveAtPeak[i];
       os << "    " << mib(l.bytes) << "  " << l.buffer.getType();
       if (l.producer) {
         os << " from " << l.producer.getKernel();

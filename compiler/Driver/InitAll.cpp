@@ -13,14 +13,14 @@
 #include "mlir/Transforms/Passes.h"
 
 void g3moe::registerAllDialects(mlir::DialectRegistry &registry) {
-  registry.insert<g3moe::G3MoEDialect, g3rt_ir::G3RTDialect, mlir::func::FuncDialect,
+  registry.insert<g3moe::G3MoEDialect, g3moe::lowered::G3RTDialect, mlir::func::FuncDialect,
                   mlir::arith::ArithDialect>();
 }
 
 void g3moe::registerAllPasses() {
   g3moe::registerG3MoEPasses();
   g3moe::registerG3MoEConversionPasses();
-  g3rt_ir::registerG3RTPasses();
+  g3moe::lowered::registerG3RTPasses();
   g3moe::registerTrainingPipeline();
   mlir::registerCanonicalizerPass();
   mlir::registerCSEPass();

@@ -116,11 +116,11 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
   // Each function declares the persistent buffers it touches; the runtime
   // allocates each (kind, name) once.
   std::set<std::pair<std::string, std::string>> seen;
-  step.walk([&](g3rt_ir::BufferOp buffer) {
-    if (buffer.getKind() == g3rt_ir::kArena)
+  step.walk([&](g3moe::lowered::BufferOp buffer) {
+    if (buffer.getKind() == g3moe::lowered::kArena)
       return;
     if (seen.insert({buffer.getKind().str(), buffer.getName().value_or("").str()}).second)
-      memory.persistentBytes += g3rt_ir::bufferBytes(buffer.getType());
+      memory.persistentBytes += g3moe::lowered::bufferBytes(buffer.getType());
   });
   return memory;
 }

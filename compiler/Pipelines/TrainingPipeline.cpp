@@ -75,7 +75,7 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm,
     pm.addPass(createG3MoERecomputePass(recompute));
   }
   pm.addPass(createG3MoELowerToG3RTPass());
-  pm.addPass(g3rt_ir::createG3RTPlanMemoryPass());
+  pm.addPass(g3moe::lowered::createG3RTPlanMemoryPass());
 }
 
 void g3moe::registerTrainingPipeline() {

@@ -367,20 +367,20 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
   };
 
   for (Operation &op : func.getBody().front()) {
-    if (auto buffer = dyn_cast<g3rt_ir::BufferOp>(op)) {
+    if (auto buffer = dyn_cast<g3moe::lowered::BufferOp>(op)) {
       fbs::BufferKind kind = kindOf(buffer.getKind());
       if (kind == fbs::BufferKind::Arena && !buffer.getOffset())
         return buffer.emitOpError("has no offset: run --g3rt-plan-memory first");
       if (failed(addBuffer(buffer, kind, buffer.getName().value_or(""),
                            uint64_t(buffer.getOffset().value_or(0)), -1)))
         return failure();
-    } else if (auto view = dyn_cast<g3rt_ir::ViewOp>(op)) {
-      g3rt_ir::BufferOp root = g3rt_ir::rootBuffer(view);
+    } else if (auto view = dyn_cast<g3moe::lowered::ViewOp>(op)) {
+      g3moe::lowered::BufferOp root = g3moe::lowered::rootBuffer(view);
       if (failed(addBuffer(view, kindOf(root.getKind()), root.getName().value_or(""),
                            uint64_t(root.getOffset().value_or(0)),
                            int32_t(index.lookup(view.getSource())))))
         return failure();
-    } else if (auto launch = dyn_cast<g3rt_ir::LaunchOp>(op)) {
+    } else if (auto launch = dyn_cast<g3moe::lowered::LaunchOp>(op)) {
       std::vector<uint32_t> ins, outs;
       for (Value v : launch.getIns())
         ins.push_back(index.lookup(v));
@@ -393,7 +393,7 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
       instrs.push_back(fbs::CreateInstr(fb, fb.CreateString(launch.getKernel().str()),
                                         fb.CreateVector(ins), fb.CreateVector(outs),
                                         fb.CreateVector(attrs)));
-    } else if (auto output = dyn_cast<g3rt_ir::OutputOp>(op)) {
+    } else if (auto output = dyn_cast<g3moe::lowered::OutputOp>(op)) {
       outputs.push_back(fbs::CreateBinding(fb, fb.CreateString(output.getName().str()),
                                            index.lookup(output.getBuffer())));
     } else if (!isa<func::ReturnOp>(op)) {

@@ -84,17 +84,17 @@ Value FunctionLowering::persistent(const Binding &binding, Type type, Location l
   auto it = persistentBuffers.find(binding);
   if (it != persistentBuffers.end())
     return it->second;
-  auto buffer = g3rt_ir::BufferOp::create(b, loc, bufferType(type),
-                                          b.getStringAttr(binding.first),
-                                          b.getStringAttr(binding.second), IntegerAttr());
+  auto buffer =
+      g3moe::lowered::BufferOp::create(b, loc, bufferType(type), b.getStringAttr(binding.first),
+                                       b.getStringAttr(binding.second), IntegerAttr());
   persistentBuffers[binding] = buffer;
   return buffer;
 }
 
 Value FunctionLowering::arena(Type tensorType, Location loc) {
-  return g3rt_ir::BufferOp::create(b, loc, bufferType(tensorType),
-                                   b.getStringAttr(g3rt_ir::kArena), StringAttr(),
-                                   IntegerAttr());
+  return g3moe::lowered::BufferOp::create(b, loc, bufferType(tensorType),
+                                          b.getStringAttr(g3moe::lowered::kArena), StringAttr(),
+                                          IntegerAttr());
 }
 
 Value FunctionLowering::inPlaceTarget(Operation *op, unsigned resultIndex) {
@@ -147,8 +147,8 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
     return success();
   }
   if (isa<g3moe::ReshapeOp, g3moe::StopGradientOp>(op)) {
-    Value view = g3rt_ir::ViewOp::create(b, loc, bufferType(op->getResult(0).getType()),
-                                         map.lookup(op->getOperand(0)));
+    Value view = g3moe::lowered::ViewOp::create(b, loc, bufferType(op->getResult(0).getType()),
+                                                map.lookup(op->getOperand(0)));
     map.map(op->getResult(0), view);
     return success();
   }
@@ -158,7 +158,7 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
       return op->emitOpError("g3moe-lower-to-g3rt: only float splat constants are supported");
     Value buffer = arena(cst.getType(), loc);
     double value = dense.getSplatValue<APFloat>().convertToDouble();
-    g3rt_ir::LaunchOp::create(
+    g3moe::lowered::LaunchOp::create(
         b, loc, b.getStringAttr("fill"), ValueRange(), ValueRange{buffer},
         b.getDictionaryAttr(b.getNamedAttr("value", b.getF64FloatAttr(value))));
     map.map(cst.getResult(), buffer);
@@ -183,8 +183,8 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
     if (a.getName() != "operandSegmentSizes" && a.getName() != "resultSegmentSizes")
       attrs.push_back(a);
   StringRef kernel = op->getName().stripDialect();
-  g3rt_ir::LaunchOp::create(b, loc, b.getStringAttr(kernel), ins, outs,
-                            b.getDictionaryAttr(attrs));
+  g3moe::lowered::LaunchOp::create(b, loc, b.getStringAttr(kernel), ins, outs,
+                                   b.getDictionaryAttr(attrs));
   return success();
 }
 
@@ -196,8 +196,8 @@ LogicalResult FunctionLowering::lowerReturn(func::ReturnOp ret) {
     if (auto binding = persistentBinding(attrs)) {
       Value target = persistent(*binding, value.getType(), loc);
       if (buffer != target)
-        g3rt_ir::LaunchOp::create(b, loc, b.getStringAttr("copy"), ValueRange{buffer},
-                                  ValueRange{target}, b.getDictionaryAttr({}));
+        g3moe::lowered::LaunchOp::create(b, loc, b.getStringAttr("copy"), ValueRange{buffer},
+                                         ValueRange{target}, b.getDictionaryAttr({}));
       continue;
     }
     std::string name;
@@ -208,7 +208,7 @@ LogicalResult FunctionLowering::lowerReturn(func::ReturnOp ret) {
     else
       return func.emitOpError("g3moe-lower-to-g3rt: result ")
              << i << " has no g3moe.output, g3moe.grad or persistent tag";
-    g3rt_ir::OutputOp::create(b, loc, b.getStringAttr(name), buffer);
+    g3moe::lowered::OutputOp::create(b, loc, b.getStringAttr(name), buffer);
   }
   return success();
 }

@@ -6,7 +6,7 @@
 #include "llvm/ADT/StringSwitch.h"
 
 using namespace mlir;
-using namespace g3rt_ir;
+using namespace g3moe::lowered;
 
 #include "dialects/G3RT/IR/G3RTDialect.cpp.inc"
 
@@ -17,13 +17,13 @@ void G3RTDialect::initialize() {
       >();
 }
 
-bool g3rt_ir::isPersistentKind(StringRef kind) {
+bool g3moe::lowered::isPersistentKind(StringRef kind) {
   return llvm::StringSwitch<bool>(kind)
       .Cases({"param", "grad_acc", "exp_avg", "exp_avg_sq", "input"}, true)
       .Default(false);
 }
 
-BufferOp g3rt_ir::rootBuffer(Value buffer) {
+BufferOp g3moe::lowered::rootBuffer(Value buffer) {
   while (auto view = buffer.getDefiningOp<ViewOp>())
     buffer = view.getSource();
   return buffer.getDefiningOp<BufferOp>();

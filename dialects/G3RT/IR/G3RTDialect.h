@@ -19,13 +19,13 @@
 #define GET_OP_CLASSES
 #include "dialects/G3RT/IR/G3RT.h.inc"
 
-namespace g3rt_ir {
+namespace g3moe::lowered {
 /// Buffer kinds, as `g3rt.buffer` spells them.
 inline constexpr llvm::StringLiteral kArena = "arena";
 /// True for the kinds the runtime keeps across calls and binds by name.
 bool isPersistentKind(llvm::StringRef kind);
 /// The buffer a (chain of) `g3rt.view` ends at.
 BufferOp rootBuffer(mlir::Value buffer);
-} // namespace g3rt_ir
+} // namespace g3moe::lowered
 
 #endif // G3MOE_DIALECTS_G3RT_IR_G3RTDIALECT_H

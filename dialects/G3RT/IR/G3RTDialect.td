@@ -14,7 +14,8 @@ include "mlir/Interfaces/SideEffectInterfaces.td"
 
 def G3RT_Dialect : Dialect {
   let name = "g3rt";
-  let cppNamespace = "::g3rt_ir";
+  // Not ::g3rt, the namespace of the runtime that executes these ops.
+  let cppNamespace = "::g3moe::lowered";
   let summary = "Kernel launches on buffers: the program the g3moe runtime executes";
   let description = [{
     A g3rt function is a straight-line list of `g3rt.launch` ops over buffers

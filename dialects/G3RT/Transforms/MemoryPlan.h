@@ -13,7 +13,7 @@
 
 #include <vector>
 
-namespace g3rt_ir {
+namespace g3moe::lowered {
 
 /// One arena buffer and the launches it is live across.
 struct BufferLife {
@@ -45,6 +45,6 @@ MemoryReport reportMemory(mlir::func::FuncOp func);
 /// Bytes of a static memref.
 int64_t bufferBytes(mlir::MemRefType type);
 
-} // namespace g3rt_ir
+} // namespace g3moe::lowered
 
 #endif // G3MOE_DIALECTS_G3RT_TRANSFORMS_MEMORYPLAN_H

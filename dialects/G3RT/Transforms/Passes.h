@@ -6,7 +6,7 @@
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "mlir/Pass/Pass.h"
 
-namespace g3rt_ir {
+namespace g3moe::lowered {
 
 #define GEN_PASS_DECL
 #include "dialects/G3RT/Transforms/Passes.h.inc"
@@ -14,6 +14,6 @@ namespace g3rt_ir {
 #define GEN_PASS_REGISTRATION
 #include "dialects/G3RT/Transforms/Passes.h.inc"
 
-} // namespace g3rt_ir
+} // namespace g3moe::lowered
 
 #endif // G3MOE_DIALECTS_G3RT_TRANSFORMS_PASSES_H

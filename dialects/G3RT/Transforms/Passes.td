@@ -16,7 +16,7 @@ def G3RTPlanMemoryPass : Pass<"g3rt-plan-memory", "mlir::ModuleOp"> {
     arena buffer and `g3rt.arena_bytes` on the function, and
     `g3rt.arena_bytes` (the maximum) on the module.
   }];
-  let dependentDialects = ["::g3rt_ir::G3RTDialect"];
+  let dependentDialects = ["::g3moe::lowered::G3RTDialect"];
   let options = [
     Option<"alignment", "alignment", "int64_t", "256",
            "byte alignment of every arena buffer">,

@@ -16,20 +16,20 @@
 
 #include <algorithm>
 
-namespace g3rt_ir {
+namespace g3moe::lowered {
 #define GEN_PASS_DEF_G3RTPLANMEMORYPASS
 #include "dialects/G3RT/Transforms/Passes.h.inc"
-} // namespace g3rt_ir
+} // namespace g3moe::lowered
 
 using namespace mlir;
-using namespace g3rt_ir;
+using namespace g3moe::lowered;
 
-int64_t g3rt_ir::bufferBytes(MemRefType type) {
+int64_t g3moe::lowered::bufferBytes(MemRefType type) {
   int64_t bits = type.getElementTypeBitWidth();
   return type.getNumElements() * std::max<int64_t>(1, bits / 8);
 }
 
-std::vector<BufferLife> g3rt_ir::analyzeArenaLiveness(func::FuncOp func) {
+std::vector<BufferLife> g3moe::lowered::analyzeArenaLiveness(func::FuncOp func) {
   llvm::DenseMap<Operation *, size_t> index;
   std::vector<BufferLife> lives;
   int64_t step = 0;
@@ -65,7 +65,7 @@ std::vector<BufferLife> g3rt_ir::analyzeArenaLiveness(func::FuncOp func) {
   return lives;
 }
 
-MemoryReport g3rt_ir::reportMemory(func::FuncOp func) {
+MemoryReport g3moe::lowered::reportMemory(func::FuncOp func) {
   MemoryReport report;
   std::vector<BufferLife> lives = analyzeArenaLiveness(func);
   int64_t steps = 0;
@@ -106,8 +106,7 @@ struct Placed {
 
 int64_t alignUp(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
-struct G3RTPlanMemoryPass
-    : g3rt_ir::impl::G3RTPlanMemoryPassBase<G3RTPlanMemoryPass> {
+struct G3RTPlanMemoryPass : g3moe::lowered::impl::G3RTPlanMemoryPassBase<G3RTPlanMemoryPass> {
   using Base::Base;
 
   void runOnOperation() override {

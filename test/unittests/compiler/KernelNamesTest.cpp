@@ -39,7 +39,7 @@ class KernelNames : public ::testing::Test {
 protected:
   KernelNames() {
     mlir::DialectRegistry registry;
-    registry.insert<g3moe::G3MoEDialect, g3rt_ir::G3RTDialect, mlir::func::FuncDialect,
+    registry.insert<g3moe::G3MoEDialect, g3moe::lowered::G3RTDialect, mlir::func::FuncDialect,
                     mlir::arith::ArithDialect>();
     context.appendDialectRegistry(registry);
     context.loadAllAvailableDialects();
@@ -118,7 +118,7 @@ TEST_F(KernelNames, TheLoweringLaunchesWhatTheSetsSay) {
   pm.addPass(g3moe::createG3MoELowerToG3RTPass());
   ASSERT_TRUE(mlir::succeeded(pm.run(*module)));
   std::set<std::string> launched;
-  module->walk([&](g3rt_ir::LaunchOp launch) { launched.insert(launch.getKernel().str()); });
+  module->walk([&](g3moe::lowered::LaunchOp launch) { launched.insert(launch.getKernel().str()); });
   EXPECT_EQ(launched, kLoweringKernels);
 }
 
