@@ -10,6 +10,7 @@
 #include "frontend/ModelBuilder.h"
 
 #include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "runtime/base/labels.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
@@ -20,9 +21,6 @@ using namespace mlir;
 using namespace g3moe::frontend;
 
 namespace {
-
-/// The label value that takes no loss (HF / PyTorch convention).
-constexpr int64_t kIgnoreIndex = -100;
 
 class StepBuilder {
 public:
@@ -468,7 +466,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   at("loss");
   SmallVector<Value> terms = {g3moe::CrossEntropyOp::create(
       b, loc, tensor({}, f32()), logits, targets, numItems,
-      b.getI64IntegerAttr(kIgnoreIndex))};
+      b.getI64IntegerAttr(g3rt::kIgnoreIndex))};
   SmallVector<double> coefficients = {1.0};
   if (t.loadBalancingLoss && !routerLogits.empty()) {
     terms.push_back(g3moe::LoadBalancingLossOp::create(
@@ -503,7 +501,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   if (evalOutputs) {
     auto accuracy = g3moe::TokenAccuracyOp::create(
         b, loc, tensor({}, f32()), tensor({}, f32()), logits, targets,
-        b.getI64IntegerAttr(kIgnoreIndex));
+        b.getI64IntegerAttr(g3rt::kIgnoreIndex));
     results.push_back(accuracy.getCorrect());
     results.push_back(accuracy.getTotal());
   }

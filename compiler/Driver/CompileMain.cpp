@@ -16,7 +16,7 @@
 #include "compiler/Pipelines/TrainingPipeline.h"
 #include "compiler/Serialize/StepWriter.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
-#include "runtime/schemas/container.h"
+#include "runtime/base/file.h"
 #include "frontend/Config.h"
 #include "frontend/ModelBuilder.h"
 

@@ -10,9 +10,9 @@
 
 #include "runtime/data/formats.h"
 
+#include "runtime/base/labels.h"
 #include "runtime/data/chat_template.h"
 #include "runtime/data/tokenizer.h"
-#include "runtime/train/data.h"
 
 #include <nlohmann/json.hpp>
 

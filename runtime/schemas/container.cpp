@@ -2,13 +2,7 @@
 
 #include "runtime/schemas/container.h"
 
-#include "runtime/base/file.h"
-
-#include <cerrno>
-#include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <unistd.h>
 
 namespace g3rt {
 
@@ -81,39 +75,6 @@ Status unwrapStepPayload(const std::vector<uint8_t> &file, size_t &payloadOffset
     return Status::error("step.bin is corrupt: the payload checksum does not match");
   payloadOffset = kStepHeaderBytes;
   payloadSize = size_t(size);
-  return Status();
-}
-
-Status writeFileAtomically(const std::string &path, const std::vector<uint8_t> &bytes) {
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      return Status::error("cannot write " + tmp + ": " + std::strerror(errno));
-    out.write(reinterpret_cast<const char *>(bytes.data()), std::streamsize(bytes.size()));
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      return Status::error("cannot write " + tmp + ": " + std::strerror(errno));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::string why = std::strerror(errno);
-    std::remove(tmp.c_str());
-    return Status::error("cannot rename " + tmp + " to " + path + ": " + why);
-  }
-  return Status();
-}
-
-Status readFile(const std::string &path, std::vector<uint8_t> &bytes, const std::string &what) {
-  std::ifstream in;
-  uint64_t size = 0;
-  G3RT_RETURN_IF_ERROR(openForReading(path, in, std::ios::binary, what, &size));
-  bytes.resize(size_t(size));
-  if (size > 0 && !in.read(reinterpret_cast<char *>(bytes.data()), std::streamsize(size)))
-    return Status::error("cannot read " + path + ": " +
-                         (in.eof() ? std::string("the file shrank while read")
-                                   : std::string(std::strerror(errno))));
   return Status();
 }
 

@@ -10,6 +10,9 @@
 #ifndef G3MOE_RUNTIME_SCHEMAS_CONTAINER_H
 #define G3MOE_RUNTIME_SCHEMAS_CONTAINER_H
 
+// readFile and writeFileAtomically moved to base/file.h; some of their
+// callers still find them through this header.
+#include "runtime/base/file.h"
 #include "runtime/base/status.h"
 
 #include <cstddef>
@@ -37,15 +40,6 @@ std::vector<uint8_t> wrapStepPayload(const uint8_t *payload, size_t size);
 /// recompile it with this g3moe-compile), truncated, corrupt.
 Status unwrapStepPayload(const std::vector<uint8_t> &file, size_t &payloadOffset,
                          size_t &payloadSize);
-
-/// Writes `bytes` to `path` atomically (a temporary file in the same folder,
-/// then rename), so a crash never leaves a half-written file behind.
-Status writeFileAtomically(const std::string &path, const std::vector<uint8_t> &bytes);
-
-/// Reads a whole regular file; a folder, a missing or an unreadable file is
-/// an error naming it, after `what` where given (openForReading's).
-Status readFile(const std::string &path, std::vector<uint8_t> &bytes,
-                const std::string &what = "");
 
 } // namespace g3rt
 

@@ -13,7 +13,6 @@
 #include "runtime/data/formats.h"
 #include "runtime/data/line_reader.h"
 #include "runtime/data/tokenizer.h"
-#include "runtime/schemas/container.h"
 
 #include <nlohmann/json.hpp>
 

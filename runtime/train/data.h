@@ -12,6 +12,7 @@
 #ifndef G3MOE_RUNTIME_TRAIN_DATA_H
 #define G3MOE_RUNTIME_TRAIN_DATA_H
 
+#include "runtime/base/labels.h"
 #include "runtime/base/status.h"
 #include "runtime/step/config.h"
 
@@ -20,9 +21,6 @@
 #include <vector>
 
 namespace g3rt {
-
-/// Label value that takes no loss.
-inline constexpr int32_t kIgnoreIndex = -100;
 
 /// One row of a micro-batch before padding: a single example, or several
 /// packed ones. `labels` are unshifted (the label of position t is the token

@@ -10,7 +10,6 @@
 #include "runtime/base/file.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
-#include "runtime/schemas/container.h"
 #include "runtime/step/program.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/output_dir.h"
