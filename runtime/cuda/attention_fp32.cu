@@ -310,6 +310,79 @@ __global__ void __launch_bounds__(kThreads, 1) attentionForward(AttnArgs p) {
   storeTile<RQ, D>(p.o, p.ot, p, b, q0, h, p.nh, ty, tx, acc, inv);
 }
 
+// Sweep 1 of pass A on one key tile (scores s, dP = dO·V^T): finishes the
+// scores in place and merges the tile into each row's online max m,
+// denominator l and Dsum = sum_j e_j dP_j, rescaled like the denominator so
+// that Dsum / l = sum_j P_j dP_j.
+template <int RQ, int RK>
+__device__ __forceinline__ void mergeRowStats(const AttnArgs &p, unsigned vis, float (&s)[RQ][RK],
+                                              const float (&dP)[RQ][RK], float (&m)[RQ],
+                                              float (&l)[RQ], float (&Dsum)[RQ]) {
+#pragma unroll
+  for (int a = 0; a < RQ; ++a) {
+    const float mNew = finishRow<RK>(p, vis >> (a * RK), s[a], m[a]);
+    float alpha = 1.0f, rowSum = 0.0f, rowD = 0.0f;
+    if (mNew != kNegInf) {
+      alpha = expf(m[a] - mNew);
+#pragma unroll
+      for (int c = 0; c < RK; ++c)
+        if ((vis >> (a * RK + c)) & 1u) {
+          const float e = expf(s[a][c] - mNew);
+          rowSum += e;
+          rowD += e * dP[a][c];
+        }
+    }
+    rowSum = halfWarpSum(rowSum);
+    rowD = halfWarpSum(rowD);
+    l[a] = l[a] * alpha + rowSum;
+    Dsum[a] = Dsum[a] * alpha + rowD;
+    m[a] = mNew;
+  }
+}
+
+// The end of sweep 1: D = Dsum / l of each of this thread's rows (0 for a
+// row that saw no key) into Drow, and the row statistics (max, denominator,
+// D) that pass B reads into p.stats.
+template <int RQ>
+__device__ __forceinline__ void storeRowStats(const AttnArgs &p, int b, int h, int q0, int ty,
+                                              int tx, const float (&m)[RQ], const float (&l)[RQ],
+                                              const float (&Dsum)[RQ], float (&Drow)[RQ]) {
+#pragma unroll
+  for (int a = 0; a < RQ; ++a) {
+    Drow[a] = l[a] > 0.0f ? Dsum[a] / l[a] : 0.0f;
+    const int i = q0 + ty * RQ + a;
+    if (tx == 0 && i < p.T) {
+      float *st = p.stats + ((int64_t(b) * p.nh + h) * p.T + i) * 3;
+      st[0] = l[a] > 0.0f ? m[a] : 0.0f;
+      st[1] = l[a];
+      st[2] = Drow[a];
+    }
+  }
+}
+
+// Sweep 2 of pass A on one key tile: dS = P (dP - D) times the cap's slope
+// from the raw scores s and the rows' statistics, into the shared tile sP
+// (0 where masked).
+template <int RQ, int RK, int LDP>
+__device__ __forceinline__ void scoreGradTile(const AttnArgs &p, unsigned vis,
+                                              const float (&s)[RQ][RK],
+                                              const float (&dP)[RQ][RK], const float (&m)[RQ],
+                                              const float (&l)[RQ], const float (&Drow)[RQ],
+                                              int ty, int tx, float *sP) {
+#pragma unroll
+  for (int a = 0; a < RQ; ++a)
+#pragma unroll
+    for (int c = 0; c < RK; ++c) {
+      float ds = 0.0f;
+      if ((vis >> (a * RK + c)) & 1u) {
+        const float sc = finishScore(p, s[a][c]);
+        const float P = expf(sc - m[a]) / l[a];
+        ds = P * (dP[a][c] - Drow[a]) * capSlope(p, sc);
+      }
+      sP[(ty * RQ + a) * LDP + tx + 16 * c] = ds;
+    }
+}
+
 // Backward pass A: one block per (query tile, head, batch). Writes the row
 // statistics and dq.
 template <int D>
@@ -335,8 +408,7 @@ __global__ void __launch_bounds__(kThreads, 1) attentionBackwardQ(AttnArgs p) {
   const int kFirst = p.window > 0 ? max(0, q0 - p.window + 1) : 0;
   const int kStart = kFirst / BK * BK;
 
-  // Sweep 1: online max, denominator and D = sum_j e_j dP_j (rescaled like
-  // the denominator), so that D / l = sum_j P_j dP_j.
+  // Sweep 1: online max, denominator and D.
   float m[RQ], l[RQ], Dsum[RQ];
 #pragma unroll
   for (int a = 0; a < RQ; ++a) {
@@ -351,39 +423,10 @@ __global__ void __launch_bounds__(kThreads, 1) attentionBackwardQ(AttnArgs p) {
     float s[RQ][RK], dP[RQ][RK];
     dotTile<RQ, RK, LD>(sQ, sK, dp, ty, tx, s);
     dotTile<RQ, RK, LD>(sDO, sV, dp, ty, tx, dP);
-#pragma unroll
-    for (int a = 0; a < RQ; ++a) {
-      const float mNew = finishRow<RK>(p, vis >> (a * RK), s[a], m[a]);
-      float alpha = 1.0f, rowSum = 0.0f, rowD = 0.0f;
-      if (mNew != kNegInf) {
-        alpha = expf(m[a] - mNew);
-#pragma unroll
-        for (int c = 0; c < RK; ++c)
-          if ((vis >> (a * RK + c)) & 1u) {
-            const float e = expf(s[a][c] - mNew);
-            rowSum += e;
-            rowD += e * dP[a][c];
-          }
-      }
-      rowSum = halfWarpSum(rowSum);
-      rowD = halfWarpSum(rowD);
-      l[a] = l[a] * alpha + rowSum;
-      Dsum[a] = Dsum[a] * alpha + rowD;
-      m[a] = mNew;
-    }
+    mergeRowStats<RQ, RK>(p, vis, s, dP, m, l, Dsum);
   }
   float Drow[RQ];
-#pragma unroll
-  for (int a = 0; a < RQ; ++a) {
-    Drow[a] = l[a] > 0.0f ? Dsum[a] / l[a] : 0.0f;
-    const int i = q0 + ty * RQ + a;
-    if (tx == 0 && i < p.T) {
-      float *st = p.stats + ((int64_t(b) * p.nh + h) * p.T + i) * 3;
-      st[0] = l[a] > 0.0f ? m[a] : 0.0f;
-      st[1] = l[a];
-      st[2] = Drow[a];
-    }
-  }
+  storeRowStats<RQ>(p, b, h, q0, ty, tx, m, l, Dsum, Drow);
 
   // Sweep 2: dS = P (dP - D) slope, dq = sum_j dS_j k_j.
   float4 acc[RQ][C4];
@@ -399,18 +442,7 @@ __global__ void __launch_bounds__(kThreads, 1) attentionBackwardQ(AttnArgs p) {
     float s[RQ][RK], dP[RQ][RK];
     dotTile<RQ, RK, LD>(sQ, sK, dp, ty, tx, s);
     dotTile<RQ, RK, LD>(sDO, sV, dp, ty, tx, dP);
-#pragma unroll
-    for (int a = 0; a < RQ; ++a)
-#pragma unroll
-      for (int c = 0; c < RK; ++c) {
-        float ds = 0.0f;
-        if ((vis >> (a * RK + c)) & 1u) {
-          const float sc = finishScore(p, s[a][c]);
-          const float P = expf(sc - m[a]) / l[a];
-          ds = P * (dP[a][c] - Drow[a]) * capSlope(p, sc);
-        }
-        sP[(ty * RQ + a) * LDP + tx + 16 * c] = ds;
-      }
+    scoreGradTile<RQ, RK, LDP>(p, vis, s, dP, m, l, Drow, ty, tx, sP);
     __syncthreads();
     accumulateTile<RQ, BK, LDP, D>(sP, sK, ty, tx, acc);
   }

@@ -250,6 +250,15 @@ __device__ __forceinline__ uint32_t fragmentMask(const AttnArgs &p, bool rowsAre
   return vis;
 }
 
+// Clears a warp's 16 x DB*8 accumulator fragments.
+template <int DB> __device__ __forceinline__ void zeroFragments(float (&acc)[DB][4]) {
+#pragma unroll
+  for (int db = 0; db < DB; ++db)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      acc[db][e] = 0.0f;
+}
+
 // Tile shapes. K/V (pass B: Q/dO) tiles are double-buffered, and every
 // kernel stays near 100 KB of shared memory at D = 256 so that two blocks
 // (eight warps) share a multiprocessor.
@@ -376,11 +385,7 @@ __global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
   bool keyMine = tid >= BK || kseg == seg0;
 
   float o[DB][4], m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-  for (int db = 0; db < DB; ++db)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      o[db][e] = 0.0f;
+  zeroFragments<DB>(o);
 
   int cur = 0;
   for (int k0 = kStart; k0 <= qLast; k0 += BK, cur ^= 1) {
@@ -439,6 +444,77 @@ __global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
     }
 }
 
+// Sweep 0 of pass A on one key tile (a warp's score fragments s and dP =
+// dO·V^T): finishes the scores in place and merges the tile into the online
+// max m, denominator l and Dsum = sum_j e_j dP_j of the warp's rows g and
+// g + 8, Dsum rescaled like the denominator so that Dsum / l = sum_j P_j dP_j.
+template <int NB>
+__device__ __forceinline__ void mergeFragmentStats(const AttnArgs &p, uint32_t vis,
+                                                   float (&s)[NB][4], const float (&dP)[NB][4],
+                                                   float (&m)[2], float (&l)[2],
+                                                   float (&Dsum)[2]) {
+  float alpha[2], mNew[2], rowSum[2] = {0.0f, 0.0f}, rowD[2] = {0.0f, 0.0f};
+  finishScores<NB>(p, vis, s, m, mNew, alpha);
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if ((vis >> (nb * 4 + e)) & 1u) {
+        const float ex = expf(s[nb][e] - mNew[e >> 1]);
+        rowSum[e >> 1] += ex;
+        rowD[e >> 1] += ex * dP[nb][e];
+      }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] = l[r] * alpha[r] + quadSum(rowSum[r]);
+    Dsum[r] = Dsum[r] * alpha[r] + quadSum(rowD[r]);
+    m[r] = mNew[r];
+  }
+}
+
+// The end of sweep 0: D = Dsum / l of the warp's rows r0 + g and r0 + g + 8
+// (g = lane / 4; 0 for a row that saw no key) into Drow, and the row
+// statistics (max, denominator, D) that pass B reads into p.stats, from the
+// quad's first lane.
+__device__ __forceinline__ void storeFragmentStats(const AttnArgs &p, int b, int h, int r0, int g,
+                                                   int lane, const float (&m)[2],
+                                                   const float (&l)[2], const float (&Dsum)[2],
+                                                   float (&Drow)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    Drow[r] = l[r] > 0.0f ? Dsum[r] / l[r] : 0.0f;
+    const int i = r0 + g + 8 * r;
+    if ((lane & 3) == 0 && i < p.T) {
+      float *st = p.stats + ((int64_t(b) * p.nh + h) * p.T + i) * 3;
+      st[0] = l[r] > 0.0f ? m[r] : 0.0f;
+      st[1] = l[r];
+      st[2] = Drow[r];
+    }
+  }
+}
+
+// Sweep 1 of pass A on one key tile: the raw score fragments s become dS =
+// P (dP - D) times the cap's slope, in place (0 where masked).
+template <int NB>
+__device__ __forceinline__ void scoreGradFragments(const AttnArgs &p, uint32_t vis,
+                                                   const float (&m)[2], const float (&l)[2],
+                                                   const float (&Drow)[2],
+                                                   const float (&dP)[NB][4], float (&s)[NB][4]) {
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float ds = 0.0f;
+      if ((vis >> (nb * 4 + e)) & 1u) {
+        const int r = e >> 1;
+        const float sc = finishScore(p, s[nb][e]);
+        const float P = expf(sc - m[r]) / l[r];
+        ds = P * (dP[nb][e] - Drow[r]) * capSlope(p, sc);
+      }
+      s[nb][e] = ds;
+    }
+}
+
 template <int D>
 __global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
   using Cfg = TCTiles<D>;
@@ -465,11 +541,7 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
 
   float m[2] = {kNegInf, kNegInf}, l[2] = {0.0f, 0.0f}, Dsum[2] = {0.0f, 0.0f};
   float dq[DB][4];
-#pragma unroll
-  for (int db = 0; db < DB; ++db)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      dq[db][e] = 0.0f;
+  zeroFragments<DB>(dq);
   float Drow[2] = {0.0f, 0.0f};
 
   // Sweep 0: online max, denominator and D (rescaled like the denominator).
@@ -503,37 +575,9 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
         scoreTiles<NB, LDS>(sQ, warp * 16, K, kSteps, lane, s);
         scoreTiles<NB, LDS>(sDO, warp * 16, V, kSteps, lane, dP);
         if (sweep == 0) {
-          float alpha[2], mNew[2], rowSum[2] = {0.0f, 0.0f}, rowD[2] = {0.0f, 0.0f};
-          finishScores<NB>(p, vis, s, m, mNew, alpha);
-#pragma unroll
-          for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e)
-              if ((vis >> (nb * 4 + e)) & 1u) {
-                const float ex = expf(s[nb][e] - mNew[e >> 1]);
-                rowSum[e >> 1] += ex;
-                rowD[e >> 1] += ex * dP[nb][e];
-              }
-#pragma unroll
-          for (int r = 0; r < 2; ++r) {
-            l[r] = l[r] * alpha[r] + quadSum(rowSum[r]);
-            Dsum[r] = Dsum[r] * alpha[r] + quadSum(rowD[r]);
-            m[r] = mNew[r];
-          }
+          mergeFragmentStats<NB>(p, vis, s, dP, m, l, Dsum);
         } else {
-#pragma unroll
-          for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              float ds = 0.0f;
-              if ((vis >> (nb * 4 + e)) & 1u) {
-                const int r = e >> 1;
-                const float sc = finishScore(p, s[nb][e]);
-                const float P = expf(sc - m[r]) / l[r];
-                ds = P * (dP[nb][e] - Drow[r]) * capSlope(p, sc);
-              }
-              s[nb][e] = ds;
-            }
+          scoreGradFragments<NB>(p, vis, m, l, Drow, dP, s);
           accumulateTiles<NB, D>(s, K, kSteps, lane, dq);
         }
       }
@@ -541,22 +585,56 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
         sSegK[(cur ^ 1) * BK + tid] = nseg;
       keyMine = tid >= BK || nseg == seg0;
     }
-    if (sweep == 0) {
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        Drow[r] = l[r] > 0.0f ? Dsum[r] / l[r] : 0.0f;
-        const int i = q0 + warp * 16 + g + 8 * r;
-        if ((lane & 3) == 0 && i < p.T) {
-          float *st = p.stats + ((int64_t(b) * p.nh + h) * p.T + i) * 3;
-          st[0] = l[r] > 0.0f ? m[r] : 0.0f;
-          st[1] = l[r];
-          st[2] = Drow[r];
-        }
-      }
-    }
+    if (sweep == 0)
+      storeFragmentStats(p, b, h, q0 + warp * 16, g, lane, m, l, Dsum, Drow);
   }
   const float mul[2] = {p.scale, p.scale};
   storeFragments<D>(p.dq, p.dqt, p, b, q0 + warp * 16, h, p.nh, lane, dq, mul);
+}
+
+// What thread tid < BQB of pass B carries of a (query head, query tile) step
+// from issuing its loads to publishing them: query row tid's segment id and
+// statistics (max, denominator, D), in registers while the previous step is
+// computed.
+struct QueryRow {
+  long long seg;
+  float m, l, drow;
+};
+
+// Stores a step's QueryRow into buffer `buf` of the segment ids sSegQ
+// ([2][BQB]) and statistics sStats ([2][3][BQB]).
+template <int BQB>
+__device__ __forceinline__ void publishQueryRow(int buf, const QueryRow &row, int tid,
+                                                long long *sSegQ, float *sStats) {
+  if (tid < BQB) {
+    sSegQ[buf * BQB + tid] = row.seg;
+    sStats[(buf * 3 + 0) * BQB + tid] = row.m;
+    sStats[(buf * 3 + 1) * BQB + tid] = row.l;
+    sStats[(buf * 3 + 2) * BQB + tid] = row.drow;
+  }
+}
+
+// Pass B's terms of one (key tile, query tile) step, in place of the warp's
+// transposed score fragments s (rows: its keys, columns: the queries, whose
+// statistics are sM, sL and sD): P for dV, or dS = P (dP - D) times the
+// cap's slope for dK; 0 where masked.
+template <int NB, bool DK>
+__device__ __forceinline__ void keyGradFragments(const AttnArgs &p, uint32_t vis, const float *sM,
+                                                 const float *sL, const float *sD, int tq,
+                                                 const float (&dP)[NB][4], float (&s)[NB][4]) {
+#pragma unroll
+  for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float x = 0.0f;
+      if ((vis >> (nb * 4 + e)) & 1u) {
+        const int c = nb * 8 + 2 * tq + (e & 1);
+        const float sc = finishScore(p, s[nb][e]);
+        const float P = expf(sc - sM[c]) / sL[c];
+        x = DK ? P * (dP[nb][e] - sD[c]) * capSlope(p, sc) : P;
+      }
+      s[nb][e] = x;
+    }
 }
 
 // Backward pass B on tensor cores, one gradient per launch (dK or dV): with
@@ -595,16 +673,12 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardKVTC(AttnArgs p) 
 
   // Step (gi, q0) -> its query tile's loads: Q and dO asynchronously, the
   // segment id and statistics of row tid into registers.
-  struct Row {
-    long long seg;
-    float m, l, drow;
-  };
-  auto issue = [&](int gi, int qt, int buf, Row &row) {
+  auto issue = [&](int gi, int qt, int buf, QueryRow &row) {
     const int h = kh * p.group + gi;
     loadTileBF16<BQB, D>(sQ + buf * BQB * LDS, p.q, b, qt, h, p.nh, p);
     loadTileBF16<BQB, D>(sDO + buf * BQB * LDS, p.dout, b, qt, h, p.nh, p);
     cpAsyncCommit();
-    row = Row{0, 0.0f, 0.0f, 0.0f};
+    row = QueryRow{0, 0.0f, 0.0f, 0.0f};
     if (tid < BQB && qt + tid < p.T) {
       row.seg = segmentAt(p, b, qt + tid);
       const float *st = p.stats + ((int64_t(b) * p.nh + h) * p.T + qt + tid) * 3;
@@ -613,27 +687,15 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardKVTC(AttnArgs p) 
       row.drow = st[2];
     }
   };
-  auto publish = [&](int buf, const Row &row) {
-    if (tid < BQB) {
-      sSegQ[buf * BQB + tid] = row.seg;
-      sStats[(buf * 3 + 0) * BQB + tid] = row.m;
-      sStats[(buf * 3 + 1) * BQB + tid] = row.l;
-      sStats[(buf * 3 + 2) * BQB + tid] = row.drow;
-    }
-  };
 
-  Row row;
+  QueryRow row;
   issue(0, qStart, 0, row);
-  publish(0, row);
+  publishQueryRow<BQB>(0, row, tid, sSegQ, sStats);
   bool queryMine = tid >= BQB || row.seg == seg0;
   const bool kUniform = __syncthreads_and(mine) && k0 + BKB <= p.T;
 
   float acc[DB][4];
-#pragma unroll
-  for (int db = 0; db < DB; ++db)
-#pragma unroll
-    for (int e = 0; e < 4; ++e)
-      acc[db][e] = 0.0f;
+  zeroFragments<DB>(acc);
 
   int cur = 0, gi = 0, q0 = qStart;
   while (gi < p.group) {
@@ -644,7 +706,7 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardKVTC(AttnArgs p) 
       ++gn;
       qn = qStart;
     }
-    Row next{0, 0.0f, 0.0f, 0.0f};
+    QueryRow next{0, 0.0f, 0.0f, 0.0f};
     if (gn < p.group)
       issue(gn, qn, cur ^ 1, next);
     const bf16 *Q = sQ + cur * BQB * LDS, *DO = sDO + cur * BQB * LDS;
@@ -661,22 +723,10 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardKVTC(AttnArgs p) 
       scoreTiles<NB, LDS>(sK, warp * 16, Q, kSteps, lane, s);
       if (DK)
         scoreTiles<NB, LDS>(sV, warp * 16, DO, kSteps, lane, dP);
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = 0.0f;
-          if ((vis >> (nb * 4 + e)) & 1u) {
-            const int c = nb * 8 + 2 * tq + (e & 1);
-            const float sc = finishScore(p, s[nb][e]);
-            const float P = expf(sc - sM[c]) / sL[c];
-            x = DK ? P * (dP[nb][e] - sD[c]) * capSlope(p, sc) : P;
-          }
-          s[nb][e] = x;
-        }
+      keyGradFragments<NB, DK>(p, vis, sM, sL, sD, tq, dP, s);
       accumulateTiles<NB, D>(s, DK ? Q : DO, kSteps, lane, acc);
     }
-    publish(cur ^ 1, next);
+    publishQueryRow<BQB>(cur ^ 1, next, tid, sSegQ, sStats);
     queryMine = tid >= BQB || next.seg == seg0;
     cur ^= 1;
     gi = gn;
