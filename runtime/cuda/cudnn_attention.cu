@@ -384,6 +384,181 @@ Status reserveScratch(const KernelArgs &args, CudnnAttentionState &st, size_t by
 
 size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 
+// Grows the per-batch-row document buffer to B rows.
+Status reserveRows(const KernelArgs &args, CudnnAttentionState &st, int64_t B) {
+  if (st.rowsCapacity >= B)
+    return Status();
+  cudaFree(st.rows);
+  st.rows = nullptr;
+  st.rowsCapacity = 0;
+  cudaError_t e = cudaMalloc(&st.rows, size_t(2 * B) * sizeof(int32_t));
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "allocating the document-length buffer");
+  st.rowsCapacity = B;
+  ++contextOf(args).reallocations;
+  return Status();
+}
+
+// Where each row's document ends, into st.rows, and whether any row is
+// padded. Rows known to be one document each take the padded path, right
+// for full rows too, without a read-back (which a CUDA graph cannot hold);
+// otherwise the lengths are read back, and `why` tells of a row that is not
+// one document followed by padding.
+Status findDocuments(const KernelArgs &args, CudnnAttentionState &st, const AttentionShape &p,
+                     bool &padded, std::string &why) {
+  CudaContext &ctx = contextOf(args);
+  cudaStream_t stream = ctx.stream;
+  const TensorView &seg = args.inputs[3];
+  documentRows<<<unsigned(p.B), 256, 0, stream>>>(seg.data, seg.dtype, p.T, st.rows, p.B);
+  G3RT_CUDA_CHECK_LAUNCH(args, "checking segment ids");
+  padded = true;
+  if (ctx.rowDocuments != CudaContext::RowDocuments::Unknown)
+    return Status();
+  std::vector<int32_t> rows(size_t(2 * p.B));
+  cudaError_t e = cudaMemcpyAsync(rows.data(), st.rows, rows.size() * sizeof(int32_t),
+                                  cudaMemcpyDeviceToHost, stream);
+  if (e == cudaSuccess)
+    e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "reading the document lengths");
+  padded = false;
+  for (int64_t b = 0; b < p.B; ++b) {
+    if (!rows[size_t(p.B + b)]) {
+      why = "batch row " + std::to_string(b) + " is not one document followed by padding";
+      return Status();
+    }
+    padded = padded || rows[size_t(b)] < p.T;
+  }
+  return Status();
+}
+
+/// One call's buffers: the statistics and the forward's output, and for the
+/// backward the masked dO, D = rowsum(dO * O) and the fp32 dq accumulator;
+/// then the plans' workspace.
+struct CallBuffers {
+  float *stats = nullptr;
+  void *o = nullptr, *dO = nullptr, *softmaxSum = nullptr, *dqAccum = nullptr;
+  void *workspace = nullptr;
+  size_t accBytes = 0;
+};
+
+/// The scalars the graphs take by value, bound by address; window 0 means
+/// none (kWindow is then left out).
+struct GraphScalars {
+  float scale, negInf, window, one;
+};
+
+// Lays the call's buffers out in st's scratch memory, grown to fit: the
+// statistics, and for the backward the forward's output (unless saved), the
+// masked dO, D and the dq accumulator; then the plans' workspace. The
+// forward writes its statistics into its `lse` output where there is one.
+Status layOutScratch(const KernelArgs &args, CudnnAttentionState &st, const AttentionShape &p,
+                     bool grad, const Plan &fwd, const Plan *bwd, CallBuffers &buf) {
+  const bool saved = grad && p.withLse;
+  const size_t rowsBytes = align256(size_t(p.B * p.nh * p.T) * sizeof(float));
+  const size_t actBytes = align256(size_t(p.B * p.T * p.nh * p.d) * 2);
+  buf.accBytes = align256(size_t(p.B * p.T * p.nh * p.d) * sizeof(float));
+  size_t used = rowsBytes + (grad ? (saved ? 1 : 2) * actBytes + rowsBytes + buf.accBytes : 0);
+  const size_t work = size_t(std::max(fwd.workspaceBytes, bwd ? bwd->workspaceBytes : 0));
+  G3RT_RETURN_IF_ERROR(reserveScratch(args, st, used + align256(work)));
+  char *base = static_cast<char *>(st.scratch);
+  buf.stats = !grad && p.withLse ? static_cast<float *>(args.outputs[1].data)
+                                 : reinterpret_cast<float *>(base);
+  char *cursor = base + rowsBytes;
+  buf.o = args.outputs[0].data;
+  if (grad) {
+    buf.o = saved ? args.inputs[5].data : cursor;
+    if (!saved)
+      cursor += actBytes;
+    buf.dO = cursor;
+    buf.softmaxSum = cursor + actBytes;
+    buf.dqAccum = cursor + actBytes + rowsBytes;
+  }
+  buf.workspace = base + used;
+  return Status();
+}
+
+// The forward's output and statistics: for a backward that has the saved
+// ones, those (padded rows' statistics +inf, so that their probabilities
+// stay finite), else what cuDNN's forward graph computes.
+Status runForward(const KernelArgs &args, CudnnAttentionState &st, const AttentionShape &p,
+                  bool grad, const Plan &fwd, bool padded, GraphScalars &scalars,
+                  CallBuffers &buf) {
+  if (grad && p.withLse) {
+    const auto *lse = static_cast<const float *>(args.inputs[6].data);
+    if (!padded) {
+      buf.stats = const_cast<float *>(lse);
+      return Status();
+    }
+    const dim3 headGrid(unsigned(p.nh), unsigned(p.B));
+    keepDocumentStats<<<headGrid, 256, 0, contextOf(args).stream>>>(lse, buf.stats, st.rows,
+                                                                    p.T, INFINITY);
+    G3RT_CUDA_CHECK_LAUNCH(args, "masking padded attention statistics");
+    return Status();
+  }
+  std::vector<TensorId> uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf};
+  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data,
+                              buf.o, buf.stats, &scalars.scale, &scalars.negInf};
+  if (scalars.window != 0.0f) {
+    uids.push_back(kWindow);
+    ptrs.push_back(&scalars.window);
+  }
+  Status s = cudnn::execute(st.handle, fwd, uids, ptrs, buf.workspace);
+  if (!s.ok())
+    return args.fail(s.message());
+  return Status();
+}
+
+// The forward's padded rows: zero outputs and, where the step takes them,
+// zero statistics, as on the CPU.
+Status zeroPaddedOutputs(const KernelArgs &args, const AttentionShape &p, const int32_t *lens,
+                         const CallBuffers &buf) {
+  cudaStream_t stream = contextOf(args).stream;
+  auto *out = static_cast<__nv_bfloat16 *>(buf.o);
+  keepDocumentRows<<<dim3(unsigned(p.T), unsigned(p.B)), 256, 0, stream>>>(out, out, lens, p.T,
+                                                                           p.nh * p.d);
+  G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention rows");
+  if (p.withLse) {
+    keepDocumentStats<<<dim3(unsigned(p.nh), unsigned(p.B)), 256, 0, stream>>>(
+        buf.stats, buf.stats, lens, p.T, 0.0f);
+    G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention statistics");
+  }
+  return Status();
+}
+
+// cuDNN's backward graph, from the forward's output and statistics in
+// `buf`; padded rows' incoming gradients are zeroed first.
+Status runBackward(const KernelArgs &args, CudnnAttentionState &st, const AttentionShape &p,
+                   const Plan &bwd, bool padded, GraphScalars &scalars, const CallBuffers &buf) {
+  cudaStream_t stream = contextOf(args).stream;
+  const void *dOut = args.inputs[4].data;
+  if (padded) {
+    keepDocumentRows<<<dim3(unsigned(p.T), unsigned(p.B)), 256, 0, stream>>>(
+        static_cast<const __nv_bfloat16 *>(dOut), static_cast<__nv_bfloat16 *>(buf.dO), st.rows,
+        p.T, p.nh * p.d);
+    G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention gradients");
+    dOut = buf.dO;
+  }
+  cudaError_t e = cudaMemsetAsync(buf.dqAccum, 0, buf.accBytes, stream);
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "clearing the dq accumulator");
+  std::vector<TensorId> uids = {kQ,  kK,  kV,  kO,  kStats,      kScale,   kNegInf,
+                                kDO, kDQ, kDK, kDV, kSoftmaxSum, kDQAccum, kOne};
+  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data,
+                              buf.o, buf.stats, &scalars.scale, &scalars.negInf,
+                              const_cast<void *>(dOut), args.outputs[0].data,
+                              args.outputs[1].data, args.outputs[2].data, buf.softmaxSum,
+                              buf.dqAccum, &scalars.one};
+  if (scalars.window != 0.0f) {
+    uids.push_back(kWindow);
+    ptrs.push_back(&scalars.window);
+  }
+  Status s = cudnn::execute(st.handle, bwd, uids, ptrs, buf.workspace);
+  if (!s.ok())
+    return args.fail(s.message());
+  return Status();
+}
+
 } // namespace
 
 Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad, bool &served) {
@@ -401,48 +576,18 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
 
   CudnnAttentionState *st = nullptr;
   G3RT_RETURN_IF_ERROR(stateOf(args, st));
-  cudaStream_t stream = ctx.stream;
 
   // Where each row's document ends (read back: it decides the path).
-  using RowDocuments = CudaContext::RowDocuments;
-  if (ctx.rowDocuments == RowDocuments::Packed)
+  if (ctx.rowDocuments == CudaContext::RowDocuments::Packed)
     return decline("the batch rows hold packed documents");
-  if (st->rowsCapacity < p.B) {
-    cudaFree(st->rows);
-    st->rows = nullptr;
-    st->rowsCapacity = 0;
-    cudaError_t e = cudaMalloc(&st->rows, size_t(2 * p.B) * sizeof(int32_t));
-    if (e != cudaSuccess)
-      return cudaFailure(args, e, "allocating the document-length buffer");
-    st->rowsCapacity = p.B;
-    ++ctx.reallocations;
-  }
-  const TensorView &seg = args.inputs[3];
-  documentRows<<<unsigned(p.B), 256, 0, stream>>>(seg.data, seg.dtype, p.T, st->rows, p.B);
-  G3RT_CUDA_CHECK_LAUNCH(args, "checking segment ids");
-  // Rows known to be one document each take the padded path, right for
-  // full rows too, without a read-back (which a CUDA graph cannot hold).
+  G3RT_RETURN_IF_ERROR(reserveRows(args, *st, p.B));
   bool padded = true;
-  cudaError_t e = cudaSuccess;
-  if (ctx.rowDocuments == RowDocuments::Unknown) {
-    std::vector<int32_t> rows(size_t(2 * p.B));
-    e = cudaMemcpyAsync(rows.data(), st->rows, rows.size() * sizeof(int32_t),
-                        cudaMemcpyDeviceToHost, stream);
-    if (e == cudaSuccess)
-      e = cudaStreamSynchronize(stream);
-    if (e != cudaSuccess)
-      return cudaFailure(args, e, "reading the document lengths");
-    padded = false;
-    for (int64_t b = 0; b < p.B; ++b) {
-      if (!rows[size_t(p.B + b)])
-        return decline("batch row " + std::to_string(b) +
-                       " is not one document followed by padding");
-      padded = padded || rows[size_t(b)] < p.T;
-    }
-  }
+  std::string why;
+  G3RT_RETURN_IF_ERROR(findDocuments(args, *st, p, padded, why));
+  if (!why.empty())
+    return decline(why);
 
   const int64_t window = p.window > 0 && p.window < p.T ? p.window : 0;
-  std::string why;
   const Plan *fwd = planFor(*st, {p.B, p.T, p.nh, p.nkv, p.d, window, false}, why);
   if (!fwd)
     return decline(why);
@@ -450,95 +595,14 @@ Status cudnnAttention(const KernelArgs &args, const AttentionShape &p, bool grad
   if (grad && !bwd)
     return decline(why);
 
-  // Scratch: statistics, and for the backward the forward's output (unless
-  // saved), the masked dO, D and the fp32 dq accumulator; then the plans'
-  // workspace.
-  const bool saved = grad && p.withLse;
-  const size_t rowsBytes = align256(size_t(p.B * p.nh * p.T) * sizeof(float));
-  const size_t actBytes = align256(size_t(p.B * p.T * p.nh * p.d) * 2);
-  const size_t accBytes = align256(size_t(p.B * p.T * p.nh * p.d) * sizeof(float));
-  size_t used = rowsBytes + (grad ? (saved ? 1 : 2) * actBytes + rowsBytes + accBytes : 0);
-  const size_t work = size_t(std::max(fwd->workspaceBytes, bwd ? bwd->workspaceBytes : 0));
-  G3RT_RETURN_IF_ERROR(reserveScratch(args, *st, used + align256(work)));
-  char *base = static_cast<char *>(st->scratch);
-  float *stats = !grad && p.withLse ? static_cast<float *>(args.outputs[1].data)
-                                    : reinterpret_cast<float *>(base);
-  char *cursor = base + rowsBytes;
-  void *o = args.outputs[0].data;
-  void *dO = nullptr, *softmaxSum = nullptr, *dqAccum = nullptr;
-  if (grad) {
-    o = saved ? args.inputs[5].data : cursor;
-    if (!saved)
-      cursor += actBytes;
-    dO = cursor;
-    softmaxSum = cursor + actBytes;
-    dqAccum = cursor + actBytes + rowsBytes;
-  }
-  void *workspace = base + used;
-
-  const int64_t width = p.nh * p.d;
-  const dim3 rowGrid(unsigned(p.T), unsigned(p.B)), headGrid(unsigned(p.nh), unsigned(p.B));
-  int32_t *lens = st->rows;
-  float scale = p.scale, negInf = -INFINITY, windowF = float(window), one = 1.0f;
-  std::vector<TensorId> uids;
-  std::vector<void *> ptrs;
-  if (saved) {
-    const auto *lse = static_cast<const float *>(args.inputs[6].data);
-    if (padded) {
-      keepDocumentStats<<<headGrid, 256, 0, stream>>>(lse, stats, lens, p.T, INFINITY);
-      G3RT_CUDA_CHECK_LAUNCH(args, "masking padded attention statistics");
-    } else {
-      stats = const_cast<float *>(lse);
-    }
-  } else {
-    uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf};
-    ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, o, stats, &scale,
-            &negInf};
-    if (window) {
-      uids.push_back(kWindow);
-      ptrs.push_back(&windowF);
-    }
-    Status s = cudnn::execute(st->handle, *fwd, uids, ptrs, workspace);
-    if (!s.ok())
-      return args.fail(s.message());
-  }
-
-  if (!grad) {
-    if (padded) {
-      auto *out = static_cast<__nv_bfloat16 *>(o);
-      keepDocumentRows<<<rowGrid, 256, 0, stream>>>(out, out, lens, p.T, width);
-      G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention rows");
-      if (p.withLse) {
-        keepDocumentStats<<<headGrid, 256, 0, stream>>>(stats, stats, lens, p.T, 0.0f);
-        G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention statistics");
-      }
-    }
-    served = true;
-    return Status();
-  }
-
-  const void *dOut = args.inputs[4].data;
-  if (padded) {
-    keepDocumentRows<<<rowGrid, 256, 0, stream>>>(static_cast<const __nv_bfloat16 *>(dOut),
-                                                  static_cast<__nv_bfloat16 *>(dO), lens, p.T,
-                                                  width);
-    G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention gradients");
-    dOut = dO;
-  }
-  e = cudaMemsetAsync(dqAccum, 0, accBytes, stream);
-  if (e != cudaSuccess)
-    return cudaFailure(args, e, "clearing the dq accumulator");
-  uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf, kDO, kDQ, kDK, kDV, kSoftmaxSum, kDQAccum, kOne};
-  ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, o, stats, &scale,
-          &negInf, const_cast<void *>(dOut), args.outputs[0].data, args.outputs[1].data,
-          args.outputs[2].data, softmaxSum, dqAccum, &one};
-  if (window) {
-    uids.push_back(kWindow);
-    ptrs.push_back(&windowF);
-  }
-  Status sb = cudnn::execute(st->handle, *bwd, uids, ptrs, workspace);
-  if (!sb.ok())
-    return args.fail(sb.message());
+  CallBuffers buf;
+  G3RT_RETURN_IF_ERROR(layOutScratch(args, *st, p, grad, *fwd, bwd, buf));
+  GraphScalars scalars{p.scale, -INFINITY, float(window), 1.0f};
+  G3RT_RETURN_IF_ERROR(runForward(args, *st, p, grad, *fwd, padded, scalars, buf));
+  if (grad)
+    G3RT_RETURN_IF_ERROR(runBackward(args, *st, p, *bwd, padded, scalars, buf));
+  else if (padded)
+    G3RT_RETURN_IF_ERROR(zeroPaddedOutputs(args, p, st->rows, buf));
   served = true;
   return Status();
 }
