@@ -211,117 +211,142 @@ Status attentionKernel(const KernelArgs &args) {
   return Status();
 }
 
+namespace {
+
+// What the two backward passes share: the widened operands, and per
+// (b, h, i) the softmax max and denominator and D = sum_j P_ij dP_ij
+// (= rowsum(dO ⊙ O) with O in fp32, without materialising O). Pass 1 writes
+// the statistics; pass 2 needs them to rebuild P and dS column by column.
+// sum == 0 marks an empty row.
+struct AttnGrad {
+  const AttnProblem &p;
+  std::vector<float> Q, K, V, dO;
+  std::vector<float> rowMax, rowSum, rowD;
+
+  AttnGrad(const KernelArgs &args, const AttnProblem &p)
+      : p(p), Q(toFloat(args.inputs[0])), K(toFloat(args.inputs[1])), V(toFloat(args.inputs[2])),
+        dO(toFloat(args.inputs[4])), rowMax(size_t(p.B * p.nh * p.T)), rowSum(rowMax.size()),
+        rowD(rowMax.size()) {}
+
+  size_t rowId(int64_t b, int64_t h, int64_t i) const { return size_t((b * p.nh + h) * p.T + i); }
+
+  // Pass 1 on query row i of head h: its statistics, and its dq row times
+  // the scale into `dq`. s, prob, dp (T each) and acc (d) are scratch.
+  void queryRow(int64_t b, int64_t h, int64_t i, std::vector<float> &s, std::vector<float> &prob,
+                std::vector<float> &dp, std::vector<float> &acc, const TensorView &dq) {
+    int64_t kh = h / p.group, lo = p.firstKey(i), qi = p.qIndex(b, i, h);
+    size_t r = rowId(b, h, i);
+    float mx = rowScores(p, Q.data(), K.data(), b, h, i, s.data());
+    if (mx == kNegInf) {
+      rowMax[r] = 0;
+      rowSum[r] = 0;
+      rowD[r] = 0;
+      for (int64_t c = 0; c < p.d; ++c)
+        dq.store(qi + c, 0.0f);
+      return;
+    }
+    float sum = 0;
+    for (int64_t j = lo; j <= i; ++j)
+      if (s[size_t(j - lo)] != kNegInf)
+        sum += std::exp(s[size_t(j - lo)] - mx);
+    const float *doi = dO.data() + qi;
+    float D = 0;
+    for (int64_t j = lo; j <= i; ++j) {
+      float sj = s[size_t(j - lo)];
+      if (sj == kNegInf)
+        continue;
+      const float *vj = V.data() + p.kIndex(b, j, kh);
+      float dpj = 0;
+      for (int64_t c = 0; c < p.d; ++c)
+        dpj += doi[c] * vj[c];
+      float P = std::exp(sj - mx) / sum;
+      prob[size_t(j - lo)] = P;
+      dp[size_t(j - lo)] = dpj;
+      D += P * dpj;
+    }
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    for (int64_t j = lo; j <= i; ++j) {
+      float sj = s[size_t(j - lo)];
+      if (sj == kNegInf)
+        continue;
+      // Same expression (and order) as pass 2 uses for dk.
+      float ds = prob[size_t(j - lo)] * (dp[size_t(j - lo)] - D) * p.capSlope(sj);
+      const float *kj = K.data() + p.kIndex(b, j, kh);
+      for (int64_t c = 0; c < p.d; ++c)
+        acc[size_t(c)] += ds * kj[c];
+    }
+    rowMax[r] = mx;
+    rowSum[r] = sum;
+    rowD[r] = D;
+    for (int64_t c = 0; c < p.d; ++c)
+      dq.store(qi + c, acc[size_t(c)] * p.scale);
+  }
+
+  // Pass 2 on key row j of kv head kh: its dk (times the scale) and dv rows,
+  // summed over the group's query heads, then over their queries in order.
+  // ak and av (d each) are scratch.
+  void keyRow(int64_t b, int64_t kh, int64_t j, std::vector<float> &ak, std::vector<float> &av,
+              const TensorView &dk, const TensorView &dv) const {
+    int64_t kj = p.kIndex(b, j, kh);
+    const float *kp = K.data() + kj, *vp = V.data() + kj;
+    std::fill(ak.begin(), ak.end(), 0.0f);
+    std::fill(av.begin(), av.end(), 0.0f);
+    for (int64_t g = 0; g < p.group; ++g) {
+      int64_t h = kh * p.group + g;
+      for (int64_t i = j, hi = p.lastQuery(j); i <= hi; ++i) {
+        if (!p.sameDoc(b, i, j))
+          continue;
+        size_t r = rowId(b, h, i);
+        int64_t qi = p.qIndex(b, i, h);
+        const float *qp = Q.data() + qi, *doi = dO.data() + qi;
+        float sij = p.score(qp, kp);
+        float P = std::exp(sij - rowMax[r]) / rowSum[r];
+        float dpj = 0;
+        for (int64_t c = 0; c < p.d; ++c)
+          dpj += doi[c] * vp[c];
+        float ds = P * (dpj - rowD[r]) * p.capSlope(sij);
+        for (int64_t c = 0; c < p.d; ++c) {
+          ak[size_t(c)] += ds * qp[c];
+          av[size_t(c)] += P * doi[c];
+        }
+      }
+    }
+    for (int64_t c = 0; c < p.d; ++c) {
+      dk.store(kj + c, ak[size_t(c)] * p.scale);
+      dv.store(kj + c, av[size_t(c)]);
+    }
+  }
+};
+
+} // namespace
+
 // The saved forward output and lse, when given, are checked and left unread:
 // pass 1 rebuilds the statistics with dq in the same sweep, which keeps the
 // reference independent of the forward it is compared with.
 Status attentionGradKernel(const KernelArgs &args) {
   AttnProblem p;
   G3RT_RETURN_IF_ERROR(readProblem(args, /*grad=*/true, p));
-  std::vector<float> Q = toFloat(args.inputs[0]), K = toFloat(args.inputs[1]),
-                     V = toFloat(args.inputs[2]), dO = toFloat(args.inputs[4]);
+  AttnGrad grad(args, p);
   const TensorView &dq = args.outputs[0], &dk = args.outputs[1], &dv = args.outputs[2];
   const int64_t blocks = (p.T + kRowBlock - 1) / kRowBlock;
-
-  // Per (b, h, i): softmax max and denominator, and D = sum_j P_ij dP_ij
-  // (= rowsum(dO ⊙ O) with O in fp32, without materialising O). Pass 2 needs
-  // them to rebuild P and dS column by column. sum == 0 marks an empty row.
-  const size_t rowsTotal = size_t(p.B * p.nh * p.T);
-  std::vector<float> rowMax(rowsTotal), rowSum(rowsTotal), rowD(rowsTotal);
-  auto rowId = [&](int64_t b, int64_t h, int64_t i) { return size_t((b * p.nh + h) * p.T + i); };
 
   // Pass 1: over query rows. Writes the statistics and dq.
   parallelFor(p.B * p.nh * blocks, [&](int64_t begin, int64_t end) {
     std::vector<float> s(size_t(p.T)), prob(size_t(p.T)), dp(size_t(p.T)), acc(size_t(p.d));
     for (int64_t task = begin; task < end; ++task) {
       int64_t blk = task % blocks, bh = task / blocks, h = bh % p.nh, b = bh / p.nh;
-      int64_t kh = h / p.group;
-      for (int64_t i = blk * kRowBlock; i < std::min(p.T, (blk + 1) * kRowBlock); ++i) {
-        int64_t lo = p.firstKey(i), qi = p.qIndex(b, i, h);
-        size_t r = rowId(b, h, i);
-        float mx = rowScores(p, Q.data(), K.data(), b, h, i, s.data());
-        if (mx == kNegInf) {
-          rowMax[r] = 0;
-          rowSum[r] = 0;
-          rowD[r] = 0;
-          for (int64_t c = 0; c < p.d; ++c)
-            dq.store(qi + c, 0.0f);
-          continue;
-        }
-        float sum = 0;
-        for (int64_t j = lo; j <= i; ++j)
-          if (s[size_t(j - lo)] != kNegInf)
-            sum += std::exp(s[size_t(j - lo)] - mx);
-        const float *doi = dO.data() + qi;
-        float D = 0;
-        for (int64_t j = lo; j <= i; ++j) {
-          float sj = s[size_t(j - lo)];
-          if (sj == kNegInf)
-            continue;
-          const float *vj = V.data() + p.kIndex(b, j, kh);
-          float dpj = 0;
-          for (int64_t c = 0; c < p.d; ++c)
-            dpj += doi[c] * vj[c];
-          float P = std::exp(sj - mx) / sum;
-          prob[size_t(j - lo)] = P;
-          dp[size_t(j - lo)] = dpj;
-          D += P * dpj;
-        }
-        std::fill(acc.begin(), acc.end(), 0.0f);
-        for (int64_t j = lo; j <= i; ++j) {
-          float sj = s[size_t(j - lo)];
-          if (sj == kNegInf)
-            continue;
-          // Same expression (and order) as pass 2 uses for dk.
-          float ds = prob[size_t(j - lo)] * (dp[size_t(j - lo)] - D) * p.capSlope(sj);
-          const float *kj = K.data() + p.kIndex(b, j, kh);
-          for (int64_t c = 0; c < p.d; ++c)
-            acc[size_t(c)] += ds * kj[c];
-        }
-        rowMax[r] = mx;
-        rowSum[r] = sum;
-        rowD[r] = D;
-        for (int64_t c = 0; c < p.d; ++c)
-          dq.store(qi + c, acc[size_t(c)] * p.scale);
-      }
+      for (int64_t i = blk * kRowBlock; i < std::min(p.T, (blk + 1) * kRowBlock); ++i)
+        grad.queryRow(b, h, i, s, prob, dp, acc, dq);
     }
   });
 
-  // Pass 2: over key rows of each kv head. Each key's dk/dv are summed here by
-  // one thread over the group's query heads, then over its queries in order.
+  // Pass 2: over key rows of each kv head, one thread per key.
   parallelFor(p.B * p.nkv * blocks, [&](int64_t begin, int64_t end) {
     std::vector<float> ak(size_t(p.d)), av(size_t(p.d));
     for (int64_t task = begin; task < end; ++task) {
       int64_t blk = task % blocks, bk = task / blocks, kh = bk % p.nkv, b = bk / p.nkv;
-      for (int64_t j = blk * kRowBlock; j < std::min(p.T, (blk + 1) * kRowBlock); ++j) {
-        int64_t kj = p.kIndex(b, j, kh);
-        const float *kp = K.data() + kj, *vp = V.data() + kj;
-        std::fill(ak.begin(), ak.end(), 0.0f);
-        std::fill(av.begin(), av.end(), 0.0f);
-        for (int64_t g = 0; g < p.group; ++g) {
-          int64_t h = kh * p.group + g;
-          for (int64_t i = j, hi = p.lastQuery(j); i <= hi; ++i) {
-            if (!p.sameDoc(b, i, j))
-              continue;
-            size_t r = rowId(b, h, i);
-            int64_t qi = p.qIndex(b, i, h);
-            const float *qp = Q.data() + qi, *doi = dO.data() + qi;
-            float sij = p.score(qp, kp);
-            float P = std::exp(sij - rowMax[r]) / rowSum[r];
-            float dpj = 0;
-            for (int64_t c = 0; c < p.d; ++c)
-              dpj += doi[c] * vp[c];
-            float ds = P * (dpj - rowD[r]) * p.capSlope(sij);
-            for (int64_t c = 0; c < p.d; ++c) {
-              ak[size_t(c)] += ds * qp[c];
-              av[size_t(c)] += P * doi[c];
-            }
-          }
-        }
-        for (int64_t c = 0; c < p.d; ++c) {
-          dk.store(kj + c, ak[size_t(c)] * p.scale);
-          dv.store(kj + c, av[size_t(c)]);
-        }
-      }
+      for (int64_t j = blk * kRowBlock; j < std::min(p.T, (blk + 1) * kRowBlock); ++j)
+        grad.keyRow(b, kh, j, ak, av, dk, dv);
     }
   });
   return Status();
