@@ -44,7 +44,7 @@ int main(int argc, char **argv) {
   }
   // Host state: small random weights (the values do not change the work done).
   // No host arena: the GPU runs the step, and the arena is tens of gigabytes.
-  Executor host(program, /*withArena=*/false);
+  HostState host(program);
   // A cheap integer hash per element, in parallel: billions of elements.
   for (const ParamDesc &p : program.params) {
     TensorView t = host.param(p.name);

@@ -2,34 +2,18 @@
 
 #include "runtime/cpu/cpu_kernels.h"
 
-#include <algorithm>
-
-namespace g3rt {
+namespace g3rt::cpu {
 
 static const KernelTable &table() {
-  static const KernelTable t = [] {
-    KernelTable t = {
-#define G3RT_KERNEL(name, function) {#name, &cpu::function},
+  static const KernelTable t({
+#define G3RT_KERNEL(name, function) {#name, &function},
 #include "runtime/kernels/kernel_names.def"
-    };
-    std::sort(t.begin(), t.end());
-    return t;
-  }();
+  });
   return t;
 }
 
-KernelFn findCpuKernel(std::string_view name) {
-  for (const auto &[n, fn] : table())
-    if (n == name)
-      return fn;
-  return nullptr;
-}
+KernelFn findCpuKernel(std::string_view name) { return table().find(name); }
 
-std::vector<std::string> cpuKernelNames() {
-  std::vector<std::string> names;
-  for (const auto &e : table())
-    names.push_back(e.first);
-  return names;
-}
+std::vector<std::string> cpuKernelNames() { return table().names(); }
 
-} // namespace g3rt
+} // namespace g3rt::cpu

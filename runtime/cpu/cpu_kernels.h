@@ -16,6 +16,11 @@ namespace g3rt::cpu {
 #define G3RT_KERNEL(name, function) Status function(const KernelArgs &args);
 #include "runtime/kernels/kernel_names.def"
 
+/// The CPU reference kernel called `name`, or null.
+KernelFn findCpuKernel(std::string_view name);
+/// Every CPU kernel name, sorted.
+std::vector<std::string> cpuKernelNames();
+
 } // namespace g3rt::cpu
 
 #endif // G3MOE_RUNTIME_CPU_CPU_KERNELS_H

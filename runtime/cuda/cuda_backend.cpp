@@ -1,6 +1,6 @@
 //===- cuda_backend.cpp - the CUDA backend for the training loop ----------===//
 //
-// A DeviceBackend over CudaExecutor. The device is chosen by index (0 in
+// A Backend over CudaExecutor. The device is the placement's index (0 in
 // g3moe-run; CUDA_VISIBLE_DEVICES picks the card), and every call waits for
 // the GPU, so errors surface at the call that caused them.
 //
@@ -9,7 +9,7 @@
 #include "runtime/cuda/cuda_backend.h"
 
 #include "runtime/cuda/cuda_executor.h"
-#include "runtime/exec/device_backend.h"
+#include "runtime/exec/backend.h"
 
 #include <cuda_runtime.h>
 
@@ -17,18 +17,21 @@ namespace g3rt::cuda {
 
 namespace {
 
-class CudaBackend final : public DeviceBackend {
+class CudaBackend final : public Backend {
 public:
-  CudaBackend(std::unique_ptr<CudaExecutor> executor, std::string deviceName)
-      : executor_(std::move(executor)), deviceName_(std::move(deviceName)) {}
+  CudaBackend(std::unique_ptr<CudaExecutor> executor, std::string deviceName,
+              const Placement &placement)
+      : executor_(std::move(executor)), deviceName_(std::move(deviceName)),
+        placement_(placement) {}
 
   std::string description() const override { return "CUDA on " + deviceName_; }
+  const Placement &placement() const override { return placement_; }
 
-  Status uploadState(const Executor &host) override { return executor_->upload(host); }
-  Status uploadInputs(const Executor &host) override {
+  Status uploadState(const HostState &host) override { return executor_->upload(host); }
+  Status uploadInputs(const HostState &host) override {
     return executor_->upload(host, BufferKind::Input);
   }
-  Status downloadState(Executor &host) override {
+  Status downloadState(HostState &host) override {
     G3RT_RETURN_IF_ERROR(executor_->download(host, BufferKind::Param, /*onlyTrainable=*/true));
     for (BufferKind k : {BufferKind::GradAcc, BufferKind::ExpAvg, BufferKind::ExpAvgSq})
       G3RT_RETURN_IF_ERROR(executor_->download(host, k));
@@ -56,6 +59,7 @@ public:
 private:
   std::unique_ptr<CudaExecutor> executor_;
   std::string deviceName_;
+  Placement placement_;
 };
 
 int countDevices(std::string &why) {
@@ -74,18 +78,20 @@ int countDevices(std::string &why) {
   return count;
 }
 
-Status create(const StepProgram &program, int index, std::unique_ptr<DeviceBackend> &out) {
+Status create(const StepProgram &program, HostState &, const Placement &placement,
+              std::unique_ptr<Backend> &out) {
+  const int index = placement.device;
   cudaDeviceProp prop{};
   cudaError_t e = cudaGetDeviceProperties(&prop, index);
   if (e != cudaSuccess)
     return Status::error("CUDA device " + std::to_string(index) + ": " + cudaGetErrorString(e));
   std::unique_ptr<CudaExecutor> executor;
   G3RT_RETURN_IF_ERROR(CudaExecutor::create(program, index, executor));
-  out = std::make_unique<CudaBackend>(std::move(executor), prop.name);
+  out = std::make_unique<CudaBackend>(std::move(executor), prop.name, placement);
   return Status();
 }
 
-const DeviceBackendProvider kProvider = {"CUDA", countDevices, create};
+const BackendProvider kProvider = {"cuda", countDevices, create};
 
 } // namespace
 

@@ -1,6 +1,6 @@
 //===- cuda_backend.h - the CUDA backend for the training loop --*- C++ -*-===//
 //
-// Registers the CUDA backend with the runtime (runtime/exec/device_backend.h)
+// Registers the CUDA backend with the runtime (runtime/exec/backend.h)
 // so that the training loop, which does not link CUDA, can run on a GPU. No
 // CUDA header here: a program's main includes this and calls the one
 // function where it is built with CUDA.

@@ -104,6 +104,7 @@ CudaExecutor::CudaExecutor(const StepProgram &program) : program_(program) {}
 
 Status CudaExecutor::create(const StepProgram &program, int device,
                             std::unique_ptr<CudaExecutor> &out) {
+  G3RT_RETURN_IF_ERROR(kernelsMissingError("CUDA", missingKernels(program, findCudaKernel)));
   std::unique_ptr<CudaExecutor> ex(new CudaExecutor(program));
   G3RT_RETURN_IF_ERROR(check(cudaSetDevice(device), "selecting CUDA device " +
                                                         std::to_string(device)));
@@ -132,29 +133,18 @@ Status CudaExecutor::create(const StepProgram &program, int device,
                              "allocating the " + std::to_string(program.arenaBytes) +
                                  "-byte arena"));
   ex->deviceBytes_ = program.arenaBytes + kWorkspaceBytes;
+  G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
+    void *p = nullptr;
+    G3RT_RETURN_IF_ERROR(
+        check(cudaMalloc(&p, std::max<uint64_t>(b.bytes, 1)), "allocating '" + b.name + "'"));
+    ex->state_[{b.kind, b.name}] = TensorView{p, b.dtype, b.shape};
+    ex->deviceBytes_ += b.bytes;
+    return check(cudaMemset(p, 0, b.bytes), "zeroing '" + b.name + "'");
+  }));
   for (const FunctionDesc &fn : program.functions) {
-    for (const BufferDesc &b : fn.buffers) {
-      if (b.kind == BufferKind::Arena || b.viewOf >= 0)
-        continue;
-      auto key = std::make_pair(b.kind, b.name);
-      if (ex->state_.count(key))
-        continue;
-      void *p = nullptr;
-      G3RT_RETURN_IF_ERROR(check(cudaMalloc(&p, std::max<uint64_t>(b.bytes, 1)),
-                                 "allocating '" + b.name + "'"));
-      cudaMemset(p, 0, b.bytes);
-      ex->state_[key] = TensorView{p, b.dtype, b.shape};
-      ex->deviceBytes_ += b.bytes;
-    }
-    std::vector<KernelFn> fns;
-    for (const InstrDesc &in : fn.instrs) {
-      KernelFn f = findCudaKernel(in.kernel);
-      if (!f)
-        return Status::error("the CUDA backend has no kernel '" + in.kernel + "' (used by " +
-                             fn.name + ")");
-      fns.push_back(f);
-    }
-    ex->kernels_[fn.name] = std::move(fns);
+    std::vector<KernelFn> &fns = ex->kernels_[fn.name];
+    for (const InstrDesc &in : fn.instrs)
+      fns.push_back(findCudaKernel(in.kernel));
   }
   out = std::move(ex);
   return Status();
@@ -181,7 +171,7 @@ CudaExecutor::~CudaExecutor() {
   }
 }
 
-Status CudaExecutor::upload(const Executor &host, BufferKind kind) {
+Status CudaExecutor::upload(const HostState &host, BufferKind kind) {
   for (auto &[key, view] : state_) {
     if (key.first != kind)
       continue;
@@ -194,14 +184,14 @@ Status CudaExecutor::upload(const Executor &host, BufferKind kind) {
   return Status();
 }
 
-Status CudaExecutor::upload(const Executor &host) {
+Status CudaExecutor::upload(const HostState &host) {
   for (BufferKind k : {BufferKind::Param, BufferKind::GradAcc, BufferKind::ExpAvg,
                        BufferKind::ExpAvgSq, BufferKind::Input})
     G3RT_RETURN_IF_ERROR(upload(host, k));
   return Status();
 }
 
-Status CudaExecutor::download(Executor &host) const {
+Status CudaExecutor::download(HostState &host) const {
   for (const auto &[key, view] : state_) {
     TensorView h = host.state(key.first, key.second);
     if (!h.data)
@@ -212,7 +202,7 @@ Status CudaExecutor::download(Executor &host) const {
   return Status();
 }
 
-Status CudaExecutor::download(Executor &host, BufferKind kind, bool onlyTrainable) const {
+Status CudaExecutor::download(HostState &host, BufferKind kind, bool onlyTrainable) const {
   std::set<std::string> frozen;
   if (onlyTrainable)
     for (const ParamDesc &p : program_.params)

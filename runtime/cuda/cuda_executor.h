@@ -1,18 +1,18 @@
 //===- cuda_executor.h - runs a verified step on one GPU --------*- C++ -*-===//
 //
-// The CUDA counterpart of Executor: the arena and all persistent state in
-// device memory, kernels from the CUDA kernel table launched in order on one
-// stream. A host Executor of the same program serves as the host mirror:
-// parameters are initialised or loaded there and uploaded, results are
-// downloaded into it, so the training loop, checkpoints and file formats are
-// shared with the CPU backend.
+// The arena and all persistent state of a step in device memory, kernels from
+// the CUDA kernel table launched in order on one stream. The HostState of the
+// same program is the state's owner: parameters are initialised or loaded
+// there and uploaded, results are downloaded into it, so the training loop,
+// checkpoints and file formats are shared with the CPU backend.
+// cuda_backend.cpp makes it a Backend; tests and benchmarks use it directly.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef G3MOE_RUNTIME_CUDA_CUDA_EXECUTOR_H
 #define G3MOE_RUNTIME_CUDA_CUDA_EXECUTOR_H
 
-#include "runtime/exec/executor.h"
+#include "runtime/exec/backend.h"
 
 #include <map>
 #include <memory>
@@ -25,8 +25,9 @@ struct CudaContext;
 
 class CudaExecutor {
 public:
-  /// Allocates the device arena and state of `program` on device `device` and
-  /// resolves every instruction's CUDA kernel (an error names any missing one).
+  /// Resolves every instruction's CUDA kernel (an error names each missing
+  /// one) and allocates the device arena and state of `program` on device
+  /// `device`.
   static Status create(const StepProgram &program, int device,
                        std::unique_ptr<CudaExecutor> &out);
   ~CudaExecutor();
@@ -34,14 +35,14 @@ public:
   const StepProgram &program() const { return program_; }
 
   /// Copies every persistent tensor of `host` (same program) to the device.
-  Status upload(const Executor &host);
+  Status upload(const HostState &host);
   /// Copies the persistent tensors of `kind` (and inputs) from `host`.
-  Status upload(const Executor &host, BufferKind kind);
+  Status upload(const HostState &host, BufferKind kind);
   /// Copies every persistent tensor back into `host`.
-  Status download(Executor &host) const;
+  Status download(HostState &host) const;
   /// Copies the persistent tensors of `kind` back into `host`; with `onlyTrainable`
   /// (for parameters) only the trainable ones, the rest never change here.
-  Status download(Executor &host, BufferKind kind, bool onlyTrainable = false) const;
+  Status download(HostState &host, BufferKind kind, bool onlyTrainable = false) const;
 
   /// Sets every gradient accumulator on the device to zero.
   Status zeroGradients();

@@ -2,7 +2,6 @@
 
 #include "runtime/cuda/cuda_kernels.h"
 
-#include <algorithm>
 #include <string>
 
 namespace g3rt::cuda {
@@ -16,29 +15,15 @@ Status cublasFailure(const KernelArgs &args, cublasStatus_t status, const char *
 }
 
 static const KernelTable &table() {
-  static const KernelTable t = [] {
-    KernelTable t = {
+  static const KernelTable t({
 #define G3RT_KERNEL(name, function) {#name, &function},
 #include "runtime/kernels/kernel_names.def"
-    };
-    std::sort(t.begin(), t.end());
-    return t;
-  }();
+  });
   return t;
 }
 
-KernelFn findCudaKernel(std::string_view name) {
-  for (const auto &[n, fn] : table())
-    if (n == name)
-      return fn;
-  return nullptr;
-}
+KernelFn findCudaKernel(std::string_view name) { return table().find(name); }
 
-std::vector<std::string> cudaKernelNames() {
-  std::vector<std::string> names;
-  for (const auto &e : table())
-    names.push_back(e.first);
-  return names;
-}
+std::vector<std::string> cudaKernelNames() { return table().names(); }
 
 } // namespace g3rt::cuda

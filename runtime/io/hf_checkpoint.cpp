@@ -2,9 +2,9 @@
 
 #include "runtime/io/hf_checkpoint.h"
 
+#include "runtime/base/file.h"
 #include "runtime/base/parallel.h"
-#include "runtime/exec/executor.h"
-#include "runtime/schemas/container.h"
+#include "runtime/exec/state.h"
 
 #include <cmath>
 #include <cstdio>
@@ -400,8 +400,8 @@ TensorView expertSlice(const TensorView &t, int64_t e) {
 
 } // namespace
 
-Status saveHFCheckpoint(const Executor &executor, const std::string &dir, bool mergeLora) {
-  const StepProgram &program = executor.program();
+Status saveHFCheckpoint(const HostState &host, const std::string &dir, bool mergeLora) {
+  const StepProgram &program = host.program();
   nlohmann::ordered_json config;
   G3RT_RETURN_IF_ERROR(hfConfigFromStep(program, config));
   double scale = 1;
@@ -417,22 +417,22 @@ Status saveHFCheckpoint(const Executor &executor, const std::string &dir, bool m
     return Status::error("cannot create " + dir + ": " + ec.message());
 
   // Merged weights need their own storage; everything else is written from
-  // the executor's parameters directly.
+  // the host state's parameters directly.
   std::vector<std::vector<uint8_t>> merged;
   merged.reserve(program.params.size());
   std::vector<NamedTensor> tensors;
   for (const ParamDesc &p : program.params) {
     if (isLoraName(p.name))
       continue;
-    TensorView w = executor.param(p.name);
+    TensorView w = host.param(p.name);
     if (!w.data)
       return Status::error("parameter '" + p.name + "' has no storage");
     TensorView a, b;
     if (mergeLora) {
       std::string an = loraName(p.name, "lora_A"), bn = loraName(p.name, "lora_B");
       if (!an.empty()) {
-        a = executor.param(an);
-        b = executor.param(bn);
+        a = host.param(an);
+        b = host.param(bn);
       }
     }
     if (a.data && b.data) {

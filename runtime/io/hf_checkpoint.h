@@ -21,7 +21,7 @@
 
 namespace g3rt {
 
-class Executor;
+class HostState;
 struct StepProgram;
 
 /// What a checkpoint tensor name means for the text model.
@@ -93,7 +93,7 @@ Status hfConfigFromStep(const StepProgram &program, nlohmann::ordered_json &out)
 /// `mergeLora` every base weight that has an adapter becomes
 /// W + (lora_alpha / lora_r)·B·A (per expert for stacked weights). Each file
 /// is written atomically.
-Status saveHFCheckpoint(const Executor &executor, const std::string &dir, bool mergeLora);
+Status saveHFCheckpoint(const HostState &host, const std::string &dir, bool mergeLora);
 
 } // namespace g3rt
 

@@ -2,6 +2,8 @@
 
 #include "runtime/kernels/kernel.h"
 
+#include <algorithm>
+
 namespace g3rt {
 
 AttrValue AttrValue::ofInt(int64_t v) {
@@ -116,6 +118,24 @@ Status runAsPart(const KernelArgs &args, KernelFn fn, const char *name,
   part.name = name;
   part.backend = args.backend;
   return fn(part).withContext(std::string(args.name));
+}
+
+KernelTable::KernelTable(std::vector<std::pair<std::string, KernelFn>> entries)
+    : entries_(std::move(entries)) {
+  std::sort(entries_.begin(), entries_.end());
+}
+
+KernelFn KernelTable::find(std::string_view name) const {
+  auto it = std::lower_bound(entries_.begin(), entries_.end(), name,
+                             [](const auto &e, std::string_view n) { return e.first < n; });
+  return it != entries_.end() && it->first == name ? it->second : nullptr;
+}
+
+std::vector<std::string> KernelTable::names() const {
+  std::vector<std::string> names;
+  for (const auto &e : entries_)
+    names.push_back(e.first);
+  return names;
 }
 
 } // namespace g3rt

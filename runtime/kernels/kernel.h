@@ -91,13 +91,20 @@ Status runAsPart(const KernelArgs &args, KernelFn fn, const char *name,
                  std::vector<TensorView> inputs, std::vector<TensorView> outputs,
                  const KernelAttrs *attrs);
 
-/// A backend's kernels by name (built from kernel_names.def).
-using KernelTable = std::vector<std::pair<std::string, KernelFn>>;
+/// A backend's kernels by name: each backend builds one from
+/// kernel_names.def with its own functions.
+class KernelTable {
+public:
+  explicit KernelTable(std::vector<std::pair<std::string, KernelFn>> entries);
+  /// The kernel called `name`, or null.
+  KernelFn find(std::string_view name) const;
+  /// Every name in the table, sorted.
+  std::vector<std::string> names() const;
 
-/// The CPU reference kernel called `name`, or null (runtime/cpu/).
-KernelFn findCpuKernel(std::string_view name);
-/// Every CPU kernel name, sorted.
-std::vector<std::string> cpuKernelNames();
+private:
+  /// Sorted by name.
+  std::vector<std::pair<std::string, KernelFn>> entries_;
+};
 
 } // namespace g3rt
 

@@ -18,6 +18,14 @@ inline constexpr std::string_view kKernelNames[] = {
 #include "runtime/kernels/kernel_names.def"
 };
 
+/// Whether `name` is in kernel_names.def: a kernel some backend may run.
+inline bool isKernelName(std::string_view name) {
+  for (std::string_view known : kKernelNames)
+    if (known == name)
+      return true;
+  return false;
+}
+
 } // namespace g3rt
 
 #endif // G3MOE_RUNTIME_KERNELS_KERNEL_NAMES_H

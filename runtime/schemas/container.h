@@ -10,9 +10,6 @@
 #ifndef G3MOE_RUNTIME_SCHEMAS_CONTAINER_H
 #define G3MOE_RUNTIME_SCHEMAS_CONTAINER_H
 
-// readFile and writeFileAtomically moved to base/file.h; some of their
-// callers still find them through this header.
-#include "runtime/base/file.h"
 #include "runtime/base/status.h"
 
 #include <cstddef>

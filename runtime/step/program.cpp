@@ -8,11 +8,14 @@
 
 #include "runtime/step/program.h"
 
+#include "runtime/base/file.h"
+#include "runtime/kernels/kernel_names.h"
 #include "runtime/schemas/container.h"
 #include "runtime/schemas/step_generated.h"
 
 #include <algorithm>
 #include <limits>
+#include <map>
 
 namespace g3rt {
 
@@ -288,8 +291,9 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program,
       instr.kernel = in->kernel()->str();
       std::string where = "instruction " + std::to_string(fn.instrs.size()) + " (" +
                           instr.kernel + ")";
-      instr.fn = findCpuKernel(instr.kernel);
-      if (!instr.fn)
+      // Only the name is checked here: which backend runs the kernel, and
+      // whether it has it, is for the backend to say when it takes the step.
+      if (!isKernelName(instr.kernel))
         return Status::error(where + ": no kernel of that name in this runtime");
       for (auto [list, vec] : {std::make_pair(in->inputs(), &instr.inputs),
                                std::make_pair(in->outputs(), &instr.outputs)})
@@ -368,6 +372,24 @@ Status checkArenaPlan(const FunctionDesc &fn) {
   return Status();
 }
 
+// Every backend allocates a persistent tensor once, as its first declaration
+// says (forEachStateBuffer), so each later declaration must agree with it.
+Status checkStateDeclarations(const StepProgram &program) {
+  std::map<std::pair<BufferKind, std::string>, const BufferDesc *> first;
+  for (const FunctionDesc &fn : program.functions)
+    for (const BufferDesc &b : fn.buffers) {
+      if (b.kind == BufferKind::Arena)
+        continue;
+      auto [it, inserted] = first.emplace(std::make_pair(b.kind, b.name), &b);
+      if (!inserted && (it->second->dtype != b.dtype || it->second->shape != b.shape))
+        return Status::error("function '" + fn.name + "' declares '" + b.name + "' as " +
+                             shapeString(b.shape) + " " + std::string(dtypeName(b.dtype)) +
+                             ", an earlier function as " + shapeString(it->second->shape) +
+                             " " + std::string(dtypeName(it->second->dtype)));
+    }
+  return Status();
+}
+
 Status parseStep(const std::vector<uint8_t> &file, const std::string &displayName,
                  StepProgram &out) {
   auto fail = [&](const Status &s) { return s.withContext(displayName); };
@@ -423,6 +445,9 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
         return fail(s.withContext("function '" + f->name()->str() + "'"));
       program.functions.push_back(std::move(fn));
     }
+  s = checkStateDeclarations(program);
+  if (!s.ok())
+    return fail(s);
   out = std::move(program);
   return Status();
 }

@@ -1,9 +1,12 @@
 //===- program.h - a verified step.bin in memory ----------------*- C++ -*-===//
 //
 // The runtime's view of a step: parameters, and per entry point the buffers,
-// the instructions (with their kernels resolved) and the outputs. Built only
-// by loadStep, which verifies everything it reads first, so an executor never
-// sees an index out of range, an unknown kernel or an overlapping memory plan.
+// the instructions (kernel names, operands, attributes) and the outputs.
+// Built only by loadStep, which verifies everything it reads first, so a
+// backend never sees an index out of range, a kernel name outside
+// kernel_names.def, a tensor declared twice with different shapes or an
+// overlapping memory plan. Which kernels a backend has is the backend's to
+// check when it takes the program.
 //
 //===----------------------------------------------------------------------===//
 
@@ -42,7 +45,6 @@ struct InstrDesc {
   std::string kernel;
   std::vector<uint32_t> inputs, outputs;
   KernelAttrs attrs;
-  KernelFn fn = nullptr;
 };
 
 struct FunctionDesc {
@@ -89,6 +91,11 @@ Status loadStep(const std::string &path, StepProgram &out);
 /// The same on bytes already in memory.
 Status parseStep(const std::vector<uint8_t> &file, const std::string &displayName,
                  StepProgram &out);
+
+/// Checks that every declaration of one persistent tensor (kind and name), in
+/// any entry point, has the same dtype and shape (used by the verifier;
+/// exposed for tests).
+Status checkStateDeclarations(const StepProgram &program);
 
 /// Checks that no two arena buffers of `fn` that are live at the same
 /// instruction share a byte (used by the verifier; exposed for tests).

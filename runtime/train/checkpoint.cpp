@@ -2,7 +2,7 @@
 
 #include "runtime/train/checkpoint.h"
 
-#include "runtime/schemas/container.h"
+#include "runtime/base/file.h"
 
 #include <algorithm>
 #include <cctype>
@@ -196,13 +196,13 @@ nlohmann::json trainerStateJson(const TrainerState &s) {
   };
 }
 
-std::vector<NamedTensor> optimizerTensors(const Executor &ex, std::string *missing) {
+std::vector<NamedTensor> optimizerTensors(const HostState &host, std::string *missing) {
   std::vector<NamedTensor> out;
-  for (const ParamDesc &p : ex.program().params) {
+  for (const ParamDesc &p : host.program().params) {
     if (!p.trainable)
       continue;
-    TensorView m = ex.state(BufferKind::ExpAvg, p.name);
-    TensorView v = ex.state(BufferKind::ExpAvgSq, p.name);
+    TensorView m = host.state(BufferKind::ExpAvg, p.name);
+    TensorView v = host.state(BufferKind::ExpAvgSq, p.name);
     if ((!m.data || !v.data) && missing && missing->empty())
       *missing = p.name;
     if (m.data)
@@ -242,12 +242,12 @@ Status checkTensors(const SafetensorsFile &file, const std::vector<NamedTensor> 
 
 } // namespace
 
-std::vector<NamedTensor> exportTrainable(const Executor &ex, bool lora) {
+std::vector<NamedTensor> exportTrainable(const HostState &host, bool lora) {
   std::vector<NamedTensor> out;
-  for (const ParamDesc &p : ex.program().params) {
+  for (const ParamDesc &p : host.program().params) {
     if (!p.trainable)
       continue;
-    TensorView t = ex.param(p.name);
+    TensorView t = host.param(p.name);
     std::string name = (lora ? "base_model.model." : "") + p.name;
     size_t at = name.find("{e}");
     if (at == std::string::npos) {
@@ -279,12 +279,12 @@ nlohmann::json adapterConfig(const TrainingConfig &training, const std::string &
           {"base_model_name_or_path", baseModel}};
 }
 
-Status saveTrainedParameters(const Executor &ex, const TrainingConfig &training,
+Status saveTrainedParameters(const HostState &host, const TrainingConfig &training,
                              const std::string &dir, std::vector<std::string> &files,
                              const std::string &baseModel) {
   bool lora = training.isLoRA();
   std::string file = dir + "/" + (lora ? kAdapterFile : kModelFile);
-  G3RT_RETURN_IF_ERROR(writeSafetensors(file, exportTrainable(ex, lora), {{"format", "pt"}}));
+  G3RT_RETURN_IF_ERROR(writeSafetensors(file, exportTrainable(host, lora), {{"format", "pt"}}));
   files.push_back(file);
   if (lora) {
     std::string config = dir + "/adapter_config.json";
@@ -325,7 +325,7 @@ Status latestCheckpoint(const std::string &outputDir, std::string &dir) {
   return Status();
 }
 
-Status saveCheckpoint(const Executor &ex, const TrainingConfig &training,
+Status saveCheckpoint(const HostState &host, const TrainingConfig &training,
                       const TrainerState &state, const nlohmann::json &trainingArgs,
                       const std::string &outputDir, std::string &dir,
                       const std::string &baseModel) {
@@ -340,11 +340,11 @@ Status saveCheckpoint(const Executor &ex, const TrainingConfig &training,
 
   auto write = [&]() -> Status {
     std::vector<std::string> files;
-    G3RT_RETURN_IF_ERROR(saveTrainedParameters(ex, training, tmp, files, baseModel));
+    G3RT_RETURN_IF_ERROR(saveTrainedParameters(host, training, tmp, files, baseModel));
     testOnlyAbortDuringSave(state.globalStep);
 
     std::string missing;
-    std::vector<NamedTensor> moments = optimizerTensors(ex, &missing);
+    std::vector<NamedTensor> moments = optimizerTensors(host, &missing);
     if (!missing.empty())
       return Status::error("the step has no Adam moments for '" + missing + "'");
     G3RT_RETURN_IF_ERROR(writeSafetensors(tmp + "/" + kOptimizerFile, moments,
@@ -411,13 +411,13 @@ Status rotateCheckpoints(const std::string &outputDir, int64_t limit, const std:
   return Status();
 }
 
-Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Executor &ex,
+Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, HostState &host,
                       TrainerState &state) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec))
     return Status::error("cannot resume from '" + dir + "': not a folder");
 
-  // Everything is read and checked before the executor is touched.
+  // Everything is read and checked before the host state is touched.
   TrainerState s = state;
   nlohmann::json scheduler, rng, trainer;
   std::string schedulerPath = dir + "/scheduler.json", rngPath = dir + "/rng_state.json",
@@ -471,9 +471,9 @@ Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Ex
   SafetensorsFile model, optimizer;
   G3RT_RETURN_IF_ERROR(SafetensorsFile::open(modelPath, model));
   G3RT_RETURN_IF_ERROR(SafetensorsFile::open(dir + "/" + kOptimizerFile, optimizer));
-  std::vector<NamedTensor> params = exportTrainable(ex, lora);
+  std::vector<NamedTensor> params = exportTrainable(host, lora);
   std::string missing;
-  std::vector<NamedTensor> moments = optimizerTensors(ex, &missing);
+  std::vector<NamedTensor> moments = optimizerTensors(host, &missing);
   if (!missing.empty())
     return Status::error("the step has no Adam moments for '" + missing + "'");
   G3RT_RETURN_IF_ERROR(checkTensors(model, params));

@@ -29,7 +29,7 @@
 #ifndef G3MOE_RUNTIME_TRAIN_CHECKPOINT_H
 #define G3MOE_RUNTIME_TRAIN_CHECKPOINT_H
 
-#include "runtime/exec/executor.h"
+#include "runtime/exec/state.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/step/config.h"
 #include "runtime/train/data.h"
@@ -44,8 +44,8 @@ namespace g3rt {
 
 /// The trainable parameters under the names HF / PEFT files use: stacked
 /// expert tensors are split into per-expert views, LoRA names get PEFT's
-/// `base_model.model.` prefix. The views alias the executor's storage.
-std::vector<NamedTensor> exportTrainable(const Executor &ex, bool lora);
+/// `base_model.model.` prefix. The views alias the host state's storage.
+std::vector<NamedTensor> exportTrainable(const HostState &host, bool lora);
 
 /// PEFT's adapter_config.json for the adapters of this step;
 /// `base_model_name_or_path` is `baseModel` (the --weights folder).
@@ -54,7 +54,7 @@ nlohmann::json adapterConfig(const TrainingConfig &training, const std::string &
 /// Writes the trainable parameters into `dir`: adapter_model.safetensors and
 /// adapter_config.json for LoRA, model.safetensors for full fine-tuning. The
 /// paths written are appended to `files`.
-Status saveTrainedParameters(const Executor &ex, const TrainingConfig &training,
+Status saveTrainedParameters(const HostState &host, const TrainingConfig &training,
                              const std::string &dir, std::vector<std::string> &files,
                              const std::string &baseModel = "");
 
@@ -112,7 +112,7 @@ void removeStaleTemporaries(const std::string &dir);
 /// file comment) and returns its folder in `dir`. `trainingArgs` goes to
 /// training_args.json. Temporary folders left by killed runs are removed
 /// first. `baseModel` as for adapterConfig.
-Status saveCheckpoint(const Executor &ex, const TrainingConfig &training,
+Status saveCheckpoint(const HostState &host, const TrainingConfig &training,
                       const TrainerState &state, const nlohmann::json &trainingArgs,
                       const std::string &outputDir, std::string &dir,
                       const std::string &baseModel = "");
@@ -124,12 +124,12 @@ Status saveCheckpoint(const Executor &ex, const TrainingConfig &training,
 Status rotateCheckpoints(const std::string &outputDir, int64_t limit, const std::string &keep,
                          std::vector<std::string> &deleted);
 
-/// Loads checkpoint `dir` into `ex` (trainable parameters and Adam moments)
+/// Loads checkpoint `dir` into `host` (trainable parameters and Adam moments)
 /// and `state`. The checkpoint must match the step: the same trainable
 /// parameters with the same shapes (an error names the first difference),
 /// LoRA or full fine-tuning alike. Every file is checked before anything is
-/// loaded, so a mismatch leaves `ex` and `state` untouched.
-Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Executor &ex,
+/// loaded, so a mismatch leaves `host` and `state` untouched.
+Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, HostState &host,
                       TrainerState &state);
 
 /// FNV-1a over rows' tokens, labels and document layout

@@ -23,9 +23,9 @@ uint32_t streamOf(const std::string &s) {
   return h;
 }
 
-Status initializeParameters(Executor &executor, uint64_t seed, int64_t padTokenId) {
-  for (const ParamDesc &p : executor.program().params) {
-    TensorView t = executor.param(p.name);
+Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId) {
+  for (const ParamDesc &p : host.program().params) {
+    TensorView t = host.param(p.name);
     if (!t.data)
       continue;
     uint32_t stream = streamOf(p.name);

@@ -9,15 +9,15 @@
 #ifndef G3MOE_RUNTIME_TRAIN_INIT_H
 #define G3MOE_RUNTIME_TRAIN_INIT_H
 
-#include "runtime/exec/executor.h"
+#include "runtime/exec/state.h"
 
 namespace g3rt {
 
-/// Initialises every parameter of the executor's program under `seed`:
+/// Initialises every parameter of the host state's program under `seed`:
 /// N(0, std) for Normal, with row `padTokenId` zeroed for the embedding,
 /// zeros, and U(-1/sqrt(fan_in), +1/sqrt(fan_in)) for KaimingUniform
 /// (PEFT's LoRA A).
-Status initializeParameters(Executor &executor, uint64_t seed, int64_t padTokenId);
+Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId);
 
 /// A 32-bit FNV-1a hash of `s`: the random stream of a named tensor.
 uint32_t streamOf(const std::string &s);

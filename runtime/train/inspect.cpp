@@ -8,10 +8,9 @@
 
 #include "runtime/train/inspect.h"
 
-#include "runtime/exec/device_backend.h"
-#include "runtime/exec/executor.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/train/backend_choice.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
@@ -28,8 +27,8 @@ namespace g3rt {
 namespace {
 
 /// Writes `values` into the step input `name` when the step has it.
-void setInts(Executor &ex, const char *name, const std::vector<int32_t> &values) {
-  TensorView t = ex.input(name);
+void setInts(HostState &host, const char *name, const std::vector<int32_t> &values) {
+  TensorView t = host.input(name);
   if (t.data && size_t(t.numel()) == values.size())
     std::memcpy(t.data, values.data(), values.size() * sizeof(int32_t));
 }
@@ -44,18 +43,18 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
                      const InspectOptions &what, std::ostream &log) {
   // Writing the base model runs nothing; the dumps run one entry point where
   // --device says, from the host's state.
-  std::unique_ptr<DeviceBackend> device;
+  HostState host(program);
+  std::unique_ptr<Backend> backend;
   if (what.saveInitialWeights.empty()) {
-    std::string backend;
-    G3RT_RETURN_IF_ERROR(selectBackend(program, options.device, device, backend));
-    log << "backend: " << backend << "\n";
+    std::string description;
+    G3RT_RETURN_IF_ERROR(selectBackend(program, host, options.device, backend, description));
+    log << "backend: " << description << "\n";
   }
-  Executor ex(program, /*withArena=*/!device);
   uint64_t seed = uint64_t(options.seed.value_or(program.training.seed));
   int64_t padId = program.model.padTokenId;
-  G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
+  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
   if (!options.weightsDir.empty())
-    G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
+    G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
   if (options.resume) {
     // The trained parameters of a checkpoint, on top of the base weights
     // (the frozen ones are not in a LoRA checkpoint).
@@ -64,12 +63,12 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
       G3RT_RETURN_IF_ERROR(
           latestCheckpoint(outputDirFor(options, program.training), dir).withContext("--resume"));
     TrainerState state;
-    G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, program.training, ex, state));
+    G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, program.training, host, state));
     log << "parameters: checkpoint " << dir << " (step " << state.globalStep << ")\n";
   }
 
   if (!what.saveInitialWeights.empty()) {
-    G3RT_RETURN_IF_ERROR(saveHFCheckpoint(ex, what.saveInitialWeights, /*mergeLora=*/false));
+    G3RT_RETURN_IF_ERROR(saveHFCheckpoint(host, what.saveInitialWeights, /*mergeLora=*/false));
     log << "saved the base model as an HF checkpoint in " << what.saveInitialWeights << "\n";
     return Status();
   }
@@ -80,7 +79,7 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
                          (what.dumpGradients.empty()
                               ? " entry point: compile it with g3moe-compile --emit-logits"
                               : " entry point: compile a training step with g3moe-compile"));
-  TensorView ids = ex.input("input_ids");
+  TensorView ids = host.input("input_ids");
   if (!ids.data || ids.shape.size() != 2)
     return Status::error("the step has no [batch, seq] input_ids input");
   int64_t rows = ids.shape[0], seqLen = ids.shape[1];
@@ -102,38 +101,28 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
   G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, program.training, denominator));
   float numItems = float(std::max<int64_t>(1, batch.lossItems(denominator)));
 
-  setInts(ex, "input_ids", batch.inputIds);
-  setInts(ex, "targets", batch.targets);
-  setInts(ex, "positions", batch.positions);
-  setInts(ex, "segment_ids", batch.segmentIds);
-  if (TensorView n = ex.input("num_items"); n.data)
+  setInts(host, "input_ids", batch.inputIds);
+  setInts(host, "targets", batch.targets);
+  setInts(host, "positions", batch.positions);
+  setInts(host, "segment_ids", batch.segmentIds);
+  if (TensorView n = host.input("num_items"); n.data)
     n.store(0, numItems);
-  if (TensorView key = ex.input("rng_key"); key.data) {
+  if (TensorView key = host.input("rng_key"); key.data) {
     key.i64()[0] = int64_t(seed);
     key.i64()[1] = 0;
   }
-  // Outputs read from the device are copied here and live until the file is
-  // written; on the CPU they are views of the executor's arena.
-  // (A list: its elements never move.) An unknown output is an empty view,
-  // as Executor::output gives.
-  std::list<std::vector<uint8_t>> deviceBytes;
+  // Outputs are copied here and live until the file is written (a list: its
+  // elements never move). An unknown output is an empty view.
+  std::list<std::vector<uint8_t>> outputBytes;
   auto output = [&](const std::string &name, TensorView &view) -> Status {
     view = TensorView{};
-    if (!device) {
-      view = ex.output(function, name);
-      return Status();
-    }
     if (program.findFunction(function)->findOutput(name) < 0)
       return Status();
-    deviceBytes.emplace_back();
-    return device->readOutput(function, name, deviceBytes.back(), view);
+    outputBytes.emplace_back();
+    return backend->readOutput(function, name, outputBytes.back(), view);
   };
-  if (device) {
-    G3RT_RETURN_IF_ERROR(device->uploadState(ex));
-    G3RT_RETURN_IF_ERROR(device->run(function));
-  } else {
-    G3RT_RETURN_IF_ERROR(ex.run(function));
-  }
+  G3RT_RETURN_IF_ERROR(backend->uploadState(host));
+  G3RT_RETURN_IF_ERROR(backend->run(function));
 
   std::vector<NamedTensor> out;
   std::vector<float> scalars = {0.0f, numItems};

@@ -14,13 +14,12 @@
 
 #include "runtime/train/trainer.h"
 
+#include "runtime/base/file.h"
 #include "runtime/base/random.h"
-#include "runtime/exec/device_backend.h"
-#include "runtime/exec/executor.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/tensorboard.h"
-#include "runtime/schemas/container.h"
+#include "runtime/train/backend_choice.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
@@ -102,21 +101,23 @@ struct StepReport {
 /// A training run: the step's executor, the data, the schedule and the
 /// outputs. The entry point below drives it.
 ///
-/// `ex` holds all state on the host. Without a device backend it also runs
-/// every entry point (the CPU backend, unchanged). With one, the device runs
-/// them: the state is uploaded once prepare() has initialised, loaded or
-/// resumed it; each call uploads the inputs written into `ex` and runs on the
-/// device; outputs are read from the device; and the changed tensors are
-/// downloaded into `ex` (syncHost) before anything reads them on the host.
+/// `host` owns the state; `backend` (the CPU or a GPU) runs the entry
+/// points on it. The state is uploaded once prepare() has initialised, loaded
+/// or resumed it; each call uploads the inputs written into `host` and runs;
+/// outputs are read from the backend; and the changed tensors are downloaded
+/// into `host` (syncHost) before anything reads them there. On the CPU those
+/// copies cost nothing: it runs on `host` itself.
 class Trainer {
 public:
   Trainer(const StepProgram &program, double lr, std::string schedule,
-          const TrainOptions &options, std::ostream &log, TrainResult &result,
-          std::unique_ptr<DeviceBackend> device)
+          const TrainOptions &options, std::ostream &log, TrainResult &result)
       : program(program), training(program.training), options(options), log(log),
-        result(result), device(std::move(device)),
-        ex(program, /*withArena=*/!this->device), lr(lr), schedule(std::move(schedule)) {}
+        result(result), host(program), lr(lr), schedule(std::move(schedule)) {}
 
+  /// Opens the backend --device asks for (before any weights are read, so
+  /// that a missing GPU fails at once rather than after loading a
+  /// checkpoint).
+  Status openBackend();
   /// Parameters (seeded, then a checkpoint's when resuming), data, schedule.
   Status prepare();
   /// --eval-only: evaluate the whole data file and report.
@@ -163,15 +164,15 @@ private:
   void scalar(const std::string &tag, double value, int64_t step);
   void recordMetrics(const nlohmann::json &entry);
   nlohmann::json trainingArgs() const;
-  /// Runs entry point `function` on the inputs written into `ex`.
+  /// Runs entry point `function` on the inputs written into `host`.
   Status runFunction(const char *function);
   /// Output `name` of the last run of `function`, as floats / its first value.
   Status outputValues(const char *function, const std::string &name, std::vector<float> &values);
   Status outputScalar(const char *function, const std::string &name, double &value);
   /// Zeroes the gradient accumulators where the steps run.
   Status zeroGradients();
-  /// Makes `ex` hold the device's trainable parameters, moments and
-  /// accumulators (nothing to do on the CPU, or when nothing ran since).
+  /// Makes `host` hold the backend's trainable parameters, moments and
+  /// accumulators (nothing to do when nothing ran since).
   Status syncHost();
 
   const StepProgram &program;
@@ -180,10 +181,10 @@ private:
   const TrainOptions &options;
   std::ostream &log;
   TrainResult &result;
-  /// Null on the CPU backend. Declared before `ex`, whose arena depends on it.
-  std::unique_ptr<DeviceBackend> device;
-  Executor ex;
-  /// The device ran an entry point since the last download.
+  HostState host;
+  /// Declared after `host`, which the CPU backend refers to.
+  std::unique_ptr<Backend> backend;
+  /// The backend ran an entry point since the last download.
   bool hostStale = false;
 
   int64_t rows = 0, seqLen = 0, padId = 0;
@@ -210,59 +211,45 @@ private:
   TensorBoardWriter tensorboard;
 };
 
+Status Trainer::openBackend() {
+  G3RT_RETURN_IF_ERROR(selectBackend(program, host, options.device, backend, result.backend));
+  log << "backend: " << result.backend << "\n";
+  return Status();
+}
+
 Status Trainer::runFunction(const char *function) {
-  if (!device)
-    return ex.run(function);
-  G3RT_RETURN_IF_ERROR(device->uploadInputs(ex));
+  G3RT_RETURN_IF_ERROR(backend->uploadInputs(host));
   hostStale = true;
-  return device->run(function);
+  return backend->run(function);
 }
 
 Status Trainer::outputValues(const char *function, const std::string &name,
                              std::vector<float> &values) {
-  if (device)
-    return device->readOutput(function, name, values);
-  TensorView t = ex.output(function, name);
-  if (!t.data)
-    return Status::error("no output '" + name + "' of '" + function + "'");
-  values = toFloat(t);
-  return Status();
+  return backend->readOutput(function, name, values);
 }
 
 Status Trainer::outputScalar(const char *function, const std::string &name, double &value) {
-  if (!device) {
-    // The CPU path reads the value in place, as it always has.
-    TensorView t = ex.output(function, name);
-    if (!t.data)
-      return Status::error("no output '" + name + "' of '" + function + "'");
-    value = t.load(0);
-    return Status();
-  }
   std::vector<float> values;
-  G3RT_RETURN_IF_ERROR(device->readOutput(function, name, values));
+  G3RT_RETURN_IF_ERROR(backend->readOutput(function, name, values));
   if (values.empty())
     return Status::error("output '" + name + "' of '" + function + "' is empty");
   value = values[0];
   return Status();
 }
 
-Status Trainer::zeroGradients() {
-  if (device)
-    return device->zeroGradients();
-  ex.zeroGradients();
-  return Status();
-}
+Status Trainer::zeroGradients() { return backend->zeroGradients(); }
 
 Status Trainer::syncHost() {
-  if (!device || !hostStale)
+  if (!hostStale)
     return Status();
-  G3RT_RETURN_IF_ERROR(device->downloadState(ex).withContext("copying the state from the device"));
+  G3RT_RETURN_IF_ERROR(
+      backend->downloadState(host).withContext("copying the state from the backend"));
   hostStale = false;
   return Status();
 }
 
 void Trainer::setScalar(const char *name, double value) {
-  TensorView t = ex.input(name);
+  TensorView t = host.input(name);
   if (t.data) {
     if (t.dtype == DType::I64)
       *t.i64() = int64_t(value);
@@ -282,7 +269,7 @@ Status Trainer::prepare() {
     if (!warning.empty())
       log << "warning: " << warning << "\n";
   }
-  TensorView ids = ex.input("input_ids");
+  TensorView ids = host.input("input_ids");
   if (!ids.data || ids.shape.size() != 2)
     return Status::error("the step has no [batch, seq] input_ids input");
   rows = ids.shape[0];
@@ -290,18 +277,17 @@ Status Trainer::prepare() {
   seed = uint64_t(options.seed.value_or(training.seed));
   padId = program.model.padTokenId;
   G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, training, lossDenominator));
-  G3RT_RETURN_IF_ERROR(initializeParameters(ex, seed, padId));
+  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
   if (!options.weightsDir.empty())
-    G3RT_RETURN_IF_ERROR(loadWeights(ex, options.weightsDir, log));
+    G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
   G3RT_RETURN_IF_ERROR(loadData());
   if (!options.dumpDataPath.empty())
     return Status();
   if (options.resume)
     G3RT_RETURN_IF_ERROR(resume());
-  // The state is complete on the host: one copy to the device, which keeps
+  // The state is complete on the host: one copy to the backend, which keeps
   // it from here on.
-  if (device)
-    G3RT_RETURN_IF_ERROR(device->uploadState(ex).withContext("copying the state to the device"));
+  G3RT_RETURN_IF_ERROR(backend->uploadState(host).withContext("copying the state to the backend"));
   return Status();
 }
 
@@ -315,8 +301,8 @@ Status Trainer::loadData() {
     spec.testSize = 0;
   G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
   // Unpacked rows are one example each, then padding.
-  if (device)
-    device->setOneDocumentPerRow(!spec.packing);
+  if (backend)
+    backend->setOneDocumentPerRow(!spec.packing);
   const std::vector<Row> &examples = data.train;
   for (const std::string &w : data.warnings)
     log << "warning: " << w << "\n";
@@ -345,7 +331,7 @@ Status Trainer::resume() {
   if (dir.empty())
     G3RT_RETURN_IF_ERROR(latestCheckpoint(outputDir, dir).withContext("--resume"));
   TrainerState loaded;
-  G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, training, ex, loaded));
+  G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, training, host, loaded));
   // The frozen weights are re-initialised from the seed: another seed would
   // continue on another base model.
   if (loaded.seed != seed)
@@ -376,10 +362,10 @@ Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
     int64_t count = batch.targetCount;
     if (count == 0)
       continue;
-    copyInts(ex.input("input_ids"), batch.inputIds);
-    copyInts(ex.input("targets"), batch.targets);
-    copyInts(ex.input("positions"), batch.positions);
-    copyInts(ex.input("segment_ids"), batch.segmentIds);
+    copyInts(host.input("input_ids"), batch.inputIds);
+    copyInts(host.input("targets"), batch.targets);
+    copyInts(host.input("positions"), batch.positions);
+    copyInts(host.input("segment_ids"), batch.segmentIds);
     setScalar("num_items", double(count));
     G3RT_RETURN_IF_ERROR(runFunction("eval_forward"));
     double loss = 0, batchCorrect = 0, batchCounted = 0;
@@ -497,7 +483,7 @@ Status Trainer::saveCheckpointNow(Progress &progress) {
   std::string dir;
   G3RT_RETURN_IF_ERROR(syncHost());
   G3RT_RETURN_IF_ERROR(
-      saveCheckpoint(ex, training, state, trainingArgs(), outputDir, dir, options.weightsDir));
+      saveCheckpoint(host, training, state, trainingArgs(), outputDir, dir, options.weightsDir));
   result.checkpoints.push_back(dir);
   progress.line("saved " + dir);
   std::vector<std::string> deleted;
@@ -550,7 +536,7 @@ Status Trainer::run() {
   }
   progress.finish();
   result.optimizerSteps = state.globalStep;
-  result.arenaHighWater = ex.arenaHighWater();
+  result.arenaHighWater = backend->arenaHighWater();
   if (state.globalStep < total) {
     log << "stopped after step " << state.globalStep << " of " << total << "\n";
     return Status();
@@ -669,12 +655,12 @@ void Trainer::assembleWindow(const std::vector<size_t> &order, int64_t window,
 Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t labels,
                                 MoEStats &moe, double &loss) {
   for (const MicroBatch &mb : batches) {
-    copyInts(ex.input("input_ids"), mb.inputIds);
-    copyInts(ex.input("targets"), mb.targets);
-    copyInts(ex.input("positions"), mb.positions);
-    copyInts(ex.input("segment_ids"), mb.segmentIds);
+    copyInts(host.input("input_ids"), mb.inputIds);
+    copyInts(host.input("targets"), mb.targets);
+    copyInts(host.input("positions"), mb.positions);
+    copyInts(host.input("segment_ids"), mb.segmentIds);
     setScalar("num_items", double(std::max<int64_t>(1, labels)));
-    if (TensorView key = ex.input("rng_key"); key.data) {
+    if (TensorView key = host.input("rng_key"); key.data) {
       key.i64()[0] = int64_t(seed);
       key.i64()[1] = int64_t(state.microBatches);
     }
@@ -798,11 +784,11 @@ Status Trainer::saveFinal() {
   if (!options.noSave) {
     G3RT_RETURN_IF_ERROR(syncHost());
     G3RT_RETURN_IF_ERROR(
-        saveTrainedParameters(ex, training, outputDir, result.savedFiles, options.weightsDir));
+        saveTrainedParameters(host, training, outputDir, result.savedFiles, options.weightsDir));
     for (const std::string &f : result.savedFiles)
       log << "saved " << f << "\n";
     if (options.merge) {
-      G3RT_RETURN_IF_ERROR(saveHFCheckpoint(ex, outputDir + "/merged", /*mergeLora=*/true));
+      G3RT_RETURN_IF_ERROR(saveHFCheckpoint(host, outputDir + "/merged", /*mergeLora=*/true));
       log << "saved " << outputDir << "/merged (LoRA merged into the base weights)\n";
     }
   }
@@ -834,15 +820,10 @@ Status train(const StepProgram &compiled, const TrainOptions &options, std::ostr
     return Status::error("the step has no train_micro_step/optimizer_step: compile "
                          "it with g3moe-compile (default --emit=step)");
 
-  // Where the steps run; not needed to dump the data. The backend is chosen
-  // (and a device opened) before any weights are read, so that a missing GPU
-  // fails at once rather than after loading a checkpoint.
-  std::unique_ptr<DeviceBackend> device;
-  if (options.dumpDataPath.empty()) {
-    G3RT_RETURN_IF_ERROR(selectBackend(program, options.device, device, result.backend));
-    log << "backend: " << result.backend << "\n";
-  }
-  Trainer trainer(program, lr, schedule, options, log, result, std::move(device));
+  Trainer trainer(program, lr, schedule, options, log, result);
+  // Where the steps run; not needed to dump the data.
+  if (options.dumpDataPath.empty())
+    G3RT_RETURN_IF_ERROR(trainer.openBackend());
   G3RT_RETURN_IF_ERROR(trainer.prepare());
   if (!options.dumpDataPath.empty())
     return Status();

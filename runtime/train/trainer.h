@@ -85,7 +85,7 @@ struct TrainOptions {
   /// TensorBoard events (for tests that only want losses).
   bool noSave = false;
   /// Where the step runs: "cpu", "cuda" or "auto" (runtime/exec/
-  /// device_backend.h's selectBackend). The CPU here, so that library callers
+  /// backend_choice.h's selectBackend). The CPU here, so that library callers
   /// get the reference backend unless they ask; g3moe-run's --device
   /// defaults to auto. On CUDA the host keeps the state (initialisation,
   /// --weights, resume, checkpoints and the final files work on it as on the

@@ -157,10 +157,10 @@ void compareConfig(const HFCheckpoint &ckpt, const ModelConfig &step,
 
 } // namespace
 
-Status loadWeights(Executor &executor, const std::string &dir, std::vector<std::string> &notes) {
+Status loadWeights(HostState &host, const std::string &dir, std::vector<std::string> &notes) {
   HFCheckpoint ckpt;
   G3RT_RETURN_IF_ERROR(HFCheckpoint::open(dir, ckpt));
-  const StepProgram &program = executor.program();
+  const StepProgram &program = host.program();
 
   std::vector<std::string> problems;
   // Step name -> checkpoint name.
@@ -205,7 +205,7 @@ Status loadWeights(Executor &executor, const std::string &dir, std::vector<std::
   for (const ParamDesc &p : program.params) {
     if (isLoraName(p.name))
       continue;
-    TensorView t = executor.param(p.name);
+    TensorView t = host.param(p.name);
     if (!t.data)
       return Status::error("parameter '" + p.name + "' has no storage");
     std::vector<std::pair<std::string, TensorView>> targets;
@@ -292,9 +292,9 @@ Status loadWeights(Executor &executor, const std::string &dir, std::vector<std::
   return Status();
 }
 
-Status loadWeights(Executor &executor, const std::string &dir, std::ostream &log) {
+Status loadWeights(HostState &host, const std::string &dir, std::ostream &log) {
   std::vector<std::string> notes;
-  G3RT_RETURN_IF_ERROR(loadWeights(executor, dir, notes));
+  G3RT_RETURN_IF_ERROR(loadWeights(host, dir, notes));
   log << "weights: loaded " << dir << "\n";
   for (const std::string &n : notes)
     log << "note: " << n << "\n";

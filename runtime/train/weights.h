@@ -9,7 +9,7 @@
 #ifndef G3MOE_RUNTIME_TRAIN_WEIGHTS_H
 #define G3MOE_RUNTIME_TRAIN_WEIGHTS_H
 
-#include "runtime/exec/executor.h"
+#include "runtime/exec/state.h"
 
 #include <iosfwd>
 #include <string>
@@ -17,7 +17,7 @@
 
 namespace g3rt {
 
-/// Loads every non-LoRA parameter of the executor's step from the checkpoint
+/// Loads every non-LoRA parameter of the host state's step from the checkpoint
 /// in `dir` (see HFCheckpoint::open for the layouts read), converting dtypes
 /// to the parameter's. Stacked "{e}" parameters are filled expert by expert.
 ///
@@ -35,10 +35,10 @@ namespace g3rt {
 /// `notes` receives what the caller should tell the user: ignored vision
 /// weights, checkpoint tensors the step does not use, upcycled layers and
 /// routers left at their initialisation.
-Status loadWeights(Executor &executor, const std::string &dir, std::vector<std::string> &notes);
+Status loadWeights(HostState &host, const std::string &dir, std::vector<std::string> &notes);
 
 /// The same, reporting "weights: <dir>" and each note on `log` (g3moe-run).
-Status loadWeights(Executor &executor, const std::string &dir, std::ostream &log);
+Status loadWeights(HostState &host, const std::string &dir, std::ostream &log);
 
 } // namespace g3rt
 

@@ -1,9 +1,9 @@
 //===- DeviceBackendTest.cpp - the trainer's device path, on the CPU ------===//
 //
-// The trainer's use of a DeviceBackend (what it uploads, when it downloads,
+// The trainer's use of a device backend (what it uploads, when it downloads,
 // where it zeroes the accumulators and reads outputs) checked without a GPU:
-// a "mirror" backend runs the step on a second CPU Executor that shares
-// nothing with the host one. The CPU kernels are deterministic, so a run on
+// a "mirror" backend runs the step with the CPU backend on a second
+// HostState that shares nothing with the trainer's. The CPU kernels are deterministic, so a run on
 // the mirror must equal a plain CPU run bit for bit; a missed upload (the
 // mirror would train stale inputs), a missed zeroing or download (the saved
 // files would hold the host's stale parameters) shows as a difference. The
@@ -13,9 +13,9 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/exec/device_backend.h"
+#include "runtime/cpu/cpu_backend.h"
+#include "runtime/train/backend_choice.h"
 #include "runtime/io/safetensors.h"
-#include "runtime/schemas/container.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"
@@ -39,13 +39,13 @@ namespace {
 /// Eleven examples of varied length (as ResumeTest.cpp writes them).
 std::string writeData(const std::string &dir) { return g3moe_test::writeData(dir, 11, 6, 11); }
 
-/// Every persistent (kind, name) of a program, as executors allocate them.
+/// Every persistent (kind, name) of a program, as backends allocate them.
 std::set<std::pair<BufferKind, std::string>> persistentTensors(const StepProgram &program) {
   std::set<std::pair<BufferKind, std::string>> out;
-  for (const FunctionDesc &fn : program.functions)
-    for (const BufferDesc &b : fn.buffers)
-      if (b.kind != BufferKind::Arena && b.viewOf < 0)
-        out.insert({b.kind, b.name});
+  (void)forEachStateBuffer(program, [&](const BufferDesc &b) {
+    out.insert({b.kind, b.name});
+    return Status();
+  });
   return out;
 }
 
@@ -55,32 +55,35 @@ struct MirrorLog {
 };
 MirrorLog mirrorLog;
 
-/// A DeviceBackend whose "device" is another CPU executor.
-class MirrorBackend final : public DeviceBackend {
+/// A backend whose "device" is the CPU backend on a state of its own.
+class MirrorBackend final : public Backend {
 public:
   explicit MirrorBackend(const StepProgram &program)
       : device_(program), tensors_(persistentTensors(program)) {
+    Status s = cpu::CpuBackend::create(program, device_, cpu_);
+    EXPECT_TRUE(s.ok()) << s.message();
     for (const ParamDesc &p : program.params)
       if (!p.trainable)
         frozen_.insert(p.name);
   }
 
   std::string description() const override { return "CPU mirror"; }
+  const Placement &placement() const override { return placement_; }
 
-  Status uploadState(const Executor &host) override {
+  Status uploadState(const HostState &host) override {
     ++mirrorLog.stateUploads;
     for (const auto &[kind, name] : tensors_)
       copy(host.state(kind, name), device_.state(kind, name));
     return Status();
   }
-  Status uploadInputs(const Executor &host) override {
+  Status uploadInputs(const HostState &host) override {
     ++mirrorLog.inputUploads;
     for (const auto &[kind, name] : tensors_)
       if (kind == BufferKind::Input)
         copy(host.state(kind, name), device_.state(kind, name));
     return Status();
   }
-  Status downloadState(Executor &host) override {
+  Status downloadState(HostState &host) override {
     ++mirrorLog.downloads;
     for (const auto &[kind, name] : tensors_)
       if (kind != BufferKind::Input && !(kind == BufferKind::Param && frozen_.count(name)))
@@ -94,18 +97,11 @@ public:
   }
   Status run(const std::string &function) override {
     ++mirrorLog.runs;
-    return device_.run(function);
+    return cpu_->run(function);
   }
   Status readOutput(const std::string &function, const std::string &name,
                     std::vector<uint8_t> &bytes, TensorView &view) override {
-    TensorView t = device_.output(function, name);
-    if (!t.data)
-      return Status::error("no output '" + name + "' of '" + function + "'");
-    bytes.assign(static_cast<const uint8_t *>(t.data),
-                 static_cast<const uint8_t *>(t.data) + t.bytes());
-    view = t;
-    view.data = bytes.data();
-    return Status();
+    return cpu_->readOutput(function, name, bytes, view);
   }
 
 private:
@@ -114,7 +110,9 @@ private:
     std::memcpy(to.data, from.data, from.bytes());
   }
 
-  Executor device_;
+  HostState device_;
+  std::unique_ptr<cpu::CpuBackend> cpu_;
+  Placement placement_;
   std::set<std::pair<BufferKind, std::string>> tensors_;
   std::set<std::string> frozen_;
 };
@@ -123,14 +121,15 @@ private:
 int visibleDevices = 1;
 std::string createError;
 
-const DeviceBackendProvider kMirror = {
+const BackendProvider kMirror = {
     "mirror",
     [](std::string &why) {
       if (visibleDevices == 0)
         why = "none here";
       return visibleDevices;
     },
-    [](const StepProgram &program, int, std::unique_ptr<DeviceBackend> &out) {
+    [](const StepProgram &program, HostState &, const Placement &,
+       std::unique_ptr<Backend> &out) {
       if (!createError.empty())
         return Status::error(createError);
       out = std::make_unique<MirrorBackend>(program);
@@ -150,7 +149,7 @@ protected:
   void TearDown() override { registerCudaBackendProvider(previous_); }
 
 private:
-  const DeviceBackendProvider *previous_ = nullptr;
+  const BackendProvider *previous_ = nullptr;
 };
 
 TrainOptions baseOptions(const std::string &data, const std::string &out) {
@@ -280,51 +279,56 @@ TEST_F(DeviceBackendTest, GradientDumpOnTheDeviceIsTheCPUs) {
 
 TEST_F(DeviceBackendTest, DeviceSelection) {
   StepProgram program = loadProgram("g3moe_lora");
-  std::unique_ptr<DeviceBackend> device;
+  HostState host(program);
+  std::unique_ptr<Backend> backend;
   std::string description;
+  auto onCpu = [&] {
+    ASSERT_TRUE(backend);
+    EXPECT_EQ(backend->description().rfind("CPU (", 0), 0u) << backend->description();
+    EXPECT_EQ(description.rfind(backend->description(), 0), 0u) << description;
+  };
 
-  ASSERT_TRUE(selectBackend(program, "cpu", device, description).ok());
-  EXPECT_FALSE(device);
-  EXPECT_EQ(description.rfind("CPU (", 0), 0u) << description;
+  ASSERT_TRUE(selectBackend(program, host, "cpu", backend, description).ok());
+  onCpu();
+  EXPECT_EQ(description.find("CUDA not used"), std::string::npos) << description;
 
-  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
-  ASSERT_TRUE(device);
+  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  ASSERT_TRUE(backend);
   EXPECT_EQ(description, "CPU mirror");
 
-  Status s = selectBackend(program, "gpu", device, description);
+  Status s = selectBackend(program, host, "gpu", backend, description);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("unknown device 'gpu'"), std::string::npos) << s.message();
 
   // No device visible: cuda is an error naming why, auto the CPU.
   visibleDevices = 0;
-  s = selectBackend(program, "cuda", device, description);
+  s = selectBackend(program, host, "cuda", backend, description);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.message(), "--device cuda: no CUDA device visible (cudaGetDeviceCount: none here)");
-  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
-  EXPECT_FALSE(device);
-  EXPECT_EQ(description.rfind("CPU (", 0), 0u) << description;
+  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  onCpu();
   EXPECT_EQ(description.find("CUDA not used"), std::string::npos) << description;
 
   // A device that cannot take the step: cuda fails, auto says why and uses
   // the CPU.
   visibleDevices = 1;
   createError = "the CUDA backend has no kernel 'k'";
-  s = selectBackend(program, "cuda", device, description);
+  s = selectBackend(program, host, "cuda", backend, description);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.message(), "--device cuda: the CUDA backend has no kernel 'k'");
-  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
-  EXPECT_FALSE(device);
+  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  onCpu();
   EXPECT_NE(description.find("; CUDA not used: the CUDA backend has no kernel 'k'"),
             std::string::npos)
       << description;
 
   // A program built without CUDA.
   registerCudaBackendProvider(nullptr);
-  s = selectBackend(program, "cuda", device, description);
+  s = selectBackend(program, host, "cuda", backend, description);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("built without CUDA"), std::string::npos) << s.message();
-  ASSERT_TRUE(selectBackend(program, "auto", device, description).ok());
-  EXPECT_FALSE(device);
+  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  onCpu();
 
   // Training fails before anything is written.
   TrainOptions o;

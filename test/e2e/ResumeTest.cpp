@@ -8,10 +8,9 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/exec/executor.h"
+#include "runtime/base/file.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/tensorboard.h"
-#include "runtime/schemas/container.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
@@ -376,8 +375,8 @@ TEST(Evaluation, EvalOnlyIsTheTokenWeightedLossOfTheForward) {
   ASSERT_TRUE(runTraining(program, o, r, &log).ok()) << log;
   ASSERT_EQ(r.evalLosses.size(), 1u);
 
-  Executor ex(program);
-  ASSERT_TRUE(initializeParameters(ex, 3, 0).ok());
+  CpuStep ex(program);
+  ASSERT_TRUE(initializeParameters(ex.state, 3, 0).ok());
   DataSpec spec;
   spec.path = data;
   spec.seqLen = 16;
@@ -395,13 +394,13 @@ TEST(Evaluation, EvalOnlyIsTheTokenWeightedLossOfTheForward) {
     int64_t n = 0;
     for (int32_t t : mb.targets)
       n += t != kIgnoreIndex;
-    std::memcpy(ex.input("input_ids").data, mb.inputIds.data(), mb.inputIds.size() * 4);
-    std::memcpy(ex.input("targets").data, mb.targets.data(), mb.targets.size() * 4);
-    std::memcpy(ex.input("positions").data, mb.positions.data(), mb.positions.size() * 4);
-    std::memcpy(ex.input("segment_ids").data, mb.segmentIds.data(), mb.segmentIds.size() * 4);
-    ex.input("num_items").store(0, 1.0f);
-    ASSERT_TRUE(ex.run("forward").ok());
-    sum += ex.output("forward", "loss").load(0);
+    std::memcpy(ex.state.input("input_ids").data, mb.inputIds.data(), mb.inputIds.size() * 4);
+    std::memcpy(ex.state.input("targets").data, mb.targets.data(), mb.targets.size() * 4);
+    std::memcpy(ex.state.input("positions").data, mb.positions.data(), mb.positions.size() * 4);
+    std::memcpy(ex.state.input("segment_ids").data, mb.segmentIds.data(), mb.segmentIds.size() * 4);
+    ex.state.input("num_items").store(0, 1.0f);
+    ASSERT_TRUE(ex.cpu->run("forward").ok());
+    sum += ex.cpu->output("forward", "loss").load(0);
     count += n;
   }
   EXPECT_NEAR(r.evalLosses[0], sum / double(count), 1e-5 * sum / double(count));

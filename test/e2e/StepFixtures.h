@@ -8,7 +8,8 @@
 #ifndef G3MOE_TEST_E2E_STEPFIXTURES_H
 #define G3MOE_TEST_E2E_STEPFIXTURES_H
 
-#include "runtime/schemas/container.h"
+#include "runtime/base/file.h"
+#include "runtime/cpu/cpu_backend.h"
 #include "runtime/step/program.h"
 #include "runtime/train/trainer.h"
 
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -43,6 +45,17 @@ inline g3rt::StepProgram loadProgram(const std::string &name) {
   EXPECT_TRUE(s.ok()) << s.message();
   return program;
 }
+
+/// A step's host state and the CPU backend that runs on it in place, so that
+/// a test can write inputs into `state` and read any buffer after a run.
+struct CpuStep {
+  explicit CpuStep(const g3rt::StepProgram &program) : state(program) {
+    g3rt::Status s = g3rt::cpu::CpuBackend::create(program, state, cpu);
+    EXPECT_TRUE(s.ok()) << s.message();
+  }
+  g3rt::HostState state;
+  std::unique_ptr<g3rt::cpu::CpuBackend> cpu;
+};
 
 /// An empty folder `<temp>/<prefix>-<suite>.<test>-<name>` for one test: the
 /// running test's name keeps tests that ctest runs side by side apart.

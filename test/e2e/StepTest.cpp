@@ -7,8 +7,9 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/base/file.h"
 #include "runtime/base/random.h"
-#include "runtime/exec/executor.h"
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/schemas/container.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
@@ -53,7 +54,7 @@ double dot(const std::vector<float> &a, const std::vector<float> &b) {
 }
 
 /// Writes the first micro-batch of the memorisation set into the inputs.
-void setInputs(Executor &ex, int64_t labelsInWindow = 0) {
+void setInputs(CpuStep &ex, int64_t labelsInWindow = 0) {
   DataSpec spec;
   spec.path = memorizeData();
   spec.vocabSize = 512;
@@ -63,7 +64,7 @@ void setInputs(Executor &ex, int64_t labelsInWindow = 0) {
   MicroBatch mb;
   assembleMicroBatch(data.train, {0, 1}, 2, 16, 0, mb);
   auto copy = [&](const char *name, const std::vector<int32_t> &v) {
-    TensorView t = ex.input(name);
+    TensorView t = ex.state.input(name);
     ASSERT_NE(t.data, nullptr) << name;
     ASSERT_EQ(size_t(t.numel()), v.size());
     std::memcpy(t.data, v.data(), v.size() * 4);
@@ -72,17 +73,17 @@ void setInputs(Executor &ex, int64_t labelsInWindow = 0) {
   copy("targets", mb.targets);
   copy("positions", mb.positions);
   copy("segment_ids", mb.segmentIds);
-  ex.input("num_items").store(0, float(labelsInWindow ? labelsInWindow : mb.labelCount));
-  if (TensorView key = ex.input("rng_key"); key.data) {
+  ex.state.input("num_items").store(0, float(labelsInWindow ? labelsInWindow : mb.labelCount));
+  if (TensorView key = ex.state.input("rng_key"); key.data) {
     key.i64()[0] = 1234;
     key.i64()[1] = 5;
   }
 }
 
-double runLoss(Executor &ex, const char *function) {
-  Status s = ex.run(function);
+double runLoss(CpuStep &ex, const char *function) {
+  Status s = ex.cpu->run(function);
   EXPECT_TRUE(s.ok()) << s.message();
-  return ex.output(function, "loss").load(0);
+  return ex.cpu->output(function, "loss").load(0);
 }
 
 /// Where a gradient is checked.
@@ -94,10 +95,10 @@ struct Point {
 };
 
 /// The parameters and the first micro-batch of `point`.
-void prepare(Executor &ex, const Point &point) {
-  EXPECT_TRUE(initializeParameters(ex, point.seed, 0).ok());
-  for (const ParamDesc &p : ex.program().params) {
-    TensorView t = ex.param(p.name);
+void prepare(CpuStep &ex, const Point &point) {
+  EXPECT_TRUE(initializeParameters(ex.state, point.seed, 0).ok());
+  for (const ParamDesc &p : ex.state.program().params) {
+    TensorView t = ex.state.param(p.name);
     if (point.randomizeLoraB && p.name.find("lora_B") != std::string::npos)
       for (int64_t i = 0; i < t.numel(); ++i)
         t.store(i, 0.05f * (2 * uniformAt(point.seed, 0, streamOf(p.name), uint64_t(i)) - 1));
@@ -106,7 +107,7 @@ void prepare(Executor &ex, const Point &point) {
         t.store(i, float(point.routerScale * t.load(i)));
   }
   setInputs(ex);
-  if (TensorView key = ex.input("rng_key"); key.data)
+  if (TensorView key = ex.state.input("rng_key"); key.data)
     key.i64()[1] = point.key;
 }
 
@@ -204,18 +205,18 @@ double routingMargin(const TensorView &logits, int64_t k, double epsilon) {
 
 /// Runs entry point `function` instruction by instruction, recording its
 /// routing; returns the loss.
-double runRecordingRouting(Executor &ex, const char *function, Routing &routing) {
-  const FunctionDesc *fn = ex.program().findFunction(function);
+double runRecordingRouting(CpuStep &ex, const char *function, Routing &routing) {
+  const FunctionDesc *fn = ex.state.program().findFunction(function);
   routing = Routing();
   for (size_t i = 0; i < fn->instrs.size(); ++i) {
-    Status s = ex.runInstruction(*fn, i);
+    Status s = ex.cpu->runInstruction(*fn, i);
     EXPECT_TRUE(s.ok()) << s.message();
     const InstrDesc &instr = fn->instrs[i];
     if (instr.kernel.size() < 7 || instr.kernel.compare(instr.kernel.size() - 7, 7, "_router"))
       continue;
-    TensorView indices = ex.view(*fn, instr.outputs[1]);
+    TensorView indices = ex.cpu->view(*fn, instr.outputs[1]);
     routing.margin =
-        std::min(routing.margin, routingMargin(ex.view(*fn, instr.inputs[0]), indices.shape.back(),
+        std::min(routing.margin, routingMargin(ex.cpu->view(*fn, instr.inputs[0]), indices.shape.back(),
                                                instr.attrs.getFloat("epsilon").value_or(0)));
     routing.decisions.insert(routing.decisions.end(), indices.i32(),
                              indices.i32() + indices.numel());
@@ -223,16 +224,16 @@ double runRecordingRouting(Executor &ex, const char *function, Routing &routing)
     routing.topK = indices.shape.back();
     if (instr.kernel != "sparsemixer_router")
       continue;
-    TensorView u = instr.inputs.size() > 1 ? ex.view(*fn, instr.inputs[1]) : TensorView{};
-    routing.mixer.push_back(mixerStages(ex.view(*fn, instr.inputs[0]), u.data ? &u : nullptr,
-                                        ex.view(*fn, instr.outputs[0]), indices,
+    TensorView u = instr.inputs.size() > 1 ? ex.cpu->view(*fn, instr.inputs[1]) : TensorView{};
+    routing.mixer.push_back(mixerStages(ex.cpu->view(*fn, instr.inputs[0]), u.data ? &u : nullptr,
+                                        ex.cpu->view(*fn, instr.outputs[0]), indices,
                                         *instr.attrs.getFloat("epsilon")));
     for (const MixerStage &st : routing.mixer.back()) {
       routing.decisions.push_back(int32_t(st.candidates));
       routing.decisions.push_back(st.argmax);
     }
   }
-  return ex.output(function, "loss").load(0);
+  return ex.cpu->output(function, "loss").load(0);
 }
 
 //===----------------------------------------------------------------------===//
@@ -278,9 +279,9 @@ double lossNoise(double loss) {
 /// jumps there) or the two differences disagree by more than 2 % and their
 /// noise, down to about 1/300 of the first. The analytic side sums the
 /// perturbation fp32 actually stored, in fp64. G3MOE_FD_VERBOSE=1 prints every comparison.
-Directional directional(Executor &ex, const ParamDesc &p, const std::vector<float> &grad,
+Directional directional(CpuStep &ex, const ParamDesc &p, const std::vector<float> &grad,
                         const std::vector<float> &dir, double baseLoss, const Routing &base) {
-  TensorView param = ex.param(p.name);
+  TensorView param = ex.state.param(p.name);
   std::vector<float> saved = toFloat(param), plus(saved.size()), minus(saved.size());
   // The parameter's own scale (1 for those that start at 0: norm weights
   // enter as 1 + w, biases only shift their input).
@@ -358,7 +359,7 @@ bool checkGradientsAt(const StepProgram &program, const Point &point,
                       std::vector<std::string> &failures,
                       const std::function<bool(const ParamDesc &)> &which = nullptr,
                       std::map<std::string, Directional> *checked = nullptr) {
-  Executor ex(program);
+  CpuStep ex(program);
   prepare(ex, point);
 
   double loss = runLoss(ex, "forward_backward");
@@ -367,7 +368,7 @@ bool checkGradientsAt(const StepProgram &program, const Point &point,
   double gradNormSq = 0;
   for (const ParamDesc &p : program.params)
     if (p.trainable) {
-      TensorView grad = ex.output("forward_backward", "grad:" + p.name);
+      TensorView grad = ex.cpu->output("forward_backward", "grad:" + p.name);
       EXPECT_NE(grad.data, nullptr) << "no gradient output for " << p.name;
       if (!grad.data)
         return true;
@@ -427,7 +428,7 @@ bool checkGradientsAt(const StepProgram &program, const Point &point,
 
 /// The routing `point` gives.
 Routing routingAt(const StepProgram &program, const Point &point) {
-  Executor ex(program);
+  CpuStep ex(program);
   prepare(ex, point);
   Routing routing;
   runRecordingRouting(ex, "forward", routing);
@@ -540,9 +541,9 @@ TEST(StepGradient, G3MoESparseMixerRouterWhereCandidatesTie) {
 
   // Which layers' routers see ties, and the gradients there.
   Routing routing = routingAt(program, best);
-  Executor ex(program);
+  CpuStep ex(program);
   prepare(ex, best);
-  ASSERT_TRUE(ex.run("forward_backward").ok());
+  ASSERT_TRUE(ex.cpu->run("forward_backward").ok());
   std::vector<std::string> routers;
   for (const ParamDesc &p : program.params)
     if (p.name.find("moe.gate.weight") != std::string::npos)
@@ -552,7 +553,7 @@ TEST(StepGradient, G3MoESparseMixerRouterWhereCandidatesTie) {
   for (size_t l = 0; l < routers.size(); ++l) {
     for (const MixerStage &st : routing.mixer[l])
       tied[l] = tied[l] || __builtin_popcount(st.candidates) >= 2;
-    std::vector<float> g = toFloat(ex.output("forward_backward", "grad:" + routers[l]));
+    std::vector<float> g = toFloat(ex.cpu->output("forward_backward", "grad:" + routers[l]));
     double norm = std::sqrt(dot(g, g));
     if (tied[l])
       EXPECT_GT(norm, 0) << routers[l] << ": ties, yet no router gradient";
@@ -621,17 +622,17 @@ std::vector<std::string> moeLoadLayers(const StepProgram &program) {
 /// and the segment ids.
 TEST(StepMoEStatistics, ExpertLoadCountsTheRoutingSlotsOfRealTokens) {
   StepProgram program = load("g3moe_lora");
-  Executor ex(program);
+  CpuStep ex(program);
   prepare(ex, Point());
   // The second row ends in padding after 11 tokens.
   for (int64_t t = 10; t < 16; ++t) {
-    ex.input("targets").i32()[16 + t] = -100;
+    ex.state.input("targets").i32()[16 + t] = -100;
     if (t > 10) {
-      ex.input("input_ids").i32()[16 + t] = 0;
-      ex.input("segment_ids").i32()[16 + t] = 0;
+      ex.state.input("input_ids").i32()[16 + t] = 0;
+      ex.state.input("segment_ids").i32()[16 + t] = 0;
     }
   }
-  TensorView segmentIds = ex.input("segment_ids");
+  TensorView segmentIds = ex.state.input("segment_ids");
   std::vector<int32_t> segments(segmentIds.i32(), segmentIds.i32() + segmentIds.numel());
   int64_t real = std::count_if(segments.begin(), segments.end(), [](int32_t s) { return s; });
   ASSERT_GT(real, 0);
@@ -647,7 +648,7 @@ TEST(StepMoEStatistics, ExpertLoadCountsTheRoutingSlotsOfRealTokens) {
                                        routing, std::vector<int32_t>(segments.size(), 1), 4);
   bool paddingMatters = false;
   for (size_t l = 0; l < layers.size(); ++l) {
-    std::vector<float> got = toFloat(ex.output("train_micro_step", "moe_load:" + layers[l]));
+    std::vector<float> got = toFloat(ex.cpu->output("train_micro_step", "moe_load:" + layers[l]));
     ASSERT_EQ(got.size(), 4u);
     double total = 0;
     for (size_t e = 0; e < 4; ++e) {
@@ -696,8 +697,8 @@ TEST(StepMoEStatistics, LoggedSharesAreTheWindowsRoutingCounts) {
   DataSplit split;
   ASSERT_TRUE(loadTrainingData(spec, split).ok());
   ASSERT_EQ(split.train.size(), 4u);
-  Executor ex(program);
-  ASSERT_TRUE(initializeParameters(ex, 3, 0).ok());
+  CpuStep ex(program);
+  ASSERT_TRUE(initializeParameters(ex.state, 3, 0).ok());
   std::vector<std::string> layers = moeLoadLayers(program);
   std::vector<std::vector<double>> counts(layers.size(), std::vector<double>(4, 0.0));
   for (int64_t mb = 0; mb < 2; ++mb) {
@@ -705,15 +706,15 @@ TEST(StepMoEStatistics, LoggedSharesAreTheWindowsRoutingCounts) {
     assembleMicroBatch(split.train, {size_t(2 * mb), size_t(2 * mb + 1)}, 2, 16, 0, batch);
     ASSERT_LT(batch.tokens, 32) << "the rows should end in padding";
     auto copy = [&](const char *name, const std::vector<int32_t> &v) {
-      std::memcpy(ex.input(name).data, v.data(), v.size() * 4);
+      std::memcpy(ex.state.input(name).data, v.data(), v.size() * 4);
     };
     copy("input_ids", batch.inputIds);
     copy("targets", batch.targets);
     copy("positions", batch.positions);
     copy("segment_ids", batch.segmentIds);
-    ex.input("num_items").store(0, 40.0f);
-    ex.input("rng_key").i64()[0] = 3;
-    ex.input("rng_key").i64()[1] = mb;
+    ex.state.input("num_items").store(0, 40.0f);
+    ex.state.input("rng_key").i64()[0] = 3;
+    ex.state.input("rng_key").i64()[1] = mb;
     Routing routing;
     runRecordingRouting(ex, "train_micro_step", routing);
     std::vector<std::vector<double>> c = expertCounts(routing, batch.segmentIds, 4);
@@ -760,18 +761,18 @@ TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
   ASSERT_LT(recomputed.findFunction("forward_backward")->arenaBytes,
             kept.findFunction("forward_backward")->arenaBytes)
       << "recomputation should shrink the arena";
-  Executor a(kept), b(recomputed);
+  CpuStep a(kept), b(recomputed);
   Point point;
   point.randomizeLoraB = true;
-  for (Executor *ex : {&a, &b})
+  for (CpuStep *ex : {&a, &b})
     prepare(*ex, point);
   EXPECT_EQ(runLoss(a, "forward_backward"), runLoss(b, "forward_backward"));
   int compared = 0;
   for (const ParamDesc &p : kept.params) {
     if (!p.trainable)
       continue;
-    std::vector<float> ga = toFloat(a.output("forward_backward", "grad:" + p.name)),
-                       gb = toFloat(b.output("forward_backward", "grad:" + p.name));
+    std::vector<float> ga = toFloat(a.cpu->output("forward_backward", "grad:" + p.name)),
+                       gb = toFloat(b.cpu->output("forward_backward", "grad:" + p.name));
     EXPECT_EQ(ga, gb) << p.name;
     ++compared;
   }
@@ -843,19 +844,19 @@ TEST(StepTraining, FirstWarmupUpdateUsesLearningRateZero) {
   EXPECT_NEAR(r.learningRates[3], 5e-3, 1e-9);
 }
 
-TEST(StepMemory, PlanPeakEqualsExecutorHighWater) {
+TEST(StepMemory, PlanPeakEqualsCpuArenaHighWater) {
   for (const char *name : {"g3moe_lora", "gemma3_full", "g3moe_topk_full_fp32"}) {
     StepProgram program = load(name);
     for (const FunctionDesc &fn : program.functions)
       EXPECT_TRUE(checkArenaPlan(fn).ok()) << name << " " << fn.name;
-    Executor ex(program);
-    ASSERT_TRUE(initializeParameters(ex, 1, 0).ok());
+    CpuStep ex(program);
+    ASSERT_TRUE(initializeParameters(ex.state, 1, 0).ok());
     setInputs(ex);
     for (const FunctionDesc &fn : program.functions) {
-      Status s = ex.run(fn.name);
+      Status s = ex.cpu->run(fn.name);
       ASSERT_TRUE(s.ok()) << s.message();
     }
-    EXPECT_EQ(ex.arenaHighWater(), program.arenaBytes) << name;
+    EXPECT_EQ(ex.cpu->arenaHighWater(), program.arenaBytes) << name;
     EXPECT_GT(program.arenaBytes, 0u);
   }
 }
@@ -966,6 +967,59 @@ TEST(StepFile, MissingFileIsAnError) {
   Status s = loadStep("/nonexistent/x.step", program);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("/nonexistent/x.step"), std::string::npos);
+}
+
+TEST(StepFile, PersistentTensorsAgreeAcrossEntryPoints) {
+  StepProgram program = load("g3moe_lora");
+  ASSERT_TRUE(checkStateDeclarations(program).ok());
+  // A second entry point declaring input_ids with another shape would make
+  // the backend that allocated the first write past it.
+  for (FunctionDesc &fn : program.functions)
+    if (fn.name == "eval_forward")
+      for (BufferDesc &b : fn.buffers)
+        if (b.kind == BufferKind::Input && b.name == "input_ids")
+          b.shape.back() += 1;
+  Status s = checkStateDeclarations(program);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("function 'eval_forward' declares 'input_ids' as [2, 17] I32"),
+            std::string::npos)
+      << s.message();
+}
+
+/// A kernel table without "rms_norm": what a backend that lacks a kernel
+/// reports.
+KernelFn allButRmsNorm(std::string_view name) {
+  return name == "rms_norm" ? nullptr : cpu::findCpuKernel(name);
+}
+
+TEST(Backends, NameTheKernelsTheyLack) {
+  StepProgram program = load("g3moe_lora");
+  EXPECT_TRUE(missingKernels(program, cpu::findCpuKernel).empty());
+  std::vector<std::string> missing = missingKernels(program, allButRmsNorm);
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_EQ(missing[0].rfind("rms_norm (used by ", 0), 0u) << missing[0];
+  Status s = kernelsMissingError("test", missing);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "the test backend has no kernel " + missing[0]);
+  EXPECT_TRUE(kernelsMissingError("test", {}).ok());
+}
+
+TEST(Backends, CpuBackendRunsOnItsOwnHostStateOnly) {
+  StepProgram program = load("g3moe_lora");
+  CpuStep step(program);
+  ASSERT_TRUE(step.cpu);
+  EXPECT_TRUE(step.cpu->uploadState(step.state).ok());
+  HostState other(program);
+  Status s = step.cpu->uploadInputs(other);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("the host state it was made with"), std::string::npos);
+  std::unique_ptr<cpu::CpuBackend> wrong;
+  StepProgram copy = program;
+  s = cpu::CpuBackend::create(copy, step.state, wrong);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("the state of another step"), std::string::npos) << s.message();
+  EXPECT_EQ(step.cpu->placement().rank, 0);
+  EXPECT_EQ(step.cpu->placement().worldSize, 1);
 }
 
 } // namespace

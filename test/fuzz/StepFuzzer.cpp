@@ -9,6 +9,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/kernels/kernel_names.h"
 #include "runtime/schemas/container.h"
 #include "runtime/step/program.h"
 
@@ -18,9 +19,13 @@
 
 namespace {
 
-/// What loadStep promises (runtime/step/program.h): indices in range, known
-/// kernels, buffers inside the arena.
+/// What loadStep promises (runtime/step/program.h): indices in range, listed
+/// kernel names, buffers inside the arena, persistent tensors declared alike.
 void checkPromises(const g3rt::StepProgram &p) {
+  if (!g3rt::checkStateDeclarations(p).ok()) {
+    std::fprintf(stderr, "step fuzzer: a step loaded with a tensor declared two ways\n");
+    std::abort();
+  }
   for (const g3rt::FunctionDesc &fn : p.functions) {
     bool ok = fn.arenaBytes <= p.arenaBytes;
     for (const g3rt::BufferDesc &b : fn.buffers) {
@@ -31,7 +36,7 @@ void checkPromises(const g3rt::StepProgram &p) {
         ok = false;
     }
     for (const g3rt::InstrDesc &in : fn.instrs) {
-      ok = ok && in.fn != nullptr && !in.outputs.empty();
+      ok = ok && g3rt::isKernelName(in.kernel) && !in.outputs.empty();
       for (uint32_t i : in.inputs)
         ok = ok && i < fn.buffers.size();
       for (uint32_t i : in.outputs)

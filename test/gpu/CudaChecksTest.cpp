@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/cuda/cuda_kernels.h"
 #include "runtime/cuda/lowrank_products.h"
 #include "runtime/kernels/kernel_names.h"
@@ -117,7 +118,7 @@ TEST(CudaKernelChecks, BadCallsFailAsOnTheCpu) {
       args.inputs.push_back(t.view);
     for (const Tensor &t : call.out)
       args.outputs.push_back(t.view);
-    Status cpu = findCpuKernel(call.kernel)(args);
+    Status cpu = cpu::findCpuKernel(call.kernel)(args);
     ASSERT_FALSE(cpu.ok()) << call.kernel << ": the CPU accepts the bad call";
     args.backend = &context;
     KernelFn cudaKernel = cuda::findCudaKernel(call.kernel);

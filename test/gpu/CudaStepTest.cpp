@@ -31,11 +31,11 @@ namespace {
 
 /// Parameters from a seed, LoRA B moved off 0, and the first micro-batch of
 /// the memorisation set as inputs.
-void prepare(Executor &ex) {
-  ASSERT_TRUE(initializeParameters(ex, 7, 0).ok());
-  for (const ParamDesc &p : ex.program().params)
+void prepare(CpuStep &ex) {
+  ASSERT_TRUE(initializeParameters(ex.state, 7, 0).ok());
+  for (const ParamDesc &p : ex.state.program().params)
     if (p.name.find("lora_B") != std::string::npos) {
-      TensorView t = ex.param(p.name);
+      TensorView t = ex.state.param(p.name);
       for (int64_t i = 0; i < t.numel(); ++i)
         t.store(i, 0.05f * (2 * uniformAt(3, 0, streamOf(p.name), uint64_t(i)) - 1));
     }
@@ -48,21 +48,21 @@ void prepare(Executor &ex) {
   MicroBatch mb;
   assembleMicroBatch(data.train, {0, 1}, 2, 16, 0, mb);
   auto copy = [&](const char *name, const std::vector<int32_t> &v) {
-    std::memcpy(ex.input(name).data, v.data(), v.size() * 4);
+    std::memcpy(ex.state.input(name).data, v.data(), v.size() * 4);
   };
   copy("input_ids", mb.inputIds);
   copy("targets", mb.targets);
   copy("positions", mb.positions);
   copy("segment_ids", mb.segmentIds);
-  ex.input("num_items").store(0, float(mb.labelCount));
-  if (TensorView key = ex.input("rng_key"); key.data) {
+  ex.state.input("num_items").store(0, float(mb.labelCount));
+  if (TensorView key = ex.state.input("rng_key"); key.data) {
     key.i64()[0] = 1234;
     key.i64()[1] = 5;
   }
-  if (TensorView t = ex.input("total_steps"); t.data) {
-    *ex.input("step").i64() = 3;
+  if (TensorView t = ex.state.input("total_steps"); t.data) {
+    *ex.state.input("step").i64() = 3;
     *t.i64() = 10;
-    *ex.input("warmup_steps").i64() = 2;
+    *ex.state.input("warmup_steps").i64() = 2;
   }
 }
 
@@ -83,7 +83,7 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
   ASSERT_TRUE(s.ok()) << s.message();
   for (const char *experts : {"cublas", "grouped"}) {
     SCOPED_TRACE(experts);
-    Executor cpu(program);
+    CpuStep cpu(program);
     prepare(cpu);
     std::unique_ptr<cuda::CudaExecutor> gpu;
     {
@@ -91,7 +91,7 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
       s = cuda::CudaExecutor::create(program, 0, gpu);
     }
     ASSERT_TRUE(s.ok()) << s.message();
-    ASSERT_TRUE(gpu->upload(cpu).ok());
+    ASSERT_TRUE(gpu->upload(cpu.state).ok());
 
     std::map<std::string, double> worstByKernel;
     for (const FunctionDesc &fn : program.functions) {
@@ -100,13 +100,13 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
         // The GPU starts from the CPU's input bytes, before the CPU
         // instruction runs (some write their inputs in place).
         for (uint32_t b : instr.inputs)
-          ASSERT_TRUE(gpu->toDevice(gpu->deviceView(fn, b), cpu.view(fn, b).data).ok());
-        s = cpu.runInstruction(fn, i);
+          ASSERT_TRUE(gpu->toDevice(gpu->deviceView(fn, b), cpu.cpu->view(fn, b).data).ok());
+        s = cpu.cpu->runInstruction(fn, i);
         ASSERT_TRUE(s.ok()) << s.message();
         s = gpu->runInstruction(fn, i);
         ASSERT_TRUE(s.ok()) << s.message();
         for (uint32_t b : instr.outputs) {
-          TensorView want = cpu.view(fn, b);
+          TensorView want = cpu.cpu->view(fn, b);
           std::vector<uint8_t> got(want.bytes());
           ASSERT_TRUE(gpu->toHost(gpu->deviceView(fn, b), got.data()).ok());
           double ratio = errorRatio(want, got);
@@ -143,8 +143,8 @@ bool isRouterGrad(const std::string &kernel) { return endsWith(kernel, "_router_
 /// tokens wholesale; with the routing fixed, what is compared is the kernels
 /// alone, at tolerances that catch a wrong kernel.
 /// Returns how many tokens the GPU would have routed to other experts.
-int64_t runBothWithCpuRouting(Executor &cpu, cuda::CudaExecutor &gpu, const char *function) {
-  const FunctionDesc *fn = cpu.program().findFunction(function);
+int64_t runBothWithCpuRouting(CpuStep &cpu, cuda::CudaExecutor &gpu, const char *function) {
+  const FunctionDesc *fn = cpu.state.program().findFunction(function);
   EXPECT_TRUE(fn) << function;
   int64_t rerouted = 0;
   for (size_t i = 0; fn && i < fn->instrs.size(); ++i) {
@@ -153,10 +153,10 @@ int64_t runBothWithCpuRouting(Executor &cpu, cuda::CudaExecutor &gpu, const char
     // candidate mask, ties): it takes the CPU's logits, copied before the
     // CPU runs (its result may reuse their bytes).
     if (isRouterGrad(instr.kernel)) {
-      TensorView logits = cpu.view(*fn, instr.inputs[0]);
+      TensorView logits = cpu.cpu->view(*fn, instr.inputs[0]);
       EXPECT_TRUE(gpu.toDevice(gpu.deviceView(*fn, instr.inputs[0]), logits.data).ok());
     }
-    Status s = cpu.runInstruction(*fn, i);
+    Status s = cpu.cpu->runInstruction(*fn, i);
     EXPECT_TRUE(s.ok()) << s.message();
     s = gpu.runInstruction(*fn, i);
     EXPECT_TRUE(s.ok()) << s.message();
@@ -164,7 +164,7 @@ int64_t runBothWithCpuRouting(Executor &cpu, cuda::CudaExecutor &gpu, const char
       return rerouted;
     if (!isRouter(instr.kernel))
       continue;
-    TensorView want = cpu.view(*fn, instr.outputs[1]); // [tokens, k] expert indices
+    TensorView want = cpu.cpu->view(*fn, instr.outputs[1]); // [tokens, k] expert indices
     std::vector<int32_t> got(size_t(want.numel()));
     EXPECT_TRUE(gpu.toHost(gpu.deviceView(*fn, instr.outputs[1]), got.data()).ok());
     const int64_t k = want.shape.back();
@@ -176,7 +176,7 @@ int64_t runBothWithCpuRouting(Executor &cpu, cuda::CudaExecutor &gpu, const char
       rerouted += a != b;
     }
     for (uint32_t b : instr.outputs)
-      EXPECT_TRUE(gpu.toDevice(gpu.deviceView(*fn, b), cpu.view(*fn, b).data).ok());
+      EXPECT_TRUE(gpu.toDevice(gpu.deviceView(*fn, b), cpu.cpu->view(*fn, b).data).ok());
   }
   return rerouted;
 }
@@ -188,21 +188,21 @@ void compareEntryPoints(const char *step, const char *attention) {
   StepProgram program;
   Status s = loadStep(stepPath(step), program);
   ASSERT_TRUE(s.ok()) << s.message();
-  Executor cpu(program);
+  CpuStep cpu(program);
   prepare(cpu);
   setenv("G3MOE_CUDA_ATTENTION", attention, 1);
   std::unique_ptr<cuda::CudaExecutor> gpu;
   s = cuda::CudaExecutor::create(program, 0, gpu);
   unsetenv("G3MOE_CUDA_ATTENTION");
   ASSERT_TRUE(s.ok()) << s.message();
-  ASSERT_TRUE(gpu->upload(cpu).ok());
+  ASSERT_TRUE(gpu->upload(cpu.state).ok());
 
   int64_t rerouted = 0;
   for (const char *fn : {"forward", "eval_forward", "forward_backward"}) {
     rerouted = runBothWithCpuRouting(cpu, *gpu, fn);
     std::vector<float> gpuLoss;
     ASSERT_TRUE(gpu->output(fn, "loss", gpuLoss).ok());
-    double cpuLoss = cpu.output(fn, "loss").load(0);
+    double cpuLoss = cpu.cpu->output(fn, "loss").load(0);
     EXPECT_NEAR(gpuLoss[0], cpuLoss, 1e-2 * std::fabs(cpuLoss)) << step << " " << fn;
   }
   // Every gradient, tensor by tensor, by the relative norm of its error.
@@ -226,7 +226,7 @@ void compareEntryPoints(const char *step, const char *attention) {
       continue;
     std::vector<float> g;
     ASSERT_TRUE(gpu->output("forward_backward", "grad:" + p.name, g).ok());
-    std::vector<float> want = toFloat(cpu.output("forward_backward", "grad:" + p.name));
+    std::vector<float> want = toFloat(cpu.cpu->output("forward_backward", "grad:" + p.name));
     double err = 0, norm = 0;
     for (size_t i = 0; i < g.size(); ++i) {
       err += double(g[i] - want[i]) * (g[i] - want[i]);
@@ -555,7 +555,7 @@ TEST(CudaGraphs, StepsAreReplayed) {
     StepProgram program;
     Status s = loadStep(stepPath(step), program);
     ASSERT_TRUE(s.ok()) << s.message();
-    Executor host(program);
+    CpuStep host(program);
     prepare(host);
     setenv("G3MOE_CUDA_ATTENTION", "own", 1);
     setenv("G3MOE_EXPERT_GEMM", experts, 1);
@@ -567,16 +567,16 @@ TEST(CudaGraphs, StepsAreReplayed) {
     unsetenv("G3MOE_CUDA_ATTENTION");
     unsetenv("G3MOE_EXPERT_GEMM");
     for (cuda::CudaExecutor *ex : {graphs.get(), kernels.get()}) {
-      ASSERT_TRUE(ex->upload(host).ok());
+      ASSERT_TRUE(ex->upload(host.state).ok());
       ex->setOneDocumentPerRow(true);
     }
-    TensorView ids = host.input("input_ids");
+    TensorView ids = host.state.input("input_ids");
     for (int run = 0; run < 4; ++run) {
       // New tokens each run: a replayed graph reads the inputs anew.
       for (int64_t i = 0; i < ids.numel(); ++i)
         ids.i32()[i] = int32_t(3 + (i * 7 + run * 13) % 40);
       for (cuda::CudaExecutor *ex : {graphs.get(), kernels.get()}) {
-        ASSERT_TRUE(ex->upload(host, BufferKind::Input).ok());
+        ASSERT_TRUE(ex->upload(host.state, BufferKind::Input).ok());
         s = ex->run("train_micro_step");
         ASSERT_TRUE(s.ok()) << s.message();
         s = ex->run("optimizer_step");
@@ -587,7 +587,7 @@ TEST(CudaGraphs, StepsAreReplayed) {
       ASSERT_TRUE(kernels->output("train_micro_step", "loss", b).ok());
       EXPECT_EQ(a, b) << "run " << run;
     }
-    Executor fromGraphs(program), fromKernels(program);
+    HostState fromGraphs(program), fromKernels(program);
     ASSERT_TRUE(graphs->download(fromGraphs).ok());
     ASSERT_TRUE(kernels->download(fromKernels).ok());
     for (const ParamDesc &p : program.params) {

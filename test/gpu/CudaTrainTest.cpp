@@ -16,7 +16,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_backend.h"
-#include "runtime/exec/device_backend.h"
+#include "runtime/exec/backend.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"

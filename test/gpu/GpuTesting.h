@@ -9,6 +9,7 @@
 #define G3MOE_TEST_GPU_GPUTESTING_H
 
 #include "runtime/cuda/cuda_executor.h"
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel.h"
 
 #include <cuda_runtime.h>
@@ -68,7 +69,7 @@ inline std::vector<double> gpuErrorsAgainstCpu(const char *name, const KernelAtt
   cpu.attrs = &attrs;
   cpu.inputs = in;
   cpu.outputs = out;
-  gpu = findCpuKernel(name)(cpu);
+  gpu = cpu::findCpuKernel(name)(cpu);
   if (!gpu.ok())
     return {};
   if (attention)

@@ -6,6 +6,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel.h"
 #include "runtime/kernels/kernel_names.h"
 
@@ -34,10 +35,10 @@ TEST(KernelTable, NamesAreListedOnceInSnakeCase) {
 TEST(KernelTable, CpuHoldsEveryListedKernel) {
   std::vector<std::string> listed(std::begin(kKernelNames), std::end(kKernelNames));
   std::sort(listed.begin(), listed.end());
-  EXPECT_EQ(cpuKernelNames(), listed);
+  EXPECT_EQ(cpu::cpuKernelNames(), listed);
   for (const std::string &name : listed)
-    EXPECT_NE(findCpuKernel(name), nullptr) << name;
-  EXPECT_EQ(findCpuKernel("no_such_kernel"), nullptr);
+    EXPECT_NE(cpu::findCpuKernel(name), nullptr) << name;
+  EXPECT_EQ(cpu::findCpuKernel("no_such_kernel"), nullptr);
 }
 
 } // namespace

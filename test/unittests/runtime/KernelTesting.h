@@ -8,6 +8,7 @@
 #ifndef G3MOE_TEST_UNITTESTS_RUNTIME_KERNELTESTING_H
 #define G3MOE_TEST_UNITTESTS_RUNTIME_KERNELTESTING_H
 
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel.h"
 
 #include <gtest/gtest.h>
@@ -57,7 +58,7 @@ inline void fillUniform(Tensor &t, std::mt19937 &rng, float lo = -1, float hi = 
 /// Runs kernel `name` on the given tensors; fails the test when it is unknown.
 inline Status run(const std::string &name, const std::vector<Tensor> &in,
                   const std::vector<Tensor> &out, const KernelAttrs &attrs = {}) {
-  KernelFn fn = findCpuKernel(name);
+  KernelFn fn = cpu::findCpuKernel(name);
   if (!fn)
     return Status::error("no kernel named " + name);
   KernelArgs args;

@@ -220,7 +220,7 @@ TEST(MoEKernels, AllRegistered) {
         "moe_dispatch", "moe_dispatch_grad", "moe_combine", "moe_combine_grad",
         "load_balancing_loss", "load_balancing_loss_grad", "router_z_loss",
         "router_z_loss_grad", "loss_sum"})
-    EXPECT_NE(findCpuKernel(name), nullptr) << name;
+    EXPECT_NE(cpu::findCpuKernel(name), nullptr) << name;
 }
 
 } // namespace

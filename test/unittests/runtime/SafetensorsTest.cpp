@@ -8,7 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/exec/executor.h"
+#include "runtime/exec/state.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/train/weights.h"
@@ -384,7 +384,7 @@ std::vector<OwnedTensor> denseMultimodal() {
 
 TEST_F(IoTest, LoadWeightsUpcyclesADenseMultimodalCheckpoint) {
   StepProgram program = tinyStep(/*moe=*/true);
-  Executor ex(program);
+  HostState ex(program);
   TensorView router = ex.param("model.layers.1.moe.gate.weight");
   for (int64_t i = 0; i < router.numel(); ++i)
     router.store(i, 0.5f);
@@ -421,7 +421,7 @@ TEST_F(IoTest, LoadWeightsUpcyclesADenseMultimodalCheckpoint) {
 
 TEST_F(IoTest, LoadWeightsReportsEveryProblemAndWritesNothing) {
   StepProgram program = tinyStep(/*moe=*/false);
-  Executor ex(program);
+  HostState ex(program);
   std::vector<OwnedTensor> tensors = {
       {"model.embed_tokens.weight", {8, 4}, pattern(32, 1)},
       // norm missing; layer 0 gate_proj has the wrong shape; layer 1 missing.
@@ -456,7 +456,7 @@ TEST_F(IoTest, LoadWeightsReportsEveryProblemAndWritesNothing) {
 
 TEST_F(IoTest, LoadWeightsRejectsIntegerTensorsAndAmbiguousNames) {
   StepProgram program = tinyStep(/*moe=*/false);
-  Executor ex(program);
+  HostState ex(program);
   std::vector<int32_t> ints(4, 1);
   std::vector<float> f(32, 1.0f);
   ASSERT_TRUE(writeSafetensors(path("model.safetensors"),
@@ -478,7 +478,7 @@ TEST_F(IoTest, LoadWeightsRejectsIntegerTensorsAndAmbiguousNames) {
 
 TEST_F(IoTest, LoadWeightsNotesUnusedTensors) {
   StepProgram program = tinyStep(/*moe=*/false);
-  Executor ex(program);
+  HostState ex(program);
   std::vector<OwnedTensor> tensors = {
       {"model.embed_tokens.weight", {8, 4}, pattern(32, 1)},
       {"model.norm.weight", {4}, pattern(4, 1)},
@@ -503,7 +503,7 @@ TEST_F(IoTest, LoadWeightsNotesUnusedTensors) {
 
 TEST_F(IoTest, SaveMergesLoraPerExpert) {
   StepProgram program = tinyStep(/*moe=*/true);
-  Executor ex(program);
+  HostState ex(program);
   TensorView w = ex.param("model.layers.1.moe.experts.{e}.up_proj.weight");
   TensorView a = ex.param("model.layers.1.moe.experts.{e}.up_proj.lora_A.weight");
   TensorView b = ex.param("model.layers.1.moe.experts.{e}.up_proj.lora_B.weight");

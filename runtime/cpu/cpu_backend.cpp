@@ -1,0 +1,126 @@
+//===- cpu_backend.cpp - runs a step on the CPU ---------------------------===//
+
+#include "runtime/cpu/cpu_backend.h"
+
+#include "runtime/base/parallel.h"
+#include "runtime/cpu/cpu_kernels.h"
+
+namespace g3rt::cpu {
+
+CpuBackend::CpuBackend(const StepProgram &program, HostState &host)
+    : program_(program), host_(host), arena_(size_t(program.arenaBytes)) {}
+
+Status CpuBackend::create(const StepProgram &program, HostState &host,
+                          std::unique_ptr<CpuBackend> &out, const Placement &placement) {
+  G3RT_RETURN_IF_ERROR(kernelsMissingError("CPU", missingKernels(program, findCpuKernel)));
+  if (&host.program() != &program)
+    return Status::error("the CPU backend was given the state of another step");
+  std::unique_ptr<CpuBackend> backend(new CpuBackend(program, host));
+  backend->placement_ = placement;
+  if (!backend->arena_.data() && program.arenaBytes)
+    return Status::error("cannot allocate the " + std::to_string(program.arenaBytes) +
+                         "-byte arena on the host");
+  for (const FunctionDesc &fn : program.functions) {
+    std::vector<KernelFn> &fns = backend->kernels_[fn.name];
+    for (const InstrDesc &in : fn.instrs)
+      fns.push_back(findCpuKernel(in.kernel));
+  }
+  out = std::move(backend);
+  return Status();
+}
+
+std::string CpuBackend::description() const {
+  return "CPU (" + std::to_string(parallelThreads()) + " threads)";
+}
+
+Status CpuBackend::sameState(const HostState &host) const {
+  if (&host != &host_)
+    return Status::error("the CPU backend runs on the host state it was made with");
+  return Status();
+}
+
+Status CpuBackend::zeroGradients() {
+  host_.zeroGradients();
+  return Status();
+}
+
+TensorView CpuBackend::view(const FunctionDesc &fn, uint32_t index) const {
+  const BufferDesc &b = fn.buffers[index];
+  TensorView v;
+  v.dtype = b.dtype;
+  v.shape = b.shape;
+  if (b.kind == BufferKind::Arena)
+    v.data = static_cast<uint8_t *>(arena_.data()) + b.offset;
+  else
+    v.data = host_.state(b.kind, b.name).data;
+  return v;
+}
+
+Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
+  const InstrDesc &instr = fn.instrs[i];
+  KernelArgs args;
+  args.name = instr.kernel;
+  args.attrs = &instr.attrs;
+  for (uint32_t b : instr.inputs)
+    args.inputs.push_back(view(fn, b));
+  for (uint32_t b : instr.outputs) {
+    args.outputs.push_back(view(fn, b));
+    const BufferDesc &desc = fn.buffers[b];
+    if (desc.kind == BufferKind::Arena)
+      highWater_ = std::max<uint64_t>(highWater_, desc.offset + desc.bytes);
+  }
+  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " +
+                                                   std::to_string(i));
+}
+
+Status CpuBackend::run(const std::string &function) {
+  const FunctionDesc *fn = program_.findFunction(function);
+  if (!fn)
+    return Status::error("the step has no entry point '" + function + "'");
+  for (size_t i = 0; i < fn->instrs.size(); ++i)
+    G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
+  return Status();
+}
+
+TensorView CpuBackend::output(const std::string &function, const std::string &name) const {
+  const FunctionDesc *fn = program_.findFunction(function);
+  int64_t index = fn ? fn->findOutput(name) : -1;
+  return index < 0 ? TensorView{} : view(*fn, uint32_t(index));
+}
+
+Status CpuBackend::readOutput(const std::string &function, const std::string &name,
+                              std::vector<uint8_t> &bytes, TensorView &out) {
+  const FunctionDesc *fn = program_.findFunction(function);
+  int64_t index = fn ? fn->findOutput(name) : -1;
+  if (index < 0)
+    return Status::error("no output '" + name + "' of '" + function + "'");
+  TensorView t = view(*fn, uint32_t(index));
+  const uint8_t *p = static_cast<const uint8_t *>(t.data);
+  bytes.assign(p, p + t.bytes());
+  out = t;
+  out.data = bytes.data();
+  return Status();
+}
+
+namespace {
+
+int countDevices(std::string &) { return 1; }
+
+Status create(const StepProgram &program, HostState &host, const Placement &placement,
+              std::unique_ptr<Backend> &out) {
+  if (placement.device != 0)
+    return Status::error("the CPU backend has one device, 0");
+  std::unique_ptr<CpuBackend> cpu;
+  G3RT_RETURN_IF_ERROR(CpuBackend::create(program, host, cpu, placement));
+  out = std::move(cpu);
+  return Status();
+}
+
+} // namespace
+
+const BackendProvider &cpuBackendProvider() {
+  static const BackendProvider provider = {"cpu", countDevices, create};
+  return provider;
+}
+
+} // namespace g3rt::cpu

@@ -1,0 +1,72 @@
+//===- cpu_backend.h - runs a step on the CPU -------------------*- C++ -*-===//
+//
+// The CPU backend: the reference kernels of this folder, called in order over
+// one arena allocated at the size the compiler planned. It runs on the host
+// state in place (no copies), so that a test can read any buffer of the step
+// where the kernels left it.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_CPU_CPU_BACKEND_H
+#define G3MOE_RUNTIME_CPU_CPU_BACKEND_H
+
+#include "runtime/exec/backend.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace g3rt::cpu {
+
+class CpuBackend final : public Backend {
+public:
+  /// A backend for `program` on `host`'s tensors, with its arena; fails,
+  /// naming them, when the CPU table lacks kernels the program uses.
+  /// `program` and `host` must outlive it.
+  static Status create(const StepProgram &program, HostState &host,
+                       std::unique_ptr<CpuBackend> &out, const Placement &placement = {});
+
+  std::string description() const override;
+  const Placement &placement() const override { return placement_; }
+
+  /// The backend runs on the host state itself: nothing to copy, but it must
+  /// be the state it was made with.
+  Status uploadState(const HostState &host) override { return sameState(host); }
+  Status uploadInputs(const HostState &host) override { return sameState(host); }
+  Status downloadState(HostState &host) override { return sameState(host); }
+
+  Status zeroGradients() override;
+  Status run(const std::string &function) override;
+  Status readOutput(const std::string &function, const std::string &name,
+                    std::vector<uint8_t> &bytes, TensorView &view) override;
+  uint64_t arenaHighWater() const override { return highWater_; }
+
+  /// Runs instruction `index` of `fn` alone (differential tests of backends,
+  /// tests that look between kernels).
+  Status runInstruction(const FunctionDesc &fn, size_t index);
+  /// The bytes buffer `index` of `fn` refers to (arena or host state).
+  TensorView view(const FunctionDesc &fn, uint32_t buffer) const;
+  /// Output `name` of the last run of `function`, in place; an empty view if
+  /// unknown. Valid until the next run.
+  TensorView output(const std::string &function, const std::string &name) const;
+  uint64_t arenaBytes() const { return arena_.size(); }
+
+private:
+  CpuBackend(const StepProgram &program, HostState &host);
+  Status sameState(const HostState &host) const;
+
+  const StepProgram &program_;
+  HostState &host_;
+  Placement placement_;
+  Storage arena_;
+  /// Per entry point, per instruction: the CPU kernel.
+  std::map<std::string, std::vector<KernelFn>> kernels_;
+  uint64_t highWater_ = 0;
+};
+
+/// The CPU backend as a provider: always one device.
+const BackendProvider &cpuBackendProvider();
+
+} // namespace g3rt::cpu
+
+#endif // G3MOE_RUNTIME_CPU_CPU_BACKEND_H

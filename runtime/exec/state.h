@@ -1,0 +1,75 @@
+//===- state.h - the host's copy of a step's persistent state ---*- C++ -*-===//
+//
+// A training run keeps, between calls of the step's entry points, the
+// parameters, their gradient accumulators and Adam moments, and the inputs of
+// the next call. HostState owns the host's copy of those tensors: parameters
+// are initialised, loaded, checkpointed and saved there, and the training
+// loop writes each micro-batch into its inputs. Every backend works on this
+// state: the CPU backend in place, a device backend on its own copy that it
+// uploads from and downloads into this one.
+//
+// forEachStateBuffer is the one definition of which buffers of a program are
+// state, so that every backend allocates the same set.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_EXEC_STATE_H
+#define G3MOE_RUNTIME_EXEC_STATE_H
+
+#include "runtime/step/program.h"
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+
+namespace g3rt {
+
+/// Owning, 64-byte aligned, zeroed host storage.
+class Storage {
+public:
+  Storage() = default;
+  explicit Storage(size_t bytes);
+  void *data() const { return data_.get(); }
+  size_t size() const { return size_; }
+
+private:
+  struct Free {
+    void operator()(void *p) const;
+  };
+  std::unique_ptr<void, Free> data_;
+  size_t size_ = 0;
+};
+
+/// Calls `visit` once for each persistent tensor of `program` (each (kind,
+/// name) pair, as first declared by any entry point): parameters, gradient
+/// accumulators, Adam moments and inputs. Arena buffers and views are not
+/// state. A visitor's error stops the walk and is returned.
+Status forEachStateBuffer(const StepProgram &program,
+                          const std::function<Status(const BufferDesc &)> &visit);
+
+/// The host's persistent tensors of one program, allocated zeroed when made.
+class HostState {
+public:
+  /// `program` must outlive the state.
+  explicit HostState(const StepProgram &program);
+
+  const StepProgram &program() const { return program_; }
+
+  /// The tensor of `kind` named `name`; an empty view if there is none.
+  TensorView state(BufferKind kind, const std::string &name) const;
+  TensorView param(const std::string &name) const { return state(BufferKind::Param, name); }
+  TensorView input(const std::string &name) const { return state(BufferKind::Input, name); }
+
+  /// Sets every gradient accumulator to zero.
+  void zeroGradients();
+
+private:
+  const StepProgram &program_;
+  std::map<std::pair<BufferKind, std::string>, std::pair<Storage, TensorView>> tensors_;
+};
+
+} // namespace g3rt
+
+#endif // G3MOE_RUNTIME_EXEC_STATE_H
