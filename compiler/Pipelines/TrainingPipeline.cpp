@@ -66,6 +66,8 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm,
   // After CSE, so that each backward finds the forward it differentiates.
   if (options.saveAttentionStats)
     pm.addPass(createG3MoESaveAttentionStatsPass());
+  // After CSE, which would merge the new draws back into the forward's.
+  pm.addPass(createG3MoERegenerateRandomPass());
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.

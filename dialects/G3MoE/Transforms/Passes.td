@@ -179,4 +179,18 @@ def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
   ];
 }
 
+def G3MoERegenerateRandomPass : Pass<"g3moe-regenerate-random", "mlir::ModuleOp"> {
+  let summary = "draw the dropout and jitter masks again in the backward instead of keeping them";
+  let description = [{
+    In `@forward_backward`, every `g3moe.random_uniform` of the forward that
+    the backward reads is drawn again right before its first backward reader
+    (one copy for all of them), from the same key and stream, so the values
+    are identical and the forward's draw dies in the forward. A draw is one
+    elementwise kernel; kept, it is an fp32 buffer as large as the tensor it
+    masks, alive from the forward to the backward. Runs after CSE, which
+    would merge the copy back.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 #endif // G3MOE_TRANSFORMS_PASSES_TD
