@@ -31,6 +31,125 @@ Status failTensor(const std::string &path, const std::string &tensor, const std:
   return Status::error(path + ": tensor '" + tensor + "' " + message);
 }
 
+// The JSON header of an opened file of fileSize bytes, after its 8-byte
+// little-endian length, checked against the file's size and the reference
+// implementation's limit before anything is allocated for it.
+Status readHeaderText(const std::string &path, std::ifstream &in, uint64_t fileSize,
+                      std::string &text) {
+  if (fileSize < 8)
+    return fail(path, "truncated: " + std::to_string(fileSize) +
+                          " bytes, not even the 8-byte header length");
+  uint8_t length[8];
+  if (!in.read(reinterpret_cast<char *>(length), 8))
+    return fail(path, std::string("cannot read the header length: ") + std::strerror(errno));
+  uint64_t headerBytes = 0;
+  for (int i = 0; i < 8; ++i)
+    headerBytes |= uint64_t(length[i]) << (8 * i);
+  if (headerBytes > fileSize - 8)
+    return fail(path, "header length " + std::to_string(headerBytes) +
+                          " runs past the end of the " + std::to_string(fileSize) +
+                          "-byte file (truncated or not safetensors)");
+  if (headerBytes > kMaxHeaderBytes)
+    return fail(path, "header length " + std::to_string(headerBytes) +
+                          " is larger than 100 MB (corrupt or not safetensors)");
+  if (headerBytes < 2)
+    return fail(path, "header length " + std::to_string(headerBytes) + " is too small");
+  text.assign(size_t(headerBytes), '\0');
+  in.read(text.data(), std::streamsize(headerBytes));
+  if (!in)
+    return fail(path, "cannot read the header");
+  return Status();
+}
+
+// The header's __metadata__ object into `out`.
+Status parseMetadata(const std::string &path, const nlohmann::json &v,
+                     std::map<std::string, std::string> &out) {
+  if (!v.is_object())
+    return fail(path, "__metadata__ is not an object");
+  for (auto m = v.begin(); m != v.end(); ++m) {
+    if (!m.value().is_string())
+      return fail(path, "__metadata__ entry '" + m.key() + "' is not a string");
+    out[m.key()] = m.value().get<std::string>();
+  }
+  return Status();
+}
+
+// Tensor `name`'s header entry `v` as `e`, its byte range checked against
+// its dtype and shape and against the dataBytes data bytes that start at
+// dataStart.
+Status parseEntry(const std::string &path, const std::string &name, const nlohmann::json &v,
+                  uint64_t dataStart, uint64_t dataBytes, SafetensorsEntry &e) {
+  if (!v.is_object())
+    return failTensor(path, name, "is not described by an object");
+  auto dtype = v.find("dtype");
+  auto shape = v.find("shape");
+  auto offsets = v.find("data_offsets");
+  if (dtype == v.end() || !dtype->is_string())
+    return failTensor(path, name, "has no dtype");
+  if (shape == v.end() || !shape->is_array())
+    return failTensor(path, name, "has no shape");
+  if (offsets == v.end() || !offsets->is_array() || offsets->size() != 2 ||
+      !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned())
+    return failTensor(path, name, "has no valid data_offsets [begin, end]");
+  e.name = name;
+  std::string dtypeText = dtype->get<std::string>();
+  if (!parseSafetensorsDType(dtypeText, e.dtype))
+    return failTensor(path, name,
+                      "has dtype " + dtypeText +
+                          ", which g3moe does not read (F32, BF16, F16, I32, I64)");
+  // Element count with overflow checks: a corrupt shape must not wrap
+  // around into a plausible size.
+  uint64_t count = 1;
+  for (const nlohmann::json &d : *shape) {
+    if (!d.is_number_unsigned())
+      return failTensor(path, name, "has a shape entry that is not a non-negative integer");
+    uint64_t dim = d.get<uint64_t>();
+    if (dim > uint64_t(std::numeric_limits<int64_t>::max()) ||
+        (dim != 0 && count > uint64_t(std::numeric_limits<int64_t>::max()) / dim))
+      return failTensor(path, name, "has a shape too large to address");
+    count *= dim;
+    e.shape.push_back(int64_t(dim));
+  }
+  uint64_t begin = (*offsets)[0].get<uint64_t>(), end = (*offsets)[1].get<uint64_t>();
+  if (begin > end)
+    return failTensor(path, name,
+                      "has data_offsets [" + std::to_string(begin) + ", " + std::to_string(end) +
+                          "] that end before they begin");
+  uint64_t size = dtypeSize(e.dtype);
+  if (count > std::numeric_limits<uint64_t>::max() / size || count * size != end - begin)
+    return failTensor(path, name,
+                      "has shape " + shapeString(e.shape) + " of " + dtypeText + " (" +
+                          std::to_string(count) + " elements) but a byte range of " +
+                          std::to_string(end - begin) + " bytes");
+  if (end > dataBytes)
+    return failTensor(path, name,
+                      "has data up to byte " + std::to_string(end) + " but the file holds only " +
+                          std::to_string(dataBytes) + " data bytes (truncated?)");
+  e.begin = dataStart + begin;
+  e.end = dataStart + end;
+  return Status();
+}
+
+// No two non-empty tensors of `entries` (sorted by begin, then end) share a
+// byte.
+Status checkNoOverlap(const std::string &path, const std::vector<SafetensorsEntry> &entries,
+                      uint64_t dataStart) {
+  const SafetensorsEntry *previous = nullptr;
+  for (const SafetensorsEntry &e : entries) {
+    if (e.begin == e.end)
+      continue;
+    if (previous && e.begin < previous->end)
+      return failTensor(path, e.name,
+                        "overlaps tensor '" + previous->name + "' (bytes " +
+                            std::to_string(e.begin - dataStart) + ".." +
+                            std::to_string(e.end - dataStart) + " and " +
+                            std::to_string(previous->begin - dataStart) + ".." +
+                            std::to_string(previous->end - dataStart) + ")");
+    previous = &e;
+  }
+  return Status();
+}
+
 } // namespace
 
 int64_t SafetensorsEntry::numel() const {
@@ -126,27 +245,8 @@ Status SafetensorsFile::open(const std::string &path, SafetensorsFile &out) {
   std::ifstream in;
   uint64_t fileSize = 0;
   G3RT_RETURN_IF_ERROR(openForReading(path, in, std::ios::binary, "", &fileSize));
-  if (fileSize < 8)
-    return fail(path, "truncated: " + std::to_string(fileSize) +
-                          " bytes, not even the 8-byte header length");
-  uint8_t length[8];
-  if (!in.read(reinterpret_cast<char *>(length), 8))
-    return fail(path, std::string("cannot read the header length: ") + std::strerror(errno));
-  uint64_t headerBytes = 0;
-  for (int i = 0; i < 8; ++i)
-    headerBytes |= uint64_t(length[i]) << (8 * i);
-  if (headerBytes > fileSize - 8)
-    return fail(path, "header length " + std::to_string(headerBytes) + " runs past the end of the " +
-                          std::to_string(fileSize) + "-byte file (truncated or not safetensors)");
-  if (headerBytes > kMaxHeaderBytes)
-    return fail(path, "header length " + std::to_string(headerBytes) +
-                          " is larger than 100 MB (corrupt or not safetensors)");
-  if (headerBytes < 2)
-    return fail(path, "header length " + std::to_string(headerBytes) + " is too small");
-  std::string text(size_t(headerBytes), '\0');
-  in.read(text.data(), std::streamsize(headerBytes));
-  if (!in)
-    return fail(path, "cannot read the header");
+  std::string text;
+  G3RT_RETURN_IF_ERROR(readHeaderText(path, in, fileSize, text));
 
   nlohmann::json header = nlohmann::json::parse(text, nullptr, false);
   if (header.is_discarded())
@@ -154,66 +254,14 @@ Status SafetensorsFile::open(const std::string &path, SafetensorsFile &out) {
   if (!header.is_object())
     return fail(path, "the header is not a JSON object");
 
-  uint64_t dataStart = 8 + headerBytes, dataBytes = fileSize - dataStart;
+  uint64_t dataStart = 8 + text.size(), dataBytes = fileSize - dataStart;
   for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string &name = it.key();
-    const nlohmann::json &v = it.value();
-    if (name == "__metadata__") {
-      if (!v.is_object())
-        return fail(path, "__metadata__ is not an object");
-      for (auto m = v.begin(); m != v.end(); ++m) {
-        if (!m.value().is_string())
-          return fail(path, "__metadata__ entry '" + m.key() + "' is not a string");
-        out.metadata_[m.key()] = m.value().get<std::string>();
-      }
+    if (it.key() == "__metadata__") {
+      G3RT_RETURN_IF_ERROR(parseMetadata(path, it.value(), out.metadata_));
       continue;
     }
-    if (!v.is_object())
-      return failTensor(path, name, "is not described by an object");
-    auto dtype = v.find("dtype");
-    auto shape = v.find("shape");
-    auto offsets = v.find("data_offsets");
-    if (dtype == v.end() || !dtype->is_string())
-      return failTensor(path, name, "has no dtype");
-    if (shape == v.end() || !shape->is_array())
-      return failTensor(path, name, "has no shape");
-    if (offsets == v.end() || !offsets->is_array() || offsets->size() != 2 ||
-        !(*offsets)[0].is_number_unsigned() || !(*offsets)[1].is_number_unsigned())
-      return failTensor(path, name, "has no valid data_offsets [begin, end]");
     SafetensorsEntry e;
-    e.name = name;
-    std::string dtypeText = dtype->get<std::string>();
-    if (!parseSafetensorsDType(dtypeText, e.dtype))
-      return failTensor(path, name, "has dtype " + dtypeText +
-                                        ", which g3moe does not read (F32, BF16, F16, I32, I64)");
-    // Element count with overflow checks: a corrupt shape must not wrap
-    // around into a plausible size.
-    uint64_t count = 1;
-    for (const nlohmann::json &d : *shape) {
-      if (!d.is_number_unsigned())
-        return failTensor(path, name, "has a shape entry that is not a non-negative integer");
-      uint64_t dim = d.get<uint64_t>();
-      if (dim > uint64_t(std::numeric_limits<int64_t>::max()) ||
-          (dim != 0 && count > uint64_t(std::numeric_limits<int64_t>::max()) / dim))
-        return failTensor(path, name, "has a shape too large to address");
-      count *= dim;
-      e.shape.push_back(int64_t(dim));
-    }
-    uint64_t begin = (*offsets)[0].get<uint64_t>(), end = (*offsets)[1].get<uint64_t>();
-    if (begin > end)
-      return failTensor(path, name, "has data_offsets [" + std::to_string(begin) + ", " +
-                                        std::to_string(end) + "] that end before they begin");
-    uint64_t size = dtypeSize(e.dtype);
-    if (count > std::numeric_limits<uint64_t>::max() / size || count * size != end - begin)
-      return failTensor(path, name, "has shape " + shapeString(e.shape) + " of " + dtypeText + " (" +
-                                        std::to_string(count) + " elements) but a byte range of " +
-                                        std::to_string(end - begin) + " bytes");
-    if (end > dataBytes)
-      return failTensor(path, name, "has data up to byte " + std::to_string(end) +
-                                        " but the file holds only " + std::to_string(dataBytes) +
-                                        " data bytes (truncated?)");
-    e.begin = dataStart + begin;
-    e.end = dataStart + end;
+    G3RT_RETURN_IF_ERROR(parseEntry(path, it.key(), it.value(), dataStart, dataBytes, e));
     out.entries_.push_back(std::move(e));
   }
 
@@ -221,18 +269,7 @@ Status SafetensorsFile::open(const std::string &path, SafetensorsFile &out) {
             [](const SafetensorsEntry &a, const SafetensorsEntry &b) {
               return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
             });
-  const SafetensorsEntry *previous = nullptr;
-  for (const SafetensorsEntry &e : out.entries_) {
-    if (e.begin == e.end)
-      continue;
-    if (previous && e.begin < previous->end)
-      return failTensor(path, e.name, "overlaps tensor '" + previous->name + "' (bytes " +
-                                          std::to_string(e.begin - dataStart) + ".." +
-                                          std::to_string(e.end - dataStart) + " and " +
-                                          std::to_string(previous->begin - dataStart) + ".." +
-                                          std::to_string(previous->end - dataStart) + ")");
-    previous = &e;
-  }
+  G3RT_RETURN_IF_ERROR(checkNoOverlap(path, out.entries_, dataStart));
   for (size_t i = 0; i < out.entries_.size(); ++i)
     out.byName_[out.entries_[i].name] = i;
   return Status();
