@@ -22,55 +22,63 @@ void optional(CLI::App &app, const char *flag, std::optional<T> &target, const c
   app.add_option_function<T>(flag, [&target](const T &v) { target = v; }, help);
 }
 
-/// runMain's work; errors are Status values printed here.
-int runCommand(int argc, char **argv) {
-  CLI::App app{"g3moe-run: train a compiled G3MoE / Gemma-3 step (step.bin) on a CUDA GPU or "
-               "the CPU"};
+/// What g3moe-run's command line fills in.
+struct RunFlags {
   std::string stepPath;
   TrainOptions options;
+  InspectOptions inspect;
   int threads = 0;
-  app.add_option("step", stepPath, "step.bin written by g3moe-compile")->required();
-  app.add_option("--data", options.dataPath,
+  std::string resumeDir;
+  CLI::Option *resumeOption = nullptr;
+  bool noProgressBar = false;
+};
+
+/// The step, its data file and output folder, the schedule, checkpoints and
+/// evaluation.
+void addRunOptions(CLI::App &app, RunFlags &f) {
+  app.add_option("step", f.stepPath, "step.bin written by g3moe-compile")->required();
+  app.add_option("--data", f.options.dataPath,
                  "training data: JSONL of {\"messages\": [...]}, {\"text\": ...}, "
                  "{\"prompt\", \"completion\"} or {\"input_ids\", \"labels\"} "
                  "(default: the step's dataset)");
-  app.add_option("--output-dir", options.outputDir,
+  app.add_option("--output-dir", f.options.outputDir,
                  "where the trained parameters and metrics.jsonl go "
                  "(default: the step's output_dir, else g3moe-output)");
-  optional(app, "--epochs", options.epochs, "training epochs (default: compiled)");
-  optional(app, "--max-steps", options.maxSteps, "stop after this many optimizer steps");
-  optional(app, "--gradient-accumulation-steps", options.gradientAccumulationSteps,
+  optional(app, "--epochs", f.options.epochs, "training epochs (default: compiled)");
+  optional(app, "--max-steps", f.options.maxSteps, "stop after this many optimizer steps");
+  optional(app, "--gradient-accumulation-steps", f.options.gradientAccumulationSteps,
            "micro-batches per optimizer step");
-  optional(app, "--learning-rate", options.learningRate, "peak learning rate");
-  optional(app, "--lr-scheduler-type", options.lrSchedulerType,
+  optional(app, "--learning-rate", f.options.learningRate, "peak learning rate");
+  optional(app, "--lr-scheduler-type", f.options.lrSchedulerType,
            "cosine, linear, constant or constant_with_warmup");
-  optional(app, "--warmup-ratio", options.warmupRatio, "warmup as a fraction of the steps");
-  optional(app, "--warmup-steps", options.warmupSteps, "warmup steps (overrides the ratio)");
-  optional(app, "--seed", options.seed, "seed of initialisation, shuffling and dropout");
-  optional(app, "--logging-steps", options.loggingSteps, "optimizer steps per log line");
-  optional(app, "--eval-steps", options.evalSteps,
+  optional(app, "--warmup-ratio", f.options.warmupRatio, "warmup as a fraction of the steps");
+  optional(app, "--warmup-steps", f.options.warmupSteps, "warmup steps (overrides the ratio)");
+  optional(app, "--seed", f.options.seed, "seed of initialisation, shuffling and dropout");
+  optional(app, "--logging-steps", f.options.loggingSteps, "optimizer steps per log line");
+  optional(app, "--eval-steps", f.options.evalSteps,
            "optimizer steps between evaluations on the eval split (0: only at the end)");
-  optional(app, "--save-steps", options.saveSteps,
+  optional(app, "--save-steps", f.options.saveSteps,
            "optimizer steps between checkpoints (output-dir/checkpoint-<step>; 0: none)");
-  optional(app, "--save-total-limit", options.saveTotalLimit,
+  optional(app, "--save-total-limit", f.options.saveTotalLimit,
            "checkpoints to keep; older ones are deleted (0: all)");
-  std::string resumeDir;
-  CLI::Option *resumeOption =
-      app.add_option("--resume", resumeDir,
+  f.resumeOption =
+      app.add_option("--resume", f.resumeDir,
                      "continue from checkpoint DIR (no value: the latest checkpoint-<step> "
                      "in --output-dir)")
           ->expected(0, 1);
-  optional(app, "--stop-after-steps", options.stopAfterSteps,
+  optional(app, "--stop-after-steps", f.options.stopAfterSteps,
            "end the run after this many optimizer steps as if interrupted (the schedule "
            "still spans the whole run; resume it with --resume)");
-  app.add_flag("--eval-only", options.evalOnly,
+  app.add_flag("--eval-only", f.options.evalOnly,
                "evaluate the step (with --weights / --resume parameters) on the whole data "
                "file and print eval_loss and eval_mean_token_accuracy as JSON");
-  app.add_option("--metrics-file", options.metricsFile,
+  app.add_option("--metrics-file", f.options.metricsFile,
                  "with --eval-only: write the JSON metrics to this file instead");
-  bool noProgressBar = false;
-  app.add_flag("--no-progress-bar", noProgressBar,
-               "plain log lines even on a terminal");
+  app.add_flag("--no-progress-bar", f.noProgressBar, "plain log lines even on a terminal");
+}
+
+/// How the data file's lines become training rows.
+void addDataOptions(CLI::App &app, TrainOptions &options) {
   app.add_flag("--skip-bad-lines", options.skipBadLines,
                "skip malformed data lines with a warning instead of stopping");
   optional(app, "--max-line-bytes", options.maxLineBytes,
@@ -104,53 +112,67 @@ int runCommand(int argc, char **argv) {
   app.add_option("--dump-data", options.dumpDataPath,
                  "write the loaded train rows as JSONL {input_ids, labels, segment_ids, "
                  "positions} to FILE and exit");
-  app.add_option("--threads", threads, "CPU threads (default: all)");
+}
+
+/// Threads and device, the base weights, and the inspection modes that
+/// write something and exit.
+void addDeviceAndWeightOptions(CLI::App &app, RunFlags &f) {
+  app.add_option("--threads", f.threads, "CPU threads (default: all)");
   // The environment variable lets a test suite pin the CPU reference
   // backend (bit-exact resume checks) on a machine that has a GPU.
-  options.device = "auto";
-  app.add_option("--device", options.device,
+  f.options.device = "auto";
+  app.add_option("--device", f.options.device,
                  "where the steps run: cuda (the first visible GPU), cpu, or auto (cuda when "
                  "this g3moe-run was built with CUDA and a GPU is visible, else cpu); also "
                  "for --eval-only, --dump-gradients and --dump-logits. Default: "
                  "$G3MOE_DEVICE, else auto")
       ->envname("G3MOE_DEVICE")
       ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
-  InspectOptions inspect;
-  app.add_option("--weights", options.weightsDir,
+  app.add_option("--weights", f.options.weightsDir,
                  "HF checkpoint folder (model.safetensors or a sharded index, config.json) "
                  "to load the base weights from after the seeded initialisation; a dense "
                  "Gemma-3 checkpoint is upcycled into a G3MoE step");
-  app.add_flag("--merge", options.merge,
+  app.add_flag("--merge", f.options.merge,
                "at the end, also write output-dir/merged/: a full HF checkpoint with the "
                "LoRA adapters merged in");
-  app.add_option("--save-initial-weights", inspect.saveInitialWeights,
+  app.add_option("--save-initial-weights", f.inspect.saveInitialWeights,
                  "write the initialised (or --weights) base model as an HF checkpoint into "
                  "DIR and exit");
-  app.add_option("--dump-gradients", inspect.dumpGradients,
+  app.add_option("--dump-gradients", f.inspect.dumpGradients,
                  "run forward_backward on the first micro-batch, write loss and gradients "
                  "to FILE (safetensors) and exit");
-  app.add_option("--dump-logits", inspect.dumpLogits,
+  app.add_option("--dump-logits", f.inspect.dumpLogits,
                  "run eval_logits (g3moe-compile --emit-logits) on the first micro-batch, "
                  "write the logits to FILE (safetensors) and exit");
+}
+
+/// runMain's work; errors are Status values printed here.
+int runCommand(int argc, char **argv) {
+  CLI::App app{"g3moe-run: train a compiled G3MoE / Gemma-3 step (step.bin) on a CUDA GPU or "
+               "the CPU"};
+  RunFlags f;
+  addRunOptions(app, f);
+  addDataOptions(app, f.options);
+  addDeviceAndWeightOptions(app, f);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  if (threads > 0)
-    setParallelThreads(threads);
-  if (resumeOption->count() > 0)
-    options.resume = resumeDir;
-  options.progressBar = !noProgressBar && stdoutIsTerminal();
+  if (f.threads > 0)
+    setParallelThreads(f.threads);
+  if (f.resumeOption->count() > 0)
+    f.options.resume = f.resumeDir;
+  f.options.progressBar = !f.noProgressBar && stdoutIsTerminal();
 
   StepProgram program;
-  Status s = loadStep(stepPath, program);
+  Status s = loadStep(f.stepPath, program);
   if (!s.ok()) {
     std::cerr << "g3moe-run: error: " << s.message() << "\n";
     return 1;
   }
-  if (inspect.any()) {
-    s = runInspection(program, options, inspect, std::cout);
+  if (f.inspect.any()) {
+    s = runInspection(program, f.options, f.inspect, std::cout);
     if (!s.ok()) {
       std::cerr << "g3moe-run: error: " << s.message() << "\n";
       return 1;
@@ -158,7 +180,7 @@ int runCommand(int argc, char **argv) {
     return 0;
   }
   TrainResult result;
-  s = train(program, options, std::cout, result);
+  s = train(program, f.options, std::cout, result);
   if (!s.ok()) {
     std::cerr << "g3moe-run: error: " << s.message() << "\n";
     return 1;
