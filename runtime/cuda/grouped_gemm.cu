@@ -172,6 +172,30 @@ __device__ __forceinline__ bool bandTile(const RowGroups &groups, int64_t tileRo
   return findTile(groups, tileRows, first + local % bandRows, true, tile);
 }
 
+/// Initialises the stages' barriers at `bars`: kStages `full` ones (one
+/// arrival: the loader's, with the copies' bytes), then kStages `empty` ones
+/// (an arrival per warpgroup).
+__device__ __forceinline__ void initStageBarriers(uint32_t bars) {
+  for (int s = 0; s < kStages; ++s) {
+    initBarrier(bars + uint32_t(s) * 8, 1);
+    initBarrier(bars + uint32_t(kStages + s) * 8, 2);
+  }
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+
+/// Writes warpgroup wg's 64 x 256 accumulators to the fp32 tile `stage`
+/// (rows of kStageRow floats). Accumulator i of a thread is row 16·warp +
+/// lane/4 (+8 for odd i/2), columns 8·(i/4) + 2·(lane % 4) and the next.
+__device__ __forceinline__ void stashAccumulators(float *stage, int wg, int lane,
+                                                  const float (&acc)[128]) {
+  const int warp = lane >> 5, l = lane & 31;
+  float *mine = stage + (wg * 64 + warp * 16 + (l >> 2)) * kStageRow + (l & 3) * 2;
+#pragma unroll
+  for (int i = 0; i < 64; ++i)
+    *reinterpret_cast<float2 *>(mine + (i & 1) * 8 * kStageRow + (i >> 1) * 8) =
+        make_float2(acc[2 * i], acc[2 * i + 1]);
+}
+
 template <bool WeightNK>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedProductDevice(const __grid_constant__ ProductMaps maps, RowGroups groups, int64_t K,
@@ -198,13 +222,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto stageA = [&](int64_t s) { return base + uint32_t(s) * kStageBytes; };
     const int64_t kTiles = (K + kBK - 1) / kBK;
     const bool loader = threadIdx.x == 0;
-    if (loader) {
-      for (int s = 0; s < kStages; ++s) {
-        initBarrier(full(s), 1);
-        initBarrier(empty(s), 2);
-      }
-      asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
+    if (loader)
+      initStageBarriers(bars);
     __syncthreads();
     if (loader)
       for (int64_t t = 0; t < kStages && t < kTiles; ++t)
@@ -245,20 +264,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // The tile goes through shared memory (the stages are free now) so that
   // its rows leave in 16-byte pieces: fp32, rows padded to 264 floats so
-  // that the accumulators' stores do not conflict. Accumulator i of a
-  // thread is row 16·warp + lane/4 (+8 for odd i/2), columns 8·(i/4) +
-  // 2·(lane % 4) and the next.
+  // that the accumulators' stores do not conflict.
   __syncthreads();
   float *stage =
       reinterpret_cast<float *>(smem + (((sharedAddr(smem) + 1023) & ~1023u) - sharedAddr(smem)));
-  {
-    const int warp = lane >> 5, l = lane & 31;
-    float *mine = stage + (wg * 64 + warp * 16 + (l >> 2)) * kStageRow + (l & 3) * 2;
-#pragma unroll
-    for (int i = 0; i < 64; ++i)
-      *reinterpret_cast<float2 *>(mine + (i & 1) * 8 * kStageRow + (i >> 1) * 8) =
-          make_float2(acc[2 * i], acc[2 * i + 1]);
-  }
+  stashAccumulators(stage, wg, lane, acc);
   __syncthreads();
   // Eight columns per thread, a row per 32 threads.
   const int c = (threadIdx.x & 31) * 8;
