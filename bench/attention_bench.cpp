@@ -59,8 +59,7 @@ void fillRandom(const TensorView &v, uint64_t seed) {
 }
 
 double medianMs(cuda::CudaExecutor &ex, const char *name, const KernelAttrs &attrs,
-                const std::vector<TensorView> &in, const std::vector<TensorView> &out,
-                Status &s) {
+                const std::vector<TensorView> &in, const std::vector<TensorView> &out, Status &s) {
   std::vector<double> ms;
   for (int rep = 0; rep < 6 && s.ok(); ++rep) {
     auto t0 = std::chrono::steady_clock::now();
@@ -115,8 +114,8 @@ int main(int argc, char **argv) {
       if (window)
         attrs.set("sliding_window", AttrValue::ofInt(window));
       double fwd = medianMs(*ex, "attention", attrs, {q, k, v, seg}, {out, lse}, s);
-      double bwd = medianMs(*ex, "attention_grad", attrs, {q, k, v, seg, o, out, lse},
-                            {dq, dk, dv}, s);
+      double bwd =
+          medianMs(*ex, "attention_grad", attrs, {q, k, v, seg, o, out, lse}, {dq, dk, dv}, s);
       double rerun = medianMs(*ex, "attention_grad", attrs, {q, k, v, seg, o}, {dq, dk, dv}, s);
       for (void *p : owned)
         cudaFree(p);
@@ -128,8 +127,8 @@ int main(int argc, char **argv) {
       std::printf("{\"impl\": \"%s\", \"seq\": %lld, \"window\": %lld, \"fwd_ms\": %.3f, "
                   "\"fwd_tflops\": %.1f, \"bwd_ms\": %.3f, \"bwd_tflops\": %.1f, "
                   "\"bwd_rerun_ms\": %.3f}\n",
-                  impl ? impl : "auto", (long long)T, (long long)window, fwd,
-                  flops / fwd / 1e9, bwd, 2.5 * flops / bwd / 1e9, rerun);
+                  impl ? impl : "auto", (long long)T, (long long)window, fwd, flops / fwd / 1e9,
+                  bwd, 2.5 * flops / bwd / 1e9, rerun);
       std::fflush(stdout);
     }
   }

@@ -49,13 +49,16 @@ int main(int argc, char **argv) {
   for (const ParamDesc &p : program.params) {
     TensorView t = host.param(p.name);
     float scale = p.name.find("lora_B") != std::string::npos ? 0.0f : 0.02f;
-    parallelFor(t.numel(), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        uint64_t h = uint64_t(i) * 0x9E3779B97F4A7C15ull;
-        h ^= h >> 29;
-        t.store(i, scale * (float(h & 0xffff) / 32768.0f - 1.0f));
-      }
-    }, 1 << 16);
+    parallelFor(
+        t.numel(),
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            uint64_t h = uint64_t(i) * 0x9E3779B97F4A7C15ull;
+            h ^= h >> 29;
+            t.store(i, scale * (float(h & 0xffff) / 32768.0f - 1.0f));
+          }
+        },
+        1 << 16);
   }
   TensorView ids = host.input("input_ids");
   int64_t T = ids.numel(), V = program.model.vocabSize > 0 ? program.model.vocabSize : 262208;
@@ -137,7 +140,8 @@ int main(int argc, char **argv) {
       slot.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       slot.second += 1;
       auto &shapeSlot = byShape[signature(fn.instrs[i])];
-      shapeSlot.first += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      shapeSlot.first +=
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       shapeSlot.second += 1;
     }
     std::vector<std::pair<double, std::string>> rows;

@@ -40,9 +40,7 @@ double ModelConfig::embedScale(bool bf16) const {
   return f;
 }
 
-double ModelConfig::attentionScale() const {
-  return 1.0 / std::sqrt(queryPreAttnScalar);
-}
+double ModelConfig::attentionScale() const { return 1.0 / std::sqrt(queryPreAttnScalar); }
 
 StringRef g3moe::frontend::stringifyRouterKind(RouterKind kind) {
   switch (kind) {
@@ -56,10 +54,10 @@ StringRef g3moe::frontend::stringifyRouterKind(RouterKind kind) {
   return "sparsemixer";
 }
 
-Expected<CompileConfig>
-g3moe::frontend::parseCompileConfig(StringRef jsonText, StringRef displayName,
-                                    StringRef baseDir,
-                                    ArrayRef<ConfigOverride> overrides) {
+Expected<CompileConfig> g3moe::frontend::parseCompileConfig(StringRef jsonText,
+                                                            StringRef displayName,
+                                                            StringRef baseDir,
+                                                            ArrayRef<ConfigOverride> overrides) {
   Ctx c;
   c.topFile = displayName.str();
   Expected<json::Value> doc = parseJson(jsonText, displayName);
@@ -96,11 +94,9 @@ g3moe::frontend::parseCompileConfig(StringRef jsonText, StringRef displayName,
   return result;
 }
 
-Expected<CompileConfig>
-g3moe::frontend::loadCompileConfig(StringRef path,
-                                   ArrayRef<ConfigOverride> overrides) {
-  ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
-      MemoryBuffer::getFile(path, /*IsText=*/true);
+Expected<CompileConfig> g3moe::frontend::loadCompileConfig(StringRef path,
+                                                           ArrayRef<ConfigOverride> overrides) {
+  ErrorOr<std::unique_ptr<MemoryBuffer>> buffer = MemoryBuffer::getFile(path, /*IsText=*/true);
   if (!buffer)
     return failFile(path, "cannot read: " + buffer.getError().message());
   StringRef baseDir = sys::path::parent_path(path);

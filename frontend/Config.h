@@ -194,15 +194,15 @@ struct ConfigOverride {
 /// applies `overrides` on top of the file the way HF's argument parser does,
 /// and validates the result. Errors read
 /// `<file>: field '<name>': <what is wrong>`.
-llvm::Expected<CompileConfig>
-loadCompileConfig(llvm::StringRef path, llvm::ArrayRef<ConfigOverride> overrides = {});
+llvm::Expected<CompileConfig> loadCompileConfig(llvm::StringRef path,
+                                                llvm::ArrayRef<ConfigOverride> overrides = {});
 
 /// Same, from JSON text; `displayName` stands for the file in messages and
 /// relative model paths are resolved against `baseDir`.
-llvm::Expected<CompileConfig>
-parseCompileConfig(llvm::StringRef jsonText, llvm::StringRef displayName,
-                   llvm::StringRef baseDir,
-                   llvm::ArrayRef<ConfigOverride> overrides = {});
+llvm::Expected<CompileConfig> parseCompileConfig(llvm::StringRef jsonText,
+                                                 llvm::StringRef displayName,
+                                                 llvm::StringRef baseDir,
+                                                 llvm::ArrayRef<ConfigOverride> overrides = {});
 
 /// The name of a router kind as written in configs and IR.
 llvm::StringRef stringifyRouterKind(RouterKind kind);

@@ -143,34 +143,30 @@ const char *const kModelMetadata[] = {"architectures",
                                       "use_return_dict"};
 
 /// DeepSeek-V3 MLA leftovers in G3MoETextConfig; nothing ever read them.
-const char *const kDeepSeekLeftovers[] = {"kv_lora_rank", "q_lora_rank",
-                                          "qk_rope_head_dim"};
+const char *const kDeepSeekLeftovers[] = {"kv_lora_rank", "q_lora_rank", "qk_rope_head_dim"};
 
 /// Fields of later G3MoE designs (G3MOE_SPEC.md §6). Each would change the
 /// model or the loss; g3moe implements the June design only.
-const char *const kLaterEraFields[] = {
-    "no_rope_layers",      "no_rope_layer_interval",
-    "use_sliding_window",  "ema_alpha",
-    "balancing_strength",  "ortho_loss_coef",
-    "ortho_strength",      "specialization_strength",
-    "router_entropy_coef", "usage_uniformity_coef",
-    "router_dim",          "gslb_coef",
-    "routing_temperature", "lb_l2_coef",
-    "lb_cv_coef",          "lb_entropy_floor_coef",
-    "lb_topk_l2_coef",     "lb_topk_cv_coef",
-    "lb_bias_to_hn",       "lb_bias_scale"};
+const char *const kLaterEraFields[] = {"no_rope_layers",      "no_rope_layer_interval",
+                                       "use_sliding_window",  "ema_alpha",
+                                       "balancing_strength",  "ortho_loss_coef",
+                                       "ortho_strength",      "specialization_strength",
+                                       "router_entropy_coef", "usage_uniformity_coef",
+                                       "router_dim",          "gslb_coef",
+                                       "routing_temperature", "lb_l2_coef",
+                                       "lb_cv_coef",          "lb_entropy_floor_coef",
+                                       "lb_topk_l2_coef",     "lb_topk_cv_coef",
+                                       "lb_bias_to_hn",       "lb_bias_scale"};
 
 /// Top-level keys of a multimodal wrapper (Gemma3Config / G3MoEConfig) that
 /// concern the vision tower or generation. SFT here is text-only (§7 D22).
-const char *const kWrapperKeys[] = {
-    "vision_config",   "mm_tokens_per_image", "boi_token_index",
-    "eoi_token_index", "image_token_index",   "boi_token_id",
-    "eoi_token_id",    "image_token_id",      "initializer_range",
-    "pad_token_id",    "eos_token_id",        "bos_token_id"};
+const char *const kWrapperKeys[] = {"vision_config",   "mm_tokens_per_image", "boi_token_index",
+                                    "eoi_token_index", "image_token_index",   "boi_token_id",
+                                    "eoi_token_id",    "image_token_id",      "initializer_range",
+                                    "pad_token_id",    "eos_token_id",        "bos_token_id"};
 
-const char *const kLoraModules[] = {"q_proj",   "k_proj",    "v_proj",
-                                    "o_proj",   "gate_proj", "up_proj",
-                                    "down_proj"};
+const char *const kLoraModules[] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                    "gate_proj", "up_proj", "down_proj"};
 
 } // namespace tables
 
@@ -204,8 +200,7 @@ const TrainKey kTrainKeys[] = {
     {"dense_ffn_no_grad", "dense_ffn_no_grad", TK::Bool, true, nullptr},
     {"load_balancing_loss", "load_balancing_loss", TK::Bool, true, nullptr},
     {"router_z_loss", "router_z_loss", TK::Bool, true, nullptr},
-    {"gradient_checkpointing", "gradient_checkpointing", TK::Bool, false,
-     nullptr},
+    {"gradient_checkpointing", "gradient_checkpointing", TK::Bool, false, nullptr},
     {"memory_budget_gb", "memory_budget_gb", TK::Number, true, nullptr},
     {"assistant_only_loss", "assistant_only_loss", TK::Bool, true, nullptr},
     {"packing", "packing", TK::Bool, true, nullptr},
@@ -221,8 +216,7 @@ const TrainKey kTrainKeys[] = {
     {"warmup_steps", "warmup_steps", TK::Int, false, nullptr},
     {"num_train_epochs", "num_train_epochs", TK::Number, false, nullptr},
     {"max_steps", "max_steps", TK::Int, false, nullptr},
-    {"gradient_accumulation_steps", "gradient_accumulation_steps", TK::Int,
-     false, nullptr},
+    {"gradient_accumulation_steps", "gradient_accumulation_steps", TK::Int, false, nullptr},
     {"logging_steps", "logging_steps", TK::Int, false, nullptr},
     {"eval_steps", "eval_steps", TK::Int, false, nullptr},
     {"save_steps", "save_steps", TK::Int, false, nullptr},
@@ -305,20 +299,16 @@ const TrainKey kTrainKeys[] = {
      "the compiler chooses what to recompute under the memory budget"},
     {"activation_offloading", nullptr, TK::IgnoreNotable, false,
      "the compiler chooses host offload under the memory budget"},
-    {"use_liger_kernel", nullptr, TK::IgnoreNotable, false,
-     "g3moe uses its own fused kernels"},
-    {"torch_compile", nullptr, TK::IgnoreNotable, false,
-     "g3moe compiles the step itself"},
+    {"use_liger_kernel", nullptr, TK::IgnoreNotable, false, "g3moe uses its own fused kernels"},
+    {"torch_compile", nullptr, TK::IgnoreNotable, false, "g3moe compiles the step itself"},
     {"padding_free", nullptr, TK::IgnoreNotable, false,
      "use packing; documents are separated by masks either way"},
     {"completion_only_loss", nullptr, TK::IgnoreNotable, false,
      "only conversational data is read; see assistant_only_loss"},
     {"resume_from_checkpoint", nullptr, TK::IgnoreNotable, false,
      "pass the checkpoint to g3moe-run instead"},
-    {"use_multi_domain", nullptr, TK::IgnoreNotable, false,
-     "g3moe-run reads one dataset file"},
-    {"max_samples", nullptr, TK::IgnoreNotable, false,
-     "g3moe-run reads the whole dataset file"},
+    {"use_multi_domain", nullptr, TK::IgnoreNotable, false, "g3moe-run reads one dataset file"},
+    {"max_samples", nullptr, TK::IgnoreNotable, false, "g3moe-run reads the whole dataset file"},
     {"max_samples_per_domain", nullptr, TK::IgnoreNotable, false,
      "g3moe-run reads the whole dataset file"},
 };
@@ -367,8 +357,7 @@ Error checkLaterEra(StringRef key, const json::Value &v, const Origin &o) {
                  "design); remove the field");
 }
 
-Error setTrainKey(Ctx &c, const TrainKey &tk, const json::Value &v,
-                  const Origin &o) {
+Error setTrainKey(Ctx &c, const TrainKey &tk, const json::Value &v, const Origin &o) {
   // HfArgumentParser semantics: null leaves the default in place.
   if (v.kind() == json::Value::Null)
     return Error::success();
@@ -413,20 +402,18 @@ Error setTrainKey(Ctx &c, const TrainKey &tk, const json::Value &v,
       break;
     const json::Array *a = v.getAsArray();
     if (!a)
-      return fail(o, "must be a list of module names or a string, got " +
-                         render(v));
+      return fail(o, "must be a list of module names or a string, got " + render(v));
     for (const json::Value &item : *a)
       if (!item.getAsString())
-        return fail(o, "must be a list of module names (strings), got " +
-                           render(item) + " in the list");
+        return fail(o, "must be a list of module names (strings), got " + render(item) +
+                           " in the list");
     break;
   }
   case TK::UseLora: {
     std::optional<bool> b = v.getAsBoolean();
     if (!b)
       return fail(o, "must be true or false, got " + render(v));
-    return setField(c.train, tk.canonical, json::Value(*b ? "lora" : "full"),
-                    o);
+    return setField(c.train, tk.canonical, json::Value(*b ? "lora" : "full"), o);
   }
   }
   return setField(c.train, tk.canonical, v, o);

@@ -87,8 +87,7 @@ std::optional<double> asFiniteNumber(const llvm::json::Value &v);
 
 /// Parses `text`, refusing nesting deep enough to exhaust the stack; errors
 /// name `file`.
-llvm::Expected<llvm::json::Value> parseJson(llvm::StringRef text,
-                                            llvm::StringRef file);
+llvm::Expected<llvm::json::Value> parseJson(llvm::StringRef text, llvm::StringRef file);
 
 //===----------------------------------------------------------------------===//
 // Field tables (ConfigFields.cpp)
@@ -209,33 +208,28 @@ llvm::StringRef textClass(const Ctx &c);
 
 /// Stores a value under its canonical name. A weaker source never replaces a
 /// stronger one; two spellings in one source must agree.
-llvm::Error setField(FieldMap &map, llvm::StringRef canonical,
-                     llvm::json::Value value, Origin origin);
+llvm::Error setField(FieldMap &map, llvm::StringRef canonical, llvm::json::Value value,
+                     Origin origin);
 
 /// Accepts a later-era field only at its off value (ConfigFields.cpp).
-llvm::Error checkLaterEra(llvm::StringRef key, const llvm::json::Value &v,
-                          const Origin &o);
+llvm::Error checkLaterEra(llvm::StringRef key, const llvm::json::Value &v, const Origin &o);
 
 /// Type-checks one training option and stores it under its canonical name,
 /// or warns or fails as its kind says (ConfigFields.cpp).
-llvm::Error setTrainKey(Ctx &c, const TrainKey &tk, const llvm::json::Value &v,
-                        const Origin &o);
+llvm::Error setTrainKey(Ctx &c, const TrainKey &tk, const llvm::json::Value &v, const Origin &o);
 
 /// Adds one field of a text config (or of g3moe_params, or a top-level key of
 /// a flat config file) to the maps. `allowTraining` accepts g3moe's own
 /// training options (HFConfig.cpp).
-llvm::Error collectModelKey(Ctx &c, llvm::StringRef key,
-                            const llvm::json::Value &v, const Origin &o,
-                            bool allowTraining);
+llvm::Error collectModelKey(Ctx &c, llvm::StringRef key, const llvm::json::Value &v,
+                            const Origin &o, bool allowTraining);
 
 /// Reads an HF config.json (already parsed) into the context (HFConfig.cpp).
-llvm::Error collectHFConfig(Ctx &c, const llvm::json::Object &root,
-                            llvm::StringRef file);
+llvm::Error collectHFConfig(Ctx &c, const llvm::json::Object &root, llvm::StringRef file);
 
 /// Reads the model config at `path`, which the field at `pointer` names
 /// (HFConfig.cpp).
-llvm::Error collectModelFile(Ctx &c, llvm::StringRef path,
-                             const Origin &pointer);
+llvm::Error collectModelFile(Ctx &c, llvm::StringRef path, const Origin &pointer);
 
 /// Whether a file without model_type looks like a flat preset that forgot
 /// model_name_or_path (Presets.cpp).
@@ -243,8 +237,8 @@ bool looksLikePreset(const llvm::json::Object &root);
 
 /// Reads a training preset, flat or nested, and the model it names; paths
 /// are relative to `baseDir` (Presets.cpp).
-llvm::Error collectPreset(Ctx &c, const llvm::json::Object &root,
-                          llvm::StringRef file, llvm::StringRef baseDir);
+llvm::Error collectPreset(Ctx &c, const llvm::json::Object &root, llvm::StringRef file,
+                          llvm::StringRef baseDir);
 
 /// Applies one --set. The value is JSON when it parses, else a string
 /// (Overrides.cpp).
@@ -276,29 +270,23 @@ struct Reader {
   std::string defaulted(llvm::StringRef key) const;
   /// Warns, naming the field, that an absent field takes the default `value`
   /// of the config class `cls` (as transformers would).
-  void noteDefault(llvm::StringRef key, const llvm::Twine &value,
-                   llvm::StringRef cls) const;
+  void noteDefault(llvm::StringRef key, const llvm::Twine &value, llvm::StringRef cls) const;
 
   /// An integer; an absent field (or, where `nullable`, a null one) keeps
   /// `out`.
-  llvm::Error integer(llvm::StringRef key, int64_t &out,
-                      bool nullable = false) const;
+  llvm::Error integer(llvm::StringRef key, int64_t &out, bool nullable = false) const;
   /// An integer in [lo, hi]. An absent field (or, where `nullable`, a null
   /// one) keeps `out`, which is checked all the same. `why` says where the
   /// bound comes from; the message states the bound, also for numbers too
   /// large for int64_t.
-  llvm::Error integerIn(llvm::StringRef key, int64_t &out, int64_t lo,
-                        int64_t hi, llvm::StringRef why = "",
-                        bool nullable = false) const;
+  llvm::Error integerIn(llvm::StringRef key, int64_t &out, int64_t lo, int64_t hi,
+                        llvm::StringRef why = "", bool nullable = false) const;
   /// A finite number; absent (or nullable null) keeps `out`.
-  llvm::Error number(llvm::StringRef key, double &out,
-                     bool nullable = false) const;
+  llvm::Error number(llvm::StringRef key, double &out, bool nullable = false) const;
   /// true or false; absent (or nullable null) keeps `out`.
-  llvm::Error boolean(llvm::StringRef key, bool &out,
-                      bool nullable = false) const;
+  llvm::Error boolean(llvm::StringRef key, bool &out, bool nullable = false) const;
   /// A string; absent (or nullable null) keeps `out`.
-  llvm::Error string(llvm::StringRef key, std::string &out,
-                     bool nullable = false) const;
+  llvm::Error string(llvm::StringRef key, std::string &out, bool nullable = false) const;
 };
 
 /// The largest dimension: token ids and positions are int32, and no
@@ -321,13 +309,11 @@ llvm::Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t);
 
 /// Warns about MoE loss coefficients left at their default when the loss they
 /// scale is switched on (TrainingResolution.cpp).
-void noteLossCoefficientDefaults(Ctx &c, const ModelConfig &m,
-                                 const TrainingOptions &t);
+void noteLossCoefficientDefaults(Ctx &c, const ModelConfig &m, const TrainingOptions &t);
 
 /// Refuses sizes whose product makes the step's byte counts overflow
 /// (StepSize.cpp).
-llvm::Error checkStepSize(Ctx &c, const ModelConfig &m,
-                          const TrainingOptions &t);
+llvm::Error checkStepSize(Ctx &c, const ModelConfig &m, const TrainingOptions &t);
 
 } // namespace g3moe::frontend::detail
 

@@ -48,8 +48,7 @@ Error fail(const Origin &o, const Twine &what) {
 }
 
 Error failFile(StringRef file, const Twine &what) {
-  return createStringError((Twine(file) + ": " + what).str(),
-                           inconvertibleErrorCode());
+  return createStringError((Twine(file) + ": " + what).str(), inconvertibleErrorCode());
 }
 
 std::vector<std::string> sortedKeys(const json::Object &o) {
@@ -100,8 +99,8 @@ Expected<json::Value> parseJson(StringRef text, StringRef file) {
       inString = true;
     } else if (ch == '[' || ch == '{') {
       if (++depth > kMaxJsonDepth)
-        return failFile(file, "invalid JSON: nested deeper than " +
-                                  Twine(kMaxJsonDepth) + " levels");
+        return failFile(file,
+                        "invalid JSON: nested deeper than " + Twine(kMaxJsonDepth) + " levels");
     } else if ((ch == ']' || ch == '}') && depth > 0) {
       --depth;
     }
@@ -116,34 +115,28 @@ Expected<json::Value> parseJson(StringRef text, StringRef file) {
 // The field store
 //===----------------------------------------------------------------------===//
 
-void Ctx::warn(const Origin &o, const Twine &what) {
-  warnings.push_back(describe(o, what));
-}
+void Ctx::warn(const Origin &o, const Twine &what) { warnings.push_back(describe(o, what)); }
 
 Origin Ctx::defaultOrigin(StringRef key) const {
-  if (!moeFile.empty() &&
-      (key == "n_routed_experts" || inTable(kMoEFields, key)))
-    return Origin{moeFile, (Twine(moePrefix) + key).str(), Priority::Preset,
-                  ""};
-  return Origin{modelFile, (Twine(modelPrefix) + key).str(), Priority::File,
-                ""};
+  if (!moeFile.empty() && (key == "n_routed_experts" || inTable(kMoEFields, key)))
+    return Origin{moeFile, (Twine(moePrefix) + key).str(), Priority::Preset, ""};
+  return Origin{modelFile, (Twine(modelPrefix) + key).str(), Priority::File, ""};
 }
 
 StringRef textClass(const Ctx &c) {
   return c.textType == "g3moe_text" ? "G3MoETextConfig" : "Gemma3TextConfig";
 }
 
-Error setField(FieldMap &map, StringRef canonical, json::Value value,
-               Origin origin) {
+Error setField(FieldMap &map, StringRef canonical, json::Value value, Origin origin) {
   auto it = map.find(canonical.str());
   if (it != map.end()) {
     const Entry &old = it->second;
     if (old.origin.priority > origin.priority)
       return Error::success();
-    if (old.origin.priority == origin.priority &&
-        origin.priority != Priority::Override && old.value != value)
-      return fail(origin, "conflicts with '" + old.origin.path + "' (" +
-                              render(old.value) + ") in " + old.origin.file);
+    if (old.origin.priority == origin.priority && origin.priority != Priority::Override &&
+        old.value != value)
+      return fail(origin, "conflicts with '" + old.origin.path + "' (" + render(old.value) +
+                              ") in " + old.origin.file);
   }
   map[canonical.str()] = Entry{std::move(value), std::move(origin)};
   return Error::success();
@@ -177,8 +170,7 @@ std::string Reader::defaulted(StringRef key) const {
   return has(key) ? "" : " (the default; the field is absent)";
 }
 
-void Reader::noteDefault(StringRef key, const Twine &value,
-                         StringRef cls) const {
+void Reader::noteDefault(StringRef key, const Twine &value, StringRef cls) const {
   if (!has(key))
     c.warn(origin(key), "absent; using " + cls + "'s default, " + value);
 }
@@ -189,16 +181,15 @@ Error Reader::integer(StringRef key, int64_t &out, bool nullable) const {
     return Error::success();
   std::optional<int64_t> v = asInt(e->value);
   if (!v && isWholeNumber(e->value))
-    return fail(e->origin, "must be an integer between -9e18 and 9e18, got " +
-                               render(e->value));
+    return fail(e->origin, "must be an integer between -9e18 and 9e18, got " + render(e->value));
   if (!v)
     return fail(e->origin, "must be an integer, got " + render(e->value));
   out = *v;
   return Error::success();
 }
 
-Error Reader::integerIn(StringRef key, int64_t &out, int64_t lo, int64_t hi,
-                        StringRef why, bool nullable) const {
+Error Reader::integerIn(StringRef key, int64_t &out, int64_t lo, int64_t hi, StringRef why,
+                        bool nullable) const {
   const Entry *e = find(key);
   std::string got;
   if (e && !(nullable && e->value.kind() == json::Value::Null)) {
@@ -214,9 +205,8 @@ Error Reader::integerIn(StringRef key, int64_t &out, int64_t lo, int64_t hi,
     return Error::success();
   if (got.empty())
     got = std::to_string(out);
-  return fail(origin(key), "must be an integer in [" + Twine(lo) + ", " +
-                               Twine(hi) + "]" + why + ", got " + got +
-                               defaulted(key));
+  return fail(origin(key), "must be an integer in [" + Twine(lo) + ", " + Twine(hi) + "]" + why +
+                               ", got " + got + defaulted(key));
 }
 
 Error Reader::number(StringRef key, double &out, bool nullable) const {

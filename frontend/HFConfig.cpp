@@ -15,14 +15,14 @@ using namespace llvm;
 
 namespace g3moe::frontend::detail {
 
-Error collectModelKey(Ctx &c, StringRef key, const json::Value &v,
-                      const Origin &o, bool allowTraining) {
+Error collectModelKey(Ctx &c, StringRef key, const json::Value &v, const Origin &o,
+                      bool allowTraining) {
   if (inTable(kModelFields, key))
     return setField(c.model, key, v, o);
   if (inTable(kExpertAliases, key))
     return setField(c.model, "n_routed_experts", v, o);
-  if (key == "model_type" || inTable(kModelMetadata, key) ||
-      inTable(kDeepSeekLeftovers, key) || isPrivateKey(key))
+  if (key == "model_type" || inTable(kModelMetadata, key) || inTable(kDeepSeekLeftovers, key) ||
+      isPrivateKey(key))
     return Error::success();
   if (inTable(kLaterEraFields, key))
     return checkLaterEra(key, v, o);
@@ -38,8 +38,7 @@ Error collectModelKey(Ctx &c, StringRef key, const json::Value &v,
 
 namespace {
 
-Error collectTextConfig(Ctx &c, const json::Object &obj, StringRef file,
-                        StringRef prefix) {
+Error collectTextConfig(Ctx &c, const json::Object &obj, StringRef file, StringRef prefix) {
   for (const std::string &key : sortedKeys(obj)) {
     Origin o{file.str(), (prefix + key).str(), Priority::File, ""};
     if (Error e = collectModelKey(c, key, *obj.get(key), o, true))
@@ -51,22 +50,19 @@ Error collectTextConfig(Ctx &c, const json::Object &obj, StringRef file,
 /// The top-level keys of a wrapper besides text_config: vision and
 /// generation keys are skipped, a top-level tie_word_embeddings must agree
 /// with the text model's, and text-model fields are refused there.
-Error collectWrapperKeys(Ctx &c, const json::Object &root, StringRef file,
-                         StringRef type) {
+Error collectWrapperKeys(Ctx &c, const json::Object &root, StringRef file, StringRef type) {
   for (const std::string &key : sortedKeys(root)) {
     const json::Value &v = *root.get(key);
     Origin o{file.str(), key, Priority::File, ""};
-    if (key == "text_config" || key == "model_type" ||
-        inTable(kWrapperKeys, key) || inTable(kModelMetadata, key) ||
-        isPrivateKey(key))
+    if (key == "text_config" || key == "model_type" || inTable(kWrapperKeys, key) ||
+        inTable(kModelMetadata, key) || isPrivateKey(key))
       continue;
     if (key == "tie_word_embeddings") {
       // Newer Gemma3Config carries the flag at the top too; it must agree
       // with the text model's, and fills in when the text model has none.
       auto it = c.model.find("tie_word_embeddings");
       if (it != c.model.end() && it->second.value != v)
-        return fail(o, "is " + render(v) +
-                           " but text_config.tie_word_embeddings is " +
+        return fail(o, "is " + render(v) + " but text_config.tie_word_embeddings is " +
                            render(it->second.value));
       if (Error e = setField(c.model, key, v, o))
         return e;
@@ -101,10 +97,9 @@ Error collectHFConfig(Ctx &c, const json::Object &root, StringRef file) {
   Origin typeOrigin{file.str(), "model_type", Priority::File, ""};
   const json::Value *typeValue = root.get("model_type");
   if (!typeValue)
-    return fail(typeOrigin,
-                "missing; expected an HF config.json with model_type "
-                "gemma3_text, gemma3, g3moe or g3moe_text, or a training "
-                "preset with model_name_or_path or model_config");
+    return fail(typeOrigin, "missing; expected an HF config.json with model_type "
+                            "gemma3_text, gemma3, g3moe or g3moe_text, or a training "
+                            "preset with model_name_or_path or model_config");
   std::optional<StringRef> type = typeValue->getAsString();
   if (!type)
     return fail(typeOrigin, "must be a string, got " + render(*typeValue));
@@ -141,10 +136,9 @@ Error collectHFConfig(Ctx &c, const json::Object &root, StringRef file) {
   if (const json::Value *inner = text->get("model_type")) {
     std::optional<StringRef> innerType = inner->getAsString();
     if (!innerType || *innerType != textType)
-      return fail(
-          Origin{file.str(), "text_config.model_type", Priority::File, ""},
-          "must be '" + textType + "' inside a " + *type + " config, got " +
-              render(*inner));
+      return fail(Origin{file.str(), "text_config.model_type", Priority::File, ""},
+                  "must be '" + textType + "' inside a " + *type + " config, got " +
+                      render(*inner));
   }
   if (Error e = collectTextConfig(c, *text, file, "text_config."))
     return e;
@@ -154,8 +148,7 @@ Error collectHFConfig(Ctx &c, const json::Object &root, StringRef file) {
 Error collectModelFile(Ctx &c, StringRef path, const Origin &pointer) {
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer = MemoryBuffer::getFile(path);
   if (!buffer)
-    return fail(pointer,
-                "cannot read '" + path + "': " + buffer.getError().message());
+    return fail(pointer, "cannot read '" + path + "': " + buffer.getError().message());
   Expected<json::Value> doc = parseJson((*buffer)->getBuffer(), path);
   if (!doc)
     return doc.takeError();
@@ -163,8 +156,7 @@ Error collectModelFile(Ctx &c, StringRef path, const Origin &pointer) {
   if (!root)
     return failFile(path, "expected a JSON object at the top level");
   if (root->get("model_name_or_path") || root->get("model_config"))
-    return fail(pointer,
-                "'" + path + "' is a training preset, not a model config");
+    return fail(pointer, "'" + path + "' is a training preset, not a model config");
   return collectHFConfig(c, *root, path);
 }
 

@@ -24,10 +24,8 @@ namespace {
 
 class StepBuilder {
 public:
-  StepBuilder(MLIRContext &ctx, const CompileConfig &config,
-              const BuildOptions &options)
-      : ctx(ctx), b(&ctx), m(config.model), t(config.training),
-        options(options) {}
+  StepBuilder(MLIRContext &ctx, const CompileConfig &config, const BuildOptions &options)
+      : ctx(ctx), b(&ctx), m(config.model), t(config.training), options(options) {}
 
   OwningOpRef<ModuleOp> build();
 
@@ -47,8 +45,8 @@ private:
   /// A weight named `name` (prefixed with the current layer path when
   /// `local`).
   Value param(const Twine &name, ArrayRef<int64_t> shape, Type elt) {
-    auto op = g3moe::ParamOp::create(b, loc, tensor(shape, elt),
-                                     b.getStringAttr(name), /*trainable=*/false);
+    auto op = g3moe::ParamOp::create(b, loc, tensor(shape, elt), b.getStringAttr(name),
+                                     /*trainable=*/false);
     return op.getResult();
   }
 
@@ -65,8 +63,7 @@ private:
   Value rmsNorm(Value x, const Twine &weightName) {
     auto type = cast<RankedTensorType>(x.getType());
     Value w = param(weightName, {type.getShape().back()}, act());
-    return g3moe::RMSNormOp::create(b, loc, type, x, w,
-                                    b.getF64FloatAttr(m.rmsNormEps));
+    return g3moe::RMSNormOp::create(b, loc, type, x, w, b.getF64FloatAttr(m.rmsNormEps));
   }
 
   Value linear(Value x, Value w, Type resultElt) {
@@ -84,9 +81,9 @@ private:
   }
 
   Value randomUniform(ArrayRef<int64_t> shape, double low, double high) {
-    return g3moe::RandomUniformOp::create(
-        b, loc, tensor(shape, f32()), rngKey, b.getI64IntegerAttr(nextStream++),
-        b.getF64FloatAttr(low), b.getF64FloatAttr(high));
+    return g3moe::RandomUniformOp::create(b, loc, tensor(shape, f32()), rngKey,
+                                          b.getI64IntegerAttr(nextStream++), b.getF64FloatAttr(low),
+                                          b.getF64FloatAttr(high));
   }
 
   /// Dense GeGLU MLP of width `width` under the module path `prefix`.
@@ -100,8 +97,7 @@ private:
   /// Adds one step function: the training forward (`name` = forward) or the
   /// evaluation forward, which also returns the token-accuracy counts.
   /// With `logitsOnly` it returns the logits instead of the loss.
-  void buildFunction(StringRef name, bool trainingMode, bool evalOutputs,
-                     bool logitsOnly = false);
+  void buildFunction(StringRef name, bool trainingMode, bool evalOutputs, bool logitsOnly = false);
   Value attention(Value x, int64_t layer, const std::string &prefix);
   Value moe(Value f, const std::string &prefix);
   void buildModelAttrs(ModuleOp module);
@@ -142,8 +138,7 @@ Value StepBuilder::attention(Value x, int64_t layer, const std::string &prefix) 
   bool global = spec.attention == AttentionKind::Global;
   const RopeSpec &rope = global ? m.globalRope : m.slidingRope;
   auto ropeAttrs = [&](Value in) {
-    return g3moe::RoPEOp::create(b, loc, in.getType(), in, positions,
-                                 b.getF64FloatAttr(rope.theta),
+    return g3moe::RoPEOp::create(b, loc, in.getType(), in, positions, b.getF64FloatAttr(rope.theta),
                                  b.getF64FloatAttr(rope.factor),
                                  /*transpose=*/UnitAttr())
         .getResult();
@@ -152,11 +147,9 @@ Value StepBuilder::attention(Value x, int64_t layer, const std::string &prefix) 
   k = ropeAttrs(k);
 
   IntegerAttr window = global ? IntegerAttr() : b.getI64IntegerAttr(m.slidingWindow);
-  FloatAttr softcap =
-      m.attnLogitSoftcap ? b.getF64FloatAttr(*m.attnLogitSoftcap) : FloatAttr();
+  FloatAttr softcap = m.attnLogitSoftcap ? b.getF64FloatAttr(*m.attnLogitSoftcap) : FloatAttr();
   Value o = g3moe::AttentionOp::create(b, loc, q.getType(), /*lse=*/Type(), q, k, v, segmentIds,
-                                       b.getF64FloatAttr(m.attentionScale()),
-                                       window, softcap)
+                                       b.getF64FloatAttr(m.attentionScale()), window, softcap)
                 .getResult();
   o = reshape(o, {batch, seq, nh * d});
   return linear(o, prefix + "self_attn.o_proj.weight", m.hiddenSize);
@@ -167,8 +160,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   at(prefix + "moe");
   Value x = reshape(f, {tokens, h});
   if (training && m.inputJitterNoise > 0) {
-    Value u = randomUniform({tokens, h}, 1.0 - m.inputJitterNoise,
-                            1.0 + m.inputJitterNoise);
+    Value u = randomUniform({tokens, h}, 1.0 - m.inputJitterNoise, 1.0 + m.inputJitterNoise);
     x = g3moe::MulOp::create(b, loc, x, convert(u, act()));
   }
 
@@ -181,19 +173,17 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   Value weights, indices;
   switch (m.router) {
   case RouterKind::SparseMixer: {
-    Value noise = training ? randomUniform({tokens, 2, e + 1}, 0.0, 1.0)
-                                   : Value();
-    auto op = g3moe::SparseMixerRouterOp::create(
-        b, loc, routedType, indexType, logits, noise,
-        b.getF64FloatAttr(m.routerJitterNoise));
+    Value noise = training ? randomUniform({tokens, 2, e + 1}, 0.0, 1.0) : Value();
+    auto op = g3moe::SparseMixerRouterOp::create(b, loc, routedType, indexType, logits, noise,
+                                                 b.getF64FloatAttr(m.routerJitterNoise));
     weights = op.getWeights();
     indices = op.getIndices();
     break;
   }
   case RouterKind::SoftmaxTopK: {
-    auto op = g3moe::SoftmaxTopKRouterOp::create(
-        b, loc, routedType, indexType, logits, b.getI64IntegerAttr(k),
-        b.getBoolAttr(m.normTopkProb));
+    auto op =
+        g3moe::SoftmaxTopKRouterOp::create(b, loc, routedType, indexType, logits,
+                                           b.getI64IntegerAttr(k), b.getBoolAttr(m.normTopkProb));
     weights = op.getWeights();
     indices = op.getIndices();
     break;
@@ -214,16 +204,15 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
   routerLayers.push_back(currentLayer);
 
   at(prefix + "moe.experts");
-  auto dispatch = g3moe::MoEDispatchOp::create(
-      b, loc, tensor({tokens * k, h}, act()), tensor({e + 1}, i32()), indexType,
-      x, indices, b.getI64IntegerAttr(e));
+  auto dispatch =
+      g3moe::MoEDispatchOp::create(b, loc, tensor({tokens * k, h}, act()), tensor({e + 1}, i32()),
+                                   indexType, x, indices, b.getI64IntegerAttr(e));
   Value permuted = dispatch.getPermuted(), offsets = dispatch.getExpertOffsets();
   auto expertLinear = [&](Value in, StringRef proj, int64_t out) {
     int64_t inDim = cast<RankedTensorType>(in.getType()).getDimSize(1);
-    Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim},
-                    act());
-    return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, act()),
-                                         in, offsets, w, mlir::Value())
+    Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim}, act());
+    return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, act()), in, offsets, w,
+                                         mlir::Value())
         .getResult();
   };
   Value gate = expertLinear(permuted, "gate_proj", m.intermediateSize);
@@ -235,8 +224,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
 
   if (m.numSharedExperts > 0) {
     at(prefix + "moe.shared_experts");
-    Value shared = mlp(x, prefix + "moe.shared_experts.",
-                       m.intermediateSize * m.numSharedExperts);
+    Value shared = mlp(x, prefix + "moe.shared_experts.", m.intermediateSize * m.numSharedExperts);
     y = g3moe::AddOp::create(b, loc, y, shared);
   }
   return reshape(y, {batch, seq, h});
@@ -244,9 +232,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
 
 void StepBuilder::buildModelAttrs(ModuleOp module) {
   SmallVector<NamedAttribute> a;
-  auto add = [&](StringRef name, Attribute value) {
-    a.push_back(b.getNamedAttr(name, value));
-  };
+  auto add = [&](StringRef name, Attribute value) { a.push_back(b.getNamedAttr(name, value)); };
   auto i = [&](int64_t v) { return b.getI64IntegerAttr(v); };
   auto f = [&](double v) { return b.getF64FloatAttr(v); };
   add("model_type", b.getStringAttr(m.modelType));
@@ -364,13 +350,11 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   tokens = batch * seq;
   auto tokenType = tensor({batch, seq}, i32());
   SmallVector<Type> argTypes(4, tokenType);
-  SmallVector<StringRef> argNames = {"input_ids", "targets", "positions",
-                                     "segment_ids"};
+  SmallVector<StringRef> argNames = {"input_ids", "targets", "positions", "segment_ids"};
   argTypes.push_back(tensor({}, f32()));
   argNames.push_back("num_items");
   bool needsRandom =
-      training && m.isMoE() &&
-      (m.inputJitterNoise > 0 || m.router == RouterKind::SparseMixer);
+      training && m.isMoE() && (m.inputJitterNoise > 0 || m.router == RouterKind::SparseMixer);
   if (needsRandom) {
     argTypes.push_back(tensor({2}, b.getI64Type()));
     argNames.push_back("rng_key");
@@ -403,8 +387,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   }
   if (moeStats) {
     for (auto [i, l] : llvm::enumerate(moeLayers))
-      func.setResultAttr(1 + i, "g3moe.output",
-                         b.getStringAttr("moe_load:" + std::to_string(l)));
+      func.setResultAttr(1 + i, "g3moe.output", b.getStringAttr("moe_load:" + std::to_string(l)));
     func.setResultAttr(1 + moeLayers.size(), "g3moe.output", b.getStringAttr("moe_aux_loss"));
   }
 
@@ -420,9 +403,9 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   int64_t h = m.hiddenSize;
   at("model.embed_tokens");
   Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, act());
-  Value x = g3moe::EmbeddingOp::create(
-      b, loc, tensor({batch, seq, h}, act()), inputIds, embedding,
-      b.getF64FloatAttr(m.embedScale(/*bf16=*/!options.fp32)), b.getI64IntegerAttr(m.padTokenId));
+  Value x = g3moe::EmbeddingOp::create(b, loc, tensor({batch, seq, h}, act()), inputIds, embedding,
+                                       b.getF64FloatAttr(m.embedScale(/*bf16=*/!options.fp32)),
+                                       b.getI64IntegerAttr(m.padTokenId));
 
   // G3MoE keeps its dense-layer MLPs under `moe` (G3MOE_SPEC.md 3.1).
   std::string ffnName = m.isMoE() ? "moe." : "mlp.";
@@ -455,28 +438,25 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   at("model.norm");
   x = rmsNorm(x, "model.norm.weight");
   at("lm_head");
-  Value head = m.tieWordEmbeddings
-                   ? embedding
-                   : param("lm_head.weight", {m.vocabSize, h}, act());
-  FloatAttr finalCap =
-      m.finalLogitSoftcap ? b.getF64FloatAttr(*m.finalLogitSoftcap) : FloatAttr();
-  Value logits = g3moe::LMHeadOp::create(
-      b, loc, tensor({batch, seq, m.vocabSize}, f32()), x, head, finalCap);
+  Value head = m.tieWordEmbeddings ? embedding : param("lm_head.weight", {m.vocabSize, h}, act());
+  FloatAttr finalCap = m.finalLogitSoftcap ? b.getF64FloatAttr(*m.finalLogitSoftcap) : FloatAttr();
+  Value logits =
+      g3moe::LMHeadOp::create(b, loc, tensor({batch, seq, m.vocabSize}, f32()), x, head, finalCap);
 
   at("loss");
-  SmallVector<Value> terms = {g3moe::CrossEntropyOp::create(
-      b, loc, tensor({}, f32()), logits, targets, numItems,
-      b.getI64IntegerAttr(g3rt::kIgnoreIndex))};
+  SmallVector<Value> terms = {
+      g3moe::CrossEntropyOp::create(b, loc, tensor({}, f32()), logits, targets, numItems,
+                                    b.getI64IntegerAttr(g3rt::kIgnoreIndex))};
   SmallVector<double> coefficients = {1.0};
   if (t.loadBalancingLoss && !routerLogits.empty()) {
-    terms.push_back(g3moe::LoadBalancingLossOp::create(
-        b, loc, tensor({}, f32()), routerLogits, routerIndices, segmentIds,
-        b.getI64IntegerAttr(m.numExperts)));
+    terms.push_back(g3moe::LoadBalancingLossOp::create(b, loc, tensor({}, f32()), routerLogits,
+                                                       routerIndices, segmentIds,
+                                                       b.getI64IntegerAttr(m.numExperts)));
     coefficients.push_back(m.routerAuxLossCoef);
   }
   if (t.routerZLoss && !routerLogits.empty()) {
-    terms.push_back(g3moe::RouterZLossOp::create(b, loc, tensor({}, f32()),
-                                                 routerLogits, segmentIds));
+    terms.push_back(
+        g3moe::RouterZLossOp::create(b, loc, tensor({}, f32()), routerLogits, segmentIds));
     coefficients.push_back(m.routerZLossCoef);
   }
   Value loss = terms.front();
@@ -487,21 +467,20 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   if (moeStats) {
     at("moe_statistics");
     for (Value idx : routerIndices)
-      results.push_back(g3moe::ExpertLoadOp::create(b, loc, tensor({m.numExperts}, f32()),
-                                                   idx, segmentIds,
-                                                   b.getI64IntegerAttr(m.numExperts)));
+      results.push_back(g3moe::ExpertLoadOp::create(b, loc, tensor({m.numExperts}, f32()), idx,
+                                                    segmentIds, b.getI64IntegerAttr(m.numExperts)));
     Value aux = terms.size() > 1 && t.loadBalancingLoss
                     ? terms[1]
-                    : g3moe::LoadBalancingLossOp::create(
-                          b, loc, tensor({}, f32()), routerLogits, routerIndices, segmentIds,
-                          b.getI64IntegerAttr(m.numExperts))
+                    : g3moe::LoadBalancingLossOp::create(b, loc, tensor({}, f32()), routerLogits,
+                                                         routerIndices, segmentIds,
+                                                         b.getI64IntegerAttr(m.numExperts))
                           .getResult();
     results.push_back(aux);
   }
   if (evalOutputs) {
-    auto accuracy = g3moe::TokenAccuracyOp::create(
-        b, loc, tensor({}, f32()), tensor({}, f32()), logits, targets,
-        b.getI64IntegerAttr(g3rt::kIgnoreIndex));
+    auto accuracy =
+        g3moe::TokenAccuracyOp::create(b, loc, tensor({}, f32()), tensor({}, f32()), logits,
+                                       targets, b.getI64IntegerAttr(g3rt::kIgnoreIndex));
     results.push_back(accuracy.getCorrect());
     results.push_back(accuracy.getTotal());
   }
@@ -510,9 +489,9 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
 
 } // namespace
 
-OwningOpRef<ModuleOp>
-g3moe::frontend::buildStepModule(MLIRContext &context, const CompileConfig &config,
-                                 const BuildOptions &options) {
+OwningOpRef<ModuleOp> g3moe::frontend::buildStepModule(MLIRContext &context,
+                                                       const CompileConfig &config,
+                                                       const BuildOptions &options) {
   context.loadDialect<g3moe::G3MoEDialect, func::FuncDialect>();
   return StepBuilder(context, config, options).build();
 }

@@ -25,14 +25,12 @@ Error resolveLayers(Ctx &c, const Reader &r, ModelConfig &m) {
   if ((!r.has("layer_types") || r.isNull("layer_types")) &&
       (!r.has("sliding_window_pattern") || r.isNull("sliding_window_pattern")))
     c.warn(r.origin("sliding_window_pattern"),
-           Twine(r.has("sliding_window_pattern") ? "null" : "absent") +
-               "; using " + textClass(c) +
+           Twine(r.has("sliding_window_pattern") ? "null" : "absent") + "; using " + textClass(c) +
                "'s default, 6 (there are no layer_types either; every "
                "sixth layer is global)");
   std::vector<AttentionKind> fromPattern;
   for (int64_t l = 0; l < m.numLayers; ++l)
-    fromPattern.push_back((l + 1) % pattern != 0 ? AttentionKind::Sliding
-                                                 : AttentionKind::Global);
+    fromPattern.push_back((l + 1) % pattern != 0 ? AttentionKind::Sliding : AttentionKind::Global);
 
   std::vector<AttentionKind> kinds = fromPattern;
   const Entry *typesEntry = r.find("layer_types");
@@ -54,20 +52,17 @@ Error resolveLayers(Ctx &c, const Reader &r, ModelConfig &m) {
       else if (t && *t == "full_attention")
         fromTypes.push_back(AttentionKind::Global);
       else
-        return fail(typesEntry->origin,
-                    "entry " + Twine(i) + " is " + render((*types)[i]) +
-                        "; expected \"sliding_attention\" or "
-                        "\"full_attention\"");
+        return fail(typesEntry->origin, "entry " + Twine(i) + " is " + render((*types)[i]) +
+                                            "; expected \"sliding_attention\" or "
+                                            "\"full_attention\"");
     }
     const Entry *patternEntry = r.find("sliding_window_pattern");
-    bool patternWins =
-        patternEntry && patternEntry->value.kind() != json::Value::Null &&
-        patternEntry->origin.priority > typesEntry->origin.priority;
+    bool patternWins = patternEntry && patternEntry->value.kind() != json::Value::Null &&
+                       patternEntry->origin.priority > typesEntry->origin.priority;
     if (!patternWins) {
       if (patternEntry && patternEntry->value.kind() != json::Value::Null &&
           fromTypes != fromPattern)
-        c.warn(patternEntry->origin,
-               "ignored: layer_types takes precedence and disagrees with it");
+        c.warn(patternEntry->origin, "ignored: layer_types takes precedence and disagrees with it");
       kinds = std::move(fromTypes);
     }
   }
@@ -98,8 +93,7 @@ Error checkActivation(const Reader &r, StringRef key) {
 }
 
 /// A token id in [0, vocab); eos_token_id may be a list.
-Error checkTokenId(const Reader &r, StringRef key, int64_t &out,
-                   int64_t vocab) {
+Error checkTokenId(const Reader &r, StringRef key, int64_t &out, int64_t vocab) {
   const Entry *e = r.find(key);
   if (e && e->value.getAsArray()) {
     // eos_token_id may list several stop tokens; the first is the one the
@@ -109,17 +103,16 @@ Error checkTokenId(const Reader &r, StringRef key, int64_t &out,
       return fail(e->origin, "must be a token id or a non-empty list of ids");
     for (const json::Value &item : a)
       if (!asInt(item) || *asInt(item) < 0 || *asInt(item) >= vocab)
-        return fail(e->origin, "entry " + render(item) +
-                                   " is not a token id in [0, " + Twine(vocab) +
-                                   ")");
+        return fail(e->origin,
+                    "entry " + render(item) + " is not a token id in [0, " + Twine(vocab) + ")");
     out = *asInt(a[0]);
     return Error::success();
   }
   if (Error err = r.integer(key, out))
     return err;
   if (out < 0 || out >= vocab)
-    return fail(r.origin(key), "must be a token id in [0, " + Twine(vocab) +
-                                   "), got " + Twine(out) + r.defaulted(key));
+    return fail(r.origin(key), "must be a token id in [0, " + Twine(vocab) + "), got " +
+                                   Twine(out) + r.defaulted(key));
   return Error::success();
 }
 
@@ -159,8 +152,7 @@ Error resolveShape(Ctx &c, const Reader &r, ModelConfig &m) {
     bool defaultInWrapper;
   };
   SizeField sizes[] = {
-      {"vocab_size", &m.vocabSize, 262208, kMaxSize, " (token ids are int32)",
-       true},
+      {"vocab_size", &m.vocabSize, 262208, kMaxSize, " (token ids are int32)", true},
       {"hidden_size", &m.hiddenSize, 2304, kMaxSize, "", false},
       {"intermediate_size", &m.intermediateSize, 9216, kMaxSize, "", false},
       {"num_hidden_layers", &m.numLayers, 26, kMaxLayers, "", false},
@@ -171,25 +163,22 @@ Error resolveShape(Ctx &c, const Reader &r, ModelConfig &m) {
   for (const SizeField &f : sizes) {
     if (!r.has(f.key)) {
       if (!f.defaultInWrapper)
-        return fail(r.origin(f.key),
-                    "missing; a model config must give the model's shape, and "
-                    "every checkpoint's does (" +
-                        textClass(c) + "'s default, " + Twine(f.classDefault) +
-                        ", is a placeholder)");
+        return fail(r.origin(f.key), "missing; a model config must give the model's shape, and "
+                                     "every checkpoint's does (" +
+                                         textClass(c) + "'s default, " + Twine(f.classDefault) +
+                                         ", is a placeholder)");
       if (!c.wrapper)
-        return fail(r.origin(f.key),
-                    "missing; a " + c.textType +
-                        " config must give the model's shape, and "
-                        "transformers writes every field of one (" +
-                        textClass(c) + "'s default, " + Twine(f.classDefault) +
-                        ", is taken only in a multimodal config's "
-                        "text_config, which transformers 4.x wrote without "
-                        "the fields equal to it)");
-      c.warn(r.origin(f.key),
-             "absent; using " + textClass(c) + "'s default, " +
-                 Twine(f.classDefault) +
-                 ", as transformers does (4.x left fields equal to it out "
-                 "of text_config)");
+        return fail(r.origin(f.key), "missing; a " + c.textType +
+                                         " config must give the model's shape, and "
+                                         "transformers writes every field of one (" +
+                                         textClass(c) + "'s default, " + Twine(f.classDefault) +
+                                         ", is taken only in a multimodal config's "
+                                         "text_config, which transformers 4.x wrote without "
+                                         "the fields equal to it)");
+      c.warn(r.origin(f.key), "absent; using " + textClass(c) + "'s default, " +
+                                  Twine(f.classDefault) +
+                                  ", as transformers does (4.x left fields equal to it out "
+                                  "of text_config)");
       *f.out = f.classDefault;
     }
     if (Error e = r.integerIn(f.key, *f.out, 1, f.max, f.why))
@@ -197,19 +186,17 @@ Error resolveShape(Ctx &c, const Reader &r, ModelConfig &m) {
   }
   // Only an upper bound of the sequence length: the default changes nothing
   // else.
-  if (Error e = r.integerIn("max_position_embeddings", m.maxPositionEmbeddings,
-                            1, kMaxSize, " (positions are int32)"))
+  if (Error e = r.integerIn("max_position_embeddings", m.maxPositionEmbeddings, 1, kMaxSize,
+                            " (positions are int32)"))
     return e;
   if (m.numHeads % m.numKVHeads != 0)
     return fail(r.origin("num_key_value_heads"),
                 "num_attention_heads (" + Twine(m.numHeads) +
-                    ") must be a multiple of num_key_value_heads (" +
-                    Twine(m.numKVHeads) + ")" +
+                    ") must be a multiple of num_key_value_heads (" + Twine(m.numKVHeads) + ")" +
                     r.defaulted("num_key_value_heads"));
   if (m.headDim % 2 != 0)
     return fail(r.origin("head_dim"),
-                "must be even (RoPE rotates pairs of dimensions), got " +
-                    Twine(m.headDim));
+                "must be even (RoPE rotates pairs of dimensions), got " + Twine(m.headDim));
   return Error::success();
 }
 
@@ -223,24 +210,20 @@ Error resolveScalars(Ctx &c, const Reader &r, ModelConfig &m) {
   if (Error e = r.integerIn("sliding_window", m.slidingWindow, 1, kMaxSize))
     return e;
 
-  r.noteDefault("query_pre_attn_scalar", num(m.queryPreAttnScalar),
-                textClass(c));
+  r.noteDefault("query_pre_attn_scalar", num(m.queryPreAttnScalar), textClass(c));
   if (Error e = r.number("query_pre_attn_scalar", m.queryPreAttnScalar))
     return e;
   if (m.queryPreAttnScalar <= 0)
-    return fail(r.origin("query_pre_attn_scalar"),
-                "must be > 0, got " + num(m.queryPreAttnScalar));
+    return fail(r.origin("query_pre_attn_scalar"), "must be > 0, got " + num(m.queryPreAttnScalar));
   r.noteDefault("rms_norm_eps", num(m.rmsNormEps), textClass(c));
   if (Error e = r.number("rms_norm_eps", m.rmsNormEps))
     return e;
   if (m.rmsNormEps <= 0)
-    return fail(r.origin("rms_norm_eps"),
-                "must be > 0, got " + num(m.rmsNormEps));
+    return fail(r.origin("rms_norm_eps"), "must be > 0, got " + num(m.rmsNormEps));
   if (Error e = r.number("initializer_range", m.initializerRange))
     return e;
   if (m.initializerRange <= 0)
-    return fail(r.origin("initializer_range"),
-                "must be > 0, got " + num(m.initializerRange));
+    return fail(r.origin("initializer_range"), "must be > 0, got " + num(m.initializerRange));
   return Error::success();
 }
 
@@ -256,14 +239,12 @@ Error resolveFixedFeatures(const Reader &r, ModelConfig &m) {
   if (Error e = r.boolean("attention_bias", attentionBias, true))
     return e;
   if (attentionBias)
-    return fail(r.origin("attention_bias"),
-                "must be false; Gemma-3 attention has no biases");
+    return fail(r.origin("attention_bias"), "must be false; Gemma-3 attention has no biases");
   double attentionDropout = 0;
   if (Error e = r.number("attention_dropout", attentionDropout, true))
     return e;
   if (attentionDropout != 0)
-    return fail(r.origin("attention_dropout"),
-                "must be 0; attention dropout is not implemented");
+    return fail(r.origin("attention_dropout"), "must be 0; attention dropout is not implemented");
   bool bidirectional = false;
   if (Error e = r.boolean("use_bidirectional_attention", bidirectional, true))
     return e;
@@ -271,17 +252,14 @@ Error resolveFixedFeatures(const Reader &r, ModelConfig &m) {
     return fail(r.origin("use_bidirectional_attention"),
                 "must be false; g3moe trains causal decoders");
 
-  for (const char *key :
-       {"final_logit_softcapping", "attn_logit_softcapping"}) {
+  for (const char *key : {"final_logit_softcapping", "attn_logit_softcapping"}) {
     const Entry *e = r.find(key);
     if (!e || e->value.kind() == json::Value::Null)
       continue;
     std::optional<double> v = asFiniteNumber(e->value);
     if (!v || *v <= 0)
-      return fail(e->origin,
-                  "must be null or a positive number, got " + render(e->value));
-    (StringRef(key) == "final_logit_softcapping" ? m.finalLogitSoftcap
-                                                 : m.attnLogitSoftcap) = *v;
+      return fail(e->origin, "must be null or a positive number, got " + render(e->value));
+    (StringRef(key) == "final_logit_softcapping" ? m.finalLogitSoftcap : m.attnLogitSoftcap) = *v;
   }
   if (Error e = r.boolean("tie_word_embeddings", m.tieWordEmbeddings))
     return e;
@@ -327,14 +305,13 @@ Error resolveRouter(const Reader &r, ModelConfig &m) {
                 "missing; a G3MoE model must give the experts each token is "
                 "routed to (2 for router 'sparsemixer'); G3MoETextConfig's "
                 "default, 8, is not used silently");
-  if (Error e =
-          r.integerIn("num_experts_per_tok", m.topK, 1, kMaxExperts))
+  if (Error e = r.integerIn("num_experts_per_tok", m.topK, 1, kMaxExperts))
     return e;
   if (m.topK > m.numExperts)
-    return fail(r.origin("num_experts_per_tok"),
-                "is " + Twine(m.topK) + r.defaulted("num_experts_per_tok") +
-                    " but there are only " + Twine(m.numExperts) +
-                    " routed experts (n_routed_experts)");
+    return fail(r.origin("num_experts_per_tok"), "is " + Twine(m.topK) +
+                                                     r.defaulted("num_experts_per_tok") +
+                                                     " but there are only " + Twine(m.numExperts) +
+                                                     " routed experts (n_routed_experts)");
   std::string router = "sparsemixer";
   if (Error e = r.string("router_type", router, true))
     return e;
@@ -345,10 +322,9 @@ Error resolveRouter(const Reader &r, ModelConfig &m) {
   else if (router == "sigmoid_grouped")
     m.router = RouterKind::SigmoidGrouped;
   else
-    return fail(r.origin("router_type"),
-                "unknown router '" + router +
-                    "'; supported: sparsemixer, softmax_topk, "
-                    "sigmoid_grouped");
+    return fail(r.origin("router_type"), "unknown router '" + router +
+                                             "'; supported: sparsemixer, softmax_topk, "
+                                             "sigmoid_grouped");
   if (m.router == RouterKind::SparseMixer && m.topK != 2)
     return fail(r.origin("num_experts_per_tok"),
                 "is " + Twine(m.topK) + r.defaulted("num_experts_per_tok") +
@@ -361,21 +337,17 @@ Error resolveRouter(const Reader &r, ModelConfig &m) {
 void noteMoEDefaults(Ctx &c, const Reader &r, const ModelConfig &m) {
   // The MoE fields a G3MoE checkpoint normally states; an absent one takes
   // G3MoETextConfig's default, with a warning where it changes the step.
-  r.noteDefault("first_k_dense_replace", Twine(m.firstKDenseReplace),
-                "G3MoETextConfig");
+  r.noteDefault("first_k_dense_replace", Twine(m.firstKDenseReplace), "G3MoETextConfig");
   if (m.router == RouterKind::SparseMixer)
-    r.noteDefault("router_jitter_noise", num(m.routerJitterNoise),
-                  "G3MoETextConfig");
-  r.noteDefault("input_jitter_noise", num(m.inputJitterNoise),
-                "G3MoETextConfig");
+    r.noteDefault("router_jitter_noise", num(m.routerJitterNoise), "G3MoETextConfig");
+  r.noteDefault("input_jitter_noise", num(m.inputJitterNoise), "G3MoETextConfig");
   if (!r.has("n_shared_experts"))
     c.warn(r.origin("n_shared_experts"),
            "absent; using 0 (no shared expert, as in the R0/R1 block); "
            "G3MoETextConfig's default, 1, was never used (G3MOE_SPEC.md §7 "
            "A2)");
   if (m.router == RouterKind::SigmoidGrouped) {
-    r.noteDefault("routed_scaling_factor", num(m.routedScalingFactor),
-                  "G3MoETextConfig");
+    r.noteDefault("routed_scaling_factor", num(m.routedScalingFactor), "G3MoETextConfig");
     r.noteDefault("n_group", Twine(m.numGroups), "G3MoETextConfig");
     r.noteDefault("topk_group", Twine(m.topkGroup), "G3MoETextConfig");
   }
@@ -386,8 +358,8 @@ void noteMoEDefaults(Ctx &c, const Reader &r, const ModelConfig &m) {
 /// The dense prefix, the jitter and loss coefficients, the shared experts
 /// and the scaling of the routing weights.
 Error resolveMoENumbers(const Reader &r, ModelConfig &m) {
-  if (Error e = r.integerIn("first_k_dense_replace", m.firstKDenseReplace, 0,
-                            m.numLayers, " (num_hidden_layers)"))
+  if (Error e = r.integerIn("first_k_dense_replace", m.firstKDenseReplace, 0, m.numLayers,
+                            " (num_hidden_layers)"))
     return e;
 
   struct NonNegative {
@@ -405,13 +377,12 @@ Error resolveMoENumbers(const Reader &r, ModelConfig &m) {
     if (Error e = r.number(f.key, *f.out))
       return e;
     if (*f.out < 0 || (f.below > 0 && *f.out >= f.below))
-      return fail(r.origin(f.key), (f.below > 0 ? "must be in [0, 1), got "
-                                                : "must be >= 0, got ") +
-                                       num(*f.out));
+      return fail(r.origin(f.key),
+                  (f.below > 0 ? "must be in [0, 1), got " : "must be >= 0, got ") + num(*f.out));
   }
 
-  if (Error e = r.integerIn("n_shared_experts", m.numSharedExperts, 0,
-                            kMaxExperts, "", /*nullable=*/true))
+  if (Error e = r.integerIn("n_shared_experts", m.numSharedExperts, 0, kMaxExperts, "",
+                            /*nullable=*/true))
     return e;
   if (m.numSharedExperts > 0)
     r.noteDefault("freeze_shared_experts", "true", "G3MoETextConfig");
@@ -436,31 +407,27 @@ Error resolveGroups(Ctx &c, const Reader &r, ModelConfig &m) {
   if (Error e = r.integerIn("topk_group", m.topkGroup, 1, kMaxExperts))
     return e;
   if (m.topkGroup > m.numGroups)
-    return fail(r.origin("topk_group"),
-                "is " + Twine(m.topkGroup) + r.defaulted("topk_group") +
-                    " but there are only " + Twine(m.numGroups) +
-                    " groups (n_group); topk_group must be <= n_group "
-                    "(G3MOE_SPEC.md §7 D12)");
+    return fail(r.origin("topk_group"), "is " + Twine(m.topkGroup) + r.defaulted("topk_group") +
+                                            " but there are only " + Twine(m.numGroups) +
+                                            " groups (n_group); topk_group must be <= n_group "
+                                            "(G3MOE_SPEC.md §7 D12)");
   if (m.router == RouterKind::SigmoidGrouped) {
     if (m.numExperts % m.numGroups != 0)
-      return fail(r.origin("n_group"),
-                  "is " + Twine(m.numGroups) + r.defaulted("n_group") +
-                      ", which does not divide n_routed_experts (" +
-                      Twine(m.numExperts) +
-                      "); router 'sigmoid_grouped' splits the experts "
-                      "into equal groups");
+      return fail(r.origin("n_group"), "is " + Twine(m.numGroups) + r.defaulted("n_group") +
+                                           ", which does not divide n_routed_experts (" +
+                                           Twine(m.numExperts) +
+                                           "); router 'sigmoid_grouped' splits the experts "
+                                           "into equal groups");
     int64_t reachable = m.topkGroup * (m.numExperts / m.numGroups);
     if (m.topK > reachable)
-      return fail(r.origin("num_experts_per_tok"),
-                  "is " + Twine(m.topK) + " but topk_group (" +
-                      Twine(m.topkGroup) + ") groups hold only " +
-                      Twine(reachable) + " experts");
+      return fail(r.origin("num_experts_per_tok"), "is " + Twine(m.topK) + " but topk_group (" +
+                                                       Twine(m.topkGroup) + ") groups hold only " +
+                                                       Twine(reachable) + " experts");
   } else {
     const char *unused[] = {"n_group", "topk_group", "routed_scaling_factor"};
     for (const char *key : unused)
       if (const Entry *e = r.find(key))
-        c.warn(e->origin, "has no effect with router '" +
-                              stringifyRouterKind(m.router) + "'");
+        c.warn(e->origin, "has no effect with router '" + stringifyRouterKind(m.router) + "'");
     if (m.router == RouterKind::SparseMixer)
       if (const Entry *e = r.find("norm_topk_prob"))
         c.warn(e->origin, "has no effect with router 'sparsemixer'");
@@ -479,8 +446,8 @@ Error resolveExperts(Ctx &c, const Reader &r, ModelConfig &m) {
                 "missing; a G3MoE model must give its number of routed "
                 "experts (0 or null for a dense model); G3MoETextConfig's "
                 "default, 256, is not used silently");
-  if (Error e = r.integerIn("n_routed_experts", m.numExperts, 0, kMaxExperts,
-                            "", /*nullable=*/true))
+  if (Error e =
+          r.integerIn("n_routed_experts", m.numExperts, 0, kMaxExperts, "", /*nullable=*/true))
     return e;
   if (m.numExperts > 0 && m.modelType == "gemma3_text")
     m.modelType = "g3moe_text";

@@ -19,8 +19,7 @@ namespace {
 
 /// Sets `rest` (dotted) inside the object field `canonical` to `value`,
 /// starting from the field's current value.
-Error setModelSubField(Ctx &c, StringRef canonical, StringRef rest,
-                       json::Value value, Origin o) {
+Error setModelSubField(Ctx &c, StringRef canonical, StringRef rest, json::Value value, Origin o) {
   // Sub-fields are named below the field itself.
   o.path = canonical.str();
   // A dotted key edits inside an object field, e.g.
@@ -35,8 +34,7 @@ Error setModelSubField(Ctx &c, StringRef canonical, StringRef rest,
   for (size_t i = 0; i < parts.size(); ++i) {
     json::Object *obj = cursor->getAsObject();
     if (!obj)
-      return fail(o, "cannot set '" + parts[i] +
-                         "' inside a value that is not an object");
+      return fail(o, "cannot set '" + parts[i] + "' inside a value that is not an object");
     if (i + 1 == parts.size()) {
       (*obj)[parts[i]] = std::move(value);
       break;
@@ -76,9 +74,8 @@ Error applyOverride(Ctx &c, const ConfigOverride &ov) {
   }
 
   auto [head, rest] = key.split('.');
-  bool isModelKey =
-      inTable(kModelFields, head) || inTable(kExpertAliases, head) ||
-      inTable(kLaterEraFields, head) || inTable(kDeepSeekLeftovers, head);
+  bool isModelKey = inTable(kModelFields, head) || inTable(kExpertAliases, head) ||
+                    inTable(kLaterEraFields, head) || inTable(kDeepSeekLeftovers, head);
   const TrainKey *tk = findTrainKey(key);
 
   if (forceModel || (!forceTraining && isModelKey)) {
@@ -88,8 +85,7 @@ Error applyOverride(Ctx &c, const ConfigOverride &ov) {
       return Error::success();
     if (inTable(kLaterEraFields, head))
       return checkLaterEra(head, value, o);
-    StringRef canonical =
-        inTable(kExpertAliases, head) ? "n_routed_experts" : head;
+    StringRef canonical = inTable(kExpertAliases, head) ? "n_routed_experts" : head;
     if (rest.empty())
       return setField(c.model, canonical, std::move(value), o);
     return setModelSubField(c, canonical, rest, std::move(value), o);

@@ -21,8 +21,7 @@ namespace {
 
 /// g3moe_params of a preset: MoE fields (and any other text-model field)
 /// applied over the model's text config; a dense Gemma-3 becomes a G3MoE.
-Error applyG3MoEParams(Ctx &c, const json::Value &paramsValue,
-                       const Origin &base) {
+Error applyG3MoEParams(Ctx &c, const json::Value &paramsValue, const Origin &base) {
   if (paramsValue.kind() == json::Value::Null)
     return Error::success();
   const json::Object *params = paramsValue.getAsObject();
@@ -44,8 +43,7 @@ Error applyG3MoEParams(Ctx &c, const json::Value &paramsValue,
 
 /// The config.json that model_name_or_path names: the file itself or the
 /// config.json of a directory, relative to `baseDir`.
-Expected<std::string> resolveModelPath(const json::Value &v, const Origin &o,
-                                       StringRef baseDir) {
+Expected<std::string> resolveModelPath(const json::Value &v, const Origin &o, StringRef baseDir) {
   std::optional<StringRef> name = v.getAsString();
   if (!name)
     return fail(o, "must be a string (a local checkpoint directory or "
@@ -78,8 +76,7 @@ Expected<std::string> resolveModelPath(const json::Value &v, const Origin &o,
 
 /// The training options of one section (or of the top level); model fields
 /// belong in g3moe_params.
-Error collectPresetSection(Ctx &c, const json::Object &section, StringRef file,
-                           StringRef prefix) {
+Error collectPresetSection(Ctx &c, const json::Object &section, StringRef file, StringRef prefix) {
   for (const std::string &key : sortedKeys(section)) {
     if (key == "model_name_or_path" || key == "g3moe_params")
       continue;
@@ -90,8 +87,7 @@ Error collectPresetSection(Ctx &c, const json::Object &section, StringRef file,
         return e;
       continue;
     }
-    if (inTable(kModelFields, key) || inTable(kExpertAliases, key) ||
-        key == "rope_scaling_factor")
+    if (inTable(kModelFields, key) || inTable(kExpertAliases, key) || key == "rope_scaling_factor")
       return fail(o, "is a model field; in a training preset model fields "
                      "go in g3moe_params");
     c.warn(o, "unknown field, ignored");
@@ -108,15 +104,13 @@ bool looksLikePreset(const json::Object &root) {
       continue;
     if (const TrainKey *tk = findTrainKey(key); tk && !tk->anyConfig)
       return true;
-    if (key == "data_config" || key == "training_config" ||
-        key == "g3moe_params")
+    if (key == "data_config" || key == "training_config" || key == "g3moe_params")
       return true;
   }
   return false;
 }
 
-Error collectPreset(Ctx &c, const json::Object &root, StringRef file,
-                    StringRef baseDir) {
+Error collectPreset(Ctx &c, const json::Object &root, StringRef file, StringRef baseDir) {
   const json::Value *modelConfigValue = root.get("model_config");
   bool nested = modelConfigValue != nullptr;
   const json::Value *nameValue = nullptr;
@@ -134,14 +128,12 @@ Error collectPreset(Ctx &c, const json::Object &root, StringRef file,
     else
       nameValue = root.get("model_name_or_path");
     if (!nameValue)
-      return fail(Origin{file.str(), "model_config.model_name_or_path",
-                         Priority::Preset, ""},
+      return fail(Origin{file.str(), "model_config.model_name_or_path", Priority::Preset, ""},
                   "missing; a training preset must name the model (a local "
                   "checkpoint directory)");
     if (const json::Value *inner = modelConfig->get("g3moe_params")) {
       if (paramsValue)
-        return fail(Origin{file.str(), "model_config.g3moe_params",
-                           Priority::Preset, ""},
+        return fail(Origin{file.str(), "model_config.g3moe_params", Priority::Preset, ""},
                     "given twice (also at the top level)");
       paramsValue = inner;
       paramsOrigin.path = "model_config.g3moe_params";
@@ -179,8 +171,7 @@ Error collectPreset(Ctx &c, const json::Object &root, StringRef file,
   if (nameValue->kind() == json::Value::Null)
     return fail(nameOrigin, "missing; a training preset must name the model "
                             "(a local checkpoint directory)");
-  Expected<std::string> modelPath =
-      resolveModelPath(*nameValue, nameOrigin, baseDir);
+  Expected<std::string> modelPath = resolveModelPath(*nameValue, nameOrigin, baseDir);
   if (!modelPath)
     return modelPath.takeError();
   if (Error e = collectModelFile(c, *modelPath, nameOrigin))

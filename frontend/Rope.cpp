@@ -30,8 +30,8 @@ struct RopeSource {
 };
 
 /// Parses one dict of rope_type / type / factor (/ rope_theta).
-Error parseRopeDict(Ctx &c, const json::Value &v, const Origin &at,
-                    bool allowTheta, RopeSource &out) {
+Error parseRopeDict(Ctx &c, const json::Value &v, const Origin &at, bool allowTheta,
+                    RopeSource &out) {
   const json::Object *obj = v.getAsObject();
   if (!obj)
     return fail(at, "must be an object, got " + render(v));
@@ -63,12 +63,11 @@ Error parseRopeDict(Ctx &c, const json::Value &v, const Origin &at,
                                   "('linear')");
   }
   if (type != "default" && type != "linear")
-    return fail(sub(typeKey),
-                "RoPE type '" + type +
-                    "' is not supported (only 'default' "
-                    "and 'linear' are; yarn, dynamic, llama3 and longrope "
-                    "change the rotary frequencies in ways g3moe does not "
-                    "implement)");
+    return fail(sub(typeKey), "RoPE type '" + type +
+                                  "' is not supported (only 'default' "
+                                  "and 'linear' are; yarn, dynamic, llama3 and longrope "
+                                  "change the rotary frequencies in ways g3moe does not "
+                                  "implement)");
   out.type = type;
   out.factor = 1.0;
   if (type == "linear") {
@@ -76,8 +75,7 @@ Error parseRopeDict(Ctx &c, const json::Value &v, const Origin &at,
       return fail(sub("factor"), "missing; rope_type 'linear' needs a factor");
     std::optional<double> f = asFiniteNumber(*factorValue);
     if (!f)
-      return fail(sub("factor"),
-                  "must be a number, got " + render(*factorValue));
+      return fail(sub("factor"), "must be a number, got " + render(*factorValue));
     if (*f <= 0)
       return fail(sub("factor"), "must be > 0, got " + render(*factorValue));
     out.factor = *f;
@@ -107,8 +105,8 @@ Error parseRopeDict(Ctx &c, const json::Value &v, const Origin &at,
     }
   }
   for (const std::string &key : sortedKeys(*obj))
-    if (key != "rope_type" && key != "type" && key != "factor" &&
-        key != "rope_theta" && key != "partial_rotary_factor")
+    if (key != "rope_type" && key != "type" && key != "factor" && key != "rope_theta" &&
+        key != "partial_rotary_factor")
       c.warn(sub(key), "ignored: only used by RoPE types g3moe does not "
                        "support");
   return Error::success();
@@ -117,8 +115,8 @@ Error parseRopeDict(Ctx &c, const json::Value &v, const Origin &at,
 /// Picks among sources that describe the same thing: the strongest source
 /// wins; equal sources must agree.
 template <typename Same>
-Expected<const RopeSource *> pickRope(ArrayRef<const RopeSource *> sources,
-                                      StringRef what, Same same) {
+Expected<const RopeSource *> pickRope(ArrayRef<const RopeSource *> sources, StringRef what,
+                                      Same same) {
   const RopeSource *best = nullptr;
   for (const RopeSource *s : sources) {
     if (!s->present)
@@ -128,8 +126,7 @@ Expected<const RopeSource *> pickRope(ArrayRef<const RopeSource *> sources,
       continue;
     }
     if (s->origin.priority == best->origin.priority && !same(*best, *s))
-      return fail(s->origin,
-                  "conflicts with '" + best->path + "' about the " + what);
+      return fail(s->origin, "conflicts with '" + best->path + "' about the " + what);
   }
   return best;
 }
@@ -154,8 +151,7 @@ Error readRopeFactorField(const Reader &r, RopeSource &factorField) {
 
 /// rope_parameters: one dict for the whole model (it describes the global
 /// layers) or one per layer type.
-Error readRopeParameters(Ctx &c, const Reader &r, RopeSource &params,
-                         RopeSource &paramsSliding) {
+Error readRopeParameters(Ctx &c, const Reader &r, RopeSource &params, RopeSource &paramsSliding) {
   const Entry *e = r.find("rope_parameters");
   if (!e || e->value.kind() == json::Value::Null)
     return Error::success();
@@ -164,8 +160,7 @@ Error readRopeParameters(Ctx &c, const Reader &r, RopeSource &params,
     return fail(e->origin, "must be an object, got " + render(e->value));
   bool perType = false;
   for (const auto &kv : *obj)
-    if (kv.first == "full_attention" || kv.first == "sliding_attention" ||
-        kv.second.getAsObject())
+    if (kv.first == "full_attention" || kv.first == "sliding_attention" || kv.second.getAsObject())
       perType = true;
   if (!perType) {
     // One dict for the whole model: it describes the global layers.
@@ -192,8 +187,8 @@ Error readRopeParameters(Ctx &c, const Reader &r, RopeSource &params,
 
 /// One layer kind's theta: rope_parameters.<type>.rope_theta against
 /// rope_theta / rope_local_base_freq (`field`), by the rule of pickRope.
-Error pickTheta(Ctx &c, const Reader &r, const RopeSource &fromParams,
-                StringRef field, double &out) {
+Error pickTheta(Ctx &c, const Reader &r, const RopeSource &fromParams, StringRef field,
+                double &out) {
   RopeSource plain;
   if (const Entry *e = r.find(field))
     if (e->value.kind() != json::Value::Null) {
@@ -214,16 +209,13 @@ Error pickTheta(Ctx &c, const Reader &r, const RopeSource &fromParams,
   }
   Expected<const RopeSource *> best =
       pickRope({&withTheta, &plain}, "RoPE base frequency",
-               [](const RopeSource &a, const RopeSource &b) {
-                 return a.theta == b.theta;
-               });
+               [](const RopeSource &a, const RopeSource &b) { return a.theta == b.theta; });
   if (!best)
     return best.takeError();
   if (*best)
     out = *(*best)->theta;
   else
-    r.noteDefault(field, std::to_string(static_cast<int64_t>(out)),
-                  textClass(c));
+    r.noteDefault(field, std::to_string(static_cast<int64_t>(out)), textClass(c));
   return Error::success();
 }
 
@@ -244,8 +236,8 @@ Error resolveRope(Ctx &c, const Reader &r, ModelConfig &m) {
   auto sameScaling = [](const RopeSource &a, const RopeSource &b) {
     return a.type == b.type && a.factor == b.factor;
   };
-  Expected<const RopeSource *> global = pickRope(
-      {&params, &scaling, &factorField}, "global RoPE scaling", sameScaling);
+  Expected<const RopeSource *> global =
+      pickRope({&params, &scaling, &factorField}, "global RoPE scaling", sameScaling);
   if (!global)
     return global.takeError();
   if (*global)
@@ -253,8 +245,7 @@ Error resolveRope(Ctx &c, const Reader &r, ModelConfig &m) {
 
   if (Error e = pickTheta(c, r, params, "rope_theta", m.globalRope.theta))
     return e;
-  if (Error e = pickTheta(c, r, paramsSliding, "rope_local_base_freq",
-                          m.slidingRope.theta))
+  if (Error e = pickTheta(c, r, paramsSliding, "rope_local_base_freq", m.slidingRope.theta))
     return e;
   // Sliding layers are scaled only when the file says so per layer type
   // (transformers 5.x); rope_scaling never reaches them (§7 D21).

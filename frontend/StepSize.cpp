@@ -27,9 +27,8 @@ constexpr double kMaxStepElements = 4503599627370496.0; // 2^52
 /// The sizes that decide how large a step's tensors are, as doubles so that
 /// their products cannot overflow.
 struct StepDims {
-  double layers = 1, vocab = 1, hidden = 1, inter = 1, heads = 1, kvHeads = 1,
-         headDim = 1, experts = 0, topK = 0, shared = 0, rank = 0, batch = 1,
-         seq = 1;
+  double layers = 1, vocab = 1, hidden = 1, inter = 1, heads = 1, kvHeads = 1, headDim = 1,
+         experts = 0, topK = 0, shared = 0, rank = 0, batch = 1, seq = 1;
 };
 
 /// An upper bound of the elements of the tensors a step holds: the weights
@@ -37,20 +36,17 @@ struct StepDims {
 /// too) and one micro-batch's activations (a generous number per token and
 /// layer, plus the fp32 logits and their gradient).
 double stepElements(const StepDims &d) {
-  double width = std::max({d.inter * std::max(1.0, d.shared),
-                           d.heads * d.headDim, d.kvHeads * d.headDim,
-                           d.hidden});
+  double width = std::max(
+      {d.inter * std::max(1.0, d.shared), d.heads * d.headDim, d.kvHeads * d.headDim, d.hidden});
   double perLayer = 2 * d.hidden * d.headDim * (d.heads + d.kvHeads) +
                     3 * d.inter * d.hidden * (1 + d.shared) +
-                    d.experts * (3 * d.inter * d.hidden + d.hidden) +
-                    4 * d.hidden + 2 * d.headDim;
+                    d.experts * (3 * d.inter * d.hidden + d.hidden) + 4 * d.hidden + 2 * d.headDim;
   double weights = 2 * d.vocab * d.hidden + d.layers * perLayer;
   double adapters = 7 * d.rank * d.layers * (1 + d.experts) * (d.hidden + width);
   double tokens = d.batch * d.seq;
   double activations =
-      tokens * (4 * d.vocab + 16 * d.layers *
-                                  (d.hidden + width * (1 + d.topK) +
-                                   d.experts + d.heads));
+      tokens *
+      (4 * d.vocab + 16 * d.layers * (d.hidden + width * (1 + d.topK) + d.experts + d.heads));
   return 4 * (weights + adapters) + activations;
 }
 
@@ -72,28 +68,21 @@ Error checkStepSize(Ctx &c, const ModelConfig &m, const TrainingOptions &t) {
   };
   bool moe = m.isMoE();
   const Dim dims[] = {
-      {"num_hidden_layers", nullptr, true, double(m.numLayers),
-       &StepDims::layers},
+      {"num_hidden_layers", nullptr, true, double(m.numLayers), &StepDims::layers},
       {"vocab_size", nullptr, true, double(m.vocabSize), &StepDims::vocab},
       {"hidden_size", nullptr, true, double(m.hiddenSize), &StepDims::hidden},
-      {"intermediate_size", nullptr, true, double(m.intermediateSize),
-       &StepDims::inter},
-      {"num_attention_heads", nullptr, true, double(m.numHeads),
-       &StepDims::heads},
-      {"num_key_value_heads", nullptr, true, double(m.numKVHeads),
-       &StepDims::kvHeads},
+      {"intermediate_size", nullptr, true, double(m.intermediateSize), &StepDims::inter},
+      {"num_attention_heads", nullptr, true, double(m.numHeads), &StepDims::heads},
+      {"num_key_value_heads", nullptr, true, double(m.numKVHeads), &StepDims::kvHeads},
       {"head_dim", nullptr, true, double(m.headDim), &StepDims::headDim},
-      {"n_routed_experts", nullptr, true, double(m.numExperts),
-       &StepDims::experts},
-      {"num_experts_per_tok", nullptr, true, moe ? double(m.topK) : 0.0,
-       &StepDims::topK},
-      {"n_shared_experts", nullptr, true,
-       moe ? double(m.numSharedExperts) : 0.0, &StepDims::shared},
-      {"lora_r", "lora_r", false,
-       t.finetuning == "lora" ? double(t.lora.rank) : 0.0, &StepDims::rank},
+      {"n_routed_experts", nullptr, true, double(m.numExperts), &StepDims::experts},
+      {"num_experts_per_tok", nullptr, true, moe ? double(m.topK) : 0.0, &StepDims::topK},
+      {"n_shared_experts", nullptr, true, moe ? double(m.numSharedExperts) : 0.0,
+       &StepDims::shared},
+      {"lora_r", "lora_r", false, t.finetuning == "lora" ? double(t.lora.rank) : 0.0,
+       &StepDims::rank},
       {"seq_len", "max_seq_length", false, double(t.seqLen), &StepDims::seq},
-      {"micro_batch", "per_device_train_batch_size", false,
-       double(t.microBatch), &StepDims::batch},
+      {"micro_batch", "per_device_train_batch_size", false, double(t.microBatch), &StepDims::batch},
   };
   StepDims partial;
   for (const Dim &dim : dims) {
@@ -107,8 +96,7 @@ Error checkStepSize(Ctx &c, const ModelConfig &m, const TrainingOptions &t) {
     Origin o = r.origin(dim.key);
     if (!dim.model && !r.has(dim.key))
       o.path = dim.spelled;
-    return fail(o, "is " + Twine(static_cast<int64_t>(dim.value)) +
-                       r.defaulted(dim.key) +
+    return fail(o, "is " + Twine(static_cast<int64_t>(dim.value)) + r.defaulted(dim.key) +
                        ", which makes the step too large: it would hold "
                        "about " +
                        formatv("{0:e1}", stepElements(all)).str() +

@@ -31,15 +31,13 @@ Origin spelledOrigin(const Reader &r, StringRef canonical, StringRef spelled) {
 }
 
 /// The sequence length, the micro-batch and the fine-tuning method.
-Error resolveStepShape(const Reader &r, const ModelConfig &m,
-                       TrainingOptions &t) {
+Error resolveStepShape(const Reader &r, const ModelConfig &m, TrainingOptions &t) {
   if (Error e = r.integer("seq_len", t.seqLen))
     return e;
   if (t.seqLen < 1 || t.seqLen > m.maxPositionEmbeddings)
     return fail(spelledOrigin(r, "seq_len", "max_seq_length"),
-                "must be in [1, max_position_embeddings = " +
-                    Twine(m.maxPositionEmbeddings) + "], got " +
-                    Twine(t.seqLen) + r.defaulted("seq_len"));
+                "must be in [1, max_position_embeddings = " + Twine(m.maxPositionEmbeddings) +
+                    "], got " + Twine(t.seqLen) + r.defaulted("seq_len"));
   if (Error e = r.integerIn("micro_batch", t.microBatch, 1, kMaxSize))
     return e;
 
@@ -122,8 +120,7 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
   if (const Entry *e = r.find("memory_budget_gb")) {
     double gb = *asFiniteNumber(e->value);
     if (gb <= 0 || gb > 1e6)
-      return fail(e->origin, "must be a number of GiB in (0, 1e6], got " +
-                                 render(e->value));
+      return fail(e->origin, "must be a number of GiB in (0, 1e6], got " + render(e->value));
     t.memoryBudgetBytes = static_cast<int64_t>(gb * 1024.0 * 1024.0 * 1024.0);
   }
   return Error::success();
@@ -153,12 +150,10 @@ Error resolveHyperparameters(const Reader &r, TrainingOptions &t) {
     if (Error e = r.number(f.key, *f.out))
       return e;
     double v = *f.out;
-    bool ok =
-        (f.loOpen ? v > f.lo : v >= f.lo) && (f.hiOpen ? v < f.hi : v <= f.hi);
+    bool ok = (f.loOpen ? v > f.lo : v >= f.lo) && (f.hiOpen ? v < f.hi : v <= f.hi);
     if (!ok) {
       std::string range = std::string(f.loOpen ? "(" : "[") + num(f.lo) + ", " +
-                          (f.hi == inf ? "inf" : num(f.hi)) +
-                          (f.hiOpen ? ")" : "]");
+                          (f.hi == inf ? "inf" : num(f.hi)) + (f.hiOpen ? ")" : "]");
       return fail(r.origin(f.key), "must be in " + range + ", got " + num(v));
     }
   }
@@ -183,12 +178,10 @@ Error resolveHyperparameters(const Reader &r, TrainingOptions &t) {
     if (Error e = r.integer(f.key, *f.out))
       return e;
     if (*f.out < f.lo)
-      return fail(r.origin(f.key),
-                  "must be >= " + Twine(f.lo) + ", got " + Twine(*f.out));
+      return fail(r.origin(f.key), "must be >= " + Twine(f.lo) + ", got " + Twine(*f.out));
   }
   if (t.maxSteps == 0)
-    return fail(r.origin("max_steps"),
-                "must be -1 (train for num_train_epochs) or >= 1, got 0");
+    return fail(r.origin("max_steps"), "must be -1 (train for num_train_epochs) or >= 1, got 0");
   return Error::success();
 }
 
@@ -197,12 +190,10 @@ Error resolveSchedules(const Reader &r, TrainingOptions &t) {
   if (Error e = r.string("lr_scheduler_type", t.lrSchedulerType))
     return e;
   if (t.lrSchedulerType != "cosine" && t.lrSchedulerType != "linear" &&
-      t.lrSchedulerType != "constant" &&
-      t.lrSchedulerType != "constant_with_warmup")
-    return fail(r.origin("lr_scheduler_type"),
-                "unsupported schedule '" + t.lrSchedulerType +
-                    "'; supported: cosine, linear, constant, "
-                    "constant_with_warmup");
+      t.lrSchedulerType != "constant" && t.lrSchedulerType != "constant_with_warmup")
+    return fail(r.origin("lr_scheduler_type"), "unsupported schedule '" + t.lrSchedulerType +
+                                                   "'; supported: cosine, linear, constant, "
+                                                   "constant_with_warmup");
 
   if (Error e = r.string("loss_denominator", t.lossDenominator))
     return e;
@@ -256,8 +247,7 @@ Error resolveStrategies(const Reader &r) {
       return e;
     if (r.has(ch.key) && !is_contained(ch.allowed, v))
       return fail(r.origin(ch.key),
-                  "unsupported value '" + v +
-                      "'; supported: " + join(ch.allowed, ", ") + ch.why);
+                  "unsupported value '" + v + "'; supported: " + join(ch.allowed, ", ") + ch.why);
   }
   return Error::success();
 }
@@ -281,17 +271,14 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
   return resolveStrategies(r);
 }
 
-void noteLossCoefficientDefaults(Ctx &c, const ModelConfig &m,
-                                 const TrainingOptions &t) {
+void noteLossCoefficientDefaults(Ctx &c, const ModelConfig &m, const TrainingOptions &t) {
   if (!m.isMoE())
     return;
   Reader r{c, c.model, true};
   if (t.loadBalancingLoss)
-    r.noteDefault("router_aux_loss_coef", num(m.routerAuxLossCoef),
-                  "G3MoETextConfig");
+    r.noteDefault("router_aux_loss_coef", num(m.routerAuxLossCoef), "G3MoETextConfig");
   if (t.routerZLoss)
-    r.noteDefault("router_z_loss_coef", num(m.routerZLossCoef),
-                  "G3MoETextConfig");
+    r.noteDefault("router_z_loss_coef", num(m.routerZLossCoef), "G3MoETextConfig");
 }
 
 } // namespace g3moe::frontend::detail

@@ -11,6 +11,8 @@ packages=(
   # The sanitizer and fuzzing builds (scripts/sanitize.sh, scripts/fuzz.sh):
   # clang with its ASan, UBSan and libFuzzer runtimes.
   clang-22 libclang-rt-22-dev
+  # The formatter of .clang-format (scripts/format.sh).
+  clang-format-22
 )
 
 missing=()

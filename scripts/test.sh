@@ -3,8 +3,9 @@
 # The GPU suite (ctest label `gpu`) runs only where a GPU is visible; pass
 # ctest arguments through, e.g. `scripts/test.sh -L gpu` on a GPU machine.
 #
-# Without arguments two more stages run first, each ending with its own ctest
-# summary: the runtime's unit and e2e tests under ASan + UBSan
+# Without arguments three more stages run first: the format check
+# (scripts/format.sh --check) and, each ending with its own ctest summary,
+# the runtime's unit and e2e tests under ASan + UBSan
 # (scripts/sanitize.sh, build-asan/; G3MOE_SANITIZE_TESTS=0 skips it) and
 # each fuzz target for G3MOE_FUZZ_SECONDS (default 60; 0 skips it;
 # scripts/fuzz.sh, build-fuzz/). A failed stage fails the script after the
@@ -18,6 +19,7 @@ build=${G3MOE_BUILD_DIR:-$root/build}
 
 failed=()
 if (($# == 0)); then
+  "$root/scripts/format.sh" --check || failed+=("formatting (scripts/format.sh)")
   if [[ ${G3MOE_SANITIZE_TESTS:-1} != 0 ]]; then
     echo "test: unit and e2e tests under ASan + UBSan (scripts/sanitize.sh)"
     "$root/scripts/sanitize.sh" || failed+=("sanitizers (scripts/sanitize.sh)")

@@ -16,16 +16,16 @@
 #include "compiler/Pipelines/TrainingPipeline.h"
 #include "compiler/Serialize/StepWriter.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
-#include "runtime/base/file.h"
 #include "frontend/Config.h"
 #include "frontend/ModelBuilder.h"
+#include "runtime/base/file.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/IR/Verifier.h"
 #include "mlir/Pass/PassManager.h"
 #include "mlir/Support/FileUtilities.h"
-#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
 #include "llvm/Support/InitLLVM.h"
@@ -60,9 +60,8 @@ void printMemoryReport(mlir::ModuleOp module, raw_ostream &os) {
   os << "g3moe-compile: arena " << arena << " bytes (" << mib(arena) << ")\n";
   for (auto func : module.getOps<mlir::func::FuncOp>()) {
     g3moe::lowered::MemoryReport r = g3moe::lowered::reportMemory(func);
-    os << "  @" << func.getSymName() << ": arena " << mib(r.arenaBytes)
-       << ", peak live " << mib(r.peakLiveBytes) << " at launch " << r.peakLaunch
-       << "; largest live there:\n";
+    os << "  @" << func.getSymName() << ": arena " << mib(r.arenaBytes) << ", peak live "
+       << mib(r.peakLiveBytes) << " at launch " << r.peakLaunch << "; largest live there:\n";
     for (size_t i = 0; i < r.liveAtPeak.size() && i < 5; ++i) {
       g3moe::lowered::BufferLife l = r.liveAtPeak[i];
       os << "    " << mib(l.bytes) << "  " << l.buffer.getType();
@@ -96,7 +95,6 @@ void setTrainingOptions(const g3moe::frontend::CompileConfig &config,
   options.maxGradNorm = t.maxGradNorm;
 }
 
-
 cl::OptionCategory &compileCategory() {
   static cl::OptionCategory category("g3moe-compile options");
   return category;
@@ -107,9 +105,8 @@ struct Flags {
   cl::opt<std::string> input{cl::Positional, cl::Required,
                              cl::desc("<model.json: an HF config.json or a training preset>"),
                              cl::cat(compileCategory())};
-  cl::opt<std::string> output{"o", cl::desc("Output file ('-' for stdout)"),
-                              cl::value_desc("file"), cl::init("-"),
-                              cl::cat(compileCategory())};
+  cl::opt<std::string> output{"o", cl::desc("Output file ('-' for stdout)"), cl::value_desc("file"),
+                              cl::init("-"), cl::cat(compileCategory())};
   cl::opt<Emit> emit{
       "emit", cl::desc("What to produce"), cl::init(Emit::Step),
       cl::values(clEnumValN(Emit::Mlir, "mlir",
@@ -120,11 +117,11 @@ struct Flags {
                             "the step lowered to kernel launches, memory planned"),
                  clEnumValN(Emit::Step, "step", "step.bin (default; needs -o)")),
       cl::cat(compileCategory())};
-  cl::opt<int> seqLen{"seq-len", cl::desc("Tokens per row (overrides max_seq_length)"),
-                      cl::init(0), cl::cat(compileCategory())};
-  cl::opt<int> microBatch{
-      "micro-batch", cl::desc("Rows per micro-batch (overrides per_device_train_batch_size)"),
-      cl::init(0), cl::cat(compileCategory())};
+  cl::opt<int> seqLen{"seq-len", cl::desc("Tokens per row (overrides max_seq_length)"), cl::init(0),
+                      cl::cat(compileCategory())};
+  cl::opt<int> microBatch{"micro-batch",
+                          cl::desc("Rows per micro-batch (overrides per_device_train_batch_size)"),
+                          cl::init(0), cl::cat(compileCategory())};
   cl::list<std::string> sets{
       "set",
       cl::desc("Override a configuration field, as key=value (repeatable; prefix "
@@ -171,8 +168,7 @@ Expected<g3moe::frontend::CompileConfig> loadConfig(const Flags &flags) {
   if (flags.seqLen.getNumOccurrences())
     overrides.push_back({"training.max_seq_length", std::to_string(flags.seqLen)});
   if (flags.microBatch.getNumOccurrences())
-    overrides.push_back(
-        {"training.per_device_train_batch_size", std::to_string(flags.microBatch)});
+    overrides.push_back({"training.per_device_train_batch_size", std::to_string(flags.microBatch)});
   return g3moe::frontend::loadCompileConfig(flags.input, overrides);
 }
 

@@ -2,10 +2,10 @@
 
 #include "compiler/Driver/InitAll.h"
 
+#include "compiler/Conversion/Passes.h"
 #include "compiler/Pipelines/TrainingPipeline.h"
 #include "dialects/G3MoE/IR/G3MoEDialect.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
-#include "compiler/Conversion/Passes.h"
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/Passes.h"
 #include "mlir/Dialect/Arith/IR/Arith.h"

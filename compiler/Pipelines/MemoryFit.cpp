@@ -32,8 +32,7 @@ using namespace g3moe;
 // Plans
 //===----------------------------------------------------------------------===//
 
-MemoryPlan MemoryPlan::uniform(int64_t numLayers, LayerChoice choice,
-                               bool keepAttentionOutputs) {
+MemoryPlan MemoryPlan::uniform(int64_t numLayers, LayerChoice choice, bool keepAttentionOutputs) {
   MemoryPlan plan;
   plan.layers.assign(numLayers, choice);
   plan.keepAttentionOutputs = keepAttentionOutputs;
@@ -48,9 +47,7 @@ MemoryPlan MemoryPlan::leadingFeedForward(int64_t count, int64_t numLayers,
   return plan;
 }
 
-int64_t MemoryPlan::count(LayerChoice choice) const {
-  return llvm::count(layers, choice);
-}
+int64_t MemoryPlan::count(LayerChoice choice) const { return llvm::count(layers, choice); }
 
 std::vector<std::string> MemoryPlan::recomputeScopes() const {
   const int64_t numLayers = layers.size();
@@ -95,8 +92,8 @@ std::string MemoryPlan::describeRecompute() const {
   if (feedForward > 0)
     text = "mlp in " + std::to_string(feedForward) + of;
   if (whole > 0)
-    text += (text.empty() ? "" : ", ") + std::string("whole layers in ") +
-            std::to_string(whole) + of;
+    text +=
+        (text.empty() ? "" : ", ") + std::string("whole layers in ") + std::to_string(whole) + of;
   return text;
 }
 
@@ -171,8 +168,8 @@ std::optional<int64_t> layerCount(ModuleOp module) {
 /// Compiles and measures candidate plans, recording each in the fit.
 class Search {
 public:
-  Search(ModuleOp forward, const TrainingPipelineOptions &pipeline,
-         const MemoryFitOptions &options, PipelineRunner run, MemoryFit &fit)
+  Search(ModuleOp forward, const TrainingPipelineOptions &pipeline, const MemoryFitOptions &options,
+         PipelineRunner run, MemoryFit &fit)
       : forward(forward), pipeline(pipeline), options(options), run(run), fit(fit) {}
 
   /// Compiles `plan` into `step` and records the attempt; `fits` says
@@ -226,8 +223,7 @@ public:
       const int64_t k = lo + (hi - lo) / 2;
       OwningOpRef<ModuleOp> step;
       bool fits = false;
-      if (failed(attempt(MemoryPlan::leadingFeedForward(k, numLayers, keepAttention), step,
-                         fits)))
+      if (failed(attempt(MemoryPlan::leadingFeedForward(k, numLayers, keepAttention), step, fits)))
         return failure();
       if (!fits) {
         lo = k + 1;
@@ -261,7 +257,7 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
   std::optional<int64_t> numLayers = layerCount(forward);
   if (!numLayers)
     return emitError(forward.getLoc(), "the memory fit needs the model's layer count "
-                             "(g3moe.model's num_hidden_layers)");
+                                       "(g3moe.model's num_hidden_layers)");
   MemoryFit fit;
   fit.budgetBytes = options.budgetBytes;
   Search search(forward, pipeline, options, run, fit);
@@ -349,14 +345,13 @@ void FitMemoryPass::runOnOperation() {
   ModuleOp module = getOperation();
   std::optional<RecomputePolicy> policy = parseRecomputePolicy(recompute);
   if (!policy) {
-    emitError(module.getLoc()) << "recompute must be auto, none, mlp or layers, got '"
-                               << recompute << "'";
+    emitError(module.getLoc()) << "recompute must be auto, none, mlp or layers, got '" << recompute
+                               << "'";
     return signalPassFailure();
   }
   // The frontend's bound on memory_budget_gb, so that the bytes cannot overflow.
   if (!(memoryBudgetGb >= 0.0 && memoryBudgetGb <= 1e6)) {
-    emitError(module.getLoc()) << "memory-budget-gb must be in [0, 1e6], got "
-                               << memoryBudgetGb;
+    emitError(module.getLoc()) << "memory-budget-gb must be in [0, 1e6], got " << memoryBudgetGb;
     return signalPassFailure();
   }
   TrainingPipelineOptions defaults;
@@ -374,9 +369,10 @@ void FitMemoryPass::runOnOperation() {
   options.policy = *policy;
   // The module is the forward every candidate is cloned from; none is nested
   // in it while it is cloned.
-  FailureOr<MemoryFit> fit = fitMemory(
-      module, pipeline, options,
-      [&](ModuleOp candidate, PopulateFn populate) { return runNested(candidate, populate); });
+  FailureOr<MemoryFit> fit =
+      fitMemory(module, pipeline, options, [&](ModuleOp candidate, PopulateFn populate) {
+        return runNested(candidate, populate);
+      });
   if (failed(fit))
     return signalPassFailure();
   if (!fit->fits()) {

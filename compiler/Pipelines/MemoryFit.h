@@ -55,12 +55,10 @@ struct MemoryPlan {
   bool keepAttentionOutputs = true;
 
   /// Every one of `numLayers` layers treated as `choice`.
-  static MemoryPlan uniform(int64_t numLayers, LayerChoice choice,
-                            bool keepAttentionOutputs);
+  static MemoryPlan uniform(int64_t numLayers, LayerChoice choice, bool keepAttentionOutputs);
   /// The feed-forward blocks of the first `count` of `numLayers` layers
   /// recomputed, the rest kept.
-  static MemoryPlan leadingFeedForward(int64_t count, int64_t numLayers,
-                                       bool keepAttentionOutputs);
+  static MemoryPlan leadingFeedForward(int64_t count, int64_t numLayers, bool keepAttentionOutputs);
 
   /// The number of layers whose choice is `choice`.
   int64_t count(LayerChoice choice) const;
@@ -165,8 +163,7 @@ using PipelineRunner =
 /// a success whose `fits()` is false.
 mlir::FailureOr<MemoryFit> fitMemory(mlir::ModuleOp forward,
                                      const TrainingPipelineOptions &pipeline,
-                                     const MemoryFitOptions &options,
-                                     PipelineRunner run);
+                                     const MemoryFitOptions &options, PipelineRunner run);
 
 /// The report's line: device memory, budget and what is recomputed, e.g.
 /// `device memory 72.5 GiB (arena and persistent tensors), budget 76.0 GiB;

@@ -6,13 +6,12 @@
 #include "compiler/Pipelines/MemoryFit.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
 #include "dialects/G3RT/Transforms/Passes.h"
-#include "mlir/Transforms/Passes.h"
 #include "mlir/Pass/PassRegistry.h"
+#include "mlir/Transforms/Passes.h"
 
 using namespace mlir;
 
-void g3moe::buildTrainingPipeline(OpPassManager &pm,
-                                  const TrainingPipelineOptions &options) {
+void g3moe::buildTrainingPipeline(OpPassManager &pm, const TrainingPipelineOptions &options) {
   // LoRA first: autodiff differentiates with respect to whatever is marked
   // trainable, and the optimizer updates exactly what autodiff returns.
   G3MoELoRAPassOptions lora;
@@ -41,8 +40,7 @@ bool g3moe::wantsMemoryFit(const TrainingPipelineOptions &options) {
   return options.memoryBudgetGb != 0.0 || options.recompute != "auto";
 }
 
-void g3moe::buildStepPipeline(OpPassManager &pm,
-                              const TrainingPipelineOptions &options) {
+void g3moe::buildStepPipeline(OpPassManager &pm, const TrainingPipelineOptions &options) {
   // The fit cannot be a list of passes: it compiles the whole step once per
   // plan, on copies of the input, and keeps the one that fits.
   if (wantsMemoryFit(options)) {
@@ -52,8 +50,7 @@ void g3moe::buildStepPipeline(OpPassManager &pm,
   buildFixedStepPipeline(pm, options);
 }
 
-void g3moe::buildFixedStepPipeline(OpPassManager &pm,
-                                   const TrainingPipelineOptions &options) {
+void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOptions &options) {
   buildTrainingPipeline(pm, options);
   pm.addPass(createG3MoEFuseLMHeadLossPass());
   // CSE merges what autodiff's clone of the forward recomputes identically

@@ -15,17 +15,13 @@
 namespace g3moe {
 
 /// Options of the training pipeline: the trainable set and the optimizer.
-struct TrainingPipelineOptions
-    : public mlir::PassPipelineOptions<TrainingPipelineOptions> {
+struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipelineOptions> {
   Option<bool> fullFinetune{*this, "full-finetune",
                             llvm::cl::desc("train every weight (no adapters)"),
                             llvm::cl::init(false)};
-  Option<int64_t> loraRank{*this, "lora-rank", llvm::cl::desc("LoRA rank"),
-                           llvm::cl::init(16)};
-  Option<double> loraAlpha{*this, "lora-alpha", llvm::cl::desc("LoRA alpha"),
-                           llvm::cl::init(32.0)};
-  Option<double> loraDropout{*this, "lora-dropout",
-                             llvm::cl::desc("LoRA dropout probability"),
+  Option<int64_t> loraRank{*this, "lora-rank", llvm::cl::desc("LoRA rank"), llvm::cl::init(16)};
+  Option<double> loraAlpha{*this, "lora-alpha", llvm::cl::desc("LoRA alpha"), llvm::cl::init(32.0)};
+  Option<double> loraDropout{*this, "lora-dropout", llvm::cl::desc("LoRA dropout probability"),
                              llvm::cl::init(0.0)};
   ListOption<std::string> loraTargets{*this, "lora-targets",
                                       llvm::cl::desc("LoRA target module suffixes")};
@@ -35,20 +31,15 @@ struct TrainingPipelineOptions
   Option<bool> freezeSharedExperts{*this, "freeze-shared-experts",
                                    llvm::cl::desc("keep shared experts frozen"),
                                    llvm::cl::init(true)};
-  Option<double> learningRate{*this, "learning-rate",
-                              llvm::cl::desc("peak learning rate"),
+  Option<double> learningRate{*this, "learning-rate", llvm::cl::desc("peak learning rate"),
                               llvm::cl::init(2e-5)};
-  Option<std::string> schedule{*this, "schedule",
-                               llvm::cl::desc("LR schedule"),
+  Option<std::string> schedule{*this, "schedule", llvm::cl::desc("LR schedule"),
                                llvm::cl::init("cosine")};
   Option<double> weightDecay{*this, "weight-decay", llvm::cl::desc("weight decay"),
                              llvm::cl::init(0.01)};
-  Option<double> beta1{*this, "beta1", llvm::cl::desc("AdamW beta1"),
-                       llvm::cl::init(0.9)};
-  Option<double> beta2{*this, "beta2", llvm::cl::desc("AdamW beta2"),
-                       llvm::cl::init(0.999)};
-  Option<double> epsilon{*this, "epsilon", llvm::cl::desc("AdamW epsilon"),
-                         llvm::cl::init(1e-8)};
+  Option<double> beta1{*this, "beta1", llvm::cl::desc("AdamW beta1"), llvm::cl::init(0.9)};
+  Option<double> beta2{*this, "beta2", llvm::cl::desc("AdamW beta2"), llvm::cl::init(0.999)};
+  Option<double> epsilon{*this, "epsilon", llvm::cl::desc("AdamW epsilon"), llvm::cl::init(1e-8)};
   ListOption<std::string> recomputeScopes{
       *this, "recompute-scopes",
       llvm::cl::desc("module-path substrings whose activations the backward recomputes "
@@ -58,8 +49,7 @@ struct TrainingPipelineOptions
       llvm::cl::desc("hand each attention gradient its forward's output and softmax "
                      "statistics (faster backward; the output lives until the backward)"),
       llvm::cl::init(true)};
-  Option<double> maxGradNorm{*this, "max-grad-norm",
-                             llvm::cl::desc("clipping threshold (0: off)"),
+  Option<double> maxGradNorm{*this, "max-grad-norm", llvm::cl::desc("clipping threshold (0: off)"),
                              llvm::cl::init(1.0)};
   Option<double> memoryBudgetGb{
       *this, "memory-budget-gb",
@@ -78,8 +68,7 @@ struct TrainingPipelineOptions
 
 /// Adds LoRA insertion (or full fine-tuning), autodiff and the optimizer to
 /// `pm`, which runs on the module.
-void buildTrainingPipeline(mlir::OpPassManager &pm,
-                           const TrainingPipelineOptions &options);
+void buildTrainingPipeline(mlir::OpPassManager &pm, const TrainingPipelineOptions &options);
 
 /// The training pipeline, then the lowering to g3rt launches and the memory
 /// plan: everything before serialisation to step.bin. With memory-budget-gb
@@ -90,8 +79,7 @@ void buildStepPipeline(mlir::OpPassManager &pm, const TrainingPipelineOptions &o
 
 /// The step pipeline with recompute-scopes and save-attention-stats as given
 /// (memory-budget-gb and recompute ignored): what each plan compiles to.
-void buildFixedStepPipeline(mlir::OpPassManager &pm,
-                            const TrainingPipelineOptions &options);
+void buildFixedStepPipeline(mlir::OpPassManager &pm, const TrainingPipelineOptions &options);
 
 /// Whether `options` ask buildStepPipeline for a memory fit.
 bool wantsMemoryFit(const TrainingPipelineOptions &options);

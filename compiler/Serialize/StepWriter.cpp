@@ -4,8 +4,8 @@
 // func.func (buffers in declaration order, launches in program order), the
 // parameter table gathered from the `param` buffers, and the configuration
 // (the module attributes g3moe.model and g3moe.training) as the typed
-// ModelConfig and TrainingOptions tables. How a parameter is initialised is decided here, from its name, so that
-// the runtime needs no knowledge of HF naming conventions.
+// ModelConfig and TrainingOptions tables. How a parameter is initialised is decided here, from its
+// name, so that the runtime needs no knowledge of HF naming conventions.
 //
 //===----------------------------------------------------------------------===//
 
@@ -71,8 +71,7 @@ fbs::InitKind initOf(StringRef name) {
 class ConfigDict {
 public:
   ConfigDict(ModuleOp module, StringRef attrName)
-      : module(module), attrName(attrName),
-        dict(module->getAttrOfType<DictionaryAttr>(attrName)) {}
+      : module(module), attrName(attrName), dict(module->getAttrOfType<DictionaryAttr>(attrName)) {}
 
   /// Whether the module has the dictionary at all.
   explicit operator bool() const { return bool(dict); }
@@ -128,8 +127,7 @@ public:
     return std::nullopt;
   }
   /// A string naming one of `names` (the enum's values in order).
-  template <typename E>
-  std::optional<E> enumeration(StringRef key, ArrayRef<StringRef> names) {
+  template <typename E> std::optional<E> enumeration(StringRef key, ArrayRef<StringRef> names) {
     std::optional<std::string> name = string(key);
     if (!name)
       return std::nullopt;
@@ -223,16 +221,16 @@ flatbuffers::Offset<fbs::ModelConfig> buildModelConfig(flatbuffers::FlatBufferBu
   G3MOE_FIELD(boolean, norm_topk_prob)
   G3MOE_FIELD(integer, n_shared_experts)
   G3MOE_FIELD(boolean, freeze_shared_experts)
-  if (auto v = d.enumeration<fbs::RouterType>(
-          "router_type", {"sparsemixer", "softmax_topk", "sigmoid_grouped"}))
+  if (auto v = d.enumeration<fbs::RouterType>("router_type",
+                                              {"sparsemixer", "softmax_topk", "sigmoid_grouped"}))
     b.add_router_type(*v);
   return b.Finish();
 }
 
 /// g3moe.training as step.fbs's TrainingOptions; null where the module has
 /// none.
-flatbuffers::Offset<fbs::TrainingOptions>
-buildTrainingOptions(flatbuffers::FlatBufferBuilder &fb, ConfigDict &d) {
+flatbuffers::Offset<fbs::TrainingOptions> buildTrainingOptions(flatbuffers::FlatBufferBuilder &fb,
+                                                               ConfigDict &d) {
   if (!d)
     return 0;
   auto str = [&](std::optional<std::string> v) {
@@ -322,8 +320,8 @@ LogicalResult Writer::addAttr(Operation *at, NamedAttribute a,
   } else if (auto f = dyn_cast<FloatAttr>(v)) {
     out.push_back(fbs::CreateAttr(fb, name, fbs::AttrKind::Float, 0, f.getValueAsDouble()));
   } else if (auto s = dyn_cast<StringAttr>(v)) {
-    out.push_back(fbs::CreateAttr(fb, name, fbs::AttrKind::String, 0, 0, false,
-                                  fb.CreateString(s.str())));
+    out.push_back(
+        fbs::CreateAttr(fb, name, fbs::AttrKind::String, 0, 0, false, fb.CreateString(s.str())));
   } else if (isa<UnitAttr>(v)) {
     out.push_back(fbs::CreateAttr(fb, name, fbs::AttrKind::Bool, 0, 0, true));
   } else if (auto arr = dyn_cast<DenseF64ArrayAttr>(v)) {
@@ -331,8 +329,7 @@ LogicalResult Writer::addAttr(Operation *at, NamedAttribute a,
     out.push_back(fbs::CreateAttr(fb, name, fbs::AttrKind::FloatArray, 0, 0, false, 0,
                                   fb.CreateVector(values)));
   } else {
-    return at->emitOpError("step.bin cannot represent attribute '")
-           << a.getName() << "' = " << v;
+    return at->emitOpError("step.bin cannot represent attribute '") << a.getName() << "' = " << v;
   }
   return success();
 }
@@ -403,9 +400,9 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
   uint64_t arenaBytes = 0;
   if (auto a = func->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))
     arenaBytes = uint64_t(a.getInt());
-  functions.push_back(fbs::CreateFunction(
-      fb, fb.CreateString(func.getSymName().str()), fb.CreateVector(buffers),
-      fb.CreateVector(instrs), fb.CreateVector(outputs), arenaBytes));
+  functions.push_back(fbs::CreateFunction(fb, fb.CreateString(func.getSymName().str()),
+                                          fb.CreateVector(buffers), fb.CreateVector(instrs),
+                                          fb.CreateVector(outputs), arenaBytes));
   return success();
 }
 
@@ -422,8 +419,8 @@ LogicalResult Writer::write(std::vector<uint8_t> &out) {
   std::vector<flatbuffers::Offset<fbs::Param>> paramTable;
   for (auto &[name, info] : params)
     paramTable.push_back(fbs::CreateParam(fb, fb.CreateString(name), info.dtype,
-                                          fb.CreateVector(info.shape), info.trainable,
-                                          initOf(name), initStd));
+                                          fb.CreateVector(info.shape), info.trainable, initOf(name),
+                                          initStd));
   uint64_t arenaBytes = 0;
   uint32_t alignment = 256;
   if (auto a = module->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))

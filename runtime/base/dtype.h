@@ -50,9 +50,7 @@ inline std::string_view dtypeName(DType t) {
   return "?";
 }
 
-inline bool isFloat(DType t) {
-  return t == DType::F32 || t == DType::BF16 || t == DType::F16;
-}
+inline bool isFloat(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 /// fp32 -> bf16, round to nearest, ties to even; NaN stays a (quiet) NaN.
 inline uint16_t floatToBF16(float f) {

@@ -47,9 +47,9 @@ Status readFile(const std::string &path, std::vector<uint8_t> &bytes, const std:
   G3RT_RETURN_IF_ERROR(openForReading(path, in, std::ios::binary, what, &size));
   bytes.resize(size_t(size));
   if (size > 0 && !in.read(reinterpret_cast<char *>(bytes.data()), std::streamsize(size)))
-    return Status::error("cannot read " + path + ": " +
-                         (in.eof() ? std::string("the file shrank while read")
-                                   : std::string(std::strerror(errno))));
+    return Status::error(
+        "cannot read " + path + ": " +
+        (in.eof() ? std::string("the file shrank while read") : std::string(std::strerror(errno))));
   return Status();
 }
 

@@ -33,8 +33,7 @@ Status openForReading(const std::string &path, std::ifstream &in,
 
 /// Reads a whole regular file; a folder, a missing or an unreadable file is
 /// an error naming it, after `what` where given (openForReading's).
-Status readFile(const std::string &path, std::vector<uint8_t> &bytes,
-                const std::string &what = "");
+Status readFile(const std::string &path, std::vector<uint8_t> &bytes, const std::string &what = "");
 
 /// Writes `bytes` to `path` atomically (a temporary file in the same folder,
 /// then rename), so a crash never leaves a half-written file behind.

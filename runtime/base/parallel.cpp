@@ -9,18 +9,17 @@
 
 namespace g3rt {
 
-static std::atomic<int> threadCount{
-    int(std::max(1u, std::thread::hardware_concurrency()))};
+static std::atomic<int> threadCount{int(std::max(1u, std::thread::hardware_concurrency()))};
 
 int parallelThreads() { return threadCount.load(); }
 
 void setParallelThreads(int threads) { threadCount = std::max(1, threads); }
 
-void parallelFor(int64_t n, const std::function<void(int64_t, int64_t)> &body,
-                 int64_t grain) {
+void parallelFor(int64_t n, const std::function<void(int64_t, int64_t)> &body, int64_t grain) {
   if (n <= 0)
     return;
-  int64_t threads = std::min<int64_t>(parallelThreads(), (n + grain - 1) / std::max<int64_t>(grain, 1));
+  int64_t threads =
+      std::min<int64_t>(parallelThreads(), (n + grain - 1) / std::max<int64_t>(grain, 1));
   if (threads <= 1) {
     body(0, n);
     return;

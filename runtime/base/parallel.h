@@ -22,8 +22,7 @@ void setParallelThreads(int threads);
 
 /// Calls `body(begin, end)` on disjoint chunks covering [0, n). Runs inline
 /// when n is below `grain` or one thread is configured.
-void parallelFor(int64_t n, const std::function<void(int64_t, int64_t)> &body,
-                 int64_t grain = 1);
+void parallelFor(int64_t n, const std::function<void(int64_t, int64_t)> &body, int64_t grain = 1);
 
 } // namespace g3rt
 

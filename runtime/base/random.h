@@ -28,8 +28,7 @@ struct Philox4x32Block {
 
 /// Philox4x32 with 10 rounds (Salmon et al., SC'11) on `counter` under the
 /// 64-bit key (`key0`, `key1`).
-G3RT_HOST_DEVICE inline Philox4x32Block philox4x32_10(Philox4x32Block counter,
-                                                      uint32_t key0,
+G3RT_HOST_DEVICE inline Philox4x32Block philox4x32_10(Philox4x32Block counter, uint32_t key0,
                                                       uint32_t key1) {
   constexpr uint32_t kMul0 = 0xD2511F53u, kMul1 = 0xCD9E8D57u;
   constexpr uint32_t kWeyl0 = 0x9E3779B9u, kWeyl1 = 0xBB67AE85u;
@@ -62,11 +61,10 @@ G3RT_HOST_DEVICE inline float uniformFromBits(uint32_t word) {
 /// Element `index` of the random stream `stream` for micro-batch `counter`
 /// under `seed`, uniform on [0, 1). Elements come four to a Philox block, so
 /// one stream holds up to 2^34 elements (kMaxStreamElements).
-G3RT_HOST_DEVICE inline float uniformAt(uint64_t seed, uint64_t counter,
-                                        uint32_t stream, uint64_t index) {
+G3RT_HOST_DEVICE inline float uniformAt(uint64_t seed, uint64_t counter, uint32_t stream,
+                                        uint64_t index) {
   uint64_t block = index >> 2;
-  Philox4x32Block ctr = {{uint32_t(block), stream, uint32_t(counter),
-                          uint32_t(counter >> 32)}};
+  Philox4x32Block ctr = {{uint32_t(block), stream, uint32_t(counter), uint32_t(counter >> 32)}};
   Philox4x32Block out = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
   return uniformFromBits(out.v[index & 3]);
 }

@@ -39,11 +39,11 @@ private:
 };
 
 /// Returns from the enclosing function when `expr` is an error.
-#define G3RT_RETURN_IF_ERROR(expr)                                             \
-  do {                                                                         \
-    ::g3rt::Status g3rt_status_ = (expr);                                      \
-    if (!g3rt_status_.ok())                                                    \
-      return g3rt_status_;                                                     \
+#define G3RT_RETURN_IF_ERROR(expr)                                                                 \
+  do {                                                                                             \
+    ::g3rt::Status g3rt_status_ = (expr);                                                          \
+    if (!g3rt_status_.ok())                                                                        \
+      return g3rt_status_;                                                                         \
   } while (0)
 
 } // namespace g3rt

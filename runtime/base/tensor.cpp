@@ -7,8 +7,8 @@
 namespace g3rt {
 
 float halfToFloat(uint16_t h) {
-  uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f,
-           mantissa = h & 0x3ffu, bits;
+  uint32_t sign = uint32_t(h & 0x8000u) << 16, exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ffu,
+           bits;
   if (exponent == 0) {
     if (mantissa == 0) {
       bits = sign;

@@ -69,8 +69,7 @@ Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
     if (desc.kind == BufferKind::Arena)
       highWater_ = std::max<uint64_t>(highWater_, desc.offset + desc.bytes);
   }
-  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " +
-                                                   std::to_string(i));
+  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " + std::to_string(i));
 }
 
 Status CpuBackend::run(const std::string &function) {

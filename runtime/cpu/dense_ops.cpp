@@ -28,7 +28,6 @@ template <int R> inline void dotRows(const float *a, const float *const *b, int6
 
 } // namespace
 
-
 /// C[i·ldc + j] = Σ_k A[i·lda + k]·B[j·ldb + k] for i < M, j < N. Threads
 /// take whole tiles of C; a tile pairs a few rows of A with a block of B rows
 /// sized to stay in L2 while the rows of A stream past it.

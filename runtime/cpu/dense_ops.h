@@ -28,7 +28,6 @@ constexpr int64_t kMinParallelFlops = int64_t(1) << 20;
 /// Elements below which widening and narrowing run inline.
 constexpr int64_t kElementGrain = int64_t(1) << 15;
 
-
 /// Widens elements [begin, end) of a float tensor into out[begin, end).
 inline void loadRange(const TensorView &t, int64_t begin, int64_t end, float *out) {
   switch (t.dtype) {
@@ -67,7 +66,6 @@ inline void storeRange(const TensorView &t, int64_t begin, int64_t end, const fl
   }
 }
 
-
 /// tables are large).
 inline std::vector<float> widen(const TensorView &t) {
   std::vector<float> out(size_t(t.numel()));
@@ -75,7 +73,6 @@ inline std::vector<float> widen(const TensorView &t) {
       t.numel(), [&](int64_t b, int64_t e) { loadRange(t, b, e, out.data()); }, kElementGrain);
   return out;
 }
-
 
 /// scratch buffer rounded into it by commit().
 class FloatOutput {

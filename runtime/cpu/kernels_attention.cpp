@@ -106,9 +106,13 @@ struct AttnProblem : AttentionShape {
   int64_t kIndex(int64_t b, int64_t t, int64_t h) const { return ((b * T + t) * nkv + h) * d; }
   // The first key query i can see before segment checks; everything earlier
   // is outside the window and never touched.
-  int64_t firstKey(int64_t i) const { return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0; }
+  int64_t firstKey(int64_t i) const {
+    return window > 0 ? std::max<int64_t>(0, i - window + 1) : 0;
+  }
   // The last query key j can be seen by (causal + window).
-  int64_t lastQuery(int64_t j) const { return window > 0 ? std::min(T - 1, j + window - 1) : T - 1; }
+  int64_t lastQuery(int64_t j) const {
+    return window > 0 ? std::min(T - 1, j + window - 1) : T - 1;
+  }
   // Segment part of the mask; the position part is enforced by loop bounds.
   bool sameDoc(int64_t b, int64_t i, int64_t j) const {
     int64_t sj = indexAt(seg, b * T + j);

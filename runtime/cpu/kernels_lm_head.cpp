@@ -253,8 +253,8 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   int64_t rows = leadingRows(x), V = table.dim(0);
   if (targets.numel() != rows)
-    return args.fail("targets must have one entry per row of the input (" +
-                     std::to_string(rows) + ")");
+    return args.fail("targets must have one entry per row of the input (" + std::to_string(rows) +
+                     ")");
   const bool wantLse = args.outputs.size() == 2;
   int64_t ignoreIndex = 0;
   if (wantLse) {
@@ -292,8 +292,8 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
   int64_t rows = leadingRows(x), V = table.dim(0), H = table.dim(1);
   if (targets.numel() != rows)
-    return args.fail("targets must have one entry per row of the input (" +
-                     std::to_string(rows) + ")");
+    return args.fail("targets must have one entry per row of the input (" + std::to_string(rows) +
+                     ")");
   if (args.inputs.size() == 6)
     G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.inputs[5], rows));
   bool wantTable = args.outputs.size() == 2;
@@ -304,14 +304,13 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
     TensorView xs = rowSlice(x, r0, n, false);
     G3RT_RETURN_IF_ERROR(
         runAsPart(args, lmHeadKernel, "lm_head", {xs, table}, {logits.view}, args.attrs));
-    G3RT_RETURN_IF_ERROR(runAsPart(args, crossEntropyGradKernel, "cross_entropy_grad",
-                                   {logits.view, rowSlice(targets, r0, n, true), args.inputs[3],
-                                    args.inputs[4]},
-                                   {dlogits.view}, args.attrs));
-    G3RT_RETURN_IF_ERROR(runAsPart(args, lmHeadGradKernel, "lm_head_grad",
-                                   {xs, table, dlogits.view},
-                                   {rowSlice(args.outputs[0], r0, n, false), chunkTableGrad.view},
-                                   args.attrs));
+    G3RT_RETURN_IF_ERROR(
+        runAsPart(args, crossEntropyGradKernel, "cross_entropy_grad",
+                  {logits.view, rowSlice(targets, r0, n, true), args.inputs[3], args.inputs[4]},
+                  {dlogits.view}, args.attrs));
+    G3RT_RETURN_IF_ERROR(
+        runAsPart(args, lmHeadGradKernel, "lm_head_grad", {xs, table, dlogits.view},
+                  {rowSlice(args.outputs[0], r0, n, false), chunkTableGrad.view}, args.attrs));
     if (wantTable)
       for (size_t i = 0; i < tableGrad.data.size(); ++i)
         tableGrad.data[i] += chunkTableGrad.data[i];
@@ -329,8 +328,8 @@ Status tokenAccuracyKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
   int64_t V = logits.dim(-1), rows = leadingRows(logits);
   if (tv.numel() != rows)
-    return args.fail("targets " + shapeString(tv.shape) +
-                     " do not match the rows of logits " + shapeString(logits.shape));
+    return args.fail("targets " + shapeString(tv.shape) + " do not match the rows of logits " +
+                     shapeString(logits.shape));
   std::vector<float> L = widen(logits);
   int64_t correct = 0, total = 0;
   for (int64_t r = 0; r < rows; ++r) {

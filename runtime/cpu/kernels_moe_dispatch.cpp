@@ -33,8 +33,8 @@ using namespace checks;
 namespace {
 
 /// Copies row `from` of `src` to row `to` of `dst`, converting if needed.
-void copyRow(const TensorView &src, int64_t from, const TensorView &dst, int64_t to,
-             int64_t H, std::vector<float> &scratch) {
+void copyRow(const TensorView &src, int64_t from, const TensorView &dst, int64_t to, int64_t H,
+             std::vector<float> &scratch) {
   if (src.dtype == dst.dtype) {
     const size_t bytes = size_t(H) * dtypeSize(src.dtype);
     std::memcpy(static_cast<char *>(dst.data) + size_t(to) * bytes,
@@ -51,9 +51,8 @@ Status moeDispatchKernel(const KernelArgs &args) {
   PermuteShape perm;
   G3RT_RETURN_IF_ERROR(checkMoEDispatch(args, perm));
   const int64_t E = perm.E, H = perm.H, N = perm.N, k = perm.k;
-  const TensorView &x = args.inputs[0], &indices = args.inputs[1],
-                   &permuted = args.outputs[0], &offsets = args.outputs[1],
-                   &slots = args.outputs[2];
+  const TensorView &x = args.inputs[0], &indices = args.inputs[1], &permuted = args.outputs[0],
+                   &offsets = args.outputs[1], &slots = args.outputs[2];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, indices, N, k, E, "expert index"));
 
   // A counting sort in (n, j) order: stable, so each expert's rows follow
@@ -110,8 +109,8 @@ Status moeCombineKernel(const KernelArgs &args) {
   PermuteShape perm;
   G3RT_RETURN_IF_ERROR(checkMoECombine(args, perm));
   const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
-  const TensorView &y = args.inputs[0], &slots = args.inputs[1],
-                   &weights = args.inputs[2], &out = args.outputs[0];
+  const TensorView &y = args.inputs[0], &slots = args.inputs[1], &weights = args.inputs[2],
+                   &out = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, slots, N, k, M, "slot"));
 
   parallelFor(
@@ -137,8 +136,8 @@ Status moeCombineGradKernel(const KernelArgs &args) {
   PermuteShape perm;
   G3RT_RETURN_IF_ERROR(checkMoECombineGrad(args, perm));
   const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
-  const TensorView &y = args.inputs[0], &slots = args.inputs[1],
-                   &weights = args.inputs[2], &dout = args.inputs[3];
+  const TensorView &y = args.inputs[0], &slots = args.inputs[1], &weights = args.inputs[2],
+                   &dout = args.inputs[3];
   const TensorView &dy = args.outputs[0], &dweights = args.outputs[1];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, slots, N, k, M, "slot"));
 

@@ -49,8 +49,7 @@ Status realRows(const KernelArgs &args, const TensorView &seg, int64_t N,
 /// Σ_n rowTerm(n, scratch) over n in [0, N). The per-row terms are computed
 /// in parallel and summed in row order, so the sum is thread-count
 /// independent. `scratch` is per-chunk storage of `width` doubles, twice.
-template <typename RowTerm>
-double orderedRowSum(int64_t N, int64_t width, const RowTerm &rowTerm) {
+template <typename RowTerm> double orderedRowSum(int64_t N, int64_t width, const RowTerm &rowTerm) {
   std::vector<double> terms(size_t(N), 0.0);
   parallelFor(
       N,
@@ -218,8 +217,7 @@ Status routerZLossGradKernel(const KernelArgs &args) {
   const TensorView &dloss = args.inputs[L + 1];
   G3RT_RETURN_IF_ERROR(checkScalar(args, dloss, "grad"));
   for (int64_t l = 0; l < L; ++l)
-    G3RT_RETURN_IF_ERROR(
-        checkMatrix(args, args.outputs[l], "result", N, args.inputs[l].dim(-1)));
+    G3RT_RETURN_IF_ERROR(checkMatrix(args, args.outputs[l], "result", N, args.inputs[l].dim(-1)));
   const int64_t R = realCount * L;
   const double scale = R > 0 ? 2.0 * double(dloss.load(0)) / double(R) : 0.0;
 
@@ -287,8 +285,8 @@ Status expertLoadKernel(const KernelArgs &args) {
     for (int64_t j = 0; j < k; ++j) {
       int64_t e = idx.i32()[n * k + j];
       if (e < 0 || e >= experts)
-        return args.fail("expert index " + str(e) + " at token " + str(n) +
-                         " is outside [0, " + str(experts) + ")");
+        return args.fail("expert index " + str(e) + " at token " + str(n) + " is outside [0, " +
+                         str(experts) + ")");
       counts[size_t(e)] += 1;
     }
   }

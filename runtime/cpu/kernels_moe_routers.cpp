@@ -41,9 +41,8 @@ constexpr double kCoinDown = 0.3333;
 /// also the argmax of P. The relative-gap test reads the original logits
 /// `orig`, as upstream does in stage 2. The mask is kept apart from P because
 /// a survivor's probability may underflow to 0 and must still be drawable.
-int64_t sparseMixerStage(const double *s, const double *orig, int64_t E,
-                         double epsilon, double clamp, unsigned char *survives,
-                         double *P) {
+int64_t sparseMixerStage(const double *s, const double *orig, int64_t E, double epsilon,
+                         double clamp, unsigned char *survives, double *P) {
   int64_t best = -1;
   for (int64_t e = 0; e < E; ++e)
     if (s[e] != -kInf && (best < 0 || s[e] > s[best]))
@@ -83,8 +82,7 @@ Status sparseMixerRouterKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkSparseMixerRouter(args, epsilon, shape));
   const int64_t E = shape.E, N = shape.N;
   const bool training = args.inputs.size() == 2;
-  const TensorView &logits = args.inputs[0], &weights = args.outputs[0],
-                   &indices = args.outputs[1];
+  const TensorView &logits = args.inputs[0], &weights = args.outputs[0], &indices = args.outputs[1];
 
   parallelFor(
       N,
@@ -146,8 +144,8 @@ Status sparseMixerRouterGradKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSparseMixerRouterGrad(args, epsilon, shape));
   const int64_t E = shape.E, N = shape.N;
-  const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
-                   &dweights = args.inputs[2], &dlogits = args.outputs[0];
+  const TensorView &logits = args.inputs[0], &indices = args.inputs[1], &dweights = args.inputs[2],
+                   &dlogits = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, indices, N, 2, E, "expert index"));
 
   parallelFor(
@@ -164,8 +162,7 @@ Status sparseMixerRouterGradKernel(const KernelArgs &args) {
             if (stage == 1)
               Sp[indices.i32()[n * 2]] = -kInf;
             sparseMixerStage(Sp.data(), S.data(), E, epsilon,
-                             stage == 0 ? kStage1Clamp : kStage2Clamp, survives.data(),
-                             P.data());
+                             stage == 0 ? kStage1Clamp : kStage2Clamp, survives.data(), P.data());
             // The estimator keeps the softmax's own Jacobian row scaled by
             // the chosen probability; the coin and the draw get no gradient.
             const double a = double(dweights.load(n * 2 + stage)) * P[i];
@@ -212,8 +209,7 @@ Status softmaxTopKRouterKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSoftmaxTopKRouter(args, norm, shape));
   const int64_t E = shape.E, N = shape.N, k = shape.k;
-  const TensorView &logits = args.inputs[0], &weights = args.outputs[0],
-                   &indices = args.outputs[1];
+  const TensorView &logits = args.inputs[0], &weights = args.outputs[0], &indices = args.outputs[1];
 
   parallelFor(
       N,
@@ -245,8 +241,8 @@ Status softmaxTopKRouterGradKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSoftmaxTopKRouterGrad(args, norm, shape));
   const int64_t E = shape.E, N = shape.N, k = shape.k;
-  const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
-                   &dweights = args.inputs[2], &dlogits = args.outputs[0];
+  const TensorView &logits = args.inputs[0], &indices = args.inputs[1], &dweights = args.inputs[2],
+                   &dlogits = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, indices, N, k, E, "expert index"));
 
   parallelFor(
@@ -307,8 +303,8 @@ Status sigmoidGroupedRouterKernel(const KernelArgs &args) {
                 topkGroup = groups.topkGroup, groupSize = groups.groupSize;
   const double scaling = groups.scaling;
   const bool norm = groups.norm;
-  const TensorView &logits = args.inputs[0], &bias = args.inputs[1],
-                   &weights = args.outputs[0], &indices = args.outputs[1];
+  const TensorView &logits = args.inputs[0], &bias = args.inputs[1], &weights = args.outputs[0],
+                   &indices = args.outputs[1];
   std::vector<double> b(E);
   loadRowD(bias, 0, E, b.data());
 
@@ -337,8 +333,7 @@ Status sigmoidGroupedRouterKernel(const KernelArgs &args) {
           topK(groupScore.data(), nullptr, nGroup, topkGroup, taken, keptGroups.data());
           std::fill(allowed.begin(), allowed.end(), 0);
           for (int64_t g : keptGroups)
-            std::fill(allowed.begin() + g * groupSize,
-                      allowed.begin() + (g + 1) * groupSize, 1);
+            std::fill(allowed.begin() + g * groupSize, allowed.begin() + (g + 1) * groupSize, 1);
           topK(sel.data(), allowed.data(), E, k, taken, idx.data());
           double sum = 0;
           for (int64_t j = 0; j < k; ++j)
@@ -360,8 +355,8 @@ Status sigmoidGroupedRouterGradKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSigmoidGroupedRouterGrad(args, scaling, norm, shape));
   const int64_t E = shape.E, N = shape.N, k = shape.k;
-  const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
-                   &dweights = args.inputs[2], &dlogits = args.outputs[0];
+  const TensorView &logits = args.inputs[0], &indices = args.inputs[1], &dweights = args.inputs[2],
+                   &dlogits = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, indices, N, k, E, "expert index"));
 
   parallelFor(
@@ -386,8 +381,7 @@ Status sigmoidGroupedRouterGradKernel(const KernelArgs &args) {
             for (int64_t j = 0; j < k; ++j)
               gs += double(dweights.load(n * k + j)) * s[idx[j]];
             for (int64_t j = 0; j < k; ++j)
-              ds[idx[j]] +=
-                  scaling * (double(dweights.load(n * k + j)) / D - gs / (D * D));
+              ds[idx[j]] += scaling * (double(dweights.load(n * k + j)) / D - gs / (D * D));
           }
           for (int64_t e = 0; e < E; ++e)
             dlogits.store(n * E + e, float(ds[e] * s[e] * (1 - s[e])));

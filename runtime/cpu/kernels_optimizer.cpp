@@ -156,19 +156,22 @@ Status adamwKernel(const KernelArgs &args) {
           *V1 = args.outputs[2 * n + k].f32();
     // Outputs may alias p, m, v: every element is read completely before
     // any of its outputs is written, and elements are independent.
-    parallelFor(args.inputs[k].numel(), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        float g = G[i] * gradScale;
-        float pi = P[i] * decay;
-        float mi = b1 * M[i] + c1 * g;
-        float vi = b2 * Vv[i] + c2 * (g * g);
-        float denom = std::sqrt(vi) / bc2Sqrt + epsF;
-        pi = pi - stepSize * (mi / denom);
-        P1[i] = pi;
-        M1[i] = mi;
-        V1[i] = vi;
-      }
-    }, /*grain=*/4096);
+    parallelFor(
+        args.inputs[k].numel(),
+        [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            float g = G[i] * gradScale;
+            float pi = P[i] * decay;
+            float mi = b1 * M[i] + c1 * g;
+            float vi = b2 * Vv[i] + c2 * (g * g);
+            float denom = std::sqrt(vi) / bc2Sqrt + epsF;
+            pi = pi - stepSize * (mi / denom);
+            P1[i] = pi;
+            M1[i] = mi;
+            V1[i] = vi;
+          }
+        },
+        /*grain=*/4096);
   }
   return Status();
 }

@@ -33,9 +33,9 @@ inline Status checkIndexRange(const KernelArgs &args, const TensorView &idx, int
     for (int64_t j = 0; j < k; ++j) {
       int32_t v = p[n * k + j];
       if (v < 0 || v >= limit)
-        return args.fail(std::string(what) + " " + std::to_string(v) + " at row " +
-                         checks::str(n) + ", position " + checks::str(j) + " is outside [0, " +
-                         checks::str(limit) + ")");
+        return args.fail(std::string(what) + " " + std::to_string(v) + " at row " + checks::str(n) +
+                         ", position " + checks::str(j) + " is outside [0, " + checks::str(limit) +
+                         ")");
     }
   return Status();
 }

@@ -50,8 +50,8 @@ __device__ __forceinline__ float halfWarpSum(float v) {
 // columns contribute nothing. The 4 extra floats per row shift consecutive
 // rows by 4 banks, which makes the float4 reads of dotTile conflict-free.
 template <int R, int D>
-__device__ __forceinline__ void loadTile(float *dst, const void *src, DType t, int b, int r0,
-                                         int h, int heads, const AttnArgs &p) {
+__device__ __forceinline__ void loadTile(float *dst, const void *src, DType t, int b, int r0, int h,
+                                         int heads, const AttnArgs &p) {
   constexpr int LD = D + 4;
   for (int e = threadIdx.x; e < R * D; e += kThreads) {
     const int r = e / D, c = e % D, i = r0 + r;
@@ -169,8 +169,7 @@ __device__ __forceinline__ void storeTile(void *dst, DType t, const AttnArgs &p,
 template <int RQ, int RK, int BK, int D>
 __device__ __forceinline__ bool loadKeyTile(const AttnArgs &p, int b, int q0, int k0, int kh,
                                             int ty, int tx, const long long *sSegQ,
-                                            long long *sSegK, float *sK, float *sV,
-                                            unsigned &vis) {
+                                            long long *sSegK, float *sK, float *sV, unsigned &vis) {
   __syncthreads(); // the previous tile's readers are done
   loadSegments<BK>(sSegK, p, b, k0);
   __syncthreads();
@@ -217,15 +216,14 @@ template <int D> struct Tiles {
       sizeof(long long) * (BQ + BK);
   static constexpr size_t passASmem = fwdSmem + sizeof(float) * size_t(BQ) * LD;
   static constexpr size_t passBSmem =
-      sizeof(float) * (2 * size_t(BKB) * LD + 2 * size_t(BQB) * LD +
-                       2 * size_t(BKB) * (BQB + 4) + 3 * size_t(BQB)) +
+      sizeof(float) * (2 * size_t(BKB) * LD + 2 * size_t(BQB) * LD + 2 * size_t(BKB) * (BQB + 4) +
+                       3 * size_t(BQB)) +
       sizeof(long long) * (BQB + BKB);
 };
 
 // Forward: one block per (query tile, head, batch). Query tiles are handed
 // out last-first because the causal mask makes late tiles the longest.
-template <int D>
-__global__ void __launch_bounds__(kThreads, 1) attentionForward(AttnArgs p) {
+template <int D> __global__ void __launch_bounds__(kThreads, 1) attentionForward(AttnArgs p) {
   using Cfg = Tiles<D>;
   constexpr int BQ = Cfg::BQ, BK = Cfg::BK, LD = Cfg::LD, LDP = BK + 4;
   constexpr int RQ = BQ / 16, RK = BK / 16, C4 = D / 64;
@@ -365,10 +363,9 @@ __device__ __forceinline__ void storeRowStats(const AttnArgs &p, int b, int h, i
 // (0 where masked).
 template <int RQ, int RK, int LDP>
 __device__ __forceinline__ void scoreGradTile(const AttnArgs &p, unsigned vis,
-                                              const float (&s)[RQ][RK],
-                                              const float (&dP)[RQ][RK], const float (&m)[RQ],
-                                              const float (&l)[RQ], const float (&Drow)[RQ],
-                                              int ty, int tx, float *sP) {
+                                              const float (&s)[RQ][RK], const float (&dP)[RQ][RK],
+                                              const float (&m)[RQ], const float (&l)[RQ],
+                                              const float (&Drow)[RQ], int ty, int tx, float *sP) {
 #pragma unroll
   for (int a = 0; a < RQ; ++a)
 #pragma unroll
@@ -385,8 +382,7 @@ __device__ __forceinline__ void scoreGradTile(const AttnArgs &p, unsigned vis,
 
 // Backward pass A: one block per (query tile, head, batch). Writes the row
 // statistics and dq.
-template <int D>
-__global__ void __launch_bounds__(kThreads, 1) attentionBackwardQ(AttnArgs p) {
+template <int D> __global__ void __launch_bounds__(kThreads, 1) attentionBackwardQ(AttnArgs p) {
   using Cfg = Tiles<D>;
   constexpr int BQ = Cfg::BQ, BK = Cfg::BK, LD = Cfg::LD, LDP = BK + 4;
   constexpr int RQ = BQ / 16, RK = BK / 16, C4 = D / 64;
@@ -455,8 +451,7 @@ __global__ void __launch_bounds__(kThreads, 1) attentionBackwardQ(AttnArgs p) {
 
 // Backward pass B: one block per (key tile, kv head, batch). Sums dk and dv
 // over the group's query heads, then their query tiles, in a fixed order.
-template <int D>
-__global__ void __launch_bounds__(kThreads, 1) attentionBackwardKV(AttnArgs p) {
+template <int D> __global__ void __launch_bounds__(kThreads, 1) attentionBackwardKV(AttnArgs p) {
   using Cfg = Tiles<D>;
   constexpr int BKB = Cfg::BKB, BQB = Cfg::BQB, LD = Cfg::LD, LDP = BQB + 4;
   constexpr int RK = BKB / 16, RQ = BQB / 16, C4 = D / 64;
@@ -510,7 +505,8 @@ __global__ void __launch_bounds__(kThreads, 1) attentionBackwardKV(AttnArgs p) {
       for (int a = 0; a < RK; ++a)
 #pragma unroll
         for (int c = 0; c < RQ; ++c)
-          if (visible(p, q0 + tx + 16 * c, k0 + ty * RK + a, sSegQ[tx + 16 * c], sSegK[ty * RK + a]))
+          if (visible(p, q0 + tx + 16 * c, k0 + ty * RK + a, sSegQ[tx + 16 * c],
+                      sSegK[ty * RK + a]))
             vis |= 1u << (a * RQ + c);
       if (!__syncthreads_or(vis != 0))
         continue;
@@ -576,8 +572,7 @@ Status launchBackward(const KernelArgs &args, const AttentionShape &prob, const 
 
 } // namespace
 
-Status launchAttentionFp32(const KernelArgs &args, const AttentionShape &prob,
-                           const AttnArgs &a) {
+Status launchAttentionFp32(const KernelArgs &args, const AttentionShape &prob, const AttnArgs &a) {
   if (prob.d <= 64)
     return launchForward<64>(args, prob, a);
   if (prob.d <= 128)

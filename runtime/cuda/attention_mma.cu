@@ -101,8 +101,8 @@ __device__ __forceinline__ void splitToA(const float (&c0)[4], const float (&c1)
 // at once and, issued one tile ahead, overlap the current tile's math. A copy
 // with no source bytes writes zeros.
 __device__ __forceinline__ void cpAsync16(void *dst, const void *src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddress(dst)),
-               "l"(src), "r"(valid ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smemAddress(dst)), "l"(src),
+               "r"(valid ? 16 : 0));
 }
 
 __device__ __forceinline__ void cpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
@@ -171,8 +171,8 @@ __device__ __forceinline__ void scoreTiles(const bf16 *A, int ar0, const bf16 *B
 // acc += X (16 x NB*8, fp32 fragments, split in head and tail) x Y, Y the
 // row-major [NB*8][D] bf16 tile, for the first dPairs x 16 columns.
 template <int NB, int D>
-__device__ __forceinline__ void accumulateTiles(const float (&x)[NB][4], const bf16 *Y,
-                                                int dPairs, int lane, float (&acc)[D / 8][4]) {
+__device__ __forceinline__ void accumulateTiles(const float (&x)[NB][4], const bf16 *Y, int dPairs,
+                                                int lane, float (&acc)[D / 8][4]) {
   constexpr int LDS = D + 8;
 #pragma unroll
   for (int kc = 0; kc < NB / 2; ++kc) {
@@ -195,10 +195,9 @@ __device__ __forceinline__ void accumulateTiles(const float (&x)[NB][4], const b
 // Stores the 16 x D accumulator of a warp (rows r0 + g and r0 + g + 8) times
 // mul[0] / mul[1].
 template <int D>
-__device__ __forceinline__ void storeFragments(void *dst, DType t, const AttnArgs &p, int b,
-                                               int r0, int h, int heads, int lane,
-                                               const float (&acc)[D / 8][4],
-                                               const float (&mul)[2]) {
+__device__ __forceinline__ void
+storeFragments(void *dst, DType t, const AttnArgs &p, int b, int r0, int h, int heads, int lane,
+               const float (&acc)[D / 8][4], const float (&mul)[2]) {
   const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
@@ -232,8 +231,8 @@ __device__ __forceinline__ float quadSum(float v) {
 template <int NB>
 __device__ __forceinline__ uint32_t fragmentMask(const AttnArgs &p, bool rowsAreQueries,
                                                  int rowBase, int r0, int colBase,
-                                                 const long long *rowSeg,
-                                                 const long long *colSeg, int lane) {
+                                                 const long long *rowSeg, const long long *colSeg,
+                                                 int lane) {
   const int g = lane >> 2, tq = lane & 3;
   uint32_t vis = 0;
 #pragma unroll
@@ -241,9 +240,8 @@ __device__ __forceinline__ uint32_t fragmentMask(const AttnArgs &p, bool rowsAre
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int r = r0 + g + (e >> 1) * 8, c = nb * 8 + 2 * tq + (e & 1);
-      const bool v = rowsAreQueries
-                         ? visible(p, rowBase + r, colBase + c, rowSeg[r], colSeg[c])
-                         : visible(p, colBase + c, rowBase + r, colSeg[c], rowSeg[r]);
+      const bool v = rowsAreQueries ? visible(p, rowBase + r, colBase + c, rowSeg[r], colSeg[c])
+                                    : visible(p, colBase + c, rowBase + r, colSeg[c], rowSeg[r]);
       if (v)
         vis |= 1u << (nb * 4 + e);
     }
@@ -264,16 +262,15 @@ template <int DB> __device__ __forceinline__ void zeroFragments(float (&acc)[DB]
 // (eight warps) share a multiprocessor.
 template <int D> struct TCTiles {
   static constexpr int LDS = D + 8;
-  static constexpr int BQ = 64, BK = 32;    // forward
-  static constexpr int BQA = 64, BKA = 16;  // backward pass A
-  static constexpr int BKB = 64, BQB = 16;  // backward pass B
+  static constexpr int BQ = 64, BK = 32;   // forward
+  static constexpr int BQA = 64, BKA = 16; // backward pass A
+  static constexpr int BKB = 64, BQB = 16; // backward pass B
   static constexpr size_t fwdSmem =
       sizeof(bf16) * size_t(BQ + 4 * BK) * LDS + sizeof(long long) * (BQ + 2 * BK);
   static constexpr size_t passASmem =
       sizeof(bf16) * size_t(2 * BQA + 4 * BKA) * LDS + sizeof(long long) * (BQA + 2 * BKA);
   static constexpr size_t passBSmem = sizeof(bf16) * size_t(2 * BKB + 4 * BQB) * LDS +
-                                      sizeof(float) * 6 * BQB +
-                                      sizeof(long long) * (2 * BQB + BKB);
+                                      sizeof(float) * 6 * BQB + sizeof(long long) * (2 * BQB + BKB);
 };
 
 // Whether every (query, key) pair of a query tile [q0, q0+nq) and a key tile
@@ -287,8 +284,8 @@ __device__ __forceinline__ bool tileFullyVisible(const AttnArgs &p, int q0, int 
 // Loads the segment ids of query rows q0.. (R of them) into sSeg and tells
 // every thread whether they are all seg0 and nonzero. A barrier.
 template <int R>
-__device__ __forceinline__ bool loadQuerySegments(const AttnArgs &p, int b, int q0,
-                                                  long long seg0, long long *sSeg, int tid) {
+__device__ __forceinline__ bool loadQuerySegments(const AttnArgs &p, int b, int q0, long long seg0,
+                                                  long long *sSeg, int tid) {
   bool mine = true;
   if (tid < R) {
     const long long s = segmentAt(p, b, q0 + tid);
@@ -354,8 +351,7 @@ __device__ __forceinline__ bool keyTileVisible(const AttnArgs &p, bool qUniform,
 // barrier publishes them (and its segment ids, which each thread stored from a
 // register); the next tile's copies and segment ids are then issued, to land
 // while this tile is computed.
-template <int D>
-__global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
+template <int D> __global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
   using Cfg = TCTiles<D>;
   constexpr int BQ = Cfg::BQ, BK = Cfg::BK, LDS = Cfg::LDS, NB = BK / 8, DB = D / 8;
   constexpr uint32_t kAll = NB * 4 == 32 ? 0xffffffffu : (1u << (NB * 4)) - 1u;
@@ -400,8 +396,8 @@ __global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
     }
     const bf16 *K = sK + cur * BK * LDS, *V = sV + cur * BK * LDS;
     uint32_t vis = kAll;
-    const bool any = keyTileVisible<NB, BQ, BK>(p, qUniform, keysUniform, q0, k0, warp,
-                                                sSegQ, sSegK + cur * BK, lane, vis);
+    const bool any = keyTileVisible<NB, BQ, BK>(p, qUniform, keysUniform, q0, k0, warp, sSegQ,
+                                                sSegK + cur * BK, lane, vis);
     if (any) {
       float s[NB][4];
       scoreTiles<NB, LDS>(sQ, warp * 16, K, kSteps, lane, s);
@@ -451,8 +447,7 @@ __global__ void __launch_bounds__(kTCThreads) attentionForwardTC(AttnArgs p) {
 template <int NB>
 __device__ __forceinline__ void mergeFragmentStats(const AttnArgs &p, uint32_t vis,
                                                    float (&s)[NB][4], const float (&dP)[NB][4],
-                                                   float (&m)[2], float (&l)[2],
-                                                   float (&Dsum)[2]) {
+                                                   float (&m)[2], float (&l)[2], float (&Dsum)[2]) {
   float alpha[2], mNew[2], rowSum[2] = {0.0f, 0.0f}, rowD[2] = {0.0f, 0.0f};
   finishScores<NB>(p, vis, s, m, mNew, alpha);
 #pragma unroll
@@ -496,10 +491,9 @@ __device__ __forceinline__ void storeFragmentStats(const AttnArgs &p, int b, int
 // Sweep 1 of pass A on one key tile: the raw score fragments s become dS =
 // P (dP - D) times the cap's slope, in place (0 where masked).
 template <int NB>
-__device__ __forceinline__ void scoreGradFragments(const AttnArgs &p, uint32_t vis,
-                                                   const float (&m)[2], const float (&l)[2],
-                                                   const float (&Drow)[2],
-                                                   const float (&dP)[NB][4], float (&s)[NB][4]) {
+__device__ __forceinline__ void
+scoreGradFragments(const AttnArgs &p, uint32_t vis, const float (&m)[2], const float (&l)[2],
+                   const float (&Drow)[2], const float (&dP)[NB][4], float (&s)[NB][4]) {
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
@@ -515,8 +509,7 @@ __device__ __forceinline__ void scoreGradFragments(const AttnArgs &p, uint32_t v
     }
 }
 
-template <int D>
-__global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
+template <int D> __global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
   using Cfg = TCTiles<D>;
   constexpr int BQ = Cfg::BQA, BK = Cfg::BKA, LDS = Cfg::LDS, NB = BK / 8, DB = D / 8;
   constexpr uint32_t kAll = (1u << (NB * 4)) - 1u;
@@ -568,8 +561,8 @@ __global__ void __launch_bounds__(kTCThreads) attentionBackwardQTC(AttnArgs p) {
       }
       const bf16 *K = sK + cur * BK * LDS, *V = sV + cur * BK * LDS;
       uint32_t vis = kAll;
-      const bool any = keyTileVisible<NB, BQ, BK>(p, qUniform, keysUniform, q0, k0, warp,
-                                                  sSegQ, sSegK + cur * BK, lane, vis);
+      const bool any = keyTileVisible<NB, BQ, BK>(p, qUniform, keysUniform, q0, k0, warp, sSegQ,
+                                                  sSegK + cur * BK, lane, vis);
       if (any) {
         float s[NB][4], dP[NB][4];
         scoreTiles<NB, LDS>(sQ, warp * 16, K, kSteps, lane, s);
@@ -767,8 +760,7 @@ Status launchBackwardTC(const KernelArgs &args, const AttentionShape &prob, cons
 
 } // namespace
 
-Status launchAttentionMma(const KernelArgs &args, const AttentionShape &prob,
-                          const AttnArgs &a) {
+Status launchAttentionMma(const KernelArgs &args, const AttentionShape &prob, const AttnArgs &a) {
   if (prob.d <= 64)
     return launchForwardTC<64>(args, prob, a);
   if (prob.d <= 128)

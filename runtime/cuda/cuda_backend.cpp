@@ -21,8 +21,7 @@ class CudaBackend final : public Backend {
 public:
   CudaBackend(std::unique_ptr<CudaExecutor> executor, std::string deviceName,
               const Placement &placement)
-      : executor_(std::move(executor)), deviceName_(std::move(deviceName)),
-        placement_(placement) {}
+      : executor_(std::move(executor)), deviceName_(std::move(deviceName)), placement_(placement) {}
 
   std::string description() const override { return "CUDA on " + deviceName_; }
   const Placement &placement() const override { return placement_; }

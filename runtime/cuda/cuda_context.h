@@ -96,11 +96,11 @@ Status cudaFailure(const KernelArgs &args, cudaError_t error, const char *what);
 Status cublasFailure(const KernelArgs &args, cublasStatus_t status, const char *what);
 
 /// Returns from the kernel when the last launch failed.
-#define G3RT_CUDA_CHECK_LAUNCH(args, what)                                      \
-  do {                                                                          \
-    cudaError_t g3rt_err_ = cudaGetLastError();                                 \
-    if (g3rt_err_ != cudaSuccess)                                               \
-      return ::g3rt::cuda::cudaFailure(args, g3rt_err_, what);                  \
+#define G3RT_CUDA_CHECK_LAUNCH(args, what)                                                         \
+  do {                                                                                             \
+    cudaError_t g3rt_err_ = cudaGetLastError();                                                    \
+    if (g3rt_err_ != cudaSuccess)                                                                  \
+      return ::g3rt::cuda::cudaFailure(args, g3rt_err_, what);                                     \
   } while (0)
 
 /// Blocks of `threads` threads for `n` items, at most 8192: grid-stride
@@ -111,9 +111,7 @@ inline unsigned cappedGrid(int64_t n, int threads = 256) {
   return unsigned(blocks < 1 ? 1 : blocks > 8192 ? 8192 : blocks);
 }
 /// Whether `t` starts on a 16-byte boundary (for 16-byte vector accesses).
-inline bool aligned16(const TensorView &t) {
-  return reinterpret_cast<uintptr_t>(t.data) % 16 == 0;
-}
+inline bool aligned16(const TensorView &t) { return reinterpret_cast<uintptr_t>(t.data) % 16 == 0; }
 /// The CUDA kernel called `name`, or null (cuda_kernels.h).
 KernelFn findCudaKernel(std::string_view name);
 

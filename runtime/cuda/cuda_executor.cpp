@@ -73,9 +73,9 @@ Status settleChecks(const DeviceChecks &c, const std::vector<DeviceChecks::Pendi
     return Status();
   const size_t used = pending.back().first + pending.back().count;
   std::vector<unsigned long long> records(used);
-  G3RT_RETURN_IF_ERROR(check(cudaMemcpy(records.data(), c.records, used * sizeof(uint64_t),
-                                        cudaMemcpyDeviceToHost),
-                             "reading the range-check records"));
+  G3RT_RETURN_IF_ERROR(
+      check(cudaMemcpy(records.data(), c.records, used * sizeof(uint64_t), cudaMemcpyDeviceToHost),
+            "reading the range-check records"));
   for (const DeviceChecks::Pending &p : pending)
     G3RT_RETURN_IF_ERROR(p.verdict(records.data() + p.first));
   return Status();
@@ -106,8 +106,8 @@ Status CudaExecutor::create(const StepProgram &program, int device,
                             std::unique_ptr<CudaExecutor> &out) {
   G3RT_RETURN_IF_ERROR(kernelsMissingError("CUDA", missingKernels(program, findCudaKernel)));
   std::unique_ptr<CudaExecutor> ex(new CudaExecutor(program));
-  G3RT_RETURN_IF_ERROR(check(cudaSetDevice(device), "selecting CUDA device " +
-                                                        std::to_string(device)));
+  G3RT_RETURN_IF_ERROR(
+      check(cudaSetDevice(device), "selecting CUDA device " + std::to_string(device)));
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
   G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));
@@ -119,7 +119,8 @@ Status CudaExecutor::create(const StepProgram &program, int device,
       cublasLtCreate(&ctx.cublasLt) != CUBLAS_STATUS_SUCCESS)
     return Status::error("cannot initialise cuBLAS");
   cublasSetStream(ctx.cublas, ctx.stream);
-  G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ctx.workspace, kWorkspaceBytes), "allocating the workspace"));
+  G3RT_RETURN_IF_ERROR(
+      check(cudaMalloc(&ctx.workspace, kWorkspaceBytes), "allocating the workspace"));
   ctx.workspaceBytes = kWorkspaceBytes;
   // cuBLAS (the fallback) and cuBLASLt share the lower half of the workspace:
   // both run on ctx.stream, one product at a time.
@@ -129,9 +130,9 @@ Status CudaExecutor::create(const StepProgram &program, int device,
                              "allocating the range-check records"));
   ctx.checks.capacity = kCheckRecords;
 
-  G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
-                             "allocating the " + std::to_string(program.arenaBytes) +
-                                 "-byte arena"));
+  G3RT_RETURN_IF_ERROR(
+      check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
+            "allocating the " + std::to_string(program.arenaBytes) + "-byte arena"));
   ex->deviceBytes_ = program.arenaBytes + kWorkspaceBytes;
   G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
     void *p = nullptr;
@@ -280,8 +281,7 @@ Status CudaExecutor::launchInstruction(const FunctionDesc &fn, size_t i) {
     args.inputs.push_back(deviceView(fn, b));
   for (uint32_t b : instr.outputs)
     args.outputs.push_back(deviceView(fn, b));
-  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " +
-                                                   std::to_string(i));
+  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " + std::to_string(i));
 }
 
 Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {

@@ -28,8 +28,7 @@ public:
   /// Resolves every instruction's CUDA kernel (an error names each missing
   /// one) and allocates the device arena and state of `program` on device
   /// `device`.
-  static Status create(const StepProgram &program, int device,
-                       std::unique_ptr<CudaExecutor> &out);
+  static Status create(const StepProgram &program, int device, std::unique_ptr<CudaExecutor> &out);
   ~CudaExecutor();
 
   const StepProgram &program() const { return program_; }
@@ -73,8 +72,7 @@ public:
   /// Runs the CUDA kernel `name` on device tensors with this executor's
   /// context and waits for it (kernel-level tests).
   Status runKernel(const std::string &name, const KernelAttrs &attrs,
-                   const std::vector<TensorView> &inputs,
-                   const std::vector<TensorView> &outputs);
+                   const std::vector<TensorView> &inputs, const std::vector<TensorView> &outputs);
   /// Runs instruction `index` of `fn` alone and waits for it.
   Status runInstruction(const FunctionDesc &fn, size_t index);
 

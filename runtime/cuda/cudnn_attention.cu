@@ -284,8 +284,8 @@ __global__ void documentRows(const void *seg, DType st, int64_t T, int32_t *rows
 
 // dst row (b, t) of `width` elements = src's, or zeros where t >= len[b];
 // dst may be src.
-__global__ void keepDocumentRows(const __nv_bfloat16 *src, __nv_bfloat16 *dst,
-                                 const int32_t *lens, int64_t T, int64_t width) {
+__global__ void keepDocumentRows(const __nv_bfloat16 *src, __nv_bfloat16 *dst, const int32_t *lens,
+                                 int64_t T, int64_t width) {
   const int64_t t = blockIdx.x, b = blockIdx.y;
   const bool keep = t < lens[b];
   const int64_t base = (b * T + t) * width;
@@ -296,7 +296,7 @@ __global__ void keepDocumentRows(const __nv_bfloat16 *src, __nv_bfloat16 *dst,
 // dst[b, h, t] of [B, nh, T] statistics = src's, or `fill` where t >= len[b];
 // dst may be src.
 __global__ void keepDocumentStats(const float *src, float *dst, const int32_t *lens, int64_t T,
-                                 float fill) {
+                                  float fill) {
   const int64_t h = blockIdx.x, b = blockIdx.y, base = (b * gridDim.x + h) * T;
   for (int64_t t = threadIdx.x; t < T; t += blockDim.x)
     dst[base + t] = t < lens[b] ? src[base + t] : fill;
@@ -314,11 +314,8 @@ std::string unsupportedReason(const KernelArgs &args, const AttentionShape &p, b
     return "logit soft-capping";
   if (p.d % 8 != 0 || p.d > 256)
     return "head dimension " + std::to_string(p.d) + " (needs a multiple of 8, at most 256)";
-  auto bf16 = [](const TensorView &t) {
-    return t.dtype == DType::BF16 && aligned16(t);
-  };
-  const TensorView *lse =
-      p.withLse ? (grad ? &args.inputs[6] : &args.outputs[1]) : nullptr;
+  auto bf16 = [](const TensorView &t) { return t.dtype == DType::BF16 && aligned16(t); };
+  const TensorView *lse = p.withLse ? (grad ? &args.inputs[6] : &args.outputs[1]) : nullptr;
   for (size_t i = 0; i < args.inputs.size(); ++i)
     if (i != 3 && &args.inputs[i] != lse && !bf16(args.inputs[i]))
       return "input " + std::to_string(i) + " is not an aligned bf16 tensor";
@@ -376,8 +373,10 @@ Status reserveScratch(const KernelArgs &args, CudnnAttentionState &st, size_t by
     ++contextOf(args).reallocations;
   }
   if (e != cudaSuccess)
-    return cudaFailure(args, e, ("allocating " + std::to_string(bytes) +
-                                 " bytes of cuDNN attention scratch memory").c_str());
+    return cudaFailure(
+        args, e,
+        ("allocating " + std::to_string(bytes) + " bytes of cuDNN attention scratch memory")
+            .c_str());
   st.scratchBytes = bytes;
   return Status();
 }
@@ -491,14 +490,14 @@ Status runForward(const KernelArgs &args, CudnnAttentionState &st, const Attenti
       return Status();
     }
     const dim3 headGrid(unsigned(p.nh), unsigned(p.B));
-    keepDocumentStats<<<headGrid, 256, 0, contextOf(args).stream>>>(lse, buf.stats, st.rows,
-                                                                    p.T, INFINITY);
+    keepDocumentStats<<<headGrid, 256, 0, contextOf(args).stream>>>(lse, buf.stats, st.rows, p.T,
+                                                                    INFINITY);
     G3RT_CUDA_CHECK_LAUNCH(args, "masking padded attention statistics");
     return Status();
   }
   std::vector<TensorId> uids = {kQ, kK, kV, kO, kStats, kScale, kNegInf};
-  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data,
-                              buf.o, buf.stats, &scalars.scale, &scalars.negInf};
+  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data, buf.o,
+                              buf.stats,           &scalars.scale,      &scalars.negInf};
   if (scalars.window != 0.0f) {
     uids.push_back(kWindow);
     ptrs.push_back(&scalars.window);
@@ -519,8 +518,8 @@ Status zeroPaddedOutputs(const KernelArgs &args, const AttentionShape &p, const 
                                                                            p.nh * p.d);
   G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention rows");
   if (p.withLse) {
-    keepDocumentStats<<<dim3(unsigned(p.nh), unsigned(p.B)), 256, 0, stream>>>(
-        buf.stats, buf.stats, lens, p.T, 0.0f);
+    keepDocumentStats<<<dim3(unsigned(p.nh), unsigned(p.B)), 256, 0, stream>>>(buf.stats, buf.stats,
+                                                                               lens, p.T, 0.0f);
     G3RT_CUDA_CHECK_LAUNCH(args, "zeroing padded attention statistics");
   }
   return Status();
@@ -544,11 +543,20 @@ Status runBackward(const KernelArgs &args, CudnnAttentionState &st, const Attent
     return cudaFailure(args, e, "clearing the dq accumulator");
   std::vector<TensorId> uids = {kQ,  kK,  kV,  kO,  kStats,      kScale,   kNegInf,
                                 kDO, kDQ, kDK, kDV, kSoftmaxSum, kDQAccum, kOne};
-  std::vector<void *> ptrs = {args.inputs[0].data, args.inputs[1].data, args.inputs[2].data,
-                              buf.o, buf.stats, &scalars.scale, &scalars.negInf,
-                              const_cast<void *>(dOut), args.outputs[0].data,
-                              args.outputs[1].data, args.outputs[2].data, buf.softmaxSum,
-                              buf.dqAccum, &scalars.one};
+  std::vector<void *> ptrs = {args.inputs[0].data,
+                              args.inputs[1].data,
+                              args.inputs[2].data,
+                              buf.o,
+                              buf.stats,
+                              &scalars.scale,
+                              &scalars.negInf,
+                              const_cast<void *>(dOut),
+                              args.outputs[0].data,
+                              args.outputs[1].data,
+                              args.outputs[2].data,
+                              buf.softmaxSum,
+                              buf.dqAccum,
+                              &scalars.one};
   if (scalars.window != 0.0f) {
     uids.push_back(kWindow);
     ptrs.push_back(&scalars.window);

@@ -69,8 +69,8 @@ Status Descriptor::create(cudnnBackendDescriptorType_t type) {
 }
 
 TensorId GraphBuilder::addTensor(TensorId uid, std::vector<int64_t> dims,
-                                 std::vector<int64_t> strides, cudnnDataType_t type,
-                                 bool isVirtual, bool byValue) {
+                                 std::vector<int64_t> strides, cudnnDataType_t type, bool isVirtual,
+                                 bool byValue) {
   if (!error_.ok())
     return uid;
   auto d = std::make_shared<Descriptor>();
@@ -83,8 +83,7 @@ TensorId GraphBuilder::addTensor(TensorId uid, std::vector<int64_t> dims,
   if (s.ok())
     s = set(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, rank, dims.data(), "tensor dims");
   if (s.ok())
-    s = set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, rank, strides.data(),
-            "tensor strides");
+    s = set(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, rank, strides.data(), "tensor strides");
   if (s.ok())
     s = set(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid, "tensor id");
   if (s.ok())
@@ -93,8 +92,7 @@ TensorId GraphBuilder::addTensor(TensorId uid, std::vector<int64_t> dims,
   if (s.ok())
     s = set(t, CUDNN_ATTR_TENSOR_IS_VIRTUAL, CUDNN_TYPE_BOOLEAN, 1, &isVirtual, "tensor virtual");
   if (s.ok() && byValue)
-    s = set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &byValue,
-            "tensor by value");
+    s = set(t, CUDNN_ATTR_TENSOR_IS_BY_VALUE, CUDNN_TYPE_BOOLEAN, 1, &byValue, "tensor by value");
   if (s.ok())
     s = finalize(t, "finalizing a tensor");
   if (!s.ok()) {
@@ -105,8 +103,8 @@ TensorId GraphBuilder::addTensor(TensorId uid, std::vector<int64_t> dims,
   return uid;
 }
 
-TensorId GraphBuilder::tensor(TensorId uid, std::vector<int64_t> dims,
-                              std::vector<int64_t> strides, cudnnDataType_t type) {
+TensorId GraphBuilder::tensor(TensorId uid, std::vector<int64_t> dims, std::vector<int64_t> strides,
+                              cudnnDataType_t type) {
   return addTensor(uid, std::move(dims), std::move(strides), type, false, false);
 }
 
@@ -155,8 +153,7 @@ void GraphBuilder::pointwise(cudnnPointwiseMode_t mode, TensorId x, TensorId y, 
     s = set(pw.get(), CUDNN_ATTR_POINTWISE_MATH_PREC, CUDNN_TYPE_DATA_TYPE, 1, &math,
             "pointwise precision");
   if (s.ok() && mode == CUDNN_POINTWISE_GEN_INDEX)
-    s = set(pw.get(), CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &genAxis_,
-            "index axis");
+    s = set(pw.get(), CUDNN_ATTR_POINTWISE_AXIS, CUDNN_TYPE_INT64, 1, &genAxis_, "index axis");
   if (s.ok())
     s = finalize(pw.get(), "finalizing a pointwise descriptor");
   if (s.ok())
@@ -261,11 +258,11 @@ Status GraphBuilder::finish(const std::string &what, Plan &out) {
   auto fail = [&](const Status &s) { return s.withContext(what); };
   Descriptor graph;
   G3RT_RETURN_IF_ERROR(fail(graph.create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)));
-  G3RT_RETURN_IF_ERROR(fail(set(graph.get(), CUDNN_ATTR_OPERATIONGRAPH_OPS,
-                                CUDNN_TYPE_BACKEND_DESCRIPTOR, int64_t(ops_.size()), ops_.data(),
-                                "graph operations")));
-  G3RT_RETURN_IF_ERROR(fail(set(graph.get(), kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle_,
-                                "graph handle")));
+  G3RT_RETURN_IF_ERROR(
+      fail(set(graph.get(), CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR,
+               int64_t(ops_.size()), ops_.data(), "graph operations")));
+  G3RT_RETURN_IF_ERROR(
+      fail(set(graph.get(), kGraphHandle, CUDNN_TYPE_HANDLE, 1, &handle_, "graph handle")));
   G3RT_RETURN_IF_ERROR(fail(finalize(graph.get(), "finalizing the operation graph")));
 
   std::string tried;
@@ -273,21 +270,20 @@ Status GraphBuilder::finish(const std::string &what, Plan &out) {
     Descriptor heur;
     cudnnBackendDescriptor_t g = graph.get();
     G3RT_RETURN_IF_ERROR(fail(heur.create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)));
-    G3RT_RETURN_IF_ERROR(fail(setDesc(heur.get(), CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, g,
-                                      "heuristics graph")));
-    G3RT_RETURN_IF_ERROR(fail(set(heur.get(), CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE,
-                                  1, &mode, "heuristics mode")));
+    G3RT_RETURN_IF_ERROR(
+        fail(setDesc(heur.get(), CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, g, "heuristics graph")));
+    G3RT_RETURN_IF_ERROR(fail(set(heur.get(), CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1,
+                                  &mode, "heuristics mode")));
     Status s = finalize(heur.get(), "finalizing the heuristics");
     if (!s.ok()) {
       tried += " [" + s.message() + "]";
       continue;
     }
     int64_t count = 0;
-    G3RT_RETURN_IF_ERROR(fail(check(cudnnBackendGetAttribute(heur.get(),
-                                                             CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                                             CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
-                                                             &count, nullptr),
-                                    "counting engine configurations")));
+    G3RT_RETURN_IF_ERROR(
+        fail(check(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                            CUDNN_TYPE_BACKEND_DESCRIPTOR, 0, &count, nullptr),
+                   "counting engine configurations")));
     std::vector<Descriptor> configs(size_t(std::max<int64_t>(count, 0)));
     std::vector<cudnnBackendDescriptor_t> raw;
     for (Descriptor &c : configs) {
@@ -296,11 +292,10 @@ Status GraphBuilder::finish(const std::string &what, Plan &out) {
     }
     int64_t got = 0;
     if (count > 0)
-      G3RT_RETURN_IF_ERROR(fail(check(cudnnBackendGetAttribute(heur.get(),
-                                                               CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                                                               CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                                                               count, &got, raw.data()),
-                                      "reading engine configurations")));
+      G3RT_RETURN_IF_ERROR(fail(
+          check(cudnnBackendGetAttribute(heur.get(), CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                         CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, raw.data()),
+                "reading engine configurations")));
     for (int64_t i = 0; i < got; ++i) {
       auto plan = std::make_shared<Descriptor>();
       G3RT_RETURN_IF_ERROR(fail(plan->create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)));
@@ -316,10 +311,10 @@ Status GraphBuilder::finish(const std::string &what, Plan &out) {
         continue;
       }
       int64_t workspace = 0;
-      G3RT_RETURN_IF_ERROR(fail(check(cudnnBackendGetAttribute(
-                                          plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
-                                          CUDNN_TYPE_INT64, 1, &count, &workspace),
-                                      "reading the plan's workspace size")));
+      G3RT_RETURN_IF_ERROR(
+          fail(check(cudnnBackendGetAttribute(plan->get(), CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE,
+                                              CUDNN_TYPE_INT64, 1, &count, &workspace),
+                     "reading the plan's workspace size")));
       out.plan = std::move(plan);
       out.workspaceBytes = workspace;
       return Status();
@@ -334,9 +329,8 @@ Status execute(cudnnHandle_t handle, const Plan &plan, const std::vector<TensorI
   G3RT_RETURN_IF_ERROR(pack.create(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR));
   G3RT_RETURN_IF_ERROR(set(pack.get(), CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64,
                            int64_t(uids.size()), uids.data(), "variant pack ids"));
-  G3RT_RETURN_IF_ERROR(set(pack.get(), CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS,
-                           CUDNN_TYPE_VOID_PTR, int64_t(pointers.size()), pointers.data(),
-                           "variant pack pointers"));
+  G3RT_RETURN_IF_ERROR(set(pack.get(), CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
+                           int64_t(pointers.size()), pointers.data(), "variant pack pointers"));
   G3RT_RETURN_IF_ERROR(set(pack.get(), CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1,
                            &workspace, "variant pack workspace"));
   G3RT_RETURN_IF_ERROR(finalize(pack.get(), "finalizing the variant pack"));

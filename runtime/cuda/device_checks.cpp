@@ -10,8 +10,8 @@ using checks::str;
 namespace {
 
 Status clearBad(const KernelArgs &args, BadWord *bad, int64_t count) {
-  cudaError_t e = cudaMemsetAsync(bad, 0xff, size_t(count) * sizeof(BadWord),
-                                  contextOf(args).stream);
+  cudaError_t e =
+      cudaMemsetAsync(bad, 0xff, size_t(count) * sizeof(BadWord), contextOf(args).stream);
   if (e != cudaSuccess)
     return cudaFailure(args, e, "clearing the range-check record");
   return Status();

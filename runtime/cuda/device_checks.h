@@ -49,8 +49,7 @@ struct CheckRecords {
 
 /// Clears `count` records for one check: in the deferred store when there is
 /// room, else in `scratch`.
-Status takeRecords(const KernelArgs &args, ScratchArrays &scratch, int64_t count,
-                   CheckRecords &r);
+Status takeRecords(const KernelArgs &args, ScratchArrays &scratch, int64_t count, CheckRecords &r);
 
 /// Runs `verdict` (an error for bad records, else ok) on the records once the
 /// kernels that fill them ran: after the entry point when they are

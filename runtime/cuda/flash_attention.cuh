@@ -59,13 +59,11 @@ __device__ __forceinline__ float capSlope(const AttnArgs &p, float s) {
 
 __device__ __forceinline__ bool visible(const AttnArgs &p, int i, int j, long long segI,
                                         long long segJ) {
-  return i < p.T && j <= i && (p.window == 0 || i - j < p.window) && segJ != 0 &&
-         segJ == segI;
+  return i < p.T && j <= i && (p.window == 0 || i - j < p.window) && segJ != 0 && segJ == segI;
 }
 
 /// Kernels above 48 KB of dynamic shared memory must ask for it.
-template <typename Kernel>
-Status allowSmem(const KernelArgs &args, Kernel kernel, size_t bytes) {
+template <typename Kernel> Status allowSmem(const KernelArgs &args, Kernel kernel, size_t bytes) {
   cudaError_t e =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   if (e != cudaSuccess)

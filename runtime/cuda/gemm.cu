@@ -76,16 +76,17 @@ Status cublasGemm(const KernelArgs &args, CudaContext &ctx, int64_t M, int64_t N
   // output is bf16, so that a result is rounded once, as on the CPU.
   st = cublasSetPointerMode(ctx.cublas, CUBLAS_POINTER_MODE_HOST);
   if (st == CUBLAS_STATUS_SUCCESS)
-    st = cublasSetMathMode(ctx.cublas, cublasMath_t(CUBLAS_DEFAULT_MATH |
-                                                    CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
+    st = cublasSetMathMode(
+        ctx.cublas,
+        cublasMath_t(CUBLAS_DEFAULT_MATH | CUBLAS_MATH_DISALLOW_REDUCED_PRECISION_REDUCTION));
   if (st != CUBLAS_STATUS_SUCCESS)
     return cublasFailure(args, st, "configuring cuBLAS");
   const float alpha = 1.0f;
-  st = cublasGemmEx(ctx.cublas, B.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
-                    A.trans ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M), int(K), &alpha, B.data,
-                    cudaTypeOf(B.dtype), int(B.ld), A.data, cudaTypeOf(A.dtype), int(A.ld), &beta,
-                    C.data, cudaTypeOf(C.dtype), int(C.ld), CUBLAS_COMPUTE_32F,
-                    CUBLAS_GEMM_DEFAULT);
+  st =
+      cublasGemmEx(ctx.cublas, B.trans ? CUBLAS_OP_T : CUBLAS_OP_N,
+                   A.trans ? CUBLAS_OP_T : CUBLAS_OP_N, int(N), int(M), int(K), &alpha, B.data,
+                   cudaTypeOf(B.dtype), int(B.ld), A.data, cudaTypeOf(A.dtype), int(A.ld), &beta,
+                   C.data, cudaTypeOf(C.dtype), int(C.ld), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
   if (st != CUBLAS_STATUS_SUCCESS)
     return cublasFailure(args, st, "cublasGemmEx");
   return Status();
@@ -95,9 +96,8 @@ Status cublasGemm(const KernelArgs &args, CudaContext &ctx, int64_t M, int64_t N
 /// stageA, B's columns when stageB, elements of ts bytes; an fp32 block of C
 /// when stageC) fit in `bytes`: the larger side halved until they do, then
 /// cut to a multiple of 128 where it splits.
-Status planStaging(const KernelArgs &args, int64_t M, int64_t N, int64_t K, size_t ts,
-                   bool stageA, bool stageB, bool stageC, size_t bytes, int64_t &Mc,
-                   int64_t &Nc) {
+Status planStaging(const KernelArgs &args, int64_t M, int64_t N, int64_t K, size_t ts, bool stageA,
+                   bool stageB, bool stageC, size_t bytes, int64_t &Mc, int64_t &Nc) {
   auto bytesFor = [&](int64_t mc, int64_t nc) {
     size_t b = 0;
     if (stageA)

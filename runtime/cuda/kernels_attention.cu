@@ -146,8 +146,7 @@ bool tensorCoreOperands(const KernelArgs &args, size_t count, const AttentionSha
 
 // cuDNN's fused attention where the context allows it and it serves the call
 // (cudnn_attention.h); `served` false: the own kernels run.
-Status cudnnIfServed(const KernelArgs &args, const AttentionShape &prob, bool grad,
-                     bool &served) {
+Status cudnnIfServed(const KernelArgs &args, const AttentionShape &prob, bool grad, bool &served) {
 #if G3MOE_HAVE_CUDNN
   return cudnnAttention(args, prob, grad, served);
 #else

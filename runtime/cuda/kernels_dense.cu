@@ -43,8 +43,8 @@ constexpr int kThreads = 256;
 
 // One block per token. An id outside [0, V) (an error on the CPU) gives a
 // row of NaN.
-__global__ void embeddingDevice(const void *ids, DType idType, const void *table, DType tt,
-                                void *y, DType yt, int64_t N, int64_t H, int64_t V, float scale) {
+__global__ void embeddingDevice(const void *ids, DType idType, const void *table, DType tt, void *y,
+                                DType yt, int64_t N, int64_t H, int64_t V, float scale) {
   for (int64_t t = blockIdx.x; t < N; t += gridDim.x) {
     int64_t id = loadIndex(ids, idType, t);
     bool valid = id >= 0 && id < V;
@@ -139,11 +139,11 @@ Status embeddingGradKernel(const KernelArgs &args) {
   if (!keysIn || !keysOut || !tokensIn || !tokensOut || !temp)
     return args.fail("the workspace is too small to sort " + std::to_string(N) + " tokens");
 
-  embeddingKeysDevice<<<cappedGrid(N), kThreads, 0, ctx.stream>>>(ids.data, ids.dtype, N, V,
-                                                                 keysIn, tokensIn);
+  embeddingKeysDevice<<<cappedGrid(N), kThreads, 0, ctx.stream>>>(ids.data, ids.dtype, N, V, keysIn,
+                                                                  tokensIn);
   G3RT_CUDA_CHECK_LAUNCH(args, "embedding_grad keys");
-  e = cub::DeviceRadixSort::SortPairs(temp, tempBytes, keysIn, keysOut, tokensIn, tokensOut,
-                                      int(N), 0, endBit, ctx.stream);
+  e = cub::DeviceRadixSort::SortPairs(temp, tempBytes, keysIn, keysOut, tokensIn, tokensOut, int(N),
+                                      0, endBit, ctx.stream);
   if (e != cudaSuccess)
     return cudaFailure(args, e, "sorting tokens by id");
   embeddingGradSumDevice<<<rowBlocks(N), kThreads, 0, ctx.stream>>>(
@@ -176,15 +176,14 @@ Status lowRankProduct(const KernelArgs &args, const RowGroups &g, const TensorVi
     e = lowRankNarrowOutput(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data,
                             y.dtype);
   else if ((done = lowRankFits(x.dtype, w.dtype, xCols, yCols)))
-    e = lowRankNarrowInner(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data,
-                           y.dtype);
+    e = lowRankNarrowInner(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data, y.dtype);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
 }
 
 /// dW_e[out, in] = dy[rows of e, out]ᵀ·x[rows of e, in].
 Status lowRankLinearGradWeight(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
-                               const TensorView &x, const TensorView &dw, int64_t in,
-                               int64_t out, bool &done) {
+                               const TensorView &x, const TensorView &dw, int64_t in, int64_t out,
+                               bool &done) {
   Scratch scratch = scratchOf(contextOf(args));
   done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out)) &&
          lowRankWeightGradFits(g, out, in, scratch.bytes);
@@ -229,8 +228,8 @@ Status linearGradInputKernel(const KernelArgs &args) {
     return Status();
   CudaContext &ctx = contextOf(args);
   // dx[M, in] = dy[M, out]·W[out, in] (+ addend)
-  return gemm(args, ctx, scratchOf(ctx), M, in, out, operand(dy, out, false),
-              operand(w, in, false), output(dx, in, shape.addend), shape.addend ? 1.0f : 0.0f);
+  return gemm(args, ctx, scratchOf(ctx), M, in, out, operand(dy, out, false), operand(w, in, false),
+              output(dx, in, shape.addend), shape.addend ? 1.0f : 0.0f);
 }
 
 Status linearGradWeightKernel(const KernelArgs &args) {
@@ -245,8 +244,8 @@ Status linearGradWeightKernel(const KernelArgs &args) {
     return Status();
   CudaContext &ctx = contextOf(args);
   // dW[out, in] = dy[M, out]ᵀ·x[M, in]
-  return gemm(args, ctx, scratchOf(ctx), out, in, M, operand(dy, out, true),
-              operand(x, in, false), output(dw, in), 0.0f);
+  return gemm(args, ctx, scratchOf(ctx), out, in, M, operand(dy, out, true), operand(x, in, false),
+              output(dw, in), 0.0f);
 }
 
 //===----------------------------------------------------------------------===//
@@ -280,9 +279,8 @@ Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts,
                        std::to_string(i) + " is below the previous offset " +
                        std::to_string(offsets[size_t(i - 1)]));
   if (offsets[size_t(experts)] > rows)
-    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) +
-                     " at position " + std::to_string(experts) + " exceeds the row count " +
-                     std::to_string(rows));
+    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) + " at position " +
+                     std::to_string(experts) + " exceeds the row count " + std::to_string(rows));
   return Status();
 }
 
@@ -307,19 +305,18 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
 /// The product of one call as a grouped kernel (grouped_gemm.h), when the
 /// context asks for it and the operands suit it; `done` says whether it ran.
 Status groupedProduct(const KernelArgs &args, const RowGroups &groups, const TensorView &x,
-                      int64_t K, const TensorView &w, bool weightNK, int64_t N,
-                      const TensorView &y, const TensorView *addend, bool &done) {
+                      int64_t K, const TensorView &w, bool weightNK, int64_t N, const TensorView &y,
+                      const TensorView *addend, bool &done) {
   CudaContext &ctx = contextOf(args);
   done = ctx.groupedExperts && groupedProductFits(x.dtype, w.dtype, y.dtype, groups.rows, K, N) &&
          aligned16(x) && aligned16(w) && aligned16(y) && (!addend || aligned16(*addend));
   if (!done)
     return Status();
-  cudaError_t e = groupedExpertProduct(ctx.stream, groups, x.data, x.dtype, K, w.data, w.dtype,
-                                       weightNK, N, addend ? addend->data : nullptr, y.data,
-                                       y.dtype);
+  cudaError_t e =
+      groupedExpertProduct(ctx.stream, groups, x.data, x.dtype, K, w.data, w.dtype, weightNK, N,
+                           addend ? addend->data : nullptr, y.data, y.dtype);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "the grouped expert product");
 }
-
 
 /// The expert products of the forward and the input gradient: per expert e,
 /// y[rows of e, yCols] = x[rows of e, xCols]·W_e (+ the addend), W_e the
@@ -333,8 +330,8 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
                      int64_t yCols, const TensorView &y) {
   const int64_t M = shape.M, E = shape.E;
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed,
-                                      yCols, y, shape, done));
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed, yCols,
+                                      y, shape, done));
   if (!done)
     G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), x, xCols, w, transposed,
                                         yCols, y, shape.addend, done));
@@ -388,7 +385,8 @@ Status expertLinearGradWeightKernel(const KernelArgs &args) {
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
   bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, done));
+  G3RT_RETURN_IF_ERROR(
+      lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);

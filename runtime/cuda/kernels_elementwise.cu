@@ -67,8 +67,7 @@ template <Binary Op> __device__ __forceinline__ float apply(float x0, float x1) 
   return Op == Binary::Add ? __fadd_rn(x0, x1) : __fmul_rn(x0, x1);
 }
 
-template <Binary Op>
-__global__ void binaryKernel(Ref a, Ref b, MutRef y, int64_t n) {
+template <Binary Op> __global__ void binaryKernel(Ref a, Ref b, MutRef y, int64_t n) {
   for (int64_t i = globalThread(); i < n; i += gridStride())
     storeFloat(y.data, y.dtype, i,
                apply<Op>(loadFloat(a.data, a.dtype, i), loadFloat(b.data, b.dtype, i)));
@@ -76,8 +75,7 @@ __global__ void binaryKernel(Ref a, Ref b, MutRef y, int64_t n) {
 
 // Four elements per step (n4 = n / 4), for large aligned buffers: the scalar
 // loop above reaches a fraction of the memory bandwidth with 2-byte accesses.
-template <Binary Op>
-__global__ void binaryKernel4(Ref a, Ref b, MutRef y, int64_t n4) {
+template <Binary Op> __global__ void binaryKernel4(Ref a, Ref b, MutRef y, int64_t n4) {
   for (int64_t j = globalThread(); j < n4; j += gridStride()) {
     float4 x0 = loadFloat4(a.data, a.dtype, j), x1 = loadFloat4(b.data, b.dtype, j);
     storeFloat4(y.data, y.dtype, j,
@@ -150,8 +148,8 @@ __global__ void randomUniformDevice(const int64_t *key, uint32_t stream, double 
   const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
   const int64_t blocks = (n + 3) / 4;
   for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
-    Philox4x32Block ctr = {{uint32_t(uint64_t(b)), stream, uint32_t(counter),
-                            uint32_t(counter >> 32)}};
+    Philox4x32Block ctr = {
+        {uint32_t(uint64_t(b)), stream, uint32_t(counter), uint32_t(counter >> 32)}};
     Philox4x32Block r = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
     for (int j = 0; j < 4; ++j) {
       int64_t i = b * 4 + j;
@@ -187,9 +185,9 @@ __device__ __forceinline__ float2 geluTanhMulGrad(float g, float u, float d) {
   // 0.5(1 + t) + 0.5 g (1 - t²) √(2/π) (1 + 3·0.044715 g²)
   float sech2 = __fsub_rn(1.0f, __fmul_rn(t, t));
   float poly = __fadd_rn(1.0f, __fmul_rn(__fmul_rn(__fmul_rn(3.0f, kGeluCubic), g), g));
-  float slope = __fadd_rn(__fmul_rn(0.5f, onePlusT),
-                          __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), sech2), kSqrt2OverPi),
-                                    poly));
+  float slope =
+      __fadd_rn(__fmul_rn(0.5f, onePlusT),
+                __fmul_rn(__fmul_rn(__fmul_rn(__fmul_rn(0.5f, g), sech2), kSqrt2OverPi), poly));
   return {__fmul_rn(__fmul_rn(d, u), slope), __fmul_rn(d, value)};
 }
 
@@ -244,21 +242,17 @@ template <Binary Op> Status binaryKernelHost(const KernelArgs &args) {
     binaryKernel4<Op><<<cappedGrid(n / 4), kThreads, 0, stream>>>(
         in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n / 4);
   else
-    binaryKernel<Op><<<cappedGrid(n), kThreads, 0, stream>>>(
-        in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), n);
+    binaryKernel<Op><<<cappedGrid(n), kThreads, 0, stream>>>(in(args.inputs[0]), in(args.inputs[1]),
+                                                             out(args.outputs[0]), n);
   G3RT_CUDA_CHECK_LAUNCH(args, Op == Binary::Add ? "add" : "mul");
   return Status();
 }
 
 } // namespace
 
-Status addKernel(const KernelArgs &args) {
-  return binaryKernelHost<Binary::Add>(args);
-}
+Status addKernel(const KernelArgs &args) { return binaryKernelHost<Binary::Add>(args); }
 
-Status mulKernel(const KernelArgs &args) {
-  return binaryKernelHost<Binary::Mul>(args);
-}
+Status mulKernel(const KernelArgs &args) { return binaryKernelHost<Binary::Mul>(args); }
 
 Status scaleKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
@@ -270,9 +264,8 @@ Status scaleKernel(const KernelArgs &args) {
     return Status();
   cudaStream_t stream = contextOf(args).stream;
   if (byFours(n, {&args.inputs[0], &args.outputs[0]}))
-    scaleKernel4<<<cappedGrid(n / 4), kThreads, 0, stream>>>(in(args.inputs[0]),
-                                                             out(args.outputs[0]), float(factor),
-                                                             n / 4);
+    scaleKernel4<<<cappedGrid(n / 4), kThreads, 0, stream>>>(
+        in(args.inputs[0]), out(args.outputs[0]), float(factor), n / 4);
   else
     scaleKernelDevice<<<cappedGrid(n), kThreads, 0, stream>>>(
         in(args.inputs[0]), out(args.outputs[0]), float(factor), n);
@@ -405,10 +398,10 @@ Status geluTanhMulGradKernel(const KernelArgs &args) {
   if (n == 0)
     return Status();
   cudaStream_t stream = contextOf(args).stream;
-  const bool wide = byFours(n, {&args.inputs[0], &args.inputs[1], &args.inputs[2],
-                                &args.outputs[0], &args.outputs[1]});
-  (wide ? geluTanhMulGradDevice<true> : geluTanhMulGradDevice<false>)<<<
-      cappedGrid(wide ? n / 4 : n), kThreads, 0, stream>>>(
+  const bool wide = byFours(
+      n, {&args.inputs[0], &args.inputs[1], &args.inputs[2], &args.outputs[0], &args.outputs[1]});
+  (wide ? geluTanhMulGradDevice<true>
+        : geluTanhMulGradDevice<false>)<<<cappedGrid(wide ? n / 4 : n), kThreads, 0, stream>>>(
       in(args.inputs[0]), in(args.inputs[1]), in(args.inputs[2]), out(args.outputs[0]),
       out(args.outputs[1]), wide ? n / 4 : n);
   G3RT_CUDA_CHECK_LAUNCH(args, "gelu_tanh_mul_grad");

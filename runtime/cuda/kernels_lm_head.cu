@@ -112,8 +112,8 @@ Status lmHeadGradKernel(const KernelArgs &args) {
     return memsetZero(args, dtable.data, dtable.bytes());
   }
 
-  const bool split = x.dtype == DType::BF16 && table.dtype == DType::BF16 &&
-                     dtable.dtype == DType::F32;
+  const bool split =
+      x.dtype == DType::BF16 && table.dtype == DType::BF16 && dtable.dtype == DType::F32;
   const bool dxDirect = dx.dtype == DType::F32;
   // Without the cap, an fp32 gradient is g' itself, used in place.
   const bool gInPlace = !split && !softcap && dl.dtype == DType::F32;
@@ -180,10 +180,10 @@ Status lmHeadGradKernel(const KernelArgs &args) {
         Operand g = parts[k], gT = parts[k];
         gT.trans = true;
         // dtable[v0.., H] (+)= g'[mb, vc]ᵀ·x[m0.., H]
-        G3RT_RETURN_IF_ERROR(gemm(
-            args, ctx, inner, vc, H, mb, gT, xRows,
-            Output{offsetBytes(dtable.data, dtable.dtype, v0 * H), dtable.dtype, H},
-            m0 == 0 && k == 0 ? 0.0f : 1.0f));
+        G3RT_RETURN_IF_ERROR(
+            gemm(args, ctx, inner, vc, H, mb, gT, xRows,
+                 Output{offsetBytes(dtable.data, dtable.dtype, v0 * H), dtable.dtype, H},
+                 m0 == 0 && k == 0 ? 0.0f : 1.0f));
         // dx[m0.., H] (+)= g'[mb, vc]·table[v0.., H]
         G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, H, vc, g,
                                   Operand{tableChunk, table.dtype, H, false}, dxOut,
@@ -238,8 +238,8 @@ Status crossEntropyKernel(const KernelArgs &args) {
   const TensorView &logits = args.inputs[0], &targets = args.inputs[1], &n = args.inputs[2];
   if (s.rows > 0) {
     crossEntropyRowsDevice<<<rowBlocks(s.rows), kRowThreads, 0, ctx.stream>>>(
-        logits.data, logits.dtype, targets.data, targets.dtype, s.rows, s.V, s.ignoreIndex,
-        rowLoss, counted);
+        logits.data, logits.dtype, targets.data, targets.dtype, s.rows, s.V, s.ignoreIndex, rowLoss,
+        counted);
     G3RT_CUDA_CHECK_LAUNCH(args, "cross_entropy rows");
   }
   crossEntropyFinishDevice<<<1, 1024, 0, ctx.stream>>>(rowLoss, counted, s.rows, n.data, n.dtype,
@@ -342,8 +342,8 @@ Status planHeadTiles(const KernelArgs &args, int64_t M, int64_t V, size_t bytes,
   for (;;) {
     size_t fixed = size_t(rows) * perRow + slack;
     size_t left = bytes > fixed ? bytes - fixed : 0;
-    int64_t cols = int64_t(std::min<size_t>(size_t(std::max<int64_t>(V, 1)),
-                                            left / (size_t(rows) * perElem)));
+    int64_t cols =
+        int64_t(std::min<size_t>(size_t(std::max<int64_t>(V, 1)), left / (size_t(rows) * perElem)));
     if (cols >= std::min<int64_t>(V, kHeadMinChunk) || (rows == 1 && cols >= 1)) {
       Mb = balancedChunk(M, rows, 64);
       Vc = balancedChunk(V, cols, 128);
@@ -375,8 +375,8 @@ Status prepareHeadLoss(const KernelArgs &args, HeadLossShape &s) {
                      shapeString(table.shape));
   G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
   if (tv.numel() != s.M)
-    return args.fail("targets must have one entry per row of the input (" +
-                     std::to_string(s.M) + "), got " + describe(tv));
+    return args.fail("targets must have one entry per row of the input (" + std::to_string(s.M) +
+                     "), got " + describe(tv));
   G3RT_RETURN_IF_ERROR(checkScalar(args, args.inputs[3], "num_items"));
   G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", s.ignoreIndex));
   std::optional<float> softcap;
@@ -435,14 +435,13 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
     for (int64_t j = 0; j < chunks; ++j) {
       const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
       // logits[mb, vc] = x[m0.., H]·table[v0.., H]ᵀ, capped by the kernel below.
-      G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, vc, s.H, xRows,
-                                Operand{offsetBytes(table.data, table.dtype, v0 * s.H),
-                                        table.dtype, s.H, true},
-                                Output{logits, DType::F32, vc}, 0.0f));
+      G3RT_RETURN_IF_ERROR(
+          gemm(args, ctx, inner, mb, vc, s.H, xRows,
+               Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, true},
+               Output{logits, DType::F32, vc}, 0.0f));
       headLossStatsDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
           logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
-          j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted,
-          lseOut);
+          j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted, lseOut);
       G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy rows");
     }
   }
@@ -485,8 +484,8 @@ struct HeadLossGrad {
     // (max, sum), the lse, an fp32 dx accumulator unless dx is fp32, and the
     // stacked [x; x] for table_grad.
     const size_t perElem = split ? 8 : 4;
-    const size_t perRow = 4 + 8 + 8 + (dxDirect ? 0 : size_t(s.H) * 4) +
-                          (stackX ? 2 * size_t(s.H) * 2 : 0);
+    const size_t perRow =
+        4 + 8 + 8 + (dxDirect ? 0 : size_t(s.H) * 4) + (stackX ? 2 * size_t(s.H) * 2 : 0);
     Scratch scratch = scratchOf(ctx);
     const bool native = split || (x.dtype == DType::F32 && table.dtype == DType::F32);
     const size_t own = native ? scratch.bytes : scratch.bytes / 2;
@@ -549,9 +548,9 @@ struct HeadLossGrad {
       if (e != cudaSuccess)
         return cudaFailure(args, e, "stacking the input rows");
     }
-    const Output dxOut =
-        dxDirect ? Output{offsetBytes(dx.data, dx.dtype, m0 * s.H), DType::F32, s.H}
-                 : Output{dxAcc, DType::F32, s.H};
+    const Output dxOut = dxDirect
+                             ? Output{offsetBytes(dx.data, dx.dtype, m0 * s.H), DType::F32, s.H}
+                             : Output{dxAcc, DType::F32, s.H};
 
     // Sweep 2, last chunk first: after sweep 1 its logits are still in the
     // buffer.
@@ -585,25 +584,22 @@ struct HeadLossGrad {
       if (wantTable)
         G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, vc, s.H, 2 * mb,
                                   Operand{pair, DType::BF16, vc, true},
-                                  Operand{xStack, DType::BF16, s.H, false}, tableOut,
-                                  tableBeta));
+                                  Operand{xStack, DType::BF16, s.H, false}, tableOut, tableBeta));
       // dx[m0.., H] (+)= hi·table[v0.., H] + lo·table[v0.., H]
-      G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
-                                Operand{hi, DType::BF16, vc, false}, tableRows(v0, false), dxOut,
-                                dxFirst ? 0.0f : 1.0f));
+      G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc, Operand{hi, DType::BF16, vc, false},
+                                tableRows(v0, false), dxOut, dxFirst ? 0.0f : 1.0f));
       // lo carries the part of g' below bf16's 8 bits: about as much as a
       // bf16 dx rounds away itself, so the product is left out there.
       if (dx.dtype != DType::BF16)
         G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, mb, s.H, vc,
-                                  Operand{lo, DType::BF16, vc, false}, tableRows(v0, false),
-                                  dxOut, 1.0f));
+                                  Operand{lo, DType::BF16, vc, false}, tableRows(v0, false), dxOut,
+                                  1.0f));
       return Status();
     }
     // The fp32 g' replaced the logits.
     if (wantTable)
       G3RT_RETURN_IF_ERROR(gemm(args, ctx, inner, vc, s.H, mb,
-                                Operand{logits, DType::F32, vc, true}, xRows, tableOut,
-                                tableBeta));
+                                Operand{logits, DType::F32, vc, true}, xRows, tableOut, tableBeta));
     return gemm(args, ctx, inner, mb, s.H, vc, Operand{logits, DType::F32, vc, false},
                 tableRows(v0, false), dxOut, dxFirst ? 0.0f : 1.0f);
   }

@@ -90,9 +90,8 @@ __global__ void dispatchScan(int32_t *chunkCounts, int64_t chunks, int E, int32_
 
 // One warp per chunk: equal experts among 32 consecutive items are ranked
 // with __match_any_sync, the leader then advances that expert's cursor.
-__global__ void dispatchSlots(const int32_t *idx, int64_t items, int E,
-                              const int32_t *chunkCounts, const int32_t *offsets,
-                              int32_t *slots) {
+__global__ void dispatchSlots(const int32_t *idx, int64_t items, int E, const int32_t *chunkCounts,
+                              const int32_t *offsets, int32_t *slots) {
   extern __shared__ int32_t cursor[];
   const int lane = threadIdx.x;
   for (int e = lane; e < E; e += 32)
@@ -140,9 +139,8 @@ Status moeDispatchKernel(const KernelArgs &args) {
   PermuteShape perm;
   G3RT_RETURN_IF_ERROR(checkMoEDispatch(args, perm));
   const int64_t E = perm.E, H = perm.H, N = perm.N, k = perm.k;
-  const TensorView &x = args.inputs[0], &indices = args.inputs[1],
-                   &permuted = args.outputs[0], &offsets = args.outputs[1],
-                   &slots = args.outputs[2];
+  const TensorView &x = args.inputs[0], &indices = args.inputs[1], &permuted = args.outputs[0],
+                   &offsets = args.outputs[1], &slots = args.outputs[2];
   if (size_t(E) * sizeof(int32_t) > 48 * 1024)
     return args.fail("num_experts " + str(E) + " is too large for the CUDA kernel");
 
@@ -171,9 +169,8 @@ Status moeDispatchKernel(const KernelArgs &args) {
       indices.i32(), items, int(E), chunkCounts, offsets.i32(), slots.i32());
   G3RT_CUDA_CHECK_LAUNCH(args, "moe_dispatch (slots)");
   if (H > 0) {
-    dispatchRows<<<unsigned(N), kRowThreads, 0, ctx.stream>>>(x.data, x.dtype, slots.i32(),
-                                                              permuted.data, permuted.dtype, H,
-                                                              int(k), items);
+    dispatchRows<<<unsigned(N), kRowThreads, 0, ctx.stream>>>(
+        x.data, x.dtype, slots.i32(), permuted.data, permuted.dtype, H, int(k), items);
     G3RT_CUDA_CHECK_LAUNCH(args, "moe_dispatch (rows)");
   }
   return Status();
@@ -198,8 +195,8 @@ Status validateSlots(const KernelArgs &args, ScratchArrays &scratch, const Tenso
   if (items == 0)
     return Status();
   return checkedLaunch(args, scratch, std::max<int64_t>(k, 1), M, "slot", [&](BadWord *bad) {
-    checkSlots<<<blocksFor(items, 256), 256, 0, contextOf(args).stream>>>(slots.i32(), items,
-                                                                          M, bad);
+    checkSlots<<<blocksFor(items, 256), 256, 0, contextOf(args).stream>>>(slots.i32(), items, M,
+                                                                          bad);
     G3RT_CUDA_CHECK_LAUNCH(args, "checking slots");
     return Status();
   });
@@ -207,8 +204,8 @@ Status validateSlots(const KernelArgs &args, ScratchArrays &scratch, const Tenso
 
 // V consecutive elements from element i (a multiple of V), as floats: one
 // access per four for V = 4 (loadFloat4), element by element for V = 1.
-template <int V> __device__ __forceinline__ void loadVec(const void *p, DType t, int64_t i,
-                                                         float (&v)[V]) {
+template <int V>
+__device__ __forceinline__ void loadVec(const void *p, DType t, int64_t i, float (&v)[V]) {
   if constexpr (V == 4) {
     float4 f = loadFloat4(p, t, i / 4);
     v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
@@ -217,8 +214,8 @@ template <int V> __device__ __forceinline__ void loadVec(const void *p, DType t,
       v[c] = loadFloat(p, t, i + c);
   }
 }
-template <int V> __device__ __forceinline__ void storeVec(void *p, DType t, int64_t i,
-                                                          const float (&v)[V]) {
+template <int V>
+__device__ __forceinline__ void storeVec(void *p, DType t, int64_t i, const float (&v)[V]) {
   if constexpr (V == 4)
     storeFloat4(p, t, i / 4, make_float4(v[0], v[1], v[2], v[3]));
   else
@@ -233,8 +230,8 @@ int vecWidth(int64_t H) { return H % 4 == 0 ? 4 : 1; }
 // each thread takes V adjacent elements of the row. Slots outside [0, M)
 // (reported by validateSlots) are skipped.
 template <int V>
-__global__ void gatherRows(const void *src, DType st, const int32_t *slots, const void *w,
-                           DType wt, void *dst, DType dt, int64_t H, int k, int64_t M) {
+__global__ void gatherRows(const void *src, DType st, const int32_t *slots, const void *w, DType wt,
+                           void *dst, DType dt, int64_t H, int k, int64_t M) {
   const int64_t n = blockIdx.y;
   const int64_t h = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (h >= H)
@@ -291,8 +288,8 @@ Status moeCombineKernel(const KernelArgs &args) {
   PermuteShape perm;
   G3RT_RETURN_IF_ERROR(checkMoECombine(args, perm));
   const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
-  const TensorView &y = args.inputs[0], &slots = args.inputs[1],
-                   &weights = args.inputs[2], &out = args.outputs[0];
+  const TensorView &y = args.inputs[0], &slots = args.inputs[1], &weights = args.inputs[2],
+                   &out = args.outputs[0];
   ScratchArrays scratch(contextOf(args));
   G3RT_RETURN_IF_ERROR(validateSlots(args, scratch, slots, N * k, k, M));
   return launchGather(args, y, slots, &weights, out, N, H, k, M, "moe_combine");
@@ -403,9 +400,9 @@ Status exclusiveScan(const KernelArgs &args, ScratchArrays &scratch, const int32
 // dy[m] = sum over the users i = (n, j) of row m, in (n, j) order, of
 // w[i] * dout[n]; rows nobody uses get 0. V adjacent elements per thread.
 template <int V>
-__global__ void combineGradRows(const int32_t *start, const int32_t *users, const void *w,
-                                DType wt, const void *dout, DType dt, void *dy, DType yt,
-                                int64_t H, int k, int64_t m0) {
+__global__ void combineGradRows(const int32_t *start, const int32_t *users, const void *w, DType wt,
+                                const void *dout, DType dt, void *dy, DType yt, int64_t H, int k,
+                                int64_t m0) {
   const int64_t m = m0 + blockIdx.y;
   const int64_t h = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
   if (h >= H)
@@ -424,9 +421,9 @@ __global__ void combineGradRows(const int32_t *start, const int32_t *users, cons
 
 // dweights[n, j] = <dout[n], y[slots[n, j]]> in double; one warp per (n, j)
 // (none for a slot outside [0, M)).
-__global__ void combineGradWeights(const void *y, DType yt, const int32_t *slots,
-                                   const void *dout, DType dt, void *dw, DType wt, int64_t items,
-                                   int64_t H, int k, int64_t M) {
+__global__ void combineGradWeights(const void *y, DType yt, const int32_t *slots, const void *dout,
+                                   DType dt, void *dw, DType wt, int64_t items, int64_t H, int k,
+                                   int64_t M) {
   const int lane = threadIdx.x % 32;
   const int64_t i = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (i >= items || slots[i] < 0 || slots[i] >= M)
@@ -456,8 +453,8 @@ Status moeCombineGradKernel(const KernelArgs &args) {
   PermuteShape perm;
   G3RT_RETURN_IF_ERROR(checkMoECombineGrad(args, perm));
   const int64_t H = perm.H, N = perm.N, M = perm.M, k = perm.k;
-  const TensorView &y = args.inputs[0], &slots = args.inputs[1],
-                   &weights = args.inputs[2], &dout = args.inputs[3];
+  const TensorView &y = args.inputs[0], &slots = args.inputs[1], &weights = args.inputs[2],
+                   &dout = args.inputs[3];
   const TensorView &dy = args.outputs[0], &dweights = args.outputs[1];
   CudaContext &ctx = contextOf(args);
   ScratchArrays scratch(ctx);
@@ -499,9 +496,9 @@ Status moeCombineGradKernel(const KernelArgs &args) {
     }
   }
   if (items > 0) {
-    combineGradWeights<<<blocksFor(items, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
-                         ctx.stream>>>(y.data, y.dtype, slots.i32(), dout.data, dout.dtype,
-                                       dweights.data, dweights.dtype, items, H, int(k), M);
+    combineGradWeights<<<blocksFor(items, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, ctx.stream>>>(
+        y.data, y.dtype, slots.i32(), dout.data, dout.dtype, dweights.data, dweights.dtype, items,
+        H, int(k), M);
     G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (weights grad)");
   }
   return Status();

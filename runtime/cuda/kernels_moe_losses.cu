@@ -63,9 +63,8 @@ __global__ void countExperts(const int32_t *idx, const int32_t *seg, int64_t N, 
 
 // Per-row term of the load-balancing loss: <f, softmax(row)> on real rows,
 // with f_e = counts[e] / R.
-__global__ void balanceRowTerms(const void *logits, DType lt, const int32_t *seg, int64_t N,
-                                int E, const int32_t *counts, const int32_t *real, int L,
-                                double *terms) {
+__global__ void balanceRowTerms(const void *logits, DType lt, const int32_t *seg, int64_t N, int E,
+                                const int32_t *counts, const int32_t *real, int L, double *terms) {
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (n >= N)
@@ -85,8 +84,8 @@ __global__ void balanceRowTerms(const void *logits, DType lt, const int32_t *seg
     terms[n] = d;
 }
 
-__global__ void balanceGradRows(const void *logits, DType lt, const int32_t *seg, int64_t N,
-                                int E, const int32_t *counts, const int32_t *real, int L,
+__global__ void balanceGradRows(const void *logits, DType lt, const int32_t *seg, int64_t N, int E,
+                                const int32_t *counts, const int32_t *real, int L,
                                 const void *dloss, DType dlt, void *out, DType ot) {
   const int lane = threadIdx.x % 32;
   const int64_t n = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
@@ -223,8 +222,8 @@ Status balanceSetup(const KernelArgs &args, int64_t trailing, ScratchArrays &scr
     ks[size_t(l)] = std::max<int64_t>(k, 1);
     if (items == 0)
       continue;
-    countExperts<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(
-        idx.i32(), seg.i32(), b.N, int(k), int(b.E), b.counts, r.at + l);
+    countExperts<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(idx.i32(), seg.i32(), b.N, int(k),
+                                                                int(b.E), b.counts, r.at + l);
     G3RT_CUDA_CHECK_LAUNCH(args, "counting routed experts");
   }
   return settle(args, r, [name = std::string(args.name), ks, E = b.E](const BadWord *w) {
@@ -232,8 +231,7 @@ Status balanceSetup(const KernelArgs &args, int64_t trailing, ScratchArrays &scr
       if (w[l] != kNoBad) {
         return Status::error(name + ": expert index " + std::to_string(badValue(w[l])) +
                              " of layer " + str(int64_t(l)) + " at row " +
-                             str(badPosition(w[l]) / ks[l]) +
-                             " is outside [0, " + str(E) + ")");
+                             str(badPosition(w[l]) / ks[l]) + " is outside [0, " + str(E) + ")");
       }
     return Status();
   });
@@ -260,9 +258,8 @@ Status loadBalancingLossKernel(const KernelArgs &args) {
     G3RT_CUDA_CHECK_LAUNCH(args, "load_balancing_loss (rows)");
   }
   // Σ_e f_e · P̄_e = (1/R) Σ_rows <f, p_row>.
-  finishLoss<<<1, kReduceThreads, 0, stream>>>(terms, b.L * b.N, b.real, int(b.L),
-                                               double(b.E), args.outputs[0].data,
-                                               args.outputs[0].dtype);
+  finishLoss<<<1, kReduceThreads, 0, stream>>>(terms, b.L * b.N, b.real, int(b.L), double(b.E),
+                                               args.outputs[0].data, args.outputs[0].dtype);
   G3RT_CUDA_CHECK_LAUNCH(args, "load_balancing_loss (sum)");
   return Status();
 }
@@ -283,8 +280,8 @@ Status loadBalancingLossGradKernel(const KernelArgs &args) {
   for (int64_t l = 0; l < b.L && b.N > 0; ++l) {
     const TensorView &logits = args.inputs[l], &out = args.outputs[l];
     balanceGradRows<<<blocksFor(b.N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream>>>(
-        logits.data, logits.dtype, seg.i32(), b.N, int(b.E), b.counts, b.real, int(b.L),
-        dloss.data, dloss.dtype, out.data, out.dtype);
+        logits.data, logits.dtype, seg.i32(), b.N, int(b.E), b.counts, b.real, int(b.L), dloss.data,
+        dloss.dtype, out.data, out.dtype);
     G3RT_CUDA_CHECK_LAUNCH(args, "load_balancing_loss_grad");
   }
   return Status();
@@ -334,8 +331,7 @@ Status routerZLossGradKernel(const KernelArgs &args) {
   const TensorView &dloss = args.inputs[L + 1];
   G3RT_RETURN_IF_ERROR(checkScalar(args, dloss, "grad"));
   for (int64_t l = 0; l < L; ++l)
-    G3RT_RETURN_IF_ERROR(
-        checkMatrix(args, args.outputs[l], "result", N, args.inputs[l].dim(-1)));
+    G3RT_RETURN_IF_ERROR(checkMatrix(args, args.outputs[l], "result", N, args.inputs[l].dim(-1)));
   ScratchArrays scratch(contextOf(args));
   int32_t *real;
   G3RT_RETURN_IF_ERROR(launchRealRows(args, scratch, seg, N, real));
@@ -343,8 +339,8 @@ Status routerZLossGradKernel(const KernelArgs &args) {
   for (int64_t l = 0; l < L && N > 0; ++l) {
     const TensorView &logits = args.inputs[l], &out = args.outputs[l];
     zGradRows<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, stream>>>(
-        logits.data, logits.dtype, seg.i32(), N, int(logits.dim(-1)), real, int(L),
-        dloss.data, dloss.dtype, out.data, out.dtype);
+        logits.data, logits.dtype, seg.i32(), N, int(logits.dim(-1)), real, int(L), dloss.data,
+        dloss.dtype, out.data, out.dtype);
     G3RT_CUDA_CHECK_LAUNCH(args, "router_z_loss_grad");
   }
   return Status();
@@ -404,8 +400,7 @@ Status lossSumKernel(const KernelArgs &args) {
     const bool first = i == 0;
     i += size_t(terms.count);
     lossSumDevice<<<1, 1, 0, contextOf(args).stream>>>(terms, acc, first, i >= total,
-                                                       args.outputs[0].data,
-                                                       args.outputs[0].dtype);
+                                                       args.outputs[0].data, args.outputs[0].dtype);
     G3RT_CUDA_CHECK_LAUNCH(args, "loss_sum");
   } while (i < total);
   return Status();
@@ -419,8 +414,8 @@ namespace {
 
 // Routing slots per expert over the real tokens. One thread per token counts
 // into shared memory; experts are few, so the counts fit.
-__global__ void expertLoadDevice(const int32_t *idx, const int32_t *seg, int64_t tokens,
-                                 int64_t k, int64_t experts, float *out) {
+__global__ void expertLoadDevice(const int32_t *idx, const int32_t *seg, int64_t tokens, int64_t k,
+                                 int64_t experts, float *out) {
   extern __shared__ unsigned int counts[];
   for (int64_t e = threadIdx.x; e < experts; e += blockDim.x)
     counts[e] = 0;
@@ -453,8 +448,8 @@ Status expertLoadKernel(const KernelArgs &args) {
                      "result of num_experts counts");
   // One block: the counts are tiny and the tokens at most a few hundred thousand.
   size_t shared = size_t(*experts) * sizeof(unsigned int);
-  expertLoadDevice<<<1, 1024, shared, contextOf(args).stream>>>(
-      idx.i32(), seg.i32(), seg.numel(), idx.dim(-1), *experts, out.f32());
+  expertLoadDevice<<<1, 1024, shared, contextOf(args).stream>>>(idx.i32(), seg.i32(), seg.numel(),
+                                                                idx.dim(-1), *experts, out.f32());
   G3RT_CUDA_CHECK_LAUNCH(args, "expert_load");
   return Status();
 }

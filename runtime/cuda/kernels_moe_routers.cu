@@ -186,16 +186,14 @@ Status sparseMixerRouterKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkSparseMixerRouter(args, epsilon, shape));
   const int64_t E = shape.E, N = shape.N;
   const bool training = args.inputs.size() == 2;
-  const TensorView &logits = args.inputs[0], &weights = args.outputs[0],
-                   &indices = args.outputs[1];
+  const TensorView &logits = args.inputs[0], &weights = args.outputs[0], &indices = args.outputs[1];
   if (N == 0)
     return Status();
   const TensorView *noise = training ? &args.inputs[1] : nullptr;
   sparseMixerForward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
                        contextOf(args).stream>>>(
-      logits.data, logits.dtype, noise ? noise->data : nullptr,
-      noise ? noise->dtype : DType::F32, weights.data, weights.dtype, indices.i32(), N, int(E),
-      2 * epsilon);
+      logits.data, logits.dtype, noise ? noise->data : nullptr, noise ? noise->dtype : DType::F32,
+      weights.data, weights.dtype, indices.i32(), N, int(E), 2 * epsilon);
   G3RT_CUDA_CHECK_LAUNCH(args, "sparsemixer_router");
   return Status();
 }
@@ -205,16 +203,16 @@ Status sparseMixerRouterGradKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSparseMixerRouterGrad(args, epsilon, shape));
   const int64_t E = shape.E, N = shape.N;
-  const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
-                   &dweights = args.inputs[2], &dlogits = args.outputs[0];
+  const TensorView &logits = args.inputs[0], &indices = args.inputs[1], &dweights = args.inputs[2],
+                   &dlogits = args.outputs[0];
   if (N == 0 || E == 0)
     return Status();
   ScratchArrays scratch(contextOf(args));
   return checkedLaunch(args, scratch, 2, E, "expert index", [&](BadWord *bad) {
     sparseMixerBackward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
-                          contextOf(args).stream>>>(
-        logits.data, logits.dtype, indices.i32(), dweights.data, dweights.dtype, dlogits.data,
-        dlogits.dtype, N, int(E), 2 * epsilon, bad);
+                          contextOf(args).stream>>>(logits.data, logits.dtype, indices.i32(),
+                                                    dweights.data, dweights.dtype, dlogits.data,
+                                                    dlogits.dtype, N, int(E), 2 * epsilon, bad);
     G3RT_CUDA_CHECK_LAUNCH(args, "sparsemixer_router_grad");
     return Status();
   });
@@ -350,8 +348,7 @@ Status softmaxTopKRouterKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSoftmaxTopKRouter(args, norm, shape));
   const int64_t E = shape.E, N = shape.N, k = shape.k;
-  const TensorView &logits = args.inputs[0], &weights = args.outputs[0],
-                   &indices = args.outputs[1];
+  const TensorView &logits = args.inputs[0], &weights = args.outputs[0], &indices = args.outputs[1];
   if (N == 0)
     return Status();
   softmaxTopKForward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
@@ -367,21 +364,20 @@ Status softmaxTopKRouterGradKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSoftmaxTopKRouterGrad(args, norm, shape));
   const int64_t E = shape.E, N = shape.N, k = shape.k;
-  const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
-                   &dweights = args.inputs[2], &dlogits = args.outputs[0];
+  const TensorView &logits = args.inputs[0], &indices = args.inputs[1], &dweights = args.inputs[2],
+                   &dlogits = args.outputs[0];
   if (N == 0 || E == 0)
     return Status();
   ScratchArrays scratch(contextOf(args));
-  return checkedLaunch(args, scratch, std::max<int64_t>(k, 1), E, "expert index",
-                       [&](BadWord *bad) {
-                         softmaxTopKBackward<<<blocksFor(N, kWarpsPerBlock),
-                                               32 * kWarpsPerBlock, 0, contextOf(args).stream>>>(
-                             logits.data, logits.dtype, indices.i32(), dweights.data,
-                             dweights.dtype, dlogits.data, dlogits.dtype, N, int(E), int(k),
-                             norm, bad);
-                         G3RT_CUDA_CHECK_LAUNCH(args, "softmax_topk_router_grad");
-                         return Status();
-                       });
+  return checkedLaunch(
+      args, scratch, std::max<int64_t>(k, 1), E, "expert index", [&](BadWord *bad) {
+        softmaxTopKBackward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
+                              contextOf(args).stream>>>(
+            logits.data, logits.dtype, indices.i32(), dweights.data, dweights.dtype, dlogits.data,
+            dlogits.dtype, N, int(E), int(k), norm, bad);
+        G3RT_CUDA_CHECK_LAUNCH(args, "softmax_topk_router_grad");
+        return Status();
+      });
 }
 
 //===----------------------------------------------------------------------===//
@@ -396,9 +392,8 @@ __device__ __forceinline__ double sigmoid(double x) { return 1 / (1 + exp(-x)); 
 
 // Shared memory per warp: the group scores (double) and the kept flags.
 __global__ void sigmoidGroupedForward(const void *logits, DType lt, const void *bias, DType bt,
-                                      void *weights, DType wt, int32_t *indices, int64_t N,
-                                      int E, int k, int nGroup, int topkGroup, double scaling,
-                                      bool norm) {
+                                      void *weights, DType wt, int32_t *indices, int64_t N, int E,
+                                      int k, int nGroup, int topkGroup, double scaling, bool norm) {
   extern __shared__ double groupSmem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   double *groupScore = groupSmem + size_t(warp) * nGroup;
@@ -510,8 +505,8 @@ Status sigmoidGroupedRouterKernel(const KernelArgs &args) {
                 topkGroup = groups.topkGroup;
   const double scaling = groups.scaling;
   const bool norm = groups.norm;
-  const TensorView &logits = args.inputs[0], &bias = args.inputs[1],
-                   &weights = args.outputs[0], &indices = args.outputs[1];
+  const TensorView &logits = args.inputs[0], &bias = args.inputs[1], &weights = args.outputs[0],
+                   &indices = args.outputs[1];
   const size_t smem = size_t(kWarpsPerBlock) * size_t(nGroup) * (sizeof(double) + 1);
   if (smem > 48 * 1024)
     return args.fail("n_group " + str(nGroup) + " is too large for the CUDA kernel");
@@ -519,8 +514,8 @@ Status sigmoidGroupedRouterKernel(const KernelArgs &args) {
     return Status();
   sigmoidGroupedForward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, smem,
                           contextOf(args).stream>>>(
-      logits.data, logits.dtype, bias.data, bias.dtype, weights.data, weights.dtype,
-      indices.i32(), N, int(E), int(k), int(nGroup), int(topkGroup), scaling, norm);
+      logits.data, logits.dtype, bias.data, bias.dtype, weights.data, weights.dtype, indices.i32(),
+      N, int(E), int(k), int(nGroup), int(topkGroup), scaling, norm);
   G3RT_CUDA_CHECK_LAUNCH(args, "sigmoid_grouped_router");
   return Status();
 }
@@ -531,22 +526,20 @@ Status sigmoidGroupedRouterGradKernel(const KernelArgs &args) {
   RouterShape shape;
   G3RT_RETURN_IF_ERROR(checkSigmoidGroupedRouterGrad(args, scaling, norm, shape));
   const int64_t E = shape.E, N = shape.N, k = shape.k;
-  const TensorView &logits = args.inputs[0], &indices = args.inputs[1],
-                   &dweights = args.inputs[2], &dlogits = args.outputs[0];
+  const TensorView &logits = args.inputs[0], &indices = args.inputs[1], &dweights = args.inputs[2],
+                   &dlogits = args.outputs[0];
   if (N == 0 || E == 0)
     return Status();
   ScratchArrays scratch(contextOf(args));
-  return checkedLaunch(args, scratch, std::max<int64_t>(k, 1), E, "expert index",
-                       [&](BadWord *bad) {
-                         sigmoidGroupedBackward<<<blocksFor(N, kWarpsPerBlock),
-                                                  32 * kWarpsPerBlock, 0,
-                                                  contextOf(args).stream>>>(
-                             logits.data, logits.dtype, indices.i32(), dweights.data,
-                             dweights.dtype, dlogits.data, dlogits.dtype, N, int(E), int(k),
-                             scaling, norm, bad);
-                         G3RT_CUDA_CHECK_LAUNCH(args, "sigmoid_grouped_router_grad");
-                         return Status();
-                       });
+  return checkedLaunch(
+      args, scratch, std::max<int64_t>(k, 1), E, "expert index", [&](BadWord *bad) {
+        sigmoidGroupedBackward<<<blocksFor(N, kWarpsPerBlock), 32 * kWarpsPerBlock, 0,
+                                 contextOf(args).stream>>>(
+            logits.data, logits.dtype, indices.i32(), dweights.data, dweights.dtype, dlogits.data,
+            dlogits.dtype, N, int(E), int(k), scaling, norm, bad);
+        G3RT_CUDA_CHECK_LAUNCH(args, "sigmoid_grouped_router_grad");
+        return Status();
+      });
 }
 
 } // namespace g3rt::cuda

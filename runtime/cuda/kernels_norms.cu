@@ -156,9 +156,7 @@ __global__ void rmsNormBF16Device(const void *x, const void *w, DType wt, void *
 
 /// The bf16 register kernels take rows a multiple of 8 wide, up to 256 (a
 /// warp per row) or from 513 to 8192 (a block per row).
-bool bf16NormRows(int64_t D) {
-  return D % 8 == 0 && (D <= 256 || (D > kWarpRowMax && D <= 8192));
-}
+bool bf16NormRows(int64_t D) { return D % 8 == 0 && (D <= 256 || (D > kWarpRowMax && D <= 8192)); }
 
 } // namespace
 
@@ -206,11 +204,10 @@ struct Addend {
 // to each of them. Each element of dy and the addend is read by the thread
 // that writes it, before it does: dx may share their buffers.
 template <typename TeamSum>
-__device__ __forceinline__ void rmsNormGradRow(const void *x, DType xt, const void *w, DType wt,
-                                               const void *dy, DType gt, void *dx, DType dxt,
-                                               Addend add, int64_t D, int64_t base, float inv,
-                                               int64_t first, int64_t stride, double *dwPart,
-                                               TeamSum teamSum) {
+__device__ __forceinline__ void
+rmsNormGradRow(const void *x, DType xt, const void *w, DType wt, const void *dy, DType gt, void *dx,
+               DType dxt, Addend add, int64_t D, int64_t base, float inv, int64_t first,
+               int64_t stride, double *dwPart, TeamSum teamSum) {
   double dot = 0;
   for (int64_t d = first; d < D; d += stride) {
     float xhat = __fmul_rn(loadFloat(x, xt, base + d), inv);
@@ -303,10 +300,9 @@ __device__ __forceinline__ void writeWarpPartials(const double (&dwAcc)[8], bool
 /// values in `out` and add its dw terms into dwAcc; `teamSum` sums over the
 /// row's team and returns the sum to every member.
 template <typename TeamSum>
-__device__ __forceinline__ void bf16NormGradRow(const float (&xv)[8], const float (&g)[8],
-                                                const float (&gain)[8], int64_t D, double eps,
-                                                TeamSum teamSum, double (&dwAcc)[8],
-                                                float (&out)[8]) {
+__device__ __forceinline__ void
+bf16NormGradRow(const float (&xv)[8], const float (&g)[8], const float (&gain)[8], int64_t D,
+                double eps, TeamSum teamSum, double (&dwAcc)[8], float (&out)[8]) {
   double ss = 0;
   for (int k = 0; k < 8; ++k)
     ss += double(xv[k]) * double(xv[k]);
@@ -378,8 +374,8 @@ __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, co
 // in flight, not one chain per column), then warp 0 adds the 8 sums in warp
 // order. The order depends on the shapes alone.
 constexpr int kDwWarps = 8;
-__global__ void rmsNormGradWeightDevice(const double *partials, int64_t blocks, int64_t D,
-                                        void *dw, DType dwt) {
+__global__ void rmsNormGradWeightDevice(const double *partials, int64_t blocks, int64_t D, void *dw,
+                                        DType dwt) {
   __shared__ double sums[kDwWarps][32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t d = int64_t(blockIdx.x) * 32 + lane;
@@ -419,8 +415,8 @@ struct NormPartials {
   }
 
   Status sumInto(const KernelArgs &args, const TensorView &dw, int64_t D) const {
-    rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0,
-                              contextOf(args).stream>>>(partials, blocks, D, dw.data, dw.dtype);
+    rmsNormGradWeightDevice<<<unsigned((D + 31) / 32), 32 * kDwWarps, 0, contextOf(args).stream>>>(
+        partials, blocks, D, dw.data, dw.dtype);
     G3RT_CUDA_CHECK_LAUNCH(args, "weight gradient");
     return Status();
   }
@@ -468,13 +464,13 @@ Status rmsNormGradKernel(const KernelArgs &args) {
   }
   const NormPartials p(ctx, rows, D, /*minRows=*/8);
   if (bf16Rows)
-    (warpRows ? rmsNormGradBF16Device<true> : rmsNormGradBF16Device<false>)<<<
-        unsigned(p.blocks), threads, shared, ctx.stream>>>(x.data, w.data, w.dtype, dy.data,
-                                                           dx.data, add.data, rows, D,
-                                                           p.rowsPerBlock, eps, p.partials);
+    (warpRows ? rmsNormGradBF16Device<true>
+              : rmsNormGradBF16Device<false>)<<<unsigned(p.blocks), threads, shared, ctx.stream>>>(
+        x.data, w.data, w.dtype, dy.data, dx.data, add.data, rows, D, p.rowsPerBlock, eps,
+        p.partials);
   else
-    (warpRows ? rmsNormGradWarpDevice : rmsNormGradDevice)<<<unsigned(p.blocks), kThreads, shared,
-                                                             ctx.stream>>>(
+    (warpRows ? rmsNormGradWarpDevice
+              : rmsNormGradDevice)<<<unsigned(p.blocks), kThreads, shared, ctx.stream>>>(
         x.data, x.dtype, w.data, w.dtype, dy.data, dy.dtype, dx.data, dx.dtype, add, rows, D,
         p.rowsPerBlock, eps, p.partials);
   G3RT_CUDA_CHECK_LAUNCH(args, "rms_norm_grad");
@@ -509,9 +505,9 @@ Status addRmsNormKernel(const KernelArgs &args) {
     rmsNormBF16Device<true, true><<<cappedGrid(rows, kThreads / 32), kThreads, 0, stream>>>(
         a.data, w.data, w.dtype, y.data, rows, D, eps, b.data, sum.data);
   else
-    rmsNormBF16Device<false, true><<<rowBlocks(rows), unsigned((D / 8 + 31) / 32 * 32), 0,
-                                     stream>>>(a.data, w.data, w.dtype, y.data, rows, D, eps,
-                                               b.data, sum.data);
+    rmsNormBF16Device<false, true>
+        <<<rowBlocks(rows), unsigned((D / 8 + 31) / 32 * 32), 0, stream>>>(
+            a.data, w.data, w.dtype, y.data, rows, D, eps, b.data, sum.data);
   G3RT_CUDA_CHECK_LAUNCH(args, "add_rms_norm");
   return Status();
 }
@@ -556,8 +552,7 @@ __global__ void rmsNormRopeBF16Device(const void *x, const void *w, DType wt, co
                                       DType pt, void *y, int64_t tokens, int heads, int D,
                                       double eps, RopeFreqs freqs) {
   extern __shared__ float ropeTable[];
-  const int half = D / 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
-            warps = blockDim.x >> 5;
+  const int half = D / 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   float *cs = ropeTable, *sn = ropeTable + half;
   const int c0 = lane * 8;
   const bool owns = c0 < D;
@@ -600,8 +595,7 @@ __global__ void rmsNormRopeGradBF16Device(const void *x, const void *w, DType wt
                                           int heads, int D, int64_t tokensPerBlock, double eps,
                                           RopeFreqs freqs, double *partials) {
   extern __shared__ double gradShared[];
-  const int half = D / 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5,
-            warps = blockDim.x >> 5;
+  const int half = D / 2, lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   double *warpParts = gradShared;
   float *cs = reinterpret_cast<float *>(gradShared + warps * D), *sn = cs + half;
   const int c0 = lane * 8;

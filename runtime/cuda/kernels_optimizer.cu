@@ -127,7 +127,7 @@ Status globalNormKernel(const KernelArgs &args) {
     int64_t chunks = group.firstChunk[group.count];
     if (chunks > 0) {
       normPartialsDevice<<<unsigned(chunks), kThreads, 0, ctx.stream>>>(group, chunkElems,
-                                                                          partials + totalChunks);
+                                                                        partials + totalChunks);
       G3RT_CUDA_CHECK_LAUNCH(args, "global_norm partial sums");
     }
     totalChunks += chunks;
@@ -182,9 +182,9 @@ Status clipScaleKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkFloatScalar(args, args.outputs[0], "output"));
   double maxNorm = 0;
   G3RT_RETURN_IF_ERROR(args.requireFloat("max_norm", maxNorm));
-  clipScaleDevice<<<1, 1, 0, contextOf(args).stream>>>(
-      args.inputs[0].data, args.inputs[0].dtype, float(maxNorm), maxNorm > 0,
-      args.outputs[0].data, args.outputs[0].dtype);
+  clipScaleDevice<<<1, 1, 0, contextOf(args).stream>>>(args.inputs[0].data, args.inputs[0].dtype,
+                                                       float(maxNorm), maxNorm > 0,
+                                                       args.outputs[0].data, args.outputs[0].dtype);
   G3RT_CUDA_CHECK_LAUNCH(args, "clip_scale");
   return Status();
 }
@@ -332,9 +332,8 @@ Status adamwKernel(const KernelArgs &args) {
   auto flush = [&]() -> Status {
     int64_t chunks = group.firstChunk[group.count];
     if (chunks > 0) {
-      adamwDevice<<<unsigned(chunks), kThreads, 0, stream>>>(group, step.data, step.dtype,
-                                                             lr.data, lr.dtype, scale.data,
-                                                             scale.dtype, h);
+      adamwDevice<<<unsigned(chunks), kThreads, 0, stream>>>(group, step.data, step.dtype, lr.data,
+                                                             lr.dtype, scale.data, scale.dtype, h);
       G3RT_CUDA_CHECK_LAUNCH(args, "adamw");
     }
     group = AdamGroup{};

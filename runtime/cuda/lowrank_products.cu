@@ -333,8 +333,8 @@ GradPlan planGrad(const RowGroups &groups, int64_t O, int64_t I, size_t scratchB
 } // namespace
 
 bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide) {
-  return a == DType::BF16 && b == DType::BF16 && rank > 0 && rank <= kMaxLowRank &&
-         rank % 8 == 0 && wide > 0 && wide % 8 == 0;
+  return a == DType::BF16 && b == DType::BF16 && rank > 0 && rank <= kMaxLowRank && rank % 8 == 0 &&
+         wide > 0 && wide % 8 == 0;
 }
 
 bool lowRankWeightGradFits(const RowGroups &groups, int64_t O, int64_t I, size_t scratchBytes) {
@@ -348,9 +348,8 @@ cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, co
   if (tiles > INT32_MAX)
     return cudaErrorInvalidConfiguration;
   auto launch = [&](auto kernel) {
-    kernel<<<unsigned(tiles), kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(x), K,
-                                                     static_cast<const bf16 *>(w), N, addend, y,
-                                                     yType);
+    kernel<<<unsigned(tiles), kThreads, 0, stream>>>(
+        groups, static_cast<const bf16 *>(x), K, static_cast<const bf16 *>(w), N, addend, y, yType);
   };
   if (N <= 16)
     weightNK ? launch(narrowOutputDevice<1, true>) : launch(narrowOutputDevice<1, false>);
@@ -393,11 +392,11 @@ cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
   float *part = static_cast<float *>(scratch);
   const dim3 grid(static_cast<unsigned>(g.chunks), static_cast<unsigned>(Qp / kGradCols));
   if (PP == 16)
-    narrowGradPartialDevice<1><<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide,
-                                                              Q, Qp, part);
+    narrowGradPartialDevice<1>
+        <<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide, Q, Qp, part);
   else
-    narrowGradPartialDevice<2><<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide,
-                                                              Q, Qp, part);
+    narrowGradPartialDevice<2>
+        <<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide, Q, Qp, part);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     return e;

@@ -176,8 +176,8 @@ cublasStatus_t LtMatmuls::run(const LtProduct &p, cudaStream_t stream, bool &sup
   if (st != CUBLAS_STATUS_SUCCESS)
     return st;
   const float alpha = 1.0f;
-  st = cublasLtMatmul(handle_, pl.op, &alpha, p.b.data, pl.a, p.a.data, pl.b, &p.beta, c, pl.d,
-                      p.d, pl.d, &pl.algo, workspace_, workspaceBytes_, stream);
+  st = cublasLtMatmul(handle_, pl.op, &alpha, p.b.data, pl.a, p.a.data, pl.b, &p.beta, c, pl.d, p.d,
+                      pl.d, &pl.algo, workspace_, workspaceBytes_, stream);
   // The bucket's algorithm does not take this size: cuBLAS instead (nothing
   // was enqueued).
   if (st == CUBLAS_STATUS_NOT_SUPPORTED) {

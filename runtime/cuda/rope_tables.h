@@ -43,8 +43,8 @@ inline RopeFreqs makeRopeFreqs(int64_t d, double theta, double factor) {
 
 #if defined(__CUDACC__)
 /// cos and sign * sin of pair i's angle at position p.
-__device__ __forceinline__ void ropeAngle(const RopeFreqs &f, float p, int i, float sign,
-                                          float &c, float &s) {
+__device__ __forceinline__ void ropeAngle(const RopeFreqs &f, float p, int i, float sign, float &c,
+                                          float &s) {
   float inv = f.fromHost ? f.inv[i] : (1.0f / powf(f.theta, float(2 * i) / float(f.d))) / f.factor;
   float phi = p * inv;
   c = cosf(phi);

@@ -17,9 +17,7 @@ namespace g3rt::cuda {
 // operations (explicit roundings, so that no FMA contraction differs). The
 // tanh is shared: the capped value is c·t, the derivative 1 - t².
 __device__ __forceinline__ float capTanh(float l, float c) { return tanhf(__fdiv_rn(l, c)); }
-__device__ __forceinline__ float capValue(float l, float c) {
-  return __fmul_rn(c, capTanh(l, c));
-}
+__device__ __forceinline__ float capValue(float l, float c) { return __fmul_rn(c, capTanh(l, c)); }
 /// g·(1 - t²) for t = capTanh(l, c): the gradient through the cap.
 __device__ __forceinline__ float capGrad(float g, float t) {
   return __fmul_rn(g, __fsub_rn(1.0f, __fmul_rn(t, t)));

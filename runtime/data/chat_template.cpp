@@ -12,9 +12,9 @@ namespace {
 
 /// Python's str.isspace() set, which the template's trim strips.
 bool isPythonSpace(uint32_t cp) {
-  return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20) || cp == 0x85 ||
-         cp == 0xa0 || cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 ||
-         cp == 0x2029 || cp == 0x202f || cp == 0x205f || cp == 0x3000;
+  return (cp >= 0x09 && cp <= 0x0d) || (cp >= 0x1c && cp <= 0x20) || cp == 0x85 || cp == 0xa0 ||
+         cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200a) || cp == 0x2028 || cp == 0x2029 ||
+         cp == 0x202f || cp == 0x205f || cp == 0x3000;
 }
 
 /// Decodes the code point starting at `at`; 0xFFFFFFFF (never a space) on
@@ -182,8 +182,7 @@ Status renderChat(const std::vector<ChatMessage> &messages, RenderedChat &out) {
     const char *expected = (i - first) % 2 == 0 ? "user" : "assistant";
     if (m.role != expected) {
       if (m.role == "system")
-        return Status::error(where(i, m.role) +
-                             ": a system message may only come first");
+        return Status::error(where(i, m.role) + ": a system message may only come first");
       return Status::error(where(i, m.role) + ": expected a " + expected +
                            " message here (after an optional system message, roles "
                            "alternate user, assistant, user, ...)");

@@ -32,8 +32,8 @@ const nlohmann::json &field(const nlohmann::json &j, const char *key) {
 
 /// Reads an array of token ids, keeping the first `limit`; `allowIgnore`
 /// admits -100. Every entry is checked, kept or not.
-Status readIds(const nlohmann::json &value, const char *field, int64_t vocab,
-               bool allowIgnore, size_t limit, std::vector<int32_t> &out) {
+Status readIds(const nlohmann::json &value, const char *field, int64_t vocab, bool allowIgnore,
+               size_t limit, std::vector<int32_t> &out) {
   if (!value.is_array())
     return Status::error(std::string("field '") + field + "' must be an array of integers");
   out.reserve(std::min(value.size(), limit));
@@ -121,8 +121,8 @@ Status buildConversation(const nlohmann::json &messages, size_t promptMessages,
   for (size_t i = 0; i < promptMessages && i < parsed.size(); ++i)
     promptAssistants += parsed[i].role == "assistant";
   spans.erase(spans.begin(), spans.begin() + std::min(promptAssistants, spans.size()));
-  tokenizeAndLabel(tok, chat.text, options.assistantOnlyLoss ? &spans : nullptr,
-                   options.maxTokens, out);
+  tokenizeAndLabel(tok, chat.text, options.assistantOnlyLoss ? &spans : nullptr, options.maxTokens,
+                   out);
   if (out.hasImages) {
     const SpecialTokenIds &s = tok.special();
     for (size_t t = 0; t < out.ids.size(); ++t) {
@@ -137,8 +137,8 @@ Status buildConversation(const nlohmann::json &messages, size_t promptMessages,
 /// bos + text + eos, the trained part being [trainedFrom, end) of `text` and
 /// the eos (everything with trainedFrom = 0). Past `maxTokens` text tokens
 /// the example is cut anyway: the encoding stops there.
-void buildPlain(const Tokenizer &tok, std::string_view text, size_t trainedFrom,
-                bool maskBefore, size_t maxTokens, Example &out) {
+void buildPlain(const Tokenizer &tok, std::string_view text, size_t trainedFrom, bool maskBefore,
+                size_t maxTokens, Example &out) {
   const SpecialTokenIds &s = tok.special();
   std::vector<TokenSpan> spans;
   out.ids.push_back(s.bos);

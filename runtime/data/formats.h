@@ -80,8 +80,8 @@ struct Example {
 
 /// Builds the example of one parsed line of format `format` (not Auto).
 /// Errors name the field or message ("messages[1] (user): ...").
-Status buildExample(const nlohmann::json &line, DataFormat format,
-                    const ExampleOptions &options, Example &out);
+Status buildExample(const nlohmann::json &line, DataFormat format, const ExampleOptions &options,
+                    Example &out);
 
 } // namespace g3rt
 

@@ -304,8 +304,10 @@ Status Tokenizer::load(const std::string &path, Tokenizer &out) {
   s.endOfImage = resolve(pieces::kEndOfImage);
   s.imageSoft = resolve(pieces::kImageSoftToken);
   std::string missing;
-  for (auto [piece, id] : {std::pair{pieces::kPad, s.pad}, {pieces::kEos, s.eos},
-                           {pieces::kBos, s.bos}, {pieces::kStartOfTurn, s.startOfTurn},
+  for (auto [piece, id] : {std::pair{pieces::kPad, s.pad},
+                           {pieces::kEos, s.eos},
+                           {pieces::kBos, s.bos},
+                           {pieces::kStartOfTurn, s.startOfTurn},
                            {pieces::kEndOfTurn, s.endOfTurn}})
     if (id < 0)
       missing += std::string(missing.empty() ? "" : ", ") + piece;
@@ -313,11 +315,14 @@ Status Tokenizer::load(const std::string &path, Tokenizer &out) {
     return Status::error(file + ": the tokenizer lacks Gemma's special token(s) " + missing +
                          " (a Gemma-3 style tokenizer.model is needed)");
 
-  for (auto [piece, id] :
-       {std::pair{pieces::kPad, s.pad}, {pieces::kEos, s.eos}, {pieces::kBos, s.bos},
-        {pieces::kStartOfTurn, s.startOfTurn}, {pieces::kEndOfTurn, s.endOfTurn},
-        {pieces::kStartOfImage, s.startOfImage}, {pieces::kEndOfImage, s.endOfImage},
-        {pieces::kImageSoftToken, s.imageSoft}}) {
+  for (auto [piece, id] : {std::pair{pieces::kPad, s.pad},
+                           {pieces::kEos, s.eos},
+                           {pieces::kBos, s.bos},
+                           {pieces::kStartOfTurn, s.startOfTurn},
+                           {pieces::kEndOfTurn, s.endOfTurn},
+                           {pieces::kStartOfImage, s.startOfImage},
+                           {pieces::kEndOfImage, s.endOfImage},
+                           {pieces::kImageSoftToken, s.imageSoft}}) {
     if (id < 0)
       continue;
     std::vector<int> ids;

@@ -90,8 +90,7 @@ public:
   /// of a chunk before its end, and the tokens next to that cut may differ
   /// from the whole text's. Texts up to chunkBytes() are encoded whole.
   void encode(std::string_view text, std::vector<int32_t> &ids,
-              std::vector<TokenSpan> *spans = nullptr,
-              size_t maxTokens = kNoTokenLimit) const;
+              std::vector<TokenSpan> *spans = nullptr, size_t maxTokens = kNoTokenLimit) const;
 
   /// encode() for template output: in addition, the special-token strings
   /// the model does not match in text by itself (control symbols such as

@@ -10,8 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
 #include <filesystem>
+#include <optional>
 #include <set>
 
 namespace g3rt {
@@ -25,7 +25,8 @@ bool startsWith(const std::string &s, const std::string &prefix) {
 }
 
 bool endsWith(const std::string &s, const std::string &suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 Status readJsonFile(const std::string &path, nlohmann::json &out) {
@@ -40,9 +41,9 @@ Status readJsonFile(const std::string &path, nlohmann::json &out) {
 } // namespace
 
 TensorRole classifyCheckpointTensor(const std::string &name, std::string &stepName) {
-  static const char *const vision[] = {"vision_tower.", "multi_modal_projector.",
+  static const char *const vision[] = {"vision_tower.",       "multi_modal_projector.",
                                        "model.vision_tower.", "model.multi_modal_projector.",
-                                       "vision_model.", "model.vision_model."};
+                                       "vision_model.",       "model.vision_model."};
   for (const char *p : vision)
     if (startsWith(name, p)) {
       stepName.clear();
@@ -92,14 +93,14 @@ Status HFCheckpoint::open(const std::string &path, HFCheckpoint &out) {
                                "': not a file name");
         std::string file = it.value().get<std::string>();
         if (file.empty() || file.find('/') != std::string::npos || file == "..")
-          return Status::error(indexPath + ": field 'weight_map." + it.key() +
-                               "': '" + file + "' is not a file name in the directory");
+          return Status::error(indexPath + ": field 'weight_map." + it.key() + "': '" + file +
+                               "' is not a file name in the directory");
         weightMap[it.key()] = file;
         if (seen.insert(file).second) {
           std::string shard = (fs::path(path) / file).string();
           if (!fs::exists(shard, ec))
-            return Status::error(indexPath + ": shard '" + file + "' (holding tensor '" +
-                                 it.key() + "') does not exist in " + path);
+            return Status::error(indexPath + ": shard '" + file + "' (holding tensor '" + it.key() +
+                                 "') does not exist in " + path);
           shardPaths.push_back(shard);
         }
       }
@@ -165,7 +166,7 @@ namespace {
 
 /// The settings of the model that only the instructions carry.
 struct StepModelFacts {
-  std::vector<bool> sliding;     // per layer
+  std::vector<bool> sliding; // per layer
   int64_t slidingWindow = -1;
   double attentionScale = 0;
   std::optional<double> attnSoftcap, finalSoftcap;
@@ -328,8 +329,7 @@ Status hfConfigFromStep(const StepProgram &program, nlohmann::ordered_json &out)
   double localFactor = f.localFactor.value_or(1.0);
   out["rope_parameters"] = {{"full_attention", ropeEntry(globalTheta, globalFactor)},
                             {"sliding_attention", ropeEntry(localTheta, localFactor)}};
-  out["max_position_embeddings"] =
-      std::max(program.training.seqLen, m.maxPositionEmbeddings);
+  out["max_position_embeddings"] = std::max(program.training.seqLen, m.maxPositionEmbeddings);
   out["rms_norm_eps"] = f.rmsEps.value_or(m.rmsNormEps);
   out["hidden_activation"] = "gelu_pytorch_tanh";
   out["attention_bias"] = false;
@@ -467,8 +467,8 @@ Status saveHFCheckpoint(const HostState &host, const std::string &dir, bool merg
       continue;
     }
     for (int64_t e = 0; e < w.shape[0]; ++e)
-      tensors.push_back({p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3),
-                         expertSlice(w, e)});
+      tensors.push_back(
+          {p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3), expertSlice(w, e)});
   }
 
   G3RT_RETURN_IF_ERROR(writeSafetensors((fs::path(dir) / "model.safetensors").string(), tensors,

@@ -282,13 +282,13 @@ const SafetensorsEntry *SafetensorsFile::find(const std::string &name) const {
 
 Status SafetensorsFile::read(const SafetensorsEntry &entry, const TensorView &dst) const {
   if (dst.numel() != entry.numel())
-    return failTensor(path_, entry.name, "has " + std::to_string(entry.numel()) +
-                                             " elements, the destination " +
-                                             std::to_string(dst.numel()));
+    return failTensor(path_, entry.name,
+                      "has " + std::to_string(entry.numel()) + " elements, the destination " +
+                          std::to_string(dst.numel()));
   if (entry.dtype != dst.dtype && (!isFloat(entry.dtype) || !isFloat(dst.dtype)))
-    return failTensor(path_, entry.name, "has dtype " + std::string(dtypeName(entry.dtype)) +
-                                             ", which cannot be converted to " +
-                                             std::string(dtypeName(dst.dtype)));
+    return failTensor(path_, entry.name,
+                      "has dtype " + std::string(dtypeName(entry.dtype)) +
+                          ", which cannot be converted to " + std::string(dtypeName(dst.dtype)));
   std::ifstream in;
   uint64_t fileSize = 0;
   G3RT_RETURN_IF_ERROR(openForReading(path_, in, std::ios::binary, "", &fileSize));

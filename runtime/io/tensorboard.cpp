@@ -60,8 +60,7 @@ void putBytes(std::string &out, uint32_t field, const std::string &bytes) {
 }
 
 // Field numbers of tensorflow/core/util/event.proto and summary.proto.
-constexpr uint32_t kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3,
-                   kEventSummary = 5;
+constexpr uint32_t kEventWallTime = 1, kEventStep = 2, kEventFileVersion = 3, kEventSummary = 5;
 constexpr uint32_t kSummaryValue = 1;
 constexpr uint32_t kValueTag = 1, kValueSimpleValue = 2;
 
@@ -73,8 +72,7 @@ std::string eventHeader(double wallTime) {
 }
 
 double unixTime() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
 } // namespace
@@ -109,8 +107,7 @@ std::string encodeFileVersionEvent(double wallTime, const std::string &version) 
   return out;
 }
 
-std::string encodeScalarEvent(double wallTime, int64_t step, const std::string &tag,
-                              float value) {
+std::string encodeScalarEvent(double wallTime, int64_t step, const std::string &tag, float value) {
   std::string v;
   putBytes(v, kValueTag, tag);
   putKey(v, kValueSimpleValue, Fixed32);

@@ -34,8 +34,7 @@ std::string encodeFileVersionEvent(double wallTime, const std::string &version);
 
 /// An Event proto with one scalar summary value: `wall_time`, `step` and
 /// `summary { value { tag, simple_value } }`.
-std::string encodeScalarEvent(double wallTime, int64_t step, const std::string &tag,
-                              float value);
+std::string encodeScalarEvent(double wallTime, int64_t step, const std::string &tag, float value);
 
 /// Appends scalar events to one new event file. Each record is written and
 /// flushed whole, so a killed run leaves a file TensorBoard still reads.

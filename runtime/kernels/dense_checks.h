@@ -84,8 +84,7 @@ inline Status checkEmbeddingGrad(const KernelArgs &args, double &scale, int64_t 
 }
 
 /// x [..., D] and a weight of D elements.
-inline Status checkNormOperands(const KernelArgs &args, const TensorView &x,
-                                const TensorView &w) {
+inline Status checkNormOperands(const KernelArgs &args, const TensorView &x, const TensorView &w) {
   G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, w, "weight"));
   if (w.numel() != x.dim(-1) || x.dim(-1) == 0)
@@ -96,8 +95,7 @@ inline Status checkNormOperands(const KernelArgs &args, const TensorView &x,
 
 /// The counts of a call that may take an addend: `operands` inputs and
 /// `outputs` outputs, or one more input (the addend).
-inline Status checkCountsWithAddend(const KernelArgs &args, size_t operands,
-                                    size_t outputs = 1) {
+inline Status checkCountsWithAddend(const KernelArgs &args, size_t operands, size_t outputs = 1) {
   if (args.inputs.size() == operands + 1 && args.outputs.size() == outputs)
     return Status();
   return checkCounts(args, operands, outputs);
@@ -261,8 +259,8 @@ inline Status checkLmHeadGrad(const KernelArgs &args, std::optional<float> &soft
 /// (, table_grad) backward, which may also take the forward's lse.
 inline Status checkHeadLossCounts(const KernelArgs &args, bool backward) {
   const size_t in = args.inputs.size(), out = args.outputs.size();
-  const bool ok = backward ? (in == 5 || in == 6) && (out == 1 || out == 2)
-                           : in == 4 && (out == 1 || out == 2);
+  const bool ok =
+      backward ? (in == 5 || in == 6) && (out == 1 || out == 2) : in == 4 && (out == 1 || out == 2);
   if (ok)
     return Status();
   return args.fail(std::string(backward ? "expected 5 or 6 inputs" : "expected 4 inputs") +

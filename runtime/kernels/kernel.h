@@ -55,9 +55,7 @@ public:
   bool getFlag(std::string_view name) const;
   std::optional<std::string_view> getString(std::string_view name) const;
   const std::vector<double> *getFloats(std::string_view name) const;
-  const std::vector<std::pair<std::string, AttrValue>> &entries() const {
-    return entries_;
-  }
+  const std::vector<std::pair<std::string, AttrValue>> &entries() const { return entries_; }
 
 private:
   std::vector<std::pair<std::string, AttrValue>> entries_;

@@ -37,9 +37,8 @@ inline int64_t leadingRows(const TensorView &t) {
 /// Exactly `inputs` inputs and `outputs` outputs.
 inline Status checkCounts(const KernelArgs &args, size_t inputs, size_t outputs) {
   if (args.inputs.size() != inputs || args.outputs.size() != outputs)
-    return args.fail("expected " + str(int64_t(inputs)) + " inputs and " +
-                     str(int64_t(outputs)) + " outputs, got " +
-                     str(int64_t(args.inputs.size())) + " and " +
+    return args.fail("expected " + str(int64_t(inputs)) + " inputs and " + str(int64_t(outputs)) +
+                     " outputs, got " + str(int64_t(args.inputs.size())) + " and " +
                      str(int64_t(args.outputs.size())));
   return Status();
 }
@@ -76,8 +75,8 @@ inline Status checkI32(const KernelArgs &args, const TensorView &t, const char *
 inline Status checkShape(const KernelArgs &args, const TensorView &t, const char *what,
                          const std::vector<int64_t> &want) {
   if (t.shape != want)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
-                     ", expected " + shapeString(want));
+    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected " +
+                     shapeString(want));
   return Status();
 }
 
@@ -85,8 +84,8 @@ inline Status checkShape(const KernelArgs &args, const TensorView &t, const char
 inline Status checkRowsCols(const KernelArgs &args, const TensorView &t, const char *what,
                             int64_t rows, int64_t cols) {
   if (t.rank() < 1 || t.dim(-1) != cols || leadingRows(t) != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
-                     ", expected " + str(rows) + " rows of " + str(cols));
+    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected " +
+                     str(rows) + " rows of " + str(cols));
   return Status();
 }
 
@@ -157,8 +156,8 @@ struct RopeShape {
 
 /// The rope part of rope and the fused QK-norm: x [B, T, n, d] with an
 /// even d, positions [B, T], `theta` and `scaling_factor` read.
-inline Status checkRopeOperands(const KernelArgs &args, const TensorView &x,
-                                const TensorView &pos, RopeShape &r) {
+inline Status checkRopeOperands(const KernelArgs &args, const TensorView &x, const TensorView &pos,
+                                RopeShape &r) {
   G3RT_RETURN_IF_ERROR(args.requireFloat("theta", r.theta));
   G3RT_RETURN_IF_ERROR(args.requireFloat("scaling_factor", r.factor));
   if (!(r.theta > 0) || !(r.factor > 0))
@@ -289,10 +288,10 @@ inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &
   else if (p.withLse)
     nOut += 1;
   if (args.inputs.size() != nIn || args.outputs.size() != nOut)
-    return args.fail(std::string("expects ") + std::to_string(nIn) + " inputs (q, k, v, segment_ids" +
-                     (grad ? ", do (, o, lse)" : "") + ") and " + std::to_string(nOut) +
-                     " output(s)" + (grad ? "" : " (output (, lse))") + ", got " +
-                     std::to_string(args.inputs.size()) + " and " +
+    return args.fail(std::string("expects ") + std::to_string(nIn) +
+                     " inputs (q, k, v, segment_ids" + (grad ? ", do (, o, lse)" : "") + ") and " +
+                     std::to_string(nOut) + " output(s)" + (grad ? "" : " (output (, lse))") +
+                     ", got " + std::to_string(args.inputs.size()) + " and " +
                      std::to_string(args.outputs.size()));
   const TensorView &q = args.inputs[0], &k = args.inputs[1], &v = args.inputs[2],
                    &seg = args.inputs[3];
@@ -302,18 +301,17 @@ inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &
   p.T = q.dim(1);
   p.nh = q.dim(2);
   p.d = q.dim(3);
-  if (k.rank() != 4 || !isFloat(k.dtype) || k.dim(0) != p.B || k.dim(1) != p.T ||
-      k.dim(3) != p.d)
-    return args.fail("k must be a float [B, T, nkv, d] tensor matching q " +
-                     shapeString(q.shape) + ", got " + describe(k));
+  if (k.rank() != 4 || !isFloat(k.dtype) || k.dim(0) != p.B || k.dim(1) != p.T || k.dim(3) != p.d)
+    return args.fail("k must be a float [B, T, nkv, d] tensor matching q " + shapeString(q.shape) +
+                     ", got " + describe(k));
   p.nkv = k.dim(2);
   if (p.nkv <= 0 || p.nh % p.nkv != 0)
     return args.fail("query heads (" + std::to_string(p.nh) +
                      ") must be a multiple of key/value heads (" + std::to_string(p.nkv) + ")");
   p.group = p.nh / p.nkv;
   if (!isFloat(v.dtype) || v.shape != k.shape)
-    return args.fail("v must be a float tensor shaped like k " + shapeString(k.shape) +
-                     ", got " + describe(v));
+    return args.fail("v must be a float tensor shaped like k " + shapeString(k.shape) + ", got " +
+                     describe(v));
   if (!isIndexType(seg.dtype) || seg.shape != std::vector<int64_t>{p.B, p.T})
     return args.fail("segment_ids must be an integer [B, T] tensor, got " + describe(seg));
   if (grad) {
@@ -337,8 +335,8 @@ inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &
   if (p.withLse) {
     const TensorView &lse = grad ? args.inputs[6] : args.outputs[1];
     if (lse.dtype != DType::F32 || lse.shape != std::vector<int64_t>{p.B, p.nh, p.T})
-      return args.fail("lse must be an f32 [B, nh, T] tensor " +
-                       shapeString({p.B, p.nh, p.T}) + ", got " + describe(lse));
+      return args.fail("lse must be an f32 [B, nh, T] tensor " + shapeString({p.B, p.nh, p.T}) +
+                       ", got " + describe(lse));
   }
 
   double scale = 0;
@@ -360,8 +358,8 @@ inline Status checkAttention(const KernelArgs &args, bool grad, AttentionShape &
 
 /// The checks of x [..., in]·W[out, in]ᵀ → y [..., out]; sets M, in, out.
 inline Status checkLinear(const KernelArgs &args, const TensorView &x, const TensorView &w,
-                          const char *wName, const TensorView &y, const char *yName,
-                          int64_t &M, int64_t &in, int64_t &out) {
+                          const char *wName, const TensorView &y, const char *yName, int64_t &M,
+                          int64_t &in, int64_t &out) {
   G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
   G3RT_RETURN_IF_ERROR(checkFloat(args, w, wName, 2));
   G3RT_RETURN_IF_ERROR(checkFloat(args, y, yName));

@@ -21,8 +21,8 @@ namespace g3rt::checks {
 inline Status checkMatrixShape(const KernelArgs &args, const TensorView &t, const char *what,
                                int64_t rows, int64_t cols) {
   if (t.rank() < 1 || t.dim(-1) != cols || leadingRows(t) != rows)
-    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) +
-                     ", expected [" + str(rows) + ", " + str(cols) + "]");
+    return args.fail(std::string(what) + " has shape " + shapeString(t.shape) + ", expected [" +
+                     str(rows) + ", " + str(cols) + "]");
   return Status();
 }
 
@@ -80,8 +80,8 @@ inline Status checkSparseMixerRouter(const KernelArgs &args, double &epsilon, Ro
   if (args.inputs.size() == 2) {
     G3RT_RETURN_IF_ERROR(checkFloat(args, args.inputs[1], "noise"));
     if (args.inputs[1].numel() != s.N * 2 * (s.E + 1))
-      return args.fail("noise has shape " + shapeString(args.inputs[1].shape) +
-                       ", expected [" + str(s.N) + ", 2, " + str(s.E + 1) + "]");
+      return args.fail("noise has shape " + shapeString(args.inputs[1].shape) + ", expected [" +
+                       str(s.N) + ", 2, " + str(s.E + 1) + "]");
   }
   s.k = 2;
   return checkRouterOutputs(args, s);
@@ -106,8 +106,7 @@ struct SigmoidGroups {
 };
 
 /// sigmoid_grouped_router: logits, bias → weights, indices.
-inline Status checkSigmoidGroupedRouter(const KernelArgs &args, SigmoidGroups &g,
-                                        RouterShape &s) {
+inline Status checkSigmoidGroupedRouter(const KernelArgs &args, SigmoidGroups &g, RouterShape &s) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
   G3RT_RETURN_IF_ERROR(args.requireInt("top_k", s.k));
   G3RT_RETURN_IF_ERROR(args.requireInt("n_group", g.nGroup));
@@ -119,18 +118,15 @@ inline Status checkSigmoidGroupedRouter(const KernelArgs &args, SigmoidGroups &g
   G3RT_RETURN_IF_ERROR(checkFloat(args, bias, "bias"));
   G3RT_RETURN_IF_ERROR(checkRouterLogits(args, s));
   if (bias.numel() != s.E)
-    return args.fail("bias has shape " + shapeString(bias.shape) + ", expected [" +
-                     str(s.E) + "]");
+    return args.fail("bias has shape " + shapeString(bias.shape) + ", expected [" + str(s.E) + "]");
   if (g.nGroup < 1 || s.E % g.nGroup != 0)
-    return args.fail("n_group " + str(g.nGroup) + " does not divide " + str(s.E) +
-                     " experts");
+    return args.fail("n_group " + str(g.nGroup) + " does not divide " + str(s.E) + " experts");
   g.groupSize = s.E / g.nGroup;
   if (g.topkGroup < 1 || g.topkGroup > g.nGroup)
-    return args.fail("topk_group " + str(g.topkGroup) + " is outside [1, " + str(g.nGroup) +
-                     "]");
+    return args.fail("topk_group " + str(g.topkGroup) + " is outside [1, " + str(g.nGroup) + "]");
   if (s.k < 1 || s.k > g.topkGroup * g.groupSize)
-    return args.fail("top_k " + str(s.k) + " is outside [1, " +
-                     str(g.topkGroup * g.groupSize) + "] (experts in the kept groups)");
+    return args.fail("top_k " + str(s.k) + " is outside [1, " + str(g.topkGroup * g.groupSize) +
+                     "] (experts in the kept groups)");
   return checkRouterOutputs(args, s);
 }
 
@@ -153,8 +149,7 @@ inline Status checkRouterGrad(const KernelArgs &args, int64_t fixedK, RouterShap
 }
 
 /// sparsemixer_router_grad: 3 inputs, 1 output, `epsilon`, the tensors.
-inline Status checkSparseMixerRouterGrad(const KernelArgs &args, double &epsilon,
-                                         RouterShape &s) {
+inline Status checkSparseMixerRouterGrad(const KernelArgs &args, double &epsilon, RouterShape &s) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 3, 1));
   G3RT_RETURN_IF_ERROR(args.requireFloat("epsilon", epsilon));
   return checkRouterGrad(args, 2, s);
@@ -203,8 +198,8 @@ inline Status checkMoEDispatch(const KernelArgs &args, PermuteShape &p) {
   G3RT_RETURN_IF_ERROR(checkMatrix(args, args.outputs[0], "permuted", p.M, p.H));
   G3RT_RETURN_IF_ERROR(checkI32(args, offsets, "expert_offsets"));
   if (offsets.numel() != p.E + 1)
-    return args.fail("expert_offsets has shape " + shapeString(offsets.shape) +
-                     ", expected [" + str(p.E + 1) + "]");
+    return args.fail("expert_offsets has shape " + shapeString(offsets.shape) + ", expected [" +
+                     str(p.E + 1) + "]");
   return checkIndexMatrix(args, args.outputs[2], "slots", p.N, p.k);
 }
 
@@ -271,9 +266,8 @@ inline Status checkLayerLogits(const KernelArgs &args, int64_t L, int64_t E, int
     const TensorView &t = args.inputs[l];
     G3RT_RETURN_IF_ERROR(checkFloat(args, t, "logits"));
     if (t.rank() < 1 || t.rows() != N || (E > 0 && t.dim(-1) != E))
-      return args.fail("logits of layer " + str(l) + " have shape " +
-                       shapeString(t.shape) + ", expected [" + str(N) + ", " +
-                       (E > 0 ? str(E) : std::string("E")) + "]");
+      return args.fail("logits of layer " + str(l) + " have shape " + shapeString(t.shape) +
+                       ", expected [" + str(N) + ", " + (E > 0 ? str(E) : std::string("E")) + "]");
   }
   return Status();
 }
@@ -282,23 +276,21 @@ inline Status checkLayerLogits(const KernelArgs &args, int64_t L, int64_t E, int
 inline Status checkSegments(const KernelArgs &args, const TensorView &seg, int64_t N) {
   G3RT_RETURN_IF_ERROR(checkI32(args, seg, "segment_ids"));
   if (seg.numel() != N)
-    return args.fail("segment_ids has shape " + shapeString(seg.shape) + " (" +
-                     str(seg.numel()) + " tokens), but the logits have " + str(N) +
-                     " rows");
+    return args.fail("segment_ids has shape " + shapeString(seg.shape) + " (" + str(seg.numel()) +
+                     " tokens), but the logits have " + str(N) + " rows");
   return Status();
 }
 
 /// load_balancing_loss(_grad)'s layers: L logits, L indices and `trailing`
 /// inputs (segment_ids, and grad for the gradient), `num_experts` E >= 1, the
 /// logits [N, E].
-inline Status checkBalanceLayers(const KernelArgs &args, int64_t trailing, int64_t &L,
-                                 int64_t &E, int64_t &N) {
+inline Status checkBalanceLayers(const KernelArgs &args, int64_t trailing, int64_t &L, int64_t &E,
+                                 int64_t &N) {
   const int64_t count = int64_t(args.inputs.size()) - trailing;
   if (count < 2 || count % 2 != 0)
     return args.fail("expected L logits, L indices and " +
                      std::string(trailing == 1 ? "segment_ids" : "segment_ids, grad") +
-                     " with L >= 1, got " + std::to_string(args.inputs.size()) +
-                     " inputs");
+                     " with L >= 1, got " + std::to_string(args.inputs.size()) + " inputs");
   L = count / 2;
   G3RT_RETURN_IF_ERROR(args.requireInt("num_experts", E));
   if (E < 1)

@@ -59,9 +59,7 @@ inline const char *routerTypeName(RouterType r) {
 }
 
 /// "lora" or "full".
-inline const char *finetuningName(Finetuning f) {
-  return f == Finetuning::Full ? "full" : "lora";
-}
+inline const char *finetuningName(Finetuning f) { return f == Finetuning::Full ? "full" : "lora"; }
 
 /// "cosine", "linear", "constant" or "constant_with_warmup".
 inline const char *lrScheduleName(LRSchedule s) {

@@ -114,8 +114,7 @@ Status decodeAttrs(const flatbuffers::Vector<flatbuffers::Offset<fbs::Attr>> *at
 
 /// `value` as enum E when it is at most `last`; FlatBuffers does not check
 /// enum ranges, a damaged or foreign file may hold any byte.
-template <typename E, typename F>
-Status decodeEnum(F value, E last, const char *field, E &out) {
+template <typename E, typename F> Status decodeEnum(F value, E last, const char *field, E &out) {
   if (uint8_t(value) > uint8_t(last))
     return Status::error(std::string("the configuration's ") + field + " has an unknown value " +
                          std::to_string(int(value)));
@@ -160,8 +159,8 @@ Status decodeModel(const fbs::ModelConfig *m, ModelConfig &out) {
   out.nRoutedExperts = m->n_routed_experts();
   out.numExpertsPerTok = m->num_experts_per_tok();
   out.firstKDenseReplace = m->first_k_dense_replace();
-  G3RT_RETURN_IF_ERROR(decodeEnum(m->router_type(), RouterType::SigmoidGrouped, "router_type",
-                                  out.routerType));
+  G3RT_RETURN_IF_ERROR(
+      decodeEnum(m->router_type(), RouterType::SigmoidGrouped, "router_type", out.routerType));
   out.routerJitterNoise = m->router_jitter_noise();
   out.inputJitterNoise = m->input_jitter_noise();
   out.routerAuxLossCoef = m->router_aux_loss_coef();
@@ -184,8 +183,7 @@ Status decodeTraining(const fbs::TrainingOptions *t, TrainingConfig &out) {
   G3RT_RETURN_IF_ERROR(decodeEnum(t->precision(), Precision::FP32, "precision", out.precision));
   out.seqLen = t->seq_len();
   out.microBatch = t->micro_batch();
-  G3RT_RETURN_IF_ERROR(
-      decodeEnum(t->finetuning(), Finetuning::Full, "finetuning", out.finetuning));
+  G3RT_RETURN_IF_ERROR(decodeEnum(t->finetuning(), Finetuning::Full, "finetuning", out.finetuning));
   out.loraR = t->lora_r();
   out.loraAlpha = t->lora_alpha();
   out.loraDropout = t->lora_dropout();
@@ -224,8 +222,7 @@ Status decodeTraining(const fbs::TrainingOptions *t, TrainingConfig &out) {
   return Status();
 }
 
-Status decodeFunction(const fbs::Function *f, const StepProgram &program,
-                      FunctionDesc &fn) {
+Status decodeFunction(const fbs::Function *f, const StepProgram &program, FunctionDesc &fn) {
   fn.name = f->name()->str();
   fn.arenaBytes = f->arena_bytes();
   if (fn.arenaBytes > program.arenaBytes)
@@ -241,25 +238,23 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program,
       desc.kind = BufferKind(uint8_t(b->kind()));
       desc.name = b->name() ? b->name()->str() : "";
       G3RT_RETURN_IF_ERROR(decodeDType(b->dtype(), desc.dtype).withContext(where));
-      G3RT_RETURN_IF_ERROR(
-          decodeShape(b->shape(), desc.shape, dtypeSize(desc.dtype), desc.bytes)
-              .withContext(where));
+      G3RT_RETURN_IF_ERROR(decodeShape(b->shape(), desc.shape, dtypeSize(desc.dtype), desc.bytes)
+                               .withContext(where));
       desc.offset = b->offset();
       desc.viewOf = b->view_of();
       if (desc.viewOf >= 0) {
         if (size_t(desc.viewOf) >= fn.buffers.size())
           return Status::error(where + " views a buffer declared after it");
         const BufferDesc &src = fn.buffers[size_t(desc.viewOf)];
-        if (src.bytes != desc.bytes || src.kind != desc.kind ||
-            src.offset != desc.offset || src.name != desc.name)
+        if (src.bytes != desc.bytes || src.kind != desc.kind || src.offset != desc.offset ||
+            src.name != desc.name)
           return Status::error(where + " is a view that does not match its source");
       }
       if (desc.kind == BufferKind::Arena) {
         if (desc.offset > fn.arenaBytes || desc.bytes > fn.arenaBytes - desc.offset)
           return Status::error(where + " lies outside the arena (offset " +
-                               std::to_string(desc.offset) + ", " +
-                               std::to_string(desc.bytes) + " bytes, arena " +
-                               std::to_string(fn.arenaBytes) + ")");
+                               std::to_string(desc.offset) + ", " + std::to_string(desc.bytes) +
+                               " bytes, arena " + std::to_string(fn.arenaBytes) + ")");
         if (program.arenaAlignment && desc.offset % program.arenaAlignment)
           return Status::error(where + " is not aligned");
       } else {
@@ -275,9 +270,9 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program,
                                  shapeString(desc.shape) + ", the parameter " +
                                  shapeString(p->shape));
           if (desc.kind == BufferKind::Param && p->dtype != desc.dtype)
-            return Status::error(where + " ('" + desc.name + "') has another dtype than the parameter");
-          if (desc.kind != BufferKind::Param &&
-              (!p->trainable || desc.dtype != DType::F32))
+            return Status::error(where + " ('" + desc.name +
+                                 "') has another dtype than the parameter");
+          if (desc.kind != BufferKind::Param && (!p->trainable || desc.dtype != DType::F32))
             return Status::error(where + " holds optimizer state of '" + desc.name +
                                  "', which is not a trainable fp32 parameter");
         }
@@ -289,8 +284,8 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program,
     for (const fbs::Instr *in : *f->instrs()) {
       InstrDesc instr;
       instr.kernel = in->kernel()->str();
-      std::string where = "instruction " + std::to_string(fn.instrs.size()) + " (" +
-                          instr.kernel + ")";
+      std::string where =
+          "instruction " + std::to_string(fn.instrs.size()) + " (" + instr.kernel + ")";
       // Only the name is checked here: which backend runs the kernel, and
       // whether it has it, is for the backend to say when it takes the step.
       if (!isKernelName(instr.kernel))
@@ -300,8 +295,8 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program,
         if (list)
           for (uint32_t i : *list) {
             if (i >= fn.buffers.size())
-              return Status::error(where + " refers to buffer " + std::to_string(i) +
-                                   " of " + std::to_string(fn.buffers.size()));
+              return Status::error(where + " refers to buffer " + std::to_string(i) + " of " +
+                                   std::to_string(fn.buffers.size()));
             vec->push_back(i);
           }
       if (instr.outputs.empty())
@@ -352,9 +347,8 @@ Status checkArenaPlan(const FunctionDesc &fn) {
   for (uint32_t i = 0; i < n; ++i)
     if (first[i] >= 0)
       live.push_back(i);
-  std::sort(live.begin(), live.end(), [&](uint32_t a, uint32_t b) {
-    return fn.buffers[a].offset < fn.buffers[b].offset;
-  });
+  std::sort(live.begin(), live.end(),
+            [&](uint32_t a, uint32_t b) { return fn.buffers[a].offset < fn.buffers[b].offset; });
   for (size_t a = 0; a < live.size(); ++a) {
     const BufferDesc &x = fn.buffers[live[a]];
     for (size_t b = a + 1; b < live.size(); ++b) {
@@ -384,8 +378,8 @@ Status checkStateDeclarations(const StepProgram &program) {
       if (!inserted && (it->second->dtype != b.dtype || it->second->shape != b.shape))
         return Status::error("function '" + fn.name + "' declares '" + b.name + "' as " +
                              shapeString(b.shape) + " " + std::string(dtypeName(b.dtype)) +
-                             ", an earlier function as " + shapeString(it->second->shape) +
-                             " " + std::string(dtypeName(it->second->dtype)));
+                             ", an earlier function as " + shapeString(it->second->shape) + " " +
+                             std::string(dtypeName(it->second->dtype)));
     }
   return Status();
 }

@@ -24,10 +24,22 @@
 namespace g3rt {
 
 /// Where a buffer's bytes live (values as in step.fbs).
-enum class BufferKind : uint8_t { Arena = 0, Param = 1, GradAcc = 2, ExpAvg = 3, ExpAvgSq = 4, Input = 5 };
+enum class BufferKind : uint8_t {
+  Arena = 0,
+  Param = 1,
+  GradAcc = 2,
+  ExpAvg = 3,
+  ExpAvgSq = 4,
+  Input = 5
+};
 
 /// How a parameter is initialised when no checkpoint provides it.
-enum class InitKind : uint8_t { Normal = 0, NormalPaddingRowZero = 1, Zeros = 2, KaimingUniform = 3 };
+enum class InitKind : uint8_t {
+  Normal = 0,
+  NormalPaddingRowZero = 1,
+  Zeros = 2,
+  KaimingUniform = 3
+};
 
 struct BufferDesc {
   BufferKind kind = BufferKind::Arena;

@@ -97,8 +97,7 @@ void addDataOptions(CLI::App &app, TrainOptions &options) {
       "--assistant-only-loss", [&options](int64_t) { options.assistantOnlyLoss = true; },
       "train on assistant turns (and completions) only, not on the whole sequence");
   app.add_option_function<std::string>(
-         "--loss-denominator",
-         [&options](const std::string &v) { options.lossDenominator = v; },
+         "--loss-denominator", [&options](const std::string &v) { options.lossDenominator = v; },
          "what divides a window's summed loss: shifted (the cross-entropy terms, as "
          "transformers' Trainer counts them today) or unshifted (the labels before the "
          "shift, as transformers 4.46-4.5x did) (default: the step's loss_denominator)")

@@ -12,8 +12,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fcntl.h>
+#include <filesystem>
 #include <unistd.h>
 
 namespace g3rt {
@@ -62,8 +62,8 @@ struct JsonReader {
   }
   Status get(const char *key, uint64_t &out) const {
     const nlohmann::json *v = find(key);
-    if (!v || !v->is_number_integer() || (v->is_number_integer() && !v->is_number_unsigned() &&
-                                          v->get<int64_t>() < 0))
+    if (!v || !v->is_number_integer() ||
+        (v->is_number_integer() && !v->is_number_unsigned() && v->get<int64_t>() < 0))
       return missing(key, "a non-negative integer");
     out = v->get<uint64_t>();
     return Status();
@@ -174,8 +174,7 @@ nlohmann::json trainerStateJson(const TrainerState &s) {
   return {
       {"best_global_step", orNull(s.bestGlobalStep >= 0, s.bestGlobalStep)},
       {"best_metric", orNull(s.bestMetric.has_value(), s.bestMetric.value_or(0))},
-      {"best_model_checkpoint",
-       orNull(!s.bestModelCheckpoint.empty(), s.bestModelCheckpoint)},
+      {"best_model_checkpoint", orNull(!s.bestModelCheckpoint.empty(), s.bestModelCheckpoint)},
       {"epoch", s.epochProgress},
       {"eval_steps", s.evalSteps},
       {"global_step", s.globalStep},
@@ -349,21 +348,20 @@ Status saveCheckpoint(const HostState &host, const TrainingConfig &training,
       return Status::error("the step has no Adam moments for '" + missing + "'");
     G3RT_RETURN_IF_ERROR(writeSafetensors(tmp + "/" + kOptimizerFile, moments,
                                           {{"format", "g3moe"}, {"optimizer", "adamw"}}));
-    G3RT_RETURN_IF_ERROR(writeJson(tmp + "/scheduler.json",
-                                   {{"step", state.globalStep},
-                                    {"total_steps", state.totalSteps},
-                                    {"warmup_steps", state.warmupSteps},
-                                    {"learning_rate", state.learningRate},
-                                    {"lr_scheduler_type", state.schedule},
-                                    {"last_lr", state.lastLearningRate}}));
-    G3RT_RETURN_IF_ERROR(writeJson(tmp + "/rng_state.json",
-                                   {{"seed", state.seed},
-                                    {"micro_batches", state.microBatches},
-                                    {"epoch", state.epoch},
-                                    {"batch_in_epoch", state.window},
-                                    {"train_examples", state.trainExamples},
-                                    {"data_fingerprint", state.dataFingerprint},
-                                    {"loss_since_last_log", state.lossSinceLastLog}}));
+    G3RT_RETURN_IF_ERROR(writeJson(tmp + "/scheduler.json", {{"step", state.globalStep},
+                                                             {"total_steps", state.totalSteps},
+                                                             {"warmup_steps", state.warmupSteps},
+                                                             {"learning_rate", state.learningRate},
+                                                             {"lr_scheduler_type", state.schedule},
+                                                             {"last_lr", state.lastLearningRate}}));
+    G3RT_RETURN_IF_ERROR(
+        writeJson(tmp + "/rng_state.json", {{"seed", state.seed},
+                                            {"micro_batches", state.microBatches},
+                                            {"epoch", state.epoch},
+                                            {"batch_in_epoch", state.window},
+                                            {"train_examples", state.trainExamples},
+                                            {"data_fingerprint", state.dataFingerprint},
+                                            {"loss_since_last_log", state.lossSinceLastLog}}));
     G3RT_RETURN_IF_ERROR(writeJson(tmp + "/training_args.json", trainingArgs));
     // trainer_state.json last: HF tools take its presence as a complete
     // checkpoint.
@@ -443,8 +441,7 @@ Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Ho
   G3RT_RETURN_IF_ERROR(tr.get("global_step", globalStep));
   if (globalStep != s.globalStep)
     return Status::error(trainerPath + ": global_step " + std::to_string(globalStep) +
-                         " disagrees with scheduler.json's step " +
-                         std::to_string(s.globalStep));
+                         " disagrees with scheduler.json's step " + std::to_string(s.globalStep));
   if (s.globalStep < 0 || s.epoch < 0 || s.window < 0)
     return Status::error(rngPath + ": negative step, epoch or batch position");
   G3RT_RETURN_IF_ERROR(tr.get("epoch", s.epochProgress));

@@ -34,8 +34,7 @@ Status validateSpec(const DataSpec &spec, DataFormat &format, ImagePolicy &image
   G3RT_RETURN_IF_ERROR(parseDataFormat(spec.format, format));
   G3RT_RETURN_IF_ERROR(parseImagePolicy(spec.images, images));
   if (!(spec.testSize >= 0 && spec.testSize < 1))
-    return Status::error("test size " + std::to_string(spec.testSize) +
-                         " is outside [0, 1)");
+    return Status::error("test size " + std::to_string(spec.testSize) + " is outside [0, 1)");
   if (spec.seqLen <= 0)
     return Status::error("the sequence length must be positive");
   if (spec.maxLineBytes <= 0)
@@ -134,10 +133,9 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
   if (!spec.tokenizerPath.empty()) {
     G3RT_RETURN_IF_ERROR(Tokenizer::load(spec.tokenizerPath, tokenizer));
     if (spec.vocabSize > 0 && tokenizer.vocabSize() > spec.vocabSize)
-      return Status::error(tokenizer.modelPath() + ": the tokenizer has " +
-                           std::to_string(tokenizer.vocabSize()) +
-                           " tokens, more than the model's vocab_size " +
-                           std::to_string(spec.vocabSize));
+      return Status::error(
+          tokenizer.modelPath() + ": the tokenizer has " + std::to_string(tokenizer.vocabSize()) +
+          " tokens, more than the model's vocab_size " + std::to_string(spec.vocabSize));
     if (tokenizer.special().pad != spec.padId)
       out.warnings.push_back(tokenizer.modelPath() + ": <pad> is token " +
                              std::to_string(tokenizer.special().pad) +
@@ -162,8 +160,8 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
     Status s;
     if (reader.tooLong()) {
       s = Status::error("the line has " + std::to_string(reader.lineBytes()) +
-                        " bytes, more than max_line_bytes (" +
-                        std::to_string(spec.maxLineBytes) + "; --max-line-bytes sets it)");
+                        " bytes, more than max_line_bytes (" + std::to_string(spec.maxLineBytes) +
+                        "; --max-line-bytes sets it)");
     } else {
       j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
       if (line.capacity() > kKeptLineCapacity)

@@ -51,8 +51,8 @@ Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId) 
         double z = std::sqrt(-2 * std::log(u1)) * std::cos(2 * M_PI * u2);
         t.store(i, float(z * p.initStd));
       }
-      if (p.init == InitKind::NormalPaddingRowZero && padTokenId >= 0 &&
-          t.shape.size() == 2 && padTokenId < t.shape[0])
+      if (p.init == InitKind::NormalPaddingRowZero && padTokenId >= 0 && t.shape.size() == 2 &&
+          padTokenId < t.shape[0])
         for (int64_t j = 0; j < t.shape[1]; ++j)
           t.store(padTokenId * t.shape[1] + j, 0.0f);
       break;

@@ -151,8 +151,8 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
         TensorView s = g;
         s.shape.erase(s.shape.begin());
         s.data = static_cast<uint8_t *>(g.data) + size_t(e) * (g.bytes() / size_t(g.shape[0]));
-        out.push_back({"grad/" + p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3),
-                       s});
+        out.push_back(
+            {"grad/" + p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3), s});
       }
     }
     log << "loss " << scalars[0] << " over " << numItems << " labels\n";

@@ -47,8 +47,8 @@ std::string formatProgressLine(const ProgressState &st, int width) {
   int cells = std::clamp(width - int(left.size() + right.size()) - 2, 10, 40);
   double done = st.total > 0 ? std::clamp(double(st.step) / double(st.total), 0.0, 1.0) : 0;
   int filled = int(done * cells);
-  std::string bar = "[" + std::string(size_t(filled), '#') +
-                    std::string(size_t(cells - filled), '.') + "]";
+  std::string bar =
+      "[" + std::string(size_t(filled), '#') + std::string(size_t(cells - filled), '.') + "]";
   std::string line = left + bar + right;
   if (width > 0 && int(line.size()) > width)
     line.resize(size_t(width));
@@ -88,8 +88,7 @@ void Progress::step(int64_t step, double loss, double learningRate, double token
   state_.loss = loss;
   state_.learningRate = learningRate;
   state_.tokensPerSecond = tokensPerSecond;
-  double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
   int64_t timed = step - firstStep_;
   state_.etaSeconds =
       timed > 0 ? elapsed / double(timed) * double(std::max<int64_t>(0, state_.total - step)) : -1;

@@ -109,10 +109,10 @@ struct StepReport {
 /// copies cost nothing: it runs on `host` itself.
 class Trainer {
 public:
-  Trainer(const StepProgram &program, double lr, std::string schedule,
-          const TrainOptions &options, std::ostream &log, TrainResult &result)
-      : program(program), training(program.training), options(options), log(log),
-        result(result), host(program), lr(lr), schedule(std::move(schedule)) {}
+  Trainer(const StepProgram &program, double lr, std::string schedule, const TrainOptions &options,
+          std::ostream &log, TrainResult &result)
+      : program(program), training(program.training), options(options), log(log), result(result),
+        host(program), lr(lr), schedule(std::move(schedule)) {}
 
   /// Opens the backend --device asks for (before any weights are read, so
   /// that a missing GPU fails at once rather than after loading a
@@ -151,8 +151,7 @@ private:
   Status runMicroBatches(const std::vector<MicroBatch> &batches, int64_t labels, MoEStats &moe,
                          double &loss);
   /// Runs optimizer_step and moves `state` past window `window` of `epoch`.
-  Status optimizerStep(int64_t epoch, int64_t window, int64_t tokens, double loss,
-                       StepReport &out);
+  Status optimizerStep(int64_t epoch, int64_t window, int64_t tokens, double loss, StepReport &out);
   /// The log line of the steps since the last one: text, metrics.jsonl, the
   /// log history and TensorBoard.
   void logTraining(const StepReport &report, Progress &progress, LoopMeters &meters);
@@ -196,8 +195,7 @@ private:
   double lr = 0;
   std::string schedule;
   LossDenominator lossDenominator = LossDenominator::Shifted;
-  int64_t ga = 1, total = 0, warmup = 0, logEvery = 1, evalEvery = 0, saveEvery = 0,
-          saveLimit = 0;
+  int64_t ga = 1, total = 0, warmup = 0, logEvery = 1, evalEvery = 0, saveEvery = 0, saveLimit = 0;
   double epochs = 0;
   int64_t batchesPerEpoch = 0, updatesPerEpoch = 0;
   bool hasEval = false;
@@ -339,8 +337,8 @@ Status Trainer::resume() {
                          ", this run uses seed " + std::to_string(seed) + ": pass --seed " +
                          std::to_string(loaded.seed));
   state = loaded;
-  log << "resumed from " << dir << " at step " << state.globalStep << " (epoch "
-      << state.epoch << ", accumulation window " << state.window << ")\n";
+  log << "resumed from " << dir << " at step " << state.globalStep << " (epoch " << state.epoch
+      << ", accumulation window " << state.window << ")\n";
   return Status();
 }
 
@@ -393,16 +391,13 @@ Status Trainer::evaluateOnly() {
   result.evalSteps.push_back(state.globalStep);
   result.evalLosses.push_back(m.loss);
   result.evalAccuracies.push_back(m.accuracy);
-  nlohmann::json j = {{"eval_loss", m.loss},
-                      {"eval_mean_token_accuracy", m.accuracy},
-                      {"eval_tokens", m.tokens},
-                      {"eval_samples", m.samples},
-                      {"eval_runtime", m.seconds},
-                      {"step", state.globalStep}};
+  nlohmann::json j = {{"eval_loss", m.loss},       {"eval_mean_token_accuracy", m.accuracy},
+                      {"eval_tokens", m.tokens},   {"eval_samples", m.samples},
+                      {"eval_runtime", m.seconds}, {"step", state.globalStep}};
   if (!options.metricsFile.empty()) {
     std::string text = j.dump() + "\n";
-    G3RT_RETURN_IF_ERROR(writeFileAtomically(
-        options.metricsFile, std::vector<uint8_t>(text.begin(), text.end())));
+    G3RT_RETURN_IF_ERROR(
+        writeFileAtomically(options.metricsFile, std::vector<uint8_t>(text.begin(), text.end())));
     log << "wrote " << options.metricsFile << "\n";
   } else {
     log << j.dump() << "\n";
@@ -438,12 +433,13 @@ Status Trainer::evaluateAndLog(Progress &progress) {
                 "eval step %lld/%lld  epoch %.2f  eval_loss %.4f  eval_mean_token_accuracy %.4f",
                 (long long)step, (long long)total, state.epochProgress, m.loss, m.accuracy);
   progress.line(line);
-  nlohmann::json entry = {{"step", step},
-                          {"epoch", state.epochProgress},
-                          {"eval_loss", m.loss},
-                          {"eval_mean_token_accuracy", m.accuracy},
-                          {"eval_runtime", m.seconds},
-                          {"eval_samples_per_second", double(m.samples) / std::max(m.seconds, 1e-9)}};
+  nlohmann::json entry = {
+      {"step", step},
+      {"epoch", state.epochProgress},
+      {"eval_loss", m.loss},
+      {"eval_mean_token_accuracy", m.accuracy},
+      {"eval_runtime", m.seconds},
+      {"eval_samples_per_second", double(m.samples) / std::max(m.seconds, 1e-9)}};
   recordMetrics(entry);
   state.logHistory.push_back(entry);
   scalar("eval/loss", m.loss, step);
@@ -487,8 +483,7 @@ Status Trainer::saveCheckpointNow(Progress &progress) {
   result.checkpoints.push_back(dir);
   progress.line("saved " + dir);
   std::vector<std::string> deleted;
-  G3RT_RETURN_IF_ERROR(
-      rotateCheckpoints(outputDir, saveLimit, state.bestModelCheckpoint, deleted));
+  G3RT_RETURN_IF_ERROR(rotateCheckpoints(outputDir, saveLimit, state.bestModelCheckpoint, deleted));
   for (const std::string &d : deleted)
     progress.line("deleted " + d + " (save_total_limit " + std::to_string(saveLimit) + ")");
   return Status();
@@ -506,8 +501,7 @@ Status Trainer::run() {
   total = maxSteps > 0 ? maxSteps : int64_t(std::ceil(epochs * double(updatesPerEpoch)));
   warmup = options.warmupSteps.value_or(training.warmupSteps);
   if (warmup <= 0)
-    warmup = int64_t(
-        std::ceil(options.warmupRatio.value_or(training.warmupRatio) * double(total)));
+    warmup = int64_t(std::ceil(options.warmupRatio.value_or(training.warmupRatio) * double(total)));
   logEvery = std::max<int64_t>(1, options.loggingSteps.value_or(training.loggingSteps));
   evalEvery = std::max<int64_t>(0, options.evalSteps.value_or(training.evalSteps));
   saveEvery = std::max<int64_t>(0, options.saveSteps.value_or(training.saveSteps));
@@ -545,15 +539,15 @@ Status Trainer::run() {
 }
 
 void Trainer::announcePlan() {
-  log << "training: " << total << " optimizer steps, " << ga
-      << " micro-batches of [" << rows << ", " << seqLen << "] each, lr " << lr << " ("
-      << schedule << ", " << warmup << " warmup steps)\n";
+  log << "training: " << total << " optimizer steps, " << ga << " micro-batches of [" << rows
+      << ", " << seqLen << "] each, lr " << lr << " (" << schedule << ", " << warmup
+      << " warmup steps)\n";
   if (hasEval && !program.findFunction("eval_forward")) {
     log << "warning: the step has no eval_forward entry point: no evaluation\n";
     hasEval = false;
   } else if (hasEval) {
-    log << "evaluation: " << (evalEvery > 0 ? "every " + std::to_string(evalEvery) + " steps and "
-                                            : std::string())
+    log << "evaluation: "
+        << (evalEvery > 0 ? "every " + std::to_string(evalEvery) + " steps and " : std::string())
         << "after the last step\n";
   } else if (options.evalSteps && *options.evalSteps > 0) {
     log << "warning: --eval-steps without an eval split (test_size): no evaluation\n";
@@ -569,11 +563,11 @@ void Trainer::recordRunInState(int64_t maxSteps) {
       log << "warning: the training data differ from the checkpoint's (" << state.trainExamples
           << " examples then, " << examples.size()
           << " now): the run will not repeat an uninterrupted one\n";
-    if (state.totalSteps != total || state.warmupSteps != warmup ||
-        state.learningRate != lr || state.schedule != schedule)
+    if (state.totalSteps != total || state.warmupSteps != warmup || state.learningRate != lr ||
+        state.schedule != schedule)
       log << "warning: the checkpoint's schedule (" << state.totalSteps << " steps, "
-          << state.warmupSteps << " warmup, lr " << state.learningRate << ", "
-          << state.schedule << ") differs from this run's\n";
+          << state.warmupSteps << " warmup, lr " << state.learningRate << ", " << state.schedule
+          << ") differs from this run's\n";
     if (state.window >= updatesPerEpoch) {
       ++state.epoch;
       state.window = 0;
@@ -591,8 +585,9 @@ void Trainer::recordRunInState(int64_t maxSteps) {
   state.saveSteps = saveEvery;
   state.trainBatchSize = rows;
   state.maxSteps = total;
-  state.numTrainEpochs = maxSteps > 0 ? std::ceil(double(total) / double(std::max<int64_t>(1, updatesPerEpoch)))
-                                      : epochs;
+  state.numTrainEpochs =
+      maxSteps > 0 ? std::ceil(double(total) / double(std::max<int64_t>(1, updatesPerEpoch)))
+                   : epochs;
 }
 
 void Trainer::openOutputs() {
@@ -636,8 +631,7 @@ Status Trainer::trainWindow(const std::vector<size_t> &order, int64_t epoch, int
 }
 
 void Trainer::assembleWindow(const std::vector<size_t> &order, int64_t window,
-                             std::vector<MicroBatch> &batches, int64_t &labels,
-                             int64_t &tokens) {
+                             std::vector<MicroBatch> &batches, int64_t &labels, int64_t &tokens) {
   int64_t firstBatch = window * ga;
   int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
   MicroBatch batch;
@@ -723,8 +717,8 @@ void Trainer::logTraining(const StepReport &report, Progress &progress, LoopMete
   std::snprintf(line, sizeof line,
                 "step %lld/%lld  epoch %.2f  loss %.4f  lr %.3e  grad_norm %.4f  "
                 "tokens/s %.0f",
-                (long long)step, (long long)total, state.epochProgress, meanLoss, usedLr,
-                gradNorm, tokensPerSecond);
+                (long long)step, (long long)total, state.epochProgress, meanLoss, usedLr, gradNorm,
+                tokensPerSecond);
   progress.line(line);
   recordMetrics({{"step", step},
                  {"epoch", state.epochProgress},

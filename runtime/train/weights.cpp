@@ -122,9 +122,8 @@ void compareConfig(const HFCheckpoint &ckpt, const ModelConfig &step,
       }
       if (!value || value->is_null())
         continue;
-      bool same = (value->is_number() && s.is_number())
-                      ? value->get<double>() == s.get<double>()
-                      : *value == s;
+      bool same = (value->is_number() && s.is_number()) ? value->get<double>() == s.get<double>()
+                                                        : *value == s;
       if (!same)
         problems.push_back(file + ": field '" + where + "' is " + jsonText(*value) +
                            ", the step has " + jsonText(s));
@@ -286,8 +285,8 @@ Status loadWeights(HostState &host, const std::string &dir, std::vector<std::str
       list += (i ? ", '" : "'") + unused[i] + "'";
     if (unused.size() > 8)
       list += ", ...";
-    notes.push_back(std::to_string(unused.size()) + " checkpoint tensors are not used by the step: " +
-                    list);
+    notes.push_back(std::to_string(unused.size()) +
+                    " checkpoint tensors are not used by the step: " + list);
   }
   return Status();
 }

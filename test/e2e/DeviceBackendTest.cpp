@@ -14,8 +14,8 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cpu/cpu_backend.h"
-#include "runtime/train/backend_choice.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/train/backend_choice.h"
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"
@@ -128,8 +128,7 @@ const BackendProvider kMirror = {
         why = "none here";
       return visibleDevices;
     },
-    [](const StepProgram &program, HostState &, const Placement &,
-       std::unique_ptr<Backend> &out) {
+    [](const StepProgram &program, HostState &, const Placement &, std::unique_ptr<Backend> &out) {
       if (!createError.empty())
         return Status::error(createError);
       out = std::make_unique<MirrorBackend>(program);

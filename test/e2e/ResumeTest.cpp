@@ -125,13 +125,9 @@ TEST(Resume, LoRAWithDropoutAndSparseMixerIsBitIdentical) {
   checkResumeIsBitIdentical("g3moe_lora", 6, 5, 0);
 }
 
-TEST(Resume, FullFineTuningIsBitIdentical) {
-  checkResumeIsBitIdentical("gemma3_full", 5, 2, 0);
-}
+TEST(Resume, FullFineTuningIsBitIdentical) { checkResumeIsBitIdentical("gemma3_full", 5, 2, 0); }
 
-TEST(Resume, WithEvaluationsIsBitIdentical) {
-  checkResumeIsBitIdentical("g3moe_lora", 6, 3, 0.2);
-}
+TEST(Resume, WithEvaluationsIsBitIdentical) { checkResumeIsBitIdentical("g3moe_lora", 6, 3, 0.2); }
 
 TEST(Resume, ResavingAnExistingCheckpointReplacesItWhole) {
   StepProgram program = loadProgram("g3moe_lora");
@@ -146,7 +142,9 @@ TEST(Resume, ResavingAnExistingCheckpointReplacesItWhole) {
   auto optimizer = bytesOf(four + "/optimizer.safetensors");
   auto adapter = bytesOf(four + "/adapter_model.safetensors");
   // Damage checkpoint-4's copy to see it replaced, not kept.
-  { std::ofstream(four + "/stale-file") << "x"; }
+  {
+    std::ofstream(four + "/stale-file") << "x";
+  }
 
   o.resume = checkpointPath(o.outputDir, 2);
   o.stopAfterSteps = 4;
@@ -171,9 +169,9 @@ TEST(Resume, CheckpointStateFiles) {
   TrainResult r;
   ASSERT_TRUE(runTraining(program, o, r).ok());
   std::string ckpt = checkpointPath(o.outputDir, 4);
-  for (const char *f : {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors",
-                        "scheduler.json", "rng_state.json", "trainer_state.json",
-                        "training_args.json"})
+  for (const char *f :
+       {"adapter_model.safetensors", "adapter_config.json", "optimizer.safetensors",
+        "scheduler.json", "rng_state.json", "trainer_state.json", "training_args.json"})
     EXPECT_TRUE(fs::exists(ckpt + "/" + f)) << f;
 
   std::ifstream in(ckpt + "/trainer_state.json");
@@ -293,10 +291,11 @@ TEST(Resume, MismatchedCheckpointsAreRefusedByName) {
 
   std::string badField = dir + "/badfield";
   fs::copy(ckpt, badField, fs::copy_options::recursive);
-  { std::ofstream(badField + "/scheduler.json") << "{\"step\": \"two\"}"; }
+  {
+    std::ofstream(badField + "/scheduler.json") << "{\"step\": \"two\"}";
+  }
   msg = resumeWith(lora, badField);
-  EXPECT_NE(msg.find("scheduler.json: field 'step' must be an integer"), std::string::npos)
-      << msg;
+  EXPECT_NE(msg.find("scheduler.json: field 'step' must be an integer"), std::string::npos) << msg;
 
   msg = resumeWith(lora, dir + "/missing");
   EXPECT_NE(msg.find("not a folder"), std::string::npos) << msg;
@@ -320,7 +319,7 @@ TEST(Checkpoints, SaveTotalLimitKeepsTheNewestAndTheBest) {
   std::string dir = scratch("g3moe-resume", "rotate");
   for (int step : {2, 4, 6, 8})
     fs::create_directories(checkpointPath(dir, step));
-  fs::create_directories(dir + "/checkpoint-9.tmp-1");  // not a checkpoint
+  fs::create_directories(dir + "/checkpoint-9.tmp-1"); // not a checkpoint
   std::vector<std::string> deleted;
   ASSERT_TRUE(rotateCheckpoints(dir, 2, checkpointPath(dir, 4), deleted).ok());
   EXPECT_EQ(deleted, (std::vector<std::string>{checkpointPath(dir, 2), checkpointPath(dir, 6)}));
@@ -488,8 +487,7 @@ TEST(Progress, LineShowsStepBarLossLearningRateSpeedAndETA) {
   st.etaSeconds = 3725;
   std::string line = formatProgressLine(st, 120);
   EXPECT_EQ(line.rfind("step 25/100 [", 0), 0u) << line;
-  EXPECT_NE(line.find("loss 1.2346  lr 2.000e-04  tokens/s 1234  ETA 1:02:05"),
-            std::string::npos)
+  EXPECT_NE(line.find("loss 1.2346  lr 2.000e-04  tokens/s 1234  ETA 1:02:05"), std::string::npos)
       << line;
   size_t open = line.find('['), close = line.find(']');
   std::string bar = line.substr(open + 1, close - open - 1);

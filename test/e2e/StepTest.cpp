@@ -34,9 +34,7 @@ using namespace g3moe_test;
 
 namespace {
 
-std::string memorizeData() {
-  return std::string(G3MOE_EXAMPLES_DIR) + "/data/memorize.jsonl";
-}
+std::string memorizeData() { return std::string(G3MOE_EXAMPLES_DIR) + "/data/memorize.jsonl"; }
 
 StepProgram load(const std::string &name) {
   StepProgram program;
@@ -196,8 +194,8 @@ double routingMargin(const TensorView &logits, int64_t k, double epsilon) {
     for (int64_t stage = 0; epsilon > 0 && stage < 2; ++stage)
       for (int64_t e = stage + 1; e < E; ++e) {
         double m = S[size_t(stage)], v = S[size_t(e)];
-        margin = std::min(margin, std::fabs((m - v) - 2 * epsilon * std::max(std::fabs(v),
-                                                                              std::fabs(m))));
+        margin = std::min(margin,
+                          std::fabs((m - v) - 2 * epsilon * std::max(std::fabs(v), std::fabs(m))));
       }
   }
   return margin;
@@ -215,9 +213,9 @@ double runRecordingRouting(CpuStep &ex, const char *function, Routing &routing) 
     if (instr.kernel.size() < 7 || instr.kernel.compare(instr.kernel.size() - 7, 7, "_router"))
       continue;
     TensorView indices = ex.cpu->view(*fn, instr.outputs[1]);
-    routing.margin =
-        std::min(routing.margin, routingMargin(ex.cpu->view(*fn, instr.inputs[0]), indices.shape.back(),
-                                               instr.attrs.getFloat("epsilon").value_or(0)));
+    routing.margin = std::min(
+        routing.margin, routingMargin(ex.cpu->view(*fn, instr.inputs[0]), indices.shape.back(),
+                                      instr.attrs.getFloat("epsilon").value_or(0)));
     routing.decisions.insert(routing.decisions.end(), indices.i32(),
                              indices.i32() + indices.numel());
     routing.indices.emplace_back(indices.i32(), indices.i32() + indices.numel());
@@ -339,9 +337,9 @@ Directional directional(CpuStep &ex, const ParamDesc &p, const std::vector<float
   d.analytic = (4 * a2 - a1) / 3;
   d.noise = 3 * noise / h;
   if (std::getenv("G3MOE_FD_VERBOSE"))
-    std::fprintf(stderr, "%-50s h %.1e analytic % .6e numeric % .6e q1 % .6e q2 % .6e noise %.1e%s\n",
-                 p.name.c_str(), h, d.analytic, d.numeric, q1, q2, d.noise,
-                 d.smooth ? "" : "  JUMP");
+    std::fprintf(
+        stderr, "%-50s h %.1e analytic % .6e numeric % .6e q1 % .6e q2 % .6e noise %.1e%s\n",
+        p.name.c_str(), h, d.analytic, d.numeric, q1, q2, d.noise, d.smooth ? "" : "  JUMP");
   return d;
 }
 
@@ -463,9 +461,7 @@ void checkWholeModelGradient(const std::string &stepName, bool randomizeLoraB) {
   ADD_FAILURE() << stepName << ": every parameter point tried sits next to a routing tie";
 }
 
-TEST(StepGradient, DenseGemma3FullFinetune) {
-  checkWholeModelGradient("gemma3_full_fp32", false);
-}
+TEST(StepGradient, DenseGemma3FullFinetune) { checkWholeModelGradient("gemma3_full_fp32", false); }
 
 TEST(StepGradient, G3MoESoftmaxTopKWithAuxLosses) {
   checkWholeModelGradient("g3moe_topk_full_fp32", false);
@@ -589,9 +585,8 @@ TEST(StepGradient, G3MoESparseMixerRouterWhereCandidatesTie) {
 
 /// Per router (MoE layer in order), how many of the routing slots of tokens
 /// whose segment id is not 0 each expert of `experts` took.
-std::vector<std::vector<double>> expertCounts(const Routing &routing,
-                                              const std::vector<int32_t> &segmentIds,
-                                              int64_t experts) {
+std::vector<std::vector<double>>
+expertCounts(const Routing &routing, const std::vector<int32_t> &segmentIds, int64_t experts) {
   std::vector<std::vector<double>> counts;
   for (const std::vector<int32_t> &idx : routing.indices) {
     counts.emplace_back(size_t(experts), 0.0);
@@ -782,8 +777,7 @@ TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
 INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
                          ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial"));
 
-TrainResult trainTiny(const std::string &stepName, int64_t steps, double lr,
-                      uint64_t seed = 42) {
+TrainResult trainTiny(const std::string &stepName, int64_t steps, double lr, uint64_t seed = 42) {
   StepProgram program = load(stepName);
   TrainOptions options;
   options.dataPath = memorizeData();

@@ -24,8 +24,7 @@ using namespace g3moe::frontend;
 
 void parse(llvm::StringRef text, llvm::StringRef baseDir,
            llvm::ArrayRef<ConfigOverride> overrides = {}) {
-  llvm::Expected<CompileConfig> config =
-      parseCompileConfig(text, "fuzz.json", baseDir, overrides);
+  llvm::Expected<CompileConfig> config = parseCompileConfig(text, "fuzz.json", baseDir, overrides);
   if (!config)
     llvm::consumeError(config.takeError());
 }
@@ -33,12 +32,9 @@ void parse(llvm::StringRef text, llvm::StringRef baseDir,
 /// Keys of differing kinds: integers, floats, strings, lists, objects, both
 /// parts, and an unknown key.
 const char *const kOverrideKeys[] = {
-    "num_hidden_layers",      "lora_r",
-    "model.n_routed_experts", "training.learning_rate",
-    "router_type",            "layer_types",
-    "rope_scaling",           "lora_target_modules",
-    "sliding_window",         "memory_budget_gb",
-    "model.vocab_size",       "no_such_key",
+    "num_hidden_layers", "lora_r",           "model.n_routed_experts", "training.learning_rate",
+    "router_type",       "layer_types",      "rope_scaling",           "lora_target_modules",
+    "sliding_window",    "memory_budget_gb", "model.vocab_size",       "no_such_key",
 };
 
 } // namespace

@@ -89,8 +89,8 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchTheCPU) {
   const char *names[] = {"dq", "dk", "dv"};
   for (size_t i = 0; i < bwd.size(); ++i)
     EXPECT_LE(bwd[i], 1.0) << c.name << " " << impl << ": " << names[i];
-  std::printf("  %-24s %-6s worst error / tolerance: o %.3g, dq %.3g, dk %.3g, dv %.3g\n",
-              c.name, impl, fwd[0], bwd[0], bwd[1], bwd[2]);
+  std::printf("  %-24s %-6s worst error / tolerance: o %.3g, dq %.3g, dk %.3g, dv %.3g\n", c.name,
+              impl, fwd[0], bwd[0], bwd[1], bwd[2]);
 
   // With the softmax statistics (--g3moe-save-attention-stats): the forward's
   // lse output, then the backward from the saved output and lse (the CPU's,
@@ -109,8 +109,8 @@ TEST_P(CudaAttention, ForwardAndBackwardMatchTheCPU) {
   ASSERT_TRUE(st.ok()) << st.message();
   for (size_t i = 0; i < fromSaved.size(); ++i)
     EXPECT_LE(fromSaved[i], 1.0) << c.name << " " << impl << ": " << names[i] << " from saved";
-  std::printf("  %-24s %-6s with saved statistics: lse %.3g, dq %.3g, dk %.3g, dv %.3g\n",
-              c.name, impl, withLse[1], fromSaved[0], fromSaved[1], fromSaved[2]);
+  std::printf("  %-24s %-6s with saved statistics: lse %.3g, dq %.3g, dk %.3g, dv %.3g\n", c.name,
+              impl, withLse[1], fromSaved[0], fromSaved[1], fromSaved[2]);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttention,
@@ -144,8 +144,7 @@ TEST(CudaAttentionChoice, AnUnknownChoiceIsAnError) {
   Status st = cuda::CudaExecutor::create(empty, 0, ex);
   unsetenv("G3MOE_CUDA_ATTENTION");
   ASSERT_FALSE(st.ok());
-  EXPECT_NE(st.message().find("G3MOE_CUDA_ATTENTION must be auto, own or cudnn"),
-            std::string::npos)
+  EXPECT_NE(st.message().find("G3MOE_CUDA_ATTENTION must be auto, own or cudnn"), std::string::npos)
       << st.message();
 }
 

@@ -120,13 +120,13 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
     }
     for (const auto &[kernel, worst] : worstByKernel)
       if (kernel.rfind("expert_linear", 0) == 0 || std::string(experts) == "cublas")
-        std::printf("  %-28s %-7s worst error / tolerance %.3g\n", kernel.c_str(), experts,
-                    worst);
+        std::printf("  %-28s %-7s worst error / tolerance %.3g\n", kernel.c_str(), experts, worst);
   }
 }
 
 bool endsWith(const std::string &s, const std::string &suffix) {
-  return s.size() > suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  return s.size() > suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 /// Whether `kernel` makes the routing decision (weights and expert indices),
@@ -256,8 +256,7 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
   TensorView x = hostTensor(DType::BF16, {rows, H}, xb),
              table = hostTensor(DType::BF16, {V, H}, tb),
              targets = hostTensor(DType::I32, {rows}, gb), n = hostTensor(DType::F32, {}, nb),
-             loss = hostTensor(DType::F32, {}, lb),
-             dx = hostTensor(DType::BF16, {rows, H}, dxb),
+             loss = hostTensor(DType::F32, {}, lb), dx = hostTensor(DType::BF16, {rows, H}, dxb),
              dt = hostTensor(DType::F32, {V, H}, dtb);
   for (int64_t i = 0; i < x.numel(); ++i)
     x.store(i, 2 * uniformAt(1, 0, 0, uint64_t(i)) - 1);
@@ -322,7 +321,8 @@ TEST(CudaKernels, LowRankProductsMatchTheCPU) {
     Status st;
     std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, {out}, st);
     ASSERT_TRUE(st.ok()) << name << ": " << st.message();
-    EXPECT_LE(ratios[0], 1.0) << name << " with rank " << r << ", result of " << out.shape.size() << " dims, last " << out.shape.back();
+    EXPECT_LE(ratios[0], 1.0) << name << " with rank " << r << ", result of " << out.shape.size()
+                              << " dims, last " << out.shape.back();
   };
   for (int64_t r : {int64_t(8), int64_t(16), int64_t(24), int64_t(32)}) {
     std::vector<uint8_t> b[12];
@@ -337,11 +337,13 @@ TEST(CudaKernels, LowRankProductsMatchTheCPU) {
     check("expert_linear_grad_input", {xWide, off, wWideByRank}, yRank, r);
     check("expert_linear_grad_input", {xRank, off, wRankByWide}, yWide, r);
     // dA and dB.
-    TensorView dA = hostTensor(DType::F32, {E, r, W}, b[6]), dB = hostTensor(DType::F32, {E, W, r}, b[7]);
+    TensorView dA = hostTensor(DType::F32, {E, r, W}, b[6]),
+               dB = hostTensor(DType::F32, {E, W, r}, b[7]);
     check("expert_linear_grad_weight", {xRank, off, xWide}, dA, r);
     check("expert_linear_grad_weight", {xWide, off, xRank}, dB, r);
     // The dense layers: one group of all rows, with a batch dimension.
-    TensorView x3 = random(DType::BF16, {2, 750, W}, b[8]), u3 = random(DType::BF16, {2, 750, r}, b[9]);
+    TensorView x3 = random(DType::BF16, {2, 750, W}, b[8]),
+               u3 = random(DType::BF16, {2, 750, r}, b[9]);
     TensorView a = random(DType::BF16, {r, W}, b[10]), bw = random(DType::BF16, {W, r}, b[11]);
     std::vector<uint8_t> c[6];
     check("linear", {x3, a}, hostTensor(DType::BF16, {2, 750, r}, c[0]), r);
@@ -353,7 +355,8 @@ TEST(CudaKernels, LowRankProductsMatchTheCPU) {
     // With an addend (--g3moe-fuse-linear-add), which rows past the last
     // expert get as they are.
     std::vector<uint8_t> d[8];
-    TensorView addWide = random(DType::BF16, {M, W}, d[0]), addRank = random(DType::BF16, {M, r}, d[1]);
+    TensorView addWide = random(DType::BF16, {M, W}, d[0]),
+               addRank = random(DType::BF16, {M, r}, d[1]);
     check("expert_linear", {xRank, off, wWideByRank, addWide}, yWide, r);
     check("expert_linear_grad_input", {xRank, off, wRankByWide, addWide}, yWide, r);
     check("expert_linear", {xWide, off, wRankByWide, addRank}, yRank, r);
@@ -395,7 +398,8 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
     for (DType yt : {DType::BF16, DType::F32})
       for (bool withAddend : {false, true}) {
         SCOPED_TRACE("M " + std::to_string(c.M) + ", K " + std::to_string(c.K) + ", N " +
-                     std::to_string(c.N) + ", " + std::string(dtypeName(yt)) + (withAddend ? ", addend" : ""));
+                     std::to_string(c.N) + ", " + std::string(dtypeName(yt)) +
+                     (withAddend ? ", addend" : ""));
         const int64_t E = int64_t(c.offsets.size()) - 1;
         std::vector<uint8_t> b[8];
         TensorView off = hostTensor(DType::I32, {E + 1}, b[0]);
@@ -426,8 +430,8 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
     TensorView dy = random(DType::BF16, {300, 4}, b[1]), x = random(DType::BF16, {300, 40}, b[2]);
     TensorView dw = hostTensor(DType::F32, {3, 4, 40}, b[3]);
     Status st;
-    std::vector<double> r = gpuErrorsAgainstCpu("expert_linear_grad_weight", attrs,
-                                                {dy, off, x}, {dw}, st);
+    std::vector<double> r =
+        gpuErrorsAgainstCpu("expert_linear_grad_weight", attrs, {dy, off, x}, {dw}, st);
     ASSERT_TRUE(st.ok()) << st.message();
     EXPECT_LE(r[0], 1.0) << "expert_linear_grad_weight";
   }
@@ -521,8 +525,7 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
     TensorView x = hostTensor(DType::BF16, {rows, D}, xb), w = hostTensor(DType::F32, {D}, wb),
                g = hostTensor(DType::BF16, {rows, D}, gb),
                y = hostTensor(DType::BF16, {rows, D}, yb),
-               dx = hostTensor(DType::BF16, {rows, D}, dxb),
-               dw = hostTensor(DType::F32, {D}, dwb);
+               dx = hostTensor(DType::BF16, {rows, D}, dxb), dw = hostTensor(DType::F32, {D}, dwb);
     for (int64_t i = 0; i < x.numel(); ++i) {
       x.store(i, 4 * uniformAt(5, 0, 0, uint64_t(i)) - 2);
       g.store(i, 2 * uniformAt(5, 0, 1, uint64_t(i)) - 1);
@@ -549,8 +552,9 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
 /// their row counts back, it keeps launching kernel by kernel and says why.
 /// Graphs give, run after run, the bytes the kernel-by-kernel executor gives.
 TEST(CudaGraphs, StepsAreReplayed) {
-  for (auto [step, experts] : {std::pair{"gemma3_full", "grouped"}, std::pair{"g3moe_lora", "grouped"},
-                               std::pair{"g3moe_lora", "cublas"}}) {
+  for (auto [step, experts] :
+       {std::pair{"gemma3_full", "grouped"}, std::pair{"g3moe_lora", "grouped"},
+        std::pair{"g3moe_lora", "cublas"}}) {
     SCOPED_TRACE(std::string(step) + ", " + experts);
     StepProgram program;
     Status s = loadStep(stepPath(step), program);
@@ -642,9 +646,9 @@ TEST(CudaKernels, FusedNormsMatchTheCPU) {
     int64_t n, d;
   };
   // Heads narrower than a warp's 256 columns leave lanes idle.
-  for (Heads h : {Heads{DType::BF16, 8, 256}, Heads{DType::BF16, 4, 256},
-                  Heads{DType::BF16, 4, 16}, Heads{DType::BF16, 2, 128},
-                  Heads{DType::BF16, 3, 40}, Heads{DType::F32, 2, 32}}) {
+  for (Heads h :
+       {Heads{DType::BF16, 8, 256}, Heads{DType::BF16, 4, 256}, Heads{DType::BF16, 4, 16},
+        Heads{DType::BF16, 2, 128}, Heads{DType::BF16, 3, 40}, Heads{DType::F32, 2, 32}}) {
     const int64_t B = 2, T = 300;
     std::vector<uint8_t> b[7];
     TensorView x = filled(h.type, {B, T, h.n, h.d}, b[0], 3),

@@ -8,8 +8,8 @@
 #ifndef G3MOE_TEST_GPU_GPUTESTING_H
 #define G3MOE_TEST_GPU_GPUTESTING_H
 
-#include "runtime/cuda/cuda_executor.h"
 #include "runtime/cpu/cpu_kernels.h"
+#include "runtime/cuda/cuda_executor.h"
 #include "runtime/kernels/kernel.h"
 
 #include <cuda_runtime.h>

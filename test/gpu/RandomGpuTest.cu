@@ -31,8 +31,7 @@ TEST(RandomGpu, DeviceMatchesHost) {
   drawUniforms<<<(n + 255) / 256, 256>>>(device, n, 0x123456789abcdefull, 77, 5);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   std::vector<float> got(n);
-  ASSERT_EQ(cudaMemcpy(got.data(), device, n * sizeof(float), cudaMemcpyDeviceToHost),
-            cudaSuccess);
+  ASSERT_EQ(cudaMemcpy(got.data(), device, n * sizeof(float), cudaMemcpyDeviceToHost), cudaSuccess);
   cudaFree(device);
   uint64_t mismatches = 0;
   for (uint64_t i = 0; i < n; ++i)

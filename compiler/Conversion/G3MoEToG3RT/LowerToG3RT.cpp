@@ -28,8 +28,10 @@ namespace {
 
 /// Argument and result tags that bind a value to state the runtime keeps.
 constexpr std::pair<StringLiteral, StringLiteral> kPersistentTags[] = {
-    {"g3moe.input", "input"},       {"g3moe.param", "param"},
-    {"g3moe.grad_acc", "grad_acc"}, {"g3moe.exp_avg", "exp_avg"},
+    {"g3moe.input", "input"},
+    {"g3moe.param", "param"},
+    {"g3moe.grad_acc", "grad_acc"},
+    {"g3moe.exp_avg", "exp_avg"},
     {"g3moe.exp_avg_sq", "exp_avg_sq"}};
 
 /// (kind, name) of a persistent buffer.
@@ -131,8 +133,7 @@ LogicalResult FunctionLowering::lowerCall(func::CallOp call) {
   for (Operation &op : body.without_terminator())
     if (failed(lowerOp(&op)))
       return failure();
-  for (auto [result, value] :
-       llvm::zip(call.getResults(), body.getTerminator()->getOperands()))
+  for (auto [result, value] : llvm::zip(call.getResults(), body.getTerminator()->getOperands()))
     map.map(result, map.lookup(value));
   return success();
 }
@@ -142,8 +143,7 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
   if (auto call = dyn_cast<func::CallOp>(op))
     return lowerCall(call);
   if (auto param = dyn_cast<g3moe::ParamOp>(op)) {
-    map.map(param.getResult(),
-            persistent({"param", param.getName().str()}, param.getType(), loc));
+    map.map(param.getResult(), persistent({"param", param.getName().str()}, param.getType(), loc));
     return success();
   }
   if (isa<g3moe::ReshapeOp, g3moe::StopGradientOp>(op)) {
@@ -254,8 +254,7 @@ LogicalResult FunctionLowering::run() {
   return success();
 }
 
-struct G3MoELowerToG3RTPass
-    : g3moe::impl::G3MoELowerToG3RTPassBase<G3MoELowerToG3RTPass> {
+struct G3MoELowerToG3RTPass : g3moe::impl::G3MoELowerToG3RTPassBase<G3MoELowerToG3RTPass> {
   void runOnOperation() override {
     CalleeTable callees;
     SmallVector<func::FuncOp> funcs(getOperation().getOps<func::FuncOp>());

@@ -41,19 +41,16 @@ void noGrads(Operation *op, SmallVectorImpl<Value> &out) {
 
 } // namespace
 
-LogicalResult ReshapeOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                       ArrayRef<bool> needs,
+LogicalResult ReshapeOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                        SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0])
-    out[0] = ReshapeOp::create(
-        b, getLoc(), withElementType(getInput(), typeOf(dy[0]).getElementType()),
-        dy[0]);
+    out[0] = ReshapeOp::create(b, getLoc(),
+                               withElementType(getInput(), typeOf(dy[0]).getElementType()), dy[0]);
   return success();
 }
 
-LogicalResult ConvertOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                       ArrayRef<bool> needs,
+LogicalResult ConvertOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                        SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0])
@@ -61,15 +58,13 @@ LogicalResult ConvertOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult AddOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                   ArrayRef<bool> needs,
+LogicalResult AddOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                    SmallVectorImpl<Value> &out) {
   out.assign({needs[0] ? dy[0] : Value(), needs[1] ? dy[0] : Value()});
   return success();
 }
 
-LogicalResult MulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                   ArrayRef<bool> needs,
+LogicalResult MulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                    SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   Value g = castLike(b, getLoc(), dy[0], getResult());
@@ -80,8 +75,7 @@ LogicalResult MulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult ScaleOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                     ArrayRef<bool> needs,
+LogicalResult ScaleOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                      SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0])
@@ -89,41 +83,35 @@ LogicalResult ScaleOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult StopGradientOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                            ArrayRef<bool> needs,
+LogicalResult StopGradientOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                             SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   return success();
 }
 
-LogicalResult DropoutOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                       ArrayRef<bool> needs,
+LogicalResult DropoutOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                        SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   // Dropout is linear in its input with the same keep-mask both ways.
   if (needs[0])
-    out[0] = DropoutOp::create(b, getLoc(), dy[0].getType(), dy[0], getUniform(),
-                               getPAttr());
+    out[0] = DropoutOp::create(b, getLoc(), dy[0].getType(), dy[0], getUniform(), getPAttr());
   return success();
 }
 
-LogicalResult EmbeddingOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                         ArrayRef<bool> needs,
+LogicalResult EmbeddingOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                          SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[1])
-    out[1] = EmbeddingGradOp::create(b, getLoc(), f32Like(getTable()), dy[0],
-                                     getIds(), getScaleAttr(), getPaddingIdxAttr());
+    out[1] = EmbeddingGradOp::create(b, getLoc(), f32Like(getTable()), dy[0], getIds(),
+                                     getScaleAttr(), getPaddingIdxAttr());
   return success();
 }
 
-LogicalResult RMSNormOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                       ArrayRef<bool> needs,
+LogicalResult RMSNormOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                        SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  auto op = RMSNormGradOp::create(b, getLoc(), getInput().getType(),
-                                  f32Like(getWeight()), getInput(), getWeight(),
-                                  dy[0], /*addend=*/Value(), getEpsAttr());
+  auto op = RMSNormGradOp::create(b, getLoc(), getInput().getType(), f32Like(getWeight()),
+                                  getInput(), getWeight(), dy[0], /*addend=*/Value(), getEpsAttr());
   if (needs[0])
     out[0] = op.getInputGrad();
   if (needs[1])
@@ -131,43 +119,38 @@ LogicalResult RMSNormOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult LinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                      ArrayRef<bool> needs,
+LogicalResult LinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                       SmallVectorImpl<Value> &out) {
   if (getAddend())
     return emitOpError("with an addend is fused after differentiation, not differentiated");
   noGrads(*this, out);
   if (needs[0])
-    out[0] = LinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0],
-                                       getWeight(), /*addend=*/Value());
+    out[0] = LinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0], getWeight(),
+                                       /*addend=*/Value());
   if (needs[1])
-    out[1] = LinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0],
-                                        getInput());
+    out[1] = LinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0], getInput());
   return success();
 }
 
-LogicalResult RoPEOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                    ArrayRef<bool> needs,
+LogicalResult RoPEOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                     SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   // A rotation's transpose is the rotation by the opposite angle.
   if (needs[0]) {
     UnitAttr transpose = getTranspose() ? UnitAttr() : b.getUnitAttr();
-    out[0] = RoPEOp::create(b, getLoc(), dy[0].getType(), dy[0], getPositions(),
-                            getThetaAttr(), getScalingFactorAttr(), transpose);
+    out[0] = RoPEOp::create(b, getLoc(), dy[0].getType(), dy[0], getPositions(), getThetaAttr(),
+                            getScalingFactorAttr(), transpose);
   }
   return success();
 }
 
-LogicalResult AttentionOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                         ArrayRef<bool> needs,
+LogicalResult AttentionOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                          SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   auto op = AttentionGradOp::create(
-      b, getLoc(), getQuery().getType(), getKey().getType(), getValue().getType(),
-      getQuery(), getKey(), getValue(), getSegmentIds(),
-      castLike(b, getLoc(), dy[0], getResult()), /*saved=*/ValueRange(), getScaleAttr(),
-      getSlidingWindowAttr(), getSoftcapAttr());
+      b, getLoc(), getQuery().getType(), getKey().getType(), getValue().getType(), getQuery(),
+      getKey(), getValue(), getSegmentIds(), castLike(b, getLoc(), dy[0], getResult()),
+      /*saved=*/ValueRange(), getScaleAttr(), getSlidingWindowAttr(), getSoftcapAttr());
   if (needs[0])
     out[0] = op.getQueryGrad();
   if (needs[1])
@@ -177,13 +160,12 @@ LogicalResult AttentionOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult GeluTanhMulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                           ArrayRef<bool> needs,
+LogicalResult GeluTanhMulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                            SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  auto op = GeluTanhMulGradOp::create(b, getLoc(), getGate().getType(),
-                                      getUp().getType(), getGate(), getUp(),
-                                      castLike(b, getLoc(), dy[0], getResult()));
+  auto op =
+      GeluTanhMulGradOp::create(b, getLoc(), getGate().getType(), getUp().getType(), getGate(),
+                                getUp(), castLike(b, getLoc(), dy[0], getResult()));
   if (needs[0])
     out[0] = op.getGateGrad();
   if (needs[1])
@@ -191,13 +173,11 @@ LogicalResult GeluTanhMulOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult LMHeadOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                      ArrayRef<bool> needs,
+LogicalResult LMHeadOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                       SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  auto op = LMHeadGradOp::create(b, getLoc(), getInput().getType(),
-                                 f32Like(getTable()), getInput(), getTable(), dy[0],
-                                 getSoftcapAttr());
+  auto op = LMHeadGradOp::create(b, getLoc(), getInput().getType(), f32Like(getTable()), getInput(),
+                                 getTable(), dy[0], getSoftcapAttr());
   if (needs[0])
     out[0] = op.getInputGrad();
   if (needs[1])
@@ -211,9 +191,8 @@ LogicalResult SparseMixerRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> d
   noGrads(*this, out);
   // The noise operand is a random draw: constant for differentiation.
   if (needs[0] && dy[0])
-    out[0] = SparseMixerRouterGradOp::create(b, getLoc(), getLogits().getType(),
-                                             getLogits(), getIndices(), dy[0],
-                                             getEpsilonAttr());
+    out[0] = SparseMixerRouterGradOp::create(b, getLoc(), getLogits().getType(), getLogits(),
+                                             getIndices(), dy[0], getEpsilonAttr());
   return success();
 }
 
@@ -222,37 +201,32 @@ LogicalResult SoftmaxTopKRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> d
                                                  SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0] && dy[0])
-    out[0] = SoftmaxTopKRouterGradOp::create(b, getLoc(), getLogits().getType(),
-                                             getLogits(), getIndices(), dy[0],
-                                             getNormTopkProbAttr());
+    out[0] = SoftmaxTopKRouterGradOp::create(b, getLoc(), getLogits().getType(), getLogits(),
+                                             getIndices(), dy[0], getNormTopkProbAttr());
   return success();
 }
 
-LogicalResult SigmoidGroupedRouterOp::buildGradient(OpBuilder &b,
-                                                    ArrayRef<Value> dy,
+LogicalResult SigmoidGroupedRouterOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                                     ArrayRef<bool> needs,
                                                     SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0] && dy[0])
-    out[0] = SigmoidGroupedRouterGradOp::create(
-        b, getLoc(), getLogits().getType(), getLogits(), getIndices(), dy[0],
-        getNormTopkProbAttr(), getRoutedScalingFactorAttr());
+    out[0] = SigmoidGroupedRouterGradOp::create(b, getLoc(), getLogits().getType(), getLogits(),
+                                                getIndices(), dy[0], getNormTopkProbAttr(),
+                                                getRoutedScalingFactorAttr());
   return success();
 }
 
-LogicalResult MoEDispatchOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                           ArrayRef<bool> needs,
+LogicalResult MoEDispatchOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                            SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0] && dy[0])
     out[0] = MoEDispatchGradOp::create(b, getLoc(), getInput().getType(),
-                                       castLike(b, getLoc(), dy[0], getPermuted()),
-                                       getSlots());
+                                       castLike(b, getLoc(), dy[0], getPermuted()), getSlots());
   return success();
 }
 
-LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                            ArrayRef<bool> needs,
+LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                             SmallVectorImpl<Value> &out) {
   if (getAddend())
     return emitOpError("with an addend is fused after differentiation, not differentiated");
@@ -262,18 +236,16 @@ LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
                                              getExpertOffsets(), getWeight(),
                                              /*addend=*/Value());
   if (needs[2])
-    out[2] = ExpertLinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()),
-                                              dy[0], getExpertOffsets(), getInput());
+    out[2] = ExpertLinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0],
+                                              getExpertOffsets(), getInput());
   return success();
 }
 
-LogicalResult MoECombineOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                          ArrayRef<bool> needs,
+LogicalResult MoECombineOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                           SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  auto op = MoECombineGradOp::create(b, getLoc(), getInput().getType(),
-                                     getWeights().getType(), getInput(), getSlots(),
-                                     getWeights(),
+  auto op = MoECombineGradOp::create(b, getLoc(), getInput().getType(), getWeights().getType(),
+                                     getInput(), getSlots(), getWeights(),
                                      castLike(b, getLoc(), dy[0], getResult()));
   if (needs[0])
     out[0] = op.getInputGrad();
@@ -282,14 +254,12 @@ LogicalResult MoECombineOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
   return success();
 }
 
-LogicalResult CrossEntropyOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                            ArrayRef<bool> needs,
+LogicalResult CrossEntropyOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                             SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   if (needs[0])
-    out[0] = CrossEntropyGradOp::create(b, getLoc(), getLogits().getType(),
-                                        getLogits(), getTargets(), getNumItems(),
-                                        dy[0], getIgnoreIndexAttr());
+    out[0] = CrossEntropyGradOp::create(b, getLoc(), getLogits().getType(), getLogits(),
+                                        getTargets(), getNumItems(), dy[0], getIgnoreIndexAttr());
   return success();
 }
 
@@ -297,29 +267,27 @@ LogicalResult LoadBalancingLossOp::buildGradient(OpBuilder &b, ArrayRef<Value> d
                                                  ArrayRef<bool> needs,
                                                  SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  auto op = LoadBalancingLossGradOp::create(
-      b, getLoc(), ValueRange(getLogits()).getTypes(), getLogits(), getIndices(),
-      getSegmentIds(), dy[0], getNumExpertsAttr());
+  auto op =
+      LoadBalancingLossGradOp::create(b, getLoc(), ValueRange(getLogits()).getTypes(), getLogits(),
+                                      getIndices(), getSegmentIds(), dy[0], getNumExpertsAttr());
   for (auto [i, g] : llvm::enumerate(op.getResults()))
     if (needs[i])
       out[i] = g;
   return success();
 }
 
-LogicalResult RouterZLossOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                           ArrayRef<bool> needs,
+LogicalResult RouterZLossOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                            SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  auto op = RouterZLossGradOp::create(b, getLoc(), ValueRange(getLogits()).getTypes(),
-                                      getLogits(), getSegmentIds(), dy[0]);
+  auto op = RouterZLossGradOp::create(b, getLoc(), ValueRange(getLogits()).getTypes(), getLogits(),
+                                      getSegmentIds(), dy[0]);
   for (auto [i, g] : llvm::enumerate(op.getResults()))
     if (needs[i])
       out[i] = g;
   return success();
 }
 
-LogicalResult LossSumOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy,
-                                       ArrayRef<bool> needs,
+LogicalResult LossSumOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                        SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
   for (auto [i, c] : llvm::enumerate(getCoefficients()))

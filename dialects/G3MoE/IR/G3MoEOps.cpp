@@ -16,7 +16,6 @@ using namespace mlir;
 using namespace g3moe;
 using namespace g3moe::detail;
 
-
 LogicalResult ParamOp::verify() {
   if (getName().empty())
     return emitOpError("name must not be empty");
@@ -34,19 +33,16 @@ LogicalResult ReshapeOp::verify() {
     return emitOpError("must keep the element type, got ")
            << in.getElementType() << " -> " << out.getElementType();
   if (in.getNumElements() != out.getNumElements())
-    return emitOpError() << "must keep the element count: "
-                         << shapeStr(in.getShape()) << " has "
-                         << in.getNumElements() << ", "
-                         << shapeStr(out.getShape()) << " has "
+    return emitOpError() << "must keep the element count: " << shapeStr(in.getShape()) << " has "
+                         << in.getNumElements() << ", " << shapeStr(out.getShape()) << " has "
                          << out.getNumElements();
   return success();
 }
 
 LogicalResult ConvertOp::verify() {
   if (getInput().getType().getShape() != getType().getShape())
-    return emitOpError() << "must keep the shape, got "
-                         << shapeStr(getInput().getType().getShape()) << " -> "
-                         << shapeStr(getType().getShape());
+    return emitOpError() << "must keep the shape, got " << shapeStr(getInput().getType().getShape())
+                         << " -> " << shapeStr(getType().getShape());
   return requireStatic(*this);
 }
 
@@ -54,12 +50,10 @@ LogicalResult RandomUniformOp::verify() {
   if (failed(expectShape(*this, "key", getKey().getType(), {2})))
     return failure();
   if (getStreamAttr().getInt() < 0)
-    return emitOpError("stream must be non-negative, got ")
-           << getStreamAttr().getInt();
+    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
   if (!(getLow().convertToDouble() < getHigh().convertToDouble()))
     return emitOpError("requires low < high, got [")
-           << getLow().convertToDouble() << ", " << getHigh().convertToDouble()
-           << ")";
+           << getLow().convertToDouble() << ", " << getHigh().convertToDouble() << ")";
   return requireStatic(*this);
 }
 
@@ -151,22 +145,18 @@ LogicalResult AttentionOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto q = getQuery().getType(), k = getKey().getType(), v = getValue().getType();
-  if (failed(expectRank(*this, "query", q, 4)) ||
-      failed(expectRank(*this, "key", k, 4)))
+  if (failed(expectRank(*this, "query", q, 4)) || failed(expectRank(*this, "key", k, 4)))
     return failure();
   if (k != v)
-    return emitOpError("key and value must have the same type, got ")
-           << k << " and " << v;
-  int64_t b = q.getDimSize(0), t = q.getDimSize(1), nh = q.getDimSize(2),
-          d = q.getDimSize(3), nkv = k.getDimSize(2);
+    return emitOpError("key and value must have the same type, got ") << k << " and " << v;
+  int64_t b = q.getDimSize(0), t = q.getDimSize(1), nh = q.getDimSize(2), d = q.getDimSize(3),
+          nkv = k.getDimSize(2);
   if (k.getDimSize(0) != b || k.getDimSize(1) != t || k.getDimSize(3) != d)
-    return emitOpError() << "key must be [B, T, n_kv, d] matching query "
-                         << shapeStr(q.getShape()) << ", got "
-                         << shapeStr(k.getShape());
+    return emitOpError() << "key must be [B, T, n_kv, d] matching query " << shapeStr(q.getShape())
+                         << ", got " << shapeStr(k.getShape());
   if (nh % nkv != 0)
-    return emitOpError() << "query heads (" << nh
-                         << ") must be a multiple of key/value heads (" << nkv
-                         << ")";
+    return emitOpError() << "query heads (" << nh << ") must be a multiple of key/value heads ("
+                         << nkv << ")";
   if (failed(expectShape(*this, "segment_ids", getSegmentIds().getType(), {b, t})))
     return failure();
   if (getResult().getType() != q)
@@ -201,16 +191,13 @@ LogicalResult LMHeadOp::verify() {
 }
 
 LogicalResult SparseMixerRouterOp::verify() {
-  if (failed(requireStatic(*this)) ||
-      failed(verifyRouterResults(*this, getLogits().getType(), 2)))
+  if (failed(requireStatic(*this)) || failed(verifyRouterResults(*this, getLogits().getType(), 2)))
     return failure();
-  int64_t n = getLogits().getType().getDimSize(0),
-          e = getLogits().getType().getDimSize(1);
+  int64_t n = getLogits().getType().getDimSize(0), e = getLogits().getType().getDimSize(1);
   if (e < 2)
     return emitOpError("needs at least 2 experts for top-2 routing, got ") << e;
   if (Value noise = getNoise())
-    if (failed(expectShape(*this, "noise", cast<RankedTensorType>(noise.getType()),
-                           {n, 2, e + 1})))
+    if (failed(expectShape(*this, "noise", cast<RankedTensorType>(noise.getType()), {n, 2, e + 1})))
       return failure();
   if (getEpsilon().convertToDouble() < 0)
     return emitOpError("epsilon must be non-negative");
@@ -225,23 +212,21 @@ LogicalResult SoftmaxTopKRouterOp::verify() {
 
 LogicalResult SigmoidGroupedRouterOp::verify() {
   if (failed(requireStatic(*this)) ||
-      failed(verifyRouterResults(*this, getLogits().getType(),
-                                 getTopKAttr().getInt())))
+      failed(verifyRouterResults(*this, getLogits().getType(), getTopKAttr().getInt())))
     return failure();
   int64_t e = getLogits().getType().getDimSize(1);
   if (failed(expectShape(*this, "bias", getBias().getType(), {e})))
     return failure();
   int64_t groups = getNGroupAttr().getInt(), keep = getTopkGroupAttr().getInt();
   if (groups < 1 || e % groups != 0)
-    return emitOpError() << "n_group (" << groups
-                         << ") must divide the number of experts (" << e << ")";
+    return emitOpError() << "n_group (" << groups << ") must divide the number of experts (" << e
+                         << ")";
   if (keep < 1 || keep > groups)
-    return emitOpError() << "topk_group (" << keep << ") must be in [1, n_group = "
-                         << groups << "]";
+    return emitOpError() << "topk_group (" << keep << ") must be in [1, n_group = " << groups
+                         << "]";
   if (getTopKAttr().getInt() > keep * (e / groups))
     return emitOpError() << "top_k (" << getTopKAttr().getInt() << ") exceeds the "
-                         << keep * (e / groups)
-                         << " experts left in the kept groups";
+                         << keep * (e / groups) << " experts left in the kept groups";
   if (getRoutedScalingFactor().convertToDouble() <= 0)
     return emitOpError("routed_scaling_factor must be positive");
   return success();
@@ -251,19 +236,17 @@ LogicalResult MoEDispatchOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto x = getInput().getType(), idx = getIndices().getType();
-  if (failed(expectRank(*this, "input", x, 2)) ||
-      failed(expectRank(*this, "indices", idx, 2)))
+  if (failed(expectRank(*this, "input", x, 2)) || failed(expectRank(*this, "indices", idx, 2)))
     return failure();
   int64_t n = x.getDimSize(0), h = x.getDimSize(1), k = idx.getDimSize(1),
           e = getNumExpertsAttr().getInt();
   if (e < 1)
     return emitOpError("num_experts must be positive, got ") << e;
   if (idx.getDimSize(0) != n)
-    return emitOpError() << "indices must have one row per token (" << n
-                         << "), got " << shapeStr(idx.getShape());
+    return emitOpError() << "indices must have one row per token (" << n << "), got "
+                         << shapeStr(idx.getShape());
   if (failed(expectShape(*this, "permuted", getPermuted().getType(), {n * k, h})) ||
-      failed(expectShape(*this, "expert_offsets", getExpertOffsets().getType(),
-                         {e + 1})) ||
+      failed(expectShape(*this, "expert_offsets", getExpertOffsets().getType(), {e + 1})) ||
       failed(expectShape(*this, "slots", getSlots().getType(), {n, k})))
     return failure();
   if (getPermuted().getType().getElementType() != x.getElementType())
@@ -275,12 +258,10 @@ LogicalResult ExpertLinearOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto x = getInput().getType(), w = getWeight().getType();
-  if (failed(expectRank(*this, "input", x, 2)) ||
-      failed(expectRank(*this, "weight", w, 3)))
+  if (failed(expectRank(*this, "input", x, 2)) || failed(expectRank(*this, "weight", w, 3)))
     return failure();
   int64_t e = w.getDimSize(0);
-  if (failed(expectShape(*this, "expert_offsets", getExpertOffsets().getType(),
-                         {e + 1})))
+  if (failed(expectShape(*this, "expert_offsets", getExpertOffsets().getType(), {e + 1})))
     return failure();
   if (x.getDimSize(1) != w.getDimSize(2))
     return emitOpError() << "input features (" << x.getDimSize(1)
@@ -296,15 +277,14 @@ LogicalResult MoECombineOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto y = getInput().getType(), slots = getSlots().getType();
-  if (failed(expectRank(*this, "input", y, 2)) ||
-      failed(expectRank(*this, "slots", slots, 2)))
+  if (failed(expectRank(*this, "input", y, 2)) || failed(expectRank(*this, "slots", slots, 2)))
     return failure();
   if (failed(expectShape(*this, "weights", getWeights().getType(), slots.getShape())))
     return failure();
   int64_t n = slots.getDimSize(0), k = slots.getDimSize(1);
   if (y.getDimSize(0) != n * k)
-    return emitOpError() << "input must have tokens x top_k = " << n * k
-                         << " rows, got " << y.getDimSize(0);
+    return emitOpError() << "input must have tokens x top_k = " << n * k << " rows, got "
+                         << y.getDimSize(0);
   if (failed(expectShape(*this, "result", getType(), {n, y.getDimSize(1)})))
     return failure();
   if (getType().getElementType() != y.getElementType())
@@ -316,14 +296,13 @@ LogicalResult CrossEntropyOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   auto logits = getLogits().getType();
-  return expectShape(*this, "targets", getTargets().getType(),
-                     logits.getShape().drop_back());
+  return expectShape(*this, "targets", getTargets().getType(), logits.getShape().drop_back());
 }
 
 /// Shared by the fused LM-head loss ops: x [..., H], table [V, H], targets x's
 /// leading shape.
-static LogicalResult verifyFusedHead(Operation *op, RankedTensorType x,
-                                     RankedTensorType table, RankedTensorType targets) {
+static LogicalResult verifyFusedHead(Operation *op, RankedTensorType x, RankedTensorType table,
+                                     RankedTensorType targets) {
   if (failed(requireStatic(op)) || failed(expectRank(op, "table", table, 2)))
     return failure();
   if (x.getShape().back() != table.getDimSize(1))
@@ -347,8 +326,7 @@ LogicalResult ExpertLoadOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
   int64_t tokens = getSegmentIds().getType().getNumElements();
-  if (getIndices().getType().getRank() != 2 ||
-      getIndices().getType().getDimSize(0) != tokens)
+  if (getIndices().getType().getRank() != 2 || getIndices().getType().getDimSize(0) != tokens)
     return emitOpError() << "indices must be [" << tokens << ", k], got "
                          << shapeStr(getIndices().getType().getShape());
   return expectShape(*this, "result", getType(), {getNumExpertsAttr().getInt()});
@@ -367,9 +345,8 @@ LogicalResult LoadBalancingLossOp::verify() {
   if (getLogits().empty())
     return emitOpError("needs the router logits of at least one MoE layer");
   if (getLogits().size() != getIndices().size())
-    return emitOpError() << "needs one indices tensor per logits tensor, got "
-                         << getLogits().size() << " logits and "
-                         << getIndices().size() << " indices";
+    return emitOpError() << "needs one indices tensor per logits tensor, got " << getLogits().size()
+                         << " logits and " << getIndices().size() << " indices";
   int64_t tokens = getSegmentIds().getType().getNumElements();
   for (auto [l, i] : llvm::zip(getLogits(), getIndices())) {
     auto lt = tensorOf(l), it = tensorOf(i);
@@ -399,9 +376,8 @@ LogicalResult LossSumOp::verify() {
   if (getTerms().empty())
     return emitOpError("needs at least one term");
   if (getCoefficients().size() != getTerms().size())
-    return emitOpError() << "needs one coefficient per term, got "
-                         << getCoefficients().size() << " for "
-                         << getTerms().size() << " terms";
+    return emitOpError() << "needs one coefficient per term, got " << getCoefficients().size()
+                         << " for " << getTerms().size() << " terms";
   return success();
 }
 

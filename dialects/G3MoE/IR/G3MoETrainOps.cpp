@@ -28,8 +28,7 @@ LogicalResult LinearGradInputOp::verify() {
   SmallVector<int64_t> expected(getGrad().getType().getShape());
   if (expected.back() != w.getDimSize(0))
     return emitOpError() << "grad features (" << expected.back()
-                         << ") must equal the weight's out dimension ("
-                         << w.getDimSize(0) << ")";
+                         << ") must equal the weight's out dimension (" << w.getDimSize(0) << ")";
   expected.back() = w.getDimSize(1);
   if (failed(expectShape(*this, "result", getType(), expected)))
     return failure();
@@ -42,10 +41,8 @@ LogicalResult LinearGradWeightOp::verify() {
   auto g = getGrad().getType(), x = getInput().getType();
   if (g.getShape().drop_back() != x.getShape().drop_back())
     return emitOpError() << "grad " << shapeStr(g.getShape()) << " and input "
-                         << shapeStr(x.getShape())
-                         << " must agree on the leading dimensions";
-  return expectShape(*this, "result", getType(),
-                     {g.getShape().back(), x.getShape().back()});
+                         << shapeStr(x.getShape()) << " must agree on the leading dimensions";
+  return expectShape(*this, "result", getType(), {g.getShape().back(), x.getShape().back()});
 }
 
 LogicalResult ExpertLinearGradInputOp::verify() {
@@ -55,8 +52,7 @@ LogicalResult ExpertLinearGradInputOp::verify() {
     return failure();
   if (g.getDimSize(1) != w.getDimSize(1))
     return emitOpError() << "grad features (" << g.getDimSize(1)
-                         << ") must equal the weight's out dimension ("
-                         << w.getDimSize(1) << ")";
+                         << ") must equal the weight's out dimension (" << w.getDimSize(1) << ")";
   if (failed(expectShape(*this, "result", getType(), {g.getDimSize(0), w.getDimSize(2)})))
     return failure();
   return verifyAddend(*this, getAddend(), getType());
@@ -80,8 +76,7 @@ LogicalResult EmbeddingGradOp::verify() {
 }
 
 LogicalResult RMSNormGradOp::verify() {
-  if (failed(requireStatic(*this)) ||
-      failed(sameShape(*this, "grad", getGrad(), getInput())) ||
+  if (failed(requireStatic(*this)) || failed(sameShape(*this, "grad", getGrad(), getInput())) ||
       failed(sameShape(*this, "input_grad", getInputGrad(), getInput())) ||
       failed(verifyAddend(*this, getAddend(), getInputGrad().getType())))
     return failure();
@@ -101,8 +96,7 @@ LogicalResult RMSNormRoPEGradOp::verify() {
 }
 
 LogicalResult AttentionGradOp::verify() {
-  if (failed(requireStatic(*this)) ||
-      failed(sameShape(*this, "grad", getGrad(), getQuery())) ||
+  if (failed(requireStatic(*this)) || failed(sameShape(*this, "grad", getGrad(), getQuery())) ||
       failed(sameShape(*this, "query_grad", getQueryGrad(), getQuery())) ||
       failed(sameShape(*this, "key_grad", getKeyGrad(), getKey())) ||
       failed(sameShape(*this, "value_grad", getValueGrad(), getValue())))
@@ -119,13 +113,11 @@ LogicalResult AttentionGradOp::verify() {
   auto lse = cast<RankedTensorType>(saved[1].getType());
   if (!lse.getElementType().isF32())
     return emitOpError("saved lse must be f32, got ") << lse;
-  return expectShape(*this, "saved lse", lse,
-                     {q.getDimSize(0), q.getDimSize(2), q.getDimSize(1)});
+  return expectShape(*this, "saved lse", lse, {q.getDimSize(0), q.getDimSize(2), q.getDimSize(1)});
 }
 
 LogicalResult GeluTanhMulGradOp::verify() {
-  if (failed(requireStatic(*this)) ||
-      failed(sameShape(*this, "up", getUp(), getGate())) ||
+  if (failed(requireStatic(*this)) || failed(sameShape(*this, "up", getUp(), getGate())) ||
       failed(sameShape(*this, "grad", getGrad(), getGate())) ||
       failed(sameShape(*this, "gate_grad", getGateGrad(), getGate())))
     return failure();
@@ -168,8 +160,8 @@ LogicalResult CrossEntropyGradOp::verify() {
 }
 
 /// Router gradients: grad [N, k] like indices, result [N, E] like logits.
-static LogicalResult verifyRouterGrad(Operation *op, Value logits, Value indices,
-                                      Value grad, Value result) {
+static LogicalResult verifyRouterGrad(Operation *op, Value logits, Value indices, Value grad,
+                                      Value result) {
   if (failed(requireStatic(op)) || failed(sameShape(op, "grad", grad, indices)))
     return failure();
   if (tensorOf(indices).getRank() != 2 ||
@@ -209,13 +201,11 @@ LogicalResult MoECombineGradOp::verify() {
       failed(sameShape(*this, "weights_grad", getWeightsGrad(), getWeights())))
     return failure();
   return expectShape(*this, "grad", getGrad().getType(),
-                     {getSlots().getType().getDimSize(0),
-                      getInput().getType().getDimSize(1)});
+                     {getSlots().getType().getDimSize(0), getInput().getType().getDimSize(1)});
 }
 
 LogicalResult LoadBalancingLossGradOp::verify() {
-  if (getLogits().size() != getIndices().size() ||
-      getResults().size() != getLogits().size())
+  if (getLogits().size() != getIndices().size() || getResults().size() != getLogits().size())
     return emitOpError("needs one indices tensor and one result per logits tensor");
   for (auto [l, r] : llvm::zip(getLogits(), getResults()))
     if (failed(sameShape(*this, "result", r, l)))
@@ -233,8 +223,7 @@ LogicalResult RouterZLossGradOp::verify() {
 }
 
 LogicalResult DropoutOp::verify() {
-  if (failed(requireStatic(*this)) ||
-      failed(sameShape(*this, "uniform", getUniform(), getInput())))
+  if (failed(requireStatic(*this)) || failed(sameShape(*this, "uniform", getUniform(), getInput())))
     return failure();
   if (getType() != getInput().getType())
     return emitOpError("result type must equal the input type");
@@ -252,8 +241,7 @@ LogicalResult GlobalNormOp::verify() {
 
 LogicalResult LRScheduleOp::verify() {
   StringRef kind = getKind();
-  if (kind != "cosine" && kind != "linear" && kind != "constant" &&
-      kind != "constant_with_warmup")
+  if (kind != "cosine" && kind != "linear" && kind != "constant" && kind != "constant_with_warmup")
     return emitOpError("kind must be cosine, linear, constant or "
                        "constant_with_warmup, got '")
            << kind << "'";

@@ -41,22 +41,18 @@ inline mlir::LogicalResult verifyAddend(mlir::Operation *op, mlir::Value addend,
 
 /// All g3moe ops work on static shapes: sizes are compile-time per step.
 inline mlir::LogicalResult requireStatic(mlir::Operation *op) {
-  for (mlir::Type t :
-       llvm::concat<mlir::Type>(op->getOperandTypes(), op->getResultTypes()))
-    if (auto rt = llvm::dyn_cast<mlir::RankedTensorType>(t);
-        rt && !rt.hasStaticShape())
+  for (mlir::Type t : llvm::concat<mlir::Type>(op->getOperandTypes(), op->getResultTypes()))
+    if (auto rt = llvm::dyn_cast<mlir::RankedTensorType>(t); rt && !rt.hasStaticShape())
       return op->emitOpError("requires static shapes, got ") << rt;
   return mlir::success();
 }
 
-inline mlir::LogicalResult expectShape(mlir::Operation *op,
-                                       llvm::StringRef what,
-                                       mlir::RankedTensorType t,
-                                       llvm::ArrayRef<int64_t> expected) {
+inline mlir::LogicalResult expectShape(mlir::Operation *op, llvm::StringRef what,
+                                       mlir::RankedTensorType t, llvm::ArrayRef<int64_t> expected) {
   if (t.getShape() == expected)
     return mlir::success();
-  return op->emitOpError() << what << " must have shape " << shapeStr(expected)
-                           << ", got " << shapeStr(t.getShape());
+  return op->emitOpError() << what << " must have shape " << shapeStr(expected) << ", got "
+                           << shapeStr(t.getShape());
 }
 
 inline mlir::LogicalResult expectRank(mlir::Operation *op, llvm::StringRef what,
@@ -68,19 +64,17 @@ inline mlir::LogicalResult expectRank(mlir::Operation *op, llvm::StringRef what,
 }
 
 /// Router results: weights [N, k] and indices [N, k] for logits [N, E].
-inline mlir::LogicalResult verifyRouterResults(mlir::Operation *op,
-                                               mlir::RankedTensorType logits,
+inline mlir::LogicalResult verifyRouterResults(mlir::Operation *op, mlir::RankedTensorType logits,
                                                int64_t topK) {
   if (mlir::failed(expectRank(op, "logits", logits, 2)))
     return mlir::failure();
   int64_t n = logits.getDimSize(0), e = logits.getDimSize(1);
   if (topK < 1 || topK > e)
-    return op->emitOpError() << "top_k must be in [1, " << e
-                             << "] (the number of experts), got " << topK;
+    return op->emitOpError() << "top_k must be in [1, " << e << "] (the number of experts), got "
+                             << topK;
   for (mlir::Value r : op->getResults())
-    if (mlir::failed(expectShape(
-            op, "result", llvm::cast<mlir::RankedTensorType>(r.getType()),
-            {n, topK})))
+    if (mlir::failed(
+            expectShape(op, "result", llvm::cast<mlir::RankedTensorType>(r.getType()), {n, topK})))
       return mlir::failure();
   return mlir::success();
 }
@@ -89,8 +83,7 @@ inline mlir::LogicalResult verifyRouterResults(mlir::Operation *op,
 /// and its positive eps.
 inline mlir::LogicalResult verifyNormWeight(mlir::Operation *op, mlir::RankedTensorType x,
                                             mlir::Value weight, double eps) {
-  if (mlir::failed(expectShape(op, "weight",
-                               llvm::cast<mlir::RankedTensorType>(weight.getType()),
+  if (mlir::failed(expectShape(op, "weight", llvm::cast<mlir::RankedTensorType>(weight.getType()),
                                {x.getShape().back()})))
     return mlir::failure();
   if (eps <= 0)

@@ -101,8 +101,7 @@ LogicalResult ReverseSweep::run() {
         active.insert(r);
   }
   if (!active.contains(loss))
-    return func.emitOpError(
-        "g3moe-autodiff: the loss depends on no trainable parameter");
+    return func.emitOpError("g3moe-autodiff: the loss depends on no trainable parameter");
 
   SmallVector<Operation *> forwardOps;
   for (Operation &op : body.without_terminator())
@@ -134,9 +133,8 @@ LogicalResult ReverseSweep::run() {
     // needs every result gradient get zeros for them.
     for (auto [r, g] : llvm::zip(op->getResults(), resultGrads))
       if (!g && isFloatTensor(r) && active.contains(r))
-        g = arith::ConstantOp::create(
-            b, op->getLoc(),
-            DenseElementsAttr::get(cast<ShapedType>(r.getType()), 0.0f));
+        g = arith::ConstantOp::create(b, op->getLoc(),
+                                      DenseElementsAttr::get(cast<ShapedType>(r.getType()), 0.0f));
     SmallVector<Value> operandGrads;
     if (failed(diff.buildGradient(b, resultGrads, needs, operandGrads)))
       return op->emitOpError("g3moe-autodiff: could not build the gradient");
@@ -159,8 +157,8 @@ LogicalResult ReverseSweep::run() {
       g = arith::ConstantOp::create(b, p.getLoc(), DenseElementsAttr::get(type, 0.0f));
     results.push_back(castTo(b, p.getLoc(), g, type.getElementType()));
     resultTypes.push_back(type);
-    resultAttrs.push_back(b.getDictionaryAttr(
-        b.getNamedAttr("g3moe.grad", b.getStringAttr(p.getName()))));
+    resultAttrs.push_back(
+        b.getDictionaryAttr(b.getNamedAttr("g3moe.grad", b.getStringAttr(p.getName()))));
   }
   func::ReturnOp::create(b, ret.getLoc(), results);
   ret.erase();

@@ -52,9 +52,9 @@ struct FuseBackward : OpRewritePattern<LMHeadGradOp> {
     bool wantTable = !grad.getTableGrad().use_empty();
     Type tableGradType = wantTable ? grad.getTableGrad().getType() : Type();
     auto fused = LMHeadCrossEntropyGradOp::create(
-        rewriter, grad.getLoc(), grad.getInputGrad().getType(), tableGradType,
-        grad.getInput(), grad.getTable(), ceGrad.getTargets(), ceGrad.getNumItems(),
-        ceGrad.getGrad(), /*lse=*/Value(), grad.getSoftcapAttr(), ceGrad.getIgnoreIndexAttr());
+        rewriter, grad.getLoc(), grad.getInputGrad().getType(), tableGradType, grad.getInput(),
+        grad.getTable(), ceGrad.getTargets(), ceGrad.getNumItems(), ceGrad.getGrad(),
+        /*lse=*/Value(), grad.getSoftcapAttr(), ceGrad.getIgnoreIndexAttr());
     rewriter.replaceAllUsesWith(grad.getInputGrad(), fused.getInputGrad());
     if (wantTable)
       rewriter.replaceAllUsesWith(grad.getTableGrad(), fused.getTableGrad());
@@ -70,8 +70,7 @@ LMHeadCrossEntropyOp forwardOf(LMHeadCrossEntropyGradOp grad) {
     auto fwd = dyn_cast<LMHeadCrossEntropyOp>(user);
     if (fwd && fwd->getBlock() == grad->getBlock() && fwd->isBeforeInBlock(grad) &&
         fwd.getTable() == grad.getTable() && fwd.getTargets() == grad.getTargets() &&
-        fwd.getNumItems() == grad.getNumItems() &&
-        fwd.getSoftcapAttr() == grad.getSoftcapAttr() &&
+        fwd.getNumItems() == grad.getNumItems() && fwd.getSoftcapAttr() == grad.getSoftcapAttr() &&
         fwd.getIgnoreIndexAttr() == grad.getIgnoreIndexAttr())
       return fwd;
   }
@@ -104,8 +103,7 @@ void linkLogSumExp(Operation *root) {
   }
 }
 
-struct G3MoEFuseLMHeadLossPass
-    : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEFuseLMHeadLossPass> {
+struct G3MoEFuseLMHeadLossPass : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEFuseLMHeadLossPass> {
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
     populateFuseLMHeadLossPatterns(patterns);

@@ -10,8 +10,8 @@
 #include "dialects/G3MoE/IR/G3MoEOps.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
 
-#include "llvm/ADT/TypeSwitch.h"
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "llvm/ADT/TypeSwitch.h"
 
 namespace g3moe {
 #define GEN_PASS_DEF_G3MOEFUSELINEARADDPASS
@@ -46,8 +46,7 @@ int64_t fusableContraction(Value v, AddOp add) {
 struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(AddOp add, PatternRewriter &rewriter) const override {
-    int64_t kl = fusableContraction(add.getLhs(), add),
-            kr = fusableContraction(add.getRhs(), add);
+    int64_t kl = fusableContraction(add.getLhs(), add), kr = fusableContraction(add.getRhs(), add);
     if (!kl && !kr)
       return rewriter.notifyMatchFailure(add, "no operand is a product only this add reads");
     bool intoRhs = kr && (!kl || kr <= kl);
@@ -67,8 +66,7 @@ struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
   }
 };
 
-struct G3MoEFuseLinearAddPass
-    : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFuseLinearAddPass> {
+struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFuseLinearAddPass> {
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
     populateFuseLinearAddPatterns(patterns);

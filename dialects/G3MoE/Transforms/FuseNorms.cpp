@@ -42,8 +42,7 @@ struct FuseAddRMSNorm : OpRewritePattern<RMSNormOp> {
     if (!add || add->getBlock() != norm->getBlock())
       return rewriter.notifyMatchFailure(norm, "input is not an add of the same block");
     bool readBefore = llvm::any_of(add->getUsers(), [&](Operation *user) {
-      return user != norm && user->getBlock() == norm->getBlock() &&
-             user->isBeforeInBlock(norm);
+      return user != norm && user->getBlock() == norm->getBlock() && user->isBeforeInBlock(norm);
     });
     Operation *point = norm;
     if (readBefore) {
@@ -67,11 +66,11 @@ struct FuseAddRMSNorm : OpRewritePattern<RMSNormOp> {
 struct FoldAddIntoNormGrad : OpRewritePattern<AddOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(AddOp add, PatternRewriter &rewriter) const override {
-    for (auto [mine, other] : {std::pair(add.getLhs(), add.getRhs()),
-                               std::pair(add.getRhs(), add.getLhs())}) {
+    for (auto [mine, other] :
+         {std::pair(add.getLhs(), add.getRhs()), std::pair(add.getRhs(), add.getLhs())}) {
       auto grad = mine.getDefiningOp<RMSNormGradOp>();
-      if (!grad || grad.getAddend() || !mine.hasOneUse() ||
-          grad->getBlock() != add->getBlock() || mine != grad.getInputGrad())
+      if (!grad || grad.getAddend() || !mine.hasOneUse() || grad->getBlock() != add->getBlock() ||
+          mine != grad.getInputGrad())
         continue;
       // The addend may be defined after the norm's backward; the add comes
       // after both and after the backward's operands.
@@ -90,8 +89,7 @@ struct FuseRMSNormRoPE : OpRewritePattern<RoPEOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(RoPEOp rope, PatternRewriter &rewriter) const override {
     auto norm = rope.getInput().getDefiningOp<RMSNormOp>();
-    if (rope.getTranspose() || !norm || !norm->hasOneUse() ||
-        norm->getBlock() != rope->getBlock())
+    if (rope.getTranspose() || !norm || !norm->hasOneUse() || norm->getBlock() != rope->getBlock())
       return rewriter.notifyMatchFailure(rope, "not a forward rope of a norm only it reads");
     rewriter.replaceOpWithNewOp<RMSNormRoPEOp>(
         rope, rope.getType(), norm.getInput(), norm.getWeight(), rope.getPositions(),

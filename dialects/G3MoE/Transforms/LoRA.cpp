@@ -36,14 +36,10 @@ bool matchesTarget(StringRef module, StringRef target) {
 }
 
 bool isRouterWeight(StringRef name) { return name.ends_with(".moe.gate.weight"); }
-bool isSharedExpertWeight(StringRef name) {
-  return name.contains(".shared_experts.");
-}
+bool isSharedExpertWeight(StringRef name) { return name.contains(".shared_experts."); }
 /// DeepSeek's score-correction bias is adjusted by load statistics, not by
 /// gradients.
-bool isNonGradientBuffer(StringRef name) {
-  return name.ends_with("e_score_correction_bias");
-}
+bool isNonGradientBuffer(StringRef name) { return name.ends_with("e_score_correction_bias"); }
 
 RankedTensorType tensorType(Value v) { return cast<RankedTensorType>(v.getType()); }
 
@@ -56,8 +52,8 @@ private:
   LogicalResult validateOptions();
   /// The random key of `func`, added as a trailing argument when missing.
   Value getOrAddRandomKey(func::FuncOp func);
-  void addAdapter(OpBuilder &b, Operation *linear, ParamOp weight, Value input,
-                  Value expertOffsets, bool withDropout);
+  void addAdapter(OpBuilder &b, Operation *linear, ParamOp weight, Value input, Value expertOffsets,
+                  bool withDropout);
   void makeTrainableMaster(ParamOp param);
 
   Value rngKey;
@@ -74,8 +70,7 @@ LogicalResult G3MoELoRAPass::validateOptions() {
   if (alpha <= 0)
     return module.emitError("g3moe-lora: alpha must be positive, got ") << double(alpha);
   if (dropout < 0 || dropout >= 1)
-    return module.emitError("g3moe-lora: dropout must be in [0, 1), got ")
-           << double(dropout);
+    return module.emitError("g3moe-lora: dropout must be in [0, 1), got ") << double(dropout);
   if (targets.empty())
     return module.emitError("g3moe-lora: no target modules given (targets=...)");
   return success();
@@ -90,15 +85,14 @@ Value G3MoELoRAPass::getOrAddRandomKey(func::FuncOp func) {
   unsigned index = func.getNumArguments();
   auto keyType = RankedTensorType::get({2}, IntegerType::get(ctx, 64));
   auto attrs = DictionaryAttr::get(
-      ctx, {NamedAttribute(StringAttr::get(ctx, "g3moe.input"),
-                           StringAttr::get(ctx, "rng_key"))});
+      ctx, {NamedAttribute(StringAttr::get(ctx, "g3moe.input"), StringAttr::get(ctx, "rng_key"))});
   if (failed(func.insertArgument(index, keyType, attrs, func.getLoc())))
     return Value();
   return func.getArgument(index);
 }
 
-void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
-                               Value input, Value expertOffsets, bool withDropout) {
+void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight, Value input,
+                               Value expertOffsets, bool withDropout) {
   Location loc = NameLoc::get(b.getStringAttr(moduleOf(weight)), linear->getLoc());
   b.setInsertionPointAfter(linear);
   Value output = linear->getResult(0);
@@ -119,8 +113,7 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
                               /*trainable=*/true);
     if (scale != 1.0)
       p = ScaleOp::create(b, loc, p, b.getF64FloatAttr(scale));
-    return ConvertOp::create(b, loc, RankedTensorType::get(shape, activation), p)
-        .getResult();
+    return ConvertOp::create(b, loc, RankedTensorType::get(shape, activation), p).getResult();
   };
   // PEFT's alpha/r scales B·A·x. It is applied to B, the [out, r] weight,
   // rather than to the [tokens, out] product: the same function, but the
@@ -132,9 +125,9 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight,
   Value x = input;
   if (withDropout) {
     auto uniformType = RankedTensorType::get(tensorType(x).getShape(), f32);
-    Value u = RandomUniformOp::create(b, loc, uniformType, rngKey,
-                                      b.getI64IntegerAttr(nextStream++),
-                                      b.getF64FloatAttr(0.0), b.getF64FloatAttr(1.0));
+    Value u =
+        RandomUniformOp::create(b, loc, uniformType, rngKey, b.getI64IntegerAttr(nextStream++),
+                                b.getF64FloatAttr(0.0), b.getF64FloatAttr(1.0));
     x = DropoutOp::create(b, loc, x.getType(), x, u, b.getF64FloatAttr(dropout));
   }
   auto resultType = [&](Value in, Value w) {

@@ -30,9 +30,7 @@ DictionaryAttr tag(OpBuilder &b, StringRef key, StringRef value) {
 }
 
 /// HF's AdamW grouping: no weight decay for biases and norm weights.
-bool decays(StringRef name) {
-  return !name.contains("norm") && !name.ends_with("bias");
-}
+bool decays(StringRef name) { return !name.contains("norm") && !name.ends_with("bias"); }
 
 struct G3MoEOptimizerPass : g3moe::impl::G3MoEOptimizerPassBase<G3MoEOptimizerPass> {
   using Base::Base;
@@ -54,8 +52,8 @@ void G3MoEOptimizerPass::buildMicroStep(func::FuncOp fb, ArrayRef<StringRef> nam
 
   SmallVector<Type> argTypes(fbType.getInputs());
   llvm::append_range(argTypes, gradTypes);
-  auto func = func::FuncOp::create(b, loc, kMicroStep,
-                                   b.getFunctionType(argTypes, fbType.getResults()));
+  auto func =
+      func::FuncOp::create(b, loc, kMicroStep, b.getFunctionType(argTypes, fbType.getResults()));
   SmallVector<DictionaryAttr> argAttrs, resultAttrs;
   for (unsigned i = 0; i < fbType.getNumInputs(); ++i)
     argAttrs.push_back(fb.getArgAttrDict(i));
@@ -70,18 +68,16 @@ void G3MoEOptimizerPass::buildMicroStep(func::FuncOp fb, ArrayRef<StringRef> nam
 
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
-  auto call = func::CallOp::create(
-      b, loc, fb, entry->getArguments().take_front(fbType.getNumInputs()));
+  auto call =
+      func::CallOp::create(b, loc, fb, entry->getArguments().take_front(fbType.getNumInputs()));
   // The loss and the statistics pass through; gradients add to the accumulators.
   SmallVector<Value> results(call.getResults().take_front(numOutputs));
-  for (auto [i, acc] : llvm::enumerate(entry->getArguments().drop_front(
-           fbType.getNumInputs())))
+  for (auto [i, acc] : llvm::enumerate(entry->getArguments().drop_front(fbType.getNumInputs())))
     results.push_back(AddOp::create(b, loc, acc, call.getResult(numOutputs + i)));
   func::ReturnOp::create(b, loc, results);
 }
 
-void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
-                                            ArrayRef<StringRef> names) {
+void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb, ArrayRef<StringRef> names) {
   OpBuilder b(fb.getContext());
   b.setInsertionPointToEnd(getOperation().getBody());
   Location loc = fb.getLoc();
@@ -93,8 +89,7 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
   // Arguments: params, grads, exp_avg, exp_avg_sq, then the three counters.
   SmallVector<Type> argTypes;
   SmallVector<DictionaryAttr> argAttrs;
-  for (StringRef role : {"g3moe.param", "g3moe.grad_acc", "g3moe.exp_avg",
-                         "g3moe.exp_avg_sq"})
+  for (StringRef role : {"g3moe.param", "g3moe.grad_acc", "g3moe.exp_avg", "g3moe.exp_avg_sq"})
     for (auto [t, name] : llvm::zip(paramTypes, names)) {
       argTypes.push_back(t);
       argAttrs.push_back(tag(b, role, name));
@@ -115,21 +110,20 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
     resultAttrs.push_back(tag(b, "g3moe.output", output));
   }
 
-  auto func = func::FuncOp::create(b, loc, kOptimizerStep,
-                                   b.getFunctionType(argTypes, resultTypes));
+  auto func =
+      func::FuncOp::create(b, loc, kOptimizerStep, b.getFunctionType(argTypes, resultTypes));
   func.setAllArgAttrs(argAttrs);
   func.setAllResultAttrs(resultAttrs);
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
   auto args = entry->getArguments();
-  auto params = args.slice(0, n), grads = args.slice(n, n),
-       expAvg = args.slice(2 * n, n), expAvgSq = args.slice(3 * n, n);
+  auto params = args.slice(0, n), grads = args.slice(n, n), expAvg = args.slice(2 * n, n),
+       expAvgSq = args.slice(3 * n, n);
   Value step = args[4 * n], total = args[4 * n + 1], warmup = args[4 * n + 2];
 
   Value norm = GlobalNormOp::create(b, loc, scalar, grads);
   Value clip = ClipScaleOp::create(b, loc, scalar, norm, b.getF64FloatAttr(maxGradNorm));
-  Value lr = LRScheduleOp::create(b, loc, scalar, step, total, warmup,
-                                  b.getStringAttr(schedule),
+  Value lr = LRScheduleOp::create(b, loc, scalar, step, total, warmup, b.getStringAttr(schedule),
                                   b.getF64FloatAttr(learningRate));
   // One multi-tensor update per weight-decay group (HF's two parameter
   // groups), each tensor's results put back in the order of the names.
@@ -144,8 +138,8 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
     SmallVector<Value> state;
     SmallVector<Type> types;
     SmallVector<Location> locs;
-    for (ValueRange role : {ValueRange(params), ValueRange(grads), ValueRange(expAvg),
-                            ValueRange(expAvgSq)})
+    for (ValueRange role :
+         {ValueRange(params), ValueRange(grads), ValueRange(expAvg), ValueRange(expAvgSq)})
       for (unsigned i : members)
         state.push_back(role[i]);
     for (int role = 0; role < 3; ++role)
@@ -153,10 +147,10 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb,
         types.push_back(paramTypes[i]);
     for (unsigned i : members)
       locs.push_back(NameLoc::get(b.getStringAttr(names[i]), loc));
-    auto update = AdamWOp::create(
-        b, b.getFusedLoc(locs), types, state, step, lr, clip, b.getF64FloatAttr(beta1),
-        b.getF64FloatAttr(beta2), b.getF64FloatAttr(epsilon),
-        b.getF64FloatAttr(decayed ? weightDecay : 0.0));
+    auto update =
+        AdamWOp::create(b, b.getFusedLoc(locs), types, state, step, lr, clip,
+                        b.getF64FloatAttr(beta1), b.getF64FloatAttr(beta2),
+                        b.getF64FloatAttr(epsilon), b.getF64FloatAttr(decayed ? weightDecay : 0.0));
     for (auto [k, i] : llvm::enumerate(members)) {
       newParams[i] = update.getNewStateOf(0, unsigned(k));
       newAvg[i] = update.getNewStateOf(1, unsigned(k));
@@ -185,8 +179,8 @@ void G3MoEOptimizerPass::runOnOperation() {
         << schedule << "' (cosine, linear, constant, constant_with_warmup)";
     return signalPassFailure();
   }
-  if (learningRate < 0 || weightDecay < 0 || beta1 < 0 || beta1 >= 1 || beta2 < 0 ||
-      beta2 >= 1 || epsilon <= 0) {
+  if (learningRate < 0 || weightDecay < 0 || beta1 < 0 || beta1 >= 1 || beta2 < 0 || beta2 >= 1 ||
+      epsilon <= 0) {
     module.emitError("g3moe-optimizer: needs learning-rate >= 0, weight-decay >= 0, "
                      "betas in [0, 1) and epsilon > 0");
     return signalPassFailure();

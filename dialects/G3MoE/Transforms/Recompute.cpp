@@ -29,8 +29,8 @@ namespace {
 /// Ops whose results are cheaper to recompute than to keep: pure, with no
 /// state, the random draws included (they are keyed, so a redraw is exact).
 bool isRecomputable(Operation *op) {
-  return isa<LinearOp, ExpertLinearOp, GeluTanhMulOp, AddOp, MulOp, ScaleOp, ConvertOp,
-             DropoutOp, RandomUniformOp, ReshapeOp, ParamOp>(op);
+  return isa<LinearOp, ExpertLinearOp, GeluTanhMulOp, AddOp, MulOp, ScaleOp, ConvertOp, DropoutOp,
+             RandomUniformOp, ReshapeOp, ParamOp>(op);
 }
 
 std::string scopeOf(Operation *op) {

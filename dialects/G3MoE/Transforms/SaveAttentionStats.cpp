@@ -42,8 +42,8 @@ AttentionOp withLse(AttentionOp fwd) {
     return fwd;
   OpBuilder b(fwd);
   auto q = fwd.getQuery().getType();
-  auto lseType = RankedTensorType::get({q.getDimSize(0), q.getDimSize(2), q.getDimSize(1)},
-                                       b.getF32Type());
+  auto lseType =
+      RankedTensorType::get({q.getDimSize(0), q.getDimSize(2), q.getDimSize(1)}, b.getF32Type());
   auto op = AttentionOp::create(b, fwd.getLoc(), q, lseType, fwd.getQuery(), fwd.getKey(),
                                 fwd.getValue(), fwd.getSegmentIds(), fwd.getScaleAttr(),
                                 fwd.getSlidingWindowAttr(), fwd.getSoftcapAttr());

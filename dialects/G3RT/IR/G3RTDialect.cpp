@@ -47,10 +47,8 @@ LogicalResult BufferOp::verify() {
 
 LogicalResult ViewOp::verify() {
   auto in = getSource().getType(), out = getType();
-  if (in.getElementType() != out.getElementType() ||
-      in.getNumElements() != out.getNumElements())
-    return emitOpError("must keep the element type and count, got ")
-           << in << " to " << out;
+  if (in.getElementType() != out.getElementType() || in.getNumElements() != out.getNumElements())
+    return emitOpError("must keep the element type and count, got ") << in << " to " << out;
   return success();
 }
 

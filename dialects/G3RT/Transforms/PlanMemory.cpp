@@ -92,9 +92,7 @@ MemoryReport g3moe::lowered::reportMemory(func::FuncOp func) {
     if (l.first <= report.peakLaunch && report.peakLaunch <= l.last)
       report.liveAtPeak.push_back(l);
   std::stable_sort(report.liveAtPeak.begin(), report.liveAtPeak.end(),
-                   [](const BufferLife &a, const BufferLife &b) {
-                     return a.bytes > b.bytes;
-                   });
+                   [](const BufferLife &a, const BufferLife &b) { return a.bytes > b.bytes; });
   return report;
 }
 

@@ -73,9 +73,8 @@ TEST_F(KernelNames, EveryOpHasItsKernel) {
   std::set<std::string> names = listed();
   for (const std::string &op : g3moeOps())
     if (!kNoKernel.count(op))
-      EXPECT_TRUE(names.count(op))
-          << "g3moe." << op << " lowers to a launch of \"" << op
-          << "\", which runtime/kernels/kernel_names.def does not list";
+      EXPECT_TRUE(names.count(op)) << "g3moe." << op << " lowers to a launch of \"" << op
+                                   << "\", which runtime/kernels/kernel_names.def does not list";
 }
 
 TEST_F(KernelNames, EveryKernelBelongsToAnOp) {
@@ -105,7 +104,8 @@ TEST_F(KernelNames, TheLoweringLaunchesWhatTheSetsSay) {
       return %one, %kept, %x : tensor<f32>, tensor<8xf32>, tensor<2x4xf32>
     }
   )mlir";
-  mlir::OwningOpRef<mlir::ModuleOp> module = mlir::parseSourceString<mlir::ModuleOp>(step, &context);
+  mlir::OwningOpRef<mlir::ModuleOp> module =
+      mlir::parseSourceString<mlir::ModuleOp>(step, &context);
   ASSERT_TRUE(module);
   std::set<std::string> before;
   module->walk([&](mlir::Operation *op) {

@@ -9,7 +9,6 @@
 
 namespace {
 
-
 //===----------------------------------------------------------------------===//
 // Example files
 //===----------------------------------------------------------------------===//
@@ -160,14 +159,10 @@ struct PresetExpectation {
 
 TEST(ConfigExamples, FlatPresets) {
   const PresetExpectation presets[] = {
-      {"presets/g3moe_sft_config.json", 4, 16, 1e-4, 10, 1, 32, 0.05, 5, 100,
-       500, 3},
-      {"presets/g3moe_small_dataset_config.json", 4, 16, 2e-4, 20, 2, 32, 0.10,
-       5, 50, 100, 5},
-      {"presets/g3moe_large_dataset_config.json", 8, 32, 1e-4, 10, 1, 32, 0.05,
-       10, 100, 250, 3},
-      {"presets/g3moe_120k_deepspeed_config.json", 16, 32, 5e-5, 5, 1, 64, 0.03,
-       1, 50, 100, 2},
+      {"presets/g3moe_sft_config.json", 4, 16, 1e-4, 10, 1, 32, 0.05, 5, 100, 500, 3},
+      {"presets/g3moe_small_dataset_config.json", 4, 16, 2e-4, 20, 2, 32, 0.10, 5, 50, 100, 5},
+      {"presets/g3moe_large_dataset_config.json", 8, 32, 1e-4, 10, 1, 32, 0.05, 10, 100, 250, 3},
+      {"presets/g3moe_120k_deepspeed_config.json", 16, 32, 5e-5, 5, 1, 64, 0.03, 1, 50, 100, 2},
   };
   for (const PresetExpectation &p : presets) {
     SCOPED_TRACE(p.file);
@@ -201,7 +196,7 @@ TEST(ConfigExamples, FlatPresets) {
     EXPECT_DOUBLE_EQ(t.testSize, 0.1);
     EXPECT_EQ(t.maxSteps, -1);
     // Relative data paths in a file are resolved against the file's folder.
-  EXPECT_EQ(t.dataset, std::string(G3MOE_EXAMPLES_DIR) + "/data/chat.jsonl");
+    EXPECT_EQ(t.dataset, std::string(G3MOE_EXAMPLES_DIR) + "/data/chat.jsonl");
     // The model: gemma-3-4b-it upcycled by g3moe_params.
     const ModelConfig &m = c.model;
     EXPECT_EQ(m.modelType, "g3moe_text");
@@ -214,8 +209,7 @@ TEST(ConfigExamples, FlatPresets) {
     EXPECT_EQ(moeLayers(m).size(), 26u);
     EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23, 29}));
     EXPECT_DOUBLE_EQ(m.embedScale(/*bf16=*/true), 50.5);
-    EXPECT_NE(c.modelSource.find("gemma-3-4b-it/config.json"),
-              std::string::npos);
+    EXPECT_NE(c.modelSource.find("gemma-3-4b-it/config.json"), std::string::npos);
     // DeepSpeed is accepted but said to be ignored.
     EXPECT_TRUE(hasWarning(c, "field 'deepspeed'"));
   }
@@ -297,16 +291,15 @@ TEST(ConfigForms, Gemma3TextDefaults) {
   EXPECT_DOUBLE_EQ(m.rmsNormEps, 1e-6);
   EXPECT_EQ(globalLayers(m), (std::vector<int64_t>{5, 11, 17, 23, 29}));
   EXPECT_FALSE(m.isMoE());
-  const char *defaulted[][2] = {
-      {"vocab_size", "262208"},       {"num_attention_heads", "8"},
-      {"num_key_value_heads", "4"},   {"head_dim", "256"},
-      {"query_pre_attn_scalar", "256"}, {"rms_norm_eps", "1e-06"},
-      {"rope_theta", "1000000"},      {"rope_local_base_freq", "10000"},
-      {"sliding_window_pattern", "6"}};
+  const char *defaulted[][2] = {{"vocab_size", "262208"},         {"num_attention_heads", "8"},
+                                {"num_key_value_heads", "4"},     {"head_dim", "256"},
+                                {"query_pre_attn_scalar", "256"}, {"rms_norm_eps", "1e-06"},
+                                {"rope_theta", "1000000"},        {"rope_local_base_freq", "10000"},
+                                {"sliding_window_pattern", "6"}};
   for (const auto &[field, value] : defaulted) {
-    std::string needle = std::string("inline.json: field 'text_config.") +
-                         field + "': absent; using Gemma3TextConfig's "
-                                 "default, " +
+    std::string needle = std::string("inline.json: field 'text_config.") + field +
+                         "': absent; using Gemma3TextConfig's "
+                         "default, " +
                          value;
     EXPECT_TRUE(hasWarning(c, needle)) << needle;
   }
@@ -369,8 +362,8 @@ TEST(ConfigForms, Transformers5WrittenConfigsAreQuiet) {
 }
 
 TEST(ConfigForms, G3MoEWrapper) {
-  CompileConfig c = parseOk(R"({"model_type": "g3moe", "text_config": )" +
-                            tiny() + R"(, "vision_config": {"x": 1}})");
+  CompileConfig c = parseOk(R"({"model_type": "g3moe", "text_config": )" + tiny() +
+                            R"(, "vision_config": {"x": 1}})");
   EXPECT_EQ(c.model.modelType, "g3moe_text");
   EXPECT_EQ(c.model.checkpointPrefix, "language_model.");
   EXPECT_EQ(c.model.numExperts, 4);
@@ -378,13 +371,12 @@ TEST(ConfigForms, G3MoEWrapper) {
 
 TEST(ConfigForms, SharedExpertsHonouredWhenPresent) {
   EXPECT_EQ(parseOk(tiny()).model.numSharedExperts, 0);
-  EXPECT_EQ(parseOk(tiny(R"("n_shared_experts": 1)")).model.numSharedExperts,
-            1);
+  EXPECT_EQ(parseOk(tiny(R"("n_shared_experts": 1)")).model.numSharedExperts, 1);
 }
 
 TEST(ConfigForms, ExpertCountAliasesAndDense) {
-  CompileConfig aliased = parseOk(tiny(
-      R"("num_local_experts": 4, "num_experts_per_tok": 2)", "gemma3_text"));
+  CompileConfig aliased =
+      parseOk(tiny(R"("num_local_experts": 4, "num_experts_per_tok": 2)", "gemma3_text"));
   EXPECT_EQ(aliased.model.numExperts, 4);
   EXPECT_EQ(aliased.model.modelType, "g3moe_text");
   CompileConfig dense = parseOk(tiny(R"("n_routed_experts": null)"));
@@ -443,8 +435,7 @@ TEST(ConfigForms, RopeParametersFlatAndPerType) {
   EXPECT_DOUBLE_EQ(perType.model.globalRope.factor, 1.0);
   EXPECT_DOUBLE_EQ(perType.model.slidingRope.theta, 5e3);
   // The legacy "type" key.
-  CompileConfig legacy =
-      parseOk(tiny(R"("rope_scaling": {"type": "linear", "factor": 2})"));
+  CompileConfig legacy = parseOk(tiny(R"("rope_scaling": {"type": "linear", "factor": 2})"));
   EXPECT_DOUBLE_EQ(legacy.model.globalRope.factor, 2.0);
   EXPECT_DOUBLE_EQ(legacy.model.slidingRope.factor, 1.0);
 }

@@ -27,14 +27,10 @@ namespace g3moe_config_testing {
 
 inline const std::string kExamples = G3MOE_EXAMPLES_DIR;
 
-inline std::string examplePath(const std::string &rel) {
-  return kExamples + "/" + rel;
-}
+inline std::string examplePath(const std::string &rel) { return kExamples + "/" + rel; }
 
-inline CompileConfig loadOk(const std::string &rel,
-                     std::vector<ConfigOverride> overrides = {}) {
-  llvm::Expected<CompileConfig> c =
-      loadCompileConfig(examplePath(rel), overrides);
+inline CompileConfig loadOk(const std::string &rel, std::vector<ConfigOverride> overrides = {}) {
+  llvm::Expected<CompileConfig> c = loadCompileConfig(examplePath(rel), overrides);
   if (!c) {
     ADD_FAILURE() << rel << ": " << llvm::toString(c.takeError());
     return CompileConfig();
@@ -42,10 +38,8 @@ inline CompileConfig loadOk(const std::string &rel,
   return std::move(*c);
 }
 
-inline CompileConfig parseOk(const std::string &json,
-                      std::vector<ConfigOverride> overrides = {}) {
-  llvm::Expected<CompileConfig> c =
-      parseCompileConfig(json, "inline.json", kExamples, overrides);
+inline CompileConfig parseOk(const std::string &json, std::vector<ConfigOverride> overrides = {}) {
+  llvm::Expected<CompileConfig> c = parseCompileConfig(json, "inline.json", kExamples, overrides);
   if (!c) {
     ADD_FAILURE() << llvm::toString(c.takeError());
     return CompileConfig();
@@ -54,32 +48,29 @@ inline CompileConfig parseOk(const std::string &json,
 }
 
 /// The error message of a config that must be rejected ("" if accepted).
-inline std::string parseErr(const std::string &json,
-                     std::vector<ConfigOverride> overrides = {}) {
-  llvm::Expected<CompileConfig> c =
-      parseCompileConfig(json, "inline.json", kExamples, overrides);
+inline std::string parseErr(const std::string &json, std::vector<ConfigOverride> overrides = {}) {
+  llvm::Expected<CompileConfig> c = parseCompileConfig(json, "inline.json", kExamples, overrides);
   if (c)
     return "";
   return llvm::toString(c.takeError());
 }
 
-#define EXPECT_REJECTS(json, field, ...)                                       \
-  do {                                                                         \
-    std::string msg_ = parseErr(json, ##__VA_ARGS__);                          \
-    EXPECT_NE(msg_, "") << "accepted: " << json;                               \
-    EXPECT_EQ(msg_.rfind("inline.json: ", 0), 0u) << msg_;                     \
-    EXPECT_NE(msg_.find("field '" field "'"), std::string::npos) << msg_;      \
+#define EXPECT_REJECTS(json, field, ...)                                                           \
+  do {                                                                                             \
+    std::string msg_ = parseErr(json, ##__VA_ARGS__);                                              \
+    EXPECT_NE(msg_, "") << "accepted: " << json;                                                   \
+    EXPECT_EQ(msg_.rfind("inline.json: ", 0), 0u) << msg_;                                         \
+    EXPECT_NE(msg_.find("field '" field "'"), std::string::npos) << msg_;                          \
   } while (false)
 
-#define EXPECT_CONTAINS(haystack, needle)                                      \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos)             \
+#define EXPECT_CONTAINS(haystack, needle)                                                          \
+  EXPECT_NE(std::string(haystack).find(needle), std::string::npos)                                 \
       << "'" << (needle) << "' not in: " << (haystack)
 
 /// The tiny G3MoE of G3MOE_SPEC.md §5 as inline JSON, complete (no field
 /// left to a default that warns); `extra` holds fields (without braces) that
 /// are added or replace the base ones.
-inline std::string tiny(const std::string &extra = "",
-                 const std::string &type = "g3moe_text") {
+inline std::string tiny(const std::string &extra = "", const std::string &type = "g3moe_text") {
   std::string base = R"({"model_type": ")" + type + R"(",
     "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
     "num_hidden_layers": 6, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -93,8 +84,7 @@ inline std::string tiny(const std::string &extra = "",
   llvm::json::Value doc = llvm::cantFail(llvm::json::parse(base + "}"));
   llvm::json::Object &obj = *doc.getAsObject();
   if (!extra.empty()) {
-    llvm::Expected<llvm::json::Value> more =
-        llvm::json::parse("{" + extra + "}");
+    llvm::Expected<llvm::json::Value> more = llvm::json::parse("{" + extra + "}");
     if (!more) {
       ADD_FAILURE() << "bad test JSON: " << llvm::toString(more.takeError());
       return "";
@@ -128,8 +118,7 @@ inline std::string with(const std::string &json, const std::string &extra) {
 }
 
 /// A multimodal wrapper of type `type` around the text config `text`.
-inline std::string wrapped(const std::string &text,
-                    const std::string &type = "gemma3") {
+inline std::string wrapped(const std::string &text, const std::string &type = "gemma3") {
   return R"({"model_type": ")" + type + R"(", "text_config": )" + text +
          R"(, "vision_config": {"model_type": "siglip_vision_model"}})";
 }
@@ -157,9 +146,8 @@ inline bool hasWarning(const CompileConfig &c, const std::string &needle) {
   return false;
 }
 
-inline const std::vector<std::string> kAllSeven = {"q_proj",   "k_proj",    "v_proj",
-                                            "o_proj",   "gate_proj", "up_proj",
-                                            "down_proj"};
+inline const std::vector<std::string> kAllSeven = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                   "gate_proj", "up_proj", "down_proj"};
 inline const std::vector<std::string> kMLP = {"gate_proj", "up_proj", "down_proj"};
 
 } // namespace g3moe_config_testing

@@ -62,22 +62,21 @@ g3rt::StepProgram roundTrip(mlir::ModuleOp module) {
 
 TEST(StepConfigRoundTrip, MoELoRAStepCarriesEveryValue) {
   mlir::MLIRContext context;
-  CompileConfig c = loadOk("tiny-g3moe/config.json",
-                           {{"lora_r", "4"},
-                            {"lora_alpha", "16"},
-                            {"seq_len", "16"},
-                            {"micro_batch", "2"},
-                            {"loss_denominator", "unshifted"},
-                            {"max_line_bytes", "4096"},
-                            {"lr_scheduler_type", "linear"},
-                            {"router_type", "sigmoid_grouped"},
-                            {"n_group", "2"},
-                            {"topk_group", "1"},
-                            {"num_experts_per_tok", "2"},
-                            {"logging_steps", "1"},
-                            {"packing", "true"},
-                            {"dataset", "/data/chat.jsonl"},
-                            {"output_dir", "/tmp/out"}});
+  CompileConfig c = loadOk("tiny-g3moe/config.json", {{"lora_r", "4"},
+                                                      {"lora_alpha", "16"},
+                                                      {"seq_len", "16"},
+                                                      {"micro_batch", "2"},
+                                                      {"loss_denominator", "unshifted"},
+                                                      {"max_line_bytes", "4096"},
+                                                      {"lr_scheduler_type", "linear"},
+                                                      {"router_type", "sigmoid_grouped"},
+                                                      {"n_group", "2"},
+                                                      {"topk_group", "1"},
+                                                      {"num_experts_per_tok", "2"},
+                                                      {"logging_steps", "1"},
+                                                      {"packing", "true"},
+                                                      {"dataset", "/data/chat.jsonl"},
+                                                      {"output_dir", "/tmp/out"}});
   g3rt::StepProgram p = roundTrip(*attributesOnly(context, c, /*fp32=*/false));
   const ModelConfig &m = c.model;
   const TrainingOptions &t = c.training;
@@ -159,8 +158,9 @@ TEST(StepConfigRoundTrip, MoELoRAStepCarriesEveryValue) {
 
 TEST(StepConfigRoundTrip, DenseFullFineTuningFp32Step) {
   mlir::MLIRContext context;
-  CompileConfig c = loadOk("tiny-gemma3/config.json",
-                           {{"finetuning", "full"}, {"seq_len", "8"}, {"final_logit_softcapping", "30"}});
+  CompileConfig c =
+      loadOk("tiny-gemma3/config.json",
+             {{"finetuning", "full"}, {"seq_len", "8"}, {"final_logit_softcapping", "30"}});
   g3rt::StepProgram p = roundTrip(*attributesOnly(context, c, /*fp32=*/true));
   EXPECT_FALSE(p.model.isMoE());
   EXPECT_EQ(p.model.hiddenSize, c.model.hiddenSize);

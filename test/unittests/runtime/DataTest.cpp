@@ -233,8 +233,9 @@ TEST_F(DataTest, TokenizerErrorsNameTheFile) {
 
 TEST_F(DataTest, TokenizerWithoutGemmaTokensIsRefused) {
   // A default SentencePiece model: <unk>, <s>, </s>, no turn markers.
-  std::string corpus = write("corpus.txt", std::string(
-      "the cat sat on the mat\nthe dog ran in the park\na bird sang in a tree\n"));
+  std::string corpus = write(
+      "corpus.txt",
+      std::string("the cat sat on the mat\nthe dog ran in the park\na bird sang in a tree\n"));
   std::string prefix = (dir / "plain").string();
   auto trained = sentencepiece::SentencePieceTrainer::Train(
       "--input=" + corpus + " --model_prefix=" + prefix +
@@ -254,7 +255,8 @@ TEST_F(DataTest, TokenizerWithoutGemmaTokensIsRefused) {
 
 TEST_F(DataTest, TextIsBosTextEos) {
   DataSplit data;
-  std::string path = write("t.jsonl", R"({"text": "The cat sat. 42"})" "\n");
+  std::string path = write("t.jsonl", R"({"text": "The cat sat. 42"})"
+                                      "\n");
   ASSERT_TRUE(loadTrainingData(spec(path), data).ok());
   ASSERT_EQ(data.train.size(), 1u);
   std::vector<int32_t> expected = {2};
@@ -304,8 +306,9 @@ TEST_F(DataTest, AssistantOnlyLossTrainsAssistantTurns) {
 }
 
 TEST_F(DataTest, PromptCompletion) {
-  std::string path = write("pc.jsonl", R"({"prompt": "Question: capital?\nAnswer:", "completion": " Paris."})"
-                                       "\n");
+  std::string path =
+      write("pc.jsonl", R"({"prompt": "Question: capital?\nAnswer:", "completion": " Paris."})"
+                        "\n");
   DataSplit full;
   ASSERT_TRUE(loadTrainingData(spec(path), full).ok());
   std::vector<int32_t> expected = {2};
@@ -395,8 +398,12 @@ TEST_F(DataTest, ImagesDroppedOrMasked) {
 }
 
 TEST_F(DataTest, RightTruncation) {
-  std::string path = write("long.jsonl", R"({"text": "The library is open from nine in the morning until eight in the evening."})"
-                                         "\n" R"({"text": "Hi"})" "\n");
+  std::string path = write(
+      "long.jsonl",
+      R"({"text": "The library is open from nine in the morning until eight in the evening."})"
+      "\n"
+      R"({"text": "Hi"})"
+      "\n");
   DataSpec s = spec(path);
   s.seqLen = 8;
   DataSplit data;
@@ -411,26 +418,34 @@ TEST_F(DataTest, RightTruncation) {
 
 TEST_F(DataTest, FormatDetection) {
   DataSplit data;
-  Status s = loadTrainingData(spec(write("amb.jsonl", R"({"text": "a", "messages": []})" "\n")), data);
+  Status s = loadTrainingData(spec(write("amb.jsonl", R"({"text": "a", "messages": []})"
+                                                      "\n")),
+                              data);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find(":1: ambiguous format"), std::string::npos) << s.message();
 
-  s = loadTrainingData(spec(write("unk.jsonl", R"({"content": "a"})" "\n")), data);
+  s = loadTrainingData(spec(write("unk.jsonl", R"({"content": "a"})"
+                                               "\n")),
+                       data);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find(":1: unknown format"), std::string::npos) << s.message();
 
-  s = loadTrainingData(spec(write("half.jsonl", R"({"prompt": "a"})" "\n")), data);
+  s = loadTrainingData(spec(write("half.jsonl", R"({"prompt": "a"})"
+                                                "\n")),
+                       data);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("'completion' is missing"), std::string::npos) << s.message();
 
-  DataSpec forced = spec(write("forced.jsonl", R"({"text": "a"})" "\n"));
+  DataSpec forced = spec(write("forced.jsonl", R"({"text": "a"})"
+                                               "\n"));
   forced.format = "messages";
   s = loadTrainingData(forced, data);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("field 'messages' is missing"), std::string::npos) << s.message();
 
   // An explicit format settles a line that has several formats' fields.
-  DataSpec text = spec(write("both.jsonl", R"({"text": "a b", "messages": 5})" "\n"));
+  DataSpec text = spec(write("both.jsonl", R"({"text": "a b", "messages": 5})"
+                                           "\n"));
   text.format = "text";
   DataSplit ok;
   ASSERT_TRUE(loadTrainingData(text, ok).ok());
@@ -443,14 +458,18 @@ TEST_F(DataTest, FormatDetection) {
 }
 
 TEST_F(DataTest, BadLinesAreFatalOrSkipped) {
-  std::string path = write("mixed.jsonl",
-                           R"({"text": "good one"})" "\n"
-                           R"({"messages": [{"role": "assistant", "content": "x"}]})" "\n"
-                           "\n"
-                           R"({"messages": [{"role": "robot", "content": "x"}]})" "\n"
-                           "{not json\n"
-                           R"({"text": ""})" "\n"
-                           R"({"text": "good two"})" "\n");
+  std::string path = write("mixed.jsonl", R"({"text": "good one"})"
+                                          "\n"
+                                          R"({"messages": [{"role": "assistant", "content": "x"}]})"
+                                          "\n"
+                                          "\n"
+                                          R"({"messages": [{"role": "robot", "content": "x"}]})"
+                                          "\n"
+                                          "{not json\n"
+                                          R"({"text": ""})"
+                                          "\n"
+                                          R"({"text": "good two"})"
+                                          "\n");
   DataSplit data;
   Status s = loadTrainingData(spec(path), data);
   ASSERT_FALSE(s.ok());
@@ -474,7 +493,10 @@ TEST_F(DataTest, BadLinesAreFatalOrSkipped) {
 }
 
 TEST_F(DataTest, TextWithoutTokenizerIsASetupError) {
-  DataSpec s = spec(write("t.jsonl", R"({"input_ids": [2, 3]})" "\n" R"({"text": "a"})" "\n"));
+  DataSpec s = spec(write("t.jsonl", R"({"input_ids": [2, 3]})"
+                                     "\n"
+                                     R"({"text": "a"})"
+                                     "\n"));
   s.tokenizerPath.clear();
   s.skipBadLines = true; // not a bad line: skipping would drop every text line
   DataSplit data;
@@ -491,13 +513,15 @@ TEST_F(DataTest, EmptyDataAndBadTokenizerAreErrors) {
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.message(), empty + ": no training examples");
 
-  DataSpec small = spec(write("a.jsonl", R"({"text": "a"})" "\n"));
+  DataSpec small = spec(write("a.jsonl", R"({"text": "a"})"
+                                         "\n"));
   small.vocabSize = 100;
   s = loadTrainingData(small, data);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("more than the model's vocab_size 100"), std::string::npos);
 
-  DataSpec missing = spec(write("b.jsonl", R"({"text": "a"})" "\n"));
+  DataSpec missing = spec(write("b.jsonl", R"({"text": "a"})"
+                                           "\n"));
   missing.tokenizerPath = (dir / "nothing").string();
   s = loadTrainingData(missing, data);
   ASSERT_FALSE(s.ok());
@@ -530,10 +554,26 @@ TEST_F(DataTest, FoldersWhereFilesAreExpected) {
 /// Varied text of about `bytes` bytes: words, digits, punctuation, runs of
 /// spaces and newlines, two- and three-byte characters, and a turn marker.
 std::string variedText(size_t bytes) {
-  static const char *words[] = {
-      "The", "library", "opens", "at", "nine,", "and", "closes", "at", "8.",
-      "Caf\xC3\xA9", "\xE6\x97\xA5\xE6\x9C\xAC", "x  y", "(42)", "\n", "--",
-      "<start_of_turn>", "tab\t", "well-known", "A", "\n\n"};
+  static const char *words[] = {"The",
+                                "library",
+                                "opens",
+                                "at",
+                                "nine,",
+                                "and",
+                                "closes",
+                                "at",
+                                "8.",
+                                "Caf\xC3\xA9",
+                                "\xE6\x97\xA5\xE6\x9C\xAC",
+                                "x  y",
+                                "(42)",
+                                "\n",
+                                "--",
+                                "<start_of_turn>",
+                                "tab\t",
+                                "well-known",
+                                "A",
+                                "\n\n"};
   std::string out;
   for (size_t i = 0; out.size() < bytes; ++i) {
     out += words[(i * 7 + i / 5) % (sizeof(words) / sizeof(words[0]))];
@@ -543,9 +583,9 @@ std::string variedText(size_t bytes) {
 }
 
 TEST(LineReader, SplitsAsGetlineDoes) {
-  for (std::string text : {std::string(""), std::string("\n"), std::string("a"),
-                           std::string("a\n"), std::string("a\n\nb"), std::string("x\r\ny\n"),
-                           std::string(200000, 'z') + "\nq"}) {
+  for (std::string text :
+       {std::string(""), std::string("\n"), std::string("a"), std::string("a\n"),
+        std::string("a\n\nb"), std::string("x\r\ny\n"), std::string(200000, 'z') + "\nq"}) {
     std::istringstream expected(text), in(text);
     LineReader reader(in, 1 << 20);
     std::string want, got;
@@ -560,8 +600,8 @@ TEST(LineReader, SplitsAsGetlineDoes) {
 }
 
 TEST(LineReader, LongLinesAreNotKept) {
-  std::string text = std::string(10, 'a') + "\n" + std::string(11, 'b') + "\n" +
-                     std::string(300000, 'c') + "\nd";
+  std::string text =
+      std::string(10, 'a') + "\n" + std::string(11, 'b') + "\n" + std::string(300000, 'c') + "\nd";
   std::istringstream in(text);
   LineReader reader(in, 10);
   std::string line;
@@ -584,8 +624,11 @@ TEST(LineReader, LongLinesAreNotKept) {
 
 TEST_F(DataTest, LineOverMaxLineBytesIsAnErrorOrSkipped) {
   std::string longLine = R"({"text": ")" + std::string(2000, 'a') + R"("})";
-  std::string path = write("long.jsonl", R"({"text": "first"})" "\n" + longLine + "\n" +
-                                             R"({"text": "third"})" "\n");
+  std::string path = write("long.jsonl", R"({"text": "first"})"
+                                         "\n" +
+                                             longLine + "\n" +
+                                             R"({"text": "third"})"
+                                             "\n");
   DataSpec s = spec(path);
   s.maxLineBytes = 1000;
   DataSplit data;
@@ -760,8 +803,8 @@ TEST_F(DataTest, LongPreTokenizedLineIsTruncatedAndChecked) {
   ASSERT_FALSE(st.ok());
   EXPECT_NE(st.message().find(":1: field 'input_ids'[100000] = 512"), std::string::npos)
       << st.message();
-  s = spec(write("labels.jsonl",
-                 R"({"input_ids": [)" + ids + R"(], "labels": [)" + ids + ",3]}\n"));
+  s = spec(
+      write("labels.jsonl", R"({"input_ids": [)" + ids + R"(], "labels": [)" + ids + ",3]}\n"));
   s.tokenizerPath.clear();
   st = loadTrainingData(s, data);
   ASSERT_FALSE(st.ok());

@@ -96,9 +96,8 @@ inline double directionalDerivative(const std::function<double()> &f, Tensor &x,
 }
 
 /// Expects |a - b| <= atol + rtol * |b|.
-#define G3RT_EXPECT_CLOSE(a, b, rtol, atol)                                    \
-  EXPECT_LE(std::fabs(double(a) - double(b)),                                  \
-            (atol) + (rtol) * std::fabs(double(b)))                            \
+#define G3RT_EXPECT_CLOSE(a, b, rtol, atol)                                                        \
+  EXPECT_LE(std::fabs(double(a) - double(b)), (atol) + (rtol) * std::fabs(double(b)))              \
       << #a " = " << (a) << ", " #b " = " << (b)
 
 /// Expects a Status to be ok, printing its message otherwise.

@@ -22,8 +22,8 @@ namespace {
 struct AttnCase {
   int64_t B = 1, T = 6, nh = 2, nkv = 2, d = 8;
   double scale = 0.35;
-  int64_t window = 0;  // 0: none
-  double softcap = 0;  // 0: none
+  int64_t window = 0;       // 0: none
+  double softcap = 0;       // 0: none
   std::vector<int32_t> seg; // [B*T]; empty: all ones
 };
 
@@ -325,8 +325,8 @@ struct Grads {
 Grads runGrad(const AttnCase &c, const AttnInputs &in, const Tensor &dout) {
   Grads g{Tensor::f32({c.B, c.T, c.nh, c.d}), Tensor::f32({c.B, c.T, c.nkv, c.d}),
           Tensor::f32({c.B, c.T, c.nkv, c.d})};
-  Status s = run("attention_grad", {in.q, in.k, in.v, in.seg, dout}, {g.dq, g.dk, g.dv},
-                 attnAttrs(c));
+  Status s =
+      run("attention_grad", {in.q, in.k, in.v, in.seg, dout}, {g.dq, g.dk, g.dv}, attnAttrs(c));
   EXPECT_TRUE(s.ok()) << s.message();
   return g;
 }
@@ -548,8 +548,7 @@ TEST(AttentionKernels, RopeKnownValuesLinearScaling) {
         int64_t base = (t * n + h) * d;
         double a = x.f()[base + i], b = x.f()[base + i + d / 2];
         G3RT_EXPECT_CLOSE(y.f()[base + i], a * std::cos(phi) - b * std::sin(phi), 0, 1e-5);
-        G3RT_EXPECT_CLOSE(y.f()[base + i + d / 2], b * std::cos(phi) + a * std::sin(phi), 0,
-                          1e-5);
+        G3RT_EXPECT_CLOSE(y.f()[base + i + d / 2], b * std::cos(phi) + a * std::sin(phi), 0, 1e-5);
       }
   // Position 0 is the identity.
   for (int64_t i = 0; i < n * d; ++i)

@@ -238,7 +238,8 @@ TEST(DenseKernels, LinearProductsAddTheirAddend) {
   EXPECT_OK(run("linear", {x, w, inPlace}, {inPlace}));
   EXPECT_EQ(inPlace.values(), y.values());
 
-  Tensor dy = randomTensor(DType::BF16, {M, out}, rng), ax = randomTensor(DType::BF16, {M, in}, rng);
+  Tensor dy = randomTensor(DType::BF16, {M, out}, rng),
+         ax = randomTensor(DType::BF16, {M, in}, rng);
   Tensor dx(DType::BF16, {M, in}), dxPlain(DType::BF16, {M, in});
   EXPECT_OK(run("linear_grad_input", {dy, w, ax}, {dx}));
   EXPECT_OK(run("linear_grad_input", {dy, w}, {Tensor(dxPlain)}));
@@ -368,9 +369,11 @@ TEST(DenseKernels, LmHeadCrossEntropyLogSumExp) {
   // gives what it gives without it.
   std::mt19937 rng(11);
   const int64_t M = 4, H = 16, V = 23;
-  Tensor x = randomTensor(DType::BF16, {1, M, H}, rng), table = randomTensor(DType::BF16, {V, H}, rng);
+  Tensor x = randomTensor(DType::BF16, {1, M, H}, rng),
+         table = randomTensor(DType::BF16, {V, H}, rng);
   Tensor targets = indices({1, M}, {3, -100, 22, 7});
-  KernelAttrs a = attrs({{"ignore_index", AttrValue::ofInt(-100)}, {"softcap", AttrValue::ofFloat(1.5)}});
+  KernelAttrs a =
+      attrs({{"ignore_index", AttrValue::ofInt(-100)}, {"softcap", AttrValue::ofFloat(1.5)}});
   Tensor loss = Tensor::f32({}), loss2 = Tensor::f32({}), lse = Tensor::f32({1, M});
   EXPECT_OK(run("lm_head_cross_entropy", {x, table, targets, scalar(3)}, {loss}, a));
   EXPECT_OK(run("lm_head_cross_entropy", {x, table, targets, scalar(3)}, {loss2, lse}, a));

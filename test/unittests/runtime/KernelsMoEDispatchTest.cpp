@@ -121,13 +121,12 @@ TEST(MoEKernelsDispatch, DispatchGradIsTheAdjoint) {
   fillUniform(R, rng);
   Tensor dx = Tensor::f32({N, H});
   ASSERT_TRUE(run("moe_dispatch_grad", {R, d.slots}, {dx}).ok());
-  G3RT_EXPECT_CLOSE(dot(d.permuted.values(), R.values()), dot(x.values(), dx.values()), 1e-5,
-                    1e-5);
+  G3RT_EXPECT_CLOSE(dot(d.permuted.values(), R.values()), dot(x.values(), dx.values()), 1e-5, 1e-5);
   // And row by row: dx[n] = Σ_j R[slots[n, j]].
   for (int64_t n = 0; n < N; ++n)
     for (int64_t h = 0; h < H; ++h)
-      EXPECT_FLOAT_EQ(dx.f()[n * H + h], R.f()[d.slots.i()[n * k] * H + h] +
-                                             R.f()[d.slots.i()[n * k + 1] * H + h]);
+      EXPECT_FLOAT_EQ(dx.f()[n * H + h],
+                      R.f()[d.slots.i()[n * k] * H + h] + R.f()[d.slots.i()[n * k + 1] * H + h]);
 }
 
 TEST(MoEKernelsCombine, ValuesAndGradientsByFiniteDifferences) {
@@ -218,8 +217,8 @@ TEST(MoEKernels, AllRegistered) {
        {"sparsemixer_router", "sparsemixer_router_grad", "softmax_topk_router",
         "softmax_topk_router_grad", "sigmoid_grouped_router", "sigmoid_grouped_router_grad",
         "moe_dispatch", "moe_dispatch_grad", "moe_combine", "moe_combine_grad",
-        "load_balancing_loss", "load_balancing_loss_grad", "router_z_loss",
-        "router_z_loss_grad", "loss_sum"})
+        "load_balancing_loss", "load_balancing_loss_grad", "router_z_loss", "router_z_loss_grad",
+        "loss_sum"})
     EXPECT_NE(cpu::findCpuKernel(name), nullptr) << name;
 }
 

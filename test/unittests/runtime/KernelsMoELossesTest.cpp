@@ -20,9 +20,7 @@ using namespace g3rt::testing;
 
 namespace {
 
-KernelAttrs expertsAttrs(int64_t E) {
-  return makeAttrs({{"num_experts", AttrValue::ofInt(E)}});
-}
+KernelAttrs expertsAttrs(int64_t E) { return makeAttrs({{"num_experts", AttrValue::ofInt(E)}}); }
 
 float runScalar(const std::string &name, const std::vector<Tensor> &in, const KernelAttrs &a) {
   Tensor out = Tensor::f32({});
@@ -129,14 +127,13 @@ TEST(MoEKernelsLoadBalancing, GradientByFiniteDifferences) {
   }
   const float dloss = 1.7f;
   Tensor d0 = Tensor::f32({N, E}), d1 = Tensor::f32({N, E});
-  Status s = run("load_balancing_loss_grad",
-                 {logits[0], logits[1], idx[0], idx[1], seg, scalarOf(dloss)}, {d0, d1},
-                 expertsAttrs(E));
+  Status s =
+      run("load_balancing_loss_grad", {logits[0], logits[1], idx[0], idx[1], seg, scalarOf(dloss)},
+          {d0, d1}, expertsAttrs(E));
   ASSERT_TRUE(s.ok()) << s.message();
   auto loss = [&] {
     return dloss * double(runScalar("load_balancing_loss",
-                                    {logits[0], logits[1], idx[0], idx[1], seg},
-                                    expertsAttrs(E)));
+                                    {logits[0], logits[1], idx[0], idx[1], seg}, expertsAttrs(E)));
   };
   Tensor *grads[2] = {&d0, &d1};
   for (int l = 0; l < 2; ++l)
@@ -230,8 +227,8 @@ TEST(MoEKernelsLossSum, WeightedSum) {
               2.0 + 3e-3 - 2.0, 1e-9);
   EXPECT_FALSE(run("loss_sum", {scalarOf(2.0f), scalarOf(3.0f)}, {Tensor::f32({})}, a).ok());
   EXPECT_FALSE(run("loss_sum", {scalarOf(2.0f)}, {Tensor::f32({})}).ok());
-  EXPECT_FALSE(run("loss_sum", {scalarOf(1), scalarOf(1), Tensor::f32({2})}, {Tensor::f32({})}, a)
-                   .ok());
+  EXPECT_FALSE(
+      run("loss_sum", {scalarOf(1), scalarOf(1), Tensor::f32({2})}, {Tensor::f32({})}, a).ok());
 }
 
 } // namespace

@@ -25,8 +25,7 @@ namespace {
 //===----------------------------------------------------------------------===//
 
 KernelAttrs topkAttrs(int64_t k, bool norm) {
-  return makeAttrs({{"top_k", AttrValue::ofInt(k)},
-                    {"norm_topk_prob", AttrValue::ofBool(norm)}});
+  return makeAttrs({{"top_k", AttrValue::ofInt(k)}, {"norm_topk_prob", AttrValue::ofBool(norm)}});
 }
 
 TEST(MoEKernelsSoftmaxTopK, MatchesReference) {
@@ -51,8 +50,7 @@ TEST(MoEKernelsSoftmaxTopK, MatchesReference) {
           p[size_t(e)] = std::exp(double(S[e])) / z;
         std::vector<int> order(static_cast<size_t>(E));
         std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(),
-                         [&](int a, int b) { return S[a] > S[b]; });
+        std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return S[a] > S[b]; });
         double sum = 0;
         for (int64_t j = 0; j < k; ++j)
           sum += p[size_t(order[size_t(j)])];
@@ -100,8 +98,7 @@ TEST(MoEKernelsSoftmaxTopK, GradientByFiniteDifferences) {
 // Grouped sigmoid
 //===----------------------------------------------------------------------===//
 
-KernelAttrs groupedAttrs(int64_t k, int64_t nGroup, int64_t topkGroup, double scaling,
-                         bool norm) {
+KernelAttrs groupedAttrs(int64_t k, int64_t nGroup, int64_t topkGroup, double scaling, bool norm) {
   return makeAttrs({{"top_k", AttrValue::ofInt(k)},
                     {"n_group", AttrValue::ofInt(nGroup)},
                     {"topk_group", AttrValue::ofInt(topkGroup)},
@@ -132,8 +129,7 @@ void refGrouped(const float *S, const float *bias, int E, int k, int nGroup, int
                    [&](int a, int b) { return score[size_t(a)] > score[size_t(b)]; });
   std::vector<int> cand;
   for (int e = 0; e < E; ++e)
-    if (std::find(groups.begin(), groups.begin() + topkGroup, e / gs) !=
-        groups.begin() + topkGroup)
+    if (std::find(groups.begin(), groups.begin() + topkGroup, e / gs) != groups.begin() + topkGroup)
       cand.push_back(e);
   std::stable_sort(cand.begin(), cand.end(),
                    [&](int a, int b) { return sel[size_t(a)] > sel[size_t(b)]; });
@@ -161,8 +157,8 @@ TEST(MoEKernelsSigmoidGrouped, GroupLimitExcludesTheBestSingleExpert) {
   Tensor logits = f32Of({1, 8}, S), bias = f32Of({8}, b);
   for (bool norm : {false, true}) {
     Tensor w = Tensor::f32({1, 2}), idx = Tensor::i32({1, 2});
-    Status st = run("sigmoid_grouped_router", {logits, bias}, {w, idx},
-                    groupedAttrs(2, 4, 2, 2.5, norm));
+    Status st =
+        run("sigmoid_grouped_router", {logits, bias}, {w, idx}, groupedAttrs(2, 4, 2, 2.5, norm));
     ASSERT_TRUE(st.ok()) << st.message();
     EXPECT_EQ(idx.i()[0], 2);
     EXPECT_EQ(idx.i()[1], 4);
@@ -174,9 +170,9 @@ TEST(MoEKernelsSigmoidGrouped, GroupLimitExcludesTheBestSingleExpert) {
   }
   // With every group kept, expert 0 wins.
   Tensor w = Tensor::f32({1, 2}), idx = Tensor::i32({1, 2});
-  ASSERT_TRUE(run("sigmoid_grouped_router", {logits, bias}, {w, idx},
-                  groupedAttrs(2, 4, 4, 1.0, false))
-                  .ok());
+  ASSERT_TRUE(
+      run("sigmoid_grouped_router", {logits, bias}, {w, idx}, groupedAttrs(2, 4, 4, 1.0, false))
+          .ok());
   EXPECT_EQ(idx.i()[0], 0);
   EXPECT_EQ(idx.i()[1], 2);
 }
@@ -257,19 +253,18 @@ TEST(MoEKernelsSigmoidGrouped, Errors) {
   Tensor logits = Tensor::f32({2, 8}), bias = Tensor::f32({8});
   Tensor w = Tensor::f32({2, 2}), idx = Tensor::i32({2, 2});
   // 3 groups do not divide 8 experts; topk_group above n_group; k too large.
-  EXPECT_FALSE(run("sigmoid_grouped_router", {logits, bias}, {w, idx},
-                   groupedAttrs(2, 3, 1, 1.0, true))
-                   .ok());
-  EXPECT_FALSE(run("sigmoid_grouped_router", {logits, bias}, {w, idx},
-                   groupedAttrs(2, 4, 5, 1.0, true))
-                   .ok());
+  EXPECT_FALSE(
+      run("sigmoid_grouped_router", {logits, bias}, {w, idx}, groupedAttrs(2, 3, 1, 1.0, true))
+          .ok());
+  EXPECT_FALSE(
+      run("sigmoid_grouped_router", {logits, bias}, {w, idx}, groupedAttrs(2, 4, 5, 1.0, true))
+          .ok());
   Tensor w3 = Tensor::f32({2, 3}), idx3 = Tensor::i32({2, 3});
-  EXPECT_FALSE(run("sigmoid_grouped_router", {logits, bias}, {w3, idx3},
-                   groupedAttrs(3, 8, 2, 1.0, true))
-                   .ok());
-  EXPECT_FALSE(run("sigmoid_grouped_router", {logits}, {w, idx},
-                   groupedAttrs(2, 4, 2, 1.0, true))
-                   .ok());
+  EXPECT_FALSE(
+      run("sigmoid_grouped_router", {logits, bias}, {w3, idx3}, groupedAttrs(3, 8, 2, 1.0, true))
+          .ok());
+  EXPECT_FALSE(
+      run("sigmoid_grouped_router", {logits}, {w, idx}, groupedAttrs(2, 4, 2, 1.0, true)).ok());
 }
 
 } // namespace

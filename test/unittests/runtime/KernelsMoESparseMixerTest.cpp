@@ -171,10 +171,10 @@ TEST(MoEKernelsSparseMixer, NearTiesGumbelChoiceAndCoin) {
   // Row 1: stage 1 draws the argmax (1) with a low coin -> 1 anyway; stage 2
   // (1 removed, 0 and 2 survive around m2 = 2.0) draws 2, not the argmax,
   // with coin 0.2 -> 1/3.
-  Tensor noise = f32Of({2, 2, 5}, {0.5f, 0.5f, 0.999f, 0.99999f, 0.5f,   //
-                                   0.999f, 0.5f, 0.5f, 0.5f, 0.9f,       //
-                                   0.5f, 0.999f, 0.5f, 0.99999f, 0.1f,   //
-                                   0.5f, 0.5f, 0.999f, 0.5f, 0.2f});
+  Tensor noise = f32Of({2, 2, 5}, {0.5f,   0.5f,   0.999f, 0.99999f, 0.5f, //
+                                   0.999f, 0.5f,   0.5f,   0.5f,     0.9f, //
+                                   0.5f,   0.999f, 0.5f,   0.99999f, 0.1f, //
+                                   0.5f,   0.5f,   0.999f, 0.5f,     0.2f});
   Routed r = runSparseMixer(logits, &noise);
 
   auto softmax = [](std::vector<double> v) {
@@ -267,8 +267,7 @@ TEST(MoEKernelsSparseMixer, BackwardMatchesSpecFormula) {
   Tensor logits = Tensor::f32({N, E});
   for (int64_t n = 0; n < N; ++n)
     for (int64_t e = 0; e < E; ++e)
-      logits.f()[n * E + e] = 0.8f +
-                              std::uniform_real_distribution<float>(-0.012f, 0.012f)(rng) -
+      logits.f()[n * E + e] = 0.8f + std::uniform_real_distribution<float>(-0.012f, 0.012f)(rng) -
                               (e == 4 && n % 2 ? 1.0f : 0.0f);
   Tensor noise = Tensor::f32({N, 2, E + 1});
   fillUniform(noise, rng, 0.001f, 0.999f);
@@ -280,8 +279,8 @@ TEST(MoEKernelsSparseMixer, BackwardMatchesSpecFormula) {
   ASSERT_TRUE(s.ok()) << s.message();
   double maxAbs = 0;
   for (int64_t n = 0; n < N; ++n) {
-    std::vector<double> ref = refSparseMixerGrad(logits.f() + n * E, int(E), 0.01,
-                                                 r.idx.i() + n * 2, dw.f() + n * 2);
+    std::vector<double> ref =
+        refSparseMixerGrad(logits.f() + n * E, int(E), 0.01, r.idx.i() + n * 2, dw.f() + n * 2);
     for (int64_t e = 0; e < E; ++e) {
       G3RT_EXPECT_CLOSE(dS.f()[n * E + e], ref[size_t(e)], 1e-5, 1e-7);
       maxAbs = std::max(maxAbs, std::fabs(ref[size_t(e)]));
@@ -295,15 +294,15 @@ TEST(MoEKernelsSparseMixer, BackwardEqualsTrueGradientWhenCoinsAreOne) {
   // noise with wide margins and coins above 0.75: for perturbations this
   // small the choices and masks are fixed and w = P[i] exactly.
   const int64_t N = 3, E = 4;
-  Tensor logits = f32Of({N, E}, {2.0f, 2.01f, 1.99f, 0.5f,    //
+  Tensor logits = f32Of({N, E}, {2.0f, 2.01f, 1.99f, 0.5f,       //
                                  -1.0f, -1.005f, -1.002f, -3.0f, //
                                  0.5f, 0.502f, 0.3f, 0.501f});
-  Tensor noise = f32Of({N, 2, E + 1}, {0.5f, 0.5f, 0.999f, 0.5f, 0.9f,  //
-                                       0.999f, 0.5f, 0.5f, 0.5f, 0.8f,  //
-                                       0.5f, 0.999f, 0.5f, 0.5f, 0.95f, //
-                                       0.5f, 0.5f, 0.999f, 0.5f, 0.9f,  //
-                                       0.5f, 0.5f, 0.5f, 0.999f, 0.8f,  //
-                                       0.999f, 0.5f, 0.5f, 0.5f, 0.99f});
+  Tensor noise = f32Of({N, 2, E + 1}, {0.5f,   0.5f,   0.999f, 0.5f,   0.9f,  //
+                                       0.999f, 0.5f,   0.5f,   0.5f,   0.8f,  //
+                                       0.5f,   0.999f, 0.5f,   0.5f,   0.95f, //
+                                       0.5f,   0.5f,   0.999f, 0.5f,   0.9f,  //
+                                       0.5f,   0.5f,   0.5f,   0.999f, 0.8f,  //
+                                       0.999f, 0.5f,   0.5f,   0.5f,   0.99f});
   Routed r = runSparseMixer(logits, &noise);
   std::mt19937 rng(13);
   Tensor dw = Tensor::f32({N, 2});

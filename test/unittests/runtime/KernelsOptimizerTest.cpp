@@ -57,8 +57,7 @@ TEST(OptimizerKernels, AdamWMatchesTorchLoopInPlace) {
   for (int64_t step = 0; step < 3; ++step) {
     Tensor g = Tensor::f32({3, n / 3});
     fillUniform(g, rng, -2, 2);
-    Tensor lr = scalarF32(lrs[step]), scale = scalarF32(scales[step]),
-           stepT = scalarI64(step);
+    Tensor lr = scalarF32(lrs[step]), scale = scalarF32(scales[step]), stepT = scalarI64(step);
     // Outputs are the inputs' own buffers, as the executor passes them.
     Status s = run("adamw", {p, g, m, v, stepT, lr, scale}, {p, m, v}, attrs);
     ASSERT_TRUE(s.ok()) << s.message();

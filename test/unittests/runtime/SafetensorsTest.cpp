@@ -8,9 +8,9 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/io/safetensors.h"
 #include "runtime/exec/state.h"
 #include "runtime/io/hf_checkpoint.h"
-#include "runtime/io/safetensors.h"
 #include "runtime/train/weights.h"
 
 #include <gtest/gtest.h>
@@ -30,8 +30,8 @@ class IoTest : public ::testing::Test {
 protected:
   void SetUp() override {
     const auto *info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir = fs::temp_directory_path() /
-          ("g3rt-io-" + std::to_string(::getpid()) + "-" + info->name());
+    dir =
+        fs::temp_directory_path() / ("g3rt-io-" + std::to_string(::getpid()) + "-" + info->name());
     fs::remove_all(dir);
     fs::create_directories(dir);
   }
@@ -118,16 +118,16 @@ TEST_F(IoTest, RoundTripEveryDType) {
 
 TEST_F(IoTest, WriterRefusesDuplicatesAndLeavesNoTemporaryFiles) {
   std::vector<float> v = {1, 2};
-  Status s = writeSafetensors(path("d.safetensors"),
-                              {{"x", TensorView{v.data(), DType::F32, {2}}},
-                               {"x", TensorView{v.data(), DType::F32, {2}}}});
+  Status s =
+      writeSafetensors(path("d.safetensors"), {{"x", TensorView{v.data(), DType::F32, {2}}},
+                                               {"x", TensorView{v.data(), DType::F32, {2}}}});
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("'x' given twice"), std::string::npos);
-  ASSERT_TRUE(writeSafetensors(path("ok.safetensors"), {{"x", TensorView{v.data(), DType::F32, {2}}}})
-                  .ok());
+  ASSERT_TRUE(
+      writeSafetensors(path("ok.safetensors"), {{"x", TensorView{v.data(), DType::F32, {2}}}})
+          .ok());
   for (const auto &entry : fs::directory_iterator(dir))
-    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos)
-        << entry.path();
+    EXPECT_EQ(entry.path().filename().string().find(".tmp"), std::string::npos) << entry.path();
 }
 
 TEST_F(IoTest, TruncatedFileNamesTheTensor) {
@@ -196,11 +196,11 @@ TEST_F(IoTest, ShapeAndByteRangeDisagree) {
       << e;
   writeRaw(path("n.safetensors"),
            R"({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}})", 4);
-  EXPECT_NE(openError(path("n.safetensors")).find("not a non-negative integer"),
-            std::string::npos);
-  writeRaw(path("big.safetensors"),
-           R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 4], "data_offsets": [0, 4]}})",
-           4);
+  EXPECT_NE(openError(path("n.safetensors")).find("not a non-negative integer"), std::string::npos);
+  writeRaw(
+      path("big.safetensors"),
+      R"({"w": {"dtype": "F32", "shape": [4294967296, 4294967296, 4], "data_offsets": [0, 4]}})",
+      4);
   EXPECT_NE(openError(path("big.safetensors")).find("too large"), std::string::npos);
 }
 
@@ -276,8 +276,9 @@ TEST(CheckpointNames, MultimodalLayouts) {
   EXPECT_EQ(classifyCheckpointTensor("model.layers.2.moe.experts.1.up_proj.weight", n),
             TensorRole::Text);
   EXPECT_EQ(n, "model.layers.2.moe.experts.1.up_proj.weight");
-  EXPECT_EQ(classifyCheckpointTensor("vision_tower.vision_model.embeddings.patch_embedding.weight", n),
-            TensorRole::Vision);
+  EXPECT_EQ(
+      classifyCheckpointTensor("vision_tower.vision_model.embeddings.patch_embedding.weight", n),
+      TensorRole::Vision);
   EXPECT_EQ(classifyCheckpointTensor("model.multi_modal_projector.mm_soft_emb_norm.weight", n),
             TensorRole::Vision);
 }
@@ -459,12 +460,13 @@ TEST_F(IoTest, LoadWeightsRejectsIntegerTensorsAndAmbiguousNames) {
   HostState ex(program);
   std::vector<int32_t> ints(4, 1);
   std::vector<float> f(32, 1.0f);
-  ASSERT_TRUE(writeSafetensors(path("model.safetensors"),
-                               {{"model.norm.weight", TensorView{ints.data(), DType::I32, {4}}},
-                                {"model.embed_tokens.weight", TensorView{f.data(), DType::F32, {8, 4}}},
-                                {"model.language_model.embed_tokens.weight",
-                                 TensorView{f.data(), DType::F32, {8, 4}}}})
-                  .ok());
+  ASSERT_TRUE(
+      writeSafetensors(
+          path("model.safetensors"),
+          {{"model.norm.weight", TensorView{ints.data(), DType::I32, {4}}},
+           {"model.embed_tokens.weight", TensorView{f.data(), DType::F32, {8, 4}}},
+           {"model.language_model.embed_tokens.weight", TensorView{f.data(), DType::F32, {8, 4}}}})
+          .ok());
   std::vector<std::string> notes;
   Status s = loadWeights(ex, dir.string(), notes);
   ASSERT_FALSE(s.ok());

@@ -26,12 +26,13 @@ namespace fbs = g3rt::schema;
 
 namespace {
 
-using Tables = std::pair<flatbuffers::Offset<fbs::ModelConfig>,
-                         flatbuffers::Offset<fbs::TrainingOptions>>;
+using Tables =
+    std::pair<flatbuffers::Offset<fbs::ModelConfig>, flatbuffers::Offset<fbs::TrainingOptions>>;
 
 /// A step.bin (header included) with no parameters or functions and the
 /// configuration tables `build` makes (null offsets: no table).
-std::vector<uint8_t> stepFile(const std::function<Tables(flatbuffers::FlatBufferBuilder &)> &build) {
+std::vector<uint8_t>
+stepFile(const std::function<Tables(flatbuffers::FlatBufferBuilder &)> &build) {
   flatbuffers::FlatBufferBuilder fb;
   Tables t = build(fb);
   fb.Finish(fbs::CreateStep(fb, t.first, t.second), fbs::StepIdentifier());
@@ -51,8 +52,8 @@ std::string render(const ModelConfig &m) {
      << "\ntie_word_embeddings=" << m.tieWordEmbeddings
      << "\ninitializer_range=" << m.initializerRange << "\npad_token_id=" << m.padTokenId
      << "\nbos_token_id=" << m.bosTokenId << "\neos_token_id=" << m.eosTokenId
-     << "\nmax_position_embeddings=" << m.maxPositionEmbeddings
-     << "\nrms_norm_eps=" << m.rmsNormEps << "\nsliding_window=" << m.slidingWindow
+     << "\nmax_position_embeddings=" << m.maxPositionEmbeddings << "\nrms_norm_eps=" << m.rmsNormEps
+     << "\nsliding_window=" << m.slidingWindow
      << "\nquery_pre_attn_scalar=" << opt(m.queryPreAttnScalar) << "\nrope_theta=" << m.ropeTheta
      << "\nrope_local_base_freq=" << m.ropeLocalBaseFreq
      << "\nfinal_logit_softcapping=" << opt(m.finalLogitSoftcapping)
