@@ -9,7 +9,6 @@
 
 #include "runtime/base/file.h"
 #include "runtime/base/random.h"
-#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/schemas/container.h"
 #include "runtime/train/data.h"
 #include "runtime/train/init.h"
@@ -978,42 +977,6 @@ TEST(StepFile, PersistentTensorsAgreeAcrossEntryPoints) {
   EXPECT_NE(s.message().find("function 'eval_forward' declares 'input_ids' as [2, 17] I32"),
             std::string::npos)
       << s.message();
-}
-
-/// A kernel table without "rms_norm": what a backend that lacks a kernel
-/// reports.
-KernelFn allButRmsNorm(std::string_view name) {
-  return name == "rms_norm" ? nullptr : cpu::findCpuKernel(name);
-}
-
-TEST(Backends, NameTheKernelsTheyLack) {
-  StepProgram program = load("g3moe_lora");
-  EXPECT_TRUE(missingKernels(program, cpu::findCpuKernel).empty());
-  std::vector<std::string> missing = missingKernels(program, allButRmsNorm);
-  ASSERT_EQ(missing.size(), 1u);
-  EXPECT_EQ(missing[0].rfind("rms_norm (used by ", 0), 0u) << missing[0];
-  Status s = kernelsMissingError("test", missing);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.message(), "the test backend has no kernel " + missing[0]);
-  EXPECT_TRUE(kernelsMissingError("test", {}).ok());
-}
-
-TEST(Backends, CpuBackendRunsOnItsOwnHostStateOnly) {
-  StepProgram program = load("g3moe_lora");
-  CpuStep step(program);
-  ASSERT_TRUE(step.cpu);
-  EXPECT_TRUE(step.cpu->uploadState(step.state).ok());
-  HostState other(program);
-  Status s = step.cpu->uploadInputs(other);
-  ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("the host state it was made with"), std::string::npos);
-  std::unique_ptr<cpu::CpuBackend> wrong;
-  StepProgram copy = program;
-  s = cpu::CpuBackend::create(copy, step.state, wrong);
-  ASSERT_FALSE(s.ok());
-  EXPECT_NE(s.message().find("the state of another step"), std::string::npos) << s.message();
-  EXPECT_EQ(step.cpu->placement().rank, 0);
-  EXPECT_EQ(step.cpu->placement().worldSize, 1);
 }
 
 } // namespace

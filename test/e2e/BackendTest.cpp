@@ -1,9 +1,11 @@
-//===- DeviceBackendTest.cpp - the trainer's device path, on the CPU ------===//
+//===- BackendTest.cpp - backends and the device path, on the CPU ---------===//
 //
-// The trainer's use of a device backend (what it uploads, when it downloads,
-// where it zeroes the accumulators and reads outputs) checked without a GPU:
-// a "mirror" backend runs the step with the CPU backend on a second
-// HostState that shares nothing with the trainer's. The CPU kernels are deterministic, so a run on
+// How a backend takes a step: each names the kernels it lacks, and the CPU
+// backend runs on the host state it was made with. Then the trainer's use of
+// a device backend (what it uploads, when it downloads, where it zeroes the
+// accumulators and reads outputs), checked without a GPU: a "mirror" backend
+// runs the step with the CPU backend on a second HostState that shares
+// nothing with the trainer's. The CPU kernels are deterministic, so a run on
 // the mirror must equal a plain CPU run bit for bit; a missed upload (the
 // mirror would train stale inputs), a missed zeroing or download (the saved
 // files would hold the host's stale parameters) shows as a difference. The
@@ -14,6 +16,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cpu/cpu_backend.h"
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/train/backend_choice.h"
 #include "runtime/train/checkpoint.h"
@@ -247,6 +250,42 @@ void checkMirrorMatchesCpu(const std::string &stepName) {
   ASSERT_TRUE(runTraining(program, eval, ed).ok());
   EXPECT_EQ(ed.evalLosses, ec.evalLosses);
   EXPECT_EQ(ed.evalAccuracies, ec.evalAccuracies);
+}
+
+/// A kernel table without "rms_norm": what a backend that lacks a kernel
+/// reports.
+KernelFn allButRmsNorm(std::string_view name) {
+  return name == "rms_norm" ? nullptr : cpu::findCpuKernel(name);
+}
+
+TEST(Backends, NameTheKernelsTheyLack) {
+  StepProgram program = loadProgram("g3moe_lora");
+  EXPECT_TRUE(missingKernels(program, cpu::findCpuKernel).empty());
+  std::vector<std::string> missing = missingKernels(program, allButRmsNorm);
+  ASSERT_EQ(missing.size(), 1u);
+  EXPECT_EQ(missing[0].rfind("rms_norm (used by ", 0), 0u) << missing[0];
+  Status s = kernelsMissingError("test", missing);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.message(), "the test backend has no kernel " + missing[0]);
+  EXPECT_TRUE(kernelsMissingError("test", {}).ok());
+}
+
+TEST(Backends, CpuBackendRunsOnItsOwnHostStateOnly) {
+  StepProgram program = loadProgram("g3moe_lora");
+  CpuStep step(program);
+  ASSERT_TRUE(step.cpu);
+  EXPECT_TRUE(step.cpu->uploadState(step.state).ok());
+  HostState other(program);
+  Status s = step.cpu->uploadInputs(other);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("the host state it was made with"), std::string::npos);
+  std::unique_ptr<cpu::CpuBackend> wrong;
+  StepProgram copy = program;
+  s = cpu::CpuBackend::create(copy, step.state, wrong);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("the state of another step"), std::string::npos) << s.message();
+  EXPECT_EQ(step.cpu->placement().rank, 0);
+  EXPECT_EQ(step.cpu->placement().worldSize, 1);
 }
 
 } // namespace
