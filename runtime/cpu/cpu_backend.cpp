@@ -12,7 +12,8 @@ CpuBackend::CpuBackend(const StepProgram &program, HostState &host)
 
 Status CpuBackend::create(const StepProgram &program, HostState &host,
                           std::unique_ptr<CpuBackend> &out, const Placement &placement) {
-  G3RT_RETURN_IF_ERROR(kernelsMissingError("CPU", missingKernels(program, findCpuKernel)));
+  ResolvedKernels kernels;
+  G3RT_RETURN_IF_ERROR(resolveKernels(program, "CPU", findCpuKernel, kernels));
   if (&host.program() != &program)
     return Status::error("the CPU backend was given the state of another step");
   std::unique_ptr<CpuBackend> backend(new CpuBackend(program, host));
@@ -20,11 +21,7 @@ Status CpuBackend::create(const StepProgram &program, HostState &host,
   if (!backend->arena_.data() && program.arenaBytes)
     return Status::error("cannot allocate the " + std::to_string(program.arenaBytes) +
                          "-byte arena on the host");
-  for (const FunctionDesc &fn : program.functions) {
-    std::vector<KernelFn> &fns = backend->kernels_[fn.name];
-    for (const InstrDesc &in : fn.instrs)
-      fns.push_back(findCpuKernel(in.kernel));
-  }
+  backend->kernels_ = std::move(kernels);
   out = std::move(backend);
   return Status();
 }

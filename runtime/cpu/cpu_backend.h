@@ -59,8 +59,7 @@ private:
   HostState &host_;
   Placement placement_;
   Storage arena_;
-  /// Per entry point, per instruction: the CPU kernel.
-  std::map<std::string, std::vector<KernelFn>> kernels_;
+  ResolvedKernels kernels_;
   uint64_t highWater_ = 0;
 };
 

@@ -104,8 +104,8 @@ CudaExecutor::CudaExecutor(const StepProgram &program) : program_(program) {}
 
 Status CudaExecutor::create(const StepProgram &program, int device,
                             std::unique_ptr<CudaExecutor> &out) {
-  G3RT_RETURN_IF_ERROR(kernelsMissingError("CUDA", missingKernels(program, findCudaKernel)));
   std::unique_ptr<CudaExecutor> ex(new CudaExecutor(program));
+  G3RT_RETURN_IF_ERROR(resolveKernels(program, "CUDA", findCudaKernel, ex->kernels_));
   G3RT_RETURN_IF_ERROR(
       check(cudaSetDevice(device), "selecting CUDA device " + std::to_string(device)));
   ex->ctx_ = std::make_unique<CudaContext>();
@@ -142,11 +142,6 @@ Status CudaExecutor::create(const StepProgram &program, int device,
     ex->deviceBytes_ += b.bytes;
     return check(cudaMemset(p, 0, b.bytes), "zeroing '" + b.name + "'");
   }));
-  for (const FunctionDesc &fn : program.functions) {
-    std::vector<KernelFn> &fns = ex->kernels_[fn.name];
-    for (const InstrDesc &in : fn.instrs)
-      fns.push_back(findCudaKernel(in.kernel));
-  }
   out = std::move(ex);
   return Status();
 }

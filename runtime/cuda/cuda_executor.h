@@ -105,8 +105,7 @@ private:
   std::unique_ptr<CudaContext> ctx_;
   void *arena_ = nullptr;
   std::map<std::pair<BufferKind, std::string>, TensorView> state_;
-  /// Per function, per instruction: the CUDA kernel.
-  std::map<std::string, std::vector<KernelFn>> kernels_;
+  ResolvedKernels kernels_;
   std::map<std::string, std::unique_ptr<Graph>> graphs_;
   bool graphsEnabled_ = true;
   uint64_t deviceBytes_ = 0;

@@ -22,24 +22,23 @@ Status Backend::readOutput(const std::string &function, const std::string &name,
   return Status();
 }
 
-std::vector<std::string> missingKernels(const StepProgram &program,
-                                        KernelFn (*find)(std::string_view)) {
-  std::vector<std::string> missing;
-  std::set<std::string> seen;
-  for (const FunctionDesc &fn : program.functions)
-    for (const InstrDesc &in : fn.instrs)
-      if (!find(in.kernel) && seen.insert(in.kernel).second)
-        missing.push_back(in.kernel + " (used by " + fn.name + ")");
-  return missing;
-}
-
-Status kernelsMissingError(const std::string &backend, const std::vector<std::string> &missing) {
-  if (missing.empty())
-    return Status();
+Status resolveKernels(const StepProgram &program, const std::string &backend,
+                      KernelFn (*find)(std::string_view), ResolvedKernels &out) {
+  ResolvedKernels resolved;
+  std::set<std::string> missing;
   std::string list;
-  for (const std::string &m : missing)
-    list += (list.empty() ? "" : ", ") + m;
-  return Status::error("the " + backend + " backend has no kernel " + list);
+  for (const FunctionDesc &fn : program.functions) {
+    std::vector<KernelFn> &fns = resolved[fn.name];
+    for (const InstrDesc &in : fn.instrs) {
+      fns.push_back(find(in.kernel));
+      if (!fns.back() && missing.insert(in.kernel).second)
+        list += (list.empty() ? "" : ", ") + in.kernel + " (used by " + fn.name + ")";
+    }
+  }
+  if (!list.empty())
+    return Status::error("the " + backend + " backend has no kernel " + list);
+  out = std::move(resolved);
+  return Status();
 }
 
 void registerCudaBackendProvider(const BackendProvider *provider) { cudaProvider = provider; }

@@ -29,6 +29,7 @@
 #include "runtime/exec/state.h"
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -87,13 +88,15 @@ public:
                     std::vector<float> &values);
 };
 
-/// The kernels of `program` that `find` (a backend's kernel table) lacks,
-/// each once, as "<kernel> (used by <function>)"; empty when it has all.
-std::vector<std::string> missingKernels(const StepProgram &program,
-                                        KernelFn (*find)(std::string_view));
-/// An error naming the backend and the kernels it lacks; success when the
-/// list is empty.
-Status kernelsMissingError(const std::string &backend, const std::vector<std::string> &missing);
+/// Per entry point, per instruction: the kernel a backend runs.
+using ResolvedKernels = std::map<std::string, std::vector<KernelFn>>;
+
+/// Looks up the kernel of every instruction of `program` in a backend's table
+/// (`find`). Fails when the table lacks any, naming the backend and each
+/// missing kernel once: "the <backend> backend has no kernel <kernel> (used by
+/// <function>), ...".
+Status resolveKernels(const StepProgram &program, const std::string &backend,
+                      KernelFn (*find)(std::string_view), ResolvedKernels &out);
 
 /// The entry points of a backend library.
 struct BackendProvider {

@@ -260,14 +260,22 @@ KernelFn allButRmsNorm(std::string_view name) {
 
 TEST(Backends, NameTheKernelsTheyLack) {
   StepProgram program = loadProgram("g3moe_lora");
-  EXPECT_TRUE(missingKernels(program, cpu::findCpuKernel).empty());
-  std::vector<std::string> missing = missingKernels(program, allButRmsNorm);
-  ASSERT_EQ(missing.size(), 1u);
-  EXPECT_EQ(missing[0].rfind("rms_norm (used by ", 0), 0u) << missing[0];
-  Status s = kernelsMissingError("test", missing);
+  ResolvedKernels kernels;
+  ASSERT_TRUE(resolveKernels(program, "CPU", cpu::findCpuKernel, kernels).ok());
+  const FunctionDesc *fb = program.findFunction("forward_backward");
+  ASSERT_TRUE(fb);
+  ASSERT_EQ(kernels.at("forward_backward").size(), fb->instrs.size());
+  for (size_t i = 0; i < fb->instrs.size(); ++i)
+    EXPECT_EQ(kernels.at("forward_backward")[i], cpu::findCpuKernel(fb->instrs[i].kernel));
+
+  ResolvedKernels partial;
+  Status s = resolveKernels(program, "test", allButRmsNorm, partial);
   ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.message(), "the test backend has no kernel " + missing[0]);
-  EXPECT_TRUE(kernelsMissingError("test", {}).ok());
+  // Named once, with the first entry point that uses it.
+  EXPECT_EQ(s.message().rfind("the test backend has no kernel rms_norm (used by ", 0), 0u)
+      << s.message();
+  EXPECT_EQ(s.message().find("rms_norm", 40), std::string::npos) << s.message();
+  EXPECT_TRUE(partial.empty());
 }
 
 TEST(Backends, CpuBackendRunsOnItsOwnHostStateOnly) {
