@@ -320,6 +320,39 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
   return Status();
 }
 
+/// An evaluation's loss and accuracy counts, chunk by chunk: each chunk's
+/// logits feed cross_entropy and token_accuracy, as the unfused ops' would.
+Status lmHeadEvalKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 3));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
+  int64_t rows = leadingRows(x), V = table.dim(0);
+  if (targets.numel() != rows)
+    return args.fail("targets must have one entry per row of the input (" + std::to_string(rows) +
+                     ")");
+  double loss = 0, correct = 0, total = 0;
+  Scratch chunkLoss({}), chunkCorrect({}), chunkTotal({});
+  for (int64_t r0 = 0; r0 < rows; r0 += kHeadChunkRows) {
+    int64_t n = std::min(kHeadChunkRows, rows - r0);
+    Scratch logits({n, V});
+    TensorView chunkTargets = rowSlice(targets, r0, n, true);
+    G3RT_RETURN_IF_ERROR(runAsPart(args, lmHeadKernel, "lm_head",
+                                   {rowSlice(x, r0, n, false), table}, {logits.view}, args.attrs));
+    G3RT_RETURN_IF_ERROR(runAsPart(args, crossEntropyKernel, "cross_entropy",
+                                   {logits.view, chunkTargets, args.inputs[3]}, {chunkLoss.view},
+                                   args.attrs));
+    G3RT_RETURN_IF_ERROR(runAsPart(args, tokenAccuracyKernel, "token_accuracy",
+                                   {logits.view, chunkTargets},
+                                   {chunkCorrect.view, chunkTotal.view}, args.attrs));
+    loss += chunkLoss.data[0];
+    correct += chunkCorrect.data[0];
+    total += chunkTotal.data[0];
+  }
+  args.outputs[0].store(0, float(loss));
+  args.outputs[1].store(0, float(correct));
+  args.outputs[2].store(0, float(total));
+  return Status();
+}
+
 /// TRL's mean token accuracy, as two counts the caller sums over batches.
 Status tokenAccuracyKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));

@@ -391,22 +391,14 @@ bool nativeLogits(const TensorView &x, const TensorView &table) {
   return x.dtype == table.dtype && nativeCombination(x.dtype, DType::F32);
 }
 
-} // namespace
-
-Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkHeadLossCounts(args, /*backward=*/false));
-  HeadLossShape s;
-  G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
+/// The forward sweep of the fused head over tiles of rows and vocabulary:
+/// the loss into `loss`, each row's logsumexp into `lseOut` when given, and
+/// with `accuracy` (two device counters, zeroed) token_accuracy's counts.
+Status headLossSweep(const KernelArgs &args, const HeadLossShape &s, const TensorView &loss,
+                     float *lseOut, unsigned long long *accuracy, Scratch &scratch) {
   const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
-  const TensorView &n = args.inputs[3], &loss = args.outputs[0];
-  G3RT_RETURN_IF_ERROR(checkScalar(args, loss, "result"));
-  float *lseOut = nullptr;
-  if (args.outputs.size() == 2) {
-    G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.outputs[1], s.M));
-    lseOut = static_cast<float *>(args.outputs[1].data);
-  }
+  const TensorView &n = args.inputs[3];
   CudaContext &ctx = contextOf(args);
-  Scratch scratch = scratchOf(ctx);
   // Every row's term, summed in row order at the end.
   double *rowLoss = static_cast<double *>(scratch.take(size_t(s.M) * 8 + 8));
   int *counted = static_cast<int *>(scratch.take(size_t(s.M) * 4 + 4));
@@ -416,13 +408,16 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
   // Types cuBLAS cannot take as they are leave half of the rest to gemm()
   // for staging.
   const size_t own = nativeLogits(x, table) ? scratch.bytes : scratch.bytes / 2;
+  const size_t perRow = 4 + 8 + 4 + (accuracy ? 4 + 8 : 0);
   int64_t Mb, Vc;
-  G3RT_RETURN_IF_ERROR(planHeadTiles(args, s.M, s.V, own, 4, 4 + 8 + 4, Mb, Vc));
+  G3RT_RETURN_IF_ERROR(planHeadTiles(args, s.M, s.V, own, 4, perRow, Mb, Vc));
   float *runMax = static_cast<float *>(scratch.take(size_t(Mb) * 4));
   double *runSum = static_cast<double *>(scratch.take(size_t(Mb) * 8));
   float *targetLogit = static_cast<float *>(scratch.take(size_t(Mb) * 4));
+  float *runBest = accuracy ? static_cast<float *>(scratch.take(size_t(Mb) * 4)) : nullptr;
+  int64_t *runIdx = accuracy ? static_cast<int64_t *>(scratch.take(size_t(Mb) * 8)) : nullptr;
   float *logits = static_cast<float *>(scratch.take(size_t(Mb) * size_t(Vc) * 4));
-  if (!runMax || !runSum || !targetLogit || !logits)
+  if (!runMax || !runSum || !targetLogit || !logits || (accuracy && (!runBest || !runIdx)))
     return args.fail("the workspace is too small for the logits of " + std::to_string(Mb) +
                      " rows");
   Scratch inner = scratch; // what gemm() may stage in
@@ -434,7 +429,7 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
     const Operand xRows{offsetBytes(x.data, x.dtype, m0 * s.H), x.dtype, s.H, false};
     for (int64_t j = 0; j < chunks; ++j) {
       const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
-      // logits[mb, vc] = x[m0.., H]·table[v0.., H]ᵀ, capped by the kernel below.
+      // logits[mb, vc] = x[m0.., H]·table[v0.., H]ᵀ, capped by the kernels below.
       G3RT_RETURN_IF_ERROR(
           gemm(args, ctx, inner, mb, vc, s.H, xRows,
                Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, true},
@@ -443,11 +438,55 @@ Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
           logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
           j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted, lseOut);
       G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy rows");
+      if (accuracy && vc > 0) {
+        headArgmaxDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
+            logits, mb, vc, v0, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap, j == 0,
+            j == chunks - 1, runBest, runIdx, accuracy);
+        G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_eval argmax");
+      }
     }
   }
   crossEntropyFinishDevice<<<1, 1024, 0, ctx.stream>>>(rowLoss, counted, s.M, n.data, n.dtype,
                                                        loss.data, loss.dtype);
   G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy");
+  return Status();
+}
+
+} // namespace
+
+Status lmHeadCrossEntropyKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkHeadLossCounts(args, /*backward=*/false));
+  HeadLossShape s;
+  G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
+  const TensorView &loss = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkScalar(args, loss, "result"));
+  float *lseOut = nullptr;
+  if (args.outputs.size() == 2) {
+    G3RT_RETURN_IF_ERROR(checkHeadLse(args, args.outputs[1], s.M));
+    lseOut = static_cast<float *>(args.outputs[1].data);
+  }
+  Scratch scratch = scratchOf(contextOf(args));
+  return headLossSweep(args, s, loss, lseOut, nullptr, scratch);
+}
+
+Status lmHeadEvalKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 4, 3));
+  HeadLossShape s;
+  G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
+  const TensorView &loss = args.outputs[0], &correct = args.outputs[1], &total = args.outputs[2];
+  G3RT_RETURN_IF_ERROR(checkScalar(args, loss, "loss"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, correct, "correct"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, total, "total"));
+  CudaContext &ctx = contextOf(args);
+  Scratch scratch = scratchOf(ctx);
+  auto *counters = static_cast<unsigned long long *>(scratch.take(2 * sizeof(unsigned long long)));
+  if (!counters)
+    return args.fail("the workspace is too small for the accuracy counters");
+  G3RT_RETURN_IF_ERROR(memsetZero(args, counters, 2 * sizeof(unsigned long long)));
+  G3RT_RETURN_IF_ERROR(headLossSweep(args, s, loss, nullptr, counters, scratch));
+  tokenAccuracyFinishDevice<<<1, 1, 0, ctx.stream>>>(counters, correct.data, correct.dtype,
+                                                     total.data, total.dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_eval counts");
   return Status();
 }
 

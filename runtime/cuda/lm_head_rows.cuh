@@ -330,6 +330,69 @@ __device__ __forceinline__ void argmaxCombine(float &v, int64_t &i, float ov, in
   }
 }
 
+/// The block's best (value, index) of its threads' candidates, to thread 0
+/// (merged as argmaxCombine merges).
+__device__ __forceinline__ void blockArgmax(float &best, int64_t &bestIdx) {
+  __shared__ float vals[32];
+  __shared__ int64_t idxs[32];
+  for (int o = 16; o > 0; o >>= 1) {
+    float ov = __shfl_down_sync(0xffffffffu, best, o);
+    int64_t oi = __shfl_down_sync(0xffffffffu, bestIdx, o);
+    argmaxCombine(best, bestIdx, ov, oi);
+  }
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  if (lane == 0) {
+    vals[warp] = best;
+    idxs[warp] = bestIdx;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < warps; ++w)
+      argmaxCombine(best, bestIdx, vals[w], idxs[w]);
+  __syncthreads();
+}
+
+/// One block per row of an [mb, vc] tile of pre-cap logits (columns v0..):
+/// the row's argmax of the capped logits so far, merged over the vocabulary
+/// chunks in order (a later chunk wins only with a larger value, so the
+/// lowest index wins ties, as token_accuracy's does); after the last chunk
+/// the row's counts go to `counters` (correct, total) as token_accuracy
+/// counts them.
+__global__ void headArgmaxDevice(const float *logits, int64_t mb, int64_t vc, int64_t v0,
+                                 const void *targets, DType tt, int64_t m0, int64_t ignoreIndex,
+                                 float softcap, bool first, bool last, float *runBest,
+                                 int64_t *runIdx, unsigned long long *counters) {
+  for (int64_t r = blockIdx.x; r < mb; r += gridDim.x) {
+    int64_t t = loadIndex(targets, tt, m0 + r);
+    if (t == ignoreIndex)
+      continue;
+    const float *row = logits + r * vc;
+    float best = -INFINITY;
+    int64_t bestIdx = INT64_MAX;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+      float l = softcap > 0 ? capValue(row[c], softcap) : row[c];
+      if (bestIdx == INT64_MAX || l > best) {
+        best = l;
+        bestIdx = v0 + c;
+      }
+    }
+    blockArgmax(best, bestIdx);
+    if (threadIdx.x == 0) {
+      if (!first && !(best > runBest[r])) {
+        best = runBest[r];
+        bestIdx = runIdx[r];
+      }
+      if (last) {
+        atomicAdd(&counters[0], bestIdx == t ? 1ull : 0ull);
+        atomicAdd(&counters[1], 1ull);
+      } else {
+        runBest[r] = best;
+        runIdx[r] = bestIdx;
+      }
+    }
+  }
+}
+
 /// One block per row; the counts go to two integer counters (integer atomics
 /// are exact, so the totals do not depend on the order).
 __global__ void tokenAccuracyDevice(const void *logits, DType lt, const void *targets, DType tt,

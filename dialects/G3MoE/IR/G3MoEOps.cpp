@@ -322,6 +322,10 @@ LogicalResult LMHeadCrossEntropyOp::verify() {
   return success();
 }
 
+LogicalResult LMHeadEvalOp::verify() {
+  return verifyFusedHead(*this, getInput().getType(), getTable().getType(), getTargets().getType());
+}
+
 LogicalResult ExpertLoadOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();

@@ -515,6 +515,32 @@ def G3MoE_LMHeadCrossEntropyOp : G3MoE_Op<"lm_head_cross_entropy", [Pure]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_LMHeadEvalOp : G3MoE_Op<"lm_head_eval", [Pure]> {
+  let summary = "fused, chunked LM head, cross-entropy and token accuracy";
+  let description = [{
+    An evaluation's three numbers from one LM head without its logits:
+    `loss` is `lm_head_cross_entropy`'s, and `correct` and `total` are
+    `token_accuracy(lm_head(input, table), targets)`'s (argmax of the capped
+    logits, lowest index on ties), all computed over tiles of rows and
+    vocabulary. Made by --g3moe-fuse-lm-head-loss where a cross-entropy and
+    a token accuracy read the same logits and targets. Not differentiable.
+
+    ```mlir
+    %loss, %correct, %total = g3moe.lm_head_eval %h, %emb, %t, %n {ignore_index = -100 : i64}
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>)
+        -> (tensor<f32>, tensor<f32>, tensor<f32>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
+                       G3MoE_IndexTensor:$targets, G3MoE_Scalar:$num_items,
+                       OptionalAttr<F64Attr>:$softcap, I64Attr:$ignore_index);
+  let results = (outs G3MoE_Scalar:$loss, G3MoE_Scalar:$correct, G3MoE_Scalar:$total);
+  let assemblyFormat = [{
+    $input `,` $table `,` $targets `,` $num_items attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def G3MoE_TokenAccuracyOp : G3MoE_Op<"token_accuracy", [Pure]> {
   let summary = "counts for mean token accuracy (TRL's metric)";
   let description = [{

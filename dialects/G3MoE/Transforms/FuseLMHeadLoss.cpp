@@ -4,7 +4,8 @@
 // vocabulary makes the largest tensors of a step: fp32 logits and their
 // gradient, each [tokens, vocab]. Fusing the head with the loss lets the
 // kernels work on chunks of rows and never hold either in full; the forward
-// hands its rows' logsumexp to the backward.
+// hands its rows' logsumexp to the backward. An evaluation reads the logits
+// twice (loss and token accuracy): both fuse into one lm_head_eval.
 //
 //===----------------------------------------------------------------------===//
 
@@ -22,6 +23,43 @@ using namespace mlir;
 using namespace g3moe;
 
 namespace {
+
+/// cross_entropy(lm_head(x, table), t, n) and token_accuracy(lm_head(x,
+/// table), t) -> lm_head_eval(x, table, t, n). Tried before FuseForward
+/// (higher benefit), which would leave the logits to the accuracy.
+struct FuseEvaluation : OpRewritePattern<TokenAccuracyOp> {
+  FuseEvaluation(MLIRContext *context) : OpRewritePattern(context, /*benefit=*/2) {}
+  LogicalResult matchAndRewrite(TokenAccuracyOp accuracy,
+                                PatternRewriter &rewriter) const override {
+    auto head = accuracy.getLogits().getDefiningOp<LMHeadOp>();
+    if (!head)
+      return rewriter.notifyMatchFailure(accuracy, "logits do not come from lm_head");
+    CrossEntropyOp ce;
+    for (Operation *user : head.getResult().getUsers())
+      if (auto c = dyn_cast<CrossEntropyOp>(user))
+        if (c.getTargets() == accuracy.getTargets() &&
+            c.getIgnoreIndexAttr() == accuracy.getIgnoreIndexAttr() &&
+            c->getBlock() == accuracy->getBlock())
+          ce = c;
+    if (!ce)
+      return rewriter.notifyMatchFailure(accuracy, "no cross_entropy of the same logits");
+    // At the earlier of the two, which the users of both follow. Its
+    // operands come before the head or before the loss; when the accuracy
+    // is first, the loss's num_items must come before it too.
+    Operation *at = ce->isBeforeInBlock(accuracy) ? ce.getOperation() : accuracy.getOperation();
+    Operation *numItems = ce.getNumItems().getDefiningOp();
+    if (numItems && numItems->getBlock() == at->getBlock() && !numItems->isBeforeInBlock(at))
+      return rewriter.notifyMatchFailure(accuracy, "num_items is defined after the accuracy");
+    rewriter.setInsertionPoint(at);
+    auto fused = LMHeadEvalOp::create(
+        rewriter, accuracy.getLoc(), ce.getType(), accuracy.getCorrect().getType(),
+        accuracy.getTotal().getType(), head.getInput(), head.getTable(), ce.getTargets(),
+        ce.getNumItems(), head.getSoftcapAttr(), ce.getIgnoreIndexAttr());
+    rewriter.replaceOp(ce, fused.getLoss());
+    rewriter.replaceOp(accuracy, ValueRange{fused.getCorrect(), fused.getTotal()});
+    return success();
+  }
+};
 
 /// cross_entropy(lm_head(x, table), t, n) -> lm_head_cross_entropy(x, table, t, n).
 struct FuseForward : OpRewritePattern<CrossEntropyOp> {
@@ -118,5 +156,5 @@ struct G3MoEFuseLMHeadLossPass : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEF
 } // namespace
 
 void g3moe::populateFuseLMHeadLossPatterns(RewritePatternSet &patterns) {
-  patterns.add<FuseForward, FuseBackward>(patterns.getContext());
+  patterns.add<FuseEvaluation, FuseForward, FuseBackward>(patterns.getContext());
 }

@@ -25,9 +25,10 @@ func.func @frozen_table(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tens
 
 // -----
 
-// A trained table keeps its gradient; logits another op reads stay.
+// A trained table keeps its gradient; logits another op reads (an accuracy
+// of other targets) stay.
 // CHECK-LABEL: func.func @trained_table
-func.func @trained_table(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f32>, %g: tensor<f32>)
+func.func @trained_table(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %u: tensor<2xi32>, %n: tensor<f32>, %g: tensor<f32>)
     -> (tensor<f32>, tensor<512x64xf32>, tensor<f32>) {
   %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
   // CHECK: %[[L:.*]] = g3moe.lm_head
@@ -41,7 +42,7 @@ func.func @trained_table(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f3
   %dx, %dt = g3moe.lm_head_grad %h, %emb, %dl
       : (tensor<2x64xbf16>, tensor<512x64xbf16>, tensor<2x512xf32>) -> (tensor<2x64xbf16>, tensor<512x64xf32>)
   // CHECK: %[[C:.*]], %{{.*}} = g3moe.token_accuracy %[[L]]
-  %c, %k = g3moe.token_accuracy %l, %t {ignore_index = -100 : i64}
+  %c, %k = g3moe.token_accuracy %l, %u {ignore_index = -100 : i64}
       : (tensor<2x512xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
   // CHECK: return %{{.*}}, %[[DT]], %[[C]]
   return %ce, %dt, %c : tensor<f32>, tensor<512x64xf32>, tensor<f32>
@@ -58,4 +59,43 @@ func.func @forward_only(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f32
   %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
       : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>) -> tensor<f32>
   return %ce : tensor<f32>
+}
+
+// -----
+
+// An evaluation: the loss and the token accuracy of one head fuse into one
+// lm_head_eval, and the logits go.
+// CHECK-LABEL: func.func @evaluation
+func.func @evaluation(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %n: tensor<f32>)
+    -> (tensor<f32>, tensor<f32>, tensor<f32>) {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  // CHECK-NOT: g3moe.lm_head %
+  %l = g3moe.lm_head %h, %emb {softcap = 30.0 : f64} : (tensor<2x64xbf16>, tensor<512x64xbf16>) -> tensor<2x512xf32>
+  %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>) -> tensor<f32>
+  // CHECK: %[[L:.*]], %[[C:.*]], %[[K:.*]] = g3moe.lm_head_eval %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} {ignore_index = -100 : i64, softcap = 3.000000e+01 : f64}
+  %c, %k = g3moe.token_accuracy %l, %t {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
+  // CHECK-NOT: g3moe.cross_entropy
+  // CHECK-NOT: g3moe.token_accuracy
+  // CHECK: return %[[L]], %[[C]], %[[K]]
+  return %ce, %c, %k : tensor<f32>, tensor<f32>, tensor<f32>
+}
+
+// -----
+
+// An accuracy of other targets than the loss's keeps the logits.
+// CHECK-LABEL: func.func @other_targets
+func.func @other_targets(%h: tensor<2x64xbf16>, %t: tensor<2xi32>, %u: tensor<2xi32>, %n: tensor<f32>)
+    -> (tensor<f32>, tensor<f32>) {
+  %emb = g3moe.param "model.embed_tokens.weight" : tensor<512x64xbf16>
+  // CHECK: %[[L:.*]] = g3moe.lm_head
+  %l = g3moe.lm_head %h, %emb : (tensor<2x64xbf16>, tensor<512x64xbf16>) -> tensor<2x512xf32>
+  // CHECK: g3moe.lm_head_cross_entropy
+  %ce = g3moe.cross_entropy %l, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>, tensor<f32>) -> tensor<f32>
+  // CHECK: g3moe.token_accuracy %[[L]]
+  %c, %k = g3moe.token_accuracy %l, %u {ignore_index = -100 : i64}
+      : (tensor<2x512xf32>, tensor<2xi32>) -> (tensor<f32>, tensor<f32>)
+  return %ce, %c : tensor<f32>, tensor<f32>
 }

@@ -540,6 +540,15 @@ func.func @fused_head_lse_shape(%h: tensor<2x16x64xbf16>, %e: tensor<512x64xbf16
 
 // -----
 
+func.func @head_eval_targets(%h: tensor<2x16x64xbf16>, %e: tensor<512x64xbf16>, %t: tensor<16xi32>, %n: tensor<f32>) {
+  // expected-error @+1 {{targets must have shape [2, 16], got [16]}}
+  %l, %c, %k = g3moe.lm_head_eval %h, %e, %t, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<16xi32>, tensor<f32>) -> (tensor<f32>, tensor<f32>, tensor<f32>)
+  return
+}
+
+// -----
+
 func.func @fused_head_grad_lse_shape(%h: tensor<2x16x64xbf16>, %e: tensor<512x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>, %lse: tensor<16xf32>) {
   // expected-error @+1 {{lse must have shape [2, 16], got [16]}}
   %dx = g3moe.lm_head_cross_entropy_grad %h, %e, %t, %n, %n, %lse {ignore_index = -100 : i64}

@@ -401,6 +401,42 @@ TEST(DenseKernels, LmHeadCrossEntropyLogSumExp) {
                     "lm_head_cross_entropy", "lse must be f32 with one entry per row");
 }
 
+TEST(DenseKernels, LmHeadEvalIsCrossEntropyAndAccuracyOfTheHead) {
+  // More rows than one chunk of the fused kernels, some ignored, with the
+  // cap: the evaluation's three numbers equal those of the unfused ops on
+  // the full logits (the counts exactly, the loss up to the order of its sum).
+  std::mt19937 rng(12);
+  const int64_t B = 2, T = 300, H = 8, V = 37;
+  Tensor x = randomTensor(DType::BF16, {B, T, H}, rng),
+         table = randomTensor(DType::BF16, {V, H}, rng);
+  std::vector<int32_t> tv(size_t(B * T));
+  for (int64_t m = 0; m < B * T; ++m)
+    tv[size_t(m)] = m % 5 == 2 ? -100 : int32_t((m * 13 + 1) % V);
+  Tensor targets = indices({B, T}, tv);
+  KernelAttrs a =
+      attrs({{"ignore_index", AttrValue::ofInt(-100)}, {"softcap", AttrValue::ofFloat(1.5)}});
+  Tensor logits = Tensor::f32({B, T, V});
+  Tensor loss = Tensor::f32({}), correct = Tensor::f32({}), total = Tensor::f32({});
+  EXPECT_OK(run("lm_head", {x, table}, {logits}, a));
+  EXPECT_OK(run("cross_entropy", {logits, targets, scalar(400)}, {loss}, a));
+  EXPECT_OK(run("token_accuracy", {logits, targets}, {correct, total}, a));
+  Tensor fusedLoss = Tensor::f32({}), fusedCorrect = Tensor::f32({}), fusedTotal = Tensor::f32({});
+  EXPECT_OK(run("lm_head_eval", {x, table, targets, scalar(400)},
+                {fusedLoss, fusedCorrect, fusedTotal}, a));
+  G3RT_EXPECT_CLOSE(fusedLoss.f()[0], loss.f()[0], 1e-6, 0);
+  EXPECT_EQ(fusedCorrect.f()[0], correct.f()[0]);
+  EXPECT_EQ(fusedTotal.f()[0], total.f()[0]);
+  EXPECT_EQ(total.f()[0], 480.0f);
+  EXPECT_GT(correct.f()[0], 0.0f) << "some argmax should hit its target";
+  // Its own checks: the output count, and a target outside the vocabulary.
+  expectErrorNaming(run("lm_head_eval", {x, table, targets, scalar(400)}, {fusedLoss}, a),
+                    "lm_head_eval", "expected");
+  tv[7] = int32_t(V);
+  expectErrorNaming(run("lm_head_eval", {x, table, indices({B, T}, tv), scalar(400)},
+                        {fusedLoss, fusedCorrect, fusedTotal}, a),
+                    "lm_head_eval", "37");
+}
+
 /// The fused head's loss, per-row logsumexp and gradients computed directly
 /// in double from the definitions (lm_head, then cross_entropy): the oracle
 /// of LmHeadCrossEntropyMatchesDoubleReference.
