@@ -141,8 +141,8 @@ struct Flags {
       cl::desc("Activations the backward recomputes instead of keeping: auto (the "
                "least that fits memory_budget_gb, down to the MLPs of the fewest layers; "
                "none without a budget), none, mlp (the MLPs and experts), layers (every "
-               "decoder layer's linear parts); attention outputs are kept for the "
-               "backward where they fit"),
+               "decoder layer from its input: only the layer boundaries are kept); "
+               "attention outputs are kept for the backward where they fit"),
       cl::init("auto"), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};

@@ -55,25 +55,25 @@ std::vector<std::string> MemoryPlan::recomputeScopes() const {
   // layer's module path contains.
   if (numLayers > 0 && count(LayerChoice::RecomputeFeedForward) == numLayers)
     return {"moe", "mlp"};
-  if (numLayers > 0 && count(LayerChoice::RecomputeLayer) == numLayers)
-    return {"model.layers"};
   // Scopes are substrings of module paths: "model.layers.1." must not match
   // layer 10, hence the trailing dot.
   std::vector<std::string> scopes;
-  for (int64_t l = 0; l < numLayers; ++l) {
-    std::string layer = "model.layers." + std::to_string(l);
-    switch (layers[l]) {
-    case LayerChoice::Keep:
-      break;
-    case LayerChoice::RecomputeFeedForward:
+  for (int64_t l = 0; l < numLayers; ++l)
+    if (layers[l] == LayerChoice::RecomputeFeedForward) {
+      std::string layer = "model.layers." + std::to_string(l);
       scopes.push_back(layer + ".moe");
       scopes.push_back(layer + ".mlp");
-      break;
-    case LayerChoice::RecomputeLayer:
-      scopes.push_back(layer + ".");
-      break;
     }
-  }
+  return scopes;
+}
+
+std::vector<std::string> MemoryPlan::checkpointScopes() const {
+  // One scope per layer even when every layer is recomputed: a layer is made
+  // again from the previous one's output, never from further back.
+  std::vector<std::string> scopes;
+  for (int64_t l = 0; l < int64_t(layers.size()); ++l)
+    if (layers[l] == LayerChoice::RecomputeLayer)
+      scopes.push_back("model.layers." + std::to_string(l) + ".");
   return scopes;
 }
 
@@ -99,6 +99,7 @@ std::string MemoryPlan::describeRecompute() const {
 
 void MemoryPlan::applyTo(TrainingPipelineOptions &options) const {
   options.recomputeScopes = recomputeScopes();
+  options.checkpointScopes = checkpointScopes();
   options.saveAttentionStats = keepAttentionOutputs;
 }
 
@@ -356,10 +357,11 @@ void FitMemoryPass::runOnOperation() {
   }
   TrainingPipelineOptions defaults;
   const TrainingPipelineOptions &pipeline = step ? *step : defaults;
-  if (!pipeline.recomputeScopes.empty() || !pipeline.saveAttentionStats) {
+  if (!pipeline.recomputeScopes.empty() || !pipeline.checkpointScopes.empty() ||
+      !pipeline.saveAttentionStats) {
     emitError(module.getLoc())
-        << "the memory fit chooses recompute-scopes and save-attention-stats; give either "
-           "them or memory-budget-gb and recompute";
+        << "the memory fit chooses recompute-scopes, checkpoint-scopes and "
+           "save-attention-stats; give either them or memory-budget-gb and recompute";
     return signalPassFailure();
   }
 

@@ -40,7 +40,8 @@ enum class LayerChoice {
   /// Recompute the feed-forward block (dense MLP or MoE experts) from its
   /// input; the attention, norms and router keep their outputs.
   RecomputeFeedForward,
-  /// Recompute every recomputable op of the layer.
+  /// Keep only what enters the layer (a checkpoint at its boundary) and
+  /// recompute everything it computes for the backward.
   RecomputeLayer,
 };
 
@@ -63,16 +64,20 @@ struct MemoryPlan {
   /// The number of layers whose choice is `choice`.
   int64_t count(LayerChoice choice) const;
 
-  /// The module scopes --g3moe-recompute is given. A plan that treats every
-  /// layer alike names the blocks once (`moe`, `mlp`; `model.layers`) instead
-  /// of layer by layer.
+  /// The module scopes whose cheap ops --g3moe-recompute recomputes (its
+  /// `scopes`): the feed-forward blocks of RecomputeFeedForward layers. A plan
+  /// that treats every layer so names the blocks once (`moe`, `mlp`).
   std::vector<std::string> recomputeScopes() const;
+  /// The scopes --g3moe-recompute recomputes whole (its `checkpoints`): one
+  /// per RecomputeLayer layer (`model.layers.3.`), each from the previous
+  /// layer's output.
+  std::vector<std::string> checkpointScopes() const;
 
   /// What is recomputed, in the words of the compile report: `none`, `mlp`,
   /// `layers`, or `mlp in 11 of 34 layers` (attention not included).
   std::string describeRecompute() const;
 
-  /// Sets the options the plan decides (recompute-scopes,
+  /// Sets the options the plan decides (recompute-scopes, checkpoint-scopes,
   /// save-attention-stats) in the step pipeline's `options`.
   void applyTo(TrainingPipelineOptions &options) const;
 };

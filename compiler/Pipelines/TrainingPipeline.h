@@ -44,6 +44,10 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       *this, "recompute-scopes",
       llvm::cl::desc("module-path substrings whose activations the backward recomputes "
                      "(none: keep every activation)")};
+  ListOption<std::string> checkpointScopes{
+      *this, "checkpoint-scopes",
+      llvm::cl::desc("module-path substrings (decoder layers) the backward recomputes whole "
+                     "from their inputs, which alone are kept")};
   Option<bool> saveAttentionStats{
       *this, "save-attention-stats",
       llvm::cl::desc("hand each attention gradient its forward's output and softmax "
@@ -53,16 +57,17 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
                              llvm::cl::init(1.0)};
   Option<double> memoryBudgetGb{
       *this, "memory-budget-gb",
-      llvm::cl::desc("step pipeline: device memory the step may take, in GiB (2^30 "
-                     "bytes); the pipeline then compiles the least recomputation that "
-                     "fits, choosing recompute-scopes and save-attention-stats (0: no "
-                     "budget)"),
+      llvm::cl::desc(
+          "step pipeline: device memory the step may take, in GiB (2^30 "
+          "bytes); the pipeline then compiles the least recomputation that "
+          "fits, choosing recompute-scopes, checkpoint-scopes and save-attention-stats (0: no "
+          "budget)"),
       llvm::cl::init(0.0)};
   Option<std::string> recompute{
       *this, "recompute",
       llvm::cl::desc("step pipeline: the recompute levels the memory fit may choose: "
                      "auto (the least that fits memory-budget-gb; without a budget, "
-                     "recompute-scopes as given), none, mlp or layers"),
+                     "recompute-scopes and checkpoint-scopes as given), none, mlp or layers"),
       llvm::cl::init("auto")};
 };
 

@@ -169,13 +169,23 @@ def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
     values it depends on outside the scope, which are kept. The forward's copy
     then dies in the forward, and the memory planner reuses its bytes. Only
     cheap, pure ops are recomputed (linear layers, expert GEMMs, GeGLU,
-    dropout with its keyed draw, casts and scales). Runs after CSE, which
-    would otherwise merge the copies back.
+    dropout with its keyed draw, casts and scales).
+
+    A scope of `checkpoints` is recomputed whole: every op in it that has no
+    memory effects (attention, norms, routing and dispatch included) is made
+    again from the values that enter the scope, which alone are kept. With
+    each decoder layer a checkpoint, only the layer boundaries live from the
+    forward to the backward, plus one layer's recomputed activations at a
+    time. Runs after CSE, which would otherwise merge the copies back.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
   let options = [
     ListOption<"scopes", "scopes", "std::string",
-               "module-path substrings whose activations are recomputed (default: moe.experts)">,
+               "module-path substrings whose cheap activations are recomputed (default, "
+               "when no checkpoints are given either: moe.experts)">,
+    ListOption<"checkpoints", "checkpoints", "std::string",
+               "module-path substrings (decoder layers: model.layers.3.) recomputed whole "
+               "from what enters them">,
   ];
 }
 

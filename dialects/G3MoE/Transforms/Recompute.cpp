@@ -7,6 +7,11 @@
 // For MoE expert MLPs at long context that is the difference between fitting
 // and not: their intermediates are [tokens * k, intermediate] per layer.
 //
+// A checkpoint scope (a decoder layer) goes further: everything the layer
+// computes is made again from what enters it, the previous layer's output,
+// so that between the forward and the backward only the layer boundaries
+// stay alive.
+//
 //===----------------------------------------------------------------------===//
 
 #include "dialects/G3MoE/IR/G3MoEOps.h"
@@ -15,6 +20,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/IRMapping.h"
+#include "mlir/Interfaces/SideEffectInterfaces.h"
 
 namespace g3moe {
 #define GEN_PASS_DEF_G3MOERECOMPUTEPASS
@@ -33,16 +39,149 @@ bool isRecomputable(Operation *op) {
              RandomUniformOp, ReshapeOp, ParamOp>(op);
 }
 
-std::string scopeOf(Operation *op) {
+/// The module paths of `op`'s location: one, or each name of a fused
+/// location (a fused op made of ops of different modules).
+SmallVector<std::string> scopesOf(Operation *op) {
+  SmallVector<std::string> names;
   Location loc = op->getLoc();
-  if (auto fused = dyn_cast<FusedLoc>(loc))
+  if (auto fused = dyn_cast<FusedLoc>(loc)) {
     for (Location l : fused.getLocations())
       if (auto name = dyn_cast<NameLoc>(l))
-        return name.getName().str();
-  if (auto name = dyn_cast<NameLoc>(loc))
-    return name.getName().str();
-  return "";
+        names.push_back(name.getName().str());
+  } else if (auto name = dyn_cast<NameLoc>(loc)) {
+    names.push_back(name.getName().str());
+  }
+  return names;
 }
+
+/// The recomputation of one @forward_backward.
+class Recomputation {
+public:
+  Recomputation(func::FuncOp fb, Operation *lossOp, ArrayRef<std::string> scopes,
+                ArrayRef<std::string> checkpoints)
+      : scopes(scopes), checkpoints(checkpoints), builder(fb.getContext()) {
+    unsigned index = 0;
+    for (Operation &op : fb.getBody().front())
+      order[&op] = index++;
+    backwardStart = order[lossOp] + 1;
+  }
+
+  void run(Block &body) {
+    for (Operation *user : backwardOps(body))
+      for (OpOperand &use : user->getOpOperands()) {
+        Value v = use.get();
+        if (homeOf(v.getDefiningOp()) == 0 && !isBoundaryNorm(v))
+          continue;
+        builder.setInsertionPoint(user);
+        use.set(recompute(v));
+      }
+  }
+
+private:
+  /// Where a forward op belongs: the checkpoint scope it lies in (its index
+  /// + 1; any op free of memory effects may then be made again), -1 for a
+  /// cheap op of a recompute scope, or 0: kept.
+  int homeOf(Operation *op) {
+    if (!op || order.lookup(op) >= backwardStart)
+      return 0;
+    auto [it, inserted] = homes.try_emplace(op, 0);
+    if (!inserted)
+      return it->second;
+    SmallVector<std::string> names = scopesOf(op);
+    std::string scope = names.empty() ? "" : names.front();
+    if (isa<AddRMSNormOp>(op) && names.size() == 2 &&
+        checkpointOf(names[0]) != checkpointOf(names[1]))
+      return it->second; // a boundary: see isBoundaryNorm
+    if (int c = checkpointOf(scope); c > 0 && isMemoryEffectFree(op) && op->getNumRegions() == 0)
+      return it->second = c;
+    if (isRecomputable(op) && llvm::any_of(scopes, [&](const std::string &s) {
+          return scope.find(s) != std::string::npos;
+        }))
+      return it->second = -1;
+    return it->second;
+  }
+
+  /// The checkpoint scope a module path lies in, as homeOf counts, or 0.
+  int checkpointOf(const std::string &scope) const {
+    for (auto [i, c] : llvm::enumerate(checkpoints))
+      if (scope.find(c) != std::string::npos)
+        return int(i) + 1;
+    return 0;
+  }
+
+  /// Whether `v` is the normalised output of an add_rms_norm that ends one
+  /// layer (the residual add) and starts a recomputed one (its input norm):
+  /// the sum is the boundary, kept, and the norm is made again from it
+  /// (add_rms_norm normalises its rounded sum, so rms_norm of the kept sum
+  /// is the same value).
+  bool isBoundaryNorm(Value v) {
+    auto op = v.getDefiningOp<AddRMSNormOp>();
+    if (!op || v != op.getResult() || order.lookup(op) >= backwardStart)
+      return false;
+    SmallVector<std::string> names = scopesOf(op);
+    return names.size() == 2 && checkpointOf(names[1]) > 0 &&
+           checkpointOf(names[0]) != checkpointOf(names[1]);
+  }
+
+  /// One recomputed copy per value, made before the first backward op that
+  /// reads it; later readers share it. A copy's operands are recomputed too
+  /// when they belong where it does (the same checkpoint, or any recompute
+  /// scope); the rest (a checkpoint's inputs) are kept.
+  Value recompute(Value v) {
+    if (Value done = copies.lookupOrNull(v))
+      return done;
+    if (isBoundaryNorm(v)) {
+      auto op = v.getDefiningOp<AddRMSNormOp>();
+      Value normed = RMSNormOp::create(builder, op.getLoc(), v.getType(), op.getSum(),
+                                       op.getWeight(), op.getEpsAttr());
+      copies.map(v, normed);
+      return normed;
+    }
+    Operation *def = v.getDefiningOp();
+    int where = homeOf(def);
+    for (Value operand : def->getOperands()) {
+      int from = homeOf(operand.getDefiningOp());
+      if ((from != 0 && (from == where || (from < 0 && where < 0))) ||
+          (where > 0 && isBoundaryNorm(operand)))
+        recompute(operand);
+    }
+    Operation *clone = builder.clone(*def, copies);
+    for (auto [orig, copy] : llvm::zip(def->getResults(), clone->getResults()))
+      copies.map(orig, copy);
+    return copies.lookup(v);
+  }
+
+  /// The ops after the loss that compute gradients. Those that read only
+  /// forward values and are returned directly are forward outputs placed
+  /// there (the MoE statistics): made again at the start of the backward,
+  /// every layer's router would be recomputed at once and live until its
+  /// layer's backward.
+  SmallVector<Operation *> backwardOps(Block &body) {
+    SmallVector<Operation *> ops;
+    for (Operation &op : body) {
+      if (order[&op] < backwardStart)
+        continue;
+      bool readsOnlyForward =
+          op.getNumOperands() > 0 && llvm::all_of(op.getOperands(), [&](Value v) {
+            Operation *def = v.getDefiningOp();
+            return !def || order.lookup(def) < backwardStart;
+          });
+      bool onlyReturned = !op.use_empty() && llvm::all_of(op.getUsers(), [](Operation *user) {
+        return isa<func::ReturnOp>(user);
+      });
+      if (!(readsOnlyForward && onlyReturned))
+        ops.push_back(&op);
+    }
+    return ops;
+  }
+
+  ArrayRef<std::string> scopes, checkpoints;
+  OpBuilder builder;
+  DenseMap<Operation *, unsigned> order;
+  unsigned backwardStart = 0;
+  DenseMap<Operation *, int> homes;
+  IRMapping copies;
+};
 
 struct G3MoERecomputePass : g3moe::impl::G3MoERecomputePassBase<G3MoERecomputePass> {
   using Base::Base;
@@ -52,58 +191,14 @@ struct G3MoERecomputePass : g3moe::impl::G3MoERecomputePassBase<G3MoERecomputePa
     if (!fb)
       return;
     SmallVector<std::string> scopeList(scopes.begin(), scopes.end());
-    if (scopeList.empty())
+    SmallVector<std::string> checkpointList(checkpoints.begin(), checkpoints.end());
+    if (scopeList.empty() && checkpointList.empty())
       scopeList.push_back("moe.experts");
-
     Block &body = fb.getBody().front();
-    Value loss = body.getTerminator()->getOperand(0);
-    Operation *lossOp = loss.getDefiningOp();
+    Operation *lossOp = body.getTerminator()->getOperand(0).getDefiningOp();
     if (!lossOp)
       return;
-    DenseMap<Operation *, unsigned> order;
-    unsigned index = 0;
-    for (Operation &op : body)
-      order[&op] = index++;
-    unsigned backwardStart = order[lossOp] + 1;
-
-    auto inScope = [&](Operation *op) {
-      if (!op || order.lookup(op) >= backwardStart || !isRecomputable(op))
-        return false;
-      std::string scope = scopeOf(op);
-      return llvm::any_of(scopeList,
-                          [&](const std::string &s) { return scope.find(s) != std::string::npos; });
-    };
-
-    // One recomputed copy per value, made before the first backward op that
-    // reads it; later readers share it.
-    IRMapping copies;
-    OpBuilder b(fb.getContext());
-    std::function<Value(Value)> recompute = [&](Value v) -> Value {
-      if (Value done = copies.lookupOrNull(v))
-        return done;
-      Operation *def = v.getDefiningOp();
-      for (Value operand : def->getOperands())
-        if (inScope(operand.getDefiningOp()))
-          recompute(operand);
-      Operation *clone = b.clone(*def, copies);
-      for (auto [orig, copy] : llvm::zip(def->getResults(), clone->getResults()))
-        copies.map(orig, copy);
-      return copies.lookup(v);
-    };
-
-    SmallVector<Operation *> backwardOps;
-    for (Operation &op : body)
-      if (order[&op] >= backwardStart)
-        backwardOps.push_back(&op);
-    for (Operation *user : backwardOps) {
-      for (OpOperand &use : user->getOpOperands()) {
-        Operation *def = use.get().getDefiningOp();
-        if (!inScope(def))
-          continue;
-        b.setInsertionPoint(user);
-        use.set(recompute(use.get()));
-      }
-    }
+    Recomputation(fb, lossOp, scopeList, checkpointList).run(body);
   }
 };
 

@@ -1,8 +1,9 @@
 // --g3moe-recompute: values of the chosen scopes that the backward reads are
 // computed again right before their first backward use; values outside the
-// scopes (the expert input) are kept.
-// RUN: g3moe-opt %s --g3moe-recompute | FileCheck %s
-// RUN: g3moe-opt %s --g3moe-recompute="scopes=nothing.matches" | FileCheck %s --check-prefix=NONE
+// scopes (the expert input) are kept. Checkpoint scopes are made again whole.
+// RUN: g3moe-opt %s --split-input-file --g3moe-recompute | FileCheck %s
+// RUN: g3moe-opt %s --split-input-file --g3moe-recompute="scopes=nothing.matches" | FileCheck %s --check-prefix=NONE
+// RUN: g3moe-opt %s --split-input-file --g3moe-recompute="checkpoints=model.layers.1." | FileCheck %s --check-prefix=CKPT
 
 // CHECK-LABEL: func.func @forward_backward
 func.func @forward_backward(%x: tensor<8x4xbf16>, %off: tensor<3xi32>) -> (tensor<f32>, tensor<2x6x4xf32>) {
@@ -38,3 +39,39 @@ func.func @forward_backward(%x: tensor<8x4xbf16>, %off: tensor<3xi32>) -> (tenso
 // NONE: g3moe.expert_linear
 // NONE-NOT: g3moe.expert_linear %
 // NONE: g3moe.gelu_tanh_mul_grad
+
+// -----
+
+// A checkpoint (layer 1) is made again whole from what enters it: the
+// boundary add_rms_norm's sum is kept and its norm redone as rms_norm, the
+// layer's norms (not cheap) are recomputed, layer 0's values are kept, and a
+// statistic after the loss (returned directly) reads the forward's values.
+// CKPT-LABEL: func.func @forward_backward
+func.func @forward_backward(%x: tensor<4x8xf32>, %w: tensor<8xf32>, %dy: tensor<4x8xf32>)
+    -> (tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>) {
+  // CKPT: %[[A0:.*]] = g3moe.rms_norm
+  %a0 = g3moe.rms_norm %x, %w {eps = 1.0e-06 : f64} : (tensor<4x8xf32>, tensor<8xf32>) -> tensor<4x8xf32> loc("model.layers.0.input_layernorm")
+  // CKPT: %[[S:.*]], %{{.*}} = g3moe.add_rms_norm
+  %s, %n = g3moe.add_rms_norm %x, %a0, %w {eps = 1.0e-06 : f64}
+      : (tensor<4x8xf32>, tensor<4x8xf32>, tensor<8xf32>) -> (tensor<4x8xf32>, tensor<4x8xf32>)
+      loc(fused["model.layers.0.post_feedforward_layernorm", "model.layers.1.input_layernorm"])
+  // CKPT: %[[M:.*]] = g3moe.mul
+  %m = g3moe.mul %n, %n : tensor<4x8xf32> loc("model.layers.1.mlp")
+  %r = g3moe.rms_norm %m, %w {eps = 1.0e-06 : f64} : (tensor<4x8xf32>, tensor<8xf32>) -> tensor<4x8xf32> loc("model.layers.1.post_feedforward_layernorm")
+  %f = g3moe.reshape %r : tensor<4x8xf32> -> tensor<32xf32> loc("loss")
+  %v = g3moe.param "v" : tensor<1x32xf32> loc("loss")
+  %l1 = g3moe.linear %f, %v : (tensor<32xf32>, tensor<1x32xf32>) -> tensor<1xf32> loc("loss")
+  // CKPT: %[[LOSS:.*]] = g3moe.reshape {{.*}} -> tensor<f32>
+  %loss = g3moe.reshape %l1 : tensor<1xf32> -> tensor<f32> loc("loss")
+  // CKPT-NEXT: %[[ST:.*]] = g3moe.mul %[[M]], %[[M]]
+  %st = g3moe.mul %m, %m : tensor<4x8xf32> loc("model.layers.1.mlp")
+  // CKPT-NEXT: %[[N2:.*]] = g3moe.rms_norm %[[S]], %{{.*}} {eps = 9.9999999999999995E-7 : f64}
+  // CKPT-NEXT: %[[M2:.*]] = g3moe.mul %[[N2]], %[[N2]]
+  // CKPT-NEXT: %[[R2:.*]] = g3moe.rms_norm %[[M2]]
+  // CKPT-NEXT: %[[B1:.*]] = g3moe.mul %{{.*}}, %[[R2]]
+  %b1 = g3moe.mul %dy, %r : tensor<4x8xf32>
+  // CKPT-NEXT: %[[B2:.*]] = g3moe.mul %[[B1]], %[[A0]]
+  %b2 = g3moe.mul %b1, %a0 : tensor<4x8xf32>
+  // CKPT-NEXT: return %[[LOSS]], %[[B2]], %[[ST]]
+  return %loss, %b2, %st : tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>
+}
