@@ -154,17 +154,66 @@ void compareConfig(const HFCheckpoint &ckpt, const ModelConfig &step,
             {"n_routed_experts", "num_experts", "num_local_experts"});
 }
 
-} // namespace
+/// A checkpoint stores each expert as a tensor of its own, so a stacked
+/// "{e}" parameter is matched one expert slice at a time.
+std::vector<std::pair<std::string, TensorView>> paramTargets(const ParamDesc &p,
+                                                             const TensorView &t) {
+  std::vector<std::pair<std::string, TensorView>> targets;
+  if (p.name.find("{e}") != std::string::npos && !t.shape.empty()) {
+    for (int64_t e = 0; e < t.shape[0]; ++e)
+      targets.push_back({expertName(p.name, e), expertSlice(t, e)});
+  } else {
+    targets.push_back({p.name, t});
+  }
+  return targets;
+}
 
-Status loadWeights(HostState &host, const std::string &dir, std::vector<std::string> &notes) {
-  HFCheckpoint ckpt;
-  G3RT_RETURN_IF_ERROR(HFCheckpoint::open(dir, ckpt));
-  const StepProgram &program = host.program();
+/// "'a', 'b', ..." of at most eight names: a full list of a large
+/// checkpoint's unused tensors would drown the other notes.
+std::string shortList(const std::vector<std::string> &names) {
+  std::string list;
+  for (size_t i = 0; i < names.size() && i < 8; ++i)
+    list += (i ? ", '" : "'") + names[i] + "'";
+  if (names.size() > 8)
+    list += ", ...";
+  return list;
+}
 
-  std::vector<std::string> problems;
+/// The whole match of a checkpoint against a step, gathered before anything
+/// is read into the step so that all problems are reported together (see the
+/// file comment).
+struct LoadPlan {
+  struct Copy {
+    TensorView dst;
+    std::string source;
+  };
+
+  LoadPlan(const HFCheckpoint &ckpt, const std::string &dir) : ckpt(ckpt), dir(dir) {}
+
+  const HFCheckpoint &ckpt;
+  const std::string &dir;
   // Step name -> checkpoint name.
   std::map<std::string, std::string> byStepName;
   int64_t vision = 0;
+  std::vector<std::string> problems;
+  std::vector<Copy> copies;
+  std::set<std::string> used;
+  std::set<int64_t> upcycledLayers;
+  std::vector<std::string> routersKept;
+
+  void indexTextTensors();
+  Status planParam(HostState &host, const ParamDesc &p);
+  void planTarget(const std::string &name, const TensorView &dst);
+  bool planUpcycled(const std::string &name, const TensorView &dst, int64_t layer,
+                    const std::string &rest, const std::string &mlpPrefix);
+  void check(const std::string &source, const TensorView &dst, const std::string &target);
+  Status problemsStatus() const;
+  void addNotes(std::vector<std::string> &notes) const;
+};
+
+/// The text model's tensors by step name; the vision tower is only counted,
+/// since text-only training never reads it.
+void LoadPlan::indexTextTensors() {
   for (const auto &[name, loc] : ckpt.tensors()) {
     std::string stepName;
     if (classifyCheckpointTensor(name, stepName) == TensorRole::Vision) {
@@ -176,92 +225,99 @@ Status loadWeights(HostState &host, const std::string &dir, std::vector<std::str
       problems.push_back(dir + ": tensors '" + it->second + "' and '" + name +
                          "' are both the text model's '" + stepName + "'");
   }
+}
 
-  struct Copy {
-    TensorView dst;
-    std::string source;
-  };
-  std::vector<Copy> copies;
-  std::set<std::string> used;
-  std::set<int64_t> upcycledLayers;
-  std::vector<std::string> routersKept;
+/// LoRA adapters are skipped: they start from their own initialisation, not
+/// from a base checkpoint.
+Status LoadPlan::planParam(HostState &host, const ParamDesc &p) {
+  if (isLoraName(p.name))
+    return Status();
+  TensorView t = host.param(p.name);
+  if (!t.data)
+    return Status::error("parameter '" + p.name + "' has no storage");
+  for (const auto &[name, dst] : paramTargets(p, t))
+    planTarget(name, dst);
+  return Status();
+}
 
-  auto check = [&](const std::string &source, const TensorView &dst, const std::string &target) {
-    const SafetensorsEntry *e = ckpt.find(source);
-    std::string what = ckpt.fileOf(source) + ": tensor '" + source + "'";
-    std::string into = source == target ? "" : " (for '" + target + "')";
-    if (!isFloat(e->dtype))
-      problems.push_back(what + into + " has dtype " + std::string(dtypeName(e->dtype)) +
-                         ", the step's parameter is " + std::string(dtypeName(dst.dtype)));
-    else if (e->shape != dst.shape)
-      problems.push_back(what + into + " has shape " + shapeString(e->shape) +
-                         ", the step expects " + shapeString(dst.shape));
-    else
-      copies.push_back({dst, source});
+/// A tensor of the checkpoint by name, else one upcycled from a dense MLP,
+/// else a router that keeps its seeded values; anything else is missing.
+void LoadPlan::planTarget(const std::string &name, const TensorView &dst) {
+  if (auto it = byStepName.find(name); it != byStepName.end()) {
+    check(it->second, dst, name);
+    return;
+  }
+  int64_t layer = -1;
+  std::string rest;
+  bool layered = splitLayer(name, layer, rest);
+  std::string mlpPrefix = "model.layers." + std::to_string(layer) + ".mlp.";
+  bool denseLayer = layered && byStepName.count(mlpPrefix + "gate_proj.weight");
+  if (denseLayer && planUpcycled(name, dst, layer, rest, mlpPrefix))
+    return;
+  if (layered && isRouterRest(rest) && denseLayer) {
+    routersKept.push_back(name);
+    return;
+  }
+  problems.push_back(dir + ": missing tensor '" + name + "'");
+}
+
+/// False when `name` is no projection the dense MLP of `layer` has. Shared
+/// experts must match the MLP's shape exactly: a wider one cannot be filled
+/// from it, and a shape problem is reported rather than a missing tensor.
+bool LoadPlan::planUpcycled(const std::string &name, const TensorView &dst, int64_t layer,
+                            const std::string &rest, const std::string &mlpPrefix) {
+  bool shared = false;
+  std::string proj = upcycledProjection(rest, shared);
+  if (proj.empty() || !byStepName.count(mlpPrefix + proj + ".weight"))
+    return false;
+  std::string source = byStepName[mlpPrefix + proj + ".weight"];
+  const SafetensorsEntry *e = ckpt.find(source);
+  if (shared && e->shape != dst.shape) {
+    problems.push_back(ckpt.fileOf(source) + ": tensor '" + source + "' has shape " +
+                       shapeString(e->shape) + ", but the shared experts '" + name + "' are " +
+                       shapeString(dst.shape) +
+                       ": shared experts wider than the MLP cannot be upcycled from it");
     used.insert(source);
-  };
-
-  for (const ParamDesc &p : program.params) {
-    if (isLoraName(p.name))
-      continue;
-    TensorView t = host.param(p.name);
-    if (!t.data)
-      return Status::error("parameter '" + p.name + "' has no storage");
-    std::vector<std::pair<std::string, TensorView>> targets;
-    if (p.name.find("{e}") != std::string::npos && !t.shape.empty()) {
-      for (int64_t e = 0; e < t.shape[0]; ++e)
-        targets.push_back({expertName(p.name, e), expertSlice(t, e)});
-    } else {
-      targets.push_back({p.name, t});
-    }
-    for (const auto &[name, dst] : targets) {
-      if (auto it = byStepName.find(name); it != byStepName.end()) {
-        check(it->second, dst, name);
-        continue;
-      }
-      int64_t layer = -1;
-      std::string rest;
-      bool layered = splitLayer(name, layer, rest);
-      std::string mlpPrefix = "model.layers." + std::to_string(layer) + ".mlp.";
-      bool denseLayer = layered && byStepName.count(mlpPrefix + "gate_proj.weight");
-      bool shared = false;
-      std::string proj = layered ? upcycledProjection(rest, shared) : "";
-      if (!proj.empty() && denseLayer && byStepName.count(mlpPrefix + proj + ".weight")) {
-        std::string source = byStepName[mlpPrefix + proj + ".weight"];
-        const SafetensorsEntry *e = ckpt.find(source);
-        if (shared && e->shape != dst.shape) {
-          problems.push_back(ckpt.fileOf(source) + ": tensor '" + source + "' has shape " +
-                             shapeString(e->shape) + ", but the shared experts '" + name +
-                             "' are " + shapeString(dst.shape) +
-                             ": shared experts wider than the MLP cannot be upcycled from it");
-          used.insert(source);
-          continue;
-        }
-        check(source, dst, name);
-        upcycledLayers.insert(layer);
-        continue;
-      }
-      if (layered && isRouterRest(rest) && denseLayer) {
-        routersKept.push_back(name);
-        continue;
-      }
-      problems.push_back(dir + ": missing tensor '" + name + "'");
-    }
+    return true;
   }
-  compareConfig(ckpt, program.model, problems);
+  check(source, dst, name);
+  upcycledLayers.insert(layer);
+  return true;
+}
 
-  if (!problems.empty()) {
-    std::string message = dir + ": the checkpoint does not fit the step (" +
-                          std::to_string(problems.size()) +
-                          (problems.size() == 1 ? " problem)" : " problems)");
-    for (const std::string &p : problems)
-      message += "\n  " + p;
-    return Status::error(message);
-  }
+/// Queues the copy of `source` into `dst` when dtype and shape fit. The
+/// source counts as used either way, so that a mismatch is not also
+/// reported as an unused tensor.
+void LoadPlan::check(const std::string &source, const TensorView &dst, const std::string &target) {
+  const SafetensorsEntry *e = ckpt.find(source);
+  std::string what = ckpt.fileOf(source) + ": tensor '" + source + "'";
+  std::string into = source == target ? "" : " (for '" + target + "')";
+  if (!isFloat(e->dtype))
+    problems.push_back(what + into + " has dtype " + std::string(dtypeName(e->dtype)) +
+                       ", the step's parameter is " + std::string(dtypeName(dst.dtype)));
+  else if (e->shape != dst.shape)
+    problems.push_back(what + into + " has shape " + shapeString(e->shape) + ", the step expects " +
+                       shapeString(dst.shape));
+  else
+    copies.push_back({dst, source});
+  used.insert(source);
+}
 
-  for (const Copy &c : copies)
-    G3RT_RETURN_IF_ERROR(ckpt.read(c.source, c.dst));
+/// One error listing every problem, so that one attempt shows them all.
+Status LoadPlan::problemsStatus() const {
+  if (problems.empty())
+    return Status();
+  std::string message = dir + ": the checkpoint does not fit the step (" +
+                        std::to_string(problems.size()) +
+                        (problems.size() == 1 ? " problem)" : " problems)");
+  for (const std::string &p : problems)
+    message += "\n  " + p;
+  return Status::error(message);
+}
 
+/// What the load did besides copying, for the user to check it is what
+/// they meant: ignored, upcycled, seeded and unused tensors.
+void LoadPlan::addNotes(std::vector<std::string> &notes) const {
   if (vision)
     notes.push_back(std::to_string(vision) +
                     " vision tower / projector tensors ignored (text-only training)");
@@ -279,15 +335,28 @@ Status loadWeights(HostState &host, const std::string &dir, std::vector<std::str
     if (classifyCheckpointTensor(name, stepName) == TensorRole::Text && !used.count(name))
       unused.push_back(name);
   }
-  if (!unused.empty()) {
-    std::string list;
-    for (size_t i = 0; i < unused.size() && i < 8; ++i)
-      list += (i ? ", '" : "'") + unused[i] + "'";
-    if (unused.size() > 8)
-      list += ", ...";
+  if (!unused.empty())
     notes.push_back(std::to_string(unused.size()) +
-                    " checkpoint tensors are not used by the step: " + list);
-  }
+                    " checkpoint tensors are not used by the step: " + shortList(unused));
+}
+
+} // namespace
+
+Status loadWeights(HostState &host, const std::string &dir, std::vector<std::string> &notes) {
+  HFCheckpoint ckpt;
+  G3RT_RETURN_IF_ERROR(HFCheckpoint::open(dir, ckpt));
+  const StepProgram &program = host.program();
+
+  LoadPlan plan(ckpt, dir);
+  plan.indexTextTensors();
+  for (const ParamDesc &p : program.params)
+    G3RT_RETURN_IF_ERROR(plan.planParam(host, p));
+  compareConfig(ckpt, program.model, plan.problems);
+  G3RT_RETURN_IF_ERROR(plan.problemsStatus());
+
+  for (const LoadPlan::Copy &c : plan.copies)
+    G3RT_RETURN_IF_ERROR(ckpt.read(c.source, c.dst));
+  plan.addNotes(notes);
   return Status();
 }
 
