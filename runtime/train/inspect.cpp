@@ -37,6 +37,116 @@ TensorView hostView(std::vector<int32_t> &v, int64_t rows, int64_t cols) {
   return TensorView{v.data(), DType::I32, {rows, cols}};
 }
 
+/// The parameters training would start from: seeded, then the base weights,
+/// then the trained parameters of a checkpoint on top (the frozen ones are
+/// not in a LoRA checkpoint).
+Status setUpParameters(const StepProgram &program, const TrainOptions &options, uint64_t seed,
+                       int64_t padId, HostState &host, std::ostream &log) {
+  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
+  if (!options.weightsDir.empty())
+    G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
+  if (!options.resume)
+    return Status();
+  std::string dir = *options.resume;
+  if (dir.empty())
+    G3RT_RETURN_IF_ERROR(
+        latestCheckpoint(outputDirFor(options, program.training), dir).withContext("--resume"));
+  TrainerState state;
+  G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, program.training, host, state));
+  log << "parameters: checkpoint " << dir << " (step " << state.globalStep << ")\n";
+  return Status();
+}
+
+/// The first `rows` examples in file order (see the file comment), as the
+/// micro-batch training would assemble from them, and its loss denominator.
+Status firstMicroBatch(const StepProgram &program, const TrainOptions &options, int64_t rows,
+                       int64_t seqLen, int64_t padId, uint64_t seed, MicroBatch &batch,
+                       float &numItems, std::ostream &log) {
+  DataSpec spec =
+      dataSpecFor(options, program.model, program.training, seqLen, int32_t(padId), seed);
+  if (spec.path.empty())
+    return Status::error("no data: pass --data FILE");
+  DataSplit data;
+  G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
+  for (const std::string &w : data.warnings)
+    log << "warning: " << w << "\n";
+  std::vector<size_t> first;
+  for (size_t i = 0; i < data.train.size() && int64_t(i) < rows; ++i)
+    first.push_back(i);
+  assembleMicroBatch(data.train, first, rows, seqLen, int32_t(padId), batch);
+  LossDenominator denominator;
+  G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, program.training, denominator));
+  numItems = float(std::max<int64_t>(1, batch.lossItems(denominator)));
+  return Status();
+}
+
+/// The step inputs a training micro-step would get; inputs the step lacks
+/// are skipped, as an eval_logits step has fewer.
+void setStepInputs(HostState &host, const MicroBatch &batch, float numItems, uint64_t seed) {
+  setInts(host, "input_ids", batch.inputIds);
+  setInts(host, "targets", batch.targets);
+  setInts(host, "positions", batch.positions);
+  setInts(host, "segment_ids", batch.segmentIds);
+  if (TensorView n = host.input("num_items"); n.data)
+    n.store(0, numItems);
+  if (TensorView key = host.input("rng_key"); key.data) {
+    key.i64()[0] = int64_t(seed);
+    key.i64()[1] = 0;
+  }
+}
+
+/// Outputs of the last run, copied to the host. The copies live until the
+/// file is written, in a list because its elements never move. An unknown
+/// output is an empty view, so the caller words the error.
+struct OutputReader {
+  Backend &backend;
+  const FunctionDesc &fn;
+  const char *function;
+  std::list<std::vector<uint8_t>> bytes;
+
+  Status read(const std::string &name, TensorView &view) {
+    view = TensorView{};
+    if (fn.findOutput(name) < 0)
+      return Status();
+    bytes.emplace_back();
+    return backend.readOutput(function, name, bytes.back(), view);
+  }
+};
+
+/// The loss into `loss` (which `out` then points at) and every trainable
+/// parameter's gradient under its HF name; stacked experts are split, as a
+/// transformers model holds one tensor per expert.
+Status gatherGradients(const StepProgram &program, OutputReader &output, float &loss,
+                       std::vector<NamedTensor> &out) {
+  TensorView lossView;
+  G3RT_RETURN_IF_ERROR(output.read("loss", lossView));
+  if (!lossView.data)
+    return Status::error("forward_backward has no loss output");
+  loss = lossView.load(0);
+  out.push_back({"loss", TensorView{&loss, DType::F32, {1}}});
+  for (const ParamDesc &p : program.params) {
+    if (!p.trainable)
+      continue;
+    TensorView g;
+    G3RT_RETURN_IF_ERROR(output.read("grad:" + p.name, g));
+    if (!g.data)
+      return Status::error("forward_backward has no gradient of '" + p.name + "'");
+    size_t at = p.name.find("{e}");
+    if (at == std::string::npos) {
+      out.push_back({"grad/" + p.name, g});
+      continue;
+    }
+    for (int64_t e = 0; e < g.shape[0]; ++e) {
+      TensorView s = g;
+      s.shape.erase(s.shape.begin());
+      s.data = static_cast<uint8_t *>(g.data) + size_t(e) * (g.bytes() / size_t(g.shape[0]));
+      out.push_back(
+          {"grad/" + p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3), s});
+    }
+  }
+  return Status();
+}
+
 } // namespace
 
 Status runInspection(const StepProgram &program, const TrainOptions &options,
@@ -52,20 +162,7 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
   }
   uint64_t seed = uint64_t(options.seed.value_or(program.training.seed));
   int64_t padId = program.model.padTokenId;
-  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
-  if (!options.weightsDir.empty())
-    G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
-  if (options.resume) {
-    // The trained parameters of a checkpoint, on top of the base weights
-    // (the frozen ones are not in a LoRA checkpoint).
-    std::string dir = *options.resume;
-    if (dir.empty())
-      G3RT_RETURN_IF_ERROR(
-          latestCheckpoint(outputDirFor(options, program.training), dir).withContext("--resume"));
-    TrainerState state;
-    G3RT_RETURN_IF_ERROR(loadCheckpoint(dir, program.training, host, state));
-    log << "parameters: checkpoint " << dir << " (step " << state.globalStep << ")\n";
-  }
+  G3RT_RETURN_IF_ERROR(setUpParameters(program, options, seed, padId, host, log));
 
   if (!what.saveInitialWeights.empty()) {
     G3RT_RETURN_IF_ERROR(saveHFCheckpoint(host, what.saveInitialWeights, /*mergeLora=*/false));
@@ -84,43 +181,12 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
     return Status::error("the step has no [batch, seq] input_ids input");
   int64_t rows = ids.shape[0], seqLen = ids.shape[1];
 
-  DataSpec spec =
-      dataSpecFor(options, program.model, program.training, seqLen, int32_t(padId), seed);
-  if (spec.path.empty())
-    return Status::error("no data: pass --data FILE");
-  DataSplit data;
-  G3RT_RETURN_IF_ERROR(loadTrainingData(spec, data));
-  for (const std::string &w : data.warnings)
-    log << "warning: " << w << "\n";
-  std::vector<size_t> first;
-  for (size_t i = 0; i < data.train.size() && int64_t(i) < rows; ++i)
-    first.push_back(i);
   MicroBatch batch;
-  assembleMicroBatch(data.train, first, rows, seqLen, int32_t(padId), batch);
-  LossDenominator denominator;
-  G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, program.training, denominator));
-  float numItems = float(std::max<int64_t>(1, batch.lossItems(denominator)));
-
-  setInts(host, "input_ids", batch.inputIds);
-  setInts(host, "targets", batch.targets);
-  setInts(host, "positions", batch.positions);
-  setInts(host, "segment_ids", batch.segmentIds);
-  if (TensorView n = host.input("num_items"); n.data)
-    n.store(0, numItems);
-  if (TensorView key = host.input("rng_key"); key.data) {
-    key.i64()[0] = int64_t(seed);
-    key.i64()[1] = 0;
-  }
-  // Outputs are copied here and live until the file is written (a list: its
-  // elements never move). An unknown output is an empty view.
-  std::list<std::vector<uint8_t>> outputBytes;
-  auto output = [&](const std::string &name, TensorView &view) -> Status {
-    view = TensorView{};
-    if (program.findFunction(function)->findOutput(name) < 0)
-      return Status();
-    outputBytes.emplace_back();
-    return backend->readOutput(function, name, outputBytes.back(), view);
-  };
+  float numItems = 0;
+  G3RT_RETURN_IF_ERROR(
+      firstMicroBatch(program, options, rows, seqLen, padId, seed, batch, numItems, log));
+  setStepInputs(host, batch, numItems, seed);
+  OutputReader output{*backend, *program.findFunction(function), function, {}};
   G3RT_RETURN_IF_ERROR(backend->uploadState(host));
   G3RT_RETURN_IF_ERROR(backend->run(function));
 
@@ -129,37 +195,12 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
   std::string file;
   if (!what.dumpGradients.empty()) {
     file = what.dumpGradients;
-    TensorView loss;
-    G3RT_RETURN_IF_ERROR(output("loss", loss));
-    if (!loss.data)
-      return Status::error("forward_backward has no loss output");
-    scalars[0] = loss.load(0);
-    out.push_back({"loss", TensorView{&scalars[0], DType::F32, {1}}});
-    for (const ParamDesc &p : program.params) {
-      if (!p.trainable)
-        continue;
-      TensorView g;
-      G3RT_RETURN_IF_ERROR(output("grad:" + p.name, g));
-      if (!g.data)
-        return Status::error("forward_backward has no gradient of '" + p.name + "'");
-      size_t at = p.name.find("{e}");
-      if (at == std::string::npos) {
-        out.push_back({"grad/" + p.name, g});
-        continue;
-      }
-      for (int64_t e = 0; e < g.shape[0]; ++e) {
-        TensorView s = g;
-        s.shape.erase(s.shape.begin());
-        s.data = static_cast<uint8_t *>(g.data) + size_t(e) * (g.bytes() / size_t(g.shape[0]));
-        out.push_back(
-            {"grad/" + p.name.substr(0, at) + std::to_string(e) + p.name.substr(at + 3), s});
-      }
-    }
+    G3RT_RETURN_IF_ERROR(gatherGradients(program, output, scalars[0], out));
     log << "loss " << scalars[0] << " over " << numItems << " labels\n";
   } else {
     file = what.dumpLogits;
     TensorView logits;
-    G3RT_RETURN_IF_ERROR(output("logits", logits));
+    G3RT_RETURN_IF_ERROR(output.read("logits", logits));
     if (!logits.data)
       return Status::error("eval_logits has no logits output");
     out.push_back({"logits", logits});
