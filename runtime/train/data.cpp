@@ -51,6 +51,109 @@ void truncate(Example &ex, int64_t seqLen, bool &truncated) {
   }
 }
 
+/// A tokenizer for text lines. Ids past the model's vocabulary would index
+/// outside the embedding, hence the error; a different <pad> only changes
+/// which id fills a row, hence only a warning.
+Status loadTokenizer(const DataSpec &spec, Tokenizer &tokenizer,
+                     std::vector<std::string> &warnings) {
+  G3RT_RETURN_IF_ERROR(Tokenizer::load(spec.tokenizerPath, tokenizer));
+  if (spec.vocabSize > 0 && tokenizer.vocabSize() > spec.vocabSize)
+    return Status::error(
+        tokenizer.modelPath() + ": the tokenizer has " + std::to_string(tokenizer.vocabSize()) +
+        " tokens, more than the model's vocab_size " + std::to_string(spec.vocabSize));
+  if (tokenizer.special().pad != spec.padId)
+    warnings.push_back(tokenizer.modelPath() + ": <pad> is token " +
+                       std::to_string(tokenizer.special().pad) +
+                       " but the model's pad_token_id is " + std::to_string(spec.padId));
+  return Status();
+}
+
+/// A non-blank line's JSON and format. An error is the line's fault, one
+/// --skip-bad-lines may skip.
+Status parseLine(const LineReader &reader, std::string &line, const DataSpec &spec,
+                 DataFormat format, nlohmann::json &j, DataFormat &lineFormat) {
+  if (reader.tooLong())
+    return Status::error("the line has " + std::to_string(reader.lineBytes()) +
+                         " bytes, more than max_line_bytes (" + std::to_string(spec.maxLineBytes) +
+                         "; --max-line-bytes sets it)");
+  j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+  // One huge line must not keep its buffer for the rest of the file.
+  if (line.capacity() > kKeptLineCapacity)
+    std::string().swap(line);
+  return j.is_discarded() ? Status::error("not valid JSON")
+                          : detectDataFormat(j, format, lineFormat);
+}
+
+/// Every kept line of the data file as a row of its own, in file order
+/// (the split and packing come later), counted in out.stats.
+Status readExamples(const DataSpec &spec, DataFormat format, const ExampleOptions &options,
+                    DataSplit &out, std::vector<Row> &examples) {
+  std::ifstream in;
+  G3RT_RETURN_IF_ERROR(openForReading(spec.path, in, std::ios::in, "data file"));
+  std::string line;
+  DataStats &stats = out.stats;
+  LineReader reader(in, size_t(spec.maxLineBytes));
+  while (reader.next(line)) {
+    ++stats.lines;
+    if (!reader.tooLong() && line.find_first_not_of(" \t\r") == std::string::npos)
+      continue;
+    std::string where = spec.path + ":" + std::to_string(stats.lines) + ": ";
+    Example ex;
+    DataFormat lineFormat = format;
+    nlohmann::json j;
+    Status s = parseLine(reader, line, spec, format, j, lineFormat);
+    if (s.ok() && needsTokenizer(lineFormat) && !options.tokenizer)
+      // A setup error, not a bad line: skipping would skip every such line.
+      return Status::error(where + "a " + std::string(dataFormatName(lineFormat)) +
+                           " line needs a tokenizer: pass --tokenizer (a tokenizer.model "
+                           "or the model folder holding it)");
+    if (s.ok())
+      s = buildExample(j, lineFormat, options, ex);
+    if (!s.ok()) {
+      if (!spec.skipBadLines)
+        return Status::error(where + s.message() + " (use --skip-bad-lines to skip such lines)");
+      out.warnings.push_back(where + s.message() + "; line skipped");
+      ++stats.skipped;
+      continue;
+    }
+    stats.imageSamples += ex.hasImages;
+    if (ex.dropped)
+      continue;
+    stats.fullTextLines += ex.noAssistantPart;
+    bool truncated = false;
+    truncate(ex, spec.seqLen, truncated);
+    stats.truncated += truncated;
+    examples.push_back(Row::single(std::move(ex.ids), std::move(ex.labels)));
+  }
+  return Status();
+}
+
+/// The train and eval rows of `examples`: split first, so that packing never
+/// puts part of an eval example into a training row.
+Status splitAndPack(const DataSpec &spec, std::vector<Row> &examples, DataSplit &out) {
+  std::vector<size_t> trainIdx, evalIdx;
+  splitExamples(examples.size(), spec.testSize, spec.seed, trainIdx, evalIdx);
+  if (trainIdx.empty())
+    return Status::error(spec.path + ": test size " + std::to_string(spec.testSize) +
+                         " leaves none of the " + std::to_string(examples.size()) +
+                         " examples for training");
+  std::vector<Row> train, eval;
+  for (size_t i : trainIdx)
+    train.push_back(std::move(examples[i]));
+  for (size_t i : evalIdx)
+    eval.push_back(std::move(examples[i]));
+  out.stats.trainExamples = int64_t(train.size());
+  out.stats.evalExamples = int64_t(eval.size());
+  if (spec.packing) {
+    out.train = packRows(train, spec.seqLen);
+    out.eval = packRows(eval, spec.seqLen);
+  } else {
+    out.train = std::move(train);
+    out.eval = std::move(eval);
+  }
+  return Status();
+}
+
 } // namespace
 
 Row Row::single(std::vector<int32_t> ids, std::vector<int32_t> labels) {
@@ -131,67 +234,13 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
   options.maxTokens = size_t(spec.seqLen) + 1;
   Tokenizer tokenizer;
   if (!spec.tokenizerPath.empty()) {
-    G3RT_RETURN_IF_ERROR(Tokenizer::load(spec.tokenizerPath, tokenizer));
-    if (spec.vocabSize > 0 && tokenizer.vocabSize() > spec.vocabSize)
-      return Status::error(
-          tokenizer.modelPath() + ": the tokenizer has " + std::to_string(tokenizer.vocabSize()) +
-          " tokens, more than the model's vocab_size " + std::to_string(spec.vocabSize));
-    if (tokenizer.special().pad != spec.padId)
-      out.warnings.push_back(tokenizer.modelPath() + ": <pad> is token " +
-                             std::to_string(tokenizer.special().pad) +
-                             " but the model's pad_token_id is " + std::to_string(spec.padId));
+    G3RT_RETURN_IF_ERROR(loadTokenizer(spec, tokenizer, out.warnings));
     options.tokenizer = &tokenizer;
   }
 
-  std::ifstream in;
-  G3RT_RETURN_IF_ERROR(openForReading(spec.path, in, std::ios::in, "data file"));
-  std::string line;
-  DataStats &stats = out.stats;
   std::vector<Row> examples;
-  LineReader reader(in, size_t(spec.maxLineBytes));
-  while (reader.next(line)) {
-    ++stats.lines;
-    if (!reader.tooLong() && line.find_first_not_of(" \t\r") == std::string::npos)
-      continue;
-    std::string where = spec.path + ":" + std::to_string(stats.lines) + ": ";
-    Example ex;
-    DataFormat lineFormat = format;
-    nlohmann::json j;
-    Status s;
-    if (reader.tooLong()) {
-      s = Status::error("the line has " + std::to_string(reader.lineBytes()) +
-                        " bytes, more than max_line_bytes (" + std::to_string(spec.maxLineBytes) +
-                        "; --max-line-bytes sets it)");
-    } else {
-      j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (line.capacity() > kKeptLineCapacity)
-        std::string().swap(line);
-      s = j.is_discarded() ? Status::error("not valid JSON")
-                           : detectDataFormat(j, format, lineFormat);
-    }
-    if (s.ok() && needsTokenizer(lineFormat) && !options.tokenizer)
-      // A setup error, not a bad line: skipping would skip every such line.
-      return Status::error(where + "a " + std::string(dataFormatName(lineFormat)) +
-                           " line needs a tokenizer: pass --tokenizer (a tokenizer.model "
-                           "or the model folder holding it)");
-    if (s.ok())
-      s = buildExample(j, lineFormat, options, ex);
-    if (!s.ok()) {
-      if (!spec.skipBadLines)
-        return Status::error(where + s.message() + " (use --skip-bad-lines to skip such lines)");
-      out.warnings.push_back(where + s.message() + "; line skipped");
-      ++stats.skipped;
-      continue;
-    }
-    stats.imageSamples += ex.hasImages;
-    if (ex.dropped)
-      continue;
-    stats.fullTextLines += ex.noAssistantPart;
-    bool truncated = false;
-    truncate(ex, spec.seqLen, truncated);
-    stats.truncated += truncated;
-    examples.push_back(Row::single(std::move(ex.ids), std::move(ex.labels)));
-  }
+  G3RT_RETURN_IF_ERROR(readExamples(spec, format, options, out, examples));
+  const DataStats &stats = out.stats;
   if (stats.fullTextLines)
     out.warnings.push_back(spec.path + ": " + std::to_string(stats.fullTextLines) +
                            " text line(s) have no assistant part; their whole text is "
@@ -203,28 +252,7 @@ Status loadTrainingData(const DataSpec &spec, DataSplit &out) {
              " samples with images were dropped; --images mask keeps them)";
     return Status::error(why);
   }
-
-  std::vector<size_t> trainIdx, evalIdx;
-  splitExamples(examples.size(), spec.testSize, spec.seed, trainIdx, evalIdx);
-  if (trainIdx.empty())
-    return Status::error(spec.path + ": test size " + std::to_string(spec.testSize) +
-                         " leaves none of the " + std::to_string(examples.size()) +
-                         " examples for training");
-  std::vector<Row> train, eval;
-  for (size_t i : trainIdx)
-    train.push_back(std::move(examples[i]));
-  for (size_t i : evalIdx)
-    eval.push_back(std::move(examples[i]));
-  stats.trainExamples = int64_t(train.size());
-  stats.evalExamples = int64_t(eval.size());
-  if (spec.packing) {
-    out.train = packRows(train, spec.seqLen);
-    out.eval = packRows(eval, spec.seqLen);
-  } else {
-    out.train = std::move(train);
-    out.eval = std::move(eval);
-  }
-  return Status();
+  return splitAndPack(spec, examples, out);
 }
 
 Status parseLossDenominator(const std::string &name, const std::string &origin,
