@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# One device call: g3moe at long context against the strong PyTorch stack
+# with every layer checkpointed, the lengths of issue 16. The steps come
+# prebuilt in devcarry/long/ (bench/prepare_long.sh makes them), with the
+# binaries of bench/prepare_gpu.sh and the strong stack and its wheels.
+# Logs and the JSON lines go to $OUT.
+#   bash bench/run_long.sh [strong-stack lengths...]
+set -uo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+carry=$here/devcarry
+out=${OUT:-/tmp/g3moe-out}
+mkdir -p "$out"
+[[ -f $carry/bin.tar.gz ]] && tar -C "$carry" -xzf "$carry/bin.tar.gz"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+
+echo "== g3moe (one line per step file: tokens/s, MFU, GPU memory)"
+for step in "$carry"/long/*.step; do
+  echo "-- $(basename "$step")"
+  timeout "${G3MOE_TIMEOUT:-200}" "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-4}" 2>&1 |
+    tail -2 | tee -a "$out/bench_long.jsonl"
+done
+
+echo "== strong stack, every layer checkpointed"
+python3 -m pip install -q --no-index --no-deps --target /tmp/site "$carry"/wheels/*.whl > /dev/null 2>&1
+PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout "${STRONG_TIMEOUT:-300}" python3 "$carry/strong_stack.py" \
+  --ckpt all --lora-dropout 0.05 --steps "${BENCH_STEPS:-4}" "${@:-65536 131072}" 2>&1 |
+  grep -v -i warn | tee -a "$out/strong_long.jsonl"
