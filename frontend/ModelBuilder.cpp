@@ -98,6 +98,22 @@ private:
   /// evaluation forward, which also returns the token-accuracy counts.
   /// With `logitsOnly` it returns the logits instead of the loss.
   void buildFunction(StringRef name, bool trainingMode, bool evalOutputs, bool logitsOnly = false);
+  /// What an entry point takes and returns besides the token inputs.
+  struct Signature {
+    bool evalOutputs = false, logitsOnly = false;
+    /// Takes rng_key (jitter, SparseMixer's draws).
+    bool needsRandom = false;
+    /// Returns each MoE layer's load and the load-balancing loss.
+    bool moeStats = false;
+  };
+  /// Creates entry point `name` with its argument and result names; the
+  /// builder then inserts into its body, which is returned.
+  Block *beginFunction(StringRef name, const Signature &sig);
+  /// Decoder layer `layer` on the residual stream `x`: the new stream.
+  Value decoderLayer(Value x, int64_t layer);
+  /// The final norm, the LM head, the loss and the entry point's results.
+  void finishFunction(const Signature &sig, Value x, Value embedding, Value targets,
+                      Value numItems);
   Value attention(Value x, int64_t layer, const std::string &prefix);
   Value moe(Value f, const std::string &prefix);
   void buildModelAttrs(ModuleOp module);
@@ -348,29 +364,52 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   batch = t.microBatch;
   seq = t.seqLen;
   tokens = batch * seq;
+  Signature sig;
+  sig.evalOutputs = evalOutputs;
+  sig.logitsOnly = logitsOnly;
+  sig.needsRandom =
+      training && m.isMoE() && (m.inputJitterNoise > 0 || m.router == RouterKind::SparseMixer);
+  // The training forward also returns the MoE statistics: the expert load of
+  // every MoE layer and the load-balancing loss (logged even when it is not
+  // part of the loss).
+  sig.moeStats = training && m.isMoE();
+  Block *entry = beginFunction(name, sig);
+  Value inputIds = entry->getArgument(0), targets = entry->getArgument(1);
+  positions = entry->getArgument(2);
+  segmentIds = entry->getArgument(3);
+  Value numItems = entry->getArgument(4);
+  if (sig.needsRandom)
+    rngKey = entry->getArgument(5);
+
+  int64_t h = m.hiddenSize;
+  at("model.embed_tokens");
+  Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, act());
+  Value x = g3moe::EmbeddingOp::create(b, loc, tensor({batch, seq, h}, act()), inputIds, embedding,
+                                       b.getF64FloatAttr(m.embedScale(/*bf16=*/!options.fp32)),
+                                       b.getI64IntegerAttr(m.padTokenId));
+  for (int64_t layer = 0; layer < m.numLayers; ++layer)
+    x = decoderLayer(x, layer);
+  finishFunction(sig, x, embedding, targets, numItems);
+}
+
+Block *StepBuilder::beginFunction(StringRef name, const Signature &sig) {
   auto tokenType = tensor({batch, seq}, i32());
   SmallVector<Type> argTypes(4, tokenType);
   SmallVector<StringRef> argNames = {"input_ids", "targets", "positions", "segment_ids"};
   argTypes.push_back(tensor({}, f32()));
   argNames.push_back("num_items");
-  bool needsRandom =
-      training && m.isMoE() && (m.inputJitterNoise > 0 || m.router == RouterKind::SparseMixer);
-  if (needsRandom) {
+  if (sig.needsRandom) {
     argTypes.push_back(tensor({2}, b.getI64Type()));
     argNames.push_back("rng_key");
   }
-  SmallVector<Type> resultTypes(evalOutputs ? 3 : 1, tensor({}, f32()));
-  if (logitsOnly)
+  SmallVector<Type> resultTypes(sig.evalOutputs ? 3 : 1, tensor({}, f32()));
+  if (sig.logitsOnly)
     resultTypes = {tensor({t.microBatch, t.seqLen, m.vocabSize}, f32())};
-  // The training forward also returns the MoE statistics: the expert load of
-  // every MoE layer and the load-balancing loss (logged even when it is not
-  // part of the loss).
-  bool moeStats = training && m.isMoE();
   SmallVector<int64_t> moeLayers;
   for (int64_t l = 0; l < m.numLayers; ++l)
     if (m.layers[l].moe)
       moeLayers.push_back(l);
-  if (moeStats) {
+  if (sig.moeStats) {
     for (size_t i = 0; i < moeLayers.size(); ++i)
       resultTypes.push_back(tensor({m.numExperts}, f32()));
     resultTypes.push_back(tensor({}, f32()));
@@ -380,61 +419,52 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   func->setAttr("g3moe.mode", b.getStringAttr(training ? "train" : "eval"));
   for (auto [idx, argName] : llvm::enumerate(argNames))
     func.setArgAttr(idx, "g3moe.input", b.getStringAttr(argName));
-  func.setResultAttr(0, "g3moe.output", b.getStringAttr(logitsOnly ? "logits" : "loss"));
-  if (evalOutputs) {
+  func.setResultAttr(0, "g3moe.output", b.getStringAttr(sig.logitsOnly ? "logits" : "loss"));
+  if (sig.evalOutputs) {
     func.setResultAttr(1, "g3moe.output", b.getStringAttr("correct_tokens"));
     func.setResultAttr(2, "g3moe.output", b.getStringAttr("counted_tokens"));
   }
-  if (moeStats) {
+  if (sig.moeStats) {
     for (auto [i, l] : llvm::enumerate(moeLayers))
       func.setResultAttr(1 + i, "g3moe.output", b.getStringAttr("moe_load:" + std::to_string(l)));
     func.setResultAttr(1 + moeLayers.size(), "g3moe.output", b.getStringAttr("moe_aux_loss"));
   }
-
   Block *entry = func.addEntryBlock();
   b.setInsertionPointToStart(entry);
-  Value inputIds = entry->getArgument(0), targets = entry->getArgument(1);
-  positions = entry->getArgument(2);
-  segmentIds = entry->getArgument(3);
-  Value numItems = entry->getArgument(4);
-  if (needsRandom)
-    rngKey = entry->getArgument(5);
+  return entry;
+}
 
-  int64_t h = m.hiddenSize;
-  at("model.embed_tokens");
-  Value embedding = param("model.embed_tokens.weight", {m.vocabSize, h}, act());
-  Value x = g3moe::EmbeddingOp::create(b, loc, tensor({batch, seq, h}, act()), inputIds, embedding,
-                                       b.getF64FloatAttr(m.embedScale(/*bf16=*/!options.fp32)),
-                                       b.getI64IntegerAttr(m.padTokenId));
-
+Value StepBuilder::decoderLayer(Value x, int64_t layer) {
   // G3MoE keeps its dense-layer MLPs under `moe` (G3MOE_SPEC.md 3.1).
   std::string ffnName = m.isMoE() ? "moe." : "mlp.";
-  for (int64_t layer = 0; layer < m.numLayers; ++layer) {
-    std::string prefix = "model.layers." + std::to_string(layer) + ".";
-    currentLayer = layer;
-    at(prefix + "input_layernorm");
-    Value a = rmsNorm(x, prefix + "input_layernorm.weight");
-    a = attention(a, layer, prefix);
-    at(prefix + "post_attention_layernorm");
-    a = rmsNorm(a, prefix + "post_attention_layernorm.weight");
-    Value hidden = g3moe::AddOp::create(b, loc, x, a);
+  std::string prefix = "model.layers." + std::to_string(layer) + ".";
+  currentLayer = layer;
+  at(prefix + "input_layernorm");
+  Value a = rmsNorm(x, prefix + "input_layernorm.weight");
+  a = attention(a, layer, prefix);
+  at(prefix + "post_attention_layernorm");
+  a = rmsNorm(a, prefix + "post_attention_layernorm.weight");
+  Value hidden = g3moe::AddOp::create(b, loc, x, a);
 
-    at(prefix + "pre_feedforward_layernorm");
-    Value f = rmsNorm(hidden, prefix + "pre_feedforward_layernorm.weight");
-    Value y;
-    if (m.layers[layer].moe) {
-      y = moe(f, prefix);
-    } else {
-      at(prefix + ffnName.substr(0, ffnName.size() - 1));
-      y = mlp(f, prefix + ffnName, m.intermediateSize);
-      if (t.denseFFNNoGrad)
-        y = g3moe::StopGradientOp::create(b, loc, y);
-    }
-    at(prefix + "post_feedforward_layernorm");
-    y = rmsNorm(y, prefix + "post_feedforward_layernorm.weight");
-    x = g3moe::AddOp::create(b, loc, hidden, y);
+  at(prefix + "pre_feedforward_layernorm");
+  Value f = rmsNorm(hidden, prefix + "pre_feedforward_layernorm.weight");
+  Value y;
+  if (m.layers[layer].moe) {
+    y = moe(f, prefix);
+  } else {
+    at(prefix + ffnName.substr(0, ffnName.size() - 1));
+    y = mlp(f, prefix + ffnName, m.intermediateSize);
+    if (t.denseFFNNoGrad)
+      y = g3moe::StopGradientOp::create(b, loc, y);
   }
+  at(prefix + "post_feedforward_layernorm");
+  y = rmsNorm(y, prefix + "post_feedforward_layernorm.weight");
+  return g3moe::AddOp::create(b, loc, hidden, y);
+}
 
+void StepBuilder::finishFunction(const Signature &sig, Value x, Value embedding, Value targets,
+                                 Value numItems) {
+  int64_t h = m.hiddenSize;
   at("model.norm");
   x = rmsNorm(x, "model.norm.weight");
   at("lm_head");
@@ -463,8 +493,8 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
   if (terms.size() > 1)
     loss = g3moe::LossSumOp::create(b, loc, tensor({}, f32()), terms,
                                     b.getDenseF64ArrayAttr(coefficients));
-  SmallVector<Value> results = {logitsOnly ? logits : loss};
-  if (moeStats) {
+  SmallVector<Value> results = {sig.logitsOnly ? logits : loss};
+  if (sig.moeStats) {
     at("moe_statistics");
     for (Value idx : routerIndices)
       results.push_back(g3moe::ExpertLoadOp::create(b, loc, tensor({m.numExperts}, f32()), idx,
@@ -477,7 +507,7 @@ void StepBuilder::buildFunction(StringRef name, bool trainingMode, bool evalOutp
                           .getResult();
     results.push_back(aux);
   }
-  if (evalOutputs) {
+  if (sig.evalOutputs) {
     auto accuracy =
         g3moe::TokenAccuracyOp::create(b, loc, tensor({}, f32()), tensor({}, f32()), logits,
                                        targets, b.getI64IntegerAttr(g3rt::kIgnoreIndex));
