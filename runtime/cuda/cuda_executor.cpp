@@ -5,6 +5,7 @@
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lt_matmul.h"
 
+#include <cstdio>
 #include <cstdlib>
 #include <set>
 
@@ -81,6 +82,35 @@ Status settleChecks(const DeviceChecks &c, const std::vector<DeviceChecks::Pendi
   return Status();
 }
 
+/// GiB with one decimal, for messages.
+std::string gib(uint64_t bytes) {
+  char text[32];
+  std::snprintf(text, sizeof text, "%.1f GiB", double(bytes) / double(uint64_t(1) << 30));
+  return text;
+}
+
+/// Refuses, before anything is allocated, a step whose planned device memory
+/// (arena, persistent state, workspace) exceeds what the device has free: a
+/// step compiled for a larger card would otherwise fail at some allocation
+/// or, worse, part-way through loading.
+Status checkDeviceMemory(const StepProgram &program, int device) {
+  uint64_t state = 0;
+  G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
+    state += b.bytes;
+    return Status();
+  }));
+  const uint64_t need = program.arenaBytes + state + kWorkspaceBytes;
+  size_t free = 0, total = 0;
+  G3RT_RETURN_IF_ERROR(check(cudaMemGetInfo(&free, &total), "reading the free device memory"));
+  if (need <= free)
+    return Status();
+  return Status::error("the step needs " + gib(need) + " of device memory (arena " +
+                       gib(program.arenaBytes) + ", parameters and optimizer state " + gib(state) +
+                       ", workspace " + gib(kWorkspaceBytes) + ") but CUDA device " +
+                       std::to_string(device) + " has " + gib(free) + " free of " + gib(total) +
+                       ": compile it with a smaller memory_budget_gb");
+}
+
 } // namespace
 
 struct CudaExecutor::Graph {
@@ -108,6 +138,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   G3RT_RETURN_IF_ERROR(resolveKernels(program, "CUDA", findCudaKernel, ex->kernels_));
   G3RT_RETURN_IF_ERROR(
       check(cudaSetDevice(device), "selecting CUDA device " + std::to_string(device)));
+  G3RT_RETURN_IF_ERROR(checkDeviceMemory(program, device));
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
   G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));

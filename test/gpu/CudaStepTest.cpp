@@ -718,4 +718,20 @@ INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStepCudnn,
                          ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora",
                                            "g3moe_lora_r16"));
 
+TEST(CudaExecutor, RefusesAStepLargerThanTheDevice) {
+  // A plan no card has: refused before anything is allocated, naming the
+  // sizes.
+  StepProgram huge;
+  huge.arenaBytes = uint64_t(1) << 50;
+  std::unique_ptr<cuda::CudaExecutor> ex;
+  Status s = cuda::CudaExecutor::create(huge, 0, ex);
+  ASSERT_FALSE(s.ok());
+  EXPECT_FALSE(ex);
+  EXPECT_NE(s.message().find("the step needs 1048576.2 GiB of device memory (arena 1048576.0 GiB"),
+            std::string::npos)
+      << s.message();
+  EXPECT_NE(s.message().find("free of"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("memory_budget_gb"), std::string::npos) << s.message();
+}
+
 } // namespace
