@@ -47,6 +47,13 @@ MemoryPlan MemoryPlan::leadingFeedForward(int64_t count, int64_t numLayers,
   return plan;
 }
 
+MemoryPlan MemoryPlan::leadingLayers(int64_t count, int64_t numLayers, bool keepAttentionOutputs) {
+  MemoryPlan plan = uniform(numLayers, LayerChoice::RecomputeFeedForward, keepAttentionOutputs);
+  for (int64_t l = 0; l < count && l < numLayers; ++l)
+    plan.layers[l] = LayerChoice::RecomputeLayer;
+  return plan;
+}
+
 int64_t MemoryPlan::count(LayerChoice choice) const { return llvm::count(layers, choice); }
 
 std::vector<std::string> MemoryPlan::recomputeScopes() const {
@@ -236,6 +243,28 @@ public:
     return success();
   }
 
+  /// With every layer checkpointed fitting, the fewest leading layers that
+  /// must be, the others recomputing only their feed-forward blocks: a
+  /// checkpointed layer runs its whole forward twice, and memory falls as
+  /// layers are added. The attention choice stays.
+  LogicalResult narrowLayers(int64_t numLayers) {
+    const bool keepAttention = fit.plan.keepAttentionOutputs;
+    for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
+      const int64_t k = lo + (hi - lo) / 2;
+      OwningOpRef<ModuleOp> step;
+      bool fits = false;
+      if (failed(attempt(MemoryPlan::leadingLayers(k, numLayers, keepAttention), step, fits)))
+        return failure();
+      if (!fits) {
+        lo = k + 1;
+        continue;
+      }
+      choose(std::move(step));
+      hi = k - 1;
+    }
+    return success();
+  }
+
 private:
   ModuleOp forward;
   const TrainingPipelineOptions &pipeline;
@@ -264,9 +293,13 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
   Search search(forward, pipeline, options, run, fit);
   if (failed(search.searchLevels(*numLayers)))
     return failure();
-  if (fit.fits() && options.budgetBytes > 0 && options.policy == RecomputePolicy::Auto &&
-      fit.plan.count(LayerChoice::RecomputeFeedForward) == *numLayers)
+  const bool narrow =
+      fit.fits() && options.budgetBytes > 0 && options.policy == RecomputePolicy::Auto;
+  if (narrow && fit.plan.count(LayerChoice::RecomputeFeedForward) == *numLayers)
     if (failed(search.narrowFeedForward(*numLayers)))
+      return failure();
+  if (narrow && fit.plan.count(LayerChoice::RecomputeLayer) == *numLayers)
+    if (failed(search.narrowLayers(*numLayers)))
       return failure();
   return fit;
 }

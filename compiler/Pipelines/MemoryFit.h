@@ -60,6 +60,9 @@ struct MemoryPlan {
   /// The feed-forward blocks of the first `count` of `numLayers` layers
   /// recomputed, the rest kept.
   static MemoryPlan leadingFeedForward(int64_t count, int64_t numLayers, bool keepAttentionOutputs);
+  /// The first `count` of `numLayers` layers checkpointed (RecomputeLayer),
+  /// the rest with their feed-forward blocks recomputed.
+  static MemoryPlan leadingLayers(int64_t count, int64_t numLayers, bool keepAttentionOutputs);
 
   /// The number of layers whose choice is `choice`.
   int64_t count(LayerChoice choice) const;

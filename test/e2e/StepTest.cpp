@@ -774,7 +774,8 @@ TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
-                         ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial"));
+                         ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial",
+                                           "g3moe_lora_fp32_checkpoints"));
 
 TrainResult trainTiny(const std::string &stepName, int64_t steps, double lr, uint64_t seed = 42) {
   StepProgram program = load(stepName);
