@@ -254,6 +254,25 @@ Status dropoutKernel(const KernelArgs &args) {
   return Status();
 }
 
+Status keyedDropoutKernel(const KernelArgs &args) {
+  uint32_t s;
+  double p;
+  G3RT_RETURN_IF_ERROR(checkKeyedDropout(args, s, p));
+  const TensorView &key = args.inputs[1];
+  uint64_t seed = uint64_t(key.i64()[0]), counter = uint64_t(key.i64()[1]);
+  // Element i's draw is random_uniform's on [0, 1) (there low + span * u is
+  // u itself), compared and scaled as dropoutKernel does.
+  float threshold = float(p), keep = float(1.0 - p);
+  mapBlocks<1, 1>({args.inputs[0]}, {args.outputs[0]},
+                  [=](int64_t begin, int64_t n, auto src, auto dst) {
+                    for (int64_t i = 0; i < n; ++i) {
+                      float u = uniformAt(seed, counter, s, uint64_t(begin + i));
+                      dst[0][i] = u >= threshold ? src[0][i] / keep : 0.0f;
+                    }
+                  });
+  return Status();
+}
+
 Status geluTanhMulKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
   G3RT_RETURN_IF_ERROR(

@@ -166,6 +166,27 @@ __global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float kee
   }
 }
 
+// randomUniformDevice's blocks of four draws on [0, 1), each compared and
+// scaled as dropoutDevice does, without the draws ever leaving registers.
+__global__ void keyedDropoutDevice(Ref x, const int64_t *key, uint32_t stream, MutRef y,
+                                   float threshold, float keep, int64_t n) {
+  const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
+  const int64_t blocks = (n + 3) / 4;
+  for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
+    Philox4x32Block ctr = {
+        {uint32_t(uint64_t(b)), stream, uint32_t(counter), uint32_t(counter >> 32)}};
+    Philox4x32Block r = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
+    for (int j = 0; j < 4; ++j) {
+      int64_t i = b * 4 + j;
+      if (i < n) {
+        float u = uniformFromBits(r.v[j]);
+        float xv = loadFloat(x.data, x.dtype, i);
+        storeFloat(y.data, y.dtype, i, u >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
+      }
+    }
+  }
+}
+
 /// tanh(√(2/π)(g + 0.044715 g³)), each product rounded as the CPU rounds it.
 __device__ __forceinline__ float geluInnerTanh(float g) {
   float cube = __fmul_rn(__fmul_rn(__fmul_rn(kGeluCubic, g), g), g);
@@ -369,6 +390,20 @@ Status dropoutKernel(const KernelArgs &args) {
   dropoutDevice<<<cappedGrid(n), kThreads, 0, contextOf(args).stream>>>(
       in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), float(p), float(1.0 - p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "dropout");
+  return Status();
+}
+
+Status keyedDropoutKernel(const KernelArgs &args) {
+  uint32_t stream;
+  double p;
+  G3RT_RETURN_IF_ERROR(checkKeyedDropout(args, stream, p));
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  keyedDropoutDevice<<<cappedGrid((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
+      in(args.inputs[0]), static_cast<const int64_t *>(args.inputs[1].data), stream,
+      out(args.outputs[0]), float(p), float(1.0 - p), n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "keyed_dropout");
   return Status();
 }
 

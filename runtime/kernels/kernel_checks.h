@@ -147,6 +147,32 @@ inline Status checkDropout(const KernelArgs &args, double &p) {
   return Status();
 }
 
+/// keyed_dropout: a float input and output of one size, an i64 [2] key, a
+/// stream and p in [0, 1].
+inline Status checkKeyedDropout(const KernelArgs &args, uint32_t &stream, double &p) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &x = args.inputs[0], &key = args.inputs[1], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&x, &y}));
+  if (key.dtype != DType::I64 || key.numel() != 2)
+    return args.fail("key must be i64 [2] (seed, counter), got " +
+                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
+  if (x.numel() != y.numel())
+    return args.fail("input " + shapeString(x.shape) + " and output " + shapeString(y.shape) +
+                     " differ in size");
+  int64_t s;
+  G3RT_RETURN_IF_ERROR(args.requireInt("stream", s));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
+  if (s < 0 || s > int64_t(UINT32_MAX))
+    return args.fail("stream " + std::to_string(s) + " is outside [0, 2^32)");
+  if (!(p >= 0 && p <= 1))
+    return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
+  if (uint64_t(y.numel()) > kMaxStreamElements)
+    return args.fail("output of " + std::to_string(y.numel()) +
+                     " elements exceeds one random stream");
+  stream = uint32_t(s);
+  return Status();
+}
+
 /// The options and sizes of rope.
 struct RopeShape {
   int64_t B = 0, T = 0, n = 0, d = 0;

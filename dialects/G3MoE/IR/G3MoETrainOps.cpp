@@ -233,6 +233,19 @@ LogicalResult DropoutOp::verify() {
   return success();
 }
 
+LogicalResult KeyedDropoutOp::verify() {
+  if (failed(requireStatic(*this)) || failed(expectShape(*this, "key", getKey().getType(), {2})))
+    return failure();
+  if (getType() != getInput().getType())
+    return emitOpError("result type must equal the input type");
+  if (getStreamAttr().getInt() < 0)
+    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
+  double p = getP().convertToDouble();
+  if (p < 0 || p >= 1)
+    return emitOpError("p must be in [0, 1), got ") << p;
+  return success();
+}
+
 LogicalResult GlobalNormOp::verify() {
   if (getInputs().empty())
     return emitOpError("needs at least one gradient");

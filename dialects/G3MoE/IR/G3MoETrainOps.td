@@ -60,6 +60,27 @@ def G3MoE_DropoutOp : G3MoE_Op<"dropout", [Pure,
   let hasVerifier = 1;
 }
 
+def G3MoE_KeyedDropoutOp : G3MoE_Op<"keyed_dropout", [Pure]> {
+  let summary = "inverted dropout that draws its own keep-mask";
+  let description = [{
+    `dropout(input, random_uniform(key) {stream, low = 0, high = 1}, p)`, with
+    each element's draw made inside the kernel instead of read from a buffer:
+    the same values, bit for bit, without the fp32 draw as large as the
+    input. Made by --g3moe-fuse-dropout after differentiation (the forward and
+    the backward each draw the mask again); never differentiated itself.
+
+    ```mlir
+    %y = g3moe.keyed_dropout %x, %key {stream = 3 : i64, p = 0.05 : f64}
+        : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_RandomKey:$key, I64Attr:$stream,
+                       F64Attr:$p);
+  let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $key attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_GlobalNormOp : G3MoE_Op<"global_norm", [Pure]> {
   let summary = "L2 norm over all given gradients";
   let description = [{

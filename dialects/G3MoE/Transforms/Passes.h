@@ -30,6 +30,9 @@ void populateFuseLinearAddPatterns(mlir::RewritePatternSet &patterns);
 /// The rewrites of --g3moe-fuse-norms.
 void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
 
+/// The rewrite of --g3moe-fuse-dropout.
+void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns);
+
 } // namespace g3moe
 
 #endif // G3MOE_DIALECTS_G3MOE_TRANSFORMS_PASSES_H

@@ -203,4 +203,17 @@ def G3MoERegenerateRandomPass : Pass<"g3moe-regenerate-random", "mlir::ModuleOp"
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
+def G3MoEFuseDropoutPass : Pass<"g3moe-fuse-dropout", "mlir::ModuleOp"> {
+  let summary = "dropouts draw their own keep-masks instead of reading a uniform draw";
+  let description = [{
+    Every `g3moe.dropout` whose uniform operand is a `g3moe.random_uniform`
+    on [0, 1) becomes a `g3moe.keyed_dropout` with that draw's key and
+    stream: the same values, without the fp32 draw, as large as the input,
+    being written and read. The draws left without readers are erased. Runs
+    after --g3moe-regenerate-random, so that the backward's dropouts draw
+    their masks too.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 #endif // G3MOE_TRANSFORMS_PASSES_TD

@@ -434,6 +434,14 @@ func.func @dropout_p(%x: tensor<4xbf16>, %u: tensor<4xf32>) {
 
 // -----
 
+func.func @keyed_dropout_p(%x: tensor<4xbf16>, %key: tensor<2xi64>) {
+  // expected-error @+1 {{p must be in [0, 1), got 1}}
+  %y = g3moe.keyed_dropout %x, %key {stream = 0 : i64, p = 1.0 : f64} : (tensor<4xbf16>, tensor<2xi64>) -> tensor<4xbf16>
+  return
+}
+
+// -----
+
 func.func @schedule_kind(%t: tensor<i64>) {
   // expected-error @+1 {{kind must be cosine, linear, constant or constant_with_warmup, got 'step'}}
   %lr = g3moe.lr_schedule %t, %t, %t {kind = "step", learning_rate = 1.0e-04 : f64}

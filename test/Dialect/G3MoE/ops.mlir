@@ -195,13 +195,15 @@ func.func @backward_ops(%x: tensor<2x16x64xbf16>, %dy: tensor<2x16x128xbf16>, %i
 
 // CHECK-LABEL: func.func @training_ops
 func.func @training_ops(%x: tensor<32x64xbf16>, %u: tensor<32x64xf32>, %p: tensor<4x64xf32>,
-                        %t: tensor<i64>, %s: tensor<i64>, %w: tensor<i64>) {
+                        %t: tensor<i64>, %s: tensor<i64>, %w: tensor<i64>, %key: tensor<2xi64>) {
   // CHECK: g3moe.scale {{.*}} {factor = 4.000000e+00 : f64} : tensor<32x64xbf16>
   %a = g3moe.scale %x {factor = 4.0 : f64} : tensor<32x64xbf16>
   // CHECK: g3moe.stop_gradient {{.*}} : tensor<32x64xbf16>
   %b = g3moe.stop_gradient %a : tensor<32x64xbf16>
   // CHECK: g3moe.dropout {{.*}} {p = 5.000000e-02 : f64}
   %c = g3moe.dropout %b, %u {p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<32x64xf32>) -> tensor<32x64xbf16>
+  // CHECK: g3moe.keyed_dropout {{.*}} {p = 5.000000e-02 : f64, stream = 4 : i64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
+  %kd = g3moe.keyed_dropout %b, %key {stream = 4 : i64, p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
   // CHECK: g3moe.global_norm
   %n = g3moe.global_norm %p, %u : (tensor<4x64xf32>, tensor<32x64xf32>) -> tensor<f32>
   // CHECK: g3moe.clip_scale {{.*}} {max_norm = 1.000000e+00 : f64}

@@ -72,6 +72,14 @@ inline Status run(const std::string &name, const std::vector<Tensor> &in,
 }
 
 /// <a, b> over all elements.
+/// A failed kernel call whose message names the kernel and `value`.
+inline void expectErrorNaming(const Status &s, const std::string &kernel,
+                              const std::string &value) {
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(s.message().find(kernel), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find(value), std::string::npos) << s.message();
+}
+
 inline double dot(const std::vector<float> &a, const std::vector<float> &b) {
   double s = 0;
   for (size_t i = 0; i < a.size(); ++i)

@@ -61,12 +61,6 @@ std::vector<double> referenceLinear(const Tensor &x, const Tensor &w, int64_t M,
   return y;
 }
 
-void expectErrorNaming(const Status &s, const std::string &kernel, const std::string &value) {
-  EXPECT_FALSE(s.ok());
-  EXPECT_NE(s.message().find(kernel), std::string::npos) << s.message();
-  EXPECT_NE(s.message().find(value), std::string::npos) << s.message();
-}
-
 //===----------------------------------------------------------------------===//
 // Embedding
 //===----------------------------------------------------------------------===//

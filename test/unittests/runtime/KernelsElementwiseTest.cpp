@@ -242,6 +242,41 @@ TEST(ElementwiseKernels, DropoutAllOrNothing) {
     EXPECT_EQ(v, 0.0f);
 }
 
+TEST(ElementwiseKernels, KeyedDropoutIsDropoutOfItsDraw) {
+  // Bit for bit the two kernels it replaces, for either float type, sizes
+  // that are not a multiple of the generator's block of four, and the
+  // extremes of p.
+  std::mt19937 rng(5);
+  for (DType dtype : {DType::F32, DType::BF16})
+    for (double p : {0.0, 0.05, 0.5, 1.0}) {
+      SCOPED_TRACE(std::string(dtypeName(dtype)) + " p " + std::to_string(p));
+      Tensor x = randomTensor(dtype, {13, 7}, rng);
+      Tensor u = Tensor::f32({13, 7}), want(dtype, {13, 7}), got(dtype, {13, 7});
+      EXPECT_OK(run("random_uniform", {key(99, 4)}, {u},
+                    attrs({{"stream", AttrValue::ofInt(11)},
+                           {"low", AttrValue::ofFloat(0)},
+                           {"high", AttrValue::ofFloat(1)}})));
+      EXPECT_OK(run("dropout", {x, u}, {want}, attrs({{"p", AttrValue::ofFloat(p)}})));
+      KernelAttrs a = attrs({{"stream", AttrValue::ofInt(11)}, {"p", AttrValue::ofFloat(p)}});
+      EXPECT_OK(run("keyed_dropout", {x, key(99, 4)}, {got}, a));
+      EXPECT_EQ(got.values(), want.values());
+      // Another stream draws another mask.
+      if (p == 0.5) {
+        Tensor other(dtype, {13, 7});
+        KernelAttrs b = attrs({{"stream", AttrValue::ofInt(12)}, {"p", AttrValue::ofFloat(p)}});
+        EXPECT_OK(run("keyed_dropout", {x, key(99, 4)}, {other}, b));
+        EXPECT_NE(other.values(), got.values());
+      }
+    }
+  Tensor x = Tensor::f32({4}), y = Tensor::f32({4});
+  KernelAttrs a = attrs({{"stream", AttrValue::ofInt(0)}, {"p", AttrValue::ofFloat(0.1)}});
+  expectErrorNaming(run("keyed_dropout", {x, Tensor::i32({2})}, {y}, a), "keyed_dropout",
+                    "key must be i64 [2]");
+  expectErrorNaming(run("keyed_dropout", {x, key(1, 2)}, {y},
+                        attrs({{"stream", AttrValue::ofInt(0)}, {"p", AttrValue::ofFloat(1.5)}})),
+                    "keyed_dropout", "outside [0, 1]");
+}
+
 TEST(ElementwiseKernels, GeluTanhMulValues) {
   std::mt19937 rng(5);
   Tensor g = randomTensor(DType::F32, {4, 33}, rng, -4, 4),
