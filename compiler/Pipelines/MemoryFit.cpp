@@ -222,38 +222,31 @@ public:
 
   /// With every layer's feed-forward block recomputed fitting, the fewest
   /// leading layers' that do: memory falls as layers are added, and each
-  /// recomputed layer costs its forward GEMMs again. The attention choice
-  /// stays. (Keeping the outputs is worth about as much as not recomputing a
-  /// layer or two at 16K, more at 32K.)
+  /// recomputed layer costs its forward GEMMs again. (Keeping the attention
+  /// outputs is worth about as much as not recomputing a layer or two at
+  /// 16K, more at 32K.)
   LogicalResult narrowFeedForward(int64_t numLayers) {
-    const bool keepAttention = fit.plan.keepAttentionOutputs;
-    for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
-      const int64_t k = lo + (hi - lo) / 2;
-      OwningOpRef<ModuleOp> step;
-      bool fits = false;
-      if (failed(attempt(MemoryPlan::leadingFeedForward(k, numLayers, keepAttention), step, fits)))
-        return failure();
-      if (!fits) {
-        lo = k + 1;
-        continue;
-      }
-      choose(std::move(step));
-      hi = k - 1;
-    }
-    return success();
+    return narrow(numLayers, MemoryPlan::leadingFeedForward);
   }
 
   /// With every layer checkpointed fitting, the fewest leading layers that
   /// must be, the others recomputing only their feed-forward blocks: a
-  /// checkpointed layer runs its whole forward twice, and memory falls as
-  /// layers are added. The attention choice stays.
+  /// checkpointed layer runs its whole forward twice.
   LogicalResult narrowLayers(int64_t numLayers) {
+    return narrow(numLayers, MemoryPlan::leadingLayers);
+  }
+
+private:
+  /// The smallest count of leading layers for which `planFor` fits, by
+  /// bisection (memory falls as the count grows); the attention choice of
+  /// the plan found so far stays.
+  LogicalResult narrow(int64_t numLayers, MemoryPlan (*planFor)(int64_t, int64_t, bool)) {
     const bool keepAttention = fit.plan.keepAttentionOutputs;
     for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
       const int64_t k = lo + (hi - lo) / 2;
       OwningOpRef<ModuleOp> step;
       bool fits = false;
-      if (failed(attempt(MemoryPlan::leadingLayers(k, numLayers, keepAttention), step, fits)))
+      if (failed(attempt(planFor(k, numLayers, keepAttention), step, fits)))
         return failure();
       if (!fits) {
         lo = k + 1;
@@ -265,7 +258,6 @@ public:
     return success();
   }
 
-private:
   ModuleOp forward;
   const TrainingPipelineOptions &pipeline;
   const MemoryFitOptions &options;

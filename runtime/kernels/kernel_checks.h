@@ -112,28 +112,35 @@ inline Status checkFloatOperands(const KernelArgs &args,
   return Status();
 }
 
+/// A random draw's key (i64 [2]: seed, counter) and its `stream` attribute,
+/// for `elements` draws of that one stream.
+inline Status checkRandomStream(const KernelArgs &args, const TensorView &key, int64_t elements,
+                                uint32_t &stream) {
+  if (key.dtype != DType::I64 || key.numel() != 2)
+    return args.fail("key must be i64 [2] (seed, counter), got " +
+                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
+  int64_t s;
+  G3RT_RETURN_IF_ERROR(args.requireInt("stream", s));
+  if (s < 0 || s > int64_t(UINT32_MAX))
+    return args.fail("stream " + std::to_string(s) + " is outside [0, 2^32)");
+  if (uint64_t(elements) > kMaxStreamElements)
+    return args.fail("output of " + std::to_string(elements) +
+                     " elements exceeds one random stream");
+  stream = uint32_t(s);
+  return Status();
+}
+
 /// random_uniform: key (i64 [2]) → a float output of one random stream;
 /// reads `stream`, `low` and `high`.
 inline Status checkRandomUniform(const KernelArgs &args, uint32_t &stream, double &low,
                                  double &high) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
   const TensorView &key = args.inputs[0], &y = args.outputs[0];
-  if (key.dtype != DType::I64 || key.numel() != 2)
-    return args.fail("key must be i64 [2] (seed, counter), got " +
-                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
   if (!isFloat(y.dtype))
     return args.fail("output must be a float tensor, got " + std::string(dtypeName(y.dtype)));
-  int64_t s;
-  G3RT_RETURN_IF_ERROR(args.requireInt("stream", s));
+  G3RT_RETURN_IF_ERROR(checkRandomStream(args, key, y.numel(), stream));
   G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
-  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
-  if (s < 0 || s > int64_t(UINT32_MAX))
-    return args.fail("stream " + std::to_string(s) + " is outside [0, 2^32)");
-  if (uint64_t(y.numel()) > kMaxStreamElements)
-    return args.fail("output of " + std::to_string(y.numel()) +
-                     " elements exceeds one random stream");
-  stream = uint32_t(s);
-  return Status();
+  return args.requireFloat("high", high);
 }
 
 /// dropout: x, uniform draws → result, all float of one size; reads `p`.
@@ -153,23 +160,13 @@ inline Status checkKeyedDropout(const KernelArgs &args, uint32_t &stream, double
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
   const TensorView &x = args.inputs[0], &key = args.inputs[1], &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&x, &y}));
-  if (key.dtype != DType::I64 || key.numel() != 2)
-    return args.fail("key must be i64 [2] (seed, counter), got " +
-                     std::string(dtypeName(key.dtype)) + " " + shapeString(key.shape));
   if (x.numel() != y.numel())
     return args.fail("input " + shapeString(x.shape) + " and output " + shapeString(y.shape) +
                      " differ in size");
-  int64_t s;
-  G3RT_RETURN_IF_ERROR(args.requireInt("stream", s));
+  G3RT_RETURN_IF_ERROR(checkRandomStream(args, key, y.numel(), stream));
   G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
-  if (s < 0 || s > int64_t(UINT32_MAX))
-    return args.fail("stream " + std::to_string(s) + " is outside [0, 2^32)");
   if (!(p >= 0 && p <= 1))
     return args.fail("p = " + std::to_string(p) + " is outside [0, 1]");
-  if (uint64_t(y.numel()) > kMaxStreamElements)
-    return args.fail("output of " + std::to_string(y.numel()) +
-                     " elements exceeds one random stream");
-  stream = uint32_t(s);
   return Status();
 }
 
