@@ -1,8 +1,8 @@
 //===- tensor.h - typed views of buffers ------------------------*- C++ -*-===//
 //
 // A TensorView is a pointer, an element type and a static shape: what a kernel
-// receives for each operand. Views never own memory; the executor's arena and
-// parameter store do.
+// receives for each operand. Views never own memory; the host state
+// (runtime/exec/state.h) and each backend's arena do.
 //
 //===----------------------------------------------------------------------===//
 

@@ -98,7 +98,7 @@ struct StepReport {
   double loss = 0, gradNorm = 0, learningRate = 0;
 };
 
-/// A training run: the step's executor, the data, the schedule and the
+/// A training run: the step's state and backend, the data, the schedule and the
 /// outputs. The entry point below drives it.
 ///
 /// `host` owns the state; `backend` (the CPU or a GPU) runs the entry
