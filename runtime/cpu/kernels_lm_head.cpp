@@ -355,14 +355,9 @@ Status lmHeadEvalKernel(const KernelArgs &args) {
 
 /// TRL's mean token accuracy, as two counts the caller sums over batches.
 Status tokenAccuracyKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
+  int64_t ignoreIndex, rows, V;
+  G3RT_RETURN_IF_ERROR(checkTokenAccuracy(args, ignoreIndex, rows, V));
   const TensorView &logits = args.inputs[0], &tv = args.inputs[1];
-  int64_t ignoreIndex;
-  G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
-  int64_t V = logits.dim(-1), rows = leadingRows(logits);
-  if (tv.numel() != rows)
-    return args.fail("targets " + shapeString(tv.shape) + " do not match the rows of logits " +
-                     shapeString(logits.shape));
   std::vector<float> L = widen(logits);
   int64_t correct = 0, total = 0;
   for (int64_t r = 0; r < rows; ++r) {

@@ -684,18 +684,9 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
 
 /// TRL's mean token accuracy, as two counts the caller sums over batches.
 Status tokenAccuracyKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
+  int64_t ignoreIndex, rows, V;
+  G3RT_RETURN_IF_ERROR(checkTokenAccuracy(args, ignoreIndex, rows, V));
   const TensorView &logits = args.inputs[0], &tv = args.inputs[1];
-  int64_t ignoreIndex;
-  G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
-  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
-  G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
-  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[0], "correct"));
-  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[1], "total"));
-  int64_t V = logits.dim(-1), rows = leadingRows(logits);
-  if (tv.numel() != rows)
-    return args.fail("targets " + shapeString(tv.shape) + " do not match the rows of logits " +
-                     shapeString(logits.shape));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   auto *counters = static_cast<unsigned long long *>(scratch.take(2 * sizeof(unsigned long long)));

@@ -268,6 +268,25 @@ inline Status checkHeadLossCounts(const KernelArgs &args, bool backward) {
                    std::to_string(out));
 }
 
+/// token_accuracy: float logits [..., V] and one index target per row in,
+/// two scalar counts out; reads `ignore_index`.
+inline Status checkTokenAccuracy(const KernelArgs &args, int64_t &ignoreIndex, int64_t &rows,
+                                 int64_t &V) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 2));
+  const TensorView &logits = args.inputs[0], &tv = args.inputs[1];
+  G3RT_RETURN_IF_ERROR(args.requireInt("ignore_index", ignoreIndex));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, logits, "logits"));
+  G3RT_RETURN_IF_ERROR(checkIndex(args, tv, "targets"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[0], "correct"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[1], "total"));
+  V = logits.dim(-1);
+  rows = leadingRows(logits);
+  if (tv.numel() != rows)
+    return args.fail("targets " + shapeString(tv.shape) + " do not match the rows of logits " +
+                     shapeString(logits.shape));
+  return Status();
+}
+
 /// The fused head's per-row logsumexp: f32, one entry per row.
 inline Status checkHeadLse(const KernelArgs &args, const TensorView &lse, int64_t rows) {
   if (lse.dtype != DType::F32 || lse.numel() != rows)
