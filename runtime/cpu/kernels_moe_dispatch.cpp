@@ -45,6 +45,29 @@ void copyRow(const TensorView &src, int64_t from, const TensorView &dst, int64_t
   storeRow(dst, to, H, scratch.data());
 }
 
+/// out[n] = Σ_j w[n, j] · rows[slots[n, j]] over each token's k slots, in
+/// slot order (w = 1 without `weights`, which adds each row as it is): the
+/// combine and the dispatch's gradient.
+void gatherRows(const TensorView &rows, const TensorView &slots, const TensorView *weights,
+                int64_t N, int64_t k, int64_t H, const TensorView &out) {
+  parallelFor(
+      N,
+      [&](int64_t begin, int64_t end) {
+        std::vector<float> row(H), acc(H);
+        for (int64_t n = begin; n < end; ++n) {
+          std::fill(acc.begin(), acc.end(), 0.0f);
+          for (int64_t j = 0; j < k; ++j) {
+            const float w = weights ? weights->load(n * k + j) : 1.0f;
+            loadRow(rows, slots.i32()[n * k + j], H, row.data());
+            for (int64_t h = 0; h < H; ++h)
+              acc[h] += w * row[h];
+          }
+          storeRow(out, n, H, acc.data());
+        }
+      },
+      kTokenGrain);
+}
+
 } // namespace
 
 Status moeDispatchKernel(const KernelArgs &args) {
@@ -87,21 +110,7 @@ Status moeDispatchGradKernel(const KernelArgs &args) {
   const TensorView &dp = args.inputs[0], &slots = args.inputs[1], &dx = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, slots, N, k, M, "slot"));
 
-  parallelFor(
-      N,
-      [&](int64_t begin, int64_t end) {
-        std::vector<float> row(H), acc(H);
-        for (int64_t n = begin; n < end; ++n) {
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          for (int64_t j = 0; j < k; ++j) {
-            loadRow(dp, slots.i32()[n * k + j], H, row.data());
-            for (int64_t h = 0; h < H; ++h)
-              acc[h] += row[h];
-          }
-          storeRow(dx, n, H, acc.data());
-        }
-      },
-      kTokenGrain);
+  gatherRows(dp, slots, nullptr, N, k, H, dx);
   return Status();
 }
 
@@ -113,22 +122,7 @@ Status moeCombineKernel(const KernelArgs &args) {
                    &out = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkIndexRange(args, slots, N, k, M, "slot"));
 
-  parallelFor(
-      N,
-      [&](int64_t begin, int64_t end) {
-        std::vector<float> row(H), acc(H);
-        for (int64_t n = begin; n < end; ++n) {
-          std::fill(acc.begin(), acc.end(), 0.0f);
-          for (int64_t j = 0; j < k; ++j) {
-            const float w = weights.load(n * k + j);
-            loadRow(y, slots.i32()[n * k + j], H, row.data());
-            for (int64_t h = 0; h < H; ++h)
-              acc[h] += w * row[h];
-          }
-          storeRow(out, n, H, acc.data());
-        }
-      },
-      kTokenGrain);
+  gatherRows(y, slots, &weights, N, k, H, out);
   return Status();
 }
 
