@@ -132,8 +132,14 @@ struct TrainingOptions {
   bool loadBalancingLoss = false;
   bool routerZLoss = false;
   bool gradientCheckpointing = true;
-  /// Bytes the step may use on the device; 0 means no limit was given.
+  /// Bytes the step may use on the device (memory_budget_gb); 0 means no
+  /// budget, either because the field is absent or because it was given as 0.
   int64_t memoryBudgetBytes = 0;
+  /// Where memory_budget_gb was given, for the compile report: `<file>: field
+  /// 'memory_budget_gb'` or `--set memory_budget_gb=76`. Empty when the field
+  /// is absent; g3moe-compile then takes the budget from the visible GPU
+  /// where it can (compiler/Driver/DeviceBudget.h).
+  std::string memoryBudgetOrigin;
 
   // Run-time.
   double learningRate = 2e-5;

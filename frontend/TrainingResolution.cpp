@@ -117,11 +117,20 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
     if (Error e = r.boolean(f.key, *f.out))
       return e;
 
+  // 0 is "no budget", stated: g3moe-compile then takes none from the GPU
+  // either (compiler/Driver/DeviceBudget.h).
   if (const Entry *e = r.find("memory_budget_gb")) {
     double gb = *asFiniteNumber(e->value);
-    if (gb <= 0 || gb > 1e6)
-      return fail(e->origin, "must be a number of GiB in (0, 1e6], got " + render(e->value));
+    if (gb < 0 || gb > 1e6)
+      return fail(e->origin,
+                  "must be a number of GiB in [0, 1e6] (0: no budget), got " + render(e->value));
     t.memoryBudgetBytes = static_cast<int64_t>(gb * 1024.0 * 1024.0 * 1024.0);
+    // A budget under one byte is still a budget, not "none".
+    if (gb > 0 && t.memoryBudgetBytes == 0)
+      t.memoryBudgetBytes = 1;
+    t.memoryBudgetOrigin = e->origin.priority == Priority::Override
+                               ? e->origin.setText
+                               : e->origin.file + ": field '" + e->origin.path + "'";
   }
   return Error::success();
 }

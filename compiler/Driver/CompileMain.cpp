@@ -2,7 +2,8 @@
 //
 // model.json -> configuration -> g3moe graph -> (passes) -> output. The
 // memory planner (compiler/Pipelines/MemoryFit.h) chooses what the lowered
-// step recomputes; the driver prints its report. The MLIR pass-manager,
+// step recomputes, within memory_budget_gb or, without it, the visible GPU's
+// memory (DeviceBudget.h); the driver prints its report. The MLIR pass-manager,
 // context and printer options are registered so that
 // --mlir-print-ir-after-all, --mlir-timing and --mlir-print-debuginfo work in
 // the real compiler, not only in g3moe-opt.
@@ -11,6 +12,7 @@
 
 #include "compiler/Driver/CompileMain.h"
 
+#include "compiler/Driver/DeviceBudget.h"
 #include "compiler/Driver/InitAll.h"
 #include "compiler/Pipelines/MemoryFit.h"
 #include "compiler/Pipelines/TrainingPipeline.h"
@@ -28,6 +30,7 @@
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
+#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -95,6 +98,35 @@ void setTrainingOptions(const g3moe::frontend::CompileConfig &config,
   options.maxGradNorm = t.maxGradNorm;
 }
 
+/// Where the budget comes from, for --help (the reserve as DeviceBudget.h
+/// sets it).
+std::string budgetHelp() {
+  return "memory_budget_gb (a config field or --set memory_budget_gb=N, in GiB; 0: no "
+         "budget), else the visible GPU's total memory less a " +
+         std::string(llvm::formatv("{0:F1}", double(g3moe::compiler::kDeviceReserveBytes) /
+                                                 double(int64_t(1) << 30))) +
+         " GiB reserve for the CUDA runtime";
+}
+
+/// The tool's overview and --recompute's description. cl keeps StringRefs
+/// to them, so they live as long as the process.
+const std::string &overviewHelp() {
+  static const std::string text = "g3moe-compile: compile a G3MoE / Gemma-3 model configuration "
+                                  "into one training step, planned to fit " +
+                                  budgetHelp() + "\n";
+  return text;
+}
+const std::string &recomputeHelp() {
+  static const std::string text =
+      "Activations the backward recomputes instead of keeping: auto (the least that fits the "
+      "memory budget, down to the MLPs of the fewest layers; none without a budget), none, mlp "
+      "(the MLPs and experts), layers (every decoder layer from its input: only the layer "
+      "boundaries are kept); attention outputs are kept for the backward where they fit. The "
+      "budget: " +
+      budgetHelp();
+  return text;
+}
+
 cl::OptionCategory &compileCategory() {
   static cl::OptionCategory category("g3moe-compile options");
   return category;
@@ -136,14 +168,8 @@ struct Flags {
       cl::desc("Add the eval_logits entry point (logits of the evaluation forward), "
                "for comparisons with other implementations"),
       cl::cat(compileCategory())};
-  cl::opt<std::string> recompute{
-      "recompute",
-      cl::desc("Activations the backward recomputes instead of keeping: auto (the "
-               "least that fits memory_budget_gb, down to the MLPs of the fewest layers; "
-               "none without a budget), none, mlp (the MLPs and experts), layers (every "
-               "decoder layer from its input: only the layer boundaries are kept); "
-               "attention outputs are kept for the backward where they fit"),
-      cl::init("auto"), cl::cat(compileCategory())};
+  cl::opt<std::string> recompute{"recompute", cl::desc(recomputeHelp()), cl::init("auto"),
+                                 cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",
@@ -184,14 +210,18 @@ mlir::LogicalResult runWithCLOptions(mlir::ModuleOp module, g3moe::PopulateFn po
   return pm.run(module);
 }
 
-/// Compiles the lowered step with the memory planner and prints its report;
-/// `module` becomes the chosen step. Returns the exit code (0: go on).
+/// Compiles the lowered step with the memory planner, within memory_budget_gb
+/// or the visible GPU's default, and prints its report; `module` becomes the
+/// chosen step. Returns the exit code (0: go on).
 int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
-            g3moe::RecomputePolicy policy, mlir::OwningOpRef<mlir::ModuleOp> &module) {
+            g3moe::RecomputePolicy policy, const g3moe::compiler::DeviceQuery &queryDevice,
+            mlir::OwningOpRef<mlir::ModuleOp> &module) {
+  using g3moe::compiler::MemoryBudget;
   g3moe::TrainingPipelineOptions pipeline;
   setTrainingOptions(config, pipeline);
+  const MemoryBudget budget = g3moe::compiler::resolveMemoryBudget(config.training, queryDevice);
   g3moe::MemoryFitOptions options;
-  options.budgetBytes = config.training.memoryBudgetBytes;
+  options.budgetBytes = budget.bytes;
   options.policy = policy;
   mlir::FailureOr<g3moe::MemoryFit> fit =
       g3moe::fitMemory(*module, pipeline, options, runWithCLOptions);
@@ -199,10 +229,14 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
     return 1;
   if (!fit->fits())
     return fail(g3moe::describeMisfit(*fit) +
-                "\nshorten --seq-len, lower --micro-batch, train fewer parameters, or "
-                "raise the budget");
+                "\nshorten --seq-len, lower --micro-batch, train fewer parameters, or " +
+                (budget.origin == MemoryBudget::Origin::Device
+                     ? "give memory_budget_gb for a larger card (--set memory_budget_gb=N)"
+                     : "raise the budget") +
+                "\n" + g3moe::compiler::describeBudget(budget));
   module = std::move(fit->step);
   if (!flags.quiet) {
+    errs() << "g3moe-compile: " << g3moe::compiler::describeBudget(budget) << "\n";
     errs() << "g3moe-compile: " << g3moe::describeFit(*fit) << "\n";
     printMemoryReport(*module, errs());
   }
@@ -245,7 +279,7 @@ int writeOutput(const Flags &flags, mlir::ModuleOp module) {
 
 } // namespace
 
-int g3moe::compiler::runCompileMain(int argc, char **argv) {
+int g3moe::compiler::runCompileMain(int argc, char **argv, const DeviceQuery &queryDevice) {
   InitLLVM init(argc, argv);
   Flags flags;
   mlir::registerAsmPrinterCLOptions();
@@ -254,10 +288,7 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   // LLVM's and MLIR's own options stay usable, but --help lists ours
   // (--help-hidden shows everything).
   cl::HideUnrelatedOptions(compileCategory());
-  cl::ParseCommandLineOptions(
-      argc, argv,
-      "g3moe-compile: compile a G3MoE / Gemma-3 model configuration into one "
-      "training step\n");
+  cl::ParseCommandLineOptions(argc, argv, overviewHelp());
 
   auto config = loadConfig(flags);
   if (!config)
@@ -285,7 +316,7 @@ int g3moe::compiler::runCompileMain(int argc, char **argv) {
   std::optional<g3moe::RecomputePolicy> policy = g3moe::parseRecomputePolicy(flags.recompute);
   if (!policy)
     return fail("--recompute must be auto, none, mlp or layers, got '" + flags.recompute + "'");
-  if (int rc = flags.lowered() ? fitStep(flags, *config, *policy, module)
+  if (int rc = flags.lowered() ? fitStep(flags, *config, *policy, queryDevice, module)
                                : runUnlowered(flags, *config, module))
     return rc;
   return writeOutput(flags, *module);

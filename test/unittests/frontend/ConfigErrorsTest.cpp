@@ -78,7 +78,7 @@ TEST(ConfigErrors, BoundsAreStated) {
   EXPECT_CONTAINS(msg, "field 'seed': must be an integer between -9e18 and "
                        "9e18");
   msg = parseErr(R"({"model_name_or_path": "tiny-g3moe", "memory_budget_gb": 1e7})");
-  EXPECT_CONTAINS(msg, "in (0, 1e6]");
+  EXPECT_CONTAINS(msg, "in [0, 1e6] (0: no budget)");
 }
 
 TEST(ConfigErrors, StepSizeBounded) {
@@ -289,7 +289,7 @@ TEST(ConfigErrors, OtherTrainingValues) {
       "neftune_noise_alpha": 5})",
                  "neftune_noise_alpha");
   EXPECT_REJECTS(R"({"model_name_or_path": "tiny-g3moe",
-      "memory_budget_gb": 0})",
+      "memory_budget_gb": -1})",
                  "memory_budget_gb");
   EXPECT_REJECTS(R"({"model_name_or_path": "tiny-g3moe",
       "eval_strategy": "steps", "evaluation_strategy": "epoch"})",

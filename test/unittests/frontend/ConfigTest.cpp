@@ -455,11 +455,30 @@ TEST(ConfigForms, TrainingOptionsInModelConfig) {
   EXPECT_TRUE(t.loadBalancingLoss);
   EXPECT_TRUE(t.routerZLoss);
   EXPECT_EQ(t.memoryBudgetBytes, int64_t(2) << 30);
+  EXPECT_EQ(t.memoryBudgetOrigin, "inline.json: field 'memory_budget_gb'");
   EXPECT_TRUE(t.assistantOnlyLoss);
   EXPECT_TRUE(t.packing);
   EXPECT_TRUE(llvm::sys::path::is_absolute(t.dataset)) << t.dataset;
   EXPECT_EQ(llvm::sys::path::filename(t.dataset), "chat.jsonl");
   EXPECT_EQ(t.lora.targetModules, kAllSeven);
+}
+
+TEST(ConfigForms, MemoryBudgetAbsentZeroOrGiven) {
+  // Absent: no budget and no origin (g3moe-compile may then ask the GPU).
+  TrainingOptions absent = parseOk(tiny()).training;
+  EXPECT_EQ(absent.memoryBudgetBytes, 0);
+  EXPECT_EQ(absent.memoryBudgetOrigin, "");
+  // 0 is "no budget", stated: it keeps its origin.
+  TrainingOptions zero = parseOk(tiny(), {{"memory_budget_gb", "0"}}).training;
+  EXPECT_EQ(zero.memoryBudgetBytes, 0);
+  EXPECT_EQ(zero.memoryBudgetOrigin, "--set memory_budget_gb=0");
+  // --set beats the file, and names itself.
+  TrainingOptions set =
+      parseOk(tiny(R"("memory_budget_gb": 2)"), {{"training.memory_budget_gb", "76"}}).training;
+  EXPECT_EQ(set.memoryBudgetBytes, int64_t(76) << 30);
+  EXPECT_EQ(set.memoryBudgetOrigin, "--set training.memory_budget_gb=76");
+  // A positive budget under one byte is still a budget.
+  EXPECT_EQ(parseOk(tiny(R"("memory_budget_gb": 1e-12)")).training.memoryBudgetBytes, 1);
 }
 
 TEST(ConfigForms, EosTokenList) {
