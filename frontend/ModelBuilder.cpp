@@ -243,7 +243,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
     Value shared = mlp(x, prefix + "moe.shared_experts.", m.intermediateSize * m.numSharedExperts);
     y = g3moe::AddOp::create(b, loc, y, shared);
   }
-  return reshape(y, {batch, seq, h});
+  return y;
 }
 
 void StepBuilder::buildModelAttrs(ModuleOp module) {
@@ -448,17 +448,20 @@ Value StepBuilder::decoderLayer(Value x, int64_t layer) {
 
   at(prefix + "pre_feedforward_layernorm");
   Value f = rmsNorm(hidden, prefix + "pre_feedforward_layernorm.weight");
+  // The feed-forward block and its norm run on [tokens, hidden] rows, so
+  // that token tiling (--g3moe-tile-tokens) can cut both into chunks: the
+  // norm's backward then reads one chunk's output at a time.
   Value y;
   if (m.layers[layer].moe) {
     y = moe(f, prefix);
   } else {
     at(prefix + ffnName.substr(0, ffnName.size() - 1));
-    y = mlp(f, prefix + ffnName, m.intermediateSize);
+    y = mlp(reshape(f, {tokens, m.hiddenSize}), prefix + ffnName, m.intermediateSize);
     if (t.denseFFNNoGrad)
       y = g3moe::StopGradientOp::create(b, loc, y);
   }
   at(prefix + "post_feedforward_layernorm");
-  y = rmsNorm(y, prefix + "post_feedforward_layernorm.weight");
+  y = reshape(rmsNorm(y, prefix + "post_feedforward_layernorm.weight"), {batch, seq, m.hiddenSize});
   return g3moe::AddOp::create(b, loc, hidden, y);
 }
 

@@ -170,6 +170,11 @@ struct Flags {
       cl::cat(compileCategory())};
   cl::opt<std::string> recompute{"recompute", cl::desc(recomputeHelp()), cl::init("auto"),
                                  cl::cat(compileCategory())};
+  cl::opt<int64_t> tileTokens{
+      "tile-tokens",
+      cl::desc("Run the feed-forward blocks on chunks of this many tokens: -1 (default) lets "
+               "the memory planner choose under a budget, 0 keeps them whole"),
+      cl::init(-1), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",
@@ -219,6 +224,7 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
   using g3moe::compiler::MemoryBudget;
   g3moe::TrainingPipelineOptions pipeline;
   setTrainingOptions(config, pipeline);
+  pipeline.tileTokens = int64_t(flags.tileTokens);
   const MemoryBudget budget = g3moe::compiler::resolveMemoryBudget(config.training, queryDevice);
   g3moe::MemoryFitOptions options;
   options.budgetBytes = budget.bytes;
@@ -249,6 +255,7 @@ int runUnlowered(const Flags &flags, const g3moe::frontend::CompileConfig &confi
                  mlir::OwningOpRef<mlir::ModuleOp> &module) {
   g3moe::TrainingPipelineOptions pipeline;
   setTrainingOptions(config, pipeline);
+  pipeline.tileTokens = int64_t(flags.tileTokens);
   auto populate = [&](mlir::OpPassManager &pm) {
     if (flags.emit == Emit::TrainMlir)
       g3moe::buildTrainingPipeline(pm, pipeline);
@@ -316,6 +323,10 @@ int g3moe::compiler::runCompileMain(int argc, char **argv, const DeviceQuery &qu
   std::optional<g3moe::RecomputePolicy> policy = g3moe::parseRecomputePolicy(flags.recompute);
   if (!policy)
     return fail("--recompute must be auto, none, mlp or layers, got '" + flags.recompute + "'");
+  if (flags.tileTokens < -1)
+    return fail("--tile-tokens must be -1 (the planner's choice), 0 (whole) or a chunk size, "
+                "got " +
+                std::to_string(flags.tileTokens));
   if (int rc = flags.lowered() ? fitStep(flags, *config, *policy, queryDevice, module)
                                : runUnlowered(flags, *config, module))
     return rc;

@@ -12,6 +12,7 @@
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
 
+#include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/StringSwitch.h"
@@ -104,10 +105,18 @@ std::string MemoryPlan::describeRecompute() const {
   return text;
 }
 
+std::string MemoryPlan::describeExtras() const {
+  std::string text = keepAttentionOutputs ? "" : ", attention outputs recomputed";
+  if (tileTokens > 0)
+    text += ", feed-forward in chunks of " + std::to_string(tileTokens) + " tokens";
+  return text;
+}
+
 void MemoryPlan::applyTo(TrainingPipelineOptions &options) const {
   options.recomputeScopes = recomputeScopes();
   options.checkpointScopes = checkpointScopes();
   options.saveAttentionStats = keepAttentionOutputs;
+  options.tileTokens = tileTokens;
 }
 
 //===----------------------------------------------------------------------===//
@@ -173,6 +182,34 @@ std::optional<int64_t> layerCount(ModuleOp module) {
   return layers.getInt();
 }
 
+/// The planner's chunk of the feed-forward blocks for `tokens` tokens: the
+/// tokens halved until at most 8192 remain (rounded up), at least once; 0
+/// (whole) for a single token.
+/// GEMMs of 8192 rows (twice as many for top-2 experts, spread over the
+/// experts) still run near the H100's peak, a chunk's intermediates take a
+/// few hundred MiB, and chunks of equal size give every chunk the same
+/// kernels.
+int64_t chunkTokens(int64_t tokens) {
+  if (tokens < 2)
+    return 0;
+  int64_t chunk = (tokens + 1) / 2;
+  while (chunk > 8192)
+    chunk = (chunk + 1) / 2;
+  return chunk;
+}
+
+/// The tokens of one micro-batch: the elements of @forward's input_ids.
+int64_t tokenCount(ModuleOp module) {
+  auto forward = module.lookupSymbol<func::FuncOp>("forward");
+  if (!forward)
+    return 0;
+  for (BlockArgument arg : forward.getArguments())
+    if (auto name = forward.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "g3moe.input");
+        name && name.getValue() == "input_ids")
+      return cast<RankedTensorType>(arg.getType()).getNumElements();
+  return 0;
+}
+
 /// Compiles and measures candidate plans, recording each in the fit.
 class Search {
 public:
@@ -205,16 +242,14 @@ public:
 
   /// The least level (attention outputs kept, then recomputed) that fits.
   LogicalResult searchLevels(int64_t numLayers) {
-    for (LayerChoice level : levelsFor(options)) {
-      for (bool keepAttention : {true, false}) {
-        OwningOpRef<ModuleOp> step;
-        bool fits = false;
-        if (failed(attempt(MemoryPlan::uniform(numLayers, level, keepAttention), step, fits)))
-          return failure();
-        if (fits) {
-          choose(std::move(step));
-          return success();
-        }
+    for (const MemoryPlan &plan : candidates(numLayers)) {
+      OwningOpRef<ModuleOp> step;
+      bool fits = false;
+      if (failed(attempt(plan, step, fits)))
+        return failure();
+      if (fits) {
+        choose(std::move(step));
+        return success();
       }
     }
     return success();
@@ -237,6 +272,25 @@ public:
   }
 
 private:
+  /// The uniform plans, least recomputation first. Unless the pipeline
+  /// fixes the chunk (tile-tokens >= 0), only the first plan keeps the
+  /// feed-forward blocks whole: tiling them costs a few copies of their
+  /// inputs and outputs and saves their intermediates, the largest
+  /// activations at long context.
+  std::vector<MemoryPlan> candidates(int64_t numLayers) const {
+    const int64_t fixed = pipeline.tileTokens;
+    const int64_t tile = fixed >= 0 ? fixed : chunkTokens(tokenCount(forward));
+    std::vector<MemoryPlan> plans;
+    for (LayerChoice level : levelsFor(options))
+      for (bool keepAttention : {true, false}) {
+        if (plans.empty() && fixed < 0 && tile > 0)
+          plans.push_back(MemoryPlan::uniform(numLayers, level, keepAttention));
+        plans.push_back(MemoryPlan::uniform(numLayers, level, keepAttention));
+        plans.back().tileTokens = tile;
+      }
+    return plans;
+  }
+
   /// The smallest count of leading layers for which `planFor` fits, by
   /// bisection (memory falls as the count grows); the attention choice of
   /// the plan found so far stays.
@@ -244,9 +298,11 @@ private:
     const bool keepAttention = fit.plan.keepAttentionOutputs;
     for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
       const int64_t k = lo + (hi - lo) / 2;
+      MemoryPlan plan = planFor(k, numLayers, keepAttention);
+      plan.tileTokens = fit.plan.tileTokens;
       OwningOpRef<ModuleOp> step;
       bool fits = false;
-      if (failed(attempt(planFor(k, numLayers, keepAttention), step, fits)))
+      if (failed(attempt(plan, step, fits)))
         return failure();
       if (!fits) {
         lo = k + 1;
@@ -299,16 +355,15 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
 std::string g3moe::describeFit(const MemoryFit &fit) {
   return "device memory " + gib(fit.memory.deviceBytes()) + " (arena and persistent tensors)" +
          (fit.budgetBytes > 0 ? ", budget " + gib(fit.budgetBytes) : std::string()) +
-         "; recompute " + fit.plan.describeRecompute() +
-         (fit.plan.keepAttentionOutputs ? "" : ", attention outputs recomputed");
+         "; recompute " + fit.plan.describeRecompute() + fit.plan.describeExtras();
 }
 
 std::string g3moe::describeMisfit(const MemoryFit &fit) {
   std::string text = "the step does not fit memory_budget_gb (" + gib(fit.budgetBytes) + "):";
   for (const FitAttempt &a : fit.attempts)
     text += "\n  recompute " + a.plan.describeRecompute() +
-            (a.plan.keepAttentionOutputs ? ", attention outputs kept: " : ": ") +
-            gib(a.memory.deviceBytes());
+            (a.plan.keepAttentionOutputs ? ", attention outputs kept" : "") +
+            a.plan.describeExtras() + ": " + gib(a.memory.deviceBytes());
   return text;
 }
 

@@ -54,6 +54,9 @@ struct MemoryPlan {
   /// statistics (--g3moe-save-attention-stats): a faster backward, but the
   /// outputs live until the backward. Otherwise the backward recomputes them.
   bool keepAttentionOutputs = true;
+  /// Tokens per chunk of the feed-forward blocks (--g3moe-tile-tokens), 0
+  /// for whole blocks.
+  int64_t tileTokens = 0;
 
   /// Every one of `numLayers` layers treated as `choice`.
   static MemoryPlan uniform(int64_t numLayers, LayerChoice choice, bool keepAttentionOutputs);
@@ -79,6 +82,10 @@ struct MemoryPlan {
   /// What is recomputed, in the words of the compile report: `none`, `mlp`,
   /// `layers`, or `mlp in 11 of 34 layers` (attention not included).
   std::string describeRecompute() const;
+  /// How the plan treats attention outputs and feed-forward blocks, as
+  /// ", attention outputs recomputed, feed-forward in chunks of 8192 tokens"
+  /// (empty when both are the defaults).
+  std::string describeExtras() const;
 
   /// Sets the options the plan decides (recompute-scopes, checkpoint-scopes,
   /// save-attention-stats) in the step pipeline's `options`.

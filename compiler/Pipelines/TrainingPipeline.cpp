@@ -23,6 +23,13 @@ void g3moe::buildTrainingPipeline(OpPassManager &pm, const TrainingPipelineOptio
   lora.trainRouter = options.trainRouter;
   lora.freezeSharedExperts = options.freezeSharedExperts;
   pm.addPass(createG3MoELoRAPass(lora));
+  // After LoRA, so that the adapters run per chunk with their layers; before
+  // autodiff, so that the backward follows the chunks.
+  if (options.tileTokens > 0) {
+    G3MoETileTokensPassOptions tile;
+    tile.tokens = options.tileTokens;
+    pm.addPass(createG3MoETileTokensPass(tile));
+  }
   pm.addPass(createG3MoEAutodiffPass());
 
   G3MoEOptimizerPassOptions optimizer;

@@ -48,6 +48,12 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       *this, "checkpoint-scopes",
       llvm::cl::desc("module-path substrings (decoder layers) the backward recomputes whole "
                      "from their inputs, which alone are kept")};
+  Option<int64_t> tileTokens{
+      *this, "tile-tokens",
+      llvm::cl::desc("run the feed-forward blocks on chunks of this many tokens, so that only "
+                     "one chunk's intermediates are alive at a time (0: whole; -1: the memory "
+                     "fit's choice under memory-budget-gb, else whole)"),
+      llvm::cl::init(-1)};
   Option<bool> saveAttentionStats{
       *this, "save-attention-stats",
       llvm::cl::desc("hand each attention gradient its forward's output and softmax "
@@ -57,11 +63,11 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
                              llvm::cl::init(1.0)};
   Option<double> memoryBudgetGb{
       *this, "memory-budget-gb",
-      llvm::cl::desc(
-          "step pipeline: device memory the step may take, in GiB (2^30 "
-          "bytes); the pipeline then compiles the least recomputation that "
-          "fits, choosing recompute-scopes, checkpoint-scopes and save-attention-stats (0: no "
-          "budget)"),
+      llvm::cl::desc("step pipeline: device memory the step may take, in GiB (2^30 "
+                     "bytes); the pipeline then compiles the least recomputation that "
+                     "fits, choosing recompute-scopes, checkpoint-scopes, save-attention-stats and "
+                     "tile-tokens (0: no "
+                     "budget)"),
       llvm::cl::init(0.0)};
   Option<std::string> recompute{
       *this, "recompute",

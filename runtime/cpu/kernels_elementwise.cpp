@@ -200,6 +200,30 @@ Status copyKernel(const KernelArgs &args) {
   return convertElements(args, args.inputs[0], args.outputs[0]);
 }
 
+Status splitRowsKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 1)
+    return args.fail("expects 1 input, got " + str(int64_t(args.inputs.size())));
+  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.inputs[0], args.outputs));
+  const char *from = static_cast<const char *>(args.inputs[0].data);
+  for (const TensorView &part : args.outputs) {
+    std::memmove(part.data, from, part.bytes());
+    from += part.bytes();
+  }
+  return Status();
+}
+
+Status concatRowsKernel(const KernelArgs &args) {
+  if (args.outputs.size() != 1)
+    return args.fail("expects 1 output, got " + str(int64_t(args.outputs.size())));
+  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.outputs[0], args.inputs));
+  char *to = static_cast<char *>(args.outputs[0].data);
+  for (const TensorView &part : args.inputs) {
+    std::memmove(to, part.data, part.bytes());
+    to += part.bytes();
+  }
+  return Status();
+}
+
 Status fillKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 0, 1));
   double value;

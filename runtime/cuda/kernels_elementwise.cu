@@ -339,6 +339,43 @@ Status copyKernel(const KernelArgs &args) {
   return convertElements(args, args.inputs[0], args.outputs[0]);
 }
 
+namespace {
+
+/// Device-to-device copies between `whole` and its consecutive row blocks,
+/// in stream order.
+Status copyRowBlocks(const KernelArgs &args, const TensorView &whole,
+                     const std::vector<TensorView> &parts, bool intoParts) {
+  char *base = static_cast<char *>(whole.data);
+  cudaStream_t stream = contextOf(args).stream;
+  for (const TensorView &part : parts) {
+    void *dst = intoParts ? part.data : static_cast<void *>(base);
+    const void *src = intoParts ? static_cast<const void *>(base) : part.data;
+    if (part.bytes() > 0) {
+      cudaError_t e = cudaMemcpyAsync(dst, src, part.bytes(), cudaMemcpyDeviceToDevice, stream);
+      if (e != cudaSuccess)
+        return cudaFailure(args, e, "copying a block of rows");
+    }
+    base += part.bytes();
+  }
+  return Status();
+}
+
+} // namespace
+
+Status splitRowsKernel(const KernelArgs &args) {
+  if (args.inputs.size() != 1)
+    return args.fail("expects 1 input, got " + str(int64_t(args.inputs.size())));
+  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.inputs[0], args.outputs));
+  return copyRowBlocks(args, args.inputs[0], args.outputs, /*intoParts=*/true);
+}
+
+Status concatRowsKernel(const KernelArgs &args) {
+  if (args.outputs.size() != 1)
+    return args.fail("expects 1 output, got " + str(int64_t(args.outputs.size())));
+  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.outputs[0], args.inputs));
+  return copyRowBlocks(args, args.outputs[0], args.inputs, /*intoParts=*/false);
+}
+
 Status fillKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 0, 1));
   double value;

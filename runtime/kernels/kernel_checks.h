@@ -12,6 +12,7 @@
 #include "runtime/base/random.h"
 #include "runtime/kernels/kernel.h"
 
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -197,6 +198,27 @@ inline Status checkRopeOperands(const KernelArgs &args, const TensorView &x, con
   if (!isIndexType(pos.dtype) || pos.shape != std::vector<int64_t>{r.B, r.T})
     return args.fail("positions must be an integer [B, T] tensor matching x " +
                      shapeString(x.shape) + ", got " + describe(pos));
+  return Status();
+}
+
+/// split_rows / concat_rows: `parts` are consecutive blocks of `whole`'s
+/// leading rows (same dtype and trailing dimensions, first dimensions that
+/// add up), so that each is one contiguous byte range of `whole`.
+inline Status checkRowBlocks(const KernelArgs &args, const TensorView &whole,
+                             const std::vector<TensorView> &parts) {
+  if (whole.rank() < 1 || parts.empty())
+    return args.fail("needs a tensor of rank >= 1 and at least one part, got " + describe(whole) +
+                     " and " + str(int64_t(parts.size())) + " parts");
+  int64_t rows = 0;
+  for (const TensorView &p : parts) {
+    if (p.dtype != whole.dtype || p.rank() != whole.rank() ||
+        !std::equal(p.shape.begin() + 1, p.shape.end(), whole.shape.begin() + 1))
+      return args.fail("part " + describe(p) + " is not a block of rows of " + describe(whole));
+    rows += p.dim(0);
+  }
+  if (rows != whole.dim(0))
+    return args.fail("parts have " + str(rows) + " rows in all, the whole " + describe(whole) +
+                     " has " + str(whole.dim(0)));
   return Status();
 }
 

@@ -1,7 +1,8 @@
 //===- StepFixtures.h - shared helpers of the whole-step tests --*- C++ -*-===//
 //
-// The compiled tiny steps of test/e2e, fresh scratch folders and the small
-// synthetic data sets that the CPU and GPU whole-step tests share.
+// The compiled tiny steps of test/e2e, their parameters and first
+// micro-batch, fresh scratch folders and the small synthetic data sets that
+// the CPU and GPU whole-step tests share.
 //
 //===----------------------------------------------------------------------===//
 
@@ -9,14 +10,18 @@
 #define G3MOE_TEST_E2E_STEPFIXTURES_H
 
 #include "runtime/base/file.h"
+#include "runtime/base/random.h"
 #include "runtime/cpu/cpu_backend.h"
 #include "runtime/step/program.h"
+#include "runtime/train/data.h"
+#include "runtime/train/init.h"
 #include "runtime/train/trainer.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -56,6 +61,73 @@ struct CpuStep {
   g3rt::HostState state;
   std::unique_ptr<g3rt::cpu::CpuBackend> cpu;
 };
+
+/// The memorisation set of the examples.
+inline std::string memorizeData() {
+  return std::string(G3MOE_EXAMPLES_DIR) + "/data/memorize.jsonl";
+}
+
+/// Writes the first micro-batch of the memorisation set (two rows of 16
+/// tokens) into the inputs.
+inline void setInputs(CpuStep &ex, int64_t labelsInWindow = 0) {
+  g3rt::DataSpec spec;
+  spec.path = memorizeData();
+  spec.vocabSize = 512;
+  spec.seqLen = 16;
+  g3rt::DataSplit data;
+  ASSERT_TRUE(g3rt::loadTrainingData(spec, data).ok());
+  g3rt::MicroBatch mb;
+  g3rt::assembleMicroBatch(data.train, {0, 1}, 2, 16, 0, mb);
+  auto copy = [&](const char *name, const std::vector<int32_t> &v) {
+    g3rt::TensorView t = ex.state.input(name);
+    ASSERT_NE(t.data, nullptr) << name;
+    ASSERT_EQ(size_t(t.numel()), v.size());
+    std::memcpy(t.data, v.data(), v.size() * 4);
+  };
+  copy("input_ids", mb.inputIds);
+  copy("targets", mb.targets);
+  copy("positions", mb.positions);
+  copy("segment_ids", mb.segmentIds);
+  ex.state.input("num_items").store(0, float(labelsInWindow ? labelsInWindow : mb.labelCount));
+  if (g3rt::TensorView key = ex.state.input("rng_key"); key.data) {
+    key.i64()[0] = 1234;
+    key.i64()[1] = 5;
+  }
+}
+
+/// Runs entry point `function` and returns its loss.
+inline double runLoss(CpuStep &ex, const char *function) {
+  g3rt::Status s = ex.cpu->run(function);
+  EXPECT_TRUE(s.ok()) << s.message();
+  return ex.cpu->output(function, "loss").load(0);
+}
+
+/// Where a gradient is checked.
+struct Point {
+  uint64_t seed = 7;           ///< the parameters' initialisation seed
+  bool randomizeLoraB = false; ///< LoRA B moved off 0, where A has no gradient
+  int64_t key = 5;             ///< the second word of the step's rng_key
+  double routerScale = 1;      ///< multiplies every router weight
+};
+
+/// The parameters and the first micro-batch of `point`.
+inline void prepare(CpuStep &ex, const Point &point) {
+  EXPECT_TRUE(g3rt::initializeParameters(ex.state, point.seed, 0).ok());
+  for (const g3rt::ParamDesc &p : ex.state.program().params) {
+    g3rt::TensorView t = ex.state.param(p.name);
+    if (point.randomizeLoraB && p.name.find("lora_B") != std::string::npos)
+      for (int64_t i = 0; i < t.numel(); ++i)
+        t.store(i,
+                0.05f *
+                    (2 * g3rt::uniformAt(point.seed, 0, g3rt::streamOf(p.name), uint64_t(i)) - 1));
+    if (point.routerScale != 1 && p.name.find("moe.gate.weight") != std::string::npos)
+      for (int64_t i = 0; i < t.numel(); ++i)
+        t.store(i, float(point.routerScale * t.load(i)));
+  }
+  setInputs(ex);
+  if (g3rt::TensorView key = ex.state.input("rng_key"); key.data)
+    key.i64()[1] = point.key;
+}
 
 /// An empty folder `<temp>/<prefix>-<suite>.<test>-<name>` for one test: the
 /// running test's name keeps tests that ctest runs side by side apart.

@@ -712,8 +712,10 @@ TEST(CudaKernels, AdamWOverManyTensorsMatchesTheCPU) {
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
                          ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
                                            "g3moe_grouped_full_fp32", "g3moe_lora_fp32",
-                                           "g3moe_lora_fp32_recompute", "gemma3_full", "g3moe_full",
-                                           "g3moe_lora", "g3moe_lora_r16"));
+                                           "g3moe_lora_fp32_recompute",
+                                           "g3moe_lora_fp32_tiled_layers", "gemma3_full",
+                                           "g3moe_full", "g3moe_lora", "g3moe_lora_tiled",
+                                           "g3moe_lora_r16"));
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStepCudnn,
                          ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora",
                                            "g3moe_lora_r16"));

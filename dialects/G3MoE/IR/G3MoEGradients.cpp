@@ -9,6 +9,7 @@
 
 #include "dialects/G3MoE/IR/G3MoEOps.h"
 
+#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/Builders.h"
 
 using namespace mlir;
@@ -47,6 +48,41 @@ LogicalResult ReshapeOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRe
   if (needs[0])
     out[0] = ReshapeOp::create(b, getLoc(),
                                withElementType(getInput(), typeOf(dy[0]).getElementType()), dy[0]);
+  return success();
+}
+
+LogicalResult SplitRowsOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
+                                         SmallVectorImpl<Value> &out) {
+  noGrads(*this, out);
+  const Value *first = llvm::find_if(dy, [](Value g) { return bool(g); });
+  if (!needs[0] || first == dy.end())
+    return success();
+  // The blocks' gradients joined in the element type of the first one; a
+  // block that reaches no loss contributes zeros.
+  Type elt = typeOf(*first).getElementType();
+  SmallVector<Value> blocks;
+  for (auto [part, g] : llvm::zip(getParts(), dy)) {
+    Value block = g ? castLike(b, getLoc(), g, *first)
+                    : arith::ConstantOp::create(b, getLoc(),
+                                                DenseElementsAttr::get(withElementType(part, elt),
+                                                                       FloatAttr::get(elt, 0.0)));
+    blocks.push_back(block);
+  }
+  out[0] = ConcatRowsOp::create(b, getLoc(), withElementType(getInput(), elt), blocks);
+  return success();
+}
+
+LogicalResult ConcatRowsOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
+                                          SmallVectorImpl<Value> &out) {
+  noGrads(*this, out);
+  Type elt = typeOf(dy[0]).getElementType();
+  SmallVector<Type> types;
+  for (Value part : getParts())
+    types.push_back(withElementType(part, elt));
+  auto split = SplitRowsOp::create(b, getLoc(), types, dy[0]);
+  for (auto [i, g] : llvm::enumerate(split.getParts()))
+    if (needs[i])
+      out[i] = g;
   return success();
 }
 

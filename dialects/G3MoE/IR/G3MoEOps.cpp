@@ -39,6 +39,40 @@ LogicalResult ReshapeOp::verify() {
   return success();
 }
 
+/// `parts` are consecutive row blocks of `whole`: the same trailing
+/// dimensions and element type, and first dimensions that add up.
+static LogicalResult verifyRowBlocks(Operation *op, RankedTensorType whole, TypeRange parts) {
+  if (parts.empty())
+    return op->emitOpError("needs at least one part");
+  if (whole.getRank() < 1)
+    return op->emitOpError("needs tensors of rank >= 1, got ") << whole;
+  int64_t rows = 0;
+  for (auto [i, t] : llvm::enumerate(parts)) {
+    auto part = cast<RankedTensorType>(t);
+    if (part.getElementType() != whole.getElementType() || part.getRank() != whole.getRank() ||
+        part.getShape().drop_front() != whole.getShape().drop_front())
+      return op->emitOpError() << "part " << i << " (" << part << ") is not a block of rows of "
+                               << whole;
+    rows += part.getDimSize(0);
+  }
+  if (rows != whole.getDimSize(0))
+    return op->emitOpError() << "parts have " << rows << " rows in all, the whole has "
+                             << whole.getDimSize(0);
+  return success();
+}
+
+LogicalResult SplitRowsOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  return verifyRowBlocks(*this, getInput().getType(), getParts().getTypes());
+}
+
+LogicalResult ConcatRowsOp::verify() {
+  if (failed(requireStatic(*this)))
+    return failure();
+  return verifyRowBlocks(*this, getType(), getParts().getTypes());
+}
+
 LogicalResult ConvertOp::verify() {
   if (getInput().getType().getShape() != getType().getShape())
     return emitOpError() << "must keep the shape, got " << shapeStr(getInput().getType().getShape())

@@ -56,6 +56,43 @@ def G3MoE_ReshapeOp : G3MoE_Op<"reshape", [Pure, G3MoE_Differentiable]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_SplitRowsOp : G3MoE_Op<"split_rows", [Pure, G3MoE_Differentiable]> {
+  let summary = "cut a tensor into consecutive blocks of leading rows";
+  let description = [{
+    Result `i` is rows `o_i .. o_i + n_i` of `input` along its first
+    dimension, where `n_i` is the result's first dimension and `o_i` the sum
+    of the earlier results' (the blocks cover the input in order). The other
+    dimensions and the element type are the input's. Token tiling
+    (`--g3moe-tile-tokens`) cuts a feed-forward block's inputs into its
+    chunks with it.
+
+    ```mlir
+    %a, %b = g3moe.split_rows %x : tensor<32x64xbf16> -> tensor<16x64xbf16>, tensor<16x64xbf16>
+    ```
+  }];
+  let arguments = (ins AnyRankedTensor:$input);
+  let results = (outs Variadic<AnyRankedTensor>:$parts);
+  let assemblyFormat = "$input attr-dict `:` type($input) `->` type($parts)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_ConcatRowsOp : G3MoE_Op<"concat_rows", [Pure, G3MoE_Differentiable]> {
+  let summary = "join tensors along their first dimension";
+  let description = [{
+    The inverse of `split_rows`: the result holds `parts` one after the
+    other along the first dimension; their other dimensions and element
+    types agree with the result's.
+
+    ```mlir
+    %x = g3moe.concat_rows %a, %b : tensor<16x64xbf16>, tensor<16x64xbf16> -> tensor<32x64xbf16>
+    ```
+  }];
+  let arguments = (ins Variadic<AnyRankedTensor>:$parts);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$parts attr-dict `:` type($parts) `->` type($result)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_ConvertOp : G3MoE_Op<"convert", [Pure, G3MoE_Differentiable]> {
   let summary = "change the floating-point element type";
   let description = [{

@@ -159,6 +159,33 @@ def G3MoESaveAttentionStatsPass : Pass<"g3moe-save-attention-stats", "mlir::Modu
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
+def G3MoETileTokensPass : Pass<"g3moe-tile-tokens", "mlir::ModuleOp"> {
+  let summary = "run the feed-forward blocks on chunks of tokens";
+  let description = [{
+    In every entry point, each feed-forward block (ops under one module path
+    ending in `mlp`, `moe` (a dense G3MoE layer), `moe.experts` or
+    `moe.shared_experts`) whose ops read token rows runs once per chunk of
+    `tokens` tokens (the last chunk takes the rest): `split_rows` cuts its
+    row inputs (the normalised hidden states; for the experts also the
+    router's indices and weights), the block's ops are cloned per chunk with
+    the chunk's rows (an expert block dispatches and combines within its
+    chunk), and `concat_rows` joins the outputs that the rest of the layer
+    reads. Weights and their casts are shared by the chunks. Random draws
+    of later chunks take fresh streams, so that no two chunks share a mask.
+    Only one chunk's intermediates ([chunk * top_k, intermediate] for the
+    experts) are alive at a time; autodiff, run afterwards, differentiates
+    chunk by chunk, and recomputation (`--g3moe-recompute`) remakes a
+    chunk's intermediates right before that chunk's backward. Runs after
+    `--g3moe-lora`, so that the adapters are tiled with their layers.
+    `tokens = 0`, or a chunk at least as long as the entry point's tokens,
+    changes nothing.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+  let options = [
+    Option<"tokens", "tokens", "int64_t", "0", "tokens per chunk (0: no tiling)">,
+  ];
+}
+
 def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
   let summary = "recompute activations in the backward instead of keeping them";
   let description = [{

@@ -36,7 +36,8 @@ namespace {
 /// state, the random draws included (they are keyed, so a redraw is exact).
 bool isRecomputable(Operation *op) {
   return isa<LinearOp, ExpertLinearOp, GeluTanhMulOp, AddOp, MulOp, ScaleOp, ConvertOp, DropoutOp,
-             KeyedDropoutOp, RandomUniformOp, ReshapeOp, ParamOp>(op);
+             KeyedDropoutOp, RandomUniformOp, ReshapeOp, ParamOp, SplitRowsOp, ConcatRowsOp,
+             MoEDispatchOp>(op);
 }
 
 /// The module paths of `op`'s location: one, or each name of a fused

@@ -571,3 +571,27 @@ func.func @linear_addend_type(%x: tensor<2x64xbf16>, %w: tensor<32x64xbf16>, %a:
   %y = g3moe.linear %x, %w plus %a : (tensor<2x64xbf16>, tensor<32x64xbf16>, tensor<2x32xf32>) -> tensor<2x32xbf16>
   return
 }
+
+// -----
+
+func.func @split_rows_count(%x: tensor<12x64xbf16>) {
+  // expected-error @+1 {{parts have 10 rows in all, the whole has 12}}
+  %a, %b = g3moe.split_rows %x : tensor<12x64xbf16> -> tensor<8x64xbf16>, tensor<2x64xbf16>
+  return
+}
+
+// -----
+
+func.func @split_rows_width(%x: tensor<12x64xbf16>) {
+  // expected-error @+1 {{part 1 ('tensor<4x32xbf16>') is not a block of rows of 'tensor<12x64xbf16>'}}
+  %a, %b = g3moe.split_rows %x : tensor<12x64xbf16> -> tensor<8x64xbf16>, tensor<4x32xbf16>
+  return
+}
+
+// -----
+
+func.func @concat_rows_type(%a: tensor<8x64xbf16>, %b: tensor<4x64xf32>) {
+  // expected-error @+1 {{part 1 ('tensor<4x64xf32>') is not a block of rows of 'tensor<12x64xbf16>'}}
+  %y = g3moe.concat_rows %a, %b : tensor<8x64xbf16>, tensor<4x64xf32> -> tensor<12x64xbf16>
+  return
+}

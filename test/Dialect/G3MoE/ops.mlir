@@ -293,3 +293,14 @@ func.func @fused_head(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> (tensor<f32>, tensor<f32>, tensor<f32>)
   return
 }
+
+// CHECK-LABEL: func.func @row_blocks
+func.func @row_blocks(%x: tensor<12x64xbf16>, %idx: tensor<12x2xi32>) -> tensor<12x64xbf16> {
+  // CHECK: %[[P:.*]]:2 = g3moe.split_rows %arg0 : tensor<12x64xbf16> -> tensor<8x64xbf16>, tensor<4x64xbf16>
+  %a, %b = g3moe.split_rows %x : tensor<12x64xbf16> -> tensor<8x64xbf16>, tensor<4x64xbf16>
+  // CHECK: g3moe.split_rows %arg1 : tensor<12x2xi32> -> tensor<6x2xi32>, tensor<6x2xi32>
+  %i, %j = g3moe.split_rows %idx : tensor<12x2xi32> -> tensor<6x2xi32>, tensor<6x2xi32>
+  // CHECK: g3moe.concat_rows %[[P]]#0, %[[P]]#1 : tensor<8x64xbf16>, tensor<4x64xbf16> -> tensor<12x64xbf16>
+  %y = g3moe.concat_rows %a, %b : tensor<8x64xbf16>, tensor<4x64xbf16> -> tensor<12x64xbf16>
+  return %y : tensor<12x64xbf16>
+}

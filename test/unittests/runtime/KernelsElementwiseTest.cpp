@@ -99,6 +99,34 @@ TEST(ElementwiseKernels, CopyBytesAndConverts) {
   EXPECT_NE(s.message().find("copy"), std::string::npos) << s.message();
 }
 
+TEST(ElementwiseKernels, SplitAndConcatRowsAreInverse) {
+  Tensor x(DType::BF16, {5, 3}), a(DType::BF16, {2, 3}), b(DType::BF16, {3, 3});
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.view.store(i, float(i) - 4.5f);
+  EXPECT_OK(run("split_rows", {x}, {a, b}));
+  for (int64_t i = 0; i < 6; ++i)
+    EXPECT_EQ(a.view.load(i), x.view.load(i));
+  for (int64_t i = 0; i < 9; ++i)
+    EXPECT_EQ(b.view.load(i), x.view.load(6 + i));
+  Tensor y(DType::BF16, {5, 3});
+  EXPECT_OK(run("concat_rows", {a, b}, {y}));
+  EXPECT_EQ(std::memcmp(x.view.data, y.view.data, x.view.bytes()), 0);
+
+  Tensor idx = Tensor::i32({4, 2}), i0 = Tensor::i32({1, 2}), i1 = Tensor::i32({3, 2});
+  for (int i = 0; i < 8; ++i)
+    idx.i()[i] = 7 * i - 3;
+  EXPECT_OK(run("split_rows", {idx}, {i0, i1}));
+  EXPECT_EQ(i1.i()[0], idx.i()[2]);
+  EXPECT_EQ(i1.i()[5], idx.i()[7]);
+
+  Tensor short_(DType::BF16, {1, 3}), wide(DType::BF16, {3, 4}), f32 = Tensor::f32({3, 3});
+  Status s = run("split_rows", {x}, {a, short_});
+  EXPECT_NE(s.message().find("parts have 3 rows in all"), std::string::npos) << s.message();
+  s = run("concat_rows", {a, wide}, {y});
+  EXPECT_NE(s.message().find("is not a block of rows"), std::string::npos) << s.message();
+  EXPECT_FALSE(run("concat_rows", {a, f32}, {y}).ok()) << "dtypes differ";
+}
+
 TEST(ElementwiseKernels, FillEveryElement) {
   Tensor y = Tensor::f32({4, 7}), yb(DType::BF16, {3}), yi = Tensor::i32({5});
   EXPECT_OK(run("fill", {}, {y}, attrs({{"value", AttrValue::ofFloat(-1.25)}})));

@@ -1,0 +1,95 @@
+//===- MemoryPlanTest.cpp - the memory planner's choices change no result -===//
+//
+// A step compiled to fit less memory (activations recomputed in the backward,
+// whole layers from their checkpoints, feed-forward blocks run on chunks of
+// tokens) computes the same loss and gradients as the step that keeps every
+// activation: bit for bit where the order of every sum is unchanged, within
+// fp32 rounding where chunks sum a weight's gradient in parts.
+//
+//===----------------------------------------------------------------------===//
+
+#include "test/e2e/StepFixtures.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+using namespace g3rt;
+using namespace g3moe_test;
+
+namespace {
+
+/// The loss and every trainable parameter's gradient of one
+/// @forward_backward of `name` at the gradient-check point.
+struct StepResult {
+  double loss = 0;
+  std::map<std::string, std::vector<float>> grads;
+};
+
+StepResult runStep(const std::string &name) {
+  StepProgram program = loadProgram(name);
+  CpuStep step(program);
+  Point point;
+  point.randomizeLoraB = true;
+  prepare(step, point);
+  StepResult r;
+  r.loss = runLoss(step, "forward_backward");
+  for (const ParamDesc &p : program.params)
+    if (p.trainable) {
+      TensorView g = step.cpu->output("forward_backward", "grad:" + p.name);
+      for (int64_t i = 0; i < g.numel(); ++i)
+        r.grads[p.name].push_back(g.load(i));
+    }
+  return r;
+}
+
+int64_t arenaBytes(const std::string &name) {
+  return loadProgram(name).findFunction("forward_backward")->arenaBytes;
+}
+
+class StepRecompute : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
+  ASSERT_LT(arenaBytes(GetParam()), arenaBytes("g3moe_lora_fp32"))
+      << "recomputation should shrink the arena";
+  StepResult kept = runStep("g3moe_lora_fp32"), recomputed = runStep(GetParam());
+  EXPECT_EQ(kept.loss, recomputed.loss);
+  ASSERT_GT(kept.grads.size(), 10u);
+  for (const auto &[name, g] : kept.grads)
+    EXPECT_EQ(g, recomputed.grads[name]) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
+                         ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial",
+                                           "g3moe_lora_fp32_checkpoints"));
+
+/// Without LoRA dropout, so that no chunk draws a mask: a tiled step computes
+/// the same function. The forward is row by row either way; a weight's
+/// gradient is summed chunk by chunk, in another order. (In steps this small
+/// the chunks' copies outweigh what tiling saves: lit tests check the memory
+/// of the 4B steps.)
+class StepTile : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(StepTile, SameLossAndGradientsAsWholeBlocks) {
+  StepResult whole = runStep("g3moe_lora_fp32_nodrop"), tiled = runStep(GetParam());
+  EXPECT_NEAR(whole.loss, tiled.loss, 1e-6 * std::abs(whole.loss));
+  ASSERT_GT(whole.grads.size(), 10u);
+  for (const auto &[name, g] : whole.grads) {
+    const std::vector<float> &t = tiled.grads[name];
+    ASSERT_EQ(g.size(), t.size()) << name;
+    float scale = 0, worst = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      scale = std::max(scale, std::abs(g[i]));
+      worst = std::max(worst, std::abs(g[i] - t[i]));
+    }
+    EXPECT_LE(worst, 1e-5f * scale + 1e-9f) << name << ": largest |g| " << scale;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, StepTile,
+                         ::testing::Values("g3moe_lora_fp32_tiled", "g3moe_lora_fp32_tiled_layers",
+                                           "g3moe_lora_fp32_tiled_budget"));
+
+} // namespace
