@@ -7,12 +7,13 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 build=${G3MOE_BUILD_DIR:-$root/build}
 seqs=("${@:-4096 8192}")
 cmake --build "$build" --target G3RtGpuTests G3MoECudaStepTests G3MoECudaTrainTests \
-  G3MoECudaAttentionTests G3MoECudaChecksTests g3moe-bench attention-bench g3moe-run \
+  G3MoECudaAttentionTests G3MoECudaChecksTests G3MoEDeviceBudgetGpuTests g3moe-bench \
+  attention-bench g3moe-run g3moe-compile \
   g3moe-test-steps tiny-tokenizer -j 2
 rm -rf "$root/devcarry" && mkdir -p "$root/devcarry/steps"
 cp "$build/test/gpu/G3RtGpuTests" "$build/test/gpu/G3MoECudaStepTests" "$build/test/gpu/G3MoECudaTrainTests" \
   "$build/test/gpu/G3MoECudaAttentionTests" "$build/test/gpu/G3MoECudaChecksTests" \
-  "$build/bin/g3moe-bench" "$build/bin/attention-bench" \
+  "$build/test/gpu/G3MoEDeviceBudgetGpuTests" "$build/bin/g3moe-compile" "$build/bin/g3moe-bench" "$build/bin/attention-bench" \
   "$build/bin/g3moe-run" "$root/bench/attention_reference.py" "$root/devcarry/"
 # The main job's step and tokenizer, to train the tiny G3MoE on the GPU.
 "$build/bin/g3moe-compile" "$root/examples/tiny-g3moe/train.json" --quiet -o "$root/devcarry/tiny-g3moe.step"
@@ -55,7 +56,7 @@ done
 # Compressed: the binaries each hold the CUDA kernels, and what travels to the
 # GPU machine is limited to 64 MiB (bench/run_gpu.sh unpacks them).
 bins=(G3RtGpuTests G3MoECudaStepTests G3MoECudaTrainTests G3MoECudaAttentionTests G3MoECudaChecksTests
-  g3moe-bench attention-bench g3moe-run)
+  G3MoEDeviceBudgetGpuTests g3moe-compile g3moe-bench attention-bench g3moe-run)
 tar -C "$root/devcarry" -czf "$root/devcarry/bin.tar.gz" "${bins[@]}"
 (cd "$root/devcarry" && rm "${bins[@]}")
 du -sh "$root/devcarry"

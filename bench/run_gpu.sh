@@ -38,6 +38,10 @@ grep -E "^\[ +(FAILED|PASSED) +\]|Failure|worst" "$out/gpu_attention.log"
 timeout 200 "$carry/G3MoECudaChecksTests" > "$out/gpu_checks.log" 2>&1
 grep -E "^\[ +(FAILED|PASSED) +\]|Failure" "$out/gpu_checks.log"
 
+# g3moe-compile's default memory budget from the visible GPU.
+timeout 200 "$carry/G3MoEDeviceBudgetGpuTests" > "$out/gpu_budget.log" 2>&1
+grep -E "^\[ +(FAILED|PASSED) +\]|Failure|budget" "$out/gpu_budget.log" | head -8
+
 echo "== a mid-size Gemma-3 checkpoint from save_pretrained: g3moe (cuda) vs transformers + PEFT"
 PYTHONUNBUFFERED=1 timeout 300 python3 "$here/test/gpu/hf_midsize.py" check "$carry/midsize" \
   "$carry/g3moe-run" 2>&1 | grep -v -i warn | tail -4 | tee "$out/midsize.log"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: g3moe at long context against the strong PyTorch stack
 # with every layer checkpointed, the lengths of issue 16. The steps come
-# prebuilt in devcarry/long/ (bench/prepare_long.sh makes them), with the
+# prebuilt in devcarry/long.tar.gz (bench/prepare_long.sh makes them), with the
 # binaries of bench/prepare_gpu.sh and the strong stack and its wheels.
 # Logs and the JSON lines go to $OUT.
 #   bash bench/run_long.sh [strong-stack lengths...]
@@ -11,14 +11,21 @@ carry=$here/devcarry
 out=${OUT:-/tmp/g3moe-out}
 mkdir -p "$out"
 [[ -f $carry/bin.tar.gz ]] && tar -C "$carry" -xzf "$carry/bin.tar.gz"
+mkdir -p "$carry/long" && tar -C "$carry/long" -xzf "$carry/long.tar.gz"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 
+# LONG_STEPS="g3moe-4b-131072-60 preset-120k" narrows the steps timed (file
+# names without .step); SKIP_STRONG=1 leaves out the strong stack, so that
+# the lengths can be split over calls.
 echo "== g3moe (one line per step file: tokens/s, MFU, GPU memory)"
 for step in "$carry"/long/*.step; do
-  echo "-- $(basename "$step")"
+  name=$(basename "$step" .step)
+  [[ -z ${LONG_STEPS:-} || " $LONG_STEPS " == *" $name "* ]] || continue
+  echo "-- $name"
   timeout "${G3MOE_TIMEOUT:-200}" "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-4}" 2>&1 |
-    tail -2 | tee -a "$out/bench_long.jsonl"
+    tail -2 | sed "s/^{/{\"step\": \"$name\", /" | tee -a "$out/bench_long.jsonl"
 done
+[[ ${SKIP_STRONG:-0} == 1 ]] && exit 0
 
 echo "== strong stack, every layer checkpointed"
 python3 -m pip install -q --no-index --no-deps --target /tmp/site "$carry"/wheels/*.whl > /dev/null 2>&1
