@@ -9,6 +9,7 @@
 #include "compiler/Pipelines/MemoryFit.h"
 
 #include "compiler/Pipelines/Passes.h"
+#include "dialects/G3MoE/IR/G3MoEOps.h"
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
 
@@ -48,10 +49,12 @@ MemoryPlan MemoryPlan::leadingFeedForward(int64_t count, int64_t numLayers,
   return plan;
 }
 
-MemoryPlan MemoryPlan::leadingLayers(int64_t count, int64_t numLayers, bool keepAttentionOutputs) {
+MemoryPlan MemoryPlan::checkpointsIn(ArrayRef<int64_t> order, int64_t count, int64_t numLayers,
+                                     bool keepAttentionOutputs) {
   MemoryPlan plan = uniform(numLayers, LayerChoice::RecomputeFeedForward, keepAttentionOutputs);
-  for (int64_t l = 0; l < count && l < numLayers; ++l)
-    plan.layers[l] = LayerChoice::RecomputeLayer;
+  for (int64_t l : order.take_front(std::min<int64_t>(count, order.size())))
+    if (l >= 0 && l < numLayers)
+      plan.layers[l] = LayerChoice::RecomputeLayer;
   return plan;
 }
 
@@ -261,17 +264,45 @@ public:
   /// outputs is worth about as much as not recomputing a layer or two at
   /// 16K, more at 32K.)
   LogicalResult narrowFeedForward(int64_t numLayers) {
-    return narrow(numLayers, MemoryPlan::leadingFeedForward);
+    return narrow(numLayers, [&](int64_t k, bool keepAttention) {
+      return MemoryPlan::leadingFeedForward(k, numLayers, keepAttention);
+    });
   }
 
-  /// With every layer checkpointed fitting, the fewest leading layers that
-  /// must be, the others recomputing only their feed-forward blocks: a
-  /// checkpointed layer runs its whole forward twice.
+  /// With every layer checkpointed fitting, the fewest layers that must be,
+  /// the others recomputing only their feed-forward blocks: a checkpointed
+  /// layer runs its whole forward twice. Sliding-window layers become
+  /// checkpoints first: their attention costs O(tokens * window) to run
+  /// again, a global layer's O(tokens^2).
   LogicalResult narrowLayers(int64_t numLayers) {
-    return narrow(numLayers, MemoryPlan::leadingLayers);
+    std::vector<int64_t> order = checkpointOrder(numLayers);
+    return narrow(numLayers, [&](int64_t k, bool keepAttention) {
+      return MemoryPlan::checkpointsIn(order, k, numLayers, keepAttention);
+    });
   }
 
 private:
+  /// The decoder layers, sliding-window layers first, then the global ones
+  /// (whose attention has no sliding_window), each group in layer order.
+  std::vector<int64_t> checkpointOrder(int64_t numLayers) {
+    llvm::SmallDenseSet<int64_t> global;
+    if (auto f = forward.lookupSymbol<func::FuncOp>("forward"))
+      f.walk([&](AttentionOp op) {
+        auto name = dyn_cast<NameLoc>(op.getLoc());
+        StringRef path = name ? name.getName().strref() : "";
+        int64_t layer;
+        if (!op.getSlidingWindowAttr() && path.consume_front("model.layers.") &&
+            !path.consumeInteger(10, layer))
+          global.insert(layer);
+      });
+    std::vector<int64_t> order;
+    for (bool wantGlobal : {false, true})
+      for (int64_t l = 0; l < numLayers; ++l)
+        if (global.contains(l) == wantGlobal)
+          order.push_back(l);
+    return order;
+  }
+
   /// The uniform plans, least recomputation first. Unless the pipeline
   /// fixes the chunk (tile-tokens >= 0), only the first plan keeps the
   /// feed-forward blocks whole: tiling them costs a few copies of their
@@ -291,14 +322,15 @@ private:
     return plans;
   }
 
-  /// The smallest count of leading layers for which `planFor` fits, by
+  /// The smallest count of layers for which `planFor` fits, by
   /// bisection (memory falls as the count grows); the attention choice of
   /// the plan found so far stays.
-  LogicalResult narrow(int64_t numLayers, MemoryPlan (*planFor)(int64_t, int64_t, bool)) {
+  LogicalResult narrow(int64_t numLayers,
+                       llvm::function_ref<MemoryPlan(int64_t count, bool keepAttention)> planFor) {
     const bool keepAttention = fit.plan.keepAttentionOutputs;
     for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
       const int64_t k = lo + (hi - lo) / 2;
-      MemoryPlan plan = planFor(k, numLayers, keepAttention);
+      MemoryPlan plan = planFor(k, keepAttention);
       plan.tileTokens = fit.plan.tileTokens;
       OwningOpRef<ModuleOp> step;
       bool fits = false;

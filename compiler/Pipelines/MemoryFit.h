@@ -63,9 +63,11 @@ struct MemoryPlan {
   /// The feed-forward blocks of the first `count` of `numLayers` layers
   /// recomputed, the rest kept.
   static MemoryPlan leadingFeedForward(int64_t count, int64_t numLayers, bool keepAttentionOutputs);
-  /// The first `count` of `numLayers` layers checkpointed (RecomputeLayer),
-  /// the rest with their feed-forward blocks recomputed.
-  static MemoryPlan leadingLayers(int64_t count, int64_t numLayers, bool keepAttentionOutputs);
+  /// The first `count` layers of `order` (layer indices) checkpointed
+  /// (RecomputeLayer), the rest of the `numLayers` layers with their
+  /// feed-forward blocks recomputed.
+  static MemoryPlan checkpointsIn(llvm::ArrayRef<int64_t> order, int64_t count, int64_t numLayers,
+                                  bool keepAttentionOutputs);
 
   /// The number of layers whose choice is `choice`.
   int64_t count(LayerChoice choice) const;
@@ -170,7 +172,10 @@ using PipelineRunner =
 /// Searches for the least recomputation whose step fits `options.budgetBytes`:
 /// each level the policy allows, from the least, first with the attention
 /// outputs kept, then recomputed; when that is every layer's feed-forward
-/// block under Auto, the fewest leading layers' that fit, by bisection. Each
+/// block under Auto, the fewest leading layers' that fit, by bisection, and
+/// when that is every layer checkpointed, the fewest checkpoints (sliding-
+/// window layers first); every plan after the first tiles the feed-forward
+/// blocks (MemoryPlan::tileTokens) unless `pipeline` fixes the chunk. Each
 /// candidate is a fresh clone of `forward` (the frontend's module) run through
 /// the step pipeline with `pipeline`'s options and the plan's choices.
 /// Fails (diagnostics emitted) when a pipeline fails or the module has no

@@ -20,8 +20,11 @@ def G3MoEFitMemoryPass : Pass<"g3moe-fit-memory", "mlir::ModuleOp"> {
     inputs) and replaces the module with the step of the least recomputation
     that fits `memory-budget-gb`: none, then the feed-forward blocks (dense
     MLPs, MoE experts) of every layer, narrowed to the fewest leading layers
-    that fit, then whole layers; at each level first with the attention
-    outputs kept for the backward, then recomputed. `recompute` restricts the
+    that fit, then whole layers, narrowed to the fewest checkpoints that fit
+    (sliding-window layers first); at each level first with the attention
+    outputs kept for the backward, then recomputed. Every plan after the
+    first runs the feed-forward blocks on chunks of tokens (`tile-tokens`,
+    unless the pipeline fixes it). `recompute` restricts the
     search to one level. A remark says what it chose; when nothing fits, the
     error lists each plan tried and its need.
 
