@@ -25,6 +25,25 @@ for step in "$carry"/long/*.step; do
   timeout "${G3MOE_TIMEOUT:-200}" "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-4}" 2>&1 |
     tail -2 | sed "s/^{/{\"step\": \"$name\", /" | tee -a "$out/bench_long.jsonl"
 done
+# PRESET_RUN=1: g3moe-run trains the 120K preset's step on the GPU for two
+# optimizer steps (one micro-batch each) on long documents packed into
+# 120,000-token rows, and evaluates on the held-out third.
+if [[ ${PRESET_RUN:-0} == 1 && -f $carry/long/preset-120k.step ]]; then
+  echo "== g3moe-run: the 120K preset, packed long documents, 2 steps and an eval"
+  python3 - > /tmp/long-docs.jsonl <<'PY'
+import json, random
+random.seed(0)
+for d in range(45):  # 45 documents of 6,000-10,000 tokens: about 3.6 rows of 120,000
+    n = random.randint(6000, 10000)
+    print(json.dumps({"input_ids": [random.randrange(3, 262000) for _ in range(n)]}))
+PY
+  rm -rf /tmp/preset-run
+  timeout "${PRESET_TIMEOUT:-240}" "$carry/g3moe-run" "$carry/long/preset-120k.step" --device cuda \
+    --data /tmp/long-docs.jsonl --data-format tokenized --packing --test-size 0.25 \
+    --gradient-accumulation-steps 1 --max-steps 2 --eval-steps 0 --save-steps 0 \
+    --output-dir /tmp/preset-run --no-progress-bar 2>&1 | grep -v warning |
+    tee "$out/preset_run.log" | tail -12
+fi
 [[ ${SKIP_STRONG:-0} == 1 ]] && exit 0
 
 echo "== strong stack, every layer checkpointed"

@@ -178,7 +178,8 @@ private:
         bool offsets = isa<MoEDispatchOp>(op) && r.getResultNumber() == 1;
         if (!offsets && !hasTokenRows(r.getType()))
           return {};
-        bool readOutside = llvm::any_of(r.getUsers(), [&](Operation *u) { return !ops.contains(u); });
+        bool readOutside =
+            llvm::any_of(r.getUsers(), [&](Operation *u) { return !ops.contains(u); });
         if (readOutside && (offsets || typeOf(r).getDimSize(0) != tokens))
           return {};
       }
@@ -282,9 +283,10 @@ struct G3MoETileTokensPass : g3moe::impl::G3MoETileTokensPassBase<G3MoETileToken
       // The blocks are found by their module paths, which a module parsed
       // from text has only when it was printed with them.
       if (Tiler(func, *count, tokens, nextStream).run() == 0)
-        emitWarning(func.getLoc(), "g3moe-tile-tokens: no feed-forward block to tile (blocks are found by "
-                         "the module paths of their locations: print the input with "
-                         "--mlir-print-debuginfo)");
+        emitWarning(func.getLoc(),
+                    "g3moe-tile-tokens: no feed-forward block to tile (blocks are found by "
+                    "the module paths of their locations: print the input with "
+                    "--mlir-print-debuginfo)");
     }
   }
 };
