@@ -3,7 +3,8 @@
 // attention and attention_grad on model-sized heads (head_dim 256, GQA,
 // causal, sliding window, padded rows, packed documents), on each CUDA
 // implementation pinned with G3MOE_CUDA_ATTENTION, against the CPU kernels;
-// also with the forward's lse output and the backward's saved operands.
+// also with the forward's lse output and the backward's saved operands; at
+// 131,072 tokens, packed documents on the own kernels against cuDNN.
 //
 //===----------------------------------------------------------------------===//
 
@@ -12,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <random>
 #include <string>
 
@@ -135,6 +137,69 @@ TEST(CudaAttentionChoice, PackedDocumentsFallBackToTheOwnKernels) {
   std::vector<double> r = gpuErrorsAgainstCpu("attention", p.attrs, in, {p.o.view}, st, "auto");
   ASSERT_TRUE(st.ok()) << st.message();
   EXPECT_LE(r[0], 1.0);
+}
+
+/// errorRatio of `got` against `want` over `n` tokens, starting at token
+/// `wantAt` of `want` and `gotAt` of `got` (tensors [B, T, heads, d]; the
+/// tokens of a row are contiguous).
+double rowsErrorRatio(const Tensor &want, int64_t wantAt, const Tensor &got, int64_t gotAt,
+                      int64_t n) {
+  const int64_t rowBytes = want.view.bytes() / (want.view.dim(0) * want.view.dim(1));
+  TensorView w = want.view;
+  w.shape = {n * rowBytes / int64_t(dtypeSize(w.dtype))};
+  w.data = static_cast<uint8_t *>(want.view.data) + wantAt * rowBytes;
+  const uint8_t *g = static_cast<const uint8_t *>(got.view.data) + gotAt * rowBytes;
+  return errorRatio(w, std::vector<uint8_t>(g, g + n * rowBytes));
+}
+
+/// Copies `n` tokens of every tensor of `from` (row 0, from token `at`) into
+/// row `row` of `to`.
+void copyTokens(const Problem &from, int64_t at, Problem &to, int64_t row, int64_t n) {
+  auto copy = [&](const Tensor &src, Tensor &dst) {
+    const int64_t rowBytes = src.view.bytes() / (src.view.dim(0) * src.view.dim(1));
+    std::memcpy(static_cast<uint8_t *>(dst.view.data) + (row * dst.view.dim(1)) * rowBytes,
+                static_cast<const uint8_t *>(src.view.data) + at * rowBytes, n * rowBytes);
+  };
+  copy(from.q, to.q);
+  copy(from.k, to.k);
+  copy(from.v, to.v);
+  copy(from.dout, to.dout);
+}
+
+// 131,072 tokens with G3MoE-4B's heads, where no CPU reference is affordable:
+// a row packing two documents, which only the own kernels take, equals each
+// document attended alone on cuDNN (one document per row, then padding),
+// forward and backward, on global and sliding-window layers.
+TEST(CudaAttentionLong, PackedDocumentsAt128KMatchEachDocumentAlone) {
+  const int64_t T = 131072, first = 70001, second = T - first;
+  for (int64_t window : {int64_t(0), int64_t(1024)}) {
+    SCOPED_TRACE(window ? "sliding" : "global");
+    Problem packed = makeProblem({"packed", 1, T, 8, 4, 256, window, {{first, second}}});
+    Problem alone = makeProblem({"alone", 2, T, 8, 4, 256, window, {{first}, {second}}});
+    copyTokens(packed, 0, alone, 0, first);
+    copyTokens(packed, first, alone, 1, second);
+    auto run = [&](Problem &p, const char *impl) {
+      Status st = runOnGpu("attention", p.attrs, {p.q.view, p.k.view, p.v.view, p.seg.view},
+                           {p.o.view}, impl);
+      ASSERT_TRUE(st.ok()) << impl << ": " << st.message();
+      st = runOnGpu("attention_grad", p.attrs,
+                    {p.q.view, p.k.view, p.v.view, p.seg.view, p.dout.view},
+                    {p.dq.view, p.dk.view, p.dv.view}, impl);
+      ASSERT_TRUE(st.ok()) << impl << ": " << st.message();
+    };
+    run(packed, "own");
+    run(alone, "cudnn");
+    const std::pair<const char *, Tensor Problem::*> outputs[] = {
+        {"o", &Problem::o}, {"dq", &Problem::dq}, {"dk", &Problem::dk}, {"dv", &Problem::dv}};
+    for (auto [name, member] : outputs) {
+      double a = rowsErrorRatio(alone.*member, 0, packed.*member, 0, first);
+      double b = rowsErrorRatio(alone.*member, T, packed.*member, first, second);
+      EXPECT_LE(a, 1.0) << name << ", first document";
+      EXPECT_LE(b, 1.0) << name << ", second document";
+      std::printf("  128K %-7s %-2s worst error / tolerance: %.3g, %.3g\n",
+                  window ? "sliding" : "global", name, a, b);
+    }
+  }
 }
 
 TEST(CudaAttentionChoice, AnUnknownChoiceIsAnError) {

@@ -56,31 +56,20 @@ inline TensorView hostTensor(DType t, std::vector<int64_t> shape, std::vector<ui
   return v;
 }
 
-/// Runs CPU kernel `name` into `out`, then the CUDA kernel on device copies of
-/// `in` (with G3MOE_CUDA_ATTENTION=`attention` when given) and returns, per
-/// output, errorRatio of the GPU's result against the CPU's. `gpu` receives
-/// the CUDA kernel's status; the ratios are empty when either side failed.
-inline std::vector<double> gpuErrorsAgainstCpu(const char *name, const KernelAttrs &attrs,
-                                               const std::vector<TensorView> &in,
-                                               const std::vector<TensorView> &out, Status &gpu,
-                                               const char *attention = nullptr) {
-  KernelArgs cpu;
-  cpu.name = name;
-  cpu.attrs = &attrs;
-  cpu.inputs = in;
-  cpu.outputs = out;
-  gpu = cpu::findCpuKernel(name)(cpu);
-  if (!gpu.ok())
-    return {};
+/// Runs CUDA kernel `name` (with G3MOE_CUDA_ATTENTION=`attention` when
+/// given) on device copies of `in` and copies its outputs into `out`.
+inline Status runOnGpu(const char *name, const KernelAttrs &attrs,
+                       const std::vector<TensorView> &in, const std::vector<TensorView> &out,
+                       const char *attention = nullptr) {
   if (attention)
     setenv("G3MOE_CUDA_ATTENTION", attention, 1);
   static const StepProgram empty;
   std::unique_ptr<cuda::CudaExecutor> ex;
-  gpu = cuda::CudaExecutor::create(empty, 0, ex);
+  Status st = cuda::CudaExecutor::create(empty, 0, ex);
   if (attention)
     unsetenv("G3MOE_CUDA_ATTENTION");
-  if (!gpu.ok())
-    return {};
+  if (!st.ok())
+    return st;
   std::vector<void *> allocations;
   auto toGpu = [&](const TensorView &h, bool copy) {
     TensorView d = h;
@@ -95,15 +84,38 @@ inline std::vector<double> gpuErrorsAgainstCpu(const char *name, const KernelAtt
     din.push_back(toGpu(t, true));
   for (const TensorView &t : out)
     dout.push_back(toGpu(t, false));
-  std::vector<double> ratios;
-  gpu = ex->runKernel(name, attrs, din, dout);
-  for (size_t i = 0; gpu.ok() && i < out.size(); ++i) {
-    std::vector<uint8_t> got(out[i].bytes());
-    cudaMemcpy(got.data(), dout[i].data, got.size(), cudaMemcpyDeviceToHost);
-    ratios.push_back(errorRatio(out[i], got));
-  }
+  st = ex->runKernel(name, attrs, din, dout);
+  for (size_t i = 0; st.ok() && i < out.size(); ++i)
+    cudaMemcpy(out[i].data, dout[i].data, out[i].bytes(), cudaMemcpyDeviceToHost);
   for (void *p : allocations)
     cudaFree(p);
+  return st;
+}
+
+/// Runs CPU kernel `name` into `out`, then the CUDA kernel (runOnGpu) and
+/// returns, per output, errorRatio of the GPU's result against the CPU's.
+/// `gpu` receives the CUDA kernel's status; the ratios are empty when either
+/// side failed.
+inline std::vector<double> gpuErrorsAgainstCpu(const char *name, const KernelAttrs &attrs,
+                                               const std::vector<TensorView> &in,
+                                               const std::vector<TensorView> &out, Status &gpu,
+                                               const char *attention = nullptr) {
+  KernelArgs cpu;
+  cpu.name = name;
+  cpu.attrs = &attrs;
+  cpu.inputs = in;
+  cpu.outputs = out;
+  gpu = cpu::findCpuKernel(name)(cpu);
+  if (!gpu.ok())
+    return {};
+  std::vector<std::vector<uint8_t>> bytes(out.size());
+  std::vector<TensorView> got;
+  for (size_t i = 0; i < out.size(); ++i)
+    got.push_back(hostTensor(out[i].dtype, out[i].shape, bytes[i]));
+  gpu = runOnGpu(name, attrs, in, got, attention);
+  std::vector<double> ratios;
+  for (size_t i = 0; gpu.ok() && i < out.size(); ++i)
+    ratios.push_back(errorRatio(out[i], bytes[i]));
   return ratios;
 }
 
