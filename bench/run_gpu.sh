@@ -87,7 +87,8 @@ if [[ -f $carry/g3moe-4b-8192.step && $extras == 1 ]]; then
     head -20 "$out/profile_8192_$gemm.log"
   done
 fi
-[[ ${SKIP_BENCH:-0} == 1 ]] && exit 0
+# SKIP_RECIPE=1 leaves out the recipe's PyTorch stack (for a shorter call).
+[[ ${SKIP_BENCH:-0} == 1 || ${SKIP_RECIPE:-0} == 1 ]] && exit 0
 echo "== benchmark: PyTorch stack"
 PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/pytorch_stack.py" --seq ${torch_seqs[*]} --steps 5 2>&1 |
   grep -v Warning | tee "$out/bench_pytorch.jsonl"
