@@ -275,12 +275,14 @@ Status Trainer::prepare() {
   seed = uint64_t(options.seed.value_or(training.seed));
   padId = program.model.padTokenId;
   G3RT_RETURN_IF_ERROR(lossDenominatorFor(options, training, lossDenominator));
-  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
-  if (!options.weightsDir.empty())
-    G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
+  // The data first: a bad line ends the run before minutes of initialising
+  // a large model, and --dump-data needs no parameters at all.
   G3RT_RETURN_IF_ERROR(loadData());
   if (!options.dumpDataPath.empty())
     return Status();
+  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
+  if (!options.weightsDir.empty())
+    G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
   if (options.resume)
     G3RT_RETURN_IF_ERROR(resume());
   // The state is complete on the host: one copy to the backend, which keeps
