@@ -1,15 +1,16 @@
 //===- DeviceBudgetGpuTest.cpp - memory_budget_gb's default on a GPU ------===//
 //
-// On a machine with a GPU: g3moe-compile's default budget is the visible
-// device's cudaMemGetInfo total less kDeviceReserveBytes, and a step planned
-// to exactly that budget is not refused by the CUDA backend that g3moe-run
-// uses (CudaExecutor::create, which checks free memory before allocating).
+// On a machine with a GPU: the query behind g3moe-compile's default budget
+// reads the visible device's name and cudaMemGetInfo total, and a step
+// planned to exactly that total less kDeviceReserveBytes is not refused by
+// the CUDA backend that g3moe-run uses (CudaExecutor::create, which checks
+// free memory before allocating). Free of LLVM, so that it runs on GPU
+// machines without it.
 //
 //===----------------------------------------------------------------------===//
 
 #include "compiler/Driver/DeviceBudget.h"
 #include "compiler/Driver/DeviceQuery.h"
-#include "frontend/Config.h"
 #include "runtime/cuda/cuda_executor.h"
 #include "runtime/step/program.h"
 
@@ -23,7 +24,7 @@ using namespace g3moe::compiler;
 
 namespace {
 
-TEST(DeviceBudgetGpu, DefaultIsTheTotalLessTheReserve) {
+TEST(DeviceBudgetGpu, QueryReadsTheVisibleDevice) {
   // The query comes first: it resets the context it makes.
   VisibleDevice device = queryVisibleDevice();
   ASSERT_TRUE(device.found) << device.why;
@@ -36,14 +37,10 @@ TEST(DeviceBudgetGpu, DefaultIsTheTotalLessTheReserve) {
   EXPECT_EQ(device.name, std::string(prop.name));
   EXPECT_EQ(device.totalBytes, int64_t(total));
 
-  // No memory_budget_gb: the driver's choice with the real query.
-  MemoryBudget budget = resolveMemoryBudget(g3moe::frontend::TrainingOptions(), queryVisibleDevice);
-  EXPECT_EQ(budget.origin, MemoryBudget::Origin::Device);
-  EXPECT_EQ(budget.bytes, int64_t(total) - kDeviceReserveBytes);
-  const std::string line = describeBudget(budget);
-  EXPECT_EQ(line.rfind("memory budget ", 0), 0u) << line;
-  EXPECT_NE(line.find(" from the visible GPU " + std::string(prop.name) + ", "), std::string::npos)
-      << line;
+  // The driver's choice from this query (resolveMemoryBudget, which
+  // DeviceBudgetTest checks on the CPU with fake devices) is this total less
+  // the reserve.
+  EXPECT_GT(device.totalBytes, kDeviceReserveBytes);
 }
 
 TEST(DeviceBudgetGpu, AStepOfTheDefaultBudgetIsNotRefused) {
@@ -53,7 +50,7 @@ TEST(DeviceBudgetGpu, AStepOfTheDefaultBudgetIsNotRefused) {
   // all arena and fills the budget exactly is the largest the default
   // allows.
   g3rt::StepProgram program;
-  program.arenaBytes = uint64_t(deviceBudgetBytes(device.totalBytes));
+  program.arenaBytes = uint64_t(device.totalBytes - kDeviceReserveBytes);
   ASSERT_GT(program.arenaBytes, 0u);
   std::unique_ptr<g3rt::cuda::CudaExecutor> executor;
   g3rt::Status s = g3rt::cuda::CudaExecutor::create(program, 0, executor);
