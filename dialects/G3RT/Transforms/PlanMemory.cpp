@@ -131,25 +131,26 @@ struct G3RTPlanMemoryPass : g3moe::lowered::impl::G3RTPlanMemoryPassBase<G3RTPla
       return lives[a].first < lives[b].first;
     });
 
+    // Placed buffers by offset: the first gap among those alive at the same
+    // time is found walking up from offset 0, and the walk stops there
+    // instead of sorting every overlapping buffer for each placement (a 128K
+    // step has some 10^5 buffers).
     std::vector<Placed> placed;
     int64_t arenaBytes = 0;
     Builder b(&getContext());
     for (size_t i : order) {
       const BufferLife &l = lives[i];
-      // Buffers alive at the same time, by offset; find the first gap.
-      std::vector<const Placed *> conflicts;
-      for (const Placed &p : placed)
-        if (p.first <= l.last && l.first <= p.last)
-          conflicts.push_back(&p);
-      std::sort(conflicts.begin(), conflicts.end(),
-                [](const Placed *x, const Placed *y) { return x->offset < y->offset; });
       int64_t offset = 0;
-      for (const Placed *p : conflicts) {
-        if (offset + l.bytes <= p->offset)
+      for (const Placed &p : placed) {
+        if (!(p.first <= l.last && l.first <= p.last))
+          continue;
+        if (offset + l.bytes <= p.offset)
           break;
-        offset = std::max(offset, alignUp(p->end, alignment));
+        offset = std::max(offset, alignUp(p.end, alignment));
       }
-      placed.push_back({offset, offset + l.bytes, l.first, l.last});
+      auto at = std::upper_bound(placed.begin(), placed.end(), offset,
+                                 [](int64_t o, const Placed &p) { return o < p.offset; });
+      placed.insert(at, {offset, offset + l.bytes, l.first, l.last});
       arenaBytes = std::max(arenaBytes, offset + l.bytes);
       BufferOp(l.buffer).setOffsetAttr(b.getI64IntegerAttr(offset));
     }
