@@ -15,6 +15,8 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <ostream>
+#include <string>
 
 using namespace g3rt;
 using namespace g3moe_test;
@@ -65,15 +67,29 @@ INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
                          ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial",
                                            "g3moe_lora_fp32_checkpoints"));
 
-/// Without LoRA dropout, so that no chunk draws a mask: a tiled step computes
-/// the same function. The forward is row by row either way; a weight's
+/// A step with its feed-forward blocks tiled against the same step whole.
+/// Without LoRA dropout, so that no chunk draws a mask, a tiled step computes
+/// the same function: the forward is row by row either way; a weight's
 /// gradient is summed chunk by chunk, in another order. (In steps this small
 /// the chunks' copies outweigh what tiling saves: lit tests check the memory
 /// of the 4B steps.)
-class StepTile : public ::testing::TestWithParam<const char *> {};
+struct TilePair {
+  const char *whole, *tiled;
+};
+
+/// Names the pair in test listings (the default prints its pointers).
+void PrintTo(const TilePair &p, std::ostream *os) { *os << p.whole << " vs " << p.tiled; }
+
+class StepTile : public ::testing::TestWithParam<TilePair> {};
 
 TEST_P(StepTile, SameLossAndGradientsAsWholeBlocks) {
-  StepResult whole = runStep("g3moe_lora_fp32_nodrop"), tiled = runStep(GetParam());
+  StepProgram tiledProgram = loadProgram(GetParam().tiled);
+  const FunctionDesc *fb = tiledProgram.findFunction("forward_backward");
+  ASSERT_NE(fb, nullptr);
+  ASSERT_TRUE(std::any_of(fb->instrs.begin(), fb->instrs.end(),
+                          [](const InstrDesc &i) { return i.kernel == "split_rows"; }))
+      << GetParam().tiled << " runs no block in chunks";
+  StepResult whole = runStep(GetParam().whole), tiled = runStep(GetParam().tiled);
   EXPECT_NEAR(whole.loss, tiled.loss, 1e-6 * std::abs(whole.loss));
   ASSERT_GT(whole.grads.size(), 10u);
   for (const auto &[name, g] : whole.grads) {
@@ -88,8 +104,14 @@ TEST_P(StepTile, SameLossAndGradientsAsWholeBlocks) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Steps, StepTile,
-                         ::testing::Values("g3moe_lora_fp32_tiled", "g3moe_lora_fp32_tiled_layers",
-                                           "g3moe_lora_fp32_tiled_budget"));
+INSTANTIATE_TEST_SUITE_P(
+    Steps, StepTile,
+    ::testing::Values(TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled"},
+                      TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled_layers"},
+                      TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled_budget"},
+                      TilePair{"gemma3_full_fp32", "gemma3_full_fp32_tiled"},
+                      TilePair{"g3moe_topk_full_fp32", "g3moe_topk_full_fp32_tiled"},
+                      TilePair{"g3moe_grouped_full_fp32", "g3moe_grouped_full_fp32_tiled"}),
+    [](const ::testing::TestParamInfo<TilePair> &info) { return std::string(info.param.tiled); });
 
 } // namespace
