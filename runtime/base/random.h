@@ -58,15 +58,21 @@ G3RT_HOST_DEVICE inline float uniformFromBits(uint32_t word) {
   return float(word >> 8) * (1.0f / 16777216.0f);
 }
 
+/// The Philox block holding elements 4 * block .. 4 * block + 3 of the random
+/// stream `stream` for micro-batch `counter` under `seed` (uniformFromBits of
+/// its words are the elements).
+G3RT_HOST_DEVICE inline Philox4x32Block randomBlock(uint64_t seed, uint64_t counter,
+                                                    uint32_t stream, uint64_t block) {
+  Philox4x32Block ctr = {{uint32_t(block), stream, uint32_t(counter), uint32_t(counter >> 32)}};
+  return philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
+}
+
 /// Element `index` of the random stream `stream` for micro-batch `counter`
 /// under `seed`, uniform on [0, 1). Elements come four to a Philox block, so
 /// one stream holds up to 2^34 elements (kMaxStreamElements).
 G3RT_HOST_DEVICE inline float uniformAt(uint64_t seed, uint64_t counter, uint32_t stream,
                                         uint64_t index) {
-  uint64_t block = index >> 2;
-  Philox4x32Block ctr = {{uint32_t(block), stream, uint32_t(counter), uint32_t(counter >> 32)}};
-  Philox4x32Block out = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
-  return uniformFromBits(out.v[index & 3]);
+  return uniformFromBits(randomBlock(seed, counter, stream, index >> 2).v[index & 3]);
 }
 
 } // namespace g3rt
