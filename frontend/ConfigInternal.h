@@ -63,6 +63,9 @@ std::string render(const llvm::json::Value &v);
 /// A number for messages: 1e-05, 0.25, 131072.
 std::string num(double v);
 
+/// "<file>: field '<path>'", where a field was read.
+std::string fieldText(const Origin &o);
+
 /// "<file>: field '<path>': <what>", naming the --set that gave an override.
 std::string describe(const Origin &o, const llvm::Twine &what);
 

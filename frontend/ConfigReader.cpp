@@ -36,8 +36,10 @@ std::string num(double v) {
   return buf;
 }
 
+std::string fieldText(const Origin &o) { return o.file + ": field '" + o.path + "'"; }
+
 std::string describe(const Origin &o, const Twine &what) {
-  std::string msg = (Twine(o.file) + ": field '" + o.path + "': " + what).str();
+  std::string msg = (fieldText(o) + ": " + what).str();
   if (o.priority == Priority::Override)
     msg += " (from " + o.setText + ")";
   return msg;

@@ -128,9 +128,8 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
     // A budget under one byte is still a budget, not "none".
     if (gb > 0 && t.memoryBudgetBytes == 0)
       t.memoryBudgetBytes = 1;
-    t.memoryBudgetOrigin = e->origin.priority == Priority::Override
-                               ? e->origin.setText
-                               : e->origin.file + ": field '" + e->origin.path + "'";
+    t.memoryBudgetOrigin =
+        e->origin.priority == Priority::Override ? e->origin.setText : fieldText(e->origin);
   }
   return Error::success();
 }

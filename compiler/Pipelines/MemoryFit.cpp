@@ -10,6 +10,7 @@
 
 #include "compiler/Pipelines/Passes.h"
 #include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "dialects/G3MoE/Transforms/Passes.h"
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
 
@@ -204,13 +205,7 @@ int64_t chunkTokens(int64_t tokens) {
 /// The tokens of one micro-batch: the elements of @forward's input_ids.
 int64_t tokenCount(ModuleOp module) {
   auto forward = module.lookupSymbol<func::FuncOp>("forward");
-  if (!forward)
-    return 0;
-  for (BlockArgument arg : forward.getArguments())
-    if (auto name = forward.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "g3moe.input");
-        name && name.getValue() == "input_ids")
-      return cast<RankedTensorType>(arg.getType()).getNumElements();
-  return 0;
+  return forward ? inputTokenCount(forward).value_or(0) : 0;
 }
 
 /// Compiles and measures candidate plans, recording each in the fit.

@@ -75,6 +75,30 @@ G3RT_HOST_DEVICE inline float uniformAt(uint64_t seed, uint64_t counter, uint32_
   return uniformFromBits(randomBlock(seed, counter, stream, index >> 2).v[index & 3]);
 }
 
+/// uniformAt of one stream for elements read in increasing order (or any
+/// order; it is only faster in order): each Philox block is drawn once for
+/// its four elements.
+class UniformReader {
+public:
+  UniformReader(uint64_t seed, uint64_t counter, uint32_t stream)
+      : seed(seed), counter(counter), stream(stream) {}
+
+  /// uniformAt(seed, counter, stream, index).
+  float operator()(uint64_t index) {
+    if (index >> 2 != block) {
+      block = index >> 2;
+      words = randomBlock(seed, counter, stream, block);
+    }
+    return uniformFromBits(words.v[index & 3]);
+  }
+
+private:
+  uint64_t seed, counter;
+  uint32_t stream;
+  uint64_t block = ~uint64_t(0);
+  Philox4x32Block words{};
+};
+
 } // namespace g3rt
 
 #endif // G3MOE_RUNTIME_BASE_RANDOM_H

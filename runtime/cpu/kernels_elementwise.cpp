@@ -258,8 +258,9 @@ Status randomUniformKernel(const KernelArgs &args) {
   double span = high - low;
   // The affine map runs in double so that the only rounding is the store.
   mapBlocks<0, 1>({}, {y}, [&](int64_t begin, int64_t count, auto, auto dst) {
+    UniformReader u(seed, counter, s);
     for (int64_t i = 0; i < count; ++i)
-      dst[0][i] = float(low + span * double(uniformAt(seed, counter, s, uint64_t(begin + i))));
+      dst[0][i] = float(low + span * double(u(uint64_t(begin + i))));
   });
   return Status();
 }
@@ -289,8 +290,9 @@ Status keyedDropoutKernel(const KernelArgs &args) {
   float threshold = float(p), keep = float(1.0 - p);
   mapBlocks<1, 1>({args.inputs[0]}, {args.outputs[0]},
                   [=](int64_t begin, int64_t n, auto src, auto dst) {
+                    UniformReader draw(seed, counter, s);
                     for (int64_t i = 0; i < n; ++i) {
-                      float u = uniformAt(seed, counter, s, uint64_t(begin + i));
+                      float u = draw(uint64_t(begin + i));
                       dst[0][i] = u >= threshold ? src[0][i] / keep : 0.0f;
                     }
                   });

@@ -141,22 +141,27 @@ __global__ void fillIntKernel(MutRef y, int64_t v, int64_t n) {
 
 // One Philox block yields the four consecutive elements 4b..4b+3 (uniformAt
 // uses word index & 3 of block index >> 2), so each thread draws one block
-// instead of evaluating it four times. The key is read here: it is device
-// data of this micro-batch.
-__global__ void randomUniformDevice(const int64_t *key, uint32_t stream, double low, double span,
-                                    MutRef y, int64_t n) {
+// instead of evaluating it four times and hands `f` each element's index and
+// draw on [0, 1). The key is read here: it is device data of this
+// micro-batch.
+template <typename F>
+__device__ __forceinline__ void forEachDraw(const int64_t *key, uint32_t stream, int64_t n, F f) {
   const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
   const int64_t blocks = (n + 3) / 4;
   for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
-    Philox4x32Block ctr = {
-        {uint32_t(uint64_t(b)), stream, uint32_t(counter), uint32_t(counter >> 32)}};
-    Philox4x32Block r = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
-    for (int j = 0; j < 4; ++j) {
-      int64_t i = b * 4 + j;
-      if (i < n) // the affine map in double: the store is the only rounding
-        storeFloat(y.data, y.dtype, i, float(low + span * double(uniformFromBits(r.v[j]))));
-    }
+    Philox4x32Block r = randomBlock(seed, counter, stream, uint64_t(b));
+    for (int j = 0; j < 4; ++j)
+      if (b * 4 + j < n)
+        f(b * 4 + j, uniformFromBits(r.v[j]));
   }
+}
+
+__global__ void randomUniformDevice(const int64_t *key, uint32_t stream, double low, double span,
+                                    MutRef y, int64_t n) {
+  // The affine map in double: the store is the only rounding.
+  forEachDraw(key, stream, n, [&](int64_t i, float u) {
+    storeFloat(y.data, y.dtype, i, float(low + span * double(u)));
+  });
 }
 
 __global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float keep, int64_t n) {
@@ -166,25 +171,14 @@ __global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float kee
   }
 }
 
-// randomUniformDevice's blocks of four draws on [0, 1), each compared and
-// scaled as dropoutDevice does, without the draws ever leaving registers.
+// randomUniformDevice's draws, each compared and scaled as dropoutDevice
+// does, without the draws ever leaving registers.
 __global__ void keyedDropoutDevice(Ref x, const int64_t *key, uint32_t stream, MutRef y,
                                    float threshold, float keep, int64_t n) {
-  const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
-  const int64_t blocks = (n + 3) / 4;
-  for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
-    Philox4x32Block ctr = {
-        {uint32_t(uint64_t(b)), stream, uint32_t(counter), uint32_t(counter >> 32)}};
-    Philox4x32Block r = philox4x32_10(ctr, uint32_t(seed), uint32_t(seed >> 32));
-    for (int j = 0; j < 4; ++j) {
-      int64_t i = b * 4 + j;
-      if (i < n) {
-        float u = uniformFromBits(r.v[j]);
-        float xv = loadFloat(x.data, x.dtype, i);
-        storeFloat(y.data, y.dtype, i, u >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
-      }
-    }
-  }
+  forEachDraw(key, stream, n, [&](int64_t i, float u) {
+    float xv = loadFloat(x.data, x.dtype, i);
+    storeFloat(y.data, y.dtype, i, u >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
+  });
 }
 
 /// tanh(√(2/π)(g + 0.044715 g³)), each product rounded as the CPU rounds it.

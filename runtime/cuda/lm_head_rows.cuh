@@ -398,8 +398,6 @@ __global__ void headArgmaxDevice(const float *logits, int64_t mb, int64_t vc, in
 __global__ void tokenAccuracyDevice(const void *logits, DType lt, const void *targets, DType tt,
                                     int64_t rows, int64_t V, int64_t ignoreIndex,
                                     unsigned long long *counters) {
-  __shared__ float vals[32];
-  __shared__ int64_t idxs[32];
   for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
     int64_t t = loadIndex(targets, tt, r);
     if (t == ignoreIndex)
@@ -416,24 +414,11 @@ __global__ void tokenAccuracyDevice(const void *logits, DType lt, const void *ta
         bestIdx = v;
       }
     }
-    for (int o = 16; o > 0; o >>= 1) {
-      float ov = __shfl_down_sync(0xffffffffu, best, o);
-      int64_t oi = __shfl_down_sync(0xffffffffu, bestIdx, o);
-      argmaxCombine(best, bestIdx, ov, oi);
-    }
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    if (lane == 0) {
-      vals[warp] = best;
-      idxs[warp] = bestIdx;
-    }
-    __syncthreads();
+    blockArgmax(best, bestIdx);
     if (threadIdx.x == 0) {
-      for (int w = 1; w < warps; ++w)
-        argmaxCombine(best, bestIdx, vals[w], idxs[w]);
       atomicAdd(&counters[0], bestIdx == t ? 1ull : 0ull);
       atomicAdd(&counters[1], 1ull);
     }
-    __syncthreads();
   }
 }
 

@@ -32,16 +32,8 @@ namespace {
 void initializeRange(const ParamDesc &p, const TensorView &t, uint64_t seed, int64_t begin,
                      int64_t end) {
   const uint32_t stream = streamOf(p.name);
-  // Consecutive elements share a Philox block: each block is drawn once.
-  uint64_t cachedBlock = ~uint64_t(0);
-  Philox4x32Block block{};
-  auto u = [&](int64_t i) {
-    if (uint64_t(i) >> 2 != cachedBlock) {
-      cachedBlock = uint64_t(i) >> 2;
-      block = randomBlock(seed, kInitCounter, stream, cachedBlock);
-    }
-    return double(uniformFromBits(block.v[i & 3]));
-  };
+  UniformReader draw(seed, kInitCounter, stream);
+  auto u = [&](int64_t i) { return double(draw(uint64_t(i))); };
   switch (p.init) {
   case InitKind::Zeros:
     for (int64_t i = begin; i < end; ++i)

@@ -42,6 +42,8 @@ LogicalResult ReshapeOp::verify() {
 /// `parts` are consecutive row blocks of `whole`: the same trailing
 /// dimensions and element type, and first dimensions that add up.
 static LogicalResult verifyRowBlocks(Operation *op, RankedTensorType whole, TypeRange parts) {
+  if (failed(requireStatic(op)))
+    return failure();
   if (parts.empty())
     return op->emitOpError("needs at least one part");
   if (whole.getRank() < 1)
@@ -62,14 +64,10 @@ static LogicalResult verifyRowBlocks(Operation *op, RankedTensorType whole, Type
 }
 
 LogicalResult SplitRowsOp::verify() {
-  if (failed(requireStatic(*this)))
-    return failure();
   return verifyRowBlocks(*this, getInput().getType(), getParts().getTypes());
 }
 
 LogicalResult ConcatRowsOp::verify() {
-  if (failed(requireStatic(*this)))
-    return failure();
   return verifyRowBlocks(*this, getType(), getParts().getTypes());
 }
 

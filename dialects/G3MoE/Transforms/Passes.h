@@ -13,6 +13,8 @@
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/Pass.h"
 
+#include <optional>
+
 namespace g3moe {
 
 #define GEN_PASS_DECL
@@ -32,6 +34,11 @@ void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
 
 /// The rewrite of --g3moe-fuse-dropout.
 void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns);
+
+/// The tokens of one micro-batch of entry point `func` (the elements of its
+/// `g3moe.input = "input_ids"` argument), which --g3moe-tile-tokens cuts
+/// into chunks; none for a function without that argument.
+std::optional<int64_t> inputTokenCount(mlir::func::FuncOp func);
 
 } // namespace g3moe
 

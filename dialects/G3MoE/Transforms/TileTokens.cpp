@@ -59,15 +59,6 @@ bool isPostFeedForwardNorm(Location loc) {
   return name && name.getName().strref().ends_with(".post_feedforward_layernorm");
 }
 
-/// The entry point's token count: the elements of its `input_ids`.
-std::optional<int64_t> tokenCount(func::FuncOp func) {
-  for (BlockArgument arg : func.getArguments())
-    if (auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "g3moe.input");
-        name && name.getValue() == "input_ids")
-      return cast<RankedTensorType>(arg.getType()).getNumElements();
-  return std::nullopt;
-}
-
 RankedTensorType typeOf(Value v) { return cast<RankedTensorType>(v.getType()); }
 
 /// `t` with its first dimension scaled from `tokens` rows to `rows`.
@@ -277,7 +268,7 @@ struct G3MoETileTokensPass : g3moe::impl::G3MoETileTokensPassBase<G3MoETileToken
       nextStream = std::max(nextStream, op.getStreamAttr().getInt() + 1);
     });
     for (auto func : module.getOps<func::FuncOp>()) {
-      std::optional<int64_t> count = tokenCount(func);
+      std::optional<int64_t> count = inputTokenCount(func);
       if (!count || *count <= tokens)
         continue;
       // The blocks are found by their module paths, which a module parsed
@@ -292,3 +283,11 @@ struct G3MoETileTokensPass : g3moe::impl::G3MoETileTokensPassBase<G3MoETileToken
 };
 
 } // namespace
+
+std::optional<int64_t> g3moe::inputTokenCount(func::FuncOp func) {
+  for (BlockArgument arg : func.getArguments())
+    if (auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "g3moe.input");
+        name && name.getValue() == "input_ids")
+      return cast<RankedTensorType>(arg.getType()).getNumElements();
+  return std::nullopt;
+}
