@@ -140,6 +140,10 @@ struct TrainingOptions {
   /// is absent; g3moe-compile then takes the budget from the visible GPU
   /// where it can (compiler/Driver/DeviceBudget.h).
   std::string memoryBudgetOrigin;
+  /// Bytes of host memory the step may keep offloaded activations in
+  /// (host_memory_budget_gb): -1 for no limit (the field absent), 0 for no
+  /// offload.
+  int64_t hostMemoryBudgetBytes = -1;
 
   // Run-time.
   double learningRate = 2e-5;

@@ -202,6 +202,7 @@ const TrainKey kTrainKeys[] = {
     {"router_z_loss", "router_z_loss", TK::Bool, true, nullptr},
     {"gradient_checkpointing", "gradient_checkpointing", TK::Bool, false, nullptr},
     {"memory_budget_gb", "memory_budget_gb", TK::Number, true, nullptr},
+    {"host_memory_budget_gb", "host_memory_budget_gb", TK::Number, true, nullptr},
     {"assistant_only_loss", "assistant_only_loss", TK::Bool, true, nullptr},
     {"packing", "packing", TK::Bool, true, nullptr},
     // Run-time.

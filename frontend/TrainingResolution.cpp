@@ -131,6 +131,13 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
     t.memoryBudgetOrigin =
         e->origin.priority == Priority::Override ? e->origin.setText : fieldText(e->origin);
   }
+  if (const Entry *e = r.find("host_memory_budget_gb")) {
+    double gb = *asFiniteNumber(e->value);
+    if (gb < 0 || gb > 1e6)
+      return fail(e->origin, "must be a number of GiB in [0, 1e6] (0: no host offload), got " +
+                                 render(e->value));
+    t.hostMemoryBudgetBytes = static_cast<int64_t>(gb * 1024.0 * 1024.0 * 1024.0);
+  }
   return Error::success();
 }
 

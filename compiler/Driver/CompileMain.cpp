@@ -61,6 +61,9 @@ void printMemoryReport(mlir::ModuleOp module, raw_ostream &os) {
   if (auto a = module->getAttrOfType<mlir::IntegerAttr>("g3rt.arena_bytes"))
     arena = a.getInt();
   os << "g3moe-compile: arena " << arena << " bytes (" << mib(arena) << ")\n";
+  if (auto h = module->getAttrOfType<mlir::IntegerAttr>("g3rt.host_bytes"))
+    os << "g3moe-compile: host arena " << h.getInt() << " bytes (" << mib(h.getInt())
+       << "): offloaded activations, in pinned host memory on the GPU\n";
   for (auto func : module.getOps<mlir::func::FuncOp>()) {
     g3moe::lowered::MemoryReport r = g3moe::lowered::reportMemory(func);
     os << "  @" << func.getSymName() << ": arena " << mib(r.arenaBytes) << ", peak live "
@@ -175,6 +178,17 @@ struct Flags {
       cl::desc("Run the feed-forward blocks on chunks of this many tokens: -1 (default) lets "
                "the memory planner choose under a budget, 0 keeps them whole"),
       cl::init(-1), cl::cat(compileCategory())};
+  cl::opt<int64_t> offload{
+      "offload",
+      cl::desc("Keep this many long-idle activations (layer checkpoints first) in host memory "
+               "between the forward and the backward: -1 (default) lets the memory planner "
+               "choose when nothing else fits the budget (within host_memory_budget_gb), 0 "
+               "keeps every activation on the device"),
+      cl::init(-1), cl::cat(compileCategory())};
+  cl::opt<int64_t> offloadMinBytes{
+      "offload-min-bytes",
+      cl::desc("The smallest activation kept in host memory, in bytes (default 64 MiB)"),
+      cl::init(int64_t(64) << 20), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",
@@ -225,10 +239,13 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
   g3moe::TrainingPipelineOptions pipeline;
   setTrainingOptions(config, pipeline);
   pipeline.tileTokens = int64_t(flags.tileTokens);
+  pipeline.offloadCount = int64_t(flags.offload);
+  pipeline.offloadMinBytes = int64_t(flags.offloadMinBytes);
   const MemoryBudget budget = g3moe::compiler::resolveMemoryBudget(config.training, queryDevice);
   g3moe::MemoryFitOptions options;
   options.budgetBytes = budget.bytes;
   options.policy = policy;
+  options.hostBudgetBytes = config.training.hostMemoryBudgetBytes;
   mlir::FailureOr<g3moe::MemoryFit> fit =
       g3moe::fitMemory(*module, pipeline, options, runWithCLOptions);
   if (failed(fit))
@@ -327,6 +344,9 @@ int g3moe::compiler::runCompileMain(int argc, char **argv, const DeviceQuery &qu
     return fail("--tile-tokens must be -1 (the planner's choice), 0 (whole) or a chunk size, "
                 "got " +
                 std::to_string(flags.tileTokens));
+  if (flags.offload < -1 || flags.offloadMinBytes < 0)
+    return fail("--offload must be -1 (the planner's choice), 0 (none) or a count, and "
+                "--offload-min-bytes not negative");
   if (int rc = flags.lowered() ? fitStep(flags, *config, *policy, queryDevice, module)
                                : runUnlowered(flags, *config, module))
     return rc;

@@ -121,6 +121,7 @@ void MemoryPlan::applyTo(TrainingPipelineOptions &options) const {
   options.checkpointScopes = checkpointScopes();
   options.saveAttentionStats = keepAttentionOutputs;
   options.tileTokens = tileTokens;
+  options.offloadCount = offloadCount;
 }
 
 //===----------------------------------------------------------------------===//
@@ -131,11 +132,18 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
   StepMemory memory;
   if (auto a = step->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))
     memory.arenaBytes = a.getInt();
+  if (auto a = step->getAttrOfType<IntegerAttr>("g3rt.host_bytes"))
+    memory.hostBytes = a.getInt();
+  for (auto func : step.getOps<func::FuncOp>()) {
+    int64_t copies = 0;
+    func.walk([&](g3moe::lowered::LaunchOp l) { copies += l.getKernel() == "copy_to_host"; });
+    memory.offloaded = std::max(memory.offloaded, copies);
+  }
   // Each function declares the persistent buffers it touches; the runtime
   // allocates each (kind, name) once.
   std::set<std::pair<std::string, std::string>> seen;
   step.walk([&](g3moe::lowered::BufferOp buffer) {
-    if (buffer.getKind() == g3moe::lowered::kArena)
+    if (g3moe::lowered::isPlannedKind(buffer.getKind()))
       return;
     if (seen.insert({buffer.getKind().str(), buffer.getName().value_or("").str()}).second)
       memory.persistentBytes += g3moe::lowered::bufferBytes(buffer.getType());
@@ -217,16 +225,19 @@ public:
 
   /// Compiles `plan` into `step` and records the attempt; `fits` says
   /// whether it is within the budget (always, without one).
-  LogicalResult attempt(const MemoryPlan &plan, OwningOpRef<ModuleOp> &step, bool &fits) {
+  LogicalResult attempt(MemoryPlan plan, OwningOpRef<ModuleOp> &step, bool &fits) {
     // The pipeline consumes its input: each plan starts from a fresh copy.
     step = OwningOpRef<ModuleOp>(forward.clone());
+    if (pipeline.offloadCount >= 0)
+      plan.offloadCount = pipeline.offloadCount;
     TrainingPipelineOptions planned;
     planned.copyOptionValuesFrom(pipeline);
     plan.applyTo(planned);
     if (failed(run(*step, [&](OpPassManager &pm) { buildFixedStepPipeline(pm, planned); })))
       return failure();
     StepMemory memory = measureStepMemory(*step);
-    fits = options.budgetBytes <= 0 || memory.deviceBytes() <= options.budgetBytes;
+    fits = (options.budgetBytes <= 0 || memory.deviceBytes() <= options.budgetBytes) &&
+           (options.hostBudgetBytes < 0 || memory.hostBytes <= options.hostBudgetBytes);
     fit.attempts.push_back({plan, memory, fits});
     return success();
   }
@@ -274,6 +285,46 @@ public:
     return narrow(numLayers, [&](int64_t k, bool keepAttention) {
       return MemoryPlan::checkpointsIn(order, k, numLayers, keepAttention);
     });
+  }
+
+  /// With no plan fitting, the most frugal plans (attention outputs kept,
+  /// then recomputed) with activations in host memory: every candidate the
+  /// offload finds first, then the fewest that fit, by bisection (device
+  /// memory falls and host memory grows with the count). Host memory is
+  /// tried last because the copies share the PCIe link with nothing else in
+  /// a step but are not free: at short contexts a layer's compute cannot
+  /// hide them.
+  LogicalResult searchOffload(int64_t numLayers) {
+    if (options.budgetBytes <= 0 || options.hostBudgetBytes == 0 || pipeline.offloadCount >= 0)
+      return success();
+    std::vector<MemoryPlan> plans = candidates(numLayers);
+    for (size_t i = plans.size() >= 2 ? plans.size() - 2 : 0; i < plans.size(); ++i) {
+      MemoryPlan plan = plans[i];
+      plan.offloadCount = MemoryPlan::kEveryCandidate;
+      OwningOpRef<ModuleOp> step;
+      bool fits = false;
+      if (failed(attempt(plan, step, fits)))
+        return failure();
+      if (fit.attempts.back().memory.deviceBytes() > options.budgetBytes)
+        continue;
+      const int64_t copies = fit.attempts.back().memory.offloaded;
+      if (fits)
+        choose(std::move(step));
+      for (int64_t lo = 1, hi = copies - 1; lo <= hi;) {
+        plan.offloadCount = lo + (hi - lo) / 2;
+        if (failed(attempt(plan, step, fits)))
+          return failure();
+        if (fit.attempts.back().memory.deviceBytes() > options.budgetBytes) {
+          lo = plan.offloadCount + 1;
+          continue;
+        }
+        if (fits)
+          choose(std::move(step));
+        hi = plan.offloadCount - 1;
+      }
+      return success();
+    }
+    return success();
   }
 
 private:
@@ -365,9 +416,16 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
                                        "(g3moe.model's num_hidden_layers)");
   MemoryFit fit;
   fit.budgetBytes = options.budgetBytes;
+  fit.hostBudgetBytes = options.hostBudgetBytes;
   Search search(forward, pipeline, options, run, fit);
   if (failed(search.searchLevels(*numLayers)))
     return failure();
+  // An offloading plan is already the most frugal: nothing to narrow.
+  if (!fit.fits()) {
+    if (failed(search.searchOffload(*numLayers)))
+      return failure();
+    return fit;
+  }
   const bool narrow =
       fit.fits() && options.budgetBytes > 0 && options.policy == RecomputePolicy::Auto;
   if (narrow && fit.plan.count(LayerChoice::RecomputeFeedForward) == *numLayers)
@@ -379,10 +437,23 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
   return fit;
 }
 
+namespace {
+/// ", host memory 42.5 GiB for 34 activations (budget 64.0 GiB)" where a
+/// step offloads.
+std::string describeHost(const StepMemory &memory, int64_t hostBudgetBytes) {
+  if (memory.offloaded <= 0)
+    return "";
+  return ", host memory " + gib(memory.hostBytes) + " for " + std::to_string(memory.offloaded) +
+         " activations" +
+         (hostBudgetBytes >= 0 ? " (budget " + gib(hostBudgetBytes) + ")" : std::string());
+}
+} // namespace
+
 std::string g3moe::describeFit(const MemoryFit &fit) {
   return "device memory " + gib(fit.memory.deviceBytes()) + " (arena and persistent tensors)" +
          (fit.budgetBytes > 0 ? ", budget " + gib(fit.budgetBytes) : std::string()) +
-         "; recompute " + fit.plan.describeRecompute() + fit.plan.describeExtras();
+         describeHost(fit.memory, fit.hostBudgetBytes) + "; recompute " +
+         fit.plan.describeRecompute() + fit.plan.describeExtras();
 }
 
 std::string g3moe::describeMisfit(const MemoryFit &fit) {
@@ -390,7 +461,8 @@ std::string g3moe::describeMisfit(const MemoryFit &fit) {
   for (const FitAttempt &a : fit.attempts)
     text += "\n  recompute " + a.plan.describeRecompute() +
             (a.plan.keepAttentionOutputs ? ", attention outputs kept" : "") +
-            a.plan.describeExtras() + ": " + gib(a.memory.deviceBytes());
+            a.plan.describeExtras() + ": " + gib(a.memory.deviceBytes()) +
+            describeHost(a.memory, fit.hostBudgetBytes);
   return text;
 }
 
@@ -462,6 +534,11 @@ void FitMemoryPass::runOnOperation() {
     emitError(module.getLoc()) << "memory-budget-gb must be in [0, 1e6], got " << memoryBudgetGb;
     return signalPassFailure();
   }
+  if (!(hostMemoryBudgetGb == -1.0 || (hostMemoryBudgetGb >= 0.0 && hostMemoryBudgetGb <= 1e6))) {
+    emitError(module.getLoc()) << "host-memory-budget-gb must be -1 or in [0, 1e6], got "
+                               << hostMemoryBudgetGb;
+    return signalPassFailure();
+  }
   TrainingPipelineOptions defaults;
   const TrainingPipelineOptions &pipeline = step ? *step : defaults;
   if (!pipeline.recomputeScopes.empty() || !pipeline.checkpointScopes.empty() ||
@@ -476,6 +553,8 @@ void FitMemoryPass::runOnOperation() {
   // As the frontend converts memory_budget_gb, so that both tools agree.
   options.budgetBytes = static_cast<int64_t>(memoryBudgetGb * 1024.0 * 1024.0 * 1024.0);
   options.policy = *policy;
+  if (hostMemoryBudgetGb >= 0)
+    options.hostBudgetBytes = static_cast<int64_t>(hostMemoryBudgetGb * 1024.0 * 1024.0 * 1024.0);
   // The module is the forward every candidate is cloned from; none is nested
   // in it while it is cloned.
   FailureOr<MemoryFit> fit =
@@ -500,5 +579,6 @@ std::unique_ptr<Pass> g3moe::createFitMemoryPass(const TrainingPipelineOptions &
   G3MoEFitMemoryPassOptions fit;
   fit.memoryBudgetGb = step.memoryBudgetGb;
   fit.recompute = step.recompute;
+  fit.hostMemoryBudgetGb = step.hostMemoryBudgetGb;
   return std::make_unique<FitMemoryPass>(std::move(options), fit);
 }

@@ -57,6 +57,10 @@ struct MemoryPlan {
   /// Tokens per chunk of the feed-forward blocks (--g3moe-tile-tokens), 0
   /// for whole blocks.
   int64_t tileTokens = 0;
+  /// Activations kept in host memory between their uses, longest-idle first
+  /// (--g3rt-offload-to-host's count; kEveryCandidate for all it finds).
+  int64_t offloadCount = 0;
+  static constexpr int64_t kEveryCandidate = int64_t(1) << 30;
 
   /// Every one of `numLayers` layers treated as `choice`.
   static MemoryPlan uniform(int64_t numLayers, LayerChoice choice, bool keepAttentionOutputs);
@@ -86,11 +90,13 @@ struct MemoryPlan {
   std::string describeRecompute() const;
   /// How the plan treats attention outputs and feed-forward blocks, as
   /// ", attention outputs recomputed, feed-forward in chunks of 8192 tokens"
-  /// (empty when both are the defaults).
+  /// (empty when both are the defaults); what it offloads, the report says
+  /// from the step (StepMemory).
   std::string describeExtras() const;
 
   /// Sets the options the plan decides (recompute-scopes, checkpoint-scopes,
-  /// save-attention-stats) in the step pipeline's `options`.
+  /// save-attention-stats, tile-tokens, offload-count) in the step
+  /// pipeline's `options`.
   void applyTo(TrainingPipelineOptions &options) const;
 };
 
@@ -105,6 +111,10 @@ struct StepMemory {
   /// Every persistent buffer counted once by kind and name: weights, LoRA
   /// masters, gradient accumulators, Adam moments, inputs.
   int64_t persistentBytes = 0;
+  /// The planned host arena (g3rt.host_bytes): offloaded activations.
+  int64_t hostBytes = 0;
+  /// How many activations one entry point offloads at most.
+  int64_t offloaded = 0;
 
   /// Arena plus persistent tensors: what the budget bounds.
   int64_t deviceBytes() const { return arenaBytes + persistentBytes; }
@@ -139,6 +149,9 @@ struct MemoryFitOptions {
   /// plan the policy allows is taken, and measured).
   int64_t budgetBytes = 0;
   RecomputePolicy policy = RecomputePolicy::Auto;
+  /// Host memory offloaded activations may take, in bytes; -1 for no limit,
+  /// 0 for no offload.
+  int64_t hostBudgetBytes = -1;
 };
 
 /// One plan the search built, and what its step needs.
@@ -156,6 +169,7 @@ struct MemoryFit {
   MemoryPlan plan;
   StepMemory memory;
   int64_t budgetBytes = 0;
+  int64_t hostBudgetBytes = -1;
   /// Every plan built, in the order tried.
   std::vector<FitAttempt> attempts;
 
@@ -175,7 +189,10 @@ using PipelineRunner =
 /// block under Auto, the fewest leading layers' that fit, by bisection, and
 /// when that is every layer checkpointed, the fewest checkpoints (sliding-
 /// window layers first); every plan after the first tiles the feed-forward
-/// blocks (MemoryPlan::tileTokens) unless `pipeline` fixes the chunk. Each
+/// blocks (MemoryPlan::tileTokens) unless `pipeline` fixes the chunk. When
+/// no plan fits, the most frugal one keeps activations in host memory
+/// (MemoryPlan::offloadCount, the fewest that fit by bisection) within
+/// `options.hostBudgetBytes`, unless `pipeline` fixes the count. Each
 /// candidate is a fresh clone of `forward` (the frontend's module) run through
 /// the step pipeline with `pipeline`'s options and the plan's choices.
 /// Fails (diagnostics emitted) when a pipeline fails or the module has no

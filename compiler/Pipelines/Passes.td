@@ -24,7 +24,10 @@ def G3MoEFitMemoryPass : Pass<"g3moe-fit-memory", "mlir::ModuleOp"> {
     (sliding-window layers first); at each level first with the attention
     outputs kept for the backward, then recomputed. Every plan after the
     first runs the feed-forward blocks on chunks of tokens (`tile-tokens`,
-    unless the pipeline fixes it). `recompute` restricts the
+    unless the pipeline fixes it). When no plan fits, the most frugal one
+    keeps its longest-idle activations (the layer checkpoints) in host memory
+    (`offload-count`, --g3rt-offload-to-host): the fewest that fit, within
+    `host-memory-budget-gb`. `recompute` restricts the
     search to one level. A remark says what it chose; when nothing fits, the
     error lists each plan tried and its need.
 
@@ -36,6 +39,8 @@ def G3MoEFitMemoryPass : Pass<"g3moe-fit-memory", "mlir::ModuleOp"> {
   let options = [
     Option<"memoryBudgetGb", "memory-budget-gb", "double", /*default=*/"0.0",
            "device memory the step may take, in GiB (2^30 bytes); 0: no budget">,
+    Option<"hostMemoryBudgetGb", "host-memory-budget-gb", "double", /*default=*/"-1.0",
+           "host memory the step may keep activations in, in GiB; -1: no limit, 0: none">,
     Option<"recompute", "recompute", "std::string", /*default=*/"\"auto\"",
            "levels the search may choose: auto, none, mlp or layers">,
   ];

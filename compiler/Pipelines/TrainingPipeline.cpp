@@ -85,6 +85,12 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
     pm.addPass(createG3MoERecomputePass(recompute));
   }
   pm.addPass(createG3MoELowerToG3RTPass());
+  if (options.offloadCount > 0) {
+    g3moe::lowered::G3RTOffloadToHostPassOptions offload;
+    offload.count = options.offloadCount;
+    offload.minBytes = options.offloadMinBytes;
+    pm.addPass(g3moe::lowered::createG3RTOffloadToHostPass(offload));
+  }
   pm.addPass(g3moe::lowered::createG3RTPlanMemoryPass());
 }
 

@@ -54,6 +54,16 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
                      "one chunk's intermediates are alive at a time (0: whole; -1: the memory "
                      "fit's choice under memory-budget-gb, else whole)"),
       llvm::cl::init(-1)};
+  Option<int64_t> offloadCount{
+      *this, "offload-count",
+      llvm::cl::desc("keep this many long-idle activations (longest gaps first) in host "
+                     "memory between their uses (--g3rt-offload-to-host; 0: none; -1: the "
+                     "memory fit's choice under memory-budget-gb, else none)"),
+      llvm::cl::init(-1)};
+  Option<int64_t> offloadMinBytes{
+      *this, "offload-min-bytes",
+      llvm::cl::desc("the smallest activation offload-count moves to host memory, in bytes"),
+      llvm::cl::init(int64_t(64) << 20)};
   Option<bool> saveAttentionStats{
       *this, "save-attention-stats",
       llvm::cl::desc("hand each attention gradient its forward's output and softmax "
@@ -69,6 +79,12 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
                      "tile-tokens (0: no "
                      "budget)"),
       llvm::cl::init(0.0)};
+  Option<double> hostMemoryBudgetGb{
+      *this, "host-memory-budget-gb",
+      llvm::cl::desc("step pipeline: host memory the memory fit may keep activations in, in "
+                     "GiB, when nothing fits memory-budget-gb otherwise (-1: no limit; 0: "
+                     "none)"),
+      llvm::cl::init(-1.0)};
   Option<std::string> recompute{
       *this, "recompute",
       llvm::cl::desc("step pipeline: the recompute levels the memory fit may choose: "

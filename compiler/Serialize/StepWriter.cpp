@@ -48,6 +48,7 @@ fbs::BufferKind kindOf(StringRef kind) {
       .Case("exp_avg", fbs::BufferKind::ExpAvg)
       .Case("exp_avg_sq", fbs::BufferKind::ExpAvgSq)
       .Case("input", fbs::BufferKind::Input)
+      .Case("host", fbs::BufferKind::Host)
       .Default(fbs::BufferKind::Arena);
 }
 
@@ -334,6 +335,12 @@ LogicalResult Writer::addAttr(Operation *at, NamedAttribute a,
   return success();
 }
 
+/// The memory planner's byte count `name` on `op` (0 where it set none).
+uint64_t bytesAttr(Operation *op, StringRef name) {
+  auto a = op->getAttrOfType<IntegerAttr>(name);
+  return a ? uint64_t(a.getInt()) : 0;
+}
+
 LogicalResult Writer::addFunction(func::FuncOp func) {
   DenseMap<Value, uint32_t> index;
   std::vector<flatbuffers::Offset<fbs::Buffer>> buffers;
@@ -366,7 +373,7 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
   for (Operation &op : func.getBody().front()) {
     if (auto buffer = dyn_cast<g3moe::lowered::BufferOp>(op)) {
       fbs::BufferKind kind = kindOf(buffer.getKind());
-      if (kind == fbs::BufferKind::Arena && !buffer.getOffset())
+      if ((kind == fbs::BufferKind::Arena || kind == fbs::BufferKind::Host) && !buffer.getOffset())
         return buffer.emitOpError("has no offset: run --g3rt-plan-memory first");
       if (failed(addBuffer(buffer, kind, buffer.getName().value_or(""),
                            uint64_t(buffer.getOffset().value_or(0)), -1)))
@@ -397,12 +404,10 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
       return op.emitOpError("step.bin cannot represent this op; lower to g3rt first");
     }
   }
-  uint64_t arenaBytes = 0;
-  if (auto a = func->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))
-    arenaBytes = uint64_t(a.getInt());
-  functions.push_back(fbs::CreateFunction(fb, fb.CreateString(func.getSymName().str()),
-                                          fb.CreateVector(buffers), fb.CreateVector(instrs),
-                                          fb.CreateVector(outputs), arenaBytes));
+  functions.push_back(
+      fbs::CreateFunction(fb, fb.CreateString(func.getSymName().str()), fb.CreateVector(buffers),
+                          fb.CreateVector(instrs), fb.CreateVector(outputs),
+                          bytesAttr(func, "g3rt.arena_bytes"), bytesAttr(func, "g3rt.host_bytes")));
   return success();
 }
 
@@ -421,10 +426,7 @@ LogicalResult Writer::write(std::vector<uint8_t> &out) {
     paramTable.push_back(fbs::CreateParam(fb, fb.CreateString(name), info.dtype,
                                           fb.CreateVector(info.shape), info.trainable, initOf(name),
                                           initStd));
-  uint64_t arenaBytes = 0;
   uint32_t alignment = 256;
-  if (auto a = module->getAttrOfType<IntegerAttr>("g3rt.arena_bytes"))
-    arenaBytes = uint64_t(a.getInt());
   if (auto a = module->getAttrOfType<IntegerAttr>("g3rt.arena_alignment"))
     alignment = uint32_t(a.getInt());
   ConfigDict modelDict(module, "g3moe.model"), trainingDict(module, "g3moe.training");
@@ -433,7 +435,8 @@ LogicalResult Writer::write(std::vector<uint8_t> &out) {
   if (failed(modelDict.finish()) || failed(trainingDict.finish()))
     return failure();
   auto step = fbs::CreateStep(fb, modelTable, trainingTable, fb.CreateVector(paramTable),
-                              fb.CreateVector(functions), arenaBytes, alignment);
+                              fb.CreateVector(functions), bytesAttr(module, "g3rt.arena_bytes"),
+                              alignment, bytesAttr(module, "g3rt.host_bytes"));
   fb.Finish(step, fbs::StepIdentifier());
   out = g3rt::wrapStepPayload(fb.GetBufferPointer(), fb.GetSize());
   return success();

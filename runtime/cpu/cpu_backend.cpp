@@ -2,13 +2,15 @@
 
 #include "runtime/cpu/cpu_backend.h"
 
+#include "runtime/base/host_memory.h"
 #include "runtime/base/parallel.h"
 #include "runtime/cpu/cpu_kernels.h"
 
 namespace g3rt::cpu {
 
 CpuBackend::CpuBackend(const StepProgram &program, HostState &host)
-    : program_(program), host_(host), arena_(size_t(program.arenaBytes)) {}
+    : program_(program), host_(host), arena_(size_t(program.arenaBytes)),
+      hostArena_(size_t(program.hostBytes)) {}
 
 Status CpuBackend::create(const StepProgram &program, HostState &host,
                           std::unique_ptr<CpuBackend> &out, const Placement &placement) {
@@ -16,11 +18,14 @@ Status CpuBackend::create(const StepProgram &program, HostState &host,
   G3RT_RETURN_IF_ERROR(resolveKernels(program, "CPU", findCpuKernel, kernels));
   if (&host.program() != &program)
     return Status::error("the CPU backend was given the state of another step");
+  G3RT_RETURN_IF_ERROR(checkHostMemory(program.hostBytes, "offloaded activations"));
   std::unique_ptr<CpuBackend> backend(new CpuBackend(program, host));
   backend->placement_ = placement;
-  if (!backend->arena_.data() && program.arenaBytes)
+  if ((!backend->arena_.data() && program.arenaBytes) ||
+      (!backend->hostArena_.data() && program.hostBytes))
     return Status::error("cannot allocate the " + std::to_string(program.arenaBytes) +
-                         "-byte arena on the host");
+                         "-byte arena and the " + std::to_string(program.hostBytes) +
+                         "-byte host arena on the host");
   backend->kernels_ = std::move(kernels);
   out = std::move(backend);
   return Status();
@@ -48,6 +53,8 @@ TensorView CpuBackend::view(const FunctionDesc &fn, uint32_t index) const {
   v.shape = b.shape;
   if (b.kind == BufferKind::Arena)
     v.data = static_cast<uint8_t *>(arena_.data()) + b.offset;
+  else if (b.kind == BufferKind::Host)
+    v.data = static_cast<uint8_t *>(hostArena_.data()) + b.offset;
   else
     v.data = host_.state(b.kind, b.name).data;
   return v;

@@ -59,6 +59,8 @@ private:
   HostState &host_;
   Placement placement_;
   Storage arena_;
+  /// The host arena of --g3rt-offload-to-host (on the CPU, a second arena).
+  Storage hostArena_;
   ResolvedKernels kernels_;
   uint64_t highWater_ = 0;
 };

@@ -60,6 +60,12 @@ struct DeviceChecks {
 
 struct CudaContext {
   cudaStream_t stream = nullptr;
+  /// Copies between the arena and the pinned host arena (kernels_offload.cpp)
+  /// run on this stream, beside the kernels on `stream`. Per copy id i,
+  /// copyEvents[2i] marks on `stream` where copy i may start, and
+  /// copyEvents[2i + 1] on `copyStream` where it ends.
+  cudaStream_t copyStream = nullptr;
+  std::vector<cudaEvent_t> copyEvents;
   cublasHandle_t cublas = nullptr;
   cublasLtHandle_t cublasLt = nullptr;
   /// The dense products' plans; its workspace is the lower half of `workspace`.

@@ -2,9 +2,11 @@
 
 #include "runtime/cuda/cuda_executor.h"
 
+#include "runtime/base/host_memory.h"
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lt_matmul.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -139,6 +141,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   G3RT_RETURN_IF_ERROR(
       check(cudaSetDevice(device), "selecting CUDA device " + std::to_string(device)));
   G3RT_RETURN_IF_ERROR(checkDeviceMemory(program, device));
+  G3RT_RETURN_IF_ERROR(checkHostMemory(program.hostBytes, "offloaded activations"));
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
   G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));
@@ -165,6 +168,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
       check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
             "allocating the " + std::to_string(program.arenaBytes) + "-byte arena"));
   ex->deviceBytes_ = program.arenaBytes + kWorkspaceBytes;
+  G3RT_RETURN_IF_ERROR(ex->createHostArena());
   G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
     void *p = nullptr;
     G3RT_RETURN_IF_ERROR(
@@ -177,6 +181,27 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   return Status();
 }
 
+Status CudaExecutor::createHostArena() {
+  uint32_t copies = 0;
+  for (const FunctionDesc &fn : program_.functions)
+    copies = std::max(copies, fn.copies);
+  if (program_.hostBytes == 0 && copies == 0)
+    return Status();
+  // Pinned, so that the copies run asynchronously at the link's speed.
+  G3RT_RETURN_IF_ERROR(check(cudaHostAlloc(&hostArena_, program_.hostBytes, cudaHostAllocDefault),
+                             "allocating the " + gib(program_.hostBytes) +
+                                 " pinned host arena of the offloaded activations"));
+  G3RT_RETURN_IF_ERROR(check(cudaStreamCreateWithFlags(&ctx_->copyStream, cudaStreamNonBlocking),
+                             "creating the copy stream"));
+  for (uint32_t i = 0; i < 2 * copies; ++i) {
+    cudaEvent_t e = nullptr;
+    G3RT_RETURN_IF_ERROR(
+        check(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "creating the copy events"));
+    ctx_->copyEvents.push_back(e);
+  }
+  return Status();
+}
+
 CudaExecutor::~CudaExecutor() {
   graphs_.clear(); // before the memory their kernels point at
   if (ctx_)
@@ -186,7 +211,13 @@ CudaExecutor::~CudaExecutor() {
   for (auto &[key, view] : state_)
     cudaFree(view.data);
   cudaFree(arena_);
+  if (hostArena_)
+    cudaFreeHost(hostArena_);
   if (ctx_) {
+    for (cudaEvent_t e : ctx_->copyEvents)
+      cudaEventDestroy(e);
+    if (ctx_->copyStream)
+      cudaStreamDestroy(ctx_->copyStream);
     cudaFree(ctx_->workspace);
     cudaFree(ctx_->checks.records);
     if (ctx_->cublasLt)
@@ -264,6 +295,8 @@ TensorView CudaExecutor::deviceView(const FunctionDesc &fn, uint32_t index) cons
   v.shape = b.shape;
   if (b.kind == BufferKind::Arena) {
     v.data = static_cast<uint8_t *>(arena_) + b.offset;
+  } else if (b.kind == BufferKind::Host) {
+    v.data = static_cast<uint8_t *>(hostArena_) + b.offset;
   } else {
     auto it = state_.find({b.kind, b.name});
     v.data = it == state_.end() ? nullptr : it->second.data;
@@ -271,13 +304,14 @@ TensorView CudaExecutor::deviceView(const FunctionDesc &fn, uint32_t index) cons
   return v;
 }
 
+// cudaMemcpyDefault: the view may be a host buffer's, in the pinned host arena.
 Status CudaExecutor::toDevice(const TensorView &device, const void *host) const {
-  return check(cudaMemcpy(device.data, host, device.bytes(), cudaMemcpyHostToDevice),
+  return check(cudaMemcpy(device.data, host, device.bytes(), cudaMemcpyDefault),
                "copying to the device");
 }
 
 Status CudaExecutor::toHost(const TensorView &device, void *host) const {
-  return check(cudaMemcpy(host, device.data, device.bytes(), cudaMemcpyDeviceToHost),
+  return check(cudaMemcpy(host, device.data, device.bytes(), cudaMemcpyDefault),
                "copying to the host");
 }
 
@@ -312,7 +346,12 @@ Status CudaExecutor::launchInstruction(const FunctionDesc &fn, size_t i) {
 
 Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
   G3RT_RETURN_IF_ERROR(launchInstruction(fn, i));
-  return check(cudaStreamSynchronize(ctx_->stream), "running " + fn.instrs[i].kernel)
+  // A copy to or from the host arena runs on the copy stream: waited for too,
+  // so that the instruction's output is complete when this returns.
+  cudaError_t e = cudaStreamSynchronize(ctx_->stream);
+  if (e == cudaSuccess && ctx_->copyStream)
+    e = cudaStreamSynchronize(ctx_->copyStream);
+  return check(e, "running " + fn.instrs[i].kernel)
       .withContext(fn.name + ", instruction " + std::to_string(i));
 }
 

@@ -1,7 +1,8 @@
 //===- cuda_executor.h - runs a verified step on one GPU --------*- C++ -*-===//
 //
 // The arena and all persistent state of a step in device memory, kernels from
-// the CUDA kernel table launched in order on one stream. The HostState of the
+// the CUDA kernel table launched in order on one stream; activations the step
+// offloads live in a pinned host arena, copied on a second stream. The HostState of the
 // same program is the state's owner: parameters are initialised or loaded
 // there and uploaded, results are downloaded into it, so the training loop,
 // checkpoints and file formats are shared with the CPU backend.
@@ -91,6 +92,9 @@ public:
 
 private:
   explicit CudaExecutor(const StepProgram &program);
+  /// Allocates the pinned host arena, the copy stream and the copy events
+  /// where the program offloads activations.
+  Status createHostArena();
   /// Enqueues instruction `i` of `fn` on the stream, without waiting.
   Status launchInstruction(const FunctionDesc &fn, size_t i);
   /// Enqueues every kernel of `fn` on the stream, without waiting.
@@ -104,6 +108,8 @@ private:
   const StepProgram &program_;
   std::unique_ptr<CudaContext> ctx_;
   void *arena_ = nullptr;
+  /// Pinned host memory for the offloaded activations (host buffers).
+  void *hostArena_ = nullptr;
   std::map<std::pair<BufferKind, std::string>, TensorView> state_;
   ResolvedKernels kernels_;
   std::map<std::string, std::unique_ptr<Graph>> graphs_;

@@ -25,7 +25,7 @@ Status forEachStateBuffer(const StepProgram &program,
   std::set<std::pair<BufferKind, std::string>> seen;
   for (const FunctionDesc &fn : program.functions)
     for (const BufferDesc &b : fn.buffers) {
-      if (b.kind == BufferKind::Arena || b.viewOf >= 0)
+      if (isPlanned(b.kind) || b.viewOf >= 0)
         continue;
       if (!seen.emplace(b.kind, b.name).second)
         continue;

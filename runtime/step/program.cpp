@@ -229,11 +229,16 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program, Functi
     return Status::error("its arena (" + std::to_string(fn.arenaBytes) +
                          " bytes) is larger than the step's (" +
                          std::to_string(program.arenaBytes) + ")");
+  fn.hostBytes = f->host_bytes();
+  if (fn.hostBytes > program.hostBytes)
+    return Status::error("its host arena (" + std::to_string(fn.hostBytes) +
+                         " bytes) is larger than the step's (" + std::to_string(program.hostBytes) +
+                         ")");
   if (f->buffers())
     for (const fbs::Buffer *b : *f->buffers()) {
       BufferDesc desc;
       std::string where = "buffer " + std::to_string(fn.buffers.size());
-      if (uint8_t(b->kind()) > uint8_t(BufferKind::Input))
+      if (uint8_t(b->kind()) > uint8_t(BufferKind::Host))
         return Status::error(where + " has an unknown kind");
       desc.kind = BufferKind(uint8_t(b->kind()));
       desc.name = b->name() ? b->name()->str() : "";
@@ -250,11 +255,14 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program, Functi
             src.name != desc.name)
           return Status::error(where + " is a view that does not match its source");
       }
-      if (desc.kind == BufferKind::Arena) {
-        if (desc.offset > fn.arenaBytes || desc.bytes > fn.arenaBytes - desc.offset)
-          return Status::error(where + " lies outside the arena (offset " +
-                               std::to_string(desc.offset) + ", " + std::to_string(desc.bytes) +
-                               " bytes, arena " + std::to_string(fn.arenaBytes) + ")");
+      if (isPlanned(desc.kind)) {
+        const bool host = desc.kind == BufferKind::Host;
+        const uint64_t arena = host ? fn.hostBytes : fn.arenaBytes;
+        if (desc.offset > arena || desc.bytes > arena - desc.offset)
+          return Status::error(where + " lies outside the " + (host ? "host arena" : "arena") +
+                               " (offset " + std::to_string(desc.offset) + ", " +
+                               std::to_string(desc.bytes) + " bytes, " +
+                               (host ? "host arena " : "arena ") + std::to_string(arena) + ")");
         if (program.arenaAlignment && desc.offset % program.arenaAlignment)
           return Status::error(where + " is not aligned");
       } else {
@@ -311,14 +319,88 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program, Functi
         return Status::error("output '" + o->name()->str() + "' refers to a missing buffer");
       fn.outputs.emplace_back(o->name()->str(), o->buffer());
     }
+  G3RT_RETURN_IF_ERROR(checkHostCopies(fn));
   return checkArenaPlan(fn);
 }
 
 } // namespace
 
+namespace {
+/// checkArenaPlan for the buffers of one kind (arena or host).
+Status checkPlan(const FunctionDesc &fn, BufferKind kind);
+} // namespace
+
 Status checkArenaPlan(const FunctionDesc &fn) {
-  // Live range of each root arena buffer, in instruction indices; outputs are
-  // read after the last instruction.
+  for (BufferKind kind : {BufferKind::Arena, BufferKind::Host})
+    G3RT_RETURN_IF_ERROR(checkPlan(fn, kind));
+  return Status();
+}
+
+Status checkHostCopies(FunctionDesc &fn) {
+  auto root = [&](uint32_t i) {
+    while (fn.buffers[i].viewOf >= 0)
+      i = uint32_t(fn.buffers[i].viewOf);
+    return i;
+  };
+  auto kindOf = [&](uint32_t i) { return fn.buffers[root(i)].kind; };
+  for (const auto &o : fn.outputs)
+    if (kindOf(o.second) == BufferKind::Host)
+      return Status::error("output '" + o.first + "' is a host buffer");
+  // Per copy id: the copy's (source, destination) and whether it was waited for.
+  std::map<int64_t, std::pair<std::pair<uint32_t, uint32_t>, bool>> copies;
+  for (size_t i = 0; i < fn.instrs.size(); ++i) {
+    const InstrDesc &in = fn.instrs[i];
+    const std::string where = "instruction " + std::to_string(i) + " (" + in.kernel + ")";
+    const bool toHost = in.kernel == "copy_to_host", toDevice = in.kernel == "copy_to_device";
+    const bool wait = in.kernel == "wait_copy";
+    if (!toHost && !toDevice && !wait) {
+      for (const std::vector<uint32_t> *list : {&in.inputs, &in.outputs})
+        for (uint32_t b : *list)
+          if (kindOf(b) == BufferKind::Host)
+            return Status::error(where + " reads or writes host buffer " + std::to_string(b) +
+                                 "; only the copy kernels may");
+      continue;
+    }
+    if (in.inputs.size() != 1 || in.outputs.size() != 1)
+      return Status::error(where + " must have one input and one output");
+    const uint32_t src = in.inputs[0], dst = in.outputs[0];
+    const BufferDesc &s = fn.buffers[src], &d = fn.buffers[dst];
+    if (s.bytes != d.bytes || s.dtype != d.dtype)
+      return Status::error(where + " copies between buffers of other sizes or dtypes");
+    const BufferKind from = kindOf(src), to = kindOf(dst);
+    const bool out = from == BufferKind::Arena && to == BufferKind::Host;
+    const bool back = from == BufferKind::Host && to == BufferKind::Arena;
+    if ((toHost && !out) || (toDevice && !back) || (wait && !out && !back))
+      return Status::error(
+          where + " must copy " +
+          (toDevice ? "a host buffer to an arena buffer" : "an arena buffer to a host buffer") +
+          (wait ? " (or back)" : ""));
+    auto id = in.attrs.getInt("copy");
+    if (!id || *id < 0 || *id >= (int64_t(1) << 20))
+      return Status::error(where + " needs a copy id in [0, 2^20)");
+    auto it = copies.find(*id);
+    if (!wait) {
+      if (it != copies.end())
+        return Status::error(where + " reuses copy id " + std::to_string(*id));
+      copies[*id] = {{src, dst}, false};
+    } else {
+      if (it == copies.end() || it->second.second || it->second.first != std::make_pair(src, dst))
+        return Status::error(where + " waits for copy " + std::to_string(*id) +
+                             ", which is not an unfinished copy of the same buffers");
+      it->second.second = true;
+    }
+  }
+  for (const auto &[id, c] : copies)
+    if (!c.second)
+      return Status::error("copy " + std::to_string(id) + " is never waited for");
+  fn.copies = copies.empty() ? 0 : uint32_t(copies.rbegin()->first + 1);
+  return Status();
+}
+
+namespace {
+Status checkPlan(const FunctionDesc &fn, BufferKind kind) {
+  // Live range of each root buffer of `kind`, in instruction indices;
+  // outputs are read after the last instruction.
   size_t n = fn.buffers.size(), end = fn.instrs.size();
   std::vector<int64_t> first(n, -1), last(n, -1);
   auto root = [&](uint32_t i) {
@@ -328,7 +410,7 @@ Status checkArenaPlan(const FunctionDesc &fn) {
   };
   auto touch = [&](uint32_t b, int64_t at) {
     uint32_t r = root(b);
-    if (fn.buffers[r].kind != BufferKind::Arena)
+    if (fn.buffers[r].kind != kind)
       return;
     if (first[r] < 0)
       first[r] = at;
@@ -358,13 +440,15 @@ Status checkArenaPlan(const FunctionDesc &fn) {
       if (x.bytes == 0 || y.bytes == 0)
         continue;
       if (first[live[a]] <= last[live[b]] && first[live[b]] <= last[live[a]])
-        return Status::error("memory plan of '" + fn.name + "' overlaps: buffers " +
+        return Status::error(std::string(kind == BufferKind::Host ? "host " : "") +
+                             "memory plan of '" + fn.name + "' overlaps: buffers " +
                              std::to_string(live[a]) + " and " + std::to_string(live[b]) +
                              " share bytes while both are live");
     }
   }
   return Status();
 }
+} // namespace
 
 // Every backend allocates a persistent tensor once, as its first declaration
 // says (forEachStateBuffer), so each later declaration must agree with it.
@@ -372,7 +456,7 @@ Status checkStateDeclarations(const StepProgram &program) {
   std::map<std::pair<BufferKind, std::string>, const BufferDesc *> first;
   for (const FunctionDesc &fn : program.functions)
     for (const BufferDesc &b : fn.buffers) {
-      if (b.kind == BufferKind::Arena)
+      if (isPlanned(b.kind))
         continue;
       auto [it, inserted] = first.emplace(std::make_pair(b.kind, b.name), &b);
       if (!inserted && (it->second->dtype != b.dtype || it->second->shape != b.shape))
@@ -406,6 +490,7 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
   if (!s.ok())
     return fail(s);
   program.arenaBytes = step->arena_bytes();
+  program.hostBytes = step->host_bytes();
   program.arenaAlignment = step->arena_alignment();
   if (program.arenaAlignment & (program.arenaAlignment - 1))
     return fail(Status::error("arena alignment is not a power of two"));

@@ -30,8 +30,17 @@ enum class BufferKind : uint8_t {
   GradAcc = 2,
   ExpAvg = 3,
   ExpAvgSq = 4,
-  Input = 5
+  Input = 5,
+  /// An activation offloaded between its uses: in the host arena, touched
+  /// only by the copy kernels (copy_to_host, copy_to_device, wait_copy).
+  Host = 6
 };
+
+/// Whether buffers of `kind` live at a compile-time offset (in the device
+/// arena or the host arena) rather than in the state bound by name.
+inline bool isPlanned(BufferKind kind) {
+  return kind == BufferKind::Arena || kind == BufferKind::Host;
+}
 
 /// How a parameter is initialised when no checkpoint provides it.
 enum class InitKind : uint8_t {
@@ -46,7 +55,7 @@ struct BufferDesc {
   std::string name;
   DType dtype = DType::F32;
   std::vector<int64_t> shape;
-  /// Arena byte offset (of the root buffer, for views).
+  /// Arena (or host arena) byte offset (of the root buffer, for views).
   uint64_t offset = 0;
   /// The buffer this one views, or -1.
   int32_t viewOf = -1;
@@ -66,6 +75,9 @@ struct FunctionDesc {
   /// (output name, buffer index), e.g. ("loss", 17), ("grad:<param>", 40).
   std::vector<std::pair<std::string, uint32_t>> outputs;
   uint64_t arenaBytes = 0;
+  uint64_t hostBytes = 0;
+  /// The number of copy ids its copy kernels use (ids are 0 .. copies-1).
+  uint32_t copies = 0;
 
   /// The buffer index of output `name`, or -1.
   int64_t findOutput(const std::string &name) const;
@@ -89,6 +101,8 @@ struct StepProgram {
   std::vector<FunctionDesc> functions;
   uint64_t arenaBytes = 0;
   uint32_t arenaAlignment = 256;
+  /// The host arena of offloaded activations (0: the step offloads none).
+  uint64_t hostBytes = 0;
 
   const FunctionDesc *findFunction(const std::string &name) const;
   const ParamDesc *findParam(const std::string &name) const;
@@ -110,8 +124,16 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
 Status checkStateDeclarations(const StepProgram &program);
 
 /// Checks that no two arena buffers of `fn` that are live at the same
-/// instruction share a byte (used by the verifier; exposed for tests).
+/// instruction share a byte, nor two host buffers (used by the verifier;
+/// exposed for tests).
 Status checkArenaPlan(const FunctionDesc &fn);
+
+/// Checks the copies between the arenas: host buffers appear only in
+/// copy_to_host (arena to host), copy_to_device (host to arena) and
+/// wait_copy (the same pair), never as outputs; each copy id has one copy
+/// and then one wait on the same buffers (used by the verifier; sets
+/// fn.copies; exposed for tests).
+Status checkHostCopies(FunctionDesc &fn);
 
 } // namespace g3rt
 

@@ -2,9 +2,10 @@
 //
 // A step compiled to fit less memory (activations recomputed in the backward,
 // whole layers from their checkpoints, feed-forward blocks run on chunks of
-// tokens) computes the same loss and gradients as the step that keeps every
-// activation: bit for bit where the order of every sum is unchanged, within
-// fp32 rounding where chunks sum a weight's gradient in parts.
+// tokens, activations kept in host memory) computes the same loss and
+// gradients as the step that keeps every activation: bit for bit where the
+// order of every sum is unchanged, within fp32 rounding where chunks sum a
+// weight's gradient in parts.
 //
 //===----------------------------------------------------------------------===//
 
@@ -66,6 +67,31 @@ TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
 INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
                          ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial",
                                            "g3moe_lora_fp32_checkpoints"));
+
+/// Steps keeping activations in host memory between their uses: the copies
+/// move bytes and change no arithmetic, so loss and gradients are those of
+/// the step that keeps everything on the device, bit for bit.
+class StepOffload : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(StepOffload, SameLossAndGradientsAsKeepingActivationsOnTheDevice) {
+  StepProgram program = loadProgram(GetParam());
+  const FunctionDesc *fb = program.findFunction("forward_backward");
+  ASSERT_NE(fb, nullptr);
+  EXPECT_GT(fb->copies, 0u) << GetParam() << " offloads nothing";
+  EXPECT_GT(program.hostBytes, 0u);
+  ASSERT_LT(fb->arenaBytes, arenaBytes("g3moe_lora_fp32"))
+      << "offloading should shrink the device arena";
+  StepResult kept = runStep("g3moe_lora_fp32"), offloaded = runStep(GetParam());
+  EXPECT_EQ(kept.loss, offloaded.loss);
+  ASSERT_GT(kept.grads.size(), 10u);
+  for (const auto &[name, g] : kept.grads)
+    EXPECT_EQ(g, offloaded.grads[name]) << name;
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, StepOffload,
+                         ::testing::Values("g3moe_lora_fp32_offload",
+                                           "g3moe_lora_fp32_offload_layers",
+                                           "g3moe_lora_fp32_offload_budget"));
 
 /// A step with its feed-forward blocks tiled against the same step whole.
 /// Without LoRA dropout, so that no chunk draws a mask, a tiled step computes

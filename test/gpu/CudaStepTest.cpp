@@ -709,13 +709,70 @@ TEST(CudaKernels, AdamWOverManyTensorsMatchesTheCPU) {
     EXPECT_LE(errors[i], 1.0) << "output " << i;
 }
 
+/// A step that keeps activations in pinned host memory between the forward
+/// and the backward runs the same kernels on the same bytes as the step that
+/// keeps them on the device: every loss and every updated parameter is the
+/// same, bit for bit, kernel by kernel and replayed as a CUDA graph (the
+/// copies then run as a branch of the graph beside the kernels).
+TEST(CudaOffload, TrainsLikeKeepingActivationsOnTheDevice) {
+  for (const char *experts : {"grouped", "cublas"}) {
+    SCOPED_TRACE(experts);
+    std::vector<StepProgram> programs(2);
+    for (auto [i, name] : {std::pair{0, "g3moe_lora"}, std::pair{1, "g3moe_lora_offload"}}) {
+      Status s = loadStep(stepPath(name), programs[i]);
+      ASSERT_TRUE(s.ok()) << s.message();
+    }
+    ASSERT_GT(programs[1].hostBytes, 0u);
+    std::vector<std::unique_ptr<CpuStep>> hosts;
+    std::vector<std::unique_ptr<cuda::CudaExecutor>> gpus(2);
+    setenv("G3MOE_EXPERT_GEMM", experts, 1);
+    for (int i = 0; i < 2; ++i) {
+      hosts.push_back(std::make_unique<CpuStep>(programs[i]));
+      prepare(*hosts.back());
+      Status s = cuda::CudaExecutor::create(programs[i], 0, gpus[i]);
+      ASSERT_TRUE(s.ok()) << s.message();
+      ASSERT_TRUE(gpus[i]->upload(hosts[i]->state).ok());
+      gpus[i]->setOneDocumentPerRow(true);
+    }
+    unsetenv("G3MOE_EXPERT_GEMM");
+    for (int run = 0; run < 4; ++run) {
+      std::vector<float> loss[2];
+      for (int i = 0; i < 2; ++i) {
+        TensorView ids = hosts[i]->state.input("input_ids");
+        for (int64_t t = 0; t < ids.numel(); ++t)
+          ids.i32()[t] = int32_t(3 + (t * 7 + run * 13) % 40);
+        ASSERT_TRUE(gpus[i]->upload(hosts[i]->state, BufferKind::Input).ok());
+        for (const char *fn : {"train_micro_step", "optimizer_step"}) {
+          Status s = gpus[i]->run(fn);
+          ASSERT_TRUE(s.ok()) << s.message();
+        }
+        ASSERT_TRUE(gpus[i]->output("train_micro_step", "loss", loss[i]).ok());
+      }
+      EXPECT_EQ(loss[0], loss[1]) << "run " << run;
+    }
+    HostState kept(programs[0]), offloaded(programs[1]);
+    ASSERT_TRUE(gpus[0]->download(kept).ok());
+    ASSERT_TRUE(gpus[1]->download(offloaded).ok());
+    for (const ParamDesc &p : programs[0].params) {
+      TensorView x = kept.param(p.name), y = offloaded.param(p.name);
+      ASSERT_TRUE(y.data) << p.name;
+      EXPECT_EQ(std::memcmp(x.data, y.data, x.bytes()), 0) << p.name;
+    }
+    std::string micro = gpus[1]->graphStatus("train_micro_step");
+    if (std::string(experts) == "grouped")
+      EXPECT_EQ(micro, "graph");
+    std::printf("  offloading step, %-7s train_micro_step runs as %s\n", experts, micro.c_str());
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
                          ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
                                            "g3moe_grouped_full_fp32", "g3moe_lora_fp32",
                                            "g3moe_lora_fp32_recompute",
                                            "g3moe_lora_fp32_tiled_layers", "gemma3_full",
                                            "g3moe_full", "g3moe_lora", "g3moe_lora_tiled",
-                                           "g3moe_lora_r16"));
+                                           "g3moe_lora_r16", "g3moe_lora_offload",
+                                           "g3moe_lora_fp32_offload_layers"));
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStepCudnn,
                          ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora",
                                            "g3moe_lora_r16"));

@@ -23,6 +23,8 @@ bool g3moe::lowered::isPersistentKind(StringRef kind) {
       .Default(false);
 }
 
+bool g3moe::lowered::isPlannedKind(StringRef kind) { return kind == kArena || kind == kHost; }
+
 BufferOp g3moe::lowered::rootBuffer(Value buffer) {
   while (auto view = buffer.getDefiningOp<ViewOp>())
     buffer = view.getSource();
@@ -31,14 +33,14 @@ BufferOp g3moe::lowered::rootBuffer(Value buffer) {
 
 LogicalResult BufferOp::verify() {
   StringRef kind = getKind();
-  if (kind != kArena && !isPersistentKind(kind))
+  if (!isPlannedKind(kind) && !isPersistentKind(kind))
     return emitOpError("unknown buffer kind '")
-           << kind << "' (arena, param, grad_acc, exp_avg, exp_avg_sq, input)";
+           << kind << "' (arena, host, param, grad_acc, exp_avg, exp_avg_sq, input)";
   if (isPersistentKind(kind) && (!getName() || getName()->empty()))
     return emitOpError("a ") << kind << " buffer needs a name";
   if (getOffset()) {
-    if (kind != kArena)
-      return emitOpError("only arena buffers have an offset");
+    if (!isPlannedKind(kind))
+      return emitOpError("only arena and host buffers have an offset");
     if (getOffsetAttr().getInt() < 0)
       return emitOpError("offset must be non-negative");
   }

@@ -22,6 +22,11 @@
 namespace g3moe::lowered {
 /// Buffer kinds, as `g3rt.buffer` spells them.
 inline constexpr llvm::StringLiteral kArena = "arena";
+/// Host memory that --g3rt-offload-to-host moves device buffers to (pinned on
+/// the GPU); planned like the arena, in a host arena of its own.
+inline constexpr llvm::StringLiteral kHost = "host";
+/// True for the kinds the memory planner places at an offset: arena, host.
+bool isPlannedKind(llvm::StringRef kind);
 /// True for the kinds the runtime keeps across calls and binds by name.
 bool isPersistentKind(llvm::StringRef kind);
 /// The buffer a (chain of) `g3rt.view` ends at.

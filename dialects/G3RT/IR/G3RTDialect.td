@@ -36,10 +36,11 @@ def G3RT_Buffer : StaticShapeMemRefOf<[AnyType]>;
 def G3RT_BufferOp : G3RT_Op<"buffer"> {
   let summary = "declare a buffer";
   let description = [{
-    `kind` is one of `arena`, `param`, `grad_acc`, `exp_avg`, `exp_avg_sq`,
-    `input`. Persistent kinds carry the `name` the runtime binds them by (the
-    HF tensor name, or the input's name); arena buffers get an `offset` in
-    bytes from the memory planner.
+    `kind` is one of `arena`, `host`, `param`, `grad_acc`, `exp_avg`,
+    `exp_avg_sq`, `input`. Persistent kinds carry the `name` the runtime
+    binds them by (the HF tensor name, or the input's name); arena buffers
+    get an `offset` in bytes from the memory planner, and so do host buffers
+    (activations offloaded to host memory, in a host arena of their own).
 
     ```mlir
     %w = g3rt.buffer "param" {name = "model.norm.weight"} : memref<64xbf16>

@@ -26,9 +26,11 @@ struct BufferLife {
   LaunchOp producer;
 };
 
-/// Live ranges of the arena buffers of `func` that some launch touches, in
+/// Live ranges of the buffers of `kind` (the device arena, or the host
+/// buffers of --g3rt-offload-to-host) of `func` that some launch touches, in
 /// program order of their first use.
-std::vector<BufferLife> analyzeArenaLiveness(mlir::func::FuncOp func);
+std::vector<BufferLife> analyzeArenaLiveness(mlir::func::FuncOp func,
+                                             llvm::StringRef kind = kArena);
 
 /// Where memory peaks in `func`.
 struct MemoryReport {

@@ -29,13 +29,13 @@ int64_t g3moe::lowered::bufferBytes(MemRefType type) {
   return type.getNumElements() * std::max<int64_t>(1, bits / 8);
 }
 
-std::vector<BufferLife> g3moe::lowered::analyzeArenaLiveness(func::FuncOp func) {
+std::vector<BufferLife> g3moe::lowered::analyzeArenaLiveness(func::FuncOp func, StringRef kind) {
   llvm::DenseMap<Operation *, size_t> index;
   std::vector<BufferLife> lives;
   int64_t step = 0;
   auto touch = [&](Value v, int64_t at, LaunchOp writer) {
     BufferOp root = rootBuffer(v);
-    if (!root || root.getKind() != kArena)
+    if (!root || root.getKind() != kind)
       return;
     auto [it, inserted] = index.try_emplace(root, lives.size());
     if (inserted) {
@@ -112,16 +112,27 @@ struct G3RTPlanMemoryPass : g3moe::lowered::impl::G3RTPlanMemoryPassBase<G3RTPla
       getOperation().emitError("g3rt-plan-memory: alignment must be a power of two");
       return signalPassFailure();
     }
-    int64_t moduleBytes = 0;
-    for (auto func : getOperation().getOps<func::FuncOp>())
-      moduleBytes = std::max(moduleBytes, planFunction(func));
     Builder b(&getContext());
-    getOperation()->setAttr("g3rt.arena_bytes", b.getI64IntegerAttr(moduleBytes));
+    for (auto [kind, attr] :
+         {std::pair(kArena, "g3rt.arena_bytes"), std::pair(kHost, "g3rt.host_bytes")}) {
+      int64_t moduleBytes = 0;
+      for (auto func : getOperation().getOps<func::FuncOp>()) {
+        int64_t bytes = planFunction(func, kind);
+        moduleBytes = std::max(moduleBytes, bytes);
+        // Steps without host buffers say nothing of a host arena.
+        if (kind == kArena || bytes > 0)
+          func->setAttr(attr, b.getI64IntegerAttr(bytes));
+      }
+      if (kind == kArena || moduleBytes > 0)
+        getOperation()->setAttr(attr, b.getI64IntegerAttr(moduleBytes));
+    }
     getOperation()->setAttr("g3rt.arena_alignment", b.getI64IntegerAttr(alignment));
   }
 
-  int64_t planFunction(func::FuncOp func) {
-    std::vector<BufferLife> lives = analyzeArenaLiveness(func);
+  /// Places the buffers of `kind` (arena or host) of `func`; returns the
+  /// bytes they span.
+  int64_t planFunction(func::FuncOp func, StringRef kind) {
+    std::vector<BufferLife> lives = analyzeArenaLiveness(func, kind);
     std::vector<size_t> order(lives.size());
     for (size_t i = 0; i < order.size(); ++i)
       order[i] = i;
@@ -154,12 +165,11 @@ struct G3RTPlanMemoryPass : g3moe::lowered::impl::G3RTPlanMemoryPassBase<G3RTPla
       arenaBytes = std::max(arenaBytes, offset + l.bytes);
       BufferOp(l.buffer).setOffsetAttr(b.getI64IntegerAttr(offset));
     }
-    // Arena buffers no launch touches still get a (harmless) offset.
+    // Buffers no launch touches still get a (harmless) offset.
     func.walk([&](BufferOp buffer) {
-      if (buffer.getKind() == kArena && !buffer.getOffset())
+      if (buffer.getKind() == kind && !buffer.getOffset())
         buffer.setOffsetAttr(b.getI64IntegerAttr(0));
     });
-    func->setAttr("g3rt.arena_bytes", b.getI64IntegerAttr(arenaBytes));
     return arenaBytes;
   }
 };

@@ -18,7 +18,7 @@ func.func @unnamed_param() {
 // -----
 
 func.func @offset_on_param() {
-  // expected-error @+1 {{only arena buffers have an offset}}
+  // expected-error @+1 {{only arena and host buffers have an offset}}
   %b = g3rt.buffer "param" {name = "w", offset = 0 : i64} : memref<4xf32>
   return
 }

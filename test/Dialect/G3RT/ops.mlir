@@ -12,6 +12,8 @@ func.func @program() {
   // CHECK: g3rt.launch "rms_norm" ins(%[[X]], %[[W]] : memref<2x16x64xbf16>, memref<64xbf16>) outs(%[[Y]] : memref<2x16x64xbf16>) {attrs = {eps = 9.9999999999999995E-7 : f64}}
   g3rt.launch "rms_norm" ins(%x, %w : memref<2x16x64xbf16>, memref<64xbf16>)
       outs(%y : memref<2x16x64xbf16>) {attrs = {eps = 1.0e-06 : f64}}
+  // CHECK: g3rt.buffer "host" {offset = 0 : i64} : memref<2x16x64xbf16>
+  %h = g3rt.buffer "host" {offset = 0 : i64} : memref<2x16x64xbf16>
   // CHECK: %[[V:.*]] = g3rt.view %[[Y]] : memref<2x16x64xbf16> to memref<32x64xbf16>
   %v = g3rt.view %y : memref<2x16x64xbf16> to memref<32x64xbf16>
   %s = g3rt.buffer "arena" : memref<f32>

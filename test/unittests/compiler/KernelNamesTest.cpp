@@ -5,7 +5,7 @@
 // CudaChecksTest the CUDA one's). Here the list meets the compiler: a
 // lowered step launches the kernel named after each g3moe op, so every op
 // must have its kernel in the list and every listed kernel must be some op's
-// (or one the lowering launches by itself).
+// (or one the lowering or the host offload launches by itself).
 //
 //===----------------------------------------------------------------------===//
 
@@ -34,6 +34,9 @@ const std::set<std::string> kNoKernel = {"param", "reshape", "stop_gradient"};
 /// Kernels the lowering launches for what is no g3moe op: splat constants
 /// and returned values copied into their persistent buffer.
 const std::set<std::string> kLoweringKernels = {"fill", "copy"};
+/// Kernels --g3rt-offload-to-host launches: the copies to and from host
+/// memory (test/Dialect/G3RT/offload-to-host.mlir).
+const std::set<std::string> kOffloadKernels = {"copy_to_host", "copy_to_device", "wait_copy"};
 
 class KernelNames : public ::testing::Test {
 protected:
@@ -80,7 +83,8 @@ TEST_F(KernelNames, EveryOpHasItsKernel) {
 TEST_F(KernelNames, EveryKernelBelongsToAnOp) {
   std::set<std::string> ops = g3moeOps();
   for (const std::string &name : listed())
-    EXPECT_TRUE((ops.count(name) && !kNoKernel.count(name)) || kLoweringKernels.count(name))
+    EXPECT_TRUE((ops.count(name) && !kNoKernel.count(name)) || kLoweringKernels.count(name) ||
+                kOffloadKernels.count(name))
         << "kernel \"" << name << "\" of runtime/kernels/kernel_names.def is no g3moe op's";
 }
 
