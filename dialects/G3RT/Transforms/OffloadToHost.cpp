@@ -154,7 +154,8 @@ struct G3RTOffloadToHostPass
     Location loc = buffer.getLoc();
     MemRefType type = buffer.getType();
     Value device = buffer;
-    Value host = BufferOp::create(b, loc, type, b.getStringAttr(kHost), StringAttr(), IntegerAttr());
+    Value host =
+        BufferOp::create(b, loc, type, b.getStringAttr(kHost), StringAttr(), IntegerAttr());
     Value restored =
         BufferOp::create(b, loc, type, b.getStringAttr(kArena), StringAttr(), IntegerAttr());
     auto launch = [&](StringRef kernel, Value in, Value out, int64_t id) {

@@ -130,7 +130,8 @@ protected:
 
 TEST_F(MemInfo, ReadsMemAvailable) {
   uint64_t bytes = 0;
-  ASSERT_TRUE(availableHostMemory(bytes, write("MemTotal:  100 kB\nMemAvailable:   2048 kB\n")).ok());
+  ASSERT_TRUE(
+      availableHostMemory(bytes, write("MemTotal:  100 kB\nMemAvailable:   2048 kB\n")).ok());
   EXPECT_EQ(bytes, 2048u * 1024);
   EXPECT_TRUE(checkHostMemory(2048 * 1024, "offloaded activations", path).ok());
   Status s = checkHostMemory(2048 * 1024 + 1, "offloaded activations", path);
