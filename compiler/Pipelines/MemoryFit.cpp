@@ -290,10 +290,9 @@ public:
   /// With no plan fitting, the most frugal plans (attention outputs kept,
   /// then recomputed) with activations in host memory: every candidate the
   /// offload finds first, then the fewest that fit, by bisection (device
-  /// memory falls and host memory grows with the count). Host memory is
-  /// tried last because the copies share the PCIe link with nothing else in
-  /// a step but are not free: at short contexts a layer's compute cannot
-  /// hide them.
+  /// memory falls and host memory grows with the count). Host memory comes
+  /// last because the copies are not free: at short contexts a layer's
+  /// compute cannot hide them.
   LogicalResult searchOffload(int64_t numLayers) {
     if (options.budgetBytes <= 0 || options.hostBudgetBytes == 0 || pipeline.offloadCount >= 0)
       return success();
@@ -322,7 +321,10 @@ public:
           choose(std::move(step));
         hi = plan.offloadCount - 1;
       }
-      return success();
+      // Within the host budget here, or else perhaps with the attention
+      // outputs recomputed, which needs fewer activations offloaded.
+      if (fit.fits())
+        return success();
     }
     return success();
   }
