@@ -42,18 +42,20 @@ struct VisibleDevice {
 /// compiler built into another tool).
 using DeviceQuery = std::function<VisibleDevice()>;
 
-/// What the CUDA backend holds on the device beside the plan's arena and
-/// persistent tensors, which is all that memory_budget_gb bounds. g3moe-run
-/// refuses a step whose arena, persistent tensors and 256 MiB workspace
-/// exceed the device's *free* memory (runtime/cuda/cuda_executor.cpp,
-/// checkDeviceMemory), read after the CUDA context exists. The reserve is:
+/// What the CUDA backend holds on the device beside the plan's arena,
+/// persistent tensors and attention scratch, which is all that
+/// memory_budget_gb bounds. g3moe-run refuses a step whose arena, persistent
+/// tensors, attention scratch and 256 MiB workspace exceed the device's
+/// *free* memory (runtime/cuda/cuda_executor.cpp, checkDeviceMemory), read
+/// after the CUDA context exists. The reserve is:
 ///   * 0.25 GiB: the workspace that check adds;
 ///   * about 0.5 GiB: the CUDA context, which the free memory already lacks;
 ///   * 2.75 GiB: what the backend creates after the check: the cuBLAS,
-///     cuBLASLt and cuDNN handles and their lazily loaded kernels, cuDNN
-///     attention scratch and CUDA graphs. bench/RESULTS.md measured the
-///     128K step of G3MoE-4B, planned under 76 GiB on an H100, holding
-///     78.1 GiB besides the context: at least 2.1 GiB above its plan.
+///     cuBLASLt and cuDNN handles and their lazily loaded kernels, and CUDA
+///     graphs. bench/RESULTS.md measured the 128K step of G3MoE-4B, planned
+///     under 76 GiB on an H100 before the attention scratch was counted,
+///     holding 78.1 GiB besides the context: at least 2.1 GiB above its
+///     plan, most of it that scratch.
 /// 3.5 GiB in all: an 80 GB H100 (79 to 79.6 GiB total) gets 75.5 to 76 GiB,
 /// the budget the benchmarks have run there.
 inline constexpr int64_t kDeviceReserveBytes = int64_t(7) << 29;

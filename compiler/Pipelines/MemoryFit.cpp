@@ -13,6 +13,7 @@
 #include "dialects/G3MoE/Transforms/Passes.h"
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
+#include "runtime/kernels/scratch_bounds.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/BuiltinAttributes.h"
@@ -136,7 +137,19 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
     memory.hostBytes = a.getInt();
   for (auto func : step.getOps<func::FuncOp>()) {
     int64_t copies = 0;
-    func.walk([&](g3moe::lowered::LaunchOp l) { copies += l.getKernel() == "copy_to_host"; });
+    func.walk([&](g3moe::lowered::LaunchOp l) {
+      copies += l.getKernel() == "copy_to_host";
+      const bool grad = l.getKernel() == "attention_grad";
+      if (!grad && l.getKernel() != "attention")
+        return;
+      // q is [batch, tokens, heads, head_dim]; a backward handed the
+      // forward's output and log-sum-exp has seven inputs.
+      ArrayRef<int64_t> q = cast<MemRefType>(l.getIns()[0].getType()).getShape();
+      if (q.size() == 4)
+        memory.scratchBytes = std::max<int64_t>(
+            memory.scratchBytes, int64_t(g3rt::attentionScratchBound(q[0], q[1], q[2], q[3], grad,
+                                                                     l.getIns().size() >= 7)));
+    });
     memory.offloaded = std::max(memory.offloaded, copies);
   }
   // Each function declares the persistent buffers it touches; the runtime
@@ -452,7 +465,8 @@ std::string describeHost(const StepMemory &memory, int64_t hostBudgetBytes) {
 } // namespace
 
 std::string g3moe::describeFit(const MemoryFit &fit) {
-  return "device memory " + gib(fit.memory.deviceBytes()) + " (arena and persistent tensors)" +
+  return "device memory " + gib(fit.memory.deviceBytes()) + " (arena, persistent tensors and " +
+         gib(fit.memory.scratchBytes) + " of attention scratch)" +
          (fit.budgetBytes > 0 ? ", budget " + gib(fit.budgetBytes) : std::string()) +
          describeHost(fit.memory, fit.hostBudgetBytes) + "; recompute " +
          fit.plan.describeRecompute() + fit.plan.describeExtras();

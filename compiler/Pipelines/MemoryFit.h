@@ -115,9 +115,12 @@ struct StepMemory {
   int64_t hostBytes = 0;
   /// How many activations one entry point offloads at most.
   int64_t offloaded = 0;
+  /// What cuDNN attention keeps beside the arena for the step's largest
+  /// attention call (runtime/kernels/scratch_bounds.h).
+  int64_t scratchBytes = 0;
 
-  /// Arena plus persistent tensors: what the budget bounds.
-  int64_t deviceBytes() const { return arenaBytes + persistentBytes; }
+  /// Arena, persistent tensors and attention scratch: what the budget bounds.
+  int64_t deviceBytes() const { return arenaBytes + persistentBytes + scratchBytes; }
 };
 
 /// Measures a module produced by the step pipeline (after --g3rt-plan-memory).
@@ -203,7 +206,8 @@ mlir::FailureOr<MemoryFit> fitMemory(mlir::ModuleOp forward,
                                      const MemoryFitOptions &options, PipelineRunner run);
 
 /// The report's line: device memory, budget and what is recomputed, e.g.
-/// `device memory 72.5 GiB (arena and persistent tensors), budget 76.0 GiB;
+/// `device memory 72.5 GiB (arena, persistent tensors and 0.6 GiB of attention
+/// scratch), budget 76.0 GiB;
 /// recompute mlp in 33 of 34 layers, attention outputs recomputed`.
 std::string describeFit(const MemoryFit &fit);
 

@@ -16,9 +16,9 @@ def G3MoEFitMemoryPass : Pass<"g3moe-fit-memory", "mlir::ModuleOp"> {
     Runs the step pipeline (LoRA, autodiff, optimizer, fusions, lowering to
     g3rt, memory planning) on a copy of the forward module for each candidate
     plan, measures the device memory of each lowered step (the planned arena
-    plus weights, LoRA masters, gradient accumulators, Adam moments and
-    inputs) and replaces the module with the step of the least recomputation
-    that fits `memory-budget-gb`: none, then the feed-forward blocks (dense
+    plus weights, LoRA masters, gradient accumulators, Adam moments, inputs
+    and the bound on cuDNN attention's scratch) and replaces the module with
+    the step of the least recomputation that fits `memory-budget-gb`: none, then the feed-forward blocks (dense
     MLPs, MoE experts) of every layer, narrowed to the fewest leading layers
     that fit, then whole layers, narrowed to the fewest checkpoints that fit
     (sliding-window layers first); at each level first with the attention

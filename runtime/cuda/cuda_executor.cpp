@@ -5,6 +5,7 @@
 #include "runtime/base/host_memory.h"
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lt_matmul.h"
+#include "runtime/kernels/scratch_bounds.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -91,25 +92,44 @@ std::string gib(uint64_t bytes) {
   return text;
 }
 
+/// The bound on cuDNN attention's scratch for the program's largest
+/// attention call (scratch_bounds.h), as the memory planner counts it.
+uint64_t attentionScratch(const StepProgram &program) {
+  uint64_t most = 0;
+  for (const FunctionDesc &fn : program.functions)
+    for (const InstrDesc &in : fn.instrs) {
+      const bool grad = in.kernel == "attention_grad";
+      if ((!grad && in.kernel != "attention") || in.inputs.empty())
+        continue;
+      const std::vector<int64_t> &q = fn.buffers[in.inputs[0]].shape;
+      if (q.size() == 4)
+        most = std::max(most,
+                        attentionScratchBound(q[0], q[1], q[2], q[3], grad, in.inputs.size() >= 7));
+    }
+  return most;
+}
+
 /// Refuses, before anything is allocated, a step whose planned device memory
-/// (arena, persistent state, workspace) exceeds what the device has free: a
-/// step compiled for a larger card would otherwise fail at some allocation
-/// or, worse, part-way through loading.
+/// (arena, persistent state, workspace, attention scratch) exceeds what the
+/// device has free: a step compiled for a larger card would otherwise fail
+/// at some allocation or, worse, part-way through loading or training.
 Status checkDeviceMemory(const StepProgram &program, int device) {
   uint64_t state = 0;
   G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
     state += b.bytes;
     return Status();
   }));
-  const uint64_t need = program.arenaBytes + state + kWorkspaceBytes;
+  const uint64_t scratch = attentionScratch(program);
+  const uint64_t need = program.arenaBytes + state + kWorkspaceBytes + scratch;
   size_t free = 0, total = 0;
   G3RT_RETURN_IF_ERROR(check(cudaMemGetInfo(&free, &total), "reading the free device memory"));
   if (need <= free)
     return Status();
   return Status::error("the step needs " + gib(need) + " of device memory (arena " +
                        gib(program.arenaBytes) + ", parameters and optimizer state " + gib(state) +
-                       ", workspace " + gib(kWorkspaceBytes) + ") but CUDA device " +
-                       std::to_string(device) + " has " + gib(free) + " free of " + gib(total) +
+                       ", workspace " + gib(kWorkspaceBytes) + ", attention scratch " +
+                       gib(scratch) + ") but CUDA device " + std::to_string(device) + " has " +
+                       gib(free) + " free of " + gib(total) +
                        ": compile it with a smaller memory_budget_gb");
 }
 

@@ -172,12 +172,14 @@ TEST(DeviceBudgetDeathTest, TheGpuDefaultIsWhatTheStepIsFittedTo) {
   EXPECT_EXIT(compileTiny(total, {}), testing::ExitedWithCode(0),
               "memory budget 4.4 MiB from the visible GPU Fake GPU, 3.5 GiB less a 3.5 GiB "
               "reserve\n"
-              "g3moe-compile: device memory [0-9.]+ GiB \\(arena and persistent tensors\\), "
+              "g3moe-compile: device memory [0-9.]+ GiB \\(arena, persistent tensors and [0-9.]+ "
+              "GiB of attention scratch\\), "
               "budget 0.0 GiB; recompute mlp in [0-9]+ of 6 layers");
   // memory_budget_gb=0 turns the default off: nothing is recomputed.
   EXPECT_EXIT(compileTiny(total, {"--set=memory_budget_gb=0"}), testing::ExitedWithCode(0),
               "no memory budget: memory_budget_gb is 0 \\(--set memory_budget_gb=0\\)\n"
-              "g3moe-compile: device memory [0-9.]+ GiB \\(arena and persistent tensors\\); "
+              "g3moe-compile: device memory [0-9.]+ GiB \\(arena, persistent tensors and [0-9.]+ "
+              "GiB of attention scratch\\); "
               "recompute none\n");
   // A GPU too small for the step: the compile fails, saying where the budget
   // came from and how to compile for another card.

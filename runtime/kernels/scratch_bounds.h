@@ -1,0 +1,43 @@
+//===- scratch_bounds.h - device memory kernels take beside the arena -*- C++ -*-===//
+//
+// Most kernels work inside the step's arena and the backend's fixed
+// workspace. cuDNN attention does not: it keeps a scratch buffer of its own,
+// grown to the largest call's need (runtime/cuda/cudnn_attention.cu,
+// layOutScratch), which at long context is gigabytes (5.0 GiB for the
+// backward at 262,144 tokens of G3MoE-4B). The memory planner counts this
+// bound in a step's device memory and the CUDA backend checks it before it
+// allocates, so that a step that fits its budget does not run out of memory
+// on its first attention backward.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_RUNTIME_KERNELS_SCRATCH_BOUNDS_H
+#define G3MOE_RUNTIME_KERNELS_SCRATCH_BOUNDS_H
+
+#include <cstdint>
+
+namespace g3rt {
+
+/// An upper bound on cuDNN attention's scratch for one call on queries of
+/// [batch, tokens, heads, headDim]: the softmax statistics, and for the
+/// backward (`grad`) the masked output gradient, the forward's output
+/// unless the step saved it (`saved`), the row sums and the fp32 dq
+/// accumulator, each 256-byte aligned; then cuDNN's own workspace, which its
+/// plans choose at run time and is bounded here by the size of the dq
+/// accumulator (on an H100 with cuDNN 9 at 262,144 tokens the backward's
+/// took just under that: 5.0 GiB in all against this bound's 5.0 GiB).
+inline uint64_t attentionScratchBound(int64_t batch, int64_t tokens, int64_t heads, int64_t headDim,
+                                      bool grad, bool saved) {
+  auto align = [](uint64_t n) { return (n + 255) & ~uint64_t(255); };
+  const uint64_t rows = uint64_t(batch * heads * tokens);
+  const uint64_t elements = rows * uint64_t(headDim);
+  const uint64_t stats = align(rows * 4), act = align(elements * 2), acc = align(elements * 4);
+  const uint64_t workspace = acc;
+  if (!grad)
+    return stats + workspace;
+  return 2 * stats + (saved ? 1 : 2) * act + acc + workspace;
+}
+
+} // namespace g3rt
+
+#endif // G3MOE_RUNTIME_KERNELS_SCRATCH_BOUNDS_H
