@@ -115,6 +115,8 @@ TEST_P(StepTile, SameLossAndGradientsAsWholeBlocks) {
   ASSERT_TRUE(std::any_of(fb->instrs.begin(), fb->instrs.end(),
                           [](const InstrDesc &i) { return i.kernel == "split_rows"; }))
       << GetParam().tiled << " runs no block in chunks";
+  if (std::string(GetParam().tiled).find("offload") != std::string::npos)
+    EXPECT_GT(fb->copies, 0u) << GetParam().tiled << " offloads nothing";
   StepResult whole = runStep(GetParam().whole), tiled = runStep(GetParam().tiled);
   EXPECT_NEAR(whole.loss, tiled.loss, 1e-6 * std::abs(whole.loss));
   ASSERT_GT(whole.grads.size(), 10u);
@@ -135,6 +137,7 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled"},
                       TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled_layers"},
                       TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled_budget"},
+                      TilePair{"g3moe_lora_fp32_nodrop", "g3moe_lora_fp32_tiled_offload"},
                       TilePair{"gemma3_full_fp32", "gemma3_full_fp32_tiled"},
                       TilePair{"g3moe_topk_full_fp32", "g3moe_topk_full_fp32_tiled"},
                       TilePair{"g3moe_grouped_full_fp32", "g3moe_grouped_full_fp32_tiled"}),

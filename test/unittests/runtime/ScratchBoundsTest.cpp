@@ -25,8 +25,7 @@ TEST(ScratchBounds, TheBackwardAtLongContext) {
   EXPECT_EQ(attentionScratchBound(1, 262144, 8, 256, /*grad=*/true, /*saved=*/true),
             5 * 1024 * kMiB + 16 * kMiB);
   // Without the forward's output saved, the backward reruns it into scratch.
-  EXPECT_EQ(attentionScratchBound(1, 262144, 8, 256, true, false),
-            6 * 1024 * kMiB + 16 * kMiB);
+  EXPECT_EQ(attentionScratchBound(1, 262144, 8, 256, true, false), 6 * 1024 * kMiB + 16 * kMiB);
   // The forward needs only its statistics and the workspace.
   EXPECT_EQ(attentionScratchBound(1, 262144, 8, 256, false, false), 2 * 1024 * kMiB + 8 * kMiB);
 }
