@@ -8,6 +8,8 @@ packages=(
   llvm-22-dev libmlir-22-dev mlir-22-tools lld-22
   libgtest-dev flatbuffers-compiler libflatbuffers-dev nlohmann-json3-dev libcli11-dev
   python3 python3-venv sentencepiece libsentencepiece-dev
+  # CPU collectives of multi-process training (runtime/dist/).
+  libgloo-dev
   # The sanitizer and fuzzing builds (scripts/sanitize.sh, scripts/fuzz.sh):
   # clang with its ASan, UBSan and libFuzzer runtimes.
   clang-22 libclang-rt-22-dev

@@ -1,0 +1,62 @@
+//===- world.cpp - where this process stands among the training processes -===//
+
+#include "runtime/dist/world.h"
+
+#include <cstdlib>
+
+namespace g3rt {
+
+EnvLookup processEnvironment() {
+  return [](const std::string &name) -> std::optional<std::string> {
+    const char *v = std::getenv(name.c_str());
+    return v ? std::optional<std::string>(v) : std::nullopt;
+  };
+}
+
+namespace {
+
+/// Variable `name` as an integer in [lo, hi].
+Status readInt(const EnvLookup &env, const std::string &name, long lo, long hi, int &out) {
+  std::optional<std::string> v = env(name);
+  if (!v)
+    return Status::error("the environment has no " + name);
+  char *end = nullptr;
+  long n = std::strtol(v->c_str(), &end, 10);
+  if (v->empty() || *end != '\0' || n < lo || n > hi)
+    return Status::error(name + " must be an integer in [" + std::to_string(lo) + ", " +
+                         std::to_string(hi) + "], got '" + *v + "'");
+  out = int(n);
+  return Status();
+}
+
+} // namespace
+
+Status worldFromEnvironment(const EnvLookup &env, World &out) {
+  World w;
+  const bool torchrun = env("WORLD_SIZE").has_value() || env("RANK").has_value();
+  const bool slurm = !torchrun && env("SLURM_NTASKS").has_value();
+  if (!torchrun && !slurm) {
+    out = w;
+    return Status();
+  }
+  const char *size = torchrun ? "WORLD_SIZE" : "SLURM_NTASKS";
+  const char *rank = torchrun ? "RANK" : "SLURM_PROCID";
+  const char *local = torchrun ? "LOCAL_RANK" : "SLURM_LOCALID";
+  G3RT_RETURN_IF_ERROR(readInt(env, size, 1, 1 << 20, w.size));
+  G3RT_RETURN_IF_ERROR(readInt(env, rank, 0, w.size - 1, w.rank));
+  if (env(local))
+    G3RT_RETURN_IF_ERROR(readInt(env, local, 0, w.size - 1, w.localRank));
+  if (w.size > 1) {
+    std::optional<std::string> addr = env("MASTER_ADDR");
+    if (!addr || addr->empty())
+      return Status::error(std::string("the environment has no MASTER_ADDR (rank 0's host), "
+                                       "which a job of ") +
+                           std::to_string(w.size) + " processes needs");
+    w.masterAddr = *addr;
+    G3RT_RETURN_IF_ERROR(readInt(env, "MASTER_PORT", 1, 65535, w.masterPort));
+  }
+  out = w;
+  return Status();
+}
+
+} // namespace g3rt

@@ -1,0 +1,215 @@
+//===- DistTest.cpp - the world, the rendezvous store and Gloo collectives ===//
+//
+// The launcher's environment read as torchrun and Slurm set it, the TCP
+// store between threads, and Gloo collectives between real processes
+// (forked before any thread starts): sums and broadcasts on 2 and 4 ranks,
+// and a rank that never arrives failing the others within the timeout.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/dist/gloo_communicator.h"
+#include "runtime/dist/tcp_store.h"
+#include "runtime/dist/world.h"
+
+#include <gtest/gtest.h>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <thread>
+
+using namespace g3rt;
+
+namespace {
+
+EnvLookup envOf(std::map<std::string, std::string> vars) {
+  return [vars](const std::string &name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    return it == vars.end() ? std::nullopt : std::optional<std::string>(it->second);
+  };
+}
+
+TEST(World, TorchrunSlurmOrAlone) {
+  World w;
+  ASSERT_TRUE(worldFromEnvironment(envOf({}), w).ok());
+  EXPECT_EQ(w.size, 1);
+  ASSERT_TRUE(worldFromEnvironment(envOf({{"RANK", "3"},
+                                          {"WORLD_SIZE", "4"},
+                                          {"LOCAL_RANK", "1"},
+                                          {"MASTER_ADDR", "node0"},
+                                          {"MASTER_PORT", "29400"}}),
+                                   w)
+                  .ok());
+  EXPECT_EQ(w.rank, 3);
+  EXPECT_EQ(w.size, 4);
+  EXPECT_EQ(w.localRank, 1);
+  EXPECT_EQ(w.masterAddr, "node0");
+  EXPECT_EQ(w.masterPort, 29400);
+  ASSERT_TRUE(worldFromEnvironment(envOf({{"SLURM_PROCID", "1"},
+                                          {"SLURM_NTASKS", "2"},
+                                          {"SLURM_LOCALID", "1"},
+                                          {"MASTER_ADDR", "node7"},
+                                          {"MASTER_PORT", "1234"}}),
+                                   w)
+                  .ok());
+  EXPECT_EQ(w.rank, 1);
+  EXPECT_EQ(w.size, 2);
+  EXPECT_EQ(w.masterAddr, "node7");
+}
+
+TEST(World, NamesTheBadVariable) {
+  World w;
+  auto message = [&](std::map<std::string, std::string> vars) {
+    Status s = worldFromEnvironment(envOf(std::move(vars)), w);
+    return s.ok() ? std::string() : s.message();
+  };
+  EXPECT_NE(message({{"RANK", "0"}}).find("no WORLD_SIZE"), std::string::npos);
+  EXPECT_NE(message({{"RANK", "4"}, {"WORLD_SIZE", "4"}}).find("RANK must be"), std::string::npos);
+  EXPECT_NE(message({{"RANK", "0"}, {"WORLD_SIZE", "2"}}).find("MASTER_ADDR"), std::string::npos);
+  EXPECT_NE(
+      message({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}})
+          .find("MASTER_PORT must be"),
+      std::string::npos);
+  EXPECT_NE(message({{"RANK", "x"}, {"WORLD_SIZE", "2"}}).find("got 'x'"), std::string::npos);
+}
+
+/// A port for this test process's stores, different per call.
+int freshPort() {
+  static int next = 20000 + int(getpid() % 20000);
+  return next++;
+}
+
+TEST(TcpStore, AGetWaitsForTheSet) {
+  const int port = freshPort();
+  std::unique_ptr<TcpStore> server, client;
+  ASSERT_TRUE(TcpStore::open("127.0.0.1", port, true, std::chrono::seconds(5), server).ok());
+  ASSERT_TRUE(TcpStore::open("127.0.0.1", port, false, std::chrono::seconds(5), client).ok());
+  std::vector<char> got;
+  std::thread later([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    EXPECT_TRUE(server->set("rank1", {'a', 'b'}).ok());
+  });
+  Status s = client->get("rank1", got);
+  later.join();
+  ASSERT_TRUE(s.ok()) << s.message();
+  EXPECT_EQ(got, (std::vector<char>{'a', 'b'}));
+}
+
+TEST(TcpStore, AMissingKeyTimesOutAndNamesIt) {
+  const int port = freshPort();
+  std::unique_ptr<TcpStore> store;
+  ASSERT_TRUE(TcpStore::open("127.0.0.1", port, true, std::chrono::milliseconds(200), store).ok());
+  std::vector<char> got;
+  Status s = store->get("never", got);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("'never'"), std::string::npos) << s.message();
+}
+
+TEST(TcpStore, NoServerIsAClearError) {
+  std::unique_ptr<TcpStore> store;
+  Status s = TcpStore::open("127.0.0.1", freshPort(), false, std::chrono::milliseconds(200), store);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("is rank 0 running"), std::string::npos) << s.message();
+}
+
+/// Runs `body(rank)` in `ranks` forked processes of one job on this machine
+/// (rank `skip` never starts); returns each rank's exit code (0: passed).
+std::vector<int> runJob(int ranks, const std::function<int(const World &)> &body, int skip = -1) {
+  const int port = freshPort();
+  std::vector<pid_t> pids;
+  for (int r = 0; r < ranks; ++r) {
+    if (r == skip) {
+      pids.push_back(-1);
+      continue;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+      World w;
+      w.rank = r;
+      w.size = ranks;
+      w.masterAddr = "127.0.0.1";
+      w.masterPort = port;
+      std::fflush(stdout);
+      _exit(body(w));
+    }
+    pids.push_back(pid);
+  }
+  std::vector<int> codes;
+  for (pid_t pid : pids) {
+    int status = 0;
+    if (pid < 0) {
+      codes.push_back(-1);
+      continue;
+    }
+    waitpid(pid, &status, 0);
+    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100);
+  }
+  return codes;
+}
+
+GlooOptions localOptions(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  GlooOptions o;
+  o.host = "127.0.0.1";
+  o.timeout = timeout;
+  return o;
+}
+
+/// Each rank sums rank-dependent vectors (fp32 and fp64) and takes rank 1's
+/// bytes by broadcast; exit codes say which check failed.
+int sumAndBroadcast(const World &w) {
+  std::unique_ptr<Communicator> comm;
+  Status s = makeGlooCommunicator(w, localOptions(), comm);
+  if (!s.ok()) {
+    std::fprintf(stderr, "%s\n", s.message().c_str());
+    return 1;
+  }
+  std::vector<float> f(1000);
+  std::vector<double> d(3);
+  for (size_t i = 0; i < f.size(); ++i)
+    f[i] = float(w.rank + 1) * float(i);
+  for (size_t i = 0; i < d.size(); ++i)
+    d[i] = double(w.rank) + 0.5;
+  if (!comm->allReduceSum(f.data(), f.size()).ok() || !comm->allReduceSum(d.data(), d.size()).ok())
+    return 2;
+  const float ranksSum = float(w.size * (w.size + 1) / 2);
+  for (size_t i = 0; i < f.size(); ++i)
+    if (f[i] != ranksSum * float(i))
+      return 3;
+  for (double v : d)
+    if (v != double(w.size * (w.size - 1)) / 2 + 0.5 * w.size)
+      return 4;
+  char text[16] = {};
+  if (w.rank == 1)
+    std::snprintf(text, sizeof text, "from rank 1");
+  if (!comm->broadcast(text, sizeof text, 1).ok() || std::string(text) != "from rank 1")
+    return 5;
+  return comm->barrier().ok() ? 0 : 6;
+}
+
+TEST(Gloo, SumsAndBroadcastsBetweenProcesses) {
+  for (int ranks : {2, 4}) {
+    std::vector<int> codes = runJob(ranks, sumAndBroadcast);
+    for (int r = 0; r < ranks; ++r)
+      EXPECT_EQ(codes[size_t(r)], 0) << "rank " << r << " of " << ranks;
+  }
+}
+
+TEST(Gloo, ARankThatNeverArrivesFailsTheOthersInTime) {
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<int> codes = runJob(
+      3,
+      [](const World &w) {
+        std::unique_ptr<Communicator> comm;
+        Status s = makeGlooCommunicator(w, localOptions(std::chrono::seconds(2)), comm);
+        return s.ok() ? 0 : 1;
+      },
+      /*skip=*/2);
+  EXPECT_EQ(codes[0], 1);
+  EXPECT_EQ(codes[1], 1);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(30));
+}
+
+} // namespace
