@@ -139,16 +139,12 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
     int64_t copies = 0;
     func.walk([&](g3moe::lowered::LaunchOp l) {
       copies += l.getKernel() == "copy_to_host";
-      const bool grad = l.getKernel() == "attention_grad";
-      if (!grad && l.getKernel() != "attention")
+      if (l.getIns().empty())
         return;
-      // q is [batch, tokens, heads, head_dim]; a backward handed the
-      // forward's output and log-sum-exp has seven inputs.
       ArrayRef<int64_t> q = cast<MemRefType>(l.getIns()[0].getType()).getShape();
-      if (q.size() == 4)
-        memory.scratchBytes = std::max<int64_t>(
-            memory.scratchBytes, int64_t(g3rt::attentionScratchBound(q[0], q[1], q[2], q[3], grad,
-                                                                     l.getIns().size() >= 7)));
+      memory.scratchBytes = std::max<int64_t>(
+          memory.scratchBytes,
+          int64_t(g3rt::launchScratchBound(l.getKernel(), q.data(), q.size(), l.getIns().size())));
     });
     memory.offloaded = std::max(memory.offloaded, copies);
   }

@@ -98,13 +98,10 @@ uint64_t attentionScratch(const StepProgram &program) {
   uint64_t most = 0;
   for (const FunctionDesc &fn : program.functions)
     for (const InstrDesc &in : fn.instrs) {
-      const bool grad = in.kernel == "attention_grad";
-      if ((!grad && in.kernel != "attention") || in.inputs.empty())
+      if (in.inputs.empty())
         continue;
       const std::vector<int64_t> &q = fn.buffers[in.inputs[0]].shape;
-      if (q.size() == 4)
-        most = std::max(most,
-                        attentionScratchBound(q[0], q[1], q[2], q[3], grad, in.inputs.size() >= 7));
+      most = std::max(most, launchScratchBound(in.kernel, q.data(), q.size(), in.inputs.size()));
     }
   return most;
 }

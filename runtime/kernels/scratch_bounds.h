@@ -14,7 +14,9 @@
 #ifndef G3MOE_RUNTIME_KERNELS_SCRATCH_BOUNDS_H
 #define G3MOE_RUNTIME_KERNELS_SCRATCH_BOUNDS_H
 
+#include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 namespace g3rt {
 
@@ -36,6 +38,19 @@ inline uint64_t attentionScratchBound(int64_t batch, int64_t tokens, int64_t hea
   if (!grad)
     return stats + workspace;
   return 2 * stats + (saved ? 1 : 2) * act + acc + workspace;
+}
+
+/// The bound for one launch of `kernel` with `inputs` inputs, the first of
+/// shape `q[0, rank)`: attentionScratchBound for `attention` and
+/// `attention_grad` on queries [batch, tokens, heads, headDim] (a backward
+/// handed the forward's output and log-sum-exp has seven inputs), 0 for
+/// every other kernel.
+inline uint64_t launchScratchBound(std::string_view kernel, const int64_t *q, size_t rank,
+                                   size_t inputs) {
+  const bool grad = kernel == "attention_grad";
+  if ((!grad && kernel != "attention") || rank != 4)
+    return 0;
+  return attentionScratchBound(q[0], q[1], q[2], q[3], grad, inputs >= 7);
 }
 
 } // namespace g3rt

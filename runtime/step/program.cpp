@@ -222,6 +222,113 @@ Status decodeTraining(const fbs::TrainingOptions *t, TrainingConfig &out) {
   return Status();
 }
 
+/// Buffer `b`, the next of `fn`: its kind, dtype and shape, a view matching
+/// its source, a planned buffer inside its arena, a persistent one matching
+/// the parameter table.
+Status decodeBuffer(const fbs::Buffer *b, const StepProgram &program, const FunctionDesc &fn,
+                    BufferDesc &desc) {
+  const std::string where = "buffer " + std::to_string(fn.buffers.size());
+  if (uint8_t(b->kind()) > uint8_t(BufferKind::Host))
+    return Status::error(where + " has an unknown kind");
+  desc.kind = BufferKind(uint8_t(b->kind()));
+  desc.name = b->name() ? b->name()->str() : "";
+  G3RT_RETURN_IF_ERROR(decodeDType(b->dtype(), desc.dtype).withContext(where));
+  G3RT_RETURN_IF_ERROR(
+      decodeShape(b->shape(), desc.shape, dtypeSize(desc.dtype), desc.bytes).withContext(where));
+  desc.offset = b->offset();
+  desc.viewOf = b->view_of();
+  if (desc.viewOf >= 0) {
+    if (size_t(desc.viewOf) >= fn.buffers.size())
+      return Status::error(where + " views a buffer declared after it");
+    const BufferDesc &src = fn.buffers[size_t(desc.viewOf)];
+    if (src.bytes != desc.bytes || src.kind != desc.kind || src.offset != desc.offset ||
+        src.name != desc.name)
+      return Status::error(where + " is a view that does not match its source");
+  }
+  if (isPlanned(desc.kind)) {
+    const bool host = desc.kind == BufferKind::Host;
+    const std::string arenaName = host ? "host arena" : "arena";
+    const uint64_t arena = host ? fn.hostBytes : fn.arenaBytes;
+    if (desc.offset > arena || desc.bytes > arena - desc.offset)
+      return Status::error(where + " lies outside the " + arenaName + " (offset " +
+                           std::to_string(desc.offset) + ", " + std::to_string(desc.bytes) +
+                           " bytes, " + arenaName + " " + std::to_string(arena) + ")");
+    if (program.arenaAlignment && desc.offset % program.arenaAlignment)
+      return Status::error(where + " is not aligned");
+    return Status();
+  }
+  if (desc.name.empty())
+    return Status::error(where + " is persistent but has no name");
+  if (desc.kind == BufferKind::Input)
+    return Status();
+  const ParamDesc *p = program.findParam(desc.name);
+  if (!p)
+    return Status::error(where + " names '" + desc.name + "', which is not in the parameter table");
+  if (p->shape != desc.shape)
+    return Status::error(where + " ('" + desc.name + "') has shape " + shapeString(desc.shape) +
+                         ", the parameter " + shapeString(p->shape));
+  if (desc.kind == BufferKind::Param && p->dtype != desc.dtype)
+    return Status::error(where + " ('" + desc.name + "') has another dtype than the parameter");
+  if (desc.kind != BufferKind::Param && (!p->trainable || desc.dtype != DType::F32))
+    return Status::error(where + " holds optimizer state of '" + desc.name +
+                         "', which is not a trainable fp32 parameter");
+  return Status();
+}
+
+/// The buffer that buffer `i` of `fn` views, through any chain of views.
+uint32_t rootOf(const FunctionDesc &fn, uint32_t i) {
+  while (fn.buffers[i].viewOf >= 0)
+    i = uint32_t(fn.buffers[i].viewOf);
+  return i;
+}
+
+/// checkArenaPlan for the buffers of one kind (arena or host).
+Status checkPlan(const FunctionDesc &fn, BufferKind kind) {
+  // Live range of each root buffer of `kind`, in instruction indices;
+  // outputs are read after the last instruction.
+  size_t n = fn.buffers.size(), end = fn.instrs.size();
+  std::vector<int64_t> first(n, -1), last(n, -1);
+  auto touch = [&](uint32_t b, int64_t at) {
+    uint32_t r = rootOf(fn, b);
+    if (fn.buffers[r].kind != kind)
+      return;
+    if (first[r] < 0)
+      first[r] = at;
+    last[r] = std::max(last[r], at);
+  };
+  for (size_t i = 0; i < fn.instrs.size(); ++i) {
+    for (uint32_t b : fn.instrs[i].inputs)
+      touch(b, int64_t(i));
+    for (uint32_t b : fn.instrs[i].outputs)
+      touch(b, int64_t(i));
+  }
+  for (const auto &o : fn.outputs)
+    touch(o.second, int64_t(end));
+
+  std::vector<uint32_t> live;
+  for (uint32_t i = 0; i < n; ++i)
+    if (first[i] >= 0)
+      live.push_back(i);
+  std::sort(live.begin(), live.end(),
+            [&](uint32_t a, uint32_t b) { return fn.buffers[a].offset < fn.buffers[b].offset; });
+  for (size_t a = 0; a < live.size(); ++a) {
+    const BufferDesc &x = fn.buffers[live[a]];
+    for (size_t b = a + 1; b < live.size(); ++b) {
+      const BufferDesc &y = fn.buffers[live[b]];
+      if (y.offset >= x.offset + x.bytes)
+        break;
+      if (x.bytes == 0 || y.bytes == 0)
+        continue;
+      if (first[live[a]] <= last[live[b]] && first[live[b]] <= last[live[a]])
+        return Status::error(std::string(kind == BufferKind::Host ? "host " : "") +
+                             "memory plan of '" + fn.name + "' overlaps: buffers " +
+                             std::to_string(live[a]) + " and " + std::to_string(live[b]) +
+                             " share bytes while both are live");
+    }
+  }
+  return Status();
+}
+
 Status decodeFunction(const fbs::Function *f, const StepProgram &program, FunctionDesc &fn) {
   fn.name = f->name()->str();
   fn.arenaBytes = f->arena_bytes();
@@ -237,54 +344,7 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program, Functi
   if (f->buffers())
     for (const fbs::Buffer *b : *f->buffers()) {
       BufferDesc desc;
-      std::string where = "buffer " + std::to_string(fn.buffers.size());
-      if (uint8_t(b->kind()) > uint8_t(BufferKind::Host))
-        return Status::error(where + " has an unknown kind");
-      desc.kind = BufferKind(uint8_t(b->kind()));
-      desc.name = b->name() ? b->name()->str() : "";
-      G3RT_RETURN_IF_ERROR(decodeDType(b->dtype(), desc.dtype).withContext(where));
-      G3RT_RETURN_IF_ERROR(decodeShape(b->shape(), desc.shape, dtypeSize(desc.dtype), desc.bytes)
-                               .withContext(where));
-      desc.offset = b->offset();
-      desc.viewOf = b->view_of();
-      if (desc.viewOf >= 0) {
-        if (size_t(desc.viewOf) >= fn.buffers.size())
-          return Status::error(where + " views a buffer declared after it");
-        const BufferDesc &src = fn.buffers[size_t(desc.viewOf)];
-        if (src.bytes != desc.bytes || src.kind != desc.kind || src.offset != desc.offset ||
-            src.name != desc.name)
-          return Status::error(where + " is a view that does not match its source");
-      }
-      if (isPlanned(desc.kind)) {
-        const bool host = desc.kind == BufferKind::Host;
-        const uint64_t arena = host ? fn.hostBytes : fn.arenaBytes;
-        if (desc.offset > arena || desc.bytes > arena - desc.offset)
-          return Status::error(where + " lies outside the " + (host ? "host arena" : "arena") +
-                               " (offset " + std::to_string(desc.offset) + ", " +
-                               std::to_string(desc.bytes) + " bytes, " +
-                               (host ? "host arena " : "arena ") + std::to_string(arena) + ")");
-        if (program.arenaAlignment && desc.offset % program.arenaAlignment)
-          return Status::error(where + " is not aligned");
-      } else {
-        if (desc.name.empty())
-          return Status::error(where + " is persistent but has no name");
-        if (desc.kind != BufferKind::Input) {
-          const ParamDesc *p = program.findParam(desc.name);
-          if (!p)
-            return Status::error(where + " names '" + desc.name +
-                                 "', which is not in the parameter table");
-          if (p->shape != desc.shape)
-            return Status::error(where + " ('" + desc.name + "') has shape " +
-                                 shapeString(desc.shape) + ", the parameter " +
-                                 shapeString(p->shape));
-          if (desc.kind == BufferKind::Param && p->dtype != desc.dtype)
-            return Status::error(where + " ('" + desc.name +
-                                 "') has another dtype than the parameter");
-          if (desc.kind != BufferKind::Param && (!p->trainable || desc.dtype != DType::F32))
-            return Status::error(where + " holds optimizer state of '" + desc.name +
-                                 "', which is not a trainable fp32 parameter");
-        }
-      }
+      G3RT_RETURN_IF_ERROR(decodeBuffer(b, program, fn, desc));
       fn.buffers.push_back(std::move(desc));
     }
 
@@ -325,11 +385,6 @@ Status decodeFunction(const fbs::Function *f, const StepProgram &program, Functi
 
 } // namespace
 
-namespace {
-/// checkArenaPlan for the buffers of one kind (arena or host).
-Status checkPlan(const FunctionDesc &fn, BufferKind kind);
-} // namespace
-
 Status checkArenaPlan(const FunctionDesc &fn) {
   for (BufferKind kind : {BufferKind::Arena, BufferKind::Host})
     G3RT_RETURN_IF_ERROR(checkPlan(fn, kind));
@@ -337,12 +392,7 @@ Status checkArenaPlan(const FunctionDesc &fn) {
 }
 
 Status checkHostCopies(FunctionDesc &fn) {
-  auto root = [&](uint32_t i) {
-    while (fn.buffers[i].viewOf >= 0)
-      i = uint32_t(fn.buffers[i].viewOf);
-    return i;
-  };
-  auto kindOf = [&](uint32_t i) { return fn.buffers[root(i)].kind; };
+  auto kindOf = [&](uint32_t i) { return fn.buffers[rootOf(fn, i)].kind; };
   for (const auto &o : fn.outputs)
     if (kindOf(o.second) == BufferKind::Host)
       return Status::error("output '" + o.first + "' is a host buffer");
@@ -396,59 +446,6 @@ Status checkHostCopies(FunctionDesc &fn) {
   fn.copies = copies.empty() ? 0 : uint32_t(copies.rbegin()->first + 1);
   return Status();
 }
-
-namespace {
-Status checkPlan(const FunctionDesc &fn, BufferKind kind) {
-  // Live range of each root buffer of `kind`, in instruction indices;
-  // outputs are read after the last instruction.
-  size_t n = fn.buffers.size(), end = fn.instrs.size();
-  std::vector<int64_t> first(n, -1), last(n, -1);
-  auto root = [&](uint32_t i) {
-    while (fn.buffers[i].viewOf >= 0)
-      i = uint32_t(fn.buffers[i].viewOf);
-    return i;
-  };
-  auto touch = [&](uint32_t b, int64_t at) {
-    uint32_t r = root(b);
-    if (fn.buffers[r].kind != kind)
-      return;
-    if (first[r] < 0)
-      first[r] = at;
-    last[r] = std::max(last[r], at);
-  };
-  for (size_t i = 0; i < fn.instrs.size(); ++i) {
-    for (uint32_t b : fn.instrs[i].inputs)
-      touch(b, int64_t(i));
-    for (uint32_t b : fn.instrs[i].outputs)
-      touch(b, int64_t(i));
-  }
-  for (const auto &o : fn.outputs)
-    touch(o.second, int64_t(end));
-
-  std::vector<uint32_t> live;
-  for (uint32_t i = 0; i < n; ++i)
-    if (first[i] >= 0)
-      live.push_back(i);
-  std::sort(live.begin(), live.end(),
-            [&](uint32_t a, uint32_t b) { return fn.buffers[a].offset < fn.buffers[b].offset; });
-  for (size_t a = 0; a < live.size(); ++a) {
-    const BufferDesc &x = fn.buffers[live[a]];
-    for (size_t b = a + 1; b < live.size(); ++b) {
-      const BufferDesc &y = fn.buffers[live[b]];
-      if (y.offset >= x.offset + x.bytes)
-        break;
-      if (x.bytes == 0 || y.bytes == 0)
-        continue;
-      if (first[live[a]] <= last[live[b]] && first[live[b]] <= last[live[a]])
-        return Status::error(std::string(kind == BufferKind::Host ? "host " : "") +
-                             "memory plan of '" + fn.name + "' overlaps: buffers " +
-                             std::to_string(live[a]) + " and " + std::to_string(live[b]) +
-                             " share bytes while both are live");
-    }
-  }
-  return Status();
-}
-} // namespace
 
 // Every backend allocates a persistent tensor once, as its first declaration
 // says (forEachStateBuffer), so each later declaration must agree with it.

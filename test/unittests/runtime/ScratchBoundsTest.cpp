@@ -39,4 +39,17 @@ TEST(ScratchBounds, ScalesWithTokensAndAligns) {
   EXPECT_EQ(attentionScratchBound(1, 1, 1, 4, true, true), 5 * 256u);
 }
 
+TEST(ScratchBounds, PerLaunch) {
+  const int64_t q[] = {1, 262144, 8, 256};
+  // A backward with the forward's output and log-sum-exp has seven inputs.
+  EXPECT_EQ(launchScratchBound("attention_grad", q, 4, 7),
+            attentionScratchBound(1, 262144, 8, 256, true, true));
+  EXPECT_EQ(launchScratchBound("attention_grad", q, 4, 5),
+            attentionScratchBound(1, 262144, 8, 256, true, false));
+  EXPECT_EQ(launchScratchBound("attention", q, 4, 4),
+            attentionScratchBound(1, 262144, 8, 256, false, false));
+  EXPECT_EQ(launchScratchBound("linear", q, 4, 2), 0u);
+  EXPECT_EQ(launchScratchBound("attention", q, 3, 4), 0u);
+}
+
 } // namespace
