@@ -8,6 +8,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "frontend/ConfigInternal.h"
+#include "runtime/base/units.h"
 
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/ADT/SmallString.h"
@@ -124,7 +125,7 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
     if (gb < 0 || gb > 1e6)
       return fail(e->origin,
                   "must be a number of GiB in [0, 1e6] (0: no budget), got " + render(e->value));
-    t.memoryBudgetBytes = static_cast<int64_t>(gb * 1024.0 * 1024.0 * 1024.0);
+    t.memoryBudgetBytes = g3rt::gibToBytes(gb);
     // A budget under one byte is still a budget, not "none".
     if (gb > 0 && t.memoryBudgetBytes == 0)
       t.memoryBudgetBytes = 1;
@@ -136,7 +137,7 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
     if (gb < 0 || gb > 1e6)
       return fail(e->origin, "must be a number of GiB in [0, 1e6] (0: no host offload), got " +
                                  render(e->value));
-    t.hostMemoryBudgetBytes = static_cast<int64_t>(gb * 1024.0 * 1024.0 * 1024.0);
+    t.hostMemoryBudgetBytes = g3rt::gibToBytes(gb);
   }
   return Error::success();
 }

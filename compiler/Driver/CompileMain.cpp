@@ -21,6 +21,7 @@
 #include "frontend/Config.h"
 #include "frontend/ModelBuilder.h"
 #include "runtime/base/file.h"
+#include "runtime/base/units.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/AsmState.h"
@@ -30,7 +31,6 @@
 #include "mlir/Support/FileUtilities.h"
 #include "llvm/Support/CommandLine.h"
 #include "llvm/Support/Format.h"
-#include "llvm/Support/FormatVariadic.h"
 #include "llvm/Support/InitLLVM.h"
 #include "llvm/Support/ToolOutputFile.h"
 #include "llvm/Support/WithColor.h"
@@ -106,9 +106,8 @@ void setTrainingOptions(const g3moe::frontend::CompileConfig &config,
 std::string budgetHelp() {
   return "memory_budget_gb (a config field or --set memory_budget_gb=N, in GiB; 0: no "
          "budget), else the visible GPU's total memory less a " +
-         std::string(llvm::formatv("{0:F1}", double(g3moe::compiler::kDeviceReserveBytes) /
-                                                 double(int64_t(1) << 30))) +
-         " GiB reserve for the CUDA runtime";
+         g3rt::gibText(uint64_t(g3moe::compiler::kDeviceReserveBytes)) +
+         " reserve for the CUDA runtime";
 }
 
 /// The tool's overview and --recompute's description. cl keeps StringRefs
@@ -188,7 +187,7 @@ struct Flags {
   cl::opt<int64_t> offloadMinBytes{
       "offload-min-bytes",
       cl::desc("The smallest activation kept in host memory, in bytes (default 64 MiB)"),
-      cl::init(int64_t(64) << 20), cl::cat(compileCategory())};
+      cl::init(g3moe::kOffloadMinBytes), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",

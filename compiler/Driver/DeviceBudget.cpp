@@ -10,24 +10,9 @@
 
 #include "frontend/Config.h"
 
-#include <cstdio>
+#include "runtime/base/units.h"
 
 namespace g3moe::compiler {
-
-namespace {
-
-/// GiB with one decimal, as the fit's report prints them; MiB below 1 GiB,
-/// where one decimal of a GiB says nothing.
-std::string size(int64_t bytes) {
-  char text[48];
-  if (bytes >= (int64_t(1) << 30))
-    std::snprintf(text, sizeof text, "%.1f GiB", double(bytes) / double(int64_t(1) << 30));
-  else
-    std::snprintf(text, sizeof text, "%.1f MiB", double(bytes) / double(int64_t(1) << 20));
-  return text;
-}
-
-} // namespace
 
 int64_t deviceBudgetBytes(int64_t totalBytes) {
   return totalBytes > kDeviceReserveBytes ? totalBytes - kDeviceReserveBytes : 0;
@@ -51,21 +36,22 @@ MemoryBudget resolveMemoryBudget(const frontend::TrainingOptions &training,
     budget.source = "no memory_budget_gb and no visible GPU (" + device.why + ")";
     return budget;
   }
-  const std::string gpu = "the visible GPU " + device.name + ", " + size(device.totalBytes);
+  const std::string gpu =
+      "the visible GPU " + device.name + ", " + g3rt::sizeText(uint64_t(device.totalBytes));
   budget.bytes = deviceBudgetBytes(device.totalBytes);
   if (budget.bytes == 0) {
     budget.source = "no memory_budget_gb, and " + gpu + ", is not larger than the " +
-                    size(kDeviceReserveBytes) + " the CUDA backend reserves";
+                    g3rt::sizeText(uint64_t(kDeviceReserveBytes)) + " the CUDA backend reserves";
     return budget;
   }
   budget.origin = MemoryBudget::Origin::Device;
-  budget.source = gpu + " less a " + size(kDeviceReserveBytes) + " reserve";
+  budget.source = gpu + " less a " + g3rt::sizeText(uint64_t(kDeviceReserveBytes)) + " reserve";
   return budget;
 }
 
 std::string describeBudget(const MemoryBudget &budget) {
   if (budget.bytes > 0)
-    return "memory budget " + size(budget.bytes) + " from " + budget.source;
+    return "memory budget " + g3rt::sizeText(uint64_t(budget.bytes)) + " from " + budget.source;
   if (budget.origin == MemoryBudget::Origin::Stated)
     return "no memory budget: memory_budget_gb is 0 (" + budget.source + ")";
   return "no memory budget: " + budget.source;

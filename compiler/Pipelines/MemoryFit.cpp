@@ -13,6 +13,7 @@
 #include "dialects/G3MoE/Transforms/Passes.h"
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
+#include "runtime/base/units.h"
 #include "runtime/kernels/scratch_bounds.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -410,11 +411,16 @@ private:
   MemoryFit &fit;
 };
 
-std::string gib(int64_t bytes) {
-  std::string s;
-  llvm::raw_string_ostream os(s);
-  os << llvm::format("%.1f GiB", double(bytes) / double(1ll << 30));
-  return s;
+std::string gib(int64_t bytes) { return g3rt::gibText(uint64_t(bytes)); }
+
+/// ", host memory 42.5 GiB for 34 activations (budget 64.0 GiB)" where a
+/// step offloads.
+std::string describeHost(const StepMemory &memory, int64_t hostBudgetBytes) {
+  if (memory.offloaded <= 0)
+    return "";
+  return ", host memory " + gib(memory.hostBytes) + " for " + std::to_string(memory.offloaded) +
+         " activations" +
+         (hostBudgetBytes >= 0 ? " (budget " + gib(hostBudgetBytes) + ")" : std::string());
 }
 
 } // namespace
@@ -437,8 +443,7 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
       return failure();
     return fit;
   }
-  const bool narrow =
-      fit.fits() && options.budgetBytes > 0 && options.policy == RecomputePolicy::Auto;
+  const bool narrow = options.budgetBytes > 0 && options.policy == RecomputePolicy::Auto;
   if (narrow && fit.plan.count(LayerChoice::RecomputeFeedForward) == *numLayers)
     if (failed(search.narrowFeedForward(*numLayers)))
       return failure();
@@ -447,18 +452,6 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
       return failure();
   return fit;
 }
-
-namespace {
-/// ", host memory 42.5 GiB for 34 activations (budget 64.0 GiB)" where a
-/// step offloads.
-std::string describeHost(const StepMemory &memory, int64_t hostBudgetBytes) {
-  if (memory.offloaded <= 0)
-    return "";
-  return ", host memory " + gib(memory.hostBytes) + " for " + std::to_string(memory.offloaded) +
-         " activations" +
-         (hostBudgetBytes >= 0 ? " (budget " + gib(hostBudgetBytes) + ")" : std::string());
-}
-} // namespace
 
 std::string g3moe::describeFit(const MemoryFit &fit) {
   return "device memory " + gib(fit.memory.deviceBytes()) + " (arena, persistent tensors and " +
@@ -563,10 +556,10 @@ void FitMemoryPass::runOnOperation() {
 
   MemoryFitOptions options;
   // As the frontend converts memory_budget_gb, so that both tools agree.
-  options.budgetBytes = static_cast<int64_t>(memoryBudgetGb * 1024.0 * 1024.0 * 1024.0);
+  options.budgetBytes = g3rt::gibToBytes(memoryBudgetGb);
   options.policy = *policy;
   if (hostMemoryBudgetGb >= 0)
-    options.hostBudgetBytes = static_cast<int64_t>(hostMemoryBudgetGb * 1024.0 * 1024.0 * 1024.0);
+    options.hostBudgetBytes = g3rt::gibToBytes(hostMemoryBudgetGb);
   // The module is the forward every candidate is cloned from; none is nested
   // in it while it is cloned.
   FailureOr<MemoryFit> fit =

@@ -14,6 +14,10 @@
 
 namespace g3moe {
 
+/// The smallest activation the host offload moves by default: layer
+/// boundaries and kept activations, not the small per-token tables.
+inline constexpr int64_t kOffloadMinBytes = int64_t(64) << 20;
+
 /// Options of the training pipeline: the trainable set and the optimizer.
 struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipelineOptions> {
   Option<bool> fullFinetune{*this, "full-finetune",
@@ -63,7 +67,7 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
   Option<int64_t> offloadMinBytes{
       *this, "offload-min-bytes",
       llvm::cl::desc("the smallest activation offload-count moves to host memory, in bytes"),
-      llvm::cl::init(int64_t(64) << 20)};
+      llvm::cl::init(kOffloadMinBytes)};
   Option<bool> saveAttentionStats{
       *this, "save-attention-stats",
       llvm::cl::desc("hand each attention gradient its forward's output and softmax "

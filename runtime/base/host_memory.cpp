@@ -2,16 +2,17 @@
 
 #include "runtime/base/host_memory.h"
 
-#include <cstdio>
+#include "runtime/base/file.h"
+#include "runtime/base/units.h"
+
 #include <fstream>
 #include <sstream>
 
 namespace g3rt {
 
 Status availableHostMemory(uint64_t &bytes, const std::string &meminfo) {
-  std::ifstream in(meminfo);
-  if (!in)
-    return Status::error("cannot read " + meminfo + " for the available host memory");
+  std::ifstream in;
+  G3RT_RETURN_IF_ERROR(openForReading(meminfo, in, std::ios::in, "the host memory table"));
   std::string line;
   while (std::getline(in, line)) {
     std::istringstream fields(line);
@@ -32,13 +33,8 @@ Status checkHostMemory(uint64_t bytes, const std::string &what, const std::strin
   G3RT_RETURN_IF_ERROR(availableHostMemory(available, meminfo));
   if (bytes <= available)
     return Status();
-  auto gib = [](uint64_t b) {
-    char text[32];
-    std::snprintf(text, sizeof text, "%.1f GiB", double(b) / double(uint64_t(1) << 30));
-    return std::string(text);
-  };
-  return Status::error("the step keeps " + gib(bytes) + " of " + what +
-                       " in host memory but the machine has " + gib(available) +
+  return Status::error("the step keeps " + gibText(bytes) + " of " + what +
+                       " in host memory but the machine has " + gibText(available) +
                        " available: compile it with a lower host_memory_budget_gb or a larger "
                        "memory_budget_gb");
 }

@@ -9,24 +9,13 @@
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/kernels/kernel_checks.h"
 
-#include <cstring>
-
 namespace g3rt::cpu {
 
 using namespace checks;
 
-namespace {
-Status copyBytes(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
-  if (args.inputs[0].bytes() != args.outputs[0].bytes())
-    return args.fail("copies between buffers of different sizes");
-  std::memcpy(args.outputs[0].data, args.inputs[0].data, args.inputs[0].bytes());
-  return Status();
-}
-} // namespace
-
-Status copyToHostKernel(const KernelArgs &args) { return copyBytes(args); }
-Status copyToDeviceKernel(const KernelArgs &args) { return copyBytes(args); }
+// A byte copy between buffers of one dtype, as `copy` is.
+Status copyToHostKernel(const KernelArgs &args) { return copyKernel(args); }
+Status copyToDeviceKernel(const KernelArgs &args) { return copyKernel(args); }
 Status waitCopyKernel(const KernelArgs &args) { return checkCounts(args, 1, 1); }
 
 } // namespace g3rt::cpu

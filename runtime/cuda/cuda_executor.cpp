@@ -3,6 +3,7 @@
 #include "runtime/cuda/cuda_executor.h"
 
 #include "runtime/base/host_memory.h"
+#include "runtime/base/units.h"
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lt_matmul.h"
 #include "runtime/kernels/scratch_bounds.h"
@@ -85,13 +86,6 @@ Status settleChecks(const DeviceChecks &c, const std::vector<DeviceChecks::Pendi
   return Status();
 }
 
-/// GiB with one decimal, for messages.
-std::string gib(uint64_t bytes) {
-  char text[32];
-  std::snprintf(text, sizeof text, "%.1f GiB", double(bytes) / double(uint64_t(1) << 30));
-  return text;
-}
-
 /// The bound on cuDNN attention's scratch for the program's largest
 /// attention call (scratch_bounds.h), as the memory planner counts it.
 uint64_t attentionScratch(const StepProgram &program) {
@@ -122,12 +116,12 @@ Status checkDeviceMemory(const StepProgram &program, int device) {
   G3RT_RETURN_IF_ERROR(check(cudaMemGetInfo(&free, &total), "reading the free device memory"));
   if (need <= free)
     return Status();
-  return Status::error("the step needs " + gib(need) + " of device memory (arena " +
-                       gib(program.arenaBytes) + ", parameters and optimizer state " + gib(state) +
-                       ", workspace " + gib(kWorkspaceBytes) + ", attention scratch " +
-                       gib(scratch) + ") but CUDA device " + std::to_string(device) + " has " +
-                       gib(free) + " free of " + gib(total) +
-                       ": compile it with a smaller memory_budget_gb");
+  return Status::error("the step needs " + gibText(need) + " of device memory (arena " +
+                       gibText(program.arenaBytes) + ", parameters and optimizer state " +
+                       gibText(state) + ", workspace " + gibText(kWorkspaceBytes) +
+                       ", attention scratch " + gibText(scratch) + ") but CUDA device " +
+                       std::to_string(device) + " has " + gibText(free) + " free of " +
+                       gibText(total) + ": compile it with a smaller memory_budget_gb");
 }
 
 } // namespace
@@ -206,7 +200,7 @@ Status CudaExecutor::createHostArena() {
     return Status();
   // Pinned, so that the copies run asynchronously at the link's speed.
   G3RT_RETURN_IF_ERROR(check(cudaHostAlloc(&hostArena_, program_.hostBytes, cudaHostAllocDefault),
-                             "allocating the " + gib(program_.hostBytes) +
+                             "allocating the " + gibText(program_.hostBytes) +
                                  " pinned host arena of the offloaded activations"));
   G3RT_RETURN_IF_ERROR(check(cudaStreamCreateWithFlags(&ctx_->copyStream, cudaStreamNonBlocking),
                              "creating the copy stream"));

@@ -33,8 +33,6 @@ public:
   /// The value of `key`, waiting up to the timeout for some rank to set it.
   Status get(const std::string &key, std::vector<char> &value);
 
-  std::chrono::milliseconds timeout() const { return timeout_; }
-
 private:
   TcpStore() = default;
   struct Server;

@@ -9,7 +9,6 @@
 
 #include "dialects/G3MoE/IR/G3MoEOps.h"
 
-#include "mlir/Dialect/Arith/IR/Arith.h"
 #include "mlir/IR/Builders.h"
 
 using namespace mlir;
@@ -54,21 +53,15 @@ LogicalResult ReshapeOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRe
 LogicalResult SplitRowsOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                          SmallVectorImpl<Value> &out) {
   noGrads(*this, out);
-  const Value *first = llvm::find_if(dy, [](Value g) { return bool(g); });
-  if (!needs[0] || first == dy.end())
+  if (!needs[0])
     return success();
-  // The blocks' gradients joined in the element type of the first one; a
-  // block that reaches no loss contributes zeros.
-  Type elt = typeOf(*first).getElementType();
+  // Autodiff gives every part of an active input a gradient (zeros for a
+  // part that reaches no loss); they are joined in the first one's type.
   SmallVector<Value> blocks;
-  for (auto [part, g] : llvm::zip(getParts(), dy)) {
-    Value block = g ? castLike(b, getLoc(), g, *first)
-                    : arith::ConstantOp::create(b, getLoc(),
-                                                DenseElementsAttr::get(withElementType(part, elt),
-                                                                       FloatAttr::get(elt, 0.0)));
-    blocks.push_back(block);
-  }
-  out[0] = ConcatRowsOp::create(b, getLoc(), withElementType(getInput(), elt), blocks);
+  for (Value g : dy)
+    blocks.push_back(castLike(b, getLoc(), g, dy[0]));
+  out[0] = ConcatRowsOp::create(
+      b, getLoc(), withElementType(getInput(), typeOf(dy[0]).getElementType()), blocks);
   return success();
 }
 

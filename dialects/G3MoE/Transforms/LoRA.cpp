@@ -77,10 +77,8 @@ LogicalResult G3MoELoRAPass::validateOptions() {
 }
 
 Value G3MoELoRAPass::getOrAddRandomKey(func::FuncOp func) {
-  for (unsigned i = 0, e = func.getNumArguments(); i < e; ++i)
-    if (auto name = func.getArgAttrOfType<StringAttr>(i, "g3moe.input");
-        name && name.getValue() == "rng_key")
-      return func.getArgument(i);
+  if (BlockArgument key = findInput(func, "rng_key"))
+    return key;
   MLIRContext *ctx = func.getContext();
   unsigned index = func.getNumArguments();
   auto keyType = RankedTensorType::get({2}, IntegerType::get(ctx, 64));
@@ -172,9 +170,7 @@ void G3MoELoRAPass::runOnOperation() {
       eval = mode.getValue() == "eval";
   useDropout = !fullFinetune && dropout > 0 && !eval;
 
-  module.walk([&](RandomUniformOp op) {
-    nextStream = std::max<int64_t>(nextStream, op.getStreamAttr().getInt() + 1);
-  });
+  nextStream = nextFreeStream(module);
 
   llvm::StringMap<bool> targetUsed;
   for (const std::string &t : targets)

@@ -35,10 +35,17 @@ void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
 /// The rewrite of --g3moe-fuse-dropout.
 void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns);
 
+/// The argument of `func` marked `g3moe.input = name` ("rng_key",
+/// "input_ids", ...), or null.
+mlir::BlockArgument findInput(mlir::func::FuncOp func, llvm::StringRef name);
+
 /// The tokens of one micro-batch of entry point `func` (the elements of its
 /// `g3moe.input = "input_ids"` argument), which --g3moe-tile-tokens cuts
 /// into chunks; none for a function without that argument.
 std::optional<int64_t> inputTokenCount(mlir::func::FuncOp func);
+
+/// A random stream no draw of `module` uses yet: one past the largest.
+int64_t nextFreeStream(mlir::ModuleOp module);
 
 } // namespace g3moe
 

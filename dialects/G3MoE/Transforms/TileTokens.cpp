@@ -113,8 +113,7 @@ private:
       return known->second;
     bool result;
     if (auto arg = dyn_cast<BlockArgument>(v)) {
-      auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "g3moe.input");
-      result = name && name.getValue() == "rng_key";
+      result = arg == findInput(func, "rng_key");
     } else {
       Operation *def = v.getDefiningOp();
       result = !isa<RandomUniformOp>(def) &&
@@ -263,10 +262,7 @@ struct G3MoETileTokensPass : g3moe::impl::G3MoETileTokensPassBase<G3MoETileToken
     }
     if (tokens == 0)
       return;
-    int64_t nextStream = 0;
-    module.walk([&](RandomUniformOp op) {
-      nextStream = std::max(nextStream, op.getStreamAttr().getInt() + 1);
-    });
+    int64_t nextStream = nextFreeStream(module);
     for (auto func : module.getOps<func::FuncOp>()) {
       std::optional<int64_t> count = inputTokenCount(func);
       if (!count || *count <= tokens)
@@ -283,11 +279,3 @@ struct G3MoETileTokensPass : g3moe::impl::G3MoETileTokensPassBase<G3MoETileToken
 };
 
 } // namespace
-
-std::optional<int64_t> g3moe::inputTokenCount(func::FuncOp func) {
-  for (BlockArgument arg : func.getArguments())
-    if (auto name = func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), "g3moe.input");
-        name && name.getValue() == "input_ids")
-      return cast<RankedTensorType>(arg.getType()).getNumElements();
-  return std::nullopt;
-}
