@@ -99,6 +99,17 @@ Error resolveLoRA(const Reader &r, TrainingOptions &t) {
   return Error::success();
 }
 
+/// A size field in GiB, a number in [0, 1e6] (`zero` says what 0 means), as
+/// bytes.
+Error gibField(const Entry &e, const char *zero, int64_t &bytes) {
+  double gb = *asFiniteNumber(e.value);
+  if (gb < 0 || gb > 1e6)
+    return fail(e.origin, std::string("must be a number of GiB in [0, 1e6] (0: ") + zero +
+                              "), got " + render(e.value));
+  bytes = g3rt::gibToBytes(gb);
+  return Error::success();
+}
+
 /// The switches and the memory budget.
 Error resolveSwitches(const Reader &r, TrainingOptions &t) {
   struct BoolField {
@@ -121,24 +132,17 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
   // 0 is "no budget", stated: g3moe-compile then takes none from the GPU
   // either (compiler/Driver/DeviceBudget.h).
   if (const Entry *e = r.find("memory_budget_gb")) {
-    double gb = *asFiniteNumber(e->value);
-    if (gb < 0 || gb > 1e6)
-      return fail(e->origin,
-                  "must be a number of GiB in [0, 1e6] (0: no budget), got " + render(e->value));
-    t.memoryBudgetBytes = g3rt::gibToBytes(gb);
+    if (Error err = gibField(*e, "no budget", t.memoryBudgetBytes))
+      return err;
     // A budget under one byte is still a budget, not "none".
-    if (gb > 0 && t.memoryBudgetBytes == 0)
+    if (*asFiniteNumber(e->value) > 0 && t.memoryBudgetBytes == 0)
       t.memoryBudgetBytes = 1;
     t.memoryBudgetOrigin =
         e->origin.priority == Priority::Override ? e->origin.setText : fieldText(e->origin);
   }
-  if (const Entry *e = r.find("host_memory_budget_gb")) {
-    double gb = *asFiniteNumber(e->value);
-    if (gb < 0 || gb > 1e6)
-      return fail(e->origin, "must be a number of GiB in [0, 1e6] (0: no host offload), got " +
-                                 render(e->value));
-    t.hostMemoryBudgetBytes = g3rt::gibToBytes(gb);
-  }
+  if (const Entry *e = r.find("host_memory_budget_gb"))
+    if (Error err = gibField(*e, "no host offload", t.hostMemoryBudgetBytes))
+      return err;
   return Error::success();
 }
 

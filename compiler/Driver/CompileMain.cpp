@@ -199,6 +199,16 @@ struct Flags {
   bool lowered() const { return emit == Emit::G3RTMlir || emit == Emit::Step; }
 };
 
+/// The pipeline's options: the configuration's, and the chunk and host
+/// offload the flags fix.
+void setPipelineOptions(const Flags &flags, const g3moe::frontend::CompileConfig &config,
+                        g3moe::TrainingPipelineOptions &options) {
+  setTrainingOptions(config, options);
+  options.tileTokens = int64_t(flags.tileTokens);
+  options.offloadCount = int64_t(flags.offload);
+  options.offloadMinBytes = int64_t(flags.offloadMinBytes);
+}
+
 /// The configuration the flags name, with --set, --seq-len and --micro-batch
 /// applied.
 Expected<g3moe::frontend::CompileConfig> loadConfig(const Flags &flags) {
@@ -236,10 +246,7 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
             mlir::OwningOpRef<mlir::ModuleOp> &module) {
   using g3moe::compiler::MemoryBudget;
   g3moe::TrainingPipelineOptions pipeline;
-  setTrainingOptions(config, pipeline);
-  pipeline.tileTokens = int64_t(flags.tileTokens);
-  pipeline.offloadCount = int64_t(flags.offload);
-  pipeline.offloadMinBytes = int64_t(flags.offloadMinBytes);
+  setPipelineOptions(flags, config, pipeline);
   const MemoryBudget budget = g3moe::compiler::resolveMemoryBudget(config.training, queryDevice);
   g3moe::MemoryFitOptions options;
   options.budgetBytes = budget.bytes;
@@ -270,8 +277,7 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
 int runUnlowered(const Flags &flags, const g3moe::frontend::CompileConfig &config,
                  mlir::OwningOpRef<mlir::ModuleOp> &module) {
   g3moe::TrainingPipelineOptions pipeline;
-  setTrainingOptions(config, pipeline);
-  pipeline.tileTokens = int64_t(flags.tileTokens);
+  setPipelineOptions(flags, config, pipeline);
   auto populate = [&](mlir::OpPassManager &pm) {
     if (flags.emit == Emit::TrainMlir)
       g3moe::buildTrainingPipeline(pm, pipeline);

@@ -32,6 +32,9 @@ VisibleDevice queryVisibleDevice() {
   int count = 0;
   // Without a driver or a device this is an error rather than 0
   // (cudaErrorNoDevice, cudaErrorInsufficientDriver), as g3moe-run sees it.
+  // The CUDA backend's countDevices (runtime/cuda/cuda_backend.cpp) reads
+  // the same way; it is not called here because the compiler does not link
+  // the runtime's CUDA library. Keep the two alike.
   cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess)
     return unreadable(e, "cudaGetDeviceCount");

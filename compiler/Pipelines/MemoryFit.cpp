@@ -314,23 +314,20 @@ public:
       bool fits = false;
       if (failed(attempt(plan, step, fits)))
         return failure();
-      if (fit.attempts.back().memory.deviceBytes() > options.budgetBytes)
+      auto deviceFits = [&](const FitAttempt &a) {
+        return a.memory.deviceBytes() <= options.budgetBytes;
+      };
+      if (!deviceFits(fit.attempts.back()))
         continue;
       const int64_t copies = fit.attempts.back().memory.offloaded;
       if (fits)
         choose(std::move(step));
-      for (int64_t lo = 1, hi = copies - 1; lo <= hi;) {
-        plan.offloadCount = lo + (hi - lo) / 2;
-        if (failed(attempt(plan, step, fits)))
-          return failure();
-        if (fit.attempts.back().memory.deviceBytes() > options.budgetBytes) {
-          lo = plan.offloadCount + 1;
-          continue;
-        }
-        if (fits)
-          choose(std::move(step));
-        hi = plan.offloadCount - 1;
-      }
+      auto planFor = [&](int64_t count) {
+        plan.offloadCount = count;
+        return plan;
+      };
+      if (failed(bisect(1, copies - 1, planFor, deviceFits)))
+        return failure();
       // Within the host budget here, or else perhaps with the attention
       // outputs recomputed, which needs fewer activations offloaded.
       if (fit.fits())
@@ -381,24 +378,39 @@ private:
   }
 
   /// The smallest count of layers for which `planFor` fits, by
-  /// bisection (memory falls as the count grows); the attention choice of
-  /// the plan found so far stays.
+  /// bisection (memory falls as the count grows); the attention choice and
+  /// the chunk of the plan found so far stay.
   LogicalResult narrow(int64_t numLayers,
                        llvm::function_ref<MemoryPlan(int64_t count, bool keepAttention)> planFor) {
     const bool keepAttention = fit.plan.keepAttentionOutputs;
-    for (int64_t lo = 1, hi = numLayers - 1; lo <= hi;) {
+    const int64_t tileTokens = fit.plan.tileTokens;
+    return bisect(
+        1, numLayers - 1,
+        [&](int64_t k) {
+          MemoryPlan plan = planFor(k, keepAttention);
+          plan.tileTokens = tileTokens;
+          return plan;
+        },
+        [](const FitAttempt &a) { return a.fits; });
+  }
+
+  /// The smallest count in [lo, hi] whose plan (`planFor`) is `enough`, by
+  /// bisection: memory falls as the count grows. Each plan tried that fits
+  /// the budgets becomes the choice.
+  LogicalResult bisect(int64_t lo, int64_t hi, llvm::function_ref<MemoryPlan(int64_t)> planFor,
+                       llvm::function_ref<bool(const FitAttempt &)> enough) {
+    while (lo <= hi) {
       const int64_t k = lo + (hi - lo) / 2;
-      MemoryPlan plan = planFor(k, keepAttention);
-      plan.tileTokens = fit.plan.tileTokens;
       OwningOpRef<ModuleOp> step;
       bool fits = false;
-      if (failed(attempt(plan, step, fits)))
+      if (failed(attempt(planFor(k), step, fits)))
         return failure();
-      if (!fits) {
+      if (!enough(fit.attempts.back())) {
         lo = k + 1;
         continue;
       }
-      choose(std::move(step));
+      if (fits)
+        choose(std::move(step));
       hi = k - 1;
     }
     return success();

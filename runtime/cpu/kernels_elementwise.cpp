@@ -200,27 +200,31 @@ Status copyKernel(const KernelArgs &args) {
   return convertElements(args, args.inputs[0], args.outputs[0]);
 }
 
-Status splitRowsKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 1)
-    return args.fail("expects 1 input, got " + str(int64_t(args.inputs.size())));
-  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.inputs[0], args.outputs));
-  const char *from = static_cast<const char *>(args.inputs[0].data);
-  for (const TensorView &part : args.outputs) {
-    std::memmove(part.data, from, part.bytes());
-    from += part.bytes();
+namespace {
+
+/// Copies between `whole` and its consecutive row blocks `parts`.
+void copyRowBlocks(const TensorView &whole, const std::vector<TensorView> &parts, bool intoParts) {
+  char *base = static_cast<char *>(whole.data);
+  for (const TensorView &part : parts) {
+    if (intoParts)
+      std::memmove(part.data, base, part.bytes());
+    else
+      std::memmove(base, part.data, part.bytes());
+    base += part.bytes();
   }
+}
+
+} // namespace
+
+Status splitRowsKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkSplitRows(args));
+  copyRowBlocks(args.inputs[0], args.outputs, /*intoParts=*/true);
   return Status();
 }
 
 Status concatRowsKernel(const KernelArgs &args) {
-  if (args.outputs.size() != 1)
-    return args.fail("expects 1 output, got " + str(int64_t(args.outputs.size())));
-  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.outputs[0], args.inputs));
-  char *to = static_cast<char *>(args.outputs[0].data);
-  for (const TensorView &part : args.inputs) {
-    std::memmove(to, part.data, part.bytes());
-    to += part.bytes();
-  }
+  G3RT_RETURN_IF_ERROR(checkConcatRows(args));
+  copyRowBlocks(args.outputs[0], args.inputs, /*intoParts=*/false);
   return Status();
 }
 

@@ -30,6 +30,7 @@
 #include "runtime/cuda/cudnn_attention.h"
 
 #include "runtime/cuda/cudnn_graph.h"
+#include "runtime/kernels/scratch_bounds.h"
 
 #include <cuda_bf16.h>
 
@@ -454,9 +455,10 @@ struct GraphScalars {
 Status layOutScratch(const KernelArgs &args, CudnnAttentionState &st, const AttentionShape &p,
                      bool grad, const Plan &fwd, const Plan *bwd, CallBuffers &buf) {
   const bool saved = grad && p.withLse;
-  const size_t rowsBytes = align256(size_t(p.B * p.nh * p.T) * sizeof(float));
-  const size_t actBytes = align256(size_t(p.B * p.T * p.nh * p.d) * 2);
-  buf.accBytes = align256(size_t(p.B * p.T * p.nh * p.d) * sizeof(float));
+  // The parts the memory planner bounds (scratch_bounds.h).
+  const AttentionScratchParts parts = attentionScratchParts(p.B, p.T, p.nh, p.d);
+  const size_t rowsBytes = parts.stats, actBytes = parts.act;
+  buf.accBytes = parts.acc;
   size_t used = rowsBytes + (grad ? (saved ? 1 : 2) * actBytes + rowsBytes + buf.accBytes : 0);
   const size_t work = size_t(std::max(fwd.workspaceBytes, bwd ? bwd->workspaceBytes : 0));
   G3RT_RETURN_IF_ERROR(reserveScratch(args, st, used + align256(work)));

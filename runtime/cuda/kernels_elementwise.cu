@@ -357,16 +357,12 @@ Status copyRowBlocks(const KernelArgs &args, const TensorView &whole,
 } // namespace
 
 Status splitRowsKernel(const KernelArgs &args) {
-  if (args.inputs.size() != 1)
-    return args.fail("expects 1 input, got " + str(int64_t(args.inputs.size())));
-  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.inputs[0], args.outputs));
+  G3RT_RETURN_IF_ERROR(checkSplitRows(args));
   return copyRowBlocks(args, args.inputs[0], args.outputs, /*intoParts=*/true);
 }
 
 Status concatRowsKernel(const KernelArgs &args) {
-  if (args.outputs.size() != 1)
-    return args.fail("expects 1 output, got " + str(int64_t(args.outputs.size())));
-  G3RT_RETURN_IF_ERROR(checkRowBlocks(args, args.outputs[0], args.inputs));
+  G3RT_RETURN_IF_ERROR(checkConcatRows(args));
   return copyRowBlocks(args, args.outputs[0], args.inputs, /*intoParts=*/false);
 }
 

@@ -222,6 +222,20 @@ inline Status checkRowBlocks(const KernelArgs &args, const TensorView &whole,
   return Status();
 }
 
+/// split_rows: one input cut into the outputs, its consecutive row blocks.
+inline Status checkSplitRows(const KernelArgs &args) {
+  if (args.inputs.size() != 1)
+    return args.fail("expects 1 input, got " + str(int64_t(args.inputs.size())));
+  return checkRowBlocks(args, args.inputs[0], args.outputs);
+}
+
+/// concat_rows: the inputs, consecutive row blocks of the one output.
+inline Status checkConcatRows(const KernelArgs &args) {
+  if (args.outputs.size() != 1)
+    return args.fail("expects 1 output, got " + str(int64_t(args.outputs.size())));
+  return checkRowBlocks(args, args.outputs[0], args.inputs);
+}
+
 /// A float tensor `what` shaped like x.
 inline Status checkLike(const KernelArgs &args, const TensorView &t, const char *what,
                         const TensorView &x) {

@@ -20,6 +20,21 @@
 
 namespace g3rt {
 
+/// The parts cuDNN attention lays out in its scratch for queries of
+/// [batch, tokens, heads, headDim] (cudnn_attention.cu, layOutScratch),
+/// each 256-byte aligned: fp32 statistics per row, a bf16 tensor shaped like
+/// q, an fp32 one.
+struct AttentionScratchParts {
+  uint64_t stats = 0, act = 0, acc = 0;
+};
+inline AttentionScratchParts attentionScratchParts(int64_t batch, int64_t tokens, int64_t heads,
+                                                   int64_t headDim) {
+  auto align = [](uint64_t n) { return (n + 255) & ~uint64_t(255); };
+  const uint64_t rows = uint64_t(batch * heads * tokens);
+  const uint64_t elements = rows * uint64_t(headDim);
+  return {align(rows * 4), align(elements * 2), align(elements * 4)};
+}
+
 /// An upper bound on cuDNN attention's scratch for one call on queries of
 /// [batch, tokens, heads, headDim]: the softmax statistics, and for the
 /// backward (`grad`) the masked output gradient, the forward's output
@@ -30,14 +45,11 @@ namespace g3rt {
 /// took just under that: 5.0 GiB in all against this bound's 5.0 GiB).
 inline uint64_t attentionScratchBound(int64_t batch, int64_t tokens, int64_t heads, int64_t headDim,
                                       bool grad, bool saved) {
-  auto align = [](uint64_t n) { return (n + 255) & ~uint64_t(255); };
-  const uint64_t rows = uint64_t(batch * heads * tokens);
-  const uint64_t elements = rows * uint64_t(headDim);
-  const uint64_t stats = align(rows * 4), act = align(elements * 2), acc = align(elements * 4);
-  const uint64_t workspace = acc;
+  const AttentionScratchParts p = attentionScratchParts(batch, tokens, heads, headDim);
+  const uint64_t workspace = p.acc;
   if (!grad)
-    return stats + workspace;
-  return 2 * stats + (saved ? 1 : 2) * act + acc + workspace;
+    return p.stats + workspace;
+  return 2 * p.stats + (saved ? 1 : 2) * p.act + p.acc + workspace;
 }
 
 /// The bound for one launch of `kernel` with `inputs` inputs, the first of

@@ -13,6 +13,9 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -76,10 +79,23 @@ TEST(World, NamesTheBadVariable) {
   EXPECT_NE(message({{"RANK", "x"}, {"WORLD_SIZE", "2"}}).find("got 'x'"), std::string::npos);
 }
 
-/// A port for this test process's stores, different per call.
+/// A port no socket of this machine uses now, as the kernel picks one for
+/// a bind to port 0 (ctest runs the tests of several processes at once, so
+/// ports derived from anything else may collide).
 int freshPort() {
-  static int next = 20000 + int(getpid() % 20000);
-  return next++;
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  int port = -1;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0)
+    port = ntohs(addr.sin_port);
+  if (fd >= 0)
+    ::close(fd);
+  EXPECT_GT(port, 0) << "no free port";
+  return port;
 }
 
 TEST(TcpStore, AGetWaitsForTheSet) {
