@@ -228,7 +228,7 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
     int64_t inDim = cast<RankedTensorType>(in.getType()).getDimSize(1);
     Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim}, act());
     return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, act()), in, offsets, w,
-                                         mlir::Value())
+                                         mlir::Value(), mlir::Value(), mlir::Value())
         .getResult();
   };
   Value gate = expertLinear(permuted, "gate_proj", m.intermediateSize);

@@ -131,6 +131,30 @@ void addAddend(const std::vector<float> &a, const FloatOutput &y) {
     p[i] += a[i];
 }
 
+/// Adds an expert product's low-rank term to the fp32 result [M, cols]
+/// before the addend: rows of expert e get h·L_eᵀ, L_e the [cols, r] slice
+/// of the lowrank weight (`rankLast`) or the transpose of its [r, cols] one.
+void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool rankLast,
+                const FloatOutput &y, int64_t cols) {
+  if (!s.lowInput)
+    return;
+  const int64_t r = s.rank;
+  std::vector<float> H = widen(*s.lowInput), L = widen(*s.lowWeight);
+  for (int64_t e = 0; e < s.E; ++e) {
+    const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
+    if (rows == 0)
+      continue;
+    std::vector<float> Le =
+        rankLast ? std::vector<float>(L.begin() + e * cols * r, L.begin() + (e + 1) * cols * r)
+                 : transpose(L.data() + e * r * cols, r, cols, cols);
+    std::vector<float> term(size_t(rows * cols));
+    gemmNT(H.data() + r0 * r, r, Le.data(), r, term.data(), cols, rows, cols, r);
+    float *p = y.data() + r0 * cols;
+    for (size_t i = 0; i < term.size(); ++i)
+      p[i] += term[i];
+  }
+}
+
 } // namespace
 
 Status linearKernel(const KernelArgs &args) {
@@ -219,6 +243,7 @@ Status expertLinearKernel(const KernelArgs &args) {
            in);
   }
   std::fill(Y.data() + offsets[size_t(E)] * out, Y.data() + M * out, 0.0f);
+  addLowRank(shape, offsets, /*rankLast=*/true, Y, out);
   addAddend(A, Y);
   Y.commit();
   return Status();
@@ -242,6 +267,7 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
     gemmNT(G.data() + r0 * out, out, Wt.data(), out, DX.data() + r0 * in, in, rows, in, out);
   }
   std::fill(DX.data() + offsets[size_t(E)] * in, DX.data() + M * in, 0.0f);
+  addLowRank(shape, offsets, /*rankLast=*/false, DX, in);
   addAddend(A, DX);
   DX.commit();
   return Status();

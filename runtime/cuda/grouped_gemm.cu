@@ -14,6 +14,13 @@
 // the columns so that a band's rows and the weight columns it needs stay in
 // L2.
 //
+// A LoRA term h·L_eᵀ (h [rows, r], r at most 32) joins the accumulation as
+// one more K tile of 32 (zeros past r): its two operands are copied into
+// shared memory of their own with the 64-byte swizzle (the 128-byte one for
+// the N-major A of the input gradient) when the block starts, and the
+// warpgroups multiply them after the main loop, so the term costs two more
+// wgmma and no pass over the [rows, N] result.
+//
 // Shapes the tensor-core path does not take (other types, sizes that are not
 // multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when
 // they are small; that keeps every expert product of such steps off the
@@ -41,9 +48,14 @@ constexpr int kBM = 128, kBN = 256, kBK = 64, kStages = 4, kThreads = 256;
 constexpr int kBandRows = 8;                                    // row tiles per band
 constexpr int kStageA = kBM * kBK * 2, kStageB = kBN * kBK * 2; // bytes
 constexpr int kStageBytes = kStageA + kStageB;
-// The stages start on a 1024-byte boundary, as the swizzle requires; two
-// mbarriers per stage follow them.
-constexpr size_t kSmemBytes = size_t(kStages) * kStageBytes + 1024 + 2 * kStages * 8;
+// The low-rank tiles: h [kBM, kLowK] and L [kBN, kLowK], after the stages.
+constexpr int kLowK = 32, kLowA = kBM * kLowK * 2, kLowB = kBN * kLowK * 2;
+constexpr int kLowBytes = kLowA + kLowB;
+// The stages start on a 1024-byte boundary, as the swizzle requires; the
+// low-rank tiles follow them, then two mbarriers per stage and one for the
+// low-rank tiles.
+constexpr size_t kSmemBytes =
+    size_t(kStages) * kStageBytes + kLowBytes + 1024 + (2 * kStages + 1) * 8;
 // The output tile staged in fp32 over the stages, rows padded.
 constexpr int kStageRow = kBN + 8;
 static_assert(kBM * kStageRow * 4 <= kStages * kStageBytes, "the staged tile must fit");
@@ -79,11 +91,15 @@ __device__ __forceinline__ void copyBox(uint32_t dst, const CUtensorMap &map, in
                : "memory");
 }
 
-/// A shared-memory matrix descriptor with the 128-byte swizzle: start
-/// address, leading and stride byte offsets, all in 16-byte units.
-__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading, uint32_t stride) {
+/// wgmma's codes for the shared-memory swizzles.
+constexpr uint64_t kSwizzle128 = 1, kSwizzle64 = 2;
+
+/// A shared-memory matrix descriptor: start address, leading and stride
+/// byte offsets (all in 16-byte units) and the swizzle.
+__device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading, uint32_t stride,
+                                               uint64_t swizzle = kSwizzle128) {
   return uint64_t((addr & 0x3ffff) >> 4) | uint64_t((leading & 0x3ffff) >> 4) << 16 |
-         uint64_t((stride & 0x3ffff) >> 4) << 32 | uint64_t(1) << 62;
+         uint64_t((stride & 0x3ffff) >> 4) << 32 | swizzle << 62;
 }
 
 /// d[64x256] += A·B for one warpgroup: A (64x16, K-major) and B (16x256,
@@ -131,9 +147,11 @@ __device__ __forceinline__ void fenceAccumulators(float (&d)[128]) {
 }
 
 /// The tensor maps of one product: x as [M rows][K] (a 64 x 128 box), the
-/// weights as [E][N][K] (64 x 256) or [E][K][N] (64 x 64, four per stage).
+/// weights as [E][N][K] (64 x 256) or [E][K][N] (64 x 64, four per stage);
+/// with a low-rank term h as [M][r] (32 x 128) and L as [E][N][r] (32 x 256)
+/// or [E][r][N] (64 x 32, four per tile).
 struct ProductMaps {
-  CUtensorMap x, w;
+  CUtensorMap x, w, h, l;
 };
 
 /// Fills the stage at sA (x) and sB (the weight) with K tile `kt`, completing
@@ -174,12 +192,13 @@ __device__ __forceinline__ bool bandTile(const RowGroups &groups, int64_t tileRo
 
 /// Initialises the stages' barriers at `bars`: kStages `full` ones (one
 /// arrival: the loader's, with the copies' bytes), then kStages `empty` ones
-/// (an arrival per warpgroup).
+/// (an arrival per warpgroup), then the low-rank tiles' `full` one.
 __device__ __forceinline__ void initStageBarriers(uint32_t bars) {
   for (int s = 0; s < kStages; ++s) {
     initBarrier(bars + uint32_t(s) * 8, 1);
     initBarrier(bars + uint32_t(kStages + s) * 8, 2);
   }
+  initBarrier(bars + uint32_t(2 * kStages) * 8, 1);
   asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 
@@ -196,10 +215,46 @@ __device__ __forceinline__ void stashAccumulators(float *stage, int wg, int lane
         make_float2(acc[2 * i], acc[2 * i + 1]);
 }
 
+/// Copies the low-rank tiles of the block's rows and columns to sA and sB,
+/// completing on `full`.
+template <bool WeightNK>
+__device__ __forceinline__ void fillLowRank(uint32_t sA, uint32_t sB, uint32_t full,
+                                            const ProductMaps &maps, const Tile &tile, int64_t n0) {
+  expectBytes(full, kLowBytes);
+  copyBox(sA, maps.h, 0, int(tile.begin), 0, full);
+  if constexpr (WeightNK) {
+    copyBox(sB, maps.l, 0, int(n0), int(tile.expert), full);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kBN / 64; ++j)
+      copyBox(sB + j * (kLowK * 128), maps.l, int(n0) + 64 * j, 0, int(tile.expert), full);
+  }
+}
+
+/// acc += h·Lᵀ for warpgroup wg from the low-rank tiles at sA and sB.
+template <bool WeightNK>
+__device__ __forceinline__ void multiplyLowRank(float (&acc)[128], uint32_t sA, uint32_t sB,
+                                                int wg) {
+  fenceAccumulators(acc);
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int kk = 0; kk < kLowK / 16; ++kk) {
+    // 64-byte rows: eight of them per 512-byte swizzle atom.
+    const uint64_t a = descriptor(sA + wg * 64 * (kLowK * 2) + kk * 32, 16, 512, kSwizzle64);
+    if constexpr (WeightNK)
+      wgmma256<0>(acc, a, descriptor(sB + kk * 32, 16, 512, kSwizzle64));
+    else
+      wgmma256<1>(acc, a, descriptor(sB + kk * 16 * 128, kLowK * 128, 1024));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+  asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+  fenceAccumulators(acc);
+}
+
 template <bool WeightNK>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedProductDevice(const __grid_constant__ ProductMaps maps, RowGroups groups, int64_t K,
-                         int64_t N, const void *addend, void *y, DType yt) {
+                         int64_t N, bool lowRank, const void *addend, void *y, DType yt) {
   extern __shared__ unsigned char smem[];
   Tile tile;
   int64_t colTile;
@@ -215,8 +270,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (tile.kind == TileKind::Compute) {
     const uint32_t base = (sharedAddr(smem) + 1023) & ~1023u;
     // Per stage: `full` (the copies arrived) and `empty` (both warpgroups
-    // are done with it), after the stages.
-    const uint32_t bars = base + kStages * kStageBytes;
+    // are done with it), after the stages and the low-rank tiles.
+    const uint32_t lowA = base + kStages * kStageBytes, lowB = lowA + kLowA;
+    const uint32_t bars = lowA + kLowBytes, lowFull = bars + 2 * kStages * 8;
     auto full = [&](int64_t s) { return bars + uint32_t(s) * 8; };
     auto empty = [&](int64_t s) { return bars + uint32_t(kStages + s) * 8; };
     auto stageA = [&](int64_t s) { return base + uint32_t(s) * kStageBytes; };
@@ -225,9 +281,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (loader)
       initStageBarriers(bars);
     __syncthreads();
-    if (loader)
+    if (loader) {
       for (int64_t t = 0; t < kStages && t < kTiles; ++t)
         fillStage<WeightNK>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
+      if (lowRank)
+        fillLowRank<WeightNK>(lowA, lowB, lowFull, maps, tile, n0);
+    }
     for (int64_t kt = 0; kt < kTiles; ++kt) {
       const int64_t s = kt % kStages;
       waitBarrier(full(s), uint32_t(kt / kStages) & 1);
@@ -260,6 +319,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     fenceAccumulators(acc);
+    if (lowRank) {
+      waitBarrier(lowFull, 0);
+      multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
+    }
   }
 
   // The tile goes through shared memory (the stages are free now) so that
@@ -370,16 +433,16 @@ PFN_cuTensorMapEncodeTiled_v12000 encodeTiled() {
 }
 
 /// A map of a bf16 tensor of `dims` (innermost first, three of them) with
-/// the 128-byte swizzle; elements outside read as zeros.
+/// the 128-byte swizzle (or `swizzle`); elements outside read as zeros.
 bool encodeMap(CUtensorMap &map, const void *data, const uint64_t (&dims)[3],
-               const uint32_t (&box)[3]) {
+               const uint32_t (&box)[3], CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = encodeTiled();
   if (!encode)
     return false;
   const cuuint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2};
   const cuuint32_t unit[3] = {1, 1, 1};
   return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(data), dims, strides,
-                box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
                 CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
@@ -394,6 +457,12 @@ bool plainFits(DType a, DType b, DType c, int64_t M, int64_t K, int64_t N) {
 
 bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t N) {
   return tensorCoreFits(x, w, y, K, N) || plainFits(x, w, y, M, K, N);
+}
+
+bool groupedLowRankFits(DType x, DType w, DType y, int64_t K, int64_t N, DType h, DType l,
+                        int64_t rank) {
+  return tensorCoreFits(x, w, y, K, N) && h == DType::BF16 && l == DType::BF16 && rank > 0 &&
+         rank <= kLowK && rank % 8 == 0;
 }
 
 bool groupedWeightGradFits(DType dy, DType x, DType dw, int64_t M, int64_t O, int64_t I) {
@@ -415,9 +484,12 @@ cudaError_t groupedWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
 
 cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, const void *x,
                                  DType xt, int64_t K, const void *w, DType wt, bool weightNK,
-                                 int64_t N, const void *addend, void *y, DType yt) {
+                                 int64_t N, const void *addend, void *y, DType yt,
+                                 const LowRankTerm &low) {
   if (groups.rows == 0 || N == 0)
     return cudaSuccess;
+  if (low.h && !groupedLowRankFits(xt, wt, yt, K, N, DType::BF16, DType::BF16, low.rank))
+    return cudaErrorInvalidValue;
   if (!tensorCoreFits(xt, wt, yt, K, N)) {
     const int64_t tiles = maxTiles(groups.rows, groups.experts, kPlainRows);
     const int64_t colTiles = (N + kPlainCols - 1) / kPlainCols;
@@ -438,11 +510,22 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
                 : encodeMap(maps.w, w, {uint64_t(N), uint64_t(K), E}, {64, kBK, 1}));
   if (!encoded)
     return cudaErrorInvalidValue;
+  if (low.h) {
+    const uint64_t r = uint64_t(low.rank);
+    const bool lowEncoded =
+        encodeMap(maps.h, low.h, {r, M, 1}, {kLowK, kBM, 1}, CU_TENSOR_MAP_SWIZZLE_64B) &&
+        (weightNK ? encodeMap(maps.l, low.l, {r, uint64_t(N), E}, {kLowK, kBN, 1},
+                              CU_TENSOR_MAP_SWIZZLE_64B)
+                  : encodeMap(maps.l, low.l, {uint64_t(N), r, E}, {64, kLowK, 1}));
+    if (!lowEncoded)
+      return cudaErrorInvalidValue;
+  }
   cudaError_t e = weightNK ? allowLargeSharedMemory<true>() : allowLargeSharedMemory<false>();
   if (e != cudaSuccess)
     return e;
   auto launch = [&](auto kernel) {
-    kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(maps, groups, K, N, addend, y, yt);
+    kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(maps, groups, K, N, low.h != nullptr,
+                                                               addend, y, yt);
   };
   weightNK ? launch(groupedProductDevice<true>) : launch(groupedProductDevice<false>);
   return cudaGetLastError();

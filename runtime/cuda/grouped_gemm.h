@@ -24,16 +24,31 @@ namespace g3rt::cuda {
 /// most 64 or at most 2^28 multiply-adds.
 bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t N);
 
-/// y[m, :N] = x[m, :K]·W_eᵀ for the rows m of each expert e, where W is
-/// [E, N, K] (`weightNK`, the forward product) or [E, K, N] (dy·W_e, the
-/// input gradient). A non-null `addend` (typed like y; it may be y itself)
-/// is added to the fp32 product before rounding, and is what rows past the
-/// last expert get (zeros without one). Offsets that are not a valid split
-/// make every row NaN. On the tensor cores all pointers must be 16-byte
-/// aligned.
+/// A LoRA term of an expert product: h [rows, rank] and L [E, N, rank]
+/// (the forward's B) or [E, rank, N] (the input gradient's A), bf16.
+struct LowRankTerm {
+  const void *h = nullptr, *l = nullptr;
+  int64_t rank = 0;
+};
+
+/// Whether groupedExpertProduct adds a low-rank term of `rank` to the
+/// product in its accumulation: the product on the tensor cores, bf16 h and
+/// L, and a rank of 8, 16, 24 or 32.
+bool groupedLowRankFits(DType x, DType w, DType y, int64_t K, int64_t N, DType h, DType l,
+                        int64_t rank);
+
+/// y[m, :N] = x[m, :K]·W_eᵀ (+ h[m]·L_eᵀ) for the rows m of each expert e,
+/// where W is [E, N, K] (`weightNK`, the forward product) or [E, K, N]
+/// (dy·W_e, the input gradient), and L likewise. A non-null `addend` (typed
+/// like y; it may be y itself) is added to the fp32 product before
+/// rounding, and is what rows past the last expert get (zeros without one).
+/// Offsets that are not a valid split make every row NaN. On the tensor
+/// cores all pointers must be 16-byte aligned; a low-rank term
+/// groupedLowRankFits does not take fails with cudaErrorInvalidValue.
 cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, const void *x,
                                  DType xType, int64_t K, const void *w, DType wType, bool weightNK,
-                                 int64_t N, const void *addend, void *y, DType yType);
+                                 int64_t N, const void *addend, void *y, DType yType,
+                                 const LowRankTerm &low = {});
 
 /// Whether groupedWeightGrad takes dW [E, O, I] over M rows: float types
 /// and a side of at most 64 or at most 2^28 multiply-adds (the plain

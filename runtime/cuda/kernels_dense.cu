@@ -302,11 +302,22 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
+/// The low-rank term of `shape` when the grouped kernel can add it in its
+/// accumulation (a null term otherwise).
+LowRankTerm fusedLowRank(const MatmulShape &shape, const TensorView &x, const TensorView &w,
+                         int64_t K, int64_t N, const TensorView &y) {
+  const TensorView *h = shape.lowInput, *l = shape.lowWeight;
+  if (!h || !groupedLowRankFits(x.dtype, w.dtype, y.dtype, K, N, h->dtype, l->dtype, shape.rank) ||
+      !aligned16(*h) || !aligned16(*l))
+    return {};
+  return {h->data, l->data, shape.rank};
+}
+
 /// The product of one call as a grouped kernel (grouped_gemm.h), when the
 /// context asks for it and the operands suit it; `done` says whether it ran.
 Status groupedProduct(const KernelArgs &args, const RowGroups &groups, const TensorView &x,
                       int64_t K, const TensorView &w, bool weightNK, int64_t N, const TensorView &y,
-                      const TensorView *addend, bool &done) {
+                      const TensorView *addend, const LowRankTerm &low, bool &done) {
   CudaContext &ctx = contextOf(args);
   done = ctx.groupedExperts && groupedProductFits(x.dtype, w.dtype, y.dtype, groups.rows, K, N) &&
          aligned16(x) && aligned16(w) && aligned16(y) && (!addend || aligned16(*addend));
@@ -314,29 +325,16 @@ Status groupedProduct(const KernelArgs &args, const RowGroups &groups, const Ten
     return Status();
   cudaError_t e =
       groupedExpertProduct(ctx.stream, groups, x.data, x.dtype, K, w.data, w.dtype, weightNK, N,
-                           addend ? addend->data : nullptr, y.data, y.dtype);
+                           addend ? addend->data : nullptr, y.data, y.dtype, low);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "the grouped expert product");
 }
 
-/// The expert products of the forward and the input gradient: per expert e,
-/// y[rows of e, yCols] = x[rows of e, xCols]·W_e (+ the addend), W_e the
-/// transpose of W[e] [yCols, xCols] (`transposed`, the forward) or W[e]
-/// [xCols, yCols] itself (the input gradient); rows past the last expert get
-/// the addend, or zeros. On the low-rank kernels or the grouped kernel when
-/// they take the call, else one cuBLAS product per expert after reading the
-/// offsets on the host.
-Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const TensorView &x,
-                     int64_t xCols, const TensorView &off, const TensorView &w, bool transposed,
-                     int64_t yCols, const TensorView &y) {
+/// expertProduct's product as one cuBLAS product per expert (the low-rank
+/// term left out).
+Status perExpertProduct(const KernelArgs &args, const MatmulShape &shape, const TensorView &x,
+                        int64_t xCols, const TensorView &off, const TensorView &w, bool transposed,
+                        int64_t yCols, const TensorView &y) {
   const int64_t M = shape.M, E = shape.E;
-  bool done = false;
-  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed, yCols,
-                                      y, shape, done));
-  if (!done)
-    G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), x, xCols, w, transposed,
-                                        yCols, y, shape.addend, done));
-  if (done)
-    return Status();
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   CudaContext &ctx = contextOf(args);
@@ -356,6 +354,39 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
   }
   // Rows past the last expert: the addend, or zeros.
   return fillTailRows(args, y, offsets[size_t(E)], yCols, add);
+}
+
+/// The expert products of the forward and the input gradient: per expert e,
+/// y[rows of e, yCols] = x[rows of e, xCols]·W_e (+ h·L_e) (+ the addend),
+/// W_e the transpose of W[e] [yCols, xCols] (`transposed`, the forward) or
+/// W[e] [xCols, yCols] itself (the input gradient), L_e likewise; rows past
+/// the last expert get the addend, or zeros. On the low-rank kernels or the
+/// grouped kernel when they take the call, else one cuBLAS product per
+/// expert after reading the offsets on the host. A low-rank term the
+/// grouped kernel does not add in its accumulation is a second product
+/// that adds into y.
+Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const TensorView &x,
+                     int64_t xCols, const TensorView &off, const TensorView &w, bool transposed,
+                     int64_t yCols, const TensorView &y) {
+  const int64_t M = shape.M, E = shape.E;
+  const LowRankTerm low = fusedLowRank(shape, x, w, xCols, yCols, y);
+  bool done = false, fused = false;
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed, yCols,
+                                      y, shape, done));
+  if (!done) {
+    G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), x, xCols, w, transposed,
+                                        yCols, y, shape.addend, low, done));
+    fused = done && low.h;
+  }
+  if (!done)
+    G3RT_RETURN_IF_ERROR(perExpertProduct(args, shape, x, xCols, off, w, transposed, yCols, y));
+  if (!shape.lowInput || fused)
+    return Status();
+  MatmulShape term = shape;
+  term.addend = &y;
+  term.lowInput = term.lowWeight = nullptr;
+  return expertProduct(args, term, *shape.lowInput, shape.rank, off, *shape.lowWeight, transposed,
+                       yCols, y);
 }
 
 } // namespace

@@ -198,7 +198,41 @@ inline Status checkRmsNormGrad(const KernelArgs &args, double &eps, NormShape &s
 struct MatmulShape {
   int64_t M = 0, in = 0, out = 0, E = 0;
   const TensorView *addend = nullptr;
+  /// An expert product's low-rank term (h [M, rank] and its weight), or
+  /// null.
+  const TensorView *lowInput = nullptr, *lowWeight = nullptr;
+  int64_t rank = 0;
 };
+
+/// The optional inputs of an expert product after its three operands: an
+/// addend (one more input), a low-rank pair (two more) or both (three).
+/// The pair is `lowrank_input` [M, r] and `lowrank_weight` [E, cols, r]
+/// (`rankLast`: the forward's B) or [E, r, cols] (the input gradient's A),
+/// cols the result's columns.
+inline Status findExpertExtras(const KernelArgs &args, const TensorView &result, bool rankLast,
+                               MatmulShape &s) {
+  const size_t n = args.inputs.size();
+  if (n < 3 || n > 6 || args.outputs.size() != 1)
+    return args.fail("expected 3 to 6 inputs and 1 output, got " + std::to_string(n) + " and " +
+                     std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(findAddend(args, n == 5 ? n : 3, result, s.addend));
+  if (n < 5)
+    return Status();
+  const TensorView &h = args.inputs[n - 2], &w = args.inputs[n - 1];
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, h, "lowrank_input"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, w, "lowrank_weight", 3));
+  const int64_t r = h.dim(1), cols = result.dim(1);
+  const std::vector<int64_t> expected =
+      rankLast ? std::vector<int64_t>{s.E, cols, r} : std::vector<int64_t>{s.E, r, cols};
+  if (h.dim(0) != s.M || w.shape != expected)
+    return args.fail("lowrank_input " + describe(h) + " and lowrank_weight " + describe(w) +
+                     " do not fit the result " + describe(result) + " and " + std::to_string(s.E) +
+                     " experts");
+  s.lowInput = &h;
+  s.lowWeight = &w;
+  s.rank = r;
+  return Status();
+}
 
 /// linear: input [..., in], weight [out, in] (, addend) → result [..., out].
 inline Status checkLinearProduct(const KernelArgs &args, MatmulShape &s) {
@@ -305,9 +339,11 @@ inline Status checkExpertOffsets(const KernelArgs &args, const TensorView &t, in
   return Status();
 }
 
-/// expert_linear: x [M, in], expert_offsets, weight [E, out, in] (, addend) → [M, out].
+/// expert_linear: x [M, in], expert_offsets, weight [E, out, in] (, addend)
+/// (, lowrank_input [M, r], lowrank_weight [E, out, r]) → [M, out].
 inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
-  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3));
+  if (args.inputs.size() < 3 || args.outputs.size() != 1)
+    return checkCounts(args, 3, 1);
   const TensorView &x = args.inputs[0], &w = args.inputs[2], &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, x, "input"));
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, y, "result"));
@@ -316,13 +352,15 @@ inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkShape(args, y, "result", {s.M, s.out}));
   s.E = w.dim(0);
   G3RT_RETURN_IF_ERROR(checkExpertOffsets(args, args.inputs[1], s.E));
-  return findAddend(args, 3, y, s.addend);
+  return findExpertExtras(args, y, /*rankLast=*/true, s);
 }
 
 /// expert_linear_grad_input: grad [M, out], expert_offsets, weight
-/// [E, out, in] (, addend) → [M, in].
+/// [E, out, in] (, addend) (, lowrank_input [M, r], lowrank_weight
+/// [E, r, in]) → [M, in].
 inline Status checkExpertLinearGradInput(const KernelArgs &args, MatmulShape &s) {
-  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 3));
+  if (args.inputs.size() < 3 || args.outputs.size() != 1)
+    return checkCounts(args, 3, 1);
   const TensorView &dy = args.inputs[0], &w = args.inputs[2], &dx = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dy, "grad"));
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, dx, "result"));
@@ -331,7 +369,7 @@ inline Status checkExpertLinearGradInput(const KernelArgs &args, MatmulShape &s)
   G3RT_RETURN_IF_ERROR(checkShape(args, dx, "result", {s.M, s.in}));
   s.E = w.dim(0);
   G3RT_RETURN_IF_ERROR(checkExpertOffsets(args, args.inputs[1], s.E));
-  return findAddend(args, 3, dx, s.addend);
+  return findExpertExtras(args, dx, /*rankLast=*/false, s);
 }
 
 /// expert_linear_grad_weight: grad [M, out], expert_offsets, x [M, in] →

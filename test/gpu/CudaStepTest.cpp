@@ -461,6 +461,61 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
     cudaFree(t->data);
 }
 
+/// Expert products with a LoRA term (--g3moe-fuse-linear-add): on the tensor
+/// cores the term joins the grouped kernel's accumulation (ranks 8 to 32,
+/// zeros past the rank), elsewhere (per-expert cuBLAS, a rank of 4) it is a
+/// second product adding into the result; both against the CPU, forward
+/// and input gradient, with and without an addend, on splits with empty
+/// experts, rows past the last expert and sizes that are not multiples of
+/// the tiles.
+TEST(CudaKernels, ExpertProductsWithLowRankTermsMatchTheCPU) {
+  RandomTensors random(200);
+  KernelAttrs attrs;
+  struct Case {
+    int64_t M, K, N;
+    std::vector<int32_t> offsets;
+  };
+  const Case cases[] = {{600, 2560, 384, {0, 5, 5, 300, 599}},
+                        {777, 200, 136, {0, 300, 300, 700}},
+                        {2048, 512, 256, {0, 500, 628, 1300, 1301, 1500, 1750, 2000, 2048}}};
+  for (const char *experts : {"grouped", "cublas"}) {
+    ScopedEnv env("G3MOE_EXPERT_GEMM", experts);
+    for (const Case &c : cases)
+      for (int64_t r : {int64_t(4), int64_t(8), int64_t(16), int64_t(24), int64_t(32)})
+        for (bool withAddend : {false, true}) {
+          SCOPED_TRACE(std::string(experts) + ", M " + std::to_string(c.M) + ", K " +
+                       std::to_string(c.K) + ", N " + std::to_string(c.N) + ", rank " +
+                       std::to_string(r) + (withAddend ? ", addend" : ""));
+          const int64_t E = int64_t(c.offsets.size()) - 1;
+          std::vector<uint8_t> b[11];
+          TensorView off = hostTensor(DType::I32, {E + 1}, b[0]);
+          std::memcpy(off.data, c.offsets.data(), b[0].size());
+          TensorView x = random(DType::BF16, {c.M, c.K}, b[1]);
+          TensorView w = random(DType::BF16, {E, c.N, c.K}, b[2]);
+          TensorView dy = random(DType::BF16, {c.M, c.N}, b[3]);
+          TensorView h = random(DType::BF16, {c.M, r}, b[4]);
+          TensorView loraB = random(DType::BF16, {E, c.N, r}, b[5]);
+          TensorView loraA = random(DType::BF16, {E, r, c.K}, b[6]);
+          TensorView add = random(DType::BF16, {c.M, c.N}, b[7]);
+          TensorView addK = random(DType::BF16, {c.M, c.K}, b[8]);
+          TensorView y = hostTensor(DType::BF16, {c.M, c.N}, b[9]);
+          TensorView dx = hostTensor(DType::BF16, {c.M, c.K}, b[10]);
+          std::vector<TensorView> fwd = {x, off, w}, bwd = {dy, off, w};
+          if (withAddend)
+            fwd.push_back(add), bwd.push_back(addK);
+          fwd.insert(fwd.end(), {h, loraB});
+          bwd.insert(bwd.end(), {h, loraA});
+          Status st;
+          std::vector<double> e = gpuErrorsAgainstCpu("expert_linear", attrs, fwd, {y}, st);
+          ASSERT_TRUE(st.ok()) << st.message();
+          EXPECT_LE(e[0], 1.0) << "expert_linear";
+          e = gpuErrorsAgainstCpu("expert_linear_grad_input", attrs, bwd, {dx}, st);
+          ASSERT_TRUE(st.ok()) << st.message();
+          EXPECT_LE(e[0], 1.0) << "expert_linear_grad_input";
+        }
+  }
+}
+
 /// A step whose range checks fail reports the kernel's error after the run,
 /// when it runs kernel by kernel, when it is captured and when the graph is
 /// replayed; the same graph then runs good indices.

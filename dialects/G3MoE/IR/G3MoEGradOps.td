@@ -48,11 +48,15 @@ def G3MoE_LinearGradWeightOp : G3MoE_GradOp<"linear_grad_weight"> {
   let results = (outs RankedTensorOf<[F32]>:$result);
 }
 
-def G3MoE_ExpertLinearGradInputOp : G3MoE_GradOp<"expert_linear_grad_input"> {
+def G3MoE_ExpertLinearGradInputOp
+    : G3MoE_GradOp<"expert_linear_grad_input", [AttrSizedOperandSegments]> {
   let summary = "input gradient of g3moe.expert_linear";
   let description = [{
     Rows of expert e: `result[m, :] = grad[m, :]·weight[e]`; plus the
     optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
+    With `lowrank %dh, %a` (fused by --g3moe-fuse-linear-add) the rows of
+    expert e also get `dh·a[e]`, `dh` [M, r] and `a` [E, r, in], in the same
+    fp32 accumulation.
 
     ```mlir
     %dx = g3moe.expert_linear_grad_input %dy, %off, %w
@@ -60,8 +64,15 @@ def G3MoE_ExpertLinearGradInputOp : G3MoE_GradOp<"expert_linear_grad_input"> {
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
-                       G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend);
+                       G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend,
+                       Optional<G3MoE_FloatTensor>:$lowrank_input,
+                       Optional<G3MoE_FloatTensor>:$lowrank_weight);
   let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $grad `,` $expert_offsets `,` $weight (`,` $addend^)?
+    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? attr-dict `:`
+    functional-type(operands, results)
+  }];
 }
 
 def G3MoE_ExpertLinearGradWeightOp : G3MoE_GradOp<"expert_linear_grad_weight"> {

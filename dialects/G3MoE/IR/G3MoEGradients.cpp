@@ -257,13 +257,14 @@ LogicalResult MoEDispatchOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, Arr
 
 LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                             SmallVectorImpl<Value> &out) {
-  if (getAddend())
-    return emitOpError("with an addend is fused after differentiation, not differentiated");
+  if (getAddend() || getLowrankInput())
+    return emitOpError("with an addend or a low-rank term is fused after differentiation, not "
+                       "differentiated");
   noGrads(*this, out);
   if (needs[0])
     out[0] = ExpertLinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0],
                                              getExpertOffsets(), getWeight(),
-                                             /*addend=*/Value());
+                                             /*addend=*/Value(), Value(), Value());
   if (needs[2])
     out[2] = ExpertLinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0],
                                               getExpertOffsets(), getInput());

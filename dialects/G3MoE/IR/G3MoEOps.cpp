@@ -302,6 +302,9 @@ LogicalResult ExpertLinearOp::verify() {
                          << shapeStr(w.getShape()) << ")";
   if (failed(expectShape(*this, "result", getType(), {x.getDimSize(0), w.getDimSize(1)})))
     return failure();
+  if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), x.getDimSize(0), e,
+                                 w.getDimSize(1), /*rankLast=*/true)))
+    return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
 

@@ -453,7 +453,8 @@ def G3MoE_MoEDispatchOp : G3MoE_Op<"moe_dispatch", [Pure, G3MoE_Differentiable]>
   let hasVerifier = 1;
 }
 
-def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure, G3MoE_Differentiable]> {
+def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear",
+    [Pure, G3MoE_Differentiable, AttrSizedOperandSegments]> {
   let summary = "grouped linear layer over the expert-permuted buffer";
   let description = [{
     Rows `expert_offsets[e] .. expert_offsets[e + 1]` of `input` [M, in] are
@@ -461,16 +462,27 @@ def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear", [Pure, G3MoE_Differentiable
     weights. Result [M, out]. With `plus %a` (as for `linear`) the result
     is `a` plus that product (rows past the last expert: `a`).
 
+    With `lowrank %h, %b` (made by --g3moe-fuse-linear-add after
+    differentiation, never differentiated itself) the rows of expert e also
+    get `h·b[e]`ᵀ, `h` [M, r] and `b` [E, out, r]: a LoRA term computed in
+    the same fp32 accumulation as the product, before the one rounding.
+
     ```mlir
     %g = g3moe.expert_linear %p, %off, %wg
         : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x128xbf16>
+    %l = g3moe.expert_linear %p, %off, %wg lowrank %h, %b
+        : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x8xbf16>,
+           tensor<4x128x8xbf16>) -> tensor<64x128xbf16>
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_IndexTensor:$expert_offsets,
-                       G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend);
+                       G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend,
+                       Optional<G3MoE_FloatTensor>:$lowrank_input,
+                       Optional<G3MoE_FloatTensor>:$lowrank_weight);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
-    $input `,` $expert_offsets `,` $weight (`plus` $addend^)? attr-dict `:`
+    $input `,` $expert_offsets `,` $weight (`plus` $addend^)?
+    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;

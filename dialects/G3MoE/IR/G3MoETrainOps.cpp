@@ -55,6 +55,9 @@ LogicalResult ExpertLinearGradInputOp::verify() {
                          << ") must equal the weight's out dimension (" << w.getDimSize(1) << ")";
   if (failed(expectShape(*this, "result", getType(), {g.getDimSize(0), w.getDimSize(2)})))
     return failure();
+  if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), g.getDimSize(0),
+                                 w.getDimSize(0), w.getDimSize(2), /*rankLast=*/false)))
+    return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
 

@@ -39,6 +39,35 @@ inline mlir::LogicalResult verifyAddend(mlir::Operation *op, mlir::Value addend,
   return mlir::success();
 }
 
+/// The low-rank pair of a fused expert product (--g3moe-fuse-linear-add):
+/// both or neither; `input` [rows, r] and `weight` [experts, out, r]
+/// (`rankLast`, the forward's B) or [experts, r, out] (the input gradient's
+/// A), with r at most 64.
+inline mlir::LogicalResult verifyExpertLowRank(mlir::Operation *op, mlir::Value input,
+                                               mlir::Value weight, int64_t rows, int64_t experts,
+                                               int64_t out, bool rankLast) {
+  if (!input && !weight)
+    return mlir::success();
+  if (!input || !weight)
+    return op->emitOpError("lowrank needs both an input and a weight");
+  auto h = tensorOf(input), w = tensorOf(weight);
+  if (h.getRank() != 2 || w.getRank() != 3)
+    return op->emitOpError() << "lowrank input " << shapeStr(h.getShape()) << " and weight "
+                             << shapeStr(w.getShape()) << " must be of rank 2 and 3";
+  int64_t r = h.getDimSize(1);
+  llvm::SmallVector<int64_t> expected{experts, r, out};
+  if (rankLast)
+    expected = {experts, out, r};
+  if (h.getDimSize(0) != rows || w.getShape() != llvm::ArrayRef<int64_t>(expected) || r > 64) {
+    std::string e = std::to_string(experts), o = std::to_string(out);
+    return op->emitOpError() << "lowrank input " << shapeStr(h.getShape()) << " and weight "
+                             << shapeStr(w.getShape()) << " must be [" << rows << ", r] and ["
+                             << (rankLast ? e + ", " + o + ", r" : e + ", r, " + o)
+                             << "] with r <= 64";
+  }
+  return mlir::success();
+}
+
 /// All g3moe ops work on static shapes: sizes are compile-time per step.
 inline mlir::LogicalResult requireStatic(mlir::Operation *op) {
   for (mlir::Type t : llvm::concat<mlir::Type>(op->getOperandTypes(), op->getResultTypes()))

@@ -3,7 +3,11 @@
 // Implements --g3moe-fuse-linear-add. LoRA makes every adapted projection
 // `x·Wᵀ + (x·Aᵀ)·Bᵀ`, and its backward `dy·W + (dy·B)·A`: each an add that
 // reads two activation-sized tensors and writes a third. A product that takes
-// the add's other operand as its `addend` adds it in its epilogue instead.
+// the add's other operand as its `addend` adds it in its epilogue instead;
+// an expert product whose addend is the wide product of the same rows
+// becomes that product with a `lowrank` term, so that the rank-r product
+// adds into the wide one's accumulators and nothing of the output's size is
+// written twice.
 //
 //===----------------------------------------------------------------------===//
 
@@ -66,6 +70,36 @@ struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
   }
 };
 
+/// The low-rank product `lowrank` and its addend `base`, a wide product of
+/// the same kind over the same expert rows, as one product:
+///   expert_linear(h, off, B) plus expert_linear(x, off, W) [plus a]
+///     -> expert_linear(x, off, W) [plus a] lowrank h, B
+/// and the same for expert_linear_grad_input. The rank-r term then rides in
+/// the wide product's accumulation instead of a pass that reads and writes
+/// a [rows, out] tensor once more.
+template <typename Product> struct FoldLowRankIntoProduct : OpRewritePattern<Product> {
+  using OpRewritePattern<Product>::OpRewritePattern;
+  LogicalResult matchAndRewrite(Product lowrank, PatternRewriter &rewriter) const override {
+    if (lowrank.getLowrankInput() || !lowrank.getAddend())
+      return rewriter.notifyMatchFailure(lowrank, "not a plain product with an addend");
+    auto base = lowrank.getAddend().template getDefiningOp<Product>();
+    if (!base || base.getLowrankInput() || !base->hasOneUse() ||
+        base.getExpertOffsets() != lowrank.getExpertOffsets())
+      return rewriter.notifyMatchFailure(lowrank, "the addend is not a product of the same rows");
+    auto rank = [](Value t) { return cast<RankedTensorType>(t.getType()).getShape().back(); };
+    Value h = lowrank->getOperand(0), x = base->getOperand(0);
+    if (rank(h) > kMaxFusedRank || rank(h) >= rank(x))
+      return rewriter.notifyMatchFailure(lowrank, "not a low-rank term of a wider product");
+    rewriter.replaceOpWithNewOp<Product>(lowrank, lowrank.getType(), x, base.getExpertOffsets(),
+                                         base.getWeight(), base.getAddend(), h,
+                                         lowrank.getWeight());
+    rewriter.eraseOp(base);
+    return success();
+  }
+  /// The widest LoRA rank the verifiers take in a low-rank term.
+  static constexpr int64_t kMaxFusedRank = 64;
+};
+
 struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFuseLinearAddPass> {
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
@@ -78,5 +112,6 @@ struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFus
 } // namespace
 
 void g3moe::populateFuseLinearAddPatterns(RewritePatternSet &patterns) {
-  patterns.add<FoldAddIntoProduct>(patterns.getContext());
+  patterns.add<FoldAddIntoProduct, FoldLowRankIntoProduct<ExpertLinearOp>,
+               FoldLowRankIntoProduct<ExpertLinearGradInputOp>>(patterns.getContext());
 }

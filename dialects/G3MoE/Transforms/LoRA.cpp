@@ -135,8 +135,10 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight, 
   };
   Value h, delta;
   if (experts) {
-    h = ExpertLinearOp::create(b, loc, resultType(x, a), x, expertOffsets, a, Value());
-    delta = ExpertLinearOp::create(b, loc, resultType(h, bMat), h, expertOffsets, bMat, Value());
+    h = ExpertLinearOp::create(b, loc, resultType(x, a), x, expertOffsets, a, Value(), Value(),
+                               Value());
+    delta = ExpertLinearOp::create(b, loc, resultType(h, bMat), h, expertOffsets, bMat, Value(),
+                                   Value(), Value());
   } else {
     h = LinearOp::create(b, loc, resultType(x, a), x, a, Value());
     delta = LinearOp::create(b, loc, resultType(h, bMat), h, bMat, Value());

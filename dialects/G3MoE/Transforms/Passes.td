@@ -104,8 +104,12 @@ def G3MoEFuseLinearAddPass : Pass<"g3moe-fuse-linear-add", "mlir::ModuleOp"> {
     tensors (LoRA's `x·Wᵀ + (x·Aᵀ)·Bᵀ` forward and `dy·W + (dy·B)·A`
     backward). When both operands qualify, the product with the shorter
     contraction takes the addend: it is bound by memory traffic, where one
-    more read costs least. Runs after autodiff: a product with an addend is
-    not differentiated.
+    more read costs least. Then an `expert_linear` (or
+    `expert_linear_grad_input`) of rank at most 64 whose addend is the wide
+    product of the same expert rows, read by nothing else, becomes that
+    wide product with `lowrank h, B`: the LoRA term joins the wide product's
+    accumulation. Runs after autodiff: a product with an addend or a
+    low-rank term is not differentiated.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }

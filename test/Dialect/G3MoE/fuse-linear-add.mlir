@@ -20,20 +20,69 @@ func.func @lora_forward(%x: tensor<8x64xbf16>, %w: tensor<32x64xbf16>, %a: tenso
 
 // -----
 
-// The backward of a routed expert layer: dy·W + (dy·B)·A, the addend defined
-// after the product that takes it (which moves to the add).
+// The backward of a routed expert layer: dy·W + (dy·B)·A. The rank-4
+// product takes the wide one as its addend, and then the wide product takes
+// the rank-4 term: one product with `lowrank`.
 // CHECK-LABEL: func.func @expert_backward
 func.func @expert_backward(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>, %w: tensor<2x32x64xbf16>,
                            %du: tensor<16x4xbf16>, %a: tensor<2x4x64xbf16>) -> tensor<16x64xbf16> {
   %lora = g3moe.expert_linear_grad_input %du, %off, %a
       : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
-  // CHECK: %[[BASE:.*]] = g3moe.expert_linear_grad_input %{{.*}}, %{{.*}}, %{{.*}} : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
   %base = g3moe.expert_linear_grad_input %dy, %off, %w
       : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
-  // CHECK-NEXT: %[[DX:.*]] = g3moe.expert_linear_grad_input %{{.*}}, %{{.*}}, %{{.*}}, %[[BASE]] : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>, tensor<16x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK: %[[DX:.*]] = g3moe.expert_linear_grad_input %arg0, %arg1, %arg2 lowrank %arg3, %arg4 : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>, tensor<16x4xbf16>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK-NOT: g3moe.expert_linear_grad_input
   %dx = g3moe.add %lora, %base : tensor<16x64xbf16>
   // CHECK: return %[[DX]]
   return %dx : tensor<16x64xbf16>
+}
+
+// -----
+
+// LoRA on an expert projection: x·W_eᵀ + (x·A_eᵀ)·B_eᵀ becomes the wide
+// product with the rank-8 term; the residual add then folds in as its addend.
+// CHECK-LABEL: func.func @expert_lora_forward
+func.func @expert_lora_forward(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %w: tensor<2x32x64xbf16>,
+                               %a: tensor<2x8x64xbf16>, %b: tensor<2x32x8xbf16>,
+                               %r: tensor<16x32xbf16>) -> tensor<16x32xbf16> {
+  %base = g3moe.expert_linear %x, %off, %w
+      : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x32xbf16>
+  // CHECK: %[[H:.*]] = g3moe.expert_linear %arg0, %arg1, %arg3 : {{.*}} -> tensor<16x8xbf16>
+  %h = g3moe.expert_linear %x, %off, %a
+      : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x8x64xbf16>) -> tensor<16x8xbf16>
+  %d = g3moe.expert_linear %h, %off, %b
+      : (tensor<16x8xbf16>, tensor<3xi32>, tensor<2x32x8xbf16>) -> tensor<16x32xbf16>
+  %y = g3moe.add %base, %d : tensor<16x32xbf16>
+  // CHECK: %[[Y:.*]] = g3moe.expert_linear %arg0, %arg1, %arg2 plus %arg5 lowrank %[[H]], %arg4
+  // CHECK-NOT: g3moe.add
+  %z = g3moe.add %y, %r : tensor<16x32xbf16>
+  // CHECK: return %[[Y]]
+  return %z : tensor<16x32xbf16>
+}
+
+// -----
+
+// A wide product something else reads, or of other expert rows, keeps the
+// rank-8 product separate (with the wide one as its addend).
+// CHECK-LABEL: func.func @expert_lora_unfused
+func.func @expert_lora_unfused(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %off2: tensor<3xi32>,
+                               %w: tensor<2x32x64xbf16>, %h: tensor<16x8xbf16>,
+                               %b: tensor<2x32x8xbf16>)
+    -> (tensor<16x32xbf16>, tensor<16x32xbf16>, tensor<16x32xbf16>) {
+  %base = g3moe.expert_linear %x, %off, %w
+      : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x32xbf16>
+  // CHECK: %[[D:.*]] = g3moe.expert_linear %arg4, %arg1, %arg5 plus %{{.*}} :
+  %d = g3moe.expert_linear %h, %off, %b
+      : (tensor<16x8xbf16>, tensor<3xi32>, tensor<2x32x8xbf16>) -> tensor<16x32xbf16>
+  %y = g3moe.add %base, %d : tensor<16x32xbf16>
+  %base2 = g3moe.expert_linear %x, %off2, %w
+      : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x32xbf16>
+  // CHECK: %[[D2:.*]] = g3moe.expert_linear %arg4, %arg1, %arg5 plus %{{.*}} :
+  %d2 = g3moe.expert_linear %h, %off, %b
+      : (tensor<16x8xbf16>, tensor<3xi32>, tensor<2x32x8xbf16>) -> tensor<16x32xbf16>
+  %y2 = g3moe.add %base2, %d2 : tensor<16x32xbf16>
+  // CHECK-NOT: lowrank
+  return %y, %y2, %base : tensor<16x32xbf16>, tensor<16x32xbf16>, tensor<16x32xbf16>
 }
 
 // -----

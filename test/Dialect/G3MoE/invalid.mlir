@@ -321,6 +321,28 @@ func.func @expert_linear_experts(%x: tensor<64x64xbf16>, %o: tensor<5xi32>, %w: 
 
 // -----
 
+func.func @expert_linear_lowrank(%x: tensor<64x64xbf16>, %o: tensor<5xi32>, %w: tensor<4x128x64xbf16>,
+                                 %h: tensor<64x8xbf16>, %b: tensor<4x128x16xbf16>) {
+  // expected-error @+1 {{lowrank input [64, 8] and weight [4, 128, 16] must be [64, r] and [4, 128, r] with r <= 64}}
+  %y = g3moe.expert_linear %x, %o, %w lowrank %h, %b
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x8xbf16>,
+         tensor<4x128x16xbf16>) -> tensor<64x128xbf16>
+  return
+}
+
+// -----
+
+func.func @expert_grad_lowrank(%dy: tensor<64x128xbf16>, %o: tensor<5xi32>, %w: tensor<4x128x64xbf16>,
+                               %h: tensor<32x8xbf16>, %a: tensor<4x8x64xbf16>) {
+  // expected-error @+1 {{lowrank input [32, 8] and weight [4, 8, 64] must be [64, r] and [4, r, 64] with r <= 64}}
+  %dx = g3moe.expert_linear_grad_input %dy, %o, %w lowrank %h, %a
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<32x8xbf16>,
+         tensor<4x8x64xbf16>) -> tensor<64x64xbf16>
+  return
+}
+
+// -----
+
 func.func @combine_rows(%y: tensor<48x64xbf16>, %s: tensor<32x2xi32>, %w: tensor<32x2xf32>) {
   // expected-error @+1 {{input must have tokens x top_k = 64 rows, got 48}}
   %r = g3moe.moe_combine %y, %s, %w

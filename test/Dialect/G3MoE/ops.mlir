@@ -133,6 +133,17 @@ func.func @backward_ops(%x: tensor<2x16x64xbf16>, %dy: tensor<2x16x128xbf16>, %i
   // CHECK: g3moe.expert_linear_grad_input
   %dpe = g3moe.expert_linear_grad_input %pe, %off, %we
       : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x64xbf16>
+  %ha = g3moe.param "ha" : tensor<64x16xbf16>
+  %lb = g3moe.param "lb" : tensor<4x128x16xbf16>
+  %la = g3moe.param "la" : tensor<4x16x64xbf16>
+  // CHECK: g3moe.expert_linear %{{.*}}, %{{.*}}, %{{.*}} plus %{{.*}} lowrank %{{.*}}, %{{.*}} : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x128xbf16>, tensor<64x16xbf16>, tensor<4x128x16xbf16>) -> tensor<64x128xbf16>
+  %pl = g3moe.expert_linear %p, %off, %we plus %pe lowrank %ha, %lb
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x128xbf16>,
+         tensor<64x16xbf16>, tensor<4x128x16xbf16>) -> tensor<64x128xbf16>
+  // CHECK: g3moe.expert_linear_grad_input %{{.*}}, %{{.*}}, %{{.*}} lowrank %{{.*}}, %{{.*}} : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x16xbf16>, tensor<4x16x64xbf16>) -> tensor<64x64xbf16>
+  %dpl = g3moe.expert_linear_grad_input %pl, %off, %we lowrank %ha, %la
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x16xbf16>,
+         tensor<4x16x64xbf16>) -> tensor<64x64xbf16>
   // CHECK: g3moe.expert_linear_grad_weight {{.*}} -> tensor<4x128x64xf32>
   %dwe = g3moe.expert_linear_grad_weight %pe, %off, %p
       : (tensor<64x128xbf16>, tensor<5xi32>, tensor<64x64xbf16>) -> tensor<4x128x64xf32>

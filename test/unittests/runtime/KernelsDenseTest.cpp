@@ -260,6 +260,51 @@ TEST(DenseKernels, LinearProductsAddTheirAddend) {
                     "expert_linear", "addend");
 }
 
+TEST(DenseKernels, ExpertProductsAddTheirLowRankTerm) {
+  // With a low-rank pair (--g3moe-fuse-linear-add) the expert products add
+  // h·B_eᵀ (forward) or dh·A_e (input gradient) to each expert's rows: the
+  // sum of the two products, before the addend; rows past the last expert
+  // get the addend alone.
+  std::mt19937 rng(15);
+  const int64_t in = 19, out = 13, M = 7, E = 2, r = 3;
+  Tensor off = indices({E + 1}, {0, 2, 5});
+  Tensor x = randomTensor(DType::F32, {M, in}, rng),
+         w = randomTensor(DType::F32, {E, out, in}, rng);
+  Tensor h = randomTensor(DType::F32, {M, r}, rng), b = randomTensor(DType::F32, {E, out, r}, rng);
+  Tensor a = randomTensor(DType::F32, {E, r, in}, rng);
+  Tensor add = randomTensor(DType::F32, {M, out}, rng),
+         addIn = randomTensor(DType::F32, {M, in}, rng);
+  Tensor base = Tensor::f32({M, out}), term = Tensor::f32({M, out}), y = Tensor::f32({M, out});
+  EXPECT_OK(run("expert_linear", {x, off, w}, {base}));
+  EXPECT_OK(run("expert_linear", {h, off, b}, {term}));
+  EXPECT_OK(run("expert_linear", {x, off, w, add, h, b}, {y}));
+  for (int64_t i = 0; i < M * out; ++i)
+    G3RT_EXPECT_CLOSE(y.f()[i], base.f()[i] + term.f()[i] + add.f()[i], 1e-5, 1e-5);
+  for (int64_t o = 0; o < out; ++o)
+    EXPECT_EQ(y.f()[5 * out + o], add.f()[5 * out + o]) << "row past the last expert";
+  Tensor noAddend = Tensor::f32({M, out});
+  EXPECT_OK(run("expert_linear", {x, off, w, h, b}, {noAddend}));
+  for (int64_t i = 0; i < M * out; ++i)
+    G3RT_EXPECT_CLOSE(noAddend.f()[i], base.f()[i] + term.f()[i], 1e-5, 1e-5);
+
+  Tensor dy = randomTensor(DType::F32, {M, out}, rng);
+  Tensor dBase = Tensor::f32({M, in}), dTerm = Tensor::f32({M, in}), dx = Tensor::f32({M, in});
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w}, {dBase}));
+  EXPECT_OK(run("expert_linear_grad_input", {h, off, a}, {dTerm}));
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w, addIn, h, a}, {dx}));
+  for (int64_t i = 0; i < M * in; ++i)
+    G3RT_EXPECT_CLOSE(dx.f()[i], dBase.f()[i] + dTerm.f()[i] + addIn.f()[i], 1e-5, 1e-5);
+
+  // A pair that does not fit the product is refused by name, as is a
+  // seventh input.
+  expectErrorNaming(run("expert_linear", {x, off, w, h, a}, {y}), "expert_linear",
+                    "lowrank_weight");
+  expectErrorNaming(run("expert_linear_grad_input", {dy, off, w, Tensor::f32({M, r + 1}), a}, {dx}),
+                    "expert_linear_grad_input", "lowrank_input");
+  expectErrorNaming(run("expert_linear", {x, off, w, add, h, b, b}, {y}), "expert_linear",
+                    "3 to 6 inputs");
+}
+
 TEST(DenseKernels, LinearGradsMatchFiniteDifferences) {
   std::mt19937 rng(6);
   const int64_t in = 21, out = 10;
