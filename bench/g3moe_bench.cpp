@@ -261,6 +261,7 @@ int main(int argc, char **argv) {
   double flops = stepFlops(program.model, nActive, T);
   nlohmann::json row = {{"stack", "g3moe"},
                         {"seq", T},
+                        {"lora_dropout", program.training.loraDropout},
                         {"step_s", step},
                         {"tok_s", double(T) / step},
                         {"mfu", flops / step / 989e12},

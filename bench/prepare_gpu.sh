@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds what bench/run_gpu.sh needs into devcarry/ (ignored by git): the GPU
 # test binaries, g3moe-bench, the tiny test steps, the G3MoE-4B steps at the
-# given lengths, and the PyTorch-stack baseline script.
+# given lengths, and the two PyTorch baselines (the strong stack with its
+# wheels).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${G3MOE_BUILD_DIR:-$root/build}
@@ -32,15 +33,22 @@ bash "$root/scripts/setup-python.sh" > /dev/null
   --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 --set lora_dropout=0 \
   --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
   -o "$root/devcarry/midsize/midsize-fp32.step"
-cp "$root/../shared/bench/pytorch_stack.py" "$root/devcarry/"
+cp "$root/../shared/bench/pytorch_stack.py" "$root/../shared/bench/strong_stack.py" "$root/devcarry/"
+cp -r "$root/../shared/bench/wheels" "$root/devcarry/"
+# G3MoE-4B at each length with the recipe's LoRA dropout (0.05,
+# g3moe-4b-T.step) and without (g3moe-4b-T-d0.step).
 for T in ${seqs[*]}; do
-  cat > "$root/devcarry/bench-$T.json" <<JSON
+  for dropout in 0.05 0.0; do
+    name=g3moe-4b-$T
+    [[ $dropout == 0.0 ]] && name=$name-d0
+    cat > "$root/devcarry/$name.json" <<JSON
 {"model_name_or_path": "$root/examples/g3moe-4b", "max_seq_length": $T,
- "per_device_train_batch_size": 1, "memory_budget_gb": 76, "lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.0,
- "lora_target_modules": ["gate_proj", "up_proj", "down_proj"]}
+ "per_device_train_batch_size": 1, "memory_budget_gb": 76, "lora_r": 16, "lora_alpha": 32,
+ "lora_dropout": $dropout, "lora_target_modules": ["gate_proj", "up_proj", "down_proj"]}
 JSON
-  /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/bench-$T.json" --quiet \
-    -o "$root/devcarry/g3moe-4b-$T.step"
+    /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/$name.json" --quiet \
+      -o "$root/devcarry/$name.step"
+  done
 done
 # Dense Gemma-3 4B steps (LoRA on every projection) at short lengths, where
 # launching kernels one by one costs most: run_gpu.sh times them with and

@@ -32,15 +32,19 @@ grep -E "^\[ +(OK|FAILED|PASSED) +\]|Failure" "$out/gpu_steps.log"
 timeout 200 "$carry/G3MoECudaTrainTests" > "$out/gpu_train.log" 2>&1
 grep -E "^\[ +(OK|FAILED|PASSED|SKIPPED) +\]|Failure" "$out/gpu_train.log"
 
-timeout 200 "$carry/G3MoECudaAttentionTests" > "$out/gpu_attention.log" 2>&1
-grep -E "^\[ +(FAILED|PASSED) +\]|Failure|worst" "$out/gpu_attention.log"
+# SKIP_ATTENTION_TESTS=1 leaves out the attention, argument-check and
+# device-budget suites (for a call about other kernels).
+if [[ ${SKIP_ATTENTION_TESTS:-0} != 1 ]]; then
+  timeout 200 "$carry/G3MoECudaAttentionTests" > "$out/gpu_attention.log" 2>&1
+  grep -E "^\[ +(FAILED|PASSED) +\]|Failure|worst" "$out/gpu_attention.log"
 
-timeout 200 "$carry/G3MoECudaChecksTests" > "$out/gpu_checks.log" 2>&1
-grep -E "^\[ +(FAILED|PASSED) +\]|Failure" "$out/gpu_checks.log"
+  timeout 200 "$carry/G3MoECudaChecksTests" > "$out/gpu_checks.log" 2>&1
+  grep -E "^\[ +(FAILED|PASSED) +\]|Failure" "$out/gpu_checks.log"
 
-# g3moe-compile's default memory budget from the visible GPU.
-timeout 200 "$carry/G3MoEDeviceBudgetGpuTests" > "$out/gpu_budget.log" 2>&1
-grep -E "^\[ +(FAILED|PASSED) +\]|Failure|budget" "$out/gpu_budget.log" | head -8
+  # g3moe-compile's default memory budget from the visible GPU.
+  timeout 200 "$carry/G3MoEDeviceBudgetGpuTests" > "$out/gpu_budget.log" 2>&1
+  grep -E "^\[ +(FAILED|PASSED) +\]|Failure|budget" "$out/gpu_budget.log" | head -8
+fi
 
 echo "== a mid-size Gemma-3 checkpoint from save_pretrained: g3moe (cuda) vs transformers + PEFT"
 PYTHONUNBUFFERED=1 timeout 300 python3 "$here/test/gpu/hf_midsize.py" check "$carry/midsize" \
@@ -64,13 +68,29 @@ done
   timeout 100 python3 "$carry/attention_reference.py" ${seqs[*]} 2>&1 | tee -a "$out/bench_attention.jsonl"
 
 echo "== benchmark: g3moe (expert products grouped in one kernel, then per-expert cuBLAS)"
-# EXPERT_GEMMS="grouped" leaves out the per-expert cuBLAS comparison.
+# EXPERT_GEMMS="grouped" leaves out the per-expert cuBLAS comparison;
+# BENCH_STEPS (6) is the steps per run, the first two untimed. Each
+# length runs with the recipe's LoRA dropout (0.05) and, where prepared,
+# without (the -d0 step).
 for T in ${seqs[*]}; do
-  for gemm in ${EXPERT_GEMMS:-grouped cublas}; do
-    G3MOE_EXPERT_GEMM=$gemm timeout 150 "$carry/g3moe-bench" "$carry/g3moe-4b-$T.step" 6 2>&1 |
-      tee -a "$out/bench_g3moe.jsonl"
+  for step in "$carry/g3moe-4b-$T.step" "$carry/g3moe-4b-$T-d0.step"; do
+    [[ -f $step ]] || continue
+    for gemm in ${EXPERT_GEMMS:-grouped cublas}; do
+      G3MOE_EXPERT_GEMM=$gemm timeout 150 "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-6}" 2>&1 |
+        tee -a "$out/bench_g3moe.jsonl"
+    done
   done
 done
+# SKIP_STRONG=1 leaves out the strong PyTorch stack (lora dropout 0.05, as
+# the recipe's steps above).
+if [[ ${#seqs[@]} -gt 0 && ${SKIP_STRONG:-0} != 1 ]]; then
+  echo "== benchmark: strong PyTorch stack"
+  python3 -m pip install -q --no-index --no-deps --target /tmp/site "$carry"/wheels/*.whl \
+    > /dev/null 2>&1
+  PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 timeout "${STRONG_TIMEOUT:-300}" python3 \
+    "$carry/strong_stack.py" --lora-dropout 0.05 --steps "${BENCH_STEPS:-6}" ${seqs[*]} 2>&1 |
+    grep -v -i warn | tee "$out/bench_strong.jsonl"
+fi
 echo "== benchmark: CUDA graphs against kernel-by-kernel launches (dense Gemma-3 4B, LoRA)"
 for T in 1024 4096; do
   [[ -f $carry/gemma3-4b-$T.step && $extras == 1 ]] || continue
@@ -87,10 +107,12 @@ if [[ -f $carry/g3moe-4b-8192.step && $extras == 1 ]]; then
     head -20 "$out/profile_8192_$gemm.log"
   done
 fi
+[[ ${#seqs[@]} -eq 0 ]] && exit 0
 # SKIP_RECIPE=1 leaves out the recipe's PyTorch stack (for a shorter call).
-[[ ${SKIP_BENCH:-0} == 1 || ${SKIP_RECIPE:-0} == 1 ]] && exit 0
-echo "== benchmark: PyTorch stack"
-PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/pytorch_stack.py" --seq ${torch_seqs[*]} --steps 5 2>&1 |
-  grep -v Warning | tee "$out/bench_pytorch.jsonl"
+if [[ ${SKIP_RECIPE:-0} != 1 ]]; then
+  echo "== benchmark: the recipe's PyTorch stack"
+  PYTHONUNBUFFERED=1 timeout 240 python3 "$carry/pytorch_stack.py" --seq ${torch_seqs[*]} --steps 5 \
+    2>&1 | grep -v Warning | tee "$out/bench_pytorch.jsonl"
+fi
 echo "== summary (for bench/RESULTS.md)"
 python3 "$here/bench/summarize.py" "$out" | tee "$out/summary.md"

@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
-"""The table bench/run_gpu.sh prints last: g3moe against the PyTorch stack per
-length (tokens/s, MFU, GPU memory, ratio) and the attention kernels against
-PyTorch's cuDNN attention (forward + backward time ratio), from the JSON lines
-the run wrote into its output folder. Markdown, ready for bench/RESULTS.md.
+"""The table bench/run_gpu.sh prints last: g3moe against the strong and the
+recipe's PyTorch stacks per length (tokens/s, MFU, GPU memory, both ratios;
+the recipe's LoRA dropout in all three, and g3moe without dropout beside),
+the two ways of running the expert products, and the attention kernels
+against PyTorch's cuDNN attention (forward + backward time ratio), from the
+JSON lines the run wrote into its output folder. Markdown, ready for
+bench/RESULTS.md.
 
     summarize.py OUT_DIR
 """
@@ -27,40 +30,64 @@ def json_lines(path):
     return rows
 
 
+def fastest(rows):
+    """Per length, the faster of the runs (the two ways of running the
+    expert products)."""
+    best = {}
+    for r in rows:
+        if r["seq"] not in best or r["tok_s"] > best[r["seq"]]["tok_s"]:
+            best[r["seq"]] = r
+    return best
+
+
+def stack_cells(r):
+    """tokens/s, MFU and peak memory of a PyTorch stack's row."""
+    if not r:
+        return ["—"] * 3
+    if r.get("oom"):
+        return ["out of memory", "—", "—"]
+    if "tok_s" not in r:
+        return ["failed", "—", "—"]
+    return [f"{r['tok_s']:,.0f}", f"{100 * r['mfu']:.1f} %", f"{r['peak_gib']:.1f} GiB"]
+
+
+def ratio(g, t):
+    ok = g and t and "tok_s" in t
+    return f"{g['tok_s'] / t['tok_s']:.2f}×" if ok else "—"
+
+
 def main():
     if len(sys.argv) != 2:
         sys.exit("usage: summarize.py OUT_DIR")
     out = Path(sys.argv[1])
     rows = [r for r in json_lines(out / "bench_g3moe.jsonl") if "seq" in r]
+    # The recipe's dropout (steps from before the field: dropout 0).
+    recipe = [r for r in rows if r.get("lora_dropout", 0) > 0]
+    nodrop = fastest([r for r in rows if r.get("lora_dropout", 0) == 0])
     by_mode = {}
-    for r in rows:
+    for r in recipe or rows:
         by_mode.setdefault(r.get("expert_gemm", "cublas"), {})[r["seq"]] = r
-    # Per length, the faster way of running the expert products.
-    g3moe = {}
-    for runs in by_mode.values():
-        for seq, r in runs.items():
-            if seq not in g3moe or r["tok_s"] > g3moe[seq]["tok_s"]:
-                g3moe[seq] = r
+    g3moe = fastest(recipe or rows)
     torch = {r["seq"]: r for r in json_lines(out / "bench_pytorch.jsonl") if "seq" in r}
-    card = next((r["card"] for r in json_lines(out / "bench_pytorch.jsonl") if "card" in r), "?")
+    strong = {r["seq"]: r for r in json_lines(out / "bench_strong.jsonl") if "seq" in r}
+    cards = [r["card"] for f in ("bench_strong.jsonl", "bench_pytorch.jsonl")
+             for r in json_lines(out / f) if "card" in r]
 
-    print(f"card: {card}")
-    print("| tokens | g3moe tokens/s | g3moe MFU | g3moe GPU memory | expert products "
-          "| PyTorch tokens/s | PyTorch MFU | PyTorch peak | g3moe / PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for seq in sorted(set(g3moe) | set(torch)):
-        g, t = g3moe.get(seq), torch.get(seq)
+    print(f"card: {cards[0] if cards else '?'}; LoRA r 16 on gate/up/down, dropout "
+          f"{'0.05' if recipe else '0'} in every stack unless said")
+    print("| tokens | g3moe tokens/s | MFU | GPU memory | expert products "
+          "| strong stack tokens/s | MFU | peak | recipe's stack tokens/s | MFU | peak "
+          "| g3moe / strong | g3moe / recipe's | g3moe, dropout 0 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for seq in sorted(set(g3moe) | set(torch) | set(strong)):
+        g, d = g3moe.get(seq), nodrop.get(seq) if recipe else None
         cells = [str(seq)]
         cells += [f"{g['tok_s']:,.0f}", f"{100 * g['mfu']:.1f} %", f"{g['gpu_gib']:.1f} GiB",
                   g.get("expert_gemm", "cublas")] if g else ["—"] * 4
-        if t and t.get("oom"):
-            cells += ["out of memory", "—", "—"]
-        elif t:
-            cells += [f"{t['tok_s']:,.0f}", f"{100 * t['mfu']:.1f} %", f"{t['peak_gib']:.1f} GiB"]
-        else:
-            cells += ["—"] * 3
-        ok = g and t and not t.get("oom")
-        cells.append(f"{g['tok_s'] / t['tok_s']:.2f}×" if ok else "—")
+        cells += stack_cells(strong.get(seq)) + stack_cells(torch.get(seq))
+        cells += [ratio(g, strong.get(seq)), ratio(g, torch.get(seq))]
+        cells.append(f"{d['tok_s']:,.0f} ({100 * d['mfu']:.1f} %, {d['gpu_gib']:.1f} GiB)"
+                     if d else "—")
         print("| " + " | ".join(cells) + " |")
 
     # The expert products: one grouped kernel (captured with the micro-step)

@@ -17,9 +17,11 @@
 // A LoRA term h·L_eᵀ (h [rows, r], r at most 32) joins the accumulation as
 // one more K tile of 32 (zeros past r): its two operands are copied into
 // shared memory of their own with the 64-byte swizzle (the 128-byte one for
-// the N-major A of the input gradient) when the block starts, and the
-// warpgroups multiply them after the main loop, so the term costs two more
-// wgmma and no pass over the [rows, N] result.
+// the N-major A of the input gradient) ahead of the stages, and the
+// warpgroups multiply them before the main loop, so the term costs two more
+// wgmma and no pass over the [rows, N] result. Under a LoRA dropout's
+// gradient the term is masked in the accumulators (each thread draws the
+// Philox blocks of its elements) while the first stages are still loading.
 //
 // Shapes the tensor-core path does not take (other types, sizes that are not
 // multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when
@@ -30,6 +32,7 @@
 
 #include "runtime/cuda/grouped_gemm.h"
 
+#include "runtime/base/random.h"
 #include "runtime/cuda/row_groups.cuh"
 
 #include <cuda.h>
@@ -231,6 +234,28 @@ __device__ __forceinline__ void fillLowRank(uint32_t sA, uint32_t sB, uint32_t f
   }
 }
 
+/// keyed_dropout's mask on warpgroup wg's accumulators of the tile at rows
+/// `row0`, columns `n0` of a [*, N] result (the element order of
+/// stashAccumulators); each pair of neighbouring columns shares a Philox
+/// block.
+__device__ __forceinline__ void maskAccumulators(float (&acc)[128], const DropoutMask &mask,
+                                                 int64_t row0, int64_t n0, int64_t N, int wg,
+                                                 int lane) {
+  const uint64_t seed = uint64_t(mask.key[0]), counter = uint64_t(mask.key[1]);
+  const float keep = 1.0f - mask.p;
+  const int warp = lane >> 5, l = lane & 31;
+  const int64_t row = row0 + wg * 64 + warp * 16 + (l >> 2), col = n0 + (l & 3) * 2;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) {
+    const uint64_t at = uint64_t((row + (i & 1) * 8) * N + col + (i >> 1) * 8);
+    const Philox4x32Block r = randomBlock(seed, counter, mask.stream, at >> 2);
+    for (int j = 0; j < 2; ++j) {
+      float &v = acc[2 * i + j];
+      v = uniformFromBits(r.v[(at & 3) + j]) >= mask.p ? __fdiv_rn(v, keep) : 0.0f;
+    }
+  }
+}
+
 /// acc += h·Lᵀ for warpgroup wg from the low-rank tiles at sA and sB.
 template <bool WeightNK>
 __device__ __forceinline__ void multiplyLowRank(float (&acc)[128], uint32_t sA, uint32_t sB,
@@ -254,7 +279,8 @@ __device__ __forceinline__ void multiplyLowRank(float (&acc)[128], uint32_t sA, 
 template <bool WeightNK>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedProductDevice(const __grid_constant__ ProductMaps maps, RowGroups groups, int64_t K,
-                         int64_t N, bool lowRank, const void *addend, void *y, DType yt) {
+                         int64_t N, bool lowRank, DropoutMask mask, const void *addend, void *y,
+                         DType yt) {
   extern __shared__ unsigned char smem[];
   Tile tile;
   int64_t colTile;
@@ -282,10 +308,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       initStageBarriers(bars);
     __syncthreads();
     if (loader) {
-      for (int64_t t = 0; t < kStages && t < kTiles; ++t)
-        fillStage<WeightNK>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
       if (lowRank)
         fillLowRank<WeightNK>(lowA, lowB, lowFull, maps, tile, n0);
+      for (int64_t t = 0; t < kStages && t < kTiles; ++t)
+        fillStage<WeightNK>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
+    }
+    if (lowRank) {
+      waitBarrier(lowFull, 0);
+      multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
+      if (mask.key)
+        maskAccumulators(acc, mask, tile.begin, n0, N, wg, lane);
     }
     for (int64_t kt = 0; kt < kTiles; ++kt) {
       const int64_t s = kt % kStages;
@@ -319,10 +351,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     fenceAccumulators(acc);
-    if (lowRank) {
-      waitBarrier(lowFull, 0);
-      multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
-    }
   }
 
   // The tile goes through shared memory (the stages are free now) so that
@@ -362,9 +390,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 constexpr int kPlainRows = 16, kPlainCols = 64;
 
 // A block takes 16 rows and 64 columns of y; a thread one column of four rows.
+// The product is masked (`mask`) before the addend joins it.
 __global__ void plainProductDevice(RowGroups groups, const void *x, DType xt, int64_t K,
                                    const void *w, DType wt, bool weightNK, int64_t N,
-                                   const void *addend, void *y, DType yt) {
+                                   DropoutMask mask, const void *addend, void *y, DType yt) {
   Tile tile;
   if (!findTile(groups, kPlainRows, blockIdx.x, true, tile))
     return;
@@ -378,6 +407,11 @@ __global__ void plainProductDevice(RowGroups groups, const void *x, DType xt, in
       for (int64_t k = 0; k < K; ++k)
         v = fmaf(loadFloat(x, xt, row * K + k),
                  loadFloat(w, wt, we + (weightNK ? n * K + k : k * N + n)), v);
+    if (mask.key && tile.kind == TileKind::Compute)
+      v = uniformAt(uint64_t(mask.key[0]), uint64_t(mask.key[1]), mask.stream,
+                    uint64_t(row * N + n)) >= mask.p
+              ? __fdiv_rn(v, 1.0f - mask.p)
+              : 0.0f;
     if (tile.kind == TileKind::Poison)
       v = NAN;
     else if (addend)
@@ -482,6 +516,20 @@ cudaError_t groupedWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
   return cudaGetLastError();
 }
 
+cudaError_t groupedLowRankTerm(cudaStream_t stream, const RowGroups &groups, const void *h,
+                               DType ht, int64_t R, const void *l, DType lt, bool weightNR,
+                               int64_t N, const DropoutMask &mask, void *y, DType yt) {
+  if (groups.rows == 0 || N == 0)
+    return cudaSuccess;
+  const int64_t tiles = maxTiles(groups.rows, groups.experts, kPlainRows);
+  const int64_t colTiles = (N + kPlainCols - 1) / kPlainCols;
+  if (tiles > INT32_MAX || colTiles > 65535)
+    return cudaErrorInvalidConfiguration;
+  plainProductDevice<<<dim3(unsigned(tiles), unsigned(colTiles)), 4 * kPlainCols, 0, stream>>>(
+      groups, h, ht, R, l, lt, weightNR, N, mask, y, y, yt);
+  return cudaGetLastError();
+}
+
 cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, const void *x,
                                  DType xt, int64_t K, const void *w, DType wt, bool weightNK,
                                  int64_t N, const void *addend, void *y, DType yt,
@@ -496,7 +544,7 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
     if (tiles > INT32_MAX || colTiles > 65535)
       return cudaErrorInvalidConfiguration;
     plainProductDevice<<<dim3(unsigned(tiles), unsigned(colTiles)), 4 * kPlainCols, 0, stream>>>(
-        groups, x, xt, K, w, wt, weightNK, N, addend, y, yt);
+        groups, x, xt, K, w, wt, weightNK, N, DropoutMask{}, addend, y, yt);
     return cudaGetLastError();
   }
   const int64_t blocks = maxTiles(groups.rows, groups.experts, kBM) * ((N + kBN - 1) / kBN);
@@ -525,7 +573,7 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
     return e;
   auto launch = [&](auto kernel) {
     kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(maps, groups, K, N, low.h != nullptr,
-                                                               addend, y, yt);
+                                                               low.mask, addend, y, yt);
   };
   weightNK ? launch(groupedProductDevice<true>) : launch(groupedProductDevice<false>);
   return cudaGetLastError();

@@ -302,6 +302,13 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
+/// The dropout mask on the low-rank term of `shape` (none without a key).
+DropoutMask dropoutMask(const MatmulShape &shape) {
+  if (!shape.dropoutKey)
+    return {};
+  return {static_cast<const int64_t *>(shape.dropoutKey->data), shape.stream, float(shape.p)};
+}
+
 /// The low-rank term of `shape` when the grouped kernel can add it in its
 /// accumulation (a null term otherwise).
 LowRankTerm fusedLowRank(const MatmulShape &shape, const TensorView &x, const TensorView &w,
@@ -310,7 +317,7 @@ LowRankTerm fusedLowRank(const MatmulShape &shape, const TensorView &x, const Te
   if (!h || !groupedLowRankFits(x.dtype, w.dtype, y.dtype, K, N, h->dtype, l->dtype, shape.rank) ||
       !aligned16(*h) || !aligned16(*l))
     return {};
-  return {h->data, l->data, shape.rank};
+  return {h->data, l->data, shape.rank, dropoutMask(shape)};
 }
 
 /// The product of one call as a grouped kernel (grouped_gemm.h), when the
@@ -382,6 +389,13 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
     G3RT_RETURN_IF_ERROR(perExpertProduct(args, shape, x, xCols, off, w, transposed, yCols, y));
   if (!shape.lowInput || fused)
     return Status();
+  if (shape.dropoutKey) {
+    const TensorView &h = *shape.lowInput, &l = *shape.lowWeight;
+    cudaError_t e = groupedLowRankTerm(contextOf(args).stream, expertGroups(off, E, M), h.data,
+                                       h.dtype, shape.rank, l.data, l.dtype, transposed, yCols,
+                                       dropoutMask(shape), y.data, y.dtype);
+    return e == cudaSuccess ? Status() : cudaFailure(args, e, "the masked low-rank term");
+  }
   MatmulShape term = shape;
   term.addend = &y;
   term.lowInput = term.lowWeight = nullptr;

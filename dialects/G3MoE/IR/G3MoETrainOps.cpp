@@ -58,6 +58,12 @@ LogicalResult ExpertLinearGradInputOp::verify() {
   if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), g.getDimSize(0),
                                  w.getDimSize(0), w.getDimSize(2), /*rankLast=*/false)))
     return failure();
+  if (getDropoutKey() && !getLowrankInput())
+    return emitOpError("dropout applies to the low-rank term, and there is none");
+  if (bool(getDropoutKey()) != (getStream() && getP()))
+    return emitOpError("dropout needs a key and both `stream` and `p`, and they need dropout");
+  if (getPAttr() && !(getPAttr().getValueAsDouble() >= 0.0 && getPAttr().getValueAsDouble() < 1.0))
+    return emitOpError("dropout p must be in [0, 1), got ") << getPAttr().getValueAsDouble();
   return verifyAddend(*this, getAddend(), getType());
 }
 

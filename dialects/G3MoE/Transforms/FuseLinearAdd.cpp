@@ -70,6 +70,28 @@ struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
   }
 };
 
+/// Whether `h` (a low-rank product's operand) has a LoRA rank's width, at
+/// most 64 (what the verifiers take) and narrower than the wide product's
+/// operand `x`.
+bool isLowRankOf(Value h, Value x) {
+  auto width = [](Value t) { return cast<RankedTensorType>(t.getType()).getShape().back(); };
+  return width(h) <= 64 && width(h) < width(x);
+}
+
+/// `base` with the low-rank term h, l and the addend `addend`, created at
+/// the rewriter's position.
+ExpertLinearOp withLowRank(PatternRewriter &rewriter, ExpertLinearOp base, Value addend, Value h,
+                           Value l) {
+  return ExpertLinearOp::create(rewriter, base.getLoc(), base.getType(), base.getInput(),
+                                base.getExpertOffsets(), base.getWeight(), addend, h, l);
+}
+ExpertLinearGradInputOp withLowRank(PatternRewriter &rewriter, ExpertLinearGradInputOp base,
+                                    Value addend, Value h, Value l) {
+  return ExpertLinearGradInputOp::create(rewriter, base.getLoc(), base.getType(), base.getGrad(),
+                                         base.getExpertOffsets(), base.getWeight(), addend, h, l,
+                                         Value(), IntegerAttr(), FloatAttr());
+}
+
 /// The low-rank product `lowrank` and its addend `base`, a wide product of
 /// the same kind over the same expert rows, as one product:
 ///   expert_linear(h, off, B) plus expert_linear(x, off, W) [plus a]
@@ -86,18 +108,62 @@ template <typename Product> struct FoldLowRankIntoProduct : OpRewritePattern<Pro
     if (!base || base.getLowrankInput() || !base->hasOneUse() ||
         base.getExpertOffsets() != lowrank.getExpertOffsets())
       return rewriter.notifyMatchFailure(lowrank, "the addend is not a product of the same rows");
-    auto rank = [](Value t) { return cast<RankedTensorType>(t.getType()).getShape().back(); };
     Value h = lowrank->getOperand(0), x = base->getOperand(0);
-    if (rank(h) > kMaxFusedRank || rank(h) >= rank(x))
+    if (!isLowRankOf(h, x))
       return rewriter.notifyMatchFailure(lowrank, "not a low-rank term of a wider product");
-    rewriter.replaceOpWithNewOp<Product>(lowrank, lowrank.getType(), x, base.getExpertOffsets(),
-                                         base.getWeight(), base.getAddend(), h,
-                                         lowrank.getWeight());
+    rewriter.replaceOp(lowrank,
+                       withLowRank(rewriter, base, base.getAddend(), h, lowrank.getWeight()));
     rewriter.eraseOp(base);
     return success();
   }
-  /// The widest LoRA rank the verifiers take in a low-rank term.
-  static constexpr int64_t kMaxFusedRank = 64;
+};
+
+/// A dropout's mask as keyed_dropout draws it: the key, stream and p of a
+/// keyed_dropout, or of a dropout whose draw is a random_uniform on [0, 1).
+struct MaskOf {
+  Operation *op = nullptr;
+  Value input, key;
+  IntegerAttr stream;
+  FloatAttr p;
+};
+MaskOf maskOf(Value v) {
+  if (auto keyed = v.getDefiningOp<KeyedDropoutOp>())
+    return {keyed, keyed.getInput(), keyed.getKey(), keyed.getStreamAttr(), keyed.getPAttr()};
+  auto dropout = v.getDefiningOp<DropoutOp>();
+  auto draw = dropout ? dropout.getUniform().getDefiningOp<RandomUniformOp>() : nullptr;
+  if (!draw || draw.getLow().convertToDouble() != 0.0 || draw.getHigh().convertToDouble() != 1.0)
+    return {};
+  return {dropout, dropout.getInput(), draw.getKey(), draw.getStreamAttr(), dropout.getPAttr()};
+}
+
+/// The same for a low-rank term under a LoRA dropout's gradient (the
+/// dropout of the term, the wide product's addend):
+///   expert_linear_grad_input(dy, off, W)
+///       plus dropout(expert_linear_grad_input(dh, off, A), draw of key)
+///     -> expert_linear_grad_input(dy, off, W) lowrank dh, A dropout key
+/// so that neither the term nor its masked copy is written (nor the draw,
+/// where the backward would have drawn it again).
+struct FoldMaskedLowRankIntoProduct : OpRewritePattern<ExpertLinearGradInputOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ExpertLinearGradInputOp base,
+                                PatternRewriter &rewriter) const override {
+    MaskOf mask = base.getAddend() ? maskOf(base.getAddend()) : MaskOf();
+    if (!mask.op || base.getLowrankInput() || !mask.op->hasOneUse())
+      return rewriter.notifyMatchFailure(base, "the addend is not a dropout only it reads");
+    auto term = mask.input.getDefiningOp<ExpertLinearGradInputOp>();
+    if (!term || !term->hasOneUse() || term.getAddend() || term.getLowrankInput() ||
+        term.getExpertOffsets() != base.getExpertOffsets() ||
+        !isLowRankOf(term.getGrad(), base.getGrad()))
+      return rewriter.notifyMatchFailure(base, "the dropout is not of a low-rank term");
+    auto fused = withLowRank(rewriter, base, Value(), term.getGrad(), term.getWeight());
+    fused.getDropoutKeyMutable().assign(mask.key);
+    fused.setStreamAttr(mask.stream);
+    fused.setPAttr(mask.p);
+    rewriter.replaceOp(base, fused);
+    rewriter.eraseOp(mask.op);
+    rewriter.eraseOp(term);
+    return success();
+  }
 };
 
 struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFuseLinearAddPass> {
@@ -113,5 +179,6 @@ struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFus
 
 void g3moe::populateFuseLinearAddPatterns(RewritePatternSet &patterns) {
   patterns.add<FoldAddIntoProduct, FoldLowRankIntoProduct<ExpertLinearOp>,
-               FoldLowRankIntoProduct<ExpertLinearGradInputOp>>(patterns.getContext());
+               FoldLowRankIntoProduct<ExpertLinearGradInputOp>, FoldMaskedLowRankIntoProduct>(
+      patterns.getContext());
 }

@@ -39,6 +39,52 @@ func.func @expert_backward(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>, %w: ten
 
 // -----
 
+// Under a LoRA dropout the rank-4 term reaches dx through the dropout's
+// gradient, a keyed_dropout: the wide product takes the term with the mask.
+// CHECK-LABEL: func.func @expert_backward_dropout
+func.func @expert_backward_dropout(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>,
+                                   %w: tensor<2x32x64xbf16>, %du: tensor<16x4xbf16>,
+                                   %a: tensor<2x4x64xbf16>, %key: tensor<2xi64>) -> tensor<16x64xbf16> {
+  %lora = g3moe.expert_linear_grad_input %du, %off, %a
+      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
+  %masked = g3moe.keyed_dropout %lora, %key {stream = 7 : i64, p = 0.05 : f64}
+      : (tensor<16x64xbf16>, tensor<2xi64>) -> tensor<16x64xbf16>
+  %base = g3moe.expert_linear_grad_input %dy, %off, %w
+      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK: %[[DX:.*]] = g3moe.expert_linear_grad_input %arg0, %arg1, %arg2 lowrank %arg3, %arg4 dropout %arg5 {p = 5.000000e-02 : f64, stream = 7 : i64}
+  // CHECK-NOT: keyed_dropout
+  // CHECK-NOT: g3moe.expert_linear_grad_input
+  %dx = g3moe.add %masked, %base : tensor<16x64xbf16>
+  // CHECK: return %[[DX]]
+  return %dx : tensor<16x64xbf16>
+}
+
+// -----
+
+// Before --g3moe-fuse-dropout the mask is a dropout of a random_uniform
+// draw on [0, 1): the same fusion, with the draw's key and stream.
+// CHECK-LABEL: func.func @expert_backward_drawn_dropout
+func.func @expert_backward_drawn_dropout(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>,
+                                         %w: tensor<2x32x64xbf16>, %du: tensor<16x4xbf16>,
+                                         %a: tensor<2x4x64xbf16>, %key: tensor<2xi64>)
+    -> tensor<16x64xbf16> {
+  %lora = g3moe.expert_linear_grad_input %du, %off, %a
+      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
+  %u = g3moe.random_uniform %key {stream = 4 : i64, low = 0.0 : f64, high = 1.0 : f64}
+      : (tensor<2xi64>) -> tensor<16x64xf32>
+  %masked = g3moe.dropout %lora, %u {p = 0.1 : f64}
+      : (tensor<16x64xbf16>, tensor<16x64xf32>) -> tensor<16x64xbf16>
+  %base = g3moe.expert_linear_grad_input %dy, %off, %w
+      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK: g3moe.expert_linear_grad_input %arg0, %arg1, %arg2 lowrank %arg3, %arg4 dropout %arg5 {p = 1.000000e-01 : f64, stream = 4 : i64}
+  // CHECK-NOT: g3moe.dropout
+  // CHECK-NOT: random_uniform
+  %dx = g3moe.add %base, %masked : tensor<16x64xbf16>
+  return %dx : tensor<16x64xbf16>
+}
+
+// -----
+
 // LoRA on an expert projection: x·W_eᵀ + (x·A_eᵀ)·B_eᵀ becomes the wide
 // product with the rank-8 term; the residual add then folds in as its addend.
 // CHECK-LABEL: func.func @expert_lora_forward
