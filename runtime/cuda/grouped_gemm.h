@@ -34,12 +34,10 @@ struct DropoutMask {
 };
 
 /// A LoRA term of an expert product: h [rows, rank] and L [E, N, rank]
-/// (the forward's B) or [E, rank, N] (the input gradient's A), bf16, under
-/// `mask` (the gradient of a LoRA dropout) when it has a key.
+/// (the forward's B) or [E, rank, N] (the input gradient's A), bf16.
 struct LowRankTerm {
   const void *h = nullptr, *l = nullptr;
   int64_t rank = 0;
-  DropoutMask mask;
 };
 
 /// Whether groupedExpertProduct adds a low-rank term of `rank` to the
@@ -61,12 +59,15 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
                                  int64_t N, const void *addend, void *y, DType yType,
                                  const LowRankTerm &low = {});
 
-/// y[m, :N] += mask(h[m, :R]·L_eᵀ) for the rows m of each expert e, L as in
-/// LowRankTerm (`weightNR`: [E, N, R]), on the plain fp32 kernel: the
-/// low-rank term of a product the grouped kernel did not take. Float types.
-cudaError_t groupedLowRankTerm(cudaStream_t stream, const RowGroups &groups, const void *h,
-                               DType hType, int64_t R, const void *l, DType lType, bool weightNR,
-                               int64_t N, const DropoutMask &mask, void *y, DType yType);
+/// y[m, :N] = mask(h[m, :R]·L_eᵀ) (+ addend[m]) for the rows m of each
+/// expert e, L as in LowRankTerm (`weightNR`: [E, N, R]), in fp32 at full
+/// occupancy: a LoRA term under its dropout's mask, which the wide product
+/// then takes as its addend. Rows of no expert get the addend (or zeros);
+/// float types; `addend` may be `y`.
+cudaError_t maskedLowRankTerm(cudaStream_t stream, const RowGroups &groups, const void *h,
+                              DType hType, int64_t R, const void *l, DType lType, bool weightNR,
+                              int64_t N, const DropoutMask &mask, const void *addend, void *y,
+                              DType yType);
 
 /// Whether groupedWeightGrad takes dW [E, O, I] over M rows: float types
 /// and a side of at most 64 or at most 2^28 multiply-adds (the plain

@@ -60,10 +60,8 @@ LogicalResult ExpertLinearGradInputOp::verify() {
     return failure();
   if (getDropoutKey() && !getLowrankInput())
     return emitOpError("dropout applies to the low-rank term, and there is none");
-  if (bool(getDropoutKey()) != (getStream() && getP()))
-    return emitOpError("dropout needs a key and both `stream` and `p`, and they need dropout");
-  if (getPAttr() && !(getPAttr().getValueAsDouble() >= 0.0 && getPAttr().getValueAsDouble() < 1.0))
-    return emitOpError("dropout p must be in [0, 1), got ") << getPAttr().getValueAsDouble();
+  if (failed(verifyDropoutMask(*this, getDropoutKey(), getStreamAttr(), getPAttr())))
+    return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
 

@@ -136,6 +136,13 @@ MaskOf maskOf(Value v) {
   return {dropout, dropout.getInput(), draw.getKey(), draw.getStreamAttr(), dropout.getPAttr()};
 }
 
+/// Puts `mask` on `product`'s low-rank term.
+void setMask(ExpertLinearGradInputOp product, const MaskOf &mask) {
+  product.getDropoutKeyMutable().assign(mask.key);
+  product.setStreamAttr(mask.stream);
+  product.setPAttr(mask.p);
+}
+
 /// The same for a low-rank term under a LoRA dropout's gradient (the
 /// dropout of the term, the wide product's addend):
 ///   expert_linear_grad_input(dy, off, W)
@@ -156,10 +163,48 @@ struct FoldMaskedLowRankIntoProduct : OpRewritePattern<ExpertLinearGradInputOp> 
         !isLowRankOf(term.getGrad(), base.getGrad()))
       return rewriter.notifyMatchFailure(base, "the dropout is not of a low-rank term");
     auto fused = withLowRank(rewriter, base, Value(), term.getGrad(), term.getWeight());
-    fused.getDropoutKeyMutable().assign(mask.key);
-    fused.setStreamAttr(mask.stream);
-    fused.setPAttr(mask.p);
+    setMask(fused, mask);
     rewriter.replaceOp(base, fused);
+    rewriter.eraseOp(mask.op);
+    rewriter.eraseOp(term);
+    return success();
+  }
+};
+
+/// Where several LoRA projections read one input (gate and up), autodiff
+/// sums their input gradients in a chain, and the folds above can leave a
+/// low-rank term on a product that already has one:
+///   Q plus (P lowrank .. plus dropout(T))   or   Q plus (T plus P lowrank ..)
+/// with Q a wide product without a term, P one with a term and T a rank-r
+/// product, all of the same expert rows and each read once. The sum does
+/// not depend on the order, so T (with its mask) moves into Q:
+///   Q lowrank T [dropout] plus P.
+struct MoveLowRankToFreeProduct : OpRewritePattern<ExpertLinearGradInputOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(ExpertLinearGradInputOp q,
+                                PatternRewriter &rewriter) const override {
+    auto sameRows = [&](ExpertLinearGradInputOp op) {
+      return op && op->hasOneUse() && op.getExpertOffsets() == q.getExpertOffsets();
+    };
+    auto x = q.getAddend() ? q.getAddend().getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
+    if (q.getLowrankInput() || !sameRows(x))
+      return rewriter.notifyMatchFailure(q, "no product of the same rows as its addend");
+    // Q plus (T plus P): T is the rank-r product, P the rest of the sum.
+    if (!x.getLowrankInput() && isLowRankOf(x.getGrad(), q.getGrad())) {
+      rewriter.replaceOp(q, withLowRank(rewriter, q, x.getAddend(), x.getGrad(), x.getWeight()));
+      rewriter.eraseOp(x);
+      return success();
+    }
+    // Q plus (P plus dropout(T)).
+    MaskOf mask = x.getAddend() ? maskOf(x.getAddend()) : MaskOf();
+    auto term = mask.op ? mask.input.getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
+    if (!x.getLowrankInput() || !term || !mask.op->hasOneUse() || !sameRows(term) ||
+        term.getAddend() || term.getLowrankInput() || !isLowRankOf(term.getGrad(), q.getGrad()))
+      return rewriter.notifyMatchFailure(q, "no low-rank term to move");
+    rewriter.modifyOpInPlace(x, [&] { x.getAddendMutable().clear(); });
+    auto fused = withLowRank(rewriter, q, x, term.getGrad(), term.getWeight());
+    setMask(fused, mask);
+    rewriter.replaceOp(q, fused);
     rewriter.eraseOp(mask.op);
     rewriter.eraseOp(term);
     return success();
@@ -179,6 +224,6 @@ struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFus
 
 void g3moe::populateFuseLinearAddPatterns(RewritePatternSet &patterns) {
   patterns.add<FoldAddIntoProduct, FoldLowRankIntoProduct<ExpertLinearOp>,
-               FoldLowRankIntoProduct<ExpertLinearGradInputOp>, FoldMaskedLowRankIntoProduct>(
-      patterns.getContext());
+               FoldLowRankIntoProduct<ExpertLinearGradInputOp>, FoldMaskedLowRankIntoProduct,
+               MoveLowRankToFreeProduct>(patterns.getContext());
 }
