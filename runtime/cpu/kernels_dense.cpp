@@ -6,7 +6,6 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/base/random.h"
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/cpu/dense_ops.h"
 #include "runtime/kernels/dense_checks.h"
@@ -132,16 +131,6 @@ void addAddend(const std::vector<float> &a, const FloatOutput &y) {
     p[i] += a[i];
 }
 
-/// keyed_dropout's mask on elements first.. of the result: each kept
-/// (divided by 1 - p) where its draw of the key's stream is at least p.
-void maskLikeKeyedDropout(const MatmulShape &s, int64_t first, std::vector<float> &v) {
-  const int64_t *key = s.dropoutKey->i64();
-  UniformReader draw{uint64_t(key[0]), uint64_t(key[1]), s.stream};
-  const float threshold = float(s.p), keep = float(1.0 - s.p);
-  for (size_t i = 0; i < v.size(); ++i)
-    v[i] = draw(uint64_t(first) + i) >= threshold ? v[i] / keep : 0.0f;
-}
-
 /// Adds an expert product's low-rank term to the fp32 result [M, cols]
 /// before the addend: rows of expert e get h·L_eᵀ, L_e the [cols, r] slice
 /// of the lowrank weight (`rankLast`) or the transpose of its [r, cols] one.
@@ -160,8 +149,6 @@ void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool 
                  : transpose(L.data() + e * r * cols, r, cols, cols);
     std::vector<float> term(size_t(rows * cols));
     gemmNT(H.data() + r0 * r, r, Le.data(), r, term.data(), cols, rows, cols, r);
-    if (s.dropoutKey)
-      maskLikeKeyedDropout(s, r0 * cols, term);
     float *p = y.data() + r0 * cols;
     for (size_t i = 0; i < term.size(); ++i)
       p[i] += term[i];

@@ -17,16 +17,9 @@
 // A LoRA term h·L_eᵀ (h [rows, r], r at most 32) joins the accumulation as
 // one more K tile of 32 (zeros past r): its two operands are copied into
 // shared memory of their own with the 64-byte swizzle (the 128-byte one for
-// the N-major A of the input gradient) ahead of the stages, and the
-// warpgroups multiply them before the main loop, so the term costs two more
+// the N-major A of the input gradient) when the block starts, and the
+// warpgroups multiply them after the main loop, so the term costs two more
 // wgmma and no pass over the [rows, N] result.
-//
-// A term under a LoRA dropout's mask does not join the accumulation: drawing
-// the mask in the accumulators of a block that has the SM to itself took
-// longer than the product (3.5 ms against 1.7 for a [16384, 2560]·[2560,
-// 10240] input gradient on an H100). maskedLowRankTerm writes the masked
-// term at full occupancy instead, one Philox block per four columns, and
-// the product takes it as its addend.
 //
 // Shapes the tensor-core path does not take (other types, sizes that are not
 // multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when
@@ -37,7 +30,6 @@
 
 #include "runtime/cuda/grouped_gemm.h"
 
-#include "runtime/base/random.h"
 #include "runtime/cuda/row_groups.cuh"
 
 #include <cuda.h>
@@ -290,14 +282,10 @@ __global__ void __launch_bounds__(kThreads, 1)
       initStageBarriers(bars);
     __syncthreads();
     if (loader) {
-      if (lowRank)
-        fillLowRank<WeightNK>(lowA, lowB, lowFull, maps, tile, n0);
       for (int64_t t = 0; t < kStages && t < kTiles; ++t)
         fillStage<WeightNK>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
-    }
-    if (lowRank) {
-      waitBarrier(lowFull, 0);
-      multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
+      if (lowRank)
+        fillLowRank<WeightNK>(lowA, lowB, lowFull, maps, tile, n0);
     }
     for (int64_t kt = 0; kt < kTiles; ++kt) {
       const int64_t s = kt % kStages;
@@ -331,6 +319,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     fenceAccumulators(acc);
+    if (lowRank) {
+      waitBarrier(lowFull, 0);
+      multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
+    }
   }
 
   // The tile goes through shared memory (the stages are free now) so that
@@ -413,73 +405,6 @@ __global__ void plainWeightGradDevice(RowGroups groups, const void *dy, DType dy
   storeFloat(dw, dwt, e * O * I + at, v);
 }
 
-//===----------------------------------------------------------------------===//
-// A masked low-rank term
-//===----------------------------------------------------------------------===//
-
-constexpr int kTermRows = 16, kTermThreads = 256, kTermCols = 4 * kTermThreads;
-
-// A block takes 16 rows and 1024 columns of y; a thread four neighbouring
-// columns of each row, so that one Philox block masks the four (when N is a
-// multiple of four: element indices row·N + n then start a block), with its
-// expert's slice of L in registers (ranks past kMaxLowRank read it again).
-template <bool WeightNR>
-__global__ void __launch_bounds__(kTermThreads)
-    maskedTermDevice(RowGroups groups, const void *h, DType ht, int64_t R, const void *l, DType lt,
-                     int64_t N, DropoutMask mask, const void *addend, void *y, DType yt) {
-  Tile tile;
-  if (!findTile(groups, kTermRows, blockIdx.x, true, tile))
-    return;
-  const int64_t n0 = int64_t(blockIdx.y) * kTermCols + 4 * int64_t(threadIdx.x);
-  if (n0 >= N)
-    return;
-  const int cols = int(min(int64_t(4), N - n0));
-  auto weight = [&](int64_t k, int j) {
-    return loadFloat(
-        l, lt, WeightNR ? (tile.expert * N + n0 + j) * R + k : (tile.expert * R + k) * N + n0 + j);
-  };
-  float lw[kMaxLowRank][4] = {};
-  if (tile.kind == TileKind::Compute) {
-#pragma unroll
-    for (int k = 0; k < kMaxLowRank; ++k)
-      for (int j = 0; j < cols && k < R; ++j)
-        lw[k][j] = weight(k, j);
-  }
-  const uint64_t seed = uint64_t(mask.key[0]), counter = uint64_t(mask.key[1]);
-  const float keep = 1.0f - mask.p;
-  for (int64_t row = tile.begin; row < tile.end; ++row) {
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    const uint64_t at = uint64_t(row * N + n0);
-    if (tile.kind == TileKind::Compute) {
-#pragma unroll
-      for (int k = 0; k < kMaxLowRank; ++k) {
-        if (k >= R)
-          break;
-        const float hk = loadFloat(h, ht, row * R + k);
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          v[j] = fmaf(hk, lw[k][j], v[j]);
-      }
-      for (int64_t k = kMaxLowRank; k < R; ++k)
-        for (int j = 0; j < cols; ++j)
-          v[j] = fmaf(loadFloat(h, ht, row * R + k), weight(k, j), v[j]);
-      const Philox4x32Block block = randomBlock(seed, counter, mask.stream, at >> 2);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        const float u = N % 4 == 0 ? uniformFromBits(block.v[j])
-                                   : uniformAt(seed, counter, mask.stream, at + j);
-        v[j] = u >= mask.p ? __fdiv_rn(v[j], keep) : 0.0f;
-      }
-    }
-    for (int j = 0; j < cols; ++j) {
-      float out = tile.kind == TileKind::Poison ? NAN : v[j];
-      if (addend && tile.kind != TileKind::Poison)
-        out += loadFloat(addend, yt, int64_t(at) + j);
-      storeFloat(y, yt, int64_t(at) + j, out);
-    }
-  }
-}
-
 bool floatType(DType t) { return t == DType::F32 || t == DType::BF16 || t == DType::F16; }
 
 bool tensorCoreFits(DType x, DType w, DType y, int64_t K, int64_t N) {
@@ -554,25 +479,6 @@ cudaError_t groupedWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
     return cudaErrorInvalidConfiguration;
   plainWeightGradDevice<<<dim3(unsigned(blocks), unsigned(groups.experts)), 256, 0, stream>>>(
       groups, dy, dyType, O, x, xType, I, dw, dwType);
-  return cudaGetLastError();
-}
-
-cudaError_t maskedLowRankTerm(cudaStream_t stream, const RowGroups &groups, const void *h, DType ht,
-                              int64_t R, const void *l, DType lt, bool weightNR, int64_t N,
-                              const DropoutMask &mask, const void *addend, void *y, DType yt) {
-  if (groups.rows == 0 || N == 0)
-    return cudaSuccess;
-  if (!mask.key)
-    return cudaErrorInvalidValue;
-  const int64_t tiles = maxTiles(groups.rows, groups.experts, kTermRows);
-  const int64_t colBlocks = (N + kTermCols - 1) / kTermCols;
-  if (tiles > INT32_MAX || colBlocks > 65535)
-    return cudaErrorInvalidConfiguration;
-  auto launch = [&](auto kernel) {
-    kernel<<<dim3(unsigned(tiles), unsigned(colBlocks)), kTermThreads, 0, stream>>>(
-        groups, h, ht, R, l, lt, N, mask, addend, y, yt);
-  };
-  weightNR ? launch(maskedTermDevice<true>) : launch(maskedTermDevice<false>);
   return cudaGetLastError();
 }
 

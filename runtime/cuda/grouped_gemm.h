@@ -24,15 +24,6 @@ namespace g3rt::cuda {
 /// most 64 or at most 2^28 multiply-adds.
 bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t N);
 
-/// keyed_dropout's mask on a [rows, N] result: element i kept (divided by
-/// 1 - p) where uniformAt(key[0], key[1], stream, i) is at least p, else
-/// zero. A null key is no mask.
-struct DropoutMask {
-  const int64_t *key = nullptr;
-  uint32_t stream = 0;
-  float p = 0;
-};
-
 /// A LoRA term of an expert product: h [rows, rank] and L [E, N, rank]
 /// (the forward's B) or [E, rank, N] (the input gradient's A), bf16.
 struct LowRankTerm {
@@ -58,16 +49,6 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
                                  DType xType, int64_t K, const void *w, DType wType, bool weightNK,
                                  int64_t N, const void *addend, void *y, DType yType,
                                  const LowRankTerm &low = {});
-
-/// y[m, :N] = mask(h[m, :R]·L_eᵀ) (+ addend[m]) for the rows m of each
-/// expert e, L as in LowRankTerm (`weightNR`: [E, N, R]), in fp32 at full
-/// occupancy: a LoRA term under its dropout's mask, which the wide product
-/// then takes as its addend. Rows of no expert get the addend (or zeros);
-/// float types; `addend` may be `y`.
-cudaError_t maskedLowRankTerm(cudaStream_t stream, const RowGroups &groups, const void *h,
-                              DType hType, int64_t R, const void *l, DType lType, bool weightNR,
-                              int64_t N, const DropoutMask &mask, const void *addend, void *y,
-                              DType yType);
 
 /// Whether groupedWeightGrad takes dW [E, O, I] over M rows: float types
 /// and a side of at most 64 or at most 2^28 multiply-adds (the plain

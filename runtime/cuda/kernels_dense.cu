@@ -302,13 +302,6 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
-/// The dropout mask on the low-rank term of `shape` (none without a key).
-DropoutMask dropoutMask(const MatmulShape &shape) {
-  if (!shape.dropoutKey)
-    return {};
-  return {static_cast<const int64_t *>(shape.dropoutKey->data), shape.stream, float(shape.p)};
-}
-
 /// The low-rank term of `shape` when the grouped kernel can add it in its
 /// accumulation (a null term otherwise).
 LowRankTerm fusedLowRank(const MatmulShape &shape, const TensorView &x, const TensorView &w,
@@ -320,21 +313,14 @@ LowRankTerm fusedLowRank(const MatmulShape &shape, const TensorView &x, const Te
   return {h->data, l->data, shape.rank};
 }
 
-/// Whether groupedProduct runs a product: the context asks for it and the
-/// operands suit it.
-bool groupedTakes(const CudaContext &ctx, const RowGroups &groups, const TensorView &x, int64_t K,
-                  const TensorView &w, int64_t N, const TensorView &y, const TensorView *addend) {
-  return ctx.groupedExperts && groupedProductFits(x.dtype, w.dtype, y.dtype, groups.rows, K, N) &&
-         aligned16(x) && aligned16(w) && aligned16(y) && (!addend || aligned16(*addend));
-}
-
-/// The product of one call as a grouped kernel (grouped_gemm.h) when
-/// groupedTakes it; `done` says whether it ran.
+/// The product of one call as a grouped kernel (grouped_gemm.h), when the
+/// context asks for it and the operands suit it; `done` says whether it ran.
 Status groupedProduct(const KernelArgs &args, const RowGroups &groups, const TensorView &x,
                       int64_t K, const TensorView &w, bool weightNK, int64_t N, const TensorView &y,
                       const TensorView *addend, const LowRankTerm &low, bool &done) {
   CudaContext &ctx = contextOf(args);
-  done = groupedTakes(ctx, groups, x, K, w, N, y, addend);
+  done = ctx.groupedExperts && groupedProductFits(x.dtype, w.dtype, y.dtype, groups.rows, K, N) &&
+         aligned16(x) && aligned16(w) && aligned16(y) && (!addend || aligned16(*addend));
   if (!done)
     return Status();
   cudaError_t e =
@@ -370,60 +356,37 @@ Status perExpertProduct(const KernelArgs &args, const MatmulShape &shape, const 
   return fillTailRows(args, y, offsets[size_t(E)], yCols, add);
 }
 
-/// Writes shape's low-rank term h·L_e (masked when it has a dropout key)
-/// plus the addend into y, for expertProduct's wide product to add.
-Status lowRankTermInto(const KernelArgs &args, const MatmulShape &shape, const TensorView &off,
-                       bool transposed, int64_t yCols, const TensorView &y);
-
 /// The expert products of the forward and the input gradient: per expert e,
 /// y[rows of e, yCols] = x[rows of e, xCols]·W_e (+ h·L_e) (+ the addend),
 /// W_e the transpose of W[e] [yCols, xCols] (`transposed`, the forward) or
-/// W[e] [xCols, yCols] itself (the input gradient), L_e likewise, h·L_e
-/// under the dropout mask when there is one; rows past the last expert get
-/// the addend, or zeros. On the low-rank kernels or the grouped kernel when
-/// they take the call, else one cuBLAS product per expert after reading the
-/// offsets on the host. A low-rank term the grouped kernel does not add in
-/// its accumulation (a masked one among them) is written first, and the
-/// wide product adds it: rounded at its own, small, scale.
+/// W[e] [xCols, yCols] itself (the input gradient), L_e likewise; rows past
+/// the last expert get the addend, or zeros. On the low-rank kernels or the
+/// grouped kernel when they take the call, else one cuBLAS product per
+/// expert after reading the offsets on the host. A low-rank term the
+/// grouped kernel does not add in its accumulation is a second product
+/// that adds into y.
 Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const TensorView &x,
                      int64_t xCols, const TensorView &off, const TensorView &w, bool transposed,
                      int64_t yCols, const TensorView &y) {
   const int64_t M = shape.M, E = shape.E;
-  const RowGroups groups = expertGroups(off, E, M);
-  const LowRankTerm low =
-      shape.dropoutKey ? LowRankTerm{} : fusedLowRank(shape, x, w, xCols, yCols, y);
-  if (shape.lowInput &&
-      !(low.h && groupedTakes(contextOf(args), groups, x, xCols, w, yCols, y, shape.addend))) {
-    G3RT_RETURN_IF_ERROR(lowRankTermInto(args, shape, off, transposed, yCols, y));
-    MatmulShape wide = shape;
-    wide.addend = &y;
-    wide.lowInput = wide.lowWeight = wide.dropoutKey = nullptr;
-    return expertProduct(args, wide, x, xCols, off, w, transposed, yCols, y);
+  const LowRankTerm low = fusedLowRank(shape, x, w, xCols, yCols, y);
+  bool done = false, fused = false;
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed, yCols,
+                                      y, shape, done));
+  if (!done) {
+    G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), x, xCols, w, transposed,
+                                        yCols, y, shape.addend, low, done));
+    fused = done && low.h;
   }
-  bool done = false;
-  G3RT_RETURN_IF_ERROR(
-      lowRankProduct(args, groups, x, xCols, w, transposed, yCols, y, shape, done));
-  if (!done)
-    G3RT_RETURN_IF_ERROR(
-        groupedProduct(args, groups, x, xCols, w, transposed, yCols, y, shape.addend, low, done));
   if (!done)
     G3RT_RETURN_IF_ERROR(perExpertProduct(args, shape, x, xCols, off, w, transposed, yCols, y));
-  return Status();
-}
-
-Status lowRankTermInto(const KernelArgs &args, const MatmulShape &shape, const TensorView &off,
-                       bool transposed, int64_t yCols, const TensorView &y) {
-  const TensorView &h = *shape.lowInput, &l = *shape.lowWeight;
-  if (!shape.dropoutKey) {
-    MatmulShape term = shape;
-    term.lowInput = term.lowWeight = nullptr;
-    return expertProduct(args, term, h, shape.rank, off, l, transposed, yCols, y);
-  }
-  cudaError_t e =
-      maskedLowRankTerm(contextOf(args).stream, expertGroups(off, shape.E, shape.M), h.data,
-                        h.dtype, shape.rank, l.data, l.dtype, transposed, yCols, dropoutMask(shape),
-                        shape.addend ? shape.addend->data : nullptr, y.data, y.dtype);
-  return e == cudaSuccess ? Status() : cudaFailure(args, e, "the masked low-rank term");
+  if (!shape.lowInput || fused)
+    return Status();
+  MatmulShape term = shape;
+  term.addend = &y;
+  term.lowInput = term.lowWeight = nullptr;
+  return expertProduct(args, term, *shape.lowInput, shape.rank, off, *shape.lowWeight, transposed,
+                       yCols, y);
 }
 
 } // namespace

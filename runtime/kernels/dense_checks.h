@@ -202,38 +202,20 @@ struct MatmulShape {
   /// null.
   const TensorView *lowInput = nullptr, *lowWeight = nullptr;
   int64_t rank = 0;
-  /// The key of a dropout mask on the low-rank term (the `p` and `stream`
-  /// attributes), or null.
-  const TensorView *dropoutKey = nullptr;
-  uint32_t stream = 0;
-  double p = 0;
 };
 
 /// The optional inputs of an expert product after its three operands: an
-/// addend (one more input), a low-rank pair (two more) or both (three),
-/// then, with the `p` attribute, the key of a dropout mask on the low-rank
-/// term. The pair is `lowrank_input` [M, r] and `lowrank_weight` [E, cols,
-/// r] (`rankLast`: the forward's B) or [E, r, cols] (the input gradient's
-/// A), cols the result's columns.
+/// addend (one more input), a low-rank pair (two more) or both (three).
+/// The pair is `lowrank_input` [M, r] and `lowrank_weight` [E, cols, r]
+/// (`rankLast`: the forward's B) or [E, r, cols] (the input gradient's A),
+/// cols the result's columns.
 inline Status findExpertExtras(const KernelArgs &args, const TensorView &result, bool rankLast,
                                MatmulShape &s) {
-  const bool masked = args.attrs && args.attrs->find("p");
-  const size_t n = args.inputs.size() - (masked && !args.inputs.empty() ? 1 : 0);
+  const size_t n = args.inputs.size();
   if (n < 3 || n > 6 || args.outputs.size() != 1)
-    return args.fail("expected 3 to 6 inputs (and a dropout key with `p`) and 1 output, got " +
-                     std::to_string(args.inputs.size()) + " and " +
+    return args.fail("expected 3 to 6 inputs and 1 output, got " + std::to_string(n) + " and " +
                      std::to_string(args.outputs.size()));
-  if (masked) {
-    if (n < 5)
-      return args.fail("a dropout mask (`p`) needs a low-rank term");
-    s.dropoutKey = &args.inputs[n];
-    G3RT_RETURN_IF_ERROR(checkRandomStream(args, *s.dropoutKey, result.numel(), s.stream));
-    G3RT_RETURN_IF_ERROR(args.requireFloat("p", s.p));
-    if (!(s.p >= 0 && s.p < 1))
-      return args.fail("p = " + std::to_string(s.p) + " is outside [0, 1)");
-  }
-  if (n != 5 && n > 3)
-    G3RT_RETURN_IF_ERROR(findAddend(args, 3, result, s.addend));
+  G3RT_RETURN_IF_ERROR(findAddend(args, n == 5 ? n : 3, result, s.addend));
   if (n < 5)
     return Status();
   const TensorView &h = args.inputs[n - 2], &w = args.inputs[n - 1];

@@ -56,10 +56,7 @@ def G3MoE_ExpertLinearGradInputOp
     optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
     With `lowrank %dh, %a` (fused by --g3moe-fuse-linear-add) the rows of
     expert e also get `dh·a[e]`, `dh` [M, r] and `a` [E, r, in], in the same
-    fp32 accumulation. With `dropout %key {stream, p}` as well, that term is
-    first `keyed_dropout`'s of the same key, stream and p (the gradient of a
-    LoRA dropout): element i kept and divided by 1 - p where its draw is at
-    least p, else zero; the mask is drawn where the term is, never stored.
+    fp32 accumulation.
 
     ```mlir
     %dx = g3moe.expert_linear_grad_input %dy, %off, %w
@@ -69,13 +66,11 @@ def G3MoE_ExpertLinearGradInputOp
   let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
                        G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend,
                        Optional<G3MoE_FloatTensor>:$lowrank_input,
-                       Optional<G3MoE_FloatTensor>:$lowrank_weight,
-                       Optional<G3MoE_RandomKey>:$dropout_key, OptionalAttr<I64Attr>:$stream,
-                       OptionalAttr<F64Attr>:$p);
+                       Optional<G3MoE_FloatTensor>:$lowrank_weight);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
     $grad `,` $expert_offsets `,` $weight (`,` $addend^)?
-    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? (`dropout` $dropout_key^)? attr-dict `:`
+    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? attr-dict `:`
     functional-type(operands, results)
   }];
 }

@@ -262,9 +262,9 @@ LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, Ar
                        "differentiated");
   noGrads(*this, out);
   if (needs[0])
-    out[0] = ExpertLinearGradInputOp::create(
-        b, getLoc(), getInput().getType(), dy[0], getExpertOffsets(), getWeight(),
-        /*addend=*/Value(), Value(), Value(), Value(), IntegerAttr(), FloatAttr());
+    out[0] = ExpertLinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0],
+                                             getExpertOffsets(), getWeight(),
+                                             /*addend=*/Value(), Value(), Value());
   if (needs[2])
     out[2] = ExpertLinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0],
                                               getExpertOffsets(), getInput());

@@ -58,10 +58,6 @@ LogicalResult ExpertLinearGradInputOp::verify() {
   if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), g.getDimSize(0),
                                  w.getDimSize(0), w.getDimSize(2), /*rankLast=*/false)))
     return failure();
-  if (getDropoutKey() && !getLowrankInput())
-    return emitOpError("dropout applies to the low-rank term, and there is none");
-  if (failed(verifyDropoutMask(*this, getDropoutKey(), getStreamAttr(), getPAttr())))
-    return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
 

@@ -68,17 +68,6 @@ inline mlir::LogicalResult verifyExpertLowRank(mlir::Operation *op, mlir::Value 
   return mlir::success();
 }
 
-/// A product's dropout mask: a key with both `stream` and `p` (p in
-/// [0, 1)), or none of them.
-inline mlir::LogicalResult verifyDropoutMask(mlir::Operation *op, mlir::Value key,
-                                             mlir::IntegerAttr stream, mlir::FloatAttr p) {
-  if (bool(key) != (stream && p))
-    return op->emitOpError("dropout needs a key and both `stream` and `p`, and they need dropout");
-  if (p && !(p.getValueAsDouble() >= 0.0 && p.getValueAsDouble() < 1.0))
-    return op->emitOpError("dropout p must be in [0, 1), got ") << p.getValueAsDouble();
-  return mlir::success();
-}
-
 /// All g3moe ops work on static shapes: sizes are compile-time per step.
 inline mlir::LogicalResult requireStatic(mlir::Operation *op) {
   for (mlir::Type t : llvm::concat<mlir::Type>(op->getOperandTypes(), op->getResultTypes()))

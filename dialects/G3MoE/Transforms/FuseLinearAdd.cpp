@@ -70,7 +70,7 @@ struct FoldAddIntoProduct : OpRewritePattern<AddOp> {
   }
 };
 
-/// Whether `h` (a low-rank product's operand) has a LoRA rank's width, at
+/// Whether `h` (a low-rank product's operand) has a LoRA rank's width: at
 /// most 64 (what the verifiers take) and narrower than the wide product's
 /// operand `x`.
 bool isLowRankOf(Value h, Value x) {
@@ -78,18 +78,12 @@ bool isLowRankOf(Value h, Value x) {
   return width(h) <= 64 && width(h) < width(x);
 }
 
-/// `base` with the low-rank term h, l and the addend `addend`, created at
-/// the rewriter's position.
-ExpertLinearOp withLowRank(PatternRewriter &rewriter, ExpertLinearOp base, Value addend, Value h,
-                           Value l) {
-  return ExpertLinearOp::create(rewriter, base.getLoc(), base.getType(), base.getInput(),
-                                base.getExpertOffsets(), base.getWeight(), addend, h, l);
-}
-ExpertLinearGradInputOp withLowRank(PatternRewriter &rewriter, ExpertLinearGradInputOp base,
-                                    Value addend, Value h, Value l) {
-  return ExpertLinearGradInputOp::create(rewriter, base.getLoc(), base.getType(), base.getGrad(),
-                                         base.getExpertOffsets(), base.getWeight(), addend, h, l,
-                                         Value(), IntegerAttr(), FloatAttr());
+/// `base` with the addend `addend` and the low-rank term h, l, made at the
+/// rewriter's position.
+template <typename Product>
+Product withLowRank(PatternRewriter &rewriter, Product base, Value addend, Value h, Value l) {
+  return Product::create(rewriter, base.getLoc(), base.getType(), base->getOperand(0),
+                         base.getExpertOffsets(), base.getWeight(), addend, h, l);
 }
 
 /// The low-rank product `lowrank` and its addend `base`, a wide product of
@@ -111,101 +105,33 @@ template <typename Product> struct FoldLowRankIntoProduct : OpRewritePattern<Pro
     Value h = lowrank->getOperand(0), x = base->getOperand(0);
     if (!isLowRankOf(h, x))
       return rewriter.notifyMatchFailure(lowrank, "not a low-rank term of a wider product");
-    rewriter.replaceOp(lowrank,
-                       withLowRank(rewriter, base, base.getAddend(), h, lowrank.getWeight()));
+    rewriter.replaceOp(
+        lowrank, withLowRank<Product>(rewriter, base, base.getAddend(), h, lowrank.getWeight()));
     rewriter.eraseOp(base);
     return success();
   }
 };
 
-/// A dropout's mask as keyed_dropout draws it: the key, stream and p of a
-/// keyed_dropout, or of a dropout whose draw is a random_uniform on [0, 1).
-struct MaskOf {
-  Operation *op = nullptr;
-  Value input, key;
-  IntegerAttr stream;
-  FloatAttr p;
-};
-MaskOf maskOf(Value v) {
-  if (auto keyed = v.getDefiningOp<KeyedDropoutOp>())
-    return {keyed, keyed.getInput(), keyed.getKey(), keyed.getStreamAttr(), keyed.getPAttr()};
-  auto dropout = v.getDefiningOp<DropoutOp>();
-  auto draw = dropout ? dropout.getUniform().getDefiningOp<RandomUniformOp>() : nullptr;
-  if (!draw || draw.getLow().convertToDouble() != 0.0 || draw.getHigh().convertToDouble() != 1.0)
-    return {};
-  return {dropout, dropout.getInput(), draw.getKey(), draw.getStreamAttr(), dropout.getPAttr()};
-}
-
-/// Puts `mask` on `product`'s low-rank term.
-void setMask(ExpertLinearGradInputOp product, const MaskOf &mask) {
-  product.getDropoutKeyMutable().assign(mask.key);
-  product.setStreamAttr(mask.stream);
-  product.setPAttr(mask.p);
-}
-
-/// The same for a low-rank term under a LoRA dropout's gradient (the
-/// dropout of the term, the wide product's addend):
-///   expert_linear_grad_input(dy, off, W)
-///       plus dropout(expert_linear_grad_input(dh, off, A), draw of key)
-///     -> expert_linear_grad_input(dy, off, W) lowrank dh, A dropout key
-/// so that neither the term nor its masked copy is written (nor the draw,
-/// where the backward would have drawn it again).
-struct FoldMaskedLowRankIntoProduct : OpRewritePattern<ExpertLinearGradInputOp> {
-  using OpRewritePattern::OpRewritePattern;
-  LogicalResult matchAndRewrite(ExpertLinearGradInputOp base,
-                                PatternRewriter &rewriter) const override {
-    MaskOf mask = base.getAddend() ? maskOf(base.getAddend()) : MaskOf();
-    if (!mask.op || base.getLowrankInput() || !mask.op->hasOneUse())
-      return rewriter.notifyMatchFailure(base, "the addend is not a dropout only it reads");
-    auto term = mask.input.getDefiningOp<ExpertLinearGradInputOp>();
-    if (!term || !term->hasOneUse() || term.getAddend() || term.getLowrankInput() ||
-        term.getExpertOffsets() != base.getExpertOffsets() ||
-        !isLowRankOf(term.getGrad(), base.getGrad()))
-      return rewriter.notifyMatchFailure(base, "the dropout is not of a low-rank term");
-    auto fused = withLowRank(rewriter, base, Value(), term.getGrad(), term.getWeight());
-    setMask(fused, mask);
-    rewriter.replaceOp(base, fused);
-    rewriter.eraseOp(mask.op);
-    rewriter.eraseOp(term);
-    return success();
-  }
-};
-
 /// Where several LoRA projections read one input (gate and up), autodiff
-/// sums their input gradients in a chain, and the folds above can leave a
-/// low-rank term on a product that already has one:
-///   Q plus (P lowrank .. plus dropout(T))   or   Q plus (T plus P lowrank ..)
-/// with Q a wide product without a term, P one with a term and T a rank-r
-/// product, all of the same expert rows and each read once. The sum does
-/// not depend on the order, so T (with its mask) moves into Q:
-///   Q lowrank T [dropout] plus P.
+/// sums their input gradients in a chain, ((T_u + U) + T_g) + G, and the
+/// fold above leaves T_g on a product that already has a term:
+///   G plus (T_g plus U lowrank ..)
+/// with G and U wide products and T_g a rank-r one of the same expert rows,
+/// each read once. The sum does not depend on the order, so the term moves
+/// into G:  G lowrank T_g plus U.
 struct MoveLowRankToFreeProduct : OpRewritePattern<ExpertLinearGradInputOp> {
   using OpRewritePattern::OpRewritePattern;
-  LogicalResult matchAndRewrite(ExpertLinearGradInputOp q,
+  LogicalResult matchAndRewrite(ExpertLinearGradInputOp wide,
                                 PatternRewriter &rewriter) const override {
-    auto sameRows = [&](ExpertLinearGradInputOp op) {
-      return op && op->hasOneUse() && op.getExpertOffsets() == q.getExpertOffsets();
-    };
-    auto x = q.getAddend() ? q.getAddend().getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
-    if (q.getLowrankInput() || !sameRows(x))
-      return rewriter.notifyMatchFailure(q, "no product of the same rows as its addend");
-    // Q plus (T plus P): T is the rank-r product, P the rest of the sum.
-    if (!x.getLowrankInput() && isLowRankOf(x.getGrad(), q.getGrad())) {
-      rewriter.replaceOp(q, withLowRank(rewriter, q, x.getAddend(), x.getGrad(), x.getWeight()));
-      rewriter.eraseOp(x);
-      return success();
-    }
-    // Q plus (P plus dropout(T)).
-    MaskOf mask = x.getAddend() ? maskOf(x.getAddend()) : MaskOf();
-    auto term = mask.op ? mask.input.getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
-    if (!x.getLowrankInput() || !term || !mask.op->hasOneUse() || !sameRows(term) ||
-        term.getAddend() || term.getLowrankInput() || !isLowRankOf(term.getGrad(), q.getGrad()))
-      return rewriter.notifyMatchFailure(q, "no low-rank term to move");
-    rewriter.modifyOpInPlace(x, [&] { x.getAddendMutable().clear(); });
-    auto fused = withLowRank(rewriter, q, x, term.getGrad(), term.getWeight());
-    setMask(fused, mask);
-    rewriter.replaceOp(q, fused);
-    rewriter.eraseOp(mask.op);
+    auto term =
+        wide.getAddend() ? wide.getAddend().getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
+    if (wide.getLowrankInput() || !term || !term->hasOneUse() || term.getLowrankInput() ||
+        term.getExpertOffsets() != wide.getExpertOffsets() ||
+        !isLowRankOf(term.getGrad(), wide.getGrad()))
+      return rewriter.notifyMatchFailure(wide, "its addend is not a rank-r product of its rows");
+    rewriter.replaceOp(wide,
+                       withLowRank<ExpertLinearGradInputOp>(rewriter, wide, term.getAddend(),
+                                                            term.getGrad(), term.getWeight()));
     rewriter.eraseOp(term);
     return success();
   }
@@ -224,6 +150,6 @@ struct G3MoEFuseLinearAddPass : g3moe::impl::G3MoEFuseLinearAddPassBase<G3MoEFus
 
 void g3moe::populateFuseLinearAddPatterns(RewritePatternSet &patterns) {
   patterns.add<FoldAddIntoProduct, FoldLowRankIntoProduct<ExpertLinearOp>,
-               FoldLowRankIntoProduct<ExpertLinearGradInputOp>, FoldMaskedLowRankIntoProduct,
-               MoveLowRankToFreeProduct>(patterns.getContext());
+               FoldLowRankIntoProduct<ExpertLinearGradInputOp>, MoveLowRankToFreeProduct>(
+      patterns.getContext());
 }

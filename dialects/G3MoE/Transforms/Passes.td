@@ -108,7 +108,9 @@ def G3MoEFuseLinearAddPass : Pass<"g3moe-fuse-linear-add", "mlir::ModuleOp"> {
     `expert_linear_grad_input`) of rank at most 64 whose addend is the wide
     product of the same expert rows, read by nothing else, becomes that
     wide product with `lowrank h, B`: the LoRA term joins the wide product's
-    accumulation. Runs after autodiff: a product with an addend or a
+    accumulation. Where gate and up share an input, whose gradient autodiff
+    sums in a chain, a rank-r term left as the addend of a wide product
+    without one moves into it. Runs after autodiff: a product with an addend or a
     low-rank term is not differentiated.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];

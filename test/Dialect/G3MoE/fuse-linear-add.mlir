@@ -39,87 +39,9 @@ func.func @expert_backward(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>, %w: ten
 
 // -----
 
-// Under a LoRA dropout the rank-4 term reaches dx through the dropout's
-// gradient, a keyed_dropout: the wide product takes the term with the mask.
-// CHECK-LABEL: func.func @expert_backward_dropout
-func.func @expert_backward_dropout(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>,
-                                   %w: tensor<2x32x64xbf16>, %du: tensor<16x4xbf16>,
-                                   %a: tensor<2x4x64xbf16>, %key: tensor<2xi64>) -> tensor<16x64xbf16> {
-  %lora = g3moe.expert_linear_grad_input %du, %off, %a
-      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
-  %masked = g3moe.keyed_dropout %lora, %key {stream = 7 : i64, p = 0.05 : f64}
-      : (tensor<16x64xbf16>, tensor<2xi64>) -> tensor<16x64xbf16>
-  %base = g3moe.expert_linear_grad_input %dy, %off, %w
-      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
-  // CHECK: %[[DX:.*]] = g3moe.expert_linear_grad_input %arg0, %arg1, %arg2 lowrank %arg3, %arg4 dropout %arg5 {p = 5.000000e-02 : f64, stream = 7 : i64}
-  // CHECK-NOT: keyed_dropout
-  // CHECK-NOT: g3moe.expert_linear_grad_input
-  %dx = g3moe.add %masked, %base : tensor<16x64xbf16>
-  // CHECK: return %[[DX]]
-  return %dx : tensor<16x64xbf16>
-}
-
-// -----
-
-// Before --g3moe-fuse-dropout the mask is a dropout of a random_uniform
-// draw on [0, 1): the same fusion, with the draw's key and stream.
-// CHECK-LABEL: func.func @expert_backward_drawn_dropout
-func.func @expert_backward_drawn_dropout(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>,
-                                         %w: tensor<2x32x64xbf16>, %du: tensor<16x4xbf16>,
-                                         %a: tensor<2x4x64xbf16>, %key: tensor<2xi64>)
-    -> tensor<16x64xbf16> {
-  %lora = g3moe.expert_linear_grad_input %du, %off, %a
-      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
-  %u = g3moe.random_uniform %key {stream = 4 : i64, low = 0.0 : f64, high = 1.0 : f64}
-      : (tensor<2xi64>) -> tensor<16x64xf32>
-  %masked = g3moe.dropout %lora, %u {p = 0.1 : f64}
-      : (tensor<16x64xbf16>, tensor<16x64xf32>) -> tensor<16x64xbf16>
-  %base = g3moe.expert_linear_grad_input %dy, %off, %w
-      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
-  // CHECK: g3moe.expert_linear_grad_input %arg0, %arg1, %arg2 lowrank %arg3, %arg4 dropout %arg5 {p = 1.000000e-01 : f64, stream = 4 : i64}
-  // CHECK-NOT: g3moe.dropout
-  // CHECK-NOT: random_uniform
-  %dx = g3moe.add %base, %masked : tensor<16x64xbf16>
-  return %dx : tensor<16x64xbf16>
-}
-
-// -----
-
 // Gate and up read one input: autodiff sums their four input-gradient terms
-// in a chain, ((mask(u term) + up) + mask(g term)) + gate. Each wide product
-// ends up with its own masked term, one the other's addend.
-// CHECK-LABEL: func.func @gate_up_backward
-func.func @gate_up_backward(%dg: tensor<16x32xbf16>, %du: tensor<16x32xbf16>, %off: tensor<3xi32>,
-                            %wg: tensor<2x32x64xbf16>, %wu: tensor<2x32x64xbf16>,
-                            %hg: tensor<16x4xbf16>, %hu: tensor<16x4xbf16>,
-                            %ag: tensor<2x4x64xbf16>, %au: tensor<2x4x64xbf16>,
-                            %key: tensor<2xi64>) -> tensor<16x64xbf16> {
-  %tu = g3moe.expert_linear_grad_input %hu, %off, %au
-      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
-  %mu = g3moe.keyed_dropout %tu, %key {stream = 2 : i64, p = 0.05 : f64}
-      : (tensor<16x64xbf16>, tensor<2xi64>) -> tensor<16x64xbf16>
-  %bu = g3moe.expert_linear_grad_input %du, %off, %wu
-      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
-  %s1 = g3moe.add %mu, %bu : tensor<16x64xbf16>
-  %tg = g3moe.expert_linear_grad_input %hg, %off, %ag
-      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>) -> tensor<16x64xbf16>
-  %mg = g3moe.keyed_dropout %tg, %key {stream = 1 : i64, p = 0.05 : f64}
-      : (tensor<16x64xbf16>, tensor<2xi64>) -> tensor<16x64xbf16>
-  %s2 = g3moe.add %s1, %mg : tensor<16x64xbf16>
-  %bg = g3moe.expert_linear_grad_input %dg, %off, %wg
-      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
-  // CHECK: %[[U:.*]] = g3moe.expert_linear_grad_input %arg1, %arg2, %arg4 lowrank %arg6, %arg8 dropout %arg9 {p = 5.000000e-02 : f64, stream = 2 : i64}
-  // CHECK: %[[G:.*]] = g3moe.expert_linear_grad_input %arg0, %arg2, %arg3, %[[U]] lowrank %arg5, %arg7 dropout %arg9 {p = 5.000000e-02 : f64, stream = 1 : i64}
-  // CHECK-NOT: keyed_dropout
-  // CHECK-NOT: g3moe.add
-  %s3 = g3moe.add %s2, %bg : tensor<16x64xbf16>
-  // CHECK: return %[[G]]
-  return %s3 : tensor<16x64xbf16>
-}
-
-// -----
-
-// Without dropout the chain is ((u term + up) + g term) + gate.
+// in a chain, ((u term + up) + g term) + gate. Each wide product ends up
+// with its own term, one the other's addend.
 // CHECK-LABEL: func.func @gate_up_backward_plain
 func.func @gate_up_backward_plain(%dg: tensor<16x32xbf16>, %du: tensor<16x32xbf16>,
                                   %off: tensor<3xi32>, %wg: tensor<2x32x64xbf16>,

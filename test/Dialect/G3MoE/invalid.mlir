@@ -343,16 +343,6 @@ func.func @expert_grad_lowrank(%dy: tensor<64x128xbf16>, %o: tensor<5xi32>, %w: 
 
 // -----
 
-func.func @expert_grad_dropout(%dy: tensor<64x128xbf16>, %o: tensor<5xi32>, %w: tensor<4x128x64xbf16>,
-                               %key: tensor<2xi64>) {
-  // expected-error @+1 {{dropout applies to the low-rank term, and there is none}}
-  %dx = g3moe.expert_linear_grad_input %dy, %o, %w dropout %key {stream = 1 : i64, p = 0.1 : f64}
-      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<2xi64>) -> tensor<64x64xbf16>
-  return
-}
-
-// -----
-
 func.func @combine_rows(%y: tensor<48x64xbf16>, %s: tensor<32x2xi32>, %w: tensor<32x2xf32>) {
   // expected-error @+1 {{input must have tokens x top_k = 64 rows, got 48}}
   %r = g3moe.moe_combine %y, %s, %w

@@ -295,27 +295,6 @@ TEST(DenseKernels, ExpertProductsAddTheirLowRankTerm) {
   for (int64_t i = 0; i < M * in; ++i)
     G3RT_EXPECT_CLOSE(dx.f()[i], dBase.f()[i] + dTerm.f()[i] + addIn.f()[i], 1e-5, 1e-5);
 
-  // Under a LoRA dropout's gradient (a key and `stream`, `p`) the term is
-  // keyed_dropout's of itself before it joins: the same mask, the same
-  // scaling.
-  Tensor key(DType::I64, {2});
-  key.view.i64()[0] = 77;
-  key.view.i64()[1] = 3;
-  KernelAttrs mask;
-  mask.set("stream", AttrValue::ofInt(9));
-  mask.set("p", AttrValue::ofFloat(0.3));
-  Tensor maskedTerm = Tensor::f32({M, in}), masked = Tensor::f32({M, in});
-  EXPECT_OK(run("keyed_dropout", {dTerm, key}, {maskedTerm}, mask));
-  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w, addIn, h, a, key}, {masked}, mask));
-  int dropped = 0;
-  for (int64_t i = 0; i < M * in; ++i) {
-    G3RT_EXPECT_CLOSE(masked.f()[i], dBase.f()[i] + maskedTerm.f()[i] + addIn.f()[i], 1e-5, 1e-5);
-    dropped += maskedTerm.f()[i] == 0.0f;
-  }
-  EXPECT_GT(dropped, 0);
-  expectErrorNaming(run("expert_linear_grad_input", {dy, off, w, addIn, key}, {masked}, mask),
-                    "expert_linear_grad_input", "low-rank term");
-
   // A pair that does not fit the product is refused by name, as is a
   // seventh input.
   expectErrorNaming(run("expert_linear", {x, off, w, h, a}, {y}), "expert_linear",
