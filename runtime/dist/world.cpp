@@ -54,6 +54,14 @@ Status worldFromEnvironment(const EnvLookup &env, World &out) {
                            std::to_string(w.size) + " processes needs");
     w.masterAddr = *addr;
     G3RT_RETURN_IF_ERROR(readInt(env, "MASTER_PORT", 1, 65535, w.masterPort));
+    // torchrun's agent serves its own store at MASTER_PORT (its workers use
+    // it as clients): rank 0's store takes the next port.
+    if (env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True") {
+      if (w.masterPort == 65535)
+        return Status::error("MASTER_PORT 65535 leaves no port for the rendezvous store beside "
+                             "torchrun's (it takes MASTER_PORT + 1)");
+      ++w.masterPort;
+    }
   }
   out = w;
   return Status();

@@ -38,6 +38,8 @@ EnvLookup processEnvironment();
 /// The world the environment describes: torchrun's variables first, then
 /// Slurm's, else one process. An error names the variable that is missing
 /// or malformed (a rank outside [0, size), a port outside [1, 65535]).
+/// Under torchrun's agent (TORCHELASTIC_USE_AGENT_STORE=True), which serves
+/// a store of its own at MASTER_PORT, `masterPort` is MASTER_PORT + 1.
 Status worldFromEnvironment(const EnvLookup &env, World &out);
 
 } // namespace g3rt

@@ -48,6 +48,14 @@ TensorView HostState::state(BufferKind kind, const std::string &name) const {
   return it == tensors_.end() ? TensorView{} : it->second.second;
 }
 
+void HostState::forEach(
+    BufferKind kind,
+    const std::function<void(const std::string &, const TensorView &)> &visit) const {
+  for (const auto &[key, entry] : tensors_)
+    if (key.first == kind)
+      visit(key.second, entry.second);
+}
+
 void HostState::zeroGradients() {
   for (auto &[key, entry] : tensors_)
     if (key.first == BufferKind::GradAcc)

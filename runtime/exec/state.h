@@ -64,6 +64,10 @@ public:
 
   /// Sets every gradient accumulator to zero.
   void zeroGradients();
+  /// Calls `visit` with the name and view of each tensor of `kind`, in name
+  /// order (the same on every process of a job).
+  void forEach(BufferKind kind,
+               const std::function<void(const std::string &, const TensorView &)> &visit) const;
 
 private:
   const StepProgram &program_;

@@ -3,15 +3,19 @@
 #include "runtime/tools/run_main.h"
 
 #include "runtime/base/parallel.h"
+#include "runtime/dist/load_communicator.h"
 #include "runtime/step/program.h"
+#include "runtime/tools/launch.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/progress.h"
 #include "runtime/train/trainer.h"
 
 #include <CLI/CLI.hpp>
 
+#include <cstdlib>
 #include <iostream>
 #include <new>
+#include <ostream>
 
 namespace g3rt {
 
@@ -28,6 +32,7 @@ struct RunFlags {
   TrainOptions options;
   InspectOptions inspect;
   int threads = 0;
+  int nprocPerNode = 1;
   std::string resumeDir;
   CLI::Option *resumeOption = nullptr;
   bool noProgressBar = false;
@@ -75,6 +80,11 @@ void addRunOptions(CLI::App &app, RunFlags &f) {
   app.add_option("--metrics-file", f.options.metricsFile,
                  "with --eval-only: write the JSON metrics to this file instead");
   app.add_flag("--no-progress-bar", f.noProgressBar, "plain log lines even on a terminal");
+  app.add_option("--nproc-per-node", f.nprocPerNode,
+                 "start N processes of this command on this machine that train the job "
+                 "together (data parallel on the CPU, as torchrun --no-python would start "
+                 "them; ignored inside a launched job)")
+      ->check(CLI::Range(1, 1024));
 }
 
 /// How the data file's lines become training rows.
@@ -145,6 +155,34 @@ void addDeviceAndWeightOptions(CLI::App &app, RunFlags &f) {
                  "write the logits to FILE (safetensors) and exit");
 }
 
+/// A job of several processes (torchrun's or Slurm's environment): the
+/// communicator that joins them, on the CPU. Rank 0 alone writes the log,
+/// checkpoints and the trained files; the others train quietly beside it.
+Status joinJob(const World &world, RunFlags &f, std::unique_ptr<Communicator> &comm) {
+  if (world.size == 1)
+    return Status();
+  if (f.options.device == "cuda")
+    return Status::error("a job of " + std::to_string(world.size) +
+                         " processes runs on the CPU backend (--device cpu): the CUDA backend "
+                         "has no communicator yet");
+  f.options.device = "cpu";
+  GlooOptions gloo;
+  if (const char *t = std::getenv("G3MOE_DIST_TIMEOUT_S"); t && std::atoi(t) > 0)
+    gloo.timeout = std::chrono::seconds(std::atoi(t));
+  G3RT_RETURN_IF_ERROR(loadGlooCommunicator(world, gloo, comm));
+  f.options.communicator = comm.get();
+  if (world.rank != 0) {
+    f.options.noSave = true;
+    f.options.progressBar = false;
+  }
+  return Status();
+}
+
+/// Discards what is written to it (the log of ranks other than 0).
+struct NullStream : std::ostream {
+  NullStream() : std::ostream(nullptr) {}
+};
+
 /// runMain's work; errors are Status values printed here.
 int runCommand(int argc, char **argv) {
   CLI::App app{"g3moe-run: train a compiled G3MoE / Gemma-3 step (step.bin) on a CUDA GPU or "
@@ -157,6 +195,20 @@ int runCommand(int argc, char **argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError &e) {
     return app.exit(e) == 0 ? 0 : 2;
+  }
+  // The launcher: this process only starts the ranks (unless it is one).
+  if (f.nprocPerNode > 1 && !std::getenv("RANK") && !std::getenv("SLURM_PROCID")) {
+    std::vector<std::string> args;
+    for (int i = 0; i < argc; ++i) {
+      std::string a = argv[i];
+      if (a == "--nproc-per-node") {
+        ++i;
+        continue;
+      }
+      if (a.rfind("--nproc-per-node=", 0) != 0)
+        args.push_back(a);
+    }
+    return launchLocalRanks(f.nprocPerNode, args);
   }
   if (f.threads > 0)
     setParallelThreads(f.threads);
@@ -178,10 +230,22 @@ int runCommand(int argc, char **argv) {
     }
     return 0;
   }
-  TrainResult result;
-  s = train(program, f.options, std::cout, result);
+  World world;
+  std::unique_ptr<Communicator> comm;
+  s = worldFromEnvironment(processEnvironment(), world);
+  if (s.ok())
+    s = joinJob(world, f, comm);
+  const std::string who =
+      world.size > 1 ? "g3moe-run (rank " + std::to_string(world.rank) + "): " : "g3moe-run: ";
   if (!s.ok()) {
-    std::cerr << "g3moe-run: error: " << s.message() << "\n";
+    std::cerr << who << "error: " << s.message() << "\n";
+    return 1;
+  }
+  TrainResult result;
+  NullStream quiet;
+  s = train(program, f.options, world.rank == 0 ? std::cout : quiet, result);
+  if (!s.ok()) {
+    std::cerr << who << "error: " << s.message() << "\n";
     return 1;
   }
   return 0;

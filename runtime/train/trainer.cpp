@@ -16,6 +16,7 @@
 
 #include "runtime/base/file.h"
 #include "runtime/base/random.h"
+#include "runtime/dist/communicator.h"
 #include "runtime/io/hf_checkpoint.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/tensorboard.h"
@@ -173,6 +174,11 @@ private:
   /// Makes `host` hold the backend's trainable parameters, moments and
   /// accumulators (nothing to do when nothing ran since).
   Status syncHost();
+  /// With several processes: the gradient accumulators and `values` summed
+  /// over the ranks (the window's loss and its label and token counts).
+  Status sumOverRanks(std::vector<double> &values);
+  int ranks() const { return options.communicator ? options.communicator->size() : 1; }
+  int rank() const { return options.communicator ? options.communicator->rank() : 0; }
 
   const StepProgram &program;
   /// The step's compiled training options (program.training).
@@ -236,6 +242,28 @@ Status Trainer::outputScalar(const char *function, const std::string &name, doub
 }
 
 Status Trainer::zeroGradients() { return backend->zeroGradients(); }
+
+Status Trainer::sumOverRanks(std::vector<double> &values) {
+  Communicator *comm = options.communicator;
+  if (!comm || comm->size() == 1)
+    return Status();
+  G3RT_RETURN_IF_ERROR(comm->allReduceSum(values.data(), values.size()));
+  G3RT_RETURN_IF_ERROR(syncHost());
+  Status s;
+  host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &g) {
+    if (!s.ok())
+      return;
+    if (g.dtype != DType::F32) {
+      s = Status::error("gradient accumulator " + name + " is " + std::string(dtypeName(g.dtype)) +
+                        "; summing over processes takes f32 ones");
+      return;
+    }
+    s = comm->allReduceSum(static_cast<float *>(g.data), size_t(g.numel()))
+            .withContext("summing the gradient of " + name + " over the processes");
+  });
+  G3RT_RETURN_IF_ERROR(s);
+  return backend->uploadState(host).withContext("copying the summed gradients to the backend");
+}
 
 Status Trainer::syncHost() {
   if (!hostStale)
@@ -497,7 +525,7 @@ Status Trainer::run() {
   epochs = options.epochs.value_or(training.numTrainEpochs);
   if (ga < 1 || epochs <= 0)
     return Status::error("gradient accumulation steps must be >= 1 and epochs > 0");
-  batchesPerEpoch = (int64_t(examples.size()) + rows - 1) / rows;
+  batchesPerEpoch = (int64_t(examples.size()) + rows * ranks() - 1) / (rows * ranks());
   updatesPerEpoch = (batchesPerEpoch + ga - 1) / ga;
   int64_t maxSteps = options.maxSteps.value_or(training.maxSteps);
   total = maxSteps > 0 ? maxSteps : int64_t(std::ceil(epochs * double(updatesPerEpoch)));
@@ -612,9 +640,20 @@ Status Trainer::trainWindow(const std::vector<size_t> &order, int64_t epoch, int
   std::vector<MicroBatch> batches;
   int64_t labels = 0, tokens = 0;
   assembleWindow(order, window, batches, labels, tokens);
+  // Over several processes the denominator is the whole window's (HF).
+  std::vector<double> counts = {double(labels), double(tokens)};
+  if (ranks() > 1) {
+    G3RT_RETURN_IF_ERROR(options.communicator->allReduceSum(counts.data(), counts.size())
+                             .withContext("summing the window's label counts"));
+    labels = int64_t(counts[0]);
+    tokens = int64_t(counts[1]);
+  }
   G3RT_RETURN_IF_ERROR(zeroGradients());
   double loss = 0;
   G3RT_RETURN_IF_ERROR(runMicroBatches(batches, labels, meters.moe, loss));
+  std::vector<double> lossSum = {loss};
+  G3RT_RETURN_IF_ERROR(sumOverRanks(lossSum));
+  loss = lossSum[0];
   StepReport report;
   G3RT_RETURN_IF_ERROR(optimizerStep(epoch, window, tokens, loss, report));
   int64_t step = report.step;
@@ -636,10 +675,14 @@ void Trainer::assembleWindow(const std::vector<size_t> &order, int64_t window,
                              std::vector<MicroBatch> &batches, int64_t &labels, int64_t &tokens) {
   int64_t firstBatch = window * ga;
   int64_t lastBatch = std::min(batchesPerEpoch, firstBatch + ga);
+  // Global micro-batch mb holds ranks() x rows examples of the order; this
+  // rank takes every ranks()-th of them, from its rank on.
+  const int64_t n = ranks(), global = rows * n;
   MicroBatch batch;
   for (int64_t mb = firstBatch; mb < lastBatch; ++mb) {
     std::vector<size_t> idx;
-    for (int64_t r = mb * rows; r < std::min<int64_t>((mb + 1) * rows, int64_t(order.size())); ++r)
+    for (int64_t r = mb * global + rank();
+         r < std::min<int64_t>((mb + 1) * global, int64_t(order.size())); r += n)
       idx.push_back(order[size_t(r)]);
     assembleMicroBatch(data.train, idx, rows, seqLen, int32_t(padId), batch);
     labels += batch.lossItems(lossDenominator);
@@ -656,9 +699,10 @@ Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t 
     copyInts(host.input("positions"), mb.positions);
     copyInts(host.input("segment_ids"), mb.segmentIds);
     setScalar("num_items", double(std::max<int64_t>(1, labels)));
+    // Each rank's micro-batches draw streams of their own.
     if (TensorView key = host.input("rng_key"); key.data) {
       key.i64()[0] = int64_t(seed);
-      key.i64()[1] = int64_t(state.microBatches);
+      key.i64()[1] = int64_t(state.microBatches) * ranks() + rank();
     }
     ++state.microBatches;
     G3RT_RETURN_IF_ERROR(runFunction("train_micro_step"));

@@ -20,6 +20,8 @@
 
 namespace g3rt {
 
+class Communicator;
+
 /// Run-time options; unset ones come from the step's compiled defaults.
 struct TrainOptions {
   std::string dataPath;
@@ -91,6 +93,15 @@ struct TrainOptions {
   /// --weights, resume, checkpoints and the final files work on it as on the
   /// CPU) and the device runs every entry point.
   std::string device = "cpu";
+  /// The job's communicator when several processes train together (data
+  /// parallel, every rank holding the whole state): each global micro-batch
+  /// of `ranks` x rows examples is dealt out row by row (rank r takes the
+  /// rows r, r + ranks, ...; HF's distributed sampler within it), the loss
+  /// denominator and the window's loss are summed over the ranks and the
+  /// gradient accumulators are summed before each optimizer step, so that
+  /// N ranks give the steps of one process with N times the accumulation.
+  /// Null: one process.
+  Communicator *communicator = nullptr;
 };
 
 /// What a run did, for callers and tests.

@@ -61,6 +61,16 @@ TEST(World, TorchrunSlurmOrAlone) {
   EXPECT_EQ(w.rank, 1);
   EXPECT_EQ(w.size, 2);
   EXPECT_EQ(w.masterAddr, "node7");
+  // Under torchrun, whose agent serves MASTER_PORT itself, the store takes
+  // the next port.
+  ASSERT_TRUE(worldFromEnvironment(envOf({{"RANK", "0"},
+                                          {"WORLD_SIZE", "2"},
+                                          {"MASTER_ADDR", "localhost"},
+                                          {"MASTER_PORT", "29400"},
+                                          {"TORCHELASTIC_USE_AGENT_STORE", "True"}}),
+                                   w)
+                  .ok());
+  EXPECT_EQ(w.masterPort, 29401);
 }
 
 TEST(World, NamesTheBadVariable) {

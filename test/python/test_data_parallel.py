@@ -1,0 +1,164 @@
+"""Data parallel on the CPU (Gloo): N g3moe-run processes launched as torchrun
+launches them (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; through torchrun
+itself, and through g3moe-run --nproc-per-node) train, per
+optimizer step, what one process trains with N times the gradient
+accumulation: the same losses and gradient norms, and the same trained
+parameters, to fp32 rounding. Micro-batches of one row, so that each rank's
+micro-batch is exactly one of the single process's (a MoE's balancing loss is
+a statistic of its micro-batch). A rank that never arrives makes the others
+fail with an error, not hang."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from conftest import BIN, BUILD_DIR, EXAMPLES
+
+TRAIN = ["--data", EXAMPLES / "data" / "chat.jsonl", "--images", "mask", "--no-progress-bar",
+         "--max-steps", "3", "--test-size", "0", "--logging-steps", "1", "--save-steps", "0"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args, world, timeout=300, ranks=None):
+    """Runs `world` g3moe-run processes as torchrun would (only `ranks` of
+    them when given) and returns their CompletedProcess-like results."""
+    port = free_port()
+    procs = []
+    for rank in range(world) if ranks is None else ranks:
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), G3MOE_DIST_TIMEOUT_S="20")
+        procs.append(subprocess.Popen([str(BIN / "g3moe-run"), *map(str, args)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=timeout)
+        out.append((p.returncode, stdout, stderr))
+    return out
+
+
+def steps(folder):
+    """(loss, grad_norm) of each logged training step in metrics.jsonl."""
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [(r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
+
+
+@pytest.mark.parametrize("model,settings", [
+    ("tiny-g3moe", ["--set", "lora_dropout=0"]),
+    ("tiny-gemma3", ["--set", "finetuning=full"]),
+])
+@pytest.mark.parametrize("world", [2, 4])
+def test_ranks_train_like_one_process_with_more_accumulation(tmp_path, g3moe_compile, g3moe_run,
+                                                             model, settings, world):
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / model / "config.json", "--fp32", "--quiet", "--micro-batch", "1",
+                  "--seq-len", "64", *settings, "-o", step)
+    init = tmp_path / "init"
+    g3moe_run(step, "--save-initial-weights", init)
+    (init / "tokenizer.model").write_bytes((BUILD_DIR / "tiny-tokenizer" / "tokenizer.model")
+                                           .read_bytes())
+    common = [step, "--weights", init, *TRAIN]
+    g3moe_run(*common, "--gradient-accumulation-steps", str(world), "--output-dir",
+              tmp_path / "one")
+    results = launch([*common, "--gradient-accumulation-steps", "1", "--output-dir",
+                      tmp_path / "many"], world)
+    for rank, (code, stdout, stderr) in enumerate(results):
+        assert code == 0, f"rank {rank}: {stderr}"
+    # Rank 0 alone logs and writes.
+    assert "step 3/3" in results[0][1]
+    assert all(stdout == "" for _, stdout, _ in results[1:])
+
+    one, many = steps(tmp_path / "one"), steps(tmp_path / "many")
+    assert len(one) == len(many) == 3
+    np.testing.assert_allclose(many, one, rtol=2e-5)
+    files = [f.name for f in (tmp_path / "one").glob("*.safetensors")]
+    assert files
+    for name in files:
+        want, got = load_file(tmp_path / "one" / name), load_file(tmp_path / "many" / name)
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_a_rank_that_never_arrives_fails_the_others(tmp_path, g3moe_compile, g3moe_run):
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "-o", step)
+    start = time.monotonic()
+    [(code, _, stderr)] = launch([step, *TRAIN, "--output-dir", tmp_path / "out"], 2, ranks=[0])
+    assert code == 1
+    assert "g3moe-run (rank 0): error:" in stderr and "rank" in stderr.split("error:")[1]
+    assert time.monotonic() - start < 90
+
+
+def test_a_rank_that_dies_ends_the_others_naming_the_collective(tmp_path, g3moe_compile,
+                                                                g3moe_run):
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "-o", step)
+    train = [str(a) for a in TRAIN]
+    train[train.index("--max-steps") + 1] = "100000"
+    args = [str(BIN / "g3moe-run"), str(step), *train,
+            "--tokenizer", str(BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"),
+            "--output-dir", str(tmp_path / "out")]
+    port = free_port()
+    procs = [subprocess.Popen(args, env=dict(os.environ, RANK=str(r), WORLD_SIZE="2",
+                                             MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    # Rank 0 logs every step: once it has, both are inside the loop.
+    for line in procs[0].stdout:
+        if line.startswith("step 1/"):
+            break
+    else:
+        pytest.fail("rank 0 ended before its first step: " + procs[0].stderr.read())
+    procs[1].kill()
+    start = time.monotonic()
+    _, stderr = procs[0].communicate(timeout=120)
+    assert procs[0].returncode == 1
+    assert time.monotonic() - start < 60
+    assert "all-reduce on rank 0 of 2 failed" in stderr, stderr
+
+
+def test_torchrun_launches_the_ranks(tmp_path, g3moe_compile, g3moe_run):
+    """torchrun --no-python, as PyTorch users launch: its agent keeps
+    MASTER_PORT for its own store; the ranks rendezvous beside it."""
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "--set", "lora_dropout=0", "-o", step)
+    common = [step, *TRAIN, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    g3moe_run(*common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "one")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                           "--master-port", str(free_port()), "--no-python",
+                           str(BIN / "g3moe-run"), *map(str, common),
+                           "--gradient-accumulation-steps", "1", "--output-dir",
+                           str(tmp_path / "many")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    np.testing.assert_allclose(steps(tmp_path / "many"), steps(tmp_path / "one"), rtol=2e-5)
+
+
+def test_g3moe_run_starts_its_own_ranks(tmp_path, g3moe_compile, g3moe_run):
+    """--nproc-per-node N: g3moe-run starts the N local ranks itself; a rank
+    that fails ends the job with a non-zero exit naming it."""
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "--set", "lora_dropout=0", "-o", step)
+    common = [step, *TRAIN, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    g3moe_run(*common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "one")
+    g3moe_run(*common, "--gradient-accumulation-steps", "1", "--nproc-per-node", "2",
+              "--output-dir", tmp_path / "many")
+    np.testing.assert_allclose(steps(tmp_path / "many"), steps(tmp_path / "one"), rtol=2e-5)
+    bad = g3moe_run(step, "--data", tmp_path / "missing.jsonl", "--nproc-per-node", "2",
+                    "--output-dir", tmp_path / "bad", check=False)
+    assert bad.returncode == 1
+    assert "of 2 failed (exit status 1)" in bad.stderr
