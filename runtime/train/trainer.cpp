@@ -693,18 +693,21 @@ void Trainer::assembleWindow(const std::vector<size_t> &order, int64_t window,
 
 Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t labels,
                                 MoEStats &moe, double &loss) {
-  for (const MicroBatch &mb : batches) {
+  // The micro-batch counter keys the random draws. It counts the micro-
+  // batches of one process with ranks() times the accumulation, of which
+  // this rank's i-th is number i * ranks() + rank(): any number of processes
+  // (and a resume with another) draws what that one process draws.
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const MicroBatch &mb = batches[i];
     copyInts(host.input("input_ids"), mb.inputIds);
     copyInts(host.input("targets"), mb.targets);
     copyInts(host.input("positions"), mb.positions);
     copyInts(host.input("segment_ids"), mb.segmentIds);
     setScalar("num_items", double(std::max<int64_t>(1, labels)));
-    // Each rank's micro-batches draw streams of their own.
     if (TensorView key = host.input("rng_key"); key.data) {
       key.i64()[0] = int64_t(seed);
-      key.i64()[1] = int64_t(state.microBatches) * ranks() + rank();
+      key.i64()[1] = int64_t(state.microBatches) + int64_t(i) * ranks() + rank();
     }
-    ++state.microBatches;
     G3RT_RETURN_IF_ERROR(runFunction("train_micro_step"));
     double microLoss = 0;
     G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "loss", microLoss));
@@ -723,6 +726,7 @@ Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t 
       ++moe.microBatches;
     }
   }
+  state.microBatches += int64_t(batches.size()) * ranks();
   return Status();
 }
 

@@ -162,3 +162,29 @@ def test_g3moe_run_starts_its_own_ranks(tmp_path, g3moe_compile, g3moe_run):
                     "--output-dir", tmp_path / "bad", check=False)
     assert bad.returncode == 1
     assert "of 2 failed (exit status 1)" in bad.stderr
+
+
+@pytest.mark.parametrize("before,after", [(2, 4), (4, 1)])
+def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_run, before,
+                                                 after):
+    """A checkpoint of N processes resumes on M with the same global batch
+    (N x accumulation kept): the run continues as the uninterrupted one."""
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "-o", step)
+    train = [str(a) for a in TRAIN]
+    train[train.index("--max-steps") + 1] = "4"
+    common = [step, *train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    g3moe_run(*common, "--gradient-accumulation-steps", "4", "--output-dir", tmp_path / "whole")
+    out = tmp_path / "resumed"
+    base = list(common)
+    base[base.index("--save-steps") + 1] = "2"
+    g3moe_run(*base, "--gradient-accumulation-steps", str(4 // before), "--nproc-per-node",
+              str(before), "--stop-after-steps", "2", "--output-dir", out)
+    g3moe_run(*base, "--gradient-accumulation-steps", str(4 // after), "--nproc-per-node",
+              str(after), "--resume", "--output-dir", out)
+    np.testing.assert_allclose(steps(out), steps(tmp_path / "whole"), rtol=2e-5)
+    want = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    got = load_file(out / "adapter_model.safetensors")
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
