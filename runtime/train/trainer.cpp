@@ -155,9 +155,10 @@ private:
   Status optimizerStep(int64_t epoch, int64_t window, int64_t tokens, double loss, StepReport &out);
   /// The log line of the steps since the last one: text, metrics.jsonl, the
   /// log history and TensorBoard.
-  void logTraining(const StepReport &report, Progress &progress, LoopMeters &meters);
-  /// The MoE statistics' log line; then they start afresh.
-  void logMoE(int64_t step, Progress &progress, MoEStats &moe);
+  Status logTraining(const StepReport &report, Progress &progress, LoopMeters &meters);
+  /// The MoE statistics' log line (summed over the processes); then they
+  /// start afresh.
+  Status logMoE(int64_t step, Progress &progress, MoEStats &moe);
   /// After the last step: the trained parameters (and --merge's checkpoint).
   Status saveFinal();
   void setScalar(const char *name, double value);
@@ -380,7 +381,10 @@ Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
   double lossSum = 0, correct = 0, counted = 0;
   int64_t labelled = 0;
   MicroBatch batch;
-  for (size_t first = 0; first < evalRows.size(); first += size_t(rows)) {
+  // Over several processes each evaluates every ranks()-th batch, from its
+  // rank on, and the sums are summed.
+  for (size_t first = size_t(rows) * size_t(rank()); first < evalRows.size();
+       first += size_t(rows) * size_t(ranks())) {
     std::vector<size_t> idx;
     for (size_t r = first; r < std::min(first + size_t(rows), evalRows.size()); ++r)
       idx.push_back(r);
@@ -404,6 +408,15 @@ Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
     correct += batchCorrect;
     counted += batchCounted;
     labelled += count;
+  }
+  if (ranks() > 1) {
+    std::vector<double> sums = {lossSum, correct, counted, double(labelled)};
+    G3RT_RETURN_IF_ERROR(options.communicator->allReduceSum(sums.data(), sums.size())
+                             .withContext("summing the evaluation over the processes"));
+    lossSum = sums[0];
+    correct = sums[1];
+    counted = sums[2];
+    labelled = int64_t(sums[3]);
   }
   if (labelled == 0)
     return Status::error("the evaluation data have no labelled tokens");
@@ -663,7 +676,7 @@ Status Trainer::trainWindow(const std::vector<size_t> &order, int64_t epoch, int
   progress.step(step, loss, report.learningRate,
                 meters.runTokens / std::max(secondsSince(meters.runStart), 1e-9));
   if (step % logEvery == 0 || step == total)
-    logTraining(report, progress, meters);
+    G3RT_RETURN_IF_ERROR(logTraining(report, progress, meters));
   if (hasEval && ((evalEvery > 0 && step % evalEvery == 0) || step == total))
     G3RT_RETURN_IF_ERROR(evaluateAndLog(progress));
   if (saveEvery > 0 && step % saveEvery == 0)
@@ -756,7 +769,7 @@ Status Trainer::optimizerStep(int64_t epoch, int64_t window, int64_t tokens, dou
   return Status();
 }
 
-void Trainer::logTraining(const StepReport &report, Progress &progress, LoopMeters &meters) {
+Status Trainer::logTraining(const StepReport &report, Progress &progress, LoopMeters &meters) {
   int64_t step = report.step;
   double usedLr = report.learningRate, gradNorm = report.gradNorm;
   double seconds = secondsSince(meters.windowStart);
@@ -787,13 +800,28 @@ void Trainer::logTraining(const StepReport &report, Progress &progress, LoopMete
   scalar("train/tokens_per_second", tokensPerSecond, step);
   scalar("train/epoch", state.epochProgress, step);
   if (meters.moe.microBatches > 0)
-    logMoE(step, progress, meters.moe);
+    G3RT_RETURN_IF_ERROR(logMoE(step, progress, meters.moe));
   state.lossSinceLastLog = 0;
   meters.loggedTokens = 0;
   meters.windowStart = std::chrono::steady_clock::now();
+  return Status();
 }
 
-void Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
+Status Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
+  // Over several processes, the statistics of all of them.
+  if (ranks() > 1) {
+    std::vector<double> all = {moe.auxSum, double(moe.microBatches)};
+    for (const auto &[layer, counts] : moe.loads)
+      all.insert(all.end(), counts.begin(), counts.end());
+    G3RT_RETURN_IF_ERROR(options.communicator->allReduceSum(all.data(), all.size())
+                             .withContext("summing the MoE statistics over the processes"));
+    moe.auxSum = all[0];
+    moe.microBatches = int64_t(all[1]);
+    size_t at = 2;
+    for (auto &[layer, counts] : moe.loads)
+      for (double &c : counts)
+        c = all[at++];
+  }
   // Each layer's share of routing slots per expert, and the mean
   // load-balancing loss (k at perfect balance).
   nlohmann::json loads = nlohmann::json::object();
@@ -822,6 +850,7 @@ void Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
   scalar("moe/aux_loss", moe.auxSum / double(moe.microBatches), step);
   moe.auxSum = 0;
   moe.microBatches = 0;
+  return Status();
 }
 
 Status Trainer::saveFinal() {

@@ -188,3 +188,32 @@ def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_
     got = load_file(out / "adapter_model.safetensors")
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_evaluation_and_moe_statistics_cover_every_rank(tmp_path, g3moe_compile, g3moe_run):
+    """Each rank evaluates a share of the held-out batches and the MoE routing
+    counts of every rank's micro-batches are summed: the logged evaluation
+    and expert shares are those of one process."""
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "--set", "lora_dropout=0", "-o", step)
+    train = [str(a) for a in TRAIN]
+    train[train.index("--test-size") + 1] = "0.25"
+    common = [step, *train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    g3moe_run(*common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "one")
+    g3moe_run(*common, "--gradient-accumulation-steps", "1", "--nproc-per-node", "2",
+              "--output-dir", tmp_path / "two")
+
+    def logged(folder):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        evals = [(r["eval_loss"], r["eval_mean_token_accuracy"]) for r in rows if "eval_loss" in r]
+        shares = [np.concatenate([np.asarray(v) for _, v in sorted(r["moe_expert_share"].items())])
+                  for r in rows if "moe_expert_share" in r]
+        return evals, shares
+
+    (evals_one, shares_one), (evals_two, shares_two) = logged(tmp_path / "one"), \
+        logged(tmp_path / "two")
+    assert len(evals_one) == len(evals_two) == 1
+    np.testing.assert_allclose(evals_two, evals_one, rtol=2e-5)
+    assert len(shares_one) == len(shares_two) == 3
+    np.testing.assert_allclose(shares_two, shares_one, rtol=1e-6)
