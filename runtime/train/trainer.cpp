@@ -175,9 +175,12 @@ private:
   /// Makes `host` hold the backend's trainable parameters, moments and
   /// accumulators (nothing to do when nothing ran since).
   Status syncHost();
-  /// With several processes: the gradient accumulators and `values` summed
-  /// over the ranks (the window's loss and its label and token counts).
-  Status sumOverRanks(std::vector<double> &values);
+  /// With several processes: `values` (`what`, for an error) summed over the
+  /// ranks; nothing to do for one.
+  Status sumOverRanks(std::vector<double> &values, const char *what);
+  /// With several processes: every gradient accumulator summed over the
+  /// ranks, where the steps run.
+  Status sumGradients();
   int ranks() const { return options.communicator ? options.communicator->size() : 1; }
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
 
@@ -244,11 +247,17 @@ Status Trainer::outputScalar(const char *function, const std::string &name, doub
 
 Status Trainer::zeroGradients() { return backend->zeroGradients(); }
 
-Status Trainer::sumOverRanks(std::vector<double> &values) {
-  Communicator *comm = options.communicator;
-  if (!comm || comm->size() == 1)
+Status Trainer::sumOverRanks(std::vector<double> &values, const char *what) {
+  if (ranks() == 1)
     return Status();
-  G3RT_RETURN_IF_ERROR(comm->allReduceSum(values.data(), values.size()));
+  return options.communicator->allReduceSum(values.data(), values.size())
+      .withContext(std::string("summing ") + what + " over the processes");
+}
+
+Status Trainer::sumGradients() {
+  Communicator *comm = options.communicator;
+  if (ranks() == 1)
+    return Status();
   G3RT_RETURN_IF_ERROR(syncHost());
   Status s;
   host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &g) {
@@ -409,15 +418,12 @@ Status Trainer::evaluate(const std::vector<Row> &evalRows, EvalMetrics &out) {
     counted += batchCounted;
     labelled += count;
   }
-  if (ranks() > 1) {
-    std::vector<double> sums = {lossSum, correct, counted, double(labelled)};
-    G3RT_RETURN_IF_ERROR(options.communicator->allReduceSum(sums.data(), sums.size())
-                             .withContext("summing the evaluation over the processes"));
-    lossSum = sums[0];
-    correct = sums[1];
-    counted = sums[2];
-    labelled = int64_t(sums[3]);
-  }
+  std::vector<double> sums = {lossSum, correct, counted, double(labelled)};
+  G3RT_RETURN_IF_ERROR(sumOverRanks(sums, "the evaluation"));
+  lossSum = sums[0];
+  correct = sums[1];
+  counted = sums[2];
+  labelled = int64_t(sums[3]);
   if (labelled == 0)
     return Status::error("the evaluation data have no labelled tokens");
   out.loss = lossSum / double(labelled);
@@ -655,25 +661,21 @@ Status Trainer::trainWindow(const std::vector<size_t> &order, int64_t epoch, int
   assembleWindow(order, window, batches, labels, tokens);
   // Over several processes the denominator is the whole window's (HF).
   std::vector<double> counts = {double(labels), double(tokens)};
-  if (ranks() > 1) {
-    G3RT_RETURN_IF_ERROR(options.communicator->allReduceSum(counts.data(), counts.size())
-                             .withContext("summing the window's label counts"));
-    labels = int64_t(counts[0]);
-    tokens = int64_t(counts[1]);
-  }
+  G3RT_RETURN_IF_ERROR(sumOverRanks(counts, "the window's label counts"));
+  labels = int64_t(counts[0]);
+  tokens = int64_t(counts[1]);
   G3RT_RETURN_IF_ERROR(zeroGradients());
-  double loss = 0;
-  G3RT_RETURN_IF_ERROR(runMicroBatches(batches, labels, meters.moe, loss));
-  std::vector<double> lossSum = {loss};
-  G3RT_RETURN_IF_ERROR(sumOverRanks(lossSum));
-  loss = lossSum[0];
+  std::vector<double> loss = {0.0};
+  G3RT_RETURN_IF_ERROR(runMicroBatches(batches, labels, meters.moe, loss[0]));
+  G3RT_RETURN_IF_ERROR(sumOverRanks(loss, "the window's loss"));
+  G3RT_RETURN_IF_ERROR(sumGradients());
   StepReport report;
-  G3RT_RETURN_IF_ERROR(optimizerStep(epoch, window, tokens, loss, report));
+  G3RT_RETURN_IF_ERROR(optimizerStep(epoch, window, tokens, loss[0], report));
   int64_t step = report.step;
-  state.lossSinceLastLog += loss;
+  state.lossSinceLastLog += loss[0];
   meters.loggedTokens += double(tokens);
   meters.runTokens += double(tokens);
-  progress.step(step, loss, report.learningRate,
+  progress.step(step, loss[0], report.learningRate,
                 meters.runTokens / std::max(secondsSince(meters.runStart), 1e-9));
   if (step % logEvery == 0 || step == total)
     G3RT_RETURN_IF_ERROR(logTraining(report, progress, meters));
@@ -813,8 +815,7 @@ Status Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
     std::vector<double> all = {moe.auxSum, double(moe.microBatches)};
     for (const auto &[layer, counts] : moe.loads)
       all.insert(all.end(), counts.begin(), counts.end());
-    G3RT_RETURN_IF_ERROR(options.communicator->allReduceSum(all.data(), all.size())
-                             .withContext("summing the MoE statistics over the processes"));
+    G3RT_RETURN_IF_ERROR(sumOverRanks(all, "the MoE statistics"));
     moe.auxSum = all[0];
     moe.microBatches = int64_t(all[1]);
     size_t at = 2;
