@@ -170,6 +170,11 @@ struct TrainingOptions {
   double testSize = 0.0;
   /// The longest data line g3moe-run reads, in bytes (64 MiB).
   int64_t maxLineBytes = int64_t(64) << 20;
+  /// Processes of a data-parallel job; 0: as many as the launcher starts
+  /// ("auto").
+  int64_t dataParallel = 0;
+  /// ZeRO stage: 0 (every process holds the whole state) is the one built.
+  int64_t zeroStage = 0;
   bool packing = false;
   bool assistantOnlyLoss = false;
   /// What divides a window's summed cross-entropy: "shifted" (its

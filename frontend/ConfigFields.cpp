@@ -225,6 +225,9 @@ const TrainKey kTrainKeys[] = {
     {"seed", "seed", TK::Int, false, nullptr},
     {"test_size", "test_size", TK::Number, false, nullptr},
     {"max_line_bytes", "max_line_bytes", TK::Int, true, nullptr},
+    // The parallel layout (docs/config.md): processes and ZeRO stage.
+    {"data_parallel", "data_parallel", TK::IntOrAuto, true, nullptr},
+    {"zero_stage", "zero_stage", TK::Int, true, nullptr},
     {"dataset", "dataset", TK::String, true, nullptr},
     {"dataset_name", "dataset", TK::String, false, nullptr},
     {"data_path", "dataset", TK::String, false, nullptr},
@@ -385,6 +388,10 @@ Error setTrainKey(Ctx &c, const TrainKey &tk, const json::Value &v, const Origin
     // states the bound.
     if (!asInt(v) && !isWholeNumber(v))
       return fail(o, "must be an integer, got " + render(v));
+    break;
+  case TK::IntOrAuto:
+    if (v.getAsString() != std::optional<StringRef>("auto") && !asInt(v) && !isWholeNumber(v))
+      return fail(o, "must be an integer or \"auto\", got " + render(v));
     break;
   case TK::Number:
     if (!asFiniteNumber(v))

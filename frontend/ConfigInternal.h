@@ -137,6 +137,8 @@ enum class TK {
   String,
   /// A string or a list of strings (LoRA target modules).
   Targets,
+  /// An integer or the string "auto" (data_parallel).
+  IntOrAuto,
   /// use_lora: true -> finetuning "lora", false -> "full".
   UseLora,
   /// Accepted, no effect on the compiled step or the run.

@@ -324,6 +324,8 @@ void StepBuilder::buildModelAttrs(ModuleOp module) {
   add("logging_steps", i(t.loggingSteps));
   add("save_steps", i(t.saveSteps));
   add("save_total_limit", i(t.saveTotalLimit));
+  add("data_parallel", i(t.dataParallel));
+  add("zero_stage", i(t.zeroStage));
   add("dataset", b.getStringAttr(t.dataset));
   add("test_size", f(t.testSize));
   add("max_line_bytes", i(t.maxLineBytes));

@@ -225,6 +225,24 @@ Error resolveSchedules(const Reader &r, TrainingOptions &t) {
   return Error::success();
 }
 
+/// The parallel layout: data_parallel (an integer >= 1 or "auto", 0 here)
+/// and zero_stage (0 to 3; stage 0 is the one built).
+Error resolveLayout(const Reader &r, TrainingOptions &t) {
+  const Entry *dp = r.find("data_parallel");
+  if (dp && !r.isNull("data_parallel") &&
+      dp->value.getAsString() != std::optional<StringRef>("auto"))
+    if (Error e = r.integerIn("data_parallel", t.dataParallel, 1, int64_t(1) << 20))
+      return e;
+  if (Error e = r.integerIn("zero_stage", t.zeroStage, 0, 3))
+    return e;
+  if (t.zeroStage != 0)
+    return fail(r.origin("zero_stage"),
+                "ZeRO stage " + Twine(t.zeroStage) +
+                    " is not built yet: data-parallel processes each hold the whole state "
+                    "(stage 0); remove the field or set it to 0");
+  return Error::success();
+}
+
 /// The dataset and the output directory.
 Error resolvePaths(const Reader &r, TrainingOptions &t) {
   if (Error e = r.string("dataset", t.dataset))
@@ -287,6 +305,8 @@ Error resolveTraining(Ctx &c, const ModelConfig &m, TrainingOptions &t) {
   if (Error e = resolveSchedules(r, t))
     return e;
   if (Error e = resolvePaths(r, t))
+    return e;
+  if (Error e = resolveLayout(r, t))
     return e;
   return resolveStrategies(r);
 }

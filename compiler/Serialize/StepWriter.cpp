@@ -282,6 +282,8 @@ flatbuffers::Offset<fbs::TrainingOptions> buildTrainingOptions(flatbuffers::Flat
   G3MOE_FIELD(integer, eval_steps)
   G3MOE_FIELD(number, test_size)
   G3MOE_FIELD(integer, max_line_bytes)
+  G3MOE_FIELD(integer, data_parallel)
+  G3MOE_FIELD(integer, zero_stage)
   G3MOE_FIELD(boolean, packing)
   G3MOE_FIELD(boolean, assistant_only_loss)
 #undef G3MOE_FIELD

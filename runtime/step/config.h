@@ -175,6 +175,11 @@ struct TrainingConfig {
   std::string dataset;
   double testSize = 0.0;
   int64_t maxLineBytes = kDefaultMaxLineBytes;
+  /// Processes of a data-parallel job the step was compiled for; 0: any
+  /// ("auto").
+  int64_t dataParallel = 0;
+  /// ZeRO stage (0: every process holds the whole state).
+  int64_t zeroStage = 0;
   bool packing = false;
   bool assistantOnlyLoss = false;
   LossDenominator lossDenominator = LossDenominator::Shifted;

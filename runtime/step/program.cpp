@@ -214,6 +214,8 @@ Status decodeTraining(const fbs::TrainingOptions *t, TrainingConfig &out) {
   out.dataset = stringOr(t->dataset(), out.dataset);
   out.testSize = t->test_size();
   out.maxLineBytes = t->max_line_bytes();
+  out.dataParallel = t->data_parallel();
+  out.zeroStage = t->zero_stage();
   out.packing = t->packing();
   out.assistantOnlyLoss = t->assistant_only_loss();
   G3RT_RETURN_IF_ERROR(decodeEnum(t->loss_denominator(), LossDenominator::Unshifted,

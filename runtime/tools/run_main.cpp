@@ -158,7 +158,17 @@ void addDeviceAndWeightOptions(CLI::App &app, RunFlags &f) {
 /// A job of several processes (torchrun's or Slurm's environment): the
 /// communicator that joins them, on the CPU. Rank 0 alone writes the log,
 /// checkpoints and the trained files; the others train quietly beside it.
-Status joinJob(const World &world, RunFlags &f, std::unique_ptr<Communicator> &comm) {
+/// A step compiled for a number of processes (data_parallel) runs on that
+/// many.
+Status joinJob(const StepProgram &program, const World &world, RunFlags &f,
+               std::unique_ptr<Communicator> &comm) {
+  const int64_t wanted = program.training.dataParallel;
+  if (wanted > 0 && wanted != world.size)
+    return Status::error(f.stepPath + ": compiled for data_parallel " + std::to_string(wanted) +
+                         " processes, but the job has " + std::to_string(world.size) +
+                         " (start it with torchrun --nproc-per-node " + std::to_string(wanted) +
+                         " or --nproc-per-node " + std::to_string(wanted) +
+                         ", or compile with data_parallel auto)");
   if (world.size == 1)
     return Status();
   if (f.options.device == "cuda")
@@ -234,7 +244,7 @@ int runCommand(int argc, char **argv) {
   std::unique_ptr<Communicator> comm;
   s = worldFromEnvironment(processEnvironment(), world);
   if (s.ok())
-    s = joinJob(world, f, comm);
+    s = joinJob(program, world, f, comm);
   const std::string who =
       world.size > 1 ? "g3moe-run (rank " + std::to_string(world.rank) + "): " : "g3moe-run: ";
   if (!s.ok()) {

@@ -217,3 +217,15 @@ def test_evaluation_and_moe_statistics_cover_every_rank(tmp_path, g3moe_compile,
     np.testing.assert_allclose(evals_two, evals_one, rtol=2e-5)
     assert len(shares_one) == len(shares_two) == 3
     np.testing.assert_allclose(shares_two, shares_one, rtol=1e-6)
+
+
+def test_a_step_compiled_for_n_processes_runs_on_n(tmp_path, g3moe_compile, g3moe_run):
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "--set", "data_parallel=2", "-o", step)
+    common = [step, *TRAIN, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    alone = g3moe_run(*common, "--output-dir", tmp_path / "alone", check=False)
+    assert alone.returncode == 1
+    assert "compiled for data_parallel 2 processes, but the job has 1" in alone.stderr
+    g3moe_run(*common, "--nproc-per-node", "2", "--output-dir", tmp_path / "two")
+    assert len(steps(tmp_path / "two")) == 3
