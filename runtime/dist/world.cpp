@@ -2,6 +2,7 @@
 
 #include "runtime/dist/world.h"
 
+#include <cctype>
 #include <cstdlib>
 
 namespace g3rt {
@@ -31,6 +32,31 @@ Status readInt(const EnvLookup &env, const std::string &name, long lo, long hi, 
 
 } // namespace
 
+std::optional<std::string> firstHostOf(const std::string &nodeList) {
+  // The first top-level item: commas inside brackets separate ranges.
+  size_t end = 0;
+  for (int depth = 0; end < nodeList.size(); ++end) {
+    char c = nodeList[end];
+    depth += c == '[' ? 1 : c == ']' ? -1 : 0;
+    if (c == ',' && depth == 0)
+      break;
+  }
+  std::string item = nodeList.substr(0, end);
+  size_t open = item.find('[');
+  if (open == std::string::npos)
+    return item.empty() ? std::nullopt : std::optional<std::string>(item);
+  size_t close = item.find(']', open);
+  if (close == std::string::npos || open == 0)
+    return std::nullopt;
+  // The range's first number, as written (zero padding kept).
+  size_t digits = open + 1;
+  while (digits < close && std::isdigit(static_cast<unsigned char>(item[digits])))
+    ++digits;
+  if (digits == open + 1)
+    return std::nullopt;
+  return item.substr(0, open) + item.substr(open + 1, digits - open - 1) + item.substr(close + 1);
+}
+
 Status worldFromEnvironment(const EnvLookup &env, World &out) {
   World w;
   const bool torchrun = env("WORLD_SIZE").has_value() || env("RANK").has_value();
@@ -48,12 +74,21 @@ Status worldFromEnvironment(const EnvLookup &env, World &out) {
     G3RT_RETURN_IF_ERROR(readInt(env, local, 0, w.size - 1, w.localRank));
   if (w.size > 1) {
     std::optional<std::string> addr = env("MASTER_ADDR");
+    // Under Slurm without MASTER_ADDR: the job's first node, and port 29500
+    // unless MASTER_PORT says otherwise.
+    std::optional<std::string> nodes = env("SLURM_JOB_NODELIST");
+    if (slurm && (!addr || addr->empty()) && nodes) {
+      addr = firstHostOf(*nodes);
+      if (!addr)
+        return Status::error("SLURM_JOB_NODELIST '" + *nodes + "' names no first host");
+    }
     if (!addr || addr->empty())
       return Status::error(std::string("the environment has no MASTER_ADDR (rank 0's host), "
                                        "which a job of ") +
                            std::to_string(w.size) + " processes needs");
     w.masterAddr = *addr;
-    G3RT_RETURN_IF_ERROR(readInt(env, "MASTER_PORT", 1, 65535, w.masterPort));
+    if (!slurm || env("MASTER_PORT"))
+      G3RT_RETURN_IF_ERROR(readInt(env, "MASTER_PORT", 1, 65535, w.masterPort));
     // torchrun's agent serves its own store at MASTER_PORT (its workers use
     // it as clients): rank 0's store takes the next port.
     if (env("TORCHELASTIC_USE_AGENT_STORE").value_or("") == "True") {

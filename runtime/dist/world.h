@@ -39,8 +39,14 @@ EnvLookup processEnvironment();
 /// Slurm's, else one process. An error names the variable that is missing
 /// or malformed (a rank outside [0, size), a port outside [1, 65535]).
 /// Under torchrun's agent (TORCHELASTIC_USE_AGENT_STORE=True), which serves
-/// a store of its own at MASTER_PORT, `masterPort` is MASTER_PORT + 1.
+/// a store of its own at MASTER_PORT, `masterPort` is MASTER_PORT + 1. Under
+/// Slurm without MASTER_ADDR, rank 0's host is the first node of
+/// SLURM_JOB_NODELIST and the port MASTER_PORT or 29500.
 Status worldFromEnvironment(const EnvLookup &env, World &out);
+
+/// The first host of a Slurm node list: "node[03-05,9],gpu1" -> "node03".
+/// None for a list it cannot read.
+std::optional<std::string> firstHostOf(const std::string &nodeList);
 
 } // namespace g3rt
 

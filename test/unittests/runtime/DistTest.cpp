@@ -73,6 +73,38 @@ TEST(World, TorchrunSlurmOrAlone) {
   EXPECT_EQ(w.masterPort, 29401);
 }
 
+TEST(World, SlurmFindsRankZerosHostInTheNodeList) {
+  EXPECT_EQ(firstHostOf("node7"), "node7");
+  EXPECT_EQ(firstHostOf("node[03-05,9],gpu1"), "node03");
+  EXPECT_EQ(firstHostOf("a,b[1-2]"), "a");
+  EXPECT_EQ(firstHostOf("rack1-n[12-14]x"), "rack1-n12x");
+  EXPECT_FALSE(firstHostOf(""));
+  EXPECT_FALSE(firstHostOf("node[x]"));
+  World w;
+  ASSERT_TRUE(worldFromEnvironment(envOf({{"SLURM_PROCID", "3"},
+                                          {"SLURM_NTASKS", "8"},
+                                          {"SLURM_LOCALID", "1"},
+                                          {"SLURM_JOB_NODELIST", "gpu[101-102]"}}),
+                                   w)
+                  .ok());
+  EXPECT_EQ(w.masterAddr, "gpu101");
+  EXPECT_EQ(w.masterPort, 29500);
+  // MASTER_ADDR and MASTER_PORT, where set, win.
+  ASSERT_TRUE(worldFromEnvironment(envOf({{"SLURM_PROCID", "0"},
+                                          {"SLURM_NTASKS", "2"},
+                                          {"SLURM_JOB_NODELIST", "gpu[101-102]"},
+                                          {"MASTER_ADDR", "login1"},
+                                          {"MASTER_PORT", "4000"}}),
+                                   w)
+                  .ok());
+  EXPECT_EQ(w.masterAddr, "login1");
+  EXPECT_EQ(w.masterPort, 4000);
+  Status s = worldFromEnvironment(
+      envOf({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_JOB_NODELIST", "[1-2]"}}), w);
+  EXPECT_NE(s.message().find("SLURM_JOB_NODELIST '[1-2]' names no first host"), std::string::npos)
+      << s.message();
+}
+
 TEST(World, NamesTheBadVariable) {
   World w;
   auto message = [&](std::map<std::string, std::string> vars) {
