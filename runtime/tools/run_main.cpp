@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdlib>
 #include <iostream>
 #include <new>
@@ -176,6 +177,9 @@ Status joinJob(const StepProgram &program, const World &world, RunFlags &f,
                          " processes runs on the CPU backend (--device cpu): the CUDA backend "
                          "has no communicator yet");
   f.options.device = "cpu";
+  // A peer that dies closes its sockets: a write to one must fail the
+  // collective with an error naming it, not end this process with SIGPIPE.
+  std::signal(SIGPIPE, SIG_IGN);
   GlooOptions gloo;
   if (const char *t = std::getenv("G3MOE_DIST_TIMEOUT_S"); t && std::atoi(t) > 0)
     gloo.timeout = std::chrono::seconds(std::atoi(t));
