@@ -157,14 +157,14 @@ void printProfile(const std::map<std::string, TimeAndCount> &byKernel,
   std::sort(rows.rbegin(), rows.rend());
   std::fprintf(stderr, "profile of train_micro_step at %lld tokens: %.1f ms in all\n", (long long)T,
                sum * 1e3);
-  for (size_t i = 0; i < rows.size() && i < 14; ++i)
+  for (size_t i = 0; i < rows.size() && i < 40; ++i)
     std::fprintf(stderr, "  %8.1f ms  %s\n", rows[i].first * 1e3, rows[i].second.c_str());
   std::vector<std::tuple<double, int, std::string>> shapes;
   for (const auto &[sig, t] : byShape)
     shapes.push_back({t.first, t.second, sig});
   std::sort(shapes.rbegin(), shapes.rend());
   std::fprintf(stderr, "by operand shapes:\n");
-  for (size_t i = 0; i < shapes.size() && i < 40; ++i)
+  for (size_t i = 0; i < shapes.size() && i < 60; ++i)
     std::fprintf(stderr, "  %8.2f ms  x%-4d %.3f ms each  %s\n", std::get<0>(shapes[i]) * 1e3,
                  std::get<1>(shapes[i]), std::get<0>(shapes[i]) * 1e3 / std::get<1>(shapes[i]),
                  std::get<2>(shapes[i]).c_str());

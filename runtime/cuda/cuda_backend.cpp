@@ -1,14 +1,17 @@
 //===- cuda_backend.cpp - the CUDA backend for the training loop ----------===//
 //
-// A Backend over CudaExecutor. The device is the placement's index (0 in
-// g3moe-run; CUDA_VISIBLE_DEVICES picks the card), and every call waits for
-// the GPU, so errors surface at the call that caused them.
+// A Backend over CudaExecutor. The device is the placement's index (the
+// local rank in g3moe-run; CUDA_VISIBLE_DEVICES picks the cards), every
+// call waits for the GPU, so errors surface at the call that caused them,
+// and a job of several processes sums the gradients with NCCL.
 //
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_backend.h"
 
 #include "runtime/cuda/cuda_executor.h"
+#include "runtime/cuda/nccl_reducer.h"
+#include "runtime/dist/communicator.h"
 #include "runtime/exec/backend.h"
 
 #include <cuda_runtime.h>
@@ -41,6 +44,16 @@ public:
   Status run(const std::string &function) override { return executor_->run(function); }
   void setOneDocumentPerRow(bool one) override { executor_->setOneDocumentPerRow(one); }
 
+  Status sumGradients(Communicator &job, bool &done) override {
+    done = haveNccl();
+    if (!done)
+      return Status();
+    // Joined at the first sum: every rank reaches it at the same point.
+    if (!nccl_)
+      G3RT_RETURN_IF_ERROR(NcclReducer::create(job, executor_->device(), job.timeout(), nccl_));
+    return nccl_->allReduceSum(executor_->stateOf(BufferKind::GradAcc), executor_->stream());
+  }
+
   Status readOutput(const std::string &function, const std::string &name,
                     std::vector<uint8_t> &bytes, TensorView &view) override {
     const FunctionDesc *fn = executor_->program().findFunction(function);
@@ -59,6 +72,7 @@ private:
   std::unique_ptr<CudaExecutor> executor_;
   std::string deviceName_;
   Placement placement_;
+  std::unique_ptr<NcclReducer> nccl_;
 };
 
 int countDevices(std::string &why) {

@@ -148,6 +148,7 @@ CudaExecutor::CudaExecutor(const StepProgram &program) : program_(program) {}
 Status CudaExecutor::create(const StepProgram &program, int device,
                             std::unique_ptr<CudaExecutor> &out) {
   std::unique_ptr<CudaExecutor> ex(new CudaExecutor(program));
+  ex->device_ = device;
   G3RT_RETURN_IF_ERROR(resolveKernels(program, "CUDA", findCudaKernel, ex->kernels_));
   G3RT_RETURN_IF_ERROR(
       check(cudaSetDevice(device), "selecting CUDA device " + std::to_string(device)));
@@ -298,6 +299,16 @@ Status CudaExecutor::zeroGradients() {
                                  "zeroing '" + key.second + "'"));
   return check(cudaStreamSynchronize(ctx_->stream), "zeroing the gradient accumulators");
 }
+
+std::vector<std::pair<std::string, TensorView>> CudaExecutor::stateOf(BufferKind kind) const {
+  std::vector<std::pair<std::string, TensorView>> out;
+  for (const auto &[key, view] : state_)
+    if (key.first == kind)
+      out.emplace_back(key.second, view);
+  return out;
+}
+
+cudaStream_t CudaExecutor::stream() const { return ctx_->stream; }
 
 TensorView CudaExecutor::deviceView(const FunctionDesc &fn, uint32_t index) const {
   const BufferDesc &b = fn.buffers[index];

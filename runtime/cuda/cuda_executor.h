@@ -15,6 +15,8 @@
 
 #include "runtime/exec/backend.h"
 
+#include <cuda_runtime.h>
+
 #include <map>
 #include <memory>
 #include <string>
@@ -87,6 +89,13 @@ public:
   Status output(const std::string &function, const std::string &name,
                 std::vector<float> &values) const;
 
+  /// The device tensors of persistent state of `kind`, by name.
+  std::vector<std::pair<std::string, TensorView>> stateOf(BufferKind kind) const;
+  /// The stream every kernel of this executor runs on.
+  cudaStream_t stream() const;
+  /// The device it runs on.
+  int device() const { return device_; }
+
   /// Device bytes allocated (arena + state).
   uint64_t deviceBytes() const { return deviceBytes_; }
 
@@ -115,6 +124,7 @@ private:
   std::map<std::string, std::unique_ptr<Graph>> graphs_;
   bool graphsEnabled_ = true;
   uint64_t deviceBytes_ = 0;
+  int device_ = 0;
 };
 
 } // namespace g3rt::cuda

@@ -114,6 +114,11 @@ __global__ void convertFloatKernel(Ref x, MutRef y, int64_t n) {
     storeFloat(y.data, y.dtype, i, loadFloat(x.data, x.dtype, i));
 }
 
+__global__ void convertFloatKernel4(Ref x, MutRef y, int64_t n4) {
+  for (int64_t j = globalThread(); j < n4; j += gridStride())
+    storeFloat4(y.data, y.dtype, j, loadFloat4(x.data, x.dtype, j));
+}
+
 // Through int64, so that i64 values above 2^24 survive (loadFloat would not).
 __global__ void convertIntKernel(Ref x, MutRef y, int64_t n) {
   for (int64_t i = globalThread(); i < n; i += gridStride()) {
@@ -164,6 +169,18 @@ __global__ void randomUniformDevice(const int64_t *key, uint32_t stream, double 
   });
 }
 
+// randomUniformDevice for an aligned f32 output of 4k elements: a Philox
+// block is one 16-byte store.
+__global__ void randomUniformDevice4(const int64_t *key, uint32_t stream, double low, double span,
+                                     float4 *y, int64_t n4) {
+  const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
+  auto draw = [&](uint32_t bits) { return float(low + span * double(uniformFromBits(bits))); };
+  for (int64_t b = globalThread(); b < n4; b += gridStride()) {
+    Philox4x32Block r = randomBlock(seed, counter, stream, uint64_t(b));
+    y[b] = {draw(r.v[0]), draw(r.v[1]), draw(r.v[2]), draw(r.v[3])};
+  }
+}
+
 __global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float keep, int64_t n) {
   for (int64_t i = globalThread(); i < n; i += gridStride()) {
     float xv = loadFloat(x.data, x.dtype, i), uv = loadFloat(u.data, u.dtype, i);
@@ -179,6 +196,32 @@ __global__ void keyedDropoutDevice(Ref x, const int64_t *key, uint32_t stream, M
     float xv = loadFloat(x.data, x.dtype, i);
     storeFloat(y.data, y.dtype, i, u >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
   });
+}
+
+// keyedDropoutDevice for an input and output of one type T (bf16 or f32)
+// whose data are 16-byte aligned: the four elements of a Philox block move
+// in one vector access each way, with the type fixed at compile time. The
+// per-element dispatch and two-byte accesses of the generic kernel made the
+// [16384, 10240] masks of an 8K step take 2.5x the time of their traffic.
+template <DType T>
+__global__ void keyedDropoutVecDevice(const void *x, const int64_t *key, uint32_t stream, void *y,
+                                      float threshold, float keep, int64_t n) {
+  const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
+  const int64_t blocks = (n + 3) / 4;
+  auto drop = [&](float v, uint32_t bits) {
+    return uniformFromBits(bits) >= threshold ? __fdiv_rn(v, keep) : 0.0f;
+  };
+  for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
+    Philox4x32Block r = randomBlock(seed, counter, stream, uint64_t(b));
+    if (4 * b + 4 <= n) {
+      float4 v = loadFloat4(x, T, b);
+      storeFloat4(y, T, b,
+                  {drop(v.x, r.v[0]), drop(v.y, r.v[1]), drop(v.z, r.v[2]), drop(v.w, r.v[3])});
+    } else {
+      for (int64_t i = 4 * b; i < n; ++i)
+        storeFloat(y, T, i, drop(loadFloat(x, T, i), r.v[i & 3]));
+    }
+  }
 }
 
 /// tanh(√(2/π)(g + 0.044715 g³)), each product rounded as the CPU rounds it.
@@ -314,6 +357,11 @@ Status convertElements(const KernelArgs &args, const TensorView &x, const Tensor
   if (!isFloat(x.dtype) || !isFloat(y.dtype))
     return args.fail("cannot convert " + std::string(dtypeName(x.dtype)) + " to " +
                      std::string(dtypeName(y.dtype)));
+  if (n > 0 && byFours(n, {&x, &y})) {
+    convertFloatKernel4<<<cappedGrid(n / 4), kThreads, 0, stream>>>(in(x), out(y), n / 4);
+    G3RT_CUDA_CHECK_LAUNCH(args, "converting");
+    return Status();
+  }
   if (n > 0) {
     convertFloatKernel<<<cappedGrid(n), kThreads, 0, stream>>>(in(x), out(y), n);
     G3RT_CUDA_CHECK_LAUNCH(args, "converting");
@@ -400,8 +448,13 @@ Status randomUniformKernel(const KernelArgs &args) {
   int64_t n = y.numel();
   if (n == 0)
     return Status();
-  randomUniformDevice<<<cappedGrid((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
-      static_cast<const int64_t *>(key.data), stream, low, high - low, out(y), n);
+  if (y.dtype == DType::F32 && byFours(n, {&y}))
+    randomUniformDevice4<<<cappedGrid(n / 4), kThreads, 0, contextOf(args).stream>>>(
+        static_cast<const int64_t *>(key.data), stream, low, high - low,
+        static_cast<float4 *>(y.data), n / 4);
+  else
+    randomUniformDevice<<<cappedGrid((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
+        static_cast<const int64_t *>(key.data), stream, low, high - low, out(y), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "random_uniform");
   return Status();
 }
@@ -427,9 +480,20 @@ Status keyedDropoutKernel(const KernelArgs &args) {
   int64_t n = args.outputs[0].numel();
   if (n == 0)
     return Status();
-  keyedDropoutDevice<<<cappedGrid((n + 3) / 4), kThreads, 0, contextOf(args).stream>>>(
-      in(args.inputs[0]), static_cast<const int64_t *>(args.inputs[1].data), stream,
-      out(args.outputs[0]), float(p), float(1.0 - p), n);
+  const TensorView &x = args.inputs[0], &y = args.outputs[0];
+  const auto *key = static_cast<const int64_t *>(args.inputs[1].data);
+  const unsigned grid = cappedGrid((n + 3) / 4);
+  cudaStream_t cs = contextOf(args).stream;
+  const bool vector = x.dtype == y.dtype && aligned16(x) && aligned16(y);
+  if (vector && x.dtype == DType::BF16)
+    keyedDropoutVecDevice<DType::BF16>
+        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), float(1.0 - p), n);
+  else if (vector && x.dtype == DType::F32)
+    keyedDropoutVecDevice<DType::F32>
+        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), float(1.0 - p), n);
+  else
+    keyedDropoutDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), float(p),
+                                                  float(1.0 - p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "keyed_dropout");
   return Status();
 }

@@ -2,7 +2,8 @@
 //
 // The processes of a data-parallel job exchange gradients, loss counts and
 // state through a Communicator: Gloo over TCP for the CPU backend
-// (gloo_communicator.h), NCCL for the CUDA backend to come. Every call is a
+// (gloo_communicator.h); the CUDA backend sums its gradients with NCCL
+// (runtime/cuda/nccl_reducer.h) and uses this one for the rest. Every call is a
 // collective: each rank makes the same calls in the same order, and a rank
 // that fails or stops answering makes the others fail within the timeout,
 // with an error naming the collective, instead of hanging.
@@ -14,6 +15,7 @@
 
 #include "runtime/base/status.h"
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 
@@ -25,6 +27,8 @@ public:
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
+  /// How long a collective waits for the other ranks before failing.
+  virtual std::chrono::milliseconds timeout() const = 0;
 
   /// Replaces `data[0, count)` on every rank by its sum over the ranks.
   virtual Status allReduceSum(float *data, size_t count) = 0;

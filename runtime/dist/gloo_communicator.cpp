@@ -60,6 +60,7 @@ public:
 
   int rank() const override { return context_->rank; }
   int size() const override { return context_->size; }
+  std::chrono::milliseconds timeout() const override { return timeout_; }
 
   Status allReduceSum(float *data, size_t count) override { return reduce(data, count); }
   Status allReduceSum(double *data, size_t count) override { return reduce(data, count); }

@@ -36,6 +36,8 @@
 
 namespace g3rt {
 
+class Communicator;
+
 /// Where a backend runs.
 struct Placement {
   /// The device's index among the visible devices of its kind (0 on the CPU).
@@ -79,6 +81,15 @@ public:
   /// into `bytes`). An error names an unknown output.
   virtual Status readOutput(const std::string &function, const std::string &name,
                             std::vector<uint8_t> &bytes, TensorView &view) = 0;
+  /// Replaces every gradient accumulator by its sum over the processes of
+  /// `job` where the backend has a collective of its own (CUDA: NCCL) and
+  /// sets `done`; leaves `done` false otherwise, and the caller sums them
+  /// through the host.
+  virtual Status sumGradients(Communicator &job, bool &done) {
+    (void)job;
+    done = false;
+    return Status();
+  }
   /// The highest arena byte any run wrote (one past it), where the backend
   /// tracks it (the CPU); 0 elsewhere.
   virtual uint64_t arenaHighWater() const { return 0; }

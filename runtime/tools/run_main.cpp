@@ -132,7 +132,8 @@ void addDeviceAndWeightOptions(CLI::App &app, RunFlags &f) {
   // backend (bit-exact resume checks) on a machine that has a GPU.
   f.options.device = "auto";
   app.add_option("--device", f.options.device,
-                 "where the steps run: cuda (the first visible GPU), cpu, or auto (cuda when "
+                 "where the steps run: cuda (the first visible GPU; in a job of several "
+                 "processes the GPU of the local rank), cpu, or auto (cuda when "
                  "this g3moe-run was built with CUDA and a GPU is visible, else cpu); also "
                  "for --eval-only, --dump-gradients and --dump-logits. Default: "
                  "$G3MOE_DEVICE, else auto")
@@ -157,7 +158,8 @@ void addDeviceAndWeightOptions(CLI::App &app, RunFlags &f) {
 }
 
 /// A job of several processes (torchrun's or Slurm's environment): the
-/// communicator that joins them, on the CPU. Rank 0 alone writes the log,
+/// communicator that joins them (Gloo; the CUDA backend sums gradients with
+/// NCCL and each process uses the GPU of its local rank). Rank 0 alone writes the log,
 /// checkpoints and the trained files; the others train quietly beside it.
 /// A step compiled for a number of processes (data_parallel) runs on that
 /// many.
@@ -170,13 +172,9 @@ Status joinJob(const StepProgram &program, const World &world, RunFlags &f,
                          " (start it with torchrun --nproc-per-node " + std::to_string(wanted) +
                          " or --nproc-per-node " + std::to_string(wanted) +
                          ", or compile with data_parallel auto)");
+  f.options.placement = Placement{world.localRank, world.rank, world.size};
   if (world.size == 1)
     return Status();
-  if (f.options.device == "cuda")
-    return Status::error("a job of " + std::to_string(world.size) +
-                         " processes runs on the CPU backend (--device cpu): the CUDA backend "
-                         "has no communicator yet");
-  f.options.device = "cpu";
   // A peer that dies closes its sockets: a write to one must fail the
   // collective with an error naming it, not end this process with SIGPIPE.
   std::signal(SIGPIPE, SIG_IGN);

@@ -7,7 +7,8 @@
 namespace g3rt {
 
 Status selectBackend(const StepProgram &program, HostState &host, const std::string &device,
-                     std::unique_ptr<Backend> &out, std::string &description) {
+                     const Placement &where, std::unique_ptr<Backend> &out,
+                     std::string &description) {
   out.reset();
   if (device != "cpu" && device != "cuda" && device != "auto")
     return Status::error("unknown device '" + device + "': use cpu, cuda or auto");
@@ -16,8 +17,15 @@ Status selectBackend(const StepProgram &program, HostState &host, const std::str
     const BackendProvider *cuda = cudaBackendProvider();
     std::string why;
     int count = cuda ? cuda->countDevices(why) : 0;
+    Placement onDevice = where;
+    if (count == 1)
+      onDevice.device = 0;
+    if (cuda && count > 0 && onDevice.device >= count)
+      return Status::error("--device " + device + ": process " + std::to_string(where.rank) +
+                           " wants CUDA device " + std::to_string(where.device) +
+                           " (its local rank), but " + std::to_string(count) + " are visible");
     if (cuda && count > 0) {
-      Status s = cuda->create(program, host, Placement{}, out);
+      Status s = cuda->create(program, host, onDevice, out);
       if (s.ok()) {
         description = out->description();
         return Status();
@@ -38,7 +46,9 @@ Status selectBackend(const StepProgram &program, HostState &host, const std::str
     // Without CUDA or a GPU, "auto" falls back quietly: a CPU machine is its
     // normal case.
   }
-  G3RT_RETURN_IF_ERROR(cpu::cpuBackendProvider().create(program, host, Placement{}, out));
+  Placement onCpu = where;
+  onCpu.device = 0; // the CPU is one device, whatever the local rank
+  G3RT_RETURN_IF_ERROR(cpu::cpuBackendProvider().create(program, host, onCpu, out));
   description = out->description() + cudaNotUsed;
   return Status();
 }

@@ -16,14 +16,17 @@
 namespace g3rt {
 
 /// Creates the backend `program` runs on, working on `host`, as --device
-/// says: "cpu"; "cuda" (device 0 of the CUDA backend: an error when the
-/// program was built without CUDA, no device is visible or the backend cannot
-/// take the step); or "auto" (CUDA when it is built in, a device is visible
-/// and the backend takes the step, else the CPU). `description` says what
-/// was chosen ("CUDA on <device name>", "CPU (<n> threads)", followed by why
-/// CUDA was not used when "auto" saw a device but could not use it).
+/// says: "cpu"; "cuda" (an error when the program was built without CUDA,
+/// no device is visible or the backend cannot take the step); or "auto"
+/// (CUDA when it is built in, a device is visible and the backend takes the
+/// step, else the CPU). The CUDA device is `where.device` (a process's local
+/// rank), or 0 where only one device is visible (a launcher that gives each
+/// process a card of its own). `description` says what was chosen ("CUDA on
+/// <device name>", "CPU (<n> threads)", followed by why CUDA was not used
+/// when "auto" saw a device but could not use it).
 Status selectBackend(const StepProgram &program, HostState &host, const std::string &device,
-                     std::unique_ptr<Backend> &out, std::string &description);
+                     const Placement &where, std::unique_ptr<Backend> &out,
+                     std::string &description);
 
 } // namespace g3rt
 

@@ -157,7 +157,8 @@ Status runInspection(const StepProgram &program, const TrainOptions &options,
   std::unique_ptr<Backend> backend;
   if (what.saveInitialWeights.empty()) {
     std::string description;
-    G3RT_RETURN_IF_ERROR(selectBackend(program, host, options.device, backend, description));
+    G3RT_RETURN_IF_ERROR(
+        selectBackend(program, host, options.device, options.placement, backend, description));
     log << "backend: " << description << "\n";
   }
   uint64_t seed = uint64_t(options.seed.value_or(program.training.seed));

@@ -220,7 +220,8 @@ private:
 };
 
 Status Trainer::openBackend() {
-  G3RT_RETURN_IF_ERROR(selectBackend(program, host, options.device, backend, result.backend));
+  G3RT_RETURN_IF_ERROR(
+      selectBackend(program, host, options.device, options.placement, backend, result.backend));
   log << "backend: " << result.backend << "\n";
   return Status();
 }
@@ -258,6 +259,12 @@ Status Trainer::sumGradients() {
   Communicator *comm = options.communicator;
   if (ranks() == 1)
     return Status();
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(backend->sumGradients(*comm, done));
+  if (done) {
+    hostStale = true;
+    return Status();
+  }
   G3RT_RETURN_IF_ERROR(syncHost());
   Status s;
   host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &g) {

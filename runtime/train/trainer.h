@@ -11,6 +11,7 @@
 #ifndef G3MOE_RUNTIME_TRAIN_TRAINER_H
 #define G3MOE_RUNTIME_TRAIN_TRAINER_H
 
+#include "runtime/exec/backend.h"
 #include "runtime/step/program.h"
 
 #include <iosfwd>
@@ -93,13 +94,17 @@ struct TrainOptions {
   /// --weights, resume, checkpoints and the final files work on it as on the
   /// CPU) and the device runs every entry point.
   std::string device = "cpu";
+  /// This process's place in the job: its rank, the job's size, and the
+  /// CUDA device it uses (its local rank; backend_choice.h).
+  Placement placement;
   /// The job's communicator when several processes train together (data
   /// parallel, every rank holding the whole state): each global micro-batch
   /// of `ranks` x rows examples is dealt out row by row (rank r takes the
   /// rows r, r + ranks, ...; HF's distributed sampler within it), the loss
   /// denominator and the window's loss are summed over the ranks and the
-  /// gradient accumulators are summed before each optimizer step, so that
-  /// N ranks give the steps of one process with N times the accumulation.
+  /// gradient accumulators are summed before each optimizer step (on the
+  /// CUDA backend with NCCL, else through this communicator), so that N
+  /// ranks give the steps of one process with N times the accumulation.
   /// Null: one process.
   Communicator *communicator = nullptr;
 };

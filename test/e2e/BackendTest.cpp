@@ -334,24 +334,31 @@ TEST_F(DeviceBackendTest, DeviceSelection) {
     EXPECT_EQ(description.rfind(backend->description(), 0), 0u) << description;
   };
 
-  ASSERT_TRUE(selectBackend(program, host, "cpu", backend, description).ok());
+  ASSERT_TRUE(selectBackend(program, host, "cpu", Placement{}, backend, description).ok());
   onCpu();
   EXPECT_EQ(description.find("CUDA not used"), std::string::npos) << description;
+  // Rank 3 of a job, the fourth process of its machine: the CPU is its one
+  // device, and the placement keeps the rank.
+  ASSERT_TRUE(selectBackend(program, host, "cpu", Placement{3, 3, 4}, backend, description).ok());
+  onCpu();
+  EXPECT_EQ(backend->placement().device, 0);
+  EXPECT_EQ(backend->placement().rank, 3);
+  EXPECT_EQ(backend->placement().worldSize, 4);
 
-  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  ASSERT_TRUE(selectBackend(program, host, "auto", Placement{}, backend, description).ok());
   ASSERT_TRUE(backend);
   EXPECT_EQ(description, "CPU mirror");
 
-  Status s = selectBackend(program, host, "gpu", backend, description);
+  Status s = selectBackend(program, host, "gpu", Placement{}, backend, description);
   EXPECT_FALSE(s.ok());
   EXPECT_NE(s.message().find("unknown device 'gpu'"), std::string::npos) << s.message();
 
   // No device visible: cuda is an error naming why, auto the CPU.
   visibleDevices = 0;
-  s = selectBackend(program, host, "cuda", backend, description);
+  s = selectBackend(program, host, "cuda", Placement{}, backend, description);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.message(), "--device cuda: no CUDA device visible (cudaGetDeviceCount: none here)");
-  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  ASSERT_TRUE(selectBackend(program, host, "auto", Placement{}, backend, description).ok());
   onCpu();
   EXPECT_EQ(description.find("CUDA not used"), std::string::npos) << description;
 
@@ -359,10 +366,10 @@ TEST_F(DeviceBackendTest, DeviceSelection) {
   // the CPU.
   visibleDevices = 1;
   createError = "the CUDA backend has no kernel 'k'";
-  s = selectBackend(program, host, "cuda", backend, description);
+  s = selectBackend(program, host, "cuda", Placement{}, backend, description);
   ASSERT_FALSE(s.ok());
   EXPECT_EQ(s.message(), "--device cuda: the CUDA backend has no kernel 'k'");
-  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  ASSERT_TRUE(selectBackend(program, host, "auto", Placement{}, backend, description).ok());
   onCpu();
   EXPECT_NE(description.find("; CUDA not used: the CUDA backend has no kernel 'k'"),
             std::string::npos)
@@ -370,10 +377,10 @@ TEST_F(DeviceBackendTest, DeviceSelection) {
 
   // A program built without CUDA.
   registerCudaBackendProvider(nullptr);
-  s = selectBackend(program, host, "cuda", backend, description);
+  s = selectBackend(program, host, "cuda", Placement{}, backend, description);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("built without CUDA"), std::string::npos) << s.message();
-  ASSERT_TRUE(selectBackend(program, host, "auto", backend, description).ok());
+  ASSERT_TRUE(selectBackend(program, host, "auto", Placement{}, backend, description).ok());
   onCpu();
 
   // Training fails before anything is written.

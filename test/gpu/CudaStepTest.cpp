@@ -601,6 +601,78 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
   }
 }
 
+/// keyed_dropout's masks on the GPU are the CPU's, bit for bit: the vector
+/// kernel (bf16 and f32, sizes with a partial last Philox block) and the
+/// generic one (an f32 input into a bf16 output); random_uniform and
+/// convert likewise.
+TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
+  const std::vector<uint8_t> keyBytes = [] {
+    std::vector<uint8_t> b(16);
+    int64_t k[2] = {0x5eed5eed1234, 7};
+    std::memcpy(b.data(), k, 16);
+    return b;
+  }();
+  TensorView key;
+  key.dtype = DType::I64;
+  key.shape = {2};
+  key.data = const_cast<uint8_t *>(keyBytes.data());
+  struct Case {
+    DType in, out;
+    int64_t n;
+  };
+  for (Case c : {Case{DType::BF16, DType::BF16, 16384 * 40 + 3}, Case{DType::F32, DType::F32, 4099},
+                 Case{DType::F32, DType::BF16, 1001}, Case{DType::F32, DType::BF16, 16384 * 40},
+                 Case{DType::BF16, DType::F32, 4096}}) {
+    std::vector<uint8_t> xb, yb, gotb;
+    TensorView x = hostTensor(c.in, {c.n}, xb), y = hostTensor(c.out, {c.n}, yb),
+               got = hostTensor(c.out, {c.n}, gotb);
+    for (int64_t i = 0; i < c.n; ++i)
+      x.store(i, 4 * uniformAt(3, 0, 0, uint64_t(i)) - 2);
+    KernelAttrs attrs;
+    attrs.set("stream", AttrValue::ofInt(9));
+    attrs.set("p", AttrValue::ofFloat(0.05));
+    KernelArgs cpu;
+    cpu.name = "keyed_dropout";
+    cpu.attrs = &attrs;
+    cpu.inputs = {x, key};
+    cpu.outputs = {y};
+    ASSERT_TRUE(cpu::findCpuKernel("keyed_dropout")(cpu).ok());
+    Status st = runOnGpu("keyed_dropout", attrs, {x, key}, {got});
+    ASSERT_TRUE(st.ok()) << st.message();
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < c.n; ++i)
+      dropped += y.load(i) == 0.0f;
+    EXPECT_GT(dropped, c.n / 40) << "about 5 % of the elements are dropped";
+    EXPECT_EQ(yb, gotb) << dtypeName(c.in) << " -> " << dtypeName(c.out) << ", " << c.n;
+
+    // The draws (the vector kernel when the output is f32 of 4k elements)
+    // and the conversions (four at a time when both sides allow it) too.
+    std::vector<uint8_t> ub, gotu, cb, gotc;
+    TensorView u = hostTensor(DType::F32, {c.n}, ub), gu = hostTensor(DType::F32, {c.n}, gotu);
+    KernelAttrs draw;
+    draw.set("stream", AttrValue::ofInt(4));
+    draw.set("low", AttrValue::ofFloat(0.99));
+    draw.set("high", AttrValue::ofFloat(1.01));
+    cpu.name = "random_uniform";
+    cpu.attrs = &draw;
+    cpu.inputs = {key};
+    cpu.outputs = {u};
+    ASSERT_TRUE(cpu::findCpuKernel("random_uniform")(cpu).ok());
+    st = runOnGpu("random_uniform", draw, {key}, {gu});
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_EQ(ub, gotu) << "random_uniform, " << c.n;
+    TensorView conv = hostTensor(c.out, {c.n}, cb), gc = hostTensor(c.out, {c.n}, gotc);
+    cpu.name = "convert";
+    cpu.attrs = &attrs;
+    cpu.inputs = {x};
+    cpu.outputs = {conv};
+    ASSERT_TRUE(cpu::findCpuKernel("convert")(cpu).ok());
+    st = runOnGpu("convert", attrs, {x}, {gc});
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_EQ(cb, gotc) << "convert, " << c.n;
+  }
+}
+
 /// Entry points are captured as CUDA graphs on their second run and
 /// replayed after, the MoE micro-step too (grouped expert products, range
 /// checks read after the run); with per-expert cuBLAS products, which read

@@ -8,7 +8,8 @@
 // resume on the CPU and continue as the CUDA run did. With the own attention
 // kernels, a CUDA run repeats another exactly, and replaying CUDA graphs
 // gives what launching kernel by kernel gives. --dump-gradients on the GPU
-// gives the CPU's loss and gradients.
+// gives the CPU's loss and gradients. The backend's NCCL gradient sums work
+// at world size 1 and fail in time when a peer never joins.
 //
 // The CPU runs come first, so that on a machine without a GPU they still
 // run (and are checked to learn) before the test skips.
@@ -16,8 +17,11 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_backend.h"
+#include "runtime/dist/communicator.h"
 #include "runtime/exec/backend.h"
+#include "runtime/exec/state.h"
 #include "runtime/io/safetensors.h"
+#include "runtime/train/backend_choice.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"
 #include "test/e2e/StepFixtures.h"
@@ -25,6 +29,7 @@
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -259,5 +264,88 @@ INSTANTIATE_TEST_SUITE_P(TinySteps, CudaTrain,
                          [](const ::testing::TestParamInfo<Case> &info) {
                            return std::string(info.param.step);
                          });
+
+/// A job of two processes of which this is rank 0 and the other never comes:
+/// the broadcast of NCCL's id "succeeds", so NCCL itself must notice.
+class AbsentPeer final : public Communicator {
+public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  std::chrono::milliseconds timeout() const override { return std::chrono::seconds(3); }
+  Status allReduceSum(float *, size_t) override { return Status(); }
+  Status allReduceSum(double *, size_t) override { return Status(); }
+  Status broadcast(void *, size_t, int) override { return Status(); }
+  Status barrier() override { return Status(); }
+};
+
+/// The CUDA backend of the tiny LoRA MoE step with every gradient accumulator
+/// set to a pattern, in `host`.
+void backendWithGradients(const StepProgram &program, HostState &host,
+                          std::unique_ptr<Backend> &backend) {
+  std::string description;
+  Status s = selectBackend(program, host, "cuda", Placement{}, backend, description);
+  ASSERT_TRUE(s.ok()) << s.message();
+  int64_t k = 0;
+  host.forEach(BufferKind::GradAcc, [&](const std::string &, const TensorView &g) {
+    for (int64_t i = 0; i < g.numel(); ++i)
+      g.store(i, float((k++ % 97) - 48) / 16.0f);
+  });
+  s = backend->uploadState(host);
+  ASSERT_TRUE(s.ok()) << s.message();
+}
+
+/// NCCL at world size 1 (the one GPU of the test machine): the backend sums
+/// its gradients itself, and the sum over one process is the identity.
+TEST(NcclGradientSums, WorldOfOneIsTheIdentity) {
+  if (!cudaDeviceVisible())
+    GTEST_SKIP() << "no CUDA device visible";
+  cuda::registerCudaBackend();
+  StepProgram program;
+  ASSERT_TRUE(loadStep(stepPath("g3moe_lora"), program).ok());
+  HostState host(program);
+  std::unique_ptr<Backend> backend;
+  backendWithGradients(program, host, backend);
+  ASSERT_TRUE(backend);
+  std::unique_ptr<Communicator> solo = makeSoloCommunicator();
+  bool done = false;
+  for (int round = 0; round < 2; ++round) { // joins, then reuses the communicator
+    Status s = backend->sumGradients(*solo, done);
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+  EXPECT_TRUE(done) << "this build has no NCCL";
+  HostState back(program);
+  ASSERT_TRUE(backend->downloadState(back).ok());
+  int64_t tensors = 0;
+  host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &want) {
+    TensorView got = back.state(BufferKind::GradAcc, name);
+    ++tensors;
+    for (int64_t i = 0; i < want.numel(); ++i)
+      ASSERT_EQ(got.load(i), want.load(i)) << name << " " << i;
+  });
+  EXPECT_GT(tensors, 0);
+}
+
+/// A peer that never joins fails the first sum within the job's timeout,
+/// with an error naming NCCL, the rank and what was waited for.
+TEST(NcclGradientSums, APeerThatNeverJoinsFailsWithinTheTimeout) {
+  if (!cudaDeviceVisible())
+    GTEST_SKIP() << "no CUDA device visible";
+  cuda::registerCudaBackend();
+  StepProgram program;
+  ASSERT_TRUE(loadStep(stepPath("g3moe_lora"), program).ok());
+  HostState host(program);
+  std::unique_ptr<Backend> backend;
+  backendWithGradients(program, host, backend);
+  ASSERT_TRUE(backend);
+  AbsentPeer job;
+  bool done = false;
+  auto t0 = std::chrono::steady_clock::now();
+  Status s = backend->sumGradients(job, done);
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("NCCL (rank 0 of 2)"), std::string::npos) << s.message();
+  EXPECT_NE(s.message().find("joining the communicator"), std::string::npos) << s.message();
+  EXPECT_LT(seconds, 30.0);
+}
 
 } // namespace
