@@ -129,15 +129,16 @@ Status NcclReducer::allReduceSum(const std::vector<std::pair<std::string, Tensor
                            "; summing over processes takes f32 ones");
   // One group: NCCL fuses the small tensors (LoRA factors) into few
   // transfers.
+  auto queued = [](ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; };
   ncclResult_t r = ncclGroupStart();
-  for (size_t i = 0; r == ncclSuccess && i < tensors.size(); ++i) {
+  for (size_t i = 0; queued(r) && i < tensors.size(); ++i) {
     const TensorView &t = tensors[i].second;
     r = ncclAllReduce(t.data, t.data, size_t(t.numel()), ncclFloat32, ncclSum, p.comm, stream);
   }
   ncclResult_t end = ncclGroupEnd();
-  if (r == ncclSuccess)
+  if (queued(r))
     r = end;
-  if (r != ncclSuccess && r != ncclInProgress) {
+  if (!queued(r)) {
     p.abort();
     return Status::error(p.who() +
                          ": queueing the all-reduce of the gradients: " + ncclGetErrorString(r));
