@@ -273,12 +273,12 @@ Status dropoutKernel(const KernelArgs &args) {
   double p;
   G3RT_RETURN_IF_ERROR(checkDropout(args, p));
   // The threshold is compared in fp32, as the uniform draws are fp32; with
-  // p = 1 nothing is kept and the division by zero is never evaluated.
-  float threshold = float(p), keep = float(1.0 - p);
+  // p = 1 nothing is kept and the infinite scale is never applied.
+  float threshold = float(p), scale = dropoutScale(p);
   mapBlocks<2, 1>({args.inputs[0], args.inputs[1]}, {args.outputs[0]},
                   [=](int64_t, int64_t n, auto src, auto dst) {
                     for (int64_t i = 0; i < n; ++i)
-                      dst[0][i] = src[1][i] >= threshold ? src[0][i] / keep : 0.0f;
+                      dst[0][i] = src[1][i] >= threshold ? src[0][i] * scale : 0.0f;
                   });
   return Status();
 }
@@ -291,13 +291,13 @@ Status keyedDropoutKernel(const KernelArgs &args) {
   uint64_t seed = uint64_t(key.i64()[0]), counter = uint64_t(key.i64()[1]);
   // Element i's draw is random_uniform's on [0, 1) (there low + span * u is
   // u itself), compared and scaled as dropoutKernel does.
-  float threshold = float(p), keep = float(1.0 - p);
+  float threshold = float(p), scale = dropoutScale(p);
   mapBlocks<1, 1>({args.inputs[0]}, {args.outputs[0]},
                   [=](int64_t begin, int64_t n, auto src, auto dst) {
                     UniformReader draw(seed, counter, s);
                     for (int64_t i = 0; i < n; ++i) {
                       float u = draw(uint64_t(begin + i));
-                      dst[0][i] = u >= threshold ? src[0][i] / keep : 0.0f;
+                      dst[0][i] = u >= threshold ? src[0][i] * scale : 0.0f;
                     }
                   });
   return Status();

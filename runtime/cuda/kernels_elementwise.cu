@@ -181,20 +181,20 @@ __global__ void randomUniformDevice4(const int64_t *key, uint32_t stream, double
   }
 }
 
-__global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float keep, int64_t n) {
+__global__ void dropoutDevice(Ref x, Ref u, MutRef y, float threshold, float scale, int64_t n) {
   for (int64_t i = globalThread(); i < n; i += gridStride()) {
     float xv = loadFloat(x.data, x.dtype, i), uv = loadFloat(u.data, u.dtype, i);
-    storeFloat(y.data, y.dtype, i, uv >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
+    storeFloat(y.data, y.dtype, i, uv >= threshold ? __fmul_rn(xv, scale) : 0.0f);
   }
 }
 
 // randomUniformDevice's draws, each compared and scaled as dropoutDevice
 // does, without the draws ever leaving registers.
 __global__ void keyedDropoutDevice(Ref x, const int64_t *key, uint32_t stream, MutRef y,
-                                   float threshold, float keep, int64_t n) {
+                                   float threshold, float scale, int64_t n) {
   forEachDraw(key, stream, n, [&](int64_t i, float u) {
     float xv = loadFloat(x.data, x.dtype, i);
-    storeFloat(y.data, y.dtype, i, u >= threshold ? __fdiv_rn(xv, keep) : 0.0f);
+    storeFloat(y.data, y.dtype, i, u >= threshold ? __fmul_rn(xv, scale) : 0.0f);
   });
 }
 
@@ -205,11 +205,11 @@ __global__ void keyedDropoutDevice(Ref x, const int64_t *key, uint32_t stream, M
 // [16384, 10240] masks of an 8K step take 2.5x the time of their traffic.
 template <DType T>
 __global__ void keyedDropoutVecDevice(const void *x, const int64_t *key, uint32_t stream, void *y,
-                                      float threshold, float keep, int64_t n) {
+                                      float threshold, float scale, int64_t n) {
   const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
   const int64_t blocks = (n + 3) / 4;
   auto drop = [&](float v, uint32_t bits) {
-    return uniformFromBits(bits) >= threshold ? __fdiv_rn(v, keep) : 0.0f;
+    return uniformFromBits(bits) >= threshold ? __fmul_rn(v, scale) : 0.0f;
   };
   for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
     Philox4x32Block r = randomBlock(seed, counter, stream, uint64_t(b));
@@ -466,9 +466,9 @@ Status dropoutKernel(const KernelArgs &args) {
   if (n == 0)
     return Status();
   // As on the CPU: the threshold is compared in fp32 and, with p = 1, the
-  // division by zero is never evaluated (u < 1 always).
+  // infinite scale is never applied (u < 1 always).
   dropoutDevice<<<cappedGrid(n), kThreads, 0, contextOf(args).stream>>>(
-      in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), float(p), float(1.0 - p), n);
+      in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), float(p), dropoutScale(p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "dropout");
   return Status();
 }
@@ -487,13 +487,13 @@ Status keyedDropoutKernel(const KernelArgs &args) {
   const bool vector = x.dtype == y.dtype && aligned16(x) && aligned16(y);
   if (vector && x.dtype == DType::BF16)
     keyedDropoutVecDevice<DType::BF16>
-        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), float(1.0 - p), n);
+        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), dropoutScale(p), n);
   else if (vector && x.dtype == DType::F32)
     keyedDropoutVecDevice<DType::F32>
-        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), float(1.0 - p), n);
+        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), dropoutScale(p), n);
   else
     keyedDropoutDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), float(p),
-                                                  float(1.0 - p), n);
+                                                  dropoutScale(p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "keyed_dropout");
   return Status();
 }

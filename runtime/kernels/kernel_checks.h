@@ -144,6 +144,11 @@ inline Status checkRandomUniform(const KernelArgs &args, uint32_t &stream, doubl
   return args.requireFloat("high", high);
 }
 
+/// The inverted-dropout factor 1 / (1 - p), rounded once to fp32: a kept
+/// element is x · scale in fp32, as torch's dropout computes it. Never
+/// applied with p = 1, where nothing is kept.
+inline float dropoutScale(double p) { return float(1.0 / (1.0 - p)); }
+
 /// dropout: x, uniform draws → result, all float of one size; reads `p`.
 inline Status checkDropout(const KernelArgs &args, double &p) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));

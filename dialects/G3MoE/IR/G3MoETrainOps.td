@@ -44,7 +44,8 @@ def G3MoE_DropoutOp : G3MoE_Op<"dropout", [Pure,
     G3MoE_Differentiable]> {
   let summary = "inverted dropout with an explicit uniform draw";
   let description = [{
-    `result = input * (uniform >= p) / (1 - p)`. The draw is an operand
+    `result = input * (uniform >= p) * s`, with `s = 1 / (1 - p)` rounded to
+    f32 as torch does. The draw is an operand
     (a `g3moe.random_uniform`), so the backward, which is the same op applied to
     the gradient, reuses the keep-mask exactly.
 

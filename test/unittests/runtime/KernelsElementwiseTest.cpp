@@ -224,11 +224,13 @@ TEST(ElementwiseKernels, DropoutValuesAndMaskReuse) {
          u = randomTensor(DType::F32, {17, 9}, rng, 0, 1);
   Tensor y = Tensor::f32({17, 9});
   EXPECT_OK(run("dropout", {x, u}, {y}, a));
+  // Kept elements are multiplied by 1 / (1 - p) rounded to fp32, torch's
+  // factor (not divided by 1 - p, which rounds differently).
   int kept = 0;
   for (int64_t i = 0; i < x.numel(); ++i) {
     bool keep = u.f()[i] >= float(p);
     kept += keep;
-    EXPECT_EQ(y.f()[i], keep ? x.f()[i] / float(1 - p) : 0.0f);
+    EXPECT_EQ(y.f()[i], keep ? x.f()[i] * float(1 / (1 - p)) : 0.0f);
   }
   EXPECT_GT(kept, 0);
   EXPECT_LT(kept, x.numel());
@@ -246,7 +248,7 @@ TEST(ElementwiseKernels, DropoutValuesAndMaskReuse) {
   for (int64_t i = 0; i < mix.numel(); ++i) {
     G3RT_EXPECT_CLOSE(dmix.f()[i], 2 * d1.f()[i] - 3 * d2.f()[i], 1e-6, 1e-6);
     bool keep = u.f()[i] >= float(p);
-    EXPECT_EQ(d1.f()[i], keep ? g1.f()[i] / float(1 - p) : 0.0f);
+    EXPECT_EQ(d1.f()[i], keep ? g1.f()[i] * float(1 / (1 - p)) : 0.0f);
     EXPECT_EQ(y.f()[i] == 0.0f, !keep) << "the forward's zeros";
   }
   auto loss = [&] {
