@@ -14,10 +14,14 @@
 #define G3MOE_RUNTIME_DIST_COMMUNICATOR_H
 
 #include "runtime/base/status.h"
+#include "runtime/base/tensor.h"
 
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace g3rt {
 
@@ -42,6 +46,16 @@ public:
 /// The communicator of a job of one process: every collective is the
 /// identity.
 std::unique_ptr<Communicator> makeSoloCommunicator();
+
+/// Replaces each of `tensors` (f32 host data, the same names and sizes in
+/// the same order on every rank) by its sum over the ranks of `comm`. Each
+/// collective is a round trip between the processes, so tensors below
+/// `bucketFloats` elements travel packed together into buckets of at most
+/// that many; a larger one is summed in place on its own. Errors name the
+/// tensors of the failed collective.
+Status sumInBuckets(Communicator &comm,
+                    const std::vector<std::pair<std::string, TensorView>> &tensors,
+                    size_t bucketFloats);
 
 } // namespace g3rt
 

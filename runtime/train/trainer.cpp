@@ -31,6 +31,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -266,19 +267,13 @@ Status Trainer::sumGradients() {
     return Status();
   }
   G3RT_RETURN_IF_ERROR(syncHost());
-  Status s;
+  // A LoRA model has hundreds of small accumulators: packed into buckets,
+  // they cost a few round trips between the processes instead of one each.
+  std::vector<std::pair<std::string, TensorView>> grads;
   host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &g) {
-    if (!s.ok())
-      return;
-    if (g.dtype != DType::F32) {
-      s = Status::error("gradient accumulator " + name + " is " + std::string(dtypeName(g.dtype)) +
-                        "; summing over processes takes f32 ones");
-      return;
-    }
-    s = comm->allReduceSum(static_cast<float *>(g.data), size_t(g.numel()))
-            .withContext("summing the gradient of " + name + " over the processes");
+    grads.emplace_back("the gradient of " + name, g);
   });
-  G3RT_RETURN_IF_ERROR(s);
+  G3RT_RETURN_IF_ERROR(sumInBuckets(*comm, grads, size_t(16) << 20));
   return backend->uploadState(host).withContext("copying the summed gradients to the backend");
 }
 

@@ -3,7 +3,8 @@
 // The launcher's environment read as torchrun and Slurm set it, the TCP
 // store between threads, and Gloo collectives between real processes
 // (forked before any thread starts): sums and broadcasts on 2 and 4 ranks,
-// and a rank that never arrives failing the others within the timeout.
+// sums packed into buckets on 3, and a rank that never arrives failing the
+// others within the timeout.
 //
 //===----------------------------------------------------------------------===//
 
@@ -245,6 +246,54 @@ int sumAndBroadcast(const World &w) {
   if (!comm->broadcast(text, sizeof text, 1).ok() || std::string(text) != "from rank 1")
     return 5;
   return comm->barrier().ok() ? 0 : 6;
+}
+
+/// sumInBuckets over the ranks: tensors packed into buckets of 10 floats
+/// (one larger than that summed alone, one filling a bucket exactly, one
+/// that does not fit the rest of a bucket) each come back as the sum of
+/// every rank's values, in place.
+int bucketedSums(const World &w) {
+  std::unique_ptr<Communicator> comm;
+  if (!makeGlooCommunicator(w, localOptions(), comm).ok())
+    return 1;
+  const std::vector<int64_t> sizes = {3, 7, 12, 5, 10, 6, 1};
+  std::vector<std::vector<float>> data;
+  std::vector<std::pair<std::string, TensorView>> tensors;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    data.emplace_back(size_t(sizes[k]));
+    for (size_t i = 0; i < data[k].size(); ++i)
+      data[k][i] = float(w.rank + 1) * float(100 * k + i);
+  }
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    TensorView t;
+    t.dtype = DType::F32;
+    t.shape = {sizes[k]};
+    t.data = data[k].data();
+    tensors.emplace_back("t" + std::to_string(k), t);
+  }
+  if (!sumInBuckets(*comm, tensors, 10).ok())
+    return 2;
+  const float ranksSum = float(w.size * (w.size + 1) / 2);
+  for (size_t k = 0; k < sizes.size(); ++k)
+    for (size_t i = 0; i < data[k].size(); ++i)
+      if (data[k][i] != ranksSum * float(100 * k + i))
+        return 3;
+  // A tensor of another type is refused by name, before any collective.
+  std::vector<uint8_t> half(8);
+  TensorView bad;
+  bad.dtype = DType::BF16;
+  bad.shape = {4};
+  bad.data = half.data();
+  Status s = sumInBuckets(*comm, {{"the gradient of w", bad}}, 10);
+  if (s.ok() || s.message().find("the gradient of w is BF16") == std::string::npos)
+    return 4;
+  return 0;
+}
+
+TEST(Gloo, SumsInBucketsBetweenProcesses) {
+  std::vector<int> codes = runJob(3, bucketedSums);
+  for (int r = 0; r < 3; ++r)
+    EXPECT_EQ(codes[size_t(r)], 0) << "rank " << r;
 }
 
 TEST(Gloo, SumsAndBroadcastsBetweenProcesses) {
