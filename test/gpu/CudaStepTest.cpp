@@ -601,10 +601,26 @@ TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
   }
 }
 
+/// Runs kernel `name`, whose one output is `outType` [n], on the CPU and on
+/// the GPU; `cpu` and `gpu` receive the output bytes of each.
+void runOnBoth(const char *name, const KernelAttrs &attrs, const std::vector<TensorView> &in,
+               DType outType, int64_t n, std::vector<uint8_t> &cpu, std::vector<uint8_t> &gpu) {
+  KernelArgs args;
+  args.name = name;
+  args.attrs = &attrs;
+  args.inputs = in;
+  args.outputs = {hostTensor(outType, {n}, cpu)};
+  Status s = cpu::findCpuKernel(name)(args);
+  ASSERT_TRUE(s.ok()) << name << ": " << s.message();
+  s = runOnGpu(name, attrs, in, {hostTensor(outType, {n}, gpu)});
+  ASSERT_TRUE(s.ok()) << name << ": " << s.message();
+}
+
 /// keyed_dropout's masks on the GPU are the CPU's, bit for bit: the vector
 /// kernel (bf16 and f32, sizes with a partial last Philox block) and the
-/// generic one (an f32 input into a bf16 output); random_uniform and
-/// convert likewise.
+/// generic one (an f32 input into a bf16 output); random_uniform (the vector
+/// kernel for f32 outputs of 4k elements) and convert (four at a time where
+/// both sides allow it) likewise.
 TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
   const std::vector<uint8_t> keyBytes = [] {
     std::vector<uint8_t> b(16);
@@ -616,6 +632,12 @@ TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
   key.dtype = DType::I64;
   key.shape = {2};
   key.data = const_cast<uint8_t *>(keyBytes.data());
+  KernelAttrs dropout, draw, none;
+  dropout.set("stream", AttrValue::ofInt(9));
+  dropout.set("p", AttrValue::ofFloat(0.05));
+  draw.set("stream", AttrValue::ofInt(4));
+  draw.set("low", AttrValue::ofFloat(0.99));
+  draw.set("high", AttrValue::ofFloat(1.01));
   struct Case {
     DType in, out;
     int64_t n;
@@ -623,53 +645,28 @@ TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
   for (Case c : {Case{DType::BF16, DType::BF16, 16384 * 40 + 3}, Case{DType::F32, DType::F32, 4099},
                  Case{DType::F32, DType::BF16, 1001}, Case{DType::F32, DType::BF16, 16384 * 40},
                  Case{DType::BF16, DType::F32, 4096}}) {
-    std::vector<uint8_t> xb, yb, gotb;
-    TensorView x = hostTensor(c.in, {c.n}, xb), y = hostTensor(c.out, {c.n}, yb),
-               got = hostTensor(c.out, {c.n}, gotb);
+    SCOPED_TRACE(std::string(dtypeName(c.in)) + " -> " + std::string(dtypeName(c.out)) + ", " +
+                 std::to_string(c.n));
+    std::vector<uint8_t> xb, cpu, gpu;
+    TensorView x = hostTensor(c.in, {c.n}, xb);
     for (int64_t i = 0; i < c.n; ++i)
       x.store(i, 4 * uniformAt(3, 0, 0, uint64_t(i)) - 2);
-    KernelAttrs attrs;
-    attrs.set("stream", AttrValue::ofInt(9));
-    attrs.set("p", AttrValue::ofFloat(0.05));
-    KernelArgs cpu;
-    cpu.name = "keyed_dropout";
-    cpu.attrs = &attrs;
-    cpu.inputs = {x, key};
-    cpu.outputs = {y};
-    ASSERT_TRUE(cpu::findCpuKernel("keyed_dropout")(cpu).ok());
-    Status st = runOnGpu("keyed_dropout", attrs, {x, key}, {got});
-    ASSERT_TRUE(st.ok()) << st.message();
+
+    runOnBoth("keyed_dropout", dropout, {x, key}, c.out, c.n, cpu, gpu);
+    TensorView y;
+    y.dtype = c.out;
+    y.shape = {c.n};
+    y.data = cpu.data();
     int64_t dropped = 0;
     for (int64_t i = 0; i < c.n; ++i)
       dropped += y.load(i) == 0.0f;
     EXPECT_GT(dropped, c.n / 40) << "about 5 % of the elements are dropped";
-    EXPECT_EQ(yb, gotb) << dtypeName(c.in) << " -> " << dtypeName(c.out) << ", " << c.n;
+    EXPECT_EQ(cpu, gpu) << "keyed_dropout";
 
-    // The draws (the vector kernel when the output is f32 of 4k elements)
-    // and the conversions (four at a time when both sides allow it) too.
-    std::vector<uint8_t> ub, gotu, cb, gotc;
-    TensorView u = hostTensor(DType::F32, {c.n}, ub), gu = hostTensor(DType::F32, {c.n}, gotu);
-    KernelAttrs draw;
-    draw.set("stream", AttrValue::ofInt(4));
-    draw.set("low", AttrValue::ofFloat(0.99));
-    draw.set("high", AttrValue::ofFloat(1.01));
-    cpu.name = "random_uniform";
-    cpu.attrs = &draw;
-    cpu.inputs = {key};
-    cpu.outputs = {u};
-    ASSERT_TRUE(cpu::findCpuKernel("random_uniform")(cpu).ok());
-    st = runOnGpu("random_uniform", draw, {key}, {gu});
-    ASSERT_TRUE(st.ok()) << st.message();
-    EXPECT_EQ(ub, gotu) << "random_uniform, " << c.n;
-    TensorView conv = hostTensor(c.out, {c.n}, cb), gc = hostTensor(c.out, {c.n}, gotc);
-    cpu.name = "convert";
-    cpu.attrs = &attrs;
-    cpu.inputs = {x};
-    cpu.outputs = {conv};
-    ASSERT_TRUE(cpu::findCpuKernel("convert")(cpu).ok());
-    st = runOnGpu("convert", attrs, {x}, {gc});
-    ASSERT_TRUE(st.ok()) << st.message();
-    EXPECT_EQ(cb, gotc) << "convert, " << c.n;
+    runOnBoth("random_uniform", draw, {key}, DType::F32, c.n, cpu, gpu);
+    EXPECT_EQ(cpu, gpu) << "random_uniform";
+    runOnBoth("convert", none, {x}, c.out, c.n, cpu, gpu);
+    EXPECT_EQ(cpu, gpu) << "convert";
   }
 }
 
@@ -886,8 +883,9 @@ TEST(CudaOffload, TrainsLikeKeepingActivationsOnTheDevice) {
       EXPECT_EQ(std::memcmp(x.data, y.data, x.bytes()), 0) << p.name;
     }
     std::string micro = gpus[1]->graphStatus("train_micro_step");
-    if (std::string(experts) == "grouped")
+    if (std::string(experts) == "grouped") {
       EXPECT_EQ(micro, "graph");
+    }
     std::printf("  offloading step, %-7s train_micro_step runs as %s\n", experts, micro.c_str());
   }
 }

@@ -278,34 +278,37 @@ public:
   Status barrier() override { return Status(); }
 };
 
-/// The CUDA backend of the tiny LoRA MoE step with every gradient accumulator
-/// set to a pattern, in `host`.
-void backendWithGradients(const StepProgram &program, HostState &host,
-                          std::unique_ptr<Backend> &backend) {
-  std::string description;
-  Status s = selectBackend(program, host, "cuda", Placement{}, backend, description);
-  ASSERT_TRUE(s.ok()) << s.message();
-  int64_t k = 0;
-  host.forEach(BufferKind::GradAcc, [&](const std::string &, const TensorView &g) {
-    for (int64_t i = 0; i < g.numel(); ++i)
-      g.store(i, float((k++ % 97) - 48) / 16.0f);
-  });
-  s = backend->uploadState(host);
-  ASSERT_TRUE(s.ok()) << s.message();
-}
+/// The CUDA backend of the tiny LoRA MoE step with every gradient
+/// accumulator set to a pattern (kept in `host`).
+class NcclGradientSums : public ::testing::Test {
+protected:
+  void SetUp() override {
+    if (!cudaDeviceVisible())
+      GTEST_SKIP() << "no CUDA device visible";
+    cuda::registerCudaBackend();
+    Status s = loadStep(stepPath("g3moe_lora"), program);
+    ASSERT_TRUE(s.ok()) << s.message();
+    host = std::make_unique<HostState>(program);
+    std::string description;
+    s = selectBackend(program, *host, "cuda", Placement{}, backend, description);
+    ASSERT_TRUE(s.ok()) << s.message();
+    int64_t k = 0;
+    host->forEach(BufferKind::GradAcc, [&](const std::string &, const TensorView &g) {
+      for (int64_t i = 0; i < g.numel(); ++i)
+        g.store(i, float((k++ % 97) - 48) / 16.0f);
+    });
+    s = backend->uploadState(*host);
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+
+  StepProgram program;
+  std::unique_ptr<HostState> host;
+  std::unique_ptr<Backend> backend;
+};
 
 /// NCCL at world size 1 (the one GPU of the test machine): the backend sums
 /// its gradients itself, and the sum over one process is the identity.
-TEST(NcclGradientSums, WorldOfOneIsTheIdentity) {
-  if (!cudaDeviceVisible())
-    GTEST_SKIP() << "no CUDA device visible";
-  cuda::registerCudaBackend();
-  StepProgram program;
-  ASSERT_TRUE(loadStep(stepPath("g3moe_lora"), program).ok());
-  HostState host(program);
-  std::unique_ptr<Backend> backend;
-  backendWithGradients(program, host, backend);
-  ASSERT_TRUE(backend);
+TEST_F(NcclGradientSums, WorldOfOneIsTheIdentity) {
   std::unique_ptr<Communicator> solo = makeSoloCommunicator();
   bool done = false;
   for (int round = 0; round < 2; ++round) { // joins, then reuses the communicator
@@ -316,7 +319,7 @@ TEST(NcclGradientSums, WorldOfOneIsTheIdentity) {
   HostState back(program);
   ASSERT_TRUE(backend->downloadState(back).ok());
   int64_t tensors = 0;
-  host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &want) {
+  host->forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &want) {
     TensorView got = back.state(BufferKind::GradAcc, name);
     ++tensors;
     for (int64_t i = 0; i < want.numel(); ++i)
@@ -327,16 +330,7 @@ TEST(NcclGradientSums, WorldOfOneIsTheIdentity) {
 
 /// A peer that never joins fails the first sum within the job's timeout,
 /// with an error naming NCCL, the rank and what was waited for.
-TEST(NcclGradientSums, APeerThatNeverJoinsFailsWithinTheTimeout) {
-  if (!cudaDeviceVisible())
-    GTEST_SKIP() << "no CUDA device visible";
-  cuda::registerCudaBackend();
-  StepProgram program;
-  ASSERT_TRUE(loadStep(stepPath("g3moe_lora"), program).ok());
-  HostState host(program);
-  std::unique_ptr<Backend> backend;
-  backendWithGradients(program, host, backend);
-  ASSERT_TRUE(backend);
+TEST_F(NcclGradientSums, APeerThatNeverJoinsFailsWithinTheTimeout) {
   AbsentPeer job;
   bool done = false;
   auto t0 = std::chrono::steady_clock::now();
