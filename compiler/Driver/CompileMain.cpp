@@ -267,6 +267,11 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
   if (!flags.quiet) {
     errs() << "g3moe-compile: " << g3moe::compiler::describeBudget(budget) << "\n";
     errs() << "g3moe-compile: " << g3moe::describeFit(*fit) << "\n";
+    // ZeRO stage 0: the plan above is every process's own.
+    if (const int64_t processes = config.training.dataParallel; processes > 1)
+      errs() << "g3moe-compile: per process: each of the " << processes
+             << " data-parallel processes holds the whole state and needs the memory above "
+                "(zero_stage 0)\n";
     printMemoryReport(*module, errs());
   }
   return 0;
