@@ -262,10 +262,10 @@ Status Trainer::sumGradients() {
     return Status();
   bool done = false;
   G3RT_RETURN_IF_ERROR(backend->sumGradients(*comm, done));
-  if (done) {
-    hostStale = true;
+  // Summed on the device: the host's copies are stale already (the window's
+  // micro-steps ran there since the last download).
+  if (done)
     return Status();
-  }
   G3RT_RETURN_IF_ERROR(syncHost());
   // A LoRA model has hundreds of small accumulators: packed into buckets,
   // they cost a few round trips between the processes instead of one each.

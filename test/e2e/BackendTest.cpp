@@ -22,6 +22,7 @@
 #include "runtime/train/checkpoint.h"
 #include "runtime/train/inspect.h"
 #include "runtime/train/trainer.h"
+#include "test/e2e/MirrorBackend.h"
 #include "test/e2e/StepFixtures.h"
 
 #include <gtest/gtest.h>
@@ -41,84 +42,6 @@ namespace {
 
 /// Eleven examples of varied length (as ResumeTest.cpp writes them).
 std::string writeData(const std::string &dir) { return g3moe_test::writeData(dir, 11, 6, 11); }
-
-/// Every persistent (kind, name) of a program, as backends allocate them.
-std::set<std::pair<BufferKind, std::string>> persistentTensors(const StepProgram &program) {
-  std::set<std::pair<BufferKind, std::string>> out;
-  (void)forEachStateBuffer(program, [&](const BufferDesc &b) {
-    out.insert({b.kind, b.name});
-    return Status();
-  });
-  return out;
-}
-
-/// What the mirror backend saw, for the checks below.
-struct MirrorLog {
-  int stateUploads = 0, inputUploads = 0, downloads = 0, zeroings = 0, runs = 0;
-};
-MirrorLog mirrorLog;
-
-/// A backend whose "device" is the CPU backend on a state of its own.
-class MirrorBackend final : public Backend {
-public:
-  explicit MirrorBackend(const StepProgram &program)
-      : device_(program), tensors_(persistentTensors(program)) {
-    Status s = cpu::CpuBackend::create(program, device_, cpu_);
-    EXPECT_TRUE(s.ok()) << s.message();
-    for (const ParamDesc &p : program.params)
-      if (!p.trainable)
-        frozen_.insert(p.name);
-  }
-
-  std::string description() const override { return "CPU mirror"; }
-  const Placement &placement() const override { return placement_; }
-
-  Status uploadState(const HostState &host) override {
-    ++mirrorLog.stateUploads;
-    for (const auto &[kind, name] : tensors_)
-      copy(host.state(kind, name), device_.state(kind, name));
-    return Status();
-  }
-  Status uploadInputs(const HostState &host) override {
-    ++mirrorLog.inputUploads;
-    for (const auto &[kind, name] : tensors_)
-      if (kind == BufferKind::Input)
-        copy(host.state(kind, name), device_.state(kind, name));
-    return Status();
-  }
-  Status downloadState(HostState &host) override {
-    ++mirrorLog.downloads;
-    for (const auto &[kind, name] : tensors_)
-      if (kind != BufferKind::Input && !(kind == BufferKind::Param && frozen_.count(name)))
-        copy(device_.state(kind, name), host.state(kind, name));
-    return Status();
-  }
-  Status zeroGradients() override {
-    ++mirrorLog.zeroings;
-    device_.zeroGradients();
-    return Status();
-  }
-  Status run(const std::string &function) override {
-    ++mirrorLog.runs;
-    return cpu_->run(function);
-  }
-  Status readOutput(const std::string &function, const std::string &name,
-                    std::vector<uint8_t> &bytes, TensorView &view) override {
-    return cpu_->readOutput(function, name, bytes, view);
-  }
-
-private:
-  static void copy(const TensorView &from, const TensorView &to) {
-    ASSERT_TRUE(from.data && to.data);
-    std::memcpy(to.data, from.data, from.bytes());
-  }
-
-  HostState device_;
-  std::unique_ptr<cpu::CpuBackend> cpu_;
-  Placement placement_;
-  std::set<std::pair<BufferKind, std::string>> tensors_;
-  std::set<std::string> frozen_;
-};
 
 /// The provider's behaviour, set per test.
 int visibleDevices = 1;
