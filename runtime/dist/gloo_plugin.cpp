@@ -2,7 +2,7 @@
 //
 // libg3rt_gloo.so holds the Gloo communicator so that g3moe-run itself does
 // not link Gloo: it runs where libgloo is not installed (the GPU machines)
-// and loads this library only for a job of several CPU processes
+// and loads this library only for a job of several processes
 // (load_communicator.h).
 //
 //===----------------------------------------------------------------------===//

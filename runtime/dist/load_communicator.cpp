@@ -36,7 +36,7 @@ Status loadGlooCommunicator(const World &world, const GlooOptions &options,
   void *library = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!library)
     return Status::error("cannot load the Gloo communicator " + path + ": " + dlerror() +
-                         " (a job of several CPU processes needs it; set G3MOE_GLOO_PLUGIN to "
+                         " (a job of several processes needs it; set G3MOE_GLOO_PLUGIN to "
                          "its path)");
   auto make = reinterpret_cast<MakeFn>(dlsym(library, "g3rt_make_gloo_communicator"));
   if (!make)

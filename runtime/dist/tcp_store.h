@@ -3,8 +3,9 @@
 // Before the processes of a job can talk to each other they must find each
 // other: rank 0 serves a small key-value store on MASTER_ADDR:MASTER_PORT,
 // and every rank (rank 0 too) connects to it as a client. Gloo's rendezvous
-// publishes each rank's transport address there; the NCCL unique id will go
-// the same way. A get waits until the key is set, up to the timeout.
+// publishes each rank's transport address there (the NCCL unique id then
+// travels by Gloo's broadcast). A get waits until the key is set, up to the
+// timeout. Jobs on one machine take their port from freeLocalPort.
 //
 //===----------------------------------------------------------------------===//
 
@@ -41,6 +42,10 @@ private:
   std::chrono::milliseconds timeout_{0};
   std::string address_;
 };
+
+/// A port of 127.0.0.1 the kernel hands out, free once this returns (for a
+/// job started on this machine); -1 when there is none, with errno set.
+int freeLocalPort();
 
 } // namespace g3rt
 

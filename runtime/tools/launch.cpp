@@ -2,10 +2,9 @@
 
 #include "runtime/tools/launch.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
+#include "runtime/dist/tcp_store.h"
+
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -29,23 +28,6 @@ void forwardSignal(int sig) {
       kill(children[i], sig);
 }
 
-/// A port of 127.0.0.1 the kernel hands out (free when it is closed again).
-int freePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0)
-    return -1;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  int port = -1;
-  if (bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
-
 } // namespace
 
 int launchLocalRanks(int ranks, const std::vector<std::string> &args) {
@@ -54,7 +36,7 @@ int launchLocalRanks(int ranks, const std::vector<std::string> &args) {
               << ranks << "\n";
     return 2;
   }
-  const int port = freePort();
+  const int port = freeLocalPort();
   if (port < 0) {
     std::cerr << "g3moe-run: error: no free port for the rendezvous: " << std::strerror(errno)
               << "\n";

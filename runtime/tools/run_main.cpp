@@ -83,7 +83,7 @@ void addRunOptions(CLI::App &app, RunFlags &f) {
   app.add_flag("--no-progress-bar", f.noProgressBar, "plain log lines even on a terminal");
   app.add_option("--nproc-per-node", f.nprocPerNode,
                  "start N processes of this command on this machine that train the job "
-                 "together (data parallel on the CPU, as torchrun --no-python would start "
+                 "together (data parallel, as torchrun --no-python would start "
                  "them; ignored inside a launched job)")
       ->check(CLI::Range(1, 1024));
 }

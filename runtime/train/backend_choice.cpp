@@ -17,14 +17,16 @@ Status selectBackend(const StepProgram &program, HostState &host, const std::str
     const BackendProvider *cuda = cudaBackendProvider();
     std::string why;
     int count = cuda ? cuda->countDevices(why) : 0;
-    Placement onDevice = where;
-    if (count == 1)
-      onDevice.device = 0;
-    if (cuda && count > 0 && onDevice.device >= count)
-      return Status::error("--device " + device + ": process " + std::to_string(where.rank) +
-                           " wants CUDA device " + std::to_string(where.device) +
-                           " (its local rank), but " + std::to_string(count) + " are visible");
     if (cuda && count > 0) {
+      // One visible device is this process's own (a launcher that shows each
+      // process one card); else the local rank picks it.
+      Placement onDevice = where;
+      if (count == 1)
+        onDevice.device = 0;
+      if (onDevice.device >= count)
+        return Status::error("--device " + device + ": process " + std::to_string(where.rank) +
+                             " wants CUDA device " + std::to_string(where.device) +
+                             " (its local rank), but " + std::to_string(count) + " are visible");
       Status s = cuda->create(program, host, onDevice, out);
       if (s.ok()) {
         description = out->description();

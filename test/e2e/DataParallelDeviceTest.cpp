@@ -9,22 +9,19 @@
 // around a device's sums (the host's copies are stale after them, the
 // checkpoints and final files download the device's state).
 //
-// The ranks are forked processes; the parent runs no kernel before it
-// forks, so no thread of the CPU backend is copied into them.
+// The ranks are forked processes (test/ForkedJob.h); the parent runs no
+// kernel before it forks, so no thread of the CPU backend is copied into
+// them.
 //
 //===----------------------------------------------------------------------===//
 
 #include "runtime/dist/load_communicator.h"
 #include "runtime/train/trainer.h"
+#include "test/ForkedJob.h"
 #include "test/e2e/MirrorBackend.h"
 #include "test/e2e/StepFixtures.h"
 
 #include <gtest/gtest.h>
-
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -35,21 +32,6 @@ using namespace g3rt;
 using namespace g3moe_test;
 
 namespace {
-
-/// A TCP port the kernel has just handed out (free for the rendezvous).
-int freshPort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  int port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  close(fd);
-  return port;
-}
 
 TrainOptions optionsFor(const std::string &data, const std::string &out) {
   TrainOptions o;
@@ -67,39 +49,33 @@ TrainOptions optionsFor(const std::string &data, const std::string &out) {
   return o;
 }
 
-/// Rank `rank` of a job of two on `device`: trains, then writes what it saw
+/// A rank of the job `world` on `device`: trains, then writes what it saw
 /// (losses, gradient norms, evaluations, the backend's own sums) to
 /// `out`/rank<r>.txt. Returns the process's exit code.
-int trainRank(const StepProgram &program, int rank, int port, const std::string &device,
+int trainRank(const StepProgram &program, const World &world, const std::string &device,
               const std::string &data, const std::string &out) {
-  World world;
-  world.rank = rank;
-  world.size = 2;
-  world.localRank = rank;
-  world.masterAddr = "127.0.0.1";
-  world.masterPort = port;
   GlooOptions gloo;
   gloo.host = "127.0.0.1";
   gloo.timeout = std::chrono::seconds(30);
   std::unique_ptr<Communicator> comm;
   Status s = loadGlooCommunicator(world, gloo, comm);
   if (!s.ok()) {
-    std::fprintf(stderr, "rank %d: %s\n", rank, s.message().c_str());
+    std::fprintf(stderr, "rank %d: %s\n", world.rank, s.message().c_str());
     return 2;
   }
   TrainOptions o = optionsFor(data, out);
   o.device = device;
   o.communicator = comm.get();
-  o.placement = Placement{rank, rank, 2};
-  o.noSave = rank != 0;
+  o.placement = Placement{world.localRank, world.rank, world.size};
+  o.noSave = world.rank != 0;
   TrainResult r;
   std::ostringstream log;
   s = train(program, o, log, r);
   if (!s.ok()) {
-    std::fprintf(stderr, "rank %d: %s\n%s", rank, s.message().c_str(), log.str().c_str());
+    std::fprintf(stderr, "rank %d: %s\n%s", world.rank, s.message().c_str(), log.str().c_str());
     return 3;
   }
-  std::ofstream text(out + "/rank" + std::to_string(rank) + ".txt");
+  std::ofstream text(out + "/rank" + std::to_string(world.rank) + ".txt");
   text.precision(17);
   for (const auto *values : {&r.losses, &r.gradNorms, &r.evalLosses}) {
     for (double v : *values)
@@ -108,29 +84,6 @@ int trainRank(const StepProgram &program, int rank, int port, const std::string 
   }
   text << "backend " << r.backend << "\nsums " << mirrorLog.sums << "\n";
   return text ? 0 : 4;
-}
-
-/// Runs both ranks of a job on `device` in forked processes; returns their
-/// exit codes.
-std::vector<int> runJob(const StepProgram &program, const std::string &device,
-                        const std::string &data, const std::string &out) {
-  const int port = freshPort();
-  std::vector<pid_t> pids;
-  for (int rank = 0; rank < 2; ++rank) {
-    pid_t pid = fork();
-    if (pid == 0) {
-      std::fflush(stdout);
-      _exit(trainRank(program, rank, port, device, data, out));
-    }
-    pids.push_back(pid);
-  }
-  std::vector<int> codes;
-  for (pid_t pid : pids) {
-    int status = 0;
-    waitpid(pid, &status, 0);
-    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100);
-  }
-  return codes;
 }
 
 std::string textOf(const std::string &path) {
@@ -148,7 +101,9 @@ TEST(DataParallelOnADevice, DeviceSumsTrainAsHostSums) {
   const std::string data = writeData(dir, 12, 7, 10);
 
   for (const char *device : {"cpu", "cuda"}) {
-    std::vector<int> codes = runJob(program, device, data, dir + "/" + device);
+    std::vector<int> codes = runForkedJob(2, [&](const World &world) {
+      return trainRank(program, world, device, data, dir + "/" + device);
+    });
     ASSERT_EQ(codes, (std::vector<int>{0, 0})) << device;
   }
   const std::string cpu = textOf(dir + "/cpu/rank0.txt"), dev = textOf(dir + "/cuda/rank0.txt");

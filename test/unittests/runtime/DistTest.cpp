@@ -11,21 +11,16 @@
 #include "runtime/dist/gloo_communicator.h"
 #include "runtime/dist/tcp_store.h"
 #include "runtime/dist/world.h"
+#include "test/ForkedJob.h"
 
 #include <gtest/gtest.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cstdio>
-#include <functional>
 #include <map>
 #include <thread>
 
 using namespace g3rt;
+using namespace g3moe_test;
 
 namespace {
 
@@ -122,25 +117,6 @@ TEST(World, NamesTheBadVariable) {
   EXPECT_NE(message({{"RANK", "x"}, {"WORLD_SIZE", "2"}}).find("got 'x'"), std::string::npos);
 }
 
-/// A port no socket of this machine uses now, as the kernel picks one for
-/// a bind to port 0 (ctest runs the tests of several processes at once, so
-/// ports derived from anything else may collide).
-int freshPort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof addr;
-  int port = -1;
-  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof addr) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) == 0)
-    port = ntohs(addr.sin_port);
-  if (fd >= 0)
-    ::close(fd);
-  EXPECT_GT(port, 0) << "no free port";
-  return port;
-}
-
 TEST(TcpStore, AGetWaitsForTheSet) {
   const int port = freshPort();
   std::unique_ptr<TcpStore> server, client;
@@ -172,41 +148,6 @@ TEST(TcpStore, NoServerIsAClearError) {
   Status s = TcpStore::open("127.0.0.1", freshPort(), false, std::chrono::milliseconds(200), store);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("is rank 0 running"), std::string::npos) << s.message();
-}
-
-/// Runs `body(rank)` in `ranks` forked processes of one job on this machine
-/// (rank `skip` never starts); returns each rank's exit code (0: passed).
-std::vector<int> runJob(int ranks, const std::function<int(const World &)> &body, int skip = -1) {
-  const int port = freshPort();
-  std::vector<pid_t> pids;
-  for (int r = 0; r < ranks; ++r) {
-    if (r == skip) {
-      pids.push_back(-1);
-      continue;
-    }
-    pid_t pid = fork();
-    if (pid == 0) {
-      World w;
-      w.rank = r;
-      w.size = ranks;
-      w.masterAddr = "127.0.0.1";
-      w.masterPort = port;
-      std::fflush(stdout);
-      _exit(body(w));
-    }
-    pids.push_back(pid);
-  }
-  std::vector<int> codes;
-  for (pid_t pid : pids) {
-    int status = 0;
-    if (pid < 0) {
-      codes.push_back(-1);
-      continue;
-    }
-    waitpid(pid, &status, 0);
-    codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100);
-  }
-  return codes;
 }
 
 GlooOptions localOptions(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
@@ -291,14 +232,14 @@ int bucketedSums(const World &w) {
 }
 
 TEST(Gloo, SumsInBucketsBetweenProcesses) {
-  std::vector<int> codes = runJob(3, bucketedSums);
+  std::vector<int> codes = runForkedJob(3, bucketedSums);
   for (int r = 0; r < 3; ++r)
     EXPECT_EQ(codes[size_t(r)], 0) << "rank " << r;
 }
 
 TEST(Gloo, SumsAndBroadcastsBetweenProcesses) {
   for (int ranks : {2, 4}) {
-    std::vector<int> codes = runJob(ranks, sumAndBroadcast);
+    std::vector<int> codes = runForkedJob(ranks, sumAndBroadcast);
     for (int r = 0; r < ranks; ++r)
       EXPECT_EQ(codes[size_t(r)], 0) << "rank " << r << " of " << ranks;
   }
@@ -306,7 +247,7 @@ TEST(Gloo, SumsAndBroadcastsBetweenProcesses) {
 
 TEST(Gloo, ARankThatNeverArrivesFailsTheOthersInTime) {
   const auto start = std::chrono::steady_clock::now();
-  std::vector<int> codes = runJob(
+  std::vector<int> codes = runForkedJob(
       3,
       [](const World &w) {
         std::unique_ptr<Communicator> comm;
