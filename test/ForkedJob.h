@@ -35,8 +35,7 @@ inline int freshPort() {
 /// machine, forked from this one, with rank 0's store at a fresh port of
 /// 127.0.0.1 (rank `skip` never starts). Returns each rank's exit code: its
 /// body's result, -1 for the skipped rank, 100 for one that did not exit.
-inline std::vector<int> runForkedJob(int ranks,
-                                     const std::function<int(const g3rt::World &)> &body,
+inline std::vector<int> runForkedJob(int ranks, const std::function<int(const g3rt::World &)> &body,
                                      int skip = -1) {
   const int port = freshPort();
   std::vector<pid_t> pids;
