@@ -320,6 +320,18 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
   return Status();
 }
 
+/// The loss of lmHeadCrossEntropyKernel and the input gradient of
+/// lmHeadCrossEntropyGradKernel from one op: the reference runs the two (the
+/// CUDA kernel forms both from one sweep over the logits).
+Status lmHeadCrossEntropyAndGradKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkHeadLossAndGrad(args));
+  const std::vector<TensorView> &in = args.inputs;
+  G3RT_RETURN_IF_ERROR(runAsPart(args, lmHeadCrossEntropyKernel, "lm_head_cross_entropy",
+                                 {in[0], in[1], in[2], in[3]}, {args.outputs[0]}, args.attrs));
+  return runAsPart(args, lmHeadCrossEntropyGradKernel, "lm_head_cross_entropy_grad", in,
+                   {args.outputs[1]}, args.attrs);
+}
+
 /// An evaluation's loss and accuracy counts, chunk by chunk: each chunk's
 /// logits feed cross_entropy and token_accuracy, as the unfused ops' would.
 Status lmHeadEvalKernel(const KernelArgs &args) {

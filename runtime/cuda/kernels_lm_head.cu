@@ -682,6 +682,86 @@ Status lmHeadCrossEntropyGradKernel(const KernelArgs &args) {
   return Status();
 }
 
+// Fused LM head + cross-entropy with its input gradient, in one sweep: per
+// row block and vocabulary chunk, logits = x·tableᵀ (fp32), then one kernel
+// per row turns the tile into p = exp(l - M)·cap' against the row's running
+// max M (bf16 with bf16 operands, as the bf16 dx of the backward above takes
+// its g' hi alone), rescales the row's fp32 accumulator to the new M, and
+// acc (+)= p·table[chunk]. The target's term is left out of p and added
+// exactly at the end, where acc/S + (softmax_t - 1)·cap'_t·table_t, scaled
+// by dloss/num_items, is the row's dx. Each tile of logits is computed once
+// instead of twice (forward, then backward with the forward's lse).
+Status lmHeadCrossEntropyAndGradKernel(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkHeadLossAndGrad(args));
+  HeadLossShape s;
+  G3RT_RETURN_IF_ERROR(prepareHeadLoss(args, s));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1], &targets = args.inputs[2];
+  const TensorView &n = args.inputs[3], &dloss = args.inputs[4];
+  const TensorView &loss = args.outputs[0], &dx = args.outputs[1];
+  if (s.M == 0 || s.V == 0 || s.H == 0) {
+    // Nothing to sweep: the two kernels' own handling of empty shapes.
+    G3RT_RETURN_IF_ERROR(runAsPart(args, lmHeadCrossEntropyKernel, "lm_head_cross_entropy",
+                                   {x, table, targets, n}, {loss}, args.attrs));
+    return runAsPart(args, lmHeadCrossEntropyGradKernel, "lm_head_cross_entropy_grad", args.inputs,
+                     {dx}, args.attrs);
+  }
+  CudaContext &ctx = contextOf(args);
+  Scratch scratch = scratchOf(ctx);
+  double *rowLoss = static_cast<double *>(scratch.take(size_t(s.M) * 8));
+  int *counted = static_cast<int *>(scratch.take(size_t(s.M) * 4));
+  if (!rowLoss || !counted)
+    return args.fail("the workspace is too small for " + std::to_string(s.M) + " rows");
+  const bool split = x.dtype == DType::BF16 && table.dtype == DType::BF16;
+  const bool native = split || (x.dtype == DType::F32 && table.dtype == DType::F32);
+  const size_t own = native ? scratch.bytes : scratch.bytes / 2;
+  const size_t perElem = split ? 6 : 4, perRow = 4 + 8 + 4 + size_t(s.H) * 4;
+  int64_t Mb, Vc;
+  G3RT_RETURN_IF_ERROR(planHeadTiles(args, s.M, s.V, own, perElem, perRow, Mb, Vc));
+  auto *runMax = static_cast<float *>(scratch.take(size_t(Mb) * 4));
+  auto *runSum = static_cast<double *>(scratch.take(size_t(Mb) * 8));
+  auto *targetLogit = static_cast<float *>(scratch.take(size_t(Mb) * 4));
+  auto *acc = static_cast<float *>(scratch.take(size_t(Mb) * size_t(s.H) * 4));
+  auto *logits = static_cast<float *>(scratch.take(size_t(Mb) * size_t(Vc) * 4));
+  auto *pb =
+      split ? static_cast<__nv_bfloat16 *>(scratch.take(size_t(Mb) * size_t(Vc) * 2)) : nullptr;
+  if (!runMax || !runSum || !targetLogit || !acc || !logits || (split && !pb))
+    return args.fail("the workspace is too small for the logits of " + std::to_string(Mb) +
+                     " rows");
+  Scratch inner = scratch; // what gemm() may stage in
+  const int64_t chunks = (s.V + Vc - 1) / Vc;
+  for (int64_t m0 = 0; m0 < s.M; m0 += Mb) {
+    const int64_t mb = std::min(Mb, s.M - m0);
+    const Operand xRows{offsetBytes(x.data, x.dtype, m0 * s.H), x.dtype, s.H, false};
+    for (int64_t j = 0; j < chunks; ++j) {
+      const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
+      G3RT_RETURN_IF_ERROR(
+          gemm(args, ctx, inner, mb, vc, s.H, xRows,
+               Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, true},
+               Output{logits, DType::F32, vc}, 0.0f));
+      headOnePassTileDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
+          logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
+          j == 0, runMax, runSum, targetLogit, acc, s.H, pb);
+      G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_and_grad tile");
+      // acc[mb, H] (+)= p[mb, vc]·table[v0.., H]
+      const Operand p =
+          split ? Operand{pb, DType::BF16, vc, false} : Operand{logits, DType::F32, vc, false};
+      G3RT_RETURN_IF_ERROR(
+          gemm(args, ctx, inner, mb, s.H, vc, p,
+               Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, false},
+               Output{acc, DType::F32, s.H}, j == 0 ? 0.0f : 1.0f));
+    }
+    headOnePassFinishDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
+        acc, mb, s.H, s.V, m0, targets.data, targets.dtype, s.ignoreIndex, s.softcap, runMax,
+        runSum, targetLogit, table.data, table.dtype, n.data, n.dtype, dloss.data, dloss.dtype,
+        dx.data, dx.dtype, rowLoss, counted);
+    G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_and_grad rows");
+  }
+  crossEntropyFinishDevice<<<1, 1024, 0, ctx.stream>>>(rowLoss, counted, s.M, n.data, n.dtype,
+                                                       loss.data, loss.dtype);
+  G3RT_CUDA_CHECK_LAUNCH(args, "lm_head_cross_entropy_and_grad loss");
+  return Status();
+}
+
 /// TRL's mean token accuracy, as two counts the caller sums over batches.
 Status tokenAccuracyKernel(const KernelArgs &args) {
   int64_t ignoreIndex, rows, V;

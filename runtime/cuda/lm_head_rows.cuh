@@ -310,6 +310,121 @@ __global__ void headLossGradDevice(const float *logits, int64_t mb, int64_t vc, 
   }
 }
 
+//===----------------------------------------------------------------------===//
+// Fused LM head + cross-entropy with its input gradient (one pass)
+//===----------------------------------------------------------------------===//
+
+/// One block per row of an [mb, vc] tile of pre-cap logits (rows m0..,
+/// vocabulary v0..) of lm_head_cross_entropy_and_grad: the row's running
+/// max grows to M over the chunk's capped logits, the running Σexp(l - M)
+/// (double) takes the chunk in, and each logit becomes p = exp(l - M), times
+/// the cap's derivative when capped, 0 at the target (whose term the finish
+/// adds exactly), written as bf16 `pb` or as fp32 in place of the logit. The
+/// row of the [mb, H] product accumulator `acc` is rescaled from the previous
+/// max to M, so that after the product acc += p·table[chunk] it holds
+/// Σ_{v≠t} exp(l_v - M)·cap'_v·table_v. Ignored and bad rows write p = 0.
+__global__ void headOnePassTileDevice(float *logits, int64_t mb, int64_t vc, int64_t v0, int64_t V,
+                                      const void *targets, DType tt, int64_t m0,
+                                      int64_t ignoreIndex, float softcap, bool first, float *runMax,
+                                      double *runSum, float *targetLogit, float *acc, int64_t H,
+                                      __nv_bfloat16 *pb) {
+  for (int64_t r = blockIdx.x; r < mb; r += gridDim.x) {
+    float *row = logits + r * vc;
+    __nv_bfloat16 *prow = pb ? pb + r * vc : nullptr;
+    int64_t t = loadIndex(targets, tt, m0 + r);
+    if (t == ignoreIndex || t < 0 || t >= V) {
+      for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+        if (prow)
+          prow[c] = __float2bfloat16(0.0f);
+        else
+          row[c] = 0.0f;
+      }
+      continue;
+    }
+    const float previous = first ? -INFINITY : runMax[r];
+    float m = -INFINITY;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x)
+      m = fmaxf(m, softcap > 0 ? capValue(row[c], softcap) : row[c]);
+    const float M = fmaxf(blockMax(m), previous);
+    const int64_t tc = t - v0; // the target's column in this chunk, if there
+    double s = 0;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+      float l = row[c], th = 0;
+      if (softcap > 0) {
+        th = capTanh(l, softcap);
+        l = __fmul_rn(softcap, th);
+      }
+      if (c == tc)
+        targetLogit[r] = l;
+      // -inf logits add nothing (as in headLossStatsDevice); NaN propagates.
+      double e = l == -INFINITY ? 0.0 : exp(double(l) - double(M));
+      s += e;
+      float p = c == tc ? 0.0f : float(e);
+      if (softcap > 0)
+        p = capGrad(p, th);
+      if (prow)
+        prow[c] = __float2bfloat16(p);
+      else
+        row[c] = p;
+    }
+    s = blockSum(s);
+    if (!first && M > previous) {
+      const float factor = expf(previous - M);
+      for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
+        acc[r * H + h] *= factor;
+    }
+    if (threadIdx.x == 0) {
+      runSum[r] =
+          first ? s : (runSum[r] == 0 ? 0.0 : runSum[r] * exp(double(previous) - double(M))) + s;
+      runMax[r] = M;
+    }
+  }
+}
+
+/// One block per row of a row block of lm_head_cross_entropy_and_grad, after
+/// its last chunk: the row's loss term and whether it counts (as
+/// headLossStatsDevice), and its input gradient
+/// (acc/S + (softmax_t - 1)·cap'_t·table_t)·dloss/num_items (as
+/// headLossGradDevice's product: 0 on ignored rows, NaN on bad targets or
+/// num_items <= 0).
+__global__ void headOnePassFinishDevice(const float *acc, int64_t mb, int64_t H, int64_t V,
+                                        int64_t m0, const void *targets, DType tt,
+                                        int64_t ignoreIndex, float softcap, const float *runMax,
+                                        const double *runSum, const float *targetLogit,
+                                        const void *table, DType tableT, const void *numItems,
+                                        DType nt, const void *dloss, DType dt, void *dx, DType dxT,
+                                        double *rowLoss, int *counted) {
+  const double n = loadFloat(numItems, nt, 0);
+  const double coef = double(loadFloat(dloss, dt, 0)) / n;
+  for (int64_t r = blockIdx.x; r < mb; r += gridDim.x) {
+    const int64_t t = loadIndex(targets, tt, m0 + r), out = (m0 + r) * H;
+    const bool ignored = t == ignoreIndex, bad = !ignored && (t < 0 || t >= V);
+    if (threadIdx.x == 0) {
+      counted[m0 + r] = ignored ? 0 : 1;
+      rowLoss[m0 + r] = ignored ? 0.0
+                        : bad   ? double(NAN)
+                                : double(runMax[r]) + log(runSum[r]) - double(targetLogit[r]);
+    }
+    if (ignored || bad || !(n > 0)) {
+      float fill = ignored ? 0.0f : NAN;
+      for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
+        storeFloat(dx, dxT, out + h, fill);
+      continue;
+    }
+    const double lse = double(runMax[r]) + log(runSum[r]);
+    const float zt = targetLogit[r];
+    // softmax_t - 1 without the cancellation of exp(zt - lse) - 1.
+    float gt = float(expm1(double(zt) - lse));
+    if (softcap > 0)
+      gt = capGrad(gt, __fdiv_rn(zt, softcap));
+    const double invS = 1.0 / runSum[r];
+    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+      double v = double(acc[r * H + h]) * invS + double(gt) * loadFloat(table, tableT, t * H + h);
+      storeFloat(dx, dxT, out + h, float(v * coef));
+    }
+  }
+}
+
 /// The forward's fp32 per-row logsumexp, widened for the backward.
 __global__ void widenDevice(const float *in, int64_t n, double *out) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;

@@ -209,7 +209,8 @@ StepModelFacts collectFacts(const StepProgram &program, int64_t layers) {
     if ((in.kernel == "rms_norm" || in.kernel == "add_rms_norm" || in.kernel == "rms_norm_rope") &&
         !f.rmsEps)
       f.rmsEps = in.attrs.getFloat("eps");
-    else if (in.kernel == "lm_head" || in.kernel == "lm_head_cross_entropy")
+    else if (in.kernel == "lm_head" || in.kernel == "lm_head_cross_entropy" ||
+             in.kernel == "lm_head_cross_entropy_and_grad")
       f.finalSoftcap = in.attrs.getFloat("softcap");
     else if (in.kernel == "sparsemixer_router" || in.kernel == "softmax_topk_router" ||
              in.kernel == "sigmoid_grouped_router") {

@@ -302,6 +302,20 @@ inline Status checkHeadLossCounts(const KernelArgs &args, bool backward) {
                    std::to_string(out));
 }
 
+/// lm_head_cross_entropy_and_grad: x, table, targets, num_items, grad → loss,
+/// input_grad (shaped like x); what the forward and backward kernels check
+/// besides.
+inline Status checkHeadLossAndGrad(const KernelArgs &args) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 5, 2));
+  const TensorView &x = args.inputs[0], &table = args.inputs[1];
+  G3RT_RETURN_IF_ERROR(checkFloat(args, x, "input"));
+  G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, table, "table"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.inputs[4], "grad"));
+  G3RT_RETURN_IF_ERROR(checkScalar(args, args.outputs[0], "result"));
+  G3RT_RETURN_IF_ERROR(checkFloat(args, args.outputs[1], "input_grad"));
+  return checkRowsCols(args, args.outputs[1], "input_grad", leadingRows(x), table.dim(1));
+}
+
 /// token_accuracy: float logits [..., V] and one index target per row in,
 /// two scalar counts out; reads `ignore_index`.
 inline Status checkTokenAccuracy(const KernelArgs &args, int64_t &ignoreIndex, int64_t &rows,

@@ -289,6 +289,19 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
   runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss, lse});
   runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad, lse}, {dx, dt});
   runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad, lse}, {dx});
+  // Forward and input gradient in one pass (the running-max rescaling across
+  // the chunks), with another seed, in bf16 and in fp32.
+  grad.store(0, 0.5f);
+  runBoth("lm_head_cross_entropy_and_grad", {x, table, targets, n, grad}, {loss, dx});
+  std::vector<uint8_t> x32b, t32b, dx32b;
+  TensorView x32 = hostTensor(DType::F32, {rows, H}, x32b),
+             table32 = hostTensor(DType::F32, {V, H}, t32b),
+             dx32 = hostTensor(DType::F32, {rows, H}, dx32b);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x32.store(i, x.load(i));
+  for (int64_t i = 0; i < table.numel(); ++i)
+    table32.store(i, table.load(i));
+  runBoth("lm_head_cross_entropy_and_grad", {x32, table32, targets, n, grad}, {loss, dx32});
 }
 
 /// Host tensors of uniform values in [-1, 1), each from its own stream.

@@ -357,6 +357,16 @@ LogicalResult LMHeadCrossEntropyOp::verify() {
   return success();
 }
 
+LogicalResult LMHeadCrossEntropyAndGradOp::verify() {
+  if (failed(verifyFusedHead(*this, getInput().getType(), getTable().getType(),
+                             getTargets().getType())))
+    return failure();
+  if (getInputGrad().getType() != getInput().getType())
+    return emitOpError() << "input_grad must have the input's type " << getInput().getType()
+                         << ", got " << getInputGrad().getType();
+  return success();
+}
+
 LogicalResult LMHeadEvalOp::verify() {
   return verifyFusedHead(*this, getInput().getType(), getTable().getType(), getTargets().getType());
 }

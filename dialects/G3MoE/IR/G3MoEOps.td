@@ -564,6 +564,37 @@ def G3MoE_LMHeadCrossEntropyOp : G3MoE_Op<"lm_head_cross_entropy", [Pure]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_LMHeadCrossEntropyAndGradOp : G3MoE_Op<"lm_head_cross_entropy_and_grad", [Pure]> {
+  let summary = "fused LM head and cross-entropy with the input gradient, in one pass";
+  let description = [{
+    `lm_head_cross_entropy(input, table, targets, num_items)` and, in the
+    same sweep over the logits, the input gradient that
+    `lm_head_cross_entropy_grad(input, table, targets, num_items, grad)`
+    (without a table gradient) gives. The gradient of a logit tile is formed
+    while the tile is made, against the row's running maximum, and its
+    product with the table is rescaled as the maximum grows (the online
+    softmax of flash attention), so each tile of logits is computed once
+    instead of once forward and once backward. Made by
+    --g3moe-fuse-lm-head-loss where the seed `grad` of the backward is known
+    before the forward and the table is frozen. Not differentiable.
+
+    ```mlir
+    %loss, %dx = g3moe.lm_head_cross_entropy_and_grad %h, %emb, %t, %n, %g {ignore_index = -100 : i64}
+        : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>)
+        -> (tensor<f32>, tensor<2x16x64xbf16>)
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$table,
+                       G3MoE_IndexTensor:$targets, G3MoE_Scalar:$num_items,
+                       G3MoE_Scalar:$grad, OptionalAttr<F64Attr>:$softcap,
+                       I64Attr:$ignore_index);
+  let results = (outs G3MoE_Scalar:$result, G3MoE_FloatTensor:$input_grad);
+  let assemblyFormat = [{
+    $input `,` $table `,` $targets `,` $num_items `,` $grad attr-dict `:` functional-type(operands, results)
+  }];
+  let hasVerifier = 1;
+}
+
 def G3MoE_LMHeadEvalOp : G3MoE_Op<"lm_head_eval", [Pure]> {
   let summary = "fused, chunked LM head, cross-entropy and token accuracy";
   let description = [{

@@ -4,8 +4,11 @@
 // vocabulary makes the largest tensors of a step: fp32 logits and their
 // gradient, each [tokens, vocab]. Fusing the head with the loss lets the
 // kernels work on chunks of rows and never hold either in full; the forward
-// hands its rows' logsumexp to the backward. An evaluation reads the logits
-// twice (loss and token accuracy): both fuse into one lm_head_eval.
+// hands its rows' logsumexp to the backward, or, where the backward's seed
+// is known before the forward and the table is frozen (LoRA), forward and
+// backward become one op that computes each tile of logits once. An
+// evaluation reads the logits twice (loss and token accuracy): both fuse
+// into one lm_head_eval.
 //
 //===----------------------------------------------------------------------===//
 
@@ -115,6 +118,43 @@ LMHeadCrossEntropyOp forwardOf(LMHeadCrossEntropyGradOp grad) {
   return {};
 }
 
+/// Whether `value` is defined before `at` in its block (or is an argument
+/// of that block). Autodiff's seed is a constant, which the pattern driver
+/// has moved to the top of the function by then.
+bool availableAt(Value value, Operation *at) {
+  Operation *def = value.getDefiningOp();
+  if (!def)
+    return cast<BlockArgument>(value).getOwner() == at->getBlock();
+  return def->getBlock() == at->getBlock() && def->isBeforeInBlock(at);
+}
+
+/// Replaces each forward and input-only backward pair whose seed gradient is
+/// known at the forward by one lm_head_cross_entropy_and_grad there: the
+/// logits are computed once for both.
+void fuseOnePass(Operation *root) {
+  SmallVector<LMHeadCrossEntropyGradOp> grads;
+  root->walk([&](LMHeadCrossEntropyGradOp grad) {
+    if (!grad.getTableGrad() && !grad.getLse())
+      grads.push_back(grad);
+  });
+  for (LMHeadCrossEntropyGradOp grad : grads) {
+    LMHeadCrossEntropyOp fwd = forwardOf(grad);
+    if (!fwd || fwd.getLse())
+      continue;
+    if (!availableAt(grad.getGrad(), fwd))
+      continue;
+    OpBuilder b(fwd);
+    auto fused = LMHeadCrossEntropyAndGradOp::create(
+        b, fwd.getLoc(), fwd.getResult().getType(), grad.getInputGrad().getType(), fwd.getInput(),
+        fwd.getTable(), fwd.getTargets(), fwd.getNumItems(), grad.getGrad(), fwd.getSoftcapAttr(),
+        fwd.getIgnoreIndexAttr());
+    fwd.getResult().replaceAllUsesWith(fused.getResult());
+    grad.getInputGrad().replaceAllUsesWith(fused.getInputGrad());
+    grad.erase();
+    fwd.erase();
+  }
+}
+
 /// Gives each fused backward its forward's logsumexp (an `lse` result added
 /// to the forward), which saves the backward a sweep over the vocabulary.
 void linkLogSumExp(Operation *root) {
@@ -149,6 +189,7 @@ struct G3MoEFuseLMHeadLossPass : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEF
     // pure, so the driver erases them.
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
+    fuseOnePass(getOperation());
     linkLogSumExp(getOperation());
   }
 };

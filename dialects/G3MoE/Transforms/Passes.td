@@ -145,7 +145,10 @@ def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> 
     logits exist only where something else reads them (token accuracy in
     the evaluation forward). A fused backward whose forward (same operands
     and attributes) precedes it in its block takes the forward's per-row
-    logsumexp (the forward's `lse` result) instead of recomputing it. Runs
+    logsumexp (the forward's `lse` result) instead of recomputing it, or,
+    when it computes no table gradient and its seed `grad` is defined
+    before the forward (autodiff's constant seed is), joins the forward in one
+    `lm_head_cross_entropy_and_grad` that computes the logits once. Runs
     after autodiff: the fused ops have no gradient rule.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];

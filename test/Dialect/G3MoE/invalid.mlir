@@ -588,6 +588,24 @@ func.func @fused_head_grad_lse_shape(%h: tensor<2x16x64xbf16>, %e: tensor<512x64
 
 // -----
 
+func.func @fused_head_and_grad_type(%h: tensor<2x16x64xbf16>, %e: tensor<512x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>) {
+  // expected-error @+1 {{input_grad must have the input's type 'tensor<2x16x64xbf16>', got 'tensor<2x16x64xf32>'}}
+  %l, %dx = g3moe.lm_head_cross_entropy_and_grad %h, %e, %t, %n, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> (tensor<f32>, tensor<2x16x64xf32>)
+  return
+}
+
+// -----
+
+func.func @fused_head_and_grad_hidden(%h: tensor<2x16x64xbf16>, %e: tensor<512x32xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32>) {
+  // expected-error @+1 {{hidden size (64) must equal the table's second dimension}}
+  %l, %dx = g3moe.lm_head_cross_entropy_and_grad %h, %e, %t, %n, %n {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x32xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> (tensor<f32>, tensor<2x16x64xbf16>)
+  return
+}
+
+// -----
+
 func.func @linear_addend_type(%x: tensor<2x64xbf16>, %w: tensor<32x64xbf16>, %a: tensor<2x32xf32>) {
   // expected-error @+1 {{addend type 'tensor<2x32xf32>' must equal the result type 'tensor<2x32xbf16>'}}
   %y = g3moe.linear %x, %w plus %a : (tensor<2x64xbf16>, tensor<32x64xbf16>, tensor<2x32xf32>) -> tensor<2x32xbf16>

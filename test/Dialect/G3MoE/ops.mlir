@@ -299,6 +299,9 @@ func.func @fused_head(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor
   // CHECK: g3moe.lm_head_cross_entropy_grad {{.*}}, %[[LSE]] {{.*}} tensor<2x16xf32>) -> tensor<2x16x64xbf16>
   %dx3 = g3moe.lm_head_cross_entropy_grad %h, %emb, %t, %n, %l2, %lse {ignore_index = -100 : i64}
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>, tensor<2x16xf32>) -> tensor<2x16x64xbf16>
+  // CHECK: g3moe.lm_head_cross_entropy_and_grad {{.*}} -> (tensor<f32>, tensor<2x16x64xbf16>)
+  %l3, %dx4 = g3moe.lm_head_cross_entropy_and_grad %h, %emb, %t, %n, %l {ignore_index = -100 : i64}
+      : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>, tensor<f32>) -> (tensor<f32>, tensor<2x16x64xbf16>)
   // CHECK: g3moe.lm_head_eval {{.*}} {ignore_index = -100 : i64, softcap = 3.000000e+01 : f64} : {{.*}} -> (tensor<f32>, tensor<f32>, tensor<f32>)
   %el, %ec, %et = g3moe.lm_head_eval %h, %emb, %t, %n {ignore_index = -100 : i64, softcap = 30.0 : f64}
       : (tensor<2x16x64xbf16>, tensor<512x64xbf16>, tensor<2x16xi32>, tensor<f32>) -> (tensor<f32>, tensor<f32>, tensor<f32>)

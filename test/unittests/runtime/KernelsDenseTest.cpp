@@ -440,6 +440,36 @@ TEST(DenseKernels, LmHeadCrossEntropyLogSumExp) {
                     "lm_head_cross_entropy", "lse must be f32 with one entry per row");
 }
 
+TEST(DenseKernels, LmHeadCrossEntropyAndGradIsTheForwardAndTheBackward) {
+  // The one-pass op gives the forward's loss and the backward's input
+  // gradient (seed 0.5), ignored rows included; a call with a table
+  // gradient output is refused (the op has none).
+  std::mt19937 rng(12);
+  const int64_t M = 5, H = 16, V = 23;
+  Tensor x = randomTensor(DType::BF16, {1, M, H}, rng),
+         table = randomTensor(DType::BF16, {V, H}, rng);
+  Tensor targets = indices({1, M}, {3, -100, 22, 7, 0});
+  KernelAttrs a =
+      attrs({{"ignore_index", AttrValue::ofInt(-100)}, {"softcap", AttrValue::ofFloat(1.5)}});
+  Tensor loss = Tensor::f32({}), dx = Tensor(DType::BF16, {1, M, H});
+  EXPECT_OK(run("lm_head_cross_entropy", {x, table, targets, scalar(4)}, {loss}, a));
+  EXPECT_OK(
+      run("lm_head_cross_entropy_grad", {x, table, targets, scalar(4), scalar(0.5)}, {dx}, a));
+  Tensor fusedLoss = Tensor::f32({}), fusedDx = Tensor(DType::BF16, {1, M, H});
+  EXPECT_OK(run("lm_head_cross_entropy_and_grad", {x, table, targets, scalar(4), scalar(0.5)},
+                {fusedLoss, fusedDx}, a));
+  EXPECT_EQ(loss.f()[0], fusedLoss.f()[0]);
+  EXPECT_EQ(dx.values(), fusedDx.values());
+  expectErrorNaming(run("lm_head_cross_entropy_and_grad",
+                        {x, table, targets, scalar(4), scalar(0.5)},
+                        {fusedLoss, fusedDx, Tensor::f32({V, H})}, a),
+                    "lm_head_cross_entropy_and_grad", "expected 5 inputs and 2 outputs");
+  Tensor bad = indices({1, M}, {3, -100, 23, 7, 0});
+  expectErrorNaming(run("lm_head_cross_entropy_and_grad", {x, table, bad, scalar(4), scalar(0.5)},
+                        {fusedLoss, fusedDx}, a),
+                    "lm_head_cross_entropy", "23");
+}
+
 TEST(DenseKernels, LmHeadEvalIsCrossEntropyAndAccuracyOfTheHead) {
   // More rows than one chunk of the fused kernels, some ignored, with the
   // cap: the evaluation's three numbers equal those of the unfused ops on
