@@ -99,6 +99,8 @@ void setTrainingOptions(const g3moe::frontend::CompileConfig &config,
   options.beta2 = t.adamBeta2;
   options.epsilon = t.adamEpsilon;
   options.maxGradNorm = t.maxGradNorm;
+  options.zeroStage = t.zeroStage;
+  options.processes = std::max<int64_t>(t.dataParallel, 1);
 }
 
 /// Where the budget comes from, for --help (the reserve as DeviceBudget.h
@@ -267,11 +269,16 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
   if (!flags.quiet) {
     errs() << "g3moe-compile: " << g3moe::compiler::describeBudget(budget) << "\n";
     errs() << "g3moe-compile: " << g3moe::describeFit(*fit) << "\n";
-    // ZeRO stage 0: the plan above is every process's own.
-    if (const int64_t processes = config.training.dataParallel; processes > 1)
-      errs() << "g3moe-compile: per process: each of the " << processes
-             << " data-parallel processes holds the whole state and needs the memory above "
-                "(zero_stage 0)\n";
+    if (const int64_t processes = config.training.dataParallel; processes > 1) {
+      if (config.training.zeroStage == 0)
+        errs() << "g3moe-compile: per process: each of the " << processes
+               << " data-parallel processes holds the whole state and needs the memory above "
+                  "(zero_stage 0)\n";
+      else
+        errs() << "g3moe-compile: per process: the Adam moments are divided among the " << processes
+               << " data-parallel processes (zero_stage 1); the memory above is that of the "
+                  "process holding the most\n";
+    }
     printMemoryReport(*module, errs());
   }
   return 0;

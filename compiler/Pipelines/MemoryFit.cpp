@@ -150,14 +150,36 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
     memory.offloaded = std::max(memory.offloaded, copies);
   }
   // Each function declares the persistent buffers it touches; the runtime
-  // allocates each (kind, name) once.
-  std::set<std::pair<std::string, std::string>> seen;
-  step.walk([&](g3moe::lowered::BufferOp buffer) {
-    if (g3moe::lowered::isPlannedKind(buffer.getKind()))
+  // allocates each (kind, name) once, and under ZeRO stage 1 a moment only on
+  // the process that owns the update reading it: the plan is that of the
+  // process holding the most.
+  using Key = std::pair<std::string, std::string>;
+  auto keyOf = [](g3moe::lowered::BufferOp buffer) {
+    return Key{buffer.getKind().str(), buffer.getName().value_or("").str()};
+  };
+  std::map<Key, int64_t> owner;
+  step.walk([&](g3moe::lowered::LaunchOp l) {
+    auto rank = l.getAttrs().getAs<IntegerAttr>("owner");
+    if (l.getKernel() != "adamw" || !rank)
       return;
-    if (seen.insert({buffer.getKind().str(), buffer.getName().value_or("").str()}).second)
-      memory.persistentBytes += g3moe::lowered::bufferBytes(buffer.getType());
+    for (Value in : l.getIns())
+      if (auto buffer = in.getDefiningOp<g3moe::lowered::BufferOp>())
+        if (buffer.getKind() == "exp_avg" || buffer.getKind() == "exp_avg_sq")
+          owner[keyOf(buffer)] = rank.getInt();
   });
+  std::set<Key> seen;
+  std::map<int64_t, int64_t> ownedBytes;
+  step.walk([&](g3moe::lowered::BufferOp buffer) {
+    if (g3moe::lowered::isPlannedKind(buffer.getKind()) || !seen.insert(keyOf(buffer)).second)
+      return;
+    int64_t bytes = g3moe::lowered::bufferBytes(buffer.getType());
+    auto it = owner.find(keyOf(buffer));
+    (it == owner.end() ? memory.persistentBytes : ownedBytes[it->second]) += bytes;
+  });
+  int64_t most = 0;
+  for (auto [rank, bytes] : ownedBytes)
+    most = std::max(most, bytes);
+  memory.persistentBytes += most;
   return memory;
 }
 

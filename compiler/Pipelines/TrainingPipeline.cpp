@@ -41,6 +41,12 @@ void g3moe::buildTrainingPipeline(OpPassManager &pm, const TrainingPipelineOptio
   optimizer.epsilon = options.epsilon;
   optimizer.maxGradNorm = options.maxGradNorm;
   pm.addPass(createG3MoEOptimizerPass(optimizer));
+  if (options.zeroStage > 0) {
+    G3MoEShardPassOptions shard;
+    shard.stage = options.zeroStage;
+    shard.processes = options.processes;
+    pm.addPass(createG3MoEShardPass(shard));
+  }
 }
 
 bool g3moe::wantsMemoryFit(const TrainingPipelineOptions &options) {

@@ -75,6 +75,12 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       llvm::cl::init(true)};
   Option<double> maxGradNorm{*this, "max-grad-norm", llvm::cl::desc("clipping threshold (0: off)"),
                              llvm::cl::init(1.0)};
+  Option<int64_t> zeroStage{*this, "zero-stage",
+                            llvm::cl::desc("ZeRO stage of the optimizer step (0 or 1)"),
+                            llvm::cl::init(0)};
+  Option<int64_t> processes{*this, "processes",
+                            llvm::cl::desc("data-parallel processes the ZeRO shards divide among"),
+                            llvm::cl::init(1)};
   Option<double> memoryBudgetGb{
       *this, "memory-budget-gb",
       llvm::cl::desc("step pipeline: device memory the step may take, in GiB (2^30 "

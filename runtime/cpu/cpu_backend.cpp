@@ -62,9 +62,12 @@ TensorView CpuBackend::view(const FunctionDesc &fn, uint32_t index) const {
 
 Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
   const InstrDesc &instr = fn.instrs[i];
+  if (!runsOnProcess(instr, placement_.rank))
+    return Status();
   KernelArgs args;
   args.name = instr.kernel;
   args.attrs = &instr.attrs;
+  args.communicator = placement_.job;
   for (uint32_t b : instr.inputs)
     args.inputs.push_back(view(fn, b));
   for (uint32_t b : instr.outputs) {

@@ -9,6 +9,7 @@
 
 #include "runtime/cuda/cuda_backend.h"
 
+#include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/cuda_executor.h"
 #include "runtime/cuda/nccl_reducer.h"
 #include "runtime/dist/communicator.h"
@@ -20,7 +21,7 @@ namespace g3rt::cuda {
 
 namespace {
 
-class CudaBackend final : public Backend {
+class CudaBackend final : public Backend, public DeviceJob {
 public:
   CudaBackend(std::unique_ptr<CudaExecutor> executor, std::string deviceName,
               const Placement &placement)
@@ -28,6 +29,8 @@ public:
 
   std::string description() const override { return "CUDA on " + deviceName_; }
   const Placement &placement() const override { return placement_; }
+  /// The step's collectives go through this backend's NCCL communicator.
+  void attachJob() { executor_->setJob(this); }
 
   Status uploadState(const HostState &host) override { return executor_->upload(host); }
   Status uploadInputs(const HostState &host) override {
@@ -48,10 +51,22 @@ public:
     done = haveNccl();
     if (!done)
       return Status();
-    // Joined at the first sum: every rank reaches it at the same point.
-    if (!nccl_)
-      G3RT_RETURN_IF_ERROR(NcclReducer::create(job, executor_->device(), job.timeout(), nccl_));
+    G3RT_RETURN_IF_ERROR(joinNccl(job));
     return nccl_->allReduceSum(executor_->stateOf(BufferKind::GradAcc), executor_->stream());
+  }
+
+  // The step's collectives (DeviceJob), over the same NCCL communicator.
+  int processes() const override { return placement_.worldSize; }
+  Status allReduceSum(const std::vector<TensorView> &tensors, cudaStream_t stream) override {
+    G3RT_RETURN_IF_ERROR(joinNccl(*placement_.job));
+    std::vector<std::pair<std::string, TensorView>> named;
+    for (size_t i = 0; i < tensors.size(); ++i)
+      named.push_back({"tensor " + std::to_string(i), tensors[i]});
+    return nccl_->allReduceSum(named, stream);
+  }
+  Status broadcast(const std::vector<TensorView> &tensors, int root, cudaStream_t stream) override {
+    G3RT_RETURN_IF_ERROR(joinNccl(*placement_.job));
+    return nccl_->broadcast(tensors, root, stream);
   }
 
   Status readOutput(const std::string &function, const std::string &name,
@@ -69,6 +84,17 @@ public:
   }
 
 private:
+  /// Joined at the first collective or gradient sum: every rank reaches it
+  /// at the same point of the step.
+  Status joinNccl(Communicator &job) {
+    if (nccl_)
+      return Status();
+    if (!haveNccl())
+      return Status::error("this g3moe-run was built without NCCL, which a job of several "
+                           "processes on CUDA needs");
+    return NcclReducer::create(job, executor_->device(), job.timeout(), nccl_);
+  }
+
   std::unique_ptr<CudaExecutor> executor_;
   std::string deviceName_;
   Placement placement_;
@@ -99,8 +125,11 @@ Status create(const StepProgram &program, HostState &, const Placement &placemen
   if (e != cudaSuccess)
     return Status::error("CUDA device " + std::to_string(index) + ": " + cudaGetErrorString(e));
   std::unique_ptr<CudaExecutor> executor;
-  G3RT_RETURN_IF_ERROR(CudaExecutor::create(program, index, executor));
-  out = std::make_unique<CudaBackend>(std::move(executor), prop.name, placement);
+  G3RT_RETURN_IF_ERROR(CudaExecutor::create(program, index, executor, placement.rank));
+  auto backend = std::make_unique<CudaBackend>(std::move(executor), prop.name, placement);
+  if (placement.job && placement.job->size() > 1)
+    backend->attachJob();
+  out = std::move(backend);
   return Status();
 }
 

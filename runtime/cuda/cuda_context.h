@@ -58,7 +58,26 @@ struct DeviceChecks {
   size_t used() const { return pending.empty() ? 0 : pending.back().first + pending.back().count; }
 };
 
+/// The collectives of a data-parallel job on device tensors (NCCL), which
+/// the all_reduce and broadcast kernels use; the backend provides it when
+/// several processes train together.
+class DeviceJob {
+public:
+  virtual ~DeviceJob() = default;
+  virtual int processes() const = 0;
+  /// Each f32 tensor replaced by its sum over the processes, after the work
+  /// on `stream`; waits for it.
+  virtual Status allReduceSum(const std::vector<TensorView> &tensors, cudaStream_t stream) = 0;
+  /// Each f32 tensor replaced by process `root`'s, after the work on
+  /// `stream`; waits for it.
+  virtual Status broadcast(const std::vector<TensorView> &tensors, int root,
+                           cudaStream_t stream) = 0;
+};
+
 struct CudaContext {
+  /// The job the collectives exchange through; null when the process runs
+  /// alone.
+  DeviceJob *job = nullptr;
   cudaStream_t stream = nullptr;
   /// Copies between the arena and the pinned host arena (kernels_offload.cpp)
   /// run on this stream, beside the kernels on `stream`. Per copy id i,

@@ -104,12 +104,15 @@ uint64_t attentionScratch(const StepProgram &program) {
 /// (arena, persistent state, workspace, attention scratch) exceeds what the
 /// device has free: a step compiled for a larger card would otherwise fail
 /// at some allocation or, worse, part-way through loading or training.
-Status checkDeviceMemory(const StepProgram &program, int device) {
+Status checkDeviceMemory(const StepProgram &program, int device, int rank) {
   uint64_t state = 0;
-  G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
-    state += b.bytes;
-    return Status();
-  }));
+  G3RT_RETURN_IF_ERROR(forEachStateBuffer(
+      program,
+      [&](const BufferDesc &b) {
+        state += b.bytes;
+        return Status();
+      },
+      rank));
   const uint64_t scratch = attentionScratch(program);
   const uint64_t need = program.arenaBytes + state + kWorkspaceBytes + scratch;
   size_t free = 0, total = 0;
@@ -146,13 +149,14 @@ struct CudaExecutor::Graph {
 CudaExecutor::CudaExecutor(const StepProgram &program) : program_(program) {}
 
 Status CudaExecutor::create(const StepProgram &program, int device,
-                            std::unique_ptr<CudaExecutor> &out) {
+                            std::unique_ptr<CudaExecutor> &out, int rank) {
   std::unique_ptr<CudaExecutor> ex(new CudaExecutor(program));
   ex->device_ = device;
+  ex->rank_ = rank;
   G3RT_RETURN_IF_ERROR(resolveKernels(program, "CUDA", findCudaKernel, ex->kernels_));
   G3RT_RETURN_IF_ERROR(
       check(cudaSetDevice(device), "selecting CUDA device " + std::to_string(device)));
-  G3RT_RETURN_IF_ERROR(checkDeviceMemory(program, device));
+  G3RT_RETURN_IF_ERROR(checkDeviceMemory(program, device, rank));
   G3RT_RETURN_IF_ERROR(checkHostMemory(program.hostBytes, "offloaded activations"));
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
@@ -181,14 +185,15 @@ Status CudaExecutor::create(const StepProgram &program, int device,
             "allocating the " + std::to_string(program.arenaBytes) + "-byte arena"));
   ex->deviceBytes_ = program.arenaBytes + kWorkspaceBytes;
   G3RT_RETURN_IF_ERROR(ex->createHostArena());
-  G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, [&](const BufferDesc &b) {
+  auto allocate = [&](const BufferDesc &b) {
     void *p = nullptr;
     G3RT_RETURN_IF_ERROR(
         check(cudaMalloc(&p, std::max<uint64_t>(b.bytes, 1)), "allocating '" + b.name + "'"));
     ex->state_[{b.kind, b.name}] = TensorView{p, b.dtype, b.shape};
     ex->deviceBytes_ += b.bytes;
     return check(cudaMemset(p, 0, b.bytes), "zeroing '" + b.name + "'");
-  }));
+  };
+  G3RT_RETURN_IF_ERROR(forEachStateBuffer(program, allocate, rank));
   out = std::move(ex);
   return Status();
 }
@@ -353,8 +358,12 @@ Status CudaExecutor::runKernel(const std::string &name, const KernelAttrs &attrs
   return check(cudaStreamSynchronize(ctx_->stream), "running " + name);
 }
 
+void CudaExecutor::setJob(DeviceJob *job) { ctx_->job = job; }
+
 Status CudaExecutor::launchInstruction(const FunctionDesc &fn, size_t i) {
   const InstrDesc &instr = fn.instrs[i];
+  if (!runsOnProcess(instr, rank_))
+    return Status();
   KernelArgs args;
   args.name = instr.kernel;
   args.attrs = &instr.attrs;
@@ -399,8 +408,14 @@ Status CudaExecutor::run(const std::string &function) {
     // The first call runs kernel by kernel: it makes what kernels create on
     // first use (cuDNN plans, scratch memory, cuBLASLt algorithms) outside
     // the capture, which must not allocate or wait.
-    if (!g)
+    if (!g) {
       g = std::make_unique<Graph>();
+      // A collective waits for the other processes on the host.
+      if (ctx_->job)
+        for (const InstrDesc &in : fn->instrs)
+          if (in.kernel == "all_reduce" || in.kernel == "broadcast")
+            g->failure = "it exchanges tensors with the other processes (" + in.kernel + ")";
+    }
     g->warmed = true;
     return launchAndWait(*fn);
   }

@@ -25,13 +25,17 @@
 namespace g3rt::cuda {
 
 struct CudaContext;
+class DeviceJob;
 
 class CudaExecutor {
 public:
   /// Resolves every instruction's CUDA kernel (an error names each missing
   /// one) and allocates the device arena and state of `program` on device
-  /// `device`.
-  static Status create(const StepProgram &program, int device, std::unique_ptr<CudaExecutor> &out);
+  /// `device`. With `rank` >= 0, as process `rank` of a data-parallel job:
+  /// of a ZeRO-sharded step it holds and runs only that process's share
+  /// (forEachStateBuffer, runsOnProcess).
+  static Status create(const StepProgram &program, int device, std::unique_ptr<CudaExecutor> &out,
+                       int rank = -1);
   ~CudaExecutor();
 
   const StepProgram &program() const { return program_; }
@@ -95,6 +99,8 @@ public:
   cudaStream_t stream() const;
   /// The device it runs on.
   int device() const { return device_; }
+  /// The job the step's collectives exchange through (null: alone).
+  void setJob(DeviceJob *job);
 
   /// Device bytes allocated (arena + state).
   uint64_t deviceBytes() const { return deviceBytes_; }
@@ -125,6 +131,7 @@ private:
   bool graphsEnabled_ = true;
   uint64_t deviceBytes_ = 0;
   int device_ = 0;
+  int rank_ = -1;
 };
 
 } // namespace g3rt::cuda

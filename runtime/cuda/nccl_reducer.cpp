@@ -119,29 +119,43 @@ Status NcclReducer::create(Communicator &job, int device, std::chrono::milliseco
 
 Status NcclReducer::allReduceSum(const std::vector<std::pair<std::string, TensorView>> &tensors,
                                  cudaStream_t stream) {
+  for (const auto &[name, t] : tensors)
+    if (t.dtype != DType::F32)
+      return Status::error(impl_->who() + ": gradient accumulator " + name + " is " +
+                           std::string(dtypeName(t.dtype)) +
+                           "; summing over processes takes f32 ones");
+  std::vector<TensorView> views;
+  for (const auto &entry : tensors)
+    views.push_back(entry.second);
+  return collective(views, -1, stream, "the all-reduce of the gradients");
+}
+
+Status NcclReducer::broadcast(const std::vector<TensorView> &tensors, int root,
+                              cudaStream_t stream) {
+  return collective(tensors, root, stream, "the broadcast from process " + std::to_string(root));
+}
+
+Status NcclReducer::collective(const std::vector<TensorView> &tensors, int root,
+                               cudaStream_t stream, const std::string &what) {
   Impl &p = *impl_;
   if (p.broken)
     return Status::error(p.who() + ": the communicator was aborted by an earlier failure");
-  for (const auto &[name, t] : tensors)
-    if (t.dtype != DType::F32)
-      return Status::error(p.who() + ": gradient accumulator " + name + " is " +
-                           std::string(dtypeName(t.dtype)) +
-                           "; summing over processes takes f32 ones");
   // One group: NCCL fuses the small tensors (LoRA factors) into few
   // transfers.
   auto queued = [](ncclResult_t r) { return r == ncclSuccess || r == ncclInProgress; };
   ncclResult_t r = ncclGroupStart();
   for (size_t i = 0; queued(r) && i < tensors.size(); ++i) {
-    const TensorView &t = tensors[i].second;
-    r = ncclAllReduce(t.data, t.data, size_t(t.numel()), ncclFloat32, ncclSum, p.comm, stream);
+    const TensorView &t = tensors[i];
+    r = root < 0
+            ? ncclAllReduce(t.data, t.data, size_t(t.numel()), ncclFloat32, ncclSum, p.comm, stream)
+            : ncclBroadcast(t.data, t.data, size_t(t.numel()), ncclFloat32, root, p.comm, stream);
   }
   ncclResult_t end = ncclGroupEnd();
   if (queued(r))
     r = end;
   if (!queued(r)) {
     p.abort();
-    return Status::error(p.who() +
-                         ": queueing the all-reduce of the gradients: " + ncclGetErrorString(r));
+    return Status::error(p.who() + ": queueing " + what + ": " + ncclGetErrorString(r));
   }
   return p.wait(
       [&](bool &finished) {
@@ -149,10 +163,9 @@ Status NcclReducer::allReduceSum(const std::vector<std::pair<std::string, Tensor
         finished = e == cudaSuccess;
         if (e == cudaSuccess || e == cudaErrorNotReady)
           return Status();
-        return Status::error(p.who() +
-                             ": the all-reduce of the gradients: " + cudaGetErrorString(e));
+        return Status::error(p.who() + ": " + what + ": " + cudaGetErrorString(e));
       },
-      "the all-reduce of the gradients");
+      what);
 }
 
 #else // !G3MOE_HAVE_NCCL
@@ -170,6 +183,15 @@ Status NcclReducer::create(Communicator &, int, std::chrono::milliseconds,
 
 Status NcclReducer::allReduceSum(const std::vector<std::pair<std::string, TensorView>> &,
                                  cudaStream_t) {
+  return Status::error("this g3moe-run was built without NCCL");
+}
+
+Status NcclReducer::broadcast(const std::vector<TensorView> &, int, cudaStream_t) {
+  return Status::error("this g3moe-run was built without NCCL");
+}
+
+Status NcclReducer::collective(const std::vector<TensorView> &, int, cudaStream_t,
+                               const std::string &) {
   return Status::error("this g3moe-run was built without NCCL");
 }
 

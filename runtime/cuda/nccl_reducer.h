@@ -47,11 +47,18 @@ public:
   /// is then aborted and every later call fails too.
   Status allReduceSum(const std::vector<std::pair<std::string, TensorView>> &tensors,
                       cudaStream_t stream);
+  /// Replaces each of `tensors` (f32 device data) by rank `root`'s, with
+  /// allReduceSum's ordering, waiting and failure handling.
+  Status broadcast(const std::vector<TensorView> &tensors, int root, cudaStream_t stream);
 
   struct Impl;
 
 private:
   explicit NcclReducer(std::unique_ptr<Impl> impl);
+  /// One group of in-place collectives on `tensors`: all-reduce sums when
+  /// `root` < 0, else broadcasts from `root`; `what` names it in errors.
+  Status collective(const std::vector<TensorView> &tensors, int root, cudaStream_t stream,
+                    const std::string &what);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -45,6 +45,9 @@ struct Placement {
   /// This process's rank among `worldSize` training processes.
   int rank = 0;
   int worldSize = 1;
+  /// The job's communicator, through which the step's collectives
+  /// (all_reduce, broadcast) exchange; null when the process runs alone.
+  Communicator *job = nullptr;
 };
 
 class Backend {

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <set>
 
 namespace g3rt {
@@ -18,8 +19,30 @@ Storage::Storage(size_t bytes) : size_(bytes) {
 
 void Storage::Free::operator()(void *p) const { std::free(p); }
 
+std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program) {
+  std::map<std::pair<BufferKind, std::string>, int> owners;
+  for (const FunctionDesc &fn : program.functions)
+    for (const InstrDesc &instr : fn.instrs) {
+      std::optional<int64_t> owner = instr.attrs.getInt("owner");
+      if (instr.kernel != "adamw" || !owner)
+        continue;
+      for (uint32_t i : instr.inputs) {
+        const BufferDesc &b = fn.buffers[i];
+        if (b.kind == BufferKind::ExpAvg || b.kind == BufferKind::ExpAvgSq)
+          owners[{b.kind, b.name}] = int(*owner);
+      }
+    }
+  return owners;
+}
+
+bool runsOnProcess(const InstrDesc &instr, int rank) {
+  std::optional<int64_t> owner = instr.attrs.getInt("owner");
+  return rank < 0 || !owner || *owner == rank;
+}
+
 Status forEachStateBuffer(const StepProgram &program,
-                          const std::function<Status(const BufferDesc &)> &visit) {
+                          const std::function<Status(const BufferDesc &)> &visit, int rank) {
+  const auto owners = rank < 0 ? decltype(momentOwners(program))() : momentOwners(program);
   // The verifier made every declaration of one (kind, name) agree on dtype
   // and shape, so the first stands for all.
   std::set<std::pair<BufferKind, std::string>> seen;
@@ -29,18 +52,22 @@ Status forEachStateBuffer(const StepProgram &program,
         continue;
       if (!seen.emplace(b.kind, b.name).second)
         continue;
+      auto owner = owners.find({b.kind, b.name});
+      if (owner != owners.end() && owner->second != rank)
+        continue;
       G3RT_RETURN_IF_ERROR(visit(b));
     }
   return Status();
 }
 
-HostState::HostState(const StepProgram &program) : program_(program) {
-  (void)forEachStateBuffer(program, [&](const BufferDesc &b) {
+HostState::HostState(const StepProgram &program, int rank) : program_(program) {
+  auto allocate = [&](const BufferDesc &b) {
     Storage storage(size_t(b.bytes));
     TensorView v{storage.data(), b.dtype, b.shape};
     tensors_.emplace(std::make_pair(b.kind, b.name), std::make_pair(std::move(storage), v));
     return Status();
-  });
+  };
+  (void)forEachStateBuffer(program, allocate, rank);
 }
 
 TensorView HostState::state(BufferKind kind, const std::string &name) const {

@@ -42,18 +42,31 @@ private:
   size_t size_ = 0;
 };
 
+/// ZeRO stage 1 (--g3moe-shard): each Adam moment lives on one process, the
+/// `owner` of the optimizer update (adamw instruction) that takes it. Every
+/// moment such an update takes, by (kind, name), mapped to its owner; empty
+/// for an unsharded step.
+std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program);
+
+/// Whether process `rank` runs `instr`: an instruction with an `owner`
+/// attribute runs on that process only; `rank` < 0 stands for every process.
+bool runsOnProcess(const InstrDesc &instr, int rank);
+
 /// Calls `visit` once for each persistent tensor of `program` (each (kind,
 /// name) pair, as first declared by any entry point): parameters, gradient
 /// accumulators, Adam moments and inputs. Arena buffers and views are not
-/// state. A visitor's error stops the walk and is returned.
+/// state. With `rank` >= 0, the state of that process of a data-parallel
+/// job: moments another process owns (momentOwners) are left out. A
+/// visitor's error stops the walk and is returned.
 Status forEachStateBuffer(const StepProgram &program,
-                          const std::function<Status(const BufferDesc &)> &visit);
+                          const std::function<Status(const BufferDesc &)> &visit, int rank = -1);
 
 /// The host's persistent tensors of one program, allocated zeroed when made.
 class HostState {
 public:
-  /// `program` must outlive the state.
-  explicit HostState(const StepProgram &program);
+  /// `program` must outlive the state. With `rank` >= 0, process `rank`'s
+  /// share of a ZeRO-sharded step (forEachStateBuffer).
+  explicit HostState(const StepProgram &program, int rank = -1);
 
   const StepProgram &program() const { return program_; }
 

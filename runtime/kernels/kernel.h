@@ -24,6 +24,8 @@
 
 namespace g3rt {
 
+class Communicator;
+
 /// One attribute of an instruction.
 struct AttrValue {
   enum class Kind : uint8_t { Int, Float, Bool, String, FloatArray };
@@ -72,6 +74,9 @@ struct KernelArgs {
   /// Backend context: the CudaContext of the CUDA backend (tensors are then
   /// device pointers); null on the CPU.
   void *backend = nullptr;
+  /// The data-parallel job the collectives (all_reduce, broadcast) exchange
+  /// through on the CPU; null when the process runs alone.
+  Communicator *communicator = nullptr;
 
   /// A required attribute, or an error naming it.
   Status requireInt(std::string_view attr, int64_t &out) const;

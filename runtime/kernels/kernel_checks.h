@@ -438,6 +438,30 @@ inline Status checkLinear(const KernelArgs &args, const TensorView &x, const Ten
   return checkRowsCols(args, y, yName, M, out);
 }
 
+/// A collective (all_reduce, broadcast) of `processes` processes: one or
+/// more f32 tensors, each output shaped like its input; broadcast's `root`
+/// (read when asked for) one of the processes.
+inline Status checkCollective(const KernelArgs &args, int processes, int64_t *root) {
+  if (args.inputs.empty() || args.inputs.size() != args.outputs.size())
+    return args.fail("expected as many outputs as inputs (at least one), got " +
+                     str(int64_t(args.inputs.size())) + " and " +
+                     str(int64_t(args.outputs.size())));
+  for (size_t i = 0; i < args.inputs.size(); ++i) {
+    const TensorView &in = args.inputs[i], &out = args.outputs[i];
+    if (in.dtype != DType::F32 || out.dtype != DType::F32 || in.shape != out.shape)
+      return args.fail("tensor " + str(int64_t(i)) +
+                       " must be f32 and shaped alike in and out, got " + describe(in) + " and " +
+                       describe(out));
+  }
+  if (!root)
+    return Status();
+  G3RT_RETURN_IF_ERROR(args.requireInt("root", *root));
+  if (*root < 0 || *root >= processes)
+    return args.fail("root " + str(*root) + " is not a process of this job of " +
+                     str(int64_t(processes)));
+  return Status();
+}
+
 } // namespace g3rt::checks
 
 #endif // G3MOE_RUNTIME_KERNELS_KERNEL_CHECKS_H

@@ -183,8 +183,9 @@ Status joinJob(const StepProgram &program, const World &world, RunFlags &f,
     gloo.timeout = std::chrono::seconds(std::atoi(t));
   G3RT_RETURN_IF_ERROR(loadGlooCommunicator(world, gloo, comm));
   f.options.communicator = comm.get();
+  f.options.placement.job = comm.get();
   if (world.rank != 0) {
-    f.options.noSave = true;
+    f.options.writer = false;
     f.options.progressBar = false;
   }
   return Status();

@@ -3,6 +3,7 @@
 #include "runtime/train/checkpoint.h"
 
 #include "runtime/base/file.h"
+#include "runtime/dist/communicator.h"
 
 #include <algorithm>
 #include <cctype>
@@ -14,6 +15,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
+#include <map>
 #include <unistd.h>
 
 namespace g3rt {
@@ -195,14 +197,19 @@ nlohmann::json trainerStateJson(const TrainerState &s) {
   };
 }
 
+/// The moments `host` holds, by checkpoint name; `missing` receives the
+/// first trainable parameter whose moments neither it nor (ZeRO) another
+/// process holds.
 std::vector<NamedTensor> optimizerTensors(const HostState &host, std::string *missing) {
   std::vector<NamedTensor> out;
+  const auto owners = momentOwners(host.program());
   for (const ParamDesc &p : host.program().params) {
     if (!p.trainable)
       continue;
     TensorView m = host.state(BufferKind::ExpAvg, p.name);
     TensorView v = host.state(BufferKind::ExpAvgSq, p.name);
-    if ((!m.data || !v.data) && missing && missing->empty())
+    const bool elsewhere = owners.count({BufferKind::ExpAvg, p.name}) != 0;
+    if ((!m.data || !v.data) && !elsewhere && missing && missing->empty())
       *missing = p.name;
     if (m.data)
       out.push_back({"exp_avg/" + p.name, m});
@@ -239,7 +246,147 @@ Status checkTensors(const SafetensorsFile &file, const std::vector<NamedTensor> 
   return Status();
 }
 
+/// A sharded checkpoint's file of process `r`'s moments, of `n`.
+std::string optimizerShardFile(int r, int n) {
+  char name[64];
+  std::snprintf(name, sizeof name, "optimizer-%05d-of-%05d.safetensors", r, n);
+  return name;
+}
+
+constexpr const char *kOptimizerIndex = "optimizer.safetensors.index.json";
+
+/// Writes the moments into `tmp`: one file, or one per process and the
+/// index.
+Status writeMoments(const MomentSource &source, const std::string &tmp) {
+  const int processes = source.job ? source.job->size() : 1;
+  nlohmann::json weightMap = nlohmann::json::object();
+  for (int r = 0; r < processes; ++r) {
+    std::vector<NamedTensor> moments;
+    std::vector<std::vector<float>> storage;
+    G3RT_RETURN_IF_ERROR(shareMoments(source, r, moments, storage));
+    const std::string file = source.job ? optimizerShardFile(r, processes) : kOptimizerFile;
+    for (const NamedTensor &t : moments)
+      weightMap[t.name] = file;
+    G3RT_RETURN_IF_ERROR(
+        writeSafetensors(tmp + "/" + file, moments, {{"format", "g3moe"}, {"optimizer", "adamw"}}));
+  }
+  if (!source.job)
+    return Status();
+  return writeJson(
+      tmp + "/" + kOptimizerIndex,
+      {{"metadata", {{"zero_stage", 1}, {"processes", processes}}}, {"weight_map", weightMap}});
+}
+
+/// Reads each of `moments` from its file of `files` (name -> file in `dir`),
+/// after checking every one of them (present, F32, the step's shape).
+Status readMomentFiles(const std::string &dir, const std::map<std::string, std::string> &files,
+                       const std::vector<NamedTensor> &moments) {
+  std::map<std::string, SafetensorsFile> open;
+  std::vector<std::pair<const SafetensorsFile *, const SafetensorsEntry *>> found;
+  for (const NamedTensor &t : moments) {
+    const std::string &file = files.at(t.name);
+    auto it = open.find(file);
+    if (it == open.end()) {
+      it = open.emplace(file, SafetensorsFile()).first;
+      G3RT_RETURN_IF_ERROR(SafetensorsFile::open(dir + "/" + file, it->second));
+    }
+    const SafetensorsEntry *e = it->second.find(t.name);
+    if (!e)
+      return Status::error(it->second.path() + ": the step trains '" + t.name +
+                           "', which the checkpoint lacks: it was saved by another step");
+    if (e->shape != t.view.shape || e->dtype != DType::F32)
+      return Status::error(it->second.path() + ": tensor '" + t.name + "' is " +
+                           std::string(dtypeName(e->dtype)) + " " + shapeString(e->shape) +
+                           ", the step's moment is F32 " + shapeString(t.view.shape));
+    found.push_back({&it->second, e});
+  }
+  for (size_t i = 0; i < moments.size(); ++i)
+    G3RT_RETURN_IF_ERROR(found[i].first->read(*found[i].second, moments[i].view));
+  return Status();
+}
+
+/// Reads the moments `host` holds from checkpoint `dir`: optimizer.safetensors,
+/// or the files its index names. Everything is checked before `host` is
+/// written.
+Status readMoments(const std::string &dir, HostState &host) {
+  std::string missing;
+  std::vector<NamedTensor> moments = optimizerTensors(host, &missing);
+  if (!missing.empty())
+    return Status::error("the step has no Adam moments for '" + missing + "'");
+  const std::string indexPath = dir + "/" + kOptimizerIndex;
+  std::error_code ec;
+  if (!fs::exists(indexPath, ec)) {
+    SafetensorsFile optimizer;
+    G3RT_RETURN_IF_ERROR(SafetensorsFile::open(dir + "/" + kOptimizerFile, optimizer));
+    if (momentOwners(host.program()).empty())
+      G3RT_RETURN_IF_ERROR(checkTensors(optimizer, moments));
+    std::map<std::string, std::string> all;
+    for (const NamedTensor &t : moments)
+      all[t.name] = kOptimizerFile;
+    return readMomentFiles(dir, all, moments);
+  }
+  nlohmann::json index;
+  G3RT_RETURN_IF_ERROR(readJson(indexPath, index));
+  auto map = index.find("weight_map");
+  if (map == index.end() || !map->is_object())
+    return Status::error(indexPath + ": field 'weight_map' must be an object of tensor -> file");
+  std::map<std::string, std::string> files;
+  for (const NamedTensor &t : moments) {
+    auto f = map->find(t.name);
+    if (f == map->end() || !f->is_string() || f->get<std::string>().find('/') != std::string::npos)
+      return Status::error(indexPath + ": field 'weight_map' has no file for '" + t.name +
+                           "', which the step trains");
+    files[t.name] = f->get<std::string>();
+  }
+  return readMomentFiles(dir, files, moments);
+}
+
 } // namespace
+
+Status shareMoments(const MomentSource &source, int owner, std::vector<NamedTensor> &out,
+                    std::vector<std::vector<float>> &storage) {
+  out.clear();
+  const HostState &host = source.host;
+  if (!source.job) {
+    std::string missing;
+    out = optimizerTensors(host, &missing);
+    if (!missing.empty())
+      return Status::error("the step has no Adam moments for '" + missing + "'");
+    return Status();
+  }
+  Communicator &job = *source.job;
+  std::map<std::string, const ParamDesc *> params;
+  for (const ParamDesc &p : host.program().params)
+    params[p.name] = &p;
+  // In momentOwners' order, the same on every process.
+  for (const auto &[key, o] : momentOwners(host.program())) {
+    if (o != owner)
+      continue;
+    const std::string name =
+        (key.first == BufferKind::ExpAvg ? "exp_avg/" : "exp_avg_sq/") + key.second;
+    TensorView v = host.state(key.first, key.second);
+    if (owner != 0) {
+      auto p = params.find(key.second);
+      if (p == params.end())
+        return Status::error("the step has Adam moments of '" + key.second +
+                             "', which is not one of its parameters");
+      if (job.rank() != owner) {
+        int64_t n = 1;
+        for (int64_t d : p->second->shape)
+          n *= d;
+        storage.emplace_back(size_t(n));
+        v = TensorView{storage.back().data(), DType::F32, p->second->shape};
+      }
+      G3RT_RETURN_IF_ERROR(job.broadcast(v.data, v.bytes(), owner)
+                               .withContext("bringing " + name + " to rank 0 for a checkpoint"));
+    }
+    if (job.rank() == 0)
+      out.push_back({name, v});
+    else if (owner != 0 && job.rank() != owner)
+      storage.pop_back(); // received only to take part
+  }
+  return Status();
+}
 
 std::vector<NamedTensor> exportTrainable(const HostState &host, bool lora) {
   std::vector<NamedTensor> out;
@@ -324,10 +471,11 @@ Status latestCheckpoint(const std::string &outputDir, std::string &dir) {
   return Status();
 }
 
-Status saveCheckpoint(const HostState &host, const TrainingConfig &training,
+Status saveCheckpoint(const MomentSource &moments, const TrainingConfig &training,
                       const TrainerState &state, const nlohmann::json &trainingArgs,
                       const std::string &outputDir, std::string &dir,
                       const std::string &baseModel) {
+  const HostState &host = moments.host;
   removeStaleTemporaries(outputDir);
   dir = checkpointPath(outputDir, state.globalStep);
   std::string tmp = temporaryPath(dir);
@@ -342,12 +490,7 @@ Status saveCheckpoint(const HostState &host, const TrainingConfig &training,
     G3RT_RETURN_IF_ERROR(saveTrainedParameters(host, training, tmp, files, baseModel));
     testOnlyAbortDuringSave(state.globalStep);
 
-    std::string missing;
-    std::vector<NamedTensor> moments = optimizerTensors(host, &missing);
-    if (!missing.empty())
-      return Status::error("the step has no Adam moments for '" + missing + "'");
-    G3RT_RETURN_IF_ERROR(writeSafetensors(tmp + "/" + kOptimizerFile, moments,
-                                          {{"format", "g3moe"}, {"optimizer", "adamw"}}));
+    G3RT_RETURN_IF_ERROR(writeMoments(moments, tmp));
     G3RT_RETURN_IF_ERROR(writeJson(tmp + "/scheduler.json", {{"step", state.globalStep},
                                                              {"total_steps", state.totalSteps},
                                                              {"warmup_steps", state.warmupSteps},
@@ -465,21 +608,15 @@ Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Ho
     return Status::error(dir + " holds " + (lora ? kModelFile : kAdapterFile) +
                          ": it was saved by a " + (lora ? "full fine-tuning" : "LoRA") +
                          " step, and this step trains " + (lora ? "LoRA adapters" : "all weights"));
-  SafetensorsFile model, optimizer;
+  SafetensorsFile model;
   G3RT_RETURN_IF_ERROR(SafetensorsFile::open(modelPath, model));
-  G3RT_RETURN_IF_ERROR(SafetensorsFile::open(dir + "/" + kOptimizerFile, optimizer));
   std::vector<NamedTensor> params = exportTrainable(host, lora);
-  std::string missing;
-  std::vector<NamedTensor> moments = optimizerTensors(host, &missing);
-  if (!missing.empty())
-    return Status::error("the step has no Adam moments for '" + missing + "'");
   G3RT_RETURN_IF_ERROR(checkTensors(model, params));
-  G3RT_RETURN_IF_ERROR(checkTensors(optimizer, moments));
-
+  // The moments are checked and read before the parameters are: a bad
+  // moment file then leaves `host` untouched.
+  G3RT_RETURN_IF_ERROR(readMoments(dir, host));
   for (const NamedTensor &t : params)
     G3RT_RETURN_IF_ERROR(model.read(*model.find(t.name), t.view));
-  for (const NamedTensor &t : moments)
-    G3RT_RETURN_IF_ERROR(optimizer.read(*optimizer.find(t.name), t.view));
   state = s;
   return Status();
 }

@@ -42,6 +42,8 @@
 
 namespace g3rt {
 
+class Communicator;
+
 /// The trainable parameters under the names HF / PEFT files use: stacked
 /// expert tensors are split into per-expert views, LoRA names get PEFT's
 /// `base_model.model.` prefix. The views alias the host state's storage.
@@ -108,11 +110,30 @@ Status latestCheckpoint(const std::string &outputDir, std::string &dir);
 /// Those of live processes stay.
 void removeStaleTemporaries(const std::string &dir);
 
+/// Where a checkpoint's Adam moments come from. Of an unsharded step, the
+/// host state holds them all (one optimizer.safetensors). Of a ZeRO-sharded
+/// one (momentOwners), each process holds its own: every process of `job`
+/// calls shareMoments at each save, rank 0 from within saveCheckpoint, which
+/// then writes one optimizer-<r>-of-<N>.safetensors per process and an
+/// index (optimizer.safetensors.index.json, tensor -> file).
+struct MomentSource {
+  const HostState &host;
+  /// The job of a sharded step's processes; null otherwise.
+  Communicator *job = nullptr;
+};
+
+/// Brings the moments process `owner` holds to rank 0: on rank 0 `out`
+/// receives them (their data in `storage` where they came from another
+/// process); every process of the job calls it with the same `owner`, in
+/// the same order. Without a job, `out` is every moment of the host state.
+Status shareMoments(const MomentSource &source, int owner, std::vector<NamedTensor> &out,
+                    std::vector<std::vector<float>> &storage);
+
 /// Writes checkpoint `state.globalStep` into `outputDir` atomically (see the
 /// file comment) and returns its folder in `dir`. `trainingArgs` goes to
 /// training_args.json. Temporary folders left by killed runs are removed
 /// first. `baseModel` as for adapterConfig.
-Status saveCheckpoint(const HostState &host, const TrainingConfig &training,
+Status saveCheckpoint(const MomentSource &moments, const TrainingConfig &training,
                       const TrainerState &state, const nlohmann::json &trainingArgs,
                       const std::string &outputDir, std::string &dir,
                       const std::string &baseModel = "");
@@ -127,8 +148,11 @@ Status rotateCheckpoints(const std::string &outputDir, int64_t limit, const std:
 /// Loads checkpoint `dir` into `host` (trainable parameters and Adam moments)
 /// and `state`. The checkpoint must match the step: the same trainable
 /// parameters with the same shapes (an error names the first difference),
-/// LoRA or full fine-tuning alike. Every file is checked before anything is
-/// loaded, so a mismatch leaves `host` and `state` untouched.
+/// LoRA or full fine-tuning alike. Its moments may be one file or sharded
+/// (any number of processes, with the index): `host` takes those it holds,
+/// so a run resumes on another number of processes or ZeRO stage. Every
+/// file is checked before anything is loaded, so a mismatch leaves `host`
+/// and `state` untouched.
 Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, HostState &host,
                       TrainerState &state);
 

@@ -114,7 +114,7 @@ public:
   Trainer(const StepProgram &program, double lr, std::string schedule, const TrainOptions &options,
           std::ostream &log, TrainResult &result)
       : program(program), training(program.training), options(options), log(log), result(result),
-        host(program), lr(lr), schedule(std::move(schedule)) {}
+        host(program, options.placement.rank), lr(lr), schedule(std::move(schedule)) {}
 
   /// Opens the backend --device asks for (before any weights are read, so
   /// that a missing GPU fails at once rather than after loading a
@@ -184,6 +184,8 @@ private:
   Status sumGradients();
   int ranks() const { return options.communicator ? options.communicator->size() : 1; }
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
+  /// This process writes files (rank 0 of a job, unless --no-save).
+  bool writes() const { return options.writer && !options.noSave; }
 
   const StepProgram &program;
   /// The step's compiled training options (program.training).
@@ -301,7 +303,7 @@ Status Trainer::prepare() {
   // A run that writes claims its output folder before it spends any time: a
   // folder another run is writing into, or one it cannot write into, ends it
   // here rather than at the first save.
-  if (!options.noSave && !options.evalOnly && options.dumpDataPath.empty()) {
+  if (writes() && !options.evalOnly && options.dumpDataPath.empty()) {
     std::string warning;
     G3RT_RETURN_IF_ERROR(claimOutputDir(outputDir, outputLock, warning));
     if (!warning.empty())
@@ -529,8 +531,19 @@ Status Trainer::saveCheckpointNow(Progress &progress) {
     state.bestModelCheckpoint = checkpointPath(outputDir, state.globalStep);
   std::string dir;
   G3RT_RETURN_IF_ERROR(syncHost());
+  // A ZeRO-sharded step's moments are spread over the processes: each sends
+  // its own to rank 0, which writes them (checkpoint.h, MomentSource).
+  const bool sharded = ranks() > 1 && !momentOwners(program).empty();
+  MomentSource moments{host, sharded ? options.communicator : nullptr};
+  if (!options.writer) {
+    std::vector<NamedTensor> none;
+    std::vector<std::vector<float>> storage;
+    for (int r = 0; sharded && r < ranks(); ++r)
+      G3RT_RETURN_IF_ERROR(shareMoments(moments, r, none, storage));
+    return Status();
+  }
   G3RT_RETURN_IF_ERROR(
-      saveCheckpoint(host, training, state, trainingArgs(), outputDir, dir, options.weightsDir));
+      saveCheckpoint(moments, training, state, trainingArgs(), outputDir, dir, options.weightsDir));
   result.checkpoints.push_back(dir);
   progress.line("saved " + dir);
   std::vector<std::string> deleted;
@@ -642,7 +655,7 @@ void Trainer::recordRunInState(int64_t maxSteps) {
 }
 
 void Trainer::openOutputs() {
-  if (!options.noSave) {
+  if (writes()) {
     // prepare() created and claimed outputDir.
     metrics.open(outputDir + "/metrics.jsonl", std::ios::app);
     Status s = tensorboard.open(outputDir + "/runs");
@@ -857,7 +870,7 @@ Status Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
 }
 
 Status Trainer::saveFinal() {
-  if (!options.noSave) {
+  if (writes()) {
     G3RT_RETURN_IF_ERROR(syncHost());
     G3RT_RETURN_IF_ERROR(
         saveTrainedParameters(host, training, outputDir, result.savedFiles, options.weightsDir));

@@ -87,6 +87,10 @@ struct TrainOptions {
   /// Skip writing the trained parameters, checkpoints, metrics.jsonl and
   /// TensorBoard events (for tests that only want losses).
   bool noSave = false;
+  /// This process writes the job's files (checkpoints, trained parameters,
+  /// metrics): false on ranks other than 0, which still take part in what a
+  /// checkpoint of a ZeRO-sharded step exchanges (their Adam moments).
+  bool writer = true;
   /// Where the step runs: "cpu", "cuda" or "auto" (runtime/exec/
   /// backend_choice.h's selectBackend). The CPU here, so that library callers
   /// get the reference backend unless they ask; g3moe-run's --device

@@ -52,3 +52,25 @@ func.func @returns_input(%acc: tensor<3x4xf32> {g3moe.grad_acc = "w"}, %x: tenso
 // CHECK-LABEL: func.func @returns_input() {
 // CHECK: g3rt.launch "scale" {{.*}} outs(%[[S:.*]] : memref<3x4xf32>)
 // CHECK: g3rt.launch "copy" ins(%[[S]] : memref<3x4xf32>) outs(%{{.*}} : memref<3x4xf32>)
+
+func.func @sharded_update(%p: tensor<4xf32> {g3moe.param = "w"}, %g: tensor<4xf32> {g3moe.grad_acc = "w"},
+                          %m: tensor<4xf32> {g3moe.exp_avg = "w"}, %v: tensor<4xf32> {g3moe.exp_avg_sq = "w"},
+                          %t: tensor<i64> {g3moe.input = "step"}, %lr: tensor<f32> {g3moe.input = "lr"})
+    -> (tensor<4xf32> {g3moe.param = "w"}, tensor<4xf32> {g3moe.exp_avg = "w"},
+        tensor<4xf32> {g3moe.exp_avg_sq = "w"}) {
+  %r:3 = g3moe.adamw %p, %g, %m, %v, %t, %lr, %lr
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, owner = 1 : i64, weight_decay = 0.0 : f64}
+      : (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  %b = g3moe.broadcast %r#0 {root = 1 : i64} : (tensor<4xf32>) -> tensor<4xf32>
+  return %b, %r#1, %r#2 : tensor<4xf32>, tensor<4xf32>, tensor<4xf32>
+}
+
+// ZeRO stage 1: the owner's update writes the parameter in place, and the
+// broadcast sends it from there into the same buffer on every process.
+// CHECK-LABEL: func.func @sharded_update() {
+// CHECK-DAG: %[[P:.*]] = g3rt.buffer "param" {name = "w"} : memref<4xf32>
+// CHECK-DAG: %[[M:.*]] = g3rt.buffer "exp_avg" {name = "w"} : memref<4xf32>
+// CHECK: g3rt.launch "adamw" {{.*}} outs(%[[P]], %[[M]], %{{.*}} : memref<4xf32>, memref<4xf32>, memref<4xf32>) {attrs = {{{.*}}owner = 1 : i64
+// CHECK: g3rt.launch "broadcast" ins(%[[P]] : memref<4xf32>) outs(%[[P]] : memref<4xf32>) {attrs = {root = 1 : i64}}
+// CHECK-NOT: "copy"

@@ -219,6 +219,40 @@ TEST(Backends, CpuBackendRunsOnItsOwnHostStateOnly) {
   EXPECT_EQ(step.cpu->placement().worldSize, 1);
 }
 
+TEST(Backends, EachProcessOfAShardedStepHoldsItsShareOfTheMoments) {
+  // ZeRO stage 1 over 2 processes: each holds the parameters, gradients and
+  // inputs, and the moments of the updates it owns; together, every moment
+  // once. The CPU backend runs only its own updates.
+  StepProgram program = loadProgram("g3moe_lora_zero1");
+  auto moments = [](const HostState &h) {
+    std::set<std::string> names;
+    for (BufferKind k : {BufferKind::ExpAvg, BufferKind::ExpAvgSq})
+      h.forEach(k, [&](const std::string &name, const TensorView &) {
+        names.insert(std::string(k == BufferKind::ExpAvg ? "m:" : "v:") + name);
+      });
+    return names;
+  };
+  HostState all(program), first(program, 0), second(program, 1);
+  std::set<std::string> a = moments(first), b = moments(second), both = moments(all);
+  EXPECT_FALSE(a.empty());
+  EXPECT_FALSE(b.empty());
+  EXPECT_EQ(a.size() + b.size(), both.size());
+  std::set<std::string> joined = a;
+  joined.insert(b.begin(), b.end());
+  EXPECT_EQ(joined, both);
+  EXPECT_TRUE(second.param("model.embed_tokens.weight").data);
+  size_t owned = 0, updates = 0;
+  for (const FunctionDesc &fn : program.functions)
+    for (const InstrDesc &in : fn.instrs)
+      if (in.kernel == "adamw") {
+        ++updates;
+        owned += runsOnProcess(in, 1);
+      }
+  EXPECT_GT(updates, owned);
+  EXPECT_GT(owned, 0u);
+  EXPECT_EQ(momentOwners(program).size(), both.size());
+}
+
 } // namespace
 
 TEST_F(DeviceBackendTest, MirrorTrainsLoRAMoEAsTheCPUDoes) { checkMirrorMatchesCpu("g3moe_lora"); }

@@ -3,7 +3,8 @@ launches them (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; through torchrun
 itself, and through g3moe-run --nproc-per-node) train, per
 optimizer step, what one process trains with N times the gradient
 accumulation: the same losses and gradient norms, and the same trained
-parameters, to fp32 rounding. Micro-batches of one row, so that each rank's
+parameters, to fp32 rounding, whether each process holds the whole optimizer
+state or its share of the Adam moments (ZeRO stage 1). Micro-batches of one row, so that each rank's
 micro-batch is exactly one of the single process's (a MoE's balancing loss is
 a statistic of its micro-batch). A rank that never arrives makes the others
 fail with an error, not hang."""
@@ -53,13 +54,24 @@ def steps(folder):
     return [(r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
 
 
+def sharded_step(tmp_path, g3moe_compile, world, *settings, model="tiny-g3moe"):
+    """The tiny model's step with its Adam moments divided among `world`
+    processes (ZeRO stage 1)."""
+    step = tmp_path / f"step-{world}-zero1.bin"
+    g3moe_compile(EXAMPLES / model / "config.json", "--fp32", "--quiet", "--micro-batch", "1",
+                  "--seq-len", "64", *settings, "--set", f"data_parallel={world}", "--set",
+                  "zero_stage=1", "-o", step)
+    return step
+
+
 @pytest.mark.parametrize("model,settings", [
     ("tiny-g3moe", ["--set", "lora_dropout=0"]),
     ("tiny-gemma3", ["--set", "finetuning=full"]),
 ])
 @pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("zero", [0, 1])
 def test_ranks_train_like_one_process_with_more_accumulation(tmp_path, g3moe_compile, g3moe_run,
-                                                             model, settings, world):
+                                                             model, settings, world, zero):
     step = tmp_path / "step.bin"
     g3moe_compile(EXAMPLES / model / "config.json", "--fp32", "--quiet", "--micro-batch", "1",
                   "--seq-len", "64", *settings, "-o", step)
@@ -70,6 +82,8 @@ def test_ranks_train_like_one_process_with_more_accumulation(tmp_path, g3moe_com
     common = [step, "--weights", init, *TRAIN]
     g3moe_run(*common, "--gradient-accumulation-steps", str(world), "--output-dir",
               tmp_path / "one")
+    if zero:
+        common[0] = sharded_step(tmp_path, g3moe_compile, world, *settings, model=model)
     results = launch([*common, "--gradient-accumulation-steps", "1", "--output-dir",
                       tmp_path / "many"], world)
     for rank, (code, stdout, stderr) in enumerate(results):
@@ -164,30 +178,72 @@ def test_g3moe_run_starts_its_own_ranks(tmp_path, g3moe_compile, g3moe_run):
     assert "of 2 failed (exit status 1)" in bad.stderr
 
 
-@pytest.mark.parametrize("before,after", [(2, 4), (4, 1)])
+@pytest.mark.parametrize("before,after", [
+    ((2, 0), (4, 0)), ((4, 0), (1, 0)), ((2, 1), (4, 1)), ((4, 1), (1, 0)), ((2, 0), (2, 1))])
 def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_run, before,
                                                  after):
     """A checkpoint of N processes resumes on M with the same global batch
-    (N x accumulation kept): the run continues as the uninterrupted one."""
+    (N x accumulation kept), and with the Adam moments divided among them
+    (ZeRO stage 1) or not, before and after: the run continues as the
+    uninterrupted one."""
     step = tmp_path / "step.bin"
     g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
                   "1", "--seq-len", "64", "-o", step)
     train = [str(a) for a in TRAIN]
     train[train.index("--max-steps") + 1] = "4"
-    common = [step, *train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
-    g3moe_run(*common, "--gradient-accumulation-steps", "4", "--output-dir", tmp_path / "whole")
+    common = [*train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    g3moe_run(step, *common, "--gradient-accumulation-steps", "4", "--output-dir",
+              tmp_path / "whole")
     out = tmp_path / "resumed"
     base = list(common)
     base[base.index("--save-steps") + 1] = "2"
-    g3moe_run(*base, "--gradient-accumulation-steps", str(4 // before), "--nproc-per-node",
-              str(before), "--stop-after-steps", "2", "--output-dir", out)
-    g3moe_run(*base, "--gradient-accumulation-steps", str(4 // after), "--nproc-per-node",
-              str(after), "--resume", "--output-dir", out)
+
+    def run(world, zero, *more):
+        at = sharded_step(tmp_path, g3moe_compile, world) if zero else step
+        g3moe_run(at, *base, "--gradient-accumulation-steps", str(4 // world), "--nproc-per-node",
+                  str(world), *more, "--output-dir", out)
+
+    run(*before, "--stop-after-steps", "2")
+    run(*after, "--resume")
     np.testing.assert_allclose(steps(out), steps(tmp_path / "whole"), rtol=2e-5)
     want = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     got = load_file(out / "adapter_model.safetensors")
     for key in want:
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
+def test_zero1_checkpoints_hold_each_process_moments_in_a_file_of_its_own(
+        tmp_path, g3moe_compile, g3moe_run):
+    """With the moments divided among 2 processes, a checkpoint holds one
+    optimizer file per process and an index naming each tensor's file; each
+    file holds a part, and together they are the moments one process with 2x
+    the accumulation keeps."""
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "-o", step)
+    train = [str(a) for a in TRAIN]
+    train[train.index("--max-steps") + 1] = "2"
+    train[train.index("--save-steps") + 1] = "2"
+    common = [*train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
+    g3moe_run(step, *common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "one")
+    g3moe_run(sharded_step(tmp_path, g3moe_compile, 2), *common, "--nproc-per-node", "2",
+              "--output-dir", tmp_path / "two")
+    want = load_file(tmp_path / "one" / "checkpoint-2" / "optimizer.safetensors")
+    folder = tmp_path / "two" / "checkpoint-2"
+    assert not (folder / "optimizer.safetensors").exists()
+    index = json.loads((folder / "optimizer.safetensors.index.json").read_text())
+    assert index["metadata"] == {"processes": 2, "zero_stage": 1}
+    files = {f: load_file(folder / f) for f in set(index["weight_map"].values())}
+    assert sorted(files) == ["optimizer-00000-of-00002.safetensors",
+                             "optimizer-00001-of-00002.safetensors"]
+    assert all(files.values())
+    got = {}
+    for name, file in index["weight_map"].items():
+        got[name] = files[file][name]
+    assert got.keys() == want.keys()
+    assert sum(len(f) for f in files.values()) == len(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-7, err_msg=key)
 
 
 def test_evaluation_and_moe_statistics_cover_every_rank(tmp_path, g3moe_compile, g3moe_run):

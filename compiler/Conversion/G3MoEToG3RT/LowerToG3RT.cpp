@@ -172,6 +172,9 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
     ins.push_back(map.lookup(operand));
   for (auto [i, result] : llvm::enumerate(op->getResults())) {
     Value out = inPlaceTarget(op, i);
+    // broadcast overwrites each tensor where it is, when nothing else reads it.
+    if (!out && isa<g3moe::BroadcastOp>(op) && op->getOperand(i).hasOneUse())
+      out = ins[i];
     if (!out)
       out = arena(result.getType(), loc);
     outs.push_back(out);
@@ -219,8 +222,17 @@ LogicalResult FunctionLowering::run() {
   Block &body = func.getBody().front();
   auto ret = cast<func::ReturnOp>(body.getTerminator());
   for (auto [i, value] : llvm::enumerate(ret.getOperands()))
-    if (auto binding = persistentBinding(func.getResultAttrDict(i)))
+    if (auto binding = persistentBinding(func.getResultAttrDict(i))) {
       returnedInto[value] = *binding;
+      // A broadcast tensor is sent from where its owner's update wrote it
+      // (broadcast works in place), so that update may write the returned
+      // buffer too.
+      if (auto sent = value.getDefiningOp<g3moe::BroadcastOp>()) {
+        Value input = sent.getInputs()[cast<OpResult>(value).getResultNumber()];
+        if (input.hasOneUse())
+          returnedInto[input] = *binding;
+      }
+    }
 
   // The lowered function is built in a fresh block and swapped in at the end.
   Block *lowered = new Block();

@@ -266,9 +266,31 @@ LogicalResult LRScheduleOp::verify() {
   return success();
 }
 
+/// A collective's results are its operands' types, one for one.
+static LogicalResult verifyCollective(Operation *op) {
+  if (op->getNumOperands() == 0)
+    return op->emitOpError("needs at least one tensor");
+  if (op->getOperandTypes() != op->getResultTypes())
+    return op->emitOpError("results must have the operands' types, one for one");
+  return success();
+}
+
+LogicalResult AllReduceOp::verify() { return verifyCollective(*this); }
+
+LogicalResult BroadcastOp::verify() {
+  if (failed(verifyCollective(*this)))
+    return failure();
+  // (The I64Attr's accessor is unsigned.)
+  if (int64_t root = getRootAttr().getInt(); root < 0)
+    return emitOpError() << "root must be a process rank (>= 0), got " << root;
+  return success();
+}
+
 LogicalResult AdamWOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();
+  if (std::optional<int64_t> owner = getOwner(); owner && *owner < 0)
+    return emitOpError() << "owner must be a process rank (>= 0), got " << *owner;
   size_t n = getState().size() / 4;
   if (n == 0 || getState().size() != 4 * n || getNewState().size() != 3 * n)
     return emitOpError("takes 4n state operands (params, grads, exp_avgs, exp_avg_sqs) and "

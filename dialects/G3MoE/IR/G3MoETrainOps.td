@@ -146,7 +146,9 @@ def G3MoE_AdamWOp : G3MoE_Op<"adamw", [Pure]> {
     p ← p - lr / (1 - β1^t) · m / (sqrt(v) / sqrt(1 - β2^t) + ε).
     Parameters and moments are fp32. Updating many tensors in one op is
     torch's multi-tensor ("foreach") AdamW: one launch instead of one per
-    tensor.
+    tensor. With `owner` (set by --g3moe-shard, ZeRO stage 1), only that
+    data-parallel process runs the update and holds its moments; a
+    `g3moe.broadcast` from it then brings the new parameters to every process.
 
     ```mlir
     %p1, %m1, %v1 = g3moe.adamw %p, %g, %m, %v, %t, %lr, %c
@@ -159,7 +161,7 @@ def G3MoE_AdamWOp : G3MoE_Op<"adamw", [Pure]> {
   let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$state,
                        G3MoE_Count:$step, G3MoE_Scalar:$lr, G3MoE_Scalar:$grad_scale,
                        F64Attr:$beta1, F64Attr:$beta2, F64Attr:$epsilon,
-                       F64Attr:$weight_decay);
+                       F64Attr:$weight_decay, OptionalAttr<I64Attr>:$owner);
   let results = (outs Variadic<RankedTensorOf<[F32]>>:$new_state);
   let assemblyFormat = "operands attr-dict `:` functional-type(operands, results)";
   let hasVerifier = 1;

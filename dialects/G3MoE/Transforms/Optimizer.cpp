@@ -150,7 +150,8 @@ void G3MoEOptimizerPass::buildOptimizerStep(func::FuncOp fb, ArrayRef<StringRef>
     auto update =
         AdamWOp::create(b, b.getFusedLoc(locs), types, state, step, lr, clip,
                         b.getF64FloatAttr(beta1), b.getF64FloatAttr(beta2),
-                        b.getF64FloatAttr(epsilon), b.getF64FloatAttr(decayed ? weightDecay : 0.0));
+                        b.getF64FloatAttr(epsilon), b.getF64FloatAttr(decayed ? weightDecay : 0.0),
+                        /*owner=*/IntegerAttr());
     for (auto [k, i] : llvm::enumerate(members)) {
       newParams[i] = update.getNewStateOf(0, unsigned(k));
       newAvg[i] = update.getNewStateOf(1, unsigned(k));

@@ -134,6 +134,27 @@ def G3MoEFuseNormsPass : Pass<"g3moe-fuse-norms", "mlir::ModuleOp"> {
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
+def G3MoEShardPass : Pass<"g3moe-shard", "mlir::ModuleOp"> {
+  let summary = "ZeRO sharding of the optimizer step over data-parallel processes";
+  let description = [{
+    With `stage` 1 and `processes` N, gives each trainable tensor one owning
+    process (largest tensors first, each to the process with the fewest
+    elements so far; the lowest rank on ties) and splits every `adamw` of
+    `@optimizer_step` into one per owner, marked `owner`: a process runs
+    only its own updates and keeps only their Adam moments (about 1/N of
+    them). One `g3moe.broadcast` per process then brings the parameters it
+    updated to all processes before they are returned. The gradients are
+    summed over the processes before the optimizer step, so the global norm
+    needs no collective. Stage 0 leaves the step as it is; stages 2 and 3 are
+    not built and are refused.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+  let options = [
+    Option<"processes", "processes", "int64_t", "1", "data-parallel processes (N)">,
+    Option<"stage", "stage", "int64_t", "0", "ZeRO stage (0 or 1)">,
+  ];
+}
+
 def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> {
   let summary = "fuse the LM head with the cross-entropy and its gradient";
   let description = [{

@@ -635,3 +635,38 @@ func.func @concat_rows_type(%a: tensor<8x64xbf16>, %b: tensor<4x64xf32>) {
   %y = g3moe.concat_rows %a, %b : tensor<8x64xbf16>, tensor<4x64xf32> -> tensor<12x64xbf16>
   return
 }
+
+// -----
+
+func.func @broadcast_types(%a: tensor<4x64xf32>) {
+  // expected-error @+1 {{results must have the operands' types, one for one}}
+  %p = g3moe.broadcast %a {root = 0 : i64} : (tensor<4x64xf32>) -> tensor<64x4xf32>
+  return
+}
+
+// -----
+
+func.func @broadcast_root(%a: tensor<4x64xf32>) {
+  // expected-error @+1 {{root must be a process rank (>= 0), got -1}}
+  %p = g3moe.broadcast %a {root = -1 : i64} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  return
+}
+
+// -----
+
+func.func @all_reduce_empty() {
+  // expected-error @+1 {{needs at least one tensor}}
+  g3moe.all_reduce : () -> ()
+  return
+}
+
+// -----
+
+func.func @adamw_owner(%a: tensor<4xf32>, %t: tensor<i64>, %s: tensor<f32>) {
+  // expected-error @+1 {{owner must be a process rank (>= 0), got -2}}
+  %r:3 = g3moe.adamw %a, %a, %a, %a, %t, %s, %s
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, owner = -2 : i64, weight_decay = 0.0 : f64}
+      : (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<4xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
+  return
+}

@@ -318,3 +318,17 @@ func.func @row_blocks(%x: tensor<12x64xbf16>, %idx: tensor<12x2xi32>) -> tensor<
   %y = g3moe.concat_rows %a, %b : tensor<8x64xbf16>, tensor<4x64xbf16> -> tensor<12x64xbf16>
   return %y : tensor<12x64xbf16>
 }
+
+// CHECK-LABEL: func.func @collectives
+func.func @collectives(%a: tensor<4x64xf32>, %b: tensor<f32>, %t: tensor<i64>) {
+  // CHECK: g3moe.all_reduce {{.*}} -> (tensor<4x64xf32>, tensor<f32>)
+  %s:2 = g3moe.all_reduce %a, %b : (tensor<4x64xf32>, tensor<f32>) -> (tensor<4x64xf32>, tensor<f32>)
+  // CHECK: g3moe.broadcast {{.*}} {root = 1 : i64}
+  %p = g3moe.broadcast %a {root = 1 : i64} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  // CHECK: g3moe.adamw {{.*}}owner = 1 : i64
+  %r:3 = g3moe.adamw %a, %a, %a, %a, %t, %b, %b
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, owner = 1 : i64, weight_decay = 0.0 : f64}
+      : (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<4x64xf32>, tensor<4x64xf32>, tensor<4x64xf32>)
+  return
+}

@@ -8,6 +8,7 @@
 //
 //===----------------------------------------------------------------------===//
 
+#include "runtime/cpu/cpu_kernels.h"
 #include "runtime/dist/gloo_communicator.h"
 #include "runtime/dist/tcp_store.h"
 #include "runtime/dist/world.h"
@@ -229,6 +230,52 @@ int bucketedSums(const World &w) {
   if (s.ok() || s.message().find("the gradient of w is BF16") == std::string::npos)
     return 4;
   return 0;
+}
+
+/// The CPU backend's collective kernels with the job's communicator: all_reduce
+/// sums each tensor over the ranks, broadcast gives every rank root 2's
+/// (outputs apart from the inputs, and in place).
+int collectiveKernels(const World &w) {
+  std::unique_ptr<Communicator> comm;
+  if (!makeGlooCommunicator(w, localOptions(), comm).ok())
+    return 1;
+  auto view = [](std::vector<float> &v) {
+    return TensorView{v.data(), DType::F32, {int64_t(v.size())}};
+  };
+  std::vector<float> a = {float(w.rank), 1, 2}, b = {float(10 * w.rank)}, sa(3), sb(1);
+  KernelAttrs none;
+  KernelArgs args;
+  args.name = "all_reduce";
+  args.attrs = &none;
+  args.communicator = comm.get();
+  args.inputs = {view(a), view(b)};
+  args.outputs = {view(sa), view(sb)};
+  if (!cpu::findCpuKernel("all_reduce")(args).ok())
+    return 2;
+  const float ranks = float(w.size), rankSum = float(w.size * (w.size - 1) / 2);
+  if (sa != std::vector<float>{rankSum, ranks, 2 * ranks} || sb[0] != 10 * rankSum)
+    return 3;
+  KernelAttrs root;
+  root.set("root", AttrValue::ofInt(2));
+  args.name = "broadcast";
+  args.attrs = &root;
+  args.outputs = args.inputs; // in place
+  if (!cpu::findCpuKernel("broadcast")(args).ok())
+    return 4;
+  if (a != std::vector<float>{2, 1, 2} || b[0] != 20)
+    return 5;
+  // A root outside the job is refused before any exchange.
+  root.set("root", AttrValue::ofInt(w.size));
+  Status s = cpu::findCpuKernel("broadcast")(args);
+  if (s.ok() || s.message().find("is not a process of this job of 3") == std::string::npos)
+    return 6;
+  return 0;
+}
+
+TEST(Gloo, CollectiveKernelsExchangeBetweenProcesses) {
+  std::vector<int> codes = runForkedJob(3, collectiveKernels);
+  for (int r = 0; r < 3; ++r)
+    EXPECT_EQ(codes[size_t(r)], 0) << "rank " << r;
 }
 
 TEST(Gloo, SumsInBucketsBetweenProcesses) {

@@ -264,4 +264,24 @@ TEST(OptimizerKernels, GlobalNormOverSeveralTensors) {
   EXPECT_EQ(out.f()[0], 5.0f);
 }
 
+TEST(CollectiveKernels, AloneTheyCopyTheirInputs) {
+  // A process that runs alone: all_reduce and broadcast (root 0) copy; a
+  // root that is not process 0 and tensors that differ in and out are
+  // refused. (DistTest.cpp runs them between processes.)
+  Tensor a = Tensor::f32({2, 3}), out = Tensor::f32({2, 3});
+  for (int i = 0; i < 6; ++i)
+    a.f()[i] = float(i) - 2.5f;
+  ASSERT_TRUE(run("all_reduce", {a}, {out}).ok());
+  EXPECT_EQ(out.values(), a.values());
+  KernelAttrs root = attrs({{"root", AttrValue::ofInt(0)}});
+  Tensor out2 = Tensor::f32({2, 3});
+  ASSERT_TRUE(run("broadcast", {a}, {out2}, root).ok());
+  EXPECT_EQ(out2.values(), a.values());
+  expectErrorNaming(run("broadcast", {a}, {out2}, attrs({{"root", AttrValue::ofInt(1)}})),
+                    "broadcast", "root 1 is not a process of this job of 1");
+  expectErrorNaming(run("all_reduce", {a}, {Tensor::f32({3, 2})}), "all_reduce",
+                    "tensor 0 must be f32 and shaped alike in and out");
+  expectErrorNaming(run("broadcast", {a}, {out2}), "broadcast", "root");
+}
+
 } // namespace

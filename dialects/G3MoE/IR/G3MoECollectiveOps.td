@@ -1,0 +1,48 @@
+//===- G3MoECollectiveOps.td - collectives between processes -*- tablegen -*-===//
+//
+// Ops that exchange tensors between the processes of a data-parallel job
+// (docs/architecture.md, "Many processes"), put into the step by
+// --g3moe-shard. In a job of one process they are the identity. They have
+// effects (they wait for the other processes), so no pass moves, merges or
+// erases them.
+//
+//===----------------------------------------------------------------------===//
+
+#ifndef G3MOE_COLLECTIVE_OPS_TD
+#define G3MOE_COLLECTIVE_OPS_TD
+
+def G3MoE_AllReduceOp : G3MoE_Op<"all_reduce"> {
+  let summary = "sum of each tensor over the data-parallel processes";
+  let description = [{
+    Every process passes its tensors and receives, for each, the elementwise
+    sum over the processes, in the same order on every process.
+
+    ```mlir
+    %s0, %s1 = g3moe.all_reduce %a, %b : (tensor<4x64xf32>, tensor<f32>) -> (tensor<4x64xf32>, tensor<f32>)
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$inputs);
+  let results = (outs Variadic<RankedTensorOf<[F32]>>:$results);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+def G3MoE_BroadcastOp : G3MoE_Op<"broadcast"> {
+  let summary = "tensors from process `root` to every process";
+  let description = [{
+    Every process passes the tensors and receives process `root`'s values
+    (ZeRO stage 1: the parameters that process's shard of the optimizer step
+    updated). What the other processes pass is ignored.
+
+    ```mlir
+    %p0, %p1 = g3moe.broadcast %a, %b {root = 1 : i64}
+        : (tensor<4x64xf32>, tensor<64x4xf32>) -> (tensor<4x64xf32>, tensor<64x4xf32>)
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$inputs, I64Attr:$root);
+  let results = (outs Variadic<RankedTensorOf<[F32]>>:$results);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
+#endif // G3MOE_COLLECTIVE_OPS_TD

@@ -1,0 +1,57 @@
+//===- kernels_collectives.cpp - exchanges between processes (CUDA) -------===//
+//
+// all_reduce and broadcast of the CUDA backend: the outputs start as the
+// inputs (a device copy where they do not alias) and, in a job of several
+// processes, go through the context's DeviceJob (NCCL). In a process that
+// runs alone they are those copies (a broadcast's root must then be 0). The
+// executor runs an entry point holding them kernel by kernel: the wait for
+// the other processes cannot be captured into a CUDA graph.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cuda/cuda_kernels.h"
+#include "runtime/kernels/kernel_checks.h"
+
+namespace g3rt::cuda {
+
+using namespace checks;
+
+namespace {
+
+int processesOf(const CudaContext &ctx) { return ctx.job ? ctx.job->processes() : 1; }
+
+Status copyInputs(const KernelArgs &args, CudaContext &ctx) {
+  for (size_t i = 0; i < args.inputs.size(); ++i)
+    if (args.outputs[i].data != args.inputs[i].data) {
+      cudaError_t e = cudaMemcpyAsync(args.outputs[i].data, args.inputs[i].data,
+                                      args.inputs[i].bytes(), cudaMemcpyDeviceToDevice, ctx.stream);
+      if (e != cudaSuccess)
+        return args.fail(std::string("copying tensor ") + std::to_string(i) + ": " +
+                         cudaGetErrorString(e));
+    }
+  return Status();
+}
+
+} // namespace
+
+Status allReduceKernel(const KernelArgs &args) {
+  CudaContext &ctx = contextOf(args);
+  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(ctx), nullptr));
+  G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
+  if (!ctx.job)
+    return Status();
+  return ctx.job->allReduceSum(args.outputs, ctx.stream).withContext(std::string(args.name));
+}
+
+Status broadcastKernel(const KernelArgs &args) {
+  CudaContext &ctx = contextOf(args);
+  int64_t root = 0;
+  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(ctx), &root));
+  G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
+  if (!ctx.job)
+    return Status();
+  return ctx.job->broadcast(args.outputs, int(root), ctx.stream)
+      .withContext(std::string(args.name) + " from process " + std::to_string(root));
+}
+
+} // namespace g3rt::cuda

@@ -1,0 +1,44 @@
+// --g3moe-shard: ZeRO stage 1 gives each trainable tensor one owning process
+// (largest first, to the least loaded), splits each adamw into one per owner,
+// and broadcasts each owner's new parameters before they are returned.
+// RUN: g3moe-opt %s --split-input-file --verify-diagnostics --g3moe-shard="stage=1 processes=2" | FileCheck %s
+// RUN: g3moe-opt %s --split-input-file --g3moe-shard="stage=0 processes=2" | FileCheck %s --check-prefix=STAGE0
+// RUN: not g3moe-opt %s --split-input-file --g3moe-shard="stage=2 processes=2" 2>&1 | FileCheck %s --check-prefix=STAGE2
+
+// STAGE0: g3moe.adamw %arg0, %arg1, %arg2, %arg0, %arg1, %arg2
+// STAGE0-NOT: g3moe.broadcast
+// STAGE2: g3moe-shard: needs stage 0 or 1 (ZeRO stages 2 and 3 are not built) and processes >= 1, got stage 2 and processes 2
+
+// Three tensors of 64, 32 and 16 elements: the largest goes to process 0,
+// the next two to process 1 (32 + 16 < 64 would leave it lighter still).
+// CHECK-LABEL: func.func @optimizer_step
+func.func @optimizer_step(%a: tensor<64xf32>, %b: tensor<32xf32>, %c: tensor<16xf32>,
+                          %t: tensor<i64>, %lr: tensor<f32>, %k: tensor<f32>)
+    -> (tensor<64xf32>, tensor<32xf32>, tensor<16xf32>, tensor<64xf32>, tensor<32xf32>, tensor<16xf32>) {
+  // CHECK: %[[U0:.*]]:3 = g3moe.adamw %arg0, %arg0, %arg0, %arg0, %arg3, %arg4, %arg5 {{{.*}}owner = 0 : i64
+  // CHECK: %[[U1:.*]]:6 = g3moe.adamw %arg1, %arg2, %arg1, %arg2, %arg1, %arg2, %arg1, %arg2, %arg3, %arg4, %arg5 {{{.*}}owner = 1 : i64
+  %r:9 = g3moe.adamw %a, %b, %c, %a, %b, %c, %a, %b, %c, %a, %b, %c, %t, %lr, %k
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.01 : f64}
+      : (tensor<64xf32>, tensor<32xf32>, tensor<16xf32>, tensor<64xf32>, tensor<32xf32>, tensor<16xf32>,
+         tensor<64xf32>, tensor<32xf32>, tensor<16xf32>, tensor<64xf32>, tensor<32xf32>, tensor<16xf32>,
+         tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<64xf32>, tensor<32xf32>, tensor<16xf32>, tensor<64xf32>, tensor<32xf32>, tensor<16xf32>,
+          tensor<64xf32>, tensor<32xf32>, tensor<16xf32>)
+  // CHECK: %[[P0:.*]] = g3moe.broadcast %[[U0]]#0 {root = 0 : i64}
+  // CHECK: %[[P1:.*]]:2 = g3moe.broadcast %[[U1]]#0, %[[U1]]#1 {root = 1 : i64}
+  // CHECK: return %[[P0]], %[[P1]]#0, %[[P1]]#1, %[[U0]]#1, %[[U1]]#2, %[[U1]]#3
+  return %r#0, %r#1, %r#2, %r#3, %r#4, %r#5
+      : tensor<64xf32>, tensor<32xf32>, tensor<16xf32>, tensor<64xf32>, tensor<32xf32>, tensor<16xf32>
+}
+
+// -----
+
+// A step sharded already is refused.
+func.func @optimizer_step(%a: tensor<64xf32>, %t: tensor<i64>, %lr: tensor<f32>) -> tensor<64xf32> {
+  // expected-error @+1 {{g3moe-shard: the optimizer step is sharded already}}
+  %r:3 = g3moe.adamw %a, %a, %a, %a, %t, %lr, %lr
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, owner = 1 : i64, weight_decay = 0.0 : f64}
+      : (tensor<64xf32>, tensor<64xf32>, tensor<64xf32>, tensor<64xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<64xf32>, tensor<64xf32>, tensor<64xf32>)
+  return %r#0 : tensor<64xf32>
+}
