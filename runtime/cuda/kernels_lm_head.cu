@@ -391,6 +391,15 @@ bool nativeLogits(const TensorView &x, const TensorView &table) {
   return x.dtype == table.dtype && nativeCombination(x.dtype, DType::F32);
 }
 
+/// logits[mb, vc] = x[rows]·table[v0.., H]ᵀ in fp32, before the cap: one tile.
+Status tileLogits(const KernelArgs &args, CudaContext &ctx, Scratch &inner, const HeadLossShape &s,
+                  const Operand &xRows, int64_t mb, int64_t v0, int64_t vc, float *logits) {
+  const TensorView &table = args.inputs[1];
+  return gemm(args, ctx, inner, mb, vc, s.H, xRows,
+              Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, true},
+              Output{logits, DType::F32, vc}, 0.0f);
+}
+
 /// The forward sweep of the fused head over tiles of rows and vocabulary:
 /// the loss into `loss`, each row's logsumexp into `lseOut` when given, and
 /// with `accuracy` (two device counters, zeroed) token_accuracy's counts.
@@ -429,11 +438,8 @@ Status headLossSweep(const KernelArgs &args, const HeadLossShape &s, const Tenso
     const Operand xRows{offsetBytes(x.data, x.dtype, m0 * s.H), x.dtype, s.H, false};
     for (int64_t j = 0; j < chunks; ++j) {
       const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
-      // logits[mb, vc] = x[m0.., H]·table[v0.., H]ᵀ, capped by the kernels below.
-      G3RT_RETURN_IF_ERROR(
-          gemm(args, ctx, inner, mb, vc, s.H, xRows,
-               Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, true},
-               Output{logits, DType::F32, vc}, 0.0f));
+      // Capped by the kernels below.
+      G3RT_RETURN_IF_ERROR(tileLogits(args, ctx, inner, s, xRows, mb, v0, vc, logits));
       headLossStatsDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
           logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
           j == 0, j == chunks - 1, runMax, runSum, targetLogit, nullptr, rowLoss, counted, lseOut);
@@ -553,8 +559,7 @@ struct HeadLossGrad {
 
   /// The pre-cap logits of rows m0.. (mb of them) and vocabulary v0..
   Status computeLogits(const Operand &xRows, int64_t mb, int64_t v0, int64_t vc) {
-    return gemm(args, ctx, inner, mb, vc, s.H, xRows, tableRows(v0, true),
-                Output{logits, DType::F32, vc}, 0.0f);
+    return tileLogits(args, ctx, inner, s, xRows, mb, v0, vc, logits);
   }
 
   /// The gradients of rows m0.. (mb of them): both sweeps.
@@ -734,10 +739,7 @@ Status lmHeadCrossEntropyAndGradKernel(const KernelArgs &args) {
     const Operand xRows{offsetBytes(x.data, x.dtype, m0 * s.H), x.dtype, s.H, false};
     for (int64_t j = 0; j < chunks; ++j) {
       const int64_t v0 = j * Vc, vc = std::min(Vc, s.V - v0);
-      G3RT_RETURN_IF_ERROR(
-          gemm(args, ctx, inner, mb, vc, s.H, xRows,
-               Operand{offsetBytes(table.data, table.dtype, v0 * s.H), table.dtype, s.H, true},
-               Output{logits, DType::F32, vc}, 0.0f));
+      G3RT_RETURN_IF_ERROR(tileLogits(args, ctx, inner, s, xRows, mb, v0, vc, logits));
       headOnePassTileDevice<<<rowBlocks(mb), kRowThreads, 0, ctx.stream>>>(
           logits, mb, vc, v0, s.V, targets.data, targets.dtype, m0, s.ignoreIndex, s.softcap,
           j == 0, runMax, runSum, targetLogit, acc, s.H, pb);
