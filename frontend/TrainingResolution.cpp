@@ -226,7 +226,7 @@ Error resolveSchedules(const Reader &r, TrainingOptions &t) {
 }
 
 /// The parallel layout: data_parallel (an integer >= 1 or "auto", 0 here)
-/// and zero_stage (0 to 3; stages 0 and 1 are built).
+/// and zero_stage (0 to 3; stages 0 to 2 are built).
 Error resolveLayout(const Reader &r, TrainingOptions &t) {
   const Entry *dp = r.find("data_parallel");
   if (dp && !r.isNull("data_parallel") &&
@@ -235,16 +235,17 @@ Error resolveLayout(const Reader &r, TrainingOptions &t) {
       return e;
   if (Error e = r.integerIn("zero_stage", t.zeroStage, 0, 3))
     return e;
-  if (t.zeroStage > 1)
+  if (t.zeroStage > 2)
     return fail(r.origin("zero_stage"),
-                "ZeRO stage " + Twine(t.zeroStage) +
-                    " is not built yet: stage 1 (the Adam moments divided among the "
-                    "processes) and stage 0 (each process holds the whole state) are");
+                "ZeRO stage 3 is not built yet: stages 0 (each process holds the whole "
+                "state), 1 (the Adam moments divided among the processes) and 2 (the "
+                "gradients too) are");
   // The shards are laid out at compile time, for a known number of processes.
-  if (t.zeroStage == 1 && t.dataParallel < 1)
+  if (t.zeroStage > 0 && t.dataParallel < 1)
     return fail(r.origin("zero_stage"),
-                "zero_stage 1 needs data_parallel set to the number of processes (the "
-                "optimizer state is divided among them at compile time), not auto");
+                "zero_stage " + Twine(t.zeroStage) +
+                    " needs data_parallel set to the number of processes (the optimizer "
+                    "state is divided among them at compile time), not auto");
   return Error::success();
 }
 

@@ -275,9 +275,11 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
                << " data-parallel processes holds the whole state and needs the memory above "
                   "(zero_stage 0)\n";
       else
-        errs() << "g3moe-compile: per process: the Adam moments are divided among the " << processes
-               << " data-parallel processes (zero_stage 1); the memory above is that of the "
-                  "process holding the most\n";
+        errs() << "g3moe-compile: per process: the Adam moments"
+               << (config.training.zeroStage >= 2 ? " and the gradients" : "")
+               << " are divided among the " << processes << " data-parallel processes (zero_stage "
+               << config.training.zeroStage
+               << "); the memory above is that of the process holding the most\n";
     }
     printMemoryReport(*module, errs());
   }

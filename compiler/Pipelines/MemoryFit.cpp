@@ -150,22 +150,27 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
     memory.offloaded = std::max(memory.offloaded, copies);
   }
   // Each function declares the persistent buffers it touches; the runtime
-  // allocates each (kind, name) once, and under ZeRO stage 1 a moment only on
-  // the process that owns the update reading it: the plan is that of the
-  // process holding the most.
+  // allocates each (kind, name) once, and under ZeRO a moment or gradient
+  // accumulator that only launches of one process (`owner`) touch only on
+  // that process (runtime/exec/state.h, stateOwners): the plan is that of
+  // the process holding the most.
   using Key = std::pair<std::string, std::string>;
   auto keyOf = [](g3moe::lowered::BufferOp buffer) {
     return Key{buffer.getKind().str(), buffer.getName().value_or("").str()};
   };
-  std::map<Key, int64_t> owner;
+  std::map<Key, int64_t> owner; // -1 once a launch of another or of none touches it
   step.walk([&](g3moe::lowered::LaunchOp l) {
     auto rank = l.getAttrs().getAs<IntegerAttr>("owner");
-    if (l.getKernel() != "adamw" || !rank)
-      return;
-    for (Value in : l.getIns())
-      if (auto buffer = in.getDefiningOp<g3moe::lowered::BufferOp>())
-        if (buffer.getKind() == "exp_avg" || buffer.getKind() == "exp_avg_sq")
-          owner[keyOf(buffer)] = rank.getInt();
+    for (ValueRange list : {ValueRange(l.getIns()), ValueRange(l.getOuts())})
+      for (Value v : list) {
+        auto buffer = v.getDefiningOp<g3moe::lowered::BufferOp>();
+        if (!buffer || (buffer.getKind() != "exp_avg" && buffer.getKind() != "exp_avg_sq" &&
+                        buffer.getKind() != "grad_acc"))
+          continue;
+        auto [it, fresh] = owner.try_emplace(keyOf(buffer), rank ? rank.getInt() : -1);
+        if (!fresh && (!rank || it->second != rank.getInt()))
+          it->second = -1;
+      }
   });
   std::set<Key> seen;
   std::map<int64_t, int64_t> ownedBytes;
@@ -174,7 +179,8 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
       return;
     int64_t bytes = g3moe::lowered::bufferBytes(buffer.getType());
     auto it = owner.find(keyOf(buffer));
-    (it == owner.end() ? memory.persistentBytes : ownedBytes[it->second]) += bytes;
+    (it == owner.end() || it->second < 0 ? memory.persistentBytes : ownedBytes[it->second]) +=
+        bytes;
   });
   int64_t most = 0;
   for (auto [rank, bytes] : ownedBytes)

@@ -1,8 +1,9 @@
 //===- kernels_collectives.cpp - exchanges between processes (CPU) --------===//
 //
-// all_reduce and broadcast of the CPU backend, through the job's
+// all_reduce, reduce and broadcast of the CPU backend, through the job's
 // communicator (Gloo): the tensors are host memory. In a process that runs
-// alone they copy their inputs (a broadcast's root must then be 0).
+// alone they copy their inputs (a root must then be 0). reduce is an
+// all-reduce here: its root gets the sum, the others get it too.
 //
 //===----------------------------------------------------------------------===//
 
@@ -38,6 +39,17 @@ Status allReduceKernel(const KernelArgs &args) {
     G3RT_RETURN_IF_ERROR(
         args.communicator->allReduceSum(args.outputs[i].f32(), size_t(args.outputs[i].numel()))
             .withContext(std::string(args.name)));
+  return Status();
+}
+
+Status reduceKernel(const KernelArgs &args) {
+  int64_t root = 0;
+  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(args), &root));
+  copyInputs(args);
+  for (size_t i = 0; args.communicator && i < args.outputs.size(); ++i)
+    G3RT_RETURN_IF_ERROR(
+        args.communicator->allReduceSum(args.outputs[i].f32(), size_t(args.outputs[i].numel()))
+            .withContext(std::string(args.name) + " to process " + std::to_string(root)));
   return Status();
 }
 

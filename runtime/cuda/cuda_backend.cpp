@@ -64,6 +64,10 @@ public:
       named.push_back({"tensor " + std::to_string(i), tensors[i]});
     return nccl_->allReduceSum(named, stream);
   }
+  Status reduceSum(const std::vector<TensorView> &tensors, int root, cudaStream_t stream) override {
+    G3RT_RETURN_IF_ERROR(joinNccl(*placement_.job));
+    return nccl_->reduceSum(tensors, root, stream);
+  }
   Status broadcast(const std::vector<TensorView> &tensors, int root, cudaStream_t stream) override {
     G3RT_RETURN_IF_ERROR(joinNccl(*placement_.job));
     return nccl_->broadcast(tensors, root, stream);

@@ -68,6 +68,11 @@ public:
   /// Each f32 tensor replaced by its sum over the processes, after the work
   /// on `stream`; waits for it.
   virtual Status allReduceSum(const std::vector<TensorView> &tensors, cudaStream_t stream) = 0;
+  /// Each f32 tensor of process `root` replaced by its sum over the
+  /// processes (the others' are left unspecified), after the work on
+  /// `stream`; waits for it.
+  virtual Status reduceSum(const std::vector<TensorView> &tensors, int root,
+                           cudaStream_t stream) = 0;
   /// Each f32 tensor replaced by process `root`'s, after the work on
   /// `stream`; waits for it.
   virtual Status broadcast(const std::vector<TensorView> &tensors, int root,

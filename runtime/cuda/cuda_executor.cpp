@@ -413,7 +413,7 @@ Status CudaExecutor::run(const std::string &function) {
       // A collective waits for the other processes on the host.
       if (ctx_->job)
         for (const InstrDesc &in : fn->instrs)
-          if (in.kernel == "all_reduce" || in.kernel == "broadcast")
+          if (in.kernel == "all_reduce" || in.kernel == "reduce" || in.kernel == "broadcast")
             g->failure = "it exchanges tensors with the other processes (" + in.kernel + ")";
     }
     g->warmed = true;

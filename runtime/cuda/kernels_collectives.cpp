@@ -1,6 +1,6 @@
 //===- kernels_collectives.cpp - exchanges between processes (CUDA) -------===//
 //
-// all_reduce and broadcast of the CUDA backend: the outputs start as the
+// all_reduce, reduce and broadcast of the CUDA backend: the outputs start as the
 // inputs (a device copy where they do not alias) and, in a job of several
 // processes, go through the context's DeviceJob (NCCL). In a process that
 // runs alone they are those copies (a broadcast's root must then be 0). The
@@ -41,6 +41,17 @@ Status allReduceKernel(const KernelArgs &args) {
   if (!ctx.job)
     return Status();
   return ctx.job->allReduceSum(args.outputs, ctx.stream).withContext(std::string(args.name));
+}
+
+Status reduceKernel(const KernelArgs &args) {
+  CudaContext &ctx = contextOf(args);
+  int64_t root = 0;
+  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(ctx), &root));
+  G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
+  if (!ctx.job)
+    return Status();
+  return ctx.job->reduceSum(args.outputs, int(root), ctx.stream)
+      .withContext(std::string(args.name) + " to process " + std::to_string(root));
 }
 
 Status broadcastKernel(const KernelArgs &args) {

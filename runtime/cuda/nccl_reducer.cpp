@@ -127,15 +127,22 @@ Status NcclReducer::allReduceSum(const std::vector<std::pair<std::string, Tensor
   std::vector<TensorView> views;
   for (const auto &entry : tensors)
     views.push_back(entry.second);
-  return collective(views, -1, stream, "the all-reduce of the gradients");
+  return collective(Kind::AllReduce, views, 0, stream, "the all-reduce of the gradients");
 }
 
 Status NcclReducer::broadcast(const std::vector<TensorView> &tensors, int root,
                               cudaStream_t stream) {
-  return collective(tensors, root, stream, "the broadcast from process " + std::to_string(root));
+  return collective(Kind::Broadcast, tensors, root, stream,
+                    "the broadcast from process " + std::to_string(root));
 }
 
-Status NcclReducer::collective(const std::vector<TensorView> &tensors, int root,
+Status NcclReducer::reduceSum(const std::vector<TensorView> &tensors, int root,
+                              cudaStream_t stream) {
+  return collective(Kind::Reduce, tensors, root, stream,
+                    "the reduction to process " + std::to_string(root));
+}
+
+Status NcclReducer::collective(Kind kind, const std::vector<TensorView> &tensors, int root,
                                cudaStream_t stream, const std::string &what) {
   Impl &p = *impl_;
   if (p.broken)
@@ -146,9 +153,18 @@ Status NcclReducer::collective(const std::vector<TensorView> &tensors, int root,
   ncclResult_t r = ncclGroupStart();
   for (size_t i = 0; queued(r) && i < tensors.size(); ++i) {
     const TensorView &t = tensors[i];
-    r = root < 0
-            ? ncclAllReduce(t.data, t.data, size_t(t.numel()), ncclFloat32, ncclSum, p.comm, stream)
-            : ncclBroadcast(t.data, t.data, size_t(t.numel()), ncclFloat32, root, p.comm, stream);
+    const size_t n = size_t(t.numel());
+    switch (kind) {
+    case Kind::AllReduce:
+      r = ncclAllReduce(t.data, t.data, n, ncclFloat32, ncclSum, p.comm, stream);
+      break;
+    case Kind::Reduce:
+      r = ncclReduce(t.data, t.data, n, ncclFloat32, ncclSum, root, p.comm, stream);
+      break;
+    case Kind::Broadcast:
+      r = ncclBroadcast(t.data, t.data, n, ncclFloat32, root, p.comm, stream);
+      break;
+    }
   }
   ncclResult_t end = ncclGroupEnd();
   if (queued(r))
@@ -190,7 +206,11 @@ Status NcclReducer::broadcast(const std::vector<TensorView> &, int, cudaStream_t
   return Status::error("this g3moe-run was built without NCCL");
 }
 
-Status NcclReducer::collective(const std::vector<TensorView> &, int, cudaStream_t,
+Status NcclReducer::reduceSum(const std::vector<TensorView> &, int, cudaStream_t) {
+  return Status::error("this g3moe-run was built without NCCL");
+}
+
+Status NcclReducer::collective(Kind, const std::vector<TensorView> &, int, cudaStream_t,
                                const std::string &) {
   return Status::error("this g3moe-run was built without NCCL");
 }

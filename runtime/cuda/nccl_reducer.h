@@ -50,15 +50,21 @@ public:
   /// Replaces each of `tensors` (f32 device data) by rank `root`'s, with
   /// allReduceSum's ordering, waiting and failure handling.
   Status broadcast(const std::vector<TensorView> &tensors, int root, cudaStream_t stream);
+  /// Replaces each of rank `root`'s `tensors` by their sum over the ranks
+  /// (the others' are left unspecified), likewise.
+  Status reduceSum(const std::vector<TensorView> &tensors, int root, cudaStream_t stream);
+
+  /// What collective() runs on each tensor.
+  enum class Kind { AllReduce, Reduce, Broadcast };
 
   struct Impl;
 
 private:
   explicit NcclReducer(std::unique_ptr<Impl> impl);
-  /// One group of in-place collectives on `tensors`: all-reduce sums when
-  /// `root` < 0, else broadcasts from `root`; `what` names it in errors.
-  Status collective(const std::vector<TensorView> &tensors, int root, cudaStream_t stream,
-                    const std::string &what);
+  /// One group of in-place collectives of `kind` on `tensors` (`root` for
+  /// Reduce and Broadcast); `what` names it in errors.
+  Status collective(Kind kind, const std::vector<TensorView> &tensors, int root,
+                    cudaStream_t stream, const std::string &what);
   std::unique_ptr<Impl> impl_;
 };
 

@@ -4,6 +4,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <optional>
 #include <set>
 
@@ -19,19 +20,33 @@ Storage::Storage(size_t bytes) : size_(bytes) {
 
 void Storage::Free::operator()(void *p) const { std::free(p); }
 
-std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program) {
+std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram &program) {
+  // Per tensor: the one owner of every instruction touching it, or -1 once
+  // an instruction without one (or with another) touches it.
   std::map<std::pair<BufferKind, std::string>, int> owners;
   for (const FunctionDesc &fn : program.functions)
     for (const InstrDesc &instr : fn.instrs) {
       std::optional<int64_t> owner = instr.attrs.getInt("owner");
-      if (instr.kernel != "adamw" || !owner)
-        continue;
-      for (uint32_t i : instr.inputs) {
-        const BufferDesc &b = fn.buffers[i];
-        if (b.kind == BufferKind::ExpAvg || b.kind == BufferKind::ExpAvgSq)
-          owners[{b.kind, b.name}] = int(*owner);
-      }
+      for (const std::vector<uint32_t> *list : {&instr.inputs, &instr.outputs})
+        for (uint32_t i : *list) {
+          const BufferDesc &b = fn.buffers[i];
+          if (b.kind != BufferKind::ExpAvg && b.kind != BufferKind::ExpAvgSq &&
+              b.kind != BufferKind::GradAcc)
+            continue;
+          auto [it, fresh] = owners.try_emplace({b.kind, b.name}, owner ? int(*owner) : -1);
+          if (!fresh && (!owner || it->second != int(*owner)))
+            it->second = -1;
+        }
     }
+  for (auto it = owners.begin(); it != owners.end();)
+    it = it->second < 0 ? owners.erase(it) : std::next(it);
+  return owners;
+}
+
+std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program) {
+  auto owners = stateOwners(program);
+  for (auto it = owners.begin(); it != owners.end();)
+    it = it->first.first == BufferKind::GradAcc ? owners.erase(it) : std::next(it);
   return owners;
 }
 
@@ -42,7 +57,7 @@ bool runsOnProcess(const InstrDesc &instr, int rank) {
 
 Status forEachStateBuffer(const StepProgram &program,
                           const std::function<Status(const BufferDesc &)> &visit, int rank) {
-  const auto owners = rank < 0 ? decltype(momentOwners(program))() : momentOwners(program);
+  const auto owners = rank < 0 ? decltype(stateOwners(program))() : stateOwners(program);
   // The verifier made every declaration of one (kind, name) agree on dtype
   // and shape, so the first stands for all.
   std::set<std::pair<BufferKind, std::string>> seen;

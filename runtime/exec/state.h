@@ -42,10 +42,14 @@ private:
   size_t size_ = 0;
 };
 
-/// ZeRO stage 1 (--g3moe-shard): each Adam moment lives on one process, the
-/// `owner` of the optimizer update (adamw instruction) that takes it. Every
-/// moment such an update takes, by (kind, name), mapped to its owner; empty
-/// for an unsharded step.
+/// ZeRO sharding (--g3moe-shard): a persistent tensor that only
+/// instructions of one process touch (an `owner` attribute: the optimizer
+/// update at stage 1, and at stage 2 also the accumulation and the norm of
+/// the gradients) lives on that process alone. Every such Adam moment and
+/// gradient accumulator, by (kind, name), mapped to its owner; empty for an
+/// unsharded step.
+std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram &program);
+/// The Adam moments among stateOwners.
 std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program);
 
 /// Whether process `rank` runs `instr`: an instruction with an `owner`
@@ -56,7 +60,7 @@ bool runsOnProcess(const InstrDesc &instr, int rank);
 /// name) pair, as first declared by any entry point): parameters, gradient
 /// accumulators, Adam moments and inputs. Arena buffers and views are not
 /// state. With `rank` >= 0, the state of that process of a data-parallel
-/// job: moments another process owns (momentOwners) are left out. A
+/// job: tensors another process owns (stateOwners) are left out. A
 /// visitor's error stops the walk and is returned.
 Status forEachStateBuffer(const StepProgram &program,
                           const std::function<Status(const BufferDesc &)> &visit, int rank = -1);

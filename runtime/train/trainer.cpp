@@ -260,7 +260,9 @@ Status Trainer::sumOverRanks(std::vector<double> &values, const char *what) {
 
 Status Trainer::sumGradients() {
   Communicator *comm = options.communicator;
-  if (ranks() == 1)
+  // ZeRO stage 2 sums each micro-batch's gradients into their owners'
+  // accumulators within the step (g3moe.reduce).
+  if (ranks() == 1 || training.zeroStage >= 2)
     return Status();
   bool done = false;
   G3RT_RETURN_IF_ERROR(backend->sumGradients(*comm, done));

@@ -219,30 +219,42 @@ TEST(Backends, CpuBackendRunsOnItsOwnHostStateOnly) {
   EXPECT_EQ(step.cpu->placement().worldSize, 1);
 }
 
-TEST(Backends, EachProcessOfAShardedStepHoldsItsShareOfTheMoments) {
-  // ZeRO stage 1 over 2 processes: each holds the parameters, gradients and
-  // inputs, and the moments of the updates it owns; together, every moment
-  // once. The CPU backend runs only its own updates.
-  StepProgram program = loadProgram("g3moe_lora_zero1");
-  auto moments = [](const HostState &h) {
-    std::set<std::string> names;
-    for (BufferKind k : {BufferKind::ExpAvg, BufferKind::ExpAvgSq})
-      h.forEach(k, [&](const std::string &name, const TensorView &) {
-        names.insert(std::string(k == BufferKind::ExpAvg ? "m:" : "v:") + name);
-      });
-    return names;
-  };
+/// The tensors of `kinds` a host state holds, by kind and name.
+std::set<std::string> held(const HostState &h, std::initializer_list<BufferKind> kinds) {
+  std::set<std::string> names;
+  for (BufferKind k : kinds)
+    h.forEach(k, [&](const std::string &name, const TensorView &) {
+      names.insert(std::to_string(int(k)) + ":" + name);
+    });
+  return names;
+}
+
+/// Process 0's and 1's shares of `kinds` are disjoint, neither empty, and
+/// together what a process of the unsharded view holds.
+void expectDivided(const StepProgram &program, std::initializer_list<BufferKind> kinds) {
   HostState all(program), first(program, 0), second(program, 1);
-  std::set<std::string> a = moments(first), b = moments(second), both = moments(all);
+  std::set<std::string> a = held(first, kinds), b = held(second, kinds), whole = held(all, kinds);
   EXPECT_FALSE(a.empty());
   EXPECT_FALSE(b.empty());
-  EXPECT_EQ(a.size() + b.size(), both.size());
+  EXPECT_EQ(a.size() + b.size(), whole.size());
   std::set<std::string> joined = a;
   joined.insert(b.begin(), b.end());
-  EXPECT_EQ(joined, both);
-  EXPECT_TRUE(second.param("model.embed_tokens.weight").data);
+  EXPECT_EQ(joined, whole);
+}
+
+TEST(Backends, EachProcessOfAShardedStepHoldsItsShareOfTheState) {
+  // ZeRO over 2 processes: each holds the parameters and inputs, and the
+  // moments of the updates it owns (stage 1), and at stage 2 the gradient
+  // accumulators of the tensors it owns; together, each once. A process
+  // runs only its own updates.
+  StepProgram one = loadProgram("g3moe_lora_zero1"), two = loadProgram("g3moe_lora_zero2");
+  expectDivided(one, {BufferKind::ExpAvg, BufferKind::ExpAvgSq});
+  expectDivided(two, {BufferKind::ExpAvg, BufferKind::ExpAvgSq, BufferKind::GradAcc});
+  EXPECT_EQ(held(HostState(one, 1), {BufferKind::GradAcc}),
+            held(HostState(one), {BufferKind::GradAcc}));
+  EXPECT_TRUE(HostState(two, 1).param("model.embed_tokens.weight").data);
   size_t owned = 0, updates = 0;
-  for (const FunctionDesc &fn : program.functions)
+  for (const FunctionDesc &fn : one.functions)
     for (const InstrDesc &in : fn.instrs)
       if (in.kernel == "adamw") {
         ++updates;
@@ -250,7 +262,8 @@ TEST(Backends, EachProcessOfAShardedStepHoldsItsShareOfTheMoments) {
       }
   EXPECT_GT(updates, owned);
   EXPECT_GT(owned, 0u);
-  EXPECT_EQ(momentOwners(program).size(), both.size());
+  EXPECT_EQ(momentOwners(one).size(),
+            held(HostState(one), {BufferKind::ExpAvg, BufferKind::ExpAvgSq}).size());
 }
 
 } // namespace

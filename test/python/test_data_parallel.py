@@ -4,7 +4,8 @@ itself, and through g3moe-run --nproc-per-node) train, per
 optimizer step, what one process trains with N times the gradient
 accumulation: the same losses and gradient norms, and the same trained
 parameters, to fp32 rounding, whether each process holds the whole optimizer
-state or its share of the Adam moments (ZeRO stage 1). Micro-batches of one row, so that each rank's
+state or its share of the Adam moments (ZeRO stage 1) and of the gradients
+(stage 2). Micro-batches of one row, so that each rank's
 micro-batch is exactly one of the single process's (a MoE's balancing loss is
 a statistic of its micro-batch). A rank that never arrives makes the others
 fail with an error, not hang."""
@@ -54,13 +55,13 @@ def steps(folder):
     return [(r["loss"], r["grad_norm"]) for r in rows if "grad_norm" in r]
 
 
-def sharded_step(tmp_path, g3moe_compile, world, *settings, model="tiny-g3moe"):
-    """The tiny model's step with its Adam moments divided among `world`
-    processes (ZeRO stage 1)."""
-    step = tmp_path / f"step-{world}-zero1.bin"
+def sharded_step(tmp_path, g3moe_compile, world, *settings, model="tiny-g3moe", zero=1):
+    """The tiny model's step with its Adam moments (and at ZeRO stage 2 its
+    gradients) divided among `world` processes."""
+    step = tmp_path / f"step-{world}-zero{zero}.bin"
     g3moe_compile(EXAMPLES / model / "config.json", "--fp32", "--quiet", "--micro-batch", "1",
                   "--seq-len", "64", *settings, "--set", f"data_parallel={world}", "--set",
-                  "zero_stage=1", "-o", step)
+                  f"zero_stage={zero}", "-o", step)
     return step
 
 
@@ -69,7 +70,7 @@ def sharded_step(tmp_path, g3moe_compile, world, *settings, model="tiny-g3moe"):
     ("tiny-gemma3", ["--set", "finetuning=full"]),
 ])
 @pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("zero", [0, 1])
+@pytest.mark.parametrize("zero", [0, 1, 2])
 def test_ranks_train_like_one_process_with_more_accumulation(tmp_path, g3moe_compile, g3moe_run,
                                                              model, settings, world, zero):
     step = tmp_path / "step.bin"
@@ -83,7 +84,8 @@ def test_ranks_train_like_one_process_with_more_accumulation(tmp_path, g3moe_com
     g3moe_run(*common, "--gradient-accumulation-steps", str(world), "--output-dir",
               tmp_path / "one")
     if zero:
-        common[0] = sharded_step(tmp_path, g3moe_compile, world, *settings, model=model)
+        common[0] = sharded_step(tmp_path, g3moe_compile, world, *settings, model=model,
+                                 zero=zero)
     results = launch([*common, "--gradient-accumulation-steps", "1", "--output-dir",
                       tmp_path / "many"], world)
     for rank, (code, stdout, stderr) in enumerate(results):
@@ -179,12 +181,13 @@ def test_g3moe_run_starts_its_own_ranks(tmp_path, g3moe_compile, g3moe_run):
 
 
 @pytest.mark.parametrize("before,after", [
-    ((2, 0), (4, 0)), ((4, 0), (1, 0)), ((2, 1), (4, 1)), ((4, 1), (1, 0)), ((2, 0), (2, 1))])
+    ((2, 0), (4, 0)), ((4, 0), (1, 0)), ((2, 1), (4, 1)), ((4, 1), (1, 0)), ((2, 0), (2, 1)),
+    ((2, 2), (4, 1)), ((4, 1), (2, 2))])
 def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_run, before,
                                                  after):
     """A checkpoint of N processes resumes on M with the same global batch
-    (N x accumulation kept), and with the Adam moments divided among them
-    (ZeRO stage 1) or not, before and after: the run continues as the
+    (N x accumulation kept), and with the optimizer state divided among them
+    (ZeRO stages 1 and 2) or not, before and after: the run continues as the
     uninterrupted one."""
     step = tmp_path / "step.bin"
     g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
@@ -199,7 +202,7 @@ def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_
     base[base.index("--save-steps") + 1] = "2"
 
     def run(world, zero, *more):
-        at = sharded_step(tmp_path, g3moe_compile, world) if zero else step
+        at = sharded_step(tmp_path, g3moe_compile, world, zero=zero) if zero else step
         g3moe_run(at, *base, "--gradient-accumulation-steps", str(4 // world), "--nproc-per-node",
                   str(world), *more, "--output-dir", out)
 

@@ -27,6 +27,24 @@ def G3MoE_AllReduceOp : G3MoE_Op<"all_reduce"> {
   let hasVerifier = 1;
 }
 
+def G3MoE_ReduceOp : G3MoE_Op<"reduce"> {
+  let summary = "sum of each tensor over the processes, delivered to process `root`";
+  let description = [{
+    Process `root` receives, for each tensor, the elementwise sum over the
+    processes (ZeRO stage 2: a micro-batch's gradient, summed into the
+    accumulator of the process that owns it); what the other processes
+    receive is unspecified, and nothing there may read it.
+
+    ```mlir
+    %s = g3moe.reduce %g {root = 1 : i64} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32]>>:$inputs, I64Attr:$root);
+  let results = (outs Variadic<RankedTensorOf<[F32]>>:$results);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_BroadcastOp : G3MoE_Op<"broadcast"> {
   let summary = "tensors from process `root` to every process";
   let description = [{

@@ -277,14 +277,19 @@ static LogicalResult verifyCollective(Operation *op) {
 
 LogicalResult AllReduceOp::verify() { return verifyCollective(*this); }
 
-LogicalResult BroadcastOp::verify() {
-  if (failed(verifyCollective(*this)))
+/// A rooted collective: a process rank as its root.
+static LogicalResult verifyRooted(Operation *op, IntegerAttr root) {
+  if (failed(verifyCollective(op)))
     return failure();
-  // (The I64Attr's accessor is unsigned.)
-  if (int64_t root = getRootAttr().getInt(); root < 0)
-    return emitOpError() << "root must be a process rank (>= 0), got " << root;
+  // (The I64Attr's generated accessor is unsigned.)
+  if (root.getInt() < 0)
+    return op->emitOpError() << "root must be a process rank (>= 0), got " << root.getInt();
   return success();
 }
+
+LogicalResult BroadcastOp::verify() { return verifyRooted(*this, getRootAttr()); }
+
+LogicalResult ReduceOp::verify() { return verifyRooted(*this, getRootAttr()); }
 
 LogicalResult AdamWOp::verify() {
   if (failed(requireStatic(*this)))

@@ -58,8 +58,8 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
     if (stage == 0)
       return;
     ModuleOp module = getOperation();
-    if (stage != 1 || processes < 1) {
-      module.emitError("g3moe-shard: needs stage 0 or 1 (ZeRO stages 2 and 3 are not built) and "
+    if (stage < 0 || stage > 2 || processes < 1) {
+      module.emitError("g3moe-shard: needs stage 0, 1 or 2 (ZeRO stage 3 is not built) and "
                        "processes >= 1, got stage ")
           << int64_t(stage) << " and processes " << int64_t(processes);
       return signalPassFailure();
@@ -87,6 +87,7 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
     // One update per (original update, owner), each tensor's results in
     // place of the original's.
     OpBuilder b(step.getContext());
+    DenseMap<StringAttr, int64_t> owners; // by parameter name
     SmallVector<Value> newParams;
     SmallVector<int64_t> paramOwners;
     size_t first = 0;
@@ -118,6 +119,8 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
         for (auto [k, i] : llvm::enumerate(members)) {
           newParams.push_back(part.getNewStateOf(0, unsigned(k)));
           paramOwners.push_back(rank);
+          if (auto name = nameOf(step, op.getStateOf(0, i), "g3moe.param"))
+            owners[name] = rank;
         }
       }
       first += n;
@@ -139,6 +142,80 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
       for (auto [param, received] : llvm::zip(sent, sending.getResults()))
         param.replaceAllUsesExcept(received, sending);
     }
+    if (stage == 2 &&
+        (failed(reduceToOwners(module, owners)) || failed(normOfShards(step, owners))))
+      return signalPassFailure();
+  }
+
+  /// The name tag `key` of `value`, a block argument of `func`; null else.
+  static StringAttr nameOf(func::FuncOp func, Value value, StringRef key) {
+    auto arg = dyn_cast<BlockArgument>(value);
+    if (!arg || arg.getOwner()->getParentOp() != func)
+      return {};
+    return func.getArgAttrOfType<StringAttr>(arg.getArgNumber(), key);
+  }
+
+  /// Stage 2: each micro-batch's gradient is summed over the processes into
+  /// its owner's accumulator (one reduce per owner, before the adds), and
+  /// only the owner adds (and keeps an accumulator). Nothing to do in a
+  /// module without @train_micro_step.
+  LogicalResult reduceToOwners(ModuleOp module, const DenseMap<StringAttr, int64_t> &owners) {
+    auto micro = module.lookupSymbol<func::FuncOp>("train_micro_step");
+    if (!micro)
+      return success();
+    SmallVector<SmallVector<AddOp>> adds(processes);
+    for (AddOp add : micro.getOps<AddOp>())
+      if (StringAttr name = nameOf(micro, add.getLhs(), "g3moe.grad_acc"))
+        if (auto it = owners.find(name); it != owners.end())
+          adds[it->second].push_back(add);
+    OpBuilder b(micro.getContext());
+    for (int64_t rank = 0; rank < processes; ++rank) {
+      if (adds[rank].empty())
+        continue;
+      SmallVector<Value> grads;
+      for (AddOp add : adds[rank])
+        grads.push_back(add.getRhs());
+      b.setInsertionPoint(adds[rank].front());
+      auto summed = ReduceOp::create(b, micro.getLoc(), ValueRange(grads).getTypes(), grads,
+                                     b.getI64IntegerAttr(rank));
+      for (auto [add, sum] : llvm::zip(adds[rank], summed.getResults())) {
+        add.getRhsMutable().assign(sum);
+        add->setAttr("owner", b.getI64IntegerAttr(rank));
+      }
+    }
+    return success();
+  }
+
+  /// Stage 2: each owner takes the norm of the gradients it holds, the
+  /// norms go to every process, and their norm is the global norm.
+  LogicalResult normOfShards(func::FuncOp step, const DenseMap<StringAttr, int64_t> &owners) {
+    SmallVector<GlobalNormOp> norms(step.getOps<GlobalNormOp>());
+    OpBuilder b(step.getContext());
+    for (GlobalNormOp norm : norms) {
+      SmallVector<SmallVector<Value>> parts(processes);
+      for (Value g : norm.getInputs()) {
+        auto it = owners.find(nameOf(step, g, "g3moe.grad_acc"));
+        if (it == owners.end())
+          return norm.emitOpError("g3moe-shard: a gradient of no owned parameter");
+        parts[it->second].push_back(g);
+      }
+      b.setInsertionPoint(norm);
+      SmallVector<Value> shares;
+      for (int64_t rank = 0; rank < processes; ++rank) {
+        if (parts[rank].empty())
+          continue;
+        auto part = GlobalNormOp::create(b, norm.getLoc(), norm.getType(), parts[rank]);
+        part->setAttr("owner", b.getI64IntegerAttr(rank));
+        shares.push_back(BroadcastOp::create(b, norm.getLoc(), TypeRange{norm.getType()},
+                                             ValueRange{part.getResult()},
+                                             b.getI64IntegerAttr(rank))
+                             .getResult(0));
+      }
+      Value whole = GlobalNormOp::create(b, norm.getLoc(), norm.getType(), shares);
+      norm.getResult().replaceAllUsesWith(whole);
+      norm.erase();
+    }
+    return success();
   }
 };
 

@@ -1,13 +1,17 @@
 // --g3moe-shard: ZeRO stage 1 gives each trainable tensor one owning process
 // (largest first, to the least loaded), splits each adamw into one per owner,
-// and broadcasts each owner's new parameters before they are returned.
+// and broadcasts each owner's new parameters before they are returned. Stage
+// 2 also sums each micro-batch's gradients into their owner's accumulator
+// (one reduce per owner; only the owner adds), and takes the global norm as
+// the norm of the owners' norms, each broadcast from its owner.
 // RUN: g3moe-opt %s --split-input-file --verify-diagnostics --g3moe-shard="stage=1 processes=2" | FileCheck %s
+// RUN: g3moe-opt %s --split-input-file --verify-diagnostics --g3moe-shard="stage=2 processes=2" | FileCheck %s --check-prefix=STAGE2
 // RUN: g3moe-opt %s --split-input-file --g3moe-shard="stage=0 processes=2" | FileCheck %s --check-prefix=STAGE0
-// RUN: not g3moe-opt %s --split-input-file --g3moe-shard="stage=2 processes=2" 2>&1 | FileCheck %s --check-prefix=STAGE2
+// RUN: not g3moe-opt %s --split-input-file --g3moe-shard="stage=3 processes=2" 2>&1 | FileCheck %s --check-prefix=STAGE3
 
 // STAGE0: g3moe.adamw %arg0, %arg1, %arg2, %arg0, %arg1, %arg2
 // STAGE0-NOT: g3moe.broadcast
-// STAGE2: g3moe-shard: needs stage 0 or 1 (ZeRO stages 2 and 3 are not built) and processes >= 1, got stage 2 and processes 2
+// STAGE3: g3moe-shard: needs stage 0, 1 or 2 (ZeRO stage 3 is not built) and processes >= 1, got stage 3 and processes 2
 
 // Three tensors of 64, 32 and 16 elements: the largest goes to process 0,
 // the next two to process 1 (32 + 16 < 64 would leave it lighter still).
@@ -41,4 +45,42 @@ func.func @optimizer_step(%a: tensor<64xf32>, %t: tensor<i64>, %lr: tensor<f32>)
       : (tensor<64xf32>, tensor<64xf32>, tensor<64xf32>, tensor<64xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
       -> (tensor<64xf32>, tensor<64xf32>, tensor<64xf32>)
   return %r#0 : tensor<64xf32>
+}
+
+// -----
+
+// STAGE2-LABEL: func.func @train_micro_step
+func.func @train_micro_step(%g0: tensor<64xf32>, %g1: tensor<32xf32>,
+                            %a0: tensor<64xf32> {g3moe.grad_acc = "a"},
+                            %a1: tensor<32xf32> {g3moe.grad_acc = "b"})
+    -> (tensor<64xf32> {g3moe.grad_acc = "a"}, tensor<32xf32> {g3moe.grad_acc = "b"}) {
+  // STAGE2: %[[R0:.*]] = g3moe.reduce %arg0 {root = 0 : i64}
+  // STAGE2: g3moe.add %arg2, %[[R0]] {owner = 0 : i64}
+  // STAGE2: %[[R1:.*]] = g3moe.reduce %arg1 {root = 1 : i64}
+  // STAGE2: g3moe.add %arg3, %[[R1]] {owner = 1 : i64}
+  %s0 = g3moe.add %a0, %g0 : tensor<64xf32>
+  %s1 = g3moe.add %a1, %g1 : tensor<32xf32>
+  return %s0, %s1 : tensor<64xf32>, tensor<32xf32>
+}
+
+// STAGE2-LABEL: func.func @optimizer_step
+func.func @optimizer_step(%a: tensor<64xf32> {g3moe.param = "a"}, %b: tensor<32xf32> {g3moe.param = "b"},
+                          %ga: tensor<64xf32> {g3moe.grad_acc = "a"}, %gb: tensor<32xf32> {g3moe.grad_acc = "b"},
+                          %t: tensor<i64>, %lr: tensor<f32>)
+    -> (tensor<64xf32>, tensor<32xf32>, tensor<f32>) {
+  // STAGE2: %[[N0:.*]] = g3moe.global_norm %arg2 {owner = 0 : i64}
+  // STAGE2: %[[B0:.*]] = g3moe.broadcast %[[N0]] {root = 0 : i64}
+  // STAGE2: %[[N1:.*]] = g3moe.global_norm %arg3 {owner = 1 : i64}
+  // STAGE2: %[[B1:.*]] = g3moe.broadcast %[[N1]] {root = 1 : i64}
+  // STAGE2: %[[N:.*]] = g3moe.global_norm %[[B0]], %[[B1]] :
+  %n = g3moe.global_norm %ga, %gb : (tensor<64xf32>, tensor<32xf32>) -> tensor<f32>
+  // STAGE2: g3moe.adamw %arg0, %arg2, {{.*}}owner = 0 : i64
+  // STAGE2: g3moe.adamw %arg1, %arg3, {{.*}}owner = 1 : i64
+  %r:6 = g3moe.adamw %a, %b, %ga, %gb, %a, %b, %a, %b, %t, %lr, %n
+      {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, weight_decay = 0.0 : f64}
+      : (tensor<64xf32>, tensor<32xf32>, tensor<64xf32>, tensor<32xf32>, tensor<64xf32>, tensor<32xf32>,
+         tensor<64xf32>, tensor<32xf32>, tensor<i64>, tensor<f32>, tensor<f32>)
+      -> (tensor<64xf32>, tensor<32xf32>, tensor<64xf32>, tensor<32xf32>, tensor<64xf32>, tensor<32xf32>)
+  // STAGE2: return {{.*}}, %[[N]]
+  return %r#0, %r#1, %n : tensor<64xf32>, tensor<32xf32>, tensor<f32>
 }
