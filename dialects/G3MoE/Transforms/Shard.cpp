@@ -3,10 +3,12 @@
 // Implements --g3moe-shard. ZeRO stage 1 divides the Adam moments (two fp32
 // copies of every trainable tensor) among the data-parallel processes: each
 // tensor gets one owner, whose process alone updates it, and the updated
-// parameters travel from their owners to everyone (one broadcast each). The
-// ownership is fixed here, at compile time, so that the memory report and
-// the runtime's allocation agree (the runtime reads it from the `owner` of
-// the update that takes each moment).
+// parameters travel from their owners to everyone (one broadcast per owner).
+// Stage 2 divides the gradient accumulators the same way: a micro-batch's
+// gradients are summed into their owners' accumulators. The ownership is
+// fixed here, at compile time, so that the memory report and the runtime's
+// allocation agree (the runtime derives it from the `owner` attributes of
+// the instructions that touch each tensor).
 //
 //===----------------------------------------------------------------------===//
 
@@ -28,25 +30,19 @@ using namespace g3moe;
 
 namespace {
 
-/// Tensor `index` of update `op`.
-struct Slot {
-  AdamWOp op;
-  unsigned index;
-  int64_t elements;
-};
-
-/// Each slot's owner: largest first, to the least-loaded process.
-SmallVector<int64_t> assignOwners(ArrayRef<Slot> slots, int64_t processes) {
-  SmallVector<unsigned> order(slots.size());
+/// The owner of each tensor (of `elements` elements each, in the order of
+/// the updates): largest first, to the least-loaded process.
+SmallVector<int64_t> assignOwners(ArrayRef<int64_t> elements, int64_t processes) {
+  SmallVector<unsigned> order(elements.size());
   for (unsigned i = 0; i < order.size(); ++i)
     order[i] = i;
   std::stable_sort(order.begin(), order.end(),
-                   [&](unsigned a, unsigned b) { return slots[a].elements > slots[b].elements; });
-  SmallVector<int64_t> load(processes, 0), owner(slots.size());
+                   [&](unsigned a, unsigned b) { return elements[a] > elements[b]; });
+  SmallVector<int64_t> load(processes, 0), owner(elements.size());
   for (unsigned i : order) {
     int64_t least = std::min_element(load.begin(), load.end()) - load.begin();
     owner[i] = least;
-    load[least] += slots[i].elements;
+    load[least] += elements[i];
   }
   return owner;
 }
@@ -70,19 +66,18 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
       return signalPassFailure();
     }
     SmallVector<AdamWOp> updates(step.getOps<AdamWOp>());
-    SmallVector<Slot> slots;
+    SmallVector<int64_t> elements;
     for (AdamWOp op : updates) {
       if (op.getOwner()) {
         op.emitOpError("g3moe-shard: the optimizer step is sharded already");
         return signalPassFailure();
       }
       for (unsigned i = 0; i < op.getNumTensors(); ++i)
-        slots.push_back(
-            {op, i, cast<RankedTensorType>(op.getStateOf(0, i).getType()).getNumElements()});
+        elements.push_back(cast<RankedTensorType>(op.getStateOf(0, i).getType()).getNumElements());
     }
-    if (slots.empty())
+    if (elements.empty())
       return;
-    SmallVector<int64_t> owner = assignOwners(slots, processes);
+    SmallVector<int64_t> owner = assignOwners(elements, processes);
 
     // One update per (original update, owner), each tensor's results in
     // place of the original's.
