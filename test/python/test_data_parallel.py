@@ -180,6 +180,31 @@ def test_g3moe_run_starts_its_own_ranks(tmp_path, g3moe_compile, g3moe_run):
     assert "of 2 failed (exit status 1)" in bad.stderr
 
 
+def test_zero1_save_that_dies_leaves_the_last_checkpoint(tmp_path, g3moe_compile, g3moe_run,
+                                                         monkeypatch):
+    """Rank 0 dying while it writes a checkpoint of a ZeRO step (before the
+    other rank has sent it its moments) ends both processes with errors, leaves
+    no checkpoint-4, and the run resumes from checkpoint-2 as if nothing
+    happened."""
+    step = sharded_step(tmp_path, g3moe_compile, 2)
+    train = [str(a) for a in TRAIN]
+    train[train.index("--max-steps") + 1] = "6"
+    train[train.index("--save-steps") + 1] = "2"
+    common = [step, *train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model",
+              "--output-dir", tmp_path / "out"]
+    monkeypatch.setenv("G3MOE_TEST_ABORT_DURING_SAVE", "4")
+    results = launch(common, 2, timeout=120)
+    assert all(code != 0 for code, _, _ in results), results
+    assert (tmp_path / "out" / "checkpoint-2").is_dir()
+    assert not (tmp_path / "out" / "checkpoint-4").exists()
+    monkeypatch.delenv("G3MOE_TEST_ABORT_DURING_SAVE")
+    results = launch([*common, "--resume"], 2)
+    assert all(code == 0 for code, _, _ in results), results
+    whole = tmp_path / "whole"
+    g3moe_run(step, *common[1:-1], whole, "--nproc-per-node", "2")
+    np.testing.assert_allclose(steps(tmp_path / "out")[-2:], steps(whole)[-2:], rtol=2e-5)
+
+
 @pytest.mark.parametrize("before,after", [
     ((2, 0), (4, 0)), ((4, 0), (1, 0)), ((2, 1), (4, 1)), ((4, 1), (1, 0)), ((2, 0), (2, 1)),
     ((2, 2), (4, 1)), ((4, 1), (2, 2))])
