@@ -190,6 +190,11 @@ struct Flags {
       "offload-min-bytes",
       cl::desc("The smallest activation kept in host memory, in bytes (default 64 MiB)"),
       cl::init(g3moe::kOffloadMinBytes), cl::cat(compileCategory())};
+  cl::opt<bool> lmHeadOnePass{
+      "lm-head-one-pass",
+      cl::desc("Compute the LM head's loss and input gradient in one pass over the logits "
+               "(LoRA training; once instead of twice per tile; not yet the default)"),
+      cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",
@@ -209,6 +214,7 @@ void setPipelineOptions(const Flags &flags, const g3moe::frontend::CompileConfig
   options.tileTokens = int64_t(flags.tileTokens);
   options.offloadCount = int64_t(flags.offload);
   options.offloadMinBytes = int64_t(flags.offloadMinBytes);
+  options.lmHeadOnePass = bool(flags.lmHeadOnePass);
 }
 
 /// The configuration the flags name, with --set, --seq-len and --micro-batch

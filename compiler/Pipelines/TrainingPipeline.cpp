@@ -65,7 +65,9 @@ void g3moe::buildStepPipeline(OpPassManager &pm, const TrainingPipelineOptions &
 
 void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOptions &options) {
   buildTrainingPipeline(pm, options);
-  pm.addPass(createG3MoEFuseLMHeadLossPass());
+  G3MoEFuseLMHeadLossPassOptions head;
+  head.onePass = options.lmHeadOnePass;
+  pm.addPass(createG3MoEFuseLMHeadLossPass(head));
   // CSE merges what autodiff's clone of the forward recomputes identically
   // (parameters, random draws) before buffers are assigned.
   pm.addPass(createCSEPass());

@@ -75,6 +75,11 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       llvm::cl::init(true)};
   Option<double> maxGradNorm{*this, "max-grad-norm", llvm::cl::desc("clipping threshold (0: off)"),
                              llvm::cl::init(1.0)};
+  Option<bool> lmHeadOnePass{
+      *this, "lm-head-one-pass",
+      llvm::cl::desc("step pipeline: the LM head's loss and input gradient in one pass over the "
+                     "logits (lm_head_cross_entropy_and_grad) where the table is frozen"),
+      llvm::cl::init(false)};
   Option<int64_t> zeroStage{*this, "zero-stage",
                             llvm::cl::desc("ZeRO stage of the optimizer step (0 or 1)"),
                             llvm::cl::init(0)};

@@ -182,6 +182,8 @@ void linkLogSumExp(Operation *root) {
 }
 
 struct G3MoEFuseLMHeadLossPass : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEFuseLMHeadLossPass> {
+  using Base::Base;
+
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
     populateFuseLMHeadLossPatterns(patterns);
@@ -189,7 +191,8 @@ struct G3MoEFuseLMHeadLossPass : g3moe::impl::G3MoEFuseLMHeadLossPassBase<G3MoEF
     // pure, so the driver erases them.
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
-    fuseOnePass(getOperation());
+    if (onePass)
+      fuseOnePass(getOperation());
     linkLogSumExp(getOperation());
   }
 };

@@ -169,9 +169,14 @@ def G3MoEFuseLMHeadLossPass : Pass<"g3moe-fuse-lm-head-loss", "mlir::ModuleOp"> 
     logsumexp (the forward's `lse` result) instead of recomputing it, or,
     when it computes no table gradient and its seed `grad` is defined
     before the forward (autodiff's constant seed is), joins the forward in one
-    `lm_head_cross_entropy_and_grad` that computes the logits once. Runs
-    after autodiff: the fused ops have no gradient rule.
+    `lm_head_cross_entropy_and_grad` that computes the logits once (unless
+    `one-pass` is off). Runs after autodiff: the fused ops have no gradient
+    rule.
   }];
+  let options = [
+    Option<"onePass", "one-pass", "bool", "true",
+           "join a forward and its input-only backward into one lm_head_cross_entropy_and_grad">,
+  ];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
