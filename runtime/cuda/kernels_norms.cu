@@ -65,43 +65,6 @@ __device__ __forceinline__ double warpSumAll(double v) {
   return __shfl_sync(0xffffffffu, warpSum(v), 0);
 }
 
-/// Two sums taken together (one set of shuffles and barriers for both).
-struct SumPair {
-  double a, b;
-};
-
-__device__ __forceinline__ SumPair warpSumPair(SumPair v) {
-  for (int o = 16; o > 0; o >>= 1) {
-    v.a += __shfl_down_sync(0xffffffffu, v.a, o);
-    v.b += __shfl_down_sync(0xffffffffu, v.b, o);
-  }
-  return v;
-}
-
-/// warpSumAll of a pair.
-__device__ __forceinline__ SumPair warpSumPairAll(SumPair v) {
-  v = warpSumPair(v);
-  return {__shfl_sync(0xffffffffu, v.a, 0), __shfl_sync(0xffffffffu, v.b, 0)};
-}
-
-/// blockSum of a pair, in blockSum's order.
-__device__ SumPair blockSumPair(SumPair v) {
-  __shared__ double2 buf[33];
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warpSumPair(v);
-  if (lane == 0)
-    buf[warp] = make_double2(v.a, v.b);
-  __syncthreads();
-  if (warp == 0) {
-    SumPair w = lane < warps ? SumPair{buf[lane].x, buf[lane].y} : SumPair{0, 0};
-    w = warpSumPair(w);
-    if (lane == 0)
-      buf[32] = make_double2(w.a, w.b);
-  }
-  __syncthreads();
-  return {buf[32].x, buf[32].y};
-}
-
 /// 1/rms of row `base` for the calling warp (as inverseRms, per warp).
 __device__ float warpInverseRms(const void *x, DType xt, int64_t base, int64_t D, double eps) {
   double ss = 0;
@@ -334,29 +297,26 @@ __device__ __forceinline__ void writeWarpPartials(const double (&dwAcc)[8], bool
 
 /// One row of the bf16 register kernels' rms_norm_grad: a lane's (or
 /// thread's) 8 columns of x and of the incoming gradient g give its 8 dx
-/// values in `out` and add its dw terms into dwAcc; `teamSum` sums a pair
-/// over the row's team and returns it to every member. Σ(g·γ)·x̂ is taken as
-/// inv·Σ(g·γ)·x, so that both of the row's sums need one team reduction, not
-/// two in a row (the result is within fp32 rounding of the CPU's order).
+/// values in `out` and add its dw terms into dwAcc; `teamSum` sums over the
+/// row's team and returns the sum to every member.
 template <typename TeamSum>
 __device__ __forceinline__ void
 bf16NormGradRow(const float (&xv)[8], const float (&g)[8], const float (&gain)[8], int64_t D,
                 double eps, TeamSum teamSum, double (&dwAcc)[8], float (&out)[8]) {
-  SumPair sums{0, 0};
-  float gg[8];
+  double ss = 0;
+  for (int k = 0; k < 8; ++k)
+    ss += double(xv[k]) * double(xv[k]);
+  float inv = float(1.0 / sqrt(teamSum(ss) / double(D) + eps));
+  double dot = 0;
+  float xhat[8];
   for (int k = 0; k < 8; ++k) {
-    gg[k] = __fmul_rn(g[k], gain[k]);
-    sums.a += double(xv[k]) * double(xv[k]);
-    sums.b += double(gg[k]) * double(xv[k]);
+    xhat[k] = __fmul_rn(xv[k], inv);
+    dot += double(__fmul_rn(g[k], gain[k])) * double(xhat[k]);
+    dwAcc[k] += double(g[k]) * double(xhat[k]);
   }
-  sums = teamSum(sums);
-  float inv = float(1.0 / sqrt(sums.a / double(D) + eps));
-  float mean = float(sums.b * double(inv) / double(D));
-  for (int k = 0; k < 8; ++k) {
-    float xhat = __fmul_rn(xv[k], inv);
-    dwAcc[k] += double(g[k]) * double(xhat);
-    out[k] = __fmul_rn(__fsub_rn(gg[k], __fmul_rn(xhat, mean)), inv);
-  }
+  float mean = float(teamSum(dot) / double(D));
+  for (int k = 0; k < 8; ++k)
+    out[k] = __fmul_rn(__fsub_rn(__fmul_rn(g[k], gain[k]), __fmul_rn(xhat[k], mean)), inv);
 }
 
 // The same for bf16 activations whose rows are a multiple of 8 wide: each
@@ -379,7 +339,7 @@ __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, co
     gain[k] = owns ? __fadd_rn(loadFloat(w, wt, c0 + k), 1.0f) : 0.0f;
     dwAcc[k] = 0;
   }
-  auto teamSum = [](SumPair v) { return WarpTeams ? warpSumPairAll(v) : blockSumPair(v); };
+  auto teamSum = [](double v) { return WarpTeams ? warpSumAll(v) : blockSum(v); };
   int64_t r0 = int64_t(blockIdx.x) * rowsPerBlock, r1 = min(rows, r0 + rowsPerBlock);
   for (int64_t r = r0 + (WarpTeams ? warp : 0); r < r1; r += WarpTeams ? warps : 1) {
     float xv[8] = {}, g[8] = {}, dxv[8];
@@ -664,7 +624,7 @@ __global__ void rmsNormRopeGradBF16Device(const void *x, const void *w, DType wt
       float out[8];
       for (int k = 0; k < 8; ++k)
         g[k] = roundBF16(g[k]);
-      bf16NormGradRow(xv, g, gain, D, eps, [](SumPair v) { return warpSumPairAll(v); }, dwAcc, out);
+      bf16NormGradRow(xv, g, gain, D, eps, [](double v) { return warpSumAll(v); }, dwAcc, out);
       if (owns)
         storeBF16x8(dx, base + c0, out);
     }
