@@ -30,38 +30,35 @@ void copyInputs(const KernelArgs &args) {
       std::memcpy(args.outputs[i].data, args.inputs[i].data, args.inputs[i].bytes());
 }
 
+/// The collective of `kind` on the outputs, each tensor after its copy; a
+/// reduce is an all-reduce here (its root gets the sum, the others too).
+enum class Kind { AllReduce, Reduce, Broadcast };
+
+Status exchange(const KernelArgs &args, Kind kind) {
+  int64_t root = 0;
+  G3RT_RETURN_IF_ERROR(
+      checkCollective(args, processesOf(args), kind == Kind::AllReduce ? nullptr : &root));
+  copyInputs(args);
+  const std::string what =
+      std::string(args.name) + (kind == Kind::Reduce      ? " to process " + std::to_string(root)
+                                : kind == Kind::Broadcast ? " from process " + std::to_string(root)
+                                                          : "");
+  for (size_t i = 0; args.communicator && i < args.outputs.size(); ++i) {
+    const TensorView &t = args.outputs[i];
+    Status s = kind == Kind::Broadcast
+                   ? args.communicator->broadcast(t.data, t.bytes(), int(root))
+                   : args.communicator->allReduceSum(t.f32(), size_t(t.numel()));
+    G3RT_RETURN_IF_ERROR(s.withContext(what));
+  }
+  return Status();
+}
+
 } // namespace
 
-Status allReduceKernel(const KernelArgs &args) {
-  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(args), nullptr));
-  copyInputs(args);
-  for (size_t i = 0; args.communicator && i < args.outputs.size(); ++i)
-    G3RT_RETURN_IF_ERROR(
-        args.communicator->allReduceSum(args.outputs[i].f32(), size_t(args.outputs[i].numel()))
-            .withContext(std::string(args.name)));
-  return Status();
-}
+Status allReduceKernel(const KernelArgs &args) { return exchange(args, Kind::AllReduce); }
 
-Status reduceKernel(const KernelArgs &args) {
-  int64_t root = 0;
-  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(args), &root));
-  copyInputs(args);
-  for (size_t i = 0; args.communicator && i < args.outputs.size(); ++i)
-    G3RT_RETURN_IF_ERROR(
-        args.communicator->allReduceSum(args.outputs[i].f32(), size_t(args.outputs[i].numel()))
-            .withContext(std::string(args.name) + " to process " + std::to_string(root)));
-  return Status();
-}
+Status reduceKernel(const KernelArgs &args) { return exchange(args, Kind::Reduce); }
 
-Status broadcastKernel(const KernelArgs &args) {
-  int64_t root = 0;
-  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(args), &root));
-  copyInputs(args);
-  for (size_t i = 0; args.communicator && i < args.outputs.size(); ++i)
-    G3RT_RETURN_IF_ERROR(
-        args.communicator->broadcast(args.outputs[i].data, args.outputs[i].bytes(), int(root))
-            .withContext(std::string(args.name) + " from process " + std::to_string(root)));
-  return Status();
-}
+Status broadcastKernel(const KernelArgs &args) { return exchange(args, Kind::Broadcast); }
 
 } // namespace g3rt::cpu

@@ -32,37 +32,36 @@ Status copyInputs(const KernelArgs &args, CudaContext &ctx) {
   return Status();
 }
 
-} // namespace
+enum class Kind { AllReduce, Reduce, Broadcast };
 
-Status allReduceKernel(const KernelArgs &args) {
-  CudaContext &ctx = contextOf(args);
-  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(ctx), nullptr));
-  G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
-  if (!ctx.job)
-    return Status();
-  return ctx.job->allReduceSum(args.outputs, ctx.stream).withContext(std::string(args.name));
-}
-
-Status reduceKernel(const KernelArgs &args) {
+/// The collective of `kind` on the outputs, after their copies.
+Status exchange(const KernelArgs &args, Kind kind) {
   CudaContext &ctx = contextOf(args);
   int64_t root = 0;
-  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(ctx), &root));
+  G3RT_RETURN_IF_ERROR(
+      checkCollective(args, processesOf(ctx), kind == Kind::AllReduce ? nullptr : &root));
   G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
   if (!ctx.job)
     return Status();
-  return ctx.job->reduceSum(args.outputs, int(root), ctx.stream)
-      .withContext(std::string(args.name) + " to process " + std::to_string(root));
-}
-
-Status broadcastKernel(const KernelArgs &args) {
-  CudaContext &ctx = contextOf(args);
-  int64_t root = 0;
-  G3RT_RETURN_IF_ERROR(checkCollective(args, processesOf(ctx), &root));
-  G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
-  if (!ctx.job)
-    return Status();
+  switch (kind) {
+  case Kind::AllReduce:
+    return ctx.job->allReduceSum(args.outputs, ctx.stream).withContext(std::string(args.name));
+  case Kind::Reduce:
+    return ctx.job->reduceSum(args.outputs, int(root), ctx.stream)
+        .withContext(std::string(args.name) + " to process " + std::to_string(root));
+  case Kind::Broadcast:
+    break;
+  }
   return ctx.job->broadcast(args.outputs, int(root), ctx.stream)
       .withContext(std::string(args.name) + " from process " + std::to_string(root));
 }
+
+} // namespace
+
+Status allReduceKernel(const KernelArgs &args) { return exchange(args, Kind::AllReduce); }
+
+Status reduceKernel(const KernelArgs &args) { return exchange(args, Kind::Reduce); }
+
+Status broadcastKernel(const KernelArgs &args) { return exchange(args, Kind::Broadcast); }
 
 } // namespace g3rt::cuda

@@ -256,8 +256,8 @@ std::string optimizerShardFile(int r, int n) {
 constexpr const char *kOptimizerIndex = "optimizer.safetensors.index.json";
 
 /// Writes the moments into `tmp`: one file, or one per process and the
-/// index.
-Status writeMoments(const MomentSource &source, const std::string &tmp) {
+/// index (which records the step's ZeRO stage).
+Status writeMoments(const MomentSource &source, int64_t zeroStage, const std::string &tmp) {
   const int processes = source.job ? source.job->size() : 1;
   nlohmann::json weightMap = nlohmann::json::object();
   for (int r = 0; r < processes; ++r) {
@@ -272,9 +272,9 @@ Status writeMoments(const MomentSource &source, const std::string &tmp) {
   }
   if (!source.job)
     return Status();
-  return writeJson(
-      tmp + "/" + kOptimizerIndex,
-      {{"metadata", {{"zero_stage", 1}, {"processes", processes}}}, {"weight_map", weightMap}});
+  return writeJson(tmp + "/" + kOptimizerIndex,
+                   {{"metadata", {{"zero_stage", zeroStage}, {"processes", processes}}},
+                    {"weight_map", weightMap}});
 }
 
 /// Reads each of `moments` from its file of `files` (name -> file in `dir`),
@@ -316,10 +316,12 @@ Status readMoments(const std::string &dir, HostState &host) {
   const std::string indexPath = dir + "/" + kOptimizerIndex;
   std::error_code ec;
   if (!fs::exists(indexPath, ec)) {
-    SafetensorsFile optimizer;
-    G3RT_RETURN_IF_ERROR(SafetensorsFile::open(dir + "/" + kOptimizerFile, optimizer));
-    if (momentOwners(host.program()).empty())
+    // An unsharded step takes the whole file, and nothing but it.
+    if (momentOwners(host.program()).empty()) {
+      SafetensorsFile optimizer;
+      G3RT_RETURN_IF_ERROR(SafetensorsFile::open(dir + "/" + kOptimizerFile, optimizer));
       G3RT_RETURN_IF_ERROR(checkTensors(optimizer, moments));
+    }
     std::map<std::string, std::string> all;
     for (const NamedTensor &t : moments)
       all[t.name] = kOptimizerFile;
@@ -490,7 +492,7 @@ Status saveCheckpoint(const MomentSource &moments, const TrainingConfig &trainin
     G3RT_RETURN_IF_ERROR(saveTrainedParameters(host, training, tmp, files, baseModel));
     testOnlyAbortDuringSave(state.globalStep);
 
-    G3RT_RETURN_IF_ERROR(writeMoments(moments, tmp));
+    G3RT_RETURN_IF_ERROR(writeMoments(moments, training.zeroStage, tmp));
     G3RT_RETURN_IF_ERROR(writeJson(tmp + "/scheduler.json", {{"step", state.globalStep},
                                                              {"total_steps", state.totalSteps},
                                                              {"warmup_steps", state.warmupSteps},

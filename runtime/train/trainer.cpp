@@ -531,11 +531,13 @@ nlohmann::json Trainer::trainingArgs() const {
 Status Trainer::saveCheckpointNow(Progress &progress) {
   if (state.bestGlobalStep == state.globalStep)
     state.bestModelCheckpoint = checkpointPath(outputDir, state.globalStep);
-  std::string dir;
-  G3RT_RETURN_IF_ERROR(syncHost());
   // A ZeRO-sharded step's moments are spread over the processes: each sends
   // its own to rank 0, which writes them (checkpoint.h, MomentSource).
   const bool sharded = ranks() > 1 && !momentOwners(program).empty();
+  if (!options.writer && !sharded)
+    return Status();
+  std::string dir;
+  G3RT_RETURN_IF_ERROR(syncHost());
   MomentSource moments{host, sharded ? options.communicator : nullptr};
   if (!options.writer) {
     std::vector<NamedTensor> none;

@@ -240,8 +240,9 @@ def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_
         np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
 
 
-def test_zero1_checkpoints_hold_each_process_moments_in_a_file_of_its_own(
-        tmp_path, g3moe_compile, g3moe_run):
+@pytest.mark.parametrize("zero", [1, 2])
+def test_zero_checkpoints_hold_each_process_moments_in_a_file_of_its_own(
+        tmp_path, g3moe_compile, g3moe_run, zero):
     """With the moments divided among 2 processes, a checkpoint holds one
     optimizer file per process and an index naming each tensor's file; each
     file holds a part, and together they are the moments one process with 2x
@@ -254,13 +255,13 @@ def test_zero1_checkpoints_hold_each_process_moments_in_a_file_of_its_own(
     train[train.index("--save-steps") + 1] = "2"
     common = [*train, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model"]
     g3moe_run(step, *common, "--gradient-accumulation-steps", "2", "--output-dir", tmp_path / "one")
-    g3moe_run(sharded_step(tmp_path, g3moe_compile, 2), *common, "--nproc-per-node", "2",
-              "--output-dir", tmp_path / "two")
+    g3moe_run(sharded_step(tmp_path, g3moe_compile, 2, zero=zero), *common, "--nproc-per-node",
+              "2", "--output-dir", tmp_path / "two")
     want = load_file(tmp_path / "one" / "checkpoint-2" / "optimizer.safetensors")
     folder = tmp_path / "two" / "checkpoint-2"
     assert not (folder / "optimizer.safetensors").exists()
     index = json.loads((folder / "optimizer.safetensors.index.json").read_text())
-    assert index["metadata"] == {"processes": 2, "zero_stage": 1}
+    assert index["metadata"] == {"processes": 2, "zero_stage": zero}
     files = {f: load_file(folder / f) for f in set(index["weight_map"].values())}
     assert sorted(files) == ["optimizer-00000-of-00002.safetensors",
                              "optimizer-00001-of-00002.safetensors"]
