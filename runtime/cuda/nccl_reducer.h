@@ -54,12 +54,12 @@ public:
   /// (the others' are left unspecified), likewise.
   Status reduceSum(const std::vector<TensorView> &tensors, int root, cudaStream_t stream);
 
-  /// What collective() runs on each tensor.
-  enum class Kind { AllReduce, Reduce, Broadcast };
-
   struct Impl;
 
 private:
+  /// What collective() runs on each tensor.
+  enum class Kind { AllReduce, Reduce, Broadcast };
+
   explicit NcclReducer(std::unique_ptr<Impl> impl);
   /// One group of in-place collectives of `kind` on `tensors` (`root` for
   /// Reduce and Broadcast); `what` names it in errors.

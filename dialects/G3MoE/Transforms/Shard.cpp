@@ -79,12 +79,25 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
       return;
     SmallVector<int64_t> owner = assignOwners(elements, processes);
 
-    // One update per (original update, owner), each tensor's results in
-    // place of the original's.
-    OpBuilder b(step.getContext());
     DenseMap<StringAttr, int64_t> owners; // by parameter name
-    SmallVector<Value> newParams;
-    SmallVector<int64_t> paramOwners;
+    SmallVector<SmallVector<Value>> updated = splitUpdates(step, updates, owner, owners);
+    broadcastUpdated(step, updated);
+    if (stage == 2) {
+      reduceToOwners(module, owners);
+      if (failed(normOfShards(step, owners)))
+        return signalPassFailure();
+    }
+  }
+
+  /// One update per (original update, owner), each tensor's results in
+  /// place of the original's; `owner` is per tensor, in the updates' order.
+  /// Returns each process's new parameters and records the owner of each
+  /// named parameter in `owners`.
+  SmallVector<SmallVector<Value>> splitUpdates(func::FuncOp step, ArrayRef<AdamWOp> updates,
+                                               ArrayRef<int64_t> owner,
+                                               DenseMap<StringAttr, int64_t> &owners) {
+    OpBuilder b(step.getContext());
+    SmallVector<SmallVector<Value>> updated(processes);
     size_t first = 0;
     for (AdamWOp op : updates) {
       unsigned n = op.getNumTensors();
@@ -108,12 +121,10 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
                                     op.getGradScale(), op.getBeta1Attr(), op.getBeta2Attr(),
                                     op.getEpsilonAttr(), op.getWeightDecayAttr(),
                                     b.getI64IntegerAttr(rank));
-        for (auto [k, i] : llvm::enumerate(members))
+        for (auto [k, i] : llvm::enumerate(members)) {
           for (unsigned role = 0; role < 3; ++role)
             op.getNewStateOf(role, i).replaceAllUsesWith(part.getNewStateOf(role, unsigned(k)));
-        for (auto [k, i] : llvm::enumerate(members)) {
-          newParams.push_back(part.getNewStateOf(0, unsigned(k)));
-          paramOwners.push_back(rank);
+          updated[rank].push_back(part.getNewStateOf(0, unsigned(k)));
           if (auto name = nameOf(step, op.getStateOf(0, i), "g3moe.param"))
             owners[name] = rank;
         }
@@ -122,24 +133,21 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
     }
     for (AdamWOp op : updates)
       op.erase();
+    return updated;
+  }
 
-    // One broadcast per owner of what it updated, before the results.
-    b.setInsertionPoint(step.getBody().front().getTerminator());
-    for (int64_t rank = 0; rank < processes; ++rank) {
-      SmallVector<Value> sent;
-      for (auto [param, owner] : llvm::zip(newParams, paramOwners))
-        if (owner == rank)
-          sent.push_back(param);
+  /// One broadcast per owner of the parameters it updated, before the
+  /// results.
+  void broadcastUpdated(func::FuncOp step, ArrayRef<SmallVector<Value>> updated) {
+    OpBuilder b(step.getBody().front().getTerminator());
+    for (auto [rank, sent] : llvm::enumerate(updated)) {
       if (sent.empty())
         continue;
       auto sending = BroadcastOp::create(b, step.getLoc(), ValueRange(sent).getTypes(), sent,
-                                         b.getI64IntegerAttr(rank));
+                                         b.getI64IntegerAttr(int64_t(rank)));
       for (auto [param, received] : llvm::zip(sent, sending.getResults()))
-        param.replaceAllUsesExcept(received, sending);
+        Value(param).replaceAllUsesExcept(received, sending);
     }
-    if (stage == 2 &&
-        (failed(reduceToOwners(module, owners)) || failed(normOfShards(step, owners))))
-      return signalPassFailure();
   }
 
   /// The name tag `key` of `value`, a block argument of `func`; null else.
@@ -154,10 +162,10 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
   /// its owner's accumulator (one reduce per owner, before the adds), and
   /// only the owner adds (and keeps an accumulator). Nothing to do in a
   /// module without @train_micro_step.
-  LogicalResult reduceToOwners(ModuleOp module, const DenseMap<StringAttr, int64_t> &owners) {
+  void reduceToOwners(ModuleOp module, const DenseMap<StringAttr, int64_t> &owners) {
     auto micro = module.lookupSymbol<func::FuncOp>("train_micro_step");
     if (!micro)
-      return success();
+      return;
     SmallVector<SmallVector<AddOp>> adds(processes);
     for (AddOp add : micro.getOps<AddOp>())
       if (StringAttr name = nameOf(micro, add.getLhs(), "g3moe.grad_acc"))
@@ -178,7 +186,6 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
         add->setAttr("owner", b.getI64IntegerAttr(rank));
       }
     }
-    return success();
   }
 
   /// Stage 2: each owner takes the norm of the gradients it holds, the
