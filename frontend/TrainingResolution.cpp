@@ -226,7 +226,7 @@ Error resolveSchedules(const Reader &r, TrainingOptions &t) {
 }
 
 /// The parallel layout: data_parallel (an integer >= 1 or "auto", 0 here)
-/// and zero_stage (0 to 3; stages 0 to 2 are built).
+/// and zero_stage (0 to 3).
 Error resolveLayout(const Reader &r, TrainingOptions &t) {
   const Entry *dp = r.find("data_parallel");
   if (dp && !r.isNull("data_parallel") &&
@@ -235,11 +235,6 @@ Error resolveLayout(const Reader &r, TrainingOptions &t) {
       return e;
   if (Error e = r.integerIn("zero_stage", t.zeroStage, 0, 3))
     return e;
-  if (t.zeroStage > 2)
-    return fail(r.origin("zero_stage"),
-                "ZeRO stage 3 is not built yet: stages 0 (each process holds the whole "
-                "state), 1 (the Adam moments divided among the processes) and 2 (the "
-                "gradients too) are");
   // The shards are laid out at compile time, for a known number of processes.
   if (t.zeroStage > 0 && t.dataParallel < 1)
     return fail(r.origin("zero_stage"),

@@ -193,8 +193,9 @@ struct Flags {
   cl::opt<bool> lmHeadOnePass{
       "lm-head-one-pass",
       cl::desc("Compute the LM head's loss and input gradient in one pass over the logits "
-               "(LoRA training; once instead of twice per tile; not yet the default)"),
-      cl::cat(compileCategory())};
+               "where the table is frozen (LoRA training: each tile of logits once instead of "
+               "twice; default on, =false for two passes)"),
+      cl::init(true), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",
@@ -282,7 +283,9 @@ int fitStep(const Flags &flags, const g3moe::frontend::CompileConfig &config,
                   "(zero_stage 0)\n";
       else
         errs() << "g3moe-compile: per process: the Adam moments"
-               << (config.training.zeroStage >= 2 ? " and the gradients" : "")
+               << (config.training.zeroStage == 2   ? " and the gradients"
+                   : config.training.zeroStage == 3 ? ", the gradients and the trained parameters"
+                                                    : "")
                << " are divided among the " << processes << " data-parallel processes (zero_stage "
                << config.training.zeroStage
                << "); the memory above is that of the process holding the most\n";

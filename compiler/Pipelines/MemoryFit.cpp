@@ -150,25 +150,31 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
     memory.offloaded = std::max(memory.offloaded, copies);
   }
   // Each function declares the persistent buffers it touches; the runtime
-  // allocates each (kind, name) once, and under ZeRO a moment or gradient
-  // accumulator that only launches of one process (`owner`) touch only on
-  // that process (runtime/exec/state.h, stateOwners): the plan is that of
-  // the process holding the most.
+  // allocates each (kind, name) once, and under ZeRO a moment, gradient
+  // accumulator or parameter that only launches of one process touch (an
+  // `owner`, or the root of a broadcast that only reads it) only on that
+  // process (runtime/exec/state.h, stateOwners): the plan is that of the
+  // process holding the most.
   using Key = std::pair<std::string, std::string>;
   auto keyOf = [](g3moe::lowered::BufferOp buffer) {
     return Key{buffer.getKind().str(), buffer.getName().value_or("").str()};
   };
-  std::map<Key, int64_t> owner; // -1 once a launch of another or of none touches it
+  std::map<Key, int64_t> owner; // -1 once a launch of another or of every process touches it
   step.walk([&](g3moe::lowered::LaunchOp l) {
     auto rank = l.getAttrs().getAs<IntegerAttr>("owner");
-    for (ValueRange list : {ValueRange(l.getIns()), ValueRange(l.getOuts())})
-      for (Value v : list) {
+    auto root = l.getAttrs().getAs<IntegerAttr>("root");
+    for (bool read : {true, false})
+      for (Value v : read ? ValueRange(l.getIns()) : ValueRange(l.getOuts())) {
         auto buffer = v.getDefiningOp<g3moe::lowered::BufferOp>();
         if (!buffer || (buffer.getKind() != "exp_avg" && buffer.getKind() != "exp_avg_sq" &&
-                        buffer.getKind() != "grad_acc"))
+                        buffer.getKind() != "grad_acc" && buffer.getKind() != "param"))
           continue;
-        auto [it, fresh] = owner.try_emplace(keyOf(buffer), rank ? rank.getInt() : -1);
-        if (!fresh && (!rank || it->second != rank.getInt()))
+        int64_t process = rank ? rank.getInt() : -1;
+        if (!rank && read && root && l.getKernel() == "broadcast" &&
+            !llvm::is_contained(l.getOuts(), v))
+          process = root.getInt();
+        auto [it, fresh] = owner.try_emplace(keyOf(buffer), process);
+        if (!fresh && it->second != process)
           it->second = -1;
       }
   });

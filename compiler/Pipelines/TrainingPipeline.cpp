@@ -92,6 +92,9 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
     recompute.checkpoints.assign(options.checkpointScopes.begin(), options.checkpointScopes.end());
     pm.addPass(createG3MoERecomputePass(recompute));
   }
+  // After recomputation, which works on @forward_backward before it is
+  // inlined here.
+  pm.addPass(createG3MoEAccumulateEarlyPass());
   pm.addPass(createG3MoELowerToG3RTPass());
   if (options.offloadCount > 0) {
     g3moe::lowered::G3RTOffloadToHostPassOptions offload;

@@ -79,9 +79,9 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       *this, "lm-head-one-pass",
       llvm::cl::desc("step pipeline: the LM head's loss and input gradient in one pass over the "
                      "logits (lm_head_cross_entropy_and_grad) where the table is frozen"),
-      llvm::cl::init(false)};
+      llvm::cl::init(true)};
   Option<int64_t> zeroStage{*this, "zero-stage",
-                            llvm::cl::desc("ZeRO stage of the optimizer step (0 or 1)"),
+                            llvm::cl::desc("ZeRO stage of the training step (0 to 3)"),
                             llvm::cl::init(0)};
   Option<int64_t> processes{*this, "processes",
                             llvm::cl::desc("data-parallel processes the ZeRO shards divide among"),

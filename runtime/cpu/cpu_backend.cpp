@@ -83,6 +83,13 @@ Status CpuBackend::run(const std::string &function) {
   const FunctionDesc *fn = program_.findFunction(function);
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
+  if (fn->arenaBytes > arena_.size()) {
+    Storage larger(size_t(fn->arenaBytes));
+    if (!larger.data())
+      return Status::error("cannot allocate the " + std::to_string(fn->arenaBytes) +
+                           "-byte arena of '" + function + "' on the host");
+    arena_ = std::move(larger);
+  }
   for (size_t i = 0; i < fn->instrs.size(); ++i)
     G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
   return Status();

@@ -23,8 +23,12 @@ int processesOf(const KernelArgs &args) {
   return args.communicator ? args.communicator->size() : 1;
 }
 
-/// The outputs start as the inputs (a no-op where they alias).
-void copyInputs(const KernelArgs &args) {
+/// The outputs start as the inputs (no copy where they alias), except a
+/// broadcast's away from its root: what those pass is ignored, and at ZeRO
+/// stage 3 they do not hold it (runtime/exec/state.h, stateOwners).
+void copyInputs(const KernelArgs &args, bool received) {
+  if (received)
+    return;
   for (size_t i = 0; i < args.inputs.size(); ++i)
     if (args.outputs[i].data != args.inputs[i].data)
       std::memcpy(args.outputs[i].data, args.inputs[i].data, args.inputs[i].bytes());
@@ -38,7 +42,8 @@ Status exchange(const KernelArgs &args, Kind kind) {
   int64_t root = 0;
   G3RT_RETURN_IF_ERROR(
       checkCollective(args, processesOf(args), kind == Kind::AllReduce ? nullptr : &root));
-  copyInputs(args);
+  copyInputs(args,
+             kind == Kind::Broadcast && args.communicator && args.communicator->rank() != root);
   const std::string what =
       std::string(args.name) + (kind == Kind::Reduce      ? " to process " + std::to_string(root)
                                 : kind == Kind::Broadcast ? " from process " + std::to_string(root)

@@ -57,6 +57,7 @@ public:
 
   // The step's collectives (DeviceJob), over the same NCCL communicator.
   int processes() const override { return placement_.worldSize; }
+  int rank() const override { return placement_.rank; }
   Status allReduceSum(const std::vector<TensorView> &tensors, cudaStream_t stream) override {
     G3RT_RETURN_IF_ERROR(joinNccl(*placement_.job));
     std::vector<std::pair<std::string, TensorView>> named;

@@ -65,6 +65,8 @@ class DeviceJob {
 public:
   virtual ~DeviceJob() = default;
   virtual int processes() const = 0;
+  /// This process's place among them.
+  virtual int rank() const = 0;
   /// Each f32 tensor replaced by its sum over the processes, after the work
   /// on `stream`; waits for it.
   virtual Status allReduceSum(const std::vector<TensorView> &tensors, cudaStream_t stream) = 0;

@@ -183,7 +183,8 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   G3RT_RETURN_IF_ERROR(
       check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
             "allocating the " + std::to_string(program.arenaBytes) + "-byte arena"));
-  ex->deviceBytes_ = program.arenaBytes + kWorkspaceBytes;
+  ex->arenaBytes_ = std::max<uint64_t>(program.arenaBytes, 256);
+  ex->deviceBytes_ = ex->arenaBytes_ + kWorkspaceBytes;
   G3RT_RETURN_IF_ERROR(ex->createHostArena());
   auto allocate = [&](const BufferDesc &b) {
     void *p = nullptr;
@@ -397,6 +398,22 @@ Status CudaExecutor::run(const std::string &function) {
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
   cudaStream_t stream = ctx_->stream;
+  if (fn->arenaBytes > arenaBytes_) {
+    // An entry point beyond training's plan (forward_backward of a training
+    // step): a larger arena, and the captured graphs are made anew on it.
+    G3RT_RETURN_IF_ERROR(
+        check(cudaStreamSynchronize(stream), "finishing the work before " + function));
+    cudaFree(arena_);
+    arena_ = nullptr;
+    deviceBytes_ -= arenaBytes_;
+    arenaBytes_ = 0;
+    G3RT_RETURN_IF_ERROR(
+        check(cudaMalloc(&arena_, fn->arenaBytes),
+              "allocating the " + std::to_string(fn->arenaBytes) + "-byte arena of " + function));
+    deviceBytes_ += fn->arenaBytes;
+    arenaBytes_ = fn->arenaBytes;
+    ++ctx_->reallocations;
+  }
   std::unique_ptr<Graph> &g = graphs_[function];
   // A kernel moved memory it keeps (a larger cuDNN scratch for another entry
   // point): the graph would still use the old, so it is captured anew.

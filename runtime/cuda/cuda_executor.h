@@ -123,6 +123,7 @@ private:
   const StepProgram &program_;
   std::unique_ptr<CudaContext> ctx_;
   void *arena_ = nullptr;
+  uint64_t arenaBytes_ = 0;
   /// Pinned host memory for the offloaded activations (host buffers).
   void *hostArena_ = nullptr;
   std::map<std::pair<BufferKind, std::string>, TensorView> state_;

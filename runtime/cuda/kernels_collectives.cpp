@@ -20,7 +20,12 @@ namespace {
 
 int processesOf(const CudaContext &ctx) { return ctx.job ? ctx.job->processes() : 1; }
 
-Status copyInputs(const KernelArgs &args, CudaContext &ctx) {
+/// The outputs start as the inputs (no copy where they alias), except a
+/// broadcast's away from its root: what those pass is ignored, and at ZeRO
+/// stage 3 they do not hold it (runtime/exec/state.h, stateOwners).
+Status copyInputs(const KernelArgs &args, CudaContext &ctx, bool received) {
+  if (received)
+    return Status();
   for (size_t i = 0; i < args.inputs.size(); ++i)
     if (args.outputs[i].data != args.inputs[i].data) {
       cudaError_t e = cudaMemcpyAsync(args.outputs[i].data, args.inputs[i].data,
@@ -40,7 +45,8 @@ Status exchange(const KernelArgs &args, Kind kind) {
   int64_t root = 0;
   G3RT_RETURN_IF_ERROR(
       checkCollective(args, processesOf(ctx), kind == Kind::AllReduce ? nullptr : &root));
-  G3RT_RETURN_IF_ERROR(copyInputs(args, ctx));
+  G3RT_RETURN_IF_ERROR(
+      copyInputs(args, ctx, kind == Kind::Broadcast && ctx.job && ctx.job->rank() != root));
   if (!ctx.job)
     return Status();
   switch (kind) {

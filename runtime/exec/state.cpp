@@ -2,6 +2,7 @@
 
 #include "runtime/exec/state.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
@@ -20,24 +21,40 @@ Storage::Storage(size_t bytes) : size_(bytes) {
 
 void Storage::Free::operator()(void *p) const { std::free(p); }
 
+namespace {
+
+/// The one process on which `instr` touches its buffer `index` (an input
+/// when `read`), or -1 for every process: an instruction's `owner`, else the
+/// root of a broadcast that only reads the buffer (what the others pass is
+/// ignored, so they need not hold it).
+int64_t soleProcess(const InstrDesc &instr, uint32_t index, bool read) {
+  if (std::optional<int64_t> owner = instr.attrs.getInt("owner"))
+    return *owner;
+  if (read && instr.kernel == "broadcast" &&
+      std::find(instr.outputs.begin(), instr.outputs.end(), index) == instr.outputs.end())
+    return instr.attrs.getInt("root").value_or(-1);
+  return -1;
+}
+
+} // namespace
+
 std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram &program) {
-  // Per tensor: the one owner of every instruction touching it, or -1 once
-  // an instruction without one (or with another) touches it.
+  // Per tensor: the one process every instruction touching it runs on, or
+  // -1 once one touches it on every process (or on another).
   std::map<std::pair<BufferKind, std::string>, int> owners;
   for (const FunctionDesc &fn : program.functions)
-    for (const InstrDesc &instr : fn.instrs) {
-      std::optional<int64_t> owner = instr.attrs.getInt("owner");
-      for (const std::vector<uint32_t> *list : {&instr.inputs, &instr.outputs})
-        for (uint32_t i : *list) {
+    for (const InstrDesc &instr : fn.instrs)
+      for (bool read : {true, false})
+        for (uint32_t i : read ? instr.inputs : instr.outputs) {
           const BufferDesc &b = fn.buffers[i];
           if (b.kind != BufferKind::ExpAvg && b.kind != BufferKind::ExpAvgSq &&
-              b.kind != BufferKind::GradAcc)
+              b.kind != BufferKind::GradAcc && b.kind != BufferKind::Param)
             continue;
-          auto [it, fresh] = owners.try_emplace({b.kind, b.name}, owner ? int(*owner) : -1);
-          if (!fresh && (!owner || it->second != int(*owner)))
+          const int process = int(soleProcess(instr, i, read));
+          auto [it, fresh] = owners.try_emplace({b.kind, b.name}, process);
+          if (!fresh && it->second != process)
             it->second = -1;
         }
-    }
   for (auto it = owners.begin(); it != owners.end();)
     it = it->second < 0 ? owners.erase(it) : std::next(it);
   return owners;
@@ -46,7 +63,9 @@ std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram 
 std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program) {
   auto owners = stateOwners(program);
   for (auto it = owners.begin(); it != owners.end();)
-    it = it->first.first == BufferKind::GradAcc ? owners.erase(it) : std::next(it);
+    it = it->first.first == BufferKind::ExpAvg || it->first.first == BufferKind::ExpAvgSq
+             ? std::next(it)
+             : owners.erase(it);
   return owners;
 }
 
@@ -83,6 +102,33 @@ HostState::HostState(const StepProgram &program, int rank) : program_(program) {
     return Status();
   };
   (void)forEachStateBuffer(program, allocate, rank);
+  auto elsewhere = [&](const BufferDesc &b) {
+    if (!tensors_.count({b.kind, b.name}))
+      elsewhere_.emplace(std::make_pair(b.kind, b.name), b);
+    return Status();
+  };
+  if (rank >= 0)
+    (void)forEachStateBuffer(program, elsewhere);
+}
+
+TensorView HostState::hold(BufferKind kind, const std::string &name) {
+  auto it = elsewhere_.find({kind, name});
+  if (it == elsewhere_.end())
+    return state(kind, name);
+  const BufferDesc &b = it->second;
+  Storage storage(size_t(b.bytes));
+  TensorView v{storage.data(), b.dtype, b.shape};
+  tensors_.emplace(it->first, std::make_pair(std::move(storage), v));
+  heldHere_.insert(elsewhere_.extract(it));
+  return v;
+}
+
+void HostState::release(BufferKind kind, const std::string &name) {
+  auto it = heldHere_.find({kind, name});
+  if (it == heldHere_.end())
+    return;
+  tensors_.erase(it->first);
+  elsewhere_.insert(heldHere_.extract(it));
 }
 
 TensorView HostState::state(BufferKind kind, const std::string &name) const {

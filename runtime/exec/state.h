@@ -45,9 +45,10 @@ private:
 /// ZeRO sharding (--g3moe-shard): a persistent tensor that only
 /// instructions of one process touch (an `owner` attribute: the optimizer
 /// update at stage 1, and at stage 2 also the accumulation and the norm of
-/// the gradients) lives on that process alone. Every such Adam moment and
-/// gradient accumulator, by (kind, name), mapped to its owner; empty for an
-/// unsharded step.
+/// the gradients; at stage 3 a parameter that every other instruction reads
+/// through a broadcast from its owner) lives on that process alone. Every
+/// such Adam moment, gradient accumulator and parameter, by (kind, name),
+/// mapped to its owner; empty for an unsharded step.
 std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram &program);
 /// The Adam moments among stateOwners.
 std::map<std::pair<BufferKind, std::string>, int> momentOwners(const StepProgram &program);
@@ -79,6 +80,20 @@ public:
   TensorView param(const std::string &name) const { return state(BufferKind::Param, name); }
   TensorView input(const std::string &name) const { return state(BufferKind::Input, name); }
 
+  /// Whether the step has the tensor of `kind` named `name` but another
+  /// process of the job holds it (ZeRO sharding), until hold() brings it
+  /// here.
+  bool heldElsewhere(BufferKind kind, const std::string &name) const {
+    return elsewhere_.count({kind, name}) != 0;
+  }
+  /// The tensor of `kind` named `name`, allocated zeroed here if another
+  /// process holds it (so that it can be received: ZeRO stage 3's
+  /// parameters, for a save), until release(); an empty view if the step
+  /// has no such tensor.
+  TensorView hold(BufferKind kind, const std::string &name);
+  /// Frees a tensor that hold() allocated; another process holds it again.
+  void release(BufferKind kind, const std::string &name);
+
   /// Sets every gradient accumulator to zero.
   void zeroGradients();
   /// Calls `visit` with the name and view of each tensor of `kind`, in name
@@ -89,6 +104,8 @@ public:
 private:
   const StepProgram &program_;
   std::map<std::pair<BufferKind, std::string>, std::pair<Storage, TensorView>> tensors_;
+  /// The tensors another process holds, and those of them hold() brought.
+  std::map<std::pair<BufferKind, std::string>, BufferDesc> elsewhere_, heldHere_;
 };
 
 } // namespace g3rt

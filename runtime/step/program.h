@@ -99,6 +99,9 @@ struct StepProgram {
   TrainingConfig training;
   std::vector<ParamDesc> params;
   std::vector<FunctionDesc> functions;
+  /// The arena the backends allocate: what training needs. An entry point
+  /// that needs more (a training step's forward_backward, returning every
+  /// gradient at once) grows it when it runs.
   uint64_t arenaBytes = 0;
   uint32_t arenaAlignment = 256;
   /// The host arena of offloaded activations (0: the step offloads none).

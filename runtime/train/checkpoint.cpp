@@ -390,12 +390,44 @@ Status shareMoments(const MomentSource &source, int owner, std::vector<NamedTens
   return Status();
 }
 
+GatheredParameters::~GatheredParameters() {
+  for (const std::string &name : received_)
+    host_.release(BufferKind::Param, name);
+}
+
+Status GatheredParameters::gather(Communicator *job) {
+  if (!job || job->size() == 1)
+    return Status();
+  // In stateOwners' order, the same on every process.
+  for (const auto &[key, owner] : stateOwners(host_.program())) {
+    if (key.first != BufferKind::Param)
+      continue;
+    const std::string &name = key.second;
+    const bool received = job->rank() != owner;
+    TensorView v = host_.hold(BufferKind::Param, name);
+    if (!v.data)
+      return Status::error("cannot allocate " + std::to_string(v.bytes()) +
+                           " bytes to receive parameter '" + name + "' for a save");
+    Status sent = job->broadcast(v.data, v.bytes(), owner);
+    if (received && job->rank() == 0)
+      received_.push_back(name);
+    else if (received)
+      host_.release(BufferKind::Param, name); // received only to take part
+    G3RT_RETURN_IF_ERROR(sent.withContext("bringing parameter " + name + " from process " +
+                                          std::to_string(owner) + " for a save"));
+  }
+  return Status();
+}
+
 std::vector<NamedTensor> exportTrainable(const HostState &host, bool lora) {
   std::vector<NamedTensor> out;
   for (const ParamDesc &p : host.program().params) {
     if (!p.trainable)
       continue;
     TensorView t = host.param(p.name);
+    // ZeRO stage 3: another process's, named and shaped, without data.
+    if (host.heldElsewhere(BufferKind::Param, p.name))
+      t = TensorView{nullptr, DType::F32, p.shape};
     std::string name = (lora ? "base_model.model." : "") + p.name;
     size_t at = name.find("{e}");
     if (at == std::string::npos) {
@@ -407,7 +439,7 @@ std::vector<NamedTensor> exportTrainable(const HostState &host, bool lora) {
     for (int64_t e = 0; e < experts; ++e) {
       TensorView slice = t;
       slice.shape.erase(slice.shape.begin());
-      slice.data = static_cast<uint8_t *>(t.data) + size_t(e) * bytesPerExpert;
+      slice.data = t.data ? static_cast<uint8_t *>(t.data) + size_t(e) * bytesPerExpert : nullptr;
       out.push_back({name.substr(0, at) + std::to_string(e) + name.substr(at + 3), slice});
     }
   }
@@ -432,7 +464,12 @@ Status saveTrainedParameters(const HostState &host, const TrainingConfig &traini
                              const std::string &baseModel) {
   bool lora = training.isLoRA();
   std::string file = dir + "/" + (lora ? kAdapterFile : kModelFile);
-  G3RT_RETURN_IF_ERROR(writeSafetensors(file, exportTrainable(host, lora), {{"format", "pt"}}));
+  std::vector<NamedTensor> tensors = exportTrainable(host, lora);
+  for (const NamedTensor &t : tensors)
+    if (!t.view.data)
+      return Status::error("cannot save '" + t.name +
+                           "': another process holds it (ZeRO stage 3), and it was not gathered");
+  G3RT_RETURN_IF_ERROR(writeSafetensors(file, tensors, {{"format", "pt"}}));
   files.push_back(file);
   if (lora) {
     std::string config = dir + "/adapter_config.json";
@@ -618,7 +655,8 @@ Status loadCheckpoint(const std::string &dir, const TrainingConfig &training, Ho
   // moment file then leaves `host` untouched.
   G3RT_RETURN_IF_ERROR(readMoments(dir, host));
   for (const NamedTensor &t : params)
-    G3RT_RETURN_IF_ERROR(model.read(*model.find(t.name), t.view));
+    if (t.view.data) // else another process's (ZeRO stage 3)
+      G3RT_RETURN_IF_ERROR(model.read(*model.find(t.name), t.view));
   state = s;
   return Status();
 }

@@ -47,6 +47,7 @@ class Communicator;
 /// The trainable parameters under the names HF / PEFT files use: stacked
 /// expert tensors are split into per-expert views, LoRA names get PEFT's
 /// `base_model.model.` prefix. The views alias the host state's storage.
+/// Those another process holds (ZeRO stage 3) come without data.
 std::vector<NamedTensor> exportTrainable(const HostState &host, bool lora);
 
 /// PEFT's adapter_config.json for the adapters of this step;
@@ -128,6 +129,26 @@ struct MomentSource {
 /// the same order. Without a job, `out` is every moment of the host state.
 Status shareMoments(const MomentSource &source, int owner, std::vector<NamedTensor> &out,
                     std::vector<std::vector<float>> &storage);
+
+/// ZeRO stage 3: each trained parameter lives on its owning process alone
+/// (HostState::heldElsewhere), but rank 0 writes them all. While a
+/// GatheredParameters lives, rank 0's host state holds every one of them:
+/// gather() brings each from its owner (every process of the job calls it,
+/// in the same order), and the destructor gives rank 0's copies back.
+class GatheredParameters {
+public:
+  explicit GatheredParameters(HostState &host) : host_(host) {}
+  ~GatheredParameters();
+  GatheredParameters(const GatheredParameters &) = delete;
+  GatheredParameters &operator=(const GatheredParameters &) = delete;
+
+  /// Nothing to do without a job (null) or without sharded parameters.
+  Status gather(Communicator *job);
+
+private:
+  HostState &host_;
+  std::vector<std::string> received_;
+};
 
 /// Writes checkpoint `state.globalStep` into `outputDir` atomically (see the
 /// file comment) and returns its folder in `dir`. `trainingArgs` goes to

@@ -538,6 +538,8 @@ Status Trainer::saveCheckpointNow(Progress &progress) {
     return Status();
   std::string dir;
   G3RT_RETURN_IF_ERROR(syncHost());
+  GatheredParameters params(host);
+  G3RT_RETURN_IF_ERROR(params.gather(sharded ? options.communicator : nullptr));
   MomentSource moments{host, sharded ? options.communicator : nullptr};
   if (!options.writer) {
     std::vector<NamedTensor> none;
@@ -874,8 +876,15 @@ Status Trainer::logMoE(int64_t step, Progress &progress, MoEStats &moe) {
 }
 
 Status Trainer::saveFinal() {
-  if (writes()) {
+  // At ZeRO stage 3 every process sends rank 0 the parameters it owns.
+  Communicator *owners =
+      ranks() > 1 && training.zeroStage == 3 && !options.noSave ? options.communicator : nullptr;
+  if (writes() || owners) {
     G3RT_RETURN_IF_ERROR(syncHost());
+    GatheredParameters params(host);
+    G3RT_RETURN_IF_ERROR(params.gather(owners));
+    if (!writes())
+      return Status();
     G3RT_RETURN_IF_ERROR(
         saveTrainedParameters(host, training, outputDir, result.savedFiles, options.weightsDir));
     for (const std::string &f : result.savedFiles)

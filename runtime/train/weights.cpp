@@ -230,7 +230,8 @@ void LoadPlan::indexTextTensors() {
 /// LoRA adapters are skipped: they start from their own initialisation, not
 /// from a base checkpoint.
 Status LoadPlan::planParam(HostState &host, const ParamDesc &p) {
-  if (isLoraName(p.name))
+  // ZeRO stage 3: another process loads a parameter it owns.
+  if (isLoraName(p.name) || host.heldElsewhere(BufferKind::Param, p.name))
     return Status();
   TensorView t = host.param(p.name);
   if (!t.data)

@@ -74,3 +74,18 @@ func.func @sharded_update(%p: tensor<4xf32> {g3moe.param = "w"}, %g: tensor<4xf3
 // CHECK: g3rt.launch "adamw" {{.*}} outs(%[[P]], %[[M]], %{{.*}} : memref<4xf32>, memref<4xf32>, memref<4xf32>) {attrs = {{{.*}}owner = 1 : i64
 // CHECK: g3rt.launch "broadcast" ins(%[[P]] : memref<4xf32>) outs(%[[P]] : memref<4xf32>) {attrs = {root = 1 : i64}}
 // CHECK-NOT: "copy"
+
+func.func @received_param(%x: tensor<4xf32> {g3moe.input = "x"}) -> (tensor<4xf32> {g3moe.output = "y"}) {
+  %w = g3moe.param "w" trainable : tensor<4xf32>
+  %r = g3moe.broadcast %w {root = 1 : i64} : (tensor<4xf32>) -> tensor<4xf32>
+  %y = g3moe.add %x, %r : tensor<4xf32>
+  return %y : tensor<4xf32>
+}
+
+// ZeRO stage 3: a parameter as the step found it is received into an arena
+// buffer (only its owner holds it, and it stays as it is there).
+// CHECK-LABEL: func.func @received_param() {
+// CHECK: %[[W:.*]] = g3rt.buffer "param" {name = "w"} : memref<4xf32>
+// CHECK: %[[R:.*]] = g3rt.buffer "arena" : memref<4xf32>
+// CHECK: g3rt.launch "broadcast" ins(%[[W]] : memref<4xf32>) outs(%[[R]] : memref<4xf32>) {attrs = {root = 1 : i64}}
+// CHECK: g3rt.launch "add" ins(%{{.*}}, %[[R]] :

@@ -266,6 +266,30 @@ TEST(Backends, EachProcessOfAShardedStepHoldsItsShareOfTheState) {
             held(HostState(one), {BufferKind::ExpAvg, BufferKind::ExpAvgSq}).size());
 }
 
+TEST(Backends, EachProcessOfAStageThreeStepHoldsItsShareOfTheParameters) {
+  // ZeRO stage 3 over 2 processes divides the trained parameters too; a
+  // process can hold another's for as long as it needs it (a save).
+  StepProgram three = loadProgram("g3moe_full_zero3");
+  expectDivided(three,
+                {BufferKind::Param, BufferKind::ExpAvg, BufferKind::ExpAvgSq, BufferKind::GradAcc});
+  HostState first(three, 0);
+  std::string away;
+  for (const ParamDesc &p : three.params)
+    if (!first.param(p.name).data) {
+      EXPECT_TRUE(p.trainable) << p.name;
+      EXPECT_TRUE(first.heldElsewhere(BufferKind::Param, p.name)) << p.name;
+      away = p.name;
+    }
+  ASSERT_FALSE(away.empty());
+  TensorView held = first.hold(BufferKind::Param, away);
+  ASSERT_TRUE(held.data);
+  EXPECT_EQ(first.param(away).data, held.data);
+  EXPECT_FALSE(first.heldElsewhere(BufferKind::Param, away));
+  first.release(BufferKind::Param, away);
+  EXPECT_FALSE(first.param(away).data);
+  EXPECT_TRUE(first.heldElsewhere(BufferKind::Param, away));
+}
+
 } // namespace
 
 TEST_F(DeviceBackendTest, MirrorTrainsLoRAMoEAsTheCPUDoes) { checkMirrorMatchesCpu("g3moe_lora"); }

@@ -256,13 +256,14 @@ TEST_P(CudaTrain, GradientDumpFollowsTheCPU) {
 }
 
 // fp32 dense: losses within 1e-3 of the CPU per step. bf16 MoE (LoRA and
-// full): the trajectories within 5 %. The ZeRO stage-2 step of one process
-// runs its owned updates, reduce and broadcasts on the device.
+// full): the trajectories within 5 %. The ZeRO stage-2 and stage-3 steps of
+// one process run their owned updates, reduces and broadcasts on the device.
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaTrain,
                          ::testing::Values(Case{"gemma3_full_fp32", 2e-3, 1e-3, 2e-2},
                                            Case{"g3moe_lora", 1e-2, 5e-2, 1e-1},
                                            Case{"g3moe_full", 2e-3, 5e-2, 1e-1},
-                                           Case{"g3moe_lora_zero2_alone", 1e-2, 5e-2, 1e-1}),
+                                           Case{"g3moe_lora_zero2_alone", 1e-2, 5e-2, 1e-1},
+                                           Case{"g3moe_full_zero3_alone", 2e-3, 5e-2, 1e-1}),
                          [](const ::testing::TestParamInfo<Case> &info) {
                            return std::string(info.param.step);
                          });

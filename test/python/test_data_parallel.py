@@ -4,8 +4,8 @@ itself, and through g3moe-run --nproc-per-node) train, per
 optimizer step, what one process trains with N times the gradient
 accumulation: the same losses and gradient norms, and the same trained
 parameters, to fp32 rounding, whether each process holds the whole optimizer
-state or its share of the Adam moments (ZeRO stage 1) and of the gradients
-(stage 2). Micro-batches of one row, so that each rank's
+state or its share of the Adam moments (ZeRO stage 1), of the gradients
+(stage 2) and of the trained parameters (stage 3). Micro-batches of one row, so that each rank's
 micro-batch is exactly one of the single process's (a MoE's balancing loss is
 a statistic of its micro-batch). A rank that never arrives makes the others
 fail with an error, not hang."""
@@ -70,7 +70,7 @@ def sharded_step(tmp_path, g3moe_compile, world, *settings, model="tiny-g3moe", 
     ("tiny-gemma3", ["--set", "finetuning=full"]),
 ])
 @pytest.mark.parametrize("world", [2, 4])
-@pytest.mark.parametrize("zero", [0, 1, 2])
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
 def test_ranks_train_like_one_process_with_more_accumulation(tmp_path, g3moe_compile, g3moe_run,
                                                              model, settings, world, zero):
     step = tmp_path / "step.bin"
@@ -207,7 +207,7 @@ def test_zero1_save_that_dies_leaves_the_last_checkpoint(tmp_path, g3moe_compile
 
 @pytest.mark.parametrize("before,after", [
     ((2, 0), (4, 0)), ((4, 0), (1, 0)), ((2, 1), (4, 1)), ((4, 1), (1, 0)), ((2, 0), (2, 1)),
-    ((2, 2), (4, 1)), ((4, 1), (2, 2))])
+    ((2, 2), (4, 1)), ((4, 1), (2, 2)), ((2, 3), (4, 0)), ((4, 1), (2, 3))])
 def test_resume_with_another_number_of_processes(tmp_path, g3moe_compile, g3moe_run, before,
                                                  after):
     """A checkpoint of N processes resumes on M with the same global batch

@@ -172,8 +172,12 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
     ins.push_back(map.lookup(operand));
   for (auto [i, result] : llvm::enumerate(op->getResults())) {
     Value out = inPlaceTarget(op, i);
-    // broadcast overwrites each tensor where it is, when nothing else reads it.
-    if (!out && isa<g3moe::BroadcastOp>(op) && op->getOperand(i).hasOneUse())
+    // broadcast overwrites each tensor where it is, when nothing else reads
+    // it and it is not a parameter as the step found it (ZeRO stage 3: only
+    // its owner holds that one).
+    Value sent = op->getOperand(i);
+    if (!out && isa<g3moe::BroadcastOp>(op) && sent.hasOneUse() &&
+        !sent.getDefiningOp<g3moe::ParamOp>() && !isa<BlockArgument>(sent))
       out = ins[i];
     if (!out)
       out = arena(result.getType(), loc);

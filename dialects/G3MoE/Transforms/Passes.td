@@ -135,7 +135,7 @@ def G3MoEFuseNormsPass : Pass<"g3moe-fuse-norms", "mlir::ModuleOp"> {
 }
 
 def G3MoEShardPass : Pass<"g3moe-shard", "mlir::ModuleOp"> {
-  let summary = "ZeRO sharding of the optimizer step over data-parallel processes";
+  let summary = "ZeRO sharding of the training step over data-parallel processes";
   let description = [{
     With `stage` 1 and `processes` N, gives each trainable tensor one owning
     process (largest tensors first, each to the process with the fewest
@@ -143,15 +143,24 @@ def G3MoEShardPass : Pass<"g3moe-shard", "mlir::ModuleOp"> {
     `@optimizer_step` into one per owner, marked `owner`: a process runs
     only its own updates and keeps only their Adam moments (about 1/N of
     them). One `g3moe.broadcast` per process then brings the parameters it
-    updated to all processes before they are returned. The gradients are
-    summed over the processes before the optimizer step, so the global norm
-    needs no collective. Stage 0 leaves the step as it is; stages 2 and 3 are
-    not built and are refused.
+    updated to all processes before they are returned.
+
+    Stage 2 also divides the gradients: in `@train_micro_step` one
+    `g3moe.reduce` per owner sums the micro-batch's gradients of its tensors
+    over the processes into that owner's accumulator (the `add` marked
+    `owner`), and the global norm is the norm of the owners' partial norms,
+    each broadcast from its owner.
+
+    Stage 3 also divides the trainable parameters: the updated ones are not
+    broadcast, and every other function reads each owned parameter through
+    a `g3moe.broadcast` from its owner right after its `g3moe.param`, so
+    that only the owner keeps it between steps. Frozen weights are not
+    divided. Stage 0 leaves the step as it is.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
   let options = [
     Option<"processes", "processes", "int64_t", "1", "data-parallel processes (N)">,
-    Option<"stage", "stage", "int64_t", "0", "ZeRO stage (0 or 1)">,
+    Option<"stage", "stage", "int64_t", "0", "ZeRO stage (0 to 3)">,
   ];
 }
 
@@ -248,6 +257,26 @@ def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
     ListOption<"checkpoints", "checkpoints", "std::string",
                "module-path substrings (decoder layers: model.layers.3.) recomputed whole "
                "from what enters them">,
+  ];
+}
+
+def G3MoEAccumulateEarlyPass : Pass<"g3moe-accumulate-early", "mlir::ModuleOp"> {
+  let summary = "add each gradient into its accumulator as soon as the backward makes it";
+  let description = [{
+    Inlines the calls of `@train_micro_step` (its `@forward_backward`) and
+    moves each `add` into a gradient accumulator (an argument tagged
+    `g3moe.grad_acc`) right after the op that makes its gradient, so that no
+    gradient lives to the end of the backward. The `g3moe.reduce`s of ZeRO
+    stage 2 (--g3moe-shard) are remade per bucket: the gradients in the order
+    the backward makes them, a bucket closing once it holds `bucket-bytes`,
+    with one reduce per owner right after the bucket's last gradient, its
+    adds after it. Runs after --g3moe-recompute, which works on
+    `@forward_backward` itself.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+  let options = [
+    Option<"bucketSize", "bucket-bytes", "int64_t", "16 << 20",
+           "gradient bytes sent to their owners together (ZeRO stage 2)">,
   ];
 }
 

@@ -33,12 +33,19 @@ using namespace g3moe;
 namespace {
 
 /// Ops whose results are cheaper to recompute than to keep: pure, with no
-/// state, the random draws included (they are keyed, so a redraw is exact).
+/// state, the random draws included (they are keyed, so a redraw is exact),
+/// and the receipt of a ZeRO-3 parameter from its owner (isReceivedAgain).
 bool isRecomputable(Operation *op) {
   return isa<LinearOp, ExpertLinearOp, GeluTanhMulOp, AddOp, MulOp, ScaleOp, ConvertOp, DropoutOp,
              KeyedDropoutOp, RandomUniformOp, ReshapeOp, ParamOp, SplitRowsOp, ConcatRowsOp,
-             MoEDispatchOp>(op);
+             MoEDispatchOp, BroadcastOp>(op);
 }
+
+/// A broadcast has effects (it waits for the other processes), but one
+/// made again in the backward is made at the same point on every process,
+/// which all run the same step: receiving a parameter again then costs a
+/// transfer instead of keeping the forward's copy alive until the backward.
+bool isReceivedAgain(Operation *op) { return isa<BroadcastOp>(op); }
 
 /// The module paths of `op`'s location: one, or each name of a fused
 /// location (a fused op made of ops of different modules).
@@ -93,7 +100,8 @@ private:
     if (isa<AddRMSNormOp>(op) && names.size() == 2 &&
         checkpointOf(names[0]) != checkpointOf(names[1]))
       return it->second; // a boundary: see isBoundaryNorm
-    if (int c = checkpointOf(scope); c > 0 && isMemoryEffectFree(op) && op->getNumRegions() == 0)
+    if (int c = checkpointOf(scope);
+        c > 0 && (isMemoryEffectFree(op) || isReceivedAgain(op)) && op->getNumRegions() == 0)
       return it->second = c;
     if (isRecomputable(op) && llvm::any_of(scopes, [&](const std::string &s) {
           return scope.find(s) != std::string::npos;

@@ -5,9 +5,12 @@
 // tensor gets one owner, whose process alone updates it, and the updated
 // parameters travel from their owners to everyone (one broadcast per owner).
 // Stage 2 divides the gradient accumulators the same way: a micro-batch's
-// gradients are summed into their owners' accumulators. The ownership is
-// fixed here, at compile time, so that the memory report and the runtime's
-// allocation agree (the runtime derives it from the `owner` attributes of
+// gradients are summed into their owners' accumulators. Stage 3 divides the
+// trainable parameters too: only the owner keeps a parameter between steps,
+// and every entry point that reads it first receives it from the owner
+// (one broadcast per read, so that the received copy lives only as long as
+// that part of the step needs it). The ownership is fixed here, at compile time, so that the memory
+// report and the runtime's allocation agree (the runtime derives it from the `owner` attributes of
 // the instructions that touch each tensor).
 //
 //===----------------------------------------------------------------------===//
@@ -17,6 +20,7 @@
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/Builders.h"
+#include "mlir/IR/IRMapping.h"
 
 #include <algorithm>
 
@@ -54,9 +58,8 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
     if (stage == 0)
       return;
     ModuleOp module = getOperation();
-    if (stage < 0 || stage > 2 || processes < 1) {
-      module.emitError("g3moe-shard: needs stage 0, 1 or 2 (ZeRO stage 3 is not built) and "
-                       "processes >= 1, got stage ")
+    if (stage < 0 || stage > 3 || processes < 1) {
+      module.emitError("g3moe-shard: needs stage 0 to 3 and processes >= 1, got stage ")
           << int64_t(stage) << " and processes " << int64_t(processes);
       return signalPassFailure();
     }
@@ -81,12 +84,15 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
 
     DenseMap<StringAttr, int64_t> owners; // by parameter name
     SmallVector<SmallVector<Value>> updated = splitUpdates(step, updates, owner, owners);
-    broadcastUpdated(step, updated);
-    if (stage == 2) {
+    if (stage < 3)
+      broadcastUpdated(step, updated);
+    if (stage >= 2) {
       reduceToOwners(module, owners);
       if (failed(normOfShards(step, owners)))
         return signalPassFailure();
     }
+    if (stage == 3)
+      gatherParameters(module, step, owners);
   }
 
   /// One update per (original update, owner), each tensor's results in
@@ -147,6 +153,78 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
                                          b.getI64IntegerAttr(int64_t(rank)));
       for (auto [param, received] : llvm::zip(sent, sending.getResults()))
         Value(param).replaceAllUsesExcept(received, sending);
+    }
+  }
+
+  /// Stage 3: each read of an owned parameter outside the optimizer step
+  /// (a `g3moe.param`) goes through a broadcast from its owner, right after
+  /// it; @forward_backward's backward receives each again.
+  void gatherParameters(ModuleOp module, func::FuncOp step,
+                        const DenseMap<StringAttr, int64_t> &owners) {
+    OpBuilder b(module.getContext());
+    for (auto func : module.getOps<func::FuncOp>()) {
+      if (func == step)
+        continue;
+      SmallVector<ParamOp> params(func.getOps<ParamOp>());
+      SmallVector<BroadcastOp> received;
+      for (ParamOp param : params) {
+        auto it = owners.find(param.getNameAttr());
+        if (it == owners.end())
+          continue;
+        b.setInsertionPointAfter(param);
+        received.push_back(BroadcastOp::create(b, param.getLoc(), TypeRange{param.getType()},
+                                               ValueRange{param.getResult()},
+                                               b.getI64IntegerAttr(it->second)));
+        param.getResult().replaceAllUsesExcept(received.back().getResult(0), received.back());
+      }
+      if (func.getSymName() == "forward_backward")
+        receiveAgainInBackward(func, received);
+    }
+  }
+
+  /// The backward (what follows the op defining the loss, as
+  /// --g3moe-recompute divides it) receives each parameter again, with the
+  /// converts and reshapes the forward made of it, before its first reader
+  /// there: the forward's copies then die in the forward instead of all
+  /// living until the backward reaches their layers.
+  static void receiveAgainInBackward(func::FuncOp fb, ArrayRef<BroadcastOp> received) {
+    Block &body = fb.getBody().front();
+    Operation *lossOp = body.getTerminator()->getOperand(0).getDefiningOp();
+    if (!lossOp || lossOp->getBlock() != &body)
+      return;
+    DenseMap<Operation *, unsigned> order;
+    unsigned index = 0;
+    for (Operation &op : body)
+      order[&op] = index++;
+    const unsigned backwardStart = order[lossOp] + 1;
+    OpBuilder b(fb.getContext());
+    for (BroadcastOp receipt : received) {
+      // The receipt and what the forward derives from it alone, in order.
+      SmallVector<Operation *> chain = {receipt};
+      for (size_t i = 0; i < chain.size(); ++i)
+        for (Operation *user : chain[i]->getUsers())
+          if (isa<ConvertOp, ReshapeOp>(user) && order.lookup(user) < backwardStart &&
+              !llvm::is_contained(chain, user))
+            chain.push_back(user);
+      SmallVector<OpOperand *> late;
+      Operation *first = nullptr;
+      for (Operation *op : chain)
+        for (OpOperand &use : op->getResult(0).getUses()) {
+          Operation *user = body.findAncestorOpInBlock(*use.getOwner());
+          if (!user || order.lookup(user) < backwardStart || user == body.getTerminator())
+            continue;
+          late.push_back(&use);
+          if (!first || order.lookup(user) < order.lookup(first))
+            first = user;
+        }
+      if (late.empty())
+        continue;
+      IRMapping copies;
+      b.setInsertionPoint(first);
+      for (Operation *op : chain)
+        b.clone(*op, copies);
+      for (OpOperand *use : late)
+        use->set(copies.lookup(use->get()));
     }
   }
 

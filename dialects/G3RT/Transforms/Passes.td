@@ -14,7 +14,10 @@ def G3RTPlanMemoryPass : Pass<"g3rt-plan-memory", "mlir::ModuleOp"> {
     whose live ranges intersect share a byte. Buffers are placed largest
     first, each at the lowest aligned offset that fits. Sets `offset` on every
     arena buffer and `g3rt.arena_bytes` on the function, and
-    `g3rt.arena_bytes` (the maximum) on the module. Host buffers
+    `g3rt.arena_bytes` on the module: the maximum over the functions that
+    training runs, which leaves out `@forward_backward` where the module has a
+    `@train_micro_step` (it returns every gradient at once, for gradient
+    dumps and checks; a backend makes its arena larger when it runs it). Host buffers
     (--g3rt-offload-to-host) are placed the same way in a host arena of their
     own: `g3rt.host_bytes` on the function and the module.
   }];

@@ -113,12 +113,18 @@ struct G3RTPlanMemoryPass : g3moe::lowered::impl::G3RTPlanMemoryPassBase<G3RTPla
       return signalPassFailure();
     }
     Builder b(&getContext());
+    // A training step's @forward_backward holds every gradient of the step
+    // at its end; training runs @train_micro_step, which adds each into its
+    // accumulator as it is made (--g3moe-accumulate-early), and must not be
+    // planned for the larger need of a gradient dump.
+    const bool trains = getOperation().lookupSymbol("train_micro_step") != nullptr;
     for (auto [kind, attr] :
          {std::pair(kArena, "g3rt.arena_bytes"), std::pair(kHost, "g3rt.host_bytes")}) {
       int64_t moduleBytes = 0;
       for (auto func : getOperation().getOps<func::FuncOp>()) {
         int64_t bytes = planFunction(func, kind);
-        moduleBytes = std::max(moduleBytes, bytes);
+        if (!(kind == kArena && trains && func.getSymName() == "forward_backward"))
+          moduleBytes = std::max(moduleBytes, bytes);
         // Steps without host buffers say nothing of a host arena.
         if (kind == kArena || bytes > 0)
           func->setAttr(attr, b.getI64IntegerAttr(bytes));
