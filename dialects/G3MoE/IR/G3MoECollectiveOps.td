@@ -63,4 +63,22 @@ def G3MoE_BroadcastOp : G3MoE_Op<"broadcast"> {
   let hasVerifier = 1;
 }
 
+def G3MoE_AllToAllOp : G3MoE_Op<"all_to_all"> {
+  let summary = "each process's rows dealt out to the processes (expert parallelism)";
+  let description = [{
+    Declared for expert parallelism, which no pass makes yet, and without a
+    kernel: the runtime refuses a step holding one. Each of the `processes`
+    processes splits each tensor along its first dimension into `processes`
+    equal blocks and sends block j to process j; each result is the blocks
+    received, in the order of the senders' ranks.
+    ```mlir
+    %r = g3moe.all_to_all %x {processes = 2 : i64} : (tensor<8x64xbf16>) -> tensor<8x64xbf16>
+    ```
+  }];
+  let arguments = (ins Variadic<RankedTensorOf<[F32, BF16]>>:$inputs, I64Attr:$processes);
+  let results = (outs Variadic<RankedTensorOf<[F32, BF16]>>:$results);
+  let assemblyFormat = "$inputs attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 #endif // G3MOE_COLLECTIVE_OPS_TD

@@ -291,6 +291,21 @@ LogicalResult BroadcastOp::verify() { return verifyRooted(*this, getRootAttr());
 
 LogicalResult ReduceOp::verify() { return verifyRooted(*this, getRootAttr()); }
 
+LogicalResult AllToAllOp::verify() {
+  if (failed(verifyCollective(*this)))
+    return failure();
+  const int64_t processes = getProcessesAttr().getInt();
+  if (processes < 1)
+    return emitOpError() << "processes must be at least 1, got " << processes;
+  for (Type t : getOperandTypes()) {
+    auto tensor = cast<RankedTensorType>(t);
+    if (tensor.getRank() == 0 || tensor.isDynamicDim(0) || tensor.getDimSize(0) % processes)
+      return emitOpError() << "each tensor's first dimension must divide among the " << processes
+                           << " processes, got " << t;
+  }
+  return success();
+}
+
 LogicalResult AdamWOp::verify() {
   if (failed(requireStatic(*this)))
     return failure();

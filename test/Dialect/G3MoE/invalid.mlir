@@ -654,6 +654,14 @@ func.func @broadcast_root(%a: tensor<4x64xf32>) {
 
 // -----
 
+func.func @all_to_all_blocks(%a: tensor<3x64xf32>) {
+  // expected-error @+1 {{each tensor's first dimension must divide among the 2 processes, got 'tensor<3x64xf32>'}}
+  %x = g3moe.all_to_all %a {processes = 2 : i64} : (tensor<3x64xf32>) -> tensor<3x64xf32>
+  return
+}
+
+// -----
+
 func.func @all_reduce_empty() {
   // expected-error @+1 {{needs at least one tensor}}
   g3moe.all_reduce : () -> ()

@@ -325,6 +325,8 @@ func.func @collectives(%a: tensor<4x64xf32>, %b: tensor<f32>, %t: tensor<i64>) {
   %s:2 = g3moe.all_reduce %a, %b : (tensor<4x64xf32>, tensor<f32>) -> (tensor<4x64xf32>, tensor<f32>)
   // CHECK: g3moe.broadcast {{.*}} {root = 1 : i64}
   %p = g3moe.broadcast %a {root = 1 : i64} : (tensor<4x64xf32>) -> tensor<4x64xf32>
+  // CHECK: g3moe.all_to_all {{.*}} {processes = 2 : i64}
+  %x = g3moe.all_to_all %a {processes = 2 : i64} : (tensor<4x64xf32>) -> tensor<4x64xf32>
   // CHECK: g3moe.adamw {{.*}}owner = 1 : i64
   %r:3 = g3moe.adamw %a, %a, %a, %a, %t, %b, %b
       {beta1 = 0.9 : f64, beta2 = 0.999 : f64, epsilon = 1.0e-08 : f64, owner = 1 : i64, weight_decay = 0.0 : f64}
