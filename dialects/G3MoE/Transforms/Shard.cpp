@@ -1,4 +1,4 @@
-//===- Shard.cpp - ZeRO sharding of the optimizer step --------------------===//
+//===- Shard.cpp - ZeRO sharding of the training step ---------------------===//
 //
 // Implements --g3moe-shard. ZeRO stage 1 divides the Adam moments (two fp32
 // copies of every trainable tensor) among the data-parallel processes: each
@@ -7,11 +7,12 @@
 // Stage 2 divides the gradient accumulators the same way: a micro-batch's
 // gradients are summed into their owners' accumulators. Stage 3 divides the
 // trainable parameters too: only the owner keeps a parameter between steps,
-// and every entry point that reads it first receives it from the owner
-// (one broadcast per read, so that the received copy lives only as long as
-// that part of the step needs it). The ownership is fixed here, at compile time, so that the memory
-// report and the runtime's allocation agree (the runtime derives it from the `owner` attributes of
-// the instructions that touch each tensor).
+// and every other function receives it from the owner where it reads it (the
+// backward again, so that the forward's copy dies in the forward). The
+// ownership is fixed here, at compile time, so that the memory report and
+// the runtime's allocation agree (the runtime derives it from the `owner`
+// attributes and broadcast roots of the instructions that touch each
+// tensor).
 //
 //===----------------------------------------------------------------------===//
 
