@@ -208,6 +208,28 @@ def test_zero1_save_that_dies_leaves_the_last_checkpoint(tmp_path, g3moe_compile
     np.testing.assert_allclose(steps(tmp_path / "out")[-2:], steps(whole)[-2:], rtol=2e-5)
 
 
+def test_zero3_merged_model_is_the_one_process_merge(tmp_path, g3moe_compile, g3moe_run):
+    """At ZeRO stage 3 each process holds only its own adapters; rank 0
+    receives the others' to write the adapter and the merged model, which
+    are those of one process with the same global batch."""
+    step = tmp_path / "step.bin"
+    g3moe_compile(EXAMPLES / "tiny-g3moe" / "config.json", "--fp32", "--quiet", "--micro-batch",
+                  "1", "--seq-len", "64", "--set", "lora_dropout=0", "-o", step)
+    common = [*TRAIN, "--tokenizer", BUILD_DIR / "tiny-tokenizer" / "tokenizer.model", "--merge"]
+    g3moe_run(step, *common, "--gradient-accumulation-steps", "2", "--output-dir",
+              tmp_path / "one")
+    sharded = sharded_step(tmp_path, g3moe_compile, 2, "--set", "lora_dropout=0", zero=3)
+    results = launch([sharded, *common, "--gradient-accumulation-steps", "1", "--output-dir",
+                      tmp_path / "many"], 2)
+    for rank, (code, _, stderr) in enumerate(results):
+        assert code == 0, f"rank {rank}: {stderr}"
+    for name in ["adapter_model.safetensors", "merged/model.safetensors"]:
+        want, got = load_file(tmp_path / "one" / name), load_file(tmp_path / "many" / name)
+        assert want.keys() == got.keys()
+        for key in want:
+            np.testing.assert_allclose(got[key], want[key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+
 @pytest.mark.parametrize("before,after", [
     ((2, 0), (4, 0)), ((4, 0), (1, 0)), ((2, 1), (4, 1)), ((4, 1), (1, 0)), ((2, 0), (2, 1)),
     ((2, 2), (4, 1)), ((4, 1), (2, 2)), ((2, 3), (4, 0)), ((4, 1), (2, 3))])
