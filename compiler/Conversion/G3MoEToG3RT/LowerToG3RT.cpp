@@ -166,6 +166,8 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
   }
   if (op->getDialect() != op->getContext()->getLoadedDialect<g3moe::G3MoEDialect>())
     return op->emitOpError("g3moe-lower-to-g3rt: cannot lower this op");
+  if (isa<g3moe::AllToAllOp>(op))
+    return op->emitOpError("g3moe-lower-to-g3rt: no kernel yet (expert parallelism is not built)");
 
   SmallVector<Value> ins, outs;
   for (Value operand : op->getOperands())

@@ -31,6 +31,9 @@ namespace {
 /// g3moe ops that --g3moe-lower-to-g3rt turns into buffers or views, not
 /// launches.
 const std::set<std::string> kNoKernel = {"param", "reshape", "stop_gradient"};
+/// g3moe ops declared for what is not built yet, which no pass makes and the
+/// lowering refuses (test/Conversion/lower-to-g3rt-invalid.mlir).
+const std::set<std::string> kDeclaredOnly = {"all_to_all"};
 /// Kernels the lowering launches for what is no g3moe op: splat constants
 /// and returned values copied into their persistent buffer.
 const std::set<std::string> kLoweringKernels = {"fill", "copy"};
@@ -75,7 +78,7 @@ TEST_F(KernelNames, TheDialectHasOps) {
 TEST_F(KernelNames, EveryOpHasItsKernel) {
   std::set<std::string> names = listed();
   for (const std::string &op : g3moeOps())
-    if (!kNoKernel.count(op))
+    if (!kNoKernel.count(op) && !kDeclaredOnly.count(op))
       EXPECT_TRUE(names.count(op)) << "g3moe." << op << " lowers to a launch of \"" << op
                                    << "\", which runtime/kernels/kernel_names.def does not list";
 }
