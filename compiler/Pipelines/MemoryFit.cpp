@@ -14,6 +14,7 @@
 #include "dialects/G3RT/IR/G3RTDialect.h"
 #include "dialects/G3RT/Transforms/MemoryPlan.h"
 #include "runtime/base/units.h"
+#include "runtime/exec/ownership.h"
 #include "runtime/kernels/scratch_bounds.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -161,18 +162,19 @@ StepMemory g3moe::measureStepMemory(ModuleOp step) {
   };
   std::map<Key, int64_t> owner; // -1 once a launch of another or of every process touches it
   step.walk([&](g3moe::lowered::LaunchOp l) {
-    auto rank = l.getAttrs().getAs<IntegerAttr>("owner");
-    auto root = l.getAttrs().getAs<IntegerAttr>("root");
+    auto attr = [&](StringRef name) -> std::optional<int64_t> {
+      if (auto a = l.getAttrs().getAs<IntegerAttr>(name))
+        return a.getInt();
+      return std::nullopt;
+    };
     for (bool read : {true, false})
       for (Value v : read ? ValueRange(l.getIns()) : ValueRange(l.getOuts())) {
         auto buffer = v.getDefiningOp<g3moe::lowered::BufferOp>();
         if (!buffer || (buffer.getKind() != "exp_avg" && buffer.getKind() != "exp_avg_sq" &&
                         buffer.getKind() != "grad_acc" && buffer.getKind() != "param"))
           continue;
-        int64_t process = rank ? rank.getInt() : -1;
-        if (!rank && read && root && l.getKernel() == "broadcast" &&
-            !llvm::is_contained(l.getOuts(), v))
-          process = root.getInt();
+        const int64_t process = g3rt::soleProcess(l.getKernel(), attr("owner"), attr("root"), read,
+                                                  llvm::is_contained(l.getOuts(), v));
         auto [it, fresh] = owner.try_emplace(keyOf(buffer), process);
         if (!fresh && it->second != process)
           it->second = -1;

@@ -2,6 +2,8 @@
 
 #include "runtime/exec/state.h"
 
+#include "runtime/exec/ownership.h"
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -21,23 +23,6 @@ Storage::Storage(size_t bytes) : size_(bytes) {
 
 void Storage::Free::operator()(void *p) const { std::free(p); }
 
-namespace {
-
-/// The one process on which `instr` touches its buffer `index` (an input
-/// when `read`), or -1 for every process: an instruction's `owner`, else the
-/// root of a broadcast that only reads the buffer (what the others pass is
-/// ignored, so they need not hold it).
-int64_t soleProcess(const InstrDesc &instr, uint32_t index, bool read) {
-  if (std::optional<int64_t> owner = instr.attrs.getInt("owner"))
-    return *owner;
-  if (read && instr.kernel == "broadcast" &&
-      std::find(instr.outputs.begin(), instr.outputs.end(), index) == instr.outputs.end())
-    return instr.attrs.getInt("root").value_or(-1);
-  return -1;
-}
-
-} // namespace
-
 std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram &program) {
   // Per tensor: the one process every instruction touching it runs on, or
   // -1 once one touches it on every process (or on another).
@@ -50,7 +35,10 @@ std::map<std::pair<BufferKind, std::string>, int> stateOwners(const StepProgram 
           if (b.kind != BufferKind::ExpAvg && b.kind != BufferKind::ExpAvgSq &&
               b.kind != BufferKind::GradAcc && b.kind != BufferKind::Param)
             continue;
-          const int process = int(soleProcess(instr, i, read));
+          const bool written =
+              std::find(instr.outputs.begin(), instr.outputs.end(), i) != instr.outputs.end();
+          const int process = int(soleProcess(instr.kernel, instr.attrs.getInt("owner"),
+                                              instr.attrs.getInt("root"), read, written));
           auto [it, fresh] = owners.try_emplace({b.kind, b.name}, process);
           if (!fresh && it->second != process)
             it->second = -1;
