@@ -61,6 +61,10 @@ TensorView CpuBackend::view(const FunctionDesc &fn, uint32_t index) const {
 }
 
 Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
+  if (fn.arenaBytes > arena_.size())
+    return Status::error("'" + fn.name + "' needs a " + std::to_string(fn.arenaBytes) +
+                         "-byte arena, the backend holds " + std::to_string(arena_.size()) +
+                         " (reserveArena first)");
   const InstrDesc &instr = fn.instrs[i];
   if (!runsOnProcess(instr, placement_.rank))
     return Status();
@@ -83,15 +87,20 @@ Status CpuBackend::run(const std::string &function) {
   const FunctionDesc *fn = program_.findFunction(function);
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
-  if (fn->arenaBytes > arena_.size()) {
-    Storage larger(size_t(fn->arenaBytes));
-    if (!larger.data())
-      return Status::error("cannot allocate the " + std::to_string(fn->arenaBytes) +
-                           "-byte arena of '" + function + "' on the host");
-    arena_ = std::move(larger);
-  }
+  G3RT_RETURN_IF_ERROR(reserveArena(*fn));
   for (size_t i = 0; i < fn->instrs.size(); ++i)
     G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
+  return Status();
+}
+
+Status CpuBackend::reserveArena(const FunctionDesc &fn) {
+  if (fn.arenaBytes <= arena_.size())
+    return Status();
+  Storage larger(size_t(fn.arenaBytes));
+  if (!larger.data())
+    return Status::error("cannot allocate the " + std::to_string(fn.arenaBytes) +
+                         "-byte arena of '" + fn.name + "' on the host");
+  arena_ = std::move(larger);
   return Status();
 }
 

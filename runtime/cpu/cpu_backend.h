@@ -43,7 +43,12 @@ public:
 
   /// Runs instruction `index` of `fn` alone (differential tests of backends,
   /// tests that look between kernels).
+  /// `fn`'s instructions then need an arena as large as its plan
+  /// (reserveArena); fails without one.
   Status runInstruction(const FunctionDesc &fn, size_t index);
+  /// Grows the arena to `fn`'s plan where it is larger (forward_backward of
+  /// a training step), as run() does; the arena's contents are then lost.
+  Status reserveArena(const FunctionDesc &fn);
   /// The bytes buffer `index` of `fn` refers to (arena or host state).
   TensorView view(const FunctionDesc &fn, uint32_t buffer) const;
   /// Output `name` of the last run of `function`, in place; an empty view if

@@ -377,6 +377,10 @@ Status CudaExecutor::launchInstruction(const FunctionDesc &fn, size_t i) {
 }
 
 Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
+  if (fn.arenaBytes > arenaBytes_)
+    return Status::error("'" + fn.name + "' needs a " + std::to_string(fn.arenaBytes) +
+                         "-byte arena, the executor holds " + std::to_string(arenaBytes_) +
+                         " (reserveArena first)");
   G3RT_RETURN_IF_ERROR(launchInstruction(fn, i));
   // A copy to or from the host arena runs on the copy stream: waited for too,
   // so that the instruction's output is complete when this returns.
@@ -385,6 +389,26 @@ Status CudaExecutor::runInstruction(const FunctionDesc &fn, size_t i) {
     e = cudaStreamSynchronize(ctx_->copyStream);
   return check(e, "running " + fn.instrs[i].kernel)
       .withContext(fn.name + ", instruction " + std::to_string(i));
+}
+
+Status CudaExecutor::reserveArena(const FunctionDesc &fn) {
+  if (fn.arenaBytes <= arenaBytes_)
+    return Status();
+  // An entry point beyond training's plan (forward_backward of a training
+  // step): a larger arena, and the captured graphs are made anew on it.
+  G3RT_RETURN_IF_ERROR(
+      check(cudaStreamSynchronize(ctx_->stream), "finishing the work before " + fn.name));
+  cudaFree(arena_);
+  arena_ = nullptr;
+  deviceBytes_ -= arenaBytes_;
+  arenaBytes_ = 0;
+  G3RT_RETURN_IF_ERROR(
+      check(cudaMalloc(&arena_, fn.arenaBytes),
+            "allocating the " + std::to_string(fn.arenaBytes) + "-byte arena of " + fn.name));
+  deviceBytes_ += fn.arenaBytes;
+  arenaBytes_ = fn.arenaBytes;
+  ++ctx_->reallocations;
+  return Status();
 }
 
 Status CudaExecutor::launchAll(const FunctionDesc &fn) {
@@ -398,22 +422,7 @@ Status CudaExecutor::run(const std::string &function) {
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
   cudaStream_t stream = ctx_->stream;
-  if (fn->arenaBytes > arenaBytes_) {
-    // An entry point beyond training's plan (forward_backward of a training
-    // step): a larger arena, and the captured graphs are made anew on it.
-    G3RT_RETURN_IF_ERROR(
-        check(cudaStreamSynchronize(stream), "finishing the work before " + function));
-    cudaFree(arena_);
-    arena_ = nullptr;
-    deviceBytes_ -= arenaBytes_;
-    arenaBytes_ = 0;
-    G3RT_RETURN_IF_ERROR(
-        check(cudaMalloc(&arena_, fn->arenaBytes),
-              "allocating the " + std::to_string(fn->arenaBytes) + "-byte arena of " + function));
-    deviceBytes_ += fn->arenaBytes;
-    arenaBytes_ = fn->arenaBytes;
-    ++ctx_->reallocations;
-  }
+  G3RT_RETURN_IF_ERROR(reserveArena(*fn));
   std::unique_ptr<Graph> &g = graphs_[function];
   // A kernel moved memory it keeps (a larger cuDNN scratch for another entry
   // point): the graph would still use the old, so it is captured anew.

@@ -80,8 +80,13 @@ public:
   /// context and waits for it (kernel-level tests).
   Status runKernel(const std::string &name, const KernelAttrs &attrs,
                    const std::vector<TensorView> &inputs, const std::vector<TensorView> &outputs);
-  /// Runs instruction `index` of `fn` alone and waits for it.
+  /// Runs instruction `index` of `fn` alone and waits for it; `fn` needs an
+  /// arena as large as its plan (reserveArena), else it fails.
   Status runInstruction(const FunctionDesc &fn, size_t index);
+  /// Grows the arena to `fn`'s plan where it is larger (forward_backward of
+  /// a training step), as run() does; the arena's contents are then lost
+  /// and captured graphs are captured anew.
+  Status reserveArena(const FunctionDesc &fn);
 
   /// The device bytes buffer `index` of `fn` refers to.
   TensorView deviceView(const FunctionDesc &fn, uint32_t buffer) const;

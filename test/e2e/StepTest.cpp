@@ -771,6 +771,23 @@ TEST(StepMemory, PlanPeakEqualsCpuArenaHighWater) {
     EXPECT_EQ(program.arenaBytes, training) << name;
     EXPECT_GT(program.arenaBytes, 0u);
   }
+  // An instruction run alone (tests that look between kernels) needs its
+  // function's arena reserved first; without it, it fails instead of
+  // writing past the arena.
+  StepProgram program = load("g3moe_lora");
+  const FunctionDesc *fb = program.findFunction("forward_backward");
+  ASSERT_TRUE(fb);
+  ASSERT_GT(fb->arenaBytes, program.arenaBytes);
+  CpuStep ex(program);
+  ASSERT_TRUE(initializeParameters(ex.state, 1, 0).ok());
+  setInputs(ex);
+  Status s = ex.cpu->runInstruction(*fb, 0);
+  ASSERT_FALSE(s.ok());
+  EXPECT_NE(s.message().find("reserveArena"), std::string::npos) << s.message();
+  ASSERT_TRUE(ex.cpu->reserveArena(*fb).ok());
+  EXPECT_EQ(ex.cpu->arenaBytes(), fb->arenaBytes);
+  for (size_t i = 0; i < fb->instrs.size(); ++i)
+    ASSERT_TRUE(ex.cpu->runInstruction(*fb, i).ok()) << i;
 }
 
 TEST(StepMemory, OverlappingLiveBuffersAreRejected) {

@@ -95,6 +95,8 @@ TEST_P(CudaStep, EveryInstructionMatchesTheCPU) {
 
     std::map<std::string, double> worstByKernel;
     for (const FunctionDesc &fn : program.functions) {
+      ASSERT_TRUE(cpu.cpu->reserveArena(fn).ok());
+      ASSERT_TRUE(gpu->reserveArena(fn).ok());
       for (size_t i = 0; i < fn.instrs.size(); ++i) {
         const InstrDesc &instr = fn.instrs[i];
         // The GPU starts from the CPU's input bytes, before the CPU
@@ -146,6 +148,10 @@ bool isRouterGrad(const std::string &kernel) { return endsWith(kernel, "_router_
 int64_t runBothWithCpuRouting(CpuStep &cpu, cuda::CudaExecutor &gpu, const char *function) {
   const FunctionDesc *fn = cpu.state.program().findFunction(function);
   EXPECT_TRUE(fn) << function;
+  if (fn) {
+    EXPECT_TRUE(cpu.cpu->reserveArena(*fn).ok());
+    EXPECT_TRUE(gpu.reserveArena(*fn).ok());
+  }
   int64_t rerouted = 0;
   for (size_t i = 0; fn && i < fn->instrs.size(); ++i) {
     const InstrDesc &instr = fn->instrs[i];
