@@ -71,7 +71,8 @@ private:
     auto wt = cast<RankedTensorType>(w.getType());
     SmallVector<int64_t> shape(xt.getShape());
     shape.back() = wt.getDimSize(0);
-    return g3moe::LinearOp::create(b, loc, tensor(shape, resultElt), x, w, mlir::Value());
+    return g3moe::LinearOp::create(b, loc, tensor(shape, resultElt), x, w, mlir::Value(),
+                                   mlir::Value(), nullptr);
   }
 
   Value linear(Value x, const Twine &weightName, int64_t out) {
@@ -228,7 +229,8 @@ Value StepBuilder::moe(Value f, const std::string &prefix) {
     int64_t inDim = cast<RankedTensorType>(in.getType()).getDimSize(1);
     Value w = param(prefix + "moe.experts.{e}." + proj + ".weight", {e, out, inDim}, act());
     return g3moe::ExpertLinearOp::create(b, loc, tensor({tokens * k, out}, act()), in, offsets, w,
-                                         mlir::Value(), mlir::Value(), mlir::Value())
+                                         mlir::Value(), mlir::Value(), mlir::Value(), mlir::Value(),
+                                         nullptr)
         .getResult();
   };
   Value gate = expertLinear(permuted, "gate_proj", m.intermediateSize);

@@ -196,6 +196,12 @@ struct Flags {
                "where the table is frozen (LoRA training: each tile of logits once instead of "
                "twice; default on, =false for two passes)"),
       cl::init(true), cl::cat(compileCategory())};
+  cl::opt<bool> dropoutInProducts{
+      "dropout-in-products",
+      cl::desc("Draw the LoRA dropout masks inside the low-rank products that read or write "
+               "the dropped tensor, which is then never stored (default on, =false for "
+               "separate keyed_dropout ops)"),
+      cl::init(true), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",
@@ -216,6 +222,7 @@ void setPipelineOptions(const Flags &flags, const g3moe::frontend::CompileConfig
   options.offloadCount = int64_t(flags.offload);
   options.offloadMinBytes = int64_t(flags.offloadMinBytes);
   options.lmHeadOnePass = bool(flags.lmHeadOnePass);
+  options.dropoutInProducts = bool(flags.dropoutInProducts);
 }
 
 /// The configuration the flags name, with --set, --seq-len and --micro-batch

@@ -82,7 +82,9 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
   pm.addPass(createG3MoERegenerateRandomPass());
   // After the regeneration, so that the backward's dropouts draw their own
   // masks too.
-  pm.addPass(createG3MoEFuseDropoutPass());
+  G3MoEFuseDropoutPassOptions dropout;
+  dropout.intoProducts = options.dropoutInProducts;
+  pm.addPass(createG3MoEFuseDropoutPass(dropout));
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.

@@ -80,6 +80,11 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       llvm::cl::desc("step pipeline: the LM head's loss and input gradient in one pass over the "
                      "logits (lm_head_cross_entropy_and_grad) where the table is frozen"),
       llvm::cl::init(true)};
+  Option<bool> dropoutInProducts{
+      *this, "dropout-in-products",
+      llvm::cl::desc("step pipeline: LoRA dropout masks drawn inside the low-rank products that "
+                     "read or write the dropped tensor, which is never stored"),
+      llvm::cl::init(true)};
   Option<int64_t> zeroStage{*this, "zero-stage",
                             llvm::cl::desc("ZeRO stage of the training step (0 to 3)"),
                             llvm::cl::init(0)};

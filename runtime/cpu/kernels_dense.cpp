@@ -155,9 +155,51 @@ void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool 
   }
 }
 
+/// `t` (or a copy of it, `into`) dropped by a product's keep-mask: kept
+/// elements times the dropout scale, rounded to the type, as keyed_dropout
+/// does.
+void applyMask(const ProductDropout &drop, const TensorView &t, const TensorView &into) {
+  const auto *bits = reinterpret_cast<const uint32_t *>(drop.mask->i32());
+  const float scale = dropoutScale(drop.p);
+  for (int64_t i = 0, n = t.numel(); i < n; ++i)
+    into.store(i, bits[i >> 5] >> (i & 31) & 1u ? t.load(i) * scale : 0.0f);
+}
+
+/// A product with a fused dropout (dense_checks.h's ProductDropout) run as
+/// the mask applied and the plain product: to a copy of input `masked`
+/// before the product, or to its result after it (`masked` < 0). `had`
+/// says whether the call had a dropout (and was run here).
+Status runWithDropout(const KernelArgs &args, KernelFn product, int masked, bool &had) {
+  ProductDropout drop;
+  KernelArgs plain;
+  KernelAttrs plainAttrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(args, drop, plain, plainAttrs));
+  if (!(had = drop.mask != nullptr))
+    return Status();
+  if (masked < 0) {
+    G3RT_RETURN_IF_ERROR(product(plain));
+    const TensorView &y = plain.outputs[0];
+    G3RT_RETURN_IF_ERROR(checkMaskCovers(args, drop, y.numel()));
+    applyMask(drop, y, y);
+    return Status();
+  }
+  const TensorView &x = plain.inputs[size_t(masked)];
+  G3RT_RETURN_IF_ERROR(checkMaskCovers(args, drop, x.numel()));
+  std::vector<uint8_t> bytes(x.bytes());
+  TensorView dropped = x;
+  dropped.data = bytes.data();
+  applyMask(drop, x, dropped);
+  plain.inputs[size_t(masked)] = dropped;
+  return product(plain);
+}
+
 } // namespace
 
 Status linearKernel(const KernelArgs &args) {
+  bool had;
+  G3RT_RETURN_IF_ERROR(runWithDropout(args, linearKernel, /*masked=*/0, had));
+  if (had)
+    return Status();
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
@@ -171,6 +213,10 @@ Status linearKernel(const KernelArgs &args) {
 }
 
 Status linearGradInputKernel(const KernelArgs &args) {
+  bool had;
+  G3RT_RETURN_IF_ERROR(runWithDropout(args, linearGradInputKernel, /*masked=*/-1, had));
+  if (had)
+    return Status();
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
   const int64_t out = shape.out, in = shape.in, M = shape.M;
@@ -185,6 +231,10 @@ Status linearGradInputKernel(const KernelArgs &args) {
 }
 
 Status linearGradWeightKernel(const KernelArgs &args) {
+  bool had;
+  G3RT_RETURN_IF_ERROR(runWithDropout(args, linearGradWeightKernel, /*masked=*/1, had));
+  if (had)
+    return Status();
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
@@ -228,6 +278,10 @@ Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts,
 } // namespace
 
 Status expertLinearKernel(const KernelArgs &args) {
+  bool had;
+  G3RT_RETURN_IF_ERROR(runWithDropout(args, expertLinearKernel, /*masked=*/0, had));
+  if (had)
+    return Status();
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinear(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
@@ -250,6 +304,10 @@ Status expertLinearKernel(const KernelArgs &args) {
 }
 
 Status expertLinearGradInputKernel(const KernelArgs &args) {
+  bool had;
+  G3RT_RETURN_IF_ERROR(runWithDropout(args, expertLinearGradInputKernel, /*masked=*/-1, had));
+  if (had)
+    return Status();
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradInput(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
@@ -274,6 +332,10 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
 }
 
 Status expertLinearGradWeightKernel(const KernelArgs &args) {
+  bool had;
+  G3RT_RETURN_IF_ERROR(runWithDropout(args, expertLinearGradWeightKernel, /*masked=*/2, had));
+  if (had)
+    return Status();
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;

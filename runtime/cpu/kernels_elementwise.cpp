@@ -303,6 +303,25 @@ Status keyedDropoutKernel(const KernelArgs &args) {
   return Status();
 }
 
+Status dropoutMaskKernel(const KernelArgs &args) {
+  uint32_t s;
+  double p;
+  G3RT_RETURN_IF_ERROR(checkDropoutMask(args, s, p));
+  const TensorView &key = args.inputs[0], &mask = args.outputs[0];
+  uint64_t seed = uint64_t(key.i64()[0]), counter = uint64_t(key.i64()[1]);
+  // keyed_dropout's comparison, one bit per element.
+  const float threshold = float(p);
+  UniformReader draw(seed, counter, s);
+  auto *words = reinterpret_cast<uint32_t *>(mask.i32());
+  for (int64_t w = 0; w < mask.numel(); ++w) {
+    uint32_t bits = 0;
+    for (uint32_t j = 0; j < 32; ++j)
+      bits |= uint32_t(draw(uint64_t(32 * w + j)) >= threshold) << j;
+    words[w] = bits;
+  }
+  return Status();
+}
+
 Status geluTanhMulKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
   G3RT_RETURN_IF_ERROR(

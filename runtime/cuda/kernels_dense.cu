@@ -161,36 +161,63 @@ namespace {
 
 // Products with a LoRA rank on one side go to the low-rank kernels
 // (lowrank_products.h) when they take the operands; each helper sets `done`.
+// A product with a fused dropout (dense_checks.h's ProductDropout) runs
+// only there, where the mask's bits apply as the masked operand is read or
+// the result written.
+
+/// The device mask of a product's dropout over `elements` elements.
+Status dropMaskOf(const KernelArgs &args, const ProductDropout &d, int64_t elements,
+                  DropMask &mask) {
+  mask = {};
+  if (!d.mask)
+    return Status();
+  G3RT_RETURN_IF_ERROR(checkMaskCovers(args, d, elements));
+  mask = {static_cast<const uint32_t *>(d.mask->data), dropoutScale(d.p)};
+  return Status();
+}
+
+/// The error of a product with a dropout the low-rank kernels do not take
+/// (g3moe-compile fuses only those they take).
+Status noMaskedPath(const KernelArgs &args) {
+  return args.fail("a dropout inside this product needs the low-rank kernels: bf16 operands, a "
+                   "rank of 8, 16, 24 or 32 and a wide side of a multiple of 8");
+}
 
 /// The products of the linear layers' forward and input gradient per row
 /// group: y[M, yCols] = x[M, xCols]·W_eᵀ with W_e [yCols, xCols]
 /// (`transposed`, the forward) or x·W_e with W_e [xCols, yCols] (the input
-/// gradient), plus s.addend.
+/// gradient), plus s.addend. `inputMask` drops elements of x (a forward
+/// x·Aᵀ), `resultMask` those of y (an input gradient through A).
 Status lowRankProduct(const KernelArgs &args, const RowGroups &g, const TensorView &x,
                       int64_t xCols, const TensorView &w, bool transposed, int64_t yCols,
-                      const TensorView &y, const MatmulShape &s, bool &done) {
+                      const TensorView &y, const MatmulShape &s, const DropMask &inputMask,
+                      const DropMask &resultMask, bool &done) {
   cudaStream_t stream = contextOf(args).stream;
   const void *a = s.addend ? s.addend->data : nullptr;
   cudaError_t e = cudaSuccess;
-  if ((done = lowRankFits(x.dtype, w.dtype, yCols, xCols)))
-    e = lowRankNarrowOutput(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data,
-                            y.dtype);
-  else if ((done = lowRankFits(x.dtype, w.dtype, xCols, yCols)))
-    e = lowRankNarrowInner(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data, y.dtype);
+  if ((done = lowRankFits(x.dtype, w.dtype, yCols, xCols) && !resultMask.bits))
+    e = lowRankNarrowOutput(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data, y.dtype,
+                            inputMask);
+  else if ((done = lowRankFits(x.dtype, w.dtype, xCols, yCols) && !inputMask.bits))
+    e = lowRankNarrowInner(stream, g, x.data, xCols, w.data, transposed, yCols, a, y.data, y.dtype,
+                           resultMask);
+  if (!done && (inputMask.bits || resultMask.bits))
+    return noMaskedPath(args);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank product");
 }
 
-/// dW_e[out, in] = dy[rows of e, out]ᵀ·x[rows of e, in].
+/// dW_e[out, in] = dy[rows of e, out]ᵀ·x[rows of e, in], `mask` dropping
+/// elements of x.
 Status lowRankLinearGradWeight(const KernelArgs &args, const RowGroups &g, const TensorView &dy,
                                const TensorView &x, const TensorView &dw, int64_t in, int64_t out,
-                               bool &done) {
+                               const DropMask &mask, bool &done) {
   Scratch scratch = scratchOf(contextOf(args));
   done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out)) &&
-         lowRankWeightGradFits(g, out, in, scratch.bytes);
+         lowRankWeightGradFits(g, out, in, scratch.bytes) && (!mask.bits || out < in);
   if (!done)
-    return Status();
+    return mask.bits ? noMaskedPath(args) : Status();
   cudaError_t e = lowRankWeightGrad(contextOf(args).stream, g, dy.data, out, x.data, in, dw.data,
-                                    dw.dtype, scratch.ptr, scratch.bytes);
+                                    dw.dtype, scratch.ptr, scratch.bytes, mask);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "low-rank weight gradient");
 }
 
@@ -200,14 +227,20 @@ RowGroups expertGroups(const TensorView &offsets, int64_t experts, int64_t rows)
 
 } // namespace
 
-Status linearKernel(const KernelArgs &args) {
+Status linearKernel(const KernelArgs &call) {
+  ProductDropout drop;
+  KernelArgs args;
+  KernelAttrs attrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(
-      lowRankProduct(args, {nullptr, DType::I32, 1, M}, x, in, w, true, out, y, shape, done));
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, {nullptr, DType::I32, 1, M}, x, in, w, true, out, y,
+                                      shape, mask, {}, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);
@@ -216,14 +249,20 @@ Status linearKernel(const KernelArgs &args) {
               output(y, out, shape.addend), shape.addend ? 1.0f : 0.0f);
 }
 
-Status linearGradInputKernel(const KernelArgs &args) {
+Status linearGradInputKernel(const KernelArgs &call) {
+  ProductDropout drop;
+  KernelArgs args;
+  KernelAttrs attrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, dx.numel(), mask));
   bool done = false;
-  G3RT_RETURN_IF_ERROR(
-      lowRankProduct(args, {nullptr, DType::I32, 1, M}, dy, out, w, false, in, dx, shape, done));
+  G3RT_RETURN_IF_ERROR(lowRankProduct(args, {nullptr, DType::I32, 1, M}, dy, out, w, false, in, dx,
+                                      shape, {}, mask, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);
@@ -232,14 +271,20 @@ Status linearGradInputKernel(const KernelArgs &args) {
               output(dx, in, shape.addend), shape.addend ? 1.0f : 0.0f);
 }
 
-Status linearGradWeightKernel(const KernelArgs &args) {
+Status linearGradWeightKernel(const KernelArgs &call) {
+  ProductDropout drop;
+  KernelArgs args;
+  KernelAttrs attrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &dy = args.inputs[0], &x = args.inputs[1], &dw = args.outputs[0];
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
   bool done = false;
   G3RT_RETURN_IF_ERROR(
-      lowRankLinearGradWeight(args, {nullptr, DType::I32, 1, M}, dy, x, dw, in, out, done));
+      lowRankLinearGradWeight(args, {nullptr, DType::I32, 1, M}, dy, x, dw, in, out, mask, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);
@@ -364,15 +409,17 @@ Status perExpertProduct(const KernelArgs &args, const MatmulShape &shape, const 
 /// grouped kernel when they take the call, else one cuBLAS product per
 /// expert after reading the offsets on the host. A low-rank term the
 /// grouped kernel does not add in its accumulation is a second product
-/// that adds into y.
+/// that adds into y. The masks as for lowRankProduct, which alone takes
+/// them.
 Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const TensorView &x,
                      int64_t xCols, const TensorView &off, const TensorView &w, bool transposed,
-                     int64_t yCols, const TensorView &y) {
+                     int64_t yCols, const TensorView &y, const DropMask &inputMask = {},
+                     const DropMask &resultMask = {}) {
   const int64_t M = shape.M, E = shape.E;
   const LowRankTerm low = fusedLowRank(shape, x, w, xCols, yCols, y);
   bool done = false, fused = false;
   G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed, yCols,
-                                      y, shape, done));
+                                      y, shape, inputMask, resultMask, done));
   if (!done) {
     G3RT_RETURN_IF_ERROR(groupedProduct(args, expertGroups(off, E, M), x, xCols, w, transposed,
                                         yCols, y, shape.addend, low, done));
@@ -391,33 +438,51 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
 
 } // namespace
 
-Status expertLinearKernel(const KernelArgs &args) {
+Status expertLinearKernel(const KernelArgs &call) {
+  ProductDropout drop;
+  KernelArgs args;
+  KernelAttrs attrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinear(args, shape));
   const TensorView &x = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
   // y[M, out] = x[M, in]·W[e]ᵀ per expert
   return expertProduct(args, shape, x, shape.in, off, w, /*transposed=*/true, shape.out,
-                       args.outputs[0]);
+                       args.outputs[0], mask);
 }
 
-Status expertLinearGradInputKernel(const KernelArgs &args) {
+Status expertLinearGradInputKernel(const KernelArgs &call) {
+  ProductDropout drop;
+  KernelArgs args;
+  KernelAttrs attrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradInput(args, shape));
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, args.outputs[0].numel(), mask));
   // dx[M, in] = dy[M, out]·W[e] per expert
   return expertProduct(args, shape, dy, shape.out, off, w, /*transposed=*/false, shape.in,
-                       args.outputs[0]);
+                       args.outputs[0], {}, mask);
 }
 
-Status expertLinearGradWeightKernel(const KernelArgs &args) {
+Status expertLinearGradWeightKernel(const KernelArgs &call) {
+  ProductDropout drop;
+  KernelArgs args;
+  KernelAttrs attrs;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
   bool done = false;
   G3RT_RETURN_IF_ERROR(
-      lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, done));
+      lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, mask, done));
   if (done)
     return Status();
   CudaContext &ctx = contextOf(args);

@@ -224,6 +224,22 @@ __global__ void keyedDropoutVecDevice(const void *x, const int64_t *key, uint32_
   }
 }
 
+// keyedDropoutDevice's comparisons as bits: each thread draws the eight
+// Philox blocks of one 32-element word.
+__global__ void dropoutMaskDevice(const int64_t *key, uint32_t stream, uint32_t *mask,
+                                  float threshold, int64_t words) {
+  const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
+  for (int64_t w = globalThread(); w < words; w += gridStride()) {
+    uint32_t bits = 0;
+    for (int b = 0; b < 8; ++b) {
+      Philox4x32Block r = randomBlock(seed, counter, stream, uint64_t(8 * w + b));
+      for (int j = 0; j < 4; ++j)
+        bits |= uint32_t(uniformFromBits(r.v[j]) >= threshold) << (4 * b + j);
+    }
+    mask[w] = bits;
+  }
+}
+
 /// tanh(√(2/π)(g + 0.044715 g³)), each product rounded as the CPU rounds it.
 __device__ __forceinline__ float geluInnerTanh(float g) {
   float cube = __fmul_rn(__fmul_rn(__fmul_rn(kGeluCubic, g), g), g);
@@ -470,6 +486,20 @@ Status dropoutKernel(const KernelArgs &args) {
   dropoutDevice<<<cappedGrid(n), kThreads, 0, contextOf(args).stream>>>(
       in(args.inputs[0]), in(args.inputs[1]), out(args.outputs[0]), float(p), dropoutScale(p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "dropout");
+  return Status();
+}
+
+Status dropoutMaskKernel(const KernelArgs &args) {
+  uint32_t stream;
+  double p;
+  G3RT_RETURN_IF_ERROR(checkDropoutMask(args, stream, p));
+  const int64_t words = args.outputs[0].numel();
+  if (words == 0)
+    return Status();
+  dropoutMaskDevice<<<cappedGrid(words), kThreads, 0, contextOf(args).stream>>>(
+      static_cast<const int64_t *>(args.inputs[0].data), stream,
+      static_cast<uint32_t *>(args.outputs[0].data), float(p), words);
+  G3RT_CUDA_CHECK_LAUNCH(args, "dropout_mask");
   return Status();
 }
 

@@ -33,6 +33,25 @@ __device__ __forceinline__ uint4 load16(const bf16 *p, bool valid) {
 }
 __device__ __forceinline__ void store16(bf16 *p, uint4 v) { *reinterpret_cast<uint4 *>(p) = v; }
 
+/// The eight bf16 elements `v` at flat index `at` (a multiple of 8) of a
+/// masked tensor, dropped as keyed_dropout drops them: x·scale rounded once.
+__device__ __forceinline__ uint4 dropEight(const DropMask &m, uint4 v, int64_t at) {
+  const uint32_t keep = m.bits[at >> 5] >> (at & 31);
+  bf16 *e = reinterpret_cast<bf16 *>(&v);
+  for (int j = 0; j < 8; ++j)
+    e[j] = __float2bfloat16(keep >> j & 1u ? __fmul_rn(__bfloat162float(e[j]), m.scale) : 0.0f);
+  return v;
+}
+
+/// `v` rounded to type t, as storing and loading it again would give.
+__device__ __forceinline__ float roundedAs(DType t, float v) {
+  if (t == DType::BF16)
+    return __bfloat162float(__float2bfloat16(v));
+  if (t == DType::F16)
+    return __half2float(__float2half(v));
+  return v;
+}
+
 /// Fills rows [tile.begin, tile.end), columns [c0, c1) of y [*, ld] with
 /// the addend (or 0) for rows of no expert, NaN for poisoned tiles.
 __device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, const void *addend,
@@ -56,7 +75,7 @@ __device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, c
 template <int NF, bool WeightNK>
 __global__ void __launch_bounds__(kThreads)
     narrowOutputDevice(RowGroups groups, const bf16 *x, int64_t K, const bf16 *w, int64_t N,
-                       const void *addend, void *y, DType yt) {
+                       const void *addend, void *y, DType yt, DropMask mask) {
   constexpr int BM = kRowTile, BK = 128, NP = 16 * NF;
   constexpr int XV = BM * BK / 8 / kThreads, WV = NP * BK / 8 / kThreads; // vectors per thread
   __shared__ __align__(32) bf16 xs[BM][BK + 8];
@@ -90,10 +109,13 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   };
-  auto stage = [&]() {
+  // The mask applies as the chunk is staged, once its loads have landed.
+  auto stage = [&](int64_t k0) {
     for (int i = 0; i < XV; ++i) {
-      int v = threadIdx.x + i * kThreads;
-      store16(&xs[v / (BK / 8)][v % (BK / 8) * 8], xr[i]);
+      int v = threadIdx.x + i * kThreads, r = v / (BK / 8), c = v % (BK / 8) * 8;
+      if (mask.bits && r < rows && k0 + c < K)
+        xr[i] = dropEight(mask, xr[i], (tile.begin + r) * K + k0 + c);
+      store16(&xs[r][c], xr[i]);
     }
     for (int i = 0; i < WV; ++i) {
       int v = threadIdx.x + i * kThreads;
@@ -109,7 +131,7 @@ __global__ void __launch_bounds__(kThreads)
     wmma::fill_fragment(acc[f], 0.0f);
   load(0);
   for (int64_t k0 = 0; k0 < K; k0 += BK) {
-    stage();
+    stage(k0);
     __syncthreads();
     if (k0 + BK < K)
       load(k0 + BK);
@@ -147,7 +169,7 @@ __global__ void __launch_bounds__(kThreads)
 template <int RF, bool WeightNR>
 __global__ void __launch_bounds__(kThreads)
     narrowInnerDevice(RowGroups groups, const bf16 *u, int64_t R, const bf16 *w, int64_t N,
-                      const void *addend, void *y, DType yt) {
+                      const void *addend, void *y, DType yt, DropMask mask) {
   constexpr int BM = kRowTile, BN = 128, RP = 16 * RF;
   __shared__ __align__(32) bf16 us[BM][RP + 8];
   __shared__ __align__(32) bf16 ws[WeightNR ? BN : RP][WeightNR ? RP + 8 : BN + 8];
@@ -210,6 +232,15 @@ __global__ void __launch_bounds__(kThreads)
     const float *c = &cs[warp][i][4 * lane];
     const int64_t at = ((tile.begin + r) * N + col) / 4;
     float4 v = make_float4(c[0], c[1], c[2], c[3]);
+    if (mask.bits) {
+      // The rounded product dropped: elements 4·at .. 4·at + 3 (N is a
+      // multiple of 8, so the four share a mask word).
+      const uint32_t keep = mask.bits[at >> 3] >> (4 * at & 31);
+      auto drop = [&](float x, int j) {
+        return keep >> j & 1u ? __fmul_rn(roundedAs(yt, x), mask.scale) : 0.0f;
+      };
+      v = make_float4(drop(v.x, 0), drop(v.y, 1), drop(v.z, 2), drop(v.w, 3));
+    }
     if (addend) {
       float4 a = loadFloat4(addend, yt, at);
       v = make_float4(__fadd_rn(v.x, a.x), __fadd_rn(v.y, a.y), __fadd_rn(v.z, a.z),
@@ -232,7 +263,7 @@ constexpr int kGradCols = 128;
 template <int PF>
 __global__ void __launch_bounds__(kThreads)
     narrowGradPartialDevice(RowGroups groups, int64_t chunkRows, const bf16 *narrow, int64_t P,
-                            const bf16 *wide, int64_t Q, int64_t Qp, float *part) {
+                            const bf16 *wide, int64_t Q, int64_t Qp, float *part, DropMask mask) {
   constexpr int BK = kGradRows, BQ = kGradCols, PP = 16 * PF;
   __shared__ __align__(32) bf16 as[BK][PP + 8];
   __shared__ __align__(32) bf16 bs[BK][BQ + 8];
@@ -252,7 +283,11 @@ __global__ void __launch_bounds__(kThreads)
     }
     for (int v = threadIdx.x; v < BK * BQ / 8; v += kThreads) {
       int r = v / (BQ / 8), c = v % (BQ / 8) * 8;
-      store16(&bs[r][c], load16(wide + (r0 + r) * Q + q0 + c, r0 + r < tile.end && q0 + c < Q));
+      const bool valid = r0 + r < tile.end && q0 + c < Q;
+      uint4 x = load16(wide + (r0 + r) * Q + q0 + c, valid);
+      if (mask.bits && valid)
+        x = dropEight(mask, x, (r0 + r) * Q + q0 + c);
+      store16(&bs[r][c], x);
     }
     __syncthreads();
     for (int s = 0; s < BK / 16; ++s) {
@@ -343,13 +378,14 @@ bool lowRankWeightGradFits(const RowGroups &groups, int64_t O, int64_t I, size_t
 
 cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
                                 int64_t K, const void *w, bool weightNK, int64_t N,
-                                const void *addend, void *y, DType yType) {
+                                const void *addend, void *y, DType yType, const DropMask &mask) {
   const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
   if (tiles > INT32_MAX)
     return cudaErrorInvalidConfiguration;
   auto launch = [&](auto kernel) {
-    kernel<<<unsigned(tiles), kThreads, 0, stream>>>(
-        groups, static_cast<const bf16 *>(x), K, static_cast<const bf16 *>(w), N, addend, y, yType);
+    kernel<<<unsigned(tiles), kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(x), K,
+                                                     static_cast<const bf16 *>(w), N, addend, y,
+                                                     yType, mask);
   };
   if (N <= 16)
     weightNK ? launch(narrowOutputDevice<1, true>) : launch(narrowOutputDevice<1, false>);
@@ -360,7 +396,9 @@ cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, co
 
 cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
                                int64_t R, const void *w, bool weightNR, int64_t N,
-                               const void *addend, void *y, DType yType) {
+                               const void *addend, void *y, DType yType, const DropMask &mask) {
+  if (mask.bits && addend)
+    return cudaErrorInvalidValue;
   const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
   const int64_t colTiles = (N + 127) / 128;
   if (tiles > INT32_MAX || colTiles > 65535)
@@ -368,7 +406,7 @@ cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, con
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(colTiles));
   auto launch = [&](auto kernel) {
     kernel<<<grid, kThreads, 0, stream>>>(groups, static_cast<const bf16 *>(u), R,
-                                          static_cast<const bf16 *>(w), N, addend, y, yType);
+                                          static_cast<const bf16 *>(w), N, addend, y, yType, mask);
   };
   if (R <= 16)
     weightNR ? launch(narrowInnerDevice<1, true>) : launch(narrowInnerDevice<1, false>);
@@ -379,10 +417,13 @@ cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, con
 
 cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
                               int64_t O, const void *x, int64_t I, void *dw, DType dwType,
-                              void *scratch, size_t scratchBytes) {
+                              void *scratch, size_t scratchBytes, const DropMask &mask) {
   const GradPlan g = planGrad(groups, O, I, scratchBytes);
   if (!g.fits)
     return cudaErrorMemoryAllocation;
+  // The mask applies to x, which is the wide operand only when O is the rank.
+  if (mask.bits && !g.narrowIsOut)
+    return cudaErrorInvalidValue;
   const bool narrowIsOut = g.narrowIsOut;
   const int64_t P = g.P, Q = g.Q, PP = g.PP, Qp = g.Qp, chunkRows = g.chunkRows;
   const bf16 *narrow = static_cast<const bf16 *>(narrowIsOut ? dy : x);
@@ -393,10 +434,10 @@ cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, cons
   const dim3 grid(static_cast<unsigned>(g.chunks), static_cast<unsigned>(Qp / kGradCols));
   if (PP == 16)
     narrowGradPartialDevice<1>
-        <<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide, Q, Qp, part);
+        <<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide, Q, Qp, part, mask);
   else
     narrowGradPartialDevice<2>
-        <<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide, Q, Qp, part);
+        <<<grid, kThreads, 0, stream>>>(groups, chunkRows, narrow, P, wide, Q, Qp, part, mask);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess)
     return e;

@@ -47,29 +47,44 @@ bool lowRankFits(DType a, DType b, int64_t rank, int64_t wide);
 /// [O, I] gradient over these groups (many experts and a wide side may not).
 bool lowRankWeightGradFits(const RowGroups &groups, int64_t O, int64_t I, size_t scratchBytes);
 
+/// A LoRA dropout applied inside a low-rank product (--g3moe-fuse-dropout):
+/// element i of the masked tensor (seen flat) is kept, times `scale` and
+/// rounded to the tensor's type, when bit i % 32 of bits[i / 32] is set
+/// (a dropout_mask), else 0. Null `bits` is no mask.
+struct DropMask {
+  const uint32_t *bits = nullptr;
+  float scale = 1;
+};
+
 /// y[m, :N] = x[m, :K]·W_eᵀ for the rows m of each expert e, N = rank. W_e
 /// is [N, K] (`weightNK`, a forward x·Aᵀ) or [K, N] (a backward dy·B). A
 /// non-null `addend` (typed like y; it may be y itself) is added to the fp32
-/// product before rounding, and is what rows of no expert get.
+/// product before rounding, and is what rows of no expert get. `mask` drops
+/// elements of x [rows, K] as they are read.
 cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, const void *x,
                                 int64_t K, const void *w, bool weightNK, int64_t N,
-                                const void *addend, void *y, DType yType);
+                                const void *addend, void *y, DType yType,
+                                const DropMask &mask = {});
 
 /// y[m, :N] = u[m, :R]·W_eᵀ for the rows m of each expert e, R = rank. W_e
 /// is [N, R] (`weightNR`, a forward u·Bᵀ) or [R, N] (a backward du·A). The
-/// addend as for lowRankNarrowOutput.
+/// addend as for lowRankNarrowOutput. `mask` (no addend then) drops
+/// elements of y [rows, N] as they are written, after the product is
+/// rounded to y's type.
 cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
                                int64_t R, const void *w, bool weightNR, int64_t N,
-                               const void *addend, void *y, DType yType);
+                               const void *addend, void *y, DType yType, const DropMask &mask = {});
 
 /// dW_e[O, I] = Σ over the rows m of expert e of dy[m, :O]ᵀ·x[m, :I], where O
 /// or I is the rank; experts without rows get zeros. Partial sums over
 /// blocks of rows go to `scratch` and are added in a fixed order, so the
 /// result does not depend on scheduling. Fails with cudaErrorMemoryAllocation
-/// when lowRankWeightGradFits does not hold.
+/// when lowRankWeightGradFits does not hold. `mask` drops elements of x
+/// [rows, I] as they are read; it needs O to be the rank (else
+/// cudaErrorInvalidValue).
 cudaError_t lowRankWeightGrad(cudaStream_t stream, const RowGroups &groups, const void *dy,
                               int64_t O, const void *x, int64_t I, void *dw, DType dwType,
-                              void *scratch, size_t scratchBytes);
+                              void *scratch, size_t scratchBytes, const DropMask &mask = {});
 
 } // namespace g3rt::cuda
 

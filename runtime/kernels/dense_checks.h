@@ -234,6 +234,55 @@ inline Status findExpertExtras(const KernelArgs &args, const TensorView &result,
   return Status();
 }
 
+/// The dropout fused into a LoRA product by --g3moe-fuse-dropout: the
+/// keep-mask of a dropout_mask (its last input; bit i % 32 of word i / 32
+/// keeps element i) and `dropout_p` (a kept element is x · dropoutScale(p),
+/// rounded to its type), over the input x (linear, expert_linear and the
+/// weight gradients) or the result (the input gradients). `mask` is null
+/// for a product without one.
+struct ProductDropout {
+  const TensorView *mask = nullptr;
+  double p = 0;
+};
+
+/// Splits a product's call into its dropout and `plain`, the call without
+/// it: the mask input and `dropout_p` removed (`plainAttrs` holds the
+/// attributes `plain` points to). Without `dropout_p`, `plain` is a copy of
+/// `args`.
+inline Status splitProductDropout(const KernelArgs &args, ProductDropout &drop, KernelArgs &plain,
+                                  KernelAttrs &plainAttrs) {
+  plain = args;
+  drop = {};
+  if (!args.attrs || !args.attrs->find("dropout_p"))
+    return Status();
+  if (args.inputs.size() < 3)
+    return args.fail("a product with dropout needs its operands and the mask as the last input");
+  double p;
+  G3RT_RETURN_IF_ERROR(args.requireFloat("dropout_p", p));
+  if (!(p >= 0 && p < 1))
+    return args.fail("dropout_p = " + std::to_string(p) + " is outside [0, 1)");
+  const TensorView &mask = args.inputs.back();
+  if (mask.dtype != DType::I32 || mask.rank() != 1)
+    return args.fail("the dropout mask must be i32 [words], got " +
+                     std::string(dtypeName(mask.dtype)) + " " + shapeString(mask.shape));
+  for (const auto &[name, value] : args.attrs->entries())
+    if (name != "dropout_p")
+      plainAttrs.set(name, value);
+  plain.attrs = &plainAttrs;
+  plain.inputs.pop_back();
+  drop = {&mask, p};
+  return Status();
+}
+
+/// A product's mask has a bit for each of the `elements` masked elements.
+inline Status checkMaskCovers(const KernelArgs &args, const ProductDropout &drop,
+                              int64_t elements) {
+  if (drop.mask && drop.mask->numel() * 32 < elements)
+    return args.fail("the dropout mask of " + std::to_string(drop.mask->numel()) +
+                     " words does not cover the " + std::to_string(elements) + " masked elements");
+  return Status();
+}
+
 /// linear: input [..., in], weight [out, in] (, addend) → result [..., out].
 inline Status checkLinearProduct(const KernelArgs &args, MatmulShape &s) {
   G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 2));

@@ -176,6 +176,21 @@ inline Status checkKeyedDropout(const KernelArgs &args, uint32_t &stream, double
   return Status();
 }
 
+/// dropout_mask: an i64 [2] key in, an i32 [words] mask out, one bit per
+/// element of one random stream; a stream and p in [0, 1).
+inline Status checkDropoutMask(const KernelArgs &args, uint32_t &stream, double &p) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 1, 1));
+  const TensorView &y = args.outputs[0];
+  if (y.dtype != DType::I32 || y.rank() != 1)
+    return args.fail("mask must be i32 [words], got " + std::string(dtypeName(y.dtype)) + " " +
+                     shapeString(y.shape));
+  G3RT_RETURN_IF_ERROR(checkRandomStream(args, args.inputs[0], y.numel() * 32, stream));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("p", p));
+  if (!(p >= 0 && p < 1))
+    return args.fail("p = " + std::to_string(p) + " is outside [0, 1)");
+  return Status();
+}
+
 /// The options and sizes of rope.
 struct RopeShape {
   int64_t B = 0, T = 0, n = 0, d = 0;

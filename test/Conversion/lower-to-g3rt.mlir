@@ -89,3 +89,19 @@ func.func @received_param(%x: tensor<4xf32> {g3moe.input = "x"}) -> (tensor<4xf3
 // CHECK: %[[R:.*]] = g3rt.buffer "arena" : memref<4xf32>
 // CHECK: g3rt.launch "broadcast" ins(%[[W]] : memref<4xf32>) outs(%[[R]] : memref<4xf32>) {attrs = {root = 1 : i64}}
 // CHECK: g3rt.launch "add" ins(%{{.*}}, %[[R]] :
+
+func.func @masked_lora(%x: tensor<4x64xbf16> {g3moe.input = "x"}, %key: tensor<2xi64> {g3moe.input = "rng_key"})
+    -> (tensor<4x8xbf16> {g3moe.output = "h"}) {
+  %a = g3moe.param "a" trainable : tensor<8x64xbf16>
+  %m = g3moe.dropout_mask %key {stream = 3 : i64, p = 0.05 : f64} : (tensor<2xi64>) -> tensor<8xi32>
+  %h = g3moe.linear %x, %a dropout %m {dropout_p = 0.05 : f64}
+      : (tensor<4x64xbf16>, tensor<8x64xbf16>, tensor<8xi32>) -> tensor<4x8xbf16>
+  return %h : tensor<4x8xbf16>
+}
+
+// A product with a dropout takes the keep-mask as its last input and
+// dropout_p as an attribute: the kernels' convention (dense_checks.h).
+// CHECK-LABEL: func.func @masked_lora() {
+// CHECK: %[[MASK:.*]] = g3rt.buffer "arena" : memref<8xi32>
+// CHECK: g3rt.launch "dropout_mask" ins(%{{.*}} : memref<2xi64>) outs(%[[MASK]] : memref<8xi32>) {attrs = {p = 5.000000e-02 : f64, stream = 3 : i64}}
+// CHECK: g3rt.launch "linear" ins(%{{.*}}, %{{.*}}, %[[MASK]] : memref<4x64xbf16>, memref<8x64xbf16>, memref<8xi32>) outs(%{{.*}} : memref<4x8xbf16>) {attrs = {dropout_p = 5.000000e-02 : f64}}

@@ -395,6 +395,99 @@ TEST(CudaKernels, LowRankProductsMatchTheCPU) {
   check("linear_grad_input", {x, wd, add}, y, W);
 }
 
+/// The LoRA products with a dropout inside (--g3moe-fuse-dropout): the A
+/// product and the A gradients with the input masked as it is read, the
+/// input gradients through A with the result masked as it is written, from
+/// a dropout_mask's bits, on the low-rank kernels, give the bytes of
+/// keyed_dropout and the plain product on the GPU, and the CPU's fused
+/// products within tolerance; rows of no expert get zeros. The GPU's masks
+/// are the CPU's, bit for bit.
+TEST(CudaKernels, ProductsWithDropoutAreKeyedDropoutAndTheProduct) {
+  const int64_t M = 1500, W = 264, E = 3;
+  const std::vector<int32_t> offsets = {0, 700, 700, 1400};
+  RandomTensors random(7);
+  std::vector<uint8_t> ob, kb, mb, gb;
+  TensorView off = hostTensor(DType::I32, {E + 1}, ob);
+  std::memcpy(off.data, offsets.data(), ob.size());
+  TensorView key = hostTensor(DType::I64, {2}, kb);
+  key.i64()[0] = 0x5eed1234;
+  key.i64()[1] = 11;
+  KernelAttrs fused, draw, none;
+  fused.set("dropout_p", AttrValue::ofFloat(0.1));
+  draw.set("stream", AttrValue::ofInt(6));
+  draw.set("p", AttrValue::ofFloat(0.1));
+  // One mask covers every tensor below (M·W elements at most).
+  const int64_t words = (M * W + 31) / 32;
+  TensorView mask = hostTensor(DType::I32, {words}, mb);
+  {
+    KernelArgs args;
+    args.name = "dropout_mask";
+    args.attrs = &draw;
+    args.inputs = {key};
+    args.outputs = {mask};
+    Status st = cpu::findCpuKernel("dropout_mask")(args);
+    ASSERT_TRUE(st.ok()) << st.message();
+    st = runOnGpu("dropout_mask", draw, {key}, {hostTensor(DType::I32, {words}, gb)});
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_EQ(mb, gb) << "dropout_mask";
+  }
+  auto keyedDropout = [&](const TensorView &x, const TensorView &y) {
+    KernelArgs args;
+    args.name = "keyed_dropout";
+    args.attrs = &draw;
+    args.inputs = {x, key};
+    args.outputs = {y};
+    Status st = cpu::findCpuKernel("keyed_dropout")(args);
+    ASSERT_TRUE(st.ok()) << st.message();
+  };
+  // `masked`: the input the dropout reads, or -1 for the result.
+  auto expectUnfused = [&](const char *name, std::vector<TensorView> in, int masked,
+                           const TensorView &out) {
+    SCOPED_TRACE(std::string(name) + (masked < 0 ? ", result masked" : ", input masked"));
+    std::vector<TensorView> withMask = in;
+    withMask.push_back(mask);
+    std::vector<uint8_t> fb, ub, db;
+    Status st = runOnGpu(name, fused, withMask, {hostTensor(out.dtype, out.shape, fb)});
+    ASSERT_TRUE(st.ok()) << st.message();
+    TensorView unfused = hostTensor(out.dtype, out.shape, ub);
+    if (masked >= 0) {
+      TensorView dropped = hostTensor(in[size_t(masked)].dtype, in[size_t(masked)].shape, db);
+      keyedDropout(in[size_t(masked)], dropped);
+      in[size_t(masked)] = dropped;
+    }
+    st = runOnGpu(name, none, in, {unfused});
+    ASSERT_TRUE(st.ok()) << st.message();
+    if (masked < 0)
+      keyedDropout(unfused, unfused);
+    EXPECT_EQ(fb, ub);
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, fused, withMask, {out}, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_LE(ratios[0], 1.0);
+  };
+  for (int64_t r : {int64_t(8), int64_t(16), int64_t(32)}) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    std::vector<uint8_t> b[12];
+    TensorView x = random(DType::BF16, {M, W}, b[0]), dh = random(DType::BF16, {M, r}, b[1]);
+    TensorView a = random(DType::BF16, {E, r, W}, b[2]);
+    expectUnfused("expert_linear", {x, off, a}, 0, hostTensor(DType::BF16, {M, r}, b[3]));
+    expectUnfused("expert_linear_grad_weight", {dh, off, x}, 2,
+                  hostTensor(DType::F32, {E, r, W}, b[4]));
+    expectUnfused("expert_linear_grad_input", {dh, off, a}, -1,
+                  hostTensor(DType::BF16, {M, W}, b[5]));
+    TensorView x3 = random(DType::BF16, {2, 750, W}, b[6]),
+               dh3 = random(DType::BF16, {2, 750, r}, b[7]), a2 = random(DType::BF16, {r, W}, b[8]);
+    expectUnfused("linear", {x3, a2}, 0, hostTensor(DType::BF16, {2, 750, r}, b[9]));
+    expectUnfused("linear_grad_weight", {dh3, x3}, 1, hostTensor(DType::F32, {r, W}, b[10]));
+    expectUnfused("linear_grad_input", {dh3, a2}, -1, hostTensor(DType::BF16, {2, 750, W}, b[11]));
+  }
+  // A product the low-rank kernels do not take refuses a dropout by name.
+  std::vector<uint8_t> c[3];
+  TensorView xf = random(DType::F32, {64, W}, c[0]), af = random(DType::F32, {8, W}, c[1]);
+  Status st = runOnGpu("linear", fused, {xf, af, mask}, {hostTensor(DType::F32, {64, 8}, c[2])});
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("needs the low-rank kernels"), std::string::npos) << st.message();
+}
+
 /// The grouped expert products (one launch for all experts) on splits with
 /// empty experts, experts smaller than a tile and rows past the last
 /// expert, sizes that are not multiples of the tiles, bf16 and fp32

@@ -35,5 +35,7 @@ def G3MoE_FloatTensor : RankedTensorOf<[BF16, F16, F32]>;
 def G3MoE_IndexTensor : RankedTensorOf<[I32]>;
 def G3MoE_Scalar : 0DTensorOf<[F32]>;
 def G3MoE_RandomKey : 1DTensorOf<[I64]>;
+// A keep-mask of g3moe.dropout_mask: bit i % 32 of word i / 32 for element i.
+def G3MoE_DropoutMask : 1DTensorOf<[I32]>;
 
 #endif // G3MOE_DIALECT_TD

@@ -16,21 +16,35 @@ class G3MoE_GradOp<string mnemonic, list<Trait> traits = []>
   let hasVerifier = 1;
 }
 
-def G3MoE_LinearGradInputOp : G3MoE_GradOp<"linear_grad_input"> {
+def G3MoE_LinearGradInputOp
+    : G3MoE_GradOp<"linear_grad_input", [AttrSizedOperandSegments]> {
   let summary = "input gradient of g3moe.linear: dx = dy·W";
   let description = [{
     `result[..., in] = sum_out grad[..., out] * weight[out, in]`, fp32
     accumulation, returned in the forward input's element type; plus the
     optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
 
+    With `dropout %m {dropout_p}` (made by --g3moe-fuse-dropout; not with an
+    addend) the result is the rounded product dropped by the keep-mask `m`
+    of a `g3moe.dropout_mask`, as linear's input is: the input gradient
+    through a LoRA A, masked as it is written.
+
     ```mlir
     %dx = g3moe.linear_grad_input %dy, %w
         : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
+    %dm = g3moe.linear_grad_input %dh, %a dropout %m {dropout_p = 0.05 : f64}
+        : (tensor<2x16x16xbf16>, tensor<16x64xbf16>, tensor<64xi32>) -> tensor<2x16x64xbf16>
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$weight,
-                       Optional<G3MoE_FloatTensor>:$addend);
+                       Optional<G3MoE_FloatTensor>:$addend,
+                       Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = [{
+    $grad `,` $weight (`plus` $addend^)? (`dropout` $dropout_mask^)? attr-dict `:`
+    functional-type(operands, results)
+  }];
 }
 
 def G3MoE_LinearGradWeightOp : G3MoE_GradOp<"linear_grad_weight"> {
@@ -39,13 +53,21 @@ def G3MoE_LinearGradWeightOp : G3MoE_GradOp<"linear_grad_weight"> {
     `result[out, in] = sum over the leading dims of grad[.., out] * input[.., in]`,
     accumulated and returned in fp32.
 
+    With `dropout %m {dropout_p}` (made by --g3moe-fuse-dropout) the input
+    is x dropped by the keep-mask `m`, as for linear.
+
     ```mlir
     %dw = g3moe.linear_grad_weight %dy, %x
         : (tensor<2x16x4xbf16>, tensor<2x16x64xbf16>) -> tensor<4x64xf32>
     ```
   }];
-  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$input);
+  let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_FloatTensor:$input,
+                       Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs RankedTensorOf<[F32]>:$result);
+  let assemblyFormat = [{
+    $grad `,` $input (`dropout` $dropout_mask^)? attr-dict `:` functional-type(operands, results)
+  }];
 }
 
 def G3MoE_ExpertLinearGradInputOp
@@ -56,7 +78,9 @@ def G3MoE_ExpertLinearGradInputOp
     optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
     With `lowrank %dh, %a` (fused by --g3moe-fuse-linear-add) the rows of
     expert e also get `dh·a[e]`, `dh` [M, r] and `a` [E, r, in], in the same
-    fp32 accumulation.
+    fp32 accumulation. With `dropout %m {dropout_p}` (as for
+    `linear_grad_input`; neither an addend nor `lowrank` then) the rounded
+    product is dropped by the mask.
 
     ```mlir
     %dx = g3moe.expert_linear_grad_input %dy, %off, %w
@@ -66,11 +90,13 @@ def G3MoE_ExpertLinearGradInputOp
   let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
                        G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend,
                        Optional<G3MoE_FloatTensor>:$lowrank_input,
-                       Optional<G3MoE_FloatTensor>:$lowrank_weight);
+                       Optional<G3MoE_FloatTensor>:$lowrank_weight,
+                       Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
     $grad `,` $expert_offsets `,` $weight (`,` $addend^)?
-    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? attr-dict `:`
+    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? (`dropout` $dropout_mask^)? attr-dict `:`
     functional-type(operands, results)
   }];
 }
@@ -79,6 +105,8 @@ def G3MoE_ExpertLinearGradWeightOp : G3MoE_GradOp<"expert_linear_grad_weight"> {
   let summary = "weight gradient of g3moe.expert_linear, per expert";
   let description = [{
     `result[e] = sum over the rows m of expert e of grad[m]ᵀ·input[m]`, fp32.
+    With `dropout %m {dropout_p}` (as for `linear_grad_weight`) the input
+    is dropped by the mask.
 
     ```mlir
     %dw = g3moe.expert_linear_grad_weight %dy, %off, %x
@@ -86,8 +114,13 @@ def G3MoE_ExpertLinearGradWeightOp : G3MoE_GradOp<"expert_linear_grad_weight"> {
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$grad, G3MoE_IndexTensor:$expert_offsets,
-                       G3MoE_FloatTensor:$input);
+                       G3MoE_FloatTensor:$input, Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs RankedTensorOf<[F32]>:$result);
+  let assemblyFormat = [{
+    $grad `,` $expert_offsets `,` $input (`dropout` $dropout_mask^)? attr-dict `:`
+    functional-type(operands, results)
+  }];
 }
 
 def G3MoE_EmbeddingGradOp : G3MoE_GradOp<"embedding_grad"> {

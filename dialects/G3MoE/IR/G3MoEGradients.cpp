@@ -150,14 +150,16 @@ LogicalResult RMSNormOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRe
 
 LogicalResult LinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                       SmallVectorImpl<Value> &out) {
-  if (getAddend())
-    return emitOpError("with an addend is fused after differentiation, not differentiated");
+  if (getAddend() || getDropoutMask())
+    return emitOpError("with an addend or a dropout is fused after differentiation, not "
+                       "differentiated");
   noGrads(*this, out);
   if (needs[0])
     out[0] = LinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0], getWeight(),
-                                       /*addend=*/Value());
+                                       /*addend=*/Value(), Value(), nullptr);
   if (needs[1])
-    out[1] = LinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0], getInput());
+    out[1] = LinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0], getInput(),
+                                        Value(), nullptr);
   return success();
 }
 
@@ -257,17 +259,17 @@ LogicalResult MoEDispatchOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, Arr
 
 LogicalResult ExpertLinearOp::buildGradient(OpBuilder &b, ArrayRef<Value> dy, ArrayRef<bool> needs,
                                             SmallVectorImpl<Value> &out) {
-  if (getAddend() || getLowrankInput())
-    return emitOpError("with an addend or a low-rank term is fused after differentiation, not "
-                       "differentiated");
+  if (getAddend() || getLowrankInput() || getDropoutMask())
+    return emitOpError("with an addend, a low-rank term or a dropout is fused after "
+                       "differentiation, not differentiated");
   noGrads(*this, out);
   if (needs[0])
-    out[0] = ExpertLinearGradInputOp::create(b, getLoc(), getInput().getType(), dy[0],
-                                             getExpertOffsets(), getWeight(),
-                                             /*addend=*/Value(), Value(), Value());
+    out[0] = ExpertLinearGradInputOp::create(
+        b, getLoc(), getInput().getType(), dy[0], getExpertOffsets(), getWeight(),
+        /*addend=*/Value(), Value(), Value(), Value(), nullptr);
   if (needs[2])
     out[2] = ExpertLinearGradWeightOp::create(b, getLoc(), f32Like(getWeight()), dy[0],
-                                              getExpertOffsets(), getInput());
+                                              getExpertOffsets(), getInput(), Value(), nullptr);
   return success();
 }
 

@@ -156,7 +156,9 @@ LogicalResult LinearOp::verify() {
                          << shapeStr(w.getShape()) << ")";
   SmallVector<int64_t> expected(x.getShape());
   expected.back() = w.getDimSize(0);
-  if (failed(expectShape(*this, "result", getType(), expected)))
+  if (failed(expectShape(*this, "result", getType(), expected)) ||
+      failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
+                                  getInput().getType().getNumElements())))
     return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
@@ -303,7 +305,10 @@ LogicalResult ExpertLinearOp::verify() {
   if (failed(expectShape(*this, "result", getType(), {x.getDimSize(0), w.getDimSize(1)})))
     return failure();
   if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), x.getDimSize(0), e,
-                                 w.getDimSize(1), /*rankLast=*/true)))
+                                 w.getDimSize(1), /*rankLast=*/true)) ||
+      failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
+                                  getInput().getType().getNumElements(),
+                                  getLowrankInput() ? "lowrank" : "")))
     return failure();
   return verifyAddend(*this, getAddend(), getType());
 }

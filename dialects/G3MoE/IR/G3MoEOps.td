@@ -239,7 +239,8 @@ def G3MoE_RMSNormRoPEOp : G3MoE_Op<"rms_norm_rope", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure, G3MoE_Differentiable]> {
+def G3MoE_LinearOp : G3MoE_Op<"linear",
+    [Pure, G3MoE_Differentiable, AttrSizedOperandSegments]> {
   let summary = "bias-free linear layer y = x·Wᵀ with W stored [out, in]";
   let description = [{
     Contracts the last dimension of `input` with the second dimension of
@@ -250,18 +251,29 @@ def G3MoE_LinearOp : G3MoE_Op<"linear", [Pure, G3MoE_Differentiable]> {
     never differentiated itself) the result is `a + x·Wᵀ`, the fp32 product
     and `a` added before the result is rounded once.
 
+    With `dropout %m {dropout_p}` (made by --g3moe-fuse-dropout, never
+    differentiated itself) the input is x dropped by the keep-mask `m` of a
+    `g3moe.dropout_mask` (bit i keeps element i of x, times 1 / (1 - p),
+    rounded to x's type, as keyed_dropout rounds it): a LoRA A product that
+    reads the bits and never writes the dropped input.
+
     ```mlir
     %q = g3moe.linear %x, %wq
         : (tensor<2x16x64xbf16>, tensor<64x64xbf16>) -> tensor<2x16x64xbf16>
     %r = g3moe.linear %x, %wq plus %q
         : (tensor<2x16x64xbf16>, tensor<64x64xbf16>, tensor<2x16x64xbf16>) -> tensor<2x16x64xbf16>
+    %h = g3moe.linear %x, %a dropout %m {dropout_p = 0.05 : f64}
+        : (tensor<2x16x64xbf16>, tensor<16x64xbf16>, tensor<64xi32>) -> tensor<2x16x16xbf16>
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_FloatTensor:$weight,
-                       Optional<G3MoE_FloatTensor>:$addend);
+                       Optional<G3MoE_FloatTensor>:$addend,
+                       Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
-    $input `,` $weight (`plus` $addend^)? attr-dict `:` functional-type(operands, results)
+    $input `,` $weight (`plus` $addend^)? (`dropout` $dropout_mask^)? attr-dict `:`
+    functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }
@@ -467,6 +479,9 @@ def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear",
     get `h·b[e]`ᵀ, `h` [M, r] and `b` [E, out, r]: a LoRA term computed in
     the same fp32 accumulation as the product, before the one rounding.
 
+    With `dropout %m {dropout_p}` (as for `linear`; not with `lowrank`) the
+    input is `input` dropped by the mask.
+
     ```mlir
     %g = g3moe.expert_linear %p, %off, %wg
         : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>) -> tensor<64x128xbf16>
@@ -478,11 +493,13 @@ def G3MoE_ExpertLinearOp : G3MoE_Op<"expert_linear",
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_IndexTensor:$expert_offsets,
                        G3MoE_FloatTensor:$weight, Optional<G3MoE_FloatTensor>:$addend,
                        Optional<G3MoE_FloatTensor>:$lowrank_input,
-                       Optional<G3MoE_FloatTensor>:$lowrank_weight);
+                       Optional<G3MoE_FloatTensor>:$lowrank_weight,
+                       Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
     $input `,` $expert_offsets `,` $weight (`plus` $addend^)?
-    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? attr-dict `:`
+    (`lowrank` $lowrank_input^ `,` $lowrank_weight)? (`dropout` $dropout_mask^)? attr-dict `:`
     functional-type(operands, results)
   }];
   let hasVerifier = 1;

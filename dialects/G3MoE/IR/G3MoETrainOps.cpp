@@ -30,7 +30,9 @@ LogicalResult LinearGradInputOp::verify() {
     return emitOpError() << "grad features (" << expected.back()
                          << ") must equal the weight's out dimension (" << w.getDimSize(0) << ")";
   expected.back() = w.getDimSize(1);
-  if (failed(expectShape(*this, "result", getType(), expected)))
+  if (failed(expectShape(*this, "result", getType(), expected)) ||
+      failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
+                                  getType().getNumElements(), getAddend() ? "an addend" : "")))
     return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
@@ -42,6 +44,9 @@ LogicalResult LinearGradWeightOp::verify() {
   if (g.getShape().drop_back() != x.getShape().drop_back())
     return emitOpError() << "grad " << shapeStr(g.getShape()) << " and input "
                          << shapeStr(x.getShape()) << " must agree on the leading dimensions";
+  if (failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
+                                  getInput().getType().getNumElements())))
+    return failure();
   return expectShape(*this, "result", getType(), {g.getShape().back(), x.getShape().back()});
 }
 
@@ -56,7 +61,12 @@ LogicalResult ExpertLinearGradInputOp::verify() {
   if (failed(expectShape(*this, "result", getType(), {g.getDimSize(0), w.getDimSize(2)})))
     return failure();
   if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), g.getDimSize(0),
-                                 w.getDimSize(0), w.getDimSize(2), /*rankLast=*/false)))
+                                 w.getDimSize(0), w.getDimSize(2), /*rankLast=*/false)) ||
+      failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
+                                  getType().getNumElements(),
+                                  getAddend()         ? "an addend"
+                                  : getLowrankInput() ? "lowrank"
+                                                      : "")))
     return failure();
   return verifyAddend(*this, getAddend(), getType());
 }
@@ -65,6 +75,9 @@ LogicalResult ExpertLinearGradWeightOp::verify() {
   auto g = getGrad().getType(), x = getInput().getType();
   if (failed(requireStatic(*this)) || failed(expectRank(*this, "grad", g, 2)) ||
       failed(expectRank(*this, "input", x, 2)))
+    return failure();
+  if (failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
+                                  getInput().getType().getNumElements())))
     return failure();
   int64_t e = getExpertOffsets().getType().getDimSize(0) - 1;
   return expectShape(*this, "result", getType(), {e, g.getDimSize(1), x.getDimSize(1)});
@@ -241,6 +254,17 @@ LogicalResult KeyedDropoutOp::verify() {
     return failure();
   if (getType() != getInput().getType())
     return emitOpError("result type must equal the input type");
+  if (getStreamAttr().getInt() < 0)
+    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
+  double p = getP().convertToDouble();
+  if (p < 0 || p >= 1)
+    return emitOpError("p must be in [0, 1), got ") << p;
+  return success();
+}
+
+LogicalResult DropoutMaskOp::verify() {
+  if (failed(requireStatic(*this)) || failed(expectShape(*this, "key", getKey().getType(), {2})))
+    return failure();
   if (getStreamAttr().getInt() < 0)
     return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
   double p = getP().convertToDouble();

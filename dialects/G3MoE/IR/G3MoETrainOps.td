@@ -82,6 +82,27 @@ def G3MoE_KeyedDropoutOp : G3MoE_Op<"keyed_dropout", [Pure]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_DropoutMaskOp : G3MoE_Op<"dropout_mask", [Pure]> {
+  let summary = "the keep-mask of a keyed_dropout, one bit per element";
+  let description = [{
+    Bit `i % 32` of word `i / 32` is 1 when keyed_dropout with this key,
+    stream and p keeps element i: its draw `uniformAt(key, stream, i)` is at
+    least p. The products with `dropout %m` read these bits where a
+    keyed_dropout would write, and the backward would keep, the dropped
+    tensor itself: 1/16 of a bf16 tensor's bytes, drawn once. Made by
+    --g3moe-fuse-dropout; never differentiated.
+
+    ```mlir
+    %m = g3moe.dropout_mask %key {stream = 3 : i64, p = 0.05 : f64}
+        : (tensor<2xi64>) -> tensor<64xi32>
+    ```
+  }];
+  let arguments = (ins G3MoE_RandomKey:$key, I64Attr:$stream, F64Attr:$p);
+  let results = (outs G3MoE_DropoutMask:$result);
+  let assemblyFormat = "$key attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_GlobalNormOp : G3MoE_Op<"global_norm", [Pure]> {
   let summary = "L2 norm over all given gradients";
   let description = [{

@@ -13,6 +13,7 @@
 #include "llvm/ADT/STLExtras.h"
 #include "llvm/Support/raw_ostream.h"
 
+#include <optional>
 #include <string>
 
 namespace g3moe::detail {
@@ -65,6 +66,29 @@ inline mlir::LogicalResult verifyExpertLowRank(mlir::Operation *op, mlir::Value 
                              << (rankLast ? e + ", " + o + ", r" : e + ", r, " + o)
                              << "] with r <= 64";
   }
+  return mlir::success();
+}
+
+/// The dropout fused into a product (--g3moe-fuse-dropout): the mask with
+/// dropout_p or neither, p in [0, 1), a mask of at least one bit per
+/// element of the masked tensor (`masked` elements); `excluded` names an
+/// operand the product may not have with it ("" when none).
+inline mlir::LogicalResult verifyProductDropout(mlir::Operation *op, mlir::Value mask,
+                                                std::optional<llvm::APFloat> p, int64_t masked,
+                                                llvm::StringRef excluded = "") {
+  if (!mask && !p)
+    return mlir::success();
+  if (!mask || !p)
+    return op->emitOpError("dropout needs a mask and dropout_p together");
+  if (!excluded.empty())
+    return op->emitOpError("dropout cannot be fused into a product with ") << excluded;
+  double pv = p->convertToDouble();
+  if (pv < 0 || pv >= 1)
+    return op->emitOpError("dropout_p must be in [0, 1), got ") << pv;
+  int64_t words = tensorOf(mask).getDimSize(0);
+  if (words < (masked + 31) / 32)
+    return op->emitOpError() << "dropout mask of " << words << " words does not cover the "
+                             << masked << " masked elements";
   return mlir::success();
 }
 

@@ -7,12 +7,25 @@
 // element's draw where it uses it, from the same key and stream, so the
 // values are those of the two ops it replaces.
 //
+// A keyed_dropout still writes the dropped input, as large as the input,
+// and LoRA keeps it for the A gradient. Moved into the products that read
+// it (the A product, the A gradient) and the one that writes the dropout of
+// the backward (the input gradient through A), the dropped tensor never
+// exists: those products read the keep-mask as bits (dropout_mask), drawn
+// once for the forward and the backward. Drawing the mask inside each
+// product instead was slower on an H100 than the separate dropouts: the
+// generator's arithmetic, three times per mask, in kernels that run few
+// blocks.
+//
 //===----------------------------------------------------------------------===//
 
 #include "dialects/G3MoE/IR/G3MoEOps.h"
 #include "dialects/G3MoE/Transforms/Passes.h"
 
 #include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+#include "llvm/ADT/TypeSwitch.h"
+
+#include <type_traits>
 
 namespace g3moe {
 #define GEN_PASS_DEF_G3MOEFUSEDROPOUTPASS
@@ -42,18 +55,144 @@ struct FuseKeyedDropout : OpRewritePattern<DropoutOp> {
   }
 };
 
+/// Whether the low-rank kernels take a product of operands `a` and `b` with
+/// narrow side `narrow` (the rank) and wide side `wide`: bf16 operands, a
+/// rank of 8, 16, 24 or 32 and a wide side of a multiple of 8. Only these
+/// draw a fused mask on the GPU (runtime/cuda/lowrank_products.h).
+bool lowRankKernelsTake(Value a, Value b, int64_t narrow, int64_t wide) {
+  auto bf16 = [](Value v) { return cast<RankedTensorType>(v.getType()).getElementType().isBF16(); };
+  return bf16(a) && bf16(b) && narrow % 8 == 0 && narrow >= 8 && narrow <= 32 && wide % 8 == 0;
+}
+
+int64_t lastDim(Value v) { return cast<RankedTensorType>(v.getType()).getShape().back(); }
+
+/// A keep-mask of `dropout`'s draw made before `before` (the pass keeps one
+/// per draw after the patterns: shareMasks).
+Value maskOf(PatternRewriter &rewriter, KeyedDropoutOp dropout, Operation *before) {
+  const int64_t elements = cast<RankedTensorType>(dropout.getType()).getNumElements();
+  auto type = RankedTensorType::get({(elements + 31) / 32}, rewriter.getI32Type());
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPoint(before);
+  return DropoutMaskOp::create(rewriter, dropout.getLoc(), type, dropout.getKey(),
+                               dropout.getStreamAttr(), dropout.getPAttr());
+}
+
+/// Gives `product` the dropout of `dropout` with its keep-mask `mask`.
+template <typename Product> void setDropout(Product product, KeyedDropoutOp dropout, Value mask) {
+  product.getDropoutMaskMutable().assign(mask);
+  product.setDropoutPAttr(dropout.getPAttr());
+}
+
+/// A product reading keyed_dropout(x) reads x and the keep-mask's bits:
+///   linear(keyed_dropout(x, key), A) -> linear(x, A) dropout dropout_mask(key)
+/// and likewise expert_linear, linear_grad_weight(dh, keyed_dropout(x)) and
+/// expert_linear_grad_weight. The dropout goes once its last reader does.
+template <typename Product> struct DropoutIntoProductInput : OpRewritePattern<Product> {
+  using OpRewritePattern<Product>::OpRewritePattern;
+  LogicalResult matchAndRewrite(Product product, PatternRewriter &rewriter) const override {
+    auto dropout = product.getInput().template getDefiningOp<KeyedDropoutOp>();
+    if (!dropout || product.getDropoutMask())
+      return rewriter.notifyMatchFailure(product, "its input is not a keyed_dropout");
+    // The narrow side: the forward's out features (A is [r, in]), or the
+    // gradient's columns (dA is [r, in]).
+    Value other;
+    int64_t narrow;
+    if constexpr (std::is_same_v<Product, LinearOp> || std::is_same_v<Product, ExpertLinearOp>) {
+      other = product.getWeight();
+      narrow = lastDim(product.getResult());
+    } else {
+      other = product.getGrad();
+      narrow = lastDim(other);
+    }
+    if constexpr (std::is_same_v<Product, ExpertLinearOp>)
+      if (product.getLowrankInput())
+        return rewriter.notifyMatchFailure(product, "it has a low-rank term");
+    if (!lowRankKernelsTake(dropout.getInput(), other, narrow, lastDim(dropout.getInput())))
+      return rewriter.notifyMatchFailure(product, "not a product the low-rank kernels take");
+    Value mask = maskOf(rewriter, dropout, dropout);
+    rewriter.modifyOpInPlace(product, [&] {
+      product.getInputMutable().assign(dropout.getInput());
+      setDropout(product, dropout, mask);
+    });
+    return success();
+  }
+};
+
+/// A dropout of an input gradient through A, which nothing else reads, is
+/// applied by that product as it writes its result:
+///   keyed_dropout(linear_grad_input(dh, A), key)
+///     -> linear_grad_input(dh, A) dropout dropout_mask(key)
+/// and likewise expert_linear_grad_input.
+struct DropoutIntoProductResult : OpRewritePattern<KeyedDropoutOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(KeyedDropoutOp dropout, PatternRewriter &rewriter) const override {
+    Operation *op = dropout.getInput().getDefiningOp();
+    if (!op || !op->hasOneUse() || op->getBlock() != dropout->getBlock())
+      return rewriter.notifyMatchFailure(dropout, "its input is not a product only it reads");
+    auto fits = [&](auto product) {
+      return !product.getAddend() && !product.getDropoutMask() &&
+             lowRankKernelsTake(product.getGrad(), product.getWeight(), lastDim(product.getGrad()),
+                                lastDim(product.getResult()));
+    };
+    bool fused =
+        llvm::TypeSwitch<Operation *, bool>(op)
+            .Case([&](LinearGradInputOp p) { return fits(p); })
+            .Case([&](ExpertLinearGradInputOp p) { return !p.getLowrankInput() && fits(p); })
+            .Default([](Operation *) { return false; });
+    if (!fused)
+      return rewriter.notifyMatchFailure(dropout, "not a product the low-rank kernels take");
+    // The key may be defined after the product; the dropout's position is
+    // after both.
+    rewriter.moveOpBefore(op, dropout);
+    Value mask = maskOf(rewriter, dropout, op);
+    rewriter.modifyOpInPlace(op, [&] {
+      llvm::TypeSwitch<Operation *>(op).Case<LinearGradInputOp, ExpertLinearGradInputOp>(
+          [&](auto p) { setDropout(p, dropout, mask); });
+    });
+    rewriter.replaceOp(dropout, op->getResults());
+    return success();
+  }
+};
+
 struct G3MoEFuseDropoutPass : g3moe::impl::G3MoEFuseDropoutPassBase<G3MoEFuseDropoutPass> {
+  using G3MoEFuseDropoutPassBase::G3MoEFuseDropoutPassBase;
   void runOnOperation() override {
     RewritePatternSet patterns(&getContext());
-    populateFuseDropoutPatterns(patterns);
+    populateFuseDropoutPatterns(patterns, intoProducts);
     // The draws left without readers are pure, so the driver erases them.
     if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
       return signalPassFailure();
+    shareMasks();
+  }
+
+  /// One mask per draw and block: the backward's products read the
+  /// forward's bits (the driver may have made the backward's mask first).
+  /// Not CSE, which would merge --g3moe-regenerate-random's draws too.
+  void shareMasks() {
+    llvm::DenseMap<Block *, SmallVector<DropoutMaskOp>> seen;
+    SmallVector<DropoutMaskOp> repeated;
+    getOperation().walk([&](DropoutMaskOp mask) {
+      for (DropoutMaskOp first : seen[mask->getBlock()])
+        if (first.getKey() == mask.getKey() && first.getStream() == mask.getStream() &&
+            first.getP() == mask.getP() && first.getType() == mask.getType()) {
+          mask.replaceAllUsesWith(first.getResult());
+          repeated.push_back(mask);
+          return;
+        }
+      seen[mask->getBlock()].push_back(mask);
+    });
+    for (DropoutMaskOp mask : repeated)
+      mask.erase();
   }
 };
 
 } // namespace
 
-void g3moe::populateFuseDropoutPatterns(RewritePatternSet &patterns) {
+void g3moe::populateFuseDropoutPatterns(RewritePatternSet &patterns, bool intoProducts) {
   patterns.add<FuseKeyedDropout>(patterns.getContext());
+  if (intoProducts)
+    patterns.add<DropoutIntoProductInput<LinearOp>, DropoutIntoProductInput<ExpertLinearOp>,
+                 DropoutIntoProductInput<LinearGradWeightOp>,
+                 DropoutIntoProductInput<ExpertLinearGradWeightOp>, DropoutIntoProductResult>(
+        patterns.getContext());
 }

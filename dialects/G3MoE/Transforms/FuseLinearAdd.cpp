@@ -38,8 +38,12 @@ int64_t fusableContraction(Value v, AddOp add) {
   return llvm::TypeSwitch<Operation *, int64_t>(op)
       .Case([&](LinearOp p) { return p.getAddend() ? 0 : lastDim(p.getInput()); })
       .Case([&](ExpertLinearOp p) { return p.getAddend() ? 0 : lastDim(p.getInput()); })
-      .Case([&](LinearGradInputOp p) { return p.getAddend() ? 0 : lastDim(p.getGrad()); })
-      .Case([&](ExpertLinearGradInputOp p) { return p.getAddend() ? 0 : lastDim(p.getGrad()); })
+      .Case([&](LinearGradInputOp p) {
+        return p.getAddend() || p.getDropoutMask() ? 0 : lastDim(p.getGrad());
+      })
+      .Case([&](ExpertLinearGradInputOp p) {
+        return p.getAddend() || p.getDropoutMask() ? 0 : lastDim(p.getGrad());
+      })
       .Default([](Operation *) { return 0; });
 }
 
@@ -83,7 +87,7 @@ bool isLowRankOf(Value h, Value x) {
 template <typename Product>
 Product withLowRank(PatternRewriter &rewriter, Product base, Value addend, Value h, Value l) {
   return Product::create(rewriter, base.getLoc(), base.getType(), base->getOperand(0),
-                         base.getExpertOffsets(), base.getWeight(), addend, h, l);
+                         base.getExpertOffsets(), base.getWeight(), addend, h, l, Value(), nullptr);
 }
 
 /// The low-rank product `lowrank` and its addend `base`, a wide product of
@@ -96,10 +100,10 @@ Product withLowRank(PatternRewriter &rewriter, Product base, Value addend, Value
 template <typename Product> struct FoldLowRankIntoProduct : OpRewritePattern<Product> {
   using OpRewritePattern<Product>::OpRewritePattern;
   LogicalResult matchAndRewrite(Product lowrank, PatternRewriter &rewriter) const override {
-    if (lowrank.getLowrankInput() || !lowrank.getAddend())
+    if (lowrank.getLowrankInput() || !lowrank.getAddend() || lowrank.getDropoutMask())
       return rewriter.notifyMatchFailure(lowrank, "not a plain product with an addend");
     auto base = lowrank.getAddend().template getDefiningOp<Product>();
-    if (!base || base.getLowrankInput() || !base->hasOneUse() ||
+    if (!base || base.getLowrankInput() || base.getDropoutMask() || !base->hasOneUse() ||
         base.getExpertOffsets() != lowrank.getExpertOffsets())
       return rewriter.notifyMatchFailure(lowrank, "the addend is not a product of the same rows");
     Value h = lowrank->getOperand(0), x = base->getOperand(0);
@@ -125,7 +129,8 @@ struct MoveLowRankToFreeProduct : OpRewritePattern<ExpertLinearGradInputOp> {
                                 PatternRewriter &rewriter) const override {
     auto term =
         wide.getAddend() ? wide.getAddend().getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
-    if (wide.getLowrankInput() || !term || !term->hasOneUse() || term.getLowrankInput() ||
+    if (wide.getLowrankInput() || wide.getDropoutMask() || !term || !term->hasOneUse() ||
+        term.getLowrankInput() || term.getDropoutMask() ||
         term.getExpertOffsets() != wide.getExpertOffsets() ||
         !isLowRankOf(term.getGrad(), wide.getGrad()))
       return rewriter.notifyMatchFailure(wide, "its addend is not a rank-r product of its rows");

@@ -136,12 +136,12 @@ void G3MoELoRAPass::addAdapter(OpBuilder &b, Operation *linear, ParamOp weight, 
   Value h, delta;
   if (experts) {
     h = ExpertLinearOp::create(b, loc, resultType(x, a), x, expertOffsets, a, Value(), Value(),
-                               Value());
+                               Value(), Value(), nullptr);
     delta = ExpertLinearOp::create(b, loc, resultType(h, bMat), h, expertOffsets, bMat, Value(),
-                                   Value(), Value());
+                                   Value(), Value(), Value(), nullptr);
   } else {
-    h = LinearOp::create(b, loc, resultType(x, a), x, a, Value());
-    delta = LinearOp::create(b, loc, resultType(h, bMat), h, bMat, Value());
+    h = LinearOp::create(b, loc, resultType(x, a), x, a, Value(), Value(), nullptr);
+    delta = LinearOp::create(b, loc, resultType(h, bMat), h, bMat, Value(), Value(), nullptr);
   }
   Value sum = AddOp::create(b, loc, output, delta);
   output.replaceAllUsesExcept(sum, sum.getDefiningOp());

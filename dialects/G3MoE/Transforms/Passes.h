@@ -32,8 +32,9 @@ void populateFuseLinearAddPatterns(mlir::RewritePatternSet &patterns);
 /// The rewrites of --g3moe-fuse-norms.
 void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
 
-/// The rewrite of --g3moe-fuse-dropout.
-void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns);
+/// The rewrites of --g3moe-fuse-dropout: keyed_dropout from a draw, and
+/// with `intoProducts` the keyed_dropouts moved into the LoRA products.
+void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns, bool intoProducts = true);
 
 /// The argument of `func` marked `g3moe.input = name` ("rng_key",
 /// "input_ids", ...), or null.

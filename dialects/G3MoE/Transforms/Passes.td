@@ -303,7 +303,24 @@ def G3MoEFuseDropoutPass : Pass<"g3moe-fuse-dropout", "mlir::ModuleOp"> {
     being written and read. The draws left without readers are erased. Runs
     after --g3moe-regenerate-random, so that the backward's dropouts draw
     their masks too.
+
+    With `into-products` (the default) a keyed_dropout then moves into the
+    LoRA products around it, where the low-rank kernels take them (bf16
+    operands, a rank of 8, 16, 24 or 32, a wide side of a multiple of 8):
+    a `g3moe.dropout_mask` draws its keep-mask as bits, once (the backward's
+    dropout of the same stream reads the forward's mask); the A product and
+    the A gradient read the undropped input and apply the bits as they read
+    it (`linear`, `expert_linear`, `linear_grad_weight`,
+    `expert_linear_grad_weight` with `dropout`), and the input gradient
+    through A applies them as it writes its result (`linear_grad_input`,
+    `expert_linear_grad_input` with `dropout`). The dropped tensor, as large
+    as the input, is then neither written nor kept for the backward; the
+    mask is 1/16 of its bytes.
   }];
+  let options = [
+    Option<"intoProducts", "into-products", "bool", "true",
+           "move each keyed_dropout into the LoRA products that read or write it">,
+  ];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 

@@ -34,7 +34,7 @@ module {
 // A product with an addend comes from --g3moe-fuse-linear-add, after autodiff.
 func.func @forward(%x: tensor<4xf32>, %r: tensor<1xf32>) -> tensor<f32> {
   %a = g3moe.param "a" trainable : tensor<1x4xf32>
-  // expected-error @+2 {{with an addend is fused after differentiation, not differentiated}}
+  // expected-error @+2 {{with an addend or a dropout is fused after differentiation, not differentiated}}
   // expected-error @+1 {{g3moe-autodiff: could not build the gradient}}
   %y = g3moe.linear %x, %a plus %r : (tensor<4xf32>, tensor<1x4xf32>, tensor<1xf32>) -> tensor<1xf32>
   %l = g3moe.reshape %y : tensor<1xf32> -> tensor<f32>

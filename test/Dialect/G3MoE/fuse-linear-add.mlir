@@ -139,9 +139,9 @@ func.func @expert_forward(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %w: tenso
   %p = g3moe.expert_linear %x, %off, %w
       : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x32xbf16>
   %y = g3moe.add %r, %p : tensor<16x32xbf16>
-  // CHECK: %[[F:.*]] = g3moe.linear_grad_input %{{.*}}, %{{.*}}, %{{.*}} : (tensor<16x32xbf16>, tensor<32x32xbf16>, tensor<16x32xbf16>)
+  // CHECK: %[[F:.*]] = g3moe.linear_grad_input %{{.*}}, %{{.*}} plus %{{.*}} : (tensor<16x32xbf16>, tensor<32x32xbf16>, tensor<16x32xbf16>)
   %w2 = g3moe.param "w2" : tensor<32x32xbf16>
-  %f = g3moe.linear_grad_input %y, %w2, %q : (tensor<16x32xbf16>, tensor<32x32xbf16>, tensor<16x32xbf16>) -> tensor<16x32xbf16>
+  %f = g3moe.linear_grad_input %y, %w2 plus %q : (tensor<16x32xbf16>, tensor<32x32xbf16>, tensor<16x32xbf16>) -> tensor<16x32xbf16>
   // CHECK: g3moe.add %[[F]], %[[Y]]
   %z = g3moe.add %f, %y : tensor<16x32xbf16>
   return %z : tensor<16x32xbf16>

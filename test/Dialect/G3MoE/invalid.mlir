@@ -464,6 +464,38 @@ func.func @keyed_dropout_p(%x: tensor<4xbf16>, %key: tensor<2xi64>) {
 
 // -----
 
+func.func @dropout_mask_p(%key: tensor<2xi64>) {
+  // expected-error @+1 {{p must be in [0, 1), got 1}}
+  %m = g3moe.dropout_mask %key {stream = 0 : i64, p = 1.0 : f64} : (tensor<2xi64>) -> tensor<4xi32>
+  return
+}
+
+// -----
+
+func.func @product_dropout_without_p(%x: tensor<4x64xbf16>, %a: tensor<8x64xbf16>, %m: tensor<8xi32>) {
+  // expected-error @+1 {{dropout needs a mask and dropout_p together}}
+  %h = g3moe.linear %x, %a dropout %m : (tensor<4x64xbf16>, tensor<8x64xbf16>, tensor<8xi32>) -> tensor<4x8xbf16>
+  return
+}
+
+// -----
+
+func.func @product_dropout_short_mask(%x: tensor<4x64xbf16>, %a: tensor<8x64xbf16>, %m: tensor<7xi32>) {
+  // expected-error @+1 {{dropout mask of 7 words does not cover the 256 masked elements}}
+  %h = g3moe.linear %x, %a dropout %m {dropout_p = 0.1 : f64} : (tensor<4x64xbf16>, tensor<8x64xbf16>, tensor<7xi32>) -> tensor<4x8xbf16>
+  return
+}
+
+// -----
+
+func.func @product_dropout_with_addend(%dh: tensor<4x8xbf16>, %a: tensor<8x64xbf16>, %c: tensor<4x64xbf16>, %m: tensor<8xi32>) {
+  // expected-error @+1 {{dropout cannot be fused into a product with an addend}}
+  %dx = g3moe.linear_grad_input %dh, %a plus %c dropout %m {dropout_p = 0.1 : f64} : (tensor<4x8xbf16>, tensor<8x64xbf16>, tensor<4x64xbf16>, tensor<8xi32>) -> tensor<4x64xbf16>
+  return
+}
+
+// -----
+
 func.func @schedule_kind(%t: tensor<i64>) {
   // expected-error @+1 {{kind must be cosine, linear, constant or constant_with_warmup, got 'step'}}
   %lr = g3moe.lr_schedule %t, %t, %t {kind = "step", learning_rate = 1.0e-04 : f64}

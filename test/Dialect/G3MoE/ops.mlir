@@ -215,6 +215,15 @@ func.func @training_ops(%x: tensor<32x64xbf16>, %u: tensor<32x64xf32>, %p: tenso
   %c = g3moe.dropout %b, %u {p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<32x64xf32>) -> tensor<32x64xbf16>
   // CHECK: g3moe.keyed_dropout {{.*}} {p = 5.000000e-02 : f64, stream = 4 : i64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
   %kd = g3moe.keyed_dropout %b, %key {stream = 4 : i64, p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
+  // CHECK: %[[M:.*]] = g3moe.dropout_mask {{.*}} {p = 5.000000e-02 : f64, stream = 4 : i64} : (tensor<2xi64>) -> tensor<64xi32>
+  %m = g3moe.dropout_mask %key {stream = 4 : i64, p = 0.05 : f64} : (tensor<2xi64>) -> tensor<64xi32>
+  %la = g3moe.param "lora_a" : tensor<8x64xbf16>
+  // CHECK: g3moe.linear {{.*}} dropout %[[M]] {dropout_p = 5.000000e-02 : f64} : (tensor<32x64xbf16>, tensor<8x64xbf16>, tensor<64xi32>) -> tensor<32x8xbf16>
+  %lh = g3moe.linear %b, %la dropout %m {dropout_p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<8x64xbf16>, tensor<64xi32>) -> tensor<32x8xbf16>
+  // CHECK: g3moe.linear_grad_input {{.*}} dropout %[[M]] {dropout_p = 5.000000e-02 : f64}
+  %lx = g3moe.linear_grad_input %lh, %la dropout %m {dropout_p = 0.05 : f64} : (tensor<32x8xbf16>, tensor<8x64xbf16>, tensor<64xi32>) -> tensor<32x64xbf16>
+  // CHECK: g3moe.linear_grad_weight {{.*}} dropout %[[M]] {dropout_p = 5.000000e-02 : f64}
+  %lw = g3moe.linear_grad_weight %lh, %b dropout %m {dropout_p = 0.05 : f64} : (tensor<32x8xbf16>, tensor<32x64xbf16>, tensor<64xi32>) -> tensor<8x64xf32>
   // CHECK: g3moe.global_norm
   %n = g3moe.global_norm %p, %u : (tensor<4x64xf32>, tensor<32x64xf32>) -> tensor<f32>
   // CHECK: g3moe.clip_scale {{.*}} {max_norm = 1.000000e+00 : f64}

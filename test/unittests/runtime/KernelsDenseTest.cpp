@@ -260,6 +260,65 @@ TEST(DenseKernels, LinearProductsAddTheirAddend) {
                     "expert_linear", "addend");
 }
 
+TEST(DenseKernels, ProductsWithDropoutAreKeyedDropoutAndTheProduct) {
+  // --g3moe-fuse-dropout's products read a dropout_mask's bits: the input
+  // masked (the A product, the A gradient) or the result masked (the input
+  // gradient through A) is what keyed_dropout with the mask's key, stream and
+  // p gives, bit for bit.
+  std::mt19937 rng(21);
+  const int64_t M = 40, in = 24, r = 8, E = 2;
+  Tensor key(DType::I64, {2});
+  key.view.i64()[0] = 77;
+  key.view.i64()[1] = 3;
+  KernelAttrs draw = attrs({{"stream", AttrValue::ofInt(5)}, {"p", AttrValue::ofFloat(0.25)}});
+  KernelAttrs fused = attrs({{"dropout_p", AttrValue::ofFloat(0.25)}});
+  Tensor mask = Tensor::i32({(M * in + 31) / 32});
+  EXPECT_OK(run("dropout_mask", {key}, {mask}, draw));
+  Tensor x = randomTensor(DType::BF16, {M, in}, rng), a = randomTensor(DType::BF16, {r, in}, rng);
+  Tensor dh = randomTensor(DType::BF16, {M, r}, rng), off = indices({E + 1}, {0, 15, 33});
+  Tensor ae = randomTensor(DType::BF16, {E, r, in}, rng);
+  Tensor dropped(DType::BF16, {M, in});
+  EXPECT_OK(run("keyed_dropout", {x, key}, {dropped}, draw));
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < M * in; ++i)
+    zeros += dropped.view.load(i) == 0.0f;
+  EXPECT_GT(zeros, M * in / 8) << "about a quarter of the elements are dropped";
+
+  auto same = [&](const char *name, std::vector<Tensor> fusedIn, std::vector<Tensor> plainIn,
+                  Tensor want, bool maskResult) {
+    SCOPED_TRACE(name);
+    Tensor got(want.view.dtype, want.view.shape);
+    fusedIn.push_back(mask);
+    EXPECT_OK(run(name, fusedIn, {got}, fused));
+    EXPECT_OK(run(name, plainIn, {want}));
+    if (maskResult)
+      EXPECT_OK(run("keyed_dropout", {want.clone(), key}, {want}, draw));
+    EXPECT_EQ(got.values(), want.values());
+  };
+  same("linear", {x, a}, {dropped, a}, Tensor(DType::BF16, {M, r}), false);
+  same("linear_grad_weight", {dh, x}, {dh, dropped}, Tensor::f32({r, in}), false);
+  same("linear_grad_input", {dh, a}, {dh, a}, Tensor(DType::BF16, {M, in}), true);
+  same("expert_linear", {x, off, ae}, {dropped, off, ae}, Tensor(DType::BF16, {M, r}), false);
+  same("expert_linear_grad_weight", {dh, off, x}, {dh, off, dropped}, Tensor::f32({E, r, in}),
+       false);
+  same("expert_linear_grad_input", {dh, off, ae}, {dh, off, ae}, Tensor(DType::BF16, {M, in}),
+       true);
+
+  // A dropout without its mask, with a mask too short or p out of range is
+  // refused by name.
+  Tensor y(DType::BF16, {M, r});
+  expectErrorNaming(run("linear", {x, a}, {y}, fused), "linear", "mask as the last input");
+  expectErrorNaming(run("linear", {x, a, Tensor::f32({30})}, {y}, fused), "linear",
+                    "dropout mask must be i32");
+  expectErrorNaming(run("linear", {x, a, Tensor::i32({29})}, {y}, fused), "linear",
+                    "does not cover the 960 masked elements");
+  expectErrorNaming(
+      run("linear", {x, a, mask}, {y}, attrs({{"dropout_p", AttrValue::ofFloat(1.0)}})), "linear",
+      "outside [0, 1)");
+  expectErrorNaming(run("dropout_mask", {key}, {Tensor::f32({4})}, draw), "dropout_mask",
+                    "mask must be i32");
+}
+
 TEST(DenseKernels, ExpertProductsAddTheirLowRankTerm) {
   // With a low-rank pair (--g3moe-fuse-linear-add) the expert products add
   // h·B_eᵀ (forward) or dh·A_e (input gradient) to each expert's rows: the
