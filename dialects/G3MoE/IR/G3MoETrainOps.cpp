@@ -249,29 +249,28 @@ LogicalResult DropoutOp::verify() {
   return success();
 }
 
-LogicalResult KeyedDropoutOp::verify() {
-  if (failed(requireStatic(*this)) || failed(expectShape(*this, "key", getKey().getType(), {2})))
+namespace {
+/// The keyed draw of keyed_dropout and dropout_mask: a [2] key, a stream
+/// >= 0 and p in [0, 1).
+template <typename KeyedOp> LogicalResult verifyKeyedDraw(KeyedOp op) {
+  if (failed(requireStatic(op)) || failed(expectShape(op, "key", op.getKey().getType(), {2})))
     return failure();
+  if (op.getStreamAttr().getInt() < 0)
+    return op.emitOpError("stream must be non-negative, got ") << op.getStreamAttr().getInt();
+  double p = op.getP().convertToDouble();
+  if (p < 0 || p >= 1)
+    return op.emitOpError("p must be in [0, 1), got ") << p;
+  return success();
+}
+} // namespace
+
+LogicalResult KeyedDropoutOp::verify() {
   if (getType() != getInput().getType())
     return emitOpError("result type must equal the input type");
-  if (getStreamAttr().getInt() < 0)
-    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
-  double p = getP().convertToDouble();
-  if (p < 0 || p >= 1)
-    return emitOpError("p must be in [0, 1), got ") << p;
-  return success();
+  return verifyKeyedDraw(*this);
 }
 
-LogicalResult DropoutMaskOp::verify() {
-  if (failed(requireStatic(*this)) || failed(expectShape(*this, "key", getKey().getType(), {2})))
-    return failure();
-  if (getStreamAttr().getInt() < 0)
-    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
-  double p = getP().convertToDouble();
-  if (p < 0 || p >= 1)
-    return emitOpError("p must be in [0, 1), got ") << p;
-  return success();
-}
+LogicalResult DropoutMaskOp::verify() { return verifyKeyedDraw(*this); }
 
 LogicalResult GlobalNormOp::verify() {
   if (getInputs().empty())
