@@ -45,6 +45,10 @@ mlir::BlockArgument findInput(mlir::func::FuncOp func, llvm::StringRef name);
 /// into chunks; none for a function without that argument.
 std::optional<int64_t> inputTokenCount(mlir::func::FuncOp func);
 
+/// The op of `fb`'s body that defines its loss (its first result), or null:
+/// the forward of @forward_backward ends there, the backward follows it.
+mlir::Operation *lossBoundary(mlir::func::FuncOp fb);
+
 /// A random stream no draw of `module` uses yet: one past the largest.
 int64_t nextFreeStream(mlir::ModuleOp module);
 

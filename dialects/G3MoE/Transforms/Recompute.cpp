@@ -203,11 +203,10 @@ struct G3MoERecomputePass : g3moe::impl::G3MoERecomputePassBase<G3MoERecomputePa
     SmallVector<std::string> checkpointList(checkpoints.begin(), checkpoints.end());
     if (scopeList.empty() && checkpointList.empty())
       scopeList.push_back("moe.experts");
-    Block &body = fb.getBody().front();
-    Operation *lossOp = body.getTerminator()->getOperand(0).getDefiningOp();
+    Operation *lossOp = lossBoundary(fb);
     if (!lossOp)
       return;
-    Recomputation(fb, lossOp, scopeList, checkpointList).run(body);
+    Recomputation(fb, lossOp, scopeList, checkpointList).run(fb.getBody().front());
   }
 };
 

@@ -32,7 +32,7 @@ struct G3MoERegenerateRandomPass
     if (!fb)
       return;
     Block &body = fb.getBody().front();
-    Operation *lossOp = body.getTerminator()->getOperand(0).getDefiningOp();
+    Operation *lossOp = lossBoundary(fb);
     if (!lossOp)
       return;
 

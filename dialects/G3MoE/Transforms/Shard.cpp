@@ -190,8 +190,8 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
   /// living until the backward reaches their layers.
   static void receiveAgainInBackward(func::FuncOp fb, ArrayRef<BroadcastOp> received) {
     Block &body = fb.getBody().front();
-    Operation *lossOp = body.getTerminator()->getOperand(0).getDefiningOp();
-    if (!lossOp || lossOp->getBlock() != &body)
+    Operation *lossOp = lossBoundary(fb);
+    if (!lossOp)
       return;
     DenseMap<Operation *, unsigned> order;
     unsigned index = 0;

@@ -1,7 +1,8 @@
 //===- StepQueries.cpp - what passes read off a step module ---------------===//
 //
 // Small lookups several passes share: the entry point's named inputs, the
-// micro-batch's token count, and the first random stream no draw uses.
+// micro-batch's token count, where the backward starts, and the first random
+// stream no draw uses.
 //
 //===----------------------------------------------------------------------===//
 
@@ -22,6 +23,12 @@ std::optional<int64_t> g3moe::inputTokenCount(func::FuncOp func) {
   if (BlockArgument ids = findInput(func, "input_ids"))
     return cast<RankedTensorType>(ids.getType()).getNumElements();
   return std::nullopt;
+}
+
+Operation *g3moe::lossBoundary(func::FuncOp fb) {
+  Block &body = fb.getBody().front();
+  Operation *loss = body.getTerminator()->getOperand(0).getDefiningOp();
+  return loss && loss->getBlock() == &body ? loss : nullptr;
 }
 
 int64_t g3moe::nextFreeStream(ModuleOp module) {
