@@ -198,10 +198,10 @@ struct Flags {
       cl::init(true), cl::cat(compileCategory())};
   cl::opt<bool> dropoutInProducts{
       "dropout-in-products",
-      cl::desc("Draw the LoRA dropout masks inside the low-rank products that read or write "
-               "the dropped tensor, which is then never stored (default on, =false for "
-               "separate keyed_dropout ops)"),
-      cl::init(true), cl::cat(compileCategory())};
+      cl::desc("Apply the LoRA dropouts inside the low-rank products that read or write the "
+               "dropped tensor, from one mask of bits per draw, so that the dropped tensor is "
+               "never stored (default off: separate keyed_dropout ops)"),
+      cl::init(false), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",

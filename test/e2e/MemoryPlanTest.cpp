@@ -92,6 +92,30 @@ INSTANTIATE_TEST_SUITE_P(Steps, StepOffload,
                                            "g3moe_lora_fp32_offload_layers",
                                            "g3moe_lora_fp32_offload_budget"));
 
+/// A step whose LoRA dropouts sit inside the products
+/// (--dropout-in-products: a dropout_mask of bits per draw, read by the A
+/// products and gradients) against the same step with separate
+/// keyed_dropouts: the same kernels' arithmetic on the same dropped values,
+/// so the same loss and gradients, bit for bit, without the dropped tensors
+/// kept for the backward.
+TEST(StepDropoutMask, SameLossAndGradientsAsSeparateDropouts) {
+  StepProgram masked = loadProgram("g3moe_lora_r16_masked");
+  const FunctionDesc *fb = masked.findFunction("forward_backward");
+  ASSERT_NE(fb, nullptr);
+  auto count = [&](const char *kernel) {
+    return std::count_if(fb->instrs.begin(), fb->instrs.end(),
+                         [&](const InstrDesc &i) { return i.kernel == kernel; });
+  };
+  EXPECT_GT(count("dropout_mask"), 0);
+  EXPECT_EQ(count("keyed_dropout"), 0);
+  EXPECT_LT(fb->arenaBytes, arenaBytes("g3moe_lora_r16"));
+  StepResult separate = runStep("g3moe_lora_r16"), inside = runStep("g3moe_lora_r16_masked");
+  EXPECT_EQ(separate.loss, inside.loss);
+  ASSERT_GT(separate.grads.size(), 10u);
+  for (const auto &[param, g] : separate.grads)
+    EXPECT_EQ(g, inside.grads[param]) << param;
+}
+
 /// A step with its feed-forward blocks tiled against the same step whole.
 /// Without LoRA dropout, so that no chunk draws a mask, a tiled step computes
 /// the same function: the forward is row by row either way; a weight's

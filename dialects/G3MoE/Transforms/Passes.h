@@ -34,7 +34,7 @@ void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
 
 /// The rewrites of --g3moe-fuse-dropout: keyed_dropout from a draw, and
 /// with `intoProducts` the keyed_dropouts moved into the LoRA products.
-void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns, bool intoProducts = true);
+void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns, bool intoProducts = false);
 
 /// The argument of `func` marked `g3moe.input = name` ("rng_key",
 /// "input_ids", ...), or null.

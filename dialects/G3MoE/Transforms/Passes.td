@@ -304,7 +304,7 @@ def G3MoEFuseDropoutPass : Pass<"g3moe-fuse-dropout", "mlir::ModuleOp"> {
     after --g3moe-regenerate-random, so that the backward's dropouts draw
     their masks too.
 
-    With `into-products` (the default) a keyed_dropout then moves into the
+    With `into-products` a keyed_dropout then moves into the
     LoRA products around it, where the low-rank kernels take them (bf16
     operands, a rank of 8, 16, 24 or 32, a wide side of a multiple of 8):
     a `g3moe.dropout_mask` draws its keep-mask as bits, once (the backward's
@@ -318,7 +318,7 @@ def G3MoEFuseDropoutPass : Pass<"g3moe-fuse-dropout", "mlir::ModuleOp"> {
     mask is 1/16 of its bytes.
   }];
   let options = [
-    Option<"intoProducts", "into-products", "bool", "true",
+    Option<"intoProducts", "into-products", "bool", "false",
            "move each keyed_dropout into the LoRA products that read or write it">,
   ];
   let dependentDialects = ["::g3moe::G3MoEDialect"];

@@ -1,10 +1,10 @@
 // --g3moe-fuse-dropout: a dropout of a [0, 1) draw becomes a keyed_dropout
 // with the draw's key and stream, and the draw goes; a draw on other bounds
-// (input jitter) stays. Then (into-products, the default) the keyed_dropouts
-// move into the LoRA products the low-rank kernels take.
-// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout=into-products=false | FileCheck %s
-// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout | FileCheck %s --check-prefix=INTO
-// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout=into-products=false | FileCheck %s --check-prefix=SEPARATE
+// (input jitter) stays. With into-products the keyed_dropouts then move into
+// the LoRA products the low-rank kernels take.
+// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout | FileCheck %s
+// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout=into-products=true | FileCheck %s --check-prefix=INTO
+// RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout | FileCheck %s --check-prefix=SEPARATE
 
 // CHECK-LABEL: func.func @forward_backward
 func.func @forward_backward(%x: tensor<8x4xbf16>, %dy: tensor<8x4xbf16>, %key: tensor<2xi64>)
