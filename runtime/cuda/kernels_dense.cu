@@ -213,7 +213,7 @@ Status lowRankLinearGradWeight(const KernelArgs &args, const RowGroups &g, const
                                const DropMask &mask, bool &done) {
   Scratch scratch = scratchOf(contextOf(args));
   done = lowRankFits(dy.dtype, x.dtype, std::min(in, out), std::max(in, out)) &&
-         lowRankWeightGradFits(g, out, in, scratch.bytes) && (!mask.bits || out < in);
+         lowRankWeightGradFits(g, out, in, scratch.bytes) && (!mask.bits || out <= kMaxLowRank);
   if (!done)
     return mask.bits ? noMaskedPath(args) : Status();
   cudaError_t e = lowRankWeightGrad(contextOf(args).stream, g, dy.data, out, x.data, in, dw.data,

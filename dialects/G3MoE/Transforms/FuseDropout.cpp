@@ -58,7 +58,7 @@ struct FuseKeyedDropout : OpRewritePattern<DropoutOp> {
 /// Whether the low-rank kernels take a product of operands `a` and `b` with
 /// narrow side `narrow` (the rank) and wide side `wide`: bf16 operands, a
 /// rank of 8, 16, 24 or 32 and a wide side of a multiple of 8. Only these
-/// draw a fused mask on the GPU (runtime/cuda/lowrank_products.h).
+/// apply a fused mask on the GPU (runtime/cuda/lowrank_products.h).
 bool lowRankKernelsTake(Value a, Value b, int64_t narrow, int64_t wide) {
   auto bf16 = [](Value v) { return cast<RankedTensorType>(v.getType()).getElementType().isBF16(); };
   return bf16(a) && bf16(b) && narrow % 8 == 0 && narrow >= 8 && narrow <= 32 && wide % 8 == 0;
