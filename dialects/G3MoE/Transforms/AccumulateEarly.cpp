@@ -80,10 +80,7 @@ struct G3MoEAccumulateEarlyPass
     SmallVector<Accumulation> sums = accumulations(micro);
     if (sums.empty())
       return;
-    DenseMap<Operation *, unsigned> order;
-    unsigned index = 0;
-    for (Operation &op : body)
-      order[&op] = index++;
+    DenseMap<Operation *, unsigned> order = opOrder(body);
     // Where each gradient is made; a gradient that is an argument or made
     // in another block stays where it is summed.
     auto madeAt = [&](Value g) -> Operation * {

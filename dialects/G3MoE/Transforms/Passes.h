@@ -12,6 +12,7 @@
 #include "mlir/Dialect/Func/IR/FuncOps.h"
 #include "mlir/IR/PatternMatch.h"
 #include "mlir/Pass/Pass.h"
+#include "llvm/ADT/DenseMap.h"
 
 #include <optional>
 
@@ -48,6 +49,9 @@ std::optional<int64_t> inputTokenCount(mlir::func::FuncOp func);
 /// The op of `fb`'s body that defines its loss (its first result), or null:
 /// the forward of @forward_backward ends there, the backward follows it.
 mlir::Operation *lossBoundary(mlir::func::FuncOp fb);
+
+/// Each op of `block` by its position, first 0: which of two ops comes first.
+llvm::DenseMap<mlir::Operation *, unsigned> opOrder(mlir::Block &block);
 
 /// A random stream no draw of `module` uses yet: one past the largest.
 int64_t nextFreeStream(mlir::ModuleOp module);

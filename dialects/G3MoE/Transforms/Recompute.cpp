@@ -67,10 +67,8 @@ class Recomputation {
 public:
   Recomputation(func::FuncOp fb, Operation *lossOp, ArrayRef<std::string> scopes,
                 ArrayRef<std::string> checkpoints)
-      : scopes(scopes), checkpoints(checkpoints), builder(fb.getContext()) {
-    unsigned index = 0;
-    for (Operation &op : fb.getBody().front())
-      order[&op] = index++;
+      : scopes(scopes), checkpoints(checkpoints), builder(fb.getContext()),
+        order(opOrder(fb.getBody().front())) {
     backwardStart = order[lossOp] + 1;
   }
 

@@ -45,10 +45,7 @@ struct G3MoERegenerateRandomPass
     Operation *backwardStart = lossOp->getNextNode();
     if (!backwardStart)
       return;
-    DenseMap<Operation *, unsigned> order;
-    unsigned index = 0;
-    for (Operation &o : body)
-      order[&o] = index++;
+    DenseMap<Operation *, unsigned> order = opOrder(body);
     const unsigned backwardIndex = order[backwardStart];
 
     OpBuilder b(fb.getContext());

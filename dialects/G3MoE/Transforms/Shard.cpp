@@ -193,10 +193,7 @@ struct G3MoEShardPass : g3moe::impl::G3MoEShardPassBase<G3MoEShardPass> {
     Operation *lossOp = lossBoundary(fb);
     if (!lossOp)
       return;
-    DenseMap<Operation *, unsigned> order;
-    unsigned index = 0;
-    for (Operation &op : body)
-      order[&op] = index++;
+    DenseMap<Operation *, unsigned> order = opOrder(body);
     const unsigned backwardStart = order[lossOp] + 1;
     OpBuilder b(fb.getContext());
     for (BroadcastOp receipt : received) {

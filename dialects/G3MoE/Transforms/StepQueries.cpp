@@ -1,8 +1,8 @@
 //===- StepQueries.cpp - what passes read off a step module ---------------===//
 //
 // Small lookups several passes share: the entry point's named inputs, the
-// micro-batch's token count, where the backward starts, and the first random
-// stream no draw uses.
+// micro-batch's token count, where the backward starts, the order of a
+// block's ops, and the first random stream no draw uses.
 //
 //===----------------------------------------------------------------------===//
 
@@ -29,6 +29,14 @@ Operation *g3moe::lossBoundary(func::FuncOp fb) {
   Block &body = fb.getBody().front();
   Operation *loss = body.getTerminator()->getOperand(0).getDefiningOp();
   return loss && loss->getBlock() == &body ? loss : nullptr;
+}
+
+DenseMap<Operation *, unsigned> g3moe::opOrder(Block &block) {
+  DenseMap<Operation *, unsigned> order;
+  unsigned index = 0;
+  for (Operation &op : block)
+    order[&op] = index++;
+  return order;
 }
 
 int64_t g3moe::nextFreeStream(ModuleOp module) {

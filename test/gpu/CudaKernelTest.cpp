@@ -1,0 +1,587 @@
+//===- CudaKernelTest.cpp - CUDA kernels against the CPU, call by call ---===//
+//
+// Differential tests of single CUDA kernels on shapes the tiny steps do not
+// reach (several tiles, model-sized rows, many tensors): the LM head, the
+// LoRA-rank and grouped expert products (with addends, low-rank terms and
+// dropout masks), the norms, the random draws and AdamW, each against the
+// CPU reference kernel with the same inputs. Part of G3MoECudaStepTests.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/base/random.h"
+#include "test/gpu/GpuTesting.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+using namespace g3rt;
+using namespace g3moe_test;
+
+namespace {
+
+/// The fused LM head + cross-entropy on shapes large enough for several row
+/// blocks and vocabulary chunks (the tiny steps fit in one tile), against the
+/// CPU reference kernel.
+TEST(CudaKernels, FusedHeadLossAcrossTiles) {
+  const int64_t rows = 2048, H = 64, V = 40000;
+  std::vector<uint8_t> xb, tb, gb, nb, lb, dxb, dtb;
+  TensorView x = hostTensor(DType::BF16, {rows, H}, xb),
+             table = hostTensor(DType::BF16, {V, H}, tb),
+             targets = hostTensor(DType::I32, {rows}, gb), n = hostTensor(DType::F32, {}, nb),
+             loss = hostTensor(DType::F32, {}, lb), dx = hostTensor(DType::BF16, {rows, H}, dxb),
+             dt = hostTensor(DType::F32, {V, H}, dtb);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x.store(i, 2 * uniformAt(1, 0, 0, uint64_t(i)) - 1);
+  for (int64_t i = 0; i < table.numel(); ++i)
+    table.store(i, 0.2f * (2 * uniformAt(1, 0, 1, uint64_t(i)) - 1));
+  for (int64_t r = 0; r < rows; ++r)
+    targets.i32()[r] = r % 7 == 0 ? -100 : int32_t(uniformAt(1, 0, 2, uint64_t(r)) * V);
+  n.store(0, float(rows));
+  KernelAttrs attrs;
+  attrs.set("ignore_index", AttrValue::ofInt(-100));
+  attrs.set("softcap", AttrValue::ofFloat(30.0));
+
+  auto runBoth = [&](const char *name, std::vector<TensorView> in, std::vector<TensorView> out) {
+    Status st;
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, out, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (size_t i = 0; i < ratios.size(); ++i)
+      EXPECT_LE(ratios[i], 1.0) << name << " output " << i;
+  };
+  runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss});
+  std::vector<uint8_t> gradb;
+  TensorView grad = hostTensor(DType::F32, {}, gradb);
+  grad.store(0, 1.0f);
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx, dt});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad}, {dx});
+  // With the forward's per-row logsumexp (the CPU's), which the backward
+  // then takes instead of its own first sweep.
+  std::vector<uint8_t> lseb;
+  TensorView lse = hostTensor(DType::F32, {rows}, lseb);
+  runBoth("lm_head_cross_entropy", {x, table, targets, n}, {loss, lse});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad, lse}, {dx, dt});
+  runBoth("lm_head_cross_entropy_grad", {x, table, targets, n, grad, lse}, {dx});
+  // Forward and input gradient in one pass (the running-max rescaling across
+  // the chunks), with another seed, in bf16 and in fp32.
+  grad.store(0, 0.5f);
+  runBoth("lm_head_cross_entropy_and_grad", {x, table, targets, n, grad}, {loss, dx});
+  std::vector<uint8_t> x32b, t32b, dx32b;
+  TensorView x32 = hostTensor(DType::F32, {rows, H}, x32b),
+             table32 = hostTensor(DType::F32, {V, H}, t32b),
+             dx32 = hostTensor(DType::F32, {rows, H}, dx32b);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    x32.store(i, x.load(i));
+  for (int64_t i = 0; i < table.numel(); ++i)
+    table32.store(i, table.load(i));
+  runBoth("lm_head_cross_entropy_and_grad", {x32, table32, targets, n, grad}, {loss, dx32});
+}
+
+
+/// The LoRA-sized products (lowrank_products.cu) of the expert and dense
+/// linear layers against the CPU: every rank the low-rank kernels take, both
+/// weight layouts, an expert without rows, rows past the last expert, experts
+/// spanning several row chunks, a wide side that is not a multiple of the
+/// kernels' tiles, and addends (there and on the cuBLAS path).
+TEST(CudaKernels, LowRankProductsMatchTheCPU) {
+  const int64_t M = 1500, W = 264, E = 3;
+  const std::vector<int32_t> offsets = {0, 700, 700, 1400};
+  RandomTensors random(0);
+  std::vector<uint8_t> ob;
+  TensorView off = hostTensor(DType::I32, {E + 1}, ob);
+  std::memcpy(off.data, offsets.data(), ob.size());
+  KernelAttrs attrs;
+  auto check = [&](const char *name, std::vector<TensorView> in, TensorView out, int64_t r) {
+    Status st;
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, attrs, in, {out}, st);
+    ASSERT_TRUE(st.ok()) << name << ": " << st.message();
+    EXPECT_LE(ratios[0], 1.0) << name << " with rank " << r << ", result of " << out.shape.size()
+                              << " dims, last " << out.shape.back();
+  };
+  for (int64_t r : {int64_t(8), int64_t(16), int64_t(24), int64_t(32)}) {
+    std::vector<uint8_t> b[12];
+    TensorView xWide = random(DType::BF16, {M, W}, b[0]), xRank = random(DType::BF16, {M, r}, b[1]);
+    TensorView wRankByWide = random(DType::BF16, {E, r, W}, b[2]),
+               wWideByRank = random(DType::BF16, {E, W, r}, b[3]);
+    TensorView yRank = hostTensor(DType::BF16, {M, r}, b[4]),
+               yWide = hostTensor(DType::BF16, {M, W}, b[5]);
+    // x·Aᵀ and u·Bᵀ, and their input gradients.
+    check("expert_linear", {xWide, off, wRankByWide}, yRank, r);
+    check("expert_linear", {xRank, off, wWideByRank}, yWide, r);
+    check("expert_linear_grad_input", {xWide, off, wWideByRank}, yRank, r);
+    check("expert_linear_grad_input", {xRank, off, wRankByWide}, yWide, r);
+    // dA and dB.
+    TensorView dA = hostTensor(DType::F32, {E, r, W}, b[6]),
+               dB = hostTensor(DType::F32, {E, W, r}, b[7]);
+    check("expert_linear_grad_weight", {xRank, off, xWide}, dA, r);
+    check("expert_linear_grad_weight", {xWide, off, xRank}, dB, r);
+    // The dense layers: one group of all rows, with a batch dimension.
+    TensorView x3 = random(DType::BF16, {2, 750, W}, b[8]),
+               u3 = random(DType::BF16, {2, 750, r}, b[9]);
+    TensorView a = random(DType::BF16, {r, W}, b[10]), bw = random(DType::BF16, {W, r}, b[11]);
+    std::vector<uint8_t> c[6];
+    check("linear", {x3, a}, hostTensor(DType::BF16, {2, 750, r}, c[0]), r);
+    check("linear", {u3, bw}, hostTensor(DType::BF16, {2, 750, W}, c[1]), r);
+    check("linear_grad_input", {x3, bw}, hostTensor(DType::BF16, {2, 750, r}, c[2]), r);
+    check("linear_grad_input", {u3, a}, hostTensor(DType::BF16, {2, 750, W}, c[3]), r);
+    check("linear_grad_weight", {u3, x3}, hostTensor(DType::F32, {r, W}, c[4]), r);
+    check("linear_grad_weight", {x3, u3}, hostTensor(DType::F32, {W, r}, c[5]), r);
+    // With an addend (--g3moe-fuse-linear-add), which rows past the last
+    // expert get as they are.
+    std::vector<uint8_t> d[8];
+    TensorView addWide = random(DType::BF16, {M, W}, d[0]),
+               addRank = random(DType::BF16, {M, r}, d[1]);
+    check("expert_linear", {xRank, off, wWideByRank, addWide}, yWide, r);
+    check("expert_linear_grad_input", {xRank, off, wRankByWide, addWide}, yWide, r);
+    check("expert_linear", {xWide, off, wRankByWide, addRank}, yRank, r);
+    check("expert_linear_grad_input", {xWide, off, wWideByRank, addRank}, yRank, r);
+    TensorView add3 = random(DType::BF16, {2, 750, W}, d[2]);
+    check("linear", {u3, bw, add3}, hostTensor(DType::BF16, {2, 750, W}, d[3]), r);
+    check("linear_grad_input", {u3, a, add3}, hostTensor(DType::BF16, {2, 750, W}, d[4]), r);
+  }
+  // Products cuBLAS takes (no rank-sized side), with an addend.
+  std::vector<uint8_t> b[6];
+  TensorView x = random(DType::BF16, {M, W}, b[0]), w = random(DType::BF16, {E, W, W}, b[1]),
+             add = random(DType::BF16, {M, W}, b[2]), y = hostTensor(DType::BF16, {M, W}, b[3]);
+  check("expert_linear", {x, off, w, add}, y, W);
+  check("expert_linear_grad_input", {x, off, w, add}, y, W);
+  TensorView wd = random(DType::BF16, {W, W}, b[4]);
+  check("linear", {x, wd, add}, y, W);
+  check("linear_grad_input", {x, wd, add}, y, W);
+}
+
+/// The LoRA products with a dropout inside (--g3moe-fuse-dropout): the A
+/// product and the A gradients with the input masked as it is read, the
+/// input gradients through A with the result masked as it is written, from
+/// a dropout_mask's bits, on the low-rank kernels, give the bytes of
+/// keyed_dropout and the plain product on the GPU, and the CPU's fused
+/// products within tolerance; rows of no expert get zeros. The GPU's masks
+/// are the CPU's, bit for bit.
+TEST(CudaKernels, ProductsWithDropoutAreKeyedDropoutAndTheProduct) {
+  const int64_t M = 1500, W = 264, E = 3;
+  const std::vector<int32_t> offsets = {0, 700, 700, 1400};
+  RandomTensors random(7);
+  std::vector<uint8_t> ob, kb, mb, gb;
+  TensorView off = hostTensor(DType::I32, {E + 1}, ob);
+  std::memcpy(off.data, offsets.data(), ob.size());
+  TensorView key = hostTensor(DType::I64, {2}, kb);
+  key.i64()[0] = 0x5eed1234;
+  key.i64()[1] = 11;
+  KernelAttrs fused, draw, none;
+  fused.set("dropout_p", AttrValue::ofFloat(0.1));
+  draw.set("stream", AttrValue::ofInt(6));
+  draw.set("p", AttrValue::ofFloat(0.1));
+  // One mask covers every tensor below (M·W elements at most).
+  const int64_t words = (M * W + 31) / 32;
+  TensorView mask = hostTensor(DType::I32, {words}, mb);
+  {
+    KernelArgs args;
+    args.name = "dropout_mask";
+    args.attrs = &draw;
+    args.inputs = {key};
+    args.outputs = {mask};
+    Status st = cpu::findCpuKernel("dropout_mask")(args);
+    ASSERT_TRUE(st.ok()) << st.message();
+    st = runOnGpu("dropout_mask", draw, {key}, {hostTensor(DType::I32, {words}, gb)});
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_EQ(mb, gb) << "dropout_mask";
+  }
+  auto keyedDropout = [&](const TensorView &x, const TensorView &y) {
+    KernelArgs args;
+    args.name = "keyed_dropout";
+    args.attrs = &draw;
+    args.inputs = {x, key};
+    args.outputs = {y};
+    Status st = cpu::findCpuKernel("keyed_dropout")(args);
+    ASSERT_TRUE(st.ok()) << st.message();
+  };
+  // `masked`: the input the dropout reads, or -1 for the result.
+  auto expectUnfused = [&](const char *name, std::vector<TensorView> in, int masked,
+                           const TensorView &out) {
+    SCOPED_TRACE(std::string(name) + (masked < 0 ? ", result masked" : ", input masked"));
+    std::vector<TensorView> withMask = in;
+    withMask.push_back(mask);
+    std::vector<uint8_t> fb, ub, db;
+    Status st = runOnGpu(name, fused, withMask, {hostTensor(out.dtype, out.shape, fb)});
+    ASSERT_TRUE(st.ok()) << st.message();
+    TensorView unfused = hostTensor(out.dtype, out.shape, ub);
+    if (masked >= 0) {
+      TensorView dropped = hostTensor(in[size_t(masked)].dtype, in[size_t(masked)].shape, db);
+      keyedDropout(in[size_t(masked)], dropped);
+      in[size_t(masked)] = dropped;
+    }
+    st = runOnGpu(name, none, in, {unfused});
+    ASSERT_TRUE(st.ok()) << st.message();
+    if (masked < 0)
+      keyedDropout(unfused, unfused);
+    EXPECT_EQ(fb, ub);
+    std::vector<double> ratios = gpuErrorsAgainstCpu(name, fused, withMask, {out}, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_LE(ratios[0], 1.0);
+  };
+  for (int64_t r : {int64_t(8), int64_t(16), int64_t(32)}) {
+    SCOPED_TRACE("rank " + std::to_string(r));
+    std::vector<uint8_t> b[12];
+    TensorView x = random(DType::BF16, {M, W}, b[0]), dh = random(DType::BF16, {M, r}, b[1]);
+    TensorView a = random(DType::BF16, {E, r, W}, b[2]);
+    expectUnfused("expert_linear", {x, off, a}, 0, hostTensor(DType::BF16, {M, r}, b[3]));
+    expectUnfused("expert_linear_grad_weight", {dh, off, x}, 2,
+                  hostTensor(DType::F32, {E, r, W}, b[4]));
+    expectUnfused("expert_linear_grad_input", {dh, off, a}, -1,
+                  hostTensor(DType::BF16, {M, W}, b[5]));
+    TensorView x3 = random(DType::BF16, {2, 750, W}, b[6]),
+               dh3 = random(DType::BF16, {2, 750, r}, b[7]), a2 = random(DType::BF16, {r, W}, b[8]);
+    expectUnfused("linear", {x3, a2}, 0, hostTensor(DType::BF16, {2, 750, r}, b[9]));
+    expectUnfused("linear_grad_weight", {dh3, x3}, 1, hostTensor(DType::F32, {r, W}, b[10]));
+    expectUnfused("linear_grad_input", {dh3, a2}, -1, hostTensor(DType::BF16, {2, 750, W}, b[11]));
+  }
+  // A product the low-rank kernels do not take refuses a dropout by name.
+  std::vector<uint8_t> c[3];
+  TensorView xf = random(DType::F32, {64, W}, c[0]), af = random(DType::F32, {8, W}, c[1]);
+  Status st = runOnGpu("linear", fused, {xf, af, mask}, {hostTensor(DType::F32, {64, 8}, c[2])});
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("needs the low-rank kernels"), std::string::npos) << st.message();
+}
+
+/// The grouped expert products (one launch for all experts) on splits with
+/// empty experts, experts smaller than a tile and rows past the last
+/// expert, sizes that are not multiples of the tiles, bf16 and fp32
+/// results, with and without an addend, on the tensor cores and on the
+/// plain kernel; offsets that are not a valid split make every row NaN.
+TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
+  ScopedEnv env("G3MOE_EXPERT_GEMM", "grouped");
+  RandomTensors random(100);
+  KernelAttrs attrs;
+  struct Case {
+    int64_t M, K, N;
+    std::vector<int32_t> offsets;
+  };
+  const Case cases[] = {{600, 2560, 384, {0, 5, 5, 300, 599}},
+                        {777, 200, 136, {0, 300, 300, 700}},
+                        {130, 64, 1024, {0, 0, 130}},
+                        {300, 12, 40, {0, 100, 300}}, // the plain kernel (K not a multiple of 8)
+                        {2048, 512, 256, {0, 500, 628, 1300, 1301, 1500, 1750, 2000, 2048}}};
+  for (const Case &c : cases)
+    for (DType yt : {DType::BF16, DType::F32})
+      for (bool withAddend : {false, true}) {
+        SCOPED_TRACE("M " + std::to_string(c.M) + ", K " + std::to_string(c.K) + ", N " +
+                     std::to_string(c.N) + ", " + std::string(dtypeName(yt)) +
+                     (withAddend ? ", addend" : ""));
+        const int64_t E = int64_t(c.offsets.size()) - 1;
+        std::vector<uint8_t> b[8];
+        TensorView off = hostTensor(DType::I32, {E + 1}, b[0]);
+        std::memcpy(off.data, c.offsets.data(), b[0].size());
+        TensorView x = random(DType::BF16, {c.M, c.K}, b[1]);
+        TensorView wNK = random(DType::BF16, {E, c.N, c.K}, b[2]);
+        TensorView dy = random(DType::BF16, {c.M, c.N}, b[3]);
+        TensorView add = random(yt, {c.M, c.N}, b[4]), addK = random(yt, {c.M, c.K}, b[5]);
+        TensorView y = hostTensor(yt, {c.M, c.N}, b[6]), dx = hostTensor(yt, {c.M, c.K}, b[7]);
+        std::vector<TensorView> fwd = {x, off, wNK}, bwd = {dy, off, wNK};
+        if (withAddend)
+          fwd.push_back(add), bwd.push_back(addK);
+        Status st;
+        std::vector<double> r = gpuErrorsAgainstCpu("expert_linear", attrs, fwd, {y}, st);
+        ASSERT_TRUE(st.ok()) << st.message();
+        EXPECT_LE(r[0], 1.0) << "expert_linear";
+        r = gpuErrorsAgainstCpu("expert_linear_grad_input", attrs, bwd, {dx}, st);
+        ASSERT_TRUE(st.ok()) << st.message();
+        EXPECT_LE(r[0], 1.0) << "expert_linear_grad_input";
+      }
+  // The weight gradient of a LoRA rank of 4 (the plain kernel; ranks of 8
+  // to 32 take the low-rank kernels).
+  {
+    std::vector<uint8_t> b[4];
+    const std::vector<int32_t> offsets = {0, 0, 37, 300};
+    TensorView off = hostTensor(DType::I32, {4}, b[0]);
+    std::memcpy(off.data, offsets.data(), b[0].size());
+    TensorView dy = random(DType::BF16, {300, 4}, b[1]), x = random(DType::BF16, {300, 40}, b[2]);
+    TensorView dw = hostTensor(DType::F32, {3, 4, 40}, b[3]);
+    Status st;
+    std::vector<double> r =
+        gpuErrorsAgainstCpu("expert_linear_grad_weight", attrs, {dy, off, x}, {dw}, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_LE(r[0], 1.0) << "expert_linear_grad_weight";
+  }
+  // A split past the row count: every row NaN, nothing written out of bounds.
+  std::vector<uint8_t> b[4];
+  const int64_t M = 300, K = 64, N = 64;
+  TensorView off = hostTensor(DType::I32, {3}, b[0]);
+  const int32_t bad[3] = {0, 200, 400};
+  std::memcpy(off.data, bad, sizeof(bad));
+  TensorView x = random(DType::BF16, {M, K}, b[1]), w = random(DType::BF16, {2, N, K}, b[2]);
+  std::unique_ptr<cuda::CudaExecutor> ex;
+  static const StepProgram empty;
+  ASSERT_TRUE(cuda::CudaExecutor::create(empty, 0, ex).ok());
+  TensorView dx = x, doff = off, dw = w, dy = hostTensor(DType::BF16, {M, N}, b[3]);
+  TensorView hy = dy;
+  for (TensorView *t : {&dx, &doff, &dw, &dy})
+    ASSERT_EQ(cudaMalloc(&t->data, t->bytes()), cudaSuccess);
+  ASSERT_TRUE(ex->toDevice(dx, x.data).ok());
+  ASSERT_TRUE(ex->toDevice(doff, off.data).ok());
+  ASSERT_TRUE(ex->toDevice(dw, w.data).ok());
+  Status st = ex->runKernel("expert_linear", attrs, {dx, doff, dw}, {dy});
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_TRUE(ex->toHost(dy, hy.data).ok());
+  for (int64_t i = 0; i < hy.numel(); ++i)
+    ASSERT_TRUE(std::isnan(hy.load(i))) << "element " << i;
+  for (TensorView *t : {&dx, &doff, &dw, &dy})
+    cudaFree(t->data);
+}
+
+/// Expert products with a LoRA term (--g3moe-fuse-linear-add): on the tensor
+/// cores the term joins the grouped kernel's accumulation (ranks 8 to 32,
+/// zeros past the rank), elsewhere (per-expert cuBLAS, a rank of 4) it is a
+/// second product adding into the result; both against the CPU, forward
+/// and input gradient, with and without an addend, on splits with empty
+/// experts, rows past the last expert and sizes that are not multiples of
+/// the tiles.
+TEST(CudaKernels, ExpertProductsWithLowRankTermsMatchTheCPU) {
+  RandomTensors random(200);
+  KernelAttrs attrs;
+  struct Case {
+    int64_t M, K, N;
+    std::vector<int32_t> offsets;
+  };
+  const Case cases[] = {{600, 2560, 384, {0, 5, 5, 300, 599}},
+                        {777, 200, 136, {0, 300, 300, 700}},
+                        {2048, 512, 256, {0, 500, 628, 1300, 1301, 1500, 1750, 2000, 2048}}};
+  for (const char *experts : {"grouped", "cublas"}) {
+    ScopedEnv env("G3MOE_EXPERT_GEMM", experts);
+    for (const Case &c : cases)
+      for (int64_t r : {int64_t(4), int64_t(8), int64_t(16), int64_t(24), int64_t(32)})
+        for (bool withAddend : {false, true}) {
+          SCOPED_TRACE(std::string(experts) + ", M " + std::to_string(c.M) + ", K " +
+                       std::to_string(c.K) + ", N " + std::to_string(c.N) + ", rank " +
+                       std::to_string(r) + (withAddend ? ", addend" : ""));
+          const int64_t E = int64_t(c.offsets.size()) - 1;
+          std::vector<uint8_t> b[11];
+          TensorView off = hostTensor(DType::I32, {E + 1}, b[0]);
+          std::memcpy(off.data, c.offsets.data(), b[0].size());
+          TensorView x = random(DType::BF16, {c.M, c.K}, b[1]);
+          TensorView w = random(DType::BF16, {E, c.N, c.K}, b[2]);
+          TensorView dy = random(DType::BF16, {c.M, c.N}, b[3]);
+          TensorView h = random(DType::BF16, {c.M, r}, b[4]);
+          TensorView loraB = random(DType::BF16, {E, c.N, r}, b[5]);
+          TensorView loraA = random(DType::BF16, {E, r, c.K}, b[6]);
+          TensorView add = random(DType::BF16, {c.M, c.N}, b[7]);
+          TensorView addK = random(DType::BF16, {c.M, c.K}, b[8]);
+          TensorView y = hostTensor(DType::BF16, {c.M, c.N}, b[9]);
+          TensorView dx = hostTensor(DType::BF16, {c.M, c.K}, b[10]);
+          std::vector<TensorView> fwd = {x, off, w}, bwd = {dy, off, w};
+          if (withAddend)
+            fwd.push_back(add), bwd.push_back(addK);
+          fwd.insert(fwd.end(), {h, loraB});
+          bwd.insert(bwd.end(), {h, loraA});
+          Status st;
+          std::vector<double> e = gpuErrorsAgainstCpu("expert_linear", attrs, fwd, {y}, st);
+          ASSERT_TRUE(st.ok()) << st.message();
+          EXPECT_LE(e[0], 1.0) << "expert_linear";
+          e = gpuErrorsAgainstCpu("expert_linear_grad_input", attrs, bwd, {dx}, st);
+          ASSERT_TRUE(st.ok()) << st.message();
+          EXPECT_LE(e[0], 1.0) << "expert_linear_grad_input";
+        }
+  }
+}
+
+/// rms_norm and its gradient on rows wider than the tiny steps' (a block per
+/// row) and on QK-norm-sized rows (a warp per row), bf16 activations.
+TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
+  for (int64_t D : {int64_t(2560), int64_t(256), int64_t(40)}) {
+    const int64_t rows = 3000;
+    std::vector<uint8_t> xb, wb, gb, yb, dxb, dwb;
+    TensorView x = hostTensor(DType::BF16, {rows, D}, xb), w = hostTensor(DType::F32, {D}, wb),
+               g = hostTensor(DType::BF16, {rows, D}, gb),
+               y = hostTensor(DType::BF16, {rows, D}, yb),
+               dx = hostTensor(DType::BF16, {rows, D}, dxb), dw = hostTensor(DType::F32, {D}, dwb);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      x.store(i, 4 * uniformAt(5, 0, 0, uint64_t(i)) - 2);
+      g.store(i, 2 * uniformAt(5, 0, 1, uint64_t(i)) - 1);
+    }
+    for (int64_t i = 0; i < D; ++i)
+      w.store(i, 0.5f * uniformAt(5, 0, 2, uint64_t(i)) - 0.25f);
+    KernelAttrs attrs;
+    attrs.set("eps", AttrValue::ofFloat(1e-6));
+    Status st;
+    for (double r : gpuErrorsAgainstCpu("rms_norm", attrs, {x, w}, {y}, st))
+      EXPECT_LE(r, 1.0) << "rms_norm, D " << D;
+    ASSERT_TRUE(st.ok()) << st.message();
+    std::vector<double> ratios =
+        gpuErrorsAgainstCpu("rms_norm_grad", attrs, {x, w, g}, {dx, dw}, st);
+    ASSERT_TRUE(st.ok()) << st.message();
+    EXPECT_LE(ratios[0], 1.0) << "rms_norm_grad dx, D " << D;
+    EXPECT_LE(ratios[1], 1.0) << "rms_norm_grad dw, D " << D;
+  }
+}
+
+/// Runs kernel `name`, whose one output is `outType` [n], on the CPU and on
+/// the GPU; `cpu` and `gpu` receive the output bytes of each.
+void runOnBoth(const char *name, const KernelAttrs &attrs, const std::vector<TensorView> &in,
+               DType outType, int64_t n, std::vector<uint8_t> &cpu, std::vector<uint8_t> &gpu) {
+  KernelArgs args;
+  args.name = name;
+  args.attrs = &attrs;
+  args.inputs = in;
+  args.outputs = {hostTensor(outType, {n}, cpu)};
+  Status s = cpu::findCpuKernel(name)(args);
+  ASSERT_TRUE(s.ok()) << name << ": " << s.message();
+  s = runOnGpu(name, attrs, in, {hostTensor(outType, {n}, gpu)});
+  ASSERT_TRUE(s.ok()) << name << ": " << s.message();
+}
+
+/// keyed_dropout's masks on the GPU are the CPU's, bit for bit: the vector
+/// kernel (bf16 and f32, sizes with a partial last Philox block) and the
+/// generic one (an f32 input into a bf16 output); random_uniform (the vector
+/// kernel for f32 outputs of 4k elements) and convert (four at a time where
+/// both sides allow it) likewise.
+TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
+  const std::vector<uint8_t> keyBytes = [] {
+    std::vector<uint8_t> b(16);
+    int64_t k[2] = {0x5eed5eed1234, 7};
+    std::memcpy(b.data(), k, 16);
+    return b;
+  }();
+  TensorView key;
+  key.dtype = DType::I64;
+  key.shape = {2};
+  key.data = const_cast<uint8_t *>(keyBytes.data());
+  KernelAttrs dropout, draw, none;
+  dropout.set("stream", AttrValue::ofInt(9));
+  dropout.set("p", AttrValue::ofFloat(0.05));
+  draw.set("stream", AttrValue::ofInt(4));
+  draw.set("low", AttrValue::ofFloat(0.99));
+  draw.set("high", AttrValue::ofFloat(1.01));
+  struct Case {
+    DType in, out;
+    int64_t n;
+  };
+  for (Case c : {Case{DType::BF16, DType::BF16, 16384 * 40 + 3}, Case{DType::F32, DType::F32, 4099},
+                 Case{DType::F32, DType::BF16, 1001}, Case{DType::F32, DType::BF16, 16384 * 40},
+                 Case{DType::BF16, DType::F32, 4096}}) {
+    SCOPED_TRACE(std::string(dtypeName(c.in)) + " -> " + std::string(dtypeName(c.out)) + ", " +
+                 std::to_string(c.n));
+    std::vector<uint8_t> xb, cpu, gpu;
+    TensorView x = hostTensor(c.in, {c.n}, xb);
+    for (int64_t i = 0; i < c.n; ++i)
+      x.store(i, 4 * uniformAt(3, 0, 0, uint64_t(i)) - 2);
+
+    runOnBoth("keyed_dropout", dropout, {x, key}, c.out, c.n, cpu, gpu);
+    TensorView y;
+    y.dtype = c.out;
+    y.shape = {c.n};
+    y.data = cpu.data();
+    int64_t dropped = 0;
+    for (int64_t i = 0; i < c.n; ++i)
+      dropped += y.load(i) == 0.0f;
+    EXPECT_GT(dropped, c.n / 40) << "about 5 % of the elements are dropped";
+    EXPECT_EQ(cpu, gpu) << "keyed_dropout";
+
+    runOnBoth("random_uniform", draw, {key}, DType::F32, c.n, cpu, gpu);
+    EXPECT_EQ(cpu, gpu) << "random_uniform";
+    runOnBoth("convert", none, {x}, c.out, c.n, cpu, gpu);
+    EXPECT_EQ(cpu, gpu) << "convert";
+  }
+}
+
+/// The fused norms on G3MoE-4B's shapes (a block per 2560-wide row; QK-norm
+/// heads of 256 on the register kernels) and on shapes only the unfused
+/// kernels take (heads of 40, fp32), against the CPU.
+TEST(CudaKernels, FusedNormsMatchTheCPU) {
+  KernelAttrs attrs;
+  attrs.set("eps", AttrValue::ofFloat(1e-6));
+  attrs.set("theta", AttrValue::ofFloat(1e6));
+  attrs.set("scaling_factor", AttrValue::ofFloat(8));
+  uint64_t stream = 0;
+  auto filled = [&](DType t, std::vector<int64_t> shape, std::vector<uint8_t> &b, float scale) {
+    TensorView v = hostTensor(t, std::move(shape), b);
+    ++stream;
+    for (int64_t i = 0; i < v.numel(); ++i)
+      v.store(i, scale * (2 * uniformAt(7, 0, stream, uint64_t(i)) - 1));
+    return v;
+  };
+  for (int64_t H : {int64_t(2560), int64_t(64)}) {
+    std::vector<uint8_t> b[8];
+    TensorView a = filled(DType::BF16, {700, H}, b[0], 2),
+               r = filled(DType::BF16, {700, H}, b[1], 2),
+               w = filled(DType::BF16, {H}, b[2], 0.25f),
+               sum = hostTensor(DType::BF16, {700, H}, b[3]),
+               y = hostTensor(DType::BF16, {700, H}, b[4]),
+               dx = hostTensor(DType::BF16, {700, H}, b[5]), dw = hostTensor(DType::F32, {H}, b[6]);
+    Status st;
+    for (double e : gpuErrorsAgainstCpu("add_rms_norm", attrs, {a, r, w}, {sum, y}, st))
+      EXPECT_LE(e, 1.0) << "add_rms_norm, H " << H;
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (double e : gpuErrorsAgainstCpu("rms_norm_grad", attrs, {a, w, r, sum}, {dx, dw}, st))
+      EXPECT_LE(e, 1.0) << "rms_norm_grad with an addend, H " << H;
+    ASSERT_TRUE(st.ok()) << st.message();
+  }
+  struct Heads {
+    DType type;
+    int64_t n, d;
+  };
+  // Heads narrower than a warp's 256 columns leave lanes idle.
+  for (Heads h :
+       {Heads{DType::BF16, 8, 256}, Heads{DType::BF16, 4, 256}, Heads{DType::BF16, 4, 16},
+        Heads{DType::BF16, 2, 128}, Heads{DType::BF16, 3, 40}, Heads{DType::F32, 2, 32}}) {
+    const int64_t B = 2, T = 300;
+    std::vector<uint8_t> b[7];
+    TensorView x = filled(h.type, {B, T, h.n, h.d}, b[0], 3),
+               g = filled(h.type, {B, T, h.n, h.d}, b[1], 1),
+               w = filled(DType::BF16, {h.d}, b[2], 0.25f),
+               pos = hostTensor(DType::I32, {B, T}, b[3]),
+               y = hostTensor(h.type, {B, T, h.n, h.d}, b[4]),
+               dx = hostTensor(h.type, {B, T, h.n, h.d}, b[5]),
+               dw = hostTensor(DType::F32, {h.d}, b[6]);
+    for (int64_t i = 0; i < B * T; ++i)
+      pos.i32()[i] = int32_t(i % T * 37); // positions up to ~11K
+    Status st;
+    for (double e : gpuErrorsAgainstCpu("rms_norm_rope", attrs, {x, w, pos}, {y}, st))
+      EXPECT_LE(e, 1.0) << "rms_norm_rope, heads " << h.n << " x " << h.d;
+    ASSERT_TRUE(st.ok()) << st.message();
+    for (double e : gpuErrorsAgainstCpu("rms_norm_rope_grad", attrs, {x, w, pos, g}, {dx, dw}, st))
+      EXPECT_LE(e, 1.0) << "rms_norm_rope_grad, heads " << h.n << " x " << h.d;
+    ASSERT_TRUE(st.ok()) << st.message();
+  }
+}
+
+/// The multi-tensor AdamW over more tensors than one launch takes (LoRA's
+/// 204 at G3MoE-4B scale): every element as the CPU computes it.
+TEST(CudaKernels, AdamWOverManyTensorsMatchesTheCPU) {
+  const int n = 97;
+  std::vector<std::vector<uint8_t>> storage(size_t(4 * n + 3 + 3 * n));
+  std::vector<TensorView> in, out;
+  for (int role = 0; role < 4; ++role)
+    for (int k = 0; k < n; ++k) {
+      TensorView t = hostTensor(DType::F32, {int64_t(1 + 517 * (k % 13))}, storage[in.size()]);
+      for (int64_t i = 0; i < t.numel(); ++i) {
+        float u = uniformAt(9, uint64_t(role), uint64_t(k), uint64_t(i));
+        t.store(i, role == 3 ? 0.01f * u : 2 * u - 1);
+      }
+      in.push_back(t);
+    }
+  TensorView step = hostTensor(DType::I64, {}, storage[in.size()]);
+  step.i64()[0] = 7;
+  in.push_back(step);
+  for (float v : {1e-3f, 0.5f}) {
+    TensorView s = hostTensor(DType::F32, {}, storage[in.size()]);
+    s.store(0, v);
+    in.push_back(s);
+  }
+  for (int role = 0; role < 3; ++role)
+    for (int k = 0; k < n; ++k)
+      out.push_back(hostTensor(DType::F32, in[size_t(k)].shape, storage[in.size() + out.size()]));
+  KernelAttrs attrs;
+  attrs.set("beta1", AttrValue::ofFloat(0.9));
+  attrs.set("beta2", AttrValue::ofFloat(0.999));
+  attrs.set("epsilon", AttrValue::ofFloat(1e-8));
+  attrs.set("weight_decay", AttrValue::ofFloat(0.01));
+  Status st;
+  std::vector<double> errors = gpuErrorsAgainstCpu("adamw", attrs, in, out, st);
+  ASSERT_TRUE(st.ok()) << st.message();
+  ASSERT_EQ(errors.size(), out.size());
+  for (size_t i = 0; i < errors.size(); ++i)
+    EXPECT_LE(errors[i], 1.0) << "output " << i;
+}
+
+} // namespace
