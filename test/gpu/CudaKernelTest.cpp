@@ -79,7 +79,6 @@ TEST(CudaKernels, FusedHeadLossAcrossTiles) {
   runBoth("lm_head_cross_entropy_and_grad", {x32, table32, targets, n, grad}, {loss, dx32});
 }
 
-
 /// The LoRA-sized products (lowrank_products.cu) of the expert and dense
 /// linear layers against the CPU: every rank the low-rank kernels take, both
 /// weight layouts, an expert without rows, rows past the last expert, experts

@@ -1,13 +1,15 @@
 //===- GpuTesting.h - helpers for CUDA-vs-CPU tests -------------*- C++ -*-===//
 //
-// The tolerance test every GPU comparison uses, and a runner that gives one
-// kernel the same inputs on the CPU reference and on the CUDA backend.
+// The tolerance test every GPU comparison uses, a runner that gives one
+// kernel the same inputs on the CPU reference and on the CUDA backend, and
+// the random host tensors and environment settings the tests share.
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef G3MOE_TEST_GPU_GPUTESTING_H
 #define G3MOE_TEST_GPU_GPUTESTING_H
 
+#include "runtime/base/random.h"
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/cuda/cuda_executor.h"
 #include "runtime/kernels/kernel.h"
@@ -55,6 +57,27 @@ inline TensorView hostTensor(DType t, std::vector<int64_t> shape, std::vector<ui
   v.data = bytes.data();
   return v;
 }
+
+/// Sets an environment variable for its lifetime (read when executors are
+/// created), also when an assertion leaves the test early.
+struct ScopedEnv {
+  const char *name;
+  ScopedEnv(const char *n, const char *value) : name(n) { setenv(n, value, 1); }
+  ~ScopedEnv() { unsetenv(name); }
+};
+
+/// Host tensors of uniform values in [-1, 1), each from its own stream.
+struct RandomTensors {
+  uint64_t stream;
+  explicit RandomTensors(uint64_t first) : stream(first) {}
+  TensorView operator()(DType t, std::vector<int64_t> shape, std::vector<uint8_t> &bytes) {
+    TensorView v = hostTensor(t, std::move(shape), bytes);
+    ++stream;
+    for (int64_t i = 0; i < v.numel(); ++i)
+      v.store(i, 2 * uniformAt(9, 0, stream, uint64_t(i)) - 1);
+    return v;
+  }
+};
 
 /// Runs CUDA kernel `name` (with G3MOE_CUDA_ATTENTION=`attention` when
 /// given) on device copies of `in` and copies its outputs into `out`.
