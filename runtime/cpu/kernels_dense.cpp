@@ -170,12 +170,12 @@ void applyMask(const ProductDropout &drop, const TensorView &t, const TensorView
 /// before the product, or to its result after it (`masked` < 0). `had`
 /// says whether the call had a dropout (and was run here).
 Status runWithDropout(const KernelArgs &args, KernelFn product, int masked, bool &had) {
-  ProductDropout drop;
-  KernelArgs plain;
-  KernelAttrs plainAttrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(args, drop, plain, plainAttrs));
-  if (!(had = drop.mask != nullptr))
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(args, split));
+  if (!(had = split.drop.mask != nullptr))
     return Status();
+  const ProductDropout &drop = split.drop;
+  KernelArgs &plain = split.plain;
   if (masked < 0) {
     G3RT_RETURN_IF_ERROR(product(plain));
     const TensorView &y = plain.outputs[0];

@@ -228,16 +228,15 @@ RowGroups expertGroups(const TensorView &offsets, int64_t experts, int64_t rows)
 } // namespace
 
 Status linearKernel(const KernelArgs &call) {
-  ProductDropout drop;
-  KernelArgs args;
-  KernelAttrs attrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
   DropMask mask;
-  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, x.numel(), mask));
   bool done = false;
   G3RT_RETURN_IF_ERROR(lowRankProduct(args, {nullptr, DType::I32, 1, M}, x, in, w, true, out, y,
                                       shape, mask, {}, done));
@@ -250,16 +249,15 @@ Status linearKernel(const KernelArgs &call) {
 }
 
 Status linearGradInputKernel(const KernelArgs &call) {
-  ProductDropout drop;
-  KernelArgs args;
-  KernelAttrs attrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   DropMask mask;
-  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, dx.numel(), mask));
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, dx.numel(), mask));
   bool done = false;
   G3RT_RETURN_IF_ERROR(lowRankProduct(args, {nullptr, DType::I32, 1, M}, dy, out, w, false, in, dx,
                                       shape, {}, mask, done));
@@ -272,16 +270,15 @@ Status linearGradInputKernel(const KernelArgs &call) {
 }
 
 Status linearGradWeightKernel(const KernelArgs &call) {
-  ProductDropout drop;
-  KernelArgs args;
-  KernelAttrs attrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &dy = args.inputs[0], &x = args.inputs[1], &dw = args.outputs[0];
   DropMask mask;
-  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, x.numel(), mask));
   bool done = false;
   G3RT_RETURN_IF_ERROR(
       lowRankLinearGradWeight(args, {nullptr, DType::I32, 1, M}, dy, x, dw, in, out, mask, done));
@@ -439,47 +436,44 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
 } // namespace
 
 Status expertLinearKernel(const KernelArgs &call) {
-  ProductDropout drop;
-  KernelArgs args;
-  KernelAttrs attrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinear(args, shape));
   const TensorView &x = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   DropMask mask;
-  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, x.numel(), mask));
   // y[M, out] = x[M, in]·W[e]ᵀ per expert
   return expertProduct(args, shape, x, shape.in, off, w, /*transposed=*/true, shape.out,
                        args.outputs[0], mask);
 }
 
 Status expertLinearGradInputKernel(const KernelArgs &call) {
-  ProductDropout drop;
-  KernelArgs args;
-  KernelAttrs attrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradInput(args, shape));
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   DropMask mask;
-  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, args.outputs[0].numel(), mask));
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, args.outputs[0].numel(), mask));
   // dx[M, in] = dy[M, out]·W[e] per expert
   return expertProduct(args, shape, dy, shape.out, off, w, /*transposed=*/false, shape.in,
                        args.outputs[0], {}, mask);
 }
 
 Status expertLinearGradWeightKernel(const KernelArgs &call) {
-  ProductDropout drop;
-  KernelArgs args;
-  KernelAttrs attrs;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(call, drop, args, attrs));
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradWeight(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
   DropMask mask;
-  G3RT_RETURN_IF_ERROR(dropMaskOf(args, drop, x.numel(), mask));
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, x.numel(), mask));
   bool done = false;
   G3RT_RETURN_IF_ERROR(
       lowRankLinearGradWeight(args, expertGroups(off, E, M), dy, x, dw, in, out, mask, done));

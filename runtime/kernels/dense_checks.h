@@ -245,14 +245,21 @@ struct ProductDropout {
   double p = 0;
 };
 
-/// Splits a product's call into its dropout and `plain`, the call without
-/// it: the mask input and `dropout_p` removed (`plainAttrs` holds the
-/// attributes `plain` points to). Without `dropout_p`, `plain` is a copy of
-/// `args`.
-inline Status splitProductDropout(const KernelArgs &args, ProductDropout &drop, KernelArgs &plain,
-                                  KernelAttrs &plainAttrs) {
-  plain = args;
-  drop = {};
+/// A product's call split from its dropout by splitProductDropout.
+struct SplitProduct {
+  ProductDropout drop;
+  /// With a dropout (drop.mask set): the call without the mask input and
+  /// `dropout_p`, its attributes in `plainAttrs`.
+  KernelArgs plain;
+  KernelAttrs plainAttrs;
+  /// The call the product runs: `plain` with a dropout, else `call` itself
+  /// (nothing is copied then).
+  const KernelArgs &args(const KernelArgs &call) const { return drop.mask ? plain : call; }
+};
+
+/// Reads a product's dropout (the mask, its last input, and `dropout_p`)
+/// into `out`; a call without `dropout_p` has none.
+inline Status splitProductDropout(const KernelArgs &args, SplitProduct &out) {
   if (!args.attrs || !args.attrs->find("dropout_p"))
     return Status();
   if (args.inputs.size() < 3)
@@ -267,10 +274,11 @@ inline Status splitProductDropout(const KernelArgs &args, ProductDropout &drop, 
                      std::string(dtypeName(mask.dtype)) + " " + shapeString(mask.shape));
   for (const auto &[name, value] : args.attrs->entries())
     if (name != "dropout_p")
-      plainAttrs.set(name, value);
-  plain.attrs = &plainAttrs;
-  plain.inputs.pop_back();
-  drop = {&mask, p};
+      out.plainAttrs.set(name, value);
+  out.plain = args;
+  out.plain.attrs = &out.plainAttrs;
+  out.plain.inputs.pop_back();
+  out.drop = {&mask, p};
   return Status();
 }
 
