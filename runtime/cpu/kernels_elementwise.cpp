@@ -322,6 +322,30 @@ Status dropoutMaskKernel(const KernelArgs &args) {
   return Status();
 }
 
+Status keyedJitterKernel(const KernelArgs &args) {
+  uint32_t s;
+  double low, high;
+  G3RT_RETURN_IF_ERROR(checkKeyedJitter(args, s, low, high));
+  const TensorView &key = args.inputs[1];
+  const DType type = args.inputs[0].dtype;
+  uint64_t seed = uint64_t(key.i64()[0]), counter = uint64_t(key.i64()[1]);
+  const double span = high - low;
+  // random_uniform's value, converted to the input's type as convert does,
+  // then mul's product.
+  auto factor = [type](float f) {
+    if (type == DType::BF16)
+      return roundToBF16(f);
+    return type == DType::F16 ? halfToFloat(floatToHalf(f)) : f;
+  };
+  mapBlocks<1, 1>(
+      {args.inputs[0]}, {args.outputs[0]}, [&](int64_t begin, int64_t n, auto src, auto dst) {
+        UniformReader u(seed, counter, s);
+        for (int64_t i = 0; i < n; ++i)
+          dst[0][i] = src[0][i] * factor(float(low + span * double(u(uint64_t(begin + i)))));
+      });
+  return Status();
+}
+
 Status geluTanhMulKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
   G3RT_RETURN_IF_ERROR(

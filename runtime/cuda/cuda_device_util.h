@@ -84,6 +84,13 @@ __device__ __forceinline__ void storeFloat4(void *p, DType t, int64_t j, float4 
   }
 }
 
+/// v rounded to float type t and back, as storing and loading it would.
+__device__ __forceinline__ float roundFloat(DType t, float v) {
+  if (t == DType::BF16)
+    return __bfloat162float(__float2bfloat16(v));
+  return t == DType::F16 ? __half2float(__float2half(v)) : v;
+}
+
 __device__ __forceinline__ int64_t loadIndex(const void *p, DType t, int64_t i) {
   return t == DType::I64 ? static_cast<const int64_t *>(p)[i]
                          : int64_t(static_cast<const int32_t *>(p)[i]);

@@ -198,30 +198,56 @@ __global__ void keyedDropoutDevice(Ref x, const int64_t *key, uint32_t stream, M
   });
 }
 
-// keyedDropoutDevice for an input and output of one type T (bf16 or f32)
-// whose data are 16-byte aligned: the four elements of a Philox block move
-// in one vector access each way, with the type fixed at compile time. The
-// per-element dispatch and two-byte accesses of the generic kernel made the
-// [16384, 10240] masks of an 8K step take 2.5x the time of their traffic.
-template <DType T>
-__global__ void keyedDropoutVecDevice(const void *x, const int64_t *key, uint32_t stream, void *y,
-                                      float threshold, float scale, int64_t n) {
+// For an input and output of one type T (bf16 or f32) whose data are
+// 16-byte aligned: y[i] = f(x[i], the Philox bits of element i), the four
+// elements of a Philox block moved in one vector access each way with the
+// type fixed at compile time. The per-element dispatch and two-byte accesses
+// of the generic kernels made the [16384, 10240] dropout masks of an 8K step
+// take 2.5x the time of their traffic.
+template <DType T, typename F>
+__device__ __forceinline__ void keyedMapVec(const void *x, const int64_t *key, uint32_t stream,
+                                            void *y, int64_t n, F f) {
   const uint64_t seed = uint64_t(key[0]), counter = uint64_t(key[1]);
   const int64_t blocks = (n + 3) / 4;
-  auto drop = [&](float v, uint32_t bits) {
-    return uniformFromBits(bits) >= threshold ? __fmul_rn(v, scale) : 0.0f;
-  };
   for (int64_t b = globalThread(); b < blocks; b += gridStride()) {
     Philox4x32Block r = randomBlock(seed, counter, stream, uint64_t(b));
     if (4 * b + 4 <= n) {
       float4 v = loadFloat4(x, T, b);
-      storeFloat4(y, T, b,
-                  {drop(v.x, r.v[0]), drop(v.y, r.v[1]), drop(v.z, r.v[2]), drop(v.w, r.v[3])});
+      storeFloat4(y, T, b, {f(v.x, r.v[0]), f(v.y, r.v[1]), f(v.z, r.v[2]), f(v.w, r.v[3])});
     } else {
       for (int64_t i = 4 * b; i < n; ++i)
-        storeFloat(y, T, i, drop(loadFloat(x, T, i), r.v[i & 3]));
+        storeFloat(y, T, i, f(loadFloat(x, T, i), r.v[i & 3]));
     }
   }
+}
+
+template <DType T>
+__global__ void keyedDropoutVecDevice(const void *x, const int64_t *key, uint32_t stream, void *y,
+                                      float threshold, float scale, int64_t n) {
+  keyedMapVec<T>(x, key, stream, y, n, [&](float v, uint32_t bits) {
+    return uniformFromBits(bits) >= threshold ? __fmul_rn(v, scale) : 0.0f;
+  });
+}
+
+// random_uniform's value on [low, low + span), rounded to the input's type
+// as convert does, times x as mul does.
+__device__ __forceinline__ float jitterOf(float v, DType t, double low, double span, float u) {
+  return __fmul_rn(v, roundFloat(t, float(low + span * double(u))));
+}
+
+__global__ void keyedJitterDevice(Ref x, const int64_t *key, uint32_t stream, MutRef y, double low,
+                                  double span, int64_t n) {
+  forEachDraw(key, stream, n, [&](int64_t i, float u) {
+    storeFloat(y.data, y.dtype, i, jitterOf(loadFloat(x.data, x.dtype, i), x.dtype, low, span, u));
+  });
+}
+
+template <DType T>
+__global__ void keyedJitterVecDevice(const void *x, const int64_t *key, uint32_t stream, void *y,
+                                     double low, double span, int64_t n) {
+  keyedMapVec<T>(x, key, stream, y, n, [&](float v, uint32_t bits) {
+    return jitterOf(v, T, low, span, uniformFromBits(bits));
+  });
 }
 
 // keyedDropoutDevice's comparisons as bits: each thread draws the eight
@@ -525,6 +551,30 @@ Status keyedDropoutKernel(const KernelArgs &args) {
     keyedDropoutDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), float(p),
                                                   dropoutScale(p), n);
   G3RT_CUDA_CHECK_LAUNCH(args, "keyed_dropout");
+  return Status();
+}
+
+Status keyedJitterKernel(const KernelArgs &args) {
+  uint32_t stream;
+  double low, high;
+  G3RT_RETURN_IF_ERROR(checkKeyedJitter(args, stream, low, high));
+  int64_t n = args.outputs[0].numel();
+  if (n == 0)
+    return Status();
+  const TensorView &x = args.inputs[0], &y = args.outputs[0];
+  const auto *key = static_cast<const int64_t *>(args.inputs[1].data);
+  const unsigned grid = cappedGrid((n + 3) / 4);
+  cudaStream_t cs = contextOf(args).stream;
+  const bool vector = aligned16(x) && aligned16(y);
+  if (vector && x.dtype == DType::BF16)
+    keyedJitterVecDevice<DType::BF16>
+        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, low, high - low, n);
+  else if (vector && x.dtype == DType::F32)
+    keyedJitterVecDevice<DType::F32>
+        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, low, high - low, n);
+  else
+    keyedJitterDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), low, high - low, n);
+  G3RT_CUDA_CHECK_LAUNCH(args, "keyed_jitter");
   return Status();
 }
 

@@ -176,6 +176,26 @@ inline Status checkKeyedDropout(const KernelArgs &args, uint32_t &stream, double
   return Status();
 }
 
+/// keyed_jitter: a float input and output of one type and size, an i64 [2]
+/// key, a stream and low < high.
+inline Status checkKeyedJitter(const KernelArgs &args, uint32_t &stream, double &low,
+                               double &high) {
+  G3RT_RETURN_IF_ERROR(checkCounts(args, 2, 1));
+  const TensorView &x = args.inputs[0], &key = args.inputs[1], &y = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkFloatOperands(args, {&x, &y}));
+  if (x.dtype != y.dtype || x.numel() != y.numel())
+    return args.fail("input " + std::string(dtypeName(x.dtype)) + " " + shapeString(x.shape) +
+                     " and output " + std::string(dtypeName(y.dtype)) + " " + shapeString(y.shape) +
+                     " differ");
+  G3RT_RETURN_IF_ERROR(checkRandomStream(args, key, y.numel(), stream));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("low", low));
+  G3RT_RETURN_IF_ERROR(args.requireFloat("high", high));
+  if (!(low < high))
+    return args.fail("requires low < high, got [" + std::to_string(low) + ", " +
+                     std::to_string(high) + ")");
+  return Status();
+}
+
 /// dropout_mask: an i64 [2] key in, an i32 [words] mask out, one bit per
 /// element of one random stream; a stream and p in [0, 1).
 inline Status checkDropoutMask(const KernelArgs &args, uint32_t &stream, double &p) {

@@ -433,7 +433,7 @@ void runOnBoth(const char *name, const KernelAttrs &attrs, const std::vector<Ten
 /// kernel (bf16 and f32, sizes with a partial last Philox block) and the
 /// generic one (an f32 input into a bf16 output); random_uniform (the vector
 /// kernel for f32 outputs of 4k elements) and convert (four at a time where
-/// both sides allow it) likewise.
+/// both sides allow it) likewise, and keyed_jitter (bf16 and f32).
 TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
   const std::vector<uint8_t> keyBytes = [] {
     std::vector<uint8_t> b(16);
@@ -480,6 +480,10 @@ TEST(CudaKernels, RandomDrawsAndConversionsAreTheCPUs) {
     EXPECT_EQ(cpu, gpu) << "random_uniform";
     runOnBoth("convert", none, {x}, c.out, c.n, cpu, gpu);
     EXPECT_EQ(cpu, gpu) << "convert";
+    if (c.in == c.out) {
+      runOnBoth("keyed_jitter", draw, {x, key}, c.out, c.n, cpu, gpu);
+      EXPECT_EQ(cpu, gpu) << "keyed_jitter";
+    }
   }
 }
 

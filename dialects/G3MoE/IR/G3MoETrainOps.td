@@ -82,6 +82,29 @@ def G3MoE_KeyedDropoutOp : G3MoE_Op<"keyed_dropout", [Pure]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_KeyedJitterOp : G3MoE_Op<"keyed_jitter", [Pure]> {
+  let summary = "multiplicative noise that draws its own factors";
+  let description = [{
+    `mul(input, convert(random_uniform(key) {stream, low, high}))`, the
+    router's input jitter, with each element's factor drawn inside the
+    kernel, rounded to the input's element type and multiplied there: the
+    same values, bit for bit, without the fp32 draws or their conversion.
+    Linear in `input`, so the backward's product with the same factors is a
+    keyed_jitter of the incoming gradient. Made by --g3moe-fuse-dropout
+    after differentiation; never differentiated itself.
+
+    ```mlir
+    %y = g3moe.keyed_jitter %x, %key {stream = 0 : i64, low = 0.99 : f64, high = 1.01 : f64}
+        : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
+    ```
+  }];
+  let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_RandomKey:$key, I64Attr:$stream,
+                       F64Attr:$low, F64Attr:$high);
+  let results = (outs G3MoE_FloatTensor:$result);
+  let assemblyFormat = "$input `,` $key attr-dict `:` functional-type(operands, results)";
+  let hasVerifier = 1;
+}
+
 def G3MoE_DropoutMaskOp : G3MoE_Op<"dropout_mask", [Pure]> {
   let summary = "the keep-mask of a keyed_dropout, one bit per element";
   let description = [{

@@ -5,7 +5,9 @@
 // that read them took a fifth of an H100's step time, and at 120K the draw
 // of one down_proj input is a 9.4 GiB buffer. keyed_dropout makes each
 // element's draw where it uses it, from the same key and stream, so the
-// values are those of the two ops it replaces.
+// values are those of the two ops it replaces. The router's input jitter
+// (a draw, its conversion and a product: three passes over [T, H] in the
+// forward and again in the backward) becomes one keyed_jitter the same way.
 //
 // A keyed_dropout still writes the dropped input, as large as the input,
 // and LoRA keeps it for the A gradient. Moved into the products that read
@@ -52,6 +54,28 @@ struct FuseKeyedDropout : OpRewritePattern<DropoutOp> {
                                                 draw.getKey(), draw.getStreamAttr(),
                                                 dropout.getPAttr());
     return success();
+  }
+};
+
+/// mul(x, convert(random_uniform(key) {stream, low, high})), the draw on
+/// either side and its conversion absent in fp32,
+///   -> keyed_jitter(x, key) {stream, low, high}.
+struct FuseKeyedJitter : OpRewritePattern<MulOp> {
+  using OpRewritePattern::OpRewritePattern;
+  LogicalResult matchAndRewrite(MulOp mul, PatternRewriter &rewriter) const override {
+    for (unsigned side : {0u, 1u}) {
+      Value factor = mul->getOperand(side);
+      if (auto convert = factor.getDefiningOp<ConvertOp>())
+        factor = convert.getInput();
+      auto draw = factor.getDefiningOp<RandomUniformOp>();
+      if (!draw)
+        continue;
+      rewriter.replaceOpWithNewOp<KeyedJitterOp>(mul, mul.getType(), mul->getOperand(1 - side),
+                                                 draw.getKey(), draw.getStreamAttr(),
+                                                 draw.getLowAttr(), draw.getHighAttr());
+      return success();
+    }
+    return rewriter.notifyMatchFailure(mul, "neither factor is a random_uniform");
   }
 };
 
@@ -189,7 +213,7 @@ struct G3MoEFuseDropoutPass : g3moe::impl::G3MoEFuseDropoutPassBase<G3MoEFuseDro
 } // namespace
 
 void g3moe::populateFuseDropoutPatterns(RewritePatternSet &patterns, bool intoProducts) {
-  patterns.add<FuseKeyedDropout>(patterns.getContext());
+  patterns.add<FuseKeyedDropout, FuseKeyedJitter>(patterns.getContext());
   if (intoProducts)
     patterns.add<DropoutIntoProductInput<LinearOp>, DropoutIntoProductInput<ExpertLinearOp>,
                  DropoutIntoProductInput<LinearGradWeightOp>,

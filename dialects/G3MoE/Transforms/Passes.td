@@ -295,14 +295,17 @@ def G3MoERegenerateRandomPass : Pass<"g3moe-regenerate-random", "mlir::ModuleOp"
 }
 
 def G3MoEFuseDropoutPass : Pass<"g3moe-fuse-dropout", "mlir::ModuleOp"> {
-  let summary = "dropouts draw their own keep-masks instead of reading a uniform draw";
+  let summary = "dropouts and the input jitter draw their own random numbers instead of reading a uniform draw";
   let description = [{
     Every `g3moe.dropout` whose uniform operand is a `g3moe.random_uniform`
     on [0, 1) becomes a `g3moe.keyed_dropout` with that draw's key and
     stream: the same values, without the fp32 draw, as large as the input,
     being written and read. The draws left without readers are erased. Runs
     after --g3moe-regenerate-random, so that the backward's dropouts draw
-    their masks too.
+    their masks too. Likewise every `g3moe.mul` by a (converted)
+    `g3moe.random_uniform`, the router's input jitter, becomes a
+    `g3moe.keyed_jitter` that draws, rounds and multiplies each factor where
+    it uses it.
 
     With `into-products` a keyed_dropout then moves into the
     LoRA products around it, where the low-rank kernels take them (bf16

@@ -37,8 +37,8 @@ namespace {
 /// and the receipt of a ZeRO-3 parameter from its owner (isReceivedAgain).
 bool isRecomputable(Operation *op) {
   return isa<LinearOp, ExpertLinearOp, GeluTanhMulOp, AddOp, MulOp, ScaleOp, ConvertOp, DropoutOp,
-             KeyedDropoutOp, DropoutMaskOp, RandomUniformOp, ReshapeOp, ParamOp, SplitRowsOp,
-             ConcatRowsOp, MoEDispatchOp, BroadcastOp>(op);
+             KeyedDropoutOp, KeyedJitterOp, DropoutMaskOp, RandomUniformOp, ReshapeOp, ParamOp,
+             SplitRowsOp, ConcatRowsOp, MoEDispatchOp, BroadcastOp>(op);
 }
 
 /// A broadcast has effects (it waits for the other processes), but one

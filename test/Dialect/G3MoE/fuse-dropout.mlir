@@ -1,7 +1,8 @@
 // --g3moe-fuse-dropout: a dropout of a [0, 1) draw becomes a keyed_dropout
 // with the draw's key and stream, and the draw goes; a draw on other bounds
-// (input jitter) stays. With into-products the keyed_dropouts then move into
-// the LoRA products the low-rank kernels take.
+// stays under a dropout. A product with a (converted) draw, the input
+// jitter, becomes a keyed_jitter. With into-products the keyed_dropouts then
+// move into the LoRA products the low-rank kernels take.
 // RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout | FileCheck %s
 // RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout=into-products=true | FileCheck %s --check-prefix=INTO
 // RUN: g3moe-opt %s --split-input-file --g3moe-fuse-dropout | FileCheck %s --check-prefix=SEPARATE
@@ -23,6 +24,35 @@ func.func @forward_backward(%x: tensor<8x4xbf16>, %dy: tensor<8x4xbf16>, %key: t
   // CHECK-NOT: stream = 7
   // CHECK: return %[[Y]], %[[D]]
   return %y, %d, %z : tensor<8x4xbf16>, tensor<8x4xbf16>, tensor<8x4xbf16>
+}
+
+// -----
+
+// The input jitter and its gradient: each product with the converted draw
+// (on either side) becomes a keyed_jitter with the draw's key, stream and
+// bounds; in fp32 the draw is the factor itself. The draws and the
+// conversion go; a product of two tensors stays.
+// CHECK-LABEL: func.func @jitter
+// CHECK: %[[Y:.*]] = g3moe.keyed_jitter %arg0, %arg3 {high = 1.250000e+00 : f64, low = 7.500000e-01 : f64, stream = 2 : i64} : (tensor<8x4xbf16>, tensor<2xi64>) -> tensor<8x4xbf16>
+// CHECK: %[[D:.*]] = g3moe.keyed_jitter %arg1, %arg3 {high = 1.250000e+00 : f64, low = 7.500000e-01 : f64, stream = 2 : i64}
+// CHECK: %[[F:.*]] = g3moe.keyed_jitter %arg2, %arg3 {high = 1.500000e+00 : f64, low = 5.000000e-01 : f64, stream = 3 : i64} : (tensor<8x4xf32>, tensor<2xi64>) -> tensor<8x4xf32>
+// CHECK: %[[P:.*]] = g3moe.mul %arg0, %arg1
+// CHECK-NOT: random_uniform
+// CHECK-NOT: g3moe.convert
+// CHECK: return %[[Y]], %[[D]], %[[F]], %[[P]]
+func.func @jitter(%x: tensor<8x4xbf16>, %dy: tensor<8x4xbf16>, %xf: tensor<8x4xf32>,
+                  %key: tensor<2xi64>)
+    -> (tensor<8x4xbf16>, tensor<8x4xbf16>, tensor<8x4xf32>, tensor<8x4xbf16>) {
+  %u = g3moe.random_uniform %key {stream = 2 : i64, low = 0.75 : f64, high = 1.25 : f64}
+      : (tensor<2xi64>) -> tensor<8x4xf32>
+  %c = g3moe.convert %u : tensor<8x4xf32> -> tensor<8x4xbf16>
+  %y = g3moe.mul %x, %c : tensor<8x4xbf16>
+  %d = g3moe.mul %c, %dy : tensor<8x4xbf16>
+  %v = g3moe.random_uniform %key {stream = 3 : i64, low = 0.5 : f64, high = 1.5 : f64}
+      : (tensor<2xi64>) -> tensor<8x4xf32>
+  %f = g3moe.mul %xf, %v : tensor<8x4xf32>
+  %p = g3moe.mul %x, %dy : tensor<8x4xbf16>
+  return %y, %d, %f, %p : tensor<8x4xbf16>, tensor<8x4xbf16>, tensor<8x4xf32>, tensor<8x4xbf16>
 }
 
 // -----

@@ -464,6 +464,22 @@ func.func @keyed_dropout_p(%x: tensor<4xbf16>, %key: tensor<2xi64>) {
 
 // -----
 
+func.func @keyed_jitter_bounds(%x: tensor<4xbf16>, %key: tensor<2xi64>) {
+  // expected-error @+1 {{requires low < high, got [1.010000e+00, 9.900000e-01)}}
+  %y = g3moe.keyed_jitter %x, %key {stream = 0 : i64, low = 1.01 : f64, high = 0.99 : f64} : (tensor<4xbf16>, tensor<2xi64>) -> tensor<4xbf16>
+  return
+}
+
+// -----
+
+func.func @keyed_jitter_type(%x: tensor<4xbf16>, %key: tensor<2xi64>) {
+  // expected-error @+1 {{result type must equal the input type}}
+  %y = g3moe.keyed_jitter %x, %key {stream = 0 : i64, low = 0.99 : f64, high = 1.01 : f64} : (tensor<4xbf16>, tensor<2xi64>) -> tensor<4xf32>
+  return
+}
+
+// -----
+
 func.func @dropout_mask_p(%key: tensor<2xi64>) {
   // expected-error @+1 {{p must be in [0, 1), got 1}}
   %m = g3moe.dropout_mask %key {stream = 0 : i64, p = 1.0 : f64} : (tensor<2xi64>) -> tensor<4xi32>

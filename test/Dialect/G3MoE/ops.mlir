@@ -215,6 +215,8 @@ func.func @training_ops(%x: tensor<32x64xbf16>, %u: tensor<32x64xf32>, %p: tenso
   %c = g3moe.dropout %b, %u {p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<32x64xf32>) -> tensor<32x64xbf16>
   // CHECK: g3moe.keyed_dropout {{.*}} {p = 5.000000e-02 : f64, stream = 4 : i64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
   %kd = g3moe.keyed_dropout %b, %key {stream = 4 : i64, p = 0.05 : f64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
+  // CHECK: g3moe.keyed_jitter {{.*}} {high = 1.250000e+00 : f64, low = 7.500000e-01 : f64, stream = 0 : i64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
+  %kj = g3moe.keyed_jitter %b, %key {stream = 0 : i64, low = 0.75 : f64, high = 1.25 : f64} : (tensor<32x64xbf16>, tensor<2xi64>) -> tensor<32x64xbf16>
   // CHECK: %[[M:.*]] = g3moe.dropout_mask {{.*}} {p = 5.000000e-02 : f64, stream = 4 : i64} : (tensor<2xi64>) -> tensor<64xi32>
   %m = g3moe.dropout_mask %key {stream = 4 : i64, p = 0.05 : f64} : (tensor<2xi64>) -> tensor<64xi32>
   %la = g3moe.param "lora_a" : tensor<8x64xbf16>

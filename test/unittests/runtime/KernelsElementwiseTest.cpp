@@ -307,6 +307,40 @@ TEST(ElementwiseKernels, KeyedDropoutIsDropoutOfItsDraw) {
                     "keyed_dropout", "outside [0, 1]");
 }
 
+TEST(ElementwiseKernels, KeyedJitterIsTheProductWithItsConvertedDraw) {
+  // Bit for bit random_uniform, convert to the input's type and mul, for
+  // each float type and a size that is not a multiple of four.
+  std::mt19937 rng(7);
+  for (DType dtype : {DType::F32, DType::BF16, DType::F16})
+    for (auto [low, high] : {std::pair(0.99, 1.01), std::pair(-2.0, 3.0)}) {
+      SCOPED_TRACE(std::string(dtypeName(dtype)) + " [" + std::to_string(low) + ", " +
+                   std::to_string(high) + ")");
+      Tensor x = randomTensor(dtype, {13, 7}, rng);
+      Tensor u = Tensor::f32({13, 7}), factor(dtype, {13, 7}), want(dtype, {13, 7}),
+             got(dtype, {13, 7});
+      KernelAttrs a = attrs({{"stream", AttrValue::ofInt(3)},
+                             {"low", AttrValue::ofFloat(low)},
+                             {"high", AttrValue::ofFloat(high)}});
+      EXPECT_OK(run("random_uniform", {key(41, 2)}, {u}, a));
+      EXPECT_OK(run("convert", {u}, {factor}));
+      EXPECT_OK(run("mul", {x, factor}, {want}));
+      EXPECT_OK(run("keyed_jitter", {x, key(41, 2)}, {got}, a));
+      EXPECT_EQ(got.values(), want.values());
+      EXPECT_NE(got.values(), x.values());
+    }
+  Tensor x(DType::BF16, {4}), y = Tensor::f32({4});
+  KernelAttrs a = attrs({{"stream", AttrValue::ofInt(0)},
+                         {"low", AttrValue::ofFloat(0.9)},
+                         {"high", AttrValue::ofFloat(1.1)}});
+  expectErrorNaming(run("keyed_jitter", {x, key(1, 2)}, {y}, a), "keyed_jitter", "differ");
+  Tensor z(DType::BF16, {4});
+  expectErrorNaming(run("keyed_jitter", {x, key(1, 2)}, {z},
+                        attrs({{"stream", AttrValue::ofInt(0)},
+                               {"low", AttrValue::ofFloat(1.1)},
+                               {"high", AttrValue::ofFloat(0.9)}})),
+                    "keyed_jitter", "low < high");
+}
+
 TEST(ElementwiseKernels, GeluTanhMulValues) {
   std::mt19937 rng(5);
   Tensor g = randomTensor(DType::F32, {4, 33}, rng, -4, 4),
