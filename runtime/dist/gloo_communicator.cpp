@@ -8,6 +8,7 @@
 
 #include "runtime/dist/gloo_communicator.h"
 
+#include "runtime/dist/collective_watchdog.h"
 #include "runtime/dist/tcp_store.h"
 
 #include <gloo/allreduce.h>
@@ -55,8 +56,14 @@ private:
 class GlooCommunicator final : public Communicator {
 public:
   GlooCommunicator(std::unique_ptr<TcpStore> store, std::shared_ptr<gloo::Context> context,
-                   std::chrono::milliseconds timeout)
-      : store_(std::move(store)), context_(std::move(context)), timeout_(timeout) {}
+                   const GlooOptions &options)
+      : store_(std::move(store)), context_(std::move(context)), timeout_(options.timeout) {
+    if (options.onStuck && size() > 1) {
+      TcpStore *s = store_.get();
+      watchdog_ = std::make_unique<CollectiveWatchdog>(
+          rank(), size(), [s] { return s->peerLeft(); }, options.onStuck);
+    }
+  }
 
   int rank() const override { return context_->rank; }
   int size() const override { return context_->size; }
@@ -105,13 +112,18 @@ private:
 
   /// Runs a collective, turning Gloo's exceptions into an error.
   template <typename F> Status guarded(const char *what, F &&run) {
+    if (watchdog_)
+      watchdog_->begin(what);
+    Status s;
     try {
       run();
-      return Status();
     } catch (const std::exception &e) {
-      return Status::error(std::string("the ") + what + " on rank " + std::to_string(rank()) +
-                           " of " + std::to_string(size()) + " failed: " + e.what());
+      s = Status::error(std::string("the ") + what + " on rank " + std::to_string(rank()) + " of " +
+                        std::to_string(size()) + " failed: " + e.what());
     }
+    if (watchdog_)
+      watchdog_->end();
+    return s;
   }
 
   /// Every rank issues the same collectives in the same order, so a counter
@@ -122,6 +134,8 @@ private:
   std::shared_ptr<gloo::Context> context_;
   std::chrono::milliseconds timeout_;
   uint32_t tag_ = 0;
+  /// After store_, which it reads: destroyed first.
+  std::unique_ptr<CollectiveWatchdog> watchdog_;
 };
 
 } // namespace
@@ -139,7 +153,7 @@ Status makeGlooCommunicator(const World &world, const GlooOptions &options,
     context->setTimeout(options.timeout);
     StoreAdapter adapter(*store);
     context->connectFullMesh(adapter, device);
-    out = std::make_unique<GlooCommunicator>(std::move(store), std::move(context), options.timeout);
+    out = std::make_unique<GlooCommunicator>(std::move(store), std::move(context), options);
     return Status();
   } catch (const std::exception &e) {
     return Status::error("rank " + std::to_string(world.rank) + " of " +

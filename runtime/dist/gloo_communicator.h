@@ -13,6 +13,7 @@
 #include "runtime/dist/world.h"
 
 #include <chrono>
+#include <functional>
 #include <string>
 
 namespace g3rt {
@@ -24,6 +25,11 @@ struct GlooOptions {
   /// The address this rank's transport binds to; empty: the address the
   /// machine's hostname resolves to (Gloo's default).
   std::string host;
+  /// Where set, a CollectiveWatchdog calls it with the error when a process
+  /// of the job left and a collective still waits on it 2 s later (a Gloo
+  /// race that would otherwise wait the whole timeout); it must end the
+  /// process, as nothing can wake that collective.
+  std::function<void(const std::string &)> onStuck;
 };
 
 /// Joins the job `world` describes and connects every pair of ranks. Fails,

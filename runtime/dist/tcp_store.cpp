@@ -79,6 +79,8 @@ struct TcpStore::Server {
   int listenFd = -1;
   std::chrono::milliseconds timeout{0};
   std::atomic<bool> stopping{false};
+  /// A connection ended while the store still served (a process left).
+  std::atomic<bool> peerLeft{false};
   std::mutex mutex;
   std::condition_variable changed;
   std::map<std::string, std::vector<char>> values;
@@ -87,6 +89,13 @@ struct TcpStore::Server {
   std::thread acceptor;
 
   void serve(int fd) {
+    answer(fd);
+    if (!stopping)
+      peerLeft = true;
+  }
+
+  /// Answers the requests on `fd` until it closes or fails.
+  void answer(int fd) {
     for (;;) {
       char op = 0;
       std::vector<char> key, value;
@@ -232,6 +241,15 @@ Status TcpStore::get(const std::string &key, std::vector<char> &value) {
     return Status::error("reading '" + key + "' from the rendezvous store at " + address_ +
                          " failed: rank 0 is gone");
   return Status();
+}
+
+bool TcpStore::peerLeft() const {
+  if (server_)
+    return server_->peerLeft;
+  // Only the rendezvous reads this connection: later, anything that makes
+  // it readable is rank 0 closing it.
+  pollfd p{fd_, POLLIN | POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) > 0 && (p.revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR));
 }
 
 int freeLocalPort() {

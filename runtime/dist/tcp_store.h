@@ -34,6 +34,12 @@ public:
   /// The value of `key`, waiting up to the timeout for some rank to set it.
   Status get(const std::string &key, std::vector<char> &value);
 
+  /// Whether the other end of the store has gone while the job runs: on
+  /// rank 0, which serves it, another process closed its connection; on
+  /// the others, rank 0 closed theirs. A process that dies closes its
+  /// sockets, so this tells its peers (CollectiveWatchdog).
+  bool peerLeft() const;
+
 private:
   TcpStore() = default;
   struct Server;

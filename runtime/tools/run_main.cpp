@@ -181,6 +181,13 @@ Status joinJob(const StepProgram &program, const World &world, RunFlags &f,
   GlooOptions gloo;
   if (const char *t = std::getenv("G3MOE_DIST_TIMEOUT_S"); t && std::atoi(t) > 0)
     gloo.timeout = std::chrono::seconds(std::atoi(t));
+  // Called on the watchdog's thread while this one is blocked in Gloo: the
+  // log so far is flushed, and the process ends as a failed collective would.
+  gloo.onStuck = [](const std::string &message) {
+    std::cout.flush();
+    std::cerr << "g3moe-run: error: " << message << std::endl;
+    std::_Exit(1);
+  };
   G3RT_RETURN_IF_ERROR(loadGlooCommunicator(world, gloo, comm));
   f.options.communicator = comm.get();
   f.options.placement.job = comm.get();

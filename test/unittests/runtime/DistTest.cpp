@@ -4,11 +4,13 @@
 // store between threads, and Gloo collectives between real processes
 // (forked before any thread starts): sums and broadcasts on 2 and 4 ranks,
 // sums packed into buckets on 3, and a rank that never arrives failing the
-// others within the timeout.
+// others within the timeout; the store telling a peer that left, and the
+// watchdog that ends a collective such a peer leaves waiting.
 //
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cpu/cpu_kernels.h"
+#include "runtime/dist/collective_watchdog.h"
 #include "runtime/dist/gloo_communicator.h"
 #include "runtime/dist/tcp_store.h"
 #include "runtime/dist/world.h"
@@ -149,6 +151,87 @@ TEST(TcpStore, NoServerIsAClearError) {
   Status s = TcpStore::open("127.0.0.1", freshPort(), false, std::chrono::milliseconds(200), store);
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("is rank 0 running"), std::string::npos) << s.message();
+}
+
+/// Polls `pred` for up to 5 s.
+bool becomes(const std::function<bool()> &pred) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return true;
+}
+
+TEST(TcpStore, APeerThatLeavesIsSeenFromBothSides) {
+  const int port = freshPort();
+  const auto timeout = std::chrono::seconds(5);
+  std::unique_ptr<TcpStore> server, client;
+  ASSERT_TRUE(TcpStore::open("127.0.0.1", port, true, timeout, server).ok());
+  ASSERT_TRUE(TcpStore::open("127.0.0.1", port, false, timeout, client).ok());
+  ASSERT_TRUE(client->set("k", {'v'}).ok());
+  std::vector<char> got;
+  ASSERT_TRUE(server->get("k", got).ok());
+  EXPECT_FALSE(server->peerLeft());
+  EXPECT_FALSE(client->peerLeft());
+  // A client that goes (a process that ended) is seen by the server...
+  client.reset();
+  EXPECT_TRUE(becomes([&] { return server->peerLeft(); }));
+  // ... and a server that goes by its clients.
+  ASSERT_TRUE(TcpStore::open("127.0.0.1", port, false, timeout, client).ok());
+  EXPECT_FALSE(client->peerLeft());
+  server.reset();
+  EXPECT_TRUE(becomes([&] { return client->peerLeft(); }));
+}
+
+TEST(CollectiveWatchdog, EndsOnlyACollectiveThatOutlivesALeftPeer) {
+  std::atomic<bool> left{false};
+  std::mutex mutex;
+  std::vector<std::string> reports;
+  CollectiveWatchdog dog(
+      0, 2, [&] { return left.load(); },
+      [&](const std::string &m) {
+        std::lock_guard<std::mutex> lock(mutex);
+        reports.push_back(m);
+      },
+      std::chrono::milliseconds(300));
+  auto reported = [&] {
+    std::lock_guard<std::mutex> lock(mutex);
+    return reports.size();
+  };
+  // A peer gone while nothing runs, then collectives that end within the
+  // grace after it: nothing is reported.
+  left = true;
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  for (int i = 0; i < 5; ++i) {
+    dog.begin("all-reduce");
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    dog.end();
+  }
+  EXPECT_EQ(reported(), 0u);
+  // One that outlives the grace is reported once, by name.
+  dog.begin("broadcast");
+  EXPECT_TRUE(becomes([&] { return reported() > 0; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  dog.end();
+  ASSERT_EQ(reported(), 1u);
+  EXPECT_NE(reports[0].find("the broadcast on rank 0 of 2 failed: a process of the job left"),
+            std::string::npos)
+      << reports[0];
+}
+
+TEST(CollectiveWatchdog, ReportsNothingWhileThePeersStay) {
+  std::atomic<int> calls{0};
+  {
+    CollectiveWatchdog dog(
+        1, 3, [] { return false; }, [&](const std::string &) { ++calls; },
+        std::chrono::milliseconds(100));
+    dog.begin("all-reduce");
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    dog.end();
+  }
+  EXPECT_EQ(calls.load(), 0);
 }
 
 GlooOptions localOptions(std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
