@@ -341,37 +341,21 @@ __global__ void rmsNormGradBF16Device(const void *x, const void *w, DType wt, co
   }
   auto teamSum = [](double v) { return WarpTeams ? warpSumAll(v) : blockSum(v); };
   int64_t r0 = int64_t(blockIdx.x) * rowsPerBlock, r1 = min(rows, r0 + rowsPerBlock);
-  const int64_t step = WarpTeams ? warps : 1;
-  // A row's loads are issued before the previous row's two team sums, so
-  // that their latency overlaps those (the kernel was latency-bound at
-  // about three times its traffic). The next row is the same thread's
-  // columns: reading it ahead keeps dx free to share dy's or the addend's
-  // buffer.
-  auto load = [&](int64_t r, float (&xv)[8], float (&g)[8], float (&a)[8]) {
-    if (!owns || r >= r1)
-      return;
-    loadBF16x8(x, r * D + c0, xv);
-    loadBF16x8(dy, r * D + c0, g);
-    if (addend)
-      loadBF16x8(addend, r * D + c0, a);
-  };
-  float xv[8] = {}, g[8] = {}, a[8] = {};
-  int64_t r = r0 + (WarpTeams ? warp : 0);
-  load(r, xv, g, a);
-  for (; r < r1; r += step) {
-    float nx[8] = {}, ng[8] = {}, na[8] = {}, dxv[8];
-    load(r + step, nx, ng, na);
+  for (int64_t r = r0 + (WarpTeams ? warp : 0); r < r1; r += WarpTeams ? warps : 1) {
+    float xv[8] = {}, g[8] = {}, dxv[8];
+    if (owns) {
+      loadBF16x8(x, r * D + c0, xv);
+      loadBF16x8(dy, r * D + c0, g);
+    }
     bf16NormGradRow(xv, g, gain, D, eps, teamSum, dwAcc, dxv);
     if (owns) {
-      if (addend)
+      if (addend) {
+        float a[8];
+        loadBF16x8(addend, r * D + c0, a);
         for (int k = 0; k < 8; ++k)
           dxv[k] = __fadd_rn(a[k], dxv[k]);
+      }
       storeBF16x8(dx, r * D + c0, dxv);
-    }
-    for (int k = 0; k < 8; ++k) {
-      xv[k] = nx[k];
-      g[k] = ng[k];
-      a[k] = na[k];
     }
   }
   double *out = partials + int64_t(blockIdx.x) * D;
