@@ -238,17 +238,21 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t col = n0 + 4 * lane;
   if (col >= n1)
     return;
-  // The warp's mask words, loaded before any row is written: loaded row by
-  // row, each waited behind the previous row's stores.
-  uint32_t words[16] = {};
-  if (mask.bits)
-    for (int i = 0; i < 16; ++i)
-      if (warp * 16 + i < rows)
-        words[i] = mask.bits[((tile.begin + warp * 16 + i) * N + col) / 32];
+  // The warp's mask words, loaded before any row is written and kept in
+  // registers (both loops unrolled, no early exit). Loaded row by row,
+  // behind the previous rows' stores, the masked write of a [16384, 10240]
+  // result took twice the unmasked one's time.
+  uint32_t words[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i)
+    words[i] = mask.bits && warp * 16 + i < rows
+                   ? mask.bits[((tile.begin + warp * 16 + i) * N + col) / 32]
+                   : 0u;
+#pragma unroll
   for (int i = 0; i < 16; ++i) {
     int64_t r = warp * 16 + i;
     if (r >= rows)
-      break;
+      continue;
     const float *c = &cs[warp][i][4 * lane];
     const int64_t at = ((tile.begin + r) * N + col) / 4;
     float4 v = make_float4(c[0], c[1], c[2], c[3]);
