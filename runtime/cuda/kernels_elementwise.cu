@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 namespace g3rt::cuda {
 
@@ -529,6 +530,29 @@ Status dropoutMaskKernel(const KernelArgs &args) {
   return Status();
 }
 
+namespace {
+
+/// Launches a keyed elementwise kernel of x -> y over n > 0 elements, a
+/// thread per Philox block: `vector(tag)` with `tag::value` the type (bf16
+/// or f32) where x and y share it and are 16-byte aligned, else `generic()`;
+/// each is given the grid, the stream and the key.
+template <typename Vector, typename Generic>
+void launchKeyed(const KernelArgs &args, int64_t n, Vector vector, Generic generic) {
+  const TensorView &x = args.inputs[0], &y = args.outputs[0];
+  const auto *key = static_cast<const int64_t *>(args.inputs[1].data);
+  const unsigned grid = cappedGrid((n + 3) / 4);
+  cudaStream_t cs = contextOf(args).stream;
+  const bool aligned = x.dtype == y.dtype && aligned16(x) && aligned16(y);
+  if (aligned && x.dtype == DType::BF16)
+    vector(std::integral_constant<DType, DType::BF16>(), grid, cs, key);
+  else if (aligned && x.dtype == DType::F32)
+    vector(std::integral_constant<DType, DType::F32>(), grid, cs, key);
+  else
+    generic(grid, cs, key);
+}
+
+} // namespace
+
 Status keyedDropoutKernel(const KernelArgs &args) {
   uint32_t stream;
   double p;
@@ -537,19 +561,17 @@ Status keyedDropoutKernel(const KernelArgs &args) {
   if (n == 0)
     return Status();
   const TensorView &x = args.inputs[0], &y = args.outputs[0];
-  const auto *key = static_cast<const int64_t *>(args.inputs[1].data);
-  const unsigned grid = cappedGrid((n + 3) / 4);
-  cudaStream_t cs = contextOf(args).stream;
-  const bool vector = x.dtype == y.dtype && aligned16(x) && aligned16(y);
-  if (vector && x.dtype == DType::BF16)
-    keyedDropoutVecDevice<DType::BF16>
-        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), dropoutScale(p), n);
-  else if (vector && x.dtype == DType::F32)
-    keyedDropoutVecDevice<DType::F32>
-        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, float(p), dropoutScale(p), n);
-  else
-    keyedDropoutDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), float(p),
-                                                  dropoutScale(p), n);
+  const float threshold = float(p), scale = dropoutScale(p);
+  launchKeyed(
+      args, n,
+      [&](auto type, unsigned grid, cudaStream_t cs, const int64_t *key) {
+        keyedDropoutVecDevice<decltype(type)::value>
+            <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, threshold, scale, n);
+      },
+      [&](unsigned grid, cudaStream_t cs, const int64_t *key) {
+        keyedDropoutDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), threshold, scale,
+                                                      n);
+      });
   G3RT_CUDA_CHECK_LAUNCH(args, "keyed_dropout");
   return Status();
 }
@@ -562,18 +584,16 @@ Status keyedJitterKernel(const KernelArgs &args) {
   if (n == 0)
     return Status();
   const TensorView &x = args.inputs[0], &y = args.outputs[0];
-  const auto *key = static_cast<const int64_t *>(args.inputs[1].data);
-  const unsigned grid = cappedGrid((n + 3) / 4);
-  cudaStream_t cs = contextOf(args).stream;
-  const bool vector = aligned16(x) && aligned16(y);
-  if (vector && x.dtype == DType::BF16)
-    keyedJitterVecDevice<DType::BF16>
-        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, low, high - low, n);
-  else if (vector && x.dtype == DType::F32)
-    keyedJitterVecDevice<DType::F32>
-        <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, low, high - low, n);
-  else
-    keyedJitterDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), low, high - low, n);
+  launchKeyed(
+      args, n,
+      [&](auto type, unsigned grid, cudaStream_t cs, const int64_t *key) {
+        keyedJitterVecDevice<decltype(type)::value>
+            <<<grid, kThreads, 0, cs>>>(x.data, key, stream, y.data, low, high - low, n);
+      },
+      [&](unsigned grid, cudaStream_t cs, const int64_t *key) {
+        keyedJitterDevice<<<grid, kThreads, 0, cs>>>(in(x), key, stream, out(y), low, high - low,
+                                                     n);
+      });
   G3RT_CUDA_CHECK_LAUNCH(args, "keyed_jitter");
   return Status();
 }

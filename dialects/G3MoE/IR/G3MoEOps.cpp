@@ -78,16 +78,7 @@ LogicalResult ConvertOp::verify() {
   return requireStatic(*this);
 }
 
-LogicalResult RandomUniformOp::verify() {
-  if (failed(expectShape(*this, "key", getKey().getType(), {2})))
-    return failure();
-  if (getStreamAttr().getInt() < 0)
-    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
-  if (!(getLow().convertToDouble() < getHigh().convertToDouble()))
-    return emitOpError("requires low < high, got [")
-           << getLow().convertToDouble() << ", " << getHigh().convertToDouble() << ")";
-  return requireStatic(*this);
-}
+LogicalResult RandomUniformOp::verify() { return verifyUniformDraw(*this); }
 
 LogicalResult EmbeddingOp::verify() {
   if (failed(requireStatic(*this)))

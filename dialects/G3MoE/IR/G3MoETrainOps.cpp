@@ -275,14 +275,7 @@ LogicalResult DropoutMaskOp::verify() { return verifyKeyedDraw(*this); }
 LogicalResult KeyedJitterOp::verify() {
   if (getType() != getInput().getType())
     return emitOpError("result type must equal the input type");
-  if (failed(requireStatic(*this)) || failed(expectShape(*this, "key", getKey().getType(), {2})))
-    return failure();
-  if (getStreamAttr().getInt() < 0)
-    return emitOpError("stream must be non-negative, got ") << getStreamAttr().getInt();
-  if (!(getLow().convertToDouble() < getHigh().convertToDouble()))
-    return emitOpError("requires low < high, got [")
-           << getLow().convertToDouble() << ", " << getHigh().convertToDouble() << ")";
-  return success();
+  return verifyUniformDraw(*this);
 }
 
 LogicalResult GlobalNormOp::verify() {

@@ -163,6 +163,19 @@ inline mlir::LogicalResult verifyRoPEOperands(mlir::Operation *op, mlir::RankedT
   return mlir::success();
 }
 
+/// A uniform draw on [low, high) from a [2] key and a stream >= 0
+/// (random_uniform, keyed_jitter); static shapes.
+template <typename DrawOp> mlir::LogicalResult verifyUniformDraw(DrawOp op) {
+  if (mlir::failed(expectShape(op, "key", op.getKey().getType(), {2})))
+    return mlir::failure();
+  if (op.getStreamAttr().getInt() < 0)
+    return op.emitOpError("stream must be non-negative, got ") << op.getStreamAttr().getInt();
+  if (!(op.getLow().convertToDouble() < op.getHigh().convertToDouble()))
+    return op.emitOpError("requires low < high, got [")
+           << op.getLow().convertToDouble() << ", " << op.getHigh().convertToDouble() << ")";
+  return requireStatic(op);
+}
+
 } // namespace g3moe::detail
 
 #endif // G3MOE_DIALECTS_G3MOE_IR_VERIFYUTILS_H
