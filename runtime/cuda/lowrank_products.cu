@@ -49,15 +49,6 @@ __device__ __forceinline__ uint4 dropEight(const DropMask &m, uint4 v, int64_t a
   return v;
 }
 
-/// `v` rounded to type t, as storing and loading it again would give.
-__device__ __forceinline__ float roundedAs(DType t, float v) {
-  if (t == DType::BF16)
-    return __bfloat162float(__float2bfloat16(v));
-  if (t == DType::F16)
-    return __half2float(__float2half(v));
-  return v;
-}
-
 /// Fills rows [tile.begin, tile.end), columns [c0, c1) of y [*, ld] with
 /// the addend (or 0) for rows of no expert, NaN for poisoned tiles.
 __device__ void fillTile(const Tile &tile, int64_t c0, int64_t c1, int64_t ld, const void *addend,
@@ -239,9 +230,10 @@ __global__ void __launch_bounds__(kThreads)
   if (col >= n1)
     return;
   // The warp's mask words, loaded before any row is written and kept in
-  // registers (both loops unrolled, no early exit). Loaded row by row,
-  // behind the previous rows' stores, the masked write of a [16384, 10240]
-  // result took twice the unmasked one's time.
+  // registers (both loops unrolled, no early exit), so that the sixteen
+  // loads can be in flight together. Loaded row by row, or into a local
+  // array, the masked write of a [16384, 10240] result took twice the
+  // unmasked one's time.
   uint32_t words[16];
 #pragma unroll
   for (int i = 0; i < 16; ++i)
@@ -261,7 +253,7 @@ __global__ void __launch_bounds__(kThreads)
       // multiple of 8, so the four share a mask word).
       const uint32_t keep = words[i] >> (4 * at & 31);
       auto drop = [&](float x, int j) {
-        return keep >> j & 1u ? __fmul_rn(roundedAs(yt, x), mask.scale) : 0.0f;
+        return keep >> j & 1u ? __fmul_rn(roundFloat(yt, x), mask.scale) : 0.0f;
       };
       v = make_float4(drop(v.x, 0), drop(v.y, 1), drop(v.z, 2), drop(v.w, 3));
     }

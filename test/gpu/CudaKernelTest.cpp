@@ -244,6 +244,29 @@ TEST(CudaKernels, ProductsWithDropoutAreKeyedDropoutAndTheProduct) {
   EXPECT_NE(st.message().find("needs the low-rank kernels"), std::string::npos) << st.message();
 }
 
+/// Rows M split into experts by `offsets`, for products of K and N columns.
+struct ExpertSplit {
+  int64_t M, K, N;
+  std::vector<int32_t> offsets;
+
+  int64_t experts() const { return int64_t(offsets.size()) - 1; }
+  std::string describe() const {
+    return "M " + std::to_string(M) + ", K " + std::to_string(K) + ", N " + std::to_string(N);
+  }
+  /// The offsets as an i32 host tensor in `bytes`.
+  TensorView offsetTensor(std::vector<uint8_t> &bytes) const {
+    TensorView off = hostTensor(DType::I32, {experts() + 1}, bytes);
+    std::memcpy(off.data, offsets.data(), bytes.size());
+    return off;
+  }
+};
+
+/// Splits of both expert-product tests: empty experts, experts smaller than
+/// a tile, rows past the last expert, sizes not multiples of the tiles.
+const ExpertSplit kEmptyExperts{600, 2560, 384, {0, 5, 5, 300, 599}};
+const ExpertSplit kRowsPastTheLast{777, 200, 136, {0, 300, 300, 700}};
+const ExpertSplit kEightExperts{2048, 512, 256, {0, 500, 628, 1300, 1301, 1500, 1750, 2000, 2048}};
+
 /// The grouped expert products (one launch for all experts) on splits with
 /// empty experts, experts smaller than a tile and rows past the last
 /// expert, sizes that are not multiples of the tiles, bf16 and fp32
@@ -253,25 +276,20 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
   ScopedEnv env("G3MOE_EXPERT_GEMM", "grouped");
   RandomTensors random(100);
   KernelAttrs attrs;
-  struct Case {
-    int64_t M, K, N;
-    std::vector<int32_t> offsets;
-  };
-  const Case cases[] = {{600, 2560, 384, {0, 5, 5, 300, 599}},
-                        {777, 200, 136, {0, 300, 300, 700}},
-                        {130, 64, 1024, {0, 0, 130}},
-                        {300, 12, 40, {0, 100, 300}}, // the plain kernel (K not a multiple of 8)
-                        {2048, 512, 256, {0, 500, 628, 1300, 1301, 1500, 1750, 2000, 2048}}};
-  for (const Case &c : cases)
+  const ExpertSplit cases[] = {kEmptyExperts,
+                               kRowsPastTheLast,
+                               {130, 64, 1024, {0, 0, 130}},
+                               // the plain kernel (K not a multiple of 8)
+                               {300, 12, 40, {0, 100, 300}},
+                               kEightExperts};
+  for (const ExpertSplit &c : cases)
     for (DType yt : {DType::BF16, DType::F32})
       for (bool withAddend : {false, true}) {
-        SCOPED_TRACE("M " + std::to_string(c.M) + ", K " + std::to_string(c.K) + ", N " +
-                     std::to_string(c.N) + ", " + std::string(dtypeName(yt)) +
+        SCOPED_TRACE(c.describe() + ", " + std::string(dtypeName(yt)) +
                      (withAddend ? ", addend" : ""));
-        const int64_t E = int64_t(c.offsets.size()) - 1;
+        const int64_t E = c.experts();
         std::vector<uint8_t> b[8];
-        TensorView off = hostTensor(DType::I32, {E + 1}, b[0]);
-        std::memcpy(off.data, c.offsets.data(), b[0].size());
+        TensorView off = c.offsetTensor(b[0]);
         TensorView x = random(DType::BF16, {c.M, c.K}, b[1]);
         TensorView wNK = random(DType::BF16, {E, c.N, c.K}, b[2]);
         TensorView dy = random(DType::BF16, {c.M, c.N}, b[3]);
@@ -339,25 +357,16 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
 TEST(CudaKernels, ExpertProductsWithLowRankTermsMatchTheCPU) {
   RandomTensors random(200);
   KernelAttrs attrs;
-  struct Case {
-    int64_t M, K, N;
-    std::vector<int32_t> offsets;
-  };
-  const Case cases[] = {{600, 2560, 384, {0, 5, 5, 300, 599}},
-                        {777, 200, 136, {0, 300, 300, 700}},
-                        {2048, 512, 256, {0, 500, 628, 1300, 1301, 1500, 1750, 2000, 2048}}};
   for (const char *experts : {"grouped", "cublas"}) {
     ScopedEnv env("G3MOE_EXPERT_GEMM", experts);
-    for (const Case &c : cases)
+    for (const ExpertSplit &c : {kEmptyExperts, kRowsPastTheLast, kEightExperts})
       for (int64_t r : {int64_t(4), int64_t(8), int64_t(16), int64_t(24), int64_t(32)})
         for (bool withAddend : {false, true}) {
-          SCOPED_TRACE(std::string(experts) + ", M " + std::to_string(c.M) + ", K " +
-                       std::to_string(c.K) + ", N " + std::to_string(c.N) + ", rank " +
-                       std::to_string(r) + (withAddend ? ", addend" : ""));
-          const int64_t E = int64_t(c.offsets.size()) - 1;
+          SCOPED_TRACE(std::string(experts) + ", " + c.describe() + ", rank " + std::to_string(r) +
+                       (withAddend ? ", addend" : ""));
+          const int64_t E = c.experts();
           std::vector<uint8_t> b[11];
-          TensorView off = hostTensor(DType::I32, {E + 1}, b[0]);
-          std::memcpy(off.data, c.offsets.data(), b[0].size());
+          TensorView off = c.offsetTensor(b[0]);
           TensorView x = random(DType::BF16, {c.M, c.K}, b[1]);
           TensorView w = random(DType::BF16, {E, c.N, c.K}, b[2]);
           TensorView dy = random(DType::BF16, {c.M, c.N}, b[3]);
