@@ -36,8 +36,8 @@ bash "$root/scripts/setup-python.sh" > /dev/null
 cp "$root/../shared/bench/pytorch_stack.py" "$root/../shared/bench/strong_stack.py" "$root/devcarry/"
 cp -r "$root/../shared/bench/wheels" "$root/devcarry/"
 # G3MoE-4B at each length with the recipe's LoRA dropout (0.05,
-# g3moe-4b-T.step; inside the products, g3moe-4b-T-in.step) and without
-# (g3moe-4b-T-d0.step).
+# g3moe-4b-T.step, inside the products as by default; separate
+# keyed_dropout ops, g3moe-4b-T-sep.step) and without (g3moe-4b-T-d0.step).
 for T in ${seqs[*]}; do
   for dropout in 0.05 0.0; do
     name=g3moe-4b-$T
@@ -50,9 +50,9 @@ JSON
     /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/$name.json" --quiet \
       -o "$root/devcarry/$name.step"
   done
-  # The LoRA dropouts inside the low-rank products (g3moe-4b-T-in.step).
-  "$build/bin/g3moe-compile" "$root/devcarry/g3moe-4b-$T.json" --quiet --dropout-in-products \
-    -o "$root/devcarry/g3moe-4b-$T-in.step"
+  # The LoRA dropouts as separate ops (g3moe-4b-T-sep.step).
+  "$build/bin/g3moe-compile" "$root/devcarry/g3moe-4b-$T.json" --quiet \
+    --dropout-in-products=false -o "$root/devcarry/g3moe-4b-$T-sep.step"
 done
 # Dense Gemma-3 4B steps (LoRA on every projection) at short lengths, where
 # launching kernels one by one costs most: run_gpu.sh times them with and

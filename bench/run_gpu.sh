@@ -70,10 +70,10 @@ done
 echo "== benchmark: g3moe (expert products grouped in one kernel, then per-expert cuBLAS)"
 # EXPERT_GEMMS="grouped" leaves out the per-expert cuBLAS comparison;
 # BENCH_STEPS (6) is the steps per run, the first two untimed. Each
-# length runs with the recipe's LoRA dropout (0.05; separate and, the -in
-# step, inside the products) and, where prepared, without (the -d0 step).
+# length runs with the recipe's LoRA dropout (0.05; inside the products and,
+# the -sep step, as separate ops) and, where prepared, without (the -d0 step).
 for T in ${seqs[*]}; do
-  for step in "$carry/g3moe-4b-$T.step" "$carry/g3moe-4b-$T-in.step" "$carry/g3moe-4b-$T-d0.step"; do
+  for step in "$carry/g3moe-4b-$T.step" "$carry/g3moe-4b-$T-sep.step" "$carry/g3moe-4b-$T-d0.step"; do
     [[ -f $step ]] || continue
     for gemm in ${EXPERT_GEMMS:-grouped cublas}; do
       G3MOE_EXPERT_GEMM=$gemm timeout 150 "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-6}" 2>&1 |

@@ -200,8 +200,8 @@ struct Flags {
       "dropout-in-products",
       cl::desc("Apply the LoRA dropouts inside the low-rank products that read or write the "
                "dropped tensor, from one mask of bits per draw, so that the dropped tensor is "
-               "never stored (default off: separate keyed_dropout ops)"),
-      cl::init(false), cl::cat(compileCategory())};
+               "never stored (default on; =false for separate keyed_dropout ops)"),
+      cl::init(true), cl::cat(compileCategory())};
   cl::opt<bool> quiet{"quiet", cl::desc("Do not print the memory report"),
                       cl::cat(compileCategory())};
   cl::opt<bool> evalMode{"eval",

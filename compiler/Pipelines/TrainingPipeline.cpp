@@ -85,6 +85,10 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
   G3MoEFuseDropoutPassOptions dropout;
   dropout.intoProducts = options.dropoutInProducts;
   pm.addPass(createG3MoEFuseDropoutPass(dropout));
+  // The masked input gradients through A, which --g3moe-fuse-dropout just
+  // made, join the wide input gradients they are added to.
+  if (options.dropoutInProducts)
+    pm.addPass(createG3MoEFuseLinearAddPass());
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.

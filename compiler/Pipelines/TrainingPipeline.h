@@ -85,7 +85,7 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       llvm::cl::desc("step pipeline: LoRA dropouts applied inside the low-rank products that "
                      "read or write the dropped tensor (one dropout_mask of bits per draw), "
                      "which is then never stored"),
-      llvm::cl::init(false)};
+      llvm::cl::init(true)};
   Option<int64_t> zeroStage{*this, "zero-stage",
                             llvm::cl::desc("ZeRO stage of the training step (0 to 3)"),
                             llvm::cl::init(0)};

@@ -76,6 +76,13 @@ inline float roundToBF16(float f) { return bf16ToFloat(floatToBF16(f)); }
 float halfToFloat(uint16_t h);
 uint16_t floatToHalf(float f);
 
+/// fp32 rounded to `type` (bf16 or f16) and back; other types unchanged.
+inline float roundedAs(DType type, float f) {
+  if (type == DType::BF16)
+    return roundToBF16(f);
+  return type == DType::F16 ? halfToFloat(floatToHalf(f)) : f;
+}
+
 } // namespace g3rt
 
 #endif // G3MOE_RUNTIME_BASE_DTYPE_H

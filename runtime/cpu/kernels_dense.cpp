@@ -134,8 +134,11 @@ void addAddend(const std::vector<float> &a, const FloatOutput &y) {
 /// Adds an expert product's low-rank term to the fp32 result [M, cols]
 /// before the addend: rows of expert e get h·L_eᵀ, L_e the [cols, r] slice
 /// of the lowrank weight (`rankLast`) or the transpose of its [r, cols] one.
+/// With a `drop` mask, the term is rounded to `type` and dropped as
+/// keyed_dropout drops a tensor of that type first.
 void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool rankLast,
-                const FloatOutput &y, int64_t cols) {
+                const FloatOutput &y, int64_t cols, const ProductDropout &drop = {},
+                DType type = DType::F32) {
   if (!s.lowInput)
     return;
   const int64_t r = s.rank;
@@ -149,6 +152,14 @@ void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool 
                  : transpose(L.data() + e * r * cols, r, cols, cols);
     std::vector<float> term(size_t(rows * cols));
     gemmNT(H.data() + r0 * r, r, Le.data(), r, term.data(), cols, rows, cols, r);
+    if (drop.mask) {
+      const auto *bits = reinterpret_cast<const uint32_t *>(drop.mask->i32());
+      const float scale = dropoutScale(drop.p);
+      for (int64_t i = 0, at = r0 * cols; i < rows * cols; ++i, ++at)
+        term[size_t(i)] = bits[at >> 5] >> (at & 31) & 1u
+                              ? roundedAs(type, roundedAs(type, term[size_t(i)]) * scale)
+                              : 0.0f;
+    }
     float *p = y.data() + r0 * cols;
     for (size_t i = 0; i < term.size(); ++i)
       p[i] += term[i];
@@ -212,13 +223,17 @@ Status linearKernel(const KernelArgs &args) {
   return Status();
 }
 
-Status linearGradInputKernel(const KernelArgs &args) {
-  bool had;
-  G3RT_RETURN_IF_ERROR(runWithDropout(args, linearGradInputKernel, /*masked=*/-1, had));
-  if (had)
-    return Status();
+Status linearGradInputKernel(const KernelArgs &call) {
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
+  G3RT_RETURN_IF_ERROR(checkResultDropout(args, split.drop, shape));
+  if (split.drop.mask) {
+    bool had;
+    return runWithDropout(call, linearGradInputKernel, /*masked=*/-1, had);
+  }
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
@@ -303,16 +318,23 @@ Status expertLinearKernel(const KernelArgs &args) {
   return Status();
 }
 
-Status expertLinearGradInputKernel(const KernelArgs &args) {
-  bool had;
-  G3RT_RETURN_IF_ERROR(runWithDropout(args, expertLinearGradInputKernel, /*masked=*/-1, had));
-  if (had)
-    return Status();
+Status expertLinearGradInputKernel(const KernelArgs &call) {
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradInput(args, shape));
+  const ProductDropout &drop = split.drop;
+  G3RT_RETURN_IF_ERROR(checkResultDropout(args, drop, shape));
+  // Without a low-rank term the mask drops the whole (rank-r) product.
+  if (drop.mask && !shape.lowInput) {
+    bool had;
+    return runWithDropout(call, expertLinearGradInputKernel, /*masked=*/-1, had);
+  }
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &dx = args.outputs[0];
+  G3RT_RETURN_IF_ERROR(checkMaskCovers(args, drop, dx.numel()));
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
   std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
@@ -325,7 +347,7 @@ Status expertLinearGradInputKernel(const KernelArgs &args) {
     gemmNT(G.data() + r0 * out, out, Wt.data(), out, DX.data() + r0 * in, in, rows, in, out);
   }
   std::fill(DX.data() + offsets[size_t(E)] * in, DX.data() + M * in, 0.0f);
-  addLowRank(shape, offsets, /*rankLast=*/false, DX, in);
+  addLowRank(shape, offsets, /*rankLast=*/false, DX, in, drop, dx.dtype);
   addAddend(A, DX);
   DX.commit();
   return Status();

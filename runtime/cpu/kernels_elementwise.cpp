@@ -332,11 +332,7 @@ Status keyedJitterKernel(const KernelArgs &args) {
   const double span = high - low;
   // random_uniform's value, converted to the input's type as convert does,
   // then mul's product.
-  auto factor = [type](float f) {
-    if (type == DType::BF16)
-      return roundToBF16(f);
-    return type == DType::F16 ? halfToFloat(floatToHalf(f)) : f;
-  };
+  auto factor = [type](float f) { return roundedAs(type, f); };
   mapBlocks<1, 1>(
       {args.inputs[0]}, {args.outputs[0]}, [&](int64_t begin, int64_t n, auto src, auto dst) {
         UniformReader u(seed, counter, s);

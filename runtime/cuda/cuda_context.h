@@ -112,8 +112,9 @@ struct CudaContext {
   uint64_t reallocations = 0;
   DeviceChecks checks;
   /// Whether the expert products run as one grouped kernel per call
-  /// (grouped_gemm.h; G3MOE_EXPERT_GEMM=grouped) rather than one cuBLAS
-  /// product per expert, which must read the expert offsets back.
+  /// (grouped_gemm.h; the default on Hopper, G3MOE_EXPERT_GEMM=grouped)
+  /// rather than one cuBLAS product per expert, which must read the expert
+  /// offsets back.
   bool groupedExperts = false;
 };
 

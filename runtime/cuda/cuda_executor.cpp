@@ -39,14 +39,25 @@ Status attentionImplFromEnvironment(AttentionImpl &impl) {
   return Status();
 }
 
-/// G3MOE_EXPERT_GEMM (unset: cublas, the faster where measured) picks how
-/// the wide expert products run (CudaContext::groupedExperts); an unknown
-/// value is an error.
-Status expertGemmFromEnvironment(bool &grouped) {
+/// G3MOE_EXPERT_GEMM picks how the wide expert products run
+/// (CudaContext::groupedExperts). Unset: the grouped kernel on a Hopper GPU
+/// (compute capability 9.0, what grouped_gemm.cu is built for; the faster
+/// step where measured, replayed as a graph), per-expert cuBLAS elsewhere.
+/// An unknown value, or `grouped` on another GPU, is an error.
+Status expertGemmFromEnvironment(int device, bool &grouped) {
+  int major = 0, minor = 0;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device);
+  const bool hopper = major == 9 && minor == 0;
   const char *v = std::getenv("G3MOE_EXPERT_GEMM");
-  std::string s = v ? v : "cublas";
+  std::string s = v ? v : hopper ? "grouped" : "cublas";
   if (s != "grouped" && s != "cublas")
     return Status::error("G3MOE_EXPERT_GEMM must be grouped or cublas, got '" + s + "'");
+  if (s == "grouped" && !hopper)
+    return Status::error("G3MOE_EXPERT_GEMM=grouped needs a Hopper GPU (compute capability 9.0); "
+                         "device " +
+                         std::to_string(device) + " is " + std::to_string(major) + "." +
+                         std::to_string(minor));
   grouped = s == "grouped";
   return Status();
 }
@@ -161,7 +172,7 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   ex->ctx_ = std::make_unique<CudaContext>();
   CudaContext &ctx = *ex->ctx_;
   G3RT_RETURN_IF_ERROR(attentionImplFromEnvironment(ctx.attention));
-  G3RT_RETURN_IF_ERROR(expertGemmFromEnvironment(ctx.groupedExperts));
+  G3RT_RETURN_IF_ERROR(expertGemmFromEnvironment(device, ctx.groupedExperts));
   if (const char *g = std::getenv("G3MOE_CUDA_GRAPHS"))
     ex->graphsEnabled_ = std::string(g) != "0";
   G3RT_RETURN_IF_ERROR(check(cudaStreamCreate(&ctx.stream), "creating a CUDA stream"));

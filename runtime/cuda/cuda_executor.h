@@ -67,9 +67,9 @@ public:
   /// capture off) or "kernels: <why the capture failed>".
   std::string graphStatus(const std::string &function) const;
   /// How the expert products run, as G3MOE_EXPERT_GEMM chose when the
-  /// executor was created: "cublas" (one cuBLAS product per expert, the
-  /// default) or "grouped" (one kernel for all experts; MoE micro-steps can
-  /// then be captured).
+  /// executor was created: "grouped" (one kernel for all experts, the
+  /// default on Hopper; MoE micro-steps can then be captured) or "cublas"
+  /// (one cuBLAS product per expert, the default elsewhere).
   std::string expertProducts() const;
   /// What every batch row holds, as the data pipeline guarantees it: one
   /// document then padding (true) or packed documents (false). cuDNN

@@ -19,7 +19,13 @@
 // shared memory of their own with the 64-byte swizzle (the 128-byte one for
 // the N-major A of the input gradient) when the block starts, and the
 // warpgroups multiply them after the main loop, so the term costs two more
-// wgmma and no pass over the [rows, N] result.
+// wgmma and no pass over the [rows, N] result. A term with a dropout mask
+// (the input gradient through A of a dropped input) is multiplied into the
+// accumulators again zeroed once the main product is staged in shared
+// memory; each thread drops its elements of the term with the mask words it
+// loaded before the main loop and adds them to its staged elements. (Dropped
+// in the accumulators and then accumulated on, the term made ptxas keep the
+// accumulators in local memory.)
 //
 // Shapes the tensor-core path does not take (other types, sizes that are not
 // multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when
@@ -231,6 +237,45 @@ __device__ __forceinline__ void fillLowRank(uint32_t sA, uint32_t sB, uint32_t f
   }
 }
 
+/// The mask words of thread `lane` of warpgroup wg: for each of its two
+/// rows (16·warp + lane/4 and 8 below), the eight words of the tile's 256
+/// columns from n0 (N a multiple of 32); zeros past the tile's rows.
+__device__ __forceinline__ void loadTermMask(uint32_t (&words)[2][8], const DropMask &mask,
+                                             const Tile &tile, int64_t n0, int64_t N, int wg,
+                                             int lane) {
+  const int64_t row = tile.begin + wg * 64 + (lane >> 5) * 16 + ((lane & 31) >> 2);
+#pragma unroll
+  for (int r = 0; r < 2; ++r)
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      words[r][k] = row + 8 * r < tile.end && n0 + 32 * k < N
+                        ? mask.bits[((row + 8 * r) * N + n0) / 32 + k]
+                        : 0u;
+}
+
+/// Adds the accumulators (the low-rank term alone), dropped by the mask
+/// words of loadTermMask, to the thread's elements of the fp32 tile `stage`
+/// (stashAccumulators' places): a kept element is rounded to y's type (bf16
+/// or, with `toBF16` false, f32), scaled and rounded again, as keyed_dropout
+/// drops a tensor of that type.
+__device__ __forceinline__ void addDroppedTerm(float *stage, int wg, int lane,
+                                               const float (&acc)[128],
+                                               const uint32_t (&words)[2][8], float scale,
+                                               bool toBF16) {
+  auto round = [toBF16](float v) { return toBF16 ? __bfloat162float(__float2bfloat16(v)) : v; };
+  const int warp = lane >> 5, l = lane & 31;
+  float *mine = stage + (wg * 64 + warp * 16 + (l >> 2)) * kStageRow + (l & 3) * 2;
+#pragma unroll
+  for (int i = 0; i < 128; ++i) {
+    // Pair i / 2: row 8·(its parity) below the thread's first, columns
+    // 8·(i / 4) + 2·(lane % 4) and the next.
+    const int pair = i >> 1, col = (pair >> 1) * 8 + (l & 3) * 2 + (i & 1);
+    const uint32_t keep = words[pair & 1][col >> 5] >> (col & 31);
+    mine[(pair & 1) * 8 * kStageRow + (pair >> 1) * 8 + (i & 1)] +=
+        keep & 1u ? round(__fmul_rn(round(acc[i]), scale)) : 0.0f;
+  }
+}
+
 /// acc += h·Lᵀ for warpgroup wg from the low-rank tiles at sA and sB.
 template <bool WeightNK>
 __device__ __forceinline__ void multiplyLowRank(float (&acc)[128], uint32_t sA, uint32_t sB,
@@ -251,10 +296,13 @@ __device__ __forceinline__ void multiplyLowRank(float (&acc)[128], uint32_t sA, 
   fenceAccumulators(acc);
 }
 
-template <bool WeightNK>
+/// `MaskedTerm`: the low-rank term has a dropout mask (termMask) and joins
+/// the staged tile; a kernel of its own, which the others need not carry.
+template <bool WeightNK, bool MaskedTerm>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedProductDevice(const __grid_constant__ ProductMaps maps, RowGroups groups, int64_t K,
-                         int64_t N, bool lowRank, const void *addend, void *y, DType yt) {
+                         int64_t N, bool lowRank, DropMask termMask, const void *addend, void *y,
+                         DType yt) {
   extern __shared__ unsigned char smem[];
   Tile tile;
   int64_t colTile;
@@ -267,6 +315,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < 128; ++i)
     acc[i] = 0.f;
+  uint32_t words[2][8] = {}; // a masked term's mask words (loadTermMask)
   if (tile.kind == TileKind::Compute) {
     const uint32_t base = (sharedAddr(smem) + 1023) & ~1023u;
     // Per stage: `full` (the copies arrived) and `empty` (both warpgroups
@@ -287,6 +336,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (lowRank)
         fillLowRank<WeightNK>(lowA, lowB, lowFull, maps, tile, n0);
     }
+    if (MaskedTerm && lowRank)
+      loadTermMask(words, termMask, tile, n0, N, wg, lane);
     for (int64_t kt = 0; kt < kTiles; ++kt) {
       const int64_t s = kt % kStages;
       waitBarrier(full(s), uint32_t(kt / kStages) & 1);
@@ -319,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     fenceAccumulators(acc);
-    if (lowRank) {
+    if (lowRank && !MaskedTerm) {
       waitBarrier(lowFull, 0);
       multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
     }
@@ -332,6 +383,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   float *stage =
       reinterpret_cast<float *>(smem + (((sharedAddr(smem) + 1023) & ~1023u) - sharedAddr(smem)));
   stashAccumulators(stage, wg, lane, acc);
+  if (MaskedTerm && lowRank && tile.kind == TileKind::Compute) {
+    const uint32_t lowA = ((sharedAddr(smem) + 1023) & ~1023u) + kStages * kStageBytes;
+#pragma unroll
+    for (int i = 0; i < 128; ++i)
+      acc[i] = 0.f;
+    waitBarrier(lowA + kLowBytes + 2 * kStages * 8, 0);
+    multiplyLowRank<WeightNK>(acc, lowA, lowA + kLowA, wg);
+    addDroppedTerm(stage, wg, lane, acc, words, termMask.scale, yt == DType::BF16);
+  }
   __syncthreads();
   // Eight columns per thread, a row per 32 threads.
   const int c = (threadIdx.x & 31) * 8;
@@ -412,9 +472,10 @@ bool tensorCoreFits(DType x, DType w, DType y, int64_t K, int64_t N) {
          K % 8 == 0 && N % 8 == 0;
 }
 
-template <bool WeightNK> cudaError_t allowLargeSharedMemory() {
-  static const cudaError_t e = cudaFuncSetAttribute(
-      groupedProductDevice<WeightNK>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
+template <bool WeightNK, bool MaskedTerm> cudaError_t allowLargeSharedMemory() {
+  static const cudaError_t e =
+      cudaFuncSetAttribute(groupedProductDevice<WeightNK, MaskedTerm>,
+                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
   return e;
 }
 
@@ -460,9 +521,9 @@ bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t
 }
 
 bool groupedLowRankFits(DType x, DType w, DType y, int64_t K, int64_t N, DType h, DType l,
-                        int64_t rank) {
+                        int64_t rank, bool masked) {
   return tensorCoreFits(x, w, y, K, N) && h == DType::BF16 && l == DType::BF16 && rank > 0 &&
-         rank <= kLowK && rank % 8 == 0;
+         rank <= kLowK && rank % 8 == 0 && (!masked || N % 32 == 0);
 }
 
 bool groupedWeightGradFits(DType dy, DType x, DType dw, int64_t M, int64_t O, int64_t I) {
@@ -488,7 +549,8 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
                                  const LowRankTerm &low) {
   if (groups.rows == 0 || N == 0)
     return cudaSuccess;
-  if (low.h && !groupedLowRankFits(xt, wt, yt, K, N, DType::BF16, DType::BF16, low.rank))
+  if (low.h && !groupedLowRankFits(xt, wt, yt, K, N, DType::BF16, DType::BF16, low.rank,
+                                   low.mask.bits != nullptr))
     return cudaErrorInvalidValue;
   if (!tensorCoreFits(xt, wt, yt, K, N)) {
     const int64_t tiles = maxTiles(groups.rows, groups.experts, kPlainRows);
@@ -520,15 +582,20 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
     if (!lowEncoded)
       return cudaErrorInvalidValue;
   }
-  cudaError_t e = weightNK ? allowLargeSharedMemory<true>() : allowLargeSharedMemory<false>();
-  if (e != cudaSuccess)
-    return e;
-  auto launch = [&](auto kernel) {
+  auto launch = [&](auto kernel, cudaError_t allowed) {
+    if (allowed != cudaSuccess)
+      return allowed;
     kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(maps, groups, K, N, low.h != nullptr,
-                                                               addend, y, yt);
+                                                               low.mask, addend, y, yt);
+    return cudaGetLastError();
   };
-  weightNK ? launch(groupedProductDevice<true>) : launch(groupedProductDevice<false>);
-  return cudaGetLastError();
+  if (low.h && low.mask.bits)
+    return weightNK
+               ? launch(groupedProductDevice<true, true>, allowLargeSharedMemory<true, true>())
+               : launch(groupedProductDevice<false, true>, allowLargeSharedMemory<false, true>());
+  return weightNK
+             ? launch(groupedProductDevice<true, false>, allowLargeSharedMemory<true, false>())
+             : launch(groupedProductDevice<false, false>, allowLargeSharedMemory<false, false>());
 }
 
 } // namespace g3rt::cuda

@@ -25,17 +25,22 @@ namespace g3rt::cuda {
 bool groupedProductFits(DType x, DType w, DType y, int64_t M, int64_t K, int64_t N);
 
 /// A LoRA term of an expert product: h [rows, rank] and L [E, N, rank]
-/// (the forward's B) or [E, rank, N] (the input gradient's A), bf16.
+/// (the forward's B) or [E, rank, N] (the input gradient's A), bf16. A
+/// `mask` drops the term (an input gradient through A of a dropped input):
+/// each element is rounded to y's type and dropped as keyed_dropout drops
+/// it before it joins the sum.
 struct LowRankTerm {
   const void *h = nullptr, *l = nullptr;
   int64_t rank = 0;
+  DropMask mask;
 };
 
 /// Whether groupedExpertProduct adds a low-rank term of `rank` to the
 /// product in its accumulation: the product on the tensor cores, bf16 h and
-/// L, and a rank of 8, 16, 24 or 32.
+/// L, and a rank of 8, 16, 24 or 32; a `masked` term also needs N to be a
+/// multiple of 32 (a tile's rows then start on a mask word).
 bool groupedLowRankFits(DType x, DType w, DType y, int64_t K, int64_t N, DType h, DType l,
-                        int64_t rank);
+                        int64_t rank, bool masked = false);
 
 /// y[m, :N] = x[m, :K]·W_eᵀ (+ h[m]·L_eᵀ) for the rows m of each expert e,
 /// where W is [E, N, K] (`weightNK`, the forward product) or [E, K, N]

@@ -254,6 +254,7 @@ Status linearGradInputKernel(const KernelArgs &call) {
   const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
+  G3RT_RETURN_IF_ERROR(checkResultDropout(args, split.drop, shape));
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   DropMask mask;
@@ -344,15 +345,17 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
-/// The low-rank term of `shape` when the grouped kernel can add it in its
-/// accumulation (a null term otherwise).
+/// The low-rank term of `shape`, dropped by `termMask`, when the grouped
+/// kernel can add it in its accumulation (a null term otherwise).
 LowRankTerm fusedLowRank(const MatmulShape &shape, const TensorView &x, const TensorView &w,
-                         int64_t K, int64_t N, const TensorView &y) {
+                         int64_t K, int64_t N, const TensorView &y, const DropMask &termMask) {
   const TensorView *h = shape.lowInput, *l = shape.lowWeight;
-  if (!h || !groupedLowRankFits(x.dtype, w.dtype, y.dtype, K, N, h->dtype, l->dtype, shape.rank) ||
+  if (!h ||
+      !groupedLowRankFits(x.dtype, w.dtype, y.dtype, K, N, h->dtype, l->dtype, shape.rank,
+                          termMask.bits != nullptr) ||
       !aligned16(*h) || !aligned16(*l))
     return {};
-  return {h->data, l->data, shape.rank};
+  return {h->data, l->data, shape.rank, termMask};
 }
 
 /// The product of one call as a grouped kernel (grouped_gemm.h), when the
@@ -407,13 +410,13 @@ Status perExpertProduct(const KernelArgs &args, const MatmulShape &shape, const 
 /// expert after reading the offsets on the host. A low-rank term the
 /// grouped kernel does not add in its accumulation is a second product
 /// that adds into y. The masks as for lowRankProduct, which alone takes
-/// them.
+/// them; `termMask` drops the low-rank term alone.
 Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const TensorView &x,
                      int64_t xCols, const TensorView &off, const TensorView &w, bool transposed,
                      int64_t yCols, const TensorView &y, const DropMask &inputMask = {},
-                     const DropMask &resultMask = {}) {
+                     const DropMask &resultMask = {}, const DropMask &termMask = {}) {
   const int64_t M = shape.M, E = shape.E;
-  const LowRankTerm low = fusedLowRank(shape, x, w, xCols, yCols, y);
+  const LowRankTerm low = fusedLowRank(shape, x, w, xCols, yCols, y, termMask);
   bool done = false, fused = false;
   G3RT_RETURN_IF_ERROR(lowRankProduct(args, expertGroups(off, E, M), x, xCols, w, transposed, yCols,
                                       y, shape, inputMask, resultMask, done));
@@ -430,7 +433,7 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
   term.addend = &y;
   term.lowInput = term.lowWeight = nullptr;
   return expertProduct(args, term, *shape.lowInput, shape.rank, off, *shape.lowWeight, transposed,
-                       yCols, y);
+                       yCols, y, {}, termMask);
 }
 
 } // namespace
@@ -455,12 +458,16 @@ Status expertLinearGradInputKernel(const KernelArgs &call) {
   const KernelArgs &args = split.args(call);
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkExpertLinearGradInput(args, shape));
+  G3RT_RETURN_IF_ERROR(checkResultDropout(args, split.drop, shape));
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   DropMask mask;
   G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, args.outputs[0].numel(), mask));
-  // dx[M, in] = dy[M, out]·W[e] per expert
+  // dx[M, in] = dy[M, out]·W[e] per expert; with a low-rank term the mask
+  // drops that term alone.
+  const bool termOnly = shape.lowInput != nullptr;
   return expertProduct(args, shape, dy, shape.out, off, w, /*transposed=*/false, shape.in,
-                       args.outputs[0], {}, mask);
+                       args.outputs[0], {}, termOnly ? DropMask() : mask,
+                       termOnly ? mask : DropMask());
 }
 
 Status expertLinearGradWeightKernel(const KernelArgs &call) {

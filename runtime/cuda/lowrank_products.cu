@@ -253,7 +253,7 @@ __global__ void __launch_bounds__(kThreads)
       // multiple of 8, so the four share a mask word).
       const uint32_t keep = words[i] >> (4 * at & 31);
       auto drop = [&](float x, int j) {
-        return keep >> j & 1u ? __fmul_rn(roundFloat(yt, x), mask.scale) : 0.0f;
+        return keep >> j & 1u ? roundFloat(yt, __fmul_rn(roundFloat(yt, x), mask.scale)) : 0.0f;
       };
       v = make_float4(drop(v.x, 0), drop(v.y, 1), drop(v.z, 2), drop(v.w, 3));
     }
@@ -415,8 +415,6 @@ cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, co
 cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
                                int64_t R, const void *w, bool weightNR, int64_t N,
                                const void *addend, void *y, DType yType, const DropMask &mask) {
-  if (mask.bits && addend)
-    return cudaErrorInvalidValue;
   const int64_t tiles = maxTiles(groups.rows, groups.experts, kRowTile);
   const int64_t colTiles = (N + 127) / 128;
   if (tiles > INT32_MAX || colTiles > 65535)

@@ -68,9 +68,9 @@ cudaError_t lowRankNarrowOutput(cudaStream_t stream, const RowGroups &groups, co
 
 /// y[m, :N] = u[m, :R]·W_eᵀ for the rows m of each expert e, R = rank. W_e
 /// is [N, R] (`weightNR`, a forward u·Bᵀ) or [R, N] (a backward du·A). The
-/// addend as for lowRankNarrowOutput. `mask` (no addend then) drops
-/// elements of y [rows, N] as they are written, after the product is
-/// rounded to y's type.
+/// addend as for lowRankNarrowOutput. `mask` drops elements of the product
+/// [rows, N] as keyed_dropout drops a tensor of y's type (rounded, scaled,
+/// rounded again) before the addend joins them.
 cudaError_t lowRankNarrowInner(cudaStream_t stream, const RowGroups &groups, const void *u,
                                int64_t R, const void *w, bool weightNR, int64_t N,
                                const void *addend, void *y, DType yType, const DropMask &mask = {});

@@ -282,6 +282,16 @@ inline Status splitProductDropout(const KernelArgs &args, SplitProduct &out) {
   return Status();
 }
 
+/// An input gradient's mask drops its low-rank term when it has one, else
+/// its whole result, which then takes no addend.
+inline Status checkResultDropout(const KernelArgs &args, const ProductDropout &drop,
+                                 const MatmulShape &s) {
+  if (drop.mask && s.addend && !s.lowInput)
+    return args.fail("a dropout of the result cannot be fused into a product with an addend but "
+                     "no lowrank term");
+  return Status();
+}
+
 /// A product's mask has a bit for each of the `elements` masked elements.
 inline Status checkMaskCovers(const KernelArgs &args, const ProductDropout &drop,
                               int64_t elements) {

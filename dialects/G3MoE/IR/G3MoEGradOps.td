@@ -78,9 +78,13 @@ def G3MoE_ExpertLinearGradInputOp
     optional `addend` (fused by --g3moe-fuse-linear-add) before rounding.
     With `lowrank %dh, %a` (fused by --g3moe-fuse-linear-add) the rows of
     expert e also get `dh·a[e]`, `dh` [M, r] and `a` [E, r, in], in the same
-    fp32 accumulation. With `dropout %m {dropout_p}` (as for
-    `linear_grad_input`; neither an addend nor `lowrank` then) the rounded
-    product is dropped by the mask.
+    fp32 accumulation. With `dropout %m {dropout_p}` the mask drops LoRA's
+    term: without `lowrank` (and then without an addend) the whole product,
+    rounded, as for `linear_grad_input`; with `lowrank` (fused by
+    --g3moe-fuse-linear-add after --g3moe-fuse-dropout) only `dh·a[e]`,
+    rounded to the result's type and dropped the same way before it joins
+    the sum, so that the product is the masked rank-r product added to the
+    plain one.
 
     ```mlir
     %dx = g3moe.expert_linear_grad_input %dy, %off, %w

@@ -62,11 +62,9 @@ LogicalResult ExpertLinearGradInputOp::verify() {
     return failure();
   if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), g.getDimSize(0),
                                  w.getDimSize(0), w.getDimSize(2), /*rankLast=*/false)) ||
-      failed(verifyProductDropout(*this, getDropoutMask(), getDropoutP(),
-                                  getType().getNumElements(),
-                                  getAddend()         ? "an addend"
-                                  : getLowrankInput() ? "lowrank"
-                                                      : "")))
+      failed(verifyProductDropout(
+          *this, getDropoutMask(), getDropoutP(), getType().getNumElements(),
+          getAddend() && !getLowrankInput() ? "an addend but no lowrank" : "")))
     return failure();
   return verifyAddend(*this, getAddend(), getType());
 }

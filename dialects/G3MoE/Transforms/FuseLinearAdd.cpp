@@ -7,7 +7,9 @@
 // an expert product whose addend is the wide product of the same rows
 // becomes that product with a `lowrank` term, so that the rank-r product
 // adds into the wide one's accumulators and nothing of the output's size is
-// written twice.
+// written twice. Run again after --g3moe-fuse-dropout, it also moves a
+// dropped input gradient through A (a rank-r product with `dropout`) into
+// the wide input gradient of the same rows, mask and all.
 //
 //===----------------------------------------------------------------------===//
 
@@ -42,7 +44,9 @@ int64_t fusableContraction(Value v, AddOp add) {
         return p.getAddend() || p.getDropoutMask() ? 0 : lastDim(p.getGrad());
       })
       .Case([&](ExpertLinearGradInputOp p) {
-        return p.getAddend() || p.getDropoutMask() ? 0 : lastDim(p.getGrad());
+        // Its mask, with a low-rank term, drops only that term.
+        return p.getAddend() || (p.getDropoutMask() && !p.getLowrankInput()) ? 0
+                                                                             : lastDim(p.getGrad());
       })
       .Default([](Operation *) { return 0; });
 }
@@ -82,12 +86,13 @@ bool isLowRankOf(Value h, Value x) {
   return width(h) <= 64 && width(h) < width(x);
 }
 
-/// `base` with the addend `addend` and the low-rank term h, l, made at the
-/// rewriter's position.
+/// `base` with the addend `addend` and the low-rank term h, l (dropped by
+/// `mask` with `p`, if given), made at the rewriter's position.
 template <typename Product>
-Product withLowRank(PatternRewriter &rewriter, Product base, Value addend, Value h, Value l) {
+Product withLowRank(PatternRewriter &rewriter, Product base, Value addend, Value h, Value l,
+                    Value mask = {}, FloatAttr p = {}) {
   return Product::create(rewriter, base.getLoc(), base.getType(), base->getOperand(0),
-                         base.getExpertOffsets(), base.getWeight(), addend, h, l, Value(), nullptr);
+                         base.getExpertOffsets(), base.getWeight(), addend, h, l, mask, p);
 }
 
 /// The low-rank product `lowrank` and its addend `base`, a wide product of
@@ -116,27 +121,56 @@ template <typename Product> struct FoldLowRankIntoProduct : OpRewritePattern<Pro
   }
 };
 
-/// Where several LoRA projections read one input (gate and up), autodiff
-/// sums their input gradients in a chain, ((T_u + U) + T_g) + G, and the
-/// fold above leaves T_g on a product that already has a term:
-///   G plus (T_g plus U lowrank ..)
-/// with G and U wide products and T_g a rank-r one of the same expert rows,
-/// each read once. The sum does not depend on the order, so the term moves
-/// into G:  G lowrank T_g plus U.
+/// A rank-r input gradient `term` of the rows of `wide` that only its user
+/// reads and that can join a product as its low-rank term (masked or not).
+bool isFreeTerm(ExpertLinearGradInputOp term, ExpertLinearGradInputOp wide) {
+  return term && term->hasOneUse() && !term.getLowrankInput() &&
+         term.getExpertOffsets() == wide.getExpertOffsets() &&
+         isLowRankOf(term.getGrad(), wide.getGrad());
+}
+
+/// A wide input gradient without a term takes a rank-r one of its rows that
+/// its addend chain holds:
+///   W plus T              -> W lowrank T [plus T's addend]
+///   W plus (V plus T)     -> W lowrank T plus V [plus T's addend]
+/// with V a wide product that has its own term. Where several LoRA
+/// projections read one input (gate and up), autodiff sums their input
+/// gradients in a chain, ((T_u + U) + T_g) + G; the add folds leave a term
+/// as the addend of a wide product or of another term, and a term with a
+/// dropout (from --g3moe-fuse-dropout) takes no addend at all. The sum does
+/// not depend on the order, so the terms move to the wide products, one
+/// each, with their masks: those then drop only their term.
 struct MoveLowRankToFreeProduct : OpRewritePattern<ExpertLinearGradInputOp> {
   using OpRewritePattern::OpRewritePattern;
   LogicalResult matchAndRewrite(ExpertLinearGradInputOp wide,
                                 PatternRewriter &rewriter) const override {
-    auto term =
-        wide.getAddend() ? wide.getAddend().getDefiningOp<ExpertLinearGradInputOp>() : nullptr;
-    if (wide.getLowrankInput() || wide.getDropoutMask() || !term || !term->hasOneUse() ||
-        term.getLowrankInput() || term.getDropoutMask() ||
-        term.getExpertOffsets() != wide.getExpertOffsets() ||
-        !isLowRankOf(term.getGrad(), wide.getGrad()))
-      return rewriter.notifyMatchFailure(wide, "its addend is not a rank-r product of its rows");
-    rewriter.replaceOp(wide,
-                       withLowRank<ExpertLinearGradInputOp>(rewriter, wide, term.getAddend(),
-                                                            term.getGrad(), term.getWeight()));
+    if (wide.getLowrankInput() || wide.getDropoutMask() || !wide.getAddend())
+      return rewriter.notifyMatchFailure(wide, "not a wide product with an addend");
+    auto next = wide.getAddend().getDefiningOp<ExpertLinearGradInputOp>();
+    if (!next)
+      return rewriter.notifyMatchFailure(wide, "its addend is no input gradient");
+    ExpertLinearGradInputOp term = next;
+    ExpertLinearGradInputOp middle;
+    if (next.getLowrankInput() && next->hasOneUse() &&
+        next.getExpertOffsets() == wide.getExpertOffsets() && next.getAddend()) {
+      middle = next;
+      term = next.getAddend().getDefiningOp<ExpertLinearGradInputOp>();
+    }
+    if (!isFreeTerm(term, wide))
+      return rewriter.notifyMatchFailure(wide, "its addend chain holds no free rank-r term");
+    Value rest = term.getAddend();
+    if (middle) {
+      rewriter.modifyOpInPlace(middle, [&] {
+        if (rest)
+          middle.getAddendMutable().assign(rest);
+        else
+          middle.getAddendMutable().clear();
+      });
+      rest = middle;
+    }
+    rewriter.replaceOp(wide, withLowRank<ExpertLinearGradInputOp>(
+                                 rewriter, wide, rest, term.getGrad(), term.getWeight(),
+                                 term.getDropoutMask(), term.getDropoutPAttr()));
     rewriter.eraseOp(term);
     return success();
   }

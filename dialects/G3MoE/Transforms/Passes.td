@@ -109,9 +109,12 @@ def G3MoEFuseLinearAddPass : Pass<"g3moe-fuse-linear-add", "mlir::ModuleOp"> {
     product of the same expert rows, read by nothing else, becomes that
     wide product with `lowrank h, B`: the LoRA term joins the wide product's
     accumulation. Where gate and up share an input, whose gradient autodiff
-    sums in a chain, a rank-r term left as the addend of a wide product
-    without one moves into it. Runs after autodiff: a product with an addend or a
-    low-rank term is not differentiated.
+    sums in a chain, a rank-r term left in the addend chain of a wide product
+    without one moves into it. Run again after --g3moe-fuse-dropout with
+    `into-products`, the same moves take a rank-r input gradient with
+    `dropout` (which takes no addend itself): the wide product gets the
+    term and its mask, which then drops only the term. Runs after autodiff:
+    a product with an addend or a low-rank term is not differentiated.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }

@@ -68,6 +68,58 @@ func.func @gate_up_backward_plain(%dg: tensor<16x32xbf16>, %du: tensor<16x32xbf1
 
 // -----
 
+// After --g3moe-fuse-dropout: the input gradient through A of a dropped
+// input is a rank-4 product with `dropout`, which takes no addend. The wide
+// product takes it as its term, mask and all.
+// CHECK-LABEL: func.func @expert_backward_masked
+func.func @expert_backward_masked(%dy: tensor<16x32xbf16>, %off: tensor<3xi32>,
+                                  %w: tensor<2x32x64xbf16>, %du: tensor<16x4xbf16>,
+                                  %a: tensor<2x4x64xbf16>, %m: tensor<32xi32>) -> tensor<16x64xbf16> {
+  %lora = g3moe.expert_linear_grad_input %du, %off, %a dropout %m {dropout_p = 0.1 : f64}
+      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>, tensor<32xi32>) -> tensor<16x64xbf16>
+  %base = g3moe.expert_linear_grad_input %dy, %off, %w
+      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK: %[[DX:.*]] = g3moe.expert_linear_grad_input %arg0, %arg1, %arg2 lowrank %arg3, %arg4 dropout %arg5 {dropout_p = 1.000000e-01 : f64} :
+  // CHECK-NOT: g3moe.expert_linear_grad_input
+  // CHECK-NOT: g3moe.add
+  %dx = g3moe.add %lora, %base : tensor<16x64xbf16>
+  // CHECK: return %[[DX]]
+  return %dx : tensor<16x64xbf16>
+}
+
+// -----
+
+// Gate and up with dropped inputs: neither term takes an addend, so the
+// chain folds as ((up plus u term) plus g term) into gate; the g term then
+// moves from up's addend into gate.
+// CHECK-LABEL: func.func @gate_up_backward_masked
+func.func @gate_up_backward_masked(%dg: tensor<16x32xbf16>, %du: tensor<16x32xbf16>,
+                                   %off: tensor<3xi32>, %wg: tensor<2x32x64xbf16>,
+                                   %wu: tensor<2x32x64xbf16>, %hg: tensor<16x4xbf16>,
+                                   %hu: tensor<16x4xbf16>, %ag: tensor<2x4x64xbf16>,
+                                   %au: tensor<2x4x64xbf16>, %mg: tensor<32xi32>,
+                                   %mu: tensor<32xi32>) -> tensor<16x64xbf16> {
+  %tu = g3moe.expert_linear_grad_input %hu, %off, %au dropout %mu {dropout_p = 0.1 : f64}
+      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>, tensor<32xi32>) -> tensor<16x64xbf16>
+  %bu = g3moe.expert_linear_grad_input %du, %off, %wu
+      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  %s1 = g3moe.add %tu, %bu : tensor<16x64xbf16>
+  %tg = g3moe.expert_linear_grad_input %hg, %off, %ag dropout %mg {dropout_p = 0.1 : f64}
+      : (tensor<16x4xbf16>, tensor<3xi32>, tensor<2x4x64xbf16>, tensor<32xi32>) -> tensor<16x64xbf16>
+  %s2 = g3moe.add %s1, %tg : tensor<16x64xbf16>
+  %bg = g3moe.expert_linear_grad_input %dg, %off, %wg
+      : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>) -> tensor<16x64xbf16>
+  // CHECK: %[[U:.*]] = g3moe.expert_linear_grad_input %arg1, %arg2, %arg4 lowrank %arg6, %arg8 dropout %arg10 {dropout_p = 1.000000e-01 : f64} :
+  // CHECK: %[[G:.*]] = g3moe.expert_linear_grad_input %arg0, %arg2, %arg3, %[[U]] lowrank %arg5, %arg7 dropout %arg9 {dropout_p = 1.000000e-01 : f64} :
+  // CHECK-NOT: g3moe.expert_linear_grad_input
+  // CHECK-NOT: g3moe.add
+  %s3 = g3moe.add %s2, %bg : tensor<16x64xbf16>
+  // CHECK: return %[[G]]
+  return %s3 : tensor<16x64xbf16>
+}
+
+// -----
+
 // LoRA on an expert projection: x·W_eᵀ + (x·A_eᵀ)·B_eᵀ becomes the wide
 // product with the rank-8 term; the residual add then folds in as its addend.
 // CHECK-LABEL: func.func @expert_lora_forward

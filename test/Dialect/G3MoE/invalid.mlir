@@ -726,3 +726,11 @@ func.func @adamw_owner(%a: tensor<4xf32>, %t: tensor<i64>, %s: tensor<f32>) {
       -> (tensor<4xf32>, tensor<4xf32>, tensor<4xf32>)
   return
 }
+
+// -----
+
+func.func @expert_product_dropout_with_addend(%dh: tensor<16x8xbf16>, %off: tensor<3xi32>, %a: tensor<2x8x64xbf16>, %c: tensor<16x64xbf16>, %m: tensor<32xi32>) {
+  // expected-error @+1 {{dropout cannot be fused into a product with an addend but no lowrank}}
+  %dx = g3moe.expert_linear_grad_input %dh, %off, %a, %c dropout %m {dropout_p = 0.1 : f64} : (tensor<16x8xbf16>, tensor<3xi32>, tensor<2x8x64xbf16>, tensor<16x64xbf16>, tensor<32xi32>) -> tensor<16x64xbf16>
+  return
+}

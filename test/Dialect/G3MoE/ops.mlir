@@ -122,7 +122,8 @@ func.func @losses(%h: tensor<2x16x64xbf16>, %t: tensor<2x16xi32>, %n: tensor<f32
 func.func @backward_ops(%x: tensor<2x16x64xbf16>, %dy: tensor<2x16x128xbf16>, %ids: tensor<2x16xi32>,
                         %q: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>, %seg: tensor<2x16xi32>,
                         %logits: tensor<32x4xf32>, %idx: tensor<32x2xi32>, %dw: tensor<32x2xf32>,
-                        %p: tensor<64x64xbf16>, %off: tensor<5xi32>, %n: tensor<f32>) {
+                        %p: tensor<64x64xbf16>, %off: tensor<5xi32>, %n: tensor<f32>,
+                        %key: tensor<2xi64>) {
   %w = g3moe.param "w" : tensor<128x64xbf16>
   // CHECK: g3moe.linear_grad_input {{.*}} : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
   %dx = g3moe.linear_grad_input %dy, %w : (tensor<2x16x128xbf16>, tensor<128x64xbf16>) -> tensor<2x16x64xbf16>
@@ -144,6 +145,12 @@ func.func @backward_ops(%x: tensor<2x16x64xbf16>, %dy: tensor<2x16x128xbf16>, %i
   %dpl = g3moe.expert_linear_grad_input %pl, %off, %we lowrank %ha, %la
       : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x16xbf16>,
          tensor<4x16x64xbf16>) -> tensor<64x64xbf16>
+  // CHECK: g3moe.expert_linear_grad_input %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} lowrank %{{.*}}, %{{.*}} dropout %{{.*}} {dropout_p = 5.000000e-02 : f64} : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x64xbf16>, tensor<64x16xbf16>, tensor<4x16x64xbf16>, tensor<128xi32>) -> tensor<64x64xbf16>
+  %bits = g3moe.dropout_mask %key {stream = 2 : i64, p = 0.05 : f64} : (tensor<2xi64>) -> tensor<128xi32>
+  %dpm = g3moe.expert_linear_grad_input %pl, %off, %we, %dpe lowrank %ha, %la dropout %bits
+      {dropout_p = 0.05 : f64}
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x128x64xbf16>, tensor<64x64xbf16>,
+         tensor<64x16xbf16>, tensor<4x16x64xbf16>, tensor<128xi32>) -> tensor<64x64xbf16>
   // CHECK: g3moe.expert_linear_grad_weight {{.*}} -> tensor<4x128x64xf32>
   %dwe = g3moe.expert_linear_grad_weight %pe, %off, %p
       : (tensor<64x128xbf16>, tensor<5xi32>, tensor<64x64xbf16>) -> tensor<4x128x64xf32>

@@ -319,6 +319,55 @@ TEST(DenseKernels, ProductsWithDropoutAreKeyedDropoutAndTheProduct) {
                     "mask must be i32");
 }
 
+TEST(DenseKernels, InputGradientDropsOnlyItsLowRankTerm) {
+  // After --g3moe-fuse-dropout, --g3moe-fuse-linear-add gives the wide input
+  // gradient the masked input gradient through A as its low-rank term. The
+  // mask then drops that term as the masked rank-r product drops its result,
+  // and not the wide product: without another addend, the wide product
+  // with the masked product as its addend, bit for bit.
+  std::mt19937 rng(23);
+  const int64_t M = 40, in = 64, out = 24, r = 8, E = 2;
+  Tensor key(DType::I64, {2});
+  key.view.i64()[0] = 5;
+  key.view.i64()[1] = 9;
+  KernelAttrs draw = attrs({{"stream", AttrValue::ofInt(3)}, {"p", AttrValue::ofFloat(0.25)}});
+  KernelAttrs fused = attrs({{"dropout_p", AttrValue::ofFloat(0.25)}});
+  Tensor mask = Tensor::i32({M * in / 32});
+  EXPECT_OK(run("dropout_mask", {key}, {mask}, draw));
+  Tensor off = indices({E + 1}, {0, 15, 33});
+  Tensor dy = randomTensor(DType::BF16, {M, out}, rng),
+         w = randomTensor(DType::BF16, {E, out, in}, rng);
+  Tensor dh = randomTensor(DType::BF16, {M, r}, rng),
+         a = randomTensor(DType::BF16, {E, r, in}, rng);
+  Tensor term(DType::BF16, {M, in}), want(DType::BF16, {M, in}), got(DType::BF16, {M, in});
+  EXPECT_OK(run("expert_linear_grad_input", {dh, off, a, mask}, {term}, fused));
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w, term}, {want}));
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w, dh, a, mask}, {got}, fused));
+  EXPECT_EQ(got.values(), want.values());
+
+  // With an addend too: the wide product, the dropped term and the addend
+  // summed in fp32 and rounded once.
+  Tensor c = randomTensor(DType::BF16, {M, in}, rng), plain = Tensor::f32({M, in});
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w}, {plain}));
+  EXPECT_OK(run("expert_linear_grad_input", {dy, off, w, c, dh, a, mask}, {got}, fused));
+  int64_t dropped = 0;
+  for (int64_t i = 0; i < M * in; ++i) {
+    G3RT_EXPECT_CLOSE(got.view.load(i), plain.f()[i] + term.view.load(i) + c.view.load(i), 8e-3,
+                      1e-2);
+    dropped += i < 33 * in && term.view.load(i) == 0.0f;
+  }
+  EXPECT_GT(dropped, 33 * in / 8) << "about a quarter of the term is dropped";
+  for (int64_t i = 33 * in; i < M * in; ++i)
+    EXPECT_EQ(got.view.load(i), c.view.load(i)) << "row past the last expert";
+
+  // A dropped result with an addend but no term is refused by name.
+  expectErrorNaming(run("expert_linear_grad_input", {dh, off, a, c, mask}, {got}, fused),
+                    "expert_linear_grad_input", "addend but no lowrank");
+  expectErrorNaming(
+      run("linear_grad_input", {dh, Tensor(DType::BF16, {r, in}), c, mask}, {got}, fused),
+      "linear_grad_input", "addend but no lowrank");
+}
+
 TEST(DenseKernels, ExpertProductsAddTheirLowRankTerm) {
   // With a low-rank pair (--g3moe-fuse-linear-add) the expert products add
   // h·B_eᵀ (forward) or dh·A_e (input gradient) to each expert's rows: the
