@@ -119,17 +119,44 @@ __global__ void dispatchSlots(const int32_t *idx, int64_t items, int E, const in
   }
 }
 
-// One block per token: its row copied to each of its k slots.
+// V consecutive elements from element i (a multiple of V), as floats: one
+// access per four for V = 4 (loadFloat4), element by element for V = 1.
+template <int V>
+__device__ __forceinline__ void loadVec(const void *p, DType t, int64_t i, float (&v)[V]) {
+  if constexpr (V == 4) {
+    float4 f = loadFloat4(p, t, i / 4);
+    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
+  } else {
+    for (int c = 0; c < V; ++c)
+      v[c] = loadFloat(p, t, i + c);
+  }
+}
+template <int V>
+__device__ __forceinline__ void storeVec(void *p, DType t, int64_t i, const float (&v)[V]) {
+  if constexpr (V == 4)
+    storeFloat4(p, t, i / 4, make_float4(v[0], v[1], v[2], v[3]));
+  else
+    for (int c = 0; c < V; ++c)
+      storeFloat(p, t, i + c, v[c]);
+}
+
+/// Elements per thread of the row kernels: four where rows allow it.
+int vecWidth(int64_t H) { return H % 4 == 0 ? 4 : 1; }
+
+// One block per token: its row, read once in pieces of V elements, copied
+// to each of its k slots.
+template <int V>
 __global__ void dispatchRows(const void *x, DType xt, const int32_t *slots, void *permuted,
                              DType pt, int64_t H, int k, int64_t M) {
   const int64_t n = blockIdx.x;
-  for (int j = 0; j < k; ++j) {
-    const int32_t slot = slots[n * k + j];
-    if (slot < 0 || slot >= M) // an item of a bad expert index
-      continue;
-    const int64_t to = int64_t(slot) * H;
-    for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
-      storeFloat(permuted, pt, to + h, loadFloat(x, xt, n * H + h));
+  for (int64_t h = int64_t(threadIdx.x) * V; h < H; h += int64_t(blockDim.x) * V) {
+    float v[V];
+    loadVec<V>(x, xt, n * H + h, v);
+    for (int j = 0; j < k; ++j) {
+      const int32_t slot = slots[n * k + j];
+      if (slot >= 0 && slot < M) // else an item of a bad expert index
+        storeVec<V>(permuted, pt, int64_t(slot) * H + h, v);
+    }
   }
 }
 
@@ -169,7 +196,8 @@ Status moeDispatchKernel(const KernelArgs &args) {
       indices.i32(), items, int(E), chunkCounts, offsets.i32(), slots.i32());
   G3RT_CUDA_CHECK_LAUNCH(args, "moe_dispatch (slots)");
   if (H > 0) {
-    dispatchRows<<<unsigned(N), kRowThreads, 0, ctx.stream>>>(
+    (vecWidth(H) == 4 ? dispatchRows<4>
+                      : dispatchRows<1>)<<<unsigned(N), kRowThreads, 0, ctx.stream>>>(
         x.data, x.dtype, slots.i32(), permuted.data, permuted.dtype, H, int(k), items);
     G3RT_CUDA_CHECK_LAUNCH(args, "moe_dispatch (rows)");
   }
@@ -201,30 +229,6 @@ Status validateSlots(const KernelArgs &args, ScratchArrays &scratch, const Tenso
     return Status();
   });
 }
-
-// V consecutive elements from element i (a multiple of V), as floats: one
-// access per four for V = 4 (loadFloat4), element by element for V = 1.
-template <int V>
-__device__ __forceinline__ void loadVec(const void *p, DType t, int64_t i, float (&v)[V]) {
-  if constexpr (V == 4) {
-    float4 f = loadFloat4(p, t, i / 4);
-    v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
-  } else {
-    for (int c = 0; c < V; ++c)
-      v[c] = loadFloat(p, t, i + c);
-  }
-}
-template <int V>
-__device__ __forceinline__ void storeVec(void *p, DType t, int64_t i, const float (&v)[V]) {
-  if constexpr (V == 4)
-    storeFloat4(p, t, i / 4, make_float4(v[0], v[1], v[2], v[3]));
-  else
-    for (int c = 0; c < V; ++c)
-      storeFloat(p, t, i + c, v[c]);
-}
-
-/// Elements per thread of the row kernels: four where rows allow it.
-int vecWidth(int64_t H) { return H % 4 == 0 ? 4 : 1; }
 
 // dst[n] = sum_j (w ? w[n, j] : 1) * src[slots[n, j]], fp32, j in order;
 // each thread takes V adjacent elements of the row. Slots outside [0, M)
@@ -399,13 +403,15 @@ Status exclusiveScan(const KernelArgs &args, ScratchArrays &scratch, const int32
 
 // dy[m] = sum over the users i = (n, j) of row m, in (n, j) order, of
 // w[i] * dout[n]; rows nobody uses get 0. V adjacent elements per thread.
+// Rows of exactly one user (every row, for moe_dispatch's slots) are
+// combineGradItems'.
 template <int V>
 __global__ void combineGradRows(const int32_t *start, const int32_t *users, const void *w, DType wt,
                                 const void *dout, DType dt, void *dy, DType yt, int64_t H, int k,
                                 int64_t m0) {
   const int64_t m = m0 + blockIdx.y;
   const int64_t h = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * V;
-  if (h >= H)
+  if (h >= H || start[m + 1] - start[m] == 1)
     return;
   float acc[V] = {};
   for (int32_t u = start[m]; u < start[m + 1]; ++u) {
@@ -419,32 +425,38 @@ __global__ void combineGradRows(const int32_t *start, const int32_t *users, cons
   storeVec<V>(dy, yt, m * H + h, acc);
 }
 
-// dweights[n, j] = <dout[n], y[slots[n, j]]> in double; one warp per (n, j)
-// (none for a slot outside [0, M)).
-__global__ void combineGradWeights(const void *y, DType yt, const int32_t *slots, const void *dout,
-                                   DType dt, void *dw, DType wt, int64_t items, int64_t H, int k,
-                                   int64_t M) {
+// Per item i = (n, j) with a slot in [0, M), one warp: dweights[i] =
+// <dout[n], y[slot]> in double and, when the item is its row's one user
+// (`start`, the users' CSR offsets), dy[slot] = w[i] * dout[n] from the same
+// reads of dout, as combineGradRows would sum it. V adjacent elements per
+// lane.
+template <int V>
+__global__ void combineGradItems(const void *y, DType yt, const int32_t *slots,
+                                 const int32_t *start, const void *w, DType wt, const void *dout,
+                                 DType dt, void *dy, DType dyt, void *dw, DType dwt, int64_t items,
+                                 int64_t H, int k, int64_t M) {
   const int lane = threadIdx.x % 32;
   const int64_t i = int64_t(blockIdx.x) * kWarpsPerBlock + threadIdx.x / 32;
   if (i >= items || slots[i] < 0 || slots[i] >= M)
     return;
   const int64_t n = i / k, row = slots[i];
+  const bool sole = start[row + 1] - start[row] == 1;
+  const float wi = loadFloat(w, wt, i);
   double d = 0;
-  if (H % 4 == 0) {
-    for (int64_t h = 4 * lane; h < H; h += 128) {
-      float a[4], b[4];
-      loadVec<4>(dout, dt, n * H + h, a);
-      loadVec<4>(y, yt, row * H + h, b);
-      for (int c = 0; c < 4; ++c)
-        d += double(a[c]) * double(b[c]);
+  for (int64_t h = V * lane; h < H; h += 32 * V) {
+    float a[V], b[V], g[V];
+    loadVec<V>(dout, dt, n * H + h, a);
+    loadVec<V>(y, yt, row * H + h, b);
+    for (int c = 0; c < V; ++c) {
+      d += double(a[c]) * double(b[c]);
+      g[c] = __fadd_rn(0.0f, __fmul_rn(wi, a[c]));
     }
-  } else {
-    for (int64_t h = lane; h < H; h += 32)
-      d += double(loadFloat(dout, dt, n * H + h)) * double(loadFloat(y, yt, row * H + h));
+    if (sole)
+      storeVec<V>(dy, dyt, row * H + h, g);
   }
   d = butterflySum(d);
   if (lane == 0)
-    storeFloat(dw, wt, i, float(d));
+    storeFloat(dw, dwt, i, float(d));
 }
 
 } // namespace
@@ -460,46 +472,50 @@ Status moeCombineGradKernel(const KernelArgs &args) {
   ScratchArrays scratch(ctx);
   const int64_t items = N * k;
   G3RT_RETURN_IF_ERROR(validateSlots(args, scratch, slots, items, k, M));
-  if (M > 0 && H > 0) {
-    int32_t *counts = scratch.take<int32_t>(M);
-    int32_t *start = scratch.take<int32_t>(M + 1);
-    int32_t *cursor = scratch.take<int32_t>(M);
-    int32_t *users = scratch.take<int32_t>(items);
-    G3RT_RETURN_IF_ERROR(scratch.check(args));
-    cudaError_t e = cudaMemsetAsync(counts, 0, size_t(M) * sizeof(int32_t), ctx.stream);
-    if (e != cudaSuccess)
-      return cudaFailure(args, e, "clearing the slot counts");
-    if (items > 0) {
-      countUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, M, counts);
-      G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (counting)");
-    }
-    G3RT_RETURN_IF_ERROR(exclusiveScan(args, scratch, counts, M, start));
-    e = cudaMemcpyAsync(cursor, start, size_t(M) * sizeof(int32_t), cudaMemcpyDeviceToDevice,
-                        ctx.stream);
-    if (e != cudaSuccess)
-      return cudaFailure(args, e, "copying the slot offsets");
-    if (items > 0) {
-      fillUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, M, cursor,
-                                                               users);
-      G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (inverting slots)");
-    }
-    sortUsers<<<blocksFor(M, 256), 256, 0, ctx.stream>>>(start, M, users);
-    G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (ordering)");
-    for (int64_t m0 = 0; m0 < M; m0 += 65535) {
-      const int64_t rows = std::min<int64_t>(65535, M - m0);
-      const int V = vecWidth(H);
-      dim3 grid(blocksFor(H / V, kRowThreads), unsigned(rows));
-      (V == 4 ? combineGradRows<4> : combineGradRows<1>)<<<grid, kRowThreads, 0, ctx.stream>>>(
-          start, users, weights.data, weights.dtype, dout.data, dout.dtype, dy.data, dy.dtype, H,
-          int(k), m0);
-      G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (input grad)");
-    }
+  if (M == 0 || H == 0) { // dy is empty; each weight's gradient is a sum of nothing
+    cudaError_t e = cudaMemsetAsync(dweights.data, 0, dweights.bytes(), ctx.stream);
+    return e == cudaSuccess ? Status() : cudaFailure(args, e, "zeroing the weights' gradient");
   }
+  int32_t *counts = scratch.take<int32_t>(M);
+  int32_t *start = scratch.take<int32_t>(M + 1);
+  int32_t *cursor = scratch.take<int32_t>(M);
+  int32_t *users = scratch.take<int32_t>(items);
+  G3RT_RETURN_IF_ERROR(scratch.check(args));
+  cudaError_t e = cudaMemsetAsync(counts, 0, size_t(M) * sizeof(int32_t), ctx.stream);
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "clearing the slot counts");
   if (items > 0) {
-    combineGradWeights<<<blocksFor(items, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, ctx.stream>>>(
-        y.data, y.dtype, slots.i32(), dout.data, dout.dtype, dweights.data, dweights.dtype, items,
-        H, int(k), M);
-    G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (weights grad)");
+    countUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, M, counts);
+    G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (counting)");
+  }
+  G3RT_RETURN_IF_ERROR(exclusiveScan(args, scratch, counts, M, start));
+  e = cudaMemcpyAsync(cursor, start, size_t(M) * sizeof(int32_t), cudaMemcpyDeviceToDevice,
+                      ctx.stream);
+  if (e != cudaSuccess)
+    return cudaFailure(args, e, "copying the slot offsets");
+  if (items > 0) {
+    fillUsers<<<blocksFor(items, 256), 256, 0, ctx.stream>>>(slots.i32(), items, M, cursor, users);
+    G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (inverting slots)");
+  }
+  sortUsers<<<blocksFor(M, 256), 256, 0, ctx.stream>>>(start, M, users);
+  G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (ordering)");
+  if (items > 0) {
+    const int V = vecWidth(H);
+    (V == 4 ? combineGradItems<4>
+            : combineGradItems<
+                  1>)<<<blocksFor(items, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, ctx.stream>>>(
+        y.data, y.dtype, slots.i32(), start, weights.data, weights.dtype, dout.data, dout.dtype,
+        dy.data, dy.dtype, dweights.data, dweights.dtype, items, H, int(k), M);
+    G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (items)");
+  }
+  for (int64_t m0 = 0; m0 < M; m0 += 65535) {
+    const int64_t rows = std::min<int64_t>(65535, M - m0);
+    const int V = vecWidth(H);
+    dim3 grid(blocksFor(H / V, kRowThreads), unsigned(rows));
+    (V == 4 ? combineGradRows<4> : combineGradRows<1>)<<<grid, kRowThreads, 0, ctx.stream>>>(
+        start, users, weights.data, weights.dtype, dout.data, dout.dtype, dy.data, dy.dtype, H,
+        int(k), m0);
+    G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (input grad)");
   }
   return Status();
 }

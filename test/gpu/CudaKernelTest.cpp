@@ -447,11 +447,57 @@ TEST(CudaKernels, ExpertInputGradientsWithDroppedTermsMatchTheCPU) {
   }
 }
 
+/// The MoE permutations on model-sized rows (2560, four elements per
+/// thread) and odd ones (6, one): moe_dispatch's rows, slots and offsets,
+/// and moe_combine_grad both on dispatch's slots (every row of one user, the
+/// one-pass path) and on slots where rows have two users or none (the
+/// per-row sums), all against the CPU.
+TEST(CudaKernels, MoEPermutationsMatchTheCPU) {
+  RandomTensors random(400);
+  const int64_t N = 1000, k = 2, E = 8, M = N * k;
+  KernelAttrs none, dispatch;
+  dispatch.set("num_experts", AttrValue::ofInt(E));
+  for (int64_t H : {int64_t(2560), int64_t(6)}) {
+    SCOPED_TRACE("H " + std::to_string(H));
+    std::vector<uint8_t> b[12];
+    TensorView x = random(DType::BF16, {N, H}, b[0]), idx = hostTensor(DType::I32, {N, k}, b[1]);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < k; ++j) // two distinct experts per token
+        idx.i32()[n * k + j] = int32_t((n * 3 + j * 5) % E);
+    TensorView permuted = hostTensor(DType::BF16, {M, H}, b[2]),
+               off = hostTensor(DType::I32, {E + 1}, b[3]),
+               slots = hostTensor(DType::I32, {N, k}, b[4]);
+    Status st;
+    for (double r :
+         gpuErrorsAgainstCpu("moe_dispatch", dispatch, {x, idx}, {permuted, off, slots}, st))
+      EXPECT_LE(r, 1.0) << "moe_dispatch";
+    ASSERT_TRUE(st.ok()) << st.message();
+    ASSERT_TRUE(runOnCpu("moe_dispatch", dispatch, {x, idx}, {permuted, off, slots}).ok());
+    TensorView y = random(DType::BF16, {M, H}, b[5]), w = random(DType::F32, {N, k}, b[6]);
+    TensorView dout = random(DType::BF16, {N, H}, b[7]);
+    TensorView dy = hostTensor(DType::BF16, {M, H}, b[8]),
+               dw = hostTensor(DType::F32, {N, k}, b[9]);
+    for (double r :
+         gpuErrorsAgainstCpu("moe_combine_grad", none, {y, slots, w, dout}, {dy, dw}, st))
+      EXPECT_LE(r, 1.0) << "moe_combine_grad, dispatch's slots";
+    ASSERT_TRUE(st.ok()) << st.message();
+    // Rows below M - 300 used by one item or two, the last 300 by none.
+    TensorView shared = hostTensor(DType::I32, {N, k}, b[10]);
+    for (int64_t i = 0; i < M; ++i)
+      shared.i32()[i] = int32_t((i * 7) % (M - 300));
+    for (double r :
+         gpuErrorsAgainstCpu("moe_combine_grad", none, {y, shared, w, dout}, {dy, dw}, st))
+      EXPECT_LE(r, 1.0) << "moe_combine_grad, shared and unused rows";
+    ASSERT_TRUE(st.ok()) << st.message();
+  }
+}
+
 /// rms_norm and its gradient on rows wider than the tiny steps' (a block per
-/// row) and on QK-norm-sized rows (a warp per row), bf16 activations.
+/// row) and on QK-norm-sized rows (a warp per row), bf16 activations. 3001
+/// rows: the last block of the gradient's (eight rows each) has one.
 TEST(CudaKernels, RmsNormOnWideAndNarrowRows) {
   for (int64_t D : {int64_t(2560), int64_t(256), int64_t(40)}) {
-    const int64_t rows = 3000;
+    const int64_t rows = 3001;
     std::vector<uint8_t> xb, wb, gb, yb, dxb, dwb;
     TensorView x = hostTensor(DType::BF16, {rows, D}, xb), w = hostTensor(DType::F32, {D}, wb),
                g = hostTensor(DType::BF16, {rows, D}, gb),
