@@ -5,6 +5,9 @@
 #include "runtime/base/host_memory.h"
 #include "runtime/base/parallel.h"
 #include "runtime/cpu/cpu_kernels.h"
+#include "runtime/dist/background_sums.h"
+
+#include <algorithm>
 
 namespace g3rt::cpu {
 
@@ -90,6 +93,82 @@ Status CpuBackend::run(const std::string &function) {
   G3RT_RETURN_IF_ERROR(reserveArena(*fn));
   for (size_t i = 0; i < fn->instrs.size(); ++i)
     G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
+  return Status();
+}
+
+namespace {
+
+/// A pack of gradient accumulators and the instruction after which none of
+/// them is touched again (-1: none is touched).
+struct GradientPack {
+  int64_t ready = -1;
+  BackgroundSums::Tensors tensors;
+};
+
+/// The accumulators of `host` in packs of about `bucketFloats` floats, in
+/// the order `fn` finishes with them. The order follows from the program
+/// alone (not from which instructions this process runs), so that every
+/// process forms the same packs.
+std::vector<GradientPack> gradientPacks(const FunctionDesc &fn, HostState &host,
+                                        size_t bucketFloats) {
+  std::map<std::string, int64_t> last;
+  host.forEach(BufferKind::GradAcc,
+               [&](const std::string &name, const TensorView &) { last[name] = -1; });
+  for (size_t i = 0; i < fn.instrs.size(); ++i)
+    for (const auto *list : {&fn.instrs[i].inputs, &fn.instrs[i].outputs})
+      for (uint32_t b : *list)
+        if (fn.buffers[b].kind == BufferKind::GradAcc)
+          last[fn.buffers[b].name] = int64_t(i);
+  std::vector<std::pair<int64_t, std::string>> order;
+  for (const auto &[name, i] : last)
+    order.emplace_back(i, name);
+  std::sort(order.begin(), order.end());
+  std::vector<GradientPack> packs;
+  size_t floats = bucketFloats;
+  for (const auto &[i, name] : order) {
+    TensorView t = host.state(BufferKind::GradAcc, name);
+    if (floats >= bucketFloats) {
+      packs.emplace_back();
+      floats = 0;
+    }
+    packs.back().ready = i;
+    packs.back().tensors.emplace_back("the gradient of " + name, t);
+    floats += size_t(t.numel());
+  }
+  return packs;
+}
+
+} // namespace
+
+Status CpuBackend::runSummingGradients(const std::string &function, Communicator &job,
+                                       size_t bucketFloats, bool &summed) {
+  summed = false;
+  const FunctionDesc *fn = program_.findFunction(function);
+  if (!fn)
+    return Status::error("the step has no entry point '" + function + "'");
+  G3RT_RETURN_IF_ERROR(reserveArena(*fn));
+  std::vector<GradientPack> packs = gradientPacks(*fn, host_, bucketFloats);
+  sumsSent_ = {packs.size(), 0};
+  BackgroundSums sums(job, bucketFloats);
+  size_t next = 0;
+  // Hands over the packs the run is done with after instruction `done`.
+  auto handOver = [&](int64_t done) {
+    for (; next < packs.size() && packs[next].ready <= done; ++next) {
+      sumsSent_.early += done + 1 < int64_t(fn->instrs.size());
+      sums.add(std::move(packs[next].tensors));
+    }
+  };
+  handOver(-1);
+  Status ran;
+  for (size_t i = 0; i < fn->instrs.size() && ran.ok(); ++i) {
+    ran = runInstruction(*fn, i);
+    if (ran.ok())
+      handOver(int64_t(i));
+  }
+  Status sent = sums.finish();
+  G3RT_RETURN_IF_ERROR(ran);
+  G3RT_RETURN_IF_ERROR(sent);
+  summed = true;
   return Status();
 }
 

@@ -37,6 +37,14 @@ public:
 
   Status zeroGradients() override;
   Status run(const std::string &function) override;
+  Status runSummingGradients(const std::string &function, Communicator &job, size_t bucketFloats,
+                             bool &summed) override;
+  /// How the last runSummingGradients sent its packs: how many there were,
+  /// and how many left before the function's last instruction had run.
+  struct SumsSent {
+    size_t packs = 0, early = 0;
+  };
+  SumsSent lastSumsSent() const { return sumsSent_; }
   Status readOutput(const std::string &function, const std::string &name,
                     std::vector<uint8_t> &bytes, TensorView &view) override;
   uint64_t arenaHighWater() const override { return highWater_; }
@@ -68,6 +76,7 @@ private:
   Storage hostArena_;
   ResolvedKernels kernels_;
   uint64_t highWater_ = 0;
+  SumsSent sumsSent_;
 };
 
 /// The CPU backend as a provider: always one device.

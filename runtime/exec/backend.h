@@ -93,6 +93,19 @@ public:
     done = false;
     return Status();
   }
+  /// Runs entry point `function` as run() does and, where the backend can
+  /// (the CPU), replaces every gradient accumulator by its sum over the
+  /// processes of `job` as it goes: the accumulators, in packs of about
+  /// `bucketFloats` floats, are summed on another thread once no later
+  /// instruction touches them, and `summed` is set. Elsewhere `summed` stays
+  /// false and the caller sums them after the run.
+  virtual Status runSummingGradients(const std::string &function, Communicator &job,
+                                     size_t bucketFloats, bool &summed) {
+    (void)job;
+    (void)bucketFloats;
+    summed = false;
+    return run(function);
+  }
   /// The highest arena byte any run wrote (one past it), where the backend
   /// tracks it (the CPU); 0 elsewhere.
   virtual uint64_t arenaHighWater() const { return 0; }

@@ -166,8 +166,10 @@ private:
   void scalar(const std::string &tag, double value, int64_t step);
   void recordMetrics(const nlohmann::json &entry);
   nlohmann::json trainingArgs() const;
-  /// Runs entry point `function` on the inputs written into `host`.
-  Status runFunction(const char *function);
+  /// Runs entry point `function` on the inputs written into `host`; with
+  /// `sumGradients`, summing the gradients over the processes as it runs
+  /// where the backend can (then `gradientsSummed`).
+  Status runFunction(const char *function, bool sumGradients = false);
   /// Output `name` of the last run of `function`, as floats / its first value.
   Status outputValues(const char *function, const std::string &name, std::vector<float> &values);
   Status outputScalar(const char *function, const std::string &name, double &value);
@@ -198,6 +200,9 @@ private:
   std::unique_ptr<Backend> backend;
   /// The backend ran an entry point since the last download.
   bool hostStale = false;
+  /// Whether the window's last micro-step summed the gradients over the
+  /// processes as it ran (Backend::runSummingGradients).
+  bool gradientsSummed = false;
 
   int64_t rows = 0, seqLen = 0, padId = 0;
   uint64_t seed = 42;
@@ -229,10 +234,16 @@ Status Trainer::openBackend() {
   return Status();
 }
 
-Status Trainer::runFunction(const char *function) {
+Status Trainer::runFunction(const char *function, bool sumGradients) {
   G3RT_RETURN_IF_ERROR(backend->uploadInputs(host));
   hostStale = true;
-  return backend->run(function);
+  if (!sumGradients)
+    return backend->run(function);
+  // Packs of 16 MiB: the first leave while the backward is still far from
+  // done, and a LoRA model's hundreds of small gradients still travel in a
+  // few round trips.
+  return backend->runSummingGradients(function, *options.communicator, size_t(4) << 20,
+                                      gradientsSummed);
 }
 
 Status Trainer::outputValues(const char *function, const std::string &name,
@@ -264,6 +275,10 @@ Status Trainer::sumGradients() {
   // accumulators within the step (g3moe.reduce).
   if (ranks() == 1 || training.zeroStage >= 2)
     return Status();
+  if (gradientsSummed) {
+    gradientsSummed = false;
+    return Status();
+  }
   bool done = false;
   G3RT_RETURN_IF_ERROR(backend->sumGradients(*comm, done));
   // Summed on the device: the host's copies are stale already (the window's
@@ -744,7 +759,10 @@ Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t 
       key.i64()[0] = int64_t(seed);
       key.i64()[1] = int64_t(state.microBatches) + int64_t(i) * ranks() + rank();
     }
-    G3RT_RETURN_IF_ERROR(runFunction("train_micro_step"));
+    // The window's last micro-step sums the gradients as its backward
+    // finishes them (ZeRO stage 2 sums each micro-step's within the step).
+    const bool sumAsItRuns = i + 1 == batches.size() && ranks() > 1 && training.zeroStage < 2;
+    G3RT_RETURN_IF_ERROR(runFunction("train_micro_step", sumAsItRuns));
     double microLoss = 0;
     G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "loss", microLoss));
     loss += microLoss;
