@@ -4,6 +4,7 @@
 
 #include "runtime/base/host_memory.h"
 #include "runtime/base/parallel.h"
+#include "runtime/cpu/collective_queue.h"
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/dist/background_sums.h"
 
@@ -63,15 +64,8 @@ TensorView CpuBackend::view(const FunctionDesc &fn, uint32_t index) const {
   return v;
 }
 
-Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
-  if (fn.arenaBytes > arena_.size())
-    return Status::error("'" + fn.name + "' needs a " + std::to_string(fn.arenaBytes) +
-                         "-byte arena, the backend holds " + std::to_string(arena_.size()) +
-                         " (reserveArena first)");
+void CpuBackend::callOf(const FunctionDesc &fn, size_t i, KernelArgs &args) {
   const InstrDesc &instr = fn.instrs[i];
-  if (!runsOnProcess(instr, placement_.rank))
-    return Status();
-  KernelArgs args;
   args.name = instr.kernel;
   args.attrs = &instr.attrs;
   args.communicator = placement_.job;
@@ -83,17 +77,68 @@ Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
     if (desc.kind == BufferKind::Arena)
       highWater_ = std::max<uint64_t>(highWater_, desc.offset + desc.bytes);
   }
+}
+
+Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
+  if (fn.arenaBytes > arena_.size())
+    return Status::error("'" + fn.name + "' needs a " + std::to_string(fn.arenaBytes) +
+                         "-byte arena, the backend holds " + std::to_string(arena_.size()) +
+                         " (reserveArena first)");
+  if (!runsOnProcess(fn.instrs[i], placement_.rank))
+    return Status();
+  KernelArgs args;
+  callOf(fn, i, args);
   return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " + std::to_string(i));
 }
+
+namespace {
+
+bool isCollective(const std::string &kernel) {
+  return kernel == "all_reduce" || kernel == "reduce" || kernel == "broadcast";
+}
+
+} // namespace
 
 Status CpuBackend::run(const std::string &function) {
   const FunctionDesc *fn = program_.findFunction(function);
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
   G3RT_RETURN_IF_ERROR(reserveArena(*fn));
-  for (size_t i = 0; i < fn->instrs.size(); ++i)
-    G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
-  return Status();
+  const bool queued = asyncCollectives_ && placement_.job && placement_.job->size() > 1 &&
+                      std::any_of(fn->instrs.begin(), fn->instrs.end(),
+                                  [](const InstrDesc &in) { return isCollective(in.kernel); });
+  if (!queued) {
+    for (size_t i = 0; i < fn->instrs.size(); ++i)
+      G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
+    return Status();
+  }
+  // The collectives leave for their own thread in program order (the same
+  // on every process); an instruction waits for those whose bytes it
+  // touches, so compute goes on while the others travel.
+  CollectiveQueue queue;
+  Status ran;
+  for (size_t i = 0; i < fn->instrs.size() && ran.ok(); ++i) {
+    const InstrDesc &instr = fn->instrs[i];
+    if (!runsOnProcess(instr, placement_.rank))
+      continue;
+    KernelArgs args;
+    callOf(*fn, i, args);
+    const std::string where = fn->name + ", instruction " + std::to_string(i);
+    if (isCollective(instr.kernel)) {
+      queue.push(kernels_.at(fn->name)[i], std::move(args), where);
+      continue;
+    }
+    std::vector<ByteRange> touched = rangesOf(args.inputs);
+    for (const ByteRange &r : rangesOf(args.outputs))
+      touched.push_back(r);
+    ran = queue.waitFor(touched);
+    if (!ran.ok())
+      break;
+    collectivesOverlapped_ += queue.pending() > 0;
+    ran = kernels_.at(fn->name)[i](args).withContext(where);
+  }
+  Status drained = queue.drain();
+  return ran.ok() ? drained : ran;
 }
 
 namespace {

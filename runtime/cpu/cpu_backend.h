@@ -45,6 +45,13 @@ public:
     size_t packs = 0, early = 0;
   };
   SumsSent lastSumsSent() const { return sumsSent_; }
+  /// Whether run() sends a job's collective instructions from a thread of
+  /// their own while the kernels after them run (the default), or runs
+  /// every instruction in turn.
+  void setAsyncCollectives(bool on) { asyncCollectives_ = on; }
+  /// Instructions that ran while collectives were still queued or running,
+  /// over every run() so far.
+  uint64_t collectivesOverlapped() const { return collectivesOverlapped_; }
   Status readOutput(const std::string &function, const std::string &name,
                     std::vector<uint8_t> &bytes, TensorView &view) override;
   uint64_t arenaHighWater() const override { return highWater_; }
@@ -67,6 +74,8 @@ public:
 private:
   CpuBackend(const StepProgram &program, HostState &host);
   Status sameState(const HostState &host) const;
+  /// The kernel call of instruction `i` of `fn` on this backend's buffers.
+  void callOf(const FunctionDesc &fn, size_t i, KernelArgs &args);
 
   const StepProgram &program_;
   HostState &host_;
@@ -77,6 +86,8 @@ private:
   ResolvedKernels kernels_;
   uint64_t highWater_ = 0;
   SumsSent sumsSent_;
+  bool asyncCollectives_ = true;
+  uint64_t collectivesOverlapped_ = 0;
 };
 
 /// The CPU backend as a provider: always one device.

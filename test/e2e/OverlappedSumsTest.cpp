@@ -1,10 +1,13 @@
-//===- OverlappedSumsTest.cpp - gradient sums while the step runs ---------===//
+//===- OverlappedSumsTest.cpp - exchanges while the step computes ---------===//
 //
-// The CPU backend's runSummingGradients in a job of two forked processes:
-// the gradients of a micro-step summed over the processes while it runs, a
-// pack as soon as the step is done with it, are the sums taken after the
-// step, to the bit, and most packs leave before the step's last
-// instruction. (DataParallelDeviceTest's CPU job trains through it.)
+// The CPU backend's exchanges that overlap its kernels, in jobs of two
+// forked processes: runSummingGradients (a micro-step's gradients summed
+// over the processes while it runs, a pack as soon as the step is done with
+// it) gives the sums taken after the step, to the bit, and most packs leave
+// before the step's last instruction; the collective instructions of a
+// ZeRO stage 3 step, sent from their own thread while the kernels after
+// them run, give what running every instruction in turn gives, to the bit.
+// (DataParallelDeviceTest's CPU job trains through both.)
 //
 //===----------------------------------------------------------------------===//
 
@@ -23,17 +26,24 @@ using namespace g3moe_test;
 
 namespace {
 
-/// One rank: exit codes name the failed check.
-int overlapRank(const StepProgram &program, const World &world) {
+/// The job's communicator for `world`, or null (reported).
+std::unique_ptr<Communicator> joinJob(const World &world) {
   GlooOptions gloo;
   gloo.host = "127.0.0.1";
   gloo.timeout = std::chrono::seconds(30);
   std::unique_ptr<Communicator> comm;
   Status s = loadGlooCommunicator(world, gloo, comm);
-  if (!s.ok()) {
+  if (!s.ok())
     std::fprintf(stderr, "rank %d: %s\n", world.rank, s.message().c_str());
+  return s.ok() ? std::move(comm) : nullptr;
+}
+
+/// One rank of the gradient sums: exit codes name the failed check.
+int overlapRank(const StepProgram &program, const World &world) {
+  std::unique_ptr<Communicator> comm = joinJob(world);
+  if (!comm)
     return 2;
-  }
+  Status s;
   CpuStep step(program);
   Point point;
   point.randomizeLoraB = true;
@@ -74,6 +84,64 @@ int overlapRank(const StepProgram &program, const World &world) {
               sent.early);
   std::fflush(stdout);
   return sent.packs >= 8 && 2 * sent.early > sent.packs ? 0 : 7;
+}
+
+/// One rank of the ZeRO stage 3 step: its micro-step with every instruction
+/// in turn, then with the collectives on their own thread; the same
+/// gradient accumulators and loss, and kernels that ran while collectives
+/// were out. Exit codes name the failed check.
+int collectivesRank(const StepProgram &program, const World &world) {
+  std::unique_ptr<Communicator> comm = joinJob(world);
+  if (!comm)
+    return 2;
+  HostState state(program, world.rank);
+  std::unique_ptr<cpu::CpuBackend> backend;
+  if (!cpu::CpuBackend::create(program, state, backend, Placement{0, world.rank, 2, comm.get()})
+           .ok() ||
+      !initializeParameters(state, 7, 0).ok())
+    return 3;
+  setInputs(state);
+  if (TensorView key = state.input("rng_key"); key.data)
+    key.i64()[1] = 5 + world.rank;
+  auto snapshot = [&](std::vector<std::vector<uint8_t>> &out) {
+    state.forEach(BufferKind::GradAcc, [&](const std::string &, const TensorView &g) {
+      const uint8_t *p = static_cast<const uint8_t *>(g.data);
+      out.emplace_back(p, p + (p ? g.bytes() : 0));
+    });
+    const TensorView loss = backend->output("train_micro_step", "loss");
+    const uint8_t *p = static_cast<const uint8_t *>(loss.data);
+    out.emplace_back(p, p + loss.bytes());
+  };
+  std::vector<std::vector<uint8_t>> inTurn, queued;
+  backend->setAsyncCollectives(false);
+  if (!backend->zeroGradients().ok() || !backend->run("train_micro_step").ok())
+    return 4;
+  snapshot(inTurn);
+  if (backend->collectivesOverlapped() != 0)
+    return 5;
+  backend->setAsyncCollectives(true);
+  Status s = backend->zeroGradients();
+  if (s.ok())
+    s = backend->run("train_micro_step");
+  if (!s.ok()) {
+    std::fprintf(stderr, "rank %d: %s\n", world.rank, s.message().c_str());
+    return 6;
+  }
+  snapshot(queued);
+  std::printf("rank %d: %llu kernels ran while collectives were out\n", world.rank,
+              (unsigned long long)backend->collectivesOverlapped());
+  std::fflush(stdout);
+  if (queued != inTurn)
+    return 7;
+  return backend->collectivesOverlapped() > 0 ? 0 : 8;
+}
+
+TEST(DataParallelOverlap, CollectivesOnTheirOwnThreadGiveTheSameStep) {
+  setenv("G3MOE_GLOO_PLUGIN", G3MOE_GLOO_PLUGIN_PATH, 1);
+  StepProgram program = loadProgram("g3moe_full_zero3");
+  std::vector<int> codes =
+      runForkedJob(2, [&](const World &world) { return collectivesRank(program, world); });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
 }
 
 TEST(DataParallelOverlap, GradientsSummedAsTheStepRunsAreTheSumsAfterIt) {

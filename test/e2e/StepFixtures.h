@@ -69,7 +69,7 @@ inline std::string memorizeData() {
 
 /// Writes the first micro-batch of the memorisation set (two rows of 16
 /// tokens) into the inputs.
-inline void setInputs(CpuStep &ex, int64_t labelsInWindow = 0) {
+inline void setInputs(g3rt::HostState &state, int64_t labelsInWindow = 0) {
   g3rt::DataSpec spec;
   spec.path = memorizeData();
   spec.vocabSize = 512;
@@ -79,7 +79,7 @@ inline void setInputs(CpuStep &ex, int64_t labelsInWindow = 0) {
   g3rt::MicroBatch mb;
   g3rt::assembleMicroBatch(data.train, {0, 1}, 2, 16, 0, mb);
   auto copy = [&](const char *name, const std::vector<int32_t> &v) {
-    g3rt::TensorView t = ex.state.input(name);
+    g3rt::TensorView t = state.input(name);
     ASSERT_NE(t.data, nullptr) << name;
     ASSERT_EQ(size_t(t.numel()), v.size());
     std::memcpy(t.data, v.data(), v.size() * 4);
@@ -88,11 +88,14 @@ inline void setInputs(CpuStep &ex, int64_t labelsInWindow = 0) {
   copy("targets", mb.targets);
   copy("positions", mb.positions);
   copy("segment_ids", mb.segmentIds);
-  ex.state.input("num_items").store(0, float(labelsInWindow ? labelsInWindow : mb.labelCount));
-  if (g3rt::TensorView key = ex.state.input("rng_key"); key.data) {
+  state.input("num_items").store(0, float(labelsInWindow ? labelsInWindow : mb.labelCount));
+  if (g3rt::TensorView key = state.input("rng_key"); key.data) {
     key.i64()[0] = 1234;
     key.i64()[1] = 5;
   }
+}
+inline void setInputs(CpuStep &ex, int64_t labelsInWindow = 0) {
+  setInputs(ex.state, labelsInWindow);
 }
 
 /// Runs entry point `function` and returns its loss.
