@@ -101,6 +101,8 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
   // After recomputation, which works on @forward_backward before it is
   // inlined here.
   pm.addPass(createG3MoEAccumulateEarlyPass());
+  if (options.zeroStage == 3)
+    pm.addPass(createG3MoEPrefetchParametersPass());
   pm.addPass(createG3MoELowerToG3RTPass());
   if (options.offloadCount > 0) {
     g3moe::lowered::G3RTOffloadToHostPassOptions offload;

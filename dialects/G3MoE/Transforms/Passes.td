@@ -283,6 +283,21 @@ def G3MoEAccumulateEarlyPass : Pass<"g3moe-accumulate-early", "mlir::ModuleOp"> 
   ];
 }
 
+def G3MoEPrefetchParametersPass : Pass<"g3moe-prefetch-parameters", "mlir::ModuleOp"> {
+  let summary = "receive each ZeRO stage 3 parameter one receipt ahead of its reader";
+  let description = [{
+    A receipt is a `g3moe.broadcast` of one `g3moe.param` (--g3moe-shard at
+    stage 3 puts one where each function first reads each trained
+    parameter). Each receipt after the first of its function moves, with its
+    `g3moe.param`, up to just before the first reader of the receipt before
+    it, so that the exchange is in flight while that reader and what follows
+    it compute; at most one more received parameter is alive at a time.
+    Runs after --g3moe-accumulate-early, last before lowering, so that no
+    later pass puts the receipts back.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 def G3MoERegenerateRandomPass : Pass<"g3moe-regenerate-random", "mlir::ModuleOp"> {
   let summary = "draw the dropout and jitter masks again in the backward instead of keeping them";
   let description = [{
