@@ -139,20 +139,22 @@ int collectivesRank(const StepProgram &program, const World &world) {
   return backend->collectivesOverlapped() > 100 ? 0 : 8;
 }
 
-TEST(DataParallelOverlap, CollectivesOnTheirOwnThreadGiveTheSameStep) {
+/// Runs `rank` on step `name` in both processes of a job of two, which must
+/// exit 0.
+void expectBothRanksPass(const char *name, int (*rank)(const StepProgram &, const World &)) {
   setenv("G3MOE_GLOO_PLUGIN", G3MOE_GLOO_PLUGIN_PATH, 1);
-  StepProgram program = loadProgram("g3moe_full_zero3");
+  StepProgram program = loadProgram(name);
   std::vector<int> codes =
-      runForkedJob(2, [&](const World &world) { return collectivesRank(program, world); });
-  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
+      runForkedJob(2, [&](const World &world) { return rank(program, world); });
+  EXPECT_EQ(codes, (std::vector<int>{0, 0})) << name;
+}
+
+TEST(DataParallelOverlap, CollectivesOnTheirOwnThreadGiveTheSameStep) {
+  expectBothRanksPass("g3moe_full_zero3", collectivesRank);
 }
 
 TEST(DataParallelOverlap, GradientsSummedAsTheStepRunsAreTheSumsAfterIt) {
-  setenv("G3MOE_GLOO_PLUGIN", G3MOE_GLOO_PLUGIN_PATH, 1);
-  StepProgram program = loadProgram("g3moe_lora");
-  std::vector<int> codes =
-      runForkedJob(2, [&](const World &world) { return overlapRank(program, world); });
-  EXPECT_EQ(codes, (std::vector<int>{0, 0}));
+  expectBothRanksPass("g3moe_lora", overlapRank);
 }
 
 } // namespace
