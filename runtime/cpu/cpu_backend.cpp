@@ -97,6 +97,11 @@ bool isCollective(const std::string &kernel) {
   return kernel == "all_reduce" || kernel == "reduce" || kernel == "broadcast";
 }
 
+bool hasCollectives(const FunctionDesc &fn) {
+  return std::any_of(fn.instrs.begin(), fn.instrs.end(),
+                     [](const InstrDesc &in) { return isCollective(in.kernel); });
+}
+
 } // namespace
 
 Status CpuBackend::run(const std::string &function) {
@@ -104,9 +109,8 @@ Status CpuBackend::run(const std::string &function) {
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
   G3RT_RETURN_IF_ERROR(reserveArena(*fn));
-  const bool queued = asyncCollectives_ && placement_.job && placement_.job->size() > 1 &&
-                      std::any_of(fn->instrs.begin(), fn->instrs.end(),
-                                  [](const InstrDesc &in) { return isCollective(in.kernel); });
+  const bool queued =
+      asyncCollectives_ && placement_.job && placement_.job->size() > 1 && hasCollectives(*fn);
   if (!queued) {
     for (size_t i = 0; i < fn->instrs.size(); ++i)
       G3RT_RETURN_IF_ERROR(runInstruction(*fn, i));
@@ -191,6 +195,10 @@ Status CpuBackend::runSummingGradients(const std::string &function, Communicator
   const FunctionDesc *fn = program_.findFunction(function);
   if (!fn)
     return Status::error("the step has no entry point '" + function + "'");
+  // A step with collectives of its own (ZeRO stage 2) sums its gradients
+  // itself, and one thread at a time talks to the job.
+  if (hasCollectives(*fn))
+    return run(function);
   G3RT_RETURN_IF_ERROR(reserveArena(*fn));
   std::vector<GradientPack> packs = gradientPacks(*fn, host_, bucketFloats);
   sumsSent_ = {packs.size(), 0};

@@ -97,8 +97,9 @@ public:
   /// (the CPU), replaces every gradient accumulator by its sum over the
   /// processes of `job` as it goes: the accumulators, in packs of about
   /// `bucketFloats` floats, are summed on another thread once no later
-  /// instruction touches them, and `summed` is set. Elsewhere `summed` stays
-  /// false and the caller sums them after the run.
+  /// instruction touches them, and `summed` is set. Elsewhere, and for a
+  /// function with collectives of its own, `summed` stays false and the
+  /// caller sums them after the run.
   virtual Status runSummingGradients(const std::string &function, Communicator &job,
                                      size_t bucketFloats, bool &summed) {
     (void)job;
