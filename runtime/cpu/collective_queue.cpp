@@ -4,13 +4,14 @@
 
 namespace g3rt::cpu {
 
-std::vector<ByteRange> rangesOf(const std::vector<TensorView> &tensors) {
+std::vector<ByteRange> rangesOf(const KernelArgs &args) {
   std::vector<ByteRange> out;
-  for (const TensorView &t : tensors)
-    if (t.data && t.bytes() > 0) {
-      const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data);
-      out.push_back({begin, begin + t.bytes()});
-    }
+  for (const auto *list : {&args.inputs, &args.outputs})
+    for (const TensorView &t : *list)
+      if (t.data && t.bytes() > 0) {
+        const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data);
+        out.push_back({begin, begin + t.bytes()});
+      }
   return out;
 }
 
@@ -26,79 +27,28 @@ bool overlap(const std::vector<ByteRange> &a, const std::vector<ByteRange> &b) {
 
 } // namespace
 
-CollectiveQueue::CollectiveQueue() : worker_([this] { work(); }) {}
-
-CollectiveQueue::~CollectiveQueue() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    closed_ = true;
-  }
-  changed_.notify_all();
-  worker_.join();
-}
-
 void CollectiveQueue::push(KernelFn kernel, KernelArgs args, std::string where) {
-  std::vector<ByteRange> ranges = rangesOf(args.inputs);
-  for (const ByteRange &r : rangesOf(args.outputs))
-    ranges.push_back(r);
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back({next_++, kernel, std::move(args), std::move(where), std::move(ranges)});
-  }
-  changed_.notify_all();
+  std::vector<ByteRange> ranges = rangesOf(args);
+  const uint64_t id = tasks_.push([kernel, args = std::move(args), where = std::move(where)] {
+    return kernel(args).withContext(where);
+  });
+  touched_.emplace_back(id, std::move(ranges));
 }
 
-Status CollectiveQueue::waitUntilDone(uint64_t id) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [&] { return done_ > id; });
-  return failure_;
+bool CollectiveQueue::busy() {
+  const uint64_t done = tasks_.done();
+  while (!touched_.empty() && touched_.front().first < done)
+    touched_.pop_front();
+  return !touched_.empty();
 }
 
 Status CollectiveQueue::waitFor(const std::vector<ByteRange> &ranges) {
-  uint64_t last = 0;
-  bool any = false;
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const Call &c : queue_)
-      if (overlap(c.ranges, ranges)) {
-        last = c.id;
-        any = true;
-      }
-    if (!any)
-      return failure_;
-  }
-  return waitUntilDone(last);
-}
-
-size_t CollectiveQueue::pending() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return queue_.size();
-}
-
-Status CollectiveQueue::drain() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  changed_.wait(lock, [&] { return queue_.empty(); });
-  return failure_;
-}
-
-void CollectiveQueue::work() {
-  std::unique_lock<std::mutex> lock(mutex_);
-  for (;;) {
-    changed_.wait(lock, [&] { return closed_ || !queue_.empty(); });
-    if (queue_.empty())
-      return;
-    // A reference into the deque stays valid while calls are pushed behind.
-    Call &c = queue_.front();
-    const bool run = failure_.ok();
-    lock.unlock();
-    Status s = run ? c.kernel(c.args).withContext(c.where) : Status();
-    lock.lock();
-    if (failure_.ok() && !s.ok())
-      failure_ = s;
-    queue_.pop_front();
-    ++done_;
-    changed_.notify_all();
-  }
+  busy(); // forgets the calls known to be done
+  // The last call touching `ranges`: the ones before it run first.
+  for (auto it = touched_.rbegin(); it != touched_.rend(); ++it)
+    if (overlap(it->second, ranges))
+      return tasks_.waitFor(it->first);
+  return tasks_.failure();
 }
 
 } // namespace g3rt::cpu

@@ -12,14 +12,12 @@
 #ifndef G3MOE_RUNTIME_CPU_COLLECTIVE_QUEUE_H
 #define G3MOE_RUNTIME_CPU_COLLECTIVE_QUEUE_H
 
+#include "runtime/base/task_queue.h"
 #include "runtime/kernels/kernel.h"
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace g3rt::cpu {
@@ -29,48 +27,29 @@ struct ByteRange {
   uintptr_t begin = 0, end = 0;
 };
 
-/// The byte ranges of `tensors` (empty ones left out).
-std::vector<ByteRange> rangesOf(const std::vector<TensorView> &tensors);
+/// The byte ranges of a call's inputs and outputs (empty ones left out).
+std::vector<ByteRange> rangesOf(const KernelArgs &args);
 
-/// Collective kernel calls run in the order queued on one thread. The
-/// caller keeps the call's tensors (and attributes) alive and waits, with
-/// waitFor, before it touches any of their bytes; after a failed call the
-/// later ones do not run.
+/// Collective kernel calls run in the order queued on one thread (a
+/// TaskQueue). The caller keeps the call's tensors (and attributes) alive
+/// and waits, with waitFor, before it touches any of their bytes; after a
+/// failed call the later ones do not run. Used from one thread.
 class CollectiveQueue {
 public:
-  CollectiveQueue();
-  ~CollectiveQueue();
-  CollectiveQueue(const CollectiveQueue &) = delete;
-  CollectiveQueue &operator=(const CollectiveQueue &) = delete;
-
   /// Queues `kernel` on `args`; `where` names the instruction in errors.
   void push(KernelFn kernel, KernelArgs args, std::string where);
   /// Waits until no queued call touches any of `ranges`; the first error of
   /// a call, if any.
   Status waitFor(const std::vector<ByteRange> &ranges);
   /// Waits for every queued call; the first error, if any.
-  Status drain();
-  /// The calls queued or running now.
-  size_t pending();
+  Status drain() { return tasks_.drain(); }
+  /// Whether calls are queued or running now.
+  bool busy();
 
 private:
-  struct Call {
-    uint64_t id;
-    KernelFn kernel;
-    KernelArgs args;
-    std::string where;
-    std::vector<ByteRange> ranges;
-  };
-  void work();
-  Status waitUntilDone(uint64_t id);
-
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<Call> queue_; // the front runs, and leaves when done
-  bool closed_ = false;
-  uint64_t next_ = 0, done_ = 0;
-  Status failure_;
-  std::thread worker_;
+  /// The bytes of the calls not known to be done, by task number.
+  std::deque<std::pair<uint64_t, std::vector<ByteRange>>> touched_;
+  TaskQueue tasks_;
 };
 
 } // namespace g3rt::cpu

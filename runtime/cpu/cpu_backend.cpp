@@ -4,9 +4,10 @@
 
 #include "runtime/base/host_memory.h"
 #include "runtime/base/parallel.h"
+#include "runtime/base/task_queue.h"
 #include "runtime/cpu/collective_queue.h"
 #include "runtime/cpu/cpu_kernels.h"
-#include "runtime/dist/background_sums.h"
+#include "runtime/dist/communicator.h"
 
 #include <algorithm>
 
@@ -132,13 +133,10 @@ Status CpuBackend::run(const std::string &function) {
       queue.push(kernels_.at(fn->name)[i], std::move(args), where);
       continue;
     }
-    std::vector<ByteRange> touched = rangesOf(args.inputs);
-    for (const ByteRange &r : rangesOf(args.outputs))
-      touched.push_back(r);
-    ran = queue.waitFor(touched);
+    ran = queue.waitFor(rangesOf(args));
     if (!ran.ok())
       break;
-    collectivesOverlapped_ += queue.pending() > 0;
+    collectivesOverlapped_ += queue.busy();
     ran = kernels_.at(fn->name)[i](args).withContext(where);
   }
   Status drained = queue.drain();
@@ -151,7 +149,7 @@ namespace {
 /// them is touched again (-1: none is touched).
 struct GradientPack {
   int64_t ready = -1;
-  BackgroundSums::Tensors tensors;
+  std::vector<std::pair<std::string, TensorView>> tensors;
 };
 
 /// The accumulators of `host` in packs of about `bucketFloats` floats, in
@@ -202,13 +200,15 @@ Status CpuBackend::runSummingGradients(const std::string &function, Communicator
   G3RT_RETURN_IF_ERROR(reserveArena(*fn));
   std::vector<GradientPack> packs = gradientPacks(*fn, host_, bucketFloats);
   sumsSent_ = {packs.size(), 0};
-  BackgroundSums sums(job, bucketFloats);
+  TaskQueue sums;
   size_t next = 0;
   // Hands over the packs the run is done with after instruction `done`.
   auto handOver = [&](int64_t done) {
     for (; next < packs.size() && packs[next].ready <= done; ++next) {
       sumsSent_.early += done + 1 < int64_t(fn->instrs.size());
-      sums.add(std::move(packs[next].tensors));
+      sums.push([&job, bucketFloats, tensors = std::move(packs[next].tensors)] {
+        return sumInBuckets(job, tensors, bucketFloats);
+      });
     }
   };
   handOver(-1);
@@ -218,7 +218,7 @@ Status CpuBackend::runSummingGradients(const std::string &function, Communicator
     if (ran.ok())
       handOver(int64_t(i));
   }
-  Status sent = sums.finish();
+  Status sent = sums.drain();
   G3RT_RETURN_IF_ERROR(ran);
   G3RT_RETURN_IF_ERROR(sent);
   summed = true;
