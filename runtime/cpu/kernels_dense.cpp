@@ -131,6 +131,26 @@ void addAddend(const std::vector<float> &a, const FloatOutput &y) {
     p[i] += a[i];
 }
 
+/// A product's keep-mask (dense_checks.h's ProductDropout) as keyed_dropout
+/// applies it: element `at` holding `v` (of a tensor of `type`) is kept as
+/// v times the dropout scale, rounded to the type, or dropped to 0.
+struct KeepMask {
+  explicit KeepMask(const ProductDropout &drop)
+      : bits(reinterpret_cast<const uint32_t *>(drop.mask->i32())), scale(dropoutScale(drop.p)) {}
+  float operator()(int64_t at, float v, DType type) const {
+    return bits[at >> 5] >> (at & 31) & 1u ? roundedAs(type, v * scale) : 0.0f;
+  }
+  const uint32_t *bits;
+  float scale;
+};
+
+/// `t` (or a copy of it, `into`) dropped by a product's keep-mask.
+void applyMask(const ProductDropout &drop, const TensorView &t, const TensorView &into) {
+  const KeepMask keep(drop);
+  for (int64_t i = 0, n = t.numel(); i < n; ++i)
+    into.store(i, keep(i, t.load(i), into.dtype));
+}
+
 /// Adds an expert product's low-rank term to the fp32 result [M, cols]
 /// before the addend: rows of expert e get h·L_eᵀ, L_e the [cols, r] slice
 /// of the lowrank weight (`rankLast`) or the transpose of its [r, cols] one.
@@ -153,12 +173,9 @@ void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool 
     std::vector<float> term(size_t(rows * cols));
     gemmNT(H.data() + r0 * r, r, Le.data(), r, term.data(), cols, rows, cols, r);
     if (drop.mask) {
-      const auto *bits = reinterpret_cast<const uint32_t *>(drop.mask->i32());
-      const float scale = dropoutScale(drop.p);
+      const KeepMask keep(drop);
       for (int64_t i = 0, at = r0 * cols; i < rows * cols; ++i, ++at)
-        term[size_t(i)] = bits[at >> 5] >> (at & 31) & 1u
-                              ? roundedAs(type, roundedAs(type, term[size_t(i)]) * scale)
-                              : 0.0f;
+        term[size_t(i)] = keep(at, roundedAs(type, term[size_t(i)]), type);
     }
     float *p = y.data() + r0 * cols;
     for (size_t i = 0; i < term.size(); ++i)
@@ -166,25 +183,10 @@ void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool 
   }
 }
 
-/// `t` (or a copy of it, `into`) dropped by a product's keep-mask: kept
-/// elements times the dropout scale, rounded to the type, as keyed_dropout
-/// does.
-void applyMask(const ProductDropout &drop, const TensorView &t, const TensorView &into) {
-  const auto *bits = reinterpret_cast<const uint32_t *>(drop.mask->i32());
-  const float scale = dropoutScale(drop.p);
-  for (int64_t i = 0, n = t.numel(); i < n; ++i)
-    into.store(i, bits[i >> 5] >> (i & 31) & 1u ? t.load(i) * scale : 0.0f);
-}
-
-/// A product with a fused dropout (dense_checks.h's ProductDropout) run as
-/// the mask applied and the plain product: to a copy of input `masked`
-/// before the product, or to its result after it (`masked` < 0). `had`
-/// says whether the call had a dropout (and was run here).
-Status runWithDropout(const KernelArgs &args, KernelFn product, int masked, bool &had) {
-  SplitProduct split;
-  G3RT_RETURN_IF_ERROR(splitProductDropout(args, split));
-  if (!(had = split.drop.mask != nullptr))
-    return Status();
+/// A product with a fused dropout, split from its mask (`split`, with one),
+/// run as the mask applied and the plain product: to a copy of input
+/// `masked` before the product, or to its result after it (`masked` < 0).
+Status runDropped(const KernelArgs &args, SplitProduct &split, KernelFn product, int masked) {
   const ProductDropout &drop = split.drop;
   KernelArgs &plain = split.plain;
   if (masked < 0) {
@@ -202,6 +204,16 @@ Status runWithDropout(const KernelArgs &args, KernelFn product, int masked, bool
   applyMask(drop, x, dropped);
   plain.inputs[size_t(masked)] = dropped;
   return product(plain);
+}
+
+/// runDropped for a call with a dropout; `had` says whether it had one (and
+/// was run here).
+Status runWithDropout(const KernelArgs &args, KernelFn product, int masked, bool &had) {
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(args, split));
+  if (!(had = split.drop.mask != nullptr))
+    return Status();
+  return runDropped(args, split, product, masked);
 }
 
 } // namespace
@@ -230,10 +242,8 @@ Status linearGradInputKernel(const KernelArgs &call) {
   MatmulShape shape;
   G3RT_RETURN_IF_ERROR(checkLinearGradInput(args, shape));
   G3RT_RETURN_IF_ERROR(checkResultDropout(args, split.drop, shape));
-  if (split.drop.mask) {
-    bool had;
-    return runWithDropout(call, linearGradInputKernel, /*masked=*/-1, had);
-  }
+  if (split.drop.mask)
+    return runDropped(call, split, linearGradInputKernel, /*masked=*/-1);
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
   std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
@@ -327,10 +337,8 @@ Status expertLinearGradInputKernel(const KernelArgs &call) {
   const ProductDropout &drop = split.drop;
   G3RT_RETURN_IF_ERROR(checkResultDropout(args, drop, shape));
   // Without a low-rank term the mask drops the whole (rank-r) product.
-  if (drop.mask && !shape.lowInput) {
-    bool had;
-    return runWithDropout(call, expertLinearGradInputKernel, /*masked=*/-1, had);
-  }
+  if (drop.mask && !shape.lowInput)
+    return runDropped(call, split, expertLinearGradInputKernel, /*masked=*/-1);
   const int64_t M = shape.M, in = shape.in, out = shape.out, E = shape.E;
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &dx = args.outputs[0];
