@@ -296,6 +296,33 @@ __device__ __forceinline__ void multiplyLowRank(float (&acc)[128], uint32_t sA, 
   fenceAccumulators(acc);
 }
 
+/// Writes the block's fp32 tile from `stage` to rows [tile.begin,
+/// tile.end) and columns n0.. of y [*, N], plus the addend (NaN for a
+/// poisoned tile): eight columns per thread, a row per 32 threads, so that
+/// the rows leave in 16-byte pieces.
+__device__ __forceinline__ void writeStagedTile(const float *stage, const Tile &tile, int64_t n0,
+                                                int64_t N, const void *addend, void *y, DType yt) {
+  const int c = (threadIdx.x & 31) * 8;
+  if (n0 + c >= N)
+    return;
+  for (int r = threadIdx.x >> 5; r < kBM; r += kThreads / 32) {
+    const int64_t row = tile.begin + r;
+    if (row >= tile.end)
+      break;
+    const float4 *src = reinterpret_cast<const float4 *>(stage + r * kStageRow + c);
+    float4 v[2] = {src[0], src[1]};
+    const int64_t at = row * N + n0 + c;
+    if (tile.kind == TileKind::Poison) {
+      v[0] = v[1] = make_float4(NAN, NAN, NAN, NAN);
+    } else if (addend) {
+      v[0] = add4(v[0], loadFloat4(addend, yt, at / 4));
+      v[1] = add4(v[1], loadFloat4(addend, yt, at / 4 + 1));
+    }
+    storeFloat4(y, yt, at / 4, v[0]);
+    storeFloat4(y, yt, at / 4 + 1, v[1]);
+  }
+}
+
 /// `MaskedTerm`: the low-rank term has a dropout mask (termMask) and joins
 /// the staged tile; a kernel of its own, which the others need not carry.
 template <bool WeightNK, bool MaskedTerm>
@@ -393,26 +420,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     addDroppedTerm(stage, wg, lane, acc, words, termMask.scale, yt == DType::BF16);
   }
   __syncthreads();
-  // Eight columns per thread, a row per 32 threads.
-  const int c = (threadIdx.x & 31) * 8;
-  if (n0 + c >= N)
-    return;
-  for (int r = threadIdx.x >> 5; r < kBM; r += kThreads / 32) {
-    const int64_t row = tile.begin + r;
-    if (row >= tile.end)
-      break;
-    const float4 *src = reinterpret_cast<const float4 *>(stage + r * kStageRow + c);
-    float4 v[2] = {src[0], src[1]};
-    const int64_t at = row * N + n0 + c;
-    if (tile.kind == TileKind::Poison) {
-      v[0] = v[1] = make_float4(NAN, NAN, NAN, NAN);
-    } else if (addend) {
-      v[0] = add4(v[0], loadFloat4(addend, yt, at / 4));
-      v[1] = add4(v[1], loadFloat4(addend, yt, at / 4 + 1));
-    }
-    storeFloat4(y, yt, at / 4, v[0]);
-    storeFloat4(y, yt, at / 4 + 1, v[1]);
-  }
+  writeStagedTile(stage, tile, n0, N, addend, y, yt);
 }
 
 //===----------------------------------------------------------------------===//
