@@ -87,7 +87,16 @@ std::vector<std::string> MemoryPlan::checkpointScopes() const {
   // again from the previous one's output, never from further back.
   std::vector<std::string> scopes;
   for (int64_t l = 0; l < int64_t(layers.size()); ++l)
-    if (layers[l] == LayerChoice::RecomputeLayer)
+    if (layers[l] == LayerChoice::RecomputeLayer ||
+        layers[l] == LayerChoice::RecomputeAllButAttention)
+      scopes.push_back("model.layers." + std::to_string(l) + ".");
+  return scopes;
+}
+
+std::vector<std::string> MemoryPlan::keepAttentionScopes() const {
+  std::vector<std::string> scopes;
+  for (int64_t l = 0; l < int64_t(layers.size()); ++l)
+    if (layers[l] == LayerChoice::RecomputeAllButAttention)
       scopes.push_back("model.layers." + std::to_string(l) + ".");
   return scopes;
 }
@@ -95,20 +104,24 @@ std::vector<std::string> MemoryPlan::checkpointScopes() const {
 std::string MemoryPlan::describeRecompute() const {
   const int64_t numLayers = layers.size();
   const int64_t feedForward = count(LayerChoice::RecomputeFeedForward);
-  const int64_t whole = count(LayerChoice::RecomputeLayer);
+  const int64_t keepingAttention = count(LayerChoice::RecomputeAllButAttention);
+  const int64_t whole = count(LayerChoice::RecomputeLayer) + keepingAttention;
+  const std::string keeping =
+      keepingAttention > 0 ? " (" + std::to_string(keepingAttention) + " keeping their attention)"
+                           : "";
   if (feedForward == 0 && whole == 0)
     return "none";
   if (feedForward == numLayers)
     return "mlp";
   if (whole == numLayers)
-    return "layers";
+    return "layers" + keeping;
   std::string of = " of " + std::to_string(numLayers) + " layers";
   std::string text;
   if (feedForward > 0)
     text = "mlp in " + std::to_string(feedForward) + of;
   if (whole > 0)
-    text +=
-        (text.empty() ? "" : ", ") + std::string("whole layers in ") + std::to_string(whole) + of;
+    text += (text.empty() ? "" : ", ") + std::string("whole layers in ") + std::to_string(whole) +
+            of + keeping;
   return text;
 }
 
@@ -122,6 +135,7 @@ std::string MemoryPlan::describeExtras() const {
 void MemoryPlan::applyTo(TrainingPipelineOptions &options) const {
   options.recomputeScopes = recomputeScopes();
   options.checkpointScopes = checkpointScopes();
+  options.keepAttentionScopes = keepAttentionScopes();
   options.saveAttentionStats = keepAttentionOutputs;
   options.tileTokens = tileTokens;
   options.offloadCount = offloadCount;
@@ -333,6 +347,33 @@ public:
     });
   }
 
+  /// With checkpointed global-attention layers (and attention outputs
+  /// kept), the most of them, in layer order, that keep their attention
+  /// and still fit: each keeps tokens * heads * head_dim activations to
+  /// save a forward attention that costs O(tokens^2).
+  LogicalResult keepGlobalAttention() {
+    if (!fit.plan.keepAttentionOutputs)
+      return success();
+    llvm::SmallDenseSet<int64_t> global = globalLayers();
+    std::vector<int64_t> candidates;
+    for (auto [l, choice] : llvm::enumerate(fit.plan.layers))
+      if (choice == LayerChoice::RecomputeLayer && global.contains(l))
+        candidates.push_back(l);
+    const MemoryPlan base = fit.plan;
+    const int64_t n = candidates.size();
+    // By the count of candidates left recomputing their attention: memory
+    // falls as it grows.
+    return bisect(
+        0, n - 1,
+        [&](int64_t recomputing) {
+          MemoryPlan plan = base;
+          for (int64_t l : ArrayRef(candidates).take_front(n - recomputing))
+            plan.layers[l] = LayerChoice::RecomputeAllButAttention;
+          return plan;
+        },
+        [](const FitAttempt &a) { return a.fits; });
+  }
+
   /// With no plan fitting, the most frugal plans (attention outputs kept,
   /// then recomputed) with activations in host memory: every candidate the
   /// offload finds first, then the fewest that fit, by bisection (device
@@ -373,9 +414,8 @@ public:
   }
 
 private:
-  /// The decoder layers, sliding-window layers first, then the global ones
-  /// (whose attention has no sliding_window), each group in layer order.
-  std::vector<int64_t> checkpointOrder(int64_t numLayers) {
+  /// The decoder layers whose attention is global (has no sliding_window).
+  llvm::SmallDenseSet<int64_t> globalLayers() {
     llvm::SmallDenseSet<int64_t> global;
     if (auto f = forward.lookupSymbol<func::FuncOp>("forward"))
       f.walk([&](AttentionOp op) {
@@ -386,6 +426,13 @@ private:
             !path.consumeInteger(10, layer))
           global.insert(layer);
       });
+    return global;
+  }
+
+  /// The decoder layers, sliding-window layers first, then the global ones,
+  /// each group in layer order.
+  std::vector<int64_t> checkpointOrder(int64_t numLayers) {
+    llvm::SmallDenseSet<int64_t> global = globalLayers();
     std::vector<int64_t> order;
     for (bool wantGlobal : {false, true})
       for (int64_t l = 0; l < numLayers; ++l)
@@ -498,6 +545,9 @@ FailureOr<MemoryFit> g3moe::fitMemory(ModuleOp forward, const TrainingPipelineOp
   if (narrow && fit.plan.count(LayerChoice::RecomputeLayer) == *numLayers)
     if (failed(search.narrowLayers(*numLayers)))
       return failure();
+  if (options.budgetBytes > 0 && fit.plan.count(LayerChoice::RecomputeLayer) > 0)
+    if (failed(search.keepGlobalAttention()))
+      return failure();
   return fit;
 }
 
@@ -595,10 +645,10 @@ void FitMemoryPass::runOnOperation() {
   TrainingPipelineOptions defaults;
   const TrainingPipelineOptions &pipeline = step ? *step : defaults;
   if (!pipeline.recomputeScopes.empty() || !pipeline.checkpointScopes.empty() ||
-      !pipeline.saveAttentionStats) {
+      !pipeline.keepAttentionScopes.empty() || !pipeline.saveAttentionStats) {
     emitError(module.getLoc())
-        << "the memory fit chooses recompute-scopes, checkpoint-scopes and "
-           "save-attention-stats; give either them or memory-budget-gb and recompute";
+        << "the memory fit chooses recompute-scopes, checkpoint-scopes, keep-attention-scopes "
+           "and save-attention-stats; give either them or memory-budget-gb and recompute";
     return signalPassFailure();
   }
 

@@ -40,6 +40,11 @@ enum class LayerChoice {
   /// Recompute the feed-forward block (dense MLP or MoE experts) from its
   /// input; the attention, norms and router keep their outputs.
   RecomputeFeedForward,
+  /// Keep what enters the layer and its attention's output and softmax
+  /// statistics; recompute the rest (projections, norms, feed-forward). For
+  /// a global-attention layer at long context: its attention is the layer's
+  /// one cost that grows with the square of the tokens.
+  RecomputeAllButAttention,
   /// Keep only what enters the layer (a checkpoint at its boundary) and
   /// recompute everything it computes for the backward.
   RecomputeLayer,
@@ -81,12 +86,17 @@ struct MemoryPlan {
   /// that treats every layer so names the blocks once (`moe`, `mlp`).
   std::vector<std::string> recomputeScopes() const;
   /// The scopes --g3moe-recompute recomputes whole (its `checkpoints`): one
-  /// per RecomputeLayer layer (`model.layers.3.`), each from the previous
-  /// layer's output.
+  /// per RecomputeLayer or RecomputeAllButAttention layer
+  /// (`model.layers.3.`), each from the previous layer's output.
   std::vector<std::string> checkpointScopes() const;
+  /// The checkpoints whose attention stays (--g3moe-recompute's
+  /// `keep-attention`): the RecomputeAllButAttention layers.
+  std::vector<std::string> keepAttentionScopes() const;
 
   /// What is recomputed, in the words of the compile report: `none`, `mlp`,
-  /// `layers`, or `mlp in 11 of 34 layers` (attention not included).
+  /// `layers`, `mlp in 11 of 34 layers` or `whole layers in 32 of 34 layers
+  /// (3 keeping their attention)` (the attention choice of every layer
+  /// at once not included).
   std::string describeRecompute() const;
   /// How the plan treats attention outputs and feed-forward blocks, as
   /// ", attention outputs recomputed, feed-forward in chunks of 8192 tokens"
@@ -95,8 +105,8 @@ struct MemoryPlan {
   std::string describeExtras() const;
 
   /// Sets the options the plan decides (recompute-scopes, checkpoint-scopes,
-  /// save-attention-stats, tile-tokens, offload-count) in the step
-  /// pipeline's `options`.
+  /// keep-attention-scopes, save-attention-stats, tile-tokens,
+  /// offload-count) in the step pipeline's `options`.
   void applyTo(TrainingPipelineOptions &options) const;
 };
 
@@ -191,7 +201,9 @@ using PipelineRunner =
 /// outputs kept, then recomputed; when that is every layer's feed-forward
 /// block under Auto, the fewest leading layers' that fit, by bisection, and
 /// when that is every layer checkpointed, the fewest checkpoints (sliding-
-/// window layers first); every plan after the first tiles the feed-forward
+/// window layers first), and then the most checkpointed global-attention
+/// layers that keep their attention (RecomputeAllButAttention) and still
+/// fit; every plan after the first tiles the feed-forward
 /// blocks (MemoryPlan::tileTokens) unless `pipeline` fixes the chunk. When
 /// no plan fits, the most frugal one keeps activations in host memory
 /// (MemoryPlan::offloadCount, the fewest that fit by bisection) within

@@ -96,6 +96,8 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
     G3MoERecomputePassOptions recompute;
     recompute.scopes.assign(options.recomputeScopes.begin(), options.recomputeScopes.end());
     recompute.checkpoints.assign(options.checkpointScopes.begin(), options.checkpointScopes.end());
+    recompute.keepAttention.assign(options.keepAttentionScopes.begin(),
+                                   options.keepAttentionScopes.end());
     pm.addPass(createG3MoERecomputePass(recompute));
   }
   // After recomputation, which works on @forward_backward before it is

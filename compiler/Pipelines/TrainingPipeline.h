@@ -52,6 +52,10 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       *this, "checkpoint-scopes",
       llvm::cl::desc("module-path substrings (decoder layers) the backward recomputes whole "
                      "from their inputs, which alone are kept")};
+  ListOption<std::string> keepAttentionScopes{
+      *this, "keep-attention-scopes",
+      llvm::cl::desc("module-path substrings of checkpoint scopes whose attention output and "
+                     "softmax statistics are kept for the backward instead of recomputed")};
   Option<int64_t> tileTokens{
       *this, "tile-tokens",
       llvm::cl::desc("run the feed-forward blocks on chunks of this many tokens, so that only "
@@ -96,9 +100,8 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
       *this, "memory-budget-gb",
       llvm::cl::desc("step pipeline: device memory the step may take, in GiB (2^30 "
                      "bytes); the pipeline then compiles the least recomputation that "
-                     "fits, choosing recompute-scopes, checkpoint-scopes, save-attention-stats and "
-                     "tile-tokens (0: no "
-                     "budget)"),
+                     "fits, choosing recompute-scopes, checkpoint-scopes, keep-attention-scopes, "
+                     "save-attention-stats and tile-tokens (0: no budget)"),
       llvm::cl::init(0.0)};
   Option<double> hostMemoryBudgetGb{
       *this, "host-memory-budget-gb",

@@ -86,7 +86,22 @@ TEST_P(StepRecompute, SameLossAndGradientsAsKeepingActivations) {
 
 INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
                          ::testing::Values("g3moe_lora_fp32_recompute", "g3moe_lora_fp32_partial",
-                                           "g3moe_lora_fp32_checkpoints"));
+                                           "g3moe_lora_fp32_checkpoints",
+                                           "g3moe_lora_fp32_keep_attention"));
+
+/// The checkpointed step whose global layer keeps its attention runs one
+/// attention fewer (the global layer's, not made again) than the one that
+/// recomputes every layer whole.
+TEST(StepRecompute, ACheckpointKeepingItsAttentionRunsItOnce) {
+  auto attentions = [](const std::string &name) {
+    StepProgram program = loadProgram(name);
+    const FunctionDesc *fb = program.findFunction("forward_backward");
+    return std::count_if(fb->instrs.begin(), fb->instrs.end(),
+                         [](const InstrDesc &i) { return i.kernel == "attention"; });
+  };
+  EXPECT_EQ(attentions("g3moe_lora_fp32_keep_attention") + 1,
+            attentions("g3moe_lora_fp32_recompute"));
+}
 
 /// Steps keeping activations in host memory between their uses: the copies
 /// move bytes and change no arithmetic, so loss and gradients are those of

@@ -251,6 +251,12 @@ def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
     each decoder layer a checkpoint, only the layer boundaries live from the
     forward to the backward, plus one layer's recomputed activations at a
     time. Runs after CSE, which would otherwise merge the copies back.
+
+    In a checkpoint scope that `keep-attention` also names, the attention
+    stays as the forward ran it: its output and softmax statistics live until
+    the backward (which --g3moe-save-attention-stats hands them to), and only
+    the queries, keys and values are made again. A global layer's attention
+    costs O(tokens^2) to run twice; its output costs tokens * heads * head_dim.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
   let options = [
@@ -260,6 +266,9 @@ def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
     ListOption<"checkpoints", "checkpoints", "std::string",
                "module-path substrings (decoder layers: model.layers.3.) recomputed whole "
                "from what enters them">,
+    ListOption<"keepAttention", "keep-attention", "std::string",
+               "module-path substrings of checkpoints whose attention is kept, not "
+               "recomputed">,
   ];
 }
 

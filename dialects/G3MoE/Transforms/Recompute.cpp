@@ -10,7 +10,9 @@
 // A checkpoint scope (a decoder layer) goes further: everything the layer
 // computes is made again from what enters it, the previous layer's output,
 // so that between the forward and the backward only the layer boundaries
-// stay alive.
+// stay alive. A checkpoint may keep its attention: at long context a global
+// layer's attention is the one op of the layer whose cost grows with the
+// square of the tokens, while its output grows linearly.
 //
 //===----------------------------------------------------------------------===//
 
@@ -66,9 +68,9 @@ SmallVector<std::string> scopesOf(Operation *op) {
 class Recomputation {
 public:
   Recomputation(func::FuncOp fb, Operation *lossOp, ArrayRef<std::string> scopes,
-                ArrayRef<std::string> checkpoints)
-      : scopes(scopes), checkpoints(checkpoints), builder(fb.getContext()),
-        order(opOrder(fb.getBody().front())) {
+                ArrayRef<std::string> checkpoints, ArrayRef<std::string> keepAttention)
+      : scopes(scopes), checkpoints(checkpoints), keepAttention(keepAttention),
+        builder(fb.getContext()), order(opOrder(fb.getBody().front())) {
     backwardStart = order[lossOp] + 1;
   }
 
@@ -98,14 +100,18 @@ private:
     if (isa<AddRMSNormOp>(op) && names.size() == 2 &&
         checkpointOf(names[0]) != checkpointOf(names[1]))
       return it->second; // a boundary: see isBoundaryNorm
-    if (int c = checkpointOf(scope);
-        c > 0 && (isMemoryEffectFree(op) || isReceivedAgain(op)) && op->getNumRegions() == 0)
+    if (int c = checkpointOf(scope); c > 0 && (isMemoryEffectFree(op) || isReceivedAgain(op)) &&
+                                     op->getNumRegions() == 0 &&
+                                     !(isa<AttentionOp>(op) && matchesAny(keepAttention, scope)))
       return it->second = c;
-    if (isRecomputable(op) && llvm::any_of(scopes, [&](const std::string &s) {
-          return scope.find(s) != std::string::npos;
-        }))
+    if (isRecomputable(op) && matchesAny(scopes, scope))
       return it->second = -1;
     return it->second;
+  }
+
+  static bool matchesAny(ArrayRef<std::string> substrings, const std::string &scope) {
+    return llvm::any_of(substrings,
+                        [&](const std::string &s) { return scope.find(s) != std::string::npos; });
   }
 
   /// The checkpoint scope a module path lies in, as homeOf counts, or 0.
@@ -182,7 +188,7 @@ private:
     return ops;
   }
 
-  ArrayRef<std::string> scopes, checkpoints;
+  ArrayRef<std::string> scopes, checkpoints, keepAttention;
   OpBuilder builder;
   DenseMap<Operation *, unsigned> order;
   unsigned backwardStart = 0;
@@ -199,12 +205,13 @@ struct G3MoERecomputePass : g3moe::impl::G3MoERecomputePassBase<G3MoERecomputePa
       return;
     SmallVector<std::string> scopeList(scopes.begin(), scopes.end());
     SmallVector<std::string> checkpointList(checkpoints.begin(), checkpoints.end());
+    SmallVector<std::string> keepList(keepAttention.begin(), keepAttention.end());
     if (scopeList.empty() && checkpointList.empty())
       scopeList.push_back("moe.experts");
     Operation *lossOp = lossBoundary(fb);
     if (!lossOp)
       return;
-    Recomputation(fb, lossOp, scopeList, checkpointList).run(fb.getBody().front());
+    Recomputation(fb, lossOp, scopeList, checkpointList, keepList).run(fb.getBody().front());
   }
 };
 

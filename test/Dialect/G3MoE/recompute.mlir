@@ -4,6 +4,7 @@
 // RUN: g3moe-opt %s --split-input-file --g3moe-recompute | FileCheck %s
 // RUN: g3moe-opt %s --split-input-file --g3moe-recompute="scopes=nothing.matches" | FileCheck %s --check-prefix=NONE
 // RUN: g3moe-opt %s --split-input-file --g3moe-recompute="checkpoints=model.layers.1." | FileCheck %s --check-prefix=CKPT
+// RUN: g3moe-opt %s --split-input-file --g3moe-recompute="checkpoints=model.layers.1. keep-attention=model.layers.1." | FileCheck %s --check-prefix=KEEP
 
 // CHECK-LABEL: func.func @forward_backward
 func.func @forward_backward(%x: tensor<8x4xbf16>, %off: tensor<3xi32>) -> (tensor<f32>, tensor<2x6x4xf32>) {
@@ -74,4 +75,40 @@ func.func @forward_backward(%x: tensor<4x8xf32>, %w: tensor<8xf32>, %dy: tensor<
   %b2 = g3moe.mul %b1, %a0 : tensor<4x8xf32>
   // CKPT-NEXT: return %[[LOSS]], %[[B2]], %[[ST]]
   return %loss, %b2, %st : tensor<f32>, tensor<4x8xf32>, tensor<4x8xf32>
+}
+
+// -----
+
+// A checkpoint's attention: recomputed with the layer (CKPT), or kept with
+// its softmax statistics while its query is made again (KEEP).
+// CKPT: func.func @forward_backward
+// KEEP: func.func @forward_backward
+func.func @forward_backward(%x: tensor<2x16x4x16xbf16>, %k: tensor<2x16x2x16xbf16>,
+                            %s: tensor<2x16xi32>, %do: tensor<2x16x4x16xbf16>)
+    -> (tensor<f32>, tensor<2x16x4x16xbf16>) {
+  // CKPT: %[[Q:.*]] = g3moe.scale %{{.*}} {factor = 3.0
+  // KEEP: %[[Q:.*]] = g3moe.scale %{{.*}} {factor = 3.0
+  %q = g3moe.scale %x {factor = 3.0 : f64} : tensor<2x16x4x16xbf16> loc("model.layers.1.self_attn")
+  // CKPT: %[[O:.*]], %[[L:.*]] = g3moe.attention %[[Q]]
+  // KEEP: %[[O:.*]], %[[L:.*]] = g3moe.attention %[[Q]]
+  %o, %l = g3moe.attention %q, %k, %k, %s {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>) loc("model.layers.1.self_attn")
+  %f = g3moe.convert %o : tensor<2x16x4x16xbf16> -> tensor<2x16x4x16xf32> loc("model.layers.1.self_attn")
+  %r = g3moe.reshape %f : tensor<2x16x4x16xf32> -> tensor<2048xf32> loc("loss")
+  %v = g3moe.param "v" : tensor<1x2048xf32> loc("loss")
+  %l1 = g3moe.linear %r, %v : (tensor<2048xf32>, tensor<1x2048xf32>) -> tensor<1xf32> loc("loss")
+  %loss = g3moe.reshape %l1 : tensor<1xf32> -> tensor<f32> loc("loss")
+  %dy = g3moe.scale %do {factor = 0.5 : f64} : tensor<2x16x4x16xbf16>
+  // CKPT: %[[Q2:.*]] = g3moe.scale %{{.*}} {factor = 3.0
+  // CKPT-NEXT: %[[O2:.*]], %[[L2:.*]] = g3moe.attention %[[Q2]]
+  // CKPT-NEXT: g3moe.attention_grad %[[Q2]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[O2]], %[[L2]]
+  // KEEP: %[[Q2:.*]] = g3moe.scale %{{.*}} {factor = 3.0
+  // KEEP-NOT: g3moe.attention %
+  // KEEP: g3moe.attention_grad %[[Q2]], %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}}, %[[O]], %[[L]]
+  %d:3 = g3moe.attention_grad %q, %k, %k, %s, %dy, %o, %l {scale = 0.25 : f64}
+      : (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16xi32>,
+         tensor<2x16x4x16xbf16>, tensor<2x16x4x16xbf16>, tensor<2x4x16xf32>)
+      -> (tensor<2x16x4x16xbf16>, tensor<2x16x2x16xbf16>, tensor<2x16x2x16xbf16>)
+  return %loss, %d#0 : tensor<f32>, tensor<2x16x4x16xbf16>
 }
