@@ -375,17 +375,27 @@ public:
   }
 
   /// With no plan fitting, the most frugal plans (attention outputs kept,
-  /// then recomputed) with activations in host memory: every candidate the
+  /// the global layers keeping theirs too, then not, then attention outputs
+  /// recomputed) with activations in host memory: every candidate the
   /// offload finds first, then the fewest that fit, by bisection (device
   /// memory falls and host memory grows with the count). Host memory comes
   /// last because the copies are not free: at short contexts a layer's
-  /// compute cannot hide them.
+  /// compute cannot hide them. A global layer's attention output costs a
+  /// copy each way at long context, its recomputation O(tokens^2).
   LogicalResult searchOffload(int64_t numLayers) {
     if (options.budgetBytes <= 0 || options.hostBudgetBytes == 0 || pipeline.offloadCount >= 0)
       return success();
     std::vector<MemoryPlan> plans = candidates(numLayers);
-    for (size_t i = plans.size() >= 2 ? plans.size() - 2 : 0; i < plans.size(); ++i) {
-      MemoryPlan plan = plans[i];
+    plans.erase(plans.begin(), plans.end() - std::min<size_t>(2, plans.size()));
+    if (!plans.empty() && plans.front().keepAttentionOutputs) {
+      MemoryPlan keeping = plans.front();
+      for (int64_t l : globalLayers())
+        if (l < numLayers && keeping.layers[l] == LayerChoice::RecomputeLayer)
+          keeping.layers[l] = LayerChoice::RecomputeAllButAttention;
+      if (keeping.count(LayerChoice::RecomputeAllButAttention) > 0)
+        plans.insert(plans.begin(), keeping);
+    }
+    for (MemoryPlan plan : plans) {
       plan.offloadCount = MemoryPlan::kEveryCandidate;
       OwningOpRef<ModuleOp> step;
       bool fits = false;
