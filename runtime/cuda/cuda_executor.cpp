@@ -64,9 +64,23 @@ Status expertGemmFromEnvironment(int device, bool &grouped) {
 
 /// Scratch memory kernels may use within one launch (sorting, reductions).
 constexpr size_t kWorkspaceBytes = size_t(256) << 20;
-/// Range-check records an entry point may defer (DeviceChecks); a step uses
-/// a few per MoE layer, and checks past these wait for the device.
-constexpr size_t kCheckRecords = 4096;
+/// Range-check records an entry point may defer (DeviceChecks): one per
+/// input of each of its instructions bounds what its kernels take (a MoE
+/// kernel one, the auxiliary losses one per layer's indices), so that no
+/// check of the largest entry point waits for the device, which a CUDA
+/// graph's capture cannot. (A fixed 4,096 ran out at 262,144 tokens: 32
+/// feed-forward chunks in each of 26 MoE layers, the micro-step then ran
+/// kernel by kernel.)
+size_t checkRecordCapacity(const StepProgram &program) {
+  size_t most = 1;
+  for (const FunctionDesc &fn : program.functions) {
+    size_t records = 0;
+    for (const InstrDesc &instr : fn.instrs)
+      records += std::max<size_t>(1, instr.inputs.size());
+    most = std::max(most, records);
+  }
+  return most;
+}
 
 /// Collects the range checks of the kernels launched while it lives
 /// (DeviceChecks::deferred); single kernels outside it check at once.
@@ -187,9 +201,10 @@ Status CudaExecutor::create(const StepProgram &program, int device,
   // both run on ctx.stream, one product at a time.
   cublasSetWorkspace(ctx.cublas, ctx.workspace, kWorkspaceBytes / 2);
   ctx.matmuls = std::make_shared<LtMatmuls>(ctx.cublasLt, ctx.workspace, kWorkspaceBytes / 2);
-  G3RT_RETURN_IF_ERROR(check(cudaMalloc(&ctx.checks.records, kCheckRecords * sizeof(uint64_t)),
-                             "allocating the range-check records"));
-  ctx.checks.capacity = kCheckRecords;
+  ctx.checks.capacity = checkRecordCapacity(program);
+  G3RT_RETURN_IF_ERROR(
+      check(cudaMalloc(&ctx.checks.records, ctx.checks.capacity * sizeof(uint64_t)),
+            "allocating the range-check records"));
 
   G3RT_RETURN_IF_ERROR(
       check(cudaMalloc(&ex->arena_, std::max<uint64_t>(program.arenaBytes, 256)),
