@@ -92,7 +92,8 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.
-  if (!options.recomputeScopes.empty() || !options.checkpointScopes.empty()) {
+  if (!options.recomputeScopes.empty() || !options.checkpointScopes.empty() ||
+      !options.keepAttentionScopes.empty()) {
     G3MoERecomputePassOptions recompute;
     recompute.scopes.assign(options.recomputeScopes.begin(), options.recomputeScopes.end());
     recompute.checkpoints.assign(options.checkpointScopes.begin(), options.checkpointScopes.end());

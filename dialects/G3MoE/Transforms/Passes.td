@@ -257,6 +257,7 @@ def G3MoERecomputePass : Pass<"g3moe-recompute", "mlir::ModuleOp"> {
     the backward (which --g3moe-save-attention-stats hands them to), and only
     the queries, keys and values are made again. A global layer's attention
     costs O(tokens^2) to run twice; its output costs tokens * heads * head_dim.
+    `keep-attention` without `checkpoints` is an error.
   }];
   let dependentDialects = ["::g3moe::G3MoEDialect"];
   let options = [

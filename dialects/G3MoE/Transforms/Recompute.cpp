@@ -206,6 +206,13 @@ struct G3MoERecomputePass : g3moe::impl::G3MoERecomputePassBase<G3MoERecomputePa
     SmallVector<std::string> scopeList(scopes.begin(), scopes.end());
     SmallVector<std::string> checkpointList(checkpoints.begin(), checkpoints.end());
     SmallVector<std::string> keepList(keepAttention.begin(), keepAttention.end());
+    if (!keepList.empty() && checkpointList.empty()) {
+      emitError(getOperation().getLoc())
+          << "keep-attention names attention to keep in checkpoints, but no checkpoints are "
+             "given (keep-attention '"
+          << keepList.front() << "')";
+      return signalPassFailure();
+    }
     if (scopeList.empty() && checkpointList.empty())
       scopeList.push_back("moe.experts");
     Operation *lossOp = lossBoundary(fb);

@@ -5,6 +5,8 @@
 // RUN: g3moe-opt %s --split-input-file --g3moe-recompute="scopes=nothing.matches" | FileCheck %s --check-prefix=NONE
 // RUN: g3moe-opt %s --split-input-file --g3moe-recompute="checkpoints=model.layers.1." | FileCheck %s --check-prefix=CKPT
 // RUN: g3moe-opt %s --split-input-file --g3moe-recompute="checkpoints=model.layers.1. keep-attention=model.layers.1." | FileCheck %s --check-prefix=KEEP
+// RUN: not g3moe-opt %s --split-input-file --g3moe-recompute="keep-attention=model.layers.1." 2>&1 | FileCheck %s --check-prefix=NOCKPT
+// NOCKPT: error: keep-attention names attention to keep in checkpoints, but no checkpoints are given (keep-attention 'model.layers.1.')
 
 // CHECK-LABEL: func.func @forward_backward
 func.func @forward_backward(%x: tensor<8x4xbf16>, %off: tensor<3xi32>) -> (tensor<f32>, tensor<2x6x4xf32>) {
