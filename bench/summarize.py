@@ -2,7 +2,8 @@
 """The table bench/run_gpu.sh prints last: g3moe against the strong and the
 recipe's PyTorch stacks per length (tokens/s, MFU, GPU memory, both ratios;
 the recipe's LoRA dropout in all three, and g3moe without dropout beside),
-the two ways of running the expert products, and the attention kernels
+the two ways of running the expert products (and why a grouped micro-step
+was not captured as a CUDA graph, where it was not), and the attention kernels
 against PyTorch's cuDNN attention (forward + backward time ratio), from the
 JSON lines the run wrote into its output folder. Markdown, ready for
 bench/RESULTS.md.
@@ -89,6 +90,13 @@ def main():
         cells.append(f"{d['tok_s']:,.0f} ({100 * d['mfu']:.1f} %, {d['gpu_gib']:.1f} GiB)"
                      if d else "—")
         print("| " + " | ".join(cells) + " |")
+
+    # A grouped micro-step is captured as a CUDA graph; one that could not be
+    # ran kernel by kernel, and its tokens/s are not the graph's: say why.
+    for r in sorted(rows, key=lambda r: r["seq"]):
+        runs = r.get("micro_step_runs_as", "graph")
+        if r.get("expert_gemm") == "grouped" and runs != "graph":
+            print(f"\nnote: at {r['seq']} tokens the grouped micro-step ran as {runs}")
 
     # The expert products: one grouped kernel (captured with the micro-step)
     # against one cuBLAS product per expert (the micro-step then waits for

@@ -2,7 +2,8 @@
 from the benchmark's JSON lines (the faster way of running the expert
 products, the recipe's LoRA dropout with dropout 0 beside), the strong and
 the recipe's stacks with out-of-memory baselines and both ratios, the
-grouped against the per-expert cuBLAS expert products, and the attention
+grouped against the per-expert cuBLAS expert products (a grouped micro-step
+that was not captured as a graph named with its reason), and the attention
 comparison; lines that are not JSON (warnings) are skipped."""
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_rows_ratios_and_attention(tmp_path):
     assert ("| 32768 | 11,000 | 30.0 % | 70.5 GiB | grouped | — | — | — | out of memory | — | — "
             "| — | — | — |" in lines)
     assert "| 8192 | 12,000 | graph | 15,000 | kernels | 0.80× |" in lines
+    assert not any(line.startswith("note:") for line in lines)
     assert "| cudnn | 8192 | 2.200 | 2.000 | 1.10× |" in lines
     # The sliding-window line has no PyTorch counterpart and is not compared.
     assert sum(line.startswith("| cudnn |") for line in lines) == 1
@@ -63,3 +65,13 @@ def test_missing_baseline_leaves_dashes(tmp_path):
     assert ("| 4096 | 14,000 | 35.0 % | 37.7 GiB | cublas | — | — | — | — | — | — | — | — | — |"
             in lines)
     assert not any(line.startswith("| attention") for line in lines)
+
+
+def test_a_grouped_step_that_was_not_captured_is_named(tmp_path):
+    lines = summarize(tmp_path, {
+        "bench_g3moe.jsonl":
+            '{"seq": 262144, "tok_s": 7670, "mfu": 0.31, "gpu_gib": 75.7, "lora_dropout": 0.05, '
+            '"expert_gemm": "grouped", "micro_step_runs_as": "kernels: moe_dispatch: capturing"}\n',
+    })
+    assert ("note: at 262144 tokens the grouped micro-step ran as kernels: moe_dispatch: capturing"
+            in lines)
