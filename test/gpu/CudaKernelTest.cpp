@@ -243,6 +243,12 @@ struct ExpertSplit {
   std::string describe() const {
     return "M " + std::to_string(M) + ", K " + std::to_string(K) + ", N " + std::to_string(N);
   }
+  /// A low-rank case of it, for SCOPED_TRACE: the expert path, the split,
+  /// the rank and whether an addend joins.
+  std::string describe(const char *experts, int64_t rank, bool withAddend) const {
+    return std::string(experts) + ", " + describe() + ", rank " + std::to_string(rank) +
+           (withAddend ? ", addend" : "");
+  }
   /// The offsets as an i32 host tensor in `bytes`.
   TensorView offsetTensor(std::vector<uint8_t> &bytes) const {
     TensorView off = hostTensor(DType::I32, {experts() + 1}, bytes);
@@ -352,8 +358,7 @@ TEST(CudaKernels, ExpertProductsWithLowRankTermsMatchTheCPU) {
     for (const ExpertSplit &c : {kEmptyExperts, kRowsPastTheLast, kEightExperts})
       for (int64_t r : {int64_t(4), int64_t(8), int64_t(16), int64_t(24), int64_t(32)})
         for (bool withAddend : {false, true}) {
-          SCOPED_TRACE(std::string(experts) + ", " + c.describe() + ", rank " + std::to_string(r) +
-                       (withAddend ? ", addend" : ""));
+          SCOPED_TRACE(c.describe(experts, r, withAddend));
           const int64_t E = c.experts();
           std::vector<uint8_t> b[11];
           TensorView off = c.offsetTensor(b[0]);
@@ -412,8 +417,7 @@ TEST(CudaKernels, ExpertInputGradientsWithDroppedTermsMatchTheCPU) {
       ASSERT_TRUE(st.ok()) << st.message();
       for (int64_t r : {int64_t(8), int64_t(16), int64_t(32)})
         for (bool withAddend : {false, true}) {
-          SCOPED_TRACE(std::string(experts) + ", " + c.describe() + ", rank " + std::to_string(r) +
-                       (withAddend ? ", addend" : ""));
+          SCOPED_TRACE(c.describe(experts, r, withAddend));
           const int64_t E = c.experts();
           std::vector<uint8_t> b[9];
           TensorView off = c.offsetTensor(b[0]);
