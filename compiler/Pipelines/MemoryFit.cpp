@@ -82,23 +82,28 @@ std::vector<std::string> MemoryPlan::recomputeScopes() const {
   return scopes;
 }
 
-std::vector<std::string> MemoryPlan::checkpointScopes() const {
-  // One scope per layer even when every layer is recomputed: a layer is made
-  // again from the previous one's output, never from further back.
+/// The scopes of the decoder layers whose choice `pick` takes, one each
+/// (`model.layers.3.`).
+static std::vector<std::string> layerScopes(ArrayRef<LayerChoice> layers,
+                                            llvm::function_ref<bool(LayerChoice)> pick) {
   std::vector<std::string> scopes;
-  for (int64_t l = 0; l < int64_t(layers.size()); ++l)
-    if (layers[l] == LayerChoice::RecomputeLayer ||
-        layers[l] == LayerChoice::RecomputeAllButAttention)
+  for (auto [l, choice] : llvm::enumerate(layers))
+    if (pick(choice))
       scopes.push_back("model.layers." + std::to_string(l) + ".");
   return scopes;
 }
 
+std::vector<std::string> MemoryPlan::checkpointScopes() const {
+  // One scope per layer even when every layer is recomputed: a layer is made
+  // again from the previous one's output, never from further back.
+  return layerScopes(layers, [](LayerChoice c) {
+    return c == LayerChoice::RecomputeLayer || c == LayerChoice::RecomputeAllButAttention;
+  });
+}
+
 std::vector<std::string> MemoryPlan::keepAttentionScopes() const {
-  std::vector<std::string> scopes;
-  for (int64_t l = 0; l < int64_t(layers.size()); ++l)
-    if (layers[l] == LayerChoice::RecomputeAllButAttention)
-      scopes.push_back("model.layers." + std::to_string(l) + ".");
-  return scopes;
+  return layerScopes(layers,
+                     [](LayerChoice c) { return c == LayerChoice::RecomputeAllButAttention; });
 }
 
 std::string MemoryPlan::describeRecompute() const {
@@ -281,7 +286,8 @@ class Search {
 public:
   Search(ModuleOp forward, const TrainingPipelineOptions &pipeline, const MemoryFitOptions &options,
          PipelineRunner run, MemoryFit &fit)
-      : forward(forward), pipeline(pipeline), options(options), run(run), fit(fit) {}
+      : forward(forward), pipeline(pipeline), options(options), run(run), fit(fit),
+        global(globalLayers(forward)) {}
 
   /// Compiles `plan` into `step` and records the attempt; `fits` says
   /// whether it is within the budget (always, without one).
@@ -354,11 +360,7 @@ public:
   LogicalResult keepGlobalAttention() {
     if (!fit.plan.keepAttentionOutputs)
       return success();
-    llvm::SmallDenseSet<int64_t> global = globalLayers();
-    std::vector<int64_t> candidates;
-    for (auto [l, choice] : llvm::enumerate(fit.plan.layers))
-      if (choice == LayerChoice::RecomputeLayer && global.contains(l))
-        candidates.push_back(l);
+    const std::vector<int64_t> candidates = globalCheckpoints(fit.plan);
     const MemoryPlan base = fit.plan;
     const int64_t n = candidates.size();
     // By the count of candidates left recomputing their attention: memory
@@ -389,9 +391,8 @@ public:
     plans.erase(plans.begin(), plans.end() - std::min<size_t>(2, plans.size()));
     if (!plans.empty() && plans.front().keepAttentionOutputs) {
       MemoryPlan keeping = plans.front();
-      for (int64_t l : globalLayers())
-        if (l < numLayers && keeping.layers[l] == LayerChoice::RecomputeLayer)
-          keeping.layers[l] = LayerChoice::RecomputeAllButAttention;
+      for (int64_t l : globalCheckpoints(keeping))
+        keeping.layers[l] = LayerChoice::RecomputeAllButAttention;
       if (keeping.count(LayerChoice::RecomputeAllButAttention) > 0)
         plans.insert(plans.begin(), keeping);
     }
@@ -424,8 +425,9 @@ public:
   }
 
 private:
-  /// The decoder layers whose attention is global (has no sliding_window).
-  llvm::SmallDenseSet<int64_t> globalLayers() {
+  /// The decoder layers of `forward`'s @forward whose attention is global
+  /// (has no sliding_window).
+  static llvm::SmallDenseSet<int64_t> globalLayers(ModuleOp forward) {
     llvm::SmallDenseSet<int64_t> global;
     if (auto f = forward.lookupSymbol<func::FuncOp>("forward"))
       f.walk([&](AttentionOp op) {
@@ -439,10 +441,19 @@ private:
     return global;
   }
 
+  /// The global layers that `plan` checkpoints whole (RecomputeLayer), in
+  /// layer order.
+  std::vector<int64_t> globalCheckpoints(const MemoryPlan &plan) const {
+    std::vector<int64_t> layers;
+    for (auto [l, choice] : llvm::enumerate(plan.layers))
+      if (choice == LayerChoice::RecomputeLayer && global.contains(l))
+        layers.push_back(l);
+    return layers;
+  }
+
   /// The decoder layers, sliding-window layers first, then the global ones,
   /// each group in layer order.
   std::vector<int64_t> checkpointOrder(int64_t numLayers) {
-    llvm::SmallDenseSet<int64_t> global = globalLayers();
     std::vector<int64_t> order;
     for (bool wantGlobal : {false, true})
       for (int64_t l = 0; l < numLayers; ++l)
@@ -514,6 +525,8 @@ private:
   const MemoryFitOptions &options;
   PipelineRunner run;
   MemoryFit &fit;
+  /// The layers whose attention is global.
+  const llvm::SmallDenseSet<int64_t> global;
 };
 
 std::string gib(int64_t bytes) { return g3rt::gibText(uint64_t(bytes)); }
