@@ -8,6 +8,7 @@
 #include "runtime/cpu/collective_queue.h"
 #include "runtime/cpu/cpu_kernels.h"
 #include "runtime/dist/communicator.h"
+#include "runtime/exec/ownership.h"
 
 #include <algorithm>
 
@@ -89,18 +90,26 @@ Status CpuBackend::runInstruction(const FunctionDesc &fn, size_t i) {
     return Status();
   KernelArgs args;
   callOf(fn, i, args);
-  return kernels_.at(fn.name)[i](args).withContext(fn.name + ", instruction " + std::to_string(i));
+  return runCall(fn, i, args);
 }
 
 namespace {
 
-bool isCollective(const std::string &kernel) {
-  return kernel == "all_reduce" || kernel == "reduce" || kernel == "broadcast";
+std::string instructionContext(const FunctionDesc &fn, size_t i) {
+  return fn.name + ", instruction " + std::to_string(i);
 }
+
+} // namespace
+
+Status CpuBackend::runCall(const FunctionDesc &fn, size_t i, const KernelArgs &args) {
+  return kernels_.at(fn.name)[i](args).withContext(instructionContext(fn, i));
+}
+
+namespace {
 
 bool hasCollectives(const FunctionDesc &fn) {
   return std::any_of(fn.instrs.begin(), fn.instrs.end(),
-                     [](const InstrDesc &in) { return isCollective(in.kernel); });
+                     [](const InstrDesc &in) { return isCollectiveKernel(in.kernel); });
 }
 
 } // namespace
@@ -128,16 +137,15 @@ Status CpuBackend::run(const std::string &function) {
       continue;
     KernelArgs args;
     callOf(*fn, i, args);
-    const std::string where = fn->name + ", instruction " + std::to_string(i);
-    if (isCollective(instr.kernel)) {
-      queue.push(kernels_.at(fn->name)[i], std::move(args), where);
+    if (isCollectiveKernel(instr.kernel)) {
+      queue.push(kernels_.at(fn->name)[i], std::move(args), instructionContext(*fn, i));
       continue;
     }
     ran = queue.waitFor(rangesOf(args));
-    if (!ran.ok())
-      break;
-    collectivesOverlapped_ += queue.busy();
-    ran = kernels_.at(fn->name)[i](args).withContext(where);
+    if (ran.ok()) {
+      collectivesOverlapped_ += queue.busy();
+      ran = runCall(*fn, i, args);
+    }
   }
   Status drained = queue.drain();
   return ran.ok() ? drained : ran;

@@ -76,6 +76,9 @@ private:
   Status sameState(const HostState &host) const;
   /// The kernel call of instruction `i` of `fn` on this backend's buffers.
   void callOf(const FunctionDesc &fn, size_t i, KernelArgs &args);
+  /// Runs instruction `i` of `fn` on its prepared call `args`; an error
+  /// names the function and the instruction.
+  Status runCall(const FunctionDesc &fn, size_t i, const KernelArgs &args);
 
   const StepProgram &program_;
   HostState &host_;

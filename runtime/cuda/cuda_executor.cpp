@@ -6,6 +6,7 @@
 #include "runtime/base/units.h"
 #include "runtime/cuda/cuda_context.h"
 #include "runtime/cuda/lt_matmul.h"
+#include "runtime/exec/ownership.h"
 #include "runtime/kernels/scratch_bounds.h"
 
 #include <algorithm>
@@ -465,7 +466,7 @@ Status CudaExecutor::run(const std::string &function) {
       // A collective waits for the other processes on the host.
       if (ctx_->job)
         for (const InstrDesc &in : fn->instrs)
-          if (in.kernel == "all_reduce" || in.kernel == "reduce" || in.kernel == "broadcast")
+          if (isCollectiveKernel(in.kernel))
             g->failure = "it exchanges tensors with the other processes (" + in.kernel + ")";
     }
     g->warmed = true;

@@ -3,7 +3,8 @@
 // ZeRO sharding (--g3moe-shard) fixes at compile time which process holds
 // each divided persistent tensor; the runtime (stateOwners) and the
 // compiler's memory report (measureStepMemory) both read it off the
-// instructions that touch the tensor, by this one rule.
+// instructions that touch the tensor, by this one rule. The collectives
+// that move such tensors are named here too, for both backends.
 //
 //===----------------------------------------------------------------------===//
 
@@ -28,6 +29,12 @@ inline int64_t soleProcess(std::string_view kernel, std::optional<int64_t> owner
   if (read && !written && kernel == "broadcast" && root)
     return *root;
   return -1;
+}
+
+/// Whether `kernel` exchanges tensors with the other processes (the
+/// collectives --g3moe-shard inserts): it waits for them on the host.
+inline bool isCollectiveKernel(std::string_view kernel) {
+  return kernel == "all_reduce" || kernel == "reduce" || kernel == "broadcast";
 }
 
 } // namespace g3rt
