@@ -47,6 +47,13 @@ namespace {
 
 /// Stream of the per-epoch shuffle draws.
 constexpr uint32_t kShuffleStream = 0xfffffff0u;
+/// fp32 gradients per pack summed while the window's last micro-step runs
+/// (16 MiB): the first leave while the backward is still far from done, and
+/// a LoRA model's hundreds of small gradients still travel in a few round
+/// trips.
+constexpr size_t kPackFloats = size_t(4) << 20;
+/// fp32 gradients per bucket summed after the micro-steps (64 MiB).
+constexpr size_t kBucketFloats = size_t(16) << 20;
 
 std::vector<size_t> shuffled(size_t n, uint64_t seed, uint64_t epoch) {
   std::vector<size_t> order(n);
@@ -185,6 +192,10 @@ private:
   /// ranks, where the steps run.
   Status sumGradients();
   int ranks() const { return options.communicator ? options.communicator->size() : 1; }
+  /// Whether the window's gradients are summed over the ranks after its
+  /// micro-steps (sumGradients); at ZeRO stage 2 and 3 the steps sum them
+  /// into their owners' accumulators themselves (g3moe.reduce).
+  bool sumsGradientsAfterTheSteps() const { return ranks() > 1 && training.zeroStage < 2; }
   int rank() const { return options.communicator ? options.communicator->rank() : 0; }
   /// This process writes files (rank 0 of a job, unless --no-save).
   bool writes() const { return options.writer && !options.noSave; }
@@ -239,10 +250,7 @@ Status Trainer::runFunction(const char *function, bool sumGradients) {
   hostStale = true;
   if (!sumGradients)
     return backend->run(function);
-  // Packs of 16 MiB: the first leave while the backward is still far from
-  // done, and a LoRA model's hundreds of small gradients still travel in a
-  // few round trips.
-  return backend->runSummingGradients(function, *options.communicator, size_t(4) << 20,
+  return backend->runSummingGradients(function, *options.communicator, kPackFloats,
                                       gradientsSummed);
 }
 
@@ -271,9 +279,7 @@ Status Trainer::sumOverRanks(std::vector<double> &values, const char *what) {
 
 Status Trainer::sumGradients() {
   Communicator *comm = options.communicator;
-  // ZeRO stage 2 sums each micro-batch's gradients into their owners'
-  // accumulators within the step (g3moe.reduce).
-  if (ranks() == 1 || training.zeroStage >= 2)
+  if (!sumsGradientsAfterTheSteps())
     return Status();
   if (gradientsSummed) {
     gradientsSummed = false;
@@ -292,7 +298,7 @@ Status Trainer::sumGradients() {
   host.forEach(BufferKind::GradAcc, [&](const std::string &name, const TensorView &g) {
     grads.emplace_back("the gradient of " + name, g);
   });
-  G3RT_RETURN_IF_ERROR(sumInBuckets(*comm, grads, size_t(16) << 20));
+  G3RT_RETURN_IF_ERROR(sumInBuckets(*comm, grads, kBucketFloats));
   return backend->uploadState(host).withContext("copying the summed gradients to the backend");
 }
 
@@ -761,7 +767,7 @@ Status Trainer::runMicroBatches(const std::vector<MicroBatch> &batches, int64_t 
     }
     // The window's last micro-step sums the gradients as its backward
     // finishes them (ZeRO stage 2 sums each micro-step's within the step).
-    const bool sumAsItRuns = i + 1 == batches.size() && ranks() > 1 && training.zeroStage < 2;
+    const bool sumAsItRuns = i + 1 == batches.size() && sumsGradientsAfterTheSteps();
     G3RT_RETURN_IF_ERROR(runFunction("train_micro_step", sumAsItRuns));
     double microLoss = 0;
     G3RT_RETURN_IF_ERROR(outputScalar("train_micro_step", "loss", microLoss));
