@@ -22,12 +22,11 @@ for step in "$carry"/long/*.step; do
   name=$(basename "$step" .step)
   [[ -z ${LONG_STEPS:-} || " $LONG_STEPS " == *" $name "* ]] || continue
   echo "-- $name"
-  timeout "${G3MOE_TIMEOUT:-200}" "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-4}" 2>&1 |
-    tail -2 | sed "s/^{/{\"step\": \"$name\", /" | tee -a "$out/bench_long.jsonl"
   # A micro-step that could not be captured ran kernel by kernel: its
-  # tokens/s are not the graph's.
-  tail -1 "$out/bench_long.jsonl" | grep -o '"micro_step_runs_as":"kernels[^"]*"' |
-    sed "s/^/warning: $name: /" || true
+  # tokens/s are not the graph's, and a warning says so.
+  timeout "${G3MOE_TIMEOUT:-200}" "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-4}" 2>&1 |
+    tail -2 | sed "s/^{/{\"step\": \"$name\", /" | tee -a "$out/bench_long.jsonl" /dev/stderr |
+    grep -o '"micro_step_runs_as":"kernels[^"]*"' | sed "s/^/warning: $name: /"
 done
 # PRESET_RUN=1: g3moe-run trains the 120K preset's step on the GPU for two
 # optimizer steps (one micro-batch each) on long documents packed into

@@ -499,8 +499,8 @@ Status moeCombineGradKernel(const KernelArgs &args) {
   }
   sortUsers<<<blocksFor(M, 256), 256, 0, ctx.stream>>>(start, M, users);
   G3RT_CUDA_CHECK_LAUNCH(args, "moe_combine_grad (ordering)");
+  const int V = vecWidth(H);
   if (items > 0) {
-    const int V = vecWidth(H);
     (V == 4 ? combineGradItems<4>
             : combineGradItems<
                   1>)<<<blocksFor(items, kWarpsPerBlock), 32 * kWarpsPerBlock, 0, ctx.stream>>>(
@@ -510,7 +510,6 @@ Status moeCombineGradKernel(const KernelArgs &args) {
   }
   for (int64_t m0 = 0; m0 < M; m0 += 65535) {
     const int64_t rows = std::min<int64_t>(65535, M - m0);
-    const int V = vecWidth(H);
     dim3 grid(blocksFor(H / V, kRowThreads), unsigned(rows));
     (V == 4 ? combineGradRows<4> : combineGradRows<1>)<<<grid, kRowThreads, 0, ctx.stream>>>(
         start, users, weights.data, weights.dtype, dout.data, dout.dtype, dy.data, dy.dtype, H,
