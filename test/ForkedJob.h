@@ -9,6 +9,7 @@
 #ifndef G3MOE_TEST_FORKEDJOB_H
 #define G3MOE_TEST_FORKEDJOB_H
 
+#include "runtime/dist/load_communicator.h"
 #include "runtime/dist/tcp_store.h"
 #include "runtime/dist/world.h"
 
@@ -17,8 +18,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <vector>
 
 namespace g3moe_test {
@@ -68,6 +71,19 @@ inline std::vector<int> runForkedJob(int ranks, const std::function<int(const g3
     codes.push_back(WIFEXITED(status) ? WEXITSTATUS(status) : 100);
   }
   return codes;
+}
+
+/// Rank `world.rank`'s Gloo communicator for the job (127.0.0.1, 30 s
+/// timeout), or null with the error on stderr.
+inline std::unique_ptr<g3rt::Communicator> joinGlooJob(const g3rt::World &world) {
+  g3rt::GlooOptions gloo;
+  gloo.host = "127.0.0.1";
+  gloo.timeout = std::chrono::seconds(30);
+  std::unique_ptr<g3rt::Communicator> comm;
+  g3rt::Status s = g3rt::loadGlooCommunicator(world, gloo, comm);
+  if (!s.ok())
+    std::fprintf(stderr, "rank %d: %s\n", world.rank, s.message().c_str());
+  return s.ok() ? std::move(comm) : nullptr;
 }
 
 } // namespace g3moe_test

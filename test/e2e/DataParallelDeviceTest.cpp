@@ -15,7 +15,6 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/dist/load_communicator.h"
 #include "runtime/train/trainer.h"
 #include "test/ForkedJob.h"
 #include "test/e2e/MirrorBackend.h"
@@ -54,15 +53,9 @@ TrainOptions optionsFor(const std::string &data, const std::string &out) {
 /// `out`/rank<r>.txt. Returns the process's exit code.
 int trainRank(const StepProgram &program, const World &world, const std::string &device,
               const std::string &data, const std::string &out) {
-  GlooOptions gloo;
-  gloo.host = "127.0.0.1";
-  gloo.timeout = std::chrono::seconds(30);
-  std::unique_ptr<Communicator> comm;
-  Status s = loadGlooCommunicator(world, gloo, comm);
-  if (!s.ok()) {
-    std::fprintf(stderr, "rank %d: %s\n", world.rank, s.message().c_str());
+  std::unique_ptr<Communicator> comm = joinGlooJob(world);
+  if (!comm)
     return 2;
-  }
   TrainOptions o = optionsFor(data, out);
   o.device = device;
   o.communicator = comm.get();
@@ -70,7 +63,7 @@ int trainRank(const StepProgram &program, const World &world, const std::string 
   o.noSave = world.rank != 0;
   TrainResult r;
   std::ostringstream log;
-  s = train(program, o, log, r);
+  Status s = train(program, o, log, r);
   if (!s.ok()) {
     std::fprintf(stderr, "rank %d: %s\n%s", world.rank, s.message().c_str(), log.str().c_str());
     return 3;

@@ -12,7 +12,6 @@
 //
 //===----------------------------------------------------------------------===//
 
-#include "runtime/dist/load_communicator.h"
 #include "test/ForkedJob.h"
 #include "test/e2e/StepFixtures.h"
 
@@ -27,21 +26,9 @@ using namespace g3moe_test;
 
 namespace {
 
-/// The job's communicator for `world`, or null (reported).
-std::unique_ptr<Communicator> joinJob(const World &world) {
-  GlooOptions gloo;
-  gloo.host = "127.0.0.1";
-  gloo.timeout = std::chrono::seconds(30);
-  std::unique_ptr<Communicator> comm;
-  Status s = loadGlooCommunicator(world, gloo, comm);
-  if (!s.ok())
-    std::fprintf(stderr, "rank %d: %s\n", world.rank, s.message().c_str());
-  return s.ok() ? std::move(comm) : nullptr;
-}
-
 /// One rank of the gradient sums: exit codes name the failed check.
 int overlapRank(const StepProgram &program, const World &world) {
-  std::unique_ptr<Communicator> comm = joinJob(world);
+  std::unique_ptr<Communicator> comm = joinGlooJob(world);
   if (!comm)
     return 2;
   Status s;
@@ -92,7 +79,7 @@ int overlapRank(const StepProgram &program, const World &world) {
 /// gradient accumulators and loss, and kernels that ran while collectives
 /// were out. Exit codes name the failed check.
 int collectivesRank(const StepProgram &program, const World &world) {
-  std::unique_ptr<Communicator> comm = joinJob(world);
+  std::unique_ptr<Communicator> comm = joinGlooJob(world);
   if (!comm)
     return 2;
   HostState state(program, world.rank);
