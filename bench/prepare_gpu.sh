@@ -33,6 +33,10 @@ bash "$root/scripts/setup-python.sh" > /dev/null
   --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 --set lora_dropout=0 \
   --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
   -o "$root/devcarry/midsize/midsize-fp32.step"
+"$build/bin/g3moe-compile" "$root/devcarry/midsize/config.json" --quiet --seq-len 1024 \
+  --micro-batch 2 --set test_size=0 --set lora_r=16 --set lora_alpha=32 --set lora_dropout=0 \
+  --set lora_target_modules=q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj \
+  --set fp8_base=true -o "$root/devcarry/midsize/midsize-fp8.step"
 cp "$root/../shared/bench/pytorch_stack.py" "$root/../shared/bench/strong_stack.py" "$root/devcarry/"
 cp -r "$root/../shared/bench/wheels" "$root/devcarry/"
 # G3MoE-4B at each length with the recipe's LoRA dropout (0.05,
@@ -50,9 +54,12 @@ JSON
     /usr/bin/time -f "compile %e s" "$build/bin/g3moe-compile" "$root/devcarry/$name.json" --quiet \
       -o "$root/devcarry/$name.step"
   done
-  # The LoRA dropouts as separate ops (g3moe-4b-T-sep.step).
+  # The LoRA dropouts as separate ops (g3moe-4b-T-sep.step), and the frozen
+  # products in e4m3 (g3moe-4b-T-fp8.step).
   "$build/bin/g3moe-compile" "$root/devcarry/g3moe-4b-$T.json" --quiet \
     --dropout-in-products=false -o "$root/devcarry/g3moe-4b-$T-sep.step"
+  "$build/bin/g3moe-compile" "$root/devcarry/g3moe-4b-$T.json" --quiet --set fp8_base=true \
+    -o "$root/devcarry/g3moe-4b-$T-fp8.step"
 done
 # Dense Gemma-3 4B steps (LoRA on every projection) at short lengths, where
 # launching kernels one by one costs most: run_gpu.sh times them with and

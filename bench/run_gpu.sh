@@ -49,6 +49,9 @@ fi
 echo "== a mid-size Gemma-3 checkpoint from save_pretrained: g3moe (cuda) vs transformers + PEFT"
 PYTHONUNBUFFERED=1 timeout 300 python3 "$here/test/gpu/hf_midsize.py" check "$carry/midsize" \
   "$carry/g3moe-run" 2>&1 | grep -v -i warn | tail -4 | tee "$out/midsize.log"
+echo "== fp8_base's quality on the same checkpoint: bf16, fp32 and fp8 steps, 50 steps each"
+PYTHONUNBUFFERED=1 timeout 300 python3 "$here/test/gpu/hf_midsize.py" quality "$carry/midsize" \
+  "$carry/g3moe-run" 2>&1 | grep -v -i warn | tail -2 | tee "$out/midsize_fp8.log"
 
 echo "== the main job's training on the GPU (g3moe-run --device cuda)"
 rm -rf /tmp/tiny-hf /tmp/tiny-run
@@ -73,7 +76,8 @@ echo "== benchmark: g3moe (expert products grouped in one kernel, then per-exper
 # length runs with the recipe's LoRA dropout (0.05; inside the products and,
 # the -sep step, as separate ops) and, where prepared, without (the -d0 step).
 for T in ${seqs[*]}; do
-  for step in "$carry/g3moe-4b-$T.step" "$carry/g3moe-4b-$T-sep.step" "$carry/g3moe-4b-$T-d0.step"; do
+  for step in "$carry/g3moe-4b-$T.step" "$carry/g3moe-4b-$T-sep.step" "$carry/g3moe-4b-$T-d0.step" \
+    "$carry/g3moe-4b-$T-fp8.step"; do
     [[ -f $step ]] || continue
     for gemm in ${EXPERT_GEMMS:-grouped cublas}; do
       G3MOE_EXPERT_GEMM=$gemm timeout 150 "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-6}" 2>&1 |

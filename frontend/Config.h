@@ -129,6 +129,8 @@ struct TrainingOptions {
   bool trainRouter = false;
   /// Parity flag for R1's no_grad dense-layer FFNs (G3MOE_SPEC.md C1).
   bool denseFFNNoGrad = false;
+  /// fp8_base: the products of frozen weights in e4m3 (LoRA only).
+  bool fp8Base = false;
   bool loadBalancingLoss = false;
   bool routerZLoss = false;
   bool gradientCheckpointing = true;

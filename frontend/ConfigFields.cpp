@@ -198,6 +198,7 @@ const TrainKey kTrainKeys[] = {
     {"target_modules", "lora_target_modules", TK::Targets, false, nullptr},
     {"train_router", "train_router", TK::Bool, true, nullptr},
     {"dense_ffn_no_grad", "dense_ffn_no_grad", TK::Bool, true, nullptr},
+    {"fp8_base", "fp8_base", TK::Bool, true, nullptr},
     {"load_balancing_loss", "load_balancing_loss", TK::Bool, true, nullptr},
     {"router_z_loss", "router_z_loss", TK::Bool, true, nullptr},
     {"gradient_checkpointing", "gradient_checkpointing", TK::Bool, false, nullptr},

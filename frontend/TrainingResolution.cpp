@@ -117,17 +117,18 @@ Error resolveSwitches(const Reader &r, TrainingOptions &t) {
     bool *out;
   };
   BoolField bools[] = {
-      {"train_router", &t.trainRouter},
-      {"dense_ffn_no_grad", &t.denseFFNNoGrad},
-      {"load_balancing_loss", &t.loadBalancingLoss},
-      {"router_z_loss", &t.routerZLoss},
-      {"gradient_checkpointing", &t.gradientCheckpointing},
-      {"packing", &t.packing},
-      {"assistant_only_loss", &t.assistantOnlyLoss},
+      {"train_router", &t.trainRouter},  {"dense_ffn_no_grad", &t.denseFFNNoGrad},
+      {"fp8_base", &t.fp8Base},          {"load_balancing_loss", &t.loadBalancingLoss},
+      {"router_z_loss", &t.routerZLoss}, {"gradient_checkpointing", &t.gradientCheckpointing},
+      {"packing", &t.packing},           {"assistant_only_loss", &t.assistantOnlyLoss},
   };
   for (const BoolField &f : bools)
     if (Error e = r.boolean(f.key, *f.out))
       return e;
+  // Full fine-tuning leaves no frozen weight to quantize.
+  if (t.fp8Base && t.finetuning == "full")
+    return fail(r.origin("fp8_base"), "needs LoRA (finetuning 'full' trains every weight in "
+                                      "fp32 masters, and the products read those)");
 
   // 0 is "no budget", stated: g3moe-compile then takes none from the GPU
   // either (compiler/Driver/DeviceBudget.h).

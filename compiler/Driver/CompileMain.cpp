@@ -91,6 +91,7 @@ void setTrainingOptions(const g3moe::frontend::CompileConfig &config,
   options.loraDropout = t.lora.dropout;
   options.loraTargets = t.lora.targetModules;
   options.trainRouter = t.trainRouter;
+  options.fp8Base = t.fp8Base;
   options.freezeSharedExperts = config.model.freezeSharedExperts;
   options.learningRate = t.learningRate;
   options.schedule = t.lrSchedulerType;
@@ -359,6 +360,10 @@ int g3moe::compiler::runCompileMain(int argc, char **argv, const DeviceQuery &qu
   if (flags.emit != Emit::Mlir && flags.evalMode)
     return fail("--eval builds the evaluation step, which has no training step; "
                 "use --emit=mlir");
+
+  if (flags.fp32 && config->training.fp8Base)
+    return fail("fp8_base quantizes the frozen bf16 weights, and --fp32 builds them in fp32: "
+                "drop one of the two");
 
   mlir::DialectRegistry registry;
   g3moe::registerAllDialects(registry);

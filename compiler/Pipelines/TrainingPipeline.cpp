@@ -89,6 +89,10 @@ void g3moe::buildFixedStepPipeline(OpPassManager &pm, const TrainingPipelineOpti
   // made, join the wide input gradients they are added to.
   if (options.dropoutInProducts)
     pm.addPass(createG3MoEFuseLinearAddPass());
+  // After the fusions, whose low-rank terms it splits off again where it
+  // must; before recomputation, which then recomputes the e4m3 products.
+  if (options.fp8Base)
+    pm.addPass(createG3MoEFp8BasePass());
   // After CSE, which would merge the recomputed copies back into the
   // forward's. The MLPs' and experts' intermediates are the largest
   // activations of a MoE step at long context.

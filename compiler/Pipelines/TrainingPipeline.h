@@ -29,6 +29,10 @@ struct TrainingPipelineOptions : public mlir::PassPipelineOptions<TrainingPipeli
                              llvm::cl::init(0.0)};
   ListOption<std::string> loraTargets{*this, "lora-targets",
                                       llvm::cl::desc("LoRA target module suffixes")};
+  Option<bool> fp8Base{*this, "fp8-base",
+                       llvm::cl::desc("run the products of frozen weights in e4m3 "
+                                      "(--g3moe-fp8-base)"),
+                       llvm::cl::init(false)};
   Option<bool> trainRouter{*this, "train-router",
                            llvm::cl::desc("make the router weights trainable"),
                            llvm::cl::init(false)};

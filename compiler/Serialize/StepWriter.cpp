@@ -38,6 +38,8 @@ FailureOr<fbs::DType> dtypeOf(Type t) {
     return fbs::DType::I32;
   if (t.isInteger(64))
     return fbs::DType::I64;
+  if (isa<Float8E4M3FNType>(t))
+    return fbs::DType::F8E4M3;
   return failure();
 }
 

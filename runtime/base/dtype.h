@@ -1,22 +1,26 @@
 //===- dtype.h - element types and bf16 rounding ----------------*- C++ -*-===//
 //
 // The element types a step's buffers hold, their sizes, and the fp32 <-> bf16
-// conversions every backend must agree on (round to nearest even, NaN kept).
+// and fp32 <-> e4m3 conversions every backend must agree on (round to nearest
+// even, NaN kept).
 //
 //===----------------------------------------------------------------------===//
 
 #ifndef G3MOE_RUNTIME_BASE_DTYPE_H
 #define G3MOE_RUNTIME_BASE_DTYPE_H
 
+#include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string_view>
 
 namespace g3rt {
 
 /// Element type of a buffer. The values are part of the step.bin format.
-enum class DType : uint8_t { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, I64 = 4 };
+enum class DType : uint8_t { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, I64 = 4, F8E4M3 = 5 };
 
 /// Bytes per element.
 inline size_t dtypeSize(DType t) {
@@ -29,6 +33,8 @@ inline size_t dtypeSize(DType t) {
     return 2;
   case DType::I64:
     return 8;
+  case DType::F8E4M3:
+    return 1;
   }
   return 0;
 }
@@ -46,6 +52,8 @@ inline std::string_view dtypeName(DType t) {
     return "I32";
   case DType::I64:
     return "I64";
+  case DType::F8E4M3:
+    return "F8_E4M3";
   }
   return "?";
 }
@@ -76,10 +84,54 @@ inline float roundToBF16(float f) { return bf16ToFloat(floatToBF16(f)); }
 float halfToFloat(uint16_t h);
 uint16_t floatToHalf(float f);
 
+/// The largest finite e4m3 value (OCP FP8 E4M3, "fn": no infinities).
+constexpr float kE4M3Max = 448.0f;
+
+/// fp32 -> e4m3, round to nearest, ties to even, saturating to ±448 as
+/// cvt.satfinite does; NaN becomes the e4m3 NaN (0x7f, signed).
+inline uint8_t floatToE4M3(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  const uint8_t sign = uint8_t((bits >> 24) & 0x80u);
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return uint8_t(sign | 0x7f);
+  float a = std::fabs(f);
+  if (a >= kE4M3Max)
+    return uint8_t(sign | 0x7e);
+  // Normal numbers from 2^-6 carry 3 mantissa bits; below, a fixed step of
+  // 2^-9. Dividing by the step is exact, so nearbyint rounds to even once.
+  if (a == 0.0f)
+    return sign;
+  int e = std::max(std::ilogb(a), -6);
+  float step = std::ldexp(1.0f, e - 3);
+  float q = std::nearbyint(a / step) * step;
+  if (q >= kE4M3Max)
+    return uint8_t(sign | 0x7e);
+  int qe = std::ilogb(q);
+  if (q == 0.0f)
+    return sign;
+  if (qe < -6)
+    return uint8_t(sign | uint8_t(std::lround(q / std::ldexp(1.0f, -9))));
+  uint32_t mantissa = uint32_t(std::lround(q / std::ldexp(1.0f, qe - 3))) - 8u;
+  return uint8_t(sign | uint32_t(qe + 7) << 3 | mantissa);
+}
+
+inline float e4m3ToFloat(uint8_t v) {
+  const float sign = v & 0x80u ? -1.0f : 1.0f;
+  const int exponent = (v >> 3) & 0xf, mantissa = v & 7;
+  if (exponent == 0xf && mantissa == 7)
+    return std::numeric_limits<float>::quiet_NaN();
+  if (exponent == 0)
+    return sign * std::ldexp(float(mantissa), -9);
+  return sign * std::ldexp(float(8 + mantissa), exponent - 10);
+}
+
 /// fp32 rounded to `type` (bf16 or f16) and back; other types unchanged.
 inline float roundedAs(DType type, float f) {
   if (type == DType::BF16)
     return roundToBF16(f);
+  if (type == DType::F8E4M3)
+    return e4m3ToFloat(floatToE4M3(f));
   return type == DType::F16 ? halfToFloat(floatToHalf(f)) : f;
 }
 

@@ -68,6 +68,8 @@ float TensorView::load(int64_t i) const {
     return float(static_cast<const int32_t *>(data)[i]);
   case DType::I64:
     return float(static_cast<const int64_t *>(data)[i]);
+  case DType::F8E4M3:
+    return e4m3ToFloat(static_cast<const uint8_t *>(data)[i]);
   }
   return 0;
 }
@@ -88,6 +90,9 @@ void TensorView::store(int64_t i, float v) const {
     return;
   case DType::I64:
     static_cast<int64_t *>(data)[i] = int64_t(v);
+    return;
+  case DType::F8E4M3:
+    static_cast<uint8_t *>(data)[i] = floatToE4M3(v);
     return;
   }
 }

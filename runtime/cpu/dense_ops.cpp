@@ -93,4 +93,24 @@ std::vector<float> transpose(const float *src, int64_t rows, int64_t cols, int64
   return out;
 }
 
+/// Reads expert offsets [E + 1] and checks that they partition a prefix of
+/// the M rows: start at 0, never decrease, end at most at M.
+Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
+                         std::vector<int64_t> &offsets) {
+  offsets.resize(size_t(experts + 1));
+  for (int64_t e = 0; e <= experts; ++e)
+    offsets[size_t(e)] = loadIndex(t, e);
+  if (offsets[0] != 0)
+    return args.fail("expert offset " + std::to_string(offsets[0]) + " at position 0 must be 0");
+  for (int64_t e = 1; e <= experts; ++e)
+    if (offsets[size_t(e)] < offsets[size_t(e - 1)])
+      return args.fail("expert offset " + std::to_string(offsets[size_t(e)]) + " at position " +
+                       std::to_string(e) + " is below the previous offset " +
+                       std::to_string(offsets[size_t(e - 1)]));
+  if (offsets[size_t(experts)] > rows)
+    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) + " at position " +
+                     std::to_string(experts) + " exceeds the row count " + std::to_string(rows));
+  return Status();
+}
+
 } // namespace g3rt::cpu

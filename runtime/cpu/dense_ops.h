@@ -109,6 +109,11 @@ inline int64_t loadIndex(const TensorView &t, int64_t i) {
 void gemmNT(const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,
             int64_t M, int64_t N, int64_t K);
 
+/// Reads expert offsets [E + 1] and checks that they partition a prefix of
+/// the M rows: start at 0, never decrease, end at most at M.
+Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
+                         std::vector<int64_t> &offsets);
+
 /// The [cols, rows] transpose of a row-major [rows, cols] matrix whose rows
 /// are `ld` apart.
 std::vector<float> transpose(const float *src, int64_t rows, int64_t cols, int64_t ld);

@@ -278,30 +278,6 @@ Status linearGradWeightKernel(const KernelArgs &args) {
 // Expert (grouped) linear layers
 //===----------------------------------------------------------------------===//
 
-namespace {
-
-/// Reads expert offsets [E + 1] and checks that they partition a prefix of
-/// the M rows: start at 0, never decrease, end at most at M.
-Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
-                   std::vector<int64_t> &offsets) {
-  offsets.resize(size_t(experts + 1));
-  for (int64_t e = 0; e <= experts; ++e)
-    offsets[size_t(e)] = loadIndex(t, e);
-  if (offsets[0] != 0)
-    return args.fail("expert offset " + std::to_string(offsets[0]) + " at position 0 must be 0");
-  for (int64_t e = 1; e <= experts; ++e)
-    if (offsets[size_t(e)] < offsets[size_t(e - 1)])
-      return args.fail("expert offset " + std::to_string(offsets[size_t(e)]) + " at position " +
-                       std::to_string(e) + " is below the previous offset " +
-                       std::to_string(offsets[size_t(e - 1)]));
-  if (offsets[size_t(experts)] > rows)
-    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) + " at position " +
-                     std::to_string(experts) + " exceeds the row count " + std::to_string(rows));
-  return Status();
-}
-
-} // namespace
-
 Status expertLinearKernel(const KernelArgs &args) {
   bool had;
   G3RT_RETURN_IF_ERROR(runWithDropout(args, expertLinearKernel, /*masked=*/0, had));
@@ -313,7 +289,7 @@ Status expertLinearKernel(const KernelArgs &args) {
   const TensorView &x = args.inputs[0], &off = args.inputs[1], &w = args.inputs[2];
   const TensorView &y = args.outputs[0];
   std::vector<int64_t> offsets;
-  G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
   std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape);
   FloatOutput Y(y);
   for (int64_t e = 0; e < E; ++e) {
@@ -344,7 +320,7 @@ Status expertLinearGradInputKernel(const KernelArgs &call) {
   const TensorView &dx = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkMaskCovers(args, drop, dx.numel()));
   std::vector<int64_t> offsets;
-  G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
   std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
   FloatOutput DX(dx);
   for (int64_t e = 0; e < E; ++e) {
@@ -372,7 +348,7 @@ Status expertLinearGradWeightKernel(const KernelArgs &args) {
   const TensorView &dy = args.inputs[0], &off = args.inputs[1], &x = args.inputs[2];
   const TensorView &dw = args.outputs[0];
   std::vector<int64_t> offsets;
-  G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
   // Transposed once for all experts: expert e's rows are then the columns
   // offsets[e]..offsets[e+1] of every row, a contiguous run of each.
   std::vector<float> G = widen(dy), X = widen(x);

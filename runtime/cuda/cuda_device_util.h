@@ -11,6 +11,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 namespace g3rt::cuda {
 
@@ -26,6 +27,8 @@ __device__ __forceinline__ float loadFloat(const void *p, DType t, int64_t i) {
     return float(static_cast<const int32_t *>(p)[i]);
   case DType::I64:
     return float(static_cast<const int64_t *>(p)[i]);
+  case DType::F8E4M3:
+    return float(static_cast<const __nv_fp8_e4m3 *>(p)[i]);
   }
   return 0.f;
 }
@@ -47,6 +50,10 @@ __device__ __forceinline__ void storeFloat(void *p, DType t, int64_t i, float v)
     return;
   case DType::I64:
     static_cast<int64_t *>(p)[i] = int64_t(v);
+    return;
+  case DType::F8E4M3:
+    // Round to nearest even, saturating to ±448, as floatToE4M3 does.
+    static_cast<__nv_fp8_storage_t *>(p)[i] = __nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3);
     return;
   }
 }

@@ -17,6 +17,7 @@
 //===----------------------------------------------------------------------===//
 
 #include "runtime/cuda/cuda_kernels.h"
+#include "runtime/cuda/expert_rows.h"
 #include "runtime/cuda/gemm.h"
 #include "runtime/cuda/grouped_gemm.h"
 #include "runtime/cuda/lowrank_products.h"
@@ -295,13 +296,8 @@ Status linearGradWeightKernel(const KernelArgs &call) {
 // Expert (grouped) linear layers
 //===----------------------------------------------------------------------===//
 
-namespace {
-
-/// Copies the expert offsets [E + 1] to the host (the one place these
-/// kernels wait for the device: the per-expert GEMMs are issued from the
-/// host) and checks them as the CPU does.
-Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
-                   std::vector<int64_t> &offsets) {
+Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t experts, int64_t rows,
+                         std::vector<int64_t> &offsets) {
   cudaStream_t stream = contextOf(args).stream;
   std::vector<uint8_t> raw(t.bytes());
   cudaError_t e = cudaMemcpyAsync(raw.data(), t.data, t.bytes(), cudaMemcpyDeviceToHost, stream);
@@ -327,8 +323,6 @@ Status readOffsets(const KernelArgs &args, const TensorView &t, int64_t experts,
   return Status();
 }
 
-/// Sets rows [from, M) of a row-major [M, cols] tensor to those of the
-/// addend (of its type and shape), or to zeros without one.
 Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, int64_t cols,
                     const TensorView *addend) {
   int64_t M = t.dim(0);
@@ -344,6 +338,8 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
                                   cudaMemcpyDeviceToDevice, contextOf(args).stream);
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
+
+namespace {
 
 /// The low-rank term of `shape`, dropped by `termMask`, when the grouped
 /// kernel can add it in its accumulation (a null term otherwise).
@@ -381,7 +377,7 @@ Status perExpertProduct(const KernelArgs &args, const MatmulShape &shape, const 
                         int64_t yCols, const TensorView &y) {
   const int64_t M = shape.M, E = shape.E;
   std::vector<int64_t> offsets;
-  G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
   CudaContext &ctx = contextOf(args);
   Scratch scratch = scratchOf(ctx);
   const TensorView *add = shape.addend;
@@ -493,7 +489,7 @@ Status expertLinearGradWeightKernel(const KernelArgs &call) {
     return e == cudaSuccess ? Status() : cudaFailure(args, e, "the grouped weight gradient");
   }
   std::vector<int64_t> offsets;
-  G3RT_RETURN_IF_ERROR(readOffsets(args, off, E, M, offsets));
+  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
   Scratch scratch = scratchOf(ctx);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;

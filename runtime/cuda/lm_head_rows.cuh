@@ -35,36 +35,6 @@ namespace g3rt::cuda {
 namespace {
 
 //===----------------------------------------------------------------------===//
-// Block reductions
-//===----------------------------------------------------------------------===//
-
-/// The maximum over the warp, in lane 0.
-__device__ __forceinline__ float warpMax(float v) {
-  for (int o = 16; o > 0; o >>= 1)
-    v = fmaxf(v, __shfl_down_sync(0xffffffffu, v, o));
-  return v;
-}
-
-/// The block-wide maximum, returned to every thread (blockSum's scheme, in
-/// reduce.cuh). blockDim.x must be a multiple of 32.
-__device__ float blockMax(float v) {
-  __shared__ float buf[33];
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warpMax(v);
-  if (lane == 0)
-    buf[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    float w = lane < warps ? buf[lane] : -INFINITY;
-    w = warpMax(w);
-    if (lane == 0)
-      buf[32] = w;
-  }
-  __syncthreads();
-  return buf[32];
-}
-
-//===----------------------------------------------------------------------===//
 // LM head gradient
 //===----------------------------------------------------------------------===//
 

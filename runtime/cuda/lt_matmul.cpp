@@ -88,6 +88,12 @@ cublasStatus_t LtMatmuls::plan(const LtProduct &p, const Key &key, Plan &out) {
     st = cublasLtMatmulDescSetAttribute(out.op, CUBLASLT_MATMUL_DESC_TRANSA, &opA, sizeof(opA));
   if (st == CUBLAS_STATUS_SUCCESS)
     st = cublasLtMatmulDescSetAttribute(out.op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB));
+  // One fp32 scale per row of cuBLASLt's op(A) (our B' columns) and per
+  // column of its op(B) (our A' rows); run() sets the pointers.
+  const auto outerVectors = int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F);
+  for (auto attr : {CUBLASLT_MATMUL_DESC_A_SCALE_MODE, CUBLASLT_MATMUL_DESC_B_SCALE_MODE})
+    if (st == CUBLAS_STATUS_SUCCESS && key[15])
+      st = cublasLtMatmulDescSetAttribute(out.op, attr, &outerVectors, sizeof(outerVectors));
   // Made for the bucket's sizes (the key's first three entries); run()
   // resizes the layouts to each product's own.
   const StoredShapes shapes = storedShapes(p, key[0], key[1], key[2]);
@@ -153,7 +159,8 @@ cublasStatus_t LtMatmuls::run(const LtProduct &p, cudaStream_t stream, bool &sup
                 int64_t(p.beta != 0),
                 alignmentOf(p.a.data),
                 alignmentOf(p.b.data),
-                std::min(alignmentOf(c), alignmentOf(p.d))};
+                std::min(alignmentOf(c), alignmentOf(p.d)),
+                int64_t(p.rowScales != nullptr)};
   auto it = plans_.find(key);
   if (it == plans_.end()) {
     Plan fresh;
@@ -173,6 +180,10 @@ cublasStatus_t LtMatmuls::run(const LtProduct &p, cudaStream_t stream, bool &sup
     st = resize(pl.b, shapes.a);
   if (st == CUBLAS_STATUS_SUCCESS)
     st = resize(pl.d, shapes.d);
+  for (auto [attr, scales] : {std::pair{CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, p.colScales},
+                              std::pair{CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, p.rowScales}})
+    if (st == CUBLAS_STATUS_SUCCESS && p.rowScales)
+      st = cublasLtMatmulDescSetAttribute(pl.op, attr, &scales, sizeof(scales));
   if (st != CUBLAS_STATUS_SUCCESS)
     return st;
   const float alpha = 1.0f;

@@ -2,7 +2,9 @@
 //
 // The CUDA backend's dense products (gemm.h) run on cublasLtMatmul:
 // bf16/f16/fp32 operands, fp32 accumulation, an optional addend C that may be
-// a different buffer than the result D (so a fused `plus %a` costs no copy).
+// a different buffer than the result D (so a fused `plus %a` costs no copy);
+// the e4m3 products of fp8_base (kernels_fp8.cu) add per-row and per-column
+// fp32 scales.
 // Each distinct problem (row counts rounded up to a multiple of 256, types,
 // leading dimensions, pointer alignments) gets its descriptors and
 // cuBLASLt's first heuristic algorithm once; later calls of the problem reuse
@@ -35,7 +37,10 @@ struct LtMatrix {
 };
 
 /// D[M, N] = A'[M, K]·B'[K, N] + beta·C, row-major. C has D's type and
-/// leading dimension; it is read only when beta ≠ 0 and may equal D.
+/// leading dimension; it is read only when beta ≠ 0 and may equal D. With
+/// `rowScales` and `colScales` (e4m3 operands, both K-major: A untransposed,
+/// B transposed) the product's element (i, j) is scaled by rowScales[i]
+/// and colScales[j], fp32 vectors of M and N, before C is added.
 struct LtProduct {
   int64_t M, N, K;
   LtMatrix a, b;
@@ -44,6 +49,7 @@ struct LtProduct {
   cudaDataType dType;
   int64_t ldd;
   float beta;
+  const float *rowScales = nullptr, *colScales = nullptr;
 };
 
 /// The descriptors and algorithms of the products one executor has run.
@@ -70,9 +76,9 @@ private:
     void destroy();
   };
   /// M, N, K (row counts bucketed), the types of A, B and D, their leading
-  /// dimensions, A's and B's transposition, beta ≠ 0, and the alignments of
-  /// A, B and C/D.
-  using Key = std::array<int64_t, 15>;
+  /// dimensions, A's and B's transposition, beta ≠ 0, the alignments of A, B
+  /// and C/D, and whether the product is scaled.
+  using Key = std::array<int64_t, 16>;
   cublasStatus_t plan(const LtProduct &p, const Key &key, Plan &out);
 
   cublasLtHandle_t handle_;

@@ -45,7 +45,7 @@ const ParamDesc *StepProgram::findParam(const std::string &name) const {
 namespace {
 
 Status decodeDType(fbs::DType t, DType &out) {
-  if (uint8_t(t) > uint8_t(DType::I64))
+  if (uint8_t(t) > uint8_t(DType::F8E4M3))
     return Status::error("unknown element type " + std::to_string(int(t)));
   out = DType(uint8_t(t));
   return Status();

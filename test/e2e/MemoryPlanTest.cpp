@@ -24,45 +24,6 @@ using namespace g3moe_test;
 
 namespace {
 
-/// The loss and every trainable parameter's gradient of one
-/// @forward_backward of `name` at the gradient-check point.
-struct StepResult {
-  double loss = 0;
-  std::map<std::string, std::vector<float>> grads;
-};
-
-StepResult runStep(const std::string &name) {
-  StepProgram program = loadProgram(name);
-  CpuStep step(program);
-  Point point;
-  point.randomizeLoraB = true;
-  prepare(step, point);
-  StepResult r;
-  r.loss = runLoss(step, "forward_backward");
-  for (const ParamDesc &p : program.params)
-    if (p.trainable) {
-      TensorView g = step.cpu->output("forward_backward", "grad:" + p.name);
-      for (int64_t i = 0; i < g.numel(); ++i)
-        r.grads[p.name].push_back(g.load(i));
-    }
-  return r;
-}
-
-/// Each of `got`'s gradients within `rel` times its tensor's largest element
-/// (plus `atol`) of `want`'s, element by element.
-void expectGradientsNear(const StepResult &want, StepResult &got, float rel, float atol = 0) {
-  for (const auto &[name, g] : want.grads) {
-    const std::vector<float> &t = got.grads[name];
-    ASSERT_EQ(g.size(), t.size()) << name;
-    float scale = 0, worst = 0;
-    for (size_t i = 0; i < g.size(); ++i) {
-      scale = std::max(scale, std::abs(g[i]));
-      worst = std::max(worst, std::abs(g[i] - t[i]));
-    }
-    EXPECT_LE(worst, rel * scale + atol) << name << ": largest |g| " << scale;
-  }
-}
-
 int64_t arenaBytes(const std::string &name) {
   return loadProgram(name).findFunction("forward_backward")->arenaBytes;
 }

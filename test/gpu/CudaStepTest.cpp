@@ -421,15 +421,14 @@ TEST(CudaOffload, TrainsLikeKeepingActivationsOnTheDevice) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStep,
-                         ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32",
-                                           "g3moe_grouped_full_fp32", "g3moe_lora_fp32",
-                                           "g3moe_lora_fp32_recompute",
-                                           "g3moe_lora_fp32_keep_attention",
-                                           "g3moe_lora_fp32_tiled_layers", "gemma3_full",
-                                           "g3moe_full", "g3moe_lora", "g3moe_lora_tiled",
-                                           "g3moe_lora_r16", "g3moe_lora_r16_masked",
-                                           "g3moe_lora_offload", "g3moe_lora_fp32_offload_layers"));
+INSTANTIATE_TEST_SUITE_P(
+    TinySteps, CudaStep,
+    ::testing::Values("gemma3_full_fp32", "g3moe_topk_full_fp32", "g3moe_grouped_full_fp32",
+                      "g3moe_lora_fp32", "g3moe_lora_fp32_recompute",
+                      "g3moe_lora_fp32_keep_attention", "g3moe_lora_fp32_tiled_layers",
+                      "gemma3_full", "g3moe_full", "g3moe_lora", "g3moe_lora_tiled",
+                      "g3moe_lora_r16", "g3moe_lora_r16_masked", "g3moe_lora_r16_fp8",
+                      "g3moe_lora_offload", "g3moe_lora_fp32_offload_layers"));
 INSTANTIATE_TEST_SUITE_P(TinySteps, CudaStepCudnn,
                          ::testing::Values("gemma3_full", "g3moe_full", "g3moe_lora",
                                            "g3moe_lora_r16"));

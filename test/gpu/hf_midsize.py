@@ -19,6 +19,14 @@ from transformers' fp32 ones than 3x the distance of transformers' own bf16
 run (plus 1 %): bf16 alone moves LoRA gradients of a random model a lot. The
 fp32 step must match transformers in fp32: loss within 1e-4, gradients within
 1e-3 relative.
+
+    python3 hf_midsize.py quality DIR G3MOE_RUN  # fp8_base against bf16 and fp32
+
+`quality` measures what fp8_base (midsize-fp8.step: e4m3 frozen products)
+costs: for the bf16, fp32 and fp8 steps, the loss and LoRA gradients after
+one step against transformers in fp32, as above, and the losses of 50
+optimizer steps on the same data; it prints them as one JSON line and
+asserts nothing (bench/RESULTS.md records the numbers).
 """
 import json
 import os
@@ -78,31 +86,44 @@ def relative(a, b):
     return (err / norm) ** 0.5
 
 
-def check(root, g3moe_run):
-    work = pathlib.Path("/tmp/g3moe-midsize")
-    subprocess.run(["rm", "-rf", str(work)], check=True)
+WORK = pathlib.Path("/tmp/g3moe-midsize")
+
+
+def base_checkpoint():
+    """The random checkpoint, written by transformers, and the rows of data.jsonl."""
+    subprocess.run(["rm", "-rf", str(WORK)], check=True)
     cfg = config()
     # Weights of a realistic scale (hf_tiny's 0.08 saturates the softmax of
     # a 1024-wide model).
     from transformers import Gemma3ForCausalLM
     torch.manual_seed(11)
     model = hf_tiny.randomize(Gemma3ForCausalLM(cfg).float(), 11, std=0.02)
-    base = hf_tiny.save(model, work / "base")
-    rows = hf_tiny.make_rows(5, cfg.vocab_size, SEQ, LENGTHS)
+    return hf_tiny.save(model, WORK / "base"), hf_tiny.make_rows(5, cfg.vocab_size, SEQ, LENGTHS)
 
-    def g3moe(step):
-        """One LoRA training step, then loss and LoRA gradients at its checkpoint."""
-        run = lambda *a: subprocess.run(
-            [g3moe_run, str(root / step), "--device", DEVICE, "--weights", str(base), "--data",
-             str(root / "data.jsonl"), *map(str, a)], check=True, capture_output=True, text=True)
-        out = work / step
-        run("--max-steps", 1, "--save-steps", 1, "--learning-rate", "1e-3", "--output-dir", out,
-            "--no-progress-bar")
-        run("--resume", out / "checkpoint-1", "--dump-gradients", out / "grads.safetensors")
-        dump = hf_tiny.read_dump(out / "grads.safetensors")
-        grads = {k[len("grad/"):]: torch.from_numpy(v) for k, v in dump.items()
-                 if k.startswith("grad/")}
-        return float(dump["loss"][0]), grads, out / "checkpoint-1"
+
+def runner(root, g3moe_run, base, step):
+    """g3moe-run on `step` with the checkpoint and data, extra arguments appended."""
+    return lambda *a: subprocess.run(
+        [g3moe_run, str(root / step), "--device", DEVICE, "--weights", str(base), "--data",
+         str(root / "data.jsonl"), "--no-progress-bar", *map(str, a)], check=True,
+        capture_output=True, text=True)
+
+
+def g3moe_grads(root, g3moe_run, base, step):
+    """One LoRA training step, then loss and LoRA gradients at its checkpoint."""
+    run = runner(root, g3moe_run, base, step)
+    out = WORK / step
+    run("--max-steps", 1, "--save-steps", 1, "--learning-rate", "1e-3", "--output-dir", out)
+    run("--resume", out / "checkpoint-1", "--dump-gradients", out / "grads.safetensors")
+    dump = hf_tiny.read_dump(out / "grads.safetensors")
+    grads = {k[len("grad/"):]: torch.from_numpy(v) for k, v in dump.items()
+             if k.startswith("grad/")}
+    return float(dump["loss"][0]), grads, out / "checkpoint-1"
+
+
+def check(root, g3moe_run):
+    base, rows = base_checkpoint()
+    g3moe = lambda step: g3moe_grads(root, g3moe_run, base, step)
 
     result = {}
     # The bf16 step (attention on cuDNN) is as close to transformers in fp32
@@ -130,8 +151,29 @@ def check(root, g3moe_run):
     assert f["grad_err_g3moe"] <= 1e-3, result
 
 
+def quality(root, g3moe_run, steps=50):
+    base, rows = base_checkpoint()
+    result = {}
+    for name, step in (("bf16", "midsize.step"), ("fp32", "midsize-fp32.step"),
+                       ("fp8", "midsize-fp8.step")):
+        loss, mine, adapter = g3moe_grads(root, g3moe_run, base, step)
+        loss32, grads32 = peft_loss_and_grads(base, adapter, rows, torch.float32)
+        out = WORK / ("train-" + name)
+        runner(root, g3moe_run, base, step)("--max-steps", steps, "--learning-rate", "1e-4",
+                                            "--logging-steps", 1, "--output-dir", out)
+        losses = [json.loads(line)["loss"] for line in
+                  (out / "metrics.jsonl").read_text().splitlines() if "grad_norm" in line]
+        result[name] = {"loss_g3moe": loss, "loss_hf_fp32": loss32,
+                        "grad_err_vs_hf_fp32": relative(mine, grads32),
+                        "train_losses": losses[:1] + losses[9::10],
+                        "last10_mean": sum(losses[-10:]) / len(losses[-10:])}
+    print(json.dumps(result))
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "prepare":
         prepare(pathlib.Path(sys.argv[2]))
+    elif sys.argv[1] == "quality":
+        quality(pathlib.Path(sys.argv[2]), sys.argv[3])
     else:
         check(pathlib.Path(sys.argv[2]), sys.argv[3])

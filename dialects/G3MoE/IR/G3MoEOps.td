@@ -742,5 +742,6 @@ def G3MoE_LossSumOp : G3MoE_Op<"loss_sum", [Pure, G3MoE_Differentiable]> {
 include "dialects/G3MoE/IR/G3MoEGradOps.td"
 include "dialects/G3MoE/IR/G3MoETrainOps.td"
 include "dialects/G3MoE/IR/G3MoECollectiveOps.td"
+include "dialects/G3MoE/IR/G3MoEFp8Ops.td"
 
 #endif // G3MOE_OPS_TD

@@ -33,6 +33,9 @@ void populateFuseLinearAddPatterns(mlir::RewritePatternSet &patterns);
 /// The rewrites of --g3moe-fuse-norms.
 void populateFuseNormsPatterns(mlir::RewritePatternSet &patterns);
 
+/// --g3moe-fp8-base's rewrites: products of frozen weights to e4m3 ones.
+void populateFp8BasePatterns(mlir::RewritePatternSet &patterns);
+
 /// The rewrites of --g3moe-fuse-dropout: keyed_dropout from a draw, and
 /// with `intoProducts` the keyed_dropouts moved into the LoRA products.
 void populateFuseDropoutPatterns(mlir::RewritePatternSet &patterns, bool intoProducts = false);

@@ -355,4 +355,23 @@ def G3MoEFuseDropoutPass : Pass<"g3moe-fuse-dropout", "mlir::ModuleOp"> {
   let dependentDialects = ["::g3moe::G3MoEDialect"];
 }
 
+def G3MoEFp8BasePass : Pass<"g3moe-fp8-base", "mlir::ModuleOp"> {
+  let summary = "run the products of frozen weights in e4m3 (fp8_base)";
+  let description = [{
+    Every `linear`, `linear_grad_input`, `expert_linear` and
+    `expert_linear_grad_input` whose weight is a frozen `g3moe.param` in the
+    activation type, with both of its last dimensions multiples of 16,
+    becomes a `g3moe.quantize_fp8` of that weight right before it (transposed
+    for an input gradient) and a `g3moe.scaled_linear` or
+    `g3moe.scaled_expert_linear` that quantizes its input's rows to e4m3 as
+    it reads them. A fused low-rank term (`lowrank`) becomes the rank-r
+    product it was before --g3moe-fuse-linear-add and joins as the addend;
+    a dropped one (`lowrank` with `dropout`) is added after. Products with a
+    dropout of their own (LoRA's A), trainable weights and the fp32 router
+    keep their types. Runs after the fusions and before recomputation, which
+    then recomputes the e4m3 products too.
+  }];
+  let dependentDialects = ["::g3moe::G3MoEDialect"];
+}
+
 #endif // G3MOE_TRANSFORMS_PASSES_TD

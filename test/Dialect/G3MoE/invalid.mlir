@@ -734,3 +734,43 @@ func.func @expert_product_dropout_with_addend(%dh: tensor<16x8xbf16>, %off: tens
   %dx = g3moe.expert_linear_grad_input %dh, %off, %a, %c dropout %m {dropout_p = 0.1 : f64} : (tensor<16x8xbf16>, tensor<3xi32>, tensor<2x8x64xbf16>, tensor<16x64xbf16>, tensor<32xi32>) -> tensor<16x64xbf16>
   return
 }
+
+// -----
+
+func.func @quantize_fp8_not_transposed(%w: tensor<128x64xbf16>) {
+  // expected-error @+1 {{result must have shape [128, 64], got [64, 128]}}
+  %q, %s = g3moe.quantize_fp8 %w : (tensor<128x64xbf16>) -> (tensor<64x128xf8E4M3FN>, tensor<64xf32>)
+  return
+}
+
+// -----
+
+func.func @quantize_fp8_scales(%w: tensor<128x64xbf16>) {
+  // expected-error @+1 {{scale must have shape [128], got [64]}}
+  %q, %s = g3moe.quantize_fp8 %w : (tensor<128x64xbf16>) -> (tensor<128x64xf8E4M3FN>, tensor<64xf32>)
+  return
+}
+
+// -----
+
+func.func @scaled_linear_features(%x: tensor<8x32xbf16>, %q: tensor<128x64xf8E4M3FN>, %s: tensor<128xf32>) {
+  // expected-error @+1 {{input features (32) must equal the weight's last dimension}}
+  %y = g3moe.scaled_linear %x, %q, %s : (tensor<8x32xbf16>, tensor<128x64xf8E4M3FN>, tensor<128xf32>) -> tensor<8x128xbf16>
+  return
+}
+
+// -----
+
+func.func @scaled_linear_bf16_weight(%x: tensor<8x64xbf16>, %w: tensor<128x64xbf16>, %s: tensor<128xf32>) {
+  // expected-error @+1 {{operand #1 must be ranked tensor of f8E4M3FN type values}}
+  %y = g3moe.scaled_linear %x, %w, %s : (tensor<8x64xbf16>, tensor<128x64xbf16>, tensor<128xf32>) -> tensor<8x128xbf16>
+  return
+}
+
+// -----
+
+func.func @scaled_expert_linear_offsets(%x: tensor<16x64xbf16>, %off: tensor<4xi32>, %q: tensor<2x128x64xf8E4M3FN>, %s: tensor<2x128xf32>) {
+  // expected-error @+1 {{expert_offsets must have shape [3], got [4]}}
+  %y = g3moe.scaled_expert_linear %x, %off, %q, %s : (tensor<16x64xbf16>, tensor<4xi32>, tensor<2x128x64xf8E4M3FN>, tensor<2x128xf32>) -> tensor<16x128xbf16>
+  return
+}

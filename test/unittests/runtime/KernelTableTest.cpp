@@ -26,9 +26,12 @@ TEST(KernelTable, NamesAreListedOnceInSnakeCase) {
   std::set<std::string_view> seen;
   for (std::string_view name : kKernelNames) {
     EXPECT_TRUE(seen.insert(name).second) << name << " is listed twice";
-    EXPECT_FALSE(name.empty());
+    ASSERT_FALSE(name.empty());
+    EXPECT_TRUE(std::islower(static_cast<unsigned char>(name[0]))) << name;
     for (char c : name)
-      EXPECT_TRUE(std::islower(static_cast<unsigned char>(c)) || c == '_') << name;
+      EXPECT_TRUE(std::islower(static_cast<unsigned char>(c)) ||
+                  std::isdigit(static_cast<unsigned char>(c)) || c == '_')
+          << name;
   }
 }
 

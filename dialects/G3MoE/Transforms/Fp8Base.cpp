@@ -1,0 +1,122 @@
+//===- Fp8Base.cpp - frozen products in e4m3 ------------------------------===//
+//
+// Implements --g3moe-fp8-base (fp8_base). Under LoRA the frozen base weights
+// carry nearly all of a step's FLOPs, in their forward products and in the
+// input gradients through them; Hopper runs e4m3 products at twice the bf16
+// rate. Each such product gets its weight quantized right before it, so that
+// no e4m3 copy outlives its product and the step needs no more memory than
+// with bf16 products. The adapters, their gradients, norms, attention and
+// the loss keep their types.
+//
+// A fused LoRA term (`lowrank`, from --g3moe-fuse-linear-add) becomes its
+// own rank-r product again: the e4m3 product takes it as its addend.
+//
+//===----------------------------------------------------------------------===//
+
+#include "dialects/G3MoE/IR/G3MoEOps.h"
+#include "dialects/G3MoE/Transforms/Passes.h"
+
+#include "mlir/Transforms/GreedyPatternRewriteDriver.h"
+
+namespace g3moe {
+#define GEN_PASS_DEF_G3MOEFP8BASEPASS
+#include "dialects/G3MoE/Transforms/Passes.h.inc"
+} // namespace g3moe
+
+using namespace mlir;
+using namespace g3moe;
+
+namespace {
+
+/// Whether `weight` is a frozen weight the e4m3 products take: a frozen
+/// parameter in the activation type (not the fp32 router), whose two last
+/// dimensions are multiples of 16 (what e4m3 tensor-core products need of
+/// both the weight and its transpose).
+bool isFrozenWeight(Value weight) {
+  auto param = weight.getDefiningOp<ParamOp>();
+  if (!param || param.getTrainable())
+    return false;
+  auto type = cast<RankedTensorType>(weight.getType());
+  ArrayRef<int64_t> shape = type.getShape();
+  return !type.getElementType().isF32() && shape.size() >= 2 && shape.back() % 16 == 0 &&
+         shape[shape.size() - 2] % 16 == 0;
+}
+
+/// The e4m3 weight and scales of `weight`, made at the rewriter's position:
+/// transposed for an input gradient.
+QuantizeFp8Op quantize(PatternRewriter &rewriter, Location loc, Value weight, bool transpose) {
+  auto type = cast<RankedTensorType>(weight.getType());
+  SmallVector<int64_t> shape(type.getShape());
+  if (transpose)
+    std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
+  auto fp8 = RankedTensorType::get(shape, Float8E4M3FNType::get(rewriter.getContext()));
+  auto scale = RankedTensorType::get(ArrayRef<int64_t>(shape).drop_back(), rewriter.getF32Type());
+  return QuantizeFp8Op::create(rewriter, loc, fp8, scale, weight, transpose);
+}
+
+/// linear and linear_grad_input of a frozen weight (no dropout: only LoRA's
+/// A products have one) -> quantize_fp8 + scaled_linear.
+template <typename Product> struct DenseToFp8 : OpRewritePattern<Product> {
+  using OpRewritePattern<Product>::OpRewritePattern;
+  LogicalResult matchAndRewrite(Product op, PatternRewriter &rewriter) const override {
+    if (!isFrozenWeight(op.getWeight()) || op.getDropoutMask())
+      return rewriter.notifyMatchFailure(op, "not a product of a frozen weight");
+    constexpr bool kGradient = std::is_same_v<Product, LinearGradInputOp>;
+    QuantizeFp8Op q = quantize(rewriter, op.getLoc(), op.getWeight(), kGradient);
+    rewriter.replaceOpWithNewOp<ScaledLinearOp>(op, op.getType(), op->getOperand(0), q.getResult(),
+                                                q.getScale(), op.getAddend());
+    return success();
+  }
+};
+
+/// expert_linear and expert_linear_grad_input of a frozen weight ->
+/// quantize_fp8 + scaled_expert_linear, with a fused low-rank term made
+/// again as the plain rank-r product of its kind (taking the addend, or,
+/// where the term is dropped, added after):
+///   W [plus a] lowrank h, L            -> scaled(W) plus (h·L [plus a])
+///   W [plus a] lowrank h, L dropout m  -> scaled(W) plus (h·L dropout m) [+ a]
+template <typename Product> struct ExpertsToFp8 : OpRewritePattern<Product> {
+  using OpRewritePattern<Product>::OpRewritePattern;
+  LogicalResult matchAndRewrite(Product op, PatternRewriter &rewriter) const override {
+    Value h = op.getLowrankInput(), mask = op.getDropoutMask();
+    // A mask without a low-rank term drops the whole product: a LoRA one.
+    if (!isFrozenWeight(op.getWeight()) || (mask && !h))
+      return rewriter.notifyMatchFailure(op, "not a product of a frozen weight");
+    constexpr bool kGradient = std::is_same_v<Product, ExpertLinearGradInputOp>;
+    Location loc = op.getLoc();
+    Value addend = op.getAddend(), after;
+    if (h) {
+      if (mask) {
+        after = addend;
+        addend = {};
+      }
+      addend = Product::create(rewriter, loc, op.getType(), h, op.getExpertOffsets(),
+                               op.getLowrankWeight(), addend, Value(), Value(), mask,
+                               op.getDropoutPAttr());
+    }
+    QuantizeFp8Op q = quantize(rewriter, loc, op.getWeight(), kGradient);
+    Value result =
+        ScaledExpertLinearOp::create(rewriter, loc, op.getType(), op->getOperand(0),
+                                     op.getExpertOffsets(), q.getResult(), q.getScale(), addend);
+    if (after)
+      result = AddOp::create(rewriter, loc, result, after);
+    rewriter.replaceOp(op, result);
+    return success();
+  }
+};
+
+struct G3MoEFp8BasePass : g3moe::impl::G3MoEFp8BasePassBase<G3MoEFp8BasePass> {
+  void runOnOperation() override {
+    RewritePatternSet patterns(&getContext());
+    populateFp8BasePatterns(patterns);
+    if (failed(applyPatternsGreedily(getOperation(), std::move(patterns))))
+      return signalPassFailure();
+  }
+};
+
+} // namespace
+
+void g3moe::populateFp8BasePatterns(RewritePatternSet &patterns) {
+  patterns.add<DenseToFp8<LinearOp>, DenseToFp8<LinearGradInputOp>, ExpertsToFp8<ExpertLinearOp>,
+               ExpertsToFp8<ExpertLinearGradInputOp>>(patterns.getContext());
+}

@@ -1,0 +1,119 @@
+//===- kernels_fp8.cpp - e4m3 weights and products on the CPU -------------===//
+//
+// The reference of fp8_base (docs/kernels.md, "e4m3 products"): a row is
+// quantized with scale max|row| / 448, each element rounded to e4m3 after
+// multiplying by 448 / max|row|; a product multiplies the e4m3 values of
+// both operands in fp32 and scales each result by its row's and its
+// column's scale. The CUDA backend quantizes the same way, element for
+// element; only the summation order of its products differs.
+//
+//===----------------------------------------------------------------------===//
+
+#include "runtime/cpu/cpu_kernels.h"
+#include "runtime/cpu/dense_ops.h"
+#include "runtime/kernels/fp8_checks.h"
+
+#include <cmath>
+#include <vector>
+
+namespace g3rt::cpu {
+
+using namespace checks;
+
+namespace {
+
+/// Quantizes `n` values of `src`, `stride` apart, into e4m3 values held as
+/// floats (unscaled: in [-448, 448]) at dst[0, n); returns the row's scale.
+float quantizeRow(const float *src, int64_t n, int64_t stride, float *dst) {
+  float amax = 0.0f;
+  for (int64_t i = 0; i < n; ++i)
+    amax = std::max(amax, std::fabs(src[i * stride]));
+  if (amax == 0.0f) {
+    std::fill(dst, dst + n, 0.0f);
+    return 1.0f;
+  }
+  const float inv = kE4M3Max / amax;
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = e4m3ToFloat(floatToE4M3(src[i * stride] * inv));
+  return amax / kE4M3Max;
+}
+
+/// Y[rows, N] = (q(X)·Wqᵀ) · s_x[m] · ws[n], X [rows, K] quantized by row
+/// here, Wq [N, K] the e4m3 weight's values and ws its scales.
+void scaledProduct(const float *X, int64_t rows, int64_t K, const float *Wq, const float *ws,
+                   int64_t N, float *Y) {
+  if (rows == 0)
+    return;
+  std::vector<float> Xq(static_cast<size_t>(rows * K)), sx(static_cast<size_t>(rows));
+  parallelFor(
+      rows,
+      [&](int64_t r0, int64_t r1) {
+        for (int64_t m = r0; m < r1; ++m)
+          sx[size_t(m)] = quantizeRow(X + m * K, K, 1, Xq.data() + m * K);
+      },
+      std::max<int64_t>(1, kElementGrain / std::max<int64_t>(K, 1)));
+  gemmNT(Xq.data(), K, Wq, K, Y, N, rows, N, K);
+  for (int64_t m = 0; m < rows; ++m)
+    for (int64_t n = 0; n < N; ++n)
+      Y[m * N + n] = Y[m * N + n] * sx[size_t(m)] * ws[n];
+}
+
+} // namespace
+
+Status quantizeFp8Kernel(const KernelArgs &args) {
+  QuantizeShape s;
+  G3RT_RETURN_IF_ERROR(checkQuantizeFp8(args, s));
+  const TensorView &q = args.outputs[0], &scale = args.outputs[1];
+  std::vector<float> W = widen(args.inputs[0]);
+  const int64_t N = s.rows, K = s.cols, size = N * K;
+  // Rows of the result: the weight's rows, or with `transpose` its columns,
+  // which are `K` apart.
+  const int64_t rows = s.transpose ? K : N, length = s.transpose ? N : K;
+  const int64_t stride = s.transpose ? K : 1, next = s.transpose ? 1 : K;
+  std::vector<float> values(static_cast<size_t>(length));
+  for (int64_t b = 0; b < s.batches; ++b)
+    for (int64_t r = 0; r < rows; ++r) {
+      float sr = quantizeRow(W.data() + b * size + r * next, length, stride, values.data());
+      scale.f32()[b * rows + r] = sr;
+      for (int64_t i = 0; i < length; ++i)
+        q.store(b * size + r * length + i, values[size_t(i)]);
+    }
+  return Status();
+}
+
+Status scaledLinearKernel(const KernelArgs &args) {
+  ScaledShape s;
+  G3RT_RETURN_IF_ERROR(checkScaledLinear(args, s));
+  std::vector<float> X = widen(args.inputs[0]), Wq = widen(args.inputs[1]);
+  // Read before the result is written: the two may share a buffer.
+  std::vector<float> A = s.addend ? widen(*s.addend) : std::vector<float>();
+  FloatOutput Y(args.outputs[0]);
+  scaledProduct(X.data(), s.M, s.K, Wq.data(), args.inputs[2].f32(), s.N, Y.data());
+  for (size_t i = 0; i < A.size(); ++i)
+    Y.data()[i] += A[i];
+  Y.commit();
+  return Status();
+}
+
+Status scaledExpertLinearKernel(const KernelArgs &args) {
+  ScaledShape s;
+  G3RT_RETURN_IF_ERROR(checkScaledExpertLinear(args, s));
+  std::vector<int64_t> offsets;
+  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, args.inputs[1], s.E, s.M, offsets));
+  std::vector<float> X = widen(args.inputs[0]), Wq = widen(args.inputs[2]);
+  std::vector<float> A = s.addend ? widen(*s.addend) : std::vector<float>();
+  FloatOutput Y(args.outputs[0]);
+  Y.zero();
+  const float *ws = args.inputs[3].f32();
+  for (int64_t e = 0; e < s.E; ++e) {
+    const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
+    scaledProduct(X.data() + r0 * s.K, rows, s.K, Wq.data() + e * s.N * s.K, ws + e * s.N, s.N,
+                  Y.data() + r0 * s.N);
+  }
+  for (size_t i = 0; i < A.size(); ++i)
+    Y.data()[i] += A[i];
+  Y.commit();
+  return Status();
+}
+
+} // namespace g3rt::cpu
