@@ -62,6 +62,17 @@ cublasStatus_t resize(cublasLtMatrixLayout_t l, const int64_t shape[2]) {
   return st;
 }
 
+/// A scaled product's scale vectors: cuBLASLt's A is our B (its rows are
+/// our columns), its B our A.
+cublasStatus_t setScales(cublasLtMatmulDesc_t op, const LtProduct &p) {
+  cublasStatus_t st = CUBLAS_STATUS_SUCCESS;
+  for (auto [attr, scales] : {std::pair{CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, p.colScales},
+                              std::pair{CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, p.rowScales}})
+    if (st == CUBLAS_STATUS_SUCCESS)
+      st = cublasLtMatmulDescSetAttribute(op, attr, &scales, sizeof(scales));
+  return st;
+}
+
 } // namespace
 
 void LtMatmuls::Plan::destroy() {
@@ -89,11 +100,14 @@ cublasStatus_t LtMatmuls::plan(const LtProduct &p, const Key &key, Plan &out) {
   if (st == CUBLAS_STATUS_SUCCESS)
     st = cublasLtMatmulDescSetAttribute(out.op, CUBLASLT_MATMUL_DESC_TRANSB, &opB, sizeof(opB));
   // One fp32 scale per row of cuBLASLt's op(A) (our B' columns) and per
-  // column of its op(B) (our A' rows); run() sets the pointers.
+  // column of its op(B) (our A' rows). The heuristic wants the pointers
+  // too; run() sets each product's own.
   const auto outerVectors = int32_t(CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F);
   for (auto attr : {CUBLASLT_MATMUL_DESC_A_SCALE_MODE, CUBLASLT_MATMUL_DESC_B_SCALE_MODE})
     if (st == CUBLAS_STATUS_SUCCESS && key[15])
       st = cublasLtMatmulDescSetAttribute(out.op, attr, &outerVectors, sizeof(outerVectors));
+  if (st == CUBLAS_STATUS_SUCCESS && key[15])
+    st = setScales(out.op, p);
   // Made for the bucket's sizes (the key's first three entries); run()
   // resizes the layouts to each product's own.
   const StoredShapes shapes = storedShapes(p, key[0], key[1], key[2]);
@@ -180,10 +194,8 @@ cublasStatus_t LtMatmuls::run(const LtProduct &p, cudaStream_t stream, bool &sup
     st = resize(pl.b, shapes.a);
   if (st == CUBLAS_STATUS_SUCCESS)
     st = resize(pl.d, shapes.d);
-  for (auto [attr, scales] : {std::pair{CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, p.colScales},
-                              std::pair{CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, p.rowScales}})
-    if (st == CUBLAS_STATUS_SUCCESS && p.rowScales)
-      st = cublasLtMatmulDescSetAttribute(pl.op, attr, &scales, sizeof(scales));
+  if (st == CUBLAS_STATUS_SUCCESS && p.rowScales)
+    st = setScales(pl.op, p);
   if (st != CUBLAS_STATUS_SUCCESS)
     return st;
   const float alpha = 1.0f;

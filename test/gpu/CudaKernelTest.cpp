@@ -349,60 +349,64 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
 /// weights) and input gradient (the transposed ones), with and without an
 /// addend, on splits with empty experts and rows past the last.
 TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
-  RandomTensors random(300);
-  KernelAttrs plain, transposed;
-  transposed.set("transpose", AttrValue::ofBool(true));
-  const ExpertSplit cases[] = {kEmptyExperts, kEightExperts, {640, 2560, 1024, {0, 100, 512}}};
-  for (const ExpertSplit &c : cases)
-    for (bool withAddend : {false, true}) {
-      SCOPED_TRACE(c.describe() + (withAddend ? ", addend" : ""));
-      const int64_t E = c.experts();
-      std::vector<uint8_t> b[16];
-      TensorView off = c.offsetTensor(b[0]);
-      TensorView w = random(DType::BF16, {E, c.N, c.K}, b[1]);
-      TensorView q = hostTensor(DType::F8E4M3, {E, c.N, c.K}, b[2]);
-      TensorView s = hostTensor(DType::F32, {E, c.N}, b[3]);
-      TensorView qt = hostTensor(DType::F8E4M3, {E, c.K, c.N}, b[4]);
-      TensorView st = hostTensor(DType::F32, {E, c.K}, b[5]);
-      ASSERT_TRUE(runOnCpu("quantize_fp8", plain, {w}, {q, s}).ok());
-      ASSERT_TRUE(runOnCpu("quantize_fp8", transposed, {w}, {qt, st}).ok());
-      for (const auto &[attrs, outs] : {std::pair{&plain, std::vector<TensorView>{q, s}},
-                                        std::pair{&transposed, std::vector<TensorView>{qt, st}}}) {
-        std::vector<uint8_t> gq, gs;
-        std::vector<TensorView> got = {hostTensor(outs[0].dtype, outs[0].shape, gq),
-                                       hostTensor(outs[1].dtype, outs[1].shape, gs)};
-        Status gpu = runOnGpu("quantize_fp8", *attrs, {w}, got);
+  for (const char *scales : {"cublaslt", "after"}) {
+    ScopedEnv env("G3MOE_FP8_SCALES", scales);
+    RandomTensors random(300);
+    KernelAttrs plain, transposed;
+    transposed.set("transpose", AttrValue::ofBool(true));
+    const ExpertSplit cases[] = {kEmptyExperts, kEightExperts, {640, 2560, 1024, {0, 100, 512}}};
+    for (const ExpertSplit &c : cases)
+      for (bool withAddend : {false, true}) {
+        SCOPED_TRACE(std::string(scales) + ", " + c.describe() + (withAddend ? ", addend" : ""));
+        const int64_t E = c.experts();
+        std::vector<uint8_t> b[16];
+        TensorView off = c.offsetTensor(b[0]);
+        TensorView w = random(DType::BF16, {E, c.N, c.K}, b[1]);
+        TensorView q = hostTensor(DType::F8E4M3, {E, c.N, c.K}, b[2]);
+        TensorView s = hostTensor(DType::F32, {E, c.N}, b[3]);
+        TensorView qt = hostTensor(DType::F8E4M3, {E, c.K, c.N}, b[4]);
+        TensorView st = hostTensor(DType::F32, {E, c.K}, b[5]);
+        ASSERT_TRUE(runOnCpu("quantize_fp8", plain, {w}, {q, s}).ok());
+        ASSERT_TRUE(runOnCpu("quantize_fp8", transposed, {w}, {qt, st}).ok());
+        for (const auto &[attrs, outs] :
+             {std::pair{&plain, std::vector<TensorView>{q, s}},
+              std::pair{&transposed, std::vector<TensorView>{qt, st}}}) {
+          std::vector<uint8_t> gq, gs;
+          std::vector<TensorView> got = {hostTensor(outs[0].dtype, outs[0].shape, gq),
+                                         hostTensor(outs[1].dtype, outs[1].shape, gs)};
+          Status gpu = runOnGpu("quantize_fp8", *attrs, {w}, got);
+          ASSERT_TRUE(gpu.ok()) << gpu.message();
+          EXPECT_EQ(0, std::memcmp(gq.data(), outs[0].data, gq.size())) << "e4m3 bytes";
+          EXPECT_EQ(0, std::memcmp(gs.data(), outs[1].data, gs.size())) << "scales";
+        }
+        TensorView x = random(DType::BF16, {c.M, c.K}, b[6]);
+        TensorView dy = random(DType::BF16, {c.M, c.N}, b[7]);
+        TensorView add = random(DType::BF16, {c.M, c.N}, b[8]);
+        TensorView addK = random(DType::BF16, {c.M, c.K}, b[9]);
+        TensorView y = hostTensor(DType::BF16, {c.M, c.N}, b[10]);
+        TensorView dx = hostTensor(DType::BF16, {c.M, c.K}, b[11]);
+        std::vector<TensorView> fwd = {x, off, q, s}, bwd = {dy, off, qt, st};
+        if (withAddend)
+          fwd.push_back(add), bwd.push_back(addK);
+        Status gpu;
+        std::vector<double> r = gpuErrorsAgainstCpu("scaled_expert_linear", plain, fwd, {y}, gpu);
         ASSERT_TRUE(gpu.ok()) << gpu.message();
-        EXPECT_EQ(0, std::memcmp(gq.data(), outs[0].data, gq.size())) << "e4m3 bytes";
-        EXPECT_EQ(0, std::memcmp(gs.data(), outs[1].data, gs.size())) << "scales";
+        EXPECT_LE(r[0], 1.0) << "forward";
+        r = gpuErrorsAgainstCpu("scaled_expert_linear", plain, bwd, {dx}, gpu);
+        ASSERT_TRUE(gpu.ok()) << gpu.message();
+        EXPECT_LE(r[0], 1.0) << "input gradient";
+        // scaled_linear: expert 0's weight over all rows.
+        TensorView q0 = q, s0 = s, y0 = hostTensor(DType::BF16, {c.M, c.N}, b[12]);
+        q0.shape = {c.N, c.K};
+        s0.shape = {c.N};
+        std::vector<TensorView> dense = {x, q0, s0};
+        if (withAddend)
+          dense.push_back(add);
+        r = gpuErrorsAgainstCpu("scaled_linear", plain, dense, {y0}, gpu);
+        ASSERT_TRUE(gpu.ok()) << gpu.message();
+        EXPECT_LE(r[0], 1.0) << "scaled_linear";
       }
-      TensorView x = random(DType::BF16, {c.M, c.K}, b[6]);
-      TensorView dy = random(DType::BF16, {c.M, c.N}, b[7]);
-      TensorView add = random(DType::BF16, {c.M, c.N}, b[8]);
-      TensorView addK = random(DType::BF16, {c.M, c.K}, b[9]);
-      TensorView y = hostTensor(DType::BF16, {c.M, c.N}, b[10]);
-      TensorView dx = hostTensor(DType::BF16, {c.M, c.K}, b[11]);
-      std::vector<TensorView> fwd = {x, off, q, s}, bwd = {dy, off, qt, st};
-      if (withAddend)
-        fwd.push_back(add), bwd.push_back(addK);
-      Status gpu;
-      std::vector<double> r = gpuErrorsAgainstCpu("scaled_expert_linear", plain, fwd, {y}, gpu);
-      ASSERT_TRUE(gpu.ok()) << gpu.message();
-      EXPECT_LE(r[0], 1.0) << "forward";
-      r = gpuErrorsAgainstCpu("scaled_expert_linear", plain, bwd, {dx}, gpu);
-      ASSERT_TRUE(gpu.ok()) << gpu.message();
-      EXPECT_LE(r[0], 1.0) << "input gradient";
-      // scaled_linear: expert 0's weight over all rows.
-      TensorView q0 = q, s0 = s, y0 = hostTensor(DType::BF16, {c.M, c.N}, b[12]);
-      q0.shape = {c.N, c.K};
-      s0.shape = {c.N};
-      std::vector<TensorView> dense = {x, q0, s0};
-      if (withAddend)
-        dense.push_back(add);
-      r = gpuErrorsAgainstCpu("scaled_linear", plain, dense, {y0}, gpu);
-      ASSERT_TRUE(gpu.ok()) << gpu.message();
-      EXPECT_LE(r[0], 1.0) << "scaled_linear";
-    }
+  }
 }
 
 /// Expert products with a LoRA term (--g3moe-fuse-linear-add): on the tensor
