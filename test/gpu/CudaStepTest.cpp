@@ -218,7 +218,13 @@ void compareEntryPoints(const char *step, const char *attention) {
   EXPECT_TRUE(bf16 || rerouted == 0)
       << step << ": " << rerouted << " tokens routed to other experts than on the CPU in fp32";
   const bool routedInBf16 = bf16 && std::string(step).find("g3moe") != std::string::npos;
-  const double perTensor = cudnn ? 8e-2 : routedInBf16 ? 3e-2 : 2e-2;
+  // A step with e4m3 products (fp8_base) agrees with the CPU instruction by
+  // instruction (EveryInstructionMatchesTheCPU); over a whole step, an input
+  // that differs by a bf16 rounding flips some e4m3 roundings, each 1/16 of
+  // its element where a bf16 one is 1/256, and the flips add up layer by
+  // layer: 0.17 of a tensor's norm measured on an H100.
+  const bool e4m3 = std::string(step).find("fp8") != std::string::npos;
+  const double perTensor = e4m3 ? 0.25 : cudnn ? 8e-2 : routedInBf16 ? 3e-2 : 2e-2;
   double worst = 0;
   for (const ParamDesc &p : program.params) {
     if (!p.trainable)
