@@ -165,8 +165,8 @@ Status launched(const KernelArgs &args, const char *what) {
   return e == cudaSuccess ? Status() : cudaFailure(args, e, what);
 }
 
-/// Quantizes `rows` rows of `n` elements of x (starting at element
-/// `first`, rows `ld` apart) into q [rows, n] and scale [rows].
+/// Quantizes `rows` rows of `n` elements of x (rows `ld` elements apart)
+/// into q [rows, n] and scale [rows].
 Status quantizeRows(const KernelArgs &args, const void *x, DType xt, int64_t rows, int64_t n,
                     int64_t ld, uint8_t *q, float *scale) {
   cudaStream_t stream = contextOf(args).stream;
