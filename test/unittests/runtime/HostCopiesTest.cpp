@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <unistd.h>
 
 using namespace g3rt;
 
@@ -117,7 +118,8 @@ TEST(HostCopies, TheHostArenaIsPlannedLikeTheArena) {
   EXPECT_NE(verify(fn).find("host memory plan of 'f' overlaps"), std::string::npos) << verify(fn);
 }
 
-/// A meminfo file with `text`, removed with the test.
+/// A meminfo file with `text`, removed with the test. Each test (ctest runs
+/// them as processes side by side) and process has its own.
 class MemInfo : public ::testing::Test {
 protected:
   std::string write(const std::string &text) {
@@ -125,7 +127,9 @@ protected:
     return path;
   }
   void TearDown() override { std::remove(path.c_str()); }
-  std::string path = ::testing::TempDir() + "g3moe_meminfo_test";
+  std::string path = ::testing::TempDir() + "g3moe_meminfo_" +
+                     ::testing::UnitTest::GetInstance()->current_test_info()->name() + "_" +
+                     std::to_string(getpid());
 };
 
 TEST_F(MemInfo, ReadsMemAvailable) {
