@@ -1,6 +1,7 @@
 //===- dense_ops.cpp - C = A·Bᵀ for the CPU kernels -----------------------===//
 
 #include "runtime/cpu/dense_ops.h"
+#include "runtime/kernels/dense_checks.h"
 
 namespace g3rt::cpu {
 namespace {
@@ -100,17 +101,7 @@ Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t ex
   offsets.resize(size_t(experts + 1));
   for (int64_t e = 0; e <= experts; ++e)
     offsets[size_t(e)] = loadIndex(t, e);
-  if (offsets[0] != 0)
-    return args.fail("expert offset " + std::to_string(offsets[0]) + " at position 0 must be 0");
-  for (int64_t e = 1; e <= experts; ++e)
-    if (offsets[size_t(e)] < offsets[size_t(e - 1)])
-      return args.fail("expert offset " + std::to_string(offsets[size_t(e)]) + " at position " +
-                       std::to_string(e) + " is below the previous offset " +
-                       std::to_string(offsets[size_t(e - 1)]));
-  if (offsets[size_t(experts)] > rows)
-    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) + " at position " +
-                     std::to_string(experts) + " exceeds the row count " + std::to_string(rows));
-  return Status();
+  return checks::checkExpertOffsetValues(args, offsets, rows);
 }
 
 } // namespace g3rt::cpu

@@ -100,6 +100,19 @@ private:
   float *ptr_ = nullptr;
 };
 
+/// A product's addend (null: none) in fp32, read before the product is
+/// written (the two may share a buffer); empty when there is none.
+inline std::vector<float> readAddend(const TensorView *addend) {
+  return addend ? widen(*addend) : std::vector<float>();
+}
+
+/// Adds the addend to the fp32 result, which is then rounded once.
+inline void addAddend(const std::vector<float> &a, const FloatOutput &y) {
+  float *p = y.data();
+  for (size_t i = 0; i < a.size(); ++i)
+    p[i] += a[i];
+}
+
 inline int64_t loadIndex(const TensorView &t, int64_t i) {
   return t.dtype == DType::I64 ? t.i64()[i] : int64_t(t.i32()[i]);
 }

@@ -118,19 +118,6 @@ Status embeddingGradKernel(const KernelArgs &args) {
 
 namespace {
 
-/// The product's addend in fp32, read before the product is written (the
-/// two may share a buffer); empty when there is none.
-std::vector<float> readAddend(const MatmulShape &s) {
-  return s.addend ? widen(*s.addend) : std::vector<float>();
-}
-
-/// Adds the addend to the fp32 result, which is then rounded once.
-void addAddend(const std::vector<float> &a, const FloatOutput &y) {
-  float *p = y.data();
-  for (size_t i = 0; i < a.size(); ++i)
-    p[i] += a[i];
-}
-
 /// A product's keep-mask (dense_checks.h's ProductDropout) as keyed_dropout
 /// applies it: element `at` holding `v` (of a tensor of `type`) is kept as
 /// v times the dropout scale, rounded to the type, or dropped to 0.
@@ -227,7 +214,7 @@ Status linearKernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkLinearProduct(args, shape));
   const int64_t M = shape.M, in = shape.in, out = shape.out;
   const TensorView &x = args.inputs[0], &w = args.inputs[1], &y = args.outputs[0];
-  std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape);
+  std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape.addend);
   FloatOutput Y(y);
   gemmNT(X.data(), in, W.data(), in, Y.data(), out, M, out, in);
   addAddend(A, Y);
@@ -246,7 +233,7 @@ Status linearGradInputKernel(const KernelArgs &call) {
     return runDropped(call, split, linearGradInputKernel, /*masked=*/-1);
   const int64_t out = shape.out, in = shape.in, M = shape.M;
   const TensorView &dy = args.inputs[0], &w = args.inputs[1], &dx = args.outputs[0];
-  std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
+  std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape.addend);
   std::vector<float> Wt = transpose(W.data(), out, in, in);
   FloatOutput DX(dx);
   gemmNT(G.data(), out, Wt.data(), out, DX.data(), in, M, in, out);
@@ -290,7 +277,7 @@ Status expertLinearKernel(const KernelArgs &args) {
   const TensorView &y = args.outputs[0];
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
-  std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape);
+  std::vector<float> X = widen(x), W = widen(w), A = readAddend(shape.addend);
   FloatOutput Y(y);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
@@ -321,7 +308,7 @@ Status expertLinearGradInputKernel(const KernelArgs &call) {
   G3RT_RETURN_IF_ERROR(checkMaskCovers(args, drop, dx.numel()));
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, E, M, offsets));
-  std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape);
+  std::vector<float> G = widen(dy), W = widen(w), A = readAddend(shape.addend);
   FloatOutput DX(dx);
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;

@@ -85,12 +85,10 @@ Status scaledLinearKernel(const KernelArgs &args) {
   ScaledShape s;
   G3RT_RETURN_IF_ERROR(checkScaledLinear(args, s));
   std::vector<float> X = widen(args.inputs[0]), Wq = widen(args.inputs[1]);
-  // Read before the result is written: the two may share a buffer.
-  std::vector<float> A = s.addend ? widen(*s.addend) : std::vector<float>();
+  std::vector<float> A = readAddend(s.addend);
   FloatOutput Y(args.outputs[0]);
   scaledProduct(X.data(), s.M, s.K, Wq.data(), args.inputs[2].f32(), s.N, Y.data());
-  for (size_t i = 0; i < A.size(); ++i)
-    Y.data()[i] += A[i];
+  addAddend(A, Y);
   Y.commit();
   return Status();
 }
@@ -101,7 +99,7 @@ Status scaledExpertLinearKernel(const KernelArgs &args) {
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readExpertOffsets(args, args.inputs[1], s.E, s.M, offsets));
   std::vector<float> X = widen(args.inputs[0]), Wq = widen(args.inputs[2]);
-  std::vector<float> A = s.addend ? widen(*s.addend) : std::vector<float>();
+  std::vector<float> A = readAddend(s.addend);
   FloatOutput Y(args.outputs[0]);
   Y.zero();
   const float *ws = args.inputs[3].f32();
@@ -110,8 +108,7 @@ Status scaledExpertLinearKernel(const KernelArgs &args) {
     scaledProduct(X.data() + r0 * s.K, rows, s.K, Wq.data() + e * s.N * s.K, ws + e * s.N, s.N,
                   Y.data() + r0 * s.N);
   }
-  for (size_t i = 0; i < A.size(); ++i)
-    Y.data()[i] += A[i];
+  addAddend(A, Y);
   Y.commit();
   return Status();
 }

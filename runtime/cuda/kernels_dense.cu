@@ -310,17 +310,7 @@ Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t ex
   offsets.resize(size_t(experts + 1));
   for (int64_t i = 0; i <= experts; ++i)
     offsets[size_t(i)] = t.dtype == DType::I64 ? host.i64()[i] : int64_t(host.i32()[i]);
-  if (offsets[0] != 0)
-    return args.fail("expert offset " + std::to_string(offsets[0]) + " at position 0 must be 0");
-  for (int64_t i = 1; i <= experts; ++i)
-    if (offsets[size_t(i)] < offsets[size_t(i - 1)])
-      return args.fail("expert offset " + std::to_string(offsets[size_t(i)]) + " at position " +
-                       std::to_string(i) + " is below the previous offset " +
-                       std::to_string(offsets[size_t(i - 1)]));
-  if (offsets[size_t(experts)] > rows)
-    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) + " at position " +
-                     std::to_string(experts) + " exceeds the row count " + std::to_string(rows));
-  return Status();
+  return checkExpertOffsetValues(args, offsets, rows);
 }
 
 Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, int64_t cols,

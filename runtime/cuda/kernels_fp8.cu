@@ -156,6 +156,10 @@ __global__ void addIntoDevice(void *y, DType yt, const void *a, int64_t n) {
     storeFloat(y, yt, i, __fadd_rn(loadFloat(y, yt, i), loadFloat(a, yt, i)));
 }
 
+Status ltFailure(const KernelArgs &args, cublasStatus_t st) {
+  return args.fail("cuBLASLt's e4m3 product failed (status " + std::to_string(int(st)) + ")");
+}
+
 int gridFor(int64_t n, int64_t perBlock) {
   return int(std::clamp<int64_t>((n + perBlock - 1) / perBlock, 1, 65535));
 }
@@ -240,7 +244,7 @@ Status outerScaledBlock(const KernelArgs &args, CudaContext &ctx, int64_t n, int
     return Status();
   }
   if (st != CUBLAS_STATUS_SUCCESS)
-    return args.fail("cuBLASLt's e4m3 product failed (status " + std::to_string(int(st)) + ")");
+    return ltFailure(args, st);
   return Status();
 }
 
@@ -262,7 +266,7 @@ Status unscaledBlock(const KernelArgs &args, CudaContext &ctx, int64_t n, int64_
   bool supported = false;
   cublasStatus_t st = ctx.matmuls->run(p, ctx.stream, supported);
   if (st != CUBLAS_STATUS_SUCCESS)
-    return args.fail("cuBLASLt's e4m3 product failed (status " + std::to_string(int(st)) + ")");
+    return ltFailure(args, st);
   if (!supported)
     return args.fail("cuBLASLt has no e4m3 product for " + std::to_string(n) + " x " +
                      std::to_string(N) + " x " + std::to_string(K));

@@ -420,6 +420,25 @@ inline Status checkExpertOffsets(const KernelArgs &args, const TensorView &t, in
   return Status();
 }
 
+/// Expert offsets read from the device or the host: they start at 0, never
+/// decrease and end at most at `rows` (the data check both backends make
+/// once the values are on the host).
+inline Status checkExpertOffsetValues(const KernelArgs &args, const std::vector<int64_t> &offsets,
+                                      int64_t rows) {
+  const int64_t experts = int64_t(offsets.size()) - 1;
+  if (offsets[0] != 0)
+    return args.fail("expert offset " + std::to_string(offsets[0]) + " at position 0 must be 0");
+  for (int64_t e = 1; e <= experts; ++e)
+    if (offsets[size_t(e)] < offsets[size_t(e - 1)])
+      return args.fail("expert offset " + std::to_string(offsets[size_t(e)]) + " at position " +
+                       std::to_string(e) + " is below the previous offset " +
+                       std::to_string(offsets[size_t(e - 1)]));
+  if (offsets[size_t(experts)] > rows)
+    return args.fail("expert offset " + std::to_string(offsets[size_t(experts)]) + " at position " +
+                     std::to_string(experts) + " exceeds the row count " + std::to_string(rows));
+  return Status();
+}
+
 /// expert_linear: x [M, in], expert_offsets, weight [E, out, in] (, addend)
 /// (, lowrank_input [M, r], lowrank_weight [E, out, r]) → [M, out].
 inline Status checkExpertLinear(const KernelArgs &args, MatmulShape &s) {

@@ -22,12 +22,6 @@ using namespace g3moe_test;
 
 namespace {
 
-int64_t countKernel(const StepProgram &program, const char *kernel) {
-  const FunctionDesc *fb = program.findFunction("forward_backward");
-  return std::count_if(fb->instrs.begin(), fb->instrs.end(),
-                       [&](const InstrDesc &i) { return i.kernel == kernel; });
-}
-
 /// ‖a − b‖ / ‖b‖.
 double relativeError(const std::vector<float> &a, const std::vector<float> &b) {
   double d = 0, n = 0;

@@ -55,10 +55,7 @@ INSTANTIATE_TEST_SUITE_P(Steps, StepRecompute,
 /// recomputes every layer whole.
 TEST(StepRecompute, ACheckpointKeepingItsAttentionRunsItOnce) {
   auto attentions = [](const std::string &name) {
-    StepProgram program = loadProgram(name);
-    const FunctionDesc *fb = program.findFunction("forward_backward");
-    return std::count_if(fb->instrs.begin(), fb->instrs.end(),
-                         [](const InstrDesc &i) { return i.kernel == "attention"; });
+    return countKernel(loadProgram(name), "attention");
   };
   EXPECT_EQ(attentions("g3moe_lora_fp32_keep_attention") + 1,
             attentions("g3moe_lora_fp32_recompute"));
@@ -100,12 +97,8 @@ TEST(StepDropoutMask, SameLossAndGradientsAsSeparateDropouts) {
   StepProgram masked = loadProgram("g3moe_lora_r16_masked");
   const FunctionDesc *fb = masked.findFunction("forward_backward");
   ASSERT_NE(fb, nullptr);
-  auto count = [&](const char *kernel) {
-    return std::count_if(fb->instrs.begin(), fb->instrs.end(),
-                         [&](const InstrDesc &i) { return i.kernel == kernel; });
-  };
-  EXPECT_GT(count("dropout_mask"), 0);
-  EXPECT_EQ(count("keyed_dropout"), 0);
+  EXPECT_GT(countKernel(masked, "dropout_mask"), 0);
+  EXPECT_EQ(countKernel(masked, "keyed_dropout"), 0);
   EXPECT_LT(fb->arenaBytes, arenaBytes("g3moe_lora_r16"));
   StepResult separate = runStep("g3moe_lora_r16"), inside = runStep("g3moe_lora_r16_masked");
   EXPECT_EQ(separate.loss, inside.loss);

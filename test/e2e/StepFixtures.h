@@ -185,6 +185,16 @@ inline std::vector<uint8_t> bytesOf(const std::string &path) {
   return bytes;
 }
 
+/// How many instructions of `program`'s @forward_backward launch `kernel`.
+inline int64_t countKernel(const g3rt::StepProgram &program, const std::string &kernel) {
+  const g3rt::FunctionDesc *fb = program.findFunction("forward_backward");
+  EXPECT_NE(fb, nullptr);
+  if (!fb)
+    return 0;
+  return std::count_if(fb->instrs.begin(), fb->instrs.end(),
+                       [&](const g3rt::InstrDesc &i) { return i.kernel == kernel; });
+}
+
 /// The loss and every trainable parameter's gradient of one
 /// @forward_backward of `name` at the gradient-check point.
 struct StepResult {
