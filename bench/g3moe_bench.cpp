@@ -14,6 +14,7 @@
 #include "runtime/base/parallel.h"
 #include "runtime/base/random.h"
 #include "runtime/cuda/cuda_executor.h"
+#include "runtime/train/derived.h"
 
 #include <cuda_runtime.h>
 
@@ -44,8 +45,8 @@ int fail(const Status &s) {
 
 /// Small random weights: the values do not change the work done. A cheap
 /// integer hash per element, in parallel: billions of elements. LoRA B
-/// starts at zero, as in training.
-void fillWeights(const StepProgram &program, HostState &host) {
+/// starts at zero, as in training. Derived weights follow from them.
+Status fillWeights(const StepProgram &program, HostState &host) {
   for (const ParamDesc &p : program.params) {
     TensorView t = host.param(p.name);
     float scale = p.name.find("lora_B") != std::string::npos ? 0.0f : 0.02f;
@@ -60,6 +61,7 @@ void fillWeights(const StepProgram &program, HostState &host) {
         },
         1 << 16);
   }
+  return deriveParameters(host);
 }
 
 /// Random tokens, one document per row, each token's target the next one;
@@ -225,7 +227,9 @@ int main(int argc, char **argv) {
     return fail(s);
   // No host arena: the GPU runs the step, and the arena is tens of gigabytes.
   HostState host(program);
-  fillWeights(program, host);
+  s = fillWeights(program, host);
+  if (!s.ok())
+    return fail(s);
   int64_t T = fillInputs(program, host);
 
   size_t freeBefore = 0, total = 0;

@@ -2,10 +2,12 @@
 //
 // Builds the FlatBuffer of step.fbs from the g3rt IR: one Function per
 // func.func (buffers in declaration order, launches in program order), the
-// parameter table gathered from the `param` buffers, and the configuration
+// parameter table gathered from the `param` buffers (derived ones in a table
+// of their own, their sources in the parameter table), and the configuration
 // (the module attributes g3moe.model and g3moe.training) as the typed
-// ModelConfig and TrainingOptions tables. How a parameter is initialised is decided here, from its
-// name, so that the runtime needs no knowledge of HF naming conventions.
+// ModelConfig and TrainingOptions tables. How a parameter is initialised is
+// decided here, from its name, so that the runtime needs no knowledge of HF
+// naming conventions.
 //
 //===----------------------------------------------------------------------===//
 
@@ -312,7 +314,39 @@ private:
     bool trainable = false;
   };
   std::map<std::string, ParamInfo> params;
+  /// Derived parameters by name: their source, derivation, dtype, shape.
+  struct DerivedInfo {
+    std::string source;
+    fbs::Derivation derivation;
+    fbs::DType dtype;
+    std::vector<int64_t> shape;
+  };
+  std::map<std::string, DerivedInfo> derived;
+  /// Records `buffer`, a derived parameter's declaration, and its source.
+  LogicalResult addDerived(g3moe::lowered::BufferOp buffer);
 };
+
+LogicalResult Writer::addDerived(g3moe::lowered::BufferOp buffer) {
+  auto type = cast<MemRefType>(buffer.getType());
+  auto source = cast<RankedTensorType>(*buffer.getSourceType());
+  FailureOr<fbs::DType> dtype = dtypeOf(type.getElementType()),
+                        sourceDtype = dtypeOf(source.getElementType());
+  if (failed(dtype) || failed(sourceDtype))
+    return buffer.emitOpError("step.bin has no element type for this derived parameter");
+  auto derivation = llvm::StringSwitch<fbs::Derivation>(*buffer.getDerivation())
+                        .Case("e4m3_scales", fbs::Derivation::E4M3Scales)
+                        .Case("e4m3_transposed", fbs::Derivation::E4M3Transposed)
+                        .Case("e4m3_transposed_scales", fbs::Derivation::E4M3TransposedScales)
+                        .Default(fbs::Derivation::E4M3);
+  std::string name = buffer.getName()->str();
+  derived[name] = {buffer.getDerivedFrom()->str(), derivation, *dtype,
+                   std::vector<int64_t>(type.getShape().begin(), type.getShape().end())};
+  // The source: a frozen parameter, whether or not a function reads it.
+  ParamInfo &info = params[buffer.getDerivedFrom()->str()];
+  info.dtype = *sourceDtype;
+  info.shape.assign(source.getShape().begin(), source.getShape().end());
+  return success();
+}
 
 LogicalResult Writer::addAttr(Operation *at, NamedAttribute a,
                               std::vector<flatbuffers::Offset<fbs::Attr>> &out) {
@@ -362,7 +396,8 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
     index[v] = uint32_t(buffers.size());
     buffers.push_back(fbs::CreateBuffer(fb, kind, name.empty() ? 0 : fb.CreateString(name.str()),
                                         *dtype, fb.CreateVector(shape), offset, viewOf));
-    if (kind == fbs::BufferKind::Param || kind == fbs::BufferKind::GradAcc) {
+    if ((kind == fbs::BufferKind::Param && !derived.count(name.str())) ||
+        kind == fbs::BufferKind::GradAcc) {
       ParamInfo &info = params[name.str()];
       if (kind == fbs::BufferKind::Param) {
         info.dtype = *dtype;
@@ -379,6 +414,8 @@ LogicalResult Writer::addFunction(func::FuncOp func) {
       fbs::BufferKind kind = kindOf(buffer.getKind());
       if ((kind == fbs::BufferKind::Arena || kind == fbs::BufferKind::Host) && !buffer.getOffset())
         return buffer.emitOpError("has no offset: run --g3rt-plan-memory first");
+      if (buffer.getDerivedFrom() && failed(addDerived(buffer)))
+        return failure();
       if (failed(addBuffer(buffer, kind, buffer.getName().value_or(""),
                            uint64_t(buffer.getOffset().value_or(0)), -1)))
         return failure();
@@ -430,6 +467,11 @@ LogicalResult Writer::write(std::vector<uint8_t> &out) {
     paramTable.push_back(fbs::CreateParam(fb, fb.CreateString(name), info.dtype,
                                           fb.CreateVector(info.shape), info.trainable, initOf(name),
                                           initStd));
+  std::vector<flatbuffers::Offset<fbs::DerivedParam>> derivedTable;
+  for (auto &[name, info] : derived)
+    derivedTable.push_back(fbs::CreateDerivedParam(fb, fb.CreateString(name),
+                                                   fb.CreateString(info.source), info.derivation,
+                                                   info.dtype, fb.CreateVector(info.shape)));
   uint32_t alignment = 256;
   if (auto a = module->getAttrOfType<IntegerAttr>("g3rt.arena_alignment"))
     alignment = uint32_t(a.getInt());
@@ -440,7 +482,8 @@ LogicalResult Writer::write(std::vector<uint8_t> &out) {
     return failure();
   auto step = fbs::CreateStep(fb, modelTable, trainingTable, fb.CreateVector(paramTable),
                               fb.CreateVector(functions), bytesAttr(module, "g3rt.arena_bytes"),
-                              alignment, bytesAttr(module, "g3rt.host_bytes"));
+                              alignment, bytesAttr(module, "g3rt.host_bytes"),
+                              derivedTable.empty() ? 0 : fb.CreateVector(derivedTable));
   fb.Finish(step, fbs::StepIdentifier());
   out = g3rt::wrapStepPayload(fb.GetBufferPointer(), fb.GetSize());
   return success();

@@ -88,42 +88,46 @@ uint16_t floatToHalf(float f);
 constexpr float kE4M3Max = 448.0f;
 
 /// fp32 -> e4m3, round to nearest, ties to even, saturating to ±448 as
-/// cvt.satfinite does; NaN becomes the e4m3 NaN (0x7f, signed).
+/// cvt.satfinite does; NaN becomes the e4m3 NaN (0x7f, signed). On the bits:
+/// frozen weights are quantized on the host when a run loads them, billions
+/// of values.
 inline uint8_t floatToE4M3(float f) {
   uint32_t bits;
   std::memcpy(&bits, &f, 4);
   const uint8_t sign = uint8_t((bits >> 24) & 0x80u);
-  if ((bits & 0x7fffffffu) > 0x7f800000u)
+  const uint32_t magnitude = bits & 0x7fffffffu;
+  if (magnitude > 0x7f800000u)
     return uint8_t(sign | 0x7f);
-  float a = std::fabs(f);
-  if (a >= kE4M3Max)
+  if (magnitude >= 0x43e00000u) // 448
     return uint8_t(sign | 0x7e);
-  // Normal numbers from 2^-6 carry 3 mantissa bits; below, a fixed step of
-  // 2^-9. Dividing by the step is exact, so nearbyint rounds to even once.
-  if (a == 0.0f)
-    return sign;
-  int e = std::max(std::ilogb(a), -6);
-  float step = std::ldexp(1.0f, e - 3);
-  float q = std::nearbyint(a / step) * step;
-  if (q >= kE4M3Max)
-    return uint8_t(sign | 0x7e);
-  int qe = std::ilogb(q);
-  if (q == 0.0f)
-    return sign;
-  if (qe < -6)
-    return uint8_t(sign | uint8_t(std::lround(q / std::ldexp(1.0f, -9))));
-  uint32_t mantissa = uint32_t(std::lround(q / std::ldexp(1.0f, qe - 3))) - 8u;
-  return uint8_t(sign | uint32_t(qe + 7) << 3 | mantissa);
+  if (magnitude < 0x3c800000u) { // below 2^-6: steps of 2^-9, an exact scaling
+    float a;
+    std::memcpy(&a, &magnitude, 4);
+    return uint8_t(sign | uint8_t(std::nearbyint(a * 512.0f)));
+  }
+  // The 23 mantissa bits rounded to 3, to nearest even (a carry moves into
+  // the exponent, as it should), the exponent rebiased from 127 to 7; what
+  // rounds up past 448 saturates.
+  const uint32_t rounded = (magnitude + 0x7ffffu + ((magnitude >> 20) & 1u)) >> 20;
+  return uint8_t(sign | std::min<uint32_t>(rounded - ((127u - 7u) << 3), 0x7eu));
 }
 
 inline float e4m3ToFloat(uint8_t v) {
-  const float sign = v & 0x80u ? -1.0f : 1.0f;
-  const int exponent = (v >> 3) & 0xf, mantissa = v & 7;
+  const uint32_t sign = uint32_t(v & 0x80u) << 24, exponent = (v >> 3) & 0xfu, mantissa = v & 7u;
   if (exponent == 0xf && mantissa == 7)
     return std::numeric_limits<float>::quiet_NaN();
-  if (exponent == 0)
-    return sign * std::ldexp(float(mantissa), -9);
-  return sign * std::ldexp(float(8 + mantissa), exponent - 10);
+  float f;
+  if (exponent == 0) {
+    f = float(mantissa) * (1.0f / 512.0f);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    bits |= sign;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+  const uint32_t bits = sign | (exponent + 127u - 7u) << 23 | mantissa << 20;
+  std::memcpy(&f, &bits, 4);
+  return f;
 }
 
 /// fp32 rounded to `type` (bf16 or f16) and back; other types unchanged.

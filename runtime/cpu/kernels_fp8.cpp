@@ -22,19 +22,19 @@ using namespace checks;
 
 namespace {
 
-/// Quantizes `n` values of `src`, `stride` apart, into e4m3 values held as
-/// floats (unscaled: in [-448, 448]) at dst[0, n); returns the row's scale.
-float quantizeRow(const float *src, int64_t n, int64_t stride, float *dst) {
+/// Quantizes `n` values of `src`, `stride` apart, into e4m3 codes at
+/// codes[0, n); returns the row's scale.
+float quantizeRow(const float *src, int64_t n, int64_t stride, uint8_t *codes) {
   float amax = 0.0f;
   for (int64_t i = 0; i < n; ++i)
     amax = std::max(amax, std::fabs(src[i * stride]));
   if (amax == 0.0f) {
-    std::fill(dst, dst + n, 0.0f);
+    std::fill(codes, codes + n, uint8_t(0));
     return 1.0f;
   }
   const float inv = kE4M3Max / amax;
   for (int64_t i = 0; i < n; ++i)
-    dst[i] = e4m3ToFloat(floatToE4M3(src[i * stride] * inv));
+    codes[i] = floatToE4M3(src[i * stride] * inv);
   return amax / kE4M3Max;
 }
 
@@ -48,8 +48,12 @@ void scaledProduct(const float *X, int64_t rows, int64_t K, const float *Wq, con
   parallelFor(
       rows,
       [&](int64_t r0, int64_t r1) {
-        for (int64_t m = r0; m < r1; ++m)
-          sx[size_t(m)] = quantizeRow(X + m * K, K, 1, Xq.data() + m * K);
+        std::vector<uint8_t> codes(static_cast<size_t>(K));
+        for (int64_t m = r0; m < r1; ++m) {
+          sx[size_t(m)] = quantizeRow(X + m * K, K, 1, codes.data());
+          for (int64_t k = 0; k < K; ++k)
+            Xq[size_t(m * K + k)] = e4m3ToFloat(codes[size_t(k)]);
+        }
       },
       std::max<int64_t>(1, kElementGrain / std::max<int64_t>(K, 1)));
   gemmNT(Xq.data(), K, Wq, K, Y, N, rows, N, K);
@@ -63,21 +67,26 @@ void scaledProduct(const float *X, int64_t rows, int64_t K, const float *Wq, con
 Status quantizeFp8Kernel(const KernelArgs &args) {
   QuantizeShape s;
   G3RT_RETURN_IF_ERROR(checkQuantizeFp8(args, s));
-  const TensorView &q = args.outputs[0], &scale = args.outputs[1];
+  uint8_t *codes = static_cast<uint8_t *>(args.outputs[0].data);
+  float *scales = args.outputs[1].f32();
   std::vector<float> W = widen(args.inputs[0]);
   const int64_t N = s.rows, K = s.cols, size = N * K;
   // Rows of the result: the weight's rows, or with `transpose` its columns,
   // which are `K` apart.
   const int64_t rows = s.transpose ? K : N, length = s.transpose ? N : K;
   const int64_t stride = s.transpose ? K : 1, next = s.transpose ? 1 : K;
-  std::vector<float> values(static_cast<size_t>(length));
-  for (int64_t b = 0; b < s.batches; ++b)
-    for (int64_t r = 0; r < rows; ++r) {
-      float sr = quantizeRow(W.data() + b * size + r * next, length, stride, values.data());
-      scale.f32()[b * rows + r] = sr;
-      for (int64_t i = 0; i < length; ++i)
-        q.store(b * size + r * length + i, values[size_t(i)]);
-    }
+  // Frozen weights are quantized when a run loads them: billions of
+  // elements, so rows run in parallel.
+  parallelFor(
+      s.batches * rows,
+      [&](int64_t r0, int64_t r1) {
+        for (int64_t br = r0; br < r1; ++br) {
+          const int64_t b = br / rows, r = br % rows;
+          scales[br] =
+              quantizeRow(W.data() + b * size + r * next, length, stride, codes + br * length);
+        }
+      },
+      std::max<int64_t>(1, kElementGrain / std::max<int64_t>(length, 1)));
   return Status();
 }
 

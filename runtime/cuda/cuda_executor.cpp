@@ -306,13 +306,14 @@ Status CudaExecutor::download(HostState &host) const {
 }
 
 Status CudaExecutor::download(HostState &host, BufferKind kind, bool onlyTrainable) const {
-  std::set<std::string> frozen;
-  if (onlyTrainable)
-    for (const ParamDesc &p : program_.params)
-      if (!p.trainable)
-        frozen.insert(p.name);
+  // Derived parameters are frozen too: only the parameter table's trainable
+  // ones change.
+  std::set<std::string> trainable;
+  for (const ParamDesc &p : program_.params)
+    if (p.trainable)
+      trainable.insert(p.name);
   for (const auto &[key, view] : state_) {
-    if (key.first != kind || frozen.count(key.second))
+    if (key.first != kind || (onlyTrainable && !trainable.count(key.second)))
       continue;
     TensorView h = host.state(key.first, key.second);
     if (!h.data)

@@ -90,6 +90,23 @@ HostState::HostState(const StepProgram &program, int rank) : program_(program) {
     return Status();
   };
   (void)forEachStateBuffer(program, allocate, rank);
+  // A parameter no function reads is the source of derived ones: the host
+  // keeps it (to derive them again, to save or merge it), no backend does.
+  std::set<std::string> read;
+  for (const FunctionDesc &fn : program.functions)
+    for (const BufferDesc &b : fn.buffers)
+      if (b.kind == BufferKind::Param)
+        read.insert(b.name);
+  for (const ParamDesc &p : program.params)
+    if (!read.count(p.name)) {
+      BufferDesc b;
+      b.kind = BufferKind::Param;
+      b.name = p.name;
+      b.dtype = p.dtype;
+      b.shape = p.shape;
+      b.bytes = TensorView{nullptr, p.dtype, p.shape}.bytes();
+      (void)allocate(b);
+    }
   auto elsewhere = [&](const BufferDesc &b) {
     if (!tensors_.count({b.kind, b.name}))
       elsewhere_.emplace(std::make_pair(b.kind, b.name), b);

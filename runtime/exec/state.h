@@ -66,7 +66,10 @@ bool runsOnProcess(const InstrDesc &instr, int rank);
 Status forEachStateBuffer(const StepProgram &program,
                           const std::function<Status(const BufferDesc &)> &visit, int rank = -1);
 
-/// The host's persistent tensors of one program, allocated zeroed when made.
+/// The host's persistent tensors of one program, allocated zeroed when made:
+/// forEachStateBuffer's, and the parameters that no function reads (the
+/// sources of derived parameters, StepProgram::derived), which only the host
+/// holds.
 class HostState {
 public:
   /// `program` must outlive the state. With `rank` >= 0, process `rank`'s

@@ -21,7 +21,7 @@ namespace g3rt {
 
 /// The step.bin format this build reads and writes; raised with every change
 /// to step.fbs. 2: the configuration as typed tables (1 held it as JSON).
-inline constexpr uint32_t kStepFormatVersion = 3;
+inline constexpr uint32_t kStepFormatVersion = 4;
 /// Bytes of the container header.
 inline constexpr size_t kStepHeaderBytes = 32;
 

@@ -42,6 +42,13 @@ const ParamDesc *StepProgram::findParam(const std::string &name) const {
   return nullptr;
 }
 
+const DerivedParamDesc *StepProgram::findDerived(const std::string &name) const {
+  for (const DerivedParamDesc &d : derived)
+    if (d.name == name)
+      return &d;
+  return nullptr;
+}
+
 namespace {
 
 Status decodeDType(fbs::DType t, DType &out) {
@@ -224,6 +231,27 @@ Status decodeTraining(const fbs::TrainingOptions *t, TrainingConfig &out) {
   return Status();
 }
 
+/// Derived parameter `d`: a new name, a known derivation, dtype and shape
+/// (checkDerivedParams checks them against the source).
+Status decodeDerived(const fbs::DerivedParam *d, StepProgram &program) {
+  DerivedParamDesc desc;
+  desc.name = d->name()->str();
+  desc.source = d->source()->str();
+  const std::string where = "derived parameter '" + desc.name + "'";
+  if (program.findParam(desc.name) || program.findDerived(desc.name))
+    return Status::error(where + " appears twice");
+  if (uint8_t(d->derivation()) > uint8_t(Derivation::E4M3TransposedScales))
+    return Status::error(where + " has an unknown derivation");
+  desc.derivation = Derivation(uint8_t(d->derivation()));
+  uint64_t bytes = 0;
+  Status s = decodeDType(d->dtype(), desc.dtype);
+  if (s.ok())
+    s = decodeShape(d->shape(), desc.shape, dtypeSize(desc.dtype), bytes);
+  G3RT_RETURN_IF_ERROR(s.withContext(where));
+  program.derived.push_back(std::move(desc));
+  return Status();
+}
+
 /// Buffer `b`, the next of `fn`: its kind, dtype and shape, a view matching
 /// its source, a planned buffer inside its arena, a persistent one matching
 /// the parameter table.
@@ -263,6 +291,12 @@ Status decodeBuffer(const fbs::Buffer *b, const StepProgram &program, const Func
     return Status::error(where + " is persistent but has no name");
   if (desc.kind == BufferKind::Input)
     return Status();
+  if (const DerivedParamDesc *d = program.findDerived(desc.name)) {
+    if (desc.kind != BufferKind::Param || d->shape != desc.shape || d->dtype != desc.dtype)
+      return Status::error(where + " ('" + desc.name +
+                           "') does not match the derived parameter of that name");
+    return Status();
+  }
   const ParamDesc *p = program.findParam(desc.name);
   if (!p)
     return Status::error(where + " names '" + desc.name + "', which is not in the parameter table");
@@ -449,6 +483,35 @@ Status checkHostCopies(FunctionDesc &fn) {
 
 // Every backend allocates a persistent tensor once, as its first declaration
 // says (forEachStateBuffer), so each later declaration must agree with it.
+Status checkDerivedParams(const StepProgram &program) {
+  for (const DerivedParamDesc &d : program.derived) {
+    const std::string where = "derived parameter '" + d.name + "'";
+    const ParamDesc *source = program.findParam(d.source);
+    if (!source || source->trainable || !isFloat(source->dtype) ||
+        (source->shape.size() != 2 && source->shape.size() != 3))
+      return Status::error(where + " names the source '" + d.source +
+                           "', which is no frozen float parameter of rank 2 or 3");
+    std::vector<int64_t> expected = source->shape;
+    if (d.transposed())
+      std::swap(expected[expected.size() - 1], expected[expected.size() - 2]);
+    if (d.scales())
+      expected.pop_back();
+    const DType dtype = d.scales() ? DType::F32 : DType::F8E4M3;
+    if (d.shape != expected || d.dtype != dtype)
+      return Status::error(where + " is " + std::string(dtypeName(d.dtype)) + " " +
+                           shapeString(d.shape) + ", its derivation of '" + d.source + "' makes " +
+                           std::string(dtypeName(dtype)) + " " + shapeString(expected));
+    // Values and scales come in pairs: what reads one reads the other.
+    bool paired = false;
+    for (const DerivedParamDesc &o : program.derived)
+      paired |=
+          o.source == d.source && o.transposed() == d.transposed() && o.scales() != d.scales();
+    if (!paired)
+      return Status::error(where + " has no " + (d.scales() ? "values" : "scales") + " beside it");
+  }
+  return Status();
+}
+
 Status checkStateDeclarations(const StepProgram &program) {
   std::map<std::pair<BufferKind, std::string>, const BufferDesc *> first;
   for (const FunctionDesc &fn : program.functions)
@@ -513,6 +576,15 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
       desc.initStd = p->init_std();
       program.params.push_back(std::move(desc));
     }
+  if (step->derived())
+    for (const fbs::DerivedParam *d : *step->derived()) {
+      s = decodeDerived(d, program);
+      if (!s.ok())
+        return fail(s);
+    }
+  s = checkDerivedParams(program);
+  if (!s.ok())
+    return fail(s);
   if (step->functions())
     for (const fbs::Function *f : *step->functions()) {
       FunctionDesc fn;

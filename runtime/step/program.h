@@ -92,12 +92,42 @@ struct ParamDesc {
   double initStd = 0.02;
 };
 
+/// What a derived parameter holds of its source (values as in step.fbs).
+enum class Derivation : uint8_t {
+  /// The e4m3 values and the fp32 scales of the source's rows...
+  E4M3 = 0,
+  E4M3Scales = 1,
+  /// ... or of its transpose's rows (the last two dimensions swapped).
+  E4M3Transposed = 2,
+  E4M3TransposedScales = 3
+};
+
+/// A parameter the runtime computes from another (deriveParameters): the
+/// e4m3 copies of fp8_base's frozen weights. `source` is in the parameter
+/// table, frozen, of the shape the derivation reads.
+struct DerivedParamDesc {
+  std::string name, source;
+  Derivation derivation = Derivation::E4M3;
+  DType dtype = DType::F8E4M3;
+  std::vector<int64_t> shape;
+
+  bool transposed() const {
+    return derivation == Derivation::E4M3Transposed ||
+           derivation == Derivation::E4M3TransposedScales;
+  }
+  bool scales() const {
+    return derivation == Derivation::E4M3Scales || derivation == Derivation::E4M3TransposedScales;
+  }
+};
+
 struct StepProgram {
   /// The model configuration and training options the step was compiled
   /// with, decoded once here; every reader of the configuration uses these.
   ModelConfig model;
   TrainingConfig training;
   std::vector<ParamDesc> params;
+  /// Parameters computed from others; their buffers are Param buffers.
+  std::vector<DerivedParamDesc> derived;
   std::vector<FunctionDesc> functions;
   /// The arena the backends allocate: what training needs. An entry point
   /// that needs more (a training step's forward_backward, returning every
@@ -109,12 +139,14 @@ struct StepProgram {
 
   const FunctionDesc *findFunction(const std::string &name) const;
   const ParamDesc *findParam(const std::string &name) const;
+  const DerivedParamDesc *findDerived(const std::string &name) const;
 };
 
 /// Reads and verifies a step.bin: the container (magic, version, size,
 /// checksum), the FlatBuffer, the configuration (known enum values) and the
 /// program's invariants (indices in range, known kernels, persistent buffers
-/// consistent with the parameter table, the arena plan inside the arena and
+/// consistent with the parameter table, derived parameters consistent with
+/// their sources, the arena plan inside the arena and
 /// free of overlaps between live buffers). Errors are prefixed with `path`.
 Status loadStep(const std::string &path, StepProgram &out);
 /// The same on bytes already in memory.
@@ -125,6 +157,12 @@ Status parseStep(const std::vector<uint8_t> &file, const std::string &displayNam
 /// any entry point, has the same dtype and shape (used by the verifier;
 /// exposed for tests).
 Status checkStateDeclarations(const StepProgram &program);
+
+/// Checks each derived parameter against its source: a frozen float
+/// parameter of rank 2 or 3, of which the derivation makes the derived
+/// parameter's dtype and shape; and that values and scales come in pairs
+/// (used by the verifier; exposed for tests).
+Status checkDerivedParams(const StepProgram &program);
 
 /// Checks that no two arena buffers of `fn` that are live at the same
 /// instruction share a byte, nor two host buffers (used by the verifier;

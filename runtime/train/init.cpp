@@ -4,6 +4,7 @@
 
 #include "runtime/base/parallel.h"
 #include "runtime/base/random.h"
+#include "runtime/train/derived.h"
 
 #include <cmath>
 
@@ -74,7 +75,7 @@ Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId) 
       for (int64_t j = 0; j < t.shape[1]; ++j)
         t.store(padTokenId * t.shape[1] + j, 0.0f);
   }
-  return Status();
+  return deriveParameters(host);
 }
 
 } // namespace g3rt

@@ -9,6 +9,7 @@
 #include "runtime/train/weights.h"
 
 #include "runtime/io/hf_checkpoint.h"
+#include "runtime/train/derived.h"
 
 #include <nlohmann/json.hpp>
 
@@ -358,7 +359,7 @@ Status loadWeights(HostState &host, const std::string &dir, std::vector<std::str
   for (const LoadPlan::Copy &c : plan.copies)
     G3RT_RETURN_IF_ERROR(ckpt.read(c.source, c.dst));
   plan.addNotes(notes);
-  return Status();
+  return deriveParameters(host);
 }
 
 Status loadWeights(HostState &host, const std::string &dir, std::ostream &log) {

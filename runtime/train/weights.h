@@ -19,7 +19,8 @@ namespace g3rt {
 
 /// Loads every non-LoRA parameter of the host state's step from the checkpoint
 /// in `dir` (see HFCheckpoint::open for the layouts read), converting dtypes
-/// to the parameter's. Stacked "{e}" parameters are filled expert by expert.
+/// to the parameter's. Stacked "{e}" parameters are filled expert by expert;
+/// derived parameters are then derived again from them (deriveParameters).
 ///
 /// Nothing is written unless the whole checkpoint fits: missing tensors,
 /// shape mismatches (both shapes named), unreadable dtypes and config.json

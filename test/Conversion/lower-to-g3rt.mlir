@@ -105,3 +105,18 @@ func.func @masked_lora(%x: tensor<4x64xbf16> {g3moe.input = "x"}, %key: tensor<2
 // CHECK: %[[MASK:.*]] = g3rt.buffer "arena" : memref<8xi32>
 // CHECK: g3rt.launch "dropout_mask" ins(%{{.*}} : memref<2xi64>) outs(%[[MASK]] : memref<8xi32>) {attrs = {p = 5.000000e-02 : f64, stream = 3 : i64}}
 // CHECK: g3rt.launch "linear" ins(%{{.*}}, %{{.*}}, %[[MASK]] : memref<4x64xbf16>, memref<8x64xbf16>, memref<8xi32>) outs(%{{.*}} : memref<4x8xbf16>) {attrs = {dropout_p = 5.000000e-02 : f64}}
+
+// A frozen weight's e4m3 copies are parameters that name their source: the
+// runtime derives them when it loads the weight; no launch computes them.
+func.func @frozen_fp8(%x: tensor<2x64xbf16> {g3moe.input = "x"})
+    -> (tensor<2x32xbf16> {g3moe.output = "y"}) {
+  %q, %s = g3moe.frozen_e4m3 "w" transpose : tensor<64x32xbf16> -> tensor<32x64xf8E4M3FN>, tensor<32xf32>
+  %y = g3moe.scaled_linear %x, %q, %s : (tensor<2x64xbf16>, tensor<32x64xf8E4M3FN>, tensor<32xf32>) -> tensor<2x32xbf16>
+  return %y : tensor<2x32xbf16>
+}
+
+// CHECK-LABEL: func.func @frozen_fp8() {
+// CHECK-DAG: %[[Q:.*]] = g3rt.buffer "param" {derivation = "e4m3_transposed", derived_from = "w", name = "w@e4m3t", source_type = tensor<64x32xbf16>} : memref<32x64xf8E4M3FN>
+// CHECK-DAG: %[[S:.*]] = g3rt.buffer "param" {derivation = "e4m3_transposed_scales", derived_from = "w", name = "w@e4m3t.scale", source_type = tensor<64x32xbf16>} : memref<32xf32>
+// CHECK-NOT: g3rt.launch "frozen_e4m3"
+// CHECK: g3rt.launch "scaled_linear" ins(%{{.*}}, %[[Q]], %[[S]] :

@@ -4,16 +4,21 @@
 // weight and its input rows are rounded to e4m3 (3 mantissa bits) first. The
 // step must still compute the loss and the adapters' gradients of the bf16
 // step up to that rounding: the tolerances below are above what the tiny
-// model shows and below what a wrong scale or a lost term would give.
+// model shows and below what a wrong scale or a lost term would give. The
+// e4m3 copies of the frozen weights are derived parameters, made on the host
+// from weights that no function reads.
 //
 //===----------------------------------------------------------------------===//
 
 #include "test/e2e/StepFixtures.h"
 
+#include "runtime/train/derived.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -34,13 +39,28 @@ double relativeError(const std::vector<float> &a, const std::vector<float> &b) {
 
 TEST(StepFp8, LossAndAdapterGradientsNearTheBf16Step) {
   StepProgram fp8 = loadProgram("g3moe_lora_r16_fp8");
-  // Every frozen product of the step: q, k, v, o and the MLPs of the dense
-  // layers, and the experts, forward and input gradient, each with its own
-  // quantized weight.
+  // Every frozen product of the step (q, k, v, o and the MLPs of the dense
+  // layers, and the experts, forward and input gradient) reads e4m3 copies
+  // derived once from the weight, which no function reads in bf16 any more:
+  // the weight stays on the host.
   EXPECT_GT(countKernel(fp8, "scaled_linear"), 0);
   EXPECT_GT(countKernel(fp8, "scaled_expert_linear"), 0);
-  EXPECT_EQ(countKernel(fp8, "quantize_fp8"),
-            countKernel(fp8, "scaled_linear") + countKernel(fp8, "scaled_expert_linear"));
+  EXPECT_EQ(countKernel(fp8, "quantize_fp8"), 0);
+  const int layers = int(fp8.model.numHiddenLayers);
+  // Four weights of attention and three of the feed-forward block per
+  // layer, each as values and scales, plain and transposed; but no input
+  // gradient flows into the first layer's q, k and v (the embedding is
+  // frozen), so those three have no transposed copy.
+  EXPECT_EQ(fp8.derived.size(), size_t((layers * 7 * 2 - 3) * 2));
+  std::set<std::string> read;
+  for (const FunctionDesc &fn : fp8.functions)
+    for (const BufferDesc &b : fn.buffers)
+      if (b.kind == BufferKind::Param)
+        read.insert(b.name);
+  for (const DerivedParamDesc &d : fp8.derived) {
+    EXPECT_TRUE(read.count(d.name)) << d.name;
+    EXPECT_FALSE(read.count(d.source)) << d.source;
+  }
   StepResult bf16 = runStep("g3moe_lora_r16_masked"), e4m3 = runStep("g3moe_lora_r16_fp8");
   EXPECT_NE(bf16.loss, e4m3.loss) << "nothing was quantized";
   EXPECT_NEAR(e4m3.loss, bf16.loss, 0.01 * std::abs(bf16.loss));
@@ -56,6 +76,89 @@ TEST(StepFp8, LossAndAdapterGradientsNearTheBf16Step) {
     allE4M3.insert(allE4M3.end(), e4m3.grads[name].begin(), e4m3.grads[name].end());
   }
   EXPECT_LT(relativeError(allE4M3, all), 0.75); // 0.54 here
+}
+
+} // namespace
+
+namespace {
+
+/// The derived parameter of `program` deriving `derivation` from `source`.
+const DerivedParamDesc *derivedOf(const StepProgram &program, const std::string &source,
+                                  Derivation derivation) {
+  for (const DerivedParamDesc &d : program.derived)
+    if (d.source == source && d.derivation == derivation)
+      return &d;
+  return nullptr;
+}
+
+TEST(StepFp8, TheHostKeepsTheSourcesAndDerivesTheCopies) {
+  StepProgram program = loadProgram("g3moe_lora_r16_fp8");
+  HostState state(program);
+  ASSERT_TRUE(initializeParameters(state, 5, 0).ok());
+  const std::string name = "model.layers.2.moe.experts.{e}.up_proj.weight";
+  TensorView w = state.param(name);
+  ASSERT_NE(w.data, nullptr) << "the host holds the source that no function reads";
+  ASSERT_EQ(w.rank(), 3);
+  const int64_t E = w.dim(0), N = w.dim(1), K = w.dim(2);
+  auto view = [&](Derivation d) {
+    const DerivedParamDesc *desc = derivedOf(program, name, d);
+    EXPECT_NE(desc, nullptr);
+    return desc ? state.param(desc->name) : TensorView{};
+  };
+  // Each copy, scaled back, is the weight up to e4m3's rounding (half a
+  // step of 3 mantissa bits: 1/16 of the value; 1/8 of the row's largest
+  // value at the bottom of the range), the transposed one read across.
+  auto check = [&]() {
+    TensorView q = view(Derivation::E4M3), s = view(Derivation::E4M3Scales);
+    TensorView qt = view(Derivation::E4M3Transposed), st = view(Derivation::E4M3TransposedScales);
+    ASSERT_TRUE(q.data && s.data && qt.data && st.data);
+    ASSERT_EQ(qt.shape, (std::vector<int64_t>{E, K, N}));
+    double worst = 0, worstT = 0;
+    for (int64_t e = 0; e < E; ++e)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const double x = w.load((e * N + n) * K + k);
+          const double back = q.load((e * N + n) * K + k) * s.load(e * N + n);
+          const double backT = qt.load((e * K + k) * N + n) * st.load(e * K + k);
+          worst = std::max(worst, std::abs(back - x) / (s.load(e * N + n) * 448));
+          worstT = std::max(worstT, std::abs(backT - x) / (st.load(e * K + k) * 448));
+        }
+    EXPECT_LT(worst, 1.0 / 8);
+    EXPECT_LT(worstT, 1.0 / 8);
+    EXPECT_GT(worst, 0.0) << "nothing was rounded";
+  };
+  check();
+  // Parameters written otherwise (a checkpoint) are derived again.
+  for (int64_t i = 0; i < w.numel(); ++i)
+    w.store(i, float(i % 7) - 3.0f);
+  ASSERT_TRUE(deriveParameters(state).ok());
+  check();
+}
+
+TEST(StepFp8, DerivedParametersAreCheckedAgainstTheirSources) {
+  const StepProgram program = loadProgram("g3moe_lora_r16_fp8");
+  ASSERT_FALSE(program.derived.empty());
+  ASSERT_TRUE(checkDerivedParams(program).ok());
+  auto error = [](const StepProgram &p) {
+    Status s = checkDerivedParams(p);
+    EXPECT_FALSE(s.ok());
+    return s.message();
+  };
+  StepProgram missing = program;
+  missing.derived[0].source = "model.layers.0.nothing.weight";
+  EXPECT_NE(error(missing).find("names the source 'model.layers.0.nothing.weight', which is no "
+                                "frozen float parameter"),
+            std::string::npos);
+  StepProgram shape = program;
+  shape.derived[0].shape[0] += 1;
+  EXPECT_NE(error(shape).find("its derivation of"), std::string::npos);
+  StepProgram alone = program;
+  alone.derived.erase(std::remove_if(alone.derived.begin(), alone.derived.end(),
+                                     [](const DerivedParamDesc &d) {
+                                       return d.derivation == Derivation::E4M3Scales;
+                                     }),
+                      alone.derived.end());
+  EXPECT_NE(error(alone).find("has no scales beside it"), std::string::npos);
 }
 
 } // namespace

@@ -69,6 +69,9 @@ private:
   /// straight-line program per entry point.
   LogicalResult lowerCall(func::CallOp call);
   LogicalResult lowerReturn(func::ReturnOp ret);
+  /// A frozen_e4m3's values and scales: two parameters the runtime derives
+  /// from the named weight when it loads it (G3RTDialect.td, g3rt.buffer).
+  void lowerFrozenE4M3(g3moe::FrozenE4M3Op op);
   /// The persistent buffer a result should be written into in place, if the
   /// op is elementwise and reads that buffer only here.
   Value inPlaceTarget(Operation *op, unsigned resultIndex);
@@ -91,6 +94,21 @@ Value FunctionLowering::persistent(const Binding &binding, Type type, Location l
                                        b.getStringAttr(binding.second), IntegerAttr());
   persistentBuffers[binding] = buffer;
   return buffer;
+}
+
+void FunctionLowering::lowerFrozenE4M3(g3moe::FrozenE4M3Op op) {
+  const bool t = op.getTranspose();
+  const std::string name = op.getName().str() + (t ? "@e4m3t" : "@e4m3");
+  for (auto [result, scales] : {std::pair(op.getResult(), false), std::pair(op.getScale(), true)}) {
+    Value buffer =
+        persistent({"param", name + (scales ? ".scale" : "")}, result.getType(), op.getLoc());
+    auto decl = buffer.getDefiningOp<g3moe::lowered::BufferOp>();
+    decl.setDerivedFromAttr(op.getNameAttr());
+    decl.setSourceTypeAttr(op.getSourceTypeAttr());
+    decl.setDerivationAttr(b.getStringAttr(scales ? (t ? "e4m3_transposed_scales" : "e4m3_scales")
+                                                  : (t ? "e4m3_transposed" : "e4m3")));
+    map.map(result, buffer);
+  }
 }
 
 Value FunctionLowering::arena(Type tensorType, Location loc) {
@@ -144,6 +162,10 @@ LogicalResult FunctionLowering::lowerOp(Operation *op) {
     return lowerCall(call);
   if (auto param = dyn_cast<g3moe::ParamOp>(op)) {
     map.map(param.getResult(), persistent({"param", param.getName().str()}, param.getType(), loc));
+    return success();
+  }
+  if (auto frozen = dyn_cast<g3moe::FrozenE4M3Op>(op)) {
+    lowerFrozenE4M3(frozen);
     return success();
   }
   if (isa<g3moe::ReshapeOp, g3moe::StopGradientOp>(op)) {

@@ -1,7 +1,8 @@
 //===- G3MoEFp8Ops.cpp - verifiers of the e4m3 products -------------------===//
 //
-// A quantized weight and its scales must be what quantize_fp8 makes of one
-// [N, K] (or [E, N, K]) weight, and the products must read them along K.
+// A quantized weight and its scales (quantize_fp8, frozen_e4m3) must be what
+// quantization makes of one [N, K] (or [E, N, K]) weight, and the products
+// must read them along K.
 //
 //===----------------------------------------------------------------------===//
 
@@ -40,20 +41,41 @@ LogicalResult verifyScaledProduct(Operation *op, RankedTensorType x, RankedTenso
   return verifyAddend(op, addend, result);
 }
 
+/// The e4m3 values and scales of a weight `w` of rank 2 or 3, as
+/// quantize_fp8 (or frozen_e4m3) makes them: the weight's shape, its last
+/// two dimensions swapped with `transpose`, and one scale per row.
+LogicalResult verifyQuantized(Operation *op, RankedTensorType w, bool transpose,
+                              RankedTensorType result, RankedTensorType scale) {
+  if (w.getRank() != 2 && w.getRank() != 3)
+    return op->emitOpError() << "input must have rank 2 or 3, got " << shapeStr(w.getShape());
+  SmallVector<int64_t> expected(w.getShape());
+  if (transpose)
+    std::swap(expected[expected.size() - 1], expected[expected.size() - 2]);
+  if (failed(expectShape(op, "result", result, expected)))
+    return failure();
+  return verifyRowScales(op, "scale", result, scale);
+}
+
 } // namespace
 
 LogicalResult QuantizeFp8Op::verify() {
   if (failed(requireStatic(*this)))
     return failure();
-  auto w = getInput().getType();
-  if (w.getRank() != 2 && w.getRank() != 3)
-    return emitOpError() << "input must have rank 2 or 3, got " << shapeStr(w.getShape());
-  SmallVector<int64_t> expected(w.getShape());
-  if (getTranspose())
-    std::swap(expected[expected.size() - 1], expected[expected.size() - 2]);
-  if (failed(expectShape(*this, "result", getResult().getType(), expected)))
+  return verifyQuantized(*this, getInput().getType(), getTranspose(), getResult().getType(),
+                         getScale().getType());
+}
+
+LogicalResult FrozenE4M3Op::verify() {
+  auto source = cast<RankedTensorType>(getSourceType());
+  if (getName().empty())
+    return emitOpError("needs the name of a parameter");
+  if (!source.hasStaticShape() ||
+      !isa<BFloat16Type, Float16Type, Float32Type>(source.getElementType()))
+    return emitOpError() << "source_type must be a static bf16, f16 or f32 tensor, got " << source;
+  if (failed(requireStatic(*this)))
     return failure();
-  return verifyRowScales(*this, "scale", getResult().getType(), getScale().getType());
+  return verifyQuantized(*this, source, getTranspose(), getResult().getType(),
+                         getScale().getType());
 }
 
 LogicalResult ScaledLinearOp::verify() {

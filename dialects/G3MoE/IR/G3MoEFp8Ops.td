@@ -36,6 +36,32 @@ def G3MoE_QuantizeFp8Op : G3MoE_Op<"quantize_fp8", [Pure]> {
   let hasVerifier = 1;
 }
 
+def G3MoE_FrozenE4M3Op : G3MoE_Op<"frozen_e4m3", [Pure]> {
+  let summary = "a frozen weight kept in e4m3, quantized once when it is loaded";
+  let description = [{
+    What `quantize_fp8` makes of the frozen parameter `name` (of type
+    `source_type`), as state: the runtime quantizes the weight once, after
+    loading or initialising it, and keeps the e4m3 values and scales in
+    place of the weight. The weight itself then stays in host memory only,
+    unless another op reads it as a `param`. Made by --g3moe-fp8-base; it
+    lowers to no instruction.
+
+    ```mlir
+    %q, %s = g3moe.frozen_e4m3 "model.layers.0.mlp.up_proj.weight"
+        : tensor<128x64xbf16> -> tensor<128x64xf8E4M3FN>, tensor<128xf32>
+    %qt, %st = g3moe.frozen_e4m3 "model.layers.0.mlp.up_proj.weight" transpose
+        : tensor<128x64xbf16> -> tensor<64x128xf8E4M3FN>, tensor<64xf32>
+    ```
+  }];
+  let arguments = (ins StrAttr:$name, TypeAttrOf<AnyRankedTensor>:$source_type,
+                       UnitAttr:$transpose);
+  let results = (outs G3MoE_Fp8Tensor:$result, G3MoE_ScaleTensor:$scale);
+  let assemblyFormat = [{
+    $name (`transpose` $transpose^)? attr-dict `:` $source_type `->` type($result) `,` type($scale)
+  }];
+  let hasVerifier = 1;
+}
+
 def G3MoE_ScaledLinearOp : G3MoE_Op<"scaled_linear", [Pure]> {
   let summary = "x·Wᵀ with W in e4m3 and each row of x quantized to e4m3";
   let description = [{

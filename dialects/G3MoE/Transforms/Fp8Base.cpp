@@ -3,10 +3,11 @@
 // Implements --g3moe-fp8-base (fp8_base). Under LoRA the frozen base weights
 // carry nearly all of a step's FLOPs, in their forward products and in the
 // input gradients through them; Hopper runs e4m3 products at twice the bf16
-// rate. Each such product gets its weight quantized right before it, so that
-// no e4m3 copy outlives its product and the step needs no more memory than
-// with bf16 products. The adapters, their gradients, norms, attention and
-// the loss keep their types.
+// rate. Each such product reads its weight as a `frozen_e4m3`: the weight,
+// quantized once when the runtime loads it (transposed for an input
+// gradient), kept in place of the bf16 weight, which then stays on the host:
+// both e4m3 copies together take the bf16 weight's bytes. The adapters, their
+// gradients, norms, attention and the loss keep their types.
 //
 // A fused LoRA term (`lowrank`, from --g3moe-fuse-linear-add) becomes its
 // own rank-r product again: the e4m3 product takes it as its addend.
@@ -42,27 +43,32 @@ bool isFrozenWeight(Value weight) {
          shape[shape.size() - 2] % 16 == 0;
 }
 
-/// The e4m3 weight and scales of `weight`, made at the rewriter's position:
-/// transposed for an input gradient.
-QuantizeFp8Op quantize(PatternRewriter &rewriter, Location loc, Value weight, bool transpose) {
+/// The e4m3 weight and scales of the frozen parameter `weight`, transposed
+/// for an input gradient, made right after the parameter (so that CSE
+/// merges the products' copies of one weight).
+FrozenE4M3Op quantize(PatternRewriter &rewriter, Value weight, bool transpose) {
+  auto param = weight.getDefiningOp<ParamOp>();
   auto type = cast<RankedTensorType>(weight.getType());
   SmallVector<int64_t> shape(type.getShape());
   if (transpose)
     std::swap(shape[shape.size() - 1], shape[shape.size() - 2]);
   auto fp8 = RankedTensorType::get(shape, Float8E4M3FNType::get(rewriter.getContext()));
   auto scale = RankedTensorType::get(ArrayRef<int64_t>(shape).drop_back(), rewriter.getF32Type());
-  return QuantizeFp8Op::create(rewriter, loc, fp8, scale, weight, transpose);
+  OpBuilder::InsertionGuard guard(rewriter);
+  rewriter.setInsertionPointAfter(param);
+  return FrozenE4M3Op::create(rewriter, param.getLoc(), fp8, scale, param.getName(), type,
+                              transpose);
 }
 
 /// linear and linear_grad_input of a frozen weight (no dropout: only LoRA's
-/// A products have one) -> quantize_fp8 + scaled_linear.
+/// A products have one) -> frozen_e4m3 + scaled_linear.
 template <typename Product> struct DenseToFp8 : OpRewritePattern<Product> {
   using OpRewritePattern<Product>::OpRewritePattern;
   LogicalResult matchAndRewrite(Product op, PatternRewriter &rewriter) const override {
     if (!isFrozenWeight(op.getWeight()) || op.getDropoutMask())
       return rewriter.notifyMatchFailure(op, "not a product of a frozen weight");
     constexpr bool kGradient = std::is_same_v<Product, LinearGradInputOp>;
-    QuantizeFp8Op q = quantize(rewriter, op.getLoc(), op.getWeight(), kGradient);
+    FrozenE4M3Op q = quantize(rewriter, op.getWeight(), kGradient);
     rewriter.replaceOpWithNewOp<ScaledLinearOp>(op, op.getType(), op->getOperand(0), q.getResult(),
                                                 q.getScale(), op.getAddend());
     return success();
@@ -70,7 +76,7 @@ template <typename Product> struct DenseToFp8 : OpRewritePattern<Product> {
 };
 
 /// expert_linear and expert_linear_grad_input of a frozen weight ->
-/// quantize_fp8 + scaled_expert_linear, with a fused low-rank term made
+/// frozen_e4m3 + scaled_expert_linear, with a fused low-rank term made
 /// again as the plain rank-r product of its kind (taking the addend, or,
 /// where the term is dropped, added after):
 ///   W [plus a] lowrank h, L            -> scaled(W) plus (h·L [plus a])
@@ -94,7 +100,7 @@ template <typename Product> struct ExpertsToFp8 : OpRewritePattern<Product> {
                                op.getLowrankWeight(), addend, Value(), Value(), mask,
                                op.getDropoutPAttr());
     }
-    QuantizeFp8Op q = quantize(rewriter, loc, op.getWeight(), kGradient);
+    FrozenE4M3Op q = quantize(rewriter, op.getWeight(), kGradient);
     Value result =
         ScaledExpertLinearOp::create(rewriter, loc, op.getType(), op->getOperand(0),
                                      op.getExpertOffsets(), q.getResult(), q.getScale(), addend);

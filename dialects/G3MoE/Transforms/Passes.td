@@ -361,8 +361,9 @@ def G3MoEFp8BasePass : Pass<"g3moe-fp8-base", "mlir::ModuleOp"> {
     Every `linear`, `linear_grad_input`, `expert_linear` and
     `expert_linear_grad_input` whose weight is a frozen `g3moe.param` in the
     activation type, with both of its last dimensions multiples of 16,
-    becomes a `g3moe.quantize_fp8` of that weight right before it (transposed
-    for an input gradient) and a `g3moe.scaled_linear` or
+    reads a `g3moe.frozen_e4m3` of that weight instead (transposed for an
+    input gradient: state the runtime quantizes once, when it loads the
+    weight) through a `g3moe.scaled_linear` or
     `g3moe.scaled_expert_linear` that quantizes its input's rows to e4m3 as
     it reads them. A fused low-rank term (`lowrank`) becomes the rank-r
     product it was before --g3moe-fuse-linear-add and joins as the addend;

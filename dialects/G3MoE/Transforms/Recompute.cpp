@@ -38,9 +38,10 @@ namespace {
 /// state, the random draws included (they are keyed, so a redraw is exact),
 /// and the receipt of a ZeRO-3 parameter from its owner (isReceivedAgain).
 bool isRecomputable(Operation *op) {
-  return isa<LinearOp, ExpertLinearOp, GeluTanhMulOp, AddOp, MulOp, ScaleOp, ConvertOp, DropoutOp,
-             KeyedDropoutOp, KeyedJitterOp, DropoutMaskOp, RandomUniformOp, ReshapeOp, ParamOp,
-             SplitRowsOp, ConcatRowsOp, MoEDispatchOp, BroadcastOp>(op);
+  return isa<LinearOp, ExpertLinearOp, ScaledLinearOp, ScaledExpertLinearOp, GeluTanhMulOp, AddOp,
+             MulOp, ScaleOp, ConvertOp, DropoutOp, KeyedDropoutOp, KeyedJitterOp, DropoutMaskOp,
+             RandomUniformOp, ReshapeOp, ParamOp, FrozenE4M3Op, SplitRowsOp, ConcatRowsOp,
+             MoEDispatchOp, BroadcastOp>(op);
 }
 
 /// A broadcast has effects (it waits for the other processes), but one

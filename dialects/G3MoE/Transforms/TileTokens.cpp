@@ -135,7 +135,7 @@ private:
   SetVector<Operation *> chunkOps(ArrayRef<Operation *> block, SetVector<Value> &rowInputs) {
     SetVector<Operation *> ops;
     for (Operation *op : block) {
-      if (isa<ReshapeOp, ParamOp>(op))
+      if (isa<ReshapeOp, ParamOp, FrozenE4M3Op>(op))
         continue;
       bool perChunk = isa<RandomUniformOp>(op) && hasTokenRows(op->getResult(0).getType());
       bool readsRows = false, readsOther = false;

@@ -38,6 +38,13 @@ LogicalResult BufferOp::verify() {
            << kind << "' (arena, host, param, grad_acc, exp_avg, exp_avg_sq, input)";
   if (isPersistentKind(kind) && (!getName() || getName()->empty()))
     return emitOpError("a ") << kind << " buffer needs a name";
+  const int derivedAttrs = bool(getDerivedFrom()) + bool(getDerivation()) + bool(getSourceType());
+  if (derivedAttrs && (kind != "param" || derivedAttrs != 3))
+    return emitOpError("derived_from, derivation and source_type go together, on a param buffer");
+  if (getDerivation() &&
+      !llvm::is_contained({"e4m3", "e4m3_scales", "e4m3_transposed", "e4m3_transposed_scales"},
+                          *getDerivation()))
+    return emitOpError("unknown derivation '") << *getDerivation() << "'";
   if (getOffset()) {
     if (!isPlannedKind(kind))
       return emitOpError("only arena and host buffers have an offset");

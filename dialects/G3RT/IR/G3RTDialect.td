@@ -42,14 +42,31 @@ def G3RT_BufferOp : G3RT_Op<"buffer"> {
     get an `offset` in bytes from the memory planner, and so do host buffers
     (activations offloaded to host memory, in a host arena of their own).
 
+    A parameter the runtime derives from another when it loads it (the e4m3
+    copies of a frozen weight, `g3moe.frozen_e4m3`) names that weight in
+    `derived_from`, its type in `source_type`, and what it holds in
+    `derivation`: `e4m3` or `e4m3_scales` (the weight's rows), or
+    `e4m3_transposed` or `e4m3_transposed_scales` (its transpose's rows).
+
     ```mlir
     %w = g3rt.buffer "param" {name = "model.norm.weight"} : memref<64xbf16>
     %t = g3rt.buffer "arena" {offset = 512 : i64} : memref<2x16x64xbf16>
+    %q = g3rt.buffer "param" {name = "model.layers.0.mlp.up_proj.weight@e4m3",
+        derived_from = "model.layers.0.mlp.up_proj.weight", derivation = "e4m3",
+        source_type = tensor<128x64xbf16>} : memref<128x64xf8E4M3FN>
     ```
   }];
   let arguments = (ins StrAttr:$kind, OptionalAttr<StrAttr>:$name,
-                       OptionalAttr<I64Attr>:$offset);
+                       OptionalAttr<I64Attr>:$offset, OptionalAttr<StrAttr>:$derived_from,
+                       OptionalAttr<StrAttr>:$derivation,
+                       OptionalAttr<TypeAttrOf<AnyRankedTensor>>:$source_type);
   let results = (outs G3RT_Buffer:$result);
+  let builders = [
+    OpBuilder<(ins "::mlir::Type":$type, "::mlir::StringAttr":$kind, "::mlir::StringAttr":$name,
+                   "::mlir::IntegerAttr":$offset), [{
+      build($_builder, $_state, type, kind, name, offset, nullptr, nullptr, nullptr);
+    }]>
+  ];
   let assemblyFormat = "$kind attr-dict `:` type($result)";
   let hasVerifier = 1;
 }

@@ -1,6 +1,7 @@
-// --g3moe-fp8-base: the products of frozen weights become e4m3 products, each
-// after a quantize_fp8 of its weight (transposed for an input gradient); a
-// fused low-rank term becomes its own product again.
+// --g3moe-fp8-base: the products of frozen weights become e4m3 products of
+// the weight's frozen_e4m3 copies (transposed for an input gradient), which
+// replace the bf16 parameter; a fused low-rank term becomes its own product
+// again.
 // RUN: g3moe-opt %s --split-input-file --g3moe-fp8-base | FileCheck %s
 
 // A LoRA forward and input gradient of a dense projection: the frozen
@@ -9,12 +10,14 @@
 func.func @dense(%x: tensor<8x64xbf16>, %dy: tensor<8x32xbf16>, %h: tensor<8x4xbf16>,
                  %b: tensor<32x4xbf16>) -> (tensor<8x32xbf16>, tensor<8x64xbf16>) {
   %w = g3moe.param "model.layers.0.self_attn.k_proj.weight" : tensor<32x64xbf16>
-  // CHECK: %[[Q:.*]], %[[S:.*]] = g3moe.quantize_fp8 %[[W:.*]] : (tensor<32x64xbf16>) -> (tensor<32x64xf8E4M3FN>, tensor<32xf32>)
+  // CHECK-NOT: g3moe.param
+  // CHECK: %[[Q:.*]], %[[S:.*]] = g3moe.frozen_e4m3 "model.layers.0.self_attn.k_proj.weight" : tensor<32x64xbf16> -> tensor<32x64xf8E4M3FN>, tensor<32xf32>
+  // CHECK: %[[QT:.*]], %[[ST:.*]] = g3moe.frozen_e4m3 "model.layers.0.self_attn.k_proj.weight" transpose : tensor<32x64xbf16> -> tensor<64x32xf8E4M3FN>, tensor<64xf32>
+  // CHECK-NOT: g3moe.param
   // CHECK: %[[BASE:.*]] = g3moe.scaled_linear %arg0, %[[Q]], %[[S]] :
   %base = g3moe.linear %x, %w : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
   // CHECK: g3moe.linear %arg2, %arg3 plus %[[BASE]]
   %y = g3moe.linear %h, %b plus %base : (tensor<8x4xbf16>, tensor<32x4xbf16>, tensor<8x32xbf16>) -> tensor<8x32xbf16>
-  // CHECK: %[[QT:.*]], %[[ST:.*]] = g3moe.quantize_fp8 %[[W]] {transpose} : (tensor<32x64xbf16>) -> (tensor<64x32xf8E4M3FN>, tensor<64xf32>)
   // CHECK: g3moe.scaled_linear %arg1, %[[QT]], %[[ST]] :
   %dx = g3moe.linear_grad_input %dy, %w : (tensor<8x32xbf16>, tensor<32x64xbf16>) -> tensor<8x64xbf16>
   return %y, %dx : tensor<8x32xbf16>, tensor<8x64xbf16>
@@ -30,13 +33,13 @@ func.func @experts(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %h: tensor<16x4x
                    %a: tensor<2x4x64xbf16>, %v: tensor<16x64xbf16>, %m: tensor<32xi32>)
     -> (tensor<16x32xbf16>, tensor<16x64xbf16>) {
   %w = g3moe.param "model.layers.2.moe.experts.{e}.up_proj.weight" : tensor<2x32x64xbf16>
+  // CHECK: %[[Q:.*]], %[[S:.*]] = g3moe.frozen_e4m3 "model.layers.2.moe.experts.{e}.up_proj.weight" : tensor<2x32x64xbf16> -> tensor<2x32x64xf8E4M3FN>, tensor<2x32xf32>
+  // CHECK: %[[QT:.*]], %[[ST:.*]] = g3moe.frozen_e4m3 "model.layers.2.moe.experts.{e}.up_proj.weight" transpose : tensor<2x32x64xbf16> -> tensor<2x64x32xf8E4M3FN>, tensor<2x64xf32>
   // CHECK: %[[T:.*]] = g3moe.expert_linear %arg2, %arg1, %arg3 :
-  // CHECK: %[[Q:.*]], %[[S:.*]] = g3moe.quantize_fp8 %{{.*}} : (tensor<2x32x64xbf16>) -> (tensor<2x32x64xf8E4M3FN>, tensor<2x32xf32>)
   // CHECK: g3moe.scaled_expert_linear %arg0, %arg1, %[[Q]], %[[S]] plus %[[T]] :
   %y = g3moe.expert_linear %x, %off, %w lowrank %h, %b
       : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>, tensor<16x4xbf16>, tensor<2x32x4xbf16>) -> tensor<16x32xbf16>
   // CHECK: %[[DT:.*]] = g3moe.expert_linear_grad_input %arg5, %arg1, %arg6 dropout %arg8 {dropout_p = 5.000000e-02 : f64} :
-  // CHECK: %[[QT:.*]], %[[ST:.*]] = g3moe.quantize_fp8 %{{.*}} {transpose} : (tensor<2x32x64xbf16>) -> (tensor<2x64x32xf8E4M3FN>, tensor<2x64xf32>)
   // CHECK: %[[P:.*]] = g3moe.scaled_expert_linear %arg4, %arg1, %[[QT]], %[[ST]] plus %[[DT]] :
   // CHECK: %[[DX:.*]] = g3moe.add %[[P]], %arg7
   %dx = g3moe.expert_linear_grad_input %dy, %off, %w, %v lowrank %dh, %a dropout %m {dropout_p = 0.05 : f64}
@@ -54,10 +57,25 @@ func.func @kept(%x: tensor<8x64xbf16>, %xf: tensor<8x64xf32>) -> (tensor<8x32xbf
   %t = g3moe.param "model.layers.0.self_attn.k_proj.weight" trainable : tensor<32x64xbf16>
   %r = g3moe.param "model.layers.2.moe.gate.weight" : tensor<4x64xf32>
   %n = g3moe.param "model.layers.0.self_attn.v_proj.weight" : tensor<24x64xbf16>
-  // CHECK-NOT: quantize_fp8
+  // CHECK-NOT: frozen_e4m3
   // CHECK-NOT: scaled_linear
   %a = g3moe.linear %x, %t : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
   %b = g3moe.linear %xf, %r : (tensor<8x64xf32>, tensor<4x64xf32>) -> tensor<8x4xf32>
   %c = g3moe.linear %x, %n : (tensor<8x64xbf16>, tensor<24x64xbf16>) -> tensor<8x24xbf16>
   return %a, %b, %c : tensor<8x32xbf16>, tensor<8x4xf32>, tensor<8x24xbf16>
+}
+
+// -----
+
+// A weight that something else also reads as bf16 stays a parameter beside
+// its e4m3 copy.
+// CHECK-LABEL: func.func @shared
+func.func @shared(%x: tensor<8x64xbf16>) -> (tensor<8x32xbf16>, tensor<32x64xbf16>) {
+  // CHECK: %[[W:.*]] = g3moe.param "model.layers.0.self_attn.k_proj.weight" : tensor<32x64xbf16>
+  // CHECK: g3moe.frozen_e4m3 "model.layers.0.self_attn.k_proj.weight" :
+  %w = g3moe.param "model.layers.0.self_attn.k_proj.weight" : tensor<32x64xbf16>
+  %y = g3moe.linear %x, %w : (tensor<8x64xbf16>, tensor<32x64xbf16>) -> tensor<8x32xbf16>
+  %w2 = g3moe.mul %w, %w : tensor<32x64xbf16>
+  // CHECK: return %{{.*}}, %{{.*}}
+  return %y, %w2 : tensor<8x32xbf16>, tensor<32x64xbf16>
 }

@@ -753,6 +753,30 @@ func.func @quantize_fp8_scales(%w: tensor<128x64xbf16>) {
 
 // -----
 
+func.func @frozen_e4m3_transposed() {
+  // expected-error @+1 {{result must have shape [64, 128], got [128, 64]}}
+  %q, %s = g3moe.frozen_e4m3 "w" transpose : tensor<128x64xbf16> -> tensor<128x64xf8E4M3FN>, tensor<128xf32>
+  return
+}
+
+// -----
+
+func.func @frozen_e4m3_source() {
+  // expected-error @+1 {{source_type must be a static bf16, f16 or f32 tensor}}
+  %q, %s = g3moe.frozen_e4m3 "w" : tensor<128x64xi32> -> tensor<128x64xf8E4M3FN>, tensor<128xf32>
+  return
+}
+
+// -----
+
+func.func @frozen_e4m3_name() {
+  // expected-error @+1 {{needs the name of a parameter}}
+  %q, %s = g3moe.frozen_e4m3 "" : tensor<128x64xbf16> -> tensor<128x64xf8E4M3FN>, tensor<128xf32>
+  return
+}
+
+// -----
+
 func.func @scaled_linear_features(%x: tensor<8x32xbf16>, %q: tensor<128x64xf8E4M3FN>, %s: tensor<128xf32>) {
   // expected-error @+1 {{input features (32) must equal the weight's last dimension}}
   %y = g3moe.scaled_linear %x, %q, %s : (tensor<8x32xbf16>, tensor<128x64xf8E4M3FN>, tensor<128xf32>) -> tensor<8x128xbf16>

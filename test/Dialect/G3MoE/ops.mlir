@@ -368,3 +368,12 @@ func.func @fp8(%w: tensor<4x128x64xbf16>, %p: tensor<64x64xbf16>, %off: tensor<5
   %d = g3moe.scaled_linear %p, %q0, %s0 : (tensor<64x64xbf16>, tensor<64x64xf8E4M3FN>, tensor<64xf32>) -> tensor<64x64xbf16>
   return %e, %d : tensor<64x128xbf16>, tensor<64x64xbf16>
 }
+
+// CHECK-LABEL: func.func @frozen_e4m3
+func.func @frozen_e4m3() -> (tensor<4x128x64xf8E4M3FN>, tensor<4x64xf32>) {
+  // CHECK: g3moe.frozen_e4m3 "model.layers.1.moe.experts.{e}.up_proj.weight" : tensor<4x128x64xbf16> -> tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>
+  %q, %s = g3moe.frozen_e4m3 "model.layers.1.moe.experts.{e}.up_proj.weight" : tensor<4x128x64xbf16> -> tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>
+  // CHECK: g3moe.frozen_e4m3 "model.layers.1.moe.experts.{e}.up_proj.weight" transpose : tensor<4x128x64xbf16> -> tensor<4x64x128xf8E4M3FN>, tensor<4x64xf32>
+  %qt, %st = g3moe.frozen_e4m3 "model.layers.1.moe.experts.{e}.up_proj.weight" transpose : tensor<4x128x64xbf16> -> tensor<4x64x128xf8E4M3FN>, tensor<4x64xf32>
+  return %q, %st : tensor<4x128x64xf8E4M3FN>, tensor<4x64xf32>
+}

@@ -25,6 +25,22 @@ func.func @offset_on_param() {
 
 // -----
 
+func.func @derived_alone() {
+  // expected-error @+1 {{derived_from, derivation and source_type go together, on a param buffer}}
+  %b = g3rt.buffer "param" {name = "w@e4m3", derived_from = "w"} : memref<4x16xf8E4M3FN>
+  return
+}
+
+// -----
+
+func.func @derived_kind() {
+  // expected-error @+1 {{unknown derivation 'e5m2'}}
+  %b = g3rt.buffer "param" {name = "w@e4m3", derived_from = "w", derivation = "e5m2", source_type = tensor<4x16xbf16>} : memref<4x16xf8E4M3FN>
+  return
+}
+
+// -----
+
 func.func @view_count() {
   %b = g3rt.buffer "arena" : memref<4xf32>
   // expected-error @+1 {{must keep the element type and count}}

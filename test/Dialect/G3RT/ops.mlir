@@ -5,6 +5,8 @@
 func.func @program() {
   // CHECK: %[[W:.*]] = g3rt.buffer "param" {name = "model.norm.weight"} : memref<64xbf16>
   %w = g3rt.buffer "param" {name = "model.norm.weight"} : memref<64xbf16>
+  // CHECK: g3rt.buffer "param" {derivation = "e4m3_transposed", derived_from = "model.layers.0.mlp.up_proj.weight", name = "model.layers.0.mlp.up_proj.weight@e4m3t", source_type = tensor<128x64xbf16>} : memref<64x128xf8E4M3FN>
+  %q = g3rt.buffer "param" {name = "model.layers.0.mlp.up_proj.weight@e4m3t", derived_from = "model.layers.0.mlp.up_proj.weight", derivation = "e4m3_transposed", source_type = tensor<128x64xbf16>} : memref<64x128xf8E4M3FN>
   // CHECK: %[[X:.*]] = g3rt.buffer "input" {name = "x"} : memref<2x16x64xbf16>
   %x = g3rt.buffer "input" {name = "x"} : memref<2x16x64xbf16>
   // CHECK: %[[Y:.*]] = g3rt.buffer "arena" {offset = 256 : i64} : memref<2x16x64xbf16>

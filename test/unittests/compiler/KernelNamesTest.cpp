@@ -30,7 +30,7 @@ namespace {
 
 /// g3moe ops that --g3moe-lower-to-g3rt turns into buffers or views, not
 /// launches.
-const std::set<std::string> kNoKernel = {"param", "reshape", "stop_gradient"};
+const std::set<std::string> kNoKernel = {"param", "frozen_e4m3", "reshape", "stop_gradient"};
 /// g3moe ops declared for what is not built yet, which no pass makes and the
 /// lowering refuses (test/Conversion/lower-to-g3rt-invalid.mlir).
 const std::set<std::string> kDeclaredOnly = {"all_to_all"};
@@ -103,12 +103,13 @@ TEST_F(KernelNames, TheLoweringLaunchesWhatTheSetsSay) {
     func.func @step(%x: tensor<2x4xf32> {g3moe.input = "x"},
                     %acc: tensor<2x4xf32> {g3moe.grad_acc = "w"})
         -> (tensor<f32> {g3moe.output = "loss"}, tensor<8xf32> {g3moe.output = "flat"},
-            tensor<2x4xf32> {g3moe.grad_acc = "w"}) {
+            tensor<2x4xf32> {g3moe.grad_acc = "w"}, tensor<4xf32> {g3moe.output = "scales"}) {
       %w = g3moe.param "w" trainable : tensor<2x4xf32>
       %flat = g3moe.reshape %w : tensor<2x4xf32> -> tensor<8xf32>
       %kept = g3moe.stop_gradient %flat : tensor<8xf32>
       %one = arith.constant dense<1.0> : tensor<f32>
-      return %one, %kept, %x : tensor<f32>, tensor<8xf32>, tensor<2x4xf32>
+      %q, %s = g3moe.frozen_e4m3 "v" : tensor<4x16xbf16> -> tensor<4x16xf8E4M3FN>, tensor<4xf32>
+      return %one, %kept, %x, %s : tensor<f32>, tensor<8xf32>, tensor<2x4xf32>, tensor<4xf32>
     }
   )mlir";
   mlir::OwningOpRef<mlir::ModuleOp> module =
