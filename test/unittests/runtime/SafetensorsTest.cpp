@@ -15,6 +15,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -418,6 +419,68 @@ TEST_F(IoTest, LoadWeightsUpcyclesADenseMultimodalCheckpoint) {
   EXPECT_NE(all.find("upcycled the dense MLPs of 2 layers"), std::string::npos) << all;
   EXPECT_NE(all.find("1 router tensors are not in the checkpoint"), std::string::npos) << all;
   EXPECT_EQ(all.find("not used by the step"), std::string::npos) << all;
+}
+
+/// tinyStep(true) with fp8_base's view of the experts' down_proj: no
+/// function reads the bf16 weight; its e4m3 copies (plain and transposed,
+/// values and scales) are derived parameters the function reads instead.
+StepProgram tinyStepWithDerivedDown() {
+  StepProgram p = tinyStep(/*moe=*/true);
+  const std::string source = "model.layers.1.moe.experts.{e}.down_proj.weight";
+  FunctionDesc &fn = p.functions.front();
+  fn.buffers.erase(std::remove_if(fn.buffers.begin(), fn.buffers.end(),
+                                  [&](const BufferDesc &b) { return b.name == source; }),
+                   fn.buffers.end());
+  auto derive = [&](const std::string &suffix, Derivation how, DType t,
+                    std::vector<int64_t> shape) {
+    DerivedParamDesc d{source + suffix, source, how, t, shape};
+    p.derived.push_back(d);
+    BufferDesc b;
+    b.kind = BufferKind::Param;
+    b.name = d.name;
+    b.dtype = t;
+    b.shape = shape;
+    b.bytes = uint64_t(TensorView{nullptr, t, shape}.bytes());
+    fn.buffers.push_back(b);
+  };
+  derive("@e4m3", Derivation::E4M3, DType::F8E4M3, {2, 4, 6});
+  derive("@e4m3.scale", Derivation::E4M3Scales, DType::F32, {2, 4});
+  derive("@e4m3t", Derivation::E4M3Transposed, DType::F8E4M3, {2, 6, 4});
+  derive("@e4m3t.scale", Derivation::E4M3TransposedScales, DType::F32, {2, 6});
+  return p;
+}
+
+TEST_F(IoTest, LoadWeightsDerivesTheE4M3CopiesFromWhatItLoaded) {
+  StepProgram program = tinyStepWithDerivedDown();
+  ASSERT_TRUE(checkDerivedParams(program).ok());
+  HostState ex(program);
+  const std::string source = "model.layers.1.moe.experts.{e}.down_proj.weight";
+  TensorView w = ex.param(source);
+  ASSERT_NE(w.data, nullptr) << "the host holds the source no function reads";
+  std::vector<OwnedTensor> tensors = denseMultimodal();
+  ASSERT_TRUE(writeCheckpoint(path("model.safetensors"), tensors).ok());
+  writeText(path("config.json"), R"({"model_type": "gemma3", "text_config": {
+      "model_type": "gemma3_text", "vocab_size": 8, "hidden_size": 4, "intermediate_size": 6,
+      "num_hidden_layers": 2}, "vision_config": {}})");
+  std::vector<std::string> notes;
+  Status s = loadWeights(ex, dir.string(), notes);
+  ASSERT_TRUE(s.ok()) << s.message();
+  // Both experts are layer 1's MLP down_proj, [4, 6]: row r holds
+  // 60 + 0.125 (6r + c), in bf16. A row's scale is its largest value over
+  // 448, its transposed copy's row c the column's; every copy, scaled back,
+  // is the weight to e4m3's 3 mantissa bits.
+  TensorView q = ex.param(source + "@e4m3"), qs = ex.param(source + "@e4m3.scale");
+  TensorView qt = ex.param(source + "@e4m3t"), qts = ex.param(source + "@e4m3t.scale");
+  for (int64_t e = 0; e < 2; ++e)
+    for (int64_t r = 0; r < 4; ++r)
+      for (int64_t c = 0; c < 6; ++c) {
+        const float x = roundToBF16(60 + 0.125f * float(6 * r + c));
+        ASSERT_EQ(w.load(e * 24 + r * 6 + c), x);
+        EXPECT_EQ(qs.load(e * 4 + r), roundToBF16(60 + 0.125f * float(6 * r + 5)) / 448);
+        EXPECT_EQ(qts.load(e * 6 + c), roundToBF16(60 + 0.125f * float(18 + c)) / 448);
+        EXPECT_NEAR(q.load(e * 24 + r * 6 + c) * qs.load(e * 4 + r), x, x / 16) << r << " " << c;
+        EXPECT_NEAR(qt.load(e * 24 + c * 4 + r) * qts.load(e * 6 + c), x, x / 16) << r << " " << c;
+      }
 }
 
 TEST_F(IoTest, LoadWeightsReportsEveryProblemAndWritesNothing) {
