@@ -162,3 +162,31 @@ TEST(StepFp8, DerivedParametersAreCheckedAgainstTheirSources) {
 }
 
 } // namespace
+
+namespace {
+
+/// fp8_base under the memory planner's choices: a recomputed feed-forward
+/// block or a checkpointed layer makes its e4m3 products again in the
+/// backward from the same derived copies, the same arithmetic, so loss and gradients are the same
+/// bit for bit; in chunks of tokens, too, the forward is row by row either way, and only the order
+/// of a weight gradient's sum over the chunks changes.
+TEST(StepFp8, CheckpointsAndChunksComputeTheWholeStep) {
+  const int64_t whole =
+      countKernel(loadProgram("g3moe_lora_r16_fp8_nodrop"), "scaled_expert_linear");
+  StepResult kept = runStep("g3moe_lora_r16_fp8_nodrop");
+  ASSERT_GT(kept.grads.size(), 10u);
+  for (const char *recomputed : {"g3moe_lora_r16_fp8_mlp", "g3moe_lora_r16_fp8_layers"}) {
+    EXPECT_GT(countKernel(loadProgram(recomputed), "scaled_expert_linear"), whole)
+        << recomputed << " makes no e4m3 product again";
+    StepResult again = runStep(recomputed);
+    EXPECT_EQ(kept.loss, again.loss) << recomputed;
+    for (const auto &[param, g] : kept.grads)
+      EXPECT_EQ(g, again.grads[param]) << recomputed << ": " << param;
+  }
+  EXPECT_GT(countKernel(loadProgram("g3moe_lora_r16_fp8_tiled"), "split_rows"), 0);
+  StepResult tiled = runStep("g3moe_lora_r16_fp8_tiled");
+  EXPECT_NEAR(kept.loss, tiled.loss, 1e-6 * std::abs(kept.loss));
+  expectGradientsNear(kept, tiled, 1e-5f, 1e-9f);
+}
+
+} // namespace
