@@ -49,6 +49,13 @@ const DerivedParamDesc *StepProgram::findDerived(const std::string &name) const 
   return nullptr;
 }
 
+const DerivedParamDesc *StepProgram::partnerOf(const DerivedParamDesc &d) const {
+  for (const DerivedParamDesc &o : derived)
+    if (o.source == d.source && o.transposed() == d.transposed() && o.scales() != d.scales())
+      return &o;
+  return nullptr;
+}
+
 namespace {
 
 Status decodeDType(fbs::DType t, DType &out) {
@@ -502,11 +509,7 @@ Status checkDerivedParams(const StepProgram &program) {
                            shapeString(d.shape) + ", its derivation of '" + d.source + "' makes " +
                            std::string(dtypeName(dtype)) + " " + shapeString(expected));
     // Values and scales come in pairs: what reads one reads the other.
-    bool paired = false;
-    for (const DerivedParamDesc &o : program.derived)
-      paired |=
-          o.source == d.source && o.transposed() == d.transposed() && o.scales() != d.scales();
-    if (!paired)
+    if (!program.partnerOf(d))
       return Status::error(where + " has no " + (d.scales() ? "values" : "scales") + " beside it");
   }
   return Status();

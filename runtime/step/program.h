@@ -140,6 +140,9 @@ struct StepProgram {
   const FunctionDesc *findFunction(const std::string &name) const;
   const ParamDesc *findParam(const std::string &name) const;
   const DerivedParamDesc *findDerived(const std::string &name) const;
+  /// The derived parameter beside `d`: its scales for values, its values for
+  /// scales (same source and orientation), or null.
+  const DerivedParamDesc *partnerOf(const DerivedParamDesc &d) const;
 };
 
 /// Reads and verifies a step.bin: the container (magic, version, size,

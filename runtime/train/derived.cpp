@@ -17,10 +17,7 @@ Status deriveParameters(HostState &host) {
     if (values.scales())
       continue;
     // loadStep paired every values entry with its scales.
-    const DerivedParamDesc *scales = nullptr;
-    for (const DerivedParamDesc &d : program.derived)
-      if (d.source == values.source && d.transposed() == values.transposed() && d.scales())
-        scales = &d;
+    const DerivedParamDesc *scales = program.partnerOf(values);
     TensorView source = host.param(values.source), q = host.param(values.name);
     TensorView s = scales ? host.param(scales->name) : TensorView{};
     if (!source.data || !q.data || !s.data)

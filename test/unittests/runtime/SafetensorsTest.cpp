@@ -384,6 +384,16 @@ std::vector<OwnedTensor> denseMultimodal() {
   return t;
 }
 
+/// denseMultimodal() and its config.json, as a checkpoint directory `dir`.
+Status writeDenseMultimodal(const fs::path &dir) {
+  std::vector<OwnedTensor> tensors = denseMultimodal();
+  G3RT_RETURN_IF_ERROR(writeCheckpoint((dir / "model.safetensors").string(), tensors));
+  writeText((dir / "config.json").string(), R"({"model_type": "gemma3", "text_config": {
+      "model_type": "gemma3_text", "vocab_size": 8, "hidden_size": 4, "intermediate_size": 6,
+      "num_hidden_layers": 2}, "vision_config": {}})");
+  return Status();
+}
+
 TEST_F(IoTest, LoadWeightsUpcyclesADenseMultimodalCheckpoint) {
   StepProgram program = tinyStep(/*moe=*/true);
   HostState ex(program);
@@ -392,11 +402,7 @@ TEST_F(IoTest, LoadWeightsUpcyclesADenseMultimodalCheckpoint) {
     router.store(i, 0.5f);
   TensorView loraA = ex.param("model.layers.1.moe.experts.{e}.up_proj.lora_A.weight");
   loraA.store(0, 3.0f);
-  std::vector<OwnedTensor> tensors = denseMultimodal();
-  ASSERT_TRUE(writeCheckpoint(path("model.safetensors"), tensors).ok());
-  writeText(path("config.json"), R"({"model_type": "gemma3", "text_config": {
-      "model_type": "gemma3_text", "vocab_size": 8, "hidden_size": 4, "intermediate_size": 6,
-      "num_hidden_layers": 2}, "vision_config": {}})");
+  ASSERT_TRUE(writeDenseMultimodal(dir).ok());
 
   std::vector<std::string> notes;
   Status s = loadWeights(ex, dir.string(), notes);
@@ -457,11 +463,7 @@ TEST_F(IoTest, LoadWeightsDerivesTheE4M3CopiesFromWhatItLoaded) {
   const std::string source = "model.layers.1.moe.experts.{e}.down_proj.weight";
   TensorView w = ex.param(source);
   ASSERT_NE(w.data, nullptr) << "the host holds the source no function reads";
-  std::vector<OwnedTensor> tensors = denseMultimodal();
-  ASSERT_TRUE(writeCheckpoint(path("model.safetensors"), tensors).ok());
-  writeText(path("config.json"), R"({"model_type": "gemma3", "text_config": {
-      "model_type": "gemma3_text", "vocab_size": 8, "hidden_size": 4, "intermediate_size": 6,
-      "num_hidden_layers": 2}, "vision_config": {}})");
+  ASSERT_TRUE(writeDenseMultimodal(dir).ok());
   std::vector<std::string> notes;
   Status s = loadWeights(ex, dir.string(), notes);
   ASSERT_TRUE(s.ok()) << s.message();
