@@ -104,4 +104,31 @@ Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t ex
   return checks::checkExpertOffsetValues(args, offsets, rows);
 }
 
+void addLowRank(const checks::MatmulShape &s, const std::vector<int64_t> &offsets, bool rankLast,
+                const FloatOutput &y, int64_t cols, const checks::ProductDropout &drop,
+                DType type) {
+  if (!s.lowInput)
+    return;
+  const int64_t r = s.rank;
+  std::vector<float> H = widen(*s.lowInput), L = widen(*s.lowWeight);
+  for (int64_t e = 0; e < s.E; ++e) {
+    const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
+    if (rows == 0)
+      continue;
+    std::vector<float> Le =
+        rankLast ? std::vector<float>(L.begin() + e * cols * r, L.begin() + (e + 1) * cols * r)
+                 : transpose(L.data() + e * r * cols, r, cols, cols);
+    std::vector<float> term(size_t(rows * cols));
+    gemmNT(H.data() + r0 * r, r, Le.data(), r, term.data(), cols, rows, cols, r);
+    if (drop.mask) {
+      const KeepMask keep(drop);
+      for (int64_t i = 0, at = r0 * cols; i < rows * cols; ++i, ++at)
+        term[size_t(i)] = keep(at, roundedAs(type, term[size_t(i)]), type);
+    }
+    float *p = y.data() + r0 * cols;
+    for (size_t i = 0; i < term.size(); ++i)
+      p[i] += term[i];
+  }
+}
+
 } // namespace g3rt::cpu

@@ -14,6 +14,7 @@
 #define G3MOE_RUNTIME_CPU_DENSE_OPS_H
 
 #include "runtime/base/parallel.h"
+#include "runtime/kernels/dense_checks.h"
 #include "runtime/kernels/kernel.h"
 
 #include <algorithm>
@@ -130,6 +131,29 @@ Status readExpertOffsets(const KernelArgs &args, const TensorView &t, int64_t ex
 /// The [cols, rows] transpose of a row-major [rows, cols] matrix whose rows
 /// are `ld` apart.
 std::vector<float> transpose(const float *src, int64_t rows, int64_t cols, int64_t ld);
+
+/// A product's keep-mask (dense_checks.h's ProductDropout) as keyed_dropout
+/// applies it: element `at` holding `v` (of a tensor of `type`) is kept as
+/// v times the dropout scale, rounded to the type, or dropped to 0.
+struct KeepMask {
+  explicit KeepMask(const checks::ProductDropout &drop)
+      : bits(reinterpret_cast<const uint32_t *>(drop.mask->i32())),
+        scale(checks::dropoutScale(drop.p)) {}
+  float operator()(int64_t at, float v, DType type) const {
+    return bits[at >> 5] >> (at & 31) & 1u ? roundedAs(type, v * scale) : 0.0f;
+  }
+  const uint32_t *bits;
+  float scale;
+};
+
+/// Adds an expert product's low-rank term to the fp32 result [M, cols]
+/// before the addend: rows of expert e get h·L_eᵀ, L_e the [cols, r] slice
+/// of the lowrank weight (`rankLast`) or the transpose of its [r, cols] one.
+/// With a `drop` mask, the term is rounded to `type` and dropped as
+/// keyed_dropout drops a tensor of that type first.
+void addLowRank(const checks::MatmulShape &s, const std::vector<int64_t> &offsets, bool rankLast,
+                const FloatOutput &y, int64_t cols, const checks::ProductDropout &drop = {},
+                DType type = DType::F32);
 
 } // namespace g3rt::cpu
 

@@ -118,56 +118,11 @@ Status embeddingGradKernel(const KernelArgs &args) {
 
 namespace {
 
-/// A product's keep-mask (dense_checks.h's ProductDropout) as keyed_dropout
-/// applies it: element `at` holding `v` (of a tensor of `type`) is kept as
-/// v times the dropout scale, rounded to the type, or dropped to 0.
-struct KeepMask {
-  explicit KeepMask(const ProductDropout &drop)
-      : bits(reinterpret_cast<const uint32_t *>(drop.mask->i32())), scale(dropoutScale(drop.p)) {}
-  float operator()(int64_t at, float v, DType type) const {
-    return bits[at >> 5] >> (at & 31) & 1u ? roundedAs(type, v * scale) : 0.0f;
-  }
-  const uint32_t *bits;
-  float scale;
-};
-
 /// `t` (or a copy of it, `into`) dropped by a product's keep-mask.
 void applyMask(const ProductDropout &drop, const TensorView &t, const TensorView &into) {
   const KeepMask keep(drop);
   for (int64_t i = 0, n = t.numel(); i < n; ++i)
     into.store(i, keep(i, t.load(i), into.dtype));
-}
-
-/// Adds an expert product's low-rank term to the fp32 result [M, cols]
-/// before the addend: rows of expert e get h·L_eᵀ, L_e the [cols, r] slice
-/// of the lowrank weight (`rankLast`) or the transpose of its [r, cols] one.
-/// With a `drop` mask, the term is rounded to `type` and dropped as
-/// keyed_dropout drops a tensor of that type first.
-void addLowRank(const MatmulShape &s, const std::vector<int64_t> &offsets, bool rankLast,
-                const FloatOutput &y, int64_t cols, const ProductDropout &drop = {},
-                DType type = DType::F32) {
-  if (!s.lowInput)
-    return;
-  const int64_t r = s.rank;
-  std::vector<float> H = widen(*s.lowInput), L = widen(*s.lowWeight);
-  for (int64_t e = 0; e < s.E; ++e) {
-    const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
-    if (rows == 0)
-      continue;
-    std::vector<float> Le =
-        rankLast ? std::vector<float>(L.begin() + e * cols * r, L.begin() + (e + 1) * cols * r)
-                 : transpose(L.data() + e * r * cols, r, cols, cols);
-    std::vector<float> term(size_t(rows * cols));
-    gemmNT(H.data() + r0 * r, r, Le.data(), r, term.data(), cols, rows, cols, r);
-    if (drop.mask) {
-      const KeepMask keep(drop);
-      for (int64_t i = 0, at = r0 * cols; i < rows * cols; ++i, ++at)
-        term[size_t(i)] = keep(at, roundedAs(type, term[size_t(i)]), type);
-    }
-    float *p = y.data() + r0 * cols;
-    for (size_t i = 0; i < term.size(); ++i)
-      p[i] += term[i];
-  }
 }
 
 /// A product with a fused dropout, split from its mask (`split`, with one),

@@ -102,9 +102,13 @@ Status scaledLinearKernel(const KernelArgs &args) {
   return Status();
 }
 
-Status scaledExpertLinearKernel(const KernelArgs &args) {
+Status scaledExpertLinearKernel(const KernelArgs &call) {
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   ScaledShape s;
   G3RT_RETURN_IF_ERROR(checkScaledExpertLinear(args, s));
+  G3RT_RETURN_IF_ERROR(checkScaledTermDropout(args, split.drop, s));
   std::vector<int64_t> offsets;
   G3RT_RETURN_IF_ERROR(readExpertOffsets(args, args.inputs[1], s.E, s.M, offsets));
   std::vector<float> X = widen(args.inputs[0]), Wq = widen(args.inputs[2]);
@@ -117,6 +121,7 @@ Status scaledExpertLinearKernel(const KernelArgs &args) {
     scaledProduct(X.data() + r0 * s.K, rows, s.K, Wq.data() + e * s.N * s.K, ws + e * s.N, s.N,
                   Y.data() + r0 * s.N);
   }
+  addLowRank(s.extras, offsets, !s.lowTransposed, Y, s.N, split.drop, args.outputs[0].dtype);
   addAddend(A, Y);
   Y.commit();
   return Status();

@@ -27,6 +27,14 @@
 // in the accumulators and then accumulated on, the term made ptxas keep the
 // accumulators in local memory.)
 //
+// fp8_base's expert products run on the same kernel with e4m3 operands
+// (groupedE4M3Product): a stage's 128-byte rows hold 128 values of K, so
+// the copies and descriptors are the bf16 ones and each 16-byte step of K
+// is one m64n256k32 instruction; both operands are K-major (the input
+// gradient reads the transposed e4m3 copy of its weight). After the main
+// loop each accumulator is multiplied by its row's and its column's scale,
+// and only then does the LoRA term (bf16, either layout of L) join it.
+//
 // Shapes the tensor-core path does not take (other types, sizes that are not
 // multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when
 // they are small; that keeps every expert product of such steps off the
@@ -108,41 +116,59 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading, 
          uint64_t((stride & 0x3ffff) >> 4) << 32 | swizzle << 62;
 }
 
+/// The 128 accumulator registers of a 64x256 warpgroup tile as asm operands.
+#define G3RT_ACCUMULATORS(d)                                                                       \
+  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
+      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),     \
+      "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),   \
+      "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),   \
+      "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),   \
+      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),   \
+      "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),   \
+      "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),   \
+      "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),   \
+      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]),   \
+      "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),   \
+      "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),   \
+      "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),   \
+      "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]),   \
+      "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),           \
+      "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]),          \
+      "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),          \
+      "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]),          \
+      "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+
+/// Their names in the instruction: {%0, ..., %127}.
+#define G3RT_ACCUMULATOR_LIST                                                                      \
+  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "              \
+  "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "               \
+  "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "               \
+  "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, "               \
+  "%66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, "               \
+  "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, "               \
+  "%98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "                   \
+  "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, "                 \
+  "%124, %125, %126, %127}"
+
 /// d[64x256] += A·B for one warpgroup: A (64x16, K-major) and B (16x256,
 /// K-major or, with TransposeB = 1, N-major) from shared-memory descriptors.
 template <int TransposeB>
 __device__ __forceinline__ void wgmma256(float (&d)[128], uint64_t a, uint64_t b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, "
-      "%9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, "
-      "%27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, "
-      "%45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, "
-      "%63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, "
-      "%81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, "
-      "%99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, "
-      "%114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, "
-      "%129, p, 1, 1, 0, %131;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]),
-        "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]),
-        "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]),
-        "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
-        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]),
-        "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]),
-        "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]),
-        "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
-        "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]),
-        "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]),
-        "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]),
-        "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]),
-        "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]),
-        "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
-        "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]),
-        "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
-        "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
-        "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(a), "l"(b), "r"(1), "n"(TransposeB));
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 " G3RT_ACCUMULATOR_LIST
+               ", %128, %129, p, 1, 1, 0, %131;\n}\n"
+               : G3RT_ACCUMULATORS(d)
+               : "l"(a), "l"(b), "r"(1), "n"(TransposeB));
+}
+/// d[64x256] += A·B for one warpgroup with e4m3 operands: A (64x32) and B
+/// (32x256), both K-major (e4m3 products take no transpose), from
+/// shared-memory descriptors.
+__device__ __forceinline__ void wgmma256E4M3(float (&d)[128], uint64_t a, uint64_t b) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 " G3RT_ACCUMULATOR_LIST
+               ", %128, %129, p, 1, 1;\n}\n"
+               : G3RT_ACCUMULATORS(d)
+               : "l"(a), "l"(b), "r"(1));
 }
 /// Keeps the compiler from moving accumulator reads or writes across the
 /// asynchronous matrix instructions.
@@ -152,22 +178,26 @@ __device__ __forceinline__ void fenceAccumulators(float (&d)[128]) {
     asm volatile("" : "+f"(d[i])::"memory");
 }
 
-/// The tensor maps of one product: x as [M rows][K] (a 64 x 128 box), the
-/// weights as [E][N][K] (64 x 256) or [E][K][N] (64 x 64, four per stage);
+/// The tensor maps of one product: x as [M rows][K] (a 64 x 128 box; e4m3:
+/// 128 x 128), the weights as [E][N][K] (64 x 256; e4m3: 128 x 256) or
+/// [E][K][N] (64 x 64, four per stage);
 /// with a low-rank term h as [M][r] (32 x 128) and L as [E][N][r] (32 x 256)
 /// or [E][r][N] (64 x 32, four per tile).
 struct ProductMaps {
   CUtensorMap x, w, h, l;
 };
 
+/// The elements of K a stage holds: 128-byte rows of bf16 or of e4m3.
+template <bool Fp8> constexpr int kStageK = Fp8 ? 2 * kBK : kBK;
+
 /// Fills the stage at sA (x) and sB (the weight) with K tile `kt`, completing
 /// on `full`.
-template <bool WeightNK>
+template <bool WeightNK, bool Fp8>
 __device__ __forceinline__ void fillStage(uint32_t sA, uint32_t sB, uint32_t full,
                                           const ProductMaps &maps, const Tile &tile, int64_t n0,
                                           int64_t kt) {
   expectBytes(full, kStageBytes);
-  const int k0 = int(kt * kBK);
+  const int k0 = int(kt * kStageK<Fp8>);
   copyBox(sA, maps.x, k0, int(tile.begin), 0, full);
   if constexpr (WeightNK) {
     copyBox(sB, maps.w, k0, int(n0), int(tile.expert), full);
@@ -323,13 +353,39 @@ __device__ __forceinline__ void writeStagedTile(const float *stage, const Tile &
   }
 }
 
+/// Multiplies warpgroup wg's accumulators of an e4m3 product by the scales
+/// of their rows (rowScale, by the tile's rows) and columns (colScale, the
+/// expert's N); accumulator i as in stashAccumulators.
+__device__ __forceinline__ void scaleAccumulators(float (&acc)[128], const Tile &tile, int64_t n0,
+                                                  int64_t N, const float *rowScale,
+                                                  const float *colScale, int wg, int lane) {
+  const int warp = lane >> 5, l = lane & 31;
+  const int64_t row = tile.begin + wg * 64 + warp * 16 + (l >> 2);
+  const float rs[2] = {row < tile.end ? rowScale[row] : 0.0f,
+                       row + 8 < tile.end ? rowScale[row + 8] : 0.0f};
+#pragma unroll
+  for (int j = 0; j < 32; ++j) {
+    const int64_t col = n0 + j * 8 + (l & 3) * 2;
+    const float c0 = col < N ? colScale[col] : 0.0f, c1 = col + 1 < N ? colScale[col + 1] : 0.0f;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      acc[4 * j + 2 * r] = __fmul_rn(__fmul_rn(acc[4 * j + 2 * r], rs[r]), c0);
+      acc[4 * j + 2 * r + 1] = __fmul_rn(__fmul_rn(acc[4 * j + 2 * r + 1], rs[r]), c1);
+    }
+  }
+}
+
 /// `MaskedTerm`: the low-rank term has a dropout mask (termMask) and joins
 /// the staged tile; a kernel of its own, which the others need not carry.
-template <bool WeightNK, bool MaskedTerm>
+/// `LowNK`: L is [E][N][r] (else [E][r][N]). `Fp8`: x and the weight are
+/// e4m3 (the weight [E][N][K]), and the product is scaled by rowScale and
+/// colScale ([E][N]) before the low-rank term joins it.
+template <bool WeightNK, bool LowNK, bool MaskedTerm, bool Fp8>
 __global__ void __launch_bounds__(kThreads, 1)
     groupedProductDevice(const __grid_constant__ ProductMaps maps, RowGroups groups, int64_t K,
-                         int64_t N, bool lowRank, DropMask termMask, const void *addend, void *y,
-                         DType yt) {
+                         int64_t N, bool lowRank, DropMask termMask, const float *rowScale,
+                         const float *colScale, const void *addend, void *y, DType yt) {
+  static_assert(!Fp8 || WeightNK, "e4m3 weights are K-major");
   extern __shared__ unsigned char smem[];
   Tile tile;
   int64_t colTile;
@@ -352,16 +408,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     auto full = [&](int64_t s) { return bars + uint32_t(s) * 8; };
     auto empty = [&](int64_t s) { return bars + uint32_t(kStages + s) * 8; };
     auto stageA = [&](int64_t s) { return base + uint32_t(s) * kStageBytes; };
-    const int64_t kTiles = (K + kBK - 1) / kBK;
+    const int64_t kTiles = (K + kStageK<Fp8> - 1) / kStageK<Fp8>;
     const bool loader = threadIdx.x == 0;
     if (loader)
       initStageBarriers(bars);
     __syncthreads();
     if (loader) {
       for (int64_t t = 0; t < kStages && t < kTiles; ++t)
-        fillStage<WeightNK>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
+        fillStage<WeightNK, Fp8>(stageA(t), stageA(t) + kStageA, full(t), maps, tile, n0, t);
       if (lowRank)
-        fillLowRank<WeightNK>(lowA, lowB, lowFull, maps, tile, n0);
+        fillLowRank<LowNK>(lowA, lowB, lowFull, maps, tile, n0);
     }
     if (MaskedTerm && lowRank)
       loadTermMask(words, termMask, tile, n0, N, wg, lane);
@@ -373,8 +429,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
       for (int kk = 0; kk < kBK / 16; ++kk) {
+        // 32 bytes of K per instruction: 16 bf16 or 32 e4m3 values.
         const uint64_t a = descriptor(sA + kk * 32, 16, 1024);
-        if constexpr (WeightNK)
+        if constexpr (Fp8)
+          wgmma256E4M3(acc, a, descriptor(sB + kk * 32, 16, 1024));
+        else if constexpr (WeightNK)
           wgmma256<0>(acc, a, descriptor(sB + kk * 32, 16, 1024));
         else
           wgmma256<1>(acc, a, descriptor(sB + kk * 16 * 128, kBK * 128, 1024));
@@ -391,15 +450,18 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int64_t t = kt - 1 + kStages;
         if (loader && t < kTiles) {
           waitBarrier(empty(prev), uint32_t((kt - 1) / kStages) & 1);
-          fillStage<WeightNK>(stageA(prev), stageA(prev) + kStageA, full(prev), maps, tile, n0, t);
+          fillStage<WeightNK, Fp8>(stageA(prev), stageA(prev) + kStageA, full(prev), maps, tile, n0,
+                                   t);
         }
       }
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     fenceAccumulators(acc);
+    if constexpr (Fp8)
+      scaleAccumulators(acc, tile, n0, N, rowScale, colScale + tile.expert * N, wg, lane);
     if (lowRank && !MaskedTerm) {
       waitBarrier(lowFull, 0);
-      multiplyLowRank<WeightNK>(acc, lowA, lowB, wg);
+      multiplyLowRank<LowNK>(acc, lowA, lowB, wg);
     }
   }
 
@@ -416,7 +478,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 128; ++i)
       acc[i] = 0.f;
     waitBarrier(lowA + kLowBytes + 2 * kStages * 8, 0);
-    multiplyLowRank<WeightNK>(acc, lowA, lowA + kLowA, wg);
+    multiplyLowRank<LowNK>(acc, lowA, lowA + kLowA, wg);
     addDroppedTerm(stage, wg, lane, acc, words, termMask.scale, yt == DType::BF16);
   }
   __syncthreads();
@@ -480,9 +542,10 @@ bool tensorCoreFits(DType x, DType w, DType y, int64_t K, int64_t N) {
          K % 8 == 0 && N % 8 == 0;
 }
 
-template <bool WeightNK, bool MaskedTerm> cudaError_t allowLargeSharedMemory() {
+template <bool WeightNK, bool LowNK, bool MaskedTerm, bool Fp8>
+cudaError_t allowLargeSharedMemory() {
   static const cudaError_t e =
-      cudaFuncSetAttribute(groupedProductDevice<WeightNK, MaskedTerm>,
+      cudaFuncSetAttribute(groupedProductDevice<WeightNK, LowNK, MaskedTerm, Fp8>,
                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmemBytes));
   return e;
 }
@@ -501,19 +564,67 @@ PFN_cuTensorMapEncodeTiled_v12000 encodeTiled() {
   return fn;
 }
 
-/// A map of a bf16 tensor of `dims` (innermost first, three of them) with
-/// the 128-byte swizzle (or `swizzle`); elements outside read as zeros.
+/// A map of a bf16 (or, with `e4m3`, one-byte) tensor of `dims` (innermost
+/// first, three of them) with the 128-byte swizzle (or `swizzle`); elements
+/// outside read as zeros.
 bool encodeMap(CUtensorMap &map, const void *data, const uint64_t (&dims)[3],
-               const uint32_t (&box)[3], CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
+               const uint32_t (&box)[3], CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B,
+               bool e4m3 = false) {
   PFN_cuTensorMapEncodeTiled_v12000 encode = encodeTiled();
   if (!encode)
     return false;
-  const cuuint64_t strides[2] = {dims[0] * 2, dims[0] * dims[1] * 2};
+  const uint64_t size = e4m3 ? 1 : 2;
+  const cuuint64_t strides[2] = {dims[0] * size, dims[0] * dims[1] * size};
   const cuuint32_t unit[3] = {1, 1, 1};
-  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, const_cast<void *>(data), dims, strides,
-                box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle,
-                CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+  return encode(&map, e4m3 ? CU_TENSOR_MAP_DATA_TYPE_UINT8 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3,
+                const_cast<void *>(data), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/// Launches the tensor-core kernel for `maps` (x and the weight encoded;
+/// the low-rank maps are encoded here): bf16 (`rowScale` null, L laid out
+/// as the weight) or e4m3 (L [E][N][r] with `lowNK`, else [E][r][N]).
+cudaError_t tensorCoreProduct(cudaStream_t stream, ProductMaps &maps, const RowGroups &groups,
+                              int64_t K, int64_t N, const LowRankTerm &low, bool weightNK,
+                              bool lowNK, const float *rowScale, const float *colScale,
+                              const void *addend, void *y, DType yt) {
+  const int64_t blocks = maxTiles(groups.rows, groups.experts, kBM) * ((N + kBN - 1) / kBN);
+  if (blocks > INT32_MAX || groups.rows > INT32_MAX || N > INT32_MAX || K > INT32_MAX)
+    return cudaErrorInvalidConfiguration;
+  const bool fp8 = rowScale != nullptr;
+  if (!fp8)
+    lowNK = weightNK;
+  const uint64_t M = uint64_t(groups.rows), E = uint64_t(groups.experts);
+  if (low.h) {
+    const uint64_t r = uint64_t(low.rank);
+    const bool lowEncoded =
+        encodeMap(maps.h, low.h, {r, M, 1}, {kLowK, kBM, 1}, CU_TENSOR_MAP_SWIZZLE_64B) &&
+        (lowNK ? encodeMap(maps.l, low.l, {r, uint64_t(N), E}, {kLowK, kBN, 1},
+                           CU_TENSOR_MAP_SWIZZLE_64B)
+               : encodeMap(maps.l, low.l, {uint64_t(N), r, E}, {64, kLowK, 1}));
+    if (!lowEncoded)
+      return cudaErrorInvalidValue;
+  }
+  auto launch = [&](auto kernel, cudaError_t allowed) {
+    if (allowed != cudaSuccess)
+      return allowed;
+    kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(
+        maps, groups, K, N, low.h != nullptr, low.mask, rowScale, colScale, addend, y, yt);
+    return cudaGetLastError();
+  };
+#define G3RT_LAUNCH(W, L, M, F)                                                                    \
+  launch(groupedProductDevice<W, L, M, F>, allowLargeSharedMemory<W, L, M, F>())
+  const bool masked = low.h && low.mask.bits;
+  if (fp8) {
+    if (lowNK)
+      return masked ? G3RT_LAUNCH(true, true, true, true) : G3RT_LAUNCH(true, true, false, true);
+    return masked ? G3RT_LAUNCH(true, false, true, true) : G3RT_LAUNCH(true, false, false, true);
+  }
+  if (weightNK)
+    return masked ? G3RT_LAUNCH(true, true, true, false) : G3RT_LAUNCH(true, true, false, false);
+  return masked ? G3RT_LAUNCH(false, false, true, false) : G3RT_LAUNCH(false, false, false, false);
+#undef G3RT_LAUNCH
 }
 
 } // namespace
@@ -569,9 +680,6 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
         groups, x, xt, K, w, wt, weightNK, N, addend, y, yt);
     return cudaGetLastError();
   }
-  const int64_t blocks = maxTiles(groups.rows, groups.experts, kBM) * ((N + kBN - 1) / kBN);
-  if (blocks > INT32_MAX || groups.rows > INT32_MAX || N > INT32_MAX || K > INT32_MAX)
-    return cudaErrorInvalidConfiguration;
   ProductMaps maps;
   const uint64_t M = uint64_t(groups.rows), E = uint64_t(groups.experts);
   const bool encoded =
@@ -580,30 +688,39 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
                 : encodeMap(maps.w, w, {uint64_t(N), uint64_t(K), E}, {64, kBK, 1}));
   if (!encoded)
     return cudaErrorInvalidValue;
-  if (low.h) {
-    const uint64_t r = uint64_t(low.rank);
-    const bool lowEncoded =
-        encodeMap(maps.h, low.h, {r, M, 1}, {kLowK, kBM, 1}, CU_TENSOR_MAP_SWIZZLE_64B) &&
-        (weightNK ? encodeMap(maps.l, low.l, {r, uint64_t(N), E}, {kLowK, kBN, 1},
-                              CU_TENSOR_MAP_SWIZZLE_64B)
-                  : encodeMap(maps.l, low.l, {uint64_t(N), r, E}, {64, kLowK, 1}));
-    if (!lowEncoded)
-      return cudaErrorInvalidValue;
-  }
-  auto launch = [&](auto kernel, cudaError_t allowed) {
-    if (allowed != cudaSuccess)
-      return allowed;
-    kernel<<<unsigned(blocks), kThreads, kSmemBytes, stream>>>(maps, groups, K, N, low.h != nullptr,
-                                                               low.mask, addend, y, yt);
-    return cudaGetLastError();
-  };
-  if (low.h && low.mask.bits)
-    return weightNK
-               ? launch(groupedProductDevice<true, true>, allowLargeSharedMemory<true, true>())
-               : launch(groupedProductDevice<false, true>, allowLargeSharedMemory<false, true>());
-  return weightNK
-             ? launch(groupedProductDevice<true, false>, allowLargeSharedMemory<true, false>())
-             : launch(groupedProductDevice<false, false>, allowLargeSharedMemory<false, false>());
+  return tensorCoreProduct(stream, maps, groups, K, N, low, weightNK, false, nullptr, nullptr,
+                           addend, y, yt);
+}
+
+bool groupedE4M3Fits(DType y, int64_t K, int64_t N) {
+  return (y == DType::BF16 || y == DType::F32) && K % 16 == 0 && N % 8 == 0;
+}
+
+bool groupedE4M3LowRankFits(DType y, int64_t K, int64_t N, DType h, DType l, int64_t rank,
+                            bool masked) {
+  return groupedE4M3Fits(y, K, N) &&
+         groupedLowRankFits(DType::BF16, DType::BF16, y, K, N, h, l, rank, masked);
+}
+
+cudaError_t groupedE4M3Product(cudaStream_t stream, const RowGroups &groups, const E4M3Operands &op,
+                               int64_t K, int64_t N, const void *addend, void *y, DType yt,
+                               const LowRankTerm &low, bool lowNK) {
+  if (groups.rows == 0 || N == 0)
+    return cudaSuccess;
+  if (!groupedE4M3Fits(yt, K, N) ||
+      (low.h && !groupedE4M3LowRankFits(yt, K, N, DType::BF16, DType::BF16, low.rank,
+                                        low.mask.bits != nullptr)))
+    return cudaErrorInvalidValue;
+  ProductMaps maps;
+  const uint64_t M = uint64_t(groups.rows), E = uint64_t(groups.experts);
+  const bool encoded = encodeMap(maps.x, op.q, {uint64_t(K), M, 1}, {2 * kBK, kBM, 1},
+                                 CU_TENSOR_MAP_SWIZZLE_128B, true) &&
+                       encodeMap(maps.w, op.w, {uint64_t(K), uint64_t(N), E}, {2 * kBK, kBN, 1},
+                                 CU_TENSOR_MAP_SWIZZLE_128B, true);
+  if (!encoded)
+    return cudaErrorInvalidValue;
+  return tensorCoreProduct(stream, maps, groups, K, N, low, true, lowNK, op.rowScale, op.colScale,
+                           addend, y, yt);
 }
 
 } // namespace g3rt::cuda

@@ -6,7 +6,8 @@
 // each block reads the expert offsets on the device (row_groups.cuh), so the
 // host never waits for the routing and the launch can be captured in a CUDA
 // graph. bf16 operands run on the tensor cores (wgmma, fp32 accumulate;
-// Hopper only), small products of other shapes on a plain fp32 kernel.
+// Hopper only), small products of other shapes on a plain fp32 kernel; the
+// e4m3 products of fp8_base on the same tensor-core kernel.
 //
 //===----------------------------------------------------------------------===//
 
@@ -54,6 +55,34 @@ cudaError_t groupedExpertProduct(cudaStream_t stream, const RowGroups &groups, c
                                  DType xType, int64_t K, const void *w, DType wType, bool weightNK,
                                  int64_t N, const void *addend, void *y, DType yType,
                                  const LowRankTerm &low = {});
+
+/// The e4m3 operands of groupedE4M3Product: q [rows, K] with one fp32 scale
+/// per row (rowScale [rows]), and the weight W [E, N, K] with one per output
+/// column (colScale [E, N]), as quantize_fp8 writes them.
+struct E4M3Operands {
+  const void *q = nullptr;
+  const float *rowScale = nullptr;
+  const void *w = nullptr;
+  const float *colScale = nullptr;
+};
+
+/// Whether groupedE4M3Product takes a product of inner size K into N
+/// columns of `y`: bf16 or f32 results, K a multiple of 16 and N of 8.
+bool groupedE4M3Fits(DType y, int64_t K, int64_t N);
+
+/// groupedE4M3Fits, and a low-rank term as groupedLowRankFits takes it.
+bool groupedE4M3LowRankFits(DType y, int64_t K, int64_t N, DType h, DType l, int64_t rank,
+                            bool masked = false);
+
+/// y[m, :N] = (q[m]·W_eᵀ)·rowScale[m]·colScale[e] (+ h[m]·L_eᵀ) for the rows
+/// m of each expert e, on the tensor cores' e4m3 products (fp32
+/// accumulation; Hopper only): the scales multiply the fp32 product, then
+/// the low-rank term (L [E, N, r] with `lowNK`, else [E, r, N]) joins it,
+/// then the addend, rounded once. Rows past the last expert, invalid
+/// offsets and alignment as for groupedExpertProduct.
+cudaError_t groupedE4M3Product(cudaStream_t stream, const RowGroups &groups, const E4M3Operands &op,
+                               int64_t K, int64_t N, const void *addend, void *y, DType yType,
+                               const LowRankTerm &low = {}, bool lowNK = true);
 
 /// Whether groupedWeightGrad takes dW [E, O, I] over M rows: float types
 /// and a side of at most 64 or at most 2^28 multiply-adds (the plain

@@ -167,15 +167,6 @@ namespace {
 // the result written.
 
 /// The device mask of a product's dropout over `elements` elements.
-Status dropMaskOf(const KernelArgs &args, const ProductDropout &d, int64_t elements,
-                  DropMask &mask) {
-  mask = {};
-  if (!d.mask)
-    return Status();
-  G3RT_RETURN_IF_ERROR(checkMaskCovers(args, d, elements));
-  mask = {static_cast<const uint32_t *>(d.mask->data), dropoutScale(d.p)};
-  return Status();
-}
 
 /// The error of a product with a dropout the low-rank kernels do not take
 /// (g3moe-compile fuses only those they take).
@@ -329,6 +320,16 @@ Status fillTailRows(const KernelArgs &args, const TensorView &t, int64_t from, i
   return e == cudaSuccess ? Status() : cudaFailure(args, e, "copying the addend's tail rows");
 }
 
+Status dropMaskOf(const KernelArgs &args, const ProductDropout &d, int64_t elements,
+                  DropMask &mask) {
+  mask = {};
+  if (!d.mask)
+    return Status();
+  G3RT_RETURN_IF_ERROR(checkMaskCovers(args, d, elements));
+  mask = {static_cast<const uint32_t *>(d.mask->data), dropoutScale(d.p)};
+  return Status();
+}
+
 namespace {
 
 /// The low-rank term of `shape`, dropped by `termMask`, when the grouped
@@ -423,6 +424,15 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
 }
 
 } // namespace
+
+Status addExpertLowRankTerm(const KernelArgs &args, const TensorView &off, int64_t experts,
+                            const TensorView &h, const TensorView &l, bool rankLast, int64_t cols,
+                            const TensorView &y, const DropMask &termMask) {
+  MatmulShape term{h.dim(0), h.dim(1), cols, experts};
+  term.addend = &y;
+  return expertProduct(args, term, h, h.dim(1), off, l, /*transposed=*/rankLast, cols, y, {}, {},
+                       termMask);
+}
 
 Status expertLinearKernel(const KernelArgs &call) {
   SplitProduct split;

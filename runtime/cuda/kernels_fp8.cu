@@ -8,8 +8,12 @@
 // fp32 scale per row and per column, so only their summation order differs.
 //
 // A product quantizes its input's rows into the workspace, a block of rows
-// at a time, then multiplies them. Expert products read the offsets on the
-// host and run one product per expert, as the per-expert bf16 products do.
+// at a time, then multiplies them. Expert products run on the grouped
+// tensor-core kernel (grouped_gemm.h) where the bf16 ones do: all experts in
+// one launch per block of rows, the offsets read on the device, so that the
+// micro-step stays a CUDA graph. Elsewhere they read the offsets on the host
+// and run one cuBLASLt product per expert, as the per-expert bf16 products
+// do.
 //
 //===----------------------------------------------------------------------===//
 
@@ -17,8 +21,10 @@
 #include "runtime/cuda/cuda_device_util.h"
 #include "runtime/cuda/cuda_kernels.h"
 #include "runtime/cuda/expert_rows.h"
+#include "runtime/cuda/grouped_gemm.h"
 #include "runtime/cuda/lt_matmul.h"
 #include "runtime/cuda/reduce.cuh"
+#include "runtime/cuda/row_groups.cuh"
 #include "runtime/cuda/scratch.h"
 #include "runtime/kernels/fp8_checks.h"
 
@@ -320,6 +326,84 @@ Status scaledRows(const KernelArgs &args, const void *x, DType xt, int64_t rows,
   return Status();
 }
 
+// The offsets of rows [r0, r1) of `g` as groups of their own, into out
+// [experts + 1]: each clamped to the window, less r0. Offsets that are not a
+// valid split give an invalid one (out[0] = 1), so the window is poisoned
+// as the whole product would be.
+__global__ void windowOffsetsDevice(RowGroups g, int64_t r0, int64_t r1, int64_t *out) {
+  const bool valid = offsetsValid(g);
+  for (int64_t e = threadIdx.x; e <= g.experts; e += blockDim.x)
+    out[e] = valid ? min(max(offsetAt(g, e), r0), r1) - r0 : 1;
+}
+
+/// scaled_expert_linear on the grouped e4m3 kernel: the input's rows are
+/// quantized into the workspace and multiplied by all experts in one launch,
+/// a window of rows at a time when they do not fit it at once, with the
+/// low-rank term `low` in the accumulation when it has one; `done` false
+/// (nothing written) when the kernel does not take the call.
+Status groupedScaledRows(const KernelArgs &args, const ScaledShape &s, const TensorView &x,
+                         const TensorView &off, const TensorView &wq, const float *ws,
+                         const TensorView &y, const LowRankTerm &low, bool &done) {
+  CudaContext &ctx = contextOf(args);
+  const TensorView *add = s.addend;
+  done = ctx.groupedExperts && groupedE4M3Fits(y.dtype, s.K, s.N) && aligned16(wq) &&
+         aligned16(y) && (!add || aligned16(*add));
+  if (!done)
+    return Status();
+  Scratch scratch = scratchOf(ctx);
+  auto *offsets = static_cast<int64_t *>(scratch.take(size_t(s.E + 1) * sizeof(int64_t)));
+  // Each row needs K bytes of e4m3 values and its scale; windows of whole
+  // 128-row tiles.
+  const int64_t room = int64_t(scratch.bytes) - 2 * int64_t(kAlign);
+  int64_t window = std::min(s.M, room / (s.K + 4) / 128 * 128);
+  // G3MOE_E4M3_WINDOW_ROWS caps the window (the GPU tests cover the windows
+  // with it on small products).
+  if (const char *cap = std::getenv("G3MOE_E4M3_WINDOW_ROWS"); cap && std::atoll(cap) > 0)
+    window = std::min(window, std::max<int64_t>(128, std::atoll(cap) / 128 * 128));
+  if (window <= 0 || !offsets)
+    return args.fail("the workspace (" + std::to_string(scratch.bytes) +
+                     " bytes) holds no tile of quantized rows of " + std::to_string(s.K));
+  auto *q = static_cast<uint8_t *>(scratch.take(size_t(window * s.K)));
+  auto *sx = static_cast<float *>(scratch.take(size_t(window) * sizeof(float)));
+  const RowGroups all{off.data, off.dtype, s.E, s.M};
+  for (int64_t r0 = 0; r0 < s.M; r0 += window) {
+    const int64_t rows = std::min(window, s.M - r0);
+    RowGroups groups = all;
+    LowRankTerm term = low;
+    if (rows < s.M) {
+      windowOffsetsDevice<<<1, 32, 0, ctx.stream>>>(all, r0, r0 + rows, offsets);
+      G3RT_RETURN_IF_ERROR(launched(args, "the window's expert offsets"));
+      groups = {offsets, DType::I64, s.E, rows};
+      if (term.h)
+        term.h = offsetBytes(term.h, DType::BF16, r0 * term.rank);
+      // r0 is a multiple of 128, so the window starts on a mask word.
+      if (term.mask.bits)
+        term.mask.bits += r0 * s.N / 32;
+    }
+    G3RT_RETURN_IF_ERROR(
+        quantizeRows(args, offsetBytes(x.data, x.dtype, r0 * s.K), x.dtype, rows, s.K, s.K, q, sx));
+    cudaError_t e =
+        groupedE4M3Product(ctx.stream, groups, E4M3Operands{q, sx, wq.data, ws}, s.K, s.N,
+                           add ? offsetBytes(add->data, y.dtype, r0 * s.N) : nullptr,
+                           offsetBytes(y.data, y.dtype, r0 * s.N), y.dtype, term, !s.lowTransposed);
+    if (e != cudaSuccess)
+      return cudaFailure(args, e, "the grouped e4m3 product");
+  }
+  return Status();
+}
+
+/// The low-rank term of `s`, dropped by `mask`, when the grouped e4m3
+/// kernel adds it in its accumulation (a null term otherwise).
+LowRankTerm fusedTerm(const ScaledShape &s, const TensorView &y, const DropMask &mask) {
+  const TensorView *h = s.extras.lowInput, *l = s.extras.lowWeight;
+  if (!h ||
+      !groupedE4M3LowRankFits(y.dtype, s.K, s.N, h->dtype, l->dtype, s.extras.rank,
+                              mask.bits != nullptr) ||
+      !aligned16(*h) || !aligned16(*l))
+    return {};
+  return {h->data, l->data, s.extras.rank, mask};
+}
+
 } // namespace
 
 Status quantizeFp8Kernel(const KernelArgs &args) {
@@ -354,24 +438,39 @@ Status scaledLinearKernel(const KernelArgs &args) {
                     s.addend ? s.addend->data : nullptr);
 }
 
-Status scaledExpertLinearKernel(const KernelArgs &args) {
+Status scaledExpertLinearKernel(const KernelArgs &call) {
+  SplitProduct split;
+  G3RT_RETURN_IF_ERROR(splitProductDropout(call, split));
+  const KernelArgs &args = split.args(call);
   ScaledShape s;
   G3RT_RETURN_IF_ERROR(checkScaledExpertLinear(args, s));
-  const TensorView &x = args.inputs[0], &y = args.outputs[0];
-  std::vector<int64_t> offsets;
-  G3RT_RETURN_IF_ERROR(readExpertOffsets(args, args.inputs[1], s.E, s.M, offsets));
+  G3RT_RETURN_IF_ERROR(checkScaledTermDropout(args, split.drop, s));
+  const TensorView &x = args.inputs[0], &off = args.inputs[1], &y = args.outputs[0];
   const auto *ws = static_cast<const float *>(args.inputs[3].data);
-  for (int64_t e = 0; e < s.E; ++e) {
-    const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
-    if (rows == 0)
-      continue;
-    G3RT_RETURN_IF_ERROR(
-        scaledRows(args, offsetBytes(x.data, x.dtype, r0 * s.K), x.dtype, rows, s.K,
-                   offsetBytes(args.inputs[2].data, DType::F8E4M3, e * s.N * s.K), ws + e * s.N,
-                   s.N, offsetBytes(y.data, y.dtype, r0 * s.N), y.dtype,
-                   s.addend ? offsetBytes(s.addend->data, y.dtype, r0 * s.N) : nullptr));
+  DropMask mask;
+  G3RT_RETURN_IF_ERROR(dropMaskOf(args, split.drop, s.M * s.N, mask));
+  const LowRankTerm low = fusedTerm(s, y, mask);
+  bool done = false;
+  G3RT_RETURN_IF_ERROR(groupedScaledRows(args, s, x, off, args.inputs[2], ws, y, low, done));
+  if (!done) {
+    std::vector<int64_t> offsets;
+    G3RT_RETURN_IF_ERROR(readExpertOffsets(args, off, s.E, s.M, offsets));
+    for (int64_t e = 0; e < s.E; ++e) {
+      const int64_t r0 = offsets[size_t(e)], rows = offsets[size_t(e + 1)] - r0;
+      if (rows == 0)
+        continue;
+      G3RT_RETURN_IF_ERROR(
+          scaledRows(args, offsetBytes(x.data, x.dtype, r0 * s.K), x.dtype, rows, s.K,
+                     offsetBytes(args.inputs[2].data, DType::F8E4M3, e * s.N * s.K), ws + e * s.N,
+                     s.N, offsetBytes(y.data, y.dtype, r0 * s.N), y.dtype,
+                     s.addend ? offsetBytes(s.addend->data, y.dtype, r0 * s.N) : nullptr));
+    }
+    G3RT_RETURN_IF_ERROR(fillTailRows(args, y, offsets[size_t(s.E)], s.N, s.addend));
   }
-  return fillTailRows(args, y, offsets[size_t(s.E)], s.N, s.addend);
+  if (!s.extras.lowInput || (done && low.h))
+    return Status();
+  return addExpertLowRankTerm(args, off, s.E, *s.extras.lowInput, *s.extras.lowWeight,
+                              !s.lowTransposed, s.N, y, mask);
 }
 
 } // namespace g3rt::cuda

@@ -204,19 +204,20 @@ struct MatmulShape {
   int64_t rank = 0;
 };
 
-/// The optional inputs of an expert product after its three operands: an
-/// addend (one more input), a low-rank pair (two more) or both (three).
-/// The pair is `lowrank_input` [M, r] and `lowrank_weight` [E, cols, r]
-/// (`rankLast`: the forward's B) or [E, r, cols] (the input gradient's A),
-/// cols the result's columns.
+/// The optional inputs of an expert product after its `operands` (three,
+/// or four for an e4m3 weight and its scales): an addend (one more input),
+/// a low-rank pair (two more) or both (three). The pair is `lowrank_input`
+/// [M, r] and `lowrank_weight` [E, cols, r] (`rankLast`: the forward's B)
+/// or [E, r, cols] (the input gradient's A), cols the result's columns.
 inline Status findExpertExtras(const KernelArgs &args, const TensorView &result, bool rankLast,
-                               MatmulShape &s) {
+                               MatmulShape &s, size_t operands = 3) {
   const size_t n = args.inputs.size();
-  if (n < 3 || n > 6 || args.outputs.size() != 1)
-    return args.fail("expected 3 to 6 inputs and 1 output, got " + std::to_string(n) + " and " +
-                     std::to_string(args.outputs.size()));
-  G3RT_RETURN_IF_ERROR(findAddend(args, n == 5 ? n : 3, result, s.addend));
-  if (n < 5)
+  if (n < operands || n > operands + 3 || args.outputs.size() != 1)
+    return args.fail("expected " + std::to_string(operands) + " to " +
+                     std::to_string(operands + 3) + " inputs and 1 output, got " +
+                     std::to_string(n) + " and " + std::to_string(args.outputs.size()));
+  G3RT_RETURN_IF_ERROR(findAddend(args, n == operands + 2 ? n : operands, result, s.addend));
+  if (n < operands + 2)
     return Status();
   const TensorView &h = args.inputs[n - 2], &w = args.inputs[n - 1];
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, h, "lowrank_input"));

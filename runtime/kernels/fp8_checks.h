@@ -60,10 +60,15 @@ inline Status checkQuantizeFp8(const KernelArgs &args, QuantizeShape &s) {
 }
 
 /// A product of M rows of K features with N rows of an e4m3 weight (per
-/// expert, E of them, for scaled_expert_linear) and its addend, if any.
+/// expert, E of them, for scaled_expert_linear) and its addend, if any; an
+/// expert product's low-rank term (`extras`: its addend is `addend`).
 struct ScaledShape {
   int64_t M = 0, K = 0, N = 0, E = 0;
   const TensorView *addend = nullptr;
+  /// scaled_expert_linear's optional inputs, as findExpertExtras reads
+  /// them; `lowTransposed`: the low-rank weight is [E, r, N].
+  MatmulShape extras;
+  bool lowTransposed = false;
 };
 
 /// The weight (input `at`) and its scales, [N, K] and [N] (rank 2) or
@@ -92,10 +97,13 @@ inline Status checkScaledLinear(const KernelArgs &args, ScaledShape &s) {
   return findAddend(args, 3, y, s.addend);
 }
 
-/// scaled_expert_linear: input [M, K], expert_offsets, weight [E, N, K],
-/// weight_scale [E, N] (, addend) → result [M, N].
+/// scaled_expert_linear, its dropout split off: input [M, K],
+/// expert_offsets, weight [E, N, K], weight_scale [E, N] (, addend)
+/// (, lowrank_input [M, r], lowrank_weight [E, N, r], or [E, r, N] with
+/// `lowrank_transposed`) → result [M, N].
 inline Status checkScaledExpertLinear(const KernelArgs &args, ScaledShape &s) {
-  G3RT_RETURN_IF_ERROR(checkCountsWithAddend(args, 4));
+  if (args.inputs.size() < 4 || args.outputs.size() != 1)
+    return checkCounts(args, 4, 1);
   const TensorView &x = args.inputs[0], &y = args.outputs[0];
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, x, "input"));
   G3RT_RETURN_IF_ERROR(checkFloatMatrix(args, y, "result"));
@@ -104,7 +112,20 @@ inline Status checkScaledExpertLinear(const KernelArgs &args, ScaledShape &s) {
   G3RT_RETURN_IF_ERROR(checkScaledWeight(args, 2, 3, s));
   G3RT_RETURN_IF_ERROR(checkShape(args, y, "result", {s.M, s.N}));
   G3RT_RETURN_IF_ERROR(checkExpertOffsets(args, args.inputs[1], s.E));
-  return findAddend(args, 4, y, s.addend);
+  s.lowTransposed = args.attrs && args.attrs->getFlag("lowrank_transposed");
+  s.extras = {s.M, s.K, s.N, s.E};
+  G3RT_RETURN_IF_ERROR(findExpertExtras(args, y, !s.lowTransposed, s.extras, 4));
+  s.addend = s.extras.addend;
+  return Status();
+}
+
+/// A scaled_expert_linear's dropout drops its low-rank term, which it must
+/// have, and covers the result.
+inline Status checkScaledTermDropout(const KernelArgs &args, const ProductDropout &drop,
+                                     const ScaledShape &s) {
+  if (drop.mask && !s.extras.lowInput)
+    return args.fail("a scaled_expert_linear's dropout drops its lowrank term, and it has none");
+  return checkMaskCovers(args, drop, s.M * s.N);
 }
 
 } // namespace g3rt::checks

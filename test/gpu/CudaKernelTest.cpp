@@ -347,17 +347,26 @@ TEST(CudaKernels, GroupedExpertProductsMatchTheCPU) {
 /// transposed, the same roundings), and the e4m3 products over those bytes
 /// differ from the CPU's only in their summation order, forward ([N, K]
 /// weights) and input gradient (the transposed ones), with and without an
-/// addend, on splits with empty experts and rows past the last.
+/// addend, on splits with empty experts and rows past the last: the expert
+/// products on the grouped e4m3 kernel (all rows at once and in windows of
+/// 128 rows) and per expert on cuBLASLt (with its scales and scaled after).
 TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
-  for (const char *scales : {"cublaslt", "after"}) {
-    ScopedEnv env("G3MOE_FP8_SCALES", scales);
+  struct Path {
+    const char *experts, *scales, *window;
+  };
+  for (const Path &path : {Path{"grouped", "cublaslt", "0"}, Path{"grouped", "cublaslt", "128"},
+                           Path{"cublas", "cublaslt", "0"}, Path{"cublas", "after", "0"}}) {
+    ScopedEnv experts("G3MOE_EXPERT_GEMM", path.experts), env("G3MOE_FP8_SCALES", path.scales),
+        window("G3MOE_E4M3_WINDOW_ROWS", path.window);
+    const std::string scales =
+        std::string(path.experts) + ", " + path.scales + ", window " + path.window;
     RandomTensors random(300);
     KernelAttrs plain, transposed;
     transposed.set("transpose", AttrValue::ofBool(true));
     const ExpertSplit cases[] = {kEmptyExperts, kEightExperts, {640, 2560, 1024, {0, 100, 512}}};
     for (const ExpertSplit &c : cases)
       for (bool withAddend : {false, true}) {
-        SCOPED_TRACE(std::string(scales) + ", " + c.describe() + (withAddend ? ", addend" : ""));
+        SCOPED_TRACE(scales + ", " + c.describe() + (withAddend ? ", addend" : ""));
         const int64_t E = c.experts();
         std::vector<uint8_t> b[16];
         TensorView off = c.offsetTensor(b[0]);
@@ -406,6 +415,104 @@ TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
         ASSERT_TRUE(gpu.ok()) << gpu.message();
         EXPECT_LE(r[0], 1.0) << "scaled_linear";
       }
+  }
+}
+
+/// scaled_expert_linear with the LoRA term fp8_base keeps from a fused
+/// expert product: the forward's h·B_eᵀ and the input gradient's dh·A_e
+/// (`lowrank_transposed`) dropped by a mask. On the grouped e4m3 kernel (all
+/// rows at once and in windows of 128 rows) the term joins the scaled fp32
+/// accumulation, against the CPU's kernel; per expert on cuBLASLt the scaled
+/// product is rounded and a second product adds the term, so against the
+/// same roundings on the CPU (the term computed by the bf16 expert
+/// products). Ranks 8 and 16, with and without an addend.
+TEST(CudaKernels, E4M3ExpertProductsWithLowRankTermsMatchTheCPU) {
+  RandomTensors random(500);
+  KernelAttrs plain, transposed, gradient, dropped, draw;
+  transposed.set("transpose", AttrValue::ofBool(true));
+  gradient.set("lowrank_transposed", AttrValue::ofBool(true));
+  gradient.set("dropout_p", AttrValue::ofFloat(0.1));
+  dropped.set("dropout_p", AttrValue::ofFloat(0.1));
+  draw.set("stream", AttrValue::ofInt(3));
+  draw.set("p", AttrValue::ofFloat(0.1));
+  std::vector<uint8_t> kb;
+  TensorView key = hostTensor(DType::I64, {2}, kb);
+  key.i64()[0] = 0x4321;
+  key.i64()[1] = 7;
+  struct Path {
+    const char *experts, *window;
+  };
+  for (const Path &path : {Path{"grouped", "0"}, Path{"grouped", "128"}, Path{"cublas", "0"}}) {
+    ScopedEnv experts("G3MOE_EXPERT_GEMM", path.experts),
+        window("G3MOE_E4M3_WINDOW_ROWS", path.window);
+    const bool split = std::string(path.experts) == "cublas";
+    for (const ExpertSplit &c : {kEmptyExperts, kEightExperts}) {
+      std::vector<uint8_t> mb;
+      TensorView mask = hostTensor(DType::I32, {(c.M * c.K + 31) / 32}, mb);
+      ASSERT_TRUE(runOnCpu("dropout_mask", draw, {key}, {mask}).ok());
+      const int64_t E = c.experts();
+      std::vector<uint8_t> wb[5];
+      TensorView off = c.offsetTensor(wb[0]);
+      TensorView w = random(DType::BF16, {E, c.N, c.K}, wb[1]);
+      TensorView q = hostTensor(DType::F8E4M3, {E, c.N, c.K}, wb[2]);
+      TensorView s = hostTensor(DType::F32, {E, c.N}, wb[3]);
+      std::vector<uint8_t> tb[2];
+      TensorView qt = hostTensor(DType::F8E4M3, {E, c.K, c.N}, tb[0]);
+      TensorView st = hostTensor(DType::F32, {E, c.K}, tb[1]);
+      ASSERT_TRUE(runOnCpu("quantize_fp8", plain, {w}, {q, s}).ok());
+      ASSERT_TRUE(runOnCpu("quantize_fp8", transposed, {w}, {qt, st}).ok());
+      for (int64_t r : {int64_t(8), int64_t(16)})
+        for (bool withAddend : {false, true}) {
+          SCOPED_TRACE(std::string(path.window) + " window, " +
+                       c.describe(path.experts, r, withAddend));
+          std::vector<uint8_t> b[12];
+          TensorView x = random(DType::BF16, {c.M, c.K}, b[0]);
+          TensorView dy = random(DType::BF16, {c.M, c.N}, b[1]);
+          TensorView h = random(DType::BF16, {c.M, r}, b[2]);
+          TensorView loraB = random(DType::BF16, {E, c.N, r}, b[3]);
+          TensorView loraA = random(DType::BF16, {E, r, c.K}, b[4]);
+          TensorView add = random(DType::BF16, {c.M, c.N}, b[5]);
+          TensorView addK = random(DType::BF16, {c.M, c.K}, b[6]);
+          std::vector<TensorView> fwd = {x, off, q, s}, bwd = {dy, off, qt, st};
+          if (withAddend)
+            fwd.push_back(add), bwd.push_back(addK);
+          struct Product {
+            const char *what;
+            std::vector<TensorView> wide, in;
+            const KernelAttrs *attrs;
+            TensorView want;
+            int64_t cols;
+          };
+          std::vector<Product> products = {
+              {"forward", fwd, fwd, &plain, hostTensor(DType::BF16, {c.M, c.N}, b[7]), c.N},
+              {"input gradient", bwd, bwd, &gradient, hostTensor(DType::BF16, {c.M, c.K}, b[8]),
+               c.K}};
+          products[0].in.insert(products[0].in.end(), {h, loraB});
+          products[1].in.insert(products[1].in.end(), {h, loraA, mask});
+          for (Product &p : products) {
+            if (!split) {
+              ASSERT_TRUE(runOnCpu("scaled_expert_linear", *p.attrs, p.in, {p.want}).ok());
+            } else {
+              // The rounded e4m3 product, plus the rounded term.
+              std::vector<uint8_t> termBytes;
+              TensorView term = hostTensor(DType::BF16, {c.M, p.cols}, termBytes);
+              ASSERT_TRUE(runOnCpu("scaled_expert_linear", plain, p.wide, {p.want}).ok());
+              const bool isForward = p.cols == c.N;
+              Status cpu = isForward ? runOnCpu("expert_linear", plain, {h, off, loraB}, {term})
+                                     : runOnCpu("expert_linear_grad_input", dropped,
+                                                {h, off, loraA, mask}, {term});
+              ASSERT_TRUE(cpu.ok()) << cpu.message();
+              for (int64_t i = 0; i < p.want.numel(); ++i)
+                p.want.store(i, p.want.load(i) + term.load(i));
+            }
+            std::vector<uint8_t> got;
+            TensorView y = hostTensor(DType::BF16, p.want.shape, got);
+            Status gpu = runOnGpu("scaled_expert_linear", *p.attrs, p.in, {y});
+            ASSERT_TRUE(gpu.ok()) << gpu.message();
+            EXPECT_LE(errorRatio(p.want, got), 1.0) << p.what;
+          }
+        }
+    }
   }
 }
 

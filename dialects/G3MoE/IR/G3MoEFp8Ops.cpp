@@ -89,5 +89,15 @@ LogicalResult ScaledExpertLinearOp::verify() {
       failed(
           verifyScaledProduct(*this, x, w, getWeightScale().getType(), getType(), getAddend(), 3)))
     return failure();
-  return expectShape(*this, "expert_offsets", getExpertOffsets().getType(), {w.getDimSize(0) + 1});
+  if (failed(expectShape(*this, "expert_offsets", getExpertOffsets().getType(),
+                         {w.getDimSize(0) + 1})))
+    return failure();
+  if (getLowrankTransposed() && !getLowrankInput())
+    return emitOpError("transposed needs a lowrank term");
+  if (failed(verifyExpertLowRank(*this, getLowrankInput(), getLowrankWeight(), x.getDimSize(0),
+                                 w.getDimSize(0), w.getDimSize(1),
+                                 /*rankLast=*/!getLowrankTransposed())))
+    return failure();
+  return verifyProductDropout(*this, getDropoutMask(), getDropoutP(), getType().getNumElements(),
+                              getLowrankInput() ? "" : "no lowrank");
 }

@@ -88,7 +88,8 @@ def G3MoE_ScaledLinearOp : G3MoE_Op<"scaled_linear", [Pure]> {
   let hasVerifier = 1;
 }
 
-def G3MoE_ScaledExpertLinearOp : G3MoE_Op<"scaled_expert_linear", [Pure]> {
+def G3MoE_ScaledExpertLinearOp
+    : G3MoE_Op<"scaled_expert_linear", [Pure, AttrSizedOperandSegments]> {
   let summary = "expert_linear with e4m3 weights and rows quantized to e4m3";
   let description = [{
     Rows `expert_offsets[e] .. expert_offsets[e + 1]` of `input` [M, K] are
@@ -96,19 +97,36 @@ def G3MoE_ScaledExpertLinearOp : G3MoE_Op<"scaled_expert_linear", [Pure]> {
     scales `weight_scale[e]` [N]; plus the optional `addend`. Rows past the
     last expert get the addend (or zero).
 
+    With `lowrank %h, %l` (a LoRA term that --g3moe-fp8-base keeps from an
+    expert product fused by --g3moe-fuse-linear-add) the rows of expert e
+    also get `h·l[e]`ᵀ in bf16 products, `h` [M, r] and `l` [E, N, r] (or,
+    with `transposed`, [E, r, N]: an input gradient's A), added to the
+    scaled fp32 product before the one rounding. With `dropout %m
+    {dropout_p}` (only with `lowrank`) the mask drops that term alone, as
+    `expert_linear_grad_input` drops its term.
+
     ```mlir
     %y = g3moe.scaled_expert_linear %p, %off, %q, %s
         : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>)
         -> tensor<64x128xbf16>
+    %l = g3moe.scaled_expert_linear %p, %off, %q, %s lowrank %h, %b
+        : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>,
+           tensor<64x8xbf16>, tensor<4x128x8xbf16>) -> tensor<64x128xbf16>
     ```
   }];
   let arguments = (ins G3MoE_FloatTensor:$input, G3MoE_IndexTensor:$expert_offsets,
                        G3MoE_Fp8Tensor:$weight, G3MoE_ScaleTensor:$weight_scale,
-                       Optional<G3MoE_FloatTensor>:$addend);
+                       Optional<G3MoE_FloatTensor>:$addend,
+                       Optional<G3MoE_FloatTensor>:$lowrank_input,
+                       Optional<G3MoE_FloatTensor>:$lowrank_weight,
+                       UnitAttr:$lowrank_transposed,
+                       Optional<G3MoE_DropoutMask>:$dropout_mask,
+                       OptionalAttr<F64Attr>:$dropout_p);
   let results = (outs G3MoE_FloatTensor:$result);
   let assemblyFormat = [{
-    $input `,` $expert_offsets `,` $weight `,` $weight_scale (`plus` $addend^)? attr-dict `:`
-    functional-type(operands, results)
+    $input `,` $expert_offsets `,` $weight `,` $weight_scale (`plus` $addend^)?
+    (`lowrank` $lowrank_input^ `,` $lowrank_weight (`transposed` $lowrank_transposed^)?)?
+    (`dropout` $dropout_mask^)? attr-dict `:` functional-type(operands, results)
   }];
   let hasVerifier = 1;
 }

@@ -9,8 +9,9 @@
 // both e4m3 copies together take the bf16 weight's bytes. The adapters, their
 // gradients, norms, attention and the loss keep their types.
 //
-// A fused LoRA term (`lowrank`, from --g3moe-fuse-linear-add) becomes its
-// own rank-r product again: the e4m3 product takes it as its addend.
+// An expert product's fused LoRA term (`lowrank`, from
+// --g3moe-fuse-linear-add) stays in the e4m3 product, which adds it to its
+// scaled fp32 accumulation.
 //
 //===----------------------------------------------------------------------===//
 
@@ -76,37 +77,20 @@ template <typename Product> struct DenseToFp8 : OpRewritePattern<Product> {
 };
 
 /// expert_linear and expert_linear_grad_input of a frozen weight ->
-/// frozen_e4m3 + scaled_expert_linear, with a fused low-rank term made
-/// again as the plain rank-r product of its kind (taking the addend, or,
-/// where the term is dropped, added after):
-///   W [plus a] lowrank h, L            -> scaled(W) plus (h·L [plus a])
-///   W [plus a] lowrank h, L dropout m  -> scaled(W) plus (h·L dropout m) [+ a]
+/// frozen_e4m3 + scaled_expert_linear, which keeps a fused low-rank term
+/// and its mask (the input gradient's A as `transposed`).
 template <typename Product> struct ExpertsToFp8 : OpRewritePattern<Product> {
   using OpRewritePattern<Product>::OpRewritePattern;
   LogicalResult matchAndRewrite(Product op, PatternRewriter &rewriter) const override {
-    Value h = op.getLowrankInput(), mask = op.getDropoutMask();
     // A mask without a low-rank term drops the whole product: a LoRA one.
-    if (!isFrozenWeight(op.getWeight()) || (mask && !h))
+    if (!isFrozenWeight(op.getWeight()) || (op.getDropoutMask() && !op.getLowrankInput()))
       return rewriter.notifyMatchFailure(op, "not a product of a frozen weight");
     constexpr bool kGradient = std::is_same_v<Product, ExpertLinearGradInputOp>;
-    Location loc = op.getLoc();
-    Value addend = op.getAddend(), after;
-    if (h) {
-      if (mask) {
-        after = addend;
-        addend = {};
-      }
-      addend = Product::create(rewriter, loc, op.getType(), h, op.getExpertOffsets(),
-                               op.getLowrankWeight(), addend, Value(), Value(), mask,
-                               op.getDropoutPAttr());
-    }
     FrozenE4M3Op q = quantize(rewriter, op.getWeight(), kGradient);
-    Value result =
-        ScaledExpertLinearOp::create(rewriter, loc, op.getType(), op->getOperand(0),
-                                     op.getExpertOffsets(), q.getResult(), q.getScale(), addend);
-    if (after)
-      result = AddOp::create(rewriter, loc, result, after);
-    rewriter.replaceOp(op, result);
+    rewriter.replaceOpWithNewOp<ScaledExpertLinearOp>(
+        op, op.getType(), op->getOperand(0), op.getExpertOffsets(), q.getResult(), q.getScale(),
+        op.getAddend(), op.getLowrankInput(), op.getLowrankWeight(),
+        kGradient && op.getLowrankInput(), op.getDropoutMask(), op.getDropoutPAttr());
     return success();
   }
 };

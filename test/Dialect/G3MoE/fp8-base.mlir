@@ -1,7 +1,7 @@
 // --g3moe-fp8-base: the products of frozen weights become e4m3 products of
 // the weight's frozen_e4m3 copies (transposed for an input gradient), which
-// replace the bf16 parameter; a fused low-rank term becomes its own product
-// again.
+// replace the bf16 parameter; an expert product keeps its fused low-rank
+// term and the term's mask.
 // RUN: g3moe-opt %s --split-input-file --g3moe-fp8-base | FileCheck %s
 
 // A LoRA forward and input gradient of a dense projection: the frozen
@@ -25,8 +25,8 @@ func.func @dense(%x: tensor<8x64xbf16>, %dy: tensor<8x32xbf16>, %h: tensor<8x4xb
 
 // -----
 
-// Expert products with fused low-rank terms: the term is a rank-r product
-// again, the e4m3 product's addend; a dropped term joins after, by an add.
+// Expert products with fused low-rank terms: the e4m3 product keeps the
+// term (the input gradient's A as `transposed`) and its mask.
 // CHECK-LABEL: func.func @experts
 func.func @experts(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %h: tensor<16x4xbf16>,
                    %b: tensor<2x32x4xbf16>, %dy: tensor<16x32xbf16>, %dh: tensor<16x4xbf16>,
@@ -35,16 +35,15 @@ func.func @experts(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %h: tensor<16x4x
   %w = g3moe.param "model.layers.2.moe.experts.{e}.up_proj.weight" : tensor<2x32x64xbf16>
   // CHECK: %[[Q:.*]], %[[S:.*]] = g3moe.frozen_e4m3 "model.layers.2.moe.experts.{e}.up_proj.weight" : tensor<2x32x64xbf16> -> tensor<2x32x64xf8E4M3FN>, tensor<2x32xf32>
   // CHECK: %[[QT:.*]], %[[ST:.*]] = g3moe.frozen_e4m3 "model.layers.2.moe.experts.{e}.up_proj.weight" transpose : tensor<2x32x64xbf16> -> tensor<2x64x32xf8E4M3FN>, tensor<2x64xf32>
-  // CHECK: %[[T:.*]] = g3moe.expert_linear %arg2, %arg1, %arg3 :
-  // CHECK: g3moe.scaled_expert_linear %arg0, %arg1, %[[Q]], %[[S]] plus %[[T]] :
+  // CHECK-NOT: g3moe.expert_linear
+  // CHECK: %[[Y:.*]] = g3moe.scaled_expert_linear %arg0, %arg1, %[[Q]], %[[S]] lowrank %arg2, %arg3 :
   %y = g3moe.expert_linear %x, %off, %w lowrank %h, %b
       : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>, tensor<16x4xbf16>, tensor<2x32x4xbf16>) -> tensor<16x32xbf16>
-  // CHECK: %[[DT:.*]] = g3moe.expert_linear_grad_input %arg5, %arg1, %arg6 dropout %arg8 {dropout_p = 5.000000e-02 : f64} :
-  // CHECK: %[[P:.*]] = g3moe.scaled_expert_linear %arg4, %arg1, %[[QT]], %[[ST]] plus %[[DT]] :
-  // CHECK: %[[DX:.*]] = g3moe.add %[[P]], %arg7
+  // CHECK-NOT: g3moe.expert_linear
+  // CHECK: %[[DX:.*]] = g3moe.scaled_expert_linear %arg4, %arg1, %[[QT]], %[[ST]] plus %arg7 lowrank %arg5, %arg6 transposed dropout %arg8 {dropout_p = 5.000000e-02 : f64} :
   %dx = g3moe.expert_linear_grad_input %dy, %off, %w, %v lowrank %dh, %a dropout %m {dropout_p = 0.05 : f64}
       : (tensor<16x32xbf16>, tensor<3xi32>, tensor<2x32x64xbf16>, tensor<16x64xbf16>, tensor<16x4xbf16>, tensor<2x4x64xbf16>, tensor<32xi32>) -> tensor<16x64xbf16>
-  // CHECK: return %{{.*}}, %[[DX]]
+  // CHECK: return %[[Y]], %[[DX]]
   return %y, %dx : tensor<16x32xbf16>, tensor<16x64xbf16>
 }
 

@@ -798,3 +798,19 @@ func.func @scaled_expert_linear_offsets(%x: tensor<16x64xbf16>, %off: tensor<4xi
   %y = g3moe.scaled_expert_linear %x, %off, %q, %s : (tensor<16x64xbf16>, tensor<4xi32>, tensor<2x128x64xf8E4M3FN>, tensor<2x128xf32>) -> tensor<16x128xbf16>
   return
 }
+
+// -----
+
+func.func @scaled_expert_linear_lowrank(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %q: tensor<2x128x64xf8E4M3FN>, %s: tensor<2x128xf32>, %h: tensor<16x8xbf16>, %b: tensor<2x128x8xbf16>) {
+  // expected-error @+1 {{lowrank input [16, 8] and weight [2, 128, 8] must be [16, r] and [2, r, 128] with r <= 64}}
+  %y = g3moe.scaled_expert_linear %x, %off, %q, %s lowrank %h, %b transposed : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x128x64xf8E4M3FN>, tensor<2x128xf32>, tensor<16x8xbf16>, tensor<2x128x8xbf16>) -> tensor<16x128xbf16>
+  return
+}
+
+// -----
+
+func.func @scaled_expert_linear_dropout(%x: tensor<16x64xbf16>, %off: tensor<3xi32>, %q: tensor<2x128x64xf8E4M3FN>, %s: tensor<2x128xf32>, %m: tensor<64xi32>) {
+  // expected-error @+1 {{dropout cannot be fused into a product with no lowrank}}
+  %y = g3moe.scaled_expert_linear %x, %off, %q, %s dropout %m {dropout_p = 0.1 : f64} : (tensor<16x64xbf16>, tensor<3xi32>, tensor<2x128x64xf8E4M3FN>, tensor<2x128xf32>, tensor<64xi32>) -> tensor<16x128xbf16>
+  return
+}

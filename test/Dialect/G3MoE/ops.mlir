@@ -355,7 +355,9 @@ func.func @collectives(%a: tensor<4x64xf32>, %b: tensor<f32>, %t: tensor<i64>) {
 
 // CHECK-LABEL: func.func @fp8
 func.func @fp8(%w: tensor<4x128x64xbf16>, %p: tensor<64x64xbf16>, %off: tensor<5xi32>,
-               %y: tensor<64x128xbf16>) -> (tensor<64x128xbf16>, tensor<64x64xbf16>) {
+               %y: tensor<64x128xbf16>, %h: tensor<64x8xbf16>, %b: tensor<4x128x8xbf16>,
+               %a: tensor<4x8x64xbf16>, %m: tensor<128xi32>)
+    -> (tensor<64x128xbf16>, tensor<64x64xbf16>, tensor<64x128xbf16>, tensor<64x64xbf16>) {
   // CHECK: g3moe.quantize_fp8 %{{.*}} : (tensor<4x128x64xbf16>) -> (tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>)
   %q, %s = g3moe.quantize_fp8 %w : (tensor<4x128x64xbf16>) -> (tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>)
   // CHECK: g3moe.quantize_fp8 %{{.*}} {transpose}
@@ -363,10 +365,16 @@ func.func @fp8(%w: tensor<4x128x64xbf16>, %p: tensor<64x64xbf16>, %off: tensor<5
   // CHECK: g3moe.scaled_expert_linear %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} plus %{{.*}} :
   %e = g3moe.scaled_expert_linear %p, %off, %q, %s plus %y
       : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>, tensor<64x128xbf16>) -> tensor<64x128xbf16>
+  // CHECK: g3moe.scaled_expert_linear %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} lowrank %{{.*}}, %{{.*}} :
+  %l = g3moe.scaled_expert_linear %p, %off, %q, %s lowrank %h, %b
+      : (tensor<64x64xbf16>, tensor<5xi32>, tensor<4x128x64xf8E4M3FN>, tensor<4x128xf32>, tensor<64x8xbf16>, tensor<4x128x8xbf16>) -> tensor<64x128xbf16>
+  // CHECK: g3moe.scaled_expert_linear %{{.*}}, %{{.*}}, %{{.*}}, %{{.*}} plus %{{.*}} lowrank %{{.*}}, %{{.*}} transposed dropout %{{.*}} {dropout_p = 1.000000e-01 : f64} :
+  %g = g3moe.scaled_expert_linear %y, %off, %qt, %st plus %p lowrank %h, %a transposed dropout %m {dropout_p = 0.1 : f64}
+      : (tensor<64x128xbf16>, tensor<5xi32>, tensor<4x64x128xf8E4M3FN>, tensor<4x64xf32>, tensor<64x64xbf16>, tensor<64x8xbf16>, tensor<4x8x64xbf16>, tensor<128xi32>) -> tensor<64x64xbf16>
   %q0, %s0 = g3moe.quantize_fp8 %p : (tensor<64x64xbf16>) -> (tensor<64x64xf8E4M3FN>, tensor<64xf32>)
   // CHECK: g3moe.scaled_linear
   %d = g3moe.scaled_linear %p, %q0, %s0 : (tensor<64x64xbf16>, tensor<64x64xf8E4M3FN>, tensor<64xf32>) -> tensor<64x64xbf16>
-  return %e, %d : tensor<64x128xbf16>, tensor<64x64xbf16>
+  return %e, %d, %l, %g : tensor<64x128xbf16>, tensor<64x64xbf16>, tensor<64x128xbf16>, tensor<64x64xbf16>
 }
 
 // CHECK-LABEL: func.func @frozen_e4m3

@@ -164,4 +164,70 @@ TEST(Fp8Kernels, ScaledProductsAreTheProductsOfTheQuantizedValues) {
                     "scaled_expert_linear", "addend");
 }
 
+/// scaled_expert_linear's LoRA term (--g3moe-fp8-base keeps an expert
+/// product's fused term): h·L_eᵀ with L [E, N, r], or [E, r, N] with
+/// `lowrank_transposed`, joins the scaled fp32 product before the addend;
+/// with a dropout the term alone is rounded to the result's type and
+/// dropped. Against the same call without the term plus the term computed
+/// here in double.
+TEST(Fp8Kernels, ScaledExpertProductsAddTheirLowRankTerm) {
+  std::mt19937 rng(12);
+  const int64_t E = 2, M = 9, N = 64, K = 32, r = 4;
+  Tensor x = randomTensor(DType::BF16, {M, K}, rng), w = randomTensor(DType::BF16, {E, N, K}, rng);
+  Tensor h = randomTensor(DType::BF16, {M, r}, rng), b = randomTensor(DType::BF16, {E, N, r}, rng);
+  Tensor a = randomTensor(DType::F32, {M, N}, rng);
+  Tensor q(DType::F8E4M3, {E, N, K}), s = Tensor::f32({E, N});
+  EXPECT_OK(run("quantize_fp8", {w}, {q, s}));
+  // The A layout of the same values: at[e, j, n] = b[e, n, j].
+  Tensor at(DType::BF16, {E, r, N});
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < r; ++j)
+        at.view.store((e * r + j) * N + n, b.view.load((e * N + n) * r + j));
+  Tensor off = Tensor::i32({E + 1});
+  const int32_t offsets[] = {0, 3, 8};
+  std::memcpy(off.i(), offsets, sizeof(offsets));
+  auto term = [&](int64_t m, int64_t n) {
+    if (m >= 8)
+      return 0.0;
+    const int64_t e = m < 3 ? 0 : 1;
+    double acc = 0;
+    for (int64_t j = 0; j < r; ++j)
+      acc += double(h.view.load(m * r + j)) * b.view.load((e * N + n) * r + j);
+    return acc;
+  };
+  Tensor base = Tensor::f32({M, N});
+  EXPECT_OK(run("scaled_expert_linear", {x, off, q, s}, {base}));
+  // Every other element of the result kept (p = 0.5: kept ones doubled).
+  Tensor mask = Tensor::i32({M * N / 32});
+  for (int64_t i = 0; i < mask.numel(); ++i)
+    mask.i()[i] = int32_t(0x55555555);
+  for (bool transposed : {false, true})
+    for (bool dropped : {false, true}) {
+      SCOPED_TRACE(std::string(transposed ? "transposed" : "B") + (dropped ? ", dropped" : ""));
+      KernelAttrs kattrs;
+      if (transposed)
+        kattrs.set("lowrank_transposed", AttrValue::ofBool(true));
+      if (dropped)
+        kattrs.set("dropout_p", AttrValue::ofFloat(0.5));
+      std::vector<Tensor> ins = {x, off, q, s, a, h, transposed ? at : b};
+      if (dropped)
+        ins.push_back(mask);
+      Tensor y = Tensor::f32({M, N});
+      Status st = run("scaled_expert_linear", ins, {y}, kattrs);
+      ASSERT_TRUE(st.ok()) << st.message();
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+          const int64_t i = m * N + n;
+          const double t = !dropped ? term(m, n) : i % 2 == 0 ? 2 * term(m, n) : 0.0;
+          G3RT_EXPECT_CLOSE(y.f()[i], base.f()[i] + t + a.view.load(i), 1e-5, 1e-5);
+        }
+    }
+  expectErrorNaming(run("scaled_expert_linear", {x, off, q, s, h, at}, {base}),
+                    "scaled_expert_linear", "lowrank_weight");
+  expectErrorNaming(run("scaled_expert_linear", {x, off, q, s, mask}, {base},
+                        attrs({{"dropout_p", AttrValue::ofFloat(0.5)}})),
+                    "scaled_expert_linear", "lowrank term");
+}
+
 } // namespace
