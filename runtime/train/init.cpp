@@ -61,7 +61,7 @@ void initializeRange(const ParamDesc &p, const TensorView &t, uint64_t seed, int
 
 } // namespace
 
-Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId) {
+Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId, bool derive) {
   for (const ParamDesc &p : host.program().params) {
     TensorView t = host.param(p.name);
     if (!t.data)
@@ -75,7 +75,7 @@ Status initializeParameters(HostState &host, uint64_t seed, int64_t padTokenId) 
       for (int64_t j = 0; j < t.shape[1]; ++j)
         t.store(padTokenId * t.shape[1] + j, 0.0f);
   }
-  return deriveParameters(host);
+  return derive ? deriveParameters(host) : Status();
 }
 
 } // namespace g3rt

@@ -42,7 +42,7 @@ TensorView hostView(std::vector<int32_t> &v, int64_t rows, int64_t cols) {
 /// not in a LoRA checkpoint).
 Status setUpParameters(const StepProgram &program, const TrainOptions &options, uint64_t seed,
                        int64_t padId, HostState &host, std::ostream &log) {
-  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId));
+  G3RT_RETURN_IF_ERROR(initializeParameters(host, seed, padId, options.weightsDir.empty()));
   if (!options.weightsDir.empty())
     G3RT_RETURN_IF_ERROR(loadWeights(host, options.weightsDir, log));
   if (!options.resume)
