@@ -416,11 +416,8 @@ Status expertProduct(const KernelArgs &args, const MatmulShape &shape, const Ten
     G3RT_RETURN_IF_ERROR(perExpertProduct(args, shape, x, xCols, off, w, transposed, yCols, y));
   if (!shape.lowInput || fused)
     return Status();
-  MatmulShape term = shape;
-  term.addend = &y;
-  term.lowInput = term.lowWeight = nullptr;
-  return expertProduct(args, term, *shape.lowInput, shape.rank, off, *shape.lowWeight, transposed,
-                       yCols, y, {}, termMask);
+  return addExpertLowRankTerm(args, off, E, *shape.lowInput, *shape.lowWeight, transposed, yCols, y,
+                              termMask);
 }
 
 } // namespace
@@ -430,7 +427,8 @@ Status addExpertLowRankTerm(const KernelArgs &args, const TensorView &off, int64
                             const TensorView &y, const DropMask &termMask) {
   MatmulShape term{h.dim(0), h.dim(1), cols, experts};
   term.addend = &y;
-  return expertProduct(args, term, h, h.dim(1), off, l, /*transposed=*/rankLast, cols, y, {}, {},
+  // The mask drops the term's product before y joins it: a result mask.
+  return expertProduct(args, term, h, h.dim(1), off, l, /*transposed=*/rankLast, cols, y, {},
                        termMask);
 }
 
