@@ -6,8 +6,8 @@
 // each block reads the expert offsets on the device (row_groups.cuh), so the
 // host never waits for the routing and the launch can be captured in a CUDA
 // graph. bf16 operands run on the tensor cores (wgmma, fp32 accumulate;
-// Hopper only), small products of other shapes on a plain fp32 kernel; the
-// e4m3 products of fp8_base on the same tensor-core kernel.
+// Hopper only), small products of other shapes on a plain fp32 kernel, and
+// fp8_base's e4m3 products, opted in, on the same tensor-core kernel.
 //
 //===----------------------------------------------------------------------===//
 
