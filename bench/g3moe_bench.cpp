@@ -275,6 +275,7 @@ int main(int argc, char **argv) {
                         {"micro_step_runs_as", gpu->graphStatus("train_micro_step")},
                         {"optimizer_step_runs_as", gpu->graphStatus("optimizer_step")},
                         {"expert_gemm", gpu->expertProducts()},
+                        {"fp8_base", !program.derived.empty()},
                         {"active_params", nActive}};
   std::printf("%s\n", row.dump().c_str());
   return 0;

@@ -3,7 +3,8 @@
 recipe's PyTorch stacks per length (tokens/s, MFU, GPU memory, both ratios;
 the recipe's LoRA dropout in all three, and g3moe without dropout beside),
 the two ways of running the expert products (and why a grouped micro-step
-was not captured as a CUDA graph, where it was not), and the attention kernels
+was not captured as a CUDA graph, where it was not), fp8_base against bf16,
+and the attention kernels
 against PyTorch's cuDNN attention (forward + backward time ratio), from the
 JSON lines the run wrote into its output folder. Markdown, ready for
 bench/RESULTS.md.
@@ -61,7 +62,10 @@ def main():
     if len(sys.argv) != 2:
         sys.exit("usage: summarize.py OUT_DIR")
     out = Path(sys.argv[1])
-    rows = [r for r in json_lines(out / "bench_g3moe.jsonl") if "seq" in r]
+    every = [r for r in json_lines(out / "bench_g3moe.jsonl") if "seq" in r]
+    # fp8_base has a table of its own, against g3moe's bf16.
+    rows = [r for r in every if not r.get("fp8_base")]
+    fp8 = [r for r in every if r.get("fp8_base")]
     # The recipe's dropout (steps from before the field: dropout 0).
     recipe = [r for r in rows if r.get("lora_dropout", 0) > 0]
     nodrop = fastest([r for r in rows if r.get("lora_dropout", 0) == 0])
@@ -113,6 +117,21 @@ def main():
             runs = [r.get("micro_step_runs_as", "?").split(":")[0] for r in (g, c)]
             print(f"| {seq} | {g['tok_s']:,.0f} | {runs[0]} | {c['tok_s']:,.0f} | {runs[1]} "
                   f"| {g['tok_s'] / c['tok_s']:.2f}× |")
+
+    # fp8_base against bf16, both with the recipe's dropout: the per-expert
+    # cuBLASLt e4m3 products and, opted in, the grouped e4m3 kernel.
+    if fp8:
+        print()
+        print("| tokens | fp8 expert products | fp8_base tokens/s | MFU | GPU memory | runs as "
+              "| bf16 tokens/s | fp8 / bf16 |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in sorted(fp8, key=lambda r: (r["seq"], r.get("fp8_experts", ""))):
+            b = g3moe.get(r["seq"])
+            mode = r.get("fp8_experts", "per-expert cuBLASLt")
+            runs = r.get("micro_step_runs_as", "?").split(":")[0]
+            bf16 = [f"{b['tok_s']:,.0f}", f"{r['tok_s'] / b['tok_s']:.2f}×"] if b else ["—"] * 2
+            print(f"| {r['seq']} | {mode} | {r['tok_s']:,.0f} | {100 * r['mfu']:.1f} % "
+                  f"| {r['gpu_gib']:.1f} GiB | {runs} | " + " | ".join(bf16) + " |")
 
     # Attention: g3moe's implementations against PyTorch's cuDNN, global layers.
     attention = json_lines(out / "bench_attention.jsonl")
