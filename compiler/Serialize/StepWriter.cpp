@@ -333,11 +333,9 @@ LogicalResult Writer::addDerived(g3moe::lowered::BufferOp buffer) {
                         sourceDtype = dtypeOf(source.getElementType());
   if (failed(dtype) || failed(sourceDtype))
     return buffer.emitOpError("step.bin has no element type for this derived parameter");
-  auto derivation = llvm::StringSwitch<fbs::Derivation>(*buffer.getDerivation())
-                        .Case("e4m3_scales", fbs::Derivation::E4M3Scales)
-                        .Case("e4m3_transposed", fbs::Derivation::E4M3Transposed)
-                        .Case("e4m3_transposed_scales", fbs::Derivation::E4M3TransposedScales)
-                        .Default(fbs::Derivation::E4M3);
+  // The verifier admits only kDerivations, which follow the enum's order.
+  const auto *at = llvm::find(g3moe::lowered::kDerivations, *buffer.getDerivation());
+  auto derivation = fbs::Derivation(at - std::begin(g3moe::lowered::kDerivations));
   std::string name = buffer.getName()->str();
   derived[name] = {buffer.getDerivedFrom()->str(), derivation, *dtype,
                    std::vector<int64_t>(type.getShape().begin(), type.getShape().end())};

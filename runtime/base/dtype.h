@@ -116,15 +116,11 @@ inline float e4m3ToFloat(uint8_t v) {
   const uint32_t sign = uint32_t(v & 0x80u) << 24, exponent = (v >> 3) & 0xfu, mantissa = v & 7u;
   if (exponent == 0xf && mantissa == 7)
     return std::numeric_limits<float>::quiet_NaN();
-  float f;
   if (exponent == 0) {
-    f = float(mantissa) * (1.0f / 512.0f);
-    uint32_t bits;
-    std::memcpy(&bits, &f, 4);
-    bits |= sign;
-    std::memcpy(&f, &bits, 4);
-    return f;
+    const float f = float(mantissa) * (1.0f / 512.0f);
+    return sign ? -f : f;
   }
+  float f;
   const uint32_t bits = sign | (exponent + 127u - 7u) << 23 | mantissa << 20;
   std::memcpy(&f, &bits, 4);
   return f;

@@ -374,6 +374,26 @@ __device__ __forceinline__ void scaleAccumulators(float (&acc)[128], const Tile 
   }
 }
 
+/// Issues the calling warpgroup's products of one stage (its rows of x at
+/// sA, the weight at sB) into acc and commits them as one group.
+template <bool WeightNK, bool Fp8>
+__device__ __forceinline__ void multiplyStage(float (&acc)[128], uint32_t sA, uint32_t sB) {
+  fenceAccumulators(acc);
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+  for (int kk = 0; kk < kBK / 16; ++kk) {
+    // 32 bytes of K per instruction: 16 bf16 or 32 e4m3 values.
+    const uint64_t a = descriptor(sA + kk * 32, 16, 1024);
+    if constexpr (Fp8)
+      wgmma256E4M3(acc, a, descriptor(sB + kk * 32, 16, 1024));
+    else if constexpr (WeightNK)
+      wgmma256<0>(acc, a, descriptor(sB + kk * 32, 16, 1024));
+    else
+      wgmma256<1>(acc, a, descriptor(sB + kk * 16 * 128, kBK * 128, 1024));
+  }
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
 /// `MaskedTerm`: the low-rank term has a dropout mask (termMask) and joins
 /// the staged tile; a kernel of its own, which the others need not carry.
 /// `LowNK`: L is [E][N][r] (else [E][r][N]). `Fp8`: x and the weight are
@@ -424,20 +444,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int64_t s = kt % kStages;
       waitBarrier(full(s), uint32_t(kt / kStages) & 1);
       const uint32_t sA = stageA(s) + wg * 64 * 128, sB = stageA(s) + kStageA;
-      fenceAccumulators(acc);
-      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-      for (int kk = 0; kk < kBK / 16; ++kk) {
-        // 32 bytes of K per instruction: 16 bf16 or 32 e4m3 values.
-        const uint64_t a = descriptor(sA + kk * 32, 16, 1024);
-        if constexpr (Fp8)
-          wgmma256E4M3(acc, a, descriptor(sB + kk * 32, 16, 1024));
-        else if constexpr (WeightNK)
-          wgmma256<0>(acc, a, descriptor(sB + kk * 32, 16, 1024));
-        else
-          wgmma256<1>(acc, a, descriptor(sB + kk * 16 * 128, kBK * 128, 1024));
-      }
-      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      multiplyStage<WeightNK, Fp8>(acc, sA, sB);
       // The previous tile's products are done: its stage may be refilled
       // once the other warpgroup says so too.
       asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");

@@ -488,8 +488,6 @@ Status checkHostCopies(FunctionDesc &fn) {
   return Status();
 }
 
-// Every backend allocates a persistent tensor once, as its first declaration
-// says (forEachStateBuffer), so each later declaration must agree with it.
 Status checkDerivedParams(const StepProgram &program) {
   for (const DerivedParamDesc &d : program.derived) {
     const std::string where = "derived parameter '" + d.name + "'";
@@ -515,6 +513,8 @@ Status checkDerivedParams(const StepProgram &program) {
   return Status();
 }
 
+// Every backend allocates a persistent tensor once, as its first declaration
+// says (forEachStateBuffer), so each later declaration must agree with it.
 Status checkStateDeclarations(const StepProgram &program) {
   std::map<std::pair<BufferKind, std::string>, const BufferDesc *> first;
   for (const FunctionDesc &fn : program.functions)

@@ -16,8 +16,9 @@ namespace g3rt {
 /// Computes every derived parameter of the host state's program from its
 /// source: the e4m3 values and scales of the source's rows (or of its
 /// transpose's), as the CPU's quantize_fp8 makes them, which the CUDA
-/// backend's matches bit for bit. initializeParameters and loadWeights end
-/// with it; a caller that writes parameters otherwise calls it after.
+/// backend's matches bit for bit. loadWeights ends with it, and so does
+/// initializeParameters unless told that weights will be loaded; a caller
+/// that writes parameters otherwise calls it after.
 Status deriveParameters(HostState &host);
 
 } // namespace g3rt

@@ -257,6 +257,21 @@ struct ExpertSplit {
   }
 };
 
+/// A LoRA dropout's mask (p = 0.1) over the input gradient [M, K] of split
+/// `c`, drawn on the CPU under the key (seed, step) and `stream`, in `bytes`.
+Status drawGradientMask(const ExpertSplit &c, int64_t seed, int64_t step, int64_t stream,
+                        std::vector<uint8_t> &bytes, TensorView &mask) {
+  std::vector<uint8_t> kb;
+  TensorView key = hostTensor(DType::I64, {2}, kb);
+  key.i64()[0] = seed;
+  key.i64()[1] = step;
+  KernelAttrs draw;
+  draw.set("stream", AttrValue::ofInt(stream));
+  draw.set("p", AttrValue::ofFloat(0.1));
+  mask = hostTensor(DType::I32, {(c.M * c.K + 31) / 32}, bytes);
+  return runOnCpu("dropout_mask", draw, {key}, {mask});
+}
+
 /// Splits of both expert-product tests: empty experts, experts smaller than
 /// a tile, rows past the last expert, sizes not multiples of the tiles.
 const ExpertSplit kEmptyExperts{600, 2560, 384, {0, 5, 5, 300, 599}};
@@ -428,17 +443,11 @@ TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
 /// products). Ranks 8 and 16, with and without an addend.
 TEST(CudaKernels, E4M3ExpertProductsWithLowRankTermsMatchTheCPU) {
   RandomTensors random(500);
-  KernelAttrs plain, transposed, gradient, dropped, draw;
+  KernelAttrs plain, transposed, gradient, dropped;
   transposed.set("transpose", AttrValue::ofBool(true));
   gradient.set("lowrank_transposed", AttrValue::ofBool(true));
   gradient.set("dropout_p", AttrValue::ofFloat(0.1));
   dropped.set("dropout_p", AttrValue::ofFloat(0.1));
-  draw.set("stream", AttrValue::ofInt(3));
-  draw.set("p", AttrValue::ofFloat(0.1));
-  std::vector<uint8_t> kb;
-  TensorView key = hostTensor(DType::I64, {2}, kb);
-  key.i64()[0] = 0x4321;
-  key.i64()[1] = 7;
   struct Path {
     const char *experts, *window;
   };
@@ -448,8 +457,8 @@ TEST(CudaKernels, E4M3ExpertProductsWithLowRankTermsMatchTheCPU) {
     const bool split = std::string(path.experts) == "cublas";
     for (const ExpertSplit &c : {kEmptyExperts, kEightExperts}) {
       std::vector<uint8_t> mb;
-      TensorView mask = hostTensor(DType::I32, {(c.M * c.K + 31) / 32}, mb);
-      ASSERT_TRUE(runOnCpu("dropout_mask", draw, {key}, {mask}).ok());
+      TensorView mask;
+      ASSERT_TRUE(drawGradientMask(c, 0x4321, 7, 3, mb, mask).ok());
       const int64_t E = c.experts();
       std::vector<uint8_t> wb[5];
       TensorView off = c.offsetTensor(wb[0]);
@@ -572,21 +581,15 @@ TEST(CudaKernels, ExpertProductsWithLowRankTermsMatchTheCPU) {
 /// wide product where the term cancels it. With and without an addend.
 TEST(CudaKernels, ExpertInputGradientsWithDroppedTermsMatchTheCPU) {
   RandomTensors random(300);
-  KernelAttrs fused, draw;
+  KernelAttrs fused;
   fused.set("dropout_p", AttrValue::ofFloat(0.1));
-  draw.set("stream", AttrValue::ofInt(2));
-  draw.set("p", AttrValue::ofFloat(0.1));
-  std::vector<uint8_t> kb;
-  TensorView key = hostTensor(DType::I64, {2}, kb);
-  key.i64()[0] = 0x1234;
-  key.i64()[1] = 5;
   for (const char *experts : {"grouped", "cublas"}) {
     ScopedEnv env("G3MOE_EXPERT_GEMM", experts);
     for (const ExpertSplit &c : {kEmptyExperts, kRowsPastTheLast, kEightExperts}) {
       // The mask over the result [M, K], drawn on the CPU.
       std::vector<uint8_t> mb;
-      TensorView mask = hostTensor(DType::I32, {(c.M * c.K + 31) / 32}, mb);
-      Status st = runOnCpu("dropout_mask", draw, {key}, {mask});
+      TensorView mask;
+      Status st = drawGradientMask(c, 0x1234, 5, 2, mb, mask);
       ASSERT_TRUE(st.ok()) << st.message();
       for (int64_t r : {int64_t(8), int64_t(16), int64_t(32)})
         for (bool withAddend : {false, true}) {

@@ -105,8 +105,7 @@ void FunctionLowering::lowerFrozenE4M3(g3moe::FrozenE4M3Op op) {
     auto decl = buffer.getDefiningOp<g3moe::lowered::BufferOp>();
     decl.setDerivedFromAttr(op.getNameAttr());
     decl.setSourceTypeAttr(op.getSourceTypeAttr());
-    decl.setDerivationAttr(b.getStringAttr(scales ? (t ? "e4m3_transposed_scales" : "e4m3_scales")
-                                                  : (t ? "e4m3_transposed" : "e4m3")));
+    decl.setDerivationAttr(b.getStringAttr(g3moe::lowered::derivationName(t, scales)));
     map.map(result, buffer);
   }
 }

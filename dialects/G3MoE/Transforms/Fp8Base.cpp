@@ -47,7 +47,7 @@ bool isFrozenWeight(Value weight) {
 /// The e4m3 weight and scales of the frozen parameter `weight`, transposed
 /// for an input gradient, made right after the parameter (so that CSE
 /// merges the products' copies of one weight).
-FrozenE4M3Op quantize(PatternRewriter &rewriter, Value weight, bool transpose) {
+FrozenE4M3Op frozenCopy(PatternRewriter &rewriter, Value weight, bool transpose) {
   auto param = weight.getDefiningOp<ParamOp>();
   auto type = cast<RankedTensorType>(weight.getType());
   SmallVector<int64_t> shape(type.getShape());
@@ -69,7 +69,7 @@ template <typename Product> struct DenseToFp8 : OpRewritePattern<Product> {
     if (!isFrozenWeight(op.getWeight()) || op.getDropoutMask())
       return rewriter.notifyMatchFailure(op, "not a product of a frozen weight");
     constexpr bool kGradient = std::is_same_v<Product, LinearGradInputOp>;
-    FrozenE4M3Op q = quantize(rewriter, op.getWeight(), kGradient);
+    FrozenE4M3Op q = frozenCopy(rewriter, op.getWeight(), kGradient);
     rewriter.replaceOpWithNewOp<ScaledLinearOp>(op, op.getType(), op->getOperand(0), q.getResult(),
                                                 q.getScale(), op.getAddend());
     return success();
@@ -86,7 +86,7 @@ template <typename Product> struct ExpertsToFp8 : OpRewritePattern<Product> {
     if (!isFrozenWeight(op.getWeight()) || (op.getDropoutMask() && !op.getLowrankInput()))
       return rewriter.notifyMatchFailure(op, "not a product of a frozen weight");
     constexpr bool kGradient = std::is_same_v<Product, ExpertLinearGradInputOp>;
-    FrozenE4M3Op q = quantize(rewriter, op.getWeight(), kGradient);
+    FrozenE4M3Op q = frozenCopy(rewriter, op.getWeight(), kGradient);
     rewriter.replaceOpWithNewOp<ScaledExpertLinearOp>(
         op, op.getType(), op->getOperand(0), op.getExpertOffsets(), q.getResult(), q.getScale(),
         op.getAddend(), op.getLowrankInput(), op.getLowrankWeight(),

@@ -365,9 +365,9 @@ def G3MoEFp8BasePass : Pass<"g3moe-fp8-base", "mlir::ModuleOp"> {
     input gradient: state the runtime quantizes once, when it loads the
     weight) through a `g3moe.scaled_linear` or
     `g3moe.scaled_expert_linear` that quantizes its input's rows to e4m3 as
-    it reads them. A fused low-rank term (`lowrank`) becomes the rank-r
-    product it was before --g3moe-fuse-linear-add and joins as the addend;
-    a dropped one (`lowrank` with `dropout`) is added after. Products with a
+    it reads them. An expert product keeps its fused low-rank term
+    (`lowrank`, `transposed` for the input gradient's A) and the term's
+    mask, which the e4m3 product adds to its scaled accumulation. Products with a
     dropout of their own (LoRA's A), trainable weights and the fp32 router
     keep their types. Runs after the fusions and before recomputation, which
     then recomputes the e4m3 products too.

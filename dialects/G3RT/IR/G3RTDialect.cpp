@@ -41,9 +41,7 @@ LogicalResult BufferOp::verify() {
   const int derivedAttrs = bool(getDerivedFrom()) + bool(getDerivation()) + bool(getSourceType());
   if (derivedAttrs && (kind != "param" || derivedAttrs != 3))
     return emitOpError("derived_from, derivation and source_type go together, on a param buffer");
-  if (getDerivation() &&
-      !llvm::is_contained({"e4m3", "e4m3_scales", "e4m3_transposed", "e4m3_transposed_scales"},
-                          *getDerivation()))
+  if (getDerivation() && !llvm::is_contained(kDerivations, *getDerivation()))
     return emitOpError("unknown derivation '") << *getDerivation() << "'";
   if (getOffset()) {
     if (!isPlannedKind(kind))

@@ -31,6 +31,15 @@ bool isPlannedKind(llvm::StringRef kind);
 bool isPersistentKind(llvm::StringRef kind);
 /// The buffer a (chain of) `g3rt.view` ends at.
 BufferOp rootBuffer(mlir::Value buffer);
+/// A derived `param` buffer's `derivation` values, in the order of step.fbs's
+/// Derivation enum: e4m3 values or scales of the source's rows, then of its
+/// transpose's rows.
+inline constexpr llvm::StringLiteral kDerivations[] = {"e4m3", "e4m3_scales", "e4m3_transposed",
+                                                       "e4m3_transposed_scales"};
+/// The derivation of the values or the scales, of the rows or the transpose.
+inline llvm::StringRef derivationName(bool transposed, bool scales) {
+  return kDerivations[2 * int(transposed) + int(scales)];
+}
 } // namespace g3moe::lowered
 
 #endif // G3MOE_DIALECTS_G3RT_IR_G3RTDIALECT_H
