@@ -272,6 +272,26 @@ Status drawGradientMask(const ExpertSplit &c, int64_t seed, int64_t step, int64_
   return runOnCpu("dropout_mask", draw, {key}, {mask});
 }
 
+/// Random expert weights w [E, N, K] of split `c` and their e4m3 copies as
+/// the CPU's quantize_fp8 makes them: q, s of w's rows, qt, st of its
+/// transpose's.
+struct E4M3Weights {
+  std::vector<uint8_t> bytes[5];
+  TensorView w, q, s, qt, st;
+};
+Status quantizedWeights(const ExpertSplit &c, RandomTensors &random, E4M3Weights &out) {
+  const int64_t E = c.experts();
+  out.w = random(DType::BF16, {E, c.N, c.K}, out.bytes[0]);
+  out.q = hostTensor(DType::F8E4M3, {E, c.N, c.K}, out.bytes[1]);
+  out.s = hostTensor(DType::F32, {E, c.N}, out.bytes[2]);
+  out.qt = hostTensor(DType::F8E4M3, {E, c.K, c.N}, out.bytes[3]);
+  out.st = hostTensor(DType::F32, {E, c.K}, out.bytes[4]);
+  KernelAttrs plain, transposed;
+  transposed.set("transpose", AttrValue::ofBool(true));
+  Status st = runOnCpu("quantize_fp8", plain, {out.w}, {out.q, out.s});
+  return st.ok() ? runOnCpu("quantize_fp8", transposed, {out.w}, {out.qt, out.st}) : st;
+}
+
 /// Splits of both expert-product tests: empty experts, experts smaller than
 /// a tile, rows past the last expert, sizes not multiples of the tiles.
 const ExpertSplit kEmptyExperts{600, 2560, 384, {0, 5, 5, 300, 599}};
@@ -382,16 +402,11 @@ TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
     for (const ExpertSplit &c : cases)
       for (bool withAddend : {false, true}) {
         SCOPED_TRACE(scales + ", " + c.describe() + (withAddend ? ", addend" : ""));
-        const int64_t E = c.experts();
         std::vector<uint8_t> b[16];
         TensorView off = c.offsetTensor(b[0]);
-        TensorView w = random(DType::BF16, {E, c.N, c.K}, b[1]);
-        TensorView q = hostTensor(DType::F8E4M3, {E, c.N, c.K}, b[2]);
-        TensorView s = hostTensor(DType::F32, {E, c.N}, b[3]);
-        TensorView qt = hostTensor(DType::F8E4M3, {E, c.K, c.N}, b[4]);
-        TensorView st = hostTensor(DType::F32, {E, c.K}, b[5]);
-        ASSERT_TRUE(runOnCpu("quantize_fp8", plain, {w}, {q, s}).ok());
-        ASSERT_TRUE(runOnCpu("quantize_fp8", transposed, {w}, {qt, st}).ok());
+        E4M3Weights e4m3;
+        ASSERT_TRUE(quantizedWeights(c, random, e4m3).ok());
+        const TensorView &w = e4m3.w, &q = e4m3.q, &s = e4m3.s, &qt = e4m3.qt, &st = e4m3.st;
         for (const auto &[attrs, outs] :
              {std::pair{&plain, std::vector<TensorView>{q, s}},
               std::pair{&transposed, std::vector<TensorView>{qt, st}}}) {
@@ -443,8 +458,7 @@ TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
 /// products). Ranks 8 and 16, with and without an addend.
 TEST(CudaKernels, E4M3ExpertProductsWithLowRankTermsMatchTheCPU) {
   RandomTensors random(500);
-  KernelAttrs plain, transposed, gradient, dropped;
-  transposed.set("transpose", AttrValue::ofBool(true));
+  KernelAttrs plain, gradient, dropped;
   gradient.set("lowrank_transposed", AttrValue::ofBool(true));
   gradient.set("dropout_p", AttrValue::ofFloat(0.1));
   dropped.set("dropout_p", AttrValue::ofFloat(0.1));
@@ -460,16 +474,11 @@ TEST(CudaKernels, E4M3ExpertProductsWithLowRankTermsMatchTheCPU) {
       TensorView mask;
       ASSERT_TRUE(drawGradientMask(c, 0x4321, 7, 3, mb, mask).ok());
       const int64_t E = c.experts();
-      std::vector<uint8_t> wb[5];
-      TensorView off = c.offsetTensor(wb[0]);
-      TensorView w = random(DType::BF16, {E, c.N, c.K}, wb[1]);
-      TensorView q = hostTensor(DType::F8E4M3, {E, c.N, c.K}, wb[2]);
-      TensorView s = hostTensor(DType::F32, {E, c.N}, wb[3]);
-      std::vector<uint8_t> tb[2];
-      TensorView qt = hostTensor(DType::F8E4M3, {E, c.K, c.N}, tb[0]);
-      TensorView st = hostTensor(DType::F32, {E, c.K}, tb[1]);
-      ASSERT_TRUE(runOnCpu("quantize_fp8", plain, {w}, {q, s}).ok());
-      ASSERT_TRUE(runOnCpu("quantize_fp8", transposed, {w}, {qt, st}).ok());
+      std::vector<uint8_t> ob;
+      TensorView off = c.offsetTensor(ob);
+      E4M3Weights e4m3;
+      ASSERT_TRUE(quantizedWeights(c, random, e4m3).ok());
+      const TensorView &q = e4m3.q, &s = e4m3.s, &qt = e4m3.qt, &st = e4m3.st;
       for (int64_t r : {int64_t(8), int64_t(16)})
         for (bool withAddend : {false, true}) {
           SCOPED_TRACE(std::string(path.window) + " window, " +
