@@ -116,38 +116,36 @@ __device__ __forceinline__ uint64_t descriptor(uint32_t addr, uint32_t leading, 
 }
 
 /// The 128 accumulator registers of a 64x256 warpgroup tile as asm operands.
-#define G3RT_ACCUMULATORS(d)                                                                       \
-  "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),  \
-      "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),     \
-      "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),   \
-      "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),   \
-      "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),   \
-      "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),   \
-      "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),   \
-      "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),   \
-      "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),   \
-      "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]),   \
-      "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]),   \
-      "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]),   \
-      "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]),   \
-      "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]),   \
-      "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]),           \
-      "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]),          \
-      "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]),          \
-      "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]),          \
-      "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+#define G3RT_ACCUMULATORS(d) G3RT_ACCUMULATORS_FROM(d, 0), G3RT_ACCUMULATORS_FROM(d, 64)
+/// The 64 accumulator registers d[o], ..., d[o + 63] as asm operands.
+#define G3RT_ACCUMULATORS_FROM(d, o)                                                               \
+  "+f"(d[o + 0]), "+f"(d[o + 1]), "+f"(d[o + 2]), "+f"(d[o + 3]), "+f"(d[o + 4]), "+f"(d[o + 5]),  \
+      "+f"(d[o + 6]), "+f"(d[o + 7]), "+f"(d[o + 8]), "+f"(d[o + 9]), "+f"(d[o + 10]),             \
+      "+f"(d[o + 11]), "+f"(d[o + 12]), "+f"(d[o + 13]), "+f"(d[o + 14]), "+f"(d[o + 15]),         \
+      "+f"(d[o + 16]), "+f"(d[o + 17]), "+f"(d[o + 18]), "+f"(d[o + 19]), "+f"(d[o + 20]),         \
+      "+f"(d[o + 21]), "+f"(d[o + 22]), "+f"(d[o + 23]), "+f"(d[o + 24]), "+f"(d[o + 25]),         \
+      "+f"(d[o + 26]), "+f"(d[o + 27]), "+f"(d[o + 28]), "+f"(d[o + 29]), "+f"(d[o + 30]),         \
+      "+f"(d[o + 31]), "+f"(d[o + 32]), "+f"(d[o + 33]), "+f"(d[o + 34]), "+f"(d[o + 35]),         \
+      "+f"(d[o + 36]), "+f"(d[o + 37]), "+f"(d[o + 38]), "+f"(d[o + 39]), "+f"(d[o + 40]),         \
+      "+f"(d[o + 41]), "+f"(d[o + 42]), "+f"(d[o + 43]), "+f"(d[o + 44]), "+f"(d[o + 45]),         \
+      "+f"(d[o + 46]), "+f"(d[o + 47]), "+f"(d[o + 48]), "+f"(d[o + 49]), "+f"(d[o + 50]),         \
+      "+f"(d[o + 51]), "+f"(d[o + 52]), "+f"(d[o + 53]), "+f"(d[o + 54]), "+f"(d[o + 55]),         \
+      "+f"(d[o + 56]), "+f"(d[o + 57]), "+f"(d[o + 58]), "+f"(d[o + 59]), "+f"(d[o + 60]),         \
+      "+f"(d[o + 61]), "+f"(d[o + 62]), "+f"(d[o + 63])
 
-/// Their names in the instruction: {%0, ..., %127}.
+/// Their names in the instruction: {%0, ..., %127}, and those of the first 64.
 #define G3RT_ACCUMULATOR_LIST                                                                      \
-  "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "              \
-  "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "               \
-  "%34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, "               \
-  "%50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, "               \
-  "%66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, "               \
-  "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, "               \
-  "%98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, "                   \
-  "%111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, "                 \
-  "%124, %125, %126, %127}"
+  "{" G3RT_FIRST_NAMES                                                                             \
+  ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, "   \
+  "%82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, "     \
+  "%100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, "     \
+  "%115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}"
+#define G3RT_HALF_ACCUMULATOR_LIST "{" G3RT_FIRST_NAMES "}"
+#define G3RT_FIRST_NAMES                                                                           \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, "     \
+  "%20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, "     \
+  "%38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, "     \
+  "%56, %57, %58, %59, %60, %61, %62, %63"
 
 /// d[64x256] += A·B for one warpgroup: A (64x16, K-major) and B (16x256,
 /// K-major or, with TransposeB = 1, N-major) from shared-memory descriptors.
@@ -159,21 +157,22 @@ __device__ __forceinline__ void wgmma256(float (&d)[128], uint64_t a, uint64_t b
                : G3RT_ACCUMULATORS(d)
                : "l"(a), "l"(b), "r"(1), "n"(TransposeB));
 }
-/// d[64x256] += A·B for one warpgroup with e4m3 operands: A (64x32) and B
-/// (32x256), both K-major (e4m3 products take no transpose), from
-/// shared-memory descriptors.
-__device__ __forceinline__ void wgmma256E4M3(float (&d)[128], uint64_t a, uint64_t b) {
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-               "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 " G3RT_ACCUMULATOR_LIST
-               ", %128, %129, p, 1, 1;\n}\n"
-               : G3RT_ACCUMULATORS(d)
-               : "l"(a), "l"(b), "r"(1));
+/// d[64x128] += A·B for one warpgroup with e4m3 operands, or d = A·B when
+/// `accumulate` is false: A (64x32) and B (32x128), both K-major (e4m3
+/// products take no transpose), from shared-memory descriptors.
+__device__ __forceinline__ void wgmma128E4M3(float (&d)[64], uint64_t a, uint64_t b,
+                                             bool accumulate) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 " G3RT_HALF_ACCUMULATOR_LIST
+               ", %64, %65, p, 1, 1;\n}\n"
+               : G3RT_ACCUMULATORS_FROM(d, 0)
+               : "l"(a), "l"(b), "r"(int(accumulate)));
 }
 /// Keeps the compiler from moving accumulator reads or writes across the
 /// asynchronous matrix instructions.
-__device__ __forceinline__ void fenceAccumulators(float (&d)[128]) {
+template <int Count> __device__ __forceinline__ void fenceAccumulators(float (&d)[Count]) {
 #pragma unroll
-  for (int i = 0; i < 128; ++i)
+  for (int i = 0; i < Count; ++i)
     asm volatile("" : "+f"(d[i])::"memory");
 }
 
@@ -374,24 +373,46 @@ __device__ __forceinline__ void scaleAccumulators(float (&acc)[128], const Tile 
   }
 }
 
-/// Issues the calling warpgroup's products of one stage (its rows of x at
-/// sA, the weight at sB) into acc and commits them as one group.
-template <bool WeightNK, bool Fp8>
+/// Issues the calling warpgroup's bf16 products of one stage (its rows of x
+/// at sA, the weight at sB) into acc and commits them as one group.
+template <bool WeightNK>
 __device__ __forceinline__ void multiplyStage(float (&acc)[128], uint32_t sA, uint32_t sB) {
   fenceAccumulators(acc);
   asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
   for (int kk = 0; kk < kBK / 16; ++kk) {
-    // 32 bytes of K per instruction: 16 bf16 or 32 e4m3 values.
     const uint64_t a = descriptor(sA + kk * 32, 16, 1024);
-    if constexpr (Fp8)
-      wgmma256E4M3(acc, a, descriptor(sB + kk * 32, 16, 1024));
-    else if constexpr (WeightNK)
+    if constexpr (WeightNK)
       wgmma256<0>(acc, a, descriptor(sB + kk * 32, 16, 1024));
     else
       wgmma256<1>(acc, a, descriptor(sB + kk * 16 * 128, kBK * 128, 1024));
   }
   asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+
+/// The e4m3 products of one stage (128 values of K) for the calling
+/// warpgroup, added to acc when they are done. The tensor cores sum e4m3
+/// products in fewer bits than fp32, an error that grows with K (several
+/// per cent of a product's size at model widths); so each half of the tile
+/// (128 columns) sums one stage in `part`, 32 bytes of K per instruction,
+/// and only those sums are added in fp32.
+__device__ __forceinline__ void multiplyStageE4M3(float (&acc)[128], float (&part)[64], uint32_t sA,
+                                                  uint32_t sB) {
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    fenceAccumulators(part);
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < 4; ++kk)
+      wgmma128E4M3(part, descriptor(sA + kk * 32, 16, 1024),
+                   descriptor(sB + h * 128 * 128 + kk * 32, 16, 1024), kk > 0);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    fenceAccumulators(part);
+#pragma unroll
+    for (int i = 0; i < 64; ++i)
+      acc[64 * h + i] += part[i];
+  }
 }
 
 /// `MaskedTerm`: the low-rank term has a dropout mask (termMask) and joins
@@ -440,22 +461,30 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     if (MaskedTerm && lowRank)
       loadTermMask(words, termMask, tile, n0, N, wg, lane);
+    float part[64] = {}; // an e4m3 stage's sums (multiplyStageE4M3)
     for (int64_t kt = 0; kt < kTiles; ++kt) {
       const int64_t s = kt % kStages;
       waitBarrier(full(s), uint32_t(kt / kStages) & 1);
       const uint32_t sA = stageA(s) + wg * 64 * 128, sB = stageA(s) + kStageA;
-      multiplyStage<WeightNK, Fp8>(acc, sA, sB);
-      // The previous tile's products are done: its stage may be refilled
-      // once the other warpgroup says so too.
-      asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-      fenceAccumulators(acc);
-      if (kt > 0) {
-        const int64_t prev = (kt - 1) % kStages;
+      // `done`: the last K tile whose products are finished, whose stage may
+      // be refilled once the other warpgroup says so too. A bf16 stage's
+      // products run while the next stage's are issued.
+      int64_t done = kt;
+      if constexpr (Fp8) {
+        multiplyStageE4M3(acc, part, sA, sB);
+      } else {
+        multiplyStage<WeightNK>(acc, sA, sB);
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+        fenceAccumulators(acc);
+        done = kt - 1;
+      }
+      if (done >= 0) {
+        const int64_t prev = done % kStages;
         if (lane == 0)
           arriveBarrier(empty(prev));
-        const int64_t t = kt - 1 + kStages;
+        const int64_t t = done + kStages;
         if (loader && t < kTiles) {
-          waitBarrier(empty(prev), uint32_t((kt - 1) / kStages) & 1);
+          waitBarrier(empty(prev), uint32_t(done / kStages) & 1);
           fillStage<WeightNK, Fp8>(stageA(prev), stageA(prev) + kStageA, full(prev), maps, tile, n0,
                                    t);
         }

@@ -27,7 +27,11 @@ namespace g3moe_test {
 using namespace g3rt;
 
 /// Largest error of `got` against `want` in units of the tolerance; > 1 fails.
-inline double errorRatio(const TensorView &want, const std::vector<uint8_t> &gotBytes) {
+/// With `sizes`, an element's relative tolerance is of the larger of |want|
+/// and its size: for results that round a part larger than the whole (a
+/// product rounded before a term that cancels it joins).
+inline double errorRatio(const TensorView &want, const std::vector<uint8_t> &gotBytes,
+                         const std::vector<double> &sizes = {}) {
   TensorView got = want;
   got.data = const_cast<uint8_t *>(gotBytes.data());
   bool exact = !isFloat(want.dtype);
@@ -43,7 +47,8 @@ inline double errorRatio(const TensorView &want, const std::vector<uint8_t> &got
     }
     if (std::isnan(a) != std::isnan(b))
       return 1e9;
-    worst = std::max(worst, std::fabs(a - b) / (atol + rtol * std::fabs(a)));
+    double size = sizes.empty() ? std::fabs(a) : std::max(std::fabs(a), sizes[size_t(i)]);
+    worst = std::max(worst, std::fabs(a - b) / (atol + rtol * size));
   }
   return worst;
 }
