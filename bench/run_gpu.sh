@@ -83,10 +83,6 @@ for T in ${seqs[*]}; do
       G3MOE_EXPERT_GEMM=$gemm timeout 150 "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-6}" 2>&1 |
         tee -a "$out/bench_g3moe.jsonl"
     done
-    # The fp8 step's expert products also on the grouped e4m3 kernel (opt-in).
-    [[ $step == *-fp8.step ]] &&
-      G3MOE_FP8_EXPERTS=grouped timeout 150 "$carry/g3moe-bench" "$step" "${BENCH_STEPS:-6}" 2>&1 |
-      sed 's/^{/{"fp8_experts": "grouped", /' | tee -a "$out/bench_g3moe.jsonl"
   done
 done
 # SKIP_STRONG=1 leaves out the strong PyTorch stack (lora dropout 0.05, as

@@ -27,12 +27,15 @@
 // in the accumulators and then accumulated on, the term made ptxas keep the
 // accumulators in local memory.)
 //
-// fp8_base's expert products can run on the same kernel with e4m3 operands
-// (groupedE4M3Product, opted in by G3MOE_FP8_EXPERTS=grouped): a stage's 128-byte rows hold 128
-// values of K, so the copies and descriptors are the bf16 ones and each 16-byte step of K is one
-// m64n256k32 instruction; both operands are K-major (the input gradient reads the transposed e4m3
-// copy of its weight). After the main loop each accumulator is multiplied by its row's and its
-// column's scale, and only then does the LoRA term (bf16, either layout of L) join it.
+// fp8_base's expert products run on the same kernel with e4m3 operands
+// (groupedE4M3Product): a stage's 128-byte rows hold 128 values of K, so the
+// copies and descriptors are the bf16 ones; both operands are K-major (the
+// input gradient reads the transposed e4m3 copy of its weight). The tensor
+// cores sum e4m3 products in fewer bits than fp32, so each stage is summed
+// on its own, per half of the tile (m64n128k32 instructions), and added to
+// the fp32 accumulators. After the main loop each accumulator is multiplied
+// by its row's and its column's scale, and only then does the LoRA term
+// (bf16, either layout of L) join it.
 //
 // Shapes the tensor-core path does not take (other types, sizes that are not
 // multiples of 8, such as a LoRA rank of 4) run on plain fp32 kernels when

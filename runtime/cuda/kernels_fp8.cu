@@ -8,12 +8,12 @@
 // fp32 scale per row and per column, so only their summation order differs.
 //
 // A product quantizes its input's rows into the workspace, a block of rows
-// at a time, then multiplies them. Expert products can run on the grouped
-// tensor-core kernel (grouped_gemm.h; G3MOE_FP8_EXPERTS=grouped, where the
-// bf16 ones take it): all experts in one launch per block of rows, the
-// offsets read on the device, so that the micro-step stays a CUDA graph.
-// Otherwise they read the offsets on the host and run one cuBLASLt product
-// per expert, as the per-expert bf16 products do.
+// at a time, then multiplies them. Expert products run on the grouped
+// tensor-core kernel where the bf16 ones do (grouped_gemm.h): all experts in
+// one launch per block of rows, the offsets read on the device, so that the
+// micro-step stays a CUDA graph. Otherwise (G3MOE_EXPERT_GEMM=cublas, shapes
+// the kernel does not take) they read the offsets on the host and run one
+// cuBLASLt product per expert, as the per-expert bf16 products do.
 //
 //===----------------------------------------------------------------------===//
 
@@ -336,15 +336,6 @@ __global__ void windowOffsetsDevice(RowGroups g, int64_t r0, int64_t r1, int64_t
     out[e] = valid ? min(max(offsetAt(g, e), r0), r1) - r0 : 1;
 }
 
-/// Whether the expert products take the grouped e4m3 kernel where the bf16
-/// ones take the grouped kernel: with G3MOE_FP8_EXPERTS=grouped only, until
-/// it has run on a GPU against the CPU (it has not yet; per-expert cuBLASLt
-/// otherwise).
-bool groupedE4M3Chosen(const CudaContext &ctx) {
-  const char *env = std::getenv("G3MOE_FP8_EXPERTS");
-  return ctx.groupedExperts && env && std::string(env) == "grouped";
-}
-
 /// scaled_expert_linear on the grouped e4m3 kernel: the input's rows are
 /// quantized into the workspace and multiplied by all experts in one launch,
 /// a window of rows at a time when they do not fit it at once, with the
@@ -355,7 +346,7 @@ Status groupedScaledRows(const KernelArgs &args, const ScaledShape &s, const Ten
                          const TensorView &y, const LowRankTerm &low, bool &done) {
   CudaContext &ctx = contextOf(args);
   const TensorView *add = s.addend;
-  done = groupedE4M3Chosen(ctx) && groupedE4M3Fits(y.dtype, s.K, s.N) && aligned16(wq) &&
+  done = ctx.groupedExperts && groupedE4M3Fits(y.dtype, s.K, s.N) && aligned16(wq) &&
          aligned16(y) && (!add || aligned16(*add));
   if (!done)
     return Status();

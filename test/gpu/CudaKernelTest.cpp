@@ -392,7 +392,7 @@ TEST(CudaKernels, E4M3QuantizeAndProductsMatchTheCPU) {
   for (const Path &path : {Path{"grouped", "cublaslt", "0"}, Path{"grouped", "cublaslt", "128"},
                            Path{"cublas", "cublaslt", "0"}, Path{"cublas", "after", "0"}}) {
     ScopedEnv experts("G3MOE_EXPERT_GEMM", path.experts), env("G3MOE_FP8_SCALES", path.scales),
-        window("G3MOE_E4M3_WINDOW_ROWS", path.window), fp8("G3MOE_FP8_EXPERTS", path.experts);
+        window("G3MOE_E4M3_WINDOW_ROWS", path.window);
     const std::string scales =
         std::string(path.experts) + ", " + path.scales + ", window " + path.window;
     RandomTensors random(300);
@@ -469,7 +469,7 @@ TEST(CudaKernels, E4M3ExpertProductsWithLowRankTermsMatchTheCPU) {
   };
   for (const Path &path : {Path{"grouped", "0"}, Path{"grouped", "128"}, Path{"cublas", "0"}}) {
     ScopedEnv experts("G3MOE_EXPERT_GEMM", path.experts),
-        window("G3MOE_E4M3_WINDOW_ROWS", path.window), fp8("G3MOE_FP8_EXPERTS", path.experts);
+        window("G3MOE_E4M3_WINDOW_ROWS", path.window);
     const bool split = std::string(path.experts) == "cublas";
     for (const ExpertSplit &c : {kEmptyExperts, kEightExperts}) {
       std::vector<uint8_t> mb;
