@@ -22,20 +22,27 @@ using namespace checks;
 
 namespace {
 
-/// Quantizes `n` values of `src`, `stride` apart, into e4m3 codes at
-/// codes[0, n); returns the row's scale.
-float quantizeRow(const float *src, int64_t n, int64_t stride, uint8_t *codes) {
+/// Quantizes the `n` values of `src` into e4m3 codes at codes[0, n);
+/// returns the row's scale.
+float quantizeRow(const float *src, int64_t n, uint8_t *codes) {
   float amax = 0.0f;
   for (int64_t i = 0; i < n; ++i)
-    amax = std::max(amax, std::fabs(src[i * stride]));
+    amax = std::max(amax, std::fabs(src[i]));
   if (amax == 0.0f) {
     std::fill(codes, codes + n, uint8_t(0));
     return 1.0f;
   }
   const float inv = kE4M3Max / amax;
   for (int64_t i = 0; i < n; ++i)
-    codes[i] = floatToE4M3(src[i * stride] * inv);
+    codes[i] = floatToE4M3(src[i] * inv);
   return amax / kE4M3Max;
+}
+
+/// Elements [begin, begin + n) of a float tensor into out[0, n).
+void loadElements(const TensorView &t, int64_t begin, int64_t n, float *out) {
+  TensorView part = t;
+  part.data = static_cast<uint8_t *>(t.data) + size_t(begin) * dtypeSize(t.dtype);
+  loadRange(part, 0, n, out);
 }
 
 /// Y[rows, N] = (q(X)·Wqᵀ) · s_x[m] · ws[n], X [rows, K] quantized by row
@@ -50,7 +57,7 @@ void scaledProduct(const float *X, int64_t rows, int64_t K, const float *Wq, con
       [&](int64_t r0, int64_t r1) {
         std::vector<uint8_t> codes(static_cast<size_t>(K));
         for (int64_t m = r0; m < r1; ++m) {
-          sx[size_t(m)] = quantizeRow(X + m * K, K, 1, codes.data());
+          sx[size_t(m)] = quantizeRow(X + m * K, K, codes.data());
           for (int64_t k = 0; k < K; ++k)
             Xq[size_t(m * K + k)] = e4m3ToFloat(codes[size_t(k)]);
         }
@@ -69,24 +76,45 @@ Status quantizeFp8Kernel(const KernelArgs &args) {
   G3RT_RETURN_IF_ERROR(checkQuantizeFp8(args, s));
   uint8_t *codes = static_cast<uint8_t *>(args.outputs[0].data);
   float *scales = args.outputs[1].f32();
-  std::vector<float> W = widen(args.inputs[0]);
-  const int64_t N = s.rows, K = s.cols, size = N * K;
-  // Rows of the result: the weight's rows, or with `transpose` its columns,
-  // which are `K` apart.
-  const int64_t rows = s.transpose ? K : N, length = s.transpose ? N : K;
-  const int64_t stride = s.transpose ? K : 1, next = s.transpose ? 1 : K;
+  const TensorView &w = args.inputs[0];
+  const int64_t N = s.rows, K = s.cols;
   // Frozen weights are quantized when a run loads them: billions of
-  // elements, so rows run in parallel.
-  parallelFor(
-      s.batches * rows,
-      [&](int64_t r0, int64_t r1) {
-        for (int64_t br = r0; br < r1; ++br) {
-          const int64_t b = br / rows, r = br % rows;
-          scales[br] =
-              quantizeRow(W.data() + b * size + r * next, length, stride, codes + br * length);
-        }
-      },
-      std::max<int64_t>(1, kElementGrain / std::max<int64_t>(length, 1)));
+  // elements, so rows run in parallel, each widened to fp32 on its own
+  // (the whole weight in fp32 would be twice its bytes again).
+  if (!s.transpose) {
+    parallelFor(
+        s.batches * N,
+        [&](int64_t r0, int64_t r1) {
+          std::vector<float> row(static_cast<size_t>(K));
+          for (int64_t r = r0; r < r1; ++r) {
+            loadElements(w, r * K, K, row.data());
+            scales[r] = quantizeRow(row.data(), K, codes + r * K);
+          }
+        },
+        std::max<int64_t>(1, kElementGrain / std::max<int64_t>(K, 1)));
+    return Status();
+  }
+  // Transposed, row k of a batch's result is column k of its weight: a task
+  // gathers kColumns columns (a 64-byte line of bf16) along whole rows of
+  // the weight, so that each of its lines is read once, not once a column.
+  constexpr int64_t kColumns = 32;
+  const int64_t blocks = (K + kColumns - 1) / kColumns;
+  parallelFor(s.batches * blocks, [&](int64_t t0, int64_t t1) {
+    std::vector<float> piece(kColumns), columns(static_cast<size_t>(kColumns * N));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / blocks, k0 = (t % blocks) * kColumns;
+      const int64_t width = std::min(kColumns, K - k0);
+      for (int64_t n = 0; n < N; ++n) {
+        loadElements(w, (b * N + n) * K + k0, width, piece.data());
+        for (int64_t j = 0; j < width; ++j)
+          columns[size_t(j * N + n)] = piece[size_t(j)];
+      }
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t r = b * K + k0 + j;
+        scales[r] = quantizeRow(columns.data() + j * N, N, codes + r * N);
+      }
+    }
+  });
   return Status();
 }
 
