@@ -48,6 +48,19 @@ inline void loadRange(const TensorView &t, int64_t begin, int64_t end, float *ou
   }
 }
 
+/// `t` seen from its element `from` on (the shape unchanged): where
+/// loadElements and storeElements start.
+inline TensorView elementsFrom(const TensorView &t, int64_t from) {
+  TensorView part = t;
+  part.data = static_cast<uint8_t *>(t.data) + size_t(from) * dtypeSize(t.dtype);
+  return part;
+}
+
+/// Widens elements [begin, begin + n) of a float tensor into out[0, n).
+inline void loadElements(const TensorView &t, int64_t begin, int64_t n, float *out) {
+  loadRange(elementsFrom(t, begin), 0, n, out);
+}
+
 /// Rounds in[begin, end) into elements [begin, end) of a float tensor.
 inline void storeRange(const TensorView &t, int64_t begin, int64_t end, const float *in) {
   switch (t.dtype) {
@@ -65,6 +78,11 @@ inline void storeRange(const TensorView &t, int64_t begin, int64_t end, const fl
       t.store(i, in[i]);
     return;
   }
+}
+
+/// Rounds in[0, n) into elements [begin, begin + n) of a float tensor.
+inline void storeElements(const TensorView &t, int64_t begin, int64_t n, const float *in) {
+  storeRange(elementsFrom(t, begin), 0, n, in);
 }
 
 /// tables are large).

@@ -52,15 +52,10 @@ Status embeddingKernel(const KernelArgs &args) {
       [&](int64_t t0, int64_t t1) {
         std::vector<float> row(static_cast<size_t>(H));
         for (int64_t t = t0; t < t1; ++t) {
-          TensorView src = table;
-          src.data = static_cast<char *>(table.data) +
-                     size_t(loadIndex(ids, t) * H) * dtypeSize(table.dtype);
-          loadRange(src, 0, H, row.data());
+          loadElements(table, loadIndex(ids, t) * H, H, row.data());
           for (float &v : row)
             v *= s;
-          TensorView out = y;
-          out.data = static_cast<char *>(y.data) + size_t(t * H) * dtypeSize(y.dtype);
-          storeRange(out, 0, H, row.data());
+          storeElements(y, t * H, H, row.data());
         }
       },
       std::max<int64_t>(1, kElementGrain / std::max<int64_t>(H, 1)));

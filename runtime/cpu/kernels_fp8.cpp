@@ -38,13 +38,6 @@ float quantizeRow(const float *src, int64_t n, uint8_t *codes) {
   return amax / kE4M3Max;
 }
 
-/// Elements [begin, begin + n) of a float tensor into out[0, n).
-void loadElements(const TensorView &t, int64_t begin, int64_t n, float *out) {
-  TensorView part = t;
-  part.data = static_cast<uint8_t *>(t.data) + size_t(begin) * dtypeSize(t.dtype);
-  loadRange(part, 0, n, out);
-}
-
 /// Y[rows, N] = (q(X)·Wqᵀ) · s_x[m] · ws[n], X [rows, K] quantized by row
 /// here, Wq [N, K] the e4m3 weight's values and ws its scales.
 void scaledProduct(const float *X, int64_t rows, int64_t K, const float *Wq, const float *ws,

@@ -7,7 +7,7 @@
 // host never waits for the routing and the launch can be captured in a CUDA
 // graph. bf16 operands run on the tensor cores (wgmma, fp32 accumulate;
 // Hopper only), small products of other shapes on a plain fp32 kernel, and
-// fp8_base's e4m3 products, opted in, on the same tensor-core kernel.
+// fp8_base's e4m3 products on the same tensor-core kernel.
 //
 //===----------------------------------------------------------------------===//
 

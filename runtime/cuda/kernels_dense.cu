@@ -166,8 +166,6 @@ namespace {
 // only there, where the mask's bits apply as the masked operand is read or
 // the result written.
 
-/// The device mask of a product's dropout over `elements` elements.
-
 /// The error of a product with a dropout the low-rank kernels do not take
 /// (g3moe-compile fuses only those they take).
 Status noMaskedPath(const KernelArgs &args) {
