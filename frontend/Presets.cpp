@@ -59,6 +59,10 @@ Expected<std::string> resolveModelPath(const json::Value &v, const Origin &o, St
     sys::path::append(path, *name);
   }
   sys::path::remove_dots(path, /*remove_dot_dot=*/true);
+  // "." beside a preset named without a directory ("train.json") leaves
+  // nothing: the working directory.
+  if (path.empty())
+    path = ".";
   if (sys::fs::is_directory(path)) {
     SmallString<256> config = path;
     sys::path::append(config, "config.json");
